@@ -1,0 +1,260 @@
+//! `security.trellis.dev/v1alpha1`: PeerAuthentication and AuthorizationPolicy.
+//!
+//! Istio equivalents: `security.istio.io/v1` PeerAuthentication and AuthorizationPolicy, with
+//! the same field names and semantics.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
+
+use crate::schema::{preserve_unknown_object, unsupported};
+use crate::status::ConfigStatus;
+
+/// API group of the security kinds.
+pub const GROUP: &str = "security.trellis.dev";
+
+/// Label selector used by the security kinds (`matchLabels` only, as in Istio).
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Pods whose labels include all of these are selected.
+    pub match_labels: Option<BTreeMap<String, String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// PeerAuthentication
+// ---------------------------------------------------------------------------------------------
+
+/// Whether workloads accept plaintext, mutual TLS, or both, from other workloads.
+///
+/// Precedence: a workload-selecting policy beats the namespace's (no selector), which beats the
+/// mesh-wide one (in the system namespace); a port-level mode beats the workload's.
+#[skip_serializing_none]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "security.trellis.dev",
+    version = "v1alpha1",
+    kind = "PeerAuthentication",
+    plural = "peerauthentications",
+    namespaced,
+    shortname = "pa",
+    category = "trellis",
+    status = "ConfigStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mtls.mode", description = "mTLS mode"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    /// Workloads this applies to; empty means the whole namespace (or mesh, in the system
+    /// namespace).
+    pub selector: Option<WorkloadSelector>,
+    /// The mTLS mode.
+    pub mtls: Option<MutualTls>,
+    /// Per-port modes (keys are container port numbers); requires a `selector`.
+    pub port_level_mtls: Option<BTreeMap<String, MutualTls>>,
+}
+
+/// An mTLS setting.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MutualTls {
+    /// The mode; UNSET inherits from the parent scope.
+    pub mode: Option<MtlsMode>,
+}
+
+/// mTLS modes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent scope (PERMISSIVE at the top).
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// Both mTLS and plaintext.
+    Permissive,
+    /// mTLS only: plaintext connections are refused.
+    Strict,
+}
+
+// ---------------------------------------------------------------------------------------------
+// AuthorizationPolicy
+// ---------------------------------------------------------------------------------------------
+
+/// Access control for workloads: which sources may perform which operations.
+///
+/// Semantics (Istio's): DENY policies are evaluated first; then, if any ALLOW policy selects the
+/// workload, a request must match one of them; with no ALLOW policy, requests are allowed. A
+/// policy whose spec is empty (`spec: {}`) selects every workload in scope and matches nothing,
+/// so as an ALLOW policy it denies everything.
+#[skip_serializing_none]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "security.trellis.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    plural = "authorizationpolicies",
+    namespaced,
+    shortname = "ap",
+    category = "trellis",
+    status = "ConfigStatus",
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action", description = "ALLOW, DENY or AUDIT"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = unsupported("provider", "remove it; external authorization (CUSTOM) is not available yet"),
+    validation = kube::core::cel::Rule::new("!(has(self.selector) && (has(self.targetRef) || has(self.targetRefs)))")
+        .message("set only one of selector or targetRefs")
+)]
+pub struct AuthorizationPolicySpec {
+    /// Workloads this applies to; empty means the whole namespace (or mesh, in the system
+    /// namespace).
+    pub selector: Option<WorkloadSelector>,
+    /// A single target (Istio's older form of `targetRefs`).
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Gateways or Services this applies to, instead of a selector.
+    pub target_refs: Option<Vec<PolicyTargetReference>>,
+    /// Rules; a request matching any rule triggers the action.
+    pub rules: Option<Vec<AuthzRule>>,
+    /// ALLOW (default), DENY or AUDIT.
+    pub action: Option<AuthzAction>,
+    /// Not supported by Trellis yet.
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub provider: Option<serde_json::Value>,
+}
+
+/// A reference to a Service or Gateway a policy targets.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetReference {
+    /// API group of the target ("" for core).
+    pub group: Option<String>,
+    /// Kind of the target: `Service` or `Gateway`.
+    pub kind: String,
+    /// Name of the target.
+    pub name: String,
+    /// Namespace; must be the policy's own.
+    pub namespace: Option<String>,
+}
+
+/// Authorization actions.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzAction {
+    /// Allow matching requests (and, once any ALLOW policy exists, only them).
+    Allow,
+    /// Deny matching requests.
+    Deny,
+    /// Record matching requests in the access log.
+    Audit,
+    /// External authorization (not supported by Trellis yet).
+    Custom,
+}
+
+/// One rule: all of `from`, `to` and `when` must match (each a list of alternatives).
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzRule {
+    /// Sources; any one matching is enough.
+    pub from: Option<Vec<RuleFrom>>,
+    /// Operations; any one matching is enough.
+    pub to: Option<Vec<RuleTo>>,
+    /// Extra conditions; all must match.
+    pub when: Option<Vec<Condition>>,
+}
+
+/// Wrapper for a source (Istio's shape).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleFrom {
+    /// The source.
+    pub source: Source,
+}
+
+/// Who sent the request. Fields are ANDed; values within a field are ORed.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = unsupported("requestPrincipals", "remove it; request (JWT) authentication is not available yet"),
+    validation = unsupported("notRequestPrincipals", "remove it; request (JWT) authentication is not available yet"),
+    validation = kube::core::cel::Rule::new("!((has(self.serviceAccounts) || has(self.notServiceAccounts)) && (has(self.principals) || has(self.notPrincipals) || has(self.namespaces) || has(self.notNamespaces)))")
+        .message("serviceAccounts cannot be combined with principals or namespaces")
+)]
+pub struct Source {
+    /// Peer identities (`<trust-domain>/ns/<ns>/sa/<sa>`, `*` prefix/suffix wildcards).
+    pub principals: Option<Vec<String>>,
+    /// Peer identities that must not match.
+    pub not_principals: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub request_principals: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub not_request_principals: Option<Vec<String>>,
+    /// Namespaces of the peer workload.
+    pub namespaces: Option<Vec<String>>,
+    /// Namespaces that must not match.
+    pub not_namespaces: Option<Vec<String>>,
+    /// Source IPs or CIDRs of the connection.
+    pub ip_blocks: Option<Vec<String>>,
+    /// Source IPs or CIDRs that must not match.
+    pub not_ip_blocks: Option<Vec<String>>,
+    /// Original client IPs (from `X-Forwarded-For` at a gateway).
+    pub remote_ip_blocks: Option<Vec<String>>,
+    /// Original client IPs that must not match.
+    pub not_remote_ip_blocks: Option<Vec<String>>,
+    /// Peer service accounts, `<namespace>/<name>` (or `<name>` in the policy's namespace).
+    pub service_accounts: Option<Vec<String>>,
+    /// Peer service accounts that must not match.
+    pub not_service_accounts: Option<Vec<String>>,
+}
+
+/// Wrapper for an operation (Istio's shape).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleTo {
+    /// The operation.
+    pub operation: Operation,
+}
+
+/// What the request does. Fields are ANDed; values within a field are ORed.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Hosts (`Host` header), with `*` prefix/suffix wildcards.
+    pub hosts: Option<Vec<String>>,
+    /// Hosts that must not match.
+    pub not_hosts: Option<Vec<String>>,
+    /// Destination ports, as strings (`"8080"`).
+    pub ports: Option<Vec<String>>,
+    /// Ports that must not match.
+    pub not_ports: Option<Vec<String>>,
+    /// HTTP methods (`GET`, ...).
+    pub methods: Option<Vec<String>>,
+    /// Methods that must not match.
+    pub not_methods: Option<Vec<String>>,
+    /// Normalized paths, with `*` prefix/suffix wildcards.
+    pub paths: Option<Vec<String>>,
+    /// Paths that must not match.
+    pub not_paths: Option<Vec<String>>,
+}
+
+/// An extra condition on a request attribute.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Attribute: `request.headers[<name>]`, `source.ip`, `remote.ip`, `source.namespace`,
+    /// `source.principal`, `destination.ip`, `destination.port`, `connection.sni`.
+    pub key: String,
+    /// Values; any one matching is enough.
+    pub values: Option<Vec<String>>,
+    /// Values that must not match.
+    pub not_values: Option<Vec<String>>,
+}

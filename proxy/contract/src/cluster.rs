@@ -1,0 +1,255 @@
+//! Clusters: upstream destinations (a service, or a subset of one), their load
+//! balancing, connection pools, outlier detection, upstream TLS and endpoints.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An upstream destination.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// Unique name; Istio style `outbound|8080|v1|payment.shop.svc.cluster.local`.
+    pub name: String,
+    /// The service FQDN (`destination_service` metric label).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Subset name, when the cluster is a DestinationRule subset.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Upstream protocol.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Load balancing.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Connection pool limits.
+    #[serde(default)]
+    pub connection_pool: ConnectionPool,
+    /// Passive health checking.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// When fewer than this percentage of endpoints are healthy, balance over
+    /// all of them (Envoy's panic threshold, default 50 %; 0 disables).
+    #[serde(default = "default_panic")]
+    pub panic_threshold_percent: f64,
+    /// TLS towards the endpoints.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_connect_timeout() -> u64 {
+    // Istio's default connectTimeout is 10 s; a mesh hop on the same network
+    // either connects fast or not at all, so fail sooner.
+    5_000
+}
+
+fn default_panic() -> f64 {
+    50.0
+}
+
+/// Upstream application protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 upstream.
+    #[default]
+    Http1,
+    /// HTTP/2 upstream (prior knowledge, or ALPN `h2` under TLS); gRPC.
+    Http2,
+    /// Same protocol as the downstream request.
+    UseDownstream,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// Load balancing policy and its hash key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadBalancer {
+    /// The algorithm.
+    pub policy: LbPolicy,
+    /// Hash key source for `ringHash` and `maglev`; without one they hash the
+    /// source IP.
+    pub hash_key: Option<HashKey>,
+}
+
+/// Load balancing algorithm.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on active requests (weighted).
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on a ring (Ketama).
+    #[serde(rename_all = "camelCase")]
+    RingHash {
+        /// Minimum ring entries (default 1024).
+        #[serde(default = "default_ring")]
+        minimum_ring_size: u32,
+    },
+    /// Maglev consistent hashing.
+    #[serde(rename_all = "camelCase")]
+    Maglev {
+        /// Lookup table size; must be prime (default 65537).
+        #[serde(default = "default_maglev")]
+        table_size: u32,
+    },
+}
+
+fn default_ring() -> u32 {
+    1024
+}
+
+fn default_maglev() -> u32 {
+    65_537
+}
+
+/// Where consistent hashing takes its key from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashKey {
+    /// A request header value.
+    Header(String),
+    /// A cookie value.
+    #[serde(rename_all = "camelCase")]
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Path of a generated cookie (cookies are only read, never set, for now).
+        #[serde(default)]
+        path: Option<String>,
+    },
+    /// The downstream peer IP.
+    SourceIp,
+    /// A query parameter.
+    QueryParam(String),
+}
+
+/// Connection pool and circuit-breaking limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConnectionPool {
+    /// Maximum concurrent requests in flight to the cluster (HTTP/1 this bounds
+    /// connections, since each carries one request at a time).
+    pub max_connections: u32,
+    /// Maximum requests waiting for a connection; beyond, 503 with flag `UO`.
+    pub max_pending_requests: u32,
+    /// Close an upstream connection after this many requests; 0 = unlimited.
+    pub max_requests_per_connection: u32,
+    /// Close idle upstream connections after this long.
+    pub idle_timeout_ms: u64,
+    /// Idle connections kept per endpoint.
+    pub max_idle_per_endpoint: u32,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests_per_connection: 0,
+            idle_timeout_ms: 60_000,
+            max_idle_per_endpoint: 64,
+        }
+    }
+}
+
+/// Passive health checking (Istio `OutlierDetection`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx (and connect failures) before ejection; 0 disables.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 and connect failures before ejection; 0 disables.
+    pub consecutive_gateway_errors: u32,
+    /// Base ejection time; multiplied by the number of times ejected.
+    pub base_ejection_time_ms: u64,
+    /// At most this percentage of endpoints are ejected at once.
+    pub max_ejection_percent: f64,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 0,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 10.0,
+        }
+    }
+}
+
+/// TLS towards a cluster's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamTls {
+    /// Plaintext.
+    #[default]
+    Disable,
+    /// Mesh mTLS with the proxy's workload certificate. The peer's certificate
+    /// must chain to the trust bundle and carry exactly one of these SPIFFE IDs
+    /// as URI SAN (an endpoint's own `identity`, when set, takes precedence).
+    #[serde(rename_all = "camelCase")]
+    Mesh {
+        /// Accepted peer identities.
+        expected_identities: Vec<String>,
+    },
+    /// Server-authenticated TLS to a non-mesh destination.
+    #[serde(rename_all = "camelCase")]
+    Simple {
+        /// SNI and the DNS name verified.
+        sni: String,
+        /// Roots; `None` = the trust bundle of the mesh identity.
+        #[serde(default)]
+        ca: Option<crate::identity::PemSource>,
+    },
+}
+
+/// One upstream address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// IP address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// LB weight (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Workload labels (`app`, `version` ... for telemetry).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Health as known to the control plane.
+    #[serde(default)]
+    pub health: HealthStatus,
+    /// The endpoint's SPIFFE ID (mesh mTLS verifies exactly this one).
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Health of an endpoint as known to the control plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HealthStatus {
+    /// Receives traffic.
+    #[default]
+    Healthy,
+    /// Receives traffic only in panic mode.
+    Unhealthy,
+    /// Terminating: no new requests.
+    Draining,
+}

@@ -1,0 +1,227 @@
+//! The configuration contract between the Trellis control plane and `trellis-proxy`.
+//!
+//! The operator compiles the mesh's resources (VirtualServices, DestinationRules,
+//! Gateways, PeerAuthentications, AuthorizationPolicies, the service registry) into
+//! one [`ProxyConfig`] per proxy; the proxy loads it from a file (`--config`) or
+//! receives it over the push API. This crate owns that model and its semantic
+//! validation, and nothing else: it depends on neither Kubernetes nor an async
+//! runtime, so the operator, `meshctl` and the proxy can all link it.
+//!
+//! # Guarantees
+//! - Serialization is plain serde (JSON or YAML), camelCase field names, and
+//!   deterministic: maps are `BTreeMap`, lists keep their order.
+//! - [`ProxyConfig::validate`] is the one validator: the proxy NACKs any config
+//!   it rejects and keeps the last good one; the operator can run the same check
+//!   before pushing.
+//!
+//! # Caveats
+//! - Unknown fields are ignored when parsing (a newer operator may talk to an
+//!   older proxy during an upgrade); [`API_VERSION`] is checked strictly.
+//! - Durations are integers in milliseconds (fields end in `Ms`), percentages are
+//!   floats in `0.0..=100.0`.
+
+mod cluster;
+mod dns;
+mod identity;
+mod inbound;
+mod listener;
+mod route;
+mod telemetry;
+mod validate;
+
+pub use cluster::{
+    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
+    OutlierDetection, UpstreamProtocol, UpstreamTls,
+};
+pub use dns::{DnsConfig, DnsEntry};
+pub use identity::{CertificateRef, IdentityConfig, PemSource, SpiffeId, SpiffeIdError};
+pub use inbound::{
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
+    InboundPolicy, MtlsMode, MtlsPolicy,
+};
+pub use listener::{
+    EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization,
+    ServerTls, ServerTlsMode, TcpRoute,
+};
+pub use route::{
+    CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction,
+    HeaderMatch, HeaderMutation, Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite,
+    RetryOn, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, StringMatch, VirtualHost,
+    WeightedCluster,
+};
+pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing};
+pub use validate::{ValidationError, ValidationErrors, parse_cidr};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The contract version this crate speaks. A config with any other
+/// `apiVersion` is rejected by [`ProxyConfig::validate`].
+pub const API_VERSION: &str = "proxy.trellis.dev/v1alpha1";
+
+/// The whole configuration of one proxy: a state-of-the-world snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// Contract version, must equal [`API_VERSION`].
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// Opaque snapshot version chosen by the control plane (reported in ACK/NACK,
+    /// `/config_dump` and logs). Must not be empty.
+    pub version: String,
+    /// Sidecar or gateway.
+    #[serde(default)]
+    pub mode: ProxyMode,
+    /// Who this proxy is (used for metric labels and logs).
+    #[serde(default)]
+    pub node: NodeInfo,
+    /// Workload identity and trust anchors for mesh mTLS.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Sockets to listen on and what to do with their traffic.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Upstream destinations, referenced by name from routes.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    /// Inbound security: peer authentication and authorization.
+    #[serde(default)]
+    pub inbound: InboundPolicy,
+    /// Names the DNS proxy answers.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Tracing and access logs.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    /// How long a drain (SIGTERM or listener removal) waits for in-flight work.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_api_version() -> String {
+    API_VERSION.to_string()
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    // Matches Istio's default terminationDrainDuration (5 s).
+    5_000
+}
+
+/// Whether the proxy sits beside a workload or at the edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProxyMode {
+    /// Outbound + inbound listeners beside one workload.
+    #[default]
+    Sidecar,
+    /// Listeners compiled from Gateway servers.
+    Gateway,
+}
+
+/// Static facts about the proxy's workload, used as telemetry labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NodeInfo {
+    /// Unique id, e.g. `sidecar~10.0.0.5~web-7d9f.shop~shop.svc.cluster.local`.
+    pub id: String,
+    /// Workload name (Deployment or similar).
+    pub workload: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Value of the `app` label.
+    pub app: String,
+    /// Value of the `version` label.
+    pub version: String,
+    /// Service account the workload runs as.
+    pub service_account: String,
+    /// Cluster id, for multi-cluster labels.
+    pub cluster: String,
+    /// Extra labels of the workload.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Errors from parsing a serialized config (before validation).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The text is not valid JSON for the contract.
+    #[error("invalid JSON proxy config: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The text is not valid YAML for the contract.
+    #[error("invalid YAML proxy config: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+}
+
+impl ProxyConfig {
+    /// An empty config of the current [`API_VERSION`] with the given version.
+    pub fn empty(version: impl Into<String>) -> Self {
+        Self {
+            api_version: API_VERSION.to_string(),
+            version: version.into(),
+            mode: ProxyMode::Sidecar,
+            node: NodeInfo::default(),
+            identity: IdentityConfig::default(),
+            listeners: Vec::new(),
+            clusters: Vec::new(),
+            inbound: InboundPolicy::default(),
+            dns: DnsConfig::default(),
+            telemetry: Telemetry::default(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+
+    /// Parse JSON or YAML; JSON is tried first when the text starts with `{`.
+    ///
+    /// # Caveats
+    /// Parsing does not validate: call [`ProxyConfig::validate`] before use.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        if text.trim_start().starts_with('{') {
+            Ok(serde_json::from_str(text)?)
+        } else {
+            Ok(serde_yaml_ng::from_str(text)?)
+        }
+    }
+
+    /// Deterministic JSON (same config, same bytes).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("contract types always serialize")
+    }
+
+    /// Look up a cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_json_and_yaml_and_fills_defaults() {
+        let json = r#"{"version":"v1"}"#;
+        let cfg = ProxyConfig::parse(json).unwrap();
+        assert_eq!(cfg.api_version, API_VERSION);
+        assert_eq!(cfg.mode, ProxyMode::Sidecar);
+        assert_eq!(cfg.drain_timeout_ms, 5_000);
+
+        let yaml = "version: v2\nmode: gateway\n";
+        let cfg = ProxyConfig::parse(yaml).unwrap();
+        assert_eq!(cfg.version, "v2");
+        assert_eq!(cfg.mode, ProxyMode::Gateway);
+    }
+
+    #[test]
+    fn parse_reports_type_errors() {
+        let err = ProxyConfig::parse(r#"{"version": 3, "mode": "sidecar"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn json_round_trip_is_stable() {
+        let cfg = ProxyConfig::empty("v1");
+        let text = cfg.to_json();
+        let back = ProxyConfig::parse(&text).unwrap();
+        assert_eq!(cfg, back);
+        assert_eq!(text, back.to_json());
+    }
+}

@@ -1,0 +1,196 @@
+//! Listeners: the sockets a proxy binds, their protocol, TLS, limits, and the
+//! routing tables (HTTP virtual hosts or opaque TCP routes) behind them.
+
+use crate::identity::{CertificateRef, PemSource};
+use crate::route::{Provenance, VirtualHost};
+use serde::{Deserialize, Serialize};
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Unique name, e.g. `outbound`, `inbound`, `gateway-https-443`.
+    pub name: String,
+    /// Bind address, `ip:port` (e.g. `0.0.0.0:15001`).
+    pub address: String,
+    /// Traffic direction; decides which policies apply (inbound policy only on
+    /// `inbound`) and the `reporter` metric label.
+    pub direction: ListenerDirection,
+    /// What protocol to expect on accepted connections.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Recover the original destination of redirected connections
+    /// (`SO_ORIGINAL_DST`) and use its port for routing.
+    #[serde(default)]
+    pub transparent: bool,
+    /// Terminate TLS (gateway servers). Inbound mesh mTLS is not configured here
+    /// but by [`crate::InboundPolicy`].
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// HTTP routing table, evaluated by host (see [`VirtualHost::domains`]).
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Opaque TCP routes, first match wins; used for `tcp` listeners and for
+    /// `auto` listeners when the traffic is not HTTP.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRoute>,
+    /// Hardening limits.
+    #[serde(default)]
+    pub limits: HttpLimits,
+    /// Path normalization applied before routing and authorization.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+/// Traffic direction of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerDirection {
+    /// From the local app to the mesh.
+    Outbound,
+    /// From other proxies to the local app.
+    Inbound,
+    /// From outside the mesh, at a gateway.
+    Gateway,
+}
+
+/// Protocol expected on a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under TLS).
+    Http,
+    /// Opaque TCP, routed by [`Listener::tcp_routes`].
+    Tcp,
+    /// Sniff the first bytes (bounded by `limits.protocolDetectionTimeoutMs`):
+    /// HTTP if they look like a request line or the HTTP/2 preface, TCP otherwise.
+    #[default]
+    Auto,
+}
+
+/// TLS termination on a gateway listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTls {
+    /// Simple (server cert only) or mutual (client cert required).
+    pub mode: ServerTlsMode,
+    /// The server certificate (Gateway `credentialName`, resolved by the operator).
+    pub certificate: CertificateRef,
+    /// Roots that client certificates must chain to (`mutual` only).
+    #[serde(default)]
+    pub client_ca: Option<PemSource>,
+    /// ALPN protocols offered, in order; default `h2`, `http/1.1`.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".to_string(), "http/1.1".to_string()]
+}
+
+/// TLS mode of a gateway server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerTlsMode {
+    /// Server-authenticated TLS.
+    Simple,
+    /// Client certificates required and verified against `clientCa`.
+    Mutual,
+}
+
+/// An opaque TCP route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    /// Match the original destination port (transparent) or listener port.
+    #[serde(default)]
+    pub destination_port: Option<u16>,
+    /// Match the original destination address against these CIDRs (any).
+    #[serde(default)]
+    pub destination_cidrs: Vec<String>,
+    /// Cluster to forward to.
+    pub cluster: String,
+    /// The resource that produced this route.
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+/// Hardening limits for a listener (Envoy's edge best practices are the
+/// reference; defaults are safe for an edge proxy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpLimits {
+    /// Maximum number of request headers.
+    pub max_request_headers: u32,
+    /// Maximum total size of request headers in bytes (also the HTTP/1 read
+    /// buffer bound for the request head).
+    pub max_request_header_bytes: u32,
+    /// Maximum length of the request target (path and query) in bytes.
+    pub max_uri_bytes: u32,
+    /// Time allowed to receive a complete HTTP/1 request head (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Maximum request body size; `None` = unlimited (streamed).
+    pub max_request_body_bytes: Option<u64>,
+    /// Maximum concurrent downstream connections; `None` = unlimited.
+    pub max_connections: Option<u32>,
+    /// HTTP/2 maximum concurrent streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval; 0 disables.
+    pub http2_keepalive_interval_ms: u64,
+    /// Close a downstream connection idle for this long; 0 disables.
+    pub idle_timeout_ms: u64,
+    /// Time to wait for the first bytes on an `auto` listener before treating the
+    /// connection as opaque TCP (server-first protocols send nothing).
+    pub protocol_detection_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_request_headers: 100,
+            max_request_header_bytes: 60 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_request_body_bytes: None,
+            max_connections: None,
+            http2_max_concurrent_streams: 100,
+            http2_keepalive_interval_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            protocol_detection_timeout_ms: 100,
+        }
+    }
+}
+
+/// Path normalization policy, applied before routing and authorization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathNormalization {
+    /// Merge repeated slashes (`/a//b` → `/a/b`).
+    pub merge_slashes: bool,
+    /// What to do with `%2F` / `%5C` in the path.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
+}
+
+/// Policy for encoded slashes and backslashes in paths. Dot segments are always
+/// removed (RFC 3986 §5.2.4) and unreserved percent-encodings always decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EscapedSlashes {
+    /// Reject with 400: the safest choice, as apps disagree on their meaning and
+    /// authorization by path could otherwise be bypassed.
+    #[default]
+    Reject,
+    /// Leave them encoded (route and authorize on the encoded form).
+    Keep,
+    /// Decode them to `/` and `\` → `/`, then normalize again.
+    Decode,
+}

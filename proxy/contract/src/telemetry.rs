@@ -1,0 +1,48 @@
+//! Telemetry settings: tracing (sampling, OTLP collector) and access logs.
+//! Metrics are always on and need no settings.
+
+use serde::{Deserialize, Serialize};
+
+/// Tracing and access-log settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Telemetry {
+    /// Distributed tracing; `None` = only propagate headers.
+    pub tracing: Option<Tracing>,
+    /// Access logging.
+    pub access_log: AccessLog,
+}
+
+/// Distributed tracing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// Percentage of new traces sampled (0–100); an incoming sampled flag wins.
+    pub sampling_percent: f64,
+    /// OTLP/HTTP collector endpoint, e.g. `http://otel-collector:4318`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute; default the node's workload.
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+/// Access logging.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AccessLog {
+    /// Log one line per request / TCP connection.
+    pub enabled: bool,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// Access-log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Envoy-like text.
+    Text,
+}

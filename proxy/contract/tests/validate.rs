@@ -1,0 +1,351 @@
+//! Semantic validation: the shipped example is valid, and each kind of
+//! inconsistency is reported with its field path.
+
+use trellis_contract::{
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzRule, AuthzSource, LbPolicy,
+    ProxyConfig, RouteAction, StringMatch, UpstreamTls, ValidationErrors,
+};
+
+const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
+
+fn example() -> ProxyConfig {
+    ProxyConfig::parse(EXAMPLE).expect("example parses")
+}
+
+fn errors(cfg: &ProxyConfig) -> ValidationErrors {
+    cfg.validate().expect_err("config should be rejected")
+}
+
+/// Assert that exactly the given path is reported, with a message containing `needle`.
+fn assert_single(cfg: &ProxyConfig, path: &str, needle: &str) {
+    let errs = errors(cfg);
+    assert_eq!(errs.errors.len(), 1, "{errs}");
+    assert_eq!(errs.errors[0].path, path, "{errs}");
+    assert!(errs.errors[0].message.contains(needle), "{errs}");
+}
+
+fn forward(cfg: &mut ProxyConfig, route: usize) -> &mut trellis_contract::ForwardAction {
+    match &mut cfg.listeners[0].virtual_hosts[0].routes[route].action {
+        RouteAction::Forward(f) => f,
+        other => panic!("route {route} is not a forward: {other:?}"),
+    }
+}
+
+#[test]
+fn example_config_is_valid_and_carries_provenance() {
+    let cfg = example();
+    cfg.validate().unwrap();
+    let route = &cfg.listeners[0].virtual_hosts[0].routes[1];
+    assert_eq!(route.provenance.kind, "VirtualService");
+    assert_eq!(route.provenance.name, "payment");
+    assert_eq!(route.provenance.rule_index, Some(1));
+    assert!(matches!(
+        cfg.clusters[1].load_balancer.policy,
+        LbPolicy::RingHash {
+            minimum_ring_size: 1024
+        }
+    ));
+}
+
+#[test]
+fn example_survives_json_round_trip() {
+    let cfg = example();
+    let again = ProxyConfig::parse(&cfg.to_json()).unwrap();
+    assert_eq!(cfg, again);
+}
+
+#[test]
+fn route_to_unknown_cluster_is_rejected() {
+    let mut cfg = example();
+    forward(&mut cfg, 0).clusters[0].cluster = "nope".into();
+    assert_single(
+        &cfg,
+        "listeners[0].virtualHosts[0].routes[0].action.forward.clusters[0].cluster",
+        "unknown cluster \"nope\"",
+    );
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let mut cfg = example();
+    forward(&mut cfg, 1).clusters[1].weight = 20;
+    assert_single(
+        &cfg,
+        "listeners[0].virtualHosts[0].routes[1].action.forward.clusters",
+        "sum to 110",
+    );
+}
+
+#[test]
+fn bad_regex_is_rejected_with_its_path() {
+    let mut cfg = example();
+    cfg.listeners[0].virtual_hosts[0].routes[1].matches[0].uri =
+        Some(StringMatch::Regex("/pay(".into()));
+    assert_single(
+        &cfg,
+        "listeners[0].virtualHosts[0].routes[1].match[0].uri.regex",
+        "invalid regex",
+    );
+}
+
+#[test]
+fn mirror_to_unknown_cluster_and_bad_percentage() {
+    let mut cfg = example();
+    forward(&mut cfg, 1).mirrors.push(trellis_contract::Mirror {
+        cluster: "shadow".into(),
+        percentage: 140.0,
+    });
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].virtualHosts[0].routes[1].action.forward.mirrors[0].cluster",
+            "listeners[0].virtualHosts[0].routes[1].action.forward.mirrors[0].percentage",
+        ]
+    );
+}
+
+#[test]
+fn wrong_api_version_and_empty_version() {
+    let mut cfg = example();
+    cfg.api_version = "proxy.trellis.dev/v9".into();
+    cfg.version = " ".into();
+    let errs = errors(&cfg);
+    assert_eq!(errs.errors[0].path, "apiVersion");
+    assert_eq!(errs.errors[1].path, "version");
+    assert!(errs.to_string().contains("2 errors"), "{errs}");
+}
+
+#[test]
+fn duplicate_names_and_addresses() {
+    let mut cfg = example();
+    let l = cfg.listeners[1].clone();
+    cfg.listeners.push(l);
+    let c = cfg.clusters[0].clone();
+    cfg.clusters.push(c);
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"clusters[4].name"), "{errs}");
+    assert!(paths.contains(&"listeners[2].name"), "{errs}");
+    assert!(paths.contains(&"listeners[2].address"), "{errs}");
+}
+
+#[test]
+fn bad_domains_are_rejected() {
+    let mut cfg = example();
+    let domains = &mut cfg.listeners[0].virtual_hosts[0].domains;
+    domains.push("pay*ment".into());
+    domains.push("payment:0".into());
+    domains.push("PAYMENT".into()); // duplicate of `payment`, case-insensitively
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].virtualHosts[0].domains[6]",
+            "listeners[0].virtualHosts[0].domains[7]",
+            "listeners[0].virtualHosts[0].domains[8]",
+        ],
+        "{errs}"
+    );
+}
+
+#[test]
+fn wildcard_domains_are_accepted() {
+    let mut cfg = example();
+    cfg.listeners[0].virtual_hosts[0]
+        .domains
+        .extend(["*.example.com".to_string(), "*:8080".to_string(), "10.0.0.1:80".to_string()]);
+    cfg.validate().unwrap();
+}
+
+#[test]
+fn mesh_tls_requires_identity_material() {
+    let mut cfg = example();
+    cfg.identity.certificate = None;
+    assert_single(&cfg, "identity.certificate", "required for mesh mTLS");
+}
+
+#[test]
+fn mesh_cluster_needs_expected_identity_for_every_endpoint() {
+    let mut cfg = example();
+    cfg.clusters[1].tls = UpstreamTls::Mesh {
+        expected_identities: vec![],
+    };
+    assert_single(&cfg, "clusters[1].tls.mesh.expectedIdentities", "peer identity");
+}
+
+#[test]
+fn bad_spiffe_identity_is_rejected() {
+    let mut cfg = example();
+    cfg.clusters[0].endpoints[0].identity = Some("spiffe://cluster.local/ns//sa/x".into());
+    assert_single(&cfg, "clusters[0].endpoints[0].identity", "invalid path");
+}
+
+#[test]
+fn maglev_table_must_be_prime_and_hash_key_needs_hash_policy() {
+    let mut cfg = example();
+    cfg.clusters[1].load_balancer.policy = LbPolicy::Maglev { table_size: 65536 };
+    assert_single(
+        &cfg,
+        "clusters[1].loadBalancer.policy.maglev.tableSize",
+        "must be a prime",
+    );
+    let mut cfg = example();
+    cfg.clusters[1].load_balancer.policy = LbPolicy::Random;
+    assert_single(&cfg, "clusters[1].loadBalancer.hashKey", "only used by ringHash");
+}
+
+#[test]
+fn endpoint_address_and_weight_are_checked() {
+    let mut cfg = example();
+    cfg.clusters[0].endpoints[0].address = "payment-0".into();
+    cfg.clusters[0].endpoints[0].weight = 0;
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["clusters[0].endpoints[0].address", "clusters[0].endpoints[0].weight"]
+    );
+}
+
+#[test]
+fn retries_and_timeouts_are_bounded() {
+    let mut cfg = example();
+    let f = forward(&mut cfg, 1);
+    let r = f.retries.as_mut().unwrap();
+    r.attempts = 50;
+    r.retry_on.push(trellis_contract::RetryOn::RetriableStatusCodes);
+    f.timeout_ms = Some(0);
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    let base = "listeners[0].virtualHosts[0].routes[1].action.forward";
+    assert_eq!(
+        paths,
+        [
+            format!("{base}.timeoutMs"),
+            format!("{base}.retries.attempts"),
+            format!("{base}.retries.retriableStatusCodes"),
+        ]
+    );
+}
+
+#[test]
+fn header_mutations_may_not_touch_hop_headers() {
+    let mut cfg = example();
+    let route = &mut cfg.listeners[0].virtual_hosts[0].routes[1];
+    route
+        .request_headers
+        .set
+        .insert("Transfer-Encoding".into(), "chunked".into());
+    route.response_headers.remove.push("bad header".into());
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].virtualHosts[0].routes[1].requestHeaders.set",
+            "listeners[0].virtualHosts[0].routes[1].responseHeaders.remove",
+        ]
+    );
+}
+
+#[test]
+fn direct_response_and_redirect_codes_are_checked() {
+    let mut cfg = example();
+    cfg.listeners[0].virtual_hosts[0].routes[2].action =
+        RouteAction::DirectResponse(trellis_contract::DirectResponse {
+            status: 99,
+            body: None,
+        });
+    cfg.listeners[0].virtual_hosts[0].routes[0].action =
+        RouteAction::Redirect(trellis_contract::Redirect {
+            response_code: Some(200),
+            ..Default::default()
+        });
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].virtualHosts[0].routes[0].action.redirect.responseCode",
+            "listeners[0].virtualHosts[0].routes[2].action.directResponse.status",
+        ]
+    );
+}
+
+#[test]
+fn provenance_is_required() {
+    let mut cfg = example();
+    cfg.listeners[0].virtual_hosts[0].routes[0].provenance.kind.clear();
+    assert_single(
+        &cfg,
+        "listeners[0].virtualHosts[0].routes[0].provenance",
+        "kind and name",
+    );
+}
+
+#[test]
+fn authorization_matchers_are_checked() {
+    let mut cfg = example();
+    cfg.inbound.authorization.push(AuthorizationPolicy {
+        name: "deny".into(),
+        namespace: "shop".into(),
+        action: AuthzAction::Deny,
+        rules: vec![AuthzRule {
+            from: vec![AuthzSource {
+                ip_blocks: vec!["10.0.0.0/33".into()],
+                ..Default::default()
+            }],
+            to: vec![],
+            when: vec![AuthzCondition {
+                key: "request.auth.claims[iss]".into(),
+                values: vec![StringMatch::Regex("(".into())],
+                not_values: vec![],
+            }],
+        }],
+    });
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "inbound.authorization[1].rules[0].from[0].ipBlocks[0]",
+            "inbound.authorization[1].rules[0].when[0].key",
+            "inbound.authorization[1].rules[0].when[0].values[0].regex",
+        ]
+    );
+}
+
+#[test]
+fn tcp_routes_and_dns_entries_are_checked() {
+    let mut cfg = example();
+    cfg.listeners[0].tcp_routes[0].cluster = "gone".into();
+    cfg.listeners[0].tcp_routes[0]
+        .destination_cidrs
+        .push("10.0.0.0".into());
+    cfg.dns.entries[0].addresses.push("ten".into());
+    let errs = errors(&cfg);
+    let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].tcpRoutes[0].cluster",
+            "listeners[0].tcpRoutes[0].destinationCidrs[0]",
+            "dns.entries[0].addresses[1]",
+        ]
+    );
+}
+
+#[test]
+fn config_with_many_problems_lists_them_all() {
+    let mut cfg = example();
+    cfg.version.clear();
+    forward(&mut cfg, 0).clusters[0].cluster = "a".into();
+    forward(&mut cfg, 1).clusters[0].cluster = "b".into();
+    let errs = errors(&cfg);
+    assert_eq!(errs.errors.len(), 3, "{errs}");
+    let text = errs.to_string();
+    assert!(text.starts_with("proxy config \"\" is invalid (3 errors)"), "{text}");
+}

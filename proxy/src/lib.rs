@@ -1,0 +1,3 @@
+//! `trellis-proxy`: the Trellis data plane.
+
+pub mod ports;
