@@ -117,7 +117,9 @@ pub enum SpiffeIdError {
     #[error("{0:?} has an invalid trust domain: use lowercase letters, digits, '.', '-' and '_'")]
     TrustDomain(String),
     /// Invalid path.
-    #[error("{0:?} has an invalid path: segments must be non-empty, not '.' or '..', and use letters, digits, '.', '-' and '_'")]
+    #[error(
+        "{0:?} has an invalid path: segments must be non-empty, not '.' or '..', and use letters, digits, '.', '-' and '_'"
+    )]
     Path(String),
 }
 
@@ -196,9 +198,9 @@ impl fmt::Display for SpiffeId {
 pub(crate) fn is_valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 #[cfg(test)]

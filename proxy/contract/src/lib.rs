@@ -44,9 +44,9 @@ pub use listener::{
     ServerTls, ServerTlsMode, TcpRoute,
 };
 pub use route::{
-    CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction,
-    HeaderMatch, HeaderMutation, Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite,
-    RetryOn, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, StringMatch, VirtualHost,
+    CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch,
+    HeaderMutation, Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, StringMatch, VirtualHost,
     WeightedCluster,
 };
 pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing};
@@ -177,7 +177,12 @@ impl ProxyConfig {
         if text.trim_start().starts_with('{') {
             Ok(serde_json::from_str(text)?)
         } else {
-            Ok(serde_yaml_ng::from_str(text)?)
+            // Enums are written as single-key maps (`forward: {...}`) in both
+            // formats; YAML would otherwise expect `!forward` tags.
+            let de = serde_yaml_ng::Deserializer::from_str(text);
+            Ok(serde_yaml_ng::with::singleton_map_recursive::deserialize(
+                de,
+            )?)
         }
     }
 

@@ -160,11 +160,17 @@ impl Validator {
                     } else {
                         format!("aliases[{}]", j - 1)
                     };
-                    self.err(format!("{path}.{field}"), format!("{name:?} is not a DNS name"));
+                    self.err(
+                        format!("{path}.{field}"),
+                        format!("{name:?} is not a DNS name"),
+                    );
                 }
             }
             if e.addresses.is_empty() {
-                self.err(format!("{path}.addresses"), "must list at least one address");
+                self.err(
+                    format!("{path}.addresses"),
+                    "must list at least one address",
+                );
             }
             for (j, a) in e.addresses.iter().enumerate() {
                 if a.parse::<IpAddr>().is_err() {
@@ -211,10 +217,7 @@ impl Validator {
             match SpiffeId::parse(s) {
                 Ok(parsed) if parsed.trust_domain() != id.trust_domain => self.err(
                     "identity.spiffeId",
-                    format!(
-                        "{s:?} is outside the trust domain {:?}",
-                        id.trust_domain
-                    ),
+                    format!("{s:?} is outside the trust domain {:?}", id.trust_domain),
                 ),
                 Ok(_) => {}
                 Err(e) => self.err("identity.spiffeId", e.to_string()),
@@ -230,10 +233,12 @@ impl Validator {
             .clusters
             .iter()
             .any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
-            || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
+            || (c
+                .listeners
+                .iter()
+                .any(|l| l.direction == ListenerDirection::Inbound)
                 && (c.inbound.mtls.mode != crate::MtlsMode::Disable
-                    || c
-                        .inbound
+                    || c.inbound
                         .mtls
                         .port_modes
                         .values()
@@ -290,7 +295,9 @@ impl Validator {
 
     fn pem_source(&mut self, path: &str, p: &PemSource) {
         match p {
-            PemSource::File(f) if f.is_empty() => self.err(format!("{path}.file"), "must not be empty"),
+            PemSource::File(f) if f.is_empty() => {
+                self.err(format!("{path}.file"), "must not be empty")
+            }
             PemSource::Inline(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
                 self.err(format!("{path}.inline"), "contains no PEM certificate")
             }
@@ -305,7 +312,10 @@ impl Validator {
         if cl.connect_timeout_ms == 0 {
             self.err(format!("{path}.connectTimeoutMs"), "must be positive");
         }
-        self.percentage(&format!("{path}.panicThresholdPercent"), cl.panic_threshold_percent);
+        self.percentage(
+            &format!("{path}.panicThresholdPercent"),
+            cl.panic_threshold_percent,
+        );
         match &cl.load_balancer.policy {
             LbPolicy::RingHash { minimum_ring_size } => {
                 if !(1..=8_388_608).contains(minimum_ring_size) {
@@ -335,16 +345,25 @@ impl Validator {
         if let Some(HashKey::Header(h) | HashKey::QueryParam(h)) = &cl.load_balancer.hash_key
             && h.is_empty()
         {
-            self.err(format!("{path}.loadBalancer.hashKey"), "name must not be empty");
+            self.err(
+                format!("{path}.loadBalancer.hashKey"),
+                "name must not be empty",
+            );
         }
         if let Some(HashKey::Cookie { name, .. }) = &cl.load_balancer.hash_key
             && name.is_empty()
         {
-            self.err(format!("{path}.loadBalancer.hashKey.cookie.name"), "must not be empty");
+            self.err(
+                format!("{path}.loadBalancer.hashKey.cookie.name"),
+                "must not be empty",
+            );
         }
         let pool = &cl.connection_pool;
         if pool.max_connections == 0 {
-            self.err(format!("{path}.connectionPool.maxConnections"), "must be positive");
+            self.err(
+                format!("{path}.connectionPool.maxConnections"),
+                "must be positive",
+            );
         }
         if let Some(od) = &cl.outlier_detection {
             self.percentage(
@@ -382,7 +401,10 @@ impl Validator {
             }
             UpstreamTls::Simple { sni, ca } => {
                 if sni.is_empty() || !is_dns_name(sni) {
-                    self.err(format!("{path}.tls.simple.sni"), format!("{sni:?} is not a DNS name"));
+                    self.err(
+                        format!("{path}.tls.simple.sni"),
+                        format!("{sni:?} is not a DNS name"),
+                    );
                 }
                 match ca {
                     Some(ca) => self.pem_source(&format!("{path}.tls.simple.ca"), ca),
@@ -406,7 +428,10 @@ impl Validator {
                 self.err(format!("{ep}.port"), "must be 1-65535");
             }
             if e.weight == 0 {
-                self.err(format!("{ep}.weight"), "must be positive (remove the endpoint instead)");
+                self.err(
+                    format!("{ep}.weight"),
+                    "must be positive (remove the endpoint instead)",
+                );
             }
             if let Some(id) = &e.identity {
                 self.spiffe(&format!("{ep}.identity"), id, &c.identity.trust_domain);
@@ -456,11 +481,20 @@ impl Validator {
         let lim = &l.limits;
         for (field, value) in [
             ("maxRequestHeaders", u64::from(lim.max_request_headers)),
-            ("maxRequestHeaderBytes", u64::from(lim.max_request_header_bytes)),
+            (
+                "maxRequestHeaderBytes",
+                u64::from(lim.max_request_header_bytes),
+            ),
             ("maxUriBytes", u64::from(lim.max_uri_bytes)),
             ("headerReadTimeoutMs", lim.header_read_timeout_ms),
-            ("http2MaxConcurrentStreams", u64::from(lim.http2_max_concurrent_streams)),
-            ("protocolDetectionTimeoutMs", lim.protocol_detection_timeout_ms),
+            (
+                "http2MaxConcurrentStreams",
+                u64::from(lim.http2_max_concurrent_streams),
+            ),
+            (
+                "protocolDetectionTimeoutMs",
+                lim.protocol_detection_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 self.err(format!("{path}.limits.{field}"), "must be positive");
@@ -478,7 +512,10 @@ impl Validator {
         for (i, vh) in l.virtual_hosts.iter().enumerate() {
             let vp = format!("{path}.virtualHosts[{i}]");
             if !vh_names.insert(vh.name.as_str()) {
-                self.err(format!("{vp}.name"), format!("duplicate virtual host {:?}", vh.name));
+                self.err(
+                    format!("{vp}.name"),
+                    format!("duplicate virtual host {:?}", vh.name),
+                );
             }
             if vh.domains.is_empty() {
                 self.err(format!("{vp}.domains"), "must list at least one domain");
@@ -623,11 +660,20 @@ impl Validator {
         let mut total: u64 = 0;
         for (i, wc) in f.clusters.iter().enumerate() {
             if !clusters.contains(wc.cluster.as_str()) {
-                self.err(format!("{path}.clusters[{i}].cluster"), unknown_cluster(&wc.cluster));
+                self.err(
+                    format!("{path}.clusters[{i}].cluster"),
+                    unknown_cluster(&wc.cluster),
+                );
             }
             total += u64::from(wc.weight);
-            self.headers(&format!("{path}.clusters[{i}].requestHeaders"), &wc.request_headers);
-            self.headers(&format!("{path}.clusters[{i}].responseHeaders"), &wc.response_headers);
+            self.headers(
+                &format!("{path}.clusters[{i}].requestHeaders"),
+                &wc.request_headers,
+            );
+            self.headers(
+                &format!("{path}.clusters[{i}].responseHeaders"),
+                &wc.response_headers,
+            );
         }
         if !f.clusters.is_empty() && total != 100 {
             self.err(
@@ -644,19 +690,31 @@ impl Validator {
             if let Some(rr) = &rw.uri_regex
                 && let Err(e) = regex::Regex::new(&rr.pattern)
             {
-                self.err(format!("{path}.rewrite.uriRegex.pattern"), format!("invalid regex: {e}"));
+                self.err(
+                    format!("{path}.rewrite.uriRegex.pattern"),
+                    format!("invalid regex: {e}"),
+                );
             }
             if rw.uri_prefix.is_some() && rw.uri_regex.is_some() {
-                self.err(format!("{path}.rewrite"), "set uriPrefix or uriRegex, not both");
+                self.err(
+                    format!("{path}.rewrite"),
+                    "set uriPrefix or uriRegex, not both",
+                );
             }
             if let Some(a) = &rw.authority
                 && (a.is_empty() || a.bytes().any(|b| b.is_ascii_whitespace() || b == b'/'))
             {
-                self.err(format!("{path}.rewrite.authority"), format!("{a:?} is not an authority"));
+                self.err(
+                    format!("{path}.rewrite.authority"),
+                    format!("{a:?} is not an authority"),
+                );
             }
         }
         if f.timeout_ms == Some(0) {
-            self.err(format!("{path}.timeoutMs"), "must be positive (omit for no timeout)");
+            self.err(
+                format!("{path}.timeoutMs"),
+                "must be positive (omit for no timeout)",
+            );
         }
         if let Some(r) = &f.retries {
             if r.attempts > MAX_RETRY_ATTEMPTS {
@@ -666,7 +724,10 @@ impl Validator {
                 );
             }
             if r.per_try_timeout_ms == Some(0) {
-                self.err(format!("{path}.retries.perTryTimeoutMs"), "must be positive");
+                self.err(
+                    format!("{path}.retries.perTryTimeoutMs"),
+                    "must be positive",
+                );
             }
             if r.backoff_base_ms == 0 {
                 self.err(format!("{path}.retries.backoffBaseMs"), "must be positive");
@@ -674,7 +735,10 @@ impl Validator {
             if let Some(max) = r.backoff_max_ms
                 && max < r.backoff_base_ms
             {
-                self.err(format!("{path}.retries.backoffMaxMs"), "must be at least backoffBaseMs");
+                self.err(
+                    format!("{path}.retries.backoffMaxMs"),
+                    "must be at least backoffBaseMs",
+                );
             }
             if let Some(b) = r.budget_percent {
                 self.percentage(&format!("{path}.retries.budgetPercent"), b);
@@ -698,7 +762,10 @@ impl Validator {
         }
         for (i, m) in f.mirrors.iter().enumerate() {
             if !clusters.contains(m.cluster.as_str()) {
-                self.err(format!("{path}.mirrors[{i}].cluster"), unknown_cluster(&m.cluster));
+                self.err(
+                    format!("{path}.mirrors[{i}].cluster"),
+                    unknown_cluster(&m.cluster),
+                );
             }
             self.percentage(&format!("{path}.mirrors[{i}].percentage"), m.percentage);
         }
@@ -757,12 +824,18 @@ impl Validator {
         }
         for (i, h) in c.allow_headers.iter().chain(&c.expose_headers).enumerate() {
             if !is_header_name(h) {
-                self.err(format!("{path}.headers[{i}]"), format!("{h:?} is not a header name"));
+                self.err(
+                    format!("{path}.headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                );
             }
         }
         for (i, m) in c.allow_methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(is_tchar) {
-                self.err(format!("{path}.allowMethods[{i}]"), format!("{m:?} is not a method"));
+                self.err(
+                    format!("{path}.allowMethods[{i}]"),
+                    format!("{m:?} is not a method"),
+                );
             }
         }
     }
@@ -820,10 +893,16 @@ impl Validator {
                 self.string_match(&format!("{path}.{field}[{n}]"), m);
             }
         }
-        for (field, list) in [("ipBlocks", &s.ip_blocks), ("notIpBlocks", &s.not_ip_blocks)] {
+        for (field, list) in [
+            ("ipBlocks", &s.ip_blocks),
+            ("notIpBlocks", &s.not_ip_blocks),
+        ] {
             for (n, cidr) in list.iter().enumerate() {
                 if parse_cidr(cidr).is_none() {
-                    self.err(format!("{path}.{field}[{n}]"), format!("{cidr:?} is not an IP or CIDR"));
+                    self.err(
+                        format!("{path}.{field}[{n}]"),
+                        format!("{cidr:?} is not an IP or CIDR"),
+                    );
                 }
             }
         }
@@ -838,7 +917,9 @@ impl Validator {
                 | "destination.port"
                 | "request.method"
                 | "request.path"
-        ) || (c.key.starts_with("request.headers[") && c.key.ends_with(']') && c.key.len() > 17);
+        ) || (c.key.starts_with("request.headers[")
+            && c.key.ends_with(']')
+            && c.key.len() > 17);
         if !known {
             self.err(
                 format!("{path}.key"),

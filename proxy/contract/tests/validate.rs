@@ -154,9 +154,11 @@ fn bad_domains_are_rejected() {
 #[test]
 fn wildcard_domains_are_accepted() {
     let mut cfg = example();
-    cfg.listeners[0].virtual_hosts[0]
-        .domains
-        .extend(["*.example.com".to_string(), "*:8080".to_string(), "10.0.0.1:80".to_string()]);
+    cfg.listeners[0].virtual_hosts[0].domains.extend([
+        "*.example.com".to_string(),
+        "*:8080".to_string(),
+        "10.0.0.1:80".to_string(),
+    ]);
     cfg.validate().unwrap();
 }
 
@@ -173,7 +175,11 @@ fn mesh_cluster_needs_expected_identity_for_every_endpoint() {
     cfg.clusters[1].tls = UpstreamTls::Mesh {
         expected_identities: vec![],
     };
-    assert_single(&cfg, "clusters[1].tls.mesh.expectedIdentities", "peer identity");
+    assert_single(
+        &cfg,
+        "clusters[1].tls.mesh.expectedIdentities",
+        "peer identity",
+    );
 }
 
 #[test]
@@ -194,7 +200,11 @@ fn maglev_table_must_be_prime_and_hash_key_needs_hash_policy() {
     );
     let mut cfg = example();
     cfg.clusters[1].load_balancer.policy = LbPolicy::Random;
-    assert_single(&cfg, "clusters[1].loadBalancer.hashKey", "only used by ringHash");
+    assert_single(
+        &cfg,
+        "clusters[1].loadBalancer.hashKey",
+        "only used by ringHash",
+    );
 }
 
 #[test]
@@ -206,7 +216,10 @@ fn endpoint_address_and_weight_are_checked() {
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["clusters[0].endpoints[0].address", "clusters[0].endpoints[0].weight"]
+        [
+            "clusters[0].endpoints[0].address",
+            "clusters[0].endpoints[0].weight"
+        ]
     );
 }
 
@@ -216,7 +229,8 @@ fn retries_and_timeouts_are_bounded() {
     let f = forward(&mut cfg, 1);
     let r = f.retries.as_mut().unwrap();
     r.attempts = 50;
-    r.retry_on.push(trellis_contract::RetryOn::RetriableStatusCodes);
+    r.retry_on
+        .push(trellis_contract::RetryOn::RetriableStatusCodes);
     f.timeout_ms = Some(0);
     let errs = errors(&cfg);
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
@@ -278,7 +292,10 @@ fn direct_response_and_redirect_codes_are_checked() {
 #[test]
 fn provenance_is_required() {
     let mut cfg = example();
-    cfg.listeners[0].virtual_hosts[0].routes[0].provenance.kind.clear();
+    cfg.listeners[0].virtual_hosts[0].routes[0]
+        .provenance
+        .kind
+        .clear();
     assert_single(
         &cfg,
         "listeners[0].virtualHosts[0].routes[0].provenance",
@@ -347,5 +364,8 @@ fn config_with_many_problems_lists_them_all() {
     let errs = errors(&cfg);
     assert_eq!(errs.errors.len(), 3, "{errs}");
     let text = errs.to_string();
-    assert!(text.starts_with("proxy config \"\" is invalid (3 errors)"), "{text}");
+    assert!(
+        text.starts_with("proxy config \"\" is invalid (3 errors)"),
+        "{text}"
+    );
 }
