@@ -8,10 +8,10 @@
 //!   apiVersions to Trellis kinds.
 
 pub mod crd;
-//pub mod document;
+pub mod document;
 pub mod mesh;
 pub mod networking;
 pub mod schema;
 pub mod security;
 pub mod status;
-//pub mod validation;
+pub mod validation;

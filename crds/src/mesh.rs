@@ -38,9 +38,24 @@ pub const DEFAULT_ROOT_CERT_TTL: &str = "87600h";
     shortname = "mesh",
     category = "trellis",
     status = "MeshStatus",
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.version", description = "Version running"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the mesh is ready"),
-    printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain", priority = 1),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.version",
+        description = "Version running"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the mesh is ready"
+    ),
+    printcolumn(
+        name = "Trust Domain",
+        type_ = "string",
+        json_path = ".spec.trustDomain",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -37,8 +37,18 @@ pub const GROUP: &str = "networking.trellis.dev";
     shortname = "vs",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(name = "Gateways", type_ = "string", json_path = ".spec.gateways", description = "The gateways this routing applies to"),
-    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts", description = "The destination hosts this routing applies to"),
+    printcolumn(
+        name = "Gateways",
+        type_ = "string",
+        json_path = ".spec.gateways",
+        description = "The gateways this routing applies to"
+    ),
+    printcolumn(
+        name = "Hosts",
+        type_ = "string",
+        json_path = ".spec.hosts",
+        description = "The destination hosts this routing applies to"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +90,7 @@ pub struct HttpRoute {
     /// Reply directly with a fixed status and body.
     pub direct_response: Option<HttpDirectResponse>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub delegate: Option<serde_json::Value>,
     /// Rewrite the URI and/or authority before forwarding.
@@ -516,7 +527,12 @@ pub struct RouteDestination {
     shortname = "dr",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(name = "Host", type_ = "string", json_path = ".spec.host", description = "The service this rule applies to"),
+    printcolumn(
+        name = "Host",
+        type_ = "string",
+        json_path = ".spec.host",
+        description = "The service this rule applies to"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -531,6 +547,7 @@ pub struct DestinationRuleSpec {
     /// Namespaces this rule is visible to: `.`, `*`, or names.
     pub export_to: Option<Vec<String>>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub workload_selector: Option<serde_json::Value>,
 }
@@ -555,9 +572,11 @@ pub struct TrafficPolicy {
     /// Per-port overrides.
     pub port_level_settings: Option<Vec<PortTrafficPolicy>>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub tunnel: Option<serde_json::Value>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub proxy_protocol: Option<serde_json::Value>,
 }
@@ -607,6 +626,7 @@ pub struct LoadBalancerSettings {
     /// Session affinity by hashing a request property.
     pub consistent_hash: Option<ConsistentHashLb>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub locality_lb_setting: Option<serde_json::Value>,
     /// Ramp traffic up to new endpoints over this duration (e.g. `60s`).
@@ -877,7 +897,12 @@ pub enum ClientTlsMode {
     shortname = "gw",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector", description = "Labels of the gateway proxies"),
+    printcolumn(
+        name = "Selector",
+        type_ = "string",
+        json_path = ".spec.selector",
+        description = "Labels of the gateway proxies"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

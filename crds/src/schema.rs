@@ -13,7 +13,9 @@ pub const NOT_SUPPORTED: &str = "is not supported by Trellis yet";
 /// Why CEL as well as the Rust validator: the API server enforces CEL rules even where the
 /// admission webhook is not installed, so such a field is never silently accepted.
 pub fn unsupported(field: &str, fix: &str) -> Rule {
-    Rule::new(format!("!has(self.{field})")).message(format!("{field} {NOT_SUPPORTED}: {fix}").as_str())
+    Rule::new(format!("!has(self.{field})"))
+        .field_path(format!(".{field}"))
+        .message(format!("{field} {NOT_SUPPORTED}: {fix}").as_str())
 }
 
 /// Schema of a free-form object kept as-is by the API server (used for Istio fields Trellis

@@ -43,7 +43,12 @@ pub struct WorkloadSelector {
     shortname = "pa",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mtls.mode", description = "mTLS mode"),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mtls.mode",
+        description = "mTLS mode"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -101,7 +106,12 @@ pub enum MtlsMode {
     shortname = "ap",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action", description = "ALLOW, DENY or AUDIT"),
+    printcolumn(
+        name = "Action",
+        type_ = "string",
+        json_path = ".spec.action",
+        description = "ALLOW, DENY or AUDIT"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -123,6 +133,7 @@ pub struct AuthorizationPolicySpec {
     /// ALLOW (default), DENY or AUDIT.
     pub action: Option<AuthzAction>,
     /// Not supported by Trellis yet.
+    #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub provider: Option<serde_json::Value>,
 }

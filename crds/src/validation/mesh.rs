@@ -1,0 +1,99 @@
+//! Semantic checks of the Mesh lifecycle object.
+
+use std::time::Duration;
+
+use super::Findings;
+use super::format::{dns_subdomain, duration, label_key};
+use crate::mesh::*;
+
+pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
+    if m.metadata.name.as_deref().is_some_and(|n| n != "default") {
+        f.warn(
+            "metadata.name",
+            "the operator reconciles the Mesh named \"default\"; others are ignored",
+        );
+    }
+    let spec = &m.spec;
+    if let Some(v) = &spec.versions {
+        for (field, image) in [("operator", &v.operator), ("proxy", &v.proxy)] {
+            if let Some(img) = image {
+                if img.is_empty() || img.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    f.error(
+                        format!("spec.versions.{field}"),
+                        format!("{img:?} is not an image reference, e.g. ghcr.io/trellis/trellis-proxy:0.1.0"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(td) = &spec.trust_domain {
+        if dns_subdomain(td).is_err() {
+            f.error(
+                "spec.trustDomain",
+                format!(
+                    "{td:?} is not a trust domain: use lower-case letters, digits, '-' and '.', e.g. cluster.local"
+                ),
+            );
+        }
+    }
+    if let Some(ca) = &spec.ca {
+        let workload = duration(
+            "spec.ca.workloadCertTtl",
+            &ca.workload_cert_ttl,
+            Duration::from_secs(600),
+            f,
+        );
+        let root = duration("spec.ca.rootCertTtl", &ca.root_cert_ttl, Duration::from_secs(86400), f);
+        if let (Some(w), Some(r)) = (workload, root) {
+            if w * 2 > r {
+                f.error(
+                    "spec.ca.workloadCertTtl",
+                    "must be at most half of rootCertTtl, so leaves never outlive their root",
+                );
+            }
+        }
+        if let Some(s) = &ca.secret_ref {
+            if dns_subdomain(&s.name).is_err() {
+                f.error("spec.ca.secretRef.name", format!("{:?} is not a Secret name", s.name));
+            }
+            if ca.mode != Some(CaMode::Plugged) {
+                f.warn("spec.ca.secretRef", "is used only with mode: Plugged");
+            }
+        }
+    }
+    if let Some(label) = spec.injection.as_ref().and_then(|i| i.namespace_label.as_ref()) {
+        if let Err(why) = label_key(label) {
+            f.error("spec.injection.namespaceLabel", why);
+        }
+    }
+    if let Some(r) = &spec.rollout {
+        duration("spec.rollout.pause", &r.pause, Duration::ZERO, f);
+        let gates = r.health_gates.as_deref().unwrap_or_default();
+        for (i, g) in gates.iter().enumerate() {
+            if gates[..i].contains(g) {
+                f.error(
+                    format!("spec.rollout.healthGates[{i}]"),
+                    format!("duplicate gate {g:?}"),
+                );
+            }
+        }
+    }
+    if let Some(ep) = spec
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.tracing.as_ref())
+        .and_then(|t| t.otlp_endpoint.as_ref())
+    {
+        let rest = ep.strip_prefix("http://").or_else(|| ep.strip_prefix("https://"));
+        let ok = rest.is_some_and(|r| {
+            let hostport = r.split('/').next().unwrap_or_default();
+            matches!(hostport.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+        });
+        if !ok {
+            f.error(
+                "spec.telemetry.tracing.otlpEndpoint",
+                format!("{ep:?} is not a collector URL; write http(s)://<host>:<port>, e.g. http://otel-collector.observability:4317"),
+            );
+        }
+    }
+}

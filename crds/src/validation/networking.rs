@@ -1,0 +1,879 @@
+//! Semantic checks of VirtualService, DestinationRule and Gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::Findings;
+use super::format::{
+    self, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers, host,
+    labels, method, regex, string_match, weights,
+};
+use crate::networking::*;
+
+/// Istio's minimum for timeouts and delays.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+const REDIRECT_CODES: &[u32] = &[301, 302, 303, 307, 308];
+const GATEWAY_PROTOCOLS: &[&str] = &["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS"];
+/// TLS 1.2 cipher suites the proxy (rustls) implements, by their OpenSSL names.
+const CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+// ---------------------------------------------------------------------------------------------
+// VirtualService
+// ---------------------------------------------------------------------------------------------
+
+pub(super) fn virtual_service(spec: &VirtualServiceSpec, f: &mut Findings) {
+    let hosts = spec.hosts.as_deref().unwrap_or_default();
+    if hosts.is_empty() {
+        f.error("spec.hosts", "at least one host is required, e.g. hosts: [reviews]");
+    }
+    let bound_to_mesh = spec
+        .gateways
+        .as_deref()
+        .is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
+    for (i, h) in hosts.iter().enumerate() {
+        let p = format!("spec.hosts[{i}]");
+        if h == "*" && bound_to_mesh {
+            f.error(
+                &p,
+                "the host \"*\" is allowed only for VirtualServices bound to gateways, not to the mesh",
+            );
+        } else {
+            host(&p, h, true, f);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if !seen.insert(h) {
+            f.error(format!("spec.hosts[{i}]"), format!("duplicate host {h:?}"));
+        }
+    }
+    gateway_refs("spec.gateways", &spec.gateways, f);
+    export_to("spec.exportTo", &spec.export_to, f);
+    let (http, tls, tcp) = (
+        spec.http.as_deref().unwrap_or_default(),
+        spec.tls.as_deref().unwrap_or_default(),
+        spec.tcp.as_deref().unwrap_or_default(),
+    );
+    if http.is_empty() && tls.is_empty() && tcp.is_empty() {
+        f.error("spec", "no routes: add http, tls or tcp rules");
+    }
+    let mut names = BTreeSet::new();
+    for (i, r) in http.iter().enumerate() {
+        let p = format!("spec.http[{i}]");
+        if let Some(n) = &r.name {
+            if !names.insert(n) {
+                f.error(
+                    format!("{p}.name"),
+                    format!("duplicate route name {n:?}; names must be unique"),
+                );
+            }
+        }
+        http_route(&p, r, f);
+    }
+    for (i, r) in tls.iter().enumerate() {
+        tls_route(&format!("spec.tls[{i}]"), r, hosts, f);
+    }
+    for (i, r) in tcp.iter().enumerate() {
+        let p = format!("spec.tcp[{i}]");
+        for (j, m) in r.matches.iter().flatten().enumerate() {
+            let mp = format!("{p}.match[{j}]");
+            for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
+                cidr(&format!("{mp}.destinationSubnets[{k}]"), s, f);
+            }
+            labels(&format!("{mp}.sourceLabels"), &m.source_labels, f);
+            gateway_refs(&format!("{mp}.gateways"), &m.gateways, f);
+            source_namespace(&format!("{mp}.sourceNamespace"), &m.source_namespace, f);
+        }
+        route_destinations(&p, &r.route, f);
+    }
+}
+
+fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
+    let actions = [r.route.is_some(), r.redirect.is_some(), r.direct_response.is_some()];
+    match actions.iter().filter(|a| **a).count() {
+        0 if r.delegate.is_none() => f.error(p, "a route needs one of route, redirect or directResponse"),
+        0 | 1 => {}
+        _ => f.error(p, "route, redirect and directResponse are mutually exclusive; keep one"),
+    }
+    for (j, m) in r.matches.iter().flatten().enumerate() {
+        http_match(&format!("{p}.match[{j}]"), m, f);
+    }
+    if let Some(dests) = &r.route {
+        if dests.is_empty() {
+            f.error(format!("{p}.route"), "at least one destination is required");
+        }
+        for (k, d) in dests.iter().enumerate() {
+            let dp = format!("{p}.route[{k}]");
+            destination(&format!("{dp}.destination"), &d.destination, f);
+            headers(&format!("{dp}.headers"), &d.headers, f);
+        }
+        let w: Vec<Option<i32>> = dests.iter().map(|d| d.weight).collect();
+        weights(&format!("{p}.route"), &w, f);
+    }
+    if let Some(rd) = &r.redirect {
+        let rp = format!("{p}.redirect");
+        if let Some(code) = rd.redirect_code {
+            if !REDIRECT_CODES.contains(&code) {
+                f.error(
+                    format!("{rp}.redirectCode"),
+                    format!("{code} is not a redirect status; use 301, 302, 303, 307 or 308"),
+                );
+            }
+        }
+        if let Some(s) = &rd.scheme {
+            if s != "http" && s != "https" {
+                f.error(
+                    format!("{rp}.scheme"),
+                    format!("{s:?} is not a scheme; use http or https"),
+                );
+            }
+        }
+        if let Some(u) = &rd.uri {
+            uri_path(&format!("{rp}.uri"), u, f);
+        }
+        if let Some(a) = &rd.authority {
+            authority(&format!("{rp}.authority"), a, f);
+        }
+        if r.rewrite.is_some() {
+            f.error(
+                format!("{p}.rewrite"),
+                "rewrite cannot be combined with redirect; put the new path in redirect.uri",
+            );
+        }
+    }
+    if let Some(dr) = &r.direct_response {
+        if let Some(b) = dr.body.as_ref().and_then(|b| b.bytes.as_ref()) {
+            if !is_base64(b) {
+                f.error(
+                    format!("{p}.directResponse.body.bytes"),
+                    "must be base64-encoded; use body.string for text",
+                );
+            }
+        }
+    }
+    if let Some(rw) = &r.rewrite {
+        let rp = format!("{p}.rewrite");
+        if let Some(u) = &rw.uri {
+            if !u.is_empty() {
+                uri_path(&format!("{rp}.uri"), u, f);
+            }
+        }
+        if let Some(a) = &rw.authority {
+            authority(&format!("{rp}.authority"), a, f);
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            regex(&format!("{rp}.uriRegexRewrite.match"), &rr.pattern, f);
+        }
+    }
+    let timeout = duration(&format!("{p}.timeout"), &r.timeout, MIN_TIMEOUT, f);
+    if let Some(rt) = &r.retries {
+        let rp = format!("{p}.retries");
+        let per_try = duration(&format!("{rp}.perTryTimeout"), &rt.per_try_timeout, MIN_TIMEOUT, f);
+        duration(&format!("{rp}.backoff"), &rt.backoff, MIN_TIMEOUT, f);
+        if let (Some(t), Some(pt)) = (timeout, per_try) {
+            if pt > t {
+                f.warn(
+                    format!("{rp}.perTryTimeout"),
+                    "is longer than the route's timeout, so no retry can happen",
+                );
+            }
+        }
+        if let Some(on) = &rt.retry_on {
+            for (n, cond) in on.split(',').map(str::trim).enumerate() {
+                let is_code = cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+                if !RETRY_ON.contains(&cond) && !is_code {
+                    f.error(
+                        format!("{rp}.retryOn"),
+                        format!(
+                            "condition {} ({cond:?}) is unknown; use {} or status codes such as 503",
+                            n + 1,
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if rt.attempts == Some(0) && (rt.per_try_timeout.is_some() || rt.retry_on.is_some()) {
+            f.warn(
+                format!("{rp}.attempts"),
+                "is 0, so retries are off and perTryTimeout/retryOn have no effect",
+            );
+        }
+    }
+    if let Some(fault) = &r.fault {
+        let fp = format!("{p}.fault");
+        if fault.delay.is_none() && fault.abort.is_none() {
+            f.error(&fp, "set delay and/or abort");
+        }
+        if let Some(d) = &fault.delay {
+            if d.fixed_delay.is_none() && d.exponential_delay.is_none() {
+                f.error(format!("{fp}.delay.fixedDelay"), "is required, e.g. fixedDelay: 5s");
+            }
+            duration(&format!("{fp}.delay.fixedDelay"), &d.fixed_delay, MIN_TIMEOUT, f);
+        }
+        if let Some(a) = &fault.abort {
+            if a.http_status.is_none() && a.grpc_status.is_none() && a.http2_error.is_none() {
+                f.error(format!("{fp}.abort.httpStatus"), "is required, e.g. httpStatus: 503");
+            }
+        }
+    }
+    if let Some(m) = &r.mirror {
+        destination(&format!("{p}.mirror"), m, f);
+        if r.mirrors.is_some() {
+            f.error(format!("{p}.mirrors"), "use either mirror or mirrors, not both");
+        }
+    } else if r.mirror_percentage.is_some() && r.mirrors.is_none() {
+        f.warn(format!("{p}.mirrorPercentage"), "has no effect without mirror");
+    }
+    for (k, m) in r.mirrors.iter().flatten().enumerate() {
+        destination(&format!("{p}.mirrors[{k}].destination"), &m.destination, f);
+    }
+    if let Some(c) = &r.cors_policy {
+        cors(&format!("{p}.corsPolicy"), c, f);
+    }
+    headers(&format!("{p}.headers"), &r.headers, f);
+}
+
+fn http_match(p: &str, m: &HttpMatchRequest, f: &mut Findings) {
+    if let Some(u) = &m.uri {
+        string_match(&format!("{p}.uri"), u, MatchUse::Value, f);
+        for v in [&u.exact, &u.prefix].into_iter().flatten() {
+            if !v.starts_with('/') {
+                f.warn(
+                    format!("{p}.uri"),
+                    format!("{v:?} does not start with '/', so it matches no request path"),
+                );
+            }
+        }
+    }
+    if let Some(s) = &m.scheme {
+        string_match(&format!("{p}.scheme"), s, MatchUse::Value, f);
+    }
+    if let Some(me) = &m.method {
+        string_match(&format!("{p}.method"), me, MatchUse::Value, f);
+        if let Some(e) = &me.exact {
+            method(&format!("{p}.method.exact"), e, f);
+        }
+    }
+    if let Some(a) = &m.authority {
+        string_match(&format!("{p}.authority"), a, MatchUse::Value, f);
+    }
+    for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+        for (name, sm) in map.iter().flatten() {
+            let hp = format!("{p}.{field}[{name}]");
+            header_name(&hp, name, f);
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                f.error(
+                    &hp,
+                    format!("header names must be lower case; write {:?}", name.to_ascii_lowercase()),
+                );
+            }
+            string_match(&hp, sm, MatchUse::Header, f);
+        }
+    }
+    for (name, sm) in m.query_params.iter().flatten() {
+        let qp = format!("{p}.queryParams[{name}]");
+        if name.is_empty() {
+            f.error(&qp, "query parameter names must not be empty");
+        }
+        string_match(&qp, sm, MatchUse::QueryParam, f);
+    }
+    labels(&format!("{p}.sourceLabels"), &m.source_labels, f);
+    gateway_refs(&format!("{p}.gateways"), &m.gateways, f);
+    source_namespace(&format!("{p}.sourceNamespace"), &m.source_namespace, f);
+}
+
+fn source_namespace(p: &str, ns: &Option<String>, f: &mut Findings) {
+    if let Some(ns) = ns {
+        if let Err(why) = dns_label(ns) {
+            f.error(p, why);
+        }
+    }
+}
+
+fn cors(p: &str, c: &CorsPolicy, f: &mut Findings) {
+    for (i, o) in c.allow_origins.iter().flatten().enumerate() {
+        string_match(&format!("{p}.allowOrigins[{i}]"), o, MatchUse::Value, f);
+        if c.allow_credentials == Some(true) && o.exact.as_deref() == Some("*") {
+            f.error(
+                format!("{p}.allowOrigins[{i}]"),
+                "browsers refuse credentials with the origin \"*\"; list the origins explicitly",
+            );
+        }
+    }
+    for (i, m) in c.allow_methods.iter().flatten().enumerate() {
+        if m != "*" {
+            method(&format!("{p}.allowMethods[{i}]"), m, f);
+        }
+    }
+    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
+        for (i, h) in list.iter().flatten().enumerate() {
+            if h != "*" {
+                header_name(&format!("{p}.{field}[{i}]"), h, f);
+            }
+        }
+    }
+    duration(&format!("{p}.maxAge"), &c.max_age, Duration::ZERO, f);
+}
+
+fn tls_route(p: &str, r: &TlsRoute, vs_hosts: &[String], f: &mut Findings) {
+    if r.matches.is_empty() {
+        f.error(format!("{p}.match"), "at least one match with sniHosts is required");
+    }
+    for (j, m) in r.matches.iter().enumerate() {
+        let mp = format!("{p}.match[{j}]");
+        if m.sni_hosts.is_empty() {
+            f.error(format!("{mp}.sniHosts"), "at least one SNI host is required");
+        }
+        for (k, sni) in m.sni_hosts.iter().enumerate() {
+            let sp = format!("{mp}.sniHosts[{k}]");
+            host(&sp, sni, true, f);
+            if !vs_hosts.iter().any(|h| host_covers(h, sni)) {
+                f.error(
+                    &sp,
+                    format!(
+                        "{sni:?} is not one of the VirtualService's hosts ({})",
+                        vs_hosts.join(", ")
+                    ),
+                );
+            }
+        }
+        for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
+            cidr(&format!("{mp}.destinationSubnets[{k}]"), s, f);
+        }
+        labels(&format!("{mp}.sourceLabels"), &m.source_labels, f);
+        gateway_refs(&format!("{mp}.gateways"), &m.gateways, f);
+        source_namespace(&format!("{mp}.sourceNamespace"), &m.source_namespace, f);
+    }
+    route_destinations(p, &r.route, f);
+}
+
+fn route_destinations(p: &str, route: &Option<Vec<RouteDestination>>, f: &mut Findings) {
+    let dests = route.as_deref().unwrap_or_default();
+    if dests.is_empty() {
+        f.error(format!("{p}.route"), "at least one destination is required");
+    }
+    for (k, d) in dests.iter().enumerate() {
+        destination(&format!("{p}.route[{k}].destination"), &d.destination, f);
+    }
+    let w: Vec<Option<i32>> = dests.iter().map(|d| d.weight).collect();
+    weights(&format!("{p}.route"), &w, f);
+}
+
+/// Whether `pattern` (a host, maybe `*.suffix` or `*`) covers `host`.
+fn host_covers(pattern: &str, host: &str) -> bool {
+    if pattern == "*" || pattern == host {
+        return true;
+    }
+    match (pattern.strip_prefix('*'), host.strip_prefix('*')) {
+        (Some(suffix), Some(hsuffix)) => hsuffix.ends_with(suffix),
+        (Some(suffix), None) => host.ends_with(suffix),
+        _ => false,
+    }
+}
+
+fn uri_path(p: &str, u: &str, f: &mut Findings) {
+    if !u.starts_with('/') {
+        f.error(p, format!("{u:?} must be a path starting with '/'"));
+    }
+    if u.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        f.error(p, "must not contain spaces or control characters");
+    }
+}
+
+fn authority(p: &str, a: &str, f: &mut Findings) {
+    let host_part = match a.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h,
+        _ => a,
+    };
+    if format::dns_subdomain(host_part).is_err() && host_part.parse::<std::net::IpAddr>().is_err() {
+        f.error(p, format!("{a:?} is not a host[:port]"));
+    }
+}
+
+fn is_base64(s: &str) -> bool {
+    let s = s.trim_end_matches('=');
+    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/') && (s.len() % 4 != 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// DestinationRule
+// ---------------------------------------------------------------------------------------------
+
+pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
+    host("spec.host", &spec.host, true, f);
+    export_to("spec.exportTo", &spec.export_to, f);
+    if let Some(tp) = &spec.traffic_policy {
+        traffic_policy("spec.trafficPolicy", tp, f);
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in spec.subsets.iter().flatten().enumerate() {
+        let p = format!("spec.subsets[{i}]");
+        if let Err(why) = dns_label(&s.name) {
+            f.error(format!("{p}.name"), why);
+        }
+        if !names.insert(&s.name) {
+            f.error(
+                format!("{p}.name"),
+                format!("duplicate subset {:?}; subset names must be unique", s.name),
+            );
+        }
+        if s.labels.as_ref().is_none_or(BTreeMap::is_empty) {
+            f.warn(
+                format!("{p}.labels"),
+                "no labels: the subset selects every endpoint of the host",
+            );
+        }
+        labels(&format!("{p}.labels"), &s.labels, f);
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(&format!("{p}.trafficPolicy"), tp, f);
+        }
+    }
+}
+
+fn traffic_policy(p: &str, tp: &TrafficPolicy, f: &mut Findings) {
+    port_policy(
+        p,
+        &tp.load_balancer,
+        &tp.connection_pool,
+        &tp.outlier_detection,
+        &tp.tls,
+        f,
+    );
+    let mut ports = BTreeSet::new();
+    for (i, pl) in tp.port_level_settings.iter().flatten().enumerate() {
+        let pp = format!("{p}.portLevelSettings[{i}]");
+        match &pl.port {
+            None => f.error(format!("{pp}.port"), "is required, e.g. port: {number: 8080}"),
+            Some(port) => {
+                if !ports.insert(port.number) {
+                    f.error(
+                        format!("{pp}.port.number"),
+                        format!("port {} has settings already", port.number),
+                    );
+                }
+            }
+        }
+        port_policy(
+            &pp,
+            &pl.load_balancer,
+            &pl.connection_pool,
+            &pl.outlier_detection,
+            &pl.tls,
+            f,
+        );
+    }
+}
+
+fn port_policy(
+    p: &str,
+    lb: &Option<LoadBalancerSettings>,
+    pool: &Option<ConnectionPoolSettings>,
+    od: &Option<OutlierDetection>,
+    tls: &Option<ClientTlsSettings>,
+    f: &mut Findings,
+) {
+    if let Some(lb) = lb {
+        load_balancer(&format!("{p}.loadBalancer"), lb, f);
+    }
+    if let Some(pool) = pool {
+        let cp = format!("{p}.connectionPool");
+        if let Some(tcp) = &pool.tcp {
+            duration(
+                &format!("{cp}.tcp.connectTimeout"),
+                &tcp.connect_timeout,
+                MIN_TIMEOUT,
+                f,
+            );
+            duration(
+                &format!("{cp}.tcp.maxConnectionDuration"),
+                &tcp.max_connection_duration,
+                MIN_TIMEOUT,
+                f,
+            );
+            duration(&format!("{cp}.tcp.idleTimeout"), &tcp.idle_timeout, MIN_TIMEOUT, f);
+            if let Some(ka) = &tcp.tcp_keepalive {
+                duration(
+                    &format!("{cp}.tcp.tcpKeepalive.time"),
+                    &ka.time,
+                    Duration::from_secs(1),
+                    f,
+                );
+                duration(
+                    &format!("{cp}.tcp.tcpKeepalive.interval"),
+                    &ka.interval,
+                    Duration::from_secs(1),
+                    f,
+                );
+            }
+        }
+        if let Some(http) = &pool.http {
+            duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
+        }
+    }
+    if let Some(od) = od {
+        let op = format!("{p}.outlierDetection");
+        duration(&format!("{op}.interval"), &od.interval, MIN_TIMEOUT, f);
+        duration(
+            &format!("{op}.baseEjectionTime"),
+            &od.base_ejection_time,
+            MIN_TIMEOUT,
+            f,
+        );
+        // consecutive5xxErrors defaults to 5 when unset; the others to off.
+        let never_ejects = od.consecutive_5xx_errors == Some(0)
+            && od.consecutive_gateway_errors.unwrap_or(0) == 0
+            && od.consecutive_local_origin_failures.unwrap_or(0) == 0;
+        if never_ejects {
+            f.warn(&op, "every error threshold is 0, so no endpoint is ever ejected");
+        }
+        if od.consecutive_local_origin_failures.is_some() && od.split_external_local_origin_errors != Some(true) {
+            f.warn(
+                format!("{op}.consecutiveLocalOriginFailures"),
+                "has effect only with splitExternalLocalOriginErrors: true",
+            );
+        }
+    }
+    if let Some(tls) = tls {
+        client_tls(&format!("{p}.tls"), tls, f);
+    }
+}
+
+fn load_balancer(p: &str, lb: &LoadBalancerSettings, f: &mut Findings) {
+    if let Some(ch) = &lb.consistent_hash {
+        let cp = format!("{p}.consistentHash");
+        if let Some(h) = &ch.http_header_name {
+            header_name(&format!("{cp}.httpHeaderName"), h, f);
+        }
+        if let Some(c) = &ch.http_cookie {
+            if c.name.is_empty() {
+                f.error(format!("{cp}.httpCookie.name"), "is required");
+            }
+            duration(&format!("{cp}.httpCookie.ttl"), &c.ttl, Duration::ZERO, f);
+        }
+        if ch.use_source_ip == Some(false) {
+            f.error(
+                format!("{cp}.useSourceIp"),
+                "false hashes on nothing; set true or choose another key",
+            );
+        }
+        if let Some(q) = &ch.http_query_parameter_name {
+            if q.is_empty() {
+                f.error(format!("{cp}.httpQueryParameterName"), "must not be empty");
+            }
+        }
+        if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
+            if !is_prime(size) {
+                f.error(
+                    format!("{cp}.maglev.tableSize"),
+                    format!("{size} is not prime; Maglev needs a prime table size such as 65537"),
+                );
+            }
+        }
+        if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+            f.error(
+                format!("{p}.warmup"),
+                "warm-up cannot be combined with consistentHash; use ROUND_ROBIN or LEAST_REQUEST",
+            );
+        }
+    }
+    if lb.simple == Some(SimpleLb::Passthrough) {
+        f.warn(
+            format!("{p}.simple"),
+            "PASSTHROUGH bypasses load balancing and outlier detection",
+        );
+    }
+    if lb.simple == Some(SimpleLb::LeastConn) {
+        f.warn(
+            format!("{p}.simple"),
+            "LEAST_CONN is deprecated; it means LEAST_REQUEST",
+        );
+    }
+    duration(
+        &format!("{p}.warmupDurationSecs"),
+        &lb.warmup_duration_secs,
+        Duration::from_secs(1),
+        f,
+    );
+    if let Some(w) = &lb.warmup {
+        duration(
+            &format!("{p}.warmup.duration"),
+            &Some(w.duration.clone()),
+            Duration::from_secs(1),
+            f,
+        );
+        if let Some(mp) = w.minimum_percent {
+            if !(0.0..=100.0).contains(&mp) {
+                f.error(
+                    format!("{p}.warmup.minimumPercent"),
+                    format!("{mp} is out of range; allowed: 0 to 100"),
+                );
+            }
+        }
+        if let Some(a) = w.aggression {
+            if a < 1.0 {
+                f.error(
+                    format!("{p}.warmup.aggression"),
+                    format!("{a} is out of range; allowed: 1.0 or more (1.0 is linear)"),
+                );
+            }
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
+    let files = tls.client_certificate.is_some() || tls.private_key.is_some();
+    match tls.mode {
+        Some(ClientTlsMode::IstioMutual | ClientTlsMode::MeshMutual) => {
+            for (field, set) in [
+                ("clientCertificate", tls.client_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
+            ] {
+                if set {
+                    f.error(
+                        format!("{p}.{field}"),
+                        "mesh mutual TLS uses the workload's own certificate; remove it (or use mode MUTUAL)",
+                    );
+                }
+            }
+        }
+        Some(ClientTlsMode::Mutual) => {
+            if tls.credential_name.is_none() && !(tls.client_certificate.is_some() && tls.private_key.is_some()) {
+                f.error(p, "MUTUAL needs credentialName, or clientCertificate and privateKey");
+            }
+        }
+        Some(ClientTlsMode::Simple) => {
+            if files {
+                f.error(
+                    p,
+                    "SIMPLE sends no client certificate; remove clientCertificate/privateKey or use MUTUAL",
+                );
+            }
+        }
+        Some(ClientTlsMode::Disable) | None => {
+            if files || tls.ca_certificates.is_some() || tls.credential_name.is_some() {
+                f.warn(p, "certificates are ignored unless mode is SIMPLE or MUTUAL");
+            }
+        }
+    }
+    if tls.insecure_skip_verify == Some(true) {
+        f.warn(
+            format!("{p}.insecureSkipVerify"),
+            "server certificates are not verified; use only for testing",
+        );
+    }
+    if let Some(sni) = &tls.sni {
+        host(&format!("{p}.sni"), sni, false, f);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------------------------
+
+pub(super) fn gateway(spec: &GatewaySpec, f: &mut Findings) {
+    labels("spec.selector", &spec.selector, f);
+    if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
+        f.warn(
+            "spec.selector",
+            "no selector: the Gateway applies to every gateway proxy in its scope",
+        );
+    }
+    if spec.servers.is_empty() {
+        f.error("spec.servers", "at least one server is required");
+    }
+    let mut port_protocols: BTreeMap<u32, String> = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for (i, s) in spec.servers.iter().enumerate() {
+        let p = format!("spec.servers[{i}]");
+        let proto = s.port.protocol.to_ascii_uppercase();
+        if !GATEWAY_PROTOCOLS.contains(&proto.as_str()) {
+            f.error(
+                format!("{p}.port.protocol"),
+                format!(
+                    "{:?} is not a protocol; use one of {}",
+                    s.port.protocol,
+                    GATEWAY_PROTOCOLS.join(", ")
+                ),
+            );
+        }
+        match port_protocols.get(&s.port.number) {
+            Some(other) if *other != proto && !(is_tls_proto(other) && is_tls_proto(&proto)) => f.error(
+                format!("{p}.port.number"),
+                format!(
+                    "port {} is already used with protocol {other}; one port carries one protocol",
+                    s.port.number
+                ),
+            ),
+            _ => {
+                port_protocols.insert(s.port.number, proto.clone());
+            }
+        }
+        for (field, name) in [("name", &s.name), ("port.name", &s.port.name)] {
+            if let Some(n) = name {
+                if field == "name" && !names.insert(n.clone()) {
+                    f.error(format!("{p}.{field}"), format!("duplicate server name {n:?}"));
+                }
+            }
+        }
+        if let Some(b) = &s.bind {
+            if b.parse::<std::net::IpAddr>().is_err() && !b.starts_with("unix://") {
+                f.error(format!("{p}.bind"), format!("{b:?} is not an IP address"));
+            }
+        }
+        if s.hosts.is_empty() {
+            f.error(
+                format!("{p}.hosts"),
+                "at least one host is required, e.g. \"*/shop.example.com\"",
+            );
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            gateway_host(&format!("{p}.hosts[{j}]"), h, f);
+        }
+        server_tls(&p, &proto, &s.tls, f);
+    }
+}
+
+fn is_tls_proto(p: &str) -> bool {
+    p == "HTTPS" || p == "TLS"
+}
+
+fn gateway_host(p: &str, h: &str, f: &mut Findings) {
+    let (ns, name) = match h.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, h),
+    };
+    if let Some(ns) = ns {
+        if !matches!(ns, "*" | "." | "~") && dns_label(ns).is_err() {
+            return f.error(
+                p,
+                format!("{h:?}: the namespace part must be *, ., ~ or a namespace name, as in */shop.example.com"),
+            );
+        }
+    }
+    host(p, name, true, f);
+}
+
+fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Findings) {
+    let tp = format!("{p}.tls");
+    let Some(tls) = tls else {
+        if is_tls_proto(proto) {
+            f.error(
+                tp,
+                format!("{proto} servers need tls settings, e.g. tls: {{mode: SIMPLE, credentialName: shop-cert}}"),
+            );
+        }
+        return;
+    };
+    if !is_tls_proto(proto) {
+        let only_redirect = tls.mode.is_none() && tls.credential_name.is_none() && tls.server_certificate.is_none();
+        if !only_redirect {
+            f.error(
+                &tp,
+                format!("{proto} servers take only tls.httpsRedirect; use protocol HTTPS or TLS to terminate TLS"),
+            );
+        }
+        return;
+    }
+    let mode = tls.mode.unwrap_or(ServerTlsMode::Simple);
+    let has_cert = tls.credential_name.is_some() || (tls.server_certificate.is_some() && tls.private_key.is_some());
+    match mode {
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
+            if !has_cert {
+                f.error(&tp, "needs credentialName, or serverCertificate and privateKey");
+            }
+            if tls.server_certificate.is_some() != tls.private_key.is_some() {
+                f.error(&tp, "serverCertificate and privateKey go together");
+            }
+            if mode != ServerTlsMode::Simple && tls.credential_name.is_none() && tls.ca_certificates.is_none() {
+                f.error(
+                    format!("{tp}.caCertificates"),
+                    "client certificates need a CA: set caCertificates, or credentialName with ca.crt",
+                );
+            }
+        }
+        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
+            if proto != "TLS" {
+                f.error(format!("{tp}.mode"), "passthrough needs protocol TLS");
+            }
+            if has_cert {
+                f.warn(&tp, "certificates are not used when TLS is passed through");
+            }
+        }
+        ServerTlsMode::IstioMutual => {
+            if has_cert || tls.ca_certificates.is_some() {
+                f.error(
+                    &tp,
+                    "ISTIO_MUTUAL uses the gateway's workload certificate; remove the certificate settings",
+                );
+            }
+        }
+    }
+    for (field, v) in [
+        ("minProtocolVersion", tls.min_protocol_version),
+        ("maxProtocolVersion", tls.max_protocol_version),
+    ] {
+        if matches!(v, Some(TlsProtocol::Tlsv1_0 | TlsProtocol::Tlsv1_1)) {
+            f.error(
+                format!("{tp}.{field}"),
+                "TLS 1.0 and 1.1 are insecure and not offered by Trellis; use TLSV1_2 or TLSV1_3",
+            );
+        }
+    }
+    if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version) {
+        if min != TlsProtocol::TlsAuto && max != TlsProtocol::TlsAuto && min > max {
+            f.error(format!("{tp}.minProtocolVersion"), "is above maxProtocolVersion");
+        }
+    }
+    for (i, c) in tls.cipher_suites.iter().flatten().enumerate() {
+        if !CIPHER_SUITES.contains(&c.as_str()) {
+            f.error(
+                format!("{tp}.cipherSuites[{i}]"),
+                format!("{c:?} is not offered; Trellis offers {}", CIPHER_SUITES.join(", ")),
+            );
+        }
+    }
+    if tls.https_redirect == Some(true) {
+        f.warn(format!("{tp}.httpsRedirect"), "has effect only on HTTP servers");
+    }
+}

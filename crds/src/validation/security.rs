@@ -1,0 +1,273 @@
+//! Semantic checks of PeerAuthentication and AuthorizationPolicy.
+
+use super::Findings;
+use super::format::{
+    cidr, dns_label, dns_subdomain, header_name, labels, method, port_string, principal, wildcard_position,
+};
+use crate::security::*;
+
+/// Condition keys Trellis evaluates (Istio's names).
+const CONDITION_KEYS: &[&str] = &[
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+pub(super) fn peer_authentication(spec: &PeerAuthenticationSpec, f: &mut Findings) {
+    let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    labels("spec.selector.matchLabels", &selector.cloned(), f);
+    if let Some(ports) = &spec.port_level_mtls {
+        if selector.is_none_or(|l| l.is_empty()) {
+            f.error(
+                "spec.portLevelMtls",
+                "port-level modes need a workload selector (spec.selector.matchLabels), because ports belong to workloads",
+            );
+        }
+        for (port, m) in ports {
+            let p = format!("spec.portLevelMtls[{port}]");
+            port_string(&p, port, f);
+            if m.mode.is_none() {
+                f.error(format!("{p}.mode"), "is required: UNSET, DISABLE, PERMISSIVE or STRICT");
+            }
+        }
+    }
+    if spec.mtls.as_ref().and_then(|m| m.mode) == Some(MtlsMode::Disable) {
+        f.warn(
+            "spec.mtls.mode",
+            "DISABLE turns off mutual TLS: traffic to these workloads is plaintext and unauthenticated",
+        );
+    }
+}
+
+pub(super) fn authorization_policy(spec: &AuthorizationPolicySpec, f: &mut Findings) {
+    let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    labels("spec.selector.matchLabels", &selector.cloned(), f);
+    let action = spec.action.unwrap_or(AuthzAction::Allow);
+    if action == AuthzAction::Custom {
+        f.error(
+            "spec.action",
+            "CUSTOM (external authorization) is not supported by Trellis yet; use ALLOW, DENY or AUDIT",
+        );
+    }
+    if spec.target_ref.is_some() && spec.target_refs.is_some() {
+        f.error("spec.targetRef", "use either targetRef or targetRefs, not both");
+    }
+    let refs = spec.target_ref.iter().chain(spec.target_refs.iter().flatten());
+    for (i, r) in refs.enumerate() {
+        let p = if spec.target_ref.is_some() && i == 0 {
+            "spec.targetRef".to_string()
+        } else {
+            format!("spec.targetRefs[{}]", i - usize::from(spec.target_ref.is_some()))
+        };
+        if !matches!(r.kind.as_str(), "Service" | "Gateway") {
+            f.error(
+                format!("{p}.kind"),
+                format!("{:?} cannot be targeted; use Service or Gateway", r.kind),
+            );
+        }
+        if let Some(ns) = &r.namespace {
+            if ns != f.namespace() {
+                f.error(
+                    format!("{p}.namespace"),
+                    "a policy can only target objects in its own namespace",
+                );
+            }
+        }
+        if let Err(why) = dns_subdomain(&r.name) {
+            f.error(format!("{p}.name"), why);
+        }
+    }
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if spec.rules.is_none() && action == AuthzAction::Allow {
+        f.warn(
+            "spec.rules",
+            "an ALLOW policy without rules matches nothing, so it denies every request to the selected workloads",
+        );
+    }
+    if rules.is_empty() && action == AuthzAction::Deny {
+        f.warn(
+            "spec.rules",
+            "a DENY policy without rules never matches, so it denies nothing",
+        );
+    }
+    for (i, r) in rules.iter().enumerate() {
+        rule(&format!("spec.rules[{i}]"), r, f);
+    }
+}
+
+fn rule(p: &str, r: &AuthzRule, f: &mut Findings) {
+    for (i, from) in r.from.iter().flatten().enumerate() {
+        source(&format!("{p}.from[{i}].source"), &from.source, f);
+    }
+    for (i, to) in r.to.iter().flatten().enumerate() {
+        operation(&format!("{p}.to[{i}].operation"), &to.operation, f);
+    }
+    for (i, c) in r.when.iter().flatten().enumerate() {
+        condition(&format!("{p}.when[{i}]"), c, f);
+    }
+}
+
+fn source(p: &str, s: &Source, f: &mut Findings) {
+    let fields: [(&str, &Option<Vec<String>>); 12] = [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+        ("namespaces", &s.namespaces),
+        ("notNamespaces", &s.not_namespaces),
+        ("ipBlocks", &s.ip_blocks),
+        ("notIpBlocks", &s.not_ip_blocks),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ];
+    if fields.iter().all(|(_, v)| v.is_none()) {
+        return f.error(p, "a source must set at least one field, e.g. principals or namespaces");
+    }
+    for (field, values) in fields {
+        let Some(values) = values else { continue };
+        if values.is_empty() {
+            f.error(
+                format!("{p}.{field}"),
+                "must not be empty; remove the field to match any value",
+            );
+        }
+        for (i, v) in values.iter().enumerate() {
+            let vp = format!("{p}.{field}[{i}]");
+            match field {
+                "principals" | "notPrincipals" => principal(&vp, v, f),
+                "namespaces" | "notNamespaces" => namespace_pattern(&vp, v, f),
+                "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks" => cidr(&vp, v, f),
+                "serviceAccounts" | "notServiceAccounts" => service_account(&vp, v, f),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn namespace_pattern(p: &str, v: &str, f: &mut Findings) {
+    if let Err(why) = wildcard_position(v) {
+        return f.error(p, why);
+    }
+    let bare = v.trim_matches('*');
+    if !bare.is_empty() && dns_label(bare.trim_matches('-')).is_err() {
+        f.error(p, format!("{v:?} is not a namespace name"));
+    }
+}
+
+fn service_account(p: &str, v: &str, f: &mut Findings) {
+    let (ns, name) = match v.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, v),
+    };
+    let ok = ns.is_none_or(|n| dns_label(n).is_ok()) && dns_subdomain(name).is_ok();
+    if !ok {
+        f.error(
+            p,
+            format!("{v:?} is not a service account; write <namespace>/<name> or <name> (no wildcards)"),
+        );
+    }
+}
+
+fn operation(p: &str, o: &Operation, f: &mut Findings) {
+    let fields: [(&str, &Option<Vec<String>>); 8] = [
+        ("hosts", &o.hosts),
+        ("notHosts", &o.not_hosts),
+        ("ports", &o.ports),
+        ("notPorts", &o.not_ports),
+        ("methods", &o.methods),
+        ("notMethods", &o.not_methods),
+        ("paths", &o.paths),
+        ("notPaths", &o.not_paths),
+    ];
+    if fields.iter().all(|(_, v)| v.is_none()) {
+        return f.error(p, "an operation must set at least one field, e.g. methods or paths");
+    }
+    for (field, values) in fields {
+        let Some(values) = values else { continue };
+        if values.is_empty() {
+            f.error(
+                format!("{p}.{field}"),
+                "must not be empty; remove the field to match any value",
+            );
+        }
+        for (i, v) in values.iter().enumerate() {
+            let vp = format!("{p}.{field}[{i}]");
+            match field {
+                "hosts" | "notHosts" => {
+                    if let Err(why) = wildcard_position(v) {
+                        f.error(&vp, why);
+                    }
+                }
+                "ports" | "notPorts" => {
+                    port_string(&vp, v, f);
+                }
+                "methods" | "notMethods" => {
+                    if v != "*" {
+                        method(&vp, v, f);
+                    }
+                }
+                "paths" | "notPaths" => {
+                    if let Err(why) = wildcard_position(v) {
+                        f.error(&vp, why);
+                    } else if !(v.starts_with('/') || v.starts_with('*')) {
+                        f.error(
+                            &vp,
+                            format!("{v:?} must be a path starting with '/' (or a '*' suffix pattern)"),
+                        );
+                    } else if v.contains("{") {
+                        f.error(
+                            &vp,
+                            "path templates ({*}, {**}) are not supported by Trellis yet; use a '*' prefix or suffix",
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn condition(p: &str, c: &Condition, f: &mut Findings) {
+    let key = c.key.as_str();
+    if key.starts_with("request.auth.") || key == "request.auth" {
+        f.error(
+            format!("{p}.key"),
+            format!("{key:?} needs request (JWT) authentication, which is not supported by Trellis yet"),
+        );
+    } else if let Some(h) = key.strip_prefix("request.headers[").and_then(|r| r.strip_suffix(']')) {
+        header_name(&format!("{p}.key"), h, f);
+    } else if !CONDITION_KEYS.contains(&key) {
+        f.error(
+            format!("{p}.key"),
+            format!(
+                "unknown key {key:?}; use request.headers[<name>], {}",
+                CONDITION_KEYS.join(", ")
+            ),
+        );
+    }
+    let values = c.values.as_deref().unwrap_or_default();
+    let not_values = c.not_values.as_deref().unwrap_or_default();
+    if values.is_empty() && not_values.is_empty() {
+        f.error(p, "set values or notValues");
+    }
+    for (field, list) in [("values", values), ("notValues", not_values)] {
+        for (i, v) in list.iter().enumerate() {
+            let vp = format!("{p}.{field}[{i}]");
+            match key {
+                "source.ip" | "remote.ip" | "destination.ip" => cidr(&vp, v, f),
+                "destination.port" => {
+                    port_string(&vp, v, f);
+                }
+                "source.principal" => principal(&vp, v, f),
+                "source.namespace" => namespace_pattern(&vp, v, f),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Structural validation: an object against its CRD's OpenAPI v3 schema, as the API server
+//! checks it — types, required fields, enums, numeric ranges, lengths, patterns, and unknown
+//! fields (which the API server would prune silently; here they are errors).
+//!
+//! Only the schema subset the generated CRDs use is interpreted; CEL rules are evaluated
+//! elsewhere.
+
+use serde_json::{Map, Value};
+
+use super::Findings;
+
+/// Check `obj` against `schema`; returns true when nothing structural is wrong.
+pub(super) fn check(schema: &Value, obj: &Value, f: &mut Findings) -> bool {
+    let before = f.out.len();
+    walk(schema, obj, "", true, f);
+    f.out.len() == before
+}
+
+fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings) {
+    let Some(schema) = schema.as_object() else { return };
+    if value.is_null() {
+        if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
+            f.error(path, "must not be null");
+        }
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            let list: Vec<String> = allowed
+                .iter()
+                .filter(|v| !v.is_null())
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .collect();
+            f.error(
+                path,
+                format!("unsupported value {}; allowed: {}", short(value), list.join(", ")),
+            );
+            return;
+        }
+    }
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => object(schema, value, path, root, preserve, f),
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return f.error(path, format!("must be a list, not {}", type_name(value)));
+            };
+            bounds(schema, items.len() as f64, "minItems", "maxItems", "items", path, f);
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item_schema, item, &format!("{path}[{i}]"), false, f);
+                }
+            }
+        }
+        Some("string") => {
+            let Some(s) = value.as_str() else {
+                return f.error(path, format!("must be a string, not {}", type_name(value)));
+            };
+            bounds(
+                schema,
+                s.chars().count() as f64,
+                "minLength",
+                "maxLength",
+                "characters",
+                path,
+                f,
+            );
+            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+                if let Ok(re) = regex::Regex::new(p) {
+                    if !re.is_match(s) {
+                        f.error(path, format!("{} does not match the pattern {p}", short(value)));
+                    }
+                }
+            }
+        }
+        Some("integer") => {
+            let is_int = value.as_i64().is_some() || value.as_u64().is_some();
+            if !is_int {
+                return f.error(path, format!("must be an integer, not {}", short(value)));
+            }
+            range(schema, value, path, f);
+        }
+        Some("number") => {
+            if !value.is_number() {
+                return f.error(path, format!("must be a number, not {}", short(value)));
+            }
+            range(schema, value, path, f);
+        }
+        Some("boolean") => {
+            if !value.is_boolean() {
+                f.error(path, format!("must be true or false, not {}", short(value)));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn object(schema: &Map<String, Value>, value: &Value, path: &str, root: bool, preserve: bool, f: &mut Findings) {
+    let Some(map) = value.as_object() else {
+        return f.error(path, format!("must be a mapping, not {}", type_name(value)));
+    };
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for r in required.iter().filter_map(Value::as_str) {
+            if !map.contains_key(r) {
+                f.error(join(path, r), "is required");
+            }
+        }
+    }
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let additional = schema.get("additionalProperties");
+    for (key, v) in map {
+        let child = join_key(path, key, properties.is_none() && additional.is_some());
+        if let Some(p) = properties.and_then(|p| p.get(key)) {
+            walk(p, v, &child, false, f);
+        } else if let Some(a) = additional.filter(|a| a.is_object()) {
+            walk(a, v, &child, false, f);
+        } else if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            // Type meta and object meta are the API server's, checked in `format::metadata`.
+        } else if !preserve && properties.is_some() {
+            let known: Vec<&str> = properties
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            f.error(
+                child,
+                format!("unknown field {key:?}; known fields here: {}", known.join(", ")),
+            );
+        }
+    }
+}
+
+fn range(schema: &Map<String, Value>, value: &Value, path: &str, f: &mut Findings) {
+    let Some(n) = value.as_f64() else { return };
+    let min = schema.get("minimum").and_then(Value::as_f64);
+    let max = schema.get("maximum").and_then(Value::as_f64);
+    let out_of_range = min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m);
+    if out_of_range {
+        let allowed = match (min, max) {
+            (Some(a), Some(b)) => format!("allowed: {} to {}", num(a), num(b)),
+            (Some(a), None) => format!("allowed: {} or more", num(a)),
+            (None, Some(b)) => format!("allowed: {} or less", num(b)),
+            (None, None) => unreachable!("out of range needs a bound"),
+        };
+        f.error(path, format!("{} is out of range; {allowed}", short(value)));
+    }
+}
+
+fn bounds(schema: &Map<String, Value>, n: f64, min_key: &str, max_key: &str, unit: &str, path: &str, f: &mut Findings) {
+    if let Some(min) = schema.get(min_key).and_then(Value::as_f64) {
+        if n < min {
+            f.error(path, format!("must have at least {} {unit}", num(min)));
+        }
+    }
+    if let Some(max) = schema.get(max_key).and_then(Value::as_f64) {
+        if n > max {
+            f.error(path, format!("must have at most {} {unit}", num(max)));
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Map keys are shown as `headers[x-user]`, fields as `.field`.
+fn join_key(path: &str, key: &str, map_entry: bool) -> String {
+    if map_entry {
+        format!("{path}[{key}]")
+    } else {
+        join(path, key)
+    }
+}
+
+fn num(n: f64) -> String {
+    if n.fract() == 0.0 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
