@@ -61,8 +61,14 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
 /// `patchMergeKey` tags declare it. `None` means the list is atomic.
 pub fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
     let key = match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "resourceClaims" | "secrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "secrets" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "conditions" => "type",
@@ -156,10 +162,10 @@ fn merge_maps(target: &Map<String, Value>, patch: &Map<String, Value>) -> Result
         out.retain(|k, _| keep.contains(k.as_str()));
     }
     for (k, order) in patch {
-        if let (Some(field), Some(order)) = (k.strip_prefix("$setElementOrder/"), order.as_array()) {
-            if let Some(Value::Array(list)) = out.get_mut(field) {
-                reorder(field, list, order);
-            }
+        if let (Some(field), Some(order)) = (k.strip_prefix("$setElementOrder/"), order.as_array())
+            && let Some(Value::Array(list)) = out.get_mut(field)
+        {
+            reorder(field, list, order);
         }
     }
     Ok(out)
@@ -167,7 +173,7 @@ fn merge_maps(target: &Map<String, Value>, patch: &Map<String, Value>) -> Result
 
 /// Orders `list` as `order` says; elements not named keep their relative
 /// order after the named ones.
-fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
+fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
     let key = order.first().and_then(|s| merge_key(field, s));
     let position = |v: &Value| {
         order
@@ -236,7 +242,7 @@ pub type FieldSet = BTreeSet<FieldPath>;
 /// Top-level and metadata fields that are never owned by a manager.
 fn untracked(path: &[String]) -> bool {
     match path {
-        [one] => matches!(one.as_str(), "f:apiVersion" | "f:kind" | "f:status" if one != "f:status"),
+        [one] => matches!(one.as_str(), "f:apiVersion" | "f:kind"),
         [m, f] if m == "f:metadata" => matches!(
             f.as_str(),
             "f:name"
@@ -263,7 +269,10 @@ fn item_key(field: &str, item: &Value) -> Option<String> {
 pub fn fields_of(config: &Value) -> FieldSet {
     let mut out = FieldSet::new();
     collect(config, &mut Vec::new(), &mut out);
-    out.retain(|p| !untracked(p) && !(p.len() >= 2 && untracked(&p[..2])));
+    out.retain(|p| {
+        let prefix_untracked = p.len() >= 2 && untracked(&p[..2]);
+        !(prefix_untracked || untracked(p))
+    });
     out
 }
 
@@ -464,9 +473,7 @@ pub fn paths_to_tree(fields: &FieldSet) -> Value {
     for path in fields {
         let mut cur = &mut root;
         for el in path {
-            let next = cur
-                .entry(el.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
+            let next = cur.entry(el.clone()).or_insert_with(|| Value::Object(Map::new()));
             match next {
                 Value::Object(m) => cur = m,
                 _ => break,
@@ -577,6 +584,16 @@ pub fn server_side_apply(
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in dropped {
         remove_at(&mut obj, p);
+        // Maps left empty by the removal go too, as upstream prunes them.
+        let mut parent: &[String] = &p[..p.len().saturating_sub(1)];
+        while parent.len() > 1 && parent.last().is_some_and(|e| e.starts_with("f:")) {
+            let empty = value_at(&obj, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty));
+            if !empty || others.iter().any(|o| o.starts_with(parent)) {
+                break;
+            }
+            remove_at(&mut obj, parent);
+            parent = &parent[..parent.len() - 1];
+        }
     }
 
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
@@ -591,12 +608,7 @@ pub fn server_side_apply(
 
 /// Records a non-apply write: `manager` takes ownership of every leaf that
 /// changed between `old` and `new`.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &Value,
-    manager: &str,
-    subresource: &str,
-) -> Vec<ManagedEntry> {
+pub fn record_update(old: Option<&Value>, new: &Value, manager: &str, subresource: &str) -> Vec<ManagedEntry> {
     let mut entries = old.map(read_managed).unwrap_or_default();
     let changed: FieldSet = fields_of(new)
         .into_iter()
@@ -666,8 +678,15 @@ mod tests {
     #[test]
     fn merge_and_json_patches() {
         let obj = json!({"a": 1, "b": {"c": 2}});
-        assert_eq!(merge_patch(&obj, &json!({"b": {"c": null, "d": 3}})), json!({"a": 1, "b": {"d": 3}}));
-        let out = json_patch(&obj, &json!([{"op": "replace", "path": "/a", "value": 5}, {"op": "remove", "path": "/b"}])).unwrap();
+        assert_eq!(
+            merge_patch(&obj, &json!({"b": {"c": null, "d": 3}})),
+            json!({"a": 1, "b": {"d": 3}})
+        );
+        let out = json_patch(
+            &obj,
+            &json!([{"op": "replace", "path": "/a", "value": 5}, {"op": "remove", "path": "/b"}]),
+        )
+        .unwrap();
         assert_eq!(out, json!({"a": 5}));
         assert!(json_patch(&obj, &json!([{"op": "remove", "path": "/zz"}])).is_err());
     }
@@ -687,7 +706,10 @@ mod tests {
 
         let del = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}}, "metadata": {"labels": {"app": null}}});
         let out = strategic_merge(&obj, &del).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(),
+            1
+        );
         assert_eq!(out["metadata"]["labels"], json!({}));
     }
 
@@ -708,7 +730,10 @@ mod tests {
         let (obj, entries) = server_side_apply(None, &deployment("nginx:1", 2), "ci", "", false).unwrap();
         let mut obj = obj;
         write_managed(&mut obj, &entries, "apps/v1", "t");
-        assert!(obj.pointer("/metadata/managedFields/0/fieldsV1/f:spec/f:replicas").is_some());
+        assert!(
+            obj.pointer("/metadata/managedFields/0/fieldsV1/f:spec/f:replicas")
+                .is_some()
+        );
 
         // Another manager changes replicas with an update and takes it over.
         let mut scaled = obj.clone();
@@ -718,13 +743,20 @@ mod tests {
 
         // Re-applying replicas 2 now conflicts...
         let err = server_side_apply(Some(&scaled), &deployment("nginx:1", 2), "ci", "", false).unwrap_err();
-        assert!(matches!(&err, PatchError::Conflicts(c) if c.len() == 1 && c[0].contains("kubectl-scale") && c[0].contains(".spec.replicas")), "{err}");
+        assert!(
+            matches!(&err, PatchError::Conflicts(c) if c.len() == 1 && c[0].contains("kubectl-scale") && c[0].contains(".spec.replicas")),
+            "{err}"
+        );
         // ...applying the same value does not...
         assert!(server_side_apply(Some(&scaled), &deployment("nginx:1", 5), "ci", "", false).is_ok());
         // ...and force takes ownership.
         let (forced, entries) = server_side_apply(Some(&scaled), &deployment("nginx:1", 2), "ci", "", true).unwrap();
         assert_eq!(forced["spec"]["replicas"], 2);
-        assert!(entries.iter().all(|e| e.manager == "ci" || !e.fields.iter().any(|p| p.ends_with(&["f:replicas".to_string()]))));
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.manager == "ci" || !e.fields.iter().any(|p| p.ends_with(&["f:replicas".to_string()])))
+        );
     }
 
     #[test]
@@ -734,16 +766,28 @@ mod tests {
         write_managed(&mut obj, &entries, "apps/v1", "t");
         let mut smaller = deployment("nginx:1", 2);
         smaller["metadata"].as_object_mut().unwrap().remove("labels");
-        smaller["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().pop();
+        smaller["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
         let (out, _) = server_side_apply(Some(&obj), &smaller, "ci", "", false).unwrap();
-        assert!(out.pointer("/metadata/labels/app").is_none());
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert!(out.pointer("/metadata/labels").is_none());
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(),
+            1
+        );
     }
 
     #[test]
     fn content_types_map_to_patch_kinds() {
-        assert_eq!(PatchKind::from_content_type("application/apply-patch+yaml; charset=utf-8"), Some(PatchKind::Apply));
-        assert_eq!(PatchKind::from_content_type("application/strategic-merge-patch+json"), Some(PatchKind::Strategic));
+        assert_eq!(
+            PatchKind::from_content_type("application/apply-patch+yaml; charset=utf-8"),
+            Some(PatchKind::Apply)
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/strategic-merge-patch+json"),
+            Some(PatchKind::Strategic)
+        );
         assert_eq!(PatchKind::from_content_type("text/plain"), None);
     }
 }

@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// Errors while creating or loading credentials.
@@ -16,10 +15,7 @@ pub enum PkiError {
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("loading the serving key pair: {0}")]
     Load(String),
 }
@@ -42,9 +38,7 @@ impl ServingIdentity {
     pub fn generate() -> Result<Self, PkiError> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "kubesim-ca");
+        ca_params.distinguished_name.push(DnType::CommonName, "kubesim-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -65,10 +59,7 @@ impl ServingIdentity {
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf_params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
         Ok(Self {
             ca_pem: ca_cert.pem(),
@@ -81,10 +72,9 @@ impl ServingIdentity {
     /// `h2` and `http/1.1` (kubectl speaks HTTP/2, kube-rs HTTP/1.1).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
         let certs = rustls_pemfile_certs(&self.cert_pem)?;
-        let key = rustls::pki_types::PrivateKeyDer::try_from(
-            rustls::pki_types::PrivatePkcs8KeyDer::from(pem_body(&self.key_pem)?),
-        )
-        .map_err(|e| PkiError::Load(e.to_string()))?;
+        let key = rustls::pki_types::PrivateKeyDer::from(rustls::pki_types::PrivatePkcs8KeyDer::from(pem_body(
+            &self.key_pem,
+        )?));
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -97,12 +87,8 @@ impl ServingIdentity {
     }
 }
 
-fn rustls_pemfile_certs(
-    pem: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PkiError> {
-    Ok(vec![rustls::pki_types::CertificateDer::from(pem_body(
-        pem,
-    )?)])
+fn rustls_pemfile_certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PkiError> {
+    Ok(vec![rustls::pki_types::CertificateDer::from(pem_body(pem)?)])
 }
 
 /// Decodes the first PEM block of `pem`.
@@ -147,11 +133,7 @@ pub fn base64_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -166,11 +148,7 @@ pub fn base64_encode(input: &[u8]) -> String {
 
 /// A random bearer token (256 bits from two v4 UUIDs).
 pub fn random_token() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// File names inside a state directory.
@@ -181,9 +159,7 @@ pub struct StateFiles {
 
 impl StateFiles {
     pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-        }
+        Self { dir: dir.to_path_buf() }
     }
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
@@ -207,9 +183,8 @@ pub fn write_kubeconfig(
     server: &str,
     token: &str,
 ) -> Result<PathBuf, PkiError> {
-    let write = |path: PathBuf, data: &str| {
-        std::fs::write(&path, data).map_err(|source| PkiError::Write { path, source })
-    };
+    let write =
+        |path: PathBuf, data: &str| std::fs::write(&path, data).map_err(|source| PkiError::Write { path, source });
     std::fs::create_dir_all(&files.dir).map_err(|source| PkiError::Write {
         path: files.dir.clone(),
         source,

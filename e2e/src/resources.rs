@@ -163,23 +163,9 @@ const BUILTINS: &[Builtin] = &[
         true,
         &["deploy"],
     ))),
-    with_scale(with_status(b(
-        "apps",
-        "v1",
-        "ReplicaSet",
-        "replicasets",
-        true,
-        &["rs"],
-    ))),
+    with_scale(with_status(b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"]))),
     with_status(b("batch", "v1", "Job", "jobs", true, &[])),
-    b(
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        true,
-        &[],
-    ),
+    b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[]),
     b("events.k8s.io", "v1", "Event", "events", true, &["ev"]),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
     with_status(b(
@@ -222,14 +208,7 @@ const BUILTINS: &[Builtin] = &[
         false,
         &[],
     )),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "Role",
-        "roles",
-        true,
-        &[],
-    ),
+    b("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[]),
     b(
         "rbac.authorization.k8s.io",
         "v1",
@@ -295,12 +274,7 @@ fn builtin_columns(kind: &str) -> Vec<PrinterColumn> {
         ],
         "Job" => vec![column("Completions", "string", "@jobCompletions", 0)],
         "Lease" => vec![column("Holder", "string", ".spec.holderIdentity", 0)],
-        "CustomResourceDefinition" => vec![column(
-            "Created At",
-            "date",
-            ".metadata.creationTimestamp",
-            0,
-        )],
+        "CustomResourceDefinition" => vec![column("Created At", "date", ".metadata.creationTimestamp", 0)],
         _ => Vec::new(),
     }
 }
@@ -308,10 +282,7 @@ fn builtin_columns(kind: &str) -> Vec<PrinterColumn> {
 impl From<&Builtin> for ResourceType {
     fn from(x: &Builtin) -> Self {
         let singular = x.kind.to_ascii_lowercase();
-        let categories = if matches!(
-            x.kind,
-            "Pod" | "Service" | "Deployment" | "ReplicaSet" | "Job"
-        ) {
+        let categories = if matches!(x.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet" | "Job") {
             vec!["all".to_string()]
         } else {
             Vec::new()
@@ -400,9 +371,7 @@ impl Catalog {
         }
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String, String), ResourceType>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String, String), ResourceType>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -428,7 +397,11 @@ mod tests {
         let ns = c.by_kind("v1", "Namespace").unwrap();
         assert!(!ns.namespaced);
         assert_eq!(ns.short_names, ["ns"]);
-        assert!(c.get("authentication.k8s.io", "v1", "tokenreviews").unwrap().create_only());
+        assert!(
+            c.get("authentication.k8s.io", "v1", "tokenreviews")
+                .unwrap()
+                .create_only()
+        );
         assert!(c.by_kind("v1", "Nope").is_none());
     }
 

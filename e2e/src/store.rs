@@ -57,6 +57,8 @@ pub struct StoredEvent {
     pub key: ObjectKey,
     pub type_: EventType,
     pub object: Value,
+    /// The object before a modification (selector transitions need it).
+    pub old: Option<Value>,
 }
 
 /// Storage-level failures; the REST layer turns them into `Status` objects.
@@ -163,9 +165,7 @@ impl Store {
         let items = st
             .objects
             .iter()
-            .filter(|(k, _)| {
-                k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns)
-            })
+            .filter(|(k, _)| k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns))
             .map(|(_, v)| v.clone())
             .collect();
         (items, st.rv)
@@ -190,12 +190,13 @@ impl Store {
             .collect()
     }
 
-    fn record(&self, st: &mut State, key: &ObjectKey, type_: EventType, object: &Value) {
+    fn record(&self, st: &mut State, key: &ObjectKey, type_: EventType, object: &Value, old: Option<Value>) {
         let ev = Arc::new(StoredEvent {
             resource_version: st.rv,
             key: key.clone(),
             type_,
             object: object.clone(),
+            old,
         });
         st.history.push_back(ev.clone());
         while st.history.len() > HISTORY_LIMIT {
@@ -216,27 +217,23 @@ impl Store {
         st.rv += 1;
         set_rv(&mut obj, st.rv);
         st.objects.insert(key.clone(), obj.clone());
-        self.record(&mut st, key, EventType::Added, &obj);
+        self.record(&mut st, key, EventType::Added, &obj, None);
         Ok(obj)
     }
 
     /// Replaces an object. With `expected_rv`, fails with `Conflict` unless
     /// the stored object still has that resourceVersion.
-    pub fn update(
-        &self,
-        key: &ObjectKey,
-        mut obj: Value,
-        expected_rv: Option<u64>,
-    ) -> Result<Value, StoreError> {
+    pub fn update(&self, key: &ObjectKey, mut obj: Value, expected_rv: Option<u64>) -> Result<Value, StoreError> {
         let mut st = self.lock();
         let current = st.objects.get(key).ok_or(StoreError::NotFound)?;
         if expected_rv.is_some_and(|rv| rv != object_rv(current)) {
             return Err(StoreError::Conflict);
         }
+        let old = current.clone();
         st.rv += 1;
         set_rv(&mut obj, st.rv);
         st.objects.insert(key.clone(), obj.clone());
-        self.record(&mut st, key, EventType::Modified, &obj);
+        self.record(&mut st, key, EventType::Modified, &obj, Some(old));
         Ok(obj)
     }
 
@@ -250,8 +247,13 @@ impl Store {
         let mut obj = st.objects.remove(key).ok_or(StoreError::NotFound)?;
         st.rv += 1;
         set_rv(&mut obj, st.rv);
-        self.record(&mut st, key, EventType::Deleted, &obj);
+        self.record(&mut st, key, EventType::Deleted, &obj, None);
         Ok(obj)
+    }
+
+    /// A raw feed of every change (controllers use it as a wake-up).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.events.subscribe()
     }
 
     /// Opens a watch on one resource (optionally one namespace).
@@ -264,9 +266,8 @@ impl Store {
         let st = self.lock();
         let live = self.events.subscribe();
         let epoch = self.epoch.subscribe();
-        let matches = |k: &ObjectKey| {
-            k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns)
-        };
+        let matches =
+            |k: &ObjectKey| k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns);
         let backlog = match start {
             WatchStart::InitialState => st
                 .objects
@@ -278,6 +279,7 @@ impl Store {
                         key: k.clone(),
                         type_: EventType::Added,
                         object: v.clone(),
+                        old: None,
                     })
                 })
                 .collect(),
@@ -344,10 +346,7 @@ mod tests {
         assert_eq!(s.create(&key("a"), cm("a")), Err(StoreError::AlreadyExists));
         let b = s.update(&key("a"), a.clone(), Some(rv)).unwrap();
         assert!(object_rv(&b) > rv);
-        assert_eq!(
-            s.update(&key("a"), a.clone(), Some(rv)),
-            Err(StoreError::Conflict)
-        );
+        assert_eq!(s.update(&key("a"), a.clone(), Some(rv)), Err(StoreError::Conflict));
         assert_eq!(s.delete(&key("a"), Some(rv)), Err(StoreError::Conflict));
         s.delete(&key("a"), None).unwrap();
         assert!(s.get(&key("a")).is_none());
@@ -358,10 +357,14 @@ mod tests {
         let s = Store::new();
         let a = s.create(&key("a"), cm("a")).unwrap();
         s.create(&key("b"), cm("b")).unwrap();
-        let sub = s.watch("/configmaps", Some("default"), WatchStart::After(object_rv(&a))).unwrap();
+        let sub = s
+            .watch("/configmaps", Some("default"), WatchStart::After(object_rv(&a)))
+            .unwrap();
         assert_eq!(sub.backlog.len(), 1);
         assert_eq!(sub.backlog[0].key.name, "b");
-        let other_ns = s.watch("/configmaps", Some("kube-system"), WatchStart::After(1)).unwrap();
+        let other_ns = s
+            .watch("/configmaps", Some("kube-system"), WatchStart::After(1))
+            .unwrap();
         assert!(other_ns.backlog.is_empty());
 
         let init = s.watch("/configmaps", None, WatchStart::InitialState).unwrap();

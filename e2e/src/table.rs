@@ -1,0 +1,290 @@
+//! `meta.k8s.io/v1` Table responses, the server-side printing that
+//! `kubectl get` asks for.
+
+use serde_json::{Value, json};
+
+use crate::clock;
+use crate::resources::{PrinterColumn, ResourceType};
+
+/// Evaluates the simple JSONPath subset printer columns use:
+/// `.a.b`, `.a[0].b`, `.a['x.y']`.
+pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut cur = obj;
+    let mut rest = path.trim_start_matches('$');
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end > 0 {
+                cur = cur.get(&r[..end])?;
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let idx = r[..end].trim_matches(|c| c == '\'' || c == '"');
+            cur = match idx.parse::<usize>() {
+                Ok(i) => cur.get(i)?,
+                Err(_) => cur.get(idx)?,
+            };
+            rest = &r[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+fn count(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Object(m)) => m.len() as i64,
+        Some(Value::Array(a)) => a.len() as i64,
+        _ => 0,
+    }
+}
+
+fn int(obj: &Value, ptr: &str) -> i64 {
+    obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn pod_status(pod: &Value) -> String {
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".to_string();
+    }
+    let waiting = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str));
+    if let Some(reason) = waiting {
+        return reason.to_string();
+    }
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending")
+        .to_string()
+}
+
+/// Computed cells for built-in kinds (the `@name` column paths).
+fn computed(obj: &Value, name: &str) -> Value {
+    match name {
+        "@podReady" => {
+            let total = count(obj.pointer("/spec/containers"));
+            let ready = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
+            json!(format!("{ready}/{total}"))
+        }
+        "@podStatus" => json!(pod_status(obj)),
+        "@podRestarts" => {
+            let n: i64 = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            json!(n.to_string())
+        }
+        "@nodeStatus" => {
+            let ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            json!(if ready { "Ready" } else { "NotReady" })
+        }
+        "@serviceExternalIP" => {
+            let ips: Vec<&str> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str())
+                .collect();
+            json!(if ips.is_empty() {
+                "<none>".to_string()
+            } else {
+                ips.join(",")
+            })
+        }
+        "@servicePorts" => {
+            let ports: Vec<String> = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            json!(if ports.is_empty() {
+                "<none>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        "@serviceSelector" => {
+            let sel: Vec<String> = obj
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            json!(if sel.is_empty() {
+                "<none>".to_string()
+            } else {
+                sel.join(",")
+            })
+        }
+        "@dataCount" => json!(count(obj.get("data")) + count(obj.get("binaryData"))),
+        "@secretsCount" => json!(count(obj.get("secrets"))),
+        "@readyOfReplicas" => json!(format!(
+            "{}/{}",
+            int(obj, "/status/readyReplicas"),
+            obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
+        )),
+        "@updatedReplicas" => json!(int(obj, "/status/updatedReplicas")),
+        "@availableReplicas" => json!(int(obj, "/status/availableReplicas")),
+        "@statusReplicas" => json!(int(obj, "/status/replicas")),
+        "@readyReplicas" => json!(int(obj, "/status/readyReplicas")),
+        "@jobCompletions" => json!(format!(
+            "{}/{}",
+            int(obj, "/status/succeeded"),
+            obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
+        )),
+        _ => Value::Null,
+    }
+}
+
+fn cell(obj: &Value, col: &PrinterColumn) -> Value {
+    if col.json_path.starts_with('@') {
+        return computed(obj, &col.json_path);
+    }
+    let Some(v) = json_path(obj, &col.json_path) else {
+        return Value::Null;
+    };
+    match col.type_.as_str() {
+        "date" => v
+            .as_str()
+            .and_then(clock::seconds_since)
+            .map(|s| json!(clock::human_duration(s)))
+            .unwrap_or(Value::Null),
+        "integer" | "number" | "boolean" => v.clone(),
+        _ => match v {
+            Value::String(_) => v.clone(),
+            Value::Null => Value::Null,
+            other => json!(other.to_string()),
+        },
+    }
+}
+
+/// The column definitions of a resource: NAME, its own columns, AGE.
+pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
+    let def = |name: &str, type_: &str, format: &str, priority: i64, description: &str| json!({"name": name, "type": type_, "format": format, "description": description, "priority": priority});
+    let mut cols = vec![def(
+        "Name",
+        "string",
+        "name",
+        0,
+        "Name must be unique within a namespace.",
+    )];
+    for c in &rt.columns {
+        let type_ = if c.type_ == "date" { "string" } else { &c.type_ };
+        cols.push(def(&c.name, type_, "", c.priority, &c.description));
+    }
+    if !rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp") {
+        cols.push(def(
+            "Age",
+            "string",
+            "",
+            0,
+            "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        ));
+    }
+    cols
+}
+
+/// One Table row.
+pub fn row(rt: &ResourceType, obj: &Value, include_object: &str) -> Value {
+    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+    cells.extend(rt.columns.iter().map(|c| cell(obj, c)));
+    if !rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp") {
+        let age = obj
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .and_then(clock::seconds_since)
+            .map(clock::human_duration)
+            .unwrap_or_else(|| "<unknown>".to_string());
+        cells.push(json!(age));
+    }
+    let object = match include_object {
+        "None" => Value::Null,
+        "Object" => obj.clone(),
+        _ => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        }),
+    };
+    json!({"cells": cells, "object": object})
+}
+
+/// A full Table for a list response.
+pub fn table(rt: &ResourceType, objects: &[Value], list_meta: Value, include_object: &str) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": column_definitions(rt),
+        "rows": objects.iter().map(|o| row(rt, o, include_object)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Catalog;
+
+    #[test]
+    fn json_paths_follow_fields_and_indices() {
+        let v = json!({"a": {"b": [{"c": 1}], "x.y": "z"}});
+        assert_eq!(json_path(&v, ".a.b[0].c"), Some(&json!(1)));
+        assert_eq!(json_path(&v, ".a['x.y']"), Some(&json!("z")));
+        assert_eq!(json_path(&v, ".a.q"), None);
+    }
+
+    #[test]
+    fn pod_rows_show_readiness_and_status() {
+        let rt = Catalog::new().get("", "v1", "pods").unwrap();
+        let pod = json!({
+            "metadata": {"name": "p", "creationTimestamp": clock::now_rfc3339()},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 0}]}
+        });
+        let t = table(&rt, &[pod], json!({}), "Metadata");
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Name", "Ready", "Status", "Restarts", "IP", "Node", "Age"]);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "Running");
+        assert_eq!(cells[3], "2");
+        assert_eq!(cells[4], "10.244.0.5");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+}

@@ -1,0 +1,397 @@
+//! The real `kubectl` against kubesim: apply with default validation, get
+//! (tables and YAML), describe, label, every patch type, server-side apply,
+//! finalizers, namespaces and CRDs.
+
+use anyhow::Result;
+use trellis_e2e::harness::TestCluster;
+
+const WEB: &str = include_str!("fixtures/web.yaml");
+const WIDGET_CRD: &str = include_str!("fixtures/widget-crd.yaml");
+
+fn lines_with(out: &str, word: &str) -> Vec<String> {
+    out.lines().filter(|l| l.contains(word)).map(str::to_string).collect()
+}
+
+#[test]
+fn apply_get_and_reapply_with_strategic_merge() -> Result<()> {
+    let k = TestCluster::start()?;
+    let out = k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    assert!(out.contains("namespace/shop created"), "{out}");
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    assert!(out.contains("service/web created"), "{out}");
+
+    let table = k.kubectl_ok(&["get", "deploy,svc,cm", "-n", "shop"], None)?;
+    assert!(table.contains("READY") && table.contains("UP-TO-DATE"), "{table}");
+    let svc = lines_with(&table, "service/web");
+    assert_eq!(svc.len(), 1, "{table}");
+    assert!(
+        svc[0].contains("ClusterIP") && svc[0].contains("10.96.") && svc[0].contains("80/TCP"),
+        "{table}"
+    );
+    assert!(lines_with(&table, "configmap/settings")[0].contains(" 1 "), "{table}");
+
+    // Change the image and replicas; kubectl sends a strategic merge patch.
+    let changed = WEB
+        .replace("trellis-testapp:1", "trellis-testapp:2")
+        .replace("replicas: 2", "replicas: 3");
+    let out = k.kubectl_ok(&["apply", "-f", "-"], Some(&changed))?;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("configmap/settings unchanged"), "{out}");
+    let got = k.kubectl_ok(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].image} {.metadata.generation}",
+        ],
+        None,
+    )?;
+    assert_eq!(got, "3 trellis-testapp:2 trellis-proxy:1 2");
+
+    // Dropping the sidecar from the manifest removes it (three-way merge).
+    let one = changed.replace("      - name: sidecar\n        image: trellis-proxy:1\n", "");
+    k.kubectl_ok(&["apply", "-f", "-"], Some(&one))?;
+    let names = k.kubectl_ok(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}",
+        ],
+        None,
+    )?;
+    assert_eq!(names, "app");
+
+    let yaml = k.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "yaml"], None)?;
+    assert!(
+        yaml.contains("kind: Service") && yaml.contains("clusterIP: 10.96.") && yaml.contains("targetPort: 8080"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("resourceVersion:") && yaml.contains("uid:"), "{yaml}");
+    Ok(())
+}
+
+#[test]
+fn label_patch_describe_and_selectors() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    k.kubectl_ok(&["label", "cm", "settings", "-n", "shop", "tier=backend"], None)?;
+    let sel = k.kubectl_ok(&["get", "cm", "-n", "shop", "-l", "tier=backend", "-o", "name"], None)?;
+    assert_eq!(sel.trim(), "configmap/settings");
+    let none = k.kubectl_ok(
+        &["get", "cm", "-n", "shop", "-l", "tier in (frontend)", "-o", "name"],
+        None,
+    )?;
+    assert!(none.trim().is_empty(), "{none}");
+
+    k.kubectl_ok(
+        &[
+            "patch",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"a":"1"}}"#,
+        ],
+        None,
+    )?;
+    k.kubectl_ok(
+        &[
+            "patch",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/data/b","value":"2"},{"op":"remove","path":"/data/level"}]"#,
+        ],
+        None,
+    )?;
+    k.kubectl_ok(
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"trellis-proxy:9"}]}}}}"#,
+        ],
+        None,
+    )?;
+    let data = k.kubectl_ok(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data}"], None)?;
+    assert_eq!(data, r#"{"a":"1","b":"2"}"#);
+    let images = k.kubectl_ok(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].image}",
+        ],
+        None,
+    )?;
+    assert_eq!(images, "trellis-testapp:1 trellis-proxy:9");
+
+    // A JSON patch that cannot apply is an error kubectl reports.
+    let bad = k.kubectl(
+        &[
+            "patch",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/zzz"}]"#,
+        ],
+        None,
+    )?;
+    assert!(!bad.status.success());
+
+    let described = k.kubectl_ok(&["describe", "deploy", "web", "-n", "shop"], None)?;
+    assert!(
+        described.contains("Name:") && described.contains("web") && described.contains("trellis-proxy:9"),
+        "{described}"
+    );
+    let described = k.kubectl_ok(&["describe", "svc", "web", "-n", "shop"], None)?;
+    assert!(described.contains("IP:") && described.contains("10.96."), "{described}");
+
+    let resources = k.kubectl_ok(&["api-resources"], None)?;
+    assert!(
+        resources.contains("deployments") && resources.contains("customresourcedefinitions"),
+        "{resources}"
+    );
+    let version = k.kubectl_ok(&["version"], None)?;
+    assert!(version.contains("Server Version: v1.33.0"), "{version}");
+    Ok(())
+}
+
+#[test]
+fn server_side_apply_owns_fields_and_reports_conflicts() -> Result<()> {
+    let k = TestCluster::start()?;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  labels: {team: a}\ndata:\n  mode: one\n";
+    let out = k.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(cm))?;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let other = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  mode: two\n";
+    let clash = k.kubectl(
+        &["apply", "--server-side", "--field-manager=ops", "-f", "-"],
+        Some(other),
+    )?;
+    assert!(!clash.status.success());
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        err.contains("conflict with \"kubectl\"") && err.contains(".data.mode"),
+        "{err}"
+    );
+    k.kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ops",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(other),
+    )?;
+    let got = k.kubectl_ok(
+        &[
+            "get",
+            "cm",
+            "ssa",
+            "-o",
+            "jsonpath={.data.mode} {.metadata.labels.team}",
+        ],
+        None,
+    )?;
+    assert_eq!(got, "two a");
+    let yaml = k.kubectl_ok(&["get", "cm", "ssa", "-o", "yaml", "--show-managed-fields"], None)?;
+    assert!(
+        yaml.contains("manager: ops") && yaml.contains("operation: Apply"),
+        "{yaml}"
+    );
+
+    // The first manager drops its label: the field goes away.
+    let fewer = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n";
+    k.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(fewer))?;
+    let labels = k.kubectl_ok(&["get", "cm", "ssa", "-o", "jsonpath={.metadata.labels}"], None)?;
+    assert!(labels.is_empty(), "{labels}");
+    Ok(())
+}
+
+#[test]
+fn finalizers_hold_deletion_and_namespaces_terminate() -> Result<()> {
+    let k = TestCluster::start()?;
+    let held = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n";
+    k.kubectl_ok(&["apply", "-f", "-"], Some(held))?;
+    let out = k.kubectl_ok(&["delete", "cm", "held", "--wait=false"], None)?;
+    assert!(out.contains("deleted"), "{out}");
+    let ts = k.kubectl_ok(
+        &["get", "cm", "held", "-o", "jsonpath={.metadata.deletionTimestamp}"],
+        None,
+    )?;
+    assert!(ts.ends_with('Z'), "{ts}");
+    k.kubectl_ok(
+        &[
+            "patch",
+            "cm",
+            "held",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+        None,
+    )?;
+    let gone = k.kubectl(&["get", "cm", "held"], None)?;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("configmaps \"held\" not found"));
+
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    // kubectl waits until the namespace and everything in it is gone.
+    let out = k.kubectl_ok(&["delete", "namespace", "shop", "--timeout=20s"], None)?;
+    assert!(out.contains("namespace \"shop\" deleted"), "{out}");
+    let ns = k.kubectl_ok(&["get", "ns", "-o", "name"], None)?;
+    assert!(!ns.contains("shop"), "{ns}");
+    let left = k.kubectl_ok(&["get", "cm", "-A", "-o", "name"], None)?;
+    assert!(!left.contains("settings"), "{left}");
+    Ok(())
+}
+
+#[test]
+fn custom_resources_are_served_validated_and_printed() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WIDGET_CRD))?;
+    k.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=10s",
+        ],
+        None,
+    )?;
+    let w = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  color: red\n";
+    let out = k.kubectl_ok(&["apply", "-f", "-"], Some(w))?;
+    assert!(out.contains("widget.example.com/w1 created"), "{out}");
+    let table = k.kubectl_ok(&["get", "wd"], None)?;
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("COLOR") && header.contains("REPLICAS") && header.contains("AGE"),
+        "{table}"
+    );
+    let row = lines_with(&table, "w1");
+    assert!(
+        row[0].contains("red") && row[0].contains(" 1 "),
+        "defaulted replicas: {table}"
+    );
+
+    // Schema violations and unknown fields are rejected with the field path.
+    let bad = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\nspec:\n  color: green\n  replicas: 9\n";
+    let out = k.kubectl(&["apply", "-f", "-"], Some(bad))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.color") && err.contains("spec.replicas"),
+        "{err}"
+    );
+    let unknown =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w3\nspec:\n  color: red\n  shape: round\n";
+    let out = k.kubectl(&["apply", "-f", "-"], Some(unknown))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown field \"spec.shape\""),
+        "{err}"
+    );
+
+    // Status subresource and scale.
+    k.kubectl_ok(
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Ready","replicas":1}}"#,
+        ],
+        None,
+    )?;
+    k.kubectl_ok(&["scale", "widget", "w1", "--replicas=3"], None)?;
+    let got = k.kubectl_ok(
+        &["get", "widget", "w1", "-o", "jsonpath={.status.phase} {.spec.replicas}"],
+        None,
+    )?;
+    assert_eq!(got, "Ready 3");
+    // Status written through the main resource is ignored.
+    k.kubectl_ok(
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Broken"}}"#,
+        ],
+        None,
+    )?;
+    let phase = k.kubectl_ok(&["get", "widget", "w1", "-o", "jsonpath={.status.phase}"], None)?;
+    assert_eq!(phase, "Ready");
+
+    // Deleting the CRD removes the resource and its objects.
+    k.kubectl_ok(&["delete", "crd", "widgets.example.com"], None)?;
+    let out = k.kubectl(&["get", "widgets.example.com"], None)?;
+    assert!(!out.status.success());
+    Ok(())
+}
+
+#[test]
+fn kubesim_up_and_down() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bin = env!("CARGO_BIN_EXE_kubesim");
+    let up = std::process::Command::new(bin)
+        .args(["up", "--state-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    let kubeconfig = dir.path().join("kubeconfig");
+    assert!(
+        stdout.contains(&format!("export KUBECONFIG={}", kubeconfig.display())),
+        "{stdout}"
+    );
+    let again = std::process::Command::new(bin)
+        .args(["up", "--state-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"));
+    let ns = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["get", "ns", "default", "-o", "name"])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&ns.stdout).trim(),
+        "namespace/default",
+        "{}",
+        String::from_utf8_lossy(&ns.stderr)
+    );
+    let down = std::process::Command::new(bin)
+        .args(["down", "--state-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(down.status.success() && String::from_utf8_lossy(&down.stdout).contains("kubesim stopped"));
+    assert!(!kubeconfig.exists() && !dir.path().join("kubesim.pid").exists());
+    Ok(())
+}
