@@ -212,7 +212,7 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
             let rel = e.location().map(|l| l.line()).unwrap_or(1);
             ParseError {
                 line: start + rel.saturating_sub(1),
-                message: first_line(&e.to_string()),
+                message: to_file_lines(&first_line(&e.to_string()), start),
             }
         });
         match content {
@@ -265,6 +265,16 @@ fn split(text: &str) -> Vec<(usize, String)> {
     }
     out.push((start, current));
     out
+}
+
+/// The YAML parser counts lines from the document's start; say them as lines of the file.
+fn to_file_lines(message: &str, start: usize) -> String {
+    let re = regex::Regex::new(r"line (\d+) column (\d+)").expect("static regex");
+    re.replace_all(message, |c: &regex::Captures<'_>| {
+        let line: usize = c[1].parse().unwrap_or(1);
+        format!("line {} column {}", start + line.saturating_sub(1), &c[2])
+    })
+    .into_owned()
 }
 
 fn first_line(s: &str) -> String {

@@ -34,29 +34,15 @@ pub const DEFAULT_ROOT_CERT_TTL: &str = "87600h";
     group = "mesh.trellis.dev",
     version = "v1alpha1",
     kind = "Mesh",
+    doc = "The Trellis mesh installation reconciled by trellis-operator.",
     plural = "meshes",
     shortname = "mesh",
     category = "trellis",
     status = "MeshStatus",
-    printcolumn(
-        name = "Version",
-        type_ = "string",
-        json_path = ".status.version",
-        description = "Version running"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether the mesh is ready"
-    ),
-    printcolumn(
-        name = "Trust Domain",
-        type_ = "string",
-        json_path = ".spec.trustDomain",
-        priority = 1
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Version", "type":"string", "jsonPath":".status.version", "description":"Version running"}"#,
+    printcolumn = r#"{"name":"Ready", "type":"string", "jsonPath":".status.conditions[?(@.type==\"Ready\")].status", "description":"Whether the mesh is ready"}"#,
+    printcolumn = r#"{"name":"Trust Domain", "type":"string", "jsonPath":".spec.trustDomain", "priority":1}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {

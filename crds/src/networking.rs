@@ -32,24 +32,15 @@ pub const GROUP: &str = "networking.trellis.dev";
     group = "networking.trellis.dev",
     version = "v1alpha1",
     kind = "VirtualService",
+    doc = "How requests to a set of hosts are routed (Istio VirtualService).",
     plural = "virtualservices",
     namespaced,
     shortname = "vs",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(
-        name = "Gateways",
-        type_ = "string",
-        json_path = ".spec.gateways",
-        description = "The gateways this routing applies to"
-    ),
-    printcolumn(
-        name = "Hosts",
-        type_ = "string",
-        json_path = ".spec.hosts",
-        description = "The destination hosts this routing applies to"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Gateways", "type":"string", "jsonPath":".spec.gateways", "description":"The gateways this routing applies to"}"#,
+    printcolumn = r#"{"name":"Hosts", "type":"string", "jsonPath":".spec.hosts", "description":"The destination hosts this routing applies to"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
@@ -522,18 +513,14 @@ pub struct RouteDestination {
     group = "networking.trellis.dev",
     version = "v1alpha1",
     kind = "DestinationRule",
+    doc = "Policies for traffic to a service after routing, and its subsets (Istio DestinationRule).",
     plural = "destinationrules",
     namespaced,
     shortname = "dr",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(
-        name = "Host",
-        type_ = "string",
-        json_path = ".spec.host",
-        description = "The service this rule applies to"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Host", "type":"string", "jsonPath":".spec.host", "description":"The service this rule applies to"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = unsupported("workloadSelector", "remove it; a DestinationRule applies to all clients in its scope"))]
@@ -892,18 +879,14 @@ pub enum ClientTlsMode {
     group = "networking.trellis.dev",
     version = "v1alpha1",
     kind = "Gateway",
+    doc = "Ports, protocols, hosts and TLS exposed by gateway proxies at the mesh edge (Istio Gateway).",
     plural = "gateways",
     namespaced,
     shortname = "gw",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(
-        name = "Selector",
-        type_ = "string",
-        json_path = ".spec.selector",
-        description = "Labels of the gateway proxies"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Selector", "type":"string", "jsonPath":".spec.selector", "description":"Labels of the gateway proxies"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {

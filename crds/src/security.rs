@@ -38,18 +38,14 @@ pub struct WorkloadSelector {
     group = "security.trellis.dev",
     version = "v1alpha1",
     kind = "PeerAuthentication",
+    doc = "Whether workloads accept mutual TLS, plaintext or both (Istio PeerAuthentication).",
     plural = "peerauthentications",
     namespaced,
     shortname = "pa",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(
-        name = "Mode",
-        type_ = "string",
-        json_path = ".spec.mtls.mode",
-        description = "mTLS mode"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Mode", "type":"string", "jsonPath":".spec.mtls.mode", "description":"mTLS mode"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
@@ -101,18 +97,14 @@ pub enum MtlsMode {
     group = "security.trellis.dev",
     version = "v1alpha1",
     kind = "AuthorizationPolicy",
+    doc = "Access control for workloads: who may do what (Istio AuthorizationPolicy).",
     plural = "authorizationpolicies",
     namespaced,
     shortname = "ap",
     category = "trellis",
     status = "ConfigStatus",
-    printcolumn(
-        name = "Action",
-        type_ = "string",
-        json_path = ".spec.action",
-        description = "ALLOW, DENY or AUDIT"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Action", "type":"string", "jsonPath":".spec.action", "description":"ALLOW, DENY or AUDIT"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

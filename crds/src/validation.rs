@@ -250,7 +250,7 @@ fn validate_as(kind: Kind, obj: &Value, f: &mut Findings) {
         Kind::AuthorizationPolicy => {
             typed::<crate::security::AuthorizationPolicy>(&obj, f, |o, f| security::authorization_policy(&o.spec, f))
         }
-        Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, |o, f| mesh::mesh(o, f)),
+        Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, mesh::mesh),
     }
 }
 

@@ -111,7 +111,7 @@ pub(super) fn duration(path: &str, value: &Option<String>, min: Duration, f: &mu
 }
 
 fn human(d: Duration) -> String {
-    if d.as_secs() >= 60 && d.as_secs() % 60 == 0 {
+    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
         format!("{}m", d.as_secs() / 60)
     } else if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
@@ -216,10 +216,10 @@ fn looks_public(h: &str) -> bool {
 /// A destination: its host (no wildcards), subset name and port.
 pub(super) fn destination(path: &str, d: &Destination, f: &mut Findings) {
     host(&format!("{path}.host"), &d.host, false, f);
-    if let Some(subset) = &d.subset {
-        if let Err(why) = dns_label(subset) {
-            f.error(format!("{path}.subset"), why);
-        }
+    if let Some(subset) = &d.subset
+        && let Err(why) = dns_label(subset)
+    {
+        f.error(format!("{path}.subset"), why);
     }
 }
 

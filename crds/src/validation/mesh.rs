@@ -16,25 +16,23 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
     let spec = &m.spec;
     if let Some(v) = &spec.versions {
         for (field, image) in [("operator", &v.operator), ("proxy", &v.proxy)] {
-            if let Some(img) = image {
-                if img.is_empty() || img.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    f.error(
-                        format!("spec.versions.{field}"),
-                        format!("{img:?} is not an image reference, e.g. ghcr.io/trellis/trellis-proxy:0.1.0"),
-                    );
-                }
+            if let Some(img) = image
+                && (img.is_empty() || img.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                f.error(
+                    format!("spec.versions.{field}"),
+                    format!("{img:?} is not an image reference, e.g. ghcr.io/trellis/trellis-proxy:0.1.0"),
+                );
             }
         }
     }
-    if let Some(td) = &spec.trust_domain {
-        if dns_subdomain(td).is_err() {
-            f.error(
-                "spec.trustDomain",
-                format!(
-                    "{td:?} is not a trust domain: use lower-case letters, digits, '-' and '.', e.g. cluster.local"
-                ),
-            );
-        }
+    if let Some(td) = &spec.trust_domain
+        && dns_subdomain(td).is_err()
+    {
+        f.error(
+            "spec.trustDomain",
+            format!("{td:?} is not a trust domain: use lower-case letters, digits, '-' and '.', e.g. cluster.local"),
+        );
     }
     if let Some(ca) = &spec.ca {
         let workload = duration(
@@ -44,13 +42,13 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             f,
         );
         let root = duration("spec.ca.rootCertTtl", &ca.root_cert_ttl, Duration::from_secs(86400), f);
-        if let (Some(w), Some(r)) = (workload, root) {
-            if w * 2 > r {
-                f.error(
-                    "spec.ca.workloadCertTtl",
-                    "must be at most half of rootCertTtl, so leaves never outlive their root",
-                );
-            }
+        if let (Some(w), Some(r)) = (workload, root)
+            && w * 2 > r
+        {
+            f.error(
+                "spec.ca.workloadCertTtl",
+                "must be at most half of rootCertTtl, so leaves never outlive their root",
+            );
         }
         if let Some(s) = &ca.secret_ref {
             if dns_subdomain(&s.name).is_err() {
@@ -61,10 +59,10 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             }
         }
     }
-    if let Some(label) = spec.injection.as_ref().and_then(|i| i.namespace_label.as_ref()) {
-        if let Err(why) = label_key(label) {
-            f.error("spec.injection.namespaceLabel", why);
-        }
+    if let Some(label) = spec.injection.as_ref().and_then(|i| i.namespace_label.as_ref())
+        && let Err(why) = label_key(label)
+    {
+        f.error("spec.injection.namespaceLabel", why);
     }
     if let Some(r) = &spec.rollout {
         duration("spec.rollout.pause", &r.pause, Duration::ZERO, f);

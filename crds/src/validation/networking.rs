@@ -84,13 +84,13 @@ pub(super) fn virtual_service(spec: &VirtualServiceSpec, f: &mut Findings) {
     let mut names = BTreeSet::new();
     for (i, r) in http.iter().enumerate() {
         let p = format!("spec.http[{i}]");
-        if let Some(n) = &r.name {
-            if !names.insert(n) {
-                f.error(
-                    format!("{p}.name"),
-                    format!("duplicate route name {n:?}; names must be unique"),
-                );
-            }
+        if let Some(n) = &r.name
+            && !names.insert(n)
+        {
+            f.error(
+                format!("{p}.name"),
+                format!("duplicate route name {n:?}; names must be unique"),
+            );
         }
         http_route(&p, r, f);
     }
@@ -136,21 +136,22 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
     }
     if let Some(rd) = &r.redirect {
         let rp = format!("{p}.redirect");
-        if let Some(code) = rd.redirect_code {
-            if !REDIRECT_CODES.contains(&code) {
-                f.error(
-                    format!("{rp}.redirectCode"),
-                    format!("{code} is not a redirect status; use 301, 302, 303, 307 or 308"),
-                );
-            }
+        if let Some(code) = rd.redirect_code
+            && !REDIRECT_CODES.contains(&code)
+        {
+            f.error(
+                format!("{rp}.redirectCode"),
+                format!("{code} is not a redirect status; use 301, 302, 303, 307 or 308"),
+            );
         }
-        if let Some(s) = &rd.scheme {
-            if s != "http" && s != "https" {
-                f.error(
-                    format!("{rp}.scheme"),
-                    format!("{s:?} is not a scheme; use http or https"),
-                );
-            }
+        if let Some(s) = &rd.scheme
+            && s != "http"
+            && s != "https"
+        {
+            f.error(
+                format!("{rp}.scheme"),
+                format!("{s:?} is not a scheme; use http or https"),
+            );
         }
         if let Some(u) = &rd.uri {
             uri_path(&format!("{rp}.uri"), u, f);
@@ -165,22 +166,21 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
             );
         }
     }
-    if let Some(dr) = &r.direct_response {
-        if let Some(b) = dr.body.as_ref().and_then(|b| b.bytes.as_ref()) {
-            if !is_base64(b) {
-                f.error(
-                    format!("{p}.directResponse.body.bytes"),
-                    "must be base64-encoded; use body.string for text",
-                );
-            }
-        }
+    if let Some(dr) = &r.direct_response
+        && let Some(b) = dr.body.as_ref().and_then(|b| b.bytes.as_ref())
+        && !is_base64(b)
+    {
+        f.error(
+            format!("{p}.directResponse.body.bytes"),
+            "must be base64-encoded; use body.string for text",
+        );
     }
     if let Some(rw) = &r.rewrite {
         let rp = format!("{p}.rewrite");
-        if let Some(u) = &rw.uri {
-            if !u.is_empty() {
-                uri_path(&format!("{rp}.uri"), u, f);
-            }
+        if let Some(u) = &rw.uri
+            && !u.is_empty()
+        {
+            uri_path(&format!("{rp}.uri"), u, f);
         }
         if let Some(a) = &rw.authority {
             authority(&format!("{rp}.authority"), a, f);
@@ -194,13 +194,13 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
         let rp = format!("{p}.retries");
         let per_try = duration(&format!("{rp}.perTryTimeout"), &rt.per_try_timeout, MIN_TIMEOUT, f);
         duration(&format!("{rp}.backoff"), &rt.backoff, MIN_TIMEOUT, f);
-        if let (Some(t), Some(pt)) = (timeout, per_try) {
-            if pt > t {
-                f.warn(
-                    format!("{rp}.perTryTimeout"),
-                    "is longer than the route's timeout, so no retry can happen",
-                );
-            }
+        if let (Some(t), Some(pt)) = (timeout, per_try)
+            && pt > t
+        {
+            f.warn(
+                format!("{rp}.perTryTimeout"),
+                "is longer than the route's timeout, so no retry can happen",
+            );
         }
         if let Some(on) = &rt.retry_on {
             for (n, cond) in on.split(',').map(str::trim).enumerate() {
@@ -235,10 +235,12 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
             }
             duration(&format!("{fp}.delay.fixedDelay"), &d.fixed_delay, MIN_TIMEOUT, f);
         }
-        if let Some(a) = &fault.abort {
-            if a.http_status.is_none() && a.grpc_status.is_none() && a.http2_error.is_none() {
-                f.error(format!("{fp}.abort.httpStatus"), "is required, e.g. httpStatus: 503");
-            }
+        if let Some(a) = &fault.abort
+            && a.http_status.is_none()
+            && a.grpc_status.is_none()
+            && a.http2_error.is_none()
+        {
+            f.error(format!("{fp}.abort.httpStatus"), "is required, e.g. httpStatus: 503");
         }
     }
     if let Some(m) = &r.mirror {
@@ -308,10 +310,10 @@ fn http_match(p: &str, m: &HttpMatchRequest, f: &mut Findings) {
 }
 
 fn source_namespace(p: &str, ns: &Option<String>, f: &mut Findings) {
-    if let Some(ns) = ns {
-        if let Err(why) = dns_label(ns) {
-            f.error(p, why);
-        }
+    if let Some(ns) = ns
+        && let Err(why) = dns_label(ns)
+    {
+        f.error(p, why);
     }
 }
 
@@ -581,18 +583,18 @@ fn load_balancer(p: &str, lb: &LoadBalancerSettings, f: &mut Findings) {
                 "false hashes on nothing; set true or choose another key",
             );
         }
-        if let Some(q) = &ch.http_query_parameter_name {
-            if q.is_empty() {
-                f.error(format!("{cp}.httpQueryParameterName"), "must not be empty");
-            }
+        if let Some(q) = &ch.http_query_parameter_name
+            && q.is_empty()
+        {
+            f.error(format!("{cp}.httpQueryParameterName"), "must not be empty");
         }
-        if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
-            if !is_prime(size) {
-                f.error(
-                    format!("{cp}.maglev.tableSize"),
-                    format!("{size} is not prime; Maglev needs a prime table size such as 65537"),
-                );
-            }
+        if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size)
+            && !is_prime(size)
+        {
+            f.error(
+                format!("{cp}.maglev.tableSize"),
+                format!("{size} is not prime; Maglev needs a prime table size such as 65537"),
+            );
         }
         if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
             f.error(
@@ -626,21 +628,21 @@ fn load_balancer(p: &str, lb: &LoadBalancerSettings, f: &mut Findings) {
             Duration::from_secs(1),
             f,
         );
-        if let Some(mp) = w.minimum_percent {
-            if !(0.0..=100.0).contains(&mp) {
-                f.error(
-                    format!("{p}.warmup.minimumPercent"),
-                    format!("{mp} is out of range; allowed: 0 to 100"),
-                );
-            }
+        if let Some(mp) = w.minimum_percent
+            && !(0.0..=100.0).contains(&mp)
+        {
+            f.error(
+                format!("{p}.warmup.minimumPercent"),
+                format!("{mp} is out of range; allowed: 0 to 100"),
+            );
         }
-        if let Some(a) = w.aggression {
-            if a < 1.0 {
-                f.error(
-                    format!("{p}.warmup.aggression"),
-                    format!("{a} is out of range; allowed: 1.0 or more (1.0 is linear)"),
-                );
-            }
+        if let Some(a) = w.aggression
+            && a < 1.0
+        {
+            f.error(
+                format!("{p}.warmup.aggression"),
+                format!("{a} is out of range; allowed: 1.0 or more (1.0 is linear)"),
+            );
         }
     }
 }
@@ -651,7 +653,7 @@ fn is_prime(n: u64) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -750,16 +752,18 @@ pub(super) fn gateway(spec: &GatewaySpec, f: &mut Findings) {
             }
         }
         for (field, name) in [("name", &s.name), ("port.name", &s.port.name)] {
-            if let Some(n) = name {
-                if field == "name" && !names.insert(n.clone()) {
-                    f.error(format!("{p}.{field}"), format!("duplicate server name {n:?}"));
-                }
+            if let Some(n) = name
+                && field == "name"
+                && !names.insert(n.clone())
+            {
+                f.error(format!("{p}.{field}"), format!("duplicate server name {n:?}"));
             }
         }
-        if let Some(b) = &s.bind {
-            if b.parse::<std::net::IpAddr>().is_err() && !b.starts_with("unix://") {
-                f.error(format!("{p}.bind"), format!("{b:?} is not an IP address"));
-            }
+        if let Some(b) = &s.bind
+            && b.parse::<std::net::IpAddr>().is_err()
+            && !b.starts_with("unix://")
+        {
+            f.error(format!("{p}.bind"), format!("{b:?} is not an IP address"));
         }
         if s.hosts.is_empty() {
             f.error(
@@ -783,13 +787,14 @@ fn gateway_host(p: &str, h: &str, f: &mut Findings) {
         Some((ns, name)) => (Some(ns), name),
         None => (None, h),
     };
-    if let Some(ns) = ns {
-        if !matches!(ns, "*" | "." | "~") && dns_label(ns).is_err() {
-            return f.error(
-                p,
-                format!("{h:?}: the namespace part must be *, ., ~ or a namespace name, as in */shop.example.com"),
-            );
-        }
+    if let Some(ns) = ns
+        && !matches!(ns, "*" | "." | "~")
+        && dns_label(ns).is_err()
+    {
+        return f.error(
+            p,
+            format!("{h:?}: the namespace part must be *, ., ~ or a namespace name, as in */shop.example.com"),
+        );
     }
     host(p, name, true, f);
 }
@@ -860,10 +865,12 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
             );
         }
     }
-    if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version) {
-        if min != TlsProtocol::TlsAuto && max != TlsProtocol::TlsAuto && min > max {
-            f.error(format!("{tp}.minProtocolVersion"), "is above maxProtocolVersion");
-        }
+    if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version)
+        && min != TlsProtocol::TlsAuto
+        && max != TlsProtocol::TlsAuto
+        && min > max
+    {
+        f.error(format!("{tp}.minProtocolVersion"), "is above maxProtocolVersion");
     }
     for (i, c) in tls.cipher_suites.iter().flatten().enumerate() {
         if !CIPHER_SUITES.contains(&c.as_str()) {

@@ -69,13 +69,13 @@ pub(super) fn authorization_policy(spec: &AuthorizationPolicySpec, f: &mut Findi
                 format!("{:?} cannot be targeted; use Service or Gateway", r.kind),
             );
         }
-        if let Some(ns) = &r.namespace {
-            if ns != f.namespace() {
-                f.error(
-                    format!("{p}.namespace"),
-                    "a policy can only target objects in its own namespace",
-                );
-            }
+        if let Some(ns) = &r.namespace
+            && ns != f.namespace()
+        {
+            f.error(
+                format!("{p}.namespace"),
+                "a policy can only target objects in its own namespace",
+            );
         }
         if let Err(why) = dns_subdomain(&r.name) {
             f.error(format!("{p}.name"), why);
@@ -207,10 +207,8 @@ fn operation(p: &str, o: &Operation, f: &mut Findings) {
                 "ports" | "notPorts" => {
                     port_string(&vp, v, f);
                 }
-                "methods" | "notMethods" => {
-                    if v != "*" {
-                        method(&vp, v, f);
-                    }
+                "methods" | "notMethods" if v != "*" => {
+                    method(&vp, v, f);
                 }
                 "paths" | "notPaths" => {
                     if let Err(why) = wildcard_position(v) {

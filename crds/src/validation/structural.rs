@@ -24,19 +24,19 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
         }
         return;
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(value) {
-            let list: Vec<String> = allowed
-                .iter()
-                .filter(|v| !v.is_null())
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-                .collect();
-            f.error(
-                path,
-                format!("unsupported value {}; allowed: {}", short(value), list.join(", ")),
-            );
-            return;
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+            .collect();
+        f.error(
+            path,
+            format!("unsupported value {}; allowed: {}", short(value), list.join(", ")),
+        );
+        return;
     }
     let preserve = schema
         .get("x-kubernetes-preserve-unknown-fields")
@@ -68,12 +68,11 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
                 path,
                 f,
             );
-            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                if let Ok(re) = regex::Regex::new(p) {
-                    if !re.is_match(s) {
-                        f.error(path, format!("{} does not match the pattern {p}", short(value)));
-                    }
-                }
+            if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+                && let Ok(re) = regex::Regex::new(p)
+                && !re.is_match(s)
+            {
+                f.error(path, format!("{} does not match the pattern {p}", short(value)));
             }
         }
         Some("integer") => {
@@ -89,10 +88,8 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
             }
             range(schema, value, path, f);
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                f.error(path, format!("must be true or false, not {}", short(value)));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            f.error(path, format!("must be true or false, not {}", short(value)));
         }
         _ => {}
     }
@@ -148,15 +145,15 @@ fn range(schema: &Map<String, Value>, value: &Value, path: &str, f: &mut Finding
 }
 
 fn bounds(schema: &Map<String, Value>, n: f64, min_key: &str, max_key: &str, unit: &str, path: &str, f: &mut Findings) {
-    if let Some(min) = schema.get(min_key).and_then(Value::as_f64) {
-        if n < min {
-            f.error(path, format!("must have at least {} {unit}", num(min)));
-        }
+    if let Some(min) = schema.get(min_key).and_then(Value::as_f64)
+        && n < min
+    {
+        f.error(path, format!("must have at least {} {unit}", num(min)));
     }
-    if let Some(max) = schema.get(max_key).and_then(Value::as_f64) {
-        if n > max {
-            f.error(path, format!("must have at most {} {unit}", num(max)));
-        }
+    if let Some(max) = schema.get(max_key).and_then(Value::as_f64)
+        && n > max
+    {
+        f.error(path, format!("must have at most {} {unit}", num(max)));
     }
 }
 
