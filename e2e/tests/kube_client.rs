@@ -1,0 +1,271 @@
+//! kube-rs 5 clients against kubesim: watchers see every change in order
+//! and recover from `410 Gone`, server-side apply of status, optimistic
+//! concurrency, pagination.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use trellis_e2e::harness::TestCluster;
+
+/// Why 10s: every step here takes milliseconds; the bound only turns a hang
+/// into a failure.
+const STEP: Duration = Duration::from_secs(10);
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"suite": "watch"}},
+        "data": {"v": value}
+    }))
+    .expect("valid ConfigMap")
+}
+
+fn describe(ev: &watcher::Event<ConfigMap>) -> String {
+    let show = |c: &ConfigMap| {
+        format!(
+            "{}={}",
+            c.metadata.name.clone().unwrap_or_default(),
+            c.data.as_ref().and_then(|d| d.get("v")).cloned().unwrap_or_default()
+        )
+    };
+    match ev {
+        watcher::Event::Apply(c) => format!("apply {}", show(c)),
+        watcher::Event::Delete(c) => format!("delete {}", show(c)),
+        watcher::Event::Init => "init".into(),
+        watcher::Event::InitApply(c) => format!("init-apply {}", show(c)),
+        watcher::Event::InitDone => "init-done".into(),
+    }
+}
+
+async fn next_event<S>(stream: &mut S) -> Result<Result<watcher::Event<ConfigMap>, watcher::Error>>
+where
+    S: futures::Stream<Item = Result<watcher::Event<ConfigMap>, watcher::Error>> + Unpin,
+{
+    tokio::time::timeout(STEP, stream.next())
+        .await
+        .context("no watch event in time")?
+        .context("watch stream ended")
+}
+
+async fn changes_in_order(config: watcher::Config) -> Result<()> {
+    let k = TestCluster::start()?;
+    let api: Api<ConfigMap> = Api::namespaced(k.client().await?, "default");
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &cm(name, "0")).await?;
+    }
+    let mut stream = watcher(api.clone(), config.labels("suite=watch")).boxed();
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("init-done") {
+        seen.push(describe(&next_event(&mut stream).await??));
+    }
+    assert_eq!(
+        seen,
+        [
+            "init",
+            "init-apply a=0",
+            "init-apply b=0",
+            "init-apply c=0",
+            "init-done"
+        ]
+    );
+
+    let writer = api.clone();
+    let writes = tokio::spawn(async move {
+        writer.create(&PostParams::default(), &cm("x", "0")).await?;
+        for i in 1..=5 {
+            let mut cur = writer.get("x").await?;
+            cur.data = Some([("v".to_string(), i.to_string())].into());
+            writer.replace("x", &PostParams::default(), &cur).await?;
+        }
+        writer.delete("x", &Default::default()).await?;
+        anyhow::Ok(())
+    });
+    let mut changes = Vec::new();
+    while changes.last().map(String::as_str) != Some("delete x=5") {
+        changes.push(describe(&next_event(&mut stream).await??));
+    }
+    writes.await??;
+    assert_eq!(
+        changes,
+        [
+            "apply x=0",
+            "apply x=1",
+            "apply x=2",
+            "apply x=3",
+            "apply x=4",
+            "apply x=5",
+            "delete x=5"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_watch_sees_every_change_in_order() -> Result<()> {
+    // A page size of 2 makes the initial list use limit/continue.
+    changes_in_order(watcher::Config::default().page_size(2)).await
+}
+
+#[tokio::test]
+async fn streaming_list_sees_every_change_in_order() -> Result<()> {
+    changes_in_order(watcher::Config::default().streaming_lists()).await
+}
+
+#[tokio::test]
+async fn watcher_recovers_after_gone() -> Result<()> {
+    let k = TestCluster::start()?;
+    let api: Api<ConfigMap> = Api::namespaced(k.client().await?, "default");
+    api.create(&PostParams::default(), &cm("before", "1")).await?;
+    let mut stream = watcher(api.clone(), watcher::Config::default().labels("suite=watch")).boxed();
+    loop {
+        if matches!(next_event(&mut stream).await??, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    k.compact().await?;
+    api.create(&PostParams::default(), &cm("after", "2")).await?;
+
+    let mut gone = false;
+    let mut relisted = Vec::new();
+    loop {
+        match next_event(&mut stream).await? {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => gone = true,
+            Err(e) => anyhow::bail!("unexpected watcher error: {e}"),
+            Ok(watcher::Event::InitDone) if gone => break,
+            Ok(ev) => relisted.push(describe(&ev)),
+        }
+    }
+    assert!(gone, "the watcher was told 410 Gone");
+    assert!(relisted.contains(&"init".to_string()), "{relisted:?}");
+    assert!(relisted.contains(&"init-apply after=2".to_string()), "{relisted:?}");
+    assert!(relisted.contains(&"init-apply before=1".to_string()), "{relisted:?}");
+
+    // And it keeps following changes after the relist.
+    api.delete("before", &Default::default()).await?;
+    assert_eq!(describe(&next_event(&mut stream).await??), "delete before=1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_watch_from_a_compacted_version_is_gone() -> Result<()> {
+    let k = TestCluster::start()?;
+    let api: Api<ConfigMap> = Api::namespaced(k.client().await?, "default");
+    let created = api.create(&PostParams::default(), &cm("old", "1")).await?;
+    let rv = created.metadata.resource_version.clone().unwrap_or_default();
+    k.compact().await?;
+    let mut events = api.watch(&WatchParams::default(), &rv).await?.boxed();
+    let first = tokio::time::timeout(STEP, events.try_next()).await??;
+    match first {
+        Some(WatchEvent::Error(status)) => {
+            assert_eq!(status.code, 410);
+            assert_eq!(status.reason, "Expired");
+        }
+        other => anyhow::bail!("expected a 410 ERROR event, got {other:?}"),
+    }
+
+    // A watch with a timeout ends by itself, after bookmarks.
+    let params = WatchParams {
+        bookmarks: true,
+        ..WatchParams::default().timeout(2)
+    };
+    let current = api
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let all: Vec<_> = tokio::time::timeout(STEP, api.watch(&params, &current).await?.try_collect::<Vec<_>>()).await??;
+    assert!(all.iter().any(|e| matches!(e, WatchEvent::Bookmark(_))), "{all:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_generate_name_and_pagination() -> Result<()> {
+    let k = TestCluster::start()?;
+    let api: Api<ConfigMap> = Api::namespaced(k.client().await?, "default");
+    let v1 = api.create(&PostParams::default(), &cm("occ", "1")).await?;
+    let mut v2 = v1.clone();
+    v2.data = Some([("v".to_string(), "2".to_string())].into());
+    api.replace("occ", &PostParams::default(), &v2).await?;
+    // Writing from the stale copy is a conflict.
+    match api.replace("occ", &PostParams::default(), &v2).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409),
+        other => anyhow::bail!("expected 409, got {other:?}"),
+    }
+
+    let generated: ConfigMap = serde_json::from_value(json!({"metadata": {"generateName": "gen-"}}))?;
+    let made = api.create(&PostParams::default(), &generated).await?;
+    let name = made.metadata.name.unwrap_or_default();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert!(made.metadata.uid.is_some() && made.metadata.creation_timestamp.is_some());
+
+    for i in 0..5 {
+        api.create(&PostParams::default(), &cm(&format!("page-{i}"), "p"))
+            .await?;
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().labels("suite=watch").limit(2);
+    loop {
+        let page = api.list(&params).await?;
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.into_iter().filter_map(|c| c.metadata.name));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(names, ["occ", "page-0", "page-1", "page-2", "page-3", "page-4"]);
+    let by_field = api.list(&ListParams::default().fields("metadata.name=page-3")).await?;
+    assert_eq!(by_field.items.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_side_apply_of_status_keeps_spec_and_records_the_manager() -> Result<()> {
+    let k = TestCluster::start()?;
+    let api: Api<Deployment> = Api::namespaced(k.client().await?, "default");
+    let spec = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "op"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "op"}},
+                 "template": {"metadata": {"labels": {"app": "op"}}, "spec": {"containers": [{"name": "op", "image": "trellis-operator:1"}]}}}
+    });
+    api.patch("op", &PatchParams::apply("installer"), &Patch::Apply(&spec))
+        .await?;
+    let status = json!({"apiVersion": "apps/v1", "kind": "Deployment", "status": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 1}});
+    let got = api
+        .patch_status(
+            "op",
+            &PatchParams::apply("trellis-operator").force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    let st = got.status.clone().context("status written")?;
+    assert_eq!((st.replicas, st.ready_replicas), (Some(2), Some(1)));
+    assert_eq!(got.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    let managers: Vec<(String, Option<String>)> = got
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.subresource))
+        .collect();
+    assert!(managers.contains(&("installer".to_string(), None)), "{managers:?}");
+    assert!(
+        managers.contains(&("trellis-operator".to_string(), Some("status".to_string()))),
+        "{managers:?}"
+    );
+
+    // The spec manager re-applies without the status: status stays.
+    api.patch("op", &PatchParams::apply("installer"), &Patch::Apply(&spec))
+        .await?;
+    let again = api.get("op").await?;
+    assert_eq!(again.status.and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(again.metadata.generation, Some(1), "an identical apply changes nothing");
+    Ok(())
+}
