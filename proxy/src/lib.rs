@@ -1,3 +1,26 @@
-//! `trellis-proxy`: the Trellis data plane.
+//! `trellis-proxy`: the Trellis data plane, a sidecar and gateway proxy.
+//!
+//! It never depends on Kubernetes: everything it knows arrives as one
+//! [`trellis_contract::ProxyConfig`]. The binary (`src/main.rs`) only parses
+//! arguments and runs [`App`]; tests run the same `App` in process.
 
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod balance;
+pub mod capture;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod matcher;
+pub mod metrics;
+pub mod path;
 pub mod ports;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod tcp;
+pub mod trace;
+pub mod upstream;
+
+pub use app::{App, AppConfig, ApplyError};

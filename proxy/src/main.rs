@@ -1,3 +1,174 @@
-//! The `trellis-proxy` binary: parses arguments and runs the library's `App`.
+//! The `trellis-proxy` binary: parses arguments, sets up logging, and runs
+//! the library's [`trellis_proxy::App`] (or installs capture rules).
 
-fn main() {}
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+use trellis_proxy::admin::LogControl;
+use trellis_proxy::capture::{self, CaptureConfig};
+use trellis_proxy::{App, AppConfig, ports};
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis-proxy", version, about = "The Trellis sidecar and gateway proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Install the transparent-capture iptables rules (init container).
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Proxy configuration file (JSON or YAML of the trellis contract).
+    #[arg(long, env = "TRELLIS_CONFIG")]
+    config: PathBuf,
+    /// Admin API address (keep it on localhost).
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::ADMIN))]
+    admin_addr: SocketAddr,
+    /// Prometheus scrape address.
+    #[arg(long, env = "TRELLIS_STATS_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::STATS))]
+    stats_addr: SocketAddr,
+    /// Probe address (`/ready`, `/live`).
+    #[arg(long, env = "TRELLIS_HEALTH_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::HEALTH))]
+    health_addr: SocketAddr,
+    /// How often to check the config file for changes, in milliseconds.
+    #[arg(long, env = "TRELLIS_CONFIG_POLL_MS", default_value_t = 1000)]
+    config_poll_ms: u64,
+    /// Log filter (EnvFilter syntax), changeable at run time via `/logging`.
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines (access logs included).
+    #[arg(long, env = "TRELLIS_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// The proxy's UID (its traffic is not captured).
+    #[arg(long, default_value_t = ports::PROXY_UID)]
+    proxy_uid: u32,
+    /// Inbound ports not to capture (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports not to capture (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Outbound CIDRs not to capture (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+    /// Redirect DNS (port 53) to the proxy's DNS port.
+    #[arg(long)]
+    capture_dns: bool,
+    /// The iptables binary.
+    #[arg(long, default_value = "iptables")]
+    iptables: String,
+}
+
+struct ReloadControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: std::sync::Mutex<String>,
+}
+
+impl LogControl for ReloadControl {
+    fn set(&self, directive: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())?;
+        *self.current.lock().expect("log lock") = directive.to_string();
+        Ok(())
+    }
+
+    fn current(&self) -> String {
+        self.current.lock().expect("log lock").clone()
+    }
+}
+
+fn init_logging(filter: &str, json: bool) -> anyhow::Result<Arc<ReloadControl>> {
+    use tracing_subscriber::prelude::*;
+    let env = EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let (layer, handle) = reload::Layer::new(env);
+    let registry = tracing_subscriber::registry().with(layer);
+    if json {
+        registry.with(tracing_subscriber::fmt::layer().json()).init();
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).init();
+    }
+    Ok(Arc::new(ReloadControl {
+        handle,
+        current: std::sync::Mutex::new(filter.to_string()),
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(args) => init(args),
+        Command::Run(args) => {
+            // One worker thread per proxy by default: a sidecar shares the pod's CPU.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(
+                    std::env::var("TRELLIS_WORKERS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                )
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            rt.block_on(run(args))
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let log = init_logging(&args.log, args.log_json)?;
+    let app = App::start(AppConfig {
+        admin_addr: args.admin_addr,
+        stats_addr: Some(args.stats_addr),
+        health_addr: Some(args.health_addr),
+        log_control: Some(log),
+    })
+    .await
+    .context("cannot bind the admin ports (is another proxy running?)")?;
+    let cfg = trellis_proxy::config::load_file(&args.config)?;
+    app.apply(cfg).await.context("the initial configuration was rejected")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = trellis_proxy::config::watch_file(&app, &args.config, Duration::from_millis(args.config_poll_ms)) => {}
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+    app.drain().await;
+    Ok(())
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let cfg = CaptureConfig {
+        proxy_uid: args.proxy_uid,
+        exclude_inbound_ports: args.exclude_inbound_ports,
+        exclude_outbound_ports: args.exclude_outbound_ports,
+        exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+        dns_port: args.capture_dns.then_some(ports::DNS),
+        ..CaptureConfig::default()
+    };
+    if args.dry_run {
+        for r in capture::iptables_rules(&cfg) {
+            println!("{} {}", args.iptables, r.join(" "));
+        }
+        return Ok(());
+    }
+    capture::install(&cfg, &args.iptables).context("installing capture rules failed")
+}

@@ -198,9 +198,9 @@ impl fmt::Display for SpiffeId {
 pub(crate) fn is_valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        })
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 #[cfg(test)]
@@ -214,18 +214,12 @@ mod tests {
         assert_eq!(id.namespace(), Some("shop"));
         assert_eq!(id.service_account(), Some("web"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
-        assert_eq!(
-            SpiffeId::for_service_account("cluster.local", "shop", "web"),
-            id
-        );
+        assert_eq!(SpiffeId::for_service_account("cluster.local", "shop", "web"), id);
     }
 
     #[test]
     fn rejects_malformed_ids() {
-        assert!(matches!(
-            SpiffeId::parse("https://x/y"),
-            Err(SpiffeIdError::Scheme(_))
-        ));
+        assert!(matches!(SpiffeId::parse("https://x/y"), Err(SpiffeIdError::Scheme(_))));
         assert!(matches!(
             SpiffeId::parse("spiffe://Upper/x"),
             Err(SpiffeIdError::TrustDomain(_))

@@ -30,24 +30,23 @@ mod telemetry;
 mod validate;
 
 pub use cluster::{
-    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
-    OutlierDetection, UpstreamProtocol, UpstreamTls,
+    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OutlierDetection,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use dns::{DnsConfig, DnsEntry};
 pub use identity::{CertificateRef, IdentityConfig, PemSource, SpiffeId, SpiffeIdError};
 pub use inbound::{
-    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
-    InboundPolicy, MtlsMode, MtlsPolicy,
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, InboundPolicy, MtlsMode,
+    MtlsPolicy,
 };
 pub use listener::{
-    EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization,
-    ServerTls, ServerTlsMode, TcpRoute,
+    EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
+    ServerTlsMode, TcpRoute,
 };
 pub use route::{
-    CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch,
-    HeaderMutation, Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn,
-    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, StringMatch, VirtualHost,
-    WeightedCluster,
+    CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,
+    Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
+    RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
 pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing};
 pub use validate::{ValidationError, ValidationErrors, parse_cidr};
@@ -180,9 +179,7 @@ impl ProxyConfig {
             // Enums are written as single-key maps (`forward: {...}`) in both
             // formats; YAML would otherwise expect `!forward` tags.
             let de = serde_yaml_ng::Deserializer::from_str(text);
-            Ok(serde_yaml_ng::with::singleton_map_recursive::deserialize(
-                de,
-            )?)
+            Ok(serde_yaml_ng::with::singleton_map_recursive::deserialize(de)?)
         }
     }
 

@@ -248,11 +248,7 @@ pub struct RetryPolicy {
 }
 
 fn default_retry_on() -> Vec<RetryOn> {
-    vec![
-        RetryOn::ConnectFailure,
-        RetryOn::Reset,
-        RetryOn::GatewayError,
-    ]
+    vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError]
 }
 
 fn default_backoff_base() -> u64 {

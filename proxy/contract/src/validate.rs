@@ -11,8 +11,7 @@ use crate::identity::{CertificateRef, PemSource, SpiffeId, is_valid_trust_domain
 use crate::inbound::{AuthzCondition, AuthzSource, InboundPolicy};
 use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTlsMode};
 use crate::route::{
-    CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch,
-    StringMatch,
+    CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch, StringMatch,
 };
 use crate::{API_VERSION, ProxyConfig};
 use std::collections::{BTreeSet, HashSet};
@@ -114,10 +113,7 @@ impl Validator {
         for (i, cl) in c.clusters.iter().enumerate() {
             let path = format!("clusters[{i}]");
             if !cluster_names.insert(cl.name.as_str()) {
-                self.err(
-                    format!("{path}.name"),
-                    format!("duplicate cluster name {:?}", cl.name),
-                );
+                self.err(format!("{path}.name"), format!("duplicate cluster name {:?}", cl.name));
             }
             self.cluster(&path, cl, c);
         }
@@ -127,14 +123,12 @@ impl Validator {
         for (i, l) in c.listeners.iter().enumerate() {
             let path = format!("listeners[{i}]");
             if !listener_names.insert(l.name.as_str()) {
-                self.err(
-                    format!("{path}.name"),
-                    format!("duplicate listener name {:?}", l.name),
-                );
+                self.err(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
             }
             match l.address.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if !addresses.insert(a) {
+                    // Port 0 asks the OS for an ephemeral port: never a conflict.
+                    if a.port() != 0 && !addresses.insert(a) {
                         self.err(
                             format!("{path}.address"),
                             format!("address {a} is used by another listener"),
@@ -160,24 +154,15 @@ impl Validator {
                     } else {
                         format!("aliases[{}]", j - 1)
                     };
-                    self.err(
-                        format!("{path}.{field}"),
-                        format!("{name:?} is not a DNS name"),
-                    );
+                    self.err(format!("{path}.{field}"), format!("{name:?} is not a DNS name"));
                 }
             }
             if e.addresses.is_empty() {
-                self.err(
-                    format!("{path}.addresses"),
-                    "must list at least one address",
-                );
+                self.err(format!("{path}.addresses"), "must list at least one address");
             }
             for (j, a) in e.addresses.iter().enumerate() {
                 if a.parse::<IpAddr>().is_err() {
-                    self.err(
-                        format!("{path}.addresses[{j}]"),
-                        format!("{a:?} is not an IP address"),
-                    );
+                    self.err(format!("{path}.addresses[{j}]"), format!("{a:?} is not an IP address"));
                 }
             }
         }
@@ -229,14 +214,8 @@ impl Validator {
         if let Some(b) = &id.trust_bundle {
             self.pem_source("identity.trustBundle", b);
         }
-        let needs_mesh = c
-            .clusters
-            .iter()
-            .any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
-            || (c
-                .listeners
-                .iter()
-                .any(|l| l.direction == ListenerDirection::Inbound)
+        let needs_mesh = c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
+            || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
                 && (c.inbound.mtls.mode != crate::MtlsMode::Disable
                     || c.inbound
                         .mtls
@@ -278,16 +257,10 @@ impl Validator {
                 private_key_pem,
             } => {
                 if !cert_chain_pem.contains("-----BEGIN CERTIFICATE-----") {
-                    self.err(
-                        format!("{path}.inline.certChainPem"),
-                        "contains no PEM certificate",
-                    );
+                    self.err(format!("{path}.inline.certChainPem"), "contains no PEM certificate");
                 }
                 if !private_key_pem.contains("PRIVATE KEY-----") {
-                    self.err(
-                        format!("{path}.inline.privateKeyPem"),
-                        "contains no PEM private key",
-                    );
+                    self.err(format!("{path}.inline.privateKeyPem"), "contains no PEM private key");
                 }
             }
         }
@@ -295,9 +268,7 @@ impl Validator {
 
     fn pem_source(&mut self, path: &str, p: &PemSource) {
         match p {
-            PemSource::File(f) if f.is_empty() => {
-                self.err(format!("{path}.file"), "must not be empty")
-            }
+            PemSource::File(f) if f.is_empty() => self.err(format!("{path}.file"), "must not be empty"),
             PemSource::Inline(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
                 self.err(format!("{path}.inline"), "contains no PEM certificate")
             }
@@ -312,10 +283,7 @@ impl Validator {
         if cl.connect_timeout_ms == 0 {
             self.err(format!("{path}.connectTimeoutMs"), "must be positive");
         }
-        self.percentage(
-            &format!("{path}.panicThresholdPercent"),
-            cl.panic_threshold_percent,
-        );
+        self.percentage(&format!("{path}.panicThresholdPercent"), cl.panic_threshold_percent);
         match &cl.load_balancer.policy {
             LbPolicy::RingHash { minimum_ring_size } => {
                 if !(1..=8_388_608).contains(minimum_ring_size) {
@@ -345,25 +313,16 @@ impl Validator {
         if let Some(HashKey::Header(h) | HashKey::QueryParam(h)) = &cl.load_balancer.hash_key
             && h.is_empty()
         {
-            self.err(
-                format!("{path}.loadBalancer.hashKey"),
-                "name must not be empty",
-            );
+            self.err(format!("{path}.loadBalancer.hashKey"), "name must not be empty");
         }
         if let Some(HashKey::Cookie { name, .. }) = &cl.load_balancer.hash_key
             && name.is_empty()
         {
-            self.err(
-                format!("{path}.loadBalancer.hashKey.cookie.name"),
-                "must not be empty",
-            );
+            self.err(format!("{path}.loadBalancer.hashKey.cookie.name"), "must not be empty");
         }
         let pool = &cl.connection_pool;
         if pool.max_connections == 0 {
-            self.err(
-                format!("{path}.connectionPool.maxConnections"),
-                "must be positive",
-            );
+            self.err(format!("{path}.connectionPool.maxConnections"), "must be positive");
         }
         if let Some(od) = &cl.outlier_detection {
             self.percentage(
@@ -379,12 +338,8 @@ impl Validator {
         }
         match &cl.tls {
             UpstreamTls::Disable => {}
-            UpstreamTls::Mesh {
-                expected_identities,
-            } => {
-                if expected_identities.is_empty()
-                    && cl.endpoints.iter().any(|e| e.identity.is_none())
-                {
+            UpstreamTls::Mesh { expected_identities } => {
+                if expected_identities.is_empty() && cl.endpoints.iter().any(|e| e.identity.is_none()) {
                     self.err(
                         format!("{path}.tls.mesh.expectedIdentities"),
                         "mesh TLS needs the peer identity: list expected identities or set \
@@ -401,10 +356,7 @@ impl Validator {
             }
             UpstreamTls::Simple { sni, ca } => {
                 if sni.is_empty() || !is_dns_name(sni) {
-                    self.err(
-                        format!("{path}.tls.simple.sni"),
-                        format!("{sni:?} is not a DNS name"),
-                    );
+                    self.err(format!("{path}.tls.simple.sni"), format!("{sni:?} is not a DNS name"));
                 }
                 match ca {
                     Some(ca) => self.pem_source(&format!("{path}.tls.simple.ca"), ca),
@@ -419,19 +371,13 @@ impl Validator {
         for (i, e) in cl.endpoints.iter().enumerate() {
             let ep = format!("{path}.endpoints[{i}]");
             if e.address.parse::<IpAddr>().is_err() {
-                self.err(
-                    format!("{ep}.address"),
-                    format!("{:?} is not an IP address", e.address),
-                );
+                self.err(format!("{ep}.address"), format!("{:?} is not an IP address", e.address));
             }
             if e.port == 0 {
                 self.err(format!("{ep}.port"), "must be 1-65535");
             }
             if e.weight == 0 {
-                self.err(
-                    format!("{ep}.weight"),
-                    "must be positive (remove the endpoint instead)",
-                );
+                self.err(format!("{ep}.weight"), "must be positive (remove the endpoint instead)");
             }
             if let Some(id) = &e.identity {
                 self.spiffe(&format!("{ep}.identity"), id, &c.identity.trust_domain);
@@ -453,9 +399,7 @@ impl Validator {
         if let Some(tls) = &l.tls {
             self.certificate(&format!("{path}.tls.certificate"), &tls.certificate);
             match (tls.mode, &tls.client_ca) {
-                (ServerTlsMode::Mutual, None) => {
-                    self.err(format!("{path}.tls.clientCa"), "required for mutual TLS")
-                }
+                (ServerTlsMode::Mutual, None) => self.err(format!("{path}.tls.clientCa"), "required for mutual TLS"),
                 (_, Some(ca)) => self.pem_source(&format!("{path}.tls.clientCa"), ca),
                 _ => {}
             }
@@ -481,20 +425,11 @@ impl Validator {
         let lim = &l.limits;
         for (field, value) in [
             ("maxRequestHeaders", u64::from(lim.max_request_headers)),
-            (
-                "maxRequestHeaderBytes",
-                u64::from(lim.max_request_header_bytes),
-            ),
+            ("maxRequestHeaderBytes", u64::from(lim.max_request_header_bytes)),
             ("maxUriBytes", u64::from(lim.max_uri_bytes)),
             ("headerReadTimeoutMs", lim.header_read_timeout_ms),
-            (
-                "http2MaxConcurrentStreams",
-                u64::from(lim.http2_max_concurrent_streams),
-            ),
-            (
-                "protocolDetectionTimeoutMs",
-                lim.protocol_detection_timeout_ms,
-            ),
+            ("http2MaxConcurrentStreams", u64::from(lim.http2_max_concurrent_streams)),
+            ("protocolDetectionTimeoutMs", lim.protocol_detection_timeout_ms),
         ] {
             if value == 0 {
                 self.err(format!("{path}.limits.{field}"), "must be positive");
@@ -512,10 +447,7 @@ impl Validator {
         for (i, vh) in l.virtual_hosts.iter().enumerate() {
             let vp = format!("{path}.virtualHosts[{i}]");
             if !vh_names.insert(vh.name.as_str()) {
-                self.err(
-                    format!("{vp}.name"),
-                    format!("duplicate virtual host {:?}", vh.name),
-                );
+                self.err(format!("{vp}.name"), format!("duplicate virtual host {:?}", vh.name));
             }
             if vh.domains.is_empty() {
                 self.err(format!("{vp}.domains"), "must list at least one domain");
@@ -542,10 +474,7 @@ impl Validator {
             }
             for (j, cidr) in t.destination_cidrs.iter().enumerate() {
                 if cidr.parse::<ipnet::IpNet>().is_err() {
-                    self.err(
-                        format!("{tp}.destinationCidrs[{j}]"),
-                        format!("{cidr:?} is not a CIDR"),
-                    );
+                    self.err(format!("{tp}.destinationCidrs[{j}]"), format!("{cidr:?} is not a CIDR"));
                 }
             }
         }
@@ -660,20 +589,11 @@ impl Validator {
         let mut total: u64 = 0;
         for (i, wc) in f.clusters.iter().enumerate() {
             if !clusters.contains(wc.cluster.as_str()) {
-                self.err(
-                    format!("{path}.clusters[{i}].cluster"),
-                    unknown_cluster(&wc.cluster),
-                );
+                self.err(format!("{path}.clusters[{i}].cluster"), unknown_cluster(&wc.cluster));
             }
             total += u64::from(wc.weight);
-            self.headers(
-                &format!("{path}.clusters[{i}].requestHeaders"),
-                &wc.request_headers,
-            );
-            self.headers(
-                &format!("{path}.clusters[{i}].responseHeaders"),
-                &wc.response_headers,
-            );
+            self.headers(&format!("{path}.clusters[{i}].requestHeaders"), &wc.request_headers);
+            self.headers(&format!("{path}.clusters[{i}].responseHeaders"), &wc.response_headers);
         }
         if !f.clusters.is_empty() && total != 100 {
             self.err(
@@ -696,10 +616,7 @@ impl Validator {
                 );
             }
             if rw.uri_prefix.is_some() && rw.uri_regex.is_some() {
-                self.err(
-                    format!("{path}.rewrite"),
-                    "set uriPrefix or uriRegex, not both",
-                );
+                self.err(format!("{path}.rewrite"), "set uriPrefix or uriRegex, not both");
             }
             if let Some(a) = &rw.authority
                 && (a.is_empty() || a.bytes().any(|b| b.is_ascii_whitespace() || b == b'/'))
@@ -711,10 +628,7 @@ impl Validator {
             }
         }
         if f.timeout_ms == Some(0) {
-            self.err(
-                format!("{path}.timeoutMs"),
-                "must be positive (omit for no timeout)",
-            );
+            self.err(format!("{path}.timeoutMs"), "must be positive (omit for no timeout)");
         }
         if let Some(r) = &f.retries {
             if r.attempts > MAX_RETRY_ATTEMPTS {
@@ -724,10 +638,7 @@ impl Validator {
                 );
             }
             if r.per_try_timeout_ms == Some(0) {
-                self.err(
-                    format!("{path}.retries.perTryTimeoutMs"),
-                    "must be positive",
-                );
+                self.err(format!("{path}.retries.perTryTimeoutMs"), "must be positive");
             }
             if r.backoff_base_ms == 0 {
                 self.err(format!("{path}.retries.backoffBaseMs"), "must be positive");
@@ -735,17 +646,12 @@ impl Validator {
             if let Some(max) = r.backoff_max_ms
                 && max < r.backoff_base_ms
             {
-                self.err(
-                    format!("{path}.retries.backoffMaxMs"),
-                    "must be at least backoffBaseMs",
-                );
+                self.err(format!("{path}.retries.backoffMaxMs"), "must be at least backoffBaseMs");
             }
             if let Some(b) = r.budget_percent {
                 self.percentage(&format!("{path}.retries.budgetPercent"), b);
             }
-            if r.retry_on.contains(&crate::RetryOn::RetriableStatusCodes)
-                && r.retriable_status_codes.is_empty()
-            {
+            if r.retry_on.contains(&crate::RetryOn::RetriableStatusCodes) && r.retriable_status_codes.is_empty() {
                 self.err(
                     format!("{path}.retries.retriableStatusCodes"),
                     "retryOn includes retriable-status-codes but no codes are listed",
@@ -762,10 +668,7 @@ impl Validator {
         }
         for (i, m) in f.mirrors.iter().enumerate() {
             if !clusters.contains(m.cluster.as_str()) {
-                self.err(
-                    format!("{path}.mirrors[{i}].cluster"),
-                    unknown_cluster(&m.cluster),
-                );
+                self.err(format!("{path}.mirrors[{i}].cluster"), unknown_cluster(&m.cluster));
             }
             self.percentage(&format!("{path}.mirrors[{i}].percentage"), m.percentage);
         }
@@ -794,10 +697,7 @@ impl Validator {
         for (field, map) in [("set", &h.set), ("add", &h.add)] {
             for (name, value) in map {
                 if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-                    self.err(
-                        format!("{path}.{field}[{name}]"),
-                        "value contains control characters",
-                    );
+                    self.err(format!("{path}.{field}[{name}]"), "value contains control characters");
                 }
             }
         }
@@ -824,18 +724,12 @@ impl Validator {
         }
         for (i, h) in c.allow_headers.iter().chain(&c.expose_headers).enumerate() {
             if !is_header_name(h) {
-                self.err(
-                    format!("{path}.headers[{i}]"),
-                    format!("{h:?} is not a header name"),
-                );
+                self.err(format!("{path}.headers[{i}]"), format!("{h:?} is not a header name"));
             }
         }
         for (i, m) in c.allow_methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(is_tchar) {
-                self.err(
-                    format!("{path}.allowMethods[{i}]"),
-                    format!("{m:?} is not a method"),
-                );
+                self.err(format!("{path}.allowMethods[{i}]"), format!("{m:?} is not a method"));
             }
         }
     }
@@ -893,16 +787,10 @@ impl Validator {
                 self.string_match(&format!("{path}.{field}[{n}]"), m);
             }
         }
-        for (field, list) in [
-            ("ipBlocks", &s.ip_blocks),
-            ("notIpBlocks", &s.not_ip_blocks),
-        ] {
+        for (field, list) in [("ipBlocks", &s.ip_blocks), ("notIpBlocks", &s.not_ip_blocks)] {
             for (n, cidr) in list.iter().enumerate() {
                 if parse_cidr(cidr).is_none() {
-                    self.err(
-                        format!("{path}.{field}[{n}]"),
-                        format!("{cidr:?} is not an IP or CIDR"),
-                    );
+                    self.err(format!("{path}.{field}[{n}]"), format!("{cidr:?} is not an IP or CIDR"));
                 }
             }
         }
@@ -917,9 +805,7 @@ impl Validator {
                 | "destination.port"
                 | "request.method"
                 | "request.path"
-        ) || (c.key.starts_with("request.headers[")
-            && c.key.ends_with(']')
-            && c.key.len() > 17);
+        ) || (c.key.starts_with("request.headers[") && c.key.ends_with(']') && c.key.len() > 17);
         if !known {
             self.err(
                 format!("{path}.key"),

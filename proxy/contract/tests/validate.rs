@@ -2,8 +2,8 @@
 //! inconsistency is reported with its field path.
 
 use trellis_contract::{
-    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzRule, AuthzSource, LbPolicy,
-    ProxyConfig, RouteAction, StringMatch, UpstreamTls, ValidationErrors,
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzRule, AuthzSource, LbPolicy, ProxyConfig, RouteAction,
+    StringMatch, UpstreamTls, ValidationErrors,
 };
 
 const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
@@ -79,8 +79,7 @@ fn weights_must_sum_to_100() {
 #[test]
 fn bad_regex_is_rejected_with_its_path() {
     let mut cfg = example();
-    cfg.listeners[0].virtual_hosts[0].routes[1].matches[0].uri =
-        Some(StringMatch::Regex("/pay(".into()));
+    cfg.listeners[0].virtual_hosts[0].routes[1].matches[0].uri = Some(StringMatch::Regex("/pay(".into()));
     assert_single(
         &cfg,
         "listeners[0].virtualHosts[0].routes[1].match[0].uri.regex",
@@ -175,11 +174,7 @@ fn mesh_cluster_needs_expected_identity_for_every_endpoint() {
     cfg.clusters[1].tls = UpstreamTls::Mesh {
         expected_identities: vec![],
     };
-    assert_single(
-        &cfg,
-        "clusters[1].tls.mesh.expectedIdentities",
-        "peer identity",
-    );
+    assert_single(&cfg, "clusters[1].tls.mesh.expectedIdentities", "peer identity");
 }
 
 #[test]
@@ -200,11 +195,7 @@ fn maglev_table_must_be_prime_and_hash_key_needs_hash_policy() {
     );
     let mut cfg = example();
     cfg.clusters[1].load_balancer.policy = LbPolicy::Random;
-    assert_single(
-        &cfg,
-        "clusters[1].loadBalancer.hashKey",
-        "only used by ringHash",
-    );
+    assert_single(&cfg, "clusters[1].loadBalancer.hashKey", "only used by ringHash");
 }
 
 #[test]
@@ -216,10 +207,7 @@ fn endpoint_address_and_weight_are_checked() {
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        [
-            "clusters[0].endpoints[0].address",
-            "clusters[0].endpoints[0].weight"
-        ]
+        ["clusters[0].endpoints[0].address", "clusters[0].endpoints[0].weight"]
     );
 }
 
@@ -229,8 +217,7 @@ fn retries_and_timeouts_are_bounded() {
     let f = forward(&mut cfg, 1);
     let r = f.retries.as_mut().unwrap();
     r.attempts = 50;
-    r.retry_on
-        .push(trellis_contract::RetryOn::RetriableStatusCodes);
+    r.retry_on.push(trellis_contract::RetryOn::RetriableStatusCodes);
     f.timeout_ms = Some(0);
     let errs = errors(&cfg);
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
@@ -269,15 +256,11 @@ fn header_mutations_may_not_touch_hop_headers() {
 fn direct_response_and_redirect_codes_are_checked() {
     let mut cfg = example();
     cfg.listeners[0].virtual_hosts[0].routes[2].action =
-        RouteAction::DirectResponse(trellis_contract::DirectResponse {
-            status: 99,
-            body: None,
-        });
-    cfg.listeners[0].virtual_hosts[0].routes[0].action =
-        RouteAction::Redirect(trellis_contract::Redirect {
-            response_code: Some(200),
-            ..Default::default()
-        });
+        RouteAction::DirectResponse(trellis_contract::DirectResponse { status: 99, body: None });
+    cfg.listeners[0].virtual_hosts[0].routes[0].action = RouteAction::Redirect(trellis_contract::Redirect {
+        response_code: Some(200),
+        ..Default::default()
+    });
     let errs = errors(&cfg);
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
@@ -292,10 +275,7 @@ fn direct_response_and_redirect_codes_are_checked() {
 #[test]
 fn provenance_is_required() {
     let mut cfg = example();
-    cfg.listeners[0].virtual_hosts[0].routes[0]
-        .provenance
-        .kind
-        .clear();
+    cfg.listeners[0].virtual_hosts[0].routes[0].provenance.kind.clear();
     assert_single(
         &cfg,
         "listeners[0].virtualHosts[0].routes[0].provenance",
@@ -339,9 +319,7 @@ fn authorization_matchers_are_checked() {
 fn tcp_routes_and_dns_entries_are_checked() {
     let mut cfg = example();
     cfg.listeners[0].tcp_routes[0].cluster = "gone".into();
-    cfg.listeners[0].tcp_routes[0]
-        .destination_cidrs
-        .push("10.0.0.0".into());
+    cfg.listeners[0].tcp_routes[0].destination_cidrs.push("10.0.0.0".into());
     cfg.dns.entries[0].addresses.push("ten".into());
     let errs = errors(&cfg);
     let paths: Vec<_> = errs.errors.iter().map(|e| e.path.as_str()).collect();
@@ -364,8 +342,5 @@ fn config_with_many_problems_lists_them_all() {
     let errs = errors(&cfg);
     assert_eq!(errs.errors.len(), 3, "{errs}");
     let text = errs.to_string();
-    assert!(
-        text.starts_with("proxy config \"\" is invalid (3 errors)"),
-        "{text}"
-    );
+    assert!(text.starts_with("proxy config \"\" is invalid (3 errors)"), "{text}");
 }

@@ -1,0 +1,183 @@
+//! The admin API: `/ready`, `/live`, `/metrics`, `/config_dump` (effective
+//! listeners, routes, clusters, endpoints with health, certificate metadata,
+//! never private keys) and `/logging`. Three roles share one implementation:
+//! the localhost admin port serves everything, the stats port `/metrics`, the
+//! health port the probes.
+
+use crate::app::Runtime;
+use crate::identity::describe;
+use crate::upstream::Body;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Changes the log filter at run time.
+pub trait LogControl: Send + Sync {
+    /// Replace the filter (an `EnvFilter` directive such as `debug` or
+    /// `info,trellis_proxy=trace`).
+    fn set(&self, directive: &str) -> Result<(), String>;
+    /// The current filter.
+    fn current(&self) -> String;
+}
+
+/// Which endpoints a server exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// Everything (localhost only).
+    Admin,
+    /// `/metrics` and `/stats/prometheus`.
+    Stats,
+    /// `/ready`, `/healthz/ready`, `/live`.
+    Health,
+}
+
+/// Serve admin requests until the task is aborted.
+pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let rt = Arc::clone(&rt);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let rt = Arc::clone(&rt);
+                async move { Ok::<_, std::convert::Infallible>(handle(&rt, role, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(rt: &Runtime, role: AdminRole, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let allowed = match role {
+        AdminRole::Admin => true,
+        AdminRole::Stats => matches!(path, "/metrics" | "/stats/prometheus"),
+        AdminRole::Health => matches!(path, "/ready" | "/healthz/ready" | "/live"),
+    };
+    if !allowed {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/ready" | "/healthz/ready") => {
+            if rt.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else if rt.is_draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: waiting for a configuration (and workload certificate)\n",
+                )
+            }
+        }
+        (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+        (&Method::GET, "/metrics" | "/stats/prometheus") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4", rt.metrics.render())
+        }
+        (&Method::GET, "/config_dump") => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&config_dump(rt)).expect("json"),
+        ),
+        (_, "/logging") => logging(rt, &req),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+fn logging(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Body> {
+    let Some(ctl) = &rt.log_control else {
+        return reply(
+            StatusCode::NOT_IMPLEMENTED,
+            "text/plain",
+            "log control is not available\n",
+        );
+    };
+    let level = req.uri().query().and_then(|q| {
+        crate::routing::parse_query(q)
+            .into_iter()
+            .find(|(k, _)| k == "level")
+            .map(|(_, v)| v)
+    });
+    match (req.method(), level) {
+        (&Method::POST | &Method::PUT, Some(level)) => match ctl.set(&level) {
+            Ok(()) => {
+                tracing::info!(filter = %level, "log level changed");
+                reply(StatusCode::OK, "text/plain", format!("{}\n", ctl.current()))
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("invalid level: {e}\n")),
+        },
+        (&Method::GET, None) => reply(StatusCode::OK, "text/plain", format!("{}\n", ctl.current())),
+        _ => reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "use GET /logging, or POST /logging?level=<filter>\n",
+        ),
+    }
+}
+
+/// The effective configuration, for humans and `meshctl proxy-config`.
+pub fn config_dump(rt: &Runtime) -> serde_json::Value {
+    let snap = rt.snapshot();
+    let mut config = (*snap.config).clone();
+    // Never expose private keys.
+    if let Some(c) = &config.identity.certificate {
+        config.identity.certificate = Some(c.redacted());
+    }
+    for l in &mut config.listeners {
+        if let Some(tls) = &mut l.tls {
+            tls.certificate = tls.certificate.redacted();
+        }
+    }
+    let now = Instant::now();
+    let mut clusters: Vec<_> = snap
+        .clusters
+        .values()
+        .map(|c| {
+            json!({
+                "name": c.spec.name,
+                "activeRequests": c.active_requests.load(Ordering::Relaxed),
+                "endpoints": c.endpoints.iter().map(|e| json!({
+                    "address": e.addr.to_string(),
+                    "health": e.spec.health,
+                    "ejected": e.ejected(now),
+                    "activeRequests": e.active.load(Ordering::Relaxed),
+                    "identity": e.spec.identity,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let certificates = snap.identity.as_ref().map(|id| {
+        json!({
+            "spiffeId": id.spiffe_id,
+            "chain": id.cert.chain.iter().filter_map(describe).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "version": snap.config.version,
+        "ready": rt.is_ready(),
+        "lastRejected": rt.last_rejection().map(|(v, e)| json!({"version": v, "error": e})),
+        "config": config,
+        "clusterStatus": clusters,
+        "workloadCertificate": certificates,
+    })
+}

@@ -1,0 +1,278 @@
+//! The proxy application: the shared run-time state, applying configurations
+//! atomically (validate, compile, bind new listeners, swap, retire removed
+//! listeners; on any error keep the last good config), the admin servers,
+//! and drain.
+
+use crate::admin::{self, AdminRole, LogControl};
+use crate::metrics::Metrics;
+use crate::server::{self, ListenerHandle};
+use crate::snapshot::{Snapshot, SnapshotError};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trellis_contract::{ListenerDirection, MtlsMode, ProxyConfig, UpstreamTls};
+
+/// State shared by every listener, connection and the admin API.
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    configured: AtomicBool,
+    draining: AtomicBool,
+    last_rejection: Mutex<Option<(String, String)>>,
+    /// Run-time log level control, if the binary installed one.
+    pub log_control: Option<Arc<dyn LogControl>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("version", &self.snapshot().config.version)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Ready: a configuration is applied, its mesh identity (when needed) is
+    /// loaded, and the proxy is not draining.
+    pub fn is_ready(&self) -> bool {
+        if !self.configured.load(Ordering::Acquire) || self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        let snap = self.snapshot();
+        !needs_identity(&snap.config) || snap.identity.is_some()
+    }
+
+    /// Is the proxy draining?
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The last rejected config version and why.
+    pub fn last_rejection(&self) -> Option<(String, String)> {
+        self.last_rejection.lock().expect("rejection lock").clone()
+    }
+}
+
+fn needs_identity(c: &ProxyConfig) -> bool {
+    c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
+        || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
+            && c.inbound.mtls.mode != MtlsMode::Disable)
+}
+
+/// Addresses and hooks for [`App::start`].
+#[derive(Clone)]
+pub struct AppConfig {
+    /// Admin API (all endpoints); keep it on localhost.
+    pub admin_addr: SocketAddr,
+    /// Prometheus scrape port (`/metrics`).
+    pub stats_addr: Option<SocketAddr>,
+    /// Probe port (`/ready`, `/live`).
+    pub health_addr: Option<SocketAddr>,
+    /// Log level control for `/logging`.
+    pub log_control: Option<Arc<dyn LogControl>>,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("admin_addr", &self.admin_addr)
+            .field("stats_addr", &self.stats_addr)
+            .field("health_addr", &self.health_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors applying a config. The previous config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Invalid or uncompilable.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A listener socket could not be bound.
+    #[error(
+        "config {version:?}: cannot bind listener {listener} on {address}: {source} (is another process using the port?)"
+    )]
+    Bind {
+        /// Config version.
+        version: String,
+        /// Listener name.
+        listener: String,
+        /// Address.
+        address: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The proxy is draining and takes no new config.
+    #[error("the proxy is draining")]
+    Draining,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct App {
+    rt: Arc<Runtime>,
+    listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
+    admin: Vec<(AdminRole, ListenerHandleAdmin)>,
+}
+
+#[derive(Debug)]
+struct ListenerHandleAdmin {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for (_, a) in &self.admin {
+            a.task.abort();
+        }
+    }
+}
+
+impl App {
+    /// Start with no configuration: admin servers up, not ready.
+    pub async fn start(cfg: AppConfig) -> std::io::Result<Self> {
+        let empty = Snapshot::build(ProxyConfig::empty("none"), None).expect("the empty config is valid");
+        let rt = Arc::new(Runtime {
+            snapshot: ArcSwap::from_pointee(empty),
+            metrics: Metrics::default(),
+            configured: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            last_rejection: Mutex::new(None),
+            log_control: cfg.log_control.clone(),
+        });
+        let mut admin = Vec::new();
+        for (role, addr) in [
+            (AdminRole::Admin, Some(cfg.admin_addr)),
+            (AdminRole::Stats, cfg.stats_addr),
+            (AdminRole::Health, cfg.health_addr),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = server::bind(addr)?;
+            let addr = listener.local_addr()?;
+            let task = tokio::spawn(admin::serve(Arc::clone(&rt), role, listener));
+            admin.push((role, ListenerHandleAdmin { addr, task }));
+        }
+        Ok(Self {
+            rt,
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            admin,
+        })
+    }
+
+    /// The shared run-time state.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
+    /// Bound address of an admin server.
+    pub fn admin_addr(&self, role: AdminRole) -> Option<SocketAddr> {
+        self.admin.iter().find(|(r, _)| *r == role).map(|(_, a)| a.addr)
+    }
+
+    /// Bound address of a traffic listener.
+    pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().await.get(name).map(|h| h.addr)
+    }
+
+    /// Apply a configuration atomically. On error nothing changes: the last
+    /// good configuration keeps serving, and the error says why (a NACK).
+    pub async fn apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        if self.rt.is_draining() {
+            return Err(ApplyError::Draining);
+        }
+        let version = config.version.clone();
+        let result = self.apply_inner(config).await;
+        self.rt.metrics.config_result(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(%version, "configuration applied"),
+            Err(e) => {
+                tracing::warn!(%version, error = %e, "configuration rejected; keeping the last good one");
+                *self.rt.last_rejection.lock().expect("rejection lock") = Some((version, e.to_string()));
+            }
+        }
+        result
+    }
+
+    async fn apply_inner(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        // One apply at a time: the listener map lock serializes them.
+        let mut listeners = self.listeners.lock().await;
+        let previous = self.rt.snapshot();
+        let snapshot = Snapshot::build(config, Some(&previous))?;
+        let version = snapshot.config.version.clone();
+
+        // Bind new listeners first; if any bind fails, nothing changes.
+        let mut fresh: Vec<(String, tokio::net::TcpListener)> = Vec::new();
+        for l in &snapshot.config.listeners {
+            let addr: SocketAddr = l.address.parse().expect("validated address");
+            let keep = listeners
+                .get(&l.name)
+                .is_some_and(|h| (addr.port() == 0 && h.addr.ip() == addr.ip()) || h.addr == addr);
+            if keep {
+                continue;
+            }
+            match server::bind(addr) {
+                Ok(sock) => fresh.push((l.name.clone(), sock)),
+                Err(source) => {
+                    return Err(ApplyError::Bind {
+                        version,
+                        listener: l.name.clone(),
+                        address: l.address.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        let drain = Duration::from_millis(snapshot.config.drain_timeout_ms);
+        let wanted: Vec<String> = snapshot.config.listeners.iter().map(|l| l.name.clone()).collect();
+        self.rt.snapshot.store(Arc::new(snapshot));
+        self.rt.configured.store(true, Ordering::Release);
+
+        let mut retired = Vec::new();
+        for (name, sock) in fresh {
+            if let Some(old) = listeners.remove(&name) {
+                retired.push(old);
+            }
+            let handle =
+                server::spawn(Arc::clone(&self.rt), name.clone(), sock).map_err(|source| ApplyError::Bind {
+                    version: version.clone(),
+                    listener: name.clone(),
+                    address: String::new(),
+                    source,
+                })?;
+            listeners.insert(name, handle);
+        }
+        let removed: Vec<String> = listeners.keys().filter(|n| !wanted.contains(n)).cloned().collect();
+        for name in removed {
+            if let Some(h) = listeners.remove(&name) {
+                retired.push(h);
+            }
+        }
+        for h in retired {
+            tokio::spawn(h.shutdown(drain));
+        }
+        Ok(())
+    }
+
+    /// Drain (SIGTERM): report not ready, stop accepting, let in-flight
+    /// requests finish within the config's drain timeout, then close.
+    pub async fn drain(&self) {
+        self.rt.draining.store(true, Ordering::Release);
+        let drain = Duration::from_millis(self.rt.snapshot().config.drain_timeout_ms);
+        let handles: Vec<ListenerHandle> = self.listeners.lock().await.drain().map(|(_, h)| h).collect();
+        tracing::info!(listeners = handles.len(), ?drain, "draining");
+        futures::future::join_all(handles.into_iter().map(|h| h.shutdown(drain))).await;
+        tracing::info!("drained");
+    }
+}

@@ -1,0 +1,1001 @@
+//! The HTTP request pipeline: request-head hardening checks, path
+//! normalization, inbound authorization, routing, CORS, fault injection,
+//! direct responses and redirects, and forwarding with retries, timeouts,
+//! mirroring, header mutations, trace propagation, metrics and access logs.
+
+use crate::app::Runtime;
+use crate::authz::AuthzRequest;
+use crate::metrics::{ConnLabels, Peer, RequestLabels};
+use crate::path::normalize;
+use crate::routing::{RequestView, RouteHit, parse_query, rewrite_prefix};
+use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::upstream::{Body, BoxError, ClusterRuntime, Outcome, UpstreamError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use trellis_contract::{
+    ForwardAction, HashKey, ListenerDirection, Redirect, RetryOn, RetryPolicy, RouteAction, SpiffeId, UpstreamTls,
+};
+
+/// Request bodies up to this size are buffered so they can be retried and
+/// mirrored; larger or unknown-length bodies are streamed once.
+const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Everything known about the downstream connection.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    /// Listener name.
+    pub listener: String,
+    /// Direction of the listener.
+    pub direction: ListenerDirection,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Original (or local) destination.
+    pub dst: SocketAddr,
+    /// Verified client SPIFFE ID (mesh mTLS).
+    pub peer_identity: Option<String>,
+    /// Was TLS terminated?
+    pub tls: bool,
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Per-request outcome details for metrics and logs.
+struct RequestOutcome {
+    flags: &'static str,
+    cluster: Option<Arc<ClusterRuntime>>,
+    endpoint: Option<usize>,
+}
+
+/// Handle one downstream request. Never fails: every error is a response.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let snap = rt.snapshot();
+    let method = req.method().clone();
+    let path_for_log = req.uri().path().to_string();
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let req_bytes = req.body().size_hint().exact().unwrap_or(0);
+    let Some(listener) = snap.listeners.get(&conn.listener).cloned() else {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "listener is being removed\n"));
+    };
+    let mut out = RequestOutcome {
+        flags: "-",
+        cluster: None,
+        endpoint: None,
+    };
+    let resp = pipeline(&rt, &snap, &listener, &conn, req, &mut out).await;
+    let status = resp.status();
+    let labels = labels(&snap, &conn, &out, status, grpc);
+    if snap.config.telemetry.access_log.enabled {
+        tracing::info!(
+            target: "trellis::access",
+            listener = %conn.listener,
+            method = %method,
+            path = %path_for_log,
+            status = status.as_u16(),
+            flags = out.flags,
+            upstream = out.cluster.as_ref().map(|c| c.spec.name.as_str()).unwrap_or("-"),
+            peer = %conn.peer,
+            duration_ms = start.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+    // Metrics are recorded when the response body ends (or is dropped).
+    let (parts, body) = resp.into_parts();
+    let body = ObservedBody {
+        inner: body,
+        bytes: 0,
+        done: Some(Box::new(move |resp_bytes| {
+            rt.metrics
+                .record_request(labels, start.elapsed().as_secs_f64() * 1000.0, req_bytes, resp_bytes);
+        })),
+    };
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+fn labels(snap: &Snapshot, conn: &ConnContext, out: &RequestOutcome, status: StatusCode, grpc: bool) -> RequestLabels {
+    let endpoint_peer = out
+        .cluster
+        .as_ref()
+        .zip(out.endpoint)
+        .map(|(c, i)| {
+            let e = &c.endpoints[i].spec;
+            let principal = e.identity.clone().or_else(|| match &c.spec.tls {
+                UpstreamTls::Mesh { expected_identities } if expected_identities.len() == 1 => {
+                    Some(expected_identities[0].clone())
+                }
+                _ => None,
+            });
+            let ns = e
+                .labels
+                .get("namespace")
+                .cloned()
+                .or_else(|| {
+                    principal
+                        .as_deref()
+                        .and_then(|p| SpiffeId::parse(p).ok())
+                        .and_then(|id| id.namespace().map(str::to_string))
+                })
+                .unwrap_or_default();
+            Peer {
+                workload: e
+                    .labels
+                    .get("workload")
+                    .or_else(|| e.labels.get("app"))
+                    .cloned()
+                    .unwrap_or_default(),
+                namespace: ns,
+                principal: principal.unwrap_or_default(),
+                app: e.labels.get("app").cloned().unwrap_or_default(),
+                version: e.labels.get("version").cloned().unwrap_or_default(),
+            }
+        })
+        .unwrap_or_default();
+    let (reporter, source, destination, security) = match conn.direction {
+        ListenerDirection::Inbound => {
+            let principal = conn.peer_identity.clone().unwrap_or_default();
+            let namespace = SpiffeId::parse(&principal)
+                .ok()
+                .and_then(|id| id.namespace().map(str::to_string))
+                .unwrap_or_default();
+            (
+                "destination",
+                Peer {
+                    principal,
+                    namespace,
+                    ..Default::default()
+                },
+                snap.node.clone(),
+                if conn.peer_identity.is_some() {
+                    "mutual_tls"
+                } else {
+                    "none"
+                },
+            )
+        }
+        _ => (
+            "source",
+            snap.node.clone(),
+            endpoint_peer,
+            match out.cluster.as_ref().map(|c| &c.spec.tls) {
+                Some(UpstreamTls::Mesh { .. }) => "mutual_tls",
+                _ => "none",
+            },
+        ),
+    };
+    RequestLabels {
+        conn: ConnLabels {
+            reporter,
+            source,
+            destination,
+            destination_service: out
+                .cluster
+                .as_ref()
+                .and_then(|c| c.spec.service.clone())
+                .unwrap_or_default(),
+            connection_security_policy: security,
+        },
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: status.as_u16(),
+        response_flags: out.flags,
+    }
+}
+
+/// The request head checks a hardened edge proxy makes, beyond hyper's own.
+fn check_head(req: &Request<Incoming>, listener: &ListenerRuntime) -> Result<(), (StatusCode, &'static str)> {
+    let limits = &listener.spec.limits;
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > limits.max_uri_bytes as usize {
+        return Err((StatusCode::URI_TOO_LONG, "request target too long\n"));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_request_headers as usize {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers\n",
+        ));
+    }
+    let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > limits.max_request_header_bytes as usize {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        ));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err((StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding\n"));
+    }
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err((StatusCode::BAD_REQUEST, "duplicate Host header\n"));
+    }
+    if req.version() == Version::HTTP_11 && hosts == 0 {
+        return Err((StatusCode::BAD_REQUEST, "missing Host header\n"));
+    }
+    if req.version() == Version::HTTP_2
+        && let (Some(a), Some(h)) = (req.uri().authority(), headers.get(header::HOST))
+        && a.as_str().as_bytes() != h.as_bytes()
+    {
+        return Err((StatusCode::BAD_REQUEST, ":authority and Host disagree\n"));
+    }
+    if req.method() == Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+    }
+    if let Some(max) = limits.max_request_body_bytes
+        && req.body().size_hint().lower() > max
+    {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+    }
+    Ok(())
+}
+
+/// The authority of a request: the URI's (HTTP/2, absolute-form) or Host.
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
+fn split_host_port(authority: &str) -> (String, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal.
+        if let Some((h, p)) = rest.split_once(']') {
+            return (format!("[{h}]"), p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_ascii_lowercase(), p.parse().ok()),
+        _ => (authority.to_ascii_lowercase(), None),
+    }
+}
+
+async fn pipeline(
+    rt: &Arc<Runtime>,
+    snap: &Arc<Snapshot>,
+    listener: &Arc<ListenerRuntime>,
+    conn: &Arc<ConnContext>,
+    req: Request<Incoming>,
+    out: &mut RequestOutcome,
+) -> Response<Body> {
+    if let Err((status, why)) = check_head(&req, listener) {
+        rt.metrics.downstream_rejected();
+        out.flags = "DPE";
+        return text(status, why);
+    }
+    let Some(authority) = authority(&req) else {
+        rt.metrics.downstream_rejected();
+        out.flags = "DPE";
+        return text(StatusCode::BAD_REQUEST, "missing authority\n");
+    };
+    let (host, host_port) = split_host_port(&authority);
+    let port = host_port.unwrap_or(conn.dst.port());
+    let path = match normalize(req.uri().path(), &listener.spec.path_normalization) {
+        Ok(p) => p,
+        Err(e) => {
+            rt.metrics.downstream_rejected();
+            out.flags = "DPE";
+            return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+        }
+    };
+    let query = req.uri().query().map(str::to_string);
+
+    if conn.direction == ListenerDirection::Inbound && !snap.authorizer.is_empty() {
+        let principal = conn.peer_identity.as_deref();
+        let ns = principal
+            .and_then(|p| SpiffeId::parse(p).ok())
+            .and_then(|id| id.namespace().map(str::to_string));
+        let decision = snap.authorizer.evaluate(&AuthzRequest {
+            principal,
+            namespace: ns.as_deref(),
+            source_ip: conn.peer.ip(),
+            port,
+            host: &host,
+            method: req.method().as_str(),
+            path: &path,
+            headers: req.headers(),
+        });
+        if !decision.allowed() {
+            tracing::debug!(?decision, %path, peer = ?principal, "authorization denied");
+            return text(StatusCode::FORBIDDEN, "RBAC: access denied\n");
+        }
+    }
+
+    let hit = listener.routes.route(&RequestView {
+        method: req.method().as_str(),
+        path: &path,
+        query: query.as_deref(),
+        host: &host,
+        port,
+        headers: req.headers(),
+    });
+    let Some(hit) = hit else {
+        out.flags = "NR";
+        return text(StatusCode::NOT_FOUND, "no route\n");
+    };
+    let route = Arc::clone(&hit.route);
+
+    // CORS: answer preflights, remember the origin for the actual response.
+    let mut cors_origin = None;
+    if let (Some(cors), Some(origin)) = (&route.cors, req.headers().get(header::ORIGIN)) {
+        let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
+        let preflight =
+            req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight {
+            let mut resp = text(StatusCode::OK, "");
+            if allowed {
+                let h = resp.headers_mut();
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                if let Some(v) = &cors.allow_methods {
+                    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
+                }
+                if let Some(v) = &cors.allow_headers {
+                    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+                }
+                if let Some(v) = &cors.max_age {
+                    h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+                }
+                if cors.allow_credentials {
+                    h.insert(
+                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        HeaderValue::from_static("true"),
+                    );
+                }
+            }
+            return resp;
+        }
+        if allowed {
+            cors_origin = Some(origin.clone());
+        }
+    }
+
+    let mut resp = 'resp: {
+        if let Some(fault) = &route.spec.fault {
+            if let Some(d) = &fault.delay
+                && fastrand::f64() * 100.0 < d.percentage
+            {
+                tokio::time::sleep(Duration::from_millis(d.fixed_delay_ms)).await;
+                out.flags = "DI";
+            }
+            if let Some(a) = &fault.abort
+                && fastrand::f64() * 100.0 < a.percentage
+            {
+                out.flags = "FI";
+                let status = StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                break 'resp text(status, "fault filter abort\n");
+            }
+        }
+        match &route.spec.action {
+            RouteAction::DirectResponse(d) => {
+                let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+                let mut r = Response::new(full(Bytes::from(d.body.clone().unwrap_or_default())));
+                *r.status_mut() = status;
+                r
+            }
+            RouteAction::Redirect(rd) => redirect(rd, conn, &host, host_port, &path, query.as_deref()),
+            RouteAction::Forward(f) => {
+                forward(rt, snap, conn, req, f, &hit, &authority, &path, query.as_deref(), out).await
+            }
+        }
+    };
+    route.response_headers.apply(resp.headers_mut());
+    if let Some(origin) = cors_origin
+        && let Some(cors) = &route.cors
+    {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if let Some(v) = &cors.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+        if cors.allow_credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+    resp
+}
+
+fn redirect(
+    rd: &Redirect,
+    conn: &ConnContext,
+    host: &str,
+    host_port: Option<u16>,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let scheme = rd
+        .scheme
+        .clone()
+        .unwrap_or_else(|| if conn.tls { "https" } else { "http" }.to_string());
+    let host = rd.authority.clone().unwrap_or_else(|| host.to_string());
+    let port = rd.port.or(if rd.scheme.is_some() { None } else { host_port });
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let authority = match port {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host,
+    };
+    let target = match &rd.uri {
+        Some(u) => u.clone(),
+        None => match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        },
+    };
+    let location = format!("{scheme}://{authority}{target}");
+    let status = StatusCode::from_u16(rd.response_code.unwrap_or(301)).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut r = text(status, "");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        Err(_) => text(StatusCode::BAD_REQUEST, "redirect target is not a valid header\n"),
+    }
+}
+
+/// The request body, buffered (replayable) or streamed once.
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: &Arc<Runtime>,
+    snap: &Arc<Snapshot>,
+    conn: &Arc<ConnContext>,
+    req: Request<Incoming>,
+    f: &ForwardAction,
+    hit: &RouteHit,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+    out: &mut RequestOutcome,
+) -> Response<Body> {
+    let route = &hit.route;
+    let start = Instant::now();
+    // Weighted destination choice (validation guarantees weights sum to 100).
+    let total: u32 = f.clusters.iter().map(|c| c.weight).sum();
+    let mut roll = fastrand::u32(0..total.max(1));
+    let mut wi = 0;
+    for (i, c) in f.clusters.iter().enumerate() {
+        if roll < c.weight {
+            wi = i;
+            break;
+        }
+        roll -= c.weight;
+    }
+    let Some(cluster) = snap.clusters.get(&f.clusters[wi].cluster).cloned() else {
+        out.flags = "NC";
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
+    };
+    out.cluster = Some(Arc::clone(&cluster));
+
+    let (mut parts, body) = req.into_parts();
+    let downstream_h2 = parts.version == Version::HTTP_2;
+
+    // Path and authority rewrites.
+    let mut new_path = path.to_string();
+    if let Some(rw) = &f.rewrite {
+        if let Some(prefix) = &rw.uri_prefix {
+            new_path = rewrite_prefix(path, hit.matched_prefix, prefix);
+        }
+        if let Some((re, sub)) = &route.rewrite_regex {
+            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
+        }
+    }
+    let authority = f
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.authority.clone())
+        .unwrap_or_else(|| authority.to_string());
+    let path_and_query = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+
+    // Header hygiene and mutations.
+    let h = &mut parts.headers;
+    strip_hop_headers(h);
+    let Ok(host_value) = HeaderValue::from_str(&authority) else {
+        return text(StatusCode::BAD_REQUEST, "invalid authority\n");
+    };
+    h.insert(header::HOST, host_value);
+    if !h.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&crate::trace::request_id())
+    {
+        h.insert("x-request-id", v);
+    }
+    match conn.direction {
+        ListenerDirection::Inbound => {
+            h.remove("x-forwarded-client-cert");
+            if let (Some(peer), Some(id)) = (&conn.peer_identity, &snap.identity)
+                && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", id.spiffe_id))
+            {
+                h.insert("x-forwarded-client-cert", v);
+            }
+        }
+        ListenerDirection::Gateway => {
+            // Clients outside the mesh must not forge identities.
+            h.remove("x-forwarded-client-cert");
+            let proto = if conn.tls { "https" } else { "http" };
+            h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+                None => conn.peer.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+        }
+        ListenerDirection::Outbound => {
+            h.remove("x-forwarded-client-cert");
+        }
+    }
+    let sampling = snap
+        .config
+        .telemetry
+        .tracing
+        .as_ref()
+        .map_or(0.0, |t| t.sampling_percent);
+    crate::trace::propagate(h, sampling);
+    route.request_headers.apply(h);
+    if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
+        req_ops.apply(h);
+    }
+
+    // Hash key for consistent hashing.
+    let hash = if cluster.uses_hash() {
+        let key: Option<Vec<u8>> = match &cluster.spec.load_balancer.hash_key {
+            Some(HashKey::Header(name)) => h.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+            Some(HashKey::Cookie { name, .. }) => cookie(h, name).map(String::into_bytes),
+            Some(HashKey::QueryParam(name)) => parse_query(query.unwrap_or(""))
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_bytes()),
+            Some(HashKey::SourceIp) | None => Some(conn.peer.ip().to_string().into_bytes()),
+        };
+        key.map(|k| ClusterRuntime::hash_key(&k))
+    } else {
+        None
+    };
+
+    // Body: buffer small bodies when retries or mirrors need replays.
+    let wants_replay = f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty();
+    let hint = body.size_hint();
+    let limit = snap
+        .listeners
+        .get(&conn.listener)
+        .and_then(|l| l.spec.limits.max_request_body_bytes);
+    let mut body = if wants_replay && hint.upper().is_some_and(|u| u <= REPLAY_BUFFER_LIMIT) {
+        match Limited::new(body, REPLAY_BUFFER_LIMIT as usize).collect().await {
+            Ok(c) => ReqBody::Buffered(c.to_bytes()),
+            Err(_) => {
+                out.flags = "DC";
+                return text(StatusCode::BAD_REQUEST, "request body could not be read\n");
+            }
+        }
+    } else {
+        ReqBody::Streaming(Some(body))
+    };
+
+    // Mirrors: fire and forget, only for replayable bodies.
+    if let ReqBody::Buffered(bytes) = &body {
+        for m in &f.mirrors {
+            if fastrand::f64() * 100.0 >= m.percentage {
+                continue;
+            }
+            let Some(mc) = snap.clusters.get(&m.cluster).cloned() else {
+                continue;
+            };
+            let mut mparts = Request::new(());
+            *mparts.method_mut() = parts.method.clone();
+            *mparts.headers_mut() = parts.headers.clone();
+            let shadow = shadow_authority(&authority);
+            if let Ok(v) = HeaderValue::from_str(&shadow) {
+                mparts.headers_mut().insert(header::HOST, v);
+            }
+            let (mparts, ()) = mparts.into_parts();
+            let bytes = bytes.clone();
+            let pq = path_and_query.clone();
+            tokio::spawn(async move {
+                let Some(_slot) = mc.acquire().await else { return };
+                let Some(idx) = mc.pick(None, &[], Instant::now()) else {
+                    return;
+                };
+                let Ok(req) = build_request(&mparts, &shadow, &pq, full(bytes), false) else {
+                    return;
+                };
+                if let Ok(resp) = mc.send(idx, req, false).await {
+                    // Drain so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    let Some(_slot) = cluster.acquire().await else {
+        out.flags = "UO";
+        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
+    };
+    cluster.active_requests.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&cluster);
+
+    let deadline = f.timeout_ms.map(|t| start + Duration::from_millis(t));
+    let retry = f.retries.clone().unwrap_or(RetryPolicy {
+        attempts: 0,
+        per_try_timeout_ms: None,
+        retry_on: vec![],
+        retriable_status_codes: vec![],
+        backoff_base_ms: 25,
+        backoff_max_ms: None,
+        budget_percent: None,
+    });
+    let max_attempts = 1 + retry.attempts;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure: (StatusCode, &'static str, String) =
+        (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n".into());
+    for attempt in 0..max_attempts {
+        if attempt > 0 {
+            // Retry budget: bound concurrent retries relative to active requests.
+            if let Some(pct) = retry.budget_percent {
+                let active = cluster.active_requests.load(Ordering::Relaxed) as f64;
+                let allowed = (active * pct / 100.0).max(3.0);
+                if cluster.active_retries.load(Ordering::Relaxed) as f64 >= allowed {
+                    break;
+                }
+            }
+            let base = retry.backoff_base_ms;
+            let cap = retry.backoff_max_ms.unwrap_or(base * 10);
+            let exp = base.saturating_mul(1 << (attempt - 1).min(16)).min(cap);
+            let mut sleep = Duration::from_millis(fastrand::u64(0..=exp));
+            if let Some(d) = deadline {
+                sleep = sleep.min(d.saturating_duration_since(Instant::now()));
+            }
+            tokio::time::sleep(sleep).await;
+        }
+        let Some(idx) = cluster.pick(hash, &tried, Instant::now()) else {
+            out.flags = "UH";
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        tried.push(idx);
+        out.endpoint = Some(idx);
+        let attempt_body = match &mut body {
+            ReqBody::Buffered(b) => full(b.clone()),
+            ReqBody::Streaming(b) => match b.take() {
+                Some(b) => match limit {
+                    Some(max) => Limited::new(b, max as usize).boxed_unsync(),
+                    None => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                },
+                // A streamed body cannot be replayed.
+                None => break,
+            },
+        };
+        let upstream_h2 = downstream_h2;
+        let req = match build_request(&parts, &authority, &path_and_query, attempt_body, upstream_h2) {
+            Ok(r) => r,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
+        let budget = match (remaining, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if attempt > 0 {
+            cluster.active_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let sent = cluster.send(idx, req, upstream_h2);
+        let result = match budget {
+            Some(t) => tokio::time::timeout(t, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        if attempt > 0 {
+            cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let last = attempt + 1 == max_attempts;
+        match result {
+            None => {
+                if cluster.record(idx, Outcome::LocalFailure, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                last_failure = (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n".into());
+                let overall_expired = deadline.is_some_and(|d| now >= d);
+                if overall_expired || !retry_on_timeout(&retry) {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                if cluster.record(idx, Outcome::LocalFailure, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                let (flag, cond) = match &e {
+                    UpstreamError::ConnectFailure { .. } => ("UF", RetryOn::ConnectFailure),
+                    UpstreamError::Reset { .. } => ("UC", RetryOn::Reset),
+                };
+                tracing::debug!(error = %e, cluster = %cluster.spec.name, "upstream attempt failed");
+                last_failure = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    flag,
+                    format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+                );
+                if !retry_on_error(&retry, cond) {
+                    break;
+                }
+            }
+            Some(Ok(resp)) => {
+                let status = resp.status();
+                let outcome = if status.is_server_error() {
+                    Outcome::Status5xx(status.as_u16())
+                } else {
+                    Outcome::Success
+                };
+                if cluster.record(idx, outcome, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                if !last && retry_on_status(&retry, status) && matches!(body, ReqBody::Buffered(_)) {
+                    // Discard and retry (the body is replayable).
+                    drop(resp);
+                    out.flags = "URX";
+                    continue;
+                }
+                if out.flags == "URX" {
+                    out.flags = "-";
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_headers(&mut rparts.headers);
+                if let Some((_, resp_ops)) = route.cluster_headers.get(wi) {
+                    resp_ops.apply(&mut rparts.headers);
+                }
+                let rbody = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                return Response::from_parts(rparts, rbody);
+            }
+        }
+    }
+    let (status, flag, msg) = last_failure;
+    out.flags = if tried.len() > 1 && flag != "UT" { "URX" } else { flag };
+    text(status, &msg)
+}
+
+struct ActiveGuard<'a>(&'a ClusterRuntime);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn retry_on_status(r: &RetryPolicy, status: StatusCode) -> bool {
+    let code = status.as_u16();
+    r.retry_on.iter().any(|c| match c {
+        RetryOn::FiveXx => status.is_server_error(),
+        RetryOn::GatewayError => matches!(code, 502..=504),
+        RetryOn::Retriable4xx => code == 409,
+        RetryOn::RetriableStatusCodes => r.retriable_status_codes.contains(&code),
+        RetryOn::Reset | RetryOn::ConnectFailure => false,
+    })
+}
+
+fn retry_on_error(r: &RetryPolicy, cond: RetryOn) -> bool {
+    r.retry_on
+        .iter()
+        .any(|c| *c == cond || matches!(c, RetryOn::FiveXx | RetryOn::GatewayError))
+}
+
+fn retry_on_timeout(r: &RetryPolicy) -> bool {
+    // Envoy retries per-try timeouts under 5xx and gateway-error.
+    r.retry_on
+        .iter()
+        .any(|c| matches!(c, RetryOn::FiveXx | RetryOn::GatewayError))
+}
+
+fn build_request(
+    parts: &http::request::Parts,
+    authority: &str,
+    path_and_query: &str,
+    body: Body,
+    h2: bool,
+) -> Result<Request<Body>, http::Error> {
+    // HTTP/1 sends origin-form with Host; HTTP/2 needs the authority in the URI.
+    let uri: Uri = if h2 {
+        format!("http://{authority}{path_and_query}").parse()?
+    } else {
+        path_and_query.parse()?
+    };
+    let mut b = Request::builder().method(parts.method.clone()).uri(uri).version(if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    });
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+        if h2 {
+            h.remove(header::HOST);
+        }
+    }
+    b.body(body)
+}
+
+fn strip_hop_headers(h: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let keep_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for n in HOP_HEADERS {
+        h.remove(*n);
+    }
+    if keep_trailers {
+        // gRPC needs `te: trailers` end to end.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => format!("{h}-shadow:{p}"),
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+type Done = Box<dyn FnOnce(u64) + Send>;
+
+/// A response body that counts bytes and reports when it ends or is dropped.
+struct ObservedBody {
+    inner: Body,
+    bytes: u64,
+    done: Option<Done>,
+}
+
+impl hyper::body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(done) = this.done.take() {
+                    done(this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_headers_are_stripped_but_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_headers(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn shadow_and_cookie_and_host_parsing() {
+        assert_eq!(shadow_authority("payment:8080"), "payment-shadow:8080");
+        assert_eq!(shadow_authority("payment"), "payment-shadow");
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; user=bob"));
+        assert_eq!(cookie(&h, "user").as_deref(), Some("bob"));
+        assert_eq!(split_host_port("Example.COM:8080"), ("example.com".into(), Some(8080)));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]".into(), Some(80)));
+        assert_eq!(split_host_port("svc"), ("svc".into(), None));
+    }
+
+    #[test]
+    fn retry_conditions() {
+        let r = RetryPolicy {
+            attempts: 1,
+            per_try_timeout_ms: None,
+            retry_on: vec![RetryOn::GatewayError, RetryOn::RetriableStatusCodes],
+            retriable_status_codes: vec![429],
+            backoff_base_ms: 1,
+            backoff_max_ms: None,
+            budget_percent: None,
+        };
+        assert!(retry_on_status(&r, StatusCode::BAD_GATEWAY));
+        assert!(!retry_on_status(&r, StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(retry_on_status(&r, StatusCode::TOO_MANY_REQUESTS));
+        assert!(retry_on_error(&r, RetryOn::Reset));
+        assert!(retry_on_timeout(&r));
+    }
+}

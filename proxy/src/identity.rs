@@ -1,0 +1,434 @@
+//! Workload identity and TLS: loading certificates and trust bundles, the
+//! SPIFFE verifiers (rustls checks no URI SANs, so the exact peer identity is
+//! checked here), and the rustls configs for mesh mTLS (client and server),
+//! gateway TLS and simple upstream TLS.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use serde::Serialize;
+use std::sync::Arc;
+use trellis_contract::{CertificateRef, IdentityConfig, PemSource, ServerTls, ServerTlsMode};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// TLS setup errors, naming the file or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} from {path}: {source}")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PEM contents are unusable.
+    #[error("{what}: {message}")]
+    Pem {
+        /// What was being parsed.
+        what: &'static str,
+        /// Problem.
+        message: String,
+    },
+    /// rustls rejected the material.
+    #[error("{what}: {source}")]
+    Rustls {
+        /// Which config.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client verifier could not be built.
+    #[error("{what}: {message}")]
+    Verifier {
+        /// Which config.
+        what: &'static str,
+        /// Problem.
+        message: String,
+    },
+}
+
+/// The ring provider, shared.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pem(what: &'static str, src: &PemSource) -> Result<Vec<u8>, TlsError> {
+    match src {
+        PemSource::Inline(pem) => Ok(pem.as_bytes().to_vec()),
+        PemSource::File(path) => std::fs::read(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+fn parse_certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            message: "no PEM certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its key.
+#[derive(Debug)]
+pub struct CertifiedKey {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for CertifiedKey {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Load a certificate reference.
+pub fn load_certificate(c: &CertificateRef) -> Result<CertifiedKey, TlsError> {
+    let (chain_pem, key_pem) = match c {
+        CertificateRef::Files {
+            cert_chain_file,
+            private_key_file,
+        } => (
+            read_pem("certificate chain", &PemSource::File(cert_chain_file.clone()))?,
+            read_pem("private key", &PemSource::File(private_key_file.clone()))?,
+        ),
+        CertificateRef::Inline {
+            cert_chain_pem,
+            private_key_pem,
+        } => (cert_chain_pem.as_bytes().to_vec(), private_key_pem.as_bytes().to_vec()),
+    };
+    let chain = parse_certs("certificate chain", &chain_pem)?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| TlsError::Pem {
+            what: "private key",
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            what: "private key",
+            message: "no PEM private key found (PKCS#8, PKCS#1 or SEC1)".into(),
+        })?;
+    Ok(CertifiedKey { chain, key })
+}
+
+/// Load a trust bundle (one or more roots).
+pub fn load_roots(src: &PemSource) -> Result<Arc<RootCertStore>, TlsError> {
+    let pem = read_pem("trust bundle", src)?;
+    let mut store = RootCertStore::empty();
+    for cert in parse_certs("trust bundle", &pem)? {
+        store.add(cert).map_err(|source| TlsError::Rustls {
+            what: "trust bundle",
+            source,
+        })?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// The SPIFFE ID of a certificate: its single `spiffe://` URI SAN.
+///
+/// # Caveats
+/// A certificate with several URI SANs is rejected: mesh identities carry
+/// exactly one, and accepting any of several would let a CA mistake widen trust.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subjectAltName: {e}"))?
+        .ok_or_else(|| "certificate has no subjectAltName".to_string())?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => Ok((*one).to_string()),
+        [] => Err("certificate has no URI SAN (no SPIFFE identity)".into()),
+        [one] => Err(format!("URI SAN {one:?} is not a SPIFFE ID")),
+        many => Err(format!(
+            "certificate has {} URI SANs; a SPIFFE identity needs exactly one",
+            many.len()
+        )),
+    }
+}
+
+/// Verifies a server's chain against the trust bundle and its SPIFFE ID
+/// against an exact allow-list; the TLS server name is ignored.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: Vec<String>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    /// Accept only these identities.
+    pub fn new(roots: Arc<RootCertStore>, expected: Vec<String>) -> Self {
+        Self {
+            roots,
+            expected,
+            algs: provider().signature_verification_algorithms,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer identity {got:?} is not the expected {expected:?}")]
+struct IdentityMismatch {
+    got: String,
+    expected: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadIdentity(String);
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let id = spiffe_id_of(end_entity).map_err(|m| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                BadIdentity(m),
+            ))))
+        })?;
+        if self.expected.contains(&id) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(IdentityMismatch {
+                    got: id,
+                    expected: self.expected.clone(),
+                })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The proxy's loaded workload identity.
+#[derive(Debug, Clone)]
+pub struct WorkloadIdentity {
+    /// Own SPIFFE ID.
+    pub spiffe_id: String,
+    /// Certificate and key.
+    pub cert: CertifiedKey,
+    /// Trust bundle.
+    pub roots: Arc<RootCertStore>,
+}
+
+impl WorkloadIdentity {
+    /// Load from the contract's identity settings; `None` when not configured.
+    pub fn load(cfg: &IdentityConfig) -> Result<Option<Self>, TlsError> {
+        let (Some(id), Some(cert), Some(bundle)) = (&cfg.spiffe_id, &cfg.certificate, &cfg.trust_bundle) else {
+            return Ok(None);
+        };
+        let cert = load_certificate(cert)?;
+        let actual = spiffe_id_of(&cert.chain[0]).map_err(|message| TlsError::Pem {
+            what: "workload certificate",
+            message,
+        })?;
+        if actual != *id {
+            return Err(TlsError::Pem {
+                what: "workload certificate",
+                message: format!("certificate identity {actual:?} differs from identity.spiffeId {id:?}"),
+            });
+        }
+        Ok(Some(Self {
+            spiffe_id: id.clone(),
+            cert,
+            roots: load_roots(bundle)?,
+        }))
+    }
+
+    /// Client config for mesh mTLS to peers with one of `expected` identities.
+    pub fn client_config(&self, expected: Vec<String>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| TlsError::Rustls {
+                what: "mesh client",
+                source,
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(Arc::clone(&self.roots), expected)))
+            .with_client_auth_cert(self.cert.chain.clone(), self.cert.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                what: "mesh client certificate",
+                source,
+            })?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(cfg))
+    }
+
+    /// Server config for inbound mesh mTLS: client certificates are required and
+    /// must chain to the trust bundle; the identity is read after the handshake.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier {
+                what: "mesh server",
+                message: e.to_string(),
+            })?;
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| TlsError::Rustls {
+                what: "mesh server",
+                source,
+            })?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.cert.chain.clone(), self.cert.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                what: "mesh server certificate",
+                source,
+            })?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Server config for a gateway listener.
+pub fn gateway_server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert = load_certificate(&tls.certificate)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "gateway server",
+            source,
+        })?;
+    let builder = match (tls.mode, &tls.client_ca) {
+        (ServerTlsMode::Mutual, Some(ca)) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
+                .build()
+                .map_err(|e| TlsError::Verifier {
+                    what: "gateway client CA",
+                    message: e.to_string(),
+                })?,
+        ),
+        _ => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(cert.chain, cert.key)
+        .map_err(|source| TlsError::Rustls {
+            what: "gateway certificate",
+            source,
+        })?;
+    cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// Client config for simple (server-authenticated) upstream TLS.
+pub fn simple_client_config(roots: Arc<RootCertStore>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "upstream TLS",
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// Certificate facts for `/config_dump` (never key material).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateInfo {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Serial number (hex).
+    pub serial: String,
+    /// URI SANs.
+    pub uri_sans: Vec<String>,
+    /// DNS SANs.
+    pub dns_sans: Vec<String>,
+    /// Validity start (RFC 2822).
+    pub not_before: String,
+    /// Validity end (RFC 2822).
+    pub not_after: String,
+}
+
+/// Describe a certificate.
+pub fn describe(cert: &CertificateDer<'_>) -> Option<CertificateInfo> {
+    let (_, c) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let mut uri_sans = Vec::new();
+    let mut dns_sans = Vec::new();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => uri_sans.push((*u).to_string()),
+                GeneralName::DNSName(d) => dns_sans.push((*d).to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some(CertificateInfo {
+        subject: c.subject().to_string(),
+        issuer: c.issuer().to_string(),
+        serial: c.raw_serial_as_string(),
+        uri_sans,
+        dns_sans,
+        not_before: c.validity().not_before.to_string(),
+        not_after: c.validity().not_after.to_string(),
+    })
+}

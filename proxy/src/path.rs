@@ -1,0 +1,190 @@
+//! Request path normalization, applied before routing and authorization so
+//! that `/a/../admin`, `/%61dmin` and `//admin` cannot slip past a rule on
+//! `/admin`.
+//!
+//! Policy (documented in the contract's `PathNormalization`):
+//! 1. the path must be origin-form (start with `/`);
+//! 2. percent-encodings must be well formed; encodings of unreserved characters
+//!    (`A-Z a-z 0-9 - . _ ~`) are decoded, all others kept with upper-case hex;
+//! 3. encoded slashes (`%2F`, `%5C`) are rejected, kept, or decoded to `/`;
+//! 4. repeated slashes are merged when configured;
+//! 5. dot segments are removed (RFC 3986 §5.2.4).
+
+use trellis_contract::{EscapedSlashes, PathNormalization};
+
+/// Why a path was rejected (the proxy answers 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not origin-form.
+    #[error("request path must start with '/'")]
+    NotOriginForm,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    BadEncoding,
+    /// `%2F` or `%5C` with the `reject` policy.
+    #[error("encoded slash or backslash in path is not allowed")]
+    EscapedSlash,
+}
+
+/// Normalize `path` (without the query) according to `policy`.
+pub fn normalize(path: &str, policy: &PathNormalization) -> Result<String, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex(*c)),
+                bytes.get(i + 2).and_then(|c| hex(*c)),
+            ) else {
+                return Err(PathError::BadEncoding);
+            };
+            let v = h * 16 + l;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(v as char);
+            } else if v == b'/' || v == b'\\' {
+                match policy.escaped_slashes {
+                    EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                    EscapedSlashes::Keep => push_encoded(&mut decoded, v),
+                    EscapedSlashes::Decode => decoded.push('/'),
+                }
+            } else {
+                push_encoded(&mut decoded, v);
+            }
+            i += 3;
+        } else {
+            decoded.push(if b == b'\\' && policy.escaped_slashes == EscapedSlashes::Decode {
+                '/'
+            } else {
+                // Non-ASCII bytes cannot occur: hyper only accepts visible ASCII in URIs,
+                // but stay lossless anyway.
+                char::from(b)
+            });
+            i += 1;
+        }
+    }
+    let merged = if policy.merge_slashes {
+        let mut out = String::with_capacity(decoded.len());
+        let mut prev_slash = false;
+        for c in decoded.chars() {
+            if c == '/' && prev_slash {
+                continue;
+            }
+            prev_slash = c == '/';
+            out.push(c);
+        }
+        out
+    } else {
+        decoded
+    };
+    Ok(remove_dot_segments(&merged))
+}
+
+fn push_encoded(out: &mut String, v: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(v >> 4)]));
+    out.push(char::from(HEX[usize::from(v & 15)]));
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 §5.2.4 for an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = i == last,
+            ".." => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if trailing_slash || result.is_empty() {
+        result.push('/');
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathError> {
+        normalize(p, &PathNormalization::default())
+    }
+
+    #[test]
+    fn removes_dot_segments() {
+        assert_eq!(norm("/a/b/../c").unwrap(), "/a/c");
+        assert_eq!(norm("/a/./b/.").unwrap(), "/a/b/");
+        assert_eq!(norm("/../../admin").unwrap(), "/admin");
+        assert_eq!(norm("/a/..").unwrap(), "/");
+        assert_eq!(norm("/").unwrap(), "/");
+        assert_eq!(norm("/a/b/").unwrap(), "/a/b/");
+    }
+
+    #[test]
+    fn decodes_unreserved_before_dot_removal() {
+        assert_eq!(norm("/%61dmin").unwrap(), "/admin");
+        assert_eq!(norm("/x/%2e%2E/admin").unwrap(), "/admin");
+        assert_eq!(norm("/a%20b%3f").unwrap(), "/a%20b%3F");
+    }
+
+    #[test]
+    fn merges_slashes() {
+        assert_eq!(norm("//admin///x").unwrap(), "/admin/x");
+        let keep = PathNormalization {
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashes::Reject,
+        };
+        assert_eq!(normalize("//a", &keep).unwrap(), "//a");
+    }
+
+    #[test]
+    fn escaped_slash_policies() {
+        assert_eq!(norm("/a%2Fb"), Err(PathError::EscapedSlash));
+        assert_eq!(norm("/a%5cb"), Err(PathError::EscapedSlash));
+        let keep = PathNormalization {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Keep,
+        };
+        assert_eq!(normalize("/a%2fb", &keep).unwrap(), "/a%2Fb");
+        let decode = PathNormalization {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Decode,
+        };
+        assert_eq!(normalize("/a%2F..%2Fadmin", &decode).unwrap(), "/admin");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(norm("a"), Err(PathError::NotOriginForm));
+        assert_eq!(norm("/a%2"), Err(PathError::BadEncoding));
+        assert_eq!(norm("/a%zz"), Err(PathError::BadEncoding));
+    }
+}

@@ -1,0 +1,710 @@
+//! HTTP routing: a listener's virtual hosts compiled for lookup by authority
+//! and port, routes compiled for matching, and the pure request rewrites
+//! (path/authority rewrite, header mutations) routes apply.
+
+use crate::matcher::{Matcher, MatcherError};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use trellis_contract::{CorsPolicy, HeaderMutation, Provenance, Route, RouteAction, RouteMatch, VirtualHost};
+
+/// Errors compiling a routing table (the contract validator prevents them).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// A regex failed to compile.
+    #[error("{path}: {source}")]
+    Matcher {
+        /// Field path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: MatcherError,
+    },
+    /// A header name or value is not valid HTTP.
+    #[error("{path}: invalid header {name:?}")]
+    Header {
+        /// Field path.
+        path: String,
+        /// The header.
+        name: String,
+    },
+}
+
+/// A listener's compiled virtual hosts.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    vhosts: Vec<CompiledVirtualHost>,
+    exact: HashMap<(String, Option<u16>), usize>,
+    /// `(".example.com", port, vhost)`, longest suffix first.
+    suffixes: Vec<(String, Option<u16>, usize)>,
+    any: HashMap<Option<u16>, usize>,
+}
+
+/// One compiled virtual host.
+#[derive(Debug)]
+pub struct CompiledVirtualHost {
+    /// Name from the config.
+    pub name: String,
+    /// Routes in order.
+    pub routes: Vec<Arc<CompiledRoute>>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// Name from the config, or `<vhost>/<index>`.
+    pub name: String,
+    /// The config this was compiled from (actions are read from here).
+    pub spec: Route,
+    matches: Vec<CompiledMatch>,
+    /// Compiled request header mutation.
+    pub request_headers: HeaderOps,
+    /// Compiled response header mutation.
+    pub response_headers: HeaderOps,
+    /// Per-destination header mutations, parallel to the forward clusters.
+    pub cluster_headers: Vec<(HeaderOps, HeaderOps)>,
+    /// Compiled path regex rewrite.
+    pub rewrite_regex: Option<(regex::Regex, String)>,
+    /// Compiled CORS.
+    pub cors: Option<CompiledCors>,
+}
+
+#[derive(Debug)]
+struct CompiledMatch {
+    uri: Option<Matcher>,
+    ignore_uri_case: bool,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<(HeaderName, Option<Matcher>, bool)>,
+    query: Vec<(String, Option<Matcher>)>,
+    port: Option<u16>,
+}
+
+/// The parts of a request routing looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Normalized path, without the query.
+    pub path: &'a str,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Host without port, lower case.
+    pub host: &'a str,
+    /// Destination port (host header port, else the connection's).
+    pub port: u16,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// The route chosen for a request, with what the match decided.
+#[derive(Debug, Clone)]
+pub struct RouteHit {
+    /// The route.
+    pub route: Arc<CompiledRoute>,
+    /// Length of the matched uri prefix, for prefix rewrites.
+    pub matched_prefix: Option<usize>,
+}
+
+impl RouteTable {
+    /// Compile the virtual hosts of a listener (`path` prefixes error paths).
+    pub fn compile(path: &str, vhosts: &[VirtualHost]) -> Result<Self, RoutingError> {
+        let mut table = Self::default();
+        for (vi, vh) in vhosts.iter().enumerate() {
+            let vpath = format!("{path}.virtualHosts[{vi}]");
+            let mut routes = Vec::with_capacity(vh.routes.len());
+            for (ri, r) in vh.routes.iter().enumerate() {
+                routes.push(Arc::new(CompiledRoute::compile(
+                    &format!("{vpath}.routes[{ri}]"),
+                    &vh.name,
+                    ri,
+                    r,
+                )?));
+            }
+            table.vhosts.push(CompiledVirtualHost {
+                name: vh.name.clone(),
+                routes,
+            });
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                let (host, port) = split_domain(&d);
+                if host == "*" {
+                    table.any.entry(port).or_insert(vi);
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    table.suffixes.push((suffix.to_string(), port, vi));
+                } else {
+                    table.exact.entry((host.to_string(), port)).or_insert(vi);
+                }
+            }
+        }
+        // Longest suffix first; port-specific before port-less at equal length.
+        table
+            .suffixes
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.is_some().cmp(&a.1.is_some())));
+        Ok(table)
+    }
+
+    /// Find the virtual host for a host (no port, lower case) and port.
+    pub fn virtual_host(&self, host: &str, port: u16) -> Option<&CompiledVirtualHost> {
+        let idx = self
+            .exact
+            .get(&(host.to_string(), Some(port)))
+            .or_else(|| self.exact.get(&(host.to_string(), None)))
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(suffix, p, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str()) && p.is_none_or(|p| p == port)
+                    })
+                    .map(|(_, _, i)| *i)
+            })
+            .or_else(|| self.any.get(&Some(port)).or_else(|| self.any.get(&None)).copied())?;
+        self.vhosts.get(idx)
+    }
+
+    /// Route a request: virtual host by authority, then the first matching route.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<RouteHit> {
+        let vh = self.virtual_host(req.host, req.port)?;
+        vh.routes.iter().find_map(|r| {
+            r.matches(req).map(|matched_prefix| RouteHit {
+                route: Arc::clone(r),
+                matched_prefix,
+            })
+        })
+    }
+}
+
+fn split_domain(d: &str) -> (&str, Option<u16>) {
+    match d.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (d, None),
+        },
+        _ => (d, None),
+    }
+}
+
+impl CompiledRoute {
+    fn compile(path: &str, vhost: &str, index: usize, r: &Route) -> Result<Self, RoutingError> {
+        let mut matches = Vec::with_capacity(r.matches.len());
+        for (i, m) in r.matches.iter().enumerate() {
+            matches.push(compile_match(&format!("{path}.match[{i}]"), m)?);
+        }
+        let mut cluster_headers = Vec::new();
+        let mut rewrite_regex = None;
+        if let RouteAction::Forward(f) = &r.action {
+            for (i, wc) in f.clusters.iter().enumerate() {
+                let p = format!("{path}.action.forward.clusters[{i}]");
+                cluster_headers.push((
+                    HeaderOps::compile(&format!("{p}.requestHeaders"), &wc.request_headers)?,
+                    HeaderOps::compile(&format!("{p}.responseHeaders"), &wc.response_headers)?,
+                ));
+            }
+            if let Some(rr) = f.rewrite.as_ref().and_then(|rw| rw.uri_regex.as_ref()) {
+                let re = regex::Regex::new(&rr.pattern).map_err(|source| RoutingError::Matcher {
+                    path: format!("{path}.action.forward.rewrite.uriRegex"),
+                    source: crate::matcher::MatcherError::from_regex(&rr.pattern, source),
+                })?;
+                rewrite_regex = Some((re, rr.substitution.clone()));
+            }
+        }
+        let cors = r
+            .cors
+            .as_ref()
+            .map(|c| CompiledCors::compile(&format!("{path}.cors"), c))
+            .transpose()?;
+        Ok(Self {
+            name: r.name.clone().unwrap_or_else(|| format!("{vhost}/{index}")),
+            spec: r.clone(),
+            matches,
+            request_headers: HeaderOps::compile(&format!("{path}.requestHeaders"), &r.request_headers)?,
+            response_headers: HeaderOps::compile(&format!("{path}.responseHeaders"), &r.response_headers)?,
+            cluster_headers,
+            rewrite_regex,
+            cors,
+        })
+    }
+
+    /// The provenance of the route.
+    pub fn provenance(&self) -> &Provenance {
+        &self.spec.provenance
+    }
+
+    /// `Some(matched prefix length)` when the route matches.
+    fn matches(&self, req: &RequestView<'_>) -> Option<Option<usize>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().find_map(|m| m.matches(req))
+    }
+}
+
+fn compile_match(path: &str, m: &RouteMatch) -> Result<CompiledMatch, RoutingError> {
+    let cm = |field: &str, sm: &trellis_contract::StringMatch, ic: bool| {
+        Matcher::compile(sm, ic).map_err(|source| RoutingError::Matcher {
+            path: format!("{path}.{field}"),
+            source,
+        })
+    };
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| RoutingError::Header {
+            path: format!("{path}.headers[{i}]"),
+            name: h.name.clone(),
+        })?;
+        let value = h
+            .value
+            .as_ref()
+            .map(|v| cm(&format!("headers[{i}]"), v, false))
+            .transpose()?;
+        headers.push((name, value, h.invert));
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_params.iter().enumerate() {
+        let value = q
+            .value
+            .as_ref()
+            .map(|v| cm(&format!("queryParams[{i}]"), v, false))
+            .transpose()?;
+        query.push((q.name.clone(), value));
+    }
+    Ok(CompiledMatch {
+        uri: m.uri.as_ref().map(|u| cm("uri", u, m.ignore_uri_case)).transpose()?,
+        ignore_uri_case: m.ignore_uri_case,
+        method: m.method.as_ref().map(|x| cm("method", x, false)).transpose()?,
+        authority: m.authority.as_ref().map(|x| cm("authority", x, false)).transpose()?,
+        headers,
+        query,
+        port: m.port,
+    })
+}
+
+impl CompiledMatch {
+    fn matches(&self, req: &RequestView<'_>) -> Option<Option<usize>> {
+        if self.port.is_some_and(|p| p != req.port) {
+            return None;
+        }
+        if let Some(m) = &self.method
+            && !m.matches(req.method)
+        {
+            return None;
+        }
+        if let Some(m) = &self.authority
+            && !m.matches(req.host)
+        {
+            return None;
+        }
+        let mut prefix = None;
+        if let Some(m) = &self.uri {
+            let ok = if self.ignore_uri_case && !matches!(m, Matcher::Regex(_)) {
+                m.matches(&req.path.to_ascii_lowercase())
+            } else {
+                m.matches(req.path)
+            };
+            if !ok {
+                return None;
+            }
+            prefix = m.prefix_len();
+        }
+        for (name, value, invert) in &self.headers {
+            let present = req.headers.get_all(name).iter().next().is_some();
+            let ok = match value {
+                None => present,
+                Some(m) => {
+                    // Multiple values are compared joined, as Envoy does.
+                    let joined = join_values(req.headers, name);
+                    joined.is_some_and(|v| m.matches(&v))
+                }
+            };
+            if ok == *invert {
+                return None;
+            }
+        }
+        if !self.query.is_empty() {
+            let params = parse_query(req.query.unwrap_or(""));
+            for (name, value) in &self.query {
+                let found = params.iter().find(|(k, _)| k == name);
+                let ok = match (found, value) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some((_, v)), Some(m)) => m.matches(v),
+                };
+                if !ok {
+                    return None;
+                }
+            }
+        }
+        Some(prefix)
+    }
+}
+
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let s = v.to_str().ok()?;
+        match &mut out {
+            None => out = Some(s.to_string()),
+            Some(o) => {
+                o.push(',');
+                o.push_str(s);
+            }
+        }
+    }
+    out
+}
+
+/// Parse a query string into decoded `(name, value)` pairs.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    char::from(c).to_digit(16).map(|d| d as u8)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compiled header mutation: remove, then set, then add.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Compile a contract mutation.
+    pub fn compile(path: &str, m: &HeaderMutation) -> Result<Self, RoutingError> {
+        let pair = |k: &String, v: &String| {
+            Ok::<_, RoutingError>((
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| RoutingError::Header {
+                    path: path.to_string(),
+                    name: k.clone(),
+                })?,
+                HeaderValue::from_str(v).map_err(|_| RoutingError::Header {
+                    path: path.to_string(),
+                    name: k.clone(),
+                })?,
+            ))
+        };
+        Ok(Self {
+            set: m.set.iter().map(|(k, v)| pair(k, v)).collect::<Result<_, _>>()?,
+            add: m.add.iter().map(|(k, v)| pair(k, v)).collect::<Result<_, _>>()?,
+            remove: m
+                .remove
+                .iter()
+                .map(|k| {
+                    HeaderName::from_bytes(k.as_bytes()).map_err(|_| RoutingError::Header {
+                        path: path.to_string(),
+                        name: k.clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Apply to a header map.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// Compute the rewritten path for a prefix rewrite.
+pub fn rewrite_prefix(path: &str, matched_prefix: Option<usize>, new_prefix: &str) -> String {
+    match matched_prefix {
+        Some(n) if n <= path.len() => {
+            let rest = &path[n..];
+            if new_prefix.ends_with('/') && rest.starts_with('/') {
+                format!("{new_prefix}{}", &rest[1..])
+            } else {
+                format!("{new_prefix}{rest}")
+            }
+        }
+        _ => new_prefix.to_string(),
+    }
+}
+
+/// Compiled CORS policy.
+#[derive(Debug)]
+pub struct CompiledCors {
+    origins: Vec<Matcher>,
+    /// `Access-Control-Allow-Methods`.
+    pub allow_methods: Option<HeaderValue>,
+    /// `Access-Control-Allow-Headers`.
+    pub allow_headers: Option<HeaderValue>,
+    /// `Access-Control-Expose-Headers`.
+    pub expose_headers: Option<HeaderValue>,
+    /// `Access-Control-Max-Age`.
+    pub max_age: Option<HeaderValue>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+}
+
+impl CompiledCors {
+    fn compile(path: &str, c: &CorsPolicy) -> Result<Self, RoutingError> {
+        let join = |v: &[String]| {
+            if v.is_empty() {
+                Ok(None)
+            } else {
+                HeaderValue::from_str(&v.join(","))
+                    .map(Some)
+                    .map_err(|_| RoutingError::Header {
+                        path: path.to_string(),
+                        name: v.join(","),
+                    })
+            }
+        };
+        Ok(Self {
+            origins: c
+                .allow_origins
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Matcher::compile(m, false).map_err(|source| RoutingError::Matcher {
+                        path: format!("{path}.allowOrigins[{i}]"),
+                        source,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            allow_methods: join(&c.allow_methods)?,
+            allow_headers: join(&c.allow_headers)?,
+            expose_headers: join(&c.expose_headers)?,
+            max_age: c.max_age_seconds.map(HeaderValue::from),
+            allow_credentials: c.allow_credentials,
+        })
+    }
+
+    /// Is this origin allowed?
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        crate::matcher::any_match(&self.origins, origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_contract::{DirectResponse, HeaderMatch, QueryParamMatch, StringMatch};
+
+    fn route(name: &str, m: Vec<RouteMatch>) -> Route {
+        Route {
+            name: Some(name.into()),
+            matches: m,
+            action: RouteAction::DirectResponse(DirectResponse {
+                status: 200,
+                body: None,
+            }),
+            request_headers: HeaderMutation::default(),
+            response_headers: HeaderMutation::default(),
+            fault: None,
+            cors: None,
+            provenance: Provenance {
+                kind: "VirtualService".into(),
+                namespace: "ns".into(),
+                name: "vs".into(),
+                rule_index: Some(0),
+            },
+        }
+    }
+
+    fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes,
+        }
+    }
+
+    fn view<'a>(method: &'a str, path: &'a str, host: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        RequestView {
+            method,
+            path,
+            query,
+            host,
+            port: 80,
+            headers,
+        }
+    }
+
+    #[test]
+    fn host_precedence_exact_suffix_any_and_ports() {
+        let all = vec![route("r", vec![])];
+        let table = RouteTable::compile(
+            "l",
+            &[
+                vh("exact", &["api.example.com"], all.clone()),
+                vh("suffix", &["*.example.com"], all.clone()),
+                vh("longer", &["*.api.example.com"], all.clone()),
+                vh("port", &["svc:8080"], all.clone()),
+                vh("any", &["*"], all.clone()),
+            ],
+        )
+        .unwrap();
+        let name = |h: &str, p: u16| table.virtual_host(h, p).map(|v| v.name.as_str());
+        assert_eq!(name("api.example.com", 80), Some("exact"));
+        assert_eq!(name("x.example.com", 80), Some("suffix"));
+        assert_eq!(name("v1.api.example.com", 80), Some("longer"));
+        assert_eq!(name("example.com", 80), Some("any"));
+        assert_eq!(name("svc", 8080), Some("port"));
+        assert_eq!(name("svc", 9090), Some("any"));
+    }
+
+    #[test]
+    fn no_wildcard_means_no_match() {
+        let table = RouteTable::compile("l", &[vh("a", &["a"], vec![route("r", vec![])])]).unwrap();
+        assert!(table.virtual_host("b", 80).is_none());
+    }
+
+    #[test]
+    fn first_matching_route_wins_with_all_match_kinds() {
+        let headers_match = RouteMatch {
+            headers: vec![HeaderMatch {
+                name: "x-canary".into(),
+                value: Some(StringMatch::Exact("true".into())),
+                invert: false,
+            }],
+            ..Default::default()
+        };
+        let query_match = RouteMatch {
+            query_params: vec![QueryParamMatch {
+                name: "user".into(),
+                value: Some(StringMatch::Regex("a.*".into())),
+            }],
+            ..Default::default()
+        };
+        let method_match = RouteMatch {
+            method: Some(StringMatch::Exact("DELETE".into())),
+            ..Default::default()
+        };
+        let case_match = RouteMatch {
+            uri: Some(StringMatch::Prefix("/API".into())),
+            ignore_uri_case: true,
+            ..Default::default()
+        };
+        let exact = RouteMatch {
+            uri: Some(StringMatch::Exact("/exact".into())),
+            ..Default::default()
+        };
+        let absent = RouteMatch {
+            headers: vec![HeaderMatch {
+                name: "x-debug".into(),
+                value: None,
+                invert: true,
+            }],
+            uri: Some(StringMatch::Prefix("/nodebug".into())),
+            ..Default::default()
+        };
+        let table = RouteTable::compile(
+            "l",
+            &[vh(
+                "v",
+                &["*"],
+                vec![
+                    route("canary", vec![headers_match]),
+                    route("query", vec![query_match]),
+                    route("delete", vec![method_match]),
+                    route("api", vec![case_match]),
+                    route("exact", vec![exact]),
+                    route("nodebug", vec![absent]),
+                ],
+            )],
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        let pick = |m: &str, p: &str, h: &HeaderMap| table.route(&view(m, p, "x", h)).map(|hit| hit.route.name.clone());
+        assert_eq!(pick("GET", "/exact", &h).as_deref(), Some("exact"));
+        assert_eq!(pick("GET", "/exact/x", &h), None);
+        assert_eq!(pick("GET", "/Api/v1", &h).as_deref(), Some("api"));
+        assert_eq!(pick("DELETE", "/exact", &h).as_deref(), Some("delete"));
+        assert_eq!(pick("GET", "/exact?user=alice", &h).as_deref(), Some("query"));
+        assert_eq!(pick("GET", "/exact?user=bob", &h).as_deref(), Some("exact"));
+        assert_eq!(pick("GET", "/nodebug", &h).as_deref(), Some("nodebug"));
+        h.insert("x-debug", HeaderValue::from_static("1"));
+        assert_eq!(pick("GET", "/nodebug", &h), None);
+        h.insert("x-canary", HeaderValue::from_static("true"));
+        assert_eq!(pick("GET", "/anything", &h).as_deref(), Some("canary"));
+    }
+
+    #[test]
+    fn prefix_match_reports_length_for_rewrite() {
+        let m = RouteMatch {
+            uri: Some(StringMatch::Prefix("/api/".into())),
+            ..Default::default()
+        };
+        let table = RouteTable::compile("l", &[vh("v", &["*"], vec![route("r", vec![m])])]).unwrap();
+        let h = HeaderMap::new();
+        let hit = table.route(&view("GET", "/api/users", "x", &h)).unwrap();
+        assert_eq!(hit.matched_prefix, Some(5));
+        assert_eq!(rewrite_prefix("/api/users", hit.matched_prefix, "/v2/"), "/v2/users");
+        assert_eq!(rewrite_prefix("/api/users", Some(4), "/"), "/users");
+        assert_eq!(rewrite_prefix("/exact", None, "/new"), "/new");
+    }
+
+    #[test]
+    fn header_ops_remove_set_add() {
+        let mut m = HeaderMutation::default();
+        m.remove.push("x-remove".into());
+        m.set.insert("x-set".into(), "one".into());
+        m.add.insert("x-add".into(), "two".into());
+        let ops = HeaderOps::compile("p", &m).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-remove", HeaderValue::from_static("gone"));
+        h.insert("x-set", HeaderValue::from_static("old"));
+        h.insert("x-add", HeaderValue::from_static("first"));
+        ops.apply(&mut h);
+        assert!(h.get("x-remove").is_none());
+        assert_eq!(h.get("x-set").unwrap(), "one");
+        assert_eq!(h.get_all("x-add").iter().count(), 2);
+    }
+
+    #[test]
+    fn query_parsing_decodes() {
+        assert_eq!(
+            parse_query("a=1&b=x%20y&c&d=+"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), String::new()),
+                ("d".into(), " ".into())
+            ]
+        );
+        assert_eq!(parse_query("a=%zz%4"), vec![("a".into(), "%zz%4".into())]);
+    }
+}

@@ -1,0 +1,380 @@
+//! Downstream listeners: the accept loop (connection limits, drain), and per
+//! connection the original destination, inbound peer authentication (STRICT,
+//! PERMISSIVE by ClientHello sniffing, DISABLE), gateway TLS termination,
+//! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
+//! opaque TCP.
+
+use crate::app::Runtime;
+use crate::http::ConnContext;
+use crate::identity::spiffe_id_of;
+use crate::snapshot::ListenerRuntime;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use trellis_contract::{ListenerDirection, ListenerProtocol, MtlsMode};
+
+/// A running listener.
+#[derive(Debug)]
+pub struct ListenerHandle {
+    /// Bound address.
+    pub addr: SocketAddr,
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stop accepting, let connections finish within `drain`, then close them.
+    pub async fn shutdown(self, drain: Duration) {
+        let _ = self.stop.send(Some(drain));
+        let _ = self.task.await;
+    }
+}
+
+/// Bind a listener socket (SO_REUSEADDR so a restarted proxy rebinds at once).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Start the accept loop of listener `name` on a bound socket.
+pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::Result<ListenerHandle> {
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = watch::channel(None::<Duration>);
+    let task = tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        let mut conns = JoinSet::new();
+        let limit = rt
+            .snapshot()
+            .listeners
+            .get(&name)
+            .and_then(|l| l.spec.limits.max_connections)
+            .map(|n| Arc::new(Semaphore::new(n as usize)));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let permit = match &limit {
+                            Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                                Ok(p) => Some(p),
+                                Err(_) => {
+                                    tracing::warn!(listener = %name, %peer, "connection limit reached; closing");
+                                    continue;
+                                }
+                            },
+                            None => None,
+                        };
+                        let rt = Arc::clone(&rt);
+                        let name = name.clone();
+                        let watcher = graceful.watcher();
+                        conns.spawn(async move {
+                            serve_connection(rt, name, tcp, peer, watcher).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        drop(listener);
+        let drain = (*stopped.borrow()).unwrap_or(Duration::ZERO);
+        let deadline = tokio::time::Instant::now() + drain;
+        let _ = tokio::time::timeout_at(deadline, graceful.shutdown()).await;
+        let _ = tokio::time::timeout_at(deadline, async { while conns.join_next().await.is_some() {} }).await;
+        conns.abort_all();
+        tracing::debug!(listener = %name, "listener stopped");
+    });
+    Ok(ListenerHandle { addr, stop, task })
+}
+
+/// Peek up to `n` bytes without consuming them, waiting at most `timeout`.
+/// Returns what arrived (possibly fewer bytes, empty on EOF or timeout).
+async fn peek_prefix(tcp: &TcpStream, n: usize, timeout: Duration, enough: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => {
+                got = k;
+                if k >= n || enough(&buf[..k]) {
+                    break;
+                }
+                // Data is partial; peek returns at once, so wait a little before re-peeking.
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    buf.truncate(got);
+    buf
+}
+
+/// A TLS handshake record starts with content type 22 and version 3.x.
+fn is_tls_client_hello(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == 0x16 && b[1] == 0x03
+}
+
+/// Does this look like the start of an HTTP/1 request or the HTTP/2 preface?
+pub fn looks_like_http(b: &[u8]) -> bool {
+    if b.starts_with(b"PRI * HTTP/2.0") {
+        return true;
+    }
+    let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    (3..=10).contains(&method_len) && b.get(method_len) == Some(&b' ')
+}
+
+fn http_decided(b: &[u8]) -> bool {
+    b.iter().any(|c| !c.is_ascii_uppercase())
+}
+
+/// Recover the pre-redirect destination of a captured connection.
+pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    let addr = match tcp.local_addr().ok()? {
+        SocketAddr::V4(_) => sock.original_dst_v4().ok()?,
+        SocketAddr::V6(_) => sock.original_dst_v6().ok()?,
+    };
+    addr.as_socket()
+}
+
+/// A downstream connection, plain or TLS.
+#[derive(Debug)]
+pub enum DownstreamStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS terminated here.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for DownstreamStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for DownstreamStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    let _ = tcp.set_nodelay(true);
+    let snap = rt.snapshot();
+    let Some(listener) = snap.listeners.get(&name).cloned() else {
+        return;
+    };
+    let Ok(local) = tcp.local_addr() else { return };
+    let dst = if listener.spec.transparent {
+        original_dst(&tcp).unwrap_or(local)
+    } else {
+        local
+    };
+    let limits = &listener.spec.limits;
+    let handshake_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let mut ctx = ConnContext {
+        listener: name.clone(),
+        direction: listener.spec.direction,
+        peer,
+        dst,
+        peer_identity: None,
+        tls: false,
+    };
+
+    let server_tls = match listener.spec.direction {
+        ListenerDirection::Inbound => {
+            let mode = snap.config.inbound.mtls.mode_for(dst.port());
+            let tls = match mode {
+                MtlsMode::Disable => false,
+                MtlsMode::Strict => true,
+                MtlsMode::Permissive => {
+                    let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
+                    let head = peek_prefix(&tcp, 2, timeout, |_| false).await;
+                    is_tls_client_hello(&head)
+                }
+            };
+            if tls {
+                match &snap.inbound_tls {
+                    Some(cfg) => Some(Arc::clone(cfg)),
+                    None => {
+                        tracing::warn!(listener = %name, %peer, "mTLS required but no workload certificate is loaded; closing");
+                        return;
+                    }
+                }
+            } else {
+                None
+            }
+        }
+        _ => listener.tls.clone(),
+    };
+
+    let (stream, alpn) = match server_tls {
+        Some(cfg) => {
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
+            let tls = match tokio::time::timeout(handshake_timeout, accept).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    // Under STRICT this is where plaintext clients are refused.
+                    tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if listener.spec.direction == ListenerDirection::Inbound {
+                match session.peer_certificates().and_then(|c| c.first()).map(spiffe_id_of) {
+                    Some(Ok(id)) => ctx.peer_identity = Some(id),
+                    Some(Err(e)) => {
+                        tracing::info!(listener = %name, %peer, error = %e, "peer certificate has no usable SPIFFE identity; closing");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            ctx.tls = true;
+            (DownstreamStream::Tls(Box::new(tls)), alpn)
+        }
+        None => (DownstreamStream::Plain(tcp), None),
+    };
+
+    let is_http = match listener.spec.protocol {
+        ListenerProtocol::Http => true,
+        ListenerProtocol::Tcp => false,
+        ListenerProtocol::Auto => match (&stream, &alpn) {
+            (DownstreamStream::Tls(_), Some(p)) => p == b"h2" || p == b"http/1.1",
+            (DownstreamStream::Tls(_), None) => listener.tcp_routes.is_empty(),
+            (DownstreamStream::Plain(tcp), _) => {
+                let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
+                let head = peek_prefix(tcp, 16, timeout, http_decided).await;
+                looks_like_http(&head) || (head.is_empty() && listener.tcp_routes.is_empty())
+            }
+        },
+    };
+    if is_http {
+        serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
+    } else {
+        drop(watcher);
+        crate::tcp::proxy(rt, snap, listener, ctx, stream).await;
+    }
+}
+
+async fn serve_http(
+    rt: Arc<Runtime>,
+    ctx: Arc<ConnContext>,
+    listener: &ListenerRuntime,
+    stream: DownstreamStream,
+    watcher: Watcher,
+) {
+    let limits = &listener.spec.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_headers(limits.max_request_headers as usize)
+        .max_buf_size(limits.max_request_header_bytes.max(8192) as usize)
+        .keep_alive(true);
+    let keepalive =
+        (limits.http2_keepalive_interval_ms > 0).then(|| Duration::from_millis(limits.http2_keepalive_interval_ms));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_request_header_bytes)
+        // Rapid-reset defence (CVE-2023-44487): bound resets per connection.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(64)
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let peer = ctx.peer;
+    let svc_ctx = Arc::clone(&ctx);
+    let svc = hyper::service::service_fn(move |req| crate::http::handle(Arc::clone(&rt), Arc::clone(&svc_ctx), req));
+    let result = match stream {
+        DownstreamStream::Plain(s) => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+            watcher.watch(conn.into_owned()).await
+        }
+        DownstreamStream::Tls(s) => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+            watcher.watch(conn.into_owned()).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %ctx.listener, %peer, error = %e, "downstream connection ended with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_detection() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
+        assert!(looks_like_http(b"OPTIONS * HTTP/1.1"));
+        assert!(!looks_like_http(b"\x16\x03\x01"));
+        assert!(!looks_like_http(b"SSH-2.0-OpenSSH"));
+        assert!(!looks_like_http(b""));
+        assert!(is_tls_client_hello(b"\x16\x03\x01\x02"));
+        assert!(!is_tls_client_hello(b"GE"));
+    }
+}

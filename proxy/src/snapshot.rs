@@ -1,0 +1,200 @@
+//! A compiled configuration: the contract validated and turned into run-time
+//! structures (route tables, clusters with pools and balancers, authorization,
+//! TLS configs). Requests load one snapshot and use it to the end, so a swap
+//! never disturbs requests in flight.
+
+use crate::authz::{Authorizer, AuthzError};
+use crate::identity::{TlsError, WorkloadIdentity, gateway_server_config};
+use crate::metrics::Peer;
+use crate::routing::{RouteTable, RoutingError};
+use crate::upstream::{ClusterError, ClusterRuntime};
+use ipnet::IpNet;
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use trellis_contract::{Listener, ListenerDirection, ProxyConfig, ValidationErrors};
+
+/// Why a config was rejected; the last good config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The contract validator rejected it.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// TLS material could not be loaded.
+    #[error("config {version:?}: {source}")]
+    Tls {
+        /// Config version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: Box<TlsError>,
+    },
+    /// A cluster could not be built.
+    #[error("config {version:?}: {source}")]
+    Cluster {
+        /// Config version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: Box<ClusterError>,
+    },
+    /// Routes could not be compiled.
+    #[error("config {version:?}: {source}")]
+    Routing {
+        /// Config version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: RoutingError,
+    },
+    /// Authorization policies could not be compiled.
+    #[error("config {version:?}: {source}")]
+    Authz {
+        /// Config version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: AuthzError,
+    },
+}
+
+/// A listener at run time.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// The config.
+    pub spec: Listener,
+    /// HTTP routes.
+    pub routes: RouteTable,
+    /// Gateway TLS.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// TCP routes: `(port, cidrs, cluster)`.
+    pub tcp_routes: Vec<(Option<u16>, Vec<IpNet>, String)>,
+}
+
+impl ListenerRuntime {
+    /// The TCP route for an original destination.
+    pub fn tcp_cluster(&self, dst: SocketAddr) -> Option<&str> {
+        self.tcp_routes
+            .iter()
+            .find(|(port, cidrs, _)| {
+                port.is_none_or(|p| p == dst.port())
+                    && (cidrs.is_empty() || cidrs.iter().any(|c| c.contains(&dst.ip())))
+            })
+            .map(|(_, _, c)| c.as_str())
+    }
+}
+
+/// A compiled, immutable configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The source config.
+    pub config: Arc<ProxyConfig>,
+    /// Listeners by name.
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Clusters by name.
+    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Inbound authorization.
+    pub authorizer: Authorizer,
+    /// Workload identity, when configured.
+    pub identity: Option<WorkloadIdentity>,
+    /// Inbound mesh mTLS server config.
+    pub inbound_tls: Option<Arc<ServerConfig>>,
+    /// This proxy's workload, as metric labels.
+    pub node: Peer,
+}
+
+impl Snapshot {
+    /// Validate and compile. Clusters whose definition (and the identity) did
+    /// not change are reused from `previous`, keeping their pools and state.
+    pub fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
+        config.validate()?;
+        let version = config.version.clone();
+        let tls_err = |source| SnapshotError::Tls {
+            version: version.clone(),
+            source: Box::new(source),
+        };
+        let identity = WorkloadIdentity::load(&config.identity).map_err(tls_err)?;
+        let identity_unchanged = previous.is_some_and(|p| p.config.identity == config.identity);
+
+        let mut clusters = HashMap::new();
+        for c in &config.clusters {
+            let reused = previous
+                .filter(|_| identity_unchanged)
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.spec == *c)
+                .cloned();
+            let rt =
+                match reused {
+                    Some(rt) => rt,
+                    None => Arc::new(ClusterRuntime::build(c, &config.identity, identity.as_ref()).map_err(
+                        |source| SnapshotError::Cluster {
+                            version: version.clone(),
+                            source: Box::new(source),
+                        },
+                    )?),
+                };
+            clusters.insert(c.name.clone(), rt);
+        }
+
+        let mut listeners = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let routes = RouteTable::compile(&format!("listeners[{i}]"), &l.virtual_hosts).map_err(|source| {
+                SnapshotError::Routing {
+                    version: version.clone(),
+                    source,
+                }
+            })?;
+            let tls = l.tls.as_ref().map(gateway_server_config).transpose().map_err(tls_err)?;
+            let tcp_routes = l
+                .tcp_routes
+                .iter()
+                .map(|t| {
+                    (
+                        t.destination_port,
+                        t.destination_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+                        t.cluster.clone(),
+                    )
+                })
+                .collect();
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRuntime {
+                    spec: l.clone(),
+                    routes,
+                    tls,
+                    tcp_routes,
+                }),
+            );
+        }
+
+        let has_inbound = config
+            .listeners
+            .iter()
+            .any(|l| l.direction == ListenerDirection::Inbound);
+        let inbound_tls = match (&identity, has_inbound) {
+            (Some(id), true) => Some(id.server_config().map_err(tls_err)?),
+            _ => None,
+        };
+        let authorizer = Authorizer::compile(&config.inbound).map_err(|source| SnapshotError::Authz {
+            version: version.clone(),
+            source,
+        })?;
+        let node = Peer {
+            workload: config.node.workload.clone(),
+            namespace: config.node.namespace.clone(),
+            principal: config.identity.spiffe_id.clone().unwrap_or_default(),
+            app: config.node.app.clone(),
+            version: config.node.version.clone(),
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            listeners,
+            clusters,
+            authorizer,
+            identity,
+            inbound_tls,
+            node,
+        })
+    }
+}

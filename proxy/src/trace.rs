@@ -1,0 +1,175 @@
+//! Trace context propagation: W3C `traceparent`/`tracestate` and B3. Each hop
+//! gets a new span id whose parent is the incoming span; a request without a
+//! context starts a trace, sampled at the configured rate.
+
+use http::{HeaderMap, HeaderValue};
+
+/// The context of this hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanContext {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// This hop's span, 16 hex digits.
+    pub span_id: String,
+    /// The incoming span, if any.
+    pub parent_id: Option<String>,
+    /// Sampled flag.
+    pub sampled: bool,
+}
+
+fn hex_id(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes * 2);
+    loop {
+        s.clear();
+        for _ in 0..bytes {
+            s.push_str(&format!("{:02x}", fastrand::u8(..)));
+        }
+        // All-zero ids are invalid in both W3C and B3.
+        if s.bytes().any(|b| b != b'0') {
+            return s;
+        }
+    }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parse_traceparent(v: &str) -> Option<(String, String, bool)> {
+    let mut it = v.trim().split('-');
+    let (ver, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if !is_hex(ver, 2) || ver == "ff" || !is_hex(trace, 32) || !is_hex(span, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || span.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace.to_string(), span.to_string(), sampled))
+}
+
+/// Continue or start a trace and rewrite the propagation headers for the
+/// next hop.
+pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext {
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+        .or_else(|| {
+            let trace = headers.get("x-b3-traceid")?.to_str().ok()?.to_ascii_lowercase();
+            let span = headers.get("x-b3-spanid")?.to_str().ok()?.to_ascii_lowercase();
+            let trace = if is_hex(&trace, 16) {
+                format!("{:0>32}", trace)
+            } else {
+                trace
+            };
+            if !is_hex(&trace, 32) || !is_hex(&span, 16) {
+                return None;
+            }
+            let sampled = headers
+                .get("x-b3-sampled")
+                .is_none_or(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true");
+            Some((trace, span, sampled))
+        });
+    let ctx = match incoming {
+        Some((trace_id, parent, sampled)) => SpanContext {
+            trace_id,
+            span_id: hex_id(8),
+            parent_id: Some(parent),
+            sampled,
+        },
+        None => {
+            headers.remove("tracestate");
+            SpanContext {
+                trace_id: hex_id(16),
+                span_id: hex_id(8),
+                parent_id: None,
+                sampled: fastrand::f64() * 100.0 < sampling_percent,
+            }
+        }
+    };
+    let flags = if ctx.sampled { "01" } else { "00" };
+    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(
+        headers,
+        "traceparent",
+        &format!("00-{}-{}-{flags}", ctx.trace_id, ctx.span_id),
+    );
+    set(headers, "x-b3-traceid", &ctx.trace_id);
+    set(headers, "x-b3-spanid", &ctx.span_id);
+    match &ctx.parent_id {
+        Some(p) => set(headers, "x-b3-parentspanid", p),
+        None => {
+            headers.remove("x-b3-parentspanid");
+        }
+    }
+    set(headers, "x-b3-sampled", if ctx.sampled { "1" } else { "0" });
+    ctx
+}
+
+/// A random request id (UUID v4 format) for `x-request-id`.
+pub fn request_id() -> String {
+    let h = hex_id(16);
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        8 + fastrand::u8(0..4),
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_w3c_trace_with_new_span() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let ctx = propagate(&mut h, 0.0);
+        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert!(ctx.sampled);
+        let tp = h.get("traceparent").unwrap().to_str().unwrap();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!tp.contains("00f067aa0ba902b7"));
+        assert_eq!(h.get("x-b3-parentspanid").unwrap(), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn continues_b3_trace() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        h.insert("x-b3-sampled", HeaderValue::from_static("0"));
+        let ctx = propagate(&mut h, 100.0);
+        assert_eq!(ctx.trace_id, "0000000000000000463ac35c9f6413ad");
+        assert!(!ctx.sampled);
+    }
+
+    #[test]
+    fn starts_trace_and_rejects_invalid() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        );
+        let ctx = propagate(&mut h, 100.0);
+        assert!(ctx.parent_id.is_none());
+        assert!(ctx.sampled);
+        assert!(is_hex(&ctx.trace_id, 32));
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}

@@ -1,0 +1,657 @@
+//! Upstream clusters at run time: endpoints with load, outlier state and a
+//! connection pool each; endpoint selection (health, ejection, panic
+//! threshold, load balancer); connecting with plaintext, mesh mTLS (exact
+//! SPIFFE identity per endpoint) or simple TLS; and circuit breaking.
+//!
+//! # Pooling
+//! HTTP/1 connections are pooled per endpoint and reused once the previous
+//! response has been read; HTTP/2 connections are shared (multiplexed). A
+//! connection is retired after `maxRequestsPerConnection` requests or
+//! `idleTimeoutMs` idle.
+
+use crate::balance::{Balancer, PickContext, hash64};
+use crate::identity::{TlsError, WorkloadIdentity, load_roots, simple_client_config};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use trellis_contract::{Cluster, Endpoint, HealthStatus, IdentityConfig, UpstreamProtocol, UpstreamTls};
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type the proxy sends and returns.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why an upstream request failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect or TLS handshake failed or timed out (`UF`).
+    #[error("connect to {addr} failed: {reason}")]
+    ConnectFailure {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        reason: String,
+    },
+    /// The connection broke before a response (`UC`/reset).
+    #[error("upstream {addr} reset: {source}")]
+    Reset {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// Compile errors for a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// TLS material could not be loaded.
+    #[error("cluster {cluster}: {source}")]
+    Tls {
+        /// Cluster name.
+        cluster: String,
+        /// Cause.
+        #[source]
+        source: TlsError,
+    },
+    /// Mesh TLS without a workload identity.
+    #[error("cluster {0}: mesh TLS needs identity.spiffeId, identity.certificate and identity.trustBundle")]
+    NoIdentity(String),
+    /// Endpoint address invalid (validation prevents it).
+    #[error("cluster {cluster}: endpoint {address:?} is not an IP")]
+    Address {
+        /// Cluster name.
+        cluster: String,
+        /// The value.
+        address: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+struct IdleConn {
+    sender: http1::SendRequest<Body>,
+    idle_since: Instant,
+    served: u32,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1: Vec<IdleConn>,
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+/// One endpoint at run time.
+pub struct EndpointState {
+    /// Socket address.
+    pub addr: SocketAddr,
+    /// Config.
+    pub spec: Endpoint,
+    /// Requests in flight.
+    pub active: AtomicU64,
+    outlier: Mutex<Outlier>,
+    pool: Mutex<Pool>,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("addr", &self.addr)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointState {
+    /// Is the endpoint ejected at `now`?
+    pub fn ejected(&self, now: Instant) -> bool {
+        let o = self.outlier.lock().expect("outlier lock");
+        o.ejected_until.is_some_and(|t| t > now)
+    }
+}
+
+/// How an upstream attempt ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response below 500.
+    Success,
+    /// A 5xx response (with its code).
+    Status5xx(u16),
+    /// Connect failure or reset: a gateway error.
+    LocalFailure,
+}
+
+/// A cluster at run time.
+pub struct ClusterRuntime {
+    /// The config.
+    pub spec: Cluster,
+    /// Endpoints (same order as the config).
+    pub endpoints: Vec<Arc<EndpointState>>,
+    weights: Vec<u32>,
+    balancer: Balancer,
+    limiter: Arc<Semaphore>,
+    pending: AtomicU64,
+    /// Requests in flight (for the retry budget).
+    pub active_requests: AtomicU64,
+    /// Retries in flight.
+    pub active_retries: AtomicU64,
+}
+
+impl std::fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRuntime")
+            .field("name", &self.spec.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked-out request slot (circuit breaking); released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ClusterRuntime {
+    /// Build a cluster; TLS configs are created here, once per config version.
+    pub fn build(
+        spec: &Cluster,
+        identity_cfg: &IdentityConfig,
+        identity: Option<&WorkloadIdentity>,
+    ) -> Result<Self, ClusterError> {
+        let alpn: &[&[u8]] = match spec.protocol {
+            UpstreamProtocol::Http1 => &[b"http/1.1"],
+            UpstreamProtocol::Http2 => &[b"h2"],
+            UpstreamProtocol::UseDownstream => &[b"h2", b"http/1.1"],
+            UpstreamProtocol::Tcp => &[],
+        };
+        let tls_err = |source| ClusterError::Tls {
+            cluster: spec.name.clone(),
+            source,
+        };
+        let server_name = spec
+            .service
+            .as_deref()
+            .and_then(|s| ServerName::try_from(s.to_string()).ok())
+            .unwrap_or_else(|| ServerName::try_from("mesh.trellis.internal").expect("valid name"));
+        let mut mesh_cache: HashMap<Vec<String>, Arc<ClientConfig>> = HashMap::new();
+        let simple = match &spec.tls {
+            UpstreamTls::Simple { sni, ca } => {
+                let roots = match (ca, &identity_cfg.trust_bundle) {
+                    (Some(ca), _) | (None, Some(ca)) => load_roots(ca).map_err(tls_err)?,
+                    (None, None) => Arc::new(rustls::RootCertStore::empty()),
+                };
+                let name = ServerName::try_from(sni.clone()).unwrap_or_else(|_| server_name.clone());
+                Some((simple_client_config(roots, alpn).map_err(tls_err)?, name))
+            }
+            _ => None,
+        };
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        for e in &spec.endpoints {
+            let ip: IpAddr = e.address.parse().map_err(|_| ClusterError::Address {
+                cluster: spec.name.clone(),
+                address: e.address.clone(),
+            })?;
+            let tls = match &spec.tls {
+                UpstreamTls::Disable => None,
+                UpstreamTls::Simple { .. } => simple.clone(),
+                UpstreamTls::Mesh { expected_identities } => {
+                    let id = identity.ok_or_else(|| ClusterError::NoIdentity(spec.name.clone()))?;
+                    // An endpoint's own identity is verified exactly; otherwise any
+                    // identity the cluster expects.
+                    let expected = match &e.identity {
+                        Some(i) => vec![i.clone()],
+                        None => expected_identities.clone(),
+                    };
+                    let cfg = match mesh_cache.get(&expected) {
+                        Some(c) => Arc::clone(c),
+                        None => {
+                            let c = id.client_config(expected.clone(), alpn).map_err(tls_err)?;
+                            mesh_cache.insert(expected, Arc::clone(&c));
+                            c
+                        }
+                    };
+                    Some((cfg, server_name.clone()))
+                }
+            };
+            endpoints.push(Arc::new(EndpointState {
+                addr: SocketAddr::new(ip, e.port),
+                spec: e.clone(),
+                active: AtomicU64::new(0),
+                outlier: Mutex::new(Outlier::default()),
+                pool: Mutex::new(Pool::default()),
+                tls,
+            }));
+        }
+        let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
+        let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
+        let pool = &spec.connection_pool;
+        Ok(Self {
+            balancer: Balancer::new(&spec.load_balancer.policy, &weights, &keys),
+            weights,
+            endpoints,
+            limiter: Arc::new(Semaphore::new(pool.max_connections as usize)),
+            pending: AtomicU64::new(0),
+            active_requests: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
+            spec: spec.clone(),
+        })
+    }
+
+    /// Does the balancer want a hash key?
+    pub fn uses_hash(&self) -> bool {
+        self.balancer.uses_hash()
+    }
+
+    /// Acquire a request slot, waiting while the pending queue has room.
+    /// `None` = overflow (503, flag `UO`).
+    pub async fn acquire(&self) -> Option<Slot> {
+        if let Ok(p) = Arc::clone(&self.limiter).try_acquire_owned() {
+            return Some(Slot { _permit: p });
+        }
+        let max_pending = u64::from(self.spec.connection_pool.max_pending_requests);
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = Arc::clone(&self.limiter).acquire_owned().await.ok();
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        permit.map(|p| Slot { _permit: p })
+    }
+
+    /// Pick an endpoint, avoiding `tried` when possible. `None` = no healthy
+    /// upstream (503, flag `UH`).
+    pub fn pick(&self, hash: Option<u64>, tried: &[usize], now: Instant) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let healthy = |i: usize| {
+            let e = &self.endpoints[i];
+            e.spec.health == HealthStatus::Healthy && !e.ejected(now)
+        };
+        let healthy_count = (0..n).filter(|i| healthy(*i)).count();
+        let panic = self.spec.panic_threshold_percent > 0.0
+            && (healthy_count as f64) * 100.0 < self.spec.panic_threshold_percent * n as f64;
+        let base = |i: usize| {
+            if panic {
+                self.endpoints[i].spec.health != HealthStatus::Draining
+            } else {
+                healthy(i)
+            }
+        };
+        let untried_exists = (0..n).any(|i| base(i) && !tried.contains(&i));
+        let eligible = |i: usize| base(i) && (!untried_exists || !tried.contains(&i));
+        let active = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+        let ctx = PickContext {
+            weights: &self.weights,
+            eligible: &eligible,
+            active: &active,
+            hash,
+        };
+        let mut rng = fastrand::Rng::new();
+        self.balancer.pick(&ctx, &mut rng)
+    }
+
+    /// Record an attempt's outcome for outlier detection; returns true when
+    /// the endpoint was just ejected.
+    pub fn record(&self, idx: usize, outcome: Outcome, now: Instant) -> bool {
+        let Some(od) = &self.spec.outlier_detection else {
+            return false;
+        };
+        let ep = &self.endpoints[idx];
+        let should_eject = {
+            let mut o = ep.outlier.lock().expect("outlier lock");
+            match outcome {
+                Outcome::Success => {
+                    o.consecutive_5xx = 0;
+                    o.consecutive_gateway = 0;
+                    false
+                }
+                Outcome::Status5xx(code) => {
+                    o.consecutive_5xx += 1;
+                    if matches!(code, 502..=504) {
+                        o.consecutive_gateway += 1;
+                    } else {
+                        o.consecutive_gateway = 0;
+                    }
+                    trips(od, &o)
+                }
+                Outcome::LocalFailure => {
+                    o.consecutive_5xx += 1;
+                    o.consecutive_gateway += 1;
+                    trips(od, &o)
+                }
+            }
+        };
+        if !should_eject || ep.ejected(now) {
+            return false;
+        }
+        let n = self.endpoints.len();
+        let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        // Envoy always allows ejecting one host; beyond that, the percentage caps.
+        if ejected > 0 && ((ejected + 1) as f64) * 100.0 > od.max_ejection_percent * n as f64 {
+            return false;
+        }
+        let mut o = ep.outlier.lock().expect("outlier lock");
+        o.times_ejected += 1;
+        let ms = od.base_ejection_time_ms.saturating_mul(u64::from(o.times_ejected));
+        o.ejected_until = Some(now + Duration::from_millis(ms));
+        o.consecutive_5xx = 0;
+        o.consecutive_gateway = 0;
+        true
+    }
+
+    /// Hash a key for consistent hashing.
+    pub fn hash_key(key: &[u8]) -> u64 {
+        hash64(key, 0)
+    }
+
+    /// Send a request to endpoint `idx` over a pooled or new connection.
+    /// `h2` selects the upstream protocol when the cluster leaves it open.
+    pub async fn send(
+        &self,
+        idx: usize,
+        req: Request<Body>,
+        downstream_h2: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let ep = Arc::clone(&self.endpoints[idx]);
+        let h2 = match self.spec.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
+            UpstreamProtocol::UseDownstream => downstream_h2,
+        };
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        let result = if h2 {
+            self.send_h2(&ep, req).await
+        } else {
+            self.send_h1(&ep, req).await
+        };
+        ep.active.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn send_h2(&self, ep: &Arc<EndpointState>, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = {
+            let pool = ep.pool.lock().expect("pool lock");
+            pool.h2.as_ref().filter(|s| !s.is_closed()).cloned()
+        };
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let io = self.connect(ep).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream h2 connection ended");
+                    }
+                });
+                ep.pool.lock().expect("pool lock").h2 = Some(sender.clone());
+                sender
+            }
+        };
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })
+    }
+
+    async fn send_h1(&self, ep: &Arc<EndpointState>, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let pool_cfg = &self.spec.connection_pool;
+        let idle_timeout = Duration::from_millis(pool_cfg.idle_timeout_ms);
+        let reused = {
+            let mut pool = ep.pool.lock().expect("pool lock");
+            let now = Instant::now();
+            let mut found = None;
+            while let Some(c) = pool.h1.pop() {
+                if c.sender.is_ready() && now.duration_since(c.idle_since) < idle_timeout {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        let (mut sender, served) = match reused {
+            Some(c) => (c.sender, c.served),
+            None => {
+                let io = self.connect(ep).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream h1 connection ended");
+                    }
+                });
+                (sender, 0)
+            }
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
+        let served = served + 1;
+        let max = pool_cfg.max_requests_per_connection;
+        let keep = (max == 0 || served < max)
+            && resp
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_none_or(|v| !v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("close")))
+            && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        if keep {
+            // Return the connection once the response body has been read.
+            let ep = Arc::clone(ep);
+            let max_idle = pool_cfg.max_idle_per_endpoint as usize;
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    let mut pool = ep.pool.lock().expect("pool lock");
+                    if pool.h1.len() < max_idle {
+                        pool.h1.push(IdleConn {
+                            sender,
+                            idle_since: Instant::now(),
+                            served,
+                        });
+                    }
+                }
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Open a connection to an endpoint (TCP, then TLS if configured), bounded
+    /// by the connect timeout.
+    pub async fn connect(&self, ep: &EndpointState) -> Result<TokioIo<UpstreamStream>, UpstreamError> {
+        let timeout = Duration::from_millis(self.spec.connect_timeout_ms);
+        let fail = |reason: String| UpstreamError::ConnectFailure { addr: ep.addr, reason };
+        let fut = async {
+            let tcp = TcpStream::connect(ep.addr).await.map_err(|e| fail(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            match &ep.tls {
+                None => Ok(UpstreamStream::Plain(tcp)),
+                Some((cfg, name)) => {
+                    let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| fail(format!("TLS handshake: {e}")))?;
+                    Ok(UpstreamStream::Tls(Box::new(tls)))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r.map(TokioIo::new),
+            Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
+        }
+    }
+}
+
+fn trips(od: &trellis_contract::OutlierDetection, o: &Outlier) -> bool {
+    (od.consecutive_5xx > 0 && o.consecutive_5xx >= od.consecutive_5xx)
+        || (od.consecutive_gateway_errors > 0 && o.consecutive_gateway >= od.consecutive_gateway_errors)
+}
+
+/// A connection to an endpoint.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_contract::{LbPolicy, LoadBalancer, OutlierDetection};
+
+    fn cluster(n: usize, od: Option<OutlierDetection>) -> ClusterRuntime {
+        let spec: Cluster = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "endpoints": (0..n).map(|i| serde_json::json!({"address": format!("127.0.0.{}", i + 1), "port": 80})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let spec = Cluster {
+            outlier_detection: od,
+            load_balancer: LoadBalancer {
+                policy: LbPolicy::RoundRobin,
+                hash_key: None,
+            },
+            ..spec
+        };
+        ClusterRuntime::build(&spec, &IdentityConfig::default(), None).unwrap()
+    }
+
+    fn od(consecutive: u32, max_pct: f64) -> Option<OutlierDetection> {
+        Some(OutlierDetection {
+            consecutive_5xx: consecutive,
+            consecutive_gateway_errors: 0,
+            base_ejection_time_ms: 1000,
+            max_ejection_percent: max_pct,
+        })
+    }
+
+    #[test]
+    fn consecutive_5xx_ejects_for_base_time_then_returns() {
+        let c = cluster(4, od(3, 50.0));
+        let t0 = Instant::now();
+        assert!(!c.record(0, Outcome::Status5xx(500), t0));
+        assert!(!c.record(0, Outcome::Status5xx(500), t0));
+        assert!(c.record(0, Outcome::Status5xx(503), t0));
+        assert!(c.endpoints[0].ejected(t0));
+        for _ in 0..40 {
+            assert_ne!(c.pick(None, &[], t0), Some(0));
+        }
+        let later = t0 + Duration::from_millis(1001);
+        assert!(!c.endpoints[0].ejected(later));
+    }
+
+    #[test]
+    fn success_resets_the_counter() {
+        let c = cluster(2, od(2, 100.0));
+        let t = Instant::now();
+        c.record(1, Outcome::Status5xx(500), t);
+        c.record(1, Outcome::Success, t);
+        assert!(!c.record(1, Outcome::Status5xx(500), t));
+    }
+
+    #[test]
+    fn max_ejection_percent_caps_ejections() {
+        let c = cluster(4, od(1, 25.0));
+        let t = Instant::now();
+        assert!(c.record(0, Outcome::LocalFailure, t));
+        assert!(!c.record(1, Outcome::LocalFailure, t), "second ejection exceeds 25%");
+    }
+
+    #[test]
+    fn panic_threshold_uses_all_endpoints() {
+        let c = cluster(2, od(1, 100.0));
+        let t = Instant::now();
+        assert!(c.record(0, Outcome::LocalFailure, t));
+        assert!(c.record(1, Outcome::LocalFailure, t));
+        // Both ejected, below the 50% panic threshold: balance over all.
+        assert!(c.pick(None, &[], t).is_some());
+    }
+
+    #[test]
+    fn retries_avoid_tried_endpoints() {
+        let c = cluster(3, None);
+        let t = Instant::now();
+        for _ in 0..30 {
+            let p = c.pick(None, &[0, 1], t).unwrap();
+            assert_eq!(p, 2);
+        }
+        // When everything was tried, any endpoint may be reused.
+        assert!(c.pick(None, &[0, 1, 2], t).is_some());
+    }
+}
