@@ -1528,6 +1528,13 @@ fn cases() -> Vec<Case> {
             json!({"name": "ext-authz"}),
             "not supported by Trellis yet",
         ),
+        err_at(
+            Vs,
+            "spec.http[0].retries",
+            json!({"attempts": 2, "retryOn": "unavailable"}),
+            "spec.http[0].retries.retryOn",
+            "not supported by Trellis yet",
+        ),
         // ---------------- Mesh ----------------
         ok(Mesh, "spec.defaultMtlsMode", json!("STRICT")),
         err(Mesh, "spec.defaultMtlsMode", json!("ON"), "allowed: UNSET"),

@@ -12,17 +12,22 @@ use crate::networking::*;
 
 /// Istio's minimum for timeouts and delays.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Retry conditions the proxy implements.
 const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
     "reset",
-    "reset-before-request",
     "connect-failure",
-    "envoy-ratelimited",
     "retriable-4xx",
-    "refused-stream",
     "retriable-status-codes",
+];
+/// Conditions Envoy (and so Istio) knows that Trellis does not implement yet.
+const RETRY_ON_UNSUPPORTED: &[&str] = &[
+    "reset-before-request",
+    "envoy-ratelimited",
+    "refused-stream",
     "retriable-headers",
+    "http3-post-connect-failure",
     "cancelled",
     "deadline-exceeded",
     "internal",
@@ -205,7 +210,16 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
         if let Some(on) = &rt.retry_on {
             for (n, cond) in on.split(',').map(str::trim).enumerate() {
                 let is_code = cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
-                if !RETRY_ON.contains(&cond) && !is_code {
+                if RETRY_ON_UNSUPPORTED.contains(&cond) {
+                    f.error(
+                        format!("{rp}.retryOn"),
+                        format!(
+                            "condition {} ({cond:?}) is not supported by Trellis yet; use {} or status codes such as 503",
+                            n + 1,
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                } else if !RETRY_ON.contains(&cond) && !is_code {
                     f.error(
                         format!("{rp}.retryOn"),
                         format!(
