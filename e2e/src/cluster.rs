@@ -179,12 +179,13 @@ impl Cluster {
         rt: &ResourceType,
         name: &str,
         obj: &mut Value,
+        old: Option<&Value>,
         opts: &WriteOptions,
     ) -> Result<Vec<String>, ApiError> {
         let Some(schema) = &rt.schema else {
             return Ok(Vec::new());
         };
-        let outcome = crd::validate(schema, obj);
+        let outcome = crd::validate(schema, obj, old);
         if !outcome.errors.is_empty() {
             return Err(ApiError::invalid(rt, name, &outcome.errors));
         }
@@ -307,7 +308,7 @@ impl Cluster {
         }
         defaults::on_create(&rt.kind, &mut obj, &mut || self.allocate_cluster_ip())
             .map_err(|c| ApiError::invalid(rt, &name, &c))?;
-        let warnings = self.validate_custom(rt, &name, &mut obj, opts)?;
+        let warnings = self.validate_custom(rt, &name, &mut obj, None, opts)?;
         if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
             crd::prepare(&mut obj).map_err(|c| ApiError::invalid(rt, &name, &c))?;
         }
@@ -535,7 +536,7 @@ impl Cluster {
         if subresource != "status" {
             defaults::on_update(&rt.kind, current, &mut new);
         }
-        let warnings = self.validate_custom(rt, name, &mut new, opts)?;
+        let warnings = self.validate_custom(rt, name, &mut new, Some(current), opts)?;
         if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" && subresource != "status" {
             crd::prepare(&mut new).map_err(|c| ApiError::invalid(rt, name, &c))?;
         }

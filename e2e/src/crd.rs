@@ -207,8 +207,28 @@ pub fn unregister(catalog: &Catalog, store: &Store, crd: &Value) {
 }
 
 /// Validates `obj` against a structural schema, applying defaults and
-/// pruning unknown fields in place.
-pub fn validate(schema: &Value, obj: &mut Value) -> Outcome {
+/// pruning unknown fields in place, then evaluates the schema's
+/// `x-kubernetes-validations` CEL rules (with `oldSelf` from `old` on
+/// updates).
+pub fn validate(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome {
+    let mut out = validate_structure(schema, obj);
+    if out.errors.is_empty()
+        && let Err(errors) = kube_cel::validate(schema, obj, old)
+    {
+        for e in errors.into_vec() {
+            let field = if e.field_path.is_empty() {
+                "<root>".to_string()
+            } else {
+                e.field_path.clone()
+            };
+            out.errors
+                .push((field, format!("Invalid value: \"object\": {}", e.message)));
+        }
+    }
+    out
+}
+
+fn validate_structure(schema: &Value, obj: &mut Value) -> Outcome {
     let mut out = Outcome::default();
     let Some(props) = schema.get("properties").and_then(Value::as_object) else {
         return out;
@@ -491,11 +511,37 @@ mod tests {
     }
 
     #[test]
+    fn cel_rules_are_enforced_with_old_self() {
+        let schema = json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                {"rule": "self.mode == oldSelf.mode", "message": "mode is immutable"}
+            ],
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}, "mode": {"type": "string"}}
+        }}});
+        let mut ok = json!({"spec": {"min": 1, "max": 2, "mode": "a"}});
+        assert!(validate(&schema, &mut ok, None).errors.is_empty());
+        let mut bad = json!({"spec": {"min": 3, "max": 2, "mode": "a"}});
+        let out = validate(&schema, &mut bad, None);
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        assert!(out.errors[0].1.contains("min must not exceed max"), "{:?}", out.errors);
+        let old = json!({"spec": {"min": 1, "max": 2, "mode": "a"}});
+        let mut changed = json!({"spec": {"min": 1, "max": 2, "mode": "b"}});
+        let out = validate(&schema, &mut changed, Some(&old));
+        assert!(
+            out.errors.iter().any(|(_, m)| m.contains("mode is immutable")),
+            "{:?}",
+            out.errors
+        );
+    }
+
+    #[test]
     fn validation_defaults_prunes_and_reports() {
         let crd = widget_crd();
         let schema = crd.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap();
         let mut ok = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3, "extra": {"any": 1}, "port": "http", "bogus": 1}, "top": 1});
-        let out = validate(schema, &mut ok);
+        let out = validate(schema, &mut ok, None);
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert_eq!(ok["spec"]["color"], "red");
         assert_eq!(out.unknown, ["spec.bogus", "top"]);
@@ -504,7 +550,7 @@ mod tests {
 
         let mut bad =
             json!({"spec": {"size": 11, "color": "green", "name": "A1", "tags": ["a", "b", "c"], "port": true}});
-        let out = validate(schema, &mut bad);
+        let out = validate(schema, &mut bad, None);
         let mut fields: Vec<&str> = out.errors.iter().map(|(f, _)| f.as_str()).collect();
         fields.sort_unstable();
         assert_eq!(
@@ -515,12 +561,12 @@ mod tests {
         );
 
         let mut missing = json!({"spec": {}});
-        let out = validate(schema, &mut missing);
+        let out = validate(schema, &mut missing, None);
         assert_eq!(out.errors, [("spec.size".to_string(), "Required value".to_string())]);
 
         let mut wrong = json!({"spec": {"size": "big"}});
         assert!(
-            validate(schema, &mut wrong).errors[0]
+            validate(schema, &mut wrong, None).errors[0]
                 .1
                 .contains("must be of type integer")
         );

@@ -313,6 +313,15 @@ fn custom_resources_are_served_validated_and_printed() -> Result<()> {
         "{err}"
     );
 
+    // CEL rules (x-kubernetes-validations) apply too.
+    let cel = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w4\nspec:\n  color: red\n  replicas: 4\n";
+    let out = k.kubectl(&["apply", "-f", "-"], Some(cel))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only blue widgets scale past 3"),
+        "{err}"
+    );
+
     // Status subresource and scale.
     k.kubectl_ok(
         &[
@@ -393,5 +402,40 @@ fn kubesim_up_and_down() -> Result<()> {
         .output()?;
     assert!(down.status.success() && String::from_utf8_lossy(&down.stdout).contains("kubesim stopped"));
     assert!(!kubeconfig.exists() && !dir.path().join("kubesim.pid").exists());
+    Ok(())
+}
+
+/// The repository's own CRDs and shop examples, applied as an operator
+/// would: kubesim must serve them and enforce their CEL rules.
+#[test]
+fn trellis_crds_and_shop_examples_apply() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crds = root.join("crds");
+    let mut crd_files: Vec<_> = std::fs::read_dir(&crds)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    crd_files.sort();
+    assert!(!crd_files.is_empty(), "no CRD YAML in {}", crds.display());
+    let k = TestCluster::start()?;
+    for f in &crd_files {
+        let path = f.to_string_lossy();
+        let out = k.kubectl_ok(&["apply", "-f", &path], None)?;
+        assert!(out.contains("created"), "{out}");
+    }
+    let shop = root.join("examples/shop");
+    if shop.is_dir() {
+        k.kubectl_ok(&["create", "namespace", "shop", "--dry-run=client", "-o", "yaml"], None)
+            .and_then(|ns| k.kubectl_ok(&["apply", "-f", "-"], Some(&ns)))?;
+        let out = k.kubectl_ok(&["apply", "-n", "shop", "-f", &shop.to_string_lossy()], None)?;
+        assert!(out.contains("created"), "{out}");
+    }
+    let bad = "apiVersion: networking.trellis.dev/v1alpha1\nkind: VirtualService\nmetadata:\n  name: bad\nspec:\n  hosts: [web]\n  http:\n  - match:\n    - uri: {exact: /a, prefix: /b}\n    route:\n    - destination: {host: web}\n";
+    let out = k.kubectl(&["apply", "-f", "-"], Some(bad))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("set only one of exact, prefix or regex"),
+        "{err}"
+    );
     Ok(())
 }
