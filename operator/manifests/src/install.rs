@@ -1,0 +1,406 @@
+//! What a Trellis installation consists of.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde_json::Value;
+use trellis_api::mesh::SYSTEM_NAMESPACE;
+
+/// The operator's name: Deployment, ServiceAccount, ClusterRole, Service.
+pub const OPERATOR_NAME: &str = "trellis-operator";
+/// Config push and certificate signing (gRPC over mTLS); Istio's xDS port.
+pub const PUSH_PORT: i32 = 15012;
+/// Admin: `/metrics`, `/ready`, `/live`, sync state.
+pub const ADMIN_PORT: i32 = 15014;
+/// Admission webhooks (HTTPS).
+pub const WEBHOOK_PORT: i32 = 15017;
+/// The image registry Trellis releases are published to.
+pub const IMAGE_REPOSITORY: &str = "ghcr.io/trellis-mesh";
+
+/// What can be chosen at install time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Namespace of the control plane.
+    pub namespace: String,
+    /// Image of `trellis-operator`.
+    pub operator_image: String,
+    /// Image of `trellis-proxy` (sidecars and gateways).
+    pub proxy_image: String,
+    /// The operator's log filter (`RUST_LOG` syntax).
+    pub log_level: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Options {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            operator_image: format!("{IMAGE_REPOSITORY}/trellis-operator:{version}"),
+            proxy_image: format!("{IMAGE_REPOSITORY}/trellis-proxy:{version}"),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// Labels on every installed object.
+pub fn common_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/part-of".to_string(), "trellis".to_string()),
+        (
+            "app.kubernetes.io/version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ])
+}
+
+fn operator_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_string(), OPERATOR_NAME.to_string())])
+}
+
+fn meta(name: &str, namespace: Option<&str>, extra: BTreeMap<String, String>) -> ObjectMeta {
+    let mut labels = common_labels();
+    labels.extend(extra);
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A Kubernetes object as JSON with `apiVersion` and `kind` first.
+pub fn to_value<T: Serialize + k8s_openapi::Resource>(o: &T) -> Value {
+    let mut v = serde_json::to_value(o).expect("Kubernetes objects always serialize");
+    // k8s-openapi serializes type meta through its Resource impl; make it explicit and first.
+    if let Value::Object(map) = &mut v {
+        let mut ordered = serde_json::Map::new();
+        ordered.insert("apiVersion".into(), Value::String(T::API_VERSION.to_string()));
+        ordered.insert("kind".into(), Value::String(T::KIND.to_string()));
+        for (k, val) in std::mem::take(map) {
+            if k != "apiVersion" && k != "kind" {
+                ordered.insert(k, val);
+            }
+        }
+        *map = ordered;
+    }
+    v
+}
+
+/// Every object of an installation, in the order they must be applied: CRDs, namespace,
+/// identity and RBAC, the operator, its Service, then the default Mesh.
+pub fn objects(opts: &Options) -> Vec<Value> {
+    let mut out: Vec<Value> = trellis_api::crd::all().iter().map(to_value).collect();
+    out.push(to_value(&namespace(opts)));
+    out.push(to_value(&service_account(opts)));
+    out.push(to_value(&cluster_role()));
+    out.push(to_value(&cluster_role_binding(opts)));
+    out.push(to_value(&deployment(opts)));
+    out.push(to_value(&service(opts)));
+    out.push(default_mesh(opts));
+    out
+}
+
+/// The control plane's namespace.
+pub fn namespace(opts: &Options) -> Namespace {
+    Namespace {
+        metadata: meta(&opts.namespace, None, BTreeMap::new()),
+        ..Namespace::default()
+    }
+}
+
+/// The operator's identity.
+pub fn service_account(opts: &Options) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        ..ServiceAccount::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let s = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    PolicyRule {
+        api_groups: s(groups),
+        resources: s(resources),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// What the operator may do, and why (each rule's comment names the feature that needs it).
+pub fn cluster_rules() -> Vec<PolicyRule> {
+    vec![
+        // Service registry.
+        rule(
+            &[""],
+            &[
+                "namespaces",
+                "services",
+                "endpoints",
+                "pods",
+                "serviceaccounts",
+                "configmaps",
+            ],
+            READ,
+        ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        // CA root (trellis-system) and gateway TLS credentials (credentialName).
+        rule(
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        // Events on transitions.
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+        // Workload identity: verify the ServiceAccount tokens in certificate requests.
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+        // The mesh configuration and its status.
+        rule(&["networking.trellis.dev", "security.trellis.dev"], &["*"], READ),
+        rule(
+            &["networking.trellis.dev", "security.trellis.dev"],
+            &["*/status"],
+            &["get", "update", "patch"],
+        ),
+        rule(
+            &["mesh.trellis.dev"],
+            &["meshes"],
+            &["get", "list", "watch", "update", "patch"],
+        ),
+        rule(
+            &["mesh.trellis.dev"],
+            &["meshes/status", "meshes/finalizers"],
+            &["get", "update", "patch"],
+        ),
+        // Admission webhooks: keep their caBundle current.
+        rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], READ),
+        // Proxy rollout: restart workloads batch by batch.
+        rule(
+            &["apps"],
+            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+            &["get", "list", "watch", "patch"],
+        ),
+        // Leader election.
+        rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"]),
+    ]
+}
+
+/// The operator's cluster-wide permissions.
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(OPERATOR_NAME, None, operator_labels()),
+        rules: Some(cluster_rules()),
+        ..ClusterRole::default()
+    }
+}
+
+/// Binds [`cluster_role`] to the operator's ServiceAccount.
+pub fn cluster_role_binding(opts: &Options) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(OPERATOR_NAME, None, operator_labels()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: OPERATOR_NAME.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: OPERATOR_NAME.into(),
+            namespace: Some(opts.namespace.clone()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn port(name: &str, n: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: n,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(ADMIN_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The operator's pod template.
+pub fn pod_spec(opts: &Options) -> PodSpec {
+    let quantities = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(mem.into())),
+        ])
+    };
+    PodSpec {
+        service_account_name: Some(OPERATOR_NAME.into()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![Container {
+            name: "operator".into(),
+            image: Some(opts.operator_image.clone()),
+            args: Some(vec!["--namespace".into(), opts.namespace.clone()]),
+            env: Some(vec![
+                env("RUST_LOG", &opts.log_level),
+                env("TRELLIS_PROXY_IMAGE", &opts.proxy_image),
+                env_field("POD_NAME", "metadata.name"),
+                env_field("POD_NAMESPACE", "metadata.namespace"),
+            ]),
+            ports: Some(vec![
+                port("grpc-push", PUSH_PORT),
+                port("http-admin", ADMIN_PORT),
+                port("https-webhook", WEBHOOK_PORT),
+            ]),
+            readiness_probe: Some(http_probe("/ready", 5, 3)),
+            liveness_probe: Some(http_probe("/live", 10, 6)),
+            resources: Some(ResourceRequirements {
+                requests: Some(quantities("100m", "128Mi")),
+                limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+                ..ResourceRequirements::default()
+            }),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    }
+}
+
+/// The operator's Deployment: one replica, rolled with a surge so the push API never has
+/// zero endpoints (proxies keep serving on their last config meanwhile anyway).
+pub fn deployment_spec(opts: &Options) -> DeploymentSpec {
+    DeploymentSpec {
+        replicas: Some(1),
+        selector: LabelSelector {
+            match_labels: Some(operator_labels()),
+            ..LabelSelector::default()
+        },
+        strategy: Some(DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        }),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some({
+                    let mut l = common_labels();
+                    l.extend(operator_labels());
+                    l
+                }),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod_spec(opts)),
+        },
+        ..DeploymentSpec::default()
+    }
+}
+
+/// The operator's Deployment.
+pub fn deployment(opts: &Options) -> Deployment {
+    Deployment {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        spec: Some(deployment_spec(opts)),
+        ..Deployment::default()
+    }
+}
+
+/// The operator's Service: push, admin and webhook ports.
+pub fn service(opts: &Options) -> Service {
+    let sp = |name: &str, port: i32, target: i32, app: &str| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::Int(target)),
+        protocol: Some("TCP".into()),
+        app_protocol: Some(app.into()),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        spec: Some(ServiceSpec {
+            selector: Some(operator_labels()),
+            ports: Some(vec![
+                sp("grpc-push", PUSH_PORT, PUSH_PORT, "grpc"),
+                sp("http-admin", ADMIN_PORT, ADMIN_PORT, "http"),
+                sp("https-webhook", 443, WEBHOOK_PORT, "https"),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The Mesh the operator reconciles, naming the installed versions.
+pub fn default_mesh(opts: &Options) -> Value {
+    serde_json::json!({
+        "apiVersion": format!("{}/{}", trellis_api::mesh::GROUP, trellis_api::document::VERSION),
+        "kind": "Mesh",
+        "metadata": {"name": "default", "labels": common_labels()},
+        "spec": {
+            "versions": {"operator": opts.operator_image, "proxy": opts.proxy_image},
+        }
+    })
+}

@@ -1,0 +1,43 @@
+//! `trellis-manifests install` prints the install manifests; `trellis-manifests olm [DIR]`
+//! writes the OLM bundle (default `olm/`).
+
+use std::path::PathBuf;
+
+use trellis_manifests::install::Options;
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = Options::default();
+    match args.first().map(String::as_str) {
+        Some("install") => {
+            print!(
+                "{}",
+                trellis_manifests::to_yaml(&trellis_manifests::install::objects(&opts))
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Some("olm") => {
+            let dir = args
+                .get(1)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../olm"));
+            for f in trellis_manifests::olm::bundle(&opts) {
+                let path = dir.join(&f.path);
+                let written = path
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&path, &f.content));
+                if let Err(e) = written {
+                    eprintln!("trellis-manifests: writing {}: {e}", path.display());
+                    return std::process::ExitCode::from(1);
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: trellis-manifests install | olm [DIR]");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
