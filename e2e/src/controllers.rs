@@ -1,6 +1,7 @@
 //! Control loops that run inside kubesim: namespace lifecycle and the
 //! garbage collector (owner references, `foregroundDeletion` and `orphan`
-//! finalizers).
+//! finalizers) live here; [`run`] also drives the workload, kubelet and
+//! endpoints loops of their own modules.
 //!
 //! Each loop is a pure `sweep` over the current state that performs the
 //! writes it needs; a driver reruns it after every batch of changes.
@@ -238,7 +239,12 @@ pub async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
     loop {
         // Why bounded: a sweep that keeps changing things must not spin.
         for _ in 0..20 {
-            if !sweep(&cluster) {
+            let mut changed = sweep(&cluster);
+            changed |= crate::workloads::sweep_deployments(&cluster);
+            changed |= crate::workloads::sweep_replicasets(&cluster);
+            changed |= crate::kubelet::sweep(&cluster);
+            changed |= crate::endpoints::sweep(&cluster);
+            if !changed {
                 break;
             }
         }

@@ -274,6 +274,12 @@ fn builtin_columns(kind: &str) -> Vec<PrinterColumn> {
         ],
         "Job" => vec![column("Completions", "string", "@jobCompletions", 0)],
         "Lease" => vec![column("Holder", "string", ".spec.holderIdentity", 0)],
+        "Endpoints" => vec![column("Endpoints", "string", "@endpoints", 0)],
+        "EndpointSlice" => vec![
+            column("AddressType", "string", ".addressType", 0),
+            column("Ports", "string", "@slicePorts", 0),
+            column("Endpoints", "string", "@sliceEndpoints", 0),
+        ],
         "CustomResourceDefinition" => vec![column("Created At", "date", ".metadata.creationTimestamp", 0)],
         _ => Vec::new(),
     }

@@ -147,6 +147,42 @@ fn computed(obj: &Value, name: &str) -> Value {
                 sel.join(",")
             })
         }
+        "@endpoints" => {
+            let mut all = Vec::new();
+            for sub in obj.get("subsets").and_then(Value::as_array).into_iter().flatten() {
+                for a in sub["addresses"].as_array().into_iter().flatten() {
+                    for p in sub["ports"].as_array().into_iter().flatten() {
+                        all.push(format!("{}:{}", a["ip"].as_str().unwrap_or_default(), p["port"]));
+                    }
+                }
+            }
+            json!(abbreviate(all))
+        }
+        "@slicePorts" => {
+            let ports: Vec<String> = obj
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_i64().map(|n| n.to_string()))
+                .collect();
+            json!(if ports.is_empty() {
+                "<unset>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        "@sliceEndpoints" => {
+            let ips: Vec<String> = obj
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            json!(abbreviate(ips))
+        }
         "@dataCount" => json!(count(obj.get("data")) + count(obj.get("binaryData"))),
         "@secretsCount" => json!(count(obj.get("secrets"))),
         "@readyOfReplicas" => json!(format!(
@@ -164,6 +200,15 @@ fn computed(obj: &Value, name: &str) -> Value {
             obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
         )),
         _ => Value::Null,
+    }
+}
+
+/// `a,b,c + N more...`, or `<none>`, as kubectl's printers shorten lists.
+fn abbreviate(items: Vec<String>) -> String {
+    match items.len() {
+        0 => "<none>".to_string(),
+        n if n > 3 => format!("{} + {} more...", items[..3].join(","), n - 3),
+        _ => items.join(","),
     }
 }
 

@@ -1,0 +1,167 @@
+//! Workload controllers seen through kubectl: Deployments roll out through
+//! ReplicaSets to Pods (`rollout status`, `rollout restart`, `scale`,
+//! `wait`), Services get Endpoints and EndpointSlices, and deleting a
+//! Deployment collects everything it owns.
+//!
+//! Pods are started by kubesim's simulated kubelet (Running and Ready
+//! without a process) until the process runner lands.
+
+use anyhow::Result;
+use trellis_e2e::harness::TestCluster;
+
+const WEB: &str = include_str!("fixtures/web.yaml");
+
+fn count_lines(out: &str) -> usize {
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn deployments_roll_out_restart_and_scale() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    let out = k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    k.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Available",
+            "deploy/web",
+            "-n",
+            "shop",
+            "--timeout=20s",
+        ],
+        None,
+    )?;
+    let pods = k.kubectl_ok(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"], None)?;
+    assert_eq!(count_lines(&pods), 2, "{pods}");
+    let table = k.kubectl_ok(&["get", "pods", "-n", "shop", "-o", "wide"], None)?;
+    assert!(
+        table.contains("Running") && table.contains("2/2") && table.contains("10.244.") && table.contains("kubesim"),
+        "{table}"
+    );
+
+    k.kubectl_ok(&["rollout", "restart", "deploy/web", "-n", "shop"], None)?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    let rs = k.kubectl_ok(
+        &[
+            "get",
+            "rs",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.replicas}{' '}{end}",
+        ],
+        None,
+    )?;
+    let mut sizes: Vec<&str> = rs.split_whitespace().collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, ["0", "2"], "old ReplicaSet scaled to zero, new one full");
+    let history = k.kubectl_ok(&["rollout", "history", "deploy/web", "-n", "shop"], None)?;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    k.kubectl_ok(&["scale", "deploy/web", "-n", "shop", "--replicas=4"], None)?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    let ready = k.kubectl_ok(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.updatedReplicas}",
+        ],
+        None,
+    )?;
+    assert_eq!(ready, "4/4");
+    Ok(())
+}
+
+#[test]
+fn services_get_endpoints_and_deletion_cascades() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    // The controllers converge within a few sweeps.
+    let mut ips = String::new();
+    for _ in 0..100 {
+        ips = k
+            .kubectl_ok(
+                &[
+                    "get",
+                    "endpoints",
+                    "web",
+                    "-n",
+                    "shop",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ],
+                None,
+            )
+            .unwrap_or_default();
+        if ips.split_whitespace().count() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(ips.split_whitespace().count(), 2, "{ips}");
+    let port = k.kubectl_ok(
+        &[
+            "get",
+            "endpoints",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.subsets[0].ports[0].port}",
+        ],
+        None,
+    )?;
+    assert_eq!(port, "8080", "targetPort resolved");
+    let slice = k.kubectl_ok(
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "shop",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[0].endpoints[*].conditions.ready}",
+        ],
+        None,
+    )?;
+    assert_eq!(slice, "true true");
+    let table = k.kubectl_ok(&["get", "endpoints", "web", "-n", "shop"], None)?;
+    assert!(table.contains(":8080"), "{table}");
+
+    // Deleting the Deployment collects its ReplicaSet and Pods.
+    k.kubectl_ok(&["delete", "deploy", "web", "-n", "shop", "--timeout=20s"], None)?;
+    let mut left = String::from("?");
+    for _ in 0..100 {
+        left = k.kubectl_ok(&["get", "rs,pods", "-n", "shop", "-o", "name"], None)?;
+        if left.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(left.trim().is_empty(), "{left}");
+    let ips = k.kubectl_ok(
+        &["get", "endpoints", "web", "-n", "shop", "-o", "jsonpath={.subsets}"],
+        None,
+    )?;
+    assert!(ips.is_empty() || ips == "[]", "{ips}");
+    Ok(())
+}
