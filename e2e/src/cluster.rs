@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::admission;
 use crate::clock;
 use crate::crd;
 use crate::defaults;
@@ -308,7 +309,17 @@ impl Cluster {
         }
         defaults::on_create(&rt.kind, &mut obj, &mut || self.allocate_cluster_ip())
             .map_err(|c| ApiError::invalid(rt, &name, &c))?;
-        let warnings = self.validate_custom(rt, &name, &mut obj, None, opts)?;
+        let attrs = admission::Attributes {
+            rt,
+            subresource: "",
+            operation: "CREATE",
+            namespace: ns,
+            name: &name,
+            dry_run: opts.dry_run,
+        };
+        let (mutated, mut warnings) = admission::mutate(self, &attrs, obj, None)?;
+        obj = mutated;
+        warnings.extend(self.validate_custom(rt, &name, &mut obj, None, opts)?);
         if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
             crd::prepare(&mut obj).map_err(|c| ApiError::invalid(rt, &name, &c))?;
         }
@@ -316,6 +327,7 @@ impl Cluster {
             let entries = patch::record_update(None, &obj, &Self::manager(opts, "unknown"), "");
             patch::write_managed(&mut obj, &entries, &rt.api_version(), &clock::now_rfc3339());
         }
+        warnings.extend(admission::validate(self, &attrs, Some(&obj), None)?);
         let key = Self::key(rt, ns, &name);
         if opts.dry_run {
             if self.store.get(&key).is_some() {
@@ -536,7 +548,17 @@ impl Cluster {
         if subresource != "status" {
             defaults::on_update(&rt.kind, current, &mut new);
         }
-        let warnings = self.validate_custom(rt, name, &mut new, Some(current), opts)?;
+        let attrs = admission::Attributes {
+            rt,
+            subresource,
+            operation: "UPDATE",
+            namespace: (!key.namespace.is_empty()).then_some(key.namespace.as_str()),
+            name,
+            dry_run: opts.dry_run,
+        };
+        let (mutated, mut warnings) = admission::mutate(self, &attrs, new, Some(current))?;
+        new = mutated;
+        warnings.extend(self.validate_custom(rt, name, &mut new, Some(current), opts)?);
         if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" && subresource != "status" {
             crd::prepare(&mut new).map_err(|c| ApiError::invalid(rt, name, &c))?;
         }
@@ -558,6 +580,7 @@ impl Cluster {
             let entries = patch::record_update(Some(current), &without, manager, subresource);
             patch::write_managed(&mut new, &entries, &rt.api_version(), &clock::now_rfc3339());
         }
+        warnings.extend(admission::validate(self, &attrs, Some(&new), Some(current))?);
         if opts.dry_run {
             return Ok(Written {
                 object: new,
@@ -737,6 +760,15 @@ impl Cluster {
             Some("Orphan") if !fins.contains(&"orphan".to_string()) => fins.push("orphan".into()),
             _ => {}
         }
+        let attrs = admission::Attributes {
+            rt,
+            subresource: "",
+            operation: "DELETE",
+            namespace: ns,
+            name,
+            dry_run: opts.dry_run,
+        };
+        admission::validate(self, &attrs, None, Some(&current))?;
         let namespace_pending = rt.kind == "Namespace" && rt.group.is_empty();
         if opts.dry_run {
             return Ok(Self::present(rt, current));

@@ -7,6 +7,7 @@
 //! [`table`], [`patch`], [`selector`], [`defaults`], [`crd`],
 //! [`controllers`], [`pki`], and [`app`]/[`harness`] to run it all.
 
+pub mod admission;
 pub mod apiserver;
 pub mod app;
 pub mod clock;
