@@ -45,6 +45,8 @@ pub struct ConnContext {
     pub peer_identity: Option<String>,
     /// Was TLS terminated?
     pub tls: bool,
+    /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
+    pub verdicts: Option<Arc<crate::head::Verdicts>>,
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
@@ -297,6 +299,18 @@ async fn pipeline(
     req: Request<Incoming>,
     out: &mut RequestOutcome,
 ) -> Response<Body> {
+    if let Some(v) = &conn.verdicts
+        && req.version() != Version::HTTP_2
+        && let Some(e) = v.next_request()
+    {
+        rt.metrics.downstream_rejected();
+        out.flags = "DPE";
+        let mut resp = text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+        // The connection's framing can no longer be trusted.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     if let Err((status, why)) = check_head(&req, listener) {
         rt.metrics.downstream_rejected();
         out.flags = "DPE";
@@ -712,7 +726,7 @@ async fn forward(
                 None => break,
             },
         };
-        let upstream_h2 = downstream_h2;
+        let upstream_h2 = cluster.uses_h2(downstream_h2);
         let req = match build_request(&parts, &authority, &path_and_query, attempt_body, upstream_h2) {
             Ok(r) => r,
             Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),

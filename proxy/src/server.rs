@@ -233,6 +233,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         dst,
         peer_identity: None,
         tls: false,
+        verdicts: None,
     };
 
     let server_tls = match listener.spec.direction {
@@ -309,6 +310,9 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         },
     };
     if is_http {
+        let verdicts = Arc::new(crate::head::Verdicts::default());
+        ctx.verdicts = Some(Arc::clone(&verdicts));
+        let stream = crate::head::GuardedIo::new(stream, verdicts);
         serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
     } else {
         drop(watcher);
@@ -320,7 +324,7 @@ async fn serve_http(
     rt: Arc<Runtime>,
     ctx: Arc<ConnContext>,
     listener: &ListenerRuntime,
-    stream: DownstreamStream,
+    stream: crate::head::GuardedIo<DownstreamStream>,
     watcher: Watcher,
 ) {
     let limits = &listener.spec.limits;
@@ -347,16 +351,8 @@ async fn serve_http(
     let peer = ctx.peer;
     let svc_ctx = Arc::clone(&ctx);
     let svc = hyper::service::service_fn(move |req| crate::http::handle(Arc::clone(&rt), Arc::clone(&svc_ctx), req));
-    let result = match stream {
-        DownstreamStream::Plain(s) => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
-            watcher.watch(conn.into_owned()).await
-        }
-        DownstreamStream::Tls(s) => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
-            watcher.watch(conn.into_owned()).await
-        }
-    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let result = watcher.watch(conn.into_owned()).await;
     if let Err(e) = result {
         tracing::debug!(listener = %ctx.listener, %peer, error = %e, "downstream connection ended with error");
     }

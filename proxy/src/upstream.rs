@@ -258,6 +258,15 @@ impl ClusterRuntime {
         })
     }
 
+    /// Will a request go upstream over HTTP/2?
+    pub fn uses_h2(&self, downstream_h2: bool) -> bool {
+        match self.spec.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
+            UpstreamProtocol::UseDownstream => downstream_h2,
+        }
+    }
+
     /// Does the balancer want a hash key?
     pub fn uses_hash(&self) -> bool {
         self.balancer.uses_hash()
@@ -376,11 +385,7 @@ impl ClusterRuntime {
         downstream_h2: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let ep = Arc::clone(&self.endpoints[idx]);
-        let h2 = match self.spec.protocol {
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
-            UpstreamProtocol::UseDownstream => downstream_h2,
-        };
+        let h2 = self.uses_h2(downstream_h2);
         ep.active.fetch_add(1, Ordering::Relaxed);
         let result = if h2 {
             self.send_h2(&ep, req).await

@@ -1,0 +1,121 @@
+//! The admin API.
+
+use crate::support::*;
+use serde_json::json;
+use trellis_proxy::{App, AppConfig};
+
+#[tokio::test]
+async fn ready_only_after_a_config() {
+    let app = App::start(AppConfig {
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        stats_addr: Some("127.0.0.1:0".parse().unwrap()),
+        health_addr: Some("127.0.0.1:0".parse().unwrap()),
+        log_control: None,
+    })
+    .await
+    .unwrap();
+    let health = app.admin_addr(trellis_proxy::admin::AdminRole::Health).unwrap();
+    let stats = app.admin_addr(trellis_proxy::admin::AdminRole::Stats).unwrap();
+    assert_eq!(get(health, "h", "/ready").await.status, 503);
+    assert_eq!(get(health, "h", "/healthz/ready").await.status, 503);
+    assert_eq!(get(health, "h", "/live").await.status, 200);
+    // The health port serves only probes; the stats port only metrics.
+    assert_eq!(get(health, "h", "/config_dump").await.status, 404);
+    assert_eq!(get(stats, "h", "/metrics").await.status, 200);
+    assert_eq!(get(stats, "h", "/config_dump").await.status, 404);
+    let cfg = serde_json::from_value(outbound_config("v1", vec![], vec![])).unwrap();
+    app.apply(cfg).await.unwrap();
+    assert_eq!(get(health, "h", "/ready").await.status, 200);
+}
+
+#[tokio::test]
+async fn not_ready_without_certificate_when_mesh_needs_one() {
+    let mut cfg = outbound_config("v1", vec![], vec![]);
+    cfg["listeners"][0]["direction"] = json!("inbound");
+    cfg["inbound"] = json!({"mtls": {"mode": "STRICT"}});
+    let app = App::start(AppConfig {
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        stats_addr: None,
+        health_addr: None,
+        log_control: None,
+    })
+    .await
+    .unwrap();
+    let err = app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("identity.certificate"), "{err}");
+    let admin = app.admin_addr(trellis_proxy::admin::AdminRole::Admin).unwrap();
+    assert_eq!(get(admin, "h", "/ready").await.status, 503);
+}
+
+#[tokio::test]
+async fn config_dump_shows_state_but_never_keys() {
+    let pki = Pki::new();
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("dump-1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["identity"] = pki.identity("spiffe://cluster.local/ns/test/sa/client");
+    let proxy = Proxy::start(cfg).await;
+    let dump = get(proxy.admin(), "admin", "/config_dump").await;
+    assert_eq!(dump.status, 200);
+    assert!(!dump.body.contains("PRIVATE KEY"), "private key leaked");
+    let v: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    assert_eq!(v["version"], "dump-1");
+    assert_eq!(
+        v["config"]["identity"]["certificate"]["inline"]["privateKeyPem"],
+        "<redacted>"
+    );
+    assert_eq!(v["clusterStatus"][0]["endpoints"][0]["health"], "healthy");
+    assert_eq!(
+        v["workloadCertificate"]["chain"][0]["uriSans"][0],
+        "spiffe://cluster.local/ns/test/sa/client"
+    );
+    assert_eq!(
+        v["config"]["listeners"][0]["virtualHosts"][0]["routes"][0]["provenance"]["kind"],
+        "VirtualService"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_with_istio_labels() {
+    let a = Upstream::start("a").await;
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("a")],
+        vec![cluster("a", &[&a])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    for _ in 0..3 {
+        get(addr, "svc", "/").await;
+    }
+    get(addr, "svc", "/status/503").await;
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("trellis_requests_total{") && l.contains("response_code=\"200\""))
+        .expect("a 200 series");
+    assert!(line.ends_with(" 3"), "{line}");
+    for label in [
+        "reporter=\"source\"",
+        "source_workload=\"client\"",
+        "source_workload_namespace=\"test\"",
+        "destination_app=\"a\"",
+        "destination_version=\"a\"",
+        "destination_service=\"a.test.svc.cluster.local\"",
+        "destination_service_name=\"a\"",
+        "request_protocol=\"http\"",
+        "response_flags=\"-\"",
+        "connection_security_policy=\"none\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
+    assert!(m.contains("response_code=\"503\""));
+    assert!(m.contains("trellis_request_duration_milliseconds_bucket{"));
+    assert!(m.contains("trellis_proxy_config_applied_total 1"));
+}
+
+#[tokio::test]
+async fn logging_without_control_is_reported() {
+    let proxy = Proxy::start(outbound_config("1", vec![], vec![])).await;
+    let r = send(proxy.admin(), "POST", "admin", "/logging?level=debug", &[]).await;
+    assert_eq!(r.status, 501);
+}

@@ -1,0 +1,189 @@
+//! Configuration swaps (atomic, NACK keeps the last good one, under load)
+//! and drain.
+
+use crate::support::*;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn invalid_config_is_rejected_and_last_good_keeps_serving() {
+    let a = Upstream::start("a").await;
+    let proxy = Proxy::start(outbound_config(
+        "good",
+        vec![forward_route("a")],
+        vec![cluster("a", &[&a])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    let bad = outbound_config("bad", vec![forward_route("missing")], vec![cluster("a", &[&a])]);
+    let err = proxy.apply(bad).await.unwrap_err().to_string();
+    assert!(err.contains("unknown cluster \"missing\""), "{err}");
+    assert!(
+        err.contains("listeners[0].virtualHosts[0].routes[0].action.forward.clusters[0].cluster"),
+        "{err}"
+    );
+    assert_eq!(get(addr, "svc", "/").await.server(), "a");
+    let dump: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin(), "admin", "/config_dump").await.body).unwrap();
+    assert_eq!(dump["version"], "good");
+    assert_eq!(dump["lastRejected"]["version"], "bad");
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    assert!(m.contains("trellis_proxy_config_rejected_total 1"), "{m}");
+}
+
+#[tokio::test]
+async fn unloadable_certificate_is_rejected() {
+    let a = Upstream::start("a").await;
+    let proxy = Proxy::start(outbound_config(
+        "good",
+        vec![forward_route("a")],
+        vec![cluster("a", &[&a])],
+    ))
+    .await;
+    let mut bad = outbound_config("bad-cert", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    bad["identity"] = json!({
+        "spiffeId": "spiffe://cluster.local/ns/test/sa/client",
+        "certificate": {"files": {"certChainFile": "/nonexistent/cert.pem", "privateKeyFile": "/nonexistent/key.pem"}},
+        "trustBundle": {"file": "/nonexistent/root.pem"},
+    });
+    let err = proxy.apply(bad).await.unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(get(proxy.addr("outbound").await, "svc", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn swap_changes_routing_without_failing_requests_under_load() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let clusters = || vec![cluster("a", &[&a]), cluster("b", &[&b])];
+    let proxy = Arc::new(Proxy::start(outbound_config("0", vec![forward_route("a")], clusters())).await);
+    let addr = proxy.addr("outbound").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, total) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&total));
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = get(addr, "svc", "/delay/5").await;
+                total.fetch_add(1, Ordering::Relaxed);
+                if r.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 1..=20 {
+        let target = if i % 2 == 0 { "a" } else { "b" };
+        proxy
+            .apply(outbound_config(&i.to_string(), vec![forward_route(target)], clusters()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert!(total.load(Ordering::Relaxed) > 20);
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    // The last config (20) routes to a.
+    let before = a.hits();
+    get(addr, "svc", "/").await;
+    assert_eq!(a.hits(), before + 1);
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_by_config() {
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    let proxy = Proxy::start(cfg.clone()).await;
+    let first = proxy.addr("outbound").await;
+    let mut second = cfg["listeners"][0].clone();
+    second["name"] = json!("extra");
+    cfg["listeners"].as_array_mut().unwrap().push(second);
+    cfg["version"] = json!("2");
+    proxy.apply(cfg.clone()).await.unwrap();
+    let extra = proxy.addr("extra").await;
+    assert_eq!(get(extra, "svc", "/").await.status, 200);
+    assert_eq!(
+        proxy.addr("outbound").await,
+        first,
+        "unchanged listener keeps its socket"
+    );
+    cfg["listeners"].as_array_mut().unwrap().remove(1);
+    cfg["version"] = json!("3");
+    proxy.apply(cfg).await.unwrap();
+    assert!(proxy.app.listener_addr("extra").await.is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tokio::net::TcpStream::connect(extra).await.is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "removed listener stops accepting"
+    );
+}
+
+#[tokio::test]
+async fn bind_conflict_is_a_nack() {
+    let a = Upstream::start("a").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("a")],
+        vec![cluster("a", &[&a])],
+    ))
+    .await;
+    let mut cfg = outbound_config("2", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["listeners"][0]["name"] = json!("other");
+    cfg["listeners"][0]["address"] = json!(format!("127.0.0.1:{port}"));
+    let err = proxy.apply(cfg).await.unwrap_err().to_string();
+    assert!(err.contains("cannot bind"), "{err}");
+    // Nothing changed.
+    assert_eq!(get(proxy.addr("outbound").await, "svc", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_stops_accepting() {
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["drainTimeoutMs"] = json!(3000);
+    let proxy = Arc::new(Proxy::start(cfg).await);
+    let addr = proxy.addr("outbound").await;
+    let in_flight = tokio::spawn(async move { get(addr, "svc", "/delay/400").await.status.as_u16() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let p = Arc::clone(&proxy);
+    let drain = tokio::spawn(async move { p.app.drain().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!proxy.app.runtime().is_ready());
+    assert_eq!(get(proxy.admin(), "admin", "/ready").await.status, 503);
+    assert_eq!(in_flight.await.unwrap(), 200, "in-flight request completes");
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+    assert!(proxy.apply(outbound_config("2", vec![], vec![])).await.is_err());
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_stuck_requests() {
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["drainTimeoutMs"] = json!(200);
+    let proxy = Arc::new(Proxy::start(cfg).await);
+    let addr = proxy.addr("outbound").await;
+    let _stuck = tokio::spawn(async move { get(addr, "svc", "/delay/10000").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    proxy.app.drain().await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

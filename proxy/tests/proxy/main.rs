@@ -1,0 +1,11 @@
+//! Whole-proxy tests: the real `App` in process, real sockets on loopback,
+//! real TLS, against loopback test servers.
+
+mod admin;
+mod hardening;
+mod lifecycle;
+mod mtls;
+mod resilience;
+mod routing;
+mod support;
+mod tcp;

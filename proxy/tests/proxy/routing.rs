@@ -1,0 +1,338 @@
+//! Routing through a real proxy: splits, matches, rewrites, redirects,
+//! direct responses, header mutations, h2c, load balancers.
+
+use crate::support::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn weighted_split_follows_weights() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let route = json!({
+        "action": {"forward": {"clusters": [
+            {"cluster": "v1", "weight": 80},
+            {"cluster": "v2", "weight": 20},
+        ]}},
+        "provenance": provenance(),
+    });
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![route],
+        vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    let mut replies = Vec::new();
+    for _ in 0..400 {
+        replies.push(get(addr, "payment", "/").await);
+    }
+    let t = tally(&replies);
+    assert!(replies.iter().all(|r| r.status == 200));
+    // 80/20 over 400: expect 320 ± 40 (more than 4 sigma).
+    assert!((280..=360).contains(&t["v1"]), "{t:?}");
+    assert_eq!(t["v1"] + t["v2"], 400);
+}
+
+#[tokio::test]
+async fn match_kinds_select_routes() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes = vec![
+        json!({"match": [{"headers": [{"name": "x-canary", "match": {"exact": "true"}}]}],
+               "action": {"forward": {"clusters": [{"cluster": "b"}]}}, "provenance": provenance()}),
+        json!({"match": [{"queryParams": [{"name": "user", "match": {"exact": "bob"}}]}],
+               "action": {"forward": {"clusters": [{"cluster": "b"}]}}, "provenance": provenance()}),
+        json!({"match": [{"method": {"exact": "DELETE"}}],
+               "action": {"directResponse": {"status": 405, "body": "no deletes"}}, "provenance": provenance()}),
+        json!({"match": [{"uri": {"regex": "/items/[0-9]+"}}],
+               "action": {"forward": {"clusters": [{"cluster": "b"}]}}, "provenance": provenance()}),
+        json!({"match": [{"uri": {"prefix": "/API"}, "ignoreUriCase": true}],
+               "action": {"forward": {"clusters": [{"cluster": "b"}]}}, "provenance": provenance()}),
+        forward_route("a"),
+    ];
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        routes,
+        vec![cluster("a", &[&a]), cluster("b", &[&b])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    assert_eq!(get(addr, "svc", "/x").await.server(), "a");
+    assert_eq!(
+        send(addr, "GET", "svc", "/x", &[("x-canary", "true")]).await.server(),
+        "b"
+    );
+    assert_eq!(get(addr, "svc", "/x?user=bob").await.server(), "b");
+    assert_eq!(get(addr, "svc", "/x?user=alice").await.server(), "a");
+    let del = send(addr, "DELETE", "svc", "/x", &[]).await;
+    assert_eq!((del.status.as_u16(), del.body.as_str()), (405, "no deletes"));
+    assert_eq!(get(addr, "svc", "/items/42").await.server(), "b");
+    assert_eq!(get(addr, "svc", "/items/x42").await.server(), "a");
+    assert_eq!(get(addr, "svc", "/api/v1").await.server(), "b");
+}
+
+#[tokio::test]
+async fn virtual_hosts_by_authority_and_no_route() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let cfg = json!({
+        "version": "1",
+        "listeners": [{
+            "name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "http",
+            "virtualHosts": [
+                {"name": "a", "domains": ["a.test", "a.test:8080"], "routes": [forward_route("a")]},
+                {"name": "b", "domains": ["*.b.test"], "routes": [forward_route("b")]},
+            ],
+        }],
+        "clusters": [cluster("a", &[&a]), cluster("b", &[&b])],
+    });
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("outbound").await;
+    assert_eq!(get(addr, "a.test", "/").await.server(), "a");
+    assert_eq!(get(addr, "A.TEST:8080", "/").await.server(), "a");
+    assert_eq!(get(addr, "x.b.test", "/").await.server(), "b");
+    let nr = get(addr, "c.test", "/").await;
+    assert_eq!(nr.status, 404);
+    assert_eq!(nr.body, "no route\n");
+}
+
+#[tokio::test]
+async fn rewrites_and_header_mutations_reach_upstream_and_client() {
+    let a = Upstream::start("a").await;
+    let route = json!({
+        "match": [{"uri": {"prefix": "/api/"}}],
+        "action": {"forward": {
+            "clusters": [{"cluster": "a", "requestHeaders": {"set": {"x-dest": "a"}}, "responseHeaders": {"add": {"x-dest-resp": "a"}}}],
+            "rewrite": {"uriPrefix": "/v2/", "authority": "backend.internal"},
+        }},
+        "requestHeaders": {"set": {"x-route": "api"}, "remove": ["x-secret"]},
+        "responseHeaders": {"set": {"x-served-by": "trellis"}, "remove": ["x-server"]},
+        "provenance": provenance(),
+    });
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
+    let addr = proxy.addr("outbound").await;
+    let r = send(addr, "GET", "svc", "/api/users?id=1", &[("x-secret", "s")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-served-by").unwrap(), "trellis");
+    assert_eq!(r.headers.get("x-dest-resp").unwrap(), "a");
+    assert!(r.headers.get("x-server").is_none());
+    let seen = a.last_seen();
+    assert_eq!(seen.path, "/v2/users?id=1");
+    assert_eq!(seen.headers.get("host").unwrap(), "backend.internal");
+    assert_eq!(seen.headers.get("x-route").unwrap(), "api");
+    assert_eq!(seen.headers.get("x-dest").unwrap(), "a");
+    assert!(seen.headers.get("x-secret").is_none());
+    // Trace context and request id are added.
+    assert!(seen.headers.get("traceparent").is_some());
+    assert!(seen.headers.get("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn regex_rewrite() {
+    let a = Upstream::start("a").await;
+    let route = json!({
+        "action": {"forward": {"clusters": [{"cluster": "a"}],
+            "rewrite": {"uriRegex": {"pattern": "^/users/([0-9]+)$", "substitution": "/u/$1/profile"}}}},
+        "provenance": provenance(),
+    });
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
+    let addr = proxy.addr("outbound").await;
+    get(addr, "svc", "/users/7").await;
+    assert_eq!(a.last_seen().path, "/u/7/profile");
+}
+
+#[tokio::test]
+async fn redirect_and_direct_response() {
+    let routes = vec![
+        json!({"match": [{"uri": {"exact": "/old"}}],
+               "action": {"redirect": {"uri": "/new", "scheme": "https", "responseCode": 308}}, "provenance": provenance()}),
+        json!({"match": [{"uri": {"exact": "/moved"}}],
+               "action": {"redirect": {"authority": "other.test"}}, "provenance": provenance()}),
+        json!({"action": {"directResponse": {"status": 503, "body": "maintenance\n"}}, "provenance": provenance()}),
+    ];
+    let proxy = Proxy::start(outbound_config("1", routes, vec![])).await;
+    let addr = proxy.addr("outbound").await;
+    let r = get(addr, "svc.test", "/old").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers.get("location").unwrap(), "https://svc.test/new");
+    let r = get(addr, "svc.test:8080", "/moved?q=1").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers.get("location").unwrap(), "http://other.test:8080/moved?q=1");
+    let r = get(addr, "svc.test", "/x").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (503, "maintenance\n"));
+}
+
+#[tokio::test]
+async fn h2c_downstream_to_http1_upstream() {
+    let a = Upstream::start("a").await;
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("a")],
+        vec![cluster("a", &[&a])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    let r = send_h2(addr, "svc", "/h2").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "a /h2");
+    assert_eq!(a.last_seen().headers.get("host").unwrap(), "svc");
+}
+
+#[tokio::test]
+async fn http2_upstream_cluster() {
+    let a = Upstream::start("a").await;
+    let mut c = cluster("a", &[&a]);
+    c["protocol"] = json!("http2");
+    let proxy = Proxy::start(outbound_config("1", vec![forward_route("a")], vec![c])).await;
+    let addr = proxy.addr("outbound").await;
+    for _ in 0..3 {
+        let r = get(addr, "svc:9000", "/x").await;
+        assert_eq!(r.status, 200);
+    }
+    // The authority travels as :authority over HTTP/2.
+    let seen = a.last_seen();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.authority, "svc:9000");
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly() {
+    let ups = [
+        Upstream::start("e0").await,
+        Upstream::start("e1").await,
+        Upstream::start("e2").await,
+    ];
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("c")],
+        vec![cluster("c", &[&ups[0], &ups[1], &ups[2]])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    for _ in 0..30 {
+        assert_eq!(get(addr, "svc", "/").await.status, 200);
+    }
+    for u in &ups {
+        assert_eq!(u.hits(), 10, "{}", u.name);
+    }
+}
+
+#[tokio::test]
+async fn consistent_hash_pins_a_key_to_one_endpoint() {
+    for policy in [
+        json!({"ringHash": {"minimumRingSize": 256}}),
+        json!({"maglev": {"tableSize": 251}}),
+    ] {
+        let ups = [
+            Upstream::start("e0").await,
+            Upstream::start("e1").await,
+            Upstream::start("e2").await,
+        ];
+        let mut c = cluster("c", &[&ups[0], &ups[1], &ups[2]]);
+        c["loadBalancer"] = json!({"policy": policy, "hashKey": {"header": "x-user"}});
+        let proxy = Proxy::start(outbound_config("1", vec![forward_route("c")], vec![c])).await;
+        let addr = proxy.addr("outbound").await;
+        let mut by_user = std::collections::BTreeMap::new();
+        for i in 0..60 {
+            let user = format!("user-{}", i % 6);
+            let r = send(addr, "GET", "svc", "/", &[("x-user", &user)]).await;
+            let prev = by_user.insert(user.clone(), r.server().to_string());
+            if let Some(prev) = prev {
+                assert_eq!(prev, r.server(), "{policy}: {user} moved");
+            }
+        }
+        let distinct: std::collections::BTreeSet<_> = by_user.values().collect();
+        assert!(distinct.len() >= 2, "{policy}: keys should spread: {by_user:?}");
+    }
+}
+
+#[tokio::test]
+async fn least_request_and_random_serve_all_endpoints() {
+    for policy in ["leastRequest", "random"] {
+        let ups = [Upstream::start("e0").await, Upstream::start("e1").await];
+        let mut c = cluster("c", &[&ups[0], &ups[1]]);
+        c["loadBalancer"] = json!({"policy": policy});
+        let proxy = Proxy::start(outbound_config("1", vec![forward_route("c")], vec![c])).await;
+        let addr = proxy.addr("outbound").await;
+        for _ in 0..40 {
+            assert_eq!(get(addr, "svc", "/").await.status, 200);
+        }
+        assert!(
+            ups.iter().all(|u| u.hits() > 5),
+            "{policy}: {} {}",
+            ups[0].hits(),
+            ups[1].hits()
+        );
+    }
+}
+
+#[tokio::test]
+async fn cors_preflight_and_actual_request() {
+    let a = Upstream::start("a").await;
+    let route = json!({
+        "action": {"forward": {"clusters": [{"cluster": "a"}]}},
+        "cors": {"allowOrigins": [{"exact": "https://app.test"}], "allowMethods": ["GET", "POST"], "allowHeaders": ["x-token"], "maxAgeSeconds": 600, "exposeHeaders": ["x-server"]},
+        "provenance": provenance(),
+    });
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
+    let addr = proxy.addr("outbound").await;
+    let pre = send(
+        addr,
+        "OPTIONS",
+        "svc",
+        "/",
+        &[
+            ("origin", "https://app.test"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 200);
+    assert_eq!(
+        pre.headers.get("access-control-allow-origin").unwrap(),
+        "https://app.test"
+    );
+    assert_eq!(pre.headers.get("access-control-allow-methods").unwrap(), "GET,POST");
+    assert_eq!(pre.headers.get("access-control-max-age").unwrap(), "600");
+    assert_eq!(a.hits(), 0, "preflight is answered by the proxy");
+    let bad = send(
+        addr,
+        "OPTIONS",
+        "svc",
+        "/",
+        &[
+            ("origin", "https://evil.test"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert!(bad.headers.get("access-control-allow-origin").is_none());
+    let actual = send(addr, "GET", "svc", "/", &[("origin", "https://app.test")]).await;
+    assert_eq!(
+        actual.headers.get("access-control-allow-origin").unwrap(),
+        "https://app.test"
+    );
+    assert_eq!(actual.headers.get("access-control-expose-headers").unwrap(), "x-server");
+}
+
+#[tokio::test]
+async fn path_is_normalized_before_routing() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes = vec![
+        json!({"match": [{"uri": {"prefix": "/admin"}}], "action": {"forward": {"clusters": [{"cluster": "b"}]}}, "provenance": provenance()}),
+        forward_route("a"),
+    ];
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        routes,
+        vec![cluster("a", &[&a]), cluster("b", &[&b])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    assert_eq!(get(addr, "svc", "/public/../admin/x").await.server(), "b");
+    assert_eq!(b.last_seen().path, "/admin/x");
+    assert_eq!(get(addr, "svc", "//admin").await.server(), "b");
+    assert_eq!(get(addr, "svc", "/%61dmin").await.server(), "b");
+    assert_eq!(get(addr, "svc", "/admin%2Fx").await.status, 400);
+}
