@@ -1,0 +1,316 @@
+//! The config compiler: one pure function from a [`Snapshot`] to the configuration of one
+//! proxy, in the contract the proxy consumes.
+//!
+//! # Guarantees
+//! - Pure and deterministic: the same snapshot and proxy give the same bytes (inputs are
+//!   ordered by key; resources by creation time, then namespace and name).
+//! - Every route records its provenance: the VirtualService and rule index that produced it.
+//! - Problems that do not stop compilation (conflicting VirtualServices, unknown hosts,
+//!   features the proxy lacks) come back as [`Diagnostic`]s, never silently.
+//!
+//! # Caveats
+//! - Endpoints are derived from Service selectors and pod readiness, as the EndpointSlice
+//!   controller derives them.
+
+mod cluster;
+mod inbound;
+mod outbound;
+mod route;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use trellis_api::mesh::{DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE};
+use trellis_contract::{
+    CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, NodeInfo, PemSource, ProxyConfig, ProxyMode,
+    Telemetry, Tracing,
+};
+
+use crate::registry::{ObjectKey, Workload};
+use crate::snapshot::Snapshot;
+
+/// The cluster DNS domain services resolve under.
+pub const DNS_DOMAIN: &str = "cluster.local";
+/// The sidecar's outbound listener port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The sidecar's inbound listener port.
+pub const INBOUND_PORT: u16 = 15006;
+/// Where a proxy keeps the workload certificate it obtained from the mesh CA (its key never
+/// leaves the proxy, so the pushed config only points at it).
+pub const WORKLOAD_CERT_CHAIN: &str = "/var/run/trellis/identity/cert-chain.pem";
+/// The workload certificate's private key, written by the proxy itself.
+pub const WORKLOAD_KEY: &str = "/var/run/trellis/identity/key.pem";
+/// The mesh trust bundle (one or more roots) the proxy holds.
+pub const TRUST_BUNDLE: &str = "/var/run/trellis/identity/root-certs.pem";
+
+/// What kind of proxy is being compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Beside a workload.
+    Sidecar,
+    /// An ingress gateway.
+    Gateway,
+}
+
+/// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Configuration was dropped or cannot work as written.
+    Error,
+    /// Configuration works, but probably not as intended.
+    Warning,
+}
+
+/// Something the compiler noticed about the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The resource, e.g. `VirtualService shop/payment`.
+    pub resource: String,
+    /// What happened and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}: {}", self.resource, self.message)
+    }
+}
+
+/// The result of compiling one proxy's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    /// The configuration to push.
+    pub config: ProxyConfig,
+    /// What the compiler noticed, sorted.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Why a configuration could not be compiled at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// The proxy's pod is not in the registry.
+    #[error("pod {0} is not known to the registry; is it running, and in a namespace the operator watches?")]
+    UnknownPod(ObjectKey),
+}
+
+/// Shared state of one compilation.
+pub(crate) struct Ctx<'a> {
+    pub(crate) snapshot: &'a Snapshot,
+    pub(crate) proxy: &'a Workload,
+    pub(crate) trust_domain: String,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn diag(&mut self, severity: Severity, resource: impl Into<String>, message: impl Into<String>) {
+        let d = Diagnostic {
+            severity,
+            resource: resource.into(),
+            message: message.into(),
+        };
+        if !self.diagnostics.contains(&d) {
+            self.diagnostics.push(d);
+        }
+    }
+}
+
+/// Compile the configuration of the proxy in `pod`.
+pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) -> Result<Compiled, CompileError> {
+    let proxy = snapshot
+        .registry
+        .workloads
+        .get(pod)
+        .ok_or_else(|| CompileError::UnknownPod(pod.clone()))?;
+    let trust_domain = snapshot
+        .mesh
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+    let mut ctx = Ctx {
+        snapshot,
+        proxy,
+        trust_domain,
+        diagnostics: Vec::new(),
+    };
+
+    let mut config = ProxyConfig::empty(version);
+    config.mode = match role {
+        Role::Sidecar => ProxyMode::Sidecar,
+        Role::Gateway => ProxyMode::Gateway,
+    };
+    config.node = node_info(proxy);
+    config.identity = IdentityConfig {
+        trust_domain: ctx.trust_domain.clone(),
+        spiffe_id: Some(proxy.spiffe_id(&ctx.trust_domain)),
+        certificate: Some(CertificateRef::Files {
+            cert_chain_file: WORKLOAD_CERT_CHAIN.into(),
+            private_key_file: WORKLOAD_KEY.into(),
+        }),
+        trust_bundle: Some(PemSource::File(TRUST_BUNDLE.into())),
+    };
+    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
+    match role {
+        Role::Sidecar => {
+            config.listeners.push(outbound::listener(&mut ctx, &mut clusters));
+            let (listener, inbound_clusters, policy) = inbound::sidecar(&mut ctx);
+            config.listeners.push(listener);
+            clusters.extend(inbound_clusters.into_iter().map(|c| (c.name.clone(), c)));
+            config.inbound = policy;
+            config.dns = dns(&ctx);
+        }
+        Role::Gateway => {
+            config.listeners = outbound::gateway_listeners(&mut ctx, &mut clusters);
+        }
+    }
+    config.clusters = clusters.into_values().collect();
+    config.telemetry = telemetry(&ctx);
+    let mut diagnostics = ctx.diagnostics;
+    diagnostics.sort();
+    Ok(Compiled { config, diagnostics })
+}
+
+fn node_info(w: &Workload) -> NodeInfo {
+    let label = |k: &str| w.labels.get(k).cloned().unwrap_or_default();
+    NodeInfo {
+        id: format!("{}.{}", w.key.name, w.key.namespace),
+        workload: workload_name(w),
+        namespace: w.key.namespace.clone(),
+        app: w
+            .labels
+            .get("app")
+            .or_else(|| w.labels.get("app.kubernetes.io/name"))
+            .cloned()
+            .unwrap_or_default(),
+        version: {
+            let v = label("version");
+            if v.is_empty() {
+                label("app.kubernetes.io/version")
+            } else {
+                v
+            }
+        },
+        service_account: w.service_account.clone(),
+        cluster: "Kubernetes".into(),
+        labels: w.labels.clone(),
+    }
+}
+
+/// The workload (Deployment) name of a pod: its name without the ReplicaSet and pod hashes,
+/// as Istio derives it.
+fn workload_name(w: &Workload) -> String {
+    let name = &w.key.name;
+    if let Some(hash) = w.labels.get("pod-template-hash")
+        && let Some(idx) = name.find(&format!("-{hash}-"))
+    {
+        return name[..idx].to_string();
+    }
+    name.clone()
+}
+
+/// Names the sidecar's DNS proxy answers: every Service with a cluster IP, as `name` (own
+/// namespace only), `name.ns`, `name.ns.svc` and the FQDN.
+fn dns(ctx: &Ctx<'_>) -> DnsConfig {
+    let mut entries = Vec::new();
+    for svc in ctx.snapshot.registry.services.values() {
+        let Some(ip) = &svc.cluster_ip else { continue };
+        let mut aliases = Vec::new();
+        if svc.key.namespace == ctx.proxy.key.namespace {
+            aliases.push(svc.key.name.clone());
+        }
+        aliases.push(format!("{}.{}", svc.key.name, svc.key.namespace));
+        aliases.push(format!("{}.{}.svc", svc.key.name, svc.key.namespace));
+        entries.push(DnsEntry {
+            hostname: svc.fqdn(DNS_DOMAIN),
+            aliases,
+            addresses: vec![ip.clone()],
+        });
+    }
+    DnsConfig {
+        entries,
+        upstreams: Vec::new(),
+    }
+}
+
+fn telemetry(ctx: &Ctx<'_>) -> Telemetry {
+    let mut t = Telemetry::default();
+    if let Some(tr) = ctx.snapshot.mesh.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) {
+        t.tracing = Some(Tracing {
+            otlp_endpoint: tr.otlp_endpoint.clone(),
+            sampling_percent: tr.sampling.unwrap_or(1.0),
+            service_name: Some(format!("{}.{}", workload_name(ctx.proxy), ctx.proxy.key.namespace)),
+        });
+    }
+    t
+}
+
+/// `Kind namespace/name` of a resource, for diagnostics.
+pub(crate) fn resource(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{kind} {}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Resolve a host written in a resource of `namespace`: a short name becomes the FQDN of the
+/// Service in that namespace; anything with a dot is taken as written (Istio's rule).
+pub(crate) fn resolve_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host == "*" {
+        host.to_string()
+    } else {
+        format!("{host}.{namespace}.svc.{DNS_DOMAIN}")
+    }
+}
+
+/// Whether a (maybe wildcard) host pattern covers a concrete host.
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// Whether a resource in `owner_ns` with `export_to` is visible from `viewer_ns`.
+pub(crate) fn visible(export_to: Option<&[String]>, owner_ns: &str, viewer_ns: &str) -> bool {
+    let Some(list) = export_to.filter(|l| !l.is_empty()) else {
+        return true;
+    };
+    list.iter().any(|e| match e.as_str() {
+        "*" => true,
+        "." => owner_ns == viewer_ns,
+        "~" => false,
+        ns => ns == viewer_ns,
+    })
+}
+
+/// The control plane's namespace, where mesh-wide policies live.
+pub(crate) const ROOT_NAMESPACE: &str = SYSTEM_NAMESPACE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_resolve_like_istio() {
+        assert_eq!(resolve_host("payment", "shop"), "payment.shop.svc.cluster.local");
+        assert_eq!(resolve_host("payment.shop", "x"), "payment.shop");
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(!host_matches("*.example.com", "example.org"));
+    }
+
+    #[test]
+    fn export_to() {
+        assert!(visible(None, "a", "b"));
+        assert!(visible(Some(&[".".into()]), "a", "a"));
+        assert!(!visible(Some(&[".".into()]), "a", "b"));
+        assert!(visible(Some(&["b".into()]), "a", "b"));
+        assert!(!visible(Some(&["~".into()]), "a", "a"));
+    }
+}

@@ -1,0 +1,335 @@
+//! Clusters: a destination (host, port, subset) with its endpoints and the DestinationRule
+//! policy that applies to it.
+
+use trellis_api::networking::{
+    self as api, ClientTlsMode, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
+};
+use trellis_contract::{
+    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OutlierDetection,
+    UpstreamProtocol, UpstreamTls,
+};
+
+use super::route::{ClusterRef, millis};
+use super::{Ctx, DNS_DOMAIN, Severity, host_matches, resolve_host, resource, visible};
+use crate::registry::{Protocol, TargetPort, selects};
+
+/// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
+/// the proxy's own namespace beats one in the host's namespace, which beats others; an exact
+/// host beats a wildcard; then the oldest.
+pub(crate) fn destination_rule<'a>(ctx: &Ctx<'a>, host: &str) -> Option<&'a DestinationRule> {
+    let viewer = ctx.proxy.key.namespace.as_str();
+    let host_ns = host
+        .strip_suffix(&format!(".svc.{DNS_DOMAIN}"))
+        .and_then(|h| h.split_once('.'))
+        .map(|(_, ns)| ns);
+    ctx.snapshot
+        .destination_rules
+        .iter()
+        .filter(|dr| {
+            let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+            visible(dr.spec.export_to.as_deref(), ns, viewer) && host_matches(&resolve_host(&dr.spec.host, ns), host)
+        })
+        .min_by_key(|dr| {
+            let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+            let rank = if ns == viewer {
+                0
+            } else if Some(ns) == host_ns {
+                1
+            } else {
+                2
+            };
+            let wildcard = dr.spec.host.starts_with('*');
+            (
+                rank,
+                wildcard,
+                dr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                ns.to_string(),
+                dr.metadata.name.clone(),
+            )
+        })
+}
+
+/// Build the cluster for a reference.
+pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
+    let registry = &ctx.snapshot.registry;
+    let svc = registry.service_by_host(&cref.host, DNS_DOMAIN);
+    let port = svc.and_then(|s| s.ports.iter().find(|p| p.port == cref.port));
+    let dr = destination_rule(ctx, &cref.host);
+    let dr_res = dr.map(|d| resource("DestinationRule", &d.metadata));
+
+    // Subset: labels and its own policy.
+    let mut subset_labels = None;
+    let mut subset_policy = None;
+    let mut subset_missing = false;
+    if let Some(name) = &cref.subset {
+        match dr.and_then(|d| d.spec.subsets.iter().flatten().find(|s| &s.name == name)) {
+            Some(s) => {
+                subset_labels = Some(s.labels.clone().unwrap_or_default());
+                subset_policy = s.traffic_policy.clone();
+            }
+            None => {
+                let hint = match &dr_res {
+                    Some(r) => format!("{r} defines no subset {name:?}"),
+                    None => format!("no DestinationRule defines subsets for {}", cref.host),
+                };
+                ctx.diag(
+                    Severity::Error,
+                    format!("host {}", cref.host),
+                    format!("subset {name:?} is referenced but {hint}; requests to it get 503 (no healthy upstream)"),
+                );
+                subset_missing = true;
+            }
+        }
+    }
+    let policy = effective_policy(
+        dr.and_then(|d| d.spec.traffic_policy.as_ref()),
+        subset_policy.as_ref(),
+        cref.port,
+    );
+
+    // Endpoints: the Service's pods (ready or not), narrowed to the subset.
+    let mut endpoints = Vec::new();
+    let mut identities = Vec::new();
+    let mut all_meshed = true;
+    if let (Some(svc), Some(port)) = (svc, port) {
+        for w in registry.endpoints(svc) {
+            if subset_missing || subset_labels.as_ref().is_some_and(|l| !selects(l, &w.labels)) {
+                continue;
+            }
+            let target = match &port.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Named(name) => w.named_ports.get(name).copied(),
+            };
+            let Some(target) = target else { continue };
+            let identity = w.meshed.then(|| w.spiffe_id(&ctx.trust_domain));
+            if let Some(id) = &identity {
+                if !identities.contains(id) {
+                    identities.push(id.clone());
+                }
+            } else if w.ready {
+                all_meshed = false;
+            }
+            endpoints.push(Endpoint {
+                address: w.ip.clone().unwrap_or_default(),
+                port: target,
+                weight: 1,
+                labels: w.labels.clone(),
+                health: if w.ready {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                },
+                identity,
+            });
+        }
+    }
+    identities.sort();
+
+    let protocol = match port.map(|p| p.protocol) {
+        Some(Protocol::Http2) => UpstreamProtocol::Http2,
+        Some(Protocol::Http) => UpstreamProtocol::Http1,
+        Some(Protocol::Tcp | Protocol::Tls) => UpstreamProtocol::Tcp,
+        Some(Protocol::Auto) | None => UpstreamProtocol::UseDownstream,
+    };
+    let mut cluster = Cluster {
+        name: cref.name(),
+        service: Some(cref.host.clone()),
+        subset: cref.subset.clone(),
+        protocol,
+        load_balancer: LoadBalancer {
+            policy: LbPolicy::LeastRequest,
+            hash_key: None,
+        },
+        connect_timeout_ms: 10_000,
+        connection_pool: ConnectionPool::default(),
+        outlier_detection: None,
+        panic_threshold_percent: 50.0,
+        tls: UpstreamTls::Disable,
+        endpoints,
+    };
+    let res = dr_res.unwrap_or_else(|| format!("host {}", cref.host));
+    apply_policy(ctx, &res, &policy, &mut cluster);
+
+    // TLS: the rule's mode, or automatic mutual TLS to meshed endpoints.
+    cluster.tls = match policy.tls.as_ref().and_then(|t| t.mode) {
+        Some(ClientTlsMode::Disable) => UpstreamTls::Disable,
+        Some(ClientTlsMode::IstioMutual | ClientTlsMode::MeshMutual) => UpstreamTls::Mesh {
+            expected_identities: identities,
+        },
+        Some(ClientTlsMode::Simple) => {
+            let tls = policy.tls.as_ref().expect("mode implies tls");
+            UpstreamTls::Simple {
+                sni: tls.sni.clone().unwrap_or_else(|| cref.host.clone()),
+                ca: None,
+            }
+        }
+        Some(ClientTlsMode::Mutual) => {
+            ctx.diag(
+                Severity::Error,
+                &res,
+                "tls mode MUTUAL (a user-supplied client certificate) is not supported by trellis-proxy yet; the cluster gets no endpoints so nothing is sent in plaintext",
+            );
+            cluster.endpoints.clear();
+            UpstreamTls::Disable
+        }
+        None if svc.is_some() && (all_meshed || cluster.endpoints.is_empty()) => UpstreamTls::Mesh {
+            expected_identities: identities,
+        },
+        None => UpstreamTls::Disable,
+    };
+    cluster
+}
+
+/// The policy for a port of a (subset of a) host: the subset's overrides the rule's, and
+/// port-level settings override each.
+fn effective_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> TrafficPolicy {
+    let mut out = TrafficPolicy::default();
+    for p in [top, subset].into_iter().flatten() {
+        merge(
+            &mut out,
+            p.load_balancer.clone(),
+            p.connection_pool.clone(),
+            p.outlier_detection.clone(),
+            p.tls.clone(),
+        );
+        if let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .flatten()
+            .find(|pl| pl.port.as_ref().is_some_and(|pp| pp.number == u32::from(port)))
+        {
+            merge(
+                &mut out,
+                pl.load_balancer.clone(),
+                pl.connection_pool.clone(),
+                pl.outlier_detection.clone(),
+                pl.tls.clone(),
+            );
+        }
+    }
+    out
+}
+
+fn merge(
+    out: &mut TrafficPolicy,
+    lb: Option<LoadBalancerSettings>,
+    pool: Option<ConnectionPoolSettings>,
+    od: Option<ApiOutlier>,
+    tls: Option<api::ClientTlsSettings>,
+) {
+    if lb.is_some() {
+        out.load_balancer = lb;
+    }
+    if pool.is_some() {
+        out.connection_pool = pool;
+    }
+    if od.is_some() {
+        out.outlier_detection = od;
+    }
+    if tls.is_some() {
+        out.tls = tls;
+    }
+}
+
+fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster) {
+    if let Some(lb) = &p.load_balancer {
+        if let Some(simple) = lb.simple {
+            c.load_balancer.policy = match simple {
+                SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+                SimpleLb::Random => LbPolicy::Random,
+                SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified => LbPolicy::LeastRequest,
+                SimpleLb::Passthrough => {
+                    ctx.diag(
+                        Severity::Error,
+                        res,
+                        "loadBalancer PASSTHROUGH is not supported by trellis-proxy yet; LEAST_REQUEST is used",
+                    );
+                    LbPolicy::LeastRequest
+                }
+            };
+        }
+        if let Some(ch) = &lb.consistent_hash {
+            c.load_balancer.policy = match &ch.maglev {
+                Some(m) => LbPolicy::Maglev {
+                    table_size: m.table_size.unwrap_or(65_537) as u32,
+                },
+                None => LbPolicy::RingHash {
+                    minimum_ring_size: ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).unwrap_or(1024) as u32,
+                },
+            };
+            c.load_balancer.hash_key = if let Some(h) = &ch.http_header_name {
+                Some(HashKey::Header(h.clone()))
+            } else if let Some(cookie) = &ch.http_cookie {
+                if cookie.ttl.is_some() {
+                    ctx.diag(
+                        Severity::Warning,
+                        res,
+                        "consistentHash.httpCookie.ttl: trellis-proxy does not generate session cookies yet; requests without the cookie are spread by hash of nothing",
+                    );
+                }
+                Some(HashKey::Cookie {
+                    name: cookie.name.clone(),
+                    path: cookie.path.clone(),
+                })
+            } else if ch.use_source_ip == Some(true) {
+                Some(HashKey::SourceIp)
+            } else {
+                ch.http_query_parameter_name.clone().map(HashKey::QueryParam)
+            };
+        }
+        if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
+            ctx.diag(
+                Severity::Warning,
+                res,
+                "loadBalancer warmup is not implemented by trellis-proxy yet; new endpoints get full traffic at once",
+            );
+        }
+    }
+    if let Some(pool) = &p.connection_pool {
+        if let Some(tcp) = &pool.tcp {
+            if let Some(n) = tcp.max_connections {
+                c.connection_pool.max_connections = n.max(1) as u32;
+            }
+            if let Some(ms) = tcp.connect_timeout.as_deref().and_then(millis) {
+                c.connect_timeout_ms = ms;
+            }
+        }
+        if let Some(http) = &pool.http {
+            if let Some(n) = http.http1_max_pending_requests {
+                c.connection_pool.max_pending_requests = n.max(1) as u32;
+            }
+            if let Some(n) = http.max_requests_per_connection {
+                c.connection_pool.max_requests_per_connection = n.max(0) as u32;
+            }
+            if let Some(ms) = http.idle_timeout.as_deref().and_then(millis) {
+                c.connection_pool.idle_timeout_ms = ms;
+            }
+            match http.h2_upgrade_policy {
+                Some(H2UpgradePolicy::Upgrade) if c.protocol == UpstreamProtocol::Http1 => {
+                    c.protocol = UpstreamProtocol::Http2
+                }
+                _ => {}
+            }
+            if http.use_client_protocol == Some(true) {
+                c.protocol = UpstreamProtocol::UseDownstream;
+            }
+        }
+    }
+    if let Some(od) = &p.outlier_detection {
+        let defaults = OutlierDetection::default();
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_5xx: od.consecutive_5xx_errors.unwrap_or(defaults.consecutive_5xx),
+            consecutive_gateway_errors: od.consecutive_gateway_errors.unwrap_or(0),
+            base_ejection_time_ms: od
+                .base_ejection_time
+                .as_deref()
+                .and_then(millis)
+                .unwrap_or(defaults.base_ejection_time_ms),
+            max_ejection_percent: od.max_ejection_percent.map_or(defaults.max_ejection_percent, f64::from),
+        });
+        if let Some(min) = od.min_health_percent {
+            c.panic_threshold_percent = f64::from(min);
+        }
+    }
+}

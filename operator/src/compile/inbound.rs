@@ -1,0 +1,378 @@
+//! Inbound traffic of a sidecar: the listener that hands traffic from other proxies to the
+//! app on localhost, and the policy it enforces — the PeerAuthentication mode (workload >
+//! namespace > mesh, port-level on top) and the AuthorizationPolicies that select the workload.
+
+use std::collections::BTreeMap;
+
+use trellis_api::security::{self as api, AuthzAction as ApiAction, MtlsMode as ApiMode, PeerAuthentication};
+use trellis_contract::{
+    self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
+    ConnectionPool, Endpoint, ForwardAction, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener,
+    ListenerDirection, ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, Route,
+    RouteAction, RouteMatch, TcpRoute, UpstreamProtocol, UpstreamTls, VirtualHost, WeightedCluster,
+};
+
+use super::{Ctx, INBOUND_PORT, ROOT_NAMESPACE, Severity, resource};
+use crate::registry::{Protocol, TargetPort, selects};
+
+/// The inbound listener, its local clusters, and the inbound policy.
+pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPolicy) {
+    // The app's ports: target ports of the Services that select this pod.
+    let mut ports: BTreeMap<u16, (Protocol, String, String)> = BTreeMap::new();
+    for svc in ctx.snapshot.registry.services.values() {
+        let selected = svc.key.namespace == ctx.proxy.key.namespace
+            && svc.selector.as_ref().is_some_and(|s| selects(s, &ctx.proxy.labels));
+        if !selected {
+            continue;
+        }
+        for p in &svc.ports {
+            let target = match &p.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Named(n) => ctx.proxy.named_ports.get(n).copied(),
+            };
+            if let Some(t) = target {
+                ports
+                    .entry(t)
+                    .or_insert((p.protocol, svc.key.namespace.clone(), svc.key.name.clone()));
+            }
+        }
+    }
+    let mut routes = Vec::new();
+    let mut tcp_routes = Vec::new();
+    let mut clusters = Vec::new();
+    for (port, (protocol, ns, name)) in &ports {
+        let cluster = format!("inbound|{port}||");
+        let provenance = Provenance {
+            kind: "Service".into(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            rule_index: None,
+        };
+        clusters.push(Cluster {
+            name: cluster.clone(),
+            service: None,
+            subset: None,
+            protocol: match protocol {
+                Protocol::Http => UpstreamProtocol::Http1,
+                Protocol::Http2 => UpstreamProtocol::Http2,
+                Protocol::Tcp | Protocol::Tls => UpstreamProtocol::Tcp,
+                Protocol::Auto => UpstreamProtocol::UseDownstream,
+            },
+            load_balancer: LoadBalancer {
+                policy: LbPolicy::RoundRobin,
+                hash_key: None,
+            },
+            connect_timeout_ms: 10_000,
+            connection_pool: ConnectionPool::default(),
+            outlier_detection: None,
+            panic_threshold_percent: 0.0,
+            tls: UpstreamTls::Disable,
+            endpoints: vec![Endpoint {
+                address: "127.0.0.1".into(),
+                port: *port,
+                weight: 1,
+                labels: BTreeMap::new(),
+                health: HealthStatus::Healthy,
+                identity: None,
+            }],
+        });
+        if protocol.is_http() || *protocol == Protocol::Auto {
+            routes.push(Route {
+                name: Some(format!("inbound|{port}")),
+                matches: vec![RouteMatch {
+                    port: Some(*port),
+                    ..RouteMatch::default()
+                }],
+                action: RouteAction::Forward(ForwardAction {
+                    clusters: vec![WeightedCluster {
+                        cluster: cluster.clone(),
+                        weight: 100,
+                        request_headers: Default::default(),
+                        response_headers: Default::default(),
+                    }],
+                    rewrite: None,
+                    timeout_ms: None,
+                    retries: None,
+                    mirrors: Vec::new(),
+                }),
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                fault: None,
+                cors: None,
+                provenance: provenance.clone(),
+            });
+        }
+        if !protocol.is_http() {
+            tcp_routes.push(TcpRoute {
+                destination_port: Some(*port),
+                destination_cidrs: Vec::new(),
+                cluster,
+                provenance: Some(provenance),
+            });
+        }
+    }
+    let listener = Listener {
+        name: "inbound".into(),
+        address: format!("0.0.0.0:{INBOUND_PORT}"),
+        direction: ListenerDirection::Inbound,
+        protocol: ListenerProtocol::Auto,
+        transparent: true,
+        tls: None,
+        virtual_hosts: vec![VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes,
+        }],
+        tcp_routes,
+        limits: HttpLimits::default(),
+        path_normalization: PathNormalization::default(),
+    };
+    let policy = InboundPolicy {
+        mtls: mtls(ctx),
+        authorization: authorization(ctx),
+    };
+    (listener, clusters, policy)
+}
+
+fn mode(m: ApiMode) -> Option<MtlsMode> {
+    match m {
+        ApiMode::Unset => None,
+        ApiMode::Disable => Some(MtlsMode::Disable),
+        ApiMode::Permissive => Some(MtlsMode::Permissive),
+        ApiMode::Strict => Some(MtlsMode::Strict),
+    }
+}
+
+/// The oldest policy first, then by name (Istio's tie-break).
+fn oldest(mut v: Vec<&PeerAuthentication>) -> Option<&PeerAuthentication> {
+    v.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.metadata.name.clone(),
+        )
+    });
+    v.into_iter().next()
+}
+
+/// mTLS mode by precedence: workload policy > namespace policy > mesh policy (root
+/// namespace) > Mesh default > PERMISSIVE; UNSET inherits; port-level modes of the workload
+/// policy on top.
+fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
+    let pod_ns = ctx.proxy.key.namespace.clone();
+    let pas = &ctx.snapshot.peer_authentications;
+    let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
+        pas.iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .collect()
+    };
+    let has_selector = |p: &&PeerAuthentication| {
+        p.spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .is_some_and(|l| !l.is_empty())
+    };
+    let workload_pas: Vec<&PeerAuthentication> = in_ns(&pod_ns)
+        .into_iter()
+        .filter(has_selector)
+        .filter(|p| {
+            p.spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|l| selects(l, &ctx.proxy.labels))
+        })
+        .collect();
+    if workload_pas.len() > 1 {
+        let names: Vec<String> = workload_pas
+            .iter()
+            .map(|p| resource("PeerAuthentication", &p.metadata))
+            .collect();
+        ctx.diag(
+            Severity::Warning,
+            names[0].clone(),
+            format!(
+                "several PeerAuthentications select pod {}: {}; the oldest applies",
+                ctx.proxy.key,
+                names.join(", ")
+            ),
+        );
+    }
+    let workload = oldest(workload_pas);
+    let namespace = oldest(in_ns(&pod_ns).into_iter().filter(|p| !has_selector(p)).collect());
+    let mesh = oldest(in_ns(ROOT_NAMESPACE).into_iter().filter(|p| !has_selector(p)).collect());
+    let chain = [workload, namespace, mesh];
+    let from_policies = chain
+        .iter()
+        .flatten()
+        .find_map(|p| p.spec.mtls.as_ref().and_then(|m| m.mode).and_then(mode));
+    let mesh_default = ctx.snapshot.mesh.default_mtls_mode.and_then(mode);
+    let base = from_policies.or(mesh_default).unwrap_or(MtlsMode::Permissive);
+    let mut port_modes = BTreeMap::new();
+    if let Some(w) = workload {
+        for (port, m) in w.spec.port_level_mtls.iter().flatten() {
+            if let (Ok(p), Some(mode)) = (port.parse::<u16>(), m.mode.and_then(mode)) {
+                port_modes.insert(p, mode);
+            }
+        }
+    }
+    MtlsPolicy { mode: base, port_modes }
+}
+
+/// The AuthorizationPolicies that apply to the workload: mesh-wide ones in the root
+/// namespace, and those of its namespace, with no selector or a matching one.
+fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
+    let pod_ns = ctx.proxy.key.namespace.clone();
+    let mut out = Vec::new();
+    let mut policies: Vec<&api::AuthorizationPolicy> = ctx
+        .snapshot
+        .authorization_policies
+        .iter()
+        .filter(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            (ns == pod_ns || ns == ROOT_NAMESPACE) && applies(ctx, p)
+        })
+        .collect();
+    policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    for p in policies {
+        let res = resource("AuthorizationPolicy", &p.metadata);
+        let action = match p.spec.action.unwrap_or(ApiAction::Allow) {
+            ApiAction::Allow => AuthzAction::Allow,
+            ApiAction::Deny => AuthzAction::Deny,
+            ApiAction::Audit => {
+                ctx.diag(Severity::Warning, &res, "AUDIT policies do not change decisions, and trellis-proxy does not write audit records yet; the policy has no effect");
+                continue;
+            }
+            ApiAction::Custom => {
+                ctx.diag(
+                    Severity::Error,
+                    &res,
+                    "CUSTOM (external authorization) is not supported by Trellis yet; the policy is ignored",
+                );
+                continue;
+            }
+        };
+        let rules = p.spec.rules.iter().flatten().map(|r| rule(ctx, r)).collect();
+        out.push(AuthorizationPolicy {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            action,
+            rules,
+        });
+    }
+    out
+}
+
+fn applies(ctx: &Ctx<'_>, p: &api::AuthorizationPolicy) -> bool {
+    let refs: Vec<&api::PolicyTargetReference> = p
+        .spec
+        .target_ref
+        .iter()
+        .chain(p.spec.target_refs.iter().flatten())
+        .collect();
+    if !refs.is_empty() {
+        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+        return refs.iter().any(|r| {
+            r.kind == "Service"
+                && ctx
+                    .snapshot
+                    .registry
+                    .services
+                    .get(&crate::registry::ObjectKey::new(ns, r.name.clone()))
+                    .and_then(|s| s.selector.as_ref())
+                    .is_some_and(|s| ns == ctx.proxy.key.namespace && selects(s, &ctx.proxy.labels))
+        });
+    }
+    p.spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .is_none_or(|l| selects(l, &ctx.proxy.labels))
+}
+
+/// An Istio principal pattern as a match on the peer's SPIFFE ID.
+fn principal(p: &str) -> c::StringMatch {
+    if p == "*" {
+        c::StringMatch::Prefix("spiffe://".into())
+    } else if let Some(suffix) = p.strip_prefix('*') {
+        c::StringMatch::Suffix(suffix.into())
+    } else if let Some(prefix) = p.strip_suffix('*') {
+        c::StringMatch::Prefix(format!("spiffe://{prefix}"))
+    } else {
+        c::StringMatch::Exact(format!("spiffe://{p}"))
+    }
+}
+
+/// Istio's `*` prefix/suffix wildcard strings.
+fn pattern(s: &str) -> c::StringMatch {
+    if s == "*" {
+        c::StringMatch::Prefix(String::new())
+    } else if let Some(suffix) = s.strip_prefix('*') {
+        c::StringMatch::Suffix(suffix.into())
+    } else if let Some(prefix) = s.strip_suffix('*') {
+        c::StringMatch::Prefix(prefix.into())
+    } else {
+        c::StringMatch::Exact(s.into())
+    }
+}
+
+fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
+    let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+    let from = r
+        .from
+        .iter()
+        .flatten()
+        .map(|f| {
+            let s = &f.source;
+            let mut principals: Vec<c::StringMatch> = list(&s.principals).iter().map(|p| principal(p)).collect();
+            let mut not_principals: Vec<c::StringMatch> =
+                list(&s.not_principals).iter().map(|p| principal(p)).collect();
+            // serviceAccounts are principals in the policy's namespace unless qualified.
+            let policy_ns = ctx.proxy.key.namespace.as_str();
+            let sa = |v: &str| {
+                let (ns, name) = v.split_once('/').unwrap_or((policy_ns, v));
+                c::StringMatch::Exact(format!("spiffe://{}/ns/{ns}/sa/{name}", ctx.trust_domain))
+            };
+            principals.extend(list(&s.service_accounts).iter().map(|v| sa(v)));
+            not_principals.extend(list(&s.not_service_accounts).iter().map(|v| sa(v)));
+            AuthzSource {
+                principals,
+                not_principals,
+                namespaces: list(&s.namespaces).iter().map(|n| pattern(n)).collect(),
+                not_namespaces: list(&s.not_namespaces).iter().map(|n| pattern(n)).collect(),
+                ip_blocks: list(&s.ip_blocks),
+                not_ip_blocks: list(&s.not_ip_blocks),
+            }
+        })
+        .collect();
+    let to =
+        r.to.iter()
+            .flatten()
+            .map(|t| {
+                let o = &t.operation;
+                let ports = |v: &Option<Vec<String>>| list(v).iter().filter_map(|p| p.parse().ok()).collect();
+                let pats = |v: &Option<Vec<String>>| list(v).iter().map(|p| pattern(p)).collect();
+                AuthzOperation {
+                    hosts: pats(&o.hosts),
+                    not_hosts: pats(&o.not_hosts),
+                    ports: ports(&o.ports),
+                    not_ports: ports(&o.not_ports),
+                    methods: pats(&o.methods),
+                    not_methods: pats(&o.not_methods),
+                    paths: pats(&o.paths),
+                    not_paths: pats(&o.not_paths),
+                }
+            })
+            .collect();
+    let when = r
+        .when
+        .iter()
+        .flatten()
+        .map(|w| AuthzCondition {
+            key: w.key.clone(),
+            values: list(&w.values).iter().map(|v| pattern(v)).collect(),
+            not_values: list(&w.not_values).iter().map(|v| pattern(v)).collect(),
+        })
+        .collect();
+    AuthzRule { from, to, when }
+}

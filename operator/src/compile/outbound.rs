@@ -1,0 +1,499 @@
+//! Outbound traffic: the sidecar's outbound listener (every Service the proxy can see, with
+//! the VirtualServices bound to the mesh) and a gateway's listeners (its Gateway servers, with
+//! the VirtualServices bound to them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use trellis_api::networking::{Gateway, Server, ServerTlsMode as ApiTlsMode, VirtualService};
+use trellis_contract::{
+    CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
+    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, TcpRoute, VirtualHost,
+};
+
+use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination};
+use super::{Ctx, DNS_DOMAIN, OUTBOUND_PORT, Severity, cluster, host_matches, resolve_host, resource, visible};
+use crate::registry::{Protocol, Service, selects};
+
+/// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
+/// order: exact hosts before wildcards, then oldest first, then by namespace/name.
+fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a VirtualService> {
+    let viewer = ctx.proxy.key.namespace.as_str();
+    let mut out: Vec<(bool, &VirtualService)> = Vec::new();
+    for vs in &ctx.snapshot.virtual_services {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        if gateway == "mesh" && !visible(vs.spec.export_to.as_deref(), ns, viewer) {
+            continue;
+        }
+        if !applies_to_gateway(vs.spec.gateways.as_deref().unwrap_or_default(), ns, gateway)
+            && !vs.spec.http.iter().flatten().any(|r| {
+                r.matches
+                    .iter()
+                    .flatten()
+                    .any(|m| m.gateways.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway)))
+            })
+        {
+            continue;
+        }
+        let hosts = vs.spec.hosts.iter().flatten().map(|h| resolve_host(h, ns));
+        let mut best: Option<bool> = None;
+        for h in hosts {
+            if h == host {
+                best = Some(false);
+            } else if host_matches(&h, host) && best.is_none() {
+                best = Some(true);
+            }
+        }
+        if let Some(wildcard) = best {
+            out.push((wildcard, vs));
+        }
+    }
+    out.sort_by_key(|(wildcard, vs)| {
+        (
+            *wildcard,
+            vs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            vs.metadata.namespace.clone(),
+            vs.metadata.name.clone(),
+        )
+    });
+    out.into_iter().map(|(_, vs)| vs).collect()
+}
+
+/// Merge the HTTP rules of several VirtualServices for one virtual host, Istio-style: in
+/// order, until a catch-all; rules after a catch-all are unreachable and reported.
+fn merged_routes(
+    ctx: &mut Ctx<'_>,
+    vss: &[&VirtualService],
+    host: &str,
+    scope: &RouteScope<'_>,
+    refs: &mut Vec<ClusterRef>,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    let mut shadowed_by: Option<String> = None;
+    for vs in vss {
+        let res = resource("VirtualService", &vs.metadata);
+        if let Some(winner) = &shadowed_by {
+            if vs.spec.http.as_ref().is_some_and(|h| !h.is_empty()) {
+                ctx.diag(
+                    Severity::Warning,
+                    &res,
+                    format!("its HTTP rules for {host} are never used: {winner} has a catch-all rule (no match) for the same host that comes first; add matches to that rule or merge the two VirtualServices"),
+                );
+            }
+            continue;
+        }
+        let (r, catch_all) = compile_http(ctx, vs, scope, refs);
+        routes.extend(r);
+        if catch_all {
+            shadowed_by = Some(res);
+        }
+    }
+    routes
+}
+
+fn service_domains(svc: &Service, port: u16, viewer_ns: &str) -> Vec<String> {
+    let (name, ns) = (&svc.key.name, &svc.key.namespace);
+    let mut hosts = Vec::new();
+    if ns == viewer_ns {
+        hosts.push(name.clone());
+    }
+    hosts.push(format!("{name}.{ns}"));
+    hosts.push(format!("{name}.{ns}.svc"));
+    hosts.push(svc.fqdn(DNS_DOMAIN));
+    if let Some(ip) = &svc.cluster_ip {
+        hosts.push(ip.clone());
+    }
+    hosts.into_iter().map(|h| format!("{h}:{port}")).collect()
+}
+
+fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
+    Route {
+        name: Some("default".into()),
+        matches: Vec::new(),
+        action: RouteAction::Forward(trellis_contract::ForwardAction {
+            clusters: vec![trellis_contract::WeightedCluster {
+                cluster: cref.name(),
+                weight: 100,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+            }],
+            rewrite: None,
+            timeout_ms: None,
+            retries: None,
+            mirrors: Vec::new(),
+        }),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        fault: None,
+        cors: None,
+        provenance: Provenance {
+            kind: "Service".into(),
+            namespace: svc.key.namespace.clone(),
+            name: svc.key.name.clone(),
+            rule_index: None,
+        },
+    }
+}
+
+/// The sidecar's outbound listener; fills `clusters` with everything its routes reference.
+pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
+    let viewer = ctx.proxy.key.namespace.clone();
+    let mut vhosts = Vec::new();
+    let mut tcp_routes = Vec::new();
+    let mut refs: Vec<ClusterRef> = Vec::new();
+    let services: Vec<Service> = ctx.snapshot.registry.services.values().cloned().collect();
+    for svc in &services {
+        let fqdn = svc.fqdn(DNS_DOMAIN);
+        for p in &svc.ports {
+            let default = ClusterRef {
+                host: fqdn.clone(),
+                port: p.port,
+                subset: None,
+            };
+            refs.push(default.clone());
+            if p.protocol.is_http() || p.protocol == Protocol::Auto {
+                let vss = virtual_services_for(ctx, &fqdn, "mesh");
+                let scope = RouteScope {
+                    gateway: "mesh",
+                    port: p.port,
+                };
+                let routes = if vss.is_empty() {
+                    vec![default_route(svc, &default)]
+                } else {
+                    merged_routes(ctx, &vss, &fqdn, &scope, &mut refs)
+                };
+                vhosts.push(VirtualHost {
+                    name: format!("{fqdn}:{}", p.port),
+                    domains: service_domains(svc, p.port, &viewer),
+                    routes,
+                });
+            }
+            if !p.protocol.is_http()
+                && let Some(ip) = &svc.cluster_ip
+            {
+                let (cluster, provenance) = tcp_destination(ctx, svc, p.port, &default, &mut refs);
+                tcp_routes.push(TcpRoute {
+                    destination_port: Some(p.port),
+                    destination_cidrs: vec![host_cidr(ip)],
+                    cluster,
+                    provenance: Some(provenance),
+                });
+            }
+        }
+    }
+    unused_hosts(ctx);
+    for r in refs {
+        let name = r.name();
+        clusters.entry(name).or_insert_with(|| cluster::build(ctx, &r));
+    }
+    Listener {
+        name: "outbound".into(),
+        address: format!("0.0.0.0:{OUTBOUND_PORT}"),
+        direction: ListenerDirection::Outbound,
+        protocol: ListenerProtocol::Auto,
+        transparent: true,
+        tls: None,
+        virtual_hosts: vhosts,
+        tcp_routes,
+        limits: HttpLimits::default(),
+        path_normalization: PathNormalization::default(),
+    }
+}
+
+fn host_cidr(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("{ip}/128")
+    } else {
+        format!("{ip}/32")
+    }
+}
+
+/// The cluster for opaque TCP to a service port: the first TCP rule of a VirtualService, or
+/// the service itself.
+fn tcp_destination(
+    ctx: &mut Ctx<'_>,
+    svc: &Service,
+    port: u16,
+    default: &ClusterRef,
+    refs: &mut Vec<ClusterRef>,
+) -> (String, Provenance) {
+    let fqdn = svc.fqdn(DNS_DOMAIN);
+    for vs in virtual_services_for(ctx, &fqdn, "mesh") {
+        let ns = vs.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let res = resource("VirtualService", &vs.metadata);
+        for (i, rule) in vs.spec.tcp.iter().flatten().enumerate() {
+            let applies = rule
+                .matches
+                .as_deref()
+                .is_none_or(|ms| ms.is_empty() || ms.iter().any(|m| m.port.is_none_or(|p| p == u32::from(port))));
+            let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty() && applies) else {
+                continue;
+            };
+            if dests.len() > 1 {
+                ctx.diag(
+                    Severity::Error,
+                    &res,
+                    format!("spec.tcp[{i}].route: weighted TCP routing is not supported by trellis-proxy yet; all connections go to the first destination"),
+                );
+            }
+            let cref = destination(ctx, &res, &dests[0].destination, &ns, port);
+            let name = cref.name();
+            refs.push(cref);
+            let provenance = Provenance {
+                kind: "VirtualService".into(),
+                namespace: ns,
+                name: vs.metadata.name.clone().unwrap_or_default(),
+                rule_index: Some(i as u32),
+            };
+            return (name, provenance);
+        }
+    }
+    let provenance = Provenance {
+        kind: "Service".into(),
+        namespace: svc.key.namespace.clone(),
+        name: svc.key.name.clone(),
+        rule_index: None,
+    };
+    (default.name(), provenance)
+}
+
+/// Mesh-bound VirtualService hosts that match no Service are never used by sidecars.
+fn unused_hosts(ctx: &mut Ctx<'_>) {
+    let fqdns: Vec<String> = ctx
+        .snapshot
+        .registry
+        .services
+        .values()
+        .map(|s| s.fqdn(DNS_DOMAIN))
+        .collect();
+    let mut notes = Vec::new();
+    for vs in &ctx.snapshot.virtual_services {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        if !applies_to_gateway(vs.spec.gateways.as_deref().unwrap_or_default(), ns, "mesh") {
+            continue;
+        }
+        for h in vs.spec.hosts.iter().flatten() {
+            let host = resolve_host(h, ns);
+            if !fqdns.iter().any(|f| host_matches(&host, f)) {
+                notes.push((
+                    resource("VirtualService", &vs.metadata),
+                    format!("host {host} matches no Service; sidecars ignore its rules until such a Service exists (ServiceEntry is not supported by Trellis yet)"),
+                ));
+            }
+        }
+    }
+    for (res, msg) in notes {
+        ctx.diag(Severity::Warning, res, msg);
+    }
+}
+
+/// The gateways (`ns/name`) whose selector matches the proxy.
+fn gateways_for<'a>(ctx: &Ctx<'a>) -> Vec<&'a Gateway> {
+    let mut out: Vec<&Gateway> = ctx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|g| g.spec.selector.as_ref().is_none_or(|s| selects(s, &ctx.proxy.labels)))
+        .collect();
+    out.sort_by_key(|g| {
+        (
+            g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            g.metadata.namespace.clone(),
+            g.metadata.name.clone(),
+        )
+    });
+    out
+}
+
+/// A gateway proxy's listeners: one per port of the Gateway servers that select it.
+pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Vec<Listener> {
+    let mut by_port: BTreeMap<u16, Listener> = BTreeMap::new();
+    let mut refs = Vec::new();
+    for gw in gateways_for(ctx) {
+        let gw_ns = gw.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let gw_name = format!("{gw_ns}/{}", gw.metadata.name.as_deref().unwrap_or_default());
+        let res = resource("Gateway", &gw.metadata);
+        for server in &gw.spec.servers {
+            let listen_port = server.port.target_port.unwrap_or(server.port.number);
+            let Ok(listen_port) = u16::try_from(listen_port) else {
+                continue;
+            };
+            let proto = server.port.protocol.to_ascii_uppercase();
+            let http = matches!(proto.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB");
+            let tls = match server_tls(ctx, &res, server, &proto) {
+                Ok(t) => t,
+                Err(()) => continue,
+            };
+            let listener = by_port.entry(listen_port).or_insert_with(|| Listener {
+                name: format!("gateway-{listen_port}"),
+                address: format!("0.0.0.0:{listen_port}"),
+                direction: ListenerDirection::Gateway,
+                protocol: if http {
+                    ListenerProtocol::Http
+                } else {
+                    ListenerProtocol::Tcp
+                },
+                transparent: false,
+                tls: tls.clone(),
+                virtual_hosts: Vec::new(),
+                tcp_routes: Vec::new(),
+                limits: HttpLimits::default(),
+                path_normalization: PathNormalization::default(),
+            });
+            if listener.tls != tls {
+                ctx.diag(
+                    Severity::Error,
+                    &res,
+                    format!("port {listen_port}: servers sharing a port must use the same TLS settings (SNI-based certificate selection is not supported by trellis-proxy yet); this server is dropped"),
+                );
+                continue;
+            }
+            let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) && proto == "HTTP";
+            let scope = RouteScope {
+                gateway: &gw_name,
+                port: u16::try_from(server.port.number).unwrap_or(0),
+            };
+            for host in server_hosts(server, &gw_ns) {
+                if http {
+                    let routes = if redirect {
+                        vec![https_redirect(gw, &gw_ns)]
+                    } else {
+                        let vss = virtual_services_for(ctx, &host.1, &gw_name);
+                        let vss: Vec<&VirtualService> = vss
+                            .into_iter()
+                            .filter(|vs| {
+                                host.0
+                                    .as_deref()
+                                    .is_none_or(|ns| vs.metadata.namespace.as_deref() == Some(ns))
+                            })
+                            .collect();
+                        merged_routes(ctx, &vss, &host.1, &scope, &mut refs)
+                    };
+                    if routes.is_empty() {
+                        continue;
+                    }
+                    let name = format!("{}:{}", host.1, server.port.number);
+                    if listener.virtual_hosts.iter().any(|v| v.name == name) {
+                        continue;
+                    }
+                    listener.virtual_hosts.push(VirtualHost {
+                        name,
+                        domains: vec![host.1.clone()],
+                        routes,
+                    });
+                }
+            }
+        }
+    }
+    let listeners: Vec<Listener> = by_port.into_values().collect();
+    let mut seen = BTreeSet::new();
+    for r in refs {
+        if seen.insert(r.name()) {
+            let c = cluster::build(ctx, &r);
+            clusters.insert(r.name(), c);
+        }
+    }
+    listeners
+}
+
+/// A server's hosts as (namespace restriction, host pattern).
+fn server_hosts(server: &Server, gw_ns: &str) -> Vec<(Option<String>, String)> {
+    server
+        .hosts
+        .iter()
+        .map(|h| match h.split_once('/') {
+            Some(("*", host)) => (None, host.to_string()),
+            Some((".", host)) => (Some(gw_ns.to_string()), host.to_string()),
+            Some((ns, host)) => (Some(ns.to_string()), host.to_string()),
+            None => (None, h.clone()),
+        })
+        .collect()
+}
+
+fn https_redirect(gw: &Gateway, gw_ns: &str) -> Route {
+    Route {
+        name: Some("https-redirect".into()),
+        matches: Vec::new(),
+        action: RouteAction::Redirect(Redirect {
+            scheme: Some("https".into()),
+            response_code: Some(301),
+            ..Redirect::default()
+        }),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        fault: None,
+        cors: None,
+        provenance: Provenance {
+            kind: "Gateway".into(),
+            namespace: gw_ns.to_string(),
+            name: gw.metadata.name.clone().unwrap_or_default(),
+            rule_index: None,
+        },
+    }
+}
+
+/// TLS of a gateway server. `Err` when it cannot be served (the server is dropped, with a
+/// diagnostic).
+fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Result<Option<ServerTls>, ()> {
+    let Some(tls) = &server.tls else { return Ok(None) };
+    if proto != "HTTPS" && proto != "TLS" {
+        return Ok(None);
+    }
+    let mode = match tls.mode.unwrap_or(ApiTlsMode::Simple) {
+        ApiTlsMode::Simple => ServerTlsMode::Simple,
+        ApiTlsMode::Mutual => ServerTlsMode::Mutual,
+        other => {
+            ctx.diag(
+                Severity::Error,
+                res,
+                format!(
+                    "server port {}: tls mode {other:?} is not supported by trellis-proxy yet; the server is dropped",
+                    server.port.number
+                ),
+            );
+            return Err(());
+        }
+    };
+    let certificate = if let Some(name) = &tls.credential_name {
+        let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), name.clone());
+        match ctx.snapshot.registry.credentials.get(&key) {
+            Some(c) => CertificateRef::Inline {
+                cert_chain_pem: c.cert_chain_pem.clone(),
+                private_key_pem: c.private_key_pem.clone(),
+            },
+            None => {
+                ctx.diag(
+                    Severity::Error,
+                    res,
+                    format!("credentialName {name:?}: no TLS Secret {key} (with tls.crt and tls.key) for the gateway pod's namespace; the server is dropped"),
+                );
+                return Err(());
+            }
+        }
+    } else if let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) {
+        CertificateRef::Files {
+            cert_chain_file: cert.clone(),
+            private_key_file: key.clone(),
+        }
+    } else {
+        return Err(());
+    };
+    let client_ca = match mode {
+        ServerTlsMode::Mutual => tls.ca_certificates.clone().map(PemSource::File).or_else(|| {
+            let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), tls.credential_name.clone()?);
+            ctx.snapshot
+                .registry
+                .credentials
+                .get(&key)?
+                .ca_pem
+                .clone()
+                .map(PemSource::Inline)
+        }),
+        ServerTlsMode::Simple => None,
+    };
+    Ok(Some(ServerTls {
+        mode,
+        certificate,
+        client_ca,
+        alpn: vec!["h2".into(), "http/1.1".into()],
+    }))
+}

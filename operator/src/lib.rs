@@ -1,0 +1,9 @@
+//! The Trellis control plane (the seeds' istiod).
+//!
+//! - [`registry`]: the cluster's services and workloads as plain data.
+//! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
+//! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
+
+pub mod compile;
+pub mod registry;
+pub mod snapshot;

@@ -1,0 +1,369 @@
+//! The compiler from YAML fixtures: golden proxy configs (regenerate with `TRELLIS_BLESS=1`)
+//! and targeted checks of merging, conflicts, exportTo, subsets, mTLS precedence,
+//! authorization and provenance.
+
+use std::path::PathBuf;
+
+use trellis_contract::{
+    AuthzAction, HashKey, HealthStatus, LbPolicy, ListenerDirection, MtlsMode, ProxyConfig, RetryOn, RouteAction,
+    StringMatch, UpstreamTls,
+};
+use trellis_operator::compile::{Compiled, Role, Severity, compile};
+use trellis_operator::registry::ObjectKey;
+use trellis_operator::snapshot::Snapshot;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn shop() -> String {
+    std::fs::read_to_string(fixtures().join("shop.yaml")).unwrap()
+}
+
+fn compiled(yaml: &str, ns: &str, pod: &str, role: Role) -> Compiled {
+    let snap = Snapshot::from_yaml(yaml).expect("fixture parses");
+    compile(&snap, &ObjectKey::new(ns, pod), role, "v1").expect("compiles")
+}
+
+fn web(yaml: &str) -> Compiled {
+    compiled(yaml, "shop", "web-5d8f-abcde", Role::Sidecar)
+}
+
+fn vhost<'a>(c: &'a ProxyConfig, listener: &str, name: &str) -> &'a trellis_contract::VirtualHost {
+    let l = c
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .unwrap_or_else(|| panic!("no listener {listener}"));
+    l.virtual_hosts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no vhost {name} in {listener}"))
+}
+
+#[test]
+fn golden_configs() {
+    let bless = std::env::var_os("TRELLIS_BLESS").is_some();
+    let yaml = shop();
+    for (ns, pod, role, file) in [
+        ("shop", "web-5d8f-abcde", Role::Sidecar, "shop.web.json"),
+        ("shop", "db-0", Role::Sidecar, "shop.db.json"),
+        ("trellis-system", "ingress-1", Role::Gateway, "shop.ingress.json"),
+    ] {
+        let c = compiled(&yaml, ns, pod, role);
+        c.config
+            .validate()
+            .unwrap_or_else(|e| panic!("{pod}: the proxy would reject this config: {e}"));
+        let diagnostics: Vec<String> = c.diagnostics.iter().map(ToString::to_string).collect();
+        let actual = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&serde_json::json!({"diagnostics": diagnostics, "config": c.config})).unwrap()
+        );
+        let path = fixtures().join(file);
+        if bless {
+            std::fs::write(&path, &actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "{file} differs from the compiler's output; inspect and regenerate with TRELLIS_BLESS=1 cargo test -p trellis-operator\n{}",
+            first_difference(&expected, &actual)
+        );
+    }
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            return format!("line {}:\n  expected: {x}\n  actual:   {y}", i + 1);
+        }
+    }
+    format!("lengths differ: {} vs {} lines", a.lines().count(), b.lines().count())
+}
+
+#[test]
+fn compilation_is_deterministic() {
+    let yaml = shop();
+    let a = web(&yaml).config.to_json();
+    let b = web(&yaml).config.to_json();
+    assert_eq!(a, b);
+    // Reordering the input documents does not change the output.
+    let mut docs: Vec<&str> = yaml.split("\n---\n").collect();
+    docs.reverse();
+    let reversed = docs.join("\n---\n");
+    assert_eq!(web(&reversed).config.to_json(), a);
+}
+
+#[test]
+fn virtual_services_merge_in_order_with_provenance_and_conflicts_are_reported() {
+    let c = web(&shop());
+    let vh = vhost(&c.config, "outbound", "payment.shop.svc.cluster.local:80");
+    let names: Vec<_> = vh
+        .routes
+        .iter()
+        .map(|r| r.name.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["canary", "split"]);
+    assert_eq!(vh.routes[0].provenance.name, "payment");
+    assert_eq!(vh.routes[1].provenance.rule_index, Some(1));
+    assert!(vh.domains.contains(&"payment:80".to_string()));
+    assert!(vh.domains.contains(&"10.96.0.11:80".to_string()));
+    let shadowed = c
+        .diagnostics
+        .iter()
+        .find(|d| d.resource == "VirtualService shop/payment-extra")
+        .expect("the shadowed VirtualService is reported");
+    assert_eq!(shadowed.severity, Severity::Warning);
+    assert!(
+        shadowed
+            .message
+            .contains("VirtualService shop/payment has a catch-all rule"),
+        "{}",
+        shadowed.message
+    );
+}
+
+#[test]
+fn weighted_split_retries_and_timeouts() {
+    let c = web(&shop());
+    let vh = vhost(&c.config, "outbound", "payment.shop.svc.cluster.local:80");
+    let RouteAction::Forward(f) = &vh.routes[1].action else {
+        panic!("forward")
+    };
+    let w: Vec<(&str, u32)> = f.clusters.iter().map(|c| (c.cluster.as_str(), c.weight)).collect();
+    assert_eq!(
+        w,
+        [
+            ("outbound|80|v1|payment.shop.svc.cluster.local", 90),
+            ("outbound|80|v2|payment.shop.svc.cluster.local", 10)
+        ]
+    );
+    assert_eq!(f.timeout_ms, Some(2000));
+    let r = f.retries.as_ref().unwrap();
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.per_try_timeout_ms, Some(500));
+    assert_eq!(
+        r.retry_on,
+        [RetryOn::FiveXx, RetryOn::ConnectFailure, RetryOn::RetriableStatusCodes]
+    );
+    assert_eq!(r.retriable_status_codes, [503]);
+    // A header match reaches v2.
+    let RouteAction::Forward(canary) = &vh.routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(
+        canary.clusters[0].cluster,
+        "outbound|80|v2|payment.shop.svc.cluster.local"
+    );
+    assert_eq!(vh.routes[0].matches[0].headers[0].name, "x-canary");
+}
+
+#[test]
+fn subsets_resolve_to_endpoint_sets_with_their_own_policy() {
+    let c = web(&shop());
+    let v1 = c
+        .config
+        .cluster("outbound|80|v1|payment.shop.svc.cluster.local")
+        .unwrap();
+    let eps: Vec<(String, u16)> = v1.endpoints.iter().map(|e| (e.address.clone(), e.port)).collect();
+    assert_eq!(
+        eps,
+        [("10.244.0.21".to_string(), 9090)],
+        "named target port 'api' resolves per pod"
+    );
+    assert_eq!(v1.load_balancer.policy, LbPolicy::RoundRobin);
+    assert_eq!(v1.outlier_detection.as_ref().unwrap().consecutive_5xx, 3);
+    assert_eq!(
+        v1.tls,
+        UpstreamTls::Mesh {
+            expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/payment".into()]
+        }
+    );
+    let v2 = c
+        .config
+        .cluster("outbound|80|v2|payment.shop.svc.cluster.local")
+        .unwrap();
+    assert_eq!(v2.endpoints.len(), 2);
+    assert_eq!(
+        v2.endpoints
+            .iter()
+            .filter(|e| e.health == HealthStatus::Unhealthy)
+            .count(),
+        1
+    );
+    assert!(matches!(v2.load_balancer.policy, LbPolicy::RingHash { .. }));
+    assert_eq!(v2.load_balancer.hash_key, Some(HashKey::Header("x-user".into())));
+    assert_eq!(
+        v2.outlier_detection.as_ref().unwrap().max_ejection_percent,
+        50.0,
+        "the subset inherits the rule's outlier detection"
+    );
+}
+
+#[test]
+fn unknown_subset_is_reported_and_gets_no_endpoints() {
+    let yaml = shop().replace("subset: v2}}]\n    - name: split", "subset: v3}}]\n    - name: split");
+    let c = web(&yaml);
+    let v3 = c
+        .config
+        .cluster("outbound|80|v3|payment.shop.svc.cluster.local")
+        .unwrap();
+    assert!(v3.endpoints.is_empty());
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error && d.message.contains("subset \"v3\"")),
+        "{:?}",
+        c.diagnostics
+    );
+}
+
+#[test]
+fn export_to_limits_visibility() {
+    let extra = "\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: billing}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: db-private, namespace: billing, creationTimestamp: \"2025-01-01T00:00:00Z\"}\nspec:\n  hosts: [db.shop.svc.cluster.local]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: db.shop.svc.cluster.local, port: {number: 7000}}}]\n    timeout: 9s\n";
+    let c = web(&format!("{}{extra}", shop()));
+    let vh = vhost(&c.config, "outbound", "db.shop.svc.cluster.local:7000");
+    assert_eq!(
+        vh.routes[0].provenance.kind, "Service",
+        "a VirtualService exported only to billing does not apply in shop"
+    );
+    let exported = format!(
+        "{}{}",
+        shop(),
+        extra.replace("exportTo: [\".\"]", "exportTo: [\"shop\"]")
+    );
+    let c = web(&exported);
+    let vh = vhost(&c.config, "outbound", "db.shop.svc.cluster.local:7000");
+    assert_eq!(vh.routes[0].provenance.name, "db-private");
+}
+
+#[test]
+fn tcp_ports_route_by_cluster_ip() {
+    let c = web(&shop());
+    let l = c.config.listeners.iter().find(|l| l.name == "outbound").unwrap();
+    let r = l.tcp_routes.iter().find(|r| r.destination_port == Some(5432)).unwrap();
+    assert_eq!(r.destination_cidrs, ["10.96.0.12/32"]);
+    assert_eq!(r.cluster, "outbound|5432||db.shop.svc.cluster.local");
+}
+
+#[test]
+fn mtls_precedence_workload_namespace_mesh_and_port_level() {
+    let db = compiled(&shop(), "shop", "db-0", Role::Sidecar);
+    assert_eq!(
+        db.config.inbound.mtls.mode,
+        MtlsMode::Strict,
+        "UNSET on the workload inherits the namespace's STRICT"
+    );
+    assert_eq!(db.config.inbound.mtls.mode_for(5432), MtlsMode::Permissive);
+    assert_eq!(db.config.inbound.mtls.mode_for(7000), MtlsMode::Strict);
+    // Without the namespace policy the mesh-wide one (root namespace) applies.
+    let yaml = shop().replace(
+        "metadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}",
+        "metadata: {name: other, namespace: elsewhere}\nspec: {mtls: {mode: STRICT}}",
+    );
+    let db = compiled(&yaml, "shop", "db-0", Role::Sidecar);
+    assert_eq!(db.config.inbound.mtls.mode, MtlsMode::Permissive);
+    // Without any policy, the Mesh default applies.
+    let yaml = format!(
+        "{}\n---\napiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{defaultMtlsMode: STRICT}}\n",
+        shop().replace("kind: PeerAuthentication", "kind: ConfigMap")
+    );
+    let web = compiled(&yaml, "shop", "web-5d8f-abcde", Role::Sidecar);
+    assert_eq!(web.config.inbound.mtls.mode, MtlsMode::Strict);
+}
+
+#[test]
+fn authorization_policies_select_workloads_and_principals_become_spiffe_ids() {
+    let db = compiled(&shop(), "shop", "db-0", Role::Sidecar);
+    let names: Vec<(&str, AuthzAction)> = db
+        .config
+        .inbound
+        .authorization
+        .iter()
+        .map(|p| (p.name.as_str(), p.action))
+        .collect();
+    assert_eq!(names, [("db", AuthzAction::Allow), ("deny-admin", AuthzAction::Deny)]);
+    let allow = &db.config.inbound.authorization[0];
+    assert_eq!(
+        allow.rules[0].from[0].principals,
+        [StringMatch::Exact("spiffe://cluster.local/ns/shop/sa/payment".into())]
+    );
+    assert_eq!(allow.rules[0].to[0].paths, [StringMatch::Prefix("/records".into())]);
+    let web = web(&shop());
+    let names: Vec<&str> = web
+        .config
+        .inbound
+        .authorization
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["deny-admin"], "the db policy selects only db");
+}
+
+#[test]
+fn inbound_hands_traffic_to_the_app_on_localhost() {
+    let c = web(&shop());
+    let l = c
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.direction == ListenerDirection::Inbound)
+        .unwrap();
+    assert_eq!(l.address, "0.0.0.0:15006");
+    let inbound = c.config.cluster("inbound|8080||").unwrap();
+    assert_eq!(inbound.endpoints[0].address, "127.0.0.1");
+    assert_eq!(
+        c.config.identity.spiffe_id.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web")
+    );
+    assert_eq!(c.config.node.workload, "web");
+    let dns = c
+        .config
+        .dns
+        .entries
+        .iter()
+        .find(|e| e.hostname == "payment.shop.svc.cluster.local")
+        .unwrap();
+    assert_eq!(dns.addresses, ["10.96.0.11"]);
+    assert!(dns.aliases.contains(&"payment".to_string()));
+}
+
+#[test]
+fn gateway_listeners_from_servers_with_bound_virtual_services() {
+    let c = compiled(&shop(), "trellis-system", "ingress-1", Role::Gateway);
+    let ports: Vec<&str> = c.config.listeners.iter().map(|l| l.address.as_str()).collect();
+    assert_eq!(ports, ["0.0.0.0:8080", "0.0.0.0:8443"]);
+    let http = vhost(&c.config, "gateway-8080", "shop.example.com:80");
+    assert!(matches!(&http.routes[0].action, RouteAction::Redirect(r) if r.scheme.as_deref() == Some("https")));
+    let https = vhost(&c.config, "gateway-8443", "shop.example.com:443");
+    let RouteAction::Forward(f) = &https.routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(f.clusters[0].cluster, "outbound|8080||web.shop.svc.cluster.local");
+    assert_eq!(https.routes[0].provenance.name, "shop-ingress");
+    let tls = c.config.listeners[1].tls.as_ref().expect("TLS from credentialName");
+    assert!(
+        format!("{:?}", tls.certificate).contains("<redacted>"),
+        "keys never appear in debug output"
+    );
+    assert!(c.config.cluster("outbound|8080||web.shop.svc.cluster.local").is_some());
+}
+
+#[test]
+fn a_missing_credential_drops_the_server_with_an_error() {
+    let yaml = shop().replace("credentialName: shop-cert", "credentialName: missing-cert");
+    let c = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
+    assert_eq!(c.config.listeners.len(), 1);
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error && d.message.contains("missing-cert"))
+    );
+}
+
+#[test]
+fn unknown_pods_are_an_error_that_says_why() {
+    let snap = Snapshot::from_yaml(&shop()).unwrap();
+    let err = compile(&snap, &ObjectKey::new("shop", "nope"), Role::Sidecar, "v1").unwrap_err();
+    assert!(err.to_string().contains("pod shop/nope is not known"), "{err}");
+}
