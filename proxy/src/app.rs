@@ -78,6 +78,8 @@ pub struct AppConfig {
     pub stats_addr: Option<SocketAddr>,
     /// Probe port (`/ready`, `/live`).
     pub health_addr: Option<SocketAddr>,
+    /// DNS proxy (UDP).
+    pub dns_addr: Option<SocketAddr>,
     /// Log level control for `/logging`.
     pub log_control: Option<Arc<dyn LogControl>>,
 }
@@ -88,6 +90,7 @@ impl std::fmt::Debug for AppConfig {
             .field("admin_addr", &self.admin_addr)
             .field("stats_addr", &self.stats_addr)
             .field("health_addr", &self.health_addr)
+            .field("dns_addr", &self.dns_addr)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +127,7 @@ pub struct App {
     rt: Arc<Runtime>,
     listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
     admin: Vec<(AdminRole, ListenerHandleAdmin)>,
+    dns: Option<ListenerHandleAdmin>,
 }
 
 #[derive(Debug)]
@@ -136,6 +140,9 @@ impl Drop for App {
     fn drop(&mut self) {
         for (_, a) in &self.admin {
             a.task.abort();
+        }
+        if let Some(d) = &self.dns {
+            d.task.abort();
         }
     }
 }
@@ -164,10 +171,20 @@ impl App {
             let task = tokio::spawn(admin::serve(Arc::clone(&rt), role, listener));
             admin.push((role, ListenerHandleAdmin { addr, task }));
         }
+        let dns = match cfg.dns_addr {
+            Some(addr) => {
+                let socket = tokio::net::UdpSocket::bind(addr).await?;
+                let addr = socket.local_addr()?;
+                let task = tokio::spawn(crate::dns::serve(Arc::clone(&rt), socket));
+                Some(ListenerHandleAdmin { addr, task })
+            }
+            None => None,
+        };
         Ok(Self {
             rt,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             admin,
+            dns,
         })
     }
 
@@ -179,6 +196,11 @@ impl App {
     /// Bound address of an admin server.
     pub fn admin_addr(&self, role: AdminRole) -> Option<SocketAddr> {
         self.admin.iter().find(|(r, _)| *r == role).map(|(_, a)| a.addr)
+    }
+
+    /// Bound address of the DNS proxy.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.addr)
     }
 
     /// Bound address of a traffic listener.

@@ -549,9 +549,30 @@ async fn forward(
         None => new_path,
     };
 
+    // Upgrades (WebSocket and friends) on HTTP/1.1: keep the upgrade headers
+    // and splice the two upgraded connections after a 101.
+    let upgrade = (parts.version == Version::HTTP_11)
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
+        .filter(|_| {
+            parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        });
+    let downstream_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
     // Header hygiene and mutations.
     let h = &mut parts.headers;
     strip_hop_headers(h);
+    if let Some(u) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u.clone());
+    }
     let Ok(host_value) = HeaderValue::from_str(&authority) else {
         return text(StatusCode::BAD_REQUEST, "invalid authority\n");
     };
@@ -726,7 +747,7 @@ async fn forward(
                 None => break,
             },
         };
-        let upstream_h2 = cluster.uses_h2(downstream_h2);
+        let upstream_h2 = upgrade.is_none() && cluster.uses_h2(downstream_h2);
         let req = match build_request(&parts, &authority, &path_and_query, attempt_body, upstream_h2) {
             Ok(r) => r,
             Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
@@ -798,8 +819,30 @@ async fn forward(
                 if out.flags == "URX" {
                     out.flags = "-";
                 }
+                let mut resp = resp;
+                let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
                 let (mut rparts, rbody) = resp.into_parts();
+                let kept = switching.then(|| {
+                    (
+                        rparts.headers.get(header::UPGRADE).cloned(),
+                        rparts.headers.get(header::CONNECTION).cloned(),
+                    )
+                });
                 strip_hop_headers(&mut rparts.headers);
+                if let (Some((u, c)), Some(up), Some(down)) = (kept, upstream_upgrade, downstream_upgrade) {
+                    if let Some(u) = u {
+                        rparts.headers.insert(header::UPGRADE, u);
+                    }
+                    if let Some(c) = c {
+                        rparts.headers.insert(header::CONNECTION, c);
+                    }
+                    tokio::spawn(splice_upgraded(down, up));
+                    let body = http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    return Response::from_parts(rparts, body);
+                }
                 if let Some((_, resp_ops)) = route.cluster_headers.get(wi) {
                     resp_ops.apply(&mut rparts.headers);
                 }
@@ -811,6 +854,19 @@ async fn forward(
     let (status, flag, msg) = last_failure;
     out.flags = if tried.len() > 1 && flag != "UT" { "URX" } else { flag };
     text(status, &msg)
+}
+
+/// Copy bytes both ways between an upgraded client and upstream connection.
+async fn splice_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+        tracing::debug!("upgrade did not complete");
+        return;
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with error");
+    }
 }
 
 struct ActiveGuard<'a>(&'a ClusterRuntime);

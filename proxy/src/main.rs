@@ -41,6 +41,9 @@ struct RunArgs {
     /// Probe address (`/ready`, `/live`).
     #[arg(long, env = "TRELLIS_HEALTH_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::HEALTH))]
     health_addr: SocketAddr,
+    /// DNS proxy address (UDP); `off` disables it.
+    #[arg(long, env = "TRELLIS_DNS_ADDR", default_value = "127.0.0.1:15053")]
+    dns_addr: String,
     /// How often to check the config file for changes, in milliseconds.
     #[arg(long, env = "TRELLIS_CONFIG_POLL_MS", default_value_t = 1000)]
     config_poll_ms: u64,
@@ -138,6 +141,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         stats_addr: Some(args.stats_addr),
         health_addr: Some(args.health_addr),
+        dns_addr: match args.dns_addr.as_str() {
+            "off" => None,
+            a => Some(a.parse().with_context(|| format!("invalid --dns-addr {a:?}"))?),
+        },
         log_control: Some(log),
     })
     .await

@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub inbound_tls: Option<Arc<ServerConfig>>,
     /// This proxy's workload, as metric labels.
     pub node: Peer,
+    /// Names the DNS proxy answers.
+    pub dns: crate::dns::DnsTable,
 }
 
 impl Snapshot {
@@ -187,7 +189,9 @@ impl Snapshot {
             app: config.node.app.clone(),
             version: config.node.version.clone(),
         };
+        let dns = crate::dns::DnsTable::new(&config.dns);
         Ok(Self {
+            dns,
             config: Arc::new(config),
             listeners,
             clusters,

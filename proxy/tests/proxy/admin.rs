@@ -10,6 +10,7 @@ async fn ready_only_after_a_config() {
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         stats_addr: Some("127.0.0.1:0".parse().unwrap()),
         health_addr: Some("127.0.0.1:0".parse().unwrap()),
+        dns_addr: None,
         log_control: None,
     })
     .await
@@ -37,6 +38,7 @@ async fn not_ready_without_certificate_when_mesh_needs_one() {
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         stats_addr: None,
         health_addr: None,
+        dns_addr: None,
         log_control: None,
     })
     .await

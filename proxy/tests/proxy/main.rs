@@ -2,6 +2,7 @@
 //! real TLS, against loopback test servers.
 
 mod admin;
+mod dns;
 mod hardening;
 mod lifecycle;
 mod mtls;

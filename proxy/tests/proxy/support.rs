@@ -282,6 +282,7 @@ impl Proxy {
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             stats_addr: None,
             health_addr: None,
+            dns_addr: None,
             log_control: None,
         })
         .await

@@ -1,0 +1,91 @@
+//! The DNS proxy: mesh names from the config, everything else forwarded.
+
+use serde_json::json;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use trellis_proxy::dns::{answer_addresses, build_query};
+use trellis_proxy::{App, AppConfig};
+
+async fn query(server: std::net::SocketAddr, id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&build_query(id, name, qtype), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("dns reply")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test]
+async fn answers_mesh_names_and_forwards_the_rest() {
+    // A fake upstream resolver that answers every A query with 192.0.2.1.
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let _resolver = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = upstream.recv_from(&mut buf).await else {
+                return;
+            };
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80; // QR
+            r[7] = 1; // ANCOUNT = 1
+            r.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+            let _ = upstream.send_to(&r, peer).await;
+        }
+    });
+    let app = App::start(AppConfig {
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        stats_addr: None,
+        health_addr: None,
+        dns_addr: Some("127.0.0.1:0".parse().unwrap()),
+        log_control: None,
+    })
+    .await
+    .unwrap();
+    let cfg = json!({
+        "version": "dns-1",
+        "dns": {
+            "entries": [{"hostname": "payment.shop.svc.cluster.local", "aliases": ["payment", "payment.shop"], "addresses": ["10.96.0.20"]}],
+            "upstreams": [up_addr.to_string()],
+        },
+    });
+    app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap();
+    let dns = app.dns_addr().unwrap();
+    let mesh: IpAddr = "10.96.0.20".parse().unwrap();
+    for name in ["payment", "payment.shop", "payment.shop.svc.cluster.local"] {
+        let r = query(dns, 1, name, 1).await;
+        assert_eq!(answer_addresses(&r), vec![mesh], "{name}");
+    }
+    let r = query(dns, 2, "example.com", 1).await;
+    assert_eq!(&r[..2], &2u16.to_be_bytes());
+    assert_eq!(answer_addresses(&r), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    // A new config changes the answers.
+    let cfg = json!({"version": "dns-2", "dns": {"entries": [{"hostname": "payment", "addresses": ["10.96.0.99"]}], "upstreams": [up_addr.to_string()]}});
+    app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap();
+    let r = query(dns, 3, "payment", 1).await;
+    assert_eq!(answer_addresses(&r), vec!["10.96.0.99".parse::<IpAddr>().unwrap()]);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gives_servfail() {
+    let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let app = App::start(AppConfig {
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        stats_addr: None,
+        health_addr: None,
+        dns_addr: Some("127.0.0.1:0".parse().unwrap()),
+        log_control: None,
+    })
+    .await
+    .unwrap();
+    let cfg = json!({"version": "1", "dns": {"upstreams": [dead_addr.to_string()]}});
+    app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap();
+    let r = query(app.dns_addr().unwrap(), 4, "example.com", 1).await;
+    assert_eq!(r[3] & 0x0F, 2, "SERVFAIL");
+}
