@@ -246,7 +246,10 @@ impl ApiServer {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t.trim() == self.settings.admin_token)
+            .is_some_and(|t| {
+                let t = t.trim();
+                t == self.settings.admin_token || crate::serviceaccounts::authenticate(&self.cluster, t, &[]).is_ok()
+            })
     }
 
     /// Handles one request.
@@ -331,6 +334,10 @@ impl ApiServer {
             (&Method::GET, ["openapi", "v3", "apis", g, v]) => discovery::openapi_v3_group_version(&resources, g, v)
                 .map(|d| ok(&d))
                 .ok_or_else(ApiError::path_not_found),
+            (&Method::GET, [".well-known", "openid-configuration"]) => Ok(ok(
+                &crate::serviceaccounts::openid_configuration(&format!("https://{}", self.settings.address)),
+            )),
+            (&Method::GET, ["openid", "v1", "jwks"]) => self.cluster.tokens.jwks().map(|j| ok(&j)),
             (&Method::POST, ["kubesim", "compact"]) => {
                 let rv = self.cluster.store.compact();
                 info!(rv, "compacted watch history");
@@ -381,9 +388,22 @@ impl ApiServer {
                 wopts.field_manager = Some(prog.to_string());
             }
         }
+        let parse_body = || -> Result<Value, ApiError> {
+            if content_type.contains("yaml") {
+                serde_yaml_ng::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+            } else {
+                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+            }
+        };
         let sub = rp.subresource.as_deref().unwrap_or_default();
         match sub {
             "" | "status" | "scale" | "finalize" => {}
+            "token" if rt.kind == "ServiceAccount" && rt.group.is_empty() && *method == Method::POST => {
+                let name = rp.name.as_deref().unwrap_or_default();
+                let body = parse_body()?;
+                let reply = crate::serviceaccounts::token_request(&self.cluster, ns.unwrap_or("default"), name, &body)?;
+                return Ok(json_response(201, &reply, "application/json", &[]));
+            }
             other => {
                 return Err(ApiError::path_not_found()
                     .with_message(format!("the server could not find the requested resource ({other})")));
@@ -402,13 +422,6 @@ impl ApiServer {
             )));
         }
         let sub_for_write = if sub == "finalize" { "" } else { sub };
-        let parse_body = || -> Result<Value, ApiError> {
-            if content_type.contains("yaml") {
-                serde_yaml_ng::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
-            } else {
-                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
-            }
-        };
         match (method.clone(), rp.name.as_deref()) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 let allow_bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
@@ -514,10 +527,20 @@ impl ApiServer {
         match rt.kind.as_str() {
             "TokenReview" => {
                 let token = body.pointer("/spec/token").and_then(Value::as_str).unwrap_or_default();
+                let audiences: Vec<String> = body
+                    .pointer("/spec/audiences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
                 body["status"] = if token == self.settings.admin_token {
                     json!({"authenticated": true, "user": {"username": "kubesim-admin", "groups": ["system:masters", "system:authenticated"]}})
                 } else {
-                    json!({"authenticated": false, "error": "invalid bearer token"})
+                    match crate::serviceaccounts::authenticate(&self.cluster, token, &audiences) {
+                        Ok((user, auds)) => json!({"authenticated": true, "user": user, "audiences": auds}),
+                        Err(e) => json!({"authenticated": false, "error": e}),
+                    }
                 };
             }
             _ => {

@@ -62,6 +62,8 @@ pub struct Written {
 pub struct Cluster {
     pub catalog: Catalog,
     pub store: Store,
+    /// Signs and verifies ServiceAccount tokens.
+    pub tokens: crate::serviceaccounts::TokenIssuer,
 }
 
 fn map_store(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {

@@ -127,6 +127,9 @@ pub fn resource_list(resources: &[ResourceType], group: &str, version: &str) -> 
         if r.status {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
         }
+        if r.kind == "ServiceAccount" && r.group.is_empty() {
+            list.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+        }
         if r.scale.is_some() {
             list.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
         }
@@ -149,6 +152,13 @@ fn aggregated_resource(r: &ResourceType) -> Value {
             "subresource": "status",
             "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
             "verbs": ["get", "patch", "update"]
+        }));
+    }
+    if r.kind == "ServiceAccount" && r.group.is_empty() {
+        subresources.push(json!({
+            "subresource": "token",
+            "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"},
+            "verbs": ["create"]
         }));
     }
     if r.scale.is_some() {

@@ -24,6 +24,7 @@ pub mod patch;
 pub mod pki;
 pub mod resources;
 pub mod selector;
+pub mod serviceaccounts;
 pub mod shutdown;
 pub mod status;
 pub mod store;

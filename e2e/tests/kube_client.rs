@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -267,5 +268,64 @@ async fn server_side_apply_of_status_keeps_spec_and_records_the_manager() -> Res
     let again = api.get("op").await?;
     assert_eq!(again.status.and_then(|s| s.ready_replicas), Some(1));
     assert_eq!(again.metadata.generation, Some(1), "an identical apply changes nothing");
+    Ok(())
+}
+
+async fn review(client: &kube::Client, token: &str, audiences: &[&str]) -> Result<(bool, String)> {
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let req: TokenReview = serde_json::from_value(json!({"spec": {"token": token, "audiences": audiences}}))?;
+    let st = reviews
+        .create(&PostParams::default(), &req)
+        .await?
+        .status
+        .context("TokenReview status")?;
+    Ok((
+        st.authenticated == Some(true),
+        st.user.and_then(|u| u.username).unwrap_or_default(),
+    ))
+}
+
+async fn issue(sas: &Api<ServiceAccount>, spec: serde_json::Value) -> Result<String> {
+    let tr: TokenRequest = serde_json::from_value(json!({"spec": spec}))?;
+    Ok(sas
+        .create_token_request("default", &PostParams::default(), &tr)
+        .await?
+        .status
+        .context("TokenRequest status")?
+        .token)
+}
+
+#[tokio::test]
+async fn service_account_tokens_are_issued_reviewed_and_accepted() -> Result<()> {
+    let k = TestCluster::start()?;
+    let client = k.client().await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+
+    let token = issue(&sas, json!({"audiences": ["trellis"]})).await?;
+    assert_eq!(
+        review(&client, &token, &["trellis"]).await?,
+        (true, "system:serviceaccount:default:default".to_string())
+    );
+    assert!(!review(&client, &token, &["other"]).await?.0, "wrong audience");
+    assert!(!review(&client, "not-a-token", &[]).await?.0);
+
+    // A token for the API server's own audience is a working credential.
+    let api_token = issue(&sas, json!({})).await?;
+    let kubeconfig = std::fs::read_to_string(&k.kubeconfig)?.replace(&k.admin_token, &api_token);
+    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
+    let sa_client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let pods: Api<Pod> = Api::namespaced(sa_client, "default");
+    assert!(pods.list(&ListParams::default()).await?.items.is_empty());
+
+    // A pod-bound token dies with its pod.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "holder"}, "spec": {"containers": [{"name": "a", "image": "trellis-testapp:1"}]}}),
+    )?;
+    let pod = pods.create(&PostParams::default(), &pod).await?;
+    let bound = issue(&sas, json!({"audiences": ["trellis"], "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "holder", "uid": pod.metadata.uid}})).await?;
+    assert!(review(&client, &bound, &["trellis"]).await?.0);
+    pods.delete("holder", &Default::default()).await?;
+    assert!(!review(&client, &bound, &["trellis"]).await?.0, "the pod is gone");
     Ok(())
 }
