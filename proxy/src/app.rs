@@ -20,6 +20,8 @@ pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Finished spans waiting for export.
+    pub spans: crate::spans::SpanSink,
     configured: AtomicBool,
     draining: AtomicBool,
     last_rejection: Mutex<Option<(String, String)>>,
@@ -128,6 +130,7 @@ pub struct App {
     listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
     admin: Vec<(AdminRole, ListenerHandleAdmin)>,
     dns: Option<ListenerHandleAdmin>,
+    exporter: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug)]
@@ -144,6 +147,7 @@ impl Drop for App {
         if let Some(d) = &self.dns {
             d.task.abort();
         }
+        self.exporter.abort();
     }
 }
 
@@ -154,6 +158,7 @@ impl App {
         let rt = Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(empty),
             metrics: Metrics::default(),
+            spans: crate::spans::SpanSink::default(),
             configured: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_rejection: Mutex::new(None),
@@ -180,11 +185,13 @@ impl App {
             }
             None => None,
         };
+        let exporter = crate::spans::spawn_exporter(&rt);
         Ok(Self {
             rt,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             admin,
             dns,
+            exporter,
         })
     }
 

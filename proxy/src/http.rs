@@ -77,6 +77,8 @@ struct RequestOutcome {
     flags: &'static str,
     cluster: Option<Arc<ClusterRuntime>>,
     endpoint: Option<usize>,
+    span: Option<crate::trace::SpanContext>,
+    route: Option<String>,
 }
 
 /// Handle one downstream request. Never fails: every error is a response.
@@ -101,9 +103,41 @@ pub async fn handle(
         flags: "-",
         cluster: None,
         endpoint: None,
+        span: None,
+        route: None,
     };
+    let started_at = std::time::SystemTime::now();
     let resp = pipeline(&rt, &snap, &listener, &conn, req, &mut out).await;
     let status = resp.status();
+    if let Some(ctx) = out.span.take().filter(|c| c.sampled)
+        && snap
+            .config
+            .telemetry
+            .tracing
+            .as_ref()
+            .is_some_and(|t| t.otlp_endpoint.is_some())
+    {
+        let mut attributes = vec![
+            ("http.method", method.to_string()),
+            ("http.url", path_for_log.clone()),
+            ("response_flags", out.flags.to_string()),
+            ("node_id", snap.config.node.id.clone()),
+        ];
+        if let Some(c) = &out.cluster {
+            attributes.push(("upstream_cluster", c.spec.name.clone()));
+        }
+        rt.spans.record(crate::spans::Span {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_id: ctx.parent_id,
+            name: out.route.clone().unwrap_or_else(|| path_for_log.clone()),
+            server: conn.direction == ListenerDirection::Inbound,
+            start: started_at,
+            end: std::time::SystemTime::now(),
+            status: status.as_u16(),
+            attributes,
+        });
+    }
     let labels = labels(&snap, &conn, &out, status, grpc);
     if snap.config.telemetry.access_log.enabled {
         tracing::info!(
@@ -614,7 +648,8 @@ async fn forward(
         .tracing
         .as_ref()
         .map_or(0.0, |t| t.sampling_percent);
-    crate::trace::propagate(h, sampling);
+    out.span = Some(crate::trace::propagate(h, sampling));
+    out.route = Some(route.name.clone());
     route.request_headers.apply(h);
     if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
         req_ops.apply(h);

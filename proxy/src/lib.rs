@@ -21,6 +21,7 @@ pub mod ports;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod spans;
 pub mod tcp;
 pub mod trace;
 pub mod upstream;

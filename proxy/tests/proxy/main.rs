@@ -10,3 +10,4 @@ mod resilience;
 mod routing;
 mod support;
 mod tcp;
+mod telemetry;

@@ -24,6 +24,8 @@ pub struct Seen {
     pub version: http::Version,
     /// `:authority` or Host.
     pub authority: String,
+    /// Request body.
+    pub body: String,
 }
 
 /// A loopback HTTP server (h1 and h2c) that answers by path:
@@ -71,25 +73,29 @@ impl Upstream {
                         async move {
                             h.fetch_add(1, Ordering::SeqCst);
                             let path = req.uri().path().to_string();
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             s.lock().unwrap().push(Seen {
-                                path: req
-                                    .uri()
+                                path: parts
+                                    .uri
                                     .path_and_query()
                                     .map(|p| p.as_str().to_string())
                                     .unwrap_or_default(),
-                                headers: req.headers().clone(),
-                                version: req.version(),
-                                authority: req
-                                    .uri()
+                                headers: parts.headers.clone(),
+                                version: parts.version,
+                                authority: parts
+                                    .uri
                                     .authority()
                                     .map(|a| a.to_string())
                                     .or_else(|| {
-                                        req.headers()
+                                        parts
+                                            .headers
                                             .get("host")
                                             .and_then(|h| h.to_str().ok())
                                             .map(str::to_string)
                                     })
                                     .unwrap_or_default(),
+                                body: String::from_utf8_lossy(&body).into_owned(),
                             });
                             let mut status = fixed_status.unwrap_or(200);
                             if let Some(code) = path.strip_prefix("/status/") {
@@ -99,12 +105,6 @@ impl Upstream {
                                 let ms: u64 = ms.parse().unwrap_or(0);
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
                             let text = if body.is_empty() {
                                 format!("{n} {path}")
                             } else {
