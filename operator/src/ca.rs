@@ -1,0 +1,337 @@
+//! The mesh certificate authority: a root (self-signed, or a user's root/intermediate plugged in
+//! from a Secret) that signs workload certificates for SPIFFE identities
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`.
+//!
+//! Proxies generate their keys locally and send a CSR; the CA checks that the CSR asks for
+//! exactly the identity the caller was authenticated as (see [`Authorized`]) and signs a leaf
+//! with exactly one URI SAN (non-critical), `CA:FALSE`, server and client auth, no name
+//! constraints, valid for the configured TTL (default 24 h) and never past the root.
+//!
+//! Time comes from a [`Clock`], so tests drive issuance and rotation deterministically.
+
+mod rotation;
+
+pub use rotation::{Phase, RootRotation, RotationError};
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+
+/// Default workload certificate lifetime.
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default self-signed root lifetime (ten years).
+pub const DEFAULT_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Back-date certificates a little so peers with slightly slow clocks accept them.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Where the CA reads the time.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    /// A clock stopped at `t`.
+    pub fn new(t: SystemTime) -> Self {
+        ManualClock(Mutex::new(t))
+    }
+
+    /// Move the clock forward.
+    pub fn advance(&self, d: Duration) {
+        let mut t = self.0.lock().expect("clock lock");
+        *t += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().expect("clock lock")
+    }
+}
+
+/// Why a certificate could not be issued or a root could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The CSR is not a valid PKCS#10 request (or its signature does not verify).
+    #[error("the certificate signing request is invalid: {0}")]
+    BadCsr(String),
+    /// The CSR asks for an identity other than the caller's.
+    #[error(
+        "the CSR asks for {requested:?} but the caller is authenticated as {authorized}; a proxy may only request its own pod's identity (check the pod's serviceAccountName)"
+    )]
+    IdentityMismatch {
+        /// What the CSR asks for.
+        requested: Vec<String>,
+        /// Who the caller is.
+        authorized: String,
+    },
+    /// The root or its key cannot be used.
+    #[error("the CA certificate or key is unusable: {0}")]
+    BadRoot(String),
+    /// The root has expired or expires before a useful leaf could be issued.
+    #[error("the CA certificate expires at {0:?}; rotate the root (a new Mesh CA secret) before issuing")]
+    RootExpiring(SystemTime),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(#[from] rcgen::Error),
+}
+
+/// An identity the caller has proven (from a verified ServiceAccount token and its pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized {
+    /// The SPIFFE ID the caller may hold.
+    pub spiffe_id: String,
+}
+
+impl Authorized {
+    /// The identity of a ServiceAccount.
+    pub fn service_account(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Authorized {
+            spiffe_id: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+        }
+    }
+}
+
+/// A signing certificate and key.
+pub struct SigningCert {
+    cert_pem: String,
+    /// Certificates between this one and the trust anchor (empty for a root).
+    chain_pem: Vec<String>,
+    issuer: Issuer<'static, KeyPair>,
+    subject: String,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for SigningCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCert")
+            .field("subject", &self.subject)
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SigningCert {
+    /// A new self-signed root for `trust_domain`, valid for `ttl` from `now`.
+    pub fn self_signed_root(trust_domain: &str, ttl: Duration, now: SystemTime) -> Result<Self, CaError> {
+        let key = KeyPair::generate().map_err(CaError::Signing)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Trellis");
+        dn.push(DnType::CommonName, format!("Trellis root CA {trust_domain}"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = OffsetDateTime::from(now - CLOCK_SKEW);
+        params.not_after = OffsetDateTime::from(now + ttl);
+        params.serial_number = Some(serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok(SigningCert {
+            cert_pem: cert.pem(),
+            chain_pem: Vec::new(),
+            issuer: Issuer::new(params, key),
+            subject: format!("CN=Trellis root CA {trust_domain}"),
+            not_after: now + ttl,
+        })
+    }
+
+    /// Load a user's root or intermediate (`ca.crt`, `ca.key`, and for an intermediate the
+    /// chain up to the root, e.g. Istio's `cert-chain.pem`).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, chain_pem: &[String]) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadRoot(format!("ca.key: {e}")))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|_| CaError::BadRoot("ca.crt is not a PEM certificate".into()))?;
+        let x509 = pem.parse_x509().map_err(|e| CaError::BadRoot(format!("ca.crt: {e}")))?;
+        if !x509.is_ca() {
+            return Err(CaError::BadRoot(
+                "ca.crt is not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
+            ));
+        }
+        let not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
+        let subject = x509.subject().to_string();
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::BadRoot(format!("ca.crt: {e}")))?;
+        Ok(SigningCert {
+            cert_pem: cert_pem.to_string(),
+            chain_pem: chain_pem.to_vec(),
+            issuer,
+            subject,
+            not_after,
+        })
+    }
+
+    /// The certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key (PEM), for storing in the CA Secret. Never log it.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// When the certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+/// A signed workload certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// Leaf then intermediates (PEM), as a TLS server or client presents them.
+    pub cert_chain_pem: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// The one identity in the certificate.
+    pub spiffe_id: String,
+}
+
+/// The certificate authority.
+pub struct CertificateAuthority {
+    signer: SigningCert,
+    workload_ttl: Duration,
+    clock: Box<dyn Clock>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("signer", &self.signer)
+            .field("workload_ttl", &self.workload_ttl)
+            .finish()
+    }
+}
+
+impl CertificateAuthority {
+    /// A CA signing with `signer`.
+    pub fn new(signer: SigningCert, workload_ttl: Duration, clock: Box<dyn Clock>) -> Self {
+        CertificateAuthority {
+            signer,
+            workload_ttl,
+            clock,
+        }
+    }
+
+    /// The signing certificate.
+    pub fn signer(&self) -> &SigningCert {
+        &self.signer
+    }
+
+    /// Sign the CSR of a caller authenticated as `who`.
+    ///
+    /// # Guarantees
+    /// The leaf carries exactly `who.spiffe_id` as its only SAN, whatever else the CSR asks
+    /// for; a CSR asking for anything else is refused, not silently corrected.
+    pub fn sign(&self, csr_pem: &str, who: &Authorized) -> Result<Leaf, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|s| match s {
+                SanType::URI(u) => u.as_str().to_string(),
+                SanType::DnsName(d) => format!("DNS:{}", d.as_str()),
+                SanType::IpAddress(ip) => format!("IP:{ip}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if requested != [who.spiffe_id.clone()] {
+            return Err(CaError::IdentityMismatch {
+                requested,
+                authorized: who.spiffe_id.clone(),
+            });
+        }
+        let now = self.clock.now();
+        let mut not_after = now + self.workload_ttl;
+        if not_after > self.signer.not_after {
+            not_after = self.signer.not_after;
+        }
+        if not_after <= now + Duration::from_secs(60) {
+            return Err(CaError::RootExpiring(self.signer.not_after));
+        }
+        let mut params = CertificateParams::default();
+        // why: a non-empty subject keeps the SAN extension non-critical (RFC 5280 requires it
+        // critical when the subject is empty), which some TLS stacks handle badly.
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Trellis");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            who.spiffe_id
+                .as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let not_before = now - CLOCK_SKEW;
+        params.not_before = OffsetDateTime::from(not_before);
+        params.not_after = OffsetDateTime::from(not_after);
+        params.serial_number = Some(serial()?);
+        let cert = params.signed_by(&csr.public_key, &self.signer.issuer)?;
+        let mut chain = cert.pem();
+        if !self.signer.chain_pem.is_empty() {
+            // An intermediate signer: peers need it (and what is above it) to reach the root.
+            chain.push_str(&self.signer.cert_pem);
+            chain.push_str(&self.signer.chain_pem.concat());
+        }
+        Ok(Leaf {
+            cert_chain_pem: chain,
+            not_before,
+            not_after,
+            spiffe_id: who.spiffe_id.clone(),
+        })
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` should be renewed: at half its
+/// lifetime, moved by `jitter` (a fraction in -1.0..=1.0 of a tenth of the lifetime) so a fleet
+/// issued together does not renew together.
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let half = lifetime / 2;
+    let spread = lifetime.as_secs_f64() / 10.0 * jitter.clamp(-1.0, 1.0);
+    if spread >= 0.0 {
+        not_before + half + Duration::from_secs_f64(spread)
+    } else {
+        not_before + half - Duration::from_secs_f64(-spread)
+    }
+}
+
+fn serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::BadRoot("no randomness for serial numbers".into()))?;
+    bytes[0] &= 0x7f; // positive
+    Ok(SerialNumber::from_slice(&bytes))
+}

@@ -1,0 +1,176 @@
+//! The certificate authority with an injected clock: issuance, identity checks, expiry and
+//! renewal timing, and the chain checked by an independent tool (openssl).
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use trellis_operator::ca::{
+    Authorized, CaError, CertificateAuthority, DEFAULT_WORKLOAD_TTL, ManualClock, SigningCert, renewal_time,
+};
+
+const T0: u64 = 1_800_000_000; // 2027-01-15
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0)
+}
+
+fn ca(root_ttl: Duration) -> CertificateAuthority {
+    let root = SigningCert::self_signed_root("cluster.local", root_ttl, t0()).unwrap();
+    CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(t0())))
+}
+
+/// A proxy's CSR: its own key, one URI SAN.
+fn csr(sans: &[&str]) -> (KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| {
+            if s.starts_with("spiffe://") {
+                SanType::URI((*s).try_into().unwrap())
+            } else {
+                SanType::DnsName((*s).try_into().unwrap())
+            }
+        })
+        .collect();
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, pem)
+}
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+#[test]
+fn issues_a_leaf_for_the_callers_own_identity() {
+    let ca = ca(Duration::from_secs(365 * 86400));
+    let (_, req) = csr(&[WEB]);
+    let leaf = ca
+        .sign(&req, &Authorized::service_account("cluster.local", "shop", "web"))
+        .unwrap();
+    assert_eq!(leaf.spiffe_id, WEB);
+    assert_eq!(leaf.not_after.duration_since(t0()).unwrap(), DEFAULT_WORKLOAD_TTL);
+    assert!(leaf.not_before < t0(), "back-dated for clock skew");
+    assert!(leaf.cert_chain_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(
+        leaf.cert_chain_pem.matches("BEGIN CERTIFICATE").count(),
+        1,
+        "a root-signed leaf needs no chain"
+    );
+}
+
+#[test]
+fn a_token_for_one_service_account_cannot_obtain_another_identity() {
+    let ca = ca(Duration::from_secs(365 * 86400));
+    let payment = Authorized::service_account("cluster.local", "shop", "payment");
+    let (_, req) = csr(&[WEB]);
+    let err = ca.sign(&req, &payment).unwrap_err();
+    assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("authenticated as spiffe://cluster.local/ns/shop/sa/payment"),
+        "{err}"
+    );
+    // Extra SANs are refused, not dropped.
+    let (_, req) = csr(&[WEB, "evil.example.com"]);
+    assert!(matches!(
+        ca.sign(&req, &Authorized::service_account("cluster.local", "shop", "web")),
+        Err(CaError::IdentityMismatch { .. })
+    ));
+    // Garbage is a clear error.
+    assert!(matches!(ca.sign("not a csr", &payment), Err(CaError::BadCsr(_))));
+}
+
+#[test]
+fn leaves_never_outlive_the_root_and_an_expiring_root_refuses() {
+    let ca = ca(Duration::from_secs(3600));
+    let (_, req) = csr(&[WEB]);
+    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    assert_eq!(leaf.not_after, ca.signer().not_after());
+    let short = {
+        let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(30), t0()).unwrap();
+        CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(t0())))
+    };
+    assert!(matches!(
+        short.sign(&req, &Authorized { spiffe_id: WEB.into() }),
+        Err(CaError::RootExpiring(_))
+    ));
+}
+
+#[test]
+fn renewal_is_at_half_life_with_bounded_jitter() {
+    let nb = t0();
+    let na = t0() + Duration::from_secs(24 * 3600);
+    assert_eq!(renewal_time(nb, na, 0.0), t0() + Duration::from_secs(12 * 3600));
+    let early = renewal_time(nb, na, -1.0);
+    let late = renewal_time(nb, na, 1.0);
+    assert_eq!(
+        late.duration_since(early).unwrap(),
+        Duration::from_secs_f64(2.0 * 24.0 * 3600.0 / 10.0)
+    );
+    assert!(late < na && early > nb);
+}
+
+#[test]
+fn plugged_in_intermediates_sign_with_the_chain() {
+    let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(10 * 365 * 86400), t0()).unwrap();
+    // Load the same root from PEM, as from a user's Secret.
+    let loaded = SigningCert::from_pem(root.cert_pem(), &root.key_pem(), &[]).unwrap();
+    let ca = CertificateAuthority::new(loaded, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(t0())));
+    let (_, req) = csr(&[WEB]);
+    assert!(ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).is_ok());
+    // A leaf is not a CA.
+    let (leaf_key, req) = csr(&[WEB]);
+    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    let err = SigningCert::from_pem(&leaf.cert_chain_pem, &leaf_key.serialize_pem(), &[]).unwrap_err();
+    assert!(err.to_string().contains("not a CA certificate"), "{err}");
+}
+
+/// The chain verifies with openssl, the SAN is exactly the URI, non-critical, and CA:FALSE.
+#[test]
+fn openssl_verifies_the_chain_and_shows_one_uri_san() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipping: openssl is not installed");
+        return;
+    }
+    // openssl checks validity against the real clock: issue with the system clock.
+    let now = SystemTime::now();
+    let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400 * 30), now).unwrap();
+    let root_pem = root.cert_pem().to_string();
+    let ca = CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(now)));
+    let (_, req) = csr(&[WEB]);
+    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (root_path, leaf_path) = (dir.path().join("root.pem"), dir.path().join("leaf.pem"));
+    std::fs::write(&root_path, &root_pem).unwrap();
+    std::fs::write(&leaf_path, &leaf.cert_chain_pem).unwrap();
+    let verify = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+        .arg(&root_path)
+        .arg(&leaf_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && out.contains(": OK"),
+        "{out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&leaf_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("URI:{WEB}")), "{text}");
+    assert!(!text.contains("DNS:"), "{text}");
+    assert!(
+        text.contains("X509v3 Subject Alternative Name: \n") || text.contains("X509v3 Subject Alternative Name:\n"),
+        "SAN is not critical:\n{text}"
+    );
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(!text.contains("Name Constraints"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+}
