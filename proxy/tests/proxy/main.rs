@@ -2,6 +2,7 @@
 //! real TLS, against loopback test servers.
 
 mod admin;
+mod binary;
 mod dns;
 mod hardening;
 mod lifecycle;

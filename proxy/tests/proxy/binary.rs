@@ -1,0 +1,125 @@
+//! The `trellis-proxy` binary itself: `--config` loading, reload on change,
+//! NACK of a bad file, `/logging`, and drain on SIGTERM.
+
+use crate::support::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for(mut ok: impl AsyncFnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "svc")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    Some(sender.send_request(req).await.ok()?.status().as_u16())
+}
+
+#[tokio::test]
+async fn binary_loads_reloads_rejects_and_drains() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stats: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = |version: &str, routes: Vec<serde_json::Value>| {
+        let mut c = outbound_config(version, routes, vec![cluster("app", &[&app])]);
+        c["listeners"][0]["address"] = json!(listen.to_string());
+        c["drainTimeoutMs"] = json!(2000);
+        // YAML is accepted as well as JSON; write YAML to exercise that path.
+        serde_yaml_ng::to_string(&c).unwrap()
+    };
+    std::fs::write(&path, config("1", vec![forward_route("app")])).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--admin-addr", &admin.to_string(), "--stats-addr", &stats.to_string()])
+        .args([
+            "--health-addr",
+            &health.to_string(),
+            "--dns-addr",
+            "off",
+            "--config-poll-ms",
+            "100",
+        ])
+        .env("TRELLIS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn trellis-proxy");
+    let mut child = Running(child);
+    wait_for(async || status(health, "/ready").await == Some(200), "ready").await;
+    assert_eq!(status(listen, "/").await, Some(200));
+    assert_eq!(status(stats, "/metrics").await, Some(200));
+
+    // An invalid file is NACKed; traffic keeps flowing on the last good config.
+    std::fs::write(&path, config("2", vec![forward_route("missing")])).unwrap();
+    wait_for(
+        async || {
+            get(admin, "admin", "/config_dump")
+                .await
+                .body
+                .contains("\"lastRejected\": {")
+        },
+        "rejection recorded",
+    )
+    .await;
+    assert_eq!(status(listen, "/").await, Some(200));
+
+    // A valid change applies.
+    let teapot = json!({"action": {"directResponse": {"status": 418}}, "provenance": provenance()});
+    std::fs::write(&path, config("3", vec![teapot])).unwrap();
+    wait_for(async || status(listen, "/").await == Some(418), "reload").await;
+
+    // The log level can be changed at run time.
+    let r = send(admin, "POST", "admin", "/logging?level=debug", &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "debug\n"));
+
+    // SIGTERM drains and exits cleanly.
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "proxy did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
