@@ -4,6 +4,7 @@
 mod admin;
 mod binary;
 mod dns;
+mod grpc;
 mod hardening;
 mod lifecycle;
 mod mtls;
