@@ -3,6 +3,7 @@
 
 mod admin;
 mod binary;
+mod capture;
 mod dns;
 mod grpc;
 mod hardening;
