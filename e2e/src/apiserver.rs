@@ -286,11 +286,22 @@ impl ApiServer {
             Ok(b) => b.to_bytes(),
             Err(e) => return error(&ApiError::bad_request(format!("reading body: {e}"))),
         };
-        if content_type.starts_with("application/vnd.kubernetes.protobuf")
-            || content_type.starts_with("application/cbor")
-        {
+        if content_type.starts_with("application/cbor") {
             return error(&ApiError::unsupported_media_type(&content_type));
         }
+        // Protobuf bodies (kubectl's typed clients) become JSON here.
+        let (body, content_type) = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            match crate::protobuf::decode(&body) {
+                Ok(v) => (Bytes::from(v.to_string()), "application/json".to_string()),
+                Err(e) => {
+                    let mut err = ApiError::unsupported_media_type(&content_type);
+                    err.message = e.to_string();
+                    return error(&err);
+                }
+            }
+        } else {
+            (body, content_type)
+        };
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let resources = self.cluster.catalog.all();
         let result = match (&method, segs.as_slice()) {

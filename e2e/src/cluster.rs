@@ -264,7 +264,7 @@ impl Cluster {
             .map_err(|m| ApiError::invalid(rt, &name, &[("metadata.name".into(), m)]))?;
         if rt.namespaced {
             let url_ns = ns.unwrap_or("default");
-            if let Some(body_ns) = meta_str(&obj, "namespace")
+            if let Some(body_ns) = meta_str(&obj, "namespace").filter(|n| !n.is_empty())
                 && body_ns != url_ns
             {
                 return Err(ApiError::bad_request(

@@ -300,7 +300,14 @@ pub fn openapi_v3_group_version(resources: &[ResourceType], group: &str, version
         } else {
             format!("{prefix}/{}/{{name}}", r.plural)
         };
-        if !r.create_only() {
+        if r.create_only() {
+            // Only POST exists upstream, but kubectl's field-validation probe
+            // looks for a PATCH operation carrying the GVK; without one it
+            // falls back to /openapi/v2 (protobuf), which kubesim does not
+            // serve, and refuses `kubectl create -f`.
+            let collection = format!("{prefix}/{}", r.plural);
+            paths.insert(collection, json!({"post": op("post"), "patch": patch}));
+        } else {
             paths.insert(
                 item_path,
                 json!({"get": op("get"), "put": op("put"), "patch": patch, "delete": op("delete")}),

@@ -22,6 +22,7 @@ pub mod harness;
 pub mod kubelet;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod serviceaccounts;

@@ -439,3 +439,85 @@ fn trellis_crds_and_shop_examples_apply() -> Result<()> {
     );
     Ok(())
 }
+
+/// kubectl's typed-client commands send protobuf bodies.
+#[test]
+fn create_commands_tokens_and_token_reviews() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["create", "namespace", "team"], None)?;
+    k.kubectl_ok(
+        &[
+            "create",
+            "configmap",
+            "c1",
+            "-n",
+            "team",
+            "--from-literal=a=1",
+            "--from-literal=b=2",
+        ],
+        None,
+    )?;
+    k.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "-n",
+            "team",
+            "--from-literal=password=hunter2",
+        ],
+        None,
+    )?;
+    k.kubectl_ok(&["create", "serviceaccount", "robot", "-n", "team"], None)?;
+    assert_eq!(
+        k.kubectl_ok(&["get", "cm", "c1", "-n", "team", "-o", "jsonpath={.data}"], None)?,
+        r#"{"a":"1","b":"2"}"#
+    );
+    assert_eq!(
+        k.kubectl_ok(
+            &["get", "secret", "s1", "-n", "team", "-o", "jsonpath={.data.password}"],
+            None
+        )?,
+        "aHVudGVyMg=="
+    );
+    let labels = k.kubectl_ok(&["get", "ns", "team", "-o", "jsonpath={.metadata.labels}"], None)?;
+    assert!(labels.contains("kubernetes.io/metadata.name"), "{labels}");
+
+    let token = k.kubectl_ok(
+        &[
+            "create",
+            "token",
+            "robot",
+            "-n",
+            "team",
+            "--audience=trellis",
+            "--duration=1h",
+        ],
+        None,
+    )?;
+    let review = format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}","audiences":["trellis"]}}}}"#,
+        token.trim()
+    );
+    let out = k.kubectl_ok(
+        &[
+            "create",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.authenticated} {.status.user.username}",
+        ],
+        Some(&review),
+    )?;
+    assert_eq!(out, "true system:serviceaccount:team:robot");
+
+    // Kinds without protobuf support are refused with a way forward.
+    let out = k.kubectl(&["create", "deployment", "d", "--image=trellis-testapp:1"], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--dry-run=client -o yaml | kubectl apply -f -"),
+        "{err}"
+    );
+    Ok(())
+}
