@@ -3,9 +3,11 @@
 //! - [`registry`]: the cluster's services and workloads as plain data.
 //! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
+//! - [`index`]: the live index, fed by kube-runtime watchers.
 //! - [`ca`]: the mesh certificate authority and root rotation.
 
 pub mod ca;
 pub mod compile;
+pub mod index;
 pub mod registry;
 pub mod snapshot;
