@@ -219,6 +219,22 @@ mod tests {
     }
 
     #[test]
+    fn retry_conditions_use_envoy_names() {
+        let all = [
+            RetryOn::FiveXx,
+            RetryOn::GatewayError,
+            RetryOn::Reset,
+            RetryOn::ConnectFailure,
+            RetryOn::Retriable4xx,
+            RetryOn::RetriableStatusCodes,
+        ];
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"["5xx","gateway-error","reset","connect-failure","retriable-4xx","retriable-status-codes"]"#
+        );
+    }
+
+    #[test]
     fn json_round_trip_is_stable() {
         let cfg = ProxyConfig::empty("v1");
         let text = cfg.to_json();

@@ -269,6 +269,7 @@ pub enum RetryOn {
     /// Could not connect.
     ConnectFailure,
     /// 409.
+    #[serde(rename = "retriable-4xx")]
     Retriable4xx,
     /// Codes in `retriableStatusCodes`.
     RetriableStatusCodes,

@@ -212,3 +212,53 @@ async fn endpoint_identity_takes_precedence() {
     assert_eq!(get(outbound.addr("outbound").await, "payment", "/").await.status, 503);
     assert_eq!(app.hits(), 0);
 }
+
+#[tokio::test]
+async fn certificate_rotation_by_config_swap_drops_no_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let pki = Pki::new();
+    let app = Upstream::start("app").await;
+    let inbound = Proxy::start(inbound_config(&pki, &app, "STRICT", json!([]))).await;
+    let in_addr = inbound.addr("inbound").await;
+    let outbound = Arc::new(Proxy::start(outbound_mesh_config(&pki, in_addr, PAYMENT)).await);
+    let out_addr = outbound.addr("outbound").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if get(out_addr, "payment", "/").await.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    // Reissue both workloads' certificates several times under load.
+    for i in 0..5 {
+        let mut cfg = inbound_config(&pki, &app, "STRICT", json!([]));
+        cfg["version"] = json!(format!("in-rot-{i}"));
+        cfg["listeners"][0]["address"] = json!(in_addr.to_string());
+        inbound.apply(cfg).await.unwrap();
+        let mut cfg = outbound_mesh_config(&pki, in_addr, PAYMENT);
+        cfg["version"] = json!(format!("out-rot-{i}"));
+        cfg["listeners"][0]["address"] = json!(out_addr.to_string());
+        outbound.apply(cfg).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        total += t.await.unwrap();
+    }
+    assert!(total > 10, "{total}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let dump: serde_json::Value =
+        serde_json::from_str(&get(outbound.admin(), "admin", "/config_dump").await.body).unwrap();
+    assert_eq!(dump["version"], "out-rot-4");
+}

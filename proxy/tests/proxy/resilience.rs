@@ -220,3 +220,55 @@ async fn overflow_is_rejected_with_503() {
     codes.sort_unstable();
     assert_eq!(codes, vec![200, 200, 503, 503], "one active, one pending, two overflow");
 }
+
+#[tokio::test]
+async fn retriable_status_codes_and_4xx() {
+    let teapot = Upstream::failing("teapot", 429).await;
+    let good = Upstream::start("good").await;
+    let route = route_with(json!({
+        "clusters": [{"cluster": "c"}],
+        "retries": {"attempts": 1, "retryOn": ["retriable-status-codes"], "retriableStatusCodes": [429], "backoffBaseMs": 1},
+    }));
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("c", &[&teapot, &good])])).await;
+    let addr = proxy.addr("outbound").await;
+    for _ in 0..10 {
+        assert_eq!(get(addr, "svc", "/").await.status, 200);
+    }
+    // 409 with retriable-4xx; other 4xx are not retried.
+    let conflict = Upstream::failing("conflict", 409).await;
+    let route = route_with(json!({
+        "clusters": [{"cluster": "c"}],
+        "retries": {"attempts": 2, "retryOn": ["retriable-4xx"], "backoffBaseMs": 1},
+    }));
+    proxy
+        .apply(outbound_config("2", vec![route], vec![cluster("c", &[&conflict])]))
+        .await
+        .unwrap();
+    assert_eq!(get(addr, "svc", "/").await.status, 409);
+    assert_eq!(conflict.hits(), 3);
+    assert_eq!(get(addr, "svc", "/status/404").await.status, 404);
+    assert_eq!(conflict.hits(), 4, "404 is not retriable");
+}
+
+#[tokio::test]
+async fn mirror_percentage_is_honoured() {
+    let main = Upstream::start("main").await;
+    let shadow = Upstream::start("shadow").await;
+    let route = route_with(json!({
+        "clusters": [{"cluster": "main"}],
+        "mirrors": [{"cluster": "shadow", "percentage": 25.0}],
+    }));
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![route],
+        vec![cluster("main", &[&main]), cluster("shadow", &[&shadow])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    for _ in 0..200 {
+        get(addr, "svc", "/").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = shadow.hits();
+    assert!((25..=80).contains(&n), "{n}");
+}
