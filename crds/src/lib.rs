@@ -9,6 +9,7 @@
 
 pub mod crd;
 pub mod document;
+pub mod duration;
 pub mod mesh;
 pub mod networking;
 pub mod schema;

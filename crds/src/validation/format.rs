@@ -49,55 +49,10 @@ pub(super) fn metadata(obj: &Value, namespaced: bool, f: &mut Findings) {
     }
 }
 
-/// A Go-style duration (`1h30m`, `2s`, `0.5s`, `100ms`) as used in Istio YAML.
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let hint = "write a duration such as 500ms, 2s, 1m or 1h30m";
-    if s.is_empty() {
-        return Err(format!("empty duration; {hint}"));
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("{s:?} is not a duration; {hint}"));
-        }
-        let n: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration; {hint}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(format!("{s:?} has no unit; {hint}")),
-            u => {
-                return Err(format!(
-                    "{s:?} has an unknown unit {u:?}; units are ns, us, ms, s, m, h"
-                ));
-            }
-        };
-        rest = &rest[unit_len..];
-        total += n * seconds;
-    }
-    if !total.is_finite() || total > 10.0 * 365.0 * 86400.0 * 100.0 {
-        return Err(format!("{s:?} is too long"));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 /// A duration field that must be at least `min` (Istio's minimum is 1ms for timeouts).
 pub(super) fn duration(path: &str, value: &Option<String>, min: Duration, f: &mut Findings) -> Option<Duration> {
     let s = value.as_deref()?;
-    match parse_duration(s) {
+    match crate::duration::parse(s) {
         Ok(d) if d < min => {
             f.error(path, format!("{s:?} is too short; the minimum is {}", human(min)));
             None
@@ -536,11 +491,11 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(crate::duration::parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(crate::duration::parse("0.5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(crate::duration::parse("100ms").unwrap(), Duration::from_millis(100));
         for bad in ["", "5", "s", "1x", "1.2.3s", "-1s", "1 s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(crate::duration::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use trellis_api::security::{self as api, AuthzAction as ApiAction, MtlsMode as ApiMode, PeerAuthentication};
 use trellis_contract::{
     self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
-    ConnectionPool, Endpoint, ForwardAction, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener,
-    ListenerDirection, ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, Route,
-    RouteAction, RouteMatch, TcpRoute, UpstreamProtocol, UpstreamTls, VirtualHost, WeightedCluster,
+    ConnectionPool, Endpoint, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener, ListenerDirection,
+    ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, RouteMatch, TcpRoute,
+    UpstreamProtocol, UpstreamTls, VirtualHost,
 };
 
+use super::route::forward_to;
 use super::{Ctx, INBOUND_PORT, ROOT_NAMESPACE, Severity, resource};
 use crate::registry::{Protocol, TargetPort, selects};
 
@@ -77,30 +78,15 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             }],
         });
         if protocol.is_http() || *protocol == Protocol::Auto {
-            routes.push(Route {
-                name: Some(format!("inbound|{port}")),
-                matches: vec![RouteMatch {
+            routes.push(forward_to(
+                format!("inbound|{port}"),
+                vec![RouteMatch {
                     port: Some(*port),
                     ..RouteMatch::default()
                 }],
-                action: RouteAction::Forward(ForwardAction {
-                    clusters: vec![WeightedCluster {
-                        cluster: cluster.clone(),
-                        weight: 100,
-                        request_headers: Default::default(),
-                        response_headers: Default::default(),
-                    }],
-                    rewrite: None,
-                    timeout_ms: None,
-                    retries: None,
-                    mirrors: Vec::new(),
-                }),
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                fault: None,
-                cors: None,
-                provenance: provenance.clone(),
-            });
+                cluster.clone(),
+                provenance.clone(),
+            ));
         }
         if !protocol.is_http() {
             tcp_routes.push(TcpRoute {

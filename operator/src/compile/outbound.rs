@@ -10,7 +10,7 @@ use trellis_contract::{
     Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, TcpRoute, VirtualHost,
 };
 
-use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination};
+use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
 use super::{Ctx, DNS_DOMAIN, OUTBOUND_PORT, Severity, cluster, host_matches, resolve_host, resource, visible};
 use crate::registry::{Protocol, Service, selects};
 
@@ -106,32 +106,13 @@ fn service_domains(svc: &Service, port: u16, viewer_ns: &str) -> Vec<String> {
 }
 
 fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
-    Route {
-        name: Some("default".into()),
-        matches: Vec::new(),
-        action: RouteAction::Forward(trellis_contract::ForwardAction {
-            clusters: vec![trellis_contract::WeightedCluster {
-                cluster: cref.name(),
-                weight: 100,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-            }],
-            rewrite: None,
-            timeout_ms: None,
-            retries: None,
-            mirrors: Vec::new(),
-        }),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        fault: None,
-        cors: None,
-        provenance: Provenance {
-            kind: "Service".into(),
-            namespace: svc.key.namespace.clone(),
-            name: svc.key.name.clone(),
-            rule_index: None,
-        },
-    }
+    let provenance = Provenance {
+        kind: "Service".into(),
+        namespace: svc.key.namespace.clone(),
+        name: svc.key.name.clone(),
+        rule_index: None,
+    };
+    forward_to("default".into(), Vec::new(), cref.name(), provenance)
 }
 
 /// The sidecar's outbound listener; fills `clusters` with everything its routes reference.

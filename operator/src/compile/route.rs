@@ -13,6 +13,32 @@ use trellis_contract::{
 use super::{Ctx, Severity, resolve_host, resource};
 use crate::registry::selects;
 
+/// A route sending everything it matches to one cluster, with no retries or timeout (the
+/// defaults for traffic no VirtualService shapes).
+pub(crate) fn forward_to(name: String, matches: Vec<RouteMatch>, cluster: String, provenance: Provenance) -> Route {
+    Route {
+        name: Some(name),
+        matches,
+        action: RouteAction::Forward(ForwardAction {
+            clusters: vec![WeightedCluster {
+                cluster,
+                weight: 100,
+                request_headers: HeaderMutation::default(),
+                response_headers: HeaderMutation::default(),
+            }],
+            rewrite: None,
+            timeout_ms: None,
+            retries: None,
+            mirrors: Vec::new(),
+        }),
+        request_headers: HeaderMutation::default(),
+        response_headers: HeaderMutation::default(),
+        fault: None,
+        cors: None,
+        provenance,
+    }
+}
+
 /// Where a destination resolves to; the caller turns it into a cluster name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct ClusterRef {
@@ -466,31 +492,10 @@ pub(crate) fn millis(s: &str) -> Option<u64> {
     parse_duration(s).map(|d| (d.as_millis() as u64).max(u64::from(!d.is_zero())))
 }
 
-/// Parse a Go-style duration (`1h30m`, `0.5s`, `100ms`). The validator has already reported
-/// malformed ones; here they are simply skipped.
+/// Parse a duration; the validator has already reported malformed ones, so here they are
+/// simply skipped.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..n_len].parse().ok()?;
-        rest = &rest[n_len..];
-        let u_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += n * unit;
-        rest = &rest[u_len..];
-    }
-    (!s.is_empty() && total.is_finite()).then(|| Duration::from_secs_f64(total))
+    trellis_api::duration::parse(s).ok()
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
