@@ -409,6 +409,12 @@ impl ApiServer {
         let sub = rp.subresource.as_deref().unwrap_or_default();
         match sub {
             "" | "status" | "scale" | "finalize" => {}
+            "log" if rt.kind == "Pod" && rt.group.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "pod \"{}\" has no logs: kubesim's simulated kubelet does not run containers yet",
+                    rp.name.as_deref().unwrap_or_default()
+                )));
+            }
             "token" if rt.kind == "ServiceAccount" && rt.group.is_empty() && *method == Method::POST => {
                 let name = rp.name.as_deref().unwrap_or_default();
                 let body = parse_body()?;
@@ -553,6 +559,9 @@ impl ApiServer {
                         Err(e) => json!({"authenticated": false, "error": e}),
                     }
                 };
+            }
+            "SelfSubjectReview" => {
+                body["status"] = json!({"userInfo": {"username": "kubesim-admin", "groups": ["system:masters", "system:authenticated"]}});
             }
             _ => {
                 body["status"] = json!({"allowed": true, "reason": "kubesim allows every request"});

@@ -122,6 +122,60 @@ const TOKEN_REQUEST: &[Field] = &[
     ),
 ];
 
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    (1, "namespace", Kind::Str),
+    (2, "verb", Kind::Str),
+    (3, "group", Kind::Str),
+    (4, "version", Kind::Str),
+    (5, "resource", Kind::Str),
+    (6, "subresource", Kind::Str),
+    (7, "name", Kind::Str),
+];
+
+const SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "resourceAttributes", Kind::Msg(RESOURCE_ATTRIBUTES)),
+            (
+                2,
+                "nonResourceAttributes",
+                Kind::Msg(&[(1, "path", Kind::Str), (2, "verb", Kind::Str)]),
+            ),
+        ]),
+    ),
+    (
+        3,
+        "status",
+        Kind::Msg(&[
+            (1, "allowed", Kind::Bool),
+            (2, "reason", Kind::Str),
+            (3, "evaluationError", Kind::Str),
+            (4, "denied", Kind::Bool),
+        ]),
+    ),
+];
+
+/// The status (user info) is filled by the server; clients send it empty.
+const SELF_SUBJECT_REVIEW: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "status",
+        Kind::Msg(&[(
+            1,
+            "userInfo",
+            Kind::Msg(&[
+                (1, "username", Kind::Str),
+                (2, "uid", Kind::Str),
+                (3, "groups", Kind::RepeatedStr),
+            ]),
+        )]),
+    ),
+];
+
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtobufError {
@@ -297,8 +351,9 @@ fn message(b: &[u8], fields: &'static [Field], name: &'static str) -> Result<Val
 
 /// Decodes a Kubernetes protobuf request body into the JSON object the
 /// rest of kubesim works with. Supported kinds: Namespace, ConfigMap,
-/// Secret, ServiceAccount (core/v1) and TokenRequest
-/// (authentication.k8s.io/v1).
+/// Secret, ServiceAccount (core/v1), TokenRequest and SelfSubjectReview
+/// (authentication.k8s.io/v1) and SelfSubjectAccessReview
+/// (authorization.k8s.io/v1).
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     let rest = body.strip_prefix(MAGIC).ok_or(ProtobufError::NotKubernetes)?;
     // runtime.Unknown { typeMeta = 1 { apiVersion = 1, kind = 2 }, raw = 2 }
@@ -329,6 +384,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         ("v1", "Secret") => SECRET,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
         _ => return Err(ProtobufError::UnsupportedKind(format!("{api_version} {kind}"))),
     };
     let kind_static: &'static str = match kind.as_str() {
@@ -336,6 +393,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         "ConfigMap" => "ConfigMap",
         "Secret" => "Secret",
         "ServiceAccount" => "ServiceAccount",
+        "SelfSubjectAccessReview" => "SelfSubjectAccessReview",
+        "SelfSubjectReview" => "SelfSubjectReview",
         _ => "TokenRequest",
     };
     let mut obj = message(raw, fields, kind_static)?;

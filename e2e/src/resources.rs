@@ -208,6 +208,22 @@ const BUILTINS: &[Builtin] = &[
         false,
         &[],
     )),
+    create_only(b(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+        &[],
+    )),
+    create_only(b(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        false,
+        &[],
+    )),
     b("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[]),
     b(
         "rbac.authorization.k8s.io",
