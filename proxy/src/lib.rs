@@ -14,6 +14,7 @@ pub mod dns;
 pub mod head;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod matcher;
 pub mod metrics;
 pub mod path;

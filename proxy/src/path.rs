@@ -32,7 +32,9 @@ pub fn normalize(path: &str, policy: &PathNormalization) -> Result<String, PathE
         return Err(PathError::NotOriginForm);
     }
     let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
+    // Work on bytes: everything pushed is either ASCII or copied verbatim from
+    // the (valid UTF-8) input, so the result is valid UTF-8 again.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -45,28 +47,27 @@ pub fn normalize(path: &str, policy: &PathNormalization) -> Result<String, PathE
             };
             let v = h * 16 + l;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(v as char);
+                out.push(v);
             } else if v == b'/' || v == b'\\' {
                 match policy.escaped_slashes {
                     EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
-                    EscapedSlashes::Keep => push_encoded(&mut decoded, v),
-                    EscapedSlashes::Decode => decoded.push('/'),
+                    EscapedSlashes::Keep => push_encoded(&mut out, v),
+                    EscapedSlashes::Decode => out.push(b'/'),
                 }
             } else {
-                push_encoded(&mut decoded, v);
+                push_encoded(&mut out, v);
             }
             i += 3;
         } else {
-            decoded.push(if b == b'\\' && policy.escaped_slashes == EscapedSlashes::Decode {
-                '/'
+            out.push(if b == b'\\' && policy.escaped_slashes == EscapedSlashes::Decode {
+                b'/'
             } else {
-                // Non-ASCII bytes cannot occur: hyper only accepts visible ASCII in URIs,
-                // but stay lossless anyway.
-                char::from(b)
+                b
             });
             i += 1;
         }
     }
+    let decoded = String::from_utf8(out).map_err(|_| PathError::BadEncoding)?;
     let merged = if policy.merge_slashes {
         let mut out = String::with_capacity(decoded.len());
         let mut prev_slash = false;
@@ -84,11 +85,11 @@ pub fn normalize(path: &str, policy: &PathNormalization) -> Result<String, PathE
     Ok(remove_dot_segments(&merged))
 }
 
-fn push_encoded(out: &mut String, v: u8) {
+fn push_encoded(out: &mut Vec<u8>, v: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(HEX[usize::from(v >> 4)]));
-    out.push(char::from(HEX[usize::from(v & 15)]));
+    out.push(b'%');
+    out.push(HEX[usize::from(v >> 4)]);
+    out.push(HEX[usize::from(v & 15)]);
 }
 
 fn hex(c: u8) -> Option<u8> {
@@ -179,6 +180,14 @@ mod tests {
             escaped_slashes: EscapedSlashes::Decode,
         };
         assert_eq!(normalize("/a%2F..%2Fadmin", &decode).unwrap(), "/admin");
+    }
+
+    #[test]
+    fn non_ascii_is_preserved_and_idempotent() {
+        // Found by the path_normalize fuzz target.
+        let once = norm("/\u{4cc}\u{435}/zz").unwrap();
+        assert_eq!(once, "/\u{4cc}\u{435}/zz");
+        assert_eq!(norm(&once).unwrap(), once);
     }
 
     #[test]

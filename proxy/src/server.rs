@@ -312,7 +312,8 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
     if is_http {
         let verdicts = Arc::new(crate::head::Verdicts::default());
         ctx.verdicts = Some(Arc::clone(&verdicts));
-        let stream = crate::head::GuardedIo::new(stream, verdicts);
+        let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
+        let stream = crate::head::GuardedIo::new(crate::idle::IdleIo::new(stream, idle), verdicts);
         serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
     } else {
         drop(watcher);
@@ -324,7 +325,7 @@ async fn serve_http(
     rt: Arc<Runtime>,
     ctx: Arc<ConnContext>,
     listener: &ListenerRuntime,
-    stream: crate::head::GuardedIo<DownstreamStream>,
+    stream: crate::head::GuardedIo<crate::idle::IdleIo<DownstreamStream>>,
     watcher: Watcher,
 ) {
     let limits = &listener.spec.limits;

@@ -159,3 +159,22 @@ async fn connection_limit_closes_extra_connections() {
     let reply = raw(addr, b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", T).await;
     assert_eq!(reply, "", "second connection is closed without a response");
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, _p, addr) = proxy_with_limits(json!({"idleTimeoutMs": 200})).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now stay silent: the proxy closes the connection after the idle timeout.
+    let start = Instant::now();
+    let n = tokio::time::timeout(T, s.read(&mut buf))
+        .await
+        .expect("closed before the test timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection closed");
+    assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+}
