@@ -40,7 +40,10 @@ pub async fn proxy(
             break;
         };
         tried.push(idx);
-        match cluster.connect(&cluster.endpoints[idx]).await {
+        match cluster
+            .connect(&cluster.endpoints[idx], crate::upstream::ConnProtocol::Opaque)
+            .await
+        {
             Ok(io) => {
                 upstream = Some(io.into_inner());
                 break;

@@ -110,7 +110,44 @@ pub struct EndpointState {
     pub active: AtomicU64,
     outlier: Mutex<Outlier>,
     pool: Mutex<Pool>,
-    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    tls: Option<EndpointTls>,
+}
+
+/// TLS client configs for one endpoint, one per ALPN offer so the negotiated
+/// protocol always matches the one the proxy speaks on the connection.
+#[derive(Clone)]
+struct EndpointTls {
+    http1: Arc<ClientConfig>,
+    http2: Arc<ClientConfig>,
+    opaque: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl EndpointTls {
+    fn new(base: Arc<ClientConfig>, name: ServerName<'static>) -> Self {
+        let with = |alpn: &[&[u8]]| {
+            let mut c = (*base).clone();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        };
+        Self {
+            http1: with(&[b"http/1.1"]),
+            http2: with(&[b"h2"]),
+            opaque: with(&[]),
+            name,
+        }
+    }
+}
+
+/// What a new upstream connection will carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnProtocol {
+    /// HTTP/1.1 (ALPN `http/1.1`).
+    Http1,
+    /// HTTP/2 (ALPN `h2`).
+    Http2,
+    /// Opaque bytes (no ALPN).
+    Opaque,
 }
 
 impl std::fmt::Debug for EndpointState {
@@ -179,12 +216,7 @@ impl ClusterRuntime {
         identity_cfg: &IdentityConfig,
         identity: Option<&WorkloadIdentity>,
     ) -> Result<Self, ClusterError> {
-        let alpn: &[&[u8]] = match spec.protocol {
-            UpstreamProtocol::Http1 => &[b"http/1.1"],
-            UpstreamProtocol::Http2 => &[b"h2"],
-            UpstreamProtocol::UseDownstream => &[b"h2", b"http/1.1"],
-            UpstreamProtocol::Tcp => &[],
-        };
+        let alpn: &[&[u8]] = &[];
         let tls_err = |source| ClusterError::Tls {
             cluster: spec.name.clone(),
             source,
@@ -194,7 +226,7 @@ impl ClusterRuntime {
             .as_deref()
             .and_then(|s| ServerName::try_from(s.to_string()).ok())
             .unwrap_or_else(|| ServerName::try_from("mesh.trellis.internal").expect("valid name"));
-        let mut mesh_cache: HashMap<Vec<String>, Arc<ClientConfig>> = HashMap::new();
+        let mut mesh_cache: HashMap<Vec<String>, EndpointTls> = HashMap::new();
         let simple = match &spec.tls {
             UpstreamTls::Simple { sni, ca } => {
                 let roots = match (ca, &identity_cfg.trust_bundle) {
@@ -202,7 +234,10 @@ impl ClusterRuntime {
                     (None, None) => Arc::new(rustls::RootCertStore::empty()),
                 };
                 let name = ServerName::try_from(sni.clone()).unwrap_or_else(|_| server_name.clone());
-                Some((simple_client_config(roots, alpn).map_err(tls_err)?, name))
+                Some(EndpointTls::new(
+                    simple_client_config(roots, alpn).map_err(tls_err)?,
+                    name,
+                ))
             }
             _ => None,
         };
@@ -224,14 +259,17 @@ impl ClusterRuntime {
                         None => expected_identities.clone(),
                     };
                     let cfg = match mesh_cache.get(&expected) {
-                        Some(c) => Arc::clone(c),
+                        Some(c) => c.clone(),
                         None => {
-                            let c = id.client_config(expected.clone(), alpn).map_err(tls_err)?;
-                            mesh_cache.insert(expected, Arc::clone(&c));
+                            let c = EndpointTls::new(
+                                id.client_config(expected.clone(), alpn).map_err(tls_err)?,
+                                server_name.clone(),
+                            );
+                            mesh_cache.insert(expected, c.clone());
                             c
                         }
                     };
-                    Some((cfg, server_name.clone()))
+                    Some(cfg)
                 }
             };
             endpoints.push(Arc::new(EndpointState {
@@ -404,7 +442,7 @@ impl ClusterRuntime {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let io = self.connect(ep).await?;
+                let io = self.connect(ep, ConnProtocol::Http2).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -444,7 +482,7 @@ impl ClusterRuntime {
         let (mut sender, served) = match reused {
             Some(c) => (c.sender, c.served),
             None => {
-                let io = self.connect(ep).await?;
+                let io = self.connect(ep, ConnProtocol::Http1).await?;
                 let (sender, conn) = http1::Builder::new()
                     .handshake(io)
                     .await
@@ -491,7 +529,11 @@ impl ClusterRuntime {
 
     /// Open a connection to an endpoint (TCP, then TLS if configured), bounded
     /// by the connect timeout.
-    pub async fn connect(&self, ep: &EndpointState) -> Result<TokioIo<UpstreamStream>, UpstreamError> {
+    pub async fn connect(
+        &self,
+        ep: &EndpointState,
+        protocol: ConnProtocol,
+    ) -> Result<TokioIo<UpstreamStream>, UpstreamError> {
         let timeout = Duration::from_millis(self.spec.connect_timeout_ms);
         let fail = |reason: String| UpstreamError::ConnectFailure { addr: ep.addr, reason };
         let fut = async {
@@ -499,9 +541,14 @@ impl ClusterRuntime {
             let _ = tcp.set_nodelay(true);
             match &ep.tls {
                 None => Ok(UpstreamStream::Plain(tcp)),
-                Some((cfg, name)) => {
+                Some(t) => {
+                    let cfg = match protocol {
+                        ConnProtocol::Http1 => &t.http1,
+                        ConnProtocol::Http2 => &t.http2,
+                        ConnProtocol::Opaque => &t.opaque,
+                    };
                     let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
-                        .connect(name.clone(), tcp)
+                        .connect(t.name.clone(), tcp)
                         .await
                         .map_err(|e| fail(format!("TLS handshake: {e}")))?;
                     Ok(UpstreamStream::Tls(Box::new(tls)))

@@ -262,3 +262,77 @@ async fn certificate_rotation_by_config_swap_drops_no_requests() {
         serde_json::from_str(&get(outbound.admin(), "admin", "/config_dump").await.body).unwrap();
     assert_eq!(dump["version"], "out-rot-4");
 }
+
+#[tokio::test]
+async fn mesh_hop_uses_the_downstream_protocol() {
+    let pki = Pki::new();
+    let app = Upstream::start("app").await;
+    let inbound = Proxy::start(inbound_config(&pki, &app, "STRICT", json!([]))).await;
+    let in_addr = inbound.addr("inbound").await;
+    let mut cfg = outbound_mesh_config(&pki, in_addr, PAYMENT);
+    cfg["clusters"][0]["protocol"] = json!("useDownstream");
+    let outbound = Proxy::start(cfg).await;
+    let out = outbound.addr("outbound").await;
+    // HTTP/1.1 in, HTTP/1.1 across the mesh hop.
+    let r = get(out, "payment", "/h1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // HTTP/2 in, HTTP/2 across (ALPN h2), and the app still gets the request.
+    let r = send_h2(out, "payment", "/h2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.last_seen().path, "/h2");
+}
+
+#[tokio::test]
+async fn opaque_tcp_over_mesh_mtls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let _echo = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = echo.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let inbound = Proxy::start(json!({
+        "version": "in",
+        "identity": pki.identity(PAYMENT),
+        "listeners": [{"name": "inbound", "address": "127.0.0.1:0", "direction": "inbound", "protocol": "auto",
+                       "tcpRoutes": [{"cluster": "db"}]}],
+        "clusters": [{"name": "db", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": echo_addr.port()}]}],
+        "inbound": {"mtls": {"mode": "STRICT"}},
+    }))
+    .await;
+    let in_addr = inbound.addr("inbound").await;
+    let outbound = Proxy::start(json!({
+        "version": "out",
+        "identity": pki.identity(WEB),
+        "listeners": [{"name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+                       "tcpRoutes": [{"cluster": "db"}]}],
+        "clusters": [{"name": "db", "protocol": "tcp", "tls": {"mesh": {"expectedIdentities": [PAYMENT]}},
+                      "endpoints": [{"address": "127.0.0.1", "port": in_addr.port()}]}],
+    }))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(outbound.addr("outbound").await)
+        .await
+        .unwrap();
+    s.write_all(b"SELECT 1;").await.unwrap();
+    let mut buf = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"SELECT 1;");
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let m = get(inbound.admin(), "admin", "/metrics").await.body;
+    assert!(
+        m.lines().any(|l| l.starts_with("trellis_tcp_connections_opened_total{")
+            && l.contains(&format!("source_principal=\"{WEB}\""))
+            && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "{m}"
+    );
+}
