@@ -4,10 +4,12 @@
 //! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
 //! - [`index`]: the live index, fed by kube-runtime watchers.
+//! - [`push`]: the gRPC config push service and per-proxy sync state.
 //! - [`ca`]: the mesh certificate authority and root rotation.
 
 pub mod ca;
 pub mod compile;
 pub mod index;
+pub mod push;
 pub mod registry;
 pub mod snapshot;

@@ -1,0 +1,263 @@
+//! Config push: the gRPC `ConfigPush` service proxies subscribe to.
+//!
+//! Each subscription compiles its proxy's configuration from the current snapshot, sends it,
+//! and sends it again whenever it changes. Versions are content hashes, so a change that does
+//! not affect a proxy produces the same version and is not pushed to it; changes are debounced.
+//! The proxy ACKs or NACKs every version; the per-proxy sync state (sent, acked, nacked with
+//! the error, last seen) is kept for the admin API.
+//!
+//! # Guarantees
+//! - A proxy never receives a snapshot it already has (same version), including after a
+//!   reconnect that announces its current version.
+//! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
+//!   the error and does not resend the same version until the config changes.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use trellis_contract::ProxyConfig;
+use trellis_push::v1::config_push_server::ConfigPush;
+use trellis_push::{ProxyMessage, Snapshot, proxy_message};
+
+use crate::compile::{Role, compile};
+use crate::registry::ObjectKey;
+use crate::snapshot::Snapshot as MeshSnapshot;
+
+/// Where subscriptions read the mesh from.
+pub trait Source: Send + Sync + 'static {
+    /// The current snapshot.
+    fn snapshot(&self) -> MeshSnapshot;
+}
+
+impl Source for std::sync::RwLock<crate::index::Index> {
+    fn snapshot(&self) -> MeshSnapshot {
+        self.read().expect("index lock").snapshot()
+    }
+}
+
+impl Source for std::sync::RwLock<MeshSnapshot> {
+    fn snapshot(&self) -> MeshSnapshot {
+        self.read().expect("snapshot lock").clone()
+    }
+}
+
+/// The sync state of one proxy, as the admin API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySync {
+    /// `namespace/pod`.
+    pub proxy: String,
+    /// `sidecar` or `gateway`.
+    pub role: String,
+    /// Whether a subscription is open now.
+    pub connected: bool,
+    /// The last version sent.
+    pub sent: Option<String>,
+    /// The last version the proxy applied.
+    pub acked: Option<String>,
+    /// The last version the proxy rejected, and why.
+    pub nacked: Option<Nacked>,
+    /// When the proxy was last heard from (seconds since the epoch).
+    pub last_seen_unix: u64,
+    /// The proxy's build version.
+    pub proxy_version: String,
+}
+
+/// A rejected version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Nacked {
+    /// The version.
+    pub version: String,
+    /// The proxy's error.
+    pub error: String,
+}
+
+/// Tuning of the push server.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Quiet time after a change before compiling (batches bursts of changes).
+    pub debounce: Duration,
+    /// How long a new subscription may take to say Hello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        // why: 100 ms absorbs a `kubectl apply` of many objects while keeping convergence well
+        // under the 1 s target.
+        Options {
+            debounce: Duration::from_millis(100),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The push service.
+#[derive(Clone)]
+pub struct PushService {
+    source: Arc<dyn Source>,
+    changed: watch::Receiver<u64>,
+    sync: Arc<Mutex<BTreeMap<String, ProxySync>>>,
+    options: Options,
+}
+
+impl std::fmt::Debug for PushService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushService")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PushService {
+    /// A service reading `source`, woken by `changed`.
+    pub fn new(source: Arc<dyn Source>, changed: watch::Receiver<u64>, options: Options) -> Self {
+        PushService {
+            source,
+            changed,
+            sync: Arc::default(),
+            options,
+        }
+    }
+
+    /// Every proxy's sync state, sorted by proxy.
+    pub fn sync_state(&self) -> Vec<ProxySync> {
+        self.sync.lock().expect("sync lock").values().cloned().collect()
+    }
+
+    fn update(&self, proxy: &str, f: impl FnOnce(&mut ProxySync)) {
+        let mut sync = self.sync.lock().expect("sync lock");
+        let entry = sync.entry(proxy.to_string()).or_insert_with(|| ProxySync {
+            proxy: proxy.into(),
+            ..ProxySync::default()
+        });
+        entry.last_seen_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        f(entry);
+    }
+}
+
+/// The version of a configuration: a hash of its content, so identical content has an
+/// identical version on every operator replica and after restarts.
+pub fn content_version(config: &ProxyConfig) -> String {
+    let mut c = config.clone();
+    c.version = String::new();
+    let digest = ring::digest::digest(&ring::digest::SHA256, c.to_json().as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigPush for PushService {
+    type SubscribeStream = SnapshotStream;
+
+    async fn subscribe(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<SnapshotStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("send Hello first, within 10 s of subscribing"))??;
+        let Some(ProxyMessage {
+            kind: Some(proxy_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a subscription must be Hello",
+            ));
+        };
+        let role = match hello.role.as_str() {
+            "sidecar" | "" => Role::Sidecar,
+            "gateway" => Role::Gateway,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown role {other:?}; use sidecar or gateway"
+                )));
+            }
+        };
+        let pod = ObjectKey::new(hello.namespace.clone(), hello.pod.clone());
+        let proxy = pod.to_string();
+        self.update(&proxy, |s| {
+            s.role = if role == Role::Gateway {
+                "gateway".into()
+            } else {
+                "sidecar".into()
+            };
+            s.connected = true;
+            s.proxy_version = hello.proxy_version.clone();
+            if !hello.current_version.is_empty() {
+                s.acked = Some(hello.current_version.clone());
+            }
+        });
+        tracing::info!(%proxy, version = %hello.current_version, "proxy subscribed");
+
+        let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
+        // Outbound: compile and send on every change.
+        let this = self.clone();
+        let sender_proxy = proxy.clone();
+        let mut last_sent = (!hello.current_version.is_empty()).then(|| hello.current_version.clone());
+        tokio::spawn(async move {
+            let mut changed = this.changed.clone();
+            loop {
+                match compile(&this.source.snapshot(), &pod, role, "") {
+                    Ok(mut compiled) => {
+                        let version = content_version(&compiled.config);
+                        if last_sent.as_deref() != Some(version.as_str()) {
+                            compiled.config.version = version.clone();
+                            if tx.send(Ok(Snapshot::from_config(&compiled.config))).await.is_err() {
+                                break;
+                            }
+                            this.update(&sender_proxy, |s| s.sent = Some(version.clone()));
+                            last_sent = Some(version);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(proxy = %sender_proxy, error = %e, "not compiled yet; waiting for the registry")
+                    }
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+                tokio::time::sleep(this.options.debounce).await;
+                changed.borrow_and_update();
+            }
+        });
+        // Inbound: ACKs and NACKs.
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(ProxyMessage {
+                        kind: Some(proxy_message::Kind::Ack(a)),
+                    })) => {
+                        this.update(&proxy, |s| s.acked = Some(a.version));
+                    }
+                    Ok(Some(ProxyMessage {
+                        kind: Some(proxy_message::Kind::Nack(n)),
+                    })) => {
+                        tracing::warn!(%proxy, version = %n.version, error = %n.error, "proxy rejected a config");
+                        this.update(&proxy, |s| {
+                            s.nacked = Some(Nacked {
+                                version: n.version,
+                                error: n.error,
+                            })
+                        });
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            this.update(&proxy, |s| s.connected = false);
+            tracing::info!(%proxy, "proxy disconnected");
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,208 @@
+//! The push service over real gRPC on loopback: subscribe, receive, ACK and NACK; a change
+//! reaches the proxies it affects and only those; a reconnect that is current gets nothing.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+use trellis_operator::push::{Options, PushService};
+use trellis_operator::snapshot::Snapshot as MeshSnapshot;
+use trellis_push::v1::config_push_client::ConfigPushClient;
+use trellis_push::v1::config_push_server::ConfigPushServer;
+use trellis_push::{Hello, ProxyMessage, Snapshot};
+
+fn shop() -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/shop.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+struct Server {
+    addr: SocketAddr,
+    service: PushService,
+    mesh: Arc<RwLock<MeshSnapshot>>,
+    changed: watch::Sender<u64>,
+}
+
+async fn server() -> Server {
+    let mesh = Arc::new(RwLock::new(MeshSnapshot::from_yaml(&shop()).unwrap()));
+    let (changed, rx) = watch::channel(0);
+    let options = Options {
+        debounce: Duration::from_millis(20),
+        ..Options::default()
+    };
+    let service = PushService::new(mesh.clone(), rx, options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = ConfigPushServer::new(service.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    Server {
+        addr,
+        service,
+        mesh,
+        changed,
+    }
+}
+
+struct Proxy {
+    to_server: mpsc::Sender<ProxyMessage>,
+    from_server: Streaming<Snapshot>,
+}
+
+async fn subscribe(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &str) -> Proxy {
+    let mut client = ConfigPushClient::connect(format!("http://{addr}")).await.unwrap();
+    let (to_server, rx) = mpsc::channel(8);
+    to_server
+        .send(ProxyMessage::hello(Hello {
+            namespace: ns.into(),
+            pod: pod.into(),
+            role: role.into(),
+            proxy_version: "test".into(),
+            current_version: current.into(),
+        }))
+        .await
+        .unwrap();
+    let from_server = client.subscribe(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    Proxy { to_server, from_server }
+}
+
+impl Proxy {
+    async fn next(&mut self) -> Option<Snapshot> {
+        match tokio::time::timeout(Duration::from_secs(5), self.from_server.message()).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => None,
+        }
+    }
+
+    /// Nothing arrives within `d`.
+    async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.from_server.message()).await.is_err()
+    }
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out: {what}");
+}
+
+#[tokio::test]
+async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
+    let s = server().await;
+    let mut web = subscribe(s.addr, "shop", "web-5d8f-abcde", "sidecar", "").await;
+    let mut gw = subscribe(s.addr, "trellis-system", "ingress-1", "gateway", "").await;
+
+    let first = web.next().await.expect("a first snapshot");
+    let config = first.config().unwrap();
+    config.validate().expect("the proxy accepts it");
+    assert_eq!(config.version, first.version);
+    web.to_server.send(ProxyMessage::ack(&first.version)).await.unwrap();
+    let gw_first = gw.next().await.expect("the gateway's snapshot");
+    gw.to_server.send(ProxyMessage::ack(&gw_first.version)).await.unwrap();
+    eventually("web acked", || {
+        s.service
+            .sync_state()
+            .iter()
+            .any(|p| p.proxy == "shop/web-5d8f-abcde" && p.acked.as_deref() == Some(first.version.as_str()))
+    })
+    .await;
+
+    // Change the ingress VirtualService: only the gateway is affected.
+    {
+        let mut m = s.mesh.write().unwrap();
+        let vs = m
+            .virtual_services
+            .iter_mut()
+            .find(|v| v.metadata.name.as_deref() == Some("shop-ingress"))
+            .unwrap();
+        vs.spec.http.as_mut().unwrap()[0].timeout = Some("20s".into());
+    }
+    s.changed.send_replace(1);
+    let gw_second = gw.next().await.expect("the gateway gets the change");
+    assert_ne!(gw_second.version, gw_first.version);
+    assert!(
+        web.quiet_for(Duration::from_millis(400)).await,
+        "web is not affected and gets nothing"
+    );
+
+    // Change payment's split: every sidecar sees payment.
+    {
+        let mut m = s.mesh.write().unwrap();
+        let vs = m
+            .virtual_services
+            .iter_mut()
+            .find(|v| v.metadata.name.as_deref() == Some("payment"))
+            .unwrap();
+        vs.spec.http.as_mut().unwrap()[1].timeout = Some("4s".into());
+    }
+    s.changed.send_replace(2);
+    let second = web.next().await.expect("web gets the change");
+    assert_ne!(second.version, first.version);
+    assert!(second.config().unwrap().to_json().contains("\"timeoutMs\": 4000"));
+
+    // A NACK is recorded with its error.
+    web.to_server
+        .send(ProxyMessage::nack(&second.version, "route 3: bad regex"))
+        .await
+        .unwrap();
+    eventually("web nacked", || {
+        s.service.sync_state().iter().any(|p| {
+            p.proxy == "shop/web-5d8f-abcde" && p.nacked.as_ref().is_some_and(|n| n.error == "route 3: bad regex")
+        })
+    })
+    .await;
+
+    // Disconnect: the state says so.
+    drop(web);
+    eventually("web disconnected", || {
+        s.service
+            .sync_state()
+            .iter()
+            .any(|p| p.proxy == "shop/web-5d8f-abcde" && !p.connected)
+    })
+    .await;
+
+    // A reconnect announcing the current version is not sent it again.
+    let mut again = subscribe(s.addr, "shop", "web-5d8f-abcde", "sidecar", &second.version).await;
+    assert!(again.quiet_for(Duration::from_millis(400)).await);
+    // A reconnect with an old version gets the current one.
+    let mut stale = subscribe(s.addr, "shop", "web-5d8f-abcde", "sidecar", &first.version).await;
+    assert_eq!(stale.next().await.unwrap().version, second.version);
+}
+
+#[tokio::test]
+async fn versions_are_content_hashes() {
+    let mesh = MeshSnapshot::from_yaml(&shop()).unwrap();
+    let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
+    let a = trellis_operator::compile::compile(&mesh, &pod, trellis_operator::compile::Role::Sidecar, "x").unwrap();
+    let b = trellis_operator::compile::compile(&mesh, &pod, trellis_operator::compile::Role::Sidecar, "y").unwrap();
+    let va = trellis_operator::push::content_version(&a.config);
+    assert_eq!(
+        va,
+        trellis_operator::push::content_version(&b.config),
+        "the version field itself does not count"
+    );
+    assert_eq!(va.len(), 16);
+}
+
+#[tokio::test]
+async fn a_subscription_must_start_with_hello() {
+    let s = server().await;
+    let mut client = ConfigPushClient::connect(format!("http://{}", s.addr)).await.unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(ProxyMessage::ack("v1")).await.unwrap();
+    let err = client.subscribe(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("Hello"), "{}", err.message());
+}
