@@ -185,10 +185,13 @@ impl Cluster {
         old: Option<&Value>,
         opts: &WriteOptions,
     ) -> Result<Vec<String>, ApiError> {
-        let Some(schema) = &rt.schema else {
-            return Ok(Vec::new());
+        let outcome = match &rt.schema {
+            Some(schema) => crd::validate(schema, obj, old),
+            None => match crate::openapi_builtin::schema(&rt.group, &rt.kind) {
+                Some(schema) => crd::validate_builtin(schema, obj),
+                None => return Ok(Vec::new()),
+            },
         };
-        let outcome = crd::validate(schema, obj, old);
         if !outcome.errors.is_empty() {
             return Err(ApiError::invalid(rt, name, &outcome.errors));
         }
@@ -198,9 +201,12 @@ impl Cluster {
             match mode {
                 "Strict" => {
                     return Err(ApiError::bad_request(format!(
-                        "{}.{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                        rt.kind,
-                        rt.group,
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                        if rt.group.is_empty() {
+                            rt.kind.clone()
+                        } else {
+                            format!("{}.{}", rt.kind, rt.group)
+                        },
                         rt.version,
                         rt.kind,
                         outcome

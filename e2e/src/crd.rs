@@ -211,7 +211,7 @@ pub fn unregister(catalog: &Catalog, store: &Store, crd: &Value) {
 /// `x-kubernetes-validations` CEL rules (with `oldSelf` from `old` on
 /// updates).
 pub fn validate(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome {
-    let mut out = validate_structure(schema, obj);
+    let mut out = validate_structure(schema, obj, Mode::Structural);
     if out.errors.is_empty()
         && let Err(errors) = kube_cel::validate(schema, obj, old)
     {
@@ -228,7 +228,24 @@ pub fn validate(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Outcome
     out
 }
 
-fn validate_structure(schema: &Value, obj: &mut Value) -> Outcome {
+/// Validates a built-in object against its upstream OpenAPI schema:
+/// unknown fields are pruned and reported, required fields and types are
+/// checked. Unlike CRD schemas, an object schema without properties is
+/// free-form and `null` means "not set".
+pub fn validate_builtin(schema: &Value, obj: &mut Value) -> Outcome {
+    validate_structure(schema, obj, Mode::OpenApi)
+}
+
+/// How to read a schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// CRD structural schemas: defaults, pruning of everything unnamed.
+    Structural,
+    /// Built-in OpenAPI: no defaults, property-less objects are free-form.
+    OpenApi,
+}
+
+fn validate_structure(schema: &Value, obj: &mut Value, mode: Mode) -> Outcome {
     let mut out = Outcome::default();
     let Some(props) = schema.get("properties").and_then(Value::as_object) else {
         return out;
@@ -238,7 +255,7 @@ fn validate_structure(schema: &Value, obj: &mut Value) -> Outcome {
         return out;
     };
     for (k, sub) in props {
-        if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+        if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || mode == Mode::OpenApi {
             continue;
         }
         apply_default(m, k, sub);
@@ -251,7 +268,7 @@ fn validate_structure(schema: &Value, obj: &mut Value) -> Outcome {
         match props.get(&k) {
             Some(sub) => {
                 if let Some(v) = m.get_mut(&k) {
-                    check(sub, v, &k, &mut out);
+                    check(sub, v, &k, &mut out, mode);
                 }
             }
             None if schema["x-kubernetes-preserve-unknown-fields"] == json!(true) => {}
@@ -307,12 +324,14 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn check(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
-    if v.is_null() && schema["nullable"] == json!(true) {
+fn check(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome, mode: Mode) {
+    if v.is_null() && (schema["nullable"] == json!(true) || mode == Mode::OpenApi) {
         return;
     }
     if schema["x-kubernetes-int-or-string"] == json!(true) {
-        if !(v.is_string() || type_name(v) == "integer") {
+        // Quantities are int-or-string too and accept any number.
+        let number_ok = type_name(v) == "integer" || (mode == Mode::OpenApi && v.is_number());
+        if !(v.is_string() || number_ok) {
             out.errors.push((
                 path.to_string(),
                 format!(
@@ -414,10 +433,12 @@ fn check(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
-                    if let Value::Object(m) = item {
+                    if let Value::Object(m) = item
+                        && mode == Mode::Structural
+                    {
                         default_children(item_schema, m);
                     }
-                    check(item_schema, item, &format!("{path}[{i}]"), out);
+                    check(item_schema, item, &format!("{path}[{i}]"), out, mode);
                 }
             }
         }
@@ -425,9 +446,14 @@ fn check(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
             if schema["x-kubernetes-embedded-resource"] == json!(true) && schema.get("properties").is_none() {
                 return;
             }
-            default_children(schema, m);
+            if mode == Mode::Structural {
+                default_children(schema, m);
+            }
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
+            if mode == Mode::OpenApi && props.is_none() && additional.is_none() {
+                return;
+            }
             let preserve = schema["x-kubernetes-preserve-unknown-fields"] == json!(true);
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
@@ -439,7 +465,7 @@ fn check(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
                 match sub {
                     Some(sub) => {
                         if let Some(child) = m.get_mut(&k) {
-                            check(sub, child, &child_path, out);
+                            check(sub, child, &child_path, out, mode);
                         }
                     }
                     None if preserve || additional == Some(&json!(true)) => {}

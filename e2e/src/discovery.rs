@@ -316,6 +316,7 @@ pub fn openapi_v3_group_version(resources: &[ResourceType], group: &str, version
         let mut schema = r
             .schema
             .clone()
+            .or_else(|| crate::openapi_builtin::schema(&r.group, &r.kind).cloned())
             .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
         if let Some(m) = schema.as_object_mut() {
             m.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));

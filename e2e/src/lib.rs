@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod endpoints;
 pub mod harness;
 pub mod kubelet;
+pub mod openapi_builtin;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

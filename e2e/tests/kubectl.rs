@@ -527,3 +527,32 @@ fn create_commands_tokens_and_token_reviews() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn built_in_kinds_are_validated_and_explained() -> Result<()> {
+    let k = TestCluster::start()?;
+    let typo = WEB.replace("replicas: 2", "replicas: 2\n  replicaz: 3");
+    let out = k.kubectl(&["apply", "-f", "-"], Some(&typo))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("strict decoding error: unknown field \"spec.replicaz\""),
+        "{err}"
+    );
+    // With validation off the unknown field is dropped, as upstream does.
+    k.kubectl_ok(&["apply", "--validate=false", "-f", "-"], Some(&typo))?;
+    let spec = k.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec}"], None)?;
+    assert!(!spec.contains("replicaz"), "{spec}");
+
+    let nameless =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - image: trellis-testapp:1\n";
+    let out = k.kubectl(&["apply", "-f", "-"], Some(nameless))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("The Pod \"p\" is invalid: spec.containers[0].name: Required value"),
+        "{err}"
+    );
+
+    let explained = k.kubectl_ok(&["explain", "deployment.spec.replicas"], None)?;
+    assert!(explained.contains("FIELD: replicas <integer>"), "{explained}");
+    Ok(())
+}
