@@ -10,6 +10,7 @@
 //! Time comes from a [`Clock`], so tests drive issuance and rotation deterministically.
 
 mod rotation;
+pub mod service;
 
 pub use rotation::{Phase, RootRotation, RotationError};
 

@@ -1,6 +1,6 @@
-//! The live index against a real API server (kubesim): CRDs applied with kubectl, Services
-//! and Deployments picked up with no configuration, changes and deletions followed, and the
-//! compiler run from the live index.
+//! The operator against a real API server (kubesim): the live index follows the cluster (CRDs
+//! applied with kubectl, Services and Deployments picked up with no configuration, changes and
+//! deletions followed, the compiler run from it), and TokenReview identifies ServiceAccounts.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -143,4 +143,38 @@ async fn the_index_follows_the_cluster() {
     .await;
 
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_identifies_service_accounts() {
+    use trellis_operator::ca::service::{KubeTokenReviewer, TOKEN_AUDIENCE, TokenReviewer};
+    let cluster = TestCluster::start().expect("kubesim starts");
+    cluster.kubectl_ok(&["create", "namespace", "shop"], None).unwrap();
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "web", "-n", "shop"], None)
+        .unwrap();
+    let token = cluster
+        .kubectl_ok(
+            &["create", "token", "web", "-n", "shop", "--audience", TOKEN_AUDIENCE],
+            None,
+        )
+        .unwrap();
+    let reviewer = KubeTokenReviewer::new(cluster.client().await.unwrap());
+    let who = reviewer
+        .review(token.trim(), TOKEN_AUDIENCE)
+        .await
+        .expect("a valid token");
+    assert_eq!((who.namespace.as_str(), who.service_account.as_str()), ("shop", "web"));
+    let err = reviewer.review("not-a-token", TOKEN_AUDIENCE).await.unwrap_err();
+    assert!(!err.is_empty());
+    let other = cluster
+        .kubectl_ok(
+            &["create", "token", "web", "-n", "shop", "--audience", "someone-else"],
+            None,
+        )
+        .unwrap();
+    assert!(
+        reviewer.review(other.trim(), TOKEN_AUDIENCE).await.is_err(),
+        "a token for another audience is refused"
+    );
 }
