@@ -337,7 +337,7 @@ impl ApiServer {
                 .ok_or_else(ApiError::path_not_found),
             (&Method::GET, ["openapi", "v3"]) => Ok(ok(&discovery::openapi_v3_index(
                 &resources,
-                self.cluster.store.current_rv(),
+                discovery::catalog_revision(&resources),
             ))),
             (&Method::GET, ["openapi", "v3", "api", v]) => discovery::openapi_v3_group_version(&resources, "", v)
                 .map(|d| ok(&d))

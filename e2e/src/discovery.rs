@@ -226,6 +226,21 @@ pub fn wants_aggregated(accept: &str) -> bool {
     })
 }
 
+/// A fingerprint of the served resources and their schemas: the `hash`
+/// of OpenAPI URLs, so kubectl's cache only misses when something changed.
+pub fn catalog_revision(resources: &[ResourceType]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for r in resources {
+        let schema = r.schema.as_ref().map(Value::to_string).unwrap_or_default();
+        let part = format!("{}/{}/{}/{schema}", r.group, r.version, r.plural);
+        for b in part.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// `/openapi/v3`: one entry per served group version.
 pub fn openapi_v3_index(resources: &[ResourceType], revision: u64) -> Value {
     let mut paths = serde_json::Map::new();
