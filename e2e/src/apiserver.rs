@@ -754,6 +754,9 @@ fn delete_options(q: &BTreeMap<String, String>, body: &[u8]) -> DeleteOptions {
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_string),
+        grace_period_seconds: b["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
     pub bookmark_interval: Duration,
+    /// What runs pods (the simulated kubelet until the process runner).
+    pub runtime: Arc<dyn crate::kubelet::PodRuntime>,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Config {
             state_dir: state_dir.to_path_buf(),
             port: 0,
             bookmark_interval: Duration::from_secs(5),
+            runtime: Arc::new(crate::kubelet::Simulated),
         }
     }
 }
@@ -134,7 +137,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
     });
     tokio::spawn(server.serve(listener, tls));
-    tokio::spawn(controllers::run(cluster.clone(), shutdown.subscribe()));
+    tokio::spawn(controllers::run(
+        cluster.clone(),
+        config.runtime.clone(),
+        shutdown.subscribe(),
+    ));
     let kubeconfig = pki::write_kubeconfig(&files, &identity, &format!("https://{address}"), &admin_token)?;
     info!(%address, kubeconfig = %kubeconfig.display(), "kubesim is serving");
     Ok(Running {

@@ -37,6 +37,9 @@ pub struct DeleteOptions {
     pub propagation: Option<String>,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
+    /// `gracePeriodSeconds`; for Pods on a node, `None` means the pod's
+    /// `terminationGracePeriodSeconds` and `0` deletes at once.
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// Options of a list.
@@ -778,6 +781,33 @@ impl Cluster {
         };
         admission::validate(self, &attrs, None, Some(&current))?;
         let namespace_pending = rt.kind == "Namespace" && rt.group.is_empty();
+        // A Pod on a node terminates gracefully: it is marked, the kubelet
+        // stops it and then removes the object.
+        let pod_on_node = rt.kind == "Pod"
+            && rt.group.is_empty()
+            && current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+        let grace = opts.grace_period_seconds.unwrap_or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        if pod_on_node && grace > 0 && fins.is_empty() && !opts.dry_run {
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(Self::present(rt, current));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(clock::now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            let stored = self
+                .store
+                .update(&key, marked, Some(object_rv(&current)))
+                .map_err(|e| map_store(rt, name, e))?;
+            return Ok(Self::present(rt, stored));
+        }
         if opts.dry_run {
             return Ok(Self::present(rt, current));
         }

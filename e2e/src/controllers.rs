@@ -234,7 +234,7 @@ pub fn sweep(cluster: &Cluster) -> bool {
 
 /// Runs the controllers until `stop` turns true: a sweep after every batch
 /// of changes (debounced) and at least once a second.
-pub async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+pub async fn run(cluster: Arc<Cluster>, runtime: Arc<dyn crate::kubelet::PodRuntime>, mut stop: watch::Receiver<bool>) {
     let mut events = cluster.store.subscribe();
     loop {
         // Why bounded: a sweep that keeps changing things must not spin.
@@ -242,7 +242,7 @@ pub async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
             let mut changed = sweep(&cluster);
             changed |= crate::workloads::sweep_deployments(&cluster);
             changed |= crate::workloads::sweep_replicasets(&cluster);
-            changed |= crate::kubelet::sweep(&cluster);
+            changed |= crate::kubelet::sweep(&cluster, runtime.as_ref());
             changed |= crate::endpoints::sweep(&cluster);
             if !changed {
                 break;

@@ -1,12 +1,10 @@
-//! The node side of kubesim, for now simulated: a scheduler that binds
-//! every pod to the single node, and a kubelet that reports bound pods as
-//! Running and Ready with an address from the pod range, without running
-//! anything.
+//! The node side of kubesim: a scheduler that binds every pod to the
+//! single node, and a kubelet loop that starts bound pods through a
+//! [`PodRuntime`], and finishes graceful deletions (stop, then remove).
 //!
-//! # Caveats
-//! - No process runs, no probe is executed, no network namespace exists.
-//!   The process runner (issue 5, section 3) replaces [`sweep`]'s status
-//!   writes with real ones; the scheduler stays.
+//! The only runtime so far is [`Simulated`]: it reports pods Running and
+//! Ready with an address from the pod range without running anything. The
+//! process runner (issue 5, section 3) is another [`PodRuntime`].
 
 use std::collections::BTreeSet;
 
@@ -14,7 +12,32 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use crate::clock;
-use crate::cluster::{Cluster, WriteOptions};
+use crate::cluster::{Cluster, DeleteOptions, WriteOptions};
+
+/// What runs a pod's containers.
+///
+/// # Guarantees expected from an implementation
+/// - `start` is called once per pod (by uid) after it is bound, and returns
+///   the pod's status (phase, `podIP`, conditions, container statuses).
+/// - `stop` is called once when the pod is deleted, before the object goes.
+pub trait PodRuntime: Send + Sync + std::fmt::Debug {
+    /// Starts a bound pod with the address `ip`; returns its status.
+    fn start(&self, pod: &Value, ip: &str) -> Result<Value, String>;
+    /// Stops everything the pod runs.
+    fn stop(&self, pod: &Value);
+}
+
+/// Pods are reported Running and Ready; nothing runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Simulated;
+
+impl PodRuntime for Simulated {
+    fn start(&self, pod: &Value, ip: &str) -> Result<Value, String> {
+        Ok(running_status(pod, ip))
+    }
+
+    fn stop(&self, _pod: &Value) {}
+}
 
 /// The one node's name.
 pub const NODE_NAME: &str = "kubesim";
@@ -67,8 +90,9 @@ fn running_status(pod: &Value, ip: &str) -> Value {
     })
 }
 
-/// One pass: bind unscheduled pods, start bound pending ones.
-pub fn sweep(cluster: &Cluster) -> bool {
+/// One pass: bind unscheduled pods, start bound pending ones, finish the
+/// graceful deletion of deleting ones.
+pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
     let Some(rt) = cluster.catalog.get("", "v1", "pods") else {
         return false;
     };
@@ -79,9 +103,6 @@ pub fn sweep(cluster: &Cluster) -> bool {
         .collect();
     let mut changed = false;
     for pod in pods {
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            continue;
-        }
         let ns = pod
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -92,6 +113,24 @@ pub fn sweep(cluster: &Cluster) -> bool {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            let finalizing = pod
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if !finalizing {
+                runtime.stop(&pod);
+                let now = DeleteOptions {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                match cluster.delete(&rt, Some(&ns), &name, &now) {
+                    Ok(_) => changed = true,
+                    Err(e) => debug!(%ns, %name, error = %e, "pod removal retried later"),
+                }
+            }
+            continue;
+        }
         if pod
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -111,11 +150,77 @@ pub fn sweep(cluster: &Cluster) -> bool {
         let Some(ip) = allocate_ip(&used) else { continue };
         used.insert(ip.clone());
         let mut started = pod.clone();
-        started["status"] = running_status(&pod, &ip);
+        started["status"] = match runtime.start(&pod, &ip) {
+            Ok(status) => status,
+            Err(e) => {
+                debug!(%ns, %name, error = %e, "pod start failed");
+                continue;
+            }
+        };
         match cluster.update(&rt, Some(&ns), &name, "status", started, &opts("kubesim-kubelet")) {
             Ok(_) => changed = true,
             Err(e) => debug!(%ns, %name, error = %e, "pod start retried later"),
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the kubelet asked of it.
+    #[derive(Debug, Default)]
+    struct Recording {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl PodRuntime for Recording {
+        fn start(&self, pod: &Value, ip: &str) -> Result<Value, String> {
+            self.calls.lock().unwrap().push(format!(
+                "start {} {ip}",
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+            Ok(running_status(pod, ip))
+        }
+        fn stop(&self, pod: &Value) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("stop {}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+        }
+    }
+
+    #[test]
+    fn pods_are_bound_started_and_stopped_before_removal() {
+        let c = Cluster::new();
+        let ns = c.catalog.get("", "v1", "namespaces").unwrap();
+        c.create(
+            &ns,
+            None,
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        let pods = c.catalog.get("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        c.create(&pods, Some("default"), pod, &WriteOptions::default()).unwrap();
+        let rt = Recording::default();
+        while sweep(&c, &rt) {}
+        let running = c.get(&pods, Some("default"), "p").unwrap();
+        assert_eq!(running["spec"]["nodeName"], NODE_NAME);
+        assert_eq!(running["status"]["phase"], "Running");
+        assert_eq!(running["status"]["podIP"], "10.244.0.2");
+
+        // Deletion is graceful: marked first, stopped, then removed.
+        let marked = c
+            .delete(&pods, Some("default"), "p", &DeleteOptions::default())
+            .unwrap();
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+        assert!(c.get(&pods, Some("default"), "p").is_ok());
+        while sweep(&c, &rt) {}
+        assert_eq!(c.get(&pods, Some("default"), "p").unwrap_err().code, 404);
+        assert_eq!(*rt.calls.lock().unwrap(), ["start p 10.244.0.2", "stop p"]);
+    }
 }
