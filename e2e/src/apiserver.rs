@@ -45,6 +45,8 @@ pub struct ServerSettings {
 pub struct ApiServer {
     pub cluster: Arc<Cluster>,
     pub settings: ServerSettings,
+    /// What runs pods; serves `pods/{name}/log`.
+    pub runtime: Arc<dyn crate::kubelet::PodRuntime>,
     /// Set to true to stop the server (the `/kubesim/shutdown` endpoint).
     pub shutdown: watch::Sender<bool>,
 }
@@ -409,11 +411,51 @@ impl ApiServer {
         let sub = rp.subresource.as_deref().unwrap_or_default();
         match sub {
             "" | "status" | "scale" | "finalize" => {}
-            "log" if rt.kind == "Pod" && rt.group.is_empty() => {
-                return Err(ApiError::bad_request(format!(
-                    "pod \"{}\" has no logs: kubesim's simulated kubelet does not run containers yet",
-                    rp.name.as_deref().unwrap_or_default()
-                )));
+            "log" if rt.kind == "Pod" && rt.group.is_empty() && *method == Method::GET => {
+                let name = rp.name.as_deref().unwrap_or_default();
+                let pod = self.cluster.get(&rt, ns, name)?;
+                let containers: Vec<String> = pod
+                    .pointer("/spec/containers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .chain(
+                        pod.pointer("/spec/initContainers")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect();
+                let container = match q.get("container") {
+                    Some(c) if containers.contains(c) => c.clone(),
+                    Some(c) => {
+                        return Err(ApiError::bad_request(format!(
+                            "container {c} is not valid for pod {name}"
+                        )));
+                    }
+                    None if containers.len() == 1 => containers[0].clone(),
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "a container name must be specified for pod {name}, choose one of: [{}]",
+                            containers.join(" ")
+                        )));
+                    }
+                };
+                let options = crate::kubelet::LogOptions {
+                    tail_lines: q.get("tailLines").and_then(|t| t.parse().ok()),
+                    previous: q.get("previous").is_some_and(|p| p == "true"),
+                    timestamps: q.get("timestamps").is_some_and(|t| t == "true"),
+                };
+                let text = self
+                    .runtime
+                    .logs(&pod, &container, &options)
+                    .map_err(ApiError::bad_request)?;
+                return Ok(Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(full(text))
+                    .unwrap_or_else(|_| Response::new(full(""))));
             }
             "token" if rt.kind == "ServiceAccount" && rt.group.is_empty() && *method == Method::POST => {
                 let name = rp.name.as_deref().unwrap_or_default();

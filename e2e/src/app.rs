@@ -69,7 +69,7 @@ impl Running {
     }
 }
 
-fn seed(cluster: &Cluster) -> anyhow::Result<()> {
+fn seed(cluster: &Cluster, api_port: u16) -> anyhow::Result<()> {
     let opts = WriteOptions {
         field_manager: Some("kubesim".into()),
         ..Default::default()
@@ -105,6 +105,32 @@ fn seed(cluster: &Cluster) -> anyhow::Result<()> {
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": KUBERNETES_SERVICE_IP, "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]},
     }), &opts)?;
+    // The API server behind the `kubernetes` Service, as clients expect.
+    let ep = get("", "endpoints")?;
+    cluster.create(
+        &ep,
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
+        }),
+        &opts,
+    )?;
+    let slices = cluster
+        .catalog
+        .get("discovery.k8s.io", "v1", "endpointslices")
+        .context("endpointslices not served")?;
+    cluster.create(
+        &slices,
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}],
+        }),
+        &opts,
+    )?;
     Ok(())
 }
 
@@ -125,7 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls = identity.server_config()?;
     let admin_token = pki::random_token();
     let cluster = Cluster::new();
-    seed(&cluster)?;
+    seed(&cluster, address.port())?;
     let (shutdown, _) = watch::channel(false);
     let server = Arc::new(ApiServer {
         cluster: cluster.clone(),
@@ -135,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             address: address.to_string(),
         },
         shutdown: shutdown.clone(),
+        runtime: config.runtime.clone(),
     });
     tokio::spawn(server.serve(listener, tls));
     tokio::spawn(controllers::run(

@@ -25,6 +25,16 @@ pub trait PodRuntime: Send + Sync + std::fmt::Debug {
     fn start(&self, pod: &Value, ip: &str) -> Result<Value, String>;
     /// Stops everything the pod runs.
     fn stop(&self, pod: &Value);
+    /// The log of one container (`kubectl logs`).
+    fn logs(&self, pod: &Value, container: &str, options: &LogOptions) -> Result<String, String>;
+}
+
+/// What `kubectl logs` asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub tail_lines: Option<usize>,
+    pub previous: bool,
+    pub timestamps: bool,
 }
 
 /// Pods are reported Running and Ready; nothing runs.
@@ -37,6 +47,16 @@ impl PodRuntime for Simulated {
     }
 
     fn stop(&self, _pod: &Value) {}
+
+    fn logs(&self, pod: &Value, container: &str, _options: &LogOptions) -> Result<String, String> {
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Err(format!(
+            "container \"{container}\" in pod \"{name}\" has no logs: kubesim's simulated kubelet does not run containers"
+        ))
+    }
 }
 
 /// The one node's name.
@@ -189,6 +209,9 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("stop {}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+        }
+        fn logs(&self, _pod: &Value, container: &str, _options: &LogOptions) -> Result<String, String> {
+            Ok(format!("log of {container}\n"))
         }
     }
 

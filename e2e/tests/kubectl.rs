@@ -516,7 +516,7 @@ fn create_commands_tokens_and_token_reviews() -> Result<()> {
     assert!(k.kubectl_ok(&["auth", "whoami"], None)?.contains("kubesim-admin"));
     k.kubectl_ok(&["run", "solo", "--image=trellis-testapp:1", "--restart=Never"], None)?;
     let out = k.kubectl(&["logs", "solo"], None)?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not run containers yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not run containers"));
 
     // Kinds without protobuf support are refused with a way forward.
     let out = k.kubectl(&["create", "deployment", "d", "--image=trellis-testapp:1"], None)?;
