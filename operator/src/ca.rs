@@ -270,6 +270,24 @@ impl CertificateAuthority {
                 authorized: who.spiffe_id.clone(),
             });
         }
+        self.issue(&csr.public_key, &who.spiffe_id, &[])
+    }
+
+    /// A serving certificate for the operator itself (its key generated here): the operator's
+    /// SPIFFE ID plus DNS names, so proxies verify it by identity and other clients by name.
+    /// Returns the leaf and its private key (PEM).
+    pub fn issue_serving(&self, spiffe_id: &str, dns_names: &[String]) -> Result<(Leaf, String), CaError> {
+        let key = KeyPair::generate()?;
+        let leaf = self.issue(&key, spiffe_id, dns_names)?;
+        Ok((leaf, key.serialize_pem()))
+    }
+
+    fn issue(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        spiffe_id: &str,
+        dns_names: &[String],
+    ) -> Result<Leaf, CaError> {
         let now = self.clock.now();
         let mut not_after = now + self.workload_ttl;
         if not_after > self.signer.not_after {
@@ -284,12 +302,17 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Trellis");
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            who.spiffe_id
+        let uri = spiffe_id
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let dns = name
                 .as_str()
                 .try_into()
-                .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?,
-        )];
+                .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -298,7 +321,7 @@ impl CertificateAuthority {
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
         params.serial_number = Some(serial()?);
-        let cert = params.signed_by(&csr.public_key, &self.signer.issuer)?;
+        let cert = params.signed_by(public_key, &self.signer.issuer)?;
         let mut chain = cert.pem();
         if !self.signer.chain_pem.is_empty() {
             // An intermediate signer: peers need it (and what is above it) to reach the root.
@@ -309,7 +332,7 @@ impl CertificateAuthority {
             cert_chain_pem: chain,
             not_before,
             not_after,
-            spiffe_id: who.spiffe_id.clone(),
+            spiffe_id: spiffe_id.to_string(),
         })
     }
 }

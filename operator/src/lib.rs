@@ -5,10 +5,14 @@
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
 //! - [`index`]: the live index, fed by kube-runtime watchers.
 //! - [`push`]: the gRPC config push service and per-proxy sync state.
+//! - [`app`], [`admin`]: the running operator and its admin API.
 //! - [`ca`]: the mesh certificate authority and root rotation.
 
+pub mod admin;
+pub mod app;
 pub mod ca;
 pub mod compile;
+pub mod identity;
 pub mod index;
 pub mod push;
 pub mod registry;

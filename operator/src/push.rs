@@ -105,6 +105,8 @@ pub struct PushService {
     changed: watch::Receiver<u64>,
     sync: Arc<Mutex<BTreeMap<String, ProxySync>>>,
     options: Options,
+    /// When set, subscriptions must present a workload certificate of the pod's identity.
+    trust_domain: Option<String>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -123,7 +125,44 @@ impl PushService {
             changed,
             sync: Arc::default(),
             options,
+            trust_domain: None,
         }
+    }
+
+    /// Require every subscription to present (over mTLS) the workload certificate of the pod
+    /// it subscribes for, in `trust_domain`.
+    pub fn require_workload_identity(mut self, trust_domain: impl Into<String>) -> Self {
+        self.trust_domain = Some(trust_domain.into());
+        self
+    }
+
+    /// Check the client certificate against the pod's ServiceAccount.
+    fn authenticate(
+        &self,
+        peer: Option<&[tonic::transport::CertificateDer<'static>]>,
+        pod: &ObjectKey,
+    ) -> Result<(), Status> {
+        let Some(td) = &self.trust_domain else { return Ok(()) };
+        let Some(leaf) = peer.and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated(
+                "connect with the pod's workload certificate (obtain one with Certificates.Sign first)",
+            ));
+        };
+        let presented = crate::identity::spiffe_id(leaf.as_ref())
+            .ok_or_else(|| Status::unauthenticated("the client certificate has no SPIFFE ID"))?;
+        let snapshot = self.source.snapshot();
+        let Some(w) = snapshot.registry.workloads.get(pod) else {
+            return Err(Status::not_found(format!(
+                "pod {pod} is not known to the registry (yet); retry shortly"
+            )));
+        };
+        let expected = w.spiffe_id(td);
+        if presented != expected {
+            return Err(Status::permission_denied(format!(
+                "the client certificate is {presented} but pod {pod} runs as {expected}"
+            )));
+        }
+        Ok(())
     }
 
     /// Every proxy's sync state, sorted by proxy.
@@ -161,6 +200,7 @@ impl ConfigPush for PushService {
     type SubscribeStream = SnapshotStream;
 
     async fn subscribe(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<SnapshotStream>, Status> {
+        let peer = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
             .await
@@ -183,6 +223,7 @@ impl ConfigPush for PushService {
             }
         };
         let pod = ObjectKey::new(hello.namespace.clone(), hello.pod.clone());
+        self.authenticate(peer.as_deref().map(Vec::as_slice), &pod)?;
         let proxy = pod.to_string();
         self.update(&proxy, |s| {
             s.role = if role == Role::Gateway {

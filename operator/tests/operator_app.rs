@@ -1,0 +1,272 @@
+//! The whole operator against kubesim: it creates and keeps its root in a Secret, becomes
+//! ready once the registry syncs, signs a pod's CSR authenticated by its ServiceAccount token
+//! over TLS, and pushes the pod's configuration over mutual TLS — only to the pod's identity.
+
+use std::time::Duration;
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use trellis_e2e::harness::TestCluster;
+use trellis_operator::app::{self, Config};
+use trellis_push::v1::certificates_client::CertificatesClient;
+use trellis_push::v1::config_push_client::ConfigPushClient;
+use trellis_push::{Hello, ProxyMessage, SignRequest};
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      containers: [{name: app, image: test-app}]
+"#;
+
+fn config() -> Config {
+    Config {
+        namespace: "trellis-system".into(),
+        push_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        trust_domain: "cluster.local".into(),
+        workload_cert_ttl_seconds: 3600,
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn channel(addr: std::net::SocketAddr, root: &str, identity: Option<Identity>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let cluster = TestCluster::start().expect("kubesim starts");
+    let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
+    cluster.kubectl_ok(&["apply", "-f", &crds], None).unwrap();
+    cluster
+        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
+        .unwrap();
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(WEB)).unwrap();
+    cluster
+        .kubectl_ok(
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
+            None,
+        )
+        .unwrap();
+
+    let client = cluster.client().await.unwrap();
+    let op = app::start(config(), client.clone()).await.expect("the operator starts");
+
+    // The root is kept in a Secret and reused by the next start.
+    let secret = cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "trellis-system",
+                "get",
+                "secret",
+                "trellis-ca",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            None,
+        )
+        .unwrap();
+    assert!(!secret.is_empty());
+    let again = app::load_or_create_root(&client, "trellis-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(again.cert_pem(), op.root_pem, "a restart keeps the same root");
+
+    // Admin API.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = http_get(op.admin_addr, "/ready").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(http_get(op.admin_addr, "/live").await.0, 200);
+    let (_, metrics) = http_get(op.admin_addr, "/metrics").await;
+    assert!(metrics.contains("trellis_operator_ready 1"), "{metrics}");
+    let (_, metrics_text) = http_get(op.admin_addr, "/metrics").await;
+    assert!(!metrics_text.contains("PRIVATE KEY"));
+
+    // A web pod asks for its certificate with its ServiceAccount token.
+    let pod = cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "shop",
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .unwrap();
+    let token = cluster
+        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
+        .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/shop/sa/web".try_into().unwrap(),
+    )];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let mut certs = CertificatesClient::new(channel(op.push_addr, &op.root_pem, None).await);
+    let signed = certs
+        .sign(SignRequest {
+            csr_pem: csr,
+            token: token.trim().into(),
+            namespace: "shop".into(),
+            pod: pod.clone(),
+        })
+        .await
+        .expect("signed")
+        .into_inner();
+    assert_eq!(signed.trust_bundle_pem, std::slice::from_ref(&op.root_pem));
+
+    // Without a client certificate, no config.
+    let hello = || {
+        ProxyMessage::hello(Hello {
+            namespace: "shop".into(),
+            pod: pod.clone(),
+            role: "sidecar".into(),
+            proxy_version: "test".into(),
+            current_version: String::new(),
+        })
+    };
+    let mut anonymous = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, None).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello()).await.unwrap();
+    let err = anonymous.subscribe(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    // With the workload certificate, the pod's configuration arrives.
+    let identity = Identity::from_pem(&signed.cert_chain_pem, key.serialize_pem());
+    let mut push = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, Some(identity)).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello()).await.unwrap();
+    let mut stream = push
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let snapshot = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let cfg = snapshot.config().unwrap();
+    assert_eq!(
+        cfg.identity.spiffe_id.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web")
+    );
+    assert!(cfg.cluster("outbound|8080||web.shop.svc.cluster.local").is_some());
+    tx.send(ProxyMessage::ack(&snapshot.version)).await.unwrap();
+    for _ in 0..100 {
+        if op
+            .push
+            .sync_state()
+            .iter()
+            .any(|p| p.acked.as_deref() == Some(snapshot.version.as_str()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, syncz) = http_get(op.admin_addr, "/debug/syncz").await;
+    assert!(syncz.contains(&snapshot.version), "{syncz}");
+
+    // Another identity cannot subscribe as this pod: a payment certificate is refused.
+    cluster
+        .kubectl_ok(&["-n", "shop", "create", "serviceaccount", "payment"], None)
+        .unwrap();
+    let token = cluster
+        .kubectl_ok(
+            &["-n", "shop", "create", "token", "payment", "--audience", "trellis"],
+            None,
+        )
+        .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/shop/sa/payment".try_into().unwrap(),
+    )];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let payment = certs
+        .sign(SignRequest {
+            csr_pem: csr,
+            token: token.trim().into(),
+            namespace: "shop".into(),
+            pod: "payment-1".into(),
+        })
+        .await
+        .expect("payment gets its own identity")
+        .into_inner();
+    let identity = Identity::from_pem(&payment.cert_chain_pem, key.serialize_pem());
+    let mut impostor = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, Some(identity)).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello()).await.unwrap();
+    let err = impostor.subscribe(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("runs as spiffe://cluster.local/ns/shop/sa/web"),
+        "{}",
+        err.message()
+    );
+    op.stop();
+}
