@@ -5,6 +5,7 @@ mod admin;
 mod binary;
 mod capture;
 mod dns;
+mod gateway;
 mod grpc;
 mod hardening;
 mod lifecycle;

@@ -387,6 +387,18 @@ impl Pki {
         }
     }
 
+    /// A leaf for a DNS name (gateway server certificates).
+    pub fn dns_leaf(&self, name: &str) -> Leaf {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// The `identity` section for a workload.
     pub fn identity(&self, spiffe: &str) -> Value {
         let leaf = self.leaf(spiffe);

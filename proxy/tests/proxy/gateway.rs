@@ -1,0 +1,199 @@
+//! Gateway listeners: TLS termination (simple and mutual) with ALPN, checked
+//! with real clients (curl, openssl s_client) where available.
+
+use crate::support::*;
+use serde_json::json;
+// Async processes: the proxy under test runs on this test's runtime.
+use tokio::process::Command;
+
+fn gateway_config(pki: &Pki, app: &Upstream, mode: &str) -> serde_json::Value {
+    let leaf = pki.dns_leaf("shop.example.com");
+    let mut tls = json!({
+        "mode": mode,
+        "certificate": {"inline": {"certChainPem": leaf.cert_pem, "privateKeyPem": leaf.key_pem}},
+    });
+    if mode == "mutual" {
+        tls["clientCa"] = json!({"inline": pki.root_pem()});
+    }
+    json!({
+        "version": "gw-1",
+        "mode": "gateway",
+        "node": {"workload": "ingressgateway", "namespace": "trellis-system"},
+        "listeners": [{
+            "name": "https", "address": "127.0.0.1:0", "direction": "gateway", "protocol": "http",
+            "tls": tls,
+            "virtualHosts": [{"name": "shop", "domains": ["shop.example.com"], "routes": [
+                {"match": [{"uri": {"prefix": "/api"}}], "action": {"forward": {"clusters": [{"cluster": "web"}]}},
+                 "provenance": {"kind": "VirtualService", "namespace": "shop", "name": "web", "ruleIndex": 0}}
+            ]}],
+        }],
+        "clusters": [cluster("web", &[app])],
+    })
+}
+
+async fn have_curl() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn gateway_terminates_tls_with_alpn_and_forwards() {
+    let pki = Pki::new();
+    let app = Upstream::start("web").await;
+    let proxy = Proxy::start(gateway_config(&pki, &app, "simple")).await;
+    let addr = proxy.addr("https").await;
+
+    // rustls client, both ALPN protocols.
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut pki.root_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect("shop.example.com".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let req = http::Request::get(if alpn == b"h2" {
+            "https://shop.example.com/api/cart"
+        } else {
+            "/api/cart"
+        })
+        .header("host", "shop.example.com")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+        let status = if alpn == b"h2" {
+            let (mut s, c) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(c);
+            let mut req = req;
+            req.headers_mut().remove("host");
+            s.send_request(req).await.unwrap().status()
+        } else {
+            let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(c);
+            s.send_request(req).await.unwrap().status()
+        };
+        assert_eq!(status, 200);
+    }
+    let seen = app.last_seen();
+    assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
+    assert_eq!(seen.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+
+    if !have_curl().await {
+        eprintln!("curl not found: skipping the curl part");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.root_pem()).unwrap();
+    let resolve = format!("shop.example.com:{}:127.0.0.1", addr.port());
+    let url = format!("https://shop.example.com:{}/api/x", addr.port());
+    for flag in ["--http2", "--http1.1"] {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", flag, "--cacert"])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &resolve,
+                "-w",
+                "%{http_version} %{http_code}",
+                "-o",
+                "/dev/null",
+                &url,
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let expected = if flag == "--http2" { "2 200" } else { "1.1 200" };
+        assert_eq!(text, expected, "curl {flag}");
+    }
+    // Plain HTTP/2 prior knowledge against an h2c listener.
+    let plain = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("web")],
+        vec![cluster("web", &[&app])],
+    ))
+    .await;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "--http2-prior-knowledge",
+            "-w",
+            "%{http_version} %{http_code}",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("http://{}/", plain.addr("outbound").await))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+}
+
+#[tokio::test]
+async fn mutual_gateway_requires_a_client_certificate() {
+    let pki = Pki::new();
+    let app = Upstream::start("web").await;
+    let proxy = Proxy::start(gateway_config(&pki, &app, "mutual")).await;
+    let addr = proxy.addr("https").await;
+    let connect = |with_cert: bool| {
+        let pki_root = pki.root_pem();
+        let leaf = pki.leaf("spiffe://cluster.local/ns/x/sa/client");
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pki_root.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+            let cfg = if with_cert {
+                let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+                let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            } else {
+                builder.with_no_client_auth()
+            };
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect("shop.example.com".try_into().unwrap(), tcp)
+                .await
+                .ok()?;
+            let (mut s, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .ok()?;
+            tokio::spawn(c);
+            let req = http::Request::get("/api/x")
+                .header("host", "shop.example.com")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            Some(s.send_request(req).await.ok()?.status().as_u16())
+        }
+    };
+    assert_eq!(connect(true).await, Some(200));
+    assert_eq!(connect(false).await, None, "no client certificate, no request");
+}
