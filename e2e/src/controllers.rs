@@ -242,6 +242,7 @@ pub async fn run(cluster: Arc<Cluster>, runtime: Arc<dyn crate::kubelet::PodRunt
             let mut changed = sweep(&cluster);
             changed |= crate::workloads::sweep_deployments(&cluster);
             changed |= crate::workloads::sweep_replicasets(&cluster);
+            changed |= crate::workloads::sweep_jobs(&cluster);
             changed |= crate::kubelet::sweep(&cluster, runtime.as_ref());
             changed |= crate::endpoints::sweep(&cluster);
             if !changed {

@@ -42,8 +42,18 @@ pub struct LogOptions {
 pub struct Simulated;
 
 impl PodRuntime for Simulated {
+    /// Pods that run to completion (`restartPolicy` Never or OnFailure,
+    /// as Jobs use) are reported Succeeded; all others Running and Ready.
     fn start(&self, pod: &Value, ip: &str) -> Result<Value, String> {
-        Ok(running_status(pod, ip))
+        let batch = matches!(
+            pod.pointer("/spec/restartPolicy").and_then(Value::as_str),
+            Some("Never" | "OnFailure")
+        );
+        Ok(if batch {
+            succeeded_status(pod, ip)
+        } else {
+            running_status(pod, ip)
+        })
     }
 
     fn stop(&self, _pod: &Value) {}
@@ -108,6 +118,31 @@ fn running_status(pod: &Value, ip: &str) -> Value {
         "qosClass": pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort")),
         "containerStatuses": statuses,
     })
+}
+
+/// The status of a pod whose containers all exited 0.
+fn succeeded_status(pod: &Value, ip: &str) -> Value {
+    let mut status = running_status(pod, ip);
+    let now = clock::now_rfc3339();
+    status["phase"] = json!("Succeeded");
+    if let Some(cs) = status["containerStatuses"].as_array_mut() {
+        for c in cs {
+            c["ready"] = json!(false);
+            c["started"] = json!(false);
+            c["state"] =
+                json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}});
+        }
+    }
+    if let Some(conds) = status["conditions"].as_array_mut() {
+        for c in conds
+            .iter_mut()
+            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+        {
+            c["status"] = json!("False");
+            c["reason"] = json!("PodCompleted");
+        }
+    }
+    status
 }
 
 /// One pass: bind unscheduled pods, start bound pending ones, finish the

@@ -288,7 +288,11 @@ fn builtin_columns(kind: &str) -> Vec<PrinterColumn> {
             column("Current", "integer", "@statusReplicas", 0),
             column("Ready", "integer", "@readyReplicas", 0),
         ],
-        "Job" => vec![column("Completions", "string", "@jobCompletions", 0)],
+        "Job" => vec![
+            column("Status", "string", "@jobStatus", 0),
+            column("Completions", "string", "@jobCompletions", 0),
+            column("Duration", "string", "@jobDuration", 0),
+        ],
         "Lease" => vec![column("Holder", "string", ".spec.holderIdentity", 0)],
         "Endpoints" => vec![column("Endpoints", "string", "@endpoints", 0)],
         "EndpointSlice" => vec![

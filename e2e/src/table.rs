@@ -183,6 +183,35 @@ fn computed(obj: &Value, name: &str) -> Value {
                 .collect();
             json!(abbreviate(ips))
         }
+        "@jobStatus" => {
+            let cond = |t: &str| {
+                obj.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+            };
+            json!(if cond("Complete") {
+                "Complete"
+            } else if cond("Failed") {
+                "Failed"
+            } else {
+                "Running"
+            })
+        }
+        "@jobDuration" => {
+            let start = obj
+                .pointer("/status/startTime")
+                .and_then(Value::as_str)
+                .and_then(clock::seconds_since);
+            let end = obj
+                .pointer("/status/completionTime")
+                .and_then(Value::as_str)
+                .and_then(clock::seconds_since);
+            match (start, end) {
+                (Some(s), Some(e)) => json!(clock::human_duration(s - e)),
+                (Some(s), None) => json!(clock::human_duration(s)),
+                _ => json!(""),
+            }
+        }
         "@dataCount" => json!(count(obj.get("data")) + count(obj.get("binaryData"))),
         "@secretsCount" => json!(count(obj.get("secrets"))),
         "@readyOfReplicas" => json!(format!(

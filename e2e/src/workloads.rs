@@ -1,7 +1,8 @@
 //! Workload controllers: Deployment → ReplicaSets (pod-template-hash,
 //! rolling updates with maxSurge/maxUnavailable, Recreate, revisions and
-//! history limit) and ReplicaSet → Pods, with the status fields
-//! `kubectl rollout status` reads.
+//! history limit), ReplicaSet → Pods, with the status fields
+//! `kubectl rollout status` reads, and Job → Pods (parallelism,
+//! completions, backoffLimit, Complete/Failed conditions).
 
 use serde_json::{Value, json};
 use tracing::debug;
@@ -380,6 +381,124 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
         ],
     });
     changed |= set_status(cluster, d_rt, d, status);
+    changed
+}
+
+fn phase(p: &Value) -> &str {
+    p.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending")
+}
+
+fn has_condition(obj: &Value, t: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+}
+
+/// Job → Pods.
+pub fn sweep_jobs(cluster: &Cluster) -> bool {
+    let (Some(job_rt), Some(pod_rt)) = (
+        cluster.catalog.get("batch", "v1", "jobs"),
+        cluster.catalog.get("", "v1", "pods"),
+    ) else {
+        return false;
+    };
+    let mut changed = false;
+    let (jobs, _) = cluster.store.list(&job_rt.group_resource(), None);
+    for job in jobs.iter().filter(|j| !deleting(j)) {
+        if has_condition(job, "Complete") || has_condition(job, "Failed") {
+            continue;
+        }
+        let ns = meta(job, "namespace");
+        let uid = meta(job, "uid");
+        let pods: Vec<Value> = list(cluster, &pod_rt, ns)
+            .into_iter()
+            .filter(|p| controlled_by(p, uid))
+            .collect();
+        let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
+        let failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
+        let active: Vec<&Value> = pods
+            .iter()
+            .filter(|p| !deleting(p) && !matches!(phase(p), "Succeeded" | "Failed"))
+            .collect();
+        let completions = job.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+        let parallelism = job.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
+        let backoff_limit = job.pointer("/spec/backoffLimit").and_then(Value::as_i64).unwrap_or(6);
+        let now = crate::clock::now_rfc3339();
+        let start = job.pointer("/status/startTime").cloned().unwrap_or(json!(now));
+        let condition = |t: &str, reason: &str, message: &str| json!({"type": t, "status": "True", "reason": reason, "message": message, "lastProbeTime": now, "lastTransitionTime": now});
+        let mut status = json!({
+            "startTime": start,
+            "active": active.len(),
+            "ready": active.iter().filter(|p| pod_ready(p)).count(),
+            "succeeded": succeeded,
+            "failed": failed,
+            "terminating": pods.iter().filter(|p| deleting(p)).count(),
+        });
+        let finished = if succeeded >= completions {
+            status["completionTime"] = json!(now);
+            status["conditions"] = json!([
+                condition(
+                    "SuccessCriteriaMet",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods"
+                ),
+                condition(
+                    "Complete",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods"
+                ),
+            ]);
+            true
+        } else if failed > backoff_limit {
+            status["conditions"] = json!([
+                condition(
+                    "FailureTarget",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit"
+                ),
+                condition(
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit"
+                ),
+            ]);
+            true
+        } else {
+            false
+        };
+        if finished {
+            for p in &active {
+                let bg = DeleteOptions {
+                    propagation: Some("Background".into()),
+                    ..Default::default()
+                };
+                changed |= cluster.delete(&pod_rt, Some(ns), meta(p, "name"), &bg).is_ok();
+            }
+            status["active"] = json!(0);
+        } else {
+            let want = parallelism.min(completions - succeeded).max(0);
+            let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+            for _ in (active.len() as i64)..want {
+                let mut pod = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {
+                        "generateName": format!("{}-", meta(job, "name")),
+                        "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+                        "ownerReferences": [owner_ref(job, "Job", "batch/v1")],
+                    },
+                    "spec": template.get("spec").cloned().unwrap_or(json!({})),
+                });
+                if let Some(a) = template.pointer("/metadata/annotations") {
+                    pod["metadata"]["annotations"] = a.clone();
+                }
+                match cluster.create(&pod_rt, Some(ns), pod, &opts()) {
+                    Ok(_) => changed = true,
+                    Err(e) => debug!(job = meta(job, "name"), error = %e, "job pod creation retried later"),
+                }
+            }
+        }
+        changed |= set_status(cluster, &job_rt, job, status);
+    }
     changed
 }
 

@@ -165,3 +165,40 @@ fn services_get_endpoints_and_deletion_cascades() -> Result<()> {
     assert!(ips.is_empty() || ips == "[]", "{ips}");
     Ok(())
 }
+
+#[test]
+fn jobs_run_to_completion() -> Result<()> {
+    let k = TestCluster::start()?;
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\nspec:\n  completions: 3\n  parallelism: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: migrate, image: trellis-testapp:1}]\n";
+    k.kubectl_ok(&["apply", "-f", "-"], Some(job))?;
+    k.kubectl_ok(
+        &["wait", "--for=condition=complete", "job/migrate", "--timeout=20s"],
+        None,
+    )?;
+    let status = k.kubectl_ok(
+        &[
+            "get",
+            "job",
+            "migrate",
+            "-o",
+            "jsonpath={.status.succeeded} {.status.active}",
+        ],
+        None,
+    )?;
+    assert_eq!(status, "3 0");
+    let table = k.kubectl_ok(&["get", "jobs"], None)?;
+    assert!(table.contains("Complete") && table.contains("3/3"), "{table}");
+    let pods = k.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "job-name=migrate",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+        None,
+    )?;
+    assert_eq!(pods, "Succeeded Succeeded Succeeded");
+    Ok(())
+}
