@@ -26,6 +26,8 @@ use crate::push::{self, PushService};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
 pub const CA_SECRET: &str = "trellis-ca";
+/// Lifetime of the operator's own serving certificate.
+pub const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The operator's ServiceAccount, which its own identity is derived from.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "trellis-operator";
 
@@ -118,8 +120,10 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         format!("trellis-operator.{}.svc.cluster.local", config.namespace),
         "localhost".to_string(),
     ];
+    // why: the gRPC server's TLS config is fixed at start, so its certificate lives a year
+    // (capped by the root) rather than a workload TTL; a root rotation restarts the server.
     let (serving, serving_key) = ca
-        .issue_serving(&own_id, &dns)
+        .issue_serving(&own_id, &dns, SERVING_CERT_TTL)
         .context("issuing the operator's serving certificate")?;
 
     // The live index.

@@ -13,6 +13,7 @@ mod rotation;
 pub mod service;
 
 pub use rotation::{Phase, RootRotation, RotationError};
+pub use trellis_push::renewal_time;
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -270,15 +271,20 @@ impl CertificateAuthority {
                 authorized: who.spiffe_id.clone(),
             });
         }
-        self.issue(&csr.public_key, &who.spiffe_id, &[])
+        self.issue(&csr.public_key, &who.spiffe_id, &[], self.workload_ttl)
     }
 
     /// A serving certificate for the operator itself (its key generated here): the operator's
     /// SPIFFE ID plus DNS names, so proxies verify it by identity and other clients by name.
     /// Returns the leaf and its private key (PEM).
-    pub fn issue_serving(&self, spiffe_id: &str, dns_names: &[String]) -> Result<(Leaf, String), CaError> {
+    pub fn issue_serving(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<(Leaf, String), CaError> {
         let key = KeyPair::generate()?;
-        let leaf = self.issue(&key, spiffe_id, dns_names)?;
+        let leaf = self.issue(&key, spiffe_id, dns_names, ttl)?;
         Ok((leaf, key.serialize_pem()))
     }
 
@@ -287,13 +293,13 @@ impl CertificateAuthority {
         public_key: &impl rcgen::PublicKeyData,
         spiffe_id: &str,
         dns_names: &[String],
+        ttl: Duration,
     ) -> Result<Leaf, CaError> {
         let now = self.clock.now();
-        let mut not_after = now + self.workload_ttl;
-        if not_after > self.signer.not_after {
-            not_after = self.signer.not_after;
-        }
-        if not_after <= now + Duration::from_secs(60) {
+        let not_after = (now + ttl).min(self.signer.not_after);
+        // A leaf cut short by the root's expiry to under a minute (or under its whole lifetime,
+        // for very short lifetimes) would be useless: refuse, so the root gets rotated.
+        if not_after < now + ttl.min(Duration::from_secs(60)) {
             return Err(CaError::RootExpiring(self.signer.not_after));
         }
         let mut params = CertificateParams::default();
@@ -317,7 +323,8 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let not_before = now - CLOCK_SKEW;
+        // Back-date for slow peer clocks, but never by more than a quarter of a (short) lifetime.
+        let not_before = now - CLOCK_SKEW.min(ttl / 4);
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
         params.serial_number = Some(serial()?);
@@ -334,20 +341,6 @@ impl CertificateAuthority {
             not_after,
             spiffe_id: spiffe_id.to_string(),
         })
-    }
-}
-
-/// When a certificate valid from `not_before` to `not_after` should be renewed: at half its
-/// lifetime, moved by `jitter` (a fraction in -1.0..=1.0 of a tenth of the lifetime) so a fleet
-/// issued together does not renew together.
-pub fn renewal_time(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let half = lifetime / 2;
-    let spread = lifetime.as_secs_f64() / 10.0 * jitter.clamp(-1.0, 1.0);
-    if spread >= 0.0 {
-        not_before + half + Duration::from_secs_f64(spread)
-    } else {
-        not_before + half - Duration::from_secs_f64(-spread)
     }
 }
 

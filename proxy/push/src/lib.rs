@@ -14,6 +14,10 @@ pub mod v1 {
     tonic::include_proto!("trellis.push.v1");
 }
 
+pub mod client;
+
+use std::time::{Duration, SystemTime};
+
 use trellis_contract::ProxyConfig;
 pub use v1::{Ack, Hello, Nack, ProxyMessage, SignRequest, SignResponse, Snapshot, proxy_message};
 
@@ -91,6 +95,20 @@ impl ProxyMessage {
                 error: error.into(),
             })),
         }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` should be renewed: at half its
+/// lifetime, moved by `jitter` (a fraction in -1.0..=1.0 of a tenth of the lifetime) so a fleet
+/// issued together does not renew together.
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let half = lifetime / 2;
+    let spread = lifetime.as_secs_f64() / 10.0 * jitter.clamp(-1.0, 1.0);
+    if spread >= 0.0 {
+        not_before + half + Duration::from_secs_f64(spread)
+    } else {
+        not_before + half - Duration::from_secs_f64(-spread)
     }
 }
 

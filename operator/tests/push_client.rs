@@ -1,0 +1,247 @@
+//! The proxy's push client against the whole operator on kubesim: it obtains its certificate
+//! with its ServiceAccount token, rotates it at half-life, subscribes over mutual TLS, ACKs,
+//! NACKs a config it rejects (keeping the last good one), and reconnects when the operator is
+//! restarted.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trellis_contract::ProxyConfig;
+use trellis_e2e::harness::TestCluster;
+use trellis_operator::app::{self, App, Config};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE, ROOTS_FILE};
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      containers: [{name: app, image: test-app}]
+"#;
+
+fn vs(timeout: &str) -> String {
+    format!(
+        "apiVersion: networking.trellis.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n  - route: [{{destination: {{host: web}}}}]\n    timeout: {timeout}\n"
+    )
+}
+
+/// Records what it is given; rejects configs while `reject` is set.
+#[derive(Default)]
+struct Sink {
+    applied: Mutex<Vec<ProxyConfig>>,
+    reject: AtomicBool,
+}
+
+impl ConfigSink for Sink {
+    fn current_version(&self) -> Option<String> {
+        self.applied.lock().unwrap().last().map(|c| c.version.clone())
+    }
+    fn apply(&self, config: ProxyConfig) -> Result<(), String> {
+        if self.reject.load(Ordering::SeqCst) {
+            return Err("listener outbound: test rejection".into());
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        self.applied.lock().unwrap().push(config);
+        Ok(())
+    }
+}
+
+async fn until(what: &str, secs: u64, cond: impl Fn() -> bool) {
+    for _ in 0..secs * 20 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s: {what}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn operator(cluster: &TestCluster, port: u16, ttl: u64) -> App {
+    let config = Config {
+        namespace: "trellis-system".into(),
+        push_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        trust_domain: "cluster.local".into(),
+        workload_cert_ttl_seconds: ttl,
+    };
+    app::start(config, cluster.client().await.unwrap())
+        .await
+        .expect("the operator starts")
+}
+
+fn last_timeout(sink: &Sink) -> Option<u64> {
+    let applied = sink.applied.lock().unwrap();
+    let cfg = applied.last()?;
+    let l = cfg.listeners.iter().find(|l| l.name == "outbound")?;
+    let vh = l
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "web.shop.svc.cluster.local:8080")?;
+    match &vh.routes.first()?.action {
+        trellis_contract::RouteAction::Forward(f) => f.timeout_ms,
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rotation_push_nack_and_reconnect() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let cluster = TestCluster::start().expect("kubesim starts");
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", &format!("{}/../crds", env!("CARGO_MANIFEST_DIR"))],
+            None,
+        )
+        .unwrap();
+    cluster
+        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
+        .unwrap();
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("3s"))).unwrap();
+    cluster
+        .kubectl_ok(
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
+            None,
+        )
+        .unwrap();
+    let pod = cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "shop",
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .unwrap();
+
+    // A short certificate lifetime, so rotation happens within the test.
+    let port = free_port();
+    let op = operator(&cluster, port, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, &op.root_pem).unwrap();
+    let token = dir.path().join("token");
+    let t = cluster
+        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
+        .unwrap();
+    std::fs::write(&token, t.trim()).unwrap();
+    let cfg = ClientConfig {
+        endpoint: format!("https://127.0.0.1:{port}"),
+        server_name: "localhost".into(),
+        root_cert: root,
+        token,
+        identity_dir: dir.path().join("identity"),
+        namespace: "shop".into(),
+        pod: pod.clone(),
+        role: "sidecar".into(),
+        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        proxy_version: "test".into(),
+    };
+
+    // Identity: obtained, then rotated at half-life.
+    let (issued_tx, issued_rx) = tokio::sync::watch::channel(None);
+    let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
+    until("a first certificate", 10, || issued_rx.borrow().is_some()).await;
+    let first = issued_rx.borrow().unwrap();
+    let chain = std::fs::read_to_string(cfg.identity_dir.join(CERT_CHAIN_FILE)).unwrap();
+    assert!(cfg.identity_dir.join(ROOTS_FILE).exists() && cfg.identity_dir.join(KEY_FILE).exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cfg.identity_dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is private");
+    }
+    until("a rotated certificate", 10, || {
+        issued_rx.borrow().is_some_and(|c| c.not_after > first.not_after)
+    })
+    .await;
+    assert_ne!(
+        std::fs::read_to_string(cfg.identity_dir.join(CERT_CHAIN_FILE)).unwrap(),
+        chain
+    );
+
+    // Push: the first config is applied and ACKed.
+    let sink = Arc::new(Sink::default());
+    let push = tokio::spawn(client::run_push(cfg.clone(), sink.clone()));
+    until("the first config", 10, || last_timeout(&sink) == Some(3000)).await;
+    let acked = sink.current_version().unwrap();
+    until("the ACK", 5, || {
+        op.push
+            .sync_state()
+            .iter()
+            .any(|p| p.acked.as_deref() == Some(acked.as_str()))
+    })
+    .await;
+
+    // A change arrives.
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("5s"))).unwrap();
+    until("the changed config", 5, || last_timeout(&sink) == Some(5000)).await;
+
+    // A rejected config is NACKed; the last good one stays.
+    sink.reject.store(true, Ordering::SeqCst);
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("7s"))).unwrap();
+    until("the NACK", 5, || {
+        op.push
+            .sync_state()
+            .iter()
+            .any(|p| p.nacked.as_ref().is_some_and(|n| n.error.contains("test rejection")))
+    })
+    .await;
+    assert_eq!(last_timeout(&sink), Some(5000), "the last good config stays");
+    sink.reject.store(false, Ordering::SeqCst);
+
+    // The operator goes away and comes back: the client reconnects and gets what it missed.
+    op.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("9s"))).unwrap();
+    assert_eq!(
+        last_timeout(&sink),
+        Some(5000),
+        "still serving while the operator is away"
+    );
+    let op = operator(&cluster, port, 4).await;
+    until("the config after the restart", 20, || last_timeout(&sink) == Some(9000)).await;
+
+    push.abort();
+    identity.abort();
+    op.stop();
+}

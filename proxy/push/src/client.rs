@@ -1,0 +1,316 @@
+//! The proxy's side of the API: obtaining and rotating its workload certificate, and the
+//! config subscription with ACK/NACK and reconnects.
+//!
+//! # Guarantees
+//! - The private key is generated here and written only to the identity directory (mode
+//!   0600); it is never sent anywhere.
+//! - Certificate files are replaced atomically (write, then rename), so a reader never sees a
+//!   half-written chain or a key that does not match it.
+//! - While the operator is away the proxy keeps serving: [`run_push`] only ever hands
+//!   complete snapshots to the [`ConfigSink`] and reconnects with capped exponential backoff.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use trellis_contract::ProxyConfig;
+
+use crate::v1::certificates_client::CertificatesClient;
+use crate::v1::config_push_client::ConfigPushClient;
+use crate::{Hello, ProxyMessage, SignRequest, renewal_time};
+
+/// File names in the identity directory.
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+/// The private key file.
+pub const KEY_FILE: &str = "key.pem";
+/// The trust bundle file (every root the proxy trusts).
+pub const ROOTS_FILE: &str = "root-certs.pem";
+
+/// Where and who the proxy is.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The operator's push API, e.g. `https://trellis-operator.trellis-system.svc:15012`.
+    pub endpoint: String,
+    /// The DNS name in the operator's serving certificate.
+    pub server_name: String,
+    /// The mesh root used to verify the operator before the proxy has a trust bundle.
+    pub root_cert: PathBuf,
+    /// The pod's projected ServiceAccount token (audience `trellis`).
+    pub token: PathBuf,
+    /// Where the certificate, key and trust bundle are written.
+    pub identity_dir: PathBuf,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// `sidecar` or `gateway`.
+    pub role: String,
+    /// The identity to request: `spiffe://<td>/ns/<namespace>/sa/<serviceaccount>`.
+    pub spiffe_id: String,
+    /// The proxy's build version, reported to the operator.
+    pub proxy_version: String,
+}
+
+/// Why a certificate or subscription attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The operator could not be reached.
+    #[error(
+        "cannot reach the operator at {endpoint}: {detail} (is trellis-operator running, and is port 15012 reachable from this pod?)"
+    )]
+    Connect {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        detail: String,
+    },
+    /// The operator refused.
+    #[error("the operator refused: {0}")]
+    Refused(#[from] tonic::Status),
+    /// Key or CSR generation failed.
+    #[error("generating the key or CSR failed: {0}")]
+    Key(#[from] rcgen::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A certificate the proxy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+async fn channel(cfg: &ClientConfig, identity: Option<Identity>) -> Result<Channel, ClientError> {
+    let root = std::fs::read_to_string(&cfg.root_cert).map_err(io(&cfg.root_cert))?;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root))
+        .domain_name(&cfg.server_name);
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    let connect = |detail: String| ClientError::Connect {
+        endpoint: cfg.endpoint.clone(),
+        detail,
+    };
+    Channel::from_shared(cfg.endpoint.clone())
+        .map_err(|e| connect(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| connect(e.to_string()))
+}
+
+/// Write `content` to `dir/name` atomically, readable only by the owner when `private`.
+fn write_atomic(dir: &Path, name: &str, content: &str, private: bool) -> Result<(), ClientError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    {
+        use std::io::Write;
+        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(content.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Generate a key, have the operator sign it for this pod's identity, and write the chain,
+/// key and trust bundle to the identity directory.
+pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientError> {
+    std::fs::create_dir_all(&cfg.identity_dir).map_err(io(&cfg.identity_dir))?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(cfg.spiffe_id.as_str().try_into()?)];
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let token = std::fs::read_to_string(&cfg.token).map_err(io(&cfg.token))?;
+    let mut client = CertificatesClient::new(channel(cfg, None).await?);
+    let resp = client
+        .sign(SignRequest {
+            csr_pem,
+            token: token.trim().to_string(),
+            namespace: cfg.namespace.clone(),
+            pod: cfg.pod.clone(),
+        })
+        .await?
+        .into_inner();
+    // Roots first: a peer may present the new leaf as soon as the chain file changes.
+    write_atomic(&cfg.identity_dir, ROOTS_FILE, &resp.trust_bundle_pem.concat(), false)?;
+    write_atomic(&cfg.identity_dir, KEY_FILE, &key.serialize_pem(), true)?;
+    write_atomic(&cfg.identity_dir, CERT_CHAIN_FILE, &resp.cert_chain_pem, false)?;
+    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+    Ok(Issued {
+        not_before: at(resp.not_before_unix),
+        not_after: at(resp.not_after_unix),
+    })
+}
+
+/// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), retry
+/// failures with backoff while the old one is still valid. Announces each on `issued`.
+pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued>>) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        match obtain_certificate(&cfg).await {
+            Ok(cert) => {
+                backoff.reset();
+                tracing::info!(identity = %cfg.spiffe_id, "workload certificate issued");
+                issued.send_replace(Some(cert));
+                let renew_at = renewal_time(cert.not_before, cert.not_after, fastrand::f64() * 2.0 - 1.0);
+                let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?delay, "could not obtain a workload certificate");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Where pushed configurations go.
+pub trait ConfigSink: Send + Sync + 'static {
+    /// The version being served (sent in Hello so a current proxy is not sent it again).
+    fn current_version(&self) -> Option<String>;
+    /// Validate and apply a configuration; on error the proxy keeps its last good one and the
+    /// error is NACKed to the operator.
+    fn apply(&self, config: ProxyConfig) -> Result<(), String>;
+}
+
+/// Subscribe to the operator and apply every snapshot, forever: reconnect with backoff when
+/// the operator is away (the proxy keeps serving its current config meanwhile).
+pub async fn run_push(cfg: ClientConfig, sink: Arc<dyn ConfigSink>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+    loop {
+        match subscribe_once(&cfg, sink.as_ref(), &mut backoff).await {
+            Ok(()) => tracing::info!("the operator closed the subscription; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "config subscription failed; reconnecting"),
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+async fn subscribe_once(cfg: &ClientConfig, sink: &dyn ConfigSink, backoff: &mut Backoff) -> Result<(), ClientError> {
+    let chain_path = cfg.identity_dir.join(CERT_CHAIN_FILE);
+    let key_path = cfg.identity_dir.join(KEY_FILE);
+    let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
+    let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    let mut client = ConfigPushClient::new(channel(cfg, Some(Identity::from_pem(chain, key))).await?);
+    let (tx, rx) = mpsc::channel(8);
+    let hello = ProxyMessage::hello(Hello {
+        namespace: cfg.namespace.clone(),
+        pod: cfg.pod.clone(),
+        role: cfg.role.clone(),
+        proxy_version: cfg.proxy_version.clone(),
+        current_version: sink.current_version().unwrap_or_default(),
+    });
+    // The channel has room: the send cannot fail while `rx` is alive.
+    let _ = tx.send(hello).await;
+    let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(snapshot) = stream.message().await? {
+        backoff.reset();
+        let version = snapshot.version.clone();
+        let reply = match snapshot.config().map_err(|e| e.to_string()).and_then(|c| sink.apply(c)) {
+            Ok(()) => ProxyMessage::ack(version),
+            Err(e) => {
+                tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
+                ProxyMessage::nack(version, e)
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        // Full jitter on half the delay, so a fleet does not reconnect in lockstep.
+        d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[5] <= Duration::from_millis(800) && delays[5] >= Duration::from_millis(400));
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn files_are_replaced_atomically_and_keys_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(dir.path(), KEY_FILE, "secret", true).unwrap();
+        write_atomic(dir.path(), KEY_FILE, "secret2", true).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap(), "secret2");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!dir.path().join(format!(".{KEY_FILE}.tmp")).exists());
+    }
+}
