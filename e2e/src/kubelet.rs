@@ -194,7 +194,11 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
             let mut bound = pod.clone();
             bound["spec"]["nodeName"] = json!(NODE_NAME);
             match cluster.update(&rt, Some(&ns), &name, "", bound, &opts("kubesim-scheduler")) {
-                Ok(_) => changed = true,
+                Ok(w) => {
+                    let msg = format!("Successfully assigned {ns}/{name} to {NODE_NAME}");
+                    crate::events::normal(cluster, &w.object, "v1", "Pod", "Scheduled", &msg, "default-scheduler");
+                    changed = true;
+                }
                 Err(e) => debug!(%ns, %name, error = %e, "binding retried later"),
             }
             continue;
@@ -213,7 +217,18 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
             }
         };
         match cluster.update(&rt, Some(&ns), &name, "status", started, &opts("kubesim-kubelet")) {
-            Ok(_) => changed = true,
+            Ok(w) => {
+                for c in pod
+                    .pointer("/spec/containers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let msg = format!("Started container {}", c["name"].as_str().unwrap_or_default());
+                    crate::events::normal(cluster, &w.object, "v1", "Pod", "Started", &msg, "kubelet");
+                }
+                changed = true;
+            }
             Err(e) => debug!(%ns, %name, error = %e, "pod start retried later"),
         }
     }

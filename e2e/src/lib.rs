@@ -18,6 +18,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod endpoints;
+pub mod events;
 pub mod harness;
 pub mod kubelet;
 pub mod openapi_builtin;

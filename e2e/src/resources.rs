@@ -295,6 +295,13 @@ fn builtin_columns(kind: &str) -> Vec<PrinterColumn> {
         ],
         "Lease" => vec![column("Holder", "string", ".spec.holderIdentity", 0)],
         "Endpoints" => vec![column("Endpoints", "string", "@endpoints", 0)],
+        "Event" => vec![
+            column("Last Seen", "string", "@eventLastSeen", 0),
+            column("Type", "string", ".type", 0),
+            column("Reason", "string", ".reason", 0),
+            column("Object", "string", "@eventObject", 0),
+            column("Message", "string", ".message", 0),
+        ],
         "EndpointSlice" => vec![
             column("AddressType", "string", ".addressType", 0),
             column("Ports", "string", "@slicePorts", 0),

@@ -212,6 +212,25 @@ fn computed(obj: &Value, name: &str) -> Value {
                 _ => json!(""),
             }
         }
+        "@eventLastSeen" => {
+            let ts = obj
+                .get("lastTimestamp")
+                .or(obj.get("eventTime"))
+                .and_then(Value::as_str);
+            json!(
+                ts.and_then(clock::seconds_since)
+                    .map(clock::human_duration)
+                    .unwrap_or_else(|| "<unknown>".into())
+            )
+        }
+        "@eventObject" => {
+            let o = &obj["involvedObject"];
+            json!(format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                o["name"].as_str().unwrap_or_default()
+            ))
+        }
         "@dataCount" => json!(count(obj.get("data")) + count(obj.get("binaryData"))),
         "@secretsCount" => json!(count(obj.get("secrets"))),
         "@readyOfReplicas" => json!(format!(
@@ -263,6 +282,12 @@ fn cell(obj: &Value, col: &PrinterColumn) -> Value {
     }
 }
 
+/// Whether the table ends with AGE (not when a column already shows the
+/// creation time, and not for Events, which show LAST SEEN).
+fn shows_age(rt: &ResourceType) -> bool {
+    !rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp") && rt.kind != "Event"
+}
+
 /// The column definitions of a resource: NAME, its own columns, AGE.
 pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
     let def = |name: &str, type_: &str, format: &str, priority: i64, description: &str| json!({"name": name, "type": type_, "format": format, "description": description, "priority": priority});
@@ -270,14 +295,15 @@ pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
         "Name",
         "string",
         "name",
-        0,
+        // Events list by LAST SEEN; their name only shows with -o wide.
+        if rt.kind == "Event" { 1 } else { 0 },
         "Name must be unique within a namespace.",
     )];
     for c in &rt.columns {
         let type_ = if c.type_ == "date" { "string" } else { &c.type_ };
         cols.push(def(&c.name, type_, "", c.priority, &c.description));
     }
-    if !rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp") {
+    if shows_age(rt) {
         cols.push(def(
             "Age",
             "string",
@@ -293,7 +319,7 @@ pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
 pub fn row(rt: &ResourceType, obj: &Value, include_object: &str) -> Value {
     let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
     cells.extend(rt.columns.iter().map(|c| cell(obj, c)));
-    if !rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp") {
+    if shows_age(rt) {
         let age = obj
             .pointer("/metadata/creationTimestamp")
             .and_then(Value::as_str)

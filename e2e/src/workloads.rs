@@ -107,15 +107,35 @@ fn set_status(cluster: &Cluster, rt: &ResourceType, obj: &Value, status: Value) 
     }
 }
 
-fn scale(cluster: &Cluster, rt: &ResourceType, obj: &Value, replicas: i64) -> bool {
-    if int(obj, "/spec/replicas") == replicas {
+/// Scales a Deployment's ReplicaSet, recording `ScalingReplicaSet` on the
+/// Deployment.
+fn scale(cluster: &Cluster, rt: &ResourceType, obj: &Value, replicas: i64, deployment: &Value) -> bool {
+    let from = int(obj, "/spec/replicas");
+    if from == replicas {
         return false;
     }
     let mut next = obj.clone();
     next["spec"]["replicas"] = json!(replicas);
-    cluster
+    let ok = cluster
         .update(rt, Some(meta(obj, "namespace")), meta(obj, "name"), "", next, &opts())
-        .is_ok()
+        .is_ok();
+    if ok {
+        let dir = if replicas > from { "up" } else { "down" };
+        let msg = format!(
+            "Scaled {dir} replica set {} from {from} to {replicas}",
+            meta(obj, "name")
+        );
+        crate::events::normal(
+            cluster,
+            deployment,
+            "apps/v1",
+            "Deployment",
+            "ScalingReplicaSet",
+            &msg,
+            "deployment-controller",
+        );
+    }
+    ok
 }
 
 /// ReplicaSet → Pods.
@@ -154,6 +174,16 @@ pub fn sweep_replicasets(cluster: &Cluster) -> bool {
                 }
                 match cluster.create(&pod_rt, Some(ns), pod, &opts()) {
                     Ok(w) => {
+                        let msg = format!("Created pod: {}", meta(&w.object, "name"));
+                        crate::events::normal(
+                            cluster,
+                            rs,
+                            "apps/v1",
+                            "ReplicaSet",
+                            "SuccessfulCreate",
+                            &msg,
+                            "replicaset-controller",
+                        );
                         pods.push(w.object);
                         changed = true;
                     }
@@ -174,6 +204,16 @@ pub fn sweep_replicasets(cluster: &Cluster) -> bool {
                     ..Default::default()
                 };
                 if cluster.delete(&pod_rt, Some(ns), meta(&p, "name"), &bg).is_ok() {
+                    let msg = format!("Deleted pod: {}", meta(&p, "name"));
+                    crate::events::normal(
+                        cluster,
+                        rs,
+                        "apps/v1",
+                        "ReplicaSet",
+                        "SuccessfulDelete",
+                        &msg,
+                        "replicaset-controller",
+                    );
                     changed = true;
                 }
             }
@@ -291,11 +331,11 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
     }
     if recreate {
         for r in &old {
-            changed |= scale(cluster, rs_rt, r, 0);
+            changed |= scale(cluster, rs_rt, r, 0, d);
         }
         let old_pods: i64 = old.iter().map(|r| int(r, "/status/replicas")).sum();
         if old_pods == 0 {
-            changed |= scale(cluster, rs_rt, &new_rs, desired);
+            changed |= scale(cluster, rs_rt, &new_rs, desired, d);
         }
     } else {
         // Scale the new ReplicaSet up within the surge budget.
@@ -305,7 +345,7 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
         } else {
             (desired + max_surge - old_replicas).clamp(new_spec.min(desired), desired)
         };
-        changed |= scale(cluster, rs_rt, &new_rs, target_new);
+        changed |= scale(cluster, rs_rt, &new_rs, target_new, d);
         // Scale old ones down while enough pods stay available.
         let min_available = desired - max_unavailable;
         let mut can_remove = (old_available + new_available - min_available).max(0);
@@ -316,7 +356,7 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
             let remove = (unavailable + can_remove).min(spec);
             if remove > 0 {
                 can_remove -= (remove - unavailable).max(0);
-                changed |= scale(cluster, rs_rt, r, spec - remove);
+                changed |= scale(cluster, rs_rt, r, spec - remove, d);
             }
         }
     }
@@ -466,6 +506,17 @@ pub fn sweep_jobs(cluster: &Cluster) -> bool {
         } else {
             false
         };
+        if finished && succeeded >= completions {
+            crate::events::normal(
+                cluster,
+                job,
+                "batch/v1",
+                "Job",
+                "Completed",
+                "Job completed",
+                "job-controller",
+            );
+        }
         if finished {
             for p in &active {
                 let bg = DeleteOptions {
@@ -492,7 +543,19 @@ pub fn sweep_jobs(cluster: &Cluster) -> bool {
                     pod["metadata"]["annotations"] = a.clone();
                 }
                 match cluster.create(&pod_rt, Some(ns), pod, &opts()) {
-                    Ok(_) => changed = true,
+                    Ok(w) => {
+                        let msg = format!("Created pod: {}", meta(&w.object, "name"));
+                        crate::events::normal(
+                            cluster,
+                            job,
+                            "batch/v1",
+                            "Job",
+                            "SuccessfulCreate",
+                            &msg,
+                            "job-controller",
+                        );
+                        changed = true;
+                    }
                     Err(e) => debug!(job = meta(job, "name"), error = %e, "job pod creation retried later"),
                 }
             }

@@ -43,6 +43,17 @@ fn deployments_roll_out_restart_and_scale() -> Result<()> {
         "{table}"
     );
 
+    let described = k.kubectl_ok(&["describe", "deploy", "web", "-n", "shop"], None)?;
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set web-"),
+        "{described}"
+    );
+    let events = k.kubectl_ok(&["get", "events", "-n", "shop"], None)?;
+    assert!(
+        events.contains("Scheduled") && events.contains("SuccessfulCreate") && events.contains("Started"),
+        "{events}"
+    );
+
     k.kubectl_ok(&["rollout", "restart", "deploy/web", "-n", "shop"], None)?;
     k.kubectl_ok(
         &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
