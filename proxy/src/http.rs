@@ -171,38 +171,7 @@ fn labels(snap: &Snapshot, conn: &ConnContext, out: &RequestOutcome, status: Sta
         .cluster
         .as_ref()
         .zip(out.endpoint)
-        .map(|(c, i)| {
-            let e = &c.endpoints[i].spec;
-            let principal = e.identity.clone().or_else(|| match &c.spec.tls {
-                UpstreamTls::Mesh { expected_identities } if expected_identities.len() == 1 => {
-                    Some(expected_identities[0].clone())
-                }
-                _ => None,
-            });
-            let ns = e
-                .labels
-                .get("namespace")
-                .cloned()
-                .or_else(|| {
-                    principal
-                        .as_deref()
-                        .and_then(|p| SpiffeId::parse(p).ok())
-                        .and_then(|id| id.namespace().map(str::to_string))
-                })
-                .unwrap_or_default();
-            Peer {
-                workload: e
-                    .labels
-                    .get("workload")
-                    .or_else(|| e.labels.get("app"))
-                    .cloned()
-                    .unwrap_or_default(),
-                namespace: ns,
-                principal: principal.unwrap_or_default(),
-                app: e.labels.get("app").cloned().unwrap_or_default(),
-                version: e.labels.get("version").cloned().unwrap_or_default(),
-            }
-        })
+        .map(|(c, i)| c.endpoints[i].peer.clone())
         .unwrap_or_default();
     let (reporter, source, destination, security) = match conn.direction {
         ListenerDirection::Inbound => {

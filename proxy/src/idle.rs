@@ -12,6 +12,9 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleIo<S> {
     inner: S,
     timeout: Option<Duration>,
+    /// Last read or write; the timer is only re-armed when it fires, so busy
+    /// connections do not touch the timer wheel on every I/O.
+    last_activity: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -23,14 +26,29 @@ impl<S> IdleIo<S> {
         Self {
             inner,
             timeout,
+            last_activity: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(first)),
         }
     }
 
     fn touch(&mut self) {
-        if let Some(t) = self.timeout {
-            self.deadline.as_mut().reset(Instant::now() + t);
+        if self.timeout.is_some() {
+            self.last_activity = Instant::now();
         }
+    }
+
+    /// True when the connection has been idle for the whole timeout; re-arms
+    /// the timer (registering the waker) otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(t) = self.timeout else { return false };
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last_activity + t;
+            if due <= Instant::now() {
+                return true;
+            }
+            self.deadline.as_mut().reset(due);
+        }
+        false
     }
 }
 
@@ -43,7 +61,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if this.timeout.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
+                if this.expired(cx) {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "downstream connection idle timeout",

@@ -34,7 +34,8 @@ pub enum RoutingError {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     vhosts: Vec<CompiledVirtualHost>,
-    exact: HashMap<(String, Option<u16>), usize>,
+    /// Host → `(port, vhost)` entries (port-specific first when looked up).
+    exact: HashMap<String, Vec<(Option<u16>, usize)>>,
     /// `(".example.com", port, vhost)`, longest suffix first.
     suffixes: Vec<(String, Option<u16>, usize)>,
     any: HashMap<Option<u16>, usize>,
@@ -133,7 +134,10 @@ impl RouteTable {
                 } else if let Some(suffix) = host.strip_prefix('*') {
                     table.suffixes.push((suffix.to_string(), port, vi));
                 } else {
-                    table.exact.entry((host.to_string(), port)).or_insert(vi);
+                    let entries = table.exact.entry(host.to_string()).or_default();
+                    if !entries.iter().any(|(p, _)| *p == port) {
+                        entries.push((port, vi));
+                    }
                 }
             }
         }
@@ -146,11 +150,14 @@ impl RouteTable {
 
     /// Find the virtual host for a host (no port, lower case) and port.
     pub fn virtual_host(&self, host: &str, port: u16) -> Option<&CompiledVirtualHost> {
-        let idx = self
-            .exact
-            .get(&(host.to_string(), Some(port)))
-            .or_else(|| self.exact.get(&(host.to_string(), None)))
-            .copied()
+        let exact = self.exact.get(host).and_then(|entries| {
+            entries
+                .iter()
+                .find(|(p, _)| *p == Some(port))
+                .or_else(|| entries.iter().find(|(p, _)| p.is_none()))
+                .map(|(_, i)| *i)
+        });
+        let idx = exact
             .or_else(|| {
                 self.suffixes
                     .iter()

@@ -18,11 +18,14 @@ pub struct SpanContext {
 }
 
 fn hex_id(bytes: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes * 2);
     loop {
         s.clear();
         for _ in 0..bytes {
-            s.push_str(&format!("{:02x}", fastrand::u8(..)));
+            let b = fastrand::u8(..);
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
         }
         // All-zero ids are invalid in both W3C and B3.
         if s.bytes().any(|b| b != b'0') {

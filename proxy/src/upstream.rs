@@ -108,6 +108,8 @@ pub struct EndpointState {
     pub spec: Endpoint,
     /// Requests in flight.
     pub active: AtomicU64,
+    /// The endpoint as metric labels (computed once).
+    pub peer: crate::metrics::Peer,
     outlier: Mutex<Outlier>,
     pool: Mutex<Pool>,
     tls: Option<EndpointTls>,
@@ -274,6 +276,7 @@ impl ClusterRuntime {
             };
             endpoints.push(Arc::new(EndpointState {
                 addr: SocketAddr::new(ip, e.port),
+                peer: endpoint_peer(spec, e),
                 spec: e.clone(),
                 active: AtomicU64::new(0),
                 outlier: Mutex::new(Outlier::default()),
@@ -559,6 +562,40 @@ impl ClusterRuntime {
             Ok(r) => r.map(TokioIo::new),
             Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
         }
+    }
+}
+
+/// Metric labels of an endpoint: workload from the `workload` (else `app`)
+/// label, namespace from the `namespace` label or the SPIFFE identity.
+fn endpoint_peer(cluster: &Cluster, e: &Endpoint) -> crate::metrics::Peer {
+    let principal = e.identity.clone().or_else(|| match &cluster.tls {
+        UpstreamTls::Mesh { expected_identities } if expected_identities.len() == 1 => {
+            Some(expected_identities[0].clone())
+        }
+        _ => None,
+    });
+    let namespace = e
+        .labels
+        .get("namespace")
+        .cloned()
+        .or_else(|| {
+            principal
+                .as_deref()
+                .and_then(|p| trellis_contract::SpiffeId::parse(p).ok())
+                .and_then(|id| id.namespace().map(str::to_string))
+        })
+        .unwrap_or_default();
+    crate::metrics::Peer {
+        workload: e
+            .labels
+            .get("workload")
+            .or_else(|| e.labels.get("app"))
+            .cloned()
+            .unwrap_or_default(),
+        namespace,
+        principal: principal.unwrap_or_default(),
+        app: e.labels.get("app").cloned().unwrap_or_default(),
+        version: e.labels.get("version").cloned().unwrap_or_default(),
     }
 }
 
