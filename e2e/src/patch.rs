@@ -543,6 +543,11 @@ pub fn server_side_apply(
             if p.last().map(String::as_str) == Some(".") {
                 continue;
             }
+            // A field that no longer exists has no owner to conflict with.
+            if value_at(cur, p).is_none() {
+                taken.push(p.clone());
+                continue;
+            }
             if value_at(cur, p) != value_at(config, p) {
                 if force {
                     taken.push(p.clone());
@@ -597,6 +602,10 @@ pub fn server_side_apply(
     }
 
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
+    // Nobody owns fields that are gone.
+    for e in entries.iter_mut() {
+        e.fields.retain(|p| value_at(&obj, p).is_some());
+    }
     entries.push(ManagedEntry {
         manager: manager.to_string(),
         operation: "Apply".to_string(),
@@ -614,6 +623,10 @@ pub fn record_update(old: Option<&Value>, new: &Value, manager: &str, subresourc
         .into_iter()
         .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p)))
         .collect();
+    // Nobody owns fields that are gone (a removal is an update too).
+    for e in entries.iter_mut() {
+        e.fields.retain(|p| value_at(new, p).is_some());
+    }
     if changed.is_empty() {
         return entries;
     }
@@ -757,6 +770,20 @@ mod tests {
                 .iter()
                 .all(|e| e.manager == "ci" || !e.fields.iter().any(|p| p.ends_with(&["f:replicas".to_string()])))
         );
+    }
+
+    #[test]
+    fn removed_fields_lose_their_owners() {
+        let lease = |holder: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": holder}});
+        let (mut obj, entries) = server_side_apply(None, &lease("a"), "mgr-a", "", false).unwrap();
+        write_managed(&mut obj, &entries, "coordination.k8s.io/v1", "t");
+        // mgr-a releases with an update that removes the field.
+        let mut released = strategic_merge(&obj, &json!({"spec": {"holderIdentity": null}})).unwrap();
+        let entries = record_update(Some(&obj), &released, "mgr-a", "");
+        write_managed(&mut released, &entries, "coordination.k8s.io/v1", "t");
+        // mgr-b can now apply it without a conflict.
+        let (taken, _) = server_side_apply(Some(&released), &lease("b"), "mgr-b", "", false).unwrap();
+        assert_eq!(taken["spec"]["holderIdentity"], "b");
     }
 
     #[test]
