@@ -556,3 +556,59 @@ fn built_in_kinds_are_validated_and_explained() -> Result<()> {
     assert!(explained.contains("FIELD: replicas <integer>"), "{explained}");
     Ok(())
 }
+
+/// `kubectl get -w` streams Table rows from a watch.
+#[test]
+fn get_watch_streams_table_rows() -> Result<()> {
+    use std::io::BufRead as _;
+    let k = TestCluster::start()?;
+    let mut child = k
+        .kubectl_command()
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    k.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata: {a: b}\n"),
+    )?;
+    k.kubectl_ok(&["label", "cm", "watched", "seen=yes"], None)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while std::time::Instant::now() < deadline
+        && !lines
+            .iter()
+            .any(|l: &String| l.starts_with("MODIFIED") && l.contains("watched"))
+    {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            lines.push(line);
+        }
+    }
+    // Ending the watch is this test's job; an already-exited kubectl is fine.
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|h| h.contains("EVENT") && h.contains("NAME") && h.contains("DATA")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("ADDED") && l.contains("watched")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("MODIFIED") && l.contains("watched")),
+        "{lines:?}"
+    );
+    Ok(())
+}
