@@ -227,6 +227,15 @@ impl Cluster {
         Ok(warnings)
     }
 
+    /// List semantics for field management: CRD schemas, or the
+    /// built-in merge-key table.
+    fn lists(rt: &ResourceType) -> patch::Lists<'_> {
+        match &rt.schema {
+            Some(schema) => patch::Lists::Schema(Some(schema)),
+            None => patch::Lists::Builtin,
+        }
+    }
+
     fn manager(opts: &WriteOptions, default: &str) -> String {
         opts.field_manager.clone().unwrap_or_else(|| default.to_string())
     }
@@ -335,7 +344,7 @@ impl Cluster {
             crd::prepare(&mut obj).map_err(|c| ApiError::invalid(rt, &name, &c))?;
         }
         if obj.pointer("/metadata/managedFields").is_none() {
-            let entries = patch::record_update(None, &obj, &Self::manager(opts, "unknown"), "");
+            let entries = patch::record_update_with(None, &obj, &Self::manager(opts, "unknown"), "", Self::lists(rt));
             patch::write_managed(&mut obj, &entries, &rt.api_version(), &clock::now_rfc3339());
         }
         warnings.extend(admission::validate(self, &attrs, Some(&obj), None)?);
@@ -588,7 +597,7 @@ impl Cluster {
             if let Some(m) = without["metadata"].as_object_mut() {
                 m.remove("managedFields");
             }
-            let entries = patch::record_update(Some(current), &without, manager, subresource);
+            let entries = patch::record_update_with(Some(current), &without, manager, subresource, Self::lists(rt));
             patch::write_managed(&mut new, &entries, &rt.api_version(), &clock::now_rfc3339());
         }
         warnings.extend(admission::validate(self, &attrs, Some(&new), Some(current))?);
@@ -671,8 +680,9 @@ impl Cluster {
                         return Err(ApiError::not_found(rt, name));
                     }
                     let manager = opts.field_manager.clone().unwrap_or_default();
-                    let (mut obj, entries) = patch::server_side_apply(None, &patch_value, &manager, "", opts.force)
-                        .map_err(|e| ApiError::apply_conflict(e.to_string()))?;
+                    let (mut obj, entries) =
+                        patch::server_side_apply_with(None, &patch_value, &manager, "", opts.force, Self::lists(rt))
+                            .map_err(|e| ApiError::apply_conflict(e.to_string()))?;
                     obj["metadata"]["name"] = json!(name);
                     patch::write_managed(&mut obj, &entries, &rt.api_version(), &clock::now_rfc3339());
                     return self.create(rt, ns, obj, opts);
@@ -680,9 +690,15 @@ impl Cluster {
                 (_, None) => return Err(ApiError::not_found(rt, name)),
                 (PatchKind::Apply, Some(cur)) => {
                     let manager = opts.field_manager.clone().unwrap_or_default();
-                    let (mut obj, entries) =
-                        patch::server_side_apply(Some(&cur), &patch_value, &manager, subresource, opts.force)
-                            .map_err(|e| ApiError::apply_conflict(e.to_string()))?;
+                    let (mut obj, entries) = patch::server_side_apply_with(
+                        Some(&cur),
+                        &patch_value,
+                        &manager,
+                        subresource,
+                        opts.force,
+                        Self::lists(rt),
+                    )
+                    .map_err(|e| ApiError::apply_conflict(e.to_string()))?;
                     patch::write_managed(&mut obj, &entries, &rt.api_version(), &clock::now_rfc3339());
                     self.write_update(
                         rt,

@@ -265,10 +265,84 @@ fn item_key(field: &str, item: &Value) -> Option<String> {
     Some(format!("k:{}", json!({ key: v })))
 }
 
-/// The leaf fields set by a configuration (what an apply owns).
+/// Where list semantics come from when tracking and merging fields.
+#[derive(Debug, Clone, Copy)]
+pub enum Lists<'a> {
+    /// Built-in kinds: the merge-key table ([`merge_key`]).
+    Builtin,
+    /// A CRD: the structural schema node at this position; `None` where
+    /// the schema says nothing (lists there are atomic).
+    Schema(Option<&'a Value>),
+}
+
+impl<'a> Lists<'a> {
+    fn child(self, field: &str) -> Self {
+        match self {
+            Lists::Builtin => Lists::Builtin,
+            Lists::Schema(node) => Lists::Schema(node.and_then(|n| {
+                n.get("properties")
+                    .and_then(|p| p.get(field))
+                    .or_else(|| n.get("additionalProperties").filter(|a| a.is_object()))
+            })),
+        }
+    }
+
+    fn items(self) -> Self {
+        match self {
+            Lists::Builtin => Lists::Builtin,
+            Lists::Schema(node) => Lists::Schema(node.and_then(|n| n.get("items"))),
+        }
+    }
+
+    /// The path element of one item of the list at this position:
+    /// `k:{..}` for map lists, `v:..` for sets, `None` for atomic lists.
+    fn item_element(self, field: &str, item: &Value) -> Option<String> {
+        match self {
+            Lists::Builtin => item_key(field, item),
+            Lists::Schema(node) => {
+                let node = node?;
+                match node.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                    Some("map") => {
+                        let mut key = Map::new();
+                        for k in node
+                            .get("x-kubernetes-list-map-keys")?
+                            .as_array()?
+                            .iter()
+                            .filter_map(Value::as_str)
+                        {
+                            key.insert(k.to_string(), item.get(k)?.clone());
+                        }
+                        Some(format!("k:{}", Value::Object(key)))
+                    }
+                    Some("set") if !item.is_object() && !item.is_array() => Some(format!("v:{item}")),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Whether a list item matches a `k:`/`v:` path element.
+fn item_matches(el: &str, item: &Value) -> bool {
+    if let Some(k) = el.strip_prefix("k:") {
+        serde_json::from_str::<Map<String, Value>>(k)
+            .is_ok_and(|want| want.iter().all(|(wk, wv)| item.get(wk) == Some(wv)))
+    } else if let Some(v) = el.strip_prefix("v:") {
+        serde_json::from_str::<Value>(v).is_ok_and(|want| want == *item)
+    } else {
+        false
+    }
+}
+
+/// The leaf fields set by a configuration of a built-in kind.
 pub fn fields_of(config: &Value) -> FieldSet {
+    fields_of_with(config, Lists::Builtin)
+}
+
+/// The leaf fields set by a configuration (what an apply owns).
+pub fn fields_of_with(config: &Value, lists: Lists<'_>) -> FieldSet {
     let mut out = FieldSet::new();
-    collect(config, &mut Vec::new(), &mut out);
+    collect(config, &mut Vec::new(), &mut out, lists);
     out.retain(|p| {
         let prefix_untracked = p.len() >= 2 && untracked(&p[..2]);
         !(prefix_untracked || untracked(p))
@@ -276,22 +350,28 @@ pub fn fields_of(config: &Value) -> FieldSet {
     out
 }
 
-fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet, lists: Lists<'_>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 path.push(format!("f:{k}"));
+                let child_lists = lists.child(k);
                 if let Value::Array(items) = child {
                     let field = k.as_str();
-                    let keyed: Option<Vec<String>> = items.iter().map(|i| item_key(field, i)).collect();
+                    let keyed: Option<Vec<String>> = items.iter().map(|i| child_lists.item_element(field, i)).collect();
                     match keyed {
                         Some(keys) if !items.is_empty() => {
                             for (key, item) in keys.into_iter().zip(items) {
+                                let is_value = key.starts_with("v:");
                                 path.push(key);
-                                path.push(".".to_string());
-                                out.insert(path.clone());
-                                path.pop();
-                                collect(item, path, out);
+                                if is_value {
+                                    out.insert(path.clone());
+                                } else {
+                                    path.push(".".to_string());
+                                    out.insert(path.clone());
+                                    path.pop();
+                                    collect(item, path, out, child_lists.items());
+                                }
                                 path.pop();
                             }
                         }
@@ -300,7 +380,7 @@ fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
                         }
                     }
                 } else {
-                    collect(child, path, out);
+                    collect(child, path, out, child_lists);
                 }
                 path.pop();
             }
@@ -321,12 +401,8 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
         if let Some(f) = el.strip_prefix("f:") {
             cur = cur.get(f)?;
             list_field = f;
-        } else if let Some(k) = el.strip_prefix("k:") {
-            let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur
-                .as_array()?
-                .iter()
-                .find(|item| want.iter().all(|(wk, wv)| item.get(wk) == Some(wv)))?;
+        } else if el.starts_with("k:") || el.starts_with("v:") {
+            cur = cur.as_array()?.iter().find(|item| item_matches(el, item))?;
             let _ = list_field;
         } else if el == "." {
             continue;
@@ -346,14 +422,15 @@ fn remove_at(obj: &mut Value, path: &[String]) {
         let Some((item, list_path)) = parent_path.split_last() else {
             return;
         };
-        let Some(k) = item.strip_prefix("k:") else {
-            return;
-        };
-        let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else {
-            return;
-        };
         if let Some(Value::Array(list)) = value_at_mut(obj, list_path) {
-            list.retain(|i| !want.iter().all(|(wk, wv)| i.get(wk) == Some(wv)));
+            list.retain(|i| !item_matches(item, i));
+        }
+        return;
+    }
+    if last.starts_with("v:") {
+        // Remove a set member.
+        if let Some(Value::Array(list)) = value_at_mut(obj, parent_path) {
+            list.retain(|i| !item_matches(last, i));
         }
         return;
     }
@@ -367,12 +444,8 @@ fn value_at_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value
     for el in path {
         if let Some(f) = el.strip_prefix("f:") {
             cur = cur.get_mut(f)?;
-        } else if let Some(k) = el.strip_prefix("k:") {
-            let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur
-                .as_array_mut()?
-                .iter_mut()
-                .find(|item| want.iter().all(|(wk, wv)| item.get(wk) == Some(wv)))?;
+        } else if el.starts_with("k:") || el.starts_with("v:") {
+            cur = cur.as_array_mut()?.iter_mut().find(|item| item_matches(el, item))?;
         } else if el != "." {
             return None;
         }
@@ -383,27 +456,35 @@ fn value_at_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value
 /// Merges an applied configuration into an object: maps merge, keyed lists
 /// merge by key, everything else is replaced.
 pub fn apply_merge(target: &Value, config: &Value) -> Value {
+    apply_merge_with(target, config, Lists::Builtin)
+}
+
+/// [`apply_merge`] with list semantics from `lists`.
+pub fn apply_merge_with(target: &Value, config: &Value, lists: Lists<'_>) -> Value {
     match (target, config) {
         (Value::Object(t), Value::Object(c)) => {
             let mut out = t.clone();
             for (k, cv) in c {
+                let child_lists = lists.child(k);
+                let element = |i: &Value| child_lists.item_element(k, i);
                 let merged = match (out.get(k), cv) {
-                    (Some(tv @ Value::Object(_)), Value::Object(_)) => apply_merge(tv, cv),
+                    (Some(tv @ Value::Object(_)), Value::Object(_)) => apply_merge_with(tv, cv, child_lists),
                     (Some(Value::Array(ta)), Value::Array(ca))
-                        if ca.iter().all(|i| item_key(k, i).is_some()) && !ca.is_empty() =>
+                        if ca.iter().all(|i| element(i).is_some()) && !ca.is_empty() =>
                     {
-                        let key = merge_key(k, &ca[0]).unwrap_or("name");
                         let mut items: Vec<Value> = Vec::new();
                         // Applied order first, then items only others set.
                         for ci in ca {
-                            let existing = ta.iter().find(|t| t.get(key) == ci.get(key));
+                            let id = element(ci);
+                            let existing = ta.iter().find(|t| element(t) == id);
                             items.push(match existing {
-                                Some(t) => apply_merge(t, ci),
+                                Some(t) => apply_merge_with(t, ci, child_lists.items()),
                                 None => ci.clone(),
                             });
                         }
                         for t in ta {
-                            if !ca.iter().any(|ci| ci.get(key) == t.get(key)) {
+                            let id = element(t);
+                            if id.is_none() || !ca.iter().any(|ci| element(ci) == id) {
                                 items.push(t.clone());
                             }
                         }
@@ -522,8 +603,9 @@ pub fn write_managed(obj: &mut Value, entries: &[ManagedEntry], api_version: &st
 ///   unless another manager also owns them.
 ///
 /// # Caveats
-/// - Lists are associative only where the built-in merge-key table says so;
-///   CRD `x-kubernetes-list-map-keys` are not consulted yet.
+/// - For built-in kinds, lists are associative where the merge-key table
+///   says so (one key per list); CRDs follow `x-kubernetes-list-type` and
+///   `x-kubernetes-list-map-keys` (see [`Lists`]).
 pub fn server_side_apply(
     current: Option<&Value>,
     config: &Value,
@@ -531,10 +613,22 @@ pub fn server_side_apply(
     subresource: &str,
     force: bool,
 ) -> Result<(Value, Vec<ManagedEntry>), PatchError> {
+    server_side_apply_with(current, config, manager, subresource, force, Lists::Builtin)
+}
+
+/// [`server_side_apply`] with list semantics from `lists`.
+pub fn server_side_apply_with(
+    current: Option<&Value>,
+    config: &Value,
+    manager: &str,
+    subresource: &str,
+    force: bool,
+    lists: Lists<'_>,
+) -> Result<(Value, Vec<ManagedEntry>), PatchError> {
     let empty = json!({});
     let cur = current.unwrap_or(&empty);
     let mut entries = read_managed(cur);
-    let new_fields = fields_of(config);
+    let new_fields = fields_of_with(config, lists);
 
     let mut conflicts = Vec::new();
     for e in entries.iter_mut().filter(|e| e.manager != manager) {
@@ -580,7 +674,7 @@ pub fn server_side_apply(
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
 
-    let mut obj = apply_merge(cur, config);
+    let mut obj = apply_merge_with(cur, config, lists);
     // Remove fields this manager dropped, deepest first.
     let mut dropped: Vec<&FieldPath> = previous
         .difference(&new_fields)
@@ -618,8 +712,19 @@ pub fn server_side_apply(
 /// Records a non-apply write: `manager` takes ownership of every leaf that
 /// changed between `old` and `new`.
 pub fn record_update(old: Option<&Value>, new: &Value, manager: &str, subresource: &str) -> Vec<ManagedEntry> {
+    record_update_with(old, new, manager, subresource, Lists::Builtin)
+}
+
+/// [`record_update`] with list semantics from `lists`.
+pub fn record_update_with(
+    old: Option<&Value>,
+    new: &Value,
+    manager: &str,
+    subresource: &str,
+    lists: Lists<'_>,
+) -> Vec<ManagedEntry> {
     let mut entries = old.map(read_managed).unwrap_or_default();
-    let changed: FieldSet = fields_of(new)
+    let changed: FieldSet = fields_of_with(new, lists)
         .into_iter()
         .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p)))
         .collect();
@@ -770,6 +875,51 @@ mod tests {
                 .iter()
                 .all(|e| e.manager == "ci" || !e.fields.iter().any(|p| p.ends_with(&["f:replicas".to_string()])))
         );
+    }
+
+    #[test]
+    fn crd_lists_follow_list_type_markers() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "routes": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                       "items": {"type": "object", "properties": {"name": {"type": "string"}, "weight": {"type": "integer"}}}},
+            "hosts": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "ports": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}
+        }}}});
+        let lists = Lists::Schema(Some(&schema));
+        let a = json!({"metadata": {"name": "vs"}, "spec": {"routes": [{"name": "r1", "weight": 1}], "hosts": ["a"], "ports": [{"name": "p1"}]}});
+        let (mut obj, entries) = server_side_apply_with(None, &a, "a", "", false, lists).unwrap();
+        write_managed(&mut obj, &entries, "x/v1", "t");
+        assert!(
+            obj.pointer("/metadata/managedFields/0/fieldsV1/f:spec/f:routes/k:{\"name\":\"r1\"}/f:weight")
+                .is_some()
+        );
+        assert!(
+            obj.pointer("/metadata/managedFields/0/fieldsV1/f:spec/f:hosts/v:\"a\"")
+                .is_some()
+        );
+        // Another manager adds its own route, host and port: map and set
+        // lists merge, the unmarked list is atomic (and conflicts).
+        let b = json!({"spec": {"routes": [{"name": "r2", "weight": 2}], "hosts": ["b"]}});
+        let (mut merged, entries) = server_side_apply_with(Some(&obj), &b, "b", "", false, lists).unwrap();
+        write_managed(&mut merged, &entries, "x/v1", "t");
+        assert_eq!(merged["spec"]["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["spec"]["hosts"], json!(["b", "a"]));
+        let c = json!({"spec": {"ports": [{"name": "p2"}]}});
+        assert!(
+            server_side_apply_with(Some(&merged), &c, "c", "", false, lists).is_err(),
+            "atomic list owned by a"
+        );
+        // a drops its route: only r1 goes.
+        let (after, _) = server_side_apply_with(
+            Some(&merged),
+            &json!({"spec": {"hosts": ["a"], "ports": [{"name": "p1"}]}}),
+            "a",
+            "",
+            false,
+            lists,
+        )
+        .unwrap();
+        assert_eq!(after["spec"]["routes"], json!([{"name": "r2", "weight": 2}]));
     }
 
     #[test]
