@@ -745,12 +745,7 @@ impl ApiServer {
 }
 
 fn present(rt: &ResourceType, o: &Value) -> Value {
-    let mut o = o.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.insert("apiVersion".into(), json!(rt.api_version()));
-        m.insert("kind".into(), json!(rt.kind));
-    }
-    o
+    Cluster::present(rt, o.clone())
 }
 
 /// Applies selector semantics to an event: an object that stops matching

@@ -136,12 +136,28 @@ impl Cluster {
     }
 
     /// Presents a stored object in the requested version.
-    fn present(rt: &ResourceType, mut obj: Value) -> Value {
+    /// Presents a stored object in the requested version (and, for
+    /// events.k8s.io, the requested shape).
+    pub fn present(rt: &ResourceType, obj: Value) -> Value {
+        let mut obj = if rt.is_events_v1() {
+            crate::events::to_events_v1(&obj)
+        } else {
+            obj
+        };
         if let Some(m) = obj.as_object_mut() {
             m.insert("apiVersion".into(), json!(rt.api_version()));
             m.insert("kind".into(), json!(rt.kind));
         }
         obj
+    }
+
+    /// The stored form of an object written through `rt`.
+    fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+        if rt.is_events_v1() {
+            crate::events::to_core(&obj)
+        } else {
+            obj
+        }
     }
 
     fn check_namespace(&self, rt: &ResourceType, ns: Option<&str>, creating: bool) -> Result<(), ApiError> {
@@ -359,7 +375,10 @@ impl Cluster {
                 created: true,
             });
         }
-        let stored = self.store.create(&key, obj).map_err(|e| map_store(rt, &name, e))?;
+        let stored = self
+            .store
+            .create(&key, Self::to_storage(rt, obj))
+            .map_err(|e| map_store(rt, &name, e))?;
         self.after_write(rt, &stored);
         Ok(Written {
             object: Self::present(rt, stored),
@@ -481,7 +500,11 @@ impl Cluster {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let key = Self::key(rt, ns, name);
-        let current = self.store.get(&key).ok_or_else(|| ApiError::not_found(rt, name))?;
+        let current = self
+            .store
+            .get(&key)
+            .map(|c| Self::present(rt, c))
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(body_name) = meta_str(&body, "name")
             && body_name != name
         {
@@ -630,7 +653,7 @@ impl Cluster {
         }
         let stored = self
             .store
-            .update(key, new, expected)
+            .update(key, Self::to_storage(rt, new), expected)
             .map_err(|e| map_store(rt, name, e))?;
         self.after_write(rt, &stored);
         Ok(Written {
@@ -673,7 +696,7 @@ impl Cluster {
             .and_then(Value::as_str)
             .map(|s| s.parse::<u64>().unwrap_or(0));
         for _ in 0..5 {
-            let current = self.store.get(&key);
+            let current = self.store.get(&key).map(|c| Self::present(rt, c));
             let result = match (kind, current) {
                 (PatchKind::Apply, None) => {
                     if subresource == "status" {

@@ -77,7 +77,17 @@ impl ResourceType {
 
     /// The storage key prefix shared by all versions of a resource.
     pub fn group_resource(&self) -> String {
+        // events.k8s.io/v1 Events are another view of core/v1 Events, as
+        // upstream: one storage, converted on the way in and out.
+        if self.group == "events.k8s.io" && self.plural == "events" {
+            return "/events".to_string();
+        }
         format!("{}/{}", self.group, self.plural)
+    }
+
+    /// Whether this is the events.k8s.io view of core Events.
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
     }
 
     /// Whether only `create` is served (TokenReview and friends).

@@ -11,6 +11,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
@@ -117,6 +118,43 @@ async fn controller_reconciles_owned_children_and_status() -> Result<()> {
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), owner.controller),
         ("Widget", "w", Some(true))
+    );
+
+    // Events from kube-runtime's Recorder (events.k8s.io/v1) are the same
+    // Events kubectl reads (core/v1).
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    let reference = widgets.get("w").await?.object_ref(&resource);
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("child ConfigMap in place".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await?;
+    recorder.publish(&event, &reference).await?;
+    let seen = k.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=w",
+            "-o",
+            "jsonpath={.items[*].reason} {.items[*].series.count}",
+        ],
+        None,
+    )?;
+    assert_eq!(seen, "Reconciled 2");
+    let described = k.kubectl_ok(&["describe", "widget", "w"], None)?;
+    assert!(
+        described.contains("Reconciled") && described.contains("child ConfigMap in place"),
+        "{described}"
     );
 
     // Deleting the child wakes the controller through `owns`.
