@@ -4,7 +4,7 @@
 //!
 //! All of them are pure functions of JSON values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
@@ -766,15 +766,6 @@ fn display_path(p: &[String]) -> String {
         }
     }
     s
-}
-
-/// Collapses entries by manager for display, keeping order stable.
-pub fn managers(entries: &[ManagedEntry]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for e in entries {
-        *m.entry(e.manager.clone()).or_insert(0) += e.fields.len();
-    }
-    m
 }
 
 #[cfg(test)]

@@ -329,3 +329,22 @@ async fn service_account_tokens_are_issued_reviewed_and_accepted() -> Result<()>
     assert!(!review(&client, &bound, &["trellis"]).await?.0, "the pod is gone");
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthorized() -> Result<()> {
+    let k = TestCluster::start()?;
+    let kubeconfig = std::fs::read_to_string(&k.kubeconfig)?.replace(&k.admin_token, "not-the-token");
+    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
+    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    match cms.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (401, "Unauthorized")),
+        other => anyhow::bail!("expected 401, got {other:?}"),
+    }
+    // Health endpoints answer without credentials.
+    let health: String = client
+        .request_text(http::Request::get("/readyz").body(Vec::new())?)
+        .await?;
+    assert_eq!(health, "ok");
+    Ok(())
+}
