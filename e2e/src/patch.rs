@@ -15,7 +15,7 @@ pub enum PatchError {
     Invalid(String),
     /// Server-side apply found fields owned by other managers with
     /// different values; `force` would take them over.
-    #[error("Apply failed with {} conflict{}: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("; "))]
+    #[error("Apply failed with {} conflict{}: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("\n"))]
     Conflicts(Vec<String>),
 }
 
@@ -508,6 +508,40 @@ pub struct ManagedEntry {
     pub operation: String,
     pub subresource: String,
     pub fields: FieldSet,
+    /// The version the manager wrote with; empty for a write in progress
+    /// (filled from the request's version).
+    pub api_version: String,
+    /// When the manager last wrote; empty for a write in progress (now).
+    pub time: String,
+}
+
+impl ManagedEntry {
+    fn new(manager: &str, operation: &str, subresource: &str, fields: FieldSet) -> Self {
+        Self {
+            manager: manager.to_string(),
+            operation: operation.to_string(),
+            subresource: subresource.to_string(),
+            fields,
+            api_version: String::new(),
+            time: String::new(),
+        }
+    }
+
+    /// How conflicts name a manager, as the API server does:
+    /// `"kubectl-scale" using apps/v1 at 2026-01-01T00:00:00Z`.
+    fn describe(&self) -> String {
+        let mut s = format!("\"{}\"", self.manager);
+        if !self.subresource.is_empty() {
+            s.push_str(&format!(" with subresource \"{}\"", self.subresource));
+        }
+        if self.operation == "Update" {
+            s.push_str(&format!(" using {}", self.api_version));
+            if !self.time.is_empty() {
+                s.push_str(&format!(" at {}", self.time));
+            }
+        }
+        s
+    }
 }
 
 /// Reads `metadata.managedFields`.
@@ -526,6 +560,8 @@ pub fn read_managed(obj: &Value) -> Vec<ManagedEntry> {
                 operation: e["operation"].as_str().unwrap_or("Update").to_string(),
                 subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
                 fields,
+                api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+                time: e["time"].as_str().unwrap_or_default().to_string(),
             }
         })
         .collect()
@@ -573,8 +609,8 @@ pub fn write_managed(obj: &mut Value, entries: &[ManagedEntry], api_version: &st
             let mut v = json!({
                 "manager": e.manager,
                 "operation": e.operation,
-                "apiVersion": api_version,
-                "time": time,
+                "apiVersion": if e.api_version.is_empty() { api_version } else { &e.api_version },
+                "time": if e.time.is_empty() { time } else { &e.time },
                 "fieldsType": "FieldsV1",
                 "fieldsV1": paths_to_tree(&e.fields),
             });
@@ -646,12 +682,7 @@ pub fn server_side_apply_with(
                 if force {
                     taken.push(p.clone());
                 } else {
-                    conflicts.push(format!(
-                        "conflict with \"{}\"{}: {}",
-                        e.manager,
-                        if e.operation == "Update" { " using update" } else { "" },
-                        display_path(p)
-                    ));
+                    conflicts.push(format!("conflict with {}: {}", e.describe(), display_path(p)));
                 }
             }
         }
@@ -700,12 +731,7 @@ pub fn server_side_apply_with(
     for e in entries.iter_mut() {
         e.fields.retain(|p| value_at(&obj, p).is_some());
     }
-    entries.push(ManagedEntry {
-        manager: manager.to_string(),
-        operation: "Apply".to_string(),
-        subresource: subresource.to_string(),
-        fields: new_fields,
-    });
+    entries.push(ManagedEntry::new(manager, "Apply", subresource, new_fields));
     Ok((obj, entries))
 }
 
@@ -742,13 +768,13 @@ pub fn record_update_with(
         .iter_mut()
         .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == subresource)
     {
-        Some(e) => e.fields.extend(changed),
-        None => entries.push(ManagedEntry {
-            manager: manager.to_string(),
-            operation: "Update".to_string(),
-            subresource: subresource.to_string(),
-            fields: changed,
-        }),
+        Some(e) => {
+            e.fields.extend(changed);
+            // Written now, with this request's version.
+            e.api_version.clear();
+            e.time.clear();
+        }
+        None => entries.push(ManagedEntry::new(manager, "Update", subresource, changed)),
     }
     entries
 }
@@ -853,7 +879,7 @@ mod tests {
         // Re-applying replicas 2 now conflicts...
         let err = server_side_apply(Some(&scaled), &deployment("nginx:1", 2), "ci", "", false).unwrap_err();
         assert!(
-            matches!(&err, PatchError::Conflicts(c) if c.len() == 1 && c[0].contains("kubectl-scale") && c[0].contains(".spec.replicas")),
+            matches!(&err, PatchError::Conflicts(c) if c.len() == 1 && c[0] == "conflict with \"kubectl-scale\" using apps/v1 at t: .spec.replicas"),
             "{err}"
         );
         // ...applying the same value does not...
