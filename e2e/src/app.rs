@@ -151,6 +151,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls = identity.server_config()?;
     let admin_token = pki::random_token();
     let cluster = Cluster::new();
+    // Published as kube-root-ca.crt in every namespace (seed creates them).
+    let _ = cluster.root_ca.set(identity.ca_pem.clone());
     seed(&cluster, address.port())?;
     let (shutdown, _) = watch::channel(false);
     let server = Arc::new(ApiServer {

@@ -67,6 +67,9 @@ pub struct Cluster {
     pub store: Store,
     /// Signs and verifies ServiceAccount tokens.
     pub tokens: crate::serviceaccounts::TokenIssuer,
+    /// The cluster CA (PEM), published in every namespace as the
+    /// `kube-root-ca.crt` ConfigMap.
+    pub root_ca: std::sync::OnceLock<String>,
 }
 
 fn map_store(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
@@ -345,6 +348,9 @@ impl Cluster {
         }
         defaults::on_create(&rt.kind, &mut obj, &mut || self.allocate_cluster_ip())
             .map_err(|c| ApiError::invalid(rt, &name, &c))?;
+        if rt.kind == "Pod" && rt.group.is_empty() {
+            self.admit_service_account(ns.unwrap_or("default"), &name, &mut obj)?;
+        }
         let attrs = admission::Attributes {
             rt,
             subresource: "",
@@ -398,10 +404,89 @@ impl Cluster {
     }
 
     /// The `default` ServiceAccount of a new namespace.
+    /// The ServiceAccount admission plugin: the pod's account must exist,
+    /// and unless automounting is off, the pod gets the
+    /// `kube-api-access-*` projected volume (token, CA, namespace) mounted
+    /// at `/var/run/secrets/kubernetes.io/serviceaccount` in every
+    /// container.
+    fn admit_service_account(&self, ns: &str, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+        const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let sa_name = pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let sa_rt = self
+            .catalog
+            .get("", "v1", "serviceaccounts")
+            .ok_or_else(|| ApiError::internal("serviceaccounts not served"))?;
+        let Some(sa) = self.store.get(&Self::key(&sa_rt, Some(ns), &sa_name)) else {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa_name}: serviceaccount \"{sa_name}\" not found"
+            )));
+        };
+        let automount = pod
+            .pointer("/spec/automountServiceAccountToken")
+            .or(sa.get("automountServiceAccountToken"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let mounted = ["containers", "initContainers"].iter().any(|list| {
+            pod.pointer(&format!("/spec/{list}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+                .any(|m| m["mountPath"] == MOUNT)
+        });
+        if !automount || mounted {
+            return Ok(());
+        }
+        let volume = format!("kube-api-access-{}", random_suffix(5));
+        let spec = &mut pod["spec"];
+        let projected = json!({
+            "name": volume,
+            "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]}
+        });
+        match spec.get_mut("volumes").and_then(Value::as_array_mut) {
+            Some(v) => v.push(projected),
+            None => spec["volumes"] = json!([projected]),
+        }
+        for list in ["containers", "initContainers"] {
+            for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                let mount = json!({"name": volume, "mountPath": MOUNT, "readOnly": true});
+                match c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                    Some(m) => m.push(mount),
+                    None => c["volumeMounts"] = json!([mount]),
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn ensure_namespace_defaults(&self, ns: &Value) {
         let Some(name) = meta_str(ns, "name") else { return };
         if ns.pointer("/metadata/deletionTimestamp").is_some() {
             return;
+        }
+        if let (Some(cm), Some(ca)) = (self.catalog.get("", "v1", "configmaps"), self.root_ca.get()) {
+            let key = Self::key(&cm, Some(name), "kube-root-ca.crt");
+            if self.store.get(&key).is_none() {
+                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": name}, "data": {"ca.crt": ca}});
+                // A concurrent creation is fine: the ConfigMap exists either way.
+                let _ = self.create(
+                    &cm,
+                    Some(name),
+                    obj,
+                    &WriteOptions {
+                        field_manager: Some("kubesim-root-ca-publisher".into()),
+                        ..Default::default()
+                    },
+                );
+            }
         }
         if let Some(sa) = self.catalog.get("", "v1", "serviceaccounts") {
             let key = Self::key(&sa, Some(name), "default");
@@ -1163,6 +1248,65 @@ mod tests {
             .unwrap();
         assert_eq!(scale["spec"]["replicas"], 4);
         assert_eq!(scale["status"]["selector"], "app=web");
+    }
+
+    #[test]
+    fn pods_get_their_service_account_volume_and_namespaces_the_root_ca() {
+        let c = Cluster::new();
+        c.root_ca.set("-----BEGIN CERTIFICATE-----\n".into()).unwrap();
+        let ns = c.catalog.get("", "v1", "namespaces").unwrap();
+        c.create(
+            &ns,
+            None,
+            json!({"metadata": {"name": "app"}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        let cm = c.catalog.get("", "v1", "configmaps").unwrap();
+        assert!(c.get(&cm, Some("app"), "kube-root-ca.crt").is_ok());
+        let pods = c.catalog.get("", "v1", "pods").unwrap();
+        let pod = |name: &str, extra: Value| {
+            let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "a", "image": "x"}], "initContainers": [{"name": "i", "image": "x"}]}});
+            json_patch::merge(&mut p, &extra);
+            p
+        };
+        let made = c
+            .create(&pods, Some("app"), pod("p", json!({})), &WriteOptions::default())
+            .unwrap()
+            .object;
+        let vol = made["spec"]["volumes"][0]["name"].as_str().unwrap();
+        assert!(vol.starts_with("kube-api-access-"));
+        for list in ["containers", "initContainers"] {
+            let m = &made["spec"][list][0]["volumeMounts"][0];
+            assert_eq!(
+                (m["name"].as_str(), m["mountPath"].as_str()),
+                (Some(vol), Some("/var/run/secrets/kubernetes.io/serviceaccount"))
+            );
+        }
+        let off = c
+            .create(
+                &pods,
+                Some("app"),
+                pod("q", json!({"spec": {"automountServiceAccountToken": false}})),
+                &WriteOptions::default(),
+            )
+            .unwrap()
+            .object;
+        assert!(off["spec"].get("volumes").is_none());
+        let err = c
+            .create(
+                &pods,
+                Some("app"),
+                pod("r", json!({"spec": {"serviceAccountName": "ghost"}})),
+                &WriteOptions::default(),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 403);
+        assert!(
+            err.message.contains("serviceaccount \"ghost\" not found"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
