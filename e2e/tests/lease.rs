@@ -25,15 +25,17 @@ async fn a_lease_is_held_and_handed_over() -> Result<()> {
         LeaseManagerBuilder::new(client.clone(), "trellis-operator")
             .with_namespace("default")
             .with_identity(identity)
-            .with_duration(2)
+            // Valid for 3s, renewed 1s before expiry: slack for a loaded CI
+            // machine, and a quick hand-over.
+            .with_duration(3)
             .with_grace(1)
             .build()
     };
     let (mut a, a_task) = manager("a").await?.watch().await;
     until(&mut a, true).await?;
     let (mut b, b_task) = manager("b").await?.watch().await;
-    // b waits while a renews.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // b waits while a holds the lease.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!*b.borrow(), "only one holder at a time");
     assert!(*a.borrow());
 
