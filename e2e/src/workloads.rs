@@ -56,7 +56,7 @@ pub fn pod_ready(pod: &Value) -> bool {
 /// digits mapped onto the API server's safe alphabet.
 pub fn template_hash(template: &Value) -> String {
     let mut h: u32 = 0x811c_9dc5;
-    for b in template.to_string().bytes() {
+    for b in canonical(template).to_string().bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -65,6 +65,37 @@ pub fn template_hash(template: &Value) -> String {
         .bytes()
         .map(|d| SAFE[usize::from(d) % SAFE.len()] as char)
         .collect()
+}
+
+/// The value with every object's keys sorted and null fields dropped, so
+/// equal templates hash and compare equal however they were written.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            // A null field is an absent one (kubectl sends
+            // `creationTimestamp: null` in templates).
+            Value::Object(
+                keys.into_iter()
+                    .filter(|k| !m[*k].is_null())
+                    .map(|k| (k.clone(), canonical(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A ReplicaSet's pod template without the pod-template-hash label, to
+/// compare with its Deployment's template.
+fn template_of(rs: &Value) -> Value {
+    let mut t = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+        labels.remove("pod-template-hash");
+    }
+    canonical(&t)
 }
 
 /// Resolves an int-or-percent against `total`, rounding up or down.
@@ -268,10 +299,14 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
     owned.sort_by_key(revision);
     let mut changed = false;
     let current_rev = owned.iter().map(revision).max().unwrap_or(0);
-    let new_rs = match owned
-        .iter()
-        .position(|r| r.pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str) == Some(hash.as_str()))
-    {
+    let wanted = canonical(&template);
+    let paused = d.pointer("/spec/paused").and_then(Value::as_bool).unwrap_or(false);
+    let found = owned.iter().position(|r| template_of(r) == wanted);
+    if paused && found.is_none() {
+        // A paused Deployment starts no new rollout.
+        return changed;
+    }
+    let new_rs = match found {
         Some(i) => {
             let rs = owned.remove(i);
             // A rollback to an older template makes it the newest revision.
@@ -329,7 +364,9 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
     if max_surge == 0 && max_unavailable == 0 {
         max_unavailable = 1;
     }
-    if recreate {
+    if paused {
+        // Paused: keep the ReplicaSets as they are.
+    } else if recreate {
         for r in &old {
             changed |= scale(cluster, rs_rt, r, 0, d);
         }

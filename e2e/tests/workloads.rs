@@ -94,6 +94,58 @@ fn deployments_roll_out_restart_and_scale() -> Result<()> {
         None,
     )?;
     assert_eq!(ready, "4/4");
+
+    // Undo returns to revision 1's ReplicaSet, which becomes revision 3.
+    k.kubectl_ok(&["rollout", "undo", "deploy/web", "-n", "shop"], None)?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    let sets = k.kubectl_ok(&["get", "rs", "-n", "shop", "-o", "name"], None)?;
+    assert_eq!(count_lines(&sets), 2, "no new ReplicaSet for an old template: {sets}");
+    let revisions = k.kubectl_ok(
+        &[
+            "get",
+            "rs",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.annotations.deployment\\.kubernetes\\.io/revision}{' '}{end}",
+        ],
+        None,
+    )?;
+    let mut revisions: Vec<&str> = revisions.split_whitespace().collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, ["2", "3"]);
+
+    // A paused Deployment starts no rollout until resumed.
+    k.kubectl_ok(&["rollout", "pause", "deploy/web", "-n", "shop"], None)?;
+    k.kubectl_ok(
+        &["set", "image", "deploy/web", "-n", "shop", "app=trellis-testapp:3"],
+        None,
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        count_lines(&k.kubectl_ok(&["get", "rs", "-n", "shop", "-o", "name"], None)?),
+        2
+    );
+    k.kubectl_ok(&["rollout", "resume", "deploy/web", "-n", "shop"], None)?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    let images = k.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+        None,
+    )?;
+    assert!(images.split_whitespace().all(|i| i == "trellis-testapp:3"), "{images}");
     Ok(())
 }
 
