@@ -107,6 +107,9 @@ pub struct PushService {
     options: Options,
     /// When set, subscriptions must present a workload certificate of the pod's identity.
     trust_domain: Option<String>,
+    /// The snapshot of the last change, shared by every subscription (built once per change,
+    /// not once per proxy).
+    current: Arc<Mutex<Option<(u64, Arc<MeshSnapshot>)>>>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -126,6 +129,7 @@ impl PushService {
             sync: Arc::default(),
             options,
             trust_domain: None,
+            current: Arc::default(),
         }
     }
 
@@ -150,7 +154,7 @@ impl PushService {
         };
         let presented = crate::identity::spiffe_id(leaf.as_ref())
             .ok_or_else(|| Status::unauthenticated("the client certificate has no SPIFFE ID"))?;
-        let snapshot = self.source.snapshot();
+        let snapshot = self.snapshot();
         let Some(w) = snapshot.registry.workloads.get(pod) else {
             return Err(Status::not_found(format!(
                 "pod {pod} is not known to the registry (yet); retry shortly"
@@ -163,6 +167,20 @@ impl PushService {
             )));
         }
         Ok(())
+    }
+
+    /// The snapshot for the latest change.
+    fn snapshot(&self) -> Arc<MeshSnapshot> {
+        let generation = *self.changed.borrow();
+        let mut current = self.current.lock().expect("snapshot cache lock");
+        match current.as_ref() {
+            Some((g, snap)) if *g == generation => snap.clone(),
+            _ => {
+                let snap = Arc::new(self.source.snapshot());
+                *current = Some((generation, snap.clone()));
+                snap
+            }
+        }
     }
 
     /// Every proxy's sync state, sorted by proxy.
@@ -189,7 +207,8 @@ impl PushService {
 pub fn content_version(config: &ProxyConfig) -> String {
     let mut c = config.clone();
     c.version = String::new();
-    let digest = ring::digest::digest(&ring::digest::SHA256, c.to_json().as_bytes());
+    let json = serde_json::to_vec(&c).expect("contract types always serialize");
+    let digest = ring::digest::digest(&ring::digest::SHA256, &json);
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -247,7 +266,7 @@ impl ConfigPush for PushService {
         tokio::spawn(async move {
             let mut changed = this.changed.clone();
             loop {
-                match compile(&this.source.snapshot(), &pod, role, "") {
+                match compile(&this.snapshot(), &pod, role, "") {
                     Ok(mut compiled) => {
                         let version = content_version(&compiled.config);
                         if last_sent.as_deref() != Some(version.as_str()) {

@@ -114,7 +114,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 address: w.ip.clone().unwrap_or_default(),
                 port: target,
                 weight: 1,
-                labels: w.labels.clone(),
+                labels: telemetry_labels(&w.labels),
                 health: if w.ready {
                     HealthStatus::Healthy
                 } else {
@@ -332,4 +332,15 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
             c.panic_threshold_percent = f64::from(min);
         }
     }
+}
+
+/// The endpoint labels proxies need (for telemetry: destination app and version); the rest of
+/// a pod's labels would only bloat every config that references the endpoint.
+fn telemetry_labels(labels: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    const KEEP: &[&str] = &["app", "version", "app.kubernetes.io/name", "app.kubernetes.io/version"];
+    labels
+        .iter()
+        .filter(|(k, _)| KEEP.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
