@@ -98,6 +98,9 @@ impl Default for Options {
     }
 }
 
+/// A snapshot and the change generation it was built for.
+type Generation = (u64, Arc<MeshSnapshot>);
+
 /// The push service.
 #[derive(Clone)]
 pub struct PushService {
@@ -109,7 +112,7 @@ pub struct PushService {
     trust_domain: Option<String>,
     /// The snapshot of the last change, shared by every subscription (built once per change,
     /// not once per proxy).
-    current: Arc<Mutex<Option<(u64, Arc<MeshSnapshot>)>>>,
+    current: Arc<Mutex<Option<Generation>>>,
 }
 
 impl std::fmt::Debug for PushService {
