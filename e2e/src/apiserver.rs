@@ -411,6 +411,21 @@ impl ApiServer {
         let sub = rp.subresource.as_deref().unwrap_or_default();
         match sub {
             "" | "status" | "scale" | "finalize" => {}
+            "eviction" if rt.kind == "Pod" && rt.group.is_empty() && *method == Method::POST => {
+                // Eviction (kubectl drain): a delete with the Eviction's
+                // options. Caveat: PodDisruptionBudgets are not served, so
+                // nothing ever blocks an eviction.
+                let name = rp.name.as_deref().unwrap_or_default();
+                let eviction = parse_body()?;
+                let opts = eviction
+                    .get("deleteOptions")
+                    .map(|o| delete_options(q, o.to_string().as_bytes()))
+                    .unwrap_or_default();
+                self.cluster.delete(&rt, ns, name, &opts)?;
+                let done =
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+                return Ok(json_response(201, &done, "application/json", &[]));
+            }
             "log" if rt.kind == "Pod" && rt.group.is_empty() && *method == Method::GET => {
                 let name = rp.name.as_deref().unwrap_or_default();
                 let pod = self.cluster.get(&rt, ns, name)?;

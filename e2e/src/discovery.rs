@@ -127,6 +127,12 @@ pub fn resource_list(resources: &[ResourceType], group: &str, version: &str) -> 
         if r.status {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
         }
+        if r.kind == "Pod" && r.group.is_empty() {
+            list.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
+            list.push(
+                json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
+            );
+        }
         if r.kind == "ServiceAccount" && r.group.is_empty() {
             list.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
         }
@@ -152,6 +158,18 @@ fn aggregated_resource(r: &ResourceType) -> Value {
             "subresource": "status",
             "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
             "verbs": ["get", "patch", "update"]
+        }));
+    }
+    if r.kind == "Pod" && r.group.is_empty() {
+        subresources.push(json!({
+            "subresource": "eviction",
+            "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"},
+            "verbs": ["create"]
+        }));
+        subresources.push(json!({
+            "subresource": "log",
+            "responseKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "verbs": ["get"]
         }));
     }
     if r.kind == "ServiceAccount" && r.group.is_empty() {

@@ -157,6 +157,12 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
         .filter_map(|p| p.pointer("/status/podIP").and_then(Value::as_str).map(str::to_string))
         .collect();
     let mut changed = false;
+    // A cordoned node (`kubectl cordon/drain`) takes no new pods.
+    let schedulable = cluster
+        .catalog
+        .get("", "v1", "nodes")
+        .and_then(|n| cluster.store.get(&Cluster::key(&n, None, NODE_NAME)))
+        .is_some_and(|n| n.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true));
     for pod in pods {
         let ns = pod
             .pointer("/metadata/namespace")
@@ -191,6 +197,9 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
             .and_then(Value::as_str)
             .is_none_or(str::is_empty)
         {
+            if !schedulable {
+                continue;
+            }
             let mut bound = pod.clone();
             bound["spec"]["nodeName"] = json!(NODE_NAME);
             match cluster.update(&rt, Some(&ns), &name, "", bound, &opts("kubesim-scheduler")) {
@@ -273,6 +282,14 @@ mod tests {
             &ns,
             None,
             json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        let nodes = c.catalog.get("", "v1", "nodes").unwrap();
+        c.create(
+            &nodes,
+            None,
+            json!({"metadata": {"name": NODE_NAME}}),
             &WriteOptions::default(),
         )
         .unwrap();

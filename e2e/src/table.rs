@@ -97,7 +97,12 @@ fn computed(obj: &Value, name: &str) -> Value {
                 .into_iter()
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            json!(if ready { "Ready" } else { "NotReady" })
+            let status = if ready { "Ready" } else { "NotReady" };
+            if obj.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                json!(format!("{status},SchedulingDisabled"))
+            } else {
+                json!(status)
+            }
         }
         "@serviceExternalIP" => {
             let ips: Vec<&str> = obj

@@ -265,3 +265,36 @@ fn jobs_run_to_completion() -> Result<()> {
     assert_eq!(pods, "Succeeded Succeeded Succeeded");
     Ok(())
 }
+
+#[test]
+fn drain_evicts_and_cordon_holds_pods_until_uncordon() -> Result<()> {
+    let k = TestCluster::start()?;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(WEB))?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    let out = k.kubectl_ok(&["drain", "kubesim", "--ignore-daemonsets", "--timeout=20s"], None)?;
+    assert!(out.contains("evicted") && out.contains("node/kubesim drained"), "{out}");
+    let nodes = k.kubectl_ok(&["get", "nodes"], None)?;
+    assert!(nodes.contains("Ready,SchedulingDisabled"), "{nodes}");
+    // The replacements wait for a schedulable node.
+    let mut phases = String::new();
+    for _ in 0..100 {
+        phases = k.kubectl_ok(
+            &["get", "pods", "-n", "shop", "-o", "jsonpath={.items[*].status.phase}"],
+            None,
+        )?;
+        if phases == "Pending Pending" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(phases, "Pending Pending");
+    k.kubectl_ok(&["uncordon", "kubesim"], None)?;
+    k.kubectl_ok(
+        &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
+        None,
+    )?;
+    Ok(())
+}
