@@ -272,3 +272,28 @@ async fn mirror_percentage_is_honoured() {
     let n = shadow.hits();
     assert!((25..=80).contains(&n), "{n}");
 }
+
+#[tokio::test]
+async fn retry_budget_caps_concurrent_retries() {
+    // Every try fails slowly; with a tiny budget most requests get no retry.
+    let bad = Upstream::failing("bad", 503).await;
+    let route = route_with(json!({
+        "clusters": [{"cluster": "c"}],
+        "retries": {"attempts": 5, "retryOn": ["5xx"], "backoffBaseMs": 50, "budgetPercent": 1.0},
+    }));
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("c", &[&bad])])).await;
+    let addr = proxy.addr("outbound").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            get(addr, "svc", "/delay/50").await.status.as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 503);
+    }
+    // Without a budget: 20 x 6 tries. The budget allows at most 3 retries in flight.
+    let tries = bad.hits();
+    assert!(tries < 20 * 6, "{tries}");
+    assert!(tries >= 20, "{tries}");
+}
