@@ -55,3 +55,46 @@ async fn spans_reach_the_collector_with_the_callers_trace() {
         "web"
     );
 }
+
+/// A `tracing` writer collecting output in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn json_access_log_line_per_request() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test's runtime is single-threaded, so the handler logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = Upstream::start("app").await;
+    let mut cfg = outbound_config("1", vec![forward_route("app")], vec![cluster("app", &[&app])]);
+    cfg["telemetry"] = json!({"accessLog": {"enabled": true, "format": "json"}});
+    let proxy = Proxy::start(cfg).await;
+    assert_eq!(get(proxy.addr("outbound").await, "svc", "/logged").await.status, 200);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("trellis::access"))
+        .unwrap_or_else(|| panic!("no access log line in {text}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["fields"]["path"], "/logged");
+    assert_eq!(v["fields"]["status"], 200);
+    assert_eq!(v["fields"]["upstream"], "app");
+    assert_eq!(v["fields"]["flags"], "-");
+}
