@@ -134,17 +134,25 @@ fn deployments_roll_out_restart_and_scale() -> Result<()> {
         &["rollout", "status", "deploy/web", "-n", "shop", "--timeout=20s"],
         None,
     )?;
-    let images = k.kubectl_ok(
-        &[
-            "get",
-            "pods",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.items[*].spec.containers[0].image}",
-        ],
-        None,
-    )?;
+    // Old pods may still be terminating for a moment.
+    let mut images = String::new();
+    for _ in 0..100 {
+        images = k.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ],
+            None,
+        )?;
+        if images.split_whitespace().all(|i| i == "trellis-testapp:3") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(images.split_whitespace().all(|i| i == "trellis-testapp:3"), "{images}");
     Ok(())
 }
