@@ -102,7 +102,9 @@ pub fn up(state_dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
 pub fn down(state_dir: &Path) -> anyhow::Result<bool> {
     let files = StateFiles::new(state_dir);
     let Some(pid) = read_pid(&files).filter(|p| alive(*p)) else {
+        // Left over from a kubesim that died: nothing serves them any more.
         let _ = std::fs::remove_file(files.pid());
+        let _ = std::fs::remove_file(files.kubeconfig());
         return Ok(false);
     };
     let status = Command::new("kill")

@@ -402,6 +402,11 @@ fn kubesim_up_and_down() -> Result<()> {
         .output()?;
     assert!(down.status.success() && String::from_utf8_lossy(&down.stdout).contains("kubesim stopped"));
     assert!(!kubeconfig.exists() && !dir.path().join("kubesim.pid").exists());
+    let again = std::process::Command::new(bin)
+        .args(["down", "--state-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains("was not running"));
     Ok(())
 }
 
