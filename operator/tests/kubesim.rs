@@ -16,6 +16,10 @@ kind: Namespace
 metadata: {name: shop}
 ---
 apiVersion: v1
+kind: ServiceAccount
+metadata: {name: payment, namespace: shop}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: payment, namespace: shop}
 spec:

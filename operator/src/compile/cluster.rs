@@ -114,7 +114,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 address: w.ip.clone().unwrap_or_default(),
                 port: target,
                 weight: 1,
-                labels: telemetry_labels(&w.labels),
+                labels: telemetry_labels(w),
                 health: if w.ready {
                     HealthStatus::Healthy
                 } else {
@@ -334,13 +334,17 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
     }
 }
 
-/// The endpoint labels proxies need (for telemetry: destination app and version); the rest of
-/// a pod's labels would only bloat every config that references the endpoint.
-fn telemetry_labels(labels: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+/// The endpoint labels proxies need for telemetry (destination workload, namespace, app and
+/// version); the rest of a pod's labels would only bloat every config that references it.
+fn telemetry_labels(w: &crate::registry::Workload) -> std::collections::BTreeMap<String, String> {
     const KEEP: &[&str] = &["app", "version", "app.kubernetes.io/name", "app.kubernetes.io/version"];
-    labels
+    let mut labels: std::collections::BTreeMap<String, String> = w
+        .labels
         .iter()
         .filter(|(k, _)| KEEP.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .collect();
+    labels.insert("workload".into(), super::workload_name(w));
+    labels.insert("namespace".into(), w.key.namespace.clone());
+    labels
 }
