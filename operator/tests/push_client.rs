@@ -54,11 +54,12 @@ struct Sink {
     reject: AtomicBool,
 }
 
+#[tonic::async_trait]
 impl ConfigSink for Sink {
     fn current_version(&self) -> Option<String> {
         self.applied.lock().unwrap().last().map(|c| c.version.clone())
     }
-    fn apply(&self, config: ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
         if self.reject.load(Ordering::SeqCst) {
             return Err("listener outbound: test rejection".into());
         }
@@ -243,5 +244,110 @@ async fn identity_rotation_push_nack_and_reconnect() {
 
     push.abort();
     identity.abort();
+    op.stop();
+}
+
+/// The real proxy in mesh mode: certificate from the operator, configuration pushed and
+/// applied, ready; a rotated certificate is reloaded without a rejection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_proxy_in_mesh_mode() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let cluster = TestCluster::start().expect("kubesim starts");
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", &format!("{}/../crds", env!("CARGO_MANIFEST_DIR"))],
+            None,
+        )
+        .unwrap();
+    cluster
+        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
+        .unwrap();
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
+    cluster
+        .kubectl_ok(
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
+            None,
+        )
+        .unwrap();
+    let pod = cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "shop",
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .unwrap();
+    let port = free_port();
+    let op = operator(&cluster, port, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.pem"), &op.root_pem).unwrap();
+    let t = cluster
+        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
+        .unwrap();
+    std::fs::write(dir.path().join("token"), t.trim()).unwrap();
+    let cfg = ClientConfig {
+        endpoint: format!("https://127.0.0.1:{port}"),
+        server_name: "localhost".into(),
+        root_cert: dir.path().join("root.pem"),
+        token: dir.path().join("token"),
+        identity_dir: dir.path().join("identity"),
+        namespace: "shop".into(),
+        pod: pod.clone(),
+        role: "sidecar".into(),
+        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        proxy_version: "test".into(),
+    };
+    // The proxy keeps its certificate in a temporary directory; the pushed config is pointed
+    // at it (the operator's paths are only defaults).
+    let proxy = Arc::new(
+        trellis_proxy::App::start(trellis_proxy::AppConfig {
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            stats_addr: None,
+            health_addr: None,
+            dns_addr: None,
+            log_control: None,
+        })
+        .await
+        .unwrap(),
+    );
+    let control = tokio::spawn(trellis_proxy::control::run(proxy.clone(), cfg));
+    until("the proxy is configured and ready", 20, || proxy.runtime().is_ready()).await;
+    let version = proxy.runtime().snapshot().config.version.clone();
+    until("the operator sees the ACK", 5, || {
+        op.push
+            .sync_state()
+            .iter()
+            .any(|p| p.acked.as_deref() == Some(version.as_str()))
+    })
+    .await;
+    // Rotation (4 s certificates) re-applies the config: the proxy serves the new certificate
+    // and nothing is rejected.
+    let leaf = || {
+        proxy
+            .runtime()
+            .snapshot()
+            .identity
+            .as_ref()
+            .map(|id| id.cert.chain[0].to_vec())
+    };
+    let first = leaf().expect("the proxy holds its workload certificate");
+    until("the proxy serves a rotated certificate", 10, || {
+        leaf().is_some_and(|l| l != first)
+    })
+    .await;
+    assert!(
+        proxy.runtime().last_rejection().is_none(),
+        "{:?}",
+        proxy.runtime().last_rejection()
+    );
+    assert!(proxy.runtime().is_ready());
+    control.abort();
     op.stop();
 }

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod balance;
 pub mod capture;
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod head;
 pub mod http;

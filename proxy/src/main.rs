@@ -22,16 +22,55 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Install the transparent-capture iptables rules (init container).
     Init(InitArgs),
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Proxy configuration file (JSON or YAML of the trellis contract).
-    #[arg(long, env = "TRELLIS_CONFIG")]
-    config: PathBuf,
+    /// Proxy configuration file (JSON or YAML of the trellis contract), for standalone use.
+    #[arg(
+        long,
+        env = "TRELLIS_CONFIG",
+        required_unless_present = "push_endpoint",
+        conflicts_with = "push_endpoint"
+    )]
+    config: Option<PathBuf>,
+    /// Mesh mode: the operator's push API, e.g. https://trellis-operator.trellis-system.svc:15012.
+    #[arg(long, env = "TRELLIS_PUSH_ENDPOINT")]
+    push_endpoint: Option<String>,
+    /// The DNS name in the operator's serving certificate.
+    #[arg(
+        long,
+        env = "TRELLIS_PUSH_SERVER_NAME",
+        default_value = "trellis-operator.trellis-system.svc"
+    )]
+    push_server_name: String,
+    /// The mesh root certificate (mounted from the trellis-ca-root ConfigMap).
+    #[arg(long, env = "TRELLIS_CA_ROOT", default_value = "/var/run/trellis/ca/root-cert.pem")]
+    ca_root: PathBuf,
+    /// The pod's projected ServiceAccount token (audience "trellis").
+    #[arg(long, env = "TRELLIS_TOKEN", default_value = "/var/run/secrets/trellis/token")]
+    token: PathBuf,
+    /// Where the workload certificate, key and trust bundle are kept.
+    #[arg(long, env = "TRELLIS_IDENTITY_DIR", default_value = "/var/run/trellis/identity")]
+    identity_dir: PathBuf,
+    /// The pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
+    /// The pod's name (downward API).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    /// The pod's ServiceAccount (downward API `spec.serviceAccountName`).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// `sidecar` or `gateway`.
+    #[arg(long, env = "TRELLIS_ROLE", default_value = "sidecar")]
+    role: String,
     /// Admin API address (keep it on localhost).
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::ADMIN))]
     admin_addr: SocketAddr,
@@ -119,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Run(args) => {
+            let args = *args;
             // One worker thread per proxy by default: a sidecar shares the pod's CPU.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(
@@ -149,14 +189,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })
     .await
     .context("cannot bind the admin ports (is another proxy running?)")?;
-    let cfg = trellis_proxy::config::load_file(&args.config)?;
-    app.apply(cfg).await.context("the initial configuration was rejected")?;
+    let app = Arc::new(app);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = trellis_proxy::config::watch_file(&app, &args.config, Duration::from_millis(args.config_poll_ms)) => {}
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    match (&args.config, &args.push_endpoint) {
+        (Some(path), _) => {
+            let cfg = trellis_proxy::config::load_file(path)?;
+            app.apply(cfg).await.context("the initial configuration was rejected")?;
+            tokio::select! {
+                _ = trellis_proxy::config::watch_file(&app, path, Duration::from_millis(args.config_poll_ms)) => {}
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        (None, Some(endpoint)) => {
+            let client = trellis_push::client::ClientConfig {
+                endpoint: endpoint.clone(),
+                server_name: args.push_server_name.clone(),
+                root_cert: args.ca_root.clone(),
+                token: args.token.clone(),
+                identity_dir: args.identity_dir.clone(),
+                namespace: args.pod_namespace.clone(),
+                pod: args.pod_name.clone(),
+                role: args.role.clone(),
+                spiffe_id: format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    args.trust_domain, args.pod_namespace, args.service_account
+                ),
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            tracing::info!(%endpoint, pod = %args.pod_name, "mesh mode: connecting to the control plane");
+            tokio::select! {
+                _ = trellis_proxy::control::run(app.clone(), client) => {}
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        (None, None) => anyhow::bail!("give --config FILE (standalone) or --push-endpoint URL (mesh mode)"),
     }
     app.drain().await;
     Ok(())

@@ -198,12 +198,13 @@ pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued
 }
 
 /// Where pushed configurations go.
+#[tonic::async_trait]
 pub trait ConfigSink: Send + Sync + 'static {
     /// The version being served (sent in Hello so a current proxy is not sent it again).
     fn current_version(&self) -> Option<String>;
     /// Validate and apply a configuration; on error the proxy keeps its last good one and the
     /// error is NACKed to the operator.
-    fn apply(&self, config: ProxyConfig) -> Result<(), String>;
+    async fn apply(&self, config: ProxyConfig) -> Result<(), String>;
 }
 
 /// Subscribe to the operator and apply every snapshot, forever: reconnect with backoff when
@@ -239,7 +240,11 @@ async fn subscribe_once(cfg: &ClientConfig, sink: &dyn ConfigSink, backoff: &mut
     while let Some(snapshot) = stream.message().await? {
         backoff.reset();
         let version = snapshot.version.clone();
-        let reply = match snapshot.config().map_err(|e| e.to_string()).and_then(|c| sink.apply(c)) {
+        let applied = match snapshot.config() {
+            Ok(config) => sink.apply(config).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let reply = match applied {
             Ok(()) => ProxyMessage::ack(version),
             Err(e) => {
                 tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");

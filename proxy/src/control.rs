@@ -1,0 +1,94 @@
+//! Mesh mode: the proxy's connection to the control plane. It obtains (and rotates) the
+//! workload certificate, then subscribes to its configuration and applies every snapshot,
+//! ACKing or NACKing it; a rotated certificate is picked up by re-applying the current
+//! configuration, which reloads the identity files without dropping connections.
+//!
+//! The protocol and its client live in `trellis-push`; this module only binds them to [`App`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use trellis_contract::{CertificateRef, PemSource, ProxyConfig};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE, ROOTS_FILE};
+
+use crate::App;
+
+/// Applies pushed configurations to the running proxy.
+#[derive(Debug)]
+pub struct AppSink {
+    app: Arc<App>,
+    identity_dir: PathBuf,
+    current: Mutex<Option<ProxyConfig>>,
+}
+
+impl AppSink {
+    /// A sink for `app`, whose certificate files live in `identity_dir`.
+    pub fn new(app: Arc<App>, identity_dir: &Path) -> Self {
+        AppSink {
+            app,
+            identity_dir: identity_dir.to_path_buf(),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The identity is this proxy's own: point the config at the files it keeps, wherever the
+    /// control plane assumed they were.
+    fn localize(&self, mut config: ProxyConfig) -> ProxyConfig {
+        let file = |name: &str| self.identity_dir.join(name).to_string_lossy().into_owned();
+        config.identity.certificate = Some(CertificateRef::Files {
+            cert_chain_file: file(CERT_CHAIN_FILE),
+            private_key_file: file(KEY_FILE),
+        });
+        config.identity.trust_bundle = Some(PemSource::File(file(ROOTS_FILE)));
+        config
+    }
+
+    /// Re-apply the current configuration (after a certificate rotation).
+    pub async fn reapply(&self) {
+        let current = self.current.lock().expect("config lock").clone();
+        if let Some(config) = current
+            && let Err(e) = self.app.apply(config).await
+        {
+            tracing::warn!(error = %e, "could not reload the rotated certificate; the previous one stays in use");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigSink for AppSink {
+    fn current_version(&self) -> Option<String> {
+        self.current
+            .lock()
+            .expect("config lock")
+            .as_ref()
+            .map(|c| c.version.clone())
+    }
+
+    async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
+        let config = self.localize(config);
+        self.app.apply(config.clone()).await.map_err(|e| e.to_string())?;
+        *self.current.lock().expect("config lock") = Some(config);
+        Ok(())
+    }
+}
+
+/// Run mesh mode until the task is dropped: certificate first (a config that needs mesh TLS
+/// cannot load without it), then the subscription; every later certificate re-applies the
+/// current configuration.
+pub async fn run(app: Arc<App>, cfg: ClientConfig) {
+    let (issued_tx, mut issued) = tokio::sync::watch::channel(None);
+    let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
+    while issued.borrow_and_update().is_none() {
+        if issued.changed().await.is_err() {
+            identity.abort();
+            return;
+        }
+    }
+    let sink = Arc::new(AppSink::new(app, &cfg.identity_dir));
+    let push = tokio::spawn(client::run_push(cfg, sink.clone()));
+    while issued.changed().await.is_ok() {
+        sink.reapply().await;
+    }
+    push.abort();
+    identity.abort();
+}
