@@ -175,6 +175,14 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
+    // The trust anchor, in every namespace, for proxies to verify the operator at first start.
+    tasks.push(tokio::spawn(crate::trust::publish(
+        client.clone(),
+        index.clone(),
+        changed_rx.clone(),
+        root_pem.clone(),
+    )));
+
     // Ready once the index has seen the cluster.
     let mut rx = changed_rx;
     tasks.push(tokio::spawn(async move {

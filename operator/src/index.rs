@@ -149,6 +149,11 @@ impl Index {
         self.generation
     }
 
+    /// The namespaces known to the index.
+    pub fn namespaces(&self) -> impl Iterator<Item = &String> {
+        self.namespaces.keys()
+    }
+
     /// Apply one change.
     pub fn apply(&mut self, change: Change) {
         self.generation += 1;

@@ -5,6 +5,7 @@
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
 //! - [`index`]: the live index, fed by kube-runtime watchers.
 //! - [`push`]: the gRPC config push service and per-proxy sync state.
+//! - [`trust`]: the mesh root published to every namespace.
 //! - [`app`], [`admin`]: the running operator and its admin API.
 //! - [`ca`]: the mesh certificate authority and root rotation.
 
@@ -17,3 +18,4 @@ pub mod index;
 pub mod push;
 pub mod registry;
 pub mod snapshot;
+pub mod trust;

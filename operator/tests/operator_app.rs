@@ -125,6 +125,31 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
         .unwrap();
     assert_eq!(again.cert_pem(), op.root_pem, "a restart keeps the same root");
 
+    // The root is published to every namespace for proxies' first connection.
+    let mut published = String::new();
+    for _ in 0..100 {
+        published = cluster
+            .kubectl(
+                &[
+                    "-n",
+                    "shop",
+                    "get",
+                    "configmap",
+                    "trellis-ca-root",
+                    "-o",
+                    "jsonpath={.data.root-cert\\.pem}",
+                ],
+                None,
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if !published.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(published, op.root_pem);
+
     // Admin API.
     let mut ready = 0;
     for _ in 0..100 {

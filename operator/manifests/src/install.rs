@@ -144,15 +144,14 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         // Service registry.
         rule(
             &[""],
-            &[
-                "namespaces",
-                "services",
-                "endpoints",
-                "pods",
-                "serviceaccounts",
-                "configmaps",
-            ],
+            &["namespaces", "services", "endpoints", "pods", "serviceaccounts"],
             READ,
+        ),
+        // The mesh root published to every namespace (trellis-ca-root) for proxies' first start.
+        rule(
+            &[""],
+            &["configmaps"],
+            &["get", "list", "watch", "create", "update", "patch"],
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
         // CA root (trellis-system) and gateway TLS credentials (credentialName).
