@@ -24,6 +24,7 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod spans;
+pub mod stream;
 pub mod tcp;
 pub mod trace;
 pub mod upstream;
