@@ -2,9 +2,11 @@
 //! applied with kubectl, Services and Deployments picked up with no configuration, changes and
 //! deletions followed, the compiler run from it), and TokenReview identifies ServiceAccounts.
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+mod support;
 
+use std::sync::{Arc, RwLock};
+
+use support::{apply_crds, until};
 use trellis_e2e::harness::TestCluster;
 use trellis_operator::compile::{Role, compile};
 use trellis_operator::index::{self, Index};
@@ -48,28 +50,15 @@ spec:
     timeout: 3s
 "#;
 
-/// Poll `cond` on the index until it holds (bounded).
+/// Poll `cond` on the index until it holds (10 s at most).
 async fn eventually(index: &Arc<RwLock<Index>>, what: &str, cond: impl Fn(&Index) -> bool) {
-    for _ in 0..200 {
-        if cond(&index.read().unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    until(what, 10, || cond(&index.read().unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_follows_the_cluster() {
     let cluster = TestCluster::start().expect("kubesim starts");
-    let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
-    cluster.kubectl_ok(&["apply", "-f", &crds], None).unwrap();
-    cluster
-        .kubectl_ok(
-            &["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"],
-            None,
-        )
-        .unwrap();
+    apply_crds(&cluster);
 
     let client = cluster.client().await.unwrap();
     let shared = Arc::new(RwLock::new(Index::default()));

@@ -2,56 +2,19 @@
 //! ready once the registry syncs, signs a pod's CSR authenticated by its ServiceAccount token
 //! over TLS, and pushes the pod's configuration over mutual TLS — only to the pod's identity.
 
+mod support;
+
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
+use support::{cluster_with_web, operator_config, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use trellis_e2e::harness::TestCluster;
-use trellis_operator::app::{self, Config};
+use trellis_operator::app;
 use trellis_push::v1::certificates_client::CertificatesClient;
 use trellis_push::v1::config_push_client::ConfigPushClient;
 use trellis_push::{Hello, ProxyMessage, SignRequest};
-
-const WEB: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: shop}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      serviceAccountName: web
-      containers: [{name: app, image: test-app}]
-"#;
-
-fn config() -> Config {
-    Config {
-        namespace: "trellis-system".into(),
-        push_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        trust_domain: "cluster.local".into(),
-        workload_cert_ttl_seconds: 3600,
-    }
-}
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -86,23 +49,11 @@ async fn channel(addr: std::net::SocketAddr, root: &str, identity: Option<Identi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
-    rustls::crypto::ring::default_provider().install_default().ok();
-    let cluster = TestCluster::start().expect("kubesim starts");
-    let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
-    cluster.kubectl_ok(&["apply", "-f", &crds], None).unwrap();
-    cluster
-        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
-        .unwrap();
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(WEB)).unwrap();
-    cluster
-        .kubectl_ok(
-            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
-            None,
-        )
-        .unwrap();
-
+    let (cluster, pod) = cluster_with_web();
     let client = cluster.client().await.unwrap();
-    let op = app::start(config(), client.clone()).await.expect("the operator starts");
+    let op = app::start(operator_config(0, 3600), client.clone())
+        .await
+        .expect("the operator starts");
 
     // The root is kept in a Secret and reused by the next start.
     let secret = cluster
@@ -126,9 +77,8 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
     assert_eq!(again.cert_pem(), op.root_pem, "a restart keeps the same root");
 
     // The root is published to every namespace for proxies' first connection.
-    let mut published = String::new();
-    for _ in 0..100 {
-        published = cluster
+    until("the root ConfigMap in namespace shop", 5, || {
+        cluster
             .kubectl(
                 &[
                     "-n",
@@ -141,14 +91,9 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
                 ],
                 None,
             )
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if !published.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(published, op.root_pem);
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == op.root_pem)
+    })
+    .await;
 
     // Admin API.
     let mut ready = 0;
@@ -167,21 +112,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
     assert!(!metrics_text.contains("PRIVATE KEY"));
 
     // A web pod asks for its certificate with its ServiceAccount token.
-    let pod = cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "shop",
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            None,
-        )
-        .unwrap();
+
     let token = cluster
         .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
         .unwrap();
@@ -242,17 +173,13 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
     );
     assert!(cfg.cluster("outbound|8080||web.shop.svc.cluster.local").is_some());
     tx.send(ProxyMessage::ack(&snapshot.version)).await.unwrap();
-    for _ in 0..100 {
-        if op
-            .push
+    until("the ACK", 5, || {
+        op.push
             .sync_state()
             .iter()
             .any(|p| p.acked.as_deref() == Some(snapshot.version.as_str()))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let (_, syncz) = http_get(op.admin_addr, "/debug/syncz").await;
     assert!(syncz.contains(&snapshot.version), "{syncz}");
 

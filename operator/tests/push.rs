@@ -1,10 +1,13 @@
 //! The push service over real gRPC on loopback: subscribe, receive, ACK and NACK; a change
 //! reaches the proxies it affects and only those; a reconnect that is current gets nothing.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use support::until;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::Streaming;
@@ -87,16 +90,6 @@ impl Proxy {
     }
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..100 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out: {what}");
-}
-
 #[tokio::test]
 async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
     let s = server().await;
@@ -110,7 +103,7 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
     web.to_server.send(ProxyMessage::ack(&first.version)).await.unwrap();
     let gw_first = gw.next().await.expect("the gateway's snapshot");
     gw.to_server.send(ProxyMessage::ack(&gw_first.version)).await.unwrap();
-    eventually("web acked", || {
+    until("web acked", 2, || {
         s.service
             .sync_state()
             .iter()
@@ -156,7 +149,7 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
         .send(ProxyMessage::nack(&second.version, "route 3: bad regex"))
         .await
         .unwrap();
-    eventually("web nacked", || {
+    until("web nacked", 2, || {
         s.service.sync_state().iter().any(|p| {
             p.proxy == "shop/web-5d8f-abcde" && p.nacked.as_ref().is_some_and(|n| n.error == "route 3: bad regex")
         })
@@ -165,7 +158,7 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
 
     // Disconnect: the state says so.
     drop(web);
-    eventually("web disconnected", || {
+    until("web disconnected", 2, || {
         s.service
             .sync_state()
             .iter()

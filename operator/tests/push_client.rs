@@ -3,43 +3,17 @@
 //! NACKs a config it rejects (keeping the last good one), and reconnects when the operator is
 //! restarted.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::{cluster_with_web, free_port, operator_config, until, web_proxy};
 use trellis_contract::ProxyConfig;
 use trellis_e2e::harness::TestCluster;
-use trellis_operator::app::{self, App, Config};
-use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE, ROOTS_FILE};
-
-const APP: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: shop}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      serviceAccountName: web
-      containers: [{name: app, image: test-app}]
-"#;
+use trellis_operator::app::{self, App};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ConfigSink, KEY_FILE, ROOTS_FILE};
 
 fn vs(timeout: &str) -> String {
     format!(
@@ -69,33 +43,8 @@ impl ConfigSink for Sink {
     }
 }
 
-async fn until(what: &str, secs: u64, cond: impl Fn() -> bool) {
-    for _ in 0..secs * 20 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s: {what}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn operator(cluster: &TestCluster, port: u16, ttl: u64) -> App {
-    let config = Config {
-        namespace: "trellis-system".into(),
-        push_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        trust_domain: "cluster.local".into(),
-        workload_cert_ttl_seconds: ttl,
-    };
-    app::start(config, cluster.client().await.unwrap())
+    app::start(operator_config(port, ttl), cluster.client().await.unwrap())
         .await
         .expect("the operator starts")
 }
@@ -116,64 +65,14 @@ fn last_timeout(sink: &Sink) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_rotation_push_nack_and_reconnect() {
-    rustls::crypto::ring::default_provider().install_default().ok();
-    let cluster = TestCluster::start().expect("kubesim starts");
-    cluster
-        .kubectl_ok(
-            &["apply", "-f", &format!("{}/../crds", env!("CARGO_MANIFEST_DIR"))],
-            None,
-        )
-        .unwrap();
-    cluster
-        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
-        .unwrap();
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
+    let (cluster, pod) = cluster_with_web();
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("3s"))).unwrap();
-    cluster
-        .kubectl_ok(
-            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
-            None,
-        )
-        .unwrap();
-    let pod = cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "shop",
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            None,
-        )
-        .unwrap();
 
     // A short certificate lifetime, so rotation happens within the test.
     let port = free_port();
     let op = operator(&cluster, port, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root.pem");
-    std::fs::write(&root, &op.root_pem).unwrap();
-    let token = dir.path().join("token");
-    let t = cluster
-        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
-        .unwrap();
-    std::fs::write(&token, t.trim()).unwrap();
-    let cfg = ClientConfig {
-        endpoint: format!("https://127.0.0.1:{port}"),
-        server_name: "localhost".into(),
-        root_cert: root,
-        token,
-        identity_dir: dir.path().join("identity"),
-        namespace: "shop".into(),
-        pod: pod.clone(),
-        role: "sidecar".into(),
-        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
-        proxy_version: "test".into(),
-    };
+    let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
 
     // Identity: obtained, then rotated at half-life.
     let (issued_tx, issued_rx) = tokio::sync::watch::channel(None);
@@ -251,59 +150,11 @@ async fn identity_rotation_push_nack_and_reconnect() {
 /// applied, ready; a rotated certificate is reloaded without a rejection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trellis_proxy_in_mesh_mode() {
-    rustls::crypto::ring::default_provider().install_default().ok();
-    let cluster = TestCluster::start().expect("kubesim starts");
-    cluster
-        .kubectl_ok(
-            &["apply", "-f", &format!("{}/../crds", env!("CARGO_MANIFEST_DIR"))],
-            None,
-        )
-        .unwrap();
-    cluster
-        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
-        .unwrap();
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
-    cluster
-        .kubectl_ok(
-            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
-            None,
-        )
-        .unwrap();
-    let pod = cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "shop",
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            None,
-        )
-        .unwrap();
+    let (cluster, pod) = cluster_with_web();
     let port = free_port();
     let op = operator(&cluster, port, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("root.pem"), &op.root_pem).unwrap();
-    let t = cluster
-        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
-        .unwrap();
-    std::fs::write(dir.path().join("token"), t.trim()).unwrap();
-    let cfg = ClientConfig {
-        endpoint: format!("https://127.0.0.1:{port}"),
-        server_name: "localhost".into(),
-        root_cert: dir.path().join("root.pem"),
-        token: dir.path().join("token"),
-        identity_dir: dir.path().join("identity"),
-        namespace: "shop".into(),
-        pod: pod.clone(),
-        role: "sidecar".into(),
-        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
-        proxy_version: "test".into(),
-    };
+    let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
     // The proxy keeps its certificate in a temporary directory; the pushed config is pointed
     // at it (the operator's paths are only defaults).
     let proxy = Arc::new(
