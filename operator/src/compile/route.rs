@@ -1,6 +1,5 @@
 //! VirtualService HTTP rules → contract routes.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use trellis_api::networking::{self as api, HttpRoute, VirtualService};
@@ -498,23 +497,16 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     trellis_api::duration::parse(s).ok()
 }
 
+/// Decode a directResponse body (standard alphabet; padding optional, as the validator allows).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut lookup = BTreeMap::new();
-    for (i, b) in ALPHABET.iter().enumerate() {
-        lookup.insert(*b, i as u32);
-    }
-    let clean: Vec<u8> = s.bytes().filter(|b| *b != b'=' && !b.is_ascii_whitespace()).collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut acc = 0u32;
-        for (i, b) in chunk.iter().enumerate() {
-            acc |= lookup.get(b)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    ENGINE.decode(clean).ok()
 }
 
 #[cfg(test)]
