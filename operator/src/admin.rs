@@ -94,10 +94,9 @@ pub fn metrics(admin: &Admin) -> String {
         .iter()
         .filter(|p| p.nacked.as_ref().is_some_and(|n| Some(&n.version) == p.sent.as_ref()))
         .count();
-    let (generation, services, workloads) = {
+    let (generation, (services, workloads)) = {
         let idx = admin.index.read().expect("index lock");
-        let s = idx.snapshot();
-        (idx.generation(), s.registry.services.len(), s.registry.workloads.len())
+        (idx.generation(), idx.counts())
     };
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {

@@ -154,6 +154,11 @@ impl Index {
         self.namespaces.keys()
     }
 
+    /// How many Services and Pods the registry holds.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.workloads.len())
+    }
+
     /// Apply one change.
     pub fn apply(&mut self, change: Change) {
         self.generation += 1;
