@@ -121,8 +121,9 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
     let mut vhosts = Vec::new();
     let mut tcp_routes = Vec::new();
     let mut refs: Vec<ClusterRef> = Vec::new();
-    let services: Vec<Service> = ctx.snapshot.registry.services.values().cloned().collect();
-    for svc in &services {
+    // The snapshot outlives the context's borrow, so services are read in place, not cloned.
+    let snapshot = ctx.snapshot;
+    for svc in snapshot.registry.services.values() {
         let fqdn = svc.fqdn(DNS_DOMAIN);
         for p in &svc.ports {
             let default = ClusterRef {
