@@ -21,6 +21,7 @@ pub mod endpoints;
 pub mod events;
 pub mod harness;
 pub mod kubelet;
+pub mod network;
 pub mod openapi_builtin;
 pub mod patch;
 pub mod pki;
