@@ -1,0 +1,158 @@
+//! `trellis-testapp`: the workload of Trellis' end-to-end suite and demo.
+//!
+//! One small server that plays any service of the shop (`web`, `payment`,
+//! `db`, ...): it echoes what it received as JSON (headers, and the
+//! caller's verified identity from `x-forwarded-client-cert`), calls other
+//! services (forward prefixes, `/call?url=`), propagates trace headers,
+//! and fails or slows down on demand (query parameters, or
+//! `/admin/behaviour` at run time). It speaks HTTP/1.1 and h2c on one port
+//! (gRPC too: messages echoed with a `grpc-status` trailer) and,
+//! optionally, opaque TCP echo on another. See [`http`] for the routes.
+//!
+//! # Guarantees
+//! - Never panics on input: bad requests get a 4xx answer saying what to send.
+//! - Bodies are bounded (1 MiB in, 16 MiB `size=` out).
+//! - [`start`] returns once both listeners are bound, so `127.0.0.1:0`
+//!   works in tests.
+
+pub mod http;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+pub use settings::{Behaviour, Forward, Settings, TRACE_HEADERS};
+
+/// A running app; stops when [`Running::stop`] is called or it is dropped.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The bound TCP echo address, if configured.
+    pub tcp_addr: Option<SocketAddr>,
+    app: Arc<http::App>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Changes how the app misbehaves from now on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.app.set_behaviour(behaviour);
+    }
+
+    /// Stops accepting; connections in progress finish on their own.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds the listeners and serves on the current Tokio runtime.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    settings
+        .behaviour
+        .validate()
+        .map_err(|e| anyhow::anyhow!("initial behaviour: {e}"))?;
+    let http_listener = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", settings.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let tcp_listener = match settings.tcp_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TCP echo listener on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tcp_addr = tcp_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    info!(service = %settings.service, version = %settings.version, %http_addr, ?tcp_addr, "testapp serving");
+    let app = Arc::new(http::App::new(settings));
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(serve_http(http_listener, app.clone(), stopped.clone()));
+    if let Some(listener) = tcp_listener {
+        tokio::spawn(serve_tcp(listener, stopped));
+    }
+    Ok(Running {
+        http_addr,
+        tcp_addr,
+        app,
+        stop,
+    })
+}
+
+async fn serve_http(listener: TcpListener, app: Arc<http::App>, mut stopped: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop_requested(&mut stopped) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::handle(app.clone(), peer, req));
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = stop_requested(&mut stopped) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            if let Err(e) = tokio::io::copy(&mut reader, &mut writer).await {
+                debug!(%peer, error = %e, "tcp echo ended with an error");
+            }
+        });
+    }
+}
+
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here.
+    let _ = stopped.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,85 @@
+//! `trellis-testapp`: see the library's documentation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use http::HeaderName;
+use trellis_testapp::{Behaviour, Forward, Settings};
+
+/// The Trellis test workload: echo, forward, fail and slow down on demand.
+#[derive(Debug, Parser)]
+#[command(name = "trellis-testapp", version)]
+struct Cli {
+    /// The service this app plays (reported in every answer).
+    #[arg(long, env = "TESTAPP_SERVICE", default_value = "testapp")]
+    service: String,
+    /// Its version label (reported in every answer).
+    #[arg(long, env = "TESTAPP_VERSION", default_value = "v1")]
+    version: String,
+    /// The pod name (downward API).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod: String,
+    /// The pod namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// HTTP/1.1 + h2c + gRPC listener.
+    #[arg(long, env = "TESTAPP_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Opaque TCP echo listener (off unless set).
+    #[arg(long, env = "TESTAPP_TCP_ADDR")]
+    tcp_addr: Option<SocketAddr>,
+    /// PREFIX=URL: answer requests under PREFIX by calling URL (comma separated).
+    #[arg(long = "forward", env = "TESTAPP_FORWARD", value_delimiter = ',')]
+    forwards: Vec<Forward>,
+    /// Request headers copied onto calls besides the trace headers (comma separated).
+    #[arg(long, env = "TESTAPP_PROPAGATE", value_delimiter = ',', default_value = "x-canary")]
+    propagate: Vec<HeaderName>,
+    /// Fail requests with this status (e.g. 503).
+    #[arg(long, env = "TESTAPP_FAIL_STATUS")]
+    fail_status: Option<u16>,
+    /// The share of requests that fail (0.0..=1.0; default 1.0 once --fail-status is set).
+    #[arg(long, env = "TESTAPP_FAIL_RATE")]
+    fail_rate: Option<f64>,
+    /// Delay every answer by this many milliseconds.
+    #[arg(long, env = "TESTAPP_DELAY_MS", default_value_t = 0)]
+    delay_ms: u64,
+    /// Deadline of a forwarded call, in milliseconds.
+    #[arg(long, env = "TESTAPP_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    call_timeout_ms: u64,
+    /// Log filter (EnvFilter syntax).
+    #[arg(long, env = "TESTAPP_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .init();
+    let settings = Settings {
+        service: cli.service,
+        version: cli.version,
+        pod: cli.pod,
+        namespace: cli.namespace,
+        http_addr: cli.http_addr,
+        tcp_addr: cli.tcp_addr,
+        forwards: cli.forwards,
+        propagate: cli.propagate,
+        behaviour: Behaviour {
+            fail_status: cli.fail_status,
+            fail_rate: cli.fail_rate,
+            delay_ms: cli.delay_ms,
+        },
+        call_timeout: Duration::from_millis(cli.call_timeout_ms),
+    };
+    let running = trellis_testapp::start(settings).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    running.stop();
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The test app over real sockets: echo (HTTP/1.1 and h2c), forwards with
+//! header propagation, failures and delays on demand, gRPC echo with
+//! trailers, TCP echo.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_testapp::{Behaviour, Running, Settings};
+
+async fn app(service: &str) -> Running {
+    let mut s = Settings::echo(service, "127.0.0.1:0".parse().unwrap());
+    s.pod = format!("{service}-1");
+    s.tcp_addr = Some("127.0.0.1:0".parse().unwrap());
+    trellis_testapp::start(s).await.unwrap()
+}
+
+async fn get(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (u16, http::HeaderMap, Bytes, Option<http::HeaderMap>) {
+    let response = client.request(req).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, headers, collected.to_bytes(), trailers)
+}
+
+fn http1() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+#[tokio::test]
+async fn echoes_requests_over_http1_and_h2c() {
+    let web = app("web").await;
+    let url = format!("http://{}/hello?x=1", web.http_addr);
+    let req = Request::get(&url)
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/shop/sa/gateway",
+        )
+        .header("x-canary", "true")
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, body, _) = get(&http1(), req).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-served-by"], "web-1");
+    assert_eq!(headers["x-version"], "v1");
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["service"], "web");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["httpVersion"], "HTTP/1.1");
+    assert_eq!(echo["headers"]["x-canary"], "true");
+    assert!(
+        echo["clientCert"]
+            .as_str()
+            .unwrap()
+            .contains("URI=spiffe://cluster.local/ns/shop/sa/gateway")
+    );
+
+    let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let (status, _, body, _) = get(&h2, Request::get(&url).body(Full::default()).unwrap()).await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["httpVersion"], "HTTP/2.0");
+    assert!(echo["clientCert"].is_null());
+}
+
+#[tokio::test]
+async fn forwards_calls_and_propagates_trace_and_listed_headers() {
+    let db = app("db").await;
+    let mut s = Settings::echo("payment", "127.0.0.1:0".parse().unwrap());
+    s.forwards = vec![format!("/pay=http://{}/query", db.http_addr).parse().unwrap()];
+    let payment = trellis_testapp::start(s).await.unwrap();
+    let req = Request::get(format!("http://{}/pay/42?k=v", payment.http_addr))
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header("x-canary", "true")
+        .header("x-secret", "not propagated")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body, _) = get(&http1(), req).await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["service"], "payment");
+    let upstream = &echo["upstream"];
+    assert_eq!(upstream["status"], 200);
+    assert_eq!(upstream["url"], format!("http://{}/query/42?k=v", db.http_addr));
+    let db_echo = &upstream["body"];
+    assert_eq!(db_echo["service"], "db");
+    assert_eq!(db_echo["path"], "/query/42");
+    assert_eq!(
+        db_echo["headers"]["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(db_echo["headers"]["x-canary"], "true");
+    assert!(db_echo["headers"].get("x-secret").is_none());
+
+    // An upstream failure is passed on with its status; no answer is a 502.
+    db.set_behaviour(Behaviour {
+        fail_status: Some(503),
+        ..Default::default()
+    });
+    let (status, _, _, _) = get(
+        &http1(),
+        Request::get(format!("http://{}/pay", payment.http_addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s = Settings::echo("payment", "127.0.0.1:0".parse().unwrap());
+    s.forwards = vec![format!("/pay=http://{closed}/query").parse().unwrap()];
+    let orphan = trellis_testapp::start(s).await.unwrap();
+    let (status, _, body, _) = get(
+        &http1(),
+        Request::get(format!("http://{}/pay", orphan.http_addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 502);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert!(echo["upstream"]["error"].as_str().unwrap().contains("calling http://"));
+}
+
+#[tokio::test]
+async fn fails_and_slows_down_on_demand() {
+    let a = app("payment").await;
+    let client = http1();
+    let base = format!("http://{}", a.http_addr);
+    let (status, _, _, _) = get(
+        &client,
+        Request::get(format!("{base}/x?status=504"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 504);
+    let started = Instant::now();
+    let (status, _, _, _) = get(
+        &client,
+        Request::get(format!("{base}/x?delay=150"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    let (status, _, body, _) = get(
+        &client,
+        Request::get(format!("{base}/x?size=1024"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.len()), (200, 1024));
+    let (status, _, body, _) = get(
+        &client,
+        Request::get(format!("{base}/x?status=abc"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("status=abc"));
+
+    // At run time through the admin route: every request fails, probes don't.
+    let put = |json: &str| {
+        Request::put(format!("{base}/admin/behaviour"))
+            .body(Full::new(Bytes::from(json.to_string())))
+            .unwrap()
+    };
+    let (status, _, body, _) = get(&client, put(r#"{"failStatus":503,"failRate":2}"#)).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("failRate"));
+    let (status, _, body, _) = get(&client, put(r#"{"failStatus":503,"failRte":1}"#)).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("failRte"));
+    let (status, _, _, _) = get(&client, put(r#"{"failStatus":503}"#)).await;
+    assert_eq!(status, 200);
+    for _ in 0..5 {
+        let (status, _, _, _) = get(
+            &client,
+            Request::get(format!("{base}/x")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 503);
+    }
+    let (status, _, _, _) = get(
+        &client,
+        Request::get(format!("{base}/healthz")).body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, _, body, _) = get(
+        &client,
+        Request::get(format!("{base}/admin/behaviour"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let b: Behaviour = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b.fail_status, Some(503));
+}
+
+#[tokio::test]
+async fn echoes_grpc_messages_with_status_trailers() {
+    let a = app("grpc").await;
+    let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    let req = |path: &str| {
+        Request::post(format!("http://{}{path}", a.http_addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(message.clone()))
+            .unwrap()
+    };
+    let (status, headers, body, trailers) = get(&h2, req("/echo.Echo/Say")).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(body, message);
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    a.set_behaviour(Behaviour {
+        fail_status: Some(503),
+        ..Default::default()
+    });
+    let (_, _, body, trailers) = get(&h2, req("/echo.Echo/Say")).await;
+    assert!(body.is_empty());
+    assert_eq!(trailers.unwrap()["grpc-status"], "14");
+}
+
+#[tokio::test]
+async fn echoes_opaque_tcp() {
+    let a = app("tcp").await;
+    let mut stream = tokio::net::TcpStream::connect(a.tcp_addr.unwrap()).await.unwrap();
+    stream.write_all(b"ping\x00\xffpong").await.unwrap();
+    let mut buf = [0u8; 10];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping\x00\xffpong");
+}
