@@ -5,6 +5,7 @@
 
 use crate::app::Runtime;
 use crate::authz::AuthzRequest;
+use crate::idle::{IdleBody, IdleIo, StreamActivity};
 use crate::metrics::{ConnLabels, Peer, RequestLabels};
 use crate::path::normalize;
 use crate::routing::{RequestView, RouteHit, parse_query, rewrite_prefix};
@@ -643,10 +644,15 @@ async fn forward(
     // Body: buffer small bodies when retries or mirrors need replays.
     let wants_replay = f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty();
     let hint = body.size_hint();
-    let limit = snap
-        .listeners
-        .get(&conn.listener)
-        .and_then(|l| l.spec.limits.max_request_body_bytes);
+    let limits = snap.listeners.get(&conn.listener).map(|l| &l.spec.limits);
+    let limit = limits.and_then(|l| l.max_request_body_bytes);
+    // No route timeout must mean no hang: the stream idle timeout bounds
+    // every wait for bytes, in either direction.
+    let stream_idle = limits
+        .map(|l| l.stream_idle_timeout_ms)
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    let activity = Arc::new(StreamActivity::default());
     let mut body = if wants_replay && hint.upper().is_some_and(|u| u <= REPLAY_BUFFER_LIMIT) {
         match Limited::new(body, REPLAY_BUFFER_LIMIT as usize).collect().await {
             Ok(c) => ReqBody::Buffered(c.to_bytes()),
@@ -751,6 +757,7 @@ async fn forward(
                 None => break,
             },
         };
+        let attempt_body = IdleBody::new(attempt_body, Arc::clone(&activity), None).boxed_unsync();
         let upstream_h2 = upgrade.is_none() && cluster.uses_h2(downstream_h2);
         let req = match build_request(&parts, &authority, &path_and_query, attempt_body, upstream_h2) {
             Ok(r) => r,
@@ -766,9 +773,20 @@ async fn forward(
             cluster.active_retries.fetch_add(1, Ordering::Relaxed);
         }
         let sent = cluster.send(idx, req, upstream_h2);
-        let result = match budget {
-            Some(t) => tokio::time::timeout(t, sent).await.ok(),
-            None => Some(sent.await),
+        let timed = async {
+            match budget {
+                Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                None => Some(sent.await),
+            }
+        };
+        activity.touch();
+        let mut idle_expired = false;
+        let result = tokio::select! {
+            r = timed => r,
+            () = activity.idle(stream_idle) => {
+                idle_expired = true;
+                None
+            }
         };
         if attempt > 0 {
             cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
@@ -776,6 +794,10 @@ async fn forward(
         let now = Instant::now();
         let last = attempt + 1 == max_attempts;
         match result {
+            None if idle_expired => {
+                last_failure = (StatusCode::GATEWAY_TIMEOUT, "SI", "stream idle timeout\n".into());
+                break;
+            }
             None => {
                 if cluster.record(idx, Outcome::LocalFailure, now) {
                     rt.metrics.outlier_ejected();
@@ -841,7 +863,7 @@ async fn forward(
                     if let Some(c) = c {
                         rparts.headers.insert(header::CONNECTION, c);
                     }
-                    tokio::spawn(splice_upgraded(down, up));
+                    tokio::spawn(splice_upgraded(down, up, stream_idle));
                     let body = http_body_util::Empty::new()
                         .map_err(|never| match never {})
                         .boxed_unsync();
@@ -850,23 +872,30 @@ async fn forward(
                 if let Some((_, resp_ops)) = route.cluster_headers.get(wi) {
                     resp_ops.apply(&mut rparts.headers);
                 }
-                let rbody = rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                let rbody = IdleBody::new(rbody, Arc::clone(&activity), stream_idle).boxed_unsync();
                 return Response::from_parts(rparts, rbody);
             }
         }
     }
     let (status, flag, msg) = last_failure;
-    out.flags = if tried.len() > 1 && flag != "UT" { "URX" } else { flag };
+    out.flags = if tried.len() > 1 && flag != "UT" && flag != "SI" {
+        "URX"
+    } else {
+        flag
+    };
     text(status, &msg)
 }
 
-/// Copy bytes both ways between an upgraded client and upstream connection.
-async fn splice_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+/// Copy bytes both ways between an upgraded client and upstream connection,
+/// until either side closes or no bytes move for `idle`.
+async fn splice_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade, idle: Option<Duration>) {
     let (Ok(down), Ok(up)) = (down.await, up.await) else {
         tracing::debug!("upgrade did not complete");
         return;
     };
-    let mut down = hyper_util::rt::TokioIo::new(down);
+    // Bytes in either direction pass through the downstream side, so its
+    // idle clock is the stream's.
+    let mut down = IdleIo::new(hyper_util::rt::TokioIo::new(down), idle);
     let mut up = hyper_util::rt::TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended with error");

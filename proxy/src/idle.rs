@@ -1,11 +1,142 @@
-//! Downstream idle timeout: a connection with no bytes read or written for
-//! `limits.idleTimeoutMs` fails its next read with `TimedOut`, which closes it.
+//! Idle timeouts. [`IdleIo`]: a connection with no bytes read or written for
+//! its timeout fails its next read with `TimedOut`, which closes it (downstream
+//! HTTP connections: `limits.idleTimeoutMs`; opaque TCP and upgraded streams:
+//! `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`). [`StreamActivity`]
+//! and [`IdleBody`]: one HTTP stream's last activity in either direction, and a
+//! body that fails when the stream has been idle for `limits.streamIdleTimeoutMs`.
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// The last time bytes moved on one HTTP stream, in either direction.
+#[derive(Debug)]
+pub struct StreamActivity {
+    start: Instant,
+    /// Milliseconds after `start` of the last activity.
+    last_ms: AtomicU64,
+}
+
+impl Default for StreamActivity {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StreamActivity {
+    /// Record activity now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the stream times out if nothing moves before.
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+
+    /// Wait until the stream has been idle for `timeout` (for ever when `None`).
+    pub async fn idle(&self, timeout: Option<Duration>) {
+        let Some(t) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let due = self.deadline(t);
+            if due <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// The error an idle stream's body fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout: no bytes in either direction for {0:?}")]
+pub struct StreamIdle(pub Duration);
+
+/// A body that records activity on its stream's [`StreamActivity`] and, with a
+/// timeout, fails with [`StreamIdle`] once the stream has been idle that long.
+pub struct IdleBody<B> {
+    inner: B,
+    activity: std::sync::Arc<StreamActivity>,
+    timeout: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> std::fmt::Debug for IdleBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleBody")
+            .field("activity", &self.activity)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> IdleBody<B> {
+    /// Wrap `inner`; `timeout` of `None` only records activity.
+    pub fn new(inner: B, activity: std::sync::Arc<StreamActivity>, timeout: Option<Duration>) -> Self {
+        Self {
+            inner,
+            activity,
+            timeout: timeout.filter(|t| !t.is_zero()),
+            timer: None,
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.activity.touch();
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(t) = this.timeout else { return Poll::Pending };
+                loop {
+                    let due = this.activity.deadline(t);
+                    if due <= Instant::now() {
+                        return Poll::Ready(Some(Err(Box::new(StreamIdle(t)))));
+                    }
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    if timer.deadline() != due {
+                        timer.as_mut().reset(due);
+                    }
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// An I/O wrapper enforcing an idle timeout (`None` disables it).
 #[derive(Debug)]

@@ -17,7 +17,7 @@ pub async fn proxy(
     snap: Arc<Snapshot>,
     listener: Arc<ListenerRuntime>,
     ctx: ConnContext,
-    mut downstream: DownstreamStream,
+    downstream: DownstreamStream,
 ) {
     let Some(cluster_name) = listener.tcp_cluster(ctx.dst) else {
         tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route; closing");
@@ -54,6 +54,11 @@ pub async fn proxy(
             }
         }
     }
+    // Bytes in either direction pass through the downstream side, so its idle
+    // clock is the connection's.
+    let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)
+        .then(|| std::time::Duration::from_millis(listener.spec.limits.tcp_idle_timeout_ms));
+    let mut downstream = crate::idle::IdleIo::new(downstream, idle);
     let (sent, received) = match upstream {
         Some(mut up) => match tokio::io::copy_bidirectional(&mut downstream, &mut up).await {
             Ok((from_client, from_server)) => (from_server, from_client),

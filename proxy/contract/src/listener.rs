@@ -139,6 +139,16 @@ pub struct HttpLimits {
     pub http2_keepalive_interval_ms: u64,
     /// Close a downstream connection idle for this long; 0 disables.
     pub idle_timeout_ms: u64,
+    /// Reset an HTTP stream (request and response, upgraded connections
+    /// included) when no bytes move in either direction for this long, also
+    /// while waiting for the response headers: a request without a route
+    /// timeout can never hang for ever. 504 with response flag `SI` when no
+    /// response has started. Like Envoy's `stream_idle_timeout` (5 min);
+    /// 0 disables.
+    pub stream_idle_timeout_ms: u64,
+    /// Close an opaque TCP connection when no bytes move in either direction
+    /// for this long. Like Envoy's TCP proxy `idle_timeout` (1 h); 0 disables.
+    pub tcp_idle_timeout_ms: u64,
     /// Time to wait for the first bytes on an `auto` listener before treating the
     /// connection as opaque TCP (server-first protocols send nothing).
     pub protocol_detection_timeout_ms: u64,
@@ -156,6 +166,8 @@ impl Default for HttpLimits {
             http2_max_concurrent_streams: 100,
             http2_keepalive_interval_ms: 30_000,
             idle_timeout_ms: 300_000,
+            stream_idle_timeout_ms: 300_000,
+            tcp_idle_timeout_ms: 3_600_000,
             protocol_detection_timeout_ms: 100,
         }
     }

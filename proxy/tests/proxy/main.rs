@@ -15,3 +15,4 @@ mod routing;
 mod support;
 mod tcp;
 mod telemetry;
+mod timeouts;

@@ -1,0 +1,175 @@
+//! Default stream and connection idle timeouts: with no route timeout, an
+//! HTTP stream on which no bytes move is cut after `streamIdleTimeoutMs`, and
+//! an opaque TCP connection after `tcpIdleTimeoutMs`; streams with activity
+//! live on.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw HTTP/1.1 upstream: reads a request head, then writes `parts` with
+/// `gap` between them and keeps the connection open (never closes it).
+async fn scripted_upstream(parts: Vec<&'static [u8]>, gap: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let parts = parts.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for p in parts {
+                    if s.write_all(p).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+                // Stall: hold the connection open without a byte.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(upstream: SocketAddr, limits: Value) -> Value {
+    json!({
+        "version": "1",
+        "listeners": [{
+            "name": "l", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "http",
+            "virtualHosts": [{"name": "all", "domains": ["*"], "routes": [forward_route("up")]}],
+            "limits": limits,
+        }],
+        "clusters": [{"name": "up", "endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}],
+    })
+}
+
+/// Read until the peer closes or `within` passes; returns the bytes and
+/// whether the peer closed.
+async fn read_to_close(s: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_gets_504_after_the_stream_idle_timeout() {
+    let up = scripted_upstream(vec![], Duration::ZERO).await;
+    let proxy = Proxy::start(config(up, json!({"streamIdleTimeoutMs": 300}))).await;
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(5), get(proxy.addr("l").await, "svc", "/"))
+        .await
+        .expect("the proxy answers instead of hanging");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert_eq!(reply.body, "stream idle timeout\n");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("trellis_requests_total{") && l.contains("response_flags=\"SI\"")),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn stalled_response_body_is_cut_after_the_stream_idle_timeout() {
+    let up = scripted_upstream(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", b"first ten!"],
+        Duration::from_millis(10),
+    )
+    .await;
+    let proxy = Proxy::start(config(up, json!({"streamIdleTimeoutMs": 300}))).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("l").await).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+    let (got, closed) = read_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("first ten!"), "{got}");
+    assert!(closed, "the stalled response must be cut, not left hanging: {got}");
+}
+
+#[tokio::test]
+async fn a_slow_but_active_stream_outlives_the_idle_timeout() {
+    // Eight chunks 100 ms apart: 800 ms in all, never 300 ms without a byte.
+    let chunk: &'static [u8] = b"5\r\nchunk\r\n";
+    let mut parts: Vec<&'static [u8]> = vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"];
+    parts.extend(std::iter::repeat_n(chunk, 8));
+    parts.push(b"0\r\n\r\n");
+    let up = scripted_upstream(parts, Duration::from_millis(100)).await;
+    let proxy = Proxy::start(config(up, json!({"streamIdleTimeoutMs": 300}))).await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), get(proxy.addr("l").await, "svc", "/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "chunk".repeat(8));
+}
+
+#[tokio::test]
+async fn idle_opaque_tcp_connection_is_closed_and_an_active_one_kept() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let cfg = json!({
+        "version": "1",
+        "listeners": [{
+            "name": "l", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+            "tcpRoutes": [{"cluster": "echo"}],
+            "limits": {"tcpIdleTimeoutMs": 300},
+        }],
+        "clusters": [{"name": "echo", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": echo.port()}]}],
+    });
+    let proxy = Proxy::start(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("l").await).await.unwrap();
+    // Active for 800 ms: a round trip every 100 ms keeps the connection open.
+    for i in 0..8u8 {
+        s.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b))
+            .await
+            .expect("echo while active")
+            .expect("connection open while active");
+        assert_eq!(b[0], i);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then silence: the proxy closes it.
+    let started = Instant::now();
+    let (got, closed) = read_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(closed && got.is_empty(), "idle TCP connection must be closed");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[test]
+fn defaults_match_envoy() {
+    let l = trellis_contract::HttpLimits::default();
+    assert_eq!(l.stream_idle_timeout_ms, 300_000, "Envoy's stream_idle_timeout");
+    assert_eq!(l.tcp_idle_timeout_ms, 3_600_000, "Envoy's TCP proxy idle_timeout");
+}
