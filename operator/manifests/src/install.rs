@@ -227,7 +227,7 @@ pub fn cluster_role_binding(opts: &Options) -> ClusterRoleBinding {
     }
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+pub(crate) fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -235,7 +235,7 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn env_field(name: &str, path: &str) -> EnvVar {
+pub(crate) fn env_field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {

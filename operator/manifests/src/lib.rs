@@ -7,6 +7,7 @@
 
 pub mod install;
 pub mod olm;
+pub mod sidecar;
 
 /// Render objects as one multi-document YAML stream.
 pub fn to_yaml(objects: &[serde_json::Value]) -> String {
