@@ -80,7 +80,7 @@ pub struct AppConfig {
     pub stats_addr: Option<SocketAddr>,
     /// Probe port (`/ready`, `/live`).
     pub health_addr: Option<SocketAddr>,
-    /// DNS proxy (UDP).
+    /// DNS proxy (UDP and TCP on the same port).
     pub dns_addr: Option<SocketAddr>,
     /// Log level control for `/logging`.
     pub log_control: Option<Arc<dyn LogControl>>,
@@ -151,6 +151,25 @@ impl Drop for App {
     }
 }
 
+/// Bind the DNS proxy's UDP socket and TCP listener on the same port. With
+/// port 0 the UDP socket picks the port; should TCP find it taken, try again
+/// with another.
+async fn bind_dns(addr: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        let bound = socket.local_addr()?;
+        match server::bind(bound) {
+            Ok(tcp) => return Ok((socket, tcp)),
+            Err(e) if addr.port() == 0 && attempts < 8 => {
+                attempts += 1;
+                tracing::debug!(%bound, error = %e, "DNS TCP port taken; picking another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl App {
     /// Start with no configuration: admin servers up, not ready.
     pub async fn start(cfg: AppConfig) -> std::io::Result<Self> {
@@ -178,9 +197,9 @@ impl App {
         }
         let dns = match cfg.dns_addr {
             Some(addr) => {
-                let socket = tokio::net::UdpSocket::bind(addr).await?;
+                let (socket, tcp) = bind_dns(addr).await?;
                 let addr = socket.local_addr()?;
-                let task = tokio::spawn(crate::dns::serve(Arc::clone(&rt), socket));
+                let task = tokio::spawn(crate::dns::serve(Arc::clone(&rt), socket, tcp));
                 Some(ListenerHandleAdmin { addr, task })
             }
             None => None,

@@ -337,5 +337,10 @@ mod tests {
                 .iter()
                 .any(|r| r.contains("-p udp --dport 53") && r.ends_with("--to-ports 15053"))
         );
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains("-p tcp --dport 53") && r.ends_with("--to-ports 15053"))
+        );
     }
 }

@@ -1,14 +1,19 @@
 //! The DNS proxy: answers A/AAAA for mesh service names from the current
 //! configuration (`dns.entries`, names and aliases chosen by the operator) and
-//! forwards every other query, unchanged, to the upstream resolvers. UDP only;
-//! `trellis-proxy init --capture-dns` redirects the pod's port 53 here.
+//! forwards every other query, unchanged, to the upstream resolvers. It serves
+//! UDP and TCP (RFC 7766: two-byte length prefix, several queries per
+//! connection) on the same port, and forwards over the transport the query came
+//! on, so truncated UDP answers can be retried over TCP end to end.
+//! `trellis-proxy init --capture-dns` redirects the pod's UDP and TCP port 53 here.
 
 use crate::app::Runtime;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use trellis_contract::DnsConfig;
 
 const TYPE_A: u16 = 1;
@@ -20,6 +25,11 @@ const RCODE_SERVFAIL: u8 = 2;
 const RCODE_FORMERR: u8 = 1;
 /// How long to wait for an upstream resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// A DNS client connection idle for this long is closed (RFC 7766 §6.2.3
+/// recommends seconds, not minutes).
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent DNS-over-TCP client connections; more are closed at once.
+const MAX_TCP_CONNECTIONS: usize = 256;
 
 /// A parsed question.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,10 +148,18 @@ fn response_header(query: &[u8], rcode: u8, answers: u16) -> Vec<u8> {
     h
 }
 
+/// An error answer: the question echoed when it parses, else the header alone
+/// (QDCOUNT 0). Never for messages shorter than a header or for responses
+/// (answering those could loop between two servers).
 fn error_response(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
-    let q = parse_question(query)?;
+    if query.len() < 12 || query[2] & 0x80 != 0 {
+        return None;
+    }
     let mut out = response_header(query, rcode, 0);
-    out.extend_from_slice(&query[12..q.end]);
+    match parse_question(query) {
+        Some(q) => out.extend_from_slice(&query[12..q.end]),
+        None => out[4..6].copy_from_slice(&0u16.to_be_bytes()),
+    }
     Some(out)
 }
 
@@ -160,7 +178,7 @@ fn upstreams(cfg: &DnsConfig) -> Vec<SocketAddr> {
         .collect()
 }
 
-async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
         let Ok(sock) = UdpSocket::bind(bind).await else {
@@ -185,8 +203,61 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
-/// Serve DNS on a bound UDP socket until the task is aborted.
-pub async fn serve(rt: Arc<Runtime>, socket: UdpSocket) {
+/// One DNS-over-TCP exchange with an upstream: length-prefixed query out,
+/// length-prefixed answer with the same id back.
+async fn exchange_tcp(query: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut tcp = TcpStream::connect(up).await?;
+    write_framed(&mut tcp, query).await?;
+    loop {
+        let answer = read_framed(&mut tcp).await?;
+        if answer.len() >= 2 && answer[..2] == query[..2] {
+            return Ok(answer);
+        }
+    }
+}
+
+async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange_tcp(query, *up)).await {
+            Ok(Ok(answer)) => return Some(answer),
+            Ok(Err(e)) => tracing::debug!(upstream = %up, error = %e, "DNS over TCP upstream failed"),
+            Err(_) => tracing::debug!(upstream = %up, "DNS over TCP upstream timed out"),
+        }
+    }
+    None
+}
+
+/// Which transport a query arrived on (and is forwarded over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What to send back for `query`, or `None` to stay silent (not a DNS query).
+async fn resolve(rt: &Runtime, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let snap = rt.snapshot();
+    if let Some(answer) = snap.dns.answer(query) {
+        return Some(answer);
+    }
+    if parse_question(query).is_none() {
+        return error_response(query, RCODE_FORMERR);
+    }
+    let ups = upstreams(&snap.config.dns);
+    drop(snap);
+    let forwarded = match transport {
+        Transport::Udp => forward_udp(query, &ups).await,
+        Transport::Tcp => forward_tcp(query, &ups).await,
+    };
+    forwarded.or_else(|| error_response(query, RCODE_SERVFAIL))
+}
+
+/// Serve DNS on a bound UDP socket and TCP listener until the task is aborted.
+pub async fn serve(rt: Arc<Runtime>, socket: UdpSocket, tcp: TcpListener) {
+    tokio::join!(serve_udp(Arc::clone(&rt), socket), serve_tcp(rt, tcp));
+}
+
+async fn serve_udp(rt: Arc<Runtime>, socket: UdpSocket) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -194,31 +265,79 @@ pub async fn serve(rt: Arc<Runtime>, socket: UdpSocket) {
             continue;
         };
         let query = buf[..n].to_vec();
+        // Local answers and errors at once; forwarding in its own task.
         let snap = rt.snapshot();
         if let Some(answer) = snap.dns.answer(&query) {
             let _ = socket.send_to(&answer, peer).await;
             continue;
         }
-        if parse_question(&query).is_none() {
-            if query.len() >= 12
-                && let Some(r) = error_response(&query, RCODE_FORMERR)
-            {
-                let _ = socket.send_to(&r, peer).await;
-            }
-            continue;
-        }
         let socket = Arc::clone(&socket);
-        let ups = upstreams(&snap.config.dns);
+        let rt = Arc::clone(&rt);
         tokio::spawn(async move {
-            let reply = match forward(&query, &ups).await {
-                Some(r) => Some(r),
-                None => error_response(&query, RCODE_SERVFAIL),
-            };
-            if let Some(r) = reply {
+            if let Some(r) = resolve(&rt, &query, Transport::Udp).await {
                 let _ = socket.send_to(&r, peer).await;
             }
         });
     }
+}
+
+async fn serve_tcp(rt: Arc<Runtime>, listener: TcpListener) {
+    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "DNS TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, "DNS TCP connection limit reached; closing");
+            continue;
+        };
+        let rt = Arc::clone(&rt);
+        tokio::spawn(async move {
+            serve_tcp_connection(&rt, tcp).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Answer length-prefixed queries on one connection, in order, until the
+/// client closes, sends garbage or stays idle for [`TCP_IDLE_TIMEOUT`].
+async fn serve_tcp_connection(rt: &Runtime, mut tcp: TcpStream) {
+    loop {
+        let query = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_framed(&mut tcp)).await {
+            Ok(Ok(q)) => q,
+            Ok(Err(_)) | Err(_) => return,
+        };
+        let Some(answer) = resolve(rt, &query, Transport::Tcp).await else {
+            return;
+        };
+        if write_framed(&mut tcp, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Read one DNS-over-TCP message (two-byte big-endian length, then the message).
+pub async fn read_framed<S: AsyncReadExt + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = s.read_u16().await? as usize;
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+/// Write one DNS-over-TCP message.
+pub async fn write_framed<S: AsyncWriteExt + Unpin>(s: &mut S, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "DNS message over 65535 bytes"))?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).await
 }
 
 /// Build a query (for tests and tools).

@@ -102,7 +102,17 @@ async fn captured_connection_is_routed_by_original_destination() {
 
     // Capture rules: the proxy runs as root here, the client as uid 1000.
     let bin = env!("CARGO_BIN_EXE_trellis-proxy");
-    run(&["ip", "netns", "exec", &c, bin, "init", "--proxy-uid", "0"]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &c,
+        bin,
+        "init",
+        "--proxy-uid",
+        "0",
+        "--capture-dns",
+    ]);
 
     let cfg = json!({
         "version": "capture-1",
@@ -117,6 +127,7 @@ async fn captured_connection_is_routed_by_original_destination() {
             ]}],
         }],
         "clusters": [{"name": "svc", "endpoints": [{"address": "10.200.0.2", "port": 9090}]}],
+        "dns": {"entries": [{"hostname": "payment.shop.svc.cluster.local", "addresses": ["10.96.0.20"]}]},
     });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.json");
@@ -127,7 +138,7 @@ async fn captured_connection_is_routed_by_original_destination() {
             .arg(&path)
             .args([
                 "--dns-addr",
-                "off",
+                "127.0.0.1:15053",
                 "--stats-addr",
                 "127.0.0.1:15020",
                 "--health-addr",
@@ -189,4 +200,63 @@ async fn captured_connection_is_routed_by_original_destination() {
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(metrics.contains("response_code=\"200\""), "{metrics}");
+
+    // DNS to any server's port 53, over UDP and over TCP, is redirected to the
+    // proxy's DNS port and answered from its configuration (nothing listens on
+    // 10.200.0.2:53).
+    // The client runs as uid 1000, which may not reach a python3 under root's home.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let dig = |transport: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &c,
+                "setpriv",
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+            ])
+            .args([
+                python,
+                "-c",
+                DNS_CLIENT,
+                transport,
+                "10.200.0.2",
+                "payment.shop.svc.cluster.local",
+            ])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert_eq!(dig("udp").trim(), "10.96.0.20");
+    assert_eq!(dig("tcp").trim(), "10.96.0.20");
 }
+
+/// A one-question A lookup over UDP or TCP; prints the first answer's address.
+const DNS_CLIENT: &str = r#"
+import socket, struct, sys
+transport, server, name = sys.argv[1], sys.argv[2], sys.argv[3]
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+if transport == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.sendto(q, (server, 53)); r = s.recv(4096)
+else:
+    s = socket.create_connection((server, 53), timeout=5)
+    s.sendall(struct.pack(">H", len(q)) + q)
+    n = struct.unpack(">H", s.recv(2))[0]; r = b""
+    while len(r) < n: r += s.recv(n - len(r))
+assert r[:2] == q[:2] and struct.unpack(">H", r[6:8])[0] >= 1, r
+print(socket.inet_ntoa(r[-4:]))
+"#;
