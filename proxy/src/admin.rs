@@ -70,7 +70,7 @@ async fn handle(rt: &Runtime, role: AdminRole, req: Request<hyper::body::Incomin
     let allowed = match role {
         AdminRole::Admin => true,
         AdminRole::Stats => matches!(path, "/metrics" | "/stats/prometheus"),
-        AdminRole::Health => matches!(path, "/ready" | "/healthz/ready" | "/live"),
+        AdminRole::Health => matches!(path, "/ready" | "/healthz/ready" | "/live") || path.starts_with("/app-health/"),
     };
     if !allowed {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
@@ -90,6 +90,10 @@ async fn handle(rt: &Runtime, role: AdminRole, req: Request<hyper::body::Incomin
             }
         }
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+        (&Method::GET, p) if p.starts_with("/app-health/") => {
+            let (status, body) = crate::probes::answer(p).await;
+            reply(status, "text/plain", body)
+        }
         (&Method::GET, "/metrics" | "/stats/prometheus") => {
             reply(StatusCode::OK, "text/plain; version=0.0.4", rt.metrics.render())
         }

@@ -20,6 +20,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod path;
 pub mod ports;
+pub mod probes;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

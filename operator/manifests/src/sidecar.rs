@@ -279,6 +279,11 @@ fn rewrite_probes(containers: &mut [Container]) -> Result<Map<String, Value>, In
         ] {
             let Some(p) = probe.as_mut() else { continue };
             let target = if let Some(get) = &p.http_get {
+                if get.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+                    // The proxy runs HTTP and TCP probes only: under STRICT mTLS, exclude an
+                    // HTTPS probe's port with traffic.trellis.dev/excludeInboundPorts.
+                    continue;
+                }
                 json!({
                     "httpGet": {
                         "path": get.path.clone().unwrap_or_else(|| "/".into()),
