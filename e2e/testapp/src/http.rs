@@ -6,6 +6,8 @@
 //! | `GET /healthz` | `200 ok` (probes; never delayed or failed) |
 //! | `GET /admin/behaviour` | the current [`Behaviour`] as JSON |
 //! | `PUT`/`POST /admin/behaviour` | replaces it (JSON body, camelCase) |
+//! | `POST /v1/traces` | an OTLP/HTTP JSON export, kept (the app doubles as a trace collector) |
+//! | `GET /v1/traces` | every export kept so far: `{"exports": [...]}` |
 //! | `content-type: application/grpc*` | the request messages echoed, `grpc-status` trailer |
 //! | `/call?url=http://...` | calls the URL and reports its answer |
 //! | a forward prefix | calls the forward's target with the rest of the path |
@@ -36,6 +38,8 @@ use crate::settings::{Behaviour, Settings, TRACE_HEADERS};
 
 /// Request bodies larger than this are refused with 413.
 const MAX_BODY: usize = 1 << 20;
+/// OTLP exports kept; the oldest go first.
+const MAX_EXPORTS: usize = 10_000;
 /// Largest `size=` answer.
 const MAX_SIZE: usize = 16 << 20;
 
@@ -84,6 +88,7 @@ pub struct Upstream {
 pub(crate) struct App {
     settings: Settings,
     behaviour: Mutex<Behaviour>,
+    exports: Mutex<std::collections::VecDeque<Value>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -99,6 +104,7 @@ impl App {
         Self {
             settings,
             behaviour,
+            exports: Mutex::new(std::collections::VecDeque::new()),
             client,
         }
     }
@@ -124,6 +130,9 @@ pub(crate) async fn handle(
     }
     if path == "/admin/behaviour" {
         return Ok(admin(&app, req).await);
+    }
+    if path == "/v1/traces" {
+        return Ok(traces(&app, req).await);
     }
     let params = Params::parse(req.uri().query().unwrap_or_default());
     let params = match params {
@@ -351,6 +360,44 @@ async fn admin(app: &App, req: Request<Incoming>) -> Response<Body> {
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET, PUT or POST on /admin/behaviour\n",
         ),
+    }
+}
+
+/// The trace collector: keeps OTLP/HTTP JSON exports, lists them.
+async fn traces(app: &App, req: Request<Incoming>) -> Response<Body> {
+    match *req.method() {
+        Method::GET => {
+            let exports: Vec<Value> = app
+                .exports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            json(app, StatusCode::OK, &serde_json::json!({ "exports": exports }))
+        }
+        Method::POST => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "export over 1 MiB\n"),
+            };
+            let export: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("not an OTLP/HTTP JSON export: {e}; send content-type application/json\n"),
+                    );
+                }
+            };
+            let mut exports = app.exports.lock().unwrap_or_else(PoisonError::into_inner);
+            if exports.len() == MAX_EXPORTS {
+                exports.pop_front();
+            }
+            exports.push_back(export);
+            json(app, StatusCode::OK, &serde_json::json!({}))
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST on /v1/traces\n"),
     }
 }
 

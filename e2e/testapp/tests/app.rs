@@ -249,3 +249,36 @@ async fn echoes_opaque_tcp() {
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping\x00\xffpong");
 }
+
+#[tokio::test]
+async fn keeps_otlp_exports_as_a_trace_collector() {
+    let a = app("collector").await;
+    let client = http1();
+    let url = format!("http://{}/v1/traces", a.http_addr);
+    let export = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c"}]}]}]}"#;
+    let (status, _, _, _) = get(
+        &client,
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(export.as_bytes())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, body, _) = get(
+        &client,
+        Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"\x0a\x01")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("OTLP/HTTP JSON"));
+    let (_, _, body, _) = get(&client, Request::get(&url).body(Full::default()).unwrap()).await;
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed["exports"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        listed["exports"][0]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"],
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+}
