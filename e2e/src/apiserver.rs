@@ -266,6 +266,10 @@ impl ApiServer {
         if !self.authenticated(&req) {
             return error(&ApiError::unauthorized());
         }
+        // `kubectl exec`: a WebSocket upgrade, answered before any body is read.
+        if let Some((ns, name)) = crate::runner::exec::exec_path(&path) {
+            return crate::runner::exec::handle(&self, req, &ns, &name);
+        }
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -462,6 +466,21 @@ impl ApiServer {
                     previous: q.get("previous").is_some_and(|p| p == "true"),
                     timestamps: q.get("timestamps").is_some_and(|t| t == "true"),
                 };
+                if q.get("follow").is_some_and(|f| f == "true") && !options.previous {
+                    // `kubectl logs -f`: what there is, then lines as they come.
+                    let rx = self
+                        .runtime
+                        .follow_logs(&pod, &container, &options)
+                        .map_err(ApiError::bad_request)?;
+                    let stream = futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                    });
+                    return Ok(Response::builder()
+                        .status(200)
+                        .header(header::CONTENT_TYPE, "text/plain")
+                        .body(BodyExt::boxed(StreamBody::new(stream)))
+                        .unwrap_or_else(|_| Response::new(full(""))));
+                }
                 let text = self
                     .runtime
                     .logs(&pod, &container, &options)

@@ -26,8 +26,13 @@ pub struct Config {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
     pub bookmark_interval: Duration,
-    /// What runs pods (the simulated kubelet until the process runner).
+    /// What runs pods: [`crate::kubelet::Simulated`] (default) or
+    /// [`crate::runner::ProcessRuntime`] ([`Config::with_processes`]).
     pub runtime: Arc<dyn crate::kubelet::PodRuntime>,
+    /// Whether to set up the pod network (network namespaces, bridge,
+    /// Service DNAT, DNS; needs root). Without it, process pods share
+    /// kubesim's own network namespace.
+    pub pod_network: bool,
 }
 
 impl Config {
@@ -37,6 +42,17 @@ impl Config {
             port: 0,
             bookmark_interval: Duration::from_secs(5),
             runtime: Arc::new(crate::kubelet::Simulated),
+            pod_network: false,
+        }
+    }
+
+    /// Pods run as processes ([`crate::runner::ProcessRuntime`]) with the
+    /// pod network.
+    pub fn with_processes(state_dir: &Path, runner: crate::runner::RunnerConfig) -> Self {
+        Self {
+            runtime: Arc::new(crate::runner::ProcessRuntime::new(runner)),
+            pod_network: true,
+            ..Self::new(state_dir)
         }
     }
 }
@@ -48,6 +64,9 @@ pub struct Running {
     pub kubeconfig: PathBuf,
     pub admin_token: String,
     pub cluster: Arc<Cluster>,
+    /// The pod network, if kubesim set one up.
+    pub network: Option<Arc<crate::network::PodNetwork>>,
+    runtime: Arc<dyn crate::kubelet::PodRuntime>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -57,9 +76,14 @@ impl Running {
         format!("https://{}", self.address)
     }
 
-    /// Asks every task to stop.
+    /// Asks every task to stop, stops every pod process (blocking, a few
+    /// seconds at most) and removes the pod network.
     pub fn stop(&self) {
         self.shutdown.send_replace(true);
+        self.runtime.shutdown();
+        if let Some(net) = &self.network {
+            net.teardown();
+        }
     }
 
     /// Resolves once a stop was requested (signal or `/kubesim/shutdown`).
@@ -69,7 +93,11 @@ impl Running {
     }
 }
 
-fn seed(cluster: &Cluster, api_port: u16) -> anyhow::Result<()> {
+/// The objects every cluster has. With the pod network, the `kubernetes`
+/// Service leads to the API server's listener in the node namespace
+/// (10.244.0.1:6443) and `kube-system/kube-dns` (10.96.0.10, port 53 UDP
+/// and TCP) to the cluster DNS; without it, to the loopback listener.
+fn seed(cluster: &Cluster, api_port: u16, pod_network: bool) -> anyhow::Result<()> {
     let opts = WriteOptions {
         field_manager: Some("kubesim".into()),
         ..Default::default()
@@ -106,13 +134,18 @@ fn seed(cluster: &Cluster, api_port: u16) -> anyhow::Result<()> {
         "spec": {"clusterIP": KUBERNETES_SERVICE_IP, "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]},
     }), &opts)?;
     // The API server behind the `kubernetes` Service, as clients expect.
+    let (api_ip, api_port) = if pod_network {
+        (crate::network::NODE_IP.to_string(), crate::network::NODE_API_PORT)
+    } else {
+        ("127.0.0.1".to_string(), api_port)
+    };
     let ep = get("", "endpoints")?;
     cluster.create(
         &ep,
         Some("default"),
         json!({
             "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
+            "subsets": [{"addresses": [{"ip": api_ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
         }),
         &opts,
     )?;
@@ -126,11 +159,45 @@ fn seed(cluster: &Cluster, api_port: u16) -> anyhow::Result<()> {
         json!({
             "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "endpoints": [{"addresses": [api_ip], "conditions": {"ready": true}}],
             "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}],
         }),
         &opts,
     )?;
+    if pod_network {
+        let dns = crate::network::DNS_IP.to_string();
+        let ports =
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]);
+        cluster.create(
+            &svc,
+            Some("kube-system"),
+            json!({
+                "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+                "spec": {"clusterIP": dns, "ports": ports},
+            }),
+            &opts,
+        )?;
+        cluster.create(
+            &ep,
+            Some("kube-system"),
+            json!({
+                "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
+                "subsets": [{"addresses": [{"ip": dns}], "ports": ports}],
+            }),
+            &opts,
+        )?;
+        cluster.create(
+            &slices,
+            Some("kube-system"),
+            json!({
+                "metadata": {"name": "kube-dns", "labels": {"kubernetes.io/service-name": "kube-dns"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [dns], "conditions": {"ready": true}}],
+                "ports": ports,
+            }),
+            &opts,
+        )?;
+    }
     Ok(())
 }
 
@@ -153,7 +220,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cluster = Cluster::new();
     // Published as kube-root-ca.crt in every namespace (seed creates them).
     let _ = cluster.root_ca.set(identity.ca_pem.clone());
-    seed(&cluster, address.port())?;
+    seed(&cluster, address.port(), config.pod_network)?;
+    let network = if config.pod_network {
+        let net = crate::network::PodNetwork::setup(&config.state_dir)?;
+        net.start(cluster.clone()).map_err(anyhow::Error::msg)?;
+        Some(net)
+    } else {
+        None
+    };
+    config.runtime.bind(&crate::kubelet::RuntimeContext {
+        cluster: cluster.clone(),
+        api_address: address,
+        network: network.clone(),
+        state_dir: config.state_dir.clone(),
+    });
     let (shutdown, _) = watch::channel(false);
     let server = Arc::new(ApiServer {
         cluster: cluster.clone(),
@@ -165,6 +245,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         runtime: config.runtime.clone(),
     });
+    if let Some(net) = &network {
+        // The same API server for pods: 10.244.0.1:6443 in the node
+        // namespace, behind the `kubernetes` Service (10.96.0.1:443).
+        let addr = SocketAddr::from((crate::network::NODE_IP, crate::network::NODE_API_PORT));
+        let l = crate::network::netns::tcp_listener(&net.node_netns_path(), addr)
+            .with_context(|| format!("binding {addr} in {}", net.node_netns()))?;
+        tokio::spawn(server.clone().serve(tokio::net::TcpListener::from_std(l)?, tls.clone()));
+    }
     tokio::spawn(server.serve(listener, tls));
     tokio::spawn(controllers::run(
         cluster.clone(),
@@ -178,6 +266,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         kubeconfig,
         admin_token,
         cluster,
+        network,
+        runtime: config.runtime.clone(),
         shutdown,
     })
 }

@@ -28,10 +28,44 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts kubesim on a free loopback port with a temporary state dir.
+    /// Starts kubesim on a free loopback port with a temporary state dir;
+    /// pods are simulated (nothing runs).
     pub fn start() -> anyhow::Result<Self> {
         let state = tempfile::Builder::new().prefix("kubesim-test-").tempdir()?;
-        let mut config = Config::new(state.path());
+        let config = Config::new(state.path());
+        Self::start_with(state, config)
+    }
+
+    /// Starts kubesim with pods running as real processes and the pod
+    /// network, or returns `Ok(None)` (after printing why) when this process
+    /// is not root: tests then skip.
+    ///
+    /// ```no_run
+    /// # fn t() -> anyhow::Result<()> {
+    /// let Some(cluster) = trellis_e2e::harness::TestCluster::start_with_pods()? else {
+    ///     return Ok(()); // skipping: needs root
+    /// };
+    /// # Ok(()) }
+    /// ```
+    pub fn start_with_pods() -> anyhow::Result<Option<Self>> {
+        Self::start_with_processes(true, crate::runner::RunnerConfig::default())
+    }
+
+    /// Like [`TestCluster::start_with_pods`], choosing whether pods get the
+    /// pod network (`false`: they share kubesim's network namespace) and
+    /// the runner's settings.
+    pub fn start_with_processes(network: bool, runner: crate::runner::RunnerConfig) -> anyhow::Result<Option<Self>> {
+        if !crate::runner::available() {
+            eprintln!("skipping: running pods as processes needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)");
+            return Ok(None);
+        }
+        let state = tempfile::Builder::new().prefix("kubesim-test-").tempdir()?;
+        let mut config = Config::with_processes(state.path(), runner);
+        config.pod_network = network;
+        Self::start_with(state, config).map(Some)
+    }
+
+    fn start_with(state: tempfile::TempDir, mut config: Config) -> anyhow::Result<Self> {
         config.bookmark_interval = std::time::Duration::from_secs(1);
         let (tx, rx) = mpsc::channel::<anyhow::Result<(PathBuf, String, String, tokio::sync::watch::Sender<bool>)>>();
         let thread = std::thread::Builder::new().name("kubesim".into()).spawn(move || {
@@ -129,6 +163,136 @@ impl TestCluster {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// Polls `f` every 100 ms until it returns `Some`, or fails after
+    /// `timeout` with `what` and the last error.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            match f() {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last = format!(" (last error: {e:#})"),
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}{last}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// A pod as JSON (`kubectl get pod -o json`).
+    pub fn pod(&self, ns: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self.kubectl_ok(&["get", "pod", "-n", ns, name, "-o", "json"], None)?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Pods of `ns` matching the label selector.
+    pub fn pods(&self, ns: &str, selector: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.kubectl_ok(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"], None)?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until the pod satisfies `pred`; returns it.
+    pub fn wait_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: std::time::Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.wait_for(&format!("pod {ns}/{name}: {what}"), timeout, || {
+            let p = self.pod(ns, name)?;
+            Ok(pred(&p).then_some(p))
+        })
+    }
+
+    /// Waits until the pod has the phase (`Running`, `Succeeded`, `Failed`).
+    pub fn wait_pod_phase(&self, ns: &str, name: &str, phase: &str) -> anyhow::Result<serde_json::Value> {
+        self.wait_pod(
+            ns,
+            name,
+            std::time::Duration::from_secs(30),
+            &format!("phase {phase}"),
+            |p| p["status"]["phase"] == phase,
+        )
+    }
+
+    /// Waits until the pod's `Ready` condition is True.
+    pub fn wait_pod_ready(&self, ns: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.wait_pod(ns, name, std::time::Duration::from_secs(30), "Ready", pod_ready)
+    }
+
+    /// Waits until `n` pods matching `selector` are Ready (and not
+    /// terminating); returns them.
+    pub fn wait_pods_ready(&self, ns: &str, selector: &str, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.wait_for(
+            &format!("{n} ready pods {selector} in {ns}"),
+            std::time::Duration::from_secs(60),
+            || {
+                let pods: Vec<serde_json::Value> = self
+                    .pods(ns, selector)?
+                    .into_iter()
+                    .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                    .collect();
+                Ok((pods.len() == n && pods.iter().all(pod_ready)).then_some(pods))
+            },
+        )
+    }
+
+    /// Waits for a Deployment's rollout (`kubectl rollout status`), then for
+    /// its pods to be Ready.
+    pub fn wait_deployment_ready(&self, ns: &str, name: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.kubectl_ok(
+            &[
+                "rollout",
+                "status",
+                "-n",
+                ns,
+                &format!("deployment/{name}"),
+                "--timeout=60s",
+            ],
+            None,
+        )?;
+        let d: serde_json::Value =
+            serde_json::from_str(&self.kubectl_ok(&["get", "deployment", "-n", ns, name, "-o", "json"], None)?)?;
+        let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        let selector = d["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        self.wait_pods_ready(ns, &selector, replicas)
+    }
+
+    /// `kubectl logs` of one container.
+    pub fn logs(&self, ns: &str, pod: &str, container: &str) -> anyhow::Result<String> {
+        self.kubectl_ok(&["logs", "-n", ns, pod, "-c", container], None)
+    }
+
+    /// `kubectl exec POD -c C -- argv…`, returning stdout.
+    pub fn exec(&self, ns: &str, pod: &str, container: &str, argv: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["exec", "-n", ns, pod, "-c", container, "--"];
+        args.extend_from_slice(argv);
+        self.kubectl_ok(&args, None)
+    }
+
     /// Simulates an etcd compaction: open watches end and old
     /// resourceVersions become `410 Gone`.
     pub async fn compact(&self) -> anyhow::Result<()> {
@@ -137,6 +301,13 @@ impl TestCluster {
         let _: serde_json::Value = client.request(req).await?;
         Ok(())
     }
+}
+
+/// Whether a pod's `Ready` condition is True.
+pub fn pod_ready(p: &serde_json::Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn stop_running(running: &Running) {

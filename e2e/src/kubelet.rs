@@ -2,11 +2,14 @@
 //! single node, and a kubelet loop that starts bound pods through a
 //! [`PodRuntime`], and finishes graceful deletions (stop, then remove).
 //!
-//! The only runtime so far is [`Simulated`]: it reports pods Running and
-//! Ready with an address from the pod range without running anything. The
-//! process runner (issue 5, section 3) is another [`PodRuntime`].
+//! Two runtimes: [`Simulated`] reports pods Running and Ready with an
+//! address from the pod range without running anything (fast API tests);
+//! [`crate::runner::ProcessRuntime`] really runs them as processes.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tracing::debug;
@@ -14,19 +17,67 @@ use tracing::debug;
 use crate::clock;
 use crate::cluster::{Cluster, DeleteOptions, WriteOptions};
 
+/// What a runtime gets from the kubesim it runs in ([`PodRuntime::bind`]).
+#[derive(Debug, Clone)]
+pub struct RuntimeContext {
+    pub cluster: Arc<Cluster>,
+    /// The API server's address (loopback).
+    pub api_address: SocketAddr,
+    /// The pod network, when kubesim has one.
+    pub network: Option<Arc<crate::network::PodNetwork>>,
+    pub state_dir: PathBuf,
+}
+
 /// What runs a pod's containers.
 ///
 /// # Guarantees expected from an implementation
+/// - `bind` is called once, before any pod, by [`crate::app::start`].
 /// - `start` is called once per pod (by uid) after it is bound, and returns
-///   the pod's status (phase, `podIP`, conditions, container statuses).
-/// - `stop` is called once when the pod is deleted, before the object goes.
+///   the pod's first status (phase, `podIP`, conditions, container
+///   statuses). A runtime may keep writing the status afterwards; a pod
+///   whose status has a `podIP` counts as started and is not started again.
+/// - `stop` is called when the pod is being deleted, repeatedly, until it
+///   returns true (everything stopped); then the object goes.
+/// - `reconcile` gets the uids of every pod object, so pods removed
+///   without a grace period are stopped too.
+/// - `shutdown` stops everything (kubesim is stopping).
 pub trait PodRuntime: Send + Sync + std::fmt::Debug {
+    /// Called once with the running kubesim.
+    fn bind(&self, _ctx: &RuntimeContext) {}
     /// Starts a bound pod with the address `ip`; returns its status.
     fn start(&self, pod: &Value, ip: &str) -> Result<Value, String>;
-    /// Stops everything the pod runs.
-    fn stop(&self, pod: &Value);
+    /// Stops everything the pod runs; true once it has stopped.
+    fn stop(&self, pod: &Value) -> bool;
+    /// The uids of all pod objects that exist.
+    fn reconcile(&self, _live: &BTreeSet<String>) {}
     /// The log of one container (`kubectl logs`).
     fn logs(&self, pod: &Value, container: &str, options: &LogOptions) -> Result<String, String>;
+    /// The log so far and then new lines as they come (`kubectl logs -f`),
+    /// until the container stops.
+    fn follow_logs(
+        &self,
+        pod: &Value,
+        container: &str,
+        options: &LogOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, String> {
+        let text = self.logs(pod, container, options)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(bytes::Bytes::from(text));
+        Ok(rx)
+    }
+    /// A command that runs `command` inside a running container
+    /// (`kubectl exec`).
+    fn exec(&self, pod: &Value, container: &str, _command: &[String]) -> Result<tokio::process::Command, String> {
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Err(format!(
+            "cannot exec in container \"{container}\" of pod \"{name}\": kubesim's simulated kubelet does not run containers"
+        ))
+    }
+    /// Stops every pod at once (kubesim is stopping).
+    fn shutdown(&self) {}
 }
 
 /// What `kubectl logs` asked for.
@@ -56,7 +107,9 @@ impl PodRuntime for Simulated {
         })
     }
 
-    fn stop(&self, _pod: &Value) {}
+    fn stop(&self, _pod: &Value) -> bool {
+        true
+    }
 
     fn logs(&self, pod: &Value, container: &str, _options: &LogOptions) -> Result<String, String> {
         let name = pod
@@ -156,6 +209,12 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
         .iter()
         .filter_map(|p| p.pointer("/status/podIP").and_then(Value::as_str).map(str::to_string))
         .collect();
+    runtime.reconcile(
+        &pods
+            .iter()
+            .filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+            .collect(),
+    );
     let mut changed = false;
     // A cordoned node (`kubectl cordon/drain`) takes no new pods.
     let schedulable = cluster
@@ -180,7 +239,11 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
                 .and_then(Value::as_array)
                 .is_some_and(|f| !f.is_empty());
             if !finalizing {
-                runtime.stop(&pod);
+                if !runtime.stop(&pod) {
+                    // Still terminating; the runtime's status writes and the
+                    // loop's tick bring us back.
+                    continue;
+                }
                 let now = DeleteOptions {
                     grace_period_seconds: Some(0),
                     ..Default::default()
@@ -212,7 +275,12 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
             }
             continue;
         }
-        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Pending") {
+        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Pending")
+            || pod
+                .pointer("/status/podIP")
+                .and_then(Value::as_str)
+                .is_some_and(|ip| !ip.is_empty())
+        {
             continue;
         }
         let Some(ip) = allocate_ip(&used) else { continue };
@@ -263,11 +331,12 @@ mod tests {
             ));
             Ok(running_status(pod, ip))
         }
-        fn stop(&self, pod: &Value) {
+        fn stop(&self, pod: &Value) -> bool {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("stop {}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+            true
         }
         fn logs(&self, _pod: &Value, container: &str, _options: &LogOptions) -> Result<String, String> {
             Ok(format!("log of {container}\n"))

@@ -27,6 +27,7 @@ pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod resources;
+pub mod runner;
 pub mod selector;
 pub mod serviceaccounts;
 pub mod shutdown;
