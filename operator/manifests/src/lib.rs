@@ -5,6 +5,7 @@
 //! the default `Mesh`. `meshctl install` renders it; [`olm::bundle`] renders the same objects
 //! into an OperatorHub bundle (`olm/bundle/`); the end-to-end suite applies it.
 
+pub mod demo;
 pub mod install;
 pub mod olm;
 pub mod sidecar;

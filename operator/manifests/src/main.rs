@@ -1,5 +1,6 @@
 //! `trellis-manifests install` prints the install manifests; `trellis-manifests olm [DIR]`
-//! writes the OLM bundle (default `olm/`).
+//! writes the OLM bundle (default `olm/`); `trellis-manifests demo` prints the demo shop's
+//! workloads (meshed as the injector meshes them), its routing and the Mesh tracing change.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,21 @@ fn main() -> std::process::ExitCode {
                 trellis_manifests::to_yaml(&trellis_manifests::install::objects(&opts))
             );
             std::process::ExitCode::SUCCESS
+        }
+        Some("demo") => {
+            let settings = trellis_manifests::sidecar::Settings::new(&opts);
+            match trellis_manifests::demo::objects(&settings) {
+                Ok(mut objects) => {
+                    objects.push(trellis_manifests::demo::mesh_tracing());
+                    print!("{}", trellis_manifests::to_yaml(&objects));
+                    print!("---\n{}", trellis_manifests::demo::ROUTING);
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trellis-manifests: {e}");
+                    std::process::ExitCode::from(1)
+                }
+            }
         }
         Some("olm") => {
             let dir = args
@@ -36,7 +52,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: trellis-manifests install | olm [DIR]");
+            eprintln!("usage: trellis-manifests install | demo | olm [DIR]");
             std::process::ExitCode::from(2)
         }
     }

@@ -1,0 +1,352 @@
+//! The shop of the seed documents, as `meshctl demo` and the end-to-end
+//! suite deploy it: an ingress gateway, `web`, `payment` v1 and v2, and
+//! `db` (all `trellis-testapp`, meshed with [`crate::sidecar::inject`]
+//! exactly as the sidecar injector does it), a trace collector, and an
+//! out-of-mesh client. The routing is `examples/demo/routing.yaml`
+//! ([`ROUTING`]).
+//!
+//! Request path: gateway `/api/x` → web `/api/x` → payment `/pay/x` → db `/db/x`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, HTTPGetAction, Namespace, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+
+use crate::install::{IMAGE_REPOSITORY, env, env_field, to_value};
+use crate::sidecar::{self, INJECT_LABEL, InjectError};
+
+/// The shop's namespace (injection enabled).
+pub const NAMESPACE: &str = "shop";
+/// The ingress gateway's Deployment, Service, ServiceAccount and `app` label.
+pub const GATEWAY: &str = "trellis-ingressgateway";
+/// The gateway Service's port (a LoadBalancer).
+pub const GATEWAY_PORT: i32 = 80;
+/// The port the gateway proxy listens on (the Gateway server's targetPort).
+pub const GATEWAY_TARGET_PORT: i32 = 8080;
+/// Namespace of the trace collector (not meshed).
+pub const COLLECTOR_NAMESPACE: &str = "observability";
+/// The collector's Service and port (OTLP/HTTP).
+pub const COLLECTOR: &str = "collector";
+pub const COLLECTOR_PORT: i32 = 4318;
+/// Namespace of the out-of-mesh client (not meshed).
+pub const OUTSIDE_NAMESPACE: &str = "outside";
+/// The out-of-mesh client's Service and port.
+pub const CLIENT: &str = "client";
+pub const CLIENT_PORT: i32 = 8081;
+/// Every app's port.
+pub const APP_PORT: i32 = 8080;
+
+/// The shop's routing, mTLS and authorization (Istio-compatible YAML).
+pub const ROUTING: &str = include_str!("../../../examples/demo/routing.yaml");
+
+/// The image of the test workload.
+pub fn testapp_image() -> String {
+    format!("{IMAGE_REPOSITORY}/trellis-testapp:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// One workload of the shop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// The Deployment's name.
+    pub name: String,
+    /// The service it plays (the `app` label and ServiceAccount).
+    pub service: String,
+    pub version: String,
+    pub replicas: i32,
+    /// `TESTAPP_FORWARD`: where it sends requests on.
+    pub forward: Option<String>,
+    /// `TESTAPP_FAIL_STATUS`: answer every request with this status.
+    pub fail_status: Option<u16>,
+}
+
+impl App {
+    fn new(service: &str, version: &str, forward: Option<&str>) -> Self {
+        App {
+            name: if service == "payment" {
+                format!("{service}-{version}")
+            } else {
+                service.to_string()
+            },
+            service: service.into(),
+            version: version.into(),
+            replicas: 1,
+            forward: forward.map(str::to_string),
+            fail_status: None,
+        }
+    }
+}
+
+/// The shop's workloads.
+pub fn apps() -> Vec<App> {
+    vec![
+        App::new("web", "v1", Some("/api=http://payment:8080/pay")),
+        App::new("payment", "v1", Some("/pay=http://db:8080/db")),
+        App::new("payment", "v2", Some("/pay=http://db:8080/db")),
+        App::new("db", "v1", None),
+    ]
+}
+
+fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -> ObjectMeta {
+    let mut all = BTreeMap::from([("app.kubernetes.io/part-of".to_string(), "trellis-demo".to_string())]);
+    all.extend(labels);
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(all),
+        ..ObjectMeta::default()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn namespace(name: &str, meshed: bool) -> Value {
+    let l = if meshed {
+        labels(&[(INJECT_LABEL, "enabled")])
+    } else {
+        BTreeMap::new()
+    };
+    to_value(&Namespace {
+        metadata: meta(name, None, l),
+        ..Namespace::default()
+    })
+}
+
+fn service_account(name: &str, ns: &str) -> Value {
+    to_value(&ServiceAccount {
+        metadata: meta(name, Some(ns), BTreeMap::new()),
+        ..ServiceAccount::default()
+    })
+}
+
+fn service(name: &str, ns: &str, port: i32, target: i32, load_balancer: bool) -> Value {
+    to_value(&Service {
+        metadata: meta(name, Some(ns), labels(&[("app", name)])),
+        spec: Some(ServiceSpec {
+            type_: load_balancer.then(|| "LoadBalancer".to_string()),
+            selector: Some(labels(&[("app", name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::Int(target)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// A test-app pod template (not yet meshed).
+fn testapp_template(service: &str, version: &str, port: i32, extra_env: &[(&str, String)]) -> PodTemplateSpec {
+    let mut vars = vec![
+        env("TESTAPP_SERVICE", service),
+        env("TESTAPP_VERSION", version),
+        env("TESTAPP_HTTP_ADDR", &format!("0.0.0.0:{port}")),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    vars.extend(extra_env.iter().map(|(k, v)| env(k, v)));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&[("app", service), ("version", version)])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(service.into()),
+            termination_grace_period_seconds: Some(5),
+            containers: vec![Container {
+                name: service.into(),
+                image: Some(testapp_image()),
+                env: Some(vars),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                }]),
+                readiness_probe: Some(Probe {
+                    http_get: Some(HTTPGetAction {
+                        path: Some("/healthz".into()),
+                        port: IntOrString::String("http".into()),
+                        ..HTTPGetAction::default()
+                    }),
+                    period_seconds: Some(1),
+                    ..Probe::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn deployment(name: &str, ns: &str, replicas: i32, template: PodTemplateSpec) -> Value {
+    let selector = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    to_value(&Deployment {
+        metadata: meta(
+            name,
+            Some(ns),
+            labels(&[("app", selector.get("app").map_or(name, String::as_str))]),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template,
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+/// One shop workload's Deployment, meshed.
+pub fn app_deployment(app: &App, settings: &sidecar::Settings) -> Result<Value, InjectError> {
+    let mut extra = Vec::new();
+    if let Some(f) = &app.forward {
+        extra.push(("TESTAPP_FORWARD", f.clone()));
+    }
+    if let Some(s) = app.fail_status {
+        extra.push(("TESTAPP_FAIL_STATUS", s.to_string()));
+    }
+    let mut template = testapp_template(&app.service, &app.version, APP_PORT, &extra);
+    sidecar::inject(&mut template, settings)?;
+    Ok(deployment(&app.name, NAMESPACE, app.replicas, template))
+}
+
+/// Everything `meshctl demo` deploys besides Trellis itself and the
+/// routing: namespaces, ServiceAccounts, Services, the meshed
+/// Deployments, the gateway, the collector and the outside client.
+pub fn objects(settings: &sidecar::Settings) -> Result<Vec<Value>, InjectError> {
+    let mut out = vec![
+        namespace(NAMESPACE, true),
+        namespace(COLLECTOR_NAMESPACE, false),
+        namespace(OUTSIDE_NAMESPACE, false),
+    ];
+    let apps = apps();
+    let mut services: Vec<&str> = apps.iter().map(|a| a.service.as_str()).collect();
+    services.dedup();
+    for s in &services {
+        out.push(service_account(s, NAMESPACE));
+        out.push(service(s, NAMESPACE, APP_PORT, APP_PORT, false));
+    }
+    for app in &apps {
+        out.push(app_deployment(app, settings)?);
+    }
+    out.push(service_account(GATEWAY, NAMESPACE));
+    out.push(service(GATEWAY, NAMESPACE, GATEWAY_PORT, GATEWAY_TARGET_PORT, true));
+    out.push(deployment(
+        GATEWAY,
+        NAMESPACE,
+        1,
+        sidecar::gateway_pod_template(GATEWAY, settings, &[GATEWAY_TARGET_PORT as u16]),
+    ));
+    for (name, ns, port) in [
+        (COLLECTOR, COLLECTOR_NAMESPACE, COLLECTOR_PORT),
+        (CLIENT, OUTSIDE_NAMESPACE, CLIENT_PORT),
+    ] {
+        out.push(service_account(name, ns));
+        out.push(service(name, ns, port, port, true));
+        out.push(deployment(name, ns, 1, testapp_template(name, "v1", port, &[])));
+    }
+    Ok(out)
+}
+
+/// The Mesh change that sends every proxy's spans to the demo's collector.
+pub fn mesh_tracing() -> Value {
+    json!({
+        "apiVersion": format!("{}/{}", trellis_api::mesh::GROUP, trellis_api::document::VERSION),
+        "kind": "Mesh",
+        "metadata": {"name": "default"},
+        "spec": {"telemetry": {"tracing": {
+            "sampling": 100.0,
+            "otlpEndpoint": format!("http://{COLLECTOR}.{COLLECTOR_NAMESPACE}.svc.cluster.local:{COLLECTOR_PORT}"),
+        }}}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::install::Options;
+
+    #[test]
+    fn the_shop_is_meshed_and_the_outsiders_are_not() {
+        let objects = objects(&sidecar::Settings::new(&Options::default())).unwrap();
+        let deployments: BTreeMap<String, &Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment")
+            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o))
+            .collect();
+        assert_eq!(
+            deployments.keys().collect::<Vec<_>>(),
+            ["client", "collector", "db", "payment-v1", "payment-v2", GATEWAY, "web"]
+        );
+        for name in ["web", "payment-v1", "payment-v2", "db"] {
+            let init = deployments[name]["spec"]["template"]["spec"]["initContainers"]
+                .as_array()
+                .unwrap();
+            assert_eq!(init[1]["name"], sidecar::PROXY_CONTAINER, "{name} is meshed");
+            assert_eq!(deployments[name]["metadata"]["namespace"], NAMESPACE);
+        }
+        for name in ["client", "collector", GATEWAY] {
+            assert!(
+                deployments[name]["spec"]["template"]["spec"]["initContainers"].is_null(),
+                "{name}"
+            );
+        }
+        let payment_v2 = &deployments["payment-v2"]["spec"]["template"];
+        assert_eq!(payment_v2["metadata"]["labels"]["version"], "v2");
+        assert_eq!(payment_v2["metadata"]["labels"]["app"], "payment");
+        let gw_svc = objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == GATEWAY)
+            .unwrap();
+        assert_eq!(gw_svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(gw_svc["spec"]["ports"][0]["targetPort"], GATEWAY_TARGET_PORT);
+    }
+
+    #[test]
+    fn the_routing_names_the_deployed_services_and_gateway() {
+        let docs = trellis_api::document::parse_documents(ROUTING);
+        assert!(docs.len() >= 6);
+        for d in &docs {
+            let object = d.content.as_ref().unwrap();
+            assert!(
+                matches!(object["metadata"]["namespace"].as_str(), Some(NAMESPACE)),
+                "line {}: every routing object lives in {NAMESPACE}",
+                d.line
+            );
+            match trellis_api::validation::validate(object) {
+                trellis_api::validation::Outcome::Validated { findings, .. } => {
+                    assert!(findings.is_empty(), "line {}: {findings:?}", d.line)
+                }
+                other => panic!("line {}: not a Trellis object: {other:?}", d.line),
+            }
+        }
+        let text = ROUTING;
+        assert!(text.contains(&format!("app: {GATEWAY}")));
+        assert!(text.contains(&format!("targetPort: {GATEWAY_TARGET_PORT}")));
+        for app in apps() {
+            assert!(
+                text.contains(&format!("host: {}", app.service)) || app.service == "db",
+                "{}",
+                app.service
+            );
+        }
+    }
+}
