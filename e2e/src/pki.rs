@@ -29,8 +29,9 @@ pub struct ServingIdentity {
 }
 
 impl ServingIdentity {
-    /// A fresh CA (`kubesim-ca`) and a serving certificate for `localhost`
-    /// and `127.0.0.1`, signed by it.
+    /// A fresh CA (`kubesim-ca`) and a serving certificate for `localhost`,
+    /// `127.0.0.1`, the `kubernetes` Service's names and 10.96.0.1, and the
+    /// pod network's API listener 10.244.0.1, signed by it.
     ///
     /// Why a CA and not a bare self-signed leaf: rustls (kube-rs) refuses a
     /// leaf used as its own trust anchor in some configurations, while a CA
@@ -53,7 +54,13 @@ impl ServingIdentity {
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
             "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+            // The `kubernetes` Service and the node-namespace listener, as
+            // pods reach them (kube-rs in-cluster config, rustls).
+            "10.96.0.1".to_string(),
+            "10.244.0.1".to_string(),
         ])?;
         leaf_params
             .distinguished_name

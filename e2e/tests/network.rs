@@ -85,3 +85,329 @@ fn pods_reach_each_other_and_detach_removes_the_namespace() {
     let prefix = format!("ksim-{}-", net.id());
     assert!(netns::list().iter().all(|n| !n.starts_with(&prefix)));
 }
+
+/// A kubesim with the pod network and simulated pods (addresses and
+/// readiness come from the simulated kubelet; the tests give the pods their
+/// namespaces and servers themselves, so no process runner is involved).
+struct Sim {
+    running: trellis_e2e::app::Running,
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+}
+
+impl Sim {
+    fn start() -> Option<Self> {
+        if !network::available() {
+            eprintln!("skipping: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = trellis_e2e::app::Config::new(dir.path());
+        config.pod_network = true;
+        let running = rt
+            .block_on(trellis_e2e::app::start(config))
+            .expect("kubesim with the pod network");
+        Some(Self { running, _rt: rt, dir })
+    }
+
+    fn net(&self) -> &Arc<PodNetwork> {
+        self.running.network.as_ref().expect("pod network")
+    }
+
+    fn cluster(&self) -> &trellis_e2e::cluster::Cluster {
+        &self.running.cluster
+    }
+
+    fn create(&self, plural: &str, ns: Option<&str>, obj: serde_json::Value) -> serde_json::Value {
+        let rt = self.cluster().catalog.get("", "v1", plural).unwrap();
+        self.cluster()
+            .create(&rt, ns, obj, &trellis_e2e::cluster::WriteOptions::default())
+            .unwrap()
+            .object
+    }
+
+    fn get(&self, plural: &str, ns: &str, name: &str) -> Option<serde_json::Value> {
+        let rt = self.cluster().catalog.get("", "v1", plural).unwrap();
+        self.cluster().get(&rt, Some(ns), name).ok()
+    }
+
+    /// Creates a Ready web pod (named port `http` = 8080), gives it its
+    /// namespace and a server on 8080 answering its name.
+    fn web_pod(&self, ns: &str, name: &'static str) -> network::PodNetns {
+        self.create(
+            "pods",
+            Some(ns),
+            serde_json::json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            }),
+        );
+        let pod = wait("pod address", || {
+            self.get("pods", ns, name)
+                .filter(|p| p.pointer("/status/podIP").is_some())
+        });
+        let ip: Ipv4Addr = pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let netns = self.net().attach(uid, ns, ip).unwrap();
+        serve_in(&netns.path, SocketAddr::from((ip, 8080)), name);
+        netns
+    }
+
+    /// A pod namespace for a client (no pod object), address 10.244.200.N.
+    fn client(&self, ns: &str, n: u8) -> network::PodNetns {
+        self.net()
+            .attach(
+                &format!("c1e470{n:02}-0000-4000-8000-000000000000"),
+                ns,
+                Ipv4Addr::new(10, 244, 200, n),
+            )
+            .unwrap()
+    }
+
+    fn cluster_ip(&self, ns: &str, svc: &str) -> Ipv4Addr {
+        self.get("services", ns, svc).unwrap()["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.running.stop();
+        let _ = self.dir.path();
+    }
+}
+
+/// Polls `f` (every 50 ms, 10 s at most).
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The replies of `n` connections from `path` to `addr`.
+fn replies(path: &Path, addr: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| fetch_from(path, addr).unwrap_or_else(|e| format!("error: {e}")))
+        .collect()
+}
+
+fn web_service(sim: &Sim, ns: &str, extra: serde_json::Value) -> Ipv4Addr {
+    let mut spec =
+        serde_json::json!({"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    sim.create(
+        "services",
+        Some(ns),
+        serde_json::json!({"metadata": {"name": "web"}, "spec": spec}),
+    );
+    sim.cluster_ip(ns, "web")
+}
+
+#[test]
+fn cluster_ips_spread_follow_endpoints_and_hairpin() {
+    let Some(sim) = Sim::start() else { return };
+    let ns = "default";
+    let w1 = sim.web_pod(ns, "web-1");
+    let _w2 = sim.web_pod(ns, "web-2");
+    let ip = web_service(&sim, ns, serde_json::json!({}));
+    let client = sim.client(ns, 1);
+    let addr = SocketAddr::from((ip, 80));
+    // Both endpoints answer through the ClusterIP (named targetPort).
+    wait("both endpoints behind the ClusterIP", || {
+        let got = replies(&client.path, addr, 12);
+        (got.contains(&"web-1".to_string()) && got.contains(&"web-2".to_string())).then_some(())
+    });
+    // Scale down: web-2 goes, only web-1 answers.
+    let pods = sim.cluster().catalog.get("", "v1", "pods").unwrap();
+    let now = trellis_e2e::cluster::DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    sim.cluster().delete(&pods, Some(ns), "web-2", &now).unwrap();
+    wait("only web-1 behind the ClusterIP", || {
+        replies(&client.path, addr, 8)
+            .iter()
+            .all(|r| r == "web-1")
+            .then_some(())
+    });
+    // Hairpin: web-1 reaches itself through its Service.
+    assert_eq!(fetch_from(&w1.path, addr).unwrap(), "web-1");
+    // No endpoints: refused at once, not a timeout.
+    sim.cluster().delete(&pods, Some(ns), "web-1", &now).unwrap();
+    wait("a refusal without endpoints", || {
+        let started = std::time::Instant::now();
+        let r = fetch_from(&client.path, addr);
+        if std::env::var_os("KSIM_DEBUG").is_some() {
+            eprintln!(
+                "{r:?} {}",
+                netns::exec_in(sim.net().node_netns(), "iptables-save", &[], None).unwrap()
+            );
+        }
+        let e = r.err()?;
+        (e.kind() == std::io::ErrorKind::ConnectionRefused && started.elapsed() < Duration::from_secs(1)).then_some(())
+    });
+}
+
+/// `getent ahostsv4 NAME` inside the pod namespace (its resolv.conf bound
+/// over /etc/resolv.conf by `ip netns exec`): the first address.
+fn resolve(pod: &network::PodNetns, name: &str) -> Option<String> {
+    let out = netns::exec_in(&pod.name, "getent", &["ahostsv4", name], None).ok()?;
+    out.split_whitespace().next().map(str::to_string)
+}
+
+#[test]
+fn dns_names_redirect_in_a_pod_and_the_api_server_from_a_pod() {
+    let Some(sim) = Sim::start() else { return };
+    let ns = "team";
+    sim.create("namespaces", None, serde_json::json!({"metadata": {"name": ns}}));
+    sim.web_pod(ns, "web-1");
+    let ip = web_service(&sim, ns, serde_json::json!({}));
+    let client = sim.client(ns, 2);
+    let other = sim.client("default", 3);
+    let want = Some(ip.to_string());
+    for name in ["web", "web.team", "web.team.svc", "web.team.svc.cluster.local"] {
+        assert_eq!(resolve(&client, name), want, "{name} from team");
+    }
+    assert_eq!(resolve(&other, "web.team"), want, "web.team from default");
+    assert_eq!(resolve(&other, "web"), None, "web does not exist in default");
+    assert_eq!(resolve(&client, "kubernetes.default"), Some("10.96.0.1".into()));
+    assert_eq!(
+        resolve(&client, "10-244-0-9.team.pod.cluster.local"),
+        Some("10.244.0.9".into())
+    );
+    // Headless: the ready pod addresses.
+    sim.create(
+        "services",
+        Some(ns),
+        serde_json::json!({"metadata": {"name": "web-headless"}, "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 8080}]}}),
+    );
+    let pod_ip = sim.get("pods", ns, "web-1").unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(wait("headless endpoints", || resolve(&client, "web-headless")), pod_ip);
+
+    // The API server through the `kubernetes` Service, verified with the CA
+    // and its Service name (as kube-rs in a pod does).
+    let ca = sim.dir.path().join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let auth = format!("Authorization: Bearer {}", sim.running.admin_token);
+    for url in ["https://10.96.0.1/version", "https://kubernetes.default.svc/version"] {
+        let args = ["-sS", "--max-time", "5", "--cacert", ca, "-H", &auth, url];
+        let out = netns::exec_in(&client.name, "curl", &args, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(out.contains("gitVersion"), "{url}: {out}");
+    }
+    assert_eq!(sim.net().api_server_for_pods(), SocketAddr::from(([10, 96, 0, 1], 443)));
+
+    // iptables capture inside a pod namespace (as a sidecar's init does):
+    // the connection to ClusterIP:80 lands on the pod's own 15001.
+    serve_in(&client.path, SocketAddr::from(([0, 0, 0, 0], 15001)), "captured");
+    netns::exec_in(
+        &client.name,
+        "iptables",
+        &[
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        fetch_from(&client.path, SocketAddr::from((ip, 80))).unwrap(),
+        "captured"
+    );
+    // Other pods are not affected.
+    assert_eq!(fetch_from(&other.path, SocketAddr::from((ip, 80))).unwrap(), "web-1");
+}
+
+#[test]
+fn load_balancers_are_reachable_from_the_host() {
+    let Some(sim) = Sim::start() else { return };
+    sim.web_pod("default", "web-1");
+    web_service(
+        &sim,
+        "default",
+        serde_json::json!({"type": "LoadBalancer", "ports": [{"name": "http", "port": 8000, "targetPort": "http"}]}),
+    );
+    let lb = sim.net().load_balancer_ip();
+    let svc = wait("load balancer status", || {
+        sim.get("services", "default", "web")
+            .filter(|s| s.pointer("/status/loadBalancer/ingress/0/ip").is_some())
+    });
+    assert_eq!(svc["status"]["loadBalancer"]["ingress"][0]["ip"], lb.to_string());
+    let got = wait("an answer through the load balancer", || {
+        let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((lb, 8000)), Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(got, "web-1");
+}
+
+#[test]
+fn stopping_kubesim_and_restarting_after_a_crash_remove_everything() {
+    let Some(sim) = Sim::start() else { return };
+    sim.web_pod("default", "web-1");
+    let id = sim.net().id().to_string();
+    let prefix = format!("ksim-{id}-");
+    assert!(netns::list().iter().filter(|n| n.starts_with(&prefix)).count() >= 2);
+    drop(sim);
+    assert!(
+        netns::list().iter().all(|n| !n.starts_with(&prefix)),
+        "{:?}",
+        netns::list()
+    );
+    assert!(!Path::new(&format!("/run/kubesim/{id}.pid")).exists());
+
+    // A "crashed" instance: namespaces and a pid file whose process is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let crashed = format!("{:08x}", std::process::id().wrapping_mul(2_654_435_761));
+    std::fs::create_dir_all("/run/kubesim").unwrap();
+    std::fs::write(format!("/run/kubesim/{crashed}.pid"), format!("{dead} 1\n")).unwrap();
+    for suffix in ["node", "0123456789ab"] {
+        netns::run("ip", &["netns", "add", &format!("ksim-{crashed}-{suffix}")]).unwrap();
+    }
+    std::fs::create_dir_all(format!("/etc/netns/ksim-{crashed}-0123456789ab")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(dir.path()).unwrap();
+    let crashed_prefix = format!("ksim-{crashed}-");
+    assert!(
+        netns::list().iter().all(|n| !n.starts_with(&crashed_prefix)),
+        "{:?}",
+        netns::list()
+    );
+    assert!(!Path::new(&format!("/etc/netns/ksim-{crashed}-0123456789ab")).exists());
+    assert!(!Path::new(&format!("/run/kubesim/{crashed}.pid")).exists());
+    // The live instance is untouched by another cleanup.
+    network::cleanup_leftovers();
+    assert!(net.node_netns_path().exists());
+}

@@ -293,6 +293,9 @@ impl PodNetwork {
         // Why: a pod → ClusterIP → pod on the same bridge answers over the
         // bridge; without this its reply would skip the reverse NAT.
         netns::exec_in(ns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"], None)?;
+        // Services without endpoints are refused with ICMP; unthrottled, so
+        // every connection attempt is refused at once.
+        netns::exec_in(ns, "sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"], None)?;
         proxy::apply(ns, &proxy::render(&[]))?;
         Ok(())
     }
