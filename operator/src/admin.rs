@@ -1,5 +1,6 @@
 //! The operator's admin HTTP API: `/ready`, `/live`, `/metrics` (Prometheus text) and
-//! `/debug/syncz` (per-proxy sync state as JSON). No secrets are ever served here.
+//! `/debug/syncz` (per-proxy sync state as JSON), `/debug/ca` (the mesh roots and their
+//! rotation). No secrets are ever served here.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -13,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::ca::MeshRoots;
 use crate::index::Shared;
 use crate::push::PushService;
 
@@ -25,6 +27,8 @@ pub struct Admin {
     pub index: Shared,
     /// Whether the operator is ready.
     pub ready: Arc<AtomicBool>,
+    /// The mesh roots (for `/debug/ca`: fingerprints, validity and rotation phase, never keys).
+    pub roots: Arc<MeshRoots>,
 }
 
 /// Serve the admin API on `listener` until the task is aborted.
@@ -74,9 +78,13 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_string_pretty(&admin.push.sync_state()).expect("sync state serializes");
             text(StatusCode::OK, body, "application/json")
         }
+        "/debug/ca" => {
+            let body = serde_json::to_string_pretty(&admin.roots.status()).expect("CA status serializes");
+            text(StatusCode::OK, body, "application/json")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /live, /metrics or /debug/syncz\n".into(),
+            "not found; try /ready, /live, /metrics, /debug/syncz or /debug/ca\n".into(),
             "text/plain",
         ),
     }

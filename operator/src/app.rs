@@ -9,23 +9,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::Client;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
 use crate::ca::service::{CertificateService, KubeTokenReviewer};
-use crate::ca::{CertificateAuthority, SigningCert, SystemClock};
+use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
 use crate::index::{self, Index};
 use crate::push::{self, PushService};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
-pub const CA_SECRET: &str = "trellis-ca";
+pub use crate::ca::secret::CA_SECRET;
 /// Lifetime of the operator's own serving certificate.
 pub const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The operator's ServiceAccount, which its own identity is derived from.
@@ -59,10 +55,12 @@ pub struct App {
     pub push_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
-    /// The mesh root (PEM), for clients.
+    /// The mesh root (PEM) at start, for clients.
     pub root_pem: String,
     /// The push service (for its sync state).
     pub push: PushService,
+    /// The mesh roots and their rotation.
+    pub roots: Arc<MeshRoots>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -106,25 +104,20 @@ async fn shutdown_signal() {
 /// Start every part of the operator with `client`.
 pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     let ttl = Duration::from_secs(config.workload_cert_ttl_seconds);
-    let signer = load_or_create_root(&client, &config.namespace, &config.trust_domain).await?;
-    let root_pem = signer.cert_pem().to_string();
-    let ca = CertificateAuthority::new(signer, ttl, Box::new(SystemClock));
-
-    // The operator's own serving certificate, from the same CA.
-    let own_id = format!(
-        "spiffe://{}/ns/{}/sa/{OPERATOR_SERVICE_ACCOUNT}",
-        config.trust_domain, config.namespace
-    );
-    let dns = vec![
-        format!("trellis-operator.{}.svc", config.namespace),
-        format!("trellis-operator.{}.svc.cluster.local", config.namespace),
-        "localhost".to_string(),
-    ];
-    // why: the gRPC server's TLS config is fixed at start, so its certificate lives a year
-    // (capped by the root) rather than a workload TTL; a root rotation restarts the server.
-    let (serving, serving_key) = ca
-        .issue_serving(&own_id, &dns, SERVING_CERT_TTL)
-        .context("issuing the operator's serving certificate")?;
+    let stored = secret::load_or_create(&client, &config.namespace, &config.trust_domain).await?;
+    let root_pem = stored.root.cert_pem().to_string();
+    let roots = Arc::new(match stored.previous {
+        // A rotation was under way when the operator stopped: resume it from the start (proxies
+        // that already hold both roots acknowledge at once).
+        Some(previous) => {
+            let roots = MeshRoots::new(previous, ttl, Arc::new(SystemClock));
+            roots
+                .start_rotation(stored.root)
+                .context("resuming the root rotation recorded in the CA Secret")?;
+            roots
+        }
+        None => MeshRoots::new(stored.root, ttl, Arc::new(SystemClock)),
+    });
 
     // The live index.
     let index = Arc::new(RwLock::new(Index::default()));
@@ -135,32 +128,43 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     // gRPC: push and certificates, TLS with optional client certificates (a proxy has none
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
     let push = PushService::new(index.clone(), changed_rx.clone(), push::Options::default())
-        .require_workload_identity(config.trust_domain.clone());
-    let bundle = Arc::new(RwLock::new(vec![root_pem.clone()]));
+        .require_workload_identity(config.trust_domain.clone())
+        .with_roots(roots.clone());
     let certs = CertificateService::new(
-        Arc::new(RwLock::new(ca)),
+        roots.clone(),
         Arc::new(KubeTokenReviewer::new(client.clone())),
         config.trust_domain.clone(),
-        bundle,
     );
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&serving.cert_chain_pem, &serving_key))
-        .client_ca_root(Certificate::from_pem(&root_pem))
-        .client_auth_optional(true);
+    let serving = Arc::new(ServingTls::new(&config, &roots)?);
     let listener = TcpListener::bind(config.push_addr)
         .await
         .with_context(|| format!("binding the push API to {}", config.push_addr))?;
     let push_addr = listener.local_addr()?;
     let grpc = Server::builder()
-        .tls_config(tls)
-        .context("configuring TLS for the push API")?
         .add_service(ConfigPushServer::new(push.clone()))
         .add_service(CertificatesServer::new(certs));
+    let incoming = serving.clone().incoming(listener);
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = grpc.serve_with_incoming(TcpListenerStream::new(listener)).await {
+        if let Err(e) = grpc.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "the push API stopped");
         }
     }));
+
+    // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
+    // operator's own serving certificate follows the issuing root.
+    tasks.push(tokio::spawn(drive_rotation(
+        client.clone(),
+        config.namespace.clone(),
+        roots.clone(),
+        push.clone(),
+        serving,
+    )));
+    tasks.push(tokio::spawn(secret::watch(
+        client.clone(),
+        config.namespace.clone(),
+        config.trust_domain.clone(),
+        roots.clone(),
+    )));
 
     // Admin.
     let ready = Arc::new(AtomicBool::new(false));
@@ -168,6 +172,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         push: push.clone(),
         index: index.clone(),
         ready: ready.clone(),
+        roots: roots.clone(),
     };
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
@@ -175,12 +180,12 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
-    // The trust anchor, in every namespace, for proxies to verify the operator at first start.
+    // The trust anchors, in every namespace, for proxies to verify the operator at first start.
     tasks.push(tokio::spawn(crate::trust::publish(
         client.clone(),
         index.clone(),
         changed_rx.clone(),
-        root_pem.clone(),
+        roots.bundle(),
     )));
 
     // Ready once the index has seen the cluster.
@@ -199,61 +204,164 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         admin_addr,
         root_pem,
         push,
+        roots,
         tasks,
     })
 }
 
-/// The mesh root from the `trellis-ca` Secret, created (self-signed) on first start.
-///
-/// # Guarantees
-/// Two operators starting at once end up with the same root: the loser of the create race
-/// reads the winner's Secret.
+/// The mesh roots from the `trellis-ca` Secret, created (self-signed) on first start; during a
+/// rotation, the root being rotated to. See [`crate::ca::secret`].
 pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain: &str) -> anyhow::Result<SigningCert> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..3 {
-        if let Some(secret) = api.get_opt(CA_SECRET).await.context("reading the CA Secret")? {
-            let field = |k: &str| {
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(k))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                    .with_context(|| {
-                        format!(
-                            "Secret {namespace}/{CA_SECRET} has no {k}; delete it to have a new root created, or fix it"
-                        )
-                    })
-            };
-            return SigningCert::from_pem(&field("ca.crt")?, &field("ca.key")?, &[])
-                .with_context(|| format!("Secret {namespace}/{CA_SECRET}"));
+    Ok(secret::load_or_create(client, namespace, trust_domain).await?.root)
+}
+
+/// How often the rotation looks at the proxies' sync state.
+// why: ACKs arrive within milliseconds of a push; a fifth of a second keeps each phase change
+// prompt without a notification path from every ACK.
+const ROTATION_TICK: Duration = Duration::from_millis(200);
+
+/// Advance the root rotation from the push sync state and the leaves issued; reissue the
+/// operator's serving certificate when issuing switches; record the end in the CA Secret.
+async fn drive_rotation(
+    client: Client,
+    namespace: String,
+    roots: Arc<MeshRoots>,
+    push: PushService,
+    serving: Arc<ServingTls>,
+) {
+    let mut tick = tokio::time::interval(ROTATION_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bundle = roots.bundle();
+    loop {
+        tick.tick().await;
+        if roots.phase() == Phase::Stable && !bundle.has_changed().unwrap_or(false) {
+            continue;
         }
-        let root =
-            SigningCert::self_signed_root(trust_domain, crate::ca::DEFAULT_ROOT_TTL, std::time::SystemTime::now())?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(CA_SECRET.into()),
-                namespace: Some(namespace.into()),
-                labels: Some([("app.kubernetes.io/part-of".to_string(), "trellis".to_string())].into()),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(
-                [
-                    ("ca.crt".to_string(), ByteString(root.cert_pem().as_bytes().to_vec())),
-                    ("ca.key".to_string(), ByteString(root.key_pem().into_bytes())),
-                ]
-                .into(),
-            ),
-            ..Secret::default()
-        };
-        match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
-                tracing::info!(%namespace, secret = CA_SECRET, "created a self-signed mesh root");
-                return Ok(root);
+        let observations: Vec<ProxyObservation> = push
+            .sync_state()
+            .into_iter()
+            .filter(|p| p.connected)
+            .map(|p| ProxyObservation {
+                leaf_root: roots.leaf_root(&p.proxy),
+                acked_roots: p.acked_roots,
+                proxy: p.proxy,
+            })
+            .collect();
+        let entered = roots.observe(&observations);
+        if bundle.has_changed().unwrap_or(false) {
+            bundle.borrow_and_update();
+            if let Err(e) = serving.refresh(&roots) {
+                tracing::error!(error = %e, "could not reissue the operator's serving certificate");
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => continue, // another replica won; read theirs
-            Err(e) => return Err(e).context(format!("creating Secret {namespace}/{CA_SECRET}")),
+        }
+        if entered.contains(&Phase::Stable)
+            && let Err(e) = secret::persist(&client, &namespace, &roots).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");
         }
     }
-    anyhow::bail!("could not read or create Secret {namespace}/{CA_SECRET}")
+}
+
+/// The push API's TLS: the operator's serving certificate from the issuing root, and client
+/// certificates verified against every trusted root. Swapped, not restarted, when the roots
+/// change, so a root rotation never drops the proxies' subscriptions.
+struct ServingTls {
+    spiffe_id: String,
+    dns_names: Vec<String>,
+    config: arc_swap::ArcSwap<rustls::ServerConfig>,
+}
+
+impl ServingTls {
+    fn new(config: &Config, roots: &MeshRoots) -> anyhow::Result<Self> {
+        let spiffe_id = format!(
+            "spiffe://{}/ns/{}/sa/{OPERATOR_SERVICE_ACCOUNT}",
+            config.trust_domain, config.namespace
+        );
+        let dns_names = vec![
+            format!("trellis-operator.{}.svc", config.namespace),
+            format!("trellis-operator.{}.svc.cluster.local", config.namespace),
+            "localhost".to_string(),
+        ];
+        let tls = Self::build(&spiffe_id, &dns_names, roots)?;
+        Ok(ServingTls {
+            spiffe_id,
+            dns_names,
+            config: arc_swap::ArcSwap::from_pointee(tls),
+        })
+    }
+
+    fn build(spiffe_id: &str, dns_names: &[String], roots: &MeshRoots) -> anyhow::Result<rustls::ServerConfig> {
+        let (leaf, key) = roots
+            .issue_serving(spiffe_id, dns_names, SERVING_CERT_TTL)
+            .context("issuing the operator's serving certificate")?;
+        let pems = |pem: &str| -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+            Ok(rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
+        };
+        let chain = pems(&leaf.cert_chain_pem)?;
+        let key = rustls_pemfile::private_key(&mut key.as_bytes())?.context("the operator's serving key is not PEM")?;
+        let mut trusted = rustls::RootCertStore::empty();
+        for pem in &roots.bundle().borrow().roots_pem {
+            for cert in pems(pem)? {
+                trusted
+                    .add(cert)
+                    .context("a trusted root is not a usable trust anchor")?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(trusted), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .context("building the client certificate verifier")?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .context("the operator's serving certificate")?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tls)
+    }
+
+    /// Reissue the serving certificate from the issuing root and trust the current bundle.
+    fn refresh(&self, roots: &MeshRoots) -> anyhow::Result<()> {
+        self.config
+            .store(Arc::new(Self::build(&self.spiffe_id, &self.dns_names, roots)?));
+        tracing::info!("the push API serves a certificate from the issuing root");
+        Ok(())
+    }
+
+    /// TLS connections accepted on `listener`, each with the configuration current when it
+    /// arrived; handshakes run concurrently, failed ones are logged and dropped.
+    fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a push API connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
+                let conns = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conns.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
 }

@@ -9,10 +9,13 @@
 //!
 //! Time comes from a [`Clock`], so tests drive issuance and rotation deterministically.
 
+mod roots;
 mod rotation;
+pub mod secret;
 pub mod service;
 
-pub use rotation::{Phase, RootRotation, RotationError};
+pub use roots::{Bundle, CaStatus, MeshRoots, RootInfo, SigningPair, Transition};
+pub use rotation::{Phase, ProxyObservation, RootRotation, RotationError};
 pub use trellis_push::renewal_time;
 
 use std::sync::Mutex;
@@ -62,6 +65,12 @@ impl ManualClock {
     pub fn advance(&self, d: Duration) {
         let mut t = self.0.lock().expect("clock lock");
         *t += d;
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
     }
 }
 
@@ -121,7 +130,9 @@ pub struct SigningCert {
     chain_pem: Vec<String>,
     issuer: Issuer<'static, KeyPair>,
     subject: String,
+    not_before: SystemTime,
     not_after: SystemTime,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for SigningCert {
@@ -156,8 +167,10 @@ impl SigningCert {
         Ok(SigningCert {
             cert_pem: cert.pem(),
             chain_pem: Vec::new(),
+            fingerprint: fingerprint(cert.der()),
             issuer: Issuer::new(params, key),
             subject: format!("CN=Trellis root CA {trust_domain}"),
+            not_before: now - CLOCK_SKEW,
             not_after: now + ttl,
         })
     }
@@ -174,8 +187,10 @@ impl SigningCert {
                 "ca.crt is not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
             ));
         }
-        let not_after =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
+        let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+        let not_after = at(x509.validity().not_after.timestamp());
+        let not_before = at(x509.validity().not_before.timestamp());
+        let fingerprint = fingerprint(&pem.contents);
         let subject = x509.subject().to_string();
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::BadRoot(format!("ca.crt: {e}")))?;
         Ok(SigningCert {
@@ -183,7 +198,9 @@ impl SigningCert {
             chain_pem: chain_pem.to_vec(),
             issuer,
             subject,
+            not_before,
             not_after,
+            fingerprint,
         })
     }
 
@@ -201,6 +218,31 @@ impl SigningCert {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+
+    /// When the certificate became valid.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// The subject (distinguished name).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The SHA-256 fingerprint of the certificate (hex), which names the root in trust
+    /// bundles, the admin API and the push API.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// The SHA-256 fingerprint (lowercase hex) of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A signed workload certificate.

@@ -153,7 +153,11 @@ pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) 
             cert_chain_file: WORKLOAD_CERT_CHAIN.into(),
             private_key_file: WORKLOAD_KEY.into(),
         }),
-        trust_bundle: Some(PemSource::File(TRUST_BUNDLE.into())),
+        trust_bundle: Some(if snapshot.trust_bundle.is_empty() {
+            PemSource::File(TRUST_BUNDLE.into())
+        } else {
+            PemSource::Inline(snapshot.trust_bundle.concat())
+        }),
     };
     let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
     match role {

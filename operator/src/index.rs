@@ -298,6 +298,7 @@ impl Index {
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             mesh: self.mesh.clone().unwrap_or_default(),
+            trust_bundle: Vec::new(),
         }
     }
 }

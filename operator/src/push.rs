@@ -25,6 +25,7 @@ use trellis_contract::ProxyConfig;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{ProxyMessage, Snapshot, proxy_message};
 
+use crate::ca::{Bundle, MeshRoots};
 use crate::compile::{Role, compile};
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot as MeshSnapshot;
@@ -67,6 +68,11 @@ pub struct ProxySync {
     pub last_seen_unix: u64,
     /// The proxy's build version.
     pub proxy_version: String,
+    /// Fingerprints of the roots in the trust bundle of the last version sent.
+    pub sent_roots: Vec<String>,
+    /// Fingerprints of the roots in the trust bundle the proxy acknowledged (root rotation
+    /// waits on these).
+    pub acked_roots: Vec<String>,
 }
 
 /// A rejected version.
@@ -98,8 +104,8 @@ impl Default for Options {
     }
 }
 
-/// A snapshot and the change generation it was built for.
-type Generation = (u64, Arc<MeshSnapshot>);
+/// A snapshot and the change generation and trust bundle it was built for.
+type Generation = (u64, Bundle, Arc<MeshSnapshot>);
 
 /// The push service.
 #[derive(Clone)]
@@ -113,6 +119,10 @@ pub struct PushService {
     /// The snapshot of the last change, shared by every subscription (built once per change,
     /// not once per proxy).
     current: Arc<Mutex<Option<Generation>>>,
+    /// The mesh roots: their trust bundle goes into every config, and presented client
+    /// certificates tell them which root signed each proxy's leaf.
+    roots: Option<Arc<MeshRoots>>,
+    bundle: Option<watch::Receiver<Bundle>>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -133,7 +143,17 @@ impl PushService {
             options,
             trust_domain: None,
             current: Arc::default(),
+            roots: None,
+            bundle: None,
         }
+    }
+
+    /// Push the trust bundle of `roots` inline in every config (and again whenever it changes),
+    /// and ask proxies to renew early while leaves are being reissued.
+    pub fn with_roots(mut self, roots: Arc<MeshRoots>) -> Self {
+        self.bundle = Some(roots.bundle());
+        self.roots = Some(roots);
+        self
     }
 
     /// Require every subscription to present (over mTLS) the workload certificate of the pod
@@ -157,6 +177,9 @@ impl PushService {
         };
         let presented = crate::identity::spiffe_id(leaf.as_ref())
             .ok_or_else(|| Status::unauthenticated("the client certificate has no SPIFFE ID"))?;
+        if let (Some(roots), Some(chain)) = (&self.roots, peer) {
+            roots.note_presented(&pod.to_string(), chain);
+        }
         let snapshot = self.snapshot();
         let Some(w) = snapshot.registry.workloads.get(pod) else {
             return Err(Status::not_found(format!(
@@ -172,16 +195,23 @@ impl PushService {
         Ok(())
     }
 
-    /// The snapshot for the latest change.
+    /// The snapshot for the latest change and trust bundle.
     fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.snapshot_with_bundle().0
+    }
+
+    fn snapshot_with_bundle(&self) -> (Arc<MeshSnapshot>, Bundle) {
         let generation = *self.changed.borrow();
+        let bundle = self.bundle.as_ref().map(|b| b.borrow().clone()).unwrap_or_default();
         let mut current = self.current.lock().expect("snapshot cache lock");
         match current.as_ref() {
-            Some((g, snap)) if *g == generation => snap.clone(),
+            Some((g, b, snap)) if *g == generation && *b == bundle => (snap.clone(), bundle),
             _ => {
-                let snap = Arc::new(self.source.snapshot());
-                *current = Some((generation, snap.clone()));
-                snap
+                let mut snap = self.source.snapshot();
+                snap.trust_bundle = bundle.roots_pem.clone();
+                let snap = Arc::new(snap);
+                *current = Some((generation, bundle.clone(), snap.clone()));
+                (snap, bundle)
             }
         }
     }
@@ -212,6 +242,20 @@ pub fn content_version(config: &ProxyConfig) -> String {
     c.version = String::new();
     let json = serde_json::to_vec(&c).expect("contract types always serialize");
     let digest = ring::digest::digest(&ring::digest::SHA256, &json);
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The version pushed: the config's content hash, and while leaves are being reissued, the
+/// issuing root too (so the request to renew reaches proxies whose config did not change).
+fn push_version(config: &ProxyConfig, renew_unless_issued_by: &str) -> String {
+    let version = content_version(config);
+    if renew_unless_issued_by.is_empty() {
+        return version;
+    }
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{version}/{renew_unless_issued_by}").as_bytes(),
+    );
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -268,29 +312,55 @@ impl ConfigPush for PushService {
         let mut last_sent = (!hello.current_version.is_empty()).then(|| hello.current_version.clone());
         tokio::spawn(async move {
             let mut changed = this.changed.clone();
+            let mut bundle_changed = this.bundle.clone();
             loop {
-                match compile(&this.snapshot(), &pod, role, "") {
+                let (snapshot, bundle) = this.snapshot_with_bundle();
+                match compile(&snapshot, &pod, role, "") {
                     Ok(mut compiled) => {
-                        let version = content_version(&compiled.config);
+                        let version = push_version(&compiled.config, &bundle.renew_unless_issued_by);
                         if last_sent.as_deref() != Some(version.as_str()) {
                             compiled.config.version = version.clone();
-                            if tx.send(Ok(Snapshot::from_config(&compiled.config))).await.is_err() {
+                            let mut snapshot = Snapshot::from_config(&compiled.config);
+                            snapshot.renew_unless_issued_by = bundle.renew_unless_issued_by.clone();
+                            if tx.send(Ok(snapshot)).await.is_err() {
                                 break;
                             }
-                            this.update(&sender_proxy, |s| s.sent = Some(version.clone()));
+                            this.update(&sender_proxy, |s| {
+                                s.sent = Some(version.clone());
+                                s.sent_roots = bundle.fingerprints.clone();
+                            });
                             last_sent = Some(version);
+                        } else {
+                            // The proxy already serves this version (it said so in Hello).
+                            this.update(&sender_proxy, |s| {
+                                if s.acked.as_deref() == Some(version.as_str()) {
+                                    s.sent = Some(version.clone());
+                                    s.sent_roots = bundle.fingerprints.clone();
+                                    s.acked_roots = bundle.fingerprints.clone();
+                                }
+                            });
                         }
                     }
                     Err(e) => {
                         tracing::debug!(proxy = %sender_proxy, error = %e, "not compiled yet; waiting for the registry")
                     }
                 }
+                let bundle_change = async {
+                    match bundle_changed.as_mut() {
+                        Some(b) => b.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { break },
+                    r = bundle_change => if r.is_err() { break },
                     _ = tx.closed() => break,
                 }
                 tokio::time::sleep(this.options.debounce).await;
                 changed.borrow_and_update();
+                if let Some(b) = bundle_changed.as_mut() {
+                    b.borrow_and_update();
+                }
             }
         });
         // Inbound: ACKs and NACKs.
@@ -301,7 +371,12 @@ impl ConfigPush for PushService {
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Ack(a)),
                     })) => {
-                        this.update(&proxy, |s| s.acked = Some(a.version));
+                        this.update(&proxy, |s| {
+                            if s.sent.as_deref() == Some(a.version.as_str()) {
+                                s.acked_roots = s.sent_roots.clone();
+                            }
+                            s.acked = Some(a.version);
+                        });
                     }
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Nack(n)),

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     /// The mesh-wide settings (the `Mesh` named `default`), or defaults.
     pub mesh: MeshSpec,
+    /// The roots proxies must trust (PEM), pushed inline so that a proxy's ACK proves it holds
+    /// them (root rotation). Empty: proxies use the bundle file their certificate came with.
+    pub trust_bundle: Vec<String>,
 }
 
 /// A document of a snapshot file that could not be used.

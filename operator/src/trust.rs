@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
+use crate::ca::Bundle;
 use crate::index::Shared;
 
 /// The ConfigMap's name.
@@ -32,10 +33,17 @@ pub fn root_configmap(namespace: &str, roots: &str) -> ConfigMap {
 }
 
 /// Keep the ConfigMap in every namespace the index knows, applying it (server-side apply)
-/// whenever a namespace appears. Runs until the change channel closes.
-pub async fn publish(client: Client, index: Shared, mut changed: tokio::sync::watch::Receiver<u64>, roots: String) {
+/// whenever a namespace appears or the trust bundle changes (a root rotation). Runs until the
+/// change channel closes.
+pub async fn publish(
+    client: Client,
+    index: Shared,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+    mut bundle: tokio::sync::watch::Receiver<Bundle>,
+) {
     let mut done: BTreeSet<String> = BTreeSet::new();
     loop {
+        let roots = bundle.borrow_and_update().roots_pem.concat();
         let pending: Vec<String> = {
             let idx = index.read().expect("index lock");
             idx.namespaces().filter(|ns| !done.contains(*ns)).cloned().collect()
@@ -55,8 +63,12 @@ pub async fn publish(client: Client, index: Shared, mut changed: tokio::sync::wa
                 Err(e) => tracing::warn!(namespace = %ns, error = %e, "could not publish the mesh root"),
             }
         }
-        if changed.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            r = bundle.changed() => {
+                if r.is_err() { return }
+                done.clear();
+            }
         }
     }
 }

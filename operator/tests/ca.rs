@@ -174,3 +174,138 @@ fn openssl_verifies_the_chain_and_shows_one_uri_san() {
         "{text}"
     );
 }
+
+/// Root rotation at run time: the new root joins the bundle, issuing switches only once every
+/// proxy has acknowledged it, proxies are asked to renew, the old root leaves the bundle only
+/// once no leaf of it remains, and the status shows fingerprints and phases, never keys.
+#[test]
+fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
+    use std::sync::Arc;
+    use trellis_operator::ca::{MeshRoots, Phase, ProxyObservation};
+
+    let clock = Arc::new(ManualClock::new(t0()));
+    let old = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0()).unwrap();
+    let old_fp = old.fingerprint().to_string();
+    let old_key = old.key_pem();
+    let roots = MeshRoots::new(old, DEFAULT_WORKLOAD_TTL, clock.clone());
+    let web = Authorized::service_account("cluster.local", "shop", "web");
+    let sign = |proxy: &str| roots.sign(&csr(&[WEB]).1, &web, proxy).unwrap();
+    let (leaf_a, by) = sign("shop/a");
+    assert_eq!(by, old_fp);
+    sign("shop/b");
+    let bundle = roots.bundle();
+    assert_eq!(bundle.borrow().fingerprints, [old_fp.clone()]);
+
+    let new = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0()).unwrap();
+    let new_fp = new.fingerprint().to_string();
+    roots.start_rotation(new).unwrap();
+    assert_eq!(roots.phase(), Phase::Distributing);
+    assert_eq!(bundle.borrow().fingerprints, [old_fp.clone(), new_fp.clone()]);
+    assert_eq!(bundle.borrow().roots_pem.len(), 2);
+    assert!(bundle.borrow().renew_unless_issued_by.is_empty());
+    assert_eq!(
+        sign("shop/a").1,
+        old_fp,
+        "issuing stays on the old root while distributing"
+    );
+
+    let obs = |a: &[&String], b: &[&String]| {
+        vec![
+            ProxyObservation {
+                proxy: "shop/a".into(),
+                acked_roots: a.iter().map(|s| (*s).clone()).collect(),
+                leaf_root: roots.leaf_root("shop/a"),
+            },
+            ProxyObservation {
+                proxy: "shop/b".into(),
+                acked_roots: b.iter().map(|s| (*s).clone()).collect(),
+                leaf_root: roots.leaf_root("shop/b"),
+            },
+        ]
+    };
+    // b has not acknowledged the new bundle: no progress, and the status says who is waited on.
+    assert!(roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp])).is_empty());
+    assert!(
+        roots.status().progress.contains("shop/b"),
+        "{}",
+        roots.status().progress
+    );
+
+    assert_eq!(
+        roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])),
+        [Phase::Reissuing]
+    );
+    assert_eq!(
+        bundle.borrow().renew_unless_issued_by,
+        new_fp,
+        "proxies are asked to renew"
+    );
+    let (leaf, by) = sign("shop/a");
+    assert_eq!(by, new_fp);
+    assert_ne!(leaf.cert_chain_pem, leaf_a.cert_chain_pem);
+    // b still holds a leaf of the old root.
+    assert!(roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])).is_empty());
+    assert_eq!(roots.status().leaves_by_root.get(&old_fp), Some(&1));
+
+    // b renews; the old root leaves the bundle.
+    clock.advance(Duration::from_secs(1));
+    sign("shop/b");
+    assert_eq!(
+        roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])),
+        [Phase::Retiring]
+    );
+    assert_eq!(bundle.borrow().fingerprints, [new_fp.clone()]);
+    assert_eq!(roots.observe(&obs(&[&new_fp], &[&new_fp])), [Phase::Stable]);
+    assert!(bundle.borrow().renew_unless_issued_by.is_empty());
+
+    let status = roots.status();
+    assert_eq!(status.phase, "Stable");
+    assert_eq!(status.roots.len(), 1, "the old root is dropped");
+    assert_eq!(status.roots[0].fingerprint, new_fp);
+    assert!(status.roots[0].issuing && status.roots[0].trusted);
+    let phases: Vec<&str> = status.transitions.iter().map(|t| t.phase.as_str()).collect();
+    assert_eq!(phases, ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"]);
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(!json.contains("PRIVATE KEY") && !json.contains(old_key.lines().nth(1).unwrap()));
+    let (target, previous) = roots.persisted();
+    assert!(target.cert_pem.contains("BEGIN CERTIFICATE") && previous.is_none());
+}
+
+/// A restarted operator learns which root signed a proxy's leaf from the chain it presents.
+#[test]
+fn presented_chains_tell_which_root_signed_a_leaf() {
+    use std::sync::Arc;
+    use trellis_operator::ca::MeshRoots;
+
+    let now = SystemTime::now();
+    let issuer = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), now).unwrap();
+    let (issuer_pem, issuer_key, issuer_fp) = (
+        issuer.cert_pem().to_string(),
+        issuer.key_pem(),
+        issuer.fingerprint().to_string(),
+    );
+    let leaf = CertificateAuthority::new(issuer, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(now)))
+        .sign(
+            &csr(&[WEB]).1,
+            &Authorized::service_account("cluster.local", "shop", "web"),
+        )
+        .unwrap();
+    let der: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut leaf.cert_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+
+    let other = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), now).unwrap();
+    let roots = MeshRoots::new(other, DEFAULT_WORKLOAD_TTL, Arc::new(ManualClock::new(now)));
+    roots.note_presented("shop/a", &der);
+    assert_eq!(
+        roots.leaf_root("shop/a"),
+        None,
+        "not signed by a root the operator holds"
+    );
+
+    let reloaded = SigningCert::from_pem(&issuer_pem, &issuer_key, &[]).unwrap();
+    let roots = MeshRoots::new(reloaded, DEFAULT_WORKLOAD_TTL, Arc::new(ManualClock::new(now)));
+    roots.note_presented("shop/a", &der);
+    assert_eq!(roots.leaf_root("shop/a"), Some(issuer_fp));
+}

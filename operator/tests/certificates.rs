@@ -1,12 +1,12 @@
 //! The Certificates service: token review, namespace and pod binding, identity checks.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, KeyPair, SanType};
 use trellis_operator::ca::service::{CertificateService, TOKEN_AUDIENCE, TokenIdentity, TokenReviewer};
-use trellis_operator::ca::{CertificateAuthority, DEFAULT_WORKLOAD_TTL, ManualClock, SigningCert};
+use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, ManualClock, MeshRoots, SigningCert};
 use trellis_push::SignRequest;
 
 /// Tokens known to the fake API server.
@@ -27,7 +27,7 @@ fn service() -> (CertificateService, String) {
     let now = SystemTime::now();
     let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400 * 365), now).unwrap();
     let root_pem = root.cert_pem().to_string();
-    let ca = CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(now)));
+    let roots = MeshRoots::new(root, DEFAULT_WORKLOAD_TTL, Arc::new(ManualClock::new(now)));
     let reviewer = FakeReviewer(BTreeMap::from([
         (
             "web-token".to_string(),
@@ -46,12 +46,7 @@ fn service() -> (CertificateService, String) {
             },
         ),
     ]));
-    let svc = CertificateService::new(
-        Arc::new(RwLock::new(ca)),
-        Arc::new(reviewer),
-        "cluster.local",
-        Arc::new(RwLock::new(vec![root_pem.clone()])),
-    );
+    let svc = CertificateService::new(Arc::new(roots), Arc::new(reviewer), "cluster.local");
     (svc, root_pem)
 }
 

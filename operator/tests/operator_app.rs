@@ -7,29 +7,13 @@ mod support;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
-use support::{cluster_with_web, operator_config, until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{cluster_with_web, http_get, operator_config, published_roots, until};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use trellis_operator::app;
 use trellis_push::v1::certificates_client::CertificatesClient;
 use trellis_push::v1::config_push_client::ConfigPushClient;
 use trellis_push::{Hello, ProxyMessage, SignRequest};
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 async fn channel(addr: std::net::SocketAddr, root: &str, identity: Option<Identity>) -> Channel {
     let mut tls = ClientTlsConfig::new()
@@ -78,20 +62,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
 
     // The root is published to every namespace for proxies' first connection.
     until("the root ConfigMap in namespace shop", 5, || {
-        cluster
-            .kubectl(
-                &[
-                    "-n",
-                    "shop",
-                    "get",
-                    "configmap",
-                    "trellis-ca-root",
-                    "-o",
-                    "jsonpath={.data.root-cert\\.pem}",
-                ],
-                None,
-            )
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == op.root_pem)
+        published_roots(&cluster, "shop") == op.root_pem
     })
     .await;
 

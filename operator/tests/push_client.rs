@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{cluster_with_web, free_port, operator_config, until, web_proxy};
+use support::{cluster_with_web, free_port, mesh_proxy, operator_config, until, web_proxy};
 use trellis_contract::ProxyConfig;
 use trellis_e2e::harness::TestCluster;
 use trellis_operator::app::{self, App};
@@ -78,7 +78,7 @@ async fn identity_rotation_push_nack_and_reconnect() {
     let (issued_tx, issued_rx) = tokio::sync::watch::channel(None);
     let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
     until("a first certificate", 10, || issued_rx.borrow().is_some()).await;
-    let first = issued_rx.borrow().unwrap();
+    let first = issued_rx.borrow().clone().unwrap();
     let chain = std::fs::read_to_string(cfg.identity_dir.join(CERT_CHAIN_FILE)).unwrap();
     assert!(cfg.identity_dir.join(ROOTS_FILE).exists() && cfg.identity_dir.join(KEY_FILE).exists());
     #[cfg(unix)]
@@ -91,7 +91,10 @@ async fn identity_rotation_push_nack_and_reconnect() {
         assert_eq!(mode & 0o077, 0, "the key is private");
     }
     until("a rotated certificate", 10, || {
-        issued_rx.borrow().is_some_and(|c| c.not_after > first.not_after)
+        issued_rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.not_after > first.not_after)
     })
     .await;
     assert_ne!(
@@ -157,18 +160,7 @@ async fn trellis_proxy_in_mesh_mode() {
     let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
     // The proxy keeps its certificate in a temporary directory; the pushed config is pointed
     // at it (the operator's paths are only defaults).
-    let proxy = Arc::new(
-        trellis_proxy::App::start(trellis_proxy::AppConfig {
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            stats_addr: None,
-            health_addr: None,
-            dns_addr: None,
-            log_control: None,
-        })
-        .await
-        .unwrap(),
-    );
-    let control = tokio::spawn(trellis_proxy::control::run(proxy.clone(), cfg));
+    let (proxy, control) = mesh_proxy(cfg).await;
     until("the proxy is configured and ready", 20, || proxy.runtime().is_ready()).await;
     let version = proxy.runtime().snapshot().config.version.clone();
     until("the operator sees the ACK", 5, || {

@@ -32,14 +32,17 @@ impl AppSink {
     }
 
     /// The identity is this proxy's own: point the config at the files it keeps, wherever the
-    /// control plane assumed they were.
+    /// control plane assumed they were. A trust bundle pushed inline (the operator does so to
+    /// distribute a new root during a root rotation) is kept as pushed.
     fn localize(&self, mut config: ProxyConfig) -> ProxyConfig {
         let file = |name: &str| self.identity_dir.join(name).to_string_lossy().into_owned();
         config.identity.certificate = Some(CertificateRef::Files {
             cert_chain_file: file(CERT_CHAIN_FILE),
             private_key_file: file(KEY_FILE),
         });
-        config.identity.trust_bundle = Some(PemSource::File(file(ROOTS_FILE)));
+        if !matches!(config.identity.trust_bundle, Some(PemSource::Inline(_))) {
+            config.identity.trust_bundle = Some(PemSource::File(file(ROOTS_FILE)));
+        }
         config
     }
 

@@ -80,7 +80,7 @@ struct RunArgs {
     /// Probe address (`/ready`, `/live`).
     #[arg(long, env = "TRELLIS_HEALTH_ADDR", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ports::HEALTH))]
     health_addr: SocketAddr,
-    /// DNS proxy address (UDP); `off` disables it.
+    /// DNS proxy address (UDP and TCP); `off` disables it.
     #[arg(long, env = "TRELLIS_DNS_ADDR", default_value = "127.0.0.1:15053")]
     dns_addr: String,
     /// How often to check the config file for changes, in milliseconds.
@@ -217,6 +217,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.trust_domain, args.pod_namespace, args.service_account
                 ),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+                renewal: Default::default(),
             };
             tracing::info!(%endpoint, pod = %args.pod_name, "mesh mode: connecting to the control plane");
             tokio::select! {

@@ -4,7 +4,7 @@
 //! never disturbs requests in flight.
 
 use crate::authz::{Authorizer, AuthzError};
-use crate::identity::{TlsError, WorkloadIdentity, gateway_server_config};
+use crate::identity::{TlsError, WorkloadIdentity};
 use crate::metrics::Peer;
 use crate::routing::{RouteTable, RoutingError};
 use crate::upstream::{ClusterError, ClusterRuntime};
@@ -66,8 +66,8 @@ pub struct ListenerRuntime {
     pub spec: Listener,
     /// HTTP routes.
     pub routes: RouteTable,
-    /// Gateway TLS.
-    pub tls: Option<Arc<ServerConfig>>,
+    /// Gateway TLS, by SNI.
+    pub tls: Option<Arc<crate::sni::TlsServers>>,
     /// TCP routes: `(port, cidrs, cluster)`.
     pub tcp_routes: Vec<(Option<u16>, Vec<IpNet>, String)>,
 }
@@ -117,7 +117,16 @@ impl Snapshot {
             source: Box::new(source),
         };
         let identity = WorkloadIdentity::load(&config.identity).map_err(tls_err)?;
-        let identity_unchanged = previous.is_some_and(|p| p.config.identity == config.identity);
+        // why: identity files keep their paths when a certificate is rotated, so the loaded
+        // material is compared too; clusters built with the old certificate are not reused.
+        let identity_unchanged = previous.is_some_and(|p| {
+            p.config.identity == config.identity
+                && match (&p.identity, &identity) {
+                    (Some(a), Some(b)) => a.cert.chain == b.cert.chain && a.roots.roots == b.roots.roots,
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
 
         let mut clusters = HashMap::new();
         for c in &config.clusters {
@@ -147,7 +156,7 @@ impl Snapshot {
                     source,
                 }
             })?;
-            let tls = l.tls.as_ref().map(gateway_server_config).transpose().map_err(tls_err)?;
+            let tls = crate::sni::TlsServers::build(l).map_err(tls_err)?.map(Arc::new);
             let tcp_routes = l
                 .tcp_routes
                 .iter()

@@ -15,7 +15,10 @@
 //!
 //! Query parameters on any request except the admin ones: `status=N`
 //! answers with that status, `delay=MS` waits first, `size=N` answers
-//! with exactly N bytes instead of JSON (benchmarks).
+//! with exactly N bytes instead of JSON (benchmarks). Suffixed with
+//! `@<service>` (`delay@payment=2000`) a parameter applies only in the app
+//! playing that service, so one hop of a forwarded chain can be made slow
+//! or failing (forwards pass the query on).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -134,7 +137,7 @@ pub(crate) async fn handle(
     if path == "/v1/traces" {
         return Ok(traces(&app, req).await);
     }
-    let params = Params::parse(req.uri().query().unwrap_or_default());
+    let params = Params::parse(req.uri().query().unwrap_or_default(), &app.settings.service);
     let params = match params {
         Ok(p) => p,
         Err(e) => return Ok(text(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
@@ -204,11 +207,18 @@ struct Params {
 }
 
 impl Params {
-    fn parse(query: &str) -> Result<Self, String> {
+    /// Parses the parameters that apply to the app playing `service`.
+    fn parse(query: &str, service: &str) -> Result<Self, String> {
         let mut p = Self::default();
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
+            let k = percent_decode(k);
+            let k = match k.split_once('@') {
+                Some((k, target)) if target == service => k.to_string(),
+                Some(_) => continue,
+                None => k,
+            };
+            match k.as_str() {
                 "status" => {
                     let s: u16 = v
                         .parse()
@@ -501,14 +511,29 @@ mod tests {
 
     #[test]
     fn params_parse_and_explain() {
-        let p = Params::parse("status=503&delay=20&size=10&url=http%3A%2F%2Fdb%3A5432%2Fq&other=1").unwrap();
+        let p = Params::parse(
+            "status=503&delay=20&size=10&url=http%3A%2F%2Fdb%3A5432%2Fq&other=1",
+            "web",
+        )
+        .unwrap();
         assert_eq!(p.status, Some(503));
         assert_eq!(p.delay, Some(Duration::from_millis(20)));
         assert_eq!(p.size, Some(10));
         assert_eq!(p.url.as_deref(), Some("http://db:5432/q"));
-        assert!(Params::parse("status=abc").unwrap_err().contains("status=abc"));
-        assert!(Params::parse("status=99").unwrap_err().contains("200..=599"));
-        assert!(Params::parse("size=999999999999").unwrap_err().contains("at most"));
+        assert!(Params::parse("status=abc", "web").unwrap_err().contains("status=abc"));
+        assert!(Params::parse("status=99", "web").unwrap_err().contains("200..=599"));
+        assert!(
+            Params::parse("size=999999999999", "web")
+                .unwrap_err()
+                .contains("at most")
+        );
+        let scoped = "delay@payment=2000&status%40db=503";
+        assert_eq!(Params::parse(scoped, "web").unwrap().delay, None);
+        assert_eq!(
+            Params::parse(scoped, "payment").unwrap().delay,
+            Some(Duration::from_millis(2000))
+        );
+        assert_eq!(Params::parse(scoped, "db").unwrap().status, Some(503));
     }
 
     #[test]

@@ -84,6 +84,16 @@ impl RootRotation {
         self.phase
     }
 
+    /// The root in use before the rotation (the only one when stable).
+    pub fn current(&self) -> &str {
+        &self.active
+    }
+
+    /// The root being rotated to, during a rotation.
+    pub fn next(&self) -> Option<&str> {
+        self.next.as_deref()
+    }
+
     /// Start rotating to `new_root`.
     pub fn start(&mut self, new_root: impl Into<String>) -> Result<(), RotationError> {
         if self.phase != Phase::Stable {

@@ -2,13 +2,13 @@
 //! ServiceAccount token; the operator verifies the token (a TokenReview, behind
 //! [`TokenReviewer`]), checks that the caller asks for its own pod's identity, and signs.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use trellis_push::v1::certificates_server::Certificates;
 use trellis_push::{SignRequest, SignResponse};
 
-use super::{Authorized, CaError, CertificateAuthority};
+use super::{Authorized, CaError, MeshRoots};
 
 /// The audience proxies request for their projected tokens, so a token minted for Trellis
 /// cannot be replayed against the API server and vice versa.
@@ -34,10 +34,9 @@ pub trait TokenReviewer: Send + Sync + 'static {
 
 /// The `Certificates` service.
 pub struct CertificateService {
-    ca: Arc<RwLock<CertificateAuthority>>,
+    roots: Arc<MeshRoots>,
     reviewer: Arc<dyn TokenReviewer>,
     trust_domain: String,
-    trust_bundle: Arc<RwLock<Vec<String>>>,
 }
 
 impl std::fmt::Debug for CertificateService {
@@ -49,19 +48,13 @@ impl std::fmt::Debug for CertificateService {
 }
 
 impl CertificateService {
-    /// A service signing with `ca` for identities in `trust_domain`, returning `trust_bundle`
-    /// (every root proxies must trust; several during a root rotation).
-    pub fn new(
-        ca: Arc<RwLock<CertificateAuthority>>,
-        reviewer: Arc<dyn TokenReviewer>,
-        trust_domain: impl Into<String>,
-        trust_bundle: Arc<RwLock<Vec<String>>>,
-    ) -> Self {
+    /// A service signing with the issuing root of `roots` for identities in `trust_domain`,
+    /// returning the current trust bundle (several roots during a root rotation).
+    pub fn new(roots: Arc<MeshRoots>, reviewer: Arc<dyn TokenReviewer>, trust_domain: impl Into<String>) -> Self {
         CertificateService {
-            ca,
+            roots,
             reviewer,
             trust_domain: trust_domain.into(),
-            trust_bundle,
         }
     }
 
@@ -92,11 +85,10 @@ impl CertificateService {
             )));
         }
         let authorized = Authorized::service_account(&self.trust_domain, &who.namespace, &who.service_account);
-        let leaf = self
-            .ca
-            .read()
-            .expect("ca lock")
-            .sign(&req.csr_pem, &authorized)
+        let proxy = format!("{}/{}", req.namespace, req.pod);
+        let (leaf, issuer) = self
+            .roots
+            .sign(&req.csr_pem, &authorized, &proxy)
             .map_err(|e| match e {
                 CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
                 CaError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
@@ -110,9 +102,10 @@ impl CertificateService {
         };
         Ok(SignResponse {
             cert_chain_pem: leaf.cert_chain_pem,
-            trust_bundle_pem: self.trust_bundle.read().expect("bundle lock").clone(),
+            trust_bundle_pem: self.roots.bundle().borrow().roots_pem.clone(),
             not_before_unix: unix(leaf.not_before),
             not_after_unix: unix(leaf.not_after),
+            issuer_fingerprint: issuer,
         })
     }
 }

@@ -137,5 +137,60 @@ pub fn web_proxy(cluster: &TestCluster, dir: &Path, push_port: u16, pod: &str, r
         role: "sidecar".into(),
         spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
         proxy_version: "test".into(),
+        renewal: Default::default(),
     }
+}
+
+/// A plain HTTP GET (the operator's admin API): status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A `trellis-proxy` in mesh mode, in process, with `cfg`: started, its control-plane
+/// connection running (abort the handle to stop it).
+pub async fn mesh_proxy(cfg: ClientConfig) -> (std::sync::Arc<trellis_proxy::App>, tokio::task::JoinHandle<()>) {
+    let proxy = std::sync::Arc::new(
+        trellis_proxy::App::start(trellis_proxy::AppConfig {
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            stats_addr: None,
+            health_addr: None,
+            dns_addr: None,
+            log_control: None,
+        })
+        .await
+        .unwrap(),
+    );
+    let control = tokio::spawn(trellis_proxy::control::run(proxy.clone(), cfg));
+    (proxy, control)
+}
+
+/// The `root-cert.pem` of the `trellis-ca-root` ConfigMap in `namespace` (empty if absent).
+pub fn published_roots(cluster: &TestCluster, namespace: &str) -> String {
+    cluster
+        .kubectl(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "configmap",
+                "trellis-ca-root",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ],
+            None,
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }

@@ -17,7 +17,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use trellis_contract::ProxyConfig;
+use trellis_contract::{PemSource, ProxyConfig};
 
 use crate::v1::certificates_client::CertificatesClient;
 use crate::v1::config_push_client::ConfigPushClient;
@@ -53,6 +53,39 @@ pub struct ClientConfig {
     pub spiffe_id: String,
     /// The proxy's build version, reported to the operator.
     pub proxy_version: String,
+    /// Shared by [`run_push`] and [`run_identity`] started with clones of this config: lets the
+    /// subscription ask for an early renewal during a root rotation.
+    pub renewal: Renewal,
+}
+
+/// A request to renew the workload certificate before its half-life, passed from the config
+/// subscription (which hears about root rotations) to the identity loop (which renews).
+/// Clones share the request.
+#[derive(Debug, Clone)]
+pub struct Renewal(Arc<watch::Sender<String>>);
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Renewal(Arc::new(watch::Sender::new(String::new())))
+    }
+}
+
+impl Renewal {
+    /// Ask for a certificate issued by the root with this fingerprint (empty: no request).
+    pub fn request(&self, issuer_fingerprint: &str) {
+        self.0.send_if_modified(|current| {
+            if current == issuer_fingerprint {
+                false
+            } else {
+                *current = issuer_fingerprint.to_string();
+                true
+            }
+        });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<String> {
+        self.0.subscribe()
+    }
 }
 
 /// Why a certificate or subscription attempt failed.
@@ -92,18 +125,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
 }
 
 /// A certificate the proxy holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     /// Start of validity.
     pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
+    /// SHA-256 fingerprint (hex) of the root it chains to (empty if the operator did not say).
+    pub issuer_fingerprint: String,
 }
 
 async fn channel(cfg: &ClientConfig, identity: Option<Identity>) -> Result<Channel, ClientError> {
-    let root = std::fs::read_to_string(&cfg.root_cert).map_err(io(&cfg.root_cert))?;
+    let mut roots = std::fs::read_to_string(&cfg.root_cert).map_err(io(&cfg.root_cert))?;
+    // why: during a root rotation the operator's serving certificate moves to the new root
+    // before the mounted root file may have caught up; the bundle this proxy last received
+    // (and acknowledged) already holds the new root.
+    if let Ok(bundle) = std::fs::read_to_string(cfg.identity_dir.join(ROOTS_FILE)) {
+        roots.push('\n');
+        roots.push_str(&bundle);
+    }
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(root))
+        .ca_certificate(Certificate::from_pem(roots))
         .domain_name(&cfg.server_name);
     if let Some(id) = identity {
         tls = tls.identity(id);
@@ -171,22 +213,42 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
     Ok(Issued {
         not_before: at(resp.not_before_unix),
         not_after: at(resp.not_after_unix),
+        issuer_fingerprint: resp.issuer_fingerprint,
     })
 }
 
-/// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), retry
-/// failures with backoff while the old one is still valid. Announces each on `issued`.
+/// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), or at
+/// once when the subscription asks for one from another root ([`Renewal`]); retry failures
+/// with backoff while the old one is still valid. Announces each on `issued`.
 pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued>>) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut renewal = cfg.renewal.subscribe();
+    // The issuer an early renewal was last made for: asked once per request, so an operator
+    // that keeps issuing from another root cannot make the proxy renew in a loop.
+    let mut forced_for = String::new();
     loop {
         match obtain_certificate(&cfg).await {
             Ok(cert) => {
                 backoff.reset();
-                tracing::info!(identity = %cfg.spiffe_id, "workload certificate issued");
-                issued.send_replace(Some(cert));
+                tracing::info!(identity = %cfg.spiffe_id, issuer = %cert.issuer_fingerprint, "workload certificate issued");
                 let renew_at = renewal_time(cert.not_before, cert.not_after, fastrand::f64() * 2.0 - 1.0);
                 let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
-                tokio::time::sleep(wait).await;
+                let issuer = cert.issuer_fingerprint.clone();
+                issued.send_replace(Some(cert));
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    let wanted = renewal.borrow_and_update().clone();
+                    if !wanted.is_empty() && !issuer.is_empty() && wanted != issuer && wanted != forced_for {
+                        forced_for = wanted.clone();
+                        tracing::info!(%wanted, %issuer, "the mesh root is rotating; renewing the certificate now");
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        r = renewal.changed() => if r.is_err() { (&mut sleep).await; break },
+                    }
+                }
             }
             Err(e) => {
                 let delay = backoff.next();
@@ -240,12 +302,28 @@ async fn subscribe_once(cfg: &ClientConfig, sink: &dyn ConfigSink, backoff: &mut
     while let Some(snapshot) = stream.message().await? {
         backoff.reset();
         let version = snapshot.version.clone();
+        let renew = snapshot.renew_unless_issued_by.clone();
+        let mut pushed_bundle = None;
         let applied = match snapshot.config() {
-            Ok(config) => sink.apply(config).await,
+            Ok(config) => {
+                if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle {
+                    pushed_bundle = Some(pem.clone());
+                }
+                sink.apply(config).await
+            }
             Err(e) => Err(e.to_string()),
         };
         let reply = match applied {
-            Ok(()) => ProxyMessage::ack(version),
+            Ok(()) => {
+                // Keep the bundle file current with the roots the proxy now trusts.
+                if let Some(pem) = pushed_bundle
+                    && let Err(e) = write_atomic(&cfg.identity_dir, ROOTS_FILE, &pem, false)
+                {
+                    tracing::warn!(error = %e, "could not record the pushed trust bundle");
+                }
+                cfg.renewal.request(&renew);
+                ProxyMessage::ack(version)
+            }
             Err(e) => {
                 tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
                 ProxyMessage::nack(version, e)

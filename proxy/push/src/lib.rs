@@ -51,6 +51,7 @@ impl Snapshot {
         Snapshot {
             version: config.version.clone(),
             config_json: config.to_json().into_bytes(),
+            renew_unless_issued_by: String::new(),
         }
     }
 
@@ -129,6 +130,7 @@ mod tests {
         let garbage = Snapshot {
             version: "v9".into(),
             config_json: b"{".to_vec(),
+            renew_unless_issued_by: String::new(),
         };
         assert!(garbage.config().unwrap_err().to_string().contains("snapshot \"v9\""));
     }

@@ -1,0 +1,382 @@
+//! The mesh roots at run time: the root (or two, during a rotation) the CA signs with, the
+//! [`RootRotation`] state machine that decides which one issues and which ones proxies trust,
+//! which root signed each proxy's current leaf, and the trust bundle announced to the push
+//! server and the `trellis-ca-root` ConfigMaps.
+//!
+//! The operator feeds [`MeshRoots::observe`] with what it learns from push ACKs and issued
+//! certificates; everything else here is plain state behind one lock, with time from a
+//! [`Clock`], so rotation is tested without a network.
+//!
+//! # Guarantees
+//! - A leaf is always signed by the root the state machine says is issuing, and the root it is
+//!   signed by is in every trust bundle announced from then until the leaf is replaced.
+//! - Private keys never leave this module except through [`MeshRoots::persisted`] (for the CA
+//!   Secret); [`CaStatus`] holds fingerprints, subjects and validity only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::rotation::{Phase, ProxyObservation, RootRotation, RotationError};
+use super::{Authorized, CaError, CertificateAuthority, Clock, Leaf, SigningCert};
+
+/// What proxies must trust now, as the push server and the ConfigMap publisher see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    /// The roots (PEM), current root first.
+    pub roots_pem: Vec<String>,
+    /// Their fingerprints, in the same order.
+    pub fingerprints: Vec<String>,
+    /// While leaves are being reissued: the fingerprint of the issuing root, so proxies holding
+    /// a leaf of another root renew at once. Empty otherwise.
+    pub renew_unless_issued_by: String,
+}
+
+/// One phase change, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// The phase entered.
+    pub phase: String,
+    /// When (seconds since the epoch).
+    pub at_unix: u64,
+}
+
+/// A root as the admin API shows it (never its key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootInfo {
+    /// SHA-256 of the certificate (hex).
+    pub fingerprint: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Start of validity (seconds since the epoch).
+    pub not_before_unix: u64,
+    /// End of validity (seconds since the epoch).
+    pub not_after_unix: u64,
+    /// Whether proxies are told to trust it now.
+    pub trusted: bool,
+    /// Whether new leaves are signed by it.
+    pub issuing: bool,
+}
+
+/// The CA's state for `/debug/ca`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    /// `Stable`, `Distributing`, `Reissuing` or `Retiring`.
+    pub phase: String,
+    /// What the rotation waits for, in words.
+    pub progress: String,
+    /// The roots the operator holds.
+    pub roots: Vec<RootInfo>,
+    /// Leaves signed by each root, among the proxies the operator knows.
+    pub leaves_by_root: BTreeMap<String, usize>,
+    /// Phase changes since the operator started, oldest first.
+    pub transitions: Vec<Transition>,
+}
+
+struct Issued {
+    root: String,
+    not_after: SystemTime,
+}
+
+struct State {
+    rotation: RootRotation,
+    authorities: BTreeMap<String, CertificateAuthority>,
+    /// The root of each proxy's (`namespace/pod`) current leaf.
+    leaves: BTreeMap<String, Issued>,
+    transitions: Vec<Transition>,
+}
+
+/// The roots, the rotation, and the leaves issued.
+pub struct MeshRoots {
+    state: Mutex<State>,
+    bundle: watch::Sender<Bundle>,
+    clock: Arc<dyn Clock>,
+    workload_ttl: Duration,
+}
+
+impl std::fmt::Debug for MeshRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRoots")
+            .field("bundle", &*self.bundle.borrow())
+            .field("workload_ttl", &self.workload_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl MeshRoots {
+    /// One root, trusted and issuing leaves valid for `workload_ttl`.
+    pub fn new(root: SigningCert, workload_ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+        let fp = root.fingerprint().to_string();
+        let ca = CertificateAuthority::new(root, workload_ttl, Box::new(clock.clone()));
+        let state = State {
+            rotation: RootRotation::new(fp.clone()),
+            authorities: BTreeMap::from([(fp, ca)]),
+            leaves: BTreeMap::new(),
+            transitions: vec![Transition {
+                phase: Phase::Stable.to_string(),
+                at_unix: unix(clock.now()),
+            }],
+        };
+        let bundle = watch::Sender::new(bundle_of(&state));
+        MeshRoots {
+            state: Mutex::new(state),
+            bundle,
+            clock,
+            workload_ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // why: no code path panics while holding the lock; if one ever did, the state it
+        // left is still a consistent rotation, so keep serving rather than poison the CA.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sign the CSR of `proxy` (`namespace/pod`), authenticated as `who`, with the issuing
+    /// root. Returns the leaf and the fingerprint of the root that signed it.
+    pub fn sign(&self, csr_pem: &str, who: &Authorized, proxy: &str) -> Result<(Leaf, String), CaError> {
+        let mut state = self.lock();
+        let issuing = state.rotation.issuing_root().to_string();
+        let ca = state
+            .authorities
+            .get(&issuing)
+            .ok_or_else(|| CaError::BadRoot(format!("the issuing root {issuing} is not loaded")))?;
+        let leaf = ca.sign(csr_pem, who)?;
+        let now = self.clock.now();
+        state.leaves.retain(|_, l| l.not_after > now);
+        state.leaves.insert(
+            proxy.to_string(),
+            Issued {
+                root: issuing.clone(),
+                not_after: leaf.not_after,
+            },
+        );
+        Ok((leaf, issuing))
+    }
+
+    /// A serving certificate (and its key, PEM) for the operator itself, from the issuing root.
+    pub fn issue_serving(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<(Leaf, String), CaError> {
+        let state = self.lock();
+        let issuing = state.rotation.issuing_root();
+        state
+            .authorities
+            .get(issuing)
+            .ok_or_else(|| CaError::BadRoot(format!("the issuing root {issuing} is not loaded")))?
+            .issue_serving(spiffe_id, dns_names, ttl)
+    }
+
+    /// Note the certificate chain a proxy presented (at subscription): which root signed it.
+    /// Covers leaves issued before the operator (re)started.
+    pub fn note_presented(&self, proxy: &str, chain: &[CertificateDer<'static>]) {
+        let Some(leaf) = chain.first() else { return };
+        let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+            return;
+        };
+        let now = self.clock.now();
+        let Ok(now_unix) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return;
+        };
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        let mut state = self.lock();
+        let mut found = None;
+        for (fp, ca) in &state.authorities {
+            let mut store = rustls::RootCertStore::empty();
+            let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(ca.signer().cert_pem().as_bytes()) else {
+                continue;
+            };
+            if store.add(CertificateDer::from(pem.contents)).is_err() {
+                continue;
+            }
+            let verified = rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &store,
+                &chain[1..],
+                UnixTime::since_unix_epoch(now_unix),
+                algs.all,
+            );
+            if verified.is_ok() {
+                found = Some(fp.clone());
+                break;
+            }
+        }
+        let Some(root) = found else { return };
+        let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map(|(_, c)| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(c.validity().not_after.timestamp().max(0) as u64)
+            })
+            .unwrap_or(now);
+        // A leaf the proxy obtained since is newer than the one its connection presents.
+        if state.leaves.get(proxy).is_some_and(|l| l.not_after >= not_after) {
+            return;
+        }
+        state.leaves.insert(proxy.to_string(), Issued { root, not_after });
+    }
+
+    /// The root that signed `proxy`'s current leaf, if known.
+    pub fn leaf_root(&self, proxy: &str) -> Option<String> {
+        self.lock().leaves.get(proxy).map(|l| l.root.clone())
+    }
+
+    /// Start rotating to `new_root`: it joins every trust bundle at once; issuing switches once
+    /// every proxy has acknowledged it.
+    pub fn start_rotation(&self, new_root: SigningCert) -> Result<(), RotationError> {
+        let mut state = self.lock();
+        let fp = new_root.fingerprint().to_string();
+        state.rotation.start(fp.clone())?;
+        let ca = CertificateAuthority::new(new_root, self.workload_ttl, Box::new(self.clock.clone()));
+        state.authorities.insert(fp.clone(), ca);
+        tracing::info!(new_root = %fp, "root rotation started: distributing the new root");
+        self.entered(&mut state, &[Phase::Distributing]);
+        Ok(())
+    }
+
+    /// Advance the rotation with what the connected proxies report; returns the phases entered.
+    pub fn observe(&self, proxies: &[ProxyObservation]) -> Vec<Phase> {
+        let mut state = self.lock();
+        let entered = state.rotation.observe(proxies);
+        if entered.is_empty() {
+            return entered;
+        }
+        if entered.contains(&Phase::Stable) {
+            let keep = state.rotation.current().to_string();
+            state.authorities.retain(|fp, _| *fp == keep);
+        }
+        self.entered(&mut state, &entered);
+        entered
+    }
+
+    fn entered(&self, state: &mut State, phases: &[Phase]) {
+        let at = unix(self.clock.now());
+        for p in phases {
+            tracing::info!(phase = %p, progress = %state.rotation.progress(), "root rotation");
+            state.transitions.push(Transition {
+                phase: p.to_string(),
+                at_unix: at,
+            });
+        }
+        // Keep the history short: a rotation has four transitions.
+        let excess = state.transitions.len().saturating_sub(32);
+        state.transitions.drain(..excess);
+        self.bundle.send_replace(bundle_of(state));
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().rotation.phase()
+    }
+
+    /// What proxies must trust now, and its changes.
+    pub fn bundle(&self) -> watch::Receiver<Bundle> {
+        self.bundle.subscribe()
+    }
+
+    /// What the CA Secret must hold: the target root (`ca.*`) and, during a rotation, the root
+    /// being replaced (`previous-ca.*`), as (certificate PEM, key PEM) pairs. A restarted
+    /// operator resumes a rotation from them.
+    pub fn persisted(&self) -> (SigningPair, Option<SigningPair>) {
+        let state = self.lock();
+        let pair = |fp: &str| {
+            state.authorities.get(fp).map(|ca| SigningPair {
+                cert_pem: ca.signer().cert_pem().to_string(),
+                key_pem: ca.signer().key_pem(),
+            })
+        };
+        let current = state.rotation.current();
+        match state.rotation.next() {
+            Some(next) => (
+                pair(next).unwrap_or_default(),
+                pair(current).filter(|_| state.rotation.phase() != Phase::Stable),
+            ),
+            None => (pair(current).unwrap_or_default(), None),
+        }
+    }
+
+    /// Whether the root with this fingerprint is held (current or next).
+    pub fn holds(&self, fingerprint: &str) -> bool {
+        self.lock().authorities.contains_key(fingerprint)
+    }
+
+    /// The state for the admin API.
+    pub fn status(&self) -> CaStatus {
+        let state = self.lock();
+        let trusted = state.rotation.trust_bundle();
+        let issuing = state.rotation.issuing_root();
+        let roots = state
+            .authorities
+            .iter()
+            .map(|(fp, ca)| RootInfo {
+                fingerprint: fp.clone(),
+                subject: ca.signer().subject().to_string(),
+                not_before_unix: unix(ca.signer().not_before()),
+                not_after_unix: unix(ca.signer().not_after()),
+                trusted: trusted.contains(fp),
+                issuing: fp == issuing,
+            })
+            .collect();
+        let mut leaves_by_root = BTreeMap::new();
+        for l in state.leaves.values() {
+            *leaves_by_root.entry(l.root.clone()).or_insert(0) += 1;
+        }
+        CaStatus {
+            phase: state.rotation.phase().to_string(),
+            progress: state.rotation.progress(),
+            roots,
+            leaves_by_root,
+            transitions: state.transitions.clone(),
+        }
+    }
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SigningPair {
+    /// Certificate.
+    pub cert_pem: String,
+    /// Private key. Never log it.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for SigningPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningPair")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn bundle_of(state: &State) -> Bundle {
+    let fingerprints = state.rotation.trust_bundle();
+    let roots_pem = fingerprints
+        .iter()
+        .filter_map(|fp| state.authorities.get(fp))
+        .map(|ca| ca.signer().cert_pem().to_string())
+        .collect();
+    let renew_unless_issued_by = if state.rotation.phase() == Phase::Reissuing {
+        state.rotation.issuing_root().to_string()
+    } else {
+        String::new()
+    };
+    Bundle {
+        roots_pem,
+        fingerprints,
+        renew_unless_issued_by,
+    }
+}
