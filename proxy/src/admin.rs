@@ -150,6 +150,9 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
         if let Some(tls) = &mut l.tls {
             tls.certificate = tls.certificate.redacted();
         }
+        for entry in &mut l.sni_tls {
+            entry.tls.certificate = entry.tls.certificate.redacted();
+        }
     }
     let now = Instant::now();
     let mut clusters: Vec<_> = snap

@@ -24,6 +24,7 @@ pub mod probes;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod sni;
 pub mod spans;
 pub mod stream;
 pub mod tcp;

@@ -8,6 +8,7 @@ use crate::app::Runtime;
 use crate::http::ConnContext;
 use crate::identity::spiffe_id_of;
 use crate::snapshot::ListenerRuntime;
+use crate::sni::TlsServers;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -157,6 +158,33 @@ pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
     addr.as_socket()
 }
 
+/// How to terminate TLS on a connection.
+enum Handshake {
+    /// One server config (mesh mTLS, or a gateway listener without SNI entries).
+    Fixed(Arc<rustls::ServerConfig>),
+    /// Read the ClientHello first and pick the server config by its SNI.
+    BySni(Arc<TlsServers>),
+}
+
+impl Handshake {
+    async fn accept(self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        match self {
+            Self::Fixed(cfg) => tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await,
+            Self::BySni(servers) => {
+                let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+                let sni = start.client_hello().server_name().map(str::to_owned);
+                match servers.select(sni.as_deref()) {
+                    Some(cfg) => start.into_stream(Arc::clone(cfg)).await,
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no TLS server for SNI {sni:?} and no default (listener tls)"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
 /// A downstream connection, plain or TLS.
 pub type DownstreamStream = crate::stream::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
@@ -184,7 +212,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         verdicts: None,
     };
 
-    let server_tls = match listener.spec.direction {
+    let server_tls: Option<Handshake> = match listener.spec.direction {
         ListenerDirection::Inbound => {
             let mode = snap.config.inbound.mtls.mode_for(dst.port());
             let tls = match mode {
@@ -198,7 +226,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
             };
             if tls {
                 match &snap.inbound_tls {
-                    Some(cfg) => Some(Arc::clone(cfg)),
+                    Some(cfg) => Some(Handshake::Fixed(Arc::clone(cfg))),
                     None => {
                         tracing::warn!(listener = %name, %peer, "mTLS required but no workload certificate is loaded; closing");
                         return;
@@ -208,13 +236,15 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
                 None
             }
         }
-        _ => listener.tls.clone(),
+        _ => listener.tls.as_ref().map(|servers| match servers.only() {
+            Some(cfg) => Handshake::Fixed(Arc::clone(cfg)),
+            None => Handshake::BySni(Arc::clone(servers)),
+        }),
     };
 
     let (stream, alpn) = match server_tls {
-        Some(cfg) => {
-            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
-            let tls = match tokio::time::timeout(handshake_timeout, accept).await {
+        Some(handshake) => {
+            let tls = match tokio::time::timeout(handshake_timeout, handshake.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     // Under STRICT this is where plaintext clients are refused.

@@ -41,7 +41,7 @@ pub use inbound::{
 };
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
-    ServerTlsMode, TcpRoute,
+    ServerTlsMode, SniTls, TcpRoute,
 };
 pub use route::{
     CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,

@@ -24,9 +24,17 @@ pub struct Listener {
     #[serde(default)]
     pub transparent: bool,
     /// Terminate TLS (gateway servers). Inbound mesh mTLS is not configured here
-    /// but by [`crate::InboundPolicy`].
+    /// but by [`crate::InboundPolicy`]. With [`Listener::sni_tls`], this is the
+    /// default for clients whose SNI matches no entry (or who send none); without
+    /// it such clients are refused.
     #[serde(default)]
     pub tls: Option<ServerTls>,
+    /// TLS servers chosen by the client's SNI: Gateway servers on one port with
+    /// different hosts and credentials (and modes). The most specific entry
+    /// wins: an exact name, then the longest `*.` suffix, then `*`; `tls` serves
+    /// the rest. Empty (the default) = `tls` for every client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_tls: Vec<SniTls>,
     /// HTTP routing table, evaluated by host (see [`VirtualHost::domains`]).
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
@@ -82,6 +90,19 @@ pub struct ServerTls {
     /// ALPN protocols offered, in order; default `h2`, `http/1.1`.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
+}
+
+/// A TLS server for the SNI names it lists (see [`Listener::sni_tls`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SniTls {
+    /// Server names, case-insensitive, without port: exact (`shop.example.com`),
+    /// a leading wildcard for any subdomain at any depth (`*.example.com`,
+    /// like the virtual hosts' domains), or `*` for any name. A name may appear
+    /// in one entry only.
+    pub server_names: Vec<String>,
+    /// Certificate, mode, client CA and ALPN for these names.
+    pub tls: ServerTls,
 }
 
 fn default_alpn() -> Vec<String> {

@@ -9,12 +9,12 @@
 use crate::cluster::{Cluster, HashKey, LbPolicy, UpstreamTls};
 use crate::identity::{CertificateRef, PemSource, SpiffeId, is_valid_trust_domain};
 use crate::inbound::{AuthzCondition, AuthzSource, InboundPolicy};
-use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTlsMode};
+use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTls, ServerTlsMode};
 use crate::route::{
     CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch, StringMatch,
 };
 use crate::{API_VERSION, ProxyConfig};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -266,6 +266,15 @@ impl Validator {
         }
     }
 
+    fn server_tls(&mut self, path: &str, tls: &ServerTls) {
+        self.certificate(&format!("{path}.certificate"), &tls.certificate);
+        match (tls.mode, &tls.client_ca) {
+            (ServerTlsMode::Mutual, None) => self.err(format!("{path}.clientCa"), "required for mutual TLS"),
+            (_, Some(ca)) => self.pem_source(&format!("{path}.clientCa"), ca),
+            _ => {}
+        }
+    }
+
     fn pem_source(&mut self, path: &str, p: &PemSource) {
         match p {
             PemSource::File(f) if f.is_empty() => self.err(format!("{path}.file"), "must not be empty"),
@@ -397,17 +406,40 @@ impl Validator {
             self.err(format!("{path}.name"), "must not be empty");
         }
         if let Some(tls) = &l.tls {
-            self.certificate(&format!("{path}.tls.certificate"), &tls.certificate);
-            match (tls.mode, &tls.client_ca) {
-                (ServerTlsMode::Mutual, None) => self.err(format!("{path}.tls.clientCa"), "required for mutual TLS"),
-                (_, Some(ca)) => self.pem_source(&format!("{path}.tls.clientCa"), ca),
-                _ => {}
-            }
+            self.server_tls(&format!("{path}.tls"), tls);
             if l.direction == ListenerDirection::Inbound {
                 self.err(
                     format!("{path}.tls"),
                     "inbound listeners get mesh mTLS from inbound.mtls; remove tls",
                 );
+            }
+        }
+        let mut sni_names: HashMap<String, usize> = HashMap::new();
+        for (i, entry) in l.sni_tls.iter().enumerate() {
+            let ep = format!("{path}.sniTls[{i}]");
+            if l.direction == ListenerDirection::Inbound {
+                self.err(
+                    ep.clone(),
+                    "inbound listeners get mesh mTLS from inbound.mtls; remove sniTls",
+                );
+            }
+            self.server_tls(&format!("{ep}.tls"), &entry.tls);
+            if entry.server_names.is_empty() {
+                self.err(format!("{ep}.serverNames"), "must list at least one server name");
+            }
+            for (j, name) in entry.server_names.iter().enumerate() {
+                let name = name.to_ascii_lowercase();
+                let np = format!("{ep}.serverNames[{j}]");
+                if name.contains(':') {
+                    self.err(np, format!("{name:?}: a server name has no port"));
+                } else if let Err(msg) = check_domain(&name) {
+                    self.err(np, msg);
+                } else if let Some(first) = sni_names.insert(name.clone(), i) {
+                    self.err(
+                        np,
+                        format!("{name:?} is already served by {path}.sniTls[{first}]; list each name once"),
+                    );
+                }
             }
         }
         if l.protocol == ListenerProtocol::Tcp && !l.virtual_hosts.is_empty() {

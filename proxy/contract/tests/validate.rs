@@ -344,3 +344,44 @@ fn config_with_many_problems_lists_them_all() {
     let text = errs.to_string();
     assert!(text.starts_with("proxy config \"\" is invalid (3 errors)"), "{text}");
 }
+
+#[test]
+fn sni_tls_entries_are_checked() {
+    let cert = serde_json::json!({"files": {"certChainFile": "/etc/tls/a.crt", "privateKeyFile": "/etc/tls/a.key"}});
+    let cfg: ProxyConfig = serde_json::from_value(serde_json::json!({
+        "version": "1",
+        "mode": "gateway",
+        "listeners": [{
+            "name": "gw", "address": "0.0.0.0:443", "direction": "gateway", "protocol": "http",
+            "sniTls": [
+                {"serverNames": ["shop.example.com", "*.api.example.com"], "tls": {"mode": "simple", "certificate": cert}},
+                {"serverNames": ["SHOP.example.com", "a.*.example.com", "x.example.com:443"], "tls": {"mode": "mutual", "certificate": cert}},
+                {"serverNames": [], "tls": {"mode": "simple", "certificate": cert}},
+            ],
+        }],
+    }))
+    .unwrap();
+    let errs = errors(&cfg);
+    let paths: Vec<&str> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].sniTls[1].tls.clientCa",
+            "listeners[0].sniTls[1].serverNames[0]",
+            "listeners[0].sniTls[1].serverNames[1]",
+            "listeners[0].sniTls[1].serverNames[2]",
+            "listeners[0].sniTls[2].serverNames",
+        ],
+        "{errs}"
+    );
+    assert!(
+        errs.errors[1]
+            .message
+            .contains("already served by listeners[0].sniTls[0]"),
+        "{errs}"
+    );
+    // Without sniTls the JSON of a listener is unchanged (older proxies, golden files).
+    let mut ok = cfg.clone();
+    ok.listeners[0].sni_tls.clear();
+    assert!(!ok.to_json().contains("sniTls"));
+}

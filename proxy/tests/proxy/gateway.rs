@@ -197,3 +197,174 @@ async fn mutual_gateway_requires_a_client_certificate() {
     assert_eq!(connect(true).await, Some(200));
     assert_eq!(connect(false).await, None, "no client certificate, no request");
 }
+
+/// Gateway servers on one port with their own hosts and certificates, chosen
+/// by SNI; one of them mutual. Checked with openssl s_client (which
+/// certificate is served for which name) and curl --resolve (hostname
+/// verification end to end).
+#[tokio::test]
+async fn servers_on_one_port_are_chosen_by_sni() {
+    let pki = Pki::new();
+    let (shop, api, fallback) = (
+        Upstream::start("shop").await,
+        Upstream::start("api").await,
+        Upstream::start("fallback").await,
+    );
+    let inline = |leaf: Leaf| json!({"inline": {"certChainPem": leaf.cert_pem, "privateKeyPem": leaf.key_pem}});
+    let route = |cluster: &str| json!([{"action": {"forward": {"clusters": [{"cluster": cluster}]}}, "provenance": provenance()}]);
+    let cfg = json!({
+        "version": "sni-1",
+        "mode": "gateway",
+        "listeners": [{
+            "name": "https", "address": "127.0.0.1:0", "direction": "gateway", "protocol": "http",
+            "tls": {"mode": "simple", "certificate": inline(pki.dns_leaf("default.example.com"))},
+            "sniTls": [
+                {"serverNames": ["shop.example.com"], "tls": {"mode": "simple", "certificate": inline(pki.dns_leaf("shop.example.com"))}},
+                {"serverNames": ["*.api.example.com"], "tls": {"mode": "simple", "certificate": inline(pki.dns_leaf("*.api.example.com"))}},
+                {"serverNames": ["secure.example.com"], "tls": {"mode": "mutual", "certificate": inline(pki.dns_leaf("secure.example.com")), "clientCa": {"inline": pki.root_pem()}}},
+            ],
+            "virtualHosts": [
+                {"name": "shop", "domains": ["shop.example.com", "secure.example.com"], "routes": route("shop")},
+                {"name": "api", "domains": ["*.api.example.com"], "routes": route("api")},
+                {"name": "rest", "domains": ["*"], "routes": route("fallback")},
+            ],
+        }],
+        "clusters": [cluster("shop", &[&shop]), cluster("api", &[&api]), cluster("fallback", &[&fallback])],
+    });
+    let proxy = Proxy::start(cfg).await;
+    let port = proxy.addr("https").await.port();
+
+    // Config dump shows the SNI servers without their keys.
+    let dump = get(proxy.admin(), "admin", "/config_dump").await.body;
+    assert!(
+        dump.contains("*.api.example.com") && !dump.contains("PRIVATE KEY"),
+        "{dump}"
+    );
+
+    let have_openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if !have_openssl || !have_curl().await {
+        eprintln!("skipping the SNI gateway test: needs openssl and curl");
+        return;
+    }
+    // Which certificate does each SNI get? (`None` = no SNI sent.)
+    let served = |sni: Option<&'static str>| async move {
+        let mut args = vec!["s_client".to_string(), "-connect".into(), format!("127.0.0.1:{port}")];
+        match sni {
+            Some(name) => args.extend(["-servername".to_string(), name.to_string()]),
+            None => args.push("-noservername".into()),
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+                args.join(" ")
+            ))
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(served(Some("shop.example.com")).await.contains("DNS:shop.example.com"));
+    assert!(
+        served(Some("v1.api.example.com"))
+            .await
+            .contains("DNS:*.api.example.com")
+    );
+    assert!(
+        served(Some("SECURE.example.com"))
+            .await
+            .contains("DNS:secure.example.com")
+    );
+    assert!(
+        served(Some("unknown.example.org"))
+            .await
+            .contains("DNS:default.example.com")
+    );
+    assert!(served(None).await.contains("DNS:default.example.com"));
+
+    // curl verifies the served certificate against the name it asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.root_pem()).unwrap();
+    let client = pki.dns_leaf("client.example.com");
+    let (client_cert, client_key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&client_cert, client.cert_pem).unwrap();
+    std::fs::write(&client_key, client.key_pem).unwrap();
+    let curl = |host: &'static str, with_cert: bool| {
+        let (ca, cert, key) = (ca.clone(), client_cert.clone(), client_key.clone());
+        async move {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-s", "-m", "5", "--cacert"]).arg(&ca);
+            if with_cert {
+                cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+            }
+            let out = cmd
+                .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), "-w", " %{http_code}"])
+                .arg(format!("https://{host}:{port}/"))
+                .output()
+                .await
+                .unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    assert_eq!(curl("shop.example.com", false).await, (Some(0), "shop / 200".into()));
+    assert_eq!(curl("v1.api.example.com", false).await, (Some(0), "api / 200".into()));
+    assert_eq!(
+        curl("default.example.com", false).await,
+        (Some(0), "fallback / 200".into())
+    );
+    // The mutual server on the same port wants a client certificate; the others do not.
+    assert_eq!(curl("secure.example.com", true).await, (Some(0), "shop / 200".into()));
+    let (code, _) = curl("secure.example.com", false).await;
+    assert_ne!(code, Some(0), "no client certificate, no request on the mutual server");
+}
+
+#[tokio::test]
+async fn without_a_default_unknown_sni_is_refused() {
+    let pki = Pki::new();
+    let app = Upstream::start("web").await;
+    let leaf = pki.dns_leaf("shop.example.com");
+    let cfg = json!({
+        "version": "sni-2",
+        "mode": "gateway",
+        "listeners": [{
+            "name": "https", "address": "127.0.0.1:0", "direction": "gateway", "protocol": "http",
+            "sniTls": [{"serverNames": ["shop.example.com"], "tls": {"mode": "simple",
+                "certificate": {"inline": {"certChainPem": leaf.cert_pem, "privateKeyPem": leaf.key_pem}}}}],
+            "virtualHosts": [{"name": "all", "domains": ["*"], "routes": [forward_route("web")]}],
+        }],
+        "clusters": [cluster("web", &[&app])],
+    });
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("https").await;
+    let handshake = |name: &'static str| {
+        let root = pki.root_pem();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut root.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name.try_into().unwrap(), tcp)
+                .await
+                .is_ok()
+        }
+    };
+    assert!(handshake("shop.example.com").await);
+    assert!(
+        !handshake("other.example.com").await,
+        "unknown SNI without a default is refused"
+    );
+}
