@@ -367,3 +367,35 @@ fn unknown_pods_are_an_error_that_says_why() {
     let err = compile(&snap, &ObjectKey::new("shop", "nope"), Role::Sidecar, "v1").unwrap_err();
     assert!(err.to_string().contains("pod shop/nope is not known"), "{err}");
 }
+
+#[test]
+fn https_servers_with_their_own_credentials_share_a_port_by_sni() {
+    let yaml = shop()
+        .replace(
+            "      tls: {mode: SIMPLE, credentialName: shop-cert}\n",
+            "      tls: {mode: SIMPLE, credentialName: shop-cert}\n    - port: {number: 443, name: https-api, protocol: HTTPS, targetPort: 8443}\n      hosts: [\"*/*.api.example.com\"]\n      tls: {mode: SIMPLE, credentialName: api-cert}\n",
+        )
+        .replace(
+            "kind: Secret\nmetadata: {name: shop-cert, namespace: trellis-system}\n",
+            "kind: Secret\nmetadata: {name: api-cert, namespace: trellis-system}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nMIIC\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nMIIF\\n-----END PRIVATE KEY-----\\n\"\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: shop-cert, namespace: trellis-system}\n",
+        );
+    let c = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
+    assert!(
+        !c.diagnostics.iter().any(|d| d.severity == Severity::Error),
+        "{:?}",
+        c.diagnostics
+    );
+    let https = c.config.listeners.iter().find(|l| l.name == "gateway-8443").unwrap();
+    let names: Vec<&[String]> = https.sni_tls.iter().map(|e| e.server_names.as_slice()).collect();
+    assert_eq!(
+        names,
+        [
+            &["shop.example.com".to_string()][..],
+            &["*.api.example.com".to_string()][..]
+        ]
+    );
+    // The first server's TLS is the default for clients matching no name.
+    assert_eq!(https.tls.as_ref(), Some(&https.sni_tls[0].tls));
+    assert_ne!(https.sni_tls[0].tls, https.sni_tls[1].tls);
+    c.config.validate().expect("the proxy accepts the compiled SNI servers");
+}

@@ -104,6 +104,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
         protocol: ListenerProtocol::Auto,
         transparent: true,
         tls: None,
+        sni_tls: Vec::new(),
         virtual_hosts: vec![VirtualHost {
             name: "inbound".into(),
             domains: vec!["*".into()],

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use trellis_api::networking::{Gateway, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
-    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, TcpRoute, VirtualHost,
+    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, VirtualHost,
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
@@ -174,6 +174,7 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
         protocol: ListenerProtocol::Auto,
         transparent: true,
         tls: None,
+        sni_tls: Vec::new(),
         virtual_hosts: vhosts,
         tcp_routes,
         limits: HttpLimits::default(),
@@ -289,6 +290,7 @@ fn gateways_for<'a>(ctx: &Ctx<'a>) -> Vec<&'a Gateway> {
 /// A gateway proxy's listeners: one per port of the Gateway servers that select it.
 pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Vec<Listener> {
     let mut by_port: BTreeMap<u16, Listener> = BTreeMap::new();
+    let mut sni: BTreeMap<u16, Vec<SniTls>> = BTreeMap::new();
     let mut refs = Vec::new();
     for gw in gateways_for(ctx) {
         let gw_ns = gw.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -316,18 +318,42 @@ pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<Strin
                 },
                 transparent: false,
                 tls: tls.clone(),
+                sni_tls: Vec::new(),
                 virtual_hosts: Vec::new(),
                 tcp_routes: Vec::new(),
                 limits: HttpLimits::default(),
                 path_normalization: PathNormalization::default(),
             });
-            if listener.tls != tls {
+            if listener.tls.is_some() != tls.is_some() {
                 ctx.diag(
                     Severity::Error,
                     &res,
-                    format!("port {listen_port}: servers sharing a port must use the same TLS settings (SNI-based certificate selection is not supported by trellis-proxy yet); this server is dropped"),
+                    format!("port {listen_port}: a TLS server and a plaintext server cannot share a port; this server is dropped"),
                 );
                 continue;
+            }
+            if let Some(tls) = &tls {
+                // TLS servers on one port are told apart by SNI.
+                let entries = sni.entry(listen_port).or_default();
+                for (_, host) in server_hosts(server, &gw_ns) {
+                    let name = host.to_ascii_lowercase();
+                    let served_by = entries.iter().find(|e| e.server_names.contains(&name));
+                    match served_by {
+                        Some(e) if e.tls == *tls => {}
+                        Some(_) => ctx.diag(
+                            Severity::Error,
+                            &res,
+                            format!("port {listen_port}: host {name} is already served with other TLS settings by an earlier server; this server keeps its other hosts"),
+                        ),
+                        None => match entries.iter_mut().find(|e| e.tls == *tls) {
+                            Some(e) => e.server_names.push(name),
+                            None => entries.push(SniTls {
+                                server_names: vec![name],
+                                tls: tls.clone(),
+                            }),
+                        },
+                    }
+                }
             }
             let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) && proto == "HTTP";
             let scope = RouteScope {
@@ -364,6 +390,15 @@ pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<Strin
                     });
                 }
             }
+        }
+    }
+    // One TLS setting on a port needs no SNI; several are chosen by SNI, the
+    // first server's being the default for clients that match none.
+    for (port, entries) in sni {
+        if entries.len() > 1
+            && let Some(l) = by_port.get_mut(&port)
+        {
+            l.sni_tls = entries;
         }
     }
     let listeners: Vec<Listener> = by_port.into_values().collect();
