@@ -54,6 +54,30 @@ pub enum TlsError {
     },
 }
 
+/// The client config for an `https://` OTLP collector: its certificate must
+/// chain to `ca`, or to the system's roots when `ca` is `None`.
+pub fn collector_client_config(ca: Option<&PemSource>) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca {
+        Some(ca) => load_roots(ca)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            store.add_parsable_certificates(found.certs);
+            if store.is_empty() {
+                return Err(TlsError::Pem {
+                    what: "telemetry.tracing.collectorCa",
+                    message: format!(
+                        "no system root certificates found ({} errors); set collectorCa to the roots of the collector's certificate",
+                        found.errors.len()
+                    ),
+                });
+            }
+            Arc::new(store)
+        }
+    };
+    simple_client_config(roots, &[b"http/1.1"])
+}
+
 /// The ring provider, shared.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

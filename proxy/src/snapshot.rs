@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub node: Peer,
     /// Names the DNS proxy answers.
     pub dns: crate::dns::DnsTable,
+    /// TLS to an `https://` OTLP collector.
+    pub collector_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Snapshot {
@@ -199,7 +201,24 @@ impl Snapshot {
             version: config.node.version.clone(),
         };
         let dns = crate::dns::DnsTable::new(&config.dns);
+        let collector_tls = match &config.telemetry.tracing {
+            Some(t) if t.otlp_endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) => {
+                // Loading the system roots is not free: reuse them while the CA setting stands.
+                let reused = previous
+                    .filter(|p| {
+                        p.config.telemetry.tracing.as_ref().map(|pt| &pt.collector_ca) == Some(&t.collector_ca)
+                            && !matches!(t.collector_ca, Some(trellis_contract::PemSource::File(_)))
+                    })
+                    .and_then(|p| p.collector_tls.clone());
+                match reused {
+                    Some(cfg) => Some(cfg),
+                    None => Some(crate::identity::collector_client_config(t.collector_ca.as_ref()).map_err(tls_err)?),
+                }
+            }
+            _ => None,
+        };
         Ok(Self {
+            collector_tls,
             dns,
             config: Arc::new(config),
             listeners,

@@ -46,7 +46,9 @@ impl TlsServers {
                 }
             }
         }
-        servers.suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        servers
+            .suffixes
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         Ok(Some(servers))
     }
 

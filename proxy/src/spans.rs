@@ -1,5 +1,7 @@
 //! Span export: one span per proxied request hop (sampled ones), batched and
-//! sent to the configured collector as OTLP/HTTP JSON (`POST /v1/traces`).
+//! sent to the configured collector as OTLP/HTTP JSON (`POST /v1/traces`),
+//! over plain HTTP or TLS (`https://`: the collector's certificate verified
+//! against `collectorCa` or the system's roots, and its name against the host).
 //! Export never blocks requests: the queue is bounded and drops when full.
 
 use crate::app::Runtime;
@@ -143,6 +145,7 @@ pub async fn export_loop(rt: Weak<Runtime>) {
         let Some(rt) = rt.upgrade() else { return };
         let snap = rt.snapshot();
         let tracing_cfg = snap.config.telemetry.tracing.clone();
+        let tls = snap.collector_tls.clone();
         let n = batch.len() as u64;
         match tracing_cfg.and_then(|t| t.otlp_endpoint.map(|e| (e, t.service_name))) {
             Some((endpoint, service)) => {
@@ -154,7 +157,7 @@ pub async fn export_loop(rt: Weak<Runtime>) {
                     }
                 });
                 let body = otlp_json(&service, &batch).to_string();
-                match tokio::time::timeout(EXPORT_TIMEOUT, post(&endpoint, body)).await {
+                match tokio::time::timeout(EXPORT_TIMEOUT, post(&endpoint, tls, body)).await {
                     Ok(Ok(())) => {
                         rt.spans.exported.fetch_add(n, Ordering::Relaxed);
                     }
@@ -176,19 +179,40 @@ pub async fn export_loop(rt: Weak<Runtime>) {
     }
 }
 
-async fn post(endpoint: &str, body: String) -> Result<(), String> {
+/// POST one batch; `tls` is the snapshot's collector TLS (for `https://`).
+async fn post(endpoint: &str, tls: Option<Arc<rustls::ClientConfig>>, body: String) -> Result<(), String> {
     let uri: http::Uri = format!("{}/v1/traces", endpoint.trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad endpoint: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// collectors are supported".into());
-    }
     let authority = uri.authority().ok_or("endpoint has no host")?.clone();
-    let port = authority.port_u16().unwrap_or(80);
+    let (tls, default_port) = match (uri.scheme_str(), tls) {
+        (Some("http"), _) => (None, 80),
+        (Some("https"), Some(cfg)) => (Some(cfg), 443),
+        (Some("https"), None) => return Err("no TLS settings for the https:// collector".into()),
+        (other, _) => {
+            return Err(format!(
+                "unsupported collector scheme {other:?}; use http:// or https://"
+            ));
+        }
+    };
+    let port = authority.port_u16().unwrap_or(default_port);
     let tcp = tokio::net::TcpStream::connect((authority.host(), port))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let stream = match tls {
+        None => crate::stream::MaybeTls::Plain(tcp),
+        Some(cfg) => {
+            // The collector's certificate must name the endpoint's host.
+            let name = rustls::pki_types::ServerName::try_from(authority.host().trim_matches(['[', ']']).to_string())
+                .map_err(|e| format!("collector host {:?}: {e}", authority.host()))?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to the collector failed: {e}"))?;
+            crate::stream::MaybeTls::Tls(Box::new(tls))
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);

@@ -1,6 +1,7 @@
 //! Telemetry settings: tracing (sampling, OTLP collector) and access logs.
 //! Metrics are always on and need no settings.
 
+use crate::identity::PemSource;
 use serde::{Deserialize, Serialize};
 
 /// Tracing and access-log settings.
@@ -19,11 +20,17 @@ pub struct Telemetry {
 pub struct Tracing {
     /// Percentage of new traces sampled (0–100); an incoming sampled flag wins.
     pub sampling_percent: f64,
-    /// OTLP/HTTP collector endpoint, e.g. `http://otel-collector:4318`.
+    /// OTLP/HTTP collector endpoint, e.g. `http://otel-collector:4318`, or
+    /// `https://…` for TLS: the collector's certificate is verified against
+    /// `collectorCa` (else the system's roots) and its name against the host.
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute; default the node's workload.
     #[serde(default)]
     pub service_name: Option<String>,
+    /// Roots the collector's certificate must chain to (`https://` endpoints
+    /// only); `None` = the system's roots (`/etc/ssl/certs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_ca: Option<PemSource>,
 }
 
 /// Access logging.

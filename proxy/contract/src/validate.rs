@@ -184,6 +184,16 @@ impl Validator {
                     format!("{ep:?} must be an http:// or https:// URL"),
                 );
             }
+            if let Some(ca) = &t.collector_ca {
+                if t.otlp_endpoint.as_deref().is_some_and(|ep| ep.starts_with("https://")) {
+                    self.pem_source("telemetry.tracing.collectorCa", ca);
+                } else {
+                    self.err(
+                        "telemetry.tracing.collectorCa",
+                        "only used with an https:// otlpEndpoint; remove it or use https://",
+                    );
+                }
+            }
         }
     }
 

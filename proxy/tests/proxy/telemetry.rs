@@ -98,3 +98,116 @@ async fn json_access_log_line_per_request() {
     assert_eq!(v["fields"]["upstream"], "app");
     assert_eq!(v["fields"]["flags"], "-");
 }
+
+/// A loopback OTLP collector over TLS with a certificate for `localhost`;
+/// counts the export requests it receives.
+async fn tls_collector(leaf: Leaf) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let exports = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&exports);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), std::sync::Arc::clone(&seen));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = std::sync::Arc::clone(&seen);
+                    async move {
+                        use http_body_util::BodyExt;
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        if path == "/v1/traces"
+                            && doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"].is_string()
+                        {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, exports)
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_https_to_a_verified_collector() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (port, exports) = tls_collector(pki.dns_leaf("localhost")).await;
+    let app = Upstream::start("app").await;
+    let traced = |ca: String| {
+        let mut cfg = outbound_config("1", vec![forward_route("app")], vec![cluster("app", &[&app])]);
+        cfg["telemetry"] = json!({"tracing": {
+            "samplingPercent": 100.0,
+            "otlpEndpoint": format!("https://localhost:{port}"),
+            "collectorCa": {"inline": ca},
+        }});
+        cfg
+    };
+    // Trusting the collector's CA: spans arrive.
+    let proxy = Proxy::start(traced(pki.root_pem())).await;
+    assert_eq!(get(proxy.addr("outbound").await, "svc", "/").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exports.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(exports.load(Ordering::SeqCst), 1, "one batch over TLS");
+    assert_eq!(proxy.app.runtime().spans.exported(), 1);
+
+    // Trusting another CA: the collector's certificate is refused, nothing is sent.
+    let other = Pki::new();
+    let proxy = Proxy::start(traced(other.root_pem())).await;
+    assert_eq!(get(proxy.addr("outbound").await, "svc", "/").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.app.runtime().spans.dropped() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.app.runtime().spans.dropped(),
+        1,
+        "an unverified collector gets nothing"
+    );
+    assert_eq!(exports.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn collector_ca_needs_an_https_endpoint() {
+    let pki = Pki::new();
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("app")],
+        vec![cluster("app", &[&app])],
+    ))
+    .await;
+    let mut cfg = outbound_config("2", vec![forward_route("app")], vec![cluster("app", &[&app])]);
+    cfg["telemetry"] = json!({"tracing": {"samplingPercent": 1.0, "otlpEndpoint": "http://localhost:4318", "collectorCa": {"inline": pki.root_pem()}}});
+    let err = proxy.apply(cfg).await.unwrap_err().to_string();
+    assert!(
+        err.contains("telemetry.tracing.collectorCa") && err.contains("https://"),
+        "{err}"
+    );
+}
