@@ -249,6 +249,7 @@ fn telemetry(ctx: &Ctx<'_>) -> Telemetry {
             otlp_endpoint: tr.otlp_endpoint.clone(),
             sampling_percent: tr.sampling.unwrap_or(1.0),
             service_name: Some(format!("{}.{}", workload_name(ctx.proxy), ctx.proxy.key.namespace)),
+            collector_ca: None,
         });
     }
     t
