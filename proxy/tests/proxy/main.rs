@@ -7,6 +7,7 @@ mod capture;
 mod dns;
 mod gateway;
 mod grpc;
+mod h2load;
 mod hardening;
 mod lifecycle;
 mod mtls;
