@@ -29,11 +29,24 @@ fn alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
+/// Removes the pod network of kubesim instances that died (a no-op when
+/// not root: then there can be none).
+fn cleanup_dead_networks() {
+    if crate::network::available() {
+        crate::network::cleanup_leftovers();
+    }
+}
+
 /// Runs kubesim in the foreground until SIGINT/SIGTERM or a shutdown
-/// request; writes the pid file while it runs.
-pub async fn serve(state_dir: &Path, port: u16) -> anyhow::Result<()> {
+/// request; writes the pid file while it runs. With `processes`, pods run
+/// as processes in the pod network (needs root).
+pub async fn serve(state_dir: &Path, port: u16, processes: bool) -> anyhow::Result<()> {
     let files = StateFiles::new(state_dir);
-    let mut config = Config::new(state_dir);
+    let mut config = if processes {
+        Config::with_processes(state_dir, crate::runner::RunnerConfig::default())
+    } else {
+        Config::new(state_dir)
+    };
     config.port = port;
     let running = app::start(config).await?;
     std::fs::write(files.pid(), std::process::id().to_string())
@@ -51,8 +64,9 @@ pub async fn serve(state_dir: &Path, port: u16) -> anyhow::Result<()> {
 }
 
 /// Starts kubesim in the background, waits until it serves, and returns
-/// the kubeconfig path.
-pub fn up(state_dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
+/// the kubeconfig path. Removes what dead instances left of their pod
+/// network first.
+pub fn up(state_dir: &Path, port: u16, processes: bool) -> anyhow::Result<PathBuf> {
     let files = StateFiles::new(state_dir);
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     if let Some(pid) = read_pid(&files).filter(|p| alive(*p)) {
@@ -67,6 +81,10 @@ pub fn up(state_dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
             std::fs::remove_file(&stale).with_context(|| format!("removing stale {}", stale.display()))?;
         }
     }
+    cleanup_dead_networks();
+    if processes && !crate::network::available() {
+        bail!("{}", crate::network::NetworkError::NotRoot);
+    }
     let log = std::fs::File::create(files.log()).with_context(|| format!("creating {}", files.log().display()))?;
     let exe = std::env::current_exe().context("finding the kubesim executable")?;
     let mut child = {
@@ -77,6 +95,7 @@ pub fn up(state_dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
             .arg(state_dir)
             .arg("--port")
             .arg(port.to_string())
+            .args(processes.then_some("--processes"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -105,6 +124,7 @@ pub fn down(state_dir: &Path) -> anyhow::Result<bool> {
         // Left over from a kubesim that died: nothing serves them any more.
         let _ = std::fs::remove_file(files.pid());
         let _ = std::fs::remove_file(files.kubeconfig());
+        cleanup_dead_networks();
         return Ok(false);
     };
     let status = Command::new("kill")
@@ -124,5 +144,6 @@ pub fn down(state_dir: &Path) -> anyhow::Result<bool> {
     }
     let _ = std::fs::remove_file(files.kubeconfig());
     let _ = std::fs::remove_file(files.pid());
+    cleanup_dead_networks();
     Ok(true)
 }

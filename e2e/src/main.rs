@@ -21,6 +21,11 @@ enum Cmd {
         /// Port on 127.0.0.1 (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Run pods as processes, each in its own network namespace on
+        /// kubesim's bridge, with Service DNAT, cluster DNS and
+        /// LoadBalancers on 127.X.Y.1 (needs root). Default: simulated pods.
+        #[arg(long)]
+        processes: bool,
     },
     /// Stop the kubesim of a state directory.
     Down {
@@ -33,6 +38,9 @@ enum Cmd {
         state_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// As for `up`.
+        #[arg(long)]
+        processes: bool,
     },
 }
 
@@ -44,8 +52,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = |d: Option<PathBuf>| d.unwrap_or_else(commands::default_state_dir);
     match cli.command {
-        Cmd::Up { state_dir, port } => {
-            let kubeconfig = commands::up(&dir(state_dir), port)?;
+        Cmd::Up {
+            state_dir,
+            port,
+            processes,
+        } => {
+            let kubeconfig = commands::up(&dir(state_dir), port, processes)?;
             println!("kubesim is up; kubeconfig: {}", kubeconfig.display());
             println!("export KUBECONFIG={}", kubeconfig.display());
         }
@@ -57,9 +69,13 @@ fn main() -> anyhow::Result<()> {
                 println!("kubesim was not running ({})", d.display());
             }
         }
-        Cmd::Serve { state_dir, port } => {
+        Cmd::Serve {
+            state_dir,
+            port,
+            processes,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(commands::serve(&dir(state_dir), port))?;
+            rt.block_on(commands::serve(&dir(state_dir), port, processes))?;
         }
     }
     Ok(())

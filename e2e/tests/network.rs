@@ -313,6 +313,37 @@ fn dns_names_redirect_in_a_pod_and_the_api_server_from_a_pod() {
         assert!(out.contains("gitVersion"), "{url}: {out}");
     }
     assert_eq!(sim.net().api_server_for_pods(), SocketAddr::from(([10, 96, 0, 1], 443)));
+    // kube-rs (rustls) from inside the pod: the in-cluster address with the
+    // cluster CA and a token, as `Config::infer()` builds it in a pod.
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: {}}}\n",
+        sim.net().api_server_for_pods(),
+        trellis_e2e::pki::base64_encode(std::fs::read(sim.dir.path().join("ca.crt")).unwrap().as_slice()),
+        sim.running.admin_token,
+    );
+    let version = netns::run_in(&client.path, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).map_err(std::io::Error::other)?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(std::io::Error::other)?;
+            let client = kube::Client::try_from(config).map_err(std::io::Error::other)?;
+            client.apiserver_version().await.map_err(std::io::Error::other)
+        })
+    })
+    .expect("kube-rs from a pod");
+    assert!(!version.git_version.is_empty());
+
+    // DNS over TCP, and names outside the cluster go to the host's resolver
+    // (an answer of some kind, never silence).
+    let answer = dns_exchange(&client.path, "web.team.svc.cluster.local", true);
+    assert_eq!(answer[3] & 0xf, 0, "NOERROR");
+    assert_eq!(answer[answer.len() - 4..], ip.octets());
+    let nx = dns_exchange(&client.path, "nope.team.svc.cluster.local", false);
+    assert_eq!(nx[3] & 0xf, 3, "NXDOMAIN");
+    let external = dns_exchange(&client.path, "kubesim-test.invalid", false);
+    assert!(matches!(external[3] & 0xf, 0 | 2 | 3), "{external:?}");
 
     // iptables capture inside a pod namespace (as a sidecar's init does):
     // the connection to ClusterIP:80 lands on the pod's own 15001.
@@ -346,6 +377,39 @@ fn dns_names_redirect_in_a_pod_and_the_api_server_from_a_pod() {
     assert_eq!(fetch_from(&other.path, SocketAddr::from((ip, 80))).unwrap(), "web-1");
 }
 
+/// One DNS query for `name` (type A) to 10.96.0.10 from inside `path`, over
+/// TCP or UDP; the raw answer.
+fn dns_exchange(path: &Path, name: &str, tcp: bool) -> Vec<u8> {
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let server = SocketAddr::from(([10, 96, 0, 10], 53));
+    netns::run_in(path, move || {
+        let mut buf = vec![0u8; 1024];
+        if tcp {
+            let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(&(q.len() as u16).to_be_bytes())?;
+            s.write_all(&q)?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            buf.truncate(usize::from(u16::from_be_bytes(len)));
+            s.read_exact(&mut buf)?;
+        } else {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.send_to(&q, server)?;
+            let (n, _) = s.recv_from(&mut buf)?;
+            buf.truncate(n);
+        }
+        Ok(buf)
+    })
+    .expect("a DNS answer")
+}
+
 #[test]
 fn load_balancers_are_reachable_from_the_host() {
     let Some(sim) = Sim::start() else { return };
@@ -361,6 +425,8 @@ fn load_balancers_are_reachable_from_the_host() {
             .filter(|s| s.pointer("/status/loadBalancer/ingress/0/ip").is_some())
     });
     assert_eq!(svc["status"]["loadBalancer"]["ingress"][0]["ip"], lb.to_string());
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
     let got = wait("an answer through the load balancer", || {
         let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((lb, 8000)), Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
