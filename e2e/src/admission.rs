@@ -261,9 +261,18 @@ async fn call(cluster: &Cluster, cfg: &Value, body: Value, timeout: Duration) ->
     let name = rustls::pki_types::ServerName::try_from(server_name.clone())
         .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let fut = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        // Service references lead to pods: through the pod network if any.
+        let via_pod_network = cfg
+            .get("url")
+            .is_none()
+            .then(|| cluster.node_netns.get())
+            .flatten()
+            .zip(host.parse::<std::net::IpAddr>().ok());
+        let tcp = match via_pod_network {
+            Some((netns, ip)) => crate::network::netns::connect(netns, std::net::SocketAddr::new(ip, port)).await,
+            None => tokio::net::TcpStream::connect((host.as_str(), port)).await,
+        }
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
         let stream = connector
             .connect(name, tcp)
             .await

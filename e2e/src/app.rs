@@ -223,6 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     seed(&cluster, address.port(), config.pod_network)?;
     let network = if config.pod_network {
         let net = crate::network::PodNetwork::setup(&config.state_dir)?;
+        let _ = cluster.node_netns.set(net.node_netns_path());
         net.start(cluster.clone()).map_err(anyhow::Error::msg)?;
         Some(net)
     } else {

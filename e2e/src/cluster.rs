@@ -70,6 +70,10 @@ pub struct Cluster {
     /// The cluster CA (PEM), published in every namespace as the
     /// `kube-root-ca.crt` ConfigMap.
     pub root_ca: std::sync::OnceLock<String>,
+    /// The pod network's node namespace (`/run/netns/ksim-ID-node`), when
+    /// kubesim has one: the API server reaches pods (webhook Services)
+    /// from there, as a real API server reaches the pod network.
+    pub node_netns: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 fn map_store(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {

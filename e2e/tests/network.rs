@@ -91,7 +91,7 @@ fn pods_reach_each_other_and_detach_removes_the_namespace() {
 /// namespaces and servers themselves, so no process runner is involved).
 struct Sim {
     running: trellis_e2e::app::Running,
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
 }
 
@@ -112,7 +112,7 @@ impl Sim {
         let running = rt
             .block_on(trellis_e2e::app::start(config))
             .expect("kubesim with the pod network");
-        Some(Self { running, _rt: rt, dir })
+        Some(Self { running, rt, dir })
     }
 
     fn net(&self) -> &Arc<PodNetwork> {
@@ -408,6 +408,122 @@ fn dns_exchange(path: &Path, name: &str, tcp: bool) -> Vec<u8> {
         Ok(buf)
     })
     .expect("a DNS answer")
+}
+
+/// A CA and a serving certificate for `names` (PEM: ca, cert, key).
+fn webhook_identity(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+    let leaf = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// A validating webhook served by a pod: the API server reaches it through
+/// the pod network (Service reference → endpoint in a pod namespace).
+#[test]
+fn webhooks_served_by_pods_are_called_through_the_pod_network() {
+    let Some(sim) = Sim::start() else { return };
+    sim.create(
+        "pods",
+        Some("default"),
+        serde_json::json!({"metadata": {"name": "hook", "labels": {"app": "hook"}}, "spec": {"containers": [{"name": "hook", "image": "hook"}]}}),
+    );
+    let pod = wait("pod address", || {
+        sim.get("pods", "default", "hook")
+            .filter(|p| p.pointer("/status/podIP").is_some())
+    });
+    let ip: Ipv4Addr = pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+    let netns = sim
+        .net()
+        .attach(pod["metadata"]["uid"].as_str().unwrap(), "default", ip)
+        .unwrap();
+    sim.create(
+        "services",
+        Some("default"),
+        serde_json::json!({"metadata": {"name": "hook"}, "spec": {"selector": {"app": "hook"}, "ports": [{"port": 443, "targetPort": 8443}]}}),
+    );
+    let (ca, cert, key) = webhook_identity(&["hook.default.svc"]);
+    let identity = trellis_e2e::pki::ServingIdentity {
+        ca_pem: ca.clone(),
+        cert_pem: cert,
+        key_pem: key,
+    };
+    let tls = Arc::new(identity.server_config().unwrap());
+    let listener = netns::tcp_listener(&netns.path, SocketAddr::from((ip, 8443))).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    use http_body_util::BodyExt as _;
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let review: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let out = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                        "uid": review["request"]["uid"], "allowed": false,
+                        "status": {"code": 403, "message": "denied by a pod in the pod network"}}});
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(out.to_string()))))
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+            }
+        });
+    });
+    wait("endpoints of the webhook service", || {
+        sim.get("endpoints", "default", "hook")
+            .filter(|e| e.pointer("/subsets/0/addresses/0/ip").is_some())
+    });
+    let vwc = sim
+        .cluster()
+        .catalog
+        .get("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
+        .unwrap();
+    sim.cluster()
+        .create(
+            &vwc,
+            None,
+            serde_json::json!({
+                "metadata": {"name": "deny"},
+                "webhooks": [{
+                    "name": "deny.trellis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 5,
+                    "clientConfig": {"service": {"namespace": "default", "name": "hook", "port": 443}, "caBundle": trellis_e2e::pki::base64_encode(ca.as_bytes())},
+                    "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}],
+                    "objectSelector": {"matchLabels": {"check": "yes"}}
+                }]
+            }),
+            &trellis_e2e::cluster::WriteOptions::default(),
+        )
+        .unwrap();
+    // Webhooks are called from the API server's runtime, as for requests.
+    let cluster = sim.running.cluster.clone();
+    let err = sim
+        .rt
+        .block_on(sim.rt.spawn(async move {
+            let cm = cluster.catalog.get("", "v1", "configmaps").unwrap();
+            cluster.create(
+                &cm,
+                Some("default"),
+                serde_json::json!({"metadata": {"name": "c", "labels": {"check": "yes"}}}),
+                &trellis_e2e::cluster::WriteOptions::default(),
+            )
+        }))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.message.contains("denied by a pod in the pod network"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
