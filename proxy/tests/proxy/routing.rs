@@ -385,3 +385,63 @@ async fn websocket_style_upgrade_is_spliced() {
         .unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+/// One request from a chosen loopback source address; returns `x-server`.
+async fn from_source(addr: std::net::SocketAddr, source: std::net::IpAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("x-server: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn consistent_hash_on_cookie_query_parameter_and_source_ip() {
+    let ups = [
+        Upstream::start("e0").await,
+        Upstream::start("e1").await,
+        Upstream::start("e2").await,
+    ];
+    for key in [
+        json!({"cookie": {"name": "session"}}),
+        json!({"queryParam": "user"}),
+        json!("sourceIp"),
+    ] {
+        let mut c = cluster("c", &[&ups[0], &ups[1], &ups[2]]);
+        c["loadBalancer"] = json!({"policy": {"ringHash": {"minimumRingSize": 256}}, "hashKey": key});
+        let proxy = Proxy::start(outbound_config("1", vec![forward_route("c")], vec![c])).await;
+        let addr = proxy.addr("outbound").await;
+        let mut by_key = std::collections::BTreeMap::new();
+        for i in 0..48 {
+            let k = i % 8;
+            let server = match key.as_str() {
+                // 127.0.0.0/8 is all loopback: each client gets its own source address.
+                Some("sourceIp") => from_source(addr, std::net::IpAddr::from([127, 0, 0, 10 + k as u8])).await,
+                _ if key.get("cookie").is_some() => {
+                    let cookie = format!("theme=dark; session=s{k}");
+                    send(addr, "GET", "svc", "/", &[("cookie", &cookie)])
+                        .await
+                        .server()
+                        .to_string()
+                }
+                _ => get(addr, "svc", &format!("/?user=u{k}&x={i}"))
+                    .await
+                    .server()
+                    .to_string(),
+            };
+            if let Some(prev) = by_key.insert(k, server.clone()) {
+                assert_eq!(prev, server, "{key}: key {k} moved");
+            }
+        }
+        let distinct: std::collections::BTreeSet<_> = by_key.values().collect();
+        assert!(distinct.len() >= 2, "{key}: keys should spread: {by_key:?}");
+    }
+}
