@@ -211,3 +211,53 @@ async fn collector_ca_needs_an_https_endpoint() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn b3_context_is_continued_and_tracestate_kept_with_w3c() {
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![forward_route("app")],
+        vec![cluster("app", &[&app])],
+    ))
+    .await;
+    let addr = proxy.addr("outbound").await;
+    // B3 in (64-bit trace id): continued in both formats, with a new span.
+    let b3 = [
+        ("x-b3-traceid", "463ac35c9f6413ad"),
+        ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ("x-b3-sampled", "1"),
+    ];
+    assert_eq!(send(addr, "GET", "svc", "/b3", &b3).await.status, 200);
+    let seen = app.last_seen();
+    let h = |k: &str| seen.headers.get(k).unwrap().to_str().unwrap().to_string();
+    assert_eq!(h("x-b3-traceid"), "0000000000000000463ac35c9f6413ad");
+    assert_eq!(h("x-b3-parentspanid"), "a2fb4a1d1a96d312");
+    assert_ne!(h("x-b3-spanid"), "a2fb4a1d1a96d312");
+    assert_eq!(h("x-b3-sampled"), "1");
+    assert_eq!(
+        h("traceparent"),
+        format!("00-0000000000000000463ac35c9f6413ad-{}-01", h("x-b3-spanid"))
+    );
+    // W3C in: tracestate travels with its traceparent.
+    let w3c = [
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        ("tracestate", "vendor=opaque"),
+    ];
+    assert_eq!(send(addr, "GET", "svc", "/w3c", &w3c).await.status, 200);
+    let seen = app.last_seen();
+    assert_eq!(seen.headers.get("tracestate").unwrap(), "vendor=opaque");
+    assert!(
+        seen.headers
+            .get("traceparent")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("-00"),
+        "the unsampled flag is kept"
+    );
+    // A tracestate without a valid traceparent is dropped (it would describe another trace).
+    let orphan = [("traceparent", "garbage"), ("tracestate", "vendor=opaque")];
+    assert_eq!(send(addr, "GET", "svc", "/orphan", &orphan).await.status, 200);
+    assert!(app.last_seen().headers.get("tracestate").is_none());
+}
