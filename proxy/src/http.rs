@@ -326,7 +326,12 @@ async fn pipeline(
         return text(StatusCode::BAD_REQUEST, "missing authority\n");
     };
     let (host, host_port) = split_host_port(&authority);
-    let port = host_port.unwrap_or(conn.dst.port());
+    // why: inbound traffic arrives on the workload's port (the original destination); its Host
+    // names the Service port, which often differs (port 80 → targetPort 8080).
+    let port = match conn.direction {
+        ListenerDirection::Inbound => conn.dst.port(),
+        _ => host_port.unwrap_or(conn.dst.port()),
+    };
     let path = match normalize(req.uri().path(), &listener.spec.path_normalization) {
         Ok(p) => p,
         Err(e) => {
@@ -814,14 +819,20 @@ async fn forward(
                 }
                 let (flag, cond) = match &e {
                     UpstreamError::ConnectFailure { .. } => ("UF", RetryOn::ConnectFailure),
+                    // A response that is not HTTP is the upstream's fault: 502, like Envoy's UPE.
+                    UpstreamError::Reset { source, .. } if source.is_parse() => ("UPE", RetryOn::Reset),
                     UpstreamError::Reset { .. } => ("UC", RetryOn::Reset),
                 };
                 tracing::debug!(error = %e, cluster = %cluster.spec.name, "upstream attempt failed");
-                last_failure = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    flag,
-                    format!("upstream connect error or disconnect/reset before headers: {e}\n"),
-                );
+                last_failure = if flag == "UPE" {
+                    (StatusCode::BAD_GATEWAY, flag, format!("upstream protocol error: {e}\n"))
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        flag,
+                        format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+                    )
+                };
                 if !retry_on_error(&retry, cond) {
                     break;
                 }

@@ -173,3 +173,35 @@ fn defaults_match_envoy() {
     assert_eq!(l.stream_idle_timeout_ms, 300_000, "Envoy's stream_idle_timeout");
     assert_eq!(l.tcp_idle_timeout_ms, 3_600_000, "Envoy's TCP proxy idle_timeout");
 }
+
+#[tokio::test]
+async fn upstream_failures_map_to_502_and_503_with_flags() {
+    // Not HTTP at all: 502 (upstream protocol error).
+    let garbage = scripted_upstream(vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Duration::ZERO).await;
+    let proxy = Proxy::start(config(garbage, json!({}))).await;
+    let r = get(proxy.addr("l").await, "svc", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.starts_with("upstream protocol error"), "{}", r.body);
+    // Closed before a response: 503 (reset).
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let proxy2 = Proxy::start(config(closing, json!({}))).await;
+    let r = get(proxy2.addr("l").await, "svc", "/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Nothing listening: 503 (connect failure).
+    drop(proxy2);
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let proxy3 = Proxy::start(config(dead, json!({}))).await;
+    let r = get(proxy3.addr("l").await, "svc", "/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    assert!(m.contains("response_flags=\"UPE\""), "{m}");
+    let m = get(proxy3.admin(), "admin", "/metrics").await.body;
+    assert!(m.contains("response_flags=\"UF\""), "{m}");
+}
