@@ -399,3 +399,34 @@ fn https_servers_with_their_own_credentials_share_a_port_by_sni() {
     assert_ne!(https.sni_tls[0].tls, https.sni_tls[1].tls);
     c.config.validate().expect("the proxy accepts the compiled SNI servers");
 }
+
+#[test]
+fn a_service_with_an_unready_pod_without_proxy_stays_plaintext_and_valid() {
+    let mut yaml = shop();
+    yaml.push_str(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: collector, namespace: shop}
+spec: {clusterIP: 10.96.0.99, selector: {app: collector}, ports: [{name: http, port: 4318}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: collector-0, namespace: shop, labels: {app: collector}}
+spec:
+  serviceAccountName: collector
+  containers: [{name: collector, image: collector, ports: [{containerPort: 4318}]}]
+status: {podIP: 10.244.0.99, phase: Running, conditions: [{type: Ready, status: "False"}]}
+"#,
+    );
+    let c = web(&yaml);
+    let cluster = c
+        .config
+        .clusters
+        .iter()
+        .find(|cl| cl.service.as_deref() == Some("collector.shop.svc.cluster.local"))
+        .expect("a cluster for the collector");
+    assert_eq!(cluster.tls, trellis_contract::UpstreamTls::Disable);
+    c.config.validate().expect("the proxy accepts the config");
+}

@@ -107,7 +107,9 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 if !identities.contains(id) {
                     identities.push(id.clone());
                 }
-            } else if w.ready {
+            } else {
+                // Any endpoint without a proxy (ready or not: readiness changes
+                // faster than configs) makes the cluster plaintext.
                 all_meshed = false;
             }
             endpoints.push(Endpoint {
