@@ -15,8 +15,8 @@ struct Cli {
     #[arg(long, env = "TESTAPP_SERVICE", default_value = "testapp")]
     service: String,
     /// Its version label (reported in every answer).
-    #[arg(long, env = "TESTAPP_VERSION", default_value = "v1")]
-    version: String,
+    #[arg(long = "app-version", env = "TESTAPP_VERSION", default_value = "v1")]
+    app_version: String,
     /// The pod name (downward API).
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let settings = Settings {
         service: cli.service,
-        version: cli.version,
+        version: cli.app_version,
         pod: cli.pod,
         namespace: cli.namespace,
         http_addr: cli.http_addr,
@@ -82,4 +82,19 @@ async fn main() -> anyhow::Result<()> {
     }
     running.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["trellis-testapp", "--app-version", "v2", "--forward", "/a=http://x:1/b"]).unwrap();
+        assert_eq!(cli.app_version, "v2");
+        assert_eq!(cli.forwards.len(), 1);
+    }
 }
