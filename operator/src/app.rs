@@ -15,7 +15,7 @@ use tonic::transport::Server;
 use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
-use crate::ca::service::{CertificateService, KubeTokenReviewer};
+use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
 use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
 use crate::index::{self, Index};
 use crate::push::{self, PushService};
@@ -55,7 +55,7 @@ pub struct App {
     pub push_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
-    /// The mesh root (PEM) at start, for clients.
+    /// The roots proxies trust at start (PEM; one outside a root rotation), for clients.
     pub root_pem: String,
     /// The push service (for its sync state).
     pub push: PushService,
@@ -65,8 +65,9 @@ pub struct App {
 }
 
 impl App {
-    /// Stop every task.
+    /// Stop every task and end every subscription.
     pub fn stop(self) {
+        self.push.shutdown();
         for t in self.tasks {
             t.abort();
         }
@@ -105,7 +106,6 @@ async fn shutdown_signal() {
 pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     let ttl = Duration::from_secs(config.workload_cert_ttl_seconds);
     let stored = secret::load_or_create(&client, &config.namespace, &config.trust_domain).await?;
-    let root_pem = stored.root.cert_pem().to_string();
     let roots = Arc::new(match stored.previous {
         // A rotation was under way when the operator stopped: resume it from the start (proxies
         // that already hold both roots acknowledge at once).
@@ -119,23 +119,79 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         None => MeshRoots::new(stored.root, ttl, Arc::new(SystemClock)),
     });
 
-    // The live index.
+    // The live index, fed by the watchers.
     let index = Arc::new(RwLock::new(Index::default()));
     let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
+    let index_task = tokio::spawn(index::run(client.clone(), index.clone(), changed_tx));
+    let core = Core {
+        index: index.clone(),
+        changed: changed_rx.clone(),
+        reviewer: Arc::new(KubeTokenReviewer::new(client.clone())),
+        roots: roots.clone(),
+        secret: Some(client.clone()),
+    };
+    let mut app = serve(&config, core).await?;
+    app.tasks.push(index_task);
+    app.tasks.push(tokio::spawn(secret::watch(
+        client.clone(),
+        config.namespace.clone(),
+        config.trust_domain.clone(),
+        roots.clone(),
+    )));
+    // The trust anchors, in every namespace, for proxies to verify the operator at first start.
+    app.tasks.push(tokio::spawn(crate::trust::publish(
+        client,
+        index,
+        changed_rx,
+        roots.bundle(),
+    )));
+    Ok(app)
+}
+
+/// What the operator's core serves from: the registry, its change announcements, the token
+/// reviewer and the mesh roots. [`start`] builds it from the Kubernetes API; tests build it
+/// from plain data.
+pub struct Core {
+    /// The index the push compiles from.
+    pub index: index::Shared,
+    /// Bumped on every change of the index (0: not synced yet).
+    pub changed: tokio::sync::watch::Receiver<u64>,
+    /// Verifies ServiceAccount tokens of certificate requests.
+    pub reviewer: Arc<dyn TokenReviewer>,
+    /// The mesh roots.
+    pub roots: Arc<MeshRoots>,
+    /// Where the end of a root rotation is recorded (the CA Secret), if anywhere.
+    pub secret: Option<Client>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serve the push and certificate API (gRPC over TLS), the admin API and the root rotation
+/// from `core`, on the addresses of `config`.
+pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
+    let Core {
+        index,
+        changed,
+        reviewer,
+        roots,
+        secret,
+    } = core;
+    let root_pem = roots.bundle().borrow().roots_pem.concat();
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(index::run(client.clone(), index.clone(), changed_tx)));
 
     // gRPC: push and certificates, TLS with optional client certificates (a proxy has none
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
-    let push = PushService::new(index.clone(), changed_rx.clone(), push::Options::default())
+    let push = PushService::new(index.clone(), changed.clone(), push::Options::default())
         .require_workload_identity(config.trust_domain.clone())
         .with_roots(roots.clone());
-    let certs = CertificateService::new(
-        roots.clone(),
-        Arc::new(KubeTokenReviewer::new(client.clone())),
-        config.trust_domain.clone(),
-    );
-    let serving = Arc::new(ServingTls::new(&config, &roots)?);
+    let certs = CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone());
+    let serving = Arc::new(ServingTls::new(config, &roots)?);
     let listener = TcpListener::bind(config.push_addr)
         .await
         .with_context(|| format!("binding the push API to {}", config.push_addr))?;
@@ -153,17 +209,10 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
     // operator's own serving certificate follows the issuing root.
     tasks.push(tokio::spawn(drive_rotation(
-        client.clone(),
-        config.namespace.clone(),
+        secret.map(|c| (c, config.namespace.clone())),
         roots.clone(),
         push.clone(),
         serving,
-    )));
-    tasks.push(tokio::spawn(secret::watch(
-        client.clone(),
-        config.namespace.clone(),
-        config.trust_domain.clone(),
-        roots.clone(),
     )));
 
     // Admin.
@@ -180,16 +229,8 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
-    // The trust anchors, in every namespace, for proxies to verify the operator at first start.
-    tasks.push(tokio::spawn(crate::trust::publish(
-        client.clone(),
-        index.clone(),
-        changed_rx.clone(),
-        roots.bundle(),
-    )));
-
     // Ready once the index has seen the cluster.
-    let mut rx = changed_rx;
+    let mut rx = changed;
     tasks.push(tokio::spawn(async move {
         while *rx.borrow() == 0 {
             if rx.changed().await.is_err() {
@@ -223,8 +264,7 @@ const ROTATION_TICK: Duration = Duration::from_millis(200);
 /// Advance the root rotation from the push sync state and the leaves issued; reissue the
 /// operator's serving certificate when issuing switches; record the end in the CA Secret.
 async fn drive_rotation(
-    client: Client,
-    namespace: String,
+    secret: Option<(Client, String)>,
     roots: Arc<MeshRoots>,
     push: PushService,
     serving: Arc<ServingTls>,
@@ -255,7 +295,8 @@ async fn drive_rotation(
             }
         }
         if entered.contains(&Phase::Stable)
-            && let Err(e) = secret::persist(&client, &namespace, &roots).await
+            && let Some((client, namespace)) = &secret
+            && let Err(e) = secret::persist(client, namespace, &roots).await
         {
             tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");
         }
@@ -338,7 +379,12 @@ impl ServingTls {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    // The server is gone: release the port.
+                    _ = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a push API connection failed");
@@ -357,9 +403,6 @@ impl ServingTls {
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)

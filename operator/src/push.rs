@@ -123,6 +123,8 @@ pub struct PushService {
     /// certificates tell them which root signed each proxy's leaf.
     roots: Option<Arc<MeshRoots>>,
     bundle: Option<watch::Receiver<Bundle>>,
+    /// Set when the operator stops: every subscription ends, so proxies reconnect elsewhere.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -145,7 +147,14 @@ impl PushService {
             current: Arc::default(),
             roots: None,
             bundle: None,
+            stopping: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// End every subscription (the operator is stopping); proxies keep their configs and
+    /// reconnect with backoff.
+    pub fn shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Push the trust bundle of `roots` inline in every config (and again whenever it changes),
@@ -313,6 +322,7 @@ impl ConfigPush for PushService {
         tokio::spawn(async move {
             let mut changed = this.changed.clone();
             let mut bundle_changed = this.bundle.clone();
+            let mut stopping = this.stopping.subscribe();
             loop {
                 let (snapshot, bundle) = this.snapshot_with_bundle();
                 match compile(&snapshot, &pod, role, "") {
@@ -352,11 +362,16 @@ impl ConfigPush for PushService {
                     }
                 };
                 tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = tx.closed() => break,
                     r = changed.changed() => if r.is_err() { break },
                     r = bundle_change => if r.is_err() { break },
-                    _ = tx.closed() => break,
                 }
                 tokio::time::sleep(this.options.debounce).await;
+                if *stopping.borrow() {
+                    break;
+                }
                 changed.borrow_and_update();
                 if let Some(b) = bundle_changed.as_mut() {
                     b.borrow_and_update();
@@ -365,9 +380,14 @@ impl ConfigPush for PushService {
         });
         // Inbound: ACKs and NACKs.
         let this = self.clone();
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             loop {
-                match inbound.message().await {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = stopping.wait_for(|s| *s) => break,
+                };
+                match message {
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Ack(a)),
                     })) => {

@@ -194,7 +194,7 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
     assert_eq!(by, old_fp);
     sign("shop/b");
     let bundle = roots.bundle();
-    assert_eq!(bundle.borrow().fingerprints, [old_fp.clone()]);
+    assert_eq!(bundle.borrow().fingerprints, std::slice::from_ref(&old_fp));
 
     let new = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0()).unwrap();
     let new_fp = new.fingerprint().to_string();
@@ -254,7 +254,7 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
         roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])),
         [Phase::Retiring]
     );
-    assert_eq!(bundle.borrow().fingerprints, [new_fp.clone()]);
+    assert_eq!(bundle.borrow().fingerprints, std::slice::from_ref(&new_fp));
     assert_eq!(roots.observe(&obs(&[&new_fp], &[&new_fp])), [Phase::Stable]);
     assert!(bundle.borrow().renew_unless_issued_by.is_empty());
 

@@ -45,7 +45,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
             other => panic!("the operator pushes the bundle inline, got {other:?}"),
         }
     };
-    assert_eq!(trusted(&proxy), [old_fp.clone()]);
+    assert_eq!(trusted(&proxy), std::slice::from_ref(&old_fp));
     let leaf = |p: &trellis_proxy::App| p.runtime().snapshot().identity.as_ref().unwrap().cert.chain[0].to_vec();
     let first_leaf = leaf(&proxy);
 
@@ -102,7 +102,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     let sync = op.push.sync_state();
     let me = sync.iter().find(|p| p.proxy.ends_with(&pod)).unwrap();
     assert!(me.connected && me.sent == me.acked, "{me:?}");
-    assert_eq!(me.acked_roots, [new_fp.clone()]);
+    assert_eq!(me.acked_roots, std::slice::from_ref(&new_fp));
 
     // The Secret holds the new root and no previous one; the ConfigMaps follow.
     let secret = |path: &str| {

@@ -161,17 +161,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// A `trellis-proxy` in mesh mode, in process, with `cfg`: started, its control-plane
 /// connection running (abort the handle to stop it).
 pub async fn mesh_proxy(cfg: ClientConfig) -> (std::sync::Arc<trellis_proxy::App>, tokio::task::JoinHandle<()>) {
-    let proxy = std::sync::Arc::new(
-        trellis_proxy::App::start(trellis_proxy::AppConfig {
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            stats_addr: None,
-            health_addr: None,
-            dns_addr: None,
-            log_control: None,
-        })
-        .await
-        .unwrap(),
-    );
+    let proxy = proxy_app().await;
     let control = tokio::spawn(trellis_proxy::control::run(proxy.clone(), cfg));
     (proxy, control)
 }
@@ -193,4 +183,19 @@ pub fn published_roots(cluster: &TestCluster, namespace: &str) -> String {
         )
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// A `trellis-proxy` with no configuration yet, its admin API on a free loopback port.
+pub async fn proxy_app() -> std::sync::Arc<trellis_proxy::App> {
+    std::sync::Arc::new(
+        trellis_proxy::App::start(trellis_proxy::AppConfig {
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            stats_addr: None,
+            health_addr: None,
+            dns_addr: None,
+            log_control: None,
+        })
+        .await
+        .unwrap(),
+    )
 }

@@ -1,0 +1,484 @@
+//! The joint test of issue 4: the operator's core (index → compiler → push, CA, admin) with two
+//! real `trellis-proxy` instances in mesh mode and two `trellis-testapp` apps, on loopback.
+//!
+//! Pod `a` has IP 127.0.0.2 and pod `b` 127.0.0.3, so the compiler's endpoint of Service `b` is
+//! `127.0.0.3:<b's target port>` exactly as it would be in a cluster. With no iptables to
+//! redirect, the test plays the capture rules: each proxy's pushed listeners are bound on its
+//! pod IP (outbound on a free port, inbound on the app's target port, where redirected traffic
+//! would have arrived), and the test sends "app a's" requests to a's outbound listener with
+//! the Service's Host header. Apps listen on 127.0.0.1, where the inbound hands traffic over.
+//!
+//! The registry is an `Index` fed with objects directly (no API server): the same snapshot and
+//! compile path as the watchers feed in a cluster, without their latency.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use serde_json::Value;
+use support::until;
+use tokio::sync::watch;
+use trellis_api::networking::VirtualService;
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
+use trellis_contract::ProxyConfig;
+use trellis_operator::app::{self, App, Core};
+use trellis_operator::ca::service::{TokenIdentity, TokenReviewer};
+use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, MeshRoots, SigningCert, SystemClock};
+use trellis_operator::index::{Change, Index, Object};
+use trellis_push::client::{self, ClientConfig, ConfigSink};
+
+const TTL_SECONDS: u64 = 3;
+
+/// Tokens of the two pods, as a TokenReview would answer.
+struct Reviewer;
+
+#[tonic::async_trait]
+impl TokenReviewer for Reviewer {
+    async fn review(&self, token: &str, _audience: &str) -> Result<TokenIdentity, String> {
+        let (sa, pod) = match token {
+            "token-a" => ("a", "a-1"),
+            "token-b" => ("b", "b-1"),
+            _ => return Err("unknown token".into()),
+        };
+        Ok(TokenIdentity {
+            namespace: "shop".into(),
+            service_account: sa.into(),
+            pod: Some(pod.into()),
+        })
+    }
+}
+
+/// One object of YAML, as the watchers would deliver it.
+fn object(yaml: &str) -> Object {
+    let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
+    match v["kind"].as_str().unwrap() {
+        "Namespace" => Object::Namespace(Box::new(serde_json::from_value::<Namespace>(v).unwrap())),
+        "Service" => Object::Service(Box::new(serde_json::from_value::<Service>(v).unwrap())),
+        "Pod" => Object::Pod(Box::new(serde_json::from_value::<Pod>(v).unwrap())),
+        "VirtualService" => Object::VirtualService(Box::new(serde_json::from_value::<VirtualService>(v).unwrap())),
+        "PeerAuthentication" => {
+            Object::PeerAuthentication(Box::new(serde_json::from_value::<PeerAuthentication>(v).unwrap()))
+        }
+        "AuthorizationPolicy" => {
+            Object::AuthorizationPolicy(Box::new(serde_json::from_value::<AuthorizationPolicy>(v).unwrap()))
+        }
+        other => panic!("no such kind in this test: {other}"),
+    }
+}
+
+fn service(name: &str, target_port: u16) -> String {
+    format!(
+        "{{apiVersion: v1, kind: Service, metadata: {{name: {name}, namespace: shop}}, spec: {{clusterIP: 10.96.0.{n}, selector: {{app: {name}}}, ports: [{{name: http, port: 8080, targetPort: {target_port}}}]}}}}",
+        n = if name == "a" { 20 } else { 21 }
+    )
+}
+
+fn pod(name: &str, ip: &str, port: u16) -> String {
+    format!(
+        "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}-1, namespace: shop, labels: {{app: {name}}}}}, spec: {{serviceAccountName: {name}, initContainers: [{{name: trellis-proxy, image: trellis-proxy, restartPolicy: Always}}], containers: [{{name: app, image: app, ports: [{{containerPort: {port}}}]}}]}}, status: {{podIP: {ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}}}"
+    )
+}
+
+fn virtual_service(tag: &str, regex: Option<&str>) -> String {
+    let matches = regex
+        .map(|r| format!("match: [{{uri: {{regex: '{r}'}}}}], "))
+        .unwrap_or_default();
+    format!(
+        "{{apiVersion: networking.trellis.dev/v1alpha1, kind: VirtualService, metadata: {{name: b, namespace: shop}}, spec: {{hosts: [b], http: [{{{matches}route: [{{destination: {{host: b}}}}], headers: {{response: {{set: {{x-vs: {tag}}}}}}}}}]}}}}"
+    )
+}
+
+const STRICT: &str = "{apiVersion: security.trellis.dev/v1alpha1, kind: PeerAuthentication, metadata: {name: default, namespace: shop}, spec: {mtls: {mode: STRICT}}}";
+const DENY_SECRET: &str = "{apiVersion: security.trellis.dev/v1alpha1, kind: AuthorizationPolicy, metadata: {name: no-secret, namespace: shop}, spec: {selector: {matchLabels: {app: b}}, action: DENY, rules: [{to: [{operation: {paths: [/secret]}}]}]}}";
+
+/// The registry, and how a change is announced (as the watchers do).
+struct Registry {
+    index: Arc<RwLock<Index>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Registry {
+    fn apply(&self, yaml: &str) {
+        let generation = {
+            let mut idx = self.index.write().unwrap();
+            idx.apply(Change::Applied(object(yaml)));
+            idx.generation()
+        };
+        self.changed.send_replace(generation);
+    }
+}
+
+/// The proxy's listeners where this pod's capture rules would deliver traffic.
+struct Captured {
+    inner: trellis_proxy::control::AppSink,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+}
+
+#[tonic::async_trait]
+impl ConfigSink for Captured {
+    fn current_version(&self) -> Option<String> {
+        self.inner.current_version()
+    }
+
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+        for l in &mut config.listeners {
+            match l.name.as_str() {
+                "outbound" => l.address = self.outbound.to_string(),
+                "inbound" => l.address = self.inbound.to_string(),
+                _ => {}
+            }
+        }
+        self.inner.apply(config).await
+    }
+}
+
+struct Proxy {
+    app: Arc<trellis_proxy::App>,
+    outbound: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// A proxy in mesh mode for pod `<name>-1`, as `trellis_proxy::control::run` runs it.
+    async fn start(name: &str, ip: &str, app_port: u16, push_port: u16, dir: &Path, root_pem: &str) -> Proxy {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("root.pem"), root_pem).unwrap();
+        std::fs::write(dir.join("token"), format!("token-{name}")).unwrap();
+        let cfg = ClientConfig {
+            endpoint: format!("https://127.0.0.1:{push_port}"),
+            server_name: "localhost".into(),
+            root_cert: dir.join("root.pem"),
+            token: dir.join("token"),
+            identity_dir: dir.join("identity"),
+            namespace: "shop".into(),
+            pod: format!("{name}-1"),
+            role: "sidecar".into(),
+            spiffe_id: format!("spiffe://cluster.local/ns/shop/sa/{name}"),
+            proxy_version: "test".into(),
+            renewal: Default::default(),
+        };
+        let app = support::proxy_app().await;
+        let outbound: SocketAddr = format!("{ip}:{}", support::free_port()).parse().unwrap();
+        let sink = Arc::new(Captured {
+            inner: trellis_proxy::control::AppSink::new(app.clone(), &cfg.identity_dir),
+            outbound,
+            inbound: format!("{ip}:{app_port}").parse().unwrap(),
+        });
+        let (issued_tx, mut issued) = watch::channel(None);
+        let mut tasks = vec![tokio::spawn(client::run_identity(cfg.clone(), issued_tx))];
+        while issued.borrow_and_update().is_none() {
+            issued.changed().await.unwrap();
+        }
+        tasks.push(tokio::spawn(client::run_push(cfg, sink.clone())));
+        tasks.push(tokio::spawn(async move {
+            while issued.changed().await.is_ok() {
+                sink.inner.reapply().await;
+            }
+        }));
+        Proxy { app, outbound, tasks }
+    }
+
+    fn config(&self) -> Arc<ProxyConfig> {
+        self.app.runtime().snapshot().config.clone()
+    }
+
+    fn leaf(&self) -> Vec<u8> {
+        self.app.runtime().snapshot().identity.as_ref().unwrap().cert.chain[0].to_vec()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What an app answered through the mesh.
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Value,
+}
+
+/// "App a" calls `http://b.shop.svc.cluster.local:8080<path>` through its sidecar.
+async fn call_b(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    outbound: SocketAddr,
+    path: &str,
+) -> Result<Answer, String> {
+    let req = hyper::Request::get(format!("http://{outbound}{path}"))
+        .header("host", "b.shop.svc.cluster.local:8080")
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    })
+}
+
+/// Requests in a loop until stopped; returns (ok, failures with their reasons).
+fn load(
+    client: Client<HttpConnector, Empty<Bytes>>,
+    proxy: &Proxy,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    let outbound = proxy.outbound;
+    let ok = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        let mut failures = Vec::new();
+        while !*stop.borrow() {
+            match call_b(&client, outbound, "/load").await {
+                Ok(a) if a.status == 200 => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(a) => failures.push(format!("status {}: {}", a.status, a.body)),
+                Err(e) => failures.push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok.load(Ordering::Relaxed), failures)
+    })
+}
+
+/// Every request of a load loop succeeded.
+fn no_failures(ok: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+}
+
+async fn start_operator(core: Core, push_port: u16) -> App {
+    let mut config = support::operator_config(push_port, TTL_SECONDS);
+    config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    app::serve(&config, core).await.expect("the operator starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_and_two_apps_on_loopback() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // The apps, on the pods' localhost.
+    let (port_a, port_b) = (support::free_port(), support::free_port());
+    let echo = |svc: &str, port: u16| {
+        let mut s = trellis_testapp::Settings::echo(svc, format!("127.0.0.1:{port}").parse().unwrap());
+        s.namespace = "shop".into();
+        s.pod = format!("{svc}-1");
+        s
+    };
+    let _app_a = trellis_testapp::start(echo("a", port_a)).await.unwrap();
+    let _app_b = trellis_testapp::start(echo("b", port_b)).await.unwrap();
+
+    // The registry.
+    let (changed, changed_rx) = watch::channel(0);
+    let registry = Registry {
+        index: Arc::default(),
+        changed,
+    };
+    registry.apply("{apiVersion: v1, kind: Namespace, metadata: {name: shop}}");
+    registry.apply(&service("a", port_a));
+    registry.apply(&service("b", port_b));
+    registry.apply(&pod("a", "127.0.0.2", port_a));
+    registry.apply(&pod("b", "127.0.0.3", port_b));
+    registry.apply(STRICT);
+    registry.apply(&virtual_service("one", None));
+
+    // The operator.
+    let root = SigningCert::self_signed_root(
+        "cluster.local",
+        Duration::from_secs(86400),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let (root_pem, root_key) = (root.cert_pem().to_string(), root.key_pem());
+    let ttl = Duration::from_secs(TTL_SECONDS);
+    assert!(ttl < DEFAULT_WORKLOAD_TTL);
+    let core = |roots: MeshRoots| Core {
+        index: registry.index.clone(),
+        changed: changed_rx.clone(),
+        reviewer: Arc::new(Reviewer),
+        roots: Arc::new(roots),
+        secret: None,
+    };
+    let push_port = support::free_port();
+    let op = start_operator(core(MeshRoots::new(root, ttl, Arc::new(SystemClock))), push_port).await;
+
+    // Two proxies.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Proxy::start("a", "127.0.0.2", port_a, push_port, dir.path(), &root_pem).await;
+    let b = Proxy::start("b", "127.0.0.3", port_b, push_port, dir.path(), &root_pem).await;
+    let has_tag = |p: &Proxy, tag: &str| {
+        p.app.runtime().is_ready()
+            && serde_json::to_string(&*p.config())
+                .unwrap()
+                .contains(&format!("\"x-vs\":\"{tag}\""))
+    };
+    until("both proxies configured", 10, || {
+        has_tag(&a, "one") && has_tag(&b, "one")
+    })
+    .await;
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+
+    // A request crosses a (outbound, mTLS) → b (inbound) → app b, which sees a's identity.
+    let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?} {}",
+        answer.headers,
+        serde_json::to_string(&*a.config()).unwrap()
+    );
+    assert_eq!(answer.body["service"], "b");
+    let xfcc = answer.body["clientCert"].as_str().unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/shop/sa/a"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.headers.get("x-vs").map(String::as_str), Some("one"));
+
+    // A VirtualService change reaches both proxies, and the traffic.
+    registry.apply(&virtual_service("two", None));
+    until("the change reaches both proxies", 5, || {
+        has_tag(&a, "two") && has_tag(&b, "two")
+    })
+    .await;
+    let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
+    assert_eq!(answer.headers.get("x-vs").map(String::as_str), Some("two"));
+
+    // Plaintext to b's STRICT inbound is refused: no HTTP answer comes back.
+    let mut plain = tokio::net::TcpStream::connect(format!("127.0.0.3:{port_b}"))
+        .await
+        .unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = plain
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+            "plaintext got through"
+        );
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("\"service\""),
+            "plaintext reached the app"
+        );
+    }
+
+    // An AuthorizationPolicy denies one path with 403; another still works.
+    registry.apply(DENY_SECRET);
+    until("b enforces the policy", 5, || {
+        !b.config().inbound.authorization.is_empty()
+    })
+    .await;
+    let denied = call_b(&client, a.outbound, "/secret").await.unwrap();
+    assert_eq!(denied.status, 403);
+    assert_eq!(call_b(&client, a.outbound, "/hello").await.unwrap().status, 200);
+
+    // A config the proxies reject (a regex Rust cannot compile, valid to the schema) is NACKed;
+    // traffic keeps flowing on the last good config.
+    registry.apply(&virtual_service("three", Some("^/(?=x)")));
+    until("both proxies NACK", 5, || {
+        op.push
+            .sync_state()
+            .iter()
+            .filter(|p| p.nacked.as_ref().is_some_and(|n| Some(&n.version) == p.sent.as_ref()))
+            .count()
+            == 2
+    })
+    .await;
+    let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.headers.get("x-vs").map(String::as_str),
+        Some("two"),
+        "the last good config serves"
+    );
+    registry.apply(&virtual_service("four", None));
+    until("a good config again", 5, || has_tag(&a, "four") && has_tag(&b, "four")).await;
+
+    // The operator stops and restarts (a new CA state from the stored root) under load:
+    // no request fails, and the proxies resubscribe and get what changed meanwhile.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loader = load(client.clone(), &a, stop_rx.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.stop();
+    registry.apply(&virtual_service("five", None));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        has_tag(&a, "four"),
+        "the proxies keep serving while the operator is away"
+    );
+    let stored = SigningCert::from_pem(&root_pem, &root_key, &[]).unwrap();
+    let op = start_operator(core(MeshRoots::new(stored, ttl, Arc::new(SystemClock))), push_port).await;
+    until("the change made while the operator was away", 10, || {
+        has_tag(&a, "five") && has_tag(&b, "five")
+    })
+    .await;
+    stop_tx.send_replace(true);
+    let (ok, failures) = loader.await.unwrap();
+    no_failures(ok, &failures);
+    assert!(ok > 20, "the load loop ran ({ok} requests)");
+
+    // Short-lived leaves (3 s) rotate several times under steady load: nothing fails.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loader = load(client.clone(), &a, stop_rx);
+    let (mut leaves_a, mut leaves_b) = (vec![a.leaf()], vec![b.leaf()]);
+    for _ in 0..200 {
+        if leaves_a.last() != Some(&a.leaf()) {
+            leaves_a.push(a.leaf());
+        }
+        if leaves_b.last() != Some(&b.leaf()) {
+            leaves_b.push(b.leaf());
+        }
+        if leaves_a.len() > 3 && leaves_b.len() > 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send_replace(true);
+    let (ok, failures) = loader.await.unwrap();
+    assert!(
+        leaves_a.len() > 3 && leaves_b.len() > 3,
+        "rotations: a {}, b {}",
+        leaves_a.len() - 1,
+        leaves_b.len() - 1
+    );
+    no_failures(ok, &failures);
+    op.stop();
+}
