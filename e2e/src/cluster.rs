@@ -789,7 +789,22 @@ impl Cluster {
                 .pointer("/spec/finalizers")
                 .and_then(Value::as_array)
                 .is_some_and(|f| !f.is_empty());
-        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty() && !namespace_finalizers
+        // A pod being terminated gracefully stays until its kubelet removes it.
+        let pod_terminating = rt.kind == "Pod"
+            && rt.group.is_empty()
+            && new
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                > 0
+            && new
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+        if new.pointer("/metadata/deletionTimestamp").is_some()
+            && finalizers(&new).is_empty()
+            && !namespace_finalizers
+            && !pod_terminating
         {
             let gone = self
                 .store

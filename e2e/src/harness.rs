@@ -66,6 +66,13 @@ impl TestCluster {
     }
 
     fn start_with(state: tempfile::TempDir, mut config: Config) -> anyhow::Result<Self> {
+        // `KUBESIM_LOG=debug cargo test …` shows kubesim's log.
+        if let Ok(filter) = std::env::var("KUBESIM_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         config.bookmark_interval = std::time::Duration::from_secs(1);
         let (tx, rx) = mpsc::channel::<anyhow::Result<(PathBuf, String, String, tokio::sync::watch::Sender<bool>)>>();
         let thread = std::thread::Builder::new().name("kubesim".into()).spawn(move || {
@@ -211,12 +218,18 @@ impl TestCluster {
         name: &str,
         timeout: std::time::Duration,
         what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> anyhow::Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
         self.wait_for(&format!("pod {ns}/{name}: {what}"), timeout, || {
             let p = self.pod(ns, name)?;
-            Ok(pred(&p).then_some(p))
+            if pred(&p) {
+                return Ok(Some(p));
+            }
+            last = p;
+            Ok(None)
         })
+        .map_err(|e| e.context(format!("last status: {}", last["status"])))
     }
 
     /// Waits until the pod has the phase (`Running`, `Succeeded`, `Failed`).

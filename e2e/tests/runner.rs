@@ -55,6 +55,7 @@ spec:
       echo "greeting-file=$(cat /etc/kubesim-test/greeting)"
       echo "label-file=$(cat /var/run/podinfo/labels)"
       echo "pwd=$(pwd)"
+      echo scratch > /kubesim-data/file && echo "data=$(cat /kubesim-data/file)"
       echo "expanded=$EXPANDED"
       env | sort
     workingDir: /etc/kubesim-test
@@ -73,7 +74,9 @@ spec:
     volumeMounts:
     - {name: cfg, mountPath: /etc/kubesim-test}
     - {name: info, mountPath: /var/run/podinfo}
+    - {name: scratch, mountPath: /kubesim-data}
   volumes:
+  - {name: scratch, emptyDir: {}}
   - name: cfg
     configMap: {name: settings, items: [{key: greeting, path: greeting}]}
   - name: info
@@ -93,6 +96,7 @@ spec:
         "greeting-file=hello".into(),
         "label-file=show".into(),
         "pwd=/etc/kubesim-test".into(),
+        "data=scratch".into(),
         "expanded=show-fast".into(),
         "POD_NAME=show".into(),
         "POD_NAMESPACE=default".into(),
@@ -113,6 +117,7 @@ spec:
     assert_eq!(st["state"]["terminated"]["reason"], "Completed");
     // Nothing leaked onto the host.
     assert!(!std::path::Path::new("/etc/kubesim-test").exists());
+    assert!(!std::path::Path::new("/kubesim-data").exists());
     Ok(())
 }
 
@@ -136,5 +141,473 @@ fn unknown_images_are_reported_like_failed_pulls() -> anyhow::Result<()> {
         table.contains("ErrImagePull") || table.contains("ImagePullBackOff"),
         "{table}"
     );
+    Ok(())
+}
+
+/// A hostPath directory the test reads after pods are gone.
+fn host_dir(c: &TestCluster, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = c.state_dir().join(name);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn init_containers_run_in_order_and_sidecars_outlive_main_containers() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    let dir = host_dir(&c, "order")?;
+    let order = dir.join("order");
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ordered}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes:
+  - {{name: work, hostPath: {{path: {dir}, type: Directory}}}}
+  initContainers:
+  - name: first
+    image: busybox
+    command: [sh, -c, "echo first >> /work/order"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  - name: sidecar
+    image: busybox
+    restartPolicy: Always
+    command: [sh, -c, "trap 'echo sidecar-stop >> /work/order; exit 0' TERM; sleep 1; echo sidecar-start >> /work/order; touch /tmp/started; while true; do sleep 0.1; done"]
+    startupProbe:
+      exec: {{command: [test, -f, /tmp/started]}}
+      periodSeconds: 1
+      failureThreshold: 30
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  - name: second
+    image: busybox
+    command: [sh, -c, "echo second >> /work/order"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "trap 'sleep 1; echo main-stop >> /work/order; exit 0' TERM; echo main-start >> /work/order; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+"#,
+        dir = dir.display()
+    ))?;
+    let pod = c.wait_pod_ready("default", "ordered")?;
+    assert_eq!(lines(&order), ["first", "sidecar-start", "second", "main-start"]);
+    let sidecar = container_status(&pod, "initContainerStatuses", "sidecar");
+    assert!(sidecar["state"]["running"].is_object(), "{sidecar}");
+    assert_eq!(sidecar["started"], true);
+    let first = container_status(&pod, "initContainerStatuses", "first");
+    assert_eq!(first["state"]["terminated"]["reason"], "Completed", "{first}");
+    assert_eq!(pod["status"]["phase"], "Running");
+    let t = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "pod", "ordered", "--timeout=30s"], None)?;
+    assert!(t.elapsed() < Duration::from_secs(8), "deletion took {:?}", t.elapsed());
+    assert_eq!(
+        lines(&order),
+        [
+            "first",
+            "sidecar-start",
+            "second",
+            "main-start",
+            "main-stop",
+            "sidecar-stop"
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn failing_init_containers_are_retried_and_block_the_pod() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: blocked}
+spec:
+  initContainers:
+  - {name: check, image: busybox, command: [sh, -c, "echo checking; exit 1"]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+"#,
+    )?;
+    let pod = c.wait_pod("default", "blocked", Duration::from_secs(20), "init restarted", |p| {
+        container_status(p, "initContainerStatuses", "check")["restartCount"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    })?;
+    assert_eq!(pod["status"]["phase"], "Pending");
+    let main = container_status(&pod, "containerStatuses", "main");
+    assert_eq!(main["state"]["waiting"]["reason"], "PodInitializing", "{main}");
+    let init = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == "Initialized").cloned())
+        .unwrap_or_default();
+    assert_eq!(init["status"], "False", "{init}");
+    assert_eq!(c.logs("default", "blocked", "check")?, "checking\n");
+    // With restartPolicy Never a failed init container fails the pod.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: doomed}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: check, image: busybox, command: [sh, -c, "exit 2"]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+"#,
+    )?;
+    let pod = c.wait_pod_phase("default", "doomed", "Failed")?;
+    let st = container_status(&pod, "initContainerStatuses", "check");
+    assert_eq!(st["state"]["terminated"]["exitCode"], 2, "{st}");
+    Ok(())
+}
+
+#[test]
+fn crashing_containers_restart_with_backoff_and_keep_the_previous_log() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - {name: app, image: busybox, command: [sh, -c, "echo started at $(date +%s%N); exit 3"]}
+"#,
+    )?;
+    let mut saw_backoff = false;
+    let pod = c.wait_pod("default", "crasher", Duration::from_secs(30), "two restarts", |p| {
+        let st = container_status(p, "containerStatuses", "app");
+        saw_backoff |= st["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        st["restartCount"].as_u64().is_some_and(|n| n >= 2)
+    });
+    let pod = pod?;
+    let st = container_status(&pod, "containerStatuses", "app");
+    assert_eq!(st["lastState"]["terminated"]["exitCode"], 3, "{st}");
+    assert_eq!(st["lastState"]["terminated"]["reason"], "Error");
+    let _ = c.wait_pod("default", "crasher", Duration::from_secs(15), "CrashLoopBackOff", |p| {
+        saw_backoff |=
+            container_status(p, "containerStatuses", "app")["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        saw_backoff
+    })?;
+    let table = c.kubectl_ok(&["get", "pod", "crasher"], None)?;
+    assert!(table.contains("crasher"), "{table}");
+    let previous = c.kubectl_ok(&["logs", "crasher", "--previous"], None)?;
+    assert!(previous.starts_with("started at "), "{previous}");
+    let current = c.kubectl_ok(&["logs", "crasher", "--timestamps"], None)?;
+    assert!(current.contains("Z started at "), "{current}");
+    Ok(())
+}
+
+#[test]
+fn probes_drive_readiness_and_endpoints() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - name: server
+    image: busybox
+    command: [python3, -m, http.server, "8080", --directory, /tmp]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /ready, port: http, httpHeaders: [{name: X-Probe, value: kubesim}]}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+"#,
+    )?;
+    let endpoints = |ready: bool| -> anyhow::Result<Vec<String>> {
+        let ep: Value = serde_json::from_str(&c.kubectl_ok(&["get", "endpoints", "web", "-o", "json"], None)?)?;
+        let key = if ready { "addresses" } else { "notReadyAddresses" };
+        Ok(ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s[key].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_string))
+            .collect())
+    };
+    let pod = c.wait_pod("default", "web", Duration::from_secs(20), "running, not ready", |p| {
+        container_status(p, "containerStatuses", "server")["started"] == true
+    })?;
+    let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!trellis_e2e::harness::pod_ready(&c.pod("default", "web")?));
+    c.wait_for("not-ready endpoint", Duration::from_secs(10), || {
+        Ok(endpoints(false)?.contains(&ip).then_some(()))
+    })?;
+    // The probe's file appears: Ready, and the address moves to `addresses`.
+    c.exec("default", "web", "server", &["touch", "/tmp/ready"])?;
+    c.wait_pod_ready("default", "web")?;
+    c.wait_for("ready endpoint", Duration::from_secs(10), || {
+        Ok(endpoints(true)?.contains(&ip).then_some(()))
+    })?;
+    c.exec("default", "web", "server", &["rm", "/tmp/ready"])?;
+    c.wait_pod("default", "web", Duration::from_secs(10), "not ready again", |p| {
+        !trellis_e2e::harness::pod_ready(p)
+    })?;
+    let st = container_status(&c.pod("default", "web")?, "containerStatuses", "server").clone();
+    assert_eq!(st["restartCount"], 0, "the liveness probe passes: {st}");
+    Ok(())
+}
+
+#[test]
+fn liveness_failures_restart_the_container() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wedged}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "while true; do sleep 0.1; done"]
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/healthy]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    )?;
+    let pod = c.wait_pod(
+        "default",
+        "wedged",
+        Duration::from_secs(20),
+        "restarted by liveness",
+        |p| {
+            container_status(p, "containerStatuses", "app")["restartCount"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        },
+    )?;
+    let st = container_status(&pod, "containerStatuses", "app");
+    let msg = st["lastState"]["terminated"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("Liveness probe failed"), "{st}");
+    Ok(())
+}
+
+#[test]
+fn graceful_termination_sends_term_then_kill_after_the_grace_period() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    let dir = host_dir(&c, "term")?;
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: polite}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: out, hostPath: {{path: {dir}}}}}]
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "trap 'echo term >> /out/polite; exit 0' TERM; while true; do sleep 0.1; done"]
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "echo prestop >> /out/polite"]}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "trap '' TERM; while true; do sleep 0.1; done"]
+"#,
+        dir = dir.display()
+    ))?;
+    c.wait_pod_ready("default", "polite")?;
+    c.wait_pod_ready("default", "stubborn")?;
+    let t = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "pod", "polite"], None)?;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "TERM was handled: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(lines(&dir.join("polite")), ["prestop", "term"]);
+    let t = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "pod", "stubborn"], None)?;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "KILL after the 2 s grace period: {took:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn logs_follow_and_exec_run_inside_the_container() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done; sleep 3600"]
+    env: [{name: GREETING, value: hi}]
+    securityContext: {runAsUser: 1337, runAsGroup: 1337}
+"#,
+    )?;
+    c.wait_pod_ready("default", "talker")?;
+    // `-f` streams until the container stops; here: read the five lines.
+    let mut child = c
+        .kubectl_command()
+        .args(["logs", "-f", "talker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut got = String::new();
+        let mut buf = [0u8; 256];
+        while !got.contains("line 5") {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        got
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = reader.join().expect("reader");
+    assert!(got.contains("line 1\n") && got.contains("line 5"), "{got:?}");
+
+    let out = c.exec(
+        "default",
+        "talker",
+        "app",
+        &["sh", "-c", "echo $GREETING; id -u; id -g; hostname"],
+    )?;
+    assert_eq!(out, "hi\n1337\n1337\ntalker\n");
+    let failed = c.kubectl(&["exec", "talker", "--", "sh", "-c", "echo oops >&2; exit 3"], None)?;
+    assert_eq!(failed.status.code(), Some(3), "{failed:?}");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
+    // stdin reaches the command.
+    let piped = c.kubectl_ok(&["exec", "-i", "talker", "--", "cat"], Some("through stdin\n"))?;
+    assert_eq!(piped, "through stdin\n");
+    Ok(())
+}
+
+#[test]
+fn jobs_and_deployments_run_real_processes() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: busybox, command: [sh, -c, "echo working; sleep 0.5; echo done"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: busybox
+        command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+        readinessProbe:
+          exec: {command: ["true"]}
+          periodSeconds: 1
+"#,
+    )?;
+    c.kubectl_ok(&["wait", "--for=condition=complete", "job/once", "--timeout=30s"], None)?;
+    let job_logs = c.kubectl_ok(&["logs", "job/once"], None)?;
+    assert_eq!(job_logs, "working\ndone\n");
+    let first = c.wait_deployment_ready("default", "app")?;
+    c.kubectl_ok(&["rollout", "restart", "deployment/app"], None)?;
+    let second = c.wait_deployment_ready("default", "app")?;
+    let names = |ps: &[Value]| -> Vec<String> {
+        ps.iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (a, b) = (names(&first), names(&second));
+    assert!(
+        a.iter().all(|n| !b.contains(n)),
+        "new pods after the restart: {a:?} → {b:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_process_or_namespace_is_left_after_the_cluster_stops() -> anyhow::Result<()> {
+    let Some(c) = cluster()? else { return Ok(()) };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper}
+spec:
+  containers:
+  - {name: app, image: busybox, command: [sh, -c, "echo pid=$$$$; exec sleep 3600"]}
+"#,
+    )?;
+    c.wait_pod_ready("default", "sleeper")?;
+    let log = c.wait_for("the pid in the log", Duration::from_secs(10), || {
+        let l = c.logs("default", "sleeper", "app")?;
+        Ok(l.contains("pid=").then_some(l))
+    })?;
+    let pid: u32 = log.trim().trim_start_matches("pid=").parse()?;
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(pid));
+    let state = c.state_dir().to_path_buf();
+    drop(c);
+    assert!(!alive(pid), "pid {pid} survived the cluster");
+    assert!(!state.join("runner").join("pods").exists());
     Ok(())
 }

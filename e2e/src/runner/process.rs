@@ -10,7 +10,9 @@
 //! 2. for volume mount paths that neither exist on the host nor lie under
 //!    `/run` or `/tmp`, mounts an overlay (upper layer in the tmpfs) over
 //!    their deepest existing ancestor, so creating mount points never
-//!    touches the host's files (an ancestor of `/` itself is refused);
+//!    touches the host's files; a new top-level directory (e.g. `/data`)
+//!    gets the container a private root instead: a tmpfs with the host's
+//!    top-level entries bound into it, entered with `chroot`;
 //! 3. bind-mounts every volume (read-only where asked), `/etc/hosts` and
 //!    the pod's `/etc/resolv.conf`, sets the hostname to the pod name;
 //! 4. `cd`s to `workingDir` and `exec`s `setpriv` (`runAsUser`/`runAsGroup`)
@@ -147,15 +149,16 @@ pub fn setup_script(l: &Launch) -> Result<String, String> {
     let mut targets: Vec<(String, &Mount)> = l.mounts.iter().map(|m| (normalize(&m.target), m)).collect();
     targets.sort_by_key(|(t, _)| t.matches('/').count());
     let mut overlays: Vec<String> = Vec::new();
+    let mut private_root = false;
     for (t, _) in &targets {
         if under(t, "/run") || under(t, "/tmp") || under(t, "/var/run") || Path::new(t).exists() {
             continue;
         }
         let a = existing_ancestor(t);
         if a == "/" {
-            return Err(format!(
-                "mountPath {t}: kubesim cannot create a top-level directory without touching the host; mount under /run, /tmp, /var, /etc, /opt or /srv"
-            ));
+            // A new top-level directory: the container gets its own root.
+            private_root = true;
+            continue;
         }
         if overlays.iter().any(|o| under(&a, o)) {
             continue;
@@ -171,13 +174,18 @@ pub fn setup_script(l: &Launch) -> Result<String, String> {
             sh_quote(a)
         ));
     }
-    for (t, m) in &targets {
+    // Whether a target lies in a top-level directory the host lacks.
+    let in_root = |t: &str| {
+        let top = t.split('/').nth(1).unwrap_or_default();
+        !top.is_empty() && !Path::new(&format!("/{top}")).exists()
+    };
+    let bind = |s: &mut String, m: &Mount, path: String| {
         let src = host_sources
             .iter()
             .find(|(h, _)| *h == m.source)
             .map(|(_, at)| at.clone())
             .unwrap_or_else(|| staged(&m.source));
-        let qt = sh_quote(t);
+        let qt = sh_quote(&path);
         if m.source.is_dir() {
             s.push_str(&format!("mkdir -p {qt}\n"));
         } else {
@@ -189,20 +197,61 @@ pub fn setup_script(l: &Launch) -> Result<String, String> {
         if m.read_only {
             s.push_str(&format!("mount -o remount,bind,ro {qt}\n"));
         }
+    };
+    for (t, m) in targets.iter().filter(|(t, _)| !in_root(t)) {
+        bind(&mut s, m, t.clone());
     }
     for (file, at) in [(&l.hosts, "/etc/hosts"), (&l.resolv_conf, "/etc/resolv.conf")] {
         if let Some(f) = file {
             s.push_str(&format!("mount --bind {} {at}\n", sh_quote(&staged(f))));
         }
     }
+    // The private root: a tmpfs with every top-level entry of the host's
+    // root (as prepared above) bound or linked into it, entered with
+    // `chroot` at the end; new top-level mount points are made in it.
+    let root = format!("{stage}/root");
+    if private_root {
+        s.push_str(&format!("mkdir -p {root}\n"));
+        let mut entries: Vec<_> = std::fs::read_dir("/")
+            .map_err(|e| format!("reading /: {e}"))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let host = format!("/{name}");
+            let at = sh_quote(&format!("{root}/{name}"));
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_symlink() {
+                if let Ok(target) = std::fs::read_link(&host) {
+                    s.push_str(&format!("ln -s {} {at}\n", sh_quote(&target.to_string_lossy())));
+                }
+            } else if ft.is_dir() {
+                s.push_str(&format!("mkdir {at}\nmount --rbind {} {at}\n", sh_quote(&host)));
+            } else if ft.is_file() {
+                s.push_str(&format!("touch {at}\nmount --bind {} {at}\n", sh_quote(&host)));
+            }
+        }
+        for (t, m) in targets.iter().filter(|(t, _)| in_root(t)) {
+            bind(&mut s, m, format!("{root}{t}"));
+        }
+    }
     s.push_str(&format!("hostname {} 2>/dev/null || true\n", sh_quote(&l.hostname)));
     let wd = l.working_dir.clone().unwrap_or_else(|| "/".into());
-    s.push_str(&format!(
-        "cd {} || {{ echo \"kubesim: workingDir {} does not exist\" >&2; exit 128; }}\n",
+    let cd = format!(
+        "cd {} || {{ echo \"kubesim: workingDir {} does not exist\" >&2; exit 128; }}",
         sh_quote(&wd),
         wd.replace('"', "")
-    ));
-    s.push_str("exec \"$@\"\n");
+    );
+    if private_root {
+        s.push_str(&format!(
+            "exec chroot {} /bin/sh -c {} kubesim-container \"$@\"\n",
+            sh_quote(&root),
+            sh_quote(&format!("{cd}; exec \"$@\""))
+        ));
+    } else {
+        s.push_str(&format!("{cd}\nexec \"$@\"\n"));
+    }
     Ok(s)
 }
 
@@ -291,6 +340,7 @@ pub fn exec_command(t: &ExecTarget, argv: &[String]) -> tokio::process::Command 
         "--mount".into(),
         "--net".into(),
         "--uts".into(),
+        "--root".into(),
         format!("--wd={}", t.working_dir.as_deref().unwrap_or("/")),
         "--".into(),
     ];
@@ -353,7 +403,12 @@ mod tests {
             working_dir: None,
             user: User::default(),
         };
-        assert!(setup_script(&l).unwrap_err().contains("top-level"));
+        let s = setup_script(&l).unwrap();
+        assert!(
+            s.contains("mount --bind '/run/.kubesim/pod/volumes/x' '/run/.kubesim/root/kubesim-no-such-dir/x'"),
+            "{s}"
+        );
+        assert!(s.contains("exec chroot '/run/.kubesim/root'"), "{s}");
         let mut l2 = l.clone();
         l2.mounts[0].target = "/etc/kubesim-no-such/config".into();
         let s = setup_script(&l2).unwrap();
