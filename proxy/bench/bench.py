@@ -334,7 +334,8 @@ def main():
             sys.exit(f"missing {tool}: see the module docstring for how to install it")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "trellis-proxy"], cwd=ROOT, check=True)
-    bin = os.path.join(ROOT, "target", "release", "trellis-proxy")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    bin = os.path.join(target, "release", "trellis-proxy")
     names = ["direct", "trellis-hop", "trellis-chain", "envoy-hop", "envoy-chain", "nginx-hop", "nginx-chain"]
     if args.only:
         names = [n for n in names if n in args.only]
