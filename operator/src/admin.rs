@@ -145,5 +145,5 @@ pub fn metrics(admin: &Admin) -> String {
         "Whether the operator is ready.",
         u64::from(admin.ready.load(Ordering::SeqCst)),
     );
-    out
+    admin.push.metrics().render(&out)
 }

@@ -18,6 +18,7 @@ use trellis_push::v1::config_push_server::ConfigPushServer;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
 use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
 use crate::index::{self, Index};
+use crate::metrics::Metrics;
 use crate::push::{self, PushService};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
@@ -122,8 +123,10 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     // The live index, fed by the watchers.
     let index = Arc::new(RwLock::new(Index::default()));
     let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
-    let index_task = tokio::spawn(index::run(client.clone(), index.clone(), changed_tx));
+    let metrics = Arc::new(Metrics::default());
+    let index_task = tokio::spawn(index::run(client.clone(), index.clone(), changed_tx, metrics.clone()));
     let core = Core {
+        metrics,
         index: index.clone(),
         changed: changed_rx.clone(),
         reviewer: Arc::new(KubeTokenReviewer::new(client.clone())),
@@ -162,6 +165,8 @@ pub struct Core {
     pub roots: Arc<MeshRoots>,
     /// Where the end of a root rotation is recorded (the CA Secret), if anywhere.
     pub secret: Option<Client>,
+    /// The operator's metrics (the index records its updates here too).
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Core {
@@ -181,6 +186,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         reviewer,
         roots,
         secret,
+        metrics,
     } = core;
     let root_pem = roots.bundle().borrow().roots_pem.concat();
     let mut tasks = Vec::new();
@@ -189,8 +195,9 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
     let push = PushService::new(index.clone(), changed.clone(), push::Options::default())
         .require_workload_identity(config.trust_domain.clone())
-        .with_roots(roots.clone());
-    let certs = CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone());
+        .with_roots(roots.clone())
+        .with_metrics(metrics.clone());
+    let certs = CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics);
     let serving = Arc::new(ServingTls::new(config, &roots)?);
     let listener = TcpListener::bind(config.push_addr)
         .await

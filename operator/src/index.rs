@@ -18,6 +18,7 @@ use trellis_api::mesh::{Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
 
+use crate::metrics::Metrics;
 use crate::registry::{ObjectKey, Service, Workload};
 use crate::snapshot::{Snapshot, tls_credential};
 
@@ -312,13 +313,14 @@ pub type Shared = Arc<RwLock<Index>>;
 /// # Caveats
 /// Watch errors are retried with kube-runtime's default backoff; a kind whose CRD is not
 /// installed yet is retried until it is.
-pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sender<u64>) {
+pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sender<u64>, metrics: Arc<Metrics>) {
     let tls_secrets = watcher::Config::default().fields("type=kubernetes.io/tls");
     tokio::join!(
         watch_kind::<Namespace>(
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::Namespace,
             |o| Object::Namespace(Box::new(o))
@@ -327,6 +329,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::Service,
             |o| Object::Service(Box::new(o))
@@ -335,6 +338,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::Pod,
             |o| Object::Pod(Box::new(o))
@@ -343,6 +347,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             tls_secrets,
             IndexedKind::Secret,
             |o| Object::Secret(Box::new(o))
@@ -351,6 +356,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::VirtualService,
             |o| Object::VirtualService(Box::new(o))
@@ -359,6 +365,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::DestinationRule,
             |o| Object::DestinationRule(Box::new(o))
@@ -367,6 +374,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::Gateway,
             |o| Object::Gateway(Box::new(o))
@@ -375,6 +383,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::PeerAuthentication,
             |o| Object::PeerAuthentication(Box::new(o))
@@ -383,6 +392,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::AuthorizationPolicy,
             |o| Object::AuthorizationPolicy(Box::new(o))
@@ -391,6 +401,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             client.clone(),
             &index,
             &changed,
+            &metrics,
             watcher::Config::default(),
             IndexedKind::Mesh,
             |o| Object::Mesh(Box::new(o))
@@ -402,6 +413,7 @@ async fn watch_kind<K>(
     client: Client,
     index: &Shared,
     changed: &tokio::sync::watch::Sender<u64>,
+    metrics: &Metrics,
     config: watcher::Config,
     kind: IndexedKind,
     wrap: fn(K) -> Object,
@@ -434,11 +446,14 @@ async fn watch_kind<K>(
             }
         };
         if let Some(change) = change {
+            let started = std::time::Instant::now();
             let generation = {
                 let mut idx = index.write().expect("index lock");
                 idx.apply(change);
                 idx.generation()
             };
+            metrics.index_updates.inc();
+            metrics.index_update_seconds.observe(started.elapsed());
             changed.send_replace(generation);
         }
     }

@@ -6,7 +6,7 @@
 //! - [`index`]: the live index, fed by kube-runtime watchers.
 //! - [`push`]: the gRPC config push service and per-proxy sync state.
 //! - [`trust`]: the mesh root published to every namespace.
-//! - [`app`], [`admin`]: the running operator and its admin API.
+//! - [`app`], [`admin`], [`metrics`]: the running operator, its admin API and its metrics.
 //! - [`ca`]: the mesh certificate authority and root rotation.
 
 pub mod admin;
@@ -15,6 +15,7 @@ pub mod ca;
 pub mod compile;
 pub mod identity;
 pub mod index;
+pub mod metrics;
 pub mod push;
 pub mod registry;
 pub mod snapshot;

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
 use serde::Serialize;
@@ -27,6 +27,7 @@ use trellis_push::{ProxyMessage, Snapshot, proxy_message};
 
 use crate::ca::{Bundle, MeshRoots};
 use crate::compile::{Role, compile};
+use crate::metrics::Metrics;
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot as MeshSnapshot;
 
@@ -125,6 +126,7 @@ pub struct PushService {
     bundle: Option<watch::Receiver<Bundle>>,
     /// Set when the operator stops: every subscription ends, so proxies reconnect elsewhere.
     stopping: Arc<watch::Sender<bool>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -148,7 +150,19 @@ impl PushService {
             roots: None,
             bundle: None,
             stopping: Arc::new(watch::Sender::new(false)),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count pushes, ACKs, NACKs and convergence in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this service records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// End every subscription (the operator is stopping); proxies keep their configs and
@@ -268,6 +282,10 @@ fn push_version(config: &ProxyConfig, renew_unless_issued_by: &str) -> String {
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -315,16 +333,25 @@ impl ConfigPush for PushService {
         tracing::info!(%proxy, version = %hello.current_version, "proxy subscribed");
 
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
+        // Versions sent and not yet answered, with the change (generation) each carries, for
+        // the convergence metric.
+        let owed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         // Outbound: compile and send on every change.
         let this = self.clone();
         let sender_proxy = proxy.clone();
+        let sender_owed = owed.clone();
         let mut last_sent = (!hello.current_version.is_empty()).then(|| hello.current_version.clone());
         tokio::spawn(async move {
+            let metrics = this.metrics.clone();
             let mut changed = this.changed.clone();
             let mut bundle_changed = this.bundle.clone();
             let mut stopping = this.stopping.subscribe();
+            // The change this proxy woke for (none for the first config and trust bundle changes).
+            let mut rollout: Option<u64> = None;
             loop {
+                let started = Instant::now();
                 let (snapshot, bundle) = this.snapshot_with_bundle();
+                let mut sent = false;
                 match compile(&snapshot, &pod, role, "") {
                     Ok(mut compiled) => {
                         let version = push_version(&compiled.config, &bundle.renew_unless_issued_by);
@@ -332,9 +359,16 @@ impl ConfigPush for PushService {
                             compiled.config.version = version.clone();
                             let mut snapshot = Snapshot::from_config(&compiled.config);
                             snapshot.renew_unless_issued_by = bundle.renew_unless_issued_by.clone();
+                            if let Some(g) = rollout {
+                                lock(&sender_owed).push((version.clone(), g));
+                                metrics.rollout_sent(g);
+                            }
                             if tx.send(Ok(snapshot)).await.is_err() {
                                 break;
                             }
+                            sent = true;
+                            metrics.pushes.inc();
+                            metrics.push_seconds.observe(started.elapsed());
                             this.update(&sender_proxy, |s| {
                                 s.sent = Some(version.clone());
                                 s.sent_roots = bundle.fingerprints.clone();
@@ -355,18 +389,29 @@ impl ConfigPush for PushService {
                         tracing::debug!(proxy = %sender_proxy, error = %e, "not compiled yet; waiting for the registry")
                     }
                 }
+                if let Some(g) = rollout.take()
+                    && !sent
+                {
+                    // Not affected by this change.
+                    metrics.rollout_done(g, true);
+                }
                 let bundle_change = async {
                     match bundle_changed.as_mut() {
                         Some(b) => b.changed().await,
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
+                let woke_for_change = tokio::select! {
                     biased;
                     _ = stopping.wait_for(|s| *s) => break,
                     _ = tx.closed() => break,
-                    r = changed.changed() => if r.is_err() { break },
-                    r = bundle_change => if r.is_err() { break },
+                    r = changed.changed() => if r.is_err() { break } else { true },
+                    r = bundle_change => if r.is_err() { break } else { false },
+                };
+                if woke_for_change {
+                    let g = *changed.borrow();
+                    metrics.rollout_joined(g, Instant::now());
+                    rollout = Some(g);
                 }
                 tokio::time::sleep(this.options.debounce).await;
                 if *stopping.borrow() {
@@ -377,11 +422,24 @@ impl ConfigPush for PushService {
                     b.borrow_and_update();
                 }
             }
+            if let Some(g) = rollout {
+                metrics.rollout_done(g, false);
+            }
         });
         // Inbound: ACKs and NACKs.
         let this = self.clone();
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
+            let metrics = this.metrics.clone();
+            // Answer the versions owed up to `version`; later ones stay owed.
+            let answered = |version: &str, acked: bool| {
+                let mut owed = lock(&owed);
+                if let Some(i) = owed.iter().position(|(v, _)| v == version) {
+                    for (_, g) in owed.drain(..=i) {
+                        metrics.rollout_done(g, acked);
+                    }
+                }
+            };
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
@@ -391,6 +449,8 @@ impl ConfigPush for PushService {
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Ack(a)),
                     })) => {
+                        metrics.acks.inc();
+                        answered(&a.version, true);
                         this.update(&proxy, |s| {
                             if s.sent.as_deref() == Some(a.version.as_str()) {
                                 s.acked_roots = s.sent_roots.clone();
@@ -401,6 +461,8 @@ impl ConfigPush for PushService {
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Nack(n)),
                     })) => {
+                        metrics.nacks.inc();
+                        answered(&n.version, false);
                         tracing::warn!(%proxy, version = %n.version, error = %n.error, "proxy rejected a config");
                         this.update(&proxy, |s| {
                             s.nacked = Some(Nacked {
@@ -412,6 +474,9 @@ impl ConfigPush for PushService {
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
+            }
+            for (_, g) in lock(&owed).drain(..) {
+                metrics.rollout_done(g, false);
             }
             this.update(&proxy, |s| s.connected = false);
             tracing::info!(%proxy, "proxy disconnected");

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use trellis_operator::ca::service::{CertificateService, TOKEN_AUDIENCE, TokenIdentity, TokenReviewer};
 use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, ManualClock, MeshRoots, SigningCert};
+use trellis_operator::metrics::{Metrics, Refusal};
 use trellis_push::SignRequest;
 
 /// Tokens known to the fake API server.
@@ -24,6 +25,11 @@ impl TokenReviewer for FakeReviewer {
 }
 
 fn service() -> (CertificateService, String) {
+    let (svc, root, _) = service_with_metrics();
+    (svc, root)
+}
+
+fn service_with_metrics() -> (CertificateService, String, Arc<Metrics>) {
     let now = SystemTime::now();
     let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400 * 365), now).unwrap();
     let root_pem = root.cert_pem().to_string();
@@ -46,8 +52,10 @@ fn service() -> (CertificateService, String) {
             },
         ),
     ]));
-    let svc = CertificateService::new(Arc::new(roots), Arc::new(reviewer), "cluster.local");
-    (svc, root_pem)
+    let metrics = Arc::new(Metrics::default());
+    let svc =
+        CertificateService::new(Arc::new(roots), Arc::new(reviewer), "cluster.local").with_metrics(metrics.clone());
+    (svc, root_pem, metrics)
 }
 
 fn csr(uri: &str) -> String {
@@ -88,7 +96,7 @@ async fn a_pod_gets_its_own_identity_and_the_trust_bundle() {
 
 #[tokio::test]
 async fn tokens_cannot_be_used_for_other_identities_namespaces_or_pods() {
-    let (svc, _) = service();
+    let (svc, _, metrics) = service_with_metrics();
     let other_sa = svc
         .handle(&req(
             "web-token",
@@ -136,4 +144,17 @@ async fn tokens_cannot_be_used_for_other_identities_namespaces_or_pods() {
         ))
         .await;
     assert!(ok.is_ok());
+
+    // Each refusal is counted by its reason; the one success as issued.
+    assert_eq!(metrics.refusals(Refusal::IdentityMismatch), 1);
+    assert_eq!(metrics.refusals(Refusal::WrongPod), 2);
+    assert_eq!(metrics.refusals(Refusal::Unauthenticated), 2);
+    assert_eq!(metrics.refusals(Refusal::BadCsr), 0);
+    assert_eq!(metrics.certificates_issued.get(), 1);
+    let text = metrics.render("");
+    assert!(
+        text.contains("trellis_operator_certificates_refused_total{reason=\"wrong_pod\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("trellis_operator_certificates_issued_total 1"), "{text}");
 }

@@ -63,7 +63,8 @@ async fn the_index_follows_the_cluster() {
     let client = cluster.client().await.unwrap();
     let shared = Arc::new(RwLock::new(Index::default()));
     let (tx, mut rx) = tokio::sync::watch::channel(0);
-    let task = tokio::spawn(index::run(client, shared.clone(), tx));
+    let metrics = Arc::new(trellis_operator::metrics::Metrics::default());
+    let task = tokio::spawn(index::run(client, shared.clone(), tx, metrics.clone()));
 
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
     eventually(&shared, "the Service", |i| {
@@ -90,6 +91,11 @@ async fn the_index_follows_the_cluster() {
     assert!(
         rx.has_changed().unwrap() || *rx.borrow_and_update() > 0,
         "changes are announced"
+    );
+    let updates = metrics.index_updates.get();
+    assert!(
+        updates > 0 && metrics.index_update_seconds.count() == updates,
+        "{updates}"
     );
 
     // Compile from the live index for one of the pods.

@@ -267,6 +267,15 @@ fn load(
     })
 }
 
+/// One sample of the operator's `/metrics` (0 when absent).
+async fn metric(op: &App, sample: &str) -> f64 {
+    let (status, text) = support::http_get(op.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Every request of a load loop succeeded.
 fn no_failures(ok: u64, failures: &[String]) {
     assert!(
@@ -332,6 +341,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
         reviewer: Arc::new(Reviewer),
         roots: Arc::new(roots),
         secret: None,
+        metrics: Arc::default(),
     };
     let push_port = support::free_port();
     let op = start_operator(core(MeshRoots::new(root, ttl, Arc::new(SystemClock))), push_port).await;
@@ -422,6 +432,8 @@ async fn two_proxies_and_two_apps_on_loopback() {
             == 2
     })
     .await;
+    assert_eq!(metric(&op, "trellis_operator_nacks_total").await, 2.0);
+    assert_eq!(metric(&op, "trellis_operator_proxies_nacked").await, 2.0);
     let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(

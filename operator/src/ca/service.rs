@@ -9,6 +9,7 @@ use trellis_push::v1::certificates_server::Certificates;
 use trellis_push::{SignRequest, SignResponse};
 
 use super::{Authorized, CaError, MeshRoots};
+use crate::metrics::{Metrics, Refusal};
 
 /// The audience proxies request for their projected tokens, so a token minted for Trellis
 /// cannot be replayed against the API server and vice versa.
@@ -37,6 +38,7 @@ pub struct CertificateService {
     roots: Arc<MeshRoots>,
     reviewer: Arc<dyn TokenReviewer>,
     trust_domain: String,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for CertificateService {
@@ -55,34 +57,64 @@ impl CertificateService {
             roots,
             reviewer,
             trust_domain: trust_domain.into(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count issued and refused certificates in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Sign a request (the transport-free core of [`Certificates::sign`]).
     pub async fn handle(&self, req: &SignRequest) -> Result<SignResponse, Status> {
+        match self.sign(req).await {
+            Ok(resp) => {
+                self.metrics.certificates_issued.inc();
+                Ok(resp)
+            }
+            Err((why, status)) => {
+                self.metrics.refused(why);
+                Err(status)
+            }
+        }
+    }
+
+    async fn sign(&self, req: &SignRequest) -> Result<SignResponse, (Refusal, Status)> {
         if req.token.is_empty() {
-            return Err(Status::unauthenticated(
-                "no ServiceAccount token: mount a projected token with audience \"trellis\" and send it",
+            return Err((
+                Refusal::Unauthenticated,
+                Status::unauthenticated(
+                    "no ServiceAccount token: mount a projected token with audience \"trellis\" and send it",
+                ),
             ));
         }
-        let who = self
-            .reviewer
-            .review(&req.token, TOKEN_AUDIENCE)
-            .await
-            .map_err(|e| Status::unauthenticated(format!("the ServiceAccount token was not accepted: {e}")))?;
+        let who = self.reviewer.review(&req.token, TOKEN_AUDIENCE).await.map_err(|e| {
+            (
+                Refusal::Unauthenticated,
+                Status::unauthenticated(format!("the ServiceAccount token was not accepted: {e}")),
+            )
+        })?;
         if who.namespace != req.namespace {
-            return Err(Status::permission_denied(format!(
-                "the token belongs to namespace {:?} but the request is for {:?}",
-                who.namespace, req.namespace
-            )));
+            return Err((
+                Refusal::WrongPod,
+                Status::permission_denied(format!(
+                    "the token belongs to namespace {:?} but the request is for {:?}",
+                    who.namespace, req.namespace
+                )),
+            ));
         }
         if let Some(pod) = &who.pod
             && *pod != req.pod
         {
-            return Err(Status::permission_denied(format!(
-                "the token is bound to pod {pod:?} but the request is for pod {:?}",
-                req.pod
-            )));
+            return Err((
+                Refusal::WrongPod,
+                Status::permission_denied(format!(
+                    "the token is bound to pod {pod:?} but the request is for pod {:?}",
+                    req.pod
+                )),
+            ));
         }
         let authorized = Authorized::service_account(&self.trust_domain, &who.namespace, &who.service_account);
         let proxy = format!("{}/{}", req.namespace, req.pod);
@@ -90,9 +122,11 @@ impl CertificateService {
             .roots
             .sign(&req.csr_pem, &authorized, &proxy)
             .map_err(|e| match e {
-                CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
-                CaError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
-                _ => Status::internal(e.to_string()),
+                CaError::BadCsr(_) => (Refusal::BadCsr, Status::invalid_argument(e.to_string())),
+                CaError::IdentityMismatch { .. } => {
+                    (Refusal::IdentityMismatch, Status::permission_denied(e.to_string()))
+                }
+                _ => (Refusal::Internal, Status::internal(e.to_string())),
             })?;
         tracing::info!(identity = %leaf.spiffe_id, pod = %req.pod, "issued a workload certificate");
         let unix = |t: std::time::SystemTime| {

@@ -52,6 +52,17 @@ pub async fn until(what: &str, secs: u64, cond: impl Fn() -> bool) {
     panic!("timed out after {secs}s: {what}");
 }
 
+/// Poll an async `cond` every 50 ms until it holds; panic naming `what` after `secs` seconds.
+pub async fn until_async<F: std::future::Future<Output = bool>>(what: &str, secs: u64, cond: impl Fn() -> F) {
+    for _ in 0..secs * 20 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s: {what}");
+}
+
 /// Apply the repository's CRDs and wait until they are served.
 pub fn apply_crds(cluster: &TestCluster) {
     let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));

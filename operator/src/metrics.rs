@@ -1,0 +1,294 @@
+//! The operator's own metrics, rendered in the Prometheus text format on the admin API's
+//! `/metrics`: index updates (the reconcile of the registry), config pushes, ACKs and NACKs,
+//! certificates issued and refused, and the time a change takes to converge (from the change
+//! reaching the push server to every proxy it affects ACKing it).
+//!
+//! Plain atomics and fixed buckets: no registry crate, no global state; one [`Metrics`] is
+//! shared by the parts of one operator.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Histogram bucket bounds, in seconds: from a millisecond (an index update) to ten seconds (a
+/// slow rollout), dense around the 1 s convergence target.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A distribution of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative), then the count above the last bound.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Why a certificate request was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// No token, or the API server did not accept it.
+    Unauthenticated,
+    /// The token belongs to another namespace or pod.
+    WrongPod,
+    /// The CSR asks for another identity.
+    IdentityMismatch,
+    /// The CSR is malformed.
+    BadCsr,
+    /// The CA could not sign (e.g. its root expires).
+    Internal,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::WrongPod => "wrong_pod",
+            Refusal::IdentityMismatch => "identity_mismatch",
+            Refusal::BadCsr => "bad_csr",
+            Refusal::Internal => "internal",
+        }
+    }
+}
+
+/// A change on its way to the proxies: when it reached the push server, how many proxies are
+/// still to ACK what it produced, and whether one of them failed (NACK or disconnect).
+#[derive(Debug)]
+struct Rollout {
+    started: Instant,
+    pending: usize,
+    affected: usize,
+    failed: bool,
+}
+
+/// Every metric of one operator.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Changes applied to the live index.
+    pub index_updates: Counter,
+    /// How long applying one change to the index took.
+    pub index_update_seconds: Histogram,
+    /// Configs sent to proxies.
+    pub pushes: Counter,
+    /// Compiling, serializing and queueing one proxy's config.
+    pub push_seconds: Histogram,
+    /// Configs the proxies applied.
+    pub acks: Counter,
+    /// Configs the proxies rejected.
+    pub nacks: Counter,
+    /// Workload certificates signed.
+    pub certificates_issued: Counter,
+    refused: Mutex<BTreeMap<Refusal, u64>>,
+    /// From a change reaching the push server to every proxy it affects ACKing it.
+    pub convergence_seconds: Histogram,
+    rollouts: Mutex<BTreeMap<u64, Rollout>>,
+}
+
+impl Metrics {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        // why: counters stay meaningful even if a holder panicked; never take the operator down.
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Count a refused certificate request.
+    pub fn refused(&self, why: Refusal) {
+        *Self::lock(&self.refused).entry(why).or_default() += 1;
+    }
+
+    /// Refused certificate requests for one reason.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        Self::lock(&self.refused).get(&why).copied().unwrap_or(0)
+    }
+
+    /// A proxy woke for change `generation` at `at` and will compile for it.
+    pub fn rollout_joined(&self, generation: u64, at: Instant) {
+        let mut rollouts = Self::lock(&self.rollouts);
+        let r = rollouts.entry(generation).or_insert(Rollout {
+            started: at,
+            pending: 0,
+            affected: 0,
+            failed: false,
+        });
+        r.started = r.started.min(at);
+        r.pending += 1;
+    }
+
+    /// The proxy's config changed and was sent: it now owes an ACK for `generation`.
+    pub fn rollout_sent(&self, generation: u64) {
+        if let Some(r) = Self::lock(&self.rollouts).get_mut(&generation) {
+            r.affected += 1;
+        }
+    }
+
+    /// The proxy is done with `generation`: `acked` (or unaffected, when nothing was sent),
+    /// or not (NACK, disconnect). The rollout converges when no proxy is pending.
+    pub fn rollout_done(&self, generation: u64, acked: bool) {
+        let mut rollouts = Self::lock(&self.rollouts);
+        let Some(r) = rollouts.get_mut(&generation) else { return };
+        r.pending = r.pending.saturating_sub(1);
+        r.failed |= !acked;
+        if r.pending == 0 {
+            if r.affected > 0 && !r.failed {
+                self.convergence_seconds.observe(r.started.elapsed());
+            }
+            rollouts.remove(&generation);
+        }
+    }
+
+    /// The metrics in the Prometheus text format, after `extra` (gauges the caller computes).
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = extra.to_string();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "trellis_operator_index_updates_total",
+            "Changes applied to the live index (registry reconciles).",
+            self.index_updates.get(),
+        );
+        counter(
+            "trellis_operator_pushes_total",
+            "Configs sent to proxies.",
+            self.pushes.get(),
+        );
+        counter(
+            "trellis_operator_acks_total",
+            "Configs the proxies applied.",
+            self.acks.get(),
+        );
+        counter(
+            "trellis_operator_nacks_total",
+            "Configs the proxies rejected (they keep their last good one).",
+            self.nacks.get(),
+        );
+        counter(
+            "trellis_operator_certificates_issued_total",
+            "Workload certificates signed.",
+            self.certificates_issued.get(),
+        );
+        let name = "trellis_operator_certificates_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Certificate requests refused, by reason.\n# TYPE {name} counter"
+        );
+        for why in [
+            Refusal::Unauthenticated,
+            Refusal::WrongPod,
+            Refusal::IdentityMismatch,
+            Refusal::BadCsr,
+            Refusal::Internal,
+        ] {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.label(), self.refusals(why));
+        }
+        self.index_update_seconds.render(
+            &mut out,
+            "trellis_operator_index_update_seconds",
+            "Time to apply one change to the live index.",
+        );
+        self.push_seconds.render(
+            &mut out,
+            "trellis_operator_push_seconds",
+            "Time to compile, serialize and queue one proxy's config.",
+        );
+        self.convergence_seconds.render(
+            &mut out,
+            "trellis_operator_convergence_seconds",
+            "From a change reaching the push server to every proxy it affects ACKing it.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(300));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum 60.303\n") && out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn a_rollout_converges_when_every_affected_proxy_acked() {
+        let m = Metrics::default();
+        let t = Instant::now();
+        for _ in 0..3 {
+            m.rollout_joined(7, t);
+        }
+        m.rollout_sent(7);
+        m.rollout_sent(7);
+        m.rollout_done(7, true); // unaffected proxy
+        m.rollout_done(7, true);
+        assert_eq!(m.convergence_seconds.count(), 0, "one proxy still owes its ACK");
+        m.rollout_done(7, true);
+        assert_eq!(m.convergence_seconds.count(), 1);
+
+        // A NACK means the change never converged.
+        m.rollout_joined(8, t);
+        m.rollout_sent(8);
+        m.rollout_done(8, false);
+        assert_eq!(m.convergence_seconds.count(), 1);
+        // Nobody affected: nothing to observe.
+        m.rollout_joined(9, t);
+        m.rollout_done(9, true);
+        assert_eq!(m.convergence_seconds.count(), 1);
+    }
+}
