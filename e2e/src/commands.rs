@@ -40,10 +40,14 @@ fn cleanup_dead_networks() {
 /// Runs kubesim in the foreground until SIGINT/SIGTERM or a shutdown
 /// request; writes the pid file while it runs. With `processes`, pods run
 /// as processes in the pod network (needs root).
-pub async fn serve(state_dir: &Path, port: u16, processes: bool) -> anyhow::Result<()> {
+pub async fn serve(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) -> anyhow::Result<()> {
     let files = StateFiles::new(state_dir);
     let mut config = if processes {
-        Config::with_processes(state_dir, crate::runner::RunnerConfig::default())
+        let runner = crate::runner::RunnerConfig {
+            bin_dirs: crate::runner::images::BinDirs::resolve(bin_dir),
+            ..Default::default()
+        };
+        Config::with_processes(state_dir, runner)
     } else {
         Config::new(state_dir)
     };
@@ -66,7 +70,7 @@ pub async fn serve(state_dir: &Path, port: u16, processes: bool) -> anyhow::Resu
 /// Starts kubesim in the background, waits until it serves, and returns
 /// the kubeconfig path. Removes what dead instances left of their pod
 /// network first.
-pub fn up(state_dir: &Path, port: u16, processes: bool) -> anyhow::Result<PathBuf> {
+pub fn up(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let files = StateFiles::new(state_dir);
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     if let Some(pid) = read_pid(&files).filter(|p| alive(*p)) {
@@ -95,7 +99,13 @@ pub fn up(state_dir: &Path, port: u16, processes: bool) -> anyhow::Result<PathBu
             .arg(state_dir)
             .arg("--port")
             .arg(port.to_string())
-            .args(processes.then_some("--processes"))
+            .arg(if processes { "--processes" } else { "--simulate" })
+            .args(
+                bin_dir
+                    .map(|d| [std::ffi::OsStr::new("--bin-dir"), d.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -125,6 +135,8 @@ pub fn down(state_dir: &Path) -> anyhow::Result<bool> {
         let _ = std::fs::remove_file(files.pid());
         let _ = std::fs::remove_file(files.kubeconfig());
         cleanup_dead_networks();
+        // Pod processes of the dead kubesim.
+        crate::runner::kill_leftovers(state_dir);
         return Ok(false);
     };
     let status = Command::new("kill")

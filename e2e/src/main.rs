@@ -23,9 +23,18 @@ enum Cmd {
         port: u16,
         /// Run pods as processes, each in its own network namespace on
         /// kubesim's bridge, with Service DNAT, cluster DNS and
-        /// LoadBalancers on 127.X.Y.1 (needs root). Default: simulated pods.
-        #[arg(long)]
+        /// LoadBalancers on 127.X.Y.1 (needs root). The default when root.
+        #[arg(long, conflicts_with = "simulate")]
         processes: bool,
+        /// Simulate pods (reported Running, nothing runs): the default when
+        /// not root.
+        #[arg(long)]
+        simulate: bool,
+        /// Where the programs of the image mapping are (`trellis-proxy`,
+        /// `trellis-operator`, `trellis-testapp`); default: kubesim's own
+        /// directory and its parent.
+        #[arg(long, env = "KUBESIM_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
     },
     /// Stop the kubesim of a state directory.
     Down {
@@ -39,9 +48,30 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         port: u16,
         /// As for `up`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "simulate")]
         processes: bool,
+        /// As for `up`.
+        #[arg(long)]
+        simulate: bool,
+        /// As for `up`.
+        #[arg(long, env = "KUBESIM_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
     },
+}
+
+/// Pods run as processes when asked, or by default when root; otherwise
+/// they are simulated, and the user is told why.
+fn pods_as_processes(processes: bool, simulate: bool) -> bool {
+    if processes || simulate {
+        return processes;
+    }
+    if trellis_e2e::runner::available() {
+        return true;
+    }
+    eprintln!(
+        "kubesim: not root, so pods will be simulated (reported Running, nothing runs); run as root to run pods as processes"
+    );
+    false
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,8 +86,11 @@ fn main() -> anyhow::Result<()> {
             state_dir,
             port,
             processes,
+            simulate,
+            bin_dir,
         } => {
-            let kubeconfig = commands::up(&dir(state_dir), port, processes)?;
+            let processes = pods_as_processes(processes, simulate);
+            let kubeconfig = commands::up(&dir(state_dir), port, processes, bin_dir.as_deref())?;
             println!("kubesim is up; kubeconfig: {}", kubeconfig.display());
             println!("export KUBECONFIG={}", kubeconfig.display());
         }
@@ -73,9 +106,12 @@ fn main() -> anyhow::Result<()> {
             state_dir,
             port,
             processes,
+            simulate,
+            bin_dir,
         } => {
+            let processes = pods_as_processes(processes, simulate);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(commands::serve(&dir(state_dir), port, processes))?;
+            rt.block_on(commands::serve(&dir(state_dir), port, processes, bin_dir.as_deref()))?;
         }
     }
     Ok(())

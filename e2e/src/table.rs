@@ -46,23 +46,64 @@ fn int(obj: &Value, ptr: &str) -> i64 {
     obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
+/// The STATUS column as kubectl prints it (`printPod`): init progress
+/// (`Init:1/2`, `Init:Error`, `Init:CrashLoopBackOff`), then the last
+/// container's waiting or terminated reason, else the phase.
 fn pod_status(pod: &Value) -> String {
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
         return "Terminating".to_string();
     }
-    let waiting = pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str));
-    if let Some(reason) = waiting {
-        return reason.to_string();
-    }
-    pod.pointer("/status/phase")
+    let statuses = |list: &str| -> Vec<Value> {
+        pod.pointer(&format!("/status/{list}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut reason = pod
+        .pointer("/status/reason")
+        .or_else(|| pod.pointer("/status/phase"))
         .and_then(Value::as_str)
         .unwrap_or("Pending")
-        .to_string()
+        .to_string();
+    let init_specs = pod.pointer("/spec/initContainers").and_then(Value::as_array);
+    let n_init = init_specs.map_or(0, Vec::len);
+    for (i, c) in statuses("initContainerStatuses").iter().enumerate() {
+        let sidecar = init_specs
+            .and_then(|s| s.iter().find(|s| s["name"] == c["name"]))
+            .is_some_and(|s| s["restartPolicy"] == "Always");
+        let term = &c["state"]["terminated"];
+        if term["exitCode"] == 0 || (sidecar && c["started"] == true) {
+            continue;
+        }
+        let waiting = c["state"]["waiting"]["reason"].as_str().unwrap_or_default();
+        return if term.is_object() {
+            match term["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None => format!("Init:ExitCode:{}", term["exitCode"]),
+            }
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{n_init}")
+        };
+    }
+    let mut running = false;
+    for c in statuses("containerStatuses").iter().rev() {
+        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            reason = r.to_string();
+        } else if let Some(t) = c.pointer("/state/terminated").filter(|t| t.is_object()) {
+            reason = match t["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(r) => r.to_string(),
+                None => format!("ExitCode:{}", t["exitCode"]),
+            };
+        } else if c["ready"] == true && c.pointer("/state/running").is_some() {
+            running = true;
+        }
+    }
+    if reason == "Completed" && running {
+        reason = "Running".to_string();
+    }
+    reason
 }
 
 /// Computed cells for built-in kinds (the `@name` column paths).

@@ -253,6 +253,11 @@ spec:
         .unwrap_or_default();
     assert_eq!(init["status"], "False", "{init}");
     assert_eq!(c.logs("default", "blocked", "check")?, "checking\n");
+    let table = c.kubectl_ok(&["get", "pod", "blocked"], None)?;
+    assert!(
+        table.contains("Init:Error") || table.contains("Init:CrashLoopBackOff"),
+        "{table}"
+    );
     // With restartPolicy Never a failed init container fails the pod.
     c.apply(
         r#"
@@ -609,5 +614,172 @@ spec:
     drop(c);
     assert!(!alive(pid), "pid {pid} survived the cluster");
     assert!(!state.join("runner").join("pods").exists());
+    Ok(())
+}
+
+#[test]
+fn a_testapp_deployment_is_reachable_from_another_pod_by_service_name() -> anyhow::Result<()> {
+    if std::env::var("KUBESIM_TEST_NO_NETWORK").is_ok() {
+        return Ok(());
+    }
+    let Some(c) = cluster()? else { return Ok(()) };
+    anyhow::ensure!(
+        trellis_e2e::runner::images::BinDirs::resolve(None)
+            .find("trellis-testapp")
+            .is_some(),
+        "trellis-testapp is not built: run `cargo build --bins` (or `cargo nextest run --workspace`)"
+    );
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: app
+        image: ghcr.io/trellis-mesh/trellis-testapp:latest
+        env:
+        - {name: TESTAPP_SERVICE, value: echo}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe:
+          httpGet: {path: /healthz, port: http}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers:
+  - {name: shell, image: busybox, command: [sleep, "3600"]}
+"#,
+    )?;
+    let pods = c.wait_deployment_ready("default", "echo")?;
+    c.wait_pod_ready("default", "client")?;
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let out = c.exec(
+            "default",
+            "client",
+            "shell",
+            &["curl", "-sS", "--max-time", "5", "http://echo/hello"],
+        )?;
+        let answer: Value = serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out}"))?;
+        assert_eq!(answer["service"], "echo", "{answer}");
+        if let Some(p) = answer["pod"].as_str() {
+            seen.insert(p.to_string());
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().all(|s| names.contains(s)) && !seen.is_empty(),
+        "answers from {seen:?}, pods {names:?}"
+    );
+    // The full name resolves too.
+    let out = c.exec(
+        "default",
+        "client",
+        "shell",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://echo.default.svc.cluster.local/",
+        ],
+    )?;
+    let answer: Value = serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out}"))?;
+    assert_eq!(answer["service"], "echo", "{answer}");
+    Ok(())
+}
+
+#[test]
+fn configmap_updates_and_token_rotation_reach_running_containers() -> anyhow::Result<()> {
+    let network = std::env::var("KUBESIM_TEST_NO_NETWORK").is_err();
+    // Tokens are replaced after 0.1 % of their lifetime (3607 s → ~4 s)
+    // instead of the kubelet's 80 %, so the test sees a rotation.
+    let runner = RunnerConfig {
+        token_refresh_fraction: 0.001,
+        volume_sync: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let Some(c) = TestCluster::start_with_processes(network, runner)? else {
+        return Ok(());
+    };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: live}
+data: {value: one}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: watcher}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: live, mountPath: /etc/live}
+    - {name: aud, mountPath: /var/run/secrets/tokens}
+  volumes:
+  - {name: live, configMap: {name: live, defaultMode: 0600}}
+  - name: aud
+    projected:
+      sources:
+      - serviceAccountToken: {audience: trellis, expirationSeconds: 600, path: trellis-token}
+"#,
+    )?;
+    c.wait_pod_ready("default", "watcher")?;
+    let read = |path: &str| c.exec("default", "watcher", "app", &["cat", path]);
+    assert_eq!(read("/etc/live/value")?, "one");
+    let mode = c.exec(
+        "default",
+        "watcher",
+        "app",
+        &["stat", "-L", "-c", "%a", "/etc/live/value"],
+    )?;
+    assert_eq!(mode.trim(), "600");
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: live}\ndata: {value: two, extra: \"yes\"}\n")?;
+    c.wait_for("the new ConfigMap value in the pod", Duration::from_secs(10), || {
+        Ok((read("/etc/live/value")? == "two" && read("/etc/live/extra")? == "yes").then_some(()))
+    })?;
+    // The projected token has the audience and is replaced before expiry.
+    let token = read("/var/run/secrets/tokens/trellis-token")?;
+    let claims = token.split('.').nth(1).unwrap_or_default().to_string();
+    let review = format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{token}","audiences":["trellis"]}}}}"#
+    );
+    let reviewed = c.kubectl_ok(&["create", "-f", "-", "-o", "json"], Some(&review))?;
+    let reviewed: Value = serde_json::from_str(&reviewed)?;
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(
+        reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0],
+        "watcher"
+    );
+    c.wait_for("a rotated token", Duration::from_secs(15), || {
+        let t = read("/var/run/secrets/tokens/trellis-token")?;
+        Ok((t.split('.').nth(1).unwrap_or_default() != claims).then_some(()))
+    })?;
     Ok(())
 }
