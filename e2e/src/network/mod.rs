@@ -60,7 +60,7 @@ pub const NODE_API_PORT: u16 = 6443;
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The cluster domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
-/// Where instances record their pid (`ID.pid`: `PID STARTTIME`).
+/// Where instances record themselves (`ID.pid`: `PID STARTTIME LBIP`).
 pub const REGISTRY_DIR: &str = "/run/kubesim";
 /// Prefix of every namespace kubesim creates.
 pub const NETNS_PREFIX: &str = "ksim-";
@@ -153,13 +153,26 @@ fn instance_alive(id: &str) -> bool {
     let Ok(recorded) = std::fs::read_to_string(registry_file(id)) else {
         return false;
     };
-    let recorded = recorded.trim();
-    recorded
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
+    let fields: Vec<&str> = recorded.split_whitespace().collect();
+    let (Some(pid), Some(start)) = (fields.first(), fields.get(1)) else {
+        return false;
+    };
+    pid.parse::<u32>()
+        .ok()
         .and_then(process_identity)
-        .is_some_and(|now| now == recorded)
+        .is_some_and(|now| now == format!("{pid} {start}"))
+}
+
+/// The LoadBalancer addresses other instances recorded (third field of
+/// their registry files).
+fn load_balancer_ips_in_use() -> Vec<Ipv4Addr> {
+    std::fs::read_dir(REGISTRY_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|r| r.split_whitespace().nth(2)?.parse().ok())
+        .collect()
 }
 
 /// The instance id of a namespace name `ksim-ID-…`.
@@ -245,14 +258,28 @@ impl PodNetwork {
         }
         cleanup_leftovers();
         let r = random_bytes();
-        let id = format!("{:02x}{:02x}{:02x}{:02x}", r[0], r[1], r[2], r[3]);
-        // 127.X.Y.1 with X, Y in 1..=254 (never 127.0.0.1).
-        let lb_ip = Ipv4Addr::new(127, 1 + r[4] % 254, 1 + r[5] % 254, 1);
+        let id = (0..8)
+            .map(|_| {
+                let r = random_bytes();
+                format!("{:02x}{:02x}{:02x}{:02x}", r[0], r[1], r[2], r[3])
+            })
+            .find(|id| !registry_file(id).exists() && !netns::exists(&format!("{NETNS_PREFIX}{id}-node")))
+            .ok_or_else(|| NetworkError::Setup("no free instance id".into()))?;
+        // 127.X.Y.1 with X, Y in 1..=254 (never 127.0.0.1), not one another
+        // live instance recorded.
+        let in_use = load_balancer_ips_in_use();
+        let lb_ip = (0..32)
+            .map(|_| {
+                let r = random_bytes();
+                Ipv4Addr::new(127, 1 + r[0] % 254, 1 + r[1] % 254, 1)
+            })
+            .find(|ip| !in_use.contains(ip))
+            .unwrap_or(Ipv4Addr::new(127, 1 + r[4] % 254, 1 + r[5] % 254, 1));
         let node_ns = format!("{NETNS_PREFIX}{id}-node");
         let err = NetworkError::Setup;
         std::fs::create_dir_all(REGISTRY_DIR).map_err(|e| err(format!("creating {REGISTRY_DIR}: {e}")))?;
         let me = process_identity(std::process::id()).ok_or_else(|| err("reading /proc/self/stat".into()))?;
-        std::fs::write(registry_file(&id), format!("{me}\n"))
+        std::fs::write(registry_file(&id), format!("{me} {lb_ip}\n"))
             .map_err(|e| err(format!("writing {}: {e}", registry_file(&id).display())))?;
         let (stop, _) = watch::channel(false);
         let net = Arc::new(Self {
