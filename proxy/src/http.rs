@@ -751,18 +751,25 @@ async fn forward(
         };
         tried.push(idx);
         out.endpoint = Some(idx);
+        // Only a body still streaming from the client can show activity while
+        // the response is awaited; an empty or buffered one goes out at once.
+        let mut body_streams = false;
         let attempt_body = match &mut body {
             ReqBody::Buffered(b) => full(b.clone()),
             ReqBody::Streaming(b) => match b.take() {
-                Some(b) => match limit {
-                    Some(max) => Limited::new(b, max as usize).boxed_unsync(),
-                    None => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                },
+                Some(b) if b.is_end_stream() => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                Some(b) => {
+                    body_streams = true;
+                    let b = IdleBody::new(b, Arc::clone(&activity), None);
+                    match limit {
+                        Some(max) => Limited::new(b, max as usize).boxed_unsync(),
+                        None => b.boxed_unsync(),
+                    }
+                }
                 // A streamed body cannot be replayed.
                 None => break,
             },
         };
-        let attempt_body = IdleBody::new(attempt_body, Arc::clone(&activity), None).boxed_unsync();
         let upstream_h2 = upgrade.is_none() && cluster.uses_h2(downstream_h2);
         let req = match build_request(&parts, &authority, &path_and_query, attempt_body, upstream_h2) {
             Ok(r) => r,
@@ -778,19 +785,38 @@ async fn forward(
             cluster.active_retries.fetch_add(1, Ordering::Relaxed);
         }
         let sent = cluster.send(idx, req, upstream_h2);
-        let timed = async {
-            match budget {
-                Some(t) => tokio::time::timeout(t, sent).await.ok(),
-                None => Some(sent.await),
-            }
-        };
         activity.touch();
         let mut idle_expired = false;
-        let result = tokio::select! {
-            r = timed => r,
-            () = activity.idle(stream_idle) => {
-                idle_expired = true;
-                None
+        let result = if body_streams {
+            // Request bytes keep the stream alive: watch the shared activity.
+            let timed = async {
+                match budget {
+                    Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                    None => Some(sent.await),
+                }
+            };
+            tokio::select! {
+                r = timed => r,
+                () = activity.idle(stream_idle) => {
+                    idle_expired = true;
+                    None
+                }
+            }
+        } else {
+            // Nothing moves until the response: one timer, the nearer limit.
+            match (budget, stream_idle) {
+                (Some(b), Some(i)) if i < b => {
+                    let r = tokio::time::timeout(i, sent).await.ok();
+                    idle_expired = r.is_none();
+                    r
+                }
+                (Some(b), _) => tokio::time::timeout(b, sent).await.ok(),
+                (None, Some(i)) => {
+                    let r = tokio::time::timeout(i, sent).await.ok();
+                    idle_expired = r.is_none();
+                    r
+                }
+                (None, None) => Some(sent.await),
             }
         };
         if attempt > 0 {

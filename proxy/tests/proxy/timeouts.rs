@@ -205,3 +205,30 @@ async fn upstream_failures_map_to_502_and_503_with_flags() {
     let m = get(proxy3.admin(), "admin", "/metrics").await.body;
     assert!(m.contains("response_flags=\"UF\""), "{m}");
 }
+
+#[tokio::test]
+async fn a_slow_but_active_upload_outlives_the_idle_timeout() {
+    // The upstream answers after reading the whole body; the client sends it
+    // in eight chunks 100 ms apart (800 ms, never 300 ms idle).
+    let app = Upstream::start("app").await;
+    let mut cfg = config(app.addr, json!({"streamIdleTimeoutMs": 300}));
+    cfg["clusters"][0]["endpoints"] = json!([app.endpoint()]);
+    let proxy = Proxy::start(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("l").await).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"1\r\nx\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("app /upload xxxxxxxx"), "{reply}");
+}
