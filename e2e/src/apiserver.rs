@@ -270,6 +270,13 @@ impl ApiServer {
         if let Some((ns, name)) = crate::runner::exec::exec_path(&path) {
             return crate::runner::exec::handle(&self, req, &ns, &name);
         }
+        // `pods/{name}/proxy` and `services/{name}/proxy`: relayed HTTP.
+        if let Some(target) = crate::podproxy::target(&path) {
+            return match crate::podproxy::relay(&self.cluster, req, &target).await {
+                Ok(answer) => answer.map(full),
+                Err(e) => error(&e),
+            };
+        }
         let accept = req
             .headers()
             .get(header::ACCEPT)

@@ -1,0 +1,404 @@
+//! The end-to-end suite's toolkit: a cluster to test against (a fresh
+//! kubesim with real pods by default, or any cluster named by
+//! `TRELLIS_E2E_KUBECONFIG`), `kubectl` helpers, an HTTP client for real
+//! traffic, and the steps that install Trellis and deploy the demo shop.
+//!
+//! The suite speaks only the Kubernetes API (kubectl, kube-rs) and real
+//! network traffic, so it runs unchanged on a real cluster:
+//!
+//! ```text
+//! # images pushed to a registry the cluster pulls from (ghcr.io/trellis-mesh/*:<version>),
+//! # a LoadBalancer implementation (cloud, MetalLB, or `minikube tunnel`), then:
+//! TRELLIS_E2E_KUBECONFIG=$HOME/.kube/config cargo nextest run -p trellis-e2e --test first_light
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::harness::TestCluster;
+
+/// Where the suite runs.
+#[derive(Debug)]
+pub struct Target {
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+    /// Kept alive for the suite's duration (stopped on drop).
+    kubesim: Option<TestCluster>,
+}
+
+impl Target {
+    /// A real cluster when `TRELLIS_E2E_KUBECONFIG` is set; otherwise a
+    /// fresh kubesim running pods as processes. `Ok(None)`: kubesim cannot
+    /// run pods here (not root) and the caller should skip.
+    pub fn acquire() -> anyhow::Result<Option<Self>> {
+        let cache = tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?;
+        if let Some(path) = std::env::var_os("TRELLIS_E2E_KUBECONFIG") {
+            return Ok(Some(Target {
+                kubeconfig: path.into(),
+                cache,
+                kubesim: None,
+            }));
+        }
+        let Some(cluster) = TestCluster::start_with_pods()? else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            kubeconfig: cluster.kubeconfig.clone(),
+            cache,
+            kubesim: Some(cluster),
+        }))
+    }
+
+    /// The kubesim behind this target, if it is one.
+    pub fn kubesim(&self) -> Option<&TestCluster> {
+        self.kubesim.as_ref()
+    }
+
+    /// The kubeconfig to point kubectl at.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Runs kubectl with `args` and optional stdin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        use std::io::Write as _;
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path().join("kubectl-cache"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().context("running kubectl (is it installed?)")?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs kubectl; stdout, or an error with its stderr.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let out = self.kubectl(args, stdin)?;
+        ensure!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl get ... -o json`.
+    pub fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl_ok(&all, None)?)?)
+    }
+
+    /// `kubectl apply -f -`.
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// What a person debugging a failed step looks at first: every pod with
+    /// its containers' states, and the last log lines of containers that
+    /// are not ready.
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        if let Ok(table) = self.kubectl_ok(&["get", "pods", "-A", "-o", "wide"], None) {
+            out.push_str(&table);
+        }
+        let Ok(pods) = self.get_json(&["pods", "-A"]) else {
+            return out;
+        };
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let statuses = pod["status"]["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(pod["status"]["containerStatuses"].as_array().into_iter().flatten());
+            for status in statuses {
+                if status["ready"] == true {
+                    continue;
+                }
+                let container = status["name"].as_str().unwrap_or_default();
+                out.push_str(&format!("--- {ns}/{name} [{container}] state {}\n", status["state"]));
+                if let Ok(log) = self.kubectl_ok(&["logs", "-n", ns, name, "-c", container, "--tail=15"], None) {
+                    out.push_str(&log);
+                }
+            }
+        }
+        out
+    }
+
+    /// `kubectl get --raw PATH`: the API server's proxy to pods and services.
+    pub fn raw(&self, path: &str) -> anyhow::Result<String> {
+        self.kubectl_ok(&["get", "--raw", path], None)
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after
+/// `timeout` naming `what` and the last error.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!(" (last error: {e:#})"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}{last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (the test app's echo).
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "status {}: not JSON: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A blocking facade over a hyper client, for tests.
+#[derive(Debug, Clone)]
+pub struct Http {
+    rt: Arc<tokio::runtime::Runtime>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let client = {
+            let _guard = rt.enter();
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build_http()
+        };
+        Ok(Http {
+            rt: Arc::new(rt),
+            client,
+        })
+    }
+
+    /// One request; a 10 s deadline.
+    pub fn request(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<Answer> {
+        let mut builder = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Full::new(Bytes::from(body.to_string())))?;
+        let client = self.client.clone();
+        let url = url.to_string();
+        self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let response = client
+                    .request(request)
+                    .await
+                    .with_context(|| format!("requesting {url}"))?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok(Answer { status, headers, body })
+            })
+            .await
+            .with_context(|| format!("no answer from {url} within 10 s"))?
+        })
+    }
+
+    /// `GET url` with headers.
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+        self.request(http::Method::GET, url, headers, "")
+    }
+
+    /// `n` GETs, `concurrency` at a time; every answer (or the error, as text).
+    pub fn many(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        n: usize,
+        concurrency: usize,
+    ) -> Vec<Result<Answer, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..concurrency.max(1) {
+                let tx = tx.clone();
+                let next = next.clone();
+                s.spawn(move || {
+                    while next.fetch_add(1, Ordering::SeqCst) < n {
+                        let _ = tx.send(self.get(url, headers).map_err(|e| format!("{e:#}")));
+                    }
+                });
+            }
+        });
+        drop(tx);
+        rx.into_iter().collect()
+    }
+
+    /// Sends GETs back to back on another thread until stopped.
+    pub fn background(&self, url: &str, headers: Vec<(String, String)>) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let http = self.clone();
+        let url = url.to_string();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            while !flag.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let answer = http.get(&url, &h).map_err(|e| format!("{e:#}"));
+                log.push((started, answer));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            log
+        });
+        Background { stop, thread }
+    }
+}
+
+/// A load loop running on its own thread.
+#[derive(Debug)]
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Result<Answer, String>)>>,
+}
+
+impl Background {
+    /// Stops and returns every request's start time and answer.
+    pub fn finish(self) -> Vec<(Instant, Result<Answer, String>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The failures of a batch, described (status and body, or the error).
+pub fn failures<'a>(answers: impl IntoIterator<Item = &'a Result<Answer, String>>) -> Vec<String> {
+    answers
+        .into_iter()
+        .filter_map(|a| match a {
+            Ok(a) if a.status < 400 => None,
+            Ok(a) => Some(format!("{}: {}", a.status, String::from_utf8_lossy(&a.body))),
+            Err(e) => Some(e.clone()),
+        })
+        .collect()
+}
+
+/// The steps every end-to-end test and the demo share.
+pub mod steps {
+    use super::*;
+    use trellis_manifests::{demo, install, sidecar, to_yaml};
+
+    /// How long pods get to start (processes on a loaded 2-core machine).
+    pub const READY: Duration = Duration::from_secs(120);
+
+    /// Applies the CRDs with kubectl, waits for them, then the control plane;
+    /// waits for the operator Deployment.
+    pub fn install(t: &Target) -> anyhow::Result<()> {
+        let objects = install::objects(&install::Options::default());
+        let (crds, rest): (Vec<_>, Vec<_>) = objects
+            .into_iter()
+            .partition(|o| o["kind"] == "CustomResourceDefinition");
+        t.apply(&to_yaml(&crds))?;
+        let names: Vec<String> = crds
+            .iter()
+            .filter_map(|c| c["metadata"]["name"].as_str().map(|n| format!("crd/{n}")))
+            .collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(names.iter().map(String::as_str));
+        t.kubectl_ok(&args, None)?;
+        t.apply(&to_yaml(&rest))?;
+        rollout(t, trellis_api::mesh::SYSTEM_NAMESPACE, install::OPERATOR_NAME)
+    }
+
+    /// `kubectl rollout status` of a Deployment.
+    pub fn rollout(t: &Target, ns: &str, name: &str) -> anyhow::Result<()> {
+        let timeout = format!("--timeout={}s", READY.as_secs());
+        t.kubectl_ok(
+            &["rollout", "status", "-n", ns, &format!("deployment/{name}"), &timeout],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// The shop's workloads (meshed), the tracing setting, then its routing.
+    pub fn deploy_shop(t: &Target) -> anyhow::Result<()> {
+        let settings = sidecar::Settings::new(&install::Options::default());
+        let mut objects = demo::objects(&settings)?;
+        objects.push(demo::mesh_tracing());
+        t.kubectl_ok(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&to_yaml(&objects)),
+        )?;
+        t.apply(demo::ROUTING)?;
+        for o in objects.iter().filter(|o| o["kind"] == "Deployment") {
+            let (Some(ns), Some(name)) = (o["metadata"]["namespace"].as_str(), o["metadata"]["name"].as_str()) else {
+                continue;
+            };
+            rollout(t, ns, name)?;
+        }
+        Ok(())
+    }
+
+    /// `http://<load balancer address>:<port>` of a LoadBalancer Service.
+    pub fn load_balancer(t: &Target, ns: &str, name: &str) -> anyhow::Result<String> {
+        wait_for(
+            &format!("a load balancer address for Service {ns}/{name}"),
+            Duration::from_secs(30),
+            || {
+                let svc = t.get_json(&["service", "-n", ns, name])?;
+                let ingress = &svc["status"]["loadBalancer"]["ingress"][0];
+                let host = ingress["ip"].as_str().or_else(|| ingress["hostname"].as_str());
+                let port = svc["spec"]["ports"][0]["port"].as_i64();
+                Ok(host.zip(port).map(|(h, p)| format!("http://{h}:{p}")))
+            },
+        )
+    }
+}
