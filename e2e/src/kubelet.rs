@@ -294,7 +294,9 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
             }
         };
         match cluster.update(&rt, Some(&ns), &name, "status", started, &opts("kubesim-kubelet")) {
-            Ok(w) => {
+            // A runtime that reports the pod Running at once (the simulated
+            // one) gets its Started events here; others record their own.
+            Ok(w) if w.object.pointer("/status/phase").and_then(Value::as_str) == Some("Running") => {
                 for c in pod
                     .pointer("/spec/containers")
                     .and_then(Value::as_array)
@@ -306,6 +308,7 @@ pub fn sweep(cluster: &Cluster, runtime: &dyn PodRuntime) -> bool {
                 }
                 changed = true;
             }
+            Ok(_) => changed = true,
             Err(e) => debug!(%ns, %name, error = %e, "pod start retried later"),
         }
     }

@@ -85,6 +85,51 @@ pub(crate) struct Ctx {
     pub api: SocketAddr,
     pub network: Option<Arc<PodNetwork>>,
     pub state_dir: PathBuf,
+    /// `None` when bound outside a Tokio runtime (then tasks spawn).
+    pub spawner: Option<Spawner>,
+}
+
+/// Starts container processes from one long-lived thread: a container's
+/// parent-death signal (`setpriv --pdeathsig`) fires when the thread that
+/// forked it ends, and Tokio's worker threads may end early (after
+/// `block_in_place`), this one only with the runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
+    tx: std::sync::mpsc::Sender<SpawnRequest>,
+}
+
+type SpawnRequest = (
+    tokio::process::Command,
+    std::sync::mpsc::Sender<std::io::Result<tokio::process::Child>>,
+);
+
+impl Spawner {
+    fn start(handle: tokio::runtime::Handle) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let spawned = std::thread::Builder::new()
+            .name("kubesim-spawner".into())
+            .spawn(move || {
+                let _guard = handle.enter();
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no spawner thread; containers start from Tokio's threads");
+        }
+        Self { tx }
+    }
+
+    /// Spawns `cmd` on the spawner thread (a few milliseconds).
+    pub(crate) fn spawn(&self, cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        let (reply, result) = std::sync::mpsc::channel();
+        self.tx
+            .send((cmd, reply))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        result
+            .recv()
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
 }
 
 /// A container as logs and exec see it.
@@ -263,6 +308,7 @@ impl PodRuntime for ProcessRuntime {
             api: ctx.api_address,
             network: ctx.network.clone(),
             state_dir: ctx.state_dir.clone(),
+            spawner: tokio::runtime::Handle::try_current().ok().map(Spawner::start),
         }));
     }
 

@@ -820,7 +820,13 @@ impl Worker {
             user: self.user_of(&spec),
         };
         let cmd = process::command(&launch);
-        let child = cmd.and_then(|mut c| c.spawn().map_err(|e| format!("starting the container: {e}")));
+        let child = cmd.and_then(|mut c| {
+            match &self.ctx.spawner {
+                Some(s) => s.spawn(c),
+                None => c.spawn(),
+            }
+            .map_err(|e| format!("starting the container: {e}"))
+        });
         let mut child = match child {
             Ok(c) => c,
             Err(msg) => {

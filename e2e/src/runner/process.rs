@@ -255,19 +255,18 @@ pub fn setup_script(l: &Launch) -> Result<String, String> {
     Ok(s)
 }
 
-/// `setpriv … --` for the container's user (nothing for root by default).
+/// `setpriv … --`: the container's user (root unless `runAsUser`) and a
+/// parent-death signal, so a container's main process dies with the
+/// kubesim thread that started it even if kubesim is killed.
 pub fn user_prefix(user: &User) -> Vec<String> {
-    let Some(uid) = user.uid else {
-        return Vec::new();
-    };
-    let mut v = vec![
-        "setpriv".to_string(),
-        format!("--reuid={uid}"),
-        format!("--regid={}", user.gid.unwrap_or(0)),
-    ];
-    match user.groups {
-        Some(g) => v.push(format!("--groups={g}")),
-        None => v.push("--clear-groups".into()),
+    let mut v = vec!["setpriv".to_string(), "--pdeathsig=KILL".to_string()];
+    if let Some(uid) = user.uid {
+        v.push(format!("--reuid={uid}"));
+        v.push(format!("--regid={}", user.gid.unwrap_or(0)));
+        match user.groups {
+            Some(g) => v.push(format!("--groups={g}")),
+            None => v.push("--clear-groups".into()),
+        }
     }
     v.push("--".into());
     v
