@@ -108,6 +108,8 @@ pub struct PodNetwork {
     /// pod uid → its namespace.
     pods: Mutex<BTreeMap<String, PodNetns>>,
     torn_down: AtomicBool,
+    /// Masquerade all Service traffic (no br_netfilter on this kernel).
+    masquerade_all: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -289,6 +291,7 @@ impl PodNetwork {
             lb_ip,
             pods: Mutex::new(BTreeMap::new()),
             torn_down: AtomicBool::new(false),
+            masquerade_all: AtomicBool::new(false),
             stop,
         });
         // From here on, drop (teardown) undoes a partial setup.
@@ -318,13 +321,30 @@ impl PodNetwork {
         netns::ip_in(ns, &["route", "add", SERVICE_CIDR, "dev", BRIDGE])?;
         netns::exec_in(ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
         // Why: a pod → ClusterIP → pod on the same bridge answers over the
-        // bridge; without this its reply would skip the reverse NAT.
-        netns::exec_in(ns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"], None)?;
+        // bridge; without this its reply would skip the reverse NAT. Without
+        // br_netfilter, all Service traffic is masqueraded instead (replies
+        // then come back through the node), like kube-proxy's
+        // --masquerade-all.
+        let bridge_nf = || netns::exec_in(ns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"], None);
+        if bridge_nf().is_err() {
+            let _ = netns::run("modprobe", &["br_netfilter"]);
+            if let Err(e) = bridge_nf() {
+                warn!(error = %e, "no br_netfilter: Service traffic is masqueraded (pods see the node as the client)");
+                self.masquerade_all.store(true, Ordering::SeqCst);
+            }
+        }
         // Services without endpoints are refused with ICMP; unthrottled, so
         // every connection attempt is refused at once.
         netns::exec_in(ns, "sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"], None)?;
-        proxy::apply(ns, &proxy::render(&[]))?;
+        proxy::apply(ns, &proxy::render(&[], self.masquerade_all()))?;
         Ok(())
+    }
+
+    /// Whether all Service traffic is masqueraded (the kernel has no
+    /// br_netfilter; pods then see connections through Services come from
+    /// 10.244.0.1).
+    pub fn masquerade_all(&self) -> bool {
+        self.masquerade_all.load(Ordering::SeqCst)
     }
 
     /// This instance's id (8 hex digits; namespaces are `ksim-ID-*`).

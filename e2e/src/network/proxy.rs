@@ -62,8 +62,9 @@ fn comment(s: &str) -> String {
         .collect()
 }
 
-/// The `iptables-restore` input for `rules` (both tables, complete).
-pub fn render(rules: &[ServiceRule]) -> String {
+/// The `iptables-restore` input for `rules` (both tables, complete). With
+/// `masquerade_all`, every connection through a Service is masqueraded.
+pub fn render(rules: &[ServiceRule], masquerade_all: bool) -> String {
     let mut filter = String::from(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBESIM-REJECT - [0:0]\n\
          -A INPUT -m conntrack --ctstate NEW -j KUBESIM-REJECT\n\
@@ -89,6 +90,9 @@ pub fn render(rules: &[ServiceRule]) -> String {
             "-A KUBESIM-SERVICES -d {}/32 -p {} -m {} --dport {} -m comment --comment {c} -j {svc_chain}",
             r.cluster_ip, r.protocol, r.protocol, r.port
         );
+        if masquerade_all {
+            let _ = writeln!(body, "-A {svc_chain} -j KUBESIM-MARK-MASQ");
+        }
         let n = r.endpoints.len();
         for (i, (ip, port)) in r.endpoints.iter().enumerate() {
             let ep_chain = format!("KSEP-{}", hash(&format!("{}/{}/{ip}:{port}", r.id, r.protocol)));
@@ -229,7 +233,7 @@ pub async fn run(net: Arc<PodNetwork>, cluster: Arc<Cluster>, mut stop: watch::R
     let mut events = cluster.store.subscribe();
     let mut applied = String::new();
     loop {
-        let text = render(&rules_from(&cluster));
+        let text = render(&rules_from(&cluster), net.masquerade_all());
         if text != applied {
             let ns = net.node_netns().to_string();
             let t = text.clone();
@@ -290,7 +294,9 @@ mod tests {
                 endpoints: vec![],
             },
         ];
-        let text = render(&rules);
+        let text = render(&rules, false);
+        assert!(!text.contains("KUBESIM-MARK-MASQ\n-A KSVC"));
+        assert!(render(&rules, true).contains("-j KUBESIM-MARK-MASQ\n-A KSVC"));
         assert!(text.contains("--probability 0.3333333333"), "{text}");
         assert!(text.contains("--probability 0.5000000000"), "{text}");
         assert_eq!(text.matches("DNAT --to-destination").count(), 3);
