@@ -302,6 +302,14 @@ fn dns_names_redirect_in_a_pod_and_the_api_server_from_a_pod() {
         .to_string();
     assert_eq!(wait("headless endpoints", || resolve(&client, "web-headless")), pod_ip);
 
+    // ExternalName into the cluster: CNAME plus the target's address.
+    sim.create(
+        "services",
+        Some(ns),
+        serde_json::json!({"metadata": {"name": "alias"}, "spec": {"type": "ExternalName", "externalName": "web.team.svc.cluster.local"}}),
+    );
+    assert_eq!(resolve(&client, "alias"), want, "ExternalName");
+
     // The API server through the `kubernetes` Service, verified with the CA
     // and its Service name (as kube-rs in a pod does).
     let ca = sim.dir.path().join("ca.crt");

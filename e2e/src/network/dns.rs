@@ -168,9 +168,11 @@ pub fn response(q: &Query, rcode: Rcode, records: &[Record]) -> Vec<u8> {
     out.extend_from_slice(&(records.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&q.question);
+    // The owner is the question's name (offset 12), and after a CNAME its
+    // target (where the CNAME's data holds it).
+    let mut owner: u16 = 12;
     for r in records {
-        // The owner is the question's name (pointer to offset 12).
-        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&(0xc000 | owner).to_be_bytes());
         let (t, data) = match r {
             Record::A(ip) => (TYPE_A, ip.octets().to_vec()),
             Record::Cname(target) => {
@@ -183,6 +185,12 @@ pub fn response(q: &Query, rcode: Rcode, records: &[Record]) -> Vec<u8> {
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&TTL.to_be_bytes());
         out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        if t == TYPE_CNAME
+            && let Ok(at) = u16::try_from(out.len())
+            && at < 0x3fff
+        {
+            owner = at;
+        }
         out.extend_from_slice(&data);
     }
     out
@@ -265,7 +273,14 @@ pub fn answer_local(cluster: &Cluster, q: &Query) -> Option<Vec<u8>> {
     match lookup(cluster, &q.name) {
         Lookup::External => None,
         Lookup::NxDomain => Some(response(q, Rcode::NxDomain, &[])),
-        Lookup::Records(records) => {
+        Lookup::Records(mut records) => {
+            // An ExternalName pointing into the cluster: its addresses too
+            // (one level, as resolvers expect the chain in one answer).
+            if let [Record::Cname(target)] = records.as_slice()
+                && let Lookup::Records(more) = lookup(cluster, &target.to_ascii_lowercase())
+            {
+                records.extend(more.into_iter().filter(|r| matches!(r, Record::A(_))));
+            }
             let wanted: Vec<Record> = records
                 .into_iter()
                 .filter(|r| match r {
