@@ -433,6 +433,8 @@ spec:
     image: busybox
     command: [sh, -c, "trap 'echo term >> /out/polite; exit 0' TERM; while true; do sleep 0.1; done"]
     lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, "echo poststart >> /out/polite"]}}
       preStop:
         exec: {{command: [sh, -c, "echo prestop >> /out/polite"]}}
     volumeMounts: [{{name: out, mountPath: /out}}]
@@ -458,7 +460,7 @@ spec:
         "TERM was handled: {:?}",
         t.elapsed()
     );
-    assert_eq!(lines(&dir.join("polite")), ["prestop", "term"]);
+    assert_eq!(lines(&dir.join("polite")), ["poststart", "prestop", "term"]);
     let t = std::time::Instant::now();
     c.kubectl_ok(&["delete", "pod", "stubborn"], None)?;
     let took = t.elapsed();

@@ -120,6 +120,8 @@ struct Run {
     kill_reason: Option<String>,
     /// KILL already sent.
     killed: bool,
+    /// The container's environment (for exec).
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -666,7 +668,7 @@ impl Worker {
     }
 
     fn probe_target(&self, i: usize, pid: u32) -> ProbeTarget {
-        let env = read_environ(pid);
+        let env = self.ctrs[i].run.as_ref().map(|r| r.env.clone()).unwrap_or_default();
         ProbeTarget {
             ip: self.ip.clone(),
             netns: self.netns.clone(),
@@ -906,6 +908,7 @@ impl Worker {
             term_sent: None,
             kill_reason: None,
             killed: false,
+            env: env.clone(),
         });
         let name = c.name.clone();
         info!(pod = %self.shared.name, container = %name, pid, "container started");
@@ -936,6 +939,7 @@ impl Worker {
             term_sent: None,
             kill_reason: Some(msg.to_string()),
             killed: false,
+            env: Vec::new(),
         });
         self.on_exit(Exit {
             index: i,
@@ -957,10 +961,11 @@ impl Worker {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.clear();
         for (i, c) in self.ctrs.iter().enumerate() {
-            let exec = c.run.as_ref().filter(|r| r.pid != 0).map(|r| {
-                let env = read_environ(r.pid);
-                self.exec_target(i, r.pid, env)
-            });
+            let exec = c
+                .run
+                .as_ref()
+                .filter(|r| r.pid != 0)
+                .map(|r| self.exec_target(i, r.pid, r.env.clone()));
             let waiting = match &c.state {
                 CState::Waiting { reason, .. } => Some(reason.clone()),
                 _ => None,

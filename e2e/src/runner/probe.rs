@@ -263,6 +263,26 @@ pub async fn run(container: Value, target: ProbeTarget, flags: Arc<ProbeFlags>) 
             .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
         flags.kill.store(true, Ordering::SeqCst);
     };
+    // Wait until the set-up script has handed over to the program (its
+    // environment is the container's then), so exec probes and hooks see the
+    // container's mounts.
+    for _ in 0..500 {
+        if super::pod::read_environ(target.exec.pid)
+            .iter()
+            .any(|(k, _)| k == "HOSTNAME")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(h) = container.pointer("/lifecycle/postStart").filter(|h| h.is_object()) {
+        let mut hook = h.clone();
+        hook["timeoutSeconds"] = serde_json::json!(30);
+        if let Err(e) = run_once(&target, &hook).await {
+            kill(format!("PostStartHook failed: {e}"));
+            return;
+        }
+    }
     if let Some(p) = container.get("startupProbe").filter(|p| p.is_object()) {
         let t = Timing::of(p);
         tokio::time::sleep(t.initial_delay).await;
