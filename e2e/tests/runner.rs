@@ -43,6 +43,7 @@ kind: Pod
 metadata: {name: show, labels: {app: show}}
 spec:
   restartPolicy: Never
+  hostAliases: [{ip: 192.0.2.7, hostnames: [ext.example]}]
   containers:
   - name: main
     image: busybox:1.36
@@ -55,6 +56,7 @@ spec:
       echo "greeting-file=$(cat /etc/kubesim-test/greeting)"
       echo "label-file=$(cat /var/run/podinfo/labels)"
       echo "pwd=$(pwd)"
+      echo "alias=$(grep -c 'ext.example' /etc/hosts)"
       echo scratch > /kubesim-data/file && echo "data=$(cat /kubesim-data/file)"
       echo "expanded=$EXPANDED"
       env | sort
@@ -97,6 +99,7 @@ spec:
         "label-file=show".into(),
         "pwd=/etc/kubesim-test".into(),
         "data=scratch".into(),
+        "alias=1".into(),
         "expanded=show-fast".into(),
         "POD_NAME=show".into(),
         "POD_NAMESPACE=default".into(),

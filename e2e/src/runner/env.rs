@@ -305,7 +305,12 @@ pub fn container_env(
         ),
         (
             "HOSTNAME".into(),
-            pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            pod["spec"]["hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty())
+                .or_else(|| pod["metadata"]["name"].as_str())
+                .unwrap_or_default()
+                .to_string(),
         ),
         ("HOME".into(), "/root".into()),
     ];

@@ -282,6 +282,15 @@ impl Worker {
         Duration::from_secs(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30))
     }
 
+    /// `spec.hostname`, else the pod name (hostNetwork pods get the pod
+    /// name too: there is no node hostname to share).
+    fn hostname(&self) -> String {
+        self.pod["spec"]["hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map_or_else(|| self.shared.name.clone(), str::to_string)
+    }
+
     fn host_network(&self) -> bool {
         self.pod["spec"]["hostNetwork"].as_bool() == Some(true)
     }
@@ -300,19 +309,35 @@ impl Worker {
                     .await
                     .map_err(|e| e.to_string())??;
                 self.netns = Some(attached.path.clone());
-                self.resolv = Some(attached.resolv_conf.clone());
+                // `dnsPolicy: Default`: the node's resolver configuration.
+                if self.pod["spec"]["dnsPolicy"] != "Default" {
+                    self.resolv = Some(attached.resolv_conf.clone());
+                }
             }
         } else {
             // No pod network: every pod shares kubesim's network namespace.
             self.ip = "127.0.0.1".into();
         }
         let hosts = self.shared.dir.join("hosts");
-        let name = &self.shared.name;
+        let name = self.hostname();
         let mut text = String::from(
             "# Kubernetes-managed hosts file (kubesim).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         );
         if self.ip != "127.0.0.1" {
             text.push_str(&format!("{}\t{name}\n", self.ip));
+        }
+        for alias in self.pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
+            let names: Vec<&str> = alias["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            text.push_str(&format!(
+                "{}\t{}\n",
+                alias["ip"].as_str().unwrap_or_default(),
+                names.join("\t")
+            ));
         }
         std::fs::write(&hosts, text).map_err(|e| e.to_string())?;
         self.hosts = Some(hosts);
@@ -814,7 +839,7 @@ impl Worker {
             mounts,
             resolv_conf: self.resolv.clone(),
             hosts: self.hosts.clone(),
-            hostname: self.shared.name.clone(),
+            hostname: self.hostname(),
             working_dir: spec["workingDir"]
                 .as_str()
                 .filter(|w| !w.is_empty())
