@@ -110,12 +110,28 @@ fn pod_status(pod: &Value) -> String {
 fn computed(obj: &Value, name: &str) -> Value {
     match name {
         "@podReady" => {
-            let total = count(obj.pointer("/spec/containers"));
+            // Native sidecars (restartable init containers) count too.
+            let sidecars: Vec<&str> = obj
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c["restartPolicy"] == "Always")
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            let total = count(obj.pointer("/spec/containers")) + sidecars.len() as i64;
             let ready = obj
                 .pointer("/status/containerStatuses")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                .chain(
+                    obj.pointer("/status/initContainerStatuses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c["name"].as_str().is_some_and(|n| sidecars.contains(&n))),
+                )
                 .filter(|c| c["ready"].as_bool() == Some(true))
                 .count();
             json!(format!("{ready}/{total}"))

@@ -210,6 +210,8 @@ spec:
     let first = container_status(&pod, "initContainerStatuses", "first");
     assert_eq!(first["state"]["terminated"]["reason"], "Completed", "{first}");
     assert_eq!(pod["status"]["phase"], "Running");
+    let table = c.kubectl_ok(&["get", "pod", "ordered", "--no-headers"], None)?;
+    assert!(table.contains(" 2/2 ") && table.contains("Running"), "{table}");
     let t = std::time::Instant::now();
     c.kubectl_ok(&["delete", "pod", "ordered", "--timeout=30s"], None)?;
     assert!(t.elapsed() < Duration::from_secs(8), "deletion took {:?}", t.elapsed());
