@@ -313,6 +313,11 @@ spec:
     })?;
     let table = c.kubectl_ok(&["get", "pod", "crasher"], None)?;
     assert!(table.contains("crasher"), "{table}");
+    let events = c.kubectl_ok(
+        &["get", "events", "--field-selector", "involvedObject.name=crasher"],
+        None,
+    )?;
+    assert!(events.contains("BackOff"), "{events}");
     let previous = c.kubectl_ok(&["logs", "crasher", "--previous"], None)?;
     assert!(previous.starts_with("started at "), "{previous}");
     let current = c.kubectl_ok(&["logs", "crasher", "--timestamps"], None)?;

@@ -661,6 +661,14 @@ impl Worker {
         };
         if restart {
             self.schedule_restart(exit.index);
+            if failed {
+                let c = &self.ctrs[exit.index];
+                let msg = format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name, self.shared.name, self.shared.namespace, self.shared.uid
+                );
+                self.event("BackOff", &msg);
+            }
         } else {
             self.ctrs[exit.index].next_start = None;
         }
