@@ -1,6 +1,7 @@
 //! The `meshctl` command line. `main.rs` only calls [`main`]; every command is a module here so
 //! tests drive the same code the binary runs.
 
+pub mod demo;
 pub mod validate;
 
 use std::ffi::OsString;
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate Trellis (and Istio) configuration files offline, like `istioctl validate`.
     Validate(validate::Args),
+    /// Run the seeds' shop on a local kubesim, end to end, and show the mesh at work (needs root).
+    Demo(demo::Args),
     /// Print meshctl's version.
     Version,
     /// Print a shell completion script: `source <(meshctl completion bash)`.
@@ -65,6 +68,7 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
 pub fn run(cli: Cli, stdin: &mut dyn std::io::Read, out: &mut dyn Write) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdin, out),
+        Command::Demo(args) => demo::run(&args, out),
         Command::Version => {
             writeln!(out, "meshctl {}", env!("CARGO_PKG_VERSION"))?;
             writeln!(

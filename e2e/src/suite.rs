@@ -60,6 +60,15 @@ impl Target {
         }))
     }
 
+    /// An existing cluster (a real one, or a kubesim started elsewhere).
+    pub fn external(kubeconfig: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Target {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?,
+            kubesim: None,
+        })
+    }
+
     /// The kubesim behind this target, if it is one.
     pub fn kubesim(&self) -> Option<&TestCluster> {
         self.kubesim.as_ref()
@@ -176,6 +185,58 @@ pub fn wait_for<T>(
     }
 }
 
+/// One Prometheus sample: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text format (what a proxy's `/metrics` serves);
+/// comments and malformed lines are skipped.
+pub fn prometheus_samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while let Some((k, v)) = rest.split_once("=\"") {
+            let Some(end) = v.find('"') else { break };
+            map.insert(k.trim_start_matches(',').to_string(), v[..end].to_string());
+            rest = &v[end + 1..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
+    }
+    out
+}
+
+/// The hops of a test-app answer (each app's echo, outermost first).
+pub fn hops(body: &Value) -> Vec<Value> {
+    let mut hops = Vec::new();
+    let mut echo = body.clone();
+    loop {
+        let next = echo.get("upstream").map(|u| u["body"].clone());
+        hops.push(echo);
+        match next {
+            Some(body) if body.is_object() => echo = body,
+            _ => break,
+        }
+    }
+    hops
+}
+
 /// One HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -185,6 +246,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The hops of the answer (see [`hops`]).
+    pub fn hops(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(hops(&self.json()?))
+    }
+
     /// The body as JSON (the test app's echo).
     pub fn json(&self) -> anyhow::Result<Value> {
         serde_json::from_slice(&self.body).with_context(|| {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
-use trellis_e2e::suite::{Answer, Http, Target, failures, steps, wait_for};
+use trellis_e2e::suite::{Answer, Http, Target, failures, prometheus_samples, steps, wait_for};
 use trellis_manifests::demo;
 
 const TRUST: &str = "spiffe://cluster.local";
@@ -36,19 +36,8 @@ fn identity(sa: &str) -> String {
     format!("{TRUST}/ns/{}/sa/{sa}", demo::NAMESPACE)
 }
 
-/// The hops of one answer: each app's echo, outermost first.
 fn hops(answer: &Answer) -> anyhow::Result<Vec<Value>> {
-    let mut hops = Vec::new();
-    let mut echo = answer.json()?;
-    loop {
-        let next = echo.get("upstream").map(|u| u["body"].clone());
-        hops.push(echo);
-        match next {
-            Some(body) if body.is_object() => echo = body,
-            _ => break,
-        }
-    }
-    Ok(hops)
+    answer.hops()
 }
 
 fn payment_version(answer: &Answer) -> anyhow::Result<String> {
@@ -77,27 +66,10 @@ fn count_versions(answers: &[Result<Answer, String>]) -> anyhow::Result<BTreeMap
 
 /// Prometheus text → (name, labels, value).
 fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(p) => p,
-            None => continue,
-        };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut map = BTreeMap::new();
-        let mut rest = labels;
-        while let Some((k, v)) = rest.split_once("=\"") {
-            let Some(end) = v.find('"') else { break };
-            map.insert(k.trim_start_matches(',').to_string(), v[..end].to_string());
-            rest = &v[end + 1..];
-        }
-        out.push((name.to_string(), map, value));
-    }
-    out
+    prometheus_samples(text)
+        .into_iter()
+        .map(|s| (s.name, s.labels, s.value))
+        .collect()
 }
 
 fn pod_names(t: &Target, selector: &str) -> anyhow::Result<Vec<String>> {

@@ -1,0 +1,90 @@
+//! `meshctl demo`, the README's main command, run as a user runs it: the
+//! binary, a real kubesim with pods as processes, the report on stdout,
+//! and nothing left behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kubesim() -> Option<PathBuf> {
+    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    Some(dir.join("kubesim")).filter(|p| p.is_file())
+}
+
+fn root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn demo_runs_the_shop_end_to_end_and_cleans_up() {
+    if !root() {
+        eprintln!("skipping: meshctl demo needs root (kubesim runs pods in network namespaces)");
+        return;
+    }
+    let Some(kubesim) = kubesim() else {
+        panic!(
+            "kubesim is not built next to the test binaries: run `cargo build --bins` (CI's `cargo nextest run --workspace` builds it)"
+        );
+    };
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["demo", "--requests", "100", "--kubesim"])
+        .arg(&kubesim)
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "meshctl demo failed:\n{stderr}\n{stdout}");
+    for step in 1..=7 {
+        assert!(
+            stderr.contains(&format!("[{step}/7]")),
+            "progress of step {step} missing:\n{stderr}"
+        );
+    }
+    // The routes in force, with where they come from.
+    assert!(stdout.contains("VirtualService shop/payment http[3]"), "{stdout}");
+    assert!(stdout.contains("payment v1:8080 90%, payment v2:8080 10%"), "{stdout}");
+    // Answers by version, all of them answered.
+    assert!(stdout.contains("payment v1"), "{stdout}");
+    assert!(!stdout.contains("no answer") && !stdout.contains("HTTP 5"), "{stdout}");
+    assert!(stdout.contains("With x-canary: true: payment v2 × 20"), "{stdout}");
+    // The identities on each hop.
+    for (caller, me) in [("trellis-ingressgateway", "web"), ("web", "payment"), ("payment", "db")] {
+        let row = stdout
+            .lines()
+            .find(|l| {
+                l.contains(&format!("spiffe://cluster.local/ns/shop/sa/{me} ")) && l.contains(&format!("/sa/{caller} "))
+            })
+            .unwrap_or_else(|| panic!("no hop row {caller} → {me}:\n{stdout}"));
+        assert!(row.contains("spiffe://"), "{row}");
+    }
+    // The metrics summary counts inbound requests at db.
+    assert!(
+        stdout.lines().any(|l| l.contains("db-") && l.contains("200 ×")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "export KUBECONFIG={}",
+            state.path().join("kubeconfig").display()
+        )),
+        "{stdout}"
+    );
+    // Cleaned up: kubesim is down (its pid file is gone or its process dead).
+    let down = Command::new(&kubesim)
+        .args(["down", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("was not running"),
+        "kubesim was left running: {}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+}
