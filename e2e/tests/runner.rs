@@ -39,6 +39,13 @@ metadata: {name: creds}
 stringData: {password: s3cret}
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: backend-db}
+spec:
+  selector: {app: db}
+  ports: [{name: sql, port: 5432}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: show, labels: {app: show}}
 spec:
@@ -112,9 +119,15 @@ spec:
         "CM_greeting=hello".into(),
         "KUBERNETES_SERVICE_HOST=".into(),
         "HOSTNAME=show".into(),
+        "BACKEND_DB_SERVICE_PORT=5432".into(),
+        "BACKEND_DB_SERVICE_PORT_SQL=5432".into(),
+        "BACKEND_DB_SERVICE_HOST=10.96.".into(),
     ] {
         assert!(log.contains(&want), "{want:?} missing in the log:\n{log}");
     }
+    let tail = c.kubectl_ok(&["logs", "show", "--tail=1"], None)?;
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(log.ends_with(&tail), "{tail}");
     let st = container_status(&pod, "containerStatuses", "main");
     assert_eq!(st["state"]["terminated"]["exitCode"], 0, "{st}");
     assert_eq!(st["state"]["terminated"]["reason"], "Completed");

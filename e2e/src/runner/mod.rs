@@ -487,3 +487,34 @@ impl Drop for ProcessRuntime {
         self.shutdown_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_a_crashed_kubesim_are_killed() {
+        use std::os::unix::process::CommandExt as _;
+        let state = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let pids = runner_dir(state.path()).join("pids");
+        std::fs::create_dir_all(&pids).unwrap();
+        std::fs::write(
+            pids.join(pid.to_string()),
+            process::start_time(pid).unwrap().to_string(),
+        )
+        .unwrap();
+        // A recycled pid (other start time) is left alone.
+        std::fs::write(pids.join("1"), "0").unwrap();
+        assert_eq!(kill_leftovers(state.path()), 1);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(9));
+        assert!(!runner_dir(state.path()).exists());
+    }
+}

@@ -357,7 +357,10 @@ pub fn exec_command(t: &ExecTarget, argv: &[String]) -> tokio::process::Command 
 
 /// Sends `sig` to the process group `pgid` (ignoring groups that are gone).
 pub fn signal_group(pgid: u32, sig: Signal) {
-    if let Ok(p) = i32::try_from(pgid) {
+    // Never the whole system (0, 1) by mistake.
+    if let Ok(p) = i32::try_from(pgid)
+        && p > 1
+    {
         let _ = killpg(Pid::from_raw(p), sig);
     }
 }
