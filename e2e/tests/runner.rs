@@ -388,6 +388,12 @@ spec:
     c.wait_for("not-ready endpoint", Duration::from_secs(10), || {
         Ok(endpoints(false)?.contains(&ip).then_some(()))
     })?;
+    let events = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=web"], None)?;
+    assert!(
+        events.contains("Unhealthy")
+            && events.contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
+        "{events}"
+    );
     // The probe's file appears: Ready, and the address moves to `addresses`.
     c.exec("default", "web", "server", &["touch", "/tmp/ready"])?;
     c.wait_pod_ready("default", "web")?;

@@ -122,6 +122,10 @@ struct Run {
     killed: bool,
     /// The container's environment (for exec).
     env: Vec<(String, String)>,
+    /// Probe failures already reported as events, and when last.
+    failures_seen: u64,
+    unhealthy_at: Option<Instant>,
+    unhealthy_msg: String,
 }
 
 #[derive(Debug)]
@@ -440,6 +444,7 @@ impl Worker {
                 c.ready = c.started && r.flags.ready.load(Ordering::SeqCst);
             }
         }
+        self.report_unhealthy(now);
         if self.terminal.is_some() {
             return;
         }
@@ -488,6 +493,37 @@ impl Worker {
                 .iter()
                 .all(|c| matches!(c.state, CState::Terminated { code: 0, .. }));
             self.finish(if ok { "Succeeded" } else { "Failed" });
+        }
+    }
+
+    /// `Unhealthy` events for failed probes: a repeated message at most every
+    /// 10 s per container (upstream aggregates repeated events similarly).
+    fn report_unhealthy(&mut self, now: Instant) {
+        let mut events = Vec::new();
+        for c in &mut self.ctrs {
+            let Some(r) = &mut c.run else { continue };
+            let n = r.flags.failures.load(Ordering::SeqCst);
+            if n <= r.failures_seen {
+                continue;
+            }
+            r.failures_seen = n;
+            let msg = r
+                .flags
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let due = r
+                .unhealthy_at
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+            if msg != r.unhealthy_msg || due {
+                r.unhealthy_at = Some(now);
+                events.push(format!("{msg} (container {})", c.name));
+                r.unhealthy_msg = msg;
+            }
+        }
+        for msg in events {
+            self.event("Unhealthy", &msg);
         }
     }
 
@@ -942,6 +978,9 @@ impl Worker {
             kill_reason: None,
             killed: false,
             env: env.clone(),
+            failures_seen: 0,
+            unhealthy_at: None,
+            unhealthy_msg: String::new(),
         });
         let name = c.name.clone();
         info!(pod = %self.shared.name, container = %name, pid, "container started");
@@ -973,6 +1012,9 @@ impl Worker {
             kill_reason: Some(msg.to_string()),
             killed: false,
             env: Vec::new(),
+            failures_seen: 0,
+            unhealthy_at: None,
+            unhealthy_msg: String::new(),
         });
         self.on_exit(Exit {
             index: i,

@@ -25,6 +25,20 @@ pub struct ProbeFlags {
     pub kill: AtomicBool,
     /// Why `kill` was set.
     pub kill_reason: std::sync::Mutex<String>,
+    /// Failed probe attempts so far, and the last one's message (for the
+    /// kubelet's `Unhealthy` events).
+    pub failures: std::sync::atomic::AtomicU64,
+    pub last_failure: std::sync::Mutex<String>,
+}
+
+impl ProbeFlags {
+    fn failed(&self, kind: &str, e: &str) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = format!("{kind} probe failed: {e}");
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Where probes go.
@@ -292,6 +306,7 @@ pub async fn run(container: Value, target: ProbeTarget, flags: Arc<ProbeFlags>) 
                 Ok(()) => break,
                 Err(e) => {
                     failures += 1;
+                    flags.failed("Startup", &e);
                     if failures >= t.failure_threshold {
                         kill(format!("Startup probe failed: {e}"));
                         return;
@@ -322,7 +337,8 @@ pub async fn run(container: Value, target: ProbeTarget, flags: Arc<ProbeFlags>) 
                             flags.ready.store(true, Ordering::SeqCst);
                         }
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        flags.failed("Readiness", &e);
                         bad += 1;
                         ok = 0;
                         if bad >= t.failure_threshold {
@@ -337,6 +353,7 @@ pub async fn run(container: Value, target: ProbeTarget, flags: Arc<ProbeFlags>) 
     let liveness = {
         let probe = container.get("livenessProbe").filter(|p| p.is_object()).cloned();
         let target = target.clone();
+        let flags = flags.clone();
         async move {
             let Some(p) = probe else { return };
             let t = Timing::of(&p);
@@ -346,6 +363,7 @@ pub async fn run(container: Value, target: ProbeTarget, flags: Arc<ProbeFlags>) 
                 match run_once(&target, &p).await {
                     Ok(()) => bad = 0,
                     Err(e) => {
+                        flags.failed("Liveness", &e);
                         bad += 1;
                         if bad >= t.failure_threshold {
                             kill(format!("Liveness probe failed: {e}"));
