@@ -271,6 +271,19 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A container that cannot escalate, write its root filesystem or use any capability.
+pub(crate) fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The operator's pod template.
 pub fn pod_spec(opts: &Options) -> PodSpec {
     let quantities = |cpu: &str, mem: &str| {
@@ -312,15 +325,7 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
                 limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
                 ..ResourceRequirements::default()
             }),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(restricted_security_context()),
             ..Container::default()
         }],
         ..PodSpec::default()

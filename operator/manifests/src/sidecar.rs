@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field};
+use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
 
 /// The proxy container (a native sidecar).
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
@@ -217,7 +217,14 @@ fn inject_spec(
     Ok(())
 }
 
-fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<u16>, InjectError> {
+/// A comma-separated annotation, each item parsed by `parse`; any bad item
+/// rejects the whole value, saying what is `expected`.
+fn list_annotation<T>(
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, InjectError> {
     let Some(value) = annotations.get(key) else {
         return Ok(Vec::new());
     };
@@ -225,45 +232,37 @@ fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|n| *n != 0)
-                .ok_or_else(|| InjectError::Annotation {
-                    annotation: key.into(),
-                    value: value.clone(),
-                    expected: "a comma-separated list of ports (1-65535), e.g. \"9090,9091\"",
-                })
+        .map(|item| {
+            parse(item).ok_or_else(|| InjectError::Annotation {
+                annotation: key.into(),
+                value: value.clone(),
+                expected,
+            })
         })
         .collect()
 }
 
+fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<u16>, InjectError> {
+    list_annotation(
+        annotations,
+        key,
+        "a comma-separated list of ports (1-65535), e.g. \"9090,9091\"",
+        |p| p.parse::<u16>().ok().filter(|n| *n != 0),
+    )
+}
+
 fn cidrs_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, InjectError> {
-    let Some(value) = annotations.get(key) else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|c| {
-            let valid = c.split_once('/').is_some_and(|(ip, len)| {
-                ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                    len.parse::<u8>()
-                        .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
-                })
-            });
-            if valid {
-                Ok(c.to_string())
-            } else {
-                Err(InjectError::Annotation {
-                    annotation: key.into(),
-                    value: value.clone(),
-                    expected: "a comma-separated list of CIDRs, e.g. \"10.0.0.0/8,192.168.0.0/16\"",
-                })
-            }
-        })
-        .collect()
+    list_annotation(
+        annotations,
+        key,
+        "a comma-separated list of CIDRs, e.g. \"10.0.0.0/8,192.168.0.0/16\"",
+        |c| {
+            let (ip, len) = c.split_once('/')?;
+            let ip = ip.parse::<std::net::IpAddr>().ok()?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            len.parse::<u8>().ok().filter(|l| *l <= max).map(|_| c.to_string())
+        },
+    )
 }
 
 /// Moves each app container's HTTP/TCP probes behind the proxy's health
@@ -404,17 +403,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 
 /// The proxy container, in the role of a sidecar.
 fn proxy_container(settings: &Settings, probes: &Map<String, Value>) -> Container {
-    let mut vars = vec![
-        env("TRELLIS_ROLE", "sidecar"),
-        env("TRELLIS_PUSH_ENDPOINT", &settings.push_endpoint()),
-        env("TRELLIS_PUSH_SERVER_NAME", &settings.push_server_name()),
-        env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
-        env("TRELLIS_LOG", &settings.log_level),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_field("POD_IP", "status.podIP"),
-        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-    ];
+    let mut vars = proxy_env(settings, "sidecar");
     if !probes.is_empty() {
         vars.push(env(APP_PROBES_ENV, &Value::Object(probes.clone()).to_string()));
     }
@@ -424,6 +413,21 @@ fn proxy_container(settings: &Settings, probes: &Map<String, Value>) -> Containe
     container.startup_probe = Some(health_probe("/ready", 1, 600));
     container.readiness_probe = Some(health_probe("/ready", 2, 3));
     container
+}
+
+/// How a proxy finds the control plane and learns who it is (downward API).
+fn proxy_env(settings: &Settings, role: &str) -> Vec<EnvVar> {
+    vec![
+        env("TRELLIS_ROLE", role),
+        env("TRELLIS_PUSH_ENDPOINT", &settings.push_endpoint()),
+        env("TRELLIS_PUSH_SERVER_NAME", &settings.push_server_name()),
+        env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
+        env("TRELLIS_LOG", &settings.log_level),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env_field("POD_IP", "status.podIP"),
+        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ]
 }
 
 /// What the sidecar and gateway proxies share: image, ports, identity mounts, hardening.
@@ -449,13 +453,7 @@ fn proxy_base(settings: &Settings, env: Vec<EnvVar>) -> Container {
             run_as_user: Some(PROXY_UID),
             run_as_group: Some(PROXY_UID),
             run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
+            ..restricted_security_context()
         }),
         resources: Some(small_resources()),
         ..Container::default()
@@ -504,18 +502,7 @@ fn volumes() -> Vec<Volume> {
 /// Its labels (`app: <name>`, `trellis.dev/gateway: <name>`) are what
 /// Gateway resources select.
 pub fn gateway_pod_template(name: &str, settings: &Settings, ports: &[u16]) -> PodTemplateSpec {
-    let env = vec![
-        env("TRELLIS_ROLE", "gateway"),
-        env("TRELLIS_PUSH_ENDPOINT", &settings.push_endpoint()),
-        env("TRELLIS_PUSH_SERVER_NAME", &settings.push_server_name()),
-        env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
-        env("TRELLIS_LOG", &settings.log_level),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_field("POD_IP", "status.podIP"),
-        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-    ];
-    let mut container = proxy_base(settings, env);
+    let mut container = proxy_base(settings, proxy_env(settings, "gateway"));
     container.name = "gateway".into();
     container.readiness_probe = Some(health_probe("/ready", 2, 3));
     container.liveness_probe = Some(health_probe("/live", 10, 6));
