@@ -95,7 +95,30 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     })
 }
 
-async fn serve_http(listener: TcpListener, app: Arc<http::App>, mut stopped: watch::Receiver<bool>) {
+/// Accepts connections until stopped, handing each to `serve`.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stopped: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_requested(&mut stopped) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve(stream, peer));
+            }
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_http(listener: TcpListener, app: Arc<http::App>, stopped: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -103,22 +126,11 @@ async fn serve_http(listener: TcpListener, app: Arc<http::App>, mut stopped: wat
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop_requested(&mut stopped) => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    accept_loop(listener, stopped, move |stream, peer| {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |req| http::handle(app.clone(), peer, req));
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -126,30 +138,19 @@ async fn serve_http(listener: TcpListener, app: Arc<http::App>, mut stopped: wat
             {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
-async fn serve_tcp(listener: TcpListener, mut stopped: watch::Receiver<bool>) {
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = stop_requested(&mut stopped) => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(async move {
-            let (mut reader, mut writer) = stream.split();
-            if let Err(e) = tokio::io::copy(&mut reader, &mut writer).await {
-                debug!(%peer, error = %e, "tcp echo ended with an error");
-            }
-        });
-    }
+async fn serve_tcp(listener: TcpListener, stopped: watch::Receiver<bool>) {
+    accept_loop(listener, stopped, |mut stream, peer| async move {
+        let (mut reader, mut writer) = stream.split();
+        if let Err(e) = tokio::io::copy(&mut reader, &mut writer).await {
+            debug!(%peer, error = %e, "tcp echo ended with an error");
+        }
+    })
+    .await;
 }
 
 async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
