@@ -17,13 +17,13 @@ mod inbound;
 mod outbound;
 mod route;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use trellis_api::mesh::{DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE};
 use trellis_contract::{
-    CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, NodeInfo, PemSource, ProxyConfig, ProxyMode,
-    Telemetry, Tracing,
+    CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, Listener, NodeInfo, PemSource, ProxyConfig,
+    ProxyMode, Telemetry, Tracing,
 };
 
 use crate::registry::{ObjectKey, Workload};
@@ -123,23 +123,130 @@ impl Ctx<'_> {
 
 /// Compile the configuration of the proxy in `pod`.
 pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) -> Result<Compiled, CompileError> {
+    let mut compiled = compile_workload(snapshot, pod, role, version)?;
+    if role == Role::Sidecar {
+        let outbound = compile_outbound(snapshot, pod)?;
+        outbound.merge_into(&mut compiled);
+    }
+    Ok(compiled)
+}
+
+/// What decides a sidecar's outbound configuration besides the snapshot: its namespace
+/// (visibility, `exportTo`, short names, DestinationRule lookup) and the labels that some
+/// VirtualService's `sourceLabels` look at. Proxies with the same key get the same
+/// [`Outbound`], so it is compiled and serialized once per key, not once per proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboundKey {
+    /// The proxy's namespace.
+    pub namespace: String,
+    /// The proxy's values of the label keys `sourceLabels` matches use.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The label keys any VirtualService's `sourceLabels` (HTTP, TLS or TCP) looks at.
+pub fn source_label_keys(snapshot: &Snapshot) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for vs in &snapshot.virtual_services {
+        let spec = &vs.spec;
+        let http = spec.http.iter().flatten().flat_map(|r| r.matches.iter().flatten());
+        let tls = spec.tls.iter().flatten().flat_map(|r| r.matches.iter());
+        let tcp = spec.tcp.iter().flatten().flat_map(|r| r.matches.iter().flatten());
+        for labels in http
+            .filter_map(|m| m.source_labels.as_ref())
+            .chain(tls.filter_map(|m| m.source_labels.as_ref()))
+            .chain(tcp.filter_map(|m| m.source_labels.as_ref()))
+        {
+            keys.extend(labels.keys().cloned());
+        }
+    }
+    keys
+}
+
+/// The sharing key of the sidecar in `pod`, given the snapshot's [`source_label_keys`].
+pub fn outbound_key(
+    snapshot: &Snapshot,
+    pod: &ObjectKey,
+    source_label_keys: &BTreeSet<String>,
+) -> Result<OutboundKey, CompileError> {
     let proxy = snapshot
         .registry
         .workloads
         .get(pod)
         .ok_or_else(|| CompileError::UnknownPod(pod.clone()))?;
-    let trust_domain = snapshot
-        .mesh
-        .trust_domain
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
-    let mut ctx = Ctx {
-        snapshot,
-        proxy,
-        trust_domain,
-        diagnostics: Vec::new(),
-    };
+    Ok(OutboundKey {
+        namespace: proxy.key.namespace.clone(),
+        labels: proxy
+            .labels
+            .iter()
+            .filter(|(k, _)| source_label_keys.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
+}
 
+/// The part of a sidecar's configuration shared by every proxy with the same
+/// [`OutboundKey`]: the outbound listener, the clusters it references, and DNS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    /// The `outbound` listener.
+    pub listener: Listener,
+    /// The clusters its routes reference, sorted by name.
+    pub clusters: Vec<Cluster>,
+    /// The names the DNS proxy answers.
+    pub dns: DnsConfig,
+    /// What the compiler noticed while building it.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Outbound {
+    /// Add the shared part to a sidecar's own part ([`compile_workload`]): the outbound
+    /// listener first, clusters merged in name order, DNS, diagnostics sorted.
+    pub fn merge_into(&self, compiled: &mut Compiled) {
+        let config = &mut compiled.config;
+        config.listeners.insert(0, self.listener.clone());
+        let mut clusters: BTreeMap<String, Cluster> =
+            self.clusters.iter().map(|c| (c.name.clone(), c.clone())).collect();
+        for c in std::mem::take(&mut config.clusters) {
+            clusters.insert(c.name.clone(), c);
+        }
+        config.clusters = clusters.into_values().collect();
+        config.dns = self.dns.clone();
+        for d in &self.diagnostics {
+            if !compiled.diagnostics.contains(d) {
+                compiled.diagnostics.push(d.clone());
+            }
+        }
+        compiled.diagnostics.sort();
+    }
+}
+
+/// Compile the shared part of the configuration of the sidecar in `pod` (see [`Outbound`]).
+pub fn compile_outbound(snapshot: &Snapshot, pod: &ObjectKey) -> Result<Outbound, CompileError> {
+    let mut ctx = Ctx::new(snapshot, pod)?;
+    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
+    let listener = outbound::listener(&mut ctx, &mut clusters);
+    let dns = dns(&ctx);
+    let mut diagnostics = ctx.diagnostics;
+    diagnostics.sort();
+    Ok(Outbound {
+        listener,
+        clusters: clusters.into_values().collect(),
+        dns,
+        diagnostics,
+    })
+}
+
+/// Compile what is the proxy's own: node, identity, telemetry and, for a sidecar, its inbound
+/// listener, clusters and policy (a gateway's whole configuration). A sidecar's
+/// [`Outbound`] is added by [`Outbound::merge_into`].
+pub fn compile_workload(
+    snapshot: &Snapshot,
+    pod: &ObjectKey,
+    role: Role,
+    version: &str,
+) -> Result<Compiled, CompileError> {
+    let mut ctx = Ctx::new(snapshot, pod)?;
+    let proxy = ctx.proxy;
     let mut config = ProxyConfig::empty(version);
     config.mode = match role {
         Role::Sidecar => ProxyMode::Sidecar,
@@ -162,12 +269,10 @@ pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) 
     let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
     match role {
         Role::Sidecar => {
-            config.listeners.push(outbound::listener(&mut ctx, &mut clusters));
             let (listener, inbound_clusters, policy) = inbound::sidecar(&mut ctx);
             config.listeners.push(listener);
             clusters.extend(inbound_clusters.into_iter().map(|c| (c.name.clone(), c)));
             config.inbound = policy;
-            config.dns = dns(&ctx);
         }
         Role::Gateway => {
             config.listeners = outbound::gateway_listeners(&mut ctx, &mut clusters);
@@ -178,6 +283,27 @@ pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) 
     let mut diagnostics = ctx.diagnostics;
     diagnostics.sort();
     Ok(Compiled { config, diagnostics })
+}
+
+impl<'a> Ctx<'a> {
+    fn new(snapshot: &'a Snapshot, pod: &ObjectKey) -> Result<Self, CompileError> {
+        let proxy = snapshot
+            .registry
+            .workloads
+            .get(pod)
+            .ok_or_else(|| CompileError::UnknownPod(pod.clone()))?;
+        let trust_domain = snapshot
+            .mesh
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        Ok(Ctx {
+            snapshot,
+            proxy,
+            trust_domain,
+            diagnostics: Vec::new(),
+        })
+    }
 }
 
 fn node_info(w: &Workload) -> NodeInfo {

@@ -12,9 +12,9 @@
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
 //!   the error and does not resend the same version until the config changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
@@ -25,8 +25,13 @@ use trellis_contract::ProxyConfig;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{ProxyMessage, Snapshot, proxy_message};
 
+mod render;
+pub use render::{SharedOutbound, render};
+
 use crate::ca::{Bundle, MeshRoots};
-use crate::compile::{Role, compile};
+use crate::compile::{
+    CompileError, OutboundKey, Role, compile_outbound, compile_workload, outbound_key, source_label_keys,
+};
 use crate::metrics::Metrics;
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot as MeshSnapshot;
@@ -105,8 +110,41 @@ impl Default for Options {
     }
 }
 
-/// A snapshot and the change generation and trust bundle it was built for.
-type Generation = (u64, Bundle, Arc<MeshSnapshot>);
+/// What every subscription shares for one change: the snapshot, and each [`OutboundKey`]'s
+/// shared part, compiled and serialized by the first proxy that needs it.
+struct Built {
+    generation: u64,
+    bundle: Bundle,
+    snapshot: Arc<MeshSnapshot>,
+    label_keys: BTreeSet<String>,
+    outbounds: Mutex<HashMap<OutboundKey, SharedCell>>,
+}
+
+type SharedCell = Arc<OnceLock<Result<Arc<SharedOutbound>, CompileError>>>;
+
+impl Built {
+    /// The shared part for `pod`'s key, compiled once per key.
+    fn outbound(&self, pod: &ObjectKey) -> Result<Arc<SharedOutbound>, CompileError> {
+        let key = outbound_key(&self.snapshot, pod, &self.label_keys)?;
+        let cell = lock(&self.outbounds).entry(key).or_default().clone();
+        cell.get_or_init(|| compile_outbound(&self.snapshot, pod).map(|o| Arc::new(SharedOutbound::new(&o))))
+            .clone()
+    }
+
+    /// The version and wire JSON of `pod`'s configuration.
+    fn render(&self, pod: &ObjectKey, role: Role) -> Result<(String, Vec<u8>), CompileError> {
+        let own = compile_workload(&self.snapshot, pod, role, "")?;
+        let shared = match role {
+            Role::Sidecar => Some(self.outbound(pod)?),
+            Role::Gateway => None,
+        };
+        Ok(render::render(
+            &own.config,
+            shared.as_deref(),
+            &self.bundle.renew_unless_issued_by,
+        ))
+    }
+}
 
 /// The push service.
 #[derive(Clone)]
@@ -119,7 +157,7 @@ pub struct PushService {
     trust_domain: Option<String>,
     /// The snapshot of the last change, shared by every subscription (built once per change,
     /// not once per proxy).
-    current: Arc<Mutex<Option<Generation>>>,
+    current: Arc<Mutex<Option<Arc<Built>>>>,
     /// The mesh roots: their trust bundle goes into every config, and presented client
     /// certificates tell them which root signed each proxy's leaf.
     roots: Option<Arc<MeshRoots>>,
@@ -220,21 +258,28 @@ impl PushService {
 
     /// The snapshot for the latest change and trust bundle.
     fn snapshot(&self) -> Arc<MeshSnapshot> {
-        self.snapshot_with_bundle().0
+        self.built().snapshot.clone()
     }
 
-    fn snapshot_with_bundle(&self) -> (Arc<MeshSnapshot>, Bundle) {
+    /// What subscriptions share for the latest change and trust bundle.
+    fn built(&self) -> Arc<Built> {
         let generation = *self.changed.borrow();
         let bundle = self.bundle.as_ref().map(|b| b.borrow().clone()).unwrap_or_default();
-        let mut current = self.current.lock().expect("snapshot cache lock");
+        let mut current = lock(&self.current);
         match current.as_ref() {
-            Some((g, b, snap)) if *g == generation && *b == bundle => (snap.clone(), bundle),
+            Some(b) if b.generation == generation && b.bundle == bundle => b.clone(),
             _ => {
                 let mut snap = self.source.snapshot();
                 snap.trust_bundle = bundle.roots_pem.clone();
-                let snap = Arc::new(snap);
-                *current = Some((generation, bundle.clone(), snap.clone()));
-                (snap, bundle)
+                let built = Arc::new(Built {
+                    generation,
+                    label_keys: source_label_keys(&snap),
+                    snapshot: Arc::new(snap),
+                    bundle,
+                    outbounds: Mutex::default(),
+                });
+                *current = Some(built.clone());
+                built
             }
         }
     }
@@ -265,20 +310,6 @@ pub fn content_version(config: &ProxyConfig) -> String {
     c.version = String::new();
     let json = serde_json::to_vec(&c).expect("contract types always serialize");
     let digest = ring::digest::digest(&ring::digest::SHA256, &json);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The version pushed: the config's content hash, and while leaves are being reissued, the
-/// issuing root too (so the request to renew reaches proxies whose config did not change).
-fn push_version(config: &ProxyConfig, renew_unless_issued_by: &str) -> String {
-    let version = content_version(config);
-    if renew_unless_issued_by.is_empty() {
-        return version;
-    }
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{version}/{renew_unless_issued_by}").as_bytes(),
-    );
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -350,19 +381,24 @@ impl ConfigPush for PushService {
             let mut rollout: Option<u64> = None;
             loop {
                 let started = Instant::now();
-                let (snapshot, bundle) = this.snapshot_with_bundle();
+                let built = this.built();
+                let bundle = &built.bundle;
                 let mut sent = false;
-                match compile(&snapshot, &pod, role, "") {
-                    Ok(mut compiled) => {
-                        let version = push_version(&compiled.config, &bundle.renew_unless_issued_by);
+                match built.render(&pod, role) {
+                    Ok((version, config_json)) => {
                         if last_sent.as_deref() != Some(version.as_str()) {
-                            compiled.config.version = version.clone();
-                            let mut snapshot = Snapshot::from_config(&compiled.config);
-                            snapshot.renew_unless_issued_by = bundle.renew_unless_issued_by.clone();
+                            let snapshot = Snapshot {
+                                version: version.clone(),
+                                config_json,
+                                renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
+                            };
                             if let Some(g) = rollout {
                                 lock(&sender_owed).push((version.clone(), g));
                                 metrics.rollout_sent(g);
                             }
+                            let fingerprints = bundle.fingerprints.clone();
+                            // The shared parts may be freed while a slow proxy takes its time.
+                            drop(built);
                             if tx.send(Ok(snapshot)).await.is_err() {
                                 break;
                             }
@@ -371,7 +407,7 @@ impl ConfigPush for PushService {
                             metrics.push_seconds.observe(started.elapsed());
                             this.update(&sender_proxy, |s| {
                                 s.sent = Some(version.clone());
-                                s.sent_roots = bundle.fingerprints.clone();
+                                s.sent_roots = fingerprints;
                             });
                             last_sent = Some(version);
                         } else {

@@ -273,9 +273,13 @@ impl Registry {
     /// The pods backing a Service, ready or not, in key order.
     pub fn endpoints<'a>(&'a self, svc: &'a Service) -> impl Iterator<Item = &'a Workload> + 'a {
         let selector = svc.selector.as_ref();
-        self.workloads.values().filter(move |w| {
-            w.key.namespace == svc.key.namespace && w.ip.is_some() && selector.is_some_and(|s| selects(s, &w.labels))
-        })
+        // why: keys sort by namespace first, so the Service's namespace is one range of the
+        // map; a cluster-wide scan per cluster made compilation quadratic in the mesh size.
+        self.workloads
+            .range(ObjectKey::new(svc.key.namespace.clone(), String::new())..)
+            .map(|(_, w)| w)
+            .take_while(move |w| w.key.namespace == svc.key.namespace)
+            .filter(move |w| w.ip.is_some() && selector.is_some_and(|s| selects(s, &w.labels)))
     }
 
     /// The Service with this FQDN (`name.namespace.svc.<domain>`).

@@ -199,3 +199,36 @@ async fn a_subscription_must_start_with_hello() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("Hello"), "{}", err.message());
 }
+
+/// What the push sends a sidecar (its own part with the shared outbound spliced in, both
+/// serialized separately) is exactly the configuration the compiler gives it.
+#[test]
+fn spliced_configs_equal_the_compiled_ones() {
+    use trellis_contract::ProxyConfig;
+    use trellis_operator::compile::{Role, compile, compile_outbound, compile_workload};
+    use trellis_operator::push::{SharedOutbound, render};
+
+    let mesh = MeshSnapshot::from_yaml(&shop()).unwrap();
+    let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
+    let own = compile_workload(&mesh, &pod, Role::Sidecar, "").unwrap();
+    let shared = SharedOutbound::new(&compile_outbound(&mesh, &pod).unwrap());
+    let (version, json) = render(&own.config, Some(&shared), "");
+    let mut pushed: ProxyConfig = serde_json::from_slice(&json).unwrap();
+    let mut whole = compile(&mesh, &pod, Role::Sidecar, &version).unwrap().config;
+    assert_eq!(pushed.version, version);
+    pushed.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    whole.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(whole.clusters.len() > 3 && !whole.dns.entries.is_empty());
+    assert_eq!(pushed, whole);
+    pushed.validate().expect("the proxy accepts it");
+
+    // The version follows the content: the same again, another with a renewal request.
+    assert_eq!(render(&own.config, Some(&shared), "").0, version);
+    assert_ne!(render(&own.config, Some(&shared), "abc").0, version);
+    // A gateway has no shared part: its JSON is its whole configuration.
+    let gw = trellis_operator::registry::ObjectKey::new("trellis-system", "ingress-1");
+    let own = compile_workload(&mesh, &gw, Role::Gateway, "").unwrap();
+    let (v, json) = render(&own.config, None, "");
+    let pushed: ProxyConfig = serde_json::from_slice(&json).unwrap();
+    assert_eq!(pushed, compile(&mesh, &gw, Role::Gateway, &v).unwrap().config);
+}
