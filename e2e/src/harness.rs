@@ -133,34 +133,12 @@ impl TestCluster {
 
     /// Runs kubectl with `args` and optional stdin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        use std::io::Write as _;
-        let mut cmd = self.kubectl_command();
-        cmd.args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        });
-        let mut child = cmd.spawn().context("running kubectl (is it installed?)")?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())?;
-        }
-        Ok(child.wait_with_output()?)
+        crate::suite::run_kubectl(self.kubectl_command(), args, stdin)
     }
 
     /// Runs kubectl and returns stdout, failing with stderr on non-zero exit.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-        let out = self.kubectl(args, stdin)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::suite::stdout_of(args, self.kubectl(args, stdin)?)
     }
 
     /// A kube-rs client for this cluster, from the written kubeconfig.
@@ -176,21 +154,9 @@ impl TestCluster {
         &self,
         what: &str,
         timeout: std::time::Duration,
-        mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+        f: impl FnMut() -> anyhow::Result<Option<T>>,
     ) -> anyhow::Result<T> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            match f() {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last = format!(" (last error: {e:#})"),
-            }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!("timed out after {timeout:?} waiting for {what}{last}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        crate::suite::wait_for(what, timeout, f)
     }
 
     /// `kubectl apply -f -` of `yaml`.

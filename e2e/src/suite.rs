@@ -81,34 +81,17 @@ impl Target {
 
     /// Runs kubectl with `args` and optional stdin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        use std::io::Write as _;
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
-            .arg(self.cache.path().join("kubectl-cache"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().context("running kubectl (is it installed?)")?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())?;
-        }
-        Ok(child.wait_with_output()?)
+            .arg(self.cache.path().join("kubectl-cache"));
+        run_kubectl(cmd, args, stdin)
     }
 
     /// Runs kubectl; stdout, or an error with its stderr.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-        let out = self.kubectl(args, stdin)?;
-        ensure!(
-            out.status.success(),
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, self.kubectl(args, stdin)?)
     }
 
     /// `kubectl get ... -o json`.
@@ -163,7 +146,33 @@ impl Target {
     }
 }
 
-/// Polls `f` every 200 ms until it returns `Some`, or fails after
+/// Runs a prepared kubectl `cmd` with `args`, feeding `stdin`.
+pub fn run_kubectl(mut cmd: Command, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+    use std::io::Write as _;
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().context("running kubectl (is it installed?)")?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// A kubectl run's stdout, or an error naming the command with its stderr.
+pub fn stdout_of(args: &[&str], out: Output) -> anyhow::Result<String> {
+    ensure!(
+        out.status.success(),
+        "kubectl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after
 /// `timeout` naming `what` and the last error.
 pub fn wait_for<T>(
     what: &str,
@@ -181,7 +190,7 @@ pub fn wait_for<T>(
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}{last}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
