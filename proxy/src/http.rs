@@ -97,6 +97,13 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let req_bytes = req.body().size_hint().exact().unwrap_or(0);
+    // Only a verified mesh peer's metadata is believed (inbound mTLS).
+    let source_meta = match (conn.direction, conn.peer_identity.as_deref()) {
+        (ListenerDirection::Inbound, Some(principal)) => {
+            crate::peer_metadata::verified_source(req.headers(), principal)
+        }
+        _ => None,
+    };
     let Some(listener) = snap.listeners.get(&conn.listener).cloned() else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "listener is being removed\n"));
     };
@@ -127,6 +134,18 @@ pub async fn handle(
         if let Some(c) = &out.cluster {
             attributes.push(("upstream_cluster", c.spec.name.clone()));
         }
+        if let Some(src) = &source_meta {
+            for (key, value) in [
+                ("source_workload", &src.workload),
+                ("source_namespace", &src.namespace),
+                ("source_app", &src.app),
+                ("source_version", &src.version),
+            ] {
+                if !value.is_empty() {
+                    attributes.push((key, value.clone()));
+                }
+            }
+        }
         rt.spans.record(crate::spans::Span {
             trace_id: ctx.trace_id,
             span_id: ctx.span_id,
@@ -139,7 +158,7 @@ pub async fn handle(
             attributes,
         });
     }
-    let labels = labels(&snap, &conn, &out, status, grpc);
+    let labels = labels(&snap, &conn, &out, source_meta, status, grpc);
     if snap.config.telemetry.access_log.enabled {
         tracing::info!(
             target: "trellis::access",
@@ -167,7 +186,14 @@ pub async fn handle(
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
-fn labels(snap: &Snapshot, conn: &ConnContext, out: &RequestOutcome, status: StatusCode, grpc: bool) -> RequestLabels {
+fn labels(
+    snap: &Snapshot,
+    conn: &ConnContext,
+    out: &RequestOutcome,
+    source_meta: Option<Peer>,
+    status: StatusCode,
+    grpc: bool,
+) -> RequestLabels {
     let endpoint_peer = out
         .cluster
         .as_ref()
@@ -176,18 +202,21 @@ fn labels(snap: &Snapshot, conn: &ConnContext, out: &RequestOutcome, status: Sta
         .unwrap_or_default();
     let (reporter, source, destination, security) = match conn.direction {
         ListenerDirection::Inbound => {
-            let principal = conn.peer_identity.clone().unwrap_or_default();
-            let namespace = SpiffeId::parse(&principal)
-                .ok()
-                .and_then(|id| id.namespace().map(str::to_string))
-                .unwrap_or_default();
-            (
-                "destination",
+            let source = source_meta.unwrap_or_else(|| {
+                let principal = conn.peer_identity.clone().unwrap_or_default();
+                let namespace = SpiffeId::parse(&principal)
+                    .ok()
+                    .and_then(|id| id.namespace().map(str::to_string))
+                    .unwrap_or_default();
                 Peer {
                     principal,
                     namespace,
                     ..Default::default()
-                },
+                }
+            });
+            (
+                "destination",
+                source,
                 snap.node.clone(),
                 if conn.peer_identity.is_some() {
                     "mutual_tls"
@@ -591,6 +620,15 @@ async fn forward(
     {
         h.insert("x-request-id", v);
     }
+    // Peer metadata: never from the app or a client, only from this proxy and
+    // only to a mesh peer that verifies who sent it.
+    h.remove(crate::peer_metadata::HEADER);
+    if conn.direction != ListenerDirection::Inbound
+        && matches!(cluster.spec.tls, UpstreamTls::Mesh { .. })
+        && let Some(v) = &snap.peer_metadata
+    {
+        h.insert(crate::peer_metadata::HEADER, v.clone());
+    }
     match conn.direction {
         ListenerDirection::Inbound => {
             h.remove("x-forwarded-client-cert");
@@ -682,6 +720,9 @@ async fn forward(
             let mut mparts = Request::new(());
             *mparts.method_mut() = parts.method.clone();
             *mparts.headers_mut() = parts.headers.clone();
+            if !matches!(mc.spec.tls, UpstreamTls::Mesh { .. }) {
+                mparts.headers_mut().remove(crate::peer_metadata::HEADER);
+            }
             let shadow = shadow_authority(&authority);
             if let Ok(v) = HeaderValue::from_str(&shadow) {
                 mparts.headers_mut().insert(header::HOST, v);

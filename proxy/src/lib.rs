@@ -19,6 +19,7 @@ pub mod idle;
 pub mod matcher;
 pub mod metrics;
 pub mod path;
+pub mod peer_metadata;
 pub mod ports;
 pub mod probes;
 pub mod routing;

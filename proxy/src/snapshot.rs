@@ -102,6 +102,9 @@ pub struct Snapshot {
     pub inbound_tls: Option<Arc<ServerConfig>>,
     /// This proxy's workload, as metric labels.
     pub node: Peer,
+    /// This proxy's workload as a peer metadata header value, sent on mesh
+    /// mTLS requests (precomputed: no per-request formatting).
+    pub peer_metadata: Option<http::HeaderValue>,
     /// Names the DNS proxy answers.
     pub dns: crate::dns::DnsTable,
     /// TLS to an `https://` OTLP collector.
@@ -200,6 +203,7 @@ impl Snapshot {
             app: config.node.app.clone(),
             version: config.node.version.clone(),
         };
+        let peer_metadata = crate::peer_metadata::encode(&config.node);
         let dns = crate::dns::DnsTable::new(&config.dns);
         let collector_tls = match &config.telemetry.tracing {
             Some(t) if t.otlp_endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) => {
@@ -227,6 +231,7 @@ impl Snapshot {
             identity,
             inbound_tls,
             node,
+            peer_metadata,
         })
     }
 }

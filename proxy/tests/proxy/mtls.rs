@@ -336,3 +336,149 @@ async fn opaque_tcp_over_mesh_mtls() {
         "{m}"
     );
 }
+
+// Peer metadata exchange: the destination proxy learns the source workload.
+
+const META: &str = "x-trellis-peer-metadata";
+
+fn with_node(mut config: Value, node: Value) -> Value {
+    config["node"] = node;
+    config
+}
+
+/// The destination proxy's request series for one source workload.
+async fn inbound_series(inbound: &Proxy, source_workload: &str) -> Vec<String> {
+    get(inbound.admin(), "admin", "/metrics")
+        .await
+        .body
+        .lines()
+        .filter(|l| l.starts_with("trellis_requests_total{"))
+        .filter(|l| l.contains(&format!("source_workload=\"{source_workload}\"")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn destination_metrics_name_the_verified_source_workload() {
+    let c = chain("PERMISSIVE", json!([]), PAYMENT).await;
+    let out = c.outbound.addr("outbound").await;
+    // The local app tries to pass for another workload of the same namespace.
+    let r = send(out, "GET", "payment", "/pay", &[(META, "w=admin;n=shop;a=admin;v=v9")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        c.app.last_seen().headers.get(META).is_none(),
+        "the app saw the metadata"
+    );
+    assert_eq!(get(out, "payment", "/pay").await.status, 200);
+
+    let series = inbound_series(&c.inbound, "web").await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    let s = &series[0];
+    for label in [
+        "reporter=\"destination\"",
+        "source_workload_namespace=\"shop\"",
+        "source_app=\"web\"",
+        "source_version=\"v1\"",
+        &format!("source_principal=\"{WEB}\""),
+        "destination_workload=\"payment\"",
+    ] {
+        assert!(s.contains(label), "{label} missing in {s}");
+    }
+    assert!(s.ends_with(" 2"), "{s}");
+    assert!(inbound_series(&c.inbound, "admin").await.is_empty());
+
+    // Plaintext straight to the inbound listener: the forged header is
+    // stripped and ignored.
+    let plain = send(
+        c.inbound.addr("inbound").await,
+        "GET",
+        "payment",
+        "/plain",
+        &[(META, "w=web;n=shop;a=web;v=v1")],
+    )
+    .await;
+    assert_eq!(plain.status, 200);
+    assert!(
+        c.app.last_seen().headers.get(META).is_none(),
+        "the app saw the metadata"
+    );
+    let unknown = inbound_series(&c.inbound, "unknown").await;
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(
+        unknown[0].contains("connection_security_policy=\"none\""),
+        "{unknown:?}"
+    );
+    assert!(unknown[0].contains("source_app=\"unknown\""), "{unknown:?}");
+    assert!(inbound_series(&c.inbound, "web").await[0].ends_with(" 2"));
+}
+
+#[tokio::test]
+async fn metadata_whose_namespace_disagrees_with_the_identity_is_ignored() {
+    let pki = Pki::new();
+    let app = Upstream::start("payment-app").await;
+    let inbound = Proxy::start(inbound_config(&pki, &app, "STRICT", json!([]))).await;
+    let in_addr = inbound.addr("inbound").await;
+    // The certificate says namespace shop; the node claims kube-system.
+    let outbound = Proxy::start(with_node(
+        outbound_mesh_config(&pki, in_addr, PAYMENT),
+        json!({"workload": "web", "namespace": "kube-system", "app": "web", "version": "v1"}),
+    ))
+    .await;
+    let r = get(outbound.addr("outbound").await, "payment", "/pay").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(app.last_seen().headers.get(META).is_none());
+    assert!(inbound_series(&inbound, "web").await.is_empty());
+    let unknown = inbound_series(&inbound, "unknown").await;
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    // The verified identity still counts; the claims do not.
+    assert!(unknown[0].contains("source_workload_namespace=\"shop\""), "{unknown:?}");
+    assert!(unknown[0].contains(&format!("source_principal=\"{WEB}\"")));
+    assert!(unknown[0].contains("source_version=\"unknown\""));
+}
+
+#[tokio::test]
+async fn gateway_sends_its_metadata_to_the_mesh() {
+    const GATEWAY: &str = "spiffe://cluster.local/ns/trellis-system/sa/ingressgateway";
+    let pki = Pki::new();
+    let app = Upstream::start("payment-app").await;
+    let inbound = Proxy::start(inbound_config(&pki, &app, "STRICT", json!([]))).await;
+    let in_addr = inbound.addr("inbound").await;
+    let gateway = Proxy::start(json!({
+        "version": "gw-1",
+        "mode": "gateway",
+        "node": {"workload": "ingressgateway", "namespace": "trellis-system", "app": "ingressgateway", "version": "1.0"},
+        "identity": pki.identity(GATEWAY),
+        "listeners": [{
+            "name": "http", "address": "127.0.0.1:0", "direction": "gateway", "protocol": "http",
+            "virtualHosts": [{"name": "shop", "domains": ["shop.example.com"], "routes": [forward_route("payment")]}],
+        }],
+        "clusters": [{
+            "name": "payment",
+            "service": "payment.shop.svc.cluster.local",
+            "tls": {"mesh": {"expectedIdentities": [PAYMENT]}},
+            "endpoints": [{"address": "127.0.0.1", "port": in_addr.port()}],
+        }],
+    }))
+    .await;
+    let r = send(
+        gateway.addr("http").await,
+        "GET",
+        "shop.example.com",
+        "/",
+        &[(META, "w=web;n=trellis-system")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(app.last_seen().headers.get(META).is_none());
+    let series = inbound_series(&inbound, "ingressgateway").await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(
+        series[0].contains("source_workload_namespace=\"trellis-system\""),
+        "{series:?}"
+    );
+    assert!(
+        series[0].contains("source_app=\"ingressgateway\",source_version=\"1.0\""),
+        "{series:?}"
+    );
+    assert!(inbound_series(&inbound, "web").await.is_empty());
+}
