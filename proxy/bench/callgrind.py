@@ -14,6 +14,7 @@ fails when it is more than `--threshold` percent (default 10) above it.
     python3 proxy/bench/callgrind.py                 # build --release, measure, compare
     python3 proxy/bench/callgrind.py --update        # measure and rewrite the baseline
     python3 proxy/bench/callgrind.py --no-build      # use the existing release binary
+    python3 proxy/bench/callgrind.py --no-build --keep-dump /tmp/cg.out   # then: callgrind_annotate /tmp/cg.out
 
 Exit status: 0 within the threshold (or baseline updated), 1 on a regression,
 2 when it cannot measure (valgrind missing, proxy failed to start, ...).
@@ -145,7 +146,7 @@ def dumped_instructions(out_prefix):
     return total, len(files)
 
 
-def measure(bin, requests, connections):
+def measure(bin, requests, connections, keep=None):
     with tempfile.TemporaryDirectory() as dir:
         app = socket.socket()
         app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,6 +216,9 @@ def measure(bin, requests, connections):
             instructions, files = dumped_instructions(out_prefix)
             if files == 0 or instructions == 0:
                 raise RuntimeError("callgrind wrote no dump after --dump")
+            if keep:
+                dumps = sorted(f for f in glob.glob(out_prefix + "*") if not f.endswith(".0"))
+                shutil.copyfile(dumps[-1], keep)
         finally:
             proc.terminate()
             try:
@@ -232,6 +236,7 @@ def main():
     ap.add_argument("--threshold", type=float, default=10.0, help="allowed increase in percent (default 10)")
     ap.add_argument("--update", action="store_true", help="write the measurement as the new baseline")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
+    ap.add_argument("--keep-dump", metavar="FILE", help="copy the measured dump there, for callgrind_annotate FILE")
     args = ap.parse_args()
     for tool in ["valgrind", "callgrind_control"]:
         if not shutil.which(tool):
@@ -242,7 +247,7 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     bin = os.path.join(target, "release", "trellis-proxy")
     try:
-        instructions, elapsed = measure(bin, args.requests, args.connections)
+        instructions, elapsed = measure(bin, args.requests, args.connections, args.keep_dump)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         print(f"callgrind check: cannot measure: {e}", file=sys.stderr)
         return 2

@@ -63,11 +63,15 @@ impl StreamActivity {
 #[error("stream idle timeout: no bytes in either direction for {0:?}")]
 pub struct StreamIdle(pub Duration);
 
-/// A body that records activity on its stream's [`StreamActivity`] and, with a
+/// A body that records activity on its stream's [`StreamActivity`] (when the
+/// stream's other direction shares one) or on its own clock, and, with a
 /// timeout, fails with [`StreamIdle`] once the stream has been idle that long.
+/// The timer is only allocated the first time the body waits for data.
 pub struct IdleBody<B> {
     inner: B,
-    activity: std::sync::Arc<StreamActivity>,
+    activity: Option<std::sync::Arc<StreamActivity>>,
+    /// Last activity when no [`StreamActivity`] is shared.
+    last: Instant,
     timeout: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -76,19 +80,42 @@ impl<B> std::fmt::Debug for IdleBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdleBody")
             .field("activity", &self.activity)
+            .field("last", &self.last)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl<B> IdleBody<B> {
-    /// Wrap `inner`; `timeout` of `None` only records activity.
-    pub fn new(inner: B, activity: std::sync::Arc<StreamActivity>, timeout: Option<Duration>) -> Self {
+    /// Wrap `inner`; its creation counts as activity. `activity` is shared
+    /// with the stream's other direction (`None`: this body's own clock);
+    /// `timeout` of `None` only records activity.
+    pub fn new(inner: B, activity: Option<std::sync::Arc<StreamActivity>>, timeout: Option<Duration>) -> Self {
+        if let Some(a) = &activity {
+            a.touch();
+        }
         Self {
             inner,
             activity,
+            last: Instant::now(),
             timeout: timeout.filter(|t| !t.is_zero()),
             timer: None,
+        }
+    }
+
+    fn touch(&mut self) {
+        match &self.activity {
+            Some(a) => a.touch(),
+            // Nobody else reads the clock: only keep it when it matters.
+            None if self.timeout.is_some() => self.last = Instant::now(),
+            None => {}
+        }
+    }
+
+    fn deadline(&self, timeout: Duration) -> Instant {
+        match &self.activity {
+            Some(a) => a.deadline(timeout),
+            None => self.last + timeout,
         }
     }
 }
@@ -105,13 +132,13 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                this.activity.touch();
+                this.touch();
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let Some(t) = this.timeout else { return Poll::Pending };
                 loop {
-                    let due = this.activity.deadline(t);
+                    let due = this.deadline(t);
                     if due <= Instant::now() {
                         return Poll::Ready(Some(Err(Box::new(StreamIdle(t)))));
                     }

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Istio's request duration buckets (milliseconds).
 const DURATION_BUCKETS: &[f64] = &[
@@ -47,17 +47,19 @@ impl Peer {
     }
 }
 
-/// Labels shared by HTTP and TCP metrics.
+/// Labels shared by HTTP and TCP metrics. The peers and the service are
+/// shared, computed once per config (node, endpoints, clusters), so building
+/// a request's labels allocates nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ConnLabels {
     /// `source` (outbound, gateway) or `destination` (inbound).
     pub reporter: &'static str,
     /// The client.
-    pub source: Peer,
+    pub source: Arc<Peer>,
     /// The server.
-    pub destination: Peer,
+    pub destination: Arc<Peer>,
     /// Destination service FQDN.
-    pub destination_service: String,
+    pub destination_service: Arc<str>,
     /// `mutual_tls` or `none`.
     pub connection_security_policy: &'static str,
 }
@@ -93,19 +95,21 @@ impl Histogram {
         }
     }
 
+    /// Counts the value in its own bucket only; [`Histogram::render`] sums
+    /// them into Prometheus' cumulative buckets (one increment per request).
     fn observe(&mut self, v: f64) {
-        for (i, b) in self.buckets.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
+        if let Some(i) = self.buckets.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
         }
         self.sum += v;
         self.count += 1;
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, b) in self.buckets.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {}", self.counts[i]);
+        let mut cumulative = 0;
+        for (b, n) in self.buckets.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
@@ -346,11 +350,11 @@ mod tests {
         let labels = RequestLabels {
             conn: ConnLabels {
                 reporter: "source",
-                source: Peer {
+                source: Arc::new(Peer {
                     workload: "web".into(),
                     namespace: "shop".into(),
                     ..Default::default()
-                },
+                }),
                 destination_service: "payment.shop.svc.cluster.local".into(),
                 connection_security_policy: "mutual_tls",
                 ..Default::default()
@@ -372,6 +376,7 @@ mod tests {
         assert!(text.contains("response_code=\"200\",response_flags=\"-\"} 2"));
         assert!(text.contains("trellis_request_duration_milliseconds_bucket{"));
         assert!(text.contains("le=\"5\"} 1"));
+        assert!(text.contains("le=\"10\"} 2"), "buckets are cumulative: {text}");
         assert!(text.contains("trellis_request_duration_milliseconds_sum{"));
         assert!(text.contains("trellis_response_bytes_count{"));
     }

@@ -100,8 +100,8 @@ pub struct Snapshot {
     pub identity: Option<WorkloadIdentity>,
     /// Inbound mesh mTLS server config.
     pub inbound_tls: Option<Arc<ServerConfig>>,
-    /// This proxy's workload, as metric labels.
-    pub node: Peer,
+    /// This proxy's workload, as metric labels (shared by every request's labels).
+    pub node: Arc<Peer>,
     /// This proxy's workload as a peer metadata header value, sent on mesh
     /// mTLS requests (precomputed: no per-request formatting).
     pub peer_metadata: Option<http::HeaderValue>,
@@ -196,13 +196,13 @@ impl Snapshot {
             version: version.clone(),
             source,
         })?;
-        let node = Peer {
+        let node = Arc::new(Peer {
             workload: config.node.workload.clone(),
             namespace: config.node.namespace.clone(),
             principal: config.identity.spiffe_id.clone().unwrap_or_default(),
             app: config.node.app.clone(),
             version: config.node.version.clone(),
-        };
+        });
         let peer_metadata = crate::peer_metadata::encode(&config.node);
         let dns = crate::dns::DnsTable::new(&config.dns);
         let collector_tls = match &config.telemetry.tracing {

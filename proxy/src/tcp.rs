@@ -77,12 +77,12 @@ fn labels(snap: &Snapshot, ctx: &ConnContext, cluster: &ClusterRuntime) -> ConnL
     match ctx.direction {
         ListenerDirection::Inbound => ConnLabels {
             reporter: "destination",
-            source: Peer {
+            source: Arc::new(Peer {
                 principal: ctx.peer_identity.clone().unwrap_or_default(),
                 ..Default::default()
-            },
-            destination: snap.node.clone(),
-            destination_service: cluster.spec.service.clone().unwrap_or_default(),
+            }),
+            destination: Arc::clone(&snap.node),
+            destination_service: Arc::clone(&cluster.service_label),
             connection_security_policy: if ctx.peer_identity.is_some() {
                 "mutual_tls"
             } else {
@@ -91,9 +91,9 @@ fn labels(snap: &Snapshot, ctx: &ConnContext, cluster: &ClusterRuntime) -> ConnL
         },
         _ => ConnLabels {
             reporter: "source",
-            source: snap.node.clone(),
-            destination: Peer::default(),
-            destination_service: cluster.spec.service.clone().unwrap_or_default(),
+            source: Arc::clone(&snap.node),
+            destination: Arc::default(),
+            destination_service: Arc::clone(&cluster.service_label),
             connection_security_policy: if mesh { "mutual_tls" } else { "none" },
         },
     }

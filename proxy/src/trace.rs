@@ -2,7 +2,14 @@
 //! gets a new span id whose parent is the incoming span; a request without a
 //! context starts a trace, sampled at the configured rate.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The context of this hop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,12 +62,12 @@ fn parse_traceparent(v: &str) -> Option<(String, String, bool)> {
 /// next hop.
 pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext {
     let incoming = headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent)
         .or_else(|| {
-            let trace = headers.get("x-b3-traceid")?.to_str().ok()?.to_ascii_lowercase();
-            let span = headers.get("x-b3-spanid")?.to_str().ok()?.to_ascii_lowercase();
+            let trace = headers.get(&B3_TRACE_ID)?.to_str().ok()?.to_ascii_lowercase();
+            let span = headers.get(&B3_SPAN_ID)?.to_str().ok()?.to_ascii_lowercase();
             let trace = if is_hex(&trace, 16) {
                 format!("{:0>32}", trace)
             } else {
@@ -70,7 +77,7 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
                 return None;
             }
             let sampled = headers
-                .get("x-b3-sampled")
+                .get(&B3_SAMPLED)
                 .is_none_or(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true");
             Some((trace, span, sampled))
         });
@@ -82,7 +89,7 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             sampled,
         },
         None => {
-            headers.remove("tracestate");
+            headers.remove(&TRACESTATE);
             SpanContext {
                 trace_id: hex_id(16),
                 span_id: hex_id(8),
@@ -91,41 +98,63 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             }
         }
     };
-    let flags = if ctx.sampled { "01" } else { "00" };
-    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+    // Built by hand, not formatted: this runs for every request.
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    traceparent.push_str(&ctx.trace_id);
+    traceparent.push('-');
+    traceparent.push_str(&ctx.span_id);
+    traceparent.push_str(if ctx.sampled { "-01" } else { "-00" });
+    let set = |h: &mut HeaderMap, k: HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
         }
     };
-    set(
-        headers,
-        "traceparent",
-        &format!("00-{}-{}-{flags}", ctx.trace_id, ctx.span_id),
-    );
-    set(headers, "x-b3-traceid", &ctx.trace_id);
-    set(headers, "x-b3-spanid", &ctx.span_id);
+    set(headers, TRACEPARENT, &traceparent);
+    set(headers, B3_TRACE_ID, &ctx.trace_id);
+    set(headers, B3_SPAN_ID, &ctx.span_id);
     match &ctx.parent_id {
-        Some(p) => set(headers, "x-b3-parentspanid", p),
+        Some(p) => set(headers, B3_PARENT_SPAN_ID, p),
         None => {
-            headers.remove("x-b3-parentspanid");
+            headers.remove(&B3_PARENT_SPAN_ID);
         }
     }
-    set(headers, "x-b3-sampled", if ctx.sampled { "1" } else { "0" });
+    headers.insert(
+        B3_SAMPLED,
+        HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
+    );
     ctx
 }
 
 /// A random request id (UUID v4 format) for `x-request-id`.
 pub fn request_id() -> String {
-    let h = hex_id(16);
-    format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        8 + fastrand::u8(0..4),
-        &h[17..20],
-        &h[20..32]
-    )
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
+}
+
+/// [`request_id`] as a header value, built without formatting or a
+/// temporary string (it is made for every request without one).
+pub fn request_id_header() -> Option<HeaderValue> {
+    HeaderValue::from_bytes(&request_id_bytes()).ok()
+}
+
+fn request_id_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut bits = fastrand::u128(..);
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        let nibble = (bits & 15) as usize;
+        bits >>= 4;
+        *slot = match i {
+            // Version 4, RFC 4122 variant (8, 9, a or b).
+            14 => b'4',
+            19 => HEX[8 | (nibble & 3)],
+            _ => HEX[nibble],
+        };
+    }
+    out
 }
 
 #[cfg(test)]
@@ -174,5 +203,9 @@ mod tests {
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(id.matches('-').count(), 4);
+        assert!(id.replace('-', "").bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(request_id_header().unwrap(), request_id_header().unwrap());
     }
 }

@@ -109,7 +109,7 @@ pub struct EndpointState {
     /// Requests in flight.
     pub active: AtomicU64,
     /// The endpoint as metric labels (computed once).
-    pub peer: crate::metrics::Peer,
+    pub peer: Arc<crate::metrics::Peer>,
     outlier: Mutex<Outlier>,
     pool: Mutex<Pool>,
     tls: Option<EndpointTls>,
@@ -194,6 +194,8 @@ pub struct ClusterRuntime {
     pub active_requests: AtomicU64,
     /// Retries in flight.
     pub active_retries: AtomicU64,
+    /// The `destination_service` metric label (computed once).
+    pub service_label: Arc<str>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -276,7 +278,7 @@ impl ClusterRuntime {
             };
             endpoints.push(Arc::new(EndpointState {
                 addr: SocketAddr::new(ip, e.port),
-                peer: endpoint_peer(spec, e),
+                peer: Arc::new(endpoint_peer(spec, e)),
                 spec: e.clone(),
                 active: AtomicU64::new(0),
                 outlier: Mutex::new(Outlier::default()),
@@ -295,6 +297,7 @@ impl ClusterRuntime {
             pending: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
             active_retries: AtomicU64::new(0),
+            service_label: Arc::from(spec.service.as_deref().unwrap_or_default()),
             spec: spec.clone(),
         })
     }
