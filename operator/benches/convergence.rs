@@ -136,10 +136,13 @@ async fn main() {
         let report = report_tx.clone();
         let pod = ObjectKey::new(format!("ns-{}", i % 10), format!("svc-{}-0", i % services));
         tokio::spawn(async move {
-            let mut client = ConfigPushClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap()
-                .max_decoding_message_size(64 << 20);
+            // A thousand clients connecting at once overflow the listen backlog: retry.
+            let mut client = loop {
+                match ConfigPushClient::connect(format!("http://{addr}")).await {
+                    Ok(c) => break c.max_decoding_message_size(64 << 20),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50 + (i % 100) as u64)).await,
+                }
+            };
             let (tx, rx) = mpsc::channel(4);
             let hello = Hello {
                 namespace: pod.namespace,
@@ -149,7 +152,11 @@ async fn main() {
                 current_version: String::new(),
             };
             tx.send(ProxyMessage::hello(hello)).await.unwrap();
-            let mut stream = client.subscribe(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let Ok(stream) = client.subscribe(ReceiverStream::new(rx)).await else {
+                eprintln!("proxy {i}: subscription refused");
+                return;
+            };
+            let mut stream = stream.into_inner();
             while let Ok(Some(snap)) = stream.message().await {
                 let at = Instant::now();
                 let _ = tx.send(ProxyMessage::ack(&snap.version)).await;
