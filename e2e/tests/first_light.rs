@@ -300,6 +300,7 @@ fn first_light() -> anyhow::Result<()> {
                     &[
                         ("reporter", "destination"),
                         ("source_principal", &identity(demo::GATEWAY)),
+                        ("source_workload", demo::GATEWAY),
                         ("destination_workload", "web"),
                         ("response_code", "200")
                     ]
