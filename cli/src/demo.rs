@@ -7,12 +7,14 @@
 //! the routes in force, the answers by version, the identity on each hop
 //! and a metrics summary. `--keep` leaves everything running until
 //! Ctrl-C; otherwise kubesim is stopped and cleaned up at the end, also
-//! after a failure.
+//! after a failure or a Ctrl-C midway.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -63,34 +65,51 @@ impl Progress {
     }
 }
 
-/// Stops kubesim when dropped, unless told to keep it.
+/// Stops kubesim when dropped.
 struct Kubesim {
     binary: PathBuf,
     state_dir: PathBuf,
-    keep: bool,
 }
 
 impl Drop for Kubesim {
     fn drop(&mut self) {
-        if self.keep {
+        stop_kubesim(&self.binary, &self.state_dir);
+    }
+}
+
+/// `kubesim down`: stops it and removes everything it created.
+fn stop_kubesim(binary: &Path, state_dir: &Path) {
+    eprintln!("Stopping kubesim and removing everything it created ...");
+    match Command::new(binary)
+        .arg("down")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "meshctl: `kubesim down --state-dir {}` failed: {}",
+            state_dir.display(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("meshctl: running kubesim down: {e}"),
+    }
+}
+
+/// Ctrl-C at any point stops kubesim and exits: 130 while the demo is
+/// running, 0 once the demo is done and only kept (`--keep`).
+fn on_interrupt(binary: PathBuf, state_dir: PathBuf, kept: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        if rt.block_on(tokio::signal::ctrl_c()).is_err() {
             return;
         }
-        eprintln!("Stopping kubesim and removing everything it created ...");
-        let down = Command::new(&self.binary)
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output();
-        match down {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "meshctl: `kubesim down --state-dir {}` failed: {}",
-                self.state_dir.display(),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("meshctl: running kubesim down: {e}"),
-        }
-    }
+        eprintln!("\nInterrupted.");
+        stop_kubesim(&binary, &state_dir);
+        std::process::exit(if kept.load(Ordering::SeqCst) { 0 } else { 130 });
+    });
 }
 
 fn find_kubesim(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -143,8 +162,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<u8> {
     let guard = Kubesim {
         binary: binary.clone(),
         state_dir: args.state_dir.clone(),
-        keep: false,
     };
+    let kept = Arc::new(AtomicBool::new(false));
+    on_interrupt(binary.clone(), args.state_dir.clone(), kept.clone());
     let stdout = String::from_utf8_lossy(&up.stdout);
     let kubeconfig = stdout
         .lines()
@@ -167,7 +187,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<u8> {
     };
     report.print(out, &kubeconfig)?;
     if args.keep {
-        let mut guard = guard;
         writeln!(
             out,
             "\nkubesim keeps running with the shop. Explore:\n  export KUBECONFIG={}\n  kubectl get pods -n shop\n  kubectl get virtualservices,destinationrules -n shop\n  curl {}/api/hello\nPress Ctrl-C to stop and clean up.",
@@ -175,9 +194,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<u8> {
             report.gateway
         )?;
         out.flush()?;
-        wait_for_ctrl_c()?;
-        guard.keep = false;
-        drop(guard);
+        kept.store(true, Ordering::SeqCst);
+        // The interrupt handler stops kubesim and ends the process.
+        loop {
+            std::thread::park();
+        }
     } else {
         writeln!(
             out,
@@ -186,11 +207,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<u8> {
         drop(guard);
     }
     Ok(EXIT_OK)
-}
-
-fn wait_for_ctrl_c() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(tokio::signal::ctrl_c()).context("waiting for Ctrl-C")
 }
 
 /// What the demo found.

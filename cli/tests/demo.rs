@@ -88,3 +88,64 @@ fn demo_runs_the_shop_end_to_end_and_cleans_up() {
         String::from_utf8_lossy(&down.stdout)
     );
 }
+
+#[test]
+fn keep_leaves_the_shop_running_until_ctrl_c_then_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    if !root() {
+        eprintln!("skipping: meshctl demo needs root (kubesim runs pods in network namespaces)");
+        return;
+    }
+    let Some(kubesim) = kubesim() else {
+        panic!("kubesim is not built next to the test binaries: run `cargo build --bins`");
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["demo", "--keep", "--requests", "20", "--kubesim"])
+        .arg(&kubesim)
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut gateway = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("curl ") {
+            gateway = Some(url.to_string());
+        }
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    let gateway = gateway.expect("the demo says how to reach the kept shop");
+    // The shop is still serving while kept.
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &gateway])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "200",
+        "the kept shop does not answer at {gateway}"
+    );
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C after the demo is a normal end");
+    let down = Command::new(&kubesim)
+        .args(["down", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("was not running"),
+        "kubesim was left running after Ctrl-C: {}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+}
