@@ -324,12 +324,9 @@ fn snapshot(t: &Target) -> anyhow::Result<Snapshot> {
 }
 
 fn first_pod(t: &Target, selector: &str) -> anyhow::Result<String> {
-    let pods = t.get_json(&["pods", "-n", demo::NAMESPACE, "-l", selector])?;
-    pods["items"]
-        .as_array()
+    t.pod_names(demo::NAMESPACE, selector)?
         .into_iter()
-        .flatten()
-        .find_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .next()
         .with_context(|| format!("no pod matches {selector} in {}", demo::NAMESPACE))
 }
 

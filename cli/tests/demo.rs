@@ -2,7 +2,7 @@
 //! binary, a real kubesim with pods as processes, the report on stdout,
 //! and nothing left behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn kubesim() -> Option<PathBuf> {
@@ -19,17 +19,37 @@ fn root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[test]
-fn demo_runs_the_shop_end_to_end_and_cleans_up() {
+/// The kubesim binary, or `None` (after saying why) when the demo cannot run here.
+fn prerequisites() -> Option<PathBuf> {
     if !root() {
         eprintln!("skipping: meshctl demo needs root (kubesim runs pods in network namespaces)");
-        return;
+        return None;
     }
     let Some(kubesim) = kubesim() else {
         panic!(
             "kubesim is not built next to the test binaries: run `cargo build --bins` (CI's `cargo nextest run --workspace` builds it)"
         );
     };
+    Some(kubesim)
+}
+
+/// Asserts the demo left no kubesim running for `state` (`when` says after what).
+fn assert_stopped(kubesim: &Path, state: &Path, when: &str) {
+    let down = Command::new(kubesim)
+        .args(["down", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("was not running"),
+        "kubesim was left running {when}: {}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+}
+
+#[test]
+fn demo_runs_the_shop_end_to_end_and_cleans_up() {
+    let Some(kubesim) = prerequisites() else { return };
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(["demo", "--requests", "100", "--kubesim"])
@@ -77,28 +97,13 @@ fn demo_runs_the_shop_end_to_end_and_cleans_up() {
         "{stdout}"
     );
     // Cleaned up: kubesim is down (its pid file is gone or its process dead).
-    let down = Command::new(&kubesim)
-        .args(["down", "--state-dir"])
-        .arg(state.path())
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&down.stdout).contains("was not running"),
-        "kubesim was left running: {}",
-        String::from_utf8_lossy(&down.stdout)
-    );
+    assert_stopped(&kubesim, state.path(), "after the demo");
 }
 
 #[test]
 fn keep_leaves_the_shop_running_until_ctrl_c_then_cleans_up() {
     use std::io::{BufRead, BufReader};
-    if !root() {
-        eprintln!("skipping: meshctl demo needs root (kubesim runs pods in network namespaces)");
-        return;
-    }
-    let Some(kubesim) = kubesim() else {
-        panic!("kubesim is not built next to the test binaries: run `cargo build --bins`");
-    };
+    let Some(kubesim) = prerequisites() else { return };
     let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(["demo", "--keep", "--requests", "20", "--kubesim"])
@@ -138,14 +143,5 @@ fn keep_leaves_the_shop_running_until_ctrl_c_then_cleans_up() {
         .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "Ctrl-C after the demo is a normal end");
-    let down = Command::new(&kubesim)
-        .args(["down", "--state-dir"])
-        .arg(state.path())
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&down.stdout).contains("was not running"),
-        "kubesim was left running after Ctrl-C: {}",
-        String::from_utf8_lossy(&down.stdout)
-    );
+    assert_stopped(&kubesim, state.path(), "after Ctrl-C");
 }

@@ -125,6 +125,21 @@ fn finalizers(obj: &Value) -> Vec<String> {
 }
 
 impl Cluster {
+    /// A cluster with the `default` namespace, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn with_default_namespace() -> Arc<Self> {
+        let c = Self::new();
+        let ns = c.catalog.get("", "v1", "namespaces").expect("namespaces are built in");
+        c.create(
+            &ns,
+            None,
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .expect("the default namespace is created");
+        c
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -1205,15 +1220,8 @@ mod tests {
     use super::*;
 
     fn cluster() -> (Arc<Cluster>, ResourceType, ResourceType) {
-        let c = Cluster::new();
+        let c = Cluster::with_default_namespace();
         let ns = c.catalog.get("", "v1", "namespaces").unwrap();
-        c.create(
-            &ns,
-            None,
-            json!({"metadata": {"name": "default"}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
         let cm = c.catalog.get("", "v1", "configmaps").unwrap();
         (c, ns, cm)
     }
@@ -1281,15 +1289,7 @@ mod tests {
 
     #[test]
     fn status_is_only_written_through_the_subresource() {
-        let c = Cluster::new();
-        let ns = c.catalog.get("", "v1", "namespaces").unwrap();
-        c.create(
-            &ns,
-            None,
-            json!({"metadata": {"name": "default"}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
+        let c = Cluster::with_default_namespace();
         let d = c.catalog.get("apps", "v1", "deployments").unwrap();
         let dep = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}}, "status": {"replicas": 9}});
         let w = c.create(&d, Some("default"), dep, &WriteOptions::default()).unwrap();

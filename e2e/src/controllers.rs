@@ -265,15 +265,8 @@ mod tests {
     use super::*;
 
     fn setup() -> (Arc<Cluster>, ResourceType, ResourceType) {
-        let c = Cluster::new();
+        let c = Cluster::with_default_namespace();
         let ns = c.catalog.get("", "v1", "namespaces").unwrap();
-        c.create(
-            &ns,
-            None,
-            json!({"metadata": {"name": "default"}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
         let cm = c.catalog.get("", "v1", "configmaps").unwrap();
         (c, ns, cm)
     }

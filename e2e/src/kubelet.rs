@@ -348,15 +348,7 @@ mod tests {
 
     #[test]
     fn pods_are_bound_started_and_stopped_before_removal() {
-        let c = Cluster::new();
-        let ns = c.catalog.get("", "v1", "namespaces").unwrap();
-        c.create(
-            &ns,
-            None,
-            json!({"metadata": {"name": "default"}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
+        let c = Cluster::with_default_namespace();
         let nodes = c.catalog.get("", "v1", "nodes").unwrap();
         c.create(
             &nodes,

@@ -99,7 +99,7 @@ fn not_found(kind: &str, t: &Target) -> ApiError {
 /// Service's ClusterIP and port.
 fn address(cluster: &Cluster, t: &Target) -> Result<SocketAddr, ApiError> {
     let object = crate::runner::env::get_core(cluster, &t.plural, &t.namespace, &t.name)
-        .ok_or_else(|| not_found(if t.plural == "pods" { "pods" } else { "services" }, t))?;
+        .ok_or_else(|| not_found(&t.plural, t))?;
     if t.plural == "pods" {
         let ip: IpAddr = object["status"]["podIP"]
             .as_str()

@@ -102,6 +102,19 @@ impl Target {
         Ok(serde_json::from_str(&self.kubectl_ok(&all, None)?)?)
     }
 
+    /// Names of the pods in `ns` matching the label `selector`, leaving out
+    /// those being deleted.
+    pub fn pod_names(&self, ns: &str, selector: &str) -> anyhow::Result<Vec<String>> {
+        let pods = self.get_json(&["pods", "-n", ns, "-l", selector])?;
+        Ok(pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// `kubectl apply -f -`.
     pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
         self.kubectl_ok(&["apply", "-f", "-"], Some(yaml))

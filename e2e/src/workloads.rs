@@ -189,33 +189,18 @@ pub fn sweep_replicasets(cluster: &Cluster) -> bool {
         let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         let have = pods.len() as i64;
         if have < want {
-            let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
             for _ in have..want {
-                let mut pod = json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {
-                        "generateName": format!("{}-", meta(rs, "name")),
-                        "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
-                        "ownerReferences": [owner_ref(rs, "ReplicaSet", "apps/v1")],
-                    },
-                    "spec": template.get("spec").cloned().unwrap_or(json!({})),
-                });
-                if let Some(a) = template.pointer("/metadata/annotations") {
-                    pod["metadata"]["annotations"] = a.clone();
-                }
-                match cluster.create(&pod_rt, Some(ns), pod, &opts()) {
-                    Ok(w) => {
-                        let msg = format!("Created pod: {}", meta(&w.object, "name"));
-                        crate::events::normal(
-                            cluster,
-                            rs,
-                            "apps/v1",
-                            "ReplicaSet",
-                            "SuccessfulCreate",
-                            &msg,
-                            "replicaset-controller",
-                        );
-                        pods.push(w.object);
+                match create_pod(
+                    cluster,
+                    &pod_rt,
+                    ns,
+                    rs,
+                    "ReplicaSet",
+                    "apps/v1",
+                    "replicaset-controller",
+                ) {
+                    Ok(pod) => {
+                        pods.push(pod);
                         changed = true;
                     }
                     Err(e) => debug!(rs = meta(rs, "name"), error = %e, "pod creation retried later"),
@@ -565,34 +550,9 @@ pub fn sweep_jobs(cluster: &Cluster) -> bool {
             status["active"] = json!(0);
         } else {
             let want = parallelism.min(completions - succeeded).max(0);
-            let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
             for _ in (active.len() as i64)..want {
-                let mut pod = json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {
-                        "generateName": format!("{}-", meta(job, "name")),
-                        "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
-                        "ownerReferences": [owner_ref(job, "Job", "batch/v1")],
-                    },
-                    "spec": template.get("spec").cloned().unwrap_or(json!({})),
-                });
-                if let Some(a) = template.pointer("/metadata/annotations") {
-                    pod["metadata"]["annotations"] = a.clone();
-                }
-                match cluster.create(&pod_rt, Some(ns), pod, &opts()) {
-                    Ok(w) => {
-                        let msg = format!("Created pod: {}", meta(&w.object, "name"));
-                        crate::events::normal(
-                            cluster,
-                            job,
-                            "batch/v1",
-                            "Job",
-                            "SuccessfulCreate",
-                            &msg,
-                            "job-controller",
-                        );
-                        changed = true;
-                    }
+                match create_pod(cluster, &pod_rt, ns, job, "Job", "batch/v1", "job-controller") {
+                    Ok(_) => changed = true,
                     Err(e) => debug!(job = meta(job, "name"), error = %e, "job pod creation retried later"),
                 }
             }
@@ -600,6 +560,37 @@ pub fn sweep_jobs(cluster: &Cluster) -> bool {
         changed |= set_status(cluster, &job_rt, job, status);
     }
     changed
+}
+
+/// Creates one pod from `owner`'s pod template (generateName, labels,
+/// annotations, an owner reference) and records `SuccessfulCreate` as
+/// `controller`; returns the created pod.
+fn create_pod(
+    cluster: &Cluster,
+    pod_rt: &ResourceType,
+    ns: &str,
+    owner: &Value,
+    kind: &str,
+    api_version: &str,
+    controller: &str,
+) -> Result<Value, crate::status::ApiError> {
+    let template = owner.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{}-", meta(owner, "name")),
+            "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+            "ownerReferences": [owner_ref(owner, kind, api_version)],
+        },
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    });
+    if let Some(a) = template.pointer("/metadata/annotations") {
+        pod["metadata"]["annotations"] = a.clone();
+    }
+    let w = cluster.create(pod_rt, Some(ns), pod, &opts())?;
+    let msg = format!("Created pod: {}", meta(&w.object, "name"));
+    crate::events::normal(cluster, owner, api_version, kind, "SuccessfulCreate", &msg, controller);
+    Ok(w.object)
 }
 
 /// Label selectors of a workload, for `kubectl` and endpoints.

@@ -36,12 +36,8 @@ fn identity(sa: &str) -> String {
     format!("{TRUST}/ns/{}/sa/{sa}", demo::NAMESPACE)
 }
 
-fn hops(answer: &Answer) -> anyhow::Result<Vec<Value>> {
-    answer.hops()
-}
-
 fn payment_version(answer: &Answer) -> anyhow::Result<String> {
-    let hops = hops(answer)?;
+    let hops = answer.hops()?;
     hops.iter()
         .find(|h| h["service"] == "payment")
         .and_then(|h| h["version"].as_str())
@@ -62,25 +58,6 @@ fn count_versions(answers: &[Result<Answer, String>]) -> anyhow::Result<BTreeMap
         *counts.entry(payment_version(a)?).or_insert(0) += 1;
     }
     Ok(counts)
-}
-
-/// Prometheus text → (name, labels, value).
-fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    prometheus_samples(text)
-        .into_iter()
-        .map(|s| (s.name, s.labels, s.value))
-        .collect()
-}
-
-fn pod_names(t: &Target, selector: &str) -> anyhow::Result<Vec<String>> {
-    let pods = t.get_json(&["pods", "-n", demo::NAMESPACE, "-l", selector])?;
-    Ok(pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-        .collect())
 }
 
 #[test]
@@ -112,7 +89,7 @@ fn first_light() -> anyhow::Result<()> {
 
     step(&t, "every hop is mTLS with the expected SPIFFE identities", || {
         let answer = http.get(&api, &[])?;
-        let hops = hops(&answer)?;
+        let hops = answer.hops()?;
         let services: Vec<_> = hops.iter().map(|h| h["service"].as_str().unwrap_or("?")).collect();
         ensure!(services == ["web", "payment", "db"], "hops {services:?}");
         for (hop, (me, caller)) in hops
@@ -161,7 +138,8 @@ fn first_light() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         let answers = http.many(&api, &[], 200, 4);
         let failed = failures(&answers);
-        let faulty_pod = pod_names(&t, "app=payment,version=v1")?
+        let faulty_pod = t
+            .pod_names(demo::NAMESPACE, "app=payment,version=v1")?
             .into_iter()
             .find(|p| p.starts_with(&faulty.name))
             .context("the faulty pod is gone")?;
@@ -180,10 +158,10 @@ fn first_light() -> anyhow::Result<()> {
             ],
             None,
         )?;
-        let failed_there: f64 = samples(&inbound)
+        let failed_there: f64 = prometheus_samples(&inbound)
             .iter()
-            .filter(|(n, l, _)| n == "trellis_requests_total" && l.get("response_code").is_some_and(|c| c == "503"))
-            .map(|(_, _, v)| v)
+            .filter(|s| s.name == "trellis_requests_total" && s.labels.get("response_code").is_some_and(|c| c == "503"))
+            .map(|s| s.value)
             .sum();
         ensure!(
             failed_there > 0.0,
@@ -251,7 +229,8 @@ fn first_light() -> anyhow::Result<()> {
         "STRICT: plaintext from outside the mesh to a pod's inbound port is refused",
         || {
             let client = steps::load_balancer(&t, demo::OUTSIDE_NAMESPACE, demo::CLIENT)?;
-            let pod = pod_names(&t, "app=payment,version=v1")?
+            let pod = t
+                .pod_names(demo::NAMESPACE, "app=payment,version=v1")?
                 .into_iter()
                 .next()
                 .context("no payment v1 pod")?;
@@ -284,13 +263,21 @@ fn first_light() -> anyhow::Result<()> {
                     demo::NAMESPACE
                 ))
             };
-            let web = pod_names(&t, "app=web")?.into_iter().next().context("no web pod")?;
-            let db = pod_names(&t, "app=db")?.into_iter().next().context("no db pod")?;
+            let web = t
+                .pod_names(demo::NAMESPACE, "app=web")?
+                .into_iter()
+                .next()
+                .context("no web pod")?;
+            let db = t
+                .pod_names(demo::NAMESPACE, "app=db")?
+                .into_iter()
+                .next()
+                .context("no db pod")?;
             let has = |text: &str, want: &[(&str, &str)]| {
-                samples(text).iter().any(|(name, labels, value)| {
-                    name == "trellis_requests_total"
-                        && *value > 0.0
-                        && want.iter().all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
+                prometheus_samples(text).iter().any(|s| {
+                    s.name == "trellis_requests_total"
+                        && s.value > 0.0
+                        && want.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|l| l == v))
                 })
             };
             let web_metrics = metrics(&web)?;
@@ -358,7 +345,7 @@ fn first_light() -> anyhow::Result<()> {
             let trace_id = format!("{:032x}", fastrand::u128(1..));
             let traceparent = format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..));
             let answer = http.get(&api, &[("traceparent", &traceparent)])?;
-            let hops = hops(&answer)?;
+            let hops = answer.hops()?;
             let at_db = hops
                 .last()
                 .and_then(|h| h["headers"]["traceparent"].as_str())
