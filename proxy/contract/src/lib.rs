@@ -3,8 +3,9 @@
 //! The operator compiles the mesh's resources (VirtualServices, DestinationRules,
 //! Gateways, PeerAuthentications, AuthorizationPolicies, the service registry) into
 //! one [`ProxyConfig`] per proxy; the proxy loads it from a file (`--config`) or
-//! receives it over the push API. This crate owns that model and its semantic
-//! validation, and nothing else: it depends on neither Kubernetes nor an async
+//! receives it over the push API, whole or as a [`ConfigDelta`] against the version
+//! it holds. This crate owns that model, its deltas and its semantic validation,
+//! and nothing else: it depends on neither Kubernetes nor an async
 //! runtime, so the operator, `meshctl` and the proxy can all link it.
 //!
 //! # Guarantees
@@ -21,6 +22,7 @@
 //!   floats in `0.0..=100.0`.
 
 mod cluster;
+mod delta;
 mod dns;
 mod identity;
 mod inbound;
@@ -33,6 +35,7 @@ pub use cluster::{
     Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OutlierDetection,
     UpstreamProtocol, UpstreamTls,
 };
+pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};
 pub use identity::{CertificateRef, IdentityConfig, PemSource, SpiffeId, SpiffeIdError};
 pub use inbound::{
