@@ -12,6 +12,7 @@
 //! - Endpoints are derived from Service selectors and pod readiness, as the EndpointSlice
 //!   controller derives them.
 
+mod changes;
 mod cluster;
 mod inbound;
 mod outbound;
@@ -26,7 +27,11 @@ use trellis_contract::{
     ProxyMode, Telemetry, Tracing,
 };
 
-use crate::registry::{ObjectKey, Workload};
+pub use changes::{Changes, changes};
+pub(crate) use outbound::PortRoutes;
+pub(crate) use route::ClusterRef;
+
+use crate::registry::{ObjectKey, Service, ServicePort, Workload};
 use crate::snapshot::Snapshot;
 
 /// The cluster DNS domain services resolve under.
@@ -236,6 +241,41 @@ pub fn compile_outbound(snapshot: &Snapshot, pod: &ObjectKey) -> Result<Outbound
     })
 }
 
+/// Compiles a sidecar's [`Outbound`] one part at a time, so the push can reuse the parts a
+/// change did not touch ([`Changes`]); [`compile_outbound`] is the same parts put together.
+pub(crate) struct OutboundParts<'a> {
+    ctx: Ctx<'a>,
+}
+
+impl<'a> OutboundParts<'a> {
+    /// Parts for the sidecar in `pod` (its namespace and `sourceLabels`-relevant labels).
+    pub(crate) fn new(snapshot: &'a Snapshot, pod: &ObjectKey) -> Result<Self, CompileError> {
+        Ok(OutboundParts {
+            ctx: Ctx::new(snapshot, pod)?,
+        })
+    }
+
+    /// The virtual host and TCP route of one Service port, and the clusters they reference.
+    pub(crate) fn port_routes(&mut self, svc: &Service, port: &ServicePort) -> PortRoutes {
+        outbound::port_routes(&mut self.ctx, svc, port)
+    }
+
+    /// The cluster a route references.
+    pub(crate) fn cluster(&mut self, r: &ClusterRef) -> Cluster {
+        cluster::build(&mut self.ctx, r)
+    }
+
+    /// The DNS entry of a Service (none without a cluster IP).
+    pub(crate) fn dns_entry(&self, svc: &Service) -> Option<DnsEntry> {
+        dns_entry(svc, &self.ctx.proxy.key.namespace)
+    }
+
+    /// The outbound listener without virtual hosts and TCP routes.
+    pub(crate) fn shell() -> Listener {
+        outbound::outbound_shell()
+    }
+}
+
 /// Compile what is the proxy's own: node, identity, telemetry and, for a sidecar, its inbound
 /// listener, clusters and policy (a gateway's whole configuration). A sidecar's
 /// [`Outbound`] is added by [`Outbound::merge_into`].
@@ -344,28 +384,37 @@ pub(crate) fn workload_name(w: &Workload) -> String {
     name.clone()
 }
 
-/// Names the sidecar's DNS proxy answers: every Service with a cluster IP, as `name` (own
-/// namespace only), `name.ns`, `name.ns.svc` and the FQDN.
+/// Names the sidecar's DNS proxy answers: every Service with a cluster IP, sorted by FQDN.
 fn dns(ctx: &Ctx<'_>) -> DnsConfig {
-    let mut entries = Vec::new();
-    for svc in ctx.snapshot.registry.services.values() {
-        let Some(ip) = &svc.cluster_ip else { continue };
-        let mut aliases = Vec::new();
-        if svc.key.namespace == ctx.proxy.key.namespace {
-            aliases.push(svc.key.name.clone());
-        }
-        aliases.push(format!("{}.{}", svc.key.name, svc.key.namespace));
-        aliases.push(format!("{}.{}.svc", svc.key.name, svc.key.namespace));
-        entries.push(DnsEntry {
-            hostname: svc.fqdn(DNS_DOMAIN),
-            aliases,
-            addresses: vec![ip.clone()],
-        });
-    }
+    let mut entries: Vec<DnsEntry> = ctx
+        .snapshot
+        .registry
+        .services
+        .values()
+        .filter_map(|svc| dns_entry(svc, &ctx.proxy.key.namespace))
+        .collect();
+    entries.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     DnsConfig {
         entries,
         upstreams: Vec::new(),
     }
+}
+
+/// The DNS entry of a Service with a cluster IP, as a sidecar in `viewer_ns` sees it: its FQDN
+/// with the aliases `name` (own namespace only), `name.ns` and `name.ns.svc`.
+pub(crate) fn dns_entry(svc: &Service, viewer_ns: &str) -> Option<DnsEntry> {
+    let ip = svc.cluster_ip.as_ref()?;
+    let mut aliases = Vec::new();
+    if svc.key.namespace == viewer_ns {
+        aliases.push(svc.key.name.clone());
+    }
+    aliases.push(format!("{}.{}", svc.key.name, svc.key.namespace));
+    aliases.push(format!("{}.{}.svc", svc.key.name, svc.key.namespace));
+    Some(DnsEntry {
+        hostname: svc.fqdn(DNS_DOMAIN),
+        aliases,
+        addresses: vec![ip.clone()],
+    })
 }
 
 fn telemetry(ctx: &Ctx<'_>) -> Telemetry {

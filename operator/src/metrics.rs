@@ -25,7 +25,12 @@ pub struct Counter(AtomicU64);
 impl Counter {
     /// Add one.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The count.
@@ -116,8 +121,12 @@ pub struct Metrics {
     pub index_updates: Counter,
     /// How long applying one change to the index took.
     pub index_update_seconds: Histogram,
-    /// Configs sent to proxies.
+    /// Configs sent to proxies (whole or as deltas).
     pub pushes: Counter,
+    /// Of those, deltas against the version the proxy held.
+    pub delta_pushes: Counter,
+    /// Bytes of configuration sent (whole configs and deltas).
+    pub pushed_bytes: Counter,
     /// Compiling, serializing and queueing one proxy's config.
     pub push_seconds: Histogram,
     /// Configs the proxies applied.
@@ -198,6 +207,16 @@ impl Metrics {
             "trellis_operator_pushes_total",
             "Configs sent to proxies.",
             self.pushes.get(),
+        );
+        counter(
+            "trellis_operator_delta_pushes_total",
+            "Configs sent as deltas against the version the proxy held (the rest were whole).",
+            self.delta_pushes.get(),
+        );
+        counter(
+            "trellis_operator_pushed_bytes_total",
+            "Bytes of configuration sent to proxies.",
+            self.pushed_bytes.get(),
         );
         counter(
             "trellis_operator_acks_total",

@@ -3,12 +3,19 @@
 //! Each subscription compiles its proxy's configuration from the current snapshot, sends it,
 //! and sends it again whenever it changes. Versions are content hashes, so a change that does
 //! not affect a proxy produces the same version and is not pushed to it; changes are debounced.
-//! The proxy ACKs or NACKs every version; the per-proxy sync state (sent, acked, nacked with
-//! the error, last seen) is kept for the admin API.
+//! Work is shared (see [`render`]): per change, the parts a change did not touch are reused,
+//! and a proxy that holds a version this operator knows is sent a delta against it instead of
+//! its whole configuration. The proxy ACKs or NACKs every version; the per-proxy sync state
+//! (sent, acked, nacked with the error, last seen) is kept for the admin API.
 //!
 //! # Guarantees
 //! - A proxy never receives a snapshot it already has (same version), including after a
 //!   reconnect that announces its current version.
+//! - One version in flight per proxy: the next is computed once the proxy answered, against
+//!   what it then holds; a delta is only sent to a proxy that said it accepts them, and only
+//!   against the version it last ACKed.
+//! - At most [`Options::full_in_flight`] whole configurations are in flight at once (each is
+//!   megabytes at scale), which bounds the operator's memory when a fleet (re)connects.
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
 //!   the error and does not resend the same version until the config changes.
 
@@ -25,13 +32,11 @@ use trellis_contract::ProxyConfig;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{ProxyMessage, Snapshot, proxy_message};
 
-mod render;
-pub use render::{SharedOutbound, render};
+pub mod render;
+pub use render::{OwnPart, Rendered, SharedDiffs, SharedOutbound};
 
 use crate::ca::{Bundle, MeshRoots};
-use crate::compile::{
-    CompileError, OutboundKey, Role, compile_outbound, compile_workload, outbound_key, source_label_keys,
-};
+use crate::compile::{Changes, CompileError, OutboundKey, Role, compile_workload, outbound_key, source_label_keys};
 use crate::metrics::Metrics;
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot as MeshSnapshot;
@@ -97,6 +102,8 @@ pub struct Options {
     pub debounce: Duration,
     /// How long a new subscription may take to say Hello.
     pub hello_timeout: Duration,
+    /// Whole configurations in flight (sent, not yet answered) at once, across proxies.
+    pub full_in_flight: usize,
 }
 
 impl Default for Options {
@@ -106,44 +113,92 @@ impl Default for Options {
         Options {
             debounce: Duration::from_millis(100),
             hello_timeout: Duration::from_secs(10),
+            // why: a whole config is megabytes at 1000 services; 8 bound the memory of a fleet
+            // reconnecting at once (~60 MiB) while keeping its initial sync to seconds.
+            full_in_flight: 8,
         }
     }
 }
 
-/// What every subscription shares for one change: the snapshot, and each [`OutboundKey`]'s
-/// shared part, compiled and serialized by the first proxy that needs it.
+/// What every subscription shares for one change: the snapshot, each [`OutboundKey`]'s shared
+/// part and each proxy's own part (compiled by the first proxy that needs it, reusing the
+/// previous change's where [`Changes`] allows), and the deltas between shared parts.
 struct Built {
     generation: u64,
     bundle: Bundle,
     snapshot: Arc<MeshSnapshot>,
     label_keys: BTreeSet<String>,
+    /// The build of the change before, and what changed since. Only one step is kept: the
+    /// next build clears it.
+    previous: Mutex<Option<(Arc<Built>, Arc<Changes>)>>,
     outbounds: Mutex<HashMap<OutboundKey, SharedCell>>,
+    owns: Mutex<HashMap<(ObjectKey, bool), OwnCell>>,
+    diffs: SharedDiffs,
 }
 
 type SharedCell = Arc<OnceLock<Result<Arc<SharedOutbound>, CompileError>>>;
+type OwnCell = Arc<OnceLock<Result<Arc<OwnPart>, CompileError>>>;
 
 impl Built {
-    /// The shared part for `pod`'s key, compiled once per key.
-    fn outbound(&self, pod: &ObjectKey) -> Result<Arc<SharedOutbound>, CompileError> {
-        let key = outbound_key(&self.snapshot, pod, &self.label_keys)?;
-        let cell = lock(&self.outbounds).entry(key).or_default().clone();
-        cell.get_or_init(|| compile_outbound(&self.snapshot, pod).map(|o| Arc::new(SharedOutbound::new(&o))))
-            .clone()
+    fn previous(&self) -> Option<(Arc<Built>, Arc<Changes>)> {
+        lock(&self.previous).clone()
     }
 
-    /// The version and wire JSON of `pod`'s configuration.
-    fn render(&self, pod: &ObjectKey, role: Role) -> Result<(String, Vec<u8>), CompileError> {
-        let own = compile_workload(&self.snapshot, pod, role, "")?;
+    /// The shared part for `pod`'s key, compiled once per key: from the previous change's
+    /// when there is one (recompiling only what changed), from scratch otherwise.
+    fn outbound(&self, pod: &ObjectKey) -> Result<Arc<SharedOutbound>, CompileError> {
+        let key = outbound_key(&self.snapshot, pod, &self.label_keys)?;
+        let cell = lock(&self.outbounds).entry(key.clone()).or_default().clone();
+        cell.get_or_init(|| {
+            let before = self.previous().and_then(|(prev, changes)| {
+                let cell = lock(&prev.outbounds).get(&key).cloned()?;
+                let old = cell.get()?.as_ref().ok()?.clone();
+                Some((old, changes))
+            });
+            match before {
+                Some((old, changes)) if !touches_outbound(&changes) => Ok(old),
+                Some((old, changes)) => old.update(&self.snapshot, pod, &changes).map(Arc::new),
+                None => SharedOutbound::compile(&self.snapshot, pod).map(Arc::new),
+            }
+        })
+        .clone()
+    }
+
+    /// `pod`'s own part, reused from the previous change when its inputs did not change.
+    fn own(&self, pod: &ObjectKey, role: Role) -> Result<Arc<OwnPart>, CompileError> {
+        let key = (pod.clone(), role == Role::Gateway);
+        let cell = lock(&self.owns).entry(key.clone()).or_default().clone();
+        cell.get_or_init(|| {
+            let reused = self.previous().and_then(|(prev, changes)| {
+                // A gateway's own part reads nearly everything: always recompiled.
+                if role == Role::Gateway || changes.own_changed(pod) {
+                    return None;
+                }
+                let cell = lock(&prev.owns).get(&key).cloned()?;
+                cell.get()?.as_ref().ok().cloned()
+            });
+            match reused {
+                Some(own) => Ok(own),
+                None => compile_workload(&self.snapshot, pod, role, "").map(|c| Arc::new(OwnPart::new(c.config))),
+            }
+        })
+        .clone()
+    }
+
+    /// `pod`'s configuration for this change.
+    fn render(&self, pod: &ObjectKey, role: Role) -> Result<Rendered, CompileError> {
+        let own = self.own(pod, role)?;
         let shared = match role {
             Role::Sidecar => Some(self.outbound(pod)?),
             Role::Gateway => None,
         };
-        Ok(render::render(
-            &own.config,
-            shared.as_deref(),
-            &self.bundle.renew_unless_issued_by,
-        ))
+        Ok(Rendered::new(own, shared, &self.bundle.renew_unless_issued_by))
     }
+}
+
+/// Whether a change touches sidecars' shared parts at all.
+fn touches_outbound(c: &Changes) -> bool {
+    c.all_outbound || c.dns || !c.route_hosts.is_empty() || !c.services.is_empty() || !c.cluster_hosts.is_empty()
 }
 
 /// The push service.
@@ -164,6 +219,8 @@ pub struct PushService {
     bundle: Option<watch::Receiver<Bundle>>,
     /// Set when the operator stops: every subscription ends, so proxies reconnect elsewhere.
     stopping: Arc<watch::Sender<bool>>,
+    /// Permits for whole configurations in flight ([`Options::full_in_flight`]).
+    full_sends: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -188,6 +245,7 @@ impl PushService {
             roots: None,
             bundle: None,
             stopping: Arc::new(watch::Sender::new(false)),
+            full_sends: Arc::new(tokio::sync::Semaphore::new(options.full_in_flight.max(1))),
             metrics: Arc::default(),
         }
     }
@@ -271,12 +329,22 @@ impl PushService {
             _ => {
                 let mut snap = self.source.snapshot();
                 snap.trust_bundle = bundle.roots_pem.clone();
+                let prev = current.take();
+                let previous = prev.map(|p| {
+                    // Keep one step: the build before `p` is no longer needed.
+                    lock(&p.previous).take();
+                    let changes = crate::compile::changes(&p.snapshot, &snap);
+                    (p, Arc::new(changes))
+                });
                 let built = Arc::new(Built {
                     generation,
                     label_keys: source_label_keys(&snap),
                     snapshot: Arc::new(snap),
                     bundle,
+                    previous: Mutex::new(previous),
                     outbounds: Mutex::default(),
+                    owns: Mutex::default(),
+                    diffs: SharedDiffs::default(),
                 });
                 *current = Some(built.clone());
                 built
@@ -311,6 +379,18 @@ pub fn content_version(config: &ProxyConfig) -> String {
     let json = serde_json::to_vec(&c).expect("contract types always serialize");
     let digest = ring::digest::digest(&ring::digest::SHA256, &json);
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The proxy's next answer to `version` (whether it applied it); `None` once it is gone.
+async fn answer_to(answers: &mut watch::Receiver<Option<(String, bool)>>, version: &str) -> Option<bool> {
+    loop {
+        answers.changed().await.ok()?;
+        if let Some((v, applied)) = answers.borrow_and_update().as_ref()
+            && v == version
+        {
+            return Some(*applied);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -363,62 +443,116 @@ impl ConfigPush for PushService {
         });
         tracing::info!(%proxy, version = %hello.current_version, "proxy subscribed");
 
-        let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
+        let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(1);
         // Versions sent and not yet answered, with the change (generation) each carries, for
         // the convergence metric.
         let owed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        // The proxy's answers (version, applied), for the sender to wait on.
+        let (answers_tx, answers) = watch::channel::<Option<(String, bool)>>(None);
         // Outbound: compile and send on every change.
         let this = self.clone();
         let sender_proxy = proxy.clone();
         let sender_owed = owed.clone();
-        let mut last_sent = (!hello.current_version.is_empty()).then(|| hello.current_version.clone());
+        let accepts_delta = hello.accepts_delta;
+        let announced = hello.current_version.clone();
         tokio::spawn(async move {
             let metrics = this.metrics.clone();
+            let mut answers = answers;
             let mut changed = this.changed.clone();
             let mut bundle_changed = this.bundle.clone();
             let mut stopping = this.stopping.subscribe();
+            // What the proxy holds (its content known to this operator), and the last version
+            // sent (a NACKed one is not sent again until the config changes).
+            let mut held: Option<Rendered> = None;
+            let mut last_sent = (!announced.is_empty()).then(|| announced.clone());
             // The change this proxy woke for (none for the first config and trust bundle changes).
             let mut rollout: Option<u64> = None;
-            loop {
+            'subscription: loop {
                 let started = Instant::now();
                 let built = this.built();
-                let bundle = &built.bundle;
+                let bundle = built.bundle.clone();
                 let mut sent = false;
                 match built.render(&pod, role) {
-                    Ok((version, config_json)) => {
-                        if last_sent.as_deref() != Some(version.as_str()) {
-                            let snapshot = Snapshot {
-                                version: version.clone(),
-                                config_json,
-                                renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
-                            };
-                            if let Some(g) = rollout {
-                                lock(&sender_owed).push((version.clone(), g));
-                                metrics.rollout_sent(g);
-                            }
-                            let fingerprints = bundle.fingerprints.clone();
-                            // The shared parts may be freed while a slow proxy takes its time.
-                            drop(built);
-                            if tx.send(Ok(snapshot)).await.is_err() {
-                                break;
-                            }
-                            sent = true;
-                            metrics.pushes.inc();
-                            metrics.push_seconds.observe(started.elapsed());
-                            this.update(&sender_proxy, |s| {
-                                s.sent = Some(version.clone());
-                                s.sent_roots = fingerprints;
-                            });
-                            last_sent = Some(version);
-                        } else {
+                    Ok(rendered) if last_sent.as_deref() == Some(rendered.version.as_str()) => {
+                        if rendered.version == announced && held.is_none() {
                             // The proxy already serves this version (it said so in Hello).
+                            held = Some(rendered.clone());
                             this.update(&sender_proxy, |s| {
-                                if s.acked.as_deref() == Some(version.as_str()) {
-                                    s.sent = Some(version.clone());
+                                if s.acked.as_deref() == Some(rendered.version.as_str()) {
+                                    s.sent = Some(rendered.version.clone());
                                     s.sent_roots = bundle.fingerprints.clone();
                                     s.acked_roots = bundle.fingerprints.clone();
                                 }
                             });
+                        }
+                    }
+                    Ok(rendered) => {
+                        let version = rendered.version.clone();
+                        let delta = held
+                            .as_ref()
+                            .filter(|_| accepts_delta)
+                            .and_then(|h| Some((h.version.clone(), rendered.delta(h, &built.diffs)?)));
+                        // The shared parts may be freed while a slow proxy takes its time.
+                        drop(built);
+                        let (snapshot, _permit) = match delta {
+                            Some((base_version, delta_json)) => {
+                                metrics.delta_pushes.inc();
+                                let snapshot = Snapshot {
+                                    version: version.clone(),
+                                    config_json: Vec::new(),
+                                    renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
+                                    base_version,
+                                    delta_json,
+                                };
+                                (snapshot, None)
+                            }
+                            None => {
+                                let permit = tokio::select! {
+                                    p = this.full_sends.clone().acquire_owned() => p.ok(),
+                                    _ = stopping.wait_for(|s| *s) => break 'subscription,
+                                    _ = tx.closed() => break 'subscription,
+                                };
+                                let snapshot = Snapshot {
+                                    version: version.clone(),
+                                    config_json: rendered.full(),
+                                    renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
+                                    base_version: String::new(),
+                                    delta_json: Vec::new(),
+                                };
+                                (snapshot, permit)
+                            }
+                        };
+                        if let Some(g) = rollout {
+                            lock(&sender_owed).push((version.clone(), g));
+                            metrics.rollout_sent(g);
+                        }
+                        let bytes = snapshot.config_json.len() + snapshot.delta_json.len();
+                        // Only answers that arrive from now on count (the same version may
+                        // have been answered before, when the config went back and forth).
+                        answers.borrow_and_update();
+                        if tx.send(Ok(snapshot)).await.is_err() {
+                            break;
+                        }
+                        sent = true;
+                        metrics.pushes.inc();
+                        metrics.pushed_bytes.add(bytes as u64);
+                        metrics.push_seconds.observe(started.elapsed());
+                        let fingerprints = bundle.fingerprints.clone();
+                        this.update(&sender_proxy, |s| {
+                            s.sent = Some(version.clone());
+                            s.sent_roots = fingerprints;
+                        });
+                        last_sent = Some(version.clone());
+                        // One version in flight: wait for the proxy's answer.
+                        let answer = tokio::select! {
+                            a = answer_to(&mut answers, &version) => a,
+                            _ = stopping.wait_for(|s| *s) => None,
+                        };
+                        match answer {
+                            Some(true) => held = Some(rendered),
+                            // NACKed: the proxy keeps what it held.
+                            Some(false) => {}
+                            None => break,
                         }
                     }
                     Err(e) => {
@@ -487,6 +621,7 @@ impl ConfigPush for PushService {
                     })) => {
                         metrics.acks.inc();
                         answered(&a.version, true);
+                        answers_tx.send_replace(Some((a.version.clone(), true)));
                         this.update(&proxy, |s| {
                             if s.sent.as_deref() == Some(a.version.as_str()) {
                                 s.acked_roots = s.sent_roots.clone();
@@ -499,6 +634,7 @@ impl ConfigPush for PushService {
                     })) => {
                         metrics.nacks.inc();
                         answered(&n.version, false);
+                        answers_tx.send_replace(Some((n.version.clone(), false)));
                         tracing::warn!(%proxy, version = %n.version, error = %n.error, "proxy rejected a config");
                         this.update(&proxy, |s| {
                             s.nacked = Some(Nacked {

@@ -114,6 +114,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
             role: "sidecar".into(),
             proxy_version: "test".into(),
             current_version: String::new(),
+            accepts_delta: false,
         })
     };
     let mut anonymous = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, None).await);

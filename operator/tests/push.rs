@@ -69,6 +69,7 @@ async fn subscribe(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &
             role: role.into(),
             proxy_version: "test".into(),
             current_version: current.into(),
+            accepts_delta: false,
         }))
         .await
         .unwrap();
@@ -205,30 +206,36 @@ async fn a_subscription_must_start_with_hello() {
 #[test]
 fn spliced_configs_equal_the_compiled_ones() {
     use trellis_contract::ProxyConfig;
-    use trellis_operator::compile::{Role, compile, compile_outbound, compile_workload};
-    use trellis_operator::push::{SharedOutbound, render};
+    use trellis_operator::compile::{Role, compile, compile_workload};
+    use trellis_operator::push::{OwnPart, Rendered, SharedOutbound};
 
     let mesh = MeshSnapshot::from_yaml(&shop()).unwrap();
     let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
-    let own = compile_workload(&mesh, &pod, Role::Sidecar, "").unwrap();
-    let shared = SharedOutbound::new(&compile_outbound(&mesh, &pod).unwrap());
-    let (version, json) = render(&own.config, Some(&shared), "");
-    let mut pushed: ProxyConfig = serde_json::from_slice(&json).unwrap();
-    let mut whole = compile(&mesh, &pod, Role::Sidecar, &version).unwrap().config;
+    let own = Arc::new(OwnPart::new(
+        compile_workload(&mesh, &pod, Role::Sidecar, "").unwrap().config,
+    ));
+    let shared = Arc::new(SharedOutbound::compile(&mesh, &pod).unwrap());
+    let rendered = Rendered::new(own.clone(), Some(shared.clone()), "");
+    let version = rendered.version.clone();
+    let pushed: ProxyConfig = serde_json::from_slice(&rendered.full()).unwrap();
+    let whole = compile(&mesh, &pod, Role::Sidecar, &version).unwrap().config;
     assert_eq!(pushed.version, version);
-    pushed.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    whole.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     assert!(whole.clusters.len() > 3 && !whole.dns.entries.is_empty());
     assert_eq!(pushed, whole);
     pushed.validate().expect("the proxy accepts it");
 
     // The version follows the content: the same again, another with a renewal request.
-    assert_eq!(render(&own.config, Some(&shared), "").0, version);
-    assert_ne!(render(&own.config, Some(&shared), "abc").0, version);
+    assert_eq!(Rendered::new(own.clone(), Some(shared.clone()), "").version, version);
+    assert_ne!(Rendered::new(own, Some(shared), "abc").version, version);
     // A gateway has no shared part: its JSON is its whole configuration.
     let gw = trellis_operator::registry::ObjectKey::new("trellis-system", "ingress-1");
-    let own = compile_workload(&mesh, &gw, Role::Gateway, "").unwrap();
-    let (v, json) = render(&own.config, None, "");
-    let pushed: ProxyConfig = serde_json::from_slice(&json).unwrap();
-    assert_eq!(pushed, compile(&mesh, &gw, Role::Gateway, &v).unwrap().config);
+    let own = Arc::new(OwnPart::new(
+        compile_workload(&mesh, &gw, Role::Gateway, "").unwrap().config,
+    ));
+    let rendered = Rendered::new(own, None, "");
+    let pushed: ProxyConfig = serde_json::from_slice(&rendered.full()).unwrap();
+    assert_eq!(
+        pushed,
+        compile(&mesh, &gw, Role::Gateway, &rendered.version).unwrap().config
+    );
 }

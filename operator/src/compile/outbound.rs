@@ -12,7 +12,7 @@ use trellis_contract::{
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
 use super::{Ctx, DNS_DOMAIN, OUTBOUND_PORT, Severity, cluster, host_matches, resolve_host, resource, visible};
-use crate::registry::{Protocol, Service, selects};
+use crate::registry::{Protocol, Service, ServicePort, selects};
 
 /// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
 /// order: exact hosts before wildcards, then oldest first, then by namespace/name.
@@ -115,58 +115,69 @@ fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
     forward_to("default".into(), Vec::new(), cref.name(), provenance)
 }
 
-/// The sidecar's outbound listener; fills `clusters` with everything its routes reference.
-pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
+/// What one port of a Service contributes to a sidecar's outbound listener: its virtual host
+/// (HTTP or undetected protocols), its TCP route (other protocols, with a cluster IP), and the
+/// clusters they reference. The unit the push recompiles when that Service, its
+/// VirtualServices or its destinations change.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PortRoutes {
+    /// The virtual host, named `<fqdn>:<port>`.
+    pub(crate) virtual_host: Option<VirtualHost>,
+    /// The TCP route.
+    pub(crate) tcp_route: Option<TcpRoute>,
+    /// Every cluster the routes reference (the port's default cluster first).
+    pub(crate) refs: Vec<ClusterRef>,
+}
+
+/// The outbound routes of port `p` of `svc`.
+pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> PortRoutes {
     let viewer = ctx.proxy.key.namespace.clone();
-    let mut vhosts = Vec::new();
-    let mut tcp_routes = Vec::new();
-    let mut refs: Vec<ClusterRef> = Vec::new();
-    // The snapshot outlives the context's borrow, so services are read in place, not cloned.
-    let snapshot = ctx.snapshot;
-    for svc in snapshot.registry.services.values() {
-        let fqdn = svc.fqdn(DNS_DOMAIN);
-        for p in &svc.ports {
-            let default = ClusterRef {
-                host: fqdn.clone(),
-                port: p.port,
-                subset: None,
-            };
-            refs.push(default.clone());
-            if p.protocol.is_http() || p.protocol == Protocol::Auto {
-                let vss = virtual_services_for(ctx, &fqdn, "mesh");
-                let scope = RouteScope {
-                    gateway: "mesh",
-                    port: p.port,
-                };
-                let routes = if vss.is_empty() {
-                    vec![default_route(svc, &default)]
-                } else {
-                    merged_routes(ctx, &vss, &fqdn, &scope, &mut refs)
-                };
-                vhosts.push(VirtualHost {
-                    name: format!("{fqdn}:{}", p.port),
-                    domains: service_domains(svc, p.port, &viewer),
-                    routes,
-                });
-            }
-            if !p.protocol.is_http()
-                && let Some(ip) = &svc.cluster_ip
-            {
-                let (cluster, provenance) = tcp_destination(ctx, svc, p.port, &default, &mut refs);
-                tcp_routes.push(TcpRoute {
-                    destination_port: Some(p.port),
-                    destination_cidrs: vec![host_cidr(ip)],
-                    cluster,
-                    provenance: Some(provenance),
-                });
-            }
-        }
+    let fqdn = svc.fqdn(DNS_DOMAIN);
+    let default = ClusterRef {
+        host: fqdn.clone(),
+        port: p.port,
+        subset: None,
+    };
+    let mut refs = vec![default.clone()];
+    let mut virtual_host = None;
+    let mut tcp_route = None;
+    if p.protocol.is_http() || p.protocol == Protocol::Auto {
+        let vss = virtual_services_for(ctx, &fqdn, "mesh");
+        let scope = RouteScope {
+            gateway: "mesh",
+            port: p.port,
+        };
+        let routes = if vss.is_empty() {
+            vec![default_route(svc, &default)]
+        } else {
+            merged_routes(ctx, &vss, &fqdn, &scope, &mut refs)
+        };
+        virtual_host = Some(VirtualHost {
+            name: format!("{fqdn}:{}", p.port),
+            domains: service_domains(svc, p.port, &viewer),
+            routes,
+        });
     }
-    unused_hosts(ctx);
-    for r in refs {
-        let name = r.name();
-        clusters.entry(name).or_insert_with(|| cluster::build(ctx, &r));
+    if !p.protocol.is_http()
+        && let Some(ip) = &svc.cluster_ip
+    {
+        let (cluster, provenance) = tcp_destination(ctx, svc, p.port, &default, &mut refs);
+        tcp_route = Some(TcpRoute {
+            destination_port: Some(p.port),
+            destination_cidrs: vec![host_cidr(ip)],
+            cluster,
+            provenance: Some(provenance),
+        });
     }
+    PortRoutes {
+        virtual_host,
+        tcp_route,
+        refs,
+    }
+}
+
+/// The sidecar's outbound listener with no virtual hosts or TCP routes yet.
+pub(crate) fn outbound_shell() -> Listener {
     Listener {
         name: "outbound".into(),
         address: format!("0.0.0.0:{OUTBOUND_PORT}"),
@@ -175,11 +186,35 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
         transparent: true,
         tls: None,
         sni_tls: Vec::new(),
-        virtual_hosts: vhosts,
-        tcp_routes,
+        virtual_hosts: Vec::new(),
+        tcp_routes: Vec::new(),
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
     }
+}
+
+/// The sidecar's outbound listener (virtual hosts sorted by name, TCP routes in Service and
+/// port order); fills `clusters` with everything its routes reference.
+pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
+    let mut listener = outbound_shell();
+    let mut refs: Vec<ClusterRef> = Vec::new();
+    // The snapshot outlives the context's borrow, so services are read in place, not cloned.
+    let snapshot = ctx.snapshot;
+    for svc in snapshot.registry.services.values() {
+        for p in &svc.ports {
+            let routes = port_routes(ctx, svc, p);
+            listener.virtual_hosts.extend(routes.virtual_host);
+            listener.tcp_routes.extend(routes.tcp_route);
+            refs.extend(routes.refs);
+        }
+    }
+    listener.virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    unused_hosts(ctx);
+    for r in refs {
+        let name = r.name();
+        clusters.entry(name).or_insert_with(|| cluster::build(ctx, &r));
+    }
+    listener
 }
 
 fn host_cidr(ip: &str) -> String {
