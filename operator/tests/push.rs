@@ -60,6 +60,10 @@ struct Proxy {
 }
 
 async fn subscribe(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &str) -> Proxy {
+    subscribe_with(addr, ns, pod, role, current, false).await
+}
+
+async fn subscribe_with(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &str, deltas: bool) -> Proxy {
     let mut client = ConfigPushClient::connect(format!("http://{addr}")).await.unwrap();
     let (to_server, rx) = mpsc::channel(8);
     to_server
@@ -69,7 +73,7 @@ async fn subscribe(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &
             role: role.into(),
             proxy_version: "test".into(),
             current_version: current.into(),
-            accepts_delta: false,
+            accepts_delta: deltas,
         }))
         .await
         .unwrap();
@@ -238,4 +242,71 @@ fn spliced_configs_equal_the_compiled_ones() {
         pushed,
         compile(&mesh, &gw, Role::Gateway, &rendered.version).unwrap().config
     );
+}
+
+/// Set the timeout of payment's split rule.
+fn payment_timeout(s: &Server, timeout: &str, generation: u64) {
+    {
+        let mut m = s.mesh.write().unwrap();
+        let vs = m
+            .virtual_services
+            .iter_mut()
+            .find(|v| v.metadata.name.as_deref() == Some("payment"))
+            .unwrap();
+        vs.spec.http.as_mut().unwrap()[1].timeout = Some(timeout.into());
+    }
+    s.changed.send_replace(generation);
+}
+
+#[tokio::test]
+async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
+    use trellis_contract::ConfigDelta;
+    use trellis_operator::compile::{Role, compile};
+
+    let s = server().await;
+    let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
+    let mut web = subscribe_with(s.addr, "shop", "web-5d8f-abcde", "sidecar", "", true).await;
+    let first = web.next().await.expect("a first, whole snapshot");
+    assert!(first.base_version.is_empty() && first.delta_json.is_empty());
+    let held = first.config().unwrap();
+
+    // Not answered yet: one version in flight, so a change waits for the answer.
+    payment_timeout(&s, "4s", 1);
+    assert!(
+        web.quiet_for(Duration::from_millis(400)).await,
+        "nothing before the ACK"
+    );
+    web.to_server.send(ProxyMessage::ack(&first.version)).await.unwrap();
+    let second = web.next().await.expect("the change, as a delta");
+    assert_eq!(second.base_version, first.version);
+    assert!(second.config_json.is_empty());
+    let delta: ConfigDelta = serde_json::from_slice(&second.delta_json).unwrap();
+    let applied = delta.apply(&held).unwrap();
+    let mesh = s.mesh.read().unwrap().clone();
+    let expected = compile(&mesh, &pod, Role::Sidecar, &second.version).unwrap().config;
+    assert_eq!(applied, expected);
+    assert!(
+        second.delta_json.len() * 5 < first.config_json.len(),
+        "a one-rule change is a small delta ({} vs {} bytes)",
+        second.delta_json.len(),
+        first.config_json.len()
+    );
+
+    // NACKed: the next change is a delta against what the proxy still holds (the first).
+    web.to_server
+        .send(ProxyMessage::nack(&second.version, "rejected for the test"))
+        .await
+        .unwrap();
+    payment_timeout(&s, "5s", 2);
+    let third = web.next().await.expect("the next change");
+    assert_eq!(third.base_version, first.version, "based on the last ACKed version");
+    let applied = serde_json::from_slice::<ConfigDelta>(&third.delta_json)
+        .unwrap()
+        .apply(&held)
+        .unwrap();
+    assert!(applied.to_json().contains("\"timeoutMs\": 5000"));
+    web.to_server.send(ProxyMessage::ack(&third.version)).await.unwrap();
+    let metrics = s.service.metrics();
+    until("delta pushes counted", 2, || metrics.delta_pushes.get() == 2).await;
+    assert_eq!(metrics.pushes.get(), 3);
 }
