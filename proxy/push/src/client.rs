@@ -7,7 +7,11 @@
 //! - Certificate files are replaced atomically (write, then rename), so a reader never sees a
 //!   half-written chain or a key that does not match it.
 //! - While the operator is away the proxy keeps serving: [`run_push`] only ever hands
-//!   complete snapshots to the [`ConfigSink`] and reconnects with capped exponential backoff.
+//!   complete configurations to the [`ConfigSink`] and reconnects with capped exponential
+//!   backoff.
+//! - Deltas: [`run_push`] keeps the last pushed config the sink accepted, as received (before
+//!   the sink adapts it), across reconnects, and applies each delta to it. A delta that does
+//!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use trellis_contract::{PemSource, ProxyConfig};
 
 use crate::v1::certificates_client::CertificatesClient;
 use crate::v1::config_push_client::ConfigPushClient;
-use crate::{Hello, ProxyMessage, SignRequest, renewal_time};
+use crate::{Hello, MAX_SNAPSHOT_BYTES, ProxyMessage, SignRequest, Snapshot, renewal_time};
 
 /// File names in the identity directory.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
@@ -270,11 +274,14 @@ pub trait ConfigSink: Send + Sync + 'static {
 }
 
 /// Subscribe to the operator and apply every snapshot, forever: reconnect with backoff when
-/// the operator is away (the proxy keeps serving its current config meanwhile).
+/// the operator is away (the proxy keeps serving its current config meanwhile). Whole configs
+/// and deltas are both accepted (Hello says `accepts_delta`); the config deltas apply to is
+/// kept across reconnects.
 pub async fn run_push(cfg: ClientConfig, sink: Arc<dyn ConfigSink>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+    let mut held: Option<ProxyConfig> = None;
     loop {
-        match subscribe_once(&cfg, sink.as_ref(), &mut backoff).await {
+        match subscribe_once(&cfg, sink.as_ref(), &mut held, &mut backoff).await {
             Ok(()) => tracing::info!("the operator closed the subscription; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "config subscription failed; reconnecting"),
         }
@@ -282,58 +289,91 @@ pub async fn run_push(cfg: ClientConfig, sink: Arc<dyn ConfigSink>) {
     }
 }
 
-async fn subscribe_once(cfg: &ClientConfig, sink: &dyn ConfigSink, backoff: &mut Backoff) -> Result<(), ClientError> {
+/// Whether the operator may send deltas: they apply to the config held, so it must be the
+/// version Hello reports as served (a sink that reports none is sent a whole config first).
+fn accepts_delta(reported: Option<&str>, held: Option<&ProxyConfig>) -> bool {
+    match (reported, held) {
+        (None, _) => true,
+        (Some(reported), Some(held)) => reported == held.version,
+        (Some(_), None) => false,
+    }
+}
+
+async fn subscribe_once(
+    cfg: &ClientConfig,
+    sink: &dyn ConfigSink,
+    held: &mut Option<ProxyConfig>,
+    backoff: &mut Backoff,
+) -> Result<(), ClientError> {
     let chain_path = cfg.identity_dir.join(CERT_CHAIN_FILE);
     let key_path = cfg.identity_dir.join(KEY_FILE);
     let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
     let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-    let mut client = ConfigPushClient::new(channel(cfg, Some(Identity::from_pem(chain, key))).await?);
+    let mut client = ConfigPushClient::new(channel(cfg, Some(Identity::from_pem(chain, key))).await?)
+        .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel(8);
+    let current_version = sink.current_version();
     let hello = ProxyMessage::hello(Hello {
         namespace: cfg.namespace.clone(),
         pod: cfg.pod.clone(),
         role: cfg.role.clone(),
         proxy_version: cfg.proxy_version.clone(),
-        current_version: sink.current_version().unwrap_or_default(),
+        accepts_delta: accepts_delta(current_version.as_deref(), held.as_ref()),
+        current_version: current_version.unwrap_or_default(),
     });
     // The channel has room: the send cannot fail while `rx` is alive.
     let _ = tx.send(hello).await;
     let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(snapshot) = stream.message().await? {
         backoff.reset();
-        let version = snapshot.version.clone();
-        let renew = snapshot.renew_unless_issued_by.clone();
-        let mut pushed_bundle = None;
-        let applied = match snapshot.config() {
-            Ok(config) => {
-                if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle {
-                    pushed_bundle = Some(pem.clone());
-                }
-                sink.apply(config).await
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        let reply = match applied {
-            Ok(()) => {
-                // Keep the bundle file current with the roots the proxy now trusts.
-                if let Some(pem) = pushed_bundle
-                    && let Err(e) = write_atomic(&cfg.identity_dir, ROOTS_FILE, &pem, false)
-                {
-                    tracing::warn!(error = %e, "could not record the pushed trust bundle");
-                }
-                cfg.renewal.request(&renew);
-                ProxyMessage::ack(version)
-            }
-            Err(e) => {
-                tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
-                ProxyMessage::nack(version, e)
-            }
-        };
+        let reply = apply_snapshot(cfg, sink, held, &snapshot).await;
         if tx.send(reply).await.is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// Apply one snapshot (whole or delta) and say whether it was: the ACK or NACK to send.
+async fn apply_snapshot(
+    cfg: &ClientConfig,
+    sink: &dyn ConfigSink,
+    held: &mut Option<ProxyConfig>,
+    snapshot: &Snapshot,
+) -> ProxyMessage {
+    let version = snapshot.version.clone();
+    if snapshot.is_delta() {
+        tracing::debug!(%version, base = %snapshot.base_version, bytes = snapshot.delta_json.len(), "config delta received");
+    } else {
+        tracing::debug!(%version, bytes = snapshot.config_json.len(), "whole config received");
+    }
+    let applied = match snapshot.apply_to(held.as_ref()) {
+        Ok(config) => {
+            // The sink takes its own copy (it may adapt it); deltas apply to the pushed one.
+            match sink.apply(config.clone()).await {
+                Ok(()) => Ok(config),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match applied {
+        Ok(config) => {
+            // Keep the bundle file current with the roots the proxy now trusts.
+            if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle
+                && let Err(e) = write_atomic(&cfg.identity_dir, ROOTS_FILE, pem, false)
+            {
+                tracing::warn!(error = %e, "could not record the pushed trust bundle");
+            }
+            *held = Some(config);
+            cfg.renewal.request(&snapshot.renew_unless_issued_by);
+            ProxyMessage::ack(version)
+        }
+        Err(e) => {
+            tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
+            ProxyMessage::nack(version, e)
+        }
+    }
 }
 
 /// Capped exponential backoff with jitter.
@@ -368,6 +408,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deltas_are_accepted_when_the_config_held_is_the_one_reported() {
+        let held = ProxyConfig::empty("v1");
+        assert!(accepts_delta(None, None), "a first start is sent a whole config anyway");
+        assert!(accepts_delta(None, Some(&held)));
+        assert!(accepts_delta(Some("v1"), Some(&held)));
+        assert!(!accepts_delta(Some("v2"), Some(&held)));
+        assert!(!accepts_delta(Some("v1"), None));
+    }
 
     #[test]
     fn backoff_grows_caps_and_resets() {

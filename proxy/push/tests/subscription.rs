@@ -1,0 +1,354 @@
+//! The proxy's config subscription (`client::run_push`) against an in-process ConfigPush
+//! server over TLS, driven step by step by each test: whole configs and deltas reach the
+//! sink and are ACKed; a delta for another base, or one whose result the sink rejects, is
+//! NACKed and leaves both the sink and the config deltas apply to as they were; a reconnect
+//! keeps that config and says so in Hello; whole configs beyond tonic's 4 MiB default pass.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use trellis_contract::{Cluster, ConfigDelta, ProxyConfig};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE};
+use trellis_push::v1::config_push_server::{ConfigPush, ConfigPushServer};
+use trellis_push::{Hello, ProxyMessage, Snapshot, proxy_message};
+
+/// How long any one step may take before the test fails instead of hanging.
+const STEP: Duration = Duration::from_secs(10);
+
+/// One subscription as the server sees it.
+struct Session {
+    hello: Hello,
+    to_proxy: mpsc::Sender<Result<Snapshot, Status>>,
+    from_proxy: Streaming<ProxyMessage>,
+}
+
+impl Session {
+    /// Send a snapshot and return the proxy's answer.
+    async fn push(&mut self, snapshot: Snapshot) -> proxy_message::Kind {
+        self.to_proxy
+            .send(Ok(snapshot))
+            .await
+            .expect("the subscription is open");
+        let reply = tokio::time::timeout(STEP, self.from_proxy.message())
+            .await
+            .expect("the proxy answers in time")
+            .expect("the stream is healthy")
+            .expect("the proxy keeps the stream open");
+        reply.kind.expect("the answer says something")
+    }
+
+    async fn acked(&mut self, snapshot: Snapshot) {
+        let version = snapshot.version.clone();
+        match self.push(snapshot).await {
+            proxy_message::Kind::Ack(ack) => assert_eq!(ack.version, version),
+            other => panic!("expected an ACK of {version}, got {other:?}"),
+        }
+    }
+
+    /// The NACK's error message.
+    async fn nacked(&mut self, snapshot: Snapshot) -> String {
+        let version = snapshot.version.clone();
+        match self.push(snapshot).await {
+            proxy_message::Kind::Nack(nack) => {
+                assert_eq!(nack.version, version);
+                nack.error
+            }
+            other => panic!("expected a NACK of {version}, got {other:?}"),
+        }
+    }
+}
+
+/// Hands each subscription to the test.
+struct FakeOperator {
+    sessions: mpsc::UnboundedSender<Session>,
+}
+
+#[tonic::async_trait]
+impl ConfigPush for FakeOperator {
+    type SubscribeStream = ReceiverStream<Result<Snapshot, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut from_proxy = request.into_inner();
+        let hello = match from_proxy.message().await? {
+            Some(ProxyMessage {
+                kind: Some(proxy_message::Kind::Hello(hello)),
+            }) => hello,
+            other => return Err(Status::invalid_argument(format!("expected Hello first, got {other:?}"))),
+        };
+        let (to_proxy, rx) = mpsc::channel(8);
+        self.sessions
+            .send(Session {
+                hello,
+                to_proxy,
+                from_proxy,
+            })
+            .map_err(|_| Status::unavailable("the test is over"))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Records what it applies; rejects configs holding a cluster named `rejected`.
+#[derive(Default)]
+struct Sink {
+    applied: Mutex<Vec<ProxyConfig>>,
+}
+
+impl Sink {
+    fn applied(&self) -> Vec<ProxyConfig> {
+        self.applied.lock().unwrap().clone()
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigSink for Sink {
+    fn current_version(&self) -> Option<String> {
+        self.applied.lock().unwrap().last().map(|c| c.version.clone())
+    }
+
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+        if config.cluster("rejected").is_some() {
+            return Err("cluster \"rejected\": refused by the test sink".into());
+        }
+        // Like the proxy's sink, adapt the config to this host: deltas must still apply to
+        // the config as pushed, not to this copy.
+        config.node.cluster = "adapted-by-the-sink".into();
+        self.applied.lock().unwrap().push(config);
+        Ok(())
+    }
+}
+
+/// A CA, the server's certificate for `localhost`, and the proxy's workload certificate.
+struct Pki {
+    ca_pem: String,
+    server: Identity,
+}
+
+fn pki(identity_dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+
+    let proxy_key = KeyPair::generate().unwrap();
+    let mut proxy_params = CertificateParams::default();
+    proxy_params.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/shop/sa/web".try_into().unwrap(),
+    )];
+    let proxy_cert = proxy_params.signed_by(&proxy_key, &issuer).unwrap();
+    std::fs::create_dir_all(identity_dir).unwrap();
+    std::fs::write(identity_dir.join(CERT_CHAIN_FILE), proxy_cert.pem()).unwrap();
+    std::fs::write(identity_dir.join(KEY_FILE), proxy_key.serialize_pem()).unwrap();
+
+    Pki {
+        ca_pem,
+        server: Identity::from_pem(server_cert.pem(), server_key.serialize_pem()),
+    }
+}
+
+/// A running fake operator, a proxy subscription to it, and what the proxy applied.
+struct Harness {
+    sessions: mpsc::UnboundedReceiver<Session>,
+    sink: Arc<Sink>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(&dir.path().join("identity"));
+        std::fs::write(dir.path().join("root.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.path().join("token"), "unused").unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (tx, sessions) = mpsc::unbounded_channel();
+        let server = Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(pki.server))
+            .unwrap()
+            .add_service(ConfigPushServer::new(FakeOperator { sessions: tx }))
+            .serve_with_incoming(TcpListenerStream::new(listener));
+        let server = tokio::spawn(async move {
+            server.await.expect("the fake operator serves");
+        });
+
+        let cfg = ClientConfig {
+            endpoint: format!("https://{addr}"),
+            server_name: "localhost".into(),
+            root_cert: dir.path().join("root.pem"),
+            token: dir.path().join("token"),
+            identity_dir: dir.path().join("identity"),
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            role: "sidecar".into(),
+            spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            proxy_version: "test".into(),
+            renewal: Default::default(),
+        };
+        let sink = Arc::new(Sink::default());
+        let push = tokio::spawn(client::run_push(cfg, sink.clone()));
+        Harness {
+            sessions,
+            sink,
+            tasks: vec![server, push],
+            _dir: dir,
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(STEP, self.sessions.recv())
+            .await
+            .expect("the proxy subscribes in time")
+            .expect("the fake operator runs")
+    }
+
+    /// The configs the sink applied, without its local adaptation.
+    fn applied(&self) -> Vec<ProxyConfig> {
+        let mut applied = self.sink.applied();
+        for c in &mut applied {
+            assert_eq!(c.node.cluster, "adapted-by-the-sink");
+            c.node.cluster = String::new();
+        }
+        applied
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn cluster(name: &str, port: u16) -> Cluster {
+    serde_json::from_value(serde_json::json!({"name": name, "endpoints": [{"address": "10.0.0.1", "port": port}]}))
+        .unwrap()
+}
+
+fn config(version: &str, clusters: &[(&str, u16)]) -> ProxyConfig {
+    let mut cfg = ProxyConfig::empty(version);
+    cfg.clusters = clusters.iter().map(|(n, p)| cluster(n, *p)).collect();
+    cfg
+}
+
+fn delta(old: &ProxyConfig, new: &ProxyConfig) -> Snapshot {
+    let delta = ConfigDelta::between(old, new).expect("sorted configs have a delta");
+    Snapshot::from_delta(&delta).unwrap()
+}
+
+#[tokio::test]
+async fn a_whole_config_then_a_delta_reach_the_sink_and_are_acked() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    assert!(s.hello.accepts_delta, "{:?}", s.hello);
+    assert_eq!(s.hello.current_version, "");
+
+    let v1 = config("v1", &[("a", 1), ("c", 3)]);
+    s.acked(Snapshot::from_config(&v1)).await;
+    let v2 = config("v2", &[("a", 1), ("b", 2), ("c", 33)]);
+    let d = delta(&v1, &v2);
+    assert!(d.is_delta() && d.config_json.is_empty());
+    s.acked(d).await;
+    assert_eq!(h.applied(), [v1, v2]);
+}
+
+#[tokio::test]
+async fn a_nacked_delta_leaves_the_sink_and_the_base_as_they_were() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    let v1 = config("v1", &[("a", 1)]);
+    s.acked(Snapshot::from_config(&v1)).await;
+
+    // Against a version the proxy does not hold.
+    let v0 = config("v0", &[]);
+    let error = s.nacked(delta(&v0, &config("v2", &[("b", 2)]))).await;
+    assert!(error.contains("a full snapshot is needed"), "{error}");
+
+    // Its result refused by the sink.
+    let error = s.nacked(delta(&v1, &config("v3", &[("a", 1), ("rejected", 9)]))).await;
+    assert!(error.contains("refused by the test sink"), "{error}");
+
+    // A malformed delta.
+    let error = s
+        .nacked(Snapshot {
+            delta_json: b"{\"version\": \"v4\"}".to_vec(),
+            ..delta(&v1, &config("v4", &[]))
+        })
+        .await;
+    assert!(error.contains("baseVersion"), "{error}");
+    assert_eq!(
+        h.applied(),
+        std::slice::from_ref(&v1),
+        "the sink keeps the last good config"
+    );
+
+    // The base is still v1: a delta against it applies.
+    let v5 = config("v5", &[("a", 5), ("b", 2)]);
+    s.acked(delta(&v1, &v5)).await;
+    assert_eq!(h.applied(), [v1, v5]);
+}
+
+#[tokio::test]
+async fn a_reconnect_keeps_the_config_deltas_apply_to() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    let v1 = config("v1", &[("a", 1)]);
+    let v2 = config("v2", &[("a", 2)]);
+    s.acked(Snapshot::from_config(&v1)).await;
+    s.acked(delta(&v1, &v2)).await;
+
+    // The operator ends the subscription; the proxy comes back and says what it holds.
+    drop(s);
+    let mut s = h.session().await;
+    assert_eq!(s.hello.current_version, "v2");
+    assert!(s.hello.accepts_delta, "{:?}", s.hello);
+    assert_eq!((s.hello.namespace.as_str(), s.hello.pod.as_str()), ("shop", "web-1"));
+
+    let v3 = config("v3", &[("a", 2), ("z", 26)]);
+    s.acked(delta(&v2, &v3)).await;
+    assert_eq!(h.applied(), [v1, v2, v3]);
+}
+
+#[tokio::test]
+async fn whole_configs_beyond_four_mib_are_accepted() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    let mut big = config("big", &[]);
+    // Like a mesh of 1000 services: thousands of clusters, several MiB of JSON.
+    big.clusters = (0..12_000)
+        .map(|i| {
+            let mut c = cluster(
+                &format!("outbound|8080||svc-{i:05}.ns-{}.svc.cluster.local", i % 50),
+                8080,
+            );
+            c.service = Some(format!("svc-{i:05}.ns-{}.svc.cluster.local", i % 50));
+            c
+        })
+        .collect();
+    let snapshot = Snapshot::from_config(&big);
+    assert!(
+        snapshot.config_json.len() > 5 << 20,
+        "{} bytes",
+        snapshot.config_json.len()
+    );
+    s.acked(snapshot).await;
+    assert_eq!(h.applied(), [big]);
+}
