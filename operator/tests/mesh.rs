@@ -388,6 +388,8 @@ async fn two_proxies_and_two_apps_on_loopback() {
     .await;
     let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
     assert_eq!(answer.headers.get("x-vs").map(String::as_str), Some("two"));
+    // It travelled as deltas (the proxies' clients accept them), applied by the real proxies.
+    assert!(metric(&op, "trellis_operator_delta_pushes_total").await >= 2.0);
 
     // Plaintext to b's STRICT inbound is refused: no HTTP answer comes back.
     let mut plain = tokio::net::TcpStream::connect(format!("127.0.0.3:{port_b}"))
