@@ -13,7 +13,7 @@
 //!   reconnect that announces its current version.
 //! - One version in flight per proxy: the next is computed once the proxy answered, against
 //!   what it then holds; a delta is only sent to a proxy that said it accepts them, and only
-//!   against the version it last ACKed.
+//!   against the version it ACKed last; after a NACK the next version is sent whole.
 //! - At most [`Options::full_in_flight`] whole configurations are in flight at once (each is
 //!   megabytes at scale), which bounds the operator's memory when a fleet (re)connects.
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
@@ -550,8 +550,9 @@ impl ConfigPush for PushService {
                         };
                         match answer {
                             Some(true) => held = Some(rendered),
-                            // NACKed: the proxy keeps what it held.
-                            Some(false) => {}
+                            // NACKed: the proxy keeps its last good config, but the next
+                            // version goes whole, in case the delta itself was the problem.
+                            Some(false) => held = None,
                             None => break,
                         }
                     }

@@ -163,7 +163,7 @@ impl Model {
     /// One random change.
     fn mutate(&mut self, rng: &mut fastrand::Rng) {
         match rng.u8(..14) {
-            0 | 1 | 2 => self.set_virtual_service(rng),
+            0..=2 => self.set_virtual_service(rng),
             3 => {
                 let k = *self
                     .virtual_services

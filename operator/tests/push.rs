@@ -135,16 +135,7 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
     );
 
     // Change payment's split: every sidecar sees payment.
-    {
-        let mut m = s.mesh.write().unwrap();
-        let vs = m
-            .virtual_services
-            .iter_mut()
-            .find(|v| v.metadata.name.as_deref() == Some("payment"))
-            .unwrap();
-        vs.spec.http.as_mut().unwrap()[1].timeout = Some("4s".into());
-    }
-    s.changed.send_replace(2);
+    payment_timeout(&s, "4s", 2);
     let second = web.next().await.expect("web gets the change");
     assert_ne!(second.version, first.version);
     assert!(second.config().unwrap().to_json().contains("\"timeoutMs\": 4000"));
@@ -292,21 +283,29 @@ async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
         first.config_json.len()
     );
 
-    // NACKed: the next change is a delta against what the proxy still holds (the first).
+    // NACKed: the proxy keeps the first; the next change goes whole (the delta may have been
+    // the problem), then deltas again against it.
     web.to_server
         .send(ProxyMessage::nack(&second.version, "rejected for the test"))
         .await
         .unwrap();
     payment_timeout(&s, "5s", 2);
     let third = web.next().await.expect("the next change");
-    assert_eq!(third.base_version, first.version, "based on the last ACKed version");
-    let applied = serde_json::from_slice::<ConfigDelta>(&third.delta_json)
+    assert!(third.base_version.is_empty(), "whole after a NACK");
+    let held = third.config().unwrap();
+    assert!(held.to_json().contains("\"timeoutMs\": 5000"));
+    web.to_server.send(ProxyMessage::ack(&third.version)).await.unwrap();
+    payment_timeout(&s, "6s", 3);
+    let fourth = web.next().await.expect("the next change");
+    assert_eq!(
+        fourth.base_version, third.version,
+        "a delta against the ACKed whole config"
+    );
+    let applied = serde_json::from_slice::<ConfigDelta>(&fourth.delta_json)
         .unwrap()
         .apply(&held)
         .unwrap();
-    assert!(applied.to_json().contains("\"timeoutMs\": 5000"));
-    web.to_server.send(ProxyMessage::ack(&third.version)).await.unwrap();
+    assert!(applied.to_json().contains("\"timeoutMs\": 6000"));
     let metrics = s.service.metrics();
-    until("delta pushes counted", 2, || metrics.delta_pushes.get() == 2).await;
-    assert_eq!(metrics.pushes.get(), 3);
+    assert_eq!((metrics.pushes.get(), metrics.delta_pushes.get()), (4, 2));
 }

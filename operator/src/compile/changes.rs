@@ -189,15 +189,18 @@ fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
     a.namespace == b.namespace && a.name == b.name && a.creation_timestamp == b.creation_timestamp
 }
 
-/// The resources of `old` and `new` paired by namespace/name (either side may be missing).
-fn pairs<'a, T>(old: &'a [T], new: &'a [T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<(Option<&'a T>, Option<&'a T>)> {
+/// A resource before and after (either may be missing).
+type Pair<'a, T> = (Option<&'a T>, Option<&'a T>);
+
+/// The resources of `old` and `new` paired by namespace/name.
+fn pairs<'a, T>(old: &'a [T], new: &'a [T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<Pair<'a, T>> {
     let key = |m: &ObjectMeta| {
         (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         )
     };
-    let mut by_key: BTreeMap<(String, String), (Option<&'a T>, Option<&'a T>)> = BTreeMap::new();
+    let mut by_key: BTreeMap<(String, String), Pair<'a, T>> = BTreeMap::new();
     for o in old {
         by_key.entry(key(meta(o))).or_default().0 = Some(o);
     }
