@@ -1,26 +1,102 @@
 //! Push convergence at scale: a registry of 1000 services and 10 000 endpoints with 200 CRDs,
 //! 1000 simulated proxies subscribed to the push server over gRPC on loopback; one
-//! VirtualService changes, and the time until every affected proxy has received and ACKed the
-//! new version is measured. Also: compile time per proxy and process RSS.
+//! VirtualService changes, and the time until every proxy has ACKed the new version is
+//! measured. Also: compile time per proxy, the operator's RSS and peak RSS, and what a proxy
+//! pays to apply a delta.
+//!
+//! Two processes, so the memory printed is the operator's alone: this binary is the operator
+//! side (registry, `PushService`, tonic server on 127.0.0.1) and re-executes itself with
+//! `CONVERGENCE_FLEET=<addr>` as the fleet, which runs the simulated proxies and reports every
+//! ACK on its stdout (see [`Report`]).
 //!
 //! Run: `cargo bench -p trellis-operator --bench convergence` (release build). Options via
-//! env: `PROXIES` (default 1000), `SERVICES` (1000), `PODS_PER_SERVICE` (10), `ROUNDS` (3).
+//! env: `PROXIES` (default 1000), `SERVICES` (1000), `PODS_PER_SERVICE` (10), `ROUNDS` (3),
+//! `CONNECTS_IN_FLIGHT` (32), `INITIAL_SYNC_TIMEOUT_S` (900), `ROUND_TIMEOUT_S` (300).
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::process::Stdio;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use trellis_operator::compile::{Role, compile_outbound, compile_workload};
-use trellis_operator::push::{Options, PushService, SharedOutbound, render};
+use tonic::transport::Endpoint;
+use trellis_contract::ConfigDelta;
+use trellis_operator::compile::{Role, compile, compile_outbound, compile_workload};
+use trellis_operator::push::{Options, PushService};
 use trellis_operator::registry::ObjectKey;
-use trellis_operator::snapshot::Snapshot;
+use trellis_operator::snapshot::Snapshot as MeshSnapshot;
 use trellis_push::v1::config_push_client::ConfigPushClient;
 use trellis_push::v1::config_push_server::ConfigPushServer;
-use trellis_push::{Hello, ProxyMessage};
+use trellis_push::{Hello, ProxyMessage, Snapshot};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+/// Set in the fleet child: the operator's push address.
+const FLEET_ENV: &str = "CONVERGENCE_FLEET";
+
+/// why: a 1000-service config is 3.6 MiB of JSON, close to tonic's 4 MiB default.
+const MAX_MESSAGE: usize = 64 << 20;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let knobs = Knobs::from_env()?;
+    match std::env::var(FLEET_ENV) {
+        Ok(addr) => fleet::run(&addr, &knobs).await,
+        Err(_) => operator::run(&knobs).await,
+    }
+}
+
+/// The benchmark's settings, from the environment.
+#[derive(Debug, Clone)]
+struct Knobs {
+    proxies: usize,
+    services: usize,
+    pods: usize,
+    rounds: usize,
+    connects_in_flight: usize,
+    initial_timeout: Duration,
+    round_timeout: Duration,
+}
+
+impl Knobs {
+    fn from_env() -> anyhow::Result<Self> {
+        fn var(name: &str, default: usize) -> anyhow::Result<usize> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number; unset it or give a count")),
+                Err(_) => Ok(default),
+            }
+        }
+        let knobs = Knobs {
+            proxies: var("PROXIES", 1000)?,
+            services: var("SERVICES", 1000)?,
+            pods: var("PODS_PER_SERVICE", 10)?,
+            rounds: var("ROUNDS", 3)?,
+            connects_in_flight: var("CONNECTS_IN_FLIGHT", 32)?.max(1),
+            initial_timeout: Duration::from_secs(var("INITIAL_SYNC_TIMEOUT_S", 900)? as u64),
+            round_timeout: Duration::from_secs(var("ROUND_TIMEOUT_S", 300)? as u64),
+        };
+        if knobs.services == 0 || knobs.pods == 0 || knobs.proxies == 0 {
+            bail!("PROXIES, SERVICES and PODS_PER_SERVICE must be at least 1");
+        }
+        if knobs.proxies > knobs.services * knobs.pods {
+            bail!(
+                "PROXIES={} exceeds the {} pods of the mesh (SERVICES x PODS_PER_SERVICE): every proxy needs its own pod",
+                knobs.proxies,
+                knobs.services * knobs.pods
+            );
+        }
+        Ok(knobs)
+    }
+
+    /// The pod proxy `i` subscribes as: the first pod of every service, then the second, ...
+    fn pod(&self, i: usize) -> ObjectKey {
+        let (s, p) = (i % self.services, i / self.services);
+        ObjectKey::new(format!("ns-{}", s % 10), format!("svc-{s}-{p}"))
+    }
 }
 
 /// The mesh: `services` services over 10 namespaces, `pods` meshed ready pods each, a
@@ -59,12 +135,704 @@ fn mesh(services: usize, pods: usize) -> String {
     y
 }
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+/// The change of round `round`: the timeout of `virtual_services[0]`'s default route.
+fn change_virtual_service(mesh: &mut MeshSnapshot, round: usize) -> anyhow::Result<()> {
+    let vs = mesh
+        .virtual_services
+        .first_mut()
+        .context("the mesh has no VirtualService to change")?;
+    let route = vs
+        .spec
+        .http
+        .as_mut()
+        .and_then(|h| h.get_mut(1))
+        .context("virtual_services[0] has no second HTTP route to change")?;
+    route.timeout = Some(format!("{}s", 3 + round));
+    Ok(())
+}
+
+/// Resident and peak memory of a process, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+impl Memory {
+    fn of(pid: &str) -> anyhow::Result<Memory> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .with_context(|| format!("{path} has no {name} line (not Linux?)"))
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+}
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RSS {:.0} MiB, peak {:.0} MiB",
+            self.rss_kib as f64 / 1024.0,
+            self.peak_kib as f64 / 1024.0
+        )
+    }
+}
+
+/// Nanoseconds since the Unix epoch: the only clock both processes read alike.
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// An ACK the fleet sent.
+#[derive(Debug, Clone, PartialEq)]
+struct Acked {
+    /// The version ACKed.
+    version: String,
+    /// When the ACK was sent (Unix nanoseconds).
+    at: u128,
+    /// The message's payload bytes (whole config or delta).
+    bytes: usize,
+    /// Whether the message was a delta.
+    delta: bool,
+}
+
+/// What the fleet tells the operator side, one line each on its stdout.
+#[derive(Debug, Clone, PartialEq)]
+enum Report {
+    /// `subscribed <proxy>`: a subscription is open.
+    Subscribed { proxy: usize },
+    /// `ack <proxy> <version> <unix-nanos> <bytes> <full|delta>`.
+    Ack { proxy: usize, ack: Acked },
+    /// `nack <proxy> <version> <unix-nanos> <reason>`.
+    Nack {
+        proxy: usize,
+        version: String,
+        at: u128,
+        reason: String,
+    },
+    /// `fail <proxy> <connect|subscribe|stream> <reason>`: an attempt failed; the proxy retries.
+    Fail {
+        proxy: usize,
+        stage: &'static str,
+        reason: String,
+    },
+}
+
+impl Report {
+    const STAGES: [&'static str; 3] = ["connect", "subscribe", "stream"];
+
+    fn to_line(&self) -> String {
+        let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+        match self {
+            Report::Subscribed { proxy } => format!("subscribed {proxy}\n"),
+            Report::Ack { proxy, ack } => format!(
+                "ack {proxy} {} {} {} {}\n",
+                ack.version,
+                ack.at,
+                ack.bytes,
+                if ack.delta { "delta" } else { "full" }
+            ),
+            Report::Nack {
+                proxy,
+                version,
+                at,
+                reason,
+            } => format!("nack {proxy} {version} {at} {}\n", one_line(reason)),
+            Report::Fail { proxy, stage, reason } => format!("fail {proxy} {stage} {}\n", one_line(reason)),
+        }
+    }
+
+    fn parse(line: &str) -> anyhow::Result<Report> {
+        let bad = || format!("the fleet sent an unknown report line {line:?}");
+        let mut words = line.split(' ');
+        let kind = words.next().unwrap_or_default();
+        let proxy = words.next().and_then(|p| p.parse().ok()).with_context(bad)?;
+        let mut next = || words.next().with_context(bad);
+        Ok(match kind {
+            "subscribed" => Report::Subscribed { proxy },
+            "ack" => Report::Ack {
+                proxy,
+                ack: Acked {
+                    version: next()?.to_string(),
+                    at: next()?.parse().with_context(bad)?,
+                    bytes: next()?.parse().with_context(bad)?,
+                    delta: next()? == "delta",
+                },
+            },
+            "nack" => {
+                let version = next()?.to_string();
+                let at = next()?.parse().with_context(bad)?;
+                Report::Nack {
+                    proxy,
+                    version,
+                    at,
+                    reason: words.collect::<Vec<_>>().join(" "),
+                }
+            }
+            "fail" => {
+                let stage = next()?;
+                let stage = Report::STAGES.into_iter().find(|s| *s == stage).with_context(bad)?;
+                Report::Fail {
+                    proxy,
+                    stage,
+                    reason: words.collect::<Vec<_>>().join(" "),
+                }
+            }
+            _ => bail!(bad()),
+        })
+    }
+}
+
+/// The simulated proxies (the child process).
+mod fleet {
+    use super::*;
+
+    pub(super) async fn run(addr: &str, knobs: &Knobs) -> anyhow::Result<()> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .with_context(|| format!("{FLEET_ENV}={addr:?} is not a host:port"))?
+            // The proxy's own connect timeout (trellis-push client).
+            .connect_timeout(Duration::from_secs(5));
+        let (reports, mut queued) = mpsc::unbounded_channel::<Report>();
+        let writer = tokio::spawn(async move {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            while let Some(report) = queued.recv().await {
+                out.write_all(report.to_line().as_bytes()).await?;
+                if queued.is_empty() {
+                    out.flush().await?;
+                }
+            }
+            out.flush().await
+        });
+        // why: a thousand handshakes at once overflow the listen backlog and starve the
+        // server's accept loop; a bounded number in flight is what a rolling fleet start is.
+        let gate = Arc::new(Semaphore::new(knobs.connects_in_flight));
+        for i in 0..knobs.proxies {
+            tokio::spawn(proxy(i, knobs.pod(i), endpoint.clone(), gate.clone(), reports.clone()));
+        }
+        drop(reports);
+        // Run until the operator side closes our stdin.
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        while stdin.read(&mut buf).await.context("reading the fleet's stdin")? > 0 {}
+        writer.abort();
+        Ok(())
+    }
+
+    /// Capped exponential backoff, spread per proxy so retries do not arrive in waves.
+    fn backoff(proxy: usize, attempt: u32) -> Duration {
+        let base = 50u64 << attempt.min(6);
+        let spread = (proxy as u64 * 37 + attempt as u64 * 11) % 50;
+        Duration::from_millis(base.min(2_000) + spread)
+    }
+
+    /// One proxy: connect, subscribe, ACK every version; reconnect (announcing the version it
+    /// holds) whenever any step fails.
+    async fn proxy(
+        i: usize,
+        pod: ObjectKey,
+        endpoint: Endpoint,
+        gate: Arc<Semaphore>,
+        reports: mpsc::UnboundedSender<Report>,
+    ) {
+        let fail = |stage, reason: String| {
+            let _ = reports.send(Report::Fail {
+                proxy: i,
+                stage,
+                reason,
+            });
+        };
+        let mut held: Option<String> = None;
+        let mut attempt = 0u32;
+        loop {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(i, attempt)).await;
+            }
+            attempt += 1;
+            let Ok(permit) = gate.acquire().await else { return };
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    fail("connect", format!("{e:?}"));
+                    continue;
+                }
+            };
+            let mut client = ConfigPushClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+            let (tx, rx) = mpsc::channel(4);
+            let hello = Hello {
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                role: "sidecar".into(),
+                proxy_version: "convergence-bench".into(),
+                current_version: held.clone().unwrap_or_default(),
+                accepts_delta: true,
+            };
+            if tx.try_send(ProxyMessage::hello(hello)).is_err() {
+                // A fresh channel with room for 4: cannot happen; retry like any failure.
+                fail("subscribe", "could not queue Hello".into());
+                continue;
+            }
+            let mut stream = match client.subscribe(ReceiverStream::new(rx)).await {
+                Ok(s) => s.into_inner(),
+                Err(status) => {
+                    fail("subscribe", format!("{:?}: {}", status.code(), status.message()));
+                    continue;
+                }
+            };
+            drop(permit);
+            let _ = reports.send(Report::Subscribed { proxy: i });
+            loop {
+                let snapshot = match stream.message().await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        fail("stream", "the operator ended the subscription".into());
+                        break;
+                    }
+                    Err(status) => {
+                        fail("stream", format!("{:?}: {}", status.code(), status.message()));
+                        break;
+                    }
+                };
+                attempt = 0;
+                let bytes = snapshot.config_json.len() + snapshot.delta_json.len();
+                let decoded = decode(&snapshot, held.as_deref());
+                let answer = match &decoded {
+                    Ok(d) => {
+                        held = Some(d.version.clone());
+                        ProxyMessage::ack(d.version.clone())
+                    }
+                    Err(reason) => ProxyMessage::nack(snapshot.version.clone(), reason.clone()),
+                };
+                if tx.send(answer).await.is_err() {
+                    fail("stream", "the subscription closed before the answer was sent".into());
+                    break;
+                }
+                let at = unix_nanos();
+                let _ = reports.send(match decoded {
+                    Ok(d) => Report::Ack {
+                        proxy: i,
+                        ack: Acked {
+                            version: d.version,
+                            at,
+                            bytes,
+                            delta: d.delta,
+                        },
+                    },
+                    Err(reason) => Report::Nack {
+                        proxy: i,
+                        version: snapshot.version,
+                        at,
+                        reason,
+                    },
+                });
+            }
+        }
+    }
+
+    /// A message a proxy could use.
+    struct Decoded {
+        version: String,
+        delta: bool,
+    }
+
+    /// What a proxy does with a message before answering. A full snapshot: parse the whole
+    /// config, check its version, and drop it (a thousand parsed configs would not fit), keeping
+    /// only the version. A delta: parse it and check it applies to the version held (applying
+    /// it is measured separately, on one real config).
+    fn decode(snapshot: &Snapshot, held: Option<&str>) -> Result<Decoded, String> {
+        if !snapshot.is_delta() {
+            let config = snapshot.config().map_err(|e| e.to_string())?;
+            return Ok(Decoded {
+                version: config.version,
+                delta: false,
+            });
+        }
+        if held != Some(snapshot.base_version.as_str()) {
+            return Err(format!(
+                "delta to {} is against {}, but this proxy holds {}",
+                snapshot.version,
+                snapshot.base_version,
+                held.unwrap_or("nothing")
+            ));
+        }
+        let delta: ConfigDelta = serde_json::from_slice(&snapshot.delta_json)
+            .map_err(|e| format!("delta to {} is not a ConfigDelta: {e}", snapshot.version))?;
+        if delta.base_version != snapshot.base_version || delta.version != snapshot.version {
+            return Err(format!(
+                "delta says {} -> {} but its envelope says {} -> {}",
+                delta.base_version, delta.version, snapshot.base_version, snapshot.version
+            ));
+        }
+        Ok(Decoded {
+            version: delta.version,
+            delta: true,
+        })
+    }
+}
+
+/// The operator side (the parent process).
+mod operator {
+    use super::*;
+
+    pub(super) async fn run(knobs: &Knobs) -> anyhow::Result<()> {
+        let snapshot = MeshSnapshot::from_yaml(&mesh(knobs.services, knobs.pods)).context("the generated mesh")?;
+        let crds = snapshot.virtual_services.len() + snapshot.destination_rules.len();
+        println!(
+            "registry: {} services, {} endpoints, {crds} CRDs; {} proxies in a separate fleet process",
+            snapshot.registry.services.len(),
+            snapshot.registry.workloads.len(),
+            knobs.proxies
+        );
+        println!("operator after the registry: {}", Memory::of("self")?);
+        compile_times(&snapshot, knobs)?;
+
+        let mesh = Arc::new(RwLock::new(snapshot));
+        let (changed, changed_rx) = watch::channel(0u64);
+        let service = PushService::new(mesh.clone(), changed_rx, Options::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the push server on loopback")?;
+        let addr = listener.local_addr()?;
+        let server = ConfigPushServer::new(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+
+        let exe = std::env::current_exe().context("finding this benchmark's binary to start the fleet")?;
+        let started = unix_nanos();
+        let mut child = tokio::process::Command::new(&exe)
+            .env(FLEET_ENV, addr.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the fleet ({})", exe.display()))?;
+        let fleet_pid = child.id().context("the fleet exited at once")?.to_string();
+        let stdout = child.stdout.take().context("the fleet's stdout")?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if events_tx.send(Report::parse(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fleet = Fleet::new(knobs, events);
+
+        // Initial sync: every proxy ACKs its first version.
+        let deadline = Instant::now() + knobs.initial_timeout;
+        while fleet.synced() < knobs.proxies && fleet.next(deadline).await? {}
+        let last = fleet.acked.iter().flatten().map(|a| a.at).max().unwrap_or(started);
+        println!(
+            "initial sync: {}/{} proxies ACKed their first version, the last {:.2} s after the fleet started; {} subscriptions opened; failures: {}",
+            fleet.synced(),
+            knobs.proxies,
+            secs(last.saturating_sub(started)),
+            fleet.subscribed,
+            fleet.failures()
+        );
+        let mut first: Vec<usize> = fleet.acked.iter().flatten().map(|a| a.bytes).collect();
+        first.sort();
+        println!(
+            "  first config: {} KiB per proxy (median)",
+            first.get(first.len() / 2).copied().unwrap_or(0) / 1024
+        );
+        let confirmed = server_in_sync(&service, knobs, &fleet, Duration::from_secs(60)).await;
+        println!("  server sync state: {confirmed}");
+        println!("operator after the initial sync: {}", Memory::of("self")?);
+        println!("fleet after the initial sync: {}", Memory::of(&fleet_pid)?);
+
+        let mut all = Vec::new();
+        let mut in_sync_after_rounds = String::new();
+        for round in 0..knobs.rounds {
+            // why: let the last round's ACKs settle so rounds do not overlap.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let before: Vec<Option<String>> = fleet
+                .acked
+                .iter()
+                .map(|a| a.as_ref().map(|a| a.version.clone()))
+                .collect();
+            {
+                let mut m = mesh.write().map_err(|_| anyhow::anyhow!("the mesh lock is poisoned"))?;
+                change_virtual_service(&mut m, round)?;
+            }
+            let t0 = unix_nanos();
+            changed.send_replace(round as u64 + 1);
+            let deadline = Instant::now() + knobs.round_timeout;
+            let converged = |f: &Fleet| {
+                f.acked
+                    .iter()
+                    .zip(&before)
+                    .filter(|(now, then)| now.as_ref().map(|a| &a.version) != then.as_ref())
+                    .count()
+            };
+            let nacks_before = fleet.nacks;
+            while converged(&fleet) < knobs.proxies && fleet.next(deadline).await? {}
+            let mut times = Vec::new();
+            let mut bytes = Vec::new();
+            let mut deltas = 0;
+            for (now, then) in fleet.acked.iter().zip(&before) {
+                if let Some(a) = now
+                    && Some(&a.version) != then.as_ref()
+                {
+                    times.push(Duration::from_nanos(a.at.saturating_sub(t0) as u64));
+                    bytes.push(a.bytes);
+                    deltas += usize::from(a.delta);
+                }
+            }
+            times.sort();
+            bytes.sort();
+            println!(
+                "round {round}: {}/{} proxies ACKed the new version; p50 {}, p99 {}, max {}; {} KiB per proxy (median), {deltas} as deltas; {} NACKs; failures so far: {}",
+                times.len(),
+                knobs.proxies,
+                ms(percentile(&times, 0.5)),
+                ms(percentile(&times, 0.99)),
+                ms(times.last().copied().unwrap_or_default()),
+                bytes.get(bytes.len() / 2).copied().unwrap_or(0) / 1024,
+                fleet.nacks - nacks_before,
+                fleet.failures()
+            );
+            in_sync_after_rounds = server_in_sync(&service, knobs, &fleet, Duration::from_secs(30)).await;
+            println!("  server sync state: {in_sync_after_rounds}");
+            all.extend(times);
+        }
+        all.sort();
+        let operator_memory = Memory::of("self")?;
+        let fleet_memory = Memory::of(&fleet_pid)?;
+        println!("operator after the rounds: {operator_memory}");
+        println!("fleet after the rounds: {fleet_memory}");
+        println!(
+            "RESULT convergence (change to ACK sent) p50 {} p99 {} max {} over {} pushes; operator {operator_memory}; server sync state: {in_sync_after_rounds}",
+            ms(percentile(&all, 0.5)),
+            ms(percentile(&all, 0.99)),
+            ms(all.last().copied().unwrap_or_default()),
+            all.len(),
+        );
+
+        drop(child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await.context("stopping the fleet")?;
+        }
+        let snapshot = mesh
+            .read()
+            .map_err(|_| anyhow::anyhow!("the mesh lock is poisoned"))?
+            .clone();
+        delta_apply_cost(&snapshot, knobs)
+    }
+
+    /// What one proxy pays to take a change as a delta: its full config (compiled by the
+    /// operator's compiler), a copy with the changed VirtualService, the delta between them,
+    /// and the time to parse the delta's JSON, apply it and validate the result (medians).
+    fn delta_apply_cost(mesh: &MeshSnapshot, knobs: &Knobs) -> anyhow::Result<()> {
+        let pod = knobs.pod(0);
+        let old = compile(mesh, &pod, Role::Sidecar, "before")
+            .with_context(|| format!("compiling {pod}"))?
+            .config;
+        let mut changed = mesh.clone();
+        change_virtual_service(&mut changed, knobs.rounds)?;
+        let new = compile(&changed, &pod, Role::Sidecar, "after")
+            .with_context(|| format!("compiling {pod} after the change"))?
+            .config;
+        let t = Instant::now();
+        let delta = ConfigDelta::between(&old, &new)
+            .with_context(|| format!("ConfigDelta::between found no delta for {pod}'s change"))?;
+        let between = t.elapsed();
+        let pushed = Snapshot::from_delta(&delta).context("wrapping the delta")?;
+        let full_json = serde_json::to_vec(&new).context("serializing the new config")?;
+        const RUNS: usize = 21;
+        let (mut parse, mut apply, mut validate, mut full_parse) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let received: ConfigDelta =
+                serde_json::from_slice(&pushed.delta_json).context("parsing the delta's JSON")?;
+            parse.push(t.elapsed());
+            drop(received);
+            // What trellis-push's run_push does with a delta: parse and apply to the config held.
+            let t = Instant::now();
+            let applied = pushed
+                .apply_to(Some(&old))
+                .with_context(|| format!("applying the delta to {pod}'s config"))?;
+            apply.push(t.elapsed());
+            let t = Instant::now();
+            applied
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{pod}'s config after the delta does not validate: {e}"))?;
+            validate.push(t.elapsed());
+            if applied != new {
+                bail!("the delta applied to {pod}'s config does not give the new config");
+            }
+            let t = Instant::now();
+            let whole: trellis_contract::ProxyConfig =
+                serde_json::from_slice(&full_json).context("parsing the whole config")?;
+            full_parse.push(t.elapsed());
+            drop(whole);
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            ms(v[v.len() / 2])
+        };
+        println!(
+            "delta apply (one proxy, {pod}): delta {:.1} KiB of JSON vs {} KiB whole (compact); proxy: parse the delta {}, Snapshot::apply_to (parse + apply) {}, validate {} (medians of {RUNS}); parsing the whole config instead: {}; ConfigDelta::between (operator side, includes its own check): {}",
+            pushed.delta_json.len() as f64 / 1024.0,
+            full_json.len() / 1024,
+            median(&mut parse),
+            median(&mut apply),
+            median(&mut validate),
+            median(&mut full_parse),
+            ms(between)
+        );
+        Ok(())
+    }
+
+    /// Compile time, on a sample: a sidecar's outbound part (shared by a namespace) and each
+    /// proxy's own part. The push's own costs (serializing, versioning) are in the rounds.
+    fn compile_times(snapshot: &MeshSnapshot, knobs: &Knobs) -> anyhow::Result<()> {
+        let sample: Vec<ObjectKey> = (0..20).map(|i| knobs.pod(i % knobs.services)).collect();
+        let t = Instant::now();
+        for pod in &sample[..10] {
+            compile_outbound(snapshot, pod)?;
+        }
+        let per_namespace = t.elapsed() / 10;
+        let t = Instant::now();
+        for pod in &sample {
+            compile_workload(snapshot, pod, Role::Sidecar, "")?;
+        }
+        let per_proxy = t.elapsed() / sample.len() as u32;
+        println!(
+            "compile: outbound part {} per namespace, then {} per proxy for its own part",
+            ms(per_namespace),
+            ms(per_proxy)
+        );
+        Ok(())
+    }
+
+    /// What the fleet has reported so far.
+    #[derive(Debug)]
+    struct Fleet {
+        events: mpsc::UnboundedReceiver<anyhow::Result<Report>>,
+        acked: Vec<Option<Acked>>,
+        subscribed: usize,
+        nacks: usize,
+        failed: BTreeMap<&'static str, usize>,
+        shown: usize,
+    }
+
+    impl Fleet {
+        fn new(knobs: &Knobs, events: mpsc::UnboundedReceiver<anyhow::Result<Report>>) -> Self {
+            Fleet {
+                events,
+                acked: vec![None; knobs.proxies],
+                subscribed: 0,
+                nacks: 0,
+                failed: BTreeMap::new(),
+                shown: 0,
+            }
+        }
+
+        fn synced(&self) -> usize {
+            self.acked.iter().filter(|a| a.is_some()).count()
+        }
+
+        fn failures(&self) -> String {
+            if self.failed.is_empty() {
+                return "none".into();
+            }
+            self.failed
+                .iter()
+                .map(|(stage, n)| format!("{stage} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+
+        /// Take in the next report; false when the deadline passed.
+        async fn next(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+            let report = match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
+                Err(_) => return Ok(false),
+                Ok(None) => bail!("the fleet process exited (its errors are above)"),
+                Ok(Some(r)) => r?,
+            };
+            match report {
+                Report::Subscribed { .. } => self.subscribed += 1,
+                Report::Ack { proxy, ack } => {
+                    let slot = self
+                        .acked
+                        .get_mut(proxy)
+                        .with_context(|| format!("the fleet reported proxy {proxy}, which does not exist"))?;
+                    *slot = Some(ack);
+                }
+                Report::Nack {
+                    proxy, version, reason, ..
+                } => {
+                    self.nacks += 1;
+                    println!("  proxy {proxy} NACKed {version}: {reason}");
+                }
+                Report::Fail { proxy, stage, reason } => {
+                    *self.failed.entry(stage).or_default() += 1;
+                    // The first few in full; the counts are in every summary line.
+                    if self.shown < 10 {
+                        self.shown += 1;
+                        println!("  proxy {proxy}: {stage} failed (retrying): {reason}");
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+
+    /// Wait (up to `limit`) until the server's sync state has every proxy's last sent version
+    /// ACKed and equal to what the fleet reported; describe the outcome.
+    async fn server_in_sync(service: &PushService, knobs: &Knobs, fleet: &Fleet, limit: Duration) -> String {
+        let t = Instant::now();
+        let expected: BTreeMap<String, Option<&str>> = (0..knobs.proxies)
+            .map(|i| {
+                (
+                    knobs.pod(i).to_string(),
+                    fleet.acked[i].as_ref().map(|a| a.version.as_str()),
+                )
+            })
+            .collect();
+        loop {
+            let state = service.sync_state();
+            let in_sync = state
+                .iter()
+                .filter(|s| {
+                    s.acked.is_some()
+                        && s.acked == s.sent
+                        && expected.get(&s.proxy).copied().flatten() == s.acked.as_deref()
+                })
+                .count();
+            if in_sync == knobs.proxies || t.elapsed() >= limit {
+                return format!(
+                    "{in_sync}/{} proxies with acked == sent == the version the fleet ACKed (checked within {})",
+                    knobs.proxies,
+                    ms(t.elapsed())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -74,145 +842,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() {
-    let (proxies, services, pods, rounds) = (
-        env("PROXIES", 1000),
-        env("SERVICES", 1000),
-        env("PODS_PER_SERVICE", 10),
-        env("ROUNDS", 3),
-    );
-    let snapshot = Snapshot::from_yaml(&mesh(services, pods)).expect("the generated mesh parses");
-    let crds = snapshot.virtual_services.len() + snapshot.destination_rules.len();
-    println!(
-        "registry: {} services, {} endpoints, {crds} CRDs; {proxies} proxies",
-        snapshot.registry.services.len(),
-        snapshot.registry.workloads.len()
-    );
-    let rss_registry = rss_mib();
-
-    // Compile time: the shared part once per namespace, each proxy's own part, on a sample.
-    let sample: Vec<ObjectKey> = (0..20)
-        .map(|i| ObjectKey::new(format!("ns-{}", i % 10), format!("svc-{i}-0")))
-        .collect();
-    let t = Instant::now();
-    let shared: Vec<SharedOutbound> = sample[..10]
-        .iter()
-        .map(|pod| SharedOutbound::new(&compile_outbound(&snapshot, pod).unwrap()))
-        .collect();
-    let per_namespace = t.elapsed() / 10;
-    let t = Instant::now();
-    let mut bytes = 0;
-    for (i, pod) in sample.iter().enumerate() {
-        let own = compile_workload(&snapshot, pod, Role::Sidecar, "").unwrap();
-        bytes += render(&own.config, Some(&shared[i % 10]), "").1.len();
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.3} ms")
+    } else {
+        format!("{ms:.1} ms")
     }
-    let per_proxy = t.elapsed() / sample.len() as u32;
-    println!(
-        "compile: shared part {per_namespace:?} per namespace ({} KiB), then {per_proxy:?} per proxy; {} KiB of config per proxy",
-        shared[0].len() / 1024,
-        bytes / sample.len() / 1024
-    );
-    drop(shared);
+}
 
-    let mesh = Arc::new(RwLock::new(snapshot));
-    let (changed, changed_rx) = watch::channel(0u64);
-    let service = PushService::new(mesh.clone(), changed_rx, Options::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = ConfigPushServer::new(service.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
-    // The simulated proxies: each reports (when it received, version) for every snapshot.
-    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<(usize, Instant, String)>();
-    let start = Instant::now();
-    for i in 0..proxies {
-        let report = report_tx.clone();
-        let pod = ObjectKey::new(format!("ns-{}", i % 10), format!("svc-{}-0", i % services));
-        tokio::spawn(async move {
-            // A thousand clients connecting at once overflow the listen backlog: retry.
-            let mut client = loop {
-                match ConfigPushClient::connect(format!("http://{addr}")).await {
-                    Ok(c) => break c.max_decoding_message_size(64 << 20),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50 + (i % 100) as u64)).await,
-                }
-            };
-            let (tx, rx) = mpsc::channel(4);
-            let hello = Hello {
-                namespace: pod.namespace,
-                pod: pod.name,
-                role: "sidecar".into(),
-                proxy_version: "bench".into(),
-                current_version: String::new(),
-            };
-            tx.send(ProxyMessage::hello(hello)).await.unwrap();
-            let Ok(stream) = client.subscribe(ReceiverStream::new(rx)).await else {
-                eprintln!("proxy {i}: subscription refused");
-                return;
-            };
-            let mut stream = stream.into_inner();
-            while let Ok(Some(snap)) = stream.message().await {
-                let at = Instant::now();
-                let _ = tx.send(ProxyMessage::ack(&snap.version)).await;
-                let _ = report.send((i, at, snap.version));
-            }
-        });
-    }
-    let mut initial = 0;
-    while initial < proxies {
-        report_rx.recv().await.unwrap();
-        initial += 1;
-    }
-    println!(
-        "initial sync of {proxies} proxies: {:?}; RSS {:.0} MiB (registry alone {:.0} MiB)",
-        start.elapsed(),
-        rss_mib(),
-        rss_registry
-    );
-
-    let mut all = Vec::new();
-    for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        {
-            let mut m = mesh.write().unwrap();
-            m.virtual_services[0].spec.http.as_mut().unwrap()[1].timeout = Some(format!("{}s", 3 + round));
-        }
-        let t0 = Instant::now();
-        changed.send_replace(round as u64 + 1);
-        let mut times = Vec::with_capacity(proxies);
-        while times.len() < proxies {
-            match tokio::time::timeout(Duration::from_secs(120), report_rx.recv()).await {
-                Ok(Some((_, at, _))) => times.push(at - t0),
-                _ => break,
-            }
-        }
-        times.sort();
-        println!(
-            "round {round}: {} proxies converged; p50 {:?}, p99 {:?}, max {:?}",
-            times.len(),
-            percentile(&times, 0.5),
-            percentile(&times, 0.99),
-            times.last().copied().unwrap_or_default()
-        );
-        all.extend(times);
-    }
-    all.sort();
-    let acked = service
-        .sync_state()
-        .iter()
-        .filter(|p| p.acked.is_some() && p.acked == p.sent)
-        .count();
-    println!(
-        "RESULT convergence p50 {:?} p99 {:?} over {} pushes; compile {per_namespace:?}/namespace + {per_proxy:?}/proxy; RSS {:.0} MiB; {acked}/{proxies} proxies in sync",
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-        all.len(),
-        rss_mib()
-    );
+fn secs(nanos: u128) -> f64 {
+    nanos as f64 / 1e9
 }
