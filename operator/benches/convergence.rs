@@ -601,13 +601,13 @@ mod operator {
             times.sort();
             bytes.sort();
             println!(
-                "round {round}: {}/{} proxies ACKed the new version; p50 {}, p99 {}, max {}; {} KiB per proxy (median), {deltas} as deltas; {} NACKs; failures so far: {}",
+                "round {round}: {}/{} proxies ACKed the new version; p50 {}, p99 {}, max {}; {:.1} KiB per proxy (median), {deltas} as deltas; {} NACKs; failures so far: {}",
                 times.len(),
                 knobs.proxies,
                 ms(percentile(&times, 0.5)),
                 ms(percentile(&times, 0.99)),
                 ms(times.last().copied().unwrap_or_default()),
-                bytes.get(bytes.len() / 2).copied().unwrap_or(0) / 1024,
+                bytes.get(bytes.len() / 2).copied().unwrap_or(0) as f64 / 1024.0,
                 fleet.nacks - nacks_before,
                 fleet.failures()
             );
