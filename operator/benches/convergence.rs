@@ -378,6 +378,7 @@ mod fleet {
                 proxy_version: "convergence-bench".into(),
                 current_version: held.clone().unwrap_or_default(),
                 accepts_delta: true,
+                accepts_chunks: true,
             };
             if tx.try_send(ProxyMessage::hello(hello)).is_err() {
                 // A fresh channel with room for 4: cannot happen; retry like any failure.
@@ -393,8 +394,9 @@ mod fleet {
             };
             drop(permit);
             let _ = reports.send(Report::Subscribed { proxy: i });
+            let mut chunks = trellis_push::Reassembly::default();
             loop {
-                let snapshot = match stream.message().await {
+                let message = match stream.message().await {
                     Ok(Some(s)) => s,
                     Ok(None) => {
                         fail("stream", "the operator ended the subscription".into());
@@ -406,6 +408,15 @@ mod fleet {
                     }
                 };
                 attempt = 0;
+                // Whole configs come in chunks, as to real proxies.
+                let snapshot = match chunks.push(message) {
+                    Ok(Some(whole)) => whole,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        fail("stream", e.to_string());
+                        break;
+                    }
+                };
                 let bytes = snapshot.config_json.len() + snapshot.delta_json.len();
                 let decoded = decode(&snapshot, held.as_deref());
                 let answer = match &decoded {

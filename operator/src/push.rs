@@ -15,7 +15,10 @@
 //!   what it then holds; a delta is only sent to a proxy that said it accepts them, and only
 //!   against the version it ACKed last; after a NACK the next version is sent whole.
 //! - At most [`Options::full_in_flight`] whole configurations are in flight at once (each is
-//!   megabytes at scale), which bounds the operator's memory when a fleet (re)connects.
+//!   megabytes at scale), which bounds the operator's memory when a fleet (re)connects; to
+//!   proxies that accept chunks they go in messages of at most [`Options::chunk_bytes`]
+//!   ([`CHUNK_BYTES`] by default), so no subscription's gRPC buffers grow to
+//!   megabytes and stay so (tonic keeps a stream's buffer at its largest message).
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
 //!   the error and does not resend the same version until the config changes.
 
@@ -30,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use trellis_contract::ProxyConfig;
 use trellis_push::v1::config_push_server::ConfigPush;
-use trellis_push::{ProxyMessage, Snapshot, proxy_message};
+use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
 pub mod render;
 pub use render::{OwnPart, Rendered, SharedDiffs, SharedOutbound};
@@ -104,6 +107,8 @@ pub struct Options {
     pub hello_timeout: Duration,
     /// Whole configurations in flight (sent, not yet answered) at once, across proxies.
     pub full_in_flight: usize,
+    /// Payload bytes per message to proxies that accept chunks.
+    pub chunk_bytes: usize,
 }
 
 impl Default for Options {
@@ -116,6 +121,7 @@ impl Default for Options {
             // why: a whole config is megabytes at 1000 services; 8 bound the memory of a fleet
             // reconnecting at once (~60 MiB) while keeping its initial sync to seconds.
             full_in_flight: 8,
+            chunk_bytes: CHUNK_BYTES,
         }
     }
 }
@@ -454,6 +460,7 @@ impl ConfigPush for PushService {
         let sender_proxy = proxy.clone();
         let sender_owed = owed.clone();
         let accepts_delta = hello.accepts_delta;
+        let accepts_chunks = hello.accepts_chunks;
         let announced = hello.current_version.clone();
         tokio::spawn(async move {
             let metrics = this.metrics.clone();
@@ -503,6 +510,7 @@ impl ConfigPush for PushService {
                                     renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
                                     base_version,
                                     delta_json,
+                                    more: false,
                                 };
                                 (snapshot, None)
                             }
@@ -518,6 +526,7 @@ impl ConfigPush for PushService {
                                     renew_unless_issued_by: bundle.renew_unless_issued_by.clone(),
                                     base_version: String::new(),
                                     delta_json: Vec::new(),
+                                    more: false,
                                 };
                                 (snapshot, permit)
                             }
@@ -530,8 +539,15 @@ impl ConfigPush for PushService {
                         // Only answers that arrive from now on count (the same version may
                         // have been answered before, when the config went back and forth).
                         answers.borrow_and_update();
-                        if tx.send(Ok(snapshot)).await.is_err() {
-                            break;
+                        let messages = if accepts_chunks {
+                            snapshot.into_chunks(this.options.chunk_bytes)
+                        } else {
+                            vec![snapshot]
+                        };
+                        for message in messages {
+                            if tx.send(Ok(message)).await.is_err() {
+                                break 'subscription;
+                            }
                         }
                         sent = true;
                         metrics.pushes.inc();

@@ -115,6 +115,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
             proxy_version: "test".into(),
             current_version: String::new(),
             accepts_delta: false,
+            accepts_chunks: false,
         })
     };
     let mut anonymous = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, None).await);

@@ -29,12 +29,16 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let mesh = Arc::new(RwLock::new(MeshSnapshot::from_yaml(&shop()).unwrap()));
-    let (changed, rx) = watch::channel(0);
-    let options = Options {
+    server_with(Options {
         debounce: Duration::from_millis(20),
         ..Options::default()
-    };
+    })
+    .await
+}
+
+async fn server_with(options: Options) -> Server {
+    let mesh = Arc::new(RwLock::new(MeshSnapshot::from_yaml(&shop()).unwrap()));
+    let (changed, rx) = watch::channel(0);
     let service = PushService::new(mesh.clone(), rx, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -57,6 +61,10 @@ async fn server() -> Server {
 struct Proxy {
     to_server: mpsc::Sender<ProxyMessage>,
     from_server: Streaming<Snapshot>,
+    chunks: trellis_push::Reassembly,
+    /// Messages received, and the largest payload of one.
+    messages: usize,
+    largest: usize,
 }
 
 async fn subscribe(addr: SocketAddr, ns: &str, pod: &str, role: &str, current: &str) -> Proxy {
@@ -74,18 +82,33 @@ async fn subscribe_with(addr: SocketAddr, ns: &str, pod: &str, role: &str, curre
             proxy_version: "test".into(),
             current_version: current.into(),
             accepts_delta: deltas,
+            accepts_chunks: deltas,
         }))
         .await
         .unwrap();
     let from_server = client.subscribe(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    Proxy { to_server, from_server }
+    Proxy {
+        to_server,
+        from_server,
+        chunks: Default::default(),
+        messages: 0,
+        largest: 0,
+    }
 }
 
 impl Proxy {
+    /// The next snapshot (put together from its chunks).
     async fn next(&mut self) -> Option<Snapshot> {
-        match tokio::time::timeout(Duration::from_secs(5), self.from_server.message()).await {
-            Ok(r) => r.unwrap(),
-            Err(_) => None,
+        loop {
+            let message = match tokio::time::timeout(Duration::from_secs(5), self.from_server.message()).await {
+                Ok(r) => r.unwrap()?,
+                Err(_) => return None,
+            };
+            self.messages += 1;
+            self.largest = self.largest.max(message.config_json.len() + message.delta_json.len());
+            if let Some(whole) = self.chunks.push(message).unwrap() {
+                return Some(whole);
+            }
         }
     }
 
@@ -254,11 +277,19 @@ async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
     use trellis_contract::ConfigDelta;
     use trellis_operator::compile::{Role, compile};
 
-    let s = server().await;
+    let s = server_with(Options {
+        debounce: Duration::from_millis(20),
+        chunk_bytes: 1024,
+        ..Options::default()
+    })
+    .await;
     let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
     let mut web = subscribe_with(s.addr, "shop", "web-5d8f-abcde", "sidecar", "", true).await;
     let first = web.next().await.expect("a first, whole snapshot");
     assert!(first.base_version.is_empty() && first.delta_json.is_empty());
+    // It came in chunks of at most 1 KiB.
+    assert_eq!(web.messages, first.config_json.len().div_ceil(1024));
+    assert!(web.messages > 3 && web.largest == 1024);
     let held = first.config().unwrap();
 
     // Not answered yet: one version in flight, so a change waits for the answer.

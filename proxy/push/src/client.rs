@@ -25,7 +25,7 @@ use trellis_contract::{PemSource, ProxyConfig};
 
 use crate::v1::certificates_client::CertificatesClient;
 use crate::v1::config_push_client::ConfigPushClient;
-use crate::{Hello, MAX_SNAPSHOT_BYTES, ProxyMessage, SignRequest, Snapshot, renewal_time};
+use crate::{Hello, MAX_SNAPSHOT_BYTES, ProxyMessage, Reassembly, SignRequest, Snapshot, renewal_time};
 
 /// File names in the identity directory.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
@@ -319,14 +319,24 @@ async fn subscribe_once(
         role: cfg.role.clone(),
         proxy_version: cfg.proxy_version.clone(),
         accepts_delta: accepts_delta(current_version.as_deref(), held.as_ref()),
+        accepts_chunks: true,
         current_version: current_version.unwrap_or_default(),
     });
     // The channel has room: the send cannot fail while `rx` is alive.
     let _ = tx.send(hello).await;
     let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
-    while let Some(snapshot) = stream.message().await? {
+    let mut chunks = Reassembly::default();
+    while let Some(message) = stream.message().await? {
         backoff.reset();
-        let reply = apply_snapshot(cfg, sink, held, &snapshot).await;
+        let version = message.version.clone();
+        let reply = match chunks.push(message) {
+            Ok(None) => continue,
+            Ok(Some(snapshot)) => apply_snapshot(cfg, sink, held, &snapshot).await,
+            Err(e) => {
+                tracing::warn!(%version, error = %e, "rejected a chunked config; keeping the last good one");
+                ProxyMessage::nack(version, e.to_string())
+            }
+        };
         if tx.send(reply).await.is_err() {
             break;
         }

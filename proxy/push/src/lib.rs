@@ -16,10 +16,12 @@ pub mod v1 {
     tonic::include_proto!("trellis.push.v1");
 }
 
+pub mod chunks;
 pub mod client;
 
 use std::time::{Duration, SystemTime};
 
+pub use chunks::{CHUNK_BYTES, ChunkError, Reassembly};
 use trellis_contract::{ConfigDelta, DeltaError, ProxyConfig};
 pub use v1::{Ack, Hello, Nack, ProxyMessage, SignRequest, SignResponse, Snapshot, proxy_message};
 
@@ -111,6 +113,7 @@ impl Snapshot {
             renew_unless_issued_by: String::new(),
             base_version: String::new(),
             delta_json: Vec::new(),
+            more: false,
         }
     }
 
@@ -125,6 +128,7 @@ impl Snapshot {
             renew_unless_issued_by: String::new(),
             base_version: delta.base_version.clone(),
             delta_json: serde_json::to_vec(delta)?,
+            more: false,
         })
     }
 
@@ -255,6 +259,7 @@ mod tests {
             renew_unless_issued_by: String::new(),
             base_version: String::new(),
             delta_json: Vec::new(),
+            more: false,
         };
         assert!(garbage.config().unwrap_err().to_string().contains("snapshot \"v9\""));
     }
@@ -326,6 +331,7 @@ mod tests {
         }
         let garbage = Snapshot {
             delta_json: br#"{"version": "v2"}"#.to_vec(),
+            more: false,
             ..snap
         };
         let err = garbage.apply_to(Some(&held)).unwrap_err();

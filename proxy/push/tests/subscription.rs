@@ -44,6 +44,16 @@ impl Session {
         reply.kind.expect("the answer says something")
     }
 
+    /// Send a snapshot in chunks and return the proxy's one answer.
+    async fn push_chunked(&mut self, snapshot: Snapshot, size: usize) -> proxy_message::Kind {
+        let mut chunks = snapshot.into_chunks(size);
+        let last = chunks.pop().expect("at least one chunk");
+        for c in chunks {
+            self.to_proxy.send(Ok(c)).await.expect("the subscription is open");
+        }
+        self.push(last).await
+    }
+
     async fn acked(&mut self, snapshot: Snapshot) {
         let version = snapshot.version.clone();
         match self.push(snapshot).await {
@@ -290,6 +300,7 @@ async fn a_nacked_delta_leaves_the_sink_and_the_base_as_they_were() {
     let error = s
         .nacked(Snapshot {
             delta_json: b"{\"version\": \"v4\"}".to_vec(),
+            more: false,
             ..delta(&v1, &config("v4", &[]))
         })
         .await;
@@ -351,4 +362,43 @@ async fn whole_configs_beyond_four_mib_are_accepted() {
     );
     s.acked(snapshot).await;
     assert_eq!(h.applied(), [big]);
+}
+
+#[tokio::test]
+async fn chunked_configs_and_deltas_are_put_together_and_a_mix_is_refused() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    assert!(s.hello.accepts_chunks, "{:?}", s.hello);
+    let v1 = config("v1", &[("a", 1), ("b", 2), ("c", 3)]);
+    let v2 = config("v2", &[("a", 1), ("b", 22), ("d", 4)]);
+    // Nothing is answered before the last chunk; then one ACK for the whole.
+    let whole = Snapshot::from_config(&v1);
+    assert!(whole.config_json.len() > 3 * 64);
+    match s.push_chunked(whole, 64).await {
+        proxy_message::Kind::Ack(a) => assert_eq!(a.version, "v1"),
+        other => panic!("expected one ACK of v1, got {other:?}"),
+    }
+    match s.push_chunked(delta(&v1, &v2), 32).await {
+        proxy_message::Kind::Ack(a) => assert_eq!(a.version, "v2"),
+        other => panic!("expected one ACK of v2, got {other:?}"),
+    }
+    assert_eq!(h.applied(), [v1, v2.clone()]);
+
+    // A chunk of another snapshot in the middle of one: NACKed, nothing applied.
+    let v3 = config("v3", &[("x", 9)]);
+    let mut first = delta(&v2, &v3).into_chunks(16);
+    let other = Snapshot::from_config(&config("v4", &[])).into_chunks(16);
+    s.to_proxy.send(Ok(first.remove(0))).await.unwrap();
+    let error = match s.push(other[0].clone()).await {
+        proxy_message::Kind::Nack(n) => n.error,
+        other => panic!("expected a NACK, got {other:?}"),
+    };
+    assert!(
+        error.contains("arrived while snapshot \"v3\" was incomplete"),
+        "{error}"
+    );
+    assert_eq!(h.applied(), [config("v1", &[("a", 1), ("b", 2), ("c", 3)]), v2.clone()]);
+    // The base is still v2.
+    let v5 = config("v5", &[("a", 5)]);
+    s.acked(delta(&v2, &v5)).await;
 }
