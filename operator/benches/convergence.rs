@@ -408,23 +408,23 @@ mod fleet {
                     }
                 };
                 attempt = 0;
-                // Whole configs come in chunks, as to real proxies.
-                let snapshot = match chunks.push(message) {
-                    Ok(Some(whole)) => whole,
+                // Payloads come in chunks, as to real proxies; chunks that do not fit together are
+                // NACKed as trellis-push's client does.
+                let version = message.version.clone();
+                let (bytes, decoded) = match chunks.push(message) {
                     Ok(None) => continue,
-                    Err(e) => {
-                        fail("stream", e.to_string());
-                        break;
-                    }
+                    Ok(Some(whole)) => (
+                        whole.config_json.len() + whole.delta_json.len(),
+                        decode(&whole, held.as_deref()),
+                    ),
+                    Err(e) => (0, Err(e.to_string())),
                 };
-                let bytes = snapshot.config_json.len() + snapshot.delta_json.len();
-                let decoded = decode(&snapshot, held.as_deref());
                 let answer = match &decoded {
                     Ok(d) => {
                         held = Some(d.version.clone());
                         ProxyMessage::ack(d.version.clone())
                     }
-                    Err(reason) => ProxyMessage::nack(snapshot.version.clone(), reason.clone()),
+                    Err(reason) => ProxyMessage::nack(version.clone(), reason.clone()),
                 };
                 if tx.send(answer).await.is_err() {
                     fail("stream", "the subscription closed before the answer was sent".into());
@@ -443,7 +443,7 @@ mod fleet {
                     },
                     Err(reason) => Report::Nack {
                         proxy: i,
-                        version: snapshot.version,
+                        version,
                         at,
                         reason,
                     },
