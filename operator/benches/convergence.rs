@@ -7,7 +7,11 @@
 //! Two processes, so the memory printed is the operator's alone: this binary is the operator
 //! side (registry, `PushService`, tonic server on 127.0.0.1) and re-executes itself with
 //! `CONVERGENCE_FLEET=<addr>` as the fleet, which runs the simulated proxies and reports every
-//! ACK on its stdout (see [`Report`]).
+//! ACK on its stdout (see [`Report`]). As in production, subscriptions are mutual TLS: the
+//! operator side creates a mesh root (the operator's own CA code) and serves with a
+//! certificate from it, requiring each subscription to present its pod's workload identity;
+//! the fleet gets the root (`CONVERGENCE_CA_DIR`) and signs each proxy's CSR for its pod's
+//! ServiceAccount, as `Certificates.Sign` would after its TokenReview.
 //!
 //! Run: `cargo bench -p trellis-operator --bench convergence` (release build). Options via
 //! env: `PROXIES` (default 1000), `SERVICES` (1000), `PODS_PER_SERVICE` (10), `ROUNDS` (3),
@@ -35,6 +39,70 @@ use trellis_push::{Hello, ProxyMessage, Snapshot};
 
 /// Set in the fleet child: the operator's push address.
 const FLEET_ENV: &str = "CONVERGENCE_FLEET";
+/// Set in the fleet child: where the mesh root's certificate and key are.
+const CA_ENV: &str = "CONVERGENCE_CA_DIR";
+/// The name in the operator's serving certificate.
+const SERVER_NAME: &str = "trellis-operator.trellis-system.svc";
+const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The mesh CA of the run.
+mod mesh_ca {
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    use anyhow::Context;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    use tonic::transport::Identity;
+    use trellis_operator::ca::{Authorized, CertificateAuthority, SigningCert, SystemClock};
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// A new root, written to `dir` for the fleet.
+    pub(super) fn create(dir: &Path) -> anyhow::Result<CertificateAuthority> {
+        let root = SigningCert::self_signed_root(super::TRUST_DOMAIN, YEAR, SystemTime::now())?;
+        std::fs::write(dir.join("root.pem"), root.cert_pem())?;
+        std::fs::write(dir.join("root-key.pem"), root.key_pem())?;
+        Ok(CertificateAuthority::new(
+            root,
+            Duration::from_secs(24 * 3600),
+            Box::new(SystemClock),
+        ))
+    }
+
+    /// The root written by [`create`].
+    pub(super) fn load(dir: &Path) -> anyhow::Result<CertificateAuthority> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {f}"));
+        let root = SigningCert::from_pem(&read("root.pem")?, &read("root-key.pem")?, &[])?;
+        Ok(CertificateAuthority::new(
+            root,
+            Duration::from_secs(24 * 3600),
+            Box::new(SystemClock),
+        ))
+    }
+
+    /// The operator's serving identity.
+    pub(super) fn serving(ca: &CertificateAuthority) -> anyhow::Result<Identity> {
+        let id = format!("spiffe://{}/ns/trellis-system/sa/trellis-operator", super::TRUST_DOMAIN);
+        let (leaf, key) = ca.issue_serving(&id, &[super::SERVER_NAME.to_string()], YEAR)?;
+        Ok(Identity::from_pem(leaf.cert_chain_pem, key))
+    }
+
+    /// A workload identity for a pod of `namespace` running as `service_account`: the key is
+    /// made here and a CSR signed, as a proxy obtains its certificate.
+    pub(super) fn workload(
+        ca: &CertificateAuthority,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<Identity> {
+        let who = Authorized::service_account(super::TRUST_DOMAIN, namespace, service_account);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(who.spiffe_id.as_str().try_into()?)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        let leaf = ca.sign(&csr, &who)?;
+        Ok(Identity::from_pem(leaf.cert_chain_pem, key.serialize_pem()))
+    }
+}
 
 /// why: a 1000-service config is 3.6 MiB of JSON, close to tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -301,10 +369,30 @@ mod fleet {
     use super::*;
 
     pub(super) async fn run(addr: &str, knobs: &Knobs) -> anyhow::Result<()> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
             .with_context(|| format!("{FLEET_ENV}={addr:?} is not a host:port"))?
             // The proxy's own connect timeout (trellis-push client).
             .connect_timeout(Duration::from_secs(5));
+        let ca_dir = std::env::var(CA_ENV).with_context(|| format!("{CA_ENV} is not set"))?;
+        let ca = mesh_ca::load(std::path::Path::new(&ca_dir))?;
+        let root = tonic::transport::Certificate::from_pem(ca.signer().cert_pem());
+        let signing = std::time::Instant::now();
+        let mut endpoints = Vec::with_capacity(knobs.proxies);
+        for i in 0..knobs.proxies {
+            let pod = knobs.pod(i);
+            // The generated pods `svc-<s>-<p>` run as ServiceAccount `svc-<s>`.
+            let sa = pod.name.rsplit_once('-').map_or(pod.name.as_str(), |(sa, _)| sa);
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(root.clone())
+                .domain_name(SERVER_NAME)
+                .identity(mesh_ca::workload(&ca, &pod.namespace, sa)?);
+            endpoints.push(endpoint.clone().tls_config(tls).context("the proxy's TLS")?);
+        }
+        eprintln!(
+            "fleet: {} workload certificates signed in {:?}",
+            knobs.proxies,
+            signing.elapsed()
+        );
         let (reports, mut queued) = mpsc::unbounded_channel::<Report>();
         let writer = tokio::spawn(async move {
             let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
@@ -319,8 +407,8 @@ mod fleet {
         // why: a thousand handshakes at once overflow the listen backlog and starve the
         // server's accept loop; a bounded number in flight is what a rolling fleet start is.
         let gate = Arc::new(Semaphore::new(knobs.connects_in_flight));
-        for i in 0..knobs.proxies {
-            tokio::spawn(proxy(i, knobs.pod(i), endpoint.clone(), gate.clone(), reports.clone()));
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            tokio::spawn(proxy(i, knobs.pod(i), endpoint, gate.clone(), reports.clone()));
         }
         drop(reports);
         // Run until the operator side closes our stdin.
@@ -511,7 +599,13 @@ mod operator {
 
         let mesh = Arc::new(RwLock::new(snapshot));
         let (changed, changed_rx) = watch::channel(0u64);
-        let service = PushService::new(mesh.clone(), changed_rx, Options::default());
+        let service =
+            PushService::new(mesh.clone(), changed_rx, Options::default()).require_workload_identity(TRUST_DOMAIN);
+        let ca_dir = tempfile::tempdir().context("a directory for the mesh root")?;
+        let ca = mesh_ca::create(ca_dir.path())?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(mesh_ca::serving(&ca)?)
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca.signer().cert_pem()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the push server on loopback")?;
@@ -521,6 +615,8 @@ mod operator {
             .max_encoding_message_size(MAX_MESSAGE);
         tokio::spawn(
             tonic::transport::Server::builder()
+                .tls_config(tls)
+                .context("the push server's TLS")?
                 .add_service(server)
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
@@ -529,6 +625,7 @@ mod operator {
         let started = unix_nanos();
         let mut child = tokio::process::Command::new(&exe)
             .env(FLEET_ENV, addr.to_string())
+            .env(CA_ENV, ca_dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
