@@ -134,36 +134,38 @@ struct Built {
     bundle: Bundle,
     snapshot: Arc<MeshSnapshot>,
     label_keys: BTreeSet<String>,
-    /// The build of the change before, and what changed since. Only one step is kept: the
-    /// next build clears it.
-    previous: Mutex<Option<(Arc<Built>, Arc<Changes>)>>,
+    /// What the build of the change before compiled, and what changed since.
+    previous: Option<Previous>,
     outbounds: Mutex<HashMap<OutboundKey, SharedCell>>,
     owns: Mutex<HashMap<(ObjectKey, bool), OwnCell>>,
     diffs: SharedDiffs,
+}
+
+/// The parts the build of the previous change compiled (not its snapshot, which is dropped),
+/// and what changed since.
+struct Previous {
+    outbounds: HashMap<OutboundKey, SharedCell>,
+    owns: HashMap<(ObjectKey, bool), OwnCell>,
+    changes: Changes,
 }
 
 type SharedCell = Arc<OnceLock<Result<Arc<SharedOutbound>, CompileError>>>;
 type OwnCell = Arc<OnceLock<Result<Arc<OwnPart>, CompileError>>>;
 
 impl Built {
-    fn previous(&self) -> Option<(Arc<Built>, Arc<Changes>)> {
-        lock(&self.previous).clone()
-    }
-
     /// The shared part for `pod`'s key, compiled once per key: from the previous change's
     /// when there is one (recompiling only what changed), from scratch otherwise.
     fn outbound(&self, pod: &ObjectKey) -> Result<Arc<SharedOutbound>, CompileError> {
         let key = outbound_key(&self.snapshot, pod, &self.label_keys)?;
         let cell = lock(&self.outbounds).entry(key.clone()).or_default().clone();
         cell.get_or_init(|| {
-            let before = self.previous().and_then(|(prev, changes)| {
-                let cell = lock(&prev.outbounds).get(&key).cloned()?;
-                let old = cell.get()?.as_ref().ok()?.clone();
-                Some((old, changes))
+            let before = self.previous.as_ref().and_then(|prev| {
+                let old = prev.outbounds.get(&key)?.get()?.as_ref().ok()?.clone();
+                Some((old, &prev.changes))
             });
             match before {
-                Some((old, changes)) if !touches_outbound(&changes) => Ok(old),
-                Some((old, changes)) => old.update(&self.snapshot, pod, &changes).map(Arc::new),
+                Some((old, changes)) if !touches_outbound(changes) => Ok(old),
+                Some((old, changes)) => old.update(&self.snapshot, pod, changes).map(Arc::new),
                 None => SharedOutbound::compile(&self.snapshot, pod).map(Arc::new),
             }
         })
@@ -175,13 +177,12 @@ impl Built {
         let key = (pod.clone(), role == Role::Gateway);
         let cell = lock(&self.owns).entry(key.clone()).or_default().clone();
         cell.get_or_init(|| {
-            let reused = self.previous().and_then(|(prev, changes)| {
+            let reused = self.previous.as_ref().and_then(|prev| {
                 // A gateway's own part reads nearly everything: always recompiled.
-                if role == Role::Gateway || changes.own_changed(pod) {
+                if role == Role::Gateway || prev.changes.own_changed(pod) {
                     return None;
                 }
-                let cell = lock(&prev.owns).get(&key).cloned()?;
-                cell.get()?.as_ref().ok().cloned()
+                prev.owns.get(&key)?.get()?.as_ref().ok().cloned()
             });
             match reused {
                 Some(own) => Ok(own),
@@ -336,18 +337,17 @@ impl PushService {
                 let mut snap = self.source.snapshot();
                 snap.trust_bundle = bundle.roots_pem.clone();
                 let prev = current.take();
-                let previous = prev.map(|p| {
-                    // Keep one step: the build before `p` is no longer needed.
-                    lock(&p.previous).take();
-                    let changes = crate::compile::changes(&p.snapshot, &snap);
-                    (p, Arc::new(changes))
+                let previous = prev.map(|p| Previous {
+                    outbounds: lock(&p.outbounds).clone(),
+                    owns: lock(&p.owns).clone(),
+                    changes: crate::compile::changes(&p.snapshot, &snap),
                 });
                 let built = Arc::new(Built {
                     generation,
                     label_keys: source_label_keys(&snap),
                     snapshot: Arc::new(snap),
                     bundle,
-                    previous: Mutex::new(previous),
+                    previous,
                     outbounds: Mutex::default(),
                     owns: Mutex::default(),
                     diffs: SharedDiffs::default(),

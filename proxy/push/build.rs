@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small per-stream buffers (see src/codec.rs).
+        .codec_path("crate::codec::PushCodec")
         .compile_fds(fds)?;
     Ok(())
 }

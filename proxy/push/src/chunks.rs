@@ -12,8 +12,9 @@
 
 use crate::{MAX_SNAPSHOT_BYTES, Snapshot};
 
-/// Payload bytes per message.
-pub const CHUNK_BYTES: usize = 16 * 1024;
+/// Payload bytes per message: with the envelope (versions, gRPC header) a message fits the
+/// push codec's 8 KiB buffer ([`crate::codec::BUFFER_BYTES`]), so no stream's buffer grows.
+pub const CHUNK_BYTES: usize = crate::codec::BUFFER_BYTES - 512;
 
 /// Why chunks could not be put together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,7 @@ pub mod v1 {
 
 pub mod chunks;
 pub mod client;
+pub mod codec;
 
 use std::time::{Duration, SystemTime};
 
