@@ -236,10 +236,11 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
-    // Ready once the index has seen the cluster.
+    // Ready once the index has listed every kind (the push serves nothing before).
     let mut rx = changed;
+    let synced_index = index.clone();
     tasks.push(tokio::spawn(async move {
-        while *rx.borrow() == 0 {
+        while !synced_index.read().is_ok_and(|i| i.synced()) {
             if rx.changed().await.is_err() {
                 return;
             }

@@ -35,6 +35,8 @@ pub struct Index {
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     mesh: Option<MeshSpec>,
+    /// Kinds whose first list completed.
+    listed: BTreeSet<IndexedKind>,
     /// Bumped on every change.
     generation: u64,
 }
@@ -56,7 +58,7 @@ pub enum Change {
 }
 
 /// The kinds the index holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IndexedKind {
     /// Namespace.
     Namespace,
@@ -78,6 +80,22 @@ pub enum IndexedKind {
     AuthorizationPolicy,
     /// Mesh.
     Mesh,
+}
+
+impl IndexedKind {
+    /// Every kind, in the order the index lists them.
+    pub const ALL: [IndexedKind; 10] = [
+        IndexedKind::Namespace,
+        IndexedKind::Service,
+        IndexedKind::Pod,
+        IndexedKind::Secret,
+        IndexedKind::VirtualService,
+        IndexedKind::DestinationRule,
+        IndexedKind::Gateway,
+        IndexedKind::PeerAuthentication,
+        IndexedKind::AuthorizationPolicy,
+        IndexedKind::Mesh,
+    ];
 }
 
 /// A watched object.
@@ -150,6 +168,21 @@ impl Index {
         self.generation
     }
 
+    /// Whether the first list of every kind completed: until then the index is a partial view
+    /// of the cluster, and configurations compiled from it would drop routes, policies or
+    /// endpoints that merely have not arrived yet.
+    pub fn synced(&self) -> bool {
+        self.unlisted().is_empty()
+    }
+
+    /// The kinds whose first list has not completed yet.
+    pub fn unlisted(&self) -> Vec<IndexedKind> {
+        IndexedKind::ALL
+            .into_iter()
+            .filter(|k| !self.listed.contains(k))
+            .collect()
+    }
+
     /// The namespaces known to the index.
     pub fn namespaces(&self) -> impl Iterator<Item = &String> {
         self.namespaces.keys()
@@ -167,6 +200,7 @@ impl Index {
             Change::Applied(o) => self.upsert(o),
             Change::Deleted(o) => self.remove(o.kind(), &o.key()),
             Change::Relisted { kind, seen } => {
+                self.listed.insert(kind);
                 for key in self.keys(kind) {
                     if !seen.contains(&key) {
                         self.remove(kind, &key);
@@ -229,7 +263,8 @@ impl Index {
         }
     }
 
-    fn keys(&self, kind: IndexedKind) -> Vec<ObjectKey> {
+    /// The keys of the objects of one kind (what a watcher's re-list is compared with).
+    pub fn keys(&self, kind: IndexedKind) -> Vec<ObjectKey> {
         fn ks<V>(m: &BTreeMap<ObjectKey, V>) -> Vec<ObjectKey> {
             m.keys().cloned().collect()
         }
@@ -494,5 +529,24 @@ mod tests {
             .collect();
         assert_eq!(names, ["c"]);
         assert_eq!(idx.generation(), 5);
+    }
+
+    #[test]
+    fn synced_once_every_kind_was_listed() {
+        let mut idx = Index::default();
+        idx.apply(Change::Applied(Object::Service(Box::new(svc("a")))));
+        assert!(!idx.synced());
+        for kind in IndexedKind::ALL {
+            assert!(!idx.synced(), "{kind:?} and later not listed yet");
+            let seen = idx.keys(kind).into_iter().collect();
+            idx.apply(Change::Relisted { kind, seen });
+        }
+        assert!(idx.synced() && idx.unlisted().is_empty());
+        // A later re-list (a watch restarted) keeps it synced.
+        idx.apply(Change::Relisted {
+            kind: IndexedKind::Service,
+            seen: BTreeSet::new(),
+        });
+        assert!(idx.synced());
     }
 }

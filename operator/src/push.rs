@@ -48,11 +48,26 @@ use crate::snapshot::Snapshot as MeshSnapshot;
 pub trait Source: Send + Sync + 'static {
     /// The current snapshot.
     fn snapshot(&self) -> MeshSnapshot;
+
+    /// Whether the snapshot is the whole mesh yet; until then nothing is compiled or pushed
+    /// (a proxy keeps what it has rather than get a config missing what has not arrived).
+    fn synced(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Source for std::sync::RwLock<crate::index::Index> {
     fn snapshot(&self) -> MeshSnapshot {
         self.read().expect("index lock").snapshot()
+    }
+
+    fn synced(&self) -> Result<(), String> {
+        let unlisted = self.read().expect("index lock").unlisted();
+        if unlisted.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("waiting for the first list of {unlisted:?}"))
+        }
     }
 }
 
@@ -433,6 +448,11 @@ impl ConfigPush for PushService {
             }
         };
         let pod = ObjectKey::new(hello.namespace.clone(), hello.pod.clone());
+        if let Err(why) = self.source.synced() {
+            return Err(Status::unavailable(format!(
+                "the operator is still loading the cluster's state ({why}); retry shortly, keeping the current config"
+            )));
+        }
         self.authenticate(peer.as_deref().map(Vec::as_slice), &pod)?;
         let proxy = pod.to_string();
         self.update(&proxy, |s| {

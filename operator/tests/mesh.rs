@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde_json::Value;
-use support::until;
+use support::{until, until_async};
 use tokio::sync::watch;
 use trellis_api::networking::VirtualService;
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
@@ -35,7 +35,7 @@ use trellis_contract::ProxyConfig;
 use trellis_operator::app::{self, App, Core};
 use trellis_operator::ca::service::{TokenIdentity, TokenReviewer};
 use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, MeshRoots, SigningCert, SystemClock};
-use trellis_operator::index::{Change, Index, Object};
+use trellis_operator::index::{Change, Index, IndexedKind, Object};
 use trellis_push::client::{self, ClientConfig, ConfigSink};
 
 const TTL_SECONDS: u64 = 3;
@@ -113,6 +113,19 @@ impl Registry {
         let generation = {
             let mut idx = self.index.write().unwrap();
             idx.apply(Change::Applied(object(yaml)));
+            idx.generation()
+        };
+        self.changed.send_replace(generation);
+    }
+
+    /// Every kind's first list completed, as the watchers report it.
+    fn listed(&self) {
+        let generation = {
+            let mut idx = self.index.write().unwrap();
+            for kind in IndexedKind::ALL {
+                let seen = idx.keys(kind).into_iter().collect();
+                idx.apply(Change::Relisted { kind, seen });
+            }
             idx.generation()
         };
         self.changed.send_replace(generation);
@@ -350,6 +363,20 @@ async fn two_proxies_and_two_apps_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let a = Proxy::start("a", "127.0.0.2", port_a, push_port, dir.path(), &root_pem).await;
     let b = Proxy::start("b", "127.0.0.3", port_b, push_port, dir.path(), &root_pem).await;
+    // Until the registry has listed every kind, the operator is not ready and pushes nothing:
+    // a config compiled from a partial view would drop what has not arrived yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(support::http_get(op.admin_addr, "/ready").await.0, 503);
+    assert_eq!(
+        metric(&op, "trellis_operator_pushes_total").await,
+        0.0,
+        "nothing pushed yet"
+    );
+    registry.listed();
+    until_async("ready once listed", 5, || async {
+        support::http_get(op.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
     let has_tag = |p: &Proxy, tag: &str| {
         p.app.runtime().is_ready()
             && serde_json::to_string(&*p.config())
