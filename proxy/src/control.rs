@@ -18,7 +18,9 @@ use crate::App;
 pub struct AppSink {
     app: Arc<App>,
     identity_dir: PathBuf,
-    current: Mutex<Option<ProxyConfig>>,
+    /// The version of the last pushed configuration applied (the configuration itself lives
+    /// in the runtime: at a thousand services it is megabytes, so it is not kept twice).
+    applied: Mutex<Option<String>>,
 }
 
 impl AppSink {
@@ -27,7 +29,7 @@ impl AppSink {
         AppSink {
             app,
             identity_dir: identity_dir.to_path_buf(),
-            current: Mutex::new(None),
+            applied: Mutex::new(None),
         }
     }
 
@@ -48,10 +50,11 @@ impl AppSink {
 
     /// Re-apply the current configuration (after a certificate rotation).
     pub async fn reapply(&self) {
-        let current = self.current.lock().expect("config lock").clone();
-        if let Some(config) = current
-            && let Err(e) = self.app.apply(config).await
-        {
+        if self.applied.lock().expect("config lock").is_none() {
+            return;
+        }
+        let config = ProxyConfig::clone(&self.app.runtime().snapshot().config);
+        if let Err(e) = self.app.apply(config).await {
             tracing::warn!(error = %e, "could not reload the rotated certificate; the previous one stays in use");
         }
     }
@@ -60,17 +63,13 @@ impl AppSink {
 #[tonic::async_trait]
 impl ConfigSink for AppSink {
     fn current_version(&self) -> Option<String> {
-        self.current
-            .lock()
-            .expect("config lock")
-            .as_ref()
-            .map(|c| c.version.clone())
+        self.applied.lock().expect("config lock").clone()
     }
 
     async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
-        let config = self.localize(config);
-        self.app.apply(config.clone()).await.map_err(|e| e.to_string())?;
-        *self.current.lock().expect("config lock") = Some(config);
+        let version = config.version.clone();
+        self.app.apply(self.localize(config)).await.map_err(|e| e.to_string())?;
+        *self.applied.lock().expect("config lock") = Some(version);
         Ok(())
     }
 }
