@@ -559,15 +559,15 @@ impl ConfigPush for PushService {
                         // Only answers that arrive from now on count (the same version may
                         // have been answered before, when the config went back and forth).
                         answers.borrow_and_update();
-                        let messages = if accepts_chunks {
-                            snapshot.into_chunks(this.options.chunk_bytes)
-                        } else {
-                            vec![snapshot]
-                        };
-                        for message in messages {
-                            if tx.send(Ok(message)).await.is_err() {
-                                break 'subscription;
+                        if accepts_chunks {
+                            // One chunk made at a time: the payload is held once.
+                            for message in snapshot.chunks(this.options.chunk_bytes) {
+                                if tx.send(Ok(message)).await.is_err() {
+                                    break 'subscription;
+                                }
                             }
+                        } else if tx.send(Ok(snapshot)).await.is_err() {
+                            break;
                         }
                         sent = true;
                         metrics.pushes.inc();

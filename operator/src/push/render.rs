@@ -286,6 +286,13 @@ impl Rendered {
         let own_clusters = map.remove("clusters");
         map.remove("dns");
         let mut out = serde_json::to_string(&map).unwrap_or_else(|_| "{}".into());
+        // Sized up front: growing by doubling would briefly take twice the megabytes.
+        let own_bytes: usize = own_listeners
+            .iter()
+            .chain(&own_clusters)
+            .map(|v| v.to_string().len())
+            .sum();
+        out.reserve(shared.len() + own_bytes + 256);
         out.pop();
         if out.len() > 1 {
             out.push(',');

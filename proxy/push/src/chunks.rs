@@ -41,28 +41,31 @@ pub enum ChunkError {
 
 impl Snapshot {
     /// This snapshot as messages carrying at most `size` payload bytes each (at least one
-    /// message; `more` set on all but the last).
-    pub fn into_chunks(self, size: usize) -> Vec<Snapshot> {
+    /// message; `more` set on all but the last), made one at a time as they are taken, so a
+    /// sender holds the payload once plus one chunk.
+    pub fn chunks(&self, size: usize) -> impl Iterator<Item = Snapshot> + '_ {
         let size = size.max(1);
         let delta = !self.base_version.is_empty();
         let payload = if delta { &self.delta_json } else { &self.config_json };
-        if payload.len() <= size {
-            return vec![Snapshot { more: false, ..self }];
-        }
-        let parts: Vec<&[u8]> = payload.chunks(size).collect();
-        let last = parts.len() - 1;
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, part)| Snapshot {
+        let count = payload.len().div_ceil(size).max(1);
+        (0..count).map(move |i| {
+            let part = payload
+                .get(i * size..((i + 1) * size).min(payload.len()))
+                .unwrap_or_default();
+            Snapshot {
                 version: self.version.clone(),
                 renew_unless_issued_by: self.renew_unless_issued_by.clone(),
                 base_version: self.base_version.clone(),
                 config_json: if delta { Vec::new() } else { part.to_vec() },
                 delta_json: if delta { part.to_vec() } else { Vec::new() },
-                more: i < last,
-            })
-            .collect()
+                more: i + 1 < count,
+            }
+        })
+    }
+
+    /// [`Snapshot::chunks`], all at once.
+    pub fn into_chunks(self, size: usize) -> Vec<Snapshot> {
+        self.chunks(size).collect()
     }
 }
 
