@@ -107,8 +107,32 @@ mod mesh_ca {
 /// why: a 1000-service config is 3.6 MiB of JSON, close to tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Set once the operator side runs with the deployed allocator settings.
+const DEPLOYED_ENV: &str = "CONVERGENCE_AS_DEPLOYED";
+
+fn main() -> anyhow::Result<()> {
+    // The operator's Deployment sets MALLOC_ARENA_MAX (glibc reads it at start): measure the
+    // operator side as deployed by re-executing once with the same environment.
+    if std::env::var_os(FLEET_ENV).is_none() && std::env::var_os(DEPLOYED_ENV).is_none() {
+        let exe = std::env::current_exe().context("finding this benchmark's binary")?;
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(DEPLOYED_ENV, "1")
+            // A value set by the caller wins (e.g. 16, glibc's default on 2 cores).
+            .env(
+                "MALLOC_ARENA_MAX",
+                std::env::var("MALLOC_ARENA_MAX")
+                    .unwrap_or_else(|_| trellis_manifests::install::OPERATOR_MALLOC_ARENAS.to_string()),
+            )
+            .status()
+            .context("re-executing the benchmark with the operator's environment")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let knobs = Knobs::from_env()?;
     match std::env::var(FLEET_ENV) {
         Ok(addr) => fleet::run(&addr, &knobs).await,
@@ -593,6 +617,10 @@ mod operator {
             snapshot.registry.services.len(),
             snapshot.registry.workloads.len(),
             knobs.proxies
+        );
+        println!(
+            "operator side with MALLOC_ARENA_MAX={} (as the operator's Deployment sets it)",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into())
         );
         println!("operator after the registry: {}", Memory::of("self")?);
 

@@ -114,6 +114,13 @@ fn install_objects_are_ordered_and_valid() {
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["args"], serde_json::json!(["--namespace", "mesh-system"]));
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    // The malloc tuning the convergence benchmark measures the operator with.
+    let arenas = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "MALLOC_ARENA_MAX");
+    assert_eq!(arenas.unwrap()["value"], install::OPERATOR_MALLOC_ARENAS);
     let yaml = trellis_manifests::to_yaml(&objects);
     assert_eq!(yaml.matches("\n---\n").count() + 1, objects.len());
 }
