@@ -619,8 +619,9 @@ mod operator {
             knobs.proxies
         );
         println!(
-            "operator side with MALLOC_ARENA_MAX={} (as the operator's Deployment sets it)",
-            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into())
+            "operator side with MALLOC_ARENA_MAX={} (the operator's Deployment sets {})",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into()),
+            trellis_manifests::install::OPERATOR_MALLOC_ARENAS
         );
         println!("operator after the registry: {}", Memory::of("self")?);
 
