@@ -506,6 +506,24 @@ fn first_light() -> anyhow::Result<()> {
         let failed = failures(log.iter().map(|(_, a)| a));
         ensure!(!log.is_empty(), "no requests were sent");
         if !failed.is_empty() {
+            // What the proxies on the path did meanwhile (config pushes, reconnects).
+            for (app, container) in [("trellis-ingressgateway", "trellis-proxy"), ("web", "trellis-proxy")] {
+                let selector = format!("app={app}");
+                let logs = t.kubectl_ok(
+                    &[
+                        "logs",
+                        "-n",
+                        demo::NAMESPACE,
+                        "-l",
+                        &selector,
+                        "-c",
+                        container,
+                        "--tail=40",
+                    ],
+                    None,
+                );
+                eprintln!("--- {app} [{container}]\n{}", logs.unwrap_or_else(|e| e.to_string()));
+            }
             bail!(
                 "{} of {} failed while the operator restarted: {:?}",
                 failed.len(),

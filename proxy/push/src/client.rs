@@ -190,6 +190,27 @@ fn write_atomic(dir: &Path, name: &str, content: &str, private: bool) -> Result<
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
+/// Write files with [`write_atomic`] on a blocking thread, in order: each is fsynced, which
+/// can take seconds on a busy disk, and the proxy's data path shares the runtime (one worker
+/// thread by default) — it must never wait for the disk.
+async fn write_files(dir: &Path, files: Vec<(&'static str, String, bool)>) -> Result<(), ClientError> {
+    let dir = dir.to_path_buf();
+    let failed = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        for (name, content, private) in files {
+            write_atomic(&dir, name, &content, private)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ClientError::Io {
+            path: failed,
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
 /// Generate a key, have the operator sign it for this pod's identity, and write the chain,
 /// key and trust bundle to the identity directory.
 pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientError> {
@@ -210,9 +231,12 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
         .await?
         .into_inner();
     // Roots first: a peer may present the new leaf as soon as the chain file changes.
-    write_atomic(&cfg.identity_dir, ROOTS_FILE, &resp.trust_bundle_pem.concat(), false)?;
-    write_atomic(&cfg.identity_dir, KEY_FILE, &key.serialize_pem(), true)?;
-    write_atomic(&cfg.identity_dir, CERT_CHAIN_FILE, &resp.cert_chain_pem, false)?;
+    let files = vec![
+        (ROOTS_FILE, resp.trust_bundle_pem.concat(), false),
+        (KEY_FILE, key.serialize_pem(), true),
+        (CERT_CHAIN_FILE, resp.cert_chain_pem.clone(), false),
+    ];
+    write_files(&cfg.identity_dir, files).await?;
     let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
     Ok(Issued {
         not_before: at(resp.not_before_unix),
@@ -369,9 +393,12 @@ async fn apply_snapshot(
     };
     match applied {
         Ok(config) => {
-            // Keep the bundle file current with the roots the proxy now trusts.
+            // Keep the bundle file current with the roots the proxy now trusts (rewritten only
+            // when it differs: most configs carry the same bundle).
+            let path = cfg.identity_dir.join(ROOTS_FILE);
             if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle
-                && let Err(e) = write_atomic(&cfg.identity_dir, ROOTS_FILE, pem, false)
+                && tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(pem.as_str())
+                && let Err(e) = write_files(&cfg.identity_dir, vec![(ROOTS_FILE, pem.clone(), false)]).await
             {
                 tracing::warn!(error = %e, "could not record the pushed trust bundle");
             }
