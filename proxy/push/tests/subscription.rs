@@ -177,7 +177,7 @@ struct Harness {
     sessions: mpsc::UnboundedReceiver<Session>,
     sink: Arc<Sink>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -218,7 +218,7 @@ impl Harness {
             sessions,
             sink,
             tasks: vec![server, push],
-            _dir: dir,
+            dir,
         }
     }
 
@@ -401,4 +401,35 @@ async fn chunked_configs_and_deltas_are_put_together_and_a_mix_is_refused() {
     // The base is still v2.
     let v5 = config("v5", &[("a", 5)]);
     s.acked(delta(&v2, &v5)).await;
+}
+
+#[tokio::test]
+async fn the_pushed_trust_bundle_is_recorded_only_when_it_changes() {
+    use std::os::unix::fs::MetadataExt;
+    use trellis_contract::PemSource;
+
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    let roots = h.dir.path().join("identity").join(client::ROOTS_FILE);
+    let with_bundle = |version: &str, pem: &str| {
+        let mut c = config(version, &[("a", 1)]);
+        c.identity.trust_bundle = Some(PemSource::Inline(pem.into()));
+        c
+    };
+    let v1 = with_bundle("v1", "ROOT-A");
+    s.acked(Snapshot::from_config(&v1)).await;
+    assert_eq!(std::fs::read_to_string(&roots).unwrap(), "ROOT-A");
+    let inode = std::fs::metadata(&roots).unwrap().ino();
+    // The same bundle again: the file is not rewritten (each write is an fsync).
+    let v2 = with_bundle("v2", "ROOT-A");
+    s.acked(delta(&v1, &v2)).await;
+    assert_eq!(
+        std::fs::metadata(&roots).unwrap().ino(),
+        inode,
+        "rewritten although unchanged"
+    );
+    // Another bundle (a root rotation): written before the ACK.
+    let v3 = with_bundle("v3", "ROOT-A\nROOT-B");
+    s.acked(delta(&v2, &v3)).await;
+    assert_eq!(std::fs::read_to_string(&roots).unwrap(), "ROOT-A\nROOT-B");
 }
