@@ -179,7 +179,7 @@ impl Built {
                 Some((old, &prev.changes))
             });
             match before {
-                Some((old, changes)) if !touches_outbound(changes) => Ok(old),
+                Some((old, changes)) if !changes.touches_outbound() => Ok(old),
                 Some((old, changes)) => old.update(&self.snapshot, pod, changes).map(Arc::new),
                 None => SharedOutbound::compile(&self.snapshot, pod).map(Arc::new),
             }
@@ -216,11 +216,6 @@ impl Built {
         };
         Ok(Rendered::new(own, shared, &self.bundle.renew_unless_issued_by))
     }
-}
-
-/// Whether a change touches sidecars' shared parts at all.
-fn touches_outbound(c: &Changes) -> bool {
-    c.all_outbound || c.dns || !c.route_hosts.is_empty() || !c.services.is_empty() || !c.cluster_hosts.is_empty()
 }
 
 /// The push service.

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 
 use super::{DNS_DOMAIN, host_matches, resolve_host, source_label_keys};
 use crate::registry::{ObjectKey, selects};
@@ -74,6 +74,15 @@ impl Changes {
         self.all_outbound || self.cluster_hosts.iter().any(|p| host_matches(p, host))
     }
 
+    /// Whether any sidecar's shared outbound part is touched at all.
+    pub fn touches_outbound(&self) -> bool {
+        self.all_outbound
+            || self.dns
+            || !self.route_hosts.is_empty()
+            || !self.services.is_empty()
+            || !self.cluster_hosts.is_empty()
+    }
+
     /// Whether the own part of the sidecar in `pod` must be recompiled.
     pub fn own_changed(&self, pod: &ObjectKey) -> bool {
         self.all_own || self.workloads.contains(pod) || self.service_namespaces.contains(&pod.namespace)
@@ -95,58 +104,39 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         return Changes::everything();
     }
     if old.trust_bundle != new.trust_bundle
-        || old.peer_authentications.len() != new.peer_authentications.len()
-        || old
-            .peer_authentications
-            .iter()
-            .zip(&new.peer_authentications)
-            .any(|(a, b)| !same_meta(&a.metadata, &b.metadata) || a.spec != b.spec)
-        || old.authorization_policies.len() != new.authorization_policies.len()
-        || old
-            .authorization_policies
-            .iter()
-            .zip(&new.authorization_policies)
-            .any(|(a, b)| !same_meta(&a.metadata, &b.metadata) || a.spec != b.spec)
+        || !same_in_order(&old.peer_authentications, &new.peer_authentications, |a, b| {
+            a.spec == b.spec
+        })
+        || !same_in_order(&old.authorization_policies, &new.authorization_policies, |a, b| {
+            a.spec == b.spec
+        })
     {
         c.all_own = true;
     }
 
     // VirtualServices: the hosts of the old and new versions.
-    let vs_hosts = |vs: &trellis_api::networking::VirtualService| -> Vec<String> {
+    let vs_changes = changed(&old.virtual_services, &new.virtual_services, |a, b| a.spec == b.spec);
+    for vs in vs_changes {
         let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
-        vs.spec.hosts.iter().flatten().map(|h| resolve_host(h, ns)).collect()
-    };
-    for (old_vs, new_vs) in pairs(&old.virtual_services, &new.virtual_services, |v| &v.metadata) {
-        let same = match (old_vs, new_vs) {
-            (Some(a), Some(b)) => same_meta(&a.metadata, &b.metadata) && a.spec == b.spec,
-            _ => false,
-        };
-        if !same {
-            c.route_hosts
-                .extend(old_vs.into_iter().chain(new_vs).flat_map(vs_hosts));
-        }
+        c.route_hosts
+            .extend(vs.spec.hosts.iter().flatten().map(|h| resolve_host(h, ns)));
     }
 
     // DestinationRules: the clusters of their hosts.
-    for (old_dr, new_dr) in pairs(&old.destination_rules, &new.destination_rules, |d| &d.metadata) {
-        let same = match (old_dr, new_dr) {
-            (Some(a), Some(b)) => same_meta(&a.metadata, &b.metadata) && a.spec == b.spec,
-            _ => false,
-        };
-        if !same {
-            for dr in old_dr.into_iter().chain(new_dr) {
-                let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-                c.cluster_hosts.insert(resolve_host(&dr.spec.host, ns));
-            }
-        }
+    for dr in changed(&old.destination_rules, &new.destination_rules, |a, b| a.spec == b.spec) {
+        let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+        c.cluster_hosts.insert(resolve_host(&dr.spec.host, ns));
     }
 
     // Services: their routes, the routes to them, their clusters, DNS, and own parts of their
     // namespace's sidecars.
     let (old_reg, new_reg) = (&old.registry, &new.registry);
     for key in old_reg.services.keys().chain(new_reg.services.keys()) {
-        if old_reg.services.get(key) != new_reg.services.get(key) {
-            let fqdn = format!("{}.{}.svc.{DNS_DOMAIN}", key.name, key.namespace);
+        let (before, after) = (old_reg.services.get(key), new_reg.services.get(key));
+        if let Some(svc) = before.or(after)
+            && before != after
+        {
+            let fqdn = svc.fqdn(DNS_DOMAIN);
             c.services.insert(fqdn.clone());
             c.cluster_hosts.insert(fqdn);
             c.service_namespaces.insert(key.namespace.clone());
@@ -184,30 +174,34 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
     c.narrow()
 }
 
-/// What the compiler reads from a resource's metadata: its identity and its age (merge order).
-fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
-    a.namespace == b.namespace && a.name == b.name && a.creation_timestamp == b.creation_timestamp
+/// Whether a resource reads the same to the compiler before and after: its identity, its age
+/// (merge order) and, by `spec`, its content.
+fn same<T: Resource>(a: &T, b: &T, spec: impl Fn(&T, &T) -> bool) -> bool {
+    let (ma, mb) = (a.meta(), b.meta());
+    ma.namespace == mb.namespace && ma.name == mb.name && ma.creation_timestamp == mb.creation_timestamp && spec(a, b)
 }
 
-/// A resource before and after (either may be missing).
-type Pair<'a, T> = (Option<&'a T>, Option<&'a T>);
+/// Whether two lists hold the same resources in the same order.
+fn same_in_order<T: Resource>(old: &[T], new: &[T], spec: impl Fn(&T, &T) -> bool) -> bool {
+    old.len() == new.len() && old.iter().zip(new).all(|(a, b)| same(a, b, &spec))
+}
 
-/// The resources of `old` and `new` paired by namespace/name.
-fn pairs<'a, T>(old: &'a [T], new: &'a [T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<Pair<'a, T>> {
-    let key = |m: &ObjectMeta| {
-        (
-            m.namespace.clone().unwrap_or_default(),
-            m.name.clone().unwrap_or_default(),
-        )
-    };
-    let mut by_key: BTreeMap<(String, String), Pair<'a, T>> = BTreeMap::new();
+/// Every version (before and after) of each resource that was added, removed or changed,
+/// paired by namespace/name.
+fn changed<'a, T: Resource>(old: &'a [T], new: &'a [T], spec: impl Fn(&T, &T) -> bool) -> Vec<&'a T> {
+    let key = |o: &T| (o.meta().namespace.clone(), o.meta().name.clone());
+    let mut by_key: BTreeMap<_, (Option<&'a T>, Option<&'a T>)> = BTreeMap::new();
     for o in old {
-        by_key.entry(key(meta(o))).or_default().0 = Some(o);
+        by_key.entry(key(o)).or_default().0 = Some(o);
     }
     for n in new {
-        by_key.entry(key(meta(n))).or_default().1 = Some(n);
+        by_key.entry(key(n)).or_default().1 = Some(n);
     }
-    by_key.into_values().collect()
+    by_key
+        .into_values()
+        .filter(|pair| !matches!(pair, (Some(a), Some(b)) if same(*a, *b, &spec)))
+        .flat_map(|(a, b)| a.into_iter().chain(b))
+        .collect()
 }
 
 #[cfg(test)]
