@@ -31,7 +31,6 @@ use futures::Stream;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
-use trellis_contract::ProxyConfig;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
@@ -385,16 +384,6 @@ impl PushService {
             .unwrap_or(0);
         f(entry);
     }
-}
-
-/// The version of a configuration: a hash of its content, so identical content has an
-/// identical version on every operator replica and after restarts.
-pub fn content_version(config: &ProxyConfig) -> String {
-    let mut c = config.clone();
-    c.version = String::new();
-    let json = serde_json::to_vec(&c).expect("contract types always serialize");
-    let digest = ring::digest::digest(&ring::digest::SHA256, &json);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The proxy's next answer to `version` (whether it applied it); `None` once it is gone.

@@ -199,12 +199,14 @@ async fn versions_are_content_hashes() {
     let pod = trellis_operator::registry::ObjectKey::new("shop", "web-5d8f-abcde");
     let a = trellis_operator::compile::compile(&mesh, &pod, trellis_operator::compile::Role::Sidecar, "x").unwrap();
     let b = trellis_operator::compile::compile(&mesh, &pod, trellis_operator::compile::Role::Sidecar, "y").unwrap();
-    let va = trellis_operator::push::content_version(&a.config);
-    assert_eq!(
-        va,
-        trellis_operator::push::content_version(&b.config),
-        "the version field itself does not count"
-    );
+    // The version the push gives each config (sidecar: own part and shared part).
+    let version = |c: trellis_contract::ProxyConfig| {
+        let shared = trellis_operator::push::SharedOutbound::compile(&mesh, &pod).unwrap();
+        let own = trellis_operator::push::OwnPart::new(c);
+        trellis_operator::push::Rendered::new(Arc::new(own), Some(Arc::new(shared)), "").version
+    };
+    let va = version(a.config);
+    assert_eq!(va, version(b.config), "the version field itself does not count");
     assert_eq!(va.len(), 16);
 }
 

@@ -197,19 +197,24 @@ impl SharedOutbound {
 
     /// The whole outbound listener.
     fn listener_json(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        self.write_listener(&mut out);
+        out
+    }
+
+    /// Append the whole outbound listener to `out`.
+    fn write_listener(&self, out: &mut String) {
         let header = self.header.json.get();
         let body = header.strip_suffix('}').unwrap_or("{");
-        let mut out = String::with_capacity(self.len());
         out.push_str(body);
         if body.len() > 1 {
             out.push(',');
         }
         out.push_str("\"virtualHosts\":");
-        join(&mut out, self.vhosts.values().map(|p| p.json.get()));
+        join(out, self.vhosts.values().map(|p| p.json.get()));
         out.push_str(",\"tcpRoutes\":");
-        join(&mut out, self.tcp_routes.iter().map(|p| p.json.get()));
+        join(out, self.tcp_routes.iter().map(|p| p.json.get()));
         out.push('}');
-        out
     }
 }
 
@@ -282,15 +287,19 @@ impl Rendered {
         let Some(shared) = &self.shared else {
             return serde_json::to_vec(&map).unwrap_or_default();
         };
-        let own_listeners = map.remove("listeners");
-        let own_clusters = map.remove("clusters");
+        map.remove("listeners");
+        map.remove("clusters");
         map.remove("dns");
+        // The proxy's own listeners and clusters, serialized once.
+        let own = &self.own.config;
+        let own_listeners: Vec<String> = own.listeners.iter().map(to_string).collect();
+        let own_clusters: Vec<(&str, String)> = own.clusters.iter().map(|c| (c.name.as_str(), to_string(c))).collect();
         let mut out = serde_json::to_string(&map).unwrap_or_else(|_| "{}".into());
         // Sized up front: growing by doubling would briefly take twice the megabytes.
         let own_bytes: usize = own_listeners
             .iter()
-            .chain(&own_clusters)
-            .map(|v| v.to_string().len())
+            .chain(own_clusters.iter().map(|(_, j)| j))
+            .map(String::len)
             .sum();
         out.reserve(shared.len() + own_bytes + 256);
         out.pop();
@@ -298,28 +307,19 @@ impl Rendered {
             out.push(',');
         }
         out.push_str("\"listeners\":[");
-        out.push_str(&shared.listener_json());
-        for l in own_listeners.iter().filter_map(Value::as_array).flatten() {
+        shared.write_listener(&mut out);
+        for l in &own_listeners {
             out.push(',');
-            out.push_str(&serde_json::to_string(l).unwrap_or_default());
+            out.push_str(l);
         }
         out.push_str("],\"clusters\":");
         // Own clusters win a name clash, as in `Outbound::merge_into`.
-        let own: Vec<(String, String)> = own_clusters
-            .iter()
-            .filter_map(Value::as_array)
-            .flatten()
-            .map(|c| {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-                (name, serde_json::to_string(c).unwrap_or_default())
-            })
-            .collect();
         let mut merged: BTreeMap<&str, &str> = shared
             .clusters
             .iter()
             .map(|(n, c)| (n.as_str(), c.json.get()))
             .collect();
-        for (name, json) in &own {
+        for (name, json) in &own_clusters {
             merged.insert(name, json);
         }
         join(&mut out, merged.into_values());
@@ -411,6 +411,11 @@ impl Rendered {
         }
         serde_json::to_vec(&d).ok()
     }
+}
+
+/// A contract value as JSON text (plain data: serializing cannot fail).
+fn to_string<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// A contract value as raw JSON (plain data: serializing cannot fail).
