@@ -363,22 +363,12 @@ impl Rendered {
         };
 
         // Own listeners and clusters, by name.
-        let owned_listeners: Vec<Box<RawValue>> = n
-            .listeners
-            .iter()
-            .filter(|l| o.listeners.iter().find(|x| x.name == l.name) != Some(*l))
-            .map(to_raw)
-            .collect();
-        let owned_clusters: Vec<Box<RawValue>> = n
-            .clusters
-            .iter()
-            .filter(|c| o.clusters.iter().find(|x| x.name == c.name) != Some(*c))
-            .map(to_raw)
-            .collect();
+        let (owned_listeners, removed_listeners) = by_name(&o.listeners, &n.listeners, |l| &l.name);
+        let (owned_clusters, removed_clusters) = by_name(&o.clusters, &n.clusters, |c| &c.name);
         d.listeners = owned_listeners.iter().map(AsRef::as_ref).collect();
-        d.removed_listeners = removed(o.listeners.iter().map(|l| &l.name), n.listeners.iter().map(|l| &l.name));
+        d.removed_listeners = removed_listeners;
         d.clusters = owned_clusters.iter().map(AsRef::as_ref).collect();
-        d.removed_clusters = removed(o.clusters.iter().map(|c| &c.name), n.clusters.iter().map(|c| &c.name));
+        d.removed_clusters = removed_clusters;
 
         // The shared part's pieces that differ.
         let whole_listener;
@@ -432,9 +422,26 @@ fn listener_order(c: &ProxyConfig, shared: bool) -> Vec<&str> {
         .collect()
 }
 
-fn removed<'a>(old: impl Iterator<Item = &'a String>, new: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
-    let new: BTreeSet<&String> = new.collect();
-    old.filter(|n| !new.contains(n)).map(String::as_str).collect()
+/// The items of `new` that `old` lacks or has otherwise (as raw JSON), and the names only
+/// `old` has.
+fn by_name<'a, T: PartialEq + Serialize>(
+    old: &'a [T],
+    new: &'a [T],
+    name: impl Fn(&T) -> &String,
+) -> (Vec<Box<RawValue>>, Vec<&'a str>) {
+    let upserts = new
+        .iter()
+        .filter(|n| old.iter().find(|o| name(o) == name(n)) != Some(*n))
+        .map(to_raw)
+        .collect();
+    let kept: BTreeSet<&String> = new.iter().map(&name).collect();
+    let removed = old
+        .iter()
+        .map(&name)
+        .filter(|n| !kept.contains(n))
+        .map(String::as_str)
+        .collect();
+    (upserts, removed)
 }
 
 /// `trellis_contract::ConfigDelta` on the wire, with pre-serialized pieces.
