@@ -1,9 +1,16 @@
 //! `mesh.trellis.dev/v1alpha1`: Mesh, the control plane's lifecycle object.
 //!
-//! One cluster-scoped `Mesh` (conventionally named `default`) describes the installation the
+//! One cluster-scoped `Mesh` (named `default`, [`MESH_NAME`]) describes the installation the
 //! operator reconciles: versions, trust domain, certificate authority, default mTLS mode,
 //! sidecar injection, proxy rollout and telemetry. Every field has a default, so `spec: {}` is
-//! a complete, working mesh.
+//! a complete, working mesh. A Mesh with another name is not acted on; the operator says so in
+//! its status.
+//!
+//! The names shared by the operator's reconciler, the injector and `meshctl` live here: the
+//! condition types ([`conditions`]), the per-workload proxy image annotation
+//! ([`PROXY_IMAGE_ANNOTATION`]) and the finalizer ([`FINALIZER`]).
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -14,6 +21,8 @@ use crate::security::MtlsMode;
 
 /// API group of the lifecycle kind.
 pub const GROUP: &str = "mesh.trellis.dev";
+/// The name of the one Mesh the operator acts on.
+pub const MESH_NAME: &str = "default";
 /// The namespace the control plane runs in.
 pub const SYSTEM_NAMESPACE: &str = "trellis-system";
 /// Default SPIFFE trust domain, as in Istio and Kubernetes.
@@ -22,10 +31,46 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const INJECTION_LABEL: &str = "trellis.dev/inject";
 /// The value of [`INJECTION_LABEL`] that turns injection on.
 pub const INJECTION_ENABLED: &str = "enabled";
+/// The value of [`INJECTION_LABEL`] that keeps a namespace or pod out of the mesh.
+pub const INJECTION_DISABLED: &str = "disabled";
 /// Default workload certificate lifetime (Istio's and Linkerd's: one day).
 pub const DEFAULT_WORKLOAD_CERT_TTL: &str = "24h";
 /// Default self-signed root lifetime: ten years, rotated by the operator long before expiry.
 pub const DEFAULT_ROOT_CERT_TTL: &str = "87600h";
+/// The proxy image of a workload, the contract between the rollout and the injector.
+///
+/// - On a pod template (Deployment, StatefulSet, DaemonSet): the image the rollout assigned the
+///   workload; the injector injects it instead of `spec.versions.proxy`.
+/// - On a pod: the image the injector injected (copied from the template, or recorded by the
+///   injector when the template has none).
+pub const PROXY_IMAGE_ANNOTATION: &str = "trellis.dev/proxy-image";
+/// The pod-template annotation `kubectl rollout restart` sets; the rollout restarts workloads
+/// the same way.
+pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
+/// The Mesh's finalizer: removes what the operator created when the Mesh is deleted.
+pub const FINALIZER: &str = "mesh.trellis.dev/cleanup";
+/// Default workloads per rollout wave.
+pub const DEFAULT_ROLLOUT_BATCH: u32 = 1;
+/// Default soak between rollout waves.
+pub const DEFAULT_ROLLOUT_PAUSE: &str = "30s";
+/// Default time a rollout wave may take to become healthy before it is rolled back.
+pub const DEFAULT_PROGRESS_DEADLINE: &str = "10m";
+
+/// The Mesh's condition types, each with a reason and a message a person can act on.
+pub mod conditions {
+    /// Everything below is true: the mesh works as its spec says.
+    pub const READY: &str = "Ready";
+    /// The CA has a usable root (its expiry in the message).
+    pub const CERTIFICATE_AUTHORITY_READY: &str = "CertificateAuthorityReady";
+    /// The admission webhooks are served and their configurations carry the current CA bundle.
+    pub const WEBHOOKS_READY: &str = "WebhooksReady";
+    /// Every meshed pod runs the Mesh's proxy, connected to the control plane and in sync.
+    pub const DATA_PLANE_UP_TO_DATE: &str = "DataPlaneUpToDate";
+    /// A proxy rollout is under way (True), paused, done or rolled back (False, with why).
+    pub const ROLLOUT_PROGRESSING: &str = "RolloutProgressing";
+    /// Something needs a person: a failed rollout, an invalid spec, an expiring root.
+    pub const DEGRADED: &str = "Degraded";
+}
 
 /// The mesh installation.
 #[skip_serializing_none]
@@ -39,8 +84,13 @@ pub const DEFAULT_ROOT_CERT_TTL: &str = "87600h";
     shortname = "mesh",
     category = "trellis",
     status = "MeshStatus",
-    printcolumn = r#"{"name":"Version", "type":"string", "jsonPath":".status.version", "description":"Version running"}"#,
-    printcolumn = r#"{"name":"Ready", "type":"string", "jsonPath":".status.conditions[?(@.type==\"Ready\")].status", "description":"Whether the mesh is ready"}"#,
+    printcolumn = r#"{"name":"Ready", "type":"string", "jsonPath":".status.conditions[?(@.type==\"Ready\")].status", "description":"Whether the mesh works as its spec says"}"#,
+    printcolumn = r#"{"name":"CA", "type":"string", "jsonPath":".status.conditions[?(@.type==\"CertificateAuthorityReady\")].status", "description":"Whether the certificate authority has a usable root"}"#,
+    printcolumn = r#"{"name":"Webhooks", "type":"string", "jsonPath":".status.conditions[?(@.type==\"WebhooksReady\")].status", "description":"Whether the admission webhooks are served"}"#,
+    printcolumn = r#"{"name":"Data Plane", "type":"string", "jsonPath":".status.conditions[?(@.type==\"DataPlaneUpToDate\")].reason", "description":"Whether every proxy runs the Mesh's version, in sync"}"#,
+    printcolumn = r#"{"name":"Rollout", "type":"string", "jsonPath":".status.rollout.phase", "description":"The proxy rollout's phase"}"#,
+    printcolumn = r#"{"name":"Proxy", "type":"string", "jsonPath":".spec.versions.proxy", "priority":1, "description":"The proxy image the Mesh asks for"}"#,
+    printcolumn = r#"{"name":"Version", "type":"string", "jsonPath":".status.version", "priority":1, "description":"The control plane's version"}"#,
     printcolumn = r#"{"name":"Trust Domain", "type":"string", "jsonPath":".spec.trustDomain", "priority":1}"#,
     printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -123,29 +173,59 @@ pub struct Injection {
     pub native_sidecar: Option<bool>,
 }
 
-/// Proxy rollout policy.
+/// Proxy rollout policy: how meshed workloads are brought to a new proxy image.
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::cel::Rule::new("!(has(self.batchSize) && has(self.batchPercent))")
+    .message("set batchSize or batchPercent, not both"))]
 pub struct RolloutPolicy {
-    /// Workloads restarted at a time (default 1).
+    /// Workloads restarted per wave (default 1). Exclusive with `batchPercent`.
     #[schemars(range(min = 1, max = 1000))]
     pub batch_size: Option<u32>,
-    /// Pause between batches, e.g. `30s`.
+    /// Share of the meshed workloads restarted per wave, 1-100, rounded up. Exclusive with
+    /// `batchSize`.
+    #[schemars(range(min = 1, max = 100))]
+    pub batch_percent: Option<u32>,
+    /// Workloads that go first, in waves of their own, before any other.
+    pub canary: Option<Canary>,
+    /// Soak after each wave turned healthy, before the next starts (default `30s`); the wave's
+    /// health gates must hold throughout.
     pub pause: Option<String>,
-    /// Conditions a batch must meet before the next starts.
+    /// How long a wave may take to become healthy before it is rolled back (default `10m`).
+    pub progress_deadline: Option<String>,
+    /// `true`: start no new wave (the wave under way finishes). Set `false` to resume.
+    pub paused: Option<bool>,
+    /// Conditions a wave must meet before the next starts (default: all of them).
     pub health_gates: Option<Vec<HealthGate>>,
 }
 
-/// A condition checked after each rollout batch.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// The workloads a rollout starts with.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// Workloads in these namespaces go first.
+    pub namespaces: Option<Vec<String>>,
+    /// Workloads (Deployments, StatefulSets, DaemonSets) with all of these labels go first.
+    pub match_labels: Option<BTreeMap<String, String>>,
+}
+
+/// A condition checked after each rollout wave.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HealthGate {
-    /// All pods of the batch are Ready.
+    /// Every workload of the wave has all its pods updated and Ready.
     PodsReady,
-    /// Every proxy of the batch has acknowledged its configuration.
+    /// Every new pod's proxy is connected to the control plane and has acknowledged its
+    /// configuration.
     ProxiesSynced,
-    /// The batch's 5xx rate did not rise.
-    ErrorRateStable,
+    /// No container of the wave's new pods restarts during the soak (no crash loop).
+    NoRestarts,
+}
+
+impl HealthGate {
+    /// Every gate, the default.
+    pub const ALL: [HealthGate; 3] = [HealthGate::PodsReady, HealthGate::ProxiesSynced, HealthGate::NoRestarts];
 }
 
 /// Metrics and tracing.
@@ -185,10 +265,140 @@ pub struct TracingSettings {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshStatus {
-    /// Standard conditions: `Ready`, `CertificatesReady`, `ProxiesUpToDate`, `Degraded`.
+    /// `Ready`, `CertificateAuthorityReady`, `WebhooksReady`, `DataPlaneUpToDate`,
+    /// `RolloutProgressing`, `Degraded` (see [`conditions`]).
     pub conditions: Option<Vec<Condition>>,
     /// The version the control plane runs.
     pub version: Option<String>,
     /// The `metadata.generation` the status describes.
     pub observed_generation: Option<i64>,
+    /// The certificate authority.
+    pub certificate_authority: Option<CertificateAuthorityStatus>,
+    /// The proxies: how many run which image, per namespace.
+    pub data_plane: Option<DataPlaneStatus>,
+    /// The proxy rollout.
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// What the certificate authority runs on.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateAuthorityStatus {
+    /// `SelfSigned` or `Plugged`.
+    pub mode: Option<String>,
+    /// The trust domain certificates are issued in.
+    pub trust_domain: Option<String>,
+    /// SHA-256 fingerprint of the root new certificates chain to.
+    pub root_fingerprint: Option<String>,
+    /// When that root expires (RFC 3339).
+    pub root_expires: Option<String>,
+    /// `Stable`, or the phase of the root rotation under way.
+    pub rotation_phase: Option<String>,
+}
+
+/// The data plane, as the control plane sees it.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlaneStatus {
+    /// Meshed pods.
+    pub proxies: u32,
+    /// Of those, running the image the Mesh asks for.
+    pub up_to_date: u32,
+    /// Of those, connected to the control plane.
+    pub connected: u32,
+    /// Of those, holding the latest configuration they were sent.
+    pub synced: u32,
+    /// Version skew: proxies per image, per namespace.
+    pub versions: Option<Vec<ProxyVersionCount>>,
+    /// Meshed pods no controller owns (`namespace/name`, at most 50): a rollout never deletes
+    /// them; recreate them to update their proxy.
+    pub standalone_pods: Option<Vec<String>>,
+}
+
+/// Proxies running one image in one namespace.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyVersionCount {
+    /// Namespace.
+    pub namespace: String,
+    /// The proxy image.
+    pub image: String,
+    /// Pods.
+    pub pods: u32,
+    /// Of those, connected to the control plane.
+    pub connected: u32,
+    /// Of those, in sync.
+    pub synced: u32,
+}
+
+/// Where a proxy rollout stands.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Every meshed workload runs the target image.
+    Complete,
+    /// A wave is restarting its workloads.
+    Progressing,
+    /// A wave is healthy; its soak runs before the next wave.
+    Soaking,
+    /// `spec.rollout.paused`: no new wave starts.
+    Paused,
+    /// A wave failed its health gates; its workloads were rolled back and no wave starts until
+    /// the Mesh's proxy image changes.
+    RolledBack,
+}
+
+/// The proxy rollout's progress, kept so that a new leader resumes where the last one stopped.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The image being rolled out.
+    pub target_image: String,
+    /// Phase.
+    pub phase: Option<RolloutPhase>,
+    /// The current (or last) wave, from 1.
+    pub wave: u32,
+    /// The workloads of that wave, with the image each ran before.
+    pub wave_workloads: Option<Vec<WorkloadRollout>>,
+    /// When that wave started (RFC 3339).
+    pub wave_started: Option<String>,
+    /// When that wave became healthy and its soak began (RFC 3339).
+    pub soak_started: Option<String>,
+    /// Meshed workloads running the target image.
+    pub updated: u32,
+    /// Meshed workloads still to roll.
+    pub pending: u32,
+    /// Why the rollout stopped, when it did.
+    pub failure: Option<RolloutFailure>,
+}
+
+/// One workload of a wave.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRollout {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The proxy image it ran before the wave (what a rollback restores).
+    pub previous_image: Option<String>,
+}
+
+/// Why a wave failed.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutFailure {
+    /// The workload that failed, `Kind namespace/name`.
+    pub workload: String,
+    /// Which gate failed: `PodsReady`, `ProxiesSynced`, `NoRestarts` or `ProgressDeadline`.
+    pub reason: String,
+    /// What was seen.
+    pub message: String,
 }

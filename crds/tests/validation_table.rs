@@ -1569,6 +1569,28 @@ fn cases() -> Vec<Case> {
         err(Mesh, "spec.injection.namespaceLabel", json!("bad label!"), "label key"),
         err(Mesh, "spec.rollout.batchSize", json!(0), "out of range"),
         err(Mesh, "spec.rollout.pause", json!("later"), "not a duration"),
+        err(Mesh, "spec.rollout.progressDeadline", json!("1s"), "too short"),
+        err(Mesh, "spec.rollout.batchPercent", json!(101), "out of range"),
+        multi(
+            Mesh,
+            vec![
+                ("spec.rollout.batchSize", json!(2)),
+                ("spec.rollout.batchPercent", json!(10)),
+            ],
+            Expect::Error("spec.rollout", "not both"),
+        ),
+        err_at(
+            Mesh,
+            "spec.rollout.canary.namespaces",
+            json!(["Staging"]),
+            "spec.rollout.canary.namespaces[0]",
+            "not a valid name",
+        ),
+        ok(
+            Mesh,
+            "spec.rollout.canary",
+            json!({"namespaces": ["staging"], "matchLabels": {"tier": "canary"}}),
+        ),
         err_at(
             Mesh,
             "spec.rollout.healthGates",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Findings;
-use super::format::{dns_subdomain, duration, label_key};
+use super::format::{dns_label, dns_subdomain, duration, label_key, labels};
 use crate::mesh::*;
 
 pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
@@ -66,6 +66,26 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
     }
     if let Some(r) = &spec.rollout {
         duration("spec.rollout.pause", &r.pause, Duration::ZERO, f);
+        duration(
+            "spec.rollout.progressDeadline",
+            &r.progress_deadline,
+            Duration::from_secs(10),
+            f,
+        );
+        if r.batch_size.is_some() && r.batch_percent.is_some() {
+            f.error(
+                "spec.rollout",
+                "set batchSize or batchPercent, not both: remove one of them",
+            );
+        }
+        if let Some(c) = &r.canary {
+            for (i, ns) in c.namespaces.iter().flatten().enumerate() {
+                if let Err(why) = dns_label(ns) {
+                    f.error(format!("spec.rollout.canary.namespaces[{i}]"), why);
+                }
+            }
+            labels("spec.rollout.canary.matchLabels", &c.match_labels, f);
+        }
         let gates = r.health_gates.as_deref().unwrap_or_default();
         for (i, g) in gates.iter().enumerate() {
             if gates[..i].contains(g) {
