@@ -8,15 +8,17 @@
 //! - [`trust`]: the mesh root published to every namespace.
 //! - [`app`], [`admin`], [`metrics`]: the running operator, its admin API and its metrics.
 //! - [`ca`]: the mesh certificate authority and root rotation.
+//!
+//! [`registry`], [`snapshot`] and [`compile`] live in the kube-free `trellis-core` crate and are
+//! re-exported here under their old paths.
 
 pub mod admin;
 pub mod app;
 pub mod ca;
-pub mod compile;
 pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod push;
-pub mod registry;
-pub mod snapshot;
 pub mod trust;
+
+pub use trellis_core::{compile, registry, snapshot};

@@ -28,8 +28,8 @@ use trellis_contract::{
 };
 
 pub use changes::{Changes, changes};
-pub(crate) use outbound::PortRoutes;
-pub(crate) use route::ClusterRef;
+pub use outbound::PortRoutes;
+pub use route::ClusterRef;
 
 use crate::registry::{ObjectKey, Service, ServicePort, Workload};
 use crate::snapshot::Snapshot;
@@ -243,35 +243,43 @@ pub fn compile_outbound(snapshot: &Snapshot, pod: &ObjectKey) -> Result<Outbound
 
 /// Compiles a sidecar's [`Outbound`] one part at a time, so the push can reuse the parts a
 /// change did not touch ([`Changes`]); [`compile_outbound`] is the same parts put together.
-pub(crate) struct OutboundParts<'a> {
+pub struct OutboundParts<'a> {
     ctx: Ctx<'a>,
+}
+
+impl fmt::Debug for OutboundParts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundParts")
+            .field("proxy", &self.ctx.proxy.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> OutboundParts<'a> {
     /// Parts for the sidecar in `pod` (its namespace and `sourceLabels`-relevant labels).
-    pub(crate) fn new(snapshot: &'a Snapshot, pod: &ObjectKey) -> Result<Self, CompileError> {
+    pub fn new(snapshot: &'a Snapshot, pod: &ObjectKey) -> Result<Self, CompileError> {
         Ok(OutboundParts {
             ctx: Ctx::new(snapshot, pod)?,
         })
     }
 
     /// The virtual host and TCP route of one Service port, and the clusters they reference.
-    pub(crate) fn port_routes(&mut self, svc: &Service, port: &ServicePort) -> PortRoutes {
+    pub fn port_routes(&mut self, svc: &Service, port: &ServicePort) -> PortRoutes {
         outbound::port_routes(&mut self.ctx, svc, port)
     }
 
     /// The cluster a route references.
-    pub(crate) fn cluster(&mut self, r: &ClusterRef) -> Cluster {
+    pub fn cluster(&mut self, r: &ClusterRef) -> Cluster {
         cluster::build(&mut self.ctx, r)
     }
 
     /// The DNS entry of a Service (none without a cluster IP).
-    pub(crate) fn dns_entry(&self, svc: &Service) -> Option<DnsEntry> {
+    pub fn dns_entry(&self, svc: &Service) -> Option<DnsEntry> {
         dns_entry(svc, &self.ctx.proxy.key.namespace)
     }
 
     /// The outbound listener without virtual hosts and TCP routes.
-    pub(crate) fn shell() -> Listener {
+    pub fn shell() -> Listener {
         outbound::outbound_shell()
     }
 }

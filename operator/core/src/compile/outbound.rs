@@ -120,13 +120,13 @@ fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
 /// clusters they reference. The unit the push recompiles when that Service, its
 /// VirtualServices or its destinations change.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PortRoutes {
+pub struct PortRoutes {
     /// The virtual host, named `<fqdn>:<port>`.
-    pub(crate) virtual_host: Option<VirtualHost>,
+    pub virtual_host: Option<VirtualHost>,
     /// The TCP route.
-    pub(crate) tcp_route: Option<TcpRoute>,
+    pub tcp_route: Option<TcpRoute>,
     /// Every cluster the routes reference (the port's default cluster first).
-    pub(crate) refs: Vec<ClusterRef>,
+    pub refs: Vec<ClusterRef>,
 }
 
 /// The outbound routes of port `p` of `svc`.

@@ -40,18 +40,18 @@ pub(crate) fn forward_to(name: String, matches: Vec<RouteMatch>, cluster: String
 
 /// Where a destination resolves to; the caller turns it into a cluster name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct ClusterRef {
+pub struct ClusterRef {
     /// FQDN of the destination.
-    pub(crate) host: String,
+    pub host: String,
     /// Destination port (0 when it could not be determined).
-    pub(crate) port: u16,
+    pub port: u16,
     /// Subset, if any.
-    pub(crate) subset: Option<String>,
+    pub subset: Option<String>,
 }
 
 impl ClusterRef {
     /// Istio's cluster naming: `outbound|<port>|<subset>|<fqdn>`.
-    pub(crate) fn name(&self) -> String {
+    pub fn name(&self) -> String {
         format!(
             "outbound|{}|{}|{}",
             self.port,

@@ -18,7 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::Resource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use trellis_api::networking::{DestinationRule, VirtualService};
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
 
 use super::{DNS_DOMAIN, host_matches, resolve_host, source_label_keys};
 use crate::registry::{ObjectKey, selects};
@@ -174,21 +176,38 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
     c.narrow()
 }
 
+/// The metadata of the configuration kinds compared here (what kube's `Resource::meta` gives,
+/// without depending on kube).
+trait Meta {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+macro_rules! meta {
+    ($($kind:ty),*) => {
+        $(impl Meta for $kind {
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+        })*
+    };
+}
+meta!(VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy);
+
 /// Whether a resource reads the same to the compiler before and after: its identity, its age
 /// (merge order) and, by `spec`, its content.
-fn same<T: Resource>(a: &T, b: &T, spec: impl Fn(&T, &T) -> bool) -> bool {
+fn same<T: Meta>(a: &T, b: &T, spec: impl Fn(&T, &T) -> bool) -> bool {
     let (ma, mb) = (a.meta(), b.meta());
     ma.namespace == mb.namespace && ma.name == mb.name && ma.creation_timestamp == mb.creation_timestamp && spec(a, b)
 }
 
 /// Whether two lists hold the same resources in the same order.
-fn same_in_order<T: Resource>(old: &[T], new: &[T], spec: impl Fn(&T, &T) -> bool) -> bool {
+fn same_in_order<T: Meta>(old: &[T], new: &[T], spec: impl Fn(&T, &T) -> bool) -> bool {
     old.len() == new.len() && old.iter().zip(new).all(|(a, b)| same(a, b, &spec))
 }
 
 /// Every version (before and after) of each resource that was added, removed or changed,
 /// paired by namespace/name.
-fn changed<'a, T: Resource>(old: &'a [T], new: &'a [T], spec: impl Fn(&T, &T) -> bool) -> Vec<&'a T> {
+fn changed<'a, T: Meta>(old: &'a [T], new: &'a [T], spec: impl Fn(&T, &T) -> bool) -> Vec<&'a T> {
     let key = |o: &T| (o.meta().namespace.clone(), o.meta().name.clone());
     let mut by_key: BTreeMap<_, (Option<&'a T>, Option<&'a T>)> = BTreeMap::new();
     for o in old {

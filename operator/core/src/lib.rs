@@ -1,0 +1,12 @@
+//! The kube-free core of the Trellis control plane (as linkerd2's policy-controller keeps its
+//! `core`): plain data in, proxy configuration out. The operator feeds it from kube-runtime
+//! watchers; `meshctl` feeds it from objects it lists or reads from files. No Kubernetes
+//! client, no gRPC, no certificate authority.
+//!
+//! - [`registry`]: the cluster's services and workloads as plain data.
+//! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
+//! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
+
+pub mod compile;
+pub mod registry;
+pub mod snapshot;
