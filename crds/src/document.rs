@@ -68,6 +68,22 @@ impl Kind {
         self != Kind::Mesh
     }
 
+    /// The kind's resource name in URLs and `kubectl get` (`virtualservices`), as its CRD
+    /// declares it.
+    pub fn plural(self) -> String {
+        fn of<K: kube::Resource<DynamicType = ()>>() -> String {
+            K::plural(&()).into_owned()
+        }
+        match self {
+            Kind::VirtualService => of::<crate::networking::VirtualService>(),
+            Kind::DestinationRule => of::<crate::networking::DestinationRule>(),
+            Kind::Gateway => of::<crate::networking::Gateway>(),
+            Kind::PeerAuthentication => of::<crate::security::PeerAuthentication>(),
+            Kind::AuthorizationPolicy => of::<crate::security::AuthorizationPolicy>(),
+            Kind::Mesh => of::<crate::mesh::Mesh>(),
+        }
+    }
+
     fn from_name(group: &str, kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.group() == group && k.name() == kind)
     }
@@ -313,6 +329,18 @@ mod tests {
     fn scalars_are_not_documents() {
         let docs = parse_documents("just a string\n");
         assert!(docs[0].content.is_err());
+    }
+
+    #[test]
+    fn plurals_come_from_the_crds() {
+        for k in Kind::ALL {
+            let crd = crate::crd::all()
+                .into_iter()
+                .find(|c| c.spec.names.kind == k.name())
+                .unwrap();
+            assert_eq!(k.plural(), crd.spec.names.plural, "{k}");
+            assert_eq!(k.group(), crd.spec.group, "{k}");
+        }
     }
 
     #[test]

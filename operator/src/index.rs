@@ -1,5 +1,6 @@
-//! The live index: kube-runtime watchers over Namespaces, Services, Pods, TLS Secrets and the
-//! Trellis kinds, folded into the same [`Snapshot`] the compiler reads from YAML.
+//! The live index: kube-runtime watchers over the kinds of [`InputKind::ALL`] (Namespaces,
+//! Services, Pods, TLS Secrets and the Trellis kinds), folded into the same [`Snapshot`] the
+//! compiler reads from YAML or from a cluster's listed objects.
 //!
 //! [`Index`] is plain data updated by [`Index::apply`]; [`run`] is the I/O edge that feeds it
 //! from watch streams and announces every change on a `tokio::sync::watch` channel (the push
@@ -14,13 +15,14 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service as K8sService};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use trellis_api::document::Kind;
 use trellis_api::mesh::{Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
 
 use crate::metrics::Metrics;
 use crate::registry::{ObjectKey, Service, Workload};
-use crate::snapshot::{Snapshot, tls_credential};
+use crate::snapshot::{InputKind, Snapshot, tls_credential};
 
 /// Every watched object, keyed by kind and namespace/name.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +38,7 @@ pub struct Index {
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     mesh: Option<MeshSpec>,
     /// Kinds whose first list completed.
-    listed: BTreeSet<IndexedKind>,
+    listed: BTreeSet<InputKind>,
     /// Bumped on every change.
     generation: u64,
 }
@@ -51,51 +53,10 @@ pub enum Change {
     /// A re-list of one kind finished: objects of that kind not seen since it began are gone.
     Relisted {
         /// The kind.
-        kind: IndexedKind,
+        kind: InputKind,
         /// The keys the re-list returned.
         seen: BTreeSet<ObjectKey>,
     },
-}
-
-/// The kinds the index holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IndexedKind {
-    /// Namespace.
-    Namespace,
-    /// Service.
-    Service,
-    /// Pod.
-    Pod,
-    /// TLS Secret.
-    Secret,
-    /// VirtualService.
-    VirtualService,
-    /// DestinationRule.
-    DestinationRule,
-    /// Gateway.
-    Gateway,
-    /// PeerAuthentication.
-    PeerAuthentication,
-    /// AuthorizationPolicy.
-    AuthorizationPolicy,
-    /// Mesh.
-    Mesh,
-}
-
-impl IndexedKind {
-    /// Every kind, in the order the index lists them.
-    pub const ALL: [IndexedKind; 10] = [
-        IndexedKind::Namespace,
-        IndexedKind::Service,
-        IndexedKind::Pod,
-        IndexedKind::Secret,
-        IndexedKind::VirtualService,
-        IndexedKind::DestinationRule,
-        IndexedKind::Gateway,
-        IndexedKind::PeerAuthentication,
-        IndexedKind::AuthorizationPolicy,
-        IndexedKind::Mesh,
-    ];
 }
 
 /// A watched object.
@@ -131,18 +92,18 @@ fn key_of<K: Resource>(o: &K) -> ObjectKey {
 }
 
 impl Object {
-    fn kind(&self) -> IndexedKind {
+    fn kind(&self) -> InputKind {
         match self {
-            Object::Namespace(_) => IndexedKind::Namespace,
-            Object::Service(_) => IndexedKind::Service,
-            Object::Pod(_) => IndexedKind::Pod,
-            Object::Secret(_) => IndexedKind::Secret,
-            Object::VirtualService(_) => IndexedKind::VirtualService,
-            Object::DestinationRule(_) => IndexedKind::DestinationRule,
-            Object::Gateway(_) => IndexedKind::Gateway,
-            Object::PeerAuthentication(_) => IndexedKind::PeerAuthentication,
-            Object::AuthorizationPolicy(_) => IndexedKind::AuthorizationPolicy,
-            Object::Mesh(_) => IndexedKind::Mesh,
+            Object::Namespace(_) => InputKind::Namespace,
+            Object::Service(_) => InputKind::Service,
+            Object::Pod(_) => InputKind::Pod,
+            Object::Secret(_) => InputKind::Secret,
+            Object::VirtualService(_) => InputKind::Trellis(Kind::VirtualService),
+            Object::DestinationRule(_) => InputKind::Trellis(Kind::DestinationRule),
+            Object::Gateway(_) => InputKind::Trellis(Kind::Gateway),
+            Object::PeerAuthentication(_) => InputKind::Trellis(Kind::PeerAuthentication),
+            Object::AuthorizationPolicy(_) => InputKind::Trellis(Kind::AuthorizationPolicy),
+            Object::Mesh(_) => InputKind::Trellis(Kind::Mesh),
         }
     }
 
@@ -176,8 +137,8 @@ impl Index {
     }
 
     /// The kinds whose first list has not completed yet.
-    pub fn unlisted(&self) -> Vec<IndexedKind> {
-        IndexedKind::ALL
+    pub fn unlisted(&self) -> Vec<InputKind> {
+        InputKind::ALL
             .into_iter()
             .filter(|k| !self.listed.contains(k))
             .collect()
@@ -264,54 +225,54 @@ impl Index {
     }
 
     /// The keys of the objects of one kind (what a watcher's re-list is compared with).
-    pub fn keys(&self, kind: IndexedKind) -> Vec<ObjectKey> {
+    pub fn keys(&self, kind: InputKind) -> Vec<ObjectKey> {
         fn ks<V>(m: &BTreeMap<ObjectKey, V>) -> Vec<ObjectKey> {
             m.keys().cloned().collect()
         }
         match kind {
-            IndexedKind::Namespace => self.namespaces.keys().map(|n| ObjectKey::new("", n.clone())).collect(),
-            IndexedKind::Service => ks(&self.services),
-            IndexedKind::Pod => ks(&self.workloads),
-            IndexedKind::Secret => ks(&self.credentials),
-            IndexedKind::VirtualService => ks(&self.virtual_services),
-            IndexedKind::DestinationRule => ks(&self.destination_rules),
-            IndexedKind::Gateway => ks(&self.gateways),
-            IndexedKind::PeerAuthentication => ks(&self.peer_authentications),
-            IndexedKind::AuthorizationPolicy => ks(&self.authorization_policies),
-            IndexedKind::Mesh => self.mesh.iter().map(|_| ObjectKey::new("", "default")).collect(),
+            InputKind::Namespace => self.namespaces.keys().map(|n| ObjectKey::new("", n.clone())).collect(),
+            InputKind::Service => ks(&self.services),
+            InputKind::Pod => ks(&self.workloads),
+            InputKind::Secret => ks(&self.credentials),
+            InputKind::Trellis(Kind::VirtualService) => ks(&self.virtual_services),
+            InputKind::Trellis(Kind::DestinationRule) => ks(&self.destination_rules),
+            InputKind::Trellis(Kind::Gateway) => ks(&self.gateways),
+            InputKind::Trellis(Kind::PeerAuthentication) => ks(&self.peer_authentications),
+            InputKind::Trellis(Kind::AuthorizationPolicy) => ks(&self.authorization_policies),
+            InputKind::Trellis(Kind::Mesh) => self.mesh.iter().map(|_| ObjectKey::new("", "default")).collect(),
         }
     }
 
-    fn remove(&mut self, kind: IndexedKind, key: &ObjectKey) {
+    fn remove(&mut self, kind: InputKind, key: &ObjectKey) {
         match kind {
-            IndexedKind::Namespace => {
+            InputKind::Namespace => {
                 self.namespaces.remove(&key.name);
             }
-            IndexedKind::Service => {
+            InputKind::Service => {
                 self.services.remove(key);
             }
-            IndexedKind::Pod => {
+            InputKind::Pod => {
                 self.workloads.remove(key);
             }
-            IndexedKind::Secret => {
+            InputKind::Secret => {
                 self.credentials.remove(key);
             }
-            IndexedKind::VirtualService => {
+            InputKind::Trellis(Kind::VirtualService) => {
                 self.virtual_services.remove(key);
             }
-            IndexedKind::DestinationRule => {
+            InputKind::Trellis(Kind::DestinationRule) => {
                 self.destination_rules.remove(key);
             }
-            IndexedKind::Gateway => {
+            InputKind::Trellis(Kind::Gateway) => {
                 self.gateways.remove(key);
             }
-            IndexedKind::PeerAuthentication => {
+            InputKind::Trellis(Kind::PeerAuthentication) => {
                 self.peer_authentications.remove(key);
             }
-            IndexedKind::AuthorizationPolicy => {
+            InputKind::Trellis(Kind::AuthorizationPolicy) => {
                 self.authorization_policies.remove(key);
             }
-            IndexedKind::Mesh => {
+            InputKind::Trellis(Kind::Mesh) => {
                 if key.name == "default" {
                     self.mesh = None;
                 }
@@ -349,51 +310,25 @@ pub type Shared = Arc<RwLock<Index>>;
 /// Watch errors are retried with kube-runtime's default backoff; a kind whose CRD is not
 /// installed yet is retried until it is.
 pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sender<u64>, metrics: Arc<Metrics>) {
-    let tls_secrets = watcher::Config::default().fields("type=kubernetes.io/tls");
     tokio::join!(
-        watch_kind::<Namespace>(
-            client.clone(),
-            &index,
-            &changed,
-            &metrics,
-            watcher::Config::default(),
-            IndexedKind::Namespace,
-            |o| Object::Namespace(Box::new(o))
-        ),
-        watch_kind::<K8sService>(
-            client.clone(),
-            &index,
-            &changed,
-            &metrics,
-            watcher::Config::default(),
-            IndexedKind::Service,
-            |o| Object::Service(Box::new(o))
-        ),
-        watch_kind::<Pod>(
-            client.clone(),
-            &index,
-            &changed,
-            &metrics,
-            watcher::Config::default(),
-            IndexedKind::Pod,
-            |o| Object::Pod(Box::new(o))
-        ),
-        watch_kind::<Secret>(
-            client.clone(),
-            &index,
-            &changed,
-            &metrics,
-            tls_secrets,
-            IndexedKind::Secret,
-            |o| Object::Secret(Box::new(o))
-        ),
+        watch_kind::<Namespace>(client.clone(), &index, &changed, &metrics, InputKind::Namespace, |o| {
+            Object::Namespace(Box::new(o))
+        }),
+        watch_kind::<K8sService>(client.clone(), &index, &changed, &metrics, InputKind::Service, |o| {
+            Object::Service(Box::new(o))
+        }),
+        watch_kind::<Pod>(client.clone(), &index, &changed, &metrics, InputKind::Pod, |o| {
+            Object::Pod(Box::new(o))
+        }),
+        watch_kind::<Secret>(client.clone(), &index, &changed, &metrics, InputKind::Secret, |o| {
+            Object::Secret(Box::new(o))
+        }),
         watch_kind::<VirtualService>(
             client.clone(),
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::VirtualService,
+            InputKind::Trellis(Kind::VirtualService),
             |o| Object::VirtualService(Box::new(o))
         ),
         watch_kind::<DestinationRule>(
@@ -401,8 +336,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::DestinationRule,
+            InputKind::Trellis(Kind::DestinationRule),
             |o| Object::DestinationRule(Box::new(o))
         ),
         watch_kind::<Gateway>(
@@ -410,8 +344,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::Gateway,
+            InputKind::Trellis(Kind::Gateway),
             |o| Object::Gateway(Box::new(o))
         ),
         watch_kind::<PeerAuthentication>(
@@ -419,8 +352,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::PeerAuthentication,
+            InputKind::Trellis(Kind::PeerAuthentication),
             |o| Object::PeerAuthentication(Box::new(o))
         ),
         watch_kind::<AuthorizationPolicy>(
@@ -428,8 +360,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::AuthorizationPolicy,
+            InputKind::Trellis(Kind::AuthorizationPolicy),
             |o| Object::AuthorizationPolicy(Box::new(o))
         ),
         watch_kind::<Mesh>(
@@ -437,8 +368,7 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &index,
             &changed,
             &metrics,
-            watcher::Config::default(),
-            IndexedKind::Mesh,
+            InputKind::Trellis(Kind::Mesh),
             |o| Object::Mesh(Box::new(o))
         ),
     );
@@ -449,8 +379,7 @@ async fn watch_kind<K>(
     index: &Shared,
     changed: &tokio::sync::watch::Sender<u64>,
     metrics: &Metrics,
-    config: watcher::Config,
-    kind: IndexedKind,
+    kind: InputKind,
     wrap: fn(K) -> Object,
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -458,6 +387,10 @@ async fn watch_kind<K>(
 {
     use kube::runtime::WatchStreamExt;
     let api: Api<K> = Api::all(client);
+    let config = match kind.field_selector() {
+        Some(selector) => watcher::Config::default().fields(&selector),
+        None => watcher::Config::default(),
+    };
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut relist: Option<BTreeSet<ObjectKey>> = None;
     while let Some(event) = stream.next().await {
@@ -517,7 +450,7 @@ mod tests {
         idx.apply(Change::Applied(Object::Service(Box::new(svc("c")))));
         // A re-list that saw only c: b was deleted while the watch was down.
         idx.apply(Change::Relisted {
-            kind: IndexedKind::Service,
+            kind: InputKind::Service,
             seen: BTreeSet::from([ObjectKey::new("shop", "c")]),
         });
         let names: Vec<String> = idx
@@ -536,7 +469,7 @@ mod tests {
         let mut idx = Index::default();
         idx.apply(Change::Applied(Object::Service(Box::new(svc("a")))));
         assert!(!idx.synced());
-        for kind in IndexedKind::ALL {
+        for kind in InputKind::ALL {
             assert!(!idx.synced(), "{kind:?} and later not listed yet");
             let seen = idx.keys(kind).into_iter().collect();
             idx.apply(Change::Relisted { kind, seen });
@@ -544,7 +477,7 @@ mod tests {
         assert!(idx.synced() && idx.unlisted().is_empty());
         // A later re-list (a watch restarted) keeps it synced.
         idx.apply(Change::Relisted {
-            kind: IndexedKind::Service,
+            kind: InputKind::Service,
             seen: BTreeSet::new(),
         });
         assert!(idx.synced());

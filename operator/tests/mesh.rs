@@ -35,7 +35,8 @@ use trellis_contract::ProxyConfig;
 use trellis_operator::app::{self, App, Core};
 use trellis_operator::ca::service::{TokenIdentity, TokenReviewer};
 use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, MeshRoots, SigningCert, SystemClock};
-use trellis_operator::index::{Change, Index, IndexedKind, Object};
+use trellis_operator::index::{Change, Index, Object};
+use trellis_operator::snapshot::InputKind;
 use trellis_push::client::{self, ClientConfig, ConfigSink};
 
 const TTL_SECONDS: u64 = 3;
@@ -122,7 +123,7 @@ impl Registry {
     fn listed(&self) {
         let generation = {
             let mut idx = self.index.write().unwrap();
-            for kind in IndexedKind::ALL {
+            for kind in InputKind::ALL {
                 let seen = idx.keys(kind).into_iter().collect();
                 idx.apply(Change::Relisted { kind, seen });
             }

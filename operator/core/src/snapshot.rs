@@ -1,17 +1,128 @@
 //! A snapshot of everything the compiler reads: the registry plus the mesh's configuration.
 //!
-//! Built from the live index by the operator, or from YAML files ([`Snapshot::from_yaml`]) by
-//! `meshctl proxy-config` and the compiler's fixture tests.
+//! [`InputKind::ALL`] is the one list of the kinds a snapshot is made of: the operator's index
+//! watches exactly these, and `meshctl` lists exactly these from a cluster. Built from the live
+//! index by the operator, from a cluster's listed objects ([`Snapshot::from_objects`]) by
+//! `meshctl`, or from YAML files ([`Snapshot::from_yaml`]) by `meshctl` and the compiler's
+//! fixture tests.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service as K8sService};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use trellis_api::document::{Classification, Kind, classify, parse_documents};
+use trellis_api::document::{Classification, Kind, VERSION, classify, parse_documents};
 use trellis_api::mesh::MeshSpec;
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
 
 use crate::registry::{ObjectKey, Registry, Service, TlsCredential, Workload};
+
+/// A kind of object a compilation reads: the core kinds the registry is made of, and every
+/// Trellis kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InputKind {
+    /// `v1 Namespace`: the namespace labels (injection, `sourceLabels` of namespaces).
+    Namespace,
+    /// `v1 Service`.
+    Service,
+    /// `v1 Pod`: workloads and endpoints.
+    Pod,
+    /// `v1 Secret` of type `kubernetes.io/tls`: gateway credentials (`credentialName`).
+    Secret,
+    /// A Trellis kind.
+    Trellis(Kind),
+}
+
+/// The type of the Secrets a snapshot reads; others never hold gateway credentials.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+impl InputKind {
+    /// Every kind, in the order the operator's index lists them: the core kinds, then
+    /// [`Kind::ALL`].
+    pub const ALL: [InputKind; 4 + Kind::ALL.len()] = {
+        const CORE: [InputKind; 4] = [
+            InputKind::Namespace,
+            InputKind::Service,
+            InputKind::Pod,
+            InputKind::Secret,
+        ];
+        // A const cannot concatenate arrays: fill the Trellis part from Kind::ALL.
+        let mut all = [InputKind::Namespace; 4 + Kind::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < CORE.len() {
+                CORE[i]
+            } else {
+                InputKind::Trellis(Kind::ALL[i - CORE.len()])
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// The kind as written in `kind:`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            InputKind::Namespace => "Namespace",
+            InputKind::Service => "Service",
+            InputKind::Pod => "Pod",
+            InputKind::Secret => "Secret",
+            InputKind::Trellis(k) => k.name(),
+        }
+    }
+
+    /// The API group (`""` for the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            InputKind::Trellis(k) => k.group(),
+            _ => "",
+        }
+    }
+
+    /// The API version within the group.
+    pub fn version(self) -> &'static str {
+        match self {
+            InputKind::Trellis(_) => VERSION,
+            _ => "v1",
+        }
+    }
+
+    /// `group/version`, or `v1` for the core group.
+    pub fn api_version(self) -> String {
+        match self {
+            InputKind::Trellis(k) => k.api_version(),
+            _ => "v1".to_string(),
+        }
+    }
+
+    /// The resource name in URLs (`pods`, `virtualservices`).
+    pub fn plural(self) -> String {
+        match self {
+            InputKind::Namespace => "namespaces".to_string(),
+            InputKind::Service => "services".to_string(),
+            InputKind::Pod => "pods".to_string(),
+            InputKind::Secret => "secrets".to_string(),
+            InputKind::Trellis(k) => k.plural(),
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        match self {
+            InputKind::Namespace => false,
+            InputKind::Trellis(k) => k.namespaced(),
+            _ => true,
+        }
+    }
+
+    /// The field selector a list or watch of this kind uses: only TLS Secrets are read (a
+    /// cluster's other Secrets are none of the mesh's business, and are not fetched).
+    pub fn field_selector(self) -> Option<String> {
+        match self {
+            InputKind::Secret => Some(format!("type={TLS_SECRET_TYPE}")),
+            _ => None,
+        }
+    }
+}
 
 /// The inputs of one compilation.
 #[derive(Debug, Clone, Default)]
@@ -35,10 +146,32 @@ pub struct Snapshot {
     pub trust_bundle: Vec<String>,
 }
 
-/// A document of a snapshot file that could not be used.
+/// An object of a known kind that does not have that kind's shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {}: {message}", display_name(namespace, name))]
+pub struct ObjectError {
+    /// Kind.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped objects and objects without one).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn display_name(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// Objects that could not be read into a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Not YAML/JSON.
+    /// A document of a file that is not YAML/JSON.
     #[error("line {line}: {message}")]
     Parse {
         /// File line.
@@ -46,18 +179,17 @@ pub enum SnapshotError {
         /// What is wrong.
         message: String,
     },
-    /// A document of a known kind with the wrong shape.
-    #[error("line {line}: {kind} {name}: {message}")]
+    /// A document of a file of a known kind with the wrong shape.
+    #[error("line {line}: {source}")]
     Shape {
         /// File line.
         line: usize,
-        /// Kind.
-        kind: String,
-        /// Name.
-        name: String,
-        /// What is wrong.
-        message: String,
+        /// The object and what is wrong with it.
+        source: ObjectError,
     },
+    /// An object (listed from a cluster) of a known kind with the wrong shape.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
 }
 
 impl Snapshot {
@@ -70,18 +202,30 @@ impl Snapshot {
                 line: e.line,
                 message: e.message,
             })?;
-            s.add(&value).map_err(|(kind, name, message)| SnapshotError::Shape {
-                line: doc.line,
-                kind,
-                name,
-                message,
-            })?;
+            s.add(&value)
+                .map_err(|source| SnapshotError::Shape { line: doc.line, source })?;
         }
         Ok(s)
     }
 
-    /// Add one object; returns (kind, name, why) when its shape is wrong.
-    pub fn add(&mut self, value: &Value) -> Result<(), (String, String, String)> {
+    /// The snapshot of a cluster's objects, however they were fetched (the objects of each
+    /// [`InputKind`], with `apiVersion` and `kind` set — as `kubectl get -o json` and the API's
+    /// list items after [`with_type_meta`] give them). The operator's index folds the same
+    /// objects through the same conversions ([`Service::from_k8s`], [`Workload::from_pod`],
+    /// [`tls_credential`]), so both compile the same configuration from the same cluster.
+    ///
+    /// # Caveats
+    /// Objects of other kinds are skipped, as [`Snapshot::from_yaml`] skips them.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Result<Snapshot, SnapshotError> {
+        let mut s = Snapshot::default();
+        for o in objects {
+            s.add(o)?;
+        }
+        Ok(s)
+    }
+
+    /// Add one object. Objects of kinds the compiler does not read are skipped.
+    pub fn add(&mut self, value: &Value) -> Result<(), ObjectError> {
         let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
         let name = value
@@ -89,7 +233,16 @@ impl Snapshot {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let err = |e: serde_json::Error| (kind.to_string(), name.clone(), e.to_string());
+        let err = |e: serde_json::Error| ObjectError {
+            kind: kind.to_string(),
+            namespace: value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            name: name.clone(),
+            message: e.to_string(),
+        };
         match classify(api, kind) {
             Classification::Trellis(k) | Classification::Istio { kind: k, .. } => {
                 let mut v = value.clone();
@@ -163,8 +316,22 @@ fn default_namespace(v: &mut Value, namespaced: bool) {
     }
 }
 
-/// A `tls.crt`/`tls.key` Secret as a gateway credential.
+/// Set `apiVersion` and `kind` on a listed object of `kind` (the API server leaves them out
+/// of a list's items).
+pub fn with_type_meta(mut object: Value, kind: InputKind) -> Value {
+    if let Some(o) = object.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(kind.api_version()));
+        o.insert("kind".into(), Value::String(kind.kind().to_string()));
+    }
+    object
+}
+
+/// A Secret of type `kubernetes.io/tls` with `tls.crt` and `tls.key` as a gateway credential
+/// (the operator watches only that type; a snapshot from files or a listing reads the same).
 pub fn tls_credential(secret: &Secret) -> Option<TlsCredential> {
+    if secret.type_.as_deref() != Some(TLS_SECRET_TYPE) {
+        return None;
+    }
     let text = |k: &str| {
         secret
             .data
@@ -178,4 +345,90 @@ pub fn tls_credential(secret: &Secret) -> Option<TlsCredential> {
         private_key_pem: text("tls.key")?,
         ca_pem: text("ca.crt"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_one_list_holds_the_core_kinds_and_every_trellis_kind_once() {
+        let all: Vec<InputKind> = InputKind::ALL.to_vec();
+        assert_eq!(
+            &all[..4],
+            [
+                InputKind::Namespace,
+                InputKind::Service,
+                InputKind::Pod,
+                InputKind::Secret
+            ]
+        );
+        let trellis: Vec<Kind> = all[4..]
+            .iter()
+            .map(|k| match k {
+                InputKind::Trellis(k) => *k,
+                other => panic!("{other:?} after the core kinds"),
+            })
+            .collect();
+        assert_eq!(trellis, Kind::ALL);
+        let paths: Vec<String> = all
+            .iter()
+            .map(|k| format!("{}/{}", k.api_version(), k.plural()))
+            .collect();
+        assert!(paths.contains(&"v1/secrets".to_string()), "{paths:?}");
+        assert!(paths.contains(&"networking.trellis.dev/v1alpha1/virtualservices".to_string()));
+        assert_eq!(
+            InputKind::Secret.field_selector().as_deref(),
+            Some("type=kubernetes.io/tls")
+        );
+        assert!(!InputKind::Namespace.namespaced() && !InputKind::Trellis(Kind::Mesh).namespaced());
+    }
+
+    fn secret(name: &str, type_: &str) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "trellis-system"},
+            "type": type_,
+            "stringData": {"tls.crt": "CERT", "tls.key": "KEY"}
+        })
+    }
+
+    #[test]
+    fn listed_objects_make_a_snapshot_with_tls_secrets_only() {
+        let objects = [
+            with_type_meta(
+                json!({"metadata": {"name": "shop", "labels": {"trellis.dev/inject": "enabled"}}}),
+                InputKind::Namespace,
+            ),
+            with_type_meta(
+                json!({"metadata": {"name": "web", "namespace": "shop"},
+                       "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}}),
+                InputKind::Service,
+            ),
+            with_type_meta(secret("shop-cert", "kubernetes.io/tls"), InputKind::Secret),
+            with_type_meta(secret("opaque", "Opaque"), InputKind::Secret),
+            with_type_meta(
+                json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}),
+                InputKind::Trellis(Kind::VirtualService),
+            ),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}),
+        ];
+        let s = Snapshot::from_objects(&objects).unwrap();
+        assert_eq!(s.registry.namespaces.len(), 1);
+        assert_eq!(s.registry.services.len(), 1);
+        assert_eq!(s.virtual_services.len(), 1);
+        let creds: Vec<&ObjectKey> = s.registry.credentials.keys().collect();
+        assert_eq!(creds, [&ObjectKey::new("trellis-system", "shop-cert")]);
+    }
+
+    #[test]
+    fn a_malformed_object_is_named() {
+        let bad = with_type_meta(
+            json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"hosts": "not a list"}}),
+            InputKind::Trellis(Kind::VirtualService),
+        );
+        let err = Snapshot::from_objects([&bad]).unwrap_err().to_string();
+        assert!(err.starts_with("VirtualService shop/web: "), "{err}");
+    }
 }
