@@ -3,7 +3,10 @@
 //! shape Istio uses so operators recognise them. Inbound TCP is redirected to
 //! the inbound port, outbound TCP to the outbound port; the proxy's own UID,
 //! localhost, the proxy's own ports and configured ports/CIDRs are excluded.
-//! Optionally DNS (UDP and TCP 53) is redirected to the DNS proxy.
+//! Capture can be narrowed to listed inbound ports or outbound CIDRs (Istio's
+//! `includeInboundPorts` / `includeOutboundIPRanges`), and listed outbound
+//! ports are captured whatever their destination (`includeOutboundPorts`).
+//! DNS (UDP and TCP 53) is redirected to the DNS proxy unless turned off.
 //!
 //! The rules are a pure function of [`CaptureConfig`]; [`install`] runs them.
 
@@ -27,6 +30,12 @@ pub struct CaptureConfig {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations left alone.
     pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// Only these inbound ports are captured (`None`: every port).
+    pub include_inbound_ports: Option<Vec<u16>>,
+    /// Outbound ports captured whatever the destination (even an excluded CIDR).
+    pub include_outbound_ports: Vec<u16>,
+    /// Only these outbound destinations are captured (`None`: every destination).
+    pub include_outbound_cidrs: Option<Vec<IpNet>>,
     /// Redirect DNS to this port, if set.
     pub dns_port: Option<u16>,
 }
@@ -40,7 +49,10 @@ impl Default for CaptureConfig {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
-            dns_port: None,
+            include_inbound_ports: None,
+            include_outbound_ports: Vec::new(),
+            include_outbound_cidrs: None,
+            dns_port: Some(ports::DNS),
         }
     }
 }
@@ -59,6 +71,43 @@ pub enum CaptureError {
         /// What iptables said.
         stderr: String,
     },
+}
+
+/// An include list as Istio writes it: `*` for everything, otherwise a
+/// comma-separated list (empty: nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include<T>(pub Option<Vec<T>>);
+
+/// An include list item that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{item:?} is not valid here ({why}); write `*` or a comma-separated list, e.g. 8080,9090 or 10.0.0.0/8")]
+pub struct IncludeError {
+    item: String,
+    why: String,
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Include<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = IncludeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "*" {
+            return Ok(Include(None));
+        }
+        s.split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(|i| {
+                i.parse::<T>().map_err(|e| IncludeError {
+                    item: i.to_string(),
+                    why: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<T>, _>>()
+            .map(|v| Include(Some(v)))
+    }
 }
 
 fn rule(args: &[&str]) -> Vec<String> {
@@ -139,16 +188,34 @@ pub fn iptables_rules(c: &CaptureConfig) -> Vec<Vec<String>> {
             "RETURN",
         ]));
     }
-    r.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        "TRELLIS_INBOUND",
-        "-p",
-        "tcp",
-        "-j",
-        "TRELLIS_IN_REDIRECT",
-    ]));
+    match &c.include_inbound_ports {
+        None => r.push(rule(&[
+            "-t",
+            "nat",
+            "-A",
+            "TRELLIS_INBOUND",
+            "-p",
+            "tcp",
+            "-j",
+            "TRELLIS_IN_REDIRECT",
+        ])),
+        Some(included) => {
+            for p in included {
+                r.push(rule(&[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "TRELLIS_INBOUND",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &p.to_string(),
+                    "-j",
+                    "TRELLIS_IN_REDIRECT",
+                ]));
+            }
+        }
+    }
 
     // Outbound.
     r.push(rule(&[
@@ -217,6 +284,21 @@ pub fn iptables_rules(c: &CaptureConfig) -> Vec<Vec<String>> {
         "-j",
         "RETURN",
     ]));
+    // Listed ports are captured whatever their destination (before the CIDR rules).
+    for p in &c.include_outbound_ports {
+        r.push(rule(&[
+            "-t",
+            "nat",
+            "-A",
+            "TRELLIS_OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &p.to_string(),
+            "-j",
+            "TRELLIS_REDIRECT",
+        ]));
+    }
     for p in &c.exclude_outbound_ports {
         r.push(rule(&[
             "-t",
@@ -243,7 +325,23 @@ pub fn iptables_rules(c: &CaptureConfig) -> Vec<Vec<String>> {
             "RETURN",
         ]));
     }
-    r.push(rule(&["-t", "nat", "-A", "TRELLIS_OUTPUT", "-j", "TRELLIS_REDIRECT"]));
+    match &c.include_outbound_cidrs {
+        None => r.push(rule(&["-t", "nat", "-A", "TRELLIS_OUTPUT", "-j", "TRELLIS_REDIRECT"])),
+        Some(included) => {
+            for cidr in included {
+                r.push(rule(&[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "TRELLIS_OUTPUT",
+                    "-d",
+                    &cidr.to_string(),
+                    "-j",
+                    "TRELLIS_REDIRECT",
+                ]));
+            }
+        }
+    }
 
     if let Some(dns) = c.dns_port {
         let dns = dns.to_string();
@@ -316,7 +414,63 @@ mod tests {
             .position(|r| r.contains("--uid-owner 1337 -j RETURN"))
             .unwrap();
         assert!(uid_excl < last_out);
-        assert!(!rules.iter().any(|r| r.contains("--dport 53")));
+        // DNS is captured by default, for every process but the proxy.
+        for proto in ["udp", "tcp"] {
+            let dns = format!(
+                "-t nat -I OUTPUT 1 -p {proto} --dport 53 -m owner ! --uid-owner 1337 -j REDIRECT --to-ports 15053"
+            );
+            assert!(rules.contains(&dns), "{rules:#?}");
+        }
+        let off = joined(&CaptureConfig {
+            dns_port: None,
+            ..CaptureConfig::default()
+        });
+        assert!(!off.iter().any(|r| r.contains("--dport 53")));
+    }
+
+    #[test]
+    fn include_lists_parse_star_lists_and_empty() {
+        assert_eq!("*".parse::<Include<u16>>().unwrap(), Include(None));
+        assert_eq!("80, 443".parse::<Include<u16>>().unwrap(), Include(Some(vec![80, 443])));
+        assert_eq!("".parse::<Include<u16>>().unwrap(), Include(Some(vec![])));
+        let err = "80,http".parse::<Include<u16>>().unwrap_err().to_string();
+        assert!(err.contains("\"http\"") && err.contains("comma-separated"), "{err}");
+    }
+
+    #[test]
+    fn include_lists_narrow_capture_and_included_ports_win_over_excluded_cidrs() {
+        let c = CaptureConfig {
+            include_inbound_ports: Some(vec![8080, 9090]),
+            include_outbound_cidrs: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+            include_outbound_ports: vec![443],
+            exclude_outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            ..Default::default()
+        };
+        let rules = joined(&c);
+        assert!(rules.contains(&"-t nat -A TRELLIS_INBOUND -p tcp --dport 8080 -j TRELLIS_IN_REDIRECT".to_string()));
+        assert!(rules.contains(&"-t nat -A TRELLIS_INBOUND -p tcp --dport 9090 -j TRELLIS_IN_REDIRECT".to_string()));
+        assert!(!rules.contains(&"-t nat -A TRELLIS_INBOUND -p tcp -j TRELLIS_IN_REDIRECT".to_string()));
+        assert!(rules.contains(&"-t nat -A TRELLIS_OUTPUT -d 10.0.0.0/8 -j TRELLIS_REDIRECT".to_string()));
+        assert!(!rules.contains(&"-t nat -A TRELLIS_OUTPUT -j TRELLIS_REDIRECT".to_string()));
+        let included_port = rules
+            .iter()
+            .position(|r| r == "-t nat -A TRELLIS_OUTPUT -p tcp --dport 443 -j TRELLIS_REDIRECT")
+            .unwrap();
+        let excluded_cidr = rules
+            .iter()
+            .position(|r| r == "-t nat -A TRELLIS_OUTPUT -d 10.96.0.0/12 -j RETURN")
+            .unwrap();
+        assert!(included_port < excluded_cidr, "{rules:#?}");
+        // No inbound capture at all: an empty include list.
+        let none = joined(&CaptureConfig {
+            include_inbound_ports: Some(Vec::new()),
+            ..Default::default()
+        });
+        assert!(
+            !none
+                .iter()
+                .any(|r| r.contains("TRELLIS_INBOUND") && r.ends_with("TRELLIS_IN_REDIRECT"))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! UDP and TCP (RFC 7766: two-byte length prefix, several queries per
 //! connection) on the same port, and forwards over the transport the query came
 //! on, so truncated UDP answers can be retried over TCP end to end.
-//! `trellis-proxy init --capture-dns` redirects the pod's UDP and TCP port 53 here.
+//! `trellis-proxy init` redirects the pod's UDP and TCP port 53 here (unless `--capture-dns false`).
 
 use crate::app::Runtime;
 use std::collections::HashMap;

@@ -111,8 +111,17 @@ struct InitArgs {
     /// Outbound CIDRs not to capture (comma separated).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<ipnet::IpNet>,
-    /// Redirect DNS (port 53) to the proxy's DNS port.
-    #[arg(long)]
+    /// Inbound ports to capture: `*` (default: all) or a comma-separated list.
+    #[arg(long, default_value = "*")]
+    include_inbound_ports: capture::Include<u16>,
+    /// Outbound ports always captured, whatever the destination (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    include_outbound_ports: Vec<u16>,
+    /// Outbound destinations to capture: `*` (default: all) or a comma-separated list of CIDRs.
+    #[arg(long, default_value = "*")]
+    include_outbound_cidrs: capture::Include<ipnet::IpNet>,
+    /// Redirect DNS (UDP and TCP port 53) to the proxy's DNS proxy (default true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     capture_dns: bool,
     /// The iptables binary.
     #[arg(long, default_value = "iptables")]
@@ -238,6 +247,9 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         exclude_inbound_ports: args.exclude_inbound_ports,
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+        include_inbound_ports: args.include_inbound_ports.0,
+        include_outbound_ports: args.include_outbound_ports,
+        include_outbound_cidrs: args.include_outbound_cidrs.0,
         dns_port: args.capture_dns.then_some(ports::DNS),
         ..CaptureConfig::default()
     };

@@ -100,19 +100,10 @@ async fn captured_connection_is_routed_by_original_destination() {
             .unwrap(),
     );
 
-    // Capture rules: the proxy runs as root here, the client as uid 1000.
+    // Capture rules: the proxy runs as root here, the client as uid 1000. DNS capture is
+    // the default: no flag asks for it.
     let bin = env!("CARGO_BIN_EXE_trellis-proxy");
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &c,
-        bin,
-        "init",
-        "--proxy-uid",
-        "0",
-        "--capture-dns",
-    ]);
+    run(&["ip", "netns", "exec", &c, bin, "init", "--proxy-uid", "0"]);
 
     let cfg = json!({
         "version": "capture-1",
