@@ -2,9 +2,9 @@
 //!
 //! Starts kubesim (pods as processes in network namespaces; needs root),
 //! installs Trellis from the install manifests, deploys the shop (ingress
-//! gateway, web, payment v1/v2, db, all meshed as the injector meshes
-//! them) and its routing, sends traffic through the gateway, and prints
-//! the routes in force, the answers by version, the identity on each hop
+//! gateway, web, payment v1/v2, db: plain Deployments in a namespace
+//! labelled for injection, meshed by the operator's injector) and its
+//! routing, sends traffic through the gateway, and prints the routes in force, the answers by version, the identity on each hop
 //! and a metrics summary. `--keep` leaves everything running until
 //! Ctrl-C; otherwise kubesim is stopped and cleaned up at the end, also
 //! after a failure or a Ctrl-C midway.

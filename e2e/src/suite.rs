@@ -456,10 +456,11 @@ pub mod steps {
         .map(|_| ())
     }
 
-    /// The shop's workloads (meshed), the tracing setting, then its routing.
+    /// The shop's workloads (plain Deployments in a namespace labelled for injection: the
+    /// operator's injector meshes their pods), the tracing setting, then its routing.
     pub fn deploy_shop(t: &Target) -> anyhow::Result<()> {
         let settings = sidecar::Settings::new(&install::Options::default());
-        let mut objects = demo::objects(&settings)?;
+        let mut objects = demo::objects(&settings);
         objects.push(demo::mesh_tracing());
         t.kubectl_ok(
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],

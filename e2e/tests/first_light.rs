@@ -124,14 +124,13 @@ fn first_light() -> anyhow::Result<()> {
     })?;
 
     step(&t, "a failing payment instance is retried to success", || {
-        let settings = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options::default());
         let mut faulty = demo::apps()
             .into_iter()
             .find(|a| a.name == "payment-v1")
             .context("no payment-v1 in the demo")?;
         faulty.name = "payment-v1-faulty".into();
         faulty.fail_status = Some(503);
-        let deployment = demo::app_deployment(&faulty, &settings)?;
+        let deployment = demo::app_deployment(&faulty);
         t.apply(&serde_json::to_string(&deployment)?)?;
         steps::rollout(&t, demo::NAMESPACE, &faulty.name)?;
         // Give the proxies a moment to learn the new endpoint, then every request must succeed.
@@ -439,6 +438,11 @@ fn first_light() -> anyhow::Result<()> {
                     Some(&serde_json::to_string(mesh)?),
                 )
             };
+            // The validating webhook refuses this Mesh: a config reaches the proxies only if it
+            // got past validation (written while validation was off, or by another version of
+            // the validator), so validation is off for this step.
+            let validator = trellis_manifests::install::webhooks::VALIDATOR;
+            t.kubectl_ok(&["delete", "validatingwebhookconfiguration", validator], None)?;
             let load = http.background(&api, Vec::new());
             let mut bad = demo::mesh_tracing();
             bad["spec"]["telemetry"]["tracing"]["otlpEndpoint"] = "collector.observability:4318".into();
@@ -464,6 +468,10 @@ fn first_light() -> anyhow::Result<()> {
                 &failed[..failed.len().min(3)]
             );
             apply_mesh(&demo::mesh_tracing())?;
+            let options = trellis_manifests::install::Options::default();
+            t.apply(&trellis_manifests::to_yaml(&[trellis_manifests::install::to_value(
+                &trellis_manifests::install::webhooks::validating_webhook_configuration(&options),
+            )]))?;
             wait_for(
                 "every proxy to ACK the repaired config",
                 Duration::from_secs(20),

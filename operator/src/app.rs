@@ -1,5 +1,6 @@
 //! The running operator: wires the Kubernetes client, the live index, the CA (its root kept
-//! in a Secret), the gRPC push and certificate API over TLS, and the admin HTTP API.
+//! in a Secret), the gRPC push and certificate API over TLS, the admission webhooks over HTTPS
+//! (and their `caBundle`), and the admin HTTP API.
 //!
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`start`] and get an [`App`].
 
@@ -10,21 +11,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
+use crate::admission::ca_bundle::Published;
+use crate::admission::server::Webhooks;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
 use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
 use crate::index::{self, Index};
 use crate::metrics::Metrics;
 use crate::push::{self, PushService};
+use crate::serving::{ClientAuth, Identity, ServingTls};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
 pub use crate::ca::secret::CA_SECRET;
 /// Lifetime of the operator's own serving certificate.
 pub const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the webhooks' serving certificate, reissued at two thirds of it.
+// why: the API server re-reads nothing but the caBundle, so a short lifetime costs nothing and
+// limits what a leaked key is worth; a week leaves days to notice a failing renewal.
+pub const WEBHOOK_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The operator's ServiceAccount, which its own identity is derived from.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "trellis-operator";
 
@@ -47,6 +56,16 @@ pub struct Config {
     /// Lifetime of workload certificates, in seconds.
     #[arg(long, env = "TRELLIS_WORKLOAD_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     pub workload_cert_ttl_seconds: u64,
+    /// Address of the admission webhooks (HTTPS).
+    #[arg(long, env = "TRELLIS_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+    /// Create the webhook configurations missing at start (they point at the operator's
+    /// Service; an operator run without one, e.g. in process in tests, turns this off).
+    #[arg(long, env = "TRELLIS_CREATE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_webhooks: bool,
+    /// The proxy image injected when the Mesh names none (`spec.versions.proxy`).
+    #[arg(long, env = "TRELLIS_PROXY_IMAGE", default_value_t = trellis_manifests::install::Options::default().proxy_image)]
+    pub proxy_image: String,
 }
 
 /// A started operator.
@@ -56,6 +75,8 @@ pub struct App {
     pub push_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// Where the admission webhooks listen.
+    pub webhook_addr: SocketAddr,
     /// The roots proxies trust at start (PEM; one outside a root rotation), for clients.
     pub root_pem: String,
     /// The push service (for its sync state).
@@ -81,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster ServiceAccount, or KUBECONFIG out of cluster)")?;
     let app = start(config, client).await?;
-    tracing::info!(push = %app.push_addr, admin = %app.admin_addr, "trellis-operator is serving");
+    tracing::info!(push = %app.push_addr, admin = %app.admin_addr, webhooks = %app.webhook_addr, "trellis-operator is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.stop();
@@ -131,7 +152,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         changed: changed_rx.clone(),
         reviewer: Arc::new(KubeTokenReviewer::new(client.clone())),
         roots: roots.clone(),
-        secret: Some(client.clone()),
+        client: Some(client.clone()),
     };
     let mut app = serve(&config, core).await?;
     app.tasks.push(index_task);
@@ -163,8 +184,9 @@ pub struct Core {
     pub reviewer: Arc<dyn TokenReviewer>,
     /// The mesh roots.
     pub roots: Arc<MeshRoots>,
-    /// Where the end of a root rotation is recorded (the CA Secret), if anywhere.
-    pub secret: Option<Client>,
+    /// The Kubernetes API, if there is one: where the end of a root rotation is recorded (the
+    /// CA Secret), events are published, and the webhooks' `caBundle` is kept current.
+    pub client: Option<Client>,
     /// The operator's metrics (the index records its updates here too).
     pub metrics: Arc<Metrics>,
 }
@@ -185,7 +207,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         changed,
         reviewer,
         roots,
-        secret,
+        client,
         metrics,
     } = core;
     let root_pem = roots.bundle().borrow().roots_pem.concat();
@@ -198,7 +220,16 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         .with_roots(roots.clone())
         .with_metrics(metrics.clone());
     let certs = CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics);
-    let serving = Arc::new(ServingTls::new(config, &roots)?);
+    let serving = Arc::new(ServingTls::new(
+        Identity {
+            spiffe_id: operator_spiffe_id(config),
+            dns_names: service_dns_names(config),
+            ttl: SERVING_CERT_TTL,
+            client_auth: ClientAuth::MeshOptional,
+            alpn: vec![b"h2".to_vec()],
+        },
+        &roots,
+    )?);
     let listener = TcpListener::bind(config.push_addr)
         .await
         .with_context(|| format!("binding the push API to {}", config.push_addr))?;
@@ -216,11 +247,26 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
     // operator's own serving certificate follows the issuing root.
     tasks.push(tokio::spawn(drive_rotation(
-        secret.map(|c| (c, config.namespace.clone())),
+        client.clone().map(|c| (c, config.namespace.clone())),
         roots.clone(),
         push.clone(),
         serving,
     )));
+
+    // Admission webhooks, and their caBundle.
+    let (published_tx, published) = tokio::sync::watch::channel(Published {
+        roots: None,
+        current: true,
+    });
+    if let Some(client) = &client {
+        tasks.push(tokio::spawn(crate::admission::ca_bundle::run(
+            client.clone(),
+            roots.clone(),
+            config.create_webhooks.then(|| config.namespace.clone()),
+            published_tx,
+        )));
+    }
+    let webhook_addr = serve_webhooks(config, &index, &roots, client.as_ref(), published.clone(), &mut tasks).await?;
 
     // Admin.
     let ready = Arc::new(AtomicBool::new(false));
@@ -236,8 +282,10 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
-    // Ready once the index has listed every kind (the push serves nothing before).
+    // Ready once the index has listed every kind (the push serves nothing before) and the
+    // webhook configurations trust the operator (the API server could not call it before).
     let mut rx = changed;
+    let mut published = published;
     let synced_index = index.clone();
     tasks.push(tokio::spawn(async move {
         while !synced_index.read().is_ok_and(|i| i.synced()) {
@@ -245,12 +293,18 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
                 return;
             }
         }
+        while !published.borrow_and_update().current {
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
         ready.store(true, Ordering::SeqCst);
-        tracing::info!("the registry is synced; ready");
+        tracing::info!("the registry is synced and the webhooks are trusted; ready");
     }));
     Ok(App {
         push_addr,
         admin_addr,
+        webhook_addr,
         root_pem,
         push,
         roots,
@@ -262,6 +316,82 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
 /// rotation, the root being rotated to. See [`crate::ca::secret`].
 pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain: &str) -> anyhow::Result<SigningCert> {
     Ok(secret::load_or_create(client, namespace, trust_domain).await?.root)
+}
+
+/// Start the admission webhooks on `config.webhook_addr`, with a certificate from the issuing
+/// root kept current; returns where they listen.
+async fn serve_webhooks(
+    config: &Config,
+    index: &index::Shared,
+    roots: &Arc<MeshRoots>,
+    client: Option<&Client>,
+    published: tokio::sync::watch::Receiver<Published>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let tls = Arc::new(ServingTls::new(
+        Identity {
+            spiffe_id: operator_spiffe_id(config),
+            dns_names: service_dns_names(config),
+            ttl: WEBHOOK_CERT_TTL,
+            client_auth: ClientAuth::None,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        },
+        roots,
+    )?);
+    let mut defaults = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options {
+        namespace: config.namespace.clone(),
+        proxy_image: config.proxy_image.clone(),
+        ..trellis_manifests::install::Options::default()
+    });
+    defaults.trust_domain = config.trust_domain.clone();
+    let events = client.map(|c| {
+        Recorder::new(
+            c.clone(),
+            Reporter {
+                controller: OPERATOR_SERVICE_ACCOUNT.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        )
+    });
+    let webhooks = Arc::new(Webhooks {
+        index: index.clone(),
+        defaults,
+        events,
+    });
+    let listener = TcpListener::bind(config.webhook_addr)
+        .await
+        .with_context(|| format!("binding the admission webhooks to {}", config.webhook_addr))?;
+    let addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(crate::admission::server::serve(
+        listener,
+        tls.clone(),
+        webhooks,
+    )));
+    tasks.push(tokio::spawn(crate::admission::server::keep_certificate_current(
+        tls,
+        roots.clone(),
+        published,
+        Arc::new(SystemClock),
+    )));
+    Ok(addr)
+}
+
+/// The operator's SPIFFE identity, which its serving certificates carry.
+pub fn operator_spiffe_id(config: &Config) -> String {
+    format!(
+        "spiffe://{}/ns/{}/sa/{OPERATOR_SERVICE_ACCOUNT}",
+        config.trust_domain, config.namespace
+    )
+}
+
+/// The names clients reach the operator by: its Service (as proxies and the API server dial
+/// it), and localhost.
+pub fn service_dns_names(config: &Config) -> Vec<String> {
+    vec![
+        format!("trellis-operator.{}.svc", config.namespace),
+        format!("trellis-operator.{}.svc.cluster.local", config.namespace),
+        "localhost".to_string(),
+    ]
 }
 
 /// How often the rotation looks at the proxies' sync state.
@@ -299,7 +429,7 @@ async fn drive_rotation(
         if bundle.has_changed().unwrap_or(false) {
             bundle.borrow_and_update();
             if let Err(e) = serving.refresh(&roots) {
-                tracing::error!(error = %e, "could not reissue the operator's serving certificate");
+                tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate");
             }
         }
         if entered.contains(&Phase::Stable)
@@ -308,111 +438,5 @@ async fn drive_rotation(
         {
             tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");
         }
-    }
-}
-
-/// The push API's TLS: the operator's serving certificate from the issuing root, and client
-/// certificates verified against every trusted root. Swapped, not restarted, when the roots
-/// change, so a root rotation never drops the proxies' subscriptions.
-struct ServingTls {
-    spiffe_id: String,
-    dns_names: Vec<String>,
-    config: arc_swap::ArcSwap<rustls::ServerConfig>,
-}
-
-impl ServingTls {
-    fn new(config: &Config, roots: &MeshRoots) -> anyhow::Result<Self> {
-        let spiffe_id = format!(
-            "spiffe://{}/ns/{}/sa/{OPERATOR_SERVICE_ACCOUNT}",
-            config.trust_domain, config.namespace
-        );
-        let dns_names = vec![
-            format!("trellis-operator.{}.svc", config.namespace),
-            format!("trellis-operator.{}.svc.cluster.local", config.namespace),
-            "localhost".to_string(),
-        ];
-        let tls = Self::build(&spiffe_id, &dns_names, roots)?;
-        Ok(ServingTls {
-            spiffe_id,
-            dns_names,
-            config: arc_swap::ArcSwap::from_pointee(tls),
-        })
-    }
-
-    fn build(spiffe_id: &str, dns_names: &[String], roots: &MeshRoots) -> anyhow::Result<rustls::ServerConfig> {
-        let (leaf, key) = roots
-            .issue_serving(spiffe_id, dns_names, SERVING_CERT_TTL)
-            .context("issuing the operator's serving certificate")?;
-        let pems = |pem: &str| -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-            Ok(rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
-        };
-        let chain = pems(&leaf.cert_chain_pem)?;
-        let key = rustls_pemfile::private_key(&mut key.as_bytes())?.context("the operator's serving key is not PEM")?;
-        let mut trusted = rustls::RootCertStore::empty();
-        for pem in &roots.bundle().borrow().roots_pem {
-            for cert in pems(pem)? {
-                trusted
-                    .add(cert)
-                    .context("a trusted root is not a usable trust anchor")?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(trusted), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .context("building the client certificate verifier")?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .context("the operator's serving certificate")?;
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(tls)
-    }
-
-    /// Reissue the serving certificate from the issuing root and trust the current bundle.
-    fn refresh(&self, roots: &MeshRoots) -> anyhow::Result<()> {
-        self.config
-            .store(Arc::new(Self::build(&self.spiffe_id, &self.dns_names, roots)?));
-        tracing::info!("the push API serves a certificate from the issuing root");
-        Ok(())
-    }
-
-    /// TLS connections accepted on `listener`, each with the configuration current when it
-    /// arrived; handshakes run concurrently, failed ones are logged and dropped.
-    fn incoming(
-        self: Arc<Self>,
-        listener: TcpListener,
-    ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    // The server is gone: release the port.
-                    _ = tx.closed() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a push API connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-                let conns = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = conns.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }

@@ -149,6 +149,21 @@ impl Index {
         self.namespaces.keys()
     }
 
+    /// The labels of namespace `name`, if the index has seen it.
+    pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(name)
+    }
+
+    /// Whether Gateway `namespace/name` exists.
+    pub fn has_gateway(&self, namespace: &str, name: &str) -> bool {
+        self.gateways.contains_key(&ObjectKey::new(namespace, name))
+    }
+
+    /// The spec of the Mesh named `default`, if there is one.
+    pub fn mesh(&self) -> Option<&MeshSpec> {
+        self.mesh.as_ref()
+    }
+
     /// How many Services and Pods the registry holds.
     pub fn counts(&self) -> (usize, usize) {
         (self.services.len(), self.workloads.len())

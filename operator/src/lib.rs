@@ -8,17 +8,22 @@
 //! - [`trust`]: the mesh root published to every namespace.
 //! - [`app`], [`admin`], [`metrics`]: the running operator, its admin API and its metrics.
 //! - [`ca`]: the mesh certificate authority and root rotation.
+//! - [`serving`]: the operator's own serving certificates, reissued in place.
+//! - [`admission`]: the admission webhooks (validation and sidecar injection) and their
+//!   `caBundle`.
 //!
 //! [`registry`], [`snapshot`] and [`compile`] live in the kube-free `trellis-core` crate and are
 //! re-exported here under their old paths.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod ca;
 pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod push;
+pub mod serving;
 pub mod trust;
 
 pub use trellis_core::{compile, registry, snapshot};

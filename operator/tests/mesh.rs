@@ -354,7 +354,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
         changed: changed_rx.clone(),
         reviewer: Arc::new(Reviewer),
         roots: Arc::new(roots),
-        secret: None,
+        client: None,
         metrics: Arc::default(),
     };
     let push_port = support::free_port();

@@ -1,7 +1,8 @@
 //! The shop of the seed documents, as `meshctl demo` and the end-to-end
 //! suite deploy it: an ingress gateway, `web`, `payment` v1 and v2, and
-//! `db` (all `trellis-testapp`, meshed with [`crate::sidecar::inject`]
-//! exactly as the sidecar injector does it), a trace collector, and an
+//! `db` (all `trellis-testapp`: plain Deployments, no sidecar in their YAML,
+//! in the namespace labelled `trellis.dev/inject=enabled`, so the operator's
+//! injector meshes their pods as a user's would be), a trace collector, and an
 //! out-of-mesh client. The routing is `examples/demo/routing.yaml`
 //! ([`ROUTING`]).
 //!
@@ -19,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use crate::install::{IMAGE_REPOSITORY, env, env_field, to_value};
-use crate::sidecar::{self, INJECT_LABEL, InjectError};
+use crate::sidecar::{self, INJECT_ENABLED, INJECT_LABEL};
 
 /// The shop's namespace (injection enabled).
 pub const NAMESPACE: &str = "shop";
@@ -109,7 +110,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 fn namespace(name: &str, meshed: bool) -> Value {
     let l = if meshed {
-        labels(&[(INJECT_LABEL, "enabled")])
+        labels(&[(INJECT_LABEL, INJECT_ENABLED)])
     } else {
         BTreeMap::new()
     };
@@ -214,8 +215,9 @@ fn deployment(name: &str, ns: &str, replicas: i32, template: PodTemplateSpec) ->
     })
 }
 
-/// One shop workload's Deployment, meshed.
-pub fn app_deployment(app: &App, settings: &sidecar::Settings) -> Result<Value, InjectError> {
+/// One shop workload's Deployment, as a user writes it: no sidecar (the injector adds it to
+/// the pods).
+pub fn app_deployment(app: &App) -> Value {
     let mut extra = Vec::new();
     if let Some(f) = &app.forward {
         extra.push(("TESTAPP_FORWARD", f.clone()));
@@ -223,15 +225,15 @@ pub fn app_deployment(app: &App, settings: &sidecar::Settings) -> Result<Value, 
     if let Some(s) = app.fail_status {
         extra.push(("TESTAPP_FAIL_STATUS", s.to_string()));
     }
-    let mut template = testapp_template(&app.service, &app.version, APP_PORT, &extra);
-    sidecar::inject(&mut template, settings)?;
-    Ok(deployment(&app.name, NAMESPACE, app.replicas, template))
+    let template = testapp_template(&app.service, &app.version, APP_PORT, &extra);
+    deployment(&app.name, NAMESPACE, app.replicas, template)
 }
 
 /// Everything `meshctl demo` deploys besides Trellis itself and the
-/// routing: namespaces, ServiceAccounts, Services, the meshed
-/// Deployments, the gateway, the collector and the outside client.
-pub fn objects(settings: &sidecar::Settings) -> Result<Vec<Value>, InjectError> {
+/// routing: namespaces (the shop's labelled for injection), ServiceAccounts,
+/// Services, the shop's Deployments, the gateway (its proxy image from
+/// `settings`), the collector and the outside client.
+pub fn objects(settings: &sidecar::Settings) -> Vec<Value> {
     let mut out = vec![
         namespace(NAMESPACE, true),
         namespace(COLLECTOR_NAMESPACE, false),
@@ -245,7 +247,7 @@ pub fn objects(settings: &sidecar::Settings) -> Result<Vec<Value>, InjectError> 
         out.push(service(s, NAMESPACE, APP_PORT, APP_PORT, false));
     }
     for app in &apps {
-        out.push(app_deployment(app, settings)?);
+        out.push(app_deployment(app));
     }
     out.push(service_account(GATEWAY, NAMESPACE));
     out.push(service(GATEWAY, NAMESPACE, GATEWAY_PORT, GATEWAY_TARGET_PORT, true));
@@ -263,7 +265,7 @@ pub fn objects(settings: &sidecar::Settings) -> Result<Vec<Value>, InjectError> 
         out.push(service(name, ns, port, port, true));
         out.push(deployment(name, ns, 1, testapp_template(name, "v1", port, &[])));
     }
-    Ok(out)
+    out
 }
 
 /// The Mesh change that sends every proxy's spans to the demo's collector.
@@ -285,8 +287,8 @@ mod tests {
     use crate::install::Options;
 
     #[test]
-    fn the_shop_is_meshed_and_the_outsiders_are_not() {
-        let objects = objects(&sidecar::Settings::new(&Options::default())).unwrap();
+    fn the_shop_is_plain_deployments_in_a_meshed_namespace_and_the_outsiders_are_not_meshed() {
+        let objects = objects(&sidecar::Settings::new(&Options::default()));
         let deployments: BTreeMap<String, &Value> = objects
             .iter()
             .filter(|o| o["kind"] == "Deployment")
@@ -296,19 +298,28 @@ mod tests {
             deployments.keys().collect::<Vec<_>>(),
             ["client", "collector", "db", "payment-v1", "payment-v2", GATEWAY, "web"]
         );
+        let namespace_label = |name: &str| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == name)
+                .map(|o| o["metadata"]["labels"][INJECT_LABEL].clone())
+                .unwrap()
+        };
+        assert_eq!(namespace_label(NAMESPACE), INJECT_ENABLED);
+        assert!(namespace_label(COLLECTOR_NAMESPACE).is_null() && namespace_label(OUTSIDE_NAMESPACE).is_null());
+        for (name, d) in &deployments {
+            // No sidecar in anyone's YAML: the injector adds it.
+            assert!(d["spec"]["template"]["spec"]["initContainers"].is_null(), "{name}");
+        }
         for name in ["web", "payment-v1", "payment-v2", "db"] {
-            let init = deployments[name]["spec"]["template"]["spec"]["initContainers"]
-                .as_array()
-                .unwrap();
-            assert_eq!(init[1]["name"], sidecar::PROXY_CONTAINER, "{name} is meshed");
             assert_eq!(deployments[name]["metadata"]["namespace"], NAMESPACE);
+            assert!(deployments[name]["spec"]["template"]["metadata"]["labels"][INJECT_LABEL].is_null());
         }
-        for name in ["client", "collector", GATEWAY] {
-            assert!(
-                deployments[name]["spec"]["template"]["spec"]["initContainers"].is_null(),
-                "{name}"
-            );
-        }
+        // The gateway lives in the meshed namespace but is a proxy itself: it opts out.
+        assert_eq!(
+            deployments[GATEWAY]["spec"]["template"]["metadata"]["labels"][INJECT_LABEL],
+            sidecar::INJECT_DISABLED
+        );
         let payment_v2 = &deployments["payment-v2"]["spec"]["template"];
         assert_eq!(payment_v2["metadata"]["labels"]["version"], "v2");
         assert_eq!(payment_v2["metadata"]["labels"]["app"], "payment");

@@ -1,5 +1,7 @@
 //! What a Trellis installation consists of.
 
+pub mod webhooks;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
@@ -102,7 +104,9 @@ pub fn to_value<T: Serialize + k8s_openapi::Resource>(o: &T) -> Value {
 }
 
 /// Every object of an installation, in the order they must be applied: CRDs, namespace,
-/// identity and RBAC, the operator, its Service, then the default Mesh.
+/// identity and RBAC, the operator, its Service, the default Mesh, then the admission webhooks
+/// (last: their failure policy is `Fail`, and the operator that serves them and fills in their
+/// `caBundle` starts only now — applied earlier, they would refuse the default Mesh).
 pub fn objects(opts: &Options) -> Vec<Value> {
     let mut out: Vec<Value> = trellis_api::crd::all().iter().map(to_value).collect();
     out.push(to_value(&namespace(opts)));
@@ -112,6 +116,8 @@ pub fn objects(opts: &Options) -> Vec<Value> {
     out.push(to_value(&deployment(opts)));
     out.push(to_value(&service(opts)));
     out.push(default_mesh(opts));
+    out.push(to_value(&webhooks::validating_webhook_configuration(opts)));
+    out.push(to_value(&webhooks::mutating_webhook_configuration(opts)));
     out
 }
 
@@ -165,7 +171,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["secrets"],
             &["get", "list", "watch", "create", "update", "patch"],
         ),
-        // Events on transitions.
+        // Events on transitions, and on pods the sidecar injector skips (hostNetwork).
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         // Workload identity: verify the ServiceAccount tokens in certificate requests.
         rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
@@ -187,11 +193,28 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["meshes/status", "meshes/finalizers"],
             &["get", "update", "patch"],
         ),
-        // Admission webhooks: keep their caBundle current.
+        // Admission webhooks: watch the two configurations (list/watch cannot be narrowed to
+        // names)...
         rule(
             &["admissionregistration.k8s.io"],
             &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["list", "watch"],
+        ),
+        // ...keep the caBundle of Trellis' own two current (no update or delete of anyone's)...
+        PolicyRule {
+            resource_names: Some(vec![webhooks::VALIDATOR.into(), webhooks::INJECTOR.into()]),
+            ..rule(
+                &["admissionregistration.k8s.io"],
+                &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+                &["get", "patch"],
+            )
+        },
+        // ...and create them when missing at start: the OLM bundle cannot carry them (create
+        // cannot be narrowed to names; the operator creates only these two).
+        rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            &["create"],
         ),
         rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], READ),
         // Proxy rollout: restart workloads batch by batch.

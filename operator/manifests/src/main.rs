@@ -1,6 +1,7 @@
 //! `trellis-manifests install` prints the install manifests; `trellis-manifests olm [DIR]`
 //! writes the OLM bundle (default `olm/`); `trellis-manifests demo` prints the demo shop's
-//! workloads (meshed as the injector meshes them), its routing and the Mesh tracing change.
+//! workloads (plain Deployments in a namespace labelled for injection), its routing and the
+//! Mesh tracing change.
 
 use std::path::PathBuf;
 
@@ -19,18 +20,11 @@ fn main() -> std::process::ExitCode {
         }
         Some("demo") => {
             let settings = trellis_manifests::sidecar::Settings::new(&opts);
-            match trellis_manifests::demo::objects(&settings) {
-                Ok(mut objects) => {
-                    objects.push(trellis_manifests::demo::mesh_tracing());
-                    print!("{}", trellis_manifests::to_yaml(&objects));
-                    print!("---\n{}", trellis_manifests::demo::ROUTING);
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("trellis-manifests: {e}");
-                    std::process::ExitCode::from(1)
-                }
-            }
+            let mut objects = trellis_manifests::demo::objects(&settings);
+            objects.push(trellis_manifests::demo::mesh_tracing());
+            print!("{}", trellis_manifests::to_yaml(&objects));
+            print!("---\n{}", trellis_manifests::demo::ROUTING);
+            std::process::ExitCode::SUCCESS
         }
         Some("olm") => {
             let dir = args

@@ -13,10 +13,13 @@
 //! does), since with STRICT mTLS the kubelet's plaintext probes would
 //! otherwise be refused by the inbound listener.
 //!
-//! Per-pod overrides use annotations named like Istio's:
-//! `traffic.trellis.dev/excludeInboundPorts`, `excludeOutboundPorts`,
-//! `excludeOutboundIPRanges` (comma separated), and
-//! `sidecar.trellis.dev/rewriteAppHTTPProbers: "false"`.
+//! Per-pod overrides use annotations named like Istio's (resources, log level, concurrency,
+//! DNS capture, ports and CIDRs to include or exclude, the proxy image): see [`overrides`].
+//! What was injected is recorded on the pod: the template version
+//! ([`INJECTED_ANNOTATION`]), the proxy image ([`PROXY_IMAGE_ANNOTATION`], the Mesh API's
+//! contract with the rollout: on a template it assigns the image, on a pod it records the
+//! image injected) and its tag as a
+//! label ([`PROXY_VERSION_LABEL`]) that the rollout and `meshctl` select by.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
 use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
+
+pub mod overrides;
+pub use overrides::Overrides;
 
 /// The proxy container (a native sidecar).
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
@@ -49,9 +55,17 @@ pub const HEALTH_PORT: u16 = 15021;
 /// The audience of the ServiceAccount token the proxy presents to the CA.
 pub const TOKEN_AUDIENCE: &str = "trellis";
 /// Label on namespaces (and pods) that asks for injection.
-pub const INJECT_LABEL: &str = "trellis.dev/inject";
+pub const INJECT_LABEL: &str = trellis_api::mesh::INJECTION_LABEL;
 /// Annotation recording that a pod template was injected, and by which version.
 pub const INJECTED_ANNOTATION: &str = "sidecar.trellis.dev/injected";
+/// The proxy image: assigned on a pod template (by the rollout), recorded on an injected pod.
+pub const PROXY_IMAGE_ANNOTATION: &str = trellis_api::mesh::PROXY_IMAGE_ANNOTATION;
+/// Label recording the injected proxy's version (its image tag), for selecting pods by version.
+pub const PROXY_VERSION_LABEL: &str = "trellis.dev/proxy-version";
+/// The value of [`INJECT_LABEL`] that opts a pod or namespace in.
+pub const INJECT_ENABLED: &str = trellis_api::mesh::INJECTION_ENABLED;
+/// The value of [`INJECT_LABEL`] that opts a pod or namespace out.
+pub const INJECT_DISABLED: &str = trellis_api::mesh::INJECTION_DISABLED;
 /// The sidecar env var holding the app's original probes, by rewritten path.
 pub const APP_PROBES_ENV: &str = "TRELLIS_APP_PROBES";
 
@@ -63,14 +77,16 @@ const ROOT_VOLUME: &str = "trellis-ca-root";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
     #[error(
-        "the pod uses hostNetwork: a sidecar would capture the node's traffic; remove hostNetwork or label the pod {INJECT_LABEL}=disabled"
+        "the pod uses hostNetwork: a sidecar would capture the node's traffic; remove hostNetwork or label the pod {INJECT_LABEL}={INJECT_DISABLED}"
     )]
     HostNetwork,
     #[error(
-        "container `{0}` runs as UID {PROXY_UID}, the proxy's UID: its traffic would bypass the mesh; use another runAsUser"
+        "container `{0}` runs as UID {PROXY_UID}, the proxy's UID, so its traffic would bypass the mesh; set its securityContext.runAsUser to another UID"
     )]
     ProxyUid(String),
-    #[error("container name `{0}` is reserved for the mesh; rename the container")]
+    #[error(
+        "the pod already has a container named `{0}` that Trellis did not inject (no {INJECTED_ANNOTATION} annotation); the name is reserved for the mesh: remove or rename that container and let the injector add the sidecar, or label the pod {INJECT_LABEL}={INJECT_DISABLED}"
+    )]
     ReservedName(String),
     #[error("annotation {annotation}: `{value}` is not {expected}")]
     Annotation {
@@ -78,6 +94,8 @@ pub enum InjectError {
         value: String,
         expected: &'static str,
     },
+    #[error("annotation {0} is not one Trellis reads; known sidecar annotations: {known}", known = overrides::KNOWN.join(", "))]
+    UnknownAnnotation(String),
     #[error(
         "container `{container}`: probe port `{port}` is not one of the container's named ports; name the port or use its number"
     )]
@@ -98,6 +116,8 @@ pub struct Settings {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations never captured.
     pub exclude_outbound_cidrs: Vec<String>,
+    /// Whether DNS is captured (pods may turn it off with [`overrides::CAPTURE_DNS`]).
+    pub capture_dns: bool,
 }
 
 impl Settings {
@@ -111,6 +131,7 @@ impl Settings {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            capture_dns: true,
         }
     }
 
@@ -128,34 +149,82 @@ impl Settings {
     }
 }
 
-/// Whether a pod template already has the mesh's containers.
-pub fn is_injected(spec: &PodSpec) -> bool {
-    spec.init_containers.iter().flatten().any(|c| c.name == PROXY_CONTAINER)
+/// Whether a pod template was meshed by Trellis: the sidecar is there and the template carries
+/// [`INJECTED_ANNOTATION`].
+pub fn is_injected(template: &PodTemplateSpec) -> bool {
+    let annotated = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
+    let has_proxy = template
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.init_containers.iter().flatten().any(|c| c.name == PROXY_CONTAINER));
+    annotated && has_proxy
 }
 
 /// Meshes a pod template in place: idempotent (an injected template is
 /// left alone), and all-or-nothing (on error the template is unchanged).
+/// The image is the pod's [`overrides::PROXY_IMAGE`] annotation if set, else `settings`'.
 pub fn inject(template: &mut PodTemplateSpec, settings: &Settings) -> Result<(), InjectError> {
-    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    let spec = template.spec.get_or_insert_with(PodSpec::default);
-    if is_injected(spec) {
+    if is_injected(template) {
         return Ok(());
     }
-    let annotations = meta.annotations.clone().unwrap_or_default();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let spec = template.spec.get_or_insert_with(PodSpec::default);
+    let overrides = Overrides::from_annotations(meta.annotations.as_ref().unwrap_or(&BTreeMap::new()))?;
     let mut injected = spec.clone();
-    inject_spec(&mut injected, &annotations, settings)?;
+    inject_spec(&mut injected, &overrides, settings)?;
     *spec = injected;
-    meta.annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED_ANNOTATION.into(), env!("CARGO_PKG_VERSION").into());
+    let image = overrides.proxy_image.as_deref().unwrap_or(&settings.proxy_image);
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(INJECTED_ANNOTATION.into(), env!("CARGO_PKG_VERSION").into());
+    annotations.insert(PROXY_IMAGE_ANNOTATION.into(), image.into());
+    label_version(meta, image);
     Ok(())
 }
 
-fn inject_spec(
-    spec: &mut PodSpec,
-    annotations: &BTreeMap<String, String>,
-    settings: &Settings,
-) -> Result<(), InjectError> {
+/// Label the proxy version a pod runs (injected, or a gateway's own).
+fn label_version(meta: &mut ObjectMeta, image: &str) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(PROXY_VERSION_LABEL.into(), version_label(image));
+}
+
+/// The version of an image as a label value: its tag (`latest` when it has none), or the start
+/// of its digest; characters a label value cannot hold become `-`, at most 63 of them.
+pub fn version_label(image: &str) -> String {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let raw = match (last.split_once(':'), digest) {
+        (Some((_, tag)), _) => tag.to_string(),
+        (None, Some(d)) => d.replace(':', "-").chars().take(19).collect(),
+        (None, None) => "latest".to_string(),
+    };
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() {
+        "unknown".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+fn inject_spec(spec: &mut PodSpec, overrides: &Overrides, settings: &Settings) -> Result<(), InjectError> {
     if spec.host_network == Some(true) {
         return Err(InjectError::HostNetwork);
     }
@@ -172,97 +241,19 @@ fn inject_spec(
             return Err(InjectError::ProxyUid(c.name.clone()));
         }
     }
-    let mut inbound = settings.exclude_inbound_ports.clone();
-    inbound.extend(ports_annotation(
-        annotations,
-        "traffic.trellis.dev/excludeInboundPorts",
-    )?);
-    let mut outbound = settings.exclude_outbound_ports.clone();
-    outbound.extend(ports_annotation(
-        annotations,
-        "traffic.trellis.dev/excludeOutboundPorts",
-    )?);
-    let mut cidrs = settings.exclude_outbound_cidrs.clone();
-    cidrs.extend(cidrs_annotation(
-        annotations,
-        "traffic.trellis.dev/excludeOutboundIPRanges",
-    )?);
-    let rewrite = match annotations
-        .get("sidecar.trellis.dev/rewriteAppHTTPProbers")
-        .map(String::as_str)
-    {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            return Err(InjectError::Annotation {
-                annotation: "sidecar.trellis.dev/rewriteAppHTTPProbers".into(),
-                value: other.into(),
-                expected: "\"true\" or \"false\"",
-            });
-        }
-    };
-    let probes = if rewrite {
+    let probes = if overrides.rewrite_probes.unwrap_or(true) {
         rewrite_probes(&mut spec.containers)?
     } else {
         Map::new()
     };
-
     let mut init = vec![
-        init_container(settings, &inbound, &outbound, &cidrs),
-        proxy_container(settings, &probes),
+        init_container(settings, overrides),
+        proxy_container(settings, overrides, &probes),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes());
     Ok(())
-}
-
-/// A comma-separated annotation, each item parsed by `parse`; any bad item
-/// rejects the whole value, saying what is `expected`.
-fn list_annotation<T>(
-    annotations: &BTreeMap<String, String>,
-    key: &str,
-    expected: &'static str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<Vec<T>, InjectError> {
-    let Some(value) = annotations.get(key) else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            parse(item).ok_or_else(|| InjectError::Annotation {
-                annotation: key.into(),
-                value: value.clone(),
-                expected,
-            })
-        })
-        .collect()
-}
-
-fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<u16>, InjectError> {
-    list_annotation(
-        annotations,
-        key,
-        "a comma-separated list of ports (1-65535), e.g. \"9090,9091\"",
-        |p| p.parse::<u16>().ok().filter(|n| *n != 0),
-    )
-}
-
-fn cidrs_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, InjectError> {
-    list_annotation(
-        annotations,
-        key,
-        "a comma-separated list of CIDRs, e.g. \"10.0.0.0/8,192.168.0.0/16\"",
-        |c| {
-            let (ip, len) = c.split_once('/')?;
-            let ip = ip.parse::<std::net::IpAddr>().ok()?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            len.parse::<u8>().ok().filter(|l| *l <= max).map(|_| c.to_string())
-        },
-    )
 }
 
 /// Moves each app container's HTTP/TCP probes behind the proxy's health
@@ -334,21 +325,53 @@ fn csv<T: ToString>(items: &[T]) -> String {
     items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn init_container(settings: &Settings, inbound: &[u16], outbound: &[u16], cidrs: &[String]) -> Container {
+fn init_container(settings: &Settings, o: &Overrides) -> Container {
     let mut args = vec!["init".to_string(), "--proxy-uid".into(), PROXY_UID.to_string()];
+    let joined = |base: &[String], extra: &[String]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        all
+    };
+    let u16s = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>();
     for (flag, value) in [
-        ("--exclude-inbound-ports", csv(inbound)),
-        ("--exclude-outbound-ports", csv(outbound)),
-        ("--exclude-outbound-cidrs", csv(cidrs)),
+        (
+            "--exclude-inbound-ports",
+            csv(&joined(
+                &u16s(&settings.exclude_inbound_ports),
+                &u16s(&o.exclude_inbound_ports),
+            )),
+        ),
+        (
+            "--exclude-outbound-ports",
+            csv(&joined(
+                &u16s(&settings.exclude_outbound_ports),
+                &u16s(&o.exclude_outbound_ports),
+            )),
+        ),
+        (
+            "--exclude-outbound-cidrs",
+            csv(&joined(&settings.exclude_outbound_cidrs, &o.exclude_outbound_cidrs)),
+        ),
+        ("--include-outbound-ports", csv(&o.include_outbound_ports)),
     ] {
         if !value.is_empty() {
             args.push(flag.into());
             args.push(value);
         }
     }
+    // `*` is the default of both; an empty list (capture nothing) is passed as written.
+    if let Some(ports) = &o.include_inbound_ports {
+        args.push(format!("--include-inbound-ports={}", csv(ports)));
+    }
+    if let Some(cidrs) = &o.include_outbound_cidrs {
+        args.push(format!("--include-outbound-cidrs={}", csv(cidrs)));
+    }
+    if !o.capture_dns.unwrap_or(settings.capture_dns) {
+        args.push("--capture-dns=false".into());
+    }
     Container {
         name: INIT_CONTAINER.into(),
-        image: Some(settings.proxy_image.clone()),
+        image: Some(o.proxy_image.clone().unwrap_or_else(|| settings.proxy_image.clone())),
         args: Some(args),
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
@@ -402,12 +425,34 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// The proxy container, in the role of a sidecar.
-fn proxy_container(settings: &Settings, probes: &Map<String, Value>) -> Container {
+fn proxy_container(settings: &Settings, o: &Overrides, probes: &Map<String, Value>) -> Container {
     let mut vars = proxy_env(settings, "sidecar");
+    if let Some(level) = &o.log_level
+        && let Some(log) = vars.iter_mut().find(|e| e.name == "TRELLIS_LOG")
+    {
+        log.value = Some(level.clone());
+    }
+    if let Some(n) = o.concurrency {
+        vars.push(env("TRELLIS_WORKERS", &n.to_string()));
+    }
     if !probes.is_empty() {
         vars.push(env(APP_PROBES_ENV, &Value::Object(probes.clone()).to_string()));
     }
     let mut container = proxy_base(settings, vars);
+    if let Some(image) = &o.proxy_image {
+        container.image = Some(image.clone());
+    }
+    if let Some(resources) = container.resources.as_mut() {
+        for (map, wanted) in [
+            (&mut resources.requests, &o.requests),
+            (&mut resources.limits, &o.limits),
+        ] {
+            let map = map.get_or_insert_with(BTreeMap::new);
+            for (k, v) in wanted {
+                map.insert(k.clone(), Quantity(v.clone()));
+            }
+        }
+    }
     container.restart_policy = Some("Always".into());
     // The app starts once its proxy has a config and a certificate.
     container.startup_probe = Some(health_probe("/ready", 1, 600));
@@ -500,7 +545,9 @@ fn volumes() -> Vec<Volume> {
 /// The pod template of an ingress gateway: `trellis-proxy` in the gateway
 /// role as the only container, with the same identity mounts as sidecars.
 /// Its labels (`app: <name>`, `trellis.dev/gateway: <name>`) are what
-/// Gateway resources select.
+/// Gateway resources select; `trellis.dev/inject: disabled` keeps the injector
+/// from adding a sidecar to a gateway deployed in a meshed namespace; its proxy
+/// version is labelled as on injected pods.
 pub fn gateway_pod_template(name: &str, settings: &Settings, ports: &[u16]) -> PodTemplateSpec {
     let mut container = proxy_base(settings, proxy_env(settings, "gateway"));
     container.name = "gateway".into();
@@ -515,14 +562,17 @@ pub fn gateway_pod_template(name: &str, settings: &Settings, ports: &[u16]) -> P
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }));
+    let mut meta = ObjectMeta {
+        labels: Some(BTreeMap::from([
+            ("app".to_string(), name.to_string()),
+            ("trellis.dev/gateway".to_string(), name.to_string()),
+            (INJECT_LABEL.to_string(), INJECT_DISABLED.to_string()),
+        ])),
+        ..ObjectMeta::default()
+    };
+    label_version(&mut meta, &settings.proxy_image);
     PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(BTreeMap::from([
-                ("app".to_string(), name.to_string()),
-                ("trellis.dev/gateway".to_string(), name.to_string()),
-            ])),
-            ..ObjectMeta::default()
-        }),
+        metadata: Some(meta),
         spec: Some(PodSpec {
             service_account_name: Some(name.into()),
             containers: vec![container],
@@ -666,6 +716,9 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--exclude-inbound-ports", "9090,9091"]));
         assert!(args.windows(2).any(|w| w == ["--exclude-outbound-cidrs", "10.0.0.0/8"]));
 
+        // DNS is captured unless a pod opts out.
+        assert!(!args.iter().any(|a| a.starts_with("--capture-dns")), "{args:?}");
+
         let mut bad = app_template();
         bad.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
             "traffic.trellis.dev/excludeOutboundIPRanges".to_string(),
@@ -678,6 +731,95 @@ mod tests {
             "{err}"
         );
         assert_eq!(bad, before, "a failed injection changes nothing");
+    }
+
+    #[test]
+    fn pod_annotations_set_image_resources_log_level_concurrency_capture_and_are_recorded() {
+        let mut t = app_template();
+        t.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from(
+            [
+                (overrides::PROXY_IMAGE, "registry.local/trellis-proxy:0.2.0-rc.1"),
+                (overrides::PROXY_CPU, "200m"),
+                (overrides::PROXY_MEMORY_LIMIT, "256Mi"),
+                (overrides::LOG_LEVEL, "debug"),
+                (overrides::CONCURRENCY, "2"),
+                (overrides::CAPTURE_DNS, "false"),
+                (overrides::INCLUDE_INBOUND_PORTS, "8080"),
+                (overrides::INCLUDE_OUTBOUND_CIDRS, "10.0.0.0/8"),
+                (overrides::INCLUDE_OUTBOUND_PORTS, "443"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        ));
+        inject(&mut t, &settings()).unwrap();
+        let spec = t.spec.as_ref().unwrap();
+        let (init, proxy) = (
+            &spec.init_containers.as_ref().unwrap()[0],
+            &spec.init_containers.as_ref().unwrap()[1],
+        );
+        for c in [init, proxy] {
+            assert_eq!(c.image.as_deref(), Some("registry.local/trellis-proxy:0.2.0-rc.1"));
+        }
+        let args = init.args.clone().unwrap();
+        for want in [
+            "--capture-dns=false",
+            "--include-inbound-ports=8080",
+            "--include-outbound-cidrs=10.0.0.0/8",
+        ] {
+            assert!(args.contains(&want.to_string()), "{args:?}");
+        }
+        assert!(args.windows(2).any(|w| w == ["--include-outbound-ports", "443"]));
+        let resources = proxy.resources.as_ref().unwrap();
+        assert_eq!(resources.requests.as_ref().unwrap()["cpu"], Quantity("200m".into()));
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"], Quantity("256Mi".into()));
+        let env: BTreeMap<_, _> = proxy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            (env["TRELLIS_LOG"].as_str(), env["TRELLIS_WORKERS"].as_str()),
+            ("debug", "2")
+        );
+        let meta = t.metadata.as_ref().unwrap();
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()[PROXY_IMAGE_ANNOTATION],
+            "registry.local/trellis-proxy:0.2.0-rc.1"
+        );
+        assert_eq!(meta.labels.as_ref().unwrap()[PROXY_VERSION_LABEL], "0.2.0-rc.1");
+    }
+
+    #[test]
+    fn version_labels_are_tags_or_digests_within_label_rules() {
+        assert_eq!(version_label("ghcr.io/trellis-mesh/trellis-proxy:0.1.0"), "0.1.0");
+        assert_eq!(version_label("localhost:5000/trellis-proxy"), "latest");
+        assert_eq!(
+            version_label("trellis-proxy@sha256:abcdef0123456789abcdef"),
+            "sha256-abcdef012345"
+        );
+        assert_eq!(version_label("p:-weird+tag-"), "weird-tag");
+        assert_eq!(version_label(&format!("p:{}", "a".repeat(80))).len(), 63);
+    }
+
+    #[test]
+    fn a_proxy_container_from_elsewhere_is_refused_and_an_injected_one_is_left_alone() {
+        let mut t = app_template();
+        t.spec.as_mut().unwrap().containers.push(Container {
+            name: PROXY_CONTAINER.into(),
+            ..Container::default()
+        });
+        let err = inject(&mut t, &settings()).unwrap_err();
+        assert_eq!(err, InjectError::ReservedName(PROXY_CONTAINER.into()));
+        assert!(err.to_string().contains("did not inject"), "{err}");
+
+        // A copy of an injected pod (annotation and sidecar) is already meshed.
+        let mut injected = app_template();
+        inject(&mut injected, &settings()).unwrap();
+        let mut other = Settings::new(&Options::default());
+        other.proxy_image = "elsewhere/trellis-proxy:9".into();
+        let before = injected.clone();
+        inject(&mut injected, &other).unwrap();
+        assert_eq!(injected, before);
     }
 
     #[test]
@@ -718,6 +860,9 @@ mod tests {
         );
         assert!(c.ports.iter().flatten().any(|p| p.container_port == 8080));
         assert_eq!(spec.service_account_name.as_deref(), Some("trellis-ingressgateway"));
-        assert_eq!(t.metadata.unwrap().labels.unwrap()["app"], "trellis-ingressgateway");
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["app"], "trellis-ingressgateway");
+        // The injector leaves gateways alone, even in a meshed namespace.
+        assert_eq!(labels[INJECT_LABEL], INJECT_DISABLED);
     }
 }

@@ -100,7 +100,18 @@ fn install_objects_are_ordered_and_valid() {
     let first_non_crd = kinds.iter().position(|k| *k != "CustomResourceDefinition").unwrap();
     assert_eq!(first_non_crd, 6, "CRDs come first: {kinds:?}");
     assert_eq!(kinds[first_non_crd], "Namespace");
-    assert_eq!(*kinds.last().unwrap(), "Mesh");
+    // The default Mesh, then the webhooks (failure policy Fail: before the operator serves
+    // them they would refuse the Mesh).
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["Mesh", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]
+    );
+    for o in &objects[objects.len() - 2..] {
+        for w in o["webhooks"].as_array().unwrap() {
+            assert_eq!(w["clientConfig"]["service"]["namespace"], "mesh-system", "{w}");
+            assert!(w["clientConfig"]["caBundle"].is_null(), "the operator fills it in: {w}");
+        }
+    }
     for o in &objects {
         assert!(o["apiVersion"].is_string() && o["metadata"]["name"].is_string(), "{o}");
         if let Some(ns) = o["metadata"]["namespace"].as_str() {

@@ -126,6 +126,10 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         trust_domain: "cluster.local".into(),
         workload_cert_ttl_seconds,
+        webhook_addr: "127.0.0.1:0".parse().unwrap(),
+        // No Service leads to an operator in a test: webhooks created for one would fail.
+        create_webhooks: false,
+        proxy_image: trellis_manifests::install::Options::default().proxy_image,
     }
 }
 

@@ -1,0 +1,373 @@
+//! Admission latency of the operator's webhooks, in process: the real HTTPS webhook server
+//! (`trellis_operator::admission::server`, certificate from the operator's CA code) on
+//! loopback, fed real AdmissionReview bodies as the API server sends them.
+//!
+//! - `inject, 50 concurrent`: 50 pod creations in flight at once (50 keep-alive HTTP/1.1
+//!   connections, `ROUNDS` pods each).
+//! - `inject, scale-up of 500`: one Deployment scaled to 500 — the ReplicaSet controller creates
+//!   pods in slow-start batches of 1, 2, 4, … concurrently, here over one HTTP/2 connection as
+//!   the API server multiplexes its webhook calls.
+//! - `validate, 50 concurrent`: a VirtualService (the demo's payment routing) applied 50 at a
+//!   time.
+//! - the decisions alone (no TLS, no HTTP), for reference.
+//!
+//! Every answer is checked (status 200, allowed, a patch for pods); failures are counted.
+//! Target: p99 ≤ 10 ms per admission, 0 failures. Run:
+//! `cargo bench -p trellis-operator --bench admission` (release build); `ROUNDS` (40),
+//! `SCALE` (500), `CONCURRENCY` (50).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::{Value, json};
+use trellis_manifests::install::{Options, webhooks};
+use trellis_manifests::sidecar::Settings;
+use trellis_operator::admission::server::{Webhooks, serve};
+use trellis_operator::ca::{MeshRoots, SigningCert, SystemClock};
+use trellis_operator::index::{Change, Index, Object};
+use trellis_operator::serving::{ClientAuth, Identity, ServingTls};
+use trellis_operator::snapshot::InputKind;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pod_review(i: usize) -> Vec<u8> {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("00000000-0000-4000-8000-{i:012}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-7d4b9c-", "namespace": "shop",
+                             "labels": {"app": "web", "version": "v1", "pod-template-hash": "7d4b9c"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c",
+                                                  "uid": "3f1f2c1e-0000-4000-8000-000000000000", "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {
+                    "serviceAccountName": "web",
+                    "containers": [{"name": "web", "image": "ghcr.io/trellis-mesh/trellis-testapp:0.1.0",
+                                    "env": [{"name": "TESTAPP_SERVICE", "value": "web"}],
+                                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
+                    "restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "terminationGracePeriodSeconds": 30,
+                },
+            },
+            "oldObject": null, "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn vs_review(i: usize) -> Vec<u8> {
+    let routing = trellis_api::document::parse_documents(trellis_manifests::demo::ROUTING);
+    let vs = routing
+        .iter()
+        .filter_map(|d| d.content.clone().ok())
+        .find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "payment")
+        .unwrap_or(Value::Null);
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("00000000-0000-4000-9000-{i:012}"),
+            "kind": {"group": "networking.trellis.dev", "version": "v1alpha1", "kind": "VirtualService"},
+            "resource": {"group": "networking.trellis.dev", "version": "v1alpha1", "resource": "virtualservices"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": vs, "oldObject": null, "dryRun": false,
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A synced index with the demo namespace labelled for injection and its Gateway.
+fn index() -> Index {
+    let mut index = Index::default();
+    for kind in InputKind::ALL {
+        index.apply(Change::Relisted {
+            kind,
+            seen: Default::default(),
+        });
+    }
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"trellis.dev/inject": "enabled"}}}))
+            .unwrap_or_default();
+    index.apply(Change::Applied(Object::Namespace(Box::new(ns))));
+    index
+}
+
+#[derive(Default)]
+struct Results {
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+impl Results {
+    fn merge(&mut self, other: Results) {
+        self.latencies.extend(other.latencies);
+        self.failures.extend(other.failures);
+    }
+
+    fn report(&mut self, name: &str) {
+        self.latencies.sort();
+        let q = |p: f64| {
+            let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len().max(1)) - 1;
+            self.latencies.get(i).copied().unwrap_or_default()
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{name:<32} n={:<5} p50={:.3} ms  p99={:.3} ms  max={:.3} ms  failed={}",
+            self.latencies.len(),
+            ms(q(0.50)),
+            ms(q(0.99)),
+            ms(self.latencies.last().copied().unwrap_or_default()),
+            self.failures.len()
+        );
+        for f in self.failures.iter().take(3) {
+            println!("    failure: {f}");
+        }
+    }
+}
+
+fn check(status: u16, body: &[u8], want_patch: bool) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("status {status}: {e}"))?;
+    if status != 200 || v["response"]["allowed"] != true {
+        return Err(format!("status {status}: {}", v["response"]["status"]));
+    }
+    if want_patch && !v["response"]["patch"].is_string() {
+        return Err("no patch".into());
+    }
+    Ok(())
+}
+
+/// Read a response to the end and check it.
+async fn answered(
+    response: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+    want_patch: bool,
+) -> Result<(), String> {
+    let resp = response.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    check(status, &bytes, want_patch)
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(addr: std::net::SocketAddr, root_pem: &str, alpn: &[u8]) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()).flatten() {
+        roots.add(cert).ok();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+fn request(path: &str, body: Vec<u8>) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::post(path)
+        .header("host", "trellis-operator.trellis-system.svc:443")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request")
+}
+
+/// `concurrency` keep-alive HTTP/1.1 connections, each sending `rounds` requests in turn.
+async fn concurrent(
+    addr: std::net::SocketAddr,
+    root_pem: &str,
+    path: &'static str,
+    concurrency: usize,
+    rounds: usize,
+    body: fn(usize) -> Vec<u8>,
+    want_patch: bool,
+) -> Results {
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let tls = connect(addr, root_pem, b"http/1.1").await;
+        workers.push(tokio::spawn(async move {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("HTTP/1.1");
+            tokio::spawn(conn);
+            let mut out = Results::default();
+            for r in 0..rounds {
+                let req = request(path, body(w * rounds + r));
+                let started = Instant::now();
+                let answer = async {
+                    send.ready().await.map_err(|e| e.to_string())?;
+                    answered(send.send_request(req).await, want_patch).await
+                }
+                .await;
+                out.latencies.push(started.elapsed());
+                if let Err(e) = answer {
+                    out.failures.push(e);
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Results::default();
+    for w in workers {
+        if let Ok(r) = w.await {
+            all.merge(r);
+        }
+    }
+    all
+}
+
+/// `total` pod creations in slow-start batches (1, 2, 4, …), each batch in flight at once,
+/// multiplexed over one HTTP/2 connection.
+async fn scale_up(addr: std::net::SocketAddr, root_pem: &str, total: usize) -> Results {
+    let tls = connect(addr, root_pem, b"h2").await;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2");
+    tokio::spawn(conn);
+    let mut all = Results::default();
+    let (mut created, mut batch) = (0, 1);
+    while created < total {
+        let n = batch.min(total - created);
+        let mut in_flight = Vec::new();
+        for i in 0..n {
+            let mut send = send.clone();
+            let req = request(webhooks::INJECT_PATH, pod_review(created + i));
+            in_flight.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = async {
+                    send.ready().await.map_err(|e| e.to_string())?;
+                    answered(send.send_request(req).await, true).await
+                }
+                .await;
+                (started.elapsed(), answer)
+            }));
+        }
+        for f in in_flight {
+            match f.await {
+                Ok((took, answer)) => {
+                    all.latencies.push(took);
+                    if let Err(e) = answer {
+                        all.failures.push(e);
+                    }
+                }
+                Err(e) => all.failures.push(e.to_string()),
+            }
+        }
+        created += n;
+        batch *= 2;
+    }
+    all
+}
+
+fn decisions(index: &Index, defaults: &Settings, n: usize) {
+    let pod: Value = serde_json::from_slice::<Value>(&pod_review(0))
+        .map(|v| v["request"]["object"].clone())
+        .unwrap_or_default();
+    let vs: Value = serde_json::from_slice::<Value>(&vs_review(0))
+        .map(|v| v["request"]["object"].clone())
+        .unwrap_or_default();
+    let labels = index.namespace_labels("shop").cloned();
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(trellis_operator::admission::inject::decide(
+            &pod,
+            "shop",
+            labels.as_ref(),
+            &["trellis-system", "kube-system"],
+            defaults,
+        ));
+    }
+    let inject = started.elapsed() / n as u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(trellis_operator::admission::validate::verdict(&vs, index).ok());
+    }
+    let validate = started.elapsed() / n as u32;
+    println!("decision alone (no TLS, no HTTP): inject {inject:.2?}, validate {validate:.2?} (mean of {n})");
+}
+
+#[tokio::main]
+async fn main() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let (rounds, scale, concurrency) = (env("ROUNDS", 40), env("SCALE", 500), env("CONCURRENCY", 50));
+    let root = SigningCert::self_signed_root(
+        "cluster.local",
+        Duration::from_secs(86400),
+        std::time::SystemTime::now(),
+    )
+    .expect("root");
+    let root_pem = root.cert_pem().to_string();
+    let roots = MeshRoots::new(root, Duration::from_secs(3600), Arc::new(SystemClock));
+    let tls = Arc::new(
+        ServingTls::new(
+            Identity {
+                spiffe_id: "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator".into(),
+                dns_names: vec!["trellis-operator.trellis-system.svc".into(), "localhost".into()],
+                ttl: trellis_operator::app::WEBHOOK_CERT_TTL,
+                client_auth: ClientAuth::None,
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            },
+            &roots,
+        )
+        .expect("serving certificate"),
+    );
+    let defaults = Settings::new(&Options::default());
+    let index = index();
+    decisions(&index, &defaults, 2000);
+    let webhooks = Arc::new(Webhooks {
+        index: Arc::new(RwLock::new(index)),
+        defaults,
+        events: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(serve(listener, tls, webhooks));
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    println!("webhook server on {addr} (HTTPS), {workers} runtime workers, client and server in one process");
+
+    // Warm up (connections, allocator), not counted.
+    concurrent(addr, &root_pem, webhooks::INJECT_PATH, 4, 25, pod_review, true).await;
+
+    concurrent(
+        addr,
+        &root_pem,
+        webhooks::INJECT_PATH,
+        concurrency,
+        rounds,
+        pod_review,
+        true,
+    )
+    .await
+    .report(&format!("inject, {concurrency} concurrent"));
+    scale_up(addr, &root_pem, scale)
+        .await
+        .report(&format!("inject, scale-up of {scale}"));
+    concurrent(
+        addr,
+        &root_pem,
+        webhooks::VALIDATE_PATH,
+        concurrency,
+        rounds,
+        vs_review,
+        false,
+    )
+    .await
+    .report(&format!("validate, {concurrency} concurrent"));
+}

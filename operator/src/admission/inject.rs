@@ -1,0 +1,462 @@
+//! The sidecar injector: a pod being created gets the one sidecar template
+//! (`trellis_manifests::sidecar::inject`), returned as a JSON patch.
+//!
+//! Who is injected: pods in namespaces labelled `trellis.dev/inject=enabled`, and pods labelled
+//! so in namespaces that say neither; `disabled` on the pod or its namespace, and the system
+//! namespaces, are left alone. The webhook configuration's selectors already say this to the
+//! API server; [`decide`] checks it again, so a configuration with broader selectors (edited
+//! by hand, or rewritten by a bundle manager) meshes nothing it should not.
+//!
+//! The image: the pod's `trellis.dev/proxy-image` annotation (the rollout sets it per
+//! workload), else the Mesh's `spec.versions.proxy`, else the operator's default. What was
+//! injected is recorded on the pod (see `trellis_manifests::sidecar`).
+//!
+//! Pods that cannot be meshed get a reason: `hostNetwork` pods are admitted unchanged, with a
+//! warning and an event on their owner; a container running as the proxy's UID, a container
+//! named like the sidecar that Trellis did not inject, and bad annotations are denied with the
+//! fix. Idempotent: a pod already injected (a reinvocation, or a copy of a meshed pod) is
+//! admitted unchanged. Pods of Deployments, StatefulSets, DaemonSets and Jobs arrive alike,
+//! often with `generateName` and no name.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde_json::Value;
+use trellis_api::mesh::MeshSpec;
+use trellis_manifests::sidecar::{self, INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, InjectError, Settings};
+
+use crate::index::Index;
+
+/// What the injector does with one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Mesh it with this patch.
+    Inject {
+        /// The JSON patch to the pod.
+        patch: json_patch::Patch,
+        /// The proxy image injected.
+        image: String,
+    },
+    /// Admit it unchanged; why (for the log).
+    Unchanged(String),
+    /// Admit it unchanged, telling the user why it is not meshed (a warning and an event).
+    Skip(String),
+    /// Refuse it, saying how to fix it.
+    Deny(String),
+}
+
+/// The sidecar settings in force: the Mesh's proxy image when it names one, else `defaults`'.
+pub fn settings(defaults: &Settings, mesh: Option<&MeshSpec>) -> Settings {
+    let mut settings = defaults.clone();
+    if let Some(image) = mesh
+        .and_then(|m| m.versions.as_ref())
+        .and_then(|v| v.proxy.as_ref())
+        .filter(|i| !i.trim().is_empty())
+    {
+        settings.proxy_image = image.clone();
+    }
+    settings
+}
+
+fn label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str)
+}
+
+/// Decide for `pod` (the request's object) in `namespace`, whose labels are known when the
+/// index has seen the namespace. `system` are the namespaces never injected.
+pub fn decide(
+    pod: &Value,
+    namespace: &str,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    system: &[&str],
+    settings: &Settings,
+) -> Decision {
+    let template = PodTemplateSpec {
+        metadata: pod.get("metadata").and_then(|m| serde_json::from_value(m.clone()).ok()),
+        spec: match pod.get("spec").map(|s| serde_json::from_value(s.clone())) {
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(e)) => return Decision::Deny(format!("the pod's spec does not parse: {e}")),
+            None => return Decision::Deny("the pod has no spec".into()),
+        },
+    };
+    let pod_label = label(template.metadata.as_ref().and_then(|m| m.labels.as_ref()));
+    let namespace_label = label(namespace_labels);
+    if system.contains(&namespace) {
+        return Decision::Unchanged(format!("namespace {namespace} is never injected"));
+    }
+    if pod_label == Some(INJECT_DISABLED) || namespace_label == Some(INJECT_DISABLED) {
+        return Decision::Unchanged(format!("{INJECT_LABEL}={INJECT_DISABLED}"));
+    }
+    // Unknown namespace labels (the index has not seen it yet): the API server matched the
+    // webhook's namespace selector.
+    let selected =
+        pod_label == Some(INJECT_ENABLED) || namespace_labels.is_none() || namespace_label == Some(INJECT_ENABLED);
+    if !selected {
+        return Decision::Unchanged(format!(
+            "neither the pod nor namespace {namespace} is labelled {INJECT_LABEL}={INJECT_ENABLED}"
+        ));
+    }
+    if sidecar::is_injected(&template) {
+        return Decision::Unchanged("already injected".into());
+    }
+    let mut injected = template.clone();
+    match sidecar::inject(&mut injected, settings) {
+        Ok(()) => {}
+        Err(InjectError::HostNetwork) => return Decision::Skip(InjectError::HostNetwork.to_string()),
+        Err(e) => return Decision::Deny(e.to_string()),
+    }
+    let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or(Value::Null);
+    let patch = json_patch::diff(&json(&template), &json(&injected));
+    let image = injected
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(sidecar::PROXY_IMAGE_ANNOTATION))
+        .cloned()
+        .unwrap_or_else(|| settings.proxy_image.clone());
+    Decision::Inject { patch, image }
+}
+
+/// An event to record about a pod that was admitted without a sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkipEvent {
+    /// What the event is about: the pod's controller (a pod being created has no uid yet),
+    /// else the pod.
+    pub regarding: ObjectReference,
+    /// Why.
+    pub note: String,
+}
+
+/// The object an event about a pod being created should regard.
+fn regarding(pod: &Value, namespace: &str) -> ObjectReference {
+    let owner = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|owners| {
+            owners
+                .iter()
+                .find(|o| o["controller"] == true)
+                .or_else(|| owners.first())
+        });
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    match owner {
+        Some(o) => ObjectReference {
+            api_version: s(o, "apiVersion"),
+            kind: s(o, "kind"),
+            name: s(o, "name"),
+            uid: s(o, "uid"),
+            namespace: Some(namespace.to_string()),
+            ..ObjectReference::default()
+        },
+        None => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod
+                .pointer("/metadata/name")
+                .or_else(|| pod.pointer("/metadata/generateName"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            namespace: Some(namespace.to_string()),
+            ..ObjectReference::default()
+        },
+    }
+}
+
+/// The answer to one injection request, and the event to record (never on a dry run).
+pub fn respond(
+    request: &AdmissionRequest<DynamicObject>,
+    index: &Index,
+    defaults: &Settings,
+) -> (AdmissionResponse, Option<SkipEvent>) {
+    if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
+        let why = format!(
+            "webhook {} injects pods only, not {} {}: fix the webhook configuration's rules",
+            trellis_manifests::install::webhooks::NAMESPACE_INJECTION_WEBHOOK,
+            request.kind.group,
+            request.kind.kind
+        );
+        return (super::deny(request, why, 400), None);
+    }
+    if request.operation != Operation::Create {
+        return (AdmissionResponse::from(request), None);
+    }
+    let Some(pod) = super::object_json(request) else {
+        return (super::deny(request, "the CREATE request carries no pod", 400), None);
+    };
+    let namespace = request.namespace.clone().unwrap_or_else(|| "default".into());
+    let settings = settings(defaults, index.mesh());
+    let system = [defaults.control_plane_namespace.as_str(), "kube-system"];
+    let who = format!(
+        "pod {namespace}/{}",
+        pod.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| pod
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .map(|g| format!("{g}*")))
+            .unwrap_or_else(|| "<no name>".into())
+    );
+    match decide(&pod, &namespace, index.namespace_labels(&namespace), &system, &settings) {
+        Decision::Inject { patch, image } => {
+            tracing::debug!(%who, %image, dry_run = request.dry_run, "injecting the sidecar");
+            match AdmissionResponse::from(request).with_patch(patch) {
+                Ok(r) => (r, None),
+                Err(e) => (
+                    super::deny(request, format!("the injection patch does not serialize: {e}"), 500),
+                    None,
+                ),
+            }
+        }
+        Decision::Unchanged(why) => {
+            tracing::debug!(%who, %why, "admitted without injection");
+            (AdmissionResponse::from(request), None)
+        }
+        Decision::Skip(why) => {
+            let note = format!("{who} was admitted without a Trellis sidecar: {why}");
+            tracing::info!(%who, %why, "sidecar injection skipped");
+            let mut response = AdmissionResponse::from(request);
+            response.warnings = Some(vec![note.clone()]);
+            let event = (!request.dry_run).then(|| SkipEvent {
+                regarding: regarding(&pod, &namespace),
+                note,
+            });
+            (response, event)
+        }
+        Decision::Deny(why) => {
+            tracing::info!(%who, %why, "sidecar injection refused");
+            (super::deny(request, format!("{who}: {why}"), 400), None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::fixtures;
+    use serde_json::json;
+    use trellis_manifests::install::Options;
+    use trellis_manifests::sidecar::{INIT_CONTAINER, PROXY_CONTAINER, PROXY_UID, PROXY_VERSION_LABEL};
+
+    const SYSTEM: [&str; 2] = ["trellis-system", "kube-system"];
+
+    fn defaults() -> Settings {
+        Settings::new(&Options::default())
+    }
+
+    fn pod(labels: Value, extra_spec: Value) -> Value {
+        let mut spec = json!({
+            "serviceAccountName": "web",
+            "containers": [{"name": "web", "image": "app:1", "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}}}],
+        });
+        if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(extra.clone());
+        }
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "web-7d4b9c-", "namespace": "shop", "labels": labels,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c", "uid": "rs-uid", "controller": true}]},
+            "spec": spec,
+        })
+    }
+
+    fn ns(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(INJECT_LABEL.to_string(), value.to_string())])
+    }
+
+    fn patched(pod: &Value, decision: Decision) -> Value {
+        let Decision::Inject { patch, .. } = decision else {
+            panic!("not injected: {decision:?}");
+        };
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
+    }
+
+    #[test]
+    fn pods_in_labelled_namespaces_are_meshed_by_a_patch_that_keeps_everything_else() {
+        let p = pod(
+            json!({"app": "web"}),
+            json!({"tolerations": [{"key": "k", "operator": "Exists"}]}),
+        );
+        let out = patched(&p, decide(&p, "shop", Some(&ns("enabled")), &SYSTEM, &defaults()));
+        let init: Vec<_> = out["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(init, [INIT_CONTAINER, PROXY_CONTAINER]);
+        assert_eq!(out["metadata"]["generateName"], "web-7d4b9c-");
+        assert_eq!(out["metadata"]["ownerReferences"][0]["name"], "web-7d4b9c");
+        assert_eq!(out["spec"]["tolerations"][0]["key"], "k");
+        assert_eq!(
+            out["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            "/app-health/web/readyz"
+        );
+        assert_eq!(
+            out["metadata"]["labels"][PROXY_VERSION_LABEL],
+            env!("CARGO_PKG_VERSION")
+        );
+        // Reinvocation: the injected pod is left as it is.
+        assert_eq!(
+            decide(&out, "shop", Some(&ns("enabled")), &SYSTEM, &defaults()),
+            Decision::Unchanged("already injected".into())
+        );
+    }
+
+    #[test]
+    fn pods_of_statefulsets_daemonsets_and_jobs_are_meshed_and_events_regard_their_owner() {
+        for (kind, api_version, name, generate_name, restart) in [
+            ("StatefulSet", "apps/v1", Some("db-0"), None, "Always"),
+            ("DaemonSet", "apps/v1", None, Some("agent-"), "Always"),
+            ("Job", "batch/v1", None, Some("migrate-"), "Never"),
+        ] {
+            let mut p = pod(json!({"app": "x"}), json!({"restartPolicy": restart}));
+            let meta = p["metadata"].as_object_mut().unwrap();
+            meta.remove("generateName");
+            if let Some(n) = name {
+                meta.insert("name".into(), json!(n));
+            }
+            if let Some(g) = generate_name {
+                meta.insert("generateName".into(), json!(g));
+            }
+            meta.insert(
+                "ownerReferences".into(),
+                json!([{"apiVersion": api_version, "kind": kind, "name": "owner", "uid": "u", "controller": true}]),
+            );
+            let out = patched(&p, decide(&p, "shop", Some(&ns("enabled")), &SYSTEM, &defaults()));
+            // A native sidecar (restartPolicy Always on an init container) ends after the
+            // main containers, so a Job's pod still completes.
+            assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always", "{kind}");
+            assert_eq!(out["spec"]["restartPolicy"], restart, "{kind}");
+            assert_eq!(regarding(&p, "shop").kind.as_deref(), Some(kind));
+        }
+    }
+
+    #[test]
+    fn labels_on_pods_and_namespaces_select_and_opt_out() {
+        let plain = pod(json!({"app": "web"}), json!({}));
+        let enabled = pod(json!({"app": "web", INJECT_LABEL: "enabled"}), json!({}));
+        let disabled = pod(json!({"app": "web", INJECT_LABEL: "disabled"}), json!({}));
+        let d = defaults();
+        assert!(matches!(
+            decide(&enabled, "plain", Some(&BTreeMap::new()), &SYSTEM, &d),
+            Decision::Inject { .. }
+        ));
+        assert!(matches!(
+            decide(&plain, "plain", Some(&BTreeMap::new()), &SYSTEM, &d),
+            Decision::Unchanged(_)
+        ));
+        assert!(matches!(
+            decide(&disabled, "shop", Some(&ns("enabled")), &SYSTEM, &d),
+            Decision::Unchanged(_)
+        ));
+        assert!(matches!(
+            decide(&enabled, "off", Some(&ns("disabled")), &SYSTEM, &d),
+            Decision::Unchanged(_)
+        ));
+        assert!(matches!(
+            decide(&enabled, "kube-system", None, &SYSTEM, &d),
+            Decision::Unchanged(_)
+        ));
+        // A namespace the index has not seen yet: the API server's selector matched it.
+        assert!(matches!(
+            decide(&plain, "new", None, &SYSTEM, &d),
+            Decision::Inject { .. }
+        ));
+    }
+
+    #[test]
+    fn the_image_comes_from_the_pod_then_the_mesh_then_the_default() {
+        let mesh: MeshSpec =
+            serde_json::from_value(json!({"versions": {"proxy": "mesh.example/trellis-proxy:0.3.0"}})).unwrap();
+        let from_mesh = settings(&defaults(), Some(&mesh));
+        let p = pod(json!({}), json!({}));
+        let Decision::Inject { image, .. } = decide(&p, "shop", None, &SYSTEM, &from_mesh) else {
+            panic!()
+        };
+        assert_eq!(image, "mesh.example/trellis-proxy:0.3.0");
+        let mut pinned = p.clone();
+        pinned["metadata"]["annotations"] = json!({"trellis.dev/proxy-image": "pinned/trellis-proxy:0.2.9"});
+        let out = patched(&pinned, decide(&pinned, "shop", None, &SYSTEM, &from_mesh));
+        assert_eq!(out["spec"]["initContainers"][1]["image"], "pinned/trellis-proxy:0.2.9");
+        assert_eq!(out["metadata"]["labels"][PROXY_VERSION_LABEL], "0.2.9");
+        assert_eq!(settings(&defaults(), None).proxy_image, defaults().proxy_image);
+    }
+
+    #[test]
+    fn host_network_is_skipped_and_the_proxy_uid_is_denied_with_the_fix() {
+        let host = pod(json!({}), json!({"hostNetwork": true}));
+        let Decision::Skip(why) = decide(&host, "shop", None, &SYSTEM, &defaults()) else {
+            panic!()
+        };
+        assert!(why.contains("hostNetwork"), "{why}");
+        let uid = pod(json!({}), json!({"securityContext": {"runAsUser": PROXY_UID}}));
+        let Decision::Deny(why) = decide(&uid, "shop", None, &SYSTEM, &defaults()) else {
+            panic!()
+        };
+        assert!(why.contains("1337") && why.contains("runAsUser"), "{why}");
+        let mut foreign = pod(json!({}), json!({}));
+        foreign["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": PROXY_CONTAINER, "image": "someone/else"}));
+        let Decision::Deny(why) = decide(&foreign, "shop", None, &SYSTEM, &defaults()) else {
+            panic!()
+        };
+        assert!(why.contains("did not inject"), "{why}");
+    }
+
+    fn request(object: Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
+        let mut body = fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), object);
+        body["request"]["dryRun"] = json!(dry_run);
+        crate::admission::review(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn skipped_pods_get_a_warning_and_an_event_on_their_owner_except_on_dry_runs() {
+        let host = pod(json!({}), json!({"hostNetwork": true}));
+        let (response, event) = respond(&request(host.clone(), false), &Index::default(), &defaults());
+        assert!(response.allowed && response.patch.is_none());
+        assert!(response.warnings.unwrap()[0].contains("pod shop/web-7d4b9c-*"));
+        let event = event.unwrap();
+        assert_eq!(event.regarding.kind.as_deref(), Some("ReplicaSet"));
+        assert_eq!(event.regarding.uid.as_deref(), Some("rs-uid"));
+        let (_, event) = respond(&request(host, true), &Index::default(), &defaults());
+        assert_eq!(event, None);
+        // A dry run is answered like the real thing.
+        let (dry, _) = respond(
+            &request(pod(json!({}), json!({})), true),
+            &Index::default(),
+            &defaults(),
+        );
+        assert!(dry.allowed && dry.patch.is_some());
+    }
+
+    #[test]
+    fn bad_annotations_and_other_kinds_are_denied_clearly() {
+        let mut p = pod(json!({}), json!({}));
+        p["metadata"]["annotations"] = json!({"sidecar.trellis.dev/proxyCPU": "lots"});
+        let (response, _) = respond(&request(p, false), &Index::default(), &defaults());
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains("sidecar.trellis.dev/proxyCPU"),
+            "{}",
+            response.result.message
+        );
+
+        let body = fixtures::review(
+            ("apps", "v1", "Deployment"),
+            "deployments",
+            Some("shop"),
+            json!({"metadata": {"name": "d"}}),
+        );
+        let req = crate::admission::review(body.to_string().as_bytes()).unwrap();
+        let (response, _) = respond(&req, &Index::default(), &defaults());
+        assert!(!response.allowed && response.result.message.contains("injects pods only"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The webhook server: HTTPS on port 15017 (HTTP/1.1 and HTTP/2, as the API server speaks
+//! either), a certificate from the mesh CA reissued in place ([`crate::serving`]), `POST
+//! /validate` and `POST /inject`, bodies limited to [`super::MAX_BODY_BYTES`].
+//!
+//! [`Webhooks::handle`] is the transport-free core (a path and a body in, a status and an
+//! AdmissionReview out); [`serve`] is the I/O around it; [`keep_certificate_current`] reissues
+//! the certificate before it expires and after a root rotation — only once the API server
+//! trusts the new root (see [`super::ca_bundle`]).
+//!
+//! # Guarantees
+//! Every request gets an answer: a malformed, oversized or misdirected body is a clear
+//! refusal (an AdmissionReview with `allowed: false` when the request's uid could be read),
+//! never a panic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::core::admission::AdmissionResponse;
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use trellis_manifests::install::webhooks::{INJECT_PATH, VALIDATE_PATH};
+use trellis_manifests::sidecar::Settings;
+
+use super::inject::SkipEvent;
+use super::{MAX_BODY_BYTES, refusal};
+use crate::ca::MeshRoots;
+use crate::index;
+use crate::serving::{ServingTls, issuing_root};
+
+/// What the webhooks answer from.
+pub struct Webhooks {
+    /// The operator's index (cross-object checks, namespace labels, the Mesh).
+    pub index: index::Shared,
+    /// The sidecar when the Mesh names no proxy image.
+    pub defaults: Settings,
+    /// Where events about skipped pods go (none in tests).
+    pub events: Option<Recorder>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One answer: the HTTP status and the AdmissionReview body.
+#[derive(Debug)]
+pub struct Answer {
+    /// 200 for every AdmissionReview answer, 4xx when there is nothing to answer to.
+    pub status: StatusCode,
+    /// JSON.
+    pub body: Vec<u8>,
+    /// An event to record.
+    pub event: Option<SkipEvent>,
+}
+
+/// The AdmissionReview answer as JSON, its patch base64-encoded as Kubernetes writes `[]byte`
+/// (kube serializes it as an array of numbers, which the API server also reads, but not every
+/// client does).
+fn review_body(response: AdmissionResponse) -> Vec<u8> {
+    let mut review = serde_json::to_value(response.into_review()).unwrap_or(serde_json::Value::Null);
+    if let Some(patch) = review.pointer_mut("/response/patch")
+        && let Some(bytes) = patch.as_array().map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        })
+    {
+        *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    serde_json::to_vec(&review).unwrap_or_else(|e| {
+        format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"","allowed":false,"status":{{"message":"the response does not serialize: {e}"}}}}}}"#).into_bytes()
+    })
+}
+
+fn refused(status: StatusCode, why: impl std::fmt::Display) -> Answer {
+    Answer {
+        status,
+        body: review_body(refusal(None, &super::BadReview::NotAReview(why.to_string()))),
+        event: None,
+    }
+}
+
+impl Webhooks {
+    /// Answer one `POST` of `body` to `path`.
+    pub fn handle(&self, path: &str, body: &[u8]) -> Answer {
+        let request = match super::review(body) {
+            Ok(r) => r,
+            Err((uid, why)) => {
+                tracing::info!(%path, error = %why, "malformed AdmissionReview refused");
+                let status = if uid.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return Answer {
+                    status,
+                    body: review_body(refusal(uid, &why)),
+                    event: None,
+                };
+            }
+        };
+        let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (response, event) = match path {
+            VALIDATE_PATH => (super::validate::respond(&request, &index), None),
+            INJECT_PATH => super::inject::respond(&request, &index, &self.defaults),
+            other => (
+                super::deny(
+                    &request,
+                    format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
+                    404,
+                ),
+                None,
+            ),
+        };
+        Answer {
+            status: StatusCode::OK,
+            body: review_body(response),
+            event,
+        }
+    }
+
+    async fn serve_http(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let answer = self.clone().answer(req).await;
+        if let Some(event) = answer.event.clone()
+            && let Some(recorder) = self.events.clone()
+        {
+            tokio::spawn(record(recorder, event));
+        }
+        let response = Response::builder()
+            .status(answer.status)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(answer.body)));
+        Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    }
+
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        if req.method() != Method::POST {
+            return refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {}: webhooks take POST", req.method(), req.uri().path()),
+            );
+        }
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return too_large();
+        }
+        let path = req.uri().path().to_string();
+        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
+        };
+        // why: validation and injection are CPU work on plain data, under a millisecond; they
+        // run on the connection's task rather than a blocking pool.
+        self.handle(&path, &body)
+    }
+}
+
+fn too_large() -> Answer {
+    refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {MAX_BODY_BYTES} bytes, more than any AdmissionReview the API server sends"),
+    )
+}
+
+async fn record(recorder: Recorder, event: SkipEvent) {
+    let reference: ObjectReference = event.regarding.clone();
+    let published = recorder
+        .publish(
+            &Event {
+                type_: EventType::Warning,
+                reason: "SidecarInjectionSkipped".into(),
+                note: Some(event.note),
+                action: "Inject".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %e, "could not record the injection event");
+    }
+}
+
+/// Serve the webhooks on `listener` until the task is dropped: each TLS connection with the
+/// certificate current when it arrived.
+pub async fn serve(listener: TcpListener, tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) {
+    let mut incoming = std::pin::pin!(tls.incoming(listener));
+    while let Some(conn) = incoming.next().await {
+        let Ok(stream) = conn else { continue };
+        let webhooks = webhooks.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| webhooks.clone().serve_http(req));
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "webhook connection ended");
+            }
+        });
+    }
+}
+
+/// When the certificate must be reissued: `Some(why)` when it is due for renewal at `now`, or
+/// when issuing moved to another root that the API server already trusts (`published`: the
+/// roots in the webhooks' `caBundle`; `None` when there are no configurations to wait for).
+pub fn reissue_reason(
+    issued: &crate::serving::Issued,
+    issuing: Option<&str>,
+    published: Option<&[String]>,
+    now: SystemTime,
+) -> Option<&'static str> {
+    if now >= issued.renew_at() {
+        return Some("the certificate is due for renewal");
+    }
+    let issuing = issuing?;
+    let trusted = published.is_none_or(|roots| roots.iter().any(|r| r == issuing));
+    (issuing != issued.root && trusted).then_some("issuing moved to a root the API server trusts")
+}
+
+/// Keep the webhooks' certificate current: reissued before it expires, and after a root
+/// rotation once the `caBundle` holds the new root. Runs until the task is dropped.
+pub async fn keep_certificate_current(
+    tls: Arc<ServingTls>,
+    roots: Arc<MeshRoots>,
+    mut published: watch::Receiver<super::ca_bundle::Published>,
+    clock: Arc<dyn crate::ca::Clock>,
+) {
+    let mut bundle = roots.bundle();
+    loop {
+        let issued = tls.issued();
+        let wait = issued
+            .renew_at()
+            .duration_since(clock.now())
+            .unwrap_or_default()
+            // why: re-check at least every minute, so a clock jump cannot delay a renewal long.
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = bundle.changed() => if r.is_err() { return },
+            r = published.changed() => if r.is_err() { return },
+        }
+        let reason = {
+            let published = published.borrow();
+            reissue_reason(
+                &tls.issued(),
+                issuing_root(&roots).as_deref(),
+                published.roots.as_deref(),
+                clock.now(),
+            )
+        };
+        if let Some(why) = reason {
+            match tls.refresh(&roots) {
+                Ok(()) => tracing::info!(%why, "the webhooks' serving certificate was reissued"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "could not reissue the webhooks' serving certificate")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serving::Issued;
+
+    #[test]
+    fn reissue_on_renewal_or_once_the_new_root_is_trusted() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let issued = Issued {
+            root: "old".into(),
+            not_before: t0,
+            not_after: t0 + Duration::from_secs(3000),
+        };
+        let early = t0 + Duration::from_secs(10);
+        assert_eq!(reissue_reason(&issued, Some("old"), None, early), None);
+        assert!(reissue_reason(&issued, Some("old"), None, t0 + Duration::from_secs(2000)).is_some());
+        // A rotation: not before the caBundle holds the new root.
+        let only_old = vec!["old".to_string()];
+        let both = vec!["old".to_string(), "new".to_string()];
+        assert_eq!(reissue_reason(&issued, Some("new"), Some(&only_old), early), None);
+        assert!(reissue_reason(&issued, Some("new"), Some(&both), early).is_some());
+        assert!(reissue_reason(&issued, Some("new"), None, early).is_some());
+    }
+}

@@ -1,0 +1,222 @@
+//! The operator's own TLS servers' certificates: issued by the mesh CA's issuing root for the
+//! operator's SPIFFE identity and its Service's DNS names, held in an [`arc_swap::ArcSwap`] and
+//! swapped — never restarted — when they are reissued, so a reissue (root rotation, renewal
+//! before expiry) drops no connection and no request: connections accepted before keep the
+//! certificate they were accepted with, new ones get the new one.
+//!
+//! Two servers use it: the push and certificate API (gRPC, optional mesh client certificates)
+//! and the admission webhooks (HTTPS for the API server, no client certificates).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::ca::MeshRoots;
+
+/// Whether clients may present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients may present a certificate from the mesh; it is verified against every trusted
+    /// root (proxies have none before their first certificate).
+    MeshOptional,
+    /// No client certificates (the API server calling webhooks).
+    None,
+}
+
+/// Who the certificate names and how it is served.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The SPIFFE ID (URI SAN).
+    pub spiffe_id: String,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Lifetime of each certificate.
+    pub ttl: Duration,
+    /// Client certificates.
+    pub client_auth: ClientAuth,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// What the current certificate is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The root that signed it (fingerprint).
+    pub root: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl Issued {
+    /// When to reissue: at two thirds of the lifetime, leaving a third of it to retry in.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        self.not_before + lifetime * 2 / 3
+    }
+}
+
+/// A serving certificate that is reissued in place.
+pub struct ServingTls {
+    identity: Identity,
+    config: arc_swap::ArcSwap<rustls::ServerConfig>,
+    issued: Mutex<Issued>,
+}
+
+impl std::fmt::Debug for ServingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingTls")
+            .field("spiffe_id", &self.identity.spiffe_id)
+            .field("issued", &self.issued())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pems(pem: &str) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    Ok(rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The issuing root's fingerprint.
+pub fn issuing_root(roots: &MeshRoots) -> Option<String> {
+    roots
+        .status()
+        .roots
+        .into_iter()
+        .find(|r| r.issuing)
+        .map(|r| r.fingerprint)
+}
+
+impl ServingTls {
+    /// Issue the first certificate from `roots`' issuing root.
+    pub fn new(identity: Identity, roots: &MeshRoots) -> anyhow::Result<Self> {
+        let (tls, issued) = Self::build(&identity, roots)?;
+        Ok(ServingTls {
+            identity,
+            config: arc_swap::ArcSwap::from_pointee(tls),
+            issued: Mutex::new(issued),
+        })
+    }
+
+    fn build(identity: &Identity, roots: &MeshRoots) -> anyhow::Result<(rustls::ServerConfig, Issued)> {
+        let root = issuing_root(roots).context("the CA has no issuing root")?;
+        let (leaf, key) = roots
+            .issue_serving(&identity.spiffe_id, &identity.dns_names, identity.ttl)
+            .context("issuing the operator's serving certificate")?;
+        let chain = pems(&leaf.cert_chain_pem)?;
+        let key = rustls_pemfile::private_key(&mut key.as_bytes())?.context("the operator's serving key is not PEM")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = match identity.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::MeshOptional => {
+                let mut trusted = rustls::RootCertStore::empty();
+                for pem in &roots.bundle().borrow().roots_pem {
+                    for cert in pems(pem)? {
+                        trusted
+                            .add(cert)
+                            .context("a trusted root is not a usable trust anchor")?;
+                    }
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(trusted), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .context("building the client certificate verifier")?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut tls = builder
+            .with_single_cert(chain, key)
+            .context("the operator's serving certificate")?;
+        tls.alpn_protocols = identity.alpn.clone();
+        let issued = Issued {
+            root,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+        };
+        Ok((tls, issued))
+    }
+
+    /// Reissue the certificate from the issuing root (and trust the current bundle).
+    pub fn refresh(&self, roots: &MeshRoots) -> anyhow::Result<()> {
+        let (tls, issued) = Self::build(&self.identity, roots)?;
+        self.config.store(Arc::new(tls));
+        tracing::info!(
+            identity = %self.identity.spiffe_id,
+            root = %issued.root,
+            "serving a certificate from the issuing root"
+        );
+        *self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = issued;
+        Ok(())
+    }
+
+    /// The certificate served now.
+    pub fn issued(&self) -> Issued {
+        self.issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The configuration new connections get.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// TLS connections accepted on `listener`, each with the configuration current when it
+    /// arrived; handshakes run concurrently, failed ones are logged and dropped.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    // The server is gone: release the port.
+                    _ = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
+                let conns = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conns.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_at_two_thirds_of_the_lifetime() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let issued = Issued {
+            root: "r".into(),
+            not_before: t0,
+            not_after: t0 + Duration::from_secs(3000),
+        };
+        assert_eq!(issued.renew_at(), t0 + Duration::from_secs(2000));
+    }
+}
