@@ -8,9 +8,10 @@ use crate::authz::AuthzRequest;
 use crate::idle::{IdleBody, IdleIo, StreamActivity};
 use crate::metrics::{ConnLabels, Peer, RequestLabels};
 use crate::path::normalize;
+use crate::request_body::{BodyProgress, ClientBody, ClientFault};
 use crate::routing::{RequestView, RouteHit, parse_query, rewrite_prefix};
 use crate::snapshot::{ListenerRuntime, Snapshot};
-use crate::upstream::{Body, BoxError, ClusterRuntime, Outcome, UpstreamError};
+use crate::upstream::{Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -729,12 +730,14 @@ async fn forward(
         .map(Duration::from_millis);
     // Shared by the two directions only while a request body streams.
     let mut activity: Option<Arc<StreamActivity>> = None;
+    // How far a streamed request body got: a failure reading it is the client's.
+    let mut progress: Option<Arc<BodyProgress>> = None;
     let mut body = if wants_replay && hint.upper().is_some_and(|u| u <= REPLAY_BUFFER_LIMIT) {
         match Limited::new(body, REPLAY_BUFFER_LIMIT as usize).collect().await {
             Ok(c) => ReqBody::Buffered(c.to_bytes()),
-            Err(_) => {
-                out.flags = "DC";
-                return text(StatusCode::BAD_REQUEST, "request body could not be read\n");
+            Err(e) => {
+                let fault = ClientFault::of(&*e);
+                return client_fault(rt, fault, downstream_h2, out);
             }
         }
     } else {
@@ -763,15 +766,19 @@ async fn forward(
             let (mparts, ()) = mparts.into_parts();
             let bytes = bytes.clone();
             let pq = path_and_query.clone();
+            // A mirror never waits longer for a slot than a stream may idle.
+            let mirror_wait = stream_idle;
             tokio::spawn(async move {
-                let Some(_slot) = mc.acquire().await else { return };
+                let Ok(_slot) = mc.acquire(mirror_wait).await else {
+                    return;
+                };
                 let Some(idx) = mc.pick(None, &[], Instant::now()) else {
                     return;
                 };
                 let Ok(req) = build_request(mparts.method, mparts.headers, &shadow, &pq, full(bytes), false) else {
                     return;
                 };
-                if let Ok(resp) = mc.send(idx, req, false).await {
+                if let Ok((resp, _in_flight)) = mc.send(idx, req, false).await {
                     // Drain so the connection can be reused.
                     let _ = resp.into_body().collect().await;
                 }
@@ -779,14 +786,32 @@ async fn forward(
         }
     }
 
-    let Some(_slot) = cluster.acquire().await else {
-        out.flags = "UO";
-        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
+    // The wait for a slot is part of the request's time, and no bytes move during it.
+    let deadline = f.timeout_ms.map(|t| start + Duration::from_millis(t));
+    let slot_wait = match (
+        deadline.map(|d| d.saturating_duration_since(Instant::now())),
+        stream_idle,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let _slot = match cluster.acquire(slot_wait).await {
+        Ok(slot) => slot,
+        Err(NoSlot::Overflow) => {
+            out.flags = "UO";
+            return text(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
+        }
+        Err(NoSlot::TimedOut) => {
+            out.flags = "UT";
+            return text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout (queued for a connection)\n",
+            );
+        }
     };
     cluster.active_requests.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&cluster);
 
-    let deadline = f.timeout_ms.map(|t| start + Duration::from_millis(t));
     let retry = f.retries.as_ref().unwrap_or(&NO_RETRIES);
     let max_attempts = 1 + retry.attempts;
     let mut tried: Vec<usize> = Vec::new();
@@ -828,10 +853,12 @@ async fn forward(
                     body_streams = true;
                     let shared = Arc::new(StreamActivity::default());
                     activity = Some(Arc::clone(&shared));
+                    let read = Arc::new(BodyProgress::default());
+                    progress = Some(Arc::clone(&read));
                     let b = IdleBody::new(b, Some(shared), None);
                     match limit {
-                        Some(max) => Limited::new(b, max as usize).boxed_unsync(),
-                        None => b.boxed_unsync(),
+                        Some(max) => ClientBody::new(Limited::new(b, max as usize), read).boxed_unsync(),
+                        None => ClientBody::new(b, read).boxed_unsync(),
                     }
                 }
                 // A streamed body cannot be replayed.
@@ -896,6 +923,15 @@ async fn forward(
         if attempt > 0 {
             cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
         }
+        // A request body that broke on the client's side broke the attempt:
+        // answer the client, and leave the endpoint's health alone.
+        if let Some(fault) = progress.as_ref().and_then(|p| p.fault())
+            && !matches!(result, Some(Ok(_)))
+        {
+            return client_fault(rt, fault, downstream_h2, out);
+        }
+        // Still waiting for the client's body: a timeout is not the upstream's.
+        let client_pending = progress.as_ref().is_some_and(|p| !p.is_complete());
         let now = Instant::now();
         let last = attempt + 1 == max_attempts;
         match result {
@@ -904,7 +940,7 @@ async fn forward(
                 break;
             }
             None => {
-                if cluster.record(idx, Outcome::LocalFailure, now) {
+                if !client_pending && cluster.record(idx, Outcome::LocalFailure, now) {
                     rt.metrics.outlier_ejected();
                 }
                 last_failure = (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n".into());
@@ -937,7 +973,7 @@ async fn forward(
                     break;
                 }
             }
-            Some(Ok(resp)) => {
+            Some(Ok((resp, in_flight))) => {
                 let status = resp.status();
                 let outcome = if status.is_server_error() {
                     Outcome::Status5xx(status.as_u16())
@@ -974,7 +1010,7 @@ async fn forward(
                     if let Some(c) = c {
                         rparts.headers.insert(header::CONNECTION, c);
                     }
-                    tokio::spawn(splice_upgraded(down, up, stream_idle));
+                    tokio::spawn(splice_upgraded(down, up, stream_idle, in_flight));
                     let body = http_body_util::Empty::new()
                         .map_err(|never| match never {})
                         .boxed_unsync();
@@ -983,7 +1019,8 @@ async fn forward(
                 if let Some((_, resp_ops)) = route.cluster_headers.get(wi) {
                     resp_ops.apply(&mut rparts.headers);
                 }
-                let rbody = IdleBody::new(rbody, activity.clone(), stream_idle).boxed_unsync();
+                let rbody =
+                    IdleBody::new(InFlightBody::new(rbody, in_flight), activity.clone(), stream_idle).boxed_unsync();
                 return Response::from_parts(rparts, rbody);
             }
         }
@@ -999,7 +1036,13 @@ async fn forward(
 
 /// Copy bytes both ways between an upgraded client and upstream connection,
 /// until either side closes or no bytes move for `idle`.
-async fn splice_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade, idle: Option<Duration>) {
+/// The upgraded stream stays active on its endpoint until it ends.
+async fn splice_upgraded(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    idle: Option<Duration>,
+    _in_flight: InFlight,
+) {
     let (Ok(down), Ok(up)) = (down.await, up.await) else {
         tracing::debug!("upgrade did not complete");
         return;
@@ -1019,6 +1062,21 @@ impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Answer a request whose body failed on the client's side.
+fn client_fault(rt: &Runtime, fault: ClientFault, h2: bool, out: &mut RequestOutcome) -> Response<Body> {
+    if fault != ClientFault::Gone {
+        rt.metrics.downstream_rejected();
+    }
+    out.flags = fault.flag();
+    let mut resp = text(fault.status(), fault.message());
+    if !h2 {
+        // The rest of the body is unread: the connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn retry_on_status(r: &RetryPolicy, status: StatusCode) -> bool {

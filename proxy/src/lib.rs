@@ -22,6 +22,7 @@ pub mod path;
 pub mod peer_metadata;
 pub mod ports;
 pub mod probes;
+pub mod request_body;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

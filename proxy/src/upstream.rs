@@ -169,6 +169,70 @@ impl EndpointState {
     }
 }
 
+/// One request in flight on an endpoint: counted in [`EndpointState::active`]
+/// (least-request balancing, `/config_dump`) from the moment it is sent until
+/// this guard drops. Dropping is the only way to stop counting, so a request
+/// cancelled anywhere — a client abort, an HTTP/2 stream reset, a route
+/// timeout dropping the upstream future — is uncounted as surely as one that
+/// completes.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    fn start(ep: &Arc<EndpointState>) -> Self {
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(ep))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request [`InFlight`] until the body ends
+/// or is dropped: a response still streaming is load on its endpoint.
+#[derive(Debug)]
+pub struct InFlightBody<B> {
+    inner: B,
+    in_flight: Option<InFlight>,
+}
+
+impl<B> InFlightBody<B> {
+    /// Wrap a response body.
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How an upstream attempt ended, for outlier detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -205,6 +269,15 @@ impl std::fmt::Debug for ClusterRuntime {
             .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
+}
+
+/// Why no request slot was had (circuit breaking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The pending queue is full: 503, flag `UO`.
+    Overflow,
+    /// The wait in the pending queue outlasted the request's time.
+    TimedOut,
 }
 
 /// A checked-out request slot (circuit breaking); released on drop.
@@ -316,20 +389,28 @@ impl ClusterRuntime {
         self.balancer.uses_hash()
     }
 
-    /// Acquire a request slot, waiting while the pending queue has room.
-    /// `None` = overflow (503, flag `UO`).
-    pub async fn acquire(&self) -> Option<Slot> {
+    /// Acquire a request slot, waiting at most `within` (`None`: as long as
+    /// it takes) in the pending queue while it has room.
+    pub async fn acquire(&self, within: Option<Duration>) -> Result<Slot, NoSlot> {
         if let Ok(p) = Arc::clone(&self.limiter).try_acquire_owned() {
-            return Some(Slot { _permit: p });
+            return Ok(Slot { _permit: p });
         }
         let max_pending = u64::from(self.spec.connection_pool.max_pending_requests);
         if self.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(NoSlot::Overflow);
         }
-        let permit = Arc::clone(&self.limiter).acquire_owned().await.ok();
+        let wait = Arc::clone(&self.limiter).acquire_owned();
+        let permit = match within {
+            Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| NoSlot::TimedOut),
+            None => Ok(wait.await),
+        };
         self.pending.fetch_sub(1, Ordering::AcqRel);
-        permit.map(|p| Slot { _permit: p })
+        match permit? {
+            Ok(p) => Ok(Slot { _permit: p }),
+            // The semaphore is never closed.
+            Err(_) => Err(NoSlot::Overflow),
+        }
     }
 
     /// Pick an endpoint, avoiding `tried` when possible. `None` = no healthy
@@ -422,22 +503,23 @@ impl ClusterRuntime {
 
     /// Send a request to endpoint `idx` over a pooled or new connection.
     /// `h2` selects the upstream protocol when the cluster leaves it open.
+    /// The request counts as active on the endpoint until the returned
+    /// [`InFlight`] drops (keep it with the response body), or at once when
+    /// this future is dropped before the response (a cancelled request).
     pub async fn send(
         &self,
         idx: usize,
         req: Request<Body>,
         downstream_h2: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let ep = Arc::clone(&self.endpoints[idx]);
-        let h2 = self.uses_h2(downstream_h2);
-        ep.active.fetch_add(1, Ordering::Relaxed);
-        let result = if h2 {
-            self.send_h2(&ep, req).await
+    ) -> Result<(Response<Incoming>, InFlight), UpstreamError> {
+        let in_flight = InFlight::start(&self.endpoints[idx]);
+        let ep = &in_flight.0;
+        let resp = if self.uses_h2(downstream_h2) {
+            self.send_h2(ep, req).await
         } else {
-            self.send_h1(&ep, req).await
-        };
-        ep.active.fetch_sub(1, Ordering::Relaxed);
-        result
+            self.send_h1(ep, req).await
+        }?;
+        Ok((resp, in_flight))
     }
 
     async fn send_h2(&self, ep: &Arc<EndpointState>, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {

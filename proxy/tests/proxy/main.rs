@@ -3,7 +3,9 @@
 
 mod admin;
 mod binary;
+mod cancellation;
 mod capture;
+mod client_errors;
 mod dns;
 mod gateway;
 mod grpc;

@@ -175,6 +175,67 @@ fn defaults_match_envoy() {
 }
 
 #[tokio::test]
+async fn the_timeouts_in_force_by_default_are_istios() {
+    // What holds a request when nobody configured a timeout (proxy/README.md, "What holds a
+    // request, and for how long"): no route timeout (Istio has none by default for HTTP),
+    // the 5 min stream idle timeout, the 10 s connect timeout of Istio's MeshConfig, the 10 s
+    // header read timeout.
+    let up = scripted_upstream(vec![], Duration::ZERO).await;
+    let proxy = Proxy::start(config(up, json!({}))).await;
+    let dump: Value = serde_json::from_str(&get(proxy.admin(), "admin", "/config_dump").await.body).unwrap();
+    let cfg = &dump["config"];
+    assert_eq!(cfg["clusters"][0]["connectTimeoutMs"], 10_000);
+    assert_eq!(cfg["listeners"][0]["limits"]["streamIdleTimeoutMs"], 300_000);
+    assert_eq!(cfg["listeners"][0]["limits"]["headerReadTimeoutMs"], 10_000);
+    assert_eq!(cfg["listeners"][0]["limits"]["idleTimeoutMs"], 300_000);
+    let forward = &cfg["listeners"][0]["virtualHosts"][0]["routes"][0]["action"]["forward"];
+    assert!(forward.is_object(), "{forward}");
+    assert!(forward["timeoutMs"].is_null(), "no route timeout by default: {forward}");
+}
+
+#[tokio::test]
+async fn a_stopped_upstream_is_bounded_by_the_route_timeout_and_ejected() {
+    // A stopped process (SIGSTOP, or hung in accept): the kernel completes the handshakes
+    // into the backlog and takes the request bytes, and nothing ever answers. A listening
+    // socket nobody accepts on is exactly that.
+    let stopped = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let good = Upstream::start("good").await;
+    let mut cfg = config(stopped.local_addr().unwrap(), json!({}));
+    cfg["clusters"][0]["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(good.endpoint());
+    cfg["clusters"][0]["outlierDetection"] = json!({
+        "consecutiveGatewayErrors": 2, "baseEjectionTimeMs": 60000, "maxEjectionPercent": 50.0,
+    });
+    cfg["listeners"][0]["virtualHosts"][0]["routes"][0]["action"]["forward"] = json!({
+        "clusters": [{"cluster": "up"}],
+        "timeoutMs": 2000,
+        "retries": {"attempts": 2, "perTryTimeoutMs": 150, "retryOn": ["gateway-error"], "backoffBaseMs": 1},
+    });
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("l").await;
+    for _ in 0..6 {
+        let t = Instant::now();
+        let r = get(addr, "svc", "/").await;
+        assert_eq!((r.status.as_u16(), r.server()), (200, "good"), "{}", r.body);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    // Per-try timeouts count as gateway errors: the stopped endpoint is out.
+    let dump: Value = serde_json::from_str(&get(proxy.admin(), "admin", "/config_dump").await.body).unwrap();
+    assert_eq!(dump["clusterStatus"][0]["endpoints"][0]["ejected"], true, "{dump}");
+    assert_eq!(dump["clusterStatus"][0]["endpoints"][1]["ejected"], false);
+    let t = Instant::now();
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "no more waiting: {:?}",
+        t.elapsed()
+    );
+    drop(stopped);
+}
+
+#[tokio::test]
 async fn upstream_failures_map_to_502_and_503_with_flags() {
     // Not HTTP at all: 502 (upstream protocol error).
     let garbage = scripted_upstream(vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Duration::ZERO).await;
@@ -231,4 +292,33 @@ async fn a_slow_but_active_upload_outlives_the_idle_timeout() {
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("app /upload xxxxxxxx"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_request_queued_for_a_connection_is_bounded_by_its_route_timeout() {
+    // One request slot, held by a slow request without a timeout; the queued request has a
+    // 200 ms route timeout, and the wait in the queue is part of it.
+    let app = Upstream::start("app").await;
+    let short = json!({
+        "match": [{"headers": [{"name": "x-short", "match": {"exact": "1"}}]}],
+        "action": {"forward": {"clusters": [{"cluster": "up"}], "timeoutMs": 200}},
+        "provenance": provenance(),
+    });
+    let mut cfg = config(app.addr, json!({}));
+    cfg["listeners"][0]["virtualHosts"][0]["routes"] = json!([short, forward_route("up")]);
+    cfg["clusters"][0]["endpoints"] = json!([app.endpoint()]);
+    cfg["clusters"][0]["connectionPool"] = json!({"maxConnections": 1, "maxPendingRequests": 10});
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("l").await;
+    let holder = tokio::spawn(async move { get(addr, "svc", "/delay/1500").await.status.as_u16() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let r = send(addr, "GET", "svc", "/", &[("x-short", "1")]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "queued past its route timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(holder.await.unwrap(), 200);
 }
