@@ -6,16 +6,18 @@
 
 use crate::app::Runtime;
 use crate::identity::describe;
+use crate::idle::IdleIo;
 use crate::upstream::Body;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// Changes the log filter at run time.
 pub trait LogControl: Send + Sync {
@@ -37,11 +39,26 @@ pub enum AdminRole {
     Health,
 }
 
+/// Connections one admin server holds at once; more are closed on arrival.
+/// Plenty for probes and scrapes, and a bound on the descriptors they take:
+/// the admin servers are outside the traffic listeners' connection budget.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A client must start its request within this long, and a connection with
+/// no bytes moving is closed after [`IDLE_TIMEOUT`].
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serve admin requests until the task is aborted.
 pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(?role, "admin connection limit reached; closing");
             continue;
         };
         let rt = Arc::clone(&rt);
@@ -50,9 +67,14 @@ pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
                 let rt = Arc::clone(&rt);
                 async move { Ok::<_, std::convert::Infallible>(handle(&rt, role, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let io = IdleIo::new(tcp, Some(IDLE_TIMEOUT)).with_head_deadline(HEAD_TIMEOUT);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+            drop(slot);
         });
     }
 }
@@ -182,7 +204,8 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
     json!({
         "version": snap.config.version,
         "ready": rt.is_ready(),
-        "lastRejected": rt.last_rejection().map(|(v, e)| json!({"version": v, "error": e})),
+        "lastRejected": rt.last_rejection().map(|r| json!({"version": r.version, "error": r.error})),
+        "downstreamConnections": {"active": rt.connections.in_use(), "limit": rt.connections.limit()},
         "config": config,
         "clusterStatus": clusters,
         "workloadCertificate": certificates,

@@ -5,6 +5,7 @@
 
 use crate::admin::{self, AdminRole, LogControl};
 use crate::metrics::Metrics;
+use crate::overload::{self, ConnectionBudget};
 use crate::server::{self, ListenerHandle};
 use crate::snapshot::{Snapshot, SnapshotError};
 use arc_swap::ArcSwap;
@@ -24,9 +25,20 @@ pub struct Runtime {
     pub spans: crate::spans::SpanSink,
     configured: AtomicBool,
     draining: AtomicBool,
-    last_rejection: Mutex<Option<(String, String)>>,
+    last_rejection: Mutex<Option<Rejection>>,
     /// Run-time log level control, if the binary installed one.
     pub log_control: Option<Arc<dyn LogControl>>,
+    /// The downstream connections every traffic listener draws from.
+    pub connections: ConnectionBudget,
+}
+
+/// The last configuration the proxy refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Its version; `None` when it could not even be parsed to read one.
+    pub version: Option<String>,
+    /// The error, with the field path where there is one.
+    pub error: String,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -59,8 +71,8 @@ impl Runtime {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// The last rejected config version and why.
-    pub fn last_rejection(&self) -> Option<(String, String)> {
+    /// The last rejected configuration and why, until a later one applies.
+    pub fn last_rejection(&self) -> Option<Rejection> {
         self.last_rejection.lock().expect("rejection lock").clone()
     }
 }
@@ -84,6 +96,10 @@ pub struct AppConfig {
     pub dns_addr: Option<SocketAddr>,
     /// Log level control for `/logging`.
     pub log_control: Option<Arc<dyn LogControl>>,
+    /// Downstream connections all traffic listeners together may hold (the
+    /// overload limit; the admin servers are outside it). `None`: derived from
+    /// the file descriptor limit, [`crate::overload::default_max_connections`].
+    pub max_downstream_connections: Option<u32>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -93,6 +109,7 @@ impl std::fmt::Debug for AppConfig {
             .field("stats_addr", &self.stats_addr)
             .field("health_addr", &self.health_addr)
             .field("dns_addr", &self.dns_addr)
+            .field("max_downstream_connections", &self.max_downstream_connections)
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +191,15 @@ impl App {
     /// Start with no configuration: admin servers up, not ready.
     pub async fn start(cfg: AppConfig) -> std::io::Result<Self> {
         let empty = Snapshot::build(ProxyConfig::empty("none"), None).expect("the empty config is valid");
+        let max_connections = match cfg.max_downstream_connections {
+            Some(n) => n,
+            None => overload::default_max_connections(overload::descriptor_limit().unwrap_or_else(|e| {
+                // POSIX's minimum for the limit.
+                tracing::warn!(error = %e, "cannot read the file descriptor limit; assuming 1024");
+                1024
+            })),
+        };
+        tracing::debug!(max_connections, "downstream connection budget");
         let rt = Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(empty),
             metrics: Metrics::default(),
@@ -182,6 +208,7 @@ impl App {
             draining: AtomicBool::new(false),
             last_rejection: Mutex::new(None),
             log_control: cfg.log_control.clone(),
+            connections: ConnectionBudget::new(max_connections),
         });
         let mut admin = Vec::new();
         for (role, addr) in [
@@ -242,15 +269,29 @@ impl App {
         }
         let version = config.version.clone();
         let result = self.apply_inner(config).await;
-        self.rt.metrics.config_result(result.is_ok());
         match &result {
-            Ok(()) => tracing::info!(%version, "configuration applied"),
-            Err(e) => {
-                tracing::warn!(%version, error = %e, "configuration rejected; keeping the last good one");
-                *self.rt.last_rejection.lock().expect("rejection lock") = Some((version, e.to_string()));
+            Ok(()) => {
+                self.rt.metrics.config_result(true);
+                // The rejection is history once a configuration applies.
+                *self.rt.last_rejection.lock().expect("rejection lock") = None;
+                tracing::info!(%version, "configuration applied");
             }
+            Err(e) => self.reject(Some(&version), &e.to_string()),
         }
         result
+    }
+
+    /// Record a configuration that was refused before it could be applied —
+    /// one that does not parse (`version` unknown) or a pushed delta that does
+    /// not apply: `/config_dump` shows it as `lastRejected` until a later
+    /// configuration applies, and the last good configuration keeps serving.
+    pub fn reject(&self, version: Option<&str>, error: &str) {
+        self.rt.metrics.config_result(false);
+        tracing::warn!(version = version.unwrap_or("-"), %error, "configuration rejected; keeping the last good one");
+        *self.rt.last_rejection.lock().expect("rejection lock") = Some(Rejection {
+            version: version.map(str::to_string),
+            error: error.to_string(),
+        });
     }
 
     async fn apply_inner(&self, config: ProxyConfig) -> Result<(), ApplyError> {

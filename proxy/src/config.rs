@@ -24,10 +24,29 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
+        /// The `version` the document declares, when it has a readable one.
+        version: Option<String>,
         /// Cause.
         #[source]
         source: trellis_contract::ParseError,
     },
+}
+
+impl ConfigError {
+    /// The version of the refused document, when known.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Parse { version, .. } => version.as_deref(),
+        }
+    }
+}
+
+/// The `version` a document declares, read loosely: the document may not be
+/// a valid config (YAML 1.2 reads JSON too).
+fn declared_version(text: &str) -> Option<String> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    doc.get("version")?.as_str().map(str::to_string)
 }
 
 /// Read and parse a config file (validation happens on apply).
@@ -38,12 +57,14 @@ pub fn load_file(path: &Path) -> Result<ProxyConfig, ConfigError> {
     })?;
     ProxyConfig::parse(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
+        version: declared_version(&text),
         source,
     })
 }
 
 /// Re-apply the file whenever its contents change (checked every `interval`)
-/// or on SIGHUP. Runs until the task is dropped.
+/// or on SIGHUP. A file that cannot be read or parsed is rejected like one
+/// that does not validate ([`App::reject`]). Runs until the task is dropped.
 pub async fn watch_file(app: &App, path: &Path, interval: Duration) {
     let mut last = std::fs::read(path).ok();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -62,7 +83,24 @@ pub async fn watch_file(app: &App, path: &Path, interval: Duration) {
                 // Errors are logged and recorded by apply; the old config stays.
                 let _ = app.apply(cfg).await;
             }
-            Err(e) => tracing::warn!(error = %e, "config file not applied; keeping the last good one"),
+            // Recorded like a config that does not validate: `/config_dump` shows it.
+            Err(e) => app.reject(e.version(), &e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_that_does_not_parse_still_names_its_version() {
+        assert_eq!(declared_version("version: v7\nlisteners: 3\n").as_deref(), Some("v7"));
+        assert_eq!(
+            declared_version(r#"{"version": "v8", "bogus": true}"#).as_deref(),
+            Some("v8")
+        );
+        assert_eq!(declared_version("version: [not, a, string]"), None);
+        assert_eq!(declared_version("{{{"), None);
     }
 }

@@ -72,6 +72,10 @@ impl ConfigSink for AppSink {
         *self.applied.lock().expect("config lock") = Some(version);
         Ok(())
     }
+
+    fn rejected(&self, version: &str, error: &str) {
+        self.app.reject(Some(version), error);
+    }
 }
 
 /// Run mesh mode until the task is dropped: certificate first (a config that needs mesh TLS

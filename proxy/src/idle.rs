@@ -1,7 +1,10 @@
 //! Idle timeouts. [`IdleIo`]: a connection with no bytes read or written for
 //! its timeout fails its next read with `TimedOut`, which closes it (downstream
 //! HTTP connections: `limits.idleTimeoutMs`; opaque TCP and upgraded streams:
-//! `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`). [`StreamActivity`]
+//! `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`); a downstream
+//! HTTP connection must also start its request within
+//! `limits.headerReadTimeoutMs` ([`IdleIo::with_head_deadline`]), so one that
+//! sends nothing is closed like one that sends its head too slowly. [`StreamActivity`]
 //! and [`IdleBody`]: one HTTP stream's last activity in either direction, and a
 //! body that fails when the stream has been idle for `limits.streamIdleTimeoutMs`.
 
@@ -165,7 +168,13 @@ where
     }
 }
 
-/// An I/O wrapper enforcing an idle timeout (`None` disables it).
+/// How many bytes a connection must send before its head deadline: enough
+/// for the server to tell HTTP/1 from HTTP/2 (the HTTP/2 preface is 24
+/// bytes). From there hyper's own HTTP/1 header-read timeout takes over.
+const HEAD_START_BYTES: usize = 24;
+
+/// An I/O wrapper enforcing an idle timeout (`None` disables it) and,
+/// optionally, a deadline for the start of the first request.
 #[derive(Debug)]
 pub struct IdleIo<S> {
     inner: S,
@@ -173,6 +182,10 @@ pub struct IdleIo<S> {
     /// Last read or write; the timer is only re-armed when it fires, so busy
     /// connections do not touch the timer wheel on every I/O.
     last_activity: Instant,
+    /// Until the first [`HEAD_START_BYTES`] arrive: when they must have.
+    head_due: Option<Instant>,
+    /// Bytes read so far, counted up to [`HEAD_START_BYTES`].
+    head_read: usize,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -185,8 +198,26 @@ impl<S> IdleIo<S> {
             inner,
             timeout,
             last_activity: Instant::now(),
+            head_due: None,
+            head_read: 0,
             deadline: Box::pin(tokio::time::sleep(first)),
         }
+    }
+
+    /// The client must send the start of its first request within `within`
+    /// of now, or the connection fails its next read with `TimedOut`: a
+    /// connection that sends nothing is closed like one whose head is slow,
+    /// not after the whole idle timeout. Zero disables it.
+    pub fn with_head_deadline(mut self, within: Duration) -> Self {
+        if within.is_zero() {
+            return self;
+        }
+        let due = Instant::now() + within;
+        self.head_due = Some(due);
+        if due < self.deadline.deadline() {
+            self.deadline.as_mut().reset(due);
+        }
+        self
     }
 
     fn touch(&mut self) {
@@ -195,35 +226,51 @@ impl<S> IdleIo<S> {
         }
     }
 
-    /// True when the connection has been idle for the whole timeout; re-arms
-    /// the timer (registering the waker) otherwise.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(t) = self.timeout else { return false };
+    /// When the connection times out if nothing more happens.
+    fn due(&self) -> Option<Instant> {
+        let idle = self.timeout.map(|t| self.last_activity + t);
+        match (self.head_due, idle) {
+            (Some(h), Some(i)) => Some(h.min(i)),
+            (h, i) => h.or(i),
+        }
+    }
+
+    /// The error for the deadline that expired, or `None` while none has;
+    /// re-arms the timer (registering the waker) otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
         while self.deadline.as_mut().poll(cx).is_ready() {
-            let due = self.last_activity + t;
+            let due = self.due()?;
             if due <= Instant::now() {
-                return true;
+                return Some(if self.head_due.is_some_and(|h| h <= due) {
+                    "downstream connection sent no request within the header read timeout"
+                } else {
+                    "downstream connection idle timeout"
+                });
             }
             self.deadline.as_mut().reset(due);
         }
-        false
+        None
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.touch();
+                if this.head_due.is_some() {
+                    this.head_read += buf.filled().len() - before;
+                    if this.head_read >= HEAD_START_BYTES {
+                        this.head_due = None;
+                    }
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if this.expired(cx) {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "downstream connection idle timeout",
-                    )));
+                if let Some(why) = this.expired(cx) {
+                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
                 }
                 Poll::Pending
             }

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod idle;
 pub mod matcher;
 pub mod metrics;
+pub mod overload;
 pub mod path;
 pub mod peer_metadata;
 pub mod ports;

@@ -92,6 +92,10 @@ struct RunArgs {
     /// Log as JSON lines (access logs included).
     #[arg(long, env = "TRELLIS_LOG_JSON")]
     log_json: bool,
+    /// Downstream connections all traffic listeners together may hold; more are closed on
+    /// arrival (overload). Default: from the file descriptor limit, at most 50000.
+    #[arg(long, env = "TRELLIS_MAX_DOWNSTREAM_CONNECTIONS")]
+    max_downstream_connections: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +190,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let log = init_logging(&args.log, args.log_json)?;
+    match trellis_proxy::overload::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the file descriptor limit"),
+    }
     let app = App::start(AppConfig {
         admin_addr: args.admin_addr,
         stats_addr: Some(args.stats_addr),
@@ -195,6 +203,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             a => Some(a.parse().with_context(|| format!("invalid --dns-addr {a:?}"))?),
         },
         log_control: Some(log),
+        max_downstream_connections: args.max_downstream_connections,
     })
     .await
     .context("cannot bind the admin ports (is another proxy running?)")?;

@@ -141,6 +141,7 @@ pub struct Metrics {
     config_applied: AtomicU64,
     config_rejected: AtomicU64,
     downstream_rejected: AtomicU64,
+    downstream_overflow: AtomicU64,
     outlier_ejections: AtomicU64,
 }
 
@@ -187,6 +188,11 @@ impl Metrics {
     /// A downstream request was rejected before routing (limits, malformed).
     pub fn downstream_rejected(&self) {
         self.downstream_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A downstream connection was closed at once: the connection budget was spent.
+    pub fn downstream_overflow(&self) {
+        self.downstream_overflow.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An endpoint was ejected by outlier detection.
@@ -273,6 +279,11 @@ impl Metrics {
                 "trellis_proxy_downstream_rejected_total",
                 "Requests rejected before routing (malformed or over limits).",
                 &self.downstream_rejected,
+            ),
+            (
+                "trellis_proxy_downstream_cx_overflow_total",
+                "Downstream connections closed on arrival because the connection budget was spent (overload).",
+                &self.downstream_overflow,
             ),
             (
                 "trellis_proxy_outlier_ejections_total",

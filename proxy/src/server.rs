@@ -1,4 +1,5 @@
-//! Downstream listeners: the accept loop (connection limits, drain), and per
+//! Downstream listeners: the accept loop (the listener's connection limit and
+//! the process's connection budget, [`crate::overload`]; drain), and per
 //! connection the original destination, inbound peer authentication (STRICT,
 //! PERMISSIVE by ClientHello sniffing, DISABLE), gateway TLS termination,
 //! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
@@ -65,22 +66,30 @@ pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // Over a limit the connection is closed at once (overload):
+                        // the listener's own `maxConnections`, then the process's budget.
                         let permit = match &limit {
                             Some(sem) => match Arc::clone(sem).try_acquire_owned() {
                                 Ok(p) => Some(p),
                                 Err(_) => {
-                                    tracing::warn!(listener = %name, %peer, "connection limit reached; closing");
+                                    rt.metrics.downstream_overflow();
+                                    tracing::debug!(listener = %name, %peer, "listener connection limit reached; closing");
                                     continue;
                                 }
                             },
                             None => None,
+                        };
+                        let Some(admitted) = rt.connections.try_admit() else {
+                            rt.metrics.downstream_overflow();
+                            tracing::debug!(listener = %name, %peer, "downstream connection budget spent; closing");
+                            continue;
                         };
                         let rt = Arc::clone(&rt);
                         let name = name.clone();
                         let watcher = graceful.watcher();
                         conns.spawn(async move {
                             serve_connection(rt, name, tcp, peer, watcher).await;
-                            drop(permit);
+                            drop((permit, admitted));
                         });
                     }
                     Err(e) => {
@@ -201,6 +210,8 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         local
     };
     let limits = &listener.spec.limits;
+    // The TLS handshake and then the start of the first request each get the
+    // header read timeout: a client that sends nothing is cut like a slow one.
     let handshake_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut ctx = ConnContext {
         listener: name.clone(),
@@ -291,7 +302,8 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         let verdicts = Arc::new(crate::head::Verdicts::default());
         ctx.verdicts = Some(Arc::clone(&verdicts));
         let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
-        let stream = crate::head::GuardedIo::new(crate::idle::IdleIo::new(stream, idle), verdicts);
+        let io = crate::idle::IdleIo::new(stream, idle).with_head_deadline(handshake_timeout);
+        let stream = crate::head::GuardedIo::new(io, verdicts);
         serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
     } else {
         drop(watcher);

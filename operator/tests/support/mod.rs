@@ -209,6 +209,7 @@ pub async fn proxy_app() -> std::sync::Arc<trellis_proxy::App> {
             health_addr: None,
             dns_addr: None,
             log_control: None,
+            max_downstream_connections: None,
         })
         .await
         .unwrap(),

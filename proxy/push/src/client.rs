@@ -295,6 +295,13 @@ pub trait ConfigSink: Send + Sync + 'static {
     /// Validate and apply a configuration; on error the proxy keeps its last good one and the
     /// error is NACKed to the operator.
     async fn apply(&self, config: ProxyConfig) -> Result<(), String>;
+    /// A pushed configuration was refused before it could reach [`ConfigSink::apply`]: its
+    /// payload does not parse, its chunks do not reassemble, or its delta does not apply. It
+    /// is NACKed either way; a sink that shows the proxy's state records it here. The default
+    /// records nothing.
+    fn rejected(&self, version: &str, error: &str) {
+        let _ = (version, error);
+    }
 }
 
 /// Subscribe to the operator and apply every snapshot, forever: reconnect with backoff when
@@ -358,6 +365,7 @@ async fn subscribe_once(
             Ok(Some(snapshot)) => apply_snapshot(cfg, sink, held, &snapshot).await,
             Err(e) => {
                 tracing::warn!(%version, error = %e, "rejected a chunked config; keeping the last good one");
+                sink.rejected(&version, &e.to_string());
                 ProxyMessage::nack(version, e.to_string())
             }
         };
@@ -389,7 +397,11 @@ async fn apply_snapshot(
                 Err(e) => Err(e),
             }
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => {
+            let e = e.to_string();
+            sink.rejected(&version, &e);
+            Err(e)
+        }
     };
     match applied {
         Ok(config) => {

@@ -107,10 +107,12 @@ impl ConfigPush for FakeOperator {
     }
 }
 
-/// Records what it applies; rejects configs holding a cluster named `rejected`.
+/// Records what it applies and the versions refused before reaching it; rejects configs
+/// holding a cluster named `rejected`.
 #[derive(Default)]
 struct Sink {
     applied: Mutex<Vec<ProxyConfig>>,
+    rejected: Mutex<Vec<String>>,
 }
 
 impl Sink {
@@ -134,6 +136,10 @@ impl ConfigSink for Sink {
         config.node.cluster = "adapted-by-the-sink".into();
         self.applied.lock().unwrap().push(config);
         Ok(())
+    }
+
+    fn rejected(&self, version: &str, _error: &str) {
+        self.rejected.lock().unwrap().push(version.to_string());
     }
 }
 
@@ -229,6 +235,11 @@ impl Harness {
             .expect("the fake operator runs")
     }
 
+    /// The versions refused before they reached the sink's `apply`.
+    fn rejected(&self) -> Vec<String> {
+        self.sink.rejected.lock().unwrap().clone()
+    }
+
     /// The configs the sink applied, without its local adaptation.
     fn applied(&self) -> Vec<ProxyConfig> {
         let mut applied = self.sink.applied();
@@ -310,6 +321,8 @@ async fn a_nacked_delta_leaves_the_sink_and_the_base_as_they_were() {
         std::slice::from_ref(&v1),
         "the sink keeps the last good config"
     );
+    // The sink hears of the refusals it could not see itself (its own is its apply's error).
+    assert_eq!(h.rejected(), ["v2", "v4"]);
 
     // The base is still v1: a delta against it applies.
     let v5 = config("v5", &[("a", 5), ("b", 2)]);
@@ -397,6 +410,7 @@ async fn chunked_configs_and_deltas_are_put_together_and_a_mix_is_refused() {
         error.contains("arrived while snapshot \"v3\" was incomplete"),
         "{error}"
     );
+    assert_eq!(h.rejected(), ["v4"]);
     assert_eq!(h.applied(), [config("v1", &[("a", 1), ("b", 2), ("c", 3)]), v2.clone()]);
     // The base is still v2.
     let v5 = config("v5", &[("a", 5)]);

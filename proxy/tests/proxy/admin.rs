@@ -12,6 +12,7 @@ async fn ready_only_after_a_config() {
         health_addr: Some("127.0.0.1:0".parse().unwrap()),
         dns_addr: None,
         log_control: None,
+        max_downstream_connections: None,
     })
     .await
     .unwrap();
@@ -40,6 +41,7 @@ async fn not_ready_without_certificate_when_mesh_needs_one() {
         health_addr: None,
         dns_addr: None,
         log_control: None,
+        max_downstream_connections: None,
     })
     .await
     .unwrap();

@@ -101,10 +101,22 @@ async fn binary_loads_reloads_rejects_and_drains() {
     .await;
     assert_eq!(status(listen, "/").await, Some(200));
 
-    // A valid change applies.
+    // So is a file that does not parse, with the version it declares.
+    std::fs::write(&path, "version: 2b\nlisteners: 3\n").unwrap();
+    let rejected = async || {
+        let dump: serde_json::Value = serde_json::from_str(&get(admin, "admin", "/config_dump").await.body).unwrap();
+        dump["lastRejected"].clone()
+    };
+    wait_for(async || rejected().await["version"] == "2b", "parse error recorded").await;
+    let error = rejected().await["error"].as_str().unwrap().to_string();
+    assert!(error.contains("proxy.yaml") && error.contains("listeners"), "{error}");
+    assert_eq!(status(listen, "/").await, Some(200));
+
+    // A valid change applies, and the rejection is history.
     let teapot = json!({"action": {"directResponse": {"status": 418}}, "provenance": provenance()});
     std::fs::write(&path, config("3", vec![teapot])).unwrap();
     wait_for(async || status(listen, "/").await == Some(418), "reload").await;
+    assert_eq!(rejected().await, serde_json::Value::Null);
 
     // The log level can be changed at run time.
     let r = send(admin, "POST", "admin", "/logging?level=debug", &[]).await;
@@ -122,4 +134,67 @@ async fn binary_loads_reloads_rejects_and_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn silent_connections_cannot_starve_the_probes() {
+    // A small descriptor limit, as container runtimes often give (soft 1024), here 256 so
+    // the test needs few connections: flooding the traffic listener with connections that
+    // send nothing used to exhaust the descriptors, and then every accept failed — the
+    // health port's too, so /ready timed out and the kubelet restarted a healthy proxy.
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.json");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c = outbound_config("1", vec![forward_route("app")], vec![cluster("app", &[&app])]);
+    c["listeners"][0]["address"] = json!(listen.to_string());
+    c["listeners"][0]["limits"] = json!({"headerReadTimeoutMs": 1500});
+    std::fs::write(&path, c.to_string()).unwrap();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_trellis-proxy"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--admin-addr", &admin.to_string(), "--health-addr", &health.to_string()])
+        .args([
+            "--stats-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--dns-addr",
+            "off",
+        ])
+        .env("TRELLIS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn trellis-proxy");
+    let _child = Running(child);
+    wait_for(async || status(health, "/ready").await == Some(200), "ready").await;
+    let dump: serde_json::Value = serde_json::from_str(&get(admin, "admin", "/config_dump").await.body).unwrap();
+    // The default budget comes from the descriptor limit: (256 - 128) / 2.
+    assert_eq!(
+        dump["downstreamConnections"]["limit"], 64,
+        "{}",
+        dump["downstreamConnections"]
+    );
+
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        flood.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let probe = tokio::time::timeout(Duration::from_secs(2), status(health, "/ready")).await;
+        assert_eq!(probe, Ok(Some(200)), "the health port must answer during the flood");
+    }
+    // The flood is closed — over the budget at once, the rest by the header read timeout —
+    // and traffic flows again.
+    wait_for(
+        async || tokio::time::timeout(Duration::from_millis(500), status(listen, "/")).await == Ok(Some(200)),
+        "traffic after the flood",
+    )
+    .await;
+    drop(flood);
 }

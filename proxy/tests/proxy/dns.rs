@@ -43,6 +43,7 @@ async fn answers_mesh_names_and_forwards_the_rest() {
         health_addr: None,
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
+        max_downstream_connections: None,
     })
     .await
     .unwrap();
@@ -81,6 +82,7 @@ async fn unreachable_upstream_gives_servfail() {
         health_addr: None,
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
+        max_downstream_connections: None,
     })
     .await
     .unwrap();
@@ -140,6 +142,7 @@ async fn tcp_queries_on_the_same_port_are_answered_and_forwarded_over_tcp() {
         health_addr: None,
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
+        max_downstream_connections: None,
     })
     .await
     .unwrap();

@@ -31,6 +31,20 @@ async fn invalid_config_is_rejected_and_last_good_keeps_serving() {
     assert_eq!(dump["lastRejected"]["version"], "bad");
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
     assert!(m.contains("trellis_proxy_config_rejected_total 1"), "{m}");
+
+    // A later config that applies clears the record: `lastRejected` describes the present.
+    proxy
+        .apply(outbound_config(
+            "good-2",
+            vec![forward_route("a")],
+            vec![cluster("a", &[&a])],
+        ))
+        .await
+        .unwrap();
+    let dump: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin(), "admin", "/config_dump").await.body).unwrap();
+    assert_eq!(dump["version"], "good-2");
+    assert_eq!(dump["lastRejected"], serde_json::Value::Null);
 }
 
 #[tokio::test]

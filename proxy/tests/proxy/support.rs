@@ -284,6 +284,7 @@ impl Proxy {
             health_addr: None,
             dns_addr: None,
             log_control: None,
+            max_downstream_connections: None,
         })
         .await
         .unwrap();
