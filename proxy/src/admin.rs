@@ -4,9 +4,9 @@
 //! the localhost admin port serves everything, the stats port `/metrics`, the
 //! health port the probes.
 
-use crate::app::Runtime;
 use crate::identity::describe;
 use crate::idle::IdleIo;
+use crate::runtime::Runtime;
 use crate::upstream::Body;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -18,15 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-
-/// Changes the log filter at run time.
-pub trait LogControl: Send + Sync {
-    /// Replace the filter (an `EnvFilter` directive such as `debug` or
-    /// `info,trellis_proxy=trace`).
-    fn set(&self, directive: &str) -> Result<(), String>;
-    /// The current filter.
-    fn current(&self) -> String;
-}
 
 /// Which endpoints a server exposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

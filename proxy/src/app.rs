@@ -1,87 +1,20 @@
-//! The proxy application: the shared run-time state, applying configurations
-//! atomically (validate, compile, bind new listeners, swap, retire removed
-//! listeners; on any error keep the last good config), the admin servers,
-//! and drain.
+//! The proxy application: starts the servers around one [`Runtime`] (admin,
+//! stats and health, DNS, the span exporter, the traffic listeners), applies
+//! configurations atomically (validate, compile, bind new listeners, swap,
+//! retire removed listeners; on any error keep the last good config), and
+//! drains.
 
-use crate::admin::{self, AdminRole, LogControl};
-use crate::metrics::Metrics;
+use crate::admin::{self, AdminRole};
+use crate::logging::LogControl;
 use crate::overload::{self, ConnectionBudget};
+use crate::runtime::{Rejection, Runtime};
 use crate::server::{self, ListenerHandle};
 use crate::snapshot::{Snapshot, SnapshotError};
-use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use trellis_contract::{ListenerDirection, MtlsMode, ProxyConfig, UpstreamTls};
-
-/// State shared by every listener, connection and the admin API.
-pub struct Runtime {
-    snapshot: ArcSwap<Snapshot>,
-    /// Metrics registry.
-    pub metrics: Metrics,
-    /// Finished spans waiting for export.
-    pub spans: crate::spans::SpanSink,
-    configured: AtomicBool,
-    draining: AtomicBool,
-    last_rejection: Mutex<Option<Rejection>>,
-    /// Run-time log level control, if the binary installed one.
-    pub log_control: Option<Arc<dyn LogControl>>,
-    /// The downstream connections every traffic listener draws from.
-    pub connections: ConnectionBudget,
-}
-
-/// The last configuration the proxy refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Its version; `None` when it could not even be parsed to read one.
-    pub version: Option<String>,
-    /// The error, with the field path where there is one.
-    pub error: String,
-}
-
-impl std::fmt::Debug for Runtime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("version", &self.snapshot().config.version)
-            .field("draining", &self.draining)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Runtime {
-    /// The configuration in force.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Ready: a configuration is applied, its mesh identity (when needed) is
-    /// loaded, and the proxy is not draining.
-    pub fn is_ready(&self) -> bool {
-        if !self.configured.load(Ordering::Acquire) || self.draining.load(Ordering::Acquire) {
-            return false;
-        }
-        let snap = self.snapshot();
-        !needs_identity(&snap.config) || snap.identity.is_some()
-    }
-
-    /// Is the proxy draining?
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// The last rejected configuration and why, until a later one applies.
-    pub fn last_rejection(&self) -> Option<Rejection> {
-        self.last_rejection.lock().expect("rejection lock").clone()
-    }
-}
-
-fn needs_identity(c: &ProxyConfig) -> bool {
-    c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
-        || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
-            && c.inbound.mtls.mode != MtlsMode::Disable)
-}
+use trellis_contract::ProxyConfig;
 
 /// Addresses and hooks for [`App::start`].
 #[derive(Clone)]
@@ -200,16 +133,11 @@ impl App {
             })),
         };
         tracing::debug!(max_connections, "downstream connection budget");
-        let rt = Arc::new(Runtime {
-            snapshot: ArcSwap::from_pointee(empty),
-            metrics: Metrics::default(),
-            spans: crate::spans::SpanSink::default(),
-            configured: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            last_rejection: Mutex::new(None),
-            log_control: cfg.log_control.clone(),
-            connections: ConnectionBudget::new(max_connections),
-        });
+        let rt = Arc::new(Runtime::new(
+            empty,
+            cfg.log_control.clone(),
+            ConnectionBudget::new(max_connections),
+        ));
         let mut admin = Vec::new();
         for (role, addr) in [
             (AdminRole::Admin, Some(cfg.admin_addr)),
@@ -231,7 +159,7 @@ impl App {
             }
             None => None,
         };
-        let exporter = crate::spans::spawn_exporter(&rt);
+        let exporter = crate::span_export::spawn(&rt);
         Ok(Self {
             rt,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -272,8 +200,6 @@ impl App {
         match &result {
             Ok(()) => {
                 self.rt.metrics.config_result(true);
-                // The rejection is history once a configuration applies.
-                *self.rt.last_rejection.lock().expect("rejection lock") = None;
                 tracing::info!(%version, "configuration applied");
             }
             Err(e) => self.reject(Some(&version), &e.to_string()),
@@ -288,7 +214,7 @@ impl App {
     pub fn reject(&self, version: Option<&str>, error: &str) {
         self.rt.metrics.config_result(false);
         tracing::warn!(version = version.unwrap_or("-"), %error, "configuration rejected; keeping the last good one");
-        *self.rt.last_rejection.lock().expect("rejection lock") = Some(Rejection {
+        self.rt.reject(Rejection {
             version: version.map(str::to_string),
             error: error.to_string(),
         });
@@ -325,8 +251,7 @@ impl App {
         }
         let drain = Duration::from_millis(snapshot.config.drain_timeout_ms);
         let wanted: Vec<String> = snapshot.config.listeners.iter().map(|l| l.name.clone()).collect();
-        self.rt.snapshot.store(Arc::new(snapshot));
-        self.rt.configured.store(true, Ordering::Release);
+        self.rt.install(snapshot);
 
         let mut retired = Vec::new();
         for (name, sock) in fresh {
@@ -357,7 +282,7 @@ impl App {
     /// Drain (SIGTERM): report not ready, stop accepting, let in-flight
     /// requests finish within the config's drain timeout, then close.
     pub async fn drain(&self) {
-        self.rt.draining.store(true, Ordering::Release);
+        self.rt.start_draining();
         let drain = Duration::from_millis(self.rt.snapshot().config.drain_timeout_ms);
         let handles: Vec<ListenerHandle> = self.listeners.lock().await.drain().map(|(_, h)| h).collect();
         tracing::info!(listeners = handles.len(), ?drain, "draining");

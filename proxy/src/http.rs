@@ -3,13 +3,13 @@
 //! direct responses and redirects, and forwarding with retries, timeouts,
 //! mirroring, header mutations, trace propagation, metrics and access logs.
 
-use crate::app::Runtime;
 use crate::authz::AuthzRequest;
 use crate::idle::{IdleBody, IdleIo, StreamActivity};
 use crate::metrics::{ConnLabels, Peer, RequestLabels};
 use crate::path::normalize;
 use crate::request_body::{BodyProgress, ClientBody, ClientFault};
 use crate::routing::{RequestView, RouteHit, parse_query, rewrite_prefix};
+use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::upstream::{Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, UpstreamError};
 use bytes::Bytes;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::{EnvFilter, Registry, reload};
-use trellis_proxy::admin::LogControl;
 use trellis_proxy::capture::{self, CaptureConfig};
+use trellis_proxy::logging::LogControl;
 use trellis_proxy::{App, AppConfig, ports};
 
 #[derive(Parser, Debug)]

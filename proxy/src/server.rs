@@ -5,11 +5,12 @@
 //! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
 //! opaque TCP.
 
-use crate::app::Runtime;
 use crate::http::ConnContext;
 use crate::identity::spiffe_id_of;
+use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
 use crate::sni::TlsServers;
+use crate::stream::DownstreamStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -193,9 +194,6 @@ impl Handshake {
         }
     }
 }
-
-/// A downstream connection, plain or TLS.
-pub type DownstreamStream = crate::stream::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
     let _ = tcp.set_nodelay(true);

@@ -106,7 +106,7 @@ pub struct Snapshot {
     /// mTLS requests (precomputed: no per-request formatting).
     pub peer_metadata: Option<http::HeaderValue>,
     /// Names the DNS proxy answers.
-    pub dns: crate::dns::DnsTable,
+    pub dns: crate::dns_table::DnsTable,
     /// TLS to an `https://` OTLP collector.
     pub collector_tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -204,7 +204,7 @@ impl Snapshot {
             version: config.node.version.clone(),
         });
         let peer_metadata = crate::peer_metadata::encode(&config.node);
-        let dns = crate::dns::DnsTable::new(&config.dns);
+        let dns = crate::dns_table::DnsTable::new(&config.dns);
         let collector_tls = match &config.telemetry.tracing {
             Some(t) if t.otlp_endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) => {
                 // Loading the system roots is not free: reuse them while the CA setting stands.

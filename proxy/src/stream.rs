@@ -1,10 +1,14 @@
-//! A TCP connection that is either plaintext or TLS, in either direction.
+//! A TCP connection that is either plaintext or TLS, in either direction, and
+//! the downstream one the listeners serve.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A downstream connection, plain or TLS.
+pub type DownstreamStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Plaintext or TLS over TCP; `T` is the TLS stream type (server or client side).
 #[derive(Debug)]

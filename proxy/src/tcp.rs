@@ -1,11 +1,11 @@
 //! Opaque TCP proxying: route by original destination, pick an endpoint,
 //! connect (plaintext or mesh mTLS) and copy bytes both ways, counting them.
 
-use crate::app::Runtime;
 use crate::http::ConnContext;
 use crate::metrics::{ConnLabels, Peer};
-use crate::server::DownstreamStream;
+use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::stream::DownstreamStream;
 use crate::upstream::ClusterRuntime;
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,0 +1,115 @@
+//! The proxy's shared run-time state: the configuration in force (swapped
+//! atomically; every request keeps the snapshot it started with), readiness
+//! and drain, the last refused configuration, metrics, the span sink, the
+//! downstream connection budget and log control. Every server — traffic
+//! listeners, admin, DNS, the span exporter — reads it; only the application
+//! changes it, and it knows none of them.
+
+use crate::logging::LogControl;
+use crate::metrics::Metrics;
+use crate::overload::ConnectionBudget;
+use crate::snapshot::Snapshot;
+use crate::spans::SpanSink;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use trellis_contract::{ListenerDirection, MtlsMode, ProxyConfig, UpstreamTls};
+
+/// State shared by every listener, connection and the admin API.
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Finished spans waiting for export.
+    pub spans: SpanSink,
+    configured: AtomicBool,
+    draining: AtomicBool,
+    last_rejection: Mutex<Option<Rejection>>,
+    /// Run-time log level control, if the binary installed one.
+    pub log_control: Option<Arc<dyn LogControl>>,
+    /// The downstream connections every traffic listener draws from.
+    pub connections: ConnectionBudget,
+}
+
+/// The last configuration the proxy refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Its version; `None` when it could not even be parsed to read one.
+    pub version: Option<String>,
+    /// The error, with the field path where there is one.
+    pub error: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("version", &self.snapshot().config.version)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime serving `initial` (not yet configured: not ready).
+    pub fn new(initial: Snapshot, log_control: Option<Arc<dyn LogControl>>, connections: ConnectionBudget) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(initial),
+            metrics: Metrics::default(),
+            spans: SpanSink::default(),
+            configured: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            last_rejection: Mutex::new(None),
+            log_control,
+            connections,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Ready: a configuration is applied, its mesh identity (when needed) is
+    /// loaded, and the proxy is not draining.
+    pub fn is_ready(&self) -> bool {
+        if !self.configured.load(Ordering::Acquire) || self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        let snap = self.snapshot();
+        !needs_identity(&snap.config) || snap.identity.is_some()
+    }
+
+    /// Is the proxy draining?
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The last rejected configuration and why, until a later one applies.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection.lock().expect("rejection lock").clone()
+    }
+
+    /// Put a configuration in force: requests that start from now on use it,
+    /// the proxy counts as configured and any earlier rejection is history.
+    pub(crate) fn install(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.configured.store(true, Ordering::Release);
+        *self.last_rejection.lock().expect("rejection lock") = None;
+    }
+
+    /// Record a refused configuration (the one in force stays).
+    pub(crate) fn reject(&self, rejection: Rejection) {
+        *self.last_rejection.lock().expect("rejection lock") = Some(rejection);
+    }
+
+    /// Start draining: `/ready` turns 503 from now on.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn needs_identity(c: &ProxyConfig) -> bool {
+    c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
+        || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
+            && c.inbound.mtls.mode != MtlsMode::Disable)
+}
