@@ -2,6 +2,7 @@
 //! tests drive the same code the binary runs.
 
 pub mod demo;
+pub mod inputs;
 pub mod validate;
 
 use std::ffi::OsString;

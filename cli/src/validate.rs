@@ -2,14 +2,13 @@
 //! admission webhook uses.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
-use trellis_api::document::parse_documents;
-use trellis_api::validation::{Finding, ObjectRef, Outcome, Severity, validate};
+use trellis_api::document::{Document, parse_documents};
+use trellis_api::validation::{Finding, ObjectRef, Outcome, Severity, Validator};
 
-use crate::{EXIT_INVALID, EXIT_OK};
+use crate::{EXIT_INVALID, EXIT_OK, inputs};
 
 /// Arguments of `meshctl validate`.
 #[derive(Debug, clap::Args)]
@@ -71,7 +70,7 @@ struct Report<'a> {
     summary: Summary,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 struct Summary {
     valid: usize,
     invalid: usize,
@@ -83,42 +82,44 @@ struct Summary {
 
 /// Run `meshctl validate`; returns the exit code (0 valid, 1 invalid). I/O problems are errors
 /// (exit 2 from the caller).
+///
+/// Documents are read and validated one at a time, so a file of any size is validated with
+/// the memory of its largest document; text output is written as each is validated.
 pub fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let mut sources = Vec::new();
-    let mut stdin_used = false;
-    for f in &args.files {
-        if f == "-" {
-            if stdin_used {
-                bail!("- (stdin) can be given only once");
-            }
-            stdin_used = true;
-            let mut text = String::new();
-            stdin.read_to_string(&mut text).context("reading stdin")?;
-            sources.push(("-".to_string(), text));
-        } else {
-            for path in expand(Path::new(f))? {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                sources.push((path.display().to_string(), text));
+    let sources = inputs::sources(&args.files)?;
+    let validator = Validator::new();
+    let mut summary = Summary::default();
+    let mut reports = Vec::new();
+    let mut write_error = None;
+    inputs::for_each_document(&sources, stdin, |file, doc| {
+        let report = validate_document(&validator, file, doc);
+        summary.add(&report);
+        match args.output {
+            Format::Json => reports.push(report),
+            Format::Text => {
+                if write_error.is_none()
+                    && let Err(e) = write_report(&report, out)
+                {
+                    write_error = Some(e);
+                }
             }
         }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e).context("writing the report");
     }
-    let reports: Vec<DocumentReport> = sources
-        .iter()
-        .flat_map(|(file, text)| validate_text(file, text))
-        .collect();
-    let summary = summarize(&reports);
     match args.output {
         Format::Json => {
             serde_json::to_writer_pretty(
                 &mut *out,
                 &Report {
                     documents: &reports,
-                    summary: summarize(&reports),
+                    summary,
                 },
             )?;
             writeln!(out)?;
         }
-        Format::Text => write_text(&reports, &summary, out)?,
+        Format::Text => write_summary(&summary, out)?,
     }
     Ok(if summary.invalid + summary.unparsable > 0 {
         EXIT_INVALID
@@ -129,109 +130,85 @@ pub fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write) -> anyhow::Re
 
 /// Validate every document of one file's text.
 pub fn validate_text(file: &str, text: &str) -> Vec<DocumentReport> {
+    let validator = Validator::new();
     parse_documents(text)
         .into_iter()
-        .map(|doc| match doc.content {
-            Err(e) => DocumentReport {
-                file: file.to_string(),
-                line: e.line,
-                object: None,
-                status: Status::Unparsable,
-                findings: Vec::new(),
-                note: Some(format!("not valid YAML or JSON: {}", e.message)),
-            },
-            Ok(value) => {
-                let object = Some(ObjectRef::of(&value));
-                match validate(&value) {
-                    Outcome::Skipped(why) => DocumentReport {
-                        file: file.to_string(),
-                        line: doc.line,
-                        object,
-                        status: Status::Skipped,
-                        findings: Vec::new(),
-                        note: Some(why),
-                    },
-                    Outcome::Validated { findings, .. } => {
-                        let invalid = findings.iter().any(|f| f.severity == Severity::Error);
-                        DocumentReport {
-                            file: file.to_string(),
-                            line: doc.line,
-                            object,
-                            status: if invalid { Status::Invalid } else { Status::Valid },
-                            findings,
-                            note: None,
-                        }
-                    }
-                }
-            }
-        })
+        .map(|doc| validate_document(&validator, file, doc))
         .collect()
 }
 
-/// The files a `-f` argument names: the file itself, or a directory's YAML/JSON files in
-/// sorted order.
-fn expand(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            {
-                files.push(p);
+/// Validate one document.
+fn validate_document(validator: &Validator, file: &str, doc: Document) -> DocumentReport {
+    match doc.content {
+        Err(e) => DocumentReport {
+            file: file.to_string(),
+            line: e.line,
+            object: None,
+            status: Status::Unparsable,
+            findings: Vec::new(),
+            note: Some(format!("not valid YAML or JSON: {}", e.message)),
+        },
+        Ok(value) => {
+            let object = Some(ObjectRef::of(&value));
+            match validator.validate(&value) {
+                Outcome::Skipped(why) => DocumentReport {
+                    file: file.to_string(),
+                    line: doc.line,
+                    object,
+                    status: Status::Skipped,
+                    findings: Vec::new(),
+                    note: Some(why),
+                },
+                Outcome::Validated { findings, .. } => {
+                    let invalid = findings.iter().any(|f| f.severity == Severity::Error);
+                    DocumentReport {
+                        file: file.to_string(),
+                        line: doc.line,
+                        object,
+                        status: if invalid { Status::Invalid } else { Status::Valid },
+                        findings,
+                        note: None,
+                    }
+                }
             }
         }
     }
-    files.sort();
-    if files.is_empty() {
-        bail!("{} holds no .yaml, .yml or .json files", path.display());
-    }
-    Ok(files)
 }
 
-fn summarize(reports: &[DocumentReport]) -> Summary {
-    let mut s = Summary::default();
-    for r in reports {
+impl Summary {
+    fn add(&mut self, r: &DocumentReport) {
         match r.status {
-            Status::Valid => s.valid += 1,
-            Status::Invalid => s.invalid += 1,
-            Status::Skipped => s.skipped += 1,
-            Status::Unparsable => s.unparsable += 1,
+            Status::Valid => self.valid += 1,
+            Status::Invalid => self.invalid += 1,
+            Status::Skipped => self.skipped += 1,
+            Status::Unparsable => self.unparsable += 1,
         }
         for f in &r.findings {
             match f.severity {
-                Severity::Error => s.errors += 1,
-                Severity::Warning => s.warnings += 1,
+                Severity::Error => self.errors += 1,
+                Severity::Warning => self.warnings += 1,
             }
         }
     }
-    s
 }
 
-fn write_text(reports: &[DocumentReport], s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
-    for r in reports {
-        let at = format!("{}:{}", r.file, r.line);
-        let obj = r.object.as_ref().map(ToString::to_string).unwrap_or_default();
-        match r.status {
-            Status::Valid if r.findings.is_empty() => writeln!(out, "{at}: {obj}: valid")?,
-            Status::Valid | Status::Invalid => {
-                for f in &r.findings {
-                    writeln!(out, "{at}: {f}")?;
-                }
+fn write_report(r: &DocumentReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let at = format!("{}:{}", r.file, r.line);
+    let obj = r.object.as_ref().map(ToString::to_string).unwrap_or_default();
+    match r.status {
+        Status::Valid if r.findings.is_empty() => writeln!(out, "{at}: {obj}: valid"),
+        Status::Valid | Status::Invalid => {
+            for f in &r.findings {
+                writeln!(out, "{at}: {f}")?;
             }
-            Status::Skipped => writeln!(out, "{at}: {obj}: skipped: {}", r.note.as_deref().unwrap_or_default())?,
-            Status::Unparsable => writeln!(out, "{at}: error: {}", r.note.as_deref().unwrap_or_default())?,
+            Ok(())
         }
+        Status::Skipped => writeln!(out, "{at}: {obj}: skipped: {}", r.note.as_deref().unwrap_or_default()),
+        Status::Unparsable => writeln!(out, "{at}: error: {}", r.note.as_deref().unwrap_or_default()),
     }
+}
+
+fn write_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     let validated = s.valid + s.invalid;
     writeln!(
         out,

@@ -6,6 +6,11 @@ use std::fmt;
 
 use serde_json::Value;
 
+mod locate;
+mod strict;
+
+pub use locate::field_line;
+
 /// The Trellis kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -197,6 +202,9 @@ pub struct Document {
     pub line: usize,
     /// The parsed document, or why it could not be parsed.
     pub content: Result<Value, ParseError>,
+    /// The document's text (empty for the items of a `kind: List`, which share the list's), so
+    /// a finding can name the line of a field ([`field_line`]).
+    pub text: String,
 }
 
 /// A document that is not valid YAML or JSON.
@@ -209,6 +217,10 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// The largest document read. Kubernetes stores objects of up to 1.5 MiB; a larger document is
+/// a mistake, and reading it whole would let one input hold the process's memory.
+pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
+
 /// Split `text` into documents at `---` separators and parse each, skipping empty ones
 /// (comments only). `kind: List` documents are expanded into their items.
 ///
@@ -216,77 +228,231 @@ pub struct ParseError {
 /// Never panics on malformed input: a broken document yields a [`ParseError`] with the file
 /// line, and the other documents are still returned.
 pub fn parse_documents(text: &str) -> Vec<Document> {
-    let mut docs = Vec::new();
-    for (start, body) in split(text) {
+    // Reading from memory cannot fail, so every item is a document.
+    Documents::new(text.as_bytes()).flatten().collect()
+}
+
+/// The documents of a stream, read and parsed one at a time: a file of any size is read with
+/// the memory of its largest document (at most [`MAX_DOCUMENT_BYTES`]).
+///
+/// Each item is a [`Document`] (parsed, or with its [`ParseError`]: malformed YAML, a key
+/// repeated in a mapping, text that is not UTF-8, a document over the size limit), or the
+/// I/O error that ended the stream. `kind: List` documents are expanded into their items;
+/// empty documents (comments only) are skipped.
+#[derive(Debug)]
+pub struct Documents<R> {
+    reader: R,
+    /// The next line to read (1-based).
+    next_line: usize,
+    pending: std::collections::VecDeque<Document>,
+    done: bool,
+}
+
+/// One document's raw text, before parsing.
+struct Raw {
+    start: usize,
+    text: Vec<u8>,
+    oversize: bool,
+}
+
+impl<R: std::io::BufRead> Documents<R> {
+    /// Read documents from `reader`.
+    pub fn new(reader: R) -> Self {
+        Documents {
+            reader,
+            next_line: 1,
+            pending: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Read up to the next separator (or the end); `None` at the end of the stream.
+    fn read_raw(&mut self) -> std::io::Result<Option<Raw>> {
+        use std::io::{BufRead as _, Read as _};
+        let mut raw = Raw {
+            start: self.next_line,
+            text: Vec::new(),
+            oversize: false,
+        };
+        let mut line = Vec::new();
+        let mut read_any = false;
+        loop {
+            line.clear();
+            // One line, never more than the document budget left (plus one byte to notice).
+            let budget = if raw.oversize {
+                64 << 10
+            } else {
+                MAX_DOCUMENT_BYTES + 1 - raw.text.len()
+            };
+            let n = (&mut self.reader).take(budget as u64).read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Ok(read_any.then_some(raw));
+            }
+            read_any = true;
+            let complete = line.last() == Some(&b'\n');
+            if is_separator(&line) {
+                self.next_line += 1;
+                return Ok(Some(raw));
+            }
+            if raw.oversize {
+                // Skip the rest of an over-long line in bounded pieces.
+                let mut rest_complete = complete;
+                while !rest_complete {
+                    line.clear();
+                    let n = (&mut self.reader).take(64 << 10).read_until(b'\n', &mut line)?;
+                    rest_complete = n == 0 || line.last() == Some(&b'\n');
+                }
+            } else {
+                raw.text.extend_from_slice(&line);
+                if raw.text.len() > MAX_DOCUMENT_BYTES {
+                    raw.oversize = true;
+                    raw.text = Vec::new();
+                    let mut rest_complete = complete;
+                    while !rest_complete {
+                        line.clear();
+                        let n = (&mut self.reader).take(64 << 10).read_until(b'\n', &mut line)?;
+                        rest_complete = n == 0 || line.last() == Some(&b'\n');
+                    }
+                }
+            }
+            self.next_line += 1;
+        }
+    }
+
+    /// Parse one raw document into `pending`.
+    fn parse(&mut self, raw: Raw) {
+        let start = raw.start;
+        let error = |message: String| Document {
+            line: start,
+            content: Err(ParseError { line: start, message }),
+            text: String::new(),
+        };
+        if raw.oversize {
+            self.pending.push_back(error(format!(
+                "the document is larger than {} MiB; Kubernetes stores objects of up to 1.5 MiB: split it",
+                MAX_DOCUMENT_BYTES >> 20
+            )));
+            return;
+        }
+        let body = match String::from_utf8(raw.text) {
+            Ok(b) => b,
+            Err(e) => {
+                let bytes = e.as_bytes();
+                let at = e.utf8_error().valid_up_to();
+                let line = start + bytes[..at].iter().filter(|b| **b == b'\n').count();
+                self.pending.push_back(Document {
+                    line: start,
+                    content: Err(ParseError {
+                        line,
+                        message: "not UTF-8 text; save the file as UTF-8".into(),
+                    }),
+                    text: String::new(),
+                });
+                return;
+            }
+        };
         if body.lines().all(|l| {
             let t = l.trim();
             t.is_empty() || t.starts_with('#')
         }) {
-            continue;
+            return;
         }
-        let content = serde_yaml_ng::from_str::<Value>(&body).map_err(|e| {
-            let rel = e.location().map(|l| l.line()).unwrap_or(1);
-            ParseError {
-                line: start + rel.saturating_sub(1),
-                message: to_file_lines(&first_line(&e.to_string()), start),
-            }
-        });
+        let content = serde_yaml_ng::from_str::<strict::Strict>(&body)
+            .map(|s| s.0)
+            .map_err(|e| {
+                let (rel, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+                let message = first_line(&e.to_string());
+                // The parser places a repeated key at its mapping; name the repeat's own line.
+                let rel = strict::duplicate_key(&message)
+                    .and_then(|key| locate::repeated_key(&body, rel, column, key))
+                    .unwrap_or(rel);
+                ParseError {
+                    line: start + rel.saturating_sub(1),
+                    message: to_file_lines(&message, start),
+                }
+            });
         match content {
-            Ok(Value::Object(ref map))
+            Ok(Value::Object(mut map))
                 if map.get("kind").and_then(Value::as_str) == Some("List")
                     && map.get("items").is_some_and(Value::is_array) =>
             {
-                let items = map["items"].as_array().cloned().unwrap_or_default();
-                docs.extend(items.into_iter().map(|item| Document {
-                    line: start,
-                    content: Ok(item),
-                }));
+                let Some(Value::Array(items)) = map.remove("items") else {
+                    return;
+                };
+                for item in items {
+                    let content = if item.is_object() {
+                        Ok(item)
+                    } else {
+                        Err(ParseError {
+                            line: start,
+                            message: "an item of a List must be a mapping with apiVersion, kind and metadata".into(),
+                        })
+                    };
+                    self.pending.push_back(Document {
+                        line: start,
+                        content,
+                        text: String::new(),
+                    });
+                }
             }
             Ok(Value::Null) => {}
-            Ok(v @ Value::Object(_)) => docs.push(Document {
+            Ok(v @ Value::Object(_)) => self.pending.push_back(Document {
                 line: start,
                 content: Ok(v),
+                text: body,
             }),
-            Ok(_) => docs.push(Document {
+            Ok(_) => self.pending.push_back(Document {
                 line: start,
                 content: Err(ParseError {
                     line: start,
                     message: "a document must be a mapping with apiVersion, kind and metadata".into(),
                 }),
+                text: body,
             }),
-            Err(e) => docs.push(Document {
+            Err(e) => self.pending.push_back(Document {
                 line: start,
                 content: Err(e),
+                text: body,
             }),
         }
     }
-    docs
 }
 
-/// Split at lines that are `---` (optionally followed by a comment), returning each document's
-/// first line (1-based) and its text.
-fn split(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut start = 1;
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim_end();
-        if t == "---" || t.starts_with("--- ") || t.starts_with("---\t") {
-            out.push((start, std::mem::take(&mut current)));
-            start = i + 2;
-            continue;
+impl<R: std::io::BufRead> Iterator for Documents<R> {
+    type Item = std::io::Result<Document>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(d) = self.pending.pop_front() {
+                return Some(Ok(d));
+            }
+            if self.done {
+                return None;
+            }
+            match self.read_raw() {
+                Ok(Some(raw)) => self.parse(raw),
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
         }
-        current.push_str(line);
-        current.push('\n');
     }
-    out.push((start, current));
-    out
+}
+
+/// A line that is `---` (optionally followed by a comment or other text after a space).
+fn is_separator(line: &[u8]) -> bool {
+    let t = line.strip_suffix(b"\n").unwrap_or(line);
+    let t = t.strip_suffix(b"\r").unwrap_or(t);
+    t.trim_ascii_end() == b"---" || t.starts_with(b"--- ") || t.starts_with(b"---\t")
 }
 
 /// The YAML parser counts lines from the document's start; say them as lines of the file.
 fn to_file_lines(message: &str, start: usize) -> String {
-    let re = regex::Regex::new(r"line (\d+) column (\d+)").expect("static regex");
-    re.replace_all(message, |c: &regex::Captures<'_>| {
+    static LINE: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"line (\d+) column (\d+)").expect("static regex"));
+    LINE.replace_all(message, |c: &regex::Captures<'_>| {
         let line: usize = c[1].parse().unwrap_or(1);
         format!("line {} column {}", start + line.saturating_sub(1), &c[2])
     })
@@ -299,6 +465,8 @@ fn first_line(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+
     use super::*;
 
     #[test]
@@ -329,6 +497,69 @@ mod tests {
     fn scalars_are_not_documents() {
         let docs = parse_documents("just a string\n");
         assert!(docs[0].content.is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_on_its_line() {
+        let text = "apiVersion: v1\nkind: A\n---\napiVersion: v1\nkind: B\nmetadata:\n  name: x\n  name: y\n";
+        let docs = parse_documents(text);
+        assert!(docs[0].content.is_ok());
+        let err = docs[1].content.as_ref().unwrap_err();
+        assert!(err.message.contains("duplicate key \"name\""), "{err:?}");
+        assert_eq!(err.line, 8, "{err:?}");
+        let flow = parse_documents("{\"a\": 1, \"a\": 2}");
+        assert!(flow[0].content.is_err());
+        // The same key in different mappings is fine; scalar keys become strings.
+        let ok = parse_documents("a:\n  x: 1\nb:\n  x: 2\n1: one\ntrue: yes\n");
+        let v = ok[0].content.as_ref().unwrap();
+        assert_eq!(v["1"], "one");
+        assert_eq!(v["true"], "yes");
+    }
+
+    #[test]
+    fn documents_are_read_one_at_a_time() {
+        // An endless stream: collecting it would never end, taking three documents does.
+        let endless = std::io::BufReader::new(std::io::repeat(b'x').take(0).chain(Endless::default()));
+        let docs: Vec<Document> = Documents::new(endless).take(3).map(Result::unwrap).collect();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[2].line, 7);
+        assert_eq!(docs[1].content.as_ref().unwrap()["kind"], "ConfigMap");
+    }
+
+    /// `apiVersion: v1\nkind: ConfigMap\n---\n` forever.
+    #[derive(Default)]
+    struct Endless(usize);
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            const DOC: &[u8] = b"apiVersion: v1\nkind: ConfigMap\n---\n";
+            let n = buf.len().min(DOC.len() - self.0);
+            buf[..n].copy_from_slice(&DOC[self.0..self.0 + n]);
+            self.0 = (self.0 + n) % DOC.len();
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_oversize_document_is_an_error_and_the_next_is_read() {
+        let mut text = String::from("apiVersion: v1\nkind: ConfigMap\ndata:\n  big: ");
+        text.push_str(&"y".repeat(MAX_DOCUMENT_BYTES + 10));
+        text.push_str("\n---\napiVersion: v1\nkind: Secret\n");
+        let docs = parse_documents(&text);
+        assert_eq!(docs.len(), 2);
+        let err = docs[0].content.as_ref().unwrap_err();
+        assert!(err.message.contains("larger than 8 MiB"), "{err:?}");
+        assert_eq!(docs[1].line, 6);
+        assert_eq!(docs[1].content.as_ref().unwrap()["kind"], "Secret");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_an_error_on_its_line() {
+        let bytes = b"apiVersion: v1\nkind: A\nmetadata:\n  name: \xff\n".to_vec();
+        let docs: Vec<Document> = Documents::new(&bytes[..]).map(Result::unwrap).collect();
+        let err = docs[0].content.as_ref().unwrap_err();
+        assert_eq!(err.line, 4, "{err:?}");
+        assert!(err.message.contains("UTF-8"), "{err:?}");
     }
 
     #[test]

@@ -166,54 +166,167 @@ pub enum Outcome {
     Skipped(String),
 }
 
-/// Validate one object (a parsed YAML/JSON document).
+/// The validator: every kind's CRD schema, its compiled CEL rules and its compiled patterns,
+/// built once. Validating an object regenerates nothing.
 ///
-/// Trellis apiVersions and Istio's (`networking.istio.io` v1/v1beta1/v1alpha3,
-/// `security.istio.io` v1/v1beta1) are validated as the matching Trellis kind; Kubernetes
-/// built-ins and other APIs are skipped; an unknown `*.trellis.dev` kind is an error.
-///
-/// # Guarantees
-/// Never panics, whatever the input; findings are deterministic and ordered errors first.
-pub fn validate(obj: &Value) -> Outcome {
-    let object = ObjectRef::of(obj);
-    let mut f = Findings::new(object);
-    let api_version = obj.get("apiVersion").and_then(Value::as_str);
-    let kind_name = obj.get("kind").and_then(Value::as_str);
-    let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
-        f.error(
-            "",
-            "apiVersion and kind are required, e.g. apiVersion: networking.trellis.dev/v1alpha1, kind: VirtualService",
-        );
-        return Outcome::Validated {
-            kind: Kind::VirtualService,
-            findings: finish(f),
-        };
-    };
-    let kind = match classify(api_version, kind_name) {
-        Classification::Trellis(k) | Classification::Istio { kind: k, .. } => k,
-        Classification::BuiltIn => {
-            return Outcome::Skipped(format!(
-                "{api_version} {kind_name} is a Kubernetes kind; not validated by Trellis"
-            ));
+/// [`validate`] uses one built on first use per thread; build your own to control when the
+/// cost (tens of milliseconds) is paid.
+pub struct Validator {
+    kinds: Vec<(Kind, KindSchema)>,
+    cel: kube::core::cel::Validator,
+}
+
+struct KindSchema {
+    schema: Value,
+    cel: kube::core::cel::CompiledSchema,
+    patterns: structural::Patterns,
+}
+
+impl fmt::Debug for Validator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<Kind> = self.kinds.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("Validator")
+            .field("kinds", &kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Validator {
+    /// Build the validator: generate every CRD schema once, compile its CEL rules and patterns.
+    pub fn new() -> Validator {
+        let kinds = crate::crd::all()
+            .into_iter()
+            .filter_map(|crd| {
+                let kind = Kind::ALL
+                    .into_iter()
+                    .find(|k| k.group() == crd.spec.group && k.name() == crd.spec.names.kind)?;
+                let schema = crd
+                    .spec
+                    .versions
+                    .into_iter()
+                    .next()
+                    .and_then(|v| v.schema)
+                    .and_then(|s| s.open_api_v3_schema)
+                    .map(|s| serde_json::to_value(s).expect("a schema always serializes to JSON"))?;
+                let cel = kube::core::cel::compile_schema(&schema);
+                let patterns = structural::Patterns::of(&schema);
+                Some((kind, KindSchema { schema, cel, patterns }))
+            })
+            .collect();
+        Validator {
+            kinds,
+            cel: kube::core::cel::Validator::new(),
         }
-        Classification::Foreign => {
-            return Outcome::Skipped(format!(
-                "{api_version} {kind_name} is not a Trellis kind; not validated"
-            ));
-        }
-        Classification::Unknown { reason } => {
-            f.error("apiVersion", reason);
+    }
+
+    /// Validate one object (a parsed YAML/JSON document).
+    ///
+    /// Trellis apiVersions and Istio's (`networking.istio.io` v1/v1beta1/v1alpha3,
+    /// `security.istio.io` v1/v1beta1) are validated as the matching Trellis kind; Kubernetes
+    /// built-ins and other APIs are skipped; an unknown `*.trellis.dev` kind is an error.
+    ///
+    /// # Guarantees
+    /// Never panics, whatever the input; findings are deterministic and ordered errors first.
+    pub fn validate(&self, obj: &Value) -> Outcome {
+        let object = ObjectRef::of(obj);
+        let mut f = Findings::new(object);
+        let api_version = obj.get("apiVersion").and_then(Value::as_str);
+        let kind_name = obj.get("kind").and_then(Value::as_str);
+        let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
+            f.error(
+                "",
+                "apiVersion and kind are required, e.g. apiVersion: networking.trellis.dev/v1alpha1, kind: VirtualService",
+            );
             return Outcome::Validated {
                 kind: Kind::VirtualService,
                 findings: finish(f),
             };
+        };
+        let kind = match classify(api_version, kind_name) {
+            Classification::Trellis(k) | Classification::Istio { kind: k, .. } => k,
+            Classification::BuiltIn => {
+                return Outcome::Skipped(format!(
+                    "{api_version} {kind_name} is a Kubernetes kind; not validated by Trellis"
+                ));
+            }
+            Classification::Foreign => {
+                return Outcome::Skipped(format!(
+                    "{api_version} {kind_name} is not a Trellis kind; not validated"
+                ));
+            }
+            Classification::Unknown { reason } => {
+                f.error("apiVersion", reason);
+                return Outcome::Validated {
+                    kind: Kind::VirtualService,
+                    findings: finish(f),
+                };
+            }
+        };
+        self.validate_as(kind, obj, &mut f);
+        Outcome::Validated {
+            kind,
+            findings: finish(f),
         }
-    };
-    validate_as(kind, obj, &mut f);
-    Outcome::Validated {
-        kind,
-        findings: finish(f),
     }
+
+    fn validate_as(&self, kind: Kind, obj: &Value, f: &mut Findings) {
+        // Validate the object as if it carried the Trellis apiVersion (Istio objects included).
+        let mut obj = obj.clone();
+        obj["apiVersion"] = Value::String(kind.api_version());
+        format::metadata(&obj, kind.namespaced(), f);
+
+        let Some((_, schema)) = self.kinds.iter().find(|(k, _)| *k == kind) else {
+            f.error("", format!("no CRD schema for {kind}; this is a bug in trellis-api"));
+            return;
+        };
+        let structural_ok = structural::check(&schema.schema, &schema.patterns, &obj, f);
+        if let Err(errors) = self.cel.validate_compiled(&schema.cel, &obj, None) {
+            for e in errors.into_vec() {
+                f.error(e.field_path.trim_start_matches('.'), e.message);
+            }
+        }
+        if !structural_ok {
+            // The typed checks need a well-formed object; the structural findings say what to fix.
+            return;
+        }
+        match kind {
+            Kind::VirtualService => {
+                typed::<crate::networking::VirtualService>(&obj, f, |o, f| networking::virtual_service(&o.spec, f))
+            }
+            Kind::DestinationRule => {
+                typed::<crate::networking::DestinationRule>(&obj, f, |o, f| networking::destination_rule(&o.spec, f))
+            }
+            Kind::Gateway => typed::<crate::networking::Gateway>(&obj, f, |o, f| networking::gateway(&o.spec, f)),
+            Kind::PeerAuthentication => {
+                typed::<crate::security::PeerAuthentication>(&obj, f, |o, f| security::peer_authentication(&o.spec, f))
+            }
+            Kind::AuthorizationPolicy => typed::<crate::security::AuthorizationPolicy>(&obj, f, |o, f| {
+                security::authorization_policy(&o.spec, f)
+            }),
+            Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, mesh::mesh),
+        }
+    }
+}
+
+thread_local! {
+    /// Built on a thread's first [`validate`]: the CEL programs are not `Sync`, and a build per
+    /// thread (a handful in the webhook's runtime) is cheaper than a lock on every object.
+    static VALIDATOR: Validator = Validator::new();
+}
+
+/// Validate one object (a parsed YAML/JSON document) with this thread's [`Validator`]; see
+/// [`Validator::validate`].
+///
+/// # Guarantees
+/// Never panics, whatever the input; findings are deterministic and ordered errors first.
+pub fn validate(obj: &Value) -> Outcome {
+    VALIDATOR.with(|v| v.validate(obj))
 }
 
 fn finish(f: Findings) -> Vec<Finding> {
@@ -221,37 +334,6 @@ fn finish(f: Findings) -> Vec<Finding> {
     // Stable: errors first, then by path, keeping the checks' order within a path.
     out.sort_by(|a, b| a.severity.cmp(&b.severity).then_with(|| a.path.cmp(&b.path)));
     out
-}
-
-fn validate_as(kind: Kind, obj: &Value, f: &mut Findings) {
-    // Validate the object as if it carried the Trellis apiVersion (Istio objects included).
-    let mut obj = obj.clone();
-    obj["apiVersion"] = Value::String(kind.api_version());
-    format::metadata(&obj, kind.namespaced(), f);
-
-    let schema = crate::crd::schema_for(kind.group(), kind.name()).expect("every Kind has a generated CRD");
-    let structural_ok = structural::check(&schema, &obj, f);
-    cel(&schema, &obj, f);
-    if !structural_ok {
-        // The typed checks need a well-formed object; the structural findings say what to fix.
-        return;
-    }
-    match kind {
-        Kind::VirtualService => {
-            typed::<crate::networking::VirtualService>(&obj, f, |o, f| networking::virtual_service(&o.spec, f))
-        }
-        Kind::DestinationRule => {
-            typed::<crate::networking::DestinationRule>(&obj, f, |o, f| networking::destination_rule(&o.spec, f))
-        }
-        Kind::Gateway => typed::<crate::networking::Gateway>(&obj, f, |o, f| networking::gateway(&o.spec, f)),
-        Kind::PeerAuthentication => {
-            typed::<crate::security::PeerAuthentication>(&obj, f, |o, f| security::peer_authentication(&o.spec, f))
-        }
-        Kind::AuthorizationPolicy => {
-            typed::<crate::security::AuthorizationPolicy>(&obj, f, |o, f| security::authorization_policy(&o.spec, f))
-        }
-        Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, mesh::mesh),
-    }
 }
 
 fn typed<T: DeserializeOwned>(obj: &Value, f: &mut Findings, check: impl FnOnce(&T, &mut Findings)) {
@@ -265,15 +347,6 @@ fn typed<T: DeserializeOwned>(obj: &Value, f: &mut Findings, check: impl FnOnce(
     }
 }
 
-/// Evaluate the schema's CEL rules (`x-kubernetes-validations`) offline.
-fn cel(schema: &Value, obj: &Value, f: &mut Findings) {
-    if let Err(errors) = kube::core::cel::Validator::new().validate(schema, obj, None) {
-        for e in errors.into_vec() {
-            f.error(e.field_path.trim_start_matches('.'), e.message);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +356,32 @@ mod tests {
         match validate(&obj) {
             Outcome::Validated { findings, .. } => findings,
             Outcome::Skipped(why) => panic!("skipped: {why}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_has_a_schema_and_every_pattern_compiles() {
+        let v = Validator::new();
+        let kinds: Vec<Kind> = v.kinds.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, Kind::ALL);
+        for (kind, s) in &v.kinds {
+            let mut all = Vec::new();
+            fn collect(v: &Value, out: &mut Vec<String>) {
+                match v {
+                    Value::Object(m) => {
+                        if let Some(p) = m.get("pattern").and_then(Value::as_str) {
+                            out.push(p.to_string());
+                        }
+                        m.values().for_each(|c| collect(c, out));
+                    }
+                    Value::Array(a) => a.iter().for_each(|c| collect(c, out)),
+                    _ => {}
+                }
+            }
+            collect(&s.schema, &mut all);
+            for p in all {
+                assert!(s.patterns.0.contains_key(&p), "{kind}: pattern {p} does not compile");
+            }
         }
     }
 

@@ -5,18 +5,52 @@
 //! Only the schema subset the generated CRDs use is interpreted; CEL rules are evaluated
 //! elsewhere.
 
+use std::collections::HashMap;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::Findings;
 
+/// The schema's `pattern`s, compiled once (a pattern that does not compile is not checked, as
+/// before: the generated CRDs' patterns all compile, which a test checks).
+#[derive(Debug, Default)]
+pub(super) struct Patterns(pub(super) HashMap<String, Regex>);
+
+impl Patterns {
+    /// Compile every `pattern` of `schema`.
+    pub(super) fn of(schema: &Value) -> Patterns {
+        fn collect(v: &Value, out: &mut HashMap<String, Regex>) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(p) = map.get("pattern").and_then(Value::as_str)
+                        && !out.contains_key(p)
+                        && let Ok(re) = Regex::new(p)
+                    {
+                        out.insert(p.to_string(), re);
+                    }
+                    for child in map.values() {
+                        collect(child, out);
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+                _ => {}
+            }
+        }
+        let mut out = HashMap::new();
+        collect(schema, &mut out);
+        Patterns(out)
+    }
+}
+
 /// Check `obj` against `schema`; returns true when nothing structural is wrong.
-pub(super) fn check(schema: &Value, obj: &Value, f: &mut Findings) -> bool {
+pub(super) fn check(schema: &Value, patterns: &Patterns, obj: &Value, f: &mut Findings) -> bool {
     let before = f.out.len();
-    walk(schema, obj, "", true, f);
+    walk(schema, patterns, obj, "", true, f);
     f.out.len() == before
 }
 
-fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings) {
+fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &str, root: bool, f: &mut Findings) {
     let Some(schema) = schema.as_object() else { return };
     if value.is_null() {
         if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
@@ -43,7 +77,7 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
         .and_then(Value::as_bool)
         .unwrap_or(false);
     match schema.get("type").and_then(Value::as_str) {
-        Some("object") => object(schema, value, path, root, preserve, f),
+        Some("object") => object(schema, patterns, value, path, root, preserve, f),
         Some("array") => {
             let Some(items) = value.as_array() else {
                 return f.error(path, format!("must be a list, not {}", type_name(value)));
@@ -51,7 +85,7 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
             bounds(schema, items.len() as f64, "minItems", "maxItems", "items", path, f);
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    walk(item_schema, item, &format!("{path}[{i}]"), false, f);
+                    walk(item_schema, patterns, item, &format!("{path}[{i}]"), false, f);
                 }
             }
         }
@@ -69,7 +103,7 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
                 f,
             );
             if let Some(p) = schema.get("pattern").and_then(Value::as_str)
-                && let Ok(re) = regex::Regex::new(p)
+                && let Some(re) = patterns.0.get(p)
                 && !re.is_match(s)
             {
                 f.error(path, format!("{} does not match the pattern {p}", short(value)));
@@ -95,7 +129,15 @@ fn walk(schema: &Value, value: &Value, path: &str, root: bool, f: &mut Findings)
     }
 }
 
-fn object(schema: &Map<String, Value>, value: &Value, path: &str, root: bool, preserve: bool, f: &mut Findings) {
+fn object(
+    schema: &Map<String, Value>,
+    patterns: &Patterns,
+    value: &Value,
+    path: &str,
+    root: bool,
+    preserve: bool,
+    f: &mut Findings,
+) {
     let Some(map) = value.as_object() else {
         return f.error(path, format!("must be a mapping, not {}", type_name(value)));
     };
@@ -111,9 +153,9 @@ fn object(schema: &Map<String, Value>, value: &Value, path: &str, root: bool, pr
     for (key, v) in map {
         let child = join_key(path, key, properties.is_none() && additional.is_some());
         if let Some(p) = properties.and_then(|p| p.get(key)) {
-            walk(p, v, &child, false, f);
+            walk(p, patterns, v, &child, false, f);
         } else if let Some(a) = additional.filter(|a| a.is_object()) {
-            walk(a, v, &child, false, f);
+            walk(a, patterns, v, &child, false, f);
         } else if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
             // Type meta and object meta are the API server's, checked in `format::metadata`.
         } else if !preserve && properties.is_some() {
