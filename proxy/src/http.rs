@@ -45,6 +45,8 @@ pub struct ConnContext {
     pub dst: SocketAddr,
     /// Verified client SPIFFE ID (mesh mTLS).
     pub peer_identity: Option<String>,
+    /// SHA-256 (hex) of the verified client's certificate (mesh mTLS).
+    pub peer_cert_sha256: Option<String>,
     /// Was TLS terminated?
     pub tls: bool,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
@@ -665,8 +667,8 @@ async fn forward(
     match conn.direction {
         ListenerDirection::Inbound => {
             h.remove(XFCC);
-            if let (Some(peer), Some(id)) = (&conn.peer_identity, &snap.identity)
-                && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", id.spiffe_id))
+            if let (Some(peer), Some(hash), Some(id)) = (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
+                && let Ok(v) = HeaderValue::from_str(&format!("By={};Hash={hash};URI={peer}", id.spiffe_id))
             {
                 h.insert(XFCC, v);
             }

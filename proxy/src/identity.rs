@@ -169,6 +169,20 @@ pub fn load_roots(src: &PemSource) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
+/// The SHA-256 of a certificate's DER, as lower-case hex: the `Hash=` of
+/// `x-forwarded-client-cert` (Envoy's and Istio's format), so an app can tell
+/// which certificate its caller presented (a rotated one, say).
+pub fn cert_sha256_hex(cert: &CertificateDer<'_>) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
 /// The SPIFFE ID of a certificate: its single `spiffe://` URI SAN.
 ///
 /// # Caveats

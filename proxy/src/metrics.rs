@@ -142,6 +142,7 @@ pub struct Metrics {
     config_rejected: AtomicU64,
     downstream_rejected: AtomicU64,
     downstream_overflow: AtomicU64,
+    downstream_tls_failures: AtomicU64,
     outlier_ejections: AtomicU64,
 }
 
@@ -193,6 +194,12 @@ impl Metrics {
     /// A downstream connection was closed at once: the connection budget was spent.
     pub fn downstream_overflow(&self) {
         self.downstream_overflow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A downstream TLS handshake failed or timed out (under STRICT mTLS: a
+    /// plaintext client refused before anything reached the app).
+    pub fn downstream_tls_failed(&self) {
+        self.downstream_tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An endpoint was ejected by outlier detection.
@@ -284,6 +291,11 @@ impl Metrics {
                 "trellis_proxy_downstream_cx_overflow_total",
                 "Downstream connections closed on arrival because the connection budget was spent (overload).",
                 &self.downstream_overflow,
+            ),
+            (
+                "trellis_proxy_downstream_tls_failures_total",
+                "Downstream TLS handshakes that failed or timed out (under STRICT mTLS: plaintext refused).",
+                &self.downstream_tls_failures,
             ),
             (
                 "trellis_proxy_outlier_ejections_total",

@@ -217,6 +217,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         peer,
         dst,
         peer_identity: None,
+        peer_cert_sha256: None,
         tls: false,
         verdicts: None,
     };
@@ -257,19 +258,25 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     // Under STRICT this is where plaintext clients are refused.
+                    rt.metrics.downstream_tls_failed();
                     tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    rt.metrics.downstream_tls_failed();
                     tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
                     return;
                 }
             };
             let (_, session) = tls.get_ref();
             if listener.spec.direction == ListenerDirection::Inbound {
-                match session.peer_certificates().and_then(|c| c.first()).map(spiffe_id_of) {
-                    Some(Ok(id)) => ctx.peer_identity = Some(id),
-                    Some(Err(e)) => {
+                let leaf = session.peer_certificates().and_then(|c| c.first());
+                match leaf.map(|cert| (spiffe_id_of(cert), cert)) {
+                    Some((Ok(id), cert)) => {
+                        ctx.peer_identity = Some(id);
+                        ctx.peer_cert_sha256 = Some(crate::identity::cert_sha256_hex(cert));
+                    }
+                    Some((Err(e), _)) => {
                         tracing::info!(listener = %name, %peer, error = %e, "peer certificate has no usable SPIFFE identity; closing");
                         return;
                     }

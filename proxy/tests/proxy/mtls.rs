@@ -45,6 +45,23 @@ struct Chain {
     outbound: Proxy,
 }
 
+/// SHA-256 (hex) of the certificate the outbound proxy presents: what the
+/// inbound proxy's `x-forwarded-client-cert` names as `Hash=`.
+fn client_cert_hash(c: &Chain) -> String {
+    let snapshot = c.outbound.app.runtime().snapshot();
+    let leaf = &snapshot
+        .identity
+        .as_ref()
+        .expect("the outbound proxy has an identity")
+        .cert
+        .chain[0];
+    ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 async fn chain(mode: &str, authorization: Value, expected: &str) -> Chain {
     let pki = Pki::new();
     let app = Upstream::start("payment-app").await;
@@ -72,7 +89,7 @@ async fn mtls_chain_passes_verified_identity_to_the_app() {
         .to_str()
         .unwrap()
         .to_string();
-    assert_eq!(xfcc, format!("By={PAYMENT};URI={WEB}"));
+    assert_eq!(xfcc, format!("By={PAYMENT};Hash={};URI={WEB}", client_cert_hash(&c)));
     // Both proxies report the request with Istio labels.
     let inbound_metrics = get(c.inbound.admin(), "admin", "/metrics").await.body;
     assert!(
@@ -108,7 +125,10 @@ async fn client_forged_xfcc_is_replaced() {
         .get("x-forwarded-client-cert")
         .unwrap()
         .clone();
-    assert_eq!(xfcc, format!("By={PAYMENT};URI={WEB}").as_str());
+    assert_eq!(
+        xfcc,
+        format!("By={PAYMENT};Hash={};URI={WEB}", client_cert_hash(&c)).as_str()
+    );
 }
 
 #[tokio::test]
@@ -147,6 +167,18 @@ async fn strict_refuses_plaintext() {
     .await;
     assert!(!reply.contains("HTTP/1.1 200"), "{reply}");
     assert_eq!(c.app.hits(), 0);
+    // Refused at the proxy's TLS handshake, and counted there.
+    let metrics = get(c.inbound.admin(), "admin", "/metrics").await.body;
+    assert!(
+        metrics.contains("\ntrellis_proxy_downstream_tls_failures_total 1\n"),
+        "{metrics}"
+    );
+    // A positive control: the same inbound listener serves a mesh client.
+    assert_eq!(
+        get(c.outbound.addr("outbound").await, "payment", "/mtls").await.status,
+        200
+    );
+    assert_eq!(c.app.hits(), 1);
 }
 
 #[tokio::test]
