@@ -37,13 +37,14 @@ impl TestCluster {
     }
 
     /// Starts kubesim with pods running as real processes and the pod
-    /// network, or returns `Ok(None)` (after printing why) when this process
-    /// is not root: tests then skip.
+    /// network, or returns `Ok(None)` when this process is not root: the
+    /// skip is recorded with [`trellis_skip::skip`] (under CI it fails the
+    /// test), and the test returns.
     ///
     /// ```no_run
     /// # fn t() -> anyhow::Result<()> {
     /// let Some(cluster) = trellis_e2e::harness::TestCluster::start_with_pods()? else {
-    ///     return Ok(()); // skipping: needs root
+    ///     return Ok(()); // skipped: needs root (a failure under CI)
     /// };
     /// # Ok(()) }
     /// ```
@@ -56,7 +57,7 @@ impl TestCluster {
     /// the runner's settings.
     pub fn start_with_processes(network: bool, runner: crate::runner::RunnerConfig) -> anyhow::Result<Option<Self>> {
         if !crate::runner::available() {
-            eprintln!("skipping: running pods as processes needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)");
+            trellis_skip::skip("running pods as processes needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)");
             return Ok(None);
         }
         let state = tempfile::Builder::new().prefix("kubesim-test-").tempdir()?;

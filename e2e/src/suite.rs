@@ -40,7 +40,8 @@ pub struct Target {
 impl Target {
     /// A real cluster when `TRELLIS_E2E_KUBECONFIG` is set; otherwise a
     /// fresh kubesim running pods as processes. `Ok(None)`: kubesim cannot
-    /// run pods here (not root) and the caller should skip.
+    /// run pods here (not root); the skip is recorded (and fails the test
+    /// under CI, see [`trellis_skip`]) and the caller returns.
     pub fn acquire() -> anyhow::Result<Option<Self>> {
         let cache = tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?;
         if let Some(path) = std::env::var_os("TRELLIS_E2E_KUBECONFIG") {

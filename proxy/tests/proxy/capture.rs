@@ -1,27 +1,13 @@
 //! Transparent capture in network namespaces this test creates: the
 //! `trellis-proxy init` rules redirect a client's connection to a service
 //! address into the proxy, which recovers the original destination
-//! (`SO_ORIGINAL_DST`) and routes on its port. Needs root, `ip` and
-//! `iptables`; skipped with a message otherwise.
+//! (`SO_ORIGINAL_DST`) and routes on its port. Needs root, `ip`,
+//! `iptables`, `curl` and `python3`; skipped otherwise (a recorded skip, a
+//! failure under CI).
 
 use serde_json::json;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
 
 fn run(args: &[&str]) -> Output {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
@@ -54,8 +40,15 @@ impl Drop for Lab {
 
 #[tokio::test]
 async fn captured_connection_is_routed_by_original_destination() {
-    if !is_root() || !have("ip") || !have("iptables") || !have("curl") || !have("python3") {
-        eprintln!("skipping capture test: needs root, ip, iptables, curl and python3");
+    let missing: Vec<&str> = ["ip", "iptables", "curl", "python3"]
+        .into_iter()
+        .filter(|tool| !trellis_skip::have(tool))
+        .collect();
+    if !trellis_skip::is_root() || !missing.is_empty() {
+        trellis_skip::skip(&format!(
+            "needs root (is root: {}) and ip, iptables, curl, python3 (missing: {missing:?}; Debian: iproute2 iptables curl python3)",
+            trellis_skip::is_root()
+        ));
         return;
     }
     let id = std::process::id();

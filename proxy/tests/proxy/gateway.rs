@@ -31,14 +31,6 @@ fn gateway_config(pki: &Pki, app: &Upstream, mode: &str) -> serde_json::Value {
     })
 }
 
-async fn have_curl() -> bool {
-    Command::new("curl")
-        .arg("--version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test]
 async fn gateway_terminates_tls_with_alpn_and_forwards() {
     let pki = Pki::new();
@@ -93,8 +85,8 @@ async fn gateway_terminates_tls_with_alpn_and_forwards() {
     assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
     assert_eq!(seen.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
 
-    if !have_curl().await {
-        eprintln!("curl not found: skipping the curl part");
+    if !trellis_skip::have("curl") {
+        trellis_skip::skip("the curl part needs curl (Debian: apt-get install curl)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -241,13 +233,8 @@ async fn servers_on_one_port_are_chosen_by_sni() {
         "{dump}"
     );
 
-    let have_openssl = Command::new("openssl")
-        .arg("version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !have_openssl || !have_curl().await {
-        eprintln!("skipping the SNI gateway test: needs openssl and curl");
+    if !trellis_skip::have("openssl") || !trellis_skip::have("curl") {
+        trellis_skip::skip("the SNI part needs openssl and curl (Debian: apt-get install openssl curl)");
         return;
     }
     // Which certificate does each SNI get? (`None` = no SNI sent.)
