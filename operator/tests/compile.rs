@@ -41,9 +41,34 @@ fn vhost<'a>(c: &'a ProxyConfig, listener: &str, name: &str) -> &'a trellis_cont
         .unwrap_or_else(|| panic!("no vhost {name} in {listener}"))
 }
 
+/// Whether the golden files are rewritten, from `TRELLIS_BLESS`: only `1` blesses; unset, empty or
+/// `0` checks them; anything else is a mistake worth stopping for (`true` would otherwise
+/// silently check, and `no` silently bless).
+fn bless(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        Some("1") => Ok(true),
+        None | Some("" | "0") => Ok(false),
+        Some(other) => Err(format!(
+            "TRELLIS_BLESS={other:?}: set TRELLIS_BLESS=1 to regenerate the golden files, or unset it to check them"
+        )),
+    }
+}
+
+#[test]
+fn only_trellis_bless_1_blesses() {
+    assert_eq!(bless(None), Ok(false));
+    assert_eq!(bless(Some("")), Ok(false));
+    assert_eq!(bless(Some("0")), Ok(false));
+    assert_eq!(bless(Some("1")), Ok(true));
+    for other in ["true", "yes", "2", "false"] {
+        let e = bless(Some(other)).unwrap_err();
+        assert!(e.contains("TRELLIS_BLESS=1"), "{e}");
+    }
+}
+
 #[test]
 fn golden_configs() {
-    let bless = std::env::var_os("TRELLIS_BLESS").is_some();
+    let bless = bless(std::env::var("TRELLIS_BLESS").ok().as_deref()).unwrap_or_else(|e| panic!("{e}"));
     let yaml = shop();
     for (ns, pod, role, file) in [
         ("shop", "web-5d8f-abcde", Role::Sidecar, "shop.web.json"),
