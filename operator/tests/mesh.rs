@@ -281,13 +281,39 @@ fn load(
     })
 }
 
-/// One sample of the operator's `/metrics` (0 when absent).
+/// One sample of the operator's `/metrics`; fails the test when the operator does not export it
+/// (an absent metric is not a zero).
 async fn metric(op: &App, sample: &str) -> f64 {
     let (status, text) = support::http_get(op.admin_addr, "/metrics").await;
     assert_eq!(status, 200);
+    sample_value(&text, sample).unwrap_or_else(|| panic!("the operator exports no sample {sample}:\n{text}"))
+}
+
+fn sample_value(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+}
+
+#[test]
+fn an_absent_metric_is_not_a_zero() {
+    let text = "# TYPE trellis_operator_pushes_total counter\ntrellis_operator_pushes_total 0\n";
+    assert_eq!(sample_value(text, "trellis_operator_pushes_total"), Some(0.0));
+    assert_eq!(sample_value(text, "trellis_operator_pushes"), None);
+    assert_eq!(sample_value(text, "trellis_operator_nacks_total"), None);
+}
+
+/// SHA-256 (hex) of a certificate: what `x-forwarded-client-cert`'s `Hash=` names.
+fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One field (`By=`, `Hash=`, `URI=`) of an `x-forwarded-client-cert` value.
+fn xfcc_field<'a>(xfcc: &'a str, key: &str) -> Option<&'a str> {
+    xfcc.split(';').find_map(|f| f.strip_prefix(key))
 }
 
 /// Every request of a load loop succeeded.
@@ -400,9 +426,17 @@ async fn two_proxies_and_two_apps_on_loopback() {
         serde_json::to_string(&*a.config()).unwrap()
     );
     assert_eq!(answer.body["service"], "b");
+    // The caller's identity as b's proxy verified it, and b's own.
     let xfcc = answer.body["clientCert"].as_str().unwrap_or_default();
-    assert!(
-        xfcc.contains("URI=spiffe://cluster.local/ns/shop/sa/a"),
+    assert_eq!(
+        xfcc_field(xfcc, "URI="),
+        Some("spiffe://cluster.local/ns/shop/sa/a"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        xfcc_field(xfcc, "By="),
+        Some("spiffe://cluster.local/ns/shop/sa/b"),
         "{}",
         answer.body
     );
@@ -497,18 +531,28 @@ async fn two_proxies_and_two_apps_on_loopback() {
     no_failures(ok, &failures);
     assert!(ok > 20, "the load loop ran ({ok} requests)");
 
-    // Short-lived leaves (3 s) rotate several times under steady load: nothing fails.
+    // Short-lived leaves (3 s) rotate several times under steady load: nothing fails, and
+    // the peer receives each new certificate: app b sees a's leaves in turn as the `Hash=`
+    // of the client certificate b's proxy verified.
     let (stop_tx, stop_rx) = watch::channel(false);
     let loader = load(client.clone(), &a, stop_rx);
     let (mut leaves_a, mut leaves_b) = (vec![a.leaf()], vec![b.leaf()]);
-    for _ in 0..200 {
+    let mut seen_by_b: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(answer) = call_b(&client, a.outbound, "/rotation").await
+            && let Some(hash) = answer.body["clientCert"].as_str().and_then(|x| xfcc_field(x, "Hash="))
+            && seen_by_b.last().map(String::as_str) != Some(hash)
+        {
+            seen_by_b.push(hash.to_string());
+        }
         if leaves_a.last() != Some(&a.leaf()) {
             leaves_a.push(a.leaf());
         }
         if leaves_b.last() != Some(&b.leaf()) {
             leaves_b.push(b.leaf());
         }
-        if leaves_a.len() > 3 && leaves_b.len() > 3 {
+        if leaves_a.len() > 3 && leaves_b.len() > 3 && seen_by_b.len() > 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -521,6 +565,19 @@ async fn two_proxies_and_two_apps_on_loopback() {
         leaves_a.len() - 1,
         leaves_b.len() - 1
     );
+    let hashes_a: Vec<String> = leaves_a.iter().map(|l| sha256_hex(l)).collect();
+    assert!(
+        seen_by_b.len() > 3,
+        "b received only {} distinct certificates from a over {} rotations of a's leaf: {seen_by_b:?}",
+        seen_by_b.len(),
+        leaves_a.len() - 1
+    );
+    for hash in &seen_by_b {
+        assert!(
+            hashes_a.contains(hash),
+            "b received a certificate {hash} that a never held: {hashes_a:?}"
+        );
+    }
     no_failures(ok, &failures);
     op.stop();
 }
