@@ -12,6 +12,10 @@
 //! TRELLIS_E2E_KUBECONFIG=$HOME/.kube/config cargo nextest run -p trellis-e2e --test first_light
 //! ```
 
+pub mod sampling;
+pub mod sync;
+pub mod traces;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;

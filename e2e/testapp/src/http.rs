@@ -7,7 +7,7 @@
 //! | `GET /admin/behaviour` | the current [`Behaviour`] as JSON |
 //! | `PUT`/`POST /admin/behaviour` | replaces it (JSON body, camelCase) |
 //! | `POST /v1/traces` | an OTLP/HTTP JSON export, kept (the app doubles as a trace collector) |
-//! | `GET /v1/traces` | every export kept so far: `{"exports": [...]}` |
+//! | `GET /v1/traces` | every export kept so far: `{"exports": [...]}`; with `?traceId=<32 hex>`, only that trace's spans (in the exports' shape) |
 //! | `content-type: application/grpc*` | the request messages echoed, `grpc-status` trailer |
 //! | `/call?url=http://...` | calls the URL and reports its answer |
 //! | a forward prefix | calls the forward's target with the rest of the path |
@@ -377,13 +377,18 @@ async fn admin(app: &App, req: Request<Incoming>) -> Response<Body> {
 async fn traces(app: &App, req: Request<Incoming>) -> Response<Body> {
     match *req.method() {
         Method::GET => {
-            let exports: Vec<Value> = app
-                .exports
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .cloned()
-                .collect();
+            let trace_id = req
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("traceId="))
+                .map(str::to_string);
+            let exports = app.exports.lock().unwrap_or_else(PoisonError::into_inner);
+            let exports: Vec<Value> = match &trace_id {
+                Some(id) => exports.iter().filter_map(|e| spans_of_trace(e, id)).collect(),
+                None => exports.iter().cloned().collect(),
+            };
             json(app, StatusCode::OK, &serde_json::json!({ "exports": exports }))
         }
         Method::POST => {
@@ -409,6 +414,23 @@ async fn traces(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST on /v1/traces\n"),
     }
+}
+
+/// An export cut down to the spans of one trace (same shape), or `None` when
+/// it holds none: a test polling for one trace does not make the collector
+/// serialize every span it ever received.
+fn spans_of_trace(export: &Value, trace_id: &str) -> Option<Value> {
+    let mut export = export.clone();
+    let mut any = false;
+    for rs in export["resourceSpans"].as_array_mut().into_iter().flatten() {
+        for ss in rs["scopeSpans"].as_array_mut().into_iter().flatten() {
+            if let Some(spans) = ss["spans"].as_array_mut() {
+                spans.retain(|s| s["traceId"] == trace_id);
+                any |= !spans.is_empty();
+            }
+        }
+    }
+    any.then_some(export)
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

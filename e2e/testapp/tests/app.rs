@@ -281,4 +281,22 @@ async fn keeps_otlp_exports_as_a_trace_collector() {
         listed["exports"][0]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"],
         "0af7651916cd43dd8448eb211c80319c"
     );
+    // One trace's spans only: other traces' spans and exports without any are left out.
+    let other = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c"},{"traceId":"11111111111111111111111111111111"}]}]}]}"#;
+    let (status, _, _, _) = get(
+        &client,
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(other.as_bytes())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let one = format!("{url}?traceId=11111111111111111111111111111111");
+    let (_, _, body, _) = get(&client, Request::get(&one).body(Full::default()).unwrap()).await;
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        listed["exports"],
+        serde_json::json!([{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"11111111111111111111111111111111"}]}]}]}])
+    );
 }

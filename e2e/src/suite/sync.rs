@@ -1,0 +1,177 @@
+//! The operator's view of its proxies (`/debug/syncz`): which are connected,
+//! which version each was sent, ACKed or NACKed, checked against the meshed
+//! pods that exist, so a check never passes on an empty or partial list.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+
+use super::Target;
+
+/// Whether a container image is `trellis-proxy` (any registry, tag or digest).
+fn is_proxy_image(image: &str) -> bool {
+    let name = image.split('@').next().unwrap_or_default();
+    let last = name.rsplit('/').next().unwrap_or_default();
+    last.split(':').next() == Some("trellis-proxy")
+}
+
+/// `namespace/pod` of every meshed pod in `ns` (one that runs `trellis-proxy`:
+/// the injected sidecar, or a gateway), leaving out pods being deleted.
+pub fn meshed_pods(t: &Target, ns: &str) -> anyhow::Result<BTreeSet<String>> {
+    let pods = t.get_json(&["pods", "-n", ns])?;
+    let meshed: BTreeSet<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            ["initContainers", "containers"].iter().any(|list| {
+                p["spec"][list]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["image"].as_str().is_some_and(is_proxy_image)))
+            })
+        })
+        .filter_map(|p| p["metadata"]["name"].as_str().map(|name| format!("{ns}/{name}")))
+        .collect();
+    ensure!(!meshed.is_empty(), "no meshed pods in namespace {ns}");
+    Ok(meshed)
+}
+
+/// `/debug/syncz` of the operator pod `pod` (through the API server's pod proxy),
+/// or of whichever pod the operator's Service picks (`None`).
+pub fn syncz(t: &Target, pod: Option<&str>) -> anyhow::Result<Value> {
+    let ns = trellis_api::mesh::SYSTEM_NAMESPACE;
+    let path = match pod {
+        Some(pod) => format!("/api/v1/namespaces/{ns}/pods/{pod}:15014/proxy/debug/syncz"),
+        None => format!(
+            "/api/v1/namespaces/{ns}/services/{}:http-admin/proxy/debug/syncz",
+            trellis_manifests::install::OPERATOR_NAME
+        ),
+    };
+    serde_json::from_str(&t.raw(&path)?).context("/debug/syncz is not JSON")
+}
+
+fn entry<'a>(state: &'a Value, proxy: &str) -> Option<&'a Value> {
+    state
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["proxy"] == proxy && p["connected"] == true)
+}
+
+/// Every proxy of `expected` is connected and ACKed the version it was sent.
+/// The error names the ones that are not.
+pub fn in_sync(state: &Value, expected: &BTreeSet<String>) -> anyhow::Result<()> {
+    ensure!(!expected.is_empty(), "no proxies to expect in sync");
+    let behind: Vec<String> = expected
+        .iter()
+        .filter(|proxy| !entry(state, proxy).is_some_and(|p| p["sent"].is_string() && p["acked"] == p["sent"]))
+        .map(|proxy| match entry(state, proxy) {
+            Some(p) => format!("{proxy} (sent {}, acked {})", p["sent"], p["acked"]),
+            None => format!("{proxy} (not connected)"),
+        })
+        .collect();
+    ensure!(
+        behind.is_empty(),
+        "{} of {} proxies not in sync: {}",
+        behind.len(),
+        expected.len(),
+        behind.join(", ")
+    );
+    Ok(())
+}
+
+/// Every proxy of `expected` is connected and NACKed the version it was sent
+/// last with an error containing `reason`; returns `proxy: error` lines.
+pub fn all_nacked(state: &Value, expected: &BTreeSet<String>, reason: &str) -> anyhow::Result<Vec<String>> {
+    ensure!(!expected.is_empty(), "no proxies to expect a NACK from");
+    let mut nacked = Vec::new();
+    let mut missing = Vec::new();
+    for proxy in expected {
+        let error = entry(state, proxy).and_then(|p| {
+            let n = &p["nacked"];
+            (n["version"] == p["sent"] && n["version"].is_string())
+                .then(|| n["error"].as_str())
+                .flatten()
+                .filter(|e| e.contains(reason))
+        });
+        match error {
+            Some(e) => nacked.push(format!("{proxy}: {e}")),
+            None => missing.push(proxy.as_str()),
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "{} of {} proxies did not NACK their last version over {reason:?}: {missing:?}",
+        missing.len(),
+        expected.len()
+    );
+    Ok(nacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn proxy_images_are_recognised_by_name() {
+        assert!(is_proxy_image("ghcr.io/trellis-mesh/trellis-proxy:0.1.0"));
+        assert!(is_proxy_image("localhost:5000/trellis-proxy@sha256:abcd"));
+        assert!(is_proxy_image("trellis-proxy"));
+        assert!(!is_proxy_image("ghcr.io/trellis-mesh/trellis-testapp:0.1.0"));
+        assert!(!is_proxy_image("ghcr.io/trellis-proxy/testapp:1"));
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn in_sync_needs_every_expected_proxy_connected_and_acked() {
+        let state = json!([
+            {"proxy": "shop/a", "connected": true, "sent": "v2", "acked": "v2"},
+            {"proxy": "shop/b", "connected": true, "sent": "v2", "acked": "v1"},
+            {"proxy": "shop/c", "connected": false, "sent": "v2", "acked": "v2"},
+        ]);
+        assert!(in_sync(&state, &set(&["shop/a"])).is_ok());
+        let e = in_sync(&state, &set(&["shop/a", "shop/b", "shop/c", "shop/d"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("3 of 4") && e.contains("shop/b (sent \"v2\", acked \"v1\")"),
+            "{e}"
+        );
+        assert!(
+            e.contains("shop/c (not connected)") && e.contains("shop/d (not connected)"),
+            "{e}"
+        );
+        // Nothing sent yet is not in sync, and an empty expectation proves nothing.
+        assert!(in_sync(&json!([{"proxy": "shop/a", "connected": true}]), &set(&["shop/a"])).is_err());
+        assert!(in_sync(&state, &set(&[])).is_err());
+    }
+
+    #[test]
+    fn all_nacked_needs_every_expected_proxy_to_reject_its_last_version() {
+        let nack = |v: &str| json!({"version": v, "error": "telemetry.tracing.otlpEndpoint: no scheme"});
+        let state = json!([
+            {"proxy": "shop/a", "connected": true, "sent": "v3", "acked": "v2", "nacked": nack("v3")},
+            {"proxy": "shop/b", "connected": true, "sent": "v4", "acked": "v2", "nacked": nack("v3")},
+            {"proxy": "shop/c", "connected": true, "sent": "v3", "acked": "v3"},
+        ]);
+        assert_eq!(
+            all_nacked(&state, &set(&["shop/a"]), "otlpEndpoint").unwrap(),
+            ["shop/a: telemetry.tracing.otlpEndpoint: no scheme"]
+        );
+        let e = all_nacked(&state, &set(&["shop/a", "shop/b", "shop/c"]), "otlpEndpoint")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2 of 3") && e.contains("shop/b") && e.contains("shop/c"),
+            "{e}"
+        );
+        assert!(all_nacked(&state, &set(&["shop/a"]), "something else").is_err());
+        assert!(all_nacked(&state, &set(&[]), "otlpEndpoint").is_err());
+    }
+}
