@@ -691,7 +691,16 @@ mod operator {
             "  first config: {} KiB per proxy (median)",
             first.get(first.len() / 2).copied().unwrap_or(0) / 1024
         );
-        let confirmed = server_in_sync(&service, knobs, &fleet, Duration::from_secs(60)).await;
+        if fleet.synced() < knobs.proxies {
+            bail!(
+                "initial sync: only {}/{} proxies ACKed their first version within INITIAL_SYNC_TIMEOUT_S={} s (failures: {})",
+                fleet.synced(),
+                knobs.proxies,
+                knobs.initial_timeout.as_secs(),
+                fleet.failures()
+            );
+        }
+        let confirmed = server_in_sync(&service, knobs, &fleet, Duration::from_secs(60)).await?;
         println!("  server sync state: {confirmed}");
         println!("operator after the initial sync: {}", Memory::of("self")?);
         println!("fleet after the initial sync: {}", Memory::of(&fleet_pid)?);
@@ -747,7 +756,16 @@ mod operator {
                 fleet.nacks - nacks_before,
                 fleet.failures()
             );
-            in_sync_after_rounds = server_in_sync(&service, knobs, &fleet, Duration::from_secs(30)).await;
+            if times.len() < knobs.proxies {
+                bail!(
+                    "round {round}: only {}/{} proxies ACKed the new version within ROUND_TIMEOUT_S={} s ({} NACKs)",
+                    times.len(),
+                    knobs.proxies,
+                    knobs.round_timeout.as_secs(),
+                    fleet.nacks - nacks_before
+                );
+            }
+            in_sync_after_rounds = server_in_sync(&service, knobs, &fleet, Duration::from_secs(30)).await?;
             println!(
                 "  server sync state: {in_sync_after_rounds}; operator {}",
                 Memory::of("self")?
@@ -944,8 +962,15 @@ mod operator {
     }
 
     /// Wait (up to `limit`) until the server's sync state has every proxy's last sent version
-    /// ACKed and equal to what the fleet reported; describe the outcome.
-    async fn server_in_sync(service: &PushService, knobs: &Knobs, fleet: &Fleet, limit: Duration) -> String {
+    /// ACKed and equal to what the fleet reported; describe the outcome, or fail with it when
+    /// some proxy is not in sync by then (the benchmark's figures would not be about a mesh
+    /// in sync).
+    async fn server_in_sync(
+        service: &PushService,
+        knobs: &Knobs,
+        fleet: &Fleet,
+        limit: Duration,
+    ) -> anyhow::Result<String> {
         let t = Instant::now();
         let expected: BTreeMap<String, Option<&str>> = (0..knobs.proxies)
             .map(|i| {
@@ -966,11 +991,15 @@ mod operator {
                 })
                 .count();
             if in_sync == knobs.proxies || t.elapsed() >= limit {
-                return format!(
+                let outcome = format!(
                     "{in_sync}/{} proxies with acked == sent == the version the fleet ACKed (checked within {})",
                     knobs.proxies,
                     ms(t.elapsed())
                 );
+                if in_sync < knobs.proxies {
+                    bail!("the server's sync state: only {outcome}");
+                }
+                return Ok(outcome);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
