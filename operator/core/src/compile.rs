@@ -14,6 +14,7 @@
 
 mod changes;
 mod cluster;
+mod diagnose;
 mod inbound;
 mod outbound;
 mod route;
@@ -28,9 +29,13 @@ use trellis_contract::{
 };
 
 pub use changes::{Changes, changes};
+pub use diagnose::diagnose;
 pub use outbound::PortRoutes;
 pub use route::ClusterRef;
+pub(crate) use route::applies_to_gateway;
 
+pub use crate::code::Code;
+use crate::code::Level;
 use crate::registry::{ObjectKey, Service, ServicePort, Workload};
 use crate::snapshot::Snapshot;
 
@@ -70,8 +75,11 @@ pub enum Severity {
 /// Something the compiler noticed about the inputs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Diagnostic {
-    /// Error or warning.
+    /// Error or warning: the code's level (the compiler uses no Info codes).
     pub severity: Severity,
+    /// The problem's code in the one list ([`crate::code`]), as `meshctl analyze` and the
+    /// operator's status conditions report it.
+    pub code: Code,
     /// The resource, e.g. `VirtualService shop/payment`.
     pub resource: String,
     /// What happened and how to fix it.
@@ -114,9 +122,14 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(crate) fn diag(&mut self, severity: Severity, resource: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn diag(&mut self, code: Code, resource: impl Into<String>, message: impl Into<String>) {
+        let severity = match code.level() {
+            Level::Error => Severity::Error,
+            Level::Warning | Level::Info => Severity::Warning,
+        };
         let d = Diagnostic {
             severity,
+            code,
             resource: resource.into(),
             message: message.into(),
         };

@@ -3,10 +3,14 @@
 //! watchers; `meshctl` feeds it from objects it lists or reads from files. No Kubernetes
 //! client, no gRPC, no certificate authority.
 //!
+//! - [`analysis`]: every problem in a set of objects, with a code, the object, file and line.
+//! - [`code`]: the one list of finding codes (Istio's where Istio reports the same problem).
 //! - [`registry`]: the cluster's services and workloads as plain data.
 //! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
 
+pub mod analysis;
+pub mod code;
 pub mod compile;
 pub mod registry;
 pub mod snapshot;

@@ -11,7 +11,7 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, millis};
-use super::{Ctx, DNS_DOMAIN, Severity, host_matches, resolve_host, resource, visible};
+use super::{Code, Ctx, DNS_DOMAIN, host_matches, resolve_host, resource, visible};
 use crate::registry::{Protocol, TargetPort, selects};
 
 /// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
@@ -74,7 +74,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                     None => format!("no DestinationRule defines subsets for {}", cref.host),
                 };
                 ctx.diag(
-                    Severity::Error,
+                    Code::ReferencedResourceNotFound,
                     format!("host {}", cref.host),
                     format!("subset {name:?} is referenced but {hint}; requests to it get 503 (no healthy upstream)"),
                 );
@@ -168,7 +168,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         }
         Some(ClientTlsMode::Mutual) => {
             ctx.diag(
-                Severity::Error,
+                Code::UnsupportedDropped,
                 &res,
                 "tls mode MUTUAL (a user-supplied client certificate) is not supported by trellis-proxy yet; the cluster gets no endpoints so nothing is sent in plaintext",
             );
@@ -243,7 +243,7 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
                 SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified => LbPolicy::LeastRequest,
                 SimpleLb::Passthrough => {
                     ctx.diag(
-                        Severity::Error,
+                        Code::UnsupportedDropped,
                         res,
                         "loadBalancer PASSTHROUGH is not supported by trellis-proxy yet; LEAST_REQUEST is used",
                     );
@@ -265,7 +265,7 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
             } else if let Some(cookie) = &ch.http_cookie {
                 if cookie.ttl.is_some() {
                     ctx.diag(
-                        Severity::Warning,
+                        Code::UnsupportedIgnored,
                         res,
                         "consistentHash.httpCookie.ttl: trellis-proxy does not generate session cookies yet; requests without the cookie are spread by hash of nothing",
                     );
@@ -282,7 +282,7 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
         }
         if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
             ctx.diag(
-                Severity::Warning,
+                Code::UnsupportedIgnored,
                 res,
                 "loadBalancer warmup is not implemented by trellis-proxy yet; new endpoints get full traffic at once",
             );

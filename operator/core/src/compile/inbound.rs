@@ -13,7 +13,7 @@ use trellis_contract::{
 };
 
 use super::route::forward_to;
-use super::{Ctx, INBOUND_PORT, ROOT_NAMESPACE, Severity, resource};
+use super::{Code, Ctx, INBOUND_PORT, ROOT_NAMESPACE, resource};
 use crate::registry::{Protocol, TargetPort, selects};
 
 /// The inbound listener, its local clusters, and the inbound policy.
@@ -144,7 +144,7 @@ fn oldest(mut v: Vec<&PeerAuthentication>) -> Option<&PeerAuthentication> {
 /// mTLS mode by precedence: workload policy > namespace policy > mesh policy (root
 /// namespace) > Mesh default > PERMISSIVE; UNSET inherits; port-level modes of the workload
 /// policy on top.
-fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
+pub(crate) fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
     let pod_ns = ctx.proxy.key.namespace.clone();
     let pas = &ctx.snapshot.peer_authentications;
     let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
@@ -176,7 +176,7 @@ fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
             .map(|p| resource("PeerAuthentication", &p.metadata))
             .collect();
         ctx.diag(
-            Severity::Warning,
+            Code::ConflictingPeerAuthentications,
             names[0].clone(),
             format!(
                 "several PeerAuthentications select pod {}: {}; the oldest applies",
@@ -208,7 +208,7 @@ fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
 
 /// The AuthorizationPolicies that apply to the workload: mesh-wide ones in the root
 /// namespace, and those of its namespace, with no selector or a matching one.
-fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
+pub(crate) fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
     let pod_ns = ctx.proxy.key.namespace.clone();
     let mut out = Vec::new();
     let mut policies: Vec<&api::AuthorizationPolicy> = ctx
@@ -227,12 +227,12 @@ fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
             ApiAction::Allow => AuthzAction::Allow,
             ApiAction::Deny => AuthzAction::Deny,
             ApiAction::Audit => {
-                ctx.diag(Severity::Warning, &res, "AUDIT policies do not change decisions, and trellis-proxy does not write audit records yet; the policy has no effect");
+                ctx.diag(Code::UnsupportedIgnored, &res, "AUDIT policies do not change decisions, and trellis-proxy does not write audit records yet; the policy has no effect");
                 continue;
             }
             ApiAction::Custom => {
                 ctx.diag(
-                    Severity::Error,
+                    Code::UnsupportedDropped,
                     &res,
                     "CUSTOM (external authorization) is not supported by Trellis yet; the policy is ignored",
                 );

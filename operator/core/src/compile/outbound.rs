@@ -11,7 +11,7 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
-use super::{Ctx, DNS_DOMAIN, OUTBOUND_PORT, Severity, cluster, host_matches, resolve_host, resource, visible};
+use super::{Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_matches, resolve_host, resource, visible};
 use crate::registry::{Protocol, Service, ServicePort, selects};
 
 /// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
@@ -74,7 +74,7 @@ fn merged_routes(
         if let Some(winner) = &shadowed_by {
             if vs.spec.http.as_ref().is_some_and(|h| !h.is_empty()) {
                 ctx.diag(
-                    Severity::Warning,
+                    Code::VirtualServiceShadowed,
                     &res,
                     format!("its HTTP rules for {host} are never used: {winner} has a catch-all rule (no match) for the same host that comes first; add matches to that rule or merge the two VirtualServices"),
                 );
@@ -248,7 +248,7 @@ fn tcp_destination(
             };
             if dests.len() > 1 {
                 ctx.diag(
-                    Severity::Error,
+                    Code::UnsupportedDropped,
                     &res,
                     format!("spec.tcp[{i}].route: weighted TCP routing is not supported by trellis-proxy yet; all connections go to the first destination"),
                 );
@@ -275,7 +275,7 @@ fn tcp_destination(
 }
 
 /// Mesh-bound VirtualService hosts that match no Service are never used by sidecars.
-fn unused_hosts(ctx: &mut Ctx<'_>) {
+pub(crate) fn unused_hosts(ctx: &mut Ctx<'_>) {
     let fqdns: Vec<String> = ctx
         .snapshot
         .registry
@@ -300,7 +300,7 @@ fn unused_hosts(ctx: &mut Ctx<'_>) {
         }
     }
     for (res, msg) in notes {
-        ctx.diag(Severity::Warning, res, msg);
+        ctx.diag(Code::VirtualServiceHostNotFound, res, msg);
     }
 }
 
@@ -361,7 +361,7 @@ pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<Strin
             });
             if listener.tls.is_some() != tls.is_some() {
                 ctx.diag(
-                    Severity::Error,
+                    Code::GatewayPortProtocolConflict,
                     &res,
                     format!("port {listen_port}: a TLS server and a plaintext server cannot share a port; this server is dropped"),
                 );
@@ -376,7 +376,7 @@ pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<Strin
                     match served_by {
                         Some(e) if e.tls == *tls => {}
                         Some(_) => ctx.diag(
-                            Severity::Error,
+                            Code::ConflictingGateways,
                             &res,
                             format!("port {listen_port}: host {name} is already served with other TLS settings by an earlier server; this server keeps its other hosts"),
                         ),
@@ -495,7 +495,7 @@ fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Res
         ApiTlsMode::Mutual => ServerTlsMode::Mutual,
         other => {
             ctx.diag(
-                Severity::Error,
+                Code::UnsupportedDropped,
                 res,
                 format!(
                     "server port {}: tls mode {other:?} is not supported by trellis-proxy yet; the server is dropped",
@@ -514,7 +514,7 @@ fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Res
             },
             None => {
                 ctx.diag(
-                    Severity::Error,
+                    Code::ReferencedResourceNotFound,
                     res,
                     format!("credentialName {name:?}: no TLS Secret {key} (with tls.crt and tls.key) for the gateway pod's namespace; the server is dropped"),
                 );

@@ -9,7 +9,7 @@ use trellis_contract::{
     RouteAction, RouteMatch, WeightedCluster,
 };
 
-use super::{Ctx, Severity, resolve_host, resource};
+use super::{Code, Ctx, resolve_host, resource};
 use crate::registry::selects;
 
 /// A route sending everything it matches to one cluster, with no retries or timeout (the
@@ -153,7 +153,7 @@ fn compile_matches(
         }
         if m.scheme.is_some() {
             ctx.diag(
-                Severity::Error,
+                Code::UnsupportedDropped,
                 res,
                 format!("spec.http[{index}].match[{j}].scheme: scheme matching is not supported by trellis-proxy yet; this match is dropped"),
             );
@@ -257,7 +257,7 @@ fn compile_action(
                     let decoded = base64_decode(raw).and_then(|v| String::from_utf8(v).ok());
                     if decoded.is_none() {
                         ctx.diag(
-                            Severity::Error,
+                            Code::UnsupportedDropped,
                             res,
                             format!("spec.http[{index}].directResponse.body.bytes: only UTF-8 bodies are supported by trellis-proxy yet; the body is dropped"),
                         );
@@ -274,7 +274,7 @@ fn compile_action(
     let dests = rule.route.as_deref().unwrap_or_default();
     if dests.is_empty() {
         ctx.diag(
-            Severity::Error,
+            Code::SchemaValidationError,
             res,
             format!("spec.http[{index}]: no destination; the rule is dropped"),
         );
@@ -347,7 +347,7 @@ pub(crate) fn destination(
         (None, Some(s)) if s.ports.iter().any(|p| p.port == default_port) => default_port,
         (None, Some(s)) => {
             ctx.diag(
-                Severity::Error,
+                Code::VirtualServiceDestinationPortSelectorRequired,
                 res,
                 format!(
                     "destination {host} has several ports ({}); set destination.port.number",
@@ -360,12 +360,12 @@ pub(crate) fn destination(
     };
     match svc {
         None => ctx.diag(
-            Severity::Warning,
+            Code::ReferencedResourceNotFound,
             res,
             format!("destination host {host} is not a Service in the registry; requests to it get 503 until it exists"),
         ),
         Some(s) if port != 0 && !s.ports.iter().any(|p| p.port == port) => ctx.diag(
-            Severity::Error,
+            Code::ReferencedResourceNotFound,
             res,
             format!("destination {host} has no port {port}; its ports are {}", ports_of(s)),
         ),

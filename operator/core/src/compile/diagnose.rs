@@ -1,0 +1,224 @@
+//! Everything the compiler would report about a snapshot, without compiling every proxy: each
+//! resource is compiled once, from a proxy placed where it applies (a sidecar in the namespace
+//! of a VirtualService or DestinationRule, a gateway pod with a Gateway's selector labels, each
+//! pod for its PeerAuthentications). `meshctl analyze` reports these diagnostics, and the
+//! operator can surface them as status conditions, without a proxy running.
+//!
+//! # Guarantees
+//! Linear in the resources (each VirtualService's hosts, each DestinationRule's subsets, each
+//! Gateway, each pod), not in resources × proxies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::route::{ClusterRef, applies_to_gateway};
+use super::{Ctx, DNS_DOMAIN, Diagnostic, cluster, inbound, outbound, resolve_host};
+use crate::registry::{ObjectKey, Workload};
+use crate::snapshot::Snapshot;
+
+/// A proxy that does not exist, standing where a resource applies.
+fn proxy(namespace: &str, labels: BTreeMap<String, String>) -> Workload {
+    Workload {
+        key: ObjectKey::new(namespace, "meshctl-analyze"),
+        ip: None,
+        labels,
+        service_account: "default".into(),
+        ready: true,
+        meshed: true,
+        named_ports: BTreeMap::new(),
+    }
+}
+
+fn ctx<'a>(snapshot: &'a Snapshot, proxy: &'a Workload) -> Ctx<'a> {
+    let trust_domain = snapshot
+        .mesh
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| trellis_api::mesh::DEFAULT_TRUST_DOMAIN.to_string());
+    Ctx {
+        snapshot,
+        proxy,
+        trust_domain,
+        diagnostics: Vec::new(),
+    }
+}
+
+/// The compiler's diagnostics about every resource of `snapshot`, sorted and without repeats.
+pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
+    let mut out: BTreeSet<Diagnostic> = BTreeSet::new();
+
+    // Mesh routes: each Service port a mesh VirtualService's host names, compiled from the
+    // VirtualService's namespace (its `exportTo: .` is visible there), once per namespace.
+    let mut ports: BTreeSet<(String, ObjectKey)> = BTreeSet::new();
+    for vs in &snapshot.virtual_services {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        let mesh = applies_to_gateway(vs.spec.gateways.as_deref().unwrap_or_default(), ns, "mesh")
+            || vs.spec.http.iter().flatten().any(|r| {
+                r.matches
+                    .iter()
+                    .flatten()
+                    .any(|m| m.gateways.as_ref().is_some_and(|g| applies_to_gateway(g, ns, "mesh")))
+            });
+        if !mesh {
+            continue;
+        }
+        for h in vs.spec.hosts.iter().flatten() {
+            let host = resolve_host(h, ns);
+            for svc in snapshot.registry.services.values() {
+                if super::host_matches(&host, &svc.fqdn(DNS_DOMAIN)) {
+                    ports.insert((ns.to_string(), svc.key.clone()));
+                }
+            }
+        }
+    }
+    let mut viewers: BTreeMap<String, Workload> = BTreeMap::new();
+    for (ns, _) in &ports {
+        viewers.entry(ns.clone()).or_insert_with(|| proxy(ns, BTreeMap::new()));
+    }
+    for (ns, key) in &ports {
+        let (Some(viewer), Some(svc)) = (viewers.get(ns), snapshot.registry.services.get(key)) else {
+            continue;
+        };
+        let mut c = ctx(snapshot, viewer);
+        let mut refs: Vec<ClusterRef> = Vec::new();
+        for p in &svc.ports {
+            refs.extend(outbound::port_routes(&mut c, svc, p).refs);
+        }
+        for r in refs.iter().filter(|r| r.subset.is_some()) {
+            cluster::build(&mut c, r);
+        }
+        out.extend(c.diagnostics);
+    }
+    let anywhere = proxy("", BTreeMap::new());
+    let mut c = ctx(snapshot, &anywhere);
+    outbound::unused_hosts(&mut c);
+    out.extend(c.diagnostics);
+
+    // DestinationRules: each port of the host's Service, with each subset, from the rule's
+    // namespace.
+    for dr in &snapshot.destination_rules {
+        let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+        let host = resolve_host(&dr.spec.host, ns);
+        let Some(svc) = snapshot.registry.service_by_host(&host, DNS_DOMAIN) else {
+            continue;
+        };
+        let viewer = proxy(ns, BTreeMap::new());
+        let mut c = ctx(snapshot, &viewer);
+        let subsets = std::iter::once(None).chain(dr.spec.subsets.iter().flatten().map(|s| Some(s.name.clone())));
+        for subset in subsets {
+            for p in &svc.ports {
+                cluster::build(
+                    &mut c,
+                    &ClusterRef {
+                        host: host.clone(),
+                        port: p.port,
+                        subset: subset.clone(),
+                    },
+                );
+            }
+        }
+        out.extend(c.diagnostics);
+    }
+
+    // Gateways: a gateway pod with each Gateway's selector labels, in its namespace.
+    for gw in &snapshot.gateways {
+        let ns = gw.metadata.namespace.as_deref().unwrap_or("default");
+        let pod = proxy(ns, gw.spec.selector.clone().unwrap_or_default());
+        let mut c = ctx(snapshot, &pod);
+        let mut clusters = BTreeMap::new();
+        outbound::gateway_listeners(&mut c, &mut clusters);
+        out.extend(c.diagnostics);
+    }
+
+    // Workload policy: each pod's PeerAuthentications and AuthorizationPolicies.
+    for w in snapshot.registry.workloads.values() {
+        let mut c = ctx(snapshot, w);
+        inbound::mtls(&mut c);
+        inbound::authorization(&mut c);
+        out.extend(c.diagnostics);
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::code::Code;
+
+    const SHOP: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: payment, namespace: shop}
+spec:
+  clusterIP: 10.96.0.9
+  selector: {app: payment}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: VirtualService
+metadata: {name: payment, namespace: shop}
+spec:
+  hosts: [payment]
+  http:
+  - match: [{scheme: {exact: https}}]
+    route: [{destination: {host: payment}}]
+  - route: [{destination: {host: payment}}]
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: VirtualService
+metadata: {name: payment-extra, namespace: shop, creationTimestamp: '2030-01-01T00:00:00Z'}
+spec:
+  hosts: [payment]
+  http:
+  - route: [{destination: {host: payment}}]
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: DestinationRule
+metadata: {name: payment, namespace: shop}
+spec:
+  host: payment
+  trafficPolicy:
+    loadBalancer: {simple: PASSTHROUGH}
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  selector: {app: edge}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: PASSTHROUGH}
+";
+
+    #[test]
+    fn every_resource_is_diagnosed_once_without_a_proxy() {
+        let s = Snapshot::from_yaml(SHOP).unwrap();
+        assert!(s.registry.workloads.is_empty());
+        let d = diagnose(&s);
+        let has = |code: Code, resource: &str, text: &str| {
+            d.iter()
+                .any(|d| d.code == code && d.resource == resource && d.message.contains(text))
+        };
+        assert!(
+            has(Code::UnsupportedDropped, "VirtualService shop/payment", "scheme"),
+            "{d:#?}"
+        );
+        assert!(
+            has(
+                Code::VirtualServiceShadowed,
+                "VirtualService shop/payment-extra",
+                "never used"
+            ),
+            "{d:#?}"
+        );
+        assert!(
+            has(Code::UnsupportedDropped, "DestinationRule shop/payment", "PASSTHROUGH"),
+            "{d:#?}"
+        );
+        assert!(has(Code::UnsupportedDropped, "Gateway shop/edge", "tls mode"), "{d:#?}");
+        let mut sorted = d.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, d);
+    }
+}
