@@ -1,0 +1,552 @@
+//! Forwarding: the route's destination, rewrites and header mutations, the
+//! request body (buffered for replays or streamed), mirrors, the request
+//! slot, and the attempts with their retries and timeouts.
+
+use super::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, XFCC, build_request, cookie, shadow_authority, strip_hop_headers,
+};
+use super::retry::{NO_RETRIES, retry_on_error, retry_on_status, retry_on_timeout};
+use super::telemetry::RequestOutcome;
+use super::{ConnContext, full, text};
+use crate::idle::{IdleBody, IdleIo, StreamActivity};
+use crate::request_body::{BodyProgress, ClientBody, ClientFault};
+use crate::routing::{RouteHit, parse_query, rewrite_prefix};
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+use crate::upstream::{Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, UpstreamError};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use trellis_contract::{ForwardAction, HashKey, ListenerDirection, RetryOn, UpstreamTls};
+
+/// Request bodies up to this size are buffered so they can be retried and
+/// mirrored; larger or unknown-length bodies are streamed once.
+pub(super) const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// The request body, buffered (replayable) or streamed once.
+pub(super) enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    rt: &Arc<Runtime>,
+    snap: &Arc<Snapshot>,
+    conn: &Arc<ConnContext>,
+    req: Request<Incoming>,
+    f: &ForwardAction,
+    hit: &RouteHit,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+    out: &mut RequestOutcome,
+) -> Response<Body> {
+    let route = &hit.route;
+    let start = Instant::now();
+    // Weighted destination choice (validation guarantees weights sum to 100).
+    let total: u32 = f.clusters.iter().map(|c| c.weight).sum();
+    let mut roll = fastrand::u32(0..total.max(1));
+    let mut wi = 0;
+    for (i, c) in f.clusters.iter().enumerate() {
+        if roll < c.weight {
+            wi = i;
+            break;
+        }
+        roll -= c.weight;
+    }
+    let Some(cluster) = snap.clusters.get(&f.clusters[wi].cluster).cloned() else {
+        out.flags = "NC";
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
+    };
+    out.cluster = Some(Arc::clone(&cluster));
+
+    let (mut parts, body) = req.into_parts();
+    let downstream_h2 = parts.version == Version::HTTP_2;
+
+    // Path and authority rewrites.
+    let mut new_path = path.to_string();
+    if let Some(rw) = &f.rewrite {
+        if let Some(prefix) = &rw.uri_prefix {
+            new_path = rewrite_prefix(path, hit.matched_prefix, prefix);
+        }
+        if let Some((re, sub)) = &route.rewrite_regex {
+            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
+        }
+    }
+    let authority = f
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.authority.clone())
+        .unwrap_or_else(|| authority.to_string());
+    let path_and_query = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+
+    // Upgrades (WebSocket and friends) on HTTP/1.1: keep the upgrade headers
+    // and splice the two upgraded connections after a 101.
+    let upgrade = (parts.version == Version::HTTP_11)
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
+        .filter(|_| {
+            parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        });
+    let downstream_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
+    // Header hygiene and mutations.
+    let h = &mut parts.headers;
+    strip_hop_headers(h);
+    if let Some(u) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u.clone());
+    }
+    // An HTTP/1 request already carries its authority as Host: keep it.
+    if h.get(header::HOST).is_none_or(|v| v.as_bytes() != authority.as_bytes()) {
+        let Ok(host_value) = HeaderValue::from_str(&authority) else {
+            return text(StatusCode::BAD_REQUEST, "invalid authority\n");
+        };
+        h.insert(header::HOST, host_value);
+    }
+    if !h.contains_key(X_REQUEST_ID)
+        && let Some(v) = crate::trace::request_id_header()
+    {
+        h.insert(X_REQUEST_ID, v);
+    }
+    // Peer metadata: never from the app or a client, only from this proxy and
+    // only to a mesh peer that verifies who sent it.
+    h.remove(crate::peer_metadata::HEADER);
+    if conn.direction != ListenerDirection::Inbound
+        && matches!(cluster.spec.tls, UpstreamTls::Mesh { .. })
+        && let Some(v) = &snap.peer_metadata
+    {
+        h.insert(crate::peer_metadata::HEADER, v.clone());
+    }
+    match conn.direction {
+        ListenerDirection::Inbound => {
+            h.remove(XFCC);
+            if let (Some(peer), Some(hash), Some(id)) = (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
+                && let Ok(v) = HeaderValue::from_str(&format!("By={};Hash={hash};URI={peer}", id.spiffe_id))
+            {
+                h.insert(XFCC, v);
+            }
+        }
+        ListenerDirection::Gateway => {
+            // Clients outside the mesh must not forge identities.
+            h.remove(XFCC);
+            let proto = if conn.tls { "https" } else { "http" };
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+                None => conn.peer.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        ListenerDirection::Outbound => {
+            h.remove(XFCC);
+        }
+    }
+    let sampling = snap
+        .config
+        .telemetry
+        .tracing
+        .as_ref()
+        .map_or(0.0, |t| t.sampling_percent);
+    out.span = Some(crate::trace::propagate(h, sampling));
+    out.route = Some(Arc::clone(route));
+    route.request_headers.apply(h);
+    if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
+        req_ops.apply(h);
+    }
+
+    // Hash key for consistent hashing.
+    let hash = if cluster.uses_hash() {
+        let key: Option<Vec<u8>> = match &cluster.spec.load_balancer.hash_key {
+            Some(HashKey::Header(name)) => h.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+            Some(HashKey::Cookie { name, .. }) => cookie(h, name).map(String::into_bytes),
+            Some(HashKey::QueryParam(name)) => parse_query(query.unwrap_or(""))
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_bytes()),
+            Some(HashKey::SourceIp) | None => Some(conn.peer.ip().to_string().into_bytes()),
+        };
+        key.map(|k| ClusterRuntime::hash_key(&k))
+    } else {
+        None
+    };
+
+    // Body: buffer small bodies when retries or mirrors need replays.
+    let wants_replay = f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty();
+    let hint = body.size_hint();
+    let limits = snap.listeners.get(&conn.listener).map(|l| &l.spec.limits);
+    let limit = limits.and_then(|l| l.max_request_body_bytes);
+    // No route timeout must mean no hang: the stream idle timeout bounds
+    // every wait for bytes, in either direction.
+    let stream_idle = limits
+        .map(|l| l.stream_idle_timeout_ms)
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    // Shared by the two directions only while a request body streams.
+    let mut activity: Option<Arc<StreamActivity>> = None;
+    // How far a streamed request body got: a failure reading it is the client's.
+    let mut progress: Option<Arc<BodyProgress>> = None;
+    let mut body = if wants_replay && hint.upper().is_some_and(|u| u <= REPLAY_BUFFER_LIMIT) {
+        match Limited::new(body, REPLAY_BUFFER_LIMIT as usize).collect().await {
+            Ok(c) => ReqBody::Buffered(c.to_bytes()),
+            Err(e) => {
+                let fault = ClientFault::of(&*e);
+                return client_fault(rt, fault, downstream_h2, out);
+            }
+        }
+    } else {
+        ReqBody::Streaming(Some(body))
+    };
+
+    // Mirrors: fire and forget, only for replayable bodies.
+    if let ReqBody::Buffered(bytes) = &body {
+        for m in &f.mirrors {
+            if fastrand::f64() * 100.0 >= m.percentage {
+                continue;
+            }
+            let Some(mc) = snap.clusters.get(&m.cluster).cloned() else {
+                continue;
+            };
+            let mut mparts = Request::new(());
+            *mparts.method_mut() = parts.method.clone();
+            *mparts.headers_mut() = parts.headers.clone();
+            if !matches!(mc.spec.tls, UpstreamTls::Mesh { .. }) {
+                mparts.headers_mut().remove(crate::peer_metadata::HEADER);
+            }
+            let shadow = shadow_authority(&authority);
+            if let Ok(v) = HeaderValue::from_str(&shadow) {
+                mparts.headers_mut().insert(header::HOST, v);
+            }
+            let (mparts, ()) = mparts.into_parts();
+            let bytes = bytes.clone();
+            let pq = path_and_query.clone();
+            // A mirror never waits longer for a slot than a stream may idle.
+            let mirror_wait = stream_idle;
+            tokio::spawn(async move {
+                let Ok(_slot) = mc.acquire(mirror_wait).await else {
+                    return;
+                };
+                let Some(idx) = mc.pick(None, &[], Instant::now()) else {
+                    return;
+                };
+                let Ok(req) = build_request(mparts.method, mparts.headers, &shadow, &pq, full(bytes), false) else {
+                    return;
+                };
+                if let Ok((resp, _in_flight)) = mc.send(idx, req, false).await {
+                    // Drain so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    // The wait for a slot is part of the request's time, and no bytes move during it.
+    let deadline = f.timeout_ms.map(|t| start + Duration::from_millis(t));
+    let slot_wait = match (
+        deadline.map(|d| d.saturating_duration_since(Instant::now())),
+        stream_idle,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let _slot = match cluster.acquire(slot_wait).await {
+        Ok(slot) => slot,
+        Err(NoSlot::Overflow) => {
+            out.flags = "UO";
+            return text(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
+        }
+        Err(NoSlot::TimedOut) => {
+            out.flags = "UT";
+            return text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout (queued for a connection)\n",
+            );
+        }
+    };
+    cluster.active_requests.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&cluster);
+
+    let retry = f.retries.as_ref().unwrap_or(&NO_RETRIES);
+    let max_attempts = 1 + retry.attempts;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure: (StatusCode, &'static str, String) =
+        (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n".into());
+    for attempt in 0..max_attempts {
+        if attempt > 0 {
+            // Retry budget: bound concurrent retries relative to active requests.
+            if let Some(pct) = retry.budget_percent {
+                let active = cluster.active_requests.load(Ordering::Relaxed) as f64;
+                let allowed = (active * pct / 100.0).max(3.0);
+                if cluster.active_retries.load(Ordering::Relaxed) as f64 >= allowed {
+                    break;
+                }
+            }
+            let base = retry.backoff_base_ms;
+            let cap = retry.backoff_max_ms.unwrap_or(base * 10);
+            let exp = base.saturating_mul(1 << (attempt - 1).min(16)).min(cap);
+            let mut sleep = Duration::from_millis(fastrand::u64(0..=exp));
+            if let Some(d) = deadline {
+                sleep = sleep.min(d.saturating_duration_since(Instant::now()));
+            }
+            tokio::time::sleep(sleep).await;
+        }
+        let Some(idx) = cluster.pick(hash, &tried, Instant::now()) else {
+            out.flags = "UH";
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        tried.push(idx);
+        out.endpoint = Some(idx);
+        // Only a body still streaming from the client can show activity while
+        // the response is awaited; an empty or buffered one goes out at once.
+        let mut body_streams = false;
+        let attempt_body = match &mut body {
+            ReqBody::Buffered(b) => full(b.clone()),
+            ReqBody::Streaming(b) => match b.take() {
+                Some(b) if b.is_end_stream() => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                Some(b) => {
+                    body_streams = true;
+                    let shared = Arc::new(StreamActivity::default());
+                    activity = Some(Arc::clone(&shared));
+                    let read = Arc::new(BodyProgress::default());
+                    progress = Some(Arc::clone(&read));
+                    let b = IdleBody::new(b, Some(shared), None);
+                    match limit {
+                        Some(max) => ClientBody::new(Limited::new(b, max as usize), read).boxed_unsync(),
+                        None => ClientBody::new(b, read).boxed_unsync(),
+                    }
+                }
+                // A streamed body cannot be replayed.
+                None => break,
+            },
+        };
+        let upstream_h2 = upgrade.is_none() && cluster.uses_h2(downstream_h2);
+        // The last attempt takes the head instead of copying it.
+        let (method, headers) = if attempt + 1 == max_attempts {
+            (std::mem::take(&mut parts.method), std::mem::take(&mut parts.headers))
+        } else {
+            (parts.method.clone(), parts.headers.clone())
+        };
+        let req = match build_request(method, headers, &authority, &path_and_query, attempt_body, upstream_h2) {
+            Ok(r) => r,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
+        let budget = match (remaining, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if attempt > 0 {
+            cluster.active_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let sent = cluster.send(idx, req, upstream_h2);
+        let mut idle_expired = false;
+        let result = if let Some(activity) = activity.as_ref().filter(|_| body_streams) {
+            activity.touch();
+            // Request bytes keep the stream alive: watch the shared activity.
+            let timed = async {
+                match budget {
+                    Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                    None => Some(sent.await),
+                }
+            };
+            tokio::select! {
+                r = timed => r,
+                () = activity.idle(stream_idle) => {
+                    idle_expired = true;
+                    None
+                }
+            }
+        } else {
+            // Nothing moves until the response: one timer, the nearer limit.
+            match (budget, stream_idle) {
+                (Some(b), Some(i)) if i < b => {
+                    let r = tokio::time::timeout(i, sent).await.ok();
+                    idle_expired = r.is_none();
+                    r
+                }
+                (Some(b), _) => tokio::time::timeout(b, sent).await.ok(),
+                (None, Some(i)) => {
+                    let r = tokio::time::timeout(i, sent).await.ok();
+                    idle_expired = r.is_none();
+                    r
+                }
+                (None, None) => Some(sent.await),
+            }
+        };
+        if attempt > 0 {
+            cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
+        }
+        // A request body that broke on the client's side broke the attempt:
+        // answer the client, and leave the endpoint's health alone.
+        if let Some(fault) = progress.as_ref().and_then(|p| p.fault())
+            && !matches!(result, Some(Ok(_)))
+        {
+            return client_fault(rt, fault, downstream_h2, out);
+        }
+        // Still waiting for the client's body: a timeout is not the upstream's.
+        let client_pending = progress.as_ref().is_some_and(|p| !p.is_complete());
+        let now = Instant::now();
+        let last = attempt + 1 == max_attempts;
+        match result {
+            None if idle_expired => {
+                last_failure = (StatusCode::GATEWAY_TIMEOUT, "SI", "stream idle timeout\n".into());
+                break;
+            }
+            None => {
+                if !client_pending && cluster.record(idx, Outcome::LocalFailure, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                last_failure = (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n".into());
+                let overall_expired = deadline.is_some_and(|d| now >= d);
+                if overall_expired || !retry_on_timeout(retry) {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                if cluster.record(idx, Outcome::LocalFailure, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                let (flag, cond) = match &e {
+                    UpstreamError::ConnectFailure { .. } => ("UF", RetryOn::ConnectFailure),
+                    // A response that is not HTTP is the upstream's fault: 502, like Envoy's UPE.
+                    UpstreamError::Reset { source, .. } if source.is_parse() => ("UPE", RetryOn::Reset),
+                    UpstreamError::Reset { .. } => ("UC", RetryOn::Reset),
+                };
+                tracing::debug!(error = %e, cluster = %cluster.spec.name, "upstream attempt failed");
+                last_failure = if flag == "UPE" {
+                    (StatusCode::BAD_GATEWAY, flag, format!("upstream protocol error: {e}\n"))
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        flag,
+                        format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+                    )
+                };
+                if !retry_on_error(retry, cond) {
+                    break;
+                }
+            }
+            Some(Ok((resp, in_flight))) => {
+                let status = resp.status();
+                let outcome = if status.is_server_error() {
+                    Outcome::Status5xx(status.as_u16())
+                } else {
+                    Outcome::Success
+                };
+                if cluster.record(idx, outcome, now) {
+                    rt.metrics.outlier_ejected();
+                }
+                if !last && retry_on_status(retry, status) && matches!(body, ReqBody::Buffered(_)) {
+                    // Discard and retry (the body is replayable).
+                    drop(resp);
+                    out.flags = "URX";
+                    continue;
+                }
+                if out.flags == "URX" {
+                    out.flags = "-";
+                }
+                let mut resp = resp;
+                let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+                let (mut rparts, rbody) = resp.into_parts();
+                let kept = switching.then(|| {
+                    (
+                        rparts.headers.get(header::UPGRADE).cloned(),
+                        rparts.headers.get(header::CONNECTION).cloned(),
+                    )
+                });
+                strip_hop_headers(&mut rparts.headers);
+                if let (Some((u, c)), Some(up), Some(down)) = (kept, upstream_upgrade, downstream_upgrade) {
+                    if let Some(u) = u {
+                        rparts.headers.insert(header::UPGRADE, u);
+                    }
+                    if let Some(c) = c {
+                        rparts.headers.insert(header::CONNECTION, c);
+                    }
+                    tokio::spawn(splice_upgraded(down, up, stream_idle, in_flight));
+                    let body = http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    return Response::from_parts(rparts, body);
+                }
+                if let Some((_, resp_ops)) = route.cluster_headers.get(wi) {
+                    resp_ops.apply(&mut rparts.headers);
+                }
+                let rbody =
+                    IdleBody::new(InFlightBody::new(rbody, in_flight), activity.clone(), stream_idle).boxed_unsync();
+                return Response::from_parts(rparts, rbody);
+            }
+        }
+    }
+    let (status, flag, msg) = last_failure;
+    out.flags = if tried.len() > 1 && flag != "UT" && flag != "SI" {
+        "URX"
+    } else {
+        flag
+    };
+    text(status, &msg)
+}
+
+/// Copy bytes both ways between an upgraded client and upstream connection,
+/// until either side closes or no bytes move for `idle`.
+/// The upgraded stream stays active on its endpoint until it ends.
+pub(super) async fn splice_upgraded(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    idle: Option<Duration>,
+    _in_flight: InFlight,
+) {
+    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+        tracing::debug!("upgrade did not complete");
+        return;
+    };
+    // Bytes in either direction pass through the downstream side, so its
+    // idle clock is the stream's.
+    let mut down = IdleIo::new(hyper_util::rt::TokioIo::new(down), idle);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with error");
+    }
+}
+
+struct ActiveGuard<'a>(&'a ClusterRuntime);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answer a request whose body failed on the client's side.
+pub(super) fn client_fault(rt: &Runtime, fault: ClientFault, h2: bool, out: &mut RequestOutcome) -> Response<Body> {
+    if fault != ClientFault::Gone {
+        rt.metrics.downstream_rejected();
+    }
+    out.flags = fault.flag();
+    let mut resp = text(fault.status(), fault.message());
+    if !h2 {
+        // The rest of the body is unread: the connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
