@@ -49,17 +49,7 @@ pub(super) async fn forward(
 ) -> Response<Body> {
     let route = &hit.route;
     let start = Instant::now();
-    // Weighted destination choice (validation guarantees weights sum to 100).
-    let total: u32 = f.clusters.iter().map(|c| c.weight).sum();
-    let mut roll = fastrand::u32(0..total.max(1));
-    let mut wi = 0;
-    for (i, c) in f.clusters.iter().enumerate() {
-        if roll < c.weight {
-            wi = i;
-            break;
-        }
-        roll -= c.weight;
-    }
+    let wi = weighted_choice(f);
     let Some(cluster) = snap.clusters.get(&f.clusters[wi].cluster).cloned() else {
         out.flags = "NC";
         return text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
@@ -69,125 +59,25 @@ pub(super) async fn forward(
     let (mut parts, body) = req.into_parts();
     let downstream_h2 = parts.version == Version::HTTP_2;
 
-    // Path and authority rewrites.
-    let mut new_path = path.to_string();
-    if let Some(rw) = &f.rewrite {
-        if let Some(prefix) = &rw.uri_prefix {
-            new_path = rewrite_prefix(path, hit.matched_prefix, prefix);
-        }
-        if let Some((re, sub)) = &route.rewrite_regex {
-            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
-        }
-    }
-    let authority = f
-        .rewrite
-        .as_ref()
-        .and_then(|r| r.authority.clone())
-        .unwrap_or_else(|| authority.to_string());
-    let path_and_query = match query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
+    let (authority, path_and_query) = upstream_target(f, hit, authority, path, query);
+
+    let (upgrade, downstream_upgrade) = take_upgrade(&mut parts);
+
+    let hop = Hop {
+        snap,
+        conn,
+        cluster: &cluster,
+        route,
+        wi,
     };
-
-    // Upgrades (WebSocket and friends) on HTTP/1.1: keep the upgrade headers
-    // and splice the two upgraded connections after a 101.
-    let upgrade = (parts.version == Version::HTTP_11)
-        .then(|| parts.headers.get(header::UPGRADE).cloned())
-        .flatten()
-        .filter(|_| {
-            parts
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        });
-    let downstream_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-
-    // Header hygiene and mutations.
-    let h = &mut parts.headers;
-    strip_hop_headers(h);
-    if let Some(u) = &upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, u.clone());
-    }
-    // An HTTP/1 request already carries its authority as Host: keep it.
-    if h.get(header::HOST).is_none_or(|v| v.as_bytes() != authority.as_bytes()) {
-        let Ok(host_value) = HeaderValue::from_str(&authority) else {
-            return text(StatusCode::BAD_REQUEST, "invalid authority\n");
-        };
-        h.insert(header::HOST, host_value);
-    }
-    if !h.contains_key(X_REQUEST_ID)
-        && let Some(v) = crate::trace::request_id_header()
+    if hop
+        .request_headers(&mut parts.headers, &authority, upgrade.as_ref(), out)
+        .is_err()
     {
-        h.insert(X_REQUEST_ID, v);
-    }
-    // Peer metadata: never from the app or a client, only from this proxy and
-    // only to a mesh peer that verifies who sent it.
-    h.remove(crate::peer_metadata::HEADER);
-    if conn.direction != ListenerDirection::Inbound
-        && matches!(cluster.spec.tls, UpstreamTls::Mesh { .. })
-        && let Some(v) = &snap.peer_metadata
-    {
-        h.insert(crate::peer_metadata::HEADER, v.clone());
-    }
-    match conn.direction {
-        ListenerDirection::Inbound => {
-            h.remove(XFCC);
-            if let (Some(peer), Some(hash), Some(id)) = (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
-                && let Ok(v) = HeaderValue::from_str(&format!("By={};Hash={hash};URI={peer}", id.spiffe_id))
-            {
-                h.insert(XFCC, v);
-            }
-        }
-        ListenerDirection::Gateway => {
-            // Clients outside the mesh must not forge identities.
-            h.remove(XFCC);
-            let proto = if conn.tls { "https" } else { "http" };
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-            let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {}", conn.peer.ip()),
-                None => conn.peer.ip().to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert(X_FORWARDED_FOR, v);
-            }
-        }
-        ListenerDirection::Outbound => {
-            h.remove(XFCC);
-        }
-    }
-    let sampling = snap
-        .config
-        .telemetry
-        .tracing
-        .as_ref()
-        .map_or(0.0, |t| t.sampling_percent);
-    out.span = Some(crate::trace::propagate(h, sampling));
-    out.route = Some(Arc::clone(route));
-    route.request_headers.apply(h);
-    if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
-        req_ops.apply(h);
+        return text(StatusCode::BAD_REQUEST, "invalid authority\n");
     }
 
-    // Hash key for consistent hashing.
-    let hash = if cluster.uses_hash() {
-        let key: Option<Vec<u8>> = match &cluster.spec.load_balancer.hash_key {
-            Some(HashKey::Header(name)) => h.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
-            Some(HashKey::Cookie { name, .. }) => cookie(h, name).map(String::into_bytes),
-            Some(HashKey::QueryParam(name)) => parse_query(query.unwrap_or(""))
-                .into_iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_bytes()),
-            Some(HashKey::SourceIp) | None => Some(conn.peer.ip().to_string().into_bytes()),
-        };
-        key.map(|k| ClusterRuntime::hash_key(&k))
-    } else {
-        None
-    };
+    let hash = hash_key(&cluster, &parts.headers, query, conn);
 
     // Body: buffer small bodies when retries or mirrors need replays.
     let wants_replay = f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty();
@@ -216,46 +106,8 @@ pub(super) async fn forward(
         ReqBody::Streaming(Some(body))
     };
 
-    // Mirrors: fire and forget, only for replayable bodies.
     if let ReqBody::Buffered(bytes) = &body {
-        for m in &f.mirrors {
-            if fastrand::f64() * 100.0 >= m.percentage {
-                continue;
-            }
-            let Some(mc) = snap.clusters.get(&m.cluster).cloned() else {
-                continue;
-            };
-            let mut mparts = Request::new(());
-            *mparts.method_mut() = parts.method.clone();
-            *mparts.headers_mut() = parts.headers.clone();
-            if !matches!(mc.spec.tls, UpstreamTls::Mesh { .. }) {
-                mparts.headers_mut().remove(crate::peer_metadata::HEADER);
-            }
-            let shadow = shadow_authority(&authority);
-            if let Ok(v) = HeaderValue::from_str(&shadow) {
-                mparts.headers_mut().insert(header::HOST, v);
-            }
-            let (mparts, ()) = mparts.into_parts();
-            let bytes = bytes.clone();
-            let pq = path_and_query.clone();
-            // A mirror never waits longer for a slot than a stream may idle.
-            let mirror_wait = stream_idle;
-            tokio::spawn(async move {
-                let Ok(_slot) = mc.acquire(mirror_wait).await else {
-                    return;
-                };
-                let Some(idx) = mc.pick(None, &[], Instant::now()) else {
-                    return;
-                };
-                let Ok(req) = build_request(mparts.method, mparts.headers, &shadow, &pq, full(bytes), false) else {
-                    return;
-                };
-                if let Ok((resp, _in_flight)) = mc.send(idx, req, false).await {
-                    // Drain so the connection can be reused.
-                    let _ = resp.into_body().collect().await;
-                }
-            });
-        }
+        mirror(snap, f, &parts, &authority, &path_and_query, bytes, stream_idle);
     }
 
     // The wait for a slot is part of the request's time, and no bytes move during it.
@@ -358,47 +210,15 @@ pub(super) async fn forward(
             cluster.active_retries.fetch_add(1, Ordering::Relaxed);
         }
         let sent = cluster.send(idx, req, upstream_h2);
-        let mut idle_expired = false;
-        let result = if let Some(activity) = activity.as_ref().filter(|_| body_streams) {
-            activity.touch();
-            // Request bytes keep the stream alive: watch the shared activity.
-            let timed = async {
-                match budget {
-                    Some(t) => tokio::time::timeout(t, sent).await.ok(),
-                    None => Some(sent.await),
-                }
-            };
-            tokio::select! {
-                r = timed => r,
-                () = activity.idle(stream_idle) => {
-                    idle_expired = true;
-                    None
-                }
-            }
-        } else {
-            // Nothing moves until the response: one timer, the nearer limit.
-            match (budget, stream_idle) {
-                (Some(b), Some(i)) if i < b => {
-                    let r = tokio::time::timeout(i, sent).await.ok();
-                    idle_expired = r.is_none();
-                    r
-                }
-                (Some(b), _) => tokio::time::timeout(b, sent).await.ok(),
-                (None, Some(i)) => {
-                    let r = tokio::time::timeout(i, sent).await.ok();
-                    idle_expired = r.is_none();
-                    r
-                }
-                (None, None) => Some(sent.await),
-            }
-        };
+        let watched = activity.as_deref().filter(|_| body_streams);
+        let result = await_response(sent, budget, stream_idle, watched).await;
         if attempt > 0 {
             cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
         }
         // A request body that broke on the client's side broke the attempt:
         // answer the client, and leave the endpoint's health alone.
         if let Some(fault) = progress.as_ref().and_then(|p| p.fault())
-            && !matches!(result, Some(Ok(_)))
+            && !matches!(result, Awaited::Answer(Ok(_)))
         {
             return client_fault(rt, fault, downstream_h2, out);
         }
@@ -407,11 +227,11 @@ pub(super) async fn forward(
         let now = Instant::now();
         let last = attempt + 1 == max_attempts;
         match result {
-            None if idle_expired => {
+            Awaited::Idle => {
                 last_failure = (StatusCode::GATEWAY_TIMEOUT, "SI", "stream idle timeout\n".into());
                 break;
             }
-            None => {
+            Awaited::TimedOut => {
                 if !client_pending && cluster.record(idx, Outcome::LocalFailure, now) {
                     rt.metrics.outlier_ejected();
                 }
@@ -421,31 +241,18 @@ pub(super) async fn forward(
                     break;
                 }
             }
-            Some(Err(e)) => {
+            Awaited::Answer(Err(e)) => {
                 if cluster.record(idx, Outcome::LocalFailure, now) {
                     rt.metrics.outlier_ejected();
                 }
-                let (flag, cond) = match &e {
-                    UpstreamError::ConnectFailure { .. } => ("UF", RetryOn::ConnectFailure),
-                    // A response that is not HTTP is the upstream's fault: 502, like Envoy's UPE.
-                    UpstreamError::Reset { source, .. } if source.is_parse() => ("UPE", RetryOn::Reset),
-                    UpstreamError::Reset { .. } => ("UC", RetryOn::Reset),
-                };
                 tracing::debug!(error = %e, cluster = %cluster.spec.name, "upstream attempt failed");
-                last_failure = if flag == "UPE" {
-                    (StatusCode::BAD_GATEWAY, flag, format!("upstream protocol error: {e}\n"))
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        flag,
-                        format!("upstream connect error or disconnect/reset before headers: {e}\n"),
-                    )
-                };
+                let (status, flag, message, cond) = upstream_failure(&e);
+                last_failure = (status, flag, message);
                 if !retry_on_error(retry, cond) {
                     break;
                 }
             }
-            Some(Ok((resp, in_flight))) => {
+            Awaited::Answer(Ok((resp, in_flight))) => {
                 let status = resp.status();
                 let outcome = if status.is_server_error() {
                     Outcome::Status5xx(status.as_u16())
@@ -549,4 +356,306 @@ pub(super) fn client_fault(rt: &Runtime, fault: ClientFault, h2: bool, out: &mut
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Pick one of the route's weighted destinations (validation guarantees the
+/// weights sum to 100).
+fn weighted_choice(f: &ForwardAction) -> usize {
+    let total: u32 = f.clusters.iter().map(|c| c.weight).sum();
+    let mut roll = fastrand::u32(0..total.max(1));
+    for (i, c) in f.clusters.iter().enumerate() {
+        if roll < c.weight {
+            return i;
+        }
+        roll -= c.weight;
+    }
+    0
+}
+
+/// The upstream authority and path-and-query after the route's rewrites.
+fn upstream_target(
+    f: &ForwardAction,
+    hit: &RouteHit,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+) -> (String, String) {
+    let route = &hit.route;
+    let mut new_path = path.to_string();
+    if let Some(rw) = &f.rewrite {
+        if let Some(prefix) = &rw.uri_prefix {
+            new_path = rewrite_prefix(path, hit.matched_prefix, prefix);
+        }
+        if let Some((re, sub)) = &route.rewrite_regex {
+            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
+        }
+    }
+    let authority = f
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.authority.clone())
+        .unwrap_or_else(|| authority.to_string());
+    let path_and_query = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    (authority, path_and_query)
+}
+
+/// Upgrades (WebSocket and friends) on HTTP/1.1: the `Upgrade` header to keep,
+/// and the downstream connection to splice after a 101.
+fn take_upgrade(parts: &mut http::request::Parts) -> (Option<HeaderValue>, Option<hyper::upgrade::OnUpgrade>) {
+    let upgrade = (parts.version == Version::HTTP_11)
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
+        .filter(|_| {
+            parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        });
+    let downstream_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    (upgrade, downstream_upgrade)
+}
+
+/// Where a request goes on this hop: what its headers are made from.
+struct Hop<'a> {
+    snap: &'a Snapshot,
+    conn: &'a ConnContext,
+    cluster: &'a ClusterRuntime,
+    route: &'a Arc<crate::routing::CompiledRoute>,
+    /// The weighted destination chosen (its header operations).
+    wi: usize,
+}
+
+impl Hop<'_> {
+    /// Header hygiene and mutations: hop-by-hop headers out, Host, request id,
+    /// peer metadata, forwarded-client headers by direction, trace context,
+    /// the route's and the destination's operations. `Err`: the authority is
+    /// no valid header value (the request is refused, 400).
+    fn request_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        authority: &str,
+        upgrade: Option<&HeaderValue>,
+        out: &mut RequestOutcome,
+    ) -> Result<(), http::header::InvalidHeaderValue> {
+        let Hop {
+            snap,
+            conn,
+            cluster,
+            route,
+            wi,
+        } = *self;
+        strip_hop_headers(h);
+        if let Some(u) = upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, u.clone());
+        }
+        // An HTTP/1 request already carries its authority as Host: keep it.
+        if h.get(header::HOST).is_none_or(|v| v.as_bytes() != authority.as_bytes()) {
+            h.insert(header::HOST, HeaderValue::from_str(authority)?);
+        }
+        if !h.contains_key(X_REQUEST_ID)
+            && let Some(v) = crate::trace::request_id_header()
+        {
+            h.insert(X_REQUEST_ID, v);
+        }
+        // Peer metadata: never from the app or a client, only from this proxy and
+        // only to a mesh peer that verifies who sent it.
+        h.remove(crate::peer_metadata::HEADER);
+        if conn.direction != ListenerDirection::Inbound
+            && matches!(cluster.spec.tls, UpstreamTls::Mesh { .. })
+            && let Some(v) = &snap.peer_metadata
+        {
+            h.insert(crate::peer_metadata::HEADER, v.clone());
+        }
+        match conn.direction {
+            ListenerDirection::Inbound => {
+                h.remove(XFCC);
+                if let (Some(peer), Some(hash), Some(id)) =
+                    (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
+                    && let Ok(v) = HeaderValue::from_str(&format!("By={};Hash={hash};URI={peer}", id.spiffe_id))
+                {
+                    h.insert(XFCC, v);
+                }
+            }
+            ListenerDirection::Gateway => {
+                // Clients outside the mesh must not forge identities.
+                h.remove(XFCC);
+                let proto = if conn.tls { "https" } else { "http" };
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+                let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                    Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+                    None => conn.peer.ip().to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    h.insert(X_FORWARDED_FOR, v);
+                }
+            }
+            ListenerDirection::Outbound => {
+                h.remove(XFCC);
+            }
+        }
+        let sampling = snap
+            .config
+            .telemetry
+            .tracing
+            .as_ref()
+            .map_or(0.0, |t| t.sampling_percent);
+        out.span = Some(crate::trace::propagate(h, sampling));
+        out.route = Some(Arc::clone(route));
+        route.request_headers.apply(h);
+        if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
+            req_ops.apply(h);
+        }
+        Ok(())
+    }
+}
+
+/// The hash key for consistent hashing, when the cluster's balancer wants one.
+fn hash_key(cluster: &ClusterRuntime, h: &http::HeaderMap, query: Option<&str>, conn: &ConnContext) -> Option<u64> {
+    if cluster.uses_hash() {
+        let key: Option<Vec<u8>> = match &cluster.spec.load_balancer.hash_key {
+            Some(HashKey::Header(name)) => h.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+            Some(HashKey::Cookie { name, .. }) => cookie(h, name).map(String::into_bytes),
+            Some(HashKey::QueryParam(name)) => parse_query(query.unwrap_or(""))
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_bytes()),
+            Some(HashKey::SourceIp) | None => Some(conn.peer.ip().to_string().into_bytes()),
+        };
+        key.map(|k| ClusterRuntime::hash_key(&k))
+    } else {
+        None
+    }
+}
+
+/// Mirrors: fire and forget copies of a replayable request to the route's
+/// mirror clusters (`-shadow` authority), each by its percentage.
+fn mirror(
+    snap: &Snapshot,
+    f: &ForwardAction,
+    parts: &http::request::Parts,
+    authority: &str,
+    path_and_query: &str,
+    bytes: &Bytes,
+    stream_idle: Option<Duration>,
+) {
+    for m in &f.mirrors {
+        if fastrand::f64() * 100.0 >= m.percentage {
+            continue;
+        }
+        let Some(mc) = snap.clusters.get(&m.cluster).cloned() else {
+            continue;
+        };
+        let mut mparts = Request::new(());
+        *mparts.method_mut() = parts.method.clone();
+        *mparts.headers_mut() = parts.headers.clone();
+        if !matches!(mc.spec.tls, UpstreamTls::Mesh { .. }) {
+            mparts.headers_mut().remove(crate::peer_metadata::HEADER);
+        }
+        let shadow = shadow_authority(authority);
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            mparts.headers_mut().insert(header::HOST, v);
+        }
+        let (mparts, ()) = mparts.into_parts();
+        let bytes = bytes.clone();
+        let pq = path_and_query.to_string();
+        // A mirror never waits longer for a slot than a stream may idle.
+        let mirror_wait = stream_idle;
+        tokio::spawn(async move {
+            let Ok(_slot) = mc.acquire(mirror_wait).await else {
+                return;
+            };
+            let Some(idx) = mc.pick(None, &[], Instant::now()) else {
+                return;
+            };
+            let Ok(req) = build_request(mparts.method, mparts.headers, &shadow, &pq, full(bytes), false) else {
+                return;
+            };
+            if let Ok((resp, _in_flight)) = mc.send(idx, req, false).await {
+                // Drain so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+            }
+        });
+    }
+}
+
+/// How the wait for a response head ended.
+enum Awaited {
+    /// The upstream answered, or failed.
+    Answer(Result<(Response<Incoming>, InFlight), UpstreamError>),
+    /// The route or per-try timeout (`budget`) fired.
+    TimedOut,
+    /// No bytes moved for the stream idle timeout.
+    Idle,
+}
+
+/// Wait for the response head within `budget` (route and per-try timeouts)
+/// and the stream idle timeout. While the request body still streams
+/// (`streaming`), its bytes keep the stream alive; otherwise nothing moves
+/// until the response, and one timer — the nearer limit — does.
+async fn await_response(
+    sent: impl std::future::Future<Output = Result<(Response<Incoming>, InFlight), UpstreamError>>,
+    budget: Option<Duration>,
+    stream_idle: Option<Duration>,
+    streaming: Option<&StreamActivity>,
+) -> Awaited {
+    if let Some(activity) = streaming {
+        activity.touch();
+        let timed = async {
+            match budget {
+                Some(t) => tokio::time::timeout(t, sent)
+                    .await
+                    .map_or(Awaited::TimedOut, Awaited::Answer),
+                None => Awaited::Answer(sent.await),
+            }
+        };
+        return tokio::select! {
+            r = timed => r,
+            () = activity.idle(stream_idle) => Awaited::Idle,
+        };
+    }
+    match (budget, stream_idle) {
+        (Some(b), Some(i)) if i < b => tokio::time::timeout(i, sent)
+            .await
+            .map_or(Awaited::Idle, Awaited::Answer),
+        (Some(b), _) => tokio::time::timeout(b, sent)
+            .await
+            .map_or(Awaited::TimedOut, Awaited::Answer),
+        (None, Some(i)) => tokio::time::timeout(i, sent)
+            .await
+            .map_or(Awaited::Idle, Awaited::Answer),
+        (None, None) => Awaited::Answer(sent.await),
+    }
+}
+
+/// The answer to a failed attempt, and the retry condition it meets.
+fn upstream_failure(e: &UpstreamError) -> (StatusCode, &'static str, String, RetryOn) {
+    match e {
+        UpstreamError::ConnectFailure { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UF",
+            format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+            RetryOn::ConnectFailure,
+        ),
+        // A response that is not HTTP is the upstream's fault: 502, like Envoy's UPE.
+        UpstreamError::Reset { source, .. } if source.is_parse() => (
+            StatusCode::BAD_GATEWAY,
+            "UPE",
+            format!("upstream protocol error: {e}\n"),
+            RetryOn::Reset,
+        ),
+        UpstreamError::Reset { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UC",
+            format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+            RetryOn::Reset,
+        ),
+    }
 }
