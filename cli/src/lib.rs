@@ -1,9 +1,18 @@
 //! The `meshctl` command line. `main.rs` only calls [`main`]; every command is a module here so
 //! tests drive the same code the binary runs.
+//!
+//! Output is for people first (tables, ✔/✘, colour only on a terminal) and for scripts second
+//! (`-o json|yaml`: nothing but the data on stdout; progress and messages on stderr), with
+//! stable exit codes ([`EXIT_OK`] … [`EXIT_NOT_CONFIRMED`]).
 
+pub mod cluster;
 pub mod demo;
 pub mod inputs;
+pub mod install;
+pub mod output;
+pub mod progress;
 pub mod validate;
+pub mod version;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -11,17 +20,56 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// Exit status when everything is valid.
+use crate::cluster::{ClusterArgs, ClusterError};
+use crate::install::values::ValuesError;
+use crate::output::Terminal;
+
+/// Success: valid, installed, every check passed.
 pub const EXIT_OK: u8 = 0;
-/// Exit status when some configuration is invalid.
+/// Something is invalid or failed a check (configuration, Mesh settings, `meshctl check`).
 pub const EXIT_INVALID: u8 = 1;
-/// Exit status for usage and I/O errors.
+/// Usage and I/O errors: bad flags, unreadable or malformed files.
 pub const EXIT_USAGE: u8 = 2;
+/// The cluster could not be reached, or refused a request.
+pub const EXIT_CLUSTER: u8 = 3;
+/// Waited `--timeout` without the mesh becoming Ready.
+pub const EXIT_TIMEOUT: u8 = 4;
+/// A destructive command was not confirmed (declined, or no terminal and no `--yes`).
+pub const EXIT_NOT_CONFIRMED: u8 = 5;
+
+/// Waiting for readiness ran out of time; says what was not ready and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);
+
+/// A destructive command was not confirmed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotConfirmed(pub String);
 
 /// Install, validate, diagnose and inspect a Trellis service mesh.
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "meshctl",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "The daily workflow:
+  meshctl check --pre                 # can this cluster take Trellis?
+  meshctl install                     # install and wait until Ready
+  meshctl check                       # is the mesh healthy?
+  meshctl validate -f config/         # before kubectl apply
+  meshctl upgrade                     # with a newer meshctl: see what changes, then apply
+  meshctl uninstall                   # remove the control plane (keeps CRDs and your objects)
+
+Exit status: 0 ok, 1 invalid or a failed check, 2 usage or I/O error, 3 cluster unreachable or
+a request refused, 4 not Ready in time, 5 not confirmed."
+)]
 pub struct Cli {
+    /// Which cluster to talk to.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -30,17 +78,38 @@ pub struct Cli {
 /// meshctl's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Install Trellis: CRDs, the operator, the gateway and the Mesh, and wait until Ready.
+    Install(install::Args),
     /// Validate Trellis (and Istio) configuration files offline, like `istioctl validate`.
     Validate(validate::Args),
     /// Run the seeds' shop on a local kubesim, end to end, and show the mesh at work (needs root).
     Demo(demo::Args),
-    /// Print meshctl's version.
-    Version,
+    /// Print the versions of meshctl, the operator and the proxies, and their skew.
+    Version(version::Args),
     /// Print a shell completion script: `source <(meshctl completion bash)`.
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// The exit status for an error: what kind of failure it is, from its causes.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<ClusterError>() || cause.is::<kube::Error>() {
+            return EXIT_CLUSTER;
+        }
+        if cause.is::<TimedOut>() {
+            return EXIT_TIMEOUT;
+        }
+        if cause.is::<NotConfirmed>() {
+            return EXIT_NOT_CONFIRMED;
+        }
+        if let Some(ValuesError::Invalid(_)) = cause.downcast_ref::<ValuesError>() {
+            return EXIT_INVALID;
+        }
+    }
+    EXIT_USAGE
 }
 
 /// Run meshctl with `args` (including the program name); returns the process exit code.
@@ -54,31 +123,31 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let code = match run(cli, &mut std::io::stdin().lock(), &mut out) {
+    let code = match run(cli, Terminal::detect(), &mut std::io::stdin().lock(), &mut out) {
         Ok(code) => code,
         Err(e) => {
+            let _ = out.flush();
             eprintln!("meshctl: {e:#}");
-            EXIT_USAGE
+            exit_code(&e)
         }
     };
     let _ = out.flush();
     ExitCode::from(code)
 }
 
-/// Run a parsed command, reading `-` from `stdin` and writing results to `out`.
-pub fn run(cli: Cli, stdin: &mut dyn std::io::Read, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// Run a parsed command on `terminal`, reading `-` from `stdin` and writing results to `out`.
+pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+    };
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdin, out),
+        Command::Install(args) => runtime()?.block_on(install::run(&args, &cli.cluster, terminal, out)),
         Command::Demo(args) => demo::run(&args, out),
-        Command::Version => {
-            writeln!(out, "meshctl {}", env!("CARGO_PKG_VERSION"))?;
-            writeln!(
-                out,
-                "API groups: networking.trellis.dev, security.trellis.dev, mesh.trellis.dev ({})",
-                trellis_api::document::VERSION
-            )?;
-            Ok(EXIT_OK)
-        }
+        Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshctl", out);
             Ok(EXIT_OK)
