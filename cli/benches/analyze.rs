@@ -81,7 +81,7 @@ fn time(count: usize, args: &[&str]) {
     let cli = <meshctl::Cli as clap::Parser>::parse_from(args);
     let mut sink = Vec::new();
     let started = Instant::now();
-    let code = meshctl::run(cli, &mut std::io::empty(), &mut sink);
+    let code = meshctl::run(cli, meshctl::output::Terminal::none(), &mut std::io::empty(), &mut sink);
     let took = started.elapsed();
     println!(
         "{}: {count} resources in {:.3} s (exit {:?}, {} KiB of output)",

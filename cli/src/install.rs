@@ -1,6 +1,6 @@
 //! `meshctl install`: render the one manifest set (`trellis-manifests`) for a profile and the
 //! user's Mesh settings, and apply it by server-side apply with meshctl's field manager — CRDs
-//! first, waited for until Established, the Mesh last — then wait until the operator, the
+//! first, waited for until Established, then the control plane and the Mesh — then wait until the operator, the
 //! gateway and the Mesh are Ready. A second run with the same input changes nothing and says
 //! so. `--dry-run` prints exactly what would be applied, without a cluster.
 //!
@@ -17,7 +17,7 @@ use serde_json::Value;
 use trellis_api::mesh::{MESH_NAME, conditions};
 use trellis_manifests::profile::Profile;
 
-use crate::cluster::{Cluster, ClusterArgs, Outcome, describe};
+use crate::cluster::{Cluster, ClusterArgs, ClusterError, Outcome, describe};
 use crate::output::{self, Format, Terminal};
 use crate::progress::Progress;
 use crate::{EXIT_OK, TimedOut};
@@ -137,10 +137,12 @@ pub fn dry_run_header(values: &Values) -> String {
     format!(
         "# Trellis {version}, profile {profile}: what `meshctl install` applies, in order.\n\
          # meshctl applies the CRDs first and waits until they are Established before the rest.\n\
-         # To apply this file with kubectl instead, apply it twice: the first pass creates the\n\
-         # CRDs and fails only on the Mesh at the end, whose kind is served once its CRD is Established.\n\
+         # To apply this file with kubectl instead, apply it twice: the first pass creates\n\
+         # everything but the Mesh, whose kind is served once its CRD is Established; the second\n\
+         # needs the operator running (its webhook validates the Mesh).\n\
          #   kubectl apply --server-side --field-manager=meshctl -f trellis.yaml\n\
          #   kubectl wait --for=condition=Established crd/meshes.mesh.trellis.dev\n\
+         #   kubectl -n trellis-system rollout status deployment/trellis-operator\n\
          #   kubectl apply --server-side --field-manager=meshctl -f trellis.yaml\n",
         version = env!("CARGO_PKG_VERSION"),
         profile = values.profile,
@@ -307,8 +309,22 @@ fn summary(applied: &[Applied]) -> String {
     )
 }
 
+/// Apply one object. A Trellis object's write goes through the operator's validating webhook:
+/// while the operator is starting (no ready endpoint yet) the API server refuses it, and the
+/// apply is retried for up to a minute.
 async fn apply_one(cluster: &Cluster, o: &Value) -> anyhow::Result<Applied> {
-    let (_, result) = cluster.apply(o, false).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        match cluster.apply(o, false).await {
+            Ok((_, result)) => break result,
+            Err(ClusterError::Api { message, code: 500, .. })
+                if message.contains("failed calling webhook") && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     Ok(Applied {
         kind: o["kind"].as_str().unwrap_or_default().to_string(),
         namespace: o["metadata"]["namespace"].as_str().map(str::to_string),

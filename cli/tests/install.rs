@@ -1,5 +1,7 @@
-//! `meshctl install` and `meshctl version` as a user runs them: the binary against kubesim,
-//! the report on stdout, progress on stderr, and the documented exit codes.
+//! `meshctl install` and `meshctl version` as a user runs them: the binary against kubesim
+//! with the operator running as a process (its validating webhook checks every write of a
+//! Trellis object, the Mesh included), the report on stdout, progress on stderr, and the
+//! documented exit codes.
 
 use std::process::{Command, Output};
 
@@ -13,6 +15,28 @@ fn meshctl(cluster: Option<&TestCluster>, args: &[&str]) -> Output {
     c.args(args).env("NO_COLOR", "1").output().unwrap()
 }
 
+/// kubesim with pods as processes (the operator must run: its webhook validates the Mesh), or
+/// `None` when not root.
+fn cluster_with_operator() -> Option<TestCluster> {
+    TestCluster::start_with_pods().unwrap()
+}
+
+fn operator_rolled_out(cluster: &TestCluster) {
+    cluster
+        .kubectl_ok(
+            &[
+                "rollout",
+                "status",
+                "-n",
+                "trellis-system",
+                "deployment/trellis-operator",
+                "--timeout=180s",
+            ],
+            None,
+        )
+        .unwrap();
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -22,7 +46,7 @@ fn text(o: &Output) -> (String, String) {
 
 #[test]
 fn install_from_nothing_then_again_changes_nothing() {
-    let cluster = TestCluster::start().unwrap();
+    let Some(cluster) = cluster_with_operator() else { return };
     let first = meshctl(Some(&cluster), &["install", "--profile", "minimal", "--wait=false"]);
     let (stdout, stderr) = text(&first);
     assert!(first.status.success(), "{stderr}\n{stdout}");
@@ -50,7 +74,9 @@ fn install_from_nothing_then_again_changes_nothing() {
         "the minimal profile has no gateway"
     );
 
-    // The same input again: nothing changes, and it says so; -o json has only data on stdout.
+    // The same input again (the operator is up: its webhook validates the Mesh): nothing
+    // changes, and it says so; -o json has only data on stdout.
+    operator_rolled_out(&cluster);
     let again = meshctl(
         Some(&cluster),
         &["install", "--profile", "minimal", "--wait=false", "-o", "json"],
@@ -124,8 +150,8 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
         .expect("the demo profile traces every request");
     assert!(tracing > yaml.rfind("kind: Mesh").unwrap());
 
-    // The header's kubectl recipe: apply, wait for the Mesh CRD, apply again.
-    let cluster = TestCluster::start().unwrap();
+    // The header's kubectl recipe: apply, wait for the Mesh CRD and the operator, apply again.
+    let Some(cluster) = cluster_with_operator() else { return };
     let file = cluster.state_dir().join("trellis.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let file = file.to_str().unwrap();
@@ -151,8 +177,13 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
             None,
         )
         .unwrap();
+    operator_rolled_out(&cluster);
+    // The webhook answers once the operator's endpoint is ready, a moment after the rollout.
     cluster
-        .kubectl_ok(&["apply", "--server-side", "--field-manager=meshctl", "-f", file], None)
+        .wait_for("the second kubectl pass", std::time::Duration::from_secs(60), || {
+            let second = cluster.kubectl(&["apply", "--server-side", "--field-manager=meshctl", "-f", file], None)?;
+            Ok(second.status.success().then_some(()))
+        })
         .unwrap();
     // And meshctl finds it exactly as it would have applied it.
     let install = meshctl(

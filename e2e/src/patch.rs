@@ -68,7 +68,10 @@ pub fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
         | "env"
         | "imagePullSecrets"
         | "resourceClaims"
-        | "secrets" => "name",
+        | "secrets"
+        // Admission webhook configurations (listType=map, listMapKey=name): the operator
+        // owns each webhook's caBundle, an installer the rest.
+        | "webhooks" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "conditions" => "type",

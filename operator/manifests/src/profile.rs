@@ -95,17 +95,22 @@ pub fn mesh(spec: Value) -> Value {
 }
 
 /// Every object of an installation with `profile`, in the order they must be applied: the
-/// installation of [`install::objects`], the profile's gateway, and the Mesh with `mesh_spec`
-/// last (its CRD must be established first).
+/// installation of [`install::objects`] with the Mesh's spec replaced by `mesh_spec`, and the
+/// profile's gateway just before the Mesh (the Mesh still comes before the webhook
+/// configurations: its first apply must not wait for the operator's validating webhook).
 pub fn objects(profile: Profile, mesh_spec: Value, opts: &Options) -> Vec<Value> {
-    let mut out: Vec<Value> = install::objects(opts)
-        .into_iter()
-        .filter(|o| o["kind"] != "Mesh")
-        .collect();
-    if profile.gateway() {
-        out.extend(ingress_gateway(opts));
+    let mut out = Vec::new();
+    let mut mesh_spec = Some(mesh_spec);
+    for o in install::objects(opts) {
+        if o["kind"] == "Mesh" {
+            if profile.gateway() {
+                out.extend(ingress_gateway(opts));
+            }
+            out.push(mesh(mesh_spec.take().unwrap_or_default()));
+        } else {
+            out.push(o);
+        }
     }
-    out.push(mesh(mesh_spec));
     out
 }
 
@@ -198,7 +203,12 @@ mod tests {
         for p in Profile::ALL {
             let objects = objects(p, p.mesh_spec(&opts), &opts);
             let names = kinds(&objects);
-            assert_eq!(names.last().unwrap(), "Mesh default", "{p}");
+            let mesh_at = names.iter().position(|n| n == "Mesh default").unwrap();
+            let last_crd = names
+                .iter()
+                .rposition(|n| n.starts_with("CustomResourceDefinition"))
+                .unwrap();
+            assert!(mesh_at > last_crd, "{p}: {names:?}");
             assert!(names[0].starts_with("CustomResourceDefinition"), "{p}");
             assert_eq!(
                 names.contains(&format!("Deployment {GATEWAY}")),
@@ -206,7 +216,7 @@ mod tests {
                 "{p}: {names:?}"
             );
             assert_eq!(names.iter().filter(|n| n.starts_with("Mesh ")).count(), 1);
-            let spec = &objects.last().unwrap()["spec"];
+            let spec = &objects[mesh_at]["spec"];
             assert_eq!(spec["versions"]["proxy"], opts.proxy_image.as_str());
             assert_eq!(
                 spec["telemetry"]["tracing"]["sampling"].is_number(),
