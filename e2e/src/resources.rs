@@ -178,6 +178,16 @@ const BUILTINS: &[Builtin] = &[
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[]),
     b("events.k8s.io", "v1", "Event", "events", true, &["ev"]),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
+    // Stored and served (the operator's install has one); no disruption controller computes
+    // their status, so evictions are never blocked.
+    with_status(b(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+    )),
     with_status(b(
         "apiextensions.k8s.io",
         "v1",

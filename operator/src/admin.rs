@@ -1,5 +1,6 @@
 //! The operator's admin HTTP API: `/ready`, `/live`, `/metrics` (Prometheus text) and
-//! `/debug/syncz` (per-proxy sync state as JSON), `/debug/ca` (the mesh roots and their
+//! `/debug/syncz` (per-proxy sync state as JSON, every replica's proxies; `?scope=local` for
+//! this replica's), `/debug/ca` (the mesh roots and their
 //! rotation). No secrets are ever served here.
 
 use std::convert::Infallible;
@@ -23,6 +24,8 @@ use crate::push::PushService;
 pub struct Admin {
     /// Push sync state.
     pub push: PushService,
+    /// The other replicas' proxies.
+    pub peers: crate::peers::Peers,
     /// The live index.
     pub index: Shared,
     /// Whether the operator is ready.
@@ -75,7 +78,15 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => text(StatusCode::OK, metrics(admin), "text/plain; version=0.0.4"),
         "/debug/syncz" => {
-            let body = serde_json::to_string_pretty(&admin.push.sync_state()).expect("sync state serializes");
+            // Every replica's proxies, or (`?scope=local`, what replicas ask each other) this
+            // replica's alone.
+            let local = admin.push.sync_state();
+            let state = if req.uri().query() == Some(crate::peers::LOCAL_QUERY) {
+                local
+            } else {
+                crate::peers::merged(local, &admin.peers)
+            };
+            let body = serde_json::to_string_pretty(&state).expect("sync state serializes");
             text(StatusCode::OK, body, "application/json")
         }
         "/debug/ca" => {

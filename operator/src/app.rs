@@ -1,6 +1,10 @@
 //! The running operator: wires the Kubernetes client, the live index, the CA (its root kept
 //! in a Secret), the gRPC push and certificate API over TLS, the admission webhooks over HTTPS
-//! (and their `caBundle`), and the admin HTTP API.
+//! (and their `caBundle`), the admin HTTP API, the leader election, and the Mesh reconciler.
+//!
+//! Every replica serves push, certificates, webhooks and the admin API; only the leader
+//! ([`crate::leader`]) publishes the trust ConfigMaps, generates roots, records rotations in the
+//! CA Secret and runs the Mesh reconciler with its proxy rollout.
 //!
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`start`] and get an [`App`].
 
@@ -22,9 +26,12 @@ use crate::admission::server::Webhooks;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
 use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
 use crate::index::{self, Index};
+use crate::leader::{self, Elector, Leadership};
+use crate::mesh::settings::{Defaults, Settings};
 use crate::metrics::Metrics;
 use crate::push::{self, PushService};
 use crate::serving::{ClientAuth, Identity, ServingTls};
+use trellis_api::mesh::{MESH_NAME, Mesh};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
 pub use crate::ca::secret::CA_SECRET;
@@ -34,6 +41,9 @@ pub const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 // why: the API server re-reads nothing but the caBundle, so a short lifetime costs nothing and
 // limits what a leaked key is worth; a week leaves days to notice a failing renewal.
 pub const WEBHOOK_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The `app` label of the operator's pods (`trellis_manifests::install`): how a replica finds
+/// its peers.
+pub const OPERATOR_APP: &str = "trellis-operator";
 /// The operator's ServiceAccount, which its own identity is derived from.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "trellis-operator";
 
@@ -50,7 +60,7 @@ pub struct Config {
     /// Address of the admin API (/ready, /live, /metrics, /debug/syncz).
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
-    /// SPIFFE trust domain.
+    /// SPIFFE trust domain when the Mesh names none (the Mesh's `spec.trustDomain` wins).
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = trellis_api::mesh::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Lifetime of workload certificates, in seconds.
@@ -66,6 +76,13 @@ pub struct Config {
     /// The proxy image injected when the Mesh names none (`spec.versions.proxy`).
     #[arg(long, env = "TRELLIS_PROXY_IMAGE", default_value_t = trellis_manifests::install::Options::default().proxy_image)]
     pub proxy_image: String,
+    /// This replica's name in the leader election (the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Compete for leadership on the Lease `trellis-operator` (`false`: this replica always
+    /// leads; only for a single replica).
+    #[arg(long, env = "TRELLIS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
 }
 
 /// A started operator.
@@ -83,16 +100,31 @@ pub struct App {
     pub push: PushService,
     /// The mesh roots and their rotation.
     pub roots: Arc<MeshRoots>,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
+    /// The other replicas' proxies.
+    pub peers: crate::peers::Peers,
+    /// What the webhook configurations trust of the operator.
+    pub published: tokio::sync::watch::Receiver<Published>,
+    elector: Option<Elector>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
-    /// Stop every task and end every subscription.
+    /// Stop every task and end every subscription (the lease, if held, expires by itself).
     pub fn stop(self) {
         self.push.shutdown();
         for t in self.tasks {
             t.abort();
         }
+    }
+
+    /// Hand the lease over (so another replica leads at once), then [`App::stop`].
+    pub async fn shutdown(mut self) {
+        if let Some(elector) = self.elector.take() {
+            elector.release().await;
+        }
+        self.stop();
     }
 }
 
@@ -105,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(push = %app.push_addr, admin = %app.admin_addr, webhooks = %app.webhook_addr, "trellis-operator is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
-    app.stop();
+    app.shutdown().await;
     Ok(())
 }
 
@@ -125,8 +157,43 @@ async fn shutdown_signal() {
 }
 
 /// Start every part of the operator with `client`.
-pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
+pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
+    // The Mesh is the source of truth; the flags only fill in what it leaves open.
+    let meshes: kube::Api<Mesh> = kube::Api::all(client.clone());
+    let mesh = meshes
+        .get_opt(MESH_NAME)
+        .await
+        .context("reading Mesh default (are the CRDs installed? kubectl apply -f crds/)")?;
+    if let Some(td) = mesh.as_ref().and_then(|m| m.spec.trust_domain.clone()) {
+        config.trust_domain = td;
+    }
+    let mut defaults = Defaults {
+        proxy_image: config.proxy_image.clone(),
+        workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
+        ..Defaults::default()
+    };
+    if let Some(Ok(settings)) = mesh.as_ref().map(|m| Settings::from_mesh(m, &defaults)) {
+        config.workload_cert_ttl_seconds = settings.ca.workload_cert_ttl.as_secs();
+        defaults.root_cert_ttl = settings.ca.root_cert_ttl;
+    }
     let ttl = Duration::from_secs(config.workload_cert_ttl_seconds);
+    let (leadership, elector) = if config.leader_election {
+        let identity = config.pod_name.clone().context(
+            "leader election needs this replica's name: set POD_NAME (the Deployment sets it from metadata.name), or --leader-election=false for a single replica",
+        )?;
+        let (leadership, elector) = leader::elect(client.clone(), &config.namespace, leader::LEASE_NAME, &identity)
+            .await
+            .with_context(|| {
+                format!(
+                    "joining the leader election on Lease {}/{}",
+                    config.namespace,
+                    leader::LEASE_NAME
+                )
+            })?;
+        (leadership, Some(elector))
+    } else {
+        (Leadership::always(), None)
+    };
     let stored = secret::load_or_create(&client, &config.namespace, &config.trust_domain).await?;
     let roots = Arc::new(match stored.previous {
         // A rotation was under way when the operator stopped: resume it from the start (proxies
@@ -153,23 +220,113 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         reviewer: Arc::new(KubeTokenReviewer::new(client.clone())),
         roots: roots.clone(),
         client: Some(client.clone()),
+        leadership: leadership.clone(),
     };
     let mut app = serve(&config, core).await?;
+    app.elector = elector;
     app.tasks.push(index_task);
     app.tasks.push(tokio::spawn(secret::watch(
         client.clone(),
         config.namespace.clone(),
         config.trust_domain.clone(),
         roots.clone(),
+        leadership.clone(),
     )));
-    // The trust anchors, in every namespace, for proxies to verify the operator at first start.
-    app.tasks.push(tokio::spawn(crate::trust::publish(
-        client,
+    // The trust anchors, in every namespace, for proxies to verify the operator at first start
+    // (written by the leader).
+    let bundle = roots.bundle();
+    let (trust_client, trust_index) = (client.clone(), index.clone());
+    app.tasks.push(tokio::spawn(leader::while_leading(
+        leadership.clone(),
+        "trust anchors",
+        move || {
+            crate::trust::publish(
+                trust_client.clone(),
+                trust_index.clone(),
+                changed_rx.clone(),
+                bundle.clone(),
+            )
+        },
+    )));
+    // Every replica's proxies count for the leader's gates and the root rotation.
+    app.tasks.push(tokio::spawn(crate::peers::poll(
         index,
-        changed_rx,
-        roots.bundle(),
+        config.namespace.clone(),
+        OPERATOR_APP.to_string(),
+        config.pod_name.clone(),
+        app.admin_addr.port(),
+        app.peers.clone(),
+    )));
+    // The Mesh reconciler and the proxy rollout, with the watches they read (leader only).
+    let (settings_tx, _) = tokio::sync::watch::channel(Settings::defaults(&defaults));
+    let pods = crate::dataplane::Pods::default();
+    let workloads = crate::rollout::workloads::Shared::default();
+    let observe = Arc::new(crate::mesh::observe::Live {
+        roots: roots.clone(),
+        trust_domain: config.trust_domain.clone(),
+        push: app.push.clone(),
+        peers: app.peers.clone(),
+        pods: pods.clone(),
+        workloads: workloads.clone(),
+        webhooks: {
+            let published = app.published.clone();
+            Arc::new(move || webhooks_observation(&published.borrow()))
+        },
+    });
+    let ctx = Arc::new(crate::mesh::Context::new(
+        client.clone(),
+        app.push.metrics().clone(),
+        defaults,
+        observe,
+        settings_tx,
+    ));
+    app.tasks.push(tokio::spawn(leader::while_leading(
+        leadership,
+        "mesh reconciler",
+        move || {
+            let (client, ctx, pods, workloads) = (client.clone(), ctx.clone(), pods.clone(), workloads.clone());
+            async move {
+                let (nudge_tx, nudge_rx) = tokio::sync::watch::channel(0u64);
+                tokio::join!(
+                    crate::dataplane::watch(client.clone(), pods, nudge_tx.clone()),
+                    crate::rollout::workloads::watch(client, workloads, nudge_tx),
+                    crate::mesh::run(ctx, nudge_rx),
+                );
+            }
+        },
     )));
     Ok(app)
+}
+
+/// The Mesh's `WebhooksReady` from what the webhook configurations trust.
+fn webhooks_observation(published: &Published) -> crate::mesh::conditions::WebhooksObservation {
+    use trellis_manifests::install::webhooks::{INJECTOR, VALIDATOR};
+    let (ready, reason, message) = match (&published.roots, published.current) {
+        (None, _) => (
+            false,
+            "NotInstalled",
+            format!(
+                "the webhook configurations {VALIDATOR} and {INJECTOR} do not exist: apply the install manifests again, or restart the operator to create them"
+            ),
+        ),
+        (Some(_), false) => (
+            false,
+            "CaBundleStale",
+            format!(
+                "the caBundle of {VALIDATOR} or {INJECTOR} is not the mesh trust bundle yet; the operator patches it (its log says why if it cannot)"
+            ),
+        ),
+        (Some(_), true) => (
+            true,
+            "Serving",
+            format!("{VALIDATOR} and {INJECTOR} are served by every operator replica with a current caBundle"),
+        ),
+    };
+    crate::mesh::conditions::WebhooksObservation {
+        ready,
+        reason: reason.into(),
+        message,
+    }
 }
 
 /// What the operator's core serves from: the registry, its change announcements, the token
@@ -189,6 +346,8 @@ pub struct Core {
     pub client: Option<Client>,
     /// The operator's metrics (the index records its updates here too).
     pub metrics: Arc<Metrics>,
+    /// Whether this replica leads (only the leader records rotations in the CA Secret).
+    pub leadership: Leadership,
 }
 
 impl std::fmt::Debug for Core {
@@ -209,6 +368,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         roots,
         client,
         metrics,
+        leadership,
     } = core;
     let root_pem = roots.bundle().borrow().roots_pem.concat();
     let mut tasks = Vec::new();
@@ -246,10 +406,15 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
 
     // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
     // operator's own serving certificate follows the issuing root.
+    // Every replica's proxies count (the other replicas' from their admin API).
+    let peers = crate::peers::Peers::default();
     tasks.push(tokio::spawn(drive_rotation(
-        client.clone().map(|c| (c, config.namespace.clone())),
+        client
+            .clone()
+            .map(|c| (c, config.namespace.clone(), leadership.clone())),
         roots.clone(),
         push.clone(),
+        peers.clone(),
         serving,
     )));
 
@@ -272,6 +437,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     let ready = Arc::new(AtomicBool::new(false));
     let admin = crate::admin::Admin {
         push: push.clone(),
+        peers: peers.clone(),
         index: index.clone(),
         ready: ready.clone(),
         roots: roots.clone(),
@@ -285,7 +451,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // Ready once the index has listed every kind (the push serves nothing before) and the
     // webhook configurations trust the operator (the API server could not call it before).
     let mut rx = changed;
-    let mut published = published;
+    let mut ready_published = published.clone();
     let synced_index = index.clone();
     tasks.push(tokio::spawn(async move {
         while !synced_index.read().is_ok_and(|i| i.synced()) {
@@ -293,8 +459,8 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
                 return;
             }
         }
-        while !published.borrow_and_update().current {
-            if published.changed().await.is_err() {
+        while !ready_published.borrow_and_update().current {
+            if ready_published.changed().await.is_err() {
                 return;
             }
         }
@@ -308,6 +474,10 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         root_pem,
         push,
         roots,
+        leadership,
+        peers,
+        published,
+        elector: None,
         tasks,
     })
 }
@@ -400,11 +570,13 @@ pub fn service_dns_names(config: &Config) -> Vec<String> {
 const ROTATION_TICK: Duration = Duration::from_millis(200);
 
 /// Advance the root rotation from the push sync state and the leaves issued; reissue the
-/// operator's serving certificate when issuing switches; record the end in the CA Secret.
+/// operator's serving certificate when issuing switches; record the end in the CA Secret (the
+/// leader does).
 async fn drive_rotation(
-    secret: Option<(Client, String)>,
+    secret: Option<(Client, String, Leadership)>,
     roots: Arc<MeshRoots>,
     push: PushService,
+    peers: crate::peers::Peers,
     serving: Arc<ServingTls>,
 ) {
     let mut tick = tokio::time::interval(ROTATION_TICK);
@@ -415,8 +587,7 @@ async fn drive_rotation(
         if roots.phase() == Phase::Stable && !bundle.has_changed().unwrap_or(false) {
             continue;
         }
-        let observations: Vec<ProxyObservation> = push
-            .sync_state()
+        let observations: Vec<ProxyObservation> = crate::peers::merged(push.sync_state(), &peers)
             .into_iter()
             .filter(|p| p.connected)
             .map(|p| ProxyObservation {
@@ -433,7 +604,8 @@ async fn drive_rotation(
             }
         }
         if entered.contains(&Phase::Stable)
-            && let Some((client, namespace)) = &secret
+            && let Some((client, namespace, leadership)) = &secret
+            && leadership.is_leader()
             && let Err(e) = secret::persist(client, namespace, &roots).await
         {
             tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");

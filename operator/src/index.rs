@@ -144,7 +144,12 @@ impl Index {
             .collect()
     }
 
-    /// The namespaces known to the index.
+    /// The pods of `namespace` (the operator finds its peer replicas this way).
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a crate::registry::Workload> + 'a {
+        self.workloads.values().filter(move |w| w.key.namespace == namespace)
+    }
+
+    /// The namespaces the index knows.
     pub fn namespaces(&self) -> impl Iterator<Item = &String> {
         self.namespaces.keys()
     }

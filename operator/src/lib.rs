@@ -11,6 +11,11 @@
 //! - [`serving`]: the operator's own serving certificates, reissued in place.
 //! - [`admission`]: the admission webhooks (validation and sidecar injection) and their
 //!   `caBundle`.
+//! - [`leader`]: the leader election; only the leader reconciles and rotates.
+//! - [`mesh`]: the Mesh reconciler: settings, status, events, finalizer.
+//! - [`dataplane`]: the meshed pods, their proxy images, owners and health.
+//! - [`rollout`]: proxy rollouts in health-gated waves, rolled back when a wave fails.
+//! - [`peers`]: the other replicas' proxies, so the leader sees every proxy.
 //!
 //! [`registry`], [`snapshot`] and [`compile`] live in the kube-free `trellis-core` crate and are
 //! re-exported here under their old paths.
@@ -19,10 +24,15 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod ca;
+pub mod dataplane;
 pub mod identity;
 pub mod index;
+pub mod leader;
+pub mod mesh;
 pub mod metrics;
+pub mod peers;
 pub mod push;
+pub mod rollout;
 pub mod serving;
 pub mod trust;
 

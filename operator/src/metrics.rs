@@ -139,6 +139,11 @@ pub struct Metrics {
     /// From a change reaching the push server to every proxy it affects ACKing it.
     pub convergence_seconds: Histogram,
     rollouts: Mutex<BTreeMap<u64, Rollout>>,
+    /// Mesh reconciles run (by the leader).
+    pub reconciles: Counter,
+    /// How long one Mesh reconcile took.
+    pub reconcile_seconds: Histogram,
+    reconcile_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -155,6 +160,18 @@ impl Metrics {
     /// Refused certificate requests for one reason.
     pub fn refusals(&self, why: Refusal) -> u64 {
         Self::lock(&self.refused).get(&why).copied().unwrap_or(0)
+    }
+
+    /// Count a failed Mesh reconcile, by the kind of error (the `error` label).
+    pub fn reconcile_failed(&self, error: &str) {
+        *Self::lock(&self.reconcile_failures)
+            .entry(error.to_string())
+            .or_default() += 1;
+    }
+
+    /// Failed Mesh reconciles for one kind of error.
+    pub fn reconcile_failures(&self, error: &str) -> u64 {
+        Self::lock(&self.reconcile_failures).get(error).copied().unwrap_or(0)
     }
 
     /// A proxy woke for change `generation` at `at` and will compile for it.
@@ -233,6 +250,11 @@ impl Metrics {
             "Workload certificates signed.",
             self.certificates_issued.get(),
         );
+        counter(
+            "trellis_operator_reconciles_total",
+            "Mesh reconciles run (by the leader).",
+            self.reconciles.get(),
+        );
         let name = "trellis_operator_certificates_refused_total";
         let _ = writeln!(
             out,
@@ -247,6 +269,19 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.label(), self.refusals(why));
         }
+        let name = "trellis_operator_reconcile_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Mesh reconciles that failed, by error.\n# TYPE {name} counter"
+        );
+        for (error, n) in Self::lock(&self.reconcile_failures).iter() {
+            let _ = writeln!(out, "{name}{{error=\"{error}\"}} {n}");
+        }
+        self.reconcile_seconds.render(
+            &mut out,
+            "trellis_operator_reconcile_seconds",
+            "Time to reconcile the Mesh once.",
+        );
         self.index_update_seconds.render(
             &mut out,
             "trellis_operator_index_update_seconds",

@@ -77,7 +77,7 @@ impl Source for std::sync::RwLock<MeshSnapshot> {
 }
 
 /// The sync state of one proxy, as the admin API shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySync {
     /// `namespace/pod`.
@@ -104,7 +104,7 @@ pub struct ProxySync {
 }
 
 /// A rejected version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Nacked {
     /// The version.
     pub version: String,

@@ -382,6 +382,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
         roots: Arc::new(roots),
         client: None,
         metrics: Arc::default(),
+        leadership: trellis_operator::leader::Leadership::always(),
     };
     let push_port = support::free_port();
     let op = start_operator(core(MeshRoots::new(root, ttl, Arc::new(SystemClock))), push_port).await;

@@ -72,12 +72,6 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             Duration::from_secs(10),
             f,
         );
-        if r.batch_size.is_some() && r.batch_percent.is_some() {
-            f.error(
-                "spec.rollout",
-                "set batchSize or batchPercent, not both: remove one of them",
-            );
-        }
         if let Some(c) = &r.canary {
             for (i, ns) in c.namespaces.iter().flatten().enumerate() {
                 if let Err(why) = dns_label(ns) {

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -28,6 +30,9 @@ pub const ADMIN_PORT: i32 = 15014;
 pub const WEBHOOK_PORT: i32 = 15017;
 /// The image registry Trellis releases are published to.
 pub const IMAGE_REPOSITORY: &str = "ghcr.io/trellis-mesh";
+/// Operator replicas: one leads (reconciles, rotates roots, drives rollouts), every one serves
+/// config push, certificate signing and webhooks, so losing one pod loses none of those.
+pub const OPERATOR_REPLICAS: i32 = 2;
 /// glibc malloc arenas for the operator (`MALLOC_ARENA_MAX`). By default glibc makes up to
 /// eight per core, each keeping its freed memory; the operator's allocations are many small,
 /// long-lived pieces shared across threads, and two arenas hold about 35 MiB less at 1000
@@ -114,6 +119,7 @@ pub fn objects(opts: &Options) -> Vec<Value> {
     out.push(to_value(&cluster_role()));
     out.push(to_value(&cluster_role_binding(opts)));
     out.push(to_value(&deployment(opts)));
+    out.push(to_value(&disruption_budget(opts)));
     out.push(to_value(&service(opts)));
     out.push(default_mesh(opts));
     out.push(to_value(&webhooks::validating_webhook_configuration(opts)));
@@ -152,17 +158,19 @@ const READ: &[&str] = &["get", "list", "watch"];
 /// What the operator may do, and why (each rule's comment names the feature that needs it).
 pub fn cluster_rules() -> Vec<PolicyRule> {
     vec![
-        // Service registry.
+        // Service registry: what the compiler reads; pods also for the data plane status
+        // (proxy image per pod) and the rollout's health gates; namespaces for injection labels.
         rule(
             &[""],
             &["namespaces", "services", "endpoints", "pods", "serviceaccounts"],
             READ,
         ),
-        // The mesh root published to every namespace (trellis-ca-root) for proxies' first start.
+        // The mesh root published to every namespace (trellis-ca-root) for proxies' first start;
+        // delete: the Mesh's finalizer removes them.
         rule(
             &[""],
             &["configmaps"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "list", "watch", "create", "update", "patch", "delete"],
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
         // CA root (trellis-system) and gateway TLS credentials (credentialName).
@@ -171,18 +179,20 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["secrets"],
             &["get", "list", "watch", "create", "update", "patch"],
         ),
-        // Events on transitions, and on pods the sidecar injector skips (hostNetwork).
+        // Events on the Mesh's transitions (conditions, rollout waves), and on pods the sidecar
+        // injector skips (hostNetwork).
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         // Workload identity: verify the ServiceAccount tokens in certificate requests.
         rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
         rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
-        // The mesh configuration and its status.
+        // The mesh configuration, and its status (compiler diagnostics as validationMessages).
         rule(&["networking.trellis.dev", "security.trellis.dev"], &["*"], READ),
         rule(
             &["networking.trellis.dev", "security.trellis.dev"],
             &["*/status"],
             &["get", "update", "patch"],
         ),
+        // The Mesh reconciler: its spec (the finalizer is in metadata), status and finalizer.
         rule(
             &["mesh.trellis.dev"],
             &["meshes"],
@@ -200,13 +210,14 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
             &["list", "watch"],
         ),
-        // ...keep the caBundle of Trellis' own two current (no update or delete of anyone's)...
+        // ...keep the caBundle of Trellis' own two current, and delete them when the Mesh is
+        // deleted (its finalizer; no update or delete of anyone else's)...
         PolicyRule {
             resource_names: Some(vec![webhooks::VALIDATOR.into(), webhooks::INJECTOR.into()]),
             ..rule(
                 &["admissionregistration.k8s.io"],
                 &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
-                &["get", "patch"],
+                &["get", "patch", "delete"],
             )
         },
         // ...and create them when missing at start: the OLM bundle cannot carry them (create
@@ -217,14 +228,22 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["create"],
         ),
         rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], READ),
-        // Proxy rollout: restart workloads batch by batch.
+        // Proxy rollout: restart meshed workloads wave by wave (a pod-template annotation, as
+        // `kubectl rollout restart` does). ReplicaSets are not touched.
         rule(
             &["apps"],
-            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+            &["deployments", "statefulsets", "daemonsets"],
             &["get", "list", "watch", "patch"],
         ),
-        // Leader election.
-        rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"]),
+        // Proxy rollout: a workload whose PodDisruptionBudget allows no disruption now waits.
+        rule(&["policy"], &["poddisruptionbudgets"], READ),
+        // Leader election on the Lease trellis-operator (kube-lease-manager reads, creates,
+        // renews by server-side apply, and releases it).
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
     ]
 }
 
@@ -331,6 +350,25 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
             }),
             ..PodSecurityContext::default()
         }),
+        // Replicas on different nodes where there are several, so one node going down leaves
+        // a serving replica (preferred, not required: a one-node cluster still runs both).
+        affinity: Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(operator_labels()),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                }]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
         containers: vec![Container {
             name: "operator".into(),
             image: Some(opts.operator_image.clone()),
@@ -361,11 +399,13 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
     }
 }
 
-/// The operator's Deployment: one replica, rolled with a surge so the push API never has
-/// zero endpoints (proxies keep serving on their last config meanwhile anyway).
+/// The operator's Deployment: [`OPERATOR_REPLICAS`] replicas, rolled one surge pod at a time
+/// with none unavailable, so the push API, certificate signing and the webhooks always have
+/// two endpoints. Replicas old and new run side by side during an upgrade; the Lease elects
+/// one leader among them ([`cluster_rules`]), so only one reconciles.
 pub fn deployment_spec(opts: &Options) -> DeploymentSpec {
     DeploymentSpec {
-        replicas: Some(1),
+        replicas: Some(OPERATOR_REPLICAS),
         selector: LabelSelector {
             match_labels: Some(operator_labels()),
             ..LabelSelector::default()
@@ -398,6 +438,23 @@ pub fn deployment(opts: &Options) -> Deployment {
         metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
         spec: Some(deployment_spec(opts)),
         ..Deployment::default()
+    }
+}
+
+/// Keeps one operator replica up through voluntary disruptions (node drains, cluster
+/// upgrades): at most one of the two is evicted at a time.
+pub fn disruption_budget(opts: &Options) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(operator_labels()),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
     }
 }
 

@@ -40,16 +40,27 @@ pub fn bundle(opts: &Options) -> Vec<BundleFile> {
         path: format!("bundle/manifests/{PACKAGE}.clusterserviceversion.yaml"),
         content: format!("{HEADER}{csv}"),
     });
-    // OLM places bundle objects in the namespace the operator is installed into.
-    let mut service = install::to_value(&install::service(opts));
-    if let Some(meta) = service.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("namespace");
+    // OLM places bundle objects in the namespace the operator is installed into (the
+    // PodDisruptionBudget is a bundle object OLM supports).
+    for (file, mut object) in [
+        (
+            format!("{OPERATOR_NAME}_v1_service.yaml"),
+            install::to_value(&install::service(opts)),
+        ),
+        (
+            format!("{OPERATOR_NAME}_policy_v1_poddisruptionbudget.yaml"),
+            install::to_value(&install::disruption_budget(opts)),
+        ),
+    ] {
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("namespace");
+        }
+        let yaml = serde_yaml_ng::to_string(&object).expect("serializes");
+        files.push(BundleFile {
+            path: format!("bundle/manifests/{file}"),
+            content: format!("{HEADER}{yaml}"),
+        });
     }
-    let service = serde_yaml_ng::to_string(&service).expect("serializes");
-    files.push(BundleFile {
-        path: format!("bundle/manifests/{OPERATOR_NAME}_v1_service.yaml"),
-        content: format!("{HEADER}{service}"),
-    });
     files.push(BundleFile {
         path: "bundle/metadata/annotations.yaml".into(),
         content: format!("{HEADER}{}", annotations()),

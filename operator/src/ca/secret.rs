@@ -13,6 +13,9 @@
 //!   rotation is done.
 //!
 //! Progress is on the operator's admin API at `/debug/ca`.
+//!
+//! With several replicas, only the leader generates a root (for the annotation) and writes the
+//! Secret; every replica follows the root the Secret holds, so one request is one rotation.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,6 +29,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use super::{DEFAULT_ROOT_TTL, MeshRoots, SigningCert};
+use crate::leader::Leadership;
 
 /// The Secret holding the mesh root, in the control plane's namespace.
 pub const CA_SECRET: &str = "trellis-ca";
@@ -160,14 +164,21 @@ pub async fn persist(client: &Client, namespace: &str, roots: &MeshRoots) -> any
     Ok(())
 }
 
-/// The root a (new version of the) Secret asks `roots` to rotate to, if any.
-pub fn requested_root(secret: &Secret, roots: &MeshRoots, trust_domain: &str) -> anyhow::Result<Option<SigningCert>> {
+/// The root a (new version of the) Secret asks `roots` to rotate to, if any. Only a replica
+/// that may `generate` (the leader) answers the rotation annotation with a new root; the others
+/// follow the root the Secret holds.
+pub fn requested_root(
+    secret: &Secret,
+    roots: &MeshRoots,
+    trust_domain: &str,
+    generate: bool,
+) -> anyhow::Result<Option<SigningCert>> {
     let annotated = secret
         .metadata
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(ROTATE_ANNOTATION));
-    if annotated {
+    if annotated && generate {
         let root = SigningCert::self_signed_root(trust_domain, DEFAULT_ROOT_TTL, SystemTime::now())?;
         return Ok(Some(root));
     }
@@ -178,9 +189,16 @@ pub fn requested_root(secret: &Secret, roots: &MeshRoots, trust_domain: &str) ->
     Ok(Some(stored.root))
 }
 
-/// Watch the CA Secret and start a rotation when it asks for one; write the Secret back when
-/// a rotation starts (and, through [`persist`], when it ends). Runs until the watch ends.
-pub async fn watch(client: Client, namespace: String, trust_domain: String, roots: Arc<MeshRoots>) {
+/// Watch the CA Secret and start a rotation when it asks for one; the leader writes the Secret
+/// back when a rotation starts (and, through [`persist`], when it ends) and recreates it when it
+/// is deleted. Runs until the watch ends.
+pub async fn watch(
+    client: Client,
+    namespace: String,
+    trust_domain: String,
+    roots: Arc<MeshRoots>,
+    leadership: Leadership,
+) {
     use kube::runtime::WatchStreamExt;
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
@@ -188,6 +206,7 @@ pub async fn watch(client: Client, namespace: String, trust_domain: String, root
     while let Some(event) = stream.next().await {
         let secret = match event {
             Ok(Event::Apply(s) | Event::InitApply(s)) => s,
+            Ok(Event::Delete(_)) if !leadership.is_leader() => continue,
             Ok(Event::Delete(_)) => {
                 tracing::warn!(%namespace, secret = CA_SECRET, "the CA Secret was deleted; writing the roots in use back");
                 let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -215,11 +234,15 @@ pub async fn watch(client: Client, namespace: String, trust_domain: String, root
                 continue;
             }
         };
-        match requested_root(&secret, &roots, &trust_domain) {
+        let leading = leadership.is_leader();
+        match requested_root(&secret, &roots, &trust_domain, leading) {
             Ok(None) => {}
             Ok(Some(root)) => {
                 let fp = root.fingerprint().to_string();
                 match roots.start_rotation(root) {
+                    Ok(()) if !leading => {
+                        tracing::info!(new_root = %fp, "following the root rotation the leader recorded in the CA Secret")
+                    }
                     Ok(()) => {
                         if let Err(e) = persist(&client, &namespace, &roots).await {
                             tracing::warn!(error = %e, "could not record the rotation in the CA Secret");

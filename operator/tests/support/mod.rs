@@ -130,6 +130,8 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
         // No Service leads to an operator in a test: webhooks created for one would fail.
         create_webhooks: false,
         proxy_image: trellis_manifests::install::Options::default().proxy_image,
+        pod_name: Some("trellis-operator-test".into()),
+        leader_election: true,
     }
 }
 

@@ -1,0 +1,104 @@
+//! What the running operator observes for the Mesh reconciler: the CA's roots, the push's sync
+//! state, the watched pods and workloads, and the webhooks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use trellis_api::mesh::CaMode;
+
+use super::Observe;
+use super::conditions::{CaObservation, WebhooksObservation};
+use super::settings::Settings;
+use crate::ca::MeshRoots;
+use crate::dataplane::{self, MeshedPod, Pods, ProxyLink};
+use crate::push::PushService;
+use crate::rollout::plan::Workload;
+
+/// The live observations.
+pub struct Live {
+    /// The mesh roots.
+    pub roots: Arc<MeshRoots>,
+    /// The trust domain certificates are issued in (read from the Mesh at start).
+    pub trust_domain: String,
+    /// The push (proxies' sync state).
+    pub push: PushService,
+    /// The watched meshed pods.
+    pub pods: Pods,
+    /// The other replicas' proxies.
+    pub peers: crate::peers::Peers,
+    /// The watched workloads and budgets.
+    pub workloads: crate::rollout::workloads::Shared,
+    /// The admission webhooks' state.
+    pub webhooks: Arc<dyn Fn() -> WebhooksObservation + Send + Sync>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observe for Live {
+    fn ca(&self, settings: &Settings) -> CaObservation {
+        let status = self.roots.status();
+        let issuing = status.roots.iter().find(|r| r.issuing);
+        let mode = match settings.ca.mode {
+            CaMode::SelfSigned => "SelfSigned",
+            CaMode::Plugged => "Plugged",
+        };
+        let problem = if settings.trust_domain != self.trust_domain {
+            Some(format!(
+                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts: restart it (kubectl -n trellis-system rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
+                settings.trust_domain, self.trust_domain
+            ))
+        } else {
+            match &settings.ca.plugged_from {
+                Some((ns, name))
+                    if !(ns == trellis_api::mesh::SYSTEM_NAMESPACE && name == crate::ca::secret::CA_SECRET) =>
+                {
+                    Some(format!(
+                        "spec.ca.secretRef names Secret {ns}/{name}, but the operator reads a plugged root only from Secret {}/{}: put ca.crt and ca.key (and cert-chain.pem for an intermediate) there, or point secretRef at it",
+                        trellis_api::mesh::SYSTEM_NAMESPACE,
+                        crate::ca::secret::CA_SECRET
+                    ))
+                }
+                _ => None,
+            }
+        };
+        CaObservation {
+            mode: mode.into(),
+            trust_domain: self.trust_domain.clone(),
+            root_fingerprint: issuing.map(|r| r.fingerprint.clone()).unwrap_or_default(),
+            root_expires: issuing.map(|r| SystemTime::UNIX_EPOCH + Duration::from_secs(r.not_after_unix)),
+            phase: status.phase,
+            progress: status.progress,
+            problem,
+        }
+    }
+
+    fn webhooks(&self) -> WebhooksObservation {
+        (self.webhooks)()
+    }
+
+    fn pods(&self) -> Vec<MeshedPod> {
+        self.pods
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn links(&self) -> BTreeMap<String, ProxyLink> {
+        dataplane::links(&crate::peers::merged(self.push.sync_state(), &self.peers))
+    }
+
+    fn workloads(&self) -> Vec<Workload> {
+        self.workloads.read().map(|w| w.workloads()).unwrap_or_default()
+    }
+
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}

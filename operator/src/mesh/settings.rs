@@ -1,0 +1,292 @@
+//! The Mesh's spec as the operator acts on it: every field read, defaulted and checked by the
+//! one validator, or refused as a whole.
+//!
+//! # Guarantees
+//! - A Mesh the validator finds an error in gives no [`Settings`] at all ([`Invalid`]), so a
+//!   contradictory spec is never half applied: the operator keeps acting on the last valid one.
+//! - The operator's flags only supply what an absent Mesh (or an absent field) leaves open: the
+//!   proxy image installed with the operator and the workload certificate lifetime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use trellis_api::mesh::{
+    CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_TRUST_DOMAIN, HealthGate,
+    INJECTION_LABEL, Mesh, MeshSpec, SYSTEM_NAMESPACE,
+};
+use trellis_api::security::MtlsMode;
+use trellis_api::validation::{Finding, Outcome, Severity, validate};
+
+/// What the operator uses where neither a Mesh nor its field says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// The proxy image installed with the operator (`TRELLIS_PROXY_IMAGE`).
+    pub proxy_image: String,
+    /// Workload certificate lifetime.
+    pub workload_cert_ttl: Duration,
+    /// Self-signed root lifetime.
+    pub root_cert_ttl: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            proxy_image: format!("ghcr.io/trellis-mesh/trellis-proxy:{}", env!("CARGO_PKG_VERSION")),
+            workload_cert_ttl: crate::ca::DEFAULT_WORKLOAD_TTL,
+            root_cert_ttl: crate::ca::DEFAULT_ROOT_TTL,
+        }
+    }
+}
+
+/// The certificate authority's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSettings {
+    /// Self-signed, or plugged from a Secret.
+    pub mode: CaMode,
+    /// For `Plugged`: the Secret (namespace, name) holding `ca.crt` and `ca.key`.
+    pub plugged_from: Option<(String, String)>,
+    /// Lifetime of workload certificates.
+    pub workload_cert_ttl: Duration,
+    /// Lifetime of a self-signed root.
+    pub root_cert_ttl: Duration,
+}
+
+/// How many workloads a rollout wave restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// This many.
+    Size(u32),
+    /// This share of the meshed workloads, rounded up.
+    Percent(u32),
+}
+
+impl Batch {
+    /// Workloads per wave out of `total` (at least one).
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Batch::Size(n) => n as usize,
+            Batch::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
+}
+
+/// The proxy rollout's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutSettings {
+    /// Workloads per wave.
+    pub batch: Batch,
+    /// Namespaces whose workloads go first.
+    pub canary_namespaces: BTreeSet<String>,
+    /// Labels marking workloads that go first.
+    pub canary_labels: BTreeMap<String, String>,
+    /// Soak after a healthy wave.
+    pub pause: Duration,
+    /// How long a wave may take to become healthy.
+    pub progress_deadline: Duration,
+    /// No new wave starts.
+    pub paused: bool,
+    /// What a wave must meet.
+    pub gates: BTreeSet<HealthGate>,
+}
+
+/// Everything the operator acts on, from one valid Mesh (or the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Certificate authority.
+    pub ca: CaSettings,
+    /// Mesh-wide default mTLS mode (the compiler reads it from the Mesh too).
+    pub default_mtls_mode: MtlsMode,
+    /// The proxy image workloads should run.
+    pub proxy_image: String,
+    /// The namespace label that turns injection on.
+    pub injection_label: String,
+    /// Inject the proxy as a native sidecar.
+    pub native_sidecar: bool,
+    /// Proxy rollout.
+    pub rollout: RolloutSettings,
+}
+
+/// A Mesh the operator will not act on, with every error the validator found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the Mesh is invalid: {}", .0.iter().map(|f| if f.path.is_empty() { f.message.clone() } else { format!("{}: {}", f.path, f.message) }).collect::<Vec<_>>().join("; "))]
+pub struct Invalid(pub Vec<Finding>);
+
+fn duration(value: &Option<String>, default: &str) -> Duration {
+    // Checked by the validator before this runs; a default always parses.
+    value
+        .as_deref()
+        .and_then(|v| trellis_api::duration::parse(v).ok())
+        .or_else(|| trellis_api::duration::parse(default).ok())
+        .unwrap_or_default()
+}
+
+impl Settings {
+    /// The settings of an installation with no Mesh.
+    pub fn defaults(defaults: &Defaults) -> Settings {
+        Settings::from_spec(&MeshSpec::default(), defaults)
+    }
+
+    /// The settings of `mesh`, or every error that keeps the operator from acting on it.
+    pub fn from_mesh(mesh: &Mesh, defaults: &Defaults) -> Result<Settings, Invalid> {
+        let value = serde_json::to_value(mesh).map_err(|e| {
+            Invalid(vec![Finding {
+                severity: Severity::Error,
+                object: trellis_api::validation::ObjectRef {
+                    kind: "Mesh".into(),
+                    namespace: None,
+                    name: mesh.metadata.name.clone().unwrap_or_default(),
+                },
+                path: String::new(),
+                message: format!("cannot be read: {e}"),
+            }])
+        })?;
+        let errors: Vec<Finding> = match validate(&value) {
+            Outcome::Validated { findings, .. } => {
+                findings.into_iter().filter(|f| f.severity == Severity::Error).collect()
+            }
+            Outcome::Skipped(_) => Vec::new(),
+        };
+        if !errors.is_empty() {
+            return Err(Invalid(errors));
+        }
+        Ok(Settings::from_spec(&mesh.spec, defaults))
+    }
+
+    fn from_spec(spec: &MeshSpec, defaults: &Defaults) -> Settings {
+        let ca = spec.ca.clone().unwrap_or_default();
+        let mode = ca.mode.unwrap_or(CaMode::SelfSigned);
+        let rollout = spec.rollout.clone().unwrap_or_default();
+        let canary = rollout.canary.clone().unwrap_or_default();
+        let injection = spec.injection.clone().unwrap_or_default();
+        Settings {
+            trust_domain: spec
+                .trust_domain
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            ca: CaSettings {
+                mode,
+                plugged_from: ca
+                    .secret_ref
+                    .filter(|_| mode == CaMode::Plugged)
+                    .map(|s| (s.namespace.unwrap_or_else(|| SYSTEM_NAMESPACE.to_string()), s.name)),
+                workload_cert_ttl: ca
+                    .workload_cert_ttl
+                    .as_deref()
+                    .and_then(|v| trellis_api::duration::parse(v).ok())
+                    .unwrap_or(defaults.workload_cert_ttl),
+                root_cert_ttl: ca
+                    .root_cert_ttl
+                    .as_deref()
+                    .and_then(|v| trellis_api::duration::parse(v).ok())
+                    .unwrap_or(defaults.root_cert_ttl),
+            },
+            default_mtls_mode: spec.default_mtls_mode.unwrap_or(MtlsMode::Permissive),
+            proxy_image: spec
+                .versions
+                .as_ref()
+                .and_then(|v| v.proxy.clone())
+                .unwrap_or_else(|| defaults.proxy_image.clone()),
+            injection_label: injection.namespace_label.unwrap_or_else(|| INJECTION_LABEL.to_string()),
+            native_sidecar: injection.native_sidecar.unwrap_or(true),
+            rollout: RolloutSettings {
+                batch: match (rollout.batch_size, rollout.batch_percent) {
+                    (_, Some(p)) => Batch::Percent(p),
+                    (Some(n), None) => Batch::Size(n),
+                    (None, None) => Batch::Size(DEFAULT_ROLLOUT_BATCH),
+                },
+                canary_namespaces: canary.namespaces.unwrap_or_default().into_iter().collect(),
+                canary_labels: canary.match_labels.unwrap_or_default(),
+                pause: duration(&rollout.pause, DEFAULT_ROLLOUT_PAUSE),
+                progress_deadline: duration(&rollout.progress_deadline, DEFAULT_PROGRESS_DEADLINE),
+                paused: rollout.paused.unwrap_or(false),
+                gates: rollout
+                    .health_gates
+                    .map(|g| g.into_iter().collect())
+                    .unwrap_or_else(|| HealthGate::ALL.into_iter().collect()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn mesh(spec: serde_json::Value) -> Mesh {
+        serde_json::from_value(json!({
+            "apiVersion": "mesh.trellis.dev/v1alpha1",
+            "kind": "Mesh",
+            "metadata": {"name": "default"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_empty_spec_is_the_defaults() {
+        let defaults = Defaults::default();
+        let s = Settings::from_mesh(&mesh(json!({})), &defaults).unwrap();
+        assert_eq!(s, Settings::defaults(&defaults));
+        assert_eq!(s.trust_domain, "cluster.local");
+        assert_eq!(s.proxy_image, defaults.proxy_image);
+        assert_eq!(s.rollout.batch, Batch::Size(1));
+        assert_eq!(s.rollout.pause, Duration::from_secs(30));
+        assert_eq!(s.rollout.gates.len(), 3);
+        assert_eq!(s.ca.workload_cert_ttl, defaults.workload_cert_ttl);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let s = Settings::from_mesh(
+            &mesh(json!({
+                "versions": {"proxy": "registry.example/proxy:2"},
+                "trustDomain": "example.org",
+                "ca": {"mode": "Plugged", "secretRef": {"name": "cacerts"}, "workloadCertTtl": "1h", "rootCertTtl": "48h"},
+                "defaultMtlsMode": "STRICT",
+                "injection": {"namespaceLabel": "example.org/mesh", "nativeSidecar": false},
+                "rollout": {"batchPercent": 25, "canary": {"namespaces": ["staging"], "matchLabels": {"tier": "canary"}},
+                            "pause": "5s", "progressDeadline": "2m", "paused": true, "healthGates": ["PodsReady"]},
+            })),
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(s.trust_domain, "example.org");
+        assert_eq!(s.proxy_image, "registry.example/proxy:2");
+        assert_eq!(s.ca.mode, CaMode::Plugged);
+        assert_eq!(s.ca.plugged_from, Some(("trellis-system".into(), "cacerts".into())));
+        assert_eq!(s.ca.workload_cert_ttl, Duration::from_secs(3600));
+        assert_eq!(s.ca.root_cert_ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(s.default_mtls_mode, MtlsMode::Strict);
+        assert_eq!(s.injection_label, "example.org/mesh");
+        assert!(!s.native_sidecar);
+        assert_eq!(s.rollout.batch, Batch::Percent(25));
+        assert_eq!(s.rollout.batch.of(10), 3, "25 % of 10, rounded up");
+        assert!(s.rollout.canary_namespaces.contains("staging"));
+        assert_eq!(s.rollout.canary_labels.get("tier").map(String::as_str), Some("canary"));
+        assert_eq!(s.rollout.pause, Duration::from_secs(5));
+        assert_eq!(s.rollout.progress_deadline, Duration::from_secs(120));
+        assert!(s.rollout.paused);
+        assert_eq!(s.rollout.gates, [HealthGate::PodsReady].into_iter().collect());
+    }
+
+    #[test]
+    fn contradictory_settings_are_refused_whole() {
+        let invalid = Settings::from_mesh(
+            &mesh(json!({
+                "versions": {"proxy": "registry.example/proxy:2"},
+                "ca": {"workloadCertTtl": "48h", "rootCertTtl": "72h"},
+                "rollout": {"batchSize": 2, "batchPercent": 10},
+            })),
+            &Defaults::default(),
+        )
+        .unwrap_err();
+        let text = invalid.to_string();
+        assert!(text.contains("spec.ca.workloadCertTtl"), "{text}");
+        assert!(text.contains("batchPercent, not both"), "{text}");
+    }
+}
