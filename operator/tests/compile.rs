@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use trellis_contract::{
-    AuthzAction, HashKey, HealthStatus, LbPolicy, ListenerDirection, MtlsMode, ProxyConfig, RetryOn, RouteAction,
-    StringMatch, UpstreamTls,
+    AuthzAction, CertificateRef, HashKey, HealthStatus, LbPolicy, ListenerDirection, MtlsMode, OriginateTls, PemSource,
+    ProxyConfig, RetryOn, RouteAction, StringMatch, UpstreamTls,
 };
 use trellis_operator::compile::{Compiled, Role, Severity, compile};
 use trellis_operator::registry::ObjectKey;
@@ -201,7 +201,8 @@ fn subsets_resolve_to_endpoint_sets_with_their_own_policy() {
     assert_eq!(
         v1.tls,
         UpstreamTls::Mesh {
-            expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/payment".into()]
+            expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/payment".into()],
+            sni: None,
         }
     );
     let v2 = c
@@ -223,6 +224,163 @@ fn subsets_resolve_to_endpoint_sets_with_their_own_policy() {
         50.0,
         "the subset inherits the rule's outlier detection"
     );
+}
+
+/// A Service outside the mesh (its pod has no proxy) serving TLS on two ports, a client
+/// certificate Secret in the client's namespace, and a DestinationRule for it.
+const LEDGER: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: shop}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {app: ledger}
+  ports: [{name: tls-api, port: 443, targetPort: 8443}, {name: tls-sql, port: 5443, targetPort: 5443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ledger-1, namespace: shop, labels: {app: ledger}}
+spec:
+  serviceAccountName: ledger
+  containers: [{name: app, image: ledger}]
+status: {podIP: 10.244.0.40, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ledger-client, namespace: shop}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\nCLIENTKEY\n-----END PRIVATE KEY-----\n"
+  ca.crt: "-----BEGIN CERTIFICATE-----\nLEDGERCA\n-----END CERTIFICATE-----\n"
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: DestinationRule
+metadata: {name: ledger, namespace: shop}
+spec:
+  host: ledger
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /etc/ledger/ca.pem, sni: ledger.bank.example, subjectAltNames: [api.bank.example]}
+    portLevelSettings:
+    - port: {number: 5443}
+      tls: {mode: MUTUAL, credentialName: ledger-client}
+"#;
+
+#[test]
+fn destination_rule_tls_originates_per_port_with_files_or_a_secret() {
+    let c = web(&format!("{}{LEDGER}", shop()));
+    let simple = c.config.cluster("outbound|443||ledger.shop.svc.cluster.local").unwrap();
+    assert_eq!(simple.endpoints.len(), 1);
+    assert_eq!(
+        simple.tls,
+        UpstreamTls::Originate(Box::new(OriginateTls {
+            sni: "ledger.bank.example".into(),
+            ca: Some(PemSource::File("/etc/ledger/ca.pem".into())),
+            subject_alt_names: vec!["api.bank.example".into()],
+            insecure_skip_verify: false,
+            client_certificate: None,
+        }))
+    );
+    // The port-level settings replace the rule's tls as a whole for port 5443.
+    let mutual = c
+        .config
+        .cluster("outbound|5443||ledger.shop.svc.cluster.local")
+        .unwrap();
+    assert_eq!(mutual.endpoints.len(), 1);
+    assert_eq!(
+        mutual.tls,
+        UpstreamTls::Originate(Box::new(OriginateTls {
+            sni: "ledger.shop.svc.cluster.local".into(),
+            ca: Some(PemSource::Inline(
+                "-----BEGIN CERTIFICATE-----\nLEDGERCA\n-----END CERTIFICATE-----\n".into()
+            )),
+            subject_alt_names: vec![],
+            insecure_skip_verify: false,
+            client_certificate: Some(CertificateRef::Inline {
+                cert_chain_pem: "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n".into(),
+                private_key_pem: "-----BEGIN PRIVATE KEY-----\nCLIENTKEY\n-----END PRIVATE KEY-----\n".into(),
+            }),
+        }))
+    );
+    assert!(
+        !c.diagnostics.iter().any(|d| d.resource.contains("ledger")),
+        "{:?}",
+        c.diagnostics
+    );
+    assert_eq!(c.config.validate(), Ok(()));
+}
+
+#[test]
+fn a_missing_client_secret_sends_nothing_and_says_which() {
+    let yaml = format!("{}{LEDGER}", shop()).replace("name: ledger-client", "name: other-secret");
+    let c = web(&yaml);
+    let mutual = c
+        .config
+        .cluster("outbound|5443||ledger.shop.svc.cluster.local")
+        .unwrap();
+    assert!(mutual.endpoints.is_empty(), "no plaintext, no anonymous TLS: nothing");
+    let d = c
+        .diagnostics
+        .iter()
+        .find(|d| d.resource == "DestinationRule shop/ledger")
+        .expect("a diagnostic on the rule");
+    assert_eq!(d.severity, Severity::Error);
+    assert!(
+        d.message.contains("\"ledger-client\"") && d.message.contains("shop/ledger-client"),
+        "{d}"
+    );
+    // The SIMPLE port, which needs no Secret, is untouched.
+    let simple = c.config.cluster("outbound|443||ledger.shop.svc.cluster.local").unwrap();
+    assert_eq!(simple.endpoints.len(), 1);
+}
+
+#[test]
+fn explicit_istio_mutual_verifies_the_named_or_the_endpoints_identities() {
+    let rule = |tls: &str| {
+        format!(
+            "{}{}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {{name: ledger, namespace: shop}}\nspec:\n  host: ledger\n  trafficPolicy:\n    tls: {tls}\n",
+            shop(),
+            LEDGER.split("---\napiVersion: networking.trellis.dev").next().unwrap()
+        )
+    };
+    // The ledger pod has no proxy, so automatic mTLS would send plaintext; ISTIO_MUTUAL says
+    // mTLS to the pod's service account.
+    let c = web(&rule("{mode: ISTIO_MUTUAL}"));
+    let cl = c.config.cluster("outbound|443||ledger.shop.svc.cluster.local").unwrap();
+    assert_eq!(
+        cl.tls,
+        UpstreamTls::Mesh {
+            expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/ledger".into()],
+            sni: None,
+        }
+    );
+    assert_eq!(
+        cl.endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/ledger")
+    );
+    // subjectAltNames and sni replace them (an egress gateway's identity and routing name).
+    let c = web(&rule(
+        "{mode: ISTIO_MUTUAL, sni: ledger.bank.example, subjectAltNames: [spiffe://cluster.local/ns/egress/sa/egressgateway]}",
+    ));
+    let cl = c.config.cluster("outbound|443||ledger.shop.svc.cluster.local").unwrap();
+    assert_eq!(
+        cl.tls,
+        UpstreamTls::Mesh {
+            expected_identities: vec!["spiffe://cluster.local/ns/egress/sa/egressgateway".into()],
+            sni: Some("ledger.bank.example".into()),
+        }
+    );
+    assert_eq!(cl.endpoints[0].identity, None);
+    assert_eq!(c.config.validate(), Ok(()));
+    // Without a rule: plaintext to the proxy-less pod, as before.
+    let c = web(&format!(
+        "{}{}",
+        shop(),
+        LEDGER.split("---\napiVersion: networking.trellis.dev").next().unwrap()
+    ));
+    let cl = c.config.cluster("outbound|443||ledger.shop.svc.cluster.local").unwrap();
+    assert_eq!(cl.tls, UpstreamTls::Disable);
 }
 
 #[test]

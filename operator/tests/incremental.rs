@@ -21,6 +21,8 @@ struct Model {
     pods: BTreeMap<(usize, usize), Pod>,
     virtual_services: BTreeMap<(usize, usize), String>,
     destination_rules: BTreeMap<(usize, usize), String>,
+    /// `kubernetes.io/tls` Secrets `client-cert` by namespace: their content's generation.
+    secrets: BTreeMap<usize, u8>,
     peer_auth: Option<&'static str>,
     trust_domain: &'static str,
 }
@@ -51,6 +53,7 @@ impl Model {
             pods: BTreeMap::new(),
             virtual_services: BTreeMap::new(),
             destination_rules: BTreeMap::new(),
+            secrets: BTreeMap::from([(0, 0)]),
             peer_auth: None,
             trust_domain: "cluster.local",
         };
@@ -149,10 +152,12 @@ impl Model {
         let (ns, name) = (rng.usize(..NAMESPACES), rng.usize(..4));
         let host = Self::host(rng, ns);
         let lb = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"][rng.usize(..3)];
-        let tls = if rng.u8(..3) == 0 {
-            "    tls: {mode: DISABLE}\n"
-        } else {
-            ""
+        let tls = match rng.u8(..6) {
+            0 => "    tls: {mode: DISABLE}\n",
+            1 => "    tls: {mode: MUTUAL, credentialName: client-cert}\n",
+            2 => "    tls: {mode: SIMPLE, credentialName: client-cert, sni: db.example.com}\n",
+            3 => "    portLevelSettings: [{port: {number: 1080}, tls: {mode: MUTUAL, credentialName: client-cert}}]\n",
+            _ => "",
         };
         let yaml = format!(
             "apiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {{name: dr-{name}, namespace: ns-{ns}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy:\n    loadBalancer: {{simple: {lb}}}\n{tls}  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
@@ -210,7 +215,19 @@ impl Model {
                     .unwrap_or(&(0, 0));
                 self.pods.remove(&k);
             }
-            _ => match rng.u8(..3) {
+            _ => match rng.u8(..5) {
+                3 => {
+                    // A client certificate Secret appears, is rotated or goes away.
+                    let ns = rng.usize(..NAMESPACES);
+                    match self.secrets.get(&ns) {
+                        Some(_) if rng.bool() => {
+                            self.secrets.remove(&ns);
+                        }
+                        generation => {
+                            self.secrets.insert(ns, generation.map_or(0, |g| g.wrapping_add(1)));
+                        }
+                    }
+                }
                 0 => self.peer_auth = [None, Some("STRICT"), Some("PERMISSIVE")][rng.usize(..3)],
                 1 => self.trust_domain = ["cluster.local", "example.org"][rng.usize(..2)],
                 _ => {}
@@ -257,6 +274,11 @@ impl Model {
         for v in self.virtual_services.values().chain(self.destination_rules.values()) {
             y.push_str("---\n");
             y.push_str(v);
+        }
+        for (ns, generation) in &self.secrets {
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: client-cert, namespace: ns-{ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nleaf{generation}\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nkey{generation}\\n-----END PRIVATE KEY-----\\n\"\n  ca.crt: \"-----BEGIN CERTIFICATE-----\\nca{generation}\\n-----END CERTIFICATE-----\\n\"\n"
+            ));
         }
         if let Some(mode) = self.peer_auth {
             y.push_str(&format!(

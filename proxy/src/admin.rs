@@ -154,19 +154,8 @@ fn logging(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Body>
 /// The effective configuration, for humans and `meshctl proxy-config`.
 pub fn config_dump(rt: &Runtime) -> serde_json::Value {
     let snap = rt.snapshot();
-    let mut config = (*snap.config).clone();
     // Never expose private keys.
-    if let Some(c) = &config.identity.certificate {
-        config.identity.certificate = Some(c.redacted());
-    }
-    for l in &mut config.listeners {
-        if let Some(tls) = &mut l.tls {
-            tls.certificate = tls.certificate.redacted();
-        }
-        for entry in &mut l.sni_tls {
-            entry.tls.certificate = entry.tls.certificate.redacted();
-        }
-    }
+    let config = snap.config.redacted();
     let now = Instant::now();
     let mut clusters: Vec<_> = snap
         .clusters

@@ -59,23 +59,30 @@ pub enum TlsError {
 pub fn collector_client_config(ca: Option<&PemSource>) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match ca {
         Some(ca) => load_roots(ca)?,
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let mut store = RootCertStore::empty();
-            store.add_parsable_certificates(found.certs);
-            if store.is_empty() {
-                return Err(TlsError::Pem {
-                    what: "telemetry.tracing.collectorCa",
-                    message: format!(
-                        "no system root certificates found ({} errors); set collectorCa to the roots of the collector's certificate",
-                        found.errors.len()
-                    ),
-                });
-            }
-            Arc::new(store)
-        }
+        None => system_roots(
+            "telemetry.tracing.collectorCa",
+            "set collectorCa to the roots of the collector's certificate",
+        )?,
     };
     simple_client_config(roots, &[b"http/1.1"])
+}
+
+/// The system's root certificates; none at all is an error on `what` that
+/// names the `fix`.
+pub fn system_roots(what: &'static str, fix: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(found.certs);
+    if store.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            message: format!(
+                "no system root certificates found ({} errors); {fix}",
+                found.errors.len()
+            ),
+        });
+    }
+    Ok(Arc::new(store))
 }
 
 /// The ring provider, shared.

@@ -20,6 +20,7 @@ pub mod idle;
 pub mod logging;
 pub mod matcher;
 pub mod metrics;
+pub mod origination;
 pub mod overload;
 pub mod path;
 pub mod peer_metadata;

@@ -144,6 +144,8 @@ pub struct Metrics {
     downstream_overflow: AtomicU64,
     downstream_tls_failures: AtomicU64,
     outlier_ejections: AtomicU64,
+    /// Upstream TLS handshakes that failed, by cluster.
+    upstream_tls_failures: Mutex<HashMap<String, u64>>,
 }
 
 impl Metrics {
@@ -200,6 +202,18 @@ impl Metrics {
     /// plaintext client refused before anything reached the app).
     pub fn downstream_tls_failed(&self) {
         self.downstream_tls_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake with an endpoint of `cluster` failed: its certificate was refused
+    /// (unknown issuer, wrong name or subject alternative names), or it refused ours.
+    pub fn upstream_tls_failed(&self, cluster: &str) {
+        let mut map = self.upstream_tls_failures.lock().expect("metrics lock");
+        match map.get_mut(cluster) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(cluster.to_string(), 1);
+            }
+        }
     }
 
     /// An endpoint was ejected by outlier detection.
@@ -269,6 +283,19 @@ impl Metrics {
                 for (l, s) in &series {
                     let _ = writeln!(out, "{name}{{{l}}} {}", get(s));
                 }
+            }
+        }
+        {
+            let map = self.upstream_tls_failures.lock().expect("metrics lock");
+            let mut series: Vec<(&String, &u64)> = map.iter().collect();
+            series.sort();
+            let name = "trellis_proxy_upstream_tls_failures_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Upstream TLS handshakes that failed (certificate refused either way), by cluster.\n# TYPE {name} counter"
+            );
+            for (cluster, n) in series {
+                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {n}", escape(cluster));
             }
         }
         for (name, help, v) in [

@@ -143,12 +143,12 @@ impl Snapshot {
             let rt =
                 match reused {
                     Some(rt) => rt,
-                    None => Arc::new(ClusterRuntime::build(c, &config.identity, identity.as_ref()).map_err(
-                        |source| SnapshotError::Cluster {
+                    None => Arc::new(ClusterRuntime::build(c, identity.as_ref()).map_err(|source| {
+                        SnapshotError::Cluster {
                             version: version.clone(),
                             source: Box::new(source),
-                        },
-                    )?),
+                        }
+                    })?),
                 };
             clusters.insert(c.name.clone(), rt);
         }

@@ -50,6 +50,9 @@ pub async fn proxy(
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.spec.name, error = %e, "TCP upstream connect failed");
+                if matches!(e, crate::upstream::UpstreamError::TlsHandshake { .. }) {
+                    rt.metrics.upstream_tls_failed(&cluster.spec.name);
+                }
                 cluster.record(idx, crate::upstream::Outcome::LocalFailure, Instant::now());
             }
         }

@@ -1,7 +1,8 @@
 //! Upstream clusters at run time: endpoints with load, outlier state and a
 //! connection pool each; endpoint selection (health, ejection, panic
 //! threshold, load balancer); connecting with plaintext, mesh mTLS (exact
-//! SPIFFE identity per endpoint) or simple TLS; and circuit breaking.
+//! SPIFFE identity per endpoint) or TLS originated to a non-mesh destination
+//! ([`crate::origination`]); and circuit breaking.
 //!
 //! # Pooling
 //! HTTP/1 connections are pooled per endpoint and reused once the previous
@@ -10,7 +11,7 @@
 //! `idleTimeoutMs` idle.
 
 use crate::balance::{Balancer, PickContext, hash64};
-use crate::identity::{TlsError, WorkloadIdentity, load_roots, simple_client_config};
+use crate::identity::{TlsError, WorkloadIdentity};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use trellis_contract::{Cluster, Endpoint, HealthStatus, IdentityConfig, UpstreamProtocol, UpstreamTls};
+use trellis_contract::{Cluster, Endpoint, HealthStatus, UpstreamProtocol, UpstreamTls};
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,6 +43,16 @@ pub enum UpstreamError {
         /// Endpoint.
         addr: SocketAddr,
         /// Cause.
+        reason: String,
+    },
+    /// The TLS handshake failed (`UF`): the endpoint's certificate was refused
+    /// (unknown issuer, wrong name or subject alternative names) or it refused
+    /// ours. Counted per cluster in `trellis_proxy_upstream_tls_failures_total`.
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    TlsHandshake {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause (rustls' error; never key material).
         reason: String,
     },
     /// The connection broke before a response (`UC`/reset).
@@ -288,11 +299,7 @@ pub struct Slot {
 
 impl ClusterRuntime {
     /// Build a cluster; TLS configs are created here, once per config version.
-    pub fn build(
-        spec: &Cluster,
-        identity_cfg: &IdentityConfig,
-        identity: Option<&WorkloadIdentity>,
-    ) -> Result<Self, ClusterError> {
+    pub fn build(spec: &Cluster, identity: Option<&WorkloadIdentity>) -> Result<Self, ClusterError> {
         let alpn: &[&[u8]] = &[];
         let tls_err = |source| ClusterError::Tls {
             cluster: spec.name.clone(),
@@ -304,17 +311,14 @@ impl ClusterRuntime {
             .and_then(|s| ServerName::try_from(s.to_string()).ok())
             .unwrap_or_else(|| ServerName::try_from("mesh.trellis.internal").expect("valid name"));
         let mut mesh_cache: HashMap<Vec<String>, EndpointTls> = HashMap::new();
-        let simple = match &spec.tls {
-            UpstreamTls::Simple { sni, ca } => {
-                let roots = match (ca, &identity_cfg.trust_bundle) {
-                    (Some(ca), _) | (None, Some(ca)) => load_roots(ca).map_err(tls_err)?,
-                    (None, None) => Arc::new(rustls::RootCertStore::empty()),
-                };
-                let name = ServerName::try_from(sni.clone()).unwrap_or_else(|_| server_name.clone());
-                Some(EndpointTls::new(
-                    simple_client_config(roots, alpn).map_err(tls_err)?,
-                    name,
-                ))
+        let server_name = match &spec.tls {
+            UpstreamTls::Mesh { sni: Some(sni), .. } => ServerName::try_from(sni.clone()).unwrap_or(server_name),
+            _ => server_name,
+        };
+        let originate = match &spec.tls {
+            UpstreamTls::Originate(o) => {
+                let (cfg, name) = crate::origination::client_config(o).map_err(tls_err)?;
+                Some(EndpointTls::new(cfg, name))
             }
             _ => None,
         };
@@ -326,8 +330,10 @@ impl ClusterRuntime {
             })?;
             let tls = match &spec.tls {
                 UpstreamTls::Disable => None,
-                UpstreamTls::Simple { .. } => simple.clone(),
-                UpstreamTls::Mesh { expected_identities } => {
+                UpstreamTls::Originate(_) => originate.clone(),
+                UpstreamTls::Mesh {
+                    expected_identities, ..
+                } => {
                     let id = identity.ok_or_else(|| ClusterError::NoIdentity(spec.name.clone()))?;
                     // An endpoint's own identity is verified exactly; otherwise any
                     // identity the cluster expects.
@@ -638,7 +644,10 @@ impl ClusterRuntime {
                     let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
                         .connect(t.name.clone(), tcp)
                         .await
-                        .map_err(|e| fail(format!("TLS handshake: {e}")))?;
+                        .map_err(|e| UpstreamError::TlsHandshake {
+                            addr: ep.addr,
+                            reason: e.to_string(),
+                        })?;
                     Ok(UpstreamStream::Tls(Box::new(tls)))
                 }
             }
@@ -654,9 +663,9 @@ impl ClusterRuntime {
 /// label, namespace from the `namespace` label or the SPIFFE identity.
 fn endpoint_peer(cluster: &Cluster, e: &Endpoint) -> crate::metrics::Peer {
     let principal = e.identity.clone().or_else(|| match &cluster.tls {
-        UpstreamTls::Mesh { expected_identities } if expected_identities.len() == 1 => {
-            Some(expected_identities[0].clone())
-        }
+        UpstreamTls::Mesh {
+            expected_identities, ..
+        } if expected_identities.len() == 1 => Some(expected_identities[0].clone()),
         _ => None,
     });
     let namespace = e
@@ -711,7 +720,7 @@ mod tests {
             },
             ..spec
         };
-        ClusterRuntime::build(&spec, &IdentityConfig::default(), None).unwrap()
+        ClusterRuntime::build(&spec, None).unwrap()
     }
 
     fn od(consecutive: u32, max_pct: f64) -> Option<OutlierDetection> {

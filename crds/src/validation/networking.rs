@@ -677,6 +677,8 @@ fn is_prime(n: u64) -> bool {
 
 fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
     let files = tls.client_certificate.is_some() || tls.private_key.is_some();
+    let sans = tls.subject_alt_names.as_deref().unwrap_or_default();
+    let skip = tls.insecure_skip_verify == Some(true);
     match tls.mode {
         Some(ClientTlsMode::IstioMutual | ClientTlsMode::MeshMutual) => {
             for (field, set) in [
@@ -684,35 +686,70 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
+                ("insecureSkipVerify", skip),
             ] {
                 if set {
                     f.error(
                         format!("{p}.{field}"),
-                        "mesh mutual TLS uses the workload's own certificate; remove it (or use mode MUTUAL)",
+                        "mesh mutual TLS uses the workload's own certificate and the mesh's roots; remove it (or use mode MUTUAL)",
+                    );
+                }
+            }
+            for (i, san) in sans.iter().enumerate() {
+                if trellis_contract::SpiffeId::parse(san).is_err() {
+                    f.error(
+                        format!("{p}.subjectAltNames[{i}]"),
+                        format!("{san:?}: mesh peers are verified by SPIFFE identity; write spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"),
                     );
                 }
             }
         }
-        Some(ClientTlsMode::Mutual) => {
-            if tls.credential_name.is_none() && !(tls.client_certificate.is_some() && tls.private_key.is_some()) {
+        Some(ClientTlsMode::Mutual | ClientTlsMode::Simple) => {
+            let mutual = tls.mode == Some(ClientTlsMode::Mutual);
+            if tls.credential_name.is_some() {
+                for (field, set) in [
+                    ("clientCertificate", tls.client_certificate.is_some()),
+                    ("privateKey", tls.private_key.is_some()),
+                    ("caCertificates", tls.ca_certificates.is_some()),
+                ] {
+                    if set {
+                        f.error(
+                            format!("{p}.{field}"),
+                            "credentialName already gives the certificate, key and CA (tls.crt, tls.key, ca.crt); remove it or credentialName",
+                        );
+                    }
+                }
+            } else if mutual && !(tls.client_certificate.is_some() && tls.private_key.is_some()) {
                 f.error(p, "MUTUAL needs credentialName, or clientCertificate and privateKey");
-            }
-        }
-        Some(ClientTlsMode::Simple) => {
-            if files {
+            } else if !mutual && files {
                 f.error(
                     p,
                     "SIMPLE sends no client certificate; remove clientCertificate/privateKey or use MUTUAL",
                 );
             }
+            if skip && (tls.ca_certificates.is_some() || !sans.is_empty()) {
+                f.error(
+                    format!("{p}.insecureSkipVerify"),
+                    "cannot be set with caCertificates or subjectAltNames (nothing would check them); remove them or insecureSkipVerify",
+                );
+            }
         }
         Some(ClientTlsMode::Disable) | None => {
-            if files || tls.ca_certificates.is_some() || tls.credential_name.is_some() {
-                f.warn(p, "certificates are ignored unless mode is SIMPLE or MUTUAL");
+            if files
+                || tls.ca_certificates.is_some()
+                || tls.credential_name.is_some()
+                || tls.sni.is_some()
+                || !sans.is_empty()
+                || skip
+            {
+                f.warn(
+                    p,
+                    "certificates, sni, subjectAltNames and insecureSkipVerify are not used unless mode is SIMPLE, MUTUAL or ISTIO_MUTUAL",
+                );
             }
         }
     }
-    if tls.insecure_skip_verify == Some(true) {
+    if skip {
         f.warn(
             format!("{p}.insecureSkipVerify"),
             "server certificates are not verified; use only for testing",
@@ -720,6 +757,11 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
     }
     if let Some(sni) = &tls.sni {
         host(&format!("{p}.sni"), sni, false, f);
+    }
+    for (i, san) in sans.iter().enumerate() {
+        if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            f.error(format!("{p}.subjectAltNames[{i}]"), format!("{san:?} is not a name"));
+        }
     }
 }
 

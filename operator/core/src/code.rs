@@ -119,10 +119,10 @@ codes! {
         "The resource selects workloads by labels and none has them, so it has no effect. Fix the selector's labels or deploy the workload.";
     NoServerCertificateVerificationDestinationLevel => "IST0128", Warning,
         "A DestinationRule originates TLS (SIMPLE or MUTUAL) without caCertificates.",
-        "The server's certificate is not verified, so anyone on the path can impersonate it. Set tls.caCertificates (or credentialName) in the traffic policy.";
+        "The server's certificate is verified only against the proxy's system roots, so any public CA can vouch for it. Set tls.caCertificates (or credentialName) in the traffic policy.";
     NoServerCertificateVerificationPortLevel => "IST0129", Warning,
         "A DestinationRule's port-level TLS (SIMPLE or MUTUAL) has no caCertificates.",
-        "Traffic to that port does not verify the server's certificate. Set tls.caCertificates in the port-level settings.";
+        "Traffic to that port verifies the server's certificate only against the proxy's system roots. Set tls.caCertificates in the port-level settings.";
     VirtualServiceUnreachableRule => "IST0130", Warning,
         "A VirtualService rule is never used: an earlier rule matches everything it would.",
         "Rules are tried in order and the first match wins; a rule after a catch-all, or with the same match as an earlier rule, never applies. Remove it or move it before the rule that shadows it.";

@@ -245,8 +245,12 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A TLS credential (a `kubernetes.io/tls` Secret) gateways can serve.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A TLS credential (a `kubernetes.io/tls` Secret): a certificate gateways serve, or a
+/// client certificate a DestinationRule's `credentialName` presents.
+///
+/// # Caveats
+/// `Debug` never shows the private key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsCredential {
     /// Certificate chain (PEM).
     pub cert_chain_pem: String,
@@ -254,6 +258,17 @@ pub struct TlsCredential {
     pub private_key_pem: String,
     /// CA for client certificates (PEM), from `ca.crt`.
     pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for TlsCredential {
+    // Never print private key material, not even in debug logs or test failures.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCredential")
+            .field("cert_chain_pem", &self.cert_chain_pem)
+            .field("private_key_pem", &"<redacted>")
+            .field("ca_pem", &self.ca_pem)
+            .finish()
+    }
 }
 
 /// Everything the compiler knows about the cluster.
@@ -303,6 +318,20 @@ mod tests {
         assert_eq!(Protocol::detect(Some("kubernetes.io/h2c"), None), Protocol::Http2);
         assert_eq!(Protocol::detect(None, Some("web")), Protocol::Auto);
         assert_eq!(Protocol::detect(None, None), Protocol::Auto);
+    }
+
+    #[test]
+    fn a_credential_never_prints_its_key() {
+        let c = TlsCredential {
+            cert_chain_pem: "CHAIN".into(),
+            private_key_pem: "SECRETKEYBYTES".into(),
+            ca_pem: Some("CA".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("CHAIN") && shown.contains("CA") && !shown.contains("SECRETKEYBYTES"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub enum InputKind {
     Service,
     /// `v1 Pod`: workloads and endpoints.
     Pod,
-    /// `v1 Secret` of type `kubernetes.io/tls`: gateway credentials (`credentialName`).
+    /// `v1 Secret` of type `kubernetes.io/tls`: gateway and DestinationRule credentials
+    /// (`credentialName`).
     Secret,
     /// A Trellis kind.
     Trellis(Kind),

@@ -202,16 +202,56 @@ pub enum UpstreamTls {
     Mesh {
         /// Accepted peer identities.
         expected_identities: Vec<String>,
+        /// Server name sent in the ClientHello (DestinationRule `sni`, e.g. for
+        /// an egress gateway routing on it); `None`: the service's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sni: Option<String>,
     },
-    /// Server-authenticated TLS to a non-mesh destination.
-    #[serde(rename_all = "camelCase")]
-    Simple {
-        /// SNI and the DNS name verified.
-        sni: String,
-        /// Roots; `None` = the trust bundle of the mesh identity.
-        #[serde(default)]
-        ca: Option<crate::identity::PemSource>,
-    },
+    /// TLS the proxy originates to a destination outside the mesh (Istio's
+    /// DestinationRule `tls` modes SIMPLE and MUTUAL).
+    Originate(Box<OriginateTls>),
+}
+
+/// TLS originated to a non-mesh destination: the server is verified against
+/// `ca` (or the system's roots) and, by name, against `subjectAltNames` (or
+/// `sni`); with a `clientCertificate` the connection is mutual.
+///
+/// # Caveats
+/// An inline client key is secret material: `/config_dump` redacts it
+/// ([`crate::ProxyConfig::redacted`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginateTls {
+    /// Server name sent in the ClientHello (an IP address sends none) and,
+    /// without `subjectAltNames`, the name the certificate must be valid for.
+    pub sni: String,
+    /// Roots the server's chain must lead to; `None`: the system's roots.
+    #[serde(default)]
+    pub ca: Option<crate::identity::PemSource>,
+    /// Names the server certificate must carry one of (DNS names, IP
+    /// addresses or URIs such as SPIFFE IDs); empty: `sni`.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// Accept any server certificate (testing only): neither chain nor name
+    /// is checked.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Client certificate presented to the server (MUTUAL).
+    #[serde(default)]
+    pub client_certificate: Option<crate::identity::CertificateRef>,
+}
+
+impl UpstreamTls {
+    /// A copy that is safe to show: an inline client key replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        match self {
+            Self::Originate(o) => Self::Originate(Box::new(OriginateTls {
+                client_certificate: o.client_certificate.as_ref().map(|c| c.redacted()),
+                ..(**o).clone()
+            })),
+            other => other.clone(),
+        }
+    }
 }
 
 /// One upstream address.

@@ -32,7 +32,7 @@ mod telemetry;
 mod validate;
 
 pub use cluster::{
-    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OutlierDetection,
+    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls, OutlierDetection,
     UpstreamProtocol, UpstreamTls,
 };
 pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
@@ -195,6 +195,28 @@ impl ProxyConfig {
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }
+
+    /// A copy that is safe to show (`/config_dump`, `meshctl proxy-config`, logs): every
+    /// inline private key — the workload's, gateway servers', clients' for TLS origination —
+    /// replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        if let Some(cert) = &c.identity.certificate {
+            c.identity.certificate = Some(cert.redacted());
+        }
+        for l in &mut c.listeners {
+            if let Some(tls) = &mut l.tls {
+                tls.certificate = tls.certificate.redacted();
+            }
+            for entry in &mut l.sni_tls {
+                entry.tls.certificate = entry.tls.certificate.redacted();
+            }
+        }
+        for cl in &mut c.clusters {
+            cl.tls = cl.tls.redacted();
+        }
+        c
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +257,39 @@ mod tests {
             serde_json::to_string(&all).unwrap(),
             r#"["5xx","gateway-error","reset","connect-failure","retriable-4xx","retriable-status-codes"]"#
         );
+    }
+
+    #[test]
+    fn redacted_hides_every_inline_private_key() {
+        let key = "-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----\n";
+        let inline = || CertificateRef::Inline {
+            cert_chain_pem: "CHAIN".into(),
+            private_key_pem: key.into(),
+        };
+        let mut cfg = ProxyConfig::empty("v1");
+        cfg.identity.certificate = Some(inline());
+        cfg.clusters.push(Cluster {
+            name: "db".into(),
+            service: None,
+            subset: None,
+            protocol: UpstreamProtocol::Tcp,
+            load_balancer: LoadBalancer::default(),
+            connect_timeout_ms: 1000,
+            connection_pool: ConnectionPool::default(),
+            outlier_detection: None,
+            panic_threshold_percent: 50.0,
+            tls: UpstreamTls::Originate(Box::new(OriginateTls {
+                sni: "db.example.com".into(),
+                client_certificate: Some(inline()),
+                ..OriginateTls::default()
+            })),
+            endpoints: Vec::new(),
+        });
+        assert!(cfg.to_json().contains("SECRETKEYBYTES"));
+        let shown = cfg.redacted().to_json();
+        assert!(!shown.contains("SECRETKEYBYTES"), "{shown}");
+        assert!(shown.contains("CHAIN") && shown.contains("db.example.com"));
+        assert!(!format!("{cfg:?}").contains("SECRETKEYBYTES"));
     }
 
     #[test]

@@ -357,7 +357,10 @@ impl Validator {
         }
         match &cl.tls {
             UpstreamTls::Disable => {}
-            UpstreamTls::Mesh { expected_identities } => {
+            UpstreamTls::Mesh {
+                expected_identities,
+                sni,
+            } => {
                 if expected_identities.is_empty() && cl.endpoints.iter().any(|e| e.identity.is_none()) {
                     self.err(
                         format!("{path}.tls.mesh.expectedIdentities"),
@@ -372,18 +375,34 @@ impl Validator {
                         &c.identity.trust_domain,
                     );
                 }
-            }
-            UpstreamTls::Simple { sni, ca } => {
-                if sni.is_empty() || !is_dns_name(sni) {
-                    self.err(format!("{path}.tls.simple.sni"), format!("{sni:?} is not a DNS name"));
+                if let Some(sni) = sni.as_deref().filter(|s| !is_dns_name(s)) {
+                    self.err(format!("{path}.tls.mesh.sni"), format!("{sni:?} is not a DNS name"));
                 }
-                match ca {
-                    Some(ca) => self.pem_source(&format!("{path}.tls.simple.ca"), ca),
-                    None if c.identity.trust_bundle.is_none() => self.err(
-                        format!("{path}.tls.simple.ca"),
-                        "no CA given and identity.trustBundle is empty",
-                    ),
-                    None => {}
+            }
+            UpstreamTls::Originate(o) => {
+                let p = format!("{path}.tls.originate");
+                if o.sni.is_empty() || !(is_dns_name(&o.sni) || o.sni.parse::<IpAddr>().is_ok()) {
+                    self.err(
+                        format!("{p}.sni"),
+                        format!("{:?} is not a DNS name or IP address", o.sni),
+                    );
+                }
+                if let Some(ca) = &o.ca {
+                    self.pem_source(&format!("{p}.ca"), ca);
+                }
+                if let Some(cert) = &o.client_certificate {
+                    self.certificate(&format!("{p}.clientCertificate"), cert);
+                }
+                for (i, san) in o.subject_alt_names.iter().enumerate() {
+                    if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        self.err(format!("{p}.subjectAltNames[{i}]"), format!("{san:?} is not a name"));
+                    }
+                }
+                if o.insecure_skip_verify && (o.ca.is_some() || !o.subject_alt_names.is_empty()) {
+                    self.err(
+                        format!("{p}.insecureSkipVerify"),
+                        "nothing is verified with insecureSkipVerify: drop ca and subjectAltNames, or it",
+                    );
                 }
             }
         }

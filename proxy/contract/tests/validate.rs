@@ -173,6 +173,7 @@ fn mesh_cluster_needs_expected_identity_for_every_endpoint() {
     let mut cfg = example();
     cfg.clusters[1].tls = UpstreamTls::Mesh {
         expected_identities: vec![],
+        sni: None,
     };
     assert_single(&cfg, "clusters[1].tls.mesh.expectedIdentities", "peer identity");
 }
@@ -384,4 +385,61 @@ fn sni_tls_entries_are_checked() {
     let mut ok = cfg.clone();
     ok.listeners[0].sni_tls.clear();
     assert!(!ok.to_json().contains("sniTls"));
+}
+
+#[test]
+fn originated_tls_is_checked_field_by_field() {
+    let originate = |o: trellis_contract::OriginateTls| UpstreamTls::Originate(Box::new(o));
+    let good = trellis_contract::OriginateTls {
+        sni: "db.example.com".into(),
+        ..Default::default()
+    };
+    let mut cfg = example();
+    cfg.clusters[1].tls = originate(good.clone());
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+    // An IP address is a server name too (no SNI is sent then).
+    cfg.clusters[1].tls = originate(trellis_contract::OriginateTls {
+        sni: "10.0.0.7".into(),
+        ..good.clone()
+    });
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+
+    for (tls, path, needle) in [
+        (
+            trellis_contract::OriginateTls {
+                sni: "db example".into(),
+                ..good.clone()
+            },
+            "clusters[1].tls.originate.sni",
+            "not a DNS name or IP address",
+        ),
+        (
+            trellis_contract::OriginateTls {
+                subject_alt_names: vec!["a b".into()],
+                ..good.clone()
+            },
+            "clusters[1].tls.originate.subjectAltNames[0]",
+            "is not a name",
+        ),
+        (
+            trellis_contract::OriginateTls {
+                insecure_skip_verify: true,
+                subject_alt_names: vec!["db.example.com".into()],
+                ..good.clone()
+            },
+            "clusters[1].tls.originate.insecureSkipVerify",
+            "nothing is verified",
+        ),
+    ] {
+        let mut cfg = example();
+        cfg.clusters[1].tls = originate(tls);
+        assert_single(&cfg, path, needle);
+    }
+
+    let mut cfg = example();
+    cfg.clusters[1].tls = UpstreamTls::Mesh {
+        expected_identities: vec!["spiffe://cluster.local/ns/egress/sa/gw".into()],
+        sni: Some("-bad-".into()),
+    };
+    assert_single(&cfg, "clusters[1].tls.mesh.sni", "not a DNS name");
 }

@@ -246,6 +246,9 @@ pub(super) async fn forward(
                     rt.metrics.outlier_ejected();
                 }
                 tracing::debug!(error = %e, cluster = %cluster.spec.name, "upstream attempt failed");
+                if matches!(e, UpstreamError::TlsHandshake { .. }) {
+                    rt.metrics.upstream_tls_failed(&cluster.spec.name);
+                }
                 let (status, flag, message, cond) = upstream_failure(&e);
                 last_failure = (status, flag, message);
                 if !retry_on_error(retry, cond) {
@@ -638,7 +641,7 @@ async fn await_response(
 /// The answer to a failed attempt, and the retry condition it meets.
 fn upstream_failure(e: &UpstreamError) -> (StatusCode, &'static str, String, RetryOn) {
     match e {
-        UpstreamError::ConnectFailure { .. } => (
+        UpstreamError::ConnectFailure { .. } | UpstreamError::TlsHandshake { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "UF",
             format!("upstream connect error or disconnect/reset before headers: {e}\n"),

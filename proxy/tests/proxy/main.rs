@@ -14,6 +14,7 @@ mod hardening;
 mod http2;
 mod lifecycle;
 mod mtls;
+mod origination;
 mod overload;
 mod pool;
 mod resilience;

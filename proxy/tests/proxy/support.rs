@@ -371,6 +371,11 @@ impl Pki {
         self.ca_cert.pem()
     }
 
+    /// The CA, to sign leaves of a test's own shape.
+    pub fn issuer(&self) -> &rcgen::Issuer<'static, rcgen::KeyPair> {
+        &self.issuer
+    }
+
     /// A leaf with exactly one URI SAN.
     pub fn leaf(&self, spiffe: &str) -> Leaf {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

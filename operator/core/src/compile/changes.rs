@@ -5,7 +5,8 @@
 //!   Service, the VirtualServices for its host, and the Services they route to (destination
 //!   ports are resolved from them).
 //! - A **cluster** reads its host's Service, the DestinationRule for the host, the Service's
-//!   pods (endpoints, identities) and the mesh's trust domain.
+//!   pods (endpoints, identities), the mesh's trust domain and the TLS Secrets the rule's
+//!   `credentialName`s name (in the client's namespace).
 //! - The **DNS table** reads the Services.
 //! - A sidecar's **own part** (node, identity, inbound listener and policy, telemetry) reads its
 //!   pod, the Services of its namespace, PeerAuthentications, AuthorizationPolicies, the mesh
@@ -130,6 +131,25 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         c.cluster_hosts.insert(resolve_host(&dr.spec.host, ns));
     }
 
+    // TLS Secrets: the clusters of the rules naming them in `credentialName` (in any
+    // namespace: the Secret is looked up in the client's).
+    let changed_secrets: BTreeSet<&str> = old
+        .registry
+        .credentials
+        .iter()
+        .chain(&new.registry.credentials)
+        .filter(|(k, _)| old.registry.credentials.get(*k) != new.registry.credentials.get(*k))
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    if !changed_secrets.is_empty() {
+        for dr in old.destination_rules.iter().chain(&new.destination_rules) {
+            if credential_names(&dr.spec).any(|n| changed_secrets.contains(n)) {
+                let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+                c.cluster_hosts.insert(resolve_host(&dr.spec.host, ns));
+            }
+        }
+    }
+
     // Services: their routes, the routes to them, their clusters, DNS, and own parts of their
     // namespace's sidecars.
     let (old_reg, new_reg) = (&old.registry, &new.registry);
@@ -174,6 +194,21 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         }
     }
     c.narrow()
+}
+
+/// Every `credentialName` a DestinationRule's TLS settings name: top-level, per port, per
+/// subset.
+fn credential_names(spec: &trellis_api::networking::DestinationRuleSpec) -> impl Iterator<Item = &str> {
+    let policies = spec
+        .traffic_policy
+        .iter()
+        .chain(spec.subsets.iter().flatten().filter_map(|s| s.traffic_policy.as_ref()));
+    policies.flat_map(|p| {
+        p.tls
+            .iter()
+            .chain(p.port_level_settings.iter().flatten().filter_map(|pl| pl.tls.as_ref()))
+            .filter_map(|t| t.credential_name.as_deref())
+    })
 }
 
 /// The metadata of the configuration kinds compared here (what kube's `Resource::meta` gives,

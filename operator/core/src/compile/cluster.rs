@@ -6,13 +6,13 @@ use trellis_api::networking::{
     OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
 };
 use trellis_contract::{
-    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OutlierDetection,
-    UpstreamProtocol, UpstreamTls,
+    CertificateRef, Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
+    OutlierDetection, PemSource, UpstreamProtocol, UpstreamTls,
 };
 
 use super::route::{ClusterRef, millis};
 use super::{Code, Ctx, DNS_DOMAIN, host_matches, resolve_host, resource, visible};
-use crate::registry::{Protocol, TargetPort, selects};
+use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
 
 /// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
 /// the proxy's own namespace beats one in the host's namespace, which beats others; an exact
@@ -91,6 +91,8 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
     // Endpoints: the Service's pods (ready or not), narrowed to the subset.
     let mut endpoints = Vec::new();
     let mut identities = Vec::new();
+    // Each endpoint's service account identity, meshed or not (explicit ISTIO_MUTUAL).
+    let mut accounts = Vec::new();
     let mut all_meshed = true;
     if let (Some(svc), Some(port)) = (svc, port) {
         for w in registry.endpoints(svc) {
@@ -102,7 +104,9 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 TargetPort::Named(name) => w.named_ports.get(name).copied(),
             };
             let Some(target) = target else { continue };
-            let identity = w.meshed.then(|| w.spiffe_id(&ctx.trust_domain));
+            let account = w.spiffe_id(&ctx.trust_domain);
+            let identity = w.meshed.then(|| account.clone());
+            accounts.push(account);
             if let Some(id) = &identity {
                 if !identities.contains(id) {
                     identities.push(id.clone());
@@ -154,33 +158,108 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
     apply_policy(ctx, &res, &policy, &mut cluster);
 
     // TLS: the rule's mode, or automatic mutual TLS to meshed endpoints.
-    cluster.tls = match policy.tls.as_ref().and_then(|t| t.mode) {
-        Some(ClientTlsMode::Disable) => UpstreamTls::Disable,
-        Some(ClientTlsMode::IstioMutual | ClientTlsMode::MeshMutual) => UpstreamTls::Mesh {
-            expected_identities: identities,
-        },
-        Some(ClientTlsMode::Simple) => {
-            let tls = policy.tls.as_ref().expect("mode implies tls");
-            UpstreamTls::Simple {
-                sni: tls.sni.clone().unwrap_or_else(|| cref.host.clone()),
-                ca: None,
+    let tls = policy.tls.as_ref();
+    cluster.tls = match tls.and_then(|t| t.mode.map(|m| (t, m))) {
+        Some((_, ClientTlsMode::Disable)) => UpstreamTls::Disable,
+        Some((t, ClientTlsMode::IstioMutual | ClientTlsMode::MeshMutual)) => {
+            // Explicit mesh mTLS: the peers are who the rule names, else the endpoints'
+            // service accounts, whether or not a proxy was seen on them (Istio's SANs).
+            let sans = t.subject_alt_names.clone().unwrap_or_default();
+            let expected = if sans.is_empty() {
+                for (e, id) in cluster.endpoints.iter_mut().zip(&accounts) {
+                    e.identity = Some(id.clone());
+                }
+                let mut all = accounts.clone();
+                all.sort();
+                all.dedup();
+                all
+            } else {
+                for e in &mut cluster.endpoints {
+                    e.identity = None;
+                }
+                sans
+            };
+            UpstreamTls::Mesh {
+                expected_identities: expected,
+                sni: t.sni.clone(),
             }
         }
-        Some(ClientTlsMode::Mutual) => {
-            ctx.diag(
-                Code::UnsupportedDropped,
-                &res,
-                "tls mode MUTUAL (a user-supplied client certificate) is not supported by trellis-proxy yet; the cluster gets no endpoints so nothing is sent in plaintext",
-            );
-            cluster.endpoints.clear();
-            UpstreamTls::Disable
-        }
+        Some((t, ClientTlsMode::Simple | ClientTlsMode::Mutual)) => match originate(ctx, &res, &cref.host, t) {
+            Some(o) => UpstreamTls::Originate(Box::new(o)),
+            None => {
+                // Fail closed: without its credential nothing is sent at all.
+                cluster.endpoints.clear();
+                UpstreamTls::Disable
+            }
+        },
         None if svc.is_some() && (all_meshed || cluster.endpoints.is_empty()) => UpstreamTls::Mesh {
             expected_identities: identities,
+            sni: None,
         },
         None => UpstreamTls::Disable,
     };
     cluster
+}
+
+/// TLS originated to `host` as a DestinationRule's SIMPLE or MUTUAL settings say: the
+/// server verified against `caCertificates` (a file on the proxy), the `ca.crt` of
+/// `credentialName`, or the system's roots, by `subjectAltNames` or the SNI (`sni`, else the
+/// host); MUTUAL presents `clientCertificate`/`privateKey` (files on the proxy) or the
+/// `credentialName` Secret's `tls.crt`/`tls.key` — a `kubernetes.io/tls` Secret in the
+/// client proxy's namespace, as Istio reads it. `None` (with a diagnostic) when that Secret
+/// does not exist.
+fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSettings) -> Option<OriginateTls> {
+    let mutual = t.mode == Some(ClientTlsMode::Mutual);
+    let mut o = OriginateTls {
+        sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
+        ca: t.ca_certificates.clone().map(PemSource::File),
+        subject_alt_names: t.subject_alt_names.clone().unwrap_or_default(),
+        insecure_skip_verify: t.insecure_skip_verify == Some(true),
+        client_certificate: None,
+    };
+    if let Some(name) = &t.credential_name {
+        let key = ObjectKey::new(ctx.proxy.key.namespace.clone(), name.clone());
+        let Some(c) = ctx.snapshot.registry.credentials.get(&key) else {
+            ctx.diag(
+                Code::ReferencedResourceNotFound,
+                res,
+                format!(
+                    "tls.credentialName {name:?}: no TLS Secret {key} (type kubernetes.io/tls, with tls.crt and tls.key) in the client's namespace; connections to {host} fail until it exists"
+                ),
+            );
+            return None;
+        };
+        if o.ca.is_none() {
+            o.ca = c.ca_pem.clone().map(PemSource::Inline);
+        }
+        if mutual {
+            o.client_certificate = Some(CertificateRef::Inline {
+                cert_chain_pem: c.cert_chain_pem.clone(),
+                private_key_pem: c.private_key_pem.clone(),
+            });
+        }
+    } else if mutual {
+        // The validator requires both files without a credentialName.
+        let (Some(cert), Some(key)) = (&t.client_certificate, &t.private_key) else {
+            ctx.diag(
+                Code::ReferencedResourceNotFound,
+                res,
+                format!("tls mode MUTUAL needs credentialName, or clientCertificate and privateKey; connections to {host} fail"),
+            );
+            return None;
+        };
+        o.client_certificate = Some(CertificateRef::Files {
+            cert_chain_file: cert.clone(),
+            private_key_file: key.clone(),
+        });
+    }
+    if o.insecure_skip_verify {
+        // Nothing is verified: the validator refuses caCertificates and subjectAltNames
+        // with it, and a credentialName's ca.crt is not used.
+        o.ca = None;
+        o.subject_alt_names.clear();
+    }
+    Some(o)
 }
 
 /// The policy for a port of a (subset of a) host: the subset's overrides the rule's, and
