@@ -48,12 +48,23 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
     out
 }
 
-/// RFC 6902 JSON patch.
+/// RFC 6902 JSON patch, as the API server applies it: a `test` of `null`
+/// passes on a path that does not exist (kube-runtime's finalizer helper adds
+/// the first finalizer with `test /metadata/finalizers null`, then `add`).
+/// All or nothing: a failing operation leaves the object as it was.
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Invalid(e.to_string()))?;
     let mut out = target.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Invalid(e.to_string()))?;
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && out.pointer(t.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(&mut out, &[op]).map_err(|e| PatchError::Invalid(e.to_string()))?;
+    }
     Ok(out)
 }
 
@@ -827,6 +838,24 @@ mod tests {
         .unwrap();
         assert_eq!(out, json!({"a": 5}));
         assert!(json_patch(&obj, &json!([{"op": "remove", "path": "/zz"}])).is_err());
+        // kube-runtime's first finalizer: `test null` passes on a missing path, as upstream.
+        let first = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/f"]}
+        ]);
+        let meta = json!({"metadata": {"name": "m"}});
+        assert_eq!(
+            json_patch(&meta, &first).unwrap(),
+            json!({"metadata": {"name": "m", "finalizers": ["example.com/f"]}})
+        );
+        // ... and fails where the path holds something; nothing is applied then.
+        let held = json!({"metadata": {"name": "m", "finalizers": ["other"]}});
+        assert!(json_patch(&held, &first).is_err());
+        let half = json!([{"op": "replace", "path": "/a", "value": 9}, {"op": "test", "path": "/a", "value": 1}]);
+        assert!(
+            json_patch(&obj, &half).is_err(),
+            "a failed test rolls back the whole patch"
+        );
     }
 
     #[test]
