@@ -194,7 +194,8 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     } else {
         (Leadership::always(), None)
     };
-    let stored = secret::load_or_create(&client, &config.namespace, &config.trust_domain).await?;
+    let stored =
+        secret::load_or_create(&client, &config.namespace, &config.trust_domain, defaults.root_cert_ttl).await?;
     let roots = Arc::new(match stored.previous {
         // A rotation was under way when the operator stopped: resume it from the start (proxies
         // that already hold both roots acknowledge at once).
@@ -229,6 +230,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         client.clone(),
         config.namespace.clone(),
         config.trust_domain.clone(),
+        defaults.root_cert_ttl,
         roots.clone(),
         leadership.clone(),
     )));
@@ -258,7 +260,29 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         app.peers.clone(),
     )));
     // The Mesh reconciler and the proxy rollout, with the watches they read (leader only).
-    let (settings_tx, _) = tokio::sync::watch::channel(Settings::defaults(&defaults));
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(Settings::defaults(&defaults));
+    // The CA as the Mesh asks (leader only): self-signed roots rotated before expiry, a plugged
+    // root followed from the Secret spec.ca.secretRef names.
+    let ca_problem = crate::ca::lifecycle::Problem::default();
+    let (ca_client, ca_namespace, ca_roots, ca_problem_w) = (
+        client.clone(),
+        config.namespace.clone(),
+        roots.clone(),
+        ca_problem.clone(),
+    );
+    app.tasks.push(tokio::spawn(leader::while_leading(
+        leadership.clone(),
+        "certificate authority",
+        move || {
+            crate::ca::lifecycle::run(
+                ca_client.clone(),
+                ca_namespace.clone(),
+                ca_roots.clone(),
+                settings_rx.clone(),
+                ca_problem_w.clone(),
+            )
+        },
+    )));
     let pods = crate::dataplane::Pods::default();
     let workloads = crate::rollout::workloads::Shared::default();
     let observe = Arc::new(crate::mesh::observe::Live {
@@ -266,6 +290,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         trust_domain: config.trust_domain.clone(),
         push: app.push.clone(),
         peers: app.peers.clone(),
+        ca_problem,
         pods: pods.clone(),
         workloads: workloads.clone(),
         webhooks: {
@@ -485,7 +510,11 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
 /// The mesh roots from the `trellis-ca` Secret, created (self-signed) on first start; during a
 /// rotation, the root being rotated to. See [`crate::ca::secret`].
 pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain: &str) -> anyhow::Result<SigningCert> {
-    Ok(secret::load_or_create(client, namespace, trust_domain).await?.root)
+    Ok(
+        secret::load_or_create(client, namespace, trust_domain, crate::ca::DEFAULT_ROOT_TTL)
+            .await?
+            .root,
+    )
 }
 
 /// Start the admission webhooks on `config.webhook_addr`, with a certificate from the issuing

@@ -18,7 +18,7 @@
 //! Secret; every replica follows the root the Secret holds, so one request is one rotation.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -28,7 +28,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
-use super::{DEFAULT_ROOT_TTL, MeshRoots, SigningCert};
+use super::{MeshRoots, SigningCert};
 use crate::leader::Leadership;
 
 /// The Secret holding the mesh root, in the control plane's namespace.
@@ -95,18 +95,24 @@ pub fn read(secret: &Secret) -> anyhow::Result<Stored> {
     Ok(Stored { root, previous })
 }
 
-/// The roots from the CA Secret, created with a self-signed root on first start.
+/// The roots from the CA Secret, created with a self-signed root (valid `root_ttl`: the Mesh's
+/// `spec.ca.rootCertTtl`) on first start.
 ///
 /// # Guarantees
 /// Two operators starting at once end up with the same root: the loser of the create race
 /// reads the winner's Secret.
-pub async fn load_or_create(client: &Client, namespace: &str, trust_domain: &str) -> anyhow::Result<Stored> {
+pub async fn load_or_create(
+    client: &Client,
+    namespace: &str,
+    trust_domain: &str,
+    root_ttl: Duration,
+) -> anyhow::Result<Stored> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for _ in 0..3 {
         if let Some(secret) = api.get_opt(CA_SECRET).await.context("reading the CA Secret")? {
             return read(&secret);
         }
-        let root = SigningCert::self_signed_root(trust_domain, DEFAULT_ROOT_TTL, SystemTime::now())?;
+        let root = SigningCert::self_signed_root(trust_domain, root_ttl, SystemTime::now())?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(CA_SECRET.into()),
@@ -171,6 +177,7 @@ pub fn requested_root(
     secret: &Secret,
     roots: &MeshRoots,
     trust_domain: &str,
+    root_ttl: Duration,
     generate: bool,
 ) -> anyhow::Result<Option<SigningCert>> {
     let annotated = secret
@@ -179,7 +186,7 @@ pub fn requested_root(
         .as_ref()
         .is_some_and(|a| a.contains_key(ROTATE_ANNOTATION));
     if annotated && generate {
-        let root = SigningCert::self_signed_root(trust_domain, DEFAULT_ROOT_TTL, SystemTime::now())?;
+        let root = SigningCert::self_signed_root(trust_domain, root_ttl, SystemTime::now())?;
         return Ok(Some(root));
     }
     let stored = read(secret)?;
@@ -196,6 +203,7 @@ pub async fn watch(
     client: Client,
     namespace: String,
     trust_domain: String,
+    root_ttl: Duration,
     roots: Arc<MeshRoots>,
     leadership: Leadership,
 ) {
@@ -235,7 +243,7 @@ pub async fn watch(
             }
         };
         let leading = leadership.is_leader();
-        match requested_root(&secret, &roots, &trust_domain, leading) {
+        match requested_root(&secret, &roots, &trust_domain, root_ttl, leading) {
             Ok(None) => {}
             Ok(Some(root)) => {
                 let fp = root.fingerprint().to_string();

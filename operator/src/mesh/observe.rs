@@ -31,6 +31,8 @@ pub struct Live {
     pub workloads: crate::rollout::workloads::Shared,
     /// The admission webhooks' state.
     pub webhooks: Arc<dyn Fn() -> WebhooksObservation + Send + Sync>,
+    /// Why the CA cannot follow the Mesh's CA settings ([`crate::ca::lifecycle`]).
+    pub ca_problem: crate::ca::lifecycle::Problem,
 }
 
 impl std::fmt::Debug for Live {
@@ -51,22 +53,11 @@ impl Observe for Live {
         };
         let problem = if settings.trust_domain != self.trust_domain {
             Some(format!(
-                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts: restart it (kubectl -n trellis-system rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
+                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts (every identity changes with it): restart the operator (kubectl -n trellis-system rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
                 settings.trust_domain, self.trust_domain
             ))
         } else {
-            match &settings.ca.plugged_from {
-                Some((ns, name))
-                    if !(ns == trellis_api::mesh::SYSTEM_NAMESPACE && name == crate::ca::secret::CA_SECRET) =>
-                {
-                    Some(format!(
-                        "spec.ca.secretRef names Secret {ns}/{name}, but the operator reads a plugged root only from Secret {}/{}: put ca.crt and ca.key (and cert-chain.pem for an intermediate) there, or point secretRef at it",
-                        trellis_api::mesh::SYSTEM_NAMESPACE,
-                        crate::ca::secret::CA_SECRET
-                    ))
-                }
-                _ => None,
-            }
+            self.ca_problem.read().ok().and_then(|p| p.clone())
         };
         CaObservation {
             mode: mode.into(),

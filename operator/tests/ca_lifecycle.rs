@@ -1,0 +1,186 @@
+//! The CA as the Mesh asks for it, in the running operator on kubesim (`ca::lifecycle`):
+//! - `spec.ca.mode: Plugged` with a `secretRef` in another namespace: the operator copies that
+//!   Secret's root into `trellis-system/trellis-ca` and issues from it, follows the user's
+//!   replacement of it, and says in `CertificateAuthorityReady` when the Secret is unusable;
+//! - a self-signed root with less than a fifth of its life left is rotated by the leader to a
+//!   new root valid `spec.ca.rootCertTtl`, both roots trusted while the rotation runs.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::{cluster_with_web, free_port, operator_config, until_async};
+use trellis_e2e::harness::TestCluster;
+use trellis_operator::app;
+use trellis_operator::ca::SigningCert;
+
+/// A Secret manifest holding `root` as `ca.crt`/`ca.key`.
+fn secret_yaml(namespace: &str, name: &str, root: &SigningCert) -> String {
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n    {}\n  ca.key: |\n    {}\n",
+        indent(root.cert_pem()),
+        indent(&root.key_pem())
+    )
+}
+
+/// The issuing root's fingerprint, and every root's fingerprint, as the running CA has them.
+fn issuing(op: &app::App) -> (Option<String>, Vec<String>) {
+    let status = op.roots.status();
+    let issuing = status.roots.iter().find(|r| r.issuing).map(|r| r.fingerprint.clone());
+    (issuing, status.roots.into_iter().map(|r| r.fingerprint).collect())
+}
+
+fn ca_condition(cluster: &TestCluster) -> (String, String) {
+    let json = cluster
+        .kubectl_ok(&["get", "mesh", "default", "-o", "json"], None)
+        .unwrap_or_default();
+    let mesh: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let c = mesh["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "CertificateAuthorityReady")
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said() {
+    let (cluster, _pod) = cluster_with_web();
+    cluster.kubectl_ok(&["create", "namespace", "security"], None).unwrap();
+    let corp =
+        SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), SystemTime::now()).unwrap();
+    cluster
+        .kubectl_ok(&["apply", "-f", "-"], Some(&secret_yaml("security", "corp-ca", &corp)))
+        .unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec:\n  ca: {mode: Plugged, secretRef: {name: corp-ca, namespace: security}}\n",
+            ),
+        )
+        .unwrap();
+    let op = app::start(operator_config(free_port(), 3600), cluster.client().await.unwrap())
+        .await
+        .expect("the operator starts");
+    let self_signed = issuing(&op).0.expect("an issuing root");
+    assert_ne!(self_signed, corp.fingerprint(), "the operator started on its own root");
+
+    // The plugged root is copied into trellis-ca and rotated to.
+    until_async("the CA issues from the plugged root", 60, || async {
+        issuing(&op).0.as_deref() == Some(corp.fingerprint())
+    })
+    .await;
+    let stored = app::load_or_create_root(&cluster.client().await.unwrap(), "trellis-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.fingerprint(),
+        corp.fingerprint(),
+        "trellis-ca holds the plugged root"
+    );
+
+    // The user replaces the plugged root: followed again.
+    let renewed =
+        SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), SystemTime::now()).unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&secret_yaml("security", "corp-ca", &renewed)),
+        )
+        .unwrap();
+    until_async("the CA issues from the replaced plugged root", 60, || async {
+        issuing(&op).0.as_deref() == Some(renewed.fingerprint())
+    })
+    .await;
+
+    // A plugged Secret without a key is said on the Mesh, naming the Secret and the fix; the CA
+    // keeps the root it has.
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "security",
+                "patch",
+                "secret",
+                "corp-ca",
+                "--type",
+                "json",
+                "-p",
+                r#"[{"op":"remove","path":"/data/ca.key"}]"#,
+            ],
+            None,
+        )
+        .unwrap();
+    until_async(
+        "CertificateAuthorityReady says the plugged Secret has no key",
+        60,
+        || async {
+            let (status, message) = ca_condition(&cluster);
+            status == "False" && message.contains("Secret security/corp-ca") && message.contains("has no ca.key")
+        },
+    )
+    .await;
+    assert_eq!(issuing(&op).0.as_deref(), Some(renewed.fingerprint()));
+    op.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted() {
+    let (cluster, _pod) = cluster_with_web();
+    // A root of 10 days with 1 left: past the four fifths of its life.
+    let day = Duration::from_secs(86400);
+    let old = SigningCert::self_signed_root("cluster.local", 10 * day, SystemTime::now() - 9 * day).unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&secret_yaml("trellis-system", "trellis-ca", &old)),
+        )
+        .unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some("apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec:\n  ca: {mode: SelfSigned, rootCertTtl: 2160h}\n"),
+        )
+        .unwrap();
+    let op = app::start(operator_config(free_port(), 3600), cluster.client().await.unwrap())
+        .await
+        .expect("the operator starts");
+    assert_eq!(
+        issuing(&op).0.as_deref(),
+        Some(old.fingerprint()),
+        "started on the stored root"
+    );
+
+    // The leader asks for a new root, which is distributed next to the old one before it issues.
+    until_async("the new root issues", 60, || async {
+        issuing(&op).0.is_some_and(|fp| fp != old.fingerprint())
+    })
+    .await;
+    let phases: Vec<String> = op.roots.status().transitions.into_iter().map(|t| t.phase).collect();
+    assert_eq!(
+        phases.get(..3),
+        Some(&["Stable".to_string(), "Distributing".into(), "Reissuing".into()][..]),
+        "distributed (both roots trusted) before the new one issues: {phases:?}"
+    );
+    let status = op.roots.status();
+    let new = status.roots.iter().find(|r| r.issuing).unwrap();
+    let lifetime = new.not_after_unix - new.not_before_unix;
+    assert!(
+        lifetime.abs_diff(2160 * 3600) <= 3600,
+        "the new root lives spec.ca.rootCertTtl (90 days), not the default: {lifetime}s"
+    );
+    // One rotation, not one per check.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored = app::load_or_create_root(&cluster.client().await.unwrap(), "trellis-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(stored.fingerprint(), new.fingerprint);
+    op.stop();
+}
