@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use trellis_contract::{
     AuthzAction, CertificateRef, HashKey, HealthStatus, LbPolicy, ListenerDirection, MtlsMode, OriginateTls, PemSource,
-    ProxyConfig, RetryOn, RouteAction, StringMatch, UpstreamTls,
+    ProxyConfig, RetryOn, RouteAction, StringMatch, TcpWeightedCluster, UpstreamTls,
 };
 use trellis_operator::compile::{Compiled, Role, Severity, compile};
 use trellis_operator::registry::ObjectKey;
@@ -427,6 +427,86 @@ fn tcp_ports_route_by_cluster_ip() {
     let r = l.tcp_routes.iter().find(|r| r.destination_port == Some(5432)).unwrap();
     assert_eq!(r.destination_cidrs, ["10.96.0.12/32"]);
     assert_eq!(r.cluster, "outbound|5432||db.shop.svc.cluster.local");
+}
+
+/// A replica of db and a VirtualService whose TCP rules for db only apply to some proxies.
+const DB_TCP: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-replica, namespace: shop}
+spec:
+  clusterIP: 10.96.0.13
+  selector: {app: db}
+  ports: [{name: tcp-sql, port: 5432, targetPort: 5432}]
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: VirtualService
+metadata: {name: db-tcp, namespace: shop}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{sourceLabels: {app: payment}}]
+    route: [{destination: {host: db-replica}}]
+  - match: [{port: 5432, gateways: [shop-gateway]}]
+    route: [{destination: {host: db-replica}}]
+  - match: [{destinationSubnets: [192.168.0.0/16, 10.96.0.99]}, {port: 6000}, {sourceNamespace: billing}]
+    route: [{destination: {host: db-replica}}]
+  - match: [{port: 5432, sourceNamespace: shop, sourceLabels: {app: web}, destinationSubnets: [10.96.0.0/16]}]
+    route:
+    - {destination: {host: db, port: {number: 5432}}, weight: 70}
+    - {destination: {host: db-replica, port: {number: 5432}}, weight: 30}
+"#;
+
+#[test]
+fn tcp_rules_match_on_every_l4_field_and_split_by_weight() {
+    let yaml = format!("{}{DB_TCP}", shop());
+    let db_route = |c: &Compiled| {
+        let l = c.config.listeners.iter().find(|l| l.name == "outbound").unwrap();
+        l.tcp_routes
+            .iter()
+            .find(|r| r.destination_cidrs == ["10.96.0.12/32"])
+            .unwrap()
+            .clone()
+    };
+    // web: the first three rules do not apply (another source, a gateway only, subnets and
+    // port and namespace that are not this connection's); the fourth splits 70/30.
+    let c = web(&yaml);
+    let r = db_route(&c);
+    assert_eq!(r.cluster, "");
+    assert_eq!(
+        r.weighted_clusters,
+        [
+            TcpWeightedCluster {
+                cluster: "outbound|5432||db.shop.svc.cluster.local".into(),
+                weight: 70
+            },
+            TcpWeightedCluster {
+                cluster: "outbound|5432||db-replica.shop.svc.cluster.local".into(),
+                weight: 30
+            },
+        ]
+    );
+    let p = r.provenance.unwrap();
+    assert_eq!((p.name.as_str(), p.rule_index), ("db-tcp", Some(3)));
+    assert!(
+        c.config
+            .cluster("outbound|5432||db-replica.shop.svc.cluster.local")
+            .is_some()
+    );
+    assert!(
+        !c.diagnostics.iter().any(|d| d.resource.contains("db-tcp")),
+        "{:?}",
+        c.diagnostics
+    );
+    assert_eq!(c.config.validate(), Ok(()));
+
+    // payment's proxy matches the first rule's sourceLabels: one destination, no split.
+    let c = compiled(&yaml, "shop", "payment-v1-aaaa", Role::Sidecar);
+    let r = db_route(&c);
+    assert_eq!(r.cluster, "outbound|5432||db-replica.shop.svc.cluster.local");
+    assert!(r.weighted_clusters.is_empty());
+    assert_eq!(r.provenance.unwrap().rule_index, Some(0));
 }
 
 #[test]

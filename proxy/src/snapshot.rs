@@ -68,20 +68,43 @@ pub struct ListenerRuntime {
     pub routes: RouteTable,
     /// Gateway TLS, by SNI.
     pub tls: Option<Arc<crate::sni::TlsServers>>,
-    /// TCP routes: `(port, cidrs, cluster)`.
-    pub tcp_routes: Vec<(Option<u16>, Vec<IpNet>, String)>,
+    /// TCP routes, in order.
+    pub tcp_routes: Vec<TcpRouteRuntime>,
+}
+
+/// A TCP route at run time.
+#[derive(Debug)]
+pub struct TcpRouteRuntime {
+    /// The original destination port it matches (any when `None`).
+    pub port: Option<u16>,
+    /// The original destination addresses it matches (any when empty).
+    pub cidrs: Vec<IpNet>,
+    /// Its clusters and their weights.
+    pub clusters: Vec<(String, u32)>,
 }
 
 impl ListenerRuntime {
-    /// The TCP route for an original destination.
+    /// The cluster for a new connection to an original destination: the first TCP route that
+    /// matches it, and one of its clusters by weight.
     pub fn tcp_cluster(&self, dst: SocketAddr) -> Option<&str> {
-        self.tcp_routes
-            .iter()
-            .find(|(port, cidrs, _)| {
-                port.is_none_or(|p| p == dst.port())
-                    && (cidrs.is_empty() || cidrs.iter().any(|c| c.contains(&dst.ip())))
-            })
-            .map(|(_, _, c)| c.as_str())
+        let route = self.tcp_routes.iter().find(|r| {
+            r.port.is_none_or(|p| p == dst.port())
+                && (r.cidrs.is_empty() || r.cidrs.iter().any(|c| c.contains(&dst.ip())))
+        })?;
+        let clusters = &route.clusters;
+        if let [(only, _)] = clusters.as_slice() {
+            return Some(only);
+        }
+        // Validation guarantees the weights sum to 100.
+        let total: u32 = clusters.iter().map(|(_, w)| w).sum();
+        let mut roll = fastrand::u32(..total.max(1));
+        for (cluster, weight) in clusters {
+            if roll < *weight {
+                return Some(cluster);
+            }
+            roll -= weight;
+        }
+        None
     }
 }
 
@@ -165,12 +188,10 @@ impl Snapshot {
             let tcp_routes = l
                 .tcp_routes
                 .iter()
-                .map(|t| {
-                    (
-                        t.destination_port,
-                        t.destination_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
-                        t.cluster.clone(),
-                    )
+                .map(|t| TcpRouteRuntime {
+                    port: t.destination_port,
+                    cidrs: t.destination_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+                    clusters: t.destinations().into_iter().map(|(c, w)| (c.to_string(), w)).collect(),
                 })
                 .collect();
             listeners.insert(

@@ -44,7 +44,7 @@ pub use inbound::{
 };
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
-    ServerTlsMode, SniTls, TcpRoute,
+    ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,
 };
 pub use route::{
     CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,

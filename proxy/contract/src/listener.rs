@@ -129,11 +129,40 @@ pub struct TcpRoute {
     /// Match the original destination address against these CIDRs (any).
     #[serde(default)]
     pub destination_cidrs: Vec<String>,
-    /// Cluster to forward to.
+    /// Cluster to forward to; empty when `weightedClusters` splits the connections.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster: String,
+    /// Clusters sharing the connections by weight (percent, summing to 100): each new
+    /// connection goes to one of them (a VirtualService `tcp` route's weighted destinations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted_clusters: Vec<TcpWeightedCluster>,
     /// The resource that produced this route.
     #[serde(default)]
     pub provenance: Option<Provenance>,
+}
+
+/// A TCP destination and its share of connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpWeightedCluster {
+    /// Cluster name.
+    pub cluster: String,
+    /// Share of new connections in percent.
+    pub weight: u32,
+}
+
+impl TcpRoute {
+    /// The clusters and their weights: `cluster` alone with 100, or `weightedClusters`.
+    pub fn destinations(&self) -> Vec<(&str, u32)> {
+        if self.weighted_clusters.is_empty() {
+            vec![(self.cluster.as_str(), 100)]
+        } else {
+            self.weighted_clusters
+                .iter()
+                .map(|w| (w.cluster.as_str(), w.weight))
+                .collect()
+        }
+    }
 }
 
 /// Hardening limits for a listener (Envoy's edge best practices are the

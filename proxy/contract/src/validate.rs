@@ -530,8 +530,33 @@ impl Validator {
         }
         for (i, t) in l.tcp_routes.iter().enumerate() {
             let tp = format!("{path}.tcpRoutes[{i}]");
-            if !clusters.contains(t.cluster.as_str()) {
-                self.err(format!("{tp}.cluster"), unknown_cluster(&t.cluster));
+            match (t.cluster.is_empty(), t.weighted_clusters.is_empty()) {
+                (true, true) => self.err(format!("{tp}.cluster"), "a TCP route needs cluster or weightedClusters"),
+                (false, false) => self.err(
+                    format!("{tp}.weightedClusters"),
+                    "set cluster (one destination) or weightedClusters (several), not both",
+                ),
+                (false, true) if !clusters.contains(t.cluster.as_str()) => {
+                    self.err(format!("{tp}.cluster"), unknown_cluster(&t.cluster));
+                }
+                (false, true) => {}
+                (true, false) => {
+                    for (j, w) in t.weighted_clusters.iter().enumerate() {
+                        if !clusters.contains(w.cluster.as_str()) {
+                            self.err(
+                                format!("{tp}.weightedClusters[{j}].cluster"),
+                                unknown_cluster(&w.cluster),
+                            );
+                        }
+                    }
+                    let total: u64 = t.weighted_clusters.iter().map(|w| u64::from(w.weight)).sum();
+                    if total != 100 {
+                        self.err(
+                            format!("{tp}.weightedClusters"),
+                            format!("the weights sum to {total}; they must sum to 100"),
+                        );
+                    }
+                }
             }
             for (j, cidr) in t.destination_cidrs.iter().enumerate() {
                 if cidr.parse::<ipnet::IpNet>().is_err() {

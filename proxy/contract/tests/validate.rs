@@ -443,3 +443,56 @@ fn originated_tls_is_checked_field_by_field() {
     };
     assert_single(&cfg, "clusters[1].tls.mesh.sni", "not a DNS name");
 }
+
+#[test]
+fn tcp_routes_name_one_cluster_or_weighted_clusters_summing_to_100() {
+    let weighted = |pairs: &[(&str, u32)]| {
+        pairs
+            .iter()
+            .map(|(c, w)| trellis_contract::TcpWeightedCluster {
+                cluster: c.to_string(),
+                weight: *w,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (db, v1) = (
+        "outbound|5432||db.shop.svc.cluster.local",
+        "outbound|8080|v1|payment.shop.svc.cluster.local",
+    );
+    let mut cfg = example();
+    cfg.listeners[0].tcp_routes[0].cluster.clear();
+    cfg.listeners[0].tcp_routes[0].weighted_clusters = weighted(&[(db, 60), (v1, 40)]);
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+
+    for (cluster, pairs, path, needle) in [
+        (
+            "",
+            weighted(&[(db, 60), (v1, 30)]),
+            "listeners[0].tcpRoutes[0].weightedClusters",
+            "sum to 90",
+        ),
+        (
+            "",
+            weighted(&[(db, 60), ("nope", 40)]),
+            "listeners[0].tcpRoutes[0].weightedClusters[1].cluster",
+            "nope",
+        ),
+        (
+            db,
+            weighted(&[(db, 100)]),
+            "listeners[0].tcpRoutes[0].weightedClusters",
+            "not both",
+        ),
+        (
+            "",
+            vec![],
+            "listeners[0].tcpRoutes[0].cluster",
+            "needs cluster or weightedClusters",
+        ),
+    ] {
+        let mut cfg = example();
+        cfg.listeners[0].tcp_routes[0].cluster = cluster.to_string();
+        cfg.listeners[0].tcp_routes[0].weighted_clusters = pairs;
+        assert_single(&cfg, path, needle);
+    }
+}

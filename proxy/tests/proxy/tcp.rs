@@ -5,19 +5,29 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// A loopback TCP server handing each connection to `handle`.
+async fn tcp_server<F, Fut>(handle: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(handle(s));
         }
     });
     (addr, task)
+}
+
+async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    tcp_server(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
 fn tcp_config(
@@ -99,4 +109,55 @@ async fn auto_listener_sniffs_http_versus_tcp() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf, b"late");
+}
+
+/// A TCP server that answers every connection with `name` and closes.
+async fn named_server(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    tcp_server(move |mut s| async move {
+        let _ = s.write_all(name.as_bytes()).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn weighted_tcp_routes_split_connections() {
+    let (a, _ta) = named_server("a").await;
+    let (b, _tb) = named_server("b").await;
+    let config = |wa: u32, wb: u32| {
+        json!({
+            "version": format!("{wa}-{wb}"),
+            "listeners": [{
+                "name": "l", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+                "tcpRoutes": [{"weightedClusters": [{"cluster": "a", "weight": wa}, {"cluster": "b", "weight": wb}]}],
+            }],
+            "clusters": [
+                {"name": "a", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": a.port()}]},
+                {"name": "b", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": b.port()}]},
+            ],
+        })
+    };
+    let count = |proxy: std::net::SocketAddr, n: usize| async move {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            *seen.entry(out).or_insert(0usize) += 1;
+        }
+        seen
+    };
+    let proxy = Proxy::start(config(75, 25)).await;
+    let seen = count(proxy.addr("l").await, 200).await;
+    // 75 % of 200 is 150; 6 standard deviations (about 37) either side never fails by chance.
+    let (na, nb) = (seen.get("a").copied().unwrap_or(0), seen.get("b").copied().unwrap_or(0));
+    assert_eq!(na + nb, 200, "{seen:?}");
+    assert!((113..=187).contains(&na), "{seen:?}");
+
+    // A weight of 0 gets nothing.
+    let proxy = Proxy::start(config(0, 100)).await;
+    let seen = count(proxy.addr("l").await, 50).await;
+    assert_eq!(seen, std::collections::BTreeMap::from([("b".to_string(), 50)]));
 }

@@ -93,6 +93,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
                 destination_port: Some(*port),
                 destination_cidrs: Vec::new(),
                 cluster,
+                weighted_clusters: Vec::new(),
                 provenance: Some(provenance),
             });
         }

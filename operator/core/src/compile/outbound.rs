@@ -3,11 +3,13 @@
 //! the VirtualServices bound to them).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use trellis_api::networking::{Gateway, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
-    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, VirtualHost,
+    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,
+    VirtualHost,
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
@@ -24,13 +26,20 @@ fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a
         if gateway == "mesh" && !visible(vs.spec.export_to.as_deref(), ns, viewer) {
             continue;
         }
+        let named = |g: &Option<Vec<String>>| g.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway));
         if !applies_to_gateway(vs.spec.gateways.as_deref().unwrap_or_default(), ns, gateway)
-            && !vs.spec.http.iter().flatten().any(|r| {
-                r.matches
-                    .iter()
-                    .flatten()
-                    .any(|m| m.gateways.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway)))
-            })
+            && !vs
+                .spec
+                .http
+                .iter()
+                .flatten()
+                .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
+            && !vs
+                .spec
+                .tcp
+                .iter()
+                .flatten()
+                .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
         {
             continue;
         }
@@ -161,12 +170,17 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
     if !p.protocol.is_http()
         && let Some(ip) = &svc.cluster_ip
     {
-        let (cluster, provenance) = tcp_destination(ctx, svc, p.port, &default, &mut refs);
+        let target = tcp_destination(ctx, svc, ip, p.port, &default, &mut refs);
+        let (cluster, weighted_clusters) = match <[TcpWeightedCluster; 1]>::try_from(target.clusters) {
+            Ok([only]) => (only.cluster, Vec::new()),
+            Err(several) => (String::new(), several),
+        };
         tcp_route = Some(TcpRoute {
             destination_port: Some(p.port),
             destination_cidrs: vec![host_cidr(ip)],
             cluster,
-            provenance: Some(provenance),
+            weighted_clusters,
+            provenance: Some(target.provenance),
         });
     }
     PortRoutes {
@@ -225,53 +239,98 @@ fn host_cidr(ip: &str) -> String {
     }
 }
 
-/// The cluster for opaque TCP to a service port: the first TCP rule of a VirtualService, or
-/// the service itself.
+/// The destination of opaque TCP to a service port: the first TCP rule of a VirtualService
+/// with a match that applies to this proxy and port (or no match), its destinations weighted;
+/// else the service itself.
+///
+/// Every match field is decided here, at compile time: the route this feeds only ever sees
+/// connections to the Service's cluster IP and `port` from this proxy, so `port`,
+/// `destinationSubnets` (against the cluster IP), `sourceLabels`/`sourceNamespace` (this
+/// proxy's) and `gateways` (`mesh`) are known.
 fn tcp_destination(
     ctx: &mut Ctx<'_>,
     svc: &Service,
+    ip: &str,
     port: u16,
     default: &ClusterRef,
     refs: &mut Vec<ClusterRef>,
-) -> (String, Provenance) {
+) -> TcpTarget {
     let fqdn = svc.fqdn(DNS_DOMAIN);
+    let ip: Option<IpAddr> = ip.parse().ok();
     for vs in virtual_services_for(ctx, &fqdn, "mesh") {
         let ns = vs.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let res = resource("VirtualService", &vs.metadata);
+        let vs_gateways = vs.spec.gateways.clone().unwrap_or_default();
         for (i, rule) in vs.spec.tcp.iter().flatten().enumerate() {
-            let applies = rule
-                .matches
-                .as_deref()
-                .is_none_or(|ms| ms.is_empty() || ms.iter().any(|m| m.port.is_none_or(|p| p == u32::from(port))));
+            let applies = match rule.matches.as_deref() {
+                None | Some([]) => applies_to_gateway(&vs_gateways, &ns, "mesh"),
+                Some(ms) => ms.iter().any(|m| {
+                    let gateways = m.gateways.as_deref().unwrap_or(&vs_gateways);
+                    applies_to_gateway(gateways, &ns, "mesh")
+                        && m.port.is_none_or(|p| p == u32::from(port))
+                        && m.source_labels.as_ref().is_none_or(|sl| selects(sl, &ctx.proxy.labels))
+                        && m.source_namespace
+                            .as_ref()
+                            .is_none_or(|sn| *sn == ctx.proxy.key.namespace)
+                        && m.destination_subnets.as_deref().is_none_or(|subnets| {
+                            subnets.is_empty() || ip.is_some_and(|ip| subnets.iter().any(|s| subnet_contains(s, ip)))
+                        })
+                }),
+            };
             let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty() && applies) else {
                 continue;
             };
-            if dests.len() > 1 {
-                ctx.diag(
-                    Code::UnsupportedDropped,
-                    &res,
-                    format!("spec.tcp[{i}].route: weighted TCP routing is not supported by trellis-proxy yet; all connections go to the first destination"),
-                );
+            let total: u32 = dests.iter().map(|d| d.weight.unwrap_or(0).max(0) as u32).sum();
+            let mut clusters = Vec::new();
+            for d in dests {
+                let cref = destination(ctx, &res, &d.destination, &ns, port);
+                let weight = if dests.len() == 1 || total == 0 {
+                    100
+                } else {
+                    d.weight.unwrap_or(0).max(0) as u32
+                };
+                clusters.push(TcpWeightedCluster {
+                    cluster: cref.name(),
+                    weight,
+                });
+                refs.push(cref);
             }
-            let cref = destination(ctx, &res, &dests[0].destination, &ns, port);
-            let name = cref.name();
-            refs.push(cref);
             let provenance = Provenance {
                 kind: "VirtualService".into(),
                 namespace: ns,
                 name: vs.metadata.name.clone().unwrap_or_default(),
                 rule_index: Some(i as u32),
             };
-            return (name, provenance);
+            return TcpTarget { clusters, provenance };
         }
     }
-    let provenance = Provenance {
-        kind: "Service".into(),
-        namespace: svc.key.namespace.clone(),
-        name: svc.key.name.clone(),
-        rule_index: None,
-    };
-    (default.name(), provenance)
+    TcpTarget {
+        clusters: vec![TcpWeightedCluster {
+            cluster: default.name(),
+            weight: 100,
+        }],
+        provenance: Provenance {
+            kind: "Service".into(),
+            namespace: svc.key.namespace.clone(),
+            name: svc.key.name.clone(),
+            rule_index: None,
+        },
+    }
+}
+
+/// Where a service port's TCP route sends connections.
+struct TcpTarget {
+    clusters: Vec<TcpWeightedCluster>,
+    provenance: Provenance,
+}
+
+/// Whether `subnet` (an address or a CIDR, as Istio's `destinationSubnets` takes them) holds
+/// `ip`. The validator has checked the syntax; anything unparsable holds nothing.
+fn subnet_contains(subnet: &str, ip: IpAddr) -> bool {
+    match subnet.parse::<ipnet::IpNet>() {
+        Ok(net) => net.contains(&ip),
+        Err(_) => subnet.parse::<IpAddr>().is_ok_and(|a| a == ip),
+    }
 }
 
 /// Mesh-bound VirtualService hosts that match no Service are never used by sidecars.
