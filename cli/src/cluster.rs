@@ -75,6 +75,7 @@ impl ClusterError {
 pub struct Cluster {
     client: kube::Client,
     server: String,
+    default_namespace: String,
     resources: Mutex<HashMap<(String, String), ApiResource>>,
 }
 
@@ -160,11 +161,18 @@ impl Cluster {
         .map_err(|e| ClusterError::Config(e.to_string()))?;
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(30));
+        // kube's default retry is a controller's: a 503 is retried 15 times with backoff up to
+        // 1000 s, so `meshctl check` on a cluster whose operator is down (the service proxy
+        // answers 503) would wait minutes per request. A command answers now; the few places
+        // that wait for something (install's apply) retry on their own, with a deadline.
+        config.default_retry = false;
         let server = config.cluster_url.to_string();
+        let default_namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
         Ok(Cluster {
             client,
             server,
+            default_namespace,
             resources: Mutex::new(HashMap::new()),
         })
     }
@@ -172,6 +180,11 @@ impl Cluster {
     /// The API server's URL.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The kubeconfig context's namespace (`default` when it names none).
+    pub fn default_namespace(&self) -> &str {
+        &self.default_namespace
     }
 
     /// The underlying client.
@@ -282,6 +295,45 @@ impl Cluster {
             Some(_) => Outcome::Configured,
         };
         Ok((after, outcome))
+    }
+
+    /// Create `o`; with `dry_run` the API server runs admission (webhooks included) and
+    /// answers what it would have stored, storing nothing. Review kinds (SelfSubjectAccessReview)
+    /// answer in the returned object's status.
+    pub async fn create(&self, o: &Value, dry_run: bool) -> Result<Value, ClusterError> {
+        let api = self.api_for(o).await?;
+        let params = kube::api::PostParams {
+            dry_run,
+            field_manager: Some(FIELD_MANAGER.to_string()),
+        };
+        let object: DynamicObject = serde_json::from_value(o.clone()).map_err(|e| ClusterError::Api {
+            what: format!("creating {}", describe(o)),
+            message: e.to_string(),
+            code: 400,
+            hint: String::new(),
+        })?;
+        let created = api
+            .create(&params, &object)
+            .await
+            .map_err(|e| self.error(format!("creating {}", describe(o)), e))?;
+        Ok(object_json(&created, o))
+    }
+
+    /// Merge-patch `o` (found by its apiVersion, kind, namespace and name) with `patch`, as
+    /// `kubectl label` and `kubectl annotate` do: the fields it sets are recorded as an update by
+    /// meshctl, apart from what meshctl applies, so a later apply does not take them away.
+    pub async fn merge_patch(&self, o: &Value, patch: &Value) -> Result<Value, ClusterError> {
+        let api = self.api_for(o).await?;
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let after = api
+            .patch(name, &params, &Patch::Merge(patch))
+            .await
+            .map_err(|e| self.error(format!("patching {}", describe(o)), e))?;
+        Ok(object_json(&after, o))
     }
 
     /// Delete `o`; `Ok(false)` when it was not there. Dependents are deleted in the background.

@@ -41,7 +41,7 @@ pub struct ValuesArgs {
     pub set: Vec<String>,
 }
 
-fn parse_profile(s: &str) -> Result<Profile, String> {
+pub fn parse_profile(s: &str) -> Result<Profile, String> {
     Profile::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
         format!("unknown profile {s:?}; the profiles are {}", names.join(", "))
@@ -51,16 +51,23 @@ fn parse_profile(s: &str) -> Result<Profile, String> {
 impl ValuesArgs {
     /// Read the files and resolve the values (no cluster needed).
     pub fn resolve(&self) -> anyhow::Result<Values> {
-        let mut files = Vec::new();
-        for f in &self.files {
-            let text = std::fs::read_to_string(f).map_err(|e| values::ValuesError::Read {
-                file: f.display().to_string(),
-                message: e.to_string(),
-            })?;
-            files.push((f.display().to_string(), text));
-        }
-        Ok(values::resolve(self.profile, &files, &self.set)?)
+        Ok(values::resolve(self.profile, &read_files(&self.files)?, &self.set)?)
     }
+}
+
+/// The `-f` files as (name, text).
+pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, String)>, values::ValuesError> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|text| (f.display().to_string(), text))
+                .map_err(|e| values::ValuesError::Read {
+                    file: f.display().to_string(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 /// Waiting for readiness (shared by install and upgrade).
@@ -312,7 +319,7 @@ fn summary(applied: &[Applied]) -> String {
 /// Apply one object. A Trellis object's write goes through the operator's validating webhook:
 /// while the operator is starting (no ready endpoint yet) the API server refuses it, and the
 /// apply is retried for up to a minute.
-async fn apply_one(cluster: &Cluster, o: &Value) -> anyhow::Result<Applied> {
+pub async fn apply_one(cluster: &Cluster, o: &Value) -> anyhow::Result<Applied> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let result = loop {
         match cluster.apply(o, false).await {
@@ -411,6 +418,30 @@ pub async fn wait_ready(
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    wait_rolled_out(cluster, objects, deadline, progress).await?;
+    if let Some(mesh) = objects.iter().find(|o| o["kind"] == "Mesh") {
+        progress.begin(format!("Waiting for Mesh {MESH_NAME} to be Ready"));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = wait_for(cluster, mesh, left, mesh_ready, &|live| {
+            format!(
+                "Mesh {MESH_NAME} is not Ready: {}; `kubectl get mesh {MESH_NAME} -o yaml` shows every condition",
+                condition_message(live, conditions::READY)
+            )
+        })
+        .await;
+        finish(progress, result)?;
+    }
+    Ok(())
+}
+
+/// Wait until every Deployment of `objects` has rolled out (by `deadline`), each a step of
+/// `progress`; [`TimedOut`] names the one that did not and how to see why.
+pub async fn wait_rolled_out(
+    cluster: &Cluster,
+    objects: &[Value],
+    deadline: Instant,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     for d in objects.iter().filter(|o| o["kind"] == "Deployment") {
         progress.begin(format!("Waiting for {} to roll out", describe(d)));
         let left = deadline.saturating_duration_since(Instant::now());
@@ -423,18 +454,6 @@ pub async fn wait_ready(
                 condition_message(live, "Available"),
                 live["metadata"]["namespace"].as_str().unwrap_or_default(),
                 live["metadata"]["name"].as_str().unwrap_or_default(),
-            )
-        })
-        .await;
-        finish(progress, result)?;
-    }
-    if let Some(mesh) = objects.iter().find(|o| o["kind"] == "Mesh") {
-        progress.begin(format!("Waiting for Mesh {MESH_NAME} to be Ready"));
-        let left = deadline.saturating_duration_since(Instant::now());
-        let result = wait_for(cluster, mesh, left, mesh_ready, &|live| {
-            format!(
-                "Mesh {MESH_NAME} is not Ready: {}; `kubectl get mesh {MESH_NAME} -o yaml` shows every condition",
-                condition_message(live, conditions::READY)
             )
         })
         .await;

@@ -5,12 +5,15 @@
 //! (`-o json|yaml`: nothing but the data on stdout; progress and messages on stderr), with
 //! stable exit codes ([`EXIT_OK`] … [`EXIT_NOT_CONFIRMED`]).
 
+pub mod check;
 pub mod cluster;
 pub mod demo;
 pub mod inputs;
 pub mod install;
 pub mod output;
 pub mod progress;
+pub mod uninstall;
+pub mod upgrade;
 pub mod validate;
 pub mod version;
 
@@ -80,6 +83,12 @@ pub struct Cli {
 pub enum Command {
     /// Install Trellis: CRDs, the operator, the gateway and the Mesh, and wait until Ready.
     Install(install::Args),
+    /// Check that the cluster can take Trellis (--pre), or that the installed mesh is healthy.
+    Check(check::Args),
+    /// Upgrade the control plane to this meshctl's version: shows what changes, then applies it.
+    Upgrade(upgrade::Args),
+    /// Remove the control plane (keeps CRDs, your Trellis objects and the mesh CA unless --purge).
+    Uninstall(uninstall::Args),
     /// Validate Trellis (and Istio) configuration files offline, like `istioctl validate`.
     Validate(validate::Args),
     /// Run the seeds' shop on a local kubesim, end to end, and show the mesh at work (needs root).
@@ -146,6 +155,9 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdin, out),
         Command::Install(args) => runtime()?.block_on(install::run(&args, &cli.cluster, terminal, out)),
+        Command::Check(args) => runtime()?.block_on(check::run(&args, &cli.cluster, terminal, out)),
+        Command::Upgrade(args) => runtime()?.block_on(upgrade::run(&args, &cli.cluster, terminal, stdin, out)),
+        Command::Uninstall(args) => runtime()?.block_on(uninstall::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Demo(args) => demo::run(&args, out),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {

@@ -3,8 +3,11 @@
 //! Trellis object, the Mesh included), the report on stdout, progress on stderr, and the
 //! documented exit codes.
 
+mod support;
+
 use std::process::{Command, Output};
 
+use support::text;
 use trellis_e2e::harness::TestCluster;
 
 fn meshctl(cluster: Option<&TestCluster>, args: &[&str]) -> Output {
@@ -22,26 +25,7 @@ fn cluster_with_operator() -> Option<TestCluster> {
 }
 
 fn operator_rolled_out(cluster: &TestCluster) {
-    cluster
-        .kubectl_ok(
-            &[
-                "rollout",
-                "status",
-                "-n",
-                "trellis-system",
-                "deployment/trellis-operator",
-                "--timeout=180s",
-            ],
-            None,
-        )
-        .unwrap();
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    support::rollout(cluster, "trellis-operator");
 }
 
 #[test]
@@ -198,13 +182,7 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
 fn bad_input_gives_the_documented_exit_codes() {
     // The cluster is unreachable: 3, naming the server and the fix.
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\"}}]\n\
-         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
-    )
-    .unwrap();
+    let kubeconfig = support::unreachable_kubeconfig(dir.path());
     let k = kubeconfig.to_str().unwrap();
     for args in [
         vec!["--kubeconfig", k, "install", "--wait=false"],

@@ -25,6 +25,8 @@ pub const GROUP: &str = "mesh.trellis.dev";
 pub const MESH_NAME: &str = "default";
 /// The namespace the control plane runs in.
 pub const SYSTEM_NAMESPACE: &str = "trellis-system";
+/// The ConfigMap the operator keeps in every namespace with the mesh's trust anchor.
+pub const ROOT_CONFIGMAP: &str = "trellis-ca-root";
 /// Default SPIFFE trust domain, as in Istio and Kubernetes.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// The namespace label that turns on sidecar injection.

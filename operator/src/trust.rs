@@ -12,7 +12,7 @@ use crate::ca::Bundle;
 use crate::index::Shared;
 
 /// The ConfigMap's name.
-pub const ROOT_CONFIGMAP: &str = "trellis-ca-root";
+pub const ROOT_CONFIGMAP: &str = trellis_api::mesh::ROOT_CONFIGMAP;
 /// Its key.
 pub const ROOT_KEY: &str = "root-cert.pem";
 /// The field manager of everything the operator applies.

@@ -81,7 +81,21 @@ impl Values {
 
 /// `profile`'s Mesh overlaid with `files` (name, text) and then `sets`, validated.
 pub fn resolve(profile: Profile, files: &[(String, String)], sets: &[String]) -> Result<Values, ValuesError> {
+    resolve_over(profile, None, files, sets)
+}
+
+/// As [`resolve`], with `kept` (the settings of an installed Mesh, for `meshctl upgrade`)
+/// overlaid on the profile's before the files and sets.
+pub fn resolve_over(
+    profile: Profile,
+    kept: Option<Value>,
+    files: &[(String, String)],
+    sets: &[String],
+) -> Result<Values, ValuesError> {
     let mut spec = profile.mesh_spec(&Options::default());
+    if let Some(kept) = kept {
+        merge(&mut spec, kept);
+    }
     for (file, text) in files {
         for doc in parse_documents(text) {
             let value = doc.content.map_err(|e| ValuesError::File {

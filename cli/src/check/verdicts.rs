@@ -1,0 +1,695 @@
+//! The verdict of each `meshctl check`: a pure function of what the cluster answered, with a
+//! hint that names the fix when it fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use serde_json::Value;
+use trellis_manifests::sidecar::PROXY_CONTAINER;
+
+use super::{Check, Lookup, Permission};
+use crate::version::Server;
+
+const API: &str = "kubernetes-api";
+const INSTALL: &str = "trellis-install";
+const IDENTITY: &str = "trellis-identity";
+const DATA_PLANE: &str = "trellis-data-plane";
+
+/// The oldest Kubernetes Trellis runs on: native sidecars (init containers that keep running)
+/// are on by default from 1.29.
+pub const MIN_KUBERNETES: (u32, u32) = (1, 29);
+
+/// How long the mesh root must still be valid.
+pub const ROOT_VALIDITY_DAYS: u64 = 60;
+
+/// The API server answered (or why not).
+pub fn reachable(version: &Result<String, String>) -> Check {
+    let name = "can reach the Kubernetes API server";
+    match version {
+        Ok(v) => Check::ok(API, name, format!("Kubernetes {v}")),
+        Err(e) => Check::failed(
+            API,
+            name,
+            e.clone(),
+            "start the cluster, or point meshctl at it with --kubeconfig FILE, KUBECONFIG or --context NAME",
+        ),
+    }
+}
+
+/// `v1.33.0-kubesim` → (1, 33).
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
+    Some((major, minor.parse().ok()?))
+}
+
+/// The API server's version is one Trellis supports.
+pub fn kubernetes_version(version: &str) -> Check {
+    let name = "the Kubernetes version is supported";
+    let (major, minor) = MIN_KUBERNETES;
+    match parse_version(version) {
+        Some(v) if v >= MIN_KUBERNETES => Check::ok(API, name, format!("{version} (at least v{major}.{minor})")),
+        Some(_) => Check::failed(
+            API,
+            name,
+            format!("{version} is older than v{major}.{minor}, the first with native sidecar containers on by default"),
+            format!("upgrade the cluster to Kubernetes v{major}.{minor} or later"),
+        ),
+        None => Check::warning(
+            API,
+            name,
+            format!("the API server reports the version {version:?}, which meshctl cannot read"),
+            format!("make sure the cluster runs Kubernetes v{major}.{minor} or later"),
+        ),
+    }
+}
+
+/// Every permission installing needs is granted.
+pub fn permissions(answers: &[(Permission, Result<bool, String>)]) -> Check {
+    let name = "you may install Trellis";
+    let describe = |(verb, group, resource, ns): &Permission| {
+        let what = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        match ns {
+            Some(ns) => format!("{verb} {what} in {ns}"),
+            None => format!("{verb} {what}"),
+        }
+    };
+    let denied: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| a != &Ok(true))
+        .map(|(p, a)| match a {
+            Err(e) => format!("{} (could not ask: {e})", describe(p)),
+            _ => describe(p),
+        })
+        .collect();
+    if denied.is_empty() {
+        Check::ok(INSTALL, name, format!("{} permissions granted", answers.len()))
+    } else {
+        Check::failed(
+            INSTALL,
+            name,
+            format!("not allowed to {}", denied.join(", ")),
+            "install as a cluster administrator (the cluster-admin ClusterRole), or ask one to grant these",
+        )
+    }
+}
+
+/// The status of `kind` in `o`'s conditions is True.
+fn condition_true(o: &Value, kind: &str) -> bool {
+    o["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+}
+
+/// Every Trellis CRD exists and is Established.
+pub fn crds(live: &[(String, Lookup)]) -> Check {
+    let name = "the Trellis CRDs are established";
+    let mut problems = Vec::new();
+    for (crd, state) in live {
+        match state {
+            Ok(Some(o)) if condition_true(o, "Established") => {}
+            Ok(Some(_)) => problems.push(format!("{crd} is not Established")),
+            Ok(None) => problems.push(format!("{crd} is missing")),
+            Err(e) => problems.push(format!("{crd}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Check::ok(INSTALL, name, format!("{} CRDs", live.len()))
+    } else {
+        Check::failed(
+            INSTALL,
+            name,
+            problems.join("; "),
+            "run `meshctl install` (it applies the CRDs and waits until they are Established)",
+        )
+    }
+}
+
+/// The operator's Deployment has rolled out and its admin API says it is ready.
+pub fn operator(deployment: &Lookup, ready: Option<&Result<String, String>>) -> Check {
+    let name = "the operator is ready";
+    let logs = "`kubectl -n trellis-system logs deployment/trellis-operator` says why";
+    match deployment {
+        Err(e) => Check::failed(
+            INSTALL,
+            name,
+            e.clone(),
+            "check your access to the trellis-system namespace",
+        ),
+        Ok(None) => Check::failed(
+            INSTALL,
+            name,
+            "Deployment trellis-system/trellis-operator does not exist",
+            "run `meshctl install`",
+        ),
+        Ok(Some(d)) if !crate::install::deployment_ready(d) => Check::failed(
+            INSTALL,
+            name,
+            format!(
+                "{} of {} replicas available",
+                d["status"]["availableReplicas"].as_i64().unwrap_or(0),
+                d["spec"]["replicas"].as_i64().unwrap_or(1)
+            ),
+            format!(
+                "wait for the rollout (`kubectl -n trellis-system rollout status deployment/trellis-operator`); {logs}"
+            ),
+        ),
+        Ok(Some(_)) => match ready {
+            Some(Ok(_)) => Check::ok(INSTALL, name, "rolled out, and its /ready answers"),
+            Some(Err(e)) => Check::failed(
+                INSTALL,
+                name,
+                format!("rolled out, but its admin /ready does not answer ready: {e}"),
+                format!("the operator has not synced its view of the cluster yet, or cannot; {logs}"),
+            ),
+            None => Check::ok(INSTALL, name, "rolled out"),
+        },
+    }
+}
+
+/// The SHA-256 fingerprints (hex) of the PEM certificates in a webhook's base64 `caBundle`.
+pub fn bundle_fingerprints(ca_bundle: &str) -> Result<Vec<String>, String> {
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(ca_bundle.trim())
+        .map_err(|e| format!("the caBundle is not base64: {e}"))?;
+    let pem = String::from_utf8(pem).map_err(|_| "the caBundle is not PEM text".to_string())?;
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            let b64 = body.take().ok_or("the caBundle has an END line without BEGIN")?;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("a caBundle certificate is not base64: {e}"))?;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+            out.push(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect());
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
+    }
+    if out.is_empty() {
+        return Err("the caBundle holds no certificate".into());
+    }
+    Ok(out)
+}
+
+/// The fingerprint of the root that issues certificates now, from `/debug/ca`.
+fn issuing_root(ca: &Value) -> Option<&str> {
+    ca["roots"]
+        .as_array()?
+        .iter()
+        .find(|r| r["issuing"] == true)
+        .and_then(|r| r["fingerprint"].as_str())
+}
+
+/// A webhook configuration's problems: missing, a webhook without `caBundle`, or a `caBundle`
+/// that does not trust the root the operator's serving certificate comes from.
+fn configuration_problems(config: &Lookup, ca: Option<&Result<Value, String>>) -> Vec<String> {
+    let config = match config {
+        Err(e) => return vec![e.clone()],
+        Ok(None) => return vec!["the configuration does not exist".into()],
+        Ok(Some(c)) => c,
+    };
+    let kind = config["kind"].as_str().unwrap_or("webhook configuration");
+    let issuing = ca.and_then(|c| c.as_ref().ok()).and_then(issuing_root);
+    let mut problems = Vec::new();
+    for w in config["webhooks"].as_array().into_iter().flatten() {
+        let name = w["name"].as_str().unwrap_or("?");
+        match w["clientConfig"]["caBundle"].as_str().map(bundle_fingerprints) {
+            None => problems.push(format!("{kind} webhook {name} has no caBundle")),
+            Some(Err(e)) => problems.push(format!("{kind} webhook {name}: {e}")),
+            Some(Ok(fps)) => {
+                if let Some(root) = issuing
+                    && !fps.iter().any(|f| f == root)
+                {
+                    problems.push(format!(
+                        "{kind} webhook {name}: its caBundle does not trust the mesh root {root}"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The validating webhook is configured with the mesh root and answers the API server.
+pub fn validator(config: &Lookup, dry_run: &Result<Value, String>, ca: Option<&Result<Value, String>>) -> Check {
+    let name = "the validating webhook answers with a valid certificate";
+    let mut problems = configuration_problems(config, ca);
+    if let Err(e) = dry_run {
+        problems.push(format!("a dry-run write of a PeerAuthentication was not admitted: {e}"));
+    }
+    if problems.is_empty() {
+        Check::ok(
+            INSTALL,
+            name,
+            "the API server called it for a dry-run write, over TLS it trusts",
+        )
+    } else {
+        Check::failed(
+            INSTALL,
+            name,
+            problems.join("; "),
+            "the operator keeps the caBundle current while it runs: check `meshctl check`'s operator line, \
+             or re-run `meshctl install` to restore the configuration",
+        )
+    }
+}
+
+/// The injector is configured with the mesh root and adds the sidecar to a dry-run pod.
+pub fn injector(config: &Lookup, dry_run: &Result<Value, String>, ca: Option<&Result<Value, String>>) -> Check {
+    let name = "the sidecar injector answers with a valid certificate";
+    let mut problems = configuration_problems(config, ca);
+    match dry_run {
+        Err(e) => problems.push(format!(
+            "a dry-run pod creation in namespace default was not admitted: {e}"
+        )),
+        Ok(pod) => {
+            let injected = pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .chain(pod["spec"]["containers"].as_array())
+                .flatten()
+                .any(|c| c["name"] == PROXY_CONTAINER);
+            if !injected {
+                problems.push(
+                    "a dry-run pod labelled trellis.dev/inject=enabled in namespace default got no sidecar".into(),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Check::ok(INSTALL, name, "a dry-run pod got its sidecar")
+    } else {
+        Check::failed(
+            INSTALL,
+            name,
+            problems.join("; "),
+            "re-run `meshctl install` to restore the configuration; if namespace default is labelled \
+             trellis.dev/inject=disabled, that is why (remove the label to check injection)",
+        )
+    }
+}
+
+/// The issuing mesh root is valid for more than [`ROOT_VALIDITY_DAYS`].
+pub fn root_validity(ca: &Result<Value, String>, now: u64) -> Check {
+    let name = "the mesh root certificate is valid for 60 days or more";
+    let ca = match ca {
+        Ok(ca) => ca,
+        Err(e) => {
+            return Check::failed(
+                IDENTITY,
+                name,
+                format!("the operator's /debug/ca did not answer: {e}"),
+                "the operator must be running: see the operator line",
+            );
+        }
+    };
+    let root = ca["roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["issuing"] == true);
+    let Some(not_after) = root.and_then(|r| r["notAfterUnix"].as_u64()) else {
+        return Check::failed(
+            IDENTITY,
+            name,
+            "the operator reports no issuing root",
+            "see the operator's log (`kubectl -n trellis-system logs deployment/trellis-operator`)",
+        );
+    };
+    let days = not_after.saturating_sub(now) / 86_400;
+    if days > ROOT_VALIDITY_DAYS {
+        Check::ok(IDENTITY, name, format!("{days} days left"))
+    } else {
+        Check::failed(
+            IDENTITY,
+            name,
+            format!("the issuing root expires in {days} days"),
+            "rotate the root: annotate Secret trellis-system/trellis-ca with trellis.dev/rotate-root=true \
+             (or plug in a new root); the operator distributes it before it signs with it",
+        )
+    }
+}
+
+/// Every proxy the operator knows holds a certificate of the issuing root.
+pub fn proxy_certificates(ca: &Result<Value, String>) -> Check {
+    let name = "every proxy's certificate comes from the current root";
+    let Ok(ca) = ca else {
+        return Check::failed(
+            IDENTITY,
+            name,
+            "the operator's /debug/ca did not answer",
+            "the operator must be running: see the operator line",
+        );
+    };
+    let issuing = issuing_root(ca).unwrap_or_default();
+    let others: Vec<String> = ca["leavesByRoot"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(root, n)| root.as_str() != issuing && n.as_u64().unwrap_or(0) > 0)
+        .map(|(root, n)| format!("{n} from root {root}"))
+        .collect();
+    if others.is_empty() {
+        let n = ca["leavesByRoot"][issuing].as_u64().unwrap_or(0);
+        Check::ok(IDENTITY, name, format!("{n} certificates, all from root {issuing}"))
+    } else {
+        Check::failed(
+            IDENTITY,
+            name,
+            format!(
+                "{}; phase {}: {}",
+                others.join(", "),
+                ca["phase"].as_str().unwrap_or("?"),
+                ca["progress"].as_str().unwrap_or("")
+            ),
+            "a root rotation is under way and those proxies renew on their next push; if it does not move, restart \
+             their pods",
+        )
+    }
+}
+
+fn sync_entries(syncz: &Value) -> Vec<&Value> {
+    syncz.as_array().map(|a| a.iter().collect()).unwrap_or_default()
+}
+
+/// Every running pod with a proxy has a subscription open to the operator.
+pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<Value, String>) -> Check {
+    let name = "every proxy is connected to the operator";
+    let (proxies, syncz) = match (proxies, syncz) {
+        (Ok(p), Ok(s)) => (p, s),
+        (Err(e), _) | (_, Err(e)) => {
+            return Check::failed(
+                DATA_PLANE,
+                name,
+                e.clone(),
+                "the operator must be running: see the operator line",
+            );
+        }
+    };
+    let connected: BTreeSet<&str> = sync_entries(syncz)
+        .into_iter()
+        .filter(|p| p["connected"] == true)
+        .filter_map(|p| p["proxy"].as_str())
+        .collect();
+    let missing: Vec<&String> = proxies.iter().filter(|p| !connected.contains(p.as_str())).collect();
+    if missing.is_empty() {
+        Check::ok(DATA_PLANE, name, format!("{} proxies", proxies.len()))
+    } else {
+        Check::failed(
+            DATA_PLANE,
+            name,
+            format!(
+                "{} of {} not connected: {}",
+                missing.len(),
+                proxies.len(),
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            "see the proxy's log (`kubectl logs POD -c trellis-proxy`): it names why it cannot reach the operator \
+             on port 15012",
+        )
+    }
+}
+
+/// Every connected proxy has applied the last version sent, and none rejected one.
+pub fn proxies_in_sync(syncz: &Result<Value, String>) -> Check {
+    let name = "every proxy has applied its configuration";
+    let Ok(syncz) = syncz else {
+        return Check::failed(
+            DATA_PLANE,
+            name,
+            "the operator's /debug/syncz did not answer",
+            "the operator must be running: see the operator line",
+        );
+    };
+    let mut problems: BTreeMap<&str, String> = BTreeMap::new();
+    let entries = sync_entries(syncz);
+    for p in entries.iter().filter(|p| p["connected"] == true) {
+        let proxy = p["proxy"].as_str().unwrap_or("?");
+        if let Some(error) = p["nacked"]["error"].as_str() {
+            problems.insert(
+                proxy,
+                format!(
+                    "rejected version {}: {error}",
+                    p["nacked"]["version"].as_str().unwrap_or("?")
+                ),
+            );
+        } else if p["sent"] != p["acked"] {
+            problems.insert(proxy, "has not acknowledged the last version sent yet".into());
+        }
+    }
+    if problems.is_empty() {
+        Check::ok(
+            DATA_PLANE,
+            name,
+            format!("{} proxies in sync, none rejected a version", entries.len()),
+        )
+    } else {
+        Check::failed(
+            DATA_PLANE,
+            name,
+            problems
+                .iter()
+                .map(|(p, why)| format!("{p} {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "a rejected version names the object at fault: `meshctl analyze` finds it (fix or delete it); a proxy \
+             that lags catches up within seconds, or see its log",
+        )
+    }
+}
+
+/// meshctl, the operator and the proxies run one version.
+pub fn skew(versions: &Result<Server, String>) -> Check {
+    let name = "meshctl, the operator and the proxies run one version";
+    match versions {
+        Err(e) => Check::failed(DATA_PLANE, name, e.clone(), "check your access to the cluster"),
+        Ok(s) if s.skew.is_empty() => Check::ok(
+            DATA_PLANE,
+            name,
+            s.operator.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")).to_string(),
+        ),
+        Ok(s) => Check::warning(
+            DATA_PLANE,
+            name,
+            s.skew.join("; "),
+            "`meshctl upgrade` moves the control plane to this meshctl's version, and the operator's rollout moves the \
+             proxies",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::check::Status;
+
+    fn pem_bundle(ders: &[&[u8]]) -> String {
+        let engine = base64::engine::general_purpose::STANDARD;
+        let pem: String = ders
+            .iter()
+            .map(|d| {
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    engine.encode(d)
+                )
+            })
+            .collect();
+        engine.encode(pem)
+    }
+
+    fn sha(der: &[u8]) -> String {
+        ring::digest::digest(&ring::digest::SHA256, der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    const DAY: u64 = 86_400;
+
+    fn ca(issuing: &str, not_after: u64, leaves: Value) -> Result<Value, String> {
+        Ok(json!({"phase": "Stable", "progress": "", "leavesByRoot": leaves,
+            "roots": [{"fingerprint": issuing, "issuing": true, "trusted": true, "notAfterUnix": not_after}]}))
+    }
+
+    #[test]
+    fn the_api_server_and_its_version() {
+        assert_eq!(reachable(&Ok("v1.33.0".into())).status, Status::Ok);
+        let down = reachable(&Err(
+            "cannot reach the Kubernetes API server at https://127.0.0.1:9".into()
+        ));
+        assert_eq!(down.status, Status::Failed);
+        assert!(down.hint.unwrap().contains("--kubeconfig"));
+        assert_eq!(parse_version("v1.33.0-kubesim"), Some((1, 33)));
+        assert_eq!(parse_version("v1.30+"), Some((1, 30)));
+        assert_eq!(kubernetes_version("v1.33.0-kubesim").status, Status::Ok);
+        let old = kubernetes_version("v1.27.3");
+        assert_eq!(old.status, Status::Failed);
+        assert!(old.hint.unwrap().contains("v1.29 or later"));
+        assert_eq!(kubernetes_version("nightly").status, Status::Warning);
+    }
+
+    #[test]
+    fn a_denied_permission_is_named() {
+        let granted = crate::check::INSTALL_PERMISSIONS.map(|p| (p, Ok(true)));
+        assert_eq!(permissions(&granted).status, Status::Ok);
+        let mut denied = granted.to_vec();
+        denied[2].1 = Ok(false);
+        denied[6].1 = Err("forbidden".into());
+        let c = permissions(&denied);
+        assert_eq!(c.status, Status::Failed);
+        assert!(
+            c.detail.contains("create clusterroles.rbac.authorization.k8s.io"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("create deployments.apps in trellis-system (could not ask: forbidden)")
+        );
+        assert!(c.hint.unwrap().contains("cluster-admin"));
+    }
+
+    #[test]
+    fn crds_and_the_operator() {
+        let established = json!({"status": {"conditions": [{"type": "Established", "status": "True"}]}});
+        let c = crds(&[("a".into(), Ok(Some(established.clone()))), ("b".into(), Ok(None))]);
+        assert_eq!(c.status, Status::Failed);
+        assert_eq!(c.detail, "b is missing");
+        assert_eq!(crds(&[("a".into(), Ok(Some(established)))]).status, Status::Ok);
+
+        let rolled = json!({"metadata": {"generation": 1}, "spec": {"replicas": 1}, "status": {"observedGeneration": 1,
+            "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}});
+        assert_eq!(
+            operator(&Ok(Some(rolled.clone())), Some(&Ok("ready".into()))).status,
+            Status::Ok
+        );
+        let not_ready = operator(&Ok(Some(rolled)), Some(&Err("HTTP 503".into())));
+        assert_eq!(not_ready.status, Status::Failed);
+        assert!(not_ready.hint.unwrap().contains("logs deployment/trellis-operator"));
+        let scaled_down =
+            json!({"metadata": {"generation": 2}, "spec": {"replicas": 0}, "status": {"observedGeneration": 2}});
+        let c = operator(&Ok(Some(scaled_down)), None);
+        assert_eq!(c.status, Status::Ok, "zero of zero is rolled out; /ready then decides");
+        assert_eq!(operator(&Ok(None), None).hint.as_deref(), Some("run `meshctl install`"));
+    }
+
+    #[test]
+    fn webhooks_need_a_ca_bundle_trusting_the_mesh_root_and_must_answer() {
+        let root = b"root-der";
+        let ca = ca(&sha(root), 0, json!({}));
+        let config = |bundle: &str| {
+            Ok(Some(json!({"kind": "ValidatingWebhookConfiguration",
+                "webhooks": [{"name": "validation.trellis.dev", "clientConfig": {"caBundle": bundle}}]})))
+        };
+        let good = config(&pem_bundle(&[b"old-root", root]));
+        assert_eq!(validator(&good, &Ok(json!({})), Some(&ca)).status, Status::Ok);
+        let stale = validator(&config(&pem_bundle(&[b"old-root"])), &Ok(json!({})), Some(&ca));
+        assert_eq!(stale.status, Status::Failed);
+        assert!(
+            stale.detail.contains("does not trust the mesh root"),
+            "{}",
+            stale.detail
+        );
+        let garbage = validator(&config("%%%"), &Ok(json!({})), Some(&ca));
+        assert!(garbage.detail.contains("not base64"), "{}", garbage.detail);
+        let refused = validator(
+            &good,
+            &Err(
+                "failed calling webhook \"validation.trellis.dev\": x509: certificate signed by unknown authority"
+                    .into(),
+            ),
+            Some(&ca),
+        );
+        assert_eq!(refused.status, Status::Failed);
+        assert!(refused.detail.contains("x509"));
+        assert_eq!(validator(&Ok(None), &Ok(json!({})), Some(&ca)).status, Status::Failed);
+
+        let pod =
+            |containers: Value| Ok(json!({"spec": {"initContainers": containers, "containers": [{"name": "app"}]}}));
+        let injected = pod(json!([{"name": "trellis-init"}, {"name": PROXY_CONTAINER}]));
+        assert_eq!(injector(&good, &injected, Some(&ca)).status, Status::Ok);
+        let plain = injector(&good, &pod(json!([])), Some(&ca));
+        assert_eq!(plain.status, Status::Failed);
+        assert!(plain.detail.contains("got no sidecar"));
+    }
+
+    #[test]
+    fn the_root_must_outlive_sixty_days_and_sign_every_proxy() {
+        let now = 1_000 * DAY;
+        assert_eq!(
+            root_validity(&ca("r", now + 400 * DAY, json!({})), now).status,
+            Status::Ok
+        );
+        let soon = root_validity(&ca("r", now + 30 * DAY, json!({})), now);
+        assert_eq!(soon.status, Status::Failed);
+        assert!(soon.detail.contains("expires in 30 days"));
+        assert!(soon.hint.unwrap().contains("trellis.dev/rotate-root"));
+        assert_eq!(root_validity(&Err("503".into()), now).status, Status::Failed);
+
+        assert_eq!(proxy_certificates(&ca("r", 0, json!({"r": 5}))).status, Status::Ok);
+        let mixed = proxy_certificates(&ca("r", 0, json!({"r": 3, "old": 2})));
+        assert_eq!(mixed.status, Status::Failed);
+        assert!(mixed.detail.starts_with("2 from root old"), "{}", mixed.detail);
+    }
+
+    #[test]
+    fn proxies_must_be_connected_in_sync_and_without_nacks() {
+        let syncz = Ok(json!([
+            {"proxy": "shop/web-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
+            {"proxy": "shop/db-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
+        ]));
+        let pods = Ok(vec!["shop/web-1".to_string(), "shop/db-1".to_string()]);
+        assert_eq!(proxies_connected(&pods, &syncz).status, Status::Ok);
+        assert_eq!(proxies_in_sync(&syncz).status, Status::Ok);
+        let more = Ok(vec![
+            "shop/web-1".to_string(),
+            "shop/db-1".to_string(),
+            "shop/pay-1".to_string(),
+        ]);
+        let c = proxies_connected(&more, &syncz);
+        assert_eq!(c.status, Status::Failed);
+        assert!(c.detail.contains("1 of 3 not connected: shop/pay-1"));
+
+        let nacked = Ok(json!([
+            {"proxy": "shop/web-1", "connected": true, "sent": "v3", "acked": "v2",
+             "nacked": {"version": "v3", "error": "listener 0.0.0.0:8080: duplicate"}},
+            {"proxy": "shop/db-1", "connected": true, "sent": "v3", "acked": "v2", "nacked": null},
+        ]));
+        let c = proxies_in_sync(&nacked);
+        assert_eq!(c.status, Status::Failed);
+        assert!(
+            c.detail
+                .contains("shop/web-1 rejected version v3: listener 0.0.0.0:8080: duplicate")
+        );
+        assert!(c.detail.contains("shop/db-1 has not acknowledged"));
+        assert!(c.hint.unwrap().contains("meshctl analyze"));
+    }
+
+    #[test]
+    fn version_skew_is_a_warning() {
+        let server = |skew: Vec<String>| {
+            Ok(Server {
+                kubernetes: "v1.33.0".into(),
+                operator: Some("0.1.0".into()),
+                proxies: vec![],
+                skew,
+            })
+        };
+        assert_eq!(skew(&server(vec![])).status, Status::Ok);
+        let c = skew(&server(vec!["2 pod(s) run proxy 0.0.9".into()]));
+        assert_eq!(c.status, Status::Warning);
+        assert!(c.hint.unwrap().contains("meshctl upgrade"));
+    }
+}

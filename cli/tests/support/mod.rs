@@ -1,0 +1,59 @@
+//! What the command-line tests share: running the meshctl binary as a user does (no terminal,
+//! no colour), its output as text, waiting for a control-plane rollout, and a kubeconfig for a
+//! cluster that is not there.
+
+#![allow(dead_code)] // each test file uses its part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use trellis_e2e::harness::TestCluster;
+
+/// `meshctl --kubeconfig KUBECONFIG ARGS…` without a terminal (stdin is empty, no colour).
+pub fn meshctl_at(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// stdout and stderr as text.
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A kubeconfig in `dir` for an API server at 127.0.0.1:9, where nothing listens.
+pub fn unreachable_kubeconfig(dir: &Path) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\"}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    kubeconfig
+}
+
+/// Waits until Deployment trellis-system/`name` has rolled out.
+pub fn rollout(cluster: &TestCluster, name: &str) {
+    cluster
+        .kubectl_ok(
+            &[
+                "rollout",
+                "status",
+                "-n",
+                "trellis-system",
+                &format!("deployment/{name}"),
+                "--timeout=180s",
+            ],
+            None,
+        )
+        .unwrap();
+}
