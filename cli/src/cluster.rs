@@ -143,6 +143,46 @@ pub fn comparable(o: &Value) -> Value {
     v
 }
 
+/// `live` seen through `applied`: only the fields `applied` sets (maps field by field, a list or
+/// a value whole).
+fn applied_fields(applied: &Value, live: &Value) -> Value {
+    match (applied, live) {
+        (Value::Object(a), Value::Object(l)) => Value::Object(
+            a.iter()
+                .filter_map(|(k, av)| l.get(k).map(|lv| (k.clone(), applied_fields(av, lv))))
+                .collect(),
+        ),
+        _ => whole_numbers(live.clone()),
+    }
+}
+
+/// The fields meshctl's server-side apply owns in `o` (its managedFields entry).
+fn owned_by_meshctl(o: &Value) -> Option<&Value> {
+    o["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|m| m["manager"] == FIELD_MANAGER && m["operation"] == "Apply")
+        .map(|m| &m["fieldsV1"])
+}
+
+/// What applying `applied` did to an object that was `before` and is `after`. Unchanged when
+/// nothing differs, or when every field meshctl sets holds what it held and meshctl owns the same
+/// fields (so none was dropped): what other writers changed meanwhile — the operator's finalizer
+/// on the Mesh, its caBundle on a webhook — is not a change meshctl made.
+pub fn outcome(applied: &Value, before: Option<&Value>, after: &Value) -> Outcome {
+    match before {
+        None => Outcome::Created,
+        Some(b) if comparable(b) == comparable(after) => Outcome::Unchanged,
+        Some(b)
+            if applied_fields(applied, b) == applied_fields(applied, after)
+                && owned_by_meshctl(b) == owned_by_meshctl(after) =>
+        {
+            Outcome::Unchanged
+        }
+        Some(_) => Outcome::Configured,
+    }
+}
+
 impl Cluster {
     /// Connect with `args` (no request is made yet).
     pub async fn connect(args: &ClusterArgs) -> Result<Cluster, ClusterError> {
@@ -289,11 +329,7 @@ impl Cluster {
             .await
             .map_err(|e| self.error(format!("applying {}", describe(o)), e))?;
         let after = object_json(&after, o);
-        let outcome = match &before {
-            None => Outcome::Created,
-            Some(b) if comparable(b) == comparable(&after) => Outcome::Unchanged,
-            Some(_) => Outcome::Configured,
-        };
+        let outcome = outcome(o, before.as_ref(), &after);
         Ok((after, outcome))
     }
 
@@ -476,5 +512,30 @@ mod tests {
         live["metadata"]["labels"]["a"] = json!("c");
         assert_ne!(comparable(&mine), comparable(&live));
         assert_eq!(describe(&mine), "Namespace x");
+    }
+
+    #[test]
+    fn only_what_meshctl_applies_and_owns_decides_whether_it_changed() {
+        let owned = |fields: Value| json!([{"manager": "meshctl", "operation": "Apply", "fieldsV1": fields}]);
+        let applied = json!({"kind": "Mesh", "metadata": {"name": "default"}, "spec": {"defaultMtlsMode": "STRICT"}});
+        let before = json!({"kind": "Mesh", "metadata": {"name": "default", "resourceVersion": "5",
+            "managedFields": owned(json!({"f:spec": {"f:defaultMtlsMode": {}}}))},
+            "spec": {"defaultMtlsMode": "STRICT"}});
+        assert_eq!(outcome(&applied, None, &before), Outcome::Created);
+        assert_eq!(outcome(&applied, Some(&before), &before), Outcome::Unchanged);
+        // The operator added its finalizer meanwhile: not meshctl's change.
+        let mut finalized = before.clone();
+        finalized["metadata"]["finalizers"] = json!(["mesh.trellis.dev/cleanup"]);
+        finalized["metadata"]["resourceVersion"] = json!("6");
+        assert_eq!(outcome(&applied, Some(&before), &finalized), Outcome::Unchanged);
+        // A value meshctl sets changed.
+        let mut permissive = finalized.clone();
+        permissive["spec"]["defaultMtlsMode"] = json!("PERMISSIVE");
+        assert_eq!(outcome(&applied, Some(&permissive), &finalized), Outcome::Configured);
+        // A field meshctl no longer sets was removed: it owns fewer fields.
+        let mut extra = before.clone();
+        extra["spec"]["rollout"] = json!({"batchSize": 2});
+        extra["metadata"]["managedFields"] = owned(json!({"f:spec": {"f:defaultMtlsMode": {}, "f:rollout": {}}}));
+        assert_eq!(outcome(&applied, Some(&extra), &before), Outcome::Configured);
     }
 }
