@@ -46,6 +46,10 @@ pub const DEFAULT_ROOT_CERT_TTL: &str = "87600h";
 /// - On a pod: the image the injector injected (copied from the template, or recorded by the
 ///   injector when the template has none).
 pub const PROXY_IMAGE_ANNOTATION: &str = "trellis.dev/proxy-image";
+/// On a pod: the hash of the injection template that meshed it (everything the injector adds
+/// but the proxy image). The rollout restarts workloads whose pods were injected with another
+/// template, as it does for another proxy image.
+pub const INJECTION_TEMPLATE_ANNOTATION: &str = "trellis.dev/injection-template";
 /// The pod-template annotation `kubectl rollout restart` sets; the rollout restarts workloads
 /// the same way.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
@@ -167,11 +171,20 @@ pub struct SecretReference {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::cel::Rule::new("!has(self.namespaceLabel) || self.namespaceLabel == 'trellis.dev/inject'")
+        .field_path(".namespaceLabel")
+        .message("namespaceLabel other than trellis.dev/inject is not supported by Trellis yet: the injector's webhook selects namespaces labelled trellis.dev/inject=enabled; remove the field and label namespaces with it"),
+    validation = kube::core::cel::Rule::new("!has(self.nativeSidecar) || self.nativeSidecar")
+        .field_path(".nativeSidecar")
+        .message("nativeSidecar: false is not supported by Trellis yet: the proxy is injected as a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+); remove the field")
+)]
 pub struct Injection {
-    /// Namespace label that turns injection on (default `trellis.dev/inject`, value `enabled`).
+    /// Namespace label that turns injection on: `trellis.dev/inject` (value `enabled`), the
+    /// only one supported yet.
     pub namespace_label: Option<String>,
-    /// Inject the proxy as a native sidecar (init container with `restartPolicy: Always`;
-    /// default true, needs Kubernetes 1.29+).
+    /// Inject the proxy as a native sidecar (init container with `restartPolicy: Always`,
+    /// Kubernetes 1.29+): `true`, the only mode supported yet.
     pub native_sidecar: Option<bool>,
 }
 

@@ -335,6 +335,7 @@ async fn main() {
         index: Arc::new(RwLock::new(index)),
         defaults,
         events: None,
+        metrics: Arc::new(trellis_operator::metrics::Metrics::default()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");

@@ -76,6 +76,10 @@ pub struct Config {
     /// The proxy image injected when the Mesh names none (`spec.versions.proxy`).
     #[arg(long, env = "TRELLIS_PROXY_IMAGE", default_value_t = trellis_manifests::install::Options::default().proxy_image)]
     pub proxy_image: String,
+    /// The image this operator runs (the install sets it): when the Mesh's
+    /// `spec.versions.operator` names another, the leader rolls the operator's Deployment to it.
+    #[arg(long, env = trellis_manifests::install::OPERATOR_IMAGE_ENV)]
+    pub operator_image: Option<String>,
     /// This replica's name in the leader election (the pod's name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -234,6 +238,25 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         roots.clone(),
         leadership.clone(),
     )));
+    // The compiler's diagnostics as status, events and metrics (written by the leader).
+    let (diag_client, diag_index, diag_changed, diag_metrics) = (
+        client.clone(),
+        index.clone(),
+        changed_rx.clone(),
+        app.push.metrics().clone(),
+    );
+    app.tasks.push(tokio::spawn(leader::while_leading(
+        leadership.clone(),
+        "configuration diagnostics",
+        move || {
+            crate::diagnostics::run(
+                diag_client.clone(),
+                diag_index.clone(),
+                diag_changed.clone(),
+                diag_metrics.clone(),
+            )
+        },
+    )));
     // The trust anchors, in every namespace, for proxies to verify the operator at first start
     // (written by the leader).
     let bundle = roots.bundle();
@@ -298,13 +321,17 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
             Arc::new(move || webhooks_observation(&published.borrow()))
         },
     });
-    let ctx = Arc::new(crate::mesh::Context::new(
-        client.clone(),
-        app.push.metrics().clone(),
-        defaults,
-        observe,
-        settings_tx,
-    ));
+    let ctx = Arc::new(
+        crate::mesh::Context::new(
+            client.clone(),
+            app.push.metrics().clone(),
+            defaults,
+            observe,
+            settings_tx,
+        )
+        .with_template(trellis_manifests::sidecar::template_hash(&injector_settings(&config)))
+        .with_operator(config.namespace.clone(), config.operator_image.clone()),
+    );
     app.tasks.push(tokio::spawn(leader::while_leading(
         leadership,
         "mesh reconciler",
@@ -404,7 +431,8 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         .require_workload_identity(config.trust_domain.clone())
         .with_roots(roots.clone())
         .with_metrics(metrics.clone());
-    let certs = CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics);
+    let certs =
+        CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics.clone());
     let serving = Arc::new(ServingTls::new(
         Identity {
             spiffe_id: operator_spiffe_id(config),
@@ -456,7 +484,16 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
             published_tx,
         )));
     }
-    let webhook_addr = serve_webhooks(config, &index, &roots, client.as_ref(), published.clone(), &mut tasks).await?;
+    let webhook_addr = serve_webhooks(
+        config,
+        &index,
+        &roots,
+        client.as_ref(),
+        &metrics,
+        published.clone(),
+        &mut tasks,
+    )
+    .await?;
 
     // Admin.
     let ready = Arc::new(AtomicBool::new(false));
@@ -524,6 +561,7 @@ async fn serve_webhooks(
     index: &index::Shared,
     roots: &Arc<MeshRoots>,
     client: Option<&Client>,
+    metrics: &Arc<Metrics>,
     published: tokio::sync::watch::Receiver<Published>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<SocketAddr> {
@@ -537,12 +575,7 @@ async fn serve_webhooks(
         },
         roots,
     )?);
-    let mut defaults = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options {
-        namespace: config.namespace.clone(),
-        proxy_image: config.proxy_image.clone(),
-        ..trellis_manifests::install::Options::default()
-    });
-    defaults.trust_domain = config.trust_domain.clone();
+    let defaults = injector_settings(config);
     let events = client.map(|c| {
         Recorder::new(
             c.clone(),
@@ -552,10 +585,12 @@ async fn serve_webhooks(
             },
         )
     });
+    let renewed = renewal_announcer(client.cloned(), events.clone(), config.pod_name.clone());
     let webhooks = Arc::new(Webhooks {
         index: index.clone(),
         defaults,
         events,
+        metrics: metrics.clone(),
     });
     let listener = TcpListener::bind(config.webhook_addr)
         .await
@@ -571,8 +606,58 @@ async fn serve_webhooks(
         roots.clone(),
         published,
         Arc::new(SystemClock),
+        renewed,
     )));
     Ok(addr)
+}
+
+/// What the sidecar injector meshes pods with when the Mesh names no proxy image.
+pub fn injector_settings(config: &Config) -> trellis_manifests::sidecar::Settings {
+    let mut settings = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options {
+        namespace: config.namespace.clone(),
+        proxy_image: config.proxy_image.clone(),
+        ..trellis_manifests::install::Options::default()
+    });
+    settings.trust_domain = config.trust_domain.clone();
+    settings
+}
+
+/// A `WebhookCertificateRenewed` event on the Mesh for each renewal of this replica's webhook
+/// certificate (nothing without a Kubernetes API).
+fn renewal_announcer(
+    client: Option<Client>,
+    recorder: Option<Recorder>,
+    replica: Option<String>,
+) -> impl Fn(&'static str) + Send + 'static {
+    let replica = replica.unwrap_or_else(|| "(unnamed)".into());
+    move |why| {
+        let (Some(client), Some(recorder)) = (client.clone(), recorder.clone()) else {
+            return;
+        };
+        let note = format!("operator replica {replica} reissued its webhook serving certificate: {why}");
+        tokio::spawn(async move {
+            use kube::Resource as _;
+            let meshes: kube::Api<Mesh> = kube::Api::all(client);
+            let reference = match meshes.get_opt(MESH_NAME).await {
+                Ok(Some(mesh)) => mesh.object_ref(&()),
+                Ok(None) => return, // no Mesh to tell; the log says it
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the Mesh to announce the webhook certificate renewal");
+                    return;
+                }
+            };
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Normal,
+                reason: "WebhookCertificateRenewed".into(),
+                note: Some(note),
+                action: "RenewCertificate".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish the webhook certificate renewal event");
+            }
+        });
+    }
 }
 
 /// The operator's SPIFFE identity, which its serving certificates carry.

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use trellis_api::mesh::{DataPlaneStatus, PROXY_IMAGE_ANNOTATION, ProxyVersionCount};
+use trellis_api::mesh::{DataPlaneStatus, INJECTION_TEMPLATE_ANNOTATION, PROXY_IMAGE_ANNOTATION, ProxyVersionCount};
 
 use crate::registry::PROXY_CONTAINER;
 
@@ -97,6 +97,8 @@ pub struct MeshedPod {
     pub restarts: u32,
     /// A container waiting in CrashLoopBackOff (or another error state), with the reason.
     pub failing: Option<String>,
+    /// The hash of the injection template that meshed it (`trellis.dev/injection-template`).
+    pub template: Option<String>,
 }
 
 impl MeshedPod {
@@ -199,6 +201,11 @@ impl MeshedPod {
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             restarts,
             failing,
+            template: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECTION_TEMPLATE_ANNOTATION))
+                .cloned(),
         })
     }
 }
@@ -391,6 +398,7 @@ mod tests {
             ready: true,
             restarts: 0,
             failing: None,
+            template: None,
         };
         let pods = [
             mk("shop", "a", "proxy:1", Owner::Standalone),

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod app;
 pub mod ca;
 pub mod dataplane;
+pub mod diagnostics;
 pub mod identity;
 pub mod index;
 pub mod leader;

@@ -121,6 +121,11 @@ pub struct Context {
     pub settings: watch::Sender<Settings>,
     /// The control plane's version (status.version).
     pub version: String,
+    /// The hash of the injection template the injector applies (`None`: not compared).
+    pub template: Option<String>,
+    /// The control plane's namespace, and the image this operator runs (`None`: unknown, the
+    /// Mesh's `spec.versions.operator` is not acted on).
+    pub operator: (String, Option<String>),
     failures: AtomicU32,
 }
 
@@ -149,8 +154,24 @@ impl Context {
             observe,
             settings,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            template: None,
+            operator: (trellis_api::mesh::SYSTEM_NAMESPACE.to_string(), None),
             failures: AtomicU32::new(0),
         }
+    }
+
+    /// The operator runs `image` in `namespace`: a Mesh naming another operator image rolls the
+    /// operator's Deployment to it.
+    pub fn with_operator(mut self, namespace: String, image: Option<String>) -> Self {
+        self.operator = (namespace, image);
+        self
+    }
+
+    /// Roll workloads whose pods were injected with another template than `hash` (the
+    /// injector's, [`trellis_manifests::sidecar::template_hash`]).
+    pub fn with_template(mut self, hash: String) -> Self {
+        self.template = Some(hash);
+        self
     }
 }
 
@@ -228,6 +249,7 @@ impl MeshExt for Mesh {
                 links: &links,
                 status: previous.as_ref(),
                 now,
+                template: ctx.template.as_deref(),
             })
         });
         let rollout = match &plan {
@@ -242,6 +264,7 @@ impl MeshExt for Mesh {
         let Some(plan) = plan else {
             return Ok(Action::requeue(RESYNC));
         };
+        self.upgrade_operator(ctx, &settings).await?;
         for a in &plan.assignments {
             rollout::workloads::assign(&ctx.client, a, now)
                 .await
@@ -352,6 +375,7 @@ trait MeshStatusExt {
         rollout: Option<RolloutStatus>,
     ) -> MeshStatus;
     fn announce(&self, ctx: &Context, status: &MeshStatus) -> impl Future<Output = Result<(), Error>> + Send;
+    fn upgrade_operator(&self, ctx: &Context, settings: &Settings) -> impl Future<Output = Result<(), Error>> + Send;
     fn write_status(&self, ctx: &Context, status: MeshStatus) -> impl Future<Output = Result<(), Error>> + Send;
     fn publish(
         &self,
@@ -426,7 +450,42 @@ impl MeshStatusExt for Mesh {
             let note = format!("{} is {} ({}): {}", t.type_, t.status, t.reason, t.message);
             self.publish(ctx, type_, &reason, "Reconcile", note).await?;
         }
+        if let Some(next) = &status.certificate_authority {
+            let previous = self.status.as_ref().and_then(|s| s.certificate_authority.as_ref());
+            for (reason, note) in conditions::ca_transitions(previous, next) {
+                self.publish(ctx, EventType::Normal, reason, "RotateRoot", note).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// `spec.versions.operator` acted on: when it names another image than the one this
+    /// operator runs, the operator's Deployment is rolled to it (its own rolling update: one
+    /// new replica at a time, none unavailable; the new replicas know their image from the
+    /// same variable, so they do nothing more).
+    async fn upgrade_operator(&self, ctx: &Context, settings: &Settings) -> Result<(), Error> {
+        use trellis_manifests::install::{OPERATOR_CONTAINER, OPERATOR_IMAGE_ENV, OPERATOR_NAME};
+        let (namespace, Some(running)) = &ctx.operator else {
+            return Ok(());
+        };
+        let Some(wanted) = settings.operator_image.as_ref().filter(|w| *w != running) else {
+            return Ok(());
+        };
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{
+            "name": OPERATOR_CONTAINER,
+            "image": wanted,
+            "env": [{"name": OPERATOR_IMAGE_ENV, "value": wanted}],
+        }]}}}});
+        api.patch(OPERATOR_NAME, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(Error::Kube)?;
+        tracing::info!(from = %running, to = %wanted, "spec.versions.operator names another image; rolling the operator to it");
+        let note = format!(
+            "spec.versions.operator is {wanted}; rolling Deployment {namespace}/{OPERATOR_NAME} from {running} (one replica at a time)"
+        );
+        self.publish(ctx, EventType::Normal, "OperatorUpgradeStarted", "Upgrade", note)
+            .await
     }
 
     /// Server-side apply `status` if it differs from the current one.
@@ -734,6 +793,54 @@ mod tests {
         assert_eq!(condition(&status, ROLLOUT_PROGRESSING).status, "True");
         let versions = status.data_plane.unwrap().versions.unwrap();
         assert_eq!(versions[0].pods, 2, "version skew: both pods still on the old image");
+    }
+
+    #[tokio::test]
+    async fn versions_operator_rolls_the_operator_deployment_to_the_image_it_names() {
+        let image = Defaults::default().proxy_image;
+        let running = "ghcr.io/trellis-mesh/trellis-operator:1".to_string();
+        let wanted = "ghcr.io/trellis-mesh/trellis-operator:2".to_string();
+        let (ctx, server, _) = Context::test(Fixed::default());
+        let ctx = Arc::new(
+            Arc::into_inner(ctx)
+                .expect("one owner")
+                .with_operator("trellis-system".into(), Some(running.clone())),
+        );
+        let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::Steps(vec![
+            Step::Event("Ready".into()),
+            Step::Status(tx),
+            Step::UpgradeOperator { image: wanted.clone() },
+            Step::Event("OperatorUpgradeStarted".into()),
+        ]));
+        reconcile(Arc::new(m), ctx.clone()).await.expect("reconcile");
+        timeout_after_1s(scenario).await;
+
+        // The operator already runs the image the Mesh names: nothing to do.
+        let (ctx, server, _) = Context::test(Fixed::default());
+        let ctx = Arc::new(
+            Arc::into_inner(ctx)
+                .expect("one owner")
+                .with_operator("trellis-system".into(), Some(wanted.clone())),
+        );
+        let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::EventsThenStatus(vec!["Ready".into()], m.clone(), tx));
+        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("reconcile");
+        timeout_after_1s(scenario).await;
+        let status = rx.await.unwrap();
+        let (ctx2, server2, _) = Context::test(Fixed::default());
+        let ctx2 = Arc::new(
+            Arc::into_inner(ctx2)
+                .expect("one owner")
+                .with_operator("trellis-system".into(), Some(wanted)),
+        );
+        let scenario = server2.run(Scenario::RadioSilence);
+        reconcile(Arc::new(m.with_status(status)), ctx2)
+            .await
+            .expect("reconcile");
+        timeout_after_1s(scenario).await;
     }
 
     #[tokio::test]

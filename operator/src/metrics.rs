@@ -144,6 +144,10 @@ pub struct Metrics {
     /// How long one Mesh reconcile took.
     pub reconcile_seconds: Histogram,
     reconcile_failures: Mutex<BTreeMap<String, u64>>,
+    admissions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The operator's own time to answer one admission review.
+    pub admission_seconds: Histogram,
+    diagnostics: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 impl Metrics {
@@ -172,6 +176,28 @@ impl Metrics {
     /// Failed Mesh reconciles for one kind of error.
     pub fn reconcile_failures(&self, error: &str) -> u64 {
         Self::lock(&self.reconcile_failures).get(error).copied().unwrap_or(0)
+    }
+
+    /// Count an admission review answered by `webhook` (`validate`, `inject`, or `other` for
+    /// a path nothing is served at) with `outcome` (`allowed`, `warned`, `patched`, `denied`,
+    /// `malformed`), and the time the operator took.
+    pub fn admitted(&self, webhook: &'static str, outcome: &'static str, took: Duration) {
+        *Self::lock(&self.admissions).entry((webhook, outcome)).or_default() += 1;
+        self.admission_seconds.observe(took);
+    }
+
+    /// Admission reviews answered by `webhook` with `outcome`.
+    pub fn admissions(&self, webhook: &str, outcome: &str) -> u64 {
+        Self::lock(&self.admissions)
+            .iter()
+            .filter(|((w, o), _)| *w == webhook && *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The compiler's diagnostics standing now: how many per (code, level, kind).
+    pub fn set_diagnostics(&self, counts: BTreeMap<(String, String, String), u64>) {
+        *Self::lock(&self.diagnostics) = counts;
     }
 
     /// A proxy woke for change `generation` at `at` and will compile for it.
@@ -276,6 +302,27 @@ impl Metrics {
         );
         for (error, n) in Self::lock(&self.reconcile_failures).iter() {
             let _ = writeln!(out, "{name}{{error=\"{error}\"}} {n}");
+        }
+        let name = "trellis_operator_admission_reviews_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Admission reviews answered, by webhook and outcome.\n# TYPE {name} counter"
+        );
+        for ((webhook, outcome), n) in Self::lock(&self.admissions).iter() {
+            let _ = writeln!(out, "{name}{{webhook=\"{webhook}\",outcome=\"{outcome}\"}} {n}");
+        }
+        self.admission_seconds.render(
+            &mut out,
+            "trellis_operator_admission_seconds",
+            "The operator's own time to answer one admission review.",
+        );
+        let name = "trellis_operator_config_diagnostics";
+        let _ = writeln!(
+            out,
+            "# HELP {name} The compiler's diagnostics standing now (configuration dropped or doubtful), by code, level and kind of object.\n# TYPE {name} gauge"
+        );
+        for ((code, level, kind), n) in Self::lock(&self.diagnostics).iter() {
+            let _ = writeln!(out, "{name}{{code=\"{code}\",level=\"{level}\",kind=\"{kind}\"}} {n}");
         }
         self.reconcile_seconds.render(
             &mut out,

@@ -160,10 +160,12 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
         )
         .unwrap(),
     );
+    let metrics = Arc::new(trellis_operator::metrics::Metrics::default());
     let webhooks = Arc::new(Webhooks {
         index: Arc::new(std::sync::RwLock::new(Index::default())),
         defaults: trellis_manifests::sidecar::Settings::new(&install::Options::default()),
         events: None,
+        metrics: metrics.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -228,6 +230,17 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
     );
     let (status, _) = post(&mut send, "GET", webhooks::VALIDATE_PATH, Vec::new()).await;
     assert_eq!(status, 405);
+    // Every review answered so far is on /metrics, by webhook and outcome.
+    assert_eq!(metrics.admissions("inject", "patched"), 1);
+    assert_eq!(metrics.admissions("validate", "denied"), 1);
+    assert_eq!(metrics.admissions("validate", "malformed"), 1);
+    assert_eq!(metrics.admissions("other", "denied"), 1);
+    let text = metrics.render("");
+    assert!(
+        text.contains("trellis_operator_admission_reviews_total{webhook=\"inject\",outcome=\"patched\"} 1")
+            && text.contains("trellis_operator_admission_seconds_count 4"),
+        "{text}"
+    );
     // (on a connection of its own: the server answers from the headers, reads none of the
     // body, and closes)
     let mut raw = connect(addr, &root_pem, b"http/1.1").await;

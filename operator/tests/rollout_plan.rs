@@ -36,6 +36,10 @@ struct Cluster {
     links: BTreeMap<String, ProxyLink>,
     /// Images whose pods never become Ready.
     broken: Vec<String>,
+    /// The injection template pods get when their controller (re)creates them.
+    template: Option<String>,
+    /// The injection template the injector applies now (the planner's input).
+    injector: Option<String>,
 }
 
 fn id(ns: &str, name: &str) -> WorkloadRef {
@@ -53,6 +57,8 @@ impl Cluster {
             pods: Vec::new(),
             links: BTreeMap::new(),
             broken: Vec::new(),
+            template: None,
+            injector: None,
         };
         for (ns, name) in names {
             c.workloads.push(Workload {
@@ -84,6 +90,7 @@ impl Cluster {
             ready,
             restarts: 0,
             failing: None,
+            template: self.template.clone(),
         };
         self.links.insert(
             pod.key(),
@@ -106,6 +113,7 @@ impl Cluster {
             links: &self.links,
             status,
             now,
+            template: self.injector.as_deref(),
         }
     }
 
@@ -227,7 +235,7 @@ fn the_next_wave_waits_for_health_and_for_the_soak() {
     let p4 = plan(&c.input(&s, Some(&st1), t0() + Duration::from_secs(7)));
     let st4 = p4.status.unwrap();
     assert_eq!(st4.phase, Some(RolloutPhase::Soaking));
-    assert_eq!(p4.announcements[0].reason, "RolloutWaveHealthy");
+    assert_eq!(p4.announcements[0].reason, "RolloutWaveFinished");
     let p5 = plan(&c.input(&s, Some(&st4), t0() + Duration::from_secs(20)));
     assert_eq!(p5.status.as_ref().unwrap().phase, Some(RolloutPhase::Soaking));
     assert!(p5.assignments.is_empty());
@@ -321,6 +329,7 @@ fn workloads_whose_budget_is_exhausted_wait_and_standalone_pods_are_never_rolled
         ready: true,
         restarts: 0,
         failing: None,
+        template: None,
     });
     let s = settings(5);
     let p = plan(&c.input(&s, None, t0()));
@@ -377,4 +386,56 @@ fn a_rollout_that_is_done_says_complete_once() {
         (NEW, Some(RolloutPhase::Complete))
     );
     assert!(p.assignments.is_empty());
+}
+
+#[test]
+fn a_new_injection_template_rolls_every_workload_in_waves_though_the_image_is_the_same() {
+    let mut c = Cluster::new(&[("shop", "a"), ("shop", "b")]);
+    c.template = Some("t1".into());
+    c.injector = Some("t1".into());
+    for (i, w) in [id("shop", "a"), id("shop", "b")].iter().enumerate() {
+        c.workloads[i].assigned = Some(NEW.into());
+        c.set_pod(w, NEW, 1);
+    }
+    let s = settings(1);
+    let steady = plan(&c.input(&s, None, t0()));
+    assert!(steady.assignments.is_empty() && steady.status.is_none(), "{steady:?}");
+
+    // The operator is upgraded: its injector meshes pods differently (template t2).
+    c.injector = Some("t2".into());
+    c.template = Some("t2".into());
+    let mut status: Option<RolloutStatus> = None;
+    let mut now = t0();
+    let mut waves = Vec::new();
+    for step in 0..50 {
+        let p = plan(&c.input(&s, status.as_ref(), now));
+        if let Some(st) = &status
+            && st.phase == Some(RolloutPhase::Progressing)
+            && p.status
+                .as_ref()
+                .is_some_and(|n| n.phase == Some(RolloutPhase::Progressing) && n.wave == st.wave)
+        {
+            // While a wave waits, the pods still on t1 are what it waits for.
+            assert!(p.assignments.is_empty());
+        }
+        c.apply(&p, step + 2);
+        status = p.status;
+        let st = status.as_ref().unwrap();
+        if p.announcements.iter().any(|a| a.reason == "RolloutWaveStarted") {
+            waves.push(wave_names(st));
+        }
+        if st.phase == Some(RolloutPhase::Complete) {
+            break;
+        }
+        now += Duration::from_secs(40);
+    }
+    assert_eq!(waves, [vec!["shop/a".to_string()], vec!["shop/b".to_string()]]);
+    assert_eq!(status.unwrap().phase, Some(RolloutPhase::Complete));
+    assert!(
+        c.pods
+            .iter()
+            .all(|p| p.template.as_deref() == Some("t2") && p.image == NEW),
+        "every pod re-injected with the new template, on the same image: {:?}",
+        c.pods
+    );
 }

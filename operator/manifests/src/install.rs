@@ -33,6 +33,11 @@ pub const IMAGE_REPOSITORY: &str = "ghcr.io/trellis-mesh";
 /// Operator replicas: one leads (reconciles, rotates roots, drives rollouts), every one serves
 /// config push, certificate signing and webhooks, so losing one pod loses none of those.
 pub const OPERATOR_REPLICAS: i32 = 2;
+/// The operator container's name in its Deployment.
+pub const OPERATOR_CONTAINER: &str = "operator";
+/// The variable telling the operator its own image (the Mesh's `spec.versions.operator` is
+/// compared with it: the operator upgrades itself to the image the Mesh names).
+pub const OPERATOR_IMAGE_ENV: &str = "TRELLIS_OPERATOR_IMAGE";
 /// glibc malloc arenas for the operator (`MALLOC_ARENA_MAX`). By default glibc makes up to
 /// eight per core, each keeping its freed memory; the operator's allocations are many small,
 /// long-lived pieces shared across threads, and two arenas hold about 35 MiB less at 1000
@@ -370,12 +375,13 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
             ..Affinity::default()
         }),
         containers: vec![Container {
-            name: "operator".into(),
+            name: OPERATOR_CONTAINER.into(),
             image: Some(opts.operator_image.clone()),
             args: Some(vec!["--namespace".into(), opts.namespace.clone()]),
             env: Some(vec![
                 env("RUST_LOG", &opts.log_level),
                 env("TRELLIS_PROXY_IMAGE", &opts.proxy_image),
+                env(OPERATOR_IMAGE_ENV, &opts.operator_image),
                 env("MALLOC_ARENA_MAX", OPERATOR_MALLOC_ARENAS),
                 env_field("POD_NAME", "metadata.name"),
                 env_field("POD_NAMESPACE", "metadata.namespace"),

@@ -149,6 +149,38 @@ impl Settings {
     }
 }
 
+/// On a pod: the hash of the injection template that meshed it ([`template_hash`]).
+pub const TEMPLATE_ANNOTATION: &str = trellis_api::mesh::INJECTION_TEMPLATE_ANNOTATION;
+
+/// The hash of the injection template `settings` make: FNV-1a (64 bits, hex) over the JSON of
+/// what the injector adds to a pod with one plain container, the proxy image left out (the
+/// rollout follows the image on its own). Two operators whose injectors would mesh a pod
+/// differently give different hashes, so the rollout restarts pods injected by the old one.
+pub fn template_hash(settings: &Settings) -> String {
+    let canonical = Settings {
+        proxy_image: String::new(),
+        ..settings.clone()
+    };
+    let mut spec = PodSpec {
+        containers: vec![Container {
+            name: "app".into(),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    };
+    let json = match inject_spec(&mut spec, &Overrides::default(), &canonical) {
+        Ok(()) => serde_json::to_string(&spec).unwrap_or_default(),
+        // Cannot happen for this pod; hash the reason so the value stays deterministic.
+        Err(e) => e.to_string(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.bytes().chain(env!("CARGO_PKG_VERSION").bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Whether a pod template was meshed by Trellis: the sidecar is there and the template carries
 /// [`INJECTED_ANNOTATION`].
 pub fn is_injected(template: &PodTemplateSpec) -> bool {
@@ -181,6 +213,7 @@ pub fn inject(template: &mut PodTemplateSpec, settings: &Settings) -> Result<(),
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(INJECTED_ANNOTATION.into(), env!("CARGO_PKG_VERSION").into());
     annotations.insert(PROXY_IMAGE_ANNOTATION.into(), image.into());
+    annotations.insert(TEMPLATE_ANNOTATION.into(), template_hash(settings));
     label_version(meta, image);
     Ok(())
 }
@@ -603,6 +636,32 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_template_hash_follows_what_is_injected_not_the_image() {
+        let settings = Settings::new(&Options::default());
+        let hash = template_hash(&settings);
+        assert_eq!(hash.len(), 16);
+        assert_eq!(hash, template_hash(&settings), "deterministic");
+        let other_image = Settings {
+            proxy_image: "registry.example/proxy:2".into(),
+            ..settings.clone()
+        };
+        assert_eq!(
+            template_hash(&other_image),
+            hash,
+            "the image is the rollout's own business"
+        );
+        let other_template = Settings {
+            log_level: "debug".into(),
+            ..settings.clone()
+        };
+        assert_ne!(template_hash(&other_template), hash);
+        let mut t = app_template();
+        inject(&mut t, &settings).unwrap();
+        let annotations = t.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[TEMPLATE_ANNOTATION], hash, "recorded on every injected pod");
     }
 
     fn settings() -> Settings {

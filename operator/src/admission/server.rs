@@ -44,6 +44,8 @@ pub struct Webhooks {
     pub defaults: Settings,
     /// Where events about skipped pods go (none in tests).
     pub events: Option<Recorder>,
+    /// Where reviews are counted and timed (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -93,8 +95,20 @@ fn refused(status: StatusCode, why: impl std::fmt::Display) -> Answer {
 }
 
 impl Webhooks {
-    /// Answer one `POST` of `body` to `path`.
+    /// Answer one `POST` of `body` to `path`, counted and timed in the metrics.
     pub fn handle(&self, path: &str, body: &[u8]) -> Answer {
+        let started = std::time::Instant::now();
+        let (answer, outcome) = self.decide(path, body);
+        let webhook = match path {
+            VALIDATE_PATH => "validate",
+            INJECT_PATH => "inject",
+            _ => "other",
+        };
+        self.metrics.admitted(webhook, outcome, started.elapsed());
+        answer
+    }
+
+    fn decide(&self, path: &str, body: &[u8]) -> (Answer, &'static str) {
         let request = match super::review(body) {
             Ok(r) => r,
             Err((uid, why)) => {
@@ -104,11 +118,14 @@ impl Webhooks {
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                return Answer {
-                    status,
-                    body: review_body(refusal(uid, &why)),
-                    event: None,
-                };
+                return (
+                    Answer {
+                        status,
+                        body: review_body(refusal(uid, &why)),
+                        event: None,
+                    },
+                    "malformed",
+                );
             }
         };
         let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -124,11 +141,23 @@ impl Webhooks {
                 None,
             ),
         };
-        Answer {
-            status: StatusCode::OK,
-            body: review_body(response),
-            event,
-        }
+        let outcome = if !response.allowed {
+            "denied"
+        } else if response.patch.is_some() {
+            "patched"
+        } else if !response.warnings.as_ref().is_none_or(Vec::is_empty) {
+            "warned"
+        } else {
+            "allowed"
+        };
+        (
+            Answer {
+                status: StatusCode::OK,
+                body: review_body(response),
+                event,
+            },
+            outcome,
+        )
     }
 
     async fn serve_http(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -236,12 +265,14 @@ pub fn reissue_reason(
 }
 
 /// Keep the webhooks' certificate current: reissued before it expires, and after a root
-/// rotation once the `caBundle` holds the new root. Runs until the task is dropped.
+/// rotation once the `caBundle` holds the new root; `renewed` hears why each time (the
+/// operator makes it an event on the Mesh). Runs until the task is dropped.
 pub async fn keep_certificate_current(
     tls: Arc<ServingTls>,
     roots: Arc<MeshRoots>,
     mut published: watch::Receiver<super::ca_bundle::Published>,
     clock: Arc<dyn crate::ca::Clock>,
+    renewed: impl Fn(&'static str) + Send,
 ) {
     let mut bundle = roots.bundle();
     loop {
@@ -268,7 +299,10 @@ pub async fn keep_certificate_current(
         };
         if let Some(why) = reason {
             match tls.refresh(&roots) {
-                Ok(()) => tracing::info!(%why, "the webhooks' serving certificate was reissued"),
+                Ok(()) => {
+                    tracing::info!(%why, "the webhooks' serving certificate was reissued");
+                    renewed(why);
+                }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "could not reissue the webhooks' serving certificate")
                 }
@@ -281,6 +315,53 @@ pub async fn keep_certificate_current(
 mod tests {
     use super::*;
     use crate::serving::Issued;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_reissues_in_place_and_is_announced() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = Arc::new(crate::ca::ManualClock::new(t0));
+        let root = crate::ca::SigningCert::self_signed_root("cluster.local", Duration::from_secs(3650 * 86400), t0)
+            .expect("root");
+        let roots = Arc::new(MeshRoots::new(root, Duration::from_secs(3600), clock.clone()));
+        let tls = Arc::new(
+            ServingTls::new(
+                crate::serving::Identity {
+                    spiffe_id: "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator".into(),
+                    dns_names: vec!["localhost".into()],
+                    ttl: Duration::from_secs(3000),
+                    client_auth: crate::serving::ClientAuth::None,
+                    alpn: vec![],
+                },
+                &roots,
+            )
+            .expect("serving certificate"),
+        );
+        let first = tls.issued();
+        let (_published_tx, published) = watch::channel(crate::admission::ca_bundle::Published {
+            roots: None,
+            current: true,
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(keep_certificate_current(
+            tls.clone(),
+            roots,
+            published,
+            clock.clone(),
+            move |why| {
+                let _ = tx.send(why);
+            },
+        ));
+        // Not yet due: nothing happens for a minute.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(rx.try_recv().is_err());
+        // Past two thirds of its life: reissued in place, and said once.
+        clock.advance(Duration::from_secs(2100));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(rx.try_recv().ok(), Some("the certificate is due for renewal"));
+        assert!(tls.issued().not_after > first.not_after, "a new certificate is served");
+        assert!(rx.try_recv().is_err());
+        task.abort();
+    }
 
     #[test]
     fn reissue_on_renewal_or_once_the_new_root_is_trusted() {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use trellis_api::mesh::conditions::*;
-use trellis_api::mesh::{DataPlaneStatus, RolloutPhase, RolloutStatus};
+use trellis_api::mesh::{CertificateAuthorityStatus, DataPlaneStatus, RolloutPhase, RolloutStatus};
 
 use super::settings::Invalid;
 
@@ -331,9 +331,90 @@ pub fn transitions(previous: &[Condition], next: &[Condition]) -> Vec<Transition
         .collect()
 }
 
+/// The events of a change of the certificate authority between the status the Mesh holds and
+/// the next one: a root rotation started, the issuing root changed (the root rotated), the
+/// rotation finished. `(reason, note)` pairs, in that order.
+pub fn ca_transitions(
+    previous: Option<&CertificateAuthorityStatus>,
+    next: &CertificateAuthorityStatus,
+) -> Vec<(&'static str, String)> {
+    let Some(previous) = previous else {
+        return Vec::new(); // the first status: nothing changed, it was only not written yet
+    };
+    let stable = |s: &CertificateAuthorityStatus| s.rotation_phase.as_deref().is_none_or(|p| p == "Stable");
+    let short = |f: &Option<String>| f.as_deref().unwrap_or("none").chars().take(16).collect::<String>();
+    let mut out = Vec::new();
+    if stable(previous) && !stable(next) {
+        out.push((
+            "RootRotationStarted",
+            format!(
+                "a root rotation started from root {}: phase {}",
+                short(&previous.root_fingerprint),
+                next.rotation_phase.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    if previous.root_fingerprint.is_some() && previous.root_fingerprint != next.root_fingerprint {
+        out.push((
+            "RootRotated",
+            format!(
+                "new certificates are issued by root {} (expires {}), replacing root {}",
+                short(&next.root_fingerprint),
+                next.root_expires.as_deref().unwrap_or("unknown"),
+                short(&previous.root_fingerprint)
+            ),
+        ));
+    }
+    if !stable(previous) && stable(next) {
+        out.push((
+            "RootRotationFinished",
+            format!(
+                "the root rotation finished: proxies trust only root {}",
+                short(&next.root_fingerprint)
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_rotation_is_announced_when_it_starts_rotates_and_finishes() {
+        let status = |fp: &str, phase: &str| CertificateAuthorityStatus {
+            root_fingerprint: Some(fp.repeat(32)),
+            root_expires: Some("2036-01-01T00:00:00Z".into()),
+            rotation_phase: Some(phase.into()),
+            ..CertificateAuthorityStatus::default()
+        };
+        let reasons = |p: Option<&CertificateAuthorityStatus>, n: &CertificateAuthorityStatus| {
+            ca_transitions(p, n).into_iter().map(|(r, _)| r).collect::<Vec<_>>()
+        };
+        let stable = status("aa", "Stable");
+        assert!(reasons(None, &stable).is_empty(), "a first status is no transition");
+        assert!(reasons(Some(&stable), &stable).is_empty());
+        let distributing = status("aa", "Distributing");
+        assert_eq!(reasons(Some(&stable), &distributing), ["RootRotationStarted"]);
+        let reissuing = status("bb", "Reissuing");
+        let rotated = ca_transitions(Some(&distributing), &reissuing);
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(rotated[0].0, "RootRotated");
+        assert!(
+            rotated[0].1.contains("root bbbbbbbbbbbbbbbb") && rotated[0].1.contains("replacing root aaaaaaaaaaaaaaaa"),
+            "{}",
+            rotated[0].1
+        );
+        let done = status("bb", "Stable");
+        assert_eq!(reasons(Some(&reissuing), &done), ["RootRotationFinished"]);
+        // A whole rotation between two looks is still every event, once.
+        assert_eq!(
+            reasons(Some(&stable), &done),
+            ["RootRotated"],
+            "stable to stable on another root: rotated"
+        );
+    }
 
     fn ca(now: SystemTime) -> CaObservation {
         CaObservation {

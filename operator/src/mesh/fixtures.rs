@@ -72,6 +72,7 @@ impl Default for Fixed {
                     ready: true,
                     restarts: 0,
                     failing: None,
+                    template: None,
                 })
                 .collect(),
             links: ["shop/web-1", "shop/web-2"]
@@ -183,6 +184,11 @@ pub enum Step {
         /// The image assigned.
         image: String,
     },
+    /// A strategic merge patch of the operator's Deployment to `image`.
+    UpgradeOperator {
+        /// The image.
+        image: String,
+    },
 }
 
 /// What the reconciler is expected to ask, in order.
@@ -255,6 +261,7 @@ impl ApiServerVerifier {
                                 s
                             }
                             Step::Assign { path, image } => s.assignment(&path, &image).await,
+                            Step::UpgradeOperator { image } => s.operator_upgrade(&image).await,
                         };
                     }
                     s
@@ -375,6 +382,32 @@ impl ApiServerVerifier {
         respond(
             send,
             &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}),
+        );
+        self
+    }
+
+    async fn operator_upgrade(mut self, image: &str) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/apps/v1/namespaces/trellis-system/deployments/trellis-operator"
+        );
+        assert_eq!(
+            request.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/strategic-merge-patch+json")
+        );
+        let patch = body_json(request).await;
+        let container = &patch["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["name"], trellis_manifests::install::OPERATOR_CONTAINER);
+        assert_eq!(container["image"], image);
+        assert_eq!(
+            container["env"],
+            json!([{"name": trellis_manifests::install::OPERATOR_IMAGE_ENV, "value": image}])
+        );
+        respond(
+            send,
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "trellis-operator", "namespace": "trellis-system"}}),
         );
         self
     }

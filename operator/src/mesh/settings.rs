@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use trellis_api::mesh::{
     CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_TRUST_DOMAIN, HealthGate,
-    INJECTION_LABEL, Mesh, MeshSpec, SYSTEM_NAMESPACE,
+    Mesh, MeshSpec, SYSTEM_NAMESPACE,
 };
 use trellis_api::security::MtlsMode;
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
@@ -101,10 +101,8 @@ pub struct Settings {
     pub default_mtls_mode: MtlsMode,
     /// The proxy image workloads should run.
     pub proxy_image: String,
-    /// The namespace label that turns injection on.
-    pub injection_label: String,
-    /// Inject the proxy as a native sidecar.
-    pub native_sidecar: bool,
+    /// The operator image the control plane should run (`None`: whatever it runs).
+    pub operator_image: Option<String>,
     /// Proxy rollout.
     pub rollout: RolloutSettings,
 }
@@ -160,7 +158,6 @@ impl Settings {
         let mode = ca.mode.unwrap_or(CaMode::SelfSigned);
         let rollout = spec.rollout.clone().unwrap_or_default();
         let canary = rollout.canary.clone().unwrap_or_default();
-        let injection = spec.injection.clone().unwrap_or_default();
         Settings {
             trust_domain: spec
                 .trust_domain
@@ -184,13 +181,12 @@ impl Settings {
                     .unwrap_or(defaults.root_cert_ttl),
             },
             default_mtls_mode: spec.default_mtls_mode.unwrap_or(MtlsMode::Permissive),
+            operator_image: spec.versions.as_ref().and_then(|v| v.operator.clone()),
             proxy_image: spec
                 .versions
                 .as_ref()
                 .and_then(|v| v.proxy.clone())
                 .unwrap_or_else(|| defaults.proxy_image.clone()),
-            injection_label: injection.namespace_label.unwrap_or_else(|| INJECTION_LABEL.to_string()),
-            native_sidecar: injection.native_sidecar.unwrap_or(true),
             rollout: RolloutSettings {
                 batch: match (rollout.batch_size, rollout.batch_percent) {
                     (_, Some(p)) => Batch::Percent(p),
@@ -248,7 +244,7 @@ mod tests {
                 "trustDomain": "example.org",
                 "ca": {"mode": "Plugged", "secretRef": {"name": "cacerts"}, "workloadCertTtl": "1h", "rootCertTtl": "48h"},
                 "defaultMtlsMode": "STRICT",
-                "injection": {"namespaceLabel": "example.org/mesh", "nativeSidecar": false},
+                "injection": {"namespaceLabel": "trellis.dev/inject", "nativeSidecar": true},
                 "rollout": {"batchPercent": 25, "canary": {"namespaces": ["staging"], "matchLabels": {"tier": "canary"}},
                             "pause": "5s", "progressDeadline": "2m", "paused": true, "healthGates": ["PodsReady"]},
             })),
@@ -262,8 +258,6 @@ mod tests {
         assert_eq!(s.ca.workload_cert_ttl, Duration::from_secs(3600));
         assert_eq!(s.ca.root_cert_ttl, Duration::from_secs(48 * 3600));
         assert_eq!(s.default_mtls_mode, MtlsMode::Strict);
-        assert_eq!(s.injection_label, "example.org/mesh");
-        assert!(!s.native_sidecar);
         assert_eq!(s.rollout.batch, Batch::Percent(25));
         assert_eq!(s.rollout.batch.of(10), 3, "25 % of 10, rounded up");
         assert!(s.rollout.canary_namespaces.contains("staging"));
@@ -272,6 +266,24 @@ mod tests {
         assert_eq!(s.rollout.progress_deadline, Duration::from_secs(120));
         assert!(s.rollout.paused);
         assert_eq!(s.rollout.gates, [HealthGate::PodsReady].into_iter().collect());
+    }
+
+    #[test]
+    fn injection_settings_trellis_cannot_honour_are_refused_not_ignored() {
+        let invalid = Settings::from_mesh(
+            &mesh(json!({"injection": {"namespaceLabel": "example.org/mesh", "nativeSidecar": false}})),
+            &Defaults::default(),
+        )
+        .unwrap_err();
+        let text = invalid.to_string();
+        assert!(
+            text.contains("spec.injection.namespaceLabel: namespaceLabel other than trellis.dev/inject is not supported by Trellis yet"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.injection.nativeSidecar: nativeSidecar: false is not supported by Trellis yet"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct Input<'a> {
     pub status: Option<&'a RolloutStatus>,
     /// Now.
     pub now: SystemTime,
+    /// The hash of the injection template the injector applies now: pods injected with another
+    /// one are restarted as if they ran another image (`None`: templates are not compared).
+    pub template: Option<&'a str>,
 }
 
 /// What to do.
@@ -167,14 +170,18 @@ impl<'a> View<'a> {
         self.input.workloads.iter().find(|x| &x.id == w)
     }
 
-    /// Runs (or is assigned) the target image.
+    /// Whether a pod was injected with the injection template in force.
+    fn current_template(&self, p: &MeshedPod) -> bool {
+        self.input.template.is_none_or(|t| p.template.as_deref() == Some(t))
+    }
+
+    /// Runs (or is assigned) the target image, and its pods the current injection template.
     fn done(&self, w: &Workload) -> bool {
+        let pods = self.pods_of(&w.id);
+        let templated = pods.iter().all(|p| self.current_template(p));
         match &w.assigned {
-            Some(a) => a == self.input.target,
-            None => {
-                let pods = self.pods_of(&w.id);
-                !pods.is_empty() && pods.iter().all(|p| p.image == self.input.target)
-            }
+            Some(a) => a == self.input.target && templated,
+            None => !pods.is_empty() && pods.iter().all(|p| p.image == self.input.target) && templated,
         }
     }
 
@@ -244,6 +251,13 @@ impl<'a> View<'a> {
             }
             if let Some(old) = pods.iter().find(|p| p.image != self.input.target) {
                 missing.push(format!("pod {} still runs {}", old.name, old.image));
+            } else if let Some(old) = pods.iter().find(|p| !self.current_template(p)) {
+                missing.push(format!(
+                    "pod {} was injected with template {}, not the current {}",
+                    old.name,
+                    old.template.as_deref().unwrap_or("(none recorded)"),
+                    self.input.template.unwrap_or_default()
+                ));
             }
             if let Some(p) = pods.iter().find(|p| !p.ready) {
                 missing.push(format!("pod {} is not Ready", p.name));
@@ -528,7 +542,7 @@ fn progressing(view: &View<'_>, status: &RolloutStatus, counts: impl Fn(RolloutS
         status: Some(soaking),
         assignments: Vec::new(),
         announcements: vec![Announcement {
-            reason: "RolloutWaveHealthy",
+            reason: "RolloutWaveFinished",
             message: format!(
                 "wave {} is healthy on {} ({}); soaking {}s",
                 status.wave,

@@ -132,6 +132,7 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
         proxy_image: trellis_manifests::install::Options::default().proxy_image,
         pod_name: Some("trellis-operator-test".into()),
         leader_election: true,
+        operator_image: None,
     }
 }
 
