@@ -151,8 +151,8 @@ fn help_version_and_completion() {
     let o = meshctl(&["--help"], None);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).contains("validate"));
-    let o = meshctl(&["version"], None);
-    assert_eq!(o.status.code(), Some(0));
+    let o = meshctl(&["version", "--client"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).starts_with(&format!("meshctl {}", env!("CARGO_PKG_VERSION"))));
     for shell in ["bash", "zsh", "fish"] {
         let o = meshctl(&["completion", shell], None);
