@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
-use trellis_e2e::suite::sampling::{FALSE_FAILURE_RATE, Share};
-use trellis_e2e::suite::{Answer, Http, Target, failures, prometheus_samples, steps, sync, traces, wait_for};
+use trellis_e2e::suite::sampling::{Share, FALSE_FAILURE_RATE};
+use trellis_e2e::suite::{failures, prometheus_samples, steps, sync, traces, wait_for, Answer, Http, Target};
 use trellis_manifests::demo;
 
 const TRUST: &str = "spiffe://cluster.local";
@@ -256,7 +256,7 @@ fn first_light() -> anyhow::Result<()> {
 
     step(
         &t,
-        "the operator pod deleted mid-traffic: a new pod, every proxy reconnected and in sync, no failed request",
+        "every operator pod deleted mid-traffic: new pods, every proxy reconnected and in sync, no failed request",
         || operator_restart(&t, &http, &api),
     )?;
     Ok(())
@@ -808,8 +808,16 @@ fn nack_keeps_the_last_good_config(t: &Target, http: &Http, api: &str) -> anyhow
 fn operator_restart(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
     let ns = trellis_api::mesh::SYSTEM_NAMESPACE;
     let selector = format!("app={}", trellis_manifests::install::OPERATOR_NAME);
+    // Every replica goes (the install runs two, leader-elected): the whole control plane is down
+    // while traffic flows, and the proxies must reconnect to the replicas that replace them.
     let old: BTreeSet<String> = t.pod_names(ns, &selector)?.into_iter().collect();
-    ensure!(old.len() == 1, "expected one operator pod, found {old:?}");
+    let replicas = t.get_json(&["deployment", "-n", ns, trellis_manifests::install::OPERATOR_NAME])?["spec"]["replicas"]
+        .as_u64()
+        .unwrap_or(1) as usize;
+    ensure!(
+        old.len() == replicas,
+        "expected {replicas} operator pods (the Deployment's replicas), found {old:?}"
+    );
     let meshed = sync::meshed_pods(t, demo::NAMESPACE)?;
     let load = http.background(api, Vec::new());
     std::thread::sleep(Duration::from_millis(300));
@@ -823,23 +831,31 @@ fn operator_restart(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
         );
     }
     let result = (|| {
-        let new = wait_for("a new, ready operator pod", steps::READY, || {
+        let new = wait_for(&format!("{replicas} new, ready operator pods"), steps::READY, || {
             let pods = t.get_json(&["pods", "-n", ns, "-l", &selector])?;
-            Ok(pods["items"].as_array().into_iter().flatten().find_map(|p| {
-                let name = p["metadata"]["name"].as_str()?;
-                (!old.contains(name)
-                    && p["metadata"]["deletionTimestamp"].is_null()
-                    && trellis_e2e::harness::pod_ready(p))
-                .then(|| name.to_string())
-            }))
+            let ready: Vec<String> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let name = p["metadata"]["name"].as_str()?;
+                    (!old.contains(name)
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                        && trellis_e2e::harness::pod_ready(p))
+                    .then(|| name.to_string())
+                })
+                .collect();
+            Ok((ready.len() == replicas).then_some(ready))
         })?;
+        // Every replica's /debug/syncz merges all replicas' proxies, and no old replica is left:
+        // a proxy shown connected is connected to a new one.
         wait_for(
-            &format!("every proxy ({}) connected to {new} and in sync", meshed.len()),
+            &format!("every proxy ({}) connected to {new:?} and in sync", meshed.len()),
             Duration::from_secs(60),
-            || sync::in_sync(&sync::syncz(t, Some(&new))?, &meshed).map(Some),
+            || sync::in_sync(&sync::syncz(t, Some(&new[0]))?, &meshed).map(Some),
         )?;
         eprintln!(
-            "[first light]   {new} replaced {old:?}; {} proxies in sync",
+            "[first light]   {new:?} replaced {old:?}; {} proxies in sync",
             meshed.len()
         );
         Ok::<_, anyhow::Error>(())
