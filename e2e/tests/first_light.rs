@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
-use trellis_e2e::suite::sampling::{Share, FALSE_FAILURE_RATE};
-use trellis_e2e::suite::{failures, prometheus_samples, steps, sync, traces, wait_for, Answer, Http, Target};
+use trellis_e2e::suite::sampling::{FALSE_FAILURE_RATE, Share};
+use trellis_e2e::suite::{Answer, Http, Target, failures, prometheus_samples, steps, sync, traces, wait_for};
 use trellis_manifests::demo;
 
 const TRUST: &str = "spiffe://cluster.local";
