@@ -183,6 +183,9 @@ codes! {
     ProxyNotSynced => "TRL0109", Warning,
         "A proxy has not acknowledged the latest configuration.",
         "The proxy serves an older configuration, or is not connected to the operator. Check the proxy's logs and its connection to trellis-operator.trellis-system:15012.";
+    RouteWithoutTimeout => "TRL0110", Warning,
+        "A VirtualService rule forwards without a timeout.",
+        "trellis-proxy has no default route timeout (as Istio: the request may wait as long as the destination takes), so a hung destination holds the caller's request, connection and slot until the client gives up. Set the rule's timeout (e.g. timeout: 10s), or retries.perTryTimeout with attempts, to bound it.";
 }
 
 impl Code {

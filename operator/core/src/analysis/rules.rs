@@ -1,7 +1,7 @@
 //! VirtualService rules that never apply: a rule after one that matches every request, or
 //! whose matches all repeat earlier ones (`IST0130`); a match repeating an earlier one
 //! (`IST0131`); and hosts of a gateway-bound VirtualService its Gateway does not serve
-//! (`IST0132`).
+//! (`IST0132`); and rules that forward without any timeout (`TRL0110`).
 
 use serde_json::Value;
 use trellis_api::networking::{HttpMatchRequest, VirtualService};
@@ -15,6 +15,7 @@ pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
     for vs in &f.snapshot.virtual_services {
         let key = key_of(&vs.metadata);
         unreachable(vs, &key, out);
+        unbounded(vs, &key, out);
         gateway_hosts(f, vs, &key, out);
     }
 }
@@ -86,6 +87,36 @@ fn unreachable(vs: &VirtualService, key: &ObjectKey, out: &mut Vec<Raw>) {
         for m in matches {
             seen.push((canonical(m), i));
         }
+    }
+}
+
+/// Rules that forward with neither a timeout nor a per-try timeout: the proxy has no default
+/// route timeout, so nothing bounds how long such a request waits. (A per-try timeout bounds
+/// every attempt, the first included, when retries are on: attempts default to 2, 0 turns
+/// them off.)
+fn unbounded(vs: &VirtualService, key: &ObjectKey, out: &mut Vec<Raw>) {
+    for (i, rule) in vs.spec.http.iter().flatten().enumerate() {
+        if rule.route.as_deref().unwrap_or_default().is_empty() || rule.timeout.is_some() {
+            continue;
+        }
+        let per_try = rule
+            .retries
+            .as_ref()
+            .is_some_and(|r| r.per_try_timeout.is_some() && r.attempts != Some(0));
+        if per_try {
+            continue;
+        }
+        let name = match &rule.name {
+            Some(n) => format!("{n:?} (#{i})"),
+            None => format!("#{i}"),
+        };
+        out.push(Raw::new(
+            Code::RouteWithoutTimeout,
+            "VirtualService",
+            key.clone(),
+            format!("spec.http[{i}]"),
+            format!("VirtualService rule {name} has no timeout, and the proxy has no default one: a destination that never answers holds the request until the client gives up. Set spec.http[{i}].timeout (e.g. 10s), or retries.perTryTimeout"),
+        ));
     }
 }
 
