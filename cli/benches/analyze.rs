@@ -1,4 +1,4 @@
-//! `meshctl validate` over a generated mesh of RESOURCES objects (default
+//! `meshctl validate` and `meshctl analyze` over a generated mesh of RESOURCES objects (default
 //! 5000): namespaces of Services, Pods, VirtualServices, DestinationRules, PeerAuthentications
 //! and AuthorizationPolicies, one ingress Gateway. Runs each command's library entry point on
 //! one multi-document file, as the binary does, and prints the wall time of each.
@@ -74,6 +74,7 @@ fn main() {
     let path = file.display().to_string();
     println!("{count} resources, {} KiB in {path}", text.len() / 1024);
     time(count, &["meshctl", "validate", "-f", &path, "-o", "json"]);
+    time(count, &["meshctl", "analyze", "--use-kube=false", "-o", "json", &path]);
 }
 
 /// Run one meshctl command line in-process and print how long it took.

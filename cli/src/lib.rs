@@ -5,6 +5,7 @@
 //! (`-o json|yaml`: nothing but the data on stdout; progress and messages on stderr), with
 //! stable exit codes ([`EXIT_OK`] … [`EXIT_NOT_CONFIRMED`]).
 
+pub mod analyze;
 pub mod check;
 pub mod cluster;
 pub mod demo;
@@ -63,6 +64,8 @@ pub struct NotConfirmed(pub String);
   meshctl install                     # install and wait until Ready
   meshctl check                       # is the mesh healthy?
   meshctl validate -f config/         # before kubectl apply
+  meshctl analyze -n shop config/     # what-if: your files laid over the cluster's objects
+  meshctl analyze -A                  # problems across the whole live mesh
   meshctl upgrade                     # with a newer meshctl: see what changes, then apply
   meshctl uninstall                   # remove the control plane (keeps CRDs and your objects)
 
@@ -91,6 +94,9 @@ pub enum Command {
     Uninstall(uninstall::Args),
     /// Validate Trellis (and Istio) configuration files offline, like `istioctl validate`.
     Validate(validate::Args),
+    /// Find problems in configuration — files, the live cluster, or files laid over it — with
+    /// Istio's analysis codes, like `istioctl analyze`.
+    Analyze(analyze::Args),
     /// Run the seeds' shop on a local kubesim, end to end, and show the mesh at work (needs root).
     Demo(demo::Args),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
@@ -154,6 +160,7 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
     };
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdin, out),
+        Command::Analyze(args) => runtime()?.block_on(analyze::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Install(args) => runtime()?.block_on(install::run(&args, &cli.cluster, terminal, out)),
         Command::Check(args) => runtime()?.block_on(check::run(&args, &cli.cluster, terminal, out)),
         Command::Upgrade(args) => runtime()?.block_on(upgrade::run(&args, &cli.cluster, terminal, stdin, out)),

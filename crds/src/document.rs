@@ -351,12 +351,16 @@ impl<R: std::io::BufRead> Documents<R> {
                 return;
             }
         };
-        if body.lines().all(|l| {
+        // The document's line is its first line of content (after comments and blank lines).
+        let Some(first) = body.lines().position(|l| {
             let t = l.trim();
-            t.is_empty() || t.starts_with('#')
-        }) {
+            !t.is_empty() && !t.starts_with('#')
+        }) else {
             return;
-        }
+        };
+        let line = start + first;
+        // The text from that line on, so the line of a field counts from the document's line.
+        let text: String = body.split_inclusive('\n').skip(first).collect();
         let content = serde_yaml_ng::from_str::<strict::Strict>(&body)
             .map(|s| s.0)
             .map_err(|e| {
@@ -384,12 +388,12 @@ impl<R: std::io::BufRead> Documents<R> {
                         Ok(item)
                     } else {
                         Err(ParseError {
-                            line: start,
+                            line,
                             message: "an item of a List must be a mapping with apiVersion, kind and metadata".into(),
                         })
                     };
                     self.pending.push_back(Document {
-                        line: start,
+                        line,
                         content,
                         text: String::new(),
                     });
@@ -397,22 +401,22 @@ impl<R: std::io::BufRead> Documents<R> {
             }
             Ok(Value::Null) => {}
             Ok(v @ Value::Object(_)) => self.pending.push_back(Document {
-                line: start,
+                line,
                 content: Ok(v),
-                text: body,
+                text,
             }),
             Ok(_) => self.pending.push_back(Document {
-                line: start,
+                line,
                 content: Err(ParseError {
-                    line: start,
+                    line,
                     message: "a document must be a mapping with apiVersion, kind and metadata".into(),
                 }),
-                text: body,
+                text,
             }),
             Err(e) => self.pending.push_back(Document {
-                line: start,
+                line,
                 content: Err(e),
-                text: body,
+                text,
             }),
         }
     }

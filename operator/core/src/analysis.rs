@@ -16,7 +16,8 @@
 //!   Gateway does not serve (`IST0132`);
 //! - [`workloads`]: port naming (`IST0118`), gateway ports missing from their Service
 //!   (`IST0162`), injection (`IST0102`, `IST0103`) and the proxy's reserved UID (`IST0144`);
-//! - the compiler ([`crate::compile::diagnose`]): what it would drop or ignore (`TRL` codes).
+//! - the compiler ([`crate::compile::diagnose`]): what it would drop or ignore (`TRL` codes);
+//! - [`proxies`]: the operator's sync state — NACKs, version skew, proxies out of sync.
 //!
 //! # Caveats
 //! Checks that need a kind of object (Services, Pods, Secrets, Namespaces) run only when the
@@ -24,9 +25,12 @@
 //! which pods exist, so no selector is reported as matching none.
 
 mod conflicts;
+mod proxies;
 mod references;
 mod rules;
 mod workloads;
+
+pub use proxies::{Nacked, ProxyState, proxies};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -161,6 +165,14 @@ pub(crate) struct Pod {
 }
 
 impl Facts<'_> {
+    /// The pods of a namespace (pods are sorted by namespace and name).
+    pub(crate) fn pods_in<'p>(&'p self, namespace: &'p str) -> impl Iterator<Item = &'p Pod> + 'p {
+        let start = self.pods.partition_point(|p| p.key.namespace.as_str() < namespace);
+        self.pods[start..]
+            .iter()
+            .take_while(move |p| p.key.namespace == namespace)
+    }
+
     /// Whether the input holds every object of `kind`.
     pub(crate) fn knows(&self, kind: InputKind) -> bool {
         self.complete.contains(&kind)
@@ -376,6 +388,11 @@ fn pod_facts(v: &Value, key: ObjectKey) -> Pod {
 
 /// The user the proxy runs as, which capture excludes.
 pub(crate) const PROXY_UID: i64 = 1337;
+
+/// Findings not tied to a file, sorted.
+fn place_all(raws: Vec<Raw>) -> Vec<Finding> {
+    place(raws, &BTreeMap::new())
+}
 
 /// Place findings on their objects' files and lines; one per problem, sorted.
 fn place(raws: Vec<Raw>, sources: &Sources<'_>) -> Vec<Finding> {

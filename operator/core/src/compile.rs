@@ -470,6 +470,20 @@ pub(crate) fn resolve_host(host: &str, namespace: &str) -> String {
     }
 }
 
+/// Whether the host `pattern` written in a resource of `namespace` covers the concrete `host`:
+/// `host_matches(&resolve_host(pattern, namespace), host)` without building the FQDN (this
+/// runs for every pair of resources and hosts).
+pub(crate) fn host_covers(pattern: &str, namespace: &str, host: &str) -> bool {
+    if pattern.contains('.') || pattern == "*" {
+        return host_matches(pattern, host);
+    }
+    host.strip_prefix(pattern)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_prefix(namespace))
+        .and_then(|r| r.strip_prefix(".svc."))
+        == Some(DNS_DOMAIN)
+}
+
 /// Whether a (maybe wildcard) host pattern covers a concrete host.
 pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix('*') {
@@ -504,6 +518,25 @@ mod tests {
         assert_eq!(resolve_host("payment.shop", "x"), "payment.shop");
         assert!(host_matches("*.example.com", "a.example.com"));
         assert!(!host_matches("*.example.com", "example.org"));
+    }
+
+    #[test]
+    fn host_covers_is_resolve_then_match() {
+        for (pattern, ns, host) in [
+            ("payment", "shop", "payment.shop.svc.cluster.local"),
+            ("payment", "other", "payment.shop.svc.cluster.local"),
+            ("pay", "shop", "payment.shop.svc.cluster.local"),
+            ("*.shop.svc.cluster.local", "x", "payment.shop.svc.cluster.local"),
+            ("*", "x", "a.b"),
+            ("payment.shop.svc.cluster.local", "x", "payment.shop.svc.cluster.local"),
+            ("payment.shop", "x", "payment.shop.svc.cluster.local"),
+        ] {
+            assert_eq!(
+                host_covers(pattern, ns, host),
+                host_matches(&resolve_host(pattern, ns), host),
+                "{pattern} in {ns} vs {host}"
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use trellis_api::networking::{ClientTlsMode, ClientTlsSettings, Destination, Des
 
 use super::{Facts, Raw, key_of};
 use crate::code::Code;
-use crate::compile::{DNS_DOMAIN, host_matches, resolve_host, visible};
+use crate::compile::{DNS_DOMAIN, host_covers, host_matches, resolve_host, visible};
 use crate::registry::{ObjectKey, selects};
 use crate::snapshot::InputKind;
 
@@ -139,7 +139,7 @@ fn destination(f: &Facts<'_>, key: &ObjectKey, ns: &str, field: &str, d: &Destin
         let defined = s.destination_rules.iter().any(|dr| {
             let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
             visible(dr.spec.export_to.as_deref(), dr_ns, ns)
-                && host_matches(&resolve_host(&dr.spec.host, dr_ns), &host)
+                && host_covers(&dr.spec.host, dr_ns, &host)
                 && dr.spec.subsets.iter().flatten().any(|s| &s.name == subset)
         });
         if !defined {
@@ -248,12 +248,15 @@ fn destination_rules(f: &Facts<'_>, out: &mut Vec<Raw>) {
             continue;
         }
         let host = resolve_host(&dr.spec.host, &key.namespace);
-        let services: Vec<&crate::registry::Service> = s
-            .registry
-            .services
-            .values()
-            .filter(|svc| host_matches(&host, &svc.fqdn(DNS_DOMAIN)))
-            .collect();
+        let services: Vec<&crate::registry::Service> = if host.contains('*') {
+            s.registry
+                .services
+                .values()
+                .filter(|svc| host_matches(&host, &svc.fqdn(DNS_DOMAIN)))
+                .collect()
+        } else {
+            s.registry.service_by_host(&host, DNS_DOMAIN).into_iter().collect()
+        };
         if services.is_empty() {
             out.push(Raw::new(
                 Code::UnknownDestinationRuleHost,
@@ -271,9 +274,8 @@ fn destination_rules(f: &Facts<'_>, out: &mut Vec<Raw>) {
             let labels = subset.labels.clone().unwrap_or_default();
             let selected = services.iter().any(|svc| {
                 let Some(sel) = &svc.selector else { return false };
-                f.pods.iter().any(|p| {
-                    p.key.namespace == svc.key.namespace && selects(sel, &p.labels) && selects(&labels, &p.labels)
-                })
+                f.pods_in(&svc.key.namespace)
+                    .any(|p| selects(sel, &p.labels) && selects(&labels, &p.labels))
             });
             if !selected {
                 out.push(Raw::new(
@@ -336,9 +338,11 @@ fn policies(f: &Facts<'_>, out: &mut Vec<Raw>) {
     let s = f.snapshot;
     let root = trellis_api::mesh::SYSTEM_NAMESPACE;
     let selects_any = |ns: &str, labels: &BTreeMap<String, String>| {
-        f.pods
-            .iter()
-            .any(|p| (ns == root || p.key.namespace == ns) && selects(labels, &p.labels))
+        if ns == root {
+            f.pods.iter().any(|p| selects(labels, &p.labels))
+        } else {
+            f.pods_in(ns).any(|p| selects(labels, &p.labels))
+        }
     };
     let mut selectors: Vec<(&str, ObjectKey, Option<&Labels>)> = Vec::new();
     for pa in &s.peer_authentications {

@@ -11,7 +11,7 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, millis};
-use super::{Code, Ctx, DNS_DOMAIN, host_matches, resolve_host, resource, visible};
+use super::{Code, Ctx, DNS_DOMAIN, host_covers, resource, visible};
 use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
 
 /// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
@@ -28,7 +28,7 @@ pub(crate) fn destination_rule<'a>(ctx: &Ctx<'a>, host: &str) -> Option<&'a Dest
         .iter()
         .filter(|dr| {
             let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-            visible(dr.spec.export_to.as_deref(), ns, viewer) && host_matches(&resolve_host(&dr.spec.host, ns), host)
+            visible(dr.spec.export_to.as_deref(), ns, viewer) && host_covers(&dr.spec.host, ns, host)
         })
         .min_by_key(|dr| {
             let ns = dr.metadata.namespace.as_deref().unwrap_or("default");

@@ -63,10 +63,14 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         }
         for h in vs.spec.hosts.iter().flatten() {
             let host = resolve_host(h, ns);
-            for svc in snapshot.registry.services.values() {
-                if super::host_matches(&host, &svc.fqdn(DNS_DOMAIN)) {
-                    ports.insert((ns.to_string(), svc.key.clone()));
+            if host.contains('*') {
+                for svc in snapshot.registry.services.values() {
+                    if super::host_matches(&host, &svc.fqdn(DNS_DOMAIN)) {
+                        ports.insert((ns.to_string(), svc.key.clone()));
+                    }
                 }
+            } else if let Some(svc) = snapshot.registry.service_by_host(&host, DNS_DOMAIN) {
+                ports.insert((ns.to_string(), svc.key.clone()));
             }
         }
     }

@@ -13,7 +13,9 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
-use super::{Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_matches, resolve_host, resource, visible};
+use super::{
+    Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, visible,
+};
 use crate::registry::{Protocol, Service, ServicePort, selects};
 
 /// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
@@ -43,13 +45,15 @@ fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a
         {
             continue;
         }
-        let hosts = vs.spec.hosts.iter().flatten().map(|h| resolve_host(h, ns));
         let mut best: Option<bool> = None;
-        for h in hosts {
-            if h == host {
+        for h in vs.spec.hosts.iter().flatten() {
+            if !host_covers(h, ns, host) {
+                continue;
+            }
+            if h.starts_with('*') {
+                best = best.or(Some(true));
+            } else {
                 best = Some(false);
-            } else if host_matches(&h, host) && best.is_none() {
-                best = Some(true);
             }
         }
         if let Some(wildcard) = best {

@@ -1,0 +1,138 @@
+//! What the operator knows about its proxies (its `/debug/syncz`): configurations they
+//! rejected (`TRL0107`), versions other than the operator's (`TRL0108`), and proxies that
+//! have not applied the latest configuration (`TRL0109`).
+
+use serde::Deserialize;
+
+use super::{Raw, place_all};
+use crate::code::Code;
+use crate::registry::ObjectKey;
+
+/// One proxy's sync state, as the operator's `/debug/syncz` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyState {
+    /// `namespace/pod`.
+    pub proxy: String,
+    /// Whether a subscription is open now.
+    pub connected: bool,
+    /// The last version sent.
+    pub sent: Option<String>,
+    /// The last version the proxy applied.
+    pub acked: Option<String>,
+    /// The last version the proxy rejected, and why.
+    pub nacked: Option<Nacked>,
+    /// The proxy's build version.
+    pub proxy_version: String,
+}
+
+/// A rejected version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Nacked {
+    /// The version.
+    pub version: String,
+    /// The proxy's error.
+    pub error: String,
+}
+
+/// Findings about the proxies in `states`; `operator_version` is the operator's build version
+/// (none when unknown: no skew is reported).
+pub fn proxies(states: &[ProxyState], operator_version: Option<&str>) -> Vec<super::Finding> {
+    let mut raws = Vec::new();
+    for s in states {
+        let Some((ns, pod)) = s.proxy.split_once('/') else {
+            continue;
+        };
+        let key = ObjectKey::new(ns, pod);
+        match &s.nacked {
+            // Rejected the latest version it was sent (a later ACK clears the problem).
+            Some(n) if s.sent.as_deref() == Some(n.version.as_str()) && s.acked.as_deref() != Some(&n.version) => {
+                raws.push(Raw::new(
+                    Code::ProxyConfigRejected,
+                    "Pod",
+                    key.clone(),
+                    "",
+                    format!("The proxy rejected configuration version {}: {}; it keeps serving version {}. Fix the resource the error names (or report a bug if the compiled configuration is at fault)", n.version, n.error, s.acked.as_deref().unwrap_or("(none)")),
+                ));
+            }
+            _ => {
+                if !s.connected {
+                    raws.push(Raw::new(
+                        Code::ProxyNotSynced,
+                        "Pod",
+                        key.clone(),
+                        "",
+                        "The proxy is not connected to the operator; it serves the configuration it last applied. Check its logs and its connection to trellis-operator.trellis-system:15012".to_string(),
+                    ));
+                } else if s.sent.is_some() && s.sent != s.acked {
+                    raws.push(Raw::new(
+                        Code::ProxyNotSynced,
+                        "Pod",
+                        key.clone(),
+                        "",
+                        format!("The proxy has not acknowledged configuration version {} (it applied {}); it may be busy or stuck. Check its logs", s.sent.as_deref().unwrap_or_default(), s.acked.as_deref().unwrap_or("none")),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = operator_version
+            && !s.proxy_version.is_empty()
+            && s.proxy_version != v
+        {
+            raws.push(Raw::new(
+                Code::ProxyVersionSkew,
+                "Pod",
+                key,
+                "",
+                format!("The proxy runs version {} and the operator {v}; restart the workload to get the current proxy (kubectl rollout restart), or finish the rollout", s.proxy_version),
+            ));
+        }
+    }
+    place_all(raws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(json: serde_json::Value) -> ProxyState {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn nacks_skew_and_stale_proxies_are_reported_and_synced_ones_are_not() {
+        let states = [
+            state(
+                serde_json::json!({"proxy": "shop/web-1", "connected": true, "sent": "b", "acked": "a",
+                "nacked": {"version": "b", "error": "listeners[0]: bad regex"}, "proxyVersion": "0.1.0"}),
+            ),
+            state(
+                serde_json::json!({"proxy": "shop/web-2", "connected": true, "sent": "b", "acked": "b", "proxyVersion": "0.0.9"}),
+            ),
+            state(
+                serde_json::json!({"proxy": "shop/web-3", "connected": false, "sent": "b", "acked": "b", "proxyVersion": "0.1.0"}),
+            ),
+            state(
+                serde_json::json!({"proxy": "shop/web-4", "connected": true, "sent": "c", "acked": "b", "proxyVersion": "0.1.0"}),
+            ),
+            // NACKed an old version, applied the latest since: in sync.
+            state(
+                serde_json::json!({"proxy": "shop/web-5", "connected": true, "sent": "c", "acked": "c",
+                "nacked": {"version": "b", "error": "x"}, "proxyVersion": "0.1.0", "sentRoots": []}),
+            ),
+        ];
+        let f = proxies(&states, Some("0.1.0"));
+        let got: Vec<(String, String)> = f.iter().map(|f| (f.code.to_string(), f.origin.clone())).collect();
+        assert_eq!(
+            got,
+            [
+                ("TRL0107".to_string(), "Pod shop/web-1".to_string()),
+                ("TRL0108".to_string(), "Pod shop/web-2".to_string()),
+                ("TRL0109".to_string(), "Pod shop/web-3".to_string()),
+                ("TRL0109".to_string(), "Pod shop/web-4".to_string()),
+            ]
+        );
+        assert!(f[0].message.contains("bad regex"), "{}", f[0].message);
+    }
+}
