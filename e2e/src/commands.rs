@@ -29,11 +29,13 @@ fn alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
-/// Removes the pod network of kubesim instances that died (a no-op when
-/// not root: then there can be none).
+/// Removes the pod network of kubesim instances that died, and everything
+/// of upstream clusters whose owner died (a no-op when not root: then there
+/// can be none).
 fn cleanup_dead_networks() {
     if crate::network::available() {
         crate::network::cleanup_leftovers();
+        crate::upstream::instance::sweep_dead();
     }
 }
 
@@ -71,6 +73,87 @@ pub async fn serve(state_dir: &Path, port: u16, processes: bool, bin_dir: Option
 /// the kubeconfig path. Removes what dead instances left of their pod
 /// network first.
 pub fn up(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if processes && !crate::network::available() {
+        bail!("{}", crate::network::NetworkError::NotRoot);
+    }
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--port".into(),
+        port.to_string().into(),
+        if processes { "--processes" } else { "--simulate" }.into(),
+    ];
+    if let Some(d) = bin_dir {
+        args.extend(["--bin-dir".into(), d.as_os_str().to_owned()]);
+    }
+    start_background(state_dir, &args, Duration::from_secs(30), "kubesim")
+}
+
+/// The options of an upstream cluster kept in `state_dir`.
+pub fn upstream_options(
+    state_dir: &Path,
+    bin_dir: Option<&Path>,
+    upstream_bin: Option<&Path>,
+) -> crate::upstream::Options {
+    let mut opts = crate::upstream::Options::new(state_dir);
+    opts.bin_dirs = crate::runner::images::BinDirs::resolve(bin_dir);
+    if let Some(b) = upstream_bin {
+        opts.upstream_bin = b.to_path_buf();
+    }
+    opts
+}
+
+/// Starts an upstream cluster in the background (`kubesim serve
+/// --upstream`), waits until it is ready, and returns the kubeconfig path.
+pub fn up_upstream(state_dir: &Path, bin_dir: Option<&Path>, upstream_bin: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let opts = upstream_options(state_dir, bin_dir, upstream_bin);
+    // Say what is missing now, not from the background process's log.
+    crate::upstream::prereqs::check(&opts.upstream_bin, &opts.bin_dirs)?;
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--upstream".into(),
+        "--upstream-bin".into(),
+        opts.upstream_bin.as_os_str().to_owned(),
+    ];
+    if let Some(d) = bin_dir {
+        args.extend(["--bin-dir".into(), d.as_os_str().to_owned()]);
+    }
+    eprintln!(
+        "starting upstream Kubernetes (a minute or two; log: {})",
+        StateFiles::new(&opts.state_dir).log().display()
+    );
+    start_background(&opts.state_dir, &args, Duration::from_secs(600), "the upstream cluster")
+}
+
+/// Runs an upstream cluster in the foreground until SIGINT/SIGTERM; writes
+/// the kubeconfig and pid file once it is ready.
+pub fn serve_upstream(opts: &crate::upstream::Options) -> anyhow::Result<()> {
+    let files = StateFiles::new(&opts.state_dir);
+    let mut cluster = crate::upstream::Cluster::start(opts)?;
+    std::fs::copy(cluster.kubeconfig(), files.kubeconfig())
+        .with_context(|| format!("writing {}", files.kubeconfig().display()))?;
+    std::fs::write(files.pid(), std::process::id().to_string())
+        .with_context(|| format!("writing {}", files.pid().display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    cluster.stop();
+    let _ = std::fs::remove_file(files.pid());
+    Ok(())
+}
+
+/// Starts `kubesim serve ARGS` in the background with its log in the state
+/// directory and waits (up to `timeout`) until it wrote its kubeconfig and
+/// pid file.
+fn start_background(
+    state_dir: &Path,
+    args: &[std::ffi::OsString],
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<PathBuf> {
     let files = StateFiles::new(state_dir);
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     if let Some(pid) = read_pid(&files).filter(|p| alive(*p)) {
@@ -86,9 +169,6 @@ pub fn up(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) 
         }
     }
     cleanup_dead_networks();
-    if processes && !crate::network::available() {
-        bail!("{}", crate::network::NetworkError::NotRoot);
-    }
     let log = std::fs::File::create(files.log()).with_context(|| format!("creating {}", files.log().display()))?;
     let exe = std::env::current_exe().context("finding the kubesim executable")?;
     let mut child = {
@@ -97,15 +177,7 @@ pub fn up(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) 
             .arg("serve")
             .arg("--state-dir")
             .arg(state_dir)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg(if processes { "--processes" } else { "--simulate" })
-            .args(
-                bin_dir
-                    .map(|d| [std::ffi::OsStr::new("--bin-dir"), d.as_os_str()])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -114,17 +186,17 @@ pub fn up(state_dir: &Path, port: u16, processes: bool, bin_dir: Option<&Path>) 
             .spawn()
             .context("starting kubesim serve")?
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!("kubesim exited during start ({status}); see {}", files.log().display());
+            bail!("{what} exited during start ({status}); see {}", files.log().display());
         }
         if files.kubeconfig().exists() && files.pid().exists() {
             return Ok(files.kubeconfig());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("kubesim did not start within 30s; see {}", files.log().display())
+    bail!("{what} did not start within {timeout:?}; see {}", files.log().display())
 }
 
 /// Stops the kubesim of a state directory and removes its kubeconfig.
@@ -147,10 +219,12 @@ pub fn down(state_dir: &Path) -> anyhow::Result<bool> {
     if !status.success() {
         bail!("could not signal kubesim (pid {pid})");
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // An upstream cluster takes a few seconds more (its processes, mounts
+    // and namespaces are removed before it exits).
+    let deadline = Instant::now() + Duration::from_secs(60);
     while alive(pid) {
         if Instant::now() > deadline {
-            bail!("kubesim (pid {pid}) did not stop within 15s");
+            bail!("kubesim (pid {pid}) did not stop within 60s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -36,4 +36,5 @@ pub mod status;
 pub mod store;
 pub mod suite;
 pub mod table;
+pub mod upstream;
 pub mod workloads;

@@ -19,8 +19,8 @@ enum Cmd {
         #[arg(long, env = "KUBESIM_STATE_DIR")]
         state_dir: Option<PathBuf>,
         /// Port on 127.0.0.1 (0 picks a free one).
-        #[arg(long, default_value_t = 0)]
-        port: u16,
+        #[arg(long)]
+        port: Option<u16>,
         /// Run pods as processes, each in its own network namespace on
         /// kubesim's bridge, with Service DNAT, cluster DNS and
         /// LoadBalancers on 127.X.Y.1 (needs root). The default when root.
@@ -35,8 +35,17 @@ enum Cmd {
         /// directory and its parent.
         #[arg(long, env = "KUBESIM_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// Start upstream Kubernetes instead (etcd, kube-apiserver with
+        /// RBAC, controller-manager, scheduler, and a node: containerd,
+        /// kubelet, kube-proxy, CoreDNS), built by e2e/upstream/build.sh;
+        /// needs root.
+        #[arg(long, conflicts_with_all = ["processes", "simulate", "port"])]
+        upstream: bool,
+        /// Where e2e/upstream/build.sh put the upstream components.
+        #[arg(long, env = "TRELLIS_UPSTREAM_BIN")]
+        upstream_bin: Option<PathBuf>,
     },
-    /// Stop the kubesim of a state directory.
+    /// Stop the kubesim (or upstream cluster) of a state directory.
     Down {
         #[arg(long, env = "KUBESIM_STATE_DIR")]
         state_dir: Option<PathBuf>,
@@ -45,8 +54,8 @@ enum Cmd {
     Serve {
         #[arg(long, env = "KUBESIM_STATE_DIR")]
         state_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 0)]
-        port: u16,
+        #[arg(long)]
+        port: Option<u16>,
         /// As for `up`.
         #[arg(long, conflicts_with = "simulate")]
         processes: bool,
@@ -56,6 +65,12 @@ enum Cmd {
         /// As for `up`.
         #[arg(long, env = "KUBESIM_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// As for `up`.
+        #[arg(long, conflicts_with_all = ["processes", "simulate", "port"])]
+        upstream: bool,
+        /// As for `up`.
+        #[arg(long, env = "TRELLIS_UPSTREAM_BIN")]
+        upstream_bin: Option<PathBuf>,
     },
 }
 
@@ -83,14 +98,26 @@ fn main() -> anyhow::Result<()> {
     let dir = |d: Option<PathBuf>| d.unwrap_or_else(commands::default_state_dir);
     match cli.command {
         Cmd::Up {
+            upstream: true,
+            state_dir,
+            bin_dir,
+            upstream_bin,
+            ..
+        } => {
+            let kubeconfig = commands::up_upstream(&dir(state_dir), bin_dir.as_deref(), upstream_bin.as_deref())?;
+            println!("upstream Kubernetes is up; kubeconfig: {}", kubeconfig.display());
+            println!("export KUBECONFIG={}", kubeconfig.display());
+        }
+        Cmd::Up {
             state_dir,
             port,
             processes,
             simulate,
             bin_dir,
+            ..
         } => {
             let processes = pods_as_processes(processes, simulate);
-            let kubeconfig = commands::up(&dir(state_dir), port, processes, bin_dir.as_deref())?;
+            let kubeconfig = commands::up(&dir(state_dir), port.unwrap_or(0), processes, bin_dir.as_deref())?;
             println!("kubesim is up; kubeconfig: {}", kubeconfig.display());
             println!("export KUBECONFIG={}", kubeconfig.display());
         }
@@ -103,15 +130,31 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Serve {
+            upstream: true,
+            state_dir,
+            bin_dir,
+            upstream_bin,
+            ..
+        } => {
+            let opts = commands::upstream_options(&dir(state_dir), bin_dir.as_deref(), upstream_bin.as_deref());
+            commands::serve_upstream(&opts)?;
+        }
+        Cmd::Serve {
             state_dir,
             port,
             processes,
             simulate,
             bin_dir,
+            ..
         } => {
             let processes = pods_as_processes(processes, simulate);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(commands::serve(&dir(state_dir), port, processes, bin_dir.as_deref()))?;
+            rt.block_on(commands::serve(
+                &dir(state_dir),
+                port.unwrap_or(0),
+                processes,
+                bin_dir.as_deref(),
+            ))?;
         }
     }
     Ok(())

@@ -20,6 +20,86 @@ pub enum PkiError {
     Load(String),
 }
 
+/// Who a client certificate names (CN = user, O = group), as the API
+/// server's x509 authenticator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject<'a> {
+    pub user: &'a str,
+    pub group: Option<&'a str>,
+}
+
+/// A signed certificate and its private key, in PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority (ECDSA P-256) that signs serving and client
+/// certificates.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// A fresh self-signed CA named `cn`.
+    pub fn new(cn: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, cn: &str, names: &[String]) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// A client certificate for `subject`.
+    pub fn client(&self, subject: Subject<'_>) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, subject.user);
+        if let Some(group) = subject.group {
+            params.distinguished_name.push(DnType::OrganizationName, group);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// The CA and serving certificate of one kubesim instance, in PEM.
 #[derive(Debug, Clone)]
 pub struct ServingIdentity {
@@ -37,41 +117,27 @@ impl ServingIdentity {
     /// leaf used as its own trust anchor in some configurations, while a CA
     /// plus leaf is accepted by both Go (kubectl) and rustls.
     pub fn generate() -> Result<Self, PkiError> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "kubesim-ca");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf_key = KeyPair::generate()?;
-        let mut leaf_params = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "kubernetes".to_string(),
-            "kubernetes.default".to_string(),
-            "kubernetes.default.svc".to_string(),
-            "kubernetes.default.svc.cluster.local".to_string(),
-            // The `kubernetes` Service and the node-namespace listener, as
-            // pods reach them (kube-rs in-cluster config, rustls).
-            "10.96.0.1".to_string(),
-            "10.244.0.1".to_string(),
-        ])?;
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+        let ca = Authority::new("kubesim-ca")?;
+        let leaf = ca.server(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "127.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                // The `kubernetes` Service and the node-namespace listener, as
+                // pods reach them (kube-rs in-cluster config, rustls).
+                "10.96.0.1",
+                "10.244.0.1",
+            ]
+            .map(String::from),
+        )?;
         Ok(Self {
-            ca_pem: ca_cert.pem(),
-            cert_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
+            ca_pem: ca.cert_pem,
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
         })
     }
 
