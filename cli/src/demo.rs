@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use trellis_contract::{ListenerDirection, Route, RouteAction, StringMatch};
+use trellis_contract::ListenerDirection;
 use trellis_e2e::suite::{Answer, Http, Target, prometheus_samples, steps, wait_for};
 use trellis_manifests::demo;
 use trellis_operator::compile::{Role, compile};
@@ -27,6 +27,7 @@ use trellis_operator::registry::ObjectKey;
 use trellis_operator::snapshot::Snapshot;
 
 use crate::EXIT_OK;
+use crate::config_text::{describe_action, describe_match, describe_provenance};
 
 /// `meshctl demo` options.
 #[derive(Debug, clap::Args)]
@@ -330,74 +331,6 @@ fn first_pod(t: &Target, selector: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no pod matches {selector} in {}", demo::NAMESPACE))
 }
 
-fn describe_match(route: &Route) -> String {
-    let text = |m: &StringMatch| match m {
-        StringMatch::Exact(v) => format!("= {v}"),
-        StringMatch::Prefix(v) => format!("{v}*"),
-        StringMatch::Suffix(v) => format!("*{v}"),
-        StringMatch::Regex(v) => format!("~ {v}"),
-    };
-    let parts: Vec<String> = route
-        .matches
-        .iter()
-        .map(|m| {
-            let mut p = Vec::new();
-            if let Some(u) = &m.uri {
-                p.push(format!("path {}", text(u)));
-            }
-            for h in &m.headers {
-                let value = h.value.as_ref().map(text).unwrap_or_else(|| "present".into());
-                p.push(format!("{}{} {value}", if h.invert { "not " } else { "" }, h.name));
-            }
-            if p.is_empty() { "any".to_string() } else { p.join(", ") }
-        })
-        .collect();
-    if parts.is_empty() {
-        "any".into()
-    } else {
-        parts.join(" or ")
-    }
-}
-
-fn describe_action(route: &Route) -> String {
-    let mut s = match &route.action {
-        RouteAction::Forward(f) => f
-            .clusters
-            .iter()
-            .map(|c| {
-                // outbound|8080|v1|payment.shop.svc.cluster.local → payment v1 :8080
-                let fields: Vec<&str> = c.cluster.split('|').collect();
-                let name = match fields.as_slice() {
-                    [_, port, subset, host] => {
-                        let host = host.split('.').next().unwrap_or(host);
-                        if subset.is_empty() {
-                            format!("{host}:{port}")
-                        } else {
-                            format!("{host} {subset}:{port}")
-                        }
-                    }
-                    _ => c.cluster.clone(),
-                };
-                format!("{name} {}%", c.weight)
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        RouteAction::Redirect(_) => "redirect".into(),
-        RouteAction::DirectResponse(d) => format!("direct response {}", d.status),
-    };
-    if let RouteAction::Forward(f) = &route.action
-        && let Some(ms) = f.timeout_ms
-    {
-        s.push_str(&format!("; timeout {ms} ms"));
-    }
-    if let Some(fault) = &route.fault
-        && let Some(a) = &fault.abort
-    {
-        s.push_str(&format!("; abort {} at {}%", a.http_status, a.percentage));
-    }
-    s
-}
-
 fn routes_in_force(t: &Target) -> anyhow::Result<Vec<[String; 4]>> {
     let snap = snapshot(t)?;
     let mut rows = Vec::new();
@@ -428,16 +361,11 @@ fn routes_in_force(t: &Target) -> anyhow::Result<Vec<[String; 4]>> {
                     continue;
                 }
                 for route in &vh.routes {
-                    let p = &route.provenance;
-                    let origin = match p.rule_index {
-                        Some(i) => format!("{} {}/{} http[{i}]", p.kind, p.namespace, p.name),
-                        None => format!("{} {}/{}", p.kind, p.namespace, p.name),
-                    };
                     rows.push([
                         format!("{proxy} → {}", vh.domains.first().cloned().unwrap_or_default()),
                         describe_match(route),
                         describe_action(route),
-                        origin,
+                        describe_provenance(&route.provenance),
                     ]);
                 }
             }

@@ -8,11 +8,13 @@
 pub mod analyze;
 pub mod check;
 pub mod cluster;
+pub mod config_text;
 pub mod demo;
 pub mod inputs;
 pub mod install;
 pub mod output;
 pub mod progress;
+pub mod proxy_config;
 pub mod uninstall;
 pub mod upgrade;
 pub mod validate;
@@ -27,6 +29,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::cluster::{ClusterArgs, ClusterError};
 use crate::install::values::ValuesError;
 use crate::output::Terminal;
+use crate::proxy_config::admin::AdminError;
 
 /// Success: valid, installed, every check passed.
 pub const EXIT_OK: u8 = 0;
@@ -99,6 +102,10 @@ pub enum Command {
     Analyze(analyze::Args),
     /// Run the seeds' shop on a local kubesim, end to end, and show the mesh at work (needs root).
     Demo(demo::Args),
+    /// Show what a live proxy runs: its routes (with their origin), clusters, endpoints,
+    /// listeners and certificate; read and set its log level.
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(proxy_config::Args),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
     Version(version::Args),
     /// Print a shell completion script: `source <(meshctl completion bash)`.
@@ -122,6 +129,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(ValuesError::Invalid(_)) = cause.downcast_ref::<ValuesError>() {
             return EXIT_INVALID;
+        }
+        if let Some(e) = cause.downcast_ref::<AdminError>() {
+            return match e {
+                AdminError::NoPod { .. } | AdminError::NoProxy { .. } => EXIT_USAGE,
+                AdminError::NoAnswer { .. } | AdminError::Refused { .. } => EXIT_CLUSTER,
+            };
         }
     }
     EXIT_USAGE
@@ -165,6 +178,7 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::Check(args) => runtime()?.block_on(check::run(&args, &cli.cluster, terminal, out)),
         Command::Upgrade(args) => runtime()?.block_on(upgrade::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Uninstall(args) => runtime()?.block_on(uninstall::run(&args, &cli.cluster, terminal, stdin, out)),
+        Command::ProxyConfig(args) => runtime()?.block_on(proxy_config::run(&args, &cli.cluster, terminal, out)),
         Command::Demo(args) => demo::run(&args, out),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {

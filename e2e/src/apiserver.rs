@@ -270,6 +270,10 @@ impl ApiServer {
         if let Some((ns, name)) = crate::runner::exec::exec_path(&path) {
             return crate::runner::exec::handle(&self, req, &ns, &name);
         }
+        // `kubectl port-forward`: a WebSocket upgrade, bridged to a port inside the pod.
+        if let Some((ns, name)) = crate::runner::portforward::portforward_path(&path) {
+            return crate::runner::portforward::handle(&self, req, &ns, &name);
+        }
         // `pods/{name}/proxy` and `services/{name}/proxy`: relayed HTTP.
         if let Some(target) = crate::podproxy::target(&path) {
             return match crate::podproxy::relay(&self.cluster, req, &target).await {

@@ -76,6 +76,16 @@ pub trait PodRuntime: Send + Sync + std::fmt::Debug {
             "cannot exec in container \"{container}\" of pod \"{name}\": kubesim's simulated kubelet does not run containers"
         ))
     }
+    /// The network namespace of a running pod (`kubectl port-forward` connects inside it).
+    fn netns(&self, pod: &Value) -> Result<std::path::PathBuf, String> {
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Err(format!(
+            "cannot forward a port of pod \"{name}\": kubesim's simulated kubelet does not run pods"
+        ))
+    }
     /// Stops every pod at once (kubesim is stopping).
     fn shutdown(&self) {}
 }

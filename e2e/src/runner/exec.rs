@@ -86,7 +86,7 @@ pub fn handshake_response<B: Default>(headers: &HeaderMap, protocol: &str) -> Op
 }
 
 /// Writes one unmasked server frame.
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
     let mut head = vec![0x80 | opcode];
     let n = payload.len();
     if n < 126 {
@@ -105,7 +105,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, opcode: u8, payload: &[u8
 
 /// Reads one (client, masked) frame: opcode and payload; fragments are
 /// returned as they come (continuation frames carry opcode 0).
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
     r.read_exact(&mut h).await?;
     let opcode = h[0] & 0x0f;
@@ -294,6 +294,28 @@ pub fn exec_path(path: &str) -> Option<(String, String)> {
     }
 }
 
+/// An error answer: a JSON `Status` with `code` and `msg`.
+pub(crate) fn failure(code: u16, msg: &str) -> Response<crate::apiserver::Body> {
+    use http_body_util::BodyExt as _;
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(error_body(msg)).boxed())
+        .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed()))
+}
+
+/// The pod `ns/name` a subresource request is for, or the status code and message to answer.
+pub(crate) fn find_pod(
+    server: &crate::apiserver::ApiServer,
+    ns: &str,
+    name: &str,
+) -> Result<serde_json::Value, (u16, String)> {
+    let Some(rt) = server.cluster.catalog.get("", "v1", "pods") else {
+        return Err((404, "pods are not served".into()));
+    };
+    server.cluster.get(&rt, Some(ns), name).map_err(|e| (e.code, e.message))
+}
+
 /// Handles `pods/{name}/exec` (the request is already authenticated).
 pub fn handle(
     server: &crate::apiserver::ApiServer,
@@ -301,20 +323,10 @@ pub fn handle(
     ns: &str,
     name: &str,
 ) -> Response<crate::apiserver::Body> {
-    use http_body_util::BodyExt as _;
-    let fail = |code: u16, msg: &str| {
-        Response::builder()
-            .status(code)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(error_body(msg)).boxed())
-            .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed()))
-    };
-    let Some(rt) = server.cluster.catalog.get("", "v1", "pods") else {
-        return fail(404, "pods are not served");
-    };
-    let pod = match server.cluster.get(&rt, Some(ns), name) {
+    let fail = failure;
+    let pod = match find_pod(server, ns, name) {
         Ok(p) => p,
-        Err(e) => return fail(e.code, &e.message),
+        Err((code, message)) => return fail(code, &message),
     };
     let request = parse_query(req.uri().query());
     let containers: Vec<String> = pod["spec"]["containers"]

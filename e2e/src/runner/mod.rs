@@ -29,6 +29,7 @@ pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod pod;
+pub mod portforward;
 pub mod probe;
 pub mod process;
 pub mod volumes;
@@ -475,6 +476,16 @@ impl PodRuntime for ProcessRuntime {
     fn exec(&self, pod: &Value, container: &str, command: &[String]) -> Result<tokio::process::Command, String> {
         let target = self.exec_target(pod, container)?;
         Ok(process::exec_command(&target, command))
+    }
+
+    fn netns(&self, pod: &Value) -> Result<PathBuf, String> {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        self.ctx
+            .get()
+            .and_then(|ctx| ctx.network.as_ref())
+            .and_then(|net| net.pod(&uid_of(pod)))
+            .map(|p| p.path)
+            .ok_or_else(|| format!("pod {name} has no network namespace (is it running?)"))
     }
 
     fn shutdown(&self) {

@@ -1,0 +1,615 @@
+//! What `meshctl proxy-config` shows of a proxy's `/config_dump`: its listeners, routes,
+//! clusters, endpoints and certificate, each as rows with istioctl's columns plus where each
+//! came from (the VirtualService rule, Gateway or Service the route was compiled from), filtered
+//! as asked. Pure functions of the dump, so `-f config_dump.json` works offline.
+
+use serde::Serialize;
+use serde_json::Value;
+use trellis_contract::{ListenerDirection, ProxyConfig, UpstreamTls};
+
+use crate::config_text::{cluster_parts, describe_action, describe_match, describe_provenance};
+
+/// A proxy's `/config_dump`, read.
+#[derive(Debug)]
+pub struct Dump {
+    /// The configuration in force.
+    pub config: ProxyConfig,
+    /// The whole dump (endpoint health and certificates are outside the configuration).
+    pub raw: Value,
+}
+
+/// Why a dump could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// Not JSON.
+    #[error("{source_name} is not a proxy's /config_dump (not JSON: {message})")]
+    NotJson {
+        /// Where it came from.
+        source_name: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// JSON, but not a config dump.
+    #[error(
+        "{source_name} is not a proxy's /config_dump: {message}; save one with `meshctl proxy-config all POD -o json`"
+    )]
+    NotDump {
+        /// Where it came from.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Dump {
+    /// Read a dump's text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Dump, DumpError> {
+        let raw: Value = serde_json::from_str(text).map_err(|e| DumpError::NotJson {
+            source_name: source_name.into(),
+            message: e.to_string(),
+        })?;
+        let config = raw.get("config").cloned().ok_or_else(|| DumpError::NotDump {
+            source_name: source_name.into(),
+            message: "it has no `config`".into(),
+        })?;
+        let config: ProxyConfig = serde_json::from_value(config).map_err(|e| DumpError::NotDump {
+            source_name: source_name.into(),
+            message: format!("its `config` is not a Trellis proxy configuration: {e}"),
+        })?;
+        Ok(Dump { config, raw })
+    }
+
+    /// The version the proxy rejected last, and why, if it did.
+    pub fn rejected(&self) -> Option<(String, String)> {
+        let r = self.raw.get("lastRejected").filter(|r| !r.is_null())?;
+        Some((
+            r["version"].as_str().unwrap_or("?").to_string(),
+            r["error"].as_str().unwrap_or("?").to_string(),
+        ))
+    }
+}
+
+/// Which entries to show.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Only entries of this host (a cluster's or endpoint's FQDN, a virtual host's domain).
+    #[arg(long, global = true)]
+    pub fqdn: Option<String>,
+    /// Only entries of this port.
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// Only clusters and endpoints of this subset.
+    #[arg(long, global = true)]
+    pub subset: Option<String>,
+    /// Only this direction: inbound, outbound or gateway.
+    #[arg(long, global = true, value_parser = ["inbound", "outbound", "gateway"])]
+    pub direction: Option<String>,
+    /// Only entries of this name (a listener, a virtual host or route, a cluster).
+    #[arg(long, global = true)]
+    pub name: Option<String>,
+}
+
+fn direction_name(d: ListenerDirection) -> &'static str {
+    match d {
+        ListenerDirection::Outbound => "outbound",
+        ListenerDirection::Inbound => "inbound",
+        ListenerDirection::Gateway => "gateway",
+    }
+}
+
+/// A contract enum as the dump spells it (`ROUND_ROBIN`, `ringHash`, `healthy`).
+fn wire_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
+        _ => "?".into(),
+    }
+}
+
+/// The port of `host:port`, if it has one.
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+impl Filter {
+    fn direction_ok(&self, d: &str) -> bool {
+        self.direction.as_deref().is_none_or(|want| want == d)
+    }
+
+    fn port_ok(&self, p: Option<u16>) -> bool {
+        self.port.is_none_or(|want| p == Some(want))
+    }
+
+    fn name_ok(&self, n: &str) -> bool {
+        self.name.as_deref().is_none_or(|want| want == n)
+    }
+
+    fn fqdn_ok(&self, host: &str) -> bool {
+        self.fqdn
+            .as_deref()
+            .is_none_or(|want| host == want || host.split(':').next() == Some(want))
+    }
+
+    fn subset_ok(&self, subset: &str) -> bool {
+        self.subset.as_deref().is_none_or(|want| want == subset)
+    }
+}
+
+/// One listener.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ListenerRow {
+    pub name: String,
+    pub address: String,
+    pub port: Option<u16>,
+    pub direction: &'static str,
+    pub protocol: String,
+    pub tls: String,
+    /// Virtual hosts (HTTP) or TCP routes' clusters.
+    pub destination: String,
+}
+
+/// Every listener `filter` keeps.
+pub fn listeners(dump: &Dump, filter: &Filter) -> Vec<ListenerRow> {
+    dump.config
+        .listeners
+        .iter()
+        .filter(|l| filter.direction_ok(direction_name(l.direction)) && filter.name_ok(&l.name))
+        .filter(|l| filter.port_ok(port_of(&l.address)))
+        .map(|l| ListenerRow {
+            name: l.name.clone(),
+            address: l.address.clone(),
+            port: port_of(&l.address),
+            direction: direction_name(l.direction),
+            protocol: wire_name(&l.protocol),
+            tls: match &l.tls {
+                Some(t) => wire_name(&t.mode),
+                None if !l.sni_tls.is_empty() => "SNI".into(),
+                None => "-".into(),
+            },
+            destination: if l.virtual_hosts.is_empty() {
+                l.tcp_routes
+                    .iter()
+                    .map(|r| r.cluster.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                format!("{} virtual hosts (routes)", l.virtual_hosts.len())
+            },
+        })
+        .collect()
+}
+
+/// One route.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RouteRow {
+    pub listener: String,
+    pub virtual_host: String,
+    pub domains: Vec<String>,
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub destination: String,
+    /// The resource (and rule) it was compiled from.
+    pub from: String,
+}
+
+/// Every route `filter` keeps, in the order the proxy tries them.
+pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
+    let mut rows = Vec::new();
+    for l in dump
+        .config
+        .listeners
+        .iter()
+        .filter(|l| filter.direction_ok(direction_name(l.direction)))
+        .filter(|l| filter.port_ok(port_of(&l.address)))
+    {
+        for vh in &l.virtual_hosts {
+            if !(filter.fqdn.is_none() || vh.domains.iter().any(|d| filter.fqdn_ok(d))) {
+                continue;
+            }
+            for r in &vh.routes {
+                let name = r.name.clone().unwrap_or_default();
+                if !(filter.name_ok(&vh.name) || filter.name_ok(&name)) {
+                    continue;
+                }
+                rows.push(RouteRow {
+                    listener: l.name.clone(),
+                    virtual_host: vh.name.clone(),
+                    domains: vh.domains.clone(),
+                    name,
+                    matches: describe_match(r),
+                    destination: describe_action(r),
+                    from: describe_provenance(&r.provenance),
+                });
+            }
+        }
+        for t in &l.tcp_routes {
+            if filter.fqdn.is_some() || filter.name.as_deref().is_some_and(|n| n != l.name) {
+                continue;
+            }
+            rows.push(RouteRow {
+                listener: l.name.clone(),
+                virtual_host: "-".into(),
+                domains: Vec::new(),
+                name: String::new(),
+                matches: match t.destination_port {
+                    Some(p) => format!("TCP port {p}"),
+                    None => "TCP".into(),
+                },
+                destination: t.cluster.clone(),
+                from: t
+                    .provenance
+                    .as_ref()
+                    .map(describe_provenance)
+                    .unwrap_or_else(|| "-".into()),
+            });
+        }
+    }
+    rows
+}
+
+/// One cluster.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ClusterRow {
+    pub name: String,
+    pub fqdn: String,
+    pub port: Option<u16>,
+    pub subset: String,
+    pub direction: String,
+    pub load_balancer: String,
+    pub tls: String,
+    pub endpoints: usize,
+}
+
+/// Every cluster `filter` keeps.
+pub fn clusters(dump: &Dump, filter: &Filter) -> Vec<ClusterRow> {
+    dump.config
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            let (direction, port, subset, fqdn) = match cluster_parts(&c.name) {
+                Some((d, p, s, h)) => (d.to_string(), Some(p), s.to_string(), h.to_string()),
+                None => ("-".into(), None, String::new(), c.service.clone().unwrap_or_default()),
+            };
+            let keep = filter.fqdn_ok(&fqdn)
+                && filter.port_ok(port)
+                && filter.subset_ok(&subset)
+                && filter.direction_ok(&direction)
+                && filter.name_ok(&c.name);
+            keep.then(|| ClusterRow {
+                name: c.name.clone(),
+                fqdn,
+                port,
+                subset,
+                direction,
+                load_balancer: wire_name(&c.load_balancer.policy),
+                tls: match &c.tls {
+                    UpstreamTls::Disable => "-".into(),
+                    UpstreamTls::Mesh { .. } => "ISTIO_MUTUAL".into(),
+                    other => wire_name(other),
+                },
+                endpoints: c.endpoints.len(),
+            })
+        })
+        .collect()
+}
+
+/// One endpoint.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub endpoint: String,
+    pub status: String,
+    pub outlier_check: String,
+    pub identity: String,
+    pub cluster: String,
+}
+
+/// Every endpoint of the clusters `filter` keeps, with the health the proxy sees now.
+pub fn endpoints(dump: &Dump, filter: &Filter) -> Vec<EndpointRow> {
+    let kept: Vec<String> = clusters(dump, filter).into_iter().map(|c| c.name).collect();
+    let status = dump.raw["clusterStatus"].as_array().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for c in dump.config.clusters.iter().filter(|c| kept.contains(&c.name)) {
+        let live = status.iter().find(|s| s["name"] == c.name.as_str());
+        for e in &c.endpoints {
+            let address = format!("{}:{}", e.address, e.port);
+            let now = live
+                .and_then(|l| l["endpoints"].as_array())
+                .and_then(|eps| eps.iter().find(|x| x["address"] == address.as_str()));
+            rows.push(EndpointRow {
+                endpoint: address.clone(),
+                status: wire_name(&e.health),
+                outlier_check: match now.map(|n| n["ejected"] == true) {
+                    Some(true) => "EJECTED".into(),
+                    Some(false) => "OK".into(),
+                    None => "-".into(),
+                },
+                identity: e.identity.clone().unwrap_or_else(|| "-".into()),
+                cluster: c.name.clone(),
+            });
+        }
+    }
+    rows
+}
+
+/// The proxy's certificate, by its metadata (the dump never holds key material).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SecretRow {
+    /// The SPIFFE identity.
+    pub identity: String,
+    /// `leaf` or `intermediate`.
+    pub certificate: String,
+    pub serial: String,
+    pub not_before: String,
+    pub not_after: String,
+    /// Who signed it (the issuing root's subject for a leaf).
+    pub issuer: String,
+}
+
+/// The workload certificate chain.
+pub fn secrets(dump: &Dump) -> Vec<SecretRow> {
+    let cert = &dump.raw["workloadCertificate"];
+    let identity = cert["spiffeId"].as_str().unwrap_or("-").to_string();
+    cert["chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| SecretRow {
+            identity: identity.clone(),
+            certificate: if i == 0 { "leaf".into() } else { "intermediate".into() },
+            serial: c["serial"].as_str().unwrap_or("-").to_string(),
+            not_before: c["notBefore"].as_str().unwrap_or("-").to_string(),
+            not_after: c["notAfter"].as_str().unwrap_or("-").to_string(),
+            issuer: c["issuer"].as_str().unwrap_or("-").to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use trellis_core::compile::{Role, compile};
+    use trellis_core::registry::ObjectKey;
+    use trellis_core::snapshot::Snapshot;
+
+    use super::*;
+
+    /// The operator's shop fixture (gateway → web → payment v1/v2 → db, with a canary rule).
+    const SHOP: &str = include_str!("../../../operator/tests/fixtures/shop.yaml");
+    const PAYMENT: &str = "payment.shop.svc.cluster.local";
+
+    /// web's proxy as its `/config_dump` shows it: the configuration trellis-core compiles for
+    /// it, one payment v2 endpoint ejected, and its certificate by metadata.
+    fn web_dump(rejected: Value) -> Dump {
+        let snapshot = Snapshot::from_yaml(SHOP).unwrap();
+        let config = compile(
+            &snapshot,
+            &ObjectKey::new("shop", "web-5d8f-abcde"),
+            Role::Sidecar,
+            "v7",
+        )
+        .unwrap()
+        .config;
+        let raw = json!({
+            "version": "v7",
+            "ready": true,
+            "lastRejected": rejected,
+            "config": config,
+            "clusterStatus": [{"name": format!("outbound|80|v2|{PAYMENT}"), "endpoints": [
+                {"address": "10.244.0.22:9091", "ejected": false},
+                {"address": "10.244.0.23:9091", "ejected": true},
+            ]}],
+            "workloadCertificate": {"spiffeId": "spiffe://cluster.local/ns/shop/sa/web", "chain": [
+                {"subject": "", "issuer": "O=Trellis, CN=Trellis Root CA", "serial": "1a:2b", "uriSans": [],
+                 "dnsSans": [], "notBefore": "Fri, 04 Dec 2026 20:00:00 +0000", "notAfter": "Sat, 05 Dec 2026 20:00:00 +0000"},
+            ]},
+        });
+        Dump::parse(&raw.to_string(), "web's dump").unwrap()
+    }
+
+    fn only<F: FnOnce(&mut Filter)>(f: F) -> Filter {
+        let mut filter = Filter::default();
+        f(&mut filter);
+        filter
+    }
+
+    #[test]
+    fn routes_in_the_order_tried_with_their_origin() {
+        let dump = web_dump(Value::Null);
+        let rows = routes(&dump, &only(|f| f.fqdn = Some(PAYMENT.into())));
+        let seen: Vec<(&str, &str, &str, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.matches.as_str(),
+                    r.destination.as_str(),
+                    r.from.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "canary",
+                    "x-canary = true",
+                    "payment v2:80 100%",
+                    "VirtualService shop/payment http[0]"
+                ),
+                (
+                    "split",
+                    "any",
+                    "payment v1:80 90%, payment v2:80 10%; timeout 2000 ms",
+                    "VirtualService shop/payment http[1]"
+                ),
+            ]
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.listener == "outbound" && r.virtual_host == format!("{PAYMENT}:80"))
+        );
+
+        // The TCP route to db comes from its Service; inbound routes from web's own Service.
+        let all = routes(&dump, &Filter::default());
+        let tcp = all.iter().find(|r| r.matches == "TCP port 5432").unwrap();
+        assert_eq!(
+            (tcp.destination.as_str(), tcp.from.as_str()),
+            ("outbound|5432||db.shop.svc.cluster.local", "Service shop/db")
+        );
+        let inbound = routes(&dump, &only(|f| f.direction = Some("inbound".into())));
+        assert_eq!(inbound.len(), 1);
+        assert_eq!(inbound[0].from, "Service shop/web");
+        // A name keeps that route (or virtual host) only.
+        let canary = routes(&dump, &only(|f| f.name = Some("canary".into())));
+        assert_eq!(canary.len(), 1);
+        assert_eq!(canary[0].name, "canary");
+    }
+
+    #[test]
+    fn listeners_and_clusters_by_port_subset_and_direction() {
+        let dump = web_dump(Value::Null);
+        let ls = listeners(&dump, &Filter::default());
+        let seen: Vec<(&str, Option<u16>, &str)> = ls.iter().map(|l| (l.name.as_str(), l.port, l.direction)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("outbound", Some(15001), "outbound"),
+                ("inbound", Some(15006), "inbound")
+            ]
+        );
+        assert_eq!(ls[0].destination, "3 virtual hosts (routes)");
+        assert_eq!(listeners(&dump, &only(|f| f.port = Some(15006))).len(), 1);
+
+        let v2 = clusters(&dump, &only(|f| f.subset = Some("v2".into())));
+        assert_eq!(v2.len(), 1);
+        let c = &v2[0];
+        assert_eq!(
+            (
+                c.fqdn.as_str(),
+                c.port,
+                c.direction.as_str(),
+                c.load_balancer.as_str(),
+                c.tls.as_str(),
+                c.endpoints
+            ),
+            (PAYMENT, Some(80), "outbound", "ringHash", "ISTIO_MUTUAL", 2)
+        );
+        let payment = clusters(&dump, &only(|f| f.fqdn = Some(PAYMENT.into())));
+        assert_eq!(payment.len(), 3, "v1, v2 and the service's own: {payment:?}");
+        let inbound = clusters(&dump, &only(|f| f.direction = Some("inbound".into())));
+        assert_eq!(inbound.len(), 1);
+        assert_eq!((inbound[0].port, inbound[0].tls.as_str()), (Some(8080), "-"));
+        assert!(
+            clusters(&dump, &only(|f| f.port = Some(5432)))
+                .iter()
+                .all(|c| c.fqdn == "db.shop.svc.cluster.local")
+        );
+    }
+
+    #[test]
+    fn endpoints_with_health_and_the_outlier_state_the_proxy_sees() {
+        let dump = web_dump(Value::Null);
+        let rows = endpoints(&dump, &only(|f| f.subset = Some("v2".into())));
+        let seen: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|r| (r.endpoint.as_str(), r.status.as_str(), r.outlier_check.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("10.244.0.22:9091", "healthy", "OK"),
+                ("10.244.0.23:9091", "unhealthy", "EJECTED")
+            ]
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.identity == "spiffe://cluster.local/ns/shop/sa/payment")
+        );
+        // A cluster the proxy reports no live state for.
+        let v1 = endpoints(&dump, &only(|f| f.subset = Some("v1".into())));
+        assert_eq!(v1[0].outlier_check, "-");
+    }
+
+    #[test]
+    fn the_secret_is_the_certificate_metadata_only() {
+        let dump = web_dump(Value::Null);
+        let rows = secrets(&dump);
+        assert_eq!(
+            rows,
+            [SecretRow {
+                identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+                certificate: "leaf".into(),
+                serial: "1a:2b".into(),
+                not_before: "Fri, 04 Dec 2026 20:00:00 +0000".into(),
+                not_after: "Sat, 05 Dec 2026 20:00:00 +0000".into(),
+                issuer: "O=Trellis, CN=Trellis Root CA".into(),
+            }]
+        );
+        // A proxy without a certificate yet shows none.
+        let mut bare = web_dump(Value::Null);
+        bare.raw["workloadCertificate"] = Value::Null;
+        assert!(secrets(&bare).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_version_and_what_is_not_a_dump() {
+        assert_eq!(web_dump(Value::Null).rejected(), None);
+        let nacked = web_dump(json!({"version": "v8", "error": "listener outbound: duplicate address"}));
+        assert_eq!(
+            nacked.rejected(),
+            Some(("v8".to_string(), "listener outbound: duplicate address".to_string()))
+        );
+        let e = Dump::parse("{oops", "dump.json").unwrap_err().to_string();
+        assert!(
+            e.starts_with("dump.json is not a proxy's /config_dump (not JSON"),
+            "{e}"
+        );
+        let e = Dump::parse("{\"items\": []}", "dump.json").unwrap_err().to_string();
+        assert!(
+            e.contains("it has no `config`") && e.contains("meshctl proxy-config all POD -o json"),
+            "{e}"
+        );
+        let e = Dump::parse("{\"config\": {\"listeners\": 3}}", "dump.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a Trellis proxy configuration"), "{e}");
+    }
+    #[test]
+    fn shown_as_tables_names_and_a_dump_that_reads_back() {
+        use crate::proxy_config::{View, ViewFormat, show};
+        let dump = web_dump(Value::Null);
+        let text = |view, format| {
+            let mut out = Vec::new();
+            show(&dump, view, &only(|f| f.subset = Some("v2".into())), format, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            text(View::Clusters, ViewFormat::Short),
+            format!("outbound|80|v2|{PAYMENT}\n")
+        );
+        let mut names = Vec::new();
+        show(
+            &dump,
+            View::Routes,
+            &only(|f| f.fqdn = Some(PAYMENT.into())),
+            ViewFormat::Short,
+            &mut names,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(names).unwrap(), "canary\nsplit\n");
+        let table = text(View::Endpoints, ViewFormat::Table);
+        assert!(table.contains("OUTLIER CHECK") && table.contains("EJECTED"), "{table}");
+        let json: Value = serde_json::from_str(&text(View::Endpoints, ViewFormat::Json)).unwrap();
+        assert_eq!(json[1]["outlier_check"], "EJECTED");
+        // `all -o json` is the whole dump, which `-f` reads back.
+        let saved = text(View::All, ViewFormat::Json);
+        let again = Dump::parse(&saved, "saved").unwrap();
+        assert_eq!(again.config, dump.config);
+        assert_eq!(
+            routes(&again, &Filter::default()).len(),
+            routes(&dump, &Filter::default()).len()
+        );
+    }
+}
