@@ -1,5 +1,6 @@
 //! The end-to-end suite's toolkit: a cluster to test against (a fresh
-//! kubesim with real pods by default, or any cluster named by
+//! kubesim with real pods by default; a fresh upstream Kubernetes with
+//! `TRELLIS_E2E_CLUSTER=upstream`; or any cluster named by
 //! `TRELLIS_E2E_KUBECONFIG`), `kubectl` helpers, an HTTP client for real
 //! traffic, and the steps that install Trellis and deploy the demo shop.
 //!
@@ -32,6 +33,31 @@ use serde_json::Value;
 
 use crate::harness::TestCluster;
 
+/// The variable that chooses the test bed of a fresh cluster.
+pub const CLUSTER_ENV: &str = "TRELLIS_E2E_CLUSTER";
+
+/// Which fresh cluster [`Target::acquire`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bed {
+    /// kubesim with pods as processes (the default).
+    Kubesim,
+    /// Upstream Kubernetes built by `e2e/upstream/build.sh`
+    /// (`crate::upstream`).
+    Upstream,
+}
+
+impl Bed {
+    /// From [`CLUSTER_ENV`]: unset or `kubesim`, or `upstream`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(CLUSTER_ENV).as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("" | "kubesim") => Ok(Bed::Kubesim),
+            Ok("upstream") => Ok(Bed::Upstream),
+            Ok(other) => bail!("{CLUSTER_ENV}={other:?}: the test bed is `kubesim` (the default) or `upstream`"),
+            Err(e) => bail!("{CLUSTER_ENV}: {e}"),
+        }
+    }
+}
+
 /// Where the suite runs.
 #[derive(Debug)]
 pub struct Target {
@@ -39,13 +65,16 @@ pub struct Target {
     cache: tempfile::TempDir,
     /// Kept alive for the suite's duration (stopped on drop).
     kubesim: Option<TestCluster>,
+    /// Likewise; its state directory goes with it.
+    upstream: Option<crate::upstream::Cluster>,
 }
 
 impl Target {
     /// A real cluster when `TRELLIS_E2E_KUBECONFIG` is set; otherwise a
-    /// fresh kubesim running pods as processes. `Ok(None)`: kubesim cannot
-    /// run pods here (not root); the skip is recorded (and fails the test
-    /// under CI, see [`trellis_skip`]) and the caller returns.
+    /// fresh cluster of the bed [`CLUSTER_ENV`] names: kubesim running pods
+    /// as processes, or upstream Kubernetes. `Ok(None)`: not root, so no
+    /// pods can run here; the skip is recorded (and fails the test under
+    /// CI, see [`trellis_skip`]) and the caller returns.
     pub fn acquire() -> anyhow::Result<Option<Self>> {
         let cache = tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?;
         if let Some(path) = std::env::var_os("TRELLIS_E2E_KUBECONFIG") {
@@ -53,6 +82,25 @@ impl Target {
                 kubeconfig: path.into(),
                 cache,
                 kubesim: None,
+                upstream: None,
+            }));
+        }
+        if Bed::from_env()? == Bed::Upstream {
+            if !crate::network::available() {
+                trellis_skip::skip("an upstream cluster needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)");
+                return Ok(None);
+            }
+            let state = tempfile::Builder::new().prefix("trellis-upstream-").tempdir()?.keep();
+            let mut opts = crate::upstream::Options::new(&state);
+            // The cluster removes its directory itself, after unmounting
+            // what its node mounted there.
+            opts.ephemeral = true;
+            let cluster = crate::upstream::Cluster::start(&opts)?;
+            return Ok(Some(Target {
+                kubeconfig: cluster.kubeconfig().to_path_buf(),
+                cache,
+                kubesim: None,
+                upstream: Some(cluster),
             }));
         }
         let Some(cluster) = TestCluster::start_with_pods()? else {
@@ -62,6 +110,7 @@ impl Target {
             kubeconfig: cluster.kubeconfig.clone(),
             cache,
             kubesim: Some(cluster),
+            upstream: None,
         }))
     }
 
@@ -71,7 +120,13 @@ impl Target {
             kubeconfig: kubeconfig.to_path_buf(),
             cache: tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?,
             kubesim: None,
+            upstream: None,
         })
+    }
+
+    /// The upstream cluster behind this target, if it is one.
+    pub fn upstream(&self) -> Option<&crate::upstream::Cluster> {
+        self.upstream.as_ref()
     }
 
     /// The kubesim behind this target, if it is one.
@@ -154,6 +209,13 @@ impl Target {
                     out.push_str(&log);
                 }
             }
+        }
+        if let Ok(events) = self.kubectl_ok(&["get", "events", "-A", "--field-selector", "type=Warning"], None) {
+            out.push_str("--- warning events\n");
+            out.push_str(&events);
+        }
+        if let Some(cluster) = &self.upstream {
+            out.push_str(&cluster.log_tails(10));
         }
         out
     }
@@ -432,13 +494,20 @@ pub mod steps {
     /// How long pods get to start (processes on a loaded 2-core machine).
     pub const READY: Duration = Duration::from_secs(120);
 
-    /// Applies the CRDs with kubectl, waits for them, then the control plane;
-    /// waits for the operator Deployment.
+    /// Installs as the dry-run header's kubectl recipe does: the CRDs, waited
+    /// for until Established; the control plane, waited for until the
+    /// operator has rolled out; then the Mesh. The operator creates its
+    /// validating webhook configuration (failure policy Fail) as it starts,
+    /// so a Mesh applied with the rest can meet a webhook whose server is
+    /// not serving yet (seen on upstream Kubernetes, where the image is on
+    /// the node and the pod starts at once); it is applied again until the
+    /// webhook's endpoint is ready, as `meshctl install` does.
     pub fn install(t: &Target) -> anyhow::Result<()> {
         let objects = install::objects(&install::Options::default());
         let (crds, rest): (Vec<_>, Vec<_>) = objects
             .into_iter()
             .partition(|o| o["kind"] == "CustomResourceDefinition");
+        let (mesh, rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|o| o["kind"] == "Mesh");
         t.apply(&to_yaml(&crds))?;
         let names: Vec<String> = crds
             .iter()
@@ -448,7 +517,14 @@ pub mod steps {
         args.extend(names.iter().map(String::as_str));
         t.kubectl_ok(&args, None)?;
         t.apply(&to_yaml(&rest))?;
-        rollout(t, trellis_api::mesh::SYSTEM_NAMESPACE, install::OPERATOR_NAME)
+        rollout(t, trellis_api::mesh::SYSTEM_NAMESPACE, install::OPERATOR_NAME)?;
+        let mesh = to_yaml(&mesh);
+        wait_for(
+            "the Mesh applied through the operator's webhook",
+            Duration::from_secs(60),
+            || t.apply(&mesh).map(Some),
+        )
+        .map(|_| ())
     }
 
     /// `kubectl rollout status` of a Deployment.
