@@ -390,7 +390,7 @@ fn metrics_summary(t: &Target) -> anyhow::Result<Vec<[String; 3]>> {
             let mut outbound: BTreeMap<String, f64> = BTreeMap::new();
             for s in prometheus_samples(&text)
                 .into_iter()
-                .filter(|s| s.name == "trellis_requests_total")
+                .filter(|s| s.name == "istio_requests_total")
             {
                 let code = s.labels.get("response_code").cloned().unwrap_or_default();
                 let side = if s.labels.get("reporter").is_some_and(|r| r == "destination") {
@@ -454,7 +454,7 @@ impl Report {
 
         writeln!(
             out,
-            "Requests counted by each proxy (trellis_requests_total by response code)"
+            "Requests counted by each proxy (istio_requests_total by response code)"
         )?;
         let mut metrics = table(&["Proxy (pod)", "Inbound", "Outbound"]);
         for m in &self.metrics {

@@ -268,11 +268,44 @@ pub struct MetricsSettings {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TracingSettings {
-    /// Share of requests sampled, 0.0-100.0 (default 1.0).
+    /// Share of new traces sampled, 0.0-100.0 (default 1.0); a request whose caller already
+    /// decided (a sampled flag in `traceparent` or B3) keeps the caller's decision.
     #[schemars(range(min = 0.0, max = 100.0))]
     pub sampling: Option<f64>,
-    /// OTLP/gRPC or OTLP/HTTP collector, e.g. `http://otel-collector.observability:4317`.
+    /// The OTLP collector, `http(s)://host:port`: e.g. `http://otel-collector.observability:4317`
+    /// for OTLP/gRPC, `http://otel-collector.observability:4318` for OTLP/HTTP (where a path may
+    /// follow; default `/v1/traces`).
     pub otlp_endpoint: Option<String>,
+    /// How spans travel to the collector: `grpc` (OTLP/gRPC, the default, as Istio's
+    /// OpenTelemetry provider), `http/protobuf` or `http/json` (OTLP/HTTP) — the values of
+    /// OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub protocol: Option<OtlpProtocol>,
+}
+
+/// The OTLP transport and encoding.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (protobuf over HTTP/2), usually port 4317.
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, usually port 4318.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/HTTP with JSON bodies, usually port 4318.
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl OtlpProtocol {
+    /// The value as written in a Mesh.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+            Self::HttpJson => "http/json",
+        }
+    }
 }
 
 /// Observed state of the mesh.

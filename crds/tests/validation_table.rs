@@ -1656,10 +1656,40 @@ fn cases() -> Vec<Case> {
             Expect::Error("spec.rollout.healthGates[1]", "allowed: PodsReady"),
         ),
         err(Mesh, "spec.telemetry.tracing.sampling", json!(101), "out of range"),
+        multi(
+            Mesh,
+            vec![
+                (
+                    "spec.telemetry.tracing.otlpEndpoint",
+                    json!("https://collector.obs:4318/v1/traces"),
+                ),
+                ("spec.telemetry.tracing.protocol", json!("http/protobuf")),
+            ],
+            Expect::Valid,
+        ),
         ok(
             Mesh,
             "spec.telemetry.tracing.otlpEndpoint",
-            json!("https://collector.obs:4318/v1/traces"),
+            json!("http://collector.obs:4317"),
+        ),
+        err(
+            Mesh,
+            "spec.telemetry.tracing.otlpEndpoint",
+            json!("https://collector.obs:4317/v1/traces"),
+            "which OTLP/gRPC has no use for",
+        ),
+        warn_at(
+            Mesh,
+            "spec.telemetry.tracing.otlpEndpoint",
+            json!("http://collector.obs:4318"),
+            "spec.telemetry.tracing.protocol",
+            "4318 is OTLP's port for http/protobuf",
+        ),
+        err(
+            Mesh,
+            "spec.telemetry.tracing.protocol",
+            json!("http/xml"),
+            "allowed: grpc, http/protobuf, http/json",
         ),
         err(
             Mesh,

@@ -312,7 +312,7 @@ fn failing_instance_is_retried(t: &Target, http: &Http, api: &str) -> anyhow::Re
         ],
         None,
     )?;
-    let failed_there = metric_sum(&inbound, "trellis_requests_total", &[("response_code", "503")]);
+    let failed_there = metric_sum(&inbound, "istio_requests_total", &[("response_code", "503")]);
     ensure!(
         failed_there > 0.0,
         "the faulty instance answered no 503s, so nothing was retried:\n{inbound}"
@@ -410,7 +410,7 @@ fn strict_refuses_plaintext(t: &Target, http: &Http) -> anyhow::Result<()> {
             if p == &pod {
                 refused_v1 = tls;
             }
-            forwarded += metric_sum(&text, "trellis_requests_total", &[("reporter", "destination")]);
+            forwarded += metric_sum(&text, "istio_requests_total", &[("reporter", "destination")]);
         }
         Ok((refused, refused_v1, forwarded))
     };
@@ -456,6 +456,9 @@ fn strict_refuses_plaintext(t: &Target, http: &Http) -> anyhow::Result<()> {
 /// mutual TLS in the labels.
 fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
     let mtls = ("connection_security_policy", "mutual_tls");
+    // Istio's value on the client side, which cannot know the server's policy; the server
+    // side's series (reporter destination) say mutual_tls.
+    let client_side = ("connection_security_policy", "unknown");
     let outbound = ("reporter", "source");
     let inbound = ("reporter", "destination");
     let gateway_id = identity(demo::GATEWAY);
@@ -470,7 +473,7 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
                 "gateway → web",
                 vec![
                     outbound,
-                    mtls,
+                    client_side,
                     ("source_workload", demo::GATEWAY),
                     ("destination_workload", "web"),
                     ("destination_service_name", "web"),
@@ -496,7 +499,7 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
                     "web → payment v1",
                     vec![
                         outbound,
-                        mtls,
+                        client_side,
                         ("source_workload", "web"),
                         ("destination_workload", "payment-v1"),
                         ("destination_service_name", "payment"),
@@ -507,7 +510,7 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
                     "web → payment v2",
                     vec![
                         outbound,
-                        mtls,
+                        client_side,
                         ("source_workload", "web"),
                         ("destination_workload", "payment-v2"),
                         ("destination_service_name", "payment"),
@@ -534,7 +537,7 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
                     "payment v1 → db",
                     vec![
                         outbound,
-                        mtls,
+                        client_side,
                         ("source_workload", "payment-v1"),
                         ("destination_workload", "db"),
                         ("response_code", "200"),
@@ -560,7 +563,7 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
                     "payment v2 → db",
                     vec![
                         outbound,
-                        mtls,
+                        client_side,
                         ("source_workload", "payment-v2"),
                         ("destination_workload", "db"),
                         ("response_code", "200"),
@@ -606,19 +609,19 @@ fn every_proxy_counts(t: &Target) -> anyhow::Result<()> {
         let pod = pod_of(t, deployment)?;
         let text = proxy_metrics(t, &pod)?;
         for (what, labels) in series {
-            let count = metric_sum(&text, "trellis_requests_total", &labels);
+            let count = metric_sum(&text, "istio_requests_total", &labels);
             ensure!(
                 count > 0.0,
-                "{pod}'s proxy has no trellis_requests_total series for {what} ({labels:?}):\n{text}"
+                "{pod}'s proxy has no istio_requests_total series for {what} ({labels:?}):\n{text}"
             );
         }
         if deployment.starts_with("payment-") {
             denied_outbound += metric_sum(
                 &text,
-                "trellis_requests_total",
+                "istio_requests_total",
                 &[
                     outbound,
-                    mtls,
+                    client_side,
                     ("source_workload", deployment),
                     ("destination_workload", "db"),
                     ("response_code", "403"),

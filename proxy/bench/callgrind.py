@@ -36,6 +36,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callgrind-baseline.json")
 BODY = b"x" * 1024
+# The proxy's own workload and the endpoint's, as the operator sends them: each request's metric
+# labels name both sides (the Istio label set), as they do in a mesh.
+NODE = {
+    "id": "web-5d9f8b7c6-x2k4q.shop",
+    "workload": "web",
+    "namespace": "shop",
+    "app": "web",
+    "version": "v1",
+    "serviceAccount": "web",
+    "cluster": "Kubernetes",
+}
+ENDPOINT_LABELS = {"app": "app", "version": "v1", "workload": "app-v1", "namespace": "bench"}
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
 
 
@@ -176,7 +188,21 @@ def measure(bin, requests, connections, keep=None):
                     ],
                 }
             ],
-            "clusters": [{"name": "app", "endpoints": [{"address": "127.0.0.1", "port": app.getsockname()[1]}]}],
+            "clusters": [
+                {
+                    "name": "app",
+                    "service": "app.bench.svc.cluster.local",
+                    "endpoints": [
+                        {
+                            "address": "127.0.0.1",
+                            "port": app.getsockname()[1],
+                            "labels": ENDPOINT_LABELS,
+                        }
+                    ],
+                }
+            ],
+            # A sidecar's identity, so every request carries the full Istio label set.
+            "node": NODE,
         }
         cfg = os.path.join(dir, "proxy.json")
         with open(cfg, "w") as f:

@@ -2,7 +2,8 @@
 //! listeners, routes, clusters, endpoints with health, certificate metadata,
 //! never private keys) and `/logging`. Three roles share one implementation:
 //! the localhost admin port serves everything, the stats port `/metrics`, the
-//! health port the probes.
+//! health port the probes. The stats port also serves the app's own metrics
+//! after the proxy's, when the pod asked for them ([`crate::app_metrics`]).
 
 use crate::identity::describe;
 use crate::idle::IdleIo;
@@ -70,6 +71,60 @@ pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
     }
 }
 
+/// The proxy's metrics, its span exporter's counters, and — on the stats
+/// port, when the pod asked for it — the app's own metrics after them
+/// ([`crate::app_metrics`]).
+async fn stats(rt: &Runtime, role: AdminRole, req: &Request<hyper::body::Incoming>) -> Response<Body> {
+    let mut text = rt.metrics.render();
+    for (name, help, value) in [
+        (
+            "trellis_proxy_spans_exported_total",
+            "Spans the trace collector accepted.",
+            rt.spans.exported(),
+        ),
+        (
+            "trellis_proxy_spans_dropped_total",
+            "Spans lost: the export queue was full, the collector failed or rejected them, or no collector is set.",
+            rt.spans.dropped(),
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    let app = match (&rt.app_metrics, role) {
+        (Some(app), AdminRole::Stats) => {
+            let timeout = crate::app_metrics::scrape_timeout(req.headers());
+            match app.scrape(req.headers().get(header::ACCEPT), timeout).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    // The proxy's own metrics are served all the same.
+                    rt.metrics.app_scrape_failed();
+                    tracing::debug!(error = %e, "scraping the app's metrics failed");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let content_type = crate::app_metrics::merged_content_type(app.as_ref().and_then(|(ct, _)| ct.as_ref()));
+    let mut body = text.into_bytes();
+    if let Some((_, app_text)) = app {
+        // The app's metrics go last: an OpenMetrics answer ends with `# EOF`.
+        if body.last() != Some(&b'\n') {
+            body.push(b'\n');
+        }
+        body.extend_from_slice(&app_text);
+    }
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    r.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    r
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
@@ -107,9 +162,7 @@ async fn handle(rt: &Runtime, role: AdminRole, req: Request<hyper::body::Incomin
             let (status, body) = crate::probes::answer(p).await;
             reply(status, "text/plain", body)
         }
-        (&Method::GET, "/metrics" | "/stats/prometheus") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4", rt.metrics.render())
-        }
+        (&Method::GET, "/metrics" | "/stats/prometheus") => stats(rt, role, &req).await,
         (&Method::GET, "/config_dump") => reply(
             StatusCode::OK,
             "application/json",

@@ -33,6 +33,9 @@ pub struct AppConfig {
     /// overload limit; the admin servers are outside it). `None`: derived from
     /// the file descriptor limit, [`crate::overload::default_max_connections`].
     pub max_downstream_connections: Option<u32>,
+    /// The app's own metrics, merged into the stats port's answer
+    /// ([`crate::app_metrics`]).
+    pub app_metrics: Option<crate::app_metrics::AppMetrics>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for AppConfig {
             .field("health_addr", &self.health_addr)
             .field("dns_addr", &self.dns_addr)
             .field("max_downstream_connections", &self.max_downstream_connections)
+            .field("app_metrics", &self.app_metrics)
             .finish_non_exhaustive()
     }
 }
@@ -133,11 +137,9 @@ impl App {
             })),
         };
         tracing::debug!(max_connections, "downstream connection budget");
-        let rt = Arc::new(Runtime::new(
-            empty,
-            cfg.log_control.clone(),
-            ConnectionBudget::new(max_connections),
-        ));
+        let mut runtime = Runtime::new(empty, cfg.log_control.clone(), ConnectionBudget::new(max_connections));
+        runtime.app_metrics = cfg.app_metrics.clone();
+        let rt = Arc::new(runtime);
         let mut admin = Vec::new();
         for (role, addr) in [
             (AdminRole::Admin, Some(cfg.admin_addr)),

@@ -13,7 +13,7 @@ mod telemetry;
 
 use self::admission::{authority, check_head, split_host_port};
 use self::forward::forward;
-use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels};
+use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span};
 use crate::authz::AuthzRequest;
 use crate::path::normalize;
 use crate::routing::RequestView;
@@ -80,12 +80,14 @@ pub async fn handle(
         .tracing
         .as_ref()
         .is_some_and(|t| t.otlp_endpoint.is_some());
-    // Only spans and access logs need the original path: no copy otherwise.
-    let path_for_log = if access_log || exporting {
+    // Only access logs need the original path, and spans what they record of the request:
+    // no copies otherwise.
+    let path_for_log = if access_log {
         req.uri().path().to_string()
     } else {
         String::new()
     };
+    let facts = exporting.then(|| crate::spans::RequestFacts::of(&req));
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -111,46 +113,10 @@ pub async fn handle(
     let started_at = exporting.then(std::time::SystemTime::now);
     let resp = pipeline(&rt, &snap, &listener, &conn, req, &mut out).await;
     let status = resp.status();
-    if let Some(ctx) = out.span.take().filter(|c| c.sampled)
-        && exporting
-    {
-        let mut attributes = vec![
-            ("http.method", method.to_string()),
-            ("http.url", path_for_log.clone()),
-            ("response_flags", out.flags.to_string()),
-            ("node_id", snap.config.node.id.clone()),
-        ];
-        if let Some(c) = &out.cluster {
-            attributes.push(("upstream_cluster", c.spec.name.clone()));
-        }
-        if let Some(src) = &source_meta {
-            for (key, value) in [
-                ("source_workload", &src.workload),
-                ("source_namespace", &src.namespace),
-                ("source_app", &src.app),
-                ("source_version", &src.version),
-            ] {
-                if !value.is_empty() {
-                    attributes.push((key, value.clone()));
-                }
-            }
-        }
-        rt.spans.record(crate::spans::Span {
-            trace_id: ctx.trace_id,
-            span_id: ctx.span_id,
-            parent_id: ctx.parent_id,
-            name: out
-                .route
-                .as_ref()
-                .map_or_else(|| path_for_log.clone(), |r| r.name.clone()),
-            server: conn.direction == ListenerDirection::Inbound,
-            start: started_at.unwrap_or_else(std::time::SystemTime::now),
-            end: std::time::SystemTime::now(),
-            status: status.as_u16(),
-            attributes,
-        });
+    let labels = labels(&snap, &conn, &out, source_meta, &resp, grpc);
+    if let Some(facts) = &facts {
+        record_span(&rt, &conn, &mut out, facts, &labels, status, started_at);
     }
-    let labels = labels(&snap, &conn, &out, source_meta, status, grpc);
     if access_log {
         tracing::info!(
             target: "trellis::access",

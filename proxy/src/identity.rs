@@ -384,7 +384,12 @@ impl WorkloadIdentity {
                 what: "mesh server certificate",
                 source,
             })?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Opaque TCP from a mesh client announces its peer metadata preamble.
+        cfg.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::peer_exchange::ALPN.to_vec(),
+        ];
         Ok(Arc::new(cfg))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod app_metrics;
 pub mod authz;
 pub mod balance;
 pub mod capture;
@@ -17,12 +18,15 @@ pub mod head;
 pub mod http;
 pub mod identity;
 pub mod idle;
+pub mod labels;
 pub mod logging;
 pub mod matcher;
 pub mod metrics;
 pub mod origination;
+pub mod otlp;
 pub mod overload;
 pub mod path;
+pub mod peer_exchange;
 pub mod peer_metadata;
 pub mod ports;
 pub mod probes;

@@ -96,6 +96,10 @@ struct RunArgs {
     /// arrival (overload). Default: from the file descriptor limit, at most 50000.
     #[arg(long, env = "TRELLIS_MAX_DOWNSTREAM_CONNECTIONS")]
     max_downstream_connections: Option<u32>,
+    /// The app's own Prometheus annotations (`{"scrape":…,"path":…,"port":…}`, set by the
+    /// sidecar injector): its metrics are served after the proxy's on the stats port.
+    #[arg(long, env = "TRELLIS_PROMETHEUS_ANNOTATIONS")]
+    prometheus_annotations: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +208,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         log_control: Some(log),
         max_downstream_connections: args.max_downstream_connections,
+        app_metrics: match &args.prometheus_annotations {
+            Some(json) => trellis_proxy::app_metrics::AppMetrics::from_annotations(json, args.stats_addr.port())?,
+            None => None,
+        },
     })
     .await
     .context("cannot bind the admin ports (is another proxy running?)")?;

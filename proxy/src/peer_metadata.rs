@@ -2,8 +2,10 @@
 //! a request (Istio's metadata exchange, as one request header).
 //!
 //! The sending proxy (outbound and gateway roles) adds [`HEADER`] to requests
-//! it sends over mesh mTLS, carrying its own workload's name, namespace, `app`
-//! and `version` — the values of its own `source_*` metric labels. The
+//! it sends over mesh mTLS, carrying its own workload's name, namespace, `app`,
+//! `version`, canonical service and revision, and cluster — the values of its
+//! own `source_*` metric labels. Opaque TCP carries the same value in a
+//! preamble ([`crate::peer_exchange`]). The
 //! receiving proxy believes the header only on a connection whose client
 //! certificate it verified, and only when the claimed namespace equals the
 //! namespace of the verified SPIFFE identity: identity beats claims. Every
@@ -11,25 +13,27 @@
 //! application cannot forge it: the outbound side removes any copy the local
 //! app sent before adding its own.
 //!
-//! Encoding: `w=<workload>;n=<namespace>;a=<app>;v=<version>`, each value
-//! percent-encoded outside `[A-Za-z0-9._~-]`; empty values are left out;
-//! unknown keys are ignored so newer senders can add fields.
+//! Encoding: `w=<workload>;n=<namespace>;a=<app>;v=<version>;s=<canonical
+//! service>;r=<canonical revision>;c=<cluster>`, each value percent-encoded
+//! outside `[A-Za-z0-9._~-]`; empty values are left out; unknown keys are
+//! ignored so newer senders can add fields.
 
 use crate::metrics::Peer;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Write as _;
-use trellis_contract::{NodeInfo, SpiffeId};
+use trellis_contract::SpiffeId;
 
 /// The request header that carries the sending workload's metadata.
 pub const HEADER: HeaderName = HeaderName::from_static("x-trellis-peer-metadata");
 
-/// Longest header value accepted; real values are well under 300 bytes
+/// Longest value accepted; real values are well under 600 bytes
 /// (Kubernetes names ≤ 253, label values ≤ 63).
-const MAX_LEN: usize = 1024;
+pub const MAX_LEN: usize = 1024;
 
-/// The header value announcing `node`, or `None` when the node has no
-/// namespace (then a receiver could never verify it, so nothing is sent).
-pub fn encode(node: &NodeInfo) -> Option<HeaderValue> {
+/// The header value announcing `node` (this proxy's own workload), or
+/// `None` when the node has no namespace (then a receiver could never verify
+/// it, so nothing is sent).
+pub fn encode(node: &Peer) -> Option<HeaderValue> {
     if node.namespace.is_empty() {
         return None;
     }
@@ -39,6 +43,9 @@ pub fn encode(node: &NodeInfo) -> Option<HeaderValue> {
         ('n', &node.namespace),
         ('a', &node.app),
         ('v', &node.version),
+        ('s', &node.canonical_service),
+        ('r', &node.canonical_revision),
+        ('c', &node.cluster),
     ] {
         if value.is_empty() {
             continue;
@@ -70,9 +77,15 @@ pub fn verified_source(headers: &HeaderMap, principal: &str) -> Option<Peer> {
         tracing::debug!(%principal, "several peer metadata headers; ignored");
         return None;
     }
+    verified(value.as_bytes(), principal)
+}
+
+/// The workload a metadata value names, when its namespace is the one of
+/// the verified identity `principal`; `None` otherwise.
+pub fn verified(value: &[u8], principal: &str) -> Option<Peer> {
     let id = SpiffeId::parse(principal).ok()?;
     let identity_ns = id.namespace()?;
-    let peer = decode(value.as_bytes())?;
+    let peer = decode(value)?;
     if peer.namespace != identity_ns {
         tracing::debug!(
             %principal,
@@ -102,6 +115,9 @@ fn decode(raw: &[u8]) -> Option<Peer> {
             "n" => &mut peer.namespace,
             "a" => &mut peer.app,
             "v" => &mut peer.version,
+            "s" => &mut peer.canonical_service,
+            "r" => &mut peer.canonical_revision,
+            "c" => &mut peer.cluster,
             _ => continue,
         };
         if !slot.is_empty() {
@@ -141,8 +157,8 @@ mod tests {
 
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
-    fn node(workload: &str, namespace: &str, app: &str, version: &str) -> NodeInfo {
-        NodeInfo {
+    fn node(workload: &str, namespace: &str, app: &str, version: &str) -> Peer {
+        Peer {
             workload: workload.into(),
             namespace: namespace.into(),
             app: app.into(),
@@ -159,8 +175,14 @@ mod tests {
 
     #[test]
     fn round_trips_and_takes_the_verified_principal() {
-        let v = encode(&node("web", "shop", "web", "v1")).unwrap();
-        assert_eq!(v, "w=web;n=shop;a=web;v=v1");
+        let v = encode(&Peer {
+            canonical_service: "web".into(),
+            canonical_revision: "v1".into(),
+            cluster: "Kubernetes".into(),
+            ..node("web", "shop", "web", "v1")
+        })
+        .unwrap();
+        assert_eq!(v, "w=web;n=shop;a=web;v=v1;s=web;r=v1;c=Kubernetes");
         let mut h = HeaderMap::new();
         h.insert(HEADER, v);
         let p = verified_source(&h, WEB).unwrap();
@@ -172,6 +194,14 @@ mod tests {
                 p.version.as_str()
             ),
             ("web", "shop", "web", "v1")
+        );
+        assert_eq!(
+            (
+                p.canonical_service.as_str(),
+                p.canonical_revision.as_str(),
+                p.cluster.as_str()
+            ),
+            ("web", "v1", "Kubernetes")
         );
         assert_eq!(p.principal, WEB);
     }

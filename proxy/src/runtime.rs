@@ -29,6 +29,8 @@ pub struct Runtime {
     pub log_control: Option<Arc<dyn LogControl>>,
     /// The downstream connections every traffic listener draws from.
     pub connections: ConnectionBudget,
+    /// The app's own metrics, served after the proxy's on the stats port.
+    pub app_metrics: Option<crate::app_metrics::AppMetrics>,
 }
 
 /// The last configuration the proxy refused, and why.
@@ -61,6 +63,7 @@ impl Runtime {
             last_rejection: Mutex::new(None),
             log_control,
             connections,
+            app_metrics: None,
         }
     }
 

@@ -290,7 +290,10 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         None => (DownstreamStream::Plain(tcp), None),
     };
 
+    // A mesh client's opaque TCP announces its workload in a preamble first.
+    let exchange = ctx.peer_identity.is_some() && alpn.as_deref() == Some(crate::peer_exchange::ALPN);
     let is_http = match listener.spec.protocol {
+        _ if exchange => false,
         ListenerProtocol::Http => true,
         ListenerProtocol::Tcp => false,
         ListenerProtocol::Auto => match (&stream, &alpn) {
@@ -312,7 +315,22 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
     } else {
         drop(watcher);
-        crate::tcp::proxy(rt, snap, listener, ctx, stream).await;
+        let mut stream = stream;
+        let source = match exchange {
+            true => match crate::peer_exchange::receive(&mut stream, handshake_timeout).await {
+                Ok(value) => ctx
+                    .peer_identity
+                    .as_deref()
+                    .and_then(|principal| crate::peer_metadata::verified(&value, principal)),
+                Err(e) => {
+                    // The bytes that follow cannot be told from the preamble: nothing to forward.
+                    tracing::debug!(listener = %name, %peer, error = %e, "bad peer metadata preamble; closing");
+                    return;
+                }
+            },
+            false => None,
+        };
+        crate::tcp::proxy(rt, snap, listener, ctx, stream, source).await;
     }
 }
 

@@ -125,6 +125,8 @@ pub struct Snapshot {
     pub inbound_tls: Option<Arc<ServerConfig>>,
     /// This proxy's workload, as metric labels (shared by every request's labels).
     pub node: Arc<Peer>,
+    /// The same without the principal: what a plaintext upstream learns of it.
+    pub node_plaintext: Arc<Peer>,
     /// This proxy's workload as a peer metadata header value, sent on mesh
     /// mTLS requests (precomputed: no per-request formatting).
     pub peer_metadata: Option<http::HeaderValue>,
@@ -149,6 +151,8 @@ impl Snapshot {
         // material is compared too; clusters built with the old certificate are not reused.
         let identity_unchanged = previous.is_some_and(|p| {
             p.config.identity == config.identity
+                // The endpoints' metric labels name the cluster.
+                && p.config.node.cluster == config.node.cluster
                 && match (&p.identity, &identity) {
                     (Some(a), Some(b)) => a.cert.chain == b.cert.chain && a.roots.roots == b.roots.roots,
                     (None, None) => true,
@@ -163,16 +167,17 @@ impl Snapshot {
                 .and_then(|p| p.clusters.get(&c.name))
                 .filter(|old| old.spec == *c)
                 .cloned();
-            let rt =
-                match reused {
-                    Some(rt) => rt,
-                    None => Arc::new(ClusterRuntime::build(c, identity.as_ref()).map_err(|source| {
+            let rt = match reused {
+                Some(rt) => rt,
+                None => Arc::new(
+                    ClusterRuntime::build(c, identity.as_ref(), &config.node.cluster).map_err(|source| {
                         SnapshotError::Cluster {
                             version: version.clone(),
                             source: Box::new(source),
                         }
-                    })?),
-                };
+                    })?,
+                ),
+            };
             clusters.insert(c.name.clone(), rt);
         }
 
@@ -217,14 +222,15 @@ impl Snapshot {
             version: version.clone(),
             source,
         })?;
-        let node = Arc::new(Peer {
-            workload: config.node.workload.clone(),
-            namespace: config.node.namespace.clone(),
-            principal: config.identity.spiffe_id.clone().unwrap_or_default(),
-            app: config.node.app.clone(),
-            version: config.node.version.clone(),
+        let node = Arc::new(Peer::of_node(
+            &config.node,
+            config.identity.spiffe_id.as_deref().unwrap_or_default(),
+        ));
+        let peer_metadata = crate::peer_metadata::encode(&node);
+        let node_plaintext = Arc::new(Peer {
+            principal: String::new(),
+            ..Peer::clone(&node)
         });
-        let peer_metadata = crate::peer_metadata::encode(&config.node);
         let dns = crate::dns_table::DnsTable::new(&config.dns);
         let collector_tls = match &config.telemetry.tracing {
             Some(t) if t.otlp_endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) => {
@@ -252,6 +258,7 @@ impl Snapshot {
             identity,
             inbound_tls,
             node,
+            node_plaintext,
             peer_metadata,
         })
     }

@@ -1,23 +1,30 @@
 //! Opaque TCP proxying: route by original destination, pick an endpoint,
-//! connect (plaintext or mesh mTLS) and copy bytes both ways, counting them.
+//! connect (plaintext or mesh mTLS, announcing this workload to a mesh peer:
+//! [`crate::peer_exchange`]) and copy bytes both ways, counting them into the
+//! connection's Istio TCP series as they flow.
 
 use crate::http::ConnContext;
-use crate::metrics::{ConnLabels, Peer};
+use crate::labels::Observed;
+use crate::metrics::{Peer, TcpSeries};
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::stream::DownstreamStream;
-use crate::upstream::ClusterRuntime;
+use crate::upstream::{ClusterRuntime, UpstreamStream};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use trellis_contract::{ListenerDirection, UpstreamTls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Proxy one TCP connection to the cluster its TCP route names.
+/// Proxy one TCP connection to the cluster its TCP route names. `source` is
+/// the client's verified peer metadata (inbound mesh connections).
 pub async fn proxy(
     rt: Arc<Runtime>,
     snap: Arc<Snapshot>,
     listener: Arc<ListenerRuntime>,
     ctx: ConnContext,
     downstream: DownstreamStream,
+    source: Option<Peer>,
 ) {
     let Some(cluster_name) = listener.tcp_cluster(ctx.dst) else {
         tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route; closing");
@@ -26,11 +33,40 @@ pub async fn proxy(
     let Some(cluster) = snap.clusters.get(cluster_name).cloned() else {
         return;
     };
-    let labels = labels(&snap, &ctx, &cluster);
-    rt.metrics.tcp_opened(&labels);
+    let (upstream, endpoint) = connect(&rt, &snap, &cluster, &ctx).await;
+    let seen = Observed {
+        direction: ctx.direction,
+        peer_identity: ctx.peer_identity.as_deref(),
+        cluster: Some(&cluster),
+        endpoint,
+        flags: if upstream.is_some() { "-" } else { "UF" },
+    };
+    let series = rt.metrics.tcp_opened(crate::labels::conn(&snap, &seen, source));
+    // Bytes in either direction pass through the downstream side, so its idle
+    // clock is the connection's.
+    let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)
+        .then(|| std::time::Duration::from_millis(listener.spec.limits.tcp_idle_timeout_ms));
+    let mut downstream = Counted {
+        inner: crate::idle::IdleIo::new(downstream, idle),
+        series: Arc::clone(&series),
+    };
+    if let Some(mut up) = upstream
+        && let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut up).await
+    {
+        tracing::debug!(error = %e, "TCP proxy ended with error");
+    }
+    series.closed();
+}
+
+/// Connects to one of the cluster's endpoints (one try per endpoint, at most
+/// 3), sending a mesh peer this workload's metadata when it asked for it.
+async fn connect(
+    rt: &Runtime,
+    snap: &Snapshot,
+    cluster: &ClusterRuntime,
+    ctx: &ConnContext,
+) -> (Option<UpstreamStream>, Option<usize>) {
     let mut tried = Vec::new();
-    let mut upstream = None;
-    // One try per endpoint at most, bounded by the endpoint count and 3.
     for _ in 0..cluster.endpoints.len().min(3) {
         let Some(idx) = cluster.pick(
             Some(ClusterRuntime::hash_key(ctx.peer.ip().to_string().as_bytes())),
@@ -45,8 +81,12 @@ pub async fn proxy(
             .await
         {
             Ok(io) => {
-                upstream = Some(io.into_inner());
-                break;
+                let mut io = io.into_inner();
+                if let Err(e) = announce(snap, &mut io).await {
+                    tracing::debug!(cluster = %cluster.spec.name, error = %e, "sending peer metadata failed");
+                    continue;
+                }
+                return (Some(io), Some(idx));
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.spec.name, error = %e, "TCP upstream connect failed");
@@ -57,47 +97,57 @@ pub async fn proxy(
             }
         }
     }
-    // Bytes in either direction pass through the downstream side, so its idle
-    // clock is the connection's.
-    let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)
-        .then(|| std::time::Duration::from_millis(listener.spec.limits.tcp_idle_timeout_ms));
-    let mut downstream = crate::idle::IdleIo::new(downstream, idle);
-    let (sent, received) = match upstream {
-        Some(mut up) => match tokio::io::copy_bidirectional(&mut downstream, &mut up).await {
-            Ok((from_client, from_server)) => (from_server, from_client),
-            Err(e) => {
-                tracing::debug!(error = %e, "TCP proxy ended with error");
-                (0, 0)
-            }
-        },
-        None => (0, 0),
-    };
-    rt.metrics.tcp_closed(&labels, sent, received);
+    (None, tried.last().copied())
 }
 
-fn labels(snap: &Snapshot, ctx: &ConnContext, cluster: &ClusterRuntime) -> ConnLabels {
-    let mesh = matches!(cluster.spec.tls, UpstreamTls::Mesh { .. });
-    match ctx.direction {
-        ListenerDirection::Inbound => ConnLabels {
-            reporter: "destination",
-            source: Arc::new(Peer {
-                principal: ctx.peer_identity.clone().unwrap_or_default(),
-                ..Default::default()
-            }),
-            destination: Arc::clone(&snap.node),
-            destination_service: Arc::clone(&cluster.service_label),
-            connection_security_policy: if ctx.peer_identity.is_some() {
-                "mutual_tls"
-            } else {
-                "none"
-            },
-        },
-        _ => ConnLabels {
-            reporter: "source",
-            source: Arc::clone(&snap.node),
-            destination: Arc::default(),
-            destination_service: Arc::clone(&cluster.service_label),
-            connection_security_policy: if mesh { "mutual_tls" } else { "none" },
-        },
+/// Sends the preamble when the upstream selected the peer metadata exchange.
+async fn announce(snap: &Snapshot, io: &mut UpstreamStream) -> std::io::Result<()> {
+    let selected = match io {
+        UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(crate::peer_exchange::ALPN),
+        UpstreamStream::Plain(_) => false,
+    };
+    match (&snap.peer_metadata, selected) {
+        (Some(value), true) => crate::peer_exchange::send(io, value.as_bytes()).await,
+        // Selected but nothing to say (no namespace): an empty value reads as unknown.
+        (None, true) => crate::peer_exchange::send(io, b"").await,
+        (_, false) => Ok(()),
+    }
+}
+
+/// The downstream side of a TCP connection, counting bytes into its series
+/// as they move: read from the client is received, written to it is sent.
+struct Counted<T> {
+    inner: T,
+    series: Arc<TcpSeries>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.series.received((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.series.sent(n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -1,6 +1,9 @@
 //! Trace context propagation: W3C `traceparent`/`tracestate` and B3. Each hop
-//! gets a new span id whose parent is the incoming span; a request without a
-//! context starts a trace, sampled at the configured rate.
+//! gets a new span id whose parent is the incoming span. The caller's
+//! sampling decision is kept (the `traceparent` flags, `x-b3-sampled`, or
+//! B3's debug flag); a request without a context — or a B3 one that leaves
+//! the decision to the receiver, with no `x-b3-sampled` — is sampled at the
+//! configured rate.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -9,6 +12,7 @@ const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The context of this hop.
@@ -45,7 +49,7 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn parse_traceparent(v: &str) -> Option<(String, String, bool)> {
+fn parse_traceparent(v: &str) -> Option<(String, String, Option<bool>)> {
     let mut it = v.trim().split('-');
     let (ver, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
     if !is_hex(ver, 2) || ver == "ff" || !is_hex(trace, 32) || !is_hex(span, 16) || !is_hex(flags, 2) {
@@ -55,7 +59,12 @@ fn parse_traceparent(v: &str) -> Option<(String, String, bool)> {
         return None;
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace.to_string(), span.to_string(), sampled))
+    Some((trace.to_string(), span.to_string(), Some(sampled)))
+}
+
+/// A new sampling decision at `percent` (0–100).
+fn sample(percent: f64) -> bool {
+    fastrand::f64() * 100.0 < percent
 }
 
 /// Continue or start a trace and rewrite the propagation headers for the
@@ -76,9 +85,12 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             if !is_hex(&trace, 32) || !is_hex(&span, 16) {
                 return None;
             }
+            // Debug (`x-b3-flags: 1`) means sampled; no `x-b3-sampled` defers to the receiver.
+            let debug = headers.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
             let sampled = headers
                 .get(&B3_SAMPLED)
-                .is_none_or(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true");
+                .map(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true")
+                .or(debug.then_some(true));
             Some((trace, span, sampled))
         });
     let ctx = match incoming {
@@ -86,7 +98,7 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             trace_id,
             span_id: hex_id(8),
             parent_id: Some(parent),
-            sampled,
+            sampled: sampled.unwrap_or_else(|| sample(sampling_percent)),
         },
         None => {
             headers.remove(&TRACESTATE);
@@ -94,7 +106,7 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
                 trace_id: hex_id(16),
                 span_id: hex_id(8),
                 parent_id: None,
-                sampled: fastrand::f64() * 100.0 < sampling_percent,
+                sampled: sample(sampling_percent),
             }
         }
     };
@@ -187,6 +199,31 @@ mod tests {
         let ctx = propagate(&mut h, 100.0);
         assert_eq!(ctx.trace_id, "0000000000000000463ac35c9f6413ad");
         assert!(!ctx.sampled);
+    }
+
+    #[test]
+    fn b3_without_a_decision_is_sampled_at_the_configured_rate() {
+        let b3 = |extra: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
+            h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+            for (k, v) in extra {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(!propagate(&mut b3(&[]), 0.0).sampled);
+        assert!(propagate(&mut b3(&[]), 100.0).sampled);
+        assert!(propagate(&mut b3(&[("x-b3-sampled", "1")]), 0.0).sampled);
+        assert!(propagate(&mut b3(&[("x-b3-flags", "1")]), 0.0).sampled);
+        // The caller's decision wins over the rate, both ways.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        assert!(!propagate(&mut h, 100.0).sampled);
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -121,6 +121,8 @@ pub struct EndpointState {
     pub active: AtomicU64,
     /// The endpoint as metric labels (computed once).
     pub peer: Arc<crate::metrics::Peer>,
+    /// It refused the peer metadata exchange: opaque TCP no longer offers it.
+    peer_exchange_refused: AtomicBool,
     outlier: Mutex<Outlier>,
     pool: Mutex<Pool>,
     tls: Option<EndpointTls>,
@@ -132,21 +134,31 @@ pub struct EndpointState {
 struct EndpointTls {
     http1: Arc<ClientConfig>,
     http2: Arc<ClientConfig>,
+    /// Opaque TCP: to a mesh endpoint, offering the peer metadata exchange.
     opaque: Arc<ClientConfig>,
+    /// Opaque TCP with no ALPN offer (TLS origination, or a mesh endpoint
+    /// that refused [`crate::peer_exchange::ALPN`]).
+    opaque_plain: Arc<ClientConfig>,
     name: ServerName<'static>,
 }
 
 impl EndpointTls {
-    fn new(base: Arc<ClientConfig>, name: ServerName<'static>) -> Self {
+    fn new(base: Arc<ClientConfig>, name: ServerName<'static>, mesh: bool) -> Self {
         let with = |alpn: &[&[u8]]| {
             let mut c = (*base).clone();
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Arc::new(c)
         };
+        let opaque_plain = with(&[]);
         Self {
             http1: with(&[b"http/1.1"]),
             http2: with(&[b"h2"]),
-            opaque: with(&[]),
+            opaque: if mesh {
+                with(&[crate::peer_exchange::ALPN])
+            } else {
+                Arc::clone(&opaque_plain)
+            },
+            opaque_plain,
             name,
         }
     }
@@ -299,7 +311,11 @@ pub struct Slot {
 
 impl ClusterRuntime {
     /// Build a cluster; TLS configs are created here, once per config version.
-    pub fn build(spec: &Cluster, identity: Option<&WorkloadIdentity>) -> Result<Self, ClusterError> {
+    pub fn build(
+        spec: &Cluster,
+        identity: Option<&WorkloadIdentity>,
+        local_cluster: &str,
+    ) -> Result<Self, ClusterError> {
         let alpn: &[&[u8]] = &[];
         let tls_err = |source| ClusterError::Tls {
             cluster: spec.name.clone(),
@@ -318,7 +334,7 @@ impl ClusterRuntime {
         let originate = match &spec.tls {
             UpstreamTls::Originate(o) => {
                 let (cfg, name) = crate::origination::client_config(o).map_err(tls_err)?;
-                Some(EndpointTls::new(cfg, name))
+                Some(EndpointTls::new(cfg, name, false))
             }
             _ => None,
         };
@@ -347,6 +363,7 @@ impl ClusterRuntime {
                             let c = EndpointTls::new(
                                 id.client_config(expected.clone(), alpn).map_err(tls_err)?,
                                 server_name.clone(),
+                                true,
                             );
                             mesh_cache.insert(expected, c.clone());
                             c
@@ -357,7 +374,8 @@ impl ClusterRuntime {
             };
             endpoints.push(Arc::new(EndpointState {
                 addr: SocketAddr::new(ip, e.port),
-                peer: Arc::new(endpoint_peer(spec, e)),
+                peer: Arc::new(endpoint_peer(spec, e, local_cluster)),
+                peer_exchange_refused: AtomicBool::new(false),
                 spec: e.clone(),
                 active: AtomicU64::new(0),
                 outlier: Mutex::new(Outlier::default()),
@@ -630,24 +648,40 @@ impl ClusterRuntime {
     ) -> Result<TokioIo<UpstreamStream>, UpstreamError> {
         let timeout = Duration::from_millis(self.spec.connect_timeout_ms);
         let fail = |reason: String| UpstreamError::ConnectFailure { addr: ep.addr, reason };
+        let tls_failed = |e: std::io::Error| UpstreamError::TlsHandshake {
+            addr: ep.addr,
+            reason: e.to_string(),
+        };
         let fut = async {
             let tcp = TcpStream::connect(ep.addr).await.map_err(|e| fail(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             match &ep.tls {
                 None => Ok(UpstreamStream::Plain(tcp)),
                 Some(t) => {
+                    let exchange = protocol == ConnProtocol::Opaque
+                        && !Arc::ptr_eq(&t.opaque, &t.opaque_plain)
+                        && !ep.peer_exchange_refused.load(Ordering::Relaxed);
                     let cfg = match protocol {
                         ConnProtocol::Http1 => &t.http1,
                         ConnProtocol::Http2 => &t.http2,
-                        ConnProtocol::Opaque => &t.opaque,
+                        ConnProtocol::Opaque if exchange => &t.opaque,
+                        ConnProtocol::Opaque => &t.opaque_plain,
                     };
-                    let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
-                        .connect(t.name.clone(), tcp)
-                        .await
-                        .map_err(|e| UpstreamError::TlsHandshake {
-                            addr: ep.addr,
-                            reason: e.to_string(),
-                        })?;
+                    let handshake = |cfg: &Arc<ClientConfig>, tcp| {
+                        tokio_rustls::TlsConnector::from(Arc::clone(cfg)).connect(t.name.clone(), tcp)
+                    };
+                    let tls = match handshake(cfg, tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) if exchange && refused_alpn(&e) => {
+                            // A proxy that predates the exchange: connect again without it.
+                            tracing::debug!(endpoint = %ep.addr, "peer metadata exchange refused; not offered again");
+                            ep.peer_exchange_refused.store(true, Ordering::Relaxed);
+                            let tcp = TcpStream::connect(ep.addr).await.map_err(|e| fail(e.to_string()))?;
+                            let _ = tcp.set_nodelay(true);
+                            handshake(&t.opaque_plain, tcp).await.map_err(tls_failed)?
+                        }
+                        Err(e) => return Err(tls_failed(e)),
+                    };
                     Ok(UpstreamStream::Tls(Box::new(tls)))
                 }
             }
@@ -659,9 +693,24 @@ impl ClusterRuntime {
     }
 }
 
+/// Whether a TLS handshake failed because the server supports none of the
+/// ALPN protocols offered.
+fn refused_alpn(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+            )
+        })
+}
+
 /// Metric labels of an endpoint: workload from the `workload` (else `app`)
-/// label, namespace from the `namespace` label or the SPIFFE identity.
-fn endpoint_peer(cluster: &Cluster, e: &Endpoint) -> crate::metrics::Peer {
+/// label, namespace from the `namespace` label or the SPIFFE identity, the
+/// canonical service and revision by Istio's rules. An endpoint the control
+/// plane names a workload for is a pod of this proxy's cluster.
+fn endpoint_peer(cluster: &Cluster, e: &Endpoint, local_cluster: &str) -> crate::metrics::Peer {
     let principal = e.identity.clone().or_else(|| match &cluster.tls {
         UpstreamTls::Mesh {
             expected_identities, ..
@@ -679,13 +728,21 @@ fn endpoint_peer(cluster: &Cluster, e: &Endpoint) -> crate::metrics::Peer {
                 .and_then(|id| id.namespace().map(str::to_string))
         })
         .unwrap_or_default();
+    let known = e.labels.get("workload");
+    let workload = known.or_else(|| e.labels.get("app")).cloned().unwrap_or_default();
     crate::metrics::Peer {
-        workload: e
-            .labels
-            .get("workload")
-            .or_else(|| e.labels.get("app"))
-            .cloned()
-            .unwrap_or_default(),
+        canonical_service: if workload.is_empty() {
+            String::new()
+        } else {
+            crate::metrics::canonical_service(&e.labels, &workload)
+        },
+        canonical_revision: crate::metrics::canonical_revision(&e.labels),
+        cluster: if known.is_some() {
+            local_cluster.to_string()
+        } else {
+            String::new()
+        },
+        workload,
         namespace,
         principal: principal.unwrap_or_default(),
         app: e.labels.get("app").cloned().unwrap_or_default(),
@@ -720,7 +777,7 @@ mod tests {
             },
             ..spec
         };
-        ClusterRuntime::build(&spec, None).unwrap()
+        ClusterRuntime::build(&spec, None, "").unwrap()
     }
 
     fn od(consecutive: u32, max_pct: f64) -> Option<OutlierDetection> {

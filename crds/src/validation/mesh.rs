@@ -90,22 +90,54 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             }
         }
     }
-    if let Some(ep) = spec
-        .telemetry
-        .as_ref()
-        .and_then(|t| t.tracing.as_ref())
-        .and_then(|t| t.otlp_endpoint.as_ref())
-    {
-        let rest = ep.strip_prefix("http://").or_else(|| ep.strip_prefix("https://"));
-        let ok = rest.is_some_and(|r| {
-            let hostport = r.split('/').next().unwrap_or_default();
-            matches!(hostport.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-        });
-        if !ok {
-            f.error(
-                "spec.telemetry.tracing.otlpEndpoint",
-                format!("{ep:?} is not a collector URL; write http(s)://<host>:<port>, e.g. http://otel-collector.observability:4317"),
-            );
-        }
+    if let Some(tracing) = spec.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) {
+        tracing_settings(tracing, f);
+    }
+}
+
+fn tracing_settings(tracing: &TracingSettings, f: &mut Findings) {
+    let Some(ep) = tracing.otlp_endpoint.as_ref() else {
+        return;
+    };
+    let field = "spec.telemetry.tracing.otlpEndpoint";
+    let rest = ep.strip_prefix("http://").or_else(|| ep.strip_prefix("https://"));
+    let (hostport, path) = rest.map_or((None, ""), |r| match r.split_once('/') {
+        Some((hp, p)) => (Some(hp), p),
+        None => (Some(r), ""),
+    });
+    let port = hostport.and_then(|hp| match hp.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => p.parse::<u16>().ok().filter(|p| *p > 0),
+        _ => None,
+    });
+    let Some(port) = port else {
+        f.error(
+            field,
+            format!("{ep:?} is not a collector URL; write http(s)://<host>:<port>, e.g. http://otel-collector.observability:4317"),
+        );
+        return;
+    };
+    let protocol = tracing.protocol.unwrap_or_default();
+    if protocol == OtlpProtocol::Grpc && !path.is_empty() {
+        f.error(
+            field,
+            format!(
+                "{ep:?} has a path, which OTLP/gRPC has no use for (its method is fixed); write only http(s)://<host>:<port>, or set spec.telemetry.tracing.protocol to http/protobuf for OTLP/HTTP"
+            ),
+        );
+    }
+    // The conventional ports say which transport a collector listens with.
+    let expected = match (protocol, port) {
+        (OtlpProtocol::Grpc, 4318) => Some("http/protobuf"),
+        (OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson, 4317) => Some("grpc"),
+        _ => None,
+    };
+    if let Some(other) = expected {
+        f.warn(
+            "spec.telemetry.tracing.protocol",
+            format!(
+                "spans go to port {port} with protocol {}, but {port} is OTLP's port for {other}; set protocol: {other} if the collector listens with that",
+                protocol.as_str()
+            ),
+        );
     }
 }

@@ -24,8 +24,8 @@ use std::fmt;
 
 use trellis_api::mesh::{DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE};
 use trellis_contract::{
-    CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, Listener, NodeInfo, PemSource, ProxyConfig,
-    ProxyMode, Telemetry, Tracing,
+    CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, Listener, NodeInfo, OtlpProtocol, PemSource,
+    ProxyConfig, ProxyMode, Telemetry, Tracing,
 };
 
 pub use changes::{Changes, changes};
@@ -443,6 +443,11 @@ fn telemetry(ctx: &Ctx<'_>) -> Telemetry {
     if let Some(tr) = ctx.snapshot.mesh.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) {
         t.tracing = Some(Tracing {
             otlp_endpoint: tr.otlp_endpoint.clone(),
+            protocol: match tr.protocol.unwrap_or_default() {
+                trellis_api::mesh::OtlpProtocol::Grpc => OtlpProtocol::Grpc,
+                trellis_api::mesh::OtlpProtocol::HttpProtobuf => OtlpProtocol::HttpProtobuf,
+                trellis_api::mesh::OtlpProtocol::HttpJson => OtlpProtocol::HttpJson,
+            },
             sampling_percent: tr.sampling.unwrap_or(1.0),
             service_name: Some(format!("{}.{}", workload_name(ctx.proxy), ctx.proxy.key.namespace)),
             collector_ca: None,

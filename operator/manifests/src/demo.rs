@@ -277,6 +277,8 @@ pub fn mesh_tracing() -> Value {
         "spec": {"telemetry": {"tracing": {
             "sampling": 100.0,
             "otlpEndpoint": format!("http://{COLLECTOR}.{COLLECTOR_NAMESPACE}.svc.cluster.local:{COLLECTOR_PORT}"),
+            // The test app's collector speaks OTLP/HTTP with JSON bodies.
+            "protocol": "http/json",
         }}}
     })
 }

@@ -36,6 +36,7 @@ use serde_json::{Map, Value, json};
 use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
 
 pub mod overrides;
+pub mod scrape;
 pub use overrides::Overrides;
 
 /// The proxy container (a native sidecar).
@@ -168,7 +169,7 @@ pub fn template_hash(settings: &Settings) -> String {
         }],
         ..PodSpec::default()
     };
-    let json = match inject_spec(&mut spec, &Overrides::default(), &canonical) {
+    let json = match inject_spec(&mut spec, &Overrides::default(), &canonical, None) {
         Ok(()) => serde_json::to_string(&spec).unwrap_or_default(),
         // Cannot happen for this pod; hash the reason so the value stays deterministic.
         Err(e) => e.to_string(),
@@ -205,12 +206,21 @@ pub fn inject(template: &mut PodTemplateSpec, settings: &Settings) -> Result<(),
     }
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     let spec = template.spec.get_or_insert_with(PodSpec::default);
-    let overrides = Overrides::from_annotations(meta.annotations.as_ref().unwrap_or(&BTreeMap::new()))?;
+    let empty = BTreeMap::new();
+    let overrides = Overrides::from_annotations(meta.annotations.as_ref().unwrap_or(&empty))?;
+    let scraping = scrape::plan(meta.annotations.as_ref().unwrap_or(&empty), overrides.merge_metrics);
+    let app_metrics = match &scraping {
+        scrape::Plan::Merge { app } => app.as_deref(),
+        scrape::Plan::Keep => None,
+    };
     let mut injected = spec.clone();
-    inject_spec(&mut injected, &overrides, settings)?;
+    inject_spec(&mut injected, &overrides, settings, app_metrics)?;
     *spec = injected;
     let image = overrides.proxy_image.as_deref().unwrap_or(&settings.proxy_image);
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    if let scrape::Plan::Merge { .. } = scraping {
+        scrape::point_at_proxy(annotations);
+    }
     annotations.insert(INJECTED_ANNOTATION.into(), env!("CARGO_PKG_VERSION").into());
     annotations.insert(PROXY_IMAGE_ANNOTATION.into(), image.into());
     annotations.insert(TEMPLATE_ANNOTATION.into(), template_hash(settings));
@@ -257,7 +267,12 @@ pub fn version_label(image: &str) -> String {
     }
 }
 
-fn inject_spec(spec: &mut PodSpec, overrides: &Overrides, settings: &Settings) -> Result<(), InjectError> {
+fn inject_spec(
+    spec: &mut PodSpec,
+    overrides: &Overrides,
+    settings: &Settings,
+    app_metrics: Option<&str>,
+) -> Result<(), InjectError> {
     if spec.host_network == Some(true) {
         return Err(InjectError::HostNetwork);
     }
@@ -281,7 +296,7 @@ fn inject_spec(spec: &mut PodSpec, overrides: &Overrides, settings: &Settings) -
     };
     let mut init = vec![
         init_container(settings, overrides),
-        proxy_container(settings, overrides, &probes),
+        proxy_container(settings, overrides, &probes, app_metrics),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
@@ -458,7 +473,12 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// The proxy container, in the role of a sidecar.
-fn proxy_container(settings: &Settings, o: &Overrides, probes: &Map<String, Value>) -> Container {
+fn proxy_container(
+    settings: &Settings,
+    o: &Overrides,
+    probes: &Map<String, Value>,
+    app_metrics: Option<&str>,
+) -> Container {
     let mut vars = proxy_env(settings, "sidecar");
     if let Some(level) = &o.log_level
         && let Some(log) = vars.iter_mut().find(|e| e.name == "TRELLIS_LOG")
@@ -470,6 +490,9 @@ fn proxy_container(settings: &Settings, o: &Overrides, probes: &Map<String, Valu
     }
     if !probes.is_empty() {
         vars.push(env(APP_PROBES_ENV, &Value::Object(probes.clone()).to_string()));
+    }
+    if let Some(app) = app_metrics {
+        vars.push(env(scrape::APP_METRICS_ENV, app));
     }
     let mut container = proxy_base(settings, vars);
     if let Some(image) = &o.proxy_image {
@@ -595,12 +618,15 @@ pub fn gateway_pod_template(name: &str, settings: &Settings, ports: &[u16]) -> P
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }));
+    let mut annotations = BTreeMap::new();
+    scrape::point_at_proxy(&mut annotations);
     let mut meta = ObjectMeta {
         labels: Some(BTreeMap::from([
             ("app".to_string(), name.to_string()),
             ("trellis.dev/gateway".to_string(), name.to_string()),
             (INJECT_LABEL.to_string(), INJECT_DISABLED.to_string()),
         ])),
+        annotations: Some(annotations),
         ..ObjectMeta::default()
     };
     label_version(&mut meta, &settings.proxy_image);
@@ -919,9 +945,64 @@ mod tests {
         );
         assert!(c.ports.iter().flatten().any(|p| p.container_port == 8080));
         assert_eq!(spec.service_account_name.as_deref(), Some("trellis-ingressgateway"));
-        let labels = t.metadata.unwrap().labels.unwrap();
+        let meta = t.metadata.unwrap();
+        let labels = meta.labels.unwrap();
         assert_eq!(labels["app"], "trellis-ingressgateway");
         // The injector leaves gateways alone, even in a meshed namespace.
         assert_eq!(labels[INJECT_LABEL], INJECT_DISABLED);
+        // Prometheus scrapes gateways as it scrapes sidecars.
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(
+            (
+                annotations[scrape::SCRAPE].as_str(),
+                annotations[scrape::PORT].as_str(),
+                annotations[scrape::PATH].as_str()
+            ),
+            ("true", "15020", "/stats/prometheus")
+        );
+    }
+
+    #[test]
+    fn injected_pods_are_scraped_through_the_proxy_which_merges_the_apps_metrics() {
+        let proxy_env = |t: &PodTemplateSpec| -> BTreeMap<String, String> {
+            t.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        };
+        // No metrics of its own: the proxy is scraped, nothing to merge.
+        let mut plain = app_template();
+        inject(&mut plain, &settings()).unwrap();
+        let annotations = plain.metadata.as_ref().unwrap().annotations.clone().unwrap();
+        assert_eq!(annotations[scrape::PORT], "15020");
+        assert_eq!(annotations[scrape::PATH], "/stats/prometheus");
+        assert!(!proxy_env(&plain).contains_key(scrape::APP_METRICS_ENV));
+        // The app's own request moves into the proxy's environment.
+        let mut own = app_template();
+        own.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([
+            (scrape::SCRAPE.to_string(), "true".to_string()),
+            (scrape::PORT.to_string(), "9090".to_string()),
+        ]));
+        inject(&mut own, &settings()).unwrap();
+        let app: Value = serde_json::from_str(&proxy_env(&own)[scrape::APP_METRICS_ENV]).unwrap();
+        assert_eq!(app, json!({"scrape": "true", "port": "9090", "path": ""}));
+        assert_eq!(
+            own.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[scrape::PORT],
+            "15020"
+        );
+        // Opted out: the app's annotations stay as written.
+        let mut out = app_template();
+        out.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([
+            (scrape::PORT.to_string(), "9090".to_string()),
+            (overrides::MERGE_METRICS.to_string(), "false".to_string()),
+        ]));
+        inject(&mut out, &settings()).unwrap();
+        assert_eq!(
+            out.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[scrape::PORT],
+            "9090"
+        );
+        assert!(!proxy_env(&out).contains_key(scrape::APP_METRICS_ENV));
     }
 }

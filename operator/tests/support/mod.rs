@@ -213,6 +213,7 @@ pub async fn proxy_app() -> std::sync::Arc<trellis_proxy::App> {
             dns_addr: None,
             log_control: None,
             max_downstream_connections: None,
+            app_metrics: None,
         })
         .await
         .unwrap(),

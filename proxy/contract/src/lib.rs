@@ -51,7 +51,7 @@ pub use route::{
     Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
     RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
-pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing};
+pub use telemetry::{AccessLog, AccessLogFormat, OtlpProtocol, Telemetry, Tracing};
 pub use validate::{ValidationError, ValidationErrors, parse_cidr};
 
 use serde::{Deserialize, Serialize};

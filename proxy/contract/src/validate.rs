@@ -176,13 +176,23 @@ impl Validator {
         }
         if let Some(t) = &c.telemetry.tracing {
             self.percentage("telemetry.tracing.samplingPercent", t.sampling_percent);
-            if let Some(ep) = &t.otlp_endpoint
-                && !(ep.starts_with("http://") || ep.starts_with("https://"))
-            {
-                self.err(
-                    "telemetry.tracing.otlpEndpoint",
-                    format!("{ep:?} must be an http:// or https:// URL"),
-                );
+            if let Some(ep) = &t.otlp_endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    self.err(
+                        "telemetry.tracing.otlpEndpoint",
+                        format!("{ep:?} must be an http:// or https:// URL"),
+                    );
+                } else if t.protocol == crate::OtlpProtocol::Grpc
+                    && ep
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.split_once('/'))
+                        .is_some_and(|(_, path)| !path.is_empty())
+                {
+                    self.err(
+                        "telemetry.tracing.otlpEndpoint",
+                        format!("{ep:?} has a path, which OTLP/gRPC does not use; give scheme, host and port only"),
+                    );
+                }
             }
             if let Some(ca) = &t.collector_ca {
                 if t.otlp_endpoint.as_deref().is_some_and(|ep| ep.starts_with("https://")) {

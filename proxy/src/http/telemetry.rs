@@ -1,20 +1,20 @@
 //! Telemetry of one request: what the pipeline found out about it (flags,
-//! cluster, endpoint, span, route), its Istio metric labels, and the metrics
-//! recorded when its response body ends.
+//! cluster, endpoint, span, route), its Istio metric labels, its span, and
+//! the metrics recorded when its response body ends.
 
 use super::ConnContext;
-use crate::metrics::{ConnLabels, Peer, RequestLabels};
+use crate::metrics::{Peer, RequestLabels};
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 use crate::upstream::{Body, BoxError, ClusterRuntime};
 use bytes::Bytes;
-use http::StatusCode;
+use http::{Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
-use trellis_contract::{ListenerDirection, SpiffeId, UpstreamTls};
+use std::time::{Instant, SystemTime};
+use trellis_contract::ListenerDirection;
 
 /// Per-request outcome details for metrics and logs.
 pub(super) struct RequestOutcome {
@@ -25,70 +25,59 @@ pub(super) struct RequestOutcome {
     pub(super) route: Option<Arc<crate::routing::CompiledRoute>>,
 }
 
+/// The Istio labels of a request ([`crate::labels`]), from what the pipeline
+/// found out and the response head (a trailers-only gRPC answer, and the
+/// proxy's own, carry `grpc-status` there; trailers amend it later:
+/// [`ObservedBody`]).
 pub(super) fn labels(
     snap: &Snapshot,
     conn: &ConnContext,
     out: &RequestOutcome,
     source_meta: Option<Peer>,
-    status: StatusCode,
+    resp: &Response<Body>,
     grpc: bool,
 ) -> RequestLabels {
-    let (reporter, source, destination, security) = match conn.direction {
-        ListenerDirection::Inbound => {
-            let source = source_meta.unwrap_or_else(|| {
-                let principal = conn.peer_identity.clone().unwrap_or_default();
-                let namespace = SpiffeId::parse(&principal)
-                    .ok()
-                    .and_then(|id| id.namespace().map(str::to_string))
-                    .unwrap_or_default();
-                Peer {
-                    principal,
-                    namespace,
-                    ..Default::default()
-                }
-            });
-            (
-                "destination",
-                Arc::new(source),
-                Arc::clone(&snap.node),
-                if conn.peer_identity.is_some() {
-                    "mutual_tls"
-                } else {
-                    "none"
-                },
-            )
-        }
-        _ => (
-            "source",
-            Arc::clone(&snap.node),
-            out.cluster
-                .as_ref()
-                .zip(out.endpoint)
-                .and_then(|(c, i)| c.endpoints.get(i))
-                .map(|e| Arc::clone(&e.peer))
-                .unwrap_or_default(),
-            match out.cluster.as_ref().map(|c| &c.spec.tls) {
-                Some(UpstreamTls::Mesh { .. }) => "mutual_tls",
-                _ => "none",
-            },
-        ),
+    let seen = crate::labels::Observed {
+        direction: conn.direction,
+        peer_identity: conn.peer_identity.as_deref(),
+        cluster: out.cluster.as_deref(),
+        endpoint: out.endpoint,
+        flags: out.flags,
     };
-    RequestLabels {
-        conn: ConnLabels {
-            reporter,
-            source,
-            destination,
-            destination_service: out
-                .cluster
-                .as_ref()
-                .map(|c| Arc::clone(&c.service_label))
-                .unwrap_or_default(),
-            connection_security_policy: security,
-        },
-        request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: status.as_u16(),
-        response_flags: out.flags,
-    }
+    let grpc_status = grpc.then(|| crate::labels::grpc_status(resp.headers())).flatten();
+    crate::labels::request(snap, &seen, source_meta, resp.status(), grpc, grpc_status)
+}
+
+/// Records the span of a sampled request hop ([`crate::spans::finish`]),
+/// with the attributes its metric labels carry.
+pub(super) fn record_span(
+    rt: &Runtime,
+    conn: &ConnContext,
+    out: &mut RequestOutcome,
+    facts: &crate::spans::RequestFacts,
+    labels: &RequestLabels,
+    status: StatusCode,
+    started_at: Option<SystemTime>,
+) {
+    let Some(ctx) = out.span.take().filter(|c| c.sampled) else {
+        return;
+    };
+    let hop = crate::spans::Hop {
+        server: conn.direction == ListenerDirection::Inbound,
+        client: conn.peer,
+        tls: conn.tls,
+        upstream: out
+            .cluster
+            .as_ref()
+            .zip(out.endpoint)
+            .and_then(|(c, i)| c.endpoints.get(i))
+            .map(|e| e.addr),
+        cluster: out.cluster.as_ref().map(|c| c.spec.name.as_str()),
+        route: out.route.as_ref().map(|r| r.name.as_str()),
+        status: status.as_u16(),
+    };
+    let started = started_at.unwrap_or_else(SystemTime::now);
+    rt.spans.record(crate::spans::finish(ctx, facts, &hop, labels, started));
 }
 
 /// A request's metrics, recorded once its response body ends.
@@ -126,6 +115,11 @@ impl hyper::body::Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                } else if let (Some(trailers), Some(done)) = (frame.trailers_ref(), this.done.as_mut())
+                    && done.labels.grpc
+                    && let Some(status) = crate::labels::grpc_status(trailers)
+                {
+                    done.labels.grpc_status = Some(status);
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {

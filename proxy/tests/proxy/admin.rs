@@ -13,6 +13,7 @@ async fn ready_only_after_a_config() {
         dns_addr: None,
         log_control: None,
         max_downstream_connections: None,
+        app_metrics: None,
     })
     .await
     .unwrap();
@@ -42,6 +43,7 @@ async fn not_ready_without_certificate_when_mesh_needs_one() {
         dns_addr: None,
         log_control: None,
         max_downstream_connections: None,
+        app_metrics: None,
     })
     .await
     .unwrap();
@@ -95,7 +97,7 @@ async fn metrics_count_requests_with_istio_labels() {
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
     let line = m
         .lines()
-        .find(|l| l.starts_with("trellis_requests_total{") && l.contains("response_code=\"200\""))
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
         .expect("a 200 series");
     assert!(line.ends_with(" 3"), "{line}");
     for label in [
@@ -108,12 +110,16 @@ async fn metrics_count_requests_with_istio_labels() {
         "destination_service_name=\"a\"",
         "request_protocol=\"http\"",
         "response_flags=\"-\"",
-        "connection_security_policy=\"none\"",
+        // The client side cannot know the server's policy (Istio's value).
+        "connection_security_policy=\"unknown\"",
+        // A plaintext upstream never saw this proxy's certificate.
+        "source_principal=\"unknown\"",
+        "grpc_response_status=\"\"",
     ] {
         assert!(line.contains(label), "{label} missing in {line}");
     }
     assert!(m.contains("response_code=\"503\""));
-    assert!(m.contains("trellis_request_duration_milliseconds_bucket{"));
+    assert!(m.contains("istio_request_duration_milliseconds_bucket{"));
     assert!(m.contains("trellis_proxy_config_applied_total 1"));
 }
 
@@ -122,4 +128,70 @@ async fn logging_without_control_is_reported() {
     let proxy = Proxy::start(outbound_config("1", vec![], vec![])).await;
     let r = send(proxy.admin(), "POST", "admin", "/logging?level=debug", &[]).await;
     assert_eq!(r.status, 501);
+}
+
+/// Istio's metrics merging: the stats port serves the proxy's metrics and
+/// then the app's (fetched on localhost at the pod's original annotations);
+/// an app that fails costs only its own part, counted.
+#[tokio::test]
+async fn the_stats_port_merges_the_apps_own_metrics() {
+    let start = |app_metrics| {
+        App::start(AppConfig {
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            stats_addr: Some("127.0.0.1:0".parse().unwrap()),
+            health_addr: None,
+            dns_addr: None,
+            log_control: None,
+            max_downstream_connections: None,
+            app_metrics,
+        })
+    };
+    let own = Upstream::start("app").await;
+    let proxy = start(Some(trellis_proxy::app_metrics::AppMetrics {
+        port: own.addr.port(),
+        path: "/app-metrics".into(),
+    }))
+    .await
+    .unwrap();
+    let stats = proxy.admin_addr(trellis_proxy::admin::AdminRole::Stats).unwrap();
+    let merged = get(stats, "h", "/stats/prometheus").await;
+    assert_eq!(merged.status, 200);
+    let proxy_part = merged
+        .body
+        .find("trellis_proxy_config_applied_total")
+        .expect("the proxy's own");
+    let app_part = merged.body.find("app /app-metrics").expect("the app's, as it answered");
+    assert!(proxy_part < app_part, "the app's metrics come last: {}", merged.body);
+    assert_eq!(own.hits(), 1, "one scrape, one fetch from the app");
+    // The admin port serves the proxy's metrics alone.
+    assert!(
+        !get(
+            proxy.admin_addr(trellis_proxy::admin::AdminRole::Admin).unwrap(),
+            "h",
+            "/metrics"
+        )
+        .await
+        .body
+        .contains("app /app-metrics")
+    );
+
+    // An app that is not there: the proxy's metrics all the same, the failure counted.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap().port();
+    drop(closed);
+    let proxy = start(Some(trellis_proxy::app_metrics::AppMetrics {
+        port: gone,
+        path: "/metrics".into(),
+    }))
+    .await
+    .unwrap();
+    let stats = proxy.admin_addr(trellis_proxy::admin::AdminRole::Stats).unwrap();
+    let first = get(stats, "h", "/stats/prometheus").await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("istio_requests_total") || first.body.contains("trellis_proxy_config_applied_total"));
+    let second = get(stats, "h", "/stats/prometheus").await.body;
+    assert!(
+        second.contains("trellis_proxy_app_scrape_failures_total 1\n"),
+        "the first failure is counted: {second}"
+    );
 }

@@ -45,6 +45,7 @@ async fn answers_mesh_names_and_forwards_the_rest() {
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
         max_downstream_connections: None,
+        app_metrics: None,
     })
     .await
     .unwrap();
@@ -84,6 +85,7 @@ async fn unreachable_upstream_gives_servfail() {
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
         max_downstream_connections: None,
+        app_metrics: None,
     })
     .await
     .unwrap();
@@ -144,6 +146,7 @@ async fn tcp_queries_on_the_same_port_are_answered_and_forwarded_over_tcp() {
         dns_addr: Some("127.0.0.1:0".parse().unwrap()),
         log_control: None,
         max_downstream_connections: None,
+        app_metrics: None,
     })
     .await
     .unwrap();

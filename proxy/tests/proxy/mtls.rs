@@ -342,6 +342,8 @@ async fn opaque_tcp_over_mesh_mtls() {
     let outbound = Proxy::start(json!({
         "version": "out",
         "identity": pki.identity(WEB),
+        "node": {"workload": "web", "namespace": "shop", "app": "web", "version": "v1", "cluster": "Kubernetes",
+                 "labels": {"app": "web", "version": "v1"}},
         "listeners": [{"name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
                        "tcpRoutes": [{"cluster": "db"}]}],
         "clusters": [{"name": "db", "protocol": "tcp", "tls": {"mesh": {"expectedIdentities": [PAYMENT]}},
@@ -357,16 +359,113 @@ async fn opaque_tcp_over_mesh_mtls() {
         .await
         .unwrap()
         .unwrap();
+    // The peer metadata preamble reached the inbound proxy, not the app.
     assert_eq!(&buf, b"SELECT 1;");
     drop(s);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let m = get(inbound.admin(), "admin", "/metrics").await.body;
-    assert!(
-        m.lines().any(|l| l.starts_with("trellis_tcp_connections_opened_total{")
-            && l.contains(&format!("source_principal=\"{WEB}\""))
-            && l.contains("connection_security_policy=\"mutual_tls\"")),
-        "{m}"
-    );
+    let series = |name: &str| -> String {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name}: {m}"))
+            .to_string()
+    };
+    // The opaque connection knows its source workload, as HTTP requests do.
+    let opened = series("istio_tcp_connections_opened_total");
+    for label in [
+        "reporter=\"destination\"",
+        "source_workload=\"web\"",
+        "source_canonical_service=\"web\"",
+        "source_workload_namespace=\"shop\"",
+        "source_version=\"v1\"",
+        "source_cluster=\"Kubernetes\"",
+        &format!("source_principal=\"{WEB}\""),
+        "request_protocol=\"tcp\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(opened.contains(label), "{label} missing in {opened}");
+    }
+    assert!(opened.ends_with(" 1"), "{opened}");
+    assert!(series("istio_tcp_received_bytes_total").ends_with(" 9"), "{m}");
+    assert!(series("istio_tcp_sent_bytes_total").ends_with(" 9"), "{m}");
+    assert!(series("istio_tcp_connections_closed_total").ends_with(" 1"), "{m}");
+    let out = get(outbound.admin(), "admin", "/metrics").await.body;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("reporter=\"source\"") && line.contains(&format!("destination_principal=\"{PAYMENT}\"")));
+    assert!(line.ends_with(" 9"), "{line}");
+}
+
+/// A mesh peer that predates the peer metadata exchange (its TLS server offers
+/// only h2 and http/1.1) still carries opaque TCP: the client connects again
+/// without offering the exchange, and sends no preamble.
+#[tokio::test]
+async fn opaque_tcp_to_a_proxy_without_the_exchange_falls_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let leaf = pki.leaf(PAYMENT);
+    let certs: Vec<_> = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_addr = old.local_addr().unwrap();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    let _old = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = old.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    let outbound = Proxy::start(json!({
+        "version": "out",
+        "identity": pki.identity(WEB),
+        "node": {"workload": "web", "namespace": "shop"},
+        "listeners": [{"name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+                       "tcpRoutes": [{"cluster": "db"}]}],
+        "clusters": [{"name": "db", "protocol": "tcp", "tls": {"mesh": {"expectedIdentities": [PAYMENT]}},
+                      "endpoints": [{"address": "127.0.0.1", "port": old_addr.port()}]}],
+    }))
+    .await;
+    for round in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(outbound.addr("outbound").await)
+            .await
+            .unwrap();
+        s.write_all(b"PING").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(std::time::Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &buf, b"PING",
+            "round {round}: the echo starts with what the client sent"
+        );
+    }
+    // One refused handshake, then one per connection: the refusal is remembered.
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 // Peer metadata exchange: the destination proxy learns the source workload.
@@ -384,7 +483,7 @@ async fn inbound_series(inbound: &Proxy, source_workload: &str) -> Vec<String> {
         .await
         .body
         .lines()
-        .filter(|l| l.starts_with("trellis_requests_total{"))
+        .filter(|l| l.starts_with("istio_requests_total{"))
         .filter(|l| l.contains(&format!("source_workload=\"{source_workload}\"")))
         .map(str::to_string)
         .collect()

@@ -89,6 +89,7 @@ async fn over_the_connection_budget_the_health_port_keeps_answering() {
         dns_addr: None,
         log_control: None,
         max_downstream_connections: Some(20),
+        app_metrics: None,
     })
     .await
     .unwrap();

@@ -285,6 +285,7 @@ impl Proxy {
             dns_addr: None,
             log_control: None,
             max_downstream_connections: None,
+            app_metrics: None,
         })
         .await
         .unwrap();

@@ -72,12 +72,12 @@ async fn opaque_tcp_is_proxied_and_counted() {
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
     assert!(
         m.lines()
-            .any(|l| l.starts_with("trellis_tcp_connections_opened_total{") && l.ends_with(" 1")),
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.ends_with(" 1")),
         "{m}"
     );
     assert!(
         m.lines()
-            .any(|l| l.starts_with("trellis_tcp_received_bytes_total{") && l.ends_with(" 13")),
+            .any(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.ends_with(" 13")),
         "{m}"
     );
 }

@@ -171,7 +171,11 @@ async fn spans_are_exported_over_https_to_a_verified_collector() {
     let proxy = Proxy::start(traced(pki.root_pem())).await;
     assert_eq!(get(proxy.addr("outbound").await, "svc", "/").await.status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while exports.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+    // The exporter counts the batch once it has the collector's answer, after the collector
+    // counted it.
+    while (exports.load(Ordering::SeqCst) == 0 || proxy.app.runtime().spans.exported() == 0)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(exports.load(Ordering::SeqCst), 1, "one batch over TLS");
@@ -260,4 +264,136 @@ async fn b3_context_is_continued_and_tracestate_kept_with_w3c() {
     let orphan = [("traceparent", "garbage"), ("tracestate", "vendor=opaque")];
     assert_eq!(send(addr, "GET", "svc", "/orphan", &orphan).await.status, 200);
     assert!(app.last_seen().headers.get("tracestate").is_none());
+}
+
+/// A minimal OTLP/gRPC collector (h2c): answers every `TraceService/Export`
+/// with an empty response and `grpc-status: 0` in the trailers, and keeps
+/// what it received (the path, the content type, the decoded request).
+async fn grpc_collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, trellis_proxy::otlp::pb::ExportTraceServiceRequest)>>>,
+) {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&got);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let keep = std::sync::Arc::clone(&keep);
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let keep = std::sync::Arc::clone(&keep);
+                async move {
+                    let path = req.uri().path().to_string();
+                    let content_type = req
+                        .headers()
+                        .get("content-type")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body[0], 0, "uncompressed gRPC message");
+                    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+                    assert_eq!(body.len(), 5 + len, "one length-prefixed message");
+                    let request = trellis_proxy::otlp::pb::ExportTraceServiceRequest::decode(&body[5..]).unwrap();
+                    keep.lock().unwrap().push((path, content_type, request));
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let frames = vec![
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+                            0, 0, 0, 0, 0,
+                        ]))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_grpc_as_protobuf() {
+    let app = Upstream::start("app").await;
+    let (collector, got) = grpc_collector().await;
+    let mut cfg = outbound_config("1", vec![forward_route("app")], vec![cluster("app", &[&app])]);
+    cfg["telemetry"] = json!({"tracing": {
+        "samplingPercent": 0.0,
+        "otlpEndpoint": format!("http://{collector}"),
+        "protocol": "grpc",
+        "serviceName": "web",
+    }});
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("outbound").await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for path in ["/one", "/two?token=s3cret"] {
+        let resp = send(addr, "GET", "svc", path, &[("traceparent", incoming)]).await;
+        assert_eq!(resp.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spans = loop {
+        let spans: Vec<_> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, _, r)| r.resource_spans.iter())
+            .flat_map(|r| r.scope_spans.iter())
+            .flat_map(|s| s.spans.iter().cloned())
+            .collect();
+        if spans.len() >= 2 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(spans.len(), 2, "both sampled hops are exported, once");
+    let exports = got.lock().unwrap();
+    for (path, content_type, _) in exports.iter() {
+        assert_eq!(path, trellis_proxy::otlp::GRPC_EXPORT_PATH);
+        assert_eq!(content_type, "application/grpc");
+    }
+    let resource = exports[0].2.resource_spans[0].resource.as_ref().unwrap();
+    assert_eq!(
+        string_attribute(&resource.attributes, "service.name").as_deref(),
+        Some("web")
+    );
+    for span in &spans {
+        assert_eq!(
+            hex(&span.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "ids travel as bytes"
+        );
+        assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+        assert_eq!(span.span_id.len(), 8);
+        assert_eq!(span.kind, 3, "an outbound hop is a client span");
+        assert_eq!(
+            string_attribute(&span.attributes, "http.request.method").as_deref(),
+            Some("GET")
+        );
+    }
+    let texts = format!("{spans:?}");
+    assert!(texts.contains("token=REDACTED") && !texts.contains("s3cret"), "{texts}");
+}
+
+/// A string attribute of an OTLP attribute list.
+fn string_attribute(attrs: &[trellis_proxy::otlp::pb::KeyValue], key: &str) -> Option<String> {
+    match attrs.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()? {
+        trellis_proxy::otlp::pb::any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -88,7 +88,7 @@ async fn upstream_that_never_answers_gets_504_after_the_stream_idle_timeout() {
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
     assert!(
         m.lines()
-            .any(|l| l.starts_with("trellis_requests_total{") && l.contains("response_flags=\"SI\"")),
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"SI\"")),
         "{m}"
     );
 }

@@ -416,9 +416,17 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
 }
 
 /// The endpoint labels proxies need for telemetry (destination workload, namespace, app and
-/// version); the rest of a pod's labels would only bloat every config that references it.
+/// version, and the labels Istio derives the canonical service and revision from); the rest of
+/// a pod's labels would only bloat every config that references it.
 fn telemetry_labels(w: &crate::registry::Workload) -> std::collections::BTreeMap<String, String> {
-    const KEEP: &[&str] = &["app", "version", "app.kubernetes.io/name", "app.kubernetes.io/version"];
+    const KEEP: &[&str] = &[
+        "app",
+        "version",
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/version",
+        "service.istio.io/canonical-name",
+        "service.istio.io/canonical-revision",
+    ];
     let mut labels: std::collections::BTreeMap<String, String> = w
         .labels
         .iter()

@@ -13,12 +13,14 @@ use trellis_contract::{
 };
 
 use super::route::forward_to;
-use super::{Code, Ctx, INBOUND_PORT, ROOT_NAMESPACE, resource};
+use super::{Code, Ctx, DNS_DOMAIN, INBOUND_PORT, ROOT_NAMESPACE, resource};
 use crate::registry::{Protocol, TargetPort, selects};
 
 /// The inbound listener, its local clusters, and the inbound policy.
 pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPolicy) {
-    // The app's ports: target ports of the Services that select this pod.
+    // The app's ports: target ports of the Services that select this pod (the first Service,
+    // by namespace and name, names the port's `destination_service`, as Istio's inbound
+    // clusters name their first service).
     let mut ports: BTreeMap<u16, (Protocol, String, String)> = BTreeMap::new();
     for svc in ctx.snapshot.registry.services.values() {
         let selected = svc.key.namespace == ctx.proxy.key.namespace
@@ -51,7 +53,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
         };
         clusters.push(Cluster {
             name: cluster.clone(),
-            service: None,
+            service: Some(format!("{name}.{ns}.svc.{DNS_DOMAIN}")),
             subset: None,
             protocol: match protocol {
                 Protocol::Http => UpstreamProtocol::Http1,

@@ -10,6 +10,7 @@
 //! | `sidecar.trellis.dev/concurrency` | proxy worker threads | `proxy.istio.io/config: concurrency` |
 //! | `sidecar.trellis.dev/captureDNS` | `"false"`: leave DNS alone (default: captured) | `ISTIO_META_DNS_CAPTURE` |
 //! | `sidecar.trellis.dev/rewriteAppHTTPProbers` | `"false"`: keep the app's probes as written | same name |
+//! | `sidecar.trellis.dev/mergeMetrics` | `"false"`: leave the pod's `prometheus.io/*` annotations to the app (default: Prometheus scrapes the proxy, which merges the app's metrics; [`super::scrape`]) | `prometheus.istio.io/merge-metrics` |
 //! | `traffic.trellis.dev/includeInboundPorts` | `*` or the inbound ports to capture | `traffic.sidecar.istio.io/…` |
 //! | `traffic.trellis.dev/excludeInboundPorts` | inbound ports never captured | same |
 //! | `traffic.trellis.dev/includeOutboundPorts` | outbound ports always captured | same |
@@ -42,6 +43,8 @@ pub const CONCURRENCY: &str = "sidecar.trellis.dev/concurrency";
 pub const CAPTURE_DNS: &str = "sidecar.trellis.dev/captureDNS";
 /// Whether the app's HTTP/TCP probes are rewritten behind the proxy's health port.
 pub const REWRITE_PROBES: &str = "sidecar.trellis.dev/rewriteAppHTTPProbers";
+/// Whether Prometheus scrapes the proxy, which merges the app's own metrics.
+pub const MERGE_METRICS: &str = "sidecar.trellis.dev/mergeMetrics";
 /// Inbound ports to capture.
 pub const INCLUDE_INBOUND_PORTS: &str = "traffic.trellis.dev/includeInboundPorts";
 /// Inbound ports never captured.
@@ -59,7 +62,7 @@ pub const EXCLUDE_OUTBOUND_CIDRS: &str = "traffic.trellis.dev/excludeOutboundIPR
 const RECORDS: [&str; 1] = [super::INJECTED_ANNOTATION];
 
 /// Every annotation the sidecar template reads.
-pub const KNOWN: [&str; 15] = [
+pub const KNOWN: [&str; 16] = [
     PROXY_IMAGE,
     PROXY_CPU,
     PROXY_MEMORY,
@@ -69,6 +72,7 @@ pub const KNOWN: [&str; 15] = [
     CONCURRENCY,
     CAPTURE_DNS,
     REWRITE_PROBES,
+    MERGE_METRICS,
     INCLUDE_INBOUND_PORTS,
     EXCLUDE_INBOUND_PORTS,
     INCLUDE_OUTBOUND_PORTS,
@@ -94,6 +98,8 @@ pub struct Overrides {
     pub capture_dns: Option<bool>,
     /// `Some(false)`: the app's probes are kept as written.
     pub rewrite_probes: Option<bool>,
+    /// `Some(false)`: the pod's Prometheus annotations are left to the app.
+    pub merge_metrics: Option<bool>,
     /// `Some(list)`: only these inbound ports are captured (`*` is `None`).
     pub include_inbound_ports: Option<Vec<u16>>,
     /// Inbound ports never captured.
@@ -252,6 +258,7 @@ impl Overrides {
                 }
                 CAPTURE_DNS => o.capture_dns = Some(boolean(key, v)?),
                 REWRITE_PROBES => o.rewrite_probes = Some(boolean(key, v)?),
+                MERGE_METRICS => o.merge_metrics = Some(boolean(key, v)?),
                 INCLUDE_INBOUND_PORTS => {
                     o.include_inbound_ports = include(
                         key,
