@@ -7,7 +7,9 @@ use crate::clock;
 use crate::resources::{PrinterColumn, ResourceType};
 
 /// Evaluates the simple JSONPath subset printer columns use:
-/// `.a.b`, `.a[0].b`, `.a['x.y']`.
+/// `.a.b`, `.a[0].b`, `.a['x.y']`, and a filter on a list,
+/// `.conditions[?(@.type=="Ready")].status`, which takes the first element
+/// that matches (a printer column shows the first result, as upstream).
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let path = path.trim().trim_start_matches('{').trim_end_matches('}');
     let mut cur = obj;
@@ -21,6 +23,20 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
             rest = &r[end..];
         } else if let Some(r) = rest.strip_prefix('[') {
             let end = r.find(']')?;
+            if let Some(filter) = r[..end].strip_prefix("?(").and_then(|f| f.strip_suffix(')')) {
+                let (field, want) = filter.split_once("==")?;
+                let field = field.trim().strip_prefix('@')?;
+                let want = want.trim().trim_matches(|c| c == '\'' || c == '"');
+                cur = cur.as_array()?.iter().find(|item| {
+                    json_path(item, field).is_some_and(|v| match v {
+                        Value::String(s) => s == want,
+                        // true, 3: the literal read as JSON
+                        other => serde_json::from_str::<Value>(want).is_ok_and(|w| w == *other),
+                    })
+                })?;
+                rest = &r[end + 1..];
+                continue;
+            }
             let idx = r[..end].trim_matches(|c| c == '\'' || c == '"');
             cur = match idx.parse::<usize>() {
                 Ok(i) => cur.get(i)?,
@@ -424,6 +440,14 @@ mod tests {
         assert_eq!(json_path(&v, ".a.b[0].c"), Some(&json!(1)));
         assert_eq!(json_path(&v, ".a['x.y']"), Some(&json!("z")));
         assert_eq!(json_path(&v, ".a.q"), None);
+        let mesh = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "CertificateAuthorityReady", "status": "False"}
+        ]}});
+        let column = |t: &str| json_path(&mesh, &format!(".status.conditions[?(@.type==\"{t}\")].status")).cloned();
+        assert_eq!(column("Ready"), Some(json!("True")));
+        assert_eq!(column("CertificateAuthorityReady"), Some(json!("False")));
+        assert_eq!(column("WebhooksReady"), None, "no match: an empty cell");
     }
 
     #[test]
