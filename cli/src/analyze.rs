@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use trellis_api::mesh::{MESH_NAME, SYSTEM_NAMESPACE};
 use trellis_api::validation::Validator;
-use trellis_core::analysis::{self, Finding, Input, Object, ProxyState, Source};
+use trellis_core::analysis::{self, Finding, Input, Object, ProxySync, Source};
 use trellis_core::code::{Code, Level};
 use trellis_core::snapshot::{InputKind, with_type_meta};
 use trellis_manifests::install::{ADMIN_PORT, OPERATOR_NAME};
@@ -370,7 +370,7 @@ async fn read_cluster(cluster: &Cluster, input: &mut Input) -> anyhow::Result<Ve
 
 /// Every operator replica's `/debug/syncz` (each serves the proxies connected to it), merged:
 /// a proxy connected to a replica is taken from that replica.
-async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxyState>> {
+async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxySync>> {
     let ns = SYSTEM_NAMESPACE;
     let selector = format!("app={OPERATOR_NAME}");
     let pods = cluster.list("v1", "Pod", Some(&selector), None).await?;
@@ -378,7 +378,7 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxyState>> {
         // Said on stderr, not silently dropped: the proxy checks need the operator.
         eprintln!("meshctl analyze: no trellis-operator pod in {ns}; the proxy checks (TRL0107-TRL0109) are skipped");
     }
-    let mut merged: BTreeMap<String, ProxyState> = BTreeMap::new();
+    let mut merged: BTreeMap<String, ProxySync> = BTreeMap::new();
     let mut errors = Vec::new();
     for pod in pods
         .iter()
@@ -390,7 +390,7 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxyState>> {
         let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/debug/syncz");
         match cluster.get_text(&path).await {
             Ok(text) => {
-                let states: Vec<ProxyState> = serde_json::from_str(&text)
+                let states: Vec<ProxySync> = serde_json::from_str(&text)
                     .with_context(|| format!("reading the sync state of operator pod {ns}/{name}"))?;
                 for s in states {
                     let keep = merged.get(&s.proxy).is_some_and(|old| old.connected && !s.connected);

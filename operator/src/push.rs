@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use trellis_push::v1::config_push_server::ConfigPush;
@@ -76,41 +75,9 @@ impl Source for std::sync::RwLock<MeshSnapshot> {
     }
 }
 
-/// The sync state of one proxy, as the admin API shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProxySync {
-    /// `namespace/pod`.
-    pub proxy: String,
-    /// `sidecar` or `gateway`.
-    pub role: String,
-    /// Whether a subscription is open now.
-    pub connected: bool,
-    /// The last version sent.
-    pub sent: Option<String>,
-    /// The last version the proxy applied.
-    pub acked: Option<String>,
-    /// The last version the proxy rejected, and why.
-    pub nacked: Option<Nacked>,
-    /// When the proxy was last heard from (seconds since the epoch).
-    pub last_seen_unix: u64,
-    /// The proxy's build version.
-    pub proxy_version: String,
-    /// Fingerprints of the roots in the trust bundle of the last version sent.
-    pub sent_roots: Vec<String>,
-    /// Fingerprints of the roots in the trust bundle the proxy acknowledged (root rotation
-    /// waits on these).
-    pub acked_roots: Vec<String>,
-}
-
-/// A rejected version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Nacked {
-    /// The version.
-    pub version: String,
-    /// The proxy's error.
-    pub error: String,
-}
+/// The sync state of one proxy, as the admin API shows it (the type `meshctl analyze` reads
+/// back, from the core).
+pub use trellis_core::analysis::{Nacked, ProxySync};
 
 /// Tuning of the push server.
 #[derive(Debug, Clone, Copy)]

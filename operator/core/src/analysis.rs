@@ -30,7 +30,7 @@ mod references;
 mod rules;
 mod workloads;
 
-pub use proxies::{Nacked, ProxyState, proxies};
+pub use proxies::{Nacked, ProxySync, proxies};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -2,18 +2,21 @@
 //! rejected (`TRL0107`), versions other than the operator's (`TRL0108`), and proxies that
 //! have not applied the latest configuration (`TRL0109`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Raw, place_all};
 use crate::code::Code;
 use crate::registry::ObjectKey;
 
-/// One proxy's sync state, as the operator's `/debug/syncz` lists it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The sync state of one proxy, as the operator's `/debug/syncz` shows it (the operator keeps
+/// and serves this type; meshctl reads it back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct ProxyState {
+pub struct ProxySync {
     /// `namespace/pod`.
     pub proxy: String,
+    /// `sidecar` or `gateway`.
+    pub role: String,
     /// Whether a subscription is open now.
     pub connected: bool,
     /// The last version sent.
@@ -22,12 +25,19 @@ pub struct ProxyState {
     pub acked: Option<String>,
     /// The last version the proxy rejected, and why.
     pub nacked: Option<Nacked>,
+    /// When the proxy was last heard from (seconds since the epoch).
+    pub last_seen_unix: u64,
     /// The proxy's build version.
     pub proxy_version: String,
+    /// Fingerprints of the roots in the trust bundle of the last version sent.
+    pub sent_roots: Vec<String>,
+    /// Fingerprints of the roots in the trust bundle the proxy acknowledged (root rotation
+    /// waits on these).
+    pub acked_roots: Vec<String>,
 }
 
 /// A rejected version.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Nacked {
     /// The version.
@@ -38,7 +48,7 @@ pub struct Nacked {
 
 /// Findings about the proxies in `states`; `operator_version` is the operator's build version
 /// (none when unknown: no skew is reported).
-pub fn proxies(states: &[ProxyState], operator_version: Option<&str>) -> Vec<super::Finding> {
+pub fn proxies(states: &[ProxySync], operator_version: Option<&str>) -> Vec<super::Finding> {
     let mut raws = Vec::new();
     for s in states {
         let Some((ns, pod)) = s.proxy.split_once('/') else {
@@ -96,7 +106,7 @@ pub fn proxies(states: &[ProxyState], operator_version: Option<&str>) -> Vec<sup
 mod tests {
     use super::*;
 
-    fn state(json: serde_json::Value) -> ProxyState {
+    fn state(json: serde_json::Value) -> ProxySync {
         serde_json::from_value(json).unwrap()
     }
 
