@@ -509,6 +509,101 @@ fn tcp_rules_match_on_every_l4_field_and_split_by_weight() {
     assert_eq!(r.provenance.unwrap().rule_index, Some(0));
 }
 
+/// A Service serving TLS the mesh does not terminate, two backends, and TLS rules by SNI.
+const EDGE_TLS: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge, namespace: shop}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: edge}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge-a, namespace: shop}
+spec:
+  clusterIP: 10.96.0.51
+  selector: {app: edge-a}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge-b, namespace: shop}
+spec:
+  clusterIP: 10.96.0.52
+  selector: {app: edge-b}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: VirtualService
+metadata: {name: edge-sni, namespace: shop}
+spec:
+  hosts: [edge.shop.svc.cluster.local, "*.edge.example.com"]
+  tls:
+  - match: [{sniHosts: [a.edge.example.com]}, {sniHosts: [z.edge.example.com], sourceLabels: {app: payment}}]
+    route: [{destination: {host: edge-a}}]
+  - match: [{sniHosts: ["*.edge.example.com"], port: 443}]
+    route: [{destination: {host: edge-a}, weight: 50}, {destination: {host: edge-b}, weight: 50}]
+  - match: [{sniHosts: [edge.shop.svc.cluster.local], port: 8443}]
+    route: [{destination: {host: edge-b}}]
+"#;
+
+#[test]
+fn tls_rules_route_by_sni_before_the_tcp_route() {
+    let yaml = format!("{}{EDGE_TLS}", shop());
+    let routes = |c: &Compiled| {
+        let l = c.config.listeners.iter().find(|l| l.name == "outbound").unwrap();
+        l.tcp_routes
+            .iter()
+            .filter(|r| r.destination_cidrs == ["10.96.0.50/32"])
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let c = web(&yaml);
+    let r = routes(&c);
+    assert_eq!(r.len(), 3, "{r:#?}");
+    assert_eq!(
+        r[0].sni_hosts,
+        ["a.edge.example.com"],
+        "payment's z.edge.example.com is not web's"
+    );
+    assert_eq!(r[0].cluster, "outbound|443||edge-a.shop.svc.cluster.local");
+    assert_eq!(r[0].provenance.as_ref().unwrap().rule_index, Some(0));
+    assert_eq!(r[1].sni_hosts, ["*.edge.example.com"]);
+    assert_eq!(
+        r[1].weighted_clusters,
+        [
+            TcpWeightedCluster {
+                cluster: "outbound|443||edge-a.shop.svc.cluster.local".into(),
+                weight: 50
+            },
+            TcpWeightedCluster {
+                cluster: "outbound|443||edge-b.shop.svc.cluster.local".into(),
+                weight: 50
+            },
+        ]
+    );
+    // The rule for port 8443 does not apply to port 443; the Service's own route comes last.
+    assert!(r[2].sni_hosts.is_empty());
+    assert_eq!(r[2].cluster, "outbound|443||edge.shop.svc.cluster.local");
+    assert_eq!(r[2].provenance.as_ref().unwrap().kind, "Service");
+    // Only the true note that the SNI wildcard host names no Service.
+    assert!(
+        c.diagnostics
+            .iter()
+            .filter(|d| d.resource.contains("edge-sni"))
+            .all(|d| d.message.starts_with("host *.edge.example.com matches no Service")),
+        "{:?}",
+        c.diagnostics
+    );
+    assert_eq!(c.config.validate(), Ok(()));
+
+    let c = compiled(&yaml, "shop", "payment-v1-aaaa", Role::Sidecar);
+    assert_eq!(routes(&c)[0].sni_hosts, ["a.edge.example.com", "z.edge.example.com"]);
+}
+
 #[test]
 fn mtls_precedence_workload_namespace_mesh_and_port_level() {
     let db = compiled(&shop(), "shop", "db-0", Role::Sidecar);

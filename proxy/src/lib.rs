@@ -10,6 +10,7 @@ pub mod app_metrics;
 pub mod authz;
 pub mod balance;
 pub mod capture;
+pub mod client_hello;
 pub mod config;
 pub mod control;
 pub mod dns;

@@ -116,7 +116,12 @@ pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::
 
 /// Peek up to `n` bytes without consuming them, waiting at most `timeout`.
 /// Returns what arrived (possibly fewer bytes, empty on EOF or timeout).
-async fn peek_prefix(tcp: &TcpStream, n: usize, timeout: Duration, enough: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+pub(crate) async fn peek_prefix(
+    tcp: &TcpStream,
+    n: usize,
+    timeout: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; n];
     let mut got = 0;

@@ -72,6 +72,13 @@ pub struct ListenerRuntime {
     pub tcp_routes: Vec<TcpRouteRuntime>,
 }
 
+impl TcpRouteRuntime {
+    fn matches_destination(&self, dst: SocketAddr) -> bool {
+        self.port.is_none_or(|p| p == dst.port())
+            && (self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(&dst.ip())))
+    }
+}
+
 /// A TCP route at run time.
 #[derive(Debug)]
 pub struct TcpRouteRuntime {
@@ -79,17 +86,29 @@ pub struct TcpRouteRuntime {
     pub port: Option<u16>,
     /// The original destination addresses it matches (any when empty).
     pub cidrs: Vec<IpNet>,
+    /// The TLS server names it matches (any connection when empty).
+    pub sni_hosts: Vec<String>,
     /// Its clusters and their weights.
     pub clusters: Vec<(String, u32)>,
 }
 
 impl ListenerRuntime {
-    /// The cluster for a new connection to an original destination: the first TCP route that
-    /// matches it, and one of its clusters by weight.
-    pub fn tcp_cluster(&self, dst: SocketAddr) -> Option<&str> {
+    /// Whether a TCP route for `dst` matches on the TLS server name, so the
+    /// ClientHello must be read first.
+    pub fn routes_by_sni(&self, dst: SocketAddr) -> bool {
+        self.tcp_routes
+            .iter()
+            .any(|r| !r.sni_hosts.is_empty() && r.matches_destination(dst))
+    }
+
+    /// The cluster for a new connection to an original destination (with the server name of
+    /// its ClientHello, if read): the first TCP route that matches it, and one of its clusters
+    /// by weight.
+    pub fn tcp_cluster(&self, dst: SocketAddr, sni: Option<&str>) -> Option<&str> {
         let route = self.tcp_routes.iter().find(|r| {
-            r.port.is_none_or(|p| p == dst.port())
-                && (r.cidrs.is_empty() || r.cidrs.iter().any(|c| c.contains(&dst.ip())))
+            r.matches_destination(dst)
+                && (r.sni_hosts.is_empty()
+                    || sni.is_some_and(|n| r.sni_hosts.iter().any(|h| crate::client_hello::host_matches(h, n))))
         })?;
         let clusters = &route.clusters;
         if let [(only, _)] = clusters.as_slice() {
@@ -196,6 +215,7 @@ impl Snapshot {
                 .map(|t| TcpRouteRuntime {
                     port: t.destination_port,
                     cidrs: t.destination_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+                    sni_hosts: t.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                     clusters: t.destinations().into_iter().map(|(c, w)| (c.to_string(), w)).collect(),
                 })
                 .collect();

@@ -3,6 +3,7 @@
 //! [`crate::peer_exchange`]) and copy bytes both ways, counting them into the
 //! connection's Istio TCP series as they flow.
 
+use crate::client_hello::{self, Sni};
 use crate::http::ConnContext;
 use crate::labels::Observed;
 use crate::metrics::{Peer, TcpSeries};
@@ -26,7 +27,22 @@ pub async fn proxy(
     downstream: DownstreamStream,
     source: Option<Peer>,
 ) {
-    let Some(cluster_name) = listener.tcp_cluster(ctx.dst) else {
+    // TLS routed by server name: the ClientHello is read first, without consuming it.
+    let sni = match &downstream {
+        DownstreamStream::Plain(tcp) if listener.routes_by_sni(ctx.dst) => {
+            let timeout = std::time::Duration::from_millis(listener.spec.limits.protocol_detection_timeout_ms);
+            let head = crate::server::peek_prefix(tcp, client_hello::PEEK_BYTES, timeout, |b| {
+                client_hello::parse(b) != Sni::Incomplete
+            })
+            .await;
+            match client_hello::parse(&head) {
+                Sni::Name(name) => Some(name),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let Some(cluster_name) = listener.tcp_cluster(ctx.dst, sni.as_deref()) else {
         tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route; closing");
         return;
     };

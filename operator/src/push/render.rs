@@ -59,7 +59,7 @@ fn sha256(bytes: &[u8]) -> Digest {
 #[derive(Debug, Clone)]
 struct PortPiece {
     vhost: Option<(String, Arc<Piece>)>,
-    tcp_route: Option<Arc<Piece>>,
+    tcp_routes: Vec<Arc<Piece>>,
     refs: Arc<[ClusterRef]>,
 }
 
@@ -106,7 +106,7 @@ impl SharedOutbound {
                     let routes = parts.port_routes(svc, p);
                     PortPiece {
                         vhost: routes.virtual_host.map(|v| (v.name.clone(), Piece::of(&v))),
-                        tcp_route: routes.tcp_route.map(|t| Piece::of(&t)),
+                        tcp_routes: routes.tcp_routes.iter().map(Piece::of).collect(),
                         refs: routes.refs.into(),
                     }
                 });
@@ -115,7 +115,7 @@ impl SharedOutbound {
         }
 
         let vhosts = ports.values().filter_map(|p| p.vhost.clone()).collect();
-        let tcp_routes = ports.values().filter_map(|p| p.tcp_route.clone()).collect();
+        let tcp_routes = ports.values().flat_map(|p| p.tcp_routes.iter().cloned()).collect();
         let mut clusters: BTreeMap<String, Arc<Piece>> = BTreeMap::new();
         for r in ports.values().flat_map(|p| p.refs.iter()) {
             let name = r.name();

@@ -129,6 +129,10 @@ pub struct TcpRoute {
     /// Match the original destination address against these CIDRs (any).
     #[serde(default)]
     pub destination_cidrs: Vec<String>,
+    /// Match the server name of the client's TLS ClientHello (exact, `*.suffix` or `*`;
+    /// any): TLS passed through by SNI (VirtualService `tls` routes). Empty: any connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
     /// Cluster to forward to; empty when `weightedClusters` splits the connections.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster: String,

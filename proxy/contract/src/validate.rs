@@ -568,6 +568,15 @@ impl Validator {
                     }
                 }
             }
+            for (j, h) in t.sni_hosts.iter().enumerate() {
+                let name = h.strip_prefix("*.").unwrap_or(h);
+                if h != "*" && !is_dns_name(name) {
+                    self.err(
+                        format!("{tp}.sniHosts[{j}]"),
+                        format!("{h:?} is not a DNS name, *.suffix or *"),
+                    );
+                }
+            }
             for (j, cidr) in t.destination_cidrs.iter().enumerate() {
                 if cidr.parse::<ipnet::IpNet>().is_err() {
                     self.err(format!("{tp}.destinationCidrs[{j}]"), format!("{cidr:?} is not a CIDR"));

@@ -496,3 +496,16 @@ fn tcp_routes_name_one_cluster_or_weighted_clusters_summing_to_100() {
         assert_single(&cfg, path, needle);
     }
 }
+
+#[test]
+fn sni_hosts_are_names_wildcards_or_star() {
+    let mut cfg = example();
+    cfg.listeners[0].tcp_routes[0].sni_hosts = vec!["db.example.com".into(), "*.example.org".into(), "*".into()];
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+    cfg.listeners[0].tcp_routes[0].sni_hosts = vec!["db.example.com".into(), "a b".into()];
+    assert_single(
+        &cfg,
+        "listeners[0].tcpRoutes[0].sniHosts[1]",
+        "not a DNS name, *.suffix or *",
+    );
+}

@@ -161,3 +161,75 @@ async fn weighted_tcp_routes_split_connections() {
     let seen = count(proxy.addr("l").await, 50).await;
     assert_eq!(seen, std::collections::BTreeMap::from([("b".to_string(), 50)]));
 }
+
+/// The ClientHello rustls sends for `name`.
+fn client_hello(name: &str) -> Vec<u8> {
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn tls_is_routed_by_sni_untouched() {
+    let (a, _ta) = echo_server().await;
+    let (b, _tb) = named_server("b").await;
+    let (c, _tc) = named_server("c").await;
+    let proxy = Proxy::start(json!({
+        "version": "1",
+        "listeners": [{
+            "name": "l", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+            "tcpRoutes": [
+                {"sniHosts": ["a.example.com"], "cluster": "a"},
+                {"sniHosts": ["*.example.org"], "cluster": "b"},
+                {"cluster": "c"},
+            ],
+            "limits": {"protocolDetectionTimeoutMs": 100},
+        }],
+        "clusters": [
+            {"name": "a", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": a.port()}]},
+            {"name": "b", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": b.port()}]},
+            {"name": "c", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": c.port()}]},
+        ],
+    }))
+    .await;
+    let addr = proxy.addr("l").await;
+
+    // a.example.com reaches the echo server, which gets the ClientHello byte for byte.
+    let hello = client_hello("a.example.com");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, hello);
+
+    let answer = |bytes: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    };
+    assert_eq!(answer(client_hello("api.example.org")).await, "b", "wildcard");
+    assert_eq!(
+        answer(client_hello("a.example.net")).await,
+        "c",
+        "no SNI route: the plain route"
+    );
+    assert_eq!(answer(b"not TLS at all".to_vec()).await, "c");
+    // A client that sends nothing in time falls through to the plain route too.
+    assert_eq!(answer(Vec::new()).await, "c");
+}

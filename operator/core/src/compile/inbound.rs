@@ -94,6 +94,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             tcp_routes.push(TcpRoute {
                 destination_port: Some(*port),
                 destination_cidrs: Vec::new(),
+                sni_hosts: Vec::new(),
                 cluster,
                 weighted_clusters: Vec::new(),
                 provenance: Some(provenance),

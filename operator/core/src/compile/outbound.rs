@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use trellis_api::networking::{Gateway, Server, ServerTlsMode as ApiTlsMode, VirtualService};
+use trellis_api::networking::{Gateway, RouteDestination, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
     Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,
@@ -42,6 +42,12 @@ fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a
                 .iter()
                 .flatten()
                 .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
+            && !vs
+                .spec
+                .tls
+                .iter()
+                .flatten()
+                .any(|r| r.matches.iter().any(|m| named(&m.gateways)))
         {
             continue;
         }
@@ -136,8 +142,9 @@ fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
 pub struct PortRoutes {
     /// The virtual host, named `<fqdn>:<port>`.
     pub virtual_host: Option<VirtualHost>,
-    /// The TCP route.
-    pub tcp_route: Option<TcpRoute>,
+    /// The TCP routes: the TLS routes by SNI of its VirtualServices' `tls` rules, then the
+    /// TCP route.
+    pub tcp_routes: Vec<TcpRoute>,
     /// Every cluster the routes reference (the port's default cluster first).
     pub refs: Vec<ClusterRef>,
 }
@@ -153,7 +160,7 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
     };
     let mut refs = vec![default.clone()];
     let mut virtual_host = None;
-    let mut tcp_route = None;
+    let mut tcp_routes = Vec::new();
     if p.protocol.is_http() || p.protocol == Protocol::Auto {
         let vss = virtual_services_for(ctx, &fqdn, "mesh");
         let scope = RouteScope {
@@ -174,22 +181,12 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
     if !p.protocol.is_http()
         && let Some(ip) = &svc.cluster_ip
     {
-        let target = tcp_destination(ctx, svc, ip, p.port, &default, &mut refs);
-        let (cluster, weighted_clusters) = match <[TcpWeightedCluster; 1]>::try_from(target.clusters) {
-            Ok([only]) => (only.cluster, Vec::new()),
-            Err(several) => (String::new(), several),
-        };
-        tcp_route = Some(TcpRoute {
-            destination_port: Some(p.port),
-            destination_cidrs: vec![host_cidr(ip)],
-            cluster,
-            weighted_clusters,
-            provenance: Some(target.provenance),
-        });
+        tcp_routes = tls_routes(ctx, svc, ip, p.port, &mut refs);
+        tcp_routes.push(tcp_destination(ctx, svc, ip, p.port, &default, &mut refs));
     }
     PortRoutes {
         virtual_host,
-        tcp_route,
+        tcp_routes,
         refs,
     }
 }
@@ -222,7 +219,7 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
         for p in &svc.ports {
             let routes = port_routes(ctx, svc, p);
             listener.virtual_hosts.extend(routes.virtual_host);
-            listener.tcp_routes.extend(routes.tcp_route);
+            listener.tcp_routes.extend(routes.tcp_routes);
             refs.extend(routes.refs);
         }
     }
@@ -243,14 +240,155 @@ fn host_cidr(ip: &str) -> String {
     }
 }
 
-/// The destination of opaque TCP to a service port: the first TCP rule of a VirtualService
-/// with a match that applies to this proxy and port (or no match), its destinations weighted;
-/// else the service itself.
-///
-/// Every match field is decided here, at compile time: the route this feeds only ever sees
-/// connections to the Service's cluster IP and `port` from this proxy, so `port`,
-/// `destinationSubnets` (against the cluster IP), `sourceLabels`/`sourceNamespace` (this
-/// proxy's) and `gateways` (`mesh`) are known.
+/// The L4 conditions of a TCP match, or of a TLS match besides `sniHosts`.
+struct L4<'m> {
+    gateways: Option<&'m [String]>,
+    port: Option<u32>,
+    source_labels: Option<&'m BTreeMap<String, String>>,
+    source_namespace: Option<&'m String>,
+    destination_subnets: Option<&'m [String]>,
+}
+
+/// The connections a service port's routes see: this proxy's, to the Service's cluster IP
+/// and `port`. Every L4 match field is decided against it at compile time: `port`,
+/// `destinationSubnets` (against the cluster IP, the only destination such a route sees),
+/// `sourceLabels`/`sourceNamespace` (this proxy's, part of the outbound key) and `gateways`
+/// (a match's replace the VirtualService's; `mesh`).
+struct L4Scope {
+    ip: Option<IpAddr>,
+    port: u16,
+    vs_gateways: Vec<String>,
+    vs_namespace: String,
+    /// The VirtualService, as diagnostics name it.
+    resource: String,
+}
+
+impl L4Scope {
+    fn of(vs: &VirtualService, ip: &str, port: u16) -> Self {
+        Self {
+            ip: ip.parse().ok(),
+            port,
+            vs_gateways: vs.spec.gateways.clone().unwrap_or_default(),
+            vs_namespace: vs.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            resource: resource("VirtualService", &vs.metadata),
+        }
+    }
+
+    fn applies(&self, ctx: &Ctx<'_>, m: &L4<'_>) -> bool {
+        applies_to_gateway(m.gateways.unwrap_or(&self.vs_gateways), &self.vs_namespace, "mesh")
+            && m.port.is_none_or(|p| p == u32::from(self.port))
+            && m.source_labels.is_none_or(|sl| selects(sl, &ctx.proxy.labels))
+            && m.source_namespace.is_none_or(|sn| *sn == ctx.proxy.key.namespace)
+            && m.destination_subnets.is_none_or(|subnets| {
+                subnets.is_empty() || self.ip.is_some_and(|ip| subnets.iter().any(|s| subnet_contains(s, ip)))
+            })
+    }
+}
+
+/// A rule's destinations with their weights (Istio's: one destination, or none weighted,
+/// takes everything), each added to `refs`.
+fn weighted_destinations(
+    ctx: &mut Ctx<'_>,
+    res: &str,
+    ns: &str,
+    port: u16,
+    dests: &[RouteDestination],
+    refs: &mut Vec<ClusterRef>,
+) -> Vec<TcpWeightedCluster> {
+    let total: u32 = dests.iter().map(|d| d.weight.unwrap_or(0).max(0) as u32).sum();
+    let mut clusters = Vec::new();
+    for d in dests {
+        let cref = destination(ctx, res, &d.destination, ns, port);
+        let weight = if dests.len() == 1 || total == 0 {
+            100
+        } else {
+            d.weight.unwrap_or(0).max(0) as u32
+        };
+        clusters.push(TcpWeightedCluster {
+            cluster: cref.name(),
+            weight,
+        });
+        refs.push(cref);
+    }
+    clusters
+}
+
+/// A route to these clusters: `cluster` for one, `weightedClusters` for several.
+fn tcp_route(
+    port: u16,
+    ip: &str,
+    sni_hosts: Vec<String>,
+    clusters: Vec<TcpWeightedCluster>,
+    provenance: Provenance,
+) -> TcpRoute {
+    let (cluster, weighted_clusters) = match <[TcpWeightedCluster; 1]>::try_from(clusters) {
+        Ok([only]) => (only.cluster, Vec::new()),
+        Err(several) => (String::new(), several),
+    };
+    TcpRoute {
+        destination_port: Some(port),
+        destination_cidrs: vec![host_cidr(ip)],
+        sni_hosts,
+        cluster,
+        weighted_clusters,
+        provenance: Some(provenance),
+    }
+}
+
+fn rule_provenance(vs: &VirtualService, ns: &str, index: usize) -> Provenance {
+    Provenance {
+        kind: "VirtualService".into(),
+        namespace: ns.to_string(),
+        name: vs.metadata.name.clone().unwrap_or_default(),
+        rule_index: Some(index as u32),
+    }
+}
+
+/// TLS passed through by SNI on a service port: each `tls` rule of the VirtualServices for
+/// the host with a match that applies here (its L4 fields as for TCP) routes the connections
+/// whose ClientHello names one of the matches' `sniHosts`, in order, before the port's TCP
+/// route.
+fn tls_routes(ctx: &mut Ctx<'_>, svc: &Service, ip: &str, port: u16, refs: &mut Vec<ClusterRef>) -> Vec<TcpRoute> {
+    let fqdn = svc.fqdn(DNS_DOMAIN);
+    let mut out = Vec::new();
+    for vs in virtual_services_for(ctx, &fqdn, "mesh") {
+        let scope = L4Scope::of(vs, ip, port);
+        let (ns, res) = (&scope.vs_namespace, &scope.resource);
+        for (i, rule) in vs.spec.tls.iter().flatten().enumerate() {
+            let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            let mut sni_hosts: Vec<String> = Vec::new();
+            for m in &rule.matches {
+                let l4 = L4 {
+                    gateways: m.gateways.as_deref(),
+                    port: m.port,
+                    source_labels: m.source_labels.as_ref(),
+                    source_namespace: m.source_namespace.as_ref(),
+                    destination_subnets: m.destination_subnets.as_deref(),
+                };
+                if scope.applies(ctx, &l4) {
+                    for h in &m.sni_hosts {
+                        let h = h.to_ascii_lowercase();
+                        if !sni_hosts.contains(&h) {
+                            sni_hosts.push(h);
+                        }
+                    }
+                }
+            }
+            if sni_hosts.is_empty() {
+                continue;
+            }
+            let clusters = weighted_destinations(ctx, res, ns, port, dests, refs);
+            out.push(tcp_route(port, ip, sni_hosts, clusters, rule_provenance(vs, ns, i)));
+        }
+    }
+    out
+}
+
+/// The route of opaque TCP to a service port: the first TCP rule of a VirtualService with a
+/// match that applies here (see [`L4Scope`]), or no match, its destinations weighted; else
+/// the service itself.
 fn tcp_destination(
     ctx: &mut Ctx<'_>,
     svc: &Service,
@@ -258,74 +396,43 @@ fn tcp_destination(
     port: u16,
     default: &ClusterRef,
     refs: &mut Vec<ClusterRef>,
-) -> TcpTarget {
+) -> TcpRoute {
     let fqdn = svc.fqdn(DNS_DOMAIN);
-    let ip: Option<IpAddr> = ip.parse().ok();
     for vs in virtual_services_for(ctx, &fqdn, "mesh") {
-        let ns = vs.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let res = resource("VirtualService", &vs.metadata);
-        let vs_gateways = vs.spec.gateways.clone().unwrap_or_default();
+        let scope = L4Scope::of(vs, ip, port);
+        let (ns, res) = (&scope.vs_namespace, &scope.resource);
         for (i, rule) in vs.spec.tcp.iter().flatten().enumerate() {
             let applies = match rule.matches.as_deref() {
-                None | Some([]) => applies_to_gateway(&vs_gateways, &ns, "mesh"),
+                None | Some([]) => applies_to_gateway(&scope.vs_gateways, ns, "mesh"),
                 Some(ms) => ms.iter().any(|m| {
-                    let gateways = m.gateways.as_deref().unwrap_or(&vs_gateways);
-                    applies_to_gateway(gateways, &ns, "mesh")
-                        && m.port.is_none_or(|p| p == u32::from(port))
-                        && m.source_labels.as_ref().is_none_or(|sl| selects(sl, &ctx.proxy.labels))
-                        && m.source_namespace
-                            .as_ref()
-                            .is_none_or(|sn| *sn == ctx.proxy.key.namespace)
-                        && m.destination_subnets.as_deref().is_none_or(|subnets| {
-                            subnets.is_empty() || ip.is_some_and(|ip| subnets.iter().any(|s| subnet_contains(s, ip)))
-                        })
+                    let l4 = L4 {
+                        gateways: m.gateways.as_deref(),
+                        port: m.port,
+                        source_labels: m.source_labels.as_ref(),
+                        source_namespace: m.source_namespace.as_ref(),
+                        destination_subnets: m.destination_subnets.as_deref(),
+                    };
+                    scope.applies(ctx, &l4)
                 }),
             };
             let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty() && applies) else {
                 continue;
             };
-            let total: u32 = dests.iter().map(|d| d.weight.unwrap_or(0).max(0) as u32).sum();
-            let mut clusters = Vec::new();
-            for d in dests {
-                let cref = destination(ctx, &res, &d.destination, &ns, port);
-                let weight = if dests.len() == 1 || total == 0 {
-                    100
-                } else {
-                    d.weight.unwrap_or(0).max(0) as u32
-                };
-                clusters.push(TcpWeightedCluster {
-                    cluster: cref.name(),
-                    weight,
-                });
-                refs.push(cref);
-            }
-            let provenance = Provenance {
-                kind: "VirtualService".into(),
-                namespace: ns,
-                name: vs.metadata.name.clone().unwrap_or_default(),
-                rule_index: Some(i as u32),
-            };
-            return TcpTarget { clusters, provenance };
+            let clusters = weighted_destinations(ctx, res, ns, port, dests, refs);
+            return tcp_route(port, ip, Vec::new(), clusters, rule_provenance(vs, ns, i));
         }
     }
-    TcpTarget {
-        clusters: vec![TcpWeightedCluster {
-            cluster: default.name(),
-            weight: 100,
-        }],
-        provenance: Provenance {
-            kind: "Service".into(),
-            namespace: svc.key.namespace.clone(),
-            name: svc.key.name.clone(),
-            rule_index: None,
-        },
-    }
-}
-
-/// Where a service port's TCP route sends connections.
-struct TcpTarget {
-    clusters: Vec<TcpWeightedCluster>,
-    provenance: Provenance,
+    let clusters = vec![TcpWeightedCluster {
+        cluster: default.name(),
+        weight: 100,
+    }];
+    let provenance = Provenance {
+        kind: "Service".into(),
+        namespace: svc.key.namespace.clone(),
+        name: svc.key.name.clone(),
+        rule_index: None,
+    };
+    tcp_route(port, ip, Vec::new(), clusters, provenance)
 }
 
 /// Whether `subnet` (an address or a CIDR, as Istio's `destinationSubnets` takes them) holds
