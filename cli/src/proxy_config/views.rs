@@ -169,7 +169,8 @@ pub fn listeners(dump: &Dump, filter: &Filter) -> Vec<ListenerRow> {
             destination: if l.virtual_hosts.is_empty() {
                 l.tcp_routes
                     .iter()
-                    .map(|r| r.cluster.clone())
+                    .flat_map(|r| r.destinations())
+                    .map(|(c, _)| c.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             } else {
@@ -232,11 +233,20 @@ pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
                 virtual_host: "-".into(),
                 domains: Vec::new(),
                 name: String::new(),
-                matches: match t.destination_port {
-                    Some(p) => format!("TCP port {p}"),
-                    None => "TCP".into(),
+                matches: match (t.destination_port, t.sni_hosts.is_empty()) {
+                    (Some(p), true) => format!("TCP port {p}"),
+                    (None, true) => "TCP".into(),
+                    (Some(p), false) => format!("TLS port {p} SNI {}", t.sni_hosts.join(",")),
+                    (None, false) => format!("TLS SNI {}", t.sni_hosts.join(",")),
                 },
-                destination: t.cluster.clone(),
+                destination: match t.destinations().as_slice() {
+                    [(only, _)] => only.to_string(),
+                    several => several
+                        .iter()
+                        .map(|(c, w)| format!("{c} {w}%"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
                 from: t
                     .provenance
                     .as_ref()
@@ -382,7 +392,12 @@ mod tests {
     /// web's proxy as its `/config_dump` shows it: the configuration trellis-core compiles for
     /// it, one payment v2 endpoint ejected, and its certificate by metadata.
     fn web_dump(rejected: Value) -> Dump {
-        let snapshot = Snapshot::from_yaml(SHOP).unwrap();
+        web_dump_of(SHOP, rejected)
+    }
+
+    /// web's proxy's dump for another set of objects.
+    fn web_dump_of(yaml: &str, rejected: Value) -> Dump {
+        let snapshot = Snapshot::from_yaml(yaml).unwrap();
         let config = compile(
             &snapshot,
             &ObjectKey::new("shop", "web-5d8f-abcde"),
@@ -465,6 +480,28 @@ mod tests {
         let canary = routes(&dump, &only(|f| f.name = Some("canary".into())));
         assert_eq!(canary.len(), 1);
         assert_eq!(canary[0].name, "canary");
+    }
+
+    #[test]
+    fn tcp_splits_and_tls_routes_by_sni_show_every_destination() {
+        let yaml = format!(
+            "{SHOP}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: db-tcp, namespace: shop}}\nspec:\n  hosts: [db.shop.svc.cluster.local]\n  tls:\n  - match: [{{sniHosts: [db.shop.svc.cluster.local]}}]\n    route: [{{destination: {{host: payment, port: {{number: 80}}}}}}]\n  tcp:\n  - route: [{{destination: {{host: db}}, weight: 70}}, {{destination: {{host: payment, port: {{number: 80}}}}, weight: 30}}]\n"
+        );
+        let dump = web_dump_of(&yaml, Value::Null);
+        let all = routes(&dump, &Filter::default());
+        let tls = all.iter().find(|r| r.matches.starts_with("TLS")).unwrap();
+        assert_eq!(
+            (tls.matches.as_str(), tls.destination.as_str()),
+            (
+                "TLS port 5432 SNI db.shop.svc.cluster.local",
+                "outbound|80||payment.shop.svc.cluster.local"
+            )
+        );
+        let tcp = all.iter().find(|r| r.matches == "TCP port 5432").unwrap();
+        assert_eq!(
+            tcp.destination,
+            "outbound|5432||db.shop.svc.cluster.local 70%, outbound|80||payment.shop.svc.cluster.local 30%"
+        );
     }
 
     #[test]
