@@ -179,7 +179,7 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::Upgrade(args) => runtime()?.block_on(upgrade::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Uninstall(args) => runtime()?.block_on(uninstall::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::ProxyConfig(args) => runtime()?.block_on(proxy_config::run(&args, &cli.cluster, terminal, out)),
-        Command::Demo(args) => demo::run(&args, out),
+        Command::Demo(args) => runtime()?.block_on(demo::run(&args, terminal, out)),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshctl", out);

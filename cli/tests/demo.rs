@@ -1,6 +1,6 @@
 //! `meshctl demo`, the README's main command, run as a user runs it: the
 //! binary, a real kubesim with pods as processes, the report on stdout,
-//! and nothing left behind.
+//! and nothing left behind; and its prerequisites checked before anything starts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -119,6 +119,45 @@ fn keep_leaves_the_shop_running_until_ctrl_c_then_cleans_up() {
         }
     }
     let gateway = gateway.expect("the demo says how to reach the kept shop");
+    // It was done as a user does it: installed by meshctl, the namespace labelled, the plain
+    // Deployments meshed by the operator's injector.
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(state.path().join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mesh = kubectl(&["get", "mesh", "default", "-o", "json", "--show-managed-fields"]);
+    assert!(mesh.contains("\"manager\": \"meshctl\""), "{mesh}");
+    let label = kubectl(&[
+        "get",
+        "namespace",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.labels.trellis\\.dev/inject}",
+    ]);
+    assert_eq!(label, "enabled");
+    let web = kubectl(&["get", "deployment", "web", "-n", "shop", "-o", "json"]);
+    assert!(!web.contains("trellis-proxy"), "the shop's YAML has no sidecar: {web}");
+    let pods = kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "shop",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.initContainers[*].name}",
+    ]);
+    assert!(pods.contains("trellis-proxy"), "the injector meshed web's pods: {pods}");
     // The shop is still serving while kept.
     let curl = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &gateway])
@@ -137,4 +176,33 @@ fn keep_leaves_the_shop_running_until_ctrl_c_then_cleans_up() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "Ctrl-C after the demo is a normal end");
     assert_stopped(&kubesim, state.path(), "after Ctrl-C");
+}
+
+#[test]
+fn missing_prerequisites_are_named_with_their_fix_before_anything_starts() {
+    // A PATH with none of the programs kubesim runs, and a kubesim binary that is never run.
+    let empty = tempfile::tempdir().unwrap();
+    let state = empty.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["demo", "--kubesim"])
+        .arg(empty.path().join("kubesim"))
+        .arg("--state-dir")
+        .arg(&state)
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for line in [
+        "ip is not on PATH (package iproute2)",
+        "iptables-restore is not on PATH (package iptables)",
+        "nsenter is not on PATH (package util-linux)",
+        "sudo apt-get install -y iproute2 iptables util-linux mount procps",
+        "trellis-proxy is not built",
+        "cargo build --bins",
+    ] {
+        assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!state.exists(), "nothing was started");
 }

@@ -229,13 +229,14 @@ pub fn app_deployment(app: &App) -> Value {
     deployment(&app.name, NAMESPACE, app.replicas, template)
 }
 
-/// Everything `meshctl demo` deploys besides Trellis itself and the
-/// routing: namespaces (the shop's labelled for injection), ServiceAccounts,
-/// Services, the shop's Deployments, the gateway (its proxy image from
-/// `settings`), the collector and the outside client.
-pub fn objects(settings: &sidecar::Settings) -> Vec<Value> {
+/// The shop as a user writes it, as `meshctl demo` applies it after `meshctl install
+/// --profile demo` (whose ingress gateway serves the shop's Gateway): namespaces (none
+/// labelled: the demo labels the shop's for injection, as a user does), ServiceAccounts,
+/// Services, the shop's Deployments, the trace collector and the outside client. No sidecar
+/// and no gateway in it.
+pub fn shop() -> Vec<Value> {
     let mut out = vec![
-        namespace(NAMESPACE, true),
+        namespace(NAMESPACE, false),
         namespace(COLLECTOR_NAMESPACE, false),
         namespace(OUTSIDE_NAMESPACE, false),
     ];
@@ -249,14 +250,6 @@ pub fn objects(settings: &sidecar::Settings) -> Vec<Value> {
     for app in &apps {
         out.push(app_deployment(app));
     }
-    out.push(service_account(GATEWAY, NAMESPACE));
-    out.push(service(GATEWAY, NAMESPACE, GATEWAY_PORT, GATEWAY_TARGET_PORT, true));
-    out.push(deployment(
-        GATEWAY,
-        NAMESPACE,
-        1,
-        sidecar::gateway_pod_template(GATEWAY, settings, &[GATEWAY_TARGET_PORT as u16]),
-    ));
     for (name, ns, port) in [
         (COLLECTOR, COLLECTOR_NAMESPACE, COLLECTOR_PORT),
         (CLIENT, OUTSIDE_NAMESPACE, CLIENT_PORT),
@@ -265,6 +258,28 @@ pub fn objects(settings: &sidecar::Settings) -> Vec<Value> {
         out.push(service(name, ns, port, port, true));
         out.push(deployment(name, ns, 1, testapp_template(name, "v1", port, &[])));
     }
+    out
+}
+
+/// What the end-to-end suite deploys besides Trellis itself and the routing: the [`shop`]
+/// with its namespace labelled for injection, and its own ingress gateway in the shop's
+/// namespace (its proxy image from `settings`), so the suite needs no installation profile.
+pub fn objects(settings: &sidecar::Settings) -> Vec<Value> {
+    let mut out = shop();
+    if let Some(ns) = out
+        .iter_mut()
+        .find(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == NAMESPACE)
+    {
+        ns["metadata"]["labels"][INJECT_LABEL] = json!(INJECT_ENABLED);
+    }
+    out.push(service_account(GATEWAY, NAMESPACE));
+    out.push(service(GATEWAY, NAMESPACE, GATEWAY_PORT, GATEWAY_TARGET_PORT, true));
+    out.push(deployment(
+        GATEWAY,
+        NAMESPACE,
+        1,
+        sidecar::gateway_pod_template(GATEWAY, settings, &[GATEWAY_TARGET_PORT as u16]),
+    ));
     out
 }
 
@@ -331,6 +346,19 @@ mod tests {
             .unwrap();
         assert_eq!(gw_svc["spec"]["type"], "LoadBalancer");
         assert_eq!(gw_svc["spec"]["ports"][0]["targetPort"], GATEWAY_TARGET_PORT);
+    }
+
+    #[test]
+    fn the_plain_shop_has_no_gateway_no_sidecar_and_no_injection_label() {
+        let shop = shop();
+        assert!(shop.iter().all(|o| o["metadata"]["labels"][INJECT_LABEL].is_null()));
+        assert!(shop.iter().all(|o| o["metadata"]["name"] != GATEWAY));
+        let with_gateway = objects(&sidecar::Settings::new(&Options::default()));
+        assert_eq!(
+            with_gateway.len(),
+            shop.len() + 3,
+            "the suite's objects are the shop and its gateway"
+        );
     }
 
     #[test]
