@@ -759,6 +759,22 @@ fn cases() -> Vec<Case> {
             "spec.http[0].headers.response.remove[0]",
             "managed by the proxy",
         ),
+        // The proxy strips these hop-by-hop headers: a route may not change them either
+        // (they passed validation once, and the proxy then refused the whole config).
+        err_at(
+            Vs,
+            "spec.http[0].headers",
+            json!({"request": {"set": {"te": "trailers"}, "add": {"Keep-Alive": "timeout=5"}}}),
+            "spec.http[0].headers.request.set[te]",
+            "managed by the proxy",
+        ),
+        err_at(
+            Vs,
+            "spec.http[0].headers",
+            json!({"request": {"add": {"Keep-Alive": "timeout=5"}}}),
+            "spec.http[0].headers.request.add[Keep-Alive]",
+            "managed by the proxy",
+        ),
         err_at(
             Vs,
             "spec.http[0].headers",

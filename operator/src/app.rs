@@ -18,6 +18,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
+use trellis_contract::SpiffeId;
 use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
@@ -662,10 +663,7 @@ fn renewal_announcer(
 
 /// The operator's SPIFFE identity, which its serving certificates carry.
 pub fn operator_spiffe_id(config: &Config) -> String {
-    format!(
-        "spiffe://{}/ns/{}/sa/{OPERATOR_SERVICE_ACCOUNT}",
-        config.trust_domain, config.namespace
-    )
+    SpiffeId::for_service_account(&config.trust_domain, &config.namespace, OPERATOR_SERVICE_ACCOUNT).to_string()
 }
 
 /// The names clients reach the operator by: its Service (as proxies and the API server dial

@@ -28,6 +28,7 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
+use trellis_contract::SpiffeId;
 
 /// Default workload certificate lifetime.
 pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -119,7 +120,7 @@ impl Authorized {
     /// The identity of a ServiceAccount.
     pub fn service_account(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
         Authorized {
-            spiffe_id: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+            spiffe_id: SpiffeId::for_service_account(trust_domain, namespace, service_account).to_string(),
         }
     }
 }

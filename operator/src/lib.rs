@@ -26,7 +26,6 @@ pub mod app;
 pub mod ca;
 pub mod dataplane;
 pub mod diagnostics;
-pub mod identity;
 pub mod index;
 pub mod leader;
 pub mod mesh;

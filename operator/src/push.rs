@@ -277,8 +277,8 @@ impl PushService {
                 "connect with the pod's workload certificate (obtain one with Certificates.Sign first)",
             ));
         };
-        let presented = crate::identity::spiffe_id(leaf.as_ref())
-            .ok_or_else(|| Status::unauthenticated("the client certificate has no SPIFFE ID"))?;
+        let presented = trellis_push::identity::spiffe_id_of(leaf.as_ref())
+            .map_err(|e| Status::unauthenticated(format!("the client certificate has no SPIFFE ID: {e}")))?;
         if let (Some(roots), Some(chain)) = (&self.roots, peer) {
             roots.note_presented(&pod.to_string(), chain);
         }

@@ -190,35 +190,16 @@ pub fn cert_sha256_hex(cert: &CertificateDer<'_>) -> String {
     out
 }
 
-/// The SPIFFE ID of a certificate: its single `spiffe://` URI SAN.
+/// The SPIFFE ID of a certificate: its single `spiffe://` URI SAN, read by the
+/// one function the operator uses too ([`trellis_push::identity::spiffe_id_of`]).
 ///
 /// # Caveats
 /// A certificate with several URI SANs is rejected: mesh identities carry
 /// exactly one, and accepting any of several would let a CA mistake widen trust.
 pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, String> {
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("unparsable certificate: {e}"))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName: {e}"))?
-        .ok_or_else(|| "certificate has no subjectAltName".to_string())?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [one] if one.starts_with("spiffe://") => Ok((*one).to_string()),
-        [] => Err("certificate has no URI SAN (no SPIFFE identity)".into()),
-        [one] => Err(format!("URI SAN {one:?} is not a SPIFFE ID")),
-        many => Err(format!(
-            "certificate has {} URI SANs; a SPIFFE identity needs exactly one",
-            many.len()
-        )),
-    }
+    trellis_push::identity::spiffe_id_of(cert.as_ref())
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Verifies a server's chain against the trust bundle and its SPIFFE ID

@@ -238,10 +238,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 namespace: args.pod_namespace.clone(),
                 pod: args.pod_name.clone(),
                 role: args.role.clone(),
-                spiffe_id: format!(
-                    "spiffe://{}/ns/{}/sa/{}",
-                    args.trust_domain, args.pod_namespace, args.service_account
-                ),
+                spiffe_id: trellis_contract::SpiffeId::for_service_account(
+                    &args.trust_domain,
+                    &args.pod_namespace,
+                    &args.service_account,
+                )
+                .to_string(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
                 renewal: Default::default(),
             };

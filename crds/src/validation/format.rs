@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use trellis_contract::syntax::{self, HeaderDirection};
+
 use super::Findings;
 use crate::networking::{Destination, HeaderOperations, Headers, StringMatch};
 
@@ -77,13 +79,7 @@ fn human(d: Duration) -> String {
 
 /// An RFC 1123 label: lower-case alphanumerics and `-`, at most 63 characters.
 pub(super) fn dns_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
+    if syntax::is_dns1123_label(s) {
         Ok(())
     } else {
         Err(format!(
@@ -94,7 +90,7 @@ pub(super) fn dns_label(s: &str) -> Result<(), String> {
 
 /// An RFC 1123 subdomain: dot-separated labels, at most 253 characters.
 pub(super) fn dns_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 253 || s.split('.').any(|l| dns_label(l).is_err()) {
+    if !syntax::is_dns1123_subdomain(s) {
         Err(format!(
             "{s:?} is not a valid name: use lower-case letters, digits, '-' and '.', at most 253 characters"
         ))
@@ -235,11 +231,7 @@ pub(super) fn regex(path: &str, re: &str, f: &mut Findings) {
 
 /// An HTTP header field name (RFC 9110 token).
 pub(super) fn header_name(path: &str, name: &str, f: &mut Findings) {
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
+    if !syntax::is_header_name(name) {
         f.error(
             path,
             format!("{name:?} is not a valid header name: use letters, digits and - (a token per RFC 9110)"),
@@ -274,15 +266,12 @@ pub(super) fn method(path: &str, m: &str, f: &mut Findings) {
 
 /// An IP address or CIDR block.
 pub(super) fn cidr(path: &str, s: &str, f: &mut Findings) {
-    if s.parse::<std::net::IpAddr>().is_ok() {
-        return;
-    }
-    match s.parse::<ipnet::IpNet>() {
-        Ok(net) if net.trunc() != net => {
+    match syntax::parse_cidr(s) {
+        Some(net) if net.trunc() != net => {
             f.warn(path, format!("{s:?} has host bits set; it is read as {}", net.trunc()));
         }
-        Ok(_) => {}
-        Err(_) => f.error(
+        Some(_) => {}
+        None => f.error(
             path,
             format!("{s:?} is not an IP address or CIDR; write e.g. 10.0.0.1 or 10.0.0.0/16"),
         ),
@@ -295,7 +284,7 @@ pub(super) fn principal(path: &str, p: &str, f: &mut Findings) {
     if p == "*" {
         return;
     }
-    if let Some(rest) = p.strip_prefix("spiffe://") {
+    if let Some(rest) = p.strip_prefix(trellis_contract::SpiffeId::SCHEME) {
         return f.error(path, format!("write principals without the spiffe:// scheme: {rest:?}"));
     }
     if let Err(why) = wildcard_position(p) {
@@ -374,43 +363,30 @@ pub(super) fn string_match(path: &str, m: &StringMatch, usage: MatchUse, f: &mut
 /// Request/response header operations.
 pub(super) fn headers(path: &str, h: &Option<Headers>, f: &mut Findings) {
     let Some(h) = h else { return };
-    header_operations(&format!("{path}.request"), &h.request, true, f);
-    header_operations(&format!("{path}.response"), &h.response, false, f);
+    header_operations(&format!("{path}.request"), &h.request, HeaderDirection::Request, f);
+    header_operations(&format!("{path}.response"), &h.response, HeaderDirection::Response, f);
 }
 
-fn header_operations(path: &str, ops: &Option<HeaderOperations>, request: bool, f: &mut Findings) {
+fn header_operations(path: &str, ops: &Option<HeaderOperations>, direction: HeaderDirection, f: &mut Findings) {
     let Some(ops) = ops else { return };
     for (field, map) in [("set", &ops.set), ("add", &ops.add)] {
         for (name, value) in map.iter().flatten() {
             let p = format!("{path}.{field}[{name}]");
-            protected_header(&p, name, request, f);
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                f.error(&p, "header values must not contain CR, LF or NUL");
+            if let Err(why) = syntax::route_may_change(name, direction) {
+                f.error(&p, why.to_string());
+            }
+            if !syntax::is_header_value(value) {
+                f.error(
+                    &p,
+                    "header values must not contain CR, LF, NUL or other control characters",
+                );
             }
         }
     }
     for (i, name) in ops.remove.iter().flatten().enumerate() {
-        protected_header(&format!("{path}.remove[{i}]"), name, request, f);
-    }
-}
-
-fn protected_header(path: &str, name: &str, request: bool, f: &mut Findings) {
-    if name.starts_with(':') {
-        return f.error(
-            path,
-            format!("pseudo-header {name:?} cannot be changed; use rewrite for the path or authority"),
-        );
-    }
-    header_name(path, name, f);
-    let lower = name.to_ascii_lowercase();
-    if request && (lower == "host") {
-        f.error(path, "the Host header cannot be changed here; use rewrite.authority");
-    }
-    if matches!(
-        lower.as_str(),
-        "content-length" | "transfer-encoding" | "connection" | "upgrade"
-    ) {
-        f.error(path, format!("{name:?} is managed by the proxy and cannot be changed"));
+        if let Err(why) = syntax::route_may_change(name, direction) {
+            f.error(format!("{path}.remove[{i}]"), why.to_string());
+        }
     }
 }
 

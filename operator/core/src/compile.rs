@@ -316,7 +316,7 @@ pub fn compile_workload(
     config.node = node_info(proxy);
     config.identity = IdentityConfig {
         trust_domain: ctx.trust_domain.clone(),
-        spiffe_id: Some(proxy.spiffe_id(&ctx.trust_domain)),
+        spiffe_id: Some(proxy.spiffe_id(&ctx.trust_domain).to_string()),
         certificate: Some(CertificateRef::Files {
             cert_chain_file: WORKLOAD_CERT_CHAIN.into(),
             private_key_file: WORKLOAD_KEY.into(),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, Service as K8sService};
+use trellis_contract::SpiffeId;
 
 /// Namespace and name of an object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -232,11 +233,8 @@ impl Workload {
     }
 
     /// The workload's SPIFFE identity.
-    pub fn spiffe_id(&self, trust_domain: &str) -> String {
-        format!(
-            "spiffe://{trust_domain}/ns/{}/sa/{}",
-            self.key.namespace, self.service_account
-        )
+    pub fn spiffe_id(&self, trust_domain: &str) -> SpiffeId {
+        SpiffeId::for_service_account(trust_domain, &self.key.namespace, &self.service_account)
     }
 }
 

@@ -124,10 +124,13 @@ pub enum SpiffeIdError {
 }
 
 impl SpiffeId {
+    /// The URI scheme, with its `//`: Istio's principals are SPIFFE IDs without it.
+    pub const SCHEME: &'static str = "spiffe://";
+
     /// Parse and check a SPIFFE ID per the SPIFFE-ID specification.
     pub fn parse(s: &str) -> Result<Self, SpiffeIdError> {
         let rest = s
-            .strip_prefix("spiffe://")
+            .strip_prefix(Self::SCHEME)
             .ok_or_else(|| SpiffeIdError::Scheme(s.to_string()))?;
         let (td, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
@@ -191,7 +194,7 @@ impl SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}{}", self.trust_domain, self.path)
+        write!(f, "{}{}{}", Self::SCHEME, self.trust_domain, self.path)
     }
 }
 

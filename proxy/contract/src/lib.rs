@@ -28,6 +28,7 @@ mod identity;
 mod inbound;
 mod listener;
 mod route;
+pub mod syntax;
 mod telemetry;
 mod validate;
 
@@ -51,8 +52,9 @@ pub use route::{
     Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
     RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
+pub use syntax::parse_cidr;
 pub use telemetry::{AccessLog, AccessLogFormat, OtlpProtocol, Telemetry, Tracing};
-pub use validate::{ValidationError, ValidationErrors, parse_cidr};
+pub use validate::{ValidationError, ValidationErrors};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@ use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTls, 
 use crate::route::{
     CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch, StringMatch,
 };
+use crate::syntax::{HeaderDirection, is_dns_name, is_header_name, is_header_value, is_tchar, parse_cidr, route_may_change};
 use crate::{API_VERSION, ProxyConfig};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -630,8 +631,8 @@ impl Validator {
                 }
             }
         }
-        self.headers(&format!("{path}.requestHeaders"), &r.request_headers);
-        self.headers(&format!("{path}.responseHeaders"), &r.response_headers);
+        self.headers(&format!("{path}.requestHeaders"), &r.request_headers, HeaderDirection::Request);
+        self.headers(&format!("{path}.responseHeaders"), &r.response_headers, HeaderDirection::Response);
         if let Some(f) = &r.fault {
             self.fault(&format!("{path}.fault"), f);
         }
@@ -697,8 +698,8 @@ impl Validator {
                 self.err(format!("{path}.clusters[{i}].cluster"), unknown_cluster(&wc.cluster));
             }
             total += u64::from(wc.weight);
-            self.headers(&format!("{path}.clusters[{i}].requestHeaders"), &wc.request_headers);
-            self.headers(&format!("{path}.clusters[{i}].responseHeaders"), &wc.response_headers);
+            self.headers(&format!("{path}.clusters[{i}].requestHeaders"), &wc.request_headers, HeaderDirection::Request);
+            self.headers(&format!("{path}.clusters[{i}].responseHeaders"), &wc.response_headers, HeaderDirection::Response);
         }
         if !f.clusters.is_empty() && total != 100 {
             self.err(
@@ -779,29 +780,21 @@ impl Validator {
         }
     }
 
-    fn headers(&mut self, path: &str, h: &HeaderMutation) {
+    fn headers(&mut self, path: &str, h: &HeaderMutation, direction: HeaderDirection) {
         for (field, names) in [
             ("set", h.set.keys().collect::<Vec<_>>()),
             ("add", h.add.keys().collect()),
             ("remove", h.remove.iter().collect()),
         ] {
             for name in names {
-                if !is_header_name(name) {
-                    self.err(
-                        format!("{path}.{field}"),
-                        format!("{name:?} is not a valid header name"),
-                    );
-                } else if is_hop_or_pseudo(name) {
-                    self.err(
-                        format!("{path}.{field}"),
-                        format!("{name:?} is managed by the proxy and cannot be changed"),
-                    );
+                if let Err(why) = route_may_change(name, direction) {
+                    self.err(format!("{path}.{field}"), why.to_string());
                 }
             }
         }
         for (field, map) in [("set", &h.set), ("add", &h.add)] {
             for (name, value) in map {
-                if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                if !is_header_value(value) {
                     self.err(format!("{path}.{field}[{name}]"), "value contains control characters");
                 }
             }
@@ -938,13 +931,6 @@ fn unknown_cluster(name: &str) -> String {
     format!("unknown cluster {name:?}; add it to `clusters` or fix the reference")
 }
 
-/// Parse an IP or CIDR (a bare IP is a /32 or /128).
-pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
 fn check_domain(d: &str) -> Result<(), String> {
     let (host, port) = match d.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, Some(p)),
@@ -969,44 +955,6 @@ fn check_domain(d: &str) -> Result<(), String> {
     } else {
         Err(format!("{d:?} is not a host name"))
     }
-}
-
-fn is_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn is_header_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_tchar)
-}
-
-fn is_hop_or_pseudo(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-            | "content-length"
-            | "host"
-    )
 }
 
 fn is_prime(n: u32) -> bool {

@@ -19,6 +19,7 @@ pub mod v1 {
 pub mod chunks;
 pub mod client;
 pub mod codec;
+pub mod identity;
 
 use std::time::{Duration, SystemTime};
 

@@ -16,16 +16,20 @@ pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
-const HOP_HEADERS: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TRAILER,
-];
+/// Hop-by-hop headers never forwarded: the contract's one list, which also
+/// says what a route may not change.
+const HOP_HEADERS: [HeaderName; 7] = {
+    let names = trellis_contract::syntax::HOP_BY_HOP_HEADERS;
+    [
+        HeaderName::from_static(names[0]),
+        HeaderName::from_static(names[1]),
+        HeaderName::from_static(names[2]),
+        HeaderName::from_static(names[3]),
+        HeaderName::from_static(names[4]),
+        HeaderName::from_static(names[5]),
+        HeaderName::from_static(names[6]),
+    ]
+};
 
 pub(super) fn strip_hop_headers(h: &mut HeaderMap) {
     // Headers named by Connection are hop-by-hop too.

@@ -104,7 +104,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 TargetPort::Named(name) => w.named_ports.get(name).copied(),
             };
             let Some(target) = target else { continue };
-            let account = w.spiffe_id(&ctx.trust_domain);
+            let account = w.spiffe_id(&ctx.trust_domain).to_string();
             let identity = w.meshed.then(|| account.clone());
             accounts.push(account);
             if let Some(id) = &identity {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use trellis_api::security::{self as api, AuthzAction as ApiAction, MtlsMode as ApiMode, PeerAuthentication};
 use trellis_contract::{
+    SpiffeId,
     self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
     ConnectionPool, Endpoint, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener, ListenerDirection,
     ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, RouteMatch, TcpRoute,
@@ -283,14 +284,15 @@ fn applies(ctx: &Ctx<'_>, p: &api::AuthorizationPolicy) -> bool {
 
 /// An Istio principal pattern as a match on the peer's SPIFFE ID.
 fn principal(p: &str) -> c::StringMatch {
+    let scheme = SpiffeId::SCHEME;
     if p == "*" {
-        c::StringMatch::Prefix("spiffe://".into())
+        c::StringMatch::Prefix(scheme.into())
     } else if let Some(suffix) = p.strip_prefix('*') {
         c::StringMatch::Suffix(suffix.into())
     } else if let Some(prefix) = p.strip_suffix('*') {
-        c::StringMatch::Prefix(format!("spiffe://{prefix}"))
+        c::StringMatch::Prefix(format!("{scheme}{prefix}"))
     } else {
-        c::StringMatch::Exact(format!("spiffe://{p}"))
+        c::StringMatch::Exact(format!("{scheme}{p}"))
     }
 }
 
@@ -322,7 +324,7 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
             let policy_ns = ctx.proxy.key.namespace.as_str();
             let sa = |v: &str| {
                 let (ns, name) = v.split_once('/').unwrap_or((policy_ns, v));
-                c::StringMatch::Exact(format!("spiffe://{}/ns/{ns}/sa/{name}", ctx.trust_domain))
+                c::StringMatch::Exact(SpiffeId::for_service_account(&ctx.trust_domain, ns, name).to_string())
             };
             principals.extend(list(&s.service_accounts).iter().map(|v| sa(v)));
             not_principals.extend(list(&s.not_service_accounts).iter().map(|v| sa(v)));
