@@ -279,6 +279,23 @@ pub struct HttpBody {
     pub bytes: Option<String>,
 }
 
+impl HttpBody {
+    /// `bytes` decoded (standard alphabet, padding optional, whitespace ignored): `None` when
+    /// unset, `Some(Err(_))` when it is not base64. The one decoding the validator and the
+    /// compiler share.
+    pub fn decoded_bytes(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+        use base64::Engine as _;
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        const ENGINE: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let raw = self.bytes.as_ref()?;
+        let clean: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        Some(ENGINE.decode(clean))
+    }
+}
+
 /// URI and authority rewrites before forwarding.
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -288,7 +288,13 @@ fn cases() -> Vec<Case> {
             "spec.http[0].match[0].method.exact",
             "not a standard",
         ),
-        ok(Vs, "spec.http[0].match[0].scheme", json!({"exact": "https"})),
+        err_at(
+            Vs,
+            "spec.http[0].match[0].scheme",
+            json!({"exact": "https"}),
+            "spec.http[0].match[0].scheme",
+            "not supported by Trellis yet",
+        ),
         ok(Vs, "spec.http[0].match[0].authority", json!({"prefix": "shop."})),
         ok(
             Vs,
@@ -906,10 +912,12 @@ fn cases() -> Vec<Case> {
             "label value",
         ),
         ok(Dr, "spec.trafficPolicy.loadBalancer", json!({"simple": "ROUND_ROBIN"})),
-        ok(
+        err_at(
             Dr,
             "spec.trafficPolicy.loadBalancer",
             json!({"simple": "LEAST_REQUEST", "warmupDurationSecs": "60s"}),
+            "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+            "not supported by Trellis yet",
         ),
         err_at(
             Dr,
@@ -918,12 +926,12 @@ fn cases() -> Vec<Case> {
             "spec.trafficPolicy.loadBalancer.simple",
             "allowed: UNSPECIFIED",
         ),
-        warn_at(
+        err_at(
             Dr,
             "spec.trafficPolicy.loadBalancer",
             json!({"simple": "PASSTHROUGH"}),
             "spec.trafficPolicy.loadBalancer.simple",
-            "bypasses load balancing",
+            "not supported by Trellis yet",
         ),
         err_at(
             Dr,
@@ -1201,10 +1209,12 @@ fn cases() -> Vec<Case> {
             "spec.servers[1].tls",
             json!({"mode": "MUTUAL", "credentialName": "shop-cert", "minProtocolVersion": "TLSV1_3"}),
         ),
-        ok(
+        err_at(
             Gw,
             "spec.servers[2]",
             json!({"port": {"number": 15443, "name": "tls", "protocol": "TLS"}, "hosts": ["*.local"], "tls": {"mode": "AUTO_PASSTHROUGH"}}),
+            "spec.servers[2].tls.mode",
+            "AUTO_PASSTHROUGH servers is not supported by Trellis yet",
         ),
         err(Gw, "spec.servers", json!([]), "at least one server"),
         err(Gw, "spec.servers[0].port.protocol", json!("SMTP"), "not a protocol"),

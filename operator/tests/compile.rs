@@ -659,6 +659,75 @@ fn authorization_policies_select_workloads_and_principals_become_spiffe_ids() {
 }
 
 #[test]
+fn gateways_get_the_policies_that_select_or_target_them() {
+    let yaml = format!(
+        "{}{}",
+        shop(),
+        r"
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: Gateway
+metadata: {name: edge, namespace: trellis-system}
+spec:
+  selector: {app: trellis-ingressgateway}
+  servers:
+    - port: {number: 8081, name: http-edge, protocol: HTTP}
+      hosts: ['*/edge.example.com']
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ingress-deny, namespace: trellis-system}
+spec:
+  selector: {matchLabels: {app: trellis-ingressgateway}}
+  action: DENY
+  rules: [{from: [{source: {remoteIpBlocks: [192.0.2.0/24]}}]}]
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: edge-audit, namespace: trellis-system}
+spec:
+  targetRefs: [{kind: Gateway, group: networking.trellis.dev, name: edge}]
+  action: AUDIT
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: shop-gateway-only, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, name: shop-gateway}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug]}}]}]
+"
+    );
+    let names = |c: &Compiled| -> Vec<(String, AuthzAction)> {
+        c.config
+            .inbound
+            .authorization
+            .iter()
+            .map(|p| (format!("{}/{}", p.namespace, p.name), p.action))
+            .collect()
+    };
+    let gw = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
+    assert_eq!(
+        names(&gw),
+        [
+            ("trellis-system/edge-audit".to_string(), AuthzAction::Audit),
+            ("trellis-system/ingress-deny".to_string(), AuthzAction::Deny),
+        ],
+        "a policy of another namespace (shop) never reaches the shared gateway"
+    );
+    let deny = &gw.config.inbound.authorization[1];
+    assert_eq!(deny.rules[0].from[0].remote_ip_blocks, ["192.0.2.0/24"]);
+    // A Gateway target is for gateway proxies: the sidecars of its namespace do not get it.
+    let web = compiled(&yaml, "shop", "web-5d8f-abcde", Role::Sidecar);
+    assert!(
+        !names(&web).iter().any(|(n, _)| n == "shop/shop-gateway-only"),
+        "{:?}",
+        names(&web)
+    );
+}
+
+#[test]
 fn inbound_hands_traffic_to_the_app_on_localhost() {
     let c = web(&shop());
     let l = c

@@ -1,23 +1,48 @@
 //! Authorization policy evaluation with Istio's semantics: any matching DENY
 //! policy denies; otherwise, with no ALLOW policy the request is allowed; with
 //! ALLOW policies it is allowed only if one of them matches. An ALLOW policy
-//! without rules matches nothing ("an empty spec allows nothing").
+//! without rules matches nothing ("an empty spec allows nothing"). AUDIT
+//! policies never decide: a match only asks for an audit record.
+//!
+//! Opaque TCP connections are authorized too, as Istio does: only the
+//! connection's attributes exist there, so an ALLOW (or AUDIT) rule that needs
+//! an HTTP attribute (hosts, methods, paths, request headers) matches no
+//! connection, and a DENY rule is evaluated without its HTTP attributes — it
+//! denies more, never less.
 
 use crate::matcher::{Matcher, MatcherError, any_match};
+use crate::metrics::Metrics;
 use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
-use trellis_contract::{AuthorizationPolicy, AuthzAction, InboundPolicy, parse_cidr};
+use trellis_contract::{AuthorizationPolicy, AuthzAction, InboundPolicy, SpiffeId, condition_header, parse_cidr};
+
+/// What is being authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// An HTTP request: every attribute exists.
+    Http,
+    /// An opaque TCP connection: no host, method, path or headers.
+    Tcp,
+}
 
 /// The request attributes policies look at.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthzRequest<'a> {
+    /// A request or a connection.
+    pub layer: Layer,
     /// Verified peer SPIFFE ID (mTLS), if any.
     pub principal: Option<&'a str>,
     /// Peer namespace, from the SPIFFE ID.
     pub namespace: Option<&'a str>,
     /// Peer IP.
     pub source_ip: IpAddr,
+    /// The original client's IP (`remote.ip`).
+    pub remote_ip: IpAddr,
+    /// The IP the connection was addressed to (`destination.ip`).
+    pub destination_ip: IpAddr,
+    /// The TLS server name the client asked for (`connection.sni`).
+    pub sni: Option<&'a str>,
     /// Destination port.
     pub port: u16,
     /// Host, without port.
@@ -28,6 +53,13 @@ pub struct AuthzRequest<'a> {
     pub path: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
+}
+
+/// The namespace of a peer, from its SPIFFE ID (`source.namespace`).
+pub fn peer_namespace(principal: Option<&str>) -> Option<String> {
+    principal
+        .and_then(|p| SpiffeId::parse(p).ok())
+        .and_then(|id| id.namespace().map(str::to_string))
 }
 
 /// The decision, naming the policy that decided.
@@ -51,6 +83,7 @@ impl Decision {
 pub struct Authorizer {
     deny: Vec<CompiledPolicy>,
     allow: Vec<CompiledPolicy>,
+    audit: Vec<CompiledPolicy>,
 }
 
 #[derive(Debug)]
@@ -64,6 +97,8 @@ struct CompiledRule {
     from: Vec<CompiledSource>,
     to: Vec<CompiledOperation>,
     when: Vec<CompiledCondition>,
+    /// Needs an HTTP attribute (hosts, methods, paths, a request header).
+    http_only: bool,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +109,8 @@ struct CompiledSource {
     not_namespaces: Vec<Matcher>,
     ip_blocks: Vec<IpNet>,
     not_ip_blocks: Vec<IpNet>,
+    remote_ip_blocks: Vec<IpNet>,
+    not_remote_ip_blocks: Vec<IpNet>,
 }
 
 #[derive(Debug, Default)]
@@ -89,10 +126,26 @@ struct CompiledOperation {
 }
 
 #[derive(Debug)]
-struct CompiledCondition {
-    key: String,
-    values: Vec<Matcher>,
-    not_values: Vec<Matcher>,
+enum CompiledCondition {
+    /// `source.ip`, `remote.ip`, `destination.ip`: CIDR containment.
+    Ip {
+        key: IpKey,
+        values: Vec<IpNet>,
+        not_values: Vec<IpNet>,
+    },
+    /// Every other key: string matches on the attribute's value.
+    Text {
+        key: String,
+        values: Vec<Matcher>,
+        not_values: Vec<Matcher>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IpKey {
+    Source,
+    Remote,
+    Destination,
 }
 
 /// An invalid policy (the contract validator prevents these).
@@ -126,6 +179,7 @@ impl Authorizer {
             match pol.action {
                 AuthzAction::Deny => out.deny.push(compiled),
                 AuthzAction::Allow => out.allow.push(compiled),
+                AuthzAction::Audit => out.audit.push(compiled),
             }
         }
         Ok(out)
@@ -133,18 +187,51 @@ impl Authorizer {
 
     /// Are there any policies at all?
     pub fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.allow.is_empty()
+        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+    }
+
+    /// The first AUDIT policy a request matches (`namespace/name`), if any.
+    pub fn audited(&self, req: &AuthzRequest<'_>) -> Option<&str> {
+        self.audit
+            .iter()
+            .find(|p| p.matches(req, false))
+            .map(|p| p.name.as_str())
+    }
+
+    /// Evaluate a request or connection, and write the audit record (log target
+    /// `trellis_proxy::audit`, metric `trellis_proxy_authz_audited_total`) an AUDIT policy
+    /// it matches asks for.
+    pub fn authorize(&self, req: &AuthzRequest<'_>, metrics: &Metrics) -> Decision {
+        let decision = self.evaluate(req);
+        if let Some(policy) = self.audited(req) {
+            metrics.authz_audited();
+            tracing::info!(
+                target: "trellis_proxy::audit",
+                %policy,
+                allowed = decision.allowed(),
+                layer = ?req.layer,
+                peer = req.principal.unwrap_or("-"),
+                source = %req.source_ip,
+                destination = %req.destination_ip,
+                port = req.port,
+                method = req.method,
+                host = req.host,
+                path = req.path,
+                "audited"
+            );
+        }
+        decision
     }
 
     /// Evaluate a request.
     pub fn evaluate(&self, req: &AuthzRequest<'_>) -> Decision {
-        if let Some(p) = self.deny.iter().find(|p| p.matches(req)) {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(req, true)) {
             return Decision::Deny(Some(p.name.clone()));
         }
         if self.allow.is_empty() {
             return Decision::Allow(None);
         }
-        match self.allow.iter().find(|p| p.matches(req)) {
+        match self.allow.iter().find(|p| p.matches(req, false)) {
             Some(p) => Decision::Allow(Some(p.name.clone())),
             None => Decision::Deny(None),
         }
@@ -180,6 +267,8 @@ fn compile_policy(pol: &AuthorizationPolicy) -> Result<CompiledPolicy, AuthzErro
                 not_namespaces: m(&s.not_namespaces)?,
                 ip_blocks: cidrs(&s.ip_blocks)?,
                 not_ip_blocks: cidrs(&s.not_ip_blocks)?,
+                remote_ip_blocks: cidrs(&s.remote_ip_blocks)?,
+                not_remote_ip_blocks: cidrs(&s.not_remote_ip_blocks)?,
             });
         }
         for o in &r.to {
@@ -195,20 +284,51 @@ fn compile_policy(pol: &AuthorizationPolicy) -> Result<CompiledPolicy, AuthzErro
             });
         }
         for c in &r.when {
-            rule.when.push(CompiledCondition {
-                key: c.key.clone(),
-                values: m(&c.values)?,
-                not_values: m(&c.not_values)?,
+            // The contract's IP_CONDITION_KEYS.
+            let ip_key = match c.key.as_str() {
+                "source.ip" => Some(IpKey::Source),
+                "remote.ip" => Some(IpKey::Remote),
+                "destination.ip" => Some(IpKey::Destination),
+                _ => None,
+            };
+            rule.when.push(match ip_key {
+                Some(key) => {
+                    let exact = |v: &[trellis_contract::StringMatch]| {
+                        v.iter()
+                            .map(|s| match s {
+                                trellis_contract::StringMatch::Exact(c) => c.clone(),
+                                other => format!("{other:?}"),
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    CompiledCondition::Ip {
+                        key,
+                        values: cidrs(&exact(&c.values))?,
+                        not_values: cidrs(&exact(&c.not_values))?,
+                    }
+                }
+                None => CompiledCondition::Text {
+                    key: c.key.clone(),
+                    values: m(&c.values)?,
+                    not_values: m(&c.not_values)?,
+                },
             });
         }
+        rule.http_only = rule.to.iter().any(CompiledOperation::http_only)
+            || rule
+                .when
+                .iter()
+                .any(|c| matches!(c, CompiledCondition::Text { key, .. } if condition_header(key).is_some()));
         rules.push(rule);
     }
     Ok(CompiledPolicy { name, rules })
 }
 
 impl CompiledPolicy {
-    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(req))
+    /// `deny`: the policy is a DENY policy (HTTP attributes of its rules are left out on
+    /// TCP rather than making the rules unmatchable).
+    fn matches(&self, req: &AuthzRequest<'_>, deny: bool) -> bool {
+        self.rules.iter().any(|r| r.matches(req, deny))
     }
 }
 
@@ -219,8 +339,16 @@ fn field(include: &[Matcher], exclude: &[Matcher], value: Option<&str>) -> bool 
     inc && !exc
 }
 
+/// `include` (if non-empty) must contain `ip` and `exclude` must not.
+fn ip_field(include: &[IpNet], exclude: &[IpNet], ip: IpAddr) -> bool {
+    (include.is_empty() || include.iter().any(|n| n.contains(&ip))) && !exclude.iter().any(|n| n.contains(&ip))
+}
+
 impl CompiledRule {
-    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+    fn matches(&self, req: &AuthzRequest<'_>, deny: bool) -> bool {
+        if req.layer == Layer::Tcp && self.http_only && !deny {
+            return false;
+        }
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
             && self.when.iter().all(|c| c.matches(req))
@@ -229,48 +357,74 @@ impl CompiledRule {
 
 impl CompiledSource {
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        let ip_in = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&req.source_ip));
         field(&self.principals, &self.not_principals, req.principal)
             && field(&self.namespaces, &self.not_namespaces, req.namespace)
-            && (self.ip_blocks.is_empty() || ip_in(&self.ip_blocks))
-            && !ip_in(&self.not_ip_blocks)
+            && ip_field(&self.ip_blocks, &self.not_ip_blocks, req.source_ip)
+            && ip_field(&self.remote_ip_blocks, &self.not_remote_ip_blocks, req.remote_ip)
     }
 }
 
 impl CompiledOperation {
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        field(&self.hosts, &self.not_hosts, Some(req.host))
-            && field(&self.methods, &self.not_methods, Some(req.method))
-            && field(&self.paths, &self.not_paths, Some(req.path))
-            && (self.ports.is_empty() || self.ports.contains(&req.port))
-            && !self.not_ports.contains(&req.port)
+        let http = req.layer == Layer::Tcp
+            || (field(&self.hosts, &self.not_hosts, Some(req.host))
+                && field(&self.methods, &self.not_methods, Some(req.method))
+                && field(&self.paths, &self.not_paths, Some(req.path)));
+        http && (self.ports.is_empty() || self.ports.contains(&req.port)) && !self.not_ports.contains(&req.port)
+    }
+
+    fn http_only(&self) -> bool {
+        [
+            &self.hosts,
+            &self.not_hosts,
+            &self.methods,
+            &self.not_methods,
+            &self.paths,
+            &self.not_paths,
+        ]
+        .iter()
+        .any(|v| !v.is_empty())
     }
 }
 
 impl CompiledCondition {
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        let (key, values, not_values) = match self {
+            Self::Ip {
+                key,
+                values,
+                not_values,
+            } => {
+                let ip = match key {
+                    IpKey::Source => req.source_ip,
+                    IpKey::Remote => req.remote_ip,
+                    IpKey::Destination => req.destination_ip,
+                };
+                // An empty `values` leaves only the exclusions.
+                return ip_field(values, not_values, ip);
+            }
+            Self::Text {
+                key,
+                values,
+                not_values,
+            } => (key, values, not_values),
+        };
         let port;
-        let ip;
-        let value: Option<&str> = match self.key.as_str() {
+        let value: Option<&str> = match key.as_str() {
             "source.principal" => req.principal,
             "source.namespace" => req.namespace,
-            "source.ip" => {
-                ip = req.source_ip.to_string();
-                Some(ip.as_str())
-            }
+            "connection.sni" => req.sni,
             "destination.port" => {
                 port = req.port.to_string();
                 Some(port.as_str())
             }
-            "request.method" => Some(req.method),
-            "request.path" => Some(req.path),
-            k => k
-                .strip_prefix("request.headers[")
-                .and_then(|r| r.strip_suffix(']'))
+            // A header condition on a connection: left out (only DENY rules get here).
+            _ if req.layer == Layer::Tcp => return true,
+            k => condition_header(k)
                 .and_then(|name| req.headers.get(name))
                 .and_then(|v| v.to_str().ok()),
         };
-        field(&self.values, &self.not_values, value)
+        field(values, not_values, value)
     }
 }
 
@@ -283,9 +437,13 @@ mod tests {
 
     fn req<'a>(principal: Option<&'a str>, path: &'a str, headers: &'a HeaderMap) -> AuthzRequest<'a> {
         AuthzRequest {
+            layer: Layer::Http,
             principal,
             namespace: principal.map(|_| "shop"),
             source_ip: "10.1.2.3".parse().unwrap(),
+            remote_ip: "192.0.2.7".parse().unwrap(),
+            destination_ip: "10.9.0.1".parse().unwrap(),
+            sni: Some("payment.shop"),
             port: 8080,
             host: "payment",
             method: "GET",
@@ -385,6 +543,59 @@ mod tests {
                 .allowed()
         );
         assert!(a.evaluate(&req(None, "/", &h)).allowed());
+    }
+
+    #[test]
+    fn connections_skip_allow_rules_needing_http_and_deny_without_their_http_parts() {
+        let h = HeaderMap::new();
+        let tcp = |principal| AuthzRequest {
+            layer: Layer::Tcp,
+            path: "",
+            method: "",
+            host: "",
+            ..req(principal, "", &h)
+        };
+        let get_only = AuthzRule {
+            to: vec![AuthzOperation {
+                methods: vec![StringMatch::Exact("GET".into())],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // ALLOW: a rule with an HTTP field matches no connection; one without still does.
+        let a = authorizer(vec![policy("get", AuthzAction::Allow, vec![get_only.clone()])]);
+        assert!(a.evaluate(&req(None, "/", &h)).allowed());
+        assert_eq!(a.evaluate(&tcp(None)), Decision::Deny(None));
+        let a = authorizer(vec![policy(
+            "web",
+            AuthzAction::Allow,
+            vec![from_web(), get_only.clone()],
+        )]);
+        assert!(a.evaluate(&tcp(Some(WEB))).allowed());
+        assert!(!a.evaluate(&tcp(None)).allowed());
+        // DENY: the HTTP field is left out, so the rule denies every connection it could.
+        let deny_get = AuthzRule {
+            from: vec![AuthzSource {
+                namespaces: vec![StringMatch::Exact("shop".into())],
+                ..Default::default()
+            }],
+            when: vec![trellis_contract::AuthzCondition {
+                key: "request.headers[x-debug]".into(),
+                values: vec![StringMatch::Exact("1".into())],
+                not_values: vec![],
+            }],
+            ..get_only
+        };
+        let a = authorizer(vec![policy("no-get", AuthzAction::Deny, vec![deny_get])]);
+        assert_eq!(a.evaluate(&tcp(Some(WEB))), Decision::Deny(Some("shop/no-get".into())));
+        assert!(
+            a.evaluate(&tcp(None)).allowed(),
+            "the rule's connection part (namespace) still applies"
+        );
+        assert!(
+            a.evaluate(&req(Some(WEB), "/", &h)).allowed(),
+            "over HTTP the header decides"
+        );
     }
 
     #[test]

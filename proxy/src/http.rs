@@ -14,7 +14,7 @@ mod telemetry;
 use self::admission::{authority, check_head, split_host_port};
 use self::forward::forward;
 use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span};
-use crate::authz::AuthzRequest;
+use crate::authz::{AuthzRequest, Layer, peer_namespace};
 use crate::path::normalize;
 use crate::routing::RequestView;
 use crate::runtime::Runtime;
@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trellis_contract::{ListenerDirection, Redirect, RouteAction, SpiffeId};
+use trellis_contract::{ListenerDirection, Redirect, RouteAction};
 
 /// Everything known about the downstream connection.
 #[derive(Debug, Clone)]
@@ -48,8 +48,27 @@ pub struct ConnContext {
     pub peer_cert_sha256: Option<String>,
     /// Was TLS terminated?
     pub tls: bool,
+    /// The server name the client asked for in its TLS handshake (`connection.sni`).
+    pub sni: Option<String>,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
     pub verdicts: Option<Arc<crate::head::Verdicts>>,
+}
+
+/// The original client's address (`remote.ip`), as Istio's Envoy reads it with no trusted
+/// proxies configured: at a gateway, the connection's peer; behind one (an inbound sidecar),
+/// the last hop `X-Forwarded-For` names, which the gateway appended.
+fn remote_ip(conn: &ConnContext, headers: &http::HeaderMap) -> std::net::IpAddr {
+    if conn.direction == ListenerDirection::Gateway {
+        return conn.peer.ip();
+    }
+    headers
+        .get_all(headers::X_FORWARDED_FOR)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(conn.peer.ip())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -193,21 +212,27 @@ async fn pipeline(
     };
     let query = req.uri().query().map(str::to_string);
 
-    if conn.direction == ListenerDirection::Inbound && !snap.authorizer.is_empty() {
+    // why: Istio enforces AuthorizationPolicies where traffic enters a workload: its inbound
+    // listener, and a gateway's listeners (policies selecting or targeting the gateway).
+    let enforced = matches!(conn.direction, ListenerDirection::Inbound | ListenerDirection::Gateway);
+    if enforced && !snap.authorizer.is_empty() {
         let principal = conn.peer_identity.as_deref();
-        let ns = principal
-            .and_then(|p| SpiffeId::parse(p).ok())
-            .and_then(|id| id.namespace().map(str::to_string));
-        let decision = snap.authorizer.evaluate(&AuthzRequest {
+        let ns = peer_namespace(principal);
+        let attributes = AuthzRequest {
+            layer: Layer::Http,
             principal,
             namespace: ns.as_deref(),
             source_ip: conn.peer.ip(),
+            remote_ip: remote_ip(conn, req.headers()),
+            destination_ip: conn.dst.ip(),
+            sni: conn.sni.as_deref(),
             port,
             host: &host,
             method: req.method().as_str(),
             path: &path,
             headers: req.headers(),
-        });
+        };
+        let decision = snap.authorizer.authorize(&attributes, &rt.metrics);
         if !decision.allowed() {
             tracing::debug!(?decision, %path, peer = ?principal, "authorization denied");
             return text(StatusCode::FORBIDDEN, "RBAC: access denied\n");

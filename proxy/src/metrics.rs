@@ -283,6 +283,8 @@ pub struct Metrics {
     upstream_tls_failures: Mutex<HashMap<String, u64>>,
     app_scrape_failures: AtomicU64,
     series_overflow: AtomicU64,
+    authz_audited: AtomicU64,
+    tcp_denied: AtomicU64,
 }
 
 impl Metrics {
@@ -357,6 +359,16 @@ impl Metrics {
         }
     }
 
+    /// A request matched an AUDIT authorization policy (and was written to the audit log).
+    pub fn authz_audited(&self) {
+        self.authz_audited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An inbound or gateway TCP connection was closed because authorization denied it.
+    pub fn tcp_denied(&self) {
+        self.tcp_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An endpoint was ejected by outlier detection.
     pub fn outlier_ejected(&self) {
         self.outlier_ejections.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +431,16 @@ impl Metrics {
                 "trellis_proxy_app_scrape_failures_total",
                 "Scrapes of the app's own metrics (merged into this endpoint) that failed.",
                 &self.app_scrape_failures,
+            ),
+            (
+                "trellis_proxy_tcp_denied_total",
+                "Inbound or gateway TCP connections closed because an authorization policy denied them.",
+                &self.tcp_denied,
+            ),
+            (
+                "trellis_proxy_authz_audited_total",
+                "Requests that matched an AUDIT authorization policy (each written to the audit log, target trellis_proxy::audit).",
+                &self.authz_audited,
             ),
         ] {
             let _ = writeln!(

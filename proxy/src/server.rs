@@ -224,6 +224,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         peer_identity: None,
         peer_cert_sha256: None,
         tls: false,
+        sni: None,
         verdicts: None,
     };
 
@@ -290,6 +291,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
             }
             let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
             ctx.tls = true;
+            ctx.sni = session.server_name().map(str::to_string);
             (DownstreamStream::Tls(Box::new(tls)), alpn)
         }
         None => (DownstreamStream::Plain(tcp), None),

@@ -1,8 +1,10 @@
-//! Opaque TCP proxying: route by original destination, pick an endpoint,
-//! connect (plaintext or mesh mTLS, announcing this workload to a mesh peer:
-//! [`crate::peer_exchange`]) and copy bytes both ways, counting them into the
-//! connection's Istio TCP series as they flow.
+//! Opaque TCP proxying: authorize the connection (inbound and at gateways),
+//! route by original destination, pick an endpoint, connect (plaintext or mesh
+//! mTLS, announcing this workload to a mesh peer: [`crate::peer_exchange`]) and
+//! copy bytes both ways, counting them into the connection's Istio TCP series
+//! as they flow.
 
+use crate::authz::{AuthzRequest, Layer, peer_namespace};
 use crate::client_hello::{self, Sni};
 use crate::http::ConnContext;
 use crate::labels::Observed;
@@ -11,11 +13,13 @@ use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::stream::DownstreamStream;
 use crate::upstream::{ClusterRuntime, UpstreamStream};
+use http::HeaderMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use trellis_contract::ListenerDirection;
 
 /// Proxy one TCP connection to the cluster its TCP route names. `source` is
 /// the client's verified peer metadata (inbound mesh connections).
@@ -27,6 +31,9 @@ pub async fn proxy(
     downstream: DownstreamStream,
     source: Option<Peer>,
 ) {
+    if !authorized(&rt, &snap, &ctx) {
+        return;
+    }
     // TLS routed by server name: the ClientHello is read first, without consuming it.
     let sni = match &downstream {
         DownstreamStream::Plain(tcp) if listener.routes_by_sni(ctx.dst) => {
@@ -166,4 +173,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Whether the workload's AuthorizationPolicies let this connection through (Istio's TCP
+/// semantics, see [`crate::authz`]); a refused connection is closed before any byte reaches
+/// an upstream.
+fn authorized(rt: &Runtime, snap: &Snapshot, ctx: &ConnContext) -> bool {
+    let enforced = matches!(ctx.direction, ListenerDirection::Inbound | ListenerDirection::Gateway);
+    if !enforced || snap.authorizer.is_empty() {
+        return true;
+    }
+    let principal = ctx.peer_identity.as_deref();
+    let namespace = peer_namespace(principal);
+    let no_headers = HeaderMap::new();
+    let decision = snap.authorizer.authorize(
+        &AuthzRequest {
+            layer: Layer::Tcp,
+            principal,
+            namespace: namespace.as_deref(),
+            source_ip: ctx.peer.ip(),
+            // No X-Forwarded-For on a connection: its peer is the client.
+            remote_ip: ctx.peer.ip(),
+            destination_ip: ctx.dst.ip(),
+            sni: ctx.sni.as_deref(),
+            port: ctx.dst.port(),
+            host: "",
+            method: "",
+            path: "",
+            headers: &no_headers,
+        },
+        &rt.metrics,
+    );
+    if !decision.allowed() {
+        rt.metrics.tcp_denied();
+        tracing::debug!(listener = %ctx.listener, peer = ?principal, dst = %ctx.dst, ?decision, "connection denied by authorization policy; closing");
+    }
+    decision.allowed()
 }

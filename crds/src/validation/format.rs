@@ -51,6 +51,12 @@ pub(super) fn metadata(obj: &Value, namespaced: bool, f: &mut Findings) {
     }
 }
 
+/// A construct Trellis accepts in the schema but does not implement: an error that says so,
+/// naming `path`, never a silent drop.
+pub(super) fn not_supported(path: &str, what: &str, fix: &str, f: &mut Findings) {
+    f.error(path, format!("{what} {}; {fix}", crate::schema::NOT_SUPPORTED));
+}
+
 /// A duration field that must be at least `min` (Istio's minimum is 1ms for timeouts).
 pub(super) fn duration(path: &str, value: &Option<String>, min: Duration, f: &mut Findings) -> Option<Duration> {
     let s = value.as_deref()?;

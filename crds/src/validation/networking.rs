@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Findings;
 use super::format::{
     self, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers, host,
-    labels, method, regex, string_match, weights,
+    labels, method, not_supported, regex, string_match, weights,
 };
 use crate::networking::*;
 
@@ -171,14 +171,23 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
             );
         }
     }
-    if let Some(dr) = &r.direct_response
-        && let Some(b) = dr.body.as_ref().and_then(|b| b.bytes.as_ref())
-        && !is_base64(b)
+    match r
+        .direct_response
+        .as_ref()
+        .and_then(|d| d.body.as_ref())
+        .and_then(HttpBody::decoded_bytes)
     {
-        f.error(
+        Some(Err(_)) => f.error(
             format!("{p}.directResponse.body.bytes"),
             "must be base64-encoded; use body.string for text",
-        );
+        ),
+        Some(Ok(bytes)) if std::str::from_utf8(&bytes).is_err() => not_supported(
+            &format!("{p}.directResponse.body.bytes"),
+            "a body that is not UTF-8 text",
+            "send text (body.string, or UTF-8 bytes)",
+            f,
+        ),
+        _ => {}
     }
     if let Some(rw) = &r.rewrite {
         let rp = format!("{p}.rewrite");
@@ -288,6 +297,12 @@ fn http_match(p: &str, m: &HttpMatchRequest, f: &mut Findings) {
     }
     if let Some(s) = &m.scheme {
         string_match(&format!("{p}.scheme"), s, MatchUse::Value, f);
+        not_supported(
+            &format!("{p}.scheme"),
+            "matching on the scheme",
+            "match on the gateway or port instead",
+            f,
+        );
     }
     if let Some(me) = &m.method {
         string_match(&format!("{p}.method"), me, MatchUse::Value, f);
@@ -429,11 +444,6 @@ fn authority(p: &str, a: &str, f: &mut Findings) {
     if format::dns_subdomain(host_part).is_err() && host_part.parse::<std::net::IpAddr>().is_err() {
         f.error(p, format!("{a:?} is not a host[:port]"));
     }
-}
-
-fn is_base64(s: &str) -> bool {
-    let s = s.trim_end_matches('=');
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/') && (s.len() % 4 != 1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +600,14 @@ fn load_balancer(p: &str, lb: &LoadBalancerSettings, f: &mut Findings) {
                 f.error(format!("{cp}.httpCookie.name"), "is required");
             }
             duration(&format!("{cp}.httpCookie.ttl"), &c.ttl, Duration::ZERO, f);
+            if c.ttl.is_some() {
+                not_supported(
+                    &format!("{cp}.httpCookie.ttl"),
+                    "a cookie ttl (the proxy generating session cookies)",
+                    "remove ttl and let the application set the cookie",
+                    f,
+                );
+            }
         }
         if ch.use_source_ip == Some(false) {
             f.error(
@@ -618,10 +636,25 @@ fn load_balancer(p: &str, lb: &LoadBalancerSettings, f: &mut Findings) {
         }
     }
     if lb.simple == Some(SimpleLb::Passthrough) {
-        f.warn(
-            format!("{p}.simple"),
-            "PASSTHROUGH bypasses load balancing and outlier detection",
+        not_supported(
+            &format!("{p}.simple"),
+            "PASSTHROUGH",
+            "use LEAST_REQUEST, ROUND_ROBIN or RANDOM",
+            f,
         );
+    }
+    for (field, set) in [
+        ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
+        ("warmup", lb.warmup.is_some()),
+    ] {
+        if set {
+            not_supported(
+                &format!("{p}.{field}"),
+                "slow start (warm-up)",
+                "remove it; new endpoints get their full share at once",
+                f,
+            );
+        }
     }
     if lb.simple == Some(SimpleLb::LeastConn) {
         f.warn(
@@ -877,6 +910,20 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
         return;
     }
     let mode = tls.mode.unwrap_or(ServerTlsMode::Simple);
+    if !matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual) {
+        not_supported(
+            &format!("{tp}.mode"),
+            &format!(
+                "{} servers",
+                serde_json::to_value(mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            "terminate TLS with SIMPLE or MUTUAL",
+            f,
+        );
+    }
     let has_cert = tls.credential_name.is_some() || (tls.server_certificate.is_some() && tls.private_key.is_some());
     match mode {
         ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {

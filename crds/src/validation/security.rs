@@ -6,16 +6,7 @@ use super::format::{
 };
 use crate::security::*;
 
-/// Condition keys Trellis evaluates (Istio's names).
-const CONDITION_KEYS: &[&str] = &[
-    "source.ip",
-    "remote.ip",
-    "source.namespace",
-    "source.principal",
-    "destination.ip",
-    "destination.port",
-    "connection.sni",
-];
+use trellis_contract::{CONDITION_KEYS, condition_header};
 
 pub(super) fn peer_authentication(spec: &PeerAuthenticationSpec, f: &mut Findings) {
     let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
@@ -238,7 +229,7 @@ fn condition(p: &str, c: &Condition, f: &mut Findings) {
             format!("{p}.key"),
             format!("{key:?} needs request (JWT) authentication, which is not supported by Trellis yet"),
         );
-    } else if let Some(h) = key.strip_prefix("request.headers[").and_then(|r| r.strip_suffix(']')) {
+    } else if let Some(h) = condition_header(key) {
         header_name(&format!("{p}.key"), h, f);
     } else if !CONDITION_KEYS.contains(&key) {
         f.error(

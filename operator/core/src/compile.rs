@@ -15,6 +15,7 @@
 mod changes;
 mod cluster;
 mod diagnose;
+mod dropped;
 mod inbound;
 mod outbound;
 mod route;
@@ -30,6 +31,7 @@ use trellis_contract::{
 
 pub use changes::{Changes, changes};
 pub use diagnose::diagnose;
+pub use dropped::Dropped;
 pub use outbound::PortRoutes;
 pub use route::ClusterRef;
 pub(crate) use route::applies_to_gateway;
@@ -136,6 +138,14 @@ impl Ctx<'_> {
         if !self.diagnostics.contains(&d) {
             self.diagnostics.push(d);
         }
+    }
+
+    /// A construct dropped or ignored instead of compiled (see [`Dropped`]); `message` names
+    /// its field and what happens instead.
+    pub(crate) fn dropped(&mut self, what: Dropped, resource: impl Into<String>, message: impl Into<String>) {
+        let message = message.into();
+        debug_assert!(message.contains(what.field()), "{message:?} must name {}", what.field());
+        self.diag(what.code(), resource, message);
     }
 }
 
@@ -337,6 +347,8 @@ pub fn compile_workload(
         }
         Role::Gateway => {
             config.listeners = outbound::gateway_listeners(&mut ctx, &mut clusters);
+            // Istio applies AuthorizationPolicies at gateways too (mTLS stays the listeners').
+            config.inbound.authorization = inbound::authorization(&mut ctx, Role::Gateway);
         }
     }
     config.clusters = clusters.into_values().collect();

@@ -5,11 +5,34 @@
 //! Evaluation (Istio): if any `deny` policy matches, deny; else if there is no
 //! `allow` policy, allow; else allow only if some `allow` policy matches. An
 //! `allow` policy with no rules matches nothing (Istio's "empty spec allows
-//! nothing").
+//! nothing"). `audit` policies are evaluated apart: a match is recorded, the
+//! decision stays what the others made it.
 
 use crate::route::StringMatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The AuthorizationPolicy `when` keys (Istio's names) trellis-proxy evaluates, besides
+/// `request.headers[<name>]`: the one list the API validator accepts and the proxy knows.
+pub const CONDITION_KEYS: &[&str] = &[
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// The condition keys whose values are IPs or CIDRs, matched by containment.
+pub const IP_CONDITION_KEYS: &[&str] = &["source.ip", "remote.ip", "destination.ip"];
+
+/// The header a `request.headers[<name>]` condition key names.
+pub fn condition_header(key: &str) -> Option<&str> {
+    key.strip_prefix("request.headers[")
+        .and_then(|r| r.strip_suffix(']'))
+        .filter(|h| !h.is_empty())
+}
 
 /// Everything the proxy enforces on inbound traffic.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -60,7 +83,7 @@ pub struct AuthorizationPolicy {
     pub name: String,
     /// Source resource namespace.
     pub namespace: String,
-    /// Allow or deny.
+    /// Allow, deny or audit.
     pub action: AuthzAction,
     /// Rules (OR). Empty: an `allow` policy matches nothing, a `deny` policy
     /// matches nothing.
@@ -76,6 +99,9 @@ pub enum AuthzAction {
     Allow,
     /// Deny matching requests (evaluated first).
     Deny,
+    /// Record matching requests in the audit log; never changes the decision
+    /// (Istio's AUDIT).
+    Audit,
 }
 
 /// A rule: every non-empty part must match. An empty rule (`{}`) matches
@@ -108,6 +134,11 @@ pub struct AuthzSource {
     pub ip_blocks: Vec<String>,
     /// Excluded peer IP CIDRs.
     pub not_ip_blocks: Vec<String>,
+    /// Original client IP CIDRs (`remote.ip`: the connection's peer at a
+    /// gateway, the last `X-Forwarded-For` hop behind one).
+    pub remote_ip_blocks: Vec<String>,
+    /// Excluded original client IP CIDRs.
+    pub not_remote_ip_blocks: Vec<String>,
 }
 
 /// What the request does.
@@ -136,8 +167,10 @@ pub struct AuthzOperation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthzCondition {
-    /// Attribute: `request.headers[<name>]`, `source.ip`, `source.namespace`,
-    /// `source.principal`, `destination.port`, `request.method`, `request.path`.
+    /// Attribute: `request.headers[<name>]`, `source.ip`, `remote.ip`,
+    /// `destination.ip`, `source.namespace`, `source.principal`,
+    /// `destination.port`, `connection.sni`, `request.method`, `request.path`.
+    /// For the `*.ip` keys every value is an `exact` IP or CIDR.
     pub key: String,
     /// Values (OR); empty = no constraint.
     #[serde(default)]

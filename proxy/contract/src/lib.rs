@@ -40,8 +40,8 @@ pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};
 pub use identity::{CertificateRef, IdentityConfig, PemSource, SpiffeId, SpiffeIdError};
 pub use inbound::{
-    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, InboundPolicy, MtlsMode,
-    MtlsPolicy,
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, CONDITION_KEYS,
+    IP_CONDITION_KEYS, InboundPolicy, MtlsMode, MtlsPolicy, condition_header,
 };
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,

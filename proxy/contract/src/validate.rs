@@ -8,12 +8,14 @@
 
 use crate::cluster::{Cluster, HashKey, LbPolicy, UpstreamTls};
 use crate::identity::{CertificateRef, PemSource, SpiffeId, is_valid_trust_domain};
-use crate::inbound::{AuthzCondition, AuthzSource, InboundPolicy};
+use crate::inbound::{AuthzCondition, AuthzSource, CONDITION_KEYS, IP_CONDITION_KEYS, InboundPolicy, condition_header};
 use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTls, ServerTlsMode};
 use crate::route::{
     CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch, StringMatch,
 };
-use crate::syntax::{HeaderDirection, is_dns_name, is_header_name, is_header_value, is_tchar, parse_cidr, route_may_change};
+use crate::syntax::{
+    HeaderDirection, is_dns_name, is_header_name, is_header_value, is_tchar, parse_cidr, route_may_change,
+};
 use crate::{API_VERSION, ProxyConfig};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -631,8 +633,16 @@ impl Validator {
                 }
             }
         }
-        self.headers(&format!("{path}.requestHeaders"), &r.request_headers, HeaderDirection::Request);
-        self.headers(&format!("{path}.responseHeaders"), &r.response_headers, HeaderDirection::Response);
+        self.headers(
+            &format!("{path}.requestHeaders"),
+            &r.request_headers,
+            HeaderDirection::Request,
+        );
+        self.headers(
+            &format!("{path}.responseHeaders"),
+            &r.response_headers,
+            HeaderDirection::Response,
+        );
         if let Some(f) = &r.fault {
             self.fault(&format!("{path}.fault"), f);
         }
@@ -698,8 +708,16 @@ impl Validator {
                 self.err(format!("{path}.clusters[{i}].cluster"), unknown_cluster(&wc.cluster));
             }
             total += u64::from(wc.weight);
-            self.headers(&format!("{path}.clusters[{i}].requestHeaders"), &wc.request_headers, HeaderDirection::Request);
-            self.headers(&format!("{path}.clusters[{i}].responseHeaders"), &wc.response_headers, HeaderDirection::Response);
+            self.headers(
+                &format!("{path}.clusters[{i}].requestHeaders"),
+                &wc.request_headers,
+                HeaderDirection::Request,
+            );
+            self.headers(
+                &format!("{path}.clusters[{i}].responseHeaders"),
+                &wc.response_headers,
+                HeaderDirection::Response,
+            );
         }
         if !f.clusters.is_empty() && total != 100 {
             self.err(
@@ -885,7 +903,12 @@ impl Validator {
                 self.string_match(&format!("{path}.{field}[{n}]"), m);
             }
         }
-        for (field, list) in [("ipBlocks", &s.ip_blocks), ("notIpBlocks", &s.not_ip_blocks)] {
+        for (field, list) in [
+            ("ipBlocks", &s.ip_blocks),
+            ("notIpBlocks", &s.not_ip_blocks),
+            ("remoteIpBlocks", &s.remote_ip_blocks),
+            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+        ] {
             for (n, cidr) in list.iter().enumerate() {
                 if parse_cidr(cidr).is_none() {
                     self.err(format!("{path}.{field}[{n}]"), format!("{cidr:?} is not an IP or CIDR"));
@@ -895,28 +918,28 @@ impl Validator {
     }
 
     fn authz_condition(&mut self, path: &str, c: &AuthzCondition) {
-        let known = matches!(
-            c.key.as_str(),
-            "source.ip"
-                | "source.namespace"
-                | "source.principal"
-                | "destination.port"
-                | "request.method"
-                | "request.path"
-        ) || (c.key.starts_with("request.headers[") && c.key.ends_with(']') && c.key.len() > 17);
+        let known = CONDITION_KEYS.contains(&c.key.as_str()) || condition_header(&c.key).is_some();
         if !known {
             self.err(
                 format!("{path}.key"),
                 format!(
-                    "unsupported key {:?}; use request.headers[<name>], source.ip, \
-                     source.namespace, source.principal, destination.port, request.method \
-                     or request.path",
-                    c.key
+                    "unsupported key {:?}; use request.headers[<name>], {}",
+                    c.key,
+                    CONDITION_KEYS.join(", ")
                 ),
             );
         }
+        let ip = IP_CONDITION_KEYS.contains(&c.key.as_str());
         for (n, m) in c.values.iter().chain(&c.not_values).enumerate() {
-            self.string_match(&format!("{path}.values[{n}]"), m);
+            let vp = format!("{path}.values[{n}]");
+            match m {
+                StringMatch::Exact(v) if ip && parse_cidr(v).is_none() => {
+                    self.err(vp, format!("{v:?} is not an IP or CIDR"));
+                }
+                StringMatch::Exact(_) => {}
+                _ if ip => self.err(vp, "addresses are matched with exact IPs or CIDRs"),
+                _ => self.string_match(&vp, m),
+            }
         }
     }
 

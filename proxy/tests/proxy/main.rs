@@ -2,6 +2,7 @@
 //! real TLS, against loopback test servers.
 
 mod admin;
+mod authorization;
 mod binary;
 mod cancellation;
 mod capture;

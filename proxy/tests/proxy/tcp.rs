@@ -22,7 +22,7 @@ where
     (addr, task)
 }
 
-async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     tcp_server(|mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;

@@ -11,7 +11,7 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, millis};
-use super::{Code, Ctx, DNS_DOMAIN, host_covers, resource, visible};
+use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, visible};
 use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
 
 /// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
@@ -321,10 +321,10 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
                 SimpleLb::Random => LbPolicy::Random,
                 SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified => LbPolicy::LeastRequest,
                 SimpleLb::Passthrough => {
-                    ctx.diag(
-                        Code::UnsupportedDropped,
+                    ctx.dropped(
+                        Dropped::LoadBalancerPassthrough,
                         res,
-                        "loadBalancer PASSTHROUGH is not supported by trellis-proxy yet; LEAST_REQUEST is used",
+                        "loadBalancer.simple PASSTHROUGH is not supported by trellis-proxy yet; LEAST_REQUEST is used",
                     );
                     LbPolicy::LeastRequest
                 }
@@ -343,8 +343,8 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
                 Some(HashKey::Header(h.clone()))
             } else if let Some(cookie) = &ch.http_cookie {
                 if cookie.ttl.is_some() {
-                    ctx.diag(
-                        Code::UnsupportedIgnored,
+                    ctx.dropped(
+                        Dropped::SessionCookieTtl,
                         res,
                         "consistentHash.httpCookie.ttl: trellis-proxy does not generate session cookies yet; requests without the cookie are spread by hash of nothing",
                     );
@@ -360,10 +360,10 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
             };
         }
         if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
-            ctx.diag(
-                Code::UnsupportedIgnored,
+            ctx.dropped(
+                Dropped::LoadBalancerWarmup,
                 res,
-                "loadBalancer warmup is not implemented by trellis-proxy yet; new endpoints get full traffic at once",
+                "loadBalancer.warmup is not implemented by trellis-proxy yet; new endpoints get full traffic at once",
             );
         }
     }

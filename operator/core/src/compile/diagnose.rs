@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::route::{ClusterRef, applies_to_gateway};
-use super::{Ctx, DNS_DOMAIN, Diagnostic, cluster, inbound, outbound, resolve_host};
+use super::{Ctx, DNS_DOMAIN, Diagnostic, Role, cluster, inbound, outbound, resolve_host};
 use crate::registry::{ObjectKey, Workload};
 use crate::snapshot::Snapshot;
 
@@ -130,6 +130,7 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         let mut c = ctx(snapshot, &pod);
         let mut clusters = BTreeMap::new();
         outbound::gateway_listeners(&mut c, &mut clusters);
+        inbound::authorization(&mut c, Role::Gateway);
         out.extend(c.diagnostics);
     }
 
@@ -137,7 +138,7 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
     for w in snapshot.registry.workloads.values() {
         let mut c = ctx(snapshot, w);
         inbound::mtls(&mut c);
-        inbound::authorization(&mut c);
+        inbound::authorization(&mut c, Role::Sidecar);
         out.extend(c.diagnostics);
     }
     out.into_iter().collect()
@@ -219,7 +220,7 @@ spec:
             has(Code::UnsupportedDropped, "DestinationRule shop/payment", "PASSTHROUGH"),
             "{d:#?}"
         );
-        assert!(has(Code::UnsupportedDropped, "Gateway shop/edge", "tls mode"), "{d:#?}");
+        assert!(has(Code::UnsupportedDropped, "Gateway shop/edge", "tls.mode"), "{d:#?}");
         let mut sorted = d.clone();
         sorted.sort();
         sorted.dedup();

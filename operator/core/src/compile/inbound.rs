@@ -6,15 +6,14 @@ use std::collections::BTreeMap;
 
 use trellis_api::security::{self as api, AuthzAction as ApiAction, MtlsMode as ApiMode, PeerAuthentication};
 use trellis_contract::{
-    SpiffeId,
     self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
     ConnectionPool, Endpoint, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener, ListenerDirection,
-    ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, RouteMatch, TcpRoute,
-    UpstreamProtocol, UpstreamTls, VirtualHost,
+    ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, RouteMatch, SpiffeId,
+    TcpRoute, UpstreamProtocol, UpstreamTls, VirtualHost,
 };
 
 use super::route::forward_to;
-use super::{Code, Ctx, DNS_DOMAIN, INBOUND_PORT, ROOT_NAMESPACE, resource};
+use super::{Code, Ctx, DNS_DOMAIN, Dropped, INBOUND_PORT, ROOT_NAMESPACE, Role, resource};
 use crate::registry::{Protocol, TargetPort, selects};
 
 /// The inbound listener, its local clusters, and the inbound policy.
@@ -121,7 +120,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
     };
     let policy = InboundPolicy {
         mtls: mtls(ctx),
-        authorization: authorization(ctx),
+        authorization: authorization(ctx, Role::Sidecar),
     };
     (listener, clusters, policy)
 }
@@ -212,8 +211,9 @@ pub(crate) fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
 }
 
 /// The AuthorizationPolicies that apply to the workload: mesh-wide ones in the root
-/// namespace, and those of its namespace, with no selector or a matching one.
-pub(crate) fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
+/// namespace, and those of its namespace, with no selector or a matching one, or targeting
+/// (`targetRefs`) a Service that selects it or, for a gateway proxy, a Gateway that does.
+pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationPolicy> {
     let pod_ns = ctx.proxy.key.namespace.clone();
     let mut out = Vec::new();
     let mut policies: Vec<&api::AuthorizationPolicy> = ctx
@@ -222,7 +222,7 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
         .iter()
         .filter(|p| {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ROOT_NAMESPACE) && applies(ctx, p)
+            (ns == pod_ns || ns == ROOT_NAMESPACE) && applies(ctx, role, p)
         })
         .collect();
     policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
@@ -231,15 +231,12 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
         let action = match p.spec.action.unwrap_or(ApiAction::Allow) {
             ApiAction::Allow => AuthzAction::Allow,
             ApiAction::Deny => AuthzAction::Deny,
-            ApiAction::Audit => {
-                ctx.diag(Code::UnsupportedIgnored, &res, "AUDIT policies do not change decisions, and trellis-proxy does not write audit records yet; the policy has no effect");
-                continue;
-            }
+            ApiAction::Audit => AuthzAction::Audit,
             ApiAction::Custom => {
-                ctx.diag(
-                    Code::UnsupportedDropped,
+                ctx.dropped(
+                    Dropped::CustomAction,
                     &res,
-                    "CUSTOM (external authorization) is not supported by Trellis yet; the policy is ignored",
+                    "action CUSTOM (external authorization) is not supported by Trellis yet; the policy is ignored",
                 );
                 continue;
             }
@@ -255,7 +252,7 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>) -> Vec<AuthorizationPolicy> {
     out
 }
 
-fn applies(ctx: &Ctx<'_>, p: &api::AuthorizationPolicy) -> bool {
+fn applies(ctx: &Ctx<'_>, role: Role, p: &api::AuthorizationPolicy) -> bool {
     let refs: Vec<&api::PolicyTargetReference> = p
         .spec
         .target_ref
@@ -264,15 +261,29 @@ fn applies(ctx: &Ctx<'_>, p: &api::AuthorizationPolicy) -> bool {
         .collect();
     if !refs.is_empty() {
         let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-        return refs.iter().any(|r| {
-            r.kind == "Service"
-                && ctx
-                    .snapshot
-                    .registry
-                    .services
-                    .get(&crate::registry::ObjectKey::new(ns, r.name.clone()))
-                    .and_then(|s| s.selector.as_ref())
-                    .is_some_and(|s| ns == ctx.proxy.key.namespace && selects(s, &ctx.proxy.labels))
+        // The caller keeps policies of the proxy's namespace and the root namespace.
+        return refs.iter().any(|r| match r.kind.as_str() {
+            // A Service selects pods of its own namespace only.
+            "Service" => {
+                ns == ctx.proxy.key.namespace
+                    && ctx
+                        .snapshot
+                        .registry
+                        .services
+                        .get(&crate::registry::ObjectKey::new(ns, r.name.clone()))
+                        .and_then(|s| s.selector.as_ref())
+                        .is_some_and(|s| selects(s, &ctx.proxy.labels))
+            }
+            // The gateway proxies a Gateway of the policy's namespace selects.
+            "Gateway" => {
+                role == Role::Gateway
+                    && ctx.snapshot.gateways.iter().any(|g| {
+                        g.metadata.namespace.as_deref().unwrap_or("default") == ns
+                            && g.metadata.name.as_deref() == Some(r.name.as_str())
+                            && g.spec.selector.as_ref().is_none_or(|s| selects(s, &ctx.proxy.labels))
+                    })
+            }
+            _ => false,
         });
     }
     p.spec
@@ -335,6 +346,8 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
                 not_namespaces: list(&s.not_namespaces).iter().map(|n| pattern(n)).collect(),
                 ip_blocks: list(&s.ip_blocks),
                 not_ip_blocks: list(&s.not_ip_blocks),
+                remote_ip_blocks: list(&s.remote_ip_blocks),
+                not_remote_ip_blocks: list(&s.not_remote_ip_blocks),
             }
         })
         .collect();
@@ -361,10 +374,17 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
         .when
         .iter()
         .flatten()
-        .map(|w| AuthzCondition {
-            key: w.key.clone(),
-            values: list(&w.values).iter().map(|v| pattern(v)).collect(),
-            not_values: list(&w.not_values).iter().map(|v| pattern(v)).collect(),
+        .map(|w| {
+            // Addresses are IPs or CIDRs, matched by containment, never patterns.
+            let value = |v: &String| match w.key.as_str() {
+                "source.ip" | "remote.ip" | "destination.ip" => c::StringMatch::Exact(v.clone()),
+                _ => pattern(v),
+            };
+            AuthzCondition {
+                key: w.key.clone(),
+                values: list(&w.values).iter().map(value).collect(),
+                not_values: list(&w.not_values).iter().map(value).collect(),
+            }
         })
         .collect();
     AuthzRule { from, to, when }

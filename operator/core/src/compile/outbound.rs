@@ -14,7 +14,7 @@ use trellis_contract::{
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
 use super::{
-    Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, visible,
+    Code, Ctx, DNS_DOMAIN, Dropped, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, visible,
 };
 use crate::registry::{Protocol, Service, ServicePort, selects};
 
@@ -664,11 +664,11 @@ fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Res
         ApiTlsMode::Simple => ServerTlsMode::Simple,
         ApiTlsMode::Mutual => ServerTlsMode::Mutual,
         other => {
-            ctx.diag(
-                Code::UnsupportedDropped,
+            ctx.dropped(
+                Dropped::GatewayTlsMode,
                 res,
                 format!(
-                    "server port {}: tls mode {other:?} is not supported by trellis-proxy yet; the server is dropped",
+                    "server port {}: tls.mode {other:?} is not supported by trellis-proxy yet; the server is dropped",
                     server.port.number
                 ),
             );

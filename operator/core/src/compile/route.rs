@@ -9,7 +9,7 @@ use trellis_contract::{
     RouteAction, RouteMatch, WeightedCluster,
 };
 
-use super::{Code, Ctx, resolve_host, resource};
+use super::{Code, Ctx, Dropped, resolve_host, resource};
 use crate::registry::selects;
 
 /// A route sending everything it matches to one cluster, with no retries or timeout (the
@@ -152,8 +152,8 @@ fn compile_matches(
             continue;
         }
         if m.scheme.is_some() {
-            ctx.diag(
-                Code::UnsupportedDropped,
+            ctx.dropped(
+                Dropped::SchemeMatch,
                 res,
                 format!("spec.http[{index}].match[{j}].scheme: scheme matching is not supported by trellis-proxy yet; this match is dropped"),
             );
@@ -253,11 +253,11 @@ fn compile_action(
     if let Some(d) = &rule.direct_response {
         let body = d.body.as_ref().and_then(|b| {
             b.string.clone().or_else(|| {
-                b.bytes.as_ref().and_then(|raw| {
-                    let decoded = base64_decode(raw).and_then(|v| String::from_utf8(v).ok());
+                b.decoded_bytes().and_then(|raw| {
+                    let decoded = raw.ok().and_then(|v| String::from_utf8(v).ok());
                     if decoded.is_none() {
-                        ctx.diag(
-                            Code::UnsupportedDropped,
+                        ctx.dropped(
+                            Dropped::BinaryDirectResponse,
                             res,
                             format!("spec.http[{index}].directResponse.body.bytes: only UTF-8 bodies are supported by trellis-proxy yet; the body is dropped"),
                         );
@@ -273,10 +273,10 @@ fn compile_action(
     }
     let dests = rule.route.as_deref().unwrap_or_default();
     if dests.is_empty() {
-        ctx.diag(
-            Code::SchemaValidationError,
+        ctx.dropped(
+            Dropped::RuleWithoutDestination,
             res,
-            format!("spec.http[{index}]: no destination; the rule is dropped"),
+            format!("spec.http[{index}].route: no destination; the rule is dropped"),
         );
         return None;
     }
@@ -497,32 +497,17 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     trellis_api::duration::parse(s).ok()
 }
 
-/// Decode a directResponse body (standard alphabet; padding optional, as the validator allows).
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const ENGINE: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    ENGINE.decode(clean).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_base64() {
+    fn durations() {
         assert_eq!(millis("2s"), Some(2000));
         assert_eq!(millis("0.5s"), Some(500));
         assert_eq!(millis("1m30s"), Some(90_000));
         assert_eq!(millis("100us"), Some(1));
         assert_eq!(millis("x"), None);
-        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
-        assert_eq!(base64_decode("aGk="), Some(b"hi".to_vec()));
-        assert_eq!(base64_decode("!!"), None);
     }
 
     #[test]
