@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use trellis_contract::SpiffeId;
@@ -26,6 +25,7 @@ use crate::admission::ca_bundle::Published;
 use crate::admission::server::Webhooks;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
 use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
+use crate::events::{Recorder, Reporter};
 use crate::index::{self, Index};
 use crate::leader::{self, Elector, Leadership};
 use crate::mesh::settings::{Defaults, Settings};
@@ -647,8 +647,8 @@ fn renewal_announcer(
                     return;
                 }
             };
-            let event = kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Normal,
+            let event = crate::events::Event {
+                type_: crate::events::EventType::Normal,
                 reason: "WebhookCertificateRenewed".into(),
                 note: Some(note),
                 action: "RenewCertificate".into(),

@@ -27,13 +27,13 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use trellis_api::document::Kind;
 use trellis_api::status::{ConfigStatus, MessageType, StatusMessage};
 use trellis_core::compile::{self, Diagnostic, Severity};
 use trellis_core::snapshot::Snapshot;
 
+use crate::events::{Event, EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 
 /// The condition the compiler's verdict is written under.

@@ -13,6 +13,7 @@
 //!   `caBundle`.
 //! - [`leader`]: the leader election; only the leader reconciles and rotates.
 //! - [`mesh`]: the Mesh reconciler: settings, status, events, finalizer.
+//! - [`events`]: Kubernetes Events, one per distinct occurrence, repeats as its series.
 //! - [`dataplane`]: the meshed pods, their proxy images, owners and health.
 //! - [`rollout`]: proxy rollouts in health-gated waves, rolled back when a wave fails.
 //! - [`peers`]: the other replicas' proxies, so the leader sees every proxy.
@@ -26,6 +27,7 @@ pub mod app;
 pub mod ca;
 pub mod dataplane;
 pub mod diagnostics;
+pub mod events;
 pub mod index;
 pub mod leader;
 pub mod mesh;

@@ -38,7 +38,6 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -51,6 +50,7 @@ use trellis_api::mesh::{
 use self::conditions::{CaObservation, Observed, WebhooksObservation};
 use self::settings::{Defaults, Invalid, Settings};
 use crate::dataplane::{self, MeshedPod, ProxyLink};
+use crate::events::{Event, EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 use crate::rollout::{self, plan::Workload};
 
@@ -793,6 +793,89 @@ mod tests {
         assert_eq!(condition(&status, ROLLOUT_PROGRESSING).status, "True");
         let versions = status.data_plane.unwrap().versions.unwrap();
         assert_eq!(versions[0].pods, 2, "version skew: both pods still on the old image");
+    }
+
+    /// The shop's `db`, one pod on `image`, and `web` as in [`Fixed::default`].
+    fn db_and_web(db_image: &str, db_assigned: Option<&str>) -> Fixed {
+        let mut f = Fixed::default();
+        let db = crate::dataplane::WorkloadRef {
+            name: "db".into(),
+            ..super::fixtures::web()
+        };
+        f.pods.push(MeshedPod {
+            name: "db-1".into(),
+            image: db_image.into(),
+            owner: crate::dataplane::Owner::Workload(db.clone()),
+            ..f.pods[0].clone()
+        });
+        f.links.insert("shop/db-1".into(), f.links["shop/web-1"]);
+        f.workloads.push(Workload {
+            id: db,
+            assigned: db_assigned.map(str::to_string),
+            ..f.workloads[0].clone()
+        });
+        f
+    }
+
+    #[tokio::test]
+    async fn each_wave_is_announced_by_an_event_of_its_own() {
+        let old = Defaults::default().proxy_image;
+        let observe = Arc::new(super::fixtures::Changing(std::sync::Mutex::new(db_and_web(&old, None))));
+        let (ctx, server, _) = Context::test_observing(observe.clone());
+        let m = mesh(
+            "default",
+            json!({"versions": {"proxy": "proxy:2"}, "rollout": {"batchSize": 1, "pause": "0s"}}),
+        )
+        .finalized();
+
+        let (tx1, rx1) = tokio::sync::oneshot::channel();
+        let (tx2, rx2) = tokio::sync::oneshot::channel();
+        let (tx3, rx3) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::Steps(vec![
+            // Wave 1: db (workloads in name order).
+            Step::Event("Ready".into()),
+            Step::Event("DataPlaneUpToDateFalse".into()),
+            Step::Event("RolloutProgressing".into()),
+            Step::Status(tx1),
+            Step::Assign {
+                path: "/apis/apps/v1/namespaces/shop/deployments/db".into(),
+                image: "proxy:2".into(),
+            },
+            Step::EventSaying(
+                "RolloutWaveStarted".into(),
+                "wave 1: restarting Deployment shop/db onto proxy:2".into(),
+            ),
+            // db is healthy on proxy:2: wave 1 finished (soaking for 0 s).
+            Step::EventSaying("RolloutProgressing".into(), "wave 1 is healthy".into()),
+            Step::Status(tx2),
+            Step::EventSaying("RolloutWaveFinished".into(), "wave 1 is healthy".into()),
+            // Wave 2: web, announced by a new event saying so (kube-runtime's Recorder made it
+            // the series of wave 1's event: "wave 1: restarting Deployment shop/db (x2)").
+            Step::EventSaying("RolloutProgressing".into(), "wave 2 is restarting".into()),
+            Step::Status(tx3),
+            Step::Assign {
+                path: "/apis/apps/v1/namespaces/shop/deployments/web".into(),
+                image: "proxy:2".into(),
+            },
+            Step::EventSaying(
+                "RolloutWaveStarted".into(),
+                "wave 2: restarting Deployment shop/web onto proxy:2".into(),
+            ),
+        ]));
+        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
+        let wave1 = rx1.await.expect("the status of wave 1");
+        observe.set(|f| *f = db_and_web("proxy:2", Some("proxy:2")));
+        reconcile(Arc::new(m.clone().with_status(wave1)), ctx.clone())
+            .await
+            .expect("wave 1 healthy");
+        let soaked = rx2.await.expect("the status of wave 1's soak");
+        reconcile(Arc::new(m.with_status(soaked)), ctx.clone())
+            .await
+            .expect("wave 2");
+        timeout_after_1s(scenario).await;
+        let wave2 = rx3.await.expect("the status of wave 2").rollout.expect("a rollout");
+        assert_eq!(wave2.wave, 2);
+        assert_eq!(wave2.wave_workloads.expect("members")[0].name, "web");
     }
 
     #[tokio::test]

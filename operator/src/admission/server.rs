@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::admission::AdmissionResponse;
-use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use trellis_manifests::install::webhooks::{INJECT_PATH, VALIDATE_PATH};
@@ -33,6 +32,7 @@ use trellis_manifests::sidecar::Settings;
 use super::inject::SkipEvent;
 use super::{MAX_BODY_BYTES, refusal};
 use crate::ca::MeshRoots;
+use crate::events::{Event, EventType, Recorder};
 use crate::index;
 use crate::serving::{ServingTls, issuing_root};
 

@@ -128,6 +128,42 @@ impl Observe for Fixed {
     }
 }
 
+/// Observations a test changes between two reconciles of one [`Context`] (the cluster moved on).
+#[derive(Debug, Default)]
+pub struct Changing(pub std::sync::Mutex<Fixed>);
+
+impl Changing {
+    /// The observations now.
+    fn current(&self) -> Fixed {
+        self.0.lock().expect("not poisoned").clone()
+    }
+    /// Change them.
+    pub fn set(&self, f: impl FnOnce(&mut Fixed)) {
+        f(&mut self.0.lock().expect("not poisoned"));
+    }
+}
+
+impl Observe for Changing {
+    fn ca(&self, settings: &Settings) -> CaObservation {
+        self.current().ca(settings)
+    }
+    fn webhooks(&self) -> WebhooksObservation {
+        self.current().webhooks
+    }
+    fn pods(&self) -> Vec<MeshedPod> {
+        self.current().pods
+    }
+    fn links(&self) -> BTreeMap<String, ProxyLink> {
+        self.current().links
+    }
+    fn workloads(&self) -> Vec<Workload> {
+        self.current().workloads
+    }
+    fn now(&self) -> SystemTime {
+        self.current().now()
+    }
+}
+
 /// A Mesh named `name` with `spec`.
 pub fn mesh(name: &str, spec: Value) -> Mesh {
     let spec: MeshSpec = serde_json::from_value(spec).expect("a valid MeshSpec shape");
@@ -175,6 +211,8 @@ pub struct ApiServerVerifier(Handle);
 pub enum Step {
     /// An event with this reason.
     Event(String),
+    /// A new event (not a repeat of an earlier one) with this reason whose note contains this.
+    EventSaying(String, String),
     /// The status, by server-side apply (sent back on the channel).
     Status(tokio::sync::oneshot::Sender<MeshStatus>),
     /// A merge patch of a workload's pod template assigning `image` and restarting it.
@@ -255,6 +293,7 @@ impl ApiServerVerifier {
                     for step in steps {
                         s = match step {
                             Step::Event(reason) => s.event(&reason).await,
+                            Step::EventSaying(reason, says) => s.event_saying(&reason, &says).await,
                             Step::Status(tx) => {
                                 let (s, status) = s.status_patch(mesh("default", json!({}))).await;
                                 let _ = tx.send(status);
@@ -319,9 +358,19 @@ impl ApiServerVerifier {
         self
     }
 
-    async fn event(mut self, reason: &str) -> Self {
+    async fn event(self, reason: &str) -> Self {
+        self.event_saying(reason, "").await
+    }
+
+    async fn event_saying(mut self, reason: &str, says: &str) -> Self {
         let (request, send) = self.next().await;
-        assert_eq!(request.method(), Method::POST, "expected the event {reason}");
+        if request.method() != Method::POST {
+            let what = format!("{} {}", request.method(), request.uri());
+            panic!(
+                "expected a new event {reason} saying {says:?}, got {what}: {}",
+                body_json(request).await
+            );
+        }
         assert!(
             request.uri().path().starts_with("/apis/events.k8s.io/v1/namespaces/")
                 && request.uri().path().ends_with("/events"),
@@ -330,6 +379,10 @@ impl ApiServerVerifier {
         );
         let event = body_json(request).await;
         assert_eq!(event["reason"], reason, "event {event}");
+        assert!(
+            event["note"].as_str().is_some_and(|n| n.contains(says)),
+            "event {reason} should say {says:?}: {event}"
+        );
         assert_eq!(event["regarding"]["kind"], "Mesh");
         respond(send, &event);
         self
@@ -515,11 +568,16 @@ impl ApiServerVerifier {
 impl Context {
     /// A context over a mock API server with `observe`, and the settings receiver.
     pub fn test(observe: Fixed) -> (Arc<Context>, ApiServerVerifier, watch::Receiver<Settings>) {
+        Context::test_observing(Arc::new(observe))
+    }
+
+    /// A context over a mock API server with `observe`, and the settings receiver.
+    pub fn test_observing(observe: Arc<dyn Observe>) -> (Arc<Context>, ApiServerVerifier, watch::Receiver<Settings>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let defaults = Defaults::default();
         let (tx, rx) = watch::channel(Settings::defaults(&defaults));
-        let ctx = Context::new(client, Arc::default(), defaults, Arc::new(observe), tx);
+        let ctx = Context::new(client, Arc::default(), defaults, observe, tx);
         (Arc::new(ctx), ApiServerVerifier(handle), rx)
     }
 }
