@@ -127,6 +127,10 @@ pub struct Context {
     /// Mesh's `spec.versions.operator` is not acted on).
     pub operator: (String, Option<String>),
     failures: AtomicU32,
+    /// The last status this reconciler wrote, with the resourceVersion of the Mesh it was
+    /// planned from: until the watch brings the write back, the cached Mesh still has that
+    /// resourceVersion and its status is stale ([`Context::freshest`]).
+    written: std::sync::Mutex<Option<(String, MeshStatus)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -157,6 +161,7 @@ impl Context {
             template: None,
             operator: (trellis_api::mesh::SYSTEM_NAMESPACE.to_string(), None),
             failures: AtomicU32::new(0),
+            written: std::sync::Mutex::new(None),
         }
     }
 
@@ -175,6 +180,30 @@ impl Context {
     }
 }
 
+impl Context {
+    /// `mesh` with the status this reconciler last wrote when the cache has not caught up
+    /// with that write yet (the cached Mesh is still the one it was planned from). Without
+    /// this, a reconcile running between a status write and its watch event plans from the
+    /// old status again: a rollout wave announced twice, a condition transition said twice.
+    pub fn freshest(&self, mesh: Arc<Mesh>) -> Arc<Mesh> {
+        let written = self.written.lock().ok().and_then(|w| w.clone());
+        match written {
+            Some((planned_from, status)) if mesh.metadata.resource_version.as_ref() == Some(&planned_from) => {
+                let mut fresher = (*mesh).clone();
+                fresher.status = Some(status);
+                Arc::new(fresher)
+            }
+            _ => mesh,
+        }
+    }
+
+    fn wrote(&self, planned_from: Option<String>, status: MeshStatus) {
+        if let (Ok(mut w), Some(rv)) = (self.written.lock(), planned_from) {
+            *w = Some((rv, status));
+        }
+    }
+}
+
 /// Reconcile one Mesh: the one named `default` through its finalizer, any other by saying
 /// that it is not acted on.
 pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -184,6 +213,7 @@ pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Err
         mesh.not_acted_on(&ctx).await
     } else {
         let api: Api<Mesh> = Api::all(ctx.client.clone());
+        let mesh = ctx.freshest(mesh);
         finalizer(&api, FINALIZER, mesh, |event| async {
             match event {
                 Finalizer::Apply(m) => m.apply(&ctx).await,
@@ -265,8 +295,16 @@ impl MeshExt for Mesh {
             return Ok(Action::requeue(RESYNC));
         };
         self.upgrade_operator(ctx, &settings).await?;
+        // The restart time is the wave's start, the same however often the wave's assignments
+        // are made (a reconcile on a stale cache, a new leader): re-asserting one changes no
+        // pod template, so no workload restarts twice for one wave.
+        let restarted_at = plan
+            .status
+            .as_ref()
+            .and_then(|s| rollout::plan::parse_time(s.wave_started.as_deref()))
+            .unwrap_or(now);
         for a in &plan.assignments {
-            rollout::workloads::assign(&ctx.client, a, now)
+            rollout::workloads::assign(&ctx.client, a, restarted_at)
                 .await
                 .map_err(Error::Kube)?;
             tracing::info!(workload = %a.workload, image = %a.image, "assigned the proxy image; the workload restarts");
@@ -502,6 +540,7 @@ impl MeshStatusExt for Mesh {
         api.patch_status(&self.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &patch)
             .await
             .map_err(Error::Kube)?;
+        ctx.wrote(self.metadata.resource_version.clone(), status);
         Ok(())
     }
 
@@ -876,6 +915,49 @@ mod tests {
         let wave2 = rx3.await.expect("the status of wave 2").rollout.expect("a rollout");
         assert_eq!(wave2.wave, 2);
         assert_eq!(wave2.wave_workloads.expect("members")[0].name, "web");
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_before_the_cache_has_its_status_write_repeats_nothing() {
+        let mut cluster = Fixed::default();
+        // An hour more than whole days left, so "expires in 3650 days" holds 5 s later too.
+        cluster.ca.root_expires = Some(super::fixtures::now() + Duration::from_secs(3650 * 86400 + 3600));
+        let observe = Arc::new(super::fixtures::Changing(std::sync::Mutex::new(cluster)));
+        let (ctx, server, _) = Context::test_observing(observe.clone());
+        let mut m = mesh("default", json!({"versions": {"proxy": "proxy:2"}})).finalized();
+        m.metadata.resource_version = Some("7".into());
+        let web = "/apis/apps/v1/namespaces/shop/deployments/web".to_string();
+        let wave_started = k8s_openapi::jiff::Timestamp::try_from(super::fixtures::now())
+            .expect("a time")
+            .to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::Steps(vec![
+            Step::Event("Ready".into()),
+            Step::Event("DataPlaneUpToDateFalse".into()),
+            Step::Event("RolloutProgressing".into()),
+            Step::Status(tx),
+            Step::AssignRestartedAt {
+                path: web.clone(),
+                image: "proxy:2".into(),
+                at: wave_started.clone(),
+            },
+            Step::EventSaying("RolloutWaveStarted".into(), "wave 1".into()),
+            // The second reconcile: no event, no status, wave 1 not started again; the
+            // assignment the stale workload cache lacks is re-asserted with the same restart
+            // time, which changes no pod template.
+            Step::AssignRestartedAt {
+                path: web,
+                image: "proxy:2".into(),
+                at: wave_started,
+            },
+        ]));
+        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
+        // Five seconds later the cache still holds resourceVersion 7, without the status
+        // written, and the workload cache has not seen the assignment either.
+        observe.set(|f| f.elapsed = Duration::from_secs(5));
+        reconcile(Arc::new(m), ctx.clone()).await.expect("again");
+        timeout_after_1s(scenario).await;
+        assert_eq!(rx.await.expect("the status").rollout.map(|r| r.wave), Some(1));
     }
 
     #[tokio::test]

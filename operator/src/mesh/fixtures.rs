@@ -34,6 +34,8 @@ pub struct Fixed {
     pub pods: Vec<MeshedPod>,
     pub links: BTreeMap<String, ProxyLink>,
     pub workloads: Vec<Workload>,
+    /// How long after [`now`] the observation is made.
+    pub elapsed: Duration,
 }
 
 /// The Deployment `shop/web`.
@@ -100,6 +102,7 @@ impl Default for Fixed {
                 },
                 budget_exhausted: false,
             }],
+            elapsed: Duration::ZERO,
         }
     }
 }
@@ -124,7 +127,7 @@ impl Observe for Fixed {
         self.workloads.clone()
     }
     fn now(&self) -> SystemTime {
-        now()
+        now() + self.elapsed
     }
 }
 
@@ -222,6 +225,15 @@ pub enum Step {
         /// The image assigned.
         image: String,
     },
+    /// [`Step::Assign`] with this `kubectl.kubernetes.io/restartedAt`.
+    AssignRestartedAt {
+        /// The workload's URL path.
+        path: String,
+        /// The image assigned.
+        image: String,
+        /// The restart annotation's value.
+        at: String,
+    },
     /// A strategic merge patch of the operator's Deployment to `image`.
     UpgradeOperator {
         /// The image.
@@ -299,7 +311,8 @@ impl ApiServerVerifier {
                                 let _ = tx.send(status);
                                 s
                             }
-                            Step::Assign { path, image } => s.assignment(&path, &image).await,
+                            Step::Assign { path, image } => s.assignment(&path, &image, None).await,
+                            Step::AssignRestartedAt { path, image, at } => s.assignment(&path, &image, Some(&at)).await,
                             Step::UpgradeOperator { image } => s.operator_upgrade(&image).await,
                         };
                     }
@@ -417,7 +430,7 @@ impl ApiServerVerifier {
         (self, status)
     }
 
-    async fn assignment(mut self, path: &str, image: &str) -> Self {
+    async fn assignment(mut self, path: &str, image: &str, at: Option<&str>) -> Self {
         let (request, send) = self.next().await;
         assert_eq!(request.method(), Method::PATCH);
         assert_eq!(request.uri().path(), path);
@@ -432,6 +445,9 @@ impl ApiServerVerifier {
             annotations[trellis_api::mesh::RESTARTED_AT_ANNOTATION].is_string(),
             "restarted as kubectl rollout restart does: {patch}"
         );
+        if let Some(at) = at {
+            assert_eq!(annotations[trellis_api::mesh::RESTARTED_AT_ANNOTATION], at, "{patch}");
+        }
         respond(
             send,
             &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}),

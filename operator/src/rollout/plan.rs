@@ -128,7 +128,8 @@ fn rfc3339(t: SystemTime) -> String {
     Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
 }
 
-fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+/// A time the rollout status recorded (RFC 3339).
+pub fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     s.and_then(|s| s.parse::<Timestamp>().ok()).map(SystemTime::from)
 }
 
