@@ -3,6 +3,7 @@
 //! workloads (plain Deployments in a namespace labelled for injection), its routing and the
 //! Mesh tracing change.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use trellis_manifests::install::Options;
@@ -11,20 +12,16 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = Options::default();
     match args.first().map(String::as_str) {
-        Some("install") => {
-            print!(
-                "{}",
-                trellis_manifests::to_yaml(&trellis_manifests::install::objects(&opts))
-            );
-            std::process::ExitCode::SUCCESS
-        }
+        Some("install") => emit(&trellis_manifests::to_yaml(&trellis_manifests::install::objects(&opts))),
         Some("demo") => {
             let settings = trellis_manifests::sidecar::Settings::new(&opts);
             let mut objects = trellis_manifests::demo::objects(&settings);
             objects.push(trellis_manifests::demo::mesh_tracing());
-            print!("{}", trellis_manifests::to_yaml(&objects));
-            print!("---\n{}", trellis_manifests::demo::ROUTING);
-            std::process::ExitCode::SUCCESS
+            emit(&format!(
+                "{}---\n{}",
+                trellis_manifests::to_yaml(&objects),
+                trellis_manifests::demo::ROUTING
+            ))
         }
         Some("olm") => {
             let dir = args
@@ -48,6 +45,20 @@ fn main() -> std::process::ExitCode {
         _ => {
             eprintln!("usage: trellis-manifests install | demo | olm [DIR]");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`| head`) ends the program quietly
+/// with a failure status, as other Unix tools do, instead of a panic from `print!`.
+fn emit(text: &str) -> std::process::ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("trellis-manifests: writing to stdout: {e}");
+            std::process::ExitCode::from(1)
         }
     }
 }
