@@ -8,11 +8,15 @@
 //! | `ghcr.io/trellis-mesh/trellis-proxy` | `trellis-proxy` from the bin dir |
 //! | `ghcr.io/trellis-mesh/trellis-operator` | `trellis-operator` from the bin dir |
 //! | `ghcr.io/trellis-mesh/trellis-testapp` | `trellis-testapp` from the bin dir |
+//! | `ghcr.io/trellis-mesh/trellis-proxy-unready` | `trellis-proxy` with `TRELLIS_HEALTH_ADDR=127.0.0.1:15099` in its image environment: a proxy release that never passes its probes (they look at port 15021), the broken version the end-to-end suite rolls out |
 //! | `busybox`, `alpine`, `debian`, `ubuntu` (any registry prefix, e.g. `docker.io/library/busybox`) | the host's programs: `command[0]` looked up on the host `PATH` (default entrypoint `/bin/sh`) |
 //!
 //! The bin dir is `--bin-dir`/`KUBESIM_BIN_DIR`, else the directory of the
 //! running executable and its parent (so a test binary in
 //! `target/debug/deps` finds `target/debug/trellis-proxy`).
+//!
+//! An image's environment is the container's starting environment; the
+//! container's own `env` overrides it, as with an image's `ENV`.
 //!
 //! An image outside the table is reported like a failed pull
 //! (`ErrImagePull`, then `ImagePullBackOff`) with a message that names the
@@ -27,14 +31,32 @@ pub const TRELLIS_PROGRAMS: [(&str, &str); 3] = [
     ("ghcr.io/trellis-mesh/trellis-testapp", "trellis-testapp"),
 ];
 
+/// Variables an image sets in its environment.
+pub type ImageEnv = &'static [(&'static str, &'static str)];
+
+/// Images that run one of kubesim's programs with variables in their image
+/// environment (Docker's `ENV`): releases that are broken on purpose.
+pub const VARIANTS: [(&str, &str, ImageEnv); 1] = [(
+    "ghcr.io/trellis-mesh/trellis-proxy-unready",
+    "trellis-proxy",
+    // why: the proxy serves /ready on a port the pod's probes do not look at, so the
+    // pod never turns Ready while the proxy itself runs normally.
+    &[("TRELLIS_HEALTH_ADDR", "127.0.0.1:15099")],
+)];
+
 /// Generic images whose "filesystem" is the host's own programs.
 pub const HOST_IMAGES: [&str; 4] = ["busybox", "alpine", "debian", "ubuntu"];
 
 /// What an image resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Image {
-    /// One of our binaries (the program's base name and its path).
-    Program { name: String, path: PathBuf },
+    /// One of our binaries (the program's base name and its path), with
+    /// the image's environment.
+    Program {
+        name: String,
+        path: PathBuf,
+        env: Vec<(String, String)>,
+    },
     /// The host's programs, entrypoint `/bin/sh`.
     Host,
 }
@@ -105,7 +127,11 @@ pub fn host_program(name: &str) -> Option<PathBuf> {
 
 /// The mapping in one line, for error messages.
 pub fn mapping_summary() -> String {
-    let ours: Vec<String> = TRELLIS_PROGRAMS.iter().map(|(r, p)| format!("{r} → {p}")).collect();
+    let ours: Vec<String> = TRELLIS_PROGRAMS
+        .iter()
+        .map(|(r, p)| format!("{r} → {p}"))
+        .chain(VARIANTS.iter().map(|(r, p, _)| format!("{r} → {p} (never Ready)")))
+        .collect();
     format!(
         "{}; {} → host programs (see e2e/README.md, \"Images\")",
         ours.join(", "),
@@ -116,11 +142,17 @@ pub fn mapping_summary() -> String {
 /// Resolves an image, or says why it cannot run here.
 pub fn resolve(image: &str, bins: &BinDirs) -> Result<Image, String> {
     let repo = repository(image);
-    if let Some((_, program)) = TRELLIS_PROGRAMS.iter().find(|(r, _)| *r == repo) {
+    let program = TRELLIS_PROGRAMS
+        .iter()
+        .map(|(r, p)| (*r, *p, &[][..]))
+        .chain(VARIANTS)
+        .find(|(r, _, _)| *r == repo);
+    if let Some((_, program, env)) = program {
         return match bins.find(program) {
             Some(path) => Ok(Image::Program {
-                name: (*program).to_string(),
+                name: program.to_string(),
                 path,
+                env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             }),
             None => Err(format!(
                 "image \"{image}\" maps to the program {program}, which is not built in {} (build it, e.g. `cargo build -p <crate>`, or set --bin-dir/KUBESIM_BIN_DIR)",
@@ -181,8 +213,20 @@ mod tests {
             resolve("ghcr.io/trellis-mesh/trellis-testapp:latest", &bins),
             Ok(Image::Program {
                 name: "trellis-testapp".into(),
-                path: exe
+                path: exe.clone(),
+                env: vec![],
             })
+        );
+        let proxy = dir.path().join("trellis-proxy");
+        std::fs::copy(&exe, &proxy).unwrap();
+        let Ok(Image::Program { name, env, .. }) = resolve("ghcr.io/trellis-mesh/trellis-proxy-unready:1", &bins)
+        else {
+            panic!("the unready proxy is a variant of trellis-proxy");
+        };
+        assert_eq!(name, "trellis-proxy");
+        assert_eq!(
+            env,
+            [("TRELLIS_HEALTH_ADDR".to_string(), "127.0.0.1:15099".to_string())]
         );
     }
 }

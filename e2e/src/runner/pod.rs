@@ -763,7 +763,7 @@ impl Worker {
         let not_found = |p: &str| format!("exec: \"{p}\": executable file not found in $PATH");
         match (image, command) {
             (Image::Program { path, .. }, None) => Ok((path.clone(), args)),
-            (Image::Program { name, path }, Some(cmd)) => {
+            (Image::Program { name, path, .. }, Some(cmd)) => {
                 let first = &cmd[0];
                 let base = first.rsplit('/').next().unwrap_or(first);
                 let rest: Vec<String> = cmd[1..].iter().cloned().chain(args).collect();
@@ -849,7 +849,17 @@ impl Worker {
             }
         };
         let env = match super::env::container_env(self.cluster(), &self.pod, &spec, &self.ip, self.api_for_pods()) {
-            Ok(e) => e,
+            Ok(mut e) => {
+                // The image's environment, under the container's own (as Docker's ENV).
+                if let Image::Program { env: image_env, .. } = &image {
+                    for (k, v) in image_env {
+                        if !e.iter().any(|(n, _)| n == k) {
+                            e.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+                e
+            }
             Err(msg) => {
                 let c = &mut self.ctrs[i];
                 c.state = CState::waiting("CreateContainerConfigError", &msg);

@@ -1,0 +1,758 @@
+//! The mesh lifecycle, end to end: the Mesh reconciled Ready, proxy rollouts in health-gated
+//! waves under traffic, a broken proxy release rolled back after its first wave, and the
+//! leader killed in the middle of a rollout.
+//!
+//! On kubesim (default) or the cluster named by `TRELLIS_E2E_KUBECONFIG` (see
+//! `trellis_e2e::suite`): the test speaks only the Kubernetes API (kubectl) and real traffic
+//! through the shop's gateway. One cluster for the whole binary (install and shop are
+//! expensive), so one test walks through every step in order, each named.
+//!
+//! The broken release is the image `ghcr.io/trellis-mesh/trellis-proxy-unready`: the proxy
+//! with its health port moved away from where the pods' probes look, so its pods never turn
+//! Ready (kubesim maps it, `e2e/README.md` "Images"; another test bed provides the same image).
+//!
+//! StatefulSets and DaemonSets are rolled too where the API server serves them (upstream
+//! Kubernetes); kubesim has no controllers for them, and the test says so in its output.
+//!
+//! Needs the workspace's binaries built: `cargo build --bins`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use trellis_e2e::suite::{Background, Http, Target, failures, steps, wait_for};
+use trellis_manifests::demo;
+
+const SYSTEM: &str = trellis_api::mesh::SYSTEM_NAMESPACE;
+const PROXY_REPO: &str = "ghcr.io/trellis-mesh/trellis-proxy";
+const UNREADY_REPO: &str = "ghcr.io/trellis-mesh/trellis-proxy-unready";
+const PROXY_IMAGE_ANNOTATION: &str = trellis_api::mesh::PROXY_IMAGE_ANNOTATION;
+/// How long a whole rollout of the shop may take on a loaded 2-core machine.
+const ROLLOUT: Duration = Duration::from_secs(300);
+/// How soon another replica must lead once the leader is killed (issue 11 §4).
+const TAKEOVER: Duration = Duration::from_secs(15);
+
+fn step<T>(t: &Target, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let started = Instant::now();
+    eprintln!("[lifecycle] {name} ...");
+    let out = f().map_err(|e| {
+        eprintln!(
+            "[lifecycle] {name}: FAILED: {e:#}\n{}\n--- Mesh\n{}",
+            t.diagnose(),
+            t.kubectl_ok(&["get", "mesh", "default", "-o", "yaml"], None)
+                .unwrap_or_else(|e| e.to_string())
+        );
+        e
+    });
+    let out = out.with_context(|| format!("step `{name}` failed"))?;
+    eprintln!("[lifecycle] {name}: ok in {:.1?}", started.elapsed());
+    Ok(out)
+}
+
+fn mesh(t: &Target) -> anyhow::Result<Value> {
+    t.get_json(&["mesh", "default"])
+}
+
+fn condition<'a>(mesh: &'a Value, type_: &str) -> Option<&'a Value> {
+    mesh["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn patch_mesh(t: &Target, spec: Value) -> anyhow::Result<()> {
+    let patch = json!({"spec": spec}).to_string();
+    t.kubectl_ok(&["patch", "mesh", "default", "--type", "merge", "-p", &patch], None)?;
+    Ok(())
+}
+
+/// A workload the rollout should bring along: `Kind/name` in the shop.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Workload {
+    kind: &'static str,
+    name: String,
+}
+
+impl Workload {
+    fn resource(&self) -> String {
+        format!("{}/{}", self.kind.to_ascii_lowercase(), self.name)
+    }
+
+    fn get(&self, t: &Target) -> anyhow::Result<Value> {
+        t.get_json(&["-n", demo::NAMESPACE, &self.resource()])
+    }
+
+    /// `metadata.generation`: one more per pod-template change (one restart).
+    fn generation(&self, t: &Target) -> anyhow::Result<i64> {
+        self.get(t)?["metadata"]["generation"]
+            .as_i64()
+            .with_context(|| format!("{} has no generation", self.resource()))
+    }
+
+    /// The proxy image its pod template is assigned.
+    fn assigned(&self, t: &Target) -> anyhow::Result<Option<String>> {
+        Ok(
+            self.get(t)?["spec"]["template"]["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION]
+                .as_str()
+                .map(str::to_string),
+        )
+    }
+
+    fn status_name(&self) -> String {
+        format!("{} {}/{}", self.kind, demo::NAMESPACE, self.name)
+    }
+}
+
+/// The shop's meshed workloads: its Deployments but the gateway (which runs its own proxy
+/// and is not injected), plus the StatefulSet and DaemonSet this test adds where served.
+fn meshed_workloads(t: &Target, extra: &[Workload]) -> anyhow::Result<Vec<Workload>> {
+    let deployments = t.get_json(&["deployments", "-n", demo::NAMESPACE])?;
+    let mut out: Vec<Workload> = deployments["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .filter(|n| *n != demo::GATEWAY)
+        .map(|n| Workload {
+            kind: "Deployment",
+            name: n.to_string(),
+        })
+        .collect();
+    out.extend_from_slice(extra);
+    out.sort();
+    ensure!(
+        out.len() >= 4,
+        "expected the shop's four meshed Deployments, found {out:?}"
+    );
+    Ok(out)
+}
+
+/// Whether the API server serves `plural` in `apps/v1`.
+fn serves_apps(t: &Target, plural: &str) -> anyhow::Result<bool> {
+    let resources = t.kubectl_ok(&["api-resources", "--api-group=apps", "-o", "name"], None)?;
+    Ok(resources.lines().any(|l| l.split('.').next() == Some(plural)))
+}
+
+/// A meshed StatefulSet and DaemonSet of the test app, where the API server serves them.
+fn other_workloads(t: &Target) -> anyhow::Result<Vec<Workload>> {
+    let mut out = Vec::new();
+    let template = json!({
+        "metadata": {"labels": {"app": "ledger"}},
+        "spec": {"containers": [{
+            "name": "ledger",
+            "image": demo::testapp_image(),
+            "env": [{"name": "TESTAPP_SERVICE", "value": "ledger"}],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2},
+        }]},
+    });
+    for (kind, plural, name) in [
+        ("StatefulSet", "statefulsets", "ledger"),
+        ("DaemonSet", "daemonsets", "agent"),
+    ] {
+        if !serves_apps(t, plural)? {
+            eprintln!(
+                "[lifecycle]   the API server serves no {kind}s (kubesim has no controller for them): the rollout of a {kind} is covered on upstream Kubernetes only"
+            );
+            continue;
+        }
+        let mut tpl = template.clone();
+        tpl["metadata"]["labels"]["app"] = json!(name);
+        tpl["spec"]["containers"][0]["name"] = json!(name);
+        let mut spec = json!({"selector": {"matchLabels": {"app": name}}, "template": tpl});
+        if kind == "StatefulSet" {
+            spec["serviceName"] = json!(name);
+            spec["replicas"] = json!(1);
+        }
+        let object = json!({
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": demo::NAMESPACE},
+            "spec": spec,
+        });
+        t.apply(&object.to_string())?;
+        t.kubectl_ok(
+            &[
+                "rollout",
+                "status",
+                "-n",
+                demo::NAMESPACE,
+                &format!("{}/{name}", kind.to_ascii_lowercase()),
+                &format!("--timeout={}s", steps::READY.as_secs()),
+            ],
+            None,
+        )?;
+        out.push(Workload {
+            kind: if kind == "StatefulSet" {
+                "StatefulSet"
+            } else {
+                "DaemonSet"
+            },
+            name: name.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// One look at `status.rollout`.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    wave: u64,
+    phase: String,
+    members: BTreeSet<String>,
+}
+
+impl Seen {
+    fn of(rollout: &Value) -> Seen {
+        Seen {
+            wave: rollout["wave"].as_u64().unwrap_or(0),
+            phase: rollout["phase"].as_str().unwrap_or_default().to_string(),
+            members: rollout["waveWorkloads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    let field = |f: &str| w[f].as_str().unwrap_or("?").to_string();
+                    format!("{} {}/{}", field("kind"), field("namespace"), field("name"))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Polls the Mesh until the rollout to `target` reaches `until` (a phase), recording every
+/// distinct rollout state on the way; `during` runs on each look (e.g. to kill the leader).
+fn follow_rollout(
+    t: &Target,
+    target: &str,
+    until: &str,
+    mut during: impl FnMut(&Seen) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Seen>> {
+    let deadline = Instant::now() + ROLLOUT;
+    let mut seen: Vec<Seen> = Vec::new();
+    loop {
+        let m = mesh(t)?;
+        let r = &m["status"]["rollout"];
+        if r["targetImage"] == target {
+            let now = Seen::of(r);
+            if seen.last() != Some(&now) {
+                eprintln!(
+                    "[lifecycle]   rollout: wave {} {} {:?}",
+                    now.wave, now.phase, now.members
+                );
+                seen.push(now.clone());
+            }
+            during(&now)?;
+            if now.phase == until {
+                return Ok(seen);
+            }
+            if now.phase == "RolledBack" {
+                bail!("the rollout to {target} was rolled back: {}", r["failure"]);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the rollout to {target} did not reach {until} within {ROLLOUT:?}; seen {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Every wave from 1 to the last, in order, each at most `batch` workloads, together every
+/// workload once.
+fn check_waves(seen: &[Seen], workloads: &[Workload], batch: usize) -> anyhow::Result<()> {
+    let mut waves: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let mut last = 0;
+    for s in seen.iter().filter(|s| s.wave > 0) {
+        ensure!(s.wave >= last, "wave {} seen after wave {last}: {seen:?}", s.wave);
+        last = s.wave;
+        waves.entry(s.wave).or_default().extend(s.members.iter().cloned());
+    }
+    let numbers: Vec<u64> = waves.keys().copied().collect();
+    let expected = workloads.len().div_ceil(batch);
+    ensure!(
+        numbers == (1..=expected as u64).collect::<Vec<_>>(),
+        "expected waves 1..={expected} for {} workloads in batches of {batch}, saw {numbers:?}",
+        workloads.len()
+    );
+    let mut all = BTreeSet::new();
+    for (n, members) in &waves {
+        ensure!(
+            members.len() <= batch,
+            "wave {n} restarted {} workloads, more than the batch of {batch}: {members:?}",
+            members.len()
+        );
+        for m in members {
+            ensure!(all.insert(m.clone()), "{m} was in two waves: {waves:?}");
+        }
+    }
+    let want: BTreeSet<String> = workloads.iter().map(Workload::status_name).collect();
+    ensure!(
+        all == want,
+        "the waves restarted {all:?}, the meshed workloads are {want:?}"
+    );
+    Ok(())
+}
+
+/// Every meshed pod of the shop runs `image` (the injected sidecar and the recorded
+/// annotation), and is Ready.
+fn pods_run(t: &Target, image: &str, workloads: usize) -> anyhow::Result<Option<()>> {
+    let pods = t.get_json(&["pods", "-n", demo::NAMESPACE])?;
+    let mut meshed = 0;
+    for p in pods["items"].as_array().into_iter().flatten() {
+        if !p["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(None); // a restart is still finishing
+        }
+        let proxy = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|l| p["spec"][l].as_array())
+            .flatten()
+            .find(|c| c["name"] == "trellis-proxy");
+        let Some(proxy) = proxy else { continue };
+        meshed += 1;
+        if proxy["image"] != image
+            || p["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION] != image
+            || !trellis_e2e::harness::pod_ready(p)
+        {
+            return Ok(None);
+        }
+    }
+    Ok((meshed >= workloads).then_some(()))
+}
+
+/// The Mesh's events with `reason` (kubectl's core/v1 view), each note with its count.
+fn mesh_events(t: &Target, reason: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let events = t.get_json(&["events", "-A"])?;
+    Ok(events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["kind"] == "Mesh" && e["reason"] == reason)
+        .map(|e| {
+            let count = e["series"]["count"]
+                .as_u64()
+                .or_else(|| e["count"].as_u64())
+                .unwrap_or(1);
+            (e["message"].as_str().unwrap_or_default().to_string(), count)
+        })
+        .collect())
+}
+
+/// Whether an event note is about wave `n` ("wave 2: ...", "wave 2 (canaries): ...",
+/// "wave 2 is healthy ...").
+fn about_wave(note: &str, n: usize) -> bool {
+    note.strip_prefix(&format!("wave {n}"))
+        .is_some_and(|rest| rest.starts_with([':', ' ']))
+}
+
+/// The holder of the operator's Lease.
+fn leader(t: &Target) -> anyhow::Result<Option<String>> {
+    let lease = t.get_json(&["lease", "-n", SYSTEM, "trellis-operator"])?;
+    Ok(lease["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string))
+}
+
+/// `ca.crt` of the CA Secret (the root the mesh issues from), and whether a rotation is
+/// recorded in it.
+fn ca_root(t: &Target) -> anyhow::Result<(String, bool)> {
+    let secret = t.get_json(&["secret", "-n", SYSTEM, "trellis-ca"])?;
+    let root = secret["data"]["ca.crt"]
+        .as_str()
+        .context("Secret trellis-ca has no ca.crt")?
+        .to_string();
+    Ok((root, !secret["data"]["previous-ca.crt"].is_null()))
+}
+
+/// Stops the load and fails on any failed request.
+fn no_failed_request(load: Background, what: &str) -> anyhow::Result<usize> {
+    let log = load.finish();
+    let failed = failures(log.iter().map(|(_, a)| a));
+    ensure!(log.len() >= 20, "only {} requests were sent during {what}", log.len());
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed during {what}: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(5)]
+    );
+    Ok(log.len())
+}
+
+#[test]
+fn lifecycle() -> anyhow::Result<()> {
+    // Without root (and no TRELLIS_E2E_KUBECONFIG) the skip is recorded; under CI it fails.
+    let Some(t) = Target::acquire()? else { return Ok(()) };
+    let http = Http::new()?;
+    step(&t, "install: CRDs with kubectl, the operator Deployment", || {
+        steps::install(&t)
+    })?;
+    step(&t, "deploy the shop (meshed pods, gateway, routing)", || {
+        steps::deploy_shop(&t)
+    })?;
+    let gw = step(&t, "the gateway's load balancer address", || {
+        steps::load_balancer(&t, demo::NAMESPACE, demo::GATEWAY)
+    })?;
+    let api = format!("{gw}/api/hello");
+    step(&t, "traffic crosses gateway → web → payment → db", || {
+        wait_for("a 200 from /api through the gateway", Duration::from_secs(60), || {
+            Ok(http.get(&api, &[]).ok().filter(|a| a.status == 200))
+        })
+    })?;
+    let extra = step(&t, "a meshed StatefulSet and DaemonSet, where served", || {
+        other_workloads(&t)
+    })?;
+    let workloads = meshed_workloads(&t, &extra)?;
+
+    step(
+        &t,
+        "kubectl get mesh: Ready, with every condition's reason and message in its columns",
+        || mesh_is_ready(&t),
+    )?;
+
+    step(
+        &t,
+        "a new proxy version rolls every meshed workload in waves of 2 under traffic, no failed request",
+        || {
+            let target = format!("{PROXY_REPO}:lifecycle-a");
+            roll(&t, &http, &api, &workloads, &target, 2, |_| Ok(()))?;
+            Ok(())
+        },
+    )?;
+
+    step(
+        &t,
+        "a proxy version that never turns Ready stops after the first wave and is rolled back; status and events say why",
+        || broken_release_rolls_back(&t, &http, &api, &workloads),
+    )?;
+
+    step(
+        &t,
+        "the leader killed mid-rollout: another replica leads within 15 s, no failed request, no root rotation, no wave repeated",
+        || leader_killed_mid_rollout(&t, &http, &api, &workloads),
+    )?;
+    Ok(())
+}
+
+fn mesh_is_ready(t: &Target) -> anyhow::Result<()> {
+    let m = wait_for("Mesh default Ready", steps::READY, || {
+        let m = mesh(t)?;
+        let ready = condition(&m, "Ready").is_some_and(|c| c["status"] == "True");
+        let synced = m["status"]["observedGeneration"] == m["metadata"]["generation"];
+        Ok((ready && synced).then_some(m))
+    })?;
+    for type_ in [
+        "Ready",
+        "CertificateAuthorityReady",
+        "WebhooksReady",
+        "DataPlaneUpToDate",
+        "RolloutProgressing",
+        "Degraded",
+    ] {
+        let c = condition(&m, type_).with_context(|| format!("no {type_} condition: {}", m["status"]))?;
+        ensure!(
+            c["reason"].as_str().is_some_and(|r| !r.is_empty()) && c["message"].as_str().is_some_and(|r| !r.is_empty()),
+            "{type_} has no reason or message: {c}"
+        );
+        ensure!(
+            c["observedGeneration"] == m["metadata"]["generation"],
+            "{type_} describes generation {}, the Mesh is at {}",
+            c["observedGeneration"],
+            m["metadata"]["generation"]
+        );
+    }
+    let want = [
+        ("CertificateAuthorityReady", "True"),
+        ("WebhooksReady", "True"),
+        ("Degraded", "False"),
+    ];
+    for (type_, status) in want {
+        let c = condition(&m, type_).context(type_)?;
+        ensure!(c["status"] == status, "{type_} is {}: {}", c["status"], c["message"]);
+    }
+    ensure!(
+        m["status"]["certificateAuthority"]["rootExpires"].is_string(),
+        "the root's expiry is not shown: {}",
+        m["status"]["certificateAuthority"]
+    );
+    // What a person sees: the printer columns.
+    let table = t.kubectl_ok(&["get", "mesh"], None)?;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    ensure!(
+        header.starts_with(&["NAME", "READY", "CA", "WEBHOOKS", "DATA", "PLANE", "ROLLOUT"]),
+        "kubectl get mesh columns: {table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    ensure!(
+        row.starts_with(&["default", "True", "True", "True"]),
+        "kubectl get mesh: {table}"
+    );
+    let data_plane = condition(&m, "DataPlaneUpToDate").context("DataPlaneUpToDate")?;
+    ensure!(
+        row.get(4) == data_plane["reason"].as_str().as_ref(),
+        "the DATA PLANE column is not the condition's reason {}: {table}",
+        data_plane["reason"]
+    );
+    let described = t.kubectl_ok(&["describe", "mesh", "default"], None)?;
+    ensure!(
+        described.contains("CertificateAuthorityReady") && described.contains("Events:"),
+        "kubectl describe mesh: {described}"
+    );
+    eprintln!("[lifecycle]   {}", table.trim_end().replace('\n', "\n[lifecycle]   "));
+    Ok(())
+}
+
+/// Rolls `workloads` to `target` in waves of `batch` under traffic through `api`; `during`
+/// sees every rollout state. Checks the waves, that every workload restarted once, that every
+/// meshed pod runs `target`, and that no request failed. Returns the rollout states seen.
+fn roll(
+    t: &Target,
+    http: &Http,
+    api: &str,
+    workloads: &[Workload],
+    target: &str,
+    batch: usize,
+    during: impl FnMut(&Seen) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Seen>> {
+    let generations: BTreeMap<&Workload, i64> = workloads
+        .iter()
+        .map(|w| Ok((w, w.generation(t)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let load = http.background(api, Vec::new());
+    let result = (|| {
+        patch_mesh(
+            t,
+            json!({"versions": {"proxy": target}, "rollout": {"batchSize": batch, "pause": "3s", "progressDeadline": "4m"}}),
+        )?;
+        let seen = follow_rollout(t, target, "Complete", during)?;
+        wait_for(&format!("every meshed pod on {target} and Ready"), ROLLOUT, || {
+            pods_run(t, target, workloads.len())
+        })?;
+        Ok::<_, anyhow::Error>(seen)
+    })();
+    let sent = no_failed_request(load, &format!("the rollout to {target}"));
+    let seen = result?;
+    let sent = sent?;
+    check_waves(&seen, workloads, batch)?;
+    for (w, before) in &generations {
+        let after = w.generation(t)?;
+        ensure!(
+            after == before + 1,
+            "{} was restarted {} times (generation {before} → {after}); once expected",
+            w.resource(),
+            after - before
+        );
+        ensure!(
+            w.assigned(t)?.as_deref() == Some(target),
+            "{} is not assigned {target}",
+            w.resource()
+        );
+    }
+    let m = wait_for("DataPlaneUpToDate after the rollout", Duration::from_secs(60), || {
+        let m = mesh(t)?;
+        Ok(condition(&m, "DataPlaneUpToDate")
+            .is_some_and(|c| c["status"] == "True")
+            .then_some(m))
+    })?;
+    let versions = &m["status"]["dataPlane"]["versions"];
+    ensure!(
+        versions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["namespace"] == demo::NAMESPACE)
+            .all(|v| v["image"] == target),
+        "status.dataPlane.versions still shows another image in the shop: {versions}"
+    );
+    let started = mesh_events(t, "RolloutWaveStarted")?;
+    let finished = mesh_events(t, "RolloutWaveFinished")?;
+    for n in 1..=workloads.len().div_ceil(batch) {
+        for (what, events) in [("started", &started), ("finished", &finished)] {
+            let count: u64 = events
+                .iter()
+                .filter(|(note, _)| about_wave(note, n) && note.contains(target))
+                .map(|(_, c)| c)
+                .sum();
+            ensure!(
+                count == 1,
+                "wave {n} onto {target} {what} {count} times (events: {events:?})"
+            );
+        }
+    }
+    eprintln!(
+        "[lifecycle]   {} workloads on {target} in {} waves; {sent} requests, none failed",
+        workloads.len(),
+        workloads.len().div_ceil(batch)
+    );
+    Ok(seen)
+}
+
+fn broken_release_rolls_back(t: &Target, http: &Http, api: &str, workloads: &[Workload]) -> anyhow::Result<()> {
+    let good = format!("{PROXY_REPO}:lifecycle-a");
+    let broken = format!("{UNREADY_REPO}:lifecycle");
+    let generations: BTreeMap<&Workload, i64> = workloads
+        .iter()
+        .map(|w| Ok((w, w.generation(t)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let load = http.background(api, Vec::new());
+    let result = (|| {
+        patch_mesh(
+            t,
+            json!({"versions": {"proxy": broken}, "rollout": {"batchSize": 2, "pause": "3s", "progressDeadline": "20s"}}),
+        )?;
+        let mut first_wave = BTreeSet::new();
+        let seen = follow_rollout_until_rolled_back(t, &broken, &mut first_wave)?;
+        ensure!(
+            seen.iter().all(|s| s.wave <= 1),
+            "a second wave started onto the broken image: {seen:?}"
+        );
+        Ok::<_, anyhow::Error>(first_wave)
+    })();
+    let first_wave = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = load.finish();
+            return Err(e);
+        }
+    };
+    let m = mesh(t)?;
+    let failure = &m["status"]["rollout"]["failure"];
+    let failed = failure["workload"].as_str().unwrap_or_default();
+    ensure!(
+        first_wave.contains(failed),
+        "the failure names {failed:?}, not a workload of wave 1 {first_wave:?}: {failure}"
+    );
+    ensure!(
+        failure["reason"] == "ProgressDeadline" && failure["message"].as_str().is_some_and(|m| m.contains("Ready")),
+        "the failure does not say the pods never turned Ready: {failure}"
+    );
+    let progressing = condition(&m, "RolloutProgressing").context("RolloutProgressing")?;
+    ensure!(
+        progressing["reason"] == "RolledBack"
+            && progressing["message"].as_str().is_some_and(|msg| msg.contains(failed)),
+        "RolloutProgressing does not say which workload failed: {progressing}"
+    );
+    let degraded = condition(&m, "Degraded").context("Degraded")?;
+    ensure!(
+        degraded["status"] == "True" && degraded["reason"] == "RolloutFailed",
+        "Degraded: {degraded}"
+    );
+    let events = mesh_events(t, "RolloutRolledBack")?;
+    ensure!(
+        events
+            .iter()
+            .any(|(note, _)| note.contains(&broken) && note.contains(failed)),
+        "no RolloutRolledBack event naming {failed}: {events:?}"
+    );
+    // The wave's workloads are back on the good image; the others were never touched.
+    wait_for("every meshed pod back on the good image and Ready", ROLLOUT, || {
+        pods_run(t, &good, workloads.len())
+    })?;
+    for (w, before) in &generations {
+        let after = w.generation(t)?;
+        let in_wave = first_wave.contains(&w.status_name());
+        let want = if in_wave { before + 2 } else { *before };
+        ensure!(
+            after == want,
+            "{} (in wave 1: {in_wave}) has generation {after}, expected {want} (assigned the broken image and back, or untouched)",
+            w.resource()
+        );
+        ensure!(
+            w.assigned(t)?.as_deref() == Some(good.as_str()),
+            "{} is not assigned {good} again",
+            w.resource()
+        );
+    }
+    let sent = no_failed_request(load, "the broken rollout and its rollback")?;
+    eprintln!(
+        "[lifecycle]   rolled back {first_wave:?} after {failed} failed: {}; {sent} requests, none failed",
+        failure["message"]
+    );
+    Ok(())
+}
+
+/// Follows the rollout to `broken` until it is rolled back, recording wave 1's workloads.
+fn follow_rollout_until_rolled_back(
+    t: &Target,
+    broken: &str,
+    first_wave: &mut BTreeSet<String>,
+) -> anyhow::Result<Vec<Seen>> {
+    let deadline = Instant::now() + ROLLOUT;
+    let mut seen: Vec<Seen> = Vec::new();
+    loop {
+        let m = mesh(t)?;
+        let r = &m["status"]["rollout"];
+        if r["targetImage"] == broken {
+            let now = Seen::of(r);
+            if now.wave == 1 {
+                first_wave.extend(now.members.iter().cloned());
+            }
+            if seen.last() != Some(&now) {
+                eprintln!(
+                    "[lifecycle]   rollout: wave {} {} {:?}",
+                    now.wave, now.phase, now.members
+                );
+                seen.push(now.clone());
+            }
+            if now.phase == "RolledBack" {
+                return Ok(seen);
+            }
+            ensure!(
+                now.phase != "Complete",
+                "the broken image was rolled out completely: {seen:?}"
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the rollout to {broken} was not rolled back within {ROLLOUT:?}; seen {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn leader_killed_mid_rollout(t: &Target, http: &Http, api: &str, workloads: &[Workload]) -> anyhow::Result<()> {
+    let target = format!("{PROXY_REPO}:lifecycle-b");
+    let (root, rotating) = ca_root(t)?;
+    ensure!(!rotating, "a root rotation is recorded before the test");
+    let before = leader(t)?.context("no operator leads")?;
+    let mut killed: Option<String> = None;
+    let mut takeover: Option<(String, Duration)> = None;
+    roll(t, http, api, workloads, &target, 1, |seen| {
+        // Kill the leader while wave 2's workload restarts (the status already records it).
+        if killed.is_none() && seen.wave == 2 && seen.phase == "Progressing" {
+            let holder = leader(t)?.context("no operator leads")?;
+            t.kubectl_ok(
+                &["delete", "pod", "-n", SYSTEM, &holder, "--grace-period=0", "--force"],
+                None,
+            )?;
+            let at = Instant::now();
+            eprintln!("[lifecycle]   killed the leader {holder} during wave 2");
+            let new = wait_for("another replica to lead", TAKEOVER + Duration::from_secs(30), || {
+                Ok(leader(t)?.filter(|h| *h != holder))
+            })?;
+            let took = at.elapsed();
+            eprintln!("[lifecycle]   {new} leads {took:.1?} after the kill");
+            killed = Some(holder);
+            takeover = Some((new, took));
+        }
+        Ok(())
+    })?;
+    let old = killed.context("the rollout finished before wave 2 could be caught")?;
+    let (new, took) = takeover.context("no takeover recorded")?;
+    ensure!(new != old, "the killed replica {old} still leads");
+    ensure!(
+        took <= TAKEOVER,
+        "{new} took {took:.1?} to lead, more than {TAKEOVER:?}"
+    );
+    eprintln!("[lifecycle]   the leader before the rollout was {before}");
+    let (after, rotating) = ca_root(t)?;
+    ensure!(
+        after == root && !rotating,
+        "the mesh root changed or a rotation started when the leader changed"
+    );
+    let m = mesh(t)?;
+    let phase = &m["status"]["certificateAuthority"]["rotationPhase"];
+    ensure!(phase == "Stable", "the CA is in rotation phase {phase}");
+    Ok(())
+}
