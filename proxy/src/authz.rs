@@ -8,14 +8,23 @@
 //! connection's attributes exist there, so an ALLOW (or AUDIT) rule that needs
 //! an HTTP attribute (hosts, methods, paths, request headers) matches no
 //! connection, and a DENY rule is evaluated without its HTTP attributes — it
-//! denies more, never less.
+//! denies more, never less. The same holds for the end-user attributes of a verified
+//! JWT (`requestPrincipals`, `request.auth.*`): they exist over HTTP only.
+//!
+//! A request without a token has no request principal and no claims: `requestPrincipals`
+//! and `request.auth.*` values do not match it, their `not` forms do not exclude it (so
+//! Istio's DENY `notRequestPrincipals: ["*"]` refuses requests without a token).
 
+use crate::jwt::Authenticated;
 use crate::matcher::{Matcher, MatcherError, any_match};
 use crate::metrics::Metrics;
 use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
-use trellis_contract::{AuthorizationPolicy, AuthzAction, InboundPolicy, SpiffeId, condition_header, parse_cidr};
+use trellis_contract::{
+    AuthorizationPolicy, AuthzAction, InboundPolicy, REQUEST_AUTH_KEYS, SpiffeId, condition_claim, condition_header,
+    parse_cidr,
+};
 
 /// What is being authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,8 @@ pub struct AuthzRequest<'a> {
     pub path: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The verified JWT, if the request carried one.
+    pub auth: Option<&'a Authenticated>,
 }
 
 /// The namespace of a peer, from its SPIFFE ID (`source.namespace`).
@@ -105,6 +116,8 @@ struct CompiledRule {
 struct CompiledSource {
     principals: Vec<Matcher>,
     not_principals: Vec<Matcher>,
+    request_principals: Vec<Matcher>,
+    not_request_principals: Vec<Matcher>,
     namespaces: Vec<Matcher>,
     not_namespaces: Vec<Matcher>,
     ip_blocks: Vec<IpNet>,
@@ -132,6 +145,12 @@ enum CompiledCondition {
         key: IpKey,
         values: Vec<IpNet>,
         not_values: Vec<IpNet>,
+    },
+    /// `request.auth.claims[a][b]`: any of the claim's values.
+    Claim {
+        path: Vec<String>,
+        values: Vec<Matcher>,
+        not_values: Vec<Matcher>,
     },
     /// Every other key: string matches on the attribute's value.
     Text {
@@ -263,6 +282,8 @@ fn compile_policy(pol: &AuthorizationPolicy) -> Result<CompiledPolicy, AuthzErro
             rule.from.push(CompiledSource {
                 principals: m(&s.principals)?,
                 not_principals: m(&s.not_principals)?,
+                request_principals: m(&s.request_principals)?,
+                not_request_principals: m(&s.not_request_principals)?,
                 namespaces: m(&s.namespaces)?,
                 not_namespaces: m(&s.not_namespaces)?,
                 ip_blocks: cidrs(&s.ip_blocks)?,
@@ -291,6 +312,14 @@ fn compile_policy(pol: &AuthorizationPolicy) -> Result<CompiledPolicy, AuthzErro
                 "destination.ip" => Some(IpKey::Destination),
                 _ => None,
             };
+            if let Some(path) = condition_claim(&c.key) {
+                rule.when.push(CompiledCondition::Claim {
+                    path: path.into_iter().map(str::to_string).collect(),
+                    values: m(&c.values)?,
+                    not_values: m(&c.not_values)?,
+                });
+                continue;
+            }
             rule.when.push(match ip_key {
                 Some(key) => {
                     let exact = |v: &[trellis_contract::StringMatch]| {
@@ -315,10 +344,8 @@ fn compile_policy(pol: &AuthorizationPolicy) -> Result<CompiledPolicy, AuthzErro
             });
         }
         rule.http_only = rule.to.iter().any(CompiledOperation::http_only)
-            || rule
-                .when
-                .iter()
-                .any(|c| matches!(c, CompiledCondition::Text { key, .. } if condition_header(key).is_some()));
+            || rule.from.iter().any(CompiledSource::http_only)
+            || rule.when.iter().any(CompiledCondition::http_only);
         rules.push(rule);
     }
     Ok(CompiledPolicy { name, rules })
@@ -359,9 +386,29 @@ impl CompiledSource {
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
         field(&self.principals, &self.not_principals, req.principal)
             && field(&self.namespaces, &self.not_namespaces, req.namespace)
+            && (req.layer == Layer::Tcp
+                || field(
+                    &self.request_principals,
+                    &self.not_request_principals,
+                    req.auth.map(|a| a.principal.as_str()),
+                ))
             && ip_field(&self.ip_blocks, &self.not_ip_blocks, req.source_ip)
             && ip_field(&self.remote_ip_blocks, &self.not_remote_ip_blocks, req.remote_ip)
     }
+}
+
+impl CompiledSource {
+    /// Needs an end-user attribute, which only HTTP requests have.
+    fn http_only(&self) -> bool {
+        !self.request_principals.is_empty() || !self.not_request_principals.is_empty()
+    }
+}
+
+/// [`field`] over an attribute with several values (audiences, list claims): `include`
+/// must match one of them, `exclude` none.
+fn fields(include: &[Matcher], exclude: &[Matcher], values: &[String]) -> bool {
+    let inc = include.is_empty() || values.iter().any(|v| any_match(include, v));
+    inc && !values.iter().any(|v| any_match(exclude, v))
 }
 
 impl CompiledOperation {
@@ -388,8 +435,29 @@ impl CompiledOperation {
 }
 
 impl CompiledCondition {
+    fn http_only(&self) -> bool {
+        match self {
+            Self::Claim { .. } => true,
+            Self::Text { key, .. } => condition_header(key).is_some() || REQUEST_AUTH_KEYS.contains(&key.as_str()),
+            Self::Ip { .. } => false,
+        }
+    }
+
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        if req.layer == Layer::Tcp && self.http_only() {
+            // Left out on a connection (only DENY rules get here).
+            return true;
+        }
         let (key, values, not_values) = match self {
+            Self::Claim {
+                path,
+                values,
+                not_values,
+            } => {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                let claims = req.auth.map(|a| a.claim_values(&path)).unwrap_or_default();
+                return fields(values, not_values, &claims);
+            }
             Self::Ip {
                 key,
                 values,
@@ -414,12 +482,16 @@ impl CompiledCondition {
             "source.principal" => req.principal,
             "source.namespace" => req.namespace,
             "connection.sni" => req.sni,
+            "request.auth.principal" => req.auth.map(|a| a.principal.as_str()),
+            "request.auth.presenter" => req.auth.and_then(|a| a.presenter.as_deref()),
+            "request.auth.audiences" => {
+                let audiences = req.auth.map(|a| a.audiences.as_slice()).unwrap_or_default();
+                return fields(values, not_values, audiences);
+            }
             "destination.port" => {
                 port = req.port.to_string();
                 Some(port.as_str())
             }
-            // A header condition on a connection: left out (only DENY rules get here).
-            _ if req.layer == Layer::Tcp => return true,
             k => condition_header(k)
                 .and_then(|name| req.headers.get(name))
                 .and_then(|v| v.to_str().ok()),
@@ -449,6 +521,7 @@ mod tests {
             method: "GET",
             path,
             headers,
+            auth: None,
         }
     }
 
@@ -613,5 +686,65 @@ mod tests {
         assert!(!a.evaluate(&req(None, "/", &h)).allowed());
         h.insert("x-token", "secret".parse().unwrap());
         assert!(a.evaluate(&req(None, "/", &h)).allowed());
+    }
+
+    #[test]
+    fn request_principals_and_request_auth_conditions() {
+        let h = HeaderMap::new();
+        let auth = Authenticated {
+            principal: "https://issuer.example/alice".into(),
+            audiences: vec!["shop".into()],
+            presenter: Some("web".into()),
+            claims: serde_json::json!({"groups": ["admins", "dev"], "scope": "read write"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let with = |auth| AuthzRequest {
+            auth,
+            ..req(None, "/", &h)
+        };
+        let require = AuthzRule {
+            from: vec![AuthzSource {
+                request_principals: vec![StringMatch::Prefix(String::new())],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let a = authorizer(vec![policy("require-jwt", AuthzAction::Allow, vec![require])]);
+        assert!(a.evaluate(&with(Some(&auth))).allowed());
+        assert_eq!(a.evaluate(&with(None)), Decision::Deny(None), "no token, no principal");
+        // Istio's DENY notRequestPrincipals ["*"]: refuses requests without a token only.
+        let deny_anonymous = AuthzRule {
+            from: vec![AuthzSource {
+                not_request_principals: vec![StringMatch::Prefix(String::new())],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let a = authorizer(vec![policy("deny-anon", AuthzAction::Deny, vec![deny_anonymous])]);
+        assert!(a.evaluate(&with(Some(&auth))).allowed());
+        assert!(!a.evaluate(&with(None)).allowed());
+        let cond = |key: &str, value: &str| AuthzRule {
+            when: vec![trellis_contract::AuthzCondition {
+                key: key.into(),
+                values: vec![StringMatch::Exact(value.into())],
+                not_values: vec![],
+            }],
+            ..Default::default()
+        };
+        for (key, value, want) in [
+            ("request.auth.claims[groups]", "admins", true),
+            ("request.auth.claims[groups]", "root", false),
+            ("request.auth.claims[scope]", "write", true),
+            ("request.auth.audiences", "shop", true),
+            ("request.auth.audiences", "bank", false),
+            ("request.auth.presenter", "web", true),
+            ("request.auth.principal", "https://issuer.example/alice", true),
+        ] {
+            let a = authorizer(vec![policy("p", AuthzAction::Allow, vec![cond(key, value)])]);
+            assert_eq!(a.evaluate(&with(Some(&auth))).allowed(), want, "{key} {value}");
+            assert!(!a.evaluate(&with(None)).allowed(), "{key} without a token");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP request pipeline, one stage after another: admission (request-head
-//! hardening checks, path normalization; [`admission`]), inbound authorization,
+//! hardening checks, path normalization; [`admission`]), end-user (JWT)
+//! authentication ([`crate::jwt`]), inbound authorization,
 //! routing, CORS, fault injection, then the route's action — a direct
 //! response, a redirect, or forwarding with retries, timeouts, mirroring and
 //! header mutations ([`forward`], [`retry`], [`headers`]) — and telemetry
@@ -170,7 +171,7 @@ async fn pipeline(
     snap: &Arc<Snapshot>,
     listener: &Arc<ListenerRuntime>,
     conn: &Arc<ConnContext>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     out: &mut RequestOutcome,
 ) -> Response<Body> {
     if let Some(v) = &conn.verdicts
@@ -212,9 +213,31 @@ async fn pipeline(
     };
     let query = req.uri().query().map(str::to_string);
 
-    // why: Istio enforces AuthorizationPolicies where traffic enters a workload: its inbound
-    // listener, and a gateway's listeners (policies selecting or targeting the gateway).
+    // why: Istio enforces RequestAuthentications and AuthorizationPolicies where traffic
+    // enters a workload: its inbound listener, and a gateway's listeners (policies selecting
+    // or targeting the gateway).
     let enforced = matches!(conn.direction, ListenerDirection::Inbound | ListenerDirection::Gateway);
+    let auth = if enforced && !snap.authenticator.is_empty() {
+        match snap
+            .authenticator
+            .authenticate(req.headers_mut(), query.as_deref(), unix_now())
+        {
+            Ok(auth) => auth,
+            Err(e) => {
+                rt.metrics.jwt_rejected();
+                // The reason only: never the token.
+                tracing::debug!(reason = %e, %path, "request refused: JWT verification failed");
+                let mut resp = text(StatusCode::UNAUTHORIZED, &e.to_string());
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                return resp;
+            }
+        }
+    } else {
+        None
+    };
     if enforced && !snap.authorizer.is_empty() {
         let principal = conn.peer_identity.as_deref();
         let ns = peer_namespace(principal);
@@ -231,6 +254,7 @@ async fn pipeline(
             method: req.method().as_str(),
             path: &path,
             headers: req.headers(),
+            auth: auth.as_ref(),
         };
         let decision = snap.authorizer.authorize(&attributes, &rt.metrics);
         if !decision.allowed() {
@@ -333,6 +357,13 @@ async fn pipeline(
         }
     }
     resp
+}
+
+/// Seconds since the Unix epoch (a clock before 1970 reads as 0: every `exp` has passed).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn redirect(

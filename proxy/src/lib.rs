@@ -19,6 +19,7 @@ pub mod head;
 pub mod http;
 pub mod identity;
 pub mod idle;
+pub mod jwt;
 pub mod labels;
 pub mod logging;
 pub mod matcher;

@@ -285,6 +285,7 @@ pub struct Metrics {
     series_overflow: AtomicU64,
     authz_audited: AtomicU64,
     tcp_denied: AtomicU64,
+    jwt_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -364,6 +365,11 @@ impl Metrics {
         self.authz_audited.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request was refused (401) because its JWT failed verification.
+    pub fn jwt_rejected(&self) {
+        self.jwt_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An inbound or gateway TCP connection was closed because authorization denied it.
     pub fn tcp_denied(&self) {
         self.tcp_denied.fetch_add(1, Ordering::Relaxed);
@@ -441,6 +447,11 @@ impl Metrics {
                 "trellis_proxy_authz_audited_total",
                 "Requests that matched an AUDIT authorization policy (each written to the audit log, target trellis_proxy::audit).",
                 &self.authz_audited,
+            ),
+            (
+                "trellis_proxy_jwt_rejected_total",
+                "Requests refused (401) because their JWT failed verification (RequestAuthentication).",
+                &self.jwt_rejected,
             ),
         ] {
             let _ = writeln!(

@@ -48,6 +48,15 @@ pub enum SnapshotError {
         #[source]
         source: RoutingError,
     },
+    /// JWT providers could not be compiled.
+    #[error("config {version:?}: {source}")]
+    Authn {
+        /// Config version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: crate::jwt::AuthnError,
+    },
     /// Authorization policies could not be compiled.
     #[error("config {version:?}: {source}")]
     Authz {
@@ -138,6 +147,8 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Inbound authorization.
     pub authorizer: Authorizer,
+    /// Inbound end-user (JWT) authentication.
+    pub authenticator: crate::jwt::Authenticator,
     /// Workload identity, when configured.
     pub identity: Option<WorkloadIdentity>,
     /// Inbound mesh mTLS server config.
@@ -242,6 +253,11 @@ impl Snapshot {
             version: version.clone(),
             source,
         })?;
+        let authenticator =
+            crate::jwt::Authenticator::compile(&config.inbound.jwt).map_err(|source| SnapshotError::Authn {
+                version: version.clone(),
+                source,
+            })?;
         let node = Arc::new(Peer::of_node(
             &config.node,
             config.identity.spiffe_id.as_deref().unwrap_or_default(),
@@ -275,6 +291,7 @@ impl Snapshot {
             listeners,
             clusters,
             authorizer,
+            authenticator,
             identity,
             inbound_tls,
             node,

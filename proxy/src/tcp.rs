@@ -201,6 +201,7 @@ fn authorized(rt: &Runtime, snap: &Snapshot, ctx: &ConnContext) -> bool {
             method: "",
             path: "",
             headers: &no_headers,
+            auth: None,
         },
         &rt.metrics,
     );

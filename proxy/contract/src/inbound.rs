@@ -1,6 +1,6 @@
-//! Inbound security: peer authentication (mTLS mode per port) and authorization
-//! policies, with Istio's semantics already resolved by the control plane into
-//! plain matchers the proxy evaluates.
+//! Inbound security: peer authentication (mTLS mode per port), request (JWT)
+//! authentication and authorization policies, with Istio's semantics already resolved by
+//! the control plane into plain matchers the proxy evaluates.
 //!
 //! Evaluation (Istio): if any `deny` policy matches, deny; else if there is no
 //! `allow` policy, allow; else allow only if some `allow` policy matches. An
@@ -8,6 +8,7 @@
 //! nothing"). `audit` policies are evaluated apart: a match is recorded, the
 //! decision stays what the others made it.
 
+use crate::jwt::JwtProvider;
 use crate::route::StringMatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +23,17 @@ pub const CONDITION_KEYS: &[&str] = &[
     "destination.ip",
     "destination.port",
     "connection.sni",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+];
+
+/// The condition keys that need a verified JWT (besides `request.auth.claims[<name>]`):
+/// matched only over HTTP, and absent on a request without a token.
+pub const REQUEST_AUTH_KEYS: &[&str] = &[
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
 ];
 
 /// The condition keys whose values are IPs or CIDRs, matched by containment.
@@ -42,6 +54,11 @@ pub struct InboundPolicy {
     pub mtls: MtlsPolicy,
     /// Authorization policies that select this workload.
     pub authorization: Vec<AuthorizationPolicy>,
+    /// The JWT issuers accepted (RequestAuthentications that select this workload). A
+    /// request without a token passes unauthenticated; one with a token no provider
+    /// verifies is refused (401).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<JwtProvider>,
 }
 
 /// mTLS mode, workload-wide with per-port overrides (already resolved by
@@ -126,6 +143,13 @@ pub struct AuthzSource {
     pub principals: Vec<StringMatch>,
     /// Excluded peer SPIFFE IDs.
     pub not_principals: Vec<StringMatch>,
+    /// End-user principals (`<iss>/<sub>` of a verified JWT).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<StringMatch>,
+    /// Excluded end-user principals; a request without a token matches none, so it is
+    /// not excluded (Istio's `notRequestPrincipals: ["*"]` catches requests without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<StringMatch>,
     /// Peer namespaces (from the SPIFFE ID).
     pub namespaces: Vec<StringMatch>,
     /// Excluded namespaces.
@@ -169,7 +193,8 @@ pub struct AuthzOperation {
 pub struct AuthzCondition {
     /// Attribute: `request.headers[<name>]`, `source.ip`, `remote.ip`,
     /// `destination.ip`, `source.namespace`, `source.principal`,
-    /// `destination.port`, `connection.sni`, `request.method`, `request.path`.
+    /// `destination.port`, `connection.sni`, `request.auth.principal`,
+    /// `request.auth.audiences`, `request.auth.presenter`, `request.auth.claims[<name>]…`.
     /// For the `*.ip` keys every value is an `exact` IP or CIDR.
     pub key: String,
     /// Values (OR); empty = no constraint.

@@ -1,7 +1,8 @@
 //! The configuration contract between the Trellis control plane and `trellis-proxy`.
 //!
 //! The operator compiles the mesh's resources (VirtualServices, DestinationRules,
-//! Gateways, PeerAuthentications, AuthorizationPolicies, the service registry) into
+//! Gateways, PeerAuthentications, RequestAuthentications, AuthorizationPolicies, the
+//! service registry) into
 //! one [`ProxyConfig`] per proxy; the proxy loads it from a file (`--config`) or
 //! receives it over the push API, whole or as a [`ConfigDelta`] against the version
 //! it holds. This crate owns that model, its deltas and its semantic validation,
@@ -26,6 +27,7 @@ mod delta;
 mod dns;
 mod identity;
 mod inbound;
+pub mod jwt;
 mod listener;
 mod route;
 pub mod syntax;
@@ -41,8 +43,9 @@ pub use dns::{DnsConfig, DnsEntry};
 pub use identity::{CertificateRef, IdentityConfig, PemSource, SpiffeId, SpiffeIdError};
 pub use inbound::{
     AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, CONDITION_KEYS,
-    IP_CONDITION_KEYS, InboundPolicy, MtlsMode, MtlsPolicy, condition_header,
+    IP_CONDITION_KEYS, InboundPolicy, MtlsMode, MtlsPolicy, REQUEST_AUTH_KEYS, condition_header,
 };
+pub use jwt::{ClaimToHeader, JwtHeader, JwtProvider, condition_claim};
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
     ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,

@@ -9,6 +9,7 @@
 use crate::cluster::{Cluster, HashKey, LbPolicy, UpstreamTls};
 use crate::identity::{CertificateRef, PemSource, SpiffeId, is_valid_trust_domain};
 use crate::inbound::{AuthzCondition, AuthzSource, CONDITION_KEYS, IP_CONDITION_KEYS, InboundPolicy, condition_header};
+use crate::jwt::JwtProvider;
 use crate::listener::{Listener, ListenerDirection, ListenerProtocol, ServerTls, ServerTlsMode};
 use crate::route::{
     CorsPolicy, FaultInjection, ForwardAction, HeaderMutation, Route, RouteAction, RouteMatch, StringMatch,
@@ -856,6 +857,9 @@ impl Validator {
                 self.err(format!("{path}.mtls.portModes"), "port 0 is not a port");
             }
         }
+        for (i, provider) in p.jwt.iter().enumerate() {
+            self.jwt_provider(&format!("{path}.jwt[{i}]"), provider);
+        }
         let mut seen = BTreeSet::new();
         for (i, pol) in p.authorization.iter().enumerate() {
             let pp = format!("{path}.authorization[{i}]");
@@ -892,10 +896,56 @@ impl Validator {
         }
     }
 
+    fn jwt_provider(&mut self, path: &str, p: &JwtProvider) {
+        if p.issuer.is_empty() {
+            self.err(format!("{path}.issuer"), "must not be empty");
+        }
+        if p.jwks_unavailable.is_none()
+            && let Err(e) = crate::jwt::parse_jwks(&p.jwks)
+        {
+            self.err(format!("{path}.jwks"), e.to_string());
+        }
+        for (i, h) in p.from_headers.iter().enumerate() {
+            if !crate::syntax::is_header_name(&h.name) {
+                self.err(
+                    format!("{path}.fromHeaders[{i}].name"),
+                    format!("{:?} is not a header name", h.name),
+                );
+            }
+        }
+        for (i, name) in p.from_params.iter().chain(&p.from_cookies).enumerate() {
+            if name.is_empty() {
+                self.err(format!("{path}.fromParams/fromCookies[{i}]"), "must not be empty");
+            }
+        }
+        let outputs = p
+            .output_payload_to_header
+            .iter()
+            .map(|h| ("outputPayloadToHeader".to_string(), h))
+            .chain(
+                p.output_claim_to_headers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("outputClaimToHeaders[{i}].header"), &c.header)),
+            );
+        for (field, header) in outputs {
+            if let Err(e) = crate::syntax::route_may_change(header, crate::syntax::HeaderDirection::Request) {
+                self.err(format!("{path}.{field}"), e.to_string());
+            }
+        }
+        for (i, c) in p.output_claim_to_headers.iter().enumerate() {
+            if c.claim.is_empty() {
+                self.err(format!("{path}.outputClaimToHeaders[{i}].claim"), "must not be empty");
+            }
+        }
+    }
+
     fn authz_source(&mut self, path: &str, s: &AuthzSource) {
         for (field, list) in [
             ("principals", &s.principals),
             ("notPrincipals", &s.not_principals),
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
             ("namespaces", &s.namespaces),
             ("notNamespaces", &s.not_namespaces),
         ] {
@@ -918,12 +968,14 @@ impl Validator {
     }
 
     fn authz_condition(&mut self, path: &str, c: &AuthzCondition) {
-        let known = CONDITION_KEYS.contains(&c.key.as_str()) || condition_header(&c.key).is_some();
+        let known = CONDITION_KEYS.contains(&c.key.as_str())
+            || condition_header(&c.key).is_some()
+            || crate::jwt::condition_claim(&c.key).is_some();
         if !known {
             self.err(
                 format!("{path}.key"),
                 format!(
-                    "unsupported key {:?}; use request.headers[<name>], {}",
+                    "unsupported key {:?}; use request.headers[<name>], request.auth.claims[<name>], {}",
                     c.key,
                     CONDITION_KEYS.join(", ")
                 ),

@@ -298,7 +298,7 @@ fn authorization_matchers_are_checked() {
             }],
             to: vec![],
             when: vec![AuthzCondition {
-                key: "request.auth.claims[iss]".into(),
+                key: "request.auth.nonsense".into(),
                 values: vec![StringMatch::Regex("(".into())],
                 not_values: vec![],
             }],
@@ -508,4 +508,34 @@ fn sni_hosts_are_names_wildcards_or_star() {
         "listeners[0].tcpRoutes[0].sniHosts[1]",
         "not a DNS name, *.suffix or *",
     );
+}
+
+#[test]
+fn jwt_providers_are_checked() {
+    let provider = |patch: serde_json::Value| -> trellis_contract::JwtProvider {
+        let mut p = serde_json::json!({
+            "source": "RequestAuthentication shop/jwt/jwtRules[0]", "issuer": "https://issuer.example",
+            "jwks": r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#,
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    let mut cfg = example();
+    cfg.inbound.jwt = vec![provider(serde_json::json!({}))];
+    cfg.validate().unwrap();
+    cfg.inbound.jwt = vec![provider(serde_json::json!({"jwks": "{\"keys\": []}"}))];
+    assert_single(&cfg, "inbound.jwt[0].jwks", "no usable key");
+    // Unavailable keys are carried as such (the proxy refuses every token of the issuer).
+    cfg.inbound.jwt = vec![provider(
+        serde_json::json!({"jwks": "", "jwksUnavailable": "fetch failed"}),
+    )];
+    cfg.validate().unwrap();
+    cfg.inbound.jwt = vec![provider(
+        serde_json::json!({"outputPayloadToHeader": "transfer-encoding"}),
+    )];
+    assert_single(&cfg, "inbound.jwt[0].outputPayloadToHeader", "managed by the proxy");
+    cfg.inbound.jwt = vec![provider(serde_json::json!({"issuer": ""}))];
+    assert_single(&cfg, "inbound.jwt[0].issuer", "must not be empty");
 }

@@ -13,6 +13,7 @@ mod grpc;
 mod h2load;
 mod hardening;
 mod http2;
+mod jwt;
 mod lifecycle;
 mod mtls;
 mod origination;

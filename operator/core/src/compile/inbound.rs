@@ -121,6 +121,9 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
     let policy = InboundPolicy {
         mtls: mtls(ctx),
         authorization: authorization(ctx, Role::Sidecar),
+        // RequestAuthentication is compiled once the API serves it (the validator refuses
+        // requestPrincipals until then).
+        jwt: Vec::new(),
     };
     (listener, clusters, policy)
 }
@@ -342,6 +345,8 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
             AuthzSource {
                 principals,
                 not_principals,
+                request_principals: Vec::new(),
+                not_request_principals: Vec::new(),
                 namespaces: list(&s.namespaces).iter().map(|n| pattern(n)).collect(),
                 not_namespaces: list(&s.not_namespaces).iter().map(|n| pattern(n)).collect(),
                 ip_blocks: list(&s.ip_blocks),
