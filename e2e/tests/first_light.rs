@@ -30,6 +30,9 @@ const TRUST: &str = "spiffe://cluster.local";
 const SPLIT_SAMPLES: usize = 2000;
 /// Requests for the 30 % abort: enough that 20 % or 40 % fails the ±3σ band (810).
 const ABORT_SAMPLES: usize = 1000;
+/// How long after the API server accepted a routing change every request must follow it:
+/// twice the mesh's 1 s convergence promise (see `live_split_change`).
+const SPLIT_SETTLE: Duration = Duration::from_secs(2);
 
 fn step<T>(t: &Target, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let started = Instant::now();
@@ -244,7 +247,7 @@ fn first_light() -> anyhow::Result<()> {
 
     step(
         &t,
-        "the split changed to 0/100 with kubectl apply: v2 only within 2 s, no failed request",
+        "the split changed to 0/100 with kubectl apply: v2 only, from 2 s after the API server accepted it, no failed request",
         || live_split_change(&t, &http, &api),
     )?;
 
@@ -706,25 +709,58 @@ fn collected_chain(
     })
 }
 
+/// The demo's payment VirtualService alone, with the split set to `v1`/`v2` percent.
+fn payment_split(v1: u32, v2: u32) -> anyhow::Result<String> {
+    let doc = demo::ROUTING
+        .split("\n---\n")
+        .find(|d| d.contains("kind: VirtualService\nmetadata:\n  name: payment\n"))
+        .context("the demo routing has no payment VirtualService")?;
+    let edited = doc
+        .replace(
+            "subset: v1\n          weight: 90",
+            &format!("subset: v1\n          weight: {v1}"),
+        )
+        .replace(
+            "subset: v2\n          weight: 10",
+            &format!("subset: v2\n          weight: {v2}"),
+        );
+    ensure!(
+        (v1, v2) == (90, 10) || edited != doc,
+        "the demo's payment VirtualService no longer has the 90/10 split this step edits"
+    );
+    Ok(edited)
+}
+
+/// The split changed to 0/100 while requests flow back to back.
+///
+/// What the mesh promises is that a change reaches every proxy within 1 s of the API server
+/// accepting it (the convergence target of `operator/benches/README.md`: p99 247 ms at 1000
+/// proxies, the 100 ms debounce included). So the clock starts when the API server has the
+/// change: only the payment VirtualService is applied (one object: kubectl returns right after
+/// the API server accepted it), and `accepted` is taken when kubectl returns. Counting from
+/// before kubectl started (as this step once did) charged the mesh for kubectl's own start,
+/// discovery and the validating webhook (the whole routing file, six objects); on a loaded
+/// upstream cluster that made v1 answers appear just past 2 s (a flake: `{"v1": 6, "v2": 116}`).
+/// Measured with this step on kubesim at load average 12 (2026-12-05): kubectl's apply of the
+/// one VirtualService took 1.29 s, and the last v1 answer was to a request sent 0.01 s after
+/// it returned; the step prints both figures every run.
+/// [`SPLIT_SETTLE`] allows twice the promise: the five proxies, the operator replicas, the
+/// cluster and this load share two cores that other builds also use. A request's time is
+/// when it was sent, before web's proxy routes it, so a v1 answer to a request sent after
+/// the bound means the change was not in force by then.
 fn live_split_change(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
-    const SETTLE: Duration = Duration::from_secs(2);
     const AFTER: Duration = Duration::from_secs(3);
-    // Back to back, a request takes milliseconds: 3 s after the change hold dozens.
+    // Back to back, a request takes milliseconds: the second after the bound holds dozens.
     const MIN_LATE_SAMPLES: usize = 20;
+    let all_v2 = payment_split(0, 100)?;
     let load = http.background(api, Vec::new());
     std::thread::sleep(Duration::from_millis(500));
-    let changed_at = Instant::now();
-    let routing = demo::ROUTING
-        .replace("subset: v1\n          weight: 90", "subset: v1\n          weight: 0")
-        .replace("subset: v2\n          weight: 10", "subset: v2\n          weight: 100");
-    ensure!(
-        routing != demo::ROUTING,
-        "the demo routing no longer has the 90/10 split this step edits"
-    );
-    t.apply(&routing)?;
+    let apply_started = Instant::now();
+    t.apply(&all_v2)?;
+    let accepted = Instant::now();
     std::thread::sleep(AFTER);
     let log = load.finish();
-    t.apply(demo::ROUTING)?;
+    t.apply(&payment_split(90, 10)?)?;
     let failed = failures(log.iter().map(|(_, a)| a));
     ensure!(
         failed.is_empty(),
@@ -733,18 +769,42 @@ fn live_split_change(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
         log.len(),
         &failed[..failed.len().min(3)]
     );
-    let late = count_versions(log.iter().filter(|(at, _)| *at > changed_at + SETTLE).map(|(_, a)| a))?;
+    // The last request answered by v1, counted from the API server's acceptance: what the
+    // propagation took at most (negative: before the apply returned).
+    let mut last_v1: Option<f64> = None;
+    for (at, answer) in &log {
+        if let Ok(a) = answer
+            && payment_version(a)? == "v1"
+        {
+            let since = if *at >= accepted {
+                (*at - accepted).as_secs_f64()
+            } else {
+                -(accepted - *at).as_secs_f64()
+            };
+            last_v1 = Some(last_v1.map_or(since, |l: f64| l.max(since)));
+        }
+    }
+    let timing = format!(
+        "kubectl apply took {:.2?}; the last v1 answer was to a request sent {} after the API server accepted the change",
+        accepted - apply_started,
+        last_v1.map_or("never".to_string(), |s| format!("{s:.2} s"))
+    );
+    let late = count_versions(
+        log.iter()
+            .filter(|(at, _)| *at > accepted + SPLIT_SETTLE)
+            .map(|(_, a)| a),
+    )?;
     let late_total: usize = late.values().sum();
     ensure!(
         late_total >= MIN_LATE_SAMPLES,
-        "only {late_total} requests were sent more than {SETTLE:?} after the change: nothing to judge by"
+        "only {late_total} requests were sent more than {SPLIT_SETTLE:?} after the change was accepted: nothing to judge by ({timing})"
     );
     ensure!(
         late.get("v2") == Some(&late_total),
-        "more than {SETTLE:?} after the change, payment answered by version: {late:?}"
+        "more than {SPLIT_SETTLE:?} after the API server accepted the change, payment answered by version: {late:?} ({timing})"
     );
     eprintln!(
-        "[first light]   {} requests in all; after {SETTLE:?}: {late:?}",
+        "[first light]   {} requests in all; after {SPLIT_SETTLE:?}: {late:?}; {timing}",
         log.len()
     );
     Ok(())
