@@ -441,21 +441,24 @@ impl Http {
     /// Sends GETs back to back on another thread until stopped.
     pub fn background(&self, url: &str, headers: Vec<(String, String)>) -> Background {
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let http = self.clone();
         let url = url.to_string();
         let flag = stop.clone();
+        let counter = sent.clone();
         let thread = std::thread::spawn(move || {
             let mut log = Vec::new();
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             while !flag.load(Ordering::SeqCst) {
                 let started = Instant::now();
+                counter.fetch_add(1, Ordering::SeqCst);
                 let answer = http.get(&url, &h).map_err(|e| format!("{e:#}"));
                 log.push((started, answer));
                 std::thread::sleep(Duration::from_millis(10));
             }
             log
         });
-        Background { stop, thread }
+        Background { stop, sent, thread }
     }
 }
 
@@ -463,10 +466,16 @@ impl Http {
 #[derive(Debug)]
 pub struct Background {
     stop: Arc<AtomicBool>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
     thread: std::thread::JoinHandle<Vec<(Instant, Result<Answer, String>)>>,
 }
 
 impl Background {
+    /// How many requests were sent so far (the one in flight included).
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
     /// Stops and returns every request's start time and answer.
     pub fn finish(self) -> Vec<(Instant, Result<Answer, String>)> {
         self.stop.store(true, Ordering::SeqCst);

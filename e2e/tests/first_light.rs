@@ -749,16 +749,23 @@ fn payment_split(v1: u32, v2: u32) -> anyhow::Result<String> {
 /// when it was sent, before web's proxy routes it, so a v1 answer to a request sent after
 /// the bound means the change was not in force by then.
 fn live_split_change(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
-    const AFTER: Duration = Duration::from_secs(3);
-    // Back to back, a request takes milliseconds: the second after the bound holds dozens.
-    const MIN_LATE_SAMPLES: usize = 20;
+    // Requests sent after the bound that must all reach v2. The load runs until that many were
+    // sent after it (a loaded machine answers a request in tens of milliseconds, not in one:
+    // a fixed second once held only 12), up to `MAX_WAIT`.
+    const MIN_LATE_SAMPLES: usize = 30;
+    const MAX_WAIT: Duration = Duration::from_secs(30);
     let all_v2 = payment_split(0, 100)?;
     let load = http.background(api, Vec::new());
     std::thread::sleep(Duration::from_millis(500));
     let apply_started = Instant::now();
     t.apply(&all_v2)?;
     let accepted = Instant::now();
-    std::thread::sleep(AFTER);
+    std::thread::sleep(SPLIT_SETTLE);
+    // Sent before the bound (the one in flight included): the log's later entries are late.
+    let before_bound = load.sent();
+    while load.sent() < before_bound + MIN_LATE_SAMPLES && accepted.elapsed() < SPLIT_SETTLE + MAX_WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = load.finish();
     t.apply(&payment_split(90, 10)?)?;
     let failed = failures(log.iter().map(|(_, a)| a));
