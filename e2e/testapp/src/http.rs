@@ -84,6 +84,9 @@ pub struct Upstream {
     pub body: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How long the call took, from sending the request to the end of the answer (or the
+    /// failure), as this app measured it: next to its sidecar, without the path before it.
+    pub elapsed_ms: u64,
 }
 
 /// Shared state of one running app.
@@ -294,11 +297,14 @@ fn call_target(settings: &Settings, path: &str, query: Option<&str>, params: &Pa
 }
 
 async fn call(app: &App, method: &Method, incoming: &HeaderMap, url: &str, body: Bytes) -> Upstream {
+    let started = std::time::Instant::now();
+    let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let failed = |error: String| Upstream {
         url: url.to_string(),
         status: 0,
         body: Value::Null,
         error: Some(error),
+        elapsed_ms: elapsed_ms(),
     };
     let mut builder = Request::builder().method(method.clone()).uri(url);
     for name in TRACE_HEADERS
@@ -332,6 +338,7 @@ async fn call(app: &App, method: &Method, incoming: &HeaderMap, url: &str, body:
             body: serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
             error: None,
+            elapsed_ms: elapsed_ms(),
         },
         Ok(Err(e)) => failed(format!("calling {url}: {e}")),
         Err(_) => failed(format!(
