@@ -229,7 +229,7 @@ pub async fn gather(cluster: Result<Cluster, ClusterError>, pre: bool) -> Facts 
                 attributes["namespace"] = json!(ns);
             }
             let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                "metadata": {"name": "meshctl-check"}, "spec": {"resourceAttributes": attributes}});
+                "metadata": {}, "spec": {"resourceAttributes": attributes}});
             let answer = text(cluster.create(&review, false).await).map(|r| r["status"]["allowed"] == true);
             facts.permissions.push((p, answer));
         }

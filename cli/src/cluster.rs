@@ -309,6 +309,9 @@ impl Cluster {
         let name = o["metadata"]["name"].as_str().unwrap_or_default();
         match api.get_opt(name).await {
             Ok(found) => Ok(found.map(|d| object_json(&d, o))),
+            // A kind whose API group is no longer served (its CRDs deleted) answers a plain
+            // "404 page not found", not a NotFound Status: absent all the same.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(self.error(format!("reading {}", describe(o)), e)),
         }
     }

@@ -71,6 +71,18 @@ fn ok(value: &Value) -> Response<Body> {
     json_response(200, value, "application/json", &[])
 }
 
+/// What upstream answers for a path no handler serves, e.g. an API group
+/// that no longer exists (all its CRDs deleted): a plain-text 404, not a
+/// Status (so clients cannot read it as an object's `NotFound`).
+fn page_not_found() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("X-Content-Type-Options", "nosniff")
+        .body(full("404 page not found\n"))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
 fn error(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status(), "application/json", &[])
 }
@@ -346,6 +358,7 @@ impl ApiServer {
             (&Method::GET, ["api", v]) => discovery::resource_list(&resources, "", v)
                 .map(|d| ok(&d))
                 .ok_or_else(ApiError::path_not_found),
+            (_, ["apis", g, ..]) if !self.cluster.catalog.serves_group(g) => Ok(page_not_found()),
             (&Method::GET, ["apis", g]) => discovery::group(&resources, g)
                 .map(|d| ok(&d))
                 .ok_or_else(ApiError::path_not_found),
@@ -651,6 +664,29 @@ impl ApiServer {
                 body["status"] = json!({"userInfo": {"username": "kubesim-admin", "groups": ["system:masters", "system:authenticated"]}});
             }
             _ => {
+                // Upstream's validation of the authorization reviews: they are
+                // not stored, and their metadata must be empty (a name is refused).
+                // (Zero values, as Go clients send them, are empty: `creationTimestamp: null`,
+                // or the epoch and empty strings from a protobuf body.)
+                let zero = |v: &Value| match v {
+                    Value::Null => true,
+                    Value::String(s) => s.is_empty() || s == "1970-01-01T00:00:00Z",
+                    Value::Number(n) => n.as_f64() == Some(0.0),
+                    Value::Object(o) => o.is_empty(),
+                    Value::Array(a) => a.is_empty(),
+                    Value::Bool(b) => !b,
+                };
+                if body["metadata"].as_object().is_some_and(|m| !m.values().all(zero)) {
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    return Err(ApiError::invalid(
+                        rt,
+                        &name,
+                        &[(
+                            "metadata".into(),
+                            format!("Invalid value: {}: must be empty", body["metadata"]),
+                        )],
+                    ));
+                }
                 body["status"] = json!({"allowed": true, "reason": "kubesim allows every request"});
             }
         }

@@ -400,6 +400,12 @@ impl Catalog {
             .cloned()
     }
 
+    /// Whether any resource of API group `group` is served (the core group
+    /// always is).
+    pub fn serves_group(&self, group: &str) -> bool {
+        group.is_empty() || self.read().keys().any(|(g, _, _)| g == group)
+    }
+
     /// Finds the resource serving `apiVersion` + `kind`.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
         let (group, version) = split_api_version(api_version);

@@ -225,6 +225,28 @@ async fn optimistic_concurrency_generate_name_and_pagination() -> Result<()> {
     Ok(())
 }
 
+/// As upstream: an object that is not there is a `NotFound` Status (`get_opt` gives `None`),
+/// but a path in an API group that is not served (e.g. all its CRDs deleted) is a plain-text
+/// "404 page not found", which kube-rs reports as an error with code 404.
+#[tokio::test]
+async fn a_missing_object_is_not_found_and_an_unserved_group_a_plain_404() -> Result<()> {
+    let k = TestCluster::start()?;
+    let client = k.client().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    assert!(api.get_opt("absent").await?.is_none());
+    let gvk = kube::api::GroupVersionKind::gvk("gone.example.com", "v1", "Thing");
+    let things: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client, "default", &kube::api::ApiResource::from_gvk(&gvk));
+    match things.get_opt("x").await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 404);
+            assert!(s.message.contains("404 page not found"), "{s:?}");
+        }
+        other => anyhow::bail!("expected a plain 404, got {other:?}"),
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn server_side_apply_of_status_keeps_spec_and_records_the_manager() -> Result<()> {
     // A custom resource: no kubesim controller writes its status.

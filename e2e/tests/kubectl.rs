@@ -518,6 +518,20 @@ fn create_commands_tokens_and_token_reviews() -> Result<()> {
     assert_eq!(out, "true system:serviceaccount:team:robot");
 
     assert_eq!(k.kubectl_ok(&["auth", "can-i", "create", "pods"], None)?.trim(), "yes");
+    // An access review is not stored: as upstream, its metadata must be empty.
+    let review = |metadata: &str| {
+        format!(
+            r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","metadata":{metadata},"spec":{{"resourceAttributes":{{"verb":"get","resource":"pods"}}}}}}"#
+        )
+    };
+    let named = k.kubectl(&["create", "-f", "-"], Some(&review(r#"{"name":"x"}"#)))?;
+    let err = String::from_utf8_lossy(&named.stderr);
+    assert!(!named.status.success() && err.contains("must be empty"), "{err}");
+    let out = k.kubectl_ok(
+        &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        Some(&review("{}")),
+    )?;
+    assert_eq!(out, "true");
     assert!(k.kubectl_ok(&["auth", "whoami"], None)?.contains("kubesim-admin"));
     k.kubectl_ok(&["run", "solo", "--image=trellis-testapp:1", "--restart=Never"], None)?;
     let out = k.kubectl(&["logs", "solo"], None)?;
