@@ -225,9 +225,10 @@ fn bad_input_exits_2_with_the_file_and_line() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
-/// kubesim (pods simulated, no operator) with Trellis's CRDs and the clean base shop.
-fn cluster_with_base_shop() -> trellis_e2e::harness::TestCluster {
-    let cluster = trellis_e2e::harness::TestCluster::start().expect("kubesim starts");
+/// A cluster (kubesim with pods simulated, or upstream Kubernetes with
+/// `TRELLIS_E2E_CLUSTER=upstream`; no operator) with Trellis's CRDs and the clean base shop.
+fn cluster_with_base_shop() -> trellis_e2e::suite::Target {
+    let cluster = trellis_e2e::suite::Target::acquire_objects_only().expect("the cluster starts");
     let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<_> = std::fs::read_dir(&crds)
         .unwrap()
@@ -260,8 +261,8 @@ fn cluster_with_base_shop() -> trellis_e2e::harness::TestCluster {
     cluster
 }
 
-fn analyze_live(cluster: &trellis_e2e::harness::TestCluster, args: &[&str]) -> Output {
-    let mut a = vec!["--kubeconfig", cluster.kubeconfig.to_str().unwrap(), "analyze"];
+fn analyze_live(cluster: &trellis_e2e::suite::Target, args: &[&str]) -> Output {
+    let mut a = vec!["--kubeconfig", cluster.kubeconfig().to_str().unwrap(), "analyze"];
     a.extend_from_slice(args);
     meshctl(&a)
 }

@@ -1,5 +1,6 @@
-//! `meshctl install` and `meshctl version` as a user runs them: the binary against kubesim
-//! with the operator running as a process (its validating webhook checks every write of a
+//! `meshctl install` and `meshctl version` as a user runs them: the binary against a cluster
+//! (kubesim, or upstream Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`) with the operator
+//! running as a pod (its validating webhook checks every write of a
 //! Trellis object, the Mesh included), the report on stdout, progress on stderr, and the
 //! documented exit codes.
 
@@ -7,31 +8,54 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::text;
-use trellis_e2e::harness::TestCluster;
+use support::{Target, text};
 
-fn meshctl(cluster: Option<&TestCluster>, args: &[&str]) -> Output {
+fn meshctl(cluster: Option<&Target>, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshctl"));
     if let Some(cluster) = cluster {
-        c.arg("--kubeconfig").arg(&cluster.kubeconfig);
+        c.arg("--kubeconfig").arg(cluster.kubeconfig());
     }
     c.args(args).env("NO_COLOR", "1").output().unwrap()
 }
 
-/// kubesim with pods as processes (the operator must run: its webhook validates the Mesh), or
-/// `None` when not root.
-fn cluster_with_operator() -> Option<TestCluster> {
-    TestCluster::start_with_pods().unwrap()
+/// A cluster whose pods run (the operator must run: its webhook validates the Mesh), or `None`
+/// when not root.
+fn cluster_with_operator() -> Option<Target> {
+    support::cluster()
 }
 
-fn operator_rolled_out(cluster: &TestCluster) {
+fn operator_rolled_out(cluster: &Target) {
     support::rollout(cluster, "trellis-operator");
 }
 
+/// The cluster's part of the tests, on one cluster (started once for the test binary, as
+/// upstream Kubernetes takes a while to start): each scenario starts from a cluster without
+/// Trellis, and a purge between them gives it back.
 #[test]
-fn install_from_nothing_then_again_changes_nothing() {
+fn on_one_cluster() {
     let Some(cluster) = cluster_with_operator() else { return };
-    let first = meshctl(Some(&cluster), &["install", "--profile", "minimal", "--wait=false"]);
+    install_from_nothing_then_again_changes_nothing(&cluster);
+    purge(&cluster);
+    the_dry_run_applies_with_kubectl_as_its_header_says(&cluster);
+}
+
+/// `meshctl uninstall --purge`, and the wait until the namespace is gone, so that the next
+/// install starts from nothing.
+fn purge(cluster: &Target) {
+    let purge = meshctl(Some(cluster), &["uninstall", "--purge", "--yes"]);
+    assert!(purge.status.success(), "{}", text(&purge).1);
+    cluster
+        .kubectl_ok(
+            &["wait", "--for=delete", "namespace/trellis-system", "--timeout=180s"],
+            None,
+        )
+        .unwrap();
+    let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"], None).unwrap();
+    assert!(!crds.contains("trellis.dev"), "{crds}");
+}
+
+fn install_from_nothing_then_again_changes_nothing(cluster: &Target) {
+    let first = meshctl(Some(cluster), &["install", "--profile", "minimal", "--wait=false"]);
     let (stdout, stderr) = text(&first);
     assert!(first.status.success(), "{stderr}\n{stdout}");
     assert!(stdout.contains("Trellis installed (profile minimal)"), "{stdout}");
@@ -60,9 +84,9 @@ fn install_from_nothing_then_again_changes_nothing() {
 
     // The same input again (the operator is up: its webhook validates the Mesh): nothing
     // changes, and it says so; -o json has only data on stdout.
-    operator_rolled_out(&cluster);
+    operator_rolled_out(cluster);
     let again = meshctl(
-        Some(&cluster),
+        Some(cluster),
         &["install", "--profile", "minimal", "--wait=false", "-o", "json"],
     );
     let (stdout, stderr) = text(&again);
@@ -77,12 +101,12 @@ fn install_from_nothing_then_again_changes_nothing() {
             .all(|o| o["result"] == "unchanged"),
         "{stdout}"
     );
-    let again = meshctl(Some(&cluster), &["install", "--profile", "minimal", "--wait=false"]);
+    let again = meshctl(Some(cluster), &["install", "--profile", "minimal", "--wait=false"]);
     assert!(text(&again).0.contains("Nothing changed"), "{}", text(&again).0);
 
     // A changed setting changes the Mesh, and only the Mesh.
     let changed = meshctl(
-        Some(&cluster),
+        Some(cluster),
         &[
             "install",
             "--profile",
@@ -112,14 +136,14 @@ fn install_from_nothing_then_again_changes_nothing() {
     assert_eq!(mode, "STRICT");
 
     // The operator's and proxies' versions as the cluster has them.
-    let version = meshctl(Some(&cluster), &["version", "-o", "json"]);
+    let version = meshctl(Some(cluster), &["version", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&text(&version).0).unwrap();
     assert_eq!(v["client"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["server"]["operator"], env!("CARGO_PKG_VERSION"));
 }
 
-#[test]
-fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
+/// The demo profile's dry run, as `meshctl install --dry-run` prints it.
+fn demo_dry_run() -> String {
     // No cluster: a kubeconfig pointing nowhere is never read.
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(["install", "--dry-run", "--profile", "demo"])
@@ -133,15 +157,35 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
         .find("sampling: 100")
         .expect("the demo profile traces every request");
     assert!(tracing > yaml.rfind("kind: Mesh").unwrap());
+    yaml
+}
 
+#[test]
+fn the_dry_run_needs_no_cluster() {
+    demo_dry_run();
+}
+
+fn the_dry_run_applies_with_kubectl_as_its_header_says(cluster: &Target) {
+    let yaml = demo_dry_run();
     // The header's kubectl recipe: apply, wait for the Mesh CRD and the operator, apply again.
-    let Some(cluster) = cluster_with_operator() else { return };
-    let file = cluster.state_dir().join("trellis.yaml");
+    let file = cluster.scratch_dir().join("trellis.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let file = file.to_str().unwrap();
-    let first = cluster
-        .kubectl(&["apply", "--server-side", "--field-manager=meshctl", "-f", file], None)
-        .unwrap();
+    // As a user who never saw the Mesh kind: kubectl's discovery cache is new (the cluster's
+    // own cache knows the kind from the first scenario, and kubectl would map it from there).
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let mut kubectl = Command::new("kubectl");
+    kubectl
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .arg("--cache-dir")
+        .arg(fresh_cache.path());
+    let first = trellis_e2e::suite::run_kubectl(
+        kubectl,
+        &["apply", "--server-side", "--field-manager=meshctl", "-f", file],
+        None,
+    )
+    .unwrap();
     assert!(
         !first.status.success(),
         "the Mesh cannot be applied with its CRD in one pass"
@@ -161,7 +205,7 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
             None,
         )
         .unwrap();
-    operator_rolled_out(&cluster);
+    operator_rolled_out(cluster);
     // The webhook answers once the operator's endpoint is ready, a moment after the rollout.
     cluster
         .wait_for("the second kubectl pass", std::time::Duration::from_secs(60), || {
@@ -171,7 +215,7 @@ fn the_dry_run_needs_no_cluster_and_applies_with_kubectl_as_its_header_says() {
         .unwrap();
     // And meshctl finds it exactly as it would have applied it.
     let install = meshctl(
-        Some(&cluster),
+        Some(cluster),
         &["install", "--profile", "demo", "--wait=false", "-o", "json"],
     );
     let report: serde_json::Value = serde_json::from_str(&text(&install).0).unwrap();

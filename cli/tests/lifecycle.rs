@@ -1,7 +1,8 @@
-//! `meshctl check`, `upgrade` and `uninstall` as a user runs them: the binary against kubesim
-//! with the operator running as a process, from `check --pre` on an empty cluster to a purge
-//! that leaves nothing behind; each check failing once where the cluster can be made to fail
-//! it (the pure verdicts are tested one by one in `check::verdicts`).
+//! `meshctl check`, `upgrade` and `uninstall` as a user runs them: the binary against a
+//! cluster (kubesim, or upstream Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`) with the
+//! operator running as a pod, from `check --pre` on an empty cluster to a purge that leaves
+//! nothing behind; each check failing once where the cluster can be made to fail it (the pure
+//! verdicts are tested one by one in `check::verdicts`).
 
 mod support;
 
@@ -9,19 +10,24 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{meshctl_at, rollout, text, unreachable_kubeconfig};
-use trellis_e2e::harness::TestCluster;
+use support::{Target, meshctl_at, rollout, text, unreachable_kubeconfig};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const OLD_OPERATOR: &str = "versions.operator=ghcr.io/trellis-mesh/trellis-operator:0.0.9";
-const OLD_PROXY: &str = "versions.proxy=ghcr.io/trellis-mesh/trellis-proxy:0.0.9";
+/// The older release installed first: the tag every test bed provides for it (kubesim ignores
+/// tags; upstream's node has the images under it too).
+const OLD: &str = trellis_e2e::upstream::OLDER_RELEASE_TAG;
 
-fn meshctl(cluster: &TestCluster, args: &[&str]) -> Output {
-    meshctl_at(&cluster.kubeconfig, args)
+/// `--set` of component `name`'s image at the older release.
+fn old_image(name: &str) -> String {
+    format!("versions.{name}=ghcr.io/trellis-mesh/trellis-{name}:{OLD}")
+}
+
+fn meshctl(cluster: &Target, args: &[&str]) -> Output {
+    meshctl_at(cluster.kubeconfig(), args)
 }
 
 /// `meshctl check -o json`: the exit code and the checks by name.
-fn check(cluster: &TestCluster) -> (i32, Vec<Value>) {
+fn check(cluster: &Target) -> (i32, Vec<Value>) {
     let out = meshctl(cluster, &["check", "-o", "json"]);
     let (stdout, stderr) = text(&out);
     let checks: Vec<Value> =
@@ -37,7 +43,7 @@ fn status_of<'a>(checks: &'a [Value], name_part: &str) -> &'a Value {
 }
 
 /// Waits until `meshctl check` passes; the last checks otherwise.
-fn until_healthy(cluster: &TestCluster) -> Vec<Value> {
+fn until_healthy(cluster: &Target) -> Vec<Value> {
     cluster
         .wait_for("meshctl check to pass", Duration::from_secs(120), || {
             let (code, checks) = check(cluster);
@@ -46,7 +52,7 @@ fn until_healthy(cluster: &TestCluster) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("{e}: {:#?}", check(cluster).1))
 }
 
-fn exists(cluster: &TestCluster, args: &[&str]) -> bool {
+fn exists(cluster: &Target, args: &[&str]) -> bool {
     let mut all = vec!["get"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["-o", "name", "--ignore-not-found"]);
@@ -55,7 +61,7 @@ fn exists(cluster: &TestCluster, args: &[&str]) -> bool {
 
 #[test]
 fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
-    let Some(cluster) = TestCluster::start_with_pods().unwrap() else {
+    let Some(cluster) = support::cluster() else {
         return;
     };
 
@@ -83,9 +89,9 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
             "install",
             "--wait=false",
             "--set",
-            OLD_OPERATOR,
+            &old_image("operator"),
             "--set",
-            OLD_PROXY,
+            &old_image("proxy"),
             "--set",
             "defaultMtlsMode=STRICT",
         ],
@@ -96,7 +102,7 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
     let checks = until_healthy(&cluster);
     let skew = status_of(&checks, "one version");
     assert_eq!(skew["status"], "warning", "{skew}");
-    assert!(skew["detail"].as_str().unwrap().contains("0.0.9"), "{skew}");
+    assert!(skew["detail"].as_str().unwrap().contains(OLD), "{skew}");
     for name in [
         "operator is ready",
         "validating webhook",
@@ -140,7 +146,7 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
     assert_eq!(refused.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("pass --yes"), "{stderr}");
     assert!(
-        diff.contains("-        image: ghcr.io/trellis-mesh/trellis-operator:0.0.9")
+        diff.contains(&format!("-        image: ghcr.io/trellis-mesh/trellis-operator:{OLD}"))
             && diff.contains(&format!(
                 "+        image: ghcr.io/trellis-mesh/trellis-operator:{VERSION}"
             )),
@@ -166,7 +172,10 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
             )
             .unwrap()
     };
-    assert!(image("trellis-operator").ends_with(":0.0.9"), "nothing was applied");
+    assert!(
+        image("trellis-operator").ends_with(&format!(":{OLD}")),
+        "nothing was applied"
+    );
     // --yes applies it, keeping the user's settings; a second upgrade has nothing to do.
     let upgrade = meshctl(&cluster, &["upgrade", "--yes", "--wait=false"]);
     assert!(upgrade.status.success(), "{}", text(&upgrade).1);

@@ -1,7 +1,8 @@
-//! `meshctl proxy-config` on a live proxy, as a user runs it: the binary against kubesim with
-//! pods as processes, reading the ingress gateway's admin API (localhost:15000 in its pod)
-//! through the API server's port-forward; the saved dump read back offline; and the clear
-//! failures: a pod without a proxy, an unknown pod, an unreadable dump.
+//! `meshctl proxy-config` on a live proxy, as a user runs it: the binary against a cluster
+//! whose pods run (kubesim's processes, or upstream Kubernetes with
+//! `TRELLIS_E2E_CLUSTER=upstream`), reading the ingress gateway's admin API (localhost:15000 in
+//! its pod) through the API server's port-forward; the saved dump read back offline; and the
+//! clear failures: a pod without a proxy, an unknown pod, an unreadable dump.
 
 mod support;
 
@@ -9,17 +10,16 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{meshctl_at, rollout, text, unreachable_kubeconfig};
-use trellis_e2e::harness::TestCluster;
+use support::{Target, meshctl_at, rollout, text, unreachable_kubeconfig};
 
 const GATEWAY: &str = "trellis-ingressgateway";
 
-fn meshctl(cluster: &TestCluster, args: &[&str]) -> Output {
-    meshctl_at(&cluster.kubeconfig, args)
+fn meshctl(cluster: &Target, args: &[&str]) -> Output {
+    meshctl_at(cluster.kubeconfig(), args)
 }
 
 /// The stdout of a command that must succeed.
-fn ok(cluster: &TestCluster, args: &[&str]) -> String {
+fn ok(cluster: &Target, args: &[&str]) -> String {
     let out = meshctl(cluster, args);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "meshctl {args:?}: {stderr}\n{stdout}");
@@ -27,7 +27,7 @@ fn ok(cluster: &TestCluster, args: &[&str]) -> String {
 }
 
 /// The first running pod with `app=app` in trellis-system.
-fn pod(cluster: &TestCluster, app: &str) -> String {
+fn pod(cluster: &Target, app: &str) -> String {
     cluster
         .kubectl_ok(
             &[
@@ -74,7 +74,7 @@ spec:
 
 #[test]
 fn a_live_gateways_routes_clusters_certificate_and_log_level() {
-    let Some(cluster) = TestCluster::start_with_pods().unwrap() else {
+    let Some(cluster) = support::cluster() else {
         return;
     };
     let install = meshctl(&cluster, &["install", "--wait=false"]);

@@ -95,7 +95,13 @@ impl Target {
             // The cluster removes its directory itself, after unmounting
             // what its node mounted there.
             opts.ephemeral = true;
-            let cluster = crate::upstream::Cluster::start(&opts)?;
+            // On a thread of its own: the cluster owns a tokio runtime, which cannot be
+            // started or blocked on from async code (the operator's tests are async).
+            let cluster = std::thread::scope(|s| {
+                s.spawn(|| crate::upstream::Cluster::start(&opts))
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("starting the upstream cluster panicked")))
+            })?;
             return Ok(Some(Target {
                 kubeconfig: cluster.kubeconfig().to_path_buf(),
                 cache,
@@ -112,6 +118,22 @@ impl Target {
             kubesim: Some(cluster),
             upstream: None,
         }))
+    }
+
+    /// Like [`Target::acquire`] for a test that needs objects only, not
+    /// running pods: on kubesim, its pods are simulated (cheaper, and no
+    /// root needed); upstream and a named cluster are what they are.
+    pub fn acquire_objects_only() -> anyhow::Result<Self> {
+        if std::env::var_os("TRELLIS_E2E_KUBECONFIG").is_some() || Bed::from_env()? == Bed::Upstream {
+            return Target::acquire()?.context("an upstream cluster needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)");
+        }
+        let cluster = TestCluster::start()?;
+        Ok(Target {
+            kubeconfig: cluster.kubeconfig.clone(),
+            cache: tempfile::Builder::new().prefix("trellis-e2e-").tempdir()?,
+            kubesim: Some(cluster),
+            upstream: None,
+        })
     }
 
     /// An existing cluster (a real one, or a kubesim started elsewhere).
@@ -220,9 +242,58 @@ impl Target {
         out
     }
 
+    /// A directory of this target's own, removed with it, for files a
+    /// test hands to kubectl or meshctl.
+    pub fn scratch_dir(&self) -> &std::path::Path {
+        self.cache.path()
+    }
+
+    /// [`wait_for`] as a method, as [`TestCluster::wait_for`] reads.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        wait_for(what, timeout, f)
+    }
+
+    /// A kube-rs client for this cluster, from its kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A kube-rs client that authenticates as ServiceAccount
+    /// `namespace/name` (a token from the TokenRequest API, valid an hour),
+    /// so it holds exactly the RBAC bound to that account: on upstream
+    /// Kubernetes a missing permission is a 403, as in production (kubesim
+    /// does not enforce RBAC).
+    pub async fn client_as(&self, namespace: &str, name: &str) -> anyhow::Result<kube::Client> {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=1h"], None)?;
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.trim().to_string().into()),
+            ..Default::default()
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// `kubectl get --raw PATH`: the API server's proxy to pods and services.
     pub fn raw(&self, path: &str) -> anyhow::Result<String> {
         self.kubectl_ok(&["get", "--raw", path], None)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.upstream.take() {
+            // Stopped on a thread of its own: its tokio runtime cannot be dropped from async
+            // code (a test's runtime).
+            let _ = std::thread::spawn(move || drop(cluster)).join();
+        }
     }
 }
 

@@ -1,13 +1,21 @@
-//! What the command-line tests share: running the meshctl binary as a user does (no terminal,
-//! no colour), its output as text, waiting for a control-plane rollout, and a kubeconfig for a
-//! cluster that is not there.
+//! What the command-line tests share: the cluster they run against (the end-to-end suite's
+//! [`Target`]: a fresh kubesim by default, a fresh upstream Kubernetes with
+//! `TRELLIS_E2E_CLUSTER=upstream`, or the cluster `TRELLIS_E2E_KUBECONFIG` names), running the
+//! meshctl binary as a user does (no terminal, no colour), its output as text, waiting for a
+//! control-plane rollout, and a kubeconfig for a cluster that is not there.
 
 #![allow(dead_code)] // each test file uses its part
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use trellis_e2e::harness::TestCluster;
+pub use trellis_e2e::suite::Target;
+
+/// A fresh cluster whose pods run (kubesim's process runtime, or upstream's node), or `None`
+/// when this process cannot run pods (not root): the skip is recorded, and fails under CI.
+pub fn cluster() -> Option<Target> {
+    Target::acquire().unwrap()
+}
 
 /// `meshctl --kubeconfig KUBECONFIG ARGS…` without a terminal (stdin is empty, no colour).
 pub fn meshctl_at(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -42,7 +50,7 @@ pub fn unreachable_kubeconfig(dir: &Path) -> PathBuf {
 }
 
 /// Waits until Deployment trellis-system/`name` has rolled out.
-pub fn rollout(cluster: &TestCluster, name: &str) {
+pub fn rollout(cluster: &Target, name: &str) {
     cluster
         .kubectl_ok(
             &[

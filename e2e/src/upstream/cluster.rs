@@ -86,6 +86,13 @@ impl std::fmt::Debug for Cluster {
 /// install manifests name.
 pub const PROJECT_IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
 
+/// A second tag the project's images get: the "older release" the CLI's
+/// upgrade test installs and then upgrades (`cli/tests/lifecycle.rs`). It is
+/// the same program: what an upgrade changes in the cluster is the image
+/// name. kubesim ignores tags; on a real cluster, push the images under this
+/// tag too (`e2e/README.md`).
+pub const OLDER_RELEASE_TAG: &str = "0.0.9";
+
 /// How long the node and its add-ons get to become ready (a loaded 2-core
 /// machine).
 const READY: Duration = Duration::from_secs(180);
@@ -361,7 +368,10 @@ impl Cluster {
                 .find(|(p, _)| p == program)
                 .map(|(_, path)| path.clone())
                 .with_context(|| format!("{program} was not found"))?;
-            let names = vec![format!("{repo}:{PROJECT_IMAGE_TAG}")];
+            let names = vec![
+                format!("{repo}:{PROJECT_IMAGE_TAG}"),
+                format!("{repo}:{OLDER_RELEASE_TAG}"),
+            ];
             specs.push(if program == "trellis-proxy" {
                 images::proxy_image(names, &path)?
             } else {

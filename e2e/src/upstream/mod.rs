@@ -45,7 +45,7 @@ pub mod prereqs;
 
 use std::net::Ipv4Addr;
 
-pub use cluster::{Cluster, Options};
+pub use cluster::{Cluster, OLDER_RELEASE_TAG, Options};
 
 /// The Service range.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
