@@ -1,4 +1,5 @@
-//! The CA as the Mesh asks for it, in the running operator on kubesim (`ca::lifecycle`):
+//! The CA as the Mesh asks for it, in the running operator on a cluster (kubesim, or upstream Kubernetes with
+//! `TRELLIS_E2E_CLUSTER=upstream`, where the operator holds exactly its installed RBAC) (`ca::lifecycle`):
 //! - `spec.ca.mode: Plugged` with a `secretRef` in another namespace: the operator copies that
 //!   Secret's root into `trellis-system/trellis-ca` and issues from it, follows the user's
 //!   replacement of it, and says in `CertificateAuthorityReady` when the Secret is unusable;
@@ -9,8 +10,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use support::{cluster_with_web, free_port, operator_config, until_async};
-use trellis_e2e::harness::TestCluster;
+use support::{Target, cluster_with_web, free_port, operator_client, operator_config, until_async};
 use trellis_operator::app;
 use trellis_operator::ca::SigningCert;
 
@@ -31,7 +31,7 @@ fn issuing(op: &app::App) -> (Option<String>, Vec<String>) {
     (issuing, status.roots.into_iter().map(|r| r.fingerprint).collect())
 }
 
-fn ca_condition(cluster: &TestCluster) -> (String, String) {
+fn ca_condition(cluster: &Target) -> (String, String) {
     let json = cluster
         .kubectl_ok(&["get", "mesh", "default", "-o", "json"], None)
         .unwrap_or_default();
@@ -49,9 +49,40 @@ fn ca_condition(cluster: &TestCluster) -> (String, String) {
     )
 }
 
+/// Both parts on one cluster (started once for the test binary: upstream Kubernetes takes a
+/// while to start), each with an operator of its own holding exactly its installed RBAC; the
+/// CA's state (the Mesh, the stored root) is removed between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said() {
+async fn on_one_cluster() {
     let (cluster, _pod) = cluster_with_web();
+    a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(&cluster).await;
+    // No operator runs now to take its finalizer off the Mesh: released, as `meshctl
+    // uninstall --purge` does.
+    cluster
+        .kubectl_ok(
+            &[
+                "patch",
+                "mesh",
+                "default",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+            None,
+        )
+        .unwrap();
+    for object in [
+        &["mesh", "default"][..],
+        &["secret", "trellis-ca", "-n", "trellis-system"],
+    ] {
+        let mut args = vec!["delete", "--wait=true", "--ignore-not-found"];
+        args.extend_from_slice(object);
+        cluster.kubectl_ok(&args, None).unwrap();
+    }
+    a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted(&cluster).await;
+}
+
+async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(cluster: &Target) {
     cluster.kubectl_ok(&["create", "namespace", "security"], None).unwrap();
     let corp =
         SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), SystemTime::now()).unwrap();
@@ -66,7 +97,7 @@ async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_sai
             ),
         )
         .unwrap();
-    let op = app::start(operator_config(free_port(), 3600), cluster.client().await.unwrap())
+    let op = app::start(operator_config(free_port(), 3600), operator_client(cluster).await)
         .await
         .expect("the operator starts");
     let self_signed = issuing(&op).0.expect("an issuing root");
@@ -122,7 +153,7 @@ async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_sai
         "CertificateAuthorityReady says the plugged Secret has no key",
         60,
         || async {
-            let (status, message) = ca_condition(&cluster);
+            let (status, message) = ca_condition(cluster);
             status == "False" && message.contains("Secret security/corp-ca") && message.contains("has no ca.key")
         },
     )
@@ -131,9 +162,7 @@ async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_sai
     op.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted() {
-    let (cluster, _pod) = cluster_with_web();
+async fn a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted(cluster: &Target) {
     // A root of 10 days with 1 left: past the four fifths of its life.
     let day = Duration::from_secs(86400);
     let old = SigningCert::self_signed_root("cluster.local", 10 * day, SystemTime::now() - 9 * day).unwrap();
@@ -149,7 +178,7 @@ async fn a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_r
             Some("apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec:\n  ca: {mode: SelfSigned, rootCertTtl: 2160h}\n"),
         )
         .unwrap();
-    let op = app::start(operator_config(free_port(), 3600), cluster.client().await.unwrap())
+    let op = app::start(operator_config(free_port(), 3600), operator_client(cluster).await)
         .await
         .expect("the operator starts");
     assert_eq!(

@@ -1,7 +1,8 @@
-//! The proxy's push client against the whole operator on kubesim: it obtains its certificate
-//! with its ServiceAccount token, rotates it at half-life, subscribes over mutual TLS, ACKs,
-//! NACKs a config it rejects (keeping the last good one), and reconnects when the operator is
-//! restarted.
+//! The proxy's push client against the whole operator on a cluster (kubesim, or upstream
+//! Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`, the operator holding exactly its installed
+//! RBAC): it obtains its certificate with its ServiceAccount token, rotates it at half-life,
+//! subscribes over mutual TLS, ACKs, NACKs a config it rejects (keeping the last good one), and
+//! reconnects when the operator is restarted.
 
 mod support;
 
@@ -9,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{cluster_with_web, free_port, mesh_proxy, operator_config, until, web_proxy};
+use support::{Target, cluster_with_web, free_port, mesh_proxy, operator_client, operator_config, until, web_proxy};
 use trellis_contract::ProxyConfig;
-use trellis_e2e::harness::TestCluster;
 use trellis_operator::app::{self, App};
 use trellis_push::client::{self, CERT_CHAIN_FILE, ConfigSink, KEY_FILE, ROOTS_FILE};
 
@@ -43,8 +43,8 @@ impl ConfigSink for Sink {
     }
 }
 
-async fn operator(cluster: &TestCluster, port: u16, ttl: u64) -> App {
-    app::start(operator_config(port, ttl), cluster.client().await.unwrap())
+async fn operator(cluster: &Target, port: u16, ttl: u64) -> App {
+    app::start(operator_config(port, ttl), operator_client(cluster).await)
         .await
         .expect("the operator starts")
 }
@@ -63,16 +63,23 @@ fn last_timeout(sink: &Sink) -> Option<u64> {
     }
 }
 
+/// Both parts on one cluster (started once for the test binary: upstream Kubernetes takes a
+/// while to start), each with an operator of its own holding exactly its installed RBAC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_rotation_push_nack_and_reconnect() {
+async fn on_one_cluster() {
     let (cluster, pod) = cluster_with_web();
+    identity_rotation_push_nack_and_reconnect(&cluster, &pod).await;
+    trellis_proxy_in_mesh_mode(&cluster, &pod).await;
+}
+
+async fn identity_rotation_push_nack_and_reconnect(cluster: &Target, pod: &str) {
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&vs("3s"))).unwrap();
 
     // A short certificate lifetime, so rotation happens within the test.
     let port = free_port();
-    let op = operator(&cluster, port, 4).await;
+    let op = operator(cluster, port, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
+    let cfg = web_proxy(cluster, dir.path(), port, pod, &op.root_pem);
 
     // Identity: obtained, then rotated at half-life.
     let (issued_tx, issued_rx) = tokio::sync::watch::channel(None);
@@ -141,7 +148,7 @@ async fn identity_rotation_push_nack_and_reconnect() {
         Some(5000),
         "still serving while the operator is away"
     );
-    let op = operator(&cluster, port, 4).await;
+    let op = operator(cluster, port, 4).await;
     until("the config after the restart", 20, || last_timeout(&sink) == Some(9000)).await;
 
     push.abort();
@@ -151,13 +158,11 @@ async fn identity_rotation_push_nack_and_reconnect() {
 
 /// The real proxy in mesh mode: certificate from the operator, configuration pushed and
 /// applied, ready; a rotated certificate is reloaded without a rejection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trellis_proxy_in_mesh_mode() {
-    let (cluster, pod) = cluster_with_web();
+async fn trellis_proxy_in_mesh_mode(cluster: &Target, pod: &str) {
     let port = free_port();
-    let op = operator(&cluster, port, 4).await;
+    let op = operator(cluster, port, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
+    let cfg = web_proxy(cluster, dir.path(), port, pod, &op.root_pem);
     // The proxy keeps its certificate in a temporary directory; the pushed config is pointed
     // at it (the operator's paths are only defaults).
     let (proxy, control) = mesh_proxy(cfg).await;

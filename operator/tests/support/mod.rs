@@ -1,5 +1,7 @@
-//! Shared by the operator's integration tests: a kubesim with the Trellis CRDs and a `web`
-//! workload, the operator's test settings, a proxy's client settings, and polling.
+//! Shared by the operator's integration tests: a cluster (kubesim with simulated pods, or
+//! upstream Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`) with the Trellis CRDs and a `web`
+//! workload, a client holding exactly the operator's RBAC from the install manifests, the
+//! operator's test settings, a proxy's client settings, and polling.
 
 // why: each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -7,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use trellis_e2e::harness::TestCluster;
+pub use trellis_e2e::suite::Target;
 use trellis_operator::app::Config;
 use trellis_push::client::ClientConfig;
 
@@ -38,7 +40,8 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       serviceAccountName: web
-      containers: [{name: app, image: test-app}]
+      # The shell-tools image every test bed has (upstream's node imports it as busybox).
+      containers: [{name: app, image: "busybox:1.36", imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}]
 "#;
 
 /// Poll `cond` every 50 ms until it holds; panic naming `what` after `secs` seconds.
@@ -64,7 +67,7 @@ pub async fn until_async<F: std::future::Future<Output = bool>>(what: &str, secs
 }
 
 /// Apply the repository's CRDs and wait until they are served.
-pub fn apply_crds(cluster: &TestCluster) {
+pub fn apply_crds(cluster: &Target) {
     let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
     cluster.kubectl_ok(&["apply", "-f", &crds], None).unwrap();
     cluster
@@ -77,9 +80,9 @@ pub fn apply_crds(cluster: &TestCluster) {
 
 /// A fresh kubesim with the CRDs, `trellis-system`, and [`WEB_APP`] rolled out; returns it
 /// and the web pod's name.
-pub fn cluster_with_web() -> (TestCluster, String) {
+pub fn cluster_with_web() -> (Target, String) {
     rustls::crypto::ring::default_provider().install_default().ok();
-    let cluster = TestCluster::start().expect("kubesim starts");
+    let cluster = Target::acquire_objects_only().expect("the cluster starts");
     apply_crds(&cluster);
     cluster
         .kubectl_ok(&["create", "namespace", "trellis-system"], None)
@@ -87,7 +90,7 @@ pub fn cluster_with_web() -> (TestCluster, String) {
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(WEB_APP)).unwrap();
     cluster
         .kubectl_ok(
-            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=30s"],
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=120s"],
             None,
         )
         .unwrap();
@@ -107,6 +110,34 @@ pub fn cluster_with_web() -> (TestCluster, String) {
         )
         .unwrap();
     (cluster, pod)
+}
+
+/// A client for the operator run in the test: the install manifests' ServiceAccount,
+/// ClusterRole and binding applied (in `trellis-system`, which must exist), and a token of that
+/// account, so the operator holds exactly the RBAC it is installed with (enforced on upstream
+/// Kubernetes; kubesim allows everything).
+pub async fn operator_client(cluster: &Target) -> kube::Client {
+    let rbac: Vec<serde_json::Value> =
+        trellis_manifests::install::objects(&trellis_manifests::install::Options::default())
+            .into_iter()
+            .filter(|o| {
+                matches!(
+                    o["kind"].as_str(),
+                    Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding")
+                )
+            })
+            .collect();
+    assert!(
+        rbac.iter().any(|o| o["kind"] == "ClusterRole"),
+        "the install manifests grant the operator a ClusterRole"
+    );
+    // A YAML stream, not a `kind: List`: kubectl validates a List against /openapi/v2, which
+    // kubesim does not serve.
+    cluster.apply(&trellis_manifests::to_yaml(&rbac)).unwrap();
+    cluster
+        .client_as("trellis-system", trellis_manifests::install::OPERATOR_NAME)
+        .await
+        .unwrap()
 }
 
 /// A free loopback port (for an operator restarted on the same address).
@@ -138,7 +169,7 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
 
 /// The web pod's proxy settings, with its root and a `trellis`-audience token written to
 /// `dir` and its identity kept in `dir/identity`.
-pub fn web_proxy(cluster: &TestCluster, dir: &Path, push_port: u16, pod: &str, root_pem: &str) -> ClientConfig {
+pub fn web_proxy(cluster: &Target, dir: &Path, push_port: u16, pod: &str, root_pem: &str) -> ClientConfig {
     std::fs::write(dir.join("root.pem"), root_pem).unwrap();
     let token = cluster
         .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
@@ -185,7 +216,7 @@ pub async fn mesh_proxy(cfg: ClientConfig) -> (std::sync::Arc<trellis_proxy::App
 }
 
 /// The `root-cert.pem` of the `trellis-ca-root` ConfigMap in `namespace` (empty if absent).
-pub fn published_roots(cluster: &TestCluster, namespace: &str) -> String {
+pub fn published_roots(cluster: &Target, namespace: &str) -> String {
     cluster
         .kubectl(
             &[
