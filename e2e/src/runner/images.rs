@@ -44,6 +44,11 @@ pub const VARIANTS: [(&str, &str, ImageEnv); 1] = [(
     &[("TRELLIS_HEALTH_ADDR", "127.0.0.1:15099")],
 )];
 
+/// Tags the end-to-end suite rolls proxies to besides the crate version (`tests/lifecycle.rs`:
+/// two good releases and the broken one). kubesim ignores tags; an upstream node imports the
+/// proxy's images, [`VARIANTS`] included, under each of them (`upstream::cluster`).
+pub const SUITE_PROXY_TAGS: [&str; 3] = ["lifecycle-a", "lifecycle-b", "lifecycle"];
+
 /// Generic images whose "filesystem" is the host's own programs.
 pub const HOST_IMAGES: [&str; 4] = ["busybox", "alpine", "debian", "ubuntu"];
 

@@ -22,7 +22,7 @@ use super::layout::Layout;
 use super::pki::{self, PkiFiles, PkiSpec};
 use super::prereqs::{self, Found};
 use super::{CLUSTER_DOMAIN, KUBERNETES_IP, NODE_NAME, addons};
-use crate::runner::images::{BinDirs, TRELLIS_PROGRAMS};
+use crate::runner::images::{BinDirs, SUITE_PROXY_TAGS, TRELLIS_PROGRAMS, VARIANTS};
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -361,22 +361,34 @@ impl Cluster {
     /// Builds every image and imports it into the node's containerd.
     fn import_images(&self, opts: &Options, found: &Found) -> anyhow::Result<()> {
         let mut specs = Vec::new();
-        for (repo, program) in TRELLIS_PROGRAMS {
+        let programs = TRELLIS_PROGRAMS
+            .iter()
+            .map(|(repo, program)| (*repo, *program, &[][..]))
+            .chain(VARIANTS);
+        for (repo, program, env) in programs {
             let path = found
                 .programs
                 .iter()
                 .find(|(p, _)| p == program)
                 .map(|(_, path)| path.clone())
                 .with_context(|| format!("{program} was not found"))?;
-            let names = vec![
-                format!("{repo}:{PROJECT_IMAGE_TAG}"),
-                format!("{repo}:{OLDER_RELEASE_TAG}"),
-            ];
-            specs.push(if program == "trellis-proxy" {
+            let mut spec = if program == "trellis-proxy" {
+                // The proxy's releases the suite rolls to are this same image under more tags.
+                let names = [PROJECT_IMAGE_TAG, OLDER_RELEASE_TAG]
+                    .into_iter()
+                    .chain(SUITE_PROXY_TAGS)
+                    .map(|tag| format!("{repo}:{tag}"))
+                    .collect();
                 images::proxy_image(names, &path)?
             } else {
+                let names = vec![
+                    format!("{repo}:{PROJECT_IMAGE_TAG}"),
+                    format!("{repo}:{OLDER_RELEASE_TAG}"),
+                ];
                 ImageSpec::program(names, &path, &format!("/usr/local/bin/{program}"))
-            });
+            };
+            spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            specs.push(spec);
         }
         specs.push(ImageSpec::program(
             vec![images::PAUSE_IMAGE.into()],

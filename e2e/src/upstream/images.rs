@@ -7,7 +7,8 @@
 //!
 //! | image | holds | entrypoint |
 //! |---|---|---|
-//! | `ghcr.io/trellis-mesh/{trellis-proxy,trellis-operator,trellis-testapp}:<version>` | the built program (from kubesim's bin dirs); the proxy's also the host's `iptables` (its `xtables` multi-call binary, extensions and libraries) for the capture init container | the program |
+//! | `ghcr.io/trellis-mesh/{trellis-proxy,trellis-operator,trellis-testapp}:<version>` | the built program (from kubesim's bin dirs); the proxy's also the host's `iptables` (its `xtables` multi-call binary, extensions and libraries) for the capture init container; the proxy's also tagged with the suite's release tags (`runner::images::SUITE_PROXY_TAGS`) | the program |
+//! | `ghcr.io/trellis-mesh/trellis-proxy-unready:<version and the suite's tags>` (`runner::images::VARIANTS`) | the proxy's image with the variant's variables in its `Env`: a release whose pods never turn Ready | the program |
 //! | [`PAUSE_IMAGE`] | the pause program (`e2e/upstream/pause`) | `/pause` |
 //! | [`COREDNS_IMAGE`] | CoreDNS (`e2e/upstream/coredns`) | `/coredns` |
 //! | [`TOOLS_IMAGES`] (`busybox`, `debian` tags) | the host's `sh` and core utilities | `/bin/sh` |
@@ -51,6 +52,8 @@ pub struct ImageSpec {
     /// Symbolic links: (path in the image, target).
     pub links: Vec<(PathBuf, PathBuf)>,
     pub entrypoint: Vec<String>,
+    /// Variables the image sets (Docker's `ENV`), after `PATH`.
+    pub env: Vec<(String, String)>,
 }
 
 impl ImageSpec {
@@ -61,6 +64,7 @@ impl ImageSpec {
             files: vec![(program.to_path_buf(), PathBuf::from(at))],
             links: Vec::new(),
             entrypoint: vec![at.to_string()],
+            env: Vec::new(),
         }
     }
 }
@@ -180,6 +184,7 @@ pub fn tools_image() -> ImageSpec {
         files: Vec::new(),
         links: Vec::new(),
         entrypoint: vec!["/bin/sh".into()],
+        env: Vec::new(),
     };
     for tool in TOOLS {
         if let Some(path) = which(tool) {
@@ -237,12 +242,16 @@ pub fn build(spec: &ImageSpec, work_dir: &Path, stem: &str) -> anyhow::Result<Pa
         ".",
     ])?;
     let diff_id = sha256_file(&layer)?;
+    let env: Vec<String> =
+        std::iter::once("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string())
+            .chain(spec.env.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {
             "Entrypoint": spec.entrypoint,
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Env": env,
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
@@ -344,7 +353,8 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let program = work.path().join("hello");
         std::fs::write(&program, "#!/bin/sh\necho hi\n").unwrap();
-        let spec = ImageSpec::program(vec!["example.org/hello:1".into()], &program, "/hello");
+        let mut spec = ImageSpec::program(vec!["example.org/hello:1".into()], &program, "/hello");
+        spec.env = vec![("TRELLIS_HEALTH_ADDR".into(), "127.0.0.1:15099".into())];
         let archive = build(&spec, work.path(), "image").unwrap();
         let out = Command::new("tar")
             .arg("-xOf")
@@ -362,6 +372,14 @@ mod tests {
             .unwrap();
         let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(config["config"]["Entrypoint"][0], "/hello");
+        assert_eq!(
+            config["config"]["Env"],
+            serde_json::json!([
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TRELLIS_HEALTH_ADDR=127.0.0.1:15099"
+            ]),
+            "the image's variables after PATH"
+        );
         let layer = Command::new("tar")
             .arg("-xOf")
             .arg(&archive)
