@@ -47,6 +47,11 @@ struct Cli {
     /// Deadline of a forwarded call, in milliseconds.
     #[arg(long, env = "TESTAPP_CALL_TIMEOUT_MS", default_value_t = 10_000)]
     call_timeout_ms: u64,
+    /// After SIGTERM, keep serving this many milliseconds before stopping. On Kubernetes the
+    /// kubelet signals a deleted pod while its removal from the EndpointSlices still travels to
+    /// the callers' proxies; an app that stops at once refuses the requests still sent to it.
+    #[arg(long, env = "TESTAPP_DRAIN_MS", default_value_t = 3_000)]
+    drain_ms: u64,
     /// Log filter (EnvFilter syntax).
     #[arg(long, env = "TESTAPP_LOG", default_value = "info")]
     log: String,
@@ -77,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
     let running = trellis_testapp::start(settings).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => {}
+        _ = term.recv() => {
+            tracing::info!(drain_ms = cli.drain_ms, "SIGTERM: serving on while callers learn this pod is going");
+            tokio::time::sleep(Duration::from_millis(cli.drain_ms)).await;
+        }
         _ = tokio::signal::ctrl_c() => {}
     }
     running.stop();
