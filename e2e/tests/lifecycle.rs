@@ -439,13 +439,17 @@ fn mesh_is_ready(t: &Target) -> anyhow::Result<()> {
     // Ready, and every proxy connected and in sync: the StatefulSet's and DaemonSet's pods
     // were created just before (upstream), and the columns are compared with the conditions
     // below, so the data plane must have settled first.
-    let m = wait_for("Mesh default Ready with its data plane up to date", steps::READY, || {
-        let m = mesh(t)?;
-        let ready = condition(&m, "Ready").is_some_and(|c| c["status"] == "True");
-        let up_to_date = condition(&m, "DataPlaneUpToDate").is_some_and(|c| c["status"] == "True");
-        let synced = m["status"]["observedGeneration"] == m["metadata"]["generation"];
-        Ok((ready && up_to_date && synced).then_some(m))
-    })?;
+    let m = wait_for(
+        "Mesh default Ready with its data plane up to date",
+        steps::READY,
+        || {
+            let m = mesh(t)?;
+            let ready = condition(&m, "Ready").is_some_and(|c| c["status"] == "True");
+            let up_to_date = condition(&m, "DataPlaneUpToDate").is_some_and(|c| c["status"] == "True");
+            let synced = m["status"]["observedGeneration"] == m["metadata"]["generation"];
+            Ok((ready && up_to_date && synced).then_some(m))
+        },
+    )?;
     for type_ in [
         "Ready",
         "CertificateAuthorityReady",
