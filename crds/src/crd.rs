@@ -8,7 +8,7 @@ use kube::CustomResourceExt;
 
 use crate::mesh::Mesh;
 use crate::networking::{DestinationRule, Gateway, VirtualService};
-use crate::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Every Trellis CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -18,6 +18,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Gateway::crd(),
         PeerAuthentication::crd(),
         AuthorizationPolicy::crd(),
+        RequestAuthentication::crd(),
         Mesh::crd(),
     ]
 }

@@ -24,6 +24,8 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.trellis.dev/v1alpha1 AuthorizationPolicy`.
     AuthorizationPolicy,
+    /// `security.trellis.dev/v1alpha1 RequestAuthentication`.
+    RequestAuthentication,
     /// `mesh.trellis.dev/v1alpha1 Mesh` (cluster-scoped).
     Mesh,
 }
@@ -33,12 +35,13 @@ pub const VERSION: &str = "v1alpha1";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
         Kind::Mesh,
     ];
 
@@ -50,6 +53,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Mesh => "Mesh",
         }
     }
@@ -58,7 +62,9 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::VirtualService | Kind::DestinationRule | Kind::Gateway => crate::networking::GROUP,
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => crate::security::GROUP,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                crate::security::GROUP
+            }
             Kind::Mesh => crate::mesh::GROUP,
         }
     }
@@ -85,6 +91,7 @@ impl Kind {
             Kind::Gateway => of::<crate::networking::Gateway>(),
             Kind::PeerAuthentication => of::<crate::security::PeerAuthentication>(),
             Kind::AuthorizationPolicy => of::<crate::security::AuthorizationPolicy>(),
+            Kind::RequestAuthentication => of::<crate::security::RequestAuthentication>(),
             Kind::Mesh => of::<crate::mesh::Mesh>(),
         }
     }
@@ -183,7 +190,7 @@ pub fn classify(api_version: &str, kind: &str) -> Classification {
             },
             None => Classification::Unknown {
                 reason: format!(
-                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, PeerAuthentication and AuthorizationPolicy"
+                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication and AuthorizationPolicy"
                 ),
             },
         };

@@ -1,7 +1,8 @@
-//! `security.trellis.dev/v1alpha1`: PeerAuthentication and AuthorizationPolicy.
+//! `security.trellis.dev/v1alpha1`: PeerAuthentication, RequestAuthentication and
+//! AuthorizationPolicy.
 //!
-//! Istio equivalents: `security.istio.io/v1` PeerAuthentication and AuthorizationPolicy, with
-//! the same field names and semantics.
+//! Istio equivalents: `security.istio.io/v1` PeerAuthentication, RequestAuthentication and
+//! AuthorizationPolicy, with the same field names and semantics.
 
 use std::collections::BTreeMap;
 
@@ -79,6 +80,113 @@ pub enum MtlsMode {
     Permissive,
     /// mTLS only: plaintext connections are refused.
     Strict,
+}
+
+// ---------------------------------------------------------------------------------------------
+// RequestAuthentication
+// ---------------------------------------------------------------------------------------------
+
+/// Which end-user credentials (JWTs) workloads accept.
+///
+/// Semantics (Istio's): a request without a token passes unauthenticated (require one with an
+/// AuthorizationPolicy's `requestPrincipals`); a request whose token fails verification is
+/// answered 401; a verified token makes `<iss>/<sub>` the request principal and its claims
+/// available to AuthorizationPolicy conditions (`request.auth.*`). Keys come from `jwks`, or
+/// from `jwksUri`, which the operator fetches and pushes — proxies never fetch.
+#[skip_serializing_none]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "security.trellis.dev",
+    version = "v1alpha1",
+    kind = "RequestAuthentication",
+    doc = "Which end-user JWTs workloads accept (Istio RequestAuthentication).",
+    plural = "requestauthentications",
+    namespaced,
+    shortname = "ra",
+    category = "trellis",
+    status = "ConfigStatus",
+    printcolumn = r#"{"name":"Issuer", "type":"string", "jsonPath":".spec.jwtRules[0].issuer", "description":"Issuer of the first rule"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::cel::Rule::new("!(has(self.selector) && (has(self.targetRef) || has(self.targetRefs)))")
+        .message("set only one of selector or targetRefs")
+)]
+pub struct RequestAuthenticationSpec {
+    /// Workloads this applies to; empty means the whole namespace (or mesh, in the system
+    /// namespace).
+    pub selector: Option<WorkloadSelector>,
+    /// A single target (Istio's older form of `targetRefs`).
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Gateways or Services this applies to, instead of a selector.
+    #[schemars(length(max = 16))]
+    pub target_refs: Option<Vec<PolicyTargetReference>>,
+    /// The JWTs accepted; a token is checked by the rule whose issuer it names.
+    #[schemars(length(max = 64))]
+    pub jwt_rules: Option<Vec<JwtRule>>,
+}
+
+/// How to find and verify one issuer's tokens.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::cel::Rule::new("!(has(self.jwksUri) && has(self.jwks))")
+        .message("only one of jwks or jwksUri can be set")
+)]
+pub struct JwtRule {
+    /// The issuer (`iss` claim) of the tokens this rule accepts.
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: String,
+    /// Accepted audiences (`aud`); a token needs one of them. Empty: any audience.
+    pub audiences: Option<Vec<String>>,
+    /// URL of the issuer's JSON Web Key Set; the operator fetches it (http or https).
+    #[schemars(length(min = 1, max = 2048))]
+    pub jwks_uri: Option<String>,
+    /// The JSON Web Key Set itself, inline (at most 64 KiB and 32 keys).
+    #[schemars(length(max = 65536))]
+    pub jwks: Option<String>,
+    /// Headers the token is read from; with no header, parameter or cookie given,
+    /// `Authorization: Bearer <token>` and the `access_token` query parameter.
+    #[schemars(length(max = 16))]
+    pub from_headers: Option<Vec<JwtHeader>>,
+    /// Query parameters the token is read from.
+    #[schemars(length(max = 16))]
+    pub from_params: Option<Vec<String>>,
+    /// Cookies the token is read from.
+    #[schemars(length(max = 16))]
+    pub from_cookies: Option<Vec<String>>,
+    /// A header the verified payload is written to (base64url of its JSON).
+    pub output_payload_to_header: Option<String>,
+    /// Keep the token in the request sent to the workload (default: removed).
+    pub forward_original_token: Option<bool>,
+    /// Claims copied to request headers after verification.
+    #[schemars(length(max = 64))]
+    pub output_claim_to_headers: Option<Vec<ClaimToHeader>>,
+    /// How long the operator waits for `jwksUri` (default 5s, at most 60s).
+    pub timeout: Option<String>,
+}
+
+/// A header a token is read from.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtHeader {
+    /// The header name.
+    pub name: String,
+    /// A prefix stripped before the token (e.g. `"Bearer "`); without it the header is invalid.
+    pub prefix: Option<String>,
+}
+
+/// A claim copied to a request header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    /// The header written (it replaces one the client sent).
+    pub header: String,
+    /// The claim (`a.b` for nested claims); only string, number and boolean claims are copied.
+    pub claim: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,8 +293,6 @@ pub struct RuleFrom {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = unsupported("requestPrincipals", "remove it; request (JWT) authentication is not available yet"),
-    validation = unsupported("notRequestPrincipals", "remove it; request (JWT) authentication is not available yet"),
     validation = kube::core::cel::Rule::new("!((has(self.serviceAccounts) || has(self.notServiceAccounts)) && (has(self.principals) || has(self.notPrincipals) || has(self.namespaces) || has(self.notNamespaces)))")
         .message("serviceAccounts cannot be combined with principals or namespaces")
 )]
@@ -195,9 +301,10 @@ pub struct Source {
     pub principals: Option<Vec<String>>,
     /// Peer identities that must not match.
     pub not_principals: Option<Vec<String>>,
-    /// Not supported by Trellis yet.
+    /// End-user identities from verified JWTs (`<iss>/<sub>`, `*` prefix/suffix wildcards);
+    /// see RequestAuthentication.
     pub request_principals: Option<Vec<String>>,
-    /// Not supported by Trellis yet.
+    /// End-user identities that must not match.
     pub not_request_principals: Option<Vec<String>>,
     /// Namespaces of the peer workload.
     pub namespaces: Option<Vec<String>>,

@@ -309,6 +309,9 @@ impl Validator {
             Kind::AuthorizationPolicy => typed::<crate::security::AuthorizationPolicy>(&obj, f, |o, f| {
                 security::authorization_policy(&o.spec, f)
             }),
+            Kind::RequestAuthentication => typed::<crate::security::RequestAuthentication>(&obj, f, |o, f| {
+                security::request_authentication(&o.spec, f)
+            }),
             Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, mesh::mesh),
         }
     }

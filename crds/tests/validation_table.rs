@@ -12,6 +12,7 @@ enum Base {
     Gw,
     Pa,
     Ap,
+    Ra,
     Mesh,
 }
 
@@ -68,6 +69,20 @@ fn base(b: Base) -> Value {
                 "rules": [{
                     "from": [{"source": {"principals": ["cluster.local/ns/shop/sa/payment"]}}],
                     "to": [{"operation": {"methods": ["GET"], "paths": ["/records/*"]}}]
+                }]
+            }
+        }),
+        Base::Ra => json!({
+            "apiVersion": "security.trellis.dev/v1alpha1", "kind": "RequestAuthentication",
+            "metadata": {"name": "jwt", "namespace": "shop"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "jwtRules": [{
+                    "issuer": "https://issuer.example",
+                    "audiences": ["shop"],
+                    "jwks": "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"a\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}",
+                    "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
+                    "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]
                 }]
             }
         }),
@@ -1487,12 +1502,16 @@ fn cases() -> Vec<Case> {
             "cannot be combined with principals or namespaces",
         ),
         err(Ap, "spec.rules[0].from[0].source", json!({}), "at least one field"),
-        err_at(
+        ok(
             Ap,
             "spec.rules[0].from[0].source",
-            json!({"requestPrincipals": ["*"]}),
-            "spec.rules[0].from[0].source.requestPrincipals",
-            "not supported by Trellis yet",
+            json!({"requestPrincipals": ["*"], "notRequestPrincipals": ["https://issuer.example/*"]}),
+        ),
+        err(
+            Ap,
+            "spec.rules[0].from[0].source.requestPrincipals[0]",
+            json!("a*b*"),
+            "prefix or a suffix",
         ),
         ok(
             Ap,
@@ -1535,11 +1554,90 @@ fn cases() -> Vec<Case> {
             "spec.rules[0].when",
             json!([{"key": "request.headers[x-tenant]", "values": ["a"]}, {"key": "source.ip", "notValues": ["10.0.0.0/8"]}]),
         ),
+        ok(
+            Ap,
+            "spec.rules[0].when",
+            json!([{"key": "request.auth.claims[groups]", "values": ["admins"]},
+                   {"key": "request.auth.claims[org][team]", "values": ["pay"]},
+                   {"key": "request.auth.audiences", "values": ["shop"]},
+                   {"key": "request.auth.presenter", "values": ["web"]},
+                   {"key": "request.auth.principal", "values": ["https://issuer.example/*"]}]),
+        ),
         err_at(
             Ap,
             "spec.rules[0].when",
-            json!([{"key": "request.auth.claims[iss]", "values": ["x"]}]),
+            json!([{"key": "request.auth.claims[]", "values": ["x"]}]),
             "spec.rules[0].when[0].key",
+            "not a claim key",
+        ),
+        // ---------------- RequestAuthentication ----------------
+        ok(Ra, "spec.jwtRules[0].fromParams", json!(["access_token"])),
+        ok(Ra, "spec.jwtRules[0].fromCookies", json!(["session"])),
+        ok(Ra, "spec.jwtRules[0].forwardOriginalToken", json!(true)),
+        ok(Ra, "spec.jwtRules[0].outputPayloadToHeader", json!("x-jwt-payload")),
+        ok(Ra, "spec.jwtRules[0].timeout", json!("10s")),
+        err(Ra, "spec.jwtRules[0].issuer", json!(""), "at least 1"),
+        err(Ra, "spec.jwtRules[0].jwks", json!("{\"keys\": []}"), "no usable key"),
+        err(Ra, "spec.jwtRules[0].jwks", json!("not json"), "not a JSON Web Key Set"),
+        warn(
+            Ra,
+            "spec.jwtRules[0].jwks",
+            json!("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"},{\"kty\":\"oct\",\"k\":\"AQAB\"}]}"),
+            "keys[1]: key type \"oct\" is not supported",
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0].jwks",
+            d(),
+            "spec.jwtRules[0]",
+            "set jwks (the key set inline) or jwksUri",
+        ),
+        err(
+            Ra,
+            "spec.jwtRules[0].outputClaimToHeaders[0].header",
+            json!("host"),
+            "the Host header cannot be changed",
+        ),
+        err(
+            Ra,
+            "spec.jwtRules[0].outputClaimToHeaders[0].claim",
+            json!("a..b"),
+            "is not a claim",
+        ),
+        err(
+            Ra,
+            "spec.jwtRules[0].fromHeaders[0].name",
+            json!("x jwt"),
+            "not a valid header name",
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0].fromParams",
+            json!(["a=b"]),
+            "spec.jwtRules[0].fromParams[0]",
+            "not a parameter or cookie name",
+        ),
+        err(Ra, "spec.jwtRules[0].timeout", json!("2m"), "at most 60s"),
+        err_at(
+            Ra,
+            "spec.jwtRules[1]",
+            json!({"issuer": "https://issuer.example", "jwks": "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}"}),
+            "spec.jwtRules[1].issuer",
+            "merge the two rules",
+        ),
+        err_at(
+            Ra,
+            "spec.targetRefs",
+            json!([{"kind": "Service", "name": "web"}]),
+            "spec",
+            "set only one of selector or targetRefs",
+        ),
+        warn(Ra, "spec.jwtRules", json!([]), "every token is refused"),
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks.json"}),
+            "spec.jwtRules[0].jwksUri",
             "not supported by Trellis yet",
         ),
         err_at(

@@ -138,6 +138,9 @@ pub fn current(snapshot: &Snapshot) -> BTreeMap<Target, Current> {
     for o in &snapshot.authorization_policies {
         add(&mut out, Kind::AuthorizationPolicy, &o.metadata, &o.status);
     }
+    for o in &snapshot.request_authentications {
+        add(&mut out, Kind::RequestAuthentication, &o.metadata, &o.status);
+    }
     out
 }
 

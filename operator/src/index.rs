@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use trellis_api::document::Kind;
 use trellis_api::mesh::{Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
-use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::metrics::Metrics;
 use crate::registry::{ObjectKey, Service, Workload};
@@ -36,6 +36,7 @@ pub struct Index {
     gateways: BTreeMap<ObjectKey, Gateway>,
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
+    request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
     mesh: Option<MeshSpec>,
     /// Kinds whose first list completed.
     listed: BTreeSet<InputKind>,
@@ -80,6 +81,8 @@ pub enum Object {
     PeerAuthentication(Box<PeerAuthentication>),
     /// AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// RequestAuthentication.
+    RequestAuthentication(Box<RequestAuthentication>),
     /// Mesh.
     Mesh(Box<Mesh>),
 }
@@ -103,6 +106,7 @@ impl Object {
             Object::Gateway(_) => InputKind::Trellis(Kind::Gateway),
             Object::PeerAuthentication(_) => InputKind::Trellis(Kind::PeerAuthentication),
             Object::AuthorizationPolicy(_) => InputKind::Trellis(Kind::AuthorizationPolicy),
+            Object::RequestAuthentication(_) => InputKind::Trellis(Kind::RequestAuthentication),
             Object::Mesh(_) => InputKind::Trellis(Kind::Mesh),
         }
     }
@@ -118,6 +122,7 @@ impl Object {
             Object::Gateway(o) => key_of(o.as_ref()),
             Object::PeerAuthentication(o) => key_of(o.as_ref()),
             Object::AuthorizationPolicy(o) => key_of(o.as_ref()),
+            Object::RequestAuthentication(o) => key_of(o.as_ref()),
             Object::Mesh(o) => key_of(o.as_ref()),
         }
     }
@@ -236,6 +241,9 @@ impl Index {
             Object::AuthorizationPolicy(o) => {
                 self.authorization_policies.insert(key, *o);
             }
+            Object::RequestAuthentication(o) => {
+                self.request_authentications.insert(key, *o);
+            }
             Object::Mesh(m) => {
                 if key.name == "default" {
                     self.mesh = Some(m.spec);
@@ -259,6 +267,7 @@ impl Index {
             InputKind::Trellis(Kind::Gateway) => ks(&self.gateways),
             InputKind::Trellis(Kind::PeerAuthentication) => ks(&self.peer_authentications),
             InputKind::Trellis(Kind::AuthorizationPolicy) => ks(&self.authorization_policies),
+            InputKind::Trellis(Kind::RequestAuthentication) => ks(&self.request_authentications),
             InputKind::Trellis(Kind::Mesh) => self.mesh.iter().map(|_| ObjectKey::new("", "default")).collect(),
         }
     }
@@ -292,6 +301,9 @@ impl Index {
             InputKind::Trellis(Kind::AuthorizationPolicy) => {
                 self.authorization_policies.remove(key);
             }
+            InputKind::Trellis(Kind::RequestAuthentication) => {
+                self.request_authentications.remove(key);
+            }
             InputKind::Trellis(Kind::Mesh) => {
                 if key.name == "default" {
                     self.mesh = None;
@@ -314,8 +326,10 @@ impl Index {
             gateways: self.gateways.values().cloned().collect(),
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             authorization_policies: self.authorization_policies.values().cloned().collect(),
+            request_authentications: self.request_authentications.values().cloned().collect(),
             mesh: self.mesh.clone().unwrap_or_default(),
             trust_bundle: Vec::new(),
+            jwks: BTreeMap::new(),
         }
     }
 }
@@ -382,6 +396,14 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &metrics,
             InputKind::Trellis(Kind::AuthorizationPolicy),
             |o| Object::AuthorizationPolicy(Box::new(o))
+        ),
+        watch_kind::<RequestAuthentication>(
+            client.clone(),
+            &index,
+            &changed,
+            &metrics,
+            InputKind::Trellis(Kind::RequestAuthentication),
+            |o| Object::RequestAuthentication(Box::new(o))
         ),
         watch_kind::<Mesh>(
             client.clone(),

@@ -10,7 +10,7 @@ use trellis_contract::{
 };
 use trellis_operator::compile::{Compiled, Role, Severity, compile};
 use trellis_operator::registry::ObjectKey;
-use trellis_operator::snapshot::Snapshot;
+use trellis_operator::snapshot::{FetchedJwks, Snapshot};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -856,4 +856,97 @@ status: {podIP: 10.244.0.99, phase: Running, conditions: [{type: Ready, status: 
         .expect("a cluster for the collector");
     assert_eq!(cluster.tls, trellis_contract::UpstreamTls::Disable);
     c.config.validate().expect("the proxy accepts the config");
+}
+
+#[test]
+fn request_authentications_become_jwt_providers_with_their_keys_inline() {
+    let jwks = r#"{"keys":[{"kty":"RSA","kid":"a","n":"AQAB","e":"AQAB"}]}"#;
+    let policies = format!(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: mesh-jwt, namespace: trellis-system}}
+spec:
+  jwtRules:
+    - issuer: https://accounts.example
+      jwksUri: https://accounts.example/jwks.json
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: web-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  jwtRules:
+    - issuer: https://issuer.example
+      audiences: [shop]
+      jwks: '{jwks}'
+      fromHeaders: [{{name: x-jwt, prefix: 'Bearer '}}]
+      fromParams: [token]
+      forwardOriginalToken: true
+      outputClaimToHeaders: [{{header: x-sub, claim: sub}}]
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: db-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  jwtRules: [{{issuer: https://db.example, jwks: '{jwks}'}}]
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  rules:
+    - from: [{{source: {{requestPrincipals: ['https://issuer.example/*'], notRequestPrincipals: ['*/mallory']}}}}]
+      when: [{{key: 'request.auth.claims[groups]', values: [admins]}}]
+"#
+    );
+    let yaml = format!("{}{policies}", shop());
+    let c = web(&yaml);
+    let jwt = &c.config.inbound.jwt;
+    let issuers: Vec<&str> = jwt.iter().map(|p| p.issuer.as_str()).collect();
+    assert_eq!(
+        issuers,
+        ["https://issuer.example", "https://accounts.example"],
+        "the workload's and the mesh-wide rules, not db's"
+    );
+    let web_rule = &jwt[0];
+    assert_eq!(web_rule.source, "RequestAuthentication shop/web-jwt jwtRules[0]");
+    assert_eq!(web_rule.jwks, jwks);
+    assert_eq!(web_rule.audiences, ["shop"]);
+    assert_eq!(web_rule.from_headers[0].prefix, "Bearer ");
+    assert_eq!(web_rule.from_params, ["token"]);
+    assert!(web_rule.forward_original_token);
+    assert_eq!(web_rule.output_claim_to_headers[0].header, "x-sub");
+    // Not fetched (yet): no keys, and the issuer's tokens are refused rather than let through.
+    assert!(jwt[1].jwks.is_empty());
+    assert!(jwt[1].jwks_unavailable.as_deref().unwrap().contains("not fetched yet"));
+    let policy = c.config.inbound.authorization.iter().find(|p| p.name == "require-jwt");
+    let source = &policy.expect("the policy selects web").rules[0].from[0];
+    assert_eq!(
+        source.request_principals,
+        [StringMatch::Prefix("https://issuer.example/".into())]
+    );
+    assert_eq!(source.not_request_principals, [StringMatch::Suffix("/mallory".into())]);
+    c.config.validate().unwrap();
+
+    // What the operator fetched is pushed inline; a failed fetch is carried as such.
+    let mut snap = Snapshot::from_yaml(&yaml).unwrap();
+    let uri = "https://accounts.example/jwks.json".to_string();
+    snap.jwks.insert(uri.clone(), FetchedJwks::Keys(jwks.into()));
+    let key = ObjectKey::new("shop", "web-5d8f-abcde");
+    let c = compile(&snap, &key, Role::Sidecar, "v1").unwrap();
+    assert_eq!(c.config.inbound.jwt[1].jwks, jwks);
+    assert_eq!(c.config.inbound.jwt[1].jwks_unavailable, None);
+    snap.jwks.insert(uri, FetchedJwks::Unavailable("HTTP 503".into()));
+    let c = compile(&snap, &key, Role::Sidecar, "v1").unwrap();
+    assert_eq!(
+        c.config.inbound.jwt[1].jwks_unavailable.as_deref(),
+        Some("https://accounts.example/jwks.json: HTTP 503")
+    );
+    // Gateways get the mesh-wide rule too.
+    let gw = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
+    assert_eq!(gw.config.inbound.jwt.len(), 1);
 }

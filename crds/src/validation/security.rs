@@ -1,12 +1,16 @@
-//! Semantic checks of PeerAuthentication and AuthorizationPolicy.
+//! Semantic checks of PeerAuthentication, RequestAuthentication and AuthorizationPolicy.
 
 use super::Findings;
 use super::format::{
-    cidr, dns_label, dns_subdomain, header_name, labels, method, port_string, principal, wildcard_position,
+    cidr, dns_label, dns_subdomain, duration, header_name, labels, method, not_supported, port_string, principal,
+    wildcard_position,
 };
 use crate::security::*;
 
-use trellis_contract::{CONDITION_KEYS, condition_header};
+use std::time::Duration;
+use trellis_contract::jwt::parse_jwks;
+use trellis_contract::syntax::{HeaderDirection, route_may_change};
+use trellis_contract::{CONDITION_KEYS, condition_claim, condition_header};
 
 pub(super) fn peer_authentication(spec: &PeerAuthenticationSpec, f: &mut Findings) {
     let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
@@ -44,15 +48,147 @@ pub(super) fn authorization_policy(spec: &AuthorizationPolicySpec, f: &mut Findi
             "CUSTOM (external authorization) is not supported by Trellis yet; use ALLOW, DENY or AUDIT",
         );
     }
-    if spec.target_ref.is_some() && spec.target_refs.is_some() {
+    target_refs(&spec.target_ref, &spec.target_refs, f);
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if spec.rules.is_none() && action == AuthzAction::Allow {
+        f.warn(
+            "spec.rules",
+            "an ALLOW policy without rules matches nothing, so it denies every request to the selected workloads",
+        );
+    }
+    if rules.is_empty() && action == AuthzAction::Deny {
+        f.warn(
+            "spec.rules",
+            "a DENY policy without rules never matches, so it denies nothing",
+        );
+    }
+    for (i, r) in rules.iter().enumerate() {
+        rule(&format!("spec.rules[{i}]"), r, f);
+    }
+}
+
+/// The longest `timeout` of a `jwksUri` fetch.
+const MAX_JWKS_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(super) fn request_authentication(spec: &RequestAuthenticationSpec, f: &mut Findings) {
+    let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    labels("spec.selector.matchLabels", &selector.cloned(), f);
+    target_refs(&spec.target_ref, &spec.target_refs, f);
+    let rules = spec.jwt_rules.as_deref().unwrap_or_default();
+    if rules.is_empty() {
+        f.warn(
+            "spec.jwtRules",
+            "no rules: every token is refused as from an unknown issuer (401)",
+        );
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let p = format!("spec.jwtRules[{i}]");
+        if r.issuer.trim().is_empty() {
+            f.error(
+                format!("{p}.issuer"),
+                "is required: the `iss` claim tokens of this rule carry",
+            );
+        }
+        if rules[..i].iter().any(|o| o.issuer == r.issuer) {
+            f.error(
+                format!("{p}.issuer"),
+                format!(
+                    "{:?} is already the issuer of an earlier rule; merge the two rules",
+                    r.issuer
+                ),
+            );
+        }
+        jwt_keys(&p, r, f);
+        for (j, a) in r.audiences.iter().flatten().enumerate() {
+            if a.is_empty() {
+                f.error(format!("{p}.audiences[{j}]"), "must not be empty");
+            }
+        }
+        for (j, h) in r.from_headers.iter().flatten().enumerate() {
+            header_name(&format!("{p}.fromHeaders[{j}].name"), &h.name, f);
+        }
+        for (field, list) in [("fromParams", &r.from_params), ("fromCookies", &r.from_cookies)] {
+            for (j, v) in list.iter().flatten().enumerate() {
+                let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b";=&,\"".contains(&b));
+                if !ok {
+                    f.error(
+                        format!("{p}.{field}[{j}]"),
+                        format!("{v:?} is not a parameter or cookie name"),
+                    );
+                }
+            }
+        }
+        let outputs = r
+            .output_payload_to_header
+            .iter()
+            .map(|h| (format!("{p}.outputPayloadToHeader"), h))
+            .chain(
+                r.output_claim_to_headers
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(j, c)| (format!("{p}.outputClaimToHeaders[{j}].header"), &c.header)),
+            );
+        for (path, h) in outputs {
+            if let Err(why) = route_may_change(h, HeaderDirection::Request) {
+                f.error(path, why.to_string());
+            }
+        }
+        for (j, c) in r.output_claim_to_headers.iter().flatten().enumerate() {
+            if c.claim.is_empty() || c.claim.split('.').any(str::is_empty) {
+                f.error(
+                    format!("{p}.outputClaimToHeaders[{j}].claim"),
+                    format!("{:?} is not a claim; name one, or a nested one as a.b", c.claim),
+                );
+            }
+        }
+    }
+}
+
+/// Where a rule's keys come from: inline `jwks` (parsed here, as the proxy parses it) or
+/// `jwksUri` (fetched by the operator).
+fn jwt_keys(p: &str, r: &JwtRule, f: &mut Findings) {
+    match (&r.jwks, &r.jwks_uri) {
+        (Some(_), Some(_)) => f.error(format!("{p}.jwks"), "set only one of jwks or jwksUri"),
+        (None, None) => f.error(
+            p,
+            "set jwks (the key set inline) or jwksUri (the operator fetches it); discovering keys from the issuer (OpenID Connect) is not supported by Trellis yet",
+        ),
+        (Some(jwks), None) => match parse_jwks(jwks) {
+            Ok(set) => {
+                for skipped in set.skipped {
+                    f.warn(format!("{p}.jwks"), format!("{skipped}: the key is left out"));
+                }
+            }
+            Err(e) => f.error(format!("{p}.jwks"), format!("{e}; paste the issuer's public JSON Web Key Set")),
+        },
+        (None, Some(uri)) => {
+            not_supported(
+                &format!("{p}.jwksUri"),
+                &format!("fetching keys ({uri:?})"),
+                "paste the key set inline as jwks",
+                f,
+            );
+        }
+    }
+    if let Some(t) = duration(&format!("{p}.timeout"), &r.timeout, Duration::from_millis(1), f)
+        && t > MAX_JWKS_TIMEOUT
+    {
+        f.error(format!("{p}.timeout"), "at most 60s");
+    }
+}
+
+/// `targetRef`/`targetRefs` of a policy: Services or Gateways of its own namespace.
+fn target_refs(one: &Option<PolicyTargetReference>, many: &Option<Vec<PolicyTargetReference>>, f: &mut Findings) {
+    if one.is_some() && many.is_some() {
         f.error("spec.targetRef", "use either targetRef or targetRefs, not both");
     }
-    let refs = spec.target_ref.iter().chain(spec.target_refs.iter().flatten());
+    let refs = one.iter().chain(many.iter().flatten());
     for (i, r) in refs.enumerate() {
-        let p = if spec.target_ref.is_some() && i == 0 {
+        let p = if one.is_some() && i == 0 {
             "spec.targetRef".to_string()
         } else {
-            format!("spec.targetRefs[{}]", i - usize::from(spec.target_ref.is_some()))
+            format!("spec.targetRefs[{}]", i - usize::from(one.is_some()))
         };
         if !matches!(r.kind.as_str(), "Service" | "Gateway") {
             f.error(
@@ -71,22 +207,6 @@ pub(super) fn authorization_policy(spec: &AuthorizationPolicySpec, f: &mut Findi
         if let Err(why) = dns_subdomain(&r.name) {
             f.error(format!("{p}.name"), why);
         }
-    }
-    let rules = spec.rules.as_deref().unwrap_or_default();
-    if spec.rules.is_none() && action == AuthzAction::Allow {
-        f.warn(
-            "spec.rules",
-            "an ALLOW policy without rules matches nothing, so it denies every request to the selected workloads",
-        );
-    }
-    if rules.is_empty() && action == AuthzAction::Deny {
-        f.warn(
-            "spec.rules",
-            "a DENY policy without rules never matches, so it denies nothing",
-        );
-    }
-    for (i, r) in rules.iter().enumerate() {
-        rule(&format!("spec.rules[{i}]"), r, f);
     }
 }
 
@@ -135,6 +255,11 @@ fn source(p: &str, s: &Source, f: &mut Findings) {
                 "namespaces" | "notNamespaces" => namespace_pattern(&vp, v, f),
                 "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks" => cidr(&vp, v, f),
                 "serviceAccounts" | "notServiceAccounts" => service_account(&vp, v, f),
+                "requestPrincipals" | "notRequestPrincipals" => {
+                    if let Err(why) = wildcard_position(v) {
+                        f.error(&vp, why);
+                    }
+                }
                 _ => {}
             }
         }
@@ -224,18 +349,22 @@ fn operation(p: &str, o: &Operation, f: &mut Findings) {
 
 fn condition(p: &str, c: &Condition, f: &mut Findings) {
     let key = c.key.as_str();
-    if key.starts_with("request.auth.") || key == "request.auth" {
-        f.error(
-            format!("{p}.key"),
-            format!("{key:?} needs request (JWT) authentication, which is not supported by Trellis yet"),
-        );
+    if key.starts_with("request.auth.claims") {
+        if condition_claim(key).is_none() {
+            f.error(
+                format!("{p}.key"),
+                format!(
+                    "{key:?} is not a claim key; write request.auth.claims[<name>] or request.auth.claims[<a>][<b>]"
+                ),
+            );
+        }
     } else if let Some(h) = condition_header(key) {
         header_name(&format!("{p}.key"), h, f);
     } else if !CONDITION_KEYS.contains(&key) {
         f.error(
             format!("{p}.key"),
             format!(
-                "unknown key {key:?}; use request.headers[<name>], {}",
+                "unknown key {key:?}; use request.headers[<name>], request.auth.claims[<name>], {}",
                 CONDITION_KEYS.join(", ")
             ),
         );

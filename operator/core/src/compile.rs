@@ -349,6 +349,7 @@ pub fn compile_workload(
             config.listeners = outbound::gateway_listeners(&mut ctx, &mut clusters);
             // Istio applies AuthorizationPolicies at gateways too (mTLS stays the listeners').
             config.inbound.authorization = inbound::authorization(&mut ctx, Role::Gateway);
+            config.inbound.jwt = inbound::request_authentication(&mut ctx, Role::Gateway);
         }
     }
     config.clusters = clusters.into_values().collect();

@@ -9,10 +9,11 @@
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service as K8sService};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use trellis_api::document::{Classification, Kind, VERSION, classify, parse_documents};
 use trellis_api::mesh::MeshSpec;
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
-use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::registry::{ObjectKey, Registry, Service, TlsCredential, Workload};
 
@@ -140,11 +141,26 @@ pub struct Snapshot {
     pub peer_authentications: Vec<PeerAuthentication>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<RequestAuthentication>,
     /// The mesh-wide settings (the `Mesh` named `default`), or defaults.
     pub mesh: MeshSpec,
     /// The roots proxies must trust (PEM), pushed inline so that a proxy's ACK proves it holds
     /// them (root rotation). Empty: proxies use the bundle file their certificate came with.
     pub trust_bundle: Vec<String>,
+    /// The key sets the operator fetched, by `jwksUri` (RequestAuthentication): pushed inline,
+    /// so proxies never fetch. A URI missing here has not been fetched yet.
+    pub jwks: BTreeMap<String, FetchedJwks>,
+}
+
+/// What the operator holds of one `jwksUri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchedJwks {
+    /// The key set (JSON), checked by `trellis_contract::jwt::parse_jwks`.
+    Keys(String),
+    /// Why there is no usable key set (the fetch failed, or what came back is no key set):
+    /// tokens of the issuers that use it are refused (401) until a fetch succeeds.
+    Unavailable(String),
 }
 
 /// An object of a known kind that does not have that kind's shape.
@@ -255,6 +271,7 @@ impl Snapshot {
                     Kind::Gateway => self.gateways.push(parse(v).map_err(err)?),
                     Kind::PeerAuthentication => self.peer_authentications.push(parse(v).map_err(err)?),
                     Kind::AuthorizationPolicy => self.authorization_policies.push(parse(v).map_err(err)?),
+                    Kind::RequestAuthentication => self.request_authentications.push(parse(v).map_err(err)?),
                     Kind::Mesh => {
                         let m: trellis_api::mesh::Mesh = parse(v).map_err(err)?;
                         if m.metadata.name.as_deref() == Some("default") {

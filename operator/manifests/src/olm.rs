@@ -134,7 +134,7 @@ pub fn cluster_service_version(opts: &Options) -> Value {
         },
         "spec": {
             "displayName": "Trellis Service Mesh",
-            "description": "Trellis is a service mesh for Kubernetes written in Rust. Configure traffic with VirtualService, DestinationRule and Gateway, and security with PeerAuthentication and AuthorizationPolicy (Istio-compatible field names); trellis-operator compiles them into each proxy's configuration, pushes it, and is the certificate authority that makes mutual TLS between proxies automatic.",
+            "description": "Trellis is a service mesh for Kubernetes written in Rust. Configure traffic with VirtualService, DestinationRule and Gateway, and security with PeerAuthentication, RequestAuthentication (JWT) and AuthorizationPolicy (Istio-compatible field names); trellis-operator compiles them into each proxy's configuration, pushes it, and is the certificate authority that makes mutual TLS between proxies automatic.",
             "version": version,
             "maturity": CHANNEL,
             "minKubeVersion": "1.33.0",

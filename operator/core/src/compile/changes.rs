@@ -9,8 +9,8 @@
 //!   `credentialName`s name (in the client's namespace).
 //! - The **DNS table** reads the Services.
 //! - A sidecar's **own part** (node, identity, inbound listener and policy, telemetry) reads its
-//!   pod, the Services of its namespace, PeerAuthentications, AuthorizationPolicies, the mesh
-//!   settings and the trust bundle. Gateways' own parts read nearly everything and are always
+//!   pod, the Services of its namespace, PeerAuthentications, RequestAuthentications (and the
+//!   key sets fetched for them), AuthorizationPolicies, the mesh settings and the trust bundle. Gateways' own parts read nearly everything and are always
 //!   recompiled.
 //!
 //! # Guarantees
@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use trellis_api::networking::{DestinationRule, VirtualService};
-use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use super::{DNS_DOMAIN, host_matches, resolve_host, source_label_keys};
 use crate::registry::{ObjectKey, selects};
@@ -107,6 +107,10 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         return Changes::everything();
     }
     if old.trust_bundle != new.trust_bundle
+        || old.jwks != new.jwks
+        || !same_in_order(&old.request_authentications, &new.request_authentications, |a, b| {
+            a.spec == b.spec
+        })
         || !same_in_order(&old.peer_authentications, &new.peer_authentications, |a, b| {
             a.spec == b.spec
         })
@@ -226,7 +230,13 @@ macro_rules! meta {
         })*
     };
 }
-meta!(VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy);
+meta!(
+    VirtualService,
+    DestinationRule,
+    PeerAuthentication,
+    AuthorizationPolicy,
+    RequestAuthentication
+);
 
 /// Whether a resource reads the same to the compiler before and after: its identity, its age
 /// (merge order) and, by `spec`, its content.

@@ -131,14 +131,17 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         let mut clusters = BTreeMap::new();
         outbound::gateway_listeners(&mut c, &mut clusters);
         inbound::authorization(&mut c, Role::Gateway);
+        inbound::request_authentication(&mut c, Role::Gateway);
         out.extend(c.diagnostics);
     }
 
-    // Workload policy: each pod's PeerAuthentications and AuthorizationPolicies.
+    // Workload policy: each pod's PeerAuthentications, RequestAuthentications and
+    // AuthorizationPolicies.
     for w in snapshot.registry.workloads.values() {
         let mut c = ctx(snapshot, w);
         inbound::mtls(&mut c);
         inbound::authorization(&mut c, Role::Sidecar);
+        inbound::request_authentication(&mut c, Role::Sidecar);
         out.extend(c.diagnostics);
     }
     out.into_iter().collect()

@@ -1,6 +1,7 @@
 //! Inbound traffic of a sidecar: the listener that hands traffic from other proxies to the
 //! app on localhost, and the policy it enforces — the PeerAuthentication mode (workload >
-//! namespace > mesh, port-level on top) and the AuthorizationPolicies that select the workload.
+//! namespace > mesh, port-level on top), the RequestAuthentications (JWT issuers) and the
+//! AuthorizationPolicies that select the workload.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use trellis_contract::{
 use super::route::forward_to;
 use super::{Code, Ctx, DNS_DOMAIN, Dropped, INBOUND_PORT, ROOT_NAMESPACE, Role, resource};
 use crate::registry::{Protocol, TargetPort, selects};
+use crate::snapshot::FetchedJwks;
 
 /// The inbound listener, its local clusters, and the inbound policy.
 pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPolicy) {
@@ -121,9 +123,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
     let policy = InboundPolicy {
         mtls: mtls(ctx),
         authorization: authorization(ctx, Role::Sidecar),
-        // RequestAuthentication is compiled once the API serves it (the validator refuses
-        // requestPrincipals until then).
-        jwt: Vec::new(),
+        jwt: request_authentication(ctx, Role::Sidecar),
     };
     (listener, clusters, policy)
 }
@@ -225,7 +225,14 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationP
         .iter()
         .filter(|p| {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ROOT_NAMESPACE) && applies(ctx, role, p)
+            (ns == pod_ns || ns == ROOT_NAMESPACE)
+                && applies(
+                    ctx,
+                    role,
+                    &p.metadata,
+                    &p.spec.selector,
+                    &targets(&p.spec.target_ref, &p.spec.target_refs),
+                )
         })
         .collect();
     policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
@@ -255,15 +262,95 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationP
     out
 }
 
-fn applies(ctx: &Ctx<'_>, role: Role, p: &api::AuthorizationPolicy) -> bool {
-    let refs: Vec<&api::PolicyTargetReference> = p
-        .spec
-        .target_ref
+/// The JWT issuers a workload accepts: every rule of the RequestAuthentications that apply to
+/// it (mesh-wide ones in the root namespace, those of its namespace, by selector or
+/// `targetRefs`), merged as Istio merges them. Keys are inline: the rule's `jwks`, or what the
+/// operator fetched from its `jwksUri` — or, until a fetch succeeds, none (tokens of that
+/// issuer are refused, never let through).
+pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::JwtProvider> {
+    let pod_ns = ctx.proxy.key.namespace.clone();
+    let mut policies: Vec<&api::RequestAuthentication> = ctx
+        .snapshot
+        .request_authentications
         .iter()
-        .chain(p.spec.target_refs.iter().flatten())
+        .filter(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            (ns == pod_ns || ns == ROOT_NAMESPACE)
+                && applies(
+                    ctx,
+                    role,
+                    &p.metadata,
+                    &p.spec.selector,
+                    &targets(&p.spec.target_ref, &p.spec.target_refs),
+                )
+        })
         .collect();
+    policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    let mut out = Vec::new();
+    for p in policies {
+        let res = resource("RequestAuthentication", &p.metadata);
+        for (i, r) in p.spec.jwt_rules.iter().flatten().enumerate() {
+            let (jwks, jwks_unavailable) = match (&r.jwks, &r.jwks_uri) {
+                (Some(inline), _) => (inline.clone(), None),
+                (None, Some(uri)) => match ctx.snapshot.jwks.get(uri) {
+                    Some(FetchedJwks::Keys(k)) => (k.clone(), None),
+                    Some(FetchedJwks::Unavailable(why)) => (String::new(), Some(format!("{uri}: {why}"))),
+                    None => (String::new(), Some(format!("{uri}: not fetched yet"))),
+                },
+                // The validator refuses a rule without keys; such a rule accepts no token.
+                (None, None) => (String::new(), Some("the rule names no key set".to_string())),
+            };
+            out.push(c::JwtProvider {
+                source: format!("{res} jwtRules[{i}]"),
+                issuer: r.issuer.clone(),
+                audiences: r.audiences.clone().unwrap_or_default(),
+                jwks,
+                jwks_unavailable,
+                from_headers: r
+                    .from_headers
+                    .iter()
+                    .flatten()
+                    .map(|h| c::JwtHeader {
+                        name: h.name.clone(),
+                        prefix: h.prefix.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                from_params: r.from_params.clone().unwrap_or_default(),
+                from_cookies: r.from_cookies.clone().unwrap_or_default(),
+                forward_original_token: r.forward_original_token.unwrap_or(false),
+                output_payload_to_header: r.output_payload_to_header.clone(),
+                output_claim_to_headers: r
+                    .output_claim_to_headers
+                    .iter()
+                    .flatten()
+                    .map(|o| c::ClaimToHeader {
+                        header: o.header.clone(),
+                        claim: o.claim.clone(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+fn targets<'a>(
+    one: &'a Option<api::PolicyTargetReference>,
+    many: &'a Option<Vec<api::PolicyTargetReference>>,
+) -> Vec<&'a api::PolicyTargetReference> {
+    one.iter().chain(many.iter().flatten()).collect()
+}
+
+/// Whether a policy (its selector or its `targetRefs`) applies to the proxy.
+fn applies(
+    ctx: &Ctx<'_>,
+    role: Role,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    selector: &Option<api::WorkloadSelector>,
+    refs: &[&api::PolicyTargetReference],
+) -> bool {
     if !refs.is_empty() {
-        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = meta.namespace.as_deref().unwrap_or("default");
         // The caller keeps policies of the proxy's namespace and the root namespace.
         return refs.iter().any(|r| match r.kind.as_str() {
             // A Service selects pods of its own namespace only.
@@ -289,8 +376,7 @@ fn applies(ctx: &Ctx<'_>, role: Role, p: &api::AuthorizationPolicy) -> bool {
             _ => false,
         });
     }
-    p.spec
-        .selector
+    selector
         .as_ref()
         .and_then(|s| s.match_labels.as_ref())
         .is_none_or(|l| selects(l, &ctx.proxy.labels))
@@ -345,8 +431,8 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
             AuthzSource {
                 principals,
                 not_principals,
-                request_principals: Vec::new(),
-                not_request_principals: Vec::new(),
+                request_principals: list(&s.request_principals).iter().map(|p| pattern(p)).collect(),
+                not_request_principals: list(&s.not_request_principals).iter().map(|p| pattern(p)).collect(),
                 namespaces: list(&s.namespaces).iter().map(|n| pattern(n)).collect(),
                 not_namespaces: list(&s.not_namespaces).iter().map(|n| pattern(n)).collect(),
                 ip_blocks: list(&s.ip_blocks),
