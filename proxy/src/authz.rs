@@ -16,11 +16,11 @@
 //! Istio's DENY `notRequestPrincipals: ["*"]` refuses requests without a token).
 
 use crate::jwt::Authenticated;
-use crate::matcher::{Matcher, MatcherError, any_match};
 use crate::metrics::Metrics;
 use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
+use trellis_contract::matching::{Matcher, MatcherError, any_match};
 use trellis_contract::{
     AuthorizationPolicy, AuthzAction, InboundPolicy, REQUEST_AUTH_KEYS, SpiffeId, condition_claim, condition_header,
     parse_cidr,

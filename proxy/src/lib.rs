@@ -22,7 +22,6 @@ pub mod idle;
 pub mod jwt;
 pub mod labels;
 pub mod logging;
-pub mod matcher;
 pub mod metrics;
 pub mod origination;
 pub mod otlp;

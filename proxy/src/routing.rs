@@ -2,10 +2,12 @@
 //! and port, routes compiled for matching, and the pure request rewrites
 //! (path/authority rewrite, header mutations) routes apply.
 
-use crate::matcher::{Matcher, MatcherError};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+pub use trellis_contract::matching::parse_query;
+use trellis_contract::matching::{self, CompiledRouteMatch, Matcher, MatcherError};
 use trellis_contract::{CorsPolicy, HeaderMutation, Provenance, Route, RouteAction, RouteMatch, VirtualHost};
 
 /// Errors compiling a routing table (the contract validator prevents them).
@@ -57,7 +59,7 @@ pub struct CompiledRoute {
     pub name: String,
     /// The config this was compiled from (actions are read from here).
     pub spec: Route,
-    matches: Vec<CompiledMatch>,
+    matches: Vec<CompiledRouteMatch>,
     /// Compiled request header mutation.
     pub request_headers: HeaderOps,
     /// Compiled response header mutation.
@@ -68,17 +70,6 @@ pub struct CompiledRoute {
     pub rewrite_regex: Option<(regex::Regex, String)>,
     /// Compiled CORS.
     pub cors: Option<CompiledCors>,
-}
-
-#[derive(Debug)]
-struct CompiledMatch {
-    uri: Option<Matcher>,
-    ignore_uri_case: bool,
-    method: Option<Matcher>,
-    authority: Option<Matcher>,
-    headers: Vec<(HeaderName, Option<Matcher>, bool)>,
-    query: Vec<(String, Option<Matcher>)>,
-    port: Option<u16>,
 }
 
 /// The parts of a request routing looks at.
@@ -211,7 +202,7 @@ impl CompiledRoute {
             if let Some(rr) = f.rewrite.as_ref().and_then(|rw| rw.uri_regex.as_ref()) {
                 let re = regex::Regex::new(&rr.pattern).map_err(|source| RoutingError::Matcher {
                     path: format!("{path}.action.forward.rewrite.uriRegex"),
-                    source: crate::matcher::MatcherError::from_regex(&rr.pattern, source),
+                    source: MatcherError::from_regex(&rr.pattern, source),
                 })?;
                 rewrite_regex = Some((re, rr.substitution.clone()));
             }
@@ -238,163 +229,54 @@ impl CompiledRoute {
         &self.spec.provenance
     }
 
-    /// `Some(matched prefix length)` when the route matches.
+    /// `Some(matched prefix length)` when the route matches (decided by the matcher
+    /// `meshctl routes` explains with).
     fn matches(&self, req: &RequestView<'_>) -> Option<Option<usize>> {
-        if self.matches.is_empty() {
-            return Some(None);
-        }
-        self.matches.iter().find_map(|m| m.matches(req))
+        let headers = HttpHeaders(req.headers);
+        let request = matching::Request {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            host: req.host,
+            port: req.port,
+            headers: &headers,
+        };
+        matching::first_match(&self.matches, &request).ok()
     }
 }
 
-fn compile_match(path: &str, m: &RouteMatch) -> Result<CompiledMatch, RoutingError> {
-    let cm = |field: &str, sm: &trellis_contract::StringMatch, ic: bool| {
-        Matcher::compile(sm, ic).map_err(|source| RoutingError::Matcher {
-            path: format!("{path}.{field}"),
-            source,
-        })
-    };
-    let mut headers = Vec::new();
+/// A request's headers as the shared matcher reads them.
+struct HttpHeaders<'a>(&'a HeaderMap);
+
+impl matching::Headers for HttpHeaders<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    fn joined(&self, name: &str) -> Option<Cow<'_, str>> {
+        let mut values = self.0.get_all(name).iter();
+        let first = values.next()?.to_str().ok()?;
+        let mut out: Option<String> = None;
+        for v in values {
+            let o = out.get_or_insert_with(|| first.to_string());
+            o.push(',');
+            o.push_str(v.to_str().ok()?);
+        }
+        Some(out.map_or(Cow::Borrowed(first), Cow::Owned))
+    }
+}
+
+fn compile_match(path: &str, m: &RouteMatch) -> Result<CompiledRouteMatch, RoutingError> {
     for (i, h) in m.headers.iter().enumerate() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| RoutingError::Header {
+        HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| RoutingError::Header {
             path: format!("{path}.headers[{i}]"),
             name: h.name.clone(),
         })?;
-        let value = h
-            .value
-            .as_ref()
-            .map(|v| cm(&format!("headers[{i}]"), v, false))
-            .transpose()?;
-        headers.push((name, value, h.invert));
     }
-    let mut query = Vec::new();
-    for (i, q) in m.query_params.iter().enumerate() {
-        let value = q
-            .value
-            .as_ref()
-            .map(|v| cm(&format!("queryParams[{i}]"), v, false))
-            .transpose()?;
-        query.push((q.name.clone(), value));
-    }
-    Ok(CompiledMatch {
-        uri: m.uri.as_ref().map(|u| cm("uri", u, m.ignore_uri_case)).transpose()?,
-        ignore_uri_case: m.ignore_uri_case,
-        method: m.method.as_ref().map(|x| cm("method", x, false)).transpose()?,
-        authority: m.authority.as_ref().map(|x| cm("authority", x, false)).transpose()?,
-        headers,
-        query,
-        port: m.port,
+    CompiledRouteMatch::compile(m).map_err(|e| RoutingError::Matcher {
+        path: format!("{path}.{}", e.field),
+        source: e.source,
     })
-}
-
-impl CompiledMatch {
-    fn matches(&self, req: &RequestView<'_>) -> Option<Option<usize>> {
-        if self.port.is_some_and(|p| p != req.port) {
-            return None;
-        }
-        if let Some(m) = &self.method
-            && !m.matches(req.method)
-        {
-            return None;
-        }
-        if let Some(m) = &self.authority
-            && !m.matches(req.host)
-        {
-            return None;
-        }
-        let mut prefix = None;
-        if let Some(m) = &self.uri {
-            let ok = if self.ignore_uri_case && !matches!(m, Matcher::Regex(_)) {
-                m.matches(&req.path.to_ascii_lowercase())
-            } else {
-                m.matches(req.path)
-            };
-            if !ok {
-                return None;
-            }
-            prefix = m.prefix_len();
-        }
-        for (name, value, invert) in &self.headers {
-            let present = req.headers.get_all(name).iter().next().is_some();
-            let ok = match value {
-                None => present,
-                Some(m) => {
-                    // Multiple values are compared joined, as Envoy does.
-                    let joined = join_values(req.headers, name);
-                    joined.is_some_and(|v| m.matches(&v))
-                }
-            };
-            if ok == *invert {
-                return None;
-            }
-        }
-        if !self.query.is_empty() {
-            let params = parse_query(req.query.unwrap_or(""));
-            for (name, value) in &self.query {
-                let found = params.iter().find(|(k, _)| k == name);
-                let ok = match (found, value) {
-                    (None, _) => false,
-                    (Some(_), None) => true,
-                    (Some((_, v)), Some(m)) => m.matches(v),
-                };
-                if !ok {
-                    return None;
-                }
-            }
-        }
-        Some(prefix)
-    }
-}
-
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut out: Option<String> = None;
-    for v in headers.get_all(name) {
-        let s = v.to_str().ok()?;
-        match &mut out {
-            None => out = Some(s.to_string()),
-            Some(o) => {
-                o.push(',');
-                o.push_str(s);
-            }
-        }
-    }
-    out
-}
-
-/// Parse a query string into decoded `(name, value)` pairs.
-pub fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    char::from(c).to_digit(16).map(|d| d as u8)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Compiled header mutation: remove, then set, then add.
@@ -517,7 +399,7 @@ impl CompiledCors {
 
     /// Is this origin allowed?
     pub fn allows_origin(&self, origin: &str) -> bool {
-        crate::matcher::any_match(&self.origins, origin)
+        matching::any_match(&self.origins, origin)
     }
 }
 
@@ -699,19 +581,5 @@ mod tests {
         assert!(h.get("x-remove").is_none());
         assert_eq!(h.get("x-set").unwrap(), "one");
         assert_eq!(h.get_all("x-add").iter().count(), 2);
-    }
-
-    #[test]
-    fn query_parsing_decodes() {
-        assert_eq!(
-            parse_query("a=1&b=x%20y&c&d=+"),
-            vec![
-                ("a".into(), "1".into()),
-                ("b".into(), "x y".into()),
-                ("c".into(), String::new()),
-                ("d".into(), " ".into())
-            ]
-        );
-        assert_eq!(parse_query("a=%zz%4"), vec![("a".into(), "%zz%4".into())]);
     }
 }

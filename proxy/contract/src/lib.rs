@@ -29,6 +29,7 @@ mod identity;
 mod inbound;
 pub mod jwt;
 mod listener;
+pub mod matching;
 mod route;
 pub mod syntax;
 mod telemetry;
