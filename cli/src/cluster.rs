@@ -424,6 +424,12 @@ impl Cluster {
     /// The cluster's objects as the compiler reads them: every kind of [`InputKind::ALL`], as
     /// the operator's index watches them, through [`Snapshot::from_objects`].
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot::from_objects(&self.objects().await?)?)
+    }
+
+    /// The cluster's objects of every kind of [`InputKind::ALL`], as the operator's index
+    /// watches them (with `apiVersion` and `kind` set).
+    pub async fn objects(&self) -> Result<Vec<Value>, ClusterError> {
         let mut objects = Vec::new();
         for kind in InputKind::ALL {
             let selector = kind.field_selector();
@@ -434,7 +440,7 @@ impl Cluster {
                 objects.push(with_type_meta(o, kind));
             }
         }
-        Ok(Snapshot::from_objects(&objects)?)
+        Ok(objects)
     }
 
     /// `GET` a path of the API server (e.g. a service or pod proxy path) as text.

@@ -15,6 +15,7 @@ pub mod install;
 pub mod output;
 pub mod progress;
 pub mod proxy_config;
+pub mod routes;
 pub mod uninstall;
 pub mod upgrade;
 pub mod validate;
@@ -69,6 +70,8 @@ pub struct NotConfirmed(pub String);
   meshctl validate -f config/         # before kubectl apply
   meshctl analyze -n shop config/     # what-if: your files laid over the cluster's objects
   meshctl analyze -A                  # problems across the whole live mesh
+  meshctl routes payment.shop --request 'GET /pay -H x-canary:true'
+                                      # which rule takes a request, and why the others do not
   meshctl upgrade                     # with a newer meshctl: see what changes, then apply
   meshctl uninstall                   # remove the control plane (keeps CRDs and your objects)
 
@@ -106,6 +109,10 @@ pub enum Command {
     /// listeners and certificate; read and set its log level.
     #[command(name = "proxy-config", visible_alias = "pc")]
     ProxyConfig(proxy_config::Args),
+    /// Show the effective routes of a service — every rule in force with its origin, each
+    /// destination's policy and endpoints — and, for a request, which rule takes it and why
+    /// the others do not.
+    Routes(routes::Args),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
     Version(version::Args),
     /// Print a shell completion script: `source <(meshctl completion bash)`.
@@ -179,6 +186,7 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::Upgrade(args) => runtime()?.block_on(upgrade::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Uninstall(args) => runtime()?.block_on(uninstall::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::ProxyConfig(args) => runtime()?.block_on(proxy_config::run(&args, &cli.cluster, terminal, out)),
+        Command::Routes(args) => runtime()?.block_on(routes::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Demo(args) => runtime()?.block_on(demo::run(&args, terminal, out)),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {

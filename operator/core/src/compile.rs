@@ -30,6 +30,7 @@ use trellis_contract::{
 };
 
 pub use changes::{Changes, changes};
+pub use cluster::destination_rule_for;
 pub use diagnose::diagnose;
 pub use dropped::Dropped;
 pub use outbound::PortRoutes;
@@ -299,6 +300,11 @@ impl<'a> OutboundParts<'a> {
     /// The DNS entry of a Service (none without a cluster IP).
     pub fn dns_entry(&self, svc: &Service) -> Option<DnsEntry> {
         dns_entry(svc, &self.ctx.proxy.key.namespace)
+    }
+
+    /// What the compiler noticed while building the parts asked for so far.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.ctx.diagnostics
     }
 
     /// The outbound listener without virtual hosts and TCP routes.

@@ -13,17 +13,23 @@ use trellis_contract::{
 use super::route::{ClusterRef, millis};
 use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, visible};
 use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
+use crate::snapshot::Snapshot;
 
-/// The DestinationRule that applies to `host` for the proxy: visible to its namespace; one in
-/// the proxy's own namespace beats one in the host's namespace, which beats others; an exact
-/// host beats a wildcard; then the oldest.
+/// The DestinationRule that applies to `host` for the proxy ([`destination_rule_for`] its
+/// namespace).
 pub(crate) fn destination_rule<'a>(ctx: &Ctx<'a>, host: &str) -> Option<&'a DestinationRule> {
-    let viewer = ctx.proxy.key.namespace.as_str();
+    destination_rule_for(ctx.snapshot, &ctx.proxy.key.namespace, host)
+}
+
+/// The DestinationRule that applies to `host` for a proxy in namespace `viewer`: visible to
+/// that namespace; one in the proxy's own namespace beats one in the host's namespace, which
+/// beats others; an exact host beats a wildcard; then the oldest.
+pub fn destination_rule_for<'a>(snapshot: &'a Snapshot, viewer: &str, host: &str) -> Option<&'a DestinationRule> {
     let host_ns = host
         .strip_suffix(&format!(".svc.{DNS_DOMAIN}"))
         .and_then(|h| h.split_once('.'))
         .map(|(_, ns)| ns);
-    ctx.snapshot
+    snapshot
         .destination_rules
         .iter()
         .filter(|dr| {

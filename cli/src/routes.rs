@@ -1,0 +1,300 @@
+//! `meshctl routes SERVICE[.NAMESPACE]`: the effective routes of a service for traffic from a
+//! workload — the ordered rules in force after every VirtualService is merged, compiled by
+//! the one compiler as the operator compiles them for that workload's proxy, each with the
+//! resource and rule it came from; the DestinationRule policy and endpoints of each
+//! destination, with the mutual TLS mode and AuthorizationPolicies of their proxies; and, for
+//! a concrete request (`--request`), which rule takes it and why every rule before it did not,
+//! decided by the proxy's own matcher ([`model`]). From the live cluster, from files offline
+//! (`--use-kube=false`), or files laid over the cluster (what-if before `kubectl apply`).
+
+pub mod model;
+pub mod request;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use trellis_core::snapshot::Snapshot;
+
+use crate::EXIT_OK;
+use crate::cluster::{Cluster, ClusterArgs};
+use crate::inputs;
+use crate::output::{self, Format, Terminal};
+use model::{PortReport, Report, short_cluster};
+use request::RequestSpec;
+
+/// `meshctl routes` options.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  meshctl routes payment.shop                                   # every rule in force, with its origin
+  meshctl routes payment.shop --from web                        # as web's proxy sees it (sourceLabels)
+  meshctl routes payment -n shop --request 'GET /pay -H x-canary:true'
+                                                                # which rule takes it, why the others do not
+  meshctl routes payment.shop -f new-routing.yaml               # what-if: the file laid over the cluster
+  meshctl routes payment.shop --use-kube=false -f shop/         # offline, from files alone
+  meshctl routes payment.shop -o json
+
+--from names a pod (`[namespace/]pod`) or a workload (its `app` label or Deployment name);
+without it, routes are compiled for a workload of the service's namespace without labels.
+
+Exit status: 0 shown (a request no rule takes is shown as 404, not an error), 2 unknown
+service or workload, bad flags or unreadable files, 3 cluster unreachable.")]
+pub struct Args {
+    /// The service: NAME, NAME.NAMESPACE or its FQDN.
+    #[arg(value_name = "SERVICE[.NAMESPACE]")]
+    pub service: String,
+    /// The service's namespace (when SERVICE has none; default: the kubeconfig context's, or
+    /// `default` offline).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The source: a pod (`[namespace/]pod`) or a workload (its `app` label or Deployment
+    /// name), in the service's namespace unless qualified.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub from: Option<String>,
+    /// A request to explain: `METHOD PATH[?QUERY] [-H name:value]...`.
+    #[arg(long, value_name = "'METHOD PATH -H name:value'")]
+    pub request: Option<String>,
+    /// Files or directories of objects (*.yaml, *.yml, *.json), or - for stdin; laid over the
+    /// cluster's objects unless --use-kube=false. Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub files: Vec<String>,
+    /// Read the live cluster's objects (with -f: the files laid over them).
+    #[arg(long = "use-kube", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub use_kube: bool,
+    /// Only this port of the service.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// Runs `meshctl routes`.
+pub async fn run(
+    args: &Args,
+    cluster_args: &ClusterArgs,
+    terminal: Terminal,
+    stdin: &mut dyn Read,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let request = args.request.as_deref().map(RequestSpec::parse).transpose()?;
+    if args.files.is_empty() && !args.use_kube {
+        bail!("nothing to read routes from: give -f FILE|DIR, or leave --use-kube on to read the cluster");
+    }
+    let mut objects = Vec::new();
+    let mut default_ns = "default".to_string();
+    if args.use_kube {
+        let cluster = Cluster::connect(cluster_args).await?;
+        default_ns = cluster.default_namespace().to_string();
+        objects = cluster.objects().await?;
+    }
+    read_files(&args.files, stdin, &mut objects)?;
+    let snapshot = Snapshot::from_objects(&latest(objects))?;
+    let namespace = args.namespace.as_deref().unwrap_or(&default_ns);
+    let svc = model::find_service(&snapshot, &args.service, namespace)?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|f| model::find_workload(&snapshot, f, &svc.key.namespace).map(|w| w.key.clone()))
+        .transpose()?;
+    let mut report = model::report(&snapshot, svc, from.as_ref(), request.as_ref())?;
+    if let Some(port) = args.port {
+        let ports: Vec<String> = report.ports.iter().map(|p| p.port.to_string()).collect();
+        report.ports.retain(|p| p.port == port);
+        if report.ports.is_empty() {
+            bail!(
+                "Service {} has no port {port}; its ports: {}",
+                report.service,
+                ports.join(", ")
+            );
+        }
+    }
+    if request.is_some() && report.ports.iter().all(|p| p.request.is_none()) {
+        eprintln!(
+            "{} --request: Service {} has no HTTP port, so no rule matches requests; its TCP routes are shown",
+            terminal.warn(),
+            report.service
+        );
+    }
+    match args.output {
+        Format::Table => render(&report, terminal, out)?,
+        format => output::write_data(out, format, &report)?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// Every document of the files, in order; a document that is not YAML or JSON is an error.
+fn read_files(files: &[String], stdin: &mut dyn Read, objects: &mut Vec<Value>) -> anyhow::Result<()> {
+    let sources = inputs::sources(files)?;
+    let mut unreadable = Vec::new();
+    inputs::for_each_document(&sources, stdin, |file, doc| match doc.content {
+        Ok(Value::Null) => {}
+        Ok(value) => objects.push(value),
+        Err(e) => unreadable.push(format!("{file}:{}: {}", e.line, e.message)),
+    })?;
+    if !unreadable.is_empty() {
+        bail!("not valid YAML or JSON:\n  {}", unreadable.join("\n  "));
+    }
+    Ok(())
+}
+
+/// The objects with later ones replacing earlier ones of the same kind, namespace and name
+/// (files over the cluster's objects), in their first position.
+fn latest(objects: Vec<Value>) -> Vec<Value> {
+    let key = |o: &Value| {
+        let group = o
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|a| a.split_once('/'))
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_default();
+        let field = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let namespace = o
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        (group, field("/kind"), namespace.to_string(), field("/metadata/name"))
+    };
+    let mut index: BTreeMap<_, usize> = BTreeMap::new();
+    let mut out: Vec<Value> = Vec::with_capacity(objects.len());
+    for o in objects {
+        match index.get(&key(&o)) {
+            Some(&i) => out[i] = o,
+            None => {
+                index.insert(key(&o), out.len());
+                out.push(o);
+            }
+        }
+    }
+    out
+}
+
+/// The report as tables, for people.
+fn render(report: &Report, terminal: Terminal, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{} from {}",
+        terminal.bold(&format!("Routes of {}", report.service)),
+        report.from
+    )?;
+    for p in &report.ports {
+        render_port(p, terminal, out).with_context(|| format!("writing port {}", p.port))?;
+    }
+    if !report.diagnostics.is_empty() {
+        writeln!(out, "\n{}", terminal.bold("The compiler noticed"))?;
+        for d in &report.diagnostics {
+            writeln!(out, "  {} {d}", terminal.warn())?;
+        }
+    }
+    Ok(())
+}
+
+fn render_port(p: &PortReport, terminal: Terminal, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(out, "\n{}", terminal.bold(&format!("Port {} ({})", p.port, p.protocol)))?;
+    if !p.routes.is_empty() {
+        let mut t = output::table(["#", "NAME", "MATCH", "ACTION", "FROM"]);
+        for r in &p.routes {
+            t.add_row([
+                r.index.to_string(),
+                r.name.clone().unwrap_or_else(|| "-".into()),
+                if r.matches.is_empty() {
+                    "any".to_string()
+                } else {
+                    r.matches.join("\nor ")
+                },
+                r.action.clone(),
+                r.from.clone(),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+    }
+    if !p.tcp_routes.is_empty() {
+        let mut t = output::table(["SNI", "ACTION", "FROM"]);
+        for r in &p.tcp_routes {
+            let sni = if r.sni_hosts.is_empty() {
+                "any".to_string()
+            } else {
+                r.sni_hosts.join(", ")
+            };
+            t.add_row([sni, r.action.clone(), r.from.clone()]);
+        }
+        writeln!(out, "{t}")?;
+    }
+    if !p.destinations.is_empty() {
+        let mut t = output::table(["DESTINATION", "POLICY", "ENDPOINT", "HEALTH", "MTLS", "AUTHORIZATION"]);
+        for d in &p.destinations {
+            let policy = match &d.destination_rule {
+                Some(dr) => format!("{}\n({dr})", d.policy),
+                None => format!("{}\n(no DestinationRule)", d.policy),
+            };
+            if d.endpoints.is_empty() {
+                t.add_row([
+                    short_cluster(&d.cluster),
+                    policy.clone(),
+                    "none".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+            }
+            for (i, e) in d.endpoints.iter().enumerate() {
+                let (name, policy) = if i == 0 {
+                    (short_cluster(&d.cluster), policy.clone())
+                } else {
+                    (String::new(), String::new())
+                };
+                let endpoint = match &e.pod {
+                    Some(pod) => format!("{} ({pod})", e.address),
+                    None => e.address.clone(),
+                };
+                t.add_row([
+                    name,
+                    policy,
+                    endpoint,
+                    e.health.clone(),
+                    e.mtls.clone(),
+                    e.authorization.clone(),
+                ]);
+            }
+        }
+        writeln!(out, "{t}")?;
+    }
+    if let Some(r) = &p.request {
+        writeln!(out, "Request {}:", r.request.line())?;
+        for s in &r.skipped {
+            let name = p.routes.get(s.index).and_then(|r| r.name.as_deref()).unwrap_or("-");
+            writeln!(out, "  {} #{} {name}: no match", terminal.fail(), s.index)?;
+            for reason in &s.reasons {
+                writeln!(out, "      {reason}")?;
+            }
+        }
+        match r.matched {
+            Some(i) => {
+                let name = p.routes.get(i).and_then(|r| r.name.as_deref()).unwrap_or("-");
+                writeln!(out, "  {} #{i} {name}: matches → {}", terminal.ok(), r.outcome)?;
+            }
+            None => writeln!(out, "  {} {}", terminal.fail(), r.outcome)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn later_objects_replace_earlier_ones_of_the_same_identity() {
+        let vs = |name: &str, host: &str| {
+            json!({"apiVersion": "networking.trellis.dev/v1alpha1", "kind": "VirtualService",
+                   "metadata": {"name": name, "namespace": "shop"}, "spec": {"hosts": [host]}})
+        };
+        let objects = vec![vs("a", "one"), vs("b", "two"), vs("a", "three")];
+        let kept = latest(objects);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0]["spec"]["hosts"][0], "three");
+        assert_eq!(kept[1]["metadata"]["name"], "b");
+    }
+}
