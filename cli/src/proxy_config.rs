@@ -24,7 +24,8 @@ use views::{Dump, Filter};
 pub enum View {
     /// HTTP routes by listener and virtual host, in the order they are tried, with their origin.
     Routes,
-    /// Upstream clusters (service, port, subset, direction, load balancing, TLS).
+    /// Upstream clusters (service, port, subset, direction, load balancing, TLS) and the
+    /// DestinationRule each came from.
     Clusters,
     /// Each cluster's endpoints with their health and outlier state.
     Endpoints,
@@ -191,6 +192,7 @@ pub fn show(dump: &Dump, view: View, filter: &Filter, format: ViewFormat, out: &
                     "TLS",
                     "ENDPOINTS",
                     "NAME",
+                    "FROM",
                 ],
                 7,
                 &views::clusters(dump, filter),
@@ -208,6 +210,7 @@ pub fn show(dump: &Dump, view: View, filter: &Filter, format: ViewFormat, out: &
                         r.tls.clone(),
                         r.endpoints.to_string(),
                         r.name.clone(),
+                        r.from.clone(),
                     ]
                 },
             ),

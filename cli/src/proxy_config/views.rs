@@ -269,6 +269,8 @@ pub struct ClusterRow {
     pub load_balancer: String,
     pub tls: String,
     pub endpoints: usize,
+    /// The DestinationRule that shaped the cluster (`DestinationRule ns/name`), or `-`.
+    pub from: String,
 }
 
 /// Every cluster `filter` keeps.
@@ -299,6 +301,10 @@ pub fn clusters(dump: &Dump, filter: &Filter) -> Vec<ClusterRow> {
                     other => wire_name(other),
                 },
                 endpoints: c.endpoints.len(),
+                from: c
+                    .provenance
+                    .as_ref()
+                    .map_or("-".into(), |p| format!("{} {}/{}", p.kind, p.namespace, p.name)),
             })
         })
         .collect()
@@ -533,11 +539,16 @@ mod tests {
             ),
             (PAYMENT, Some(80), "outbound", "ringHash", "ISTIO_MUTUAL", 2)
         );
+        // Where its settings came from, as routes name their rule.
+        assert_eq!(c.from, "DestinationRule shop/payment");
         let payment = clusters(&dump, &only(|f| f.fqdn = Some(PAYMENT.into())));
         assert_eq!(payment.len(), 3, "v1, v2 and the service's own: {payment:?}");
         let inbound = clusters(&dump, &only(|f| f.direction = Some("inbound".into())));
         assert_eq!(inbound.len(), 1);
-        assert_eq!((inbound[0].port, inbound[0].tls.as_str()), (Some(8080), "-"));
+        assert_eq!(
+            (inbound[0].port, inbound[0].tls.as_str(), inbound[0].from.as_str()),
+            (Some(8080), "-", "-")
+        );
         assert!(
             clusters(&dump, &only(|f| f.port = Some(5432)))
                 .iter()

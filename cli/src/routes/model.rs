@@ -278,7 +278,7 @@ pub fn report(
         }
         for r in refs {
             let cluster = parts.cluster(r);
-            destinations.push(destination(snapshot, &pod.namespace, &cluster, &mut inbound)?);
+            destinations.push(destination(snapshot, &cluster, &mut inbound)?);
         }
         let explained = match request {
             Some(req) if compiled.virtual_host.is_some() => Some(explain(&routes, req, &fqdn, p.port)?),
@@ -502,23 +502,12 @@ impl Inbound {
     }
 }
 
-fn destination(
-    snapshot: &Snapshot,
-    viewer_ns: &str,
-    c: &Cluster,
-    inbound: &mut Inbound,
-) -> anyhow::Result<Destination> {
+fn destination(snapshot: &Snapshot, c: &Cluster, inbound: &mut Inbound) -> anyhow::Result<Destination> {
+    // The compiler records the DestinationRule it applied (compile::destination_rule_for).
     let destination_rule = c
-        .service
-        .as_deref()
-        .and_then(|host| compile::destination_rule_for(snapshot, viewer_ns, host))
-        .map(|d| {
-            format!(
-                "DestinationRule {}/{}",
-                d.metadata.namespace.as_deref().unwrap_or("default"),
-                d.metadata.name.as_deref().unwrap_or_default()
-            )
-        });
+        .provenance
+        .as_ref()
+        .map(|p| format!("{} {}/{}", p.kind, p.namespace, p.name));
     let lb = match &c.load_balancer.policy {
         LbPolicy::RoundRobin => "ROUND_ROBIN".to_string(),
         LbPolicy::LeastRequest => "LEAST_REQUEST".to_string(),

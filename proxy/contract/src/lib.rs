@@ -290,6 +290,7 @@ mod tests {
                 ..OriginateTls::default()
             })),
             endpoints: Vec::new(),
+            provenance: None,
         });
         assert!(cfg.to_json().contains("SECRETKEYBYTES"));
         let shown = cfg.redacted().to_json();

@@ -7,7 +7,7 @@ use trellis_api::networking::{
 };
 use trellis_contract::{
     CertificateRef, Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
-    OutlierDetection, PemSource, UpstreamProtocol, UpstreamTls,
+    OutlierDetection, PemSource, Provenance, UpstreamProtocol, UpstreamTls,
 };
 
 use super::route::{ClusterRef, millis};
@@ -159,6 +159,12 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         panic_threshold_percent: 50.0,
         tls: UpstreamTls::Disable,
         endpoints,
+        provenance: dr.map(|d| Provenance {
+            kind: "DestinationRule".into(),
+            namespace: d.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            rule_index: None,
+        }),
     };
     let res = dr_res.unwrap_or_else(|| format!("host {}", cref.host));
     apply_policy(ctx, &res, &policy, &mut cluster);

@@ -80,6 +80,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
                 health: HealthStatus::Healthy,
                 identity: None,
             }],
+            provenance: None,
         });
         if protocol.is_http() || *protocol == Protocol::Auto {
             routes.push(forward_to(
