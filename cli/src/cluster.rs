@@ -413,8 +413,7 @@ impl Cluster {
         if let Some(f) = fields {
             params = params.fields(f);
         }
-        let list = api
-            .list(&params)
+        let list = retry_too_many_requests(|| api.list(&params))
             .await
             .map_err(|e| self.error(format!("listing {kind}s"), e))?;
         let template = serde_json::json!({"apiVersion": api_version, "kind": kind});
@@ -460,6 +459,33 @@ impl Cluster {
     }
 }
 
+/// How long a read keeps retrying answers of 429 Too Many Requests.
+const TOO_MANY_REQUESTS_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `read`, retrying it while the API server answers 429 Too Many Requests, for up to
+/// [`TOO_MANY_REQUESTS_PATIENCE`] (pauses from 200 ms doubling to 2 s). Upstream answers 429
+/// "storage is (re)initializing" for a kind whose CRD was just created (as after `meshctl
+/// install`), and API Priority and Fairness answers 429 when it sheds load: both mean "ask
+/// again soon". Every other error is returned at once (kube's own retry is off, see
+/// [`Cluster::connect`]).
+async fn retry_too_many_requests<T, F, Fut>(mut read: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + TOO_MANY_REQUESTS_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match read().await {
+            Err(kube::Error::Api(status)) if status.code == 429 && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn whole_numbers(v: Value) -> Value {
     match v {
         Value::Number(n) => match n.as_f64() {
@@ -502,6 +528,54 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status {
+                code,
+                message: message.to_string(),
+                ..Default::default()
+            }
+            .boxed(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_answered_429_is_asked_again_and_other_errors_are_not() {
+        // Upstream's answer for a kind whose CRD was just created: retried until it is served.
+        let mut calls = 0;
+        let read = super::retry_too_many_requests(|| {
+            calls += 1;
+            let answer = if calls < 3 {
+                Err(api_error(429, "storage is (re)initializing"))
+            } else {
+                Ok(calls)
+            };
+            std::future::ready(answer)
+        })
+        .await;
+        assert_eq!(read.ok(), Some(3));
+
+        // Any other error is the command's answer at once.
+        let mut calls = 0;
+        let read = super::retry_too_many_requests(|| {
+            calls += 1;
+            std::future::ready(Err::<(), _>(api_error(503, "service unavailable")))
+        })
+        .await;
+        assert!(matches!(read, Err(kube::Error::Api(s)) if s.code == 503));
+        assert_eq!(calls, 1);
+
+        // A 429 that never ends is returned after the patience, not waited on forever.
+        let started = tokio::time::Instant::now();
+        let read = super::retry_too_many_requests(|| std::future::ready(Err::<(), _>(api_error(429, "busy")))).await;
+        assert!(matches!(read, Err(kube::Error::Api(s)) if s.code == 429));
+        let waited = started.elapsed();
+        assert!(
+            waited <= super::TOO_MANY_REQUESTS_PATIENCE && waited >= super::TOO_MANY_REQUESTS_PATIENCE / 2,
+            "gave up after {waited:?}"
+        );
+    }
 
     use super::*;
 
