@@ -9,18 +9,20 @@
 
 pub mod model;
 pub mod request;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
+use clap_complete::ArgValueCompleter;
 use serde_json::Value;
 use trellis_core::snapshot::Snapshot;
 
-use crate::EXIT_OK;
 use crate::cluster::{Cluster, ClusterArgs};
 use crate::inputs;
 use crate::output::{self, Format, Terminal};
+use crate::{EXIT_OK, completion};
 use model::{PortReport, Report, short_cluster};
 use request::RequestSpec;
 
@@ -42,11 +44,11 @@ Exit status: 0 shown (a request no rule takes is shown as 404, not an error), 2 
 service or workload, bad flags or unreadable files, 3 cluster unreachable.")]
 pub struct Args {
     /// The service: NAME, NAME.NAMESPACE or its FQDN.
-    #[arg(value_name = "SERVICE[.NAMESPACE]")]
+    #[arg(value_name = "SERVICE[.NAMESPACE]", add = ArgValueCompleter::new(completion::complete_services))]
     pub service: String,
     /// The service's namespace (when SERVICE has none; default: the kubeconfig context's, or
     /// `default` offline).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, add = ArgValueCompleter::new(completion::complete_namespaces))]
     pub namespace: Option<String>,
     /// The source: a pod (`[namespace/]pod`) or a workload (its `app` label or Deployment
     /// name), in the service's namespace unless qualified.
@@ -248,14 +250,11 @@ fn render_port(p: &PortReport, terminal: Terminal, out: &mut dyn Write) -> anyho
                     Some(pod) => format!("{} ({pod})", e.address),
                     None => e.address.clone(),
                 };
-                t.add_row([
-                    name,
-                    policy,
-                    endpoint,
-                    e.health.clone(),
-                    e.mtls.clone(),
-                    e.authorization.clone(),
-                ]);
+                let authorization = match &e.verdict {
+                    Some(v) => format!("{}\n({})", v.reason, e.authorization),
+                    None => e.authorization.clone(),
+                };
+                t.add_row([name, policy, endpoint, e.health.clone(), e.mtls.clone(), authorization]);
             }
         }
         writeln!(out, "{t}")?;

@@ -3,8 +3,9 @@
 //! `trellis_e2e::suite`) with Trellis installed and the demo shop deployed. It shows the
 //! routes web's proxy runs for payment, with their origin and destinations; says which rule
 //! takes a request and why the rules before it do not; and agrees with the real proxies:
-//! the same requests sent through the gateway reach exactly the versions it names. Also the
-//! what-if (a file laid over the cluster) and the clear failures.
+//! the same requests sent through the gateway reach exactly the versions it names, and db's
+//! proxy refuses exactly the calls its authorization verdict denies. Also the what-if (a file
+//! laid over the cluster), the clear failures, and shell completion of the cluster's names.
 //!
 //! Needs the workspace's binaries built (`cargo build --bins`), as the end-to-end suite does.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
-use support::{meshctl_at, text};
+use support::{complete_at, meshctl_at, text, unreachable_kubeconfig};
 use trellis_e2e::suite::{Answer, Http, Target, steps, wait_for};
 use trellis_manifests::demo;
 
@@ -79,6 +80,36 @@ fn versions_reached(http: &Http, url: &str, headers: &[(&str, &str)], n: usize) 
         seen.insert(version);
     }
     Ok(seen)
+}
+
+/// A verdict as (decision, policy, rule).
+type Verdict = (String, Option<String>, Option<u64>);
+
+/// `meshctl routes db.shop --from FROM --request REQUEST`: the verdicts of db's endpoints on
+/// `port` (the request on the HTTP port, the connection on the TCP one).
+fn db_verdicts(t: &Target, from: &str, request: &str, port: u16) -> anyhow::Result<BTreeSet<Verdict>> {
+    let report: Value = serde_json::from_str(&ok(
+        t,
+        &["routes", "db.shop", "--from", from, "--request", request, "-o", "json"],
+    )?)?;
+    let verdicts: BTreeSet<_> = report["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["port"] == port)
+        .flat_map(|p| p["destinations"].as_array().into_iter().flatten())
+        .flat_map(|d| d["endpoints"].as_array().into_iter().flatten())
+        .map(|e| {
+            let v = &e["verdict"];
+            (
+                v["decision"].as_str().unwrap_or("none").to_string(),
+                v["policy"].as_str().map(str::to_string),
+                v["rule"].as_u64(),
+            )
+        })
+        .collect();
+    ensure!(!verdicts.is_empty(), "no endpoint of db in {report}");
+    Ok(verdicts)
 }
 
 /// The what-if: payment's canary rule keyed on another header.
@@ -204,6 +235,46 @@ fn the_routes_of_a_service_why_a_rule_did_not_match_and_the_proxy_agrees() -> an
     );
     assert_eq!(versions_reached(&http, &url, &[], 150)?, versions_named(&plain));
 
+    // The destination's authorization verdict agrees with db's proxy (its AuthorizationPolicy
+    // db-deny-admin denies payment's /db/admin*): for payment's /db/admin/users the DENY
+    // policy's rule decides, other paths pass, and the same path from web passes (the rule
+    // names payment's identity).
+    assert_eq!(
+        db_verdicts(&t, "payment", "GET /db/admin/users", 8080)?,
+        BTreeSet::from([("DENY".to_string(), Some("shop/db-deny-admin".to_string()), Some(0))])
+    );
+    assert_eq!(
+        db_verdicts(&t, "payment", "GET /db/records", 8080)?,
+        BTreeSet::from([("ALLOW".to_string(), None, None)])
+    );
+    assert_eq!(
+        db_verdicts(&t, "web", "GET /db/admin/users", 8080)?,
+        BTreeSet::from([("ALLOW".to_string(), None, None)])
+    );
+    // On db's opaque TCP port a DENY rule applies without its HTTP conditions (Istio's
+    // semantics): payment's connections are refused by the same rule, web's are not.
+    assert_eq!(
+        db_verdicts(&t, "payment", "GET /db/records", 9000)?,
+        BTreeSet::from([("DENY".to_string(), Some("shop/db-deny-admin".to_string()), Some(0))])
+    );
+    assert_eq!(
+        db_verdicts(&t, "web", "GET /db/records", 9000)?,
+        BTreeSet::from([("ALLOW".to_string(), None, None)])
+    );
+    // The real proxies: gateway → web /api/X → payment /pay/X → db /db/X.
+    for (path, status) in [("admin/users", 403), ("records", 200)] {
+        let answer = http.get(&format!("{gateway}/api/{path}"), &[])?;
+        let hops = answer.hops()?;
+        let payment = hops
+            .iter()
+            .find(|h| h["service"] == "payment")
+            .with_context(|| format!("no payment hop in {}", String::from_utf8_lossy(&answer.body)))?;
+        assert_eq!(
+            payment["upstream"]["status"], status,
+            "payment's call of db /db/{path}: {payment}"
+        );
+    }
+
     // What-if: a file laid over the cluster's objects replaces payment's VirtualService.
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("payment.yaml");
@@ -242,5 +313,96 @@ fn the_routes_of_a_service_why_a_rule_did_not_match_and_the_proxy_agrees() -> an
     let out = meshctl(&t, &["routes", "payment.shop", "--request", "GET pay"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     assert!(text(&out).1.contains("must start with /"), "{}", text(&out).1);
+
+    completion_offers_the_clusters_names(&t)
+}
+
+/// The pods of `namespace` that run a proxy (a container or native sidecar of the
+/// trellis-proxy image), by name.
+fn proxy_pods(t: &Target, namespace: &str) -> anyhow::Result<BTreeSet<String>> {
+    let pods: Value = serde_json::from_str(&t.kubectl_ok(&["get", "pods", "-n", namespace, "-o", "json"], None)?)?;
+    Ok(pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            ["initContainers", "containers"].iter().any(|k| {
+                p["spec"][k].as_array().into_iter().flatten().any(|c| {
+                    c["image"]
+                        .as_str()
+                        .is_some_and(|i| i.contains("/trellis-proxy:") || i.starts_with("trellis-proxy:"))
+                })
+            })
+        })
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Shell completion (`COMPLETE=bash meshctl …`, as the registered shell code calls it) offers
+/// the live cluster's names: pods with a proxy, services, namespaces, analysis codes; and
+/// nothing, silently and at once, when the cluster cannot be reached.
+fn completion_offers_the_clusters_names(t: &Target) -> anyhow::Result<()> {
+    let complete = |words: &[&str]| -> anyhow::Result<BTreeSet<String>> {
+        let (candidates, out) = complete_at(t.kubeconfig(), words);
+        let (_, stderr) = text(&out);
+        ensure!(
+            out.status.success() && stderr.is_empty(),
+            "completing {words:?}: {stderr}"
+        );
+        Ok(candidates.into_iter().collect())
+    };
+    let shop_proxies = proxy_pods(t, "shop")?;
+    ensure!(shop_proxies.len() >= 4, "the shop's meshed pods: {shop_proxies:?}");
+    // An empty word is offered the flags too.
+    let names: BTreeSet<String> = complete(&["proxy-config", "routes", "-n", "shop", ""])?
+        .into_iter()
+        .filter(|c| !c.starts_with('-'))
+        .collect();
+    assert_eq!(names, shop_proxies);
+    let web: BTreeSet<String> = shop_proxies
+        .iter()
+        .filter(|p| p.starts_with("web-"))
+        .map(|p| format!("{p}.shop"))
+        .collect();
+    ensure!(!web.is_empty(), "no web pod in {shop_proxies:?}");
+    assert_eq!(
+        complete(&["pc", "clusters", "web-"])?,
+        web,
+        "without -n: NAME.NAMESPACE"
+    );
+    assert_eq!(
+        complete(&["routes", "pay"])?,
+        BTreeSet::from(["payment.shop".to_string()])
+    );
+    assert_eq!(
+        complete(&["routes", "-n", "shop", "p"])?,
+        BTreeSet::from(["payment".to_string()])
+    );
+    let namespaces = complete(&["analyze", "-n", ""])?;
+    for ns in ["default", "shop", "trellis-system"] {
+        assert!(namespaces.contains(ns), "{ns} not in {namespaces:?}");
+    }
+    assert_eq!(
+        complete(&["routes", "payment", "-n", "trellis-s"])?,
+        BTreeSet::from(["trellis-system".to_string()])
+    );
+    let codes = complete(&["analyze", "--explain", "TRL010"])?;
+    assert!(codes.contains("TRL0107") && codes.contains("TRL0108"), "{codes:?}");
+    assert!(complete(&["analyze", "-S", "IST0101"])?.contains("IST0101="));
+    // Subcommands and flags complete as before.
+    assert!(complete(&["prox"])?.contains("proxy-config"));
+
+    // An API server that is not there: no candidates, nothing on stderr, no wait.
+    let dir = tempfile::tempdir()?;
+    let nowhere = unreachable_kubeconfig(dir.path());
+    let started = std::time::Instant::now();
+    let (candidates, out) = complete_at(&nowhere, &["proxy-config", "routes", "w"]);
+    assert!(out.status.success() && candidates.is_empty(), "{candidates:?}");
+    assert_eq!(text(&out), (String::new(), String::new()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "completion waited {:?}",
+        started.elapsed()
+    );
     Ok(())
 }

@@ -15,9 +15,9 @@ mod telemetry;
 use self::admission::{authority, check_head, split_host_port};
 use self::forward::forward;
 use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span};
-use crate::authz::{AuthzRequest, Layer, peer_namespace};
+use crate::authz::{Layer, authorize, peer_namespace};
 use crate::path::normalize;
-use crate::routing::RequestView;
+use crate::routing::{HttpHeaders, RequestView};
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::upstream::Body;
@@ -30,6 +30,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use trellis_contract::authorization::AuthzRequest;
 use trellis_contract::{ListenerDirection, Redirect, RouteAction};
 
 /// Everything known about the downstream connection.
@@ -253,10 +254,10 @@ async fn pipeline(
             host: &host,
             method: req.method().as_str(),
             path: &path,
-            headers: req.headers(),
+            headers: &HttpHeaders(req.headers()),
             auth: auth.as_ref(),
         };
-        let decision = snap.authorizer.authorize(&attributes, &rt.metrics);
+        let decision = authorize(&snap.authorizer, &attributes, &rt.metrics);
         if !decision.allowed() {
             tracing::debug!(?decision, %path, peer = ?principal, "authorization denied");
             return text(StatusCode::FORBIDDEN, "RBAC: access denied\n");

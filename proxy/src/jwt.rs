@@ -27,6 +27,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::{Map, Value};
+pub use trellis_contract::jwt::Authenticated;
 use trellis_contract::jwt::{
     DEFAULT_TOKEN_HEADER, DEFAULT_TOKEN_PARAM, EcCurve, JwsAlgorithm, JwtProvider, KeyMaterial, MAX_TOKEN_BYTES,
     PublicJwk, base64url, parse_jwks,
@@ -34,9 +35,6 @@ use trellis_contract::jwt::{
 
 /// Clock skew tolerated on `exp` and `nbf` (Envoy's default).
 pub const CLOCK_SKEW_SECS: u64 = 60;
-
-/// Claims whose string value is also matched word by word (OAuth scopes), as Istio does.
-const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 
 /// Why a provider cannot be used (the config is rejected; the contract validator prevents it).
 #[derive(Debug, thiserror::Error)]
@@ -91,66 +89,6 @@ pub enum JwtError {
     /// No accepted audience.
     #[error("Audiences in Jwt are not allowed")]
     Audience,
-}
-
-/// A verified token: the request's `request.auth.*` attributes.
-#[derive(Clone)]
-pub struct Authenticated {
-    /// `<iss>/<sub>` (`request.auth.principal`, `requestPrincipals`).
-    pub principal: String,
-    /// `aud`, one or many (`request.auth.audiences`).
-    pub audiences: Vec<String>,
-    /// `azp` (`request.auth.presenter`).
-    pub presenter: Option<String>,
-    /// Every claim (`request.auth.claims[...]`).
-    pub claims: Map<String, Value>,
-}
-
-impl std::fmt::Debug for Authenticated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticated")
-            .field("principal", &self.principal)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Authenticated {
-    /// The values of a claim (`path` reaches into objects): a string (also word by word
-    /// for `scope` and `permission`), each string of a list, a number or boolean as text.
-    pub fn claim_values(&self, path: &[&str]) -> Vec<String> {
-        let v = claim_at(&self.claims, path);
-        let mut out = Vec::new();
-        let mut push = |v: &Value| match v {
-            Value::String(s) => out.push(s.clone()),
-            Value::Number(n) => out.push(n.to_string()),
-            Value::Bool(b) => out.push(b.to_string()),
-            _ => {}
-        };
-        match v {
-            Some(Value::Array(items)) => items.iter().for_each(&mut push),
-            Some(v) => push(v),
-            None => {}
-        }
-        if let [name] = path
-            && SPACE_DELIMITED.contains(name)
-            && out.len() == 1
-            && out[0].contains(' ')
-        {
-            let words: Vec<String> = out[0]
-                .split(' ')
-                .filter(|w| !w.is_empty())
-                .map(str::to_string)
-                .collect();
-            out.extend(words);
-        }
-        out
-    }
-}
-
-/// The claim at `path` (`["a", "b"]` is claim `a`'s member `b`).
-fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(claims.get(*first)?, |v, p| v.get(*p))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,7 +424,7 @@ impl Provider {
         }
         for (h, path) in &self.claim_headers {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            let text = match claim_at(&auth.claims, &path) {
+            let text = match auth.claim(&path) {
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(Value::Number(n)) => Some(n.to_string()),
                 Some(Value::Bool(b)) => Some(b.to_string()),

@@ -245,8 +245,8 @@ impl CompiledRoute {
     }
 }
 
-/// A request's headers as the shared matcher reads them.
-struct HttpHeaders<'a>(&'a HeaderMap);
+/// A request's headers as the contract's matchers (routes, authorization) read them.
+pub(crate) struct HttpHeaders<'a>(pub(crate) &'a HeaderMap);
 
 impl matching::Headers for HttpHeaders<'_> {
     fn contains(&self, name: &str) -> bool {

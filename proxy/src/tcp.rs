@@ -4,11 +4,12 @@
 //! copy bytes both ways, counting them into the connection's Istio TCP series
 //! as they flow.
 
-use crate::authz::{AuthzRequest, Layer, peer_namespace};
+use crate::authz::{Layer, authorize, peer_namespace};
 use crate::client_hello::{self, Sni};
 use crate::http::ConnContext;
 use crate::labels::Observed;
 use crate::metrics::{Peer, TcpSeries};
+use crate::routing::HttpHeaders;
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::stream::DownstreamStream;
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use trellis_contract::ListenerDirection;
+use trellis_contract::authorization::AuthzRequest;
 
 /// Proxy one TCP connection to the cluster its TCP route names. `source` is
 /// the client's verified peer metadata (inbound mesh connections).
@@ -186,7 +188,8 @@ fn authorized(rt: &Runtime, snap: &Snapshot, ctx: &ConnContext) -> bool {
     let principal = ctx.peer_identity.as_deref();
     let namespace = peer_namespace(principal);
     let no_headers = HeaderMap::new();
-    let decision = snap.authorizer.authorize(
+    let decision = authorize(
+        &snap.authorizer,
         &AuthzRequest {
             layer: Layer::Tcp,
             principal,
@@ -200,7 +203,7 @@ fn authorized(rt: &Runtime, snap: &Snapshot, ctx: &ConnContext) -> bool {
             host: "",
             method: "",
             path: "",
-            headers: &no_headers,
+            headers: &HttpHeaders(&no_headers),
             auth: None,
         },
         &rt.metrics,

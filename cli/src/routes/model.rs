@@ -3,13 +3,16 @@
 //! `--from` workload, or for any workload of the service's namespace), each with the resource
 //! and rule it came from; each destination's cluster with the DestinationRule whose policy it
 //! got, its endpoints and the inbound policy (mutual TLS mode, AuthorizationPolicies) of their
-//! proxies; and, for a concrete request, the rule that takes it and why every rule before it
-//! did not — decided by the proxy's own matcher ([`trellis_contract::matching`]).
+//! proxies, and their authorization verdict on the request (or connection) from the source
+//! ([`verdict`], by the proxy's own evaluator); and, for a concrete request, the rule that
+//! takes it and why every rule before it did not — decided by the proxy's own matcher
+//! ([`trellis_contract::matching`]).
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde::Serialize;
+use trellis_contract::authorization::Authorizer;
 use trellis_contract::matching::{self, CompiledRouteMatch, Headers, Mismatch, Request};
 use trellis_contract::{
     AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, Route, RouteAction, RouteMatch, StringMatch, TcpRoute,
@@ -20,6 +23,7 @@ use trellis_core::registry::{ObjectKey, Protocol, Service, Workload};
 use trellis_core::snapshot::Snapshot;
 
 use super::request::RequestSpec;
+use super::verdict::{self, Attempt, Sender, Verdict};
 
 /// The name of the stand-in proxy when no `--from` workload is given.
 const ANY_WORKLOAD: &str = "meshctl-routes";
@@ -124,6 +128,10 @@ pub struct EndpointReport {
     pub mtls: String,
     /// Its authorization: the AuthorizationPolicies that select it, or that none does.
     pub authorization: String,
+    /// What its proxy decides for the source's request (`--request`) or, on a TCP port, its
+    /// connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// How a request goes: the rule that takes it and why each earlier rule did not.
@@ -256,6 +264,15 @@ pub fn report(
     };
     let mut parts = OutboundParts::new(snapshot, &pod)?;
     let mut inbound = Inbound::default();
+    let sender = {
+        let own = compile::compile_workload(snapshot, &pod, Role::Sidecar, "meshctl")?;
+        let w = snapshot.registry.workloads.get(&pod);
+        Sender::new(
+            own.config.identity.spiffe_id,
+            w.and_then(|w| w.ip.as_deref()),
+            w.is_some_and(|w| w.meshed),
+        )
+    };
     let fqdn = svc.fqdn(DNS_DOMAIN);
     let mut ports = Vec::new();
     for p in &svc.ports {
@@ -276,9 +293,17 @@ pub fn report(
                 refs.push(r);
             }
         }
+        // What the destinations' proxies are asked to let through: the request on an HTTP
+        // port, the connection on a TCP one.
+        let attempt = match (request, compiled.virtual_host.is_some()) {
+            (Some(spec), true) => Some(Attempt::Request { spec, host: &fqdn }),
+            (_, false) => Some(Attempt::Connection),
+            (None, true) => None,
+        };
         for r in refs {
             let cluster = parts.cluster(r);
-            destinations.push(destination(snapshot, &cluster, &mut inbound)?);
+            let asked = attempt.map(|a| (a, &sender));
+            destinations.push(destination(snapshot, &cluster, &mut inbound, asked)?);
         }
         let explained = match request {
             Some(req) if compiled.virtual_host.is_some() => Some(explain(&routes, req, &fqdn, p.port)?),
@@ -484,17 +509,23 @@ pub fn short_cluster(name: &str) -> String {
     }
 }
 
-/// The inbound policy of endpoint pods, compiled once per pod.
+/// The inbound policy of endpoint pods and its authorizer, compiled once per pod.
 #[derive(Default)]
 struct Inbound {
-    by_pod: BTreeMap<ObjectKey, trellis_contract::InboundPolicy>,
+    by_pod: BTreeMap<ObjectKey, (trellis_contract::InboundPolicy, Authorizer)>,
 }
 
 impl Inbound {
-    fn of(&mut self, snapshot: &Snapshot, pod: &ObjectKey) -> anyhow::Result<&trellis_contract::InboundPolicy> {
+    fn of(
+        &mut self,
+        snapshot: &Snapshot,
+        pod: &ObjectKey,
+    ) -> anyhow::Result<&(trellis_contract::InboundPolicy, Authorizer)> {
         if !self.by_pod.contains_key(pod) {
             let own = compile::compile_workload(snapshot, pod, Role::Sidecar, "meshctl")?;
-            self.by_pod.insert(pod.clone(), own.config.inbound);
+            let authorizer = Authorizer::compile(&own.config.inbound)
+                .with_context(|| format!("the AuthorizationPolicies of pod {pod}"))?;
+            self.by_pod.insert(pod.clone(), (own.config.inbound, authorizer));
         }
         self.by_pod
             .get(pod)
@@ -502,7 +533,13 @@ impl Inbound {
     }
 }
 
-fn destination(snapshot: &Snapshot, c: &Cluster, inbound: &mut Inbound) -> anyhow::Result<Destination> {
+/// A destination, and each endpoint's verdict on `asked` (what the sender sends) if given.
+fn destination(
+    snapshot: &Snapshot,
+    c: &Cluster,
+    inbound: &mut Inbound,
+    asked: Option<(Attempt<'_>, &Sender)>,
+) -> anyhow::Result<Destination> {
     // The compiler records the DestinationRule it applied (compile::destination_rule_for).
     let destination_rule = c
         .provenance
@@ -534,14 +571,19 @@ fn destination(snapshot: &Snapshot, c: &Cluster, inbound: &mut Inbound) -> anyho
             .workloads
             .values()
             .find(|w| w.ip.as_deref() == Some(e.address.as_str()));
-        let (mtls, authorization) = match workload {
+        let (mtls, authorization, verdict) = match workload {
             Some(w) if w.meshed => {
-                let policy = inbound.of(snapshot, &w.key)?;
-                (mtls_text(policy.mtls.mode_for(e.port)), authz_text(policy))
+                let (policy, authorizer) = inbound.of(snapshot, &w.key)?;
+                (
+                    mtls_text(policy.mtls.mode_for(e.port)),
+                    authz_text(policy),
+                    asked.map(|(attempt, sender)| verdict::verdict(policy, authorizer, attempt, sender, c, e)),
+                )
             }
             _ => (
                 "none (no proxy: plaintext)".to_string(),
                 "none (no proxy enforces a policy)".to_string(),
+                None,
             ),
         };
         endpoints.push(EndpointReport {
@@ -554,6 +596,7 @@ fn destination(snapshot: &Snapshot, c: &Cluster, inbound: &mut Inbound) -> anyho
             pod: workload.map(|w| w.key.to_string()),
             mtls,
             authorization,
+            verdict,
         });
     }
     Ok(Destination {
@@ -722,6 +765,12 @@ metadata: {name: web-7f9-c, namespace: shop, labels: {app: web}}
 spec: {containers: [{name: app, image: app}, {name: trellis-proxy, image: proxy}]}
 status: {podIP: 10.244.0.13, conditions: [{type: Ready, status: "True"}]}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli-1, namespace: other, labels: {app: cli}}
+spec: {containers: [{name: app, image: app}, {name: trellis-proxy, image: proxy}]}
+status: {podIP: 10.244.0.14, conditions: [{type: Ready, status: "True"}]}
+---
 apiVersion: networking.trellis.dev/v1alpha1
 kind: VirtualService
 metadata: {name: payment, namespace: shop}
@@ -889,6 +938,36 @@ spec:
         let req = canary.ports[0].request.as_ref().unwrap();
         assert_eq!(req.matched, Some(1));
         assert_eq!(req.outcome, "payment.shop:8080 v2 100%; 2 retries");
+    }
+
+    #[test]
+    fn each_endpoint_says_what_its_proxy_decides_for_the_source_and_request() {
+        let verdicts = |r: &Report| -> Vec<String> {
+            r.ports[0]
+                .destinations
+                .iter()
+                .flat_map(|d| &d.endpoints)
+                .map(|e| e.verdict.as_ref().map_or("none".to_string(), |v| v.reason.clone()))
+                .collect()
+        };
+        let from_web = payment_report(Some("web"), Some("GET /pay"));
+        assert_eq!(
+            verdicts(&from_web),
+            ["ALLOW by AuthorizationPolicy shop/payment-callers rules[0]"; 2]
+        );
+        let v = from_web.ports[0].destinations[0].endpoints[0].verdict.as_ref().unwrap();
+        assert_eq!(
+            (v.decision, v.policy.as_deref(), v.rule),
+            ("ALLOW", Some("shop/payment-callers"), Some(0))
+        );
+        // The policy admits namespace shop only.
+        let outsider = payment_report(Some("other/cli-1"), Some("GET /pay"));
+        assert_eq!(
+            verdicts(&outsider),
+            ["DENY: no rule of its ALLOW policies matches (shop/payment-callers)"; 2]
+        );
+        // Without a request, an HTTP port's policies are listed, not decided.
+        assert_eq!(verdicts(&payment_report(Some("web"), None)), ["none"; 2]);
     }
 
     #[test]

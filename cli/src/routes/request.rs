@@ -12,7 +12,7 @@ use trellis_contract::matching::Headers;
 const MAX_LEN: usize = 16 * 1024;
 
 /// A request to explain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RequestSpec {
     /// Method (upper case).
     pub method: String,

@@ -332,6 +332,77 @@ fn public_key(k: &serde_json::Map<String, serde_json::Value>) -> Result<PublicJw
     })
 }
 
+/// Claims whose string value is also matched word by word (OAuth scopes), as Istio does.
+const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
+
+/// A verified token: the request's `request.auth.*` attributes.
+#[derive(Clone)]
+pub struct Authenticated {
+    /// `<iss>/<sub>` (`request.auth.principal`, `requestPrincipals`).
+    pub principal: String,
+    /// `aud`, one or many (`request.auth.audiences`).
+    pub audiences: Vec<String>,
+    /// `azp` (`request.auth.presenter`).
+    pub presenter: Option<String>,
+    /// Every claim (`request.auth.claims[...]`).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticated {
+    /// The claim at `path` (`["a", "b"]` is claim `a`'s member `b`), as the token has it.
+    pub fn claim(&self, path: &[&str]) -> Option<&serde_json::Value> {
+        claim_at(&self.claims, path)
+    }
+
+    /// The values of a claim (`path` reaches into objects): a string (also word by word
+    /// for `scope` and `permission`), each string of a list, a number or boolean as text.
+    pub fn claim_values(&self, path: &[&str]) -> Vec<String> {
+        let v = claim_at(&self.claims, path);
+        let mut out = Vec::new();
+        let mut push = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Number(n) => out.push(n.to_string()),
+            serde_json::Value::Bool(b) => out.push(b.to_string()),
+            _ => {}
+        };
+        match v {
+            Some(serde_json::Value::Array(items)) => items.iter().for_each(&mut push),
+            Some(v) => push(v),
+            None => {}
+        }
+        if let [name] = path
+            && SPACE_DELIMITED.contains(name)
+            && out.len() == 1
+            && out[0].contains(' ')
+        {
+            let words: Vec<String> = out[0]
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect();
+            out.extend(words);
+        }
+        out
+    }
+}
+
+/// The claim at `path` (`["a", "b"]` is claim `a`'s member `b`).
+fn claim_at<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[&str],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(claims.get(*first)?, |v, p| v.get(*p))
+}
+
 /// Decode base64url, with or without padding (key sets in the wild carry both).
 pub fn base64url(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -5,8 +5,9 @@
 //! service registry) into
 //! one [`ProxyConfig`] per proxy; the proxy loads it from a file (`--config`) or
 //! receives it over the push API, whole or as a [`ConfigDelta`] against the version
-//! it holds. This crate owns that model, its deltas and its semantic validation,
-//! and nothing else: it depends on neither Kubernetes nor an async
+//! it holds. This crate owns that model, its deltas, its semantic validation, and the
+//! evaluations the proxy and `meshctl` must agree on ([`matching`] of requests to routes,
+//! [`authorization`] by AuthorizationPolicies), and nothing else: it depends on neither Kubernetes nor an async
 //! runtime, so the operator, `meshctl` and the proxy can all link it.
 //!
 //! # Guarantees
@@ -22,6 +23,7 @@
 //! - Durations are integers in milliseconds (fields end in `Ms`), percentages are
 //!   floats in `0.0..=100.0`.
 
+pub mod authorization;
 mod cluster;
 mod delta;
 mod dns;
