@@ -591,26 +591,35 @@ impl ClusterRuntime {
             }
             found
         };
-        let (mut sender, served) = match reused {
-            Some(c) => (c.sender, c.served),
-            None => {
-                let io = self.connect(ep, ConnProtocol::Http1).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(io)
-                    .await
-                    .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream h1 connection ended");
-                    }
-                });
-                (sender, 0)
-            }
+        let (mut sender, mut served, pooled) = match reused {
+            Some(c) => (c.sender, c.served, true),
+            None => (self.connect_h1(ep).await?, 0, false),
         };
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The pooled connection closed before the request was written to it (the
+                // upstream closed its idle keep-alive connection as the request raced onto it,
+                // as a terminating pod's proxy does): the upstream never saw the request, so it
+                // goes on a new connection, whatever its method (hyper-util's client does the
+                // same). A refused connect is then a connect failure, which routes retry.
+                Some(req) if pooled => {
+                    tracing::debug!(endpoint = %ep.addr, "pooled connection closed before the request was sent; sending it on a new one");
+                    sender = self.connect_h1(ep).await?;
+                    served = 0;
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?
+                }
+                _ => {
+                    return Err(UpstreamError::Reset {
+                        addr: ep.addr,
+                        source: e.into_error(),
+                    });
+                }
+            },
+        };
         let served = served + 1;
         let max = pool_cfg.max_requests_per_connection;
         let keep = (max == 0 || served < max)
@@ -637,6 +646,21 @@ impl ClusterRuntime {
             });
         }
         Ok(resp)
+    }
+
+    /// A new HTTP/1 connection to `ep`, its connection task spawned.
+    async fn connect_h1(&self, ep: &EndpointState) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.connect(ep, ConnProtocol::Http1).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream h1 connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// Open a connection to an endpoint (TCP, then TLS if configured), bounded
@@ -829,6 +853,104 @@ mod tests {
         assert!(c.record(1, Outcome::LocalFailure, t));
         // Both ejected, below the 50% panic threshold: balance over all.
         assert!(c.pick(None, &[], t).is_some());
+    }
+
+    /// A request raced onto a pooled connection as the upstream closes it (an upstream closing
+    /// its idle keep-alive connections, as a terminating pod's proxy does) is sent on a new
+    /// connection: the upstream never saw it.
+    ///
+    /// The race, made deterministic: the upstream (a blocking server on a thread) first writes a
+    /// byte to a notification socket and then closes the pooled connection, both while the
+    /// runtime is blocked, so the runtime's next poll of the kernel reports both at once, the
+    /// notification first. The test's task therefore runs first and puts the request on the
+    /// pooled connection (still ready: its connection task has not run), and the connection
+    /// task then reads the close before it writes the request. hyper gives the request back,
+    /// canceled; before the resend the proxy answered "operation was canceled".
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_on_a_pooled_connection_closed_under_it_goes_on_a_new_one() {
+        use std::io::{BufRead as _, BufReader, Write as _};
+
+        use http_body_util::BodyExt as _;
+        use tokio::io::AsyncReadExt as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let notifications = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut notified = tokio::net::TcpStream::connect(notifications.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (mut notify, _) = notifications.accept().unwrap();
+            let mut served = Vec::new();
+            for (n, conn) in listener.incoming().take(2).enumerate() {
+                let conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                served.push(line.trim().to_string());
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header == "\r\n" || header.is_empty() {
+                        break;
+                    }
+                }
+                let mut w = conn;
+                w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+                if n == 0 {
+                    // When told: the notification, then the close of the kept-alive connection.
+                    close_rx.recv().unwrap();
+                    notify.write_all(b"!").unwrap();
+                    w.shutdown(std::net::Shutdown::Both).unwrap();
+                    drop(w);
+                    drop(reader);
+                    closed_tx.send(()).unwrap();
+                }
+            }
+            served
+        });
+        let spec: Cluster = serde_json::from_value(serde_json::json!({
+            "name": "c", "endpoints": [{"address": "127.0.0.1", "port": port}],
+        }))
+        .unwrap();
+        let c = ClusterRuntime::build(&spec, None, "").unwrap();
+        let get = |path: &str| {
+            let body: Body = http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Request::get(path).body(body).unwrap()
+        };
+        let (resp, _in_flight) = c.send(0, get("/first"), false).await.expect("the first request");
+        resp.into_body().collect().await.unwrap();
+        // Let the connection go back to the pool.
+        for _ in 0..50 {
+            if !c.endpoints[0].pool.lock().unwrap().h1.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            c.endpoints[0].pool.lock().unwrap().h1.len(),
+            1,
+            "the connection is pooled"
+        );
+        // The upstream notifies, then closes the pooled connection; the runtime does not run
+        // meanwhile.
+        close_tx.send(()).unwrap();
+        closed_rx.recv().unwrap();
+        let mut byte = [0u8; 1];
+        notified.read_exact(&mut byte).await.unwrap();
+        let (resp, _in_flight) = c
+            .send(0, get("/second"), false)
+            .await
+            .expect("the second request, on a new connection");
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        assert_eq!(
+            server.join().unwrap(),
+            vec!["GET /first HTTP/1.1", "GET /second HTTP/1.1"],
+            "the upstream saw each request once, the second on a connection of its own"
+        );
     }
 
     #[test]
