@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
+use clap_complete::ArgValueCompleter;
 use serde_json::Value;
 use trellis_api::mesh::{MESH_NAME, SYSTEM_NAMESPACE};
 use trellis_api::validation::Validator;
@@ -18,7 +19,7 @@ use trellis_manifests::install::{ADMIN_PORT, OPERATOR_NAME};
 
 use crate::cluster::{Cluster, ClusterArgs};
 use crate::output::Terminal;
-use crate::{EXIT_INVALID, EXIT_OK, inputs};
+use crate::{EXIT_INVALID, EXIT_OK, completion, inputs};
 
 /// Arguments of `meshctl analyze`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +54,8 @@ pub struct Args {
         short = 'n',
         long = "namespace",
         value_name = "NS",
-        conflicts_with = "all_namespaces"
+        conflicts_with = "all_namespaces",
+        add = ArgValueCompleter::new(completion::complete_namespaces)
     )]
     pub namespace: Option<String>,
     /// Report findings in every namespace.
@@ -70,13 +72,18 @@ pub struct Args {
     pub output_threshold: Level,
     /// Suppress findings: `CODE=Kind namespace/name`, each side a glob (`*`, `?`), e.g.
     /// `IST0102=Namespace *` or `*=Pod shop/legacy-*`. Repeatable.
-    #[arg(short = 'S', long = "suppress", value_name = "CODE=Kind ns/name")]
+    #[arg(
+        short = 'S',
+        long = "suppress",
+        value_name = "CODE=Kind ns/name",
+        add = ArgValueCompleter::new(completion::complete_suppressions)
+    )]
     pub suppress: Vec<String>,
     /// List every code meshctl analyze reports, and exit.
     #[arg(long)]
     pub list_analyzers: bool,
     /// Explain a code (`IST0101` or `ReferencedResourceNotFound`), and exit.
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "CODE", add = ArgValueCompleter::new(completion::complete_codes))]
     pub explain: Option<String>,
 }
 

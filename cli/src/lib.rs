@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod check;
 pub mod cluster;
+pub mod completion;
 pub mod config_text;
 pub mod demo;
 pub mod inputs;
@@ -115,7 +116,17 @@ pub enum Command {
     Routes(routes::Args),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
     Version(version::Args),
-    /// Print a shell completion script: `source <(meshctl completion bash)`.
+    /// Print the shell code that completes meshctl's commands, flags and the cluster's names
+    /// (pods, services, namespaces) and analysis codes: `source <(meshctl completion bash)`.
+    #[command(after_help = "Examples:
+  source <(meshctl completion bash)          # in ~/.bashrc (the same as: source <(COMPLETE=bash meshctl))
+  source <(meshctl completion zsh)           # in ~/.zshrc
+  meshctl completion fish | source           # in ~/.config/fish/config.fish
+
+At each TAB the shell asks this meshctl, which lists pods with a proxy, services and
+namespaces from the cluster --kubeconfig and --context name (else KUBECONFIG), giving up
+silently after 2 s. Register it anew on shell start (as above), so the shell code always
+matches the meshctl that answers it.")]
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
@@ -149,6 +160,20 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Run meshctl with `args` (including the program name); returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // A shell asking for completions (`COMPLETE=bash meshctl -- meshctl WORDS…`): answer and stop.
+    let cwd = std::env::current_dir().ok();
+    match clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(completion::COMPLETE_VAR)
+        .try_complete(args.clone(), cwd.as_deref())
+    {
+        Ok(true) => return ExitCode::from(EXIT_OK),
+        Ok(false) => {}
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -190,8 +215,32 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::Demo(args) => runtime()?.block_on(demo::run(&args, terminal, out)),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "meshctl", out);
+            completion::registration(shell, out)?;
             Ok(EXIT_OK)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_command_documents_examples_in_its_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        let missing: Vec<String> = cli
+            .get_subcommands()
+            // clap's own `help` explains itself.
+            .filter(|c| c.get_name() != "help")
+            .filter(|c| {
+                !c.get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:\n  ") && h.to_string().contains("meshctl "))
+            })
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert!(missing.is_empty(), "no examples in the help of: {missing:?}");
     }
 }

@@ -10,12 +10,13 @@ pub mod views;
 use std::io::Write;
 use std::path::PathBuf;
 
+use clap_complete::ArgValueCompleter;
 use serde::Serialize;
 use trellis_api::mesh::SYSTEM_NAMESPACE;
 
-use crate::EXIT_OK;
 use crate::cluster::{Cluster, ClusterArgs};
 use crate::output::{self, Terminal};
+use crate::{EXIT_OK, completion};
 use admin::ProxyPod;
 use views::{Dump, Filter};
 
@@ -74,10 +75,14 @@ pub struct Args {
     /// What to show.
     pub view: View,
     /// The pod: NAME, NAME.NAMESPACE, or -n NAMESPACE.
-    #[arg(value_name = "POD[.NAMESPACE]", required_unless_present = "file")]
+    #[arg(
+        value_name = "POD[.NAMESPACE]",
+        required_unless_present = "file",
+        add = ArgValueCompleter::new(completion::complete_pods)
+    )]
     pub pod: Option<String>,
     /// The pod's namespace (when POD has none; default: the kubeconfig context's).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, add = ArgValueCompleter::new(completion::complete_namespaces))]
     pub namespace: Option<String>,
     /// Read a saved /config_dump instead of a live proxy.
     #[arg(short = 'f', long = "file", value_name = "config_dump.json", conflicts_with = "pod")]

@@ -12,6 +12,16 @@ use crate::{EXIT_INVALID, EXIT_OK, inputs};
 
 /// Arguments of `meshctl validate`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  meshctl validate -f examples/                       # every *.yaml, *.yml, *.json below it
+  meshctl validate -f my-istio-config.yaml -o json    # Istio's YAML is validated as Trellis's
+  kubectl get virtualservices -A -o yaml | meshctl validate -f -
+
+Each finding names the file and line, the object (Kind namespace/name), the field path and
+what is allowed; the same validator runs in the operator's admission webhook.
+
+Exit status: 0 when everything is valid (warnings allowed), 1 when anything is invalid, 2 on
+usage or I/O errors.")]
 pub struct Args {
     /// A file, a directory (its *.yaml, *.yml and *.json files, recursively), or - for stdin.
     /// Repeat to validate several.

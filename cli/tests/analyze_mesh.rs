@@ -3,13 +3,19 @@
 //! `trellis_e2e::suite`) with Trellis installed and the demo shop deployed, a Mesh setting
 //! every proxy rejects is pushed (validation off, as a config written past another
 //! validator would be); `meshctl analyze` then reports each proxy's NACK as TRL0107 with the
-//! proxy's reason and exits 1; before, and after the Mesh is repaired, it reports none.
+//! proxy's reason and exits 1; before, and after the Mesh is repaired, it reports none. Then
+//! version skew: with the Mesh's status reporting another operator version than the proxies
+//! report (the leader Lease held so no replica writes it back), each proxy gets TRL0108.
 //!
 //! Needs the workspace's binaries built (`cargo build --bins`), as the end-to-end suite does.
 
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -84,6 +90,35 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
             .all(|(_, m)| m.contains("otlpEndpoint") && m.contains("keeps serving")),
         "{nacked:?}"
     );
+    // proxy-config says so too, for a proxy that rejected it: what it shows is what runs.
+    let pod = meshed.iter().next().context("a meshed pod of the shop")?;
+    let (ns, name) = pod.split_once('/').context("namespace/name")?;
+    let out = meshctl_at(t.kubeconfig(), &["proxy-config", "routes", &format!("{name}.{ns}")]);
+    let (_, stderr) = text(&out);
+    assert!(
+        out.status.success() && stderr.contains("rejected configuration version") && stderr.contains("otlpEndpoint"),
+        "{stderr}"
+    );
+    // And `meshctl check` fails its data-plane check, naming the proxy, the reason and the fix.
+    let out = meshctl_at(t.kubeconfig(), &["check", "-o", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let checks: Vec<Value> =
+        serde_json::from_str(&stdout).with_context(|| format!("check printed {stdout}{stderr}"))?;
+    let applied = checks
+        .iter()
+        .find(|c| c["name"] == "every proxy has applied its configuration")
+        .with_context(|| format!("no sync check in {stdout}"))?;
+    assert_eq!(applied["status"], "failed", "{applied}");
+    let detail = applied["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(pod.as_str()) && detail.contains("rejected version") && detail.contains("otlpEndpoint"),
+        "{applied}"
+    );
+    assert!(
+        applied["hint"].as_str().unwrap_or_default().contains("meshctl analyze"),
+        "{applied}"
+    );
 
     // Repaired: the proxies apply the next version and the findings go.
     apply_mesh(&t, &demo::mesh_tracing())?;
@@ -95,5 +130,118 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     })?;
     let (_, after) = findings(&t, "TRL0107")?;
     assert!(after.is_empty(), "TRL0107 after the repair: {after:?}");
+
+    version_skew_is_reported_per_proxy_as_trl0108(&t, &meshed)
+}
+
+/// The operator version a skewed control plane reports in the Mesh's status.
+const OTHER_OPERATOR_VERSION: &str = "0.0.9";
+
+/// Holds the operator's leader Lease for a test identity, renewing it every second, until
+/// dropped: no replica leads meanwhile, so none reconciles the Mesh (every replica still serves
+/// push and its `/debug/syncz`).
+struct LeaseHeld {
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LeaseHeld {
+    fn take(kubeconfig: &Path) -> LeaseHeld {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, kubeconfig) = (stop.clone(), kubeconfig.to_path_buf());
+        let renewer = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let patch = serde_json::json!({"spec": {"holderIdentity": "meshctl-analyze-test",
+                    "renewTime": trellis_e2e::clock::now_micro(), "leaseDurationSeconds": 15}});
+                let _ = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args([
+                        "patch",
+                        "lease",
+                        "trellis-operator",
+                        "-n",
+                        "trellis-system",
+                        "--type",
+                        "merge",
+                        "-p",
+                    ])
+                    .arg(patch.to_string())
+                    .output();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        LeaseHeld {
+            stop,
+            renewer: Some(renewer),
+        }
+    }
+}
+
+impl Drop for LeaseHeld {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(r) = self.renewer.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// TRL0108 end to end: every proxy reports its build version to the operator (its `/debug/syncz`
+/// says which), and the Mesh's status says the control plane's. A control plane reporting
+/// another version than its proxies — the Mesh's status as an operator of version 0.0.9 writes
+/// it, kept there by holding the leader Lease so no replica reconciles it back — makes
+/// `meshctl analyze` report TRL0108 for each proxy, with both versions; once a replica leads
+/// again and writes its own version, the findings go.
+fn version_skew_is_reported_per_proxy_as_trl0108(t: &Target, meshed: &BTreeSet<String>) -> anyhow::Result<()> {
+    let (_, before) = findings(t, "TRL0108")?;
+    ensure!(before.is_empty(), "TRL0108 with one version everywhere: {before:?}");
+
+    let held = LeaseHeld::take(t.kubeconfig());
+    let status = serde_json::json!({"status": {"version": OTHER_OPERATOR_VERSION}}).to_string();
+    // Once the leader has stepped down (at its next renewal), the status stays as written.
+    wait_for(
+        "the Mesh's status to keep another operator version",
+        Duration::from_secs(60),
+        || {
+            t.kubectl_ok(
+                &[
+                    "patch",
+                    "mesh",
+                    "default",
+                    "--subresource=status",
+                    "--type",
+                    "merge",
+                    "-p",
+                    &status,
+                ],
+                None,
+            )?;
+            std::thread::sleep(Duration::from_secs(3));
+            let version = t.kubectl_ok(&["get", "mesh", "default", "-o", "jsonpath={.status.version}"], None)?;
+            Ok((version.trim() == OTHER_OPERATOR_VERSION).then_some(()))
+        },
+    )?;
+    let (_, skewed) = findings(t, "TRL0108")?;
+    drop(held);
+    let origins: BTreeSet<String> = skewed.iter().map(|(o, _)| o.clone()).collect();
+    for pod in meshed {
+        assert!(
+            origins.contains(&format!("Pod {pod}")),
+            "no TRL0108 for {pod}: {skewed:?}"
+        );
+    }
+    let expected = format!(
+        "The proxy runs version {} and the operator {OTHER_OPERATOR_VERSION}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(skewed.iter().all(|(_, m)| m.starts_with(&expected)), "{skewed:?}");
+
+    // A replica leads again once the test's lease expires, and writes its own version.
+    wait_for(
+        "TRL0108 to go once the operator leads again",
+        Duration::from_secs(120),
+        || Ok(findings(t, "TRL0108")?.1.is_empty().then_some(())),
+    )?;
     Ok(())
 }

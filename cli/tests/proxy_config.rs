@@ -2,7 +2,8 @@
 //! whose pods run (kubesim's processes, or upstream Kubernetes with
 //! `TRELLIS_E2E_CLUSTER=upstream`), reading the ingress gateway's admin API (localhost:15000 in
 //! its pod) through the API server's port-forward; the saved dump read back offline; and the
-//! clear failures: a pod without a proxy, an unknown pod, an unreadable dump.
+//! clear failures: a pod without a proxy, a proxy that does not answer, an unknown pod, an
+//! unreadable dump.
 
 mod support;
 
@@ -190,6 +191,29 @@ fn a_live_gateways_routes_clusters_certificate_and_log_level() {
     let out = meshctl(&cluster, &["proxy-config", "routes", "nope-1.shop"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     assert!(text(&out).1.contains("pod shop/nope-1 not found"), "{}", text(&out).1);
+    // A pod whose trellis-proxy container serves no admin API (it runs the test app): the
+    // proxy does not answer, exit 3.
+    let silent = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: silent-proxy, namespace: default}}\n\
+         spec: {{containers: [{{name: trellis-proxy, image: {}}}]}}\n",
+        trellis_manifests::demo::testapp_image()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&silent)).unwrap();
+    cluster
+        .kubectl_ok(
+            &["wait", "--for=condition=Ready", "pod/silent-proxy", "--timeout=120s"],
+            None,
+        )
+        .unwrap();
+    let out = meshctl(&cluster, &["proxy-config", "routes", "silent-proxy.default"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("the proxy of pod default/silent-proxy does not answer on its admin port 15000"),
+        "{}",
+        text(&out).1
+    );
     std::fs::write(&saved, "{\"kind\": \"List\"}").unwrap();
     let out = meshctl(&cluster, &["proxy-config", "routes", "-f", saved.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);

@@ -65,3 +65,28 @@ pub fn rollout(cluster: &Target, name: &str) {
         )
         .unwrap();
 }
+
+/// What a shell gets from meshctl's dynamic completion at a TAB after `words` (the last one is
+/// the word being completed), as bash's registration asks it: `COMPLETE=bash meshctl --
+/// meshctl --kubeconfig KUBECONFIG WORDS…` with the word's index; the candidates, one per line.
+pub fn complete_at(kubeconfig: &Path, words: &[&str]) -> (Vec<String>, Output) {
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let mut line = vec!["meshctl", "--kubeconfig", kubeconfig.as_str()];
+    line.extend_from_slice(words);
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--")
+        .args(&line)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", (line.len() - 1).to_string())
+        .env("_CLAP_IFS", "\n")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let candidates = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    (candidates, out)
+}
