@@ -114,7 +114,7 @@ impl Check {
 pub type Permission = (&'static str, &'static str, &'static str, Option<&'static str>);
 
 /// What `meshctl install` creates, as SelfSubjectAccessReviews ask for it.
-pub const INSTALL_PERMISSIONS: [Permission; 10] = [
+pub const INSTALL_PERMISSIONS: [Permission; 12] = [
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", None),
     ("create", "", "namespaces", None),
     ("create", "rbac.authorization.k8s.io", "clusterroles", None),
@@ -134,6 +134,13 @@ pub const INSTALL_PERMISSIONS: [Permission; 10] = [
     ("create", "apps", "deployments", Some(SYSTEM_NAMESPACE)),
     ("create", "", "services", Some(SYSTEM_NAMESPACE)),
     ("create", "", "serviceaccounts", Some(SYSTEM_NAMESPACE)),
+    ("create", "rbac.authorization.k8s.io", "roles", Some(SYSTEM_NAMESPACE)),
+    (
+        "create",
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        Some(SYSTEM_NAMESPACE),
+    ),
     ("create", "mesh.trellis.dev", "meshes", None),
 ];
 

@@ -70,7 +70,7 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
     let (stdout, stderr) = text(&pre);
     assert_eq!(pre.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("✔ you may install Trellis: 10 permissions granted"),
+        stdout.contains("✔ you may install Trellis: 12 permissions granted"),
         "{stdout}"
     );
     assert!(stdout.contains("✔ the Kubernetes version is supported"), "{stdout}");
@@ -258,7 +258,7 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
     assert!(uninstall.status.success(), "{}", text(&uninstall).1);
     for gone in [
         vec![
-            "deployment,service,serviceaccount",
+            "deployment,service,serviceaccount,role,rolebinding",
             "-n",
             "trellis-system",
             "-l",

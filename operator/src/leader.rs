@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The Lease's name.
-pub const LEASE_NAME: &str = "trellis-operator";
+pub const LEASE_NAME: &str = trellis_manifests::install::LEADER_LEASE;
 /// How long a lease is valid after its last renewal.
 // why: a killed leader is replaced within this (plus up to a second of jitter); the issue's
 // bound is 15 s for a new leader.

@@ -46,6 +46,7 @@ use trellis_api::mesh::{
     CertificateAuthorityStatus, DataPlaneStatus, FINALIZER, MESH_NAME, Mesh, MeshStatus, RolloutStatus,
     conditions as types,
 };
+use trellis_manifests::install::webhooks::{INJECTOR, VALIDATOR};
 
 use self::conditions::{CaObservation, Observed, WebhooksObservation};
 use self::settings::{Defaults, Invalid, Settings};
@@ -332,14 +333,20 @@ impl MeshExt for Mesh {
             delete_if_present(&api, &cm.name_any()).await?;
             removed.push(format!("ConfigMap {ns}/{}", cm.name_any()));
         }
-        let ours = ListParams::default().labels(PART_OF);
+        // Trellis' own two configurations, listed by name: the operator may read and delete
+        // no other (its RBAC names these two).
+        let ours = |name: &str| {
+            ListParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .labels(PART_OF)
+        };
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
-        for w in mutating.list_metadata(&ours).await.map_err(Error::Kube)? {
+        for w in mutating.list_metadata(&ours(INJECTOR)).await.map_err(Error::Kube)? {
             delete_if_present(&mutating, &w.name_any()).await?;
             removed.push(format!("MutatingWebhookConfiguration {}", w.name_any()));
         }
         let validating: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
-        for w in validating.list_metadata(&ours).await.map_err(Error::Kube)? {
+        for w in validating.list_metadata(&ours(VALIDATOR)).await.map_err(Error::Kube)? {
             delete_if_present(&validating, &w.name_any()).await?;
             removed.push(format!("ValidatingWebhookConfiguration {}", w.name_any()));
         }

@@ -3,6 +3,7 @@
 //! - `spec.ca.mode: Plugged` with a `secretRef` in another namespace: the operator copies that
 //!   Secret's root into `trellis-system/trellis-ca` and issues from it, follows the user's
 //!   replacement of it, and says in `CertificateAuthorityReady` when the Secret is unusable;
+//!   deleting the Mesh then runs its finalizer (the trust ConfigMaps removed);
 //! - a self-signed root with less than a fifth of its life left is rotated by the leader to a
 //!   new root valid `spec.ca.rootCertTtl`, both roots trusted while the rotation runs.
 
@@ -56,29 +57,20 @@ fn ca_condition(cluster: &Target) -> (String, String) {
 async fn on_one_cluster() {
     let (cluster, _pod) = cluster_with_web();
     a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(&cluster).await;
-    // No operator runs now to take its finalizer off the Mesh: released, as `meshctl
-    // uninstall --purge` does.
     cluster
         .kubectl_ok(
             &[
-                "patch",
-                "mesh",
-                "default",
-                "--type=merge",
-                "-p",
-                r#"{"metadata":{"finalizers":null}}"#,
+                "delete",
+                "--wait=true",
+                "--ignore-not-found",
+                "secret",
+                "trellis-ca",
+                "-n",
+                "trellis-system",
             ],
             None,
         )
         .unwrap();
-    for object in [
-        &["mesh", "default"][..],
-        &["secret", "trellis-ca", "-n", "trellis-system"],
-    ] {
-        let mut args = vec!["delete", "--wait=true", "--ignore-not-found"];
-        args.extend_from_slice(object);
-        cluster.kubectl_ok(&args, None).unwrap();
-    }
     a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted(&cluster).await;
 }
 
@@ -159,6 +151,23 @@ async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_sai
     )
     .await;
     assert_eq!(issuing(&op).0.as_deref(), Some(renewed.fingerprint()));
+
+    // Deleting the Mesh: the leader's finalizer removes the trust ConfigMaps (listed and deleted
+    // by name, all its RBAC allows) and lets the Mesh go.
+    assert!(!support::published_roots(cluster, "shop").is_empty());
+    cluster
+        .kubectl_ok(&["delete", "mesh", "default", "--wait=false"], None)
+        .unwrap();
+    until_async("the Mesh's finalizer has run and the Mesh is gone", 60, || async {
+        cluster
+            .kubectl_ok(&["get", "mesh", "-o", "name"], None)
+            .is_ok_and(|names| names.trim().is_empty())
+    })
+    .await;
+    assert!(
+        support::published_roots(cluster, "shop").is_empty(),
+        "the finalizer removed the trust ConfigMap"
+    );
     op.stop();
 }
 

@@ -42,6 +42,8 @@ pub const CLIENT: &str = "client";
 pub const CLIENT_PORT: i32 = 8081;
 /// Every app's port.
 pub const APP_PORT: i32 = 8080;
+/// The TCP echo port of `db` (its Service port `tcp-echo`: opaque TCP in the mesh).
+pub const DB_TCP_PORT: i32 = 9000;
 
 /// The shop's routing, mTLS and authorization (Istio-compatible YAML).
 pub const ROUTING: &str = include_str!("../../../examples/demo/routing.yaml");
@@ -64,6 +66,11 @@ pub struct App {
     pub forward: Option<String>,
     /// `TESTAPP_FAIL_STATUS`: answer every request with this status.
     pub fail_status: Option<u16>,
+    /// A TCP echo on [`DB_TCP_PORT`] besides HTTP.
+    pub tcp_echo: bool,
+    /// The pods ask Prometheus to scrape the app's own `/metrics` (the standard
+    /// `prometheus.io/*` annotations; in the mesh the proxy merges them with its own).
+    pub own_metrics: bool,
 }
 
 impl App {
@@ -79,6 +86,8 @@ impl App {
             replicas: 1,
             forward: forward.map(str::to_string),
             fail_status: None,
+            tcp_echo: service == "db",
+            own_metrics: service == "db",
         }
     }
 }
@@ -225,7 +234,27 @@ pub fn app_deployment(app: &App) -> Value {
     if let Some(s) = app.fail_status {
         extra.push(("TESTAPP_FAIL_STATUS", s.to_string()));
     }
-    let template = testapp_template(&app.service, &app.version, APP_PORT, &extra);
+    if app.tcp_echo {
+        extra.push(("TESTAPP_TCP_ADDR", format!("0.0.0.0:{DB_TCP_PORT}")));
+    }
+    let mut template = testapp_template(&app.service, &app.version, APP_PORT, &extra);
+    if app.tcp_echo
+        && let Some(c) = template.spec.as_mut().and_then(|s| s.containers.first_mut())
+    {
+        c.ports.get_or_insert_with(Vec::new).push(ContainerPort {
+            name: Some("tcp-echo".into()),
+            container_port: DB_TCP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    if app.own_metrics {
+        template.metadata.get_or_insert_with(ObjectMeta::default).annotations = Some(BTreeMap::from([
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            ("prometheus.io/port".to_string(), APP_PORT.to_string()),
+            ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        ]));
+    }
     deployment(&app.name, NAMESPACE, app.replicas, template)
 }
 
@@ -245,7 +274,13 @@ pub fn shop() -> Vec<Value> {
     services.dedup();
     for s in &services {
         out.push(service_account(s, NAMESPACE));
-        out.push(service(s, NAMESPACE, APP_PORT, APP_PORT, false));
+        let mut svc = service(s, NAMESPACE, APP_PORT, APP_PORT, false);
+        if apps.iter().any(|a| a.service == *s && a.tcp_echo)
+            && let Some(ports) = svc["spec"]["ports"].as_array_mut()
+        {
+            ports.push(json!({"name": "tcp-echo", "port": DB_TCP_PORT, "targetPort": DB_TCP_PORT, "protocol": "TCP"}));
+        }
+        out.push(svc);
     }
     for app in &apps {
         out.push(app_deployment(app));
@@ -340,6 +375,15 @@ mod tests {
         let payment_v2 = &deployments["payment-v2"]["spec"]["template"];
         assert_eq!(payment_v2["metadata"]["labels"]["version"], "v2");
         assert_eq!(payment_v2["metadata"]["labels"]["app"], "payment");
+        // db also echoes opaque TCP, and asks to have its own metrics scraped.
+        let db = &deployments["db"]["spec"]["template"];
+        assert_eq!(db["spec"]["containers"][0]["ports"][1]["containerPort"], DB_TCP_PORT);
+        assert_eq!(db["metadata"]["annotations"]["prometheus.io/port"], "8080");
+        let db_svc = objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "db")
+            .unwrap();
+        assert_eq!(db_svc["spec"]["ports"][1]["name"], "tcp-echo");
         let gw_svc = objects
             .iter()
             .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == GATEWAY)

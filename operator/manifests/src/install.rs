@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use trellis_api::mesh::SYSTEM_NAMESPACE;
 
-/// The operator's name: Deployment, ServiceAccount, ClusterRole, Service.
+/// The operator's name: Deployment, ServiceAccount, ClusterRole, Role, Service.
 pub const OPERATOR_NAME: &str = "trellis-operator";
 /// Config push and certificate signing (gRPC over mTLS); Istio's xDS port.
 pub const PUSH_PORT: i32 = 15012;
@@ -123,6 +123,8 @@ pub fn objects(opts: &Options) -> Vec<Value> {
     out.push(to_value(&service_account(opts)));
     out.push(to_value(&cluster_role()));
     out.push(to_value(&cluster_role_binding(opts)));
+    out.push(to_value(&role(opts)));
+    out.push(to_value(&role_binding(opts)));
     out.push(to_value(&deployment(opts)));
     out.push(to_value(&disruption_budget(opts)));
     out.push(to_value(&service(opts)));
@@ -160,36 +162,51 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 
 const READ: &[&str] = &["get", "list", "watch"];
 
-/// What the operator may do, and why (each rule's comment names the feature that needs it).
+/// `rule` restricted to the objects named `names`. RBAC matches a name on get, patch, update
+/// and delete; on list and watch when the request selects `metadata.name=<name>` (the API server
+/// reads that field selector as the request's name); and on create only when the create comes
+/// from a server-side apply or an update (a POST names its object in the body, which RBAC does
+/// not see).
+fn named(names: &[&str], groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(names.iter().map(|s| s.to_string()).collect()),
+        ..rule(groups, resources, verbs)
+    }
+}
+
+/// The name of the trust ConfigMap published to every namespace.
+pub const ROOT_CONFIGMAP: &str = trellis_api::mesh::ROOT_CONFIGMAP;
+/// The Secret holding the mesh root, in the control plane's namespace.
+pub const CA_SECRET: &str = "trellis-ca";
+/// The Lease the operator's replicas elect their leader on, in the control plane's namespace.
+pub const LEADER_LEASE: &str = OPERATOR_NAME;
+
+/// What the operator may do in every namespace, and why (each rule's comment names the feature
+/// that needs it). Nothing here writes a Secret: every write the operator makes to Secrets or
+/// Leases is in [`namespace_rules`], in its own namespace only.
 pub fn cluster_rules() -> Vec<PolicyRule> {
     vec![
         // Service registry: what the compiler reads; pods also for the data plane status
         // (proxy image per pod) and the rollout's health gates; namespaces for injection labels.
-        rule(
-            &[""],
-            &["namespaces", "services", "endpoints", "pods", "serviceaccounts"],
-            READ,
-        ),
-        // The mesh root published to every namespace (trellis-ca-root) for proxies' first start;
-        // delete: the Mesh's finalizer removes them.
-        rule(
+        rule(&[""], &["namespaces", "services", "pods"], READ),
+        // The mesh root published to every namespace (trellis-ca-root) for proxies' first start:
+        // applied server-side, which creates it by name; the Mesh's finalizer lists them by name
+        // and deletes them. No other ConfigMap is read or written.
+        named(
+            &[ROOT_CONFIGMAP],
             &[""],
             &["configmaps"],
-            &["get", "list", "watch", "create", "update", "patch", "delete"],
+            &["get", "list", "create", "patch", "delete"],
         ),
-        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-        // CA root (trellis-system) and gateway TLS credentials (credentialName).
-        rule(
-            &[""],
-            &["secrets"],
-            &["get", "list", "watch", "create", "update", "patch"],
-        ),
+        // TLS credentials that Gateways and DestinationRules name in credentialName (their
+        // namespaces are the users'), and the plugged root Secret spec.ca.secretRef names (any
+        // namespace): watched, read-only. Writes go to the CA Secret alone (namespace_rules).
+        rule(&[""], &["secrets"], &["list", "watch"]),
         // Events on the Mesh's transitions (conditions, rollout waves), and on pods the sidecar
         // injector skips (hostNetwork).
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         // Workload identity: verify the ServiceAccount tokens in certificate requests.
         rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
-        rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
         // The mesh configuration, and its status (compiler diagnostics as validationMessages).
         rule(&["networking.trellis.dev", "security.trellis.dev"], &["*"], READ),
         rule(
@@ -208,23 +225,15 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["meshes/status", "meshes/finalizers"],
             &["get", "update", "patch"],
         ),
-        // Admission webhooks: watch the two configurations (list/watch cannot be narrowed to
-        // names)...
-        rule(
+        // Admission webhooks: watch Trellis' own two configurations (by name), keep their
+        // caBundle current, and delete them when the Mesh is deleted (its finalizer); no read or
+        // write of anyone else's...
+        named(
+            &[webhooks::VALIDATOR, webhooks::INJECTOR],
             &["admissionregistration.k8s.io"],
             &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
-            &["list", "watch"],
+            &["get", "list", "watch", "patch", "delete"],
         ),
-        // ...keep the caBundle of Trellis' own two current, and delete them when the Mesh is
-        // deleted (its finalizer; no update or delete of anyone else's)...
-        PolicyRule {
-            resource_names: Some(vec![webhooks::VALIDATOR.into(), webhooks::INJECTOR.into()]),
-            ..rule(
-                &["admissionregistration.k8s.io"],
-                &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
-                &["get", "patch", "delete"],
-            )
-        },
         // ...and create them when missing at start: the OLM bundle cannot carry them (create
         // cannot be narrowed to names; the operator creates only these two).
         rule(
@@ -232,9 +241,9 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
             &["create"],
         ),
-        rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], READ),
         // Proxy rollout: restart meshed workloads wave by wave (a pod-template annotation, as
-        // `kubectl rollout restart` does). ReplicaSets are not touched.
+        // `kubectl rollout restart` does); the operator's own Deployment when the Mesh names
+        // another operator image. ReplicaSets are not touched.
         rule(
             &["apps"],
             &["deployments", "statefulsets", "daemonsets"],
@@ -242,12 +251,26 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         ),
         // Proxy rollout: a workload whose PodDisruptionBudget allows no disruption now waits.
         rule(&["policy"], &["poddisruptionbudgets"], READ),
-        // Leader election on the Lease trellis-operator (kube-lease-manager reads, creates,
-        // renews by server-side apply, and releases it).
-        rule(
+    ]
+}
+
+/// What the operator may do in its own namespace only, and why: every write it makes to a
+/// Secret or a Lease.
+pub fn namespace_rules() -> Vec<PolicyRule> {
+    vec![
+        // The CA Secret: created with a self-signed root on first start (and again if it is
+        // deleted); a create cannot be narrowed to a name, so it is allowed in this namespace.
+        rule(&[""], &["secrets"], &["create"]),
+        // ...then read and patched by name: root rotations, a plugged root copied in.
+        named(&[CA_SECRET], &[""], &["secrets"], &["get", "patch"]),
+        // Leader election on the Lease trellis-operator (kube-lease-manager reads it, creates it
+        // when missing, renews and releases it by server-side apply).
+        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+        named(
+            &[LEADER_LEASE],
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "patch"],
         ),
     ]
 }
@@ -261,6 +284,15 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
+fn operator_subject(opts: &Options) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: OPERATOR_NAME.into(),
+        namespace: Some(opts.namespace.clone()),
+        ..Subject::default()
+    }
+}
+
 /// Binds [`cluster_role`] to the operator's ServiceAccount.
 pub fn cluster_role_binding(opts: &Options) -> ClusterRoleBinding {
     ClusterRoleBinding {
@@ -270,12 +302,28 @@ pub fn cluster_role_binding(opts: &Options) -> ClusterRoleBinding {
             kind: "ClusterRole".into(),
             name: OPERATOR_NAME.into(),
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
+        subjects: Some(vec![operator_subject(opts)]),
+    }
+}
+
+/// The operator's permissions in its own namespace ([`namespace_rules`]).
+pub fn role(opts: &Options) -> Role {
+    Role {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        rules: Some(namespace_rules()),
+    }
+}
+
+/// Binds [`role`] to the operator's ServiceAccount.
+pub fn role_binding(opts: &Options) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(OPERATOR_NAME, Some(&opts.namespace), operator_labels()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
             name: OPERATOR_NAME.into(),
-            namespace: Some(opts.namespace.clone()),
-            ..Subject::default()
-        }]),
+        },
+        subjects: Some(vec![operator_subject(opts)]),
     }
 }
 

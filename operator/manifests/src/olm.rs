@@ -1,5 +1,6 @@
 //! The OperatorHub (OLM) bundle, rendered from the install manifests: a
-//! ClusterServiceVersion whose install strategy is the operator's Deployment and cluster RBAC,
+//! ClusterServiceVersion whose install strategy is the operator's Deployment and RBAC (cluster-wide
+//! and in its own namespace),
 //! the CRDs, and the bundle metadata.
 //!
 //! Generated into `olm/` by `cargo run -p trellis-manifests -- olm`; a test fails when
@@ -96,7 +97,7 @@ pub fn alm_examples(opts: &Options) -> Vec<Value> {
     vec![install::default_mesh(opts)]
 }
 
-/// The ClusterServiceVersion: the operator's Deployment and cluster permissions exactly as
+/// The ClusterServiceVersion: the operator's Deployment, cluster and namespace permissions exactly as
 /// `meshctl install` creates them, and the CRDs it owns.
 pub fn cluster_service_version(opts: &Options) -> Value {
     let version = env!("CARGO_PKG_VERSION");
@@ -154,6 +155,12 @@ pub fn cluster_service_version(opts: &Options) -> Value {
                     "clusterPermissions": [{
                         "serviceAccountName": OPERATOR_NAME,
                         "rules": install::cluster_rules(),
+                    }],
+                    // OLM makes these a Role and RoleBinding in the namespace the operator is
+                    // installed into, as `meshctl install` does in trellis-system.
+                    "permissions": [{
+                        "serviceAccountName": OPERATOR_NAME,
+                        "rules": install::namespace_rules(),
                     }],
                     "deployments": [{
                         "name": OPERATOR_NAME,

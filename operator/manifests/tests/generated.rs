@@ -56,6 +56,13 @@ fn csv_installs_exactly_what_meshctl_install_does() {
         strategy["clusterPermissions"][0]["serviceAccountName"],
         install::OPERATOR_NAME
     );
+    // The writes kept to the operator's namespace stay there in the bundle too (OLM's
+    // `permissions` become a Role in the install namespace).
+    assert_eq!(
+        strategy["permissions"][0]["rules"],
+        serde_json::to_value(install::namespace_rules()).unwrap()
+    );
+    assert_eq!(strategy["permissions"][0]["serviceAccountName"], install::OPERATOR_NAME);
     let objects = install::objects(&opts);
     let sa = objects.iter().find(|o| o["kind"] == "ServiceAccount").unwrap();
     assert_eq!(sa["metadata"]["name"], install::OPERATOR_NAME);

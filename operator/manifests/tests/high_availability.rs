@@ -48,15 +48,32 @@ fn every_replica_can_join_the_leader_election() {
         .expect("POD_NAME is the replica's identity in the election");
     assert_eq!(pod_name["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
 
-    let leases = install::cluster_rules()
+    // The election's Lease, in the operator's own namespace only: created when missing, then
+    // read and renewed (server-side apply) by name.
+    let leases: Vec<_> = install::namespace_rules()
         .into_iter()
-        .find(|r| r.resources.as_ref().is_some_and(|rs| rs.iter().any(|r| r == "leases")))
-        .expect("a rule for leases");
-    assert_eq!(
-        leases.api_groups.as_deref(),
-        Some(&["coordination.k8s.io".to_string()][..])
-    );
-    for verb in ["get", "create", "update", "patch"] {
-        assert!(leases.verbs.iter().any(|v| v == verb), "leases need {verb}");
+        .filter(|r| r.resources.as_ref().is_some_and(|rs| rs.iter().any(|r| r == "leases")))
+        .collect();
+    for verb in ["get", "create", "patch"] {
+        let rule = leases
+            .iter()
+            .find(|r| r.verbs.iter().any(|v| v == verb))
+            .unwrap_or_else(|| panic!("leases need {verb}"));
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&["coordination.k8s.io".to_string()][..])
+        );
+        if verb != "create" {
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&[install::LEADER_LEASE.to_string()][..])
+            );
+        }
     }
+    assert!(
+        !install::cluster_rules()
+            .iter()
+            .any(|r| r.resources.as_ref().is_some_and(|rs| rs.iter().any(|r| r == "leases"))),
+        "no Lease outside the operator's namespace"
+    );
 }

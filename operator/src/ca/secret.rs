@@ -31,8 +31,9 @@ use kube::{Api, Client};
 use super::{MeshRoots, SigningCert};
 use crate::leader::Leadership;
 
-/// The Secret holding the mesh root, in the control plane's namespace.
-pub const CA_SECRET: &str = "trellis-ca";
+/// The Secret holding the mesh root, in the control plane's namespace (the one Secret the
+/// install manifests let the operator write).
+pub const CA_SECRET: &str = trellis_manifests::install::CA_SECRET;
 /// The root certificate (or intermediate) the mesh should use.
 pub const CA_CERT: &str = "ca.crt";
 /// Its private key.

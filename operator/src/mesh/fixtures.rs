@@ -525,15 +525,17 @@ impl ApiServerVerifier {
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
             );
         }
-        for (kind, plural, names) in [
+        for (kind, plural, ours, names) in [
             (
                 "MutatingWebhookConfiguration",
                 "mutatingwebhookconfigurations",
+                trellis_manifests::install::webhooks::INJECTOR,
                 mutating,
             ),
             (
                 "ValidatingWebhookConfiguration",
                 "validatingwebhookconfigurations",
+                trellis_manifests::install::webhooks::VALIDATOR,
                 Vec::new(),
             ),
         ] {
@@ -544,6 +546,8 @@ impl ApiServerVerifier {
                 uri.starts_with(&format!("/apis/admissionregistration.k8s.io/v1/{plural}?")),
                 "{uri}"
             );
+            // Listed by name: the operator's RBAC lets it read only its own two.
+            assert!(uri.contains(&format!("fieldSelector=metadata.name%3D{ours}")), "{uri}");
             let items = names
                 .iter()
                 .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))

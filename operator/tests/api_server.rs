@@ -1,0 +1,350 @@
+//! The operator against a real API server (kubesim, or upstream Kubernetes with
+//! `TRELLIS_E2E_CLUSTER=upstream`; the operator with exactly its installed RBAC): the live index
+//! follows the cluster (CRDs applied with kubectl, Services and Deployments picked up with no
+//! configuration, changes and deletions followed, the compiler run from it), TokenReview
+//! identifies ServiceAccounts, and the operator's RBAC lets it write its CA Secret and the trust
+//! ConfigMaps and no other Secret or ConfigMap.
+
+mod support;
+
+use std::sync::{Arc, RwLock};
+
+use support::{Target, apply_crds, operator_client, until};
+use trellis_operator::compile::{Role, compile};
+use trellis_operator::index::{self, Index};
+use trellis_operator::registry::ObjectKey;
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: payment, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payment, namespace: shop}
+spec:
+  selector: {app: payment}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: payment, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: payment}}
+  template:
+    metadata: {labels: {app: payment, version: v1}}
+    spec:
+      serviceAccountName: payment
+      # Stopped at once when scaled down (sleep as PID 1 ignores TERM).
+      terminationGracePeriodSeconds: 1
+      # The shell-tools image every test bed has (upstream's node imports it as busybox).
+      containers:
+      - {name: app, image: "busybox:1.36", imagePullPolicy: IfNotPresent, command: [sleep, "3600"], ports: [{containerPort: 8080}]}
+---
+apiVersion: networking.trellis.dev/v1alpha1
+kind: VirtualService
+metadata: {name: payment, namespace: shop}
+spec:
+  hosts: [payment]
+  http:
+  - route: [{destination: {host: payment}}]
+    timeout: 3s
+"#;
+
+/// Poll `cond` on the index until it holds (60 s at most: on upstream Kubernetes the pods
+/// really start, on a loaded 2-core machine; on kubesim it takes milliseconds).
+async fn eventually(index: &Arc<RwLock<Index>>, what: &str, cond: impl Fn(&Index) -> bool) {
+    until(what, 60, || cond(&index.read().unwrap())).await;
+}
+
+/// Both parts on one cluster (started once for the test binary: upstream Kubernetes takes a
+/// while to start), the operator's client holding exactly its installed RBAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cluster() {
+    let cluster = Target::acquire_objects_only().expect("the cluster starts");
+    apply_crds(&cluster);
+    cluster
+        .kubectl_ok(&["create", "namespace", "trellis-system"], None)
+        .unwrap();
+    the_index_follows_the_cluster(&cluster).await;
+    token_review_identifies_service_accounts(&cluster).await;
+    the_operator_writes_its_ca_secret_and_trust_configmaps_and_nothing_else(&cluster).await;
+}
+
+async fn the_index_follows_the_cluster(cluster: &Target) {
+    let client = operator_client(cluster).await;
+    let shared = Arc::new(RwLock::new(Index::default()));
+    let (tx, mut rx) = tokio::sync::watch::channel(0);
+    let metrics = Arc::new(trellis_operator::metrics::Metrics::default());
+    let task = tokio::spawn(index::run(client, shared.clone(), tx, metrics.clone()));
+
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(APP)).unwrap();
+    eventually(&shared, "the Service", |i| {
+        i.snapshot()
+            .registry
+            .services
+            .contains_key(&ObjectKey::new("shop", "payment"))
+    })
+    .await;
+    eventually(&shared, "two ready payment pods with IPs", |i| {
+        let s = i.snapshot();
+        s.registry
+            .workloads
+            .values()
+            .filter(|w| w.labels.get("app").map(String::as_str) == Some("payment") && w.ready && w.ip.is_some())
+            .count()
+            == 2
+    })
+    .await;
+    eventually(&shared, "the VirtualService", |i| {
+        i.snapshot().virtual_services.len() == 1
+    })
+    .await;
+    assert!(
+        rx.has_changed().unwrap() || *rx.borrow_and_update() > 0,
+        "changes are announced"
+    );
+    let updates = metrics.index_updates.get();
+    assert!(
+        updates > 0 && metrics.index_update_seconds.count() == updates,
+        "{updates}"
+    );
+
+    // Compile from the live index for one of the pods.
+    let snap = shared.read().unwrap().snapshot();
+    let pod = snap
+        .registry
+        .workloads
+        .keys()
+        .find(|k| k.name.starts_with("payment-"))
+        .unwrap()
+        .clone();
+    let compiled = compile(&snap, &pod, Role::Sidecar, "live-1").unwrap();
+    let cluster_cfg = compiled
+        .config
+        .cluster("outbound|80||payment.shop.svc.cluster.local")
+        .expect("payment cluster");
+    assert_eq!(cluster_cfg.endpoints.len(), 2);
+    assert!(cluster_cfg.endpoints.iter().all(|e| e.port == 8080));
+    assert_eq!(
+        compiled.config.identity.spiffe_id.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/payment")
+    );
+
+    // Changes and deletions are followed.
+    cluster
+        .kubectl_ok(&["scale", "-n", "shop", "deployment/payment", "--replicas=1"], None)
+        .unwrap();
+    eventually(&shared, "one payment pod", |i| {
+        i.snapshot()
+            .registry
+            .workloads
+            .values()
+            .filter(|w| w.labels.get("app").map(String::as_str) == Some("payment"))
+            .count()
+            == 1
+    })
+    .await;
+    cluster
+        .kubectl_ok(&["delete", "-n", "shop", "virtualservice/payment"], None)
+        .unwrap();
+    eventually(&shared, "the VirtualService gone", |i| {
+        i.snapshot().virtual_services.is_empty()
+    })
+    .await;
+
+    task.abort();
+}
+
+async fn token_review_identifies_service_accounts(cluster: &Target) {
+    use trellis_operator::ca::service::{KubeTokenReviewer, TOKEN_AUDIENCE, TokenReviewer};
+    cluster
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\n",
+        )
+        .unwrap();
+    let token = cluster
+        .kubectl_ok(
+            &["create", "token", "web", "-n", "shop", "--audience", TOKEN_AUDIENCE],
+            None,
+        )
+        .unwrap();
+    let reviewer = KubeTokenReviewer::new(operator_client(cluster).await);
+    let who = reviewer
+        .review(token.trim(), TOKEN_AUDIENCE)
+        .await
+        .expect("a valid token");
+    assert_eq!((who.namespace.as_str(), who.service_account.as_str()), ("shop", "web"));
+    let err = reviewer.review("not-a-token", TOKEN_AUDIENCE).await.unwrap_err();
+    assert!(!err.is_empty());
+    let other = cluster
+        .kubectl_ok(
+            &["create", "token", "web", "-n", "shop", "--audience", "someone-else"],
+            None,
+        )
+        .unwrap();
+    assert!(
+        reviewer.review(other.trim(), TOKEN_AUDIENCE).await.is_err(),
+        "a token for another audience is refused"
+    );
+}
+
+/// Whether the cluster holds `client` to its RBAC: kubesim allows everything (and answers every
+/// access review "allowed"), upstream Kubernetes and real clusters do not. The operator is never
+/// granted to create Namespaces.
+async fn enforces_rbac(client: &kube::Client) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("create".into()),
+                resource: Some("namespaces".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = kube::Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .expect("an access review is answered");
+    !answer.status.is_some_and(|s| s.allowed)
+}
+
+/// What the operator writes, done with exactly its installed RBAC: the CA Secret created, read
+/// and rewritten in `trellis-system`, the trust ConfigMap applied into a namespace (server-side
+/// apply creates it by name) and listed by name across namespaces (the Mesh's finalizer). Where
+/// RBAC is enforced, writing any other Secret or ConfigMap is refused.
+async fn the_operator_writes_its_ca_secret_and_trust_configmaps_and_nothing_else(cluster: &Target) {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{ListParams, Patch, PatchParams, PostParams};
+    use trellis_operator::ca::{MeshRoots, SystemClock, secret};
+    use trellis_operator::trust;
+
+    let client = operator_client(cluster).await;
+    let ttl = std::time::Duration::from_secs(30 * 86400);
+    let created = secret::load_or_create(&client, "trellis-system", "cluster.local", ttl)
+        .await
+        .expect("the operator creates its CA Secret");
+    let read = secret::load_or_create(&client, "trellis-system", "cluster.local", ttl)
+        .await
+        .expect("the operator reads its CA Secret");
+    assert_eq!(read.root.fingerprint(), created.root.fingerprint());
+    let roots = Arc::new(MeshRoots::new(
+        read.root,
+        std::time::Duration::from_secs(3600),
+        Arc::new(SystemClock),
+    ));
+    secret::persist(&client, "trellis-system", &roots)
+        .await
+        .expect("the operator rewrites its CA Secret");
+
+    // The trust ConfigMap, published by the operator's own task into every namespace it knows.
+    let shared = Arc::new(RwLock::new(Index::default()));
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let metrics = Arc::new(trellis_operator::metrics::Metrics::default());
+    let indexing = tokio::spawn(index::run(client.clone(), shared.clone(), tx, metrics));
+    let publishing = tokio::spawn(trust::publish(client.clone(), shared, rx, roots.bundle()));
+    until("the trust ConfigMap in shop", 60, || {
+        !support::published_roots(cluster, "shop").is_empty()
+    })
+    .await;
+    publishing.abort();
+    indexing.abort();
+    let by_name = ListParams::default().fields(&format!("metadata.name={}", trust::ROOT_CONFIGMAP));
+    let listed = kube::Api::<ConfigMap>::all(client.clone())
+        .list_metadata(&by_name)
+        .await
+        .expect("the trust ConfigMaps are listed by name");
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|c| c.metadata.namespace.as_deref() == Some("shop"))
+    );
+
+    if !enforces_rbac(&client).await {
+        eprintln!("this cluster does not enforce RBAC (kubesim): the refusals are checked on upstream Kubernetes");
+        return;
+    }
+    cluster
+        .apply(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: app-credentials, namespace: shop}\nstringData: {password: x}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: other, namespace: trellis-system}\nstringData: {password: x}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-settings, namespace: shop}\ndata: {a: b}\n",
+        )
+        .unwrap();
+    let secrets = |ns: &str| kube::Api::<Secret>::namespaced(client.clone(), ns);
+    let configmaps = kube::Api::<ConfigMap>::namespaced(client.clone(), "shop");
+    let new_secret = serde_json::from_value::<Secret>(
+        serde_json::json!({"metadata": {"name": "planted"}, "stringData": {"a": "b"}}),
+    )
+    .unwrap();
+    let new_configmap =
+        serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": "planted"}, "data": {"a": "b"}}))
+            .unwrap();
+    let merge = Patch::Merge(serde_json::json!({"stringData": {"password": "y"}}));
+    let attempts = [
+        (
+            "create Secret shop/planted",
+            secrets("shop")
+                .create(&PostParams::default(), &new_secret)
+                .await
+                .map(drop),
+        ),
+        (
+            "patch Secret shop/app-credentials",
+            secrets("shop")
+                .patch("app-credentials", &PatchParams::default(), &merge)
+                .await
+                .map(drop),
+        ),
+        (
+            "patch Secret trellis-system/other",
+            secrets("trellis-system")
+                .patch("other", &PatchParams::default(), &merge)
+                .await
+                .map(drop),
+        ),
+        (
+            "delete Secret trellis-system/trellis-ca",
+            secrets("trellis-system")
+                .delete(secret::CA_SECRET, &Default::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "create ConfigMap shop/planted",
+            configmaps
+                .create(&PostParams::default(), &new_configmap)
+                .await
+                .map(drop),
+        ),
+        (
+            "patch ConfigMap shop/app-settings",
+            configmaps
+                .patch(
+                    "app-settings",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"data": {"a": "c"}})),
+                )
+                .await
+                .map(drop),
+        ),
+    ];
+    for (what, result) in attempts {
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            other => panic!("the operator could {what} ({other:?}); its RBAC must refuse it"),
+        }
+    }
+}
