@@ -13,6 +13,7 @@
 //! TRELLIS_E2E_KUBECONFIG=$HOME/.kube/config cargo nextest run -p trellis-e2e --test first_light
 //! ```
 
+pub mod observability;
 pub mod sampling;
 pub mod sync;
 pub mod traces;
@@ -573,6 +574,20 @@ pub mod steps {
 
     /// How long pods get to start (processes on a loaded 2-core machine).
     pub const READY: Duration = Duration::from_secs(120);
+
+    /// Runs one named step of a test (`test` names it in the log): its start, its time, and
+    /// on failure the cluster's state ([`Target::diagnose`]) and the step's name in the error.
+    pub fn step<T>(t: &Target, test: &str, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let started = Instant::now();
+        eprintln!("[{test}] {name} ...");
+        let out = f().map_err(|e| {
+            eprintln!("[{test}] {name}: FAILED: {e:#}\n{}", t.diagnose());
+            e
+        });
+        let out = out.with_context(|| format!("step `{name}` failed"))?;
+        eprintln!("[{test}] {name}: ok in {:.1?}", started.elapsed());
+        Ok(out)
+    }
 
     /// Installs as the dry-run header's kubectl recipe does: the CRDs, waited
     /// for until Established; the control plane, waited for until the

@@ -35,15 +35,7 @@ const ABORT_SAMPLES: usize = 1000;
 const SPLIT_SETTLE: Duration = Duration::from_secs(2);
 
 fn step<T>(t: &Target, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let started = Instant::now();
-    eprintln!("[first light] {name} ...");
-    let out = f().map_err(|e| {
-        eprintln!("[first light] {name}: FAILED: {e:#}\n{}", t.diagnose());
-        e
-    });
-    let out = out.with_context(|| format!("step `{name}` failed"))?;
-    eprintln!("[first light] {name}: ok in {:.1?}", started.elapsed());
-    Ok(out)
+    steps::step(t, "first light", name, f)
 }
 
 fn identity(sa: &str) -> String {
@@ -671,10 +663,8 @@ fn trace_is_parented_hop_by_hop(t: &Target, http: &Http, api: &str) -> anyhow::R
 }
 
 /// Waits until the collector holds the spans of `trace_id` forming the path of
-/// `/api/hello` from `client_span`: the gateway's span (its route `api`), web's
-/// inbound and outbound (route `split` of the payment VirtualService),
-/// payment `version`'s inbound and outbound (db has no VirtualService: route
-/// `default`), db's inbound; the last mismatch is the error.
+/// `/api/hello` from `client_span` when payment `version` answers
+/// ([`traces::shop_path`]); the last mismatch is the error.
 fn collected_chain(
     t: &Target,
     http: &Http,
@@ -682,40 +672,14 @@ fn collected_chain(
     client_span: &str,
     version: &str,
 ) -> anyhow::Result<Vec<traces::Span>> {
-    let ns = demo::NAMESPACE;
-    let service = |workload: &str| format!("{workload}.{ns}");
-    let (gateway, web, payment, db) = (
-        service(demo::GATEWAY),
-        service("web"),
-        service(&format!("payment-{version}")),
-        service("db"),
-    );
-    let inbound = format!("inbound|{}", demo::APP_PORT);
-    let expected = [
-        (gateway.as_str(), traces::CLIENT, "api"),
-        (web.as_str(), traces::SERVER, inbound.as_str()),
-        (web.as_str(), traces::CLIENT, "split"),
-        (payment.as_str(), traces::SERVER, inbound.as_str()),
-        (payment.as_str(), traces::CLIENT, "default"),
-        (db.as_str(), traces::SERVER, inbound.as_str()),
-    ];
+    let expected = traces::shop_path(version);
     let collector = steps::load_balancer(t, demo::COLLECTOR_NAMESPACE, demo::COLLECTOR)?;
     wait_for("the trace's spans at the collector", Duration::from_secs(30), || {
         let collected = http
             .get(&format!("{collector}/v1/traces?traceId={trace_id}"), &[])?
             .json()?;
         let spans = traces::spans_of(&collected, trace_id);
-        if spans.len() < expected.len() {
-            bail!(
-                "{} of {} spans so far: {}",
-                spans.len(),
-                expected.len(),
-                traces::describe(spans.iter())
-            );
-        }
-        let chain = traces::chain(&spans, client_span)?;
-        traces::expect_hops(&chain, &expected)?;
-        Ok(Some(chain))
+        traces::expect_path(&spans, client_span, &expected).map(Some)
     })
 }
 

@@ -10,6 +10,14 @@
 //! | `ghcr.io/trellis-mesh/trellis-testapp` | `trellis-testapp` from the bin dir |
 //! | `ghcr.io/trellis-mesh/trellis-proxy-unready` | `trellis-proxy` with `TRELLIS_HEALTH_ADDR=127.0.0.1:15099` in its image environment: a proxy release that never passes its probes (they look at port 15021), the broken version the end-to-end suite rolls out |
 //! | `busybox`, `alpine`, `debian`, `ubuntu` (any registry prefix, e.g. `docker.io/library/busybox`) | the host's programs: `command[0]` looked up on the host `PATH` (default entrypoint `/bin/sh`) |
+//! | `quay.io/prometheus/prometheus`, `prom/prometheus` | `prometheus`, as `e2e/observability/build.sh` builds it |
+//! | `jaegertracing/jaeger` | `jaeger`, as `e2e/observability/build.sh` builds it |
+//!
+//! The third-party programs (the observability tools the suite proves
+//! Trellis' telemetry with) are looked up in the bin dir, then in
+//! `$TRELLIS_OBSERVABILITY/bin` (default `/var/tmp/trellis-observability/bin`,
+//! where the build script puts them); never on the host `PATH`: Debian's
+//! `prometheus`, for one, lacks the Kubernetes service discovery.
 //!
 //! The bin dir is `--bin-dir`/`KUBESIM_BIN_DIR`, else the directory of the
 //! running executable and its parent (so a test binary in
@@ -48,6 +56,21 @@ pub const VARIANTS: [(&str, &str, ImageEnv); 1] = [(
 /// two good releases and the broken one). kubesim ignores tags; an upstream node imports the
 /// proxy's images, [`VARIANTS`] included, under each of them (`upstream::cluster`).
 pub const SUITE_PROXY_TAGS: [&str; 3] = ["lifecycle-a", "lifecycle-b", "lifecycle"];
+
+/// Third-party images of the observability tools, and their programs.
+pub const TOOL_PROGRAMS: [(&str, &str); 3] = [
+    ("quay.io/prometheus/prometheus", "prometheus"),
+    ("docker.io/prom/prometheus", "prometheus"),
+    ("docker.io/jaegertracing/jaeger", "jaeger"),
+];
+
+/// Where `e2e/observability/build.sh` puts the tools it builds.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("TRELLIS_OBSERVABILITY")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/var/tmp/trellis-observability"), PathBuf::from)
+        .join("bin")
+}
 
 /// Generic images whose "filesystem" is the host's own programs.
 pub const HOST_IMAGES: [&str; 4] = ["busybox", "alpine", "debian", "ubuntu"];
@@ -137,9 +160,11 @@ pub fn mapping_summary() -> String {
         .map(|(r, p)| format!("{r} → {p}"))
         .chain(VARIANTS.iter().map(|(r, p, _)| format!("{r} → {p} (never Ready)")))
         .collect();
+    let tools: Vec<String> = TOOL_PROGRAMS.iter().map(|(r, p)| format!("{r} → {p}")).collect();
     format!(
-        "{}; {} → host programs (see e2e/README.md, \"Images\")",
+        "{}; {}; {} → host programs (see e2e/README.md, \"Images\")",
         ours.join(", "),
+        tools.join(", "),
         HOST_IMAGES.join("/")
     )
 }
@@ -168,6 +193,26 @@ pub fn resolve(image: &str, bins: &BinDirs) -> Result<Image, String> {
                     .join(" or ")
             )),
         };
+    }
+    let hub = if repo.contains('.') {
+        repo.to_string()
+    } else {
+        format!("docker.io/{repo}")
+    };
+    if let Some((_, program)) = TOOL_PROGRAMS.iter().find(|(r, _)| *r == hub) {
+        let found = bins.find(program).or_else(|| BinDirs(vec![tools_dir()]).find(program));
+        return found
+            .map(|path| Image::Program {
+                name: (*program).to_string(),
+                path,
+                env: Vec::new(),
+            })
+            .ok_or_else(|| {
+                format!(
+                    "image \"{image}\" maps to the program {program}, found neither in the bin dirs nor in {} (build it with e2e/observability/build.sh)",
+                    tools_dir().display()
+                )
+            });
     }
     let last = repo.rsplit('/').next().unwrap_or(repo);
     let prefix = &repo[..repo.len() - last.len()];
@@ -213,7 +258,21 @@ mod tests {
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let jaeger = dir.path().join("jaeger");
+        std::fs::write(&jaeger, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&jaeger, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bins = BinDirs(vec![dir.path().to_path_buf()]);
+        for image in ["jaegertracing/jaeger:2.13.0", "docker.io/jaegertracing/jaeger:2.13.0"] {
+            assert_eq!(
+                resolve(image, &bins),
+                Ok(Image::Program {
+                    name: "jaeger".into(),
+                    path: jaeger.clone(),
+                    env: Vec::new(),
+                }),
+                "{image}"
+            );
+        }
         assert_eq!(
             resolve("ghcr.io/trellis-mesh/trellis-testapp:latest", &bins),
             Ok(Image::Program {

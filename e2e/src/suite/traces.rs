@@ -87,18 +87,60 @@ pub fn chain(spans: &[Span], root_parent: &str) -> anyhow::Result<Vec<Span>> {
     Ok(out)
 }
 
+/// The chain of `spans` from `root_parent` ([`chain`]) checked hop by hop against
+/// `expected` ([`expect_hops`]); while fewer spans than hops have arrived, an error saying
+/// how many.
+pub fn expect_path<S: AsRef<str>>(
+    spans: &[Span],
+    root_parent: &str,
+    expected: &[(S, i64, S)],
+) -> anyhow::Result<Vec<Span>> {
+    if spans.len() < expected.len() {
+        bail!(
+            "{} of {} spans so far: {}",
+            spans.len(),
+            expected.len(),
+            describe(spans.iter())
+        );
+    }
+    let chain = chain(spans, root_parent)?;
+    expect_hops(&chain, expected)?;
+    Ok(chain)
+}
+
 /// Checks a chain hop by hop against `(service, kind, span name)`, exactly.
-pub fn expect_hops(chain: &[Span], hops: &[(&str, i64, &str)]) -> anyhow::Result<()> {
+pub fn expect_hops<S: AsRef<str>>(chain: &[Span], hops: &[(S, i64, S)]) -> anyhow::Result<()> {
     let seen: Vec<(&str, i64, &str)> = chain
         .iter()
         .map(|s| (s.service.as_str(), s.kind, s.name.as_str()))
         .collect();
+    let hops: Vec<(&str, i64, &str)> = hops.iter().map(|(s, k, n)| (s.as_ref(), *k, n.as_ref())).collect();
     ensure!(
         seen == hops,
         "the spans' hops (service, kind, name) are {seen:?}, expected {hops:?}: {}",
         describe(chain.iter())
     );
     Ok(())
+}
+
+/// The hops `/api/...` takes through the demo shop, as [`expect_hops`] reads them, when
+/// payment `version` answers: the gateway's span (its route `api`), web's inbound and
+/// outbound (route `split` of the payment VirtualService), payment's inbound and outbound
+/// (db has no VirtualService: route `default`), db's inbound. A proxy's service is its
+/// workload and namespace.
+pub fn shop_path(version: &str) -> Vec<(String, i64, String)> {
+    use trellis_manifests::demo;
+    let service = |workload: &str| format!("{workload}.{}", demo::NAMESPACE);
+    let inbound = format!("inbound|{}", demo::APP_PORT);
+    let payment = service(&format!("payment-{version}"));
+    vec![
+        (service(demo::GATEWAY), CLIENT, "api".to_string()),
+        (service("web"), SERVER, inbound.clone()),
+        (service("web"), CLIENT, "split".to_string()),
+        (payment.clone(), SERVER, inbound.clone()),
+        (payment, CLIENT, "default".to_string()),
+        (service("db"), SERVER, inbound),
+    ]
 }
 
 /// One line per span: `service kind name span←parent`.

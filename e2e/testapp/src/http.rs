@@ -4,6 +4,7 @@
 //! | Request | Answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` (probes; never delayed or failed) |
+//! | `GET /metrics` | the app's own Prometheus metrics: `testapp_requests_total` (what a mesh merges with its proxy's) |
 //! | `GET /admin/behaviour` | the current [`Behaviour`] as JSON |
 //! | `PUT`/`POST /admin/behaviour` | replaces it (JSON body, camelCase) |
 //! | `POST /v1/traces` | an OTLP/HTTP JSON export, kept (the app doubles as a trace collector) |
@@ -15,7 +16,9 @@
 //!
 //! Query parameters on any request except the admin ones: `status=N`
 //! answers with that status, `delay=MS` waits first, `size=N` answers
-//! with exactly N bytes instead of JSON (benchmarks). Suffixed with
+//! with exactly N bytes instead of JSON (benchmarks), `tcp=HOST:PORT`
+//! first exchanges `tcpbytes=N` bytes (default 1024) with a TCP echo there
+//! (reported in the echo's `tcp`). Suffixed with
 //! `@<service>` (`delay@payment=2000`) a parameter applies only in the app
 //! playing that service, so one hop of a forwarded chain can be made slow
 //! or failing (forwards pass the query on).
@@ -68,6 +71,9 @@ pub struct Echo {
     /// verified identity), if any.
     pub client_cert: Option<String>,
     pub body_bytes: usize,
+    /// The TCP exchange `tcp=` asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpExchange>,
     /// What a forwarded call answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
@@ -89,6 +95,17 @@ pub struct Upstream {
     pub elapsed_ms: u64,
 }
 
+/// A TCP echo exchange and how it went.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpExchange {
+    pub addr: String,
+    pub sent: usize,
+    pub received: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Shared state of one running app.
 #[derive(Debug)]
 pub(crate) struct App {
@@ -96,6 +113,8 @@ pub(crate) struct App {
     behaviour: Mutex<Behaviour>,
     exports: Mutex<std::collections::VecDeque<Value>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Requests answered (not probes, admin or metrics).
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -112,6 +131,7 @@ impl App {
             behaviour,
             exports: Mutex::new(std::collections::VecDeque::new()),
             client,
+            requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -140,6 +160,10 @@ pub(crate) async fn handle(
     if path == "/v1/traces" {
         return Ok(traces(&app, req).await);
     }
+    if path == "/metrics" {
+        return Ok(metrics(&app));
+    }
+    app.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let params = Params::parse(req.uri().query().unwrap_or_default(), &app.settings.service);
     let params = match params {
         Ok(p) => p,
@@ -183,8 +207,12 @@ pub(crate) async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         body_bytes: body.len(),
+        tcp: None,
         upstream: None,
     };
+    if let Some(addr) = &params.tcp {
+        echo.tcp = Some(tcp_exchange(addr, params.tcp_bytes, app.settings.call_timeout).await);
+    }
     let mut status = StatusCode::OK;
     if let Some(fail) = failure {
         status = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -207,12 +235,17 @@ struct Params {
     delay: Option<Duration>,
     size: Option<usize>,
     url: Option<String>,
+    tcp: Option<String>,
+    tcp_bytes: usize,
 }
 
 impl Params {
     /// Parses the parameters that apply to the app playing `service`.
     fn parse(query: &str, service: &str) -> Result<Self, String> {
-        let mut p = Self::default();
+        let mut p = Self {
+            tcp_bytes: 1024,
+            ..Self::default()
+        };
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = percent_decode(k);
@@ -247,6 +280,14 @@ impl Params {
                     p.size = Some(n);
                 }
                 "url" => p.url = Some(percent_decode(v)),
+                "tcp" => p.tcp = Some(percent_decode(v)),
+                "tcpbytes" => {
+                    p.tcp_bytes = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= MAX_BODY)
+                        .ok_or_else(|| format!("tcpbytes={v}: use a byte count up to {MAX_BODY}"))?;
+                }
                 _ => {}
             }
         }
@@ -279,6 +320,51 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The app's own metrics, in Prometheus' text format.
+fn metrics(app: &App) -> Response<Body> {
+    let n = app.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let body = format!(
+        "# HELP testapp_requests_total Requests the test app answered.\n# TYPE testapp_requests_total counter\ntestapp_requests_total{{service=\"{}\",version=\"{}\"}} {n}\n",
+        app.settings.service, app.settings.version
+    );
+    let mut r = text(StatusCode::OK, &body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Sends `n` bytes to the TCP echo at `addr` and reads them back.
+async fn tcp_exchange(addr: &str, n: usize, timeout: Duration) -> TcpExchange {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut out = TcpExchange {
+        addr: addr.to_string(),
+        sent: 0,
+        received: 0,
+        error: None,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let payload: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+        stream.write_all(&payload).await?;
+        out.sent = n;
+        let mut back = vec![0u8; n];
+        stream.read_exact(&mut back).await?;
+        out.received = n;
+        if back != payload {
+            return Err(std::io::Error::other("the echo differs from what was sent"));
+        }
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => out.error = Some(e.to_string()),
+        Err(_) => out.error = Some(format!("no echo within {timeout:?}")),
+    }
+    out
 }
 
 /// The URL to call for this request, if any: `/call?url=` or a forward.

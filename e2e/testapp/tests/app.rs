@@ -300,3 +300,86 @@ async fn keeps_otlp_exports_as_a_trace_collector() {
         serde_json::json!([{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"11111111111111111111111111111111"}]}]}]}])
     );
 }
+
+#[tokio::test]
+async fn counts_its_requests_in_its_own_prometheus_metrics() {
+    let a = app("db").await;
+    let client = http1();
+    let base = format!("http://{}", a.http_addr);
+    let metrics = || Request::get(format!("{base}/metrics")).body(Full::default()).unwrap();
+    let (status, headers, body, _) = get(&client, metrics()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/plain; version=0.0.4");
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("# TYPE testapp_requests_total counter\n"), "{text}");
+    assert!(
+        text.contains("testapp_requests_total{service=\"db\",version=\"v1\"} 0\n"),
+        "{text}"
+    );
+    for path in ["/db/a", "/db/b", "/healthz", "/db/c"] {
+        get(
+            &client,
+            Request::get(format!("{base}{path}")).body(Full::default()).unwrap(),
+        )
+        .await;
+    }
+    // Three answered requests: probes and the metrics themselves do not count.
+    let (_, _, body, _) = get(&client, metrics()).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        text.contains("testapp_requests_total{service=\"db\",version=\"v1\"} 3\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn exchanges_bytes_with_a_tcp_echo_on_request() {
+    let db = app("db").await;
+    let web = app("web").await;
+    let client = http1();
+    let echo_addr = db.tcp_addr.unwrap();
+    let (status, _, body, _) = get(
+        &client,
+        Request::get(format!(
+            "http://{}/api?tcp@web={echo_addr}&tcpbytes@web=3000",
+            web.http_addr
+        ))
+        .body(Full::default())
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["tcp"]["addr"], echo_addr.to_string());
+    assert_eq!(echo["tcp"]["sent"], 3000);
+    assert_eq!(echo["tcp"]["received"], 3000);
+    assert!(echo["tcp"]["error"].is_null(), "{echo}");
+    // Nothing listening: the exchange fails and says so; the request is still answered.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let (status, _, body, _) = get(
+        &client,
+        Request::get(format!("http://{}/api?tcp={nowhere}", web.http_addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["tcp"]["sent"], 0);
+    assert!(echo["tcp"]["error"].as_str().is_some(), "{echo}");
+    // Too many bytes asked for: a clear 400.
+    let (status, _, body, _) = get(
+        &client,
+        Request::get(format!(
+            "http://{}/api?tcp={echo_addr}&tcpbytes=99999999",
+            web.http_addr
+        ))
+        .body(Full::default())
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("tcpbytes=99999999"));
+}
