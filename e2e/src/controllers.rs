@@ -48,11 +48,7 @@ fn owner_uids(o: &Value) -> Vec<String> {
 /// The resource type of a stored key (any served version will do).
 fn resource_of(cluster: &Cluster, key: &ObjectKey) -> Option<ResourceType> {
     let (group, plural) = key.group_resource.split_once('/')?;
-    cluster
-        .catalog
-        .all()
-        .into_iter()
-        .find(|r| r.group == group && r.plural == plural)
+    cluster.catalog.find_plural(group, plural)
 }
 
 fn ns_of(key: &ObjectKey) -> Option<&str> {

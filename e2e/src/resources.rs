@@ -415,6 +415,16 @@ impl Catalog {
             .cloned()
     }
 
+    /// The first version (in `(group, version, plural)` order) serving `group`/`plural`: one
+    /// clone, where [`Catalog::all`] clones every resource with its schema (the garbage
+    /// collector looks one up per object on every sweep).
+    pub fn find_plural(&self, group: &str, plural: &str) -> Option<ResourceType> {
+        self.read()
+            .values()
+            .find(|r| r.group == group && r.plural == plural)
+            .cloned()
+    }
+
     /// Every served resource, ordered by group, version, plural.
     pub fn all(&self) -> Vec<ResourceType> {
         self.read().values().cloned().collect()
