@@ -4,11 +4,14 @@
 //! resource and rule it came from; the DestinationRule policy and endpoints of each
 //! destination, with the mutual TLS mode and AuthorizationPolicies of their proxies; and, for
 //! a concrete request (`--request`), which rule takes it and why every rule before it did not,
-//! decided by the proxy's own matcher ([`model`]). From the live cluster, from files offline
+//! decided by the proxy's own matcher ([`explain`]). From the live cluster, from files offline
 //! (`--use-kube=false`), or files laid over the cluster (what-if before `kubectl apply`).
 
+pub mod destinations;
+pub mod explain;
 pub mod model;
 pub mod request;
+pub mod rules;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -23,8 +26,9 @@ use crate::cluster::{Cluster, ClusterArgs};
 use crate::inputs;
 use crate::output::{self, Format, Terminal};
 use crate::{EXIT_OK, completion};
-use model::{PortReport, Report, short_cluster};
+use model::{PortReport, Report};
 use request::RequestSpec;
+use rules::short_cluster;
 
 /// `meshctl routes` options.
 #[derive(Debug, clap::Args)]

@@ -1,29 +1,28 @@
 //! What `meshctl routes` reports, computed from a [`Snapshot`] by the one compiler: for each
 //! port of a service, the rules a proxy would run for it (its outbound part, compiled for the
 //! `--from` workload, or for any workload of the service's namespace), each with the resource
-//! and rule it came from; each destination's cluster with the DestinationRule whose policy it
-//! got, its endpoints and the inbound policy (mutual TLS mode, AuthorizationPolicies) of their
-//! proxies, and their authorization verdict on the request (or connection) from the source
-//! ([`verdict`], by the proxy's own evaluator); and, for a concrete request, the rule that
-//! takes it and why every rule before it did not — decided by the proxy's own matcher
-//! ([`trellis_contract::matching`]).
+//! and rule it came from ([`super::rules`]); each destination's cluster with the
+//! DestinationRule whose policy it got, its endpoints and the inbound policy (mutual TLS mode,
+//! AuthorizationPolicies) of their proxies, and their authorization verdict on the request (or
+//! connection) from the source ([`super::destinations`], [`super::verdict`], by the proxy's own
+//! evaluator); and, for a concrete request, the rule that takes it and why every rule before
+//! it did not ([`super::explain`], by the proxy's own matcher,
+//! [`trellis_contract::matching`]).
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde::Serialize;
-use trellis_contract::authorization::Authorizer;
-use trellis_contract::matching::{self, CompiledRouteMatch, Headers, Mismatch, Request};
-use trellis_contract::{
-    AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, Route, RouteAction, RouteMatch, StringMatch, TcpRoute,
-    UpstreamTls, VirtualHost,
-};
+use trellis_contract::Route;
 use trellis_core::compile::{self, ClusterRef, DNS_DOMAIN, OutboundParts, Role};
-use trellis_core::registry::{ObjectKey, Protocol, Service, Workload};
+use trellis_core::registry::{ObjectKey, Service, Workload};
 use trellis_core::snapshot::Snapshot;
 
+use super::destinations::{Inbound, destination};
+use super::explain::explain;
 use super::request::RequestSpec;
-use super::verdict::{self, Attempt, Sender, Verdict};
+use super::rules::{protocol_name, route_clusters, route_reports, tcp_report};
+use super::verdict::{Attempt, Sender, Verdict};
 
 /// The name of the stand-in proxy when no `--from` workload is given.
 const ANY_WORKLOAD: &str = "meshctl-routes";
@@ -329,414 +328,14 @@ pub fn report(
     })
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http => "http",
-        Protocol::Http2 => "http2",
-        Protocol::Tcp => "tcp",
-        Protocol::Tls => "tls",
-        Protocol::Auto => "auto",
-    }
-}
-
-fn provenance_text(p: &trellis_contract::Provenance) -> String {
-    match p.rule_index {
-        Some(n) => format!("{} {}/{} http[{n}]", p.kind, p.namespace, p.name),
-        None => format!("{} {}/{} (default)", p.kind, p.namespace, p.name),
-    }
-}
-
-fn route_reports(vh: &VirtualHost) -> Vec<RouteReport> {
-    vh.routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RouteReport {
-            index: i,
-            name: r.name.clone(),
-            from: provenance_text(&r.provenance),
-            matches: r.matches.iter().map(describe_match).collect(),
-            action: describe_action(r),
-            route: r.clone(),
-        })
-        .collect()
-}
-
-fn tcp_report(t: &TcpRoute) -> TcpRouteReport {
-    TcpRouteReport {
-        from: t.provenance.as_ref().map_or_else(
-            || "the Service's port (no VirtualService)".to_string(),
-            |p| match p.rule_index {
-                Some(n) => format!("{} {}/{} rule {n}", p.kind, p.namespace, p.name),
-                None => format!("{} {}/{}", p.kind, p.namespace, p.name),
-            },
-        ),
-        sni_hosts: t.sni_hosts.clone(),
-        action: t
-            .destinations()
-            .iter()
-            .map(|(c, w)| format!("{} {w}%", short_cluster(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
-}
-
-fn describe_string(m: &StringMatch) -> String {
-    match m {
-        StringMatch::Exact(s) => format!("= {s:?}"),
-        StringMatch::Prefix(s) => format!("prefix {s:?}"),
-        StringMatch::Suffix(s) => format!("suffix {s:?}"),
-        StringMatch::Regex(s) => format!("~ /{s}/"),
-    }
-}
-
-fn describe_match(m: &RouteMatch) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = m.port {
-        parts.push(format!("port {p}"));
-    }
-    if let Some(x) = &m.method {
-        parts.push(format!("method {}", describe_string(x)));
-    }
-    if let Some(x) = &m.authority {
-        parts.push(format!("authority {}", describe_string(x)));
-    }
-    if let Some(x) = &m.uri {
-        let case = if m.ignore_uri_case { " (any case)" } else { "" };
-        parts.push(format!("uri {}{case}", describe_string(x)));
-    }
-    for h in &m.headers {
-        let cond = match &h.value {
-            Some(v) => format!("header {} {}", h.name, describe_string(v)),
-            None => format!("header {} present", h.name),
-        };
-        parts.push(if h.invert { format!("not ({cond})") } else { cond });
-    }
-    for q in &m.query_params {
-        parts.push(match &q.value {
-            Some(v) => format!("query {} {}", q.name, describe_string(v)),
-            None => format!("query {} present", q.name),
-        });
-    }
-    if parts.is_empty() {
-        "any".to_string()
-    } else {
-        parts.join(" and ")
-    }
-}
-
-/// The clusters a route sends to (its destinations and mirrors).
-fn route_clusters(r: &Route) -> Vec<String> {
-    match &r.action {
-        RouteAction::Forward(f) => f
-            .clusters
-            .iter()
-            .map(|c| c.cluster.clone())
-            .chain(f.mirrors.iter().map(|m| m.cluster.clone()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn weighted(r: &Route) -> Vec<WeightedCluster> {
-    match &r.action {
-        RouteAction::Forward(f) => f
-            .clusters
-            .iter()
-            .map(|c| WeightedCluster {
-                cluster: c.cluster.clone(),
-                weight: c.weight,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn describe_action(r: &Route) -> String {
-    let mut s = match &r.action {
-        RouteAction::Forward(f) => {
-            let mut s = f
-                .clusters
-                .iter()
-                .map(|c| format!("{} {}%", short_cluster(&c.cluster), c.weight))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Some(t) = f.timeout_ms {
-                s.push_str(&format!("; timeout {t} ms"));
-            }
-            if let Some(rt) = &f.retries {
-                s.push_str(&format!("; {} retries", rt.attempts));
-            }
-            if let Some(u) = f.rewrite.as_ref().and_then(|rw| rw.uri_prefix.as_ref()) {
-                s.push_str(&format!("; rewrite uri to {u}"));
-            }
-            for m in &f.mirrors {
-                s.push_str(&format!("; mirror {}% to {}", m.percentage, short_cluster(&m.cluster)));
-            }
-            s
-        }
-        RouteAction::Redirect(rd) => format!(
-            "redirect {} to {}{}",
-            rd.response_code.unwrap_or(301),
-            rd.scheme.as_deref().map(|s| format!("{s}://")).unwrap_or_default(),
-            rd.uri.as_deref().or(rd.authority.as_deref()).unwrap_or("(same)")
-        ),
-        RouteAction::DirectResponse(d) => format!("answer {}", d.status),
-    };
-    if let Some(f) = &r.fault {
-        if let Some(a) = &f.abort {
-            s.push_str(&format!("; abort {} for {}%", a.http_status, a.percentage));
-        }
-        if let Some(d) = &f.delay {
-            s.push_str(&format!("; delay {} ms for {}%", d.fixed_delay_ms, d.percentage));
-        }
-    }
-    s
-}
-
-/// `outbound|8080|v2|payment.shop.svc.cluster.local` → `payment.shop:8080 v2`.
-pub fn short_cluster(name: &str) -> String {
-    let parts: Vec<&str> = name.split('|').collect();
-    match parts.as_slice() {
-        [_, port, subset, host] => {
-            let host = host.strip_suffix(&format!(".svc.{DNS_DOMAIN}")).unwrap_or(host);
-            if subset.is_empty() {
-                format!("{host}:{port}")
-            } else {
-                format!("{host}:{port} {subset}")
-            }
-        }
-        _ => name.to_string(),
-    }
-}
-
-/// The inbound policy of endpoint pods and its authorizer, compiled once per pod.
-#[derive(Default)]
-struct Inbound {
-    by_pod: BTreeMap<ObjectKey, (trellis_contract::InboundPolicy, Authorizer)>,
-}
-
-impl Inbound {
-    fn of(
-        &mut self,
-        snapshot: &Snapshot,
-        pod: &ObjectKey,
-    ) -> anyhow::Result<&(trellis_contract::InboundPolicy, Authorizer)> {
-        if !self.by_pod.contains_key(pod) {
-            let own = compile::compile_workload(snapshot, pod, Role::Sidecar, "meshctl")?;
-            let authorizer = Authorizer::compile(&own.config.inbound)
-                .with_context(|| format!("the AuthorizationPolicies of pod {pod}"))?;
-            self.by_pod.insert(pod.clone(), (own.config.inbound, authorizer));
-        }
-        self.by_pod
-            .get(pod)
-            .with_context(|| format!("the inbound policy of pod {pod} was not compiled"))
-    }
-}
-
-/// A destination, and each endpoint's verdict on `asked` (what the sender sends) if given.
-fn destination(
-    snapshot: &Snapshot,
-    c: &Cluster,
-    inbound: &mut Inbound,
-    asked: Option<(Attempt<'_>, &Sender)>,
-) -> anyhow::Result<Destination> {
-    // The compiler records the DestinationRule it applied (compile::destination_rule_for).
-    let destination_rule = c
-        .provenance
-        .as_ref()
-        .map(|p| format!("{} {}/{}", p.kind, p.namespace, p.name));
-    let lb = match &c.load_balancer.policy {
-        LbPolicy::RoundRobin => "ROUND_ROBIN".to_string(),
-        LbPolicy::LeastRequest => "LEAST_REQUEST".to_string(),
-        LbPolicy::Random => "RANDOM".to_string(),
-        LbPolicy::RingHash { .. } => "RING_HASH".to_string(),
-        LbPolicy::Maglev { .. } => "MAGLEV".to_string(),
-    };
-    let tls = match &c.tls {
-        UpstreamTls::Disable => "plaintext".to_string(),
-        UpstreamTls::Mesh { .. } => "mutual TLS (mesh)".to_string(),
-        UpstreamTls::Originate(o) if o.client_certificate.is_some() => {
-            format!("TLS originated, MUTUAL (SNI {})", o.sni)
-        }
-        UpstreamTls::Originate(o) => format!("TLS originated, SIMPLE (SNI {})", o.sni),
-    };
-    let mut policy = format!("{lb}; {tls}; connect timeout {} ms", c.connect_timeout_ms);
-    if let Some(od) = &c.outlier_detection {
-        policy.push_str(&format!("; eject after {} consecutive 5xx", od.consecutive_5xx));
-    }
-    let mut endpoints = Vec::new();
-    for e in &c.endpoints {
-        let workload = snapshot
-            .registry
-            .workloads
-            .values()
-            .find(|w| w.ip.as_deref() == Some(e.address.as_str()));
-        let (mtls, authorization, verdict) = match workload {
-            Some(w) if w.meshed => {
-                let (policy, authorizer) = inbound.of(snapshot, &w.key)?;
-                (
-                    mtls_text(policy.mtls.mode_for(e.port)),
-                    authz_text(policy),
-                    asked.map(|(attempt, sender)| verdict::verdict(policy, authorizer, attempt, sender, c, e)),
-                )
-            }
-            _ => (
-                "none (no proxy: plaintext)".to_string(),
-                "none (no proxy enforces a policy)".to_string(),
-                None,
-            ),
-        };
-        endpoints.push(EndpointReport {
-            address: format!("{}:{}", e.address, e.port),
-            health: match e.health {
-                HealthStatus::Healthy => "healthy".into(),
-                _ => "unhealthy".into(),
-            },
-            identity: e.identity.clone(),
-            pod: workload.map(|w| w.key.to_string()),
-            mtls,
-            authorization,
-            verdict,
-        });
-    }
-    Ok(Destination {
-        cluster: c.name.clone(),
-        destination_rule,
-        policy,
-        endpoints,
-    })
-}
-
-fn mtls_text(mode: MtlsMode) -> String {
-    match mode {
-        MtlsMode::Strict => "STRICT (mutual TLS only)".into(),
-        MtlsMode::Permissive => "PERMISSIVE (mutual TLS or plaintext)".into(),
-        MtlsMode::Disable => "DISABLE (plaintext)".into(),
-    }
-}
-
-fn authz_text(p: &trellis_contract::InboundPolicy) -> String {
-    if p.authorization.is_empty() {
-        return "no AuthorizationPolicy: every request allowed".into();
-    }
-    let policies: Vec<String> = p
-        .authorization
-        .iter()
-        .map(|a| {
-            let action = match a.action {
-                AuthzAction::Allow => "ALLOW",
-                AuthzAction::Deny => "DENY",
-                AuthzAction::Audit => "AUDIT",
-            };
-            format!("{action} {}/{}", a.namespace, a.name)
-        })
-        .collect();
-    format!("decided by {}", policies.join(", "))
-}
-
-/// Which rule takes the request and why each earlier one did not, decided by the proxy's
-/// matching code.
-fn explain(routes: &[RouteReport], r: &RequestSpec, fqdn: &str, port: u16) -> anyhow::Result<RequestReport> {
-    let request = Request {
-        method: &r.method,
-        path: &r.path,
-        query: r.query.as_deref(),
-        host: fqdn,
-        port,
-        headers: r,
-    };
-    let mut skipped = Vec::new();
-    for route in routes {
-        let compiled = route
-            .route
-            .matches
-            .iter()
-            .map(CompiledRouteMatch::compile)
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("rule {} ({})", route.index, route.from))?;
-        match matching::first_match(&compiled, &request) {
-            Ok(_) => {
-                return Ok(RequestReport {
-                    request: r.clone(),
-                    skipped,
-                    matched: Some(route.index),
-                    outcome: route.action.clone(),
-                    clusters: weighted(&route.route),
-                });
-            }
-            Err(mismatches) => skipped.push(Skipped {
-                index: route.index,
-                reasons: mismatches
-                    .iter()
-                    .zip(&route.route.matches)
-                    .map(|(m, spec)| why(*m, spec, &request, r))
-                    .collect(),
-            }),
-        }
-    }
-    Ok(RequestReport {
-        request: r.clone(),
-        skipped,
-        matched: None,
-        outcome: "404: no rule matches".into(),
-        clusters: Vec::new(),
-    })
-}
-
-/// A mismatch in words: the condition and the request's value.
-fn why(m: Mismatch, spec: &RouteMatch, req: &Request<'_>, r: &RequestSpec) -> String {
-    let want = |s: &Option<StringMatch>| s.as_ref().map(describe_string).unwrap_or_default();
-    match m {
-        Mismatch::Port => format!(
-            "port: wants {}, the request goes to {}",
-            spec.port.unwrap_or_default(),
-            req.port
-        ),
-        Mismatch::Method => format!("method: wants {}, got {:?}", want(&spec.method), req.method),
-        Mismatch::Authority => format!("authority: wants {}, got {:?}", want(&spec.authority), req.host),
-        Mismatch::Uri => {
-            let case = if spec.ignore_uri_case { " (any case)" } else { "" };
-            format!("uri: wants {}{case}, got {:?}", want(&spec.uri), req.path)
-        }
-        Mismatch::Header(i) => match spec.headers.get(i) {
-            Some(h) => {
-                let got = r
-                    .joined(&h.name.to_ascii_lowercase())
-                    .map_or("absent".to_string(), |v| format!("{v:?}"));
-                match (&h.value, h.invert) {
-                    (None, false) => format!("header {}: must be present, absent", h.name),
-                    (None, true) => format!("header {}: must be absent, got {got}", h.name),
-                    (Some(v), false) => format!("header {}: wants {}, got {got}", h.name, describe_string(v)),
-                    (Some(v), true) => format!("header {}: must not be {}, got {got}", h.name, describe_string(v)),
-                }
-            }
-            None => format!("header condition {i}"),
-        },
-        Mismatch::QueryParam(i) => match spec.query_params.get(i) {
-            Some(q) => {
-                let params = matching::parse_query(r.query.as_deref().unwrap_or(""));
-                let got = params
-                    .iter()
-                    .find(|(k, _)| *k == q.name)
-                    .map_or("absent".to_string(), |(_, v)| format!("{v:?}"));
-                match &q.value {
-                    Some(v) => format!("query {}: wants {}, got {got}", q.name, describe_string(v)),
-                    None => format!("query {}: must be present, absent", q.name),
-                }
-            }
-            None => format!("query condition {i}"),
-        },
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// payment (v1, v2 subsets; v2 canary by header, else 90/10), web calling it, a
     /// PeerAuthentication STRICT and an AuthorizationPolicy on payment, and a rule only web's
     /// proxy gets (`sourceLabels`).
-    const SHOP: &str = r#"
+    pub(crate) const SHOP: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: payment, namespace: shop}
@@ -812,11 +411,11 @@ spec:
   rules: [{from: [{source: {namespaces: [shop]}}]}]
 "#;
 
-    fn shop() -> Snapshot {
+    pub(crate) fn shop() -> Snapshot {
         Snapshot::from_yaml(SHOP).unwrap()
     }
 
-    fn payment_report(from: Option<&str>, request: Option<&str>) -> Report {
+    pub(crate) fn payment_report(from: Option<&str>, request: Option<&str>) -> Report {
         let s = shop();
         let svc = find_service(&s, "payment.shop", "default").unwrap();
         let from = from.map(|f| find_workload(&s, f, "shop").unwrap().key.clone());
@@ -867,131 +466,6 @@ spec:
         assert_eq!(any.from, "any workload in shop");
         let names: Vec<_> = any.ports[0].routes.iter().map(|r| r.name.as_deref()).collect();
         assert_eq!(names, [Some("canary"), Some("split")]);
-    }
-
-    #[test]
-    fn destinations_carry_their_policy_endpoints_and_inbound_policy() {
-        let r = payment_report(Some("web"), None);
-        let dests = &r.ports[0].destinations;
-        let names: Vec<&str> = dests.iter().map(|d| d.cluster.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "outbound|8080|v1|payment.shop.svc.cluster.local",
-                "outbound|8080|v2|payment.shop.svc.cluster.local"
-            ]
-        );
-        let v2 = &dests[1];
-        assert_eq!(v2.destination_rule.as_deref(), Some("DestinationRule shop/payment"));
-        assert!(
-            v2.policy.starts_with("LEAST_REQUEST; mutual TLS (mesh)"),
-            "{}",
-            v2.policy
-        );
-        assert_eq!(v2.endpoints.len(), 1);
-        let e = &v2.endpoints[0];
-        assert_eq!(e.address, "10.244.0.12:8080");
-        assert_eq!(e.pod.as_deref(), Some("shop/payment-v2-b"));
-        assert_eq!(e.identity.as_deref(), Some("spiffe://cluster.local/ns/shop/sa/default"));
-        assert_eq!(e.mtls, "STRICT (mutual TLS only)");
-        assert_eq!(e.authorization, "decided by ALLOW shop/payment-callers");
-    }
-
-    #[test]
-    fn a_request_is_taken_by_the_first_matching_rule_and_the_others_say_why() {
-        let r = payment_report(Some("web"), Some("GET /pay?canary=0 -H x-user:ann"));
-        let req = r.ports[0].request.as_ref().unwrap();
-        assert_eq!(req.matched, Some(2));
-        let skipped: Vec<(usize, Vec<&str>)> = req
-            .skipped
-            .iter()
-            .map(|s| (s.index, s.reasons.iter().map(String::as_str).collect()))
-            .collect();
-        assert_eq!(
-            skipped,
-            [
-                (0, vec!["uri: wants prefix \"/internal\", got \"/pay\""]),
-                (
-                    1,
-                    vec![
-                        "header x-canary: wants = \"true\", got absent",
-                        "query canary: wants = \"1\", got \"0\""
-                    ]
-                ),
-            ]
-        );
-        assert_eq!(
-            req.clusters,
-            [
-                WeightedCluster {
-                    cluster: "outbound|8080|v1|payment.shop.svc.cluster.local".into(),
-                    weight: 90
-                },
-                WeightedCluster {
-                    cluster: "outbound|8080|v2|payment.shop.svc.cluster.local".into(),
-                    weight: 10
-                }
-            ]
-        );
-
-        let canary = payment_report(Some("web"), Some("GET /pay -H x-canary:true"));
-        let req = canary.ports[0].request.as_ref().unwrap();
-        assert_eq!(req.matched, Some(1));
-        assert_eq!(req.outcome, "payment.shop:8080 v2 100%; 2 retries");
-    }
-
-    #[test]
-    fn each_endpoint_says_what_its_proxy_decides_for_the_source_and_request() {
-        let verdicts = |r: &Report| -> Vec<String> {
-            r.ports[0]
-                .destinations
-                .iter()
-                .flat_map(|d| &d.endpoints)
-                .map(|e| e.verdict.as_ref().map_or("none".to_string(), |v| v.reason.clone()))
-                .collect()
-        };
-        let from_web = payment_report(Some("web"), Some("GET /pay"));
-        assert_eq!(
-            verdicts(&from_web),
-            ["ALLOW by AuthorizationPolicy shop/payment-callers rules[0]"; 2]
-        );
-        let v = from_web.ports[0].destinations[0].endpoints[0].verdict.as_ref().unwrap();
-        assert_eq!(
-            (v.decision, v.policy.as_deref(), v.rule),
-            ("ALLOW", Some("shop/payment-callers"), Some(0))
-        );
-        // The policy admits namespace shop only.
-        let outsider = payment_report(Some("other/cli-1"), Some("GET /pay"));
-        assert_eq!(
-            verdicts(&outsider),
-            ["DENY: no rule of its ALLOW policies matches (shop/payment-callers)"; 2]
-        );
-        // Without a request, an HTTP port's policies are listed, not decided.
-        assert_eq!(verdicts(&payment_report(Some("web"), None)), ["none"; 2]);
-    }
-
-    #[test]
-    fn a_request_no_rule_takes_is_a_404() {
-        let mut s = shop();
-        s.virtual_services = Snapshot::from_yaml(
-            r#"
-apiVersion: networking.trellis.dev/v1alpha1
-kind: VirtualService
-metadata: {name: payment, namespace: shop}
-spec:
-  hosts: [payment]
-  http: [{match: [{method: {exact: POST}}], route: [{destination: {host: payment}}]}]
-"#,
-        )
-        .unwrap()
-        .virtual_services;
-        let svc = find_service(&s, "payment", "shop").unwrap();
-        let req = RequestSpec::parse("GET /").unwrap();
-        let r = report(&s, svc, None, Some(&req)).unwrap();
-        let explained = r.ports[0].request.as_ref().unwrap();
-        assert_eq!(explained.matched, None);
-        assert_eq!(explained.outcome, "404: no rule matches");
-        assert_eq!(explained.skipped[0].reasons, ["method: wants = \"POST\", got \"GET\""]);
     }
 
     #[test]
