@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub bookmark_interval: Duration,
     /// `host:port` reported by `/api`.
     pub address: String,
+    /// The Kubernetes version `/version` reports.
+    pub kubernetes_version: String,
 }
 
 /// Everything a request handler needs.
@@ -334,7 +336,7 @@ impl ApiServer {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let resources = self.cluster.catalog.all();
         let result = match (&method, segs.as_slice()) {
-            (&Method::GET, ["version"]) => Ok(ok(&discovery::version())),
+            (&Method::GET, ["version"]) => Ok(ok(&discovery::version(&self.settings.kubernetes_version))),
             (&Method::GET, ["api"]) => Ok(if discovery::wants_aggregated(&accept) {
                 json_response(
                     200,

@@ -33,6 +33,10 @@ pub struct Config {
     /// Service DNAT, DNS; needs root). Without it, process pods share
     /// kubesim's own network namespace.
     pub pod_network: bool,
+    /// The Kubernetes version `/version` reports ([`crate::discovery::KUBE_VERSION`] by
+    /// default): another one lets a test see what a client does with an older cluster. Only
+    /// the number changes; kubesim serves the same API either way.
+    pub kubernetes_version: String,
 }
 
 impl Config {
@@ -43,6 +47,7 @@ impl Config {
             bookmark_interval: Duration::from_secs(5),
             runtime: Arc::new(crate::kubelet::Simulated),
             pod_network: false,
+            kubernetes_version: crate::discovery::KUBE_VERSION.to_string(),
         }
     }
 
@@ -242,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             admin_token: admin_token.clone(),
             bookmark_interval: config.bookmark_interval,
             address: address.to_string(),
+            kubernetes_version: config.kubernetes_version.clone(),
         },
         shutdown: shutdown.clone(),
         runtime: config.runtime.clone(),

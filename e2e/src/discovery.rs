@@ -15,12 +15,15 @@ pub const KUBE_VERSION: &str = "v1.33.0";
 /// Content type of aggregated discovery responses.
 pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-/// `/version`.
-pub fn version() -> Value {
+/// `/version`, for the Kubernetes version `kubernetes` (`v1.33.0`: [`KUBE_VERSION`], unless
+/// [`crate::app::Config::kubernetes_version`] says another).
+pub fn version(kubernetes: &str) -> Value {
+    let mut parts = kubernetes.trim_start_matches('v').split('.');
+    let (major, minor) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     json!({
-        "major": "1",
-        "minor": "33",
-        "gitVersion": format!("{KUBE_VERSION}-kubesim"),
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("{kubernetes}-kubesim"),
         "gitCommit": "kubesim",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",

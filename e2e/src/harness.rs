@@ -36,6 +36,16 @@ impl TestCluster {
         Self::start_with(state, config)
     }
 
+    /// Like [`TestCluster::start`], with `/version` reporting Kubernetes `version`
+    /// (`v1.27.3`) instead of [`crate::discovery::KUBE_VERSION`]: for a client's check of
+    /// the cluster's version (upstream reports the version it is).
+    pub fn start_reporting_version(version: &str) -> anyhow::Result<Self> {
+        let state = tempfile::Builder::new().prefix("kubesim-test-").tempdir()?;
+        let mut config = Config::new(state.path());
+        config.kubernetes_version = version.to_string();
+        Self::start_with(state, config)
+    }
+
     /// Starts kubesim with pods running as real processes and the pod
     /// network, or returns `Ok(None)` when this process is not root: the
     /// skip is recorded with [`trellis_skip::skip`] (under CI it fails the
