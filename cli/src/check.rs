@@ -8,6 +8,7 @@
 //! webhooks, the pods); every verdict is a pure function of them ([`evaluate`]), tested without
 //! a cluster.
 
+pub mod data_plane;
 pub mod verdicts;
 
 use std::io::Write;
@@ -170,6 +171,8 @@ pub struct Facts {
     pub injector: Option<Webhook>,
     /// The operator's `/debug/ca`.
     pub ca: Option<Result<Value, String>>,
+    /// The Mesh `default` (its CA settings name a plugged root's Secret).
+    pub mesh: Option<Lookup>,
     /// The operator's `/debug/syncz`.
     pub syncz: Option<Result<Value, String>>,
     /// Every running pod with a proxy (`namespace/name`).
@@ -265,6 +268,8 @@ pub async fn gather(cluster: Result<Cluster, ClusterError>, pre: bool) -> Facts 
         text(cluster.create(&pod, true).await),
     ));
     facts.ca = Some(json_at(&cluster, &admin_path("/debug/ca")).await);
+    let mesh = object("mesh.trellis.dev/v1alpha1", "Mesh", None, trellis_api::mesh::MESH_NAME);
+    facts.mesh = Some(text(cluster.get(&mesh).await));
     facts.syncz = Some(json_at(&cluster, &admin_path("/debug/syncz")).await);
     facts.proxies = Some(text(cluster.list("v1", "Pod", None, None).await).map(|pods| {
         pods.iter()
@@ -311,15 +316,15 @@ pub fn evaluate(facts: &Facts, now: u64) -> Vec<Check> {
         checks.push(verdicts::injector(config, dry_run, ca));
     }
     if let Some(ca) = ca {
-        checks.push(verdicts::root_validity(ca, now));
+        checks.push(verdicts::root_validity(ca, facts.mesh.as_ref(), now));
         checks.push(verdicts::proxy_certificates(ca));
     }
     if let (Some(proxies), Some(syncz)) = (&facts.proxies, &facts.syncz) {
-        checks.push(verdicts::proxies_connected(proxies, syncz));
-        checks.push(verdicts::proxies_in_sync(syncz));
+        checks.push(data_plane::proxies_connected(proxies, syncz));
+        checks.push(data_plane::proxies_in_sync(syncz));
     }
     if let Some(versions) = &facts.versions {
-        checks.push(verdicts::skew(versions));
+        checks.push(data_plane::skew(versions));
     }
     checks
 }

@@ -2,15 +2,14 @@
 //! cluster (kubesim, or upstream Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`) with the
 //! operator running as a pod, from `check --pre` on an empty cluster to a purge that leaves
 //! nothing behind; each check failing once where the cluster can be made to fail it (the pure
-//! verdicts are tested one by one in `check::verdicts`).
+//! verdicts are tested one by one in `check::verdicts` and `check::data_plane`).
 
 mod support;
 
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{Target, meshctl_at, rollout, text, unreachable_kubeconfig};
+use support::{Target, check, meshctl_at, rollout, status_of, text, unreachable_kubeconfig, until_healthy};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The older release installed first: the tag every test bed provides for it (kubesim ignores
@@ -24,32 +23,6 @@ fn old_image(name: &str) -> String {
 
 fn meshctl(cluster: &Target, args: &[&str]) -> Output {
     meshctl_at(cluster.kubeconfig(), args)
-}
-
-/// `meshctl check -o json`: the exit code and the checks by name.
-fn check(cluster: &Target) -> (i32, Vec<Value>) {
-    let out = meshctl(cluster, &["check", "-o", "json"]);
-    let (stdout, stderr) = text(&out);
-    let checks: Vec<Value> =
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("check -o json: {e}: {stdout}\n{stderr}"));
-    (out.status.code().unwrap(), checks)
-}
-
-fn status_of<'a>(checks: &'a [Value], name_part: &str) -> &'a Value {
-    checks
-        .iter()
-        .find(|c| c["name"].as_str().unwrap().contains(name_part))
-        .unwrap_or_else(|| panic!("no check {name_part:?} in {checks:#?}"))
-}
-
-/// Waits until `meshctl check` passes; the last checks otherwise.
-fn until_healthy(cluster: &Target) -> Vec<Value> {
-    cluster
-        .wait_for("meshctl check to pass", Duration::from_secs(120), || {
-            let (code, checks) = check(cluster);
-            Ok((code == 0).then_some(checks))
-        })
-        .unwrap_or_else(|e| panic!("{e}: {:#?}", check(cluster).1))
 }
 
 fn exists(cluster: &Target, args: &[&str]) -> bool {
@@ -234,11 +207,23 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
         .unwrap();
     let (code, checks) = check(&cluster);
     assert_eq!(code, 1);
-    for name in ["operator is ready", "validating webhook", "mesh root"] {
+    for (name, hint) in [
+        ("operator is ready", "re-run `meshctl install`"),
+        ("validating webhook", "the operator keeps the caBundle current"),
+        ("sidecar injector", "re-run `meshctl install`"),
+        ("mesh root", "the operator must be running"),
+    ] {
         let c = status_of(&checks, name);
         assert_eq!(c["status"], "failed", "{c}");
-        assert!(c["hint"].is_string(), "{c}");
+        assert!(c["hint"].as_str().unwrap_or_default().contains(hint), "{c}");
     }
+    assert!(
+        status_of(&checks, "operator is ready")["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("scaled to 0 replicas"),
+        "{checks:#?}"
+    );
 
     // Uninstall: refused without --yes, then the control plane goes and the rest stays.
     let refused = meshctl(&cluster, &["uninstall"]);

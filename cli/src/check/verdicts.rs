@@ -1,19 +1,17 @@
-//! The verdict of each `meshctl check`: a pure function of what the cluster answered, with a
-//! hint that names the fix when it fails.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! The verdict of each `meshctl check` on the API server, the installation and the CA: a pure
+//! function of what the cluster answered, with a hint that names the fix when it fails (the data
+//! plane's: [`super::data_plane`]).
 
 use base64::Engine as _;
 use serde_json::Value;
+use trellis_manifests::install::OPERATOR_REPLICAS;
 use trellis_manifests::sidecar::PROXY_CONTAINER;
 
 use super::{Check, Lookup, Permission};
-use crate::version::Server;
 
 const API: &str = "kubernetes-api";
 const INSTALL: &str = "trellis-install";
 const IDENTITY: &str = "trellis-identity";
-const DATA_PLANE: &str = "trellis-data-plane";
 
 /// The oldest Kubernetes Trellis runs on: native sidecars (init containers that keep running)
 /// are on by default from 1.29.
@@ -151,16 +149,26 @@ pub fn operator(deployment: &Lookup, ready: Option<&Result<String, String>>) -> 
             INSTALL,
             name,
             format!(
-                "{} of {} replicas available",
+                "not rolled out: {} of {} replicas updated to the current pod template, {} available",
+                d["status"]["updatedReplicas"].as_i64().unwrap_or(0),
+                d["spec"]["replicas"].as_i64().unwrap_or(1),
                 d["status"]["availableReplicas"].as_i64().unwrap_or(0),
-                d["spec"]["replicas"].as_i64().unwrap_or(1)
             ),
             format!(
                 "wait for the rollout (`kubectl -n trellis-system rollout status deployment/trellis-operator`); {logs}"
             ),
         ),
-        Ok(Some(_)) => match ready {
+        Ok(Some(d)) => match ready {
             Some(Ok(_)) => Check::ok(INSTALL, name, "rolled out, and its /ready answers"),
+            Some(Err(e)) if d["spec"]["replicas"] == 0 => Check::failed(
+                INSTALL,
+                name,
+                format!("the Deployment is scaled to 0 replicas, so nothing answers its admin /ready: {e}"),
+                format!(
+                    "scale it up again: re-run `meshctl install` (or `kubectl -n trellis-system scale \
+                     deployment/trellis-operator --replicas={OPERATOR_REPLICAS}`)"
+                ),
+            ),
             Some(Err(e)) => Check::failed(
                 INSTALL,
                 name,
@@ -298,8 +306,23 @@ pub fn injector(config: &Lookup, dry_run: &Result<Value, String>, ca: Option<&Re
     }
 }
 
-/// The issuing mesh root is valid for more than [`ROOT_VALIDITY_DAYS`].
-pub fn root_validity(ca: &Result<Value, String>, now: u64) -> Check {
+/// The Secret a plugged root comes from (`namespace/name`), when the Mesh `mesh` plugs one
+/// (`spec.ca.mode: Plugged`); the namespace defaults to the control plane's.
+pub fn plugged_secret(mesh: Option<&Lookup>) -> Option<String> {
+    let ca = &mesh?.as_ref().ok()?.as_ref()?["spec"]["ca"];
+    if ca["mode"] != "Plugged" {
+        return None;
+    }
+    let name = ca["secretRef"]["name"].as_str()?;
+    let namespace = ca["secretRef"]["namespace"]
+        .as_str()
+        .unwrap_or(trellis_api::mesh::SYSTEM_NAMESPACE);
+    Some(format!("{namespace}/{name}"))
+}
+
+/// The issuing mesh root is valid for more than [`ROOT_VALIDITY_DAYS`]. `mesh` is the Mesh
+/// `default`: a root it plugs is the user's to renew, and the hint names its Secret.
+pub fn root_validity(ca: &Result<Value, String>, mesh: Option<&Lookup>, now: u64) -> Check {
     let name = "the mesh root certificate is valid for 60 days or more";
     let ca = match ca {
         Ok(ca) => ca,
@@ -327,16 +350,18 @@ pub fn root_validity(ca: &Result<Value, String>, now: u64) -> Check {
     };
     let days = not_after.saturating_sub(now) / 86_400;
     if days > ROOT_VALIDITY_DAYS {
-        Check::ok(IDENTITY, name, format!("{days} days left"))
-    } else {
-        Check::failed(
-            IDENTITY,
-            name,
-            format!("the issuing root expires in {days} days"),
-            "rotate the root: annotate Secret trellis-system/trellis-ca with trellis.dev/rotate-root=true \
-             (or plug in a new root); the operator distributes it before it signs with it",
-        )
+        return Check::ok(IDENTITY, name, format!("{days} days left"));
     }
+    let hint = match plugged_secret(mesh) {
+        Some(secret) => format!(
+            "the root is plugged from Secret {secret} (the Mesh's spec.ca.secretRef) and is yours to renew: put a \
+             new root in its ca.crt and ca.key; the operator copies it and rotates to it with no restart"
+        ),
+        None => "rotate the root: annotate Secret trellis-system/trellis-ca with trellis.dev/rotate-root=true \
+                 (or plug in a new root); the operator distributes it before it signs with it"
+            .to_string(),
+    };
+    Check::failed(IDENTITY, name, format!("the issuing root expires in {days} days"), hint)
 }
 
 /// Every proxy the operator knows holds a certificate of the issuing root.
@@ -374,116 +399,6 @@ pub fn proxy_certificates(ca: &Result<Value, String>) -> Check {
             "a root rotation is under way and those proxies renew on their next push; if it does not move, restart \
              their pods",
         )
-    }
-}
-
-fn sync_entries(syncz: &Value) -> Vec<&Value> {
-    syncz.as_array().map(|a| a.iter().collect()).unwrap_or_default()
-}
-
-/// Every running pod with a proxy has a subscription open to the operator.
-pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<Value, String>) -> Check {
-    let name = "every proxy is connected to the operator";
-    let (proxies, syncz) = match (proxies, syncz) {
-        (Ok(p), Ok(s)) => (p, s),
-        (Err(e), _) | (_, Err(e)) => {
-            return Check::failed(
-                DATA_PLANE,
-                name,
-                e.clone(),
-                "the operator must be running: see the operator line",
-            );
-        }
-    };
-    let connected: BTreeSet<&str> = sync_entries(syncz)
-        .into_iter()
-        .filter(|p| p["connected"] == true)
-        .filter_map(|p| p["proxy"].as_str())
-        .collect();
-    let missing: Vec<&String> = proxies.iter().filter(|p| !connected.contains(p.as_str())).collect();
-    if missing.is_empty() {
-        Check::ok(DATA_PLANE, name, format!("{} proxies", proxies.len()))
-    } else {
-        Check::failed(
-            DATA_PLANE,
-            name,
-            format!(
-                "{} of {} not connected: {}",
-                missing.len(),
-                proxies.len(),
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-            "see the proxy's log (`kubectl logs POD -c trellis-proxy`): it names why it cannot reach the operator \
-             on port 15012",
-        )
-    }
-}
-
-/// Every connected proxy has applied the last version sent, and none rejected one.
-pub fn proxies_in_sync(syncz: &Result<Value, String>) -> Check {
-    let name = "every proxy has applied its configuration";
-    let Ok(syncz) = syncz else {
-        return Check::failed(
-            DATA_PLANE,
-            name,
-            "the operator's /debug/syncz did not answer",
-            "the operator must be running: see the operator line",
-        );
-    };
-    let mut problems: BTreeMap<&str, String> = BTreeMap::new();
-    let entries = sync_entries(syncz);
-    for p in entries.iter().filter(|p| p["connected"] == true) {
-        let proxy = p["proxy"].as_str().unwrap_or("?");
-        if let Some(error) = p["nacked"]["error"].as_str() {
-            problems.insert(
-                proxy,
-                format!(
-                    "rejected version {}: {error}",
-                    p["nacked"]["version"].as_str().unwrap_or("?")
-                ),
-            );
-        } else if p["sent"] != p["acked"] {
-            problems.insert(proxy, "has not acknowledged the last version sent yet".into());
-        }
-    }
-    if problems.is_empty() {
-        Check::ok(
-            DATA_PLANE,
-            name,
-            format!("{} proxies in sync, none rejected a version", entries.len()),
-        )
-    } else {
-        Check::failed(
-            DATA_PLANE,
-            name,
-            problems
-                .iter()
-                .map(|(p, why)| format!("{p} {why}"))
-                .collect::<Vec<_>>()
-                .join("; "),
-            "a rejected version names the object at fault: `meshctl analyze` finds it (fix or delete it); a proxy \
-             that lags catches up within seconds, or see its log",
-        )
-    }
-}
-
-/// meshctl, the operator and the proxies run one version.
-pub fn skew(versions: &Result<Server, String>) -> Check {
-    let name = "meshctl, the operator and the proxies run one version";
-    match versions {
-        Err(e) => Check::failed(DATA_PLANE, name, e.clone(), "check your access to the cluster"),
-        Ok(s) if s.skew.is_empty() => Check::ok(
-            DATA_PLANE,
-            name,
-            s.operator.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")).to_string(),
-        ),
-        Ok(s) => Check::warning(
-            DATA_PLANE,
-            name,
-            s.skew.join("; "),
-            "`meshctl upgrade` moves the control plane to this meshctl's version, and the operator's rollout moves the \
-             proxies",
-        ),
     }
 }
 
@@ -580,8 +495,21 @@ mod tests {
         assert!(not_ready.hint.unwrap().contains("logs deployment/trellis-operator"));
         let scaled_down =
             json!({"metadata": {"generation": 2}, "spec": {"replicas": 0}, "status": {"observedGeneration": 2}});
-        let c = operator(&Ok(Some(scaled_down)), None);
+        let stuck = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 3,
+            "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2}});
+        let c = operator(&Ok(Some(stuck)), Some(&Ok("ready".into())));
+        assert_eq!(c.status, Status::Failed);
+        assert_eq!(
+            c.detail,
+            "not rolled out: 1 of 2 replicas updated to the current pod template, 2 available"
+        );
+        assert!(c.hint.unwrap().contains("rollout status"));
+        let c = operator(&Ok(Some(scaled_down.clone())), None);
         assert_eq!(c.status, Status::Ok, "zero of zero is rolled out; /ready then decides");
+        let down = operator(&Ok(Some(scaled_down)), Some(&Err("no endpoints available".into())));
+        assert_eq!(down.status, Status::Failed);
+        assert!(down.detail.contains("scaled to 0 replicas"), "{}", down.detail);
+        assert!(down.hint.unwrap().contains("meshctl install"));
         assert_eq!(operator(&Ok(None), None).hint.as_deref(), Some("run `meshctl install`"));
     }
 
@@ -629,67 +557,39 @@ mod tests {
     fn the_root_must_outlive_sixty_days_and_sign_every_proxy() {
         let now = 1_000 * DAY;
         assert_eq!(
-            root_validity(&ca("r", now + 400 * DAY, json!({})), now).status,
+            root_validity(&ca("r", now + 400 * DAY, json!({})), None, now).status,
             Status::Ok
         );
-        let soon = root_validity(&ca("r", now + 30 * DAY, json!({})), now);
+        let soon = root_validity(&ca("r", now + 30 * DAY, json!({})), None, now);
         assert_eq!(soon.status, Status::Failed);
         assert!(soon.detail.contains("expires in 30 days"));
         assert!(soon.hint.unwrap().contains("trellis.dev/rotate-root"));
-        assert_eq!(root_validity(&Err("503".into()), now).status, Status::Failed);
+        assert_eq!(root_validity(&Err("503".into()), None, now).status, Status::Failed);
+        // A plugged root is the user's to renew: the hint names its Secret, not the annotation.
+        let plugged = |ns: Value| {
+            Ok(Some(
+                json!({"spec": {"ca": {"mode": "Plugged", "secretRef": {"name": "corp-ca", "namespace": ns}}}}),
+            ))
+        };
+        let hint = root_validity(
+            &ca("r", now + 30 * DAY, json!({})),
+            Some(&plugged(json!("security"))),
+            now,
+        )
+        .hint
+        .unwrap();
+        assert!(hint.contains("Secret security/corp-ca"), "{hint}");
+        assert!(!hint.contains("rotate-root"), "{hint}");
+        assert_eq!(
+            plugged_secret(Some(&plugged(Value::Null))).as_deref(),
+            Some("trellis-system/corp-ca")
+        );
+        let self_signed = Ok(Some(json!({"spec": {"ca": {"mode": "SelfSigned"}}})));
+        assert_eq!(plugged_secret(Some(&self_signed)), None);
 
         assert_eq!(proxy_certificates(&ca("r", 0, json!({"r": 5}))).status, Status::Ok);
         let mixed = proxy_certificates(&ca("r", 0, json!({"r": 3, "old": 2})));
         assert_eq!(mixed.status, Status::Failed);
         assert!(mixed.detail.starts_with("2 from root old"), "{}", mixed.detail);
-    }
-
-    #[test]
-    fn proxies_must_be_connected_in_sync_and_without_nacks() {
-        let syncz = Ok(json!([
-            {"proxy": "shop/web-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
-            {"proxy": "shop/db-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
-        ]));
-        let pods = Ok(vec!["shop/web-1".to_string(), "shop/db-1".to_string()]);
-        assert_eq!(proxies_connected(&pods, &syncz).status, Status::Ok);
-        assert_eq!(proxies_in_sync(&syncz).status, Status::Ok);
-        let more = Ok(vec![
-            "shop/web-1".to_string(),
-            "shop/db-1".to_string(),
-            "shop/pay-1".to_string(),
-        ]);
-        let c = proxies_connected(&more, &syncz);
-        assert_eq!(c.status, Status::Failed);
-        assert!(c.detail.contains("1 of 3 not connected: shop/pay-1"));
-
-        let nacked = Ok(json!([
-            {"proxy": "shop/web-1", "connected": true, "sent": "v3", "acked": "v2",
-             "nacked": {"version": "v3", "error": "listener 0.0.0.0:8080: duplicate"}},
-            {"proxy": "shop/db-1", "connected": true, "sent": "v3", "acked": "v2", "nacked": null},
-        ]));
-        let c = proxies_in_sync(&nacked);
-        assert_eq!(c.status, Status::Failed);
-        assert!(
-            c.detail
-                .contains("shop/web-1 rejected version v3: listener 0.0.0.0:8080: duplicate")
-        );
-        assert!(c.detail.contains("shop/db-1 has not acknowledged"));
-        assert!(c.hint.unwrap().contains("meshctl analyze"));
-    }
-
-    #[test]
-    fn version_skew_is_a_warning() {
-        let server = |skew: Vec<String>| {
-            Ok(Server {
-                kubernetes: "v1.33.0".into(),
-                operator: Some("0.1.0".into()),
-                proxies: vec![],
-                skew,
-            })
-        };
-        assert_eq!(skew(&server(vec![])).status, Status::Ok);
-        let c = skew(&server(vec!["2 pod(s) run proxy 0.0.9".into()]));
-        assert_eq!(c.status, Status::Warning);
-        assert!(c.hint.unwrap().contains("meshctl upgrade"));
     }
 }

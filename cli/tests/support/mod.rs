@@ -90,3 +90,90 @@ pub fn complete_at(kubeconfig: &Path, words: &[&str]) -> (Vec<String>, Output) {
         .collect();
     (candidates, out)
 }
+
+/// `meshctl check -o json` against `cluster`: the exit code and the checks.
+pub fn check(cluster: &Target) -> (i32, Vec<serde_json::Value>) {
+    let out = meshctl_at(cluster.kubeconfig(), &["check", "-o", "json"]);
+    let (stdout, stderr) = text(&out);
+    let checks: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("check -o json: {e}: {stdout}\n{stderr}"));
+    (out.status.code().unwrap_or(-1), checks)
+}
+
+/// The check whose name contains `name_part`.
+pub fn status_of<'a>(checks: &'a [serde_json::Value], name_part: &str) -> &'a serde_json::Value {
+    checks
+        .iter()
+        .find(|c| c["name"].as_str().unwrap_or_default().contains(name_part))
+        .unwrap_or_else(|| panic!("no check {name_part:?} in {checks:#?}"))
+}
+
+/// Waits until `meshctl check` passes; the checks then.
+pub fn until_healthy(cluster: &Target) -> Vec<serde_json::Value> {
+    cluster
+        .wait_for("meshctl check to pass", std::time::Duration::from_secs(120), || {
+            let (code, checks) = check(cluster);
+            Ok((code == 0).then_some(checks))
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", check(cluster).1))
+}
+
+/// The processes of the `trellis-proxy` container of pod `namespace/pod` on this machine: the
+/// proxy's downward-API environment names its pod. kubesim's pods and upstream's node run on
+/// this machine; a remote cluster's (`TRELLIS_E2E_KUBECONFIG`) do not, and none is found.
+pub fn proxy_processes(namespace: &str, pod: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "trellis-proxy" {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |kv: String| vars.contains(&kv.as_bytes());
+        if has(format!("POD_NAME={pod}")) && has(format!("POD_NAMESPACE={namespace}")) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The proxy of a pod stopped (SIGSTOP) until dropped (SIGCONT): its connection to the
+/// operator stays open, but it answers nothing — a proxy that hangs.
+#[derive(Debug)]
+pub struct Frozen(Vec<u32>);
+
+impl Frozen {
+    /// Stops the proxy of pod `namespace/pod`.
+    pub fn proxy(namespace: &str, pod: &str) -> anyhow::Result<Frozen> {
+        let pids = proxy_processes(namespace, pod);
+        anyhow::ensure!(
+            !pids.is_empty(),
+            "no trellis-proxy process of pod {namespace}/{pod} on this machine (a remote cluster's pods cannot be stopped from here)"
+        );
+        signal("-STOP", &pids)?;
+        Ok(Frozen(pids))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pids: &[u32]) -> anyhow::Result<()> {
+    let out = Command::new("kill")
+        .arg(which)
+        .args(pids.iter().map(u32::to_string))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kill {which} {pids:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
