@@ -53,7 +53,9 @@ pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<V
     }
 }
 
-/// Every connected proxy has applied the last version sent, and none rejected one.
+/// Every connected proxy has applied the last version sent, and none rejected it. A NACK of an
+/// earlier version the proxy has since moved past (it applied a later one) is history, not a
+/// problem.
 pub fn proxies_in_sync(syncz: &Result<Value, String>) -> Check {
     let name = "every proxy has applied its configuration";
     let Ok(syncz) = syncz else {
@@ -65,10 +67,16 @@ pub fn proxies_in_sync(syncz: &Result<Value, String>) -> Check {
         );
     };
     let mut problems: BTreeMap<&str, String> = BTreeMap::new();
-    let entries = sync_entries(syncz);
-    for p in entries.iter().filter(|p| p["connected"] == true) {
+    let connected: Vec<&Value> = sync_entries(syncz)
+        .into_iter()
+        .filter(|p| p["connected"] == true)
+        .collect();
+    for p in &connected {
         let proxy = p["proxy"].as_str().unwrap_or("?");
-        if let Some(error) = p["nacked"]["error"].as_str() {
+        let nacked = &p["nacked"];
+        let rejects_latest =
+            nacked["version"].is_string() && nacked["version"] == p["sent"] && nacked["version"] != p["acked"];
+        if let (true, Some(error)) = (rejects_latest, nacked["error"].as_str()) {
             problems.insert(
                 proxy,
                 format!(
@@ -84,7 +92,7 @@ pub fn proxies_in_sync(syncz: &Result<Value, String>) -> Check {
         Check::ok(
             DATA_PLANE,
             name,
-            format!("{} proxies in sync, none rejected a version", entries.len()),
+            format!("{} proxies in sync, none rejected its last version", connected.len()),
         )
     } else {
         Check::failed(
@@ -159,6 +167,27 @@ mod tests {
         );
         assert!(c.detail.contains("shop/db-1 has not acknowledged"));
         assert!(c.hint.unwrap().contains("meshctl analyze"));
+
+        // A NACK of an earlier version, with the latest applied since: in sync. One of the
+        // latest version sent, not applied: the proxy lags behind it.
+        let moved_on = Ok(json!([
+            {"proxy": "shop/web-1", "connected": true, "sent": "v4", "acked": "v4",
+             "nacked": {"version": "v3", "error": "listener 0.0.0.0:8080: duplicate"}},
+            {"proxy": "shop/db-1", "connected": true, "sent": "v5", "acked": "v4",
+             "nacked": {"version": "v3", "error": "listener 0.0.0.0:8080: duplicate"}},
+            {"proxy": "shop/gone-1", "connected": false, "sent": "v1", "acked": "v0", "nacked": null},
+        ]));
+        let c = proxies_in_sync(&moved_on);
+        assert_eq!(c.status, Status::Failed);
+        assert_eq!(c.detail, "shop/db-1 has not acknowledged the last version sent yet");
+        let in_sync = Ok(json!([
+            {"proxy": "shop/web-1", "connected": true, "sent": "v4", "acked": "v4",
+             "nacked": {"version": "v3", "error": "listener 0.0.0.0:8080: duplicate"}},
+            {"proxy": "shop/gone-1", "connected": false, "sent": "v1", "acked": "v0", "nacked": null},
+        ]));
+        let c = proxies_in_sync(&in_sync);
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert_eq!(c.detail, "1 proxies in sync, none rejected its last version");
     }
 
     #[test]
