@@ -371,26 +371,75 @@ async fn read_cluster(cluster: &Cluster, input: &mut Input) -> anyhow::Result<Ve
         })
         .and_then(|o| o.value.pointer("/status/version").and_then(Value::as_str))
         .map(str::to_string);
-    let states = sync_states(cluster).await?;
+    let Some(states) = sync_states(cluster).await? else {
+        return Ok(Vec::new());
+    };
+    let states = against_pods(states, &input.objects);
     Ok(analysis::proxies(&states, operator_version.as_deref()))
 }
 
-/// Every operator replica's `/debug/syncz` (each serves the proxies connected to it), merged:
-/// a proxy connected to a replica is taken from that replica.
-async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxySync>> {
+/// The operator's sync states checked against the cluster's pods (`objects`): a state of a
+/// pod that is gone or going is dropped (the operator keeps a disconnected proxy's state;
+/// its pod may have been deleted since), and a running pod with a proxy that no operator
+/// replica knows gets a disconnected state (its proxy never reached the operator, or not since
+/// the operator restarted), so it is reported (TRL0109) as `meshctl check` reports it.
+pub fn against_pods(states: Vec<ProxySync>, objects: &[Object]) -> Vec<ProxySync> {
+    let pods: BTreeMap<String, &Value> = objects
+        .iter()
+        .map(|o| &o.value)
+        .filter(|p| p["kind"] == "Pod" && p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let meta = &p["metadata"];
+            let key = format!(
+                "{}/{}",
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default()
+            );
+            (key, p)
+        })
+        .collect();
+    let mut states: BTreeMap<String, ProxySync> = states
+        .into_iter()
+        .filter(|s| pods.contains_key(&s.proxy))
+        .map(|s| (s.proxy.clone(), s))
+        .collect();
+    for (key, pod) in pods {
+        if pod["status"]["phase"] == "Running" && crate::version::proxy_image(pod).is_some() {
+            states.entry(key.clone()).or_insert_with(|| ProxySync {
+                proxy: key,
+                ..ProxySync::default()
+            });
+        }
+    }
+    states.into_values().collect()
+}
+
+/// Every running operator replica's `/debug/syncz` (each serves the proxies connected to it),
+/// merged: a proxy connected to a replica is taken from that replica. `None` when no replica
+/// runs: the proxy checks are skipped (and stderr says so).
+async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>> {
     let ns = SYSTEM_NAMESPACE;
     let selector = format!("app={OPERATOR_NAME}");
     let pods = cluster.list("v1", "Pod", Some(&selector), None).await?;
-    if pods.is_empty() {
+    // Replicas still starting, or going (a rollout), serve no sync state worth reading.
+    let running: Vec<&Value> = pods
+        .iter()
+        .filter(|p| {
+            p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+                && p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+                && p.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
+        })
+        .collect();
+    if running.is_empty() {
         // Said on stderr, not silently dropped: the proxy checks need the operator.
-        eprintln!("meshctl analyze: no trellis-operator pod in {ns}; the proxy checks (TRL0107-TRL0109) are skipped");
+        eprintln!(
+            "meshctl analyze: no running trellis-operator pod in {ns}; the proxy checks (TRL0107-TRL0109) are skipped"
+        );
+        return Ok(None);
     }
     let mut merged: BTreeMap<String, ProxySync> = BTreeMap::new();
     let mut errors = Vec::new();
-    for pod in pods
-        .iter()
-        .filter(|p| p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
-    {
+    for pod in running {
         let Some(name) = pod.pointer("/metadata/name").and_then(Value::as_str) else {
             continue;
         };
@@ -415,12 +464,63 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Vec<ProxySync>> {
             errors.join("; ")
         );
     }
-    Ok(merged.into_values().collect())
+    Ok(Some(merged.into_values().collect()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str, phase: &str, proxy: bool, deleting: bool) -> Object {
+        let mut containers = vec![serde_json::json!({"name": "app", "image": "shop/web:1"})];
+        if proxy {
+            containers.push(
+                serde_json::json!({"name": "trellis-proxy", "image": "ghcr.io/trellis-mesh/trellis-proxy:0.1.0"}),
+            );
+        }
+        let mut value = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containers": containers}, "status": {"phase": phase}});
+        if deleting {
+            value["metadata"]["deletionTimestamp"] = "2026-12-05T21:00:00Z".into();
+        }
+        Object { value, source: None }
+    }
+
+    fn state(proxy: &str, connected: bool) -> ProxySync {
+        ProxySync {
+            proxy: proxy.into(),
+            connected,
+            sent: Some("v2".into()),
+            acked: Some("v2".into()),
+            ..ProxySync::default()
+        }
+    }
+
+    #[test]
+    fn sync_states_are_checked_against_the_pods_that_exist() {
+        let pods = [
+            pod("web-1", "Running", true, false),
+            pod("web-2", "Running", true, false),
+            pod("web-3", "Pending", true, false),
+            pod("plain", "Running", false, false),
+            pod("going", "Running", true, true),
+        ];
+        let states = vec![
+            state("shop/web-1", true),
+            state("shop/gone", false),
+            state("shop/going", false),
+        ];
+        let checked = against_pods(states, &pods);
+        let got: Vec<(&str, bool)> = checked.iter().map(|s| (s.proxy.as_str(), s.connected)).collect();
+        // web-1 as the operator knows it; web-2 runs a proxy no replica knows: disconnected;
+        // web-3 has not started, plain has no proxy; gone and going are no longer pods.
+        assert_eq!(got, [("shop/web-1", true), ("shop/web-2", false)]);
+        let findings = analysis::proxies(&checked, None);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].code, Code::ProxyNotSynced);
+        assert_eq!(findings[0].origin, "Pod shop/web-2");
+    }
 
     #[test]
     fn globs() {

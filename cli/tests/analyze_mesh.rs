@@ -6,6 +6,10 @@
 //! proxy's reason and exits 1; before, and after the Mesh is repaired, it reports none. Then
 //! version skew: with the Mesh's status reporting another operator version than the proxies
 //! report (the leader Lease held so no replica writes it back), each proxy gets TRL0108.
+//! Then a proxy that hangs (its process stopped, its connection open): it does not acknowledge
+//! the next configuration, and once the operator restarts it is not connected at all; each is
+//! TRL0109 for that proxy alone, and a failed data-plane line of `meshctl check`; resumed, it
+//! catches up and both go.
 //!
 //! Needs the workspace's binaries built (`cargo build --bins`), as the end-to-end suite does.
 
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
-use support::{meshctl_at, text};
+use support::{Frozen, check, meshctl_at, status_of, text};
 use trellis_e2e::suite::{Target, steps, sync, wait_for};
 use trellis_manifests::{demo, install, to_yaml};
 
@@ -131,7 +135,8 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     let (_, after) = findings(&t, "TRL0107")?;
     assert!(after.is_empty(), "TRL0107 after the repair: {after:?}");
 
-    version_skew_is_reported_per_proxy_as_trl0108(&t, &meshed)
+    version_skew_is_reported_per_proxy_as_trl0108(&t, &meshed)?;
+    a_proxy_that_hangs_or_is_not_connected_is_reported_as_trl0109(&t, &meshed)
 }
 
 /// The operator version a skewed control plane reports in the Mesh's status.
@@ -243,5 +248,133 @@ fn version_skew_is_reported_per_proxy_as_trl0108(t: &Target, meshed: &BTreeSet<S
         Duration::from_secs(120),
         || Ok(findings(t, "TRL0108")?.1.is_empty().then_some(())),
     )?;
+    Ok(())
+}
+
+/// `meshctl check`'s line `name`, once it has `status`, its detail contains `detail` and its
+/// hint `hint`.
+fn check_line(t: &Target, name: &str, status: &str, detail: &str, hint: &str) -> anyhow::Result<Value> {
+    wait_for(
+        &format!("meshctl check's {name:?} to be {status} with {detail:?} and a hint with {hint:?}"),
+        Duration::from_secs(60),
+        || {
+            let (_, checks) = check(t);
+            let c = status_of(&checks, name).clone();
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            ensure!(
+                c["status"] == status && text("detail").contains(detail) && text("hint").contains(hint),
+                "last: {c}"
+            );
+            Ok(Some(c))
+        },
+    )
+}
+
+/// TRL0109 end to end. One proxy of the shop hangs (its process stopped with SIGSTOP: its
+/// connection to the operator stays open, it answers nothing); a new Service changes every
+/// proxy's configuration; the others apply it, the stopped one does not acknowledge it:
+/// TRL0109 for that proxy alone, and `meshctl check` fails "every proxy has applied its
+/// configuration" naming it. The operator restarted, no replica has its connection: TRL0109
+/// says it is not connected, and `meshctl check` fails "every proxy is connected". Resumed, the
+/// proxy reconnects and applies the latest version, and both go. Each of the four is checked
+/// even when an earlier one missed; the misses are listed at the end.
+fn a_proxy_that_hangs_or_is_not_connected_is_reported_as_trl0109(
+    t: &Target,
+    meshed: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let (_, before) = findings(t, "TRL0109")?;
+    ensure!(before.is_empty(), "TRL0109 on a mesh in sync: {before:?}");
+    let pod = meshed
+        .iter()
+        .find(|p| p.starts_with("shop/db-"))
+        .context("a db pod in the shop")?
+        .clone();
+    let (ns, name) = pod.split_once('/').context("namespace/name")?;
+    let origin = format!("Pod {pod}");
+    let frozen = Frozen::proxy(ns, name)?;
+    let mut misses = Vec::new();
+    // TRL0109 for the stopped proxy alone, with a message starting with `message`.
+    let trl0109_alone = |what: &str, message: &str| {
+        wait_for(what, Duration::from_secs(60), || {
+            let (_, found) = findings(t, "TRL0109")?;
+            ensure!(
+                found.len() == 1 && found[0].0 == origin && found[0].1.starts_with(message),
+                "TRL0109: {found:?}"
+            );
+            Ok(Some(()))
+        })
+    };
+
+    // A configuration change for every proxy: a Service (no pods) more in the shop.
+    t.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: trl0109, namespace: shop}\n\
+         spec: {selector: {app: none}, ports: [{name: http, port: 8080}]}\n",
+    )?;
+    let others: BTreeSet<String> = meshed.iter().filter(|p| **p != pod).cloned().collect();
+    wait_for("the other proxies to apply the change", Duration::from_secs(60), || {
+        sync::in_sync(&sync::syncz(t, None)?, &others).map(Some)
+    })?;
+    if let Err(e) = trl0109_alone(
+        "TRL0109: the stopped proxy has not acknowledged",
+        "The proxy has not acknowledged configuration version",
+    ) {
+        misses.push(format!("{e:#}"));
+    }
+    if let Err(e) = check_line(
+        t,
+        "every proxy has applied its configuration",
+        "failed",
+        &format!("{pod} has not acknowledged the last version sent yet"),
+        "see its log",
+    ) {
+        misses.push(format!("{e:#}"));
+    }
+
+    // The operator restarted: the stopped proxy's connection goes with the old replicas, and
+    // it cannot open another.
+    t.kubectl_ok(
+        &[
+            "rollout",
+            "restart",
+            "deployment",
+            install::OPERATOR_NAME,
+            "-n",
+            "trellis-system",
+        ],
+        None,
+    )?;
+    steps::rollout(t, "trellis-system", install::OPERATOR_NAME)?;
+    if let Err(e) = check_line(
+        t,
+        "every proxy is connected to the operator",
+        "failed",
+        &format!("not connected: {pod}"),
+        "kubectl logs POD -c trellis-proxy",
+    ) {
+        misses.push(format!("{e:#}"));
+    }
+    if let Err(e) = trl0109_alone(
+        "TRL0109: the stopped proxy is not connected",
+        "The proxy is not connected to the operator; it serves the configuration it last applied. Check its \
+         logs and its connection to trellis-operator.trellis-system:15012",
+    ) {
+        misses.push(format!("{e:#}"));
+    }
+
+    // Resumed: it reconnects, applies the latest version, and the findings go.
+    drop(frozen);
+    wait_for("every proxy of the shop in sync again", Duration::from_secs(90), || {
+        sync::in_sync(&sync::syncz(t, None)?, meshed).map(Some)
+    })?;
+    let (_, after) = findings(t, "TRL0109")?;
+    assert!(after.is_empty(), "TRL0109 after the proxy resumed: {after:?}");
+    for name in ["every proxy is connected", "every proxy has applied"] {
+        check_line(t, name, "ok", "", "")?;
+    }
+    assert!(
+        misses.is_empty(),
+        "a proxy that hangs, then is not connected, went unreported:\n{}",
+        misses.join("\n")
+    );
     Ok(())
 }
