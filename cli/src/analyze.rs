@@ -414,9 +414,10 @@ pub fn against_pods(states: Vec<ProxySync>, objects: &[Object]) -> Vec<ProxySync
     states.into_values().collect()
 }
 
-/// Every running operator replica's `/debug/syncz` (each serves the proxies connected to it),
-/// merged: a proxy connected to a replica is taken from that replica. `None` when no replica
-/// runs: the proxy checks are skipped (and stderr says so).
+/// Every running operator replica's own proxies (`/debug/syncz?scope=local`: without it a
+/// replica adds its peers' proxies as it last polled them, up to seconds old), merged: a
+/// connected state wins over a disconnected one, then the one heard from last. `None` when no
+/// replica runs: the proxy checks are skipped (and stderr says so).
 async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>> {
     let ns = SYSTEM_NAMESPACE;
     let selector = format!("app={OPERATOR_NAME}");
@@ -443,13 +444,16 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>
         let Some(name) = pod.pointer("/metadata/name").and_then(Value::as_str) else {
             continue;
         };
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/debug/syncz");
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/debug/syncz?scope=local");
         match cluster.get_text(&path).await {
             Ok(text) => {
                 let states: Vec<ProxySync> = serde_json::from_str(&text)
                     .with_context(|| format!("reading the sync state of operator pod {ns}/{name}"))?;
                 for s in states {
-                    let keep = merged.get(&s.proxy).is_some_and(|old| old.connected && !s.connected);
+                    let keep = merged.get(&s.proxy).is_some_and(|old| {
+                        (old.connected && !s.connected)
+                            || (old.connected == s.connected && old.last_seen_unix >= s.last_seen_unix)
+                    });
                     if !keep {
                         merged.insert(s.proxy.clone(), s);
                     }
