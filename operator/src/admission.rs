@@ -7,7 +7,10 @@
 //! - [`inject`]: pods get the one sidecar template (`trellis_manifests::sidecar::inject`) as a
 //!   JSON patch; skipped and refused pods get a reason.
 //! - [`server`]: the HTTPS server (certificate from the mesh CA, reissued in place), body
-//!   limits, routing; the only I/O besides events.
+//!   limits, routing, and the time of every answer; its only I/O. Answering has no side
+//!   effect (`sideEffects: None`).
+//! - [`skipped`]: the events about pods the injector skipped, published by the leader once
+//!   the pods exist (from the label the injector's patch gives them).
 //! - [`ca_bundle`]: keeps the `caBundle` of the webhook configurations equal to the mesh trust
 //!   bundle.
 //!
@@ -18,6 +21,7 @@
 pub mod ca_bundle;
 pub mod inject;
 pub mod server;
+pub mod skipped;
 pub mod validate;
 
 use kube::core::DynamicObject;

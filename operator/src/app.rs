@@ -274,6 +274,14 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
             )
         },
     )));
+    // Events about the pods the injector skipped, from the label its patch gives them (the
+    // leader publishes them; the webhook itself has no side effect).
+    let skipped = (client.clone(), recorder(&client, config.pod_name.clone()));
+    app.tasks.push(tokio::spawn(leader::while_leading(
+        leadership.clone(),
+        "injection skip events",
+        move || crate::admission::skipped::run(skipped.0.clone(), skipped.1.clone()),
+    )));
     // Every replica's proxies count for the leader's gates and the root rotation.
     app.tasks.push(tokio::spawn(crate::peers::poll(
         index,
@@ -577,20 +585,11 @@ async fn serve_webhooks(
         roots,
     )?);
     let defaults = injector_settings(config);
-    let events = client.map(|c| {
-        Recorder::new(
-            c.clone(),
-            Reporter {
-                controller: OPERATOR_SERVICE_ACCOUNT.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        )
-    });
-    let renewed = renewal_announcer(client.cloned(), events.clone(), config.pod_name.clone());
+    let events = client.map(|c| recorder(c, config.pod_name.clone()));
+    let renewed = renewal_announcer(client.cloned(), events, config.pod_name.clone());
     let webhooks = Arc::new(Webhooks {
         index: index.clone(),
         defaults,
-        events,
         metrics: metrics.clone(),
     });
     let listener = TcpListener::bind(config.webhook_addr)
@@ -610,6 +609,17 @@ async fn serve_webhooks(
         renewed,
     )));
     Ok(addr)
+}
+
+/// Events written as the operator, this replica (`pod_name`) reporting.
+fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_SERVICE_ACCOUNT.into(),
+            instance: pod_name,
+        },
+    )
 }
 
 /// What the sidecar injector meshes pods with when the Mesh names no proxy image.

@@ -138,6 +138,24 @@ impl Recorder {
         Ok(())
     }
 
+    /// Publish `ev` about `regarding` as the Event named `name`, once: when an Event of that
+    /// name exists (published by another replica, or by an earlier leader), it is left as it
+    /// is. Whether this call wrote it.
+    ///
+    /// # Errors
+    /// The API server refused the Event for another reason than its existence.
+    pub async fn publish_once(&self, ev: &Event, regarding: &ObjectReference, name: &str) -> Result<bool, kube::Error> {
+        let mut event = self.new_event(ev, regarding, Timestamp::now());
+        event.metadata.name = Some(name.to_string());
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+        match events.create(&PostParams::default(), &event).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn new_event(&self, ev: &Event, regarding: &ObjectReference, now: Timestamp) -> K8sEvent {
         let controller = &self.reporter.controller;
         K8sEvent {

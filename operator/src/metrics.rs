@@ -39,20 +39,43 @@ impl Counter {
     }
 }
 
+/// Bucket bounds of the admission histograms, in seconds: from 0.1 ms (the operator's own
+/// decision) to the injector's 10 s timeout, with the 10 ms target as a bound of its own.
+pub const ADMISSION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// A distribution of durations.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds, increasing.
+    bounds: &'static [f64],
     /// Per bucket (not cumulative), then the count above the last bound.
-    counts: [AtomicU64; BUCKETS.len() + 1],
+    counts: Box<[AtomicU64]>,
     /// Sum, in microseconds.
     sum_micros: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// A histogram with these bucket bounds (seconds, increasing).
+    pub fn with_bounds(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     /// Record one duration.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -63,17 +86,93 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The counts now, to compare with a later look ([`Distribution::since`]).
+    pub fn snapshot(&self) -> Distribution {
+        Distribution {
+            bounds: self.bounds,
+            counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+        }
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one histogram; `labels` (`k="v",`…, each followed by a comma) go before `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter()) {
             cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let labels = labels.trim_end_matches(',');
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{labels} {sum}\n{name}_count{labels} {cumulative}");
+    }
+}
+
+/// A histogram's counts at one moment, or between two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), then the count above the last bound.
+    counts: Vec<u64>,
+}
+
+impl Distribution {
+    /// What was recorded after `earlier` (a snapshot of the same histogram).
+    pub fn since(&self, earlier: &Distribution) -> Distribution {
+        Distribution {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .zip(earlier.counts.iter().chain(std::iter::repeat(&0)))
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+        }
+    }
+
+    /// How many durations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// How many durations were at most `bound` seconds (a bucket bound).
+    pub fn at_most(&self, bound: f64) -> u64 {
+        self.bounds
+            .iter()
+            .zip(&self.counts)
+            .take_while(|(b, _)| **b <= bound)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// The `q` quantile (0–1) as Prometheus' `histogram_quantile` estimates it: linear within
+    /// the bucket it falls in; the last finite bound when it falls above it; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, count) in self.counts.iter().enumerate() {
+            let Some(&upper) = self.bounds.get(i) else {
+                break;
+            };
+            if (below + count) as f64 >= rank && *count > 0 {
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let within = (rank - below as f64) / *count as f64;
+                return Some(Duration::from_secs_f64(lower + (upper - lower) * within));
+            }
+            below += count;
+        }
+        self.bounds.last().map(|b| Duration::from_secs_f64(*b))
     }
 }
 
@@ -114,6 +213,53 @@ struct Rollout {
     failed: bool,
 }
 
+/// The operator's time per admission review, by webhook: from the request's headers being read
+/// (hyper handing the request to the service) to the answer being handed back to the connection
+/// to write — the body read, the decision, the serialization, and any wait for a worker
+/// thread in between. The TLS handshake of a new connection and the kernel's queue come before.
+#[derive(Debug)]
+pub struct AdmissionSeconds {
+    /// `POST /validate`.
+    pub validate: Histogram,
+    /// `POST /inject`.
+    pub inject: Histogram,
+    /// Anything else (a path nothing is served at, another method).
+    pub other: Histogram,
+}
+
+impl Default for AdmissionSeconds {
+    fn default() -> Self {
+        AdmissionSeconds {
+            validate: Histogram::with_bounds(&ADMISSION_BUCKETS),
+            inject: Histogram::with_bounds(&ADMISSION_BUCKETS),
+            other: Histogram::with_bounds(&ADMISSION_BUCKETS),
+        }
+    }
+}
+
+impl AdmissionSeconds {
+    /// The histogram of `webhook` (`validate`, `inject`, else `other`).
+    pub fn of(&self, webhook: &str) -> &Histogram {
+        match webhook {
+            "validate" => &self.validate,
+            "inject" => &self.inject,
+            _ => &self.other,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "trellis_operator_admission_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} The operator's time per admission review, from its request read to its answer written, by webhook.\n# TYPE {name} histogram"
+        );
+        for webhook in ["validate", "inject", "other"] {
+            self.of(webhook)
+                .render_series(out, name, &format!("webhook=\"{webhook}\","));
+        }
+    }
+}
+
 /// Every metric of one operator.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -145,8 +291,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     reconcile_failures: Mutex<BTreeMap<String, u64>>,
     admissions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// The operator's own time to answer one admission review.
-    pub admission_seconds: Histogram,
+    /// The operator's own time to answer one admission review, by webhook.
+    pub admission_seconds: AdmissionSeconds,
     diagnostics: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -180,10 +326,10 @@ impl Metrics {
 
     /// Count an admission review answered by `webhook` (`validate`, `inject`, or `other` for
     /// a path nothing is served at) with `outcome` (`allowed`, `warned`, `patched`, `denied`,
-    /// `malformed`), and the time the operator took.
+    /// `malformed`), and the time the operator took ([`AdmissionSeconds`]).
     pub fn admitted(&self, webhook: &'static str, outcome: &'static str, took: Duration) {
         *Self::lock(&self.admissions).entry((webhook, outcome)).or_default() += 1;
-        self.admission_seconds.observe(took);
+        self.admission_seconds.of(webhook).observe(took);
     }
 
     /// Admission reviews answered by `webhook` with `outcome`.
@@ -311,11 +457,7 @@ impl Metrics {
         for ((webhook, outcome), n) in Self::lock(&self.admissions).iter() {
             let _ = writeln!(out, "{name}{{webhook=\"{webhook}\",outcome=\"{outcome}\"}} {n}");
         }
-        self.admission_seconds.render(
-            &mut out,
-            "trellis_operator_admission_seconds",
-            "The operator's own time to answer one admission review.",
-        );
+        self.admission_seconds.render(&mut out);
         let name = "trellis_operator_config_diagnostics";
         let _ = writeln!(
             out,
@@ -365,6 +507,55 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_sum 60.303\n") && out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets_and_differences_isolate_a_run() {
+        let h = Histogram::with_bounds(&ADMISSION_BUCKETS);
+        assert_eq!(h.snapshot().quantile(0.99), None);
+        // 100 answers between 0.5 and 1 ms, then one run of 10 between 5 and 7.5 ms.
+        for _ in 0..100 {
+            h.observe(Duration::from_micros(800));
+        }
+        let before = h.snapshot();
+        for _ in 0..10 {
+            h.observe(Duration::from_millis(6));
+        }
+        let all = h.snapshot();
+        let p50 = all.quantile(0.5).unwrap().as_secs_f64();
+        assert!((p50 - 0.000_775).abs() < 1e-9, "{p50}");
+        let run = all.since(&before);
+        assert_eq!(run.count(), 10);
+        assert_eq!(run.at_most(0.005), 0);
+        assert_eq!(run.at_most(0.01), 10);
+        let p99 = run.quantile(0.99).unwrap().as_secs_f64();
+        assert!((p99 - (0.005 + 0.0025 * 0.99)).abs() < 1e-9, "{p99}");
+        // Above the last bound: the last bound.
+        h.observe(Duration::from_secs(30));
+        assert_eq!(h.snapshot().since(&all).quantile(0.5), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn admission_seconds_are_per_webhook() {
+        let m = Metrics::default();
+        m.admitted("inject", "patched", Duration::from_micros(300));
+        m.admitted("validate", "denied", Duration::from_millis(2));
+        m.admitted("other", "denied", Duration::from_micros(50));
+        let out = m.render("");
+        assert!(
+            out.contains("trellis_operator_admission_seconds_bucket{webhook=\"inject\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("trellis_operator_admission_seconds_bucket{webhook=\"validate\",le=\"0.001\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("trellis_operator_admission_seconds_count{webhook=\"validate\"} 1\n"),
+            "{out}"
+        );
+        assert_eq!(m.admission_seconds.inject.count(), 1);
+        assert_eq!(m.admission_seconds.other.count(), 1);
     }
 
     #[test]

@@ -164,7 +164,6 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
     let webhooks = Arc::new(Webhooks {
         index: Arc::new(std::sync::RwLock::new(Index::default())),
         defaults: trellis_manifests::sidecar::Settings::new(&install::Options::default()),
-        events: None,
         metrics: metrics.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -230,17 +229,42 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
     );
     let (status, _) = post(&mut send, "GET", webhooks::VALIDATE_PATH, Vec::new()).await;
     assert_eq!(status, 405);
-    // Every review answered so far is on /metrics, by webhook and outcome.
+    // Every answer so far is on /metrics, by webhook and outcome, and timed.
     assert_eq!(metrics.admissions("inject", "patched"), 1);
     assert_eq!(metrics.admissions("validate", "denied"), 1);
-    assert_eq!(metrics.admissions("validate", "malformed"), 1);
+    assert_eq!(metrics.admissions("validate", "malformed"), 2);
     assert_eq!(metrics.admissions("other", "denied"), 1);
     let text = metrics.render("");
     assert!(
         text.contains("trellis_operator_admission_reviews_total{webhook=\"inject\",outcome=\"patched\"} 1")
-            && text.contains("trellis_operator_admission_seconds_count 4"),
+            && text.contains("trellis_operator_admission_seconds_count{webhook=\"inject\"} 1")
+            && text.contains("trellis_operator_admission_seconds_count{webhook=\"validate\"} 3"),
         "{text}"
     );
+    // The time is the operator's from the request read to the answer written, not only the
+    // decision: a body that arrives 80 ms after its headers is timed from the headers.
+    let before = metrics.admission_seconds.inject.snapshot();
+    let mut slow = connect(addr, &root_pem, b"http/1.1").await;
+    let body = pod_review().to_string();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        webhooks::INJECT_PATH,
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut slow).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut slow, body.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut answer).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let timed = metrics.admission_seconds.inject.snapshot().since(&before);
+    assert_eq!(timed.count(), 1);
+    assert_eq!(timed.at_most(0.05), 0, "timed from the headers: {timed:?}");
     // (on a connection of its own: the server answers from the headers, reads none of the
     // body, and closes)
     let mut raw = connect(addr, &root_pem, b"http/1.1").await;

@@ -11,8 +11,10 @@
 //! workload), else the Mesh's `spec.versions.proxy`, else the operator's default. What was
 //! injected is recorded on the pod (see `trellis_manifests::sidecar`).
 //!
-//! Pods that cannot be meshed get a reason: `hostNetwork` pods are admitted unchanged, with a
-//! warning and an event on their owner; a container running as the proxy's UID, a container
+//! Pods that cannot be meshed get a reason: `hostNetwork` pods are admitted unmeshed, with a
+//! warning and the label [`SKIPPED_LABEL`] (the only change the patch makes to them), from
+//! which [`super::skipped`] publishes an event once the pod exists — the webhook itself has no
+//! side effect (`sideEffects: None`); a container running as the proxy's UID, a container
 //! named like the sidecar that Trellis did not inject, and bad annotations are denied with the
 //! fix. Idempotent: a pod already injected (a reinvocation, or a copy of a meshed pod) is
 //! admitted unchanged. Pods of Deployments, StatefulSets, DaemonSets and Jobs arrive alike,
@@ -20,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
@@ -28,6 +30,12 @@ use trellis_api::mesh::MeshSpec;
 use trellis_manifests::sidecar::{self, INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, InjectError, Settings};
 
 use crate::index::Index;
+
+/// The label the injector puts on a pod it admits without a sidecar, its value saying why
+/// ([`SKIPPED_HOST_NETWORK`]); `kubectl get pods -l trellis.dev/injection-skipped` lists them.
+pub const SKIPPED_LABEL: &str = "trellis.dev/injection-skipped";
+/// The value of [`SKIPPED_LABEL`] on a `hostNetwork` pod.
+pub const SKIPPED_HOST_NETWORK: &str = "hostNetwork";
 
 /// What the injector does with one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +49,14 @@ pub enum Decision {
     },
     /// Admit it unchanged; why (for the log).
     Unchanged(String),
-    /// Admit it unchanged, telling the user why it is not meshed (a warning and an event).
-    Skip(String),
+    /// Admit it unmeshed, telling the user why (a warning, and [`SKIPPED_LABEL`] that the
+    /// event is published from).
+    Skip {
+        /// Why.
+        why: String,
+        /// The JSON patch adding [`SKIPPED_LABEL`] (empty when the pod already has it).
+        patch: json_patch::Patch,
+    },
     /// Refuse it, saying how to fix it.
     Deny(String),
 }
@@ -101,13 +115,25 @@ pub fn decide(
     if sidecar::is_injected(&template) {
         return Decision::Unchanged("already injected".into());
     }
+    let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or(Value::Null);
     let mut injected = template.clone();
     match sidecar::inject(&mut injected, settings) {
         Ok(()) => {}
-        Err(InjectError::HostNetwork) => return Decision::Skip(InjectError::HostNetwork.to_string()),
+        Err(InjectError::HostNetwork) => {
+            let mut marked = template.clone();
+            marked
+                .metadata
+                .get_or_insert_default()
+                .labels
+                .get_or_insert_default()
+                .insert(SKIPPED_LABEL.into(), SKIPPED_HOST_NETWORK.into());
+            return Decision::Skip {
+                why: InjectError::HostNetwork.to_string(),
+                patch: json_patch::diff(&json(&template), &json(&marked)),
+            };
+        }
         Err(e) => return Decision::Deny(e.to_string()),
     }
-    let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or(Value::Null);
     let patch = json_patch::diff(&json(&template), &json(&injected));
     let image = injected
         .metadata
@@ -119,57 +145,8 @@ pub fn decide(
     Decision::Inject { patch, image }
 }
 
-/// An event to record about a pod that was admitted without a sidecar.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SkipEvent {
-    /// What the event is about: the pod's controller (a pod being created has no uid yet),
-    /// else the pod.
-    pub regarding: ObjectReference,
-    /// Why.
-    pub note: String,
-}
-
-/// The object an event about a pod being created should regard.
-fn regarding(pod: &Value, namespace: &str) -> ObjectReference {
-    let owner = pod
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|owners| {
-            owners
-                .iter()
-                .find(|o| o["controller"] == true)
-                .or_else(|| owners.first())
-        });
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    match owner {
-        Some(o) => ObjectReference {
-            api_version: s(o, "apiVersion"),
-            kind: s(o, "kind"),
-            name: s(o, "name"),
-            uid: s(o, "uid"),
-            namespace: Some(namespace.to_string()),
-            ..ObjectReference::default()
-        },
-        None => ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: pod
-                .pointer("/metadata/name")
-                .or_else(|| pod.pointer("/metadata/generateName"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            namespace: Some(namespace.to_string()),
-            ..ObjectReference::default()
-        },
-    }
-}
-
-/// The answer to one injection request, and the event to record (never on a dry run).
-pub fn respond(
-    request: &AdmissionRequest<DynamicObject>,
-    index: &Index,
-    defaults: &Settings,
-) -> (AdmissionResponse, Option<SkipEvent>) {
+/// The answer to one injection request.
+pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index, defaults: &Settings) -> AdmissionResponse {
     if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
         let why = format!(
             "webhook {} injects pods only, not {} {}: fix the webhook configuration's rules",
@@ -177,13 +154,13 @@ pub fn respond(
             request.kind.group,
             request.kind.kind
         );
-        return (super::deny(request, why, 400), None);
+        return super::deny(request, why, 400);
     }
     if request.operation != Operation::Create {
-        return (AdmissionResponse::from(request), None);
+        return AdmissionResponse::from(request);
     }
     let Some(pod) = super::object_json(request) else {
-        return (super::deny(request, "the CREATE request carries no pod", 400), None);
+        return super::deny(request, "the CREATE request carries no pod", 400);
     };
     let namespace = request.namespace.clone().unwrap_or_else(|| "default".into());
     let settings = settings(defaults, index.mesh());
@@ -202,34 +179,37 @@ pub fn respond(
     match decide(&pod, &namespace, index.namespace_labels(&namespace), &system, &settings) {
         Decision::Inject { patch, image } => {
             tracing::debug!(%who, %image, dry_run = request.dry_run, "injecting the sidecar");
-            match AdmissionResponse::from(request).with_patch(patch) {
-                Ok(r) => (r, None),
-                Err(e) => (
-                    super::deny(request, format!("the injection patch does not serialize: {e}"), 500),
-                    None,
-                ),
-            }
+            patched(request, AdmissionResponse::from(request), patch)
         }
         Decision::Unchanged(why) => {
             tracing::debug!(%who, %why, "admitted without injection");
-            (AdmissionResponse::from(request), None)
+            AdmissionResponse::from(request)
         }
-        Decision::Skip(why) => {
-            let note = format!("{who} was admitted without a Trellis sidecar: {why}");
-            tracing::info!(%who, %why, "sidecar injection skipped");
+        Decision::Skip { why, patch } => {
+            tracing::info!(%who, %why, dry_run = request.dry_run, "sidecar injection skipped");
             let mut response = AdmissionResponse::from(request);
-            response.warnings = Some(vec![note.clone()]);
-            let event = (!request.dry_run).then(|| SkipEvent {
-                regarding: regarding(&pod, &namespace),
-                note,
-            });
-            (response, event)
+            response.warnings = Some(vec![format!("{who} was admitted without a Trellis sidecar: {why}")]);
+            if patch.0.is_empty() {
+                return response;
+            }
+            patched(request, response, patch)
         }
         Decision::Deny(why) => {
             tracing::info!(%who, %why, "sidecar injection refused");
-            (super::deny(request, format!("{who}: {why}"), 400), None)
+            super::deny(request, format!("{who}: {why}"), 400)
         }
     }
+}
+
+/// `response` with `patch`, or a denial saying it could not be serialized.
+fn patched(
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    patch: json_patch::Patch,
+) -> AdmissionResponse {
+    response.with_patch(patch).unwrap_or_else(|e| {
+        super::deny(request, format!("the injection patch does not serialize: {e}"), 500)
+    })
 }
 
 #[cfg(test)]
@@ -309,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_of_statefulsets_daemonsets_and_jobs_are_meshed_and_events_regard_their_owner() {
+    fn pods_of_statefulsets_daemonsets_and_jobs_are_meshed() {
         for (kind, api_version, name, generate_name, restart) in [
             ("StatefulSet", "apps/v1", Some("db-0"), None, "Always"),
             ("DaemonSet", "apps/v1", None, Some("agent-"), "Always"),
@@ -333,7 +313,6 @@ mod tests {
             // main containers, so a Job's pod still completes.
             assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always", "{kind}");
             assert_eq!(out["spec"]["restartPolicy"], restart, "{kind}");
-            assert_eq!(regarding(&p, "shop").kind.as_deref(), Some(kind));
         }
     }
 
@@ -391,10 +370,21 @@ mod tests {
     #[test]
     fn host_network_is_skipped_and_the_proxy_uid_is_denied_with_the_fix() {
         let host = pod(json!({}), json!({"hostNetwork": true}));
-        let Decision::Skip(why) = decide(&host, "shop", None, &SYSTEM, &defaults()) else {
+        let Decision::Skip { why, patch } = decide(&host, "shop", None, &SYSTEM, &defaults()) else {
             panic!()
         };
         assert!(why.contains("hostNetwork"), "{why}");
+        // The patch only labels the pod: no sidecar, nothing else changed.
+        let mut marked = host.clone();
+        json_patch::patch(&mut marked, &patch).unwrap();
+        let mut expected = host.clone();
+        expected["metadata"]["labels"] = json!({SKIPPED_LABEL: SKIPPED_HOST_NETWORK});
+        assert_eq!(marked, expected);
+        // Decided again (a reinvocation): nothing more to change.
+        let Decision::Skip { patch, .. } = decide(&marked, "shop", None, &SYSTEM, &defaults()) else {
+            panic!()
+        };
+        assert!(patch.0.is_empty(), "{patch:?}");
         let uid = pod(json!({}), json!({"securityContext": {"runAsUser": PROXY_UID}}));
         let Decision::Deny(why) = decide(&uid, "shop", None, &SYSTEM, &defaults()) else {
             panic!()
@@ -418,18 +408,21 @@ mod tests {
     }
 
     #[test]
-    fn skipped_pods_get_a_warning_and_an_event_on_their_owner_except_on_dry_runs() {
+    fn skipped_pods_get_a_warning_and_the_label_alike_on_dry_runs() {
         let host = pod(json!({}), json!({"hostNetwork": true}));
-        let (response, event) = respond(&request(host.clone(), false), &Index::default(), &defaults());
-        assert!(response.allowed && response.patch.is_none());
-        assert!(response.warnings.unwrap()[0].contains("pod shop/web-7d4b9c-*"));
-        let event = event.unwrap();
-        assert_eq!(event.regarding.kind.as_deref(), Some("ReplicaSet"));
-        assert_eq!(event.regarding.uid.as_deref(), Some("rs-uid"));
-        let (_, event) = respond(&request(host, true), &Index::default(), &defaults());
-        assert_eq!(event, None);
+        for dry_run in [false, true] {
+            let response = respond(&request(host.clone(), dry_run), &Index::default(), &defaults());
+            assert!(response.allowed, "{response:?}");
+            assert!(response.warnings.as_ref().unwrap()[0].contains("pod shop/web-7d4b9c-*"));
+            let patch: Value = serde_json::from_slice(response.patch.as_ref().unwrap()).unwrap();
+            assert_eq!(patch[0]["op"], "add", "{patch}");
+            assert_eq!(patch.as_array().unwrap().len(), 1, "only the label: {patch}");
+            let path = format!("/metadata/labels/{}", SKIPPED_LABEL.replace('/', "~1"));
+            assert_eq!(patch[0]["path"], path, "{patch}");
+            assert_eq!(patch[0]["value"], SKIPPED_HOST_NETWORK, "{patch}");
+        }
         // A dry run is answered like the real thing.
-        let (dry, _) = respond(
+        let dry = respond(
             &request(pod(json!({}), json!({})), true),
             &Index::default(),
             &defaults(),
@@ -441,7 +434,7 @@ mod tests {
     fn bad_annotations_and_other_kinds_are_denied_clearly() {
         let mut p = pod(json!({}), json!({}));
         p["metadata"]["annotations"] = json!({"sidecar.trellis.dev/proxyCPU": "lots"});
-        let (response, _) = respond(&request(p, false), &Index::default(), &defaults());
+        let response = respond(&request(p, false), &Index::default(), &defaults());
         assert!(!response.allowed);
         assert!(
             response.result.message.contains("sidecar.trellis.dev/proxyCPU"),
@@ -456,7 +449,7 @@ mod tests {
             json!({"metadata": {"name": "d"}}),
         );
         let req = crate::admission::review(body.to_string().as_bytes()).unwrap();
-        let (response, _) = respond(&req, &Index::default(), &defaults());
+        let response = respond(&req, &Index::default(), &defaults());
         assert!(!response.allowed && response.result.message.contains("injects pods only"));
     }
 }

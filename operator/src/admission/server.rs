@@ -3,9 +3,16 @@
 //! /validate` and `POST /inject`, bodies limited to [`super::MAX_BODY_BYTES`].
 //!
 //! [`Webhooks::handle`] is the transport-free core (a path and a body in, a status and an
-//! AdmissionReview out); [`serve`] is the I/O around it; [`keep_certificate_current`] reissues
-//! the certificate before it expires and after a root rotation — only once the API server
-//! trusts the new root (see [`super::ca_bundle`]).
+//! AdmissionReview out); [`serve`] is the I/O around it, and times every answer from the
+//! request read to the answer written (`trellis_operator_admission_seconds`, see
+//! [`crate::metrics::AdmissionSeconds`]); [`keep_certificate_current`] reissues the certificate
+//! before it expires and after a root rotation — only once the API server trusts the new root
+//! (see [`super::ca_bundle`]).
+//!
+//! The server has no side effect: a pod the injector skips is labelled by its patch
+//! (`trellis.dev/injection-skipped`), and the event about it is published by
+//! [`super::skipped`] once the pod exists — which is why both webhook configurations declare
+//! `sideEffects: None`.
 //!
 //! # Guarantees
 //! Every request gets an answer: a malformed, oversized or misdirected body is a clear
@@ -13,27 +20,27 @@
 //! never a panic.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::admission::AdmissionResponse;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use trellis_manifests::install::webhooks::{INJECT_PATH, VALIDATE_PATH};
 use trellis_manifests::sidecar::Settings;
 
-use super::inject::SkipEvent;
 use super::{MAX_BODY_BYTES, refusal};
 use crate::ca::MeshRoots;
-use crate::events::{Event, EventType, Recorder};
 use crate::index;
+use crate::metrics::Metrics;
 use crate::serving::{ServingTls, issuing_root};
 
 /// What the webhooks answer from.
@@ -42,10 +49,8 @@ pub struct Webhooks {
     pub index: index::Shared,
     /// The sidecar when the Mesh names no proxy image.
     pub defaults: Settings,
-    /// Where events about skipped pods go (none in tests).
-    pub events: Option<Recorder>,
     /// Where reviews are counted and timed (`/metrics`).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -63,23 +68,25 @@ pub struct Answer {
     pub status: StatusCode,
     /// JSON.
     pub body: Vec<u8>,
-    /// An event to record.
-    pub event: Option<SkipEvent>,
+    /// What became of the review (the `outcome` label): `allowed`, `warned`, `patched`,
+    /// `denied`, `malformed`.
+    pub outcome: &'static str,
 }
 
 /// The AdmissionReview answer as JSON, its patch base64-encoded as Kubernetes writes `[]byte`
 /// (kube serializes it as an array of numbers, which the API server also reads, but not every
-/// client does).
-fn review_body(response: AdmissionResponse) -> Vec<u8> {
+/// client does). The patch is encoded on its own: as a JSON value, each of its bytes would be
+/// a number of its own (thousands per injected pod).
+fn review_body(mut response: AdmissionResponse) -> Vec<u8> {
+    let patch = response.patch.take();
     let mut review = serde_json::to_value(response.into_review()).unwrap_or(serde_json::Value::Null);
-    if let Some(patch) = review.pointer_mut("/response/patch")
-        && let Some(bytes) = patch.as_array().map(|a| {
-            a.iter()
-                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-                .collect::<Vec<u8>>()
-        })
+    if let Some(patch) = patch
+        && let Some(answer) = review.get_mut("response").and_then(serde_json::Value::as_object_mut)
     {
-        *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        answer.insert(
+            "patch".into(),
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
+        );
     }
     serde_json::to_vec(&review).unwrap_or_else(|e| {
         format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"","allowed":false,"status":{{"message":"the response does not serialize: {e}"}}}}}}"#).into_bytes()
@@ -90,25 +97,65 @@ fn refused(status: StatusCode, why: impl std::fmt::Display) -> Answer {
     Answer {
         status,
         body: review_body(refusal(None, &super::BadReview::NotAReview(why.to_string()))),
-        event: None,
+        outcome: "malformed",
+    }
+}
+
+/// The `webhook` label of a request path.
+fn webhook_of(path: &str) -> &'static str {
+    match path {
+        VALIDATE_PATH => "validate",
+        INJECT_PATH => "inject",
+        _ => "other",
+    }
+}
+
+/// An answer's body that counts and times its review once hyper is done with it: hyper drops
+/// a response body right after queueing its last bytes for the connection, so the time
+/// recorded runs from the request read to the answer written (a connection that closes
+/// before the answer is written records it too, when hyper lets go of it).
+struct Timed {
+    inner: Full<Bytes>,
+    review: Option<Review>,
+}
+
+/// A review being answered: counted and timed when its answer is written.
+struct Review {
+    metrics: Arc<Metrics>,
+    webhook: &'static str,
+    outcome: &'static str,
+    received: Instant,
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        if let Some(r) = self.review.take() {
+            r.metrics.admitted(r.webhook, r.outcome, r.received.elapsed());
+        }
+    }
+}
+
+impl Body for Timed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl Webhooks {
-    /// Answer one `POST` of `body` to `path`, counted and timed in the metrics.
+    /// Answer one `POST` of `body` to `path` (the transport-free core: [`serve`] counts and
+    /// times it).
     pub fn handle(&self, path: &str, body: &[u8]) -> Answer {
-        let started = std::time::Instant::now();
-        let (answer, outcome) = self.decide(path, body);
-        let webhook = match path {
-            VALIDATE_PATH => "validate",
-            INJECT_PATH => "inject",
-            _ => "other",
-        };
-        self.metrics.admitted(webhook, outcome, started.elapsed());
-        answer
-    }
-
-    fn decide(&self, path: &str, body: &[u8]) -> (Answer, &'static str) {
         let request = match super::review(body) {
             Ok(r) => r,
             Err((uid, why)) => {
@@ -118,28 +165,24 @@ impl Webhooks {
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                return (
-                    Answer {
-                        status,
-                        body: review_body(refusal(uid, &why)),
-                        event: None,
-                    },
-                    "malformed",
-                );
+                return Answer {
+                    status,
+                    body: review_body(refusal(uid, &why)),
+                    outcome: "malformed",
+                };
             }
         };
-        let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (response, event) = match path {
-            VALIDATE_PATH => (super::validate::respond(&request, &index), None),
-            INJECT_PATH => super::inject::respond(&request, &index, &self.defaults),
-            other => (
-                super::deny(
+        let response = {
+            let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match path {
+                VALIDATE_PATH => super::validate::respond(&request, &index),
+                INJECT_PATH => super::inject::respond(&request, &index, &self.defaults),
+                other => super::deny(
                     &request,
                     format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
                     404,
                 ),
-                None,
-            ),
+            }
         };
         let outcome = if !response.allowed {
             "denied"
@@ -150,28 +193,31 @@ impl Webhooks {
         } else {
             "allowed"
         };
-        (
-            Answer {
-                status: StatusCode::OK,
-                body: review_body(response),
-                event,
-            },
+        Answer {
+            status: StatusCode::OK,
+            body: review_body(response),
             outcome,
-        )
+        }
     }
 
-    async fn serve_http(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let answer = self.clone().answer(req).await;
-        if let Some(event) = answer.event.clone()
-            && let Some(recorder) = self.events.clone()
-        {
-            tokio::spawn(record(recorder, event));
-        }
+    /// Answer `req`, whose headers were read at `received`.
+    async fn serve_http(self: Arc<Self>, req: Request<Incoming>, received: Instant) -> Result<Response<Timed>, Infallible> {
+        let webhook = webhook_of(req.uri().path());
+        let Answer { status, body, outcome } = self.clone().answer(req).await;
+        let timed = |inner| Timed {
+            inner,
+            review: Some(Review {
+                metrics: self.metrics.clone(),
+                webhook,
+                outcome,
+                received,
+            }),
+        };
         let response = Response::builder()
-            .status(answer.status)
+            .status(status)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(answer.body)));
-        Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+            .body(timed(Full::new(Bytes::from(body))));
+        Ok(response.unwrap_or_else(|_| Response::new(timed(Full::new(Bytes::new())))))
     }
 
     async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Answer {
@@ -208,25 +254,6 @@ fn too_large() -> Answer {
     )
 }
 
-async fn record(recorder: Recorder, event: SkipEvent) {
-    let reference: ObjectReference = event.regarding.clone();
-    let published = recorder
-        .publish(
-            &Event {
-                type_: EventType::Warning,
-                reason: "SidecarInjectionSkipped".into(),
-                note: Some(event.note),
-                action: "Inject".into(),
-                secondary: None,
-            },
-            &reference,
-        )
-        .await;
-    if let Err(e) = published {
-        tracing::warn!(error = %e, "could not record the injection event");
-    }
-}
-
 /// Serve the webhooks on `listener` until the task is dropped: each TLS connection with the
 /// certificate current when it arrived.
 pub async fn serve(listener: TcpListener, tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) {
@@ -235,7 +262,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServingTls>, webhooks: Arc<We
         let Ok(stream) = conn else { continue };
         let webhooks = webhooks.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| webhooks.clone().serve_http(req));
+            // why: the clock starts when hyper hands over the request (its headers read), before
+            // any wait for a worker, so queueing inside the operator is counted.
+            let service = hyper::service::service_fn(move |req| webhooks.clone().serve_http(req, Instant::now()));
             let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

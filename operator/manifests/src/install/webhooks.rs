@@ -151,8 +151,11 @@ fn injection_webhook(opts: &Options, name: &str, namespace: LabelSelector, objec
         }]),
         failure_policy: Some("Fail".into()),
         match_policy: Some("Equivalent".into()),
-        // why: a pod the injector skips gets an event, but never on a dry run.
-        side_effects: "NoneOnDryRun".into(),
+        // why: answering changes nothing but the pod under admission. A pod the injector skips
+        // (hostNetwork) is labelled by the patch, and the operator's leader publishes the event
+        // about it from that label once the pod exists (`trellis_operator::admission::skipped`),
+        // so a dry run has no effect anywhere and `NoneOnDryRun` is not needed.
+        side_effects: "None".into(),
         timeout_seconds: Some(INJECTION_TIMEOUT_SECONDS),
         // Called again if a later webhook changes the pod; injection is idempotent.
         reinvocation_policy: Some("IfNeeded".into()),
@@ -255,7 +258,23 @@ mod tests {
     }
 
     #[test]
-    fn both_configurations_are_admission_v1_without_side_effects_on_dry_run() {
+    fn an_operator_in_another_namespace_is_called_there_and_left_out_of_injection() {
+        let opts = Options {
+            namespace: "operators".into(),
+            ..Options::default()
+        };
+        let m = mutating_webhook_configuration(&opts).webhooks.unwrap();
+        let v = validating_webhook_configuration(&opts).webhooks.unwrap();
+        let services = m.iter().map(|w| &w.client_config).chain(v.iter().map(|w| &w.client_config));
+        for config in services {
+            assert_eq!(config.service.as_ref().unwrap().namespace, "operators");
+        }
+        let on = labels(&[(INJECT_LABEL, INJECT_ENABLED), (NAMESPACE_NAME_LABEL, "operators")]);
+        assert!(m.iter().all(|w| !selector_matches(w.namespace_selector.as_ref().unwrap(), &on)));
+    }
+
+    #[test]
+    fn both_configurations_are_admission_v1_without_side_effects() {
         let opts = Options::default();
         let v = validating_webhook_configuration(&opts).webhooks.unwrap();
         let m = mutating_webhook_configuration(&opts).webhooks.unwrap();
@@ -283,7 +302,9 @@ mod tests {
             }))
         {
             assert_eq!(versions, &["v1"]);
-            assert!(effects == "None" || effects == "NoneOnDryRun");
+            // The injector's skip events come from a reconciler, not the webhook: no webhook
+            // has a side effect, dry run or not.
+            assert_eq!(effects, "None");
             assert_eq!(policy.as_deref(), Some("Fail"));
             assert_eq!(matching.as_deref(), Some("Equivalent"));
             assert!(timeout.is_some_and(|t| (1..=10).contains(&t)));
