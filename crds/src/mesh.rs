@@ -163,7 +163,8 @@ pub enum CaMode {
 pub struct SecretReference {
     /// Secret name.
     pub name: String,
-    /// Namespace (default `trellis-system`).
+    /// Namespace (default: the operator's own, `trellis-system` unless it is installed
+    /// elsewhere).
     pub namespace: Option<String>,
 }
 

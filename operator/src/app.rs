@@ -52,8 +52,11 @@ pub const OPERATOR_SERVICE_ACCOUNT: &str = "trellis-operator";
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "trellis-operator", version, about = "The Trellis control plane")]
 pub struct Config {
-    /// Namespace the control plane runs in (its CA Secret lives there).
-    #[arg(long, env = "POD_NAMESPACE", default_value = trellis_api::mesh::SYSTEM_NAMESPACE)]
+    /// Namespace the control plane runs in: its CA Secret, leader Lease and Service (which the
+    /// webhook configurations it creates and the injected sidecars point at) are there. The
+    /// Deployment sets POD_NAMESPACE from the pod's own namespace (under OLM, the
+    /// OperatorGroup's).
+    #[arg(long, env = trellis_manifests::install::NAMESPACE_ENV, default_value = trellis_api::mesh::SYSTEM_NAMESPACE)]
     pub namespace: String,
     /// Address of the push and certificate API (gRPC over TLS).
     #[arg(long, env = "TRELLIS_PUSH_ADDR", default_value = "0.0.0.0:15012")]
@@ -173,6 +176,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         config.trust_domain = td;
     }
     let mut defaults = Defaults {
+        namespace: config.namespace.clone(),
         proxy_image: config.proxy_image.clone(),
         workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
         ..Defaults::default()
@@ -320,6 +324,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     let observe = Arc::new(crate::mesh::observe::Live {
         roots: roots.clone(),
         trust_domain: config.trust_domain.clone(),
+        namespace: config.namespace.clone(),
         push: app.push.clone(),
         peers: app.peers.clone(),
         ca_problem,
@@ -732,5 +737,39 @@ async fn drive_rotation(
         {
             tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_namespace_is_the_pods_own_and_everything_namespaced_follows_it() {
+        // The Deployment sets this variable from the pod's metadata.namespace (under OLM, the
+        // OperatorGroup's namespace) and passes no --namespace.
+        let command = Config::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "namespace")
+            .expect("a namespace setting");
+        assert_eq!(
+            arg.get_env(),
+            Some(std::ffi::OsStr::new(trellis_manifests::install::NAMESPACE_ENV))
+        );
+        let config = Config::parse_from(["trellis-operator", "--namespace", "operators"]);
+        let sidecar = injector_settings(&config);
+        assert_eq!(sidecar.control_plane_namespace, "operators");
+        assert!(
+            service_dns_names(&config).contains(&"trellis-operator.operators.svc".to_string()),
+            "{:?}",
+            service_dns_names(&config)
+        );
+        assert_eq!(
+            operator_spiffe_id(&config),
+            "spiffe://cluster.local/ns/operators/sa/trellis-operator"
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! follows the cluster (CRDs applied with kubectl, Services and Deployments picked up with no
 //! configuration, changes and deletions followed, the compiler run from it), TokenReview
 //! identifies ServiceAccounts, and the operator's RBAC lets it write its CA Secret and the trust
-//! ConfigMaps and no other Secret or ConfigMap.
+//! ConfigMaps and no other Secret or ConfigMap. Installed as OLM installs the bundle — into
+//! another namespace, with the ClusterServiceVersion's permissions — the whole operator
+//! becomes ready there, and its CA Secret, Lease and webhook configurations follow that
+//! namespace.
 
 mod support;
 
@@ -74,6 +77,90 @@ async fn on_one_cluster() {
     the_index_follows_the_cluster(&cluster).await;
     token_review_identifies_service_accounts(&cluster).await;
     the_operator_writes_its_ca_secret_and_trust_configmaps_and_nothing_else(&cluster).await;
+    under_olm_the_operator_follows_the_operatorgroups_namespace(&cluster).await;
+}
+
+/// The namespace an OperatorGroup installs the bundle into (OLM's global one).
+const OLM_NAMESPACE: &str = "operators";
+
+/// The whole operator, installed as OLM installs the bundle: its ServiceAccount in
+/// [`OLM_NAMESPACE`], the CSV's `clusterPermissions` as a ClusterRole and its `permissions` as a
+/// Role there, and the namespace its Deployment would read from the downward API. It becomes
+/// ready (the registry listed, the webhook configurations created and trusted) with exactly
+/// those permissions where RBAC is enforced, and everything namespaced follows: the CA Secret,
+/// the Lease, the webhooks' service reference and the namespaces they leave out.
+async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &Target) {
+    use trellis_manifests::install::{self, webhooks};
+    let csv = trellis_manifests::olm::cluster_service_version(&install::Options::default());
+    let strategy = &csv["spec"]["install"]["spec"];
+    let (cluster_rules, rules) = (
+        &strategy["clusterPermissions"][0]["rules"],
+        &strategy["permissions"][0]["rules"],
+    );
+    let account = install::OPERATOR_NAME;
+    let subject = serde_json::json!([{"kind": "ServiceAccount", "name": account, "namespace": OLM_NAMESPACE}]);
+    let olm_name = "trellis-operator.v-olm-test";
+    let objects = serde_json::json!([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OLM_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": OLM_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": olm_name}, "rules": cluster_rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": olm_name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": olm_name}, "subjects": subject},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": olm_name, "namespace": OLM_NAMESPACE}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": olm_name, "namespace": OLM_NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": olm_name}, "subjects": subject},
+    ]);
+    cluster
+        .apply(&trellis_manifests::to_yaml(objects.as_array().unwrap()))
+        .unwrap();
+    let client = cluster.client_as(OLM_NAMESPACE, account).await.unwrap();
+    let config = trellis_operator::app::Config {
+        namespace: OLM_NAMESPACE.into(),
+        create_webhooks: true,
+        ..support::operator_config(0, 3600)
+    };
+    let op = trellis_operator::app::start(config, client)
+        .await
+        .expect("the operator starts in the OperatorGroup's namespace");
+    support::until_async("the operator to be ready", 90, || async {
+        support::http_get(op.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+    let get = |args: &[&str]| cluster.kubectl_ok(args, None).unwrap_or_default();
+    assert_eq!(
+        get(&["-n", OLM_NAMESPACE, "get", "secret", install::CA_SECRET, "-o", "name"]).trim(),
+        format!("secret/{}", install::CA_SECRET)
+    );
+    until("the operator to lead on its Lease in the OperatorGroup's namespace", 30, || {
+        get(&["-n", OLM_NAMESPACE, "get", "lease", install::LEADER_LEASE, "-o", "jsonpath={.spec.holderIdentity}"])
+            == "trellis-operator-test"
+    })
+    .await;
+    for (kind, name) in [
+        ("validatingwebhookconfiguration", webhooks::VALIDATOR),
+        ("mutatingwebhookconfiguration", webhooks::INJECTOR),
+    ] {
+        let services = get(&["get", kind, name, "-o", "jsonpath={.webhooks[*].clientConfig.service.namespace}"]);
+        assert!(
+            !services.is_empty() && services.split_whitespace().all(|ns| ns == OLM_NAMESPACE),
+            "{name}: {services}"
+        );
+    }
+    let excluded = get(&[
+        "get",
+        "mutatingwebhookconfiguration",
+        webhooks::INJECTOR,
+        "-o",
+        "jsonpath={.webhooks[0].namespaceSelector.matchExpressions[1].values}",
+    ]);
+    assert!(excluded.contains(OLM_NAMESPACE) && !excluded.contains("trellis-system"), "{excluded}");
+    op.stop();
+    // No operator answers them any more: out of the write path of the rest of the cluster.
+    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
+        cluster
+            .kubectl_ok(&["delete", kind, "-l", "app=trellis-operator"], None)
+            .unwrap();
+    }
 }
 
 async fn the_index_follows_the_cluster(cluster: &Target) {

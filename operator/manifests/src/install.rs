@@ -38,6 +38,9 @@ pub const OPERATOR_CONTAINER: &str = "operator";
 /// The variable telling the operator its own image (the Mesh's `spec.versions.operator` is
 /// compared with it: the operator upgrades itself to the image the Mesh names).
 pub const OPERATOR_IMAGE_ENV: &str = "TRELLIS_OPERATOR_IMAGE";
+/// The variable the operator reads its own namespace from (set from the pod's
+/// `metadata.namespace`): its CA Secret, Lease, Service and webhooks' service reference follow it.
+pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
 /// glibc malloc arenas for the operator (`MALLOC_ARENA_MAX`). By default glibc makes up to
 /// eight per core, each keeping its freed memory; the operator's allocations are many small,
 /// long-lived pieces shared across threads, and two arenas hold about 35 MiB less at 1000
@@ -425,14 +428,16 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
         containers: vec![Container {
             name: OPERATOR_CONTAINER.into(),
             image: Some(opts.operator_image.clone()),
-            args: Some(vec!["--namespace".into(), opts.namespace.clone()]),
+            // No `--namespace`: the operator takes its namespace from POD_NAMESPACE (the
+            // downward API below), so it runs wherever its Deployment is put — under OLM, the
+            // OperatorGroup's namespace, which the bundle cannot know.
             env: Some(vec![
                 env("RUST_LOG", &opts.log_level),
                 env("TRELLIS_PROXY_IMAGE", &opts.proxy_image),
                 env(OPERATOR_IMAGE_ENV, &opts.operator_image),
                 env("MALLOC_ARENA_MAX", OPERATOR_MALLOC_ARENAS),
                 env_field("POD_NAME", "metadata.name"),
-                env_field("POD_NAMESPACE", "metadata.namespace"),
+                env_field(NAMESPACE_ENV, "metadata.namespace"),
             ]),
             ports: Some(vec![
                 port("grpc-push", PUSH_PORT),

@@ -130,7 +130,15 @@ fn install_objects_are_ordered_and_valid() {
     }
     let dep = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["args"], serde_json::json!(["--namespace", "mesh-system"]));
+    // The namespace comes from the pod's own (the downward API), never from an argument.
+    assert!(c["args"].is_null(), "{c}");
+    let from_pod = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == install::NAMESPACE_ENV)
+        .unwrap();
+    assert_eq!(from_pod["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     // The malloc tuning the convergence benchmark measures the operator with.
     let arenas = c["env"]
@@ -141,4 +149,34 @@ fn install_objects_are_ordered_and_valid() {
     assert_eq!(arenas.unwrap()["value"], install::OPERATOR_MALLOC_ARENAS);
     let yaml = trellis_manifests::to_yaml(&objects);
     assert_eq!(yaml.matches("\n---\n").count() + 1, objects.len());
+}
+
+#[test]
+fn under_olm_the_operator_takes_its_namespace_from_the_downward_api() {
+    let csv = olm::cluster_service_version(&Options::default());
+    // What OLM installs names no namespace: the Deployment, the Role from `permissions` and its
+    // binding go where the OperatorGroup says; only the suggestion shown to a person names one.
+    let install = serde_json::to_string(&csv["spec"]["install"]).unwrap();
+    assert!(!install.contains("trellis-system"), "{install}");
+    assert_eq!(
+        csv["metadata"]["annotations"]["operators.operatorframework.io/suggested-namespace"],
+        "trellis-system"
+    );
+    let container = &csv["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["args"].as_array().is_none_or(|a| !a.iter().any(|x| x == "--namespace")),
+        "a --namespace argument would override the pod's own namespace: {container}"
+    );
+    let from_pod = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == install::NAMESPACE_ENV)
+        .expect("the namespace variable");
+    assert_eq!(from_pod["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    // The same Deployment as `meshctl install` creates.
+    assert_eq!(
+        csv["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"],
+        serde_json::to_value(install::pod_spec(&Options::default())).unwrap()
+    );
 }

@@ -39,6 +39,9 @@ pub struct CaObservation {
     pub progress: String,
     /// Why the CA cannot follow the Mesh's CA settings (e.g. a plugged Secret that is missing).
     pub problem: Option<String>,
+    /// The Secret the root is kept in (`namespace/name`: the operator's namespace), for the
+    /// messages that tell a person where to act.
+    pub secret: String,
 }
 
 /// Whether the admission webhooks are served with a current CA bundle.
@@ -113,8 +116,9 @@ fn ca_condition(ca: &CaObservation, now: SystemTime) -> (bool, &'static str, Str
             false,
             "RootExpired",
             format!(
-                "the root {fp} expired at {}; rotate it: annotate Secret trellis-system/trellis-ca with trellis.dev/rotate-root=now (self-signed) or plug a new root",
-                rfc3339(expires)
+                "the root {fp} expired at {}; rotate it: annotate Secret {} with trellis.dev/rotate-root=now (self-signed) or plug a new root",
+                rfc3339(expires),
+                ca.secret
             ),
         ),
         Ok(left) => {
@@ -425,6 +429,7 @@ mod tests {
             phase: "Stable".into(),
             progress: String::new(),
             problem: None,
+            secret: "operators/trellis-ca".into(),
         }
     }
 
@@ -526,6 +531,12 @@ mod tests {
         };
         let cs = conditions(&o, &[]);
         assert_eq!(get(&cs, READY).status, "False");
+        // An expired root names the Secret to annotate, in the operator's namespace.
+        let mut expired = ca.clone();
+        expired.root_expires = Some(now - Duration::from_secs(60));
+        let (_, reason, message) = ca_condition(&expired, now);
+        assert_eq!(reason, "RootExpired");
+        assert!(message.contains("annotate Secret operators/trellis-ca"), "{message}");
         let degraded = get(&cs, DEGRADED);
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),

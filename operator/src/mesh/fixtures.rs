@@ -58,6 +58,7 @@ impl Default for Fixed {
                 phase: "Stable".into(),
                 progress: String::new(),
                 problem: None,
+                secret: "trellis-system/trellis-ca".into(),
             },
             webhooks: WebhooksObservation {
                 ready: true,

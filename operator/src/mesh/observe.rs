@@ -21,6 +21,8 @@ pub struct Live {
     pub roots: Arc<MeshRoots>,
     /// The trust domain certificates are issued in (read from the Mesh at start).
     pub trust_domain: String,
+    /// The operator's namespace (its Deployment and CA Secret are there).
+    pub namespace: String,
     /// The push (proxies' sync state).
     pub push: PushService,
     /// The watched meshed pods.
@@ -53,8 +55,8 @@ impl Observe for Live {
         };
         let problem = if settings.trust_domain != self.trust_domain {
             Some(format!(
-                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts (every identity changes with it): restart the operator (kubectl -n trellis-system rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
-                settings.trust_domain, self.trust_domain
+                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts (every identity changes with it): restart the operator (kubectl -n {} rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
+                settings.trust_domain, self.trust_domain, self.namespace
             ))
         } else {
             self.ca_problem.read().ok().and_then(|p| p.clone())
@@ -67,6 +69,7 @@ impl Observe for Live {
             phase: status.phase,
             progress: status.progress,
             problem,
+            secret: format!("{}/{}", self.namespace, crate::ca::secret::CA_SECRET),
         }
     }
 

@@ -20,6 +20,9 @@ use trellis_api::validation::{Finding, Outcome, Severity, validate};
 /// What the operator uses where neither a Mesh nor its field says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
+    /// The operator's own namespace: where a plugged root's `secretRef` without a namespace
+    /// points.
+    pub namespace: String,
     /// The proxy image installed with the operator (`TRELLIS_PROXY_IMAGE`).
     pub proxy_image: String,
     /// Workload certificate lifetime.
@@ -31,6 +34,7 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
+            namespace: SYSTEM_NAMESPACE.to_string(),
             proxy_image: format!("ghcr.io/trellis-mesh/trellis-proxy:{}", env!("CARGO_PKG_VERSION")),
             workload_cert_ttl: crate::ca::DEFAULT_WORKLOAD_TTL,
             root_cert_ttl: crate::ca::DEFAULT_ROOT_TTL,
@@ -168,7 +172,7 @@ impl Settings {
                 plugged_from: ca
                     .secret_ref
                     .filter(|_| mode == CaMode::Plugged)
-                    .map(|s| (s.namespace.unwrap_or_else(|| SYSTEM_NAMESPACE.to_string()), s.name)),
+                    .map(|s| (s.namespace.unwrap_or_else(|| defaults.namespace.clone()), s.name)),
                 workload_cert_ttl: ca
                     .workload_cert_ttl
                     .as_deref()
@@ -255,6 +259,18 @@ mod tests {
         assert_eq!(s.proxy_image, "registry.example/proxy:2");
         assert_eq!(s.ca.mode, CaMode::Plugged);
         assert_eq!(s.ca.plugged_from, Some(("trellis-system".into(), "cacerts".into())));
+        // An operator installed elsewhere (under OLM: the OperatorGroup's namespace) looks in
+        // its own namespace.
+        let elsewhere = Defaults {
+            namespace: "operators".into(),
+            ..Defaults::default()
+        };
+        let other = Settings::from_mesh(
+            &mesh(json!({"ca": {"mode": "Plugged", "secretRef": {"name": "cacerts"}}})),
+            &elsewhere,
+        )
+        .unwrap();
+        assert_eq!(other.ca.plugged_from, Some(("operators".into(), "cacerts".into())));
         assert_eq!(s.ca.workload_cert_ttl, Duration::from_secs(3600));
         assert_eq!(s.ca.root_cert_ttl, Duration::from_secs(48 * 3600));
         assert_eq!(s.default_mtls_mode, MtlsMode::Strict);
