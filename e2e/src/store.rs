@@ -162,10 +162,18 @@ impl Store {
     /// namespace then name, with the resourceVersion of the read.
     pub fn list(&self, group_resource: &str, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let st = self.lock();
+        // why: keys order by resource, then namespace, then name, so the objects asked for are
+        // one range of the map; scanning every stored object (events included) on each list
+        // made each controller sweep cost more as the cluster grew.
+        let from = ObjectKey {
+            group_resource: group_resource.to_string(),
+            namespace: namespace.unwrap_or_default().to_string(),
+            name: String::new(),
+        };
         let items = st
             .objects
-            .iter()
-            .filter(|(k, _)| k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns))
+            .range(from..)
+            .take_while(|(k, _)| k.group_resource == group_resource && namespace.is_none_or(|ns| k.namespace == ns))
             .map(|(_, v)| v.clone())
             .collect();
         (items, st.rv)
@@ -376,6 +384,40 @@ mod tests {
             Err(StoreError::Gone { .. })
         ));
         assert!(s.watch("/configmaps", None, WatchStart::After(point + 1)).is_ok());
+    }
+
+    #[test]
+    fn lists_hold_one_resource_in_one_or_every_namespace_in_order() {
+        let s = Store::new();
+        let at = |gr: &str, ns: &str, name: &str| ObjectKey {
+            group_resource: gr.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        for (gr, ns, name) in [
+            ("/configmaps", "b", "x"),
+            ("/configmaps", "a", "y"),
+            ("/configmaps", "a", "x"),
+            ("/configmapsx", "a", "z"),
+            ("/config", "a", "w"),
+            ("/secrets", "a", "s"),
+            ("/namespaces", "", "a"),
+        ] {
+            s.create(&at(gr, ns, name), json!({"metadata": {"name": name, "namespace": ns}}))
+                .unwrap();
+        }
+        let names = |gr: &str, ns: Option<&str>| -> Vec<String> {
+            s.list(gr, ns)
+                .0
+                .iter()
+                .map(|o| format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+                .collect()
+        };
+        assert_eq!(names("/configmaps", None), ["a/x", "a/y", "b/x"]);
+        assert_eq!(names("/configmaps", Some("a")), ["a/x", "a/y"]);
+        assert_eq!(names("/configmaps", Some("c")), Vec::<String>::new());
+        assert_eq!(names("/namespaces", None), ["/a"]);
+        assert_eq!(names("/config", None), ["a/w"]);
     }
 
     #[tokio::test]

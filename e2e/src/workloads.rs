@@ -4,6 +4,8 @@
 //! `kubectl rollout status` reads, and Job → Pods (parallelism,
 //! completions, backoffLimit, Complete/Failed conditions).
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 use tracing::debug;
 
@@ -35,6 +37,24 @@ fn controlled_by(o: &Value, uid: &str) -> bool {
     o.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid && r["controller"] == json!(true)))
+}
+
+/// The objects (not being deleted) by the uid of the controller that owns them: one read of
+/// a resource serves a whole sweep, instead of a list of the namespace per owner.
+fn by_controller(objects: Vec<Value>) -> HashMap<String, Vec<Value>> {
+    let mut owned: HashMap<String, Vec<Value>> = HashMap::new();
+    for o in objects.into_iter().filter(|o| !deleting(o)) {
+        let controller = o
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)))
+            .and_then(|r| r["uid"].as_str())
+            .map(str::to_string);
+        if let Some(uid) = controller {
+            owned.entry(uid).or_default().push(o);
+        }
+    }
+    owned
 }
 
 fn owner_ref(owner: &Value, kind: &str, api_version: &str) -> Value {
@@ -179,13 +199,11 @@ pub fn sweep_replicasets(cluster: &Cluster) -> bool {
     };
     let mut changed = false;
     let (all, _) = cluster.store.list(&rs_rt.group_resource(), None);
+    let mut owned = by_controller(cluster.store.list(&pod_rt.group_resource(), None).0);
     for rs in all.iter().filter(|r| !deleting(r)) {
         let ns = meta(rs, "namespace");
         let uid = meta(rs, "uid");
-        let mut pods: Vec<Value> = list(cluster, &pod_rt, ns)
-            .into_iter()
-            .filter(|p| controlled_by(p, uid) && !deleting(p))
-            .collect();
+        let mut pods: Vec<Value> = owned.remove(uid).unwrap_or_default();
         let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         let have = pods.len() as i64;
         if have < want {
@@ -264,23 +282,27 @@ pub fn sweep_deployments(cluster: &Cluster) -> bool {
     };
     let mut changed = false;
     let (all, _) = cluster.store.list(&d_rt.group_resource(), None);
+    let mut owned = by_controller(cluster.store.list(&rs_rt.group_resource(), None).0);
     for d in all.iter().filter(|d| !deleting(d)) {
-        changed |= reconcile_deployment(cluster, &d_rt, &rs_rt, d);
+        let replicasets = owned.remove(meta(d, "uid")).unwrap_or_default();
+        changed |= reconcile_deployment(cluster, &d_rt, &rs_rt, d, replicasets);
     }
     changed
 }
 
-fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &ResourceType, d: &Value) -> bool {
+/// Roll `d` with `owned`, the ReplicaSets it controls (read at the start of the sweep).
+fn reconcile_deployment(
+    cluster: &Cluster,
+    d_rt: &ResourceType,
+    rs_rt: &ResourceType,
+    d: &Value,
+    mut owned: Vec<Value>,
+) -> bool {
     let ns = meta(d, "namespace");
     let name = meta(d, "name");
-    let uid = meta(d, "uid");
     let desired = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
     let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let hash = template_hash(&template);
-    let mut owned: Vec<Value> = list(cluster, rs_rt, ns)
-        .into_iter()
-        .filter(|r| controlled_by(r, uid) && !deleting(r))
-        .collect();
     owned.sort_by_key(revision);
     let mut changed = false;
     let current_rev = owned.iter().map(revision).max().unwrap_or(0);
@@ -400,11 +422,9 @@ fn reconcile_deployment(cluster: &Cluster, d_rt: &ResourceType, rs_rt: &Resource
             changed |= cluster.delete(rs_rt, Some(ns), meta(r, "name"), &bg).is_ok();
         }
     }
-    // Status, from a fresh read of the owned ReplicaSets.
-    let fresh: Vec<Value> = list(cluster, rs_rt, ns)
-        .into_iter()
-        .filter(|r| controlled_by(r, uid) && !deleting(r))
-        .collect();
+    // Status, from the owned ReplicaSets' status (this sweep changed only their specs and
+    // revisions, and deleted only empty ones; a ReplicaSet created now has no status yet).
+    let fresh: Vec<&Value> = old.iter().chain(std::iter::once(&new_rs)).collect();
     let sum = |p: &str| fresh.iter().map(|r| int(r, p)).sum::<i64>();
     let updated = fresh
         .iter()
