@@ -56,7 +56,12 @@ fn main() {
     let opts = WriteOptions::default();
     for n in 0..NAMESPACES {
         cluster
-            .create(&namespaces, None, json!({"metadata": {"name": format!("ns-{n}")}}), &opts)
+            .create(
+                &namespaces,
+                None,
+                json!({"metadata": {"name": format!("ns-{n}")}}),
+                &opts,
+            )
             .expect("a namespace");
     }
     let deployment = |i: usize, version: &str| {

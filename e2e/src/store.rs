@@ -410,7 +410,13 @@ mod tests {
             s.list(gr, ns)
                 .0
                 .iter()
-                .map(|o| format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+                .map(|o| {
+                    format!(
+                        "{}/{}",
+                        o["metadata"]["namespace"].as_str().unwrap(),
+                        o["metadata"]["name"].as_str().unwrap()
+                    )
+                })
                 .collect()
         };
         assert_eq!(names("/configmaps", None), ["a/x", "a/y", "b/x"]);

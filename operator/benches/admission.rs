@@ -172,11 +172,7 @@ fn load_average() -> String {
 }
 
 /// Run `scenario`, then report it with what `histogram` recorded meanwhile.
-async fn measured(
-    name: &str,
-    histogram: &Histogram,
-    scenario: impl std::future::Future<Output = Results>,
-) -> usize {
+async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future::Future<Output = Results>) -> usize {
     let (before, load) = (histogram.snapshot(), load_average());
     let mut results = scenario.await;
     let server = histogram.snapshot().since(&before);
@@ -361,7 +357,9 @@ fn handled(webhooks: &Webhooks, n: usize) {
     };
     let inject = mean(webhooks::INJECT_PATH, &pod);
     let validate = mean(webhooks::VALIDATE_PATH, &vs);
-    println!("review parsed, decided and answered (no TLS, no HTTP): inject {inject:.2?}, validate {validate:.2?} (mean of {n})");
+    println!(
+        "review parsed, decided and answered (no TLS, no HTTP): inject {inject:.2?}, validate {validate:.2?} (mean of {n})"
+    );
 }
 
 /// Serve the webhooks on a runtime of their own (2 worker threads, as the operator's on 2

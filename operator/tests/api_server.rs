@@ -131,16 +131,33 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
         get(&["-n", OLM_NAMESPACE, "get", "secret", install::CA_SECRET, "-o", "name"]).trim(),
         format!("secret/{}", install::CA_SECRET)
     );
-    until("the operator to lead on its Lease in the OperatorGroup's namespace", 30, || {
-        get(&["-n", OLM_NAMESPACE, "get", "lease", install::LEADER_LEASE, "-o", "jsonpath={.spec.holderIdentity}"])
-            == "trellis-operator-test"
-    })
+    until(
+        "the operator to lead on its Lease in the OperatorGroup's namespace",
+        30,
+        || {
+            get(&[
+                "-n",
+                OLM_NAMESPACE,
+                "get",
+                "lease",
+                install::LEADER_LEASE,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ]) == "trellis-operator-test"
+        },
+    )
     .await;
     for (kind, name) in [
         ("validatingwebhookconfiguration", webhooks::VALIDATOR),
         ("mutatingwebhookconfiguration", webhooks::INJECTOR),
     ] {
-        let services = get(&["get", kind, name, "-o", "jsonpath={.webhooks[*].clientConfig.service.namespace}"]);
+        let services = get(&[
+            "get",
+            kind,
+            name,
+            "-o",
+            "jsonpath={.webhooks[*].clientConfig.service.namespace}",
+        ]);
         assert!(
             !services.is_empty() && services.split_whitespace().all(|ns| ns == OLM_NAMESPACE),
             "{name}: {services}"
@@ -153,7 +170,10 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
         "-o",
         "jsonpath={.webhooks[0].namespaceSelector.matchExpressions[1].values}",
     ]);
-    assert!(excluded.contains(OLM_NAMESPACE) && !excluded.contains("trellis-system"), "{excluded}");
+    assert!(
+        excluded.contains(OLM_NAMESPACE) && !excluded.contains("trellis-system"),
+        "{excluded}"
+    );
     op.stop();
     // No operator answers them any more: out of the write path of the rest of the cluster.
     for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {

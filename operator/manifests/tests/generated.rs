@@ -164,7 +164,9 @@ fn under_olm_the_operator_takes_its_namespace_from_the_downward_api() {
     );
     let container = &csv["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"][0];
     assert!(
-        container["args"].as_array().is_none_or(|a| !a.iter().any(|x| x == "--namespace")),
+        container["args"]
+            .as_array()
+            .is_none_or(|a| !a.iter().any(|x| x == "--namespace")),
         "a --namespace argument would override the pod's own namespace: {container}"
     );
     let from_pod = container["env"]

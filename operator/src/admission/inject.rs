@@ -207,9 +207,9 @@ fn patched(
     response: AdmissionResponse,
     patch: json_patch::Patch,
 ) -> AdmissionResponse {
-    response.with_patch(patch).unwrap_or_else(|e| {
-        super::deny(request, format!("the injection patch does not serialize: {e}"), 500)
-    })
+    response
+        .with_patch(patch)
+        .unwrap_or_else(|e| super::deny(request, format!("the injection patch does not serialize: {e}"), 500))
 }
 
 #[cfg(test)]

@@ -201,7 +201,11 @@ impl Webhooks {
     }
 
     /// Answer `req`, whose headers were read at `received`.
-    async fn serve_http(self: Arc<Self>, req: Request<Incoming>, received: Instant) -> Result<Response<Timed>, Infallible> {
+    async fn serve_http(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        received: Instant,
+    ) -> Result<Response<Timed>, Infallible> {
         let webhook = webhook_of(req.uri().path());
         let Answer { status, body, outcome } = self.clone().answer(req).await;
         let timed = |inner| Timed {

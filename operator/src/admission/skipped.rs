@@ -53,7 +53,10 @@ pub fn event_for(pod: &Pod) -> Option<(String, ObjectReference, Event)> {
         ..ObjectReference::default()
     };
     let owners = meta.owner_references.iter().flatten();
-    let controller = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
+    let controller = owners
+        .clone()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.clone().next());
     let related = controller.map(|o| ObjectReference {
         api_version: Some(o.api_version.clone()),
         kind: Some(o.kind.clone()),

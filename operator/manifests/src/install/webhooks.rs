@@ -265,12 +265,18 @@ mod tests {
         };
         let m = mutating_webhook_configuration(&opts).webhooks.unwrap();
         let v = validating_webhook_configuration(&opts).webhooks.unwrap();
-        let services = m.iter().map(|w| &w.client_config).chain(v.iter().map(|w| &w.client_config));
+        let services = m
+            .iter()
+            .map(|w| &w.client_config)
+            .chain(v.iter().map(|w| &w.client_config));
         for config in services {
             assert_eq!(config.service.as_ref().unwrap().namespace, "operators");
         }
         let on = labels(&[(INJECT_LABEL, INJECT_ENABLED), (NAMESPACE_NAME_LABEL, "operators")]);
-        assert!(m.iter().all(|w| !selector_matches(w.namespace_selector.as_ref().unwrap(), &on)));
+        assert!(
+            m.iter()
+                .all(|w| !selector_matches(w.namespace_selector.as_ref().unwrap(), &on))
+        );
     }
 
     #[test]
