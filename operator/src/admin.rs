@@ -1,7 +1,8 @@
 //! The operator's admin HTTP API: `/ready`, `/live`, `/metrics` (Prometheus text) and
 //! `/debug/syncz` (per-proxy sync state as JSON, every replica's proxies; `?scope=local` for
 //! this replica's), `/debug/ca` (the mesh roots and their
-//! rotation). No secrets are ever served here.
+//! rotation), `/traffic?window=SECONDS` (the golden signals of this replica's proxies:
+//! [`crate::traffic`]). No secrets are ever served here.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// The mesh roots (for `/debug/ca`: fingerprints, validity and rotation phase, never keys).
     pub roots: Arc<MeshRoots>,
+    /// The golden signals of this replica's proxies (`/traffic`).
+    pub traffic: Arc<crate::traffic::Traffic>,
 }
 
 /// Serve the admin API on `listener` until the task is aborted.
@@ -89,13 +92,22 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_string_pretty(&state).expect("sync state serializes");
             text(StatusCode::OK, body, "application/json")
         }
+        "/traffic" => {
+            if req.method() != hyper::Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into(), "text/plain");
+            }
+            match admin.traffic.answer(req.uri().query()) {
+                Ok(body) => text(StatusCode::OK, body, "application/json"),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            }
+        }
         "/debug/ca" => {
             let body = serde_json::to_string_pretty(&admin.roots.status()).expect("CA status serializes");
             text(StatusCode::OK, body, "application/json")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /live, /metrics, /debug/syncz or /debug/ca\n".into(),
+            "not found; try /ready, /live, /metrics, /traffic, /debug/syncz or /debug/ca\n".into(),
             "text/plain",
         ),
     }
@@ -156,5 +168,6 @@ pub fn metrics(admin: &Admin) -> String {
         "Whether the operator is ready.",
         u64::from(admin.ready.load(Ordering::SeqCst)),
     );
+    admin.traffic.render_metrics(&mut out);
     admin.push.metrics().render(&out)
 }

@@ -441,10 +441,12 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
 
     // gRPC: push and certificates, TLS with optional client certificates (a proxy has none
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
+    let traffic = Arc::new(crate::traffic::Traffic::default());
     let push = PushService::new(index.clone(), changed.clone(), push::Options::default())
         .require_workload_identity(config.trust_domain.clone())
         .with_roots(roots.clone())
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_traffic(traffic.clone());
     let certs =
         CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics.clone());
     let serving = Arc::new(ServingTls::new(
@@ -517,6 +519,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         index: index.clone(),
         ready: ready.clone(),
         roots: roots.clone(),
+        traffic,
     };
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await

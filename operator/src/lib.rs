@@ -17,6 +17,7 @@
 //! - [`dataplane`]: the meshed pods, their proxy images, owners and health.
 //! - [`rollout`]: proxy rollouts in health-gated waves, rolled back when a wave fails.
 //! - [`peers`]: the other replicas' proxies, so the leader sees every proxy.
+//! - [`traffic`]: the proxies' golden signals, summed into the mesh-wide traffic view.
 //!
 //! [`registry`], [`snapshot`] and [`compile`] live in the kube-free `trellis-core` crate and are
 //! re-exported here under their old paths.
@@ -36,6 +37,7 @@ pub mod peers;
 pub mod push;
 pub mod rollout;
 pub mod serving;
+pub mod traffic;
 pub mod trust;
 
 pub use trellis_core::{compile, registry, snapshot};

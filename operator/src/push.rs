@@ -205,6 +205,8 @@ pub struct PushService {
     /// Permits for whole configurations in flight ([`Options::full_in_flight`]).
     full_sends: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
+    /// Where the proxies' golden-signal reports go (none: they are ignored).
+    traffic: Option<Arc<crate::traffic::Traffic>>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -230,7 +232,14 @@ impl PushService {
             stopping: Arc::new(watch::Sender::new(false)),
             full_sends: Arc::new(tokio::sync::Semaphore::new(options.full_in_flight.max(1))),
             metrics: Arc::default(),
+            traffic: None,
         }
+    }
+
+    /// Count the proxies' golden-signal reports into `traffic`.
+    pub fn with_traffic(mut self, traffic: Arc<crate::traffic::Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
     }
 
     /// Count pushes, ACKs, NACKs and convergence in `metrics`.
@@ -420,6 +429,7 @@ impl ConfigPush for PushService {
         });
         tracing::info!(%proxy, version = %hello.current_version, "proxy subscribed");
 
+        let reporter = pod.clone();
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(1);
         // Versions sent and not yet answered, with the change (generation) each carries, for
         // the convergence metric.
@@ -584,7 +594,7 @@ impl ConfigPush for PushService {
                 metrics.rollout_done(g, false);
             }
         });
-        // Inbound: ACKs and NACKs.
+        // Inbound: ACKs, NACKs and golden-signal reports.
         let this = self.clone();
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
@@ -630,6 +640,13 @@ impl ConfigPush for PushService {
                                 error: n.error,
                             })
                         });
+                    }
+                    Ok(Some(ProxyMessage {
+                        kind: Some(proxy_message::Kind::Signals(signals)),
+                    })) => {
+                        if let Some(traffic) = &this.traffic {
+                            traffic.record(&this.snapshot(), &reporter, role == Role::Gateway, &signals);
+                        }
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,

@@ -342,3 +342,75 @@ async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
     let metrics = s.service.metrics();
     assert_eq!((metrics.pushes.get(), metrics.delta_pushes.get()), (4, 2));
 }
+
+#[tokio::test]
+async fn golden_signals_count_for_the_subscribed_pods_workload() {
+    use trellis_contract::signals::{Counts, EdgeSignals, Report, Reporter};
+    use trellis_core::traffic::WorkloadRef;
+
+    let s = server().await;
+    let traffic = Arc::new(trellis_operator::traffic::Traffic::default());
+    // A second service over the same snapshot, reporting into `traffic`.
+    let service =
+        PushService::new(s.mesh.clone(), s.changed.subscribe(), Options::default()).with_traffic(traffic.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ConfigPushServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let counts =
+        |requests: u64, failures: u64, mtls: u64| Counts::in_buckets(requests, failures, mtls, &[(3, requests)]);
+    let report = |reporter, peer: (&str, &str), service: &str, c: Counts| Report {
+        edges: vec![EdgeSignals {
+            reporter,
+            peer_namespace: peer.0.into(),
+            peer_workload: peer.1.into(),
+            service: service.into(),
+            counts: c,
+        }],
+    };
+    let web = subscribe(addr, "shop", "web-5d8f-abcde", "sidecar", "").await;
+    let gw = subscribe(addr, "trellis-system", "ingress-1", "gateway", "").await;
+    let served = report(
+        Reporter::Destination,
+        ("trellis-system", "ingress-1"),
+        "web.shop.svc.cluster.local",
+        counts(7, 2, 7),
+    );
+    web.to_server.send(ProxyMessage::signals(&served)).await.unwrap();
+    // web's client side is not the view's: not counted.
+    let outbound = report(
+        Reporter::Source,
+        ("shop", "db"),
+        "db.shop.svc.cluster.local",
+        counts(4, 0, 0),
+    );
+    web.to_server.send(ProxyMessage::signals(&outbound)).await.unwrap();
+    let took = report(
+        Reporter::Source,
+        ("shop", "web"),
+        "web.shop.svc.cluster.local",
+        counts(7, 2, 0),
+    );
+    gw.to_server.send(ProxyMessage::signals(&took)).await.unwrap();
+    until("both reports counted", 5, || traffic.view(60).edges.len() == 2).await;
+    let view = traffic.view(60);
+    let web_edge = view
+        .edges
+        .iter()
+        .find(|e| e.destination == WorkloadRef::new("shop", "web"))
+        .expect("web's edge, named by the registry's workload");
+    assert_eq!(web_edge.source, WorkloadRef::new("trellis-system", "ingress-1"));
+    assert_eq!(web_edge.counts, counts(7, 2, 7));
+    let gw_edge = view
+        .edges
+        .iter()
+        .find(|e| e.destination == WorkloadRef::new("trellis-system", "ingress-1"))
+        .expect("the gateway's edge");
+    assert_eq!(
+        (gw_edge.source.clone(), gw_edge.counts.requests),
+        (WorkloadRef::default(), 7)
+    );
+}

@@ -8,10 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use trellis_contract::signals::Report;
 use trellis_contract::{CertificateRef, PemSource, ProxyConfig};
 use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE, ROOTS_FILE};
 
 use crate::App;
+use crate::signals::Signals;
 
 /// Applies pushed configurations to the running proxy.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct AppSink {
     /// The version of the last pushed configuration applied (the configuration itself lives
     /// in the runtime: at a thousand services it is megabytes, so it is not kept twice).
     applied: Mutex<Option<String>>,
+    /// What the golden-signal reports have counted so far.
+    signals: Signals,
 }
 
 impl AppSink {
@@ -30,6 +34,7 @@ impl AppSink {
             app,
             identity_dir: identity_dir.to_path_buf(),
             applied: Mutex::new(None),
+            signals: Signals::default(),
         }
     }
 
@@ -75,6 +80,10 @@ impl ConfigSink for AppSink {
 
     fn rejected(&self, version: &str, error: &str) {
         self.app.reject(Some(version), error);
+    }
+
+    fn signals(&self) -> Option<Report> {
+        self.signals.report(&self.app.runtime().metrics)
     }
 }
 

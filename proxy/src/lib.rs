@@ -35,6 +35,7 @@ pub mod request_body;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod snapshot;
 pub mod sni;
 pub mod span_export;

@@ -34,11 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Envoy's default histogram buckets, which Istio's standard metrics use for
-/// durations (milliseconds) and sizes (bytes) alike.
-const BUCKETS: &[f64] = &[
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
-    600000.0, 1800000.0, 3600000.0,
-];
+/// durations (milliseconds) and sizes (bytes) alike; the contract's, so the
+/// golden signals the proxy reports use the same.
+const BUCKETS: &[f64] = &trellis_contract::signals::LATENCY_BUCKETS_MS;
 
 /// Series per metric family (HTTP requests; TCP connections), at most: the
 /// label values come from the mesh's workloads and from what clients and
@@ -389,6 +387,19 @@ impl Metrics {
     pub fn requests_where(&self, f: impl Fn(&RequestLabels) -> bool) -> u64 {
         let map = self.requests.lock().expect("metrics lock");
         map.iter().filter(|(k, _)| f(k)).map(|(_, v)| v.total).sum()
+    }
+
+    /// Calls `f` with every HTTP series: its labels, its request count and its duration
+    /// histogram as counts per bucket of [`BUCKETS`] (not cumulative) followed by the count
+    /// past the last bucket — what golden-signal reports are made of ([`crate::signals`]).
+    pub fn each_request_series(&self, mut f: impl FnMut(&RequestLabels, u64, &[u64])) {
+        let map = self.requests.lock().expect("metrics lock");
+        let mut buckets = [0u64; BUCKETS.len() + 1];
+        for (labels, s) in map.iter() {
+            buckets[..BUCKETS.len()].copy_from_slice(&s.duration.counts);
+            buckets[BUCKETS.len()] = s.duration.count - s.duration.counts.iter().sum::<u64>();
+            f(labels, s.total, &buckets);
+        }
     }
 
     /// Prometheus text exposition format, deterministic order.

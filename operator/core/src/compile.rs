@@ -414,7 +414,7 @@ fn node_info(w: &Workload) -> NodeInfo {
 
 /// The workload (Deployment) name of a pod: its name without the ReplicaSet and pod hashes,
 /// as Istio derives it.
-pub(crate) fn workload_name(w: &Workload) -> String {
+pub fn workload_name(w: &Workload) -> String {
     let name = &w.key.name;
     if let Some(hash) = w.labels.get("pod-template-hash")
         && let Some(idx) = name.find(&format!("-{hash}-"))

@@ -8,9 +8,11 @@
 //! - [`registry`]: the cluster's services and workloads as plain data.
 //! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
+//! - [`traffic`]: the mesh-wide traffic view from the proxies' golden-signal reports.
 
 pub mod analysis;
 pub mod code;
 pub mod compile;
 pub mod registry;
 pub mod snapshot;
+pub mod traffic;

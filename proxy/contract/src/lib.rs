@@ -33,6 +33,7 @@ pub mod jwt;
 mod listener;
 pub mod matching;
 mod route;
+pub mod signals;
 pub mod syntax;
 mod telemetry;
 mod validate;

@@ -9,6 +9,8 @@
 //! - While the operator is away the proxy keeps serving: [`run_push`] only ever hands
 //!   complete configurations to the [`ConfigSink`] and reconnects with capped exponential
 //!   backoff.
+//! - Golden signals ([`ConfigSink::signals`]) go on the subscription every [`SIGNALS_INTERVAL`],
+//!   without ever holding up an ACK or NACK: a report that finds the stream backed up is dropped.
 //! - Deltas: [`run_push`] keeps the last pushed config the sink accepted, as received (before
 //!   the sink adapts it), across reconnects, and applies each delta to it. A delta that does
 //!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
@@ -21,11 +23,14 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use trellis_contract::signals::Report;
 use trellis_contract::{PemSource, ProxyConfig};
 
 use crate::v1::certificates_client::CertificatesClient;
 use crate::v1::config_push_client::ConfigPushClient;
-use crate::{Hello, MAX_SNAPSHOT_BYTES, ProxyMessage, Reassembly, SignRequest, Snapshot, renewal_time};
+use crate::{
+    Hello, MAX_SNAPSHOT_BYTES, ProxyMessage, Reassembly, SIGNALS_INTERVAL, SignRequest, Snapshot, renewal_time,
+};
 
 /// File names in the identity directory.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
@@ -302,6 +307,12 @@ pub trait ConfigSink: Send + Sync + 'static {
     fn rejected(&self, version: &str, error: &str) {
         let _ = (version, error);
     }
+    /// The golden signals of the requests handled since the previous call, reported to the
+    /// operator every [`SIGNALS_INTERVAL`] (`None`: nothing to report). The default reports
+    /// nothing.
+    fn signals(&self) -> Option<Report> {
+        None
+    }
 }
 
 /// Subscribe to the operator and apply every snapshot, forever: reconnect with backoff when
@@ -357,7 +368,21 @@ async fn subscribe_once(
     let _ = tx.send(hello).await;
     let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
     let mut chunks = Reassembly::default();
-    while let Some(message) = stream.message().await? {
+    let mut report = tokio::time::interval_at(tokio::time::Instant::now() + SIGNALS_INTERVAL, SIGNALS_INTERVAL);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m?,
+            _ = report.tick() => {
+                // Never waits: a report that finds the channel full (the operator not reading)
+                // is dropped rather than delaying ACKs.
+                if let Some(signals) = sink.signals() {
+                    let _ = tx.try_send(ProxyMessage::signals(&signals));
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
         backoff.reset();
         let version = message.version.clone();
         let reply = match chunks.push(message) {

@@ -2,7 +2,8 @@
 //! server over TLS, driven step by step by each test: whole configs and deltas reach the
 //! sink and are ACKed; a delta for another base, or one whose result the sink rejects, is
 //! NACKed and leaves both the sink and the config deltas apply to as they were; a reconnect
-//! keeps that config and says so in Hello; whole configs beyond tonic's 4 MiB default pass.
+//! keeps that config and says so in Hello; whole configs beyond tonic's 4 MiB default pass;
+//! the sink's golden signals go to the operator on the subscription every interval.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
+use trellis_contract::signals::{Counts, EdgeSignals, Report};
 use trellis_contract::{Cluster, ConfigDelta, ProxyConfig};
 use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE};
 use trellis_push::v1::config_push_server::{ConfigPush, ConfigPushServer};
@@ -113,6 +115,8 @@ impl ConfigPush for FakeOperator {
 struct Sink {
     applied: Mutex<Vec<ProxyConfig>>,
     rejected: Mutex<Vec<String>>,
+    /// The golden signals to report next (taken by the report).
+    signals: Mutex<Option<Report>>,
 }
 
 impl Sink {
@@ -140,6 +144,10 @@ impl ConfigSink for Sink {
 
     fn rejected(&self, version: &str, _error: &str) {
         self.rejected.lock().unwrap().push(version.to_string());
+    }
+
+    fn signals(&self) -> Option<Report> {
+        self.signals.lock().unwrap().take()
     }
 }
 
@@ -446,4 +454,33 @@ async fn the_pushed_trust_bundle_is_recorded_only_when_it_changes() {
     let v3 = with_bundle("v3", "ROOT-A\nROOT-B");
     s.acked(delta(&v2, &v3)).await;
     assert_eq!(std::fs::read_to_string(&roots).unwrap(), "ROOT-A\nROOT-B");
+}
+
+#[tokio::test]
+async fn golden_signals_are_reported_on_the_subscription_every_interval() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    s.acked(Snapshot::from_config(&config("v1", &[("a", 1)]))).await;
+    let report = Report {
+        edges: vec![EdgeSignals {
+            peer_namespace: "shop".into(),
+            peer_workload: "gateway".into(),
+            counts: Counts::in_buckets(3, 1, 3, &[(2, 3)]),
+            ..EdgeSignals::default()
+        }],
+    };
+    *h.sink.signals.lock().unwrap() = Some(report.clone());
+    let started = std::time::Instant::now();
+    let message = tokio::time::timeout(trellis_push::SIGNALS_INTERVAL + STEP, s.from_proxy.message())
+        .await
+        .expect("a report within the interval")
+        .unwrap()
+        .unwrap();
+    let Some(proxy_message::Kind::Signals(signals)) = message.kind else {
+        panic!("expected a report, got {message:?}");
+    };
+    assert_eq!(signals.report(), Ok(report));
+    assert!(started.elapsed() <= trellis_push::SIGNALS_INTERVAL + Duration::from_secs(1));
+    // The subscription goes on: configs are still ACKed.
+    s.acked(Snapshot::from_config(&config("v2", &[("a", 2)]))).await;
 }
