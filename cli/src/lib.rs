@@ -13,10 +13,12 @@ pub mod config_text;
 pub mod demo;
 pub mod inputs;
 pub mod install;
+pub mod operator_admin;
 pub mod output;
 pub mod progress;
 pub mod proxy_config;
 pub mod routes;
+pub mod stat;
 pub mod uninstall;
 pub mod upgrade;
 pub mod validate;
@@ -73,6 +75,7 @@ pub struct NotConfirmed(pub String);
   meshctl analyze -A                  # problems across the whole live mesh
   meshctl routes payment.shop --request 'GET /pay -H x-canary:true'
                                       # which rule takes a request, and why the others do not
+  meshctl stat deploy -n shop         # golden signals per workload and edge (meshctl top: busiest edges)
   meshctl upgrade                     # with a newer meshctl: see what changes, then apply
   meshctl uninstall                   # remove the control plane (keeps CRDs and your objects)
 
@@ -114,6 +117,11 @@ pub enum Command {
     /// destination's policy and endpoints — and, for a request, which rule takes it and why
     /// the others do not.
     Routes(routes::Args),
+    /// Show the mesh's golden signals — requests per second, success rate, p50/p99 latency,
+    /// mTLS share — per workload, service or namespace, and per edge, like `linkerd viz stat`.
+    Stat(stat::Args),
+    /// Show the busiest edges (source → destination) of the mesh, with their golden signals.
+    Top(stat::TopArgs),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
     Version(version::Args),
     /// Print the shell code that completes meshctl's commands, flags and the cluster's names
@@ -213,6 +221,8 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::ProxyConfig(args) => runtime()?.block_on(proxy_config::run(&args, &cli.cluster, terminal, out)),
         Command::Routes(args) => runtime()?.block_on(routes::run(&args, &cli.cluster, terminal, stdin, out)),
         Command::Demo(args) => runtime()?.block_on(demo::run(&args, terminal, out)),
+        Command::Stat(args) => runtime()?.block_on(stat::run(&args, &cli.cluster, terminal, out)),
+        Command::Top(args) => runtime()?.block_on(stat::run_top(&args, &cli.cluster, out)),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {
             completion::registration(shell, out)?;
