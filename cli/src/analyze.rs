@@ -15,11 +15,10 @@ use trellis_api::validation::Validator;
 use trellis_core::analysis::{self, Finding, Input, Object, ProxySync, Source};
 use trellis_core::code::{Code, Level};
 use trellis_core::snapshot::{InputKind, with_type_meta};
-use trellis_manifests::install::{ADMIN_PORT, OPERATOR_NAME};
 
 use crate::cluster::{Cluster, ClusterArgs};
 use crate::output::Terminal;
-use crate::{EXIT_INVALID, EXIT_OK, completion, inputs};
+use crate::{EXIT_INVALID, EXIT_OK, completion, inputs, operator_admin};
 
 /// Arguments of `meshctl analyze`.
 #[derive(Debug, clap::Args)]
@@ -420,17 +419,7 @@ pub fn against_pods(states: Vec<ProxySync>, objects: &[Object]) -> Vec<ProxySync
 /// replica runs: the proxy checks are skipped (and stderr says so).
 async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>> {
     let ns = SYSTEM_NAMESPACE;
-    let selector = format!("app={OPERATOR_NAME}");
-    let pods = cluster.list("v1", "Pod", Some(&selector), None).await?;
-    // Replicas still starting, or going (a rollout), serve no sync state worth reading.
-    let running: Vec<&Value> = pods
-        .iter()
-        .filter(|p| {
-            p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-                && p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
-                && p.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
-        })
-        .collect();
+    let running = operator_admin::running_replicas(cluster).await?;
     if running.is_empty() {
         // Said on stderr, not silently dropped: the proxy checks need the operator.
         eprintln!(
@@ -440,12 +429,8 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>
     }
     let mut merged: BTreeMap<String, ProxySync> = BTreeMap::new();
     let mut errors = Vec::new();
-    for pod in running {
-        let Some(name) = pod.pointer("/metadata/name").and_then(Value::as_str) else {
-            continue;
-        };
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/debug/syncz?scope=local");
-        match cluster.get_text(&path).await {
+    for (name, answer) in operator_admin::ask(cluster, running, "/debug/syncz?scope=local").await {
+        match answer {
             Ok(text) => {
                 let states: Vec<ProxySync> = serde_json::from_str(&text)
                     .with_context(|| format!("reading the sync state of operator pod {ns}/{name}"))?;
