@@ -971,6 +971,26 @@ impl Cluster {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        // Like the API server's guaranteed update: when another writer slips
+        // in between our read and our write, read again and retry, unless the
+        // caller asked for a precondition (then the conflict is theirs).
+        let retry = opts.precondition_uid.is_none() && opts.precondition_rv.is_none();
+        let mut attempt = 0;
+        loop {
+            match self.delete_once(rt, ns, name, opts) {
+                Err(e) if retry && attempt < 5 && e.code == 409 && e.reason == "Conflict" => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn delete_once(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let key = Self::key(rt, ns, name);
         let current = self.store.get(&key).ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(uid) = &opts.precondition_uid

@@ -6,7 +6,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -46,6 +47,37 @@ fn respond(review: &Value, path: &str) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
+/// The kubeconfig and state directory of the cluster the webhook writes to.
+static CLUSTER: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+
+/// A DELETE of a ConfigMap labelled `touch-on-delete=true` that nobody has
+/// touched yet: the webhook annotates it while the deletion waits, so the
+/// object changes between the API server's read and its write.
+fn to_touch_before_delete(review: &Value, path: &str) -> Option<String> {
+    let req = &review["request"];
+    let old = &req["oldObject"];
+    (path == "/validate"
+        && req["operation"] == "DELETE"
+        && old.pointer("/metadata/labels/touch-on-delete") == Some(&json!("true"))
+        && old.pointer("/metadata/annotations/touched").is_none())
+    .then(|| req["name"].as_str().map(str::to_string))
+    .flatten()
+}
+
+fn touch(name: &str) {
+    let Some((kubeconfig, state)) = CLUSTER.get() else {
+        return;
+    };
+    let _ = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(state.join("kubectl-cache"))
+        .env("HOME", state)
+        .args(["annotate", "cm", name, "touched=yes"])
+        .output();
+}
+
 /// Serves `/mutate` and `/validate` over HTTPS on a free loopback port, on
 /// its own thread; returns the address.
 fn start_webhook(identity: &ServingIdentity) -> Result<SocketAddr> {
@@ -75,6 +107,9 @@ fn start_webhook(identity: &ServingIdentity) -> Result<SocketAddr> {
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        if let Some(name) = to_touch_before_delete(&review, &path) {
+                            let _ = tokio::task::spawn_blocking(move || touch(&name)).await;
+                        }
                         let out = respond(&review, &path).to_string();
                         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(out))))
                     });
@@ -136,6 +171,7 @@ fn webhooks_mutate_deny_and_follow_failure_policy() -> Result<()> {
     let webhook_identity = ServingIdentity::generate()?;
     let addr = start_webhook(&webhook_identity)?;
     let k = TestCluster::start()?;
+    let _ = CLUSTER.set((k.kubeconfig.clone(), k.state_dir().to_path_buf()));
     let out = k.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&configs(addr, &base64_encode(webhook_identity.ca_pem.as_bytes()))),
@@ -193,6 +229,18 @@ fn webhooks_mutate_deny_and_follow_failure_policy() -> Result<()> {
     );
     k.kubectl_ok(&["get", "cm", "fine"], None)
         .context("protected configmap still exists")?;
+
+    // An object changed by another writer between the API server's read and
+    // its write is still deleted (the server reads again and retries, as
+    // upstream's guaranteed update does); only a caller's precondition
+    // makes that a conflict.
+    let touched =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: touched\n  labels: {touch-on-delete: \"true\"}\n";
+    k.kubectl_ok(&["apply", "-f", "-"], Some(touched))?;
+    k.kubectl_ok(&["delete", "cm", "touched"], None)
+        .context("deleting an object another writer changed meanwhile")?;
+    let out = k.kubectl(&["get", "cm", "touched"], None)?;
+    assert!(!out.status.success(), "the touched configmap was not deleted");
 
     // With failurePolicy Fail, an unreachable webhook blocks the request.
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData: {k: v}\n";
