@@ -14,16 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-command -v go >/dev/null || {
-    echo "build.sh: 'go' not found; install Go 1.26.7 or newer (https://go.dev/dl/)" >&2
-    exit 1
-}
-
-root="${TRELLIS_OBSERVABILITY:-/var/tmp/trellis-observability}"
-bin="$root/bin"
-export GOMODCACHE="$root/gomod" GOCACHE="$root/gocache"
-export CGO_ENABLED=0 GOFLAGS=-mod=readonly
-mkdir -p "$bin"
+. ../go-env.sh "${TRELLIS_OBSERVABILITY:-/var/tmp/trellis-observability}" 1.26.7
 
 for tool in jaeger prometheus; do
     started=$SECONDS

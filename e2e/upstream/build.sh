@@ -11,16 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-command -v go >/dev/null || {
-    echo "build.sh: 'go' not found; install Go 1.24 or newer (https://go.dev/dl/, or: apt-get install golang-go if your distribution's is new enough)" >&2
-    exit 1
-}
-
-root="${TRELLIS_UPSTREAM:-/var/tmp/trellis-upstream}"
-bin="$root/bin"
-export GOMODCACHE="$root/gomod" GOCACHE="$root/gocache"
-export CGO_ENABLED=0 GOFLAGS=-mod=readonly
-mkdir -p "$bin"
+. ../go-env.sh "${TRELLIS_UPSTREAM:-/var/tmp/trellis-upstream}" 1.24
 
 # What `kube-apiserver --version`, /version and the Node's kubeletVersion report (upstream's
 # release builds set the same variables).
