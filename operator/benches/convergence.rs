@@ -491,6 +491,7 @@ mod fleet {
                 current_version: held.clone().unwrap_or_default(),
                 accepts_delta: true,
                 accepts_chunks: true,
+                certificate_json: Vec::new(),
             };
             if tx.try_send(ProxyMessage::hello(hello)).is_err() {
                 // A fresh channel with room for 4: cannot happen; retry like any failure.

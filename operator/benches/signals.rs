@@ -151,6 +151,7 @@ async fn fleet(addr: &str, proxies: usize, edges: usize) -> anyhow::Result<()> {
                 role: "sidecar".into(),
                 proxy_version: "signals-bench".into(),
                 accepts_chunks: true,
+                certificate_json: Vec::new(),
                 ..Hello::default()
             };
             let _ = tx.send(ProxyMessage::hello(hello)).await;

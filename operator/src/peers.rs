@@ -34,21 +34,11 @@ pub type Peers = Arc<RwLock<BTreeMap<String, Vec<ProxySync>>>>;
 /// Every proxy once: `local` and the peers' merged, a connected entry winning over a stale
 /// one.
 pub fn merged(local: Vec<ProxySync>, peers: &Peers) -> Vec<ProxySync> {
-    let mut by_proxy: BTreeMap<String, ProxySync> = BTreeMap::new();
     let remote: Vec<ProxySync> = peers
         .read()
         .map(|p| p.values().flatten().cloned().collect())
         .unwrap_or_default();
-    for p in local.into_iter().chain(remote) {
-        match by_proxy.get(&p.proxy) {
-            Some(existing) if existing.connected && !p.connected => {}
-            Some(existing) if existing.connected == p.connected && existing.last_seen_unix >= p.last_seen_unix => {}
-            _ => {
-                by_proxy.insert(p.proxy.clone(), p);
-            }
-        }
-    }
-    by_proxy.into_values().collect()
+    trellis_core::analysis::merge_sync_states(local.into_iter().chain(remote))
 }
 
 /// Poll the ready operator pods of `namespace` (label `app=<app>`) other than `me` into

@@ -6,7 +6,8 @@
 //! Work is shared (see [`render`]): per change, the parts a change did not touch are reused,
 //! and a proxy that holds a version this operator knows is sent a delta against it instead of
 //! its whole configuration. The proxy ACKs or NACKs every version; the per-proxy sync state
-//! (sent, acked, nacked with the error, last seen) is kept for the admin API.
+//! (sent, acked, nacked with the error, last seen, and the workload certificate the proxy
+//! reports serving) is kept for the admin API while the proxy is subscribed.
 //!
 //! # Guarantees
 //! - A proxy never receives a snapshot it already has (same version), including after a
@@ -21,11 +22,15 @@
 //!   megabytes and stay so (tonic keeps a stream's buffer at its largest message).
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
 //!   the error and does not resend the same version until the config changes.
+//! - A proxy's sync state lives as long as its subscription: it is dropped when the
+//!   subscription ends (a deleted pod leaves nothing behind), unless the proxy has subscribed
+//!   again meanwhile — each state belongs to the latest subscription, and an older one that
+//!   ends or answers late changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -34,6 +39,7 @@ use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
 pub mod render;
+mod sync;
 pub use render::{OwnPart, Rendered, SharedDiffs, SharedOutbound};
 
 use crate::ca::{Bundle, MeshRoots};
@@ -189,7 +195,7 @@ impl Built {
 pub struct PushService {
     source: Arc<dyn Source>,
     changed: watch::Receiver<u64>,
-    sync: Arc<Mutex<BTreeMap<String, ProxySync>>>,
+    sync: Arc<sync::SyncStates>,
     options: Options,
     /// When set, subscriptions must present a workload certificate of the pod's identity.
     trust_domain: Option<String>,
@@ -343,22 +349,9 @@ impl PushService {
         }
     }
 
-    /// Every proxy's sync state, sorted by proxy.
+    /// Every subscribed proxy's sync state, sorted by proxy.
     pub fn sync_state(&self) -> Vec<ProxySync> {
-        self.sync.lock().expect("sync lock").values().cloned().collect()
-    }
-
-    fn update(&self, proxy: &str, f: impl FnOnce(&mut ProxySync)) {
-        let mut sync = self.sync.lock().expect("sync lock");
-        let entry = sync.entry(proxy.to_string()).or_insert_with(|| ProxySync {
-            proxy: proxy.into(),
-            ..ProxySync::default()
-        });
-        entry.last_seen_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        f(entry);
+        self.sync.states()
     }
 }
 
@@ -415,7 +408,9 @@ impl ConfigPush for PushService {
         }
         self.authenticate(peer.as_deref().map(Vec::as_slice), &pod)?;
         let proxy = pod.to_string();
-        self.update(&proxy, |s| {
+        let certificate = sync::reported_certificate(&proxy, &hello.certificate_json);
+        let subscription = self.sync.subscribed(&proxy, |s| {
+            s.certificate = certificate;
             s.role = if role == Role::Gateway {
                 "gateway".into()
             } else {
@@ -465,7 +460,7 @@ impl ConfigPush for PushService {
                         if rendered.version == announced && held.is_none() {
                             // The proxy already serves this version (it said so in Hello).
                             held = Some(rendered.clone());
-                            this.update(&sender_proxy, |s| {
+                            this.sync.update(&sender_proxy, subscription, |s| {
                                 if s.acked.as_deref() == Some(rendered.version.as_str()) {
                                     s.sent = Some(rendered.version.clone());
                                     s.sent_roots = bundle.fingerprints.clone();
@@ -535,7 +530,7 @@ impl ConfigPush for PushService {
                         metrics.pushed_bytes.add(bytes as u64);
                         metrics.push_seconds.observe(started.elapsed());
                         let fingerprints = bundle.fingerprints.clone();
-                        this.update(&sender_proxy, |s| {
+                        this.sync.update(&sender_proxy, subscription, |s| {
                             s.sent = Some(version.clone());
                             s.sent_roots = fingerprints;
                         });
@@ -620,7 +615,7 @@ impl ConfigPush for PushService {
                         metrics.acks.inc();
                         answered(&a.version, true);
                         answers_tx.send_replace(Some((a.version.clone(), true)));
-                        this.update(&proxy, |s| {
+                        this.sync.update(&proxy, subscription, |s| {
                             if s.sent.as_deref() == Some(a.version.as_str()) {
                                 s.acked_roots = s.sent_roots.clone();
                             }
@@ -634,12 +629,21 @@ impl ConfigPush for PushService {
                         answered(&n.version, false);
                         answers_tx.send_replace(Some((n.version.clone(), false)));
                         tracing::warn!(%proxy, version = %n.version, error = %n.error, "proxy rejected a config");
-                        this.update(&proxy, |s| {
+                        this.sync.update(&proxy, subscription, |s| {
                             s.nacked = Some(Nacked {
                                 version: n.version,
                                 error: n.error,
                             })
                         });
+                    }
+                    Ok(Some(ProxyMessage {
+                        kind: Some(proxy_message::Kind::Certificate(c)),
+                    })) => {
+                        if let Some(certificate) = sync::reported_certificate(&proxy, &c.certificate_json) {
+                            tracing::info!(%proxy, root = %certificate.root_fingerprint, serial = %certificate.serial, "proxy serves a new certificate");
+                            this.sync
+                                .update(&proxy, subscription, |s| s.certificate = Some(certificate));
+                        }
                     }
                     Ok(Some(ProxyMessage {
                         kind: Some(proxy_message::Kind::Signals(signals)),
@@ -655,7 +659,7 @@ impl ConfigPush for PushService {
             for (_, g) in lock(&owed).drain(..) {
                 metrics.rollout_done(g, false);
             }
-            this.update(&proxy, |s| s.connected = false);
+            this.sync.unsubscribed(&proxy, subscription);
             tracing::info!(%proxy, "proxy disconnected");
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

@@ -183,6 +183,7 @@ impl Proxy {
             spiffe_id: format!("spiffe://cluster.local/ns/shop/sa/{name}"),
             proxy_version: "test".into(),
             renewal: Default::default(),
+            served: Default::default(),
         };
         let app = support::proxy_app().await;
         let outbound: SocketAddr = format!("{ip}:{}", support::free_port()).parse().unwrap();

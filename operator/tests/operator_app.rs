@@ -116,6 +116,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
             current_version: String::new(),
             accepts_delta: false,
             accepts_chunks: false,
+            certificate_json: Vec::new(),
         })
     };
     let mut anonymous = ConfigPushClient::new(channel(op.push_addr, &op.root_pem, None).await);

@@ -83,6 +83,7 @@ async fn subscribe_with(addr: SocketAddr, ns: &str, pod: &str, role: &str, curre
             current_version: current.into(),
             accepts_delta: deltas,
             accepts_chunks: deltas,
+            certificate_json: Vec::new(),
         }))
         .await
         .unwrap();
@@ -175,13 +176,26 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
     })
     .await;
 
-    // Disconnect: the state says so.
-    drop(web);
-    until("web disconnected", 2, || {
+    // The certificate the proxy reports serving is kept with its state.
+    let served = trellis_contract::certificate::ServedCertificate {
+        root_fingerprint: "0f".repeat(32),
+        serial: "01:02:03".into(),
+        not_before_unix: 1_800_000_000,
+        not_after_unix: 1_800_086_400,
+    };
+    web.to_server.send(ProxyMessage::certificate(&served)).await.unwrap();
+    until("web's certificate recorded", 2, || {
         s.service
             .sync_state()
             .iter()
-            .any(|p| p.proxy == "shop/web-5d8f-abcde" && !p.connected)
+            .any(|p| p.proxy == "shop/web-5d8f-abcde" && p.certificate.as_ref() == Some(&served))
+    })
+    .await;
+
+    // Disconnect: the state goes with the subscription (the pod may be gone for good).
+    drop(web);
+    until("web's state dropped", 2, || {
+        !s.service.sync_state().iter().any(|p| p.proxy == "shop/web-5d8f-abcde")
     })
     .await;
 

@@ -1,7 +1,9 @@
 //! Mesh mode: the proxy's connection to the control plane. It obtains (and rotates) the
 //! workload certificate, then subscribes to its configuration and applies every snapshot,
 //! ACKing or NACKing it; a rotated certificate is picked up by re-applying the current
-//! configuration, which reloads the identity files without dropping connections.
+//! configuration, which reloads the identity files without dropping connections. The
+//! certificate is reported to the operator as served once it is loaded (the first one with
+//! the first configuration; a rotated one once the re-application succeeded).
 //!
 //! The protocol and its client live in `trellis-push`; this module only binds them to [`App`].
 
@@ -53,14 +55,20 @@ impl AppSink {
         config
     }
 
-    /// Re-apply the current configuration (after a certificate rotation).
-    pub async fn reapply(&self) {
+    /// Re-apply the current configuration (after a certificate rotation): whether the identity
+    /// files are what the proxy serves now (also when no configuration is applied yet: the
+    /// first one loads them).
+    pub async fn reapply(&self) -> bool {
         if self.applied.lock().expect("config lock").is_none() {
-            return;
+            return true;
         }
         let config = ProxyConfig::clone(&self.app.runtime().snapshot().config);
-        if let Err(e) = self.app.apply(config).await {
-            tracing::warn!(error = %e, "could not reload the rotated certificate; the previous one stays in use");
+        match self.app.apply(config).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reload the rotated certificate; the previous one stays in use");
+                false
+            }
         }
     }
 }
@@ -91,9 +99,20 @@ impl ConfigSink for AppSink {
 /// cannot load without it), then the subscription; every later certificate re-applies the
 /// current configuration.
 pub async fn run(app: Arc<App>, cfg: ClientConfig) {
-    let (issued_tx, mut issued) = tokio::sync::watch::channel(None);
+    let (issued_tx, mut issued) = tokio::sync::watch::channel::<Option<client::Issued>>(None);
     let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
-    while issued.borrow_and_update().is_none() {
+    let served = cfg.served.clone();
+    let report = |issued: &Option<client::Issued>| {
+        if let Some(report) = issued.as_ref().and_then(client::Issued::report) {
+            served.set(report);
+        }
+    };
+    loop {
+        let first = issued.borrow_and_update().clone();
+        if first.is_some() {
+            report(&first);
+            break;
+        }
         if issued.changed().await.is_err() {
             identity.abort();
             return;
@@ -102,7 +121,10 @@ pub async fn run(app: Arc<App>, cfg: ClientConfig) {
     let sink = Arc::new(AppSink::new(app, &cfg.identity_dir));
     let push = tokio::spawn(client::run_push(cfg, sink.clone()));
     while issued.changed().await.is_ok() {
-        sink.reapply().await;
+        let rotated = issued.borrow_and_update().clone();
+        if sink.reapply().await {
+            report(&rotated);
+        }
     }
     push.abort();
     identity.abort();

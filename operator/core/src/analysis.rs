@@ -30,7 +30,7 @@ mod references;
 mod rules;
 mod workloads;
 
-pub use proxies::{Nacked, ProxySync, proxies};
+pub use proxies::{Nacked, ProxySync, merge as merge_sync_states, proxies};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -187,6 +187,7 @@ pub fn web_proxy(cluster: &Target, dir: &Path, push_port: u16, pod: &str, root_p
         spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
         proxy_version: "test".into(),
         renewal: Default::default(),
+        served: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@
 //!   floats in `0.0..=100.0`.
 
 pub mod authorization;
+pub mod certificate;
 mod cluster;
 mod delta;
 mod dns;

@@ -11,14 +11,20 @@
 //!   backoff.
 //! - Golden signals ([`ConfigSink::signals`]) go on the subscription every [`SIGNALS_INTERVAL`],
 //!   without ever holding up an ACK or NACK: a report that finds the stream backed up is dropped.
+//! - The certificate the proxy serves ([`Served`], set by whoever loads it into the data path)
+//!   goes in every Hello and, whenever it changes, in a `Certificate` message.
 //! - Deltas: [`run_push`] keeps the last pushed config the sink accepted, as received (before
 //!   the sink adapts it), across reconnects, and applies each delta to it. A delta that does
 //!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
+
+mod certificate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use certificate::leaf_serial;
+pub use certificate::{Issued, Renewal, Served};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -65,36 +71,9 @@ pub struct ClientConfig {
     /// Shared by [`run_push`] and [`run_identity`] started with clones of this config: lets the
     /// subscription ask for an early renewal during a root rotation.
     pub renewal: Renewal,
-}
-
-/// A request to renew the workload certificate before its half-life, passed from the config
-/// subscription (which hears about root rotations) to the identity loop (which renews).
-/// Clones share the request.
-#[derive(Debug, Clone)]
-pub struct Renewal(Arc<watch::Sender<String>>);
-
-impl Default for Renewal {
-    fn default() -> Self {
-        Renewal(Arc::new(watch::Sender::new(String::new())))
-    }
-}
-
-impl Renewal {
-    /// Ask for a certificate issued by the root with this fingerprint (empty: no request).
-    pub fn request(&self, issuer_fingerprint: &str) {
-        self.0.send_if_modified(|current| {
-            if current == issuer_fingerprint {
-                false
-            } else {
-                *current = issuer_fingerprint.to_string();
-                true
-            }
-        });
-    }
-
-    fn subscribe(&self) -> watch::Receiver<String> {
-        self.0.subscribe()
-    }
+    /// The certificate the proxy serves, reported to the operator by [`run_push`]; clones of
+    /// this config share it.
+    pub served: Served,
 }
 
 /// Why a certificate or subscription attempt failed.
@@ -131,17 +110,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// A certificate the proxy holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issued {
-    /// Start of validity.
-    pub not_before: SystemTime,
-    /// End of validity.
-    pub not_after: SystemTime,
-    /// SHA-256 fingerprint (hex) of the root it chains to (empty if the operator did not say).
-    pub issuer_fingerprint: String,
 }
 
 async fn channel(cfg: &ClientConfig, identity: Option<Identity>) -> Result<Channel, ClientError> {
@@ -247,6 +215,7 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
         not_before: at(resp.not_before_unix),
         not_after: at(resp.not_after_unix),
         issuer_fingerprint: resp.issuer_fingerprint,
+        serial: leaf_serial(&resp.cert_chain_pem),
     })
 }
 
@@ -354,6 +323,12 @@ async fn subscribe_once(
     let mut client = ConfigPushClient::new(channel(cfg, Some(Identity::from_pem(chain, key))).await?)
         .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel(8);
+    let mut served = cfg.served.subscribe();
+    let certificate_json = served
+        .borrow_and_update()
+        .as_ref()
+        .map(crate::certificate_json)
+        .unwrap_or_default();
     let current_version = sink.current_version();
     let hello = ProxyMessage::hello(Hello {
         namespace: cfg.namespace.clone(),
@@ -363,6 +338,7 @@ async fn subscribe_once(
         accepts_delta: accepts_delta(current_version.as_deref(), held.as_ref()),
         accepts_chunks: true,
         current_version: current_version.unwrap_or_default(),
+        certificate_json,
     });
     // The channel has room: the send cannot fail while `rx` is alive.
     let _ = tx.send(hello).await;
@@ -378,6 +354,19 @@ async fn subscribe_once(
                 // is dropped rather than delaying ACKs.
                 if let Some(signals) = sink.signals() {
                     let _ = tx.try_send(ProxyMessage::signals(&signals));
+                }
+                continue;
+            }
+            changed = served.changed() => {
+                // The sender lives in `cfg`: this only ends with the subscription.
+                if changed.is_err() {
+                    break;
+                }
+                let certificate = served.borrow_and_update().clone();
+                if let Some(certificate) = certificate
+                    && tx.send(ProxyMessage::certificate(&certificate)).await.is_err()
+                {
+                    break;
                 }
                 continue;
             }

@@ -24,9 +24,12 @@ pub mod identity;
 use std::time::{Duration, SystemTime};
 
 pub use chunks::{CHUNK_BYTES, ChunkError, Reassembly};
+use trellis_contract::certificate::ServedCertificate;
 use trellis_contract::signals::Report;
 use trellis_contract::{ConfigDelta, DeltaError, ProxyConfig};
-pub use v1::{Ack, Hello, Nack, ProxyMessage, SignRequest, SignResponse, Signals, Snapshot, proxy_message};
+pub use v1::{
+    Ack, Certificate, Hello, Nack, ProxyMessage, SignRequest, SignResponse, Signals, Snapshot, proxy_message,
+};
 
 /// Default port of the operator's push and certificate API (Istio's istiod port).
 pub const PUSH_PORT: u16 = 15012;
@@ -241,6 +244,33 @@ impl ProxyMessage {
             })),
         }
     }
+
+    /// A report of the workload certificate the proxy serves now.
+    pub fn certificate(served: &ServedCertificate) -> Self {
+        ProxyMessage {
+            kind: Some(proxy_message::Kind::Certificate(Certificate {
+                certificate_json: certificate_json(served),
+            })),
+        }
+    }
+}
+
+/// A certificate report as it goes on the wire (in [`Hello`] and [`Certificate`]).
+pub fn certificate_json(served: &ServedCertificate) -> Vec<u8> {
+    serde_json::to_vec(served).expect("a certificate report serializes")
+}
+
+/// The certificate report in `json` (from [`Hello::certificate_json`] or
+/// [`Certificate::certificate_json`]), parsed and checked ([`ServedCertificate::check`]);
+/// `Ok(None)` when empty (the proxy had none to report).
+pub fn served_certificate(json: &[u8]) -> Result<Option<ServedCertificate>, String> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    let served: ServedCertificate =
+        serde_json::from_slice(json).map_err(|e| format!("not a certificate report: {e}"))?;
+    served.check().map_err(|e| e.to_string())?;
+    Ok(Some(served))
 }
 
 impl Signals {

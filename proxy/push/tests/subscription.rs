@@ -225,6 +225,7 @@ impl Harness {
             spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
             proxy_version: "test".into(),
             renewal: Default::default(),
+            served: Default::default(),
         };
         let sink = Arc::new(Sink::default());
         let push = tokio::spawn(client::run_push(cfg, sink.clone()));

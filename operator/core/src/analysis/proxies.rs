@@ -34,6 +34,25 @@ pub struct ProxySync {
     /// Fingerprints of the roots in the trust bundle the proxy acknowledged (root rotation
     /// waits on these).
     pub acked_roots: Vec<String>,
+    /// The workload certificate the proxy serves, as it last reported it on this
+    /// subscription (none from a proxy that reported none).
+    pub certificate: Option<trellis_contract::certificate::ServedCertificate>,
+}
+
+/// Every proxy once, from the sync states of several operator replicas (each knows the
+/// proxies subscribed to it): a connected state wins over a disconnected one, then the one
+/// heard from last. The one rule the operator's replicas and meshctl merge by.
+pub fn merge(states: impl IntoIterator<Item = ProxySync>) -> Vec<ProxySync> {
+    let mut by_proxy: std::collections::BTreeMap<String, ProxySync> = std::collections::BTreeMap::new();
+    for s in states {
+        let keep = by_proxy.get(&s.proxy).is_some_and(|old| {
+            (old.connected && !s.connected) || (old.connected == s.connected && old.last_seen_unix >= s.last_seen_unix)
+        });
+        if !keep {
+            by_proxy.insert(s.proxy.clone(), s);
+        }
+    }
+    by_proxy.into_values().collect()
 }
 
 /// A rejected version.
@@ -144,5 +163,27 @@ mod tests {
             ]
         );
         assert!(f[0].message.contains("bad regex"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn replicas_merge_connected_first_then_latest() {
+        let s = |proxy: &str, connected: bool, seen: u64| ProxySync {
+            proxy: proxy.into(),
+            connected,
+            last_seen_unix: seen,
+            ..ProxySync::default()
+        };
+        let merged = merge([
+            s("shop/web-1", true, 10),
+            s("shop/web-1", false, 20),
+            s("shop/db-0", true, 5),
+            s("shop/db-0", true, 7),
+            s("shop/db-0", true, 6),
+        ]);
+        let got: Vec<(&str, bool, u64)> = merged
+            .iter()
+            .map(|p| (p.proxy.as_str(), p.connected, p.last_seen_unix))
+            .collect();
+        assert_eq!(got, [("shop/db-0", true, 7), ("shop/web-1", true, 10)]);
     }
 }

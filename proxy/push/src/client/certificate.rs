@@ -1,0 +1,177 @@
+//! What the proxy's certificate loop and its config subscription share about the workload
+//! certificate: the certificate obtained ([`Issued`]), a request to renew it early during a
+//! root rotation ([`Renewal`], from the subscription to the identity loop), and the certificate
+//! served now ([`Served`], from whoever loads it into the data path to the subscription, which
+//! reports it to the operator).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use trellis_contract::certificate::ServedCertificate;
+
+/// The workload certificate the proxy serves now, as [`super::run_push`] reports it to the operator
+/// (in Hello, and in a `Certificate` message whenever it changes). Set it once the certificate
+/// is loaded into the data path. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Served(Arc<watch::Sender<Option<ServedCertificate>>>);
+
+impl Default for Served {
+    fn default() -> Self {
+        Served(Arc::new(watch::Sender::new(None)))
+    }
+}
+
+impl Served {
+    /// The proxy serves `certificate` from now on.
+    pub fn set(&self, certificate: ServedCertificate) {
+        self.0.send_if_modified(|current| {
+            if current.as_ref() == Some(&certificate) {
+                false
+            } else {
+                *current = Some(certificate);
+                true
+            }
+        });
+    }
+
+    /// The certificate served now, if one was set.
+    pub fn get(&self) -> Option<ServedCertificate> {
+        self.0.borrow().clone()
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<Option<ServedCertificate>> {
+        self.0.subscribe()
+    }
+}
+
+/// A request to renew the workload certificate before its half-life, passed from the config
+/// subscription (which hears about root rotations) to the identity loop (which renews).
+/// Clones share the request.
+#[derive(Debug, Clone)]
+pub struct Renewal(Arc<watch::Sender<String>>);
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Renewal(Arc::new(watch::Sender::new(String::new())))
+    }
+}
+
+impl Renewal {
+    /// Ask for a certificate issued by the root with this fingerprint (empty: no request).
+    pub fn request(&self, issuer_fingerprint: &str) {
+        self.0.send_if_modified(|current| {
+            if current == issuer_fingerprint {
+                false
+            } else {
+                *current = issuer_fingerprint.to_string();
+                true
+            }
+        });
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<String> {
+        self.0.subscribe()
+    }
+}
+
+/// A certificate the proxy holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// SHA-256 fingerprint (hex) of the root it chains to (empty if the operator did not say).
+    pub issuer_fingerprint: String,
+    /// The leaf's serial number, hex octets separated by `:` (empty if it did not parse).
+    pub serial: String,
+}
+
+impl Issued {
+    /// The report of this certificate to the operator, once it is served; `None` when the
+    /// operator named no root, or the report would not pass [`ServedCertificate::check`].
+    pub fn report(&self) -> Option<ServedCertificate> {
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let served = ServedCertificate {
+            root_fingerprint: self.issuer_fingerprint.clone(),
+            serial: self.serial.clone(),
+            not_before_unix: unix(self.not_before),
+            not_after_unix: unix(self.not_after),
+        };
+        served.check().ok().map(|()| served)
+    }
+}
+
+/// The serial of the first certificate in `chain_pem` (hex octets separated by `:`, as
+/// `meshctl proxy-config secret` shows it), or empty.
+pub(super) fn leaf_serial(chain_pem: &str) -> String {
+    x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| {
+            x509_parser::parse_x509_certificate(&pem.contents)
+                .ok()
+                .map(|(_, c)| c.raw_serial_as_string())
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_issued_certificate_is_reported_with_its_root_serial_and_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.serial_number = Some(rcgen::SerialNumber::from(vec![0x1a, 0x2b, 0x3c]));
+        let pem = params.self_signed(&key).unwrap().pem();
+        assert_eq!(leaf_serial(&pem), "1a:2b:3c");
+        assert_eq!(leaf_serial("not PEM"), "");
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let issued = Issued {
+            not_before: at(1_800_000_000),
+            not_after: at(1_800_086_400),
+            issuer_fingerprint: "ab".repeat(32),
+            serial: leaf_serial(&pem),
+        };
+        assert_eq!(
+            issued.report(),
+            Some(ServedCertificate {
+                root_fingerprint: "ab".repeat(32),
+                serial: "1a:2b:3c".into(),
+                not_before_unix: 1_800_000_000,
+                not_after_unix: 1_800_086_400,
+            })
+        );
+        // An operator that named no root: nothing to report.
+        let unnamed = Issued {
+            issuer_fingerprint: String::new(),
+            ..issued
+        };
+        assert_eq!(unnamed.report(), None);
+    }
+
+    #[test]
+    fn the_served_certificate_is_shared_and_announced_on_change_only() {
+        let served = Served::default();
+        let mut changes = served.clone().subscribe();
+        let c = ServedCertificate {
+            root_fingerprint: "ab".repeat(32),
+            serial: "01".into(),
+            not_before_unix: 1,
+            not_after_unix: 2,
+        };
+        served.set(c.clone());
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(changes.borrow_and_update().as_ref(), Some(&c));
+        served.set(c.clone());
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same certificate is not announced again"
+        );
+        assert_eq!(served.get(), Some(c));
+    }
+}
