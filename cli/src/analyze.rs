@@ -378,8 +378,8 @@ async fn read_cluster(cluster: &Cluster, input: &mut Input) -> anyhow::Result<Ve
 }
 
 /// The operator's sync states checked against the cluster's pods (`objects`): a state of a
-/// pod that is gone or going is dropped (the operator keeps a disconnected proxy's state;
-/// its pod may have been deleted since), and a running pod with a proxy that no operator
+/// pod that is gone or going is dropped (its proxy may still be subscribed while the pod
+/// terminates), and a running pod with a proxy that no operator
 /// replica knows gets a disconnected state (its proxy never reached the operator, or not since
 /// the operator restarted), so it is reported (TRL0109) as `meshctl check` reports it.
 pub fn against_pods(states: Vec<ProxySync>, objects: &[Object]) -> Vec<ProxySync> {
@@ -427,33 +427,14 @@ async fn sync_states(cluster: &Cluster) -> anyhow::Result<Option<Vec<ProxySync>>
         );
         return Ok(None);
     }
-    let mut merged: BTreeMap<String, ProxySync> = BTreeMap::new();
-    let mut errors = Vec::new();
-    for (name, answer) in operator_admin::ask(cluster, running, "/debug/syncz?scope=local").await {
-        match answer {
-            Ok(text) => {
-                let states: Vec<ProxySync> = serde_json::from_str(&text)
-                    .with_context(|| format!("reading the sync state of operator pod {ns}/{name}"))?;
-                for s in states {
-                    let keep = merged.get(&s.proxy).is_some_and(|old| {
-                        (old.connected && !s.connected)
-                            || (old.connected == s.connected && old.last_seen_unix >= s.last_seen_unix)
-                    });
-                    if !keep {
-                        merged.insert(s.proxy.clone(), s);
-                    }
-                }
-            }
-            Err(e) => errors.push(format!("{ns}/{name}: {e}")),
-        }
-    }
+    let (states, errors) = operator_admin::sync_states(cluster, running).await;
     if !errors.is_empty() {
         bail!(
             "could not read the operator's sync state ({}); the proxy checks (TRL0107-TRL0109) need it. Is the operator running? (meshctl check)",
             errors.join("; ")
         );
     }
-    Ok(Some(merged.into_values().collect()))
+    Ok(Some(states))
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! fix; exit status 0 when nothing failed, 1 otherwise.
 //!
 //! Facts are read from the cluster ([`gather`]: the API server, SelfSubjectAccessReviews, the
-//! CRDs, the operator's Deployment and its admin API through the API server's service proxy
-//! — `/ready`, `/debug/ca`, `/debug/syncz` —, server-side dry runs that go through both admission
+//! CRDs, the operator's Deployment and its admin API — `/ready` and `/debug/ca` through the
+//! API server's service proxy, every running replica's own proxies (`/debug/syncz?scope=local`,
+//! with the certificate each proxy serves) through its pod proxy —, server-side dry runs that go through both admission
 //! webhooks, the pods); every verdict is a pure function of them ([`evaluate`]), tested without
 //! a cluster.
 
+pub mod certificates;
 pub mod data_plane;
 pub mod verdicts;
 
@@ -21,8 +23,8 @@ use trellis_manifests::install::{ADMIN_PORT, OPERATOR_NAME, Options};
 
 use crate::cluster::{Cluster, ClusterArgs, ClusterError};
 use crate::output::{self, Format, Terminal};
-use crate::version;
 use crate::{EXIT_INVALID, EXIT_OK};
+use crate::{operator_admin, version};
 
 /// `meshctl check` options.
 #[derive(Debug, clap::Args)]
@@ -173,7 +175,8 @@ pub struct Facts {
     pub ca: Option<Result<Value, String>>,
     /// The Mesh `default` (its CA settings name a plugged root's Secret).
     pub mesh: Option<Lookup>,
-    /// The operator's `/debug/syncz`.
+    /// The sync state of every proxy subscribed to a running operator replica (each replica's
+    /// `/debug/syncz?scope=local`, merged), as JSON.
     pub syncz: Option<Result<Value, String>>,
     /// Every running pod with a proxy (`namespace/name`).
     pub proxies: Option<Result<Vec<String>, String>>,
@@ -270,7 +273,7 @@ pub async fn gather(cluster: Result<Cluster, ClusterError>, pre: bool) -> Facts 
     facts.ca = Some(json_at(&cluster, &admin_path("/debug/ca")).await);
     let mesh = object("mesh.trellis.dev/v1alpha1", "Mesh", None, trellis_api::mesh::MESH_NAME);
     facts.mesh = Some(text(cluster.get(&mesh).await));
-    facts.syncz = Some(json_at(&cluster, &admin_path("/debug/syncz")).await);
+    facts.syncz = Some(sync_states(&cluster).await);
     facts.proxies = Some(text(cluster.list("v1", "Pod", None, None).await).map(|pods| {
         pods.iter()
             .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
@@ -286,6 +289,27 @@ pub async fn gather(cluster: Result<Cluster, ClusterError>, pre: bool) -> Facts 
     }));
     facts.versions = Some(text(version::server(&cluster).await));
     facts
+}
+
+/// The sync state of every proxy subscribed to a running operator replica, as JSON; an error
+/// when no replica runs or one does not answer (its proxies would be missing).
+async fn sync_states(cluster: &Cluster) -> Result<Value, String> {
+    let running = operator_admin::running_replicas(cluster)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    if running.is_empty() {
+        return Err(format!(
+            "no running {OPERATOR_NAME} pod in namespace {SYSTEM_NAMESPACE} to ask for its proxies"
+        ));
+    }
+    let (states, errors) = operator_admin::sync_states(cluster, running).await;
+    if !errors.is_empty() {
+        return Err(format!(
+            "the operator's sync state is incomplete: {}",
+            errors.join("; ")
+        ));
+    }
+    serde_json::to_value(states).map_err(|e| e.to_string())
 }
 
 /// Every verdict on `facts`, at `now` (seconds since the epoch), in the order shown.
@@ -317,7 +341,9 @@ pub fn evaluate(facts: &Facts, now: u64) -> Vec<Check> {
     }
     if let Some(ca) = ca {
         checks.push(verdicts::root_validity(ca, facts.mesh.as_ref(), now));
-        checks.push(verdicts::proxy_certificates(ca));
+    }
+    if let (Some(ca), Some(proxies), Some(syncz)) = (ca, &facts.proxies, &facts.syncz) {
+        checks.push(certificates::proxy_certificates(ca, proxies, syncz, now));
     }
     if let (Some(proxies), Some(syncz)) = (&facts.proxies, &facts.syncz) {
         checks.push(data_plane::proxies_connected(proxies, syncz));

@@ -1,11 +1,13 @@
 //! The operator's admin API (port 15014) on every replica, through the API server's pod proxy
 //! (`pods/proxy` in trellis-system, as `kubectl get --raw` reaches it): each replica serves
 //! the proxies subscribed to it, so what is about proxies — their traffic (`meshctl stat`,
-//! `meshctl top`) — is asked of every running one.
+//! `meshctl top`), their sync state and the certificates they serve (`meshctl check`,
+//! `meshctl analyze`) — is asked of every running one.
 
 use anyhow::bail;
 use serde_json::Value;
 use trellis_api::mesh::SYSTEM_NAMESPACE;
+use trellis_core::analysis::{ProxySync, merge_sync_states};
 use trellis_manifests::install::{ADMIN_PORT, OPERATOR_NAME};
 
 use crate::cluster::{Cluster, ClusterError};
@@ -52,4 +54,23 @@ pub async fn each_replica(
         bail!("no running {OPERATOR_NAME} pod in namespace {SYSTEM_NAMESPACE}: is Trellis installed? (meshctl check)");
     }
     Ok(ask(cluster, names, path).await)
+}
+
+/// The sync state of every proxy subscribed to one of the operator pods `names`: each pod's own
+/// proxies (`/debug/syncz?scope=local`; without it a replica adds its peers' proxies as it last
+/// polled them, up to seconds old), merged by the operator's rule
+/// ([`trellis_core::analysis::merge_sync_states`]). Also why each pod that gave no usable
+/// answer did not (its proxies are missing from the states).
+pub async fn sync_states(cluster: &Cluster, names: Vec<String>) -> (Vec<ProxySync>, Vec<String>) {
+    let mut states = Vec::new();
+    let mut errors = Vec::new();
+    for (name, answer) in ask(cluster, names, "/debug/syncz?scope=local").await {
+        let pod = format!("operator pod {SYSTEM_NAMESPACE}/{name}");
+        match answer.map(|text| serde_json::from_str::<Vec<ProxySync>>(&text)) {
+            Ok(Ok(answered)) => states.extend(answered),
+            Ok(Err(e)) => errors.push(format!("{pod}: its /debug/syncz is not a list of sync states: {e}")),
+            Err(e) => errors.push(format!("{pod}: {e}")),
+        }
+    }
+    (merge_sync_states(states), errors)
 }

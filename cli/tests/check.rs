@@ -8,9 +8,9 @@
 //!   back;
 //! - the mesh root valid for less than 60 days (a short-lived root plugged through the Mesh's
 //!   `spec.ca.secretRef`): the hint names that Secret; fixed by putting a new root in it;
-//! - a proxy's certificate from another root than the issuing one is NOT provoked: the
-//!   operator counts certificates per replica in memory, which a replaced replica loses (see
-//!   the test); the gateway's renewal after that rotation is still checked;
+//! - a proxy serving a certificate from a root the mesh no longer trusts (the gateway unable to
+//!   store its renewed certificate while the operator rotates to a new root and retires the
+//!   old one): the check names the pod; fixed by restarting it;
 //! - an unsupported Kubernetes version (kubesim reporting v1.27.3; upstream reports what it
 //!   is, so that test runs on kubesim only);
 //! - `check --pre` as a user without rights (a ServiceAccount's token, no RBAC): only where
@@ -203,20 +203,15 @@ fn each_check_fails_once_with_its_fix() {
     rollout(&cluster, "trellis-operator");
     until_healthy(&cluster);
 
-    // The CA, on one operator replica: each replica counts the certificates it issued or was
-    // shown, and `/debug/ca` answers for the one the Service picks.
+    // The CA, on one operator replica: each replica runs the root rotation from the
+    // certificates it signed, so with one the replica that signs the gateway's renewal is the
+    // one that rotates.
     let mut scale = vec!["scale"];
     scale.extend_from_slice(&deployment);
     scale.push("--replicas=1");
     cluster.kubectl_ok(&scale, None).unwrap();
     rollout(&cluster, "trellis-operator");
     until_healthy(&cluster);
-    // The gateway's proxy cannot renew its certificate: its ServiceAccount is gone, so the
-    // operator refuses its token.
-    let gateway_account = ["serviceaccount", "trellis-ingressgateway", "-n", "trellis-system"];
-    let mut delete = vec!["delete"];
-    delete.extend_from_slice(&gateway_account);
-    cluster.kubectl_ok(&delete, None).unwrap();
     // A root valid for 30 more days, plugged through the Mesh: the operator rotates to it
     // (plugged roots are the user's to renew) and issues from it once every proxy trusts it;
     // the check says it expires, naming the Secret to renew it in.
@@ -248,36 +243,23 @@ fn each_check_fails_once_with_its_fix() {
     ) {
         assert!((29..=30).contains(&days_in(&c)), "{c}");
     }
-    // The gateway keeping its certificate from the old root is not provoked: the check reads
-    // one replica's in-memory count of the certificates it issued or was shown, and after the
-    // operator's pods were replaced above that count can miss the gateway's certificate (CI at
-    // 35bafa3 saw "0 certificates" for 90 s on kubesim; on upstream the gateway renewed from the
-    // new root all the same). A mesh-wide count of proxies' certificates in the operator is
-    // what this check needs first.
-    eprintln!("[check] a proxy certificate from the old root: not provoked (see the comment)");
-    // The hint's fix: its pod restarted (with its ServiceAccount back) gets a certificate
-    // from the current root. The operator keeps counting the replaced pod's certificate until
-    // it expires, so it is restarted too.
-    let mut create = vec!["create"];
-    create.extend_from_slice(&gateway_account);
-    cluster.kubectl_ok(&create, None).unwrap();
-    for name in ["trellis-ingressgateway", "trellis-operator"] {
-        cluster
-            .kubectl_ok(
-                &["rollout", "restart", "deployment", name, "-n", "trellis-system"],
-                None,
-            )
-            .unwrap();
-        rollout(&cluster, name);
-    }
+    // The gateway renewed from it during the rotation, and says so.
     misses.expect(
         &cluster,
-        "every proxy certificate from the current root again",
+        "the gateway's certificate from the 30-day root",
         "certificate comes from the current root",
         "ok",
-        ("all from root", ""),
+        ("1 proxies, all with a certificate from root", ""),
         slow,
     );
+
+    // A proxy whose certificate comes from a root the mesh no longer trusts: the gateway cannot
+    // store a new certificate (its key file cannot be written), so it keeps serving the one
+    // from the 30-day root while the operator, which signed its renewals, rotates to a new
+    // root and retires the old one. Its subscription stays open throughout, and it reports
+    // the certificate it serves.
+    let gateway = support::system_pod(&cluster, "trellis-ingressgateway");
+    support::block_certificate_writes("trellis-system", &gateway).unwrap();
     // The root's fix: a new root in the plugged Secret, which the operator copies and
     // rotates to.
     plug_root(&cluster, 400);
@@ -291,6 +273,41 @@ fn each_check_fails_once_with_its_fix() {
     ) {
         assert!(days_in(&c) >= 399, "{c}");
     }
+    misses.expect(
+        &cluster,
+        "a proxy certificate from a root no longer trusted",
+        "certificate comes from the current root",
+        "failed",
+        (
+            &format!("1 of 1 proxies serve a certificate the mesh does not trust, so their peers refuse their mutual TLS: trellis-system/{gateway}: its certificate (serial "),
+            &format!("kubectl -n trellis-system delete pod {gateway}"),
+        ),
+        slow,
+    );
+    // The hint's fix: its pod replaced, the new proxy gets a certificate from the current
+    // root, and the old pod's state goes with its subscription.
+    cluster
+        .kubectl_ok(
+            &[
+                "rollout",
+                "restart",
+                "deployment",
+                "trellis-ingressgateway",
+                "-n",
+                "trellis-system",
+            ],
+            None,
+        )
+        .unwrap();
+    rollout(&cluster, "trellis-ingressgateway");
+    misses.expect(
+        &cluster,
+        "every proxy certificate from the current root again",
+        "certificate comes from the current root",
+        "ok",
+        ("1 proxies, all with a certificate from root", ""),
+        slow,
+    );
     // meshctl install puts the operator's second replica back.
     let again = meshctl_at(cluster.kubeconfig(), &["install"]);
     assert!(again.status.success(), "{}", text(&again).1);

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Target, meshctl_at, rollout, text, unreachable_kubeconfig};
+use support::{Target, meshctl_at, rollout, system_pod, text, unreachable_kubeconfig};
 
 const GATEWAY: &str = "trellis-ingressgateway";
 
@@ -25,26 +25,6 @@ fn ok(cluster: &Target, args: &[&str]) -> String {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "meshctl {args:?}: {stderr}\n{stdout}");
     stdout
-}
-
-/// The first running pod with `app=app` in trellis-system.
-fn pod(cluster: &Target, app: &str) -> String {
-    cluster
-        .kubectl_ok(
-            &[
-                "get",
-                "pods",
-                "-n",
-                "trellis-system",
-                "-l",
-                &format!("app={app}"),
-                "--field-selector=status.phase=Running",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            None,
-        )
-        .unwrap()
 }
 
 const ROUTING: &str = "apiVersion: v1
@@ -84,7 +64,7 @@ fn a_live_gateways_routes_clusters_certificate_and_log_level() {
         rollout(&cluster, name);
     }
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(ROUTING)).unwrap();
-    let gateway = format!("{}.trellis-system", pod(&cluster, GATEWAY));
+    let gateway = format!("{}.trellis-system", system_pod(&cluster, GATEWAY));
 
     // The routes, once the operator has pushed them, each with the rule it came from.
     let routes = cluster
@@ -184,7 +164,7 @@ fn a_live_gateways_routes_clusters_certificate_and_log_level() {
     assert_eq!(offline, routes);
 
     // Clear failures, with their exit codes.
-    let operator = format!("{}.trellis-system", pod(&cluster, "trellis-operator"));
+    let operator = format!("{}.trellis-system", system_pod(&cluster, "trellis-operator"));
     let out = meshctl(&cluster, &["proxy-config", "routes", &operator]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     assert!(text(&out).1.contains("has no Trellis proxy"), "{}", text(&out).1);

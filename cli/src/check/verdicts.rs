@@ -364,44 +364,6 @@ pub fn root_validity(ca: &Result<Value, String>, mesh: Option<&Lookup>, now: u64
     Check::failed(IDENTITY, name, format!("the issuing root expires in {days} days"), hint)
 }
 
-/// Every proxy the operator knows holds a certificate of the issuing root.
-pub fn proxy_certificates(ca: &Result<Value, String>) -> Check {
-    let name = "every proxy's certificate comes from the current root";
-    let Ok(ca) = ca else {
-        return Check::failed(
-            IDENTITY,
-            name,
-            "the operator's /debug/ca did not answer",
-            "the operator must be running: see the operator line",
-        );
-    };
-    let issuing = issuing_root(ca).unwrap_or_default();
-    let others: Vec<String> = ca["leavesByRoot"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(root, n)| root.as_str() != issuing && n.as_u64().unwrap_or(0) > 0)
-        .map(|(root, n)| format!("{n} from root {root}"))
-        .collect();
-    if others.is_empty() {
-        let n = ca["leavesByRoot"][issuing].as_u64().unwrap_or(0);
-        Check::ok(IDENTITY, name, format!("{n} certificates, all from root {issuing}"))
-    } else {
-        Check::failed(
-            IDENTITY,
-            name,
-            format!(
-                "{}; phase {}: {}",
-                others.join(", "),
-                ca["phase"].as_str().unwrap_or("?"),
-                ca["progress"].as_str().unwrap_or("")
-            ),
-            "a root rotation is under way and those proxies renew on their next push; if it does not move, restart \
-             their pods",
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -554,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn the_root_must_outlive_sixty_days_and_sign_every_proxy() {
+    fn the_root_must_outlive_sixty_days() {
         let now = 1_000 * DAY;
         assert_eq!(
             root_validity(&ca("r", now + 400 * DAY, json!({})), None, now).status,
@@ -586,10 +548,5 @@ mod tests {
         );
         let self_signed = Ok(Some(json!({"spec": {"ca": {"mode": "SelfSigned"}}})));
         assert_eq!(plugged_secret(Some(&self_signed)), None);
-
-        assert_eq!(proxy_certificates(&ca("r", 0, json!({"r": 5}))).status, Status::Ok);
-        let mixed = proxy_certificates(&ca("r", 0, json!({"r": 3, "old": 2})));
-        assert_eq!(mixed.status, Status::Failed);
-        assert!(mixed.detail.starts_with("2 from root old"), "{}", mixed.detail);
     }
 }

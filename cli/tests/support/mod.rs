@@ -177,3 +177,76 @@ fn signal(which: &str, pids: &[u32]) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Makes the proxy of pod `namespace/pod` unable to store a new workload certificate: a
+/// directory where it writes its new key first (`.key.pem.tmp`, beside `key.pem`: the proxy
+/// writes each identity file to `.NAME.tmp` and renames it), reached through the process's
+/// root (`/proc/PID/root`, its mount namespace), so every renewal fails at that write and the
+/// proxy keeps serving its current certificate and key. kubesim's pods and upstream's node
+/// run on this machine; a remote cluster's do not.
+pub fn block_certificate_writes(namespace: &str, pod: &str) -> anyhow::Result<()> {
+    let pids = proxy_processes(namespace, pod);
+    anyhow::ensure!(
+        !pids.is_empty(),
+        "no trellis-proxy process of pod {namespace}/{pod} on this machine (a remote cluster's pods cannot be reached from here)"
+    );
+    for pid in pids {
+        // The proxy's identity directory (`--identity-dir`, /var/run/trellis/identity in every
+        // pod the injector and the gateway template make).
+        let blocker = in_root_of(pid, "/var/run/trellis/identity/.key.pem.tmp")?;
+        match std::fs::create_dir(&blocker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => anyhow::bail!("{}: {e}", blocker.display()),
+        }
+    }
+    Ok(())
+}
+
+/// `path` as process `pid` sees it, from this machine: under `/proc/PID/root`, with the
+/// symbolic links of its directories followed inside that root (an absolute link such as
+/// `/var/run -> /run` would otherwise lead back to this machine's own `/run`).
+fn in_root_of(pid: u32, path: &str) -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+    pending.reverse();
+    let mut at = root.clone();
+    let mut hops = 0;
+    while let Some(component) = pending.pop() {
+        let next = at.join(&component);
+        let is_link = !pending.is_empty() && next.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            at = next;
+            continue;
+        }
+        hops += 1;
+        anyhow::ensure!(hops <= 16, "{path}: too many symbolic links in process {pid}'s root");
+        let target = std::fs::read_link(&next)?;
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with('/') {
+            at = root.clone();
+        }
+        pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string));
+    }
+    Ok(at)
+}
+
+/// The first running pod with `app=app` in trellis-system.
+pub fn system_pod(cluster: &Target, app: &str) -> String {
+    cluster
+        .kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-n",
+                "trellis-system",
+                "-l",
+                &format!("app={app}"),
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .unwrap()
+}
