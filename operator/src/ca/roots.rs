@@ -74,7 +74,10 @@ pub struct CaStatus {
     pub progress: String,
     /// The roots the operator holds.
     pub roots: Vec<RootInfo>,
-    /// Leaves signed by each root, among the proxies the operator knows.
+    /// Leaves signed by each root, among the proxies this replica signed a leaf for or was shown
+    /// one by (at signing time, until the leaf expires: what the rotation waits on). What each
+    /// proxy serves now is in its sync state (`/debug/syncz`, the proxy's own report), which
+    /// `meshctl check` reads.
     pub leaves_by_root: BTreeMap<String, usize>,
     /// Phase changes since the operator started, oldest first.
     pub transitions: Vec<Transition>,
