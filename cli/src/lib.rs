@@ -10,6 +10,7 @@ pub mod check;
 pub mod cluster;
 pub mod completion;
 pub mod config_text;
+pub mod dashboard;
 pub mod demo;
 pub mod inputs;
 pub mod install;
@@ -76,6 +77,7 @@ pub struct NotConfirmed(pub String);
   meshctl routes payment.shop --request 'GET /pay -H x-canary:true'
                                       # which rule takes a request, and why the others do not
   meshctl stat deploy -n shop         # golden signals per workload and edge (meshctl top: busiest edges)
+  meshctl dashboard                   # the live service graph in a browser
   meshctl upgrade                     # with a newer meshctl: see what changes, then apply
   meshctl uninstall                   # remove the control plane (keeps CRDs and your objects)
 
@@ -122,6 +124,9 @@ pub enum Command {
     Stat(stat::Args),
     /// Show the busiest edges (source → destination) of the mesh, with their golden signals.
     Top(stat::TopArgs),
+    /// Open the operator's web dashboard — the live service graph, a page per service with
+    /// its golden signals and routes, the proxies' sync state — through a port-forward.
+    Dashboard(dashboard::Args),
     /// Print the versions of meshctl, the operator and the proxies, and their skew.
     Version(version::Args),
     /// Print the shell code that completes meshctl's commands, flags and the cluster's names
@@ -223,6 +228,7 @@ pub fn run(cli: Cli, terminal: Terminal, stdin: &mut dyn std::io::Read, out: &mu
         Command::Demo(args) => runtime()?.block_on(demo::run(&args, terminal, out)),
         Command::Stat(args) => runtime()?.block_on(stat::run(&args, &cli.cluster, terminal, out)),
         Command::Top(args) => runtime()?.block_on(stat::run_top(&args, &cli.cluster, out)),
+        Command::Dashboard(args) => runtime()?.block_on(dashboard::run(&args, &cli.cluster, out)),
         Command::Version(args) => runtime()?.block_on(version::run(&args, &cli.cluster, terminal, out)),
         Command::Completion { shell } => {
             completion::registration(shell, out)?;

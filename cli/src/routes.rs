@@ -7,12 +7,9 @@
 //! decided by the proxy's own matcher ([`explain`]). From the live cluster, from files offline
 //! (`--use-kube=false`), or files laid over the cluster (what-if before `kubectl apply`).
 
-pub mod destinations;
-pub mod explain;
-pub mod model;
-pub mod request;
-pub mod rules;
-pub mod verdict;
+// The report itself is computed in `trellis_core::routes`, which the operator's dashboard
+// serves too.
+pub use trellis_core::routes::{destinations, explain, model, request, rules, verdict};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

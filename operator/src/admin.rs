@@ -2,7 +2,9 @@
 //! `/debug/syncz` (per-proxy sync state as JSON, every replica's proxies; `?scope=local` for
 //! this replica's), `/debug/ca` (the mesh roots and their
 //! rotation), `/traffic?window=SECONDS` (the golden signals of this replica's proxies:
-//! [`crate::traffic`]). No secrets are ever served here.
+//! [`crate::traffic`]), `/traffic/series?service=FQDN` (one service's edges slot by slot), and
+//! the web dashboard under `/dashboard/` ([`crate::dashboard`]). No secrets are ever served
+//! here.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -27,6 +29,8 @@ pub struct Admin {
     pub push: PushService,
     /// The other replicas' proxies.
     pub peers: crate::peers::Peers,
+    /// Where the other replicas are (the dashboard asks them for their traffic).
+    pub replicas: crate::peers::Replicas,
     /// The live index.
     pub index: Shared,
     /// Whether the operator is ready.
@@ -47,7 +51,14 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, &req)) }
+                async move {
+                    let response = if crate::dashboard::serves(req.uri().path()) {
+                        crate::dashboard::handle(&admin, &req).await
+                    } else {
+                        handle(&admin, &req)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -56,12 +67,26 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
-fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+/// A traffic query answered by `answer`: GET only, its JSON, or why the query is refused.
+fn traffic(
+    req: &Request<Incoming>,
+    answer: impl FnOnce(Option<&str>) -> Result<String, String>,
+) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into(), "text/plain");
+    }
+    match answer(req.uri().query()) {
+        Ok(body) => text(StatusCode::OK, body, "application/json"),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+    }
 }
 
 /// Answer one request.
@@ -92,22 +117,15 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_string_pretty(&state).expect("sync state serializes");
             text(StatusCode::OK, body, "application/json")
         }
-        "/traffic" => {
-            if req.method() != hyper::Method::GET {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into(), "text/plain");
-            }
-            match admin.traffic.answer(req.uri().query()) {
-                Ok(body) => text(StatusCode::OK, body, "application/json"),
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
-            }
-        }
+        "/traffic" => traffic(req, |query| admin.traffic.answer(query)),
+        "/traffic/series" => traffic(req, |query| admin.traffic.answer_series(query)),
         "/debug/ca" => {
             let body = serde_json::to_string_pretty(&admin.roots.status()).expect("CA status serializes");
             text(StatusCode::OK, body, "application/json")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /live, /metrics, /traffic, /debug/syncz or /debug/ca\n".into(),
+            "not found; try /dashboard/, /ready, /live, /metrics, /traffic, /debug/syncz or /debug/ca\n".into(),
             "text/plain",
         ),
     }

@@ -289,10 +289,12 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     // Every replica's proxies count for the leader's gates and the root rotation.
     app.tasks.push(tokio::spawn(crate::peers::poll(
         index,
-        config.namespace.clone(),
-        OPERATOR_APP.to_string(),
-        config.pod_name.clone(),
-        app.admin_addr.port(),
+        crate::peers::Replicas {
+            namespace: config.namespace.clone(),
+            app: OPERATOR_APP.to_string(),
+            me: config.pod_name.clone(),
+            admin_port: app.admin_addr.port(),
+        },
         app.peers.clone(),
     )));
     // The Mesh reconciler and the proxy rollout, with the watches they read (leader only).
@@ -513,18 +515,24 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
 
     // Admin.
     let ready = Arc::new(AtomicBool::new(false));
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin API to {}", config.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
     let admin = crate::admin::Admin {
         push: push.clone(),
         peers: peers.clone(),
+        replicas: crate::peers::Replicas {
+            namespace: config.namespace.clone(),
+            app: OPERATOR_APP.to_string(),
+            me: config.pod_name.clone(),
+            admin_port: admin_addr.port(),
+        },
         index: index.clone(),
         ready: ready.clone(),
         roots: roots.clone(),
         traffic,
     };
-    let admin_listener = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin API to {}", config.admin_addr))?;
-    let admin_addr = admin_listener.local_addr()?;
     tasks.push(tokio::spawn(crate::admin::serve(admin_listener, admin)));
 
     // Ready once the index has listed every kind (the push serves nothing before) and the

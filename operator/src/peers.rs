@@ -41,44 +41,84 @@ pub fn merged(local: Vec<ProxySync>, peers: &Peers) -> Vec<ProxySync> {
     trellis_core::analysis::merge_sync_states(local.into_iter().chain(remote))
 }
 
-/// Poll the ready operator pods of `namespace` (label `app=<app>`) other than `me` into
-/// `peers`, until aborted.
-pub async fn poll(index: Index, namespace: String, app: String, me: Option<String>, admin_port: u16, peers: Peers) {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let targets: Vec<(String, String)> = match index.read() {
-            Ok(idx) => idx
-                .pods_in(&namespace)
-                .filter(|w| w.ready && w.labels.get("app") == Some(&app))
-                .filter(|w| me.as_deref() != Some(w.key.name.as_str()))
-                .filter_map(|w| Some((w.key.name.clone(), w.ip.clone()?)))
-                .collect(),
-            Err(_) => return,
+/// Where this replica finds its peers: the ready pods of `namespace` labelled `app=<app>`,
+/// other than `me`, whose admin API listens on `admin_port`.
+#[derive(Debug, Clone, Default)]
+pub struct Replicas {
+    /// The operator's namespace.
+    pub namespace: String,
+    /// The operator pods' `app` label.
+    pub app: String,
+    /// This replica's pod name (none outside a pod: every matching pod is a peer).
+    pub me: Option<String>,
+    /// The admin API's port.
+    pub admin_port: u16,
+}
+
+impl Replicas {
+    /// Each ready peer's pod name and admin API base URL (`http://ip:port`), from `index`.
+    pub fn targets(&self, index: &Index) -> Vec<(String, String)> {
+        let Ok(idx) = index.read() else {
+            return Vec::new();
         };
-        let mut seen = BTreeMap::new();
-        for (name, ip) in targets {
-            let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
-            let Ok(uri) = format!("http://{host}:{admin_port}/debug/syncz?{LOCAL_QUERY}").parse::<hyper::Uri>() else {
-                continue;
-            };
+        idx.pods_in(&self.namespace)
+            .filter(|w| w.ready && w.labels.get("app") == Some(&self.app))
+            .filter(|w| self.me.as_deref() != Some(w.key.name.as_str()))
+            .filter_map(|w| {
+                let ip = w.ip.as_deref()?;
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_string()
+                };
+                Some((w.key.name.clone(), format!("http://{host}:{}", self.admin_port)))
+            })
+            .collect()
+    }
+}
+
+/// `GET path` of each peer of `targets` (from [`Replicas::targets`]) at once, each within
+/// [`POLL`] and at most `limit` bytes: each peer's name with its answer or why there is none.
+pub async fn ask(targets: Vec<(String, String)>, path: &str, limit: usize) -> Vec<(String, Result<Bytes, String>)> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let asks = targets.into_iter().map(|(name, base)| {
+        let client = client.clone();
+        async move {
             let answer = async {
+                let uri: hyper::Uri = format!("{base}{path}").parse().map_err(|e| format!("{e}"))?;
                 let response = client.get(uri).await.map_err(|e| e.to_string())?;
-                let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                if !response.status().is_success() {
+                    return Err(format!("answered {}", response.status()));
+                }
+                http_body_util::Limited::new(response.into_body(), limit)
                     .collect()
                     .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                serde_json::from_slice::<Vec<ProxySync>>(&body).map_err(|e| e.to_string())
+                    .map(http_body_util::Collected::to_bytes)
+                    .map_err(|e| e.to_string())
             };
-            match tokio::time::timeout(POLL, answer).await {
-                Ok(Ok(sync)) => {
+            let answer = tokio::time::timeout(POLL, answer)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {POLL:?}")));
+            (name, answer)
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// Poll the peers `replicas` names into `peers`, until aborted.
+pub async fn poll(index: Index, replicas: Replicas, peers: Peers) {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let path = format!("/debug/syncz?{LOCAL_QUERY}");
+    loop {
+        tick.tick().await;
+        let mut seen = BTreeMap::new();
+        for (name, answer) in ask(replicas.targets(&index), &path, MAX_ANSWER).await {
+            match answer.and_then(|body| serde_json::from_slice::<Vec<ProxySync>>(&body).map_err(|e| e.to_string())) {
+                Ok(sync) => {
                     seen.insert(name, sync);
                 }
-                Ok(Err(e)) => tracing::debug!(peer = %name, error = %e, "a peer's sync state could not be read"),
-                Err(_) => tracing::debug!(peer = %name, "a peer's sync state timed out"),
+                Err(e) => tracing::debug!(peer = %name, error = %e, "a peer's sync state could not be read"),
             }
         }
         if let Ok(mut p) = peers.write() {

@@ -20,7 +20,45 @@ use std::time::SystemTime;
 use trellis_core::compile::workload_name;
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
-use trellis_core::traffic::{DEFAULT_WINDOW_SECONDS, Reporting, Store, View, WorkloadRef, check_window};
+use trellis_core::traffic::{
+    DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, Reporting, Series, Store, View, WorkloadRef, check_window,
+};
+
+/// The value of `name` in `query` (`a=b&c=d`).
+pub fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// The window `query` asks for (`window=SECONDS`, else `default`), checked; parameters other
+/// than `window` and `others` are refused.
+pub fn window(query: Option<&str>, others: &[&str], default: u64) -> Result<u64, String> {
+    let mut window = default;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("window", v)) => {
+                window = v
+                    .parse()
+                    .map_err(|_| format!("window={v}: not a number of seconds (e.g. window=60)"))?;
+            }
+            Some((k, _)) if others.contains(&k) => {}
+            _ => {
+                let known: Vec<String> = std::iter::once("window=SECONDS".to_string())
+                    .chain(others.iter().map(|o| format!("{o}=...")))
+                    .collect();
+                return Err(format!(
+                    "unknown query parameter {pair:?}; the parameters are {}",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    check_window(window)?;
+    Ok(window)
+}
 
 /// The reports of this replica's proxies.
 #[derive(Debug, Default)]
@@ -75,26 +113,29 @@ impl Traffic {
             .view(now_unix(), window_seconds)
     }
 
+    /// The edges into `service` (FQDN) slot by slot over the last `window_seconds`.
+    pub fn series(&self, window_seconds: u64, service: &str) -> Series {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .series(now_unix(), window_seconds, service)
+    }
+
     /// Answers `/traffic?window=SECONDS` (default 60): the view as JSON, or why the query is
     /// refused.
     pub fn answer(&self, query: Option<&str>) -> Result<String, String> {
-        let mut window = DEFAULT_WINDOW_SECONDS;
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("window", v)) => {
-                    window = v
-                        .parse()
-                        .map_err(|_| format!("window={v}: not a number of seconds (e.g. window=60)"))?;
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown query parameter {pair:?}; the one parameter is window=SECONDS"
-                    ));
-                }
-            }
-        }
-        check_window(window)?;
+        let window = window(query, &[], DEFAULT_WINDOW_SECONDS)?;
         serde_json::to_string(&self.view(window)).map_err(|e| e.to_string())
+    }
+
+    /// Answers `/traffic/series?service=FQDN&window=SECONDS` (default 300): the edges into
+    /// the service slot by slot, as JSON, or why the query is refused.
+    pub fn answer_series(&self, query: Option<&str>) -> Result<String, String> {
+        let window = window(query, &["service"], MAX_WINDOW_SECONDS)?;
+        let service = query_value(query, "service")
+            .filter(|s| !s.is_empty())
+            .ok_or("service=FQDN is required (e.g. service=web.shop.svc.cluster.local)")?;
+        serde_json::to_string(&self.series(window, service)).map_err(|e| e.to_string())
     }
 
     /// The collection's counters, in Prometheus text format.
@@ -193,6 +234,30 @@ status: {podIP: 10.0.0.5}
             "{metrics}"
         );
         assert_eq!(traffic.view(60).edges[0].counts.requests, 3);
+        // One service's edges slot by slot: the current slot holds the report.
+        let series: Series = serde_json::from_str(
+            &traffic
+                .answer_series(Some("service=web.shop.svc.cluster.local&window=30"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(series.points.len(), 3);
+        assert_eq!(series.points[2].edges[0].counts.requests, 3);
+        assert!(series.points[..2].iter().all(|p| p.edges.is_empty()));
+        let other: Series = serde_json::from_str(
+            &traffic
+                .answer_series(Some("service=db.shop.svc.cluster.local"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(other.points.len(), 30, "five minutes by default");
+        assert!(other.points.iter().all(|p| p.edges.is_empty()));
+        assert!(
+            traffic
+                .answer_series(None)
+                .unwrap_err()
+                .contains("service=FQDN is required")
+        );
         // Queries are checked.
         assert!(traffic.answer(None).is_ok());
         assert!(

@@ -175,6 +175,101 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The edges into `service` (its FQDN) in each slot of the last `window_seconds` at
+    /// `now_unix`, oldest first, a quiet slot included as an empty point: what a service's
+    /// golden signals over time are drawn from. Bounded by one service's edges per slot.
+    pub fn series(&self, now_unix: u64, window_seconds: u64, service: &str) -> Series {
+        let window = window_seconds.clamp(SLOT_SECONDS, MAX_WINDOW_SECONDS);
+        let last = now_unix / SLOT_SECONDS;
+        let first = (last + 1).saturating_sub(window.div_ceil(SLOT_SECONDS));
+        let points = (first..=last)
+            .map(|slot| {
+                let mut edges: Vec<Edge> = self
+                    .slots
+                    .iter()
+                    .filter(|(s, _)| *s == slot)
+                    .flat_map(|(_, edges)| edges.iter())
+                    .filter(|((_, _, svc), _)| svc == service)
+                    .map(|((source, destination, service), counts)| Edge {
+                        source: source.clone(),
+                        destination: destination.clone(),
+                        service: service.clone(),
+                        counts: counts.clone(),
+                    })
+                    .collect();
+                edges.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
+                Point {
+                    start_unix: slot * SLOT_SECONDS,
+                    edges,
+                }
+            })
+            .collect();
+        Series {
+            slot_seconds: SLOT_SECONDS,
+            points,
+        }
+    }
+}
+
+/// One service's edges slot by slot, oldest first: what an operator replica serves on
+/// `/traffic/series`, and what the dashboard merges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Series {
+    /// The length of a slot, in seconds.
+    pub slot_seconds: u64,
+    /// One point per slot.
+    pub points: Vec<Point>,
+}
+
+/// The edges of one slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    /// When the slot starts (seconds since the epoch).
+    pub start_unix: u64,
+    /// Its edges.
+    pub edges: Vec<Edge>,
+}
+
+impl Series {
+    /// The series of several operator replicas as one: edges summed slot by slot (a slot
+    /// one replica lacks counts as empty there).
+    pub fn merge(all: impl IntoIterator<Item = Series>) -> Series {
+        let mut slots: BTreeMap<u64, Vec<Edge>> = BTreeMap::new();
+        for series in all {
+            for p in series.points {
+                slots.entry(p.start_unix).or_default().extend(p.edges);
+            }
+        }
+        Series {
+            slot_seconds: SLOT_SECONDS,
+            points: slots
+                .into_iter()
+                .map(|(start_unix, edges)| Point {
+                    start_unix,
+                    edges: View::of(SLOT_SECONDS, edges).edges,
+                })
+                .collect(),
+        }
+    }
+
+    /// The figures of each slot, oldest first.
+    pub fn stats(&self) -> Vec<(u64, Stat)> {
+        self.points
+            .iter()
+            .map(|p| {
+                let mut counts = Counts::default();
+                for e in &p.edges {
+                    counts.add(&e.counts);
+                }
+                (p.start_unix, Stat::of(&counts, self.slot_seconds))
+            })
+            .collect()
+    }
+}
+
 /// Whether a window asked for is one the store keeps: whole slots, up to five minutes.
 pub fn check_window(seconds: u64) -> Result<(), String> {
     if seconds == 0 || seconds > MAX_WINDOW_SECONDS || !seconds.is_multiple_of(SLOT_SECONDS) {

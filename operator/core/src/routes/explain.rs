@@ -107,7 +107,7 @@ pub(super) fn why(m: Mismatch, spec: &RouteMatch, req: &Request<'_>, r: &Request
 
 #[cfg(test)]
 mod tests {
-    use trellis_core::snapshot::Snapshot;
+    use crate::snapshot::Snapshot;
 
     use super::super::model::tests::{payment_report, shop};
     use super::super::model::{WeightedCluster, find_service, report};

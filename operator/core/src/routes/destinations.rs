@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::compile::{self, Role};
+use crate::registry::ObjectKey;
+use crate::snapshot::Snapshot;
 use anyhow::Context;
 use trellis_contract::authorization::Authorizer;
 use trellis_contract::{AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, UpstreamTls};
-use trellis_core::compile::{self, Role};
-use trellis_core::registry::ObjectKey;
-use trellis_core::snapshot::Snapshot;
 
 use super::model::{Destination, EndpointReport};
 use super::verdict::{self, Attempt, Sender};

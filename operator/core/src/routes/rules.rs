@@ -1,9 +1,9 @@
 //! The rules of a port as `meshctl routes` shows them: each HTTP rule's origin, match
 //! conditions and action in words, a TCP route's destinations, and cluster names made short.
 
+use crate::compile::DNS_DOMAIN;
+use crate::registry::Protocol;
 use trellis_contract::{Route, RouteAction, RouteMatch, StringMatch, TcpRoute, VirtualHost};
-use trellis_core::compile::DNS_DOMAIN;
-use trellis_core::registry::Protocol;
 
 use super::model::{RouteReport, TcpRouteReport, WeightedCluster};
 

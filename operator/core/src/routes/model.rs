@@ -11,12 +11,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::compile::{self, ClusterRef, DNS_DOMAIN, OutboundParts, Role};
+use crate::registry::{ObjectKey, Service, Workload};
+use crate::snapshot::Snapshot;
 use anyhow::Context;
 use serde::Serialize;
 use trellis_contract::Route;
-use trellis_core::compile::{self, ClusterRef, DNS_DOMAIN, OutboundParts, Role};
-use trellis_core::registry::{ObjectKey, Service, Workload};
-use trellis_core::snapshot::Snapshot;
 
 use super::destinations::{Inbound, destination};
 use super::explain::explain;
