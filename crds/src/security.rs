@@ -368,3 +368,145 @@ pub struct Condition {
     /// Values that must not match.
     pub not_values: Option<Vec<String>>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// jwksUri
+// ---------------------------------------------------------------------------------------------
+
+/// A `jwksUri` the operator can fetch: an absolute `https://` (or, as Istio allows, `http://`)
+/// URL naming a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwksUri {
+    /// `https` (else plain `http`).
+    pub https: bool,
+    /// The host name or IP address (an IPv6 address without its brackets).
+    pub host: String,
+    /// The port (443 or 80 unless the URL names one).
+    pub port: u16,
+    /// The path and query sent (`/` when the URL has none); a `#fragment` is not sent.
+    pub path: String,
+}
+
+/// Read a `jwksUri` (the validator's check, and what the operator connects to).
+///
+/// The error completes a sentence about the URL: `"ftp://x" <error>`.
+pub fn parse_jwks_uri(uri: &str) -> Result<JwksUri, String> {
+    if !uri.is_ascii() || uri.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("has spaces or characters outside ASCII; percent-encode them".into());
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err("is not an absolute URL; write it as https://HOST/PATH".into());
+    };
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(format!(
+                "has the scheme {other:?}; the operator fetches https:// or http:// only"
+            ));
+        }
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(
+            "carries credentials (user@host); key sets are fetched without authentication, and credentials written in an object are readable by everyone who can read it"
+                .into(),
+        );
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Err("has an IPv6 address without its closing ]".into());
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("has {addr:?} in brackets, which is no IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            a => match a.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Err("has text between the IPv6 address's ] and the path".into()),
+            },
+        };
+        (addr, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("names no host; write it as https://HOST/PATH".into());
+    }
+    if !authority.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(format!("has the host {host:?}, which is no DNS name or IP address"));
+    }
+    let port = match port {
+        None => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("has the port {p:?}; a port is 1 to 65535")),
+        },
+    };
+    let tail = tail.split('#').next().unwrap_or_default();
+    let path = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
+    Ok(JwksUri {
+        https,
+        host: host.to_string(),
+        port,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_uris_are_absolute_http_urls_naming_a_host() {
+        let u = parse_jwks_uri("https://issuer.example/.well-known/jwks.json?v=2#x").unwrap();
+        assert_eq!(
+            u,
+            JwksUri {
+                https: true,
+                host: "issuer.example".into(),
+                port: 443,
+                path: "/.well-known/jwks.json?v=2".into()
+            }
+        );
+        let u = parse_jwks_uri("HTTP://jwks.auth.svc.cluster.local:8080").unwrap();
+        assert_eq!(
+            (u.https, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "jwks.auth.svc.cluster.local", 8080, "/")
+        );
+        let u = parse_jwks_uri("https://[::1]:8443/keys").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8443));
+        assert_eq!(parse_jwks_uri("https://[::1]/k").unwrap().port, 443);
+        for (bad, why) in [
+            ("issuer.example/jwks.json", "not an absolute URL"),
+            ("ftp://issuer.example/jwks", "scheme \"ftp\""),
+            ("https:///jwks", "names no host"),
+            ("https://user:pw@issuer.example/jwks", "credentials"),
+            ("https://issuer.example:0/jwks", "port \"0\""),
+            ("https://issuer.example:https/jwks", "port \"https\""),
+            ("https://issuer example/jwks", "spaces"),
+            ("https://issuér.example/jwks", "outside ASCII"),
+            ("https://[::1/jwks", "closing ]"),
+            ("https://[zz]/jwks", "no IPv6 address"),
+            ("https://a,b/jwks", "no DNS name"),
+        ] {
+            let e = parse_jwks_uri(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

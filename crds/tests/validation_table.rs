@@ -1633,12 +1633,45 @@ fn cases() -> Vec<Case> {
             "set only one of selector or targetRefs",
         ),
         warn(Ra, "spec.jwtRules", json!([]), "every token is refused"),
-        err_at(
+        // jwksUri: fetched by the operator (Istio's JwksResolver), so an absolute http(s) URL.
+        ok(
             Ra,
             "spec.jwtRules[0]",
             json!({"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks.json"}),
+        ),
+        ok(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example", "jwksUri": "http://jwks.auth.svc.cluster.local:8080/keys", "timeout": "2s"}),
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example", "jwksUri": "issuer.example/jwks.json"}),
             "spec.jwtRules[0].jwksUri",
-            "not supported by Trellis yet",
+            "is not an absolute URL",
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example", "jwksUri": "file:///etc/jwks.json"}),
+            "spec.jwtRules[0].jwksUri",
+            "https:// or http:// only",
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks.json", "jwks": "{}"}),
+            "spec.jwtRules[0]",
+            "only one of jwks or jwksUri",
+        ),
+        // Discovering the keys from the issuer (OpenID Connect) stays refused.
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example"}),
+            "spec.jwtRules[0]",
+            "(OpenID Connect) is not supported by Trellis yet",
         ),
         err_at(
             Ap,

@@ -2,8 +2,7 @@
 
 use super::Findings;
 use super::format::{
-    cidr, dns_label, dns_subdomain, duration, header_name, labels, method, not_supported, port_string, principal,
-    wildcard_position,
+    cidr, dns_label, dns_subdomain, duration, header_name, labels, method, port_string, principal, wildcard_position,
 };
 use crate::security::*;
 
@@ -163,12 +162,12 @@ fn jwt_keys(p: &str, r: &JwtRule, f: &mut Findings) {
             Err(e) => f.error(format!("{p}.jwks"), format!("{e}; paste the issuer's public JSON Web Key Set")),
         },
         (None, Some(uri)) => {
-            not_supported(
-                &format!("{p}.jwksUri"),
-                &format!("fetching keys ({uri:?})"),
-                "paste the key set inline as jwks",
-                f,
-            );
+            if let Err(why) = parse_jwks_uri(uri) {
+                f.error(
+                    format!("{p}.jwksUri"),
+                    format!("{uri:?} {why}; the operator fetches the key set from this URL"),
+                );
+            }
         }
     }
     if let Some(t) = duration(&format!("{p}.timeout"), &r.timeout, Duration::from_millis(1), f)
