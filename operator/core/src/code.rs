@@ -186,6 +186,12 @@ codes! {
     RouteWithoutTimeout => "TRL0110", Warning,
         "A VirtualService rule forwards without a timeout.",
         "trellis-proxy has no default route timeout (as Istio: the request may wait as long as the destination takes), so a hung destination holds the caller's request, connection and slot until the client gives up. Set the rule's timeout (e.g. timeout: 10s), or retries.perTryTimeout with attempts, to bound it.";
+    JwksUnavailable => "TRL0111", Error,
+        "The key set a RequestAuthentication's jwksUri names could not be fetched.",
+        "The operator fetches every jwksUri (proxies never do) and retries with backoff; until a fetch succeeds, every token of that issuer is refused with 401 (requests without a token are not affected). The message says why: the address, TLS verification, the HTTP status, the size limit, or what in the answer is no key set. Fix the URL or the server, or paste the key set inline as jwks.";
+    JwksStale => "TRL0112", Warning,
+        "The last refresh of a jwksUri failed; proxies keep the keys of the last successful fetch.",
+        "As Istio does, a failed refresh keeps the last good key set, and the operator retries with backoff. Keys the issuer added since (a key rotation) are unknown to the proxies, so tokens signed with them get 401; after 7 days without a successful fetch the kept keys are dropped. The message says why the refresh failed.";
 }
 
 impl Code {

@@ -151,6 +151,10 @@ pub struct Snapshot {
     /// The key sets the operator fetched, by `jwksUri` (RequestAuthentication): pushed inline,
     /// so proxies never fetch. A URI missing here has not been fetched yet.
     pub jwks: BTreeMap<String, FetchedJwks>,
+    /// The `jwksUri`s whose last refresh failed while `jwks` still holds the keys of an earlier
+    /// fetch (Istio keeps the last good keys too), with why: reported, never compiled, so a
+    /// failing refresh alone recompiles nothing.
+    pub jwks_stale: BTreeMap<String, String>,
 }
 
 /// What the operator holds of one `jwksUri`.

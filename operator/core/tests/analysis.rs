@@ -110,7 +110,15 @@ fn every_fixture_provokes_exactly_its_findings() {
     // operator's sync state, tested with meshctl). The compiler's drop codes cannot be
     // provoked by valid objects — tests/dropped.rs proves the validator rejects every
     // construct they report — and analysis compiles only valid ones.
-    let from_operator = [Code::ProxyConfigRejected, Code::ProxyVersionSkew, Code::ProxyNotSynced];
+    // The key-set codes come from what the operator fetched (`Snapshot::jwks`), which files
+    // do not have: compile::diagnose's unit test provokes them.
+    let from_operator = [
+        Code::ProxyConfigRejected,
+        Code::ProxyVersionSkew,
+        Code::ProxyNotSynced,
+        Code::JwksUnavailable,
+        Code::JwksStale,
+    ];
     let unreachable = [Code::UnsupportedDropped, Code::UnsupportedIgnored];
     for c in Code::ALL
         .iter()

@@ -220,7 +220,9 @@ fn the_compiler_reports_drops_only_through_the_one_list() {
             | Code::ProxyConfigRejected
             | Code::ProxyVersionSkew
             | Code::ProxyNotSynced
-            | Code::RouteWithoutTimeout => false,
+            | Code::RouteWithoutTimeout
+            | Code::JwksUnavailable
+            | Code::JwksStale => false,
         };
         assert_eq!(
             emitted_as_drop,

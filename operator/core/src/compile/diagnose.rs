@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::route::{ClusterRef, applies_to_gateway};
 use super::{Ctx, DNS_DOMAIN, Diagnostic, Role, cluster, inbound, outbound, resolve_host};
+use crate::code::Code;
 use crate::registry::{ObjectKey, Workload};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{FetchedJwks, Snapshot};
 
 /// A proxy that does not exist, standing where a resource applies.
 fn proxy(namespace: &str, labels: BTreeMap<String, String>) -> Workload {
@@ -144,7 +145,50 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         inbound::request_authentication(&mut c, Role::Sidecar);
         out.extend(c.diagnostics);
     }
+    out.extend(key_sets(snapshot));
     out.into_iter().collect()
+}
+
+/// What the operator holds of each RequestAuthentication rule's `jwksUri`, when it is not a
+/// fresh key set: no keys (TRL0111: the issuer's tokens get 401) or keys kept from an earlier
+/// fetch (TRL0112). A URI the snapshot has nothing for (files, `meshctl analyze`) says
+/// nothing: only the operator fetches.
+fn key_sets(snapshot: &Snapshot) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for ra in &snapshot.request_authentications {
+        let resource = super::resource("RequestAuthentication", &ra.metadata);
+        for (i, r) in ra.spec.jwt_rules.iter().flatten().enumerate() {
+            let Some(uri) = r.jwks_uri.as_deref().filter(|_| r.jwks.is_none()) else {
+                continue;
+            };
+            let (code, message) = match (snapshot.jwks.get(uri), snapshot.jwks_stale.get(uri)) {
+                (Some(FetchedJwks::Unavailable(why)), _) => (
+                    Code::JwksUnavailable,
+                    format!(
+                        "spec.jwtRules[{i}].jwksUri {uri:?}: no key set ({why}); tokens of issuer {:?} are refused (401) until a fetch succeeds",
+                        r.issuer
+                    ),
+                ),
+                (Some(FetchedJwks::Keys(_)), Some(why)) => (
+                    Code::JwksStale,
+                    format!(
+                        "spec.jwtRules[{i}].jwksUri {uri:?}: the last refresh failed ({why}); proxies keep the keys of the last successful fetch"
+                    ),
+                ),
+                _ => continue,
+            };
+            out.push(Diagnostic {
+                severity: match code.level() {
+                    crate::code::Level::Error => super::Severity::Error,
+                    _ => super::Severity::Warning,
+                },
+                code,
+                resource: resource.clone(),
+                message,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -228,5 +272,48 @@ spec:
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted, d);
+    }
+
+    #[test]
+    fn key_sets_the_operator_could_not_fetch_are_reported_on_their_rule() {
+        let yaml = "
+apiVersion: security.trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  jwtRules:
+  - {issuer: https://a.example, jwksUri: https://a.example/keys}
+  - {issuer: https://b.example, jwksUri: https://b.example/keys}
+  - {issuer: https://c.example, jwksUri: https://c.example/keys}
+";
+        let mut s = Snapshot::from_yaml(yaml).unwrap();
+        // Files alone: nothing fetched, nothing said (only the operator fetches).
+        assert!(diagnose(&s).is_empty(), "{:#?}", diagnose(&s));
+        s.jwks.insert(
+            "https://a.example/keys".into(),
+            FetchedJwks::Unavailable("HTTP 503".into()),
+        );
+        s.jwks
+            .insert("https://b.example/keys".into(), FetchedJwks::Keys("{}".into()));
+        s.jwks_stale
+            .insert("https://b.example/keys".into(), "connection refused".into());
+        s.jwks
+            .insert("https://c.example/keys".into(), FetchedJwks::Keys("{}".into()));
+        let d = diagnose(&s);
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert!(d.iter().all(|d| d.resource == "RequestAuthentication shop/jwt"));
+        let unavailable = d.iter().find(|d| d.code == Code::JwksUnavailable).expect("TRL0111");
+        assert!(
+            unavailable.message.contains("spec.jwtRules[0].jwksUri") && unavailable.message.contains("HTTP 503"),
+            "{}",
+            unavailable.message
+        );
+        assert_eq!(unavailable.severity, crate::compile::Severity::Error);
+        let stale = d.iter().find(|d| d.code == Code::JwksStale).expect("TRL0112");
+        assert!(
+            stale.message.contains("spec.jwtRules[1].jwksUri") && stale.message.contains("connection refused"),
+            "{}",
+            stale.message
+        );
     }
 }
