@@ -1,4 +1,5 @@
-//! The running operator: wires the Kubernetes client, the live index, the CA (its root kept
+//! The running operator: wires the Kubernetes client, the live index (and the `jwksUri`
+//! fetcher that feeds it key sets), the CA (its root kept
 //! in a Secret), the gRPC push and certificate API over TLS, the admission webhooks over HTTPS
 //! (and their `caBundle`), the admin HTTP API, the leader election, and the Mesh reconciler.
 //!
@@ -222,7 +223,20 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     let index = Arc::new(RwLock::new(Index::default()));
     let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
     let metrics = Arc::new(Metrics::default());
-    let index_task = tokio::spawn(index::run(client.clone(), index.clone(), changed_tx, metrics.clone()));
+    let index_task = tokio::spawn(index::run(
+        client.clone(),
+        index.clone(),
+        changed_tx.clone(),
+        metrics.clone(),
+    ));
+    // The key sets of RequestAuthentications' jwksUri, fetched by every replica (each pushes).
+    let jwks_task = tokio::spawn(crate::jwks::run(
+        index.clone(),
+        changed_tx,
+        crate::jwks::Fetcher::system(),
+        metrics.clone(),
+        crate::jwks::Options::default(),
+    ));
     let core = Core {
         metrics,
         index: index.clone(),
@@ -235,6 +249,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     let mut app = serve(&config, core).await?;
     app.elector = elector;
     app.tasks.push(index_task);
+    app.tasks.push(jwks_task);
     app.tasks.push(tokio::spawn(secret::watch(
         client.clone(),
         config.namespace.clone(),

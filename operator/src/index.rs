@@ -5,7 +5,8 @@
 //! [`Index`] is plain data updated by [`Index::apply`]; [`run`] is the I/O edge that feeds it
 //! from watch streams and announces every change on a `tokio::sync::watch` channel (the push
 //! server debounces and recompiles from it). A new Service or Pod is picked up with no
-//! configuration — the seeds' "service registry".
+//! configuration — the seeds' "service registry". The key sets of RequestAuthentications'
+//! `jwksUri`s are not watched but fetched ([`crate::jwks`]), and set here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,7 @@ use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuth
 
 use crate::metrics::Metrics;
 use crate::registry::{ObjectKey, Service, Workload};
-use crate::snapshot::{InputKind, Snapshot, tls_credential};
+use crate::snapshot::{FetchedJwks, InputKind, Snapshot, tls_credential};
 
 /// Every watched object, keyed by kind and namespace/name.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,10 @@ pub struct Index {
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
     mesh: Option<MeshSpec>,
+    /// The key sets fetched for `jwksUri`s ([`crate::jwks`]).
+    jwks: BTreeMap<String, FetchedJwks>,
+    /// The `jwksUri`s whose last refresh failed while their last good keys are in use.
+    jwks_stale: BTreeMap<String, String>,
     /// Kinds whose first list completed.
     listed: BTreeSet<InputKind>,
     /// Bumped on every change.
@@ -177,6 +182,24 @@ impl Index {
     /// How many Services and Pods the registry holds.
     pub fn counts(&self) -> (usize, usize) {
         (self.services.len(), self.workloads.len())
+    }
+
+    /// The RequestAuthentications (their `jwksUri`s are fetched).
+    pub fn request_authentications(&self) -> impl Iterator<Item = &RequestAuthentication> {
+        self.request_authentications.values()
+    }
+
+    /// Replace the key sets fetched for `jwksUri`s and the refresh failures (see
+    /// [`crate::jwks`]). Returns whether anything changed: only then is the generation bumped
+    /// (and the caller announces it).
+    pub fn set_key_sets(&mut self, jwks: BTreeMap<String, FetchedJwks>, stale: BTreeMap<String, String>) -> bool {
+        if self.jwks == jwks && self.jwks_stale == stale {
+            return false;
+        }
+        self.jwks = jwks;
+        self.jwks_stale = stale;
+        self.generation += 1;
+        true
     }
 
     /// Apply one change.
@@ -329,7 +352,8 @@ impl Index {
             request_authentications: self.request_authentications.values().cloned().collect(),
             mesh: self.mesh.clone().unwrap_or_default(),
             trust_bundle: Vec::new(),
-            jwks: BTreeMap::new(),
+            jwks: self.jwks.clone(),
+            jwks_stale: self.jwks_stale.clone(),
         }
     }
 }
@@ -504,6 +528,23 @@ mod tests {
             .collect();
         assert_eq!(names, ["c"]);
         assert_eq!(idx.generation(), 5);
+    }
+
+    #[test]
+    fn key_sets_change_the_generation_only_when_they_change() {
+        let mut idx = Index::default();
+        let keys = BTreeMap::from([("https://i/keys".to_string(), FetchedJwks::Keys("K".into()))]);
+        assert!(idx.set_key_sets(keys.clone(), BTreeMap::new()));
+        assert_eq!(idx.generation(), 1);
+        assert!(
+            !idx.set_key_sets(keys.clone(), BTreeMap::new()),
+            "the same key sets again"
+        );
+        assert_eq!(idx.generation(), 1);
+        let stale = BTreeMap::from([("https://i/keys".to_string(), "HTTP 503".to_string())]);
+        assert!(idx.set_key_sets(keys.clone(), stale.clone()));
+        let s = idx.snapshot();
+        assert_eq!((s.jwks, s.jwks_stale), (keys, stale));
     }
 
     #[test]

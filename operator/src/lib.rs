@@ -4,6 +4,8 @@
 //! - [`snapshot`]: everything one compilation reads, from the live index or from YAML.
 //! - [`compile`]: the pure compiler from a snapshot to one proxy's configuration.
 //! - [`index`]: the live index, fed by kube-runtime watchers.
+//! - [`jwks`]: the key sets of RequestAuthentications' `jwksUri`, fetched, cached and
+//!   refreshed for the index (proxies never fetch).
 //! - [`push`]: the gRPC config push service and per-proxy sync state.
 //! - [`trust`]: the mesh root published to every namespace.
 //! - [`app`], [`admin`], [`metrics`]: the running operator, its admin API and its metrics.
@@ -32,6 +34,7 @@ pub mod dataplane;
 pub mod diagnostics;
 pub mod events;
 pub mod index;
+pub mod jwks;
 pub mod leader;
 pub mod mesh;
 pub mod metrics;

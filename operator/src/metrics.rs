@@ -298,6 +298,8 @@ pub struct Metrics {
     /// The operator's own time to answer one admission review, by webhook.
     pub admission_seconds: AdmissionSeconds,
     diagnostics: Mutex<BTreeMap<(String, String, String), u64>>,
+    jwks_fetches: Mutex<BTreeMap<&'static str, u64>>,
+    jwks_uris: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -348,6 +350,23 @@ impl Metrics {
     /// The compiler's diagnostics standing now: how many per (code, level, kind).
     pub fn set_diagnostics(&self, counts: BTreeMap<(String, String, String), u64>) {
         *Self::lock(&self.diagnostics) = counts;
+    }
+
+    /// Count a fetch of a `jwksUri` (a usable key set, or not).
+    pub fn jwks_fetched(&self, ok: bool) {
+        *Self::lock(&self.jwks_fetches)
+            .entry(if ok { "success" } else { "failure" })
+            .or_default() += 1;
+    }
+
+    /// Fetches of `jwksUri`s with `result` (`success`, `failure`).
+    pub fn jwks_fetches(&self, result: &str) -> u64 {
+        Self::lock(&self.jwks_fetches).get(result).copied().unwrap_or(0)
+    }
+
+    /// How many `jwksUri`s are in each state now (`fresh`, `stale`, `unavailable`, `pending`).
+    pub fn set_jwks_uris(&self, counts: BTreeMap<&'static str, u64>) {
+        *Self::lock(&self.jwks_uris) = counts;
     }
 
     /// A proxy woke for change `generation` at `at` and will compile for it.
@@ -469,6 +488,22 @@ impl Metrics {
         );
         for ((code, level, kind), n) in Self::lock(&self.diagnostics).iter() {
             let _ = writeln!(out, "{name}{{code=\"{code}\",level=\"{level}\",kind=\"{kind}\"}} {n}");
+        }
+        let name = "trellis_operator_jwks_fetches_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Fetches of RequestAuthentications' jwksUri, by result (failure: no usable key set).\n# TYPE {name} counter"
+        );
+        for result in ["success", "failure"] {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", self.jwks_fetches(result));
+        }
+        let name = "trellis_operator_jwks_uris";
+        let _ = writeln!(
+            out,
+            "# HELP {name} jwksUris by state: fresh, stale (the last refresh failed; the last good keys are in use), unavailable (no keys: the issuer's tokens get 401), pending (not fetched yet).\n# TYPE {name} gauge"
+        );
+        for (state, n) in Self::lock(&self.jwks_uris).iter() {
+            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
         }
         self.reconcile_seconds.render(
             &mut out,
