@@ -148,8 +148,9 @@ pub fn usable(body: &str) -> Usable {
     Ok((format!("{{\"keys\":[{}]}}", keys.join(",")), set.skipped))
 }
 
-/// Fetch every wanted `jwksUri` and keep the index's key sets current until the index's
-/// change channel closes. Runs on every replica.
+/// Fetch every wanted `jwksUri` and keep the index's key sets current, waking on every change
+/// of the index (a RequestAuthentication added or removed), when a fetch ends and when one is
+/// due. Runs on every replica until its task is aborted.
 pub async fn run(
     index: crate::index::Shared,
     changed: tokio::sync::watch::Sender<u64>,
