@@ -10,6 +10,7 @@
 //! | `POST /v1/traces` | an OTLP/HTTP JSON export, kept (the app doubles as a trace collector) |
 //! | `GET /v1/traces` | every export kept so far: `{"exports": [...]}`; with `?traceId=<32 hex>`, only that trace's spans (in the exports' shape) |
 //! | `content-type: application/grpc*` | the request messages echoed, `grpc-status` trailer |
+//! | `GET` a path of `--file PATH=FILE` | FILE's content (404 if it cannot be read; at most 1 MiB) |
 //! | `/call?url=http://...` | calls the URL and reports its answer |
 //! | a forward prefix | calls the forward's target with the rest of the path |
 //! | anything else | [`Echo`] as JSON |
@@ -164,6 +165,9 @@ pub(crate) async fn handle(
         return Ok(metrics(&app));
     }
     app.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(served) = app.settings.files.iter().find(|f| f.path == path) {
+        return Ok(file(served).await);
+    }
     let params = Params::parse(req.uri().query().unwrap_or_default(), &app.settings.service);
     let params = match params {
         Ok(p) => p,
@@ -608,6 +612,34 @@ fn sized(app: &App, status: StatusCode, size: usize) -> Response<Body> {
         HeaderValue::from_static("application/octet-stream"),
     );
     with_identity(app, response)
+}
+
+/// A served file's current content (read now: a mounted ConfigMap changes under the app).
+async fn file(served: &crate::settings::ServedFile) -> Response<Body> {
+    let shown = served.file.display();
+    let content = match tokio::fs::metadata(&served.file).await {
+        Ok(m) if m.len() > MAX_BODY as u64 => {
+            let why = format!("{shown} has {} bytes, over the 1 MiB served\n", m.len());
+            return text(StatusCode::INTERNAL_SERVER_ERROR, &why);
+        }
+        Ok(_) => tokio::fs::read(&served.file).await,
+        Err(e) => Err(e),
+    };
+    let content = match content {
+        Ok(c) => c,
+        Err(e) => return text(StatusCode::NOT_FOUND, &format!("{shown} cannot be read: {e}\n")),
+    };
+    let json = served.file.extension().is_some_and(|e| e == "json");
+    let mut response = Response::new(Full::new(Bytes::from(content)).boxed());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if json {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        }),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

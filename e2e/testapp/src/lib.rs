@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-pub use settings::{Behaviour, Forward, Settings, TRACE_HEADERS};
+pub use settings::{Behaviour, Forward, ServedFile, Settings, TRACE_HEADERS};
 
 /// A running app; stops when [`Running::stop`] is called or it is dropped.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::HeaderName;
-use trellis_testapp::{Behaviour, Forward, Settings};
+use trellis_testapp::{Behaviour, Forward, ServedFile, Settings};
 
 /// The Trellis test workload: echo, forward, fail and slow down on demand.
 #[derive(Debug, Parser)]
@@ -32,6 +32,9 @@ struct Cli {
     /// PREFIX=URL: answer requests under PREFIX by calling URL (comma separated).
     #[arg(long = "forward", env = "TESTAPP_FORWARD", value_delimiter = ',')]
     forwards: Vec<Forward>,
+    /// PATH=FILE: answer `GET PATH` with FILE's content, read at each request (comma separated).
+    #[arg(long = "file", env = "TESTAPP_FILES", value_delimiter = ',')]
+    files: Vec<ServedFile>,
     /// Request headers copied onto calls besides the trace headers (comma separated).
     #[arg(long, env = "TESTAPP_PROPAGATE", value_delimiter = ',', default_value = "x-canary")]
     propagate: Vec<HeaderName>,
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             delay_ms: cli.delay_ms,
         },
         call_timeout: Duration::from_millis(cli.call_timeout_ms),
+        files: cli.files,
     };
     let running = trellis_testapp::start(settings).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -45,6 +45,8 @@ pub struct Settings {
     pub behaviour: Behaviour,
     /// Deadline of one forwarded call.
     pub call_timeout: Duration,
+    /// Paths answered with a file's content (a key set from a mounted ConfigMap, say).
+    pub files: Vec<ServedFile>,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             propagate: vec![HeaderName::from_static("x-canary")],
             behaviour: Behaviour::default(),
             call_timeout: Duration::from_secs(10),
+            files: Vec::new(),
         }
     }
 }
@@ -90,6 +93,34 @@ impl std::str::FromStr for Forward {
         Ok(Self {
             prefix: prefix.trim_end_matches('/').to_string(),
             target: target.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// `PATH=FILE`: `GET PATH` is answered with FILE's content, read at each request (so a
+/// mounted ConfigMap's updates are served), `application/json` when FILE ends in `.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedFile {
+    pub path: String,
+    pub file: std::path::PathBuf,
+}
+
+impl std::str::FromStr for ServedFile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, file) = s
+            .split_once('=')
+            .ok_or_else(|| format!("file `{s}` must be PATH=FILE, e.g. /jwks.json=/srv/keys/jwks.json"))?;
+        if !path.starts_with('/') {
+            return Err(format!("file `{s}`: the path must start with `/`, e.g. /jwks.json"));
+        }
+        if file.is_empty() {
+            return Err(format!("file `{s}`: name the file to serve, e.g. /srv/keys/jwks.json"));
+        }
+        Ok(Self {
+            path: path.to_string(),
+            file: file.into(),
         })
     }
 }
@@ -159,6 +190,18 @@ mod tests {
                 .contains("start with `/`")
         );
         assert!("/api=https://x".parse::<Forward>().unwrap_err().contains("http:// URL"));
+    }
+
+    #[test]
+    fn served_files_parse_and_explain_mistakes() {
+        let f: ServedFile = "/jwks.json=/srv/keys/jwks.json".parse().unwrap();
+        assert_eq!(
+            (f.path.as_str(), f.file.to_str()),
+            ("/jwks.json", Some("/srv/keys/jwks.json"))
+        );
+        assert!("/jwks.json".parse::<ServedFile>().unwrap_err().contains("PATH=FILE"));
+        assert!("jwks=/f".parse::<ServedFile>().unwrap_err().contains("start with `/`"));
+        assert!("/jwks=".parse::<ServedFile>().unwrap_err().contains("name the file"));
     }
 
     #[test]

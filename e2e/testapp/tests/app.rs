@@ -215,6 +215,37 @@ async fn fails_and_slows_down_on_demand() {
 }
 
 #[tokio::test]
+async fn serves_a_file_as_it_is_now() {
+    let dir = std::env::temp_dir().join(format!("testapp-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("jwks.json");
+    std::fs::write(&keys, r#"{"keys":[]}"#).unwrap();
+    let mut s = Settings::echo("keys", "127.0.0.1:0".parse().unwrap());
+    s.files = vec![
+        format!("/jwks.json={}", keys.display()).parse().unwrap(),
+        format!("/gone={}", dir.join("missing").display()).parse().unwrap(),
+    ];
+    let app = trellis_testapp::start(s).await.unwrap();
+    let url = |p: &str| format!("http://{}{p}", app.http_addr);
+    let (status, headers, body, _) =
+        get(&http1(), Request::get(url("/jwks.json")).body(Full::default()).unwrap()).await;
+    assert_eq!((status, &body[..]), (200, &br#"{"keys":[]}"#[..]));
+    assert_eq!(headers["content-type"], "application/json");
+    // Read at each request: a changed file (a ConfigMap update) is served at once.
+    std::fs::write(&keys, r#"{"keys":[{"kid":"k"}]}"#).unwrap();
+    let (_, _, body, _) = get(&http1(), Request::get(url("/jwks.json")).body(Full::default()).unwrap()).await;
+    assert_eq!(&body[..], br#"{"keys":[{"kid":"k"}]}"#);
+    let (status, _, body, _) = get(&http1(), Request::get(url("/gone")).body(Full::default()).unwrap()).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("cannot be read"), "{body:?}");
+    // Any other path is still the echo.
+    let (status, _, body, _) = get(&http1(), Request::get(url("/other")).body(Full::default()).unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["service"], "keys");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn echoes_grpc_messages_with_status_trailers() {
     let a = app("grpc").await;
     let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
