@@ -11,6 +11,7 @@
 //! Every [`Finding`] names its severity, the object (`Kind namespace/name`), the field path
 //! (`spec.http[0].route[1].weight`), what is wrong and what is allowed.
 
+mod cel;
 mod format;
 mod mesh;
 mod networking;
@@ -178,7 +179,7 @@ pub struct Validator {
 
 struct KindSchema {
     schema: Value,
-    cel: kube::core::cel::CompiledSchema,
+    cel: cel::Rules,
     patterns: structural::Patterns,
 }
 
@@ -214,7 +215,7 @@ impl Validator {
                     .and_then(|v| v.schema)
                     .and_then(|s| s.open_api_v3_schema)
                     .map(|s| serde_json::to_value(s).expect("a schema always serializes to JSON"))?;
-                let cel = kube::core::cel::compile_schema(&schema);
+                let cel = cel::Rules::of(&schema);
                 let patterns = structural::Patterns::of(&schema);
                 Some((kind, KindSchema { schema, cel, patterns }))
             })
@@ -276,20 +277,26 @@ impl Validator {
     }
 
     fn validate_as(&self, kind: Kind, obj: &Value, f: &mut Findings) {
-        // Validate the object as if it carried the Trellis apiVersion (Istio objects included).
-        let mut obj = obj.clone();
-        obj["apiVersion"] = Value::String(kind.api_version());
-        format::metadata(&obj, kind.namespaced(), f);
+        // Validate the object as if it carried the Trellis apiVersion (Istio objects included;
+        // copied only for them).
+        let api_version = kind.api_version();
+        let obj = if obj.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str()) {
+            std::borrow::Cow::Borrowed(obj)
+        } else {
+            let mut copy = obj.clone();
+            copy["apiVersion"] = Value::String(api_version);
+            std::borrow::Cow::Owned(copy)
+        };
+        let obj: &Value = &obj;
+        format::metadata(obj, kind.namespaced(), f);
 
         let Some((_, schema)) = self.kinds.iter().find(|(k, _)| *k == kind) else {
             f.error("", format!("no CRD schema for {kind}; this is a bug in trellis-api"));
             return;
         };
-        let structural_ok = structural::check(&schema.schema, &schema.patterns, &obj, f);
-        if let Err(errors) = self.cel.validate_compiled(&schema.cel, &obj, None) {
-            for e in errors.into_vec() {
-                f.error(e.field_path.trim_start_matches('.'), e.message);
-            }
+        let structural_ok = structural::check(&schema.schema, &schema.patterns, obj, f);
+        for broken in schema.cel.check(&self.cel, obj) {
+            f.error(broken.path.trim_start_matches('.'), broken.message);
         }
         if !structural_ok {
             // The typed checks need a well-formed object; the structural findings say what to fix.
@@ -297,22 +304,22 @@ impl Validator {
         }
         match kind {
             Kind::VirtualService => {
-                typed::<crate::networking::VirtualService>(&obj, f, |o, f| networking::virtual_service(&o.spec, f))
+                typed::<crate::networking::VirtualService>(obj, f, |o, f| networking::virtual_service(&o.spec, f))
             }
             Kind::DestinationRule => {
-                typed::<crate::networking::DestinationRule>(&obj, f, |o, f| networking::destination_rule(&o.spec, f))
+                typed::<crate::networking::DestinationRule>(obj, f, |o, f| networking::destination_rule(&o.spec, f))
             }
-            Kind::Gateway => typed::<crate::networking::Gateway>(&obj, f, |o, f| networking::gateway(&o.spec, f)),
+            Kind::Gateway => typed::<crate::networking::Gateway>(obj, f, |o, f| networking::gateway(&o.spec, f)),
             Kind::PeerAuthentication => {
-                typed::<crate::security::PeerAuthentication>(&obj, f, |o, f| security::peer_authentication(&o.spec, f))
+                typed::<crate::security::PeerAuthentication>(obj, f, |o, f| security::peer_authentication(&o.spec, f))
             }
-            Kind::AuthorizationPolicy => typed::<crate::security::AuthorizationPolicy>(&obj, f, |o, f| {
-                security::authorization_policy(&o.spec, f)
-            }),
-            Kind::RequestAuthentication => typed::<crate::security::RequestAuthentication>(&obj, f, |o, f| {
+            Kind::AuthorizationPolicy => {
+                typed::<crate::security::AuthorizationPolicy>(obj, f, |o, f| security::authorization_policy(&o.spec, f))
+            }
+            Kind::RequestAuthentication => typed::<crate::security::RequestAuthentication>(obj, f, |o, f| {
                 security::request_authentication(&o.spec, f)
             }),
-            Kind::Mesh => typed::<crate::mesh::Mesh>(&obj, f, mesh::mesh),
+            Kind::Mesh => typed::<crate::mesh::Mesh>(obj, f, mesh::mesh),
         }
     }
 }

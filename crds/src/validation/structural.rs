@@ -46,15 +46,41 @@ impl Patterns {
 /// Check `obj` against `schema`; returns true when nothing structural is wrong.
 pub(super) fn check(schema: &Value, patterns: &Patterns, obj: &Value, f: &mut Findings) -> bool {
     let before = f.out.len();
-    walk(schema, patterns, obj, "", true, f);
+    walk(schema, patterns, obj, &Path::Root, true, f);
     f.out.len() == before
 }
 
-fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &str, root: bool, f: &mut Findings) {
+/// Where a value is, written out only for a finding.
+// why: the walk visits every field of every object validated; rendering each one's path was
+// an allocation per field (a sixth of the walk) for the rare finding that needs it.
+#[derive(Debug, Clone, Copy)]
+enum Path<'a> {
+    Root,
+    /// A field: `spec.http` (`http` at the root).
+    Field(&'a Path<'a>, &'a str),
+    /// A map's entry: `headers[x-user]`.
+    Entry(&'a Path<'a>, &'a str),
+    /// A list's item: `http[0]`.
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Field(Path::Root, key) => f.write_str(key),
+            Path::Field(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Entry(parent, key) => write!(f, "{parent}[{key}]"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &Path<'_>, root: bool, f: &mut Findings) {
     let Some(schema) = schema.as_object() else { return };
     if value.is_null() {
         if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
-            f.error(path, "must not be null");
+            f.error(path.to_string(), "must not be null");
         }
         return;
     }
@@ -67,7 +93,7 @@ fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &str, root: bo
             .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
             .collect();
         f.error(
-            path,
+            path.to_string(),
             format!("unsupported value {}; allowed: {}", short(value), list.join(", ")),
         );
         return;
@@ -80,18 +106,18 @@ fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &str, root: bo
         Some("object") => object(schema, patterns, value, path, root, preserve, f),
         Some("array") => {
             let Some(items) = value.as_array() else {
-                return f.error(path, format!("must be a list, not {}", type_name(value)));
+                return f.error(path.to_string(), format!("must be a list, not {}", type_name(value)));
             };
             bounds(schema, items.len() as f64, "minItems", "maxItems", "items", path, f);
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    walk(item_schema, patterns, item, &format!("{path}[{i}]"), false, f);
+                    walk(item_schema, patterns, item, &Path::Index(path, i), false, f);
                 }
             }
         }
         Some("string") => {
             let Some(s) = value.as_str() else {
-                return f.error(path, format!("must be a string, not {}", type_name(value)));
+                return f.error(path.to_string(), format!("must be a string, not {}", type_name(value)));
             };
             bounds(
                 schema,
@@ -106,24 +132,27 @@ fn walk(schema: &Value, patterns: &Patterns, value: &Value, path: &str, root: bo
                 && let Some(re) = patterns.0.get(p)
                 && !re.is_match(s)
             {
-                f.error(path, format!("{} does not match the pattern {p}", short(value)));
+                f.error(
+                    path.to_string(),
+                    format!("{} does not match the pattern {p}", short(value)),
+                );
             }
         }
         Some("integer") => {
             let is_int = value.as_i64().is_some() || value.as_u64().is_some();
             if !is_int {
-                return f.error(path, format!("must be an integer, not {}", short(value)));
+                return f.error(path.to_string(), format!("must be an integer, not {}", short(value)));
             }
             range(schema, value, path, f);
         }
         Some("number") => {
             if !value.is_number() {
-                return f.error(path, format!("must be a number, not {}", short(value)));
+                return f.error(path.to_string(), format!("must be a number, not {}", short(value)));
             }
             range(schema, value, path, f);
         }
         Some("boolean") if !value.is_boolean() => {
-            f.error(path, format!("must be true or false, not {}", short(value)));
+            f.error(path.to_string(), format!("must be true or false, not {}", short(value)));
         }
         _ => {}
     }
@@ -133,25 +162,29 @@ fn object(
     schema: &Map<String, Value>,
     patterns: &Patterns,
     value: &Value,
-    path: &str,
+    path: &Path<'_>,
     root: bool,
     preserve: bool,
     f: &mut Findings,
 ) {
     let Some(map) = value.as_object() else {
-        return f.error(path, format!("must be a mapping, not {}", type_name(value)));
+        return f.error(path.to_string(), format!("must be a mapping, not {}", type_name(value)));
     };
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for r in required.iter().filter_map(Value::as_str) {
             if !map.contains_key(r) {
-                f.error(join(path, r), "is required");
+                f.error(Path::Field(path, r).to_string(), "is required");
             }
         }
     }
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties");
     for (key, v) in map {
-        let child = join_key(path, key, properties.is_none() && additional.is_some());
+        let child = if properties.is_none() && additional.is_some() {
+            Path::Entry(path, key)
+        } else {
+            Path::Field(path, key)
+        };
         if let Some(p) = properties.and_then(|p| p.get(key)) {
             walk(p, patterns, v, &child, false, f);
         } else if let Some(a) = additional.filter(|a| a.is_object()) {
@@ -163,14 +196,14 @@ fn object(
                 .map(|p| p.keys().map(String::as_str).collect())
                 .unwrap_or_default();
             f.error(
-                child,
+                child.to_string(),
                 format!("unknown field {key:?}; known fields here: {}", known.join(", ")),
             );
         }
     }
 }
 
-fn range(schema: &Map<String, Value>, value: &Value, path: &str, f: &mut Findings) {
+fn range(schema: &Map<String, Value>, value: &Value, path: &Path<'_>, f: &mut Findings) {
     let Some(n) = value.as_f64() else { return };
     let min = schema.get("minimum").and_then(Value::as_f64);
     let max = schema.get("maximum").and_then(Value::as_f64);
@@ -182,37 +215,28 @@ fn range(schema: &Map<String, Value>, value: &Value, path: &str, f: &mut Finding
             (None, Some(b)) => format!("allowed: {} or less", num(b)),
             (None, None) => unreachable!("out of range needs a bound"),
         };
-        f.error(path, format!("{} is out of range; {allowed}", short(value)));
+        f.error(path.to_string(), format!("{} is out of range; {allowed}", short(value)));
     }
 }
 
-fn bounds(schema: &Map<String, Value>, n: f64, min_key: &str, max_key: &str, unit: &str, path: &str, f: &mut Findings) {
+fn bounds(
+    schema: &Map<String, Value>,
+    n: f64,
+    min_key: &str,
+    max_key: &str,
+    unit: &str,
+    path: &Path<'_>,
+    f: &mut Findings,
+) {
     if let Some(min) = schema.get(min_key).and_then(Value::as_f64)
         && n < min
     {
-        f.error(path, format!("must have at least {} {unit}", num(min)));
+        f.error(path.to_string(), format!("must have at least {} {unit}", num(min)));
     }
     if let Some(max) = schema.get(max_key).and_then(Value::as_f64)
         && n > max
     {
-        f.error(path, format!("must have at most {} {unit}", num(max)));
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// Map keys are shown as `headers[x-user]`, fields as `.field`.
-fn join_key(path: &str, key: &str, map_entry: bool) -> String {
-    if map_entry {
-        format!("{path}[{key}]")
-    } else {
-        join(path, key)
+        f.error(path.to_string(), format!("must have at most {} {unit}", num(max)));
     }
 }
 
