@@ -45,10 +45,25 @@ pub enum BadReview {
     NotAReview(String),
 }
 
+/// A decoded review: the request, and the object under admission as the API server sent it.
+///
+/// The object stays JSON: the decisions read it as JSON (the validator) or as the typed parts
+/// they need (the injector), so it is never converted to another representation and back.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// The request. Its `object` and `old_object` are always `None`: the object is in
+    /// [`Review::object`], and no webhook reads the old one.
+    pub request: AdmissionRequest<DynamicObject>,
+    /// The object (`request.object`), with the request's namespace filled in when the object
+    /// does not say (the API server fills it in only after admission); `None` when the request
+    /// carries none (a DELETE).
+    pub object: Option<Value>,
+}
+
 /// A decoded review, or why it could not be (with the request's uid when the body had one, so
 /// the answer is still a denial the API server matches to its request).
-pub fn review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, (Option<String>, BadReview)> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| (None, BadReview::NotJson(e.to_string())))?;
+pub fn review(body: &[u8]) -> Result<Review, (Option<String>, BadReview)> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| (None, BadReview::NotJson(e.to_string())))?;
     let uid = value
         .pointer("/request/uid")
         .and_then(Value::as_str)
@@ -65,11 +80,49 @@ pub fn review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, (Option<St
             )),
         ));
     }
+    // why: the objects are taken out before the request is decoded, so they are neither
+    // copied into a DynamicObject nor serialized back for the decision (the injector's pod
+    // was converted JSON -> DynamicObject -> JSON on every review).
+    let (object, old_object) = match value.get_mut("request").and_then(Value::as_object_mut) {
+        Some(request) => (request.remove("object"), request.remove("oldObject")),
+        None => (None, None),
+    };
+    for (field, o) in [("object", &object), ("oldObject", &old_object)] {
+        if let Some(o) = o {
+            well_formed(o).map_err(|e| (uid.clone(), BadReview::NotAReview(format!("request.{field}: {e}"))))?;
+        }
+    }
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(value).map_err(|e| (uid.clone(), BadReview::NotAReview(e.to_string())))?;
-    review
+    let request: AdmissionRequest<DynamicObject> = review
         .try_into()
-        .map_err(|_| (uid, BadReview::NotAReview("it has no request".into())))
+        .map_err(|_| (uid, BadReview::NotAReview("it has no request".into())))?;
+    let object = object.filter(|o| !o.is_null()).map(|mut o| {
+        if let (Some(ns), Some(meta)) = (&request.namespace, o.get_mut("metadata").and_then(Value::as_object_mut))
+            && !meta.contains_key("namespace")
+        {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        o
+    });
+    Ok(Review { request, object })
+}
+
+/// Whether `object` is what the API server sends as an object under admission: null, or a
+/// mapping whose `metadata` (when there is one) is object metadata — what decoding it as a
+/// `DynamicObject` required.
+fn well_formed(object: &Value) -> Result<(), String> {
+    use serde::Deserialize as _;
+    match object {
+        Value::Null => Ok(()),
+        Value::Object(map) => match map.get("metadata") {
+            None => Ok(()),
+            Some(meta) => k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::deserialize(meta)
+                .map(drop)
+                .map_err(|e| format!("metadata: {e}")),
+        },
+        _ => Err("not a mapping; an object under admission is a Kubernetes object".into()),
+    }
 }
 
 /// The response to a body [`review`] refused: a denial carrying the request's uid when there
@@ -88,21 +141,6 @@ pub fn deny(request: &AdmissionRequest<DynamicObject>, message: impl ToString, c
     let mut response = AdmissionResponse::from(request).deny(message);
     response.result.code = code;
     response
-}
-
-/// The object of a request as JSON, with the request's namespace filled in when the object
-/// does not say (the API server fills it in only after admission).
-pub fn object_json(request: &AdmissionRequest<DynamicObject>) -> Option<Value> {
-    let object = request.object.as_ref()?;
-    let mut value = serde_json::to_value(object).ok()?;
-    if let (Some(ns), Some(meta)) = (
-        &request.namespace,
-        value.get_mut("metadata").and_then(Value::as_object_mut),
-    ) && !meta.contains_key("namespace")
-    {
-        meta.insert("namespace".into(), Value::String(ns.clone()));
-    }
-    Some(value)
 }
 
 #[cfg(test)]
@@ -163,6 +201,30 @@ mod tests {
 
         let (_, why) = review(br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#).unwrap_err();
         assert!(why.to_string().contains("no request"), "{why}");
+
+        // Objects that are not Kubernetes objects: refused as decoding them used to refuse them.
+        for (object, says) in [
+            (json!("a pod"), "request.object: not a mapping"),
+            (json!({"metadata": {"labels": 5}}), "request.object: metadata: "),
+            (json!({"metadata": null}), "request.object: metadata: "),
+        ] {
+            let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u3", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "operation": "CREATE", "userInfo": {}, "object": object}});
+            let (uid, why) = review(body.to_string().as_bytes()).unwrap_err();
+            assert_eq!(uid.as_deref(), Some("u3"));
+            assert!(why.to_string().contains(says), "{why}");
+        }
+        let mut old = fixtures::review(
+            ("", "v1", "Pod"),
+            "pods",
+            Some("shop"),
+            json!({"metadata": {"name": "p"}}),
+        );
+        old["request"]["oldObject"] = json!([1]);
+        let (_, why) = review(old.to_string().as_bytes()).unwrap_err();
+        assert!(why.to_string().contains("request.oldObject: not a mapping"), "{why}");
     }
 
     #[test]
@@ -173,7 +235,8 @@ mod tests {
             Some("shop"),
             json!({"apiVersion": "networking.trellis.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "vs"}, "spec": {}}),
         );
-        let request = review(body.to_string().as_bytes()).unwrap();
-        assert_eq!(object_json(&request).unwrap()["metadata"]["namespace"], "shop");
+        let review = review(body.to_string().as_bytes()).unwrap();
+        assert_eq!(review.object.unwrap()["metadata"]["namespace"], "shop");
+        assert!(review.request.object.is_none() && review.request.old_object.is_none());
     }
 }

@@ -162,6 +162,24 @@ pub fn template_hash(settings: &Settings) -> String {
         proxy_image: String::new(),
         ..settings.clone()
     };
+    thread_local! {
+        // why: the injector hashes the template of every pod it meshes, and the settings only
+        // change with the Mesh: hashing (one more injection and its JSON) was a sixth of the
+        // instructions of answering an injection review (callgrind, operator/benches/admission.rs).
+        static LAST: std::cell::RefCell<Option<(Settings, String)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, hash)) if *seen == canonical => hash.clone(),
+        _ => {
+            let hash = hash_of(&canonical);
+            *last = Some((canonical, hash.clone()));
+            hash
+        }
+    })
+}
+
+/// [`template_hash`] of settings without an image, computed.
+fn hash_of(canonical: &Settings) -> String {
     let mut spec = PodSpec {
         containers: vec![Container {
             name: "app".into(),
@@ -169,7 +187,7 @@ pub fn template_hash(settings: &Settings) -> String {
         }],
         ..PodSpec::default()
     };
-    let json = match inject_spec(&mut spec, &Overrides::default(), &canonical, None) {
+    let json = match inject_spec(&mut spec, &Overrides::default(), canonical, None) {
         Ok(()) => serde_json::to_string(&spec).unwrap_or_default(),
         // Cannot happen for this pod; hash the reason so the value stays deterministic.
         Err(e) => e.to_string(),
@@ -684,6 +702,14 @@ mod tests {
             ..settings.clone()
         };
         assert_ne!(template_hash(&other_template), hash);
+        // Remembered per thread for the last settings: a change of settings is a new hash, and
+        // back again the first one.
+        let canonical = Settings {
+            proxy_image: String::new(),
+            ..other_template.clone()
+        };
+        assert_eq!(template_hash(&other_template), hash_of(&canonical));
+        assert_eq!(template_hash(&settings), hash);
         let mut t = app_template();
         inject(&mut t, &settings).unwrap();
         let annotations = t.metadata.unwrap().annotations.unwrap();

@@ -22,9 +22,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde::Deserialize as _;
 use serde_json::Value;
 use trellis_api::mesh::MeshSpec;
 use trellis_manifests::sidecar::{self, INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, InjectError, Settings};
@@ -87,9 +89,12 @@ pub fn decide(
     system: &[&str],
     settings: &Settings,
 ) -> Decision {
-    let template = PodTemplateSpec {
-        metadata: pod.get("metadata").and_then(|m| serde_json::from_value(m.clone()).ok()),
-        spec: match pod.get("spec").map(|s| serde_json::from_value(s.clone())) {
+    // why: the typed parts are read from the review's JSON in place (no copy of the pod), and
+    // the template is injected in place: the patch is the difference between its JSON before
+    // and after, so nothing the typed pod does not hold is ever touched.
+    let mut template = PodTemplateSpec {
+        metadata: pod.get("metadata").and_then(|m| ObjectMeta::deserialize(m).ok()),
+        spec: match pod.get("spec").map(PodSpec::deserialize) {
             Some(Ok(spec)) => Some(spec),
             Some(Err(e)) => return Decision::Deny(format!("the pod's spec does not parse: {e}")),
             None => return Decision::Deny("the pod has no spec".into()),
@@ -116,12 +121,13 @@ pub fn decide(
         return Decision::Unchanged("already injected".into());
     }
     let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or(Value::Null);
-    let mut injected = template.clone();
-    match sidecar::inject(&mut injected, settings) {
+    let before = json(&template);
+    // `inject` changes the template only when it succeeds (an absent metadata aside, which it
+    // makes empty: the label below needs it anyway).
+    match sidecar::inject(&mut template, settings) {
         Ok(()) => {}
         Err(InjectError::HostNetwork) => {
-            let mut marked = template.clone();
-            marked
+            template
                 .metadata
                 .get_or_insert_default()
                 .labels
@@ -129,13 +135,13 @@ pub fn decide(
                 .insert(SKIPPED_LABEL.into(), SKIPPED_HOST_NETWORK.into());
             return Decision::Skip {
                 why: InjectError::HostNetwork.to_string(),
-                patch: json_patch::diff(&json(&template), &json(&marked)),
+                patch: json_patch::diff(&before, &json(&template)),
             };
         }
         Err(e) => return Decision::Deny(e.to_string()),
     }
-    let patch = json_patch::diff(&json(&template), &json(&injected));
-    let image = injected
+    let patch = json_patch::diff(&before, &json(&template));
+    let image = template
         .metadata
         .as_ref()
         .and_then(|m| m.annotations.as_ref())
@@ -146,7 +152,8 @@ pub fn decide(
 }
 
 /// The answer to one injection request.
-pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index, defaults: &Settings) -> AdmissionResponse {
+pub fn respond(review: &super::Review, index: &Index, defaults: &Settings) -> AdmissionResponse {
+    let request = &review.request;
     if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
         let why = format!(
             "webhook {} injects pods only, not {} {}: fix the webhook configuration's rules",
@@ -159,7 +166,7 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index, default
     if request.operation != Operation::Create {
         return AdmissionResponse::from(request);
     }
-    let Some(pod) = super::object_json(request) else {
+    let Some(pod) = &review.object else {
         return super::deny(request, "the CREATE request carries no pod", 400);
     };
     let namespace = request.namespace.clone().unwrap_or_else(|| "default".into());
@@ -176,7 +183,7 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index, default
                 .map(|g| format!("{g}*")))
             .unwrap_or_else(|| "<no name>".into())
     );
-    match decide(&pod, &namespace, index.namespace_labels(&namespace), &system, &settings) {
+    match decide(pod, &namespace, index.namespace_labels(&namespace), &system, &settings) {
         Decision::Inject { patch, image } => {
             tracing::debug!(%who, %image, dry_run = request.dry_run, "injecting the sidecar");
             patched(request, AdmissionResponse::from(request), patch)
@@ -401,7 +408,7 @@ mod tests {
         assert!(why.contains("did not inject"), "{why}");
     }
 
-    fn request(object: Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
+    fn request(object: Value, dry_run: bool) -> crate::admission::Review {
         let mut body = fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), object);
         body["request"]["dryRun"] = json!(dry_run);
         crate::admission::review(body.to_string().as_bytes()).unwrap()

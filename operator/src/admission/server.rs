@@ -156,7 +156,7 @@ impl Webhooks {
     /// Answer one `POST` of `body` to `path` (the transport-free core: [`serve`] counts and
     /// times it).
     pub fn handle(&self, path: &str, body: &[u8]) -> Answer {
-        let request = match super::review(body) {
+        let review = match super::review(body) {
             Ok(r) => r,
             Err((uid, why)) => {
                 tracing::info!(%path, error = %why, "malformed AdmissionReview refused");
@@ -175,10 +175,10 @@ impl Webhooks {
         let response = {
             let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             match path {
-                VALIDATE_PATH => super::validate::respond(&request, &index),
-                INJECT_PATH => super::inject::respond(&request, &index, &self.defaults),
+                VALIDATE_PATH => super::validate::respond(&review, &index),
+                INJECT_PATH => super::inject::respond(&review, &index, &self.defaults),
                 other => super::deny(
-                    &request,
+                    &review.request,
                     format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
                     404,
                 ),

@@ -8,8 +8,7 @@
 //!   warnings, never denials: objects may be applied in any order.
 //! - Dry runs get exactly the same answer (validation has no side effects).
 
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use kube::core::admission::AdmissionResponse;
 use serde_json::Value;
 use trellis_api::document::Kind;
 use trellis_api::validation::{Finding, ObjectRef, Outcome, Severity, validate};
@@ -121,8 +120,9 @@ fn cross_object(kind: Kind, object: &Value, index: &Index) -> Vec<Finding> {
 }
 
 /// The answer to one validation request.
-pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index) -> AdmissionResponse {
-    let Some(object) = super::object_json(request) else {
+pub fn respond(review: &super::Review, index: &Index) -> AdmissionResponse {
+    let request = &review.request;
+    let Some(object) = &review.object else {
         return super::deny(
             request,
             format!(
@@ -132,7 +132,7 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, index: &Index) -> Admi
             400,
         );
     };
-    match verdict(&object, index) {
+    match verdict(object, index) {
         Err(why) => super::deny(request, why, 400),
         Ok(Verdict { denial, warnings }) => {
             let mut response = match denial {
@@ -182,7 +182,7 @@ mod tests {
         index
     }
 
-    fn request(object: Value) -> AdmissionRequest<DynamicObject> {
+    fn request(object: Value) -> crate::admission::Review {
         let body = fixtures::review(
             ("networking.trellis.dev", "v1alpha1", "VirtualService"),
             "virtualservices",
