@@ -28,7 +28,7 @@ const BRANCHES: [&str; 3] = ["allOf", "oneOf", "anyOf"];
 #[derive(Debug)]
 pub(super) enum Rules {
     /// Only the schema nodes with rules (`None`: the kind has no rule).
-    Sites(Option<Site>),
+    Sites(Option<Box<Site>>),
     /// The whole compiled schema, walked by kube-cel (a schema with defaults).
     Whole(Box<CompiledSchema>),
 }
@@ -59,7 +59,7 @@ impl Rules {
         if has_key(schema, "default") {
             Rules::Whole(Box::new(compile_schema(schema)))
         } else {
-            Rules::Sites(Site::of(schema))
+            Rules::Sites(Site::of(schema).map(Box::new))
         }
     }
 
