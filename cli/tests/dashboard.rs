@@ -47,7 +47,10 @@ impl Drop for Reaped {
 struct Browser {
     http: Http,
     base: String,
-    _driver: Reaped,
+    driver: Reaped,
+    /// The browser's own profile directory: every Chromium process of this
+    /// session names it on its command line, which is how `drop` finds them.
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -73,19 +76,24 @@ impl Browser {
         })?;
         let binary = trellis_skip::find_in(&std::env::var_os("PATH").unwrap_or_default(), CHROMIUM)
             .with_context(|| format!("{CHROMIUM} is not on PATH ({INSTALL})"))?;
+        let profile = tempfile::Builder::new()
+            .prefix("trellis-dashboard-chromium-")
+            .tempdir()?;
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": binary,
                 // Root in a container: no sandbox; no GPU; a fixed size for the screenshot.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1500,900", "--no-first-run", "--no-default-browser-check"],
+                         "--window-size=1500,900", "--no-first-run", "--no-default-browser-check",
+                         format!("--user-data-dir={}", profile.path().display())],
             },
         }}});
         let mut browser = Browser {
             http: http.clone(),
             base,
-            _driver: driver,
+            driver,
+            profile,
         };
         let session = browser.call(http::Method::POST, "/session", &capabilities)?;
         let id = session["sessionId"]
@@ -168,8 +176,15 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session, stops chromedriver, and then stops whatever Chromium
+    /// process of this session outlived them: killing chromedriver leaves
+    /// its browser running (seen: one headless Chromium left per run).
     fn drop(&mut self) {
         let _ = self.call(http::Method::DELETE, "", &Value::Null);
+        let _ = self.driver.0.kill();
+        let _ = self.driver.0.wait();
+        let marker = format!("--user-data-dir={}", self.profile.path().display());
+        let _ = Command::new("pkill").args(["-KILL", "-f", "--", &marker]).status();
     }
 }
 
