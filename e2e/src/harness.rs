@@ -135,11 +135,7 @@ impl TestCluster {
 
     /// A `kubectl` command pointed at this cluster, with its own cache.
     pub fn kubectl_command(&self) -> Command {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
-        c.arg("--cache-dir").arg(self.state.path().join("kubectl-cache"));
-        c.env("HOME", self.state.path());
-        c
+        kubectl_command_at(&self.kubeconfig, self.state.path())
     }
 
     /// Runs kubectl with `args` and optional stdin.
@@ -291,6 +287,17 @@ impl TestCluster {
         let _: serde_json::Value = client.request(req).await?;
         Ok(())
     }
+}
+
+/// A `kubectl` command pointed at the cluster of `kubeconfig`, with its cache
+/// and HOME in `state`: [`TestCluster::kubectl_command`] for a thread that
+/// cannot hold the cluster (a webhook server calling back into it).
+pub fn kubectl_command_at(kubeconfig: &Path, state: &Path) -> Command {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig").arg(kubeconfig);
+    c.arg("--cache-dir").arg(state.join("kubectl-cache"));
+    c.env("HOME", state);
+    c
 }
 
 /// Whether a pod's `Ready` condition is True.

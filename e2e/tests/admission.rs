@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
 use trellis_e2e::admission::encode_patch;
-use trellis_e2e::harness::TestCluster;
+use trellis_e2e::harness::{TestCluster, kubectl_command_at};
 use trellis_e2e::pki::{ServingIdentity, base64_encode};
 
 fn respond(review: &Value, path: &str) -> Value {
@@ -68,12 +68,7 @@ fn touch(name: &str) {
     let Some((kubeconfig, state)) = CLUSTER.get() else {
         return;
     };
-    let _ = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(state.join("kubectl-cache"))
-        .env("HOME", state)
+    let _ = kubectl_command_at(kubeconfig, state)
         .args(["annotate", "cm", name, "touched=yes"])
         .output();
 }
