@@ -7,6 +7,11 @@
 //! - `inject, scale-up of 500`: one Deployment scaled to 500 — the ReplicaSet controller creates
 //!   pods in slow-start batches of 1, 2, 4, … concurrently, here over one HTTP/2 connection as
 //!   the API server multiplexes its webhook calls.
+//! - `inject, 50 concurrent, every pod its own template`: as the first, each pod with a label
+//!   of its own, so the injector's memo never answers (every pod decided: the typed pod, the
+//!   template, the JSON patch). The first two scenarios send pods of one template, as a
+//!   Deployment's ReplicaSet does: the memo decides the first and answers the rest (each
+//!   scenario prints how many it answered and decided).
 //! - `validate, 50 concurrent`: a VirtualService (the demo's payment routing) applied 50 at a
 //!   time.
 //! - the decisions alone (no TLS, no HTTP), for reference.
@@ -49,6 +54,18 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn pod_review(i: usize) -> Vec<u8> {
+    pod_review_value(i).to_string().into_bytes()
+}
+
+/// A pod of a template of its own (its `version` label differs from every other pod's), so the
+/// injector's memo never answers it.
+fn distinct_pod_review(i: usize) -> Vec<u8> {
+    let mut review = pod_review_value(i);
+    review["request"]["object"]["metadata"]["labels"]["version"] = json!(format!("v{i}"));
+    review.to_string().into_bytes()
+}
+
+fn pod_review_value(i: usize) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -77,8 +94,6 @@ fn pod_review(i: usize) -> Vec<u8> {
             "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
         }
     })
-    .to_string()
-    .into_bytes()
 }
 
 fn vs_review(i: usize) -> Vec<u8> {
@@ -318,14 +333,17 @@ async fn scale_up(addr: std::net::SocketAddr, root_pem: &str, total: usize) -> R
     all
 }
 
-fn decisions(index: &Index, defaults: &Settings, n: usize) {
+fn decisions(index: &RwLock<Index>, defaults: &Settings, n: usize) {
     let pod: Value = serde_json::from_slice::<Value>(&pod_review(0))
         .map(|v| v["request"]["object"].clone())
         .unwrap_or_default();
     let vs: Value = serde_json::from_slice::<Value>(&vs_review(0))
         .map(|v| v["request"]["object"].clone())
         .unwrap_or_default();
-    let labels = index.namespace_labels("shop").cloned();
+    let labels = index
+        .read()
+        .map(|i| i.namespace_labels("shop").cloned())
+        .unwrap_or_default();
     let started = Instant::now();
     for _ in 0..n {
         std::hint::black_box(trellis_operator::admission::inject::decide(
@@ -345,21 +363,54 @@ fn decisions(index: &Index, defaults: &Settings, n: usize) {
     println!("decision alone (no TLS, no HTTP): inject {inject:.2?}, validate {validate:.2?} (mean of {n})");
 }
 
-/// The whole answer without TLS and HTTP: the review parsed, decided and serialized.
+/// The whole answer without TLS and HTTP: the review parsed, decided (or remembered) and
+/// serialized.
 fn handled(webhooks: &Webhooks, n: usize) {
-    let (pod, vs) = (pod_review(0), vs_review(0));
-    let mean = |path: &str, body: &[u8]| {
+    let mean = |path: &str, body: fn(usize) -> Vec<u8>| {
+        let bodies: Vec<Vec<u8>> = (0..n).map(body).collect();
         let started = Instant::now();
-        for _ in 0..n {
+        for body in &bodies {
             std::hint::black_box(webhooks.handle(path, body));
         }
         started.elapsed() / n as u32
     };
-    let inject = mean(webhooks::INJECT_PATH, &pod);
-    let validate = mean(webhooks::VALIDATE_PATH, &vs);
+    let (hits, misses) = webhooks.injector_memo_counts();
+    let remembered = mean(webhooks::INJECT_PATH, pod_review);
+    let decided = mean(webhooks::INJECT_PATH, distinct_pod_review);
+    let validate = mean(webhooks::VALIDATE_PATH, vs_review);
+    let (hits_after, misses_after) = webhooks.injector_memo_counts();
     println!(
-        "review parsed, decided and answered (no TLS, no HTTP): inject {inject:.2?}, validate {validate:.2?} (mean of {n})"
+        "review parsed, decided and answered (no TLS, no HTTP): inject {remembered:.2?} (the same template: remembered), {decided:.2?} (every pod its own template: decided), validate {validate:.2?} (mean of {n}; the injector's memo answered {} and decided {})",
+        hits_after - hits,
+        misses_after - misses
     );
+}
+
+/// How many injection reviews the memo answered and how many were decided during `scenario`.
+async fn memo_counted<T>(webhooks: &Webhooks, scenario: impl std::future::Future<Output = T>) -> T {
+    let (hits, misses) = webhooks.injector_memo_counts();
+    let out = scenario.await;
+    let (hits_after, misses_after) = webhooks.injector_memo_counts();
+    println!(
+        "    the injector's memo: {} answered, {} decided",
+        hits_after - hits,
+        misses_after - misses
+    );
+    out
+}
+
+/// `concurrency` pod creations in flight at once, `rounds` each, of pods `body` makes: measured,
+/// with what the injector's memo answered; returns how many failed.
+async fn injected(
+    webhooks: &Webhooks,
+    histogram: &Histogram,
+    name: &str,
+    (addr, root_pem): (std::net::SocketAddr, &str),
+    (concurrency, rounds): (usize, usize),
+    body: fn(usize) -> Vec<u8>,
+) -> usize {
+    let run = concurrent(addr, root_pem, webhooks::INJECT_PATH, concurrency, rounds, body, true);
+    memo_counted(webhooks, measured(name, histogram, run)).await
 }
 
 /// Serve the webhooks on a runtime of their own (2 worker threads, as the operator's on 2
@@ -409,16 +460,12 @@ async fn main() {
         .expect("serving certificate"),
     );
     let defaults = Settings::new(&Options::default());
-    let index = index();
+    let index = Arc::new(RwLock::new(index()));
     decisions(&index, &defaults, 2000);
     let metrics = Arc::new(Metrics::default());
-    let webhooks = Arc::new(Webhooks {
-        index: Arc::new(RwLock::new(index)),
-        defaults,
-        metrics: metrics.clone(),
-    });
+    let webhooks = Arc::new(Webhooks::new(index, defaults, metrics.clone()));
     handled(&webhooks, 2000);
-    let addr = start_server(tls, webhooks);
+    let addr = start_server(tls, webhooks.clone());
     println!(
         "webhook server on {addr} (HTTPS) on its own 2 worker threads; the client on 2 others; {} cores",
         std::thread::available_parallelism().map_or(0, usize::from)
@@ -428,24 +475,31 @@ async fn main() {
     concurrent(addr, &root_pem, webhooks::INJECT_PATH, 4, 25, pod_review, true).await;
 
     let seconds = &metrics.admission_seconds;
-    let mut failed = measured(
-        &format!("inject, {concurrency} concurrent"),
+    let mut failed = injected(
+        &webhooks,
         &seconds.inject,
-        concurrent(
-            addr,
-            &root_pem,
-            webhooks::INJECT_PATH,
-            concurrency,
-            rounds,
-            pod_review,
-            true,
+        &format!("inject, {concurrency} concurrent"),
+        (addr, &root_pem),
+        (concurrency, rounds),
+        pod_review,
+    )
+    .await;
+    failed += memo_counted(
+        &webhooks,
+        measured(
+            &format!("inject, scale-up of {scale}"),
+            &seconds.inject,
+            scale_up(addr, &root_pem, scale),
         ),
     )
     .await;
-    failed += measured(
-        &format!("inject, scale-up of {scale}"),
+    failed += injected(
+        &webhooks,
         &seconds.inject,
-        scale_up(addr, &root_pem, scale),
+        &format!("inject, {concurrency} concurrent, every pod its own template"),
+        (addr, &root_pem),
+        (concurrency, rounds),
+        distinct_pod_review,
     )
     .await;
     failed += measured(

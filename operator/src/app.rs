@@ -618,11 +618,7 @@ async fn serve_webhooks(
     let defaults = injector_settings(config);
     let events = client.map(|c| recorder(c, config.pod_name.clone()));
     let renewed = renewal_announcer(client.cloned(), events, config.pod_name.clone());
-    let webhooks = Arc::new(Webhooks {
-        index: index.clone(),
-        defaults,
-        metrics: metrics.clone(),
-    });
+    let webhooks = Arc::new(Webhooks::new(index.clone(), defaults, metrics.clone()));
     let listener = TcpListener::bind(config.webhook_addr)
         .await
         .with_context(|| format!("binding the admission webhooks to {}", config.webhook_addr))?;

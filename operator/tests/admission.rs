@@ -161,11 +161,11 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
         .unwrap(),
     );
     let metrics = Arc::new(trellis_operator::metrics::Metrics::default());
-    let webhooks = Arc::new(Webhooks {
-        index: Arc::new(std::sync::RwLock::new(Index::default())),
-        defaults: trellis_manifests::sidecar::Settings::new(&install::Options::default()),
-        metrics: metrics.clone(),
-    });
+    let webhooks = Arc::new(Webhooks::new(
+        Arc::new(std::sync::RwLock::new(Index::default())),
+        trellis_manifests::sidecar::Settings::new(&install::Options::default()),
+        metrics.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve(listener, tls.clone(), webhooks));

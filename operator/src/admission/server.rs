@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use trellis_manifests::install::webhooks::{INJECT_PATH, VALIDATE_PATH};
 use trellis_manifests::sidecar::Settings;
 
+use super::inject::memo::Memo;
 use super::{MAX_BODY_BYTES, refusal};
 use crate::ca::MeshRoots;
 use crate::index;
@@ -51,12 +52,15 @@ pub struct Webhooks {
     pub defaults: Settings,
     /// Where reviews are counted and timed (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// The injector's remembered answers.
+    memo: Memo,
 }
 
 impl std::fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhooks")
             .field("defaults", &self.defaults)
+            .field("memo", &self.memo.size())
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +157,22 @@ impl Body for Timed {
 }
 
 impl Webhooks {
+    /// Webhooks answering from `index`, with the sidecar `defaults`, counted in `metrics`.
+    pub fn new(index: index::Shared, defaults: Settings, metrics: Arc<Metrics>) -> Self {
+        Webhooks {
+            index,
+            defaults,
+            metrics,
+            memo: Memo::default(),
+        }
+    }
+
+    /// The injector's remembered answers: how many reviews were answered from them and how
+    /// many decided, since the start.
+    pub fn injector_memo_counts(&self) -> (u64, u64) {
+        self.memo.counts()
+    }
+
     /// Answer one `POST` of `body` to `path` (the transport-free core: [`serve`] counts and
     /// times it).
     pub fn handle(&self, path: &str, body: &[u8]) -> Answer {
@@ -172,17 +192,14 @@ impl Webhooks {
                 };
             }
         };
-        let response = {
-            let index = self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match path {
-                VALIDATE_PATH => super::validate::respond(&review, &index),
-                INJECT_PATH => super::inject::respond(&review, &index, &self.defaults),
-                other => super::deny(
-                    &review.request,
-                    format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
-                    404,
-                ),
-            }
+        let response = match path {
+            VALIDATE_PATH => super::validate::respond(&review, &self.index),
+            INJECT_PATH => super::inject::respond(&review, &self.index, &self.defaults, &self.memo),
+            other => super::deny(
+                &review.request,
+                format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
+                404,
+            ),
         };
         let outcome = if !response.allowed {
             "denied"
@@ -394,6 +411,40 @@ mod tests {
         assert!(tls.issued().not_after > first.not_after, "a new certificate is served");
         assert!(rx.try_recv().is_err());
         task.abort();
+    }
+
+    #[test]
+    fn a_remembered_injection_is_answered_byte_for_byte_as_a_decided_one() {
+        let webhooks = || {
+            Webhooks::new(
+                Arc::new(std::sync::RwLock::new(index::Index::default())),
+                Settings::new(&trellis_manifests::install::Options::default()),
+                Arc::new(Metrics::default()),
+            )
+        };
+        let body = |name: &str| {
+            let pod = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "app:1",
+                                          "readinessProbe": {"tcpSocket": {"port": 8080}}}]},
+            });
+            crate::admission::fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), pod)
+                .to_string()
+                .into_bytes()
+        };
+        let remembering = webhooks();
+        let decided = remembering.handle(INJECT_PATH, &body("web-1"));
+        let remembered = remembering.handle(INJECT_PATH, &body("web-2"));
+        assert_eq!(remembering.injector_memo_counts(), (1, 1));
+        let fresh = webhooks().handle(INJECT_PATH, &body("web-2"));
+        assert_eq!((remembered.status, remembered.outcome), (StatusCode::OK, "patched"));
+        assert_eq!((fresh.status, fresh.outcome), (remembered.status, remembered.outcome));
+        assert_eq!(
+            String::from_utf8_lossy(&remembered.body),
+            String::from_utf8_lossy(&fresh.body)
+        );
+        assert_eq!(remembered.body, decided.body, "the name is in neither answer");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   warnings, never denials: objects may be applied in any order.
 //! - Dry runs get exactly the same answer (validation has no side effects).
 
+use std::sync::{PoisonError, RwLock};
+
 use kube::core::admission::AdmissionResponse;
 use serde_json::Value;
 use trellis_api::document::Kind;
@@ -25,11 +27,13 @@ pub struct Verdict {
 }
 
 /// Validate `object` (the validator's findings, then the cross-object checks against `index`
-/// when it has listed the cluster).
+/// when it has listed the cluster). The index is read only for the cross-object checks, not
+/// held while validating: a reader holding it keeps the index's writer waiting, and every
+/// review after it.
 ///
 /// # Errors
 /// The object is not a Trellis (or Istio) kind: why, for a denial.
-pub fn verdict(object: &Value, index: &Index) -> Result<Verdict, String> {
+pub fn verdict(object: &Value, index: &RwLock<Index>) -> Result<Verdict, String> {
     let (kind, findings) = match validate(object) {
         Outcome::Validated { kind, findings } => (kind, findings),
         Outcome::Skipped(why) => {
@@ -44,8 +48,11 @@ pub fn verdict(object: &Value, index: &Index) -> Result<Verdict, String> {
         .filter(|f| f.severity == Severity::Warning)
         .map(short)
         .collect();
-    if index.synced() {
-        warnings.extend(cross_object(kind, object, index).iter().map(short));
+    if kind == Kind::VirtualService {
+        let index = index.read().unwrap_or_else(PoisonError::into_inner);
+        if index.synced() {
+            warnings.extend(cross_object(kind, object, &index).iter().map(short));
+        }
     }
     let errors: Vec<String> = findings
         .iter()
@@ -120,7 +127,7 @@ fn cross_object(kind: Kind, object: &Value, index: &Index) -> Vec<Finding> {
 }
 
 /// The answer to one validation request.
-pub fn respond(review: &super::Review, index: &Index) -> AdmissionResponse {
+pub fn respond(review: &super::Review, index: &RwLock<Index>) -> AdmissionResponse {
     let request = &review.request;
     let Some(object) = &review.object else {
         return super::deny(
@@ -171,7 +178,11 @@ mod tests {
         })
     }
 
-    fn synced_index() -> Index {
+    fn synced_index() -> RwLock<Index> {
+        RwLock::new(synced())
+    }
+
+    fn synced() -> Index {
         let mut index = Index::default();
         for kind in InputKind::ALL {
             index.apply(Change::Relisted {
@@ -220,13 +231,13 @@ mod tests {
         assert!(warnings[1].contains("Gateway edge/public"));
 
         // Before the index has listed the cluster, it cannot tell what is missing: no warning.
-        let unsynced = respond(&request(object), &Index::default());
+        let unsynced = respond(&request(object), &RwLock::new(Index::default()));
         assert!(unsynced.allowed && unsynced.warnings.is_none());
     }
 
     #[test]
     fn an_existing_gateway_raises_nothing() {
-        let mut index = synced_index();
+        let mut index = synced();
         let gateway: trellis_api::networking::Gateway = serde_json::from_value(json!({
             "apiVersion": "networking.trellis.dev/v1alpha1", "kind": "Gateway",
             "metadata": {"name": "shop-gateway", "namespace": "shop"},
@@ -234,7 +245,7 @@ mod tests {
         }))
         .unwrap();
         index.apply(Change::Applied(crate::index::Object::Gateway(Box::new(gateway))));
-        let response = respond(&request(vs(json!(["shop-gateway"]), (90, 10))), &index);
+        let response = respond(&request(vs(json!(["shop-gateway"]), (90, 10))), &RwLock::new(index));
         assert!(
             response.allowed && response.warnings.is_none(),
             "{:?}",
