@@ -421,9 +421,13 @@ impl Cluster {
     }
 
     /// The cluster's objects as the compiler reads them: every kind of [`InputKind::ALL`], as
-    /// the operator's index watches them, through [`Snapshot::from_objects`].
+    /// the operator's index watches them, through [`Snapshot::from_objects`], with the
+    /// operator's namespace as the root namespace (as the operator's own snapshots have it).
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        Ok(Snapshot::from_objects(&self.objects().await?)?)
+        let objects = self.objects().await?;
+        let mut snapshot = Snapshot::from_objects(&objects)?;
+        snapshot.root_namespace = crate::operator_admin::operator_namespace(&objects);
+        Ok(snapshot)
     }
 
     /// The cluster's objects of every kind of [`InputKind::ALL`], as the operator's index

@@ -92,8 +92,11 @@ pub async fn run(
         default_ns = cluster.default_namespace().to_string();
         objects = cluster.objects().await?;
     }
+    // Mesh-wide policies are those of the operator's namespace, as the operator compiles them.
+    let root_namespace = crate::operator_admin::operator_namespace(&objects);
     read_files(&args.files, stdin, &mut objects)?;
-    let snapshot = Snapshot::from_objects(&latest(objects))?;
+    let mut snapshot = Snapshot::from_objects(&latest(objects))?;
+    snapshot.root_namespace = root_namespace;
     let namespace = args.namespace.as_deref().unwrap_or(&default_ns);
     let svc = model::find_service(&snapshot, &args.service, namespace)?;
     let from = args

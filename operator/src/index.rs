@@ -47,6 +47,8 @@ pub struct Index {
     listed: BTreeSet<InputKind>,
     /// Bumped on every change.
     generation: u64,
+    /// The root namespace snapshots name (the operator's own; none: the snapshot's default).
+    root_namespace: Option<String>,
 }
 
 /// One change to the index.
@@ -335,8 +337,18 @@ impl Index {
         }
     }
 
+    /// An empty index whose snapshots name `namespace` the root namespace (where mesh-wide
+    /// policies live): the namespace the operator runs in.
+    pub fn with_root_namespace(namespace: impl Into<String>) -> Self {
+        Index {
+            root_namespace: Some(namespace.into()),
+            ..Index::default()
+        }
+    }
+
     /// The compiler's view of the index.
     pub fn snapshot(&self) -> Snapshot {
+        let defaults = Snapshot::default();
         Snapshot {
             registry: crate::registry::Registry {
                 namespaces: self.namespaces.clone(),
@@ -354,6 +366,7 @@ impl Index {
             trust_bundle: Vec::new(),
             jwks: self.jwks.clone(),
             jwks_stale: self.jwks_stale.clone(),
+            root_namespace: self.root_namespace.clone().unwrap_or(defaults.root_namespace),
         }
     }
 }

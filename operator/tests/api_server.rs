@@ -88,7 +88,9 @@ const OLM_NAMESPACE: &str = "operators";
 /// Role there, and the namespace its Deployment would read from the downward API. It becomes
 /// ready (the registry listed, the webhook configurations created and trusted) with exactly
 /// those permissions where RBAC is enforced, and everything namespaced follows: the CA Secret,
-/// the Lease, the webhooks' service reference and the namespaces they leave out.
+/// the Lease, the webhooks' service reference and the namespaces they leave out, and the root
+/// namespace — a PeerAuthentication and an AuthorizationPolicy without a selector there apply
+/// to a proxy in another namespace, as Istio's in its control plane's namespace do.
 async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &Target) {
     use trellis_manifests::install::{self, webhooks};
     let csv = trellis_manifests::olm::cluster_service_version(&install::Options::default());
@@ -113,6 +115,9 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
     cluster
         .apply(&trellis_manifests::to_yaml(objects.as_array().unwrap()))
         .unwrap();
+    // Mesh-wide policies in the operator's namespace (applied before it runs: its validating
+    // webhook would point at a Service no test runs).
+    cluster.apply(MESH_WIDE_POLICIES).unwrap();
     let client = cluster.client_as(OLM_NAMESPACE, account).await.unwrap();
     let config = trellis_operator::app::Config {
         namespace: OLM_NAMESPACE.into(),
@@ -163,6 +168,38 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
             "{name}: {services}"
         );
     }
+    // The operator's namespace is the root namespace: its policies without a selector apply
+    // to every proxy, here payment's in shop.
+    let pod = get(&[
+        "-n",
+        "shop",
+        "get",
+        "pods",
+        "-l",
+        "app=payment",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = support::shop_proxy(cluster, dir.path(), op.push_addr.port(), "payment", &pod, &op.root_pem);
+    let (proxy, control) = support::mesh_proxy(settings).await;
+    until("payment's proxy is configured", 30, || proxy.runtime().is_ready()).await;
+    let inbound = proxy.runtime().snapshot().config.inbound.clone();
+    assert_eq!(
+        inbound.mtls.mode,
+        trellis_contract::MtlsMode::Strict,
+        "the mesh-wide PeerAuthentication in {OLM_NAMESPACE}"
+    );
+    let policies: Vec<(&str, &str)> = inbound
+        .authorization
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
+    assert_eq!(policies, [(OLM_NAMESPACE, "deny-debug")]);
+    control.abort();
+    cluster
+        .kubectl_ok(&["delete", "-f", "-"], Some(MESH_WIDE_POLICIES))
+        .unwrap();
     let excluded = get(&[
         "get",
         "mutatingwebhookconfiguration",
@@ -182,6 +219,20 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
             .unwrap();
     }
 }
+
+/// A PeerAuthentication and an AuthorizationPolicy with no selector in [`OLM_NAMESPACE`].
+const MESH_WIDE_POLICIES: &str = "apiVersion: security.trellis.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: default, namespace: operators}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-debug, namespace: operators}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug]}}]}]
+";
 
 async fn the_index_follows_the_cluster(cluster: &Target) {
     let client = operator_client(cluster).await;

@@ -74,6 +74,9 @@ pub struct Input {
     /// that a reference resolves, or a selector selects, run for a kind when it is complete
     /// here or when the objects include any of that kind.
     pub complete: BTreeSet<InputKind>,
+    /// The root namespace (mesh-wide policies: [`Snapshot::root_namespace`]), the namespace the
+    /// cluster's operator runs in; none: the snapshot's default, `trellis-system`.
+    pub root_namespace: Option<String>,
 }
 
 /// One problem.
@@ -189,6 +192,9 @@ type Sources<'a> = BTreeMap<(String, ObjectKey), &'a Option<Source>>;
 pub fn analyze(input: &Input, validator: &Validator) -> Vec<Finding> {
     let mut raws: Vec<Raw> = Vec::new();
     let mut snapshot = Snapshot::default();
+    if let Some(root) = &input.root_namespace {
+        snapshot.root_namespace = root.clone();
+    }
     let mut sources: Sources<'_> = BTreeMap::new();
     let mut pods: BTreeMap<ObjectKey, Pod> = BTreeMap::new();
     let mut secrets = BTreeMap::new();

@@ -23,7 +23,7 @@ mod route;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use trellis_api::mesh::{DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE};
+use trellis_api::mesh::DEFAULT_TRUST_DOMAIN;
 use trellis_contract::{
     CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, Listener, NodeInfo, OtlpProtocol, PemSource,
     ProxyConfig, ProxyMode, Telemetry, Tracing,
@@ -529,9 +529,6 @@ pub(crate) fn visible(export_to: Option<&[String]>, owner_ns: &str, viewer_ns: &
     })
 }
 
-/// The control plane's namespace, where mesh-wide policies live.
-pub(crate) const ROOT_NAMESPACE: &str = SYSTEM_NAMESPACE;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,6 +558,59 @@ mod tests {
                 "{pattern} in {ns} vs {host}"
             );
         }
+    }
+
+    /// Mesh-wide policies live in the root namespace the snapshot names (the operator's own,
+    /// e.g. `operators` under OLM), not in a fixed `trellis-system`.
+    #[test]
+    fn mesh_wide_policies_are_those_of_the_snapshots_root_namespace() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.5, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: default, namespace: operators}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: operators}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: default, namespace: trellis-system}
+spec: {mtls: {mode: DISABLE}}
+"#;
+        let mut snapshot = Snapshot::from_yaml(yaml).unwrap();
+        let web = ObjectKey::new("shop", "web-1");
+        let inbound = |s: &Snapshot| compile(s, &web, Role::Sidecar, "v1").unwrap().config.inbound;
+        // The default root namespace: the policies in `operators` are that namespace's only.
+        assert_eq!(snapshot.root_namespace, "trellis-system");
+        let default_root = inbound(&snapshot);
+        assert_eq!(default_root.mtls.mode, trellis_contract::MtlsMode::Disable);
+        assert!(
+            default_root.authorization.is_empty(),
+            "{:?}",
+            default_root.authorization
+        );
+        // The operator runs in `operators`: its policies apply to every workload, and those of
+        // `trellis-system` are an ordinary namespace's.
+        snapshot.root_namespace = "operators".into();
+        let operators_root = inbound(&snapshot);
+        assert_eq!(operators_root.mtls.mode, trellis_contract::MtlsMode::Strict);
+        let names: Vec<(&str, &str)> = operators_root
+            .authorization
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect();
+        assert_eq!(names, [("operators", "deny-admin")]);
     }
 
     #[test]

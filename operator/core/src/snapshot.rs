@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use trellis_api::document::{Classification, Kind, VERSION, classify, parse_documents};
-use trellis_api::mesh::MeshSpec;
+use trellis_api::mesh::{MeshSpec, SYSTEM_NAMESPACE};
 use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
@@ -127,7 +127,7 @@ impl InputKind {
 }
 
 /// The inputs of one compilation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Namespaces, services, workloads, credentials.
     pub registry: Registry,
@@ -155,6 +155,31 @@ pub struct Snapshot {
     /// fetch (Istio keeps the last good keys too), with why: reported, never compiled, so a
     /// failing refresh alone recompiles nothing.
     pub jwks_stale: BTreeMap<String, String>,
+    /// The root namespace (Istio's `meshConfig.rootNamespace`): the control plane's namespace,
+    /// where a PeerAuthentication, RequestAuthentication or AuthorizationPolicy without a
+    /// selector applies mesh-wide. The operator sets the namespace it runs in (under OLM, its
+    /// OperatorGroup's); meshctl the namespace the cluster's operator runs in. Default
+    /// `trellis-system`, where `meshctl install` puts it.
+    pub root_namespace: String,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            registry: Registry::default(),
+            virtual_services: Vec::new(),
+            destination_rules: Vec::new(),
+            gateways: Vec::new(),
+            peer_authentications: Vec::new(),
+            authorization_policies: Vec::new(),
+            request_authentications: Vec::new(),
+            mesh: MeshSpec::default(),
+            trust_bundle: Vec::new(),
+            jwks: BTreeMap::new(),
+            jwks_stale: BTreeMap::new(),
+            root_namespace: SYSTEM_NAMESPACE.to_string(),
+        }
+    }
 }
 
 /// What the operator holds of one `jwksUri`.

@@ -33,6 +33,7 @@ fn run(paths: &[PathBuf]) -> Vec<Finding> {
     let input = Input {
         objects: paths.iter().flat_map(|p| objects(p)).collect(),
         complete: BTreeSet::new(),
+        root_namespace: None,
     };
     analyze(&input, &Validator::new())
 }
@@ -52,6 +53,45 @@ fn expectations(path: &Path) -> Vec<(String, String, Option<usize>)> {
             (code.to_string(), origin.to_string(), line)
         })
         .collect()
+}
+
+/// A policy with a selector in the root namespace selects pods of every namespace; elsewhere,
+/// of its own namespace only. The root namespace is the operator's (`Input::root_namespace`),
+/// and, as Kubernetes' own, not expected to be meshed.
+#[test]
+fn a_policy_in_the_root_namespace_selects_pods_of_every_namespace() {
+    let policy = "apiVersion: v1\nkind: Namespace\nmetadata: {name: operators}\n---\n\
+                  apiVersion: security.trellis.dev/v1alpha1\nkind: PeerAuthentication\n\
+                  metadata: {name: payment-strict, namespace: operators}\n\
+                  spec: {selector: {matchLabels: {app: payment}}, mtls: {mode: STRICT}}\n";
+    let mut objects = objects(&dir().join("base.yaml"));
+    objects.extend(parse_documents(policy).into_iter().map(|d| Object {
+        value: d.content.unwrap(),
+        source: None,
+    }));
+    let codes = |root: Option<&str>| -> Vec<String> {
+        let input = Input {
+            objects: objects.clone(),
+            complete: BTreeSet::new(),
+            root_namespace: root.map(str::to_string),
+        };
+        analyze(&input, &Validator::new())
+            .iter()
+            .map(|f| format!("{} {}", f.code, f.origin))
+            .collect()
+    };
+    // The operator in trellis-system: `operators` is an ordinary namespace, with no payment
+    // pod, and not labelled for injection.
+    assert_eq!(
+        codes(None),
+        [
+            "IST0127 PeerAuthentication operators/payment-strict",
+            "IST0102 Namespace operators"
+        ]
+    );
+    // The operator in `operators` (OLM): the policy selects shop's payment pods, and the
+    // control plane's namespace is not expected in the mesh.
+    assert_eq!(codes(Some("operators")), Vec::<String>::new());
 }
 
 #[test]

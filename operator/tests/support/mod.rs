@@ -170,9 +170,25 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
 /// The web pod's proxy settings, with its root and a `trellis`-audience token written to
 /// `dir` and its identity kept in `dir/identity`.
 pub fn web_proxy(cluster: &Target, dir: &Path, push_port: u16, pod: &str, root_pem: &str) -> ClientConfig {
+    shop_proxy(cluster, dir, push_port, "web", pod, root_pem)
+}
+
+/// The proxy settings of pod `shop/pod`, running as ServiceAccount `account`, with its root and
+/// a `trellis`-audience token written to `dir` and its identity kept in `dir/identity`.
+pub fn shop_proxy(
+    cluster: &Target,
+    dir: &Path,
+    push_port: u16,
+    account: &str,
+    pod: &str,
+    root_pem: &str,
+) -> ClientConfig {
     std::fs::write(dir.join("root.pem"), root_pem).unwrap();
     let token = cluster
-        .kubectl_ok(&["-n", "shop", "create", "token", "web", "--audience", "trellis"], None)
+        .kubectl_ok(
+            &["-n", "shop", "create", "token", account, "--audience", "trellis"],
+            None,
+        )
         .unwrap();
     std::fs::write(dir.join("token"), token.trim()).unwrap();
     ClientConfig {
@@ -184,7 +200,7 @@ pub fn web_proxy(cluster: &Target, dir: &Path, push_port: u16, pod: &str, root_p
         namespace: "shop".into(),
         pod: pod.into(),
         role: "sidecar".into(),
-        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        spiffe_id: format!("spiffe://cluster.local/ns/shop/sa/{account}"),
         proxy_version: "test".into(),
         renewal: Default::default(),
         served: Default::default(),

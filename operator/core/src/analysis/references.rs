@@ -336,7 +336,7 @@ type Labels = BTreeMap<String, String>;
 
 fn policies(f: &Facts<'_>, out: &mut Vec<Raw>) {
     let s = f.snapshot;
-    let root = trellis_api::mesh::SYSTEM_NAMESPACE;
+    let root = s.root_namespace.as_str();
     let selects_any = |ns: &str, labels: &BTreeMap<String, String>| {
         if ns == root {
             f.pods.iter().any(|p| selects(labels, &p.labels))

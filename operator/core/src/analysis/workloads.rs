@@ -3,7 +3,7 @@
 //! (`IST0102`), pods without the proxy where injection is on (`IST0103`), and applications
 //! running as the proxy's UID (`IST0144`).
 
-use trellis_api::mesh::{INJECTION_DISABLED, INJECTION_ENABLED, INJECTION_LABEL, SYSTEM_NAMESPACE};
+use trellis_api::mesh::{INJECTION_DISABLED, INJECTION_ENABLED, INJECTION_LABEL};
 
 use super::{Facts, PROXY_UID, Raw, key_of};
 use crate::code::Code;
@@ -11,7 +11,13 @@ use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
 use crate::snapshot::InputKind;
 
 /// Namespaces of the platform, not of applications: never expected in the mesh.
-const SYSTEM: &[&str] = &["kube-system", "kube-public", "kube-node-lease", SYSTEM_NAMESPACE];
+const KUBERNETES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// Whether `namespace` is Kubernetes' own or the control plane's (the snapshot's root
+/// namespace, where the operator runs).
+fn system(f: &Facts<'_>, namespace: &str) -> bool {
+    KUBERNETES.contains(&namespace) || namespace == f.snapshot.root_namespace
+}
 
 pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
     ports(f, out);
@@ -21,7 +27,7 @@ pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
 
 fn ports(f: &Facts<'_>, out: &mut Vec<Raw>) {
     for svc in f.snapshot.registry.services.values() {
-        if SYSTEM.contains(&svc.key.namespace.as_str()) {
+        if system(f, &svc.key.namespace) {
             continue;
         }
         for (i, p) in svc.ports.iter().enumerate() {
@@ -105,7 +111,7 @@ fn gateway_ports(f: &Facts<'_>, out: &mut Vec<Raw>) {
 fn injection(f: &Facts<'_>, out: &mut Vec<Raw>) {
     let namespaces = &f.snapshot.registry.namespaces;
     for (ns, labels) in namespaces {
-        if SYSTEM.contains(&ns.as_str()) {
+        if system(f, ns) {
             continue;
         }
         if !matches!(
@@ -128,7 +134,7 @@ fn injection(f: &Facts<'_>, out: &mut Vec<Raw>) {
             .is_some_and(|v| v == INJECTION_ENABLED);
         let pod_label = pod.labels.get(INJECTION_LABEL).map(String::as_str);
         let wanted = (ns_on && pod_label != Some(INJECTION_DISABLED)) || pod_label == Some(INJECTION_ENABLED);
-        if wanted && !pod.meshed && !SYSTEM.contains(&pod.key.namespace.as_str()) {
+        if wanted && !pod.meshed && !system(f, &pod.key.namespace) {
             out.push(Raw::new(
                 Code::PodMissingProxy,
                 "Pod",

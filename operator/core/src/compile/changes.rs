@@ -102,8 +102,12 @@ impl Changes {
 /// What differs between `old` and `new`.
 pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
     let mut c = Changes::default();
-    if old.mesh != new.mesh || source_label_keys(old) != source_label_keys(new) {
-        // The trust domain is in every cluster; `sourceLabels` decide how proxies share.
+    if old.mesh != new.mesh
+        || old.root_namespace != new.root_namespace
+        || source_label_keys(old) != source_label_keys(new)
+    {
+        // The trust domain is in every cluster; `sourceLabels` decide how proxies share; the
+        // root namespace decides which policies apply to every proxy.
         return Changes::everything();
     }
     if old.trust_bundle != new.trust_bundle

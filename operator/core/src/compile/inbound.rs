@@ -14,7 +14,7 @@ use trellis_contract::{
 };
 
 use super::route::forward_to;
-use super::{Code, Ctx, DNS_DOMAIN, Dropped, INBOUND_PORT, ROOT_NAMESPACE, Role, resource};
+use super::{Code, Ctx, DNS_DOMAIN, Dropped, INBOUND_PORT, Role, resource};
 use crate::registry::{Protocol, TargetPort, selects};
 use crate::snapshot::FetchedJwks;
 
@@ -195,7 +195,12 @@ pub(crate) fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
     }
     let workload = oldest(workload_pas);
     let namespace = oldest(in_ns(&pod_ns).into_iter().filter(|p| !has_selector(p)).collect());
-    let mesh = oldest(in_ns(ROOT_NAMESPACE).into_iter().filter(|p| !has_selector(p)).collect());
+    let mesh = oldest(
+        in_ns(&ctx.snapshot.root_namespace)
+            .into_iter()
+            .filter(|p| !has_selector(p))
+            .collect(),
+    );
     let chain = [workload, namespace, mesh];
     let from_policies = chain
         .iter()
@@ -226,7 +231,7 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationP
         .iter()
         .filter(|p| {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ROOT_NAMESPACE)
+            (ns == pod_ns || ns == ctx.snapshot.root_namespace)
                 && applies(
                     ctx,
                     role,
@@ -276,7 +281,7 @@ pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::Jw
         .iter()
         .filter(|p| {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ROOT_NAMESPACE)
+            (ns == pod_ns || ns == ctx.snapshot.root_namespace)
                 && applies(
                     ctx,
                     role,
