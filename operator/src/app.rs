@@ -116,22 +116,35 @@ pub struct App {
     /// What the webhook configurations trust of the operator.
     pub published: tokio::sync::watch::Receiver<Published>,
     elector: Option<Elector>,
+    /// The push API's server: stopped gracefully by [`App::shutdown`].
+    push_server: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a stopping operator waits for its subscriptions to end with their handover.
+const PUSH_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl App {
     /// Stop every task and end every subscription (the lease, if held, expires by itself).
     pub fn stop(self) {
         self.push.shutdown();
-        for t in self.tasks {
+        for t in self.tasks.into_iter().chain(self.push_server) {
             t.abort();
         }
     }
 
-    /// Hand the lease over (so another replica leads at once), then [`App::stop`].
+    /// Hand the lease over (so another replica leads at once), end the subscriptions with a
+    /// handover and let the push server send them (within [`PUSH_DRAIN`]), then [`App::stop`].
     pub async fn shutdown(mut self) {
         if let Some(elector) = self.elector.take() {
             elector.release().await;
+        }
+        self.push.shutdown();
+        if let Some(mut server) = self.push_server.take()
+            && tokio::time::timeout(PUSH_DRAIN, &mut server).await.is_err()
+        {
+            tracing::warn!("the push API did not drain its subscriptions in time; stopping anyway");
+            server.abort();
         }
         self.stop();
     }
@@ -484,11 +497,14 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         .add_service(ConfigPushServer::new(push.clone()))
         .add_service(CertificatesServer::new(certs));
     let incoming = serving.clone().incoming(listener);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = grpc.serve_with_incoming(incoming).await {
+    // Graceful: on shutdown the subscriptions end with their handover trailers, sent before
+    // the server stops ([`App::shutdown`] waits for it).
+    let stopped = push.stopped();
+    let push_server = tokio::spawn(async move {
+        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stopped).await {
             tracing::error!(error = %e, "the push API stopped");
         }
-    }));
+    });
 
     // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
     // operator's own serving certificate follows the issuing root.
@@ -580,6 +596,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         peers,
         published,
         elector: None,
+        push_server: Some(push_server),
         tasks,
     })
 }

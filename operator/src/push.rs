@@ -22,6 +22,9 @@
 //!   megabytes and stay so (tonic keeps a stream's buffer at its largest message).
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
 //!   the error and does not resend the same version until the config changes.
+//! - A replica that stops ([`PushService::shutdown`]) ends every subscription with a handover
+//!   (`trellis_push::handover_status`): its proxies send the golden-signal reports it held
+//!   again to the replica they subscribe to next, so no window of traffic is lost with it.
 //! - A proxy's sync state lives as long as its subscription: it is dropped when the
 //!   subscription ends (a deleted pod leaves nothing behind), unless the proxy has subscribed
 //!   again meanwhile — each state belongs to the latest subscription, and an older one that
@@ -84,6 +87,11 @@ impl Source for std::sync::RwLock<MeshSnapshot> {
 /// The sync state of one proxy, as the admin API shows it (the type `meshctl analyze` reads
 /// back, from the core).
 pub use trellis_core::analysis::{Nacked, ProxySync};
+
+/// How long a stopping replica waits to queue a subscription's handover status.
+// why: the stream's channel holds one message; a proxy that does not read for a second is not
+// worth holding the operator's shutdown for (its reports then stay with the stopping replica).
+const HANDOVER_SEND: Duration = Duration::from_secs(1);
 
 /// Tuning of the push server.
 #[derive(Debug, Clone, Copy)]
@@ -259,10 +267,20 @@ impl PushService {
         &self.metrics
     }
 
-    /// End every subscription (the operator is stopping); proxies keep their configs and
-    /// reconnect with backoff.
+    /// End every subscription (the operator is stopping) with a handover
+    /// ([`trellis_push::handover_status`]): proxies keep their configs, reconnect with backoff,
+    /// and send the golden-signal reports this replica held again to the next.
     pub fn shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`PushService::shutdown`] was called: the push server's graceful
+    /// shutdown signal, so the subscriptions' handover trailers reach the proxies.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
     }
 
     /// Push the trust bundle of `roots` inline in every config (and again whenever it changes),
@@ -587,6 +605,11 @@ impl ConfigPush for PushService {
             }
             if let Some(g) = rollout {
                 metrics.rollout_done(g, false);
+            }
+            if *stopping.borrow() {
+                // This replica stops and its traffic view of the proxy goes with it: the proxy
+                // sends its recent reports again to the replica it subscribes to next.
+                let _ = tokio::time::timeout(HANDOVER_SEND, tx.send(Err(trellis_push::handover_status()))).await;
             }
         });
         // Inbound: ACKs, NACKs and golden-signal reports.

@@ -4,7 +4,9 @@
 //! says), and the admin API serves the view as JSON (`/traffic?window=SECONDS`).
 //!
 //! Each replica holds the reports of the proxies subscribed to it; `meshctl stat` asks every
-//! replica and merges ([`trellis_core::traffic::View::merge`]).
+//! replica and merges ([`trellis_core::traffic::View::merge`]). A replica that stops hands its
+//! proxies over (`crate::push`): they send the reports it held again, with their ages, to the
+//! replica they subscribe to next, which counts each in the slot it was first sent in.
 //!
 //! # Guarantees
 //! - Bounded: the store's bounds ([`trellis_core::traffic::MAX_SERIES_PER_SLOT`] edges per
@@ -75,7 +77,9 @@ fn now_unix() -> u64 {
 }
 
 impl Traffic {
-    /// Counts one report of the proxy of `pod`, as the registry in `snapshot` knows it.
+    /// Counts one report of the proxy of `pod`, as the registry in `snapshot` knows it, in the
+    /// slot of when it was first sent (`age_seconds`, for a report sent again after another
+    /// replica stopped).
     pub fn record(&self, snapshot: &Snapshot, pod: &ObjectKey, gateway: bool, signals: &trellis_push::Signals) {
         let report = match signals.report() {
             Ok(r) => r,
@@ -95,11 +99,12 @@ impl Traffic {
             gateway,
         };
         self.reports.fetch_add(1, Ordering::Relaxed);
+        // A report sent again after a handover counts in the slot it was first sent in.
         let dropped = self
             .store
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(now_unix(), &by, &report);
+            .record_aged(now_unix(), u64::from(signals.age_seconds), &by, &report);
         if dropped > 0 {
             tracing::warn!(proxy = %pod, dropped, "the traffic view is full for this slot; edges dropped");
         }
@@ -176,6 +181,7 @@ mod tests {
     fn signals(report: &Report) -> trellis_push::Signals {
         trellis_push::Signals {
             report_json: serde_json::to_vec(report).unwrap(),
+            age_seconds: 0,
         }
     }
 
@@ -217,6 +223,7 @@ status: {podIP: 10.0.0.5}
             false,
             &trellis_push::Signals {
                 report_json: b"{".to_vec(),
+                age_seconds: 0,
             },
         );
         let mut bad = report.clone();

@@ -357,14 +357,10 @@ async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
     assert_eq!((metrics.pushes.get(), metrics.delta_pushes.get()), (4, 2));
 }
 
-#[tokio::test]
-async fn golden_signals_count_for_the_subscribed_pods_workload() {
-    use trellis_contract::signals::{Counts, EdgeSignals, Report, Reporter};
-    use trellis_core::traffic::WorkloadRef;
-
-    let s = server().await;
+/// Another replica over `s`'s snapshot, counting its proxies' golden signals: its address and
+/// traffic view.
+async fn replica_with_traffic(s: &Server) -> (SocketAddr, Arc<trellis_operator::traffic::Traffic>) {
     let traffic = Arc::new(trellis_operator::traffic::Traffic::default());
-    // A second service over the same snapshot, reporting into `traffic`.
     let service =
         PushService::new(s.mesh.clone(), s.changed.subscribe(), Options::default()).with_traffic(traffic.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -374,6 +370,16 @@ async fn golden_signals_count_for_the_subscribed_pods_workload() {
             .add_service(ConfigPushServer::new(service))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
+    (addr, traffic)
+}
+
+#[tokio::test]
+async fn golden_signals_count_for_the_subscribed_pods_workload() {
+    use trellis_contract::signals::{Counts, EdgeSignals, Report, Reporter};
+    use trellis_core::traffic::WorkloadRef;
+
+    let s = server().await;
+    let (addr, traffic) = replica_with_traffic(&s).await;
     let counts =
         |requests: u64, failures: u64, mtls: u64| Counts::in_buckets(requests, failures, mtls, &[(3, requests)]);
     let report = |reporter, peer: (&str, &str), service: &str, c: Counts| Report {
@@ -427,4 +433,55 @@ async fn golden_signals_count_for_the_subscribed_pods_workload() {
         (gw_edge.source.clone(), gw_edge.counts.requests),
         (WorkloadRef::default(), 7)
     );
+}
+
+#[tokio::test]
+async fn a_stopping_replica_hands_its_proxies_over_and_the_next_counts_their_reports_when_first_sent() {
+    use trellis_contract::signals::{Counts, EdgeSignals, Report};
+
+    let a = server().await;
+    let mut web = subscribe(a.addr, "shop", "web-5d8f-abcde", "sidecar", "").await;
+    assert!(web.next().await.is_some(), "the first config");
+    a.service.shutdown();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), web.from_server.message())
+            .await
+            .expect("the subscription ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the subscription ended without a handover"),
+            Err(status) => break status,
+        }
+    };
+    assert!(trellis_push::is_handover(&end), "{end:?}");
+
+    // The proxy subscribes to the other replica and sends its reports again: one first sent
+    // now, one 120 s ago (out of the last minute, in the last five).
+    let (b, traffic) = replica_with_traffic(&a).await;
+    let web = subscribe(b, "shop", "web-5d8f-abcde", "sidecar", "").await;
+    let served = |requests: u64| Report {
+        edges: vec![EdgeSignals {
+            peer_namespace: "trellis-system".into(),
+            peer_workload: "ingress-1".into(),
+            service: "web.shop.svc.cluster.local".into(),
+            counts: Counts::in_buckets(requests, 0, requests, &[(2, requests)]),
+            ..EdgeSignals::default()
+        }],
+    };
+    for (requests, age) in [(5, 120), (7, 0)] {
+        web.to_server
+            .send(ProxyMessage::signals_aged(&served(requests), age))
+            .await
+            .unwrap();
+    }
+    let requests = |window: u64| {
+        traffic
+            .view(window)
+            .edges
+            .iter()
+            .map(|e| e.counts.requests)
+            .sum::<u64>()
+    };
+    until("both reports counted", 5, || requests(300) == 12).await;
+    assert_eq!(requests(60), 7, "the report first sent 120 s ago counts then, not now");
 }

@@ -19,8 +19,9 @@
 //!   [`View::merge`] of their views is the mesh's.
 //!
 //! # Caveats
-//! - A report counts in the slot it arrives in; a window of N seconds is the last N/10 slots,
-//!   the current one included, so its rates are over up to 10 s less than N.
+//! - A report counts in the slot it arrives in (a report sent again after a replica stopped,
+//!   in the slot it was first sent in: [`Store::record_aged`]); a window of N seconds is the
+//!   last N/10 slots, the current one included, so its rates are over up to 10 s less than N.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -111,18 +112,32 @@ impl Store {
     /// Counts `report`, sent by `by`, at `now_unix`. Returns the edges dropped because the
     /// slot was full. Edges the view does not count (a sidecar's client side) are skipped.
     pub fn record(&mut self, now_unix: u64, by: &Reporting, report: &Report) -> usize {
-        let slot = now_unix / SLOT_SECONDS;
+        self.record_aged(now_unix, 0, by, report)
+    }
+
+    /// Counts `report`, first sent `age_seconds` before `now_unix`, in the slot of that time:
+    /// a report a proxy sends again after the replica that held it stopped. One older than the
+    /// retained slots is not counted (it would have left every window). Returns the edges
+    /// dropped because the slot was full.
+    pub fn record_aged(&mut self, now_unix: u64, age_seconds: u64, by: &Reporting, report: &Report) -> usize {
+        let now = now_unix / SLOT_SECONDS;
+        let slot = now_unix.saturating_sub(age_seconds) / SLOT_SECONDS;
         while self
             .slots
             .front()
-            .is_some_and(|(s, _)| s + RETAINED_SLOTS as u64 <= slot)
+            .is_some_and(|(s, _)| s + RETAINED_SLOTS as u64 <= now)
         {
             self.slots.pop_front();
         }
-        if self.slots.back().is_none_or(|(s, _)| *s < slot) {
-            self.slots.push_back((slot, HashMap::new()));
+        if slot + RETAINED_SLOTS as u64 <= now {
+            return 0;
         }
-        let Some((_, edges)) = self.slots.back_mut() else {
+        // Slots stay oldest first: a new one goes where its number belongs.
+        let at = self.slots.partition_point(|(s, _)| *s < slot);
+        if self.slots.get(at).is_none_or(|(s, _)| *s != slot) {
+            self.slots.insert(at, (slot, HashMap::new()));
+        }
+        let Some((_, edges)) = self.slots.get_mut(at) else {
             return 0;
         };
         let mut dropped = 0;

@@ -11,6 +11,9 @@
 //!   backoff.
 //! - Golden signals ([`ConfigSink::signals`]) go on the subscription every [`SIGNALS_INTERVAL`],
 //!   without ever holding up an ACK or NACK: a report that finds the stream backed up is dropped.
+//!   When the operator replica ends the subscription with a handover (it stops), the reports
+//!   of the last [`crate::SIGNALS_WINDOW`] go again, with their ages, on the next subscription
+//!   (`handover`); after a subscription that broke they do not (their replica still holds them).
 //! - The certificate the proxy serves ([`Served`], set by whoever loads it into the data path)
 //!   goes in every Hello and, whenever it changes, in a `Certificate` message.
 //! - Deltas: [`run_push`] keeps the last pushed config the sink accepted, as received (before
@@ -18,6 +21,7 @@
 //!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
 
 mod certificate;
+mod handover;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use certificate::leaf_serial;
 pub use certificate::{Issued, Renewal, Served};
+use handover::Handover;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -291,8 +296,9 @@ pub trait ConfigSink: Send + Sync + 'static {
 pub async fn run_push(cfg: ClientConfig, sink: Arc<dyn ConfigSink>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     let mut held: Option<ProxyConfig> = None;
+    let mut handover = Handover::default();
     loop {
-        match subscribe_once(&cfg, sink.as_ref(), &mut held, &mut backoff).await {
+        match subscribe_once(&cfg, sink.as_ref(), &mut held, &mut backoff, &mut handover).await {
             Ok(()) => tracing::info!("the operator closed the subscription; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "config subscription failed; reconnecting"),
         }
@@ -315,6 +321,7 @@ async fn subscribe_once(
     sink: &dyn ConfigSink,
     held: &mut Option<ProxyConfig>,
     backoff: &mut Backoff,
+    handover: &mut Handover,
 ) -> Result<(), ClientError> {
     let chain_path = cfg.identity_dir.join(CERT_CHAIN_FILE);
     let key_path = cfg.identity_dir.join(KEY_FILE);
@@ -343,17 +350,39 @@ async fn subscribe_once(
     // The channel has room: the send cannot fail while `rx` is alive.
     let _ = tx.send(hello).await;
     let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    let resend = handover.subscribed(std::time::Instant::now());
+    if !resend.is_empty() {
+        tracing::info!(
+            reports = resend.len(),
+            "sending again the golden-signal reports the stopped operator replica held"
+        );
+    }
+    for (age, report) in resend {
+        if tx.send(ProxyMessage::signals_aged(&report, age)).await.is_err() {
+            break;
+        }
+    }
     let mut chunks = Reassembly::default();
     let mut report = tokio::time::interval_at(tokio::time::Instant::now() + SIGNALS_INTERVAL, SIGNALS_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
-            m = stream.message() => m?,
+            m = stream.message() => match m {
+                Ok(m) => m,
+                Err(status) if crate::is_handover(&status) => {
+                    tracing::info!("the operator replica is stopping and hands this proxy over; reconnecting");
+                    handover.handed_over();
+                    return Ok(());
+                }
+                Err(status) => return Err(status.into()),
+            },
             _ = report.tick() => {
                 // Never waits: a report that finds the channel full (the operator not reading)
                 // is dropped rather than delaying ACKs.
-                if let Some(signals) = sink.signals() {
-                    let _ = tx.try_send(ProxyMessage::signals(&signals));
+                if let Some(signals) = sink.signals()
+                    && tx.try_send(ProxyMessage::signals(&signals)).is_ok()
+                {
+                    handover.sent(std::time::Instant::now(), signals);
                 }
                 continue;
             }

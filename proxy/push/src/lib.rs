@@ -40,6 +40,35 @@ pub const PUSH_PORT: u16 = 15012;
 // slots) and costs the operator one small message per proxy per 10 s: 100 a second at 1000 proxies.
 pub const SIGNALS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a proxy keeps the reports it sent, to send them again after a handover: the
+/// operator's longest traffic window (`trellis_core::traffic::MAX_WINDOW_SECONDS`).
+pub const SIGNALS_WINDOW: Duration = Duration::from_secs(300);
+
+/// The trailer with which an operator replica that stops ends a subscription: its traffic
+/// view of the proxy goes with it, so the proxy sends its recent reports again on its next
+/// subscription (`push.proto`, `Signals`).
+pub const HANDOVER_TRAILER: &str = "trellis-handover";
+/// [`HANDOVER_TRAILER`]'s value: the golden-signal reports are handed over.
+pub const HANDOVER_SIGNALS: &str = "signals";
+
+/// The status an operator replica that stops ends each subscription with.
+pub fn handover_status() -> tonic::Status {
+    let mut status = tonic::Status::unavailable("this operator replica is stopping; subscribe again to another");
+    status.metadata_mut().insert(
+        HANDOVER_TRAILER,
+        tonic::metadata::MetadataValue::from_static(HANDOVER_SIGNALS),
+    );
+    status
+}
+
+/// Whether a subscription ended with [`handover_status`].
+pub fn is_handover(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(HANDOVER_TRAILER)
+        .is_some_and(|v| v == HANDOVER_SIGNALS)
+}
+
 /// The largest snapshot a proxy accepts, in bytes. Whole configs of a mesh of 1000 services
 /// are several MiB, beyond tonic's default limit of 4 MiB; the operator sends deltas where
 /// it can, but a proxy must still take a whole config on connect or after a NACK.
@@ -236,11 +265,18 @@ impl ProxyMessage {
         }
     }
 
-    /// A golden-signals report.
+    /// A golden-signals report of the requests since the previous one.
     pub fn signals(report: &Report) -> Self {
+        Self::signals_aged(report, 0)
+    }
+
+    /// A golden-signals report first sent `age_seconds` ago, sent again after a handover
+    /// ([`is_handover`]).
+    pub fn signals_aged(report: &Report, age_seconds: u32) -> Self {
         ProxyMessage {
             kind: Some(proxy_message::Kind::Signals(Signals {
                 report_json: serde_json::to_vec(report).expect("a report serializes"),
+                age_seconds,
             })),
         }
     }

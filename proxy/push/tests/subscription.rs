@@ -3,7 +3,8 @@
 //! sink and are ACKed; a delta for another base, or one whose result the sink rejects, is
 //! NACKed and leaves both the sink and the config deltas apply to as they were; a reconnect
 //! keeps that config and says so in Hello; whole configs beyond tonic's 4 MiB default pass;
-//! the sink's golden signals go to the operator on the subscription every interval.
+//! the sink's golden signals go to the operator on the subscription every interval, and go
+//! again on the next subscription after a handover (the replica stopped), never after a break.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -484,4 +485,52 @@ async fn golden_signals_are_reported_on_the_subscription_every_interval() {
     assert!(started.elapsed() <= trellis_push::SIGNALS_INTERVAL + Duration::from_secs(1));
     // The subscription goes on: configs are still ACKed.
     s.acked(Snapshot::from_config(&config("v2", &[("a", 2)]))).await;
+}
+
+/// The next golden-signals report on `s`, within a report interval.
+async fn next_signals(s: &mut Session) -> trellis_push::Signals {
+    let message = tokio::time::timeout(trellis_push::SIGNALS_INTERVAL + STEP, s.from_proxy.message())
+        .await
+        .expect("a report within the interval")
+        .expect("the stream is healthy")
+        .expect("the proxy keeps the stream open");
+    match message.kind {
+        Some(proxy_message::Kind::Signals(signals)) => signals,
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn after_a_handover_the_reports_go_again_and_after_a_break_they_do_not() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    let report = Report {
+        edges: vec![EdgeSignals {
+            peer_namespace: "shop".into(),
+            peer_workload: "gateway".into(),
+            counts: Counts::in_buckets(5, 0, 5, &[(2, 5)]),
+            ..EdgeSignals::default()
+        }],
+    };
+    *h.sink.signals.lock().unwrap() = Some(report.clone());
+    let first = next_signals(&mut s).await;
+    assert_eq!((first.report(), first.age_seconds), (Ok(report.clone()), 0));
+
+    // The replica stops: it ends the subscription with the handover status, and the next
+    // subscription is sent the report again, with its age, before anything else.
+    s.to_proxy.send(Err(trellis_push::handover_status())).await.unwrap();
+    let mut s = h.session().await;
+    let again = next_signals(&mut s).await;
+    assert_eq!(again.report(), Ok(report.clone()));
+    assert!(again.age_seconds <= 2, "sent about now: {}", again.age_seconds);
+
+    // That subscription breaks (no handover): its replica keeps what it took, and the next
+    // subscription is sent nothing again.
+    s.to_proxy
+        .send(Err(Status::unavailable("connection reset")))
+        .await
+        .unwrap();
+    let mut s = h.session().await;
+    let quiet = tokio::time::timeout(Duration::from_secs(3), s.from_proxy.message()).await;
+    assert!(quiet.is_err(), "nothing sent again after a break: {quiet:?}");
 }

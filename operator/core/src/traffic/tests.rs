@@ -195,6 +195,53 @@ fn windows_take_whole_recent_slots_and_old_slots_go() {
 }
 
 #[test]
+fn a_report_sent_again_counts_in_the_slot_it_was_first_sent_in() {
+    let mut store = Store::default();
+    let web = sidecar("shop", "web");
+    let served = |n: u64| {
+        report(vec![edge(
+            Reporter::Destination,
+            GATEWAY,
+            WEB_SVC,
+            counts(n, 0, n, &[(2, n)]),
+        )])
+    };
+    store.record(1009, &web, &served(1));
+    // Sent again at 1009 after a replica stopped: first sent 50 s and 200 s before (slots 95
+    // and 80, older than the slot already held), and 301 s before (out of every window).
+    store.record_aged(1009, 50, &web, &served(10));
+    store.record_aged(1009, 200, &web, &served(100));
+    store.record_aged(1009, 301 + 9, &web, &served(1000));
+    store.record_aged(1009, 50, &web, &served(20));
+    let requests = |window: u64| {
+        store
+            .view(1009, window)
+            .edges
+            .iter()
+            .map(|e| e.counts.requests)
+            .sum::<u64>()
+    };
+    assert_eq!(requests(10), 1, "only the fresh report in the current slot");
+    assert_eq!(
+        requests(60),
+        31,
+        "slots 95..=100 hold the fresh one and the two 50 s old"
+    );
+    assert_eq!(requests(300), 131, "the 310 s old one is in no window");
+    let slots: Vec<u64> = store.slots.iter().map(|(s, _)| *s).collect();
+    assert_eq!(slots, [80, 95, 100], "oldest first, one per slot");
+    let series = store.series(1009, 300, WEB_SVC);
+    let at = |start: u64| {
+        series
+            .points
+            .iter()
+            .find(|p| p.start_unix == start)
+            .map_or(0, |p| p.edges.iter().map(|e| e.counts.requests).sum::<u64>())
+    };
+    assert_eq!((at(800), at(950), at(1000)), (100, 30, 1));
+}
+
+#[test]
 fn slots_and_views_are_bounded() {
     let mut store = Store::default();
     let web = sidecar("shop", "web");
