@@ -24,14 +24,13 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use trellis_core::compile::DNS_DOMAIN;
 use trellis_core::dashboard::{Graph, Proxies, ServicePage};
 use trellis_core::routes::model::{find_service, report};
 use trellis_core::traffic::{DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, Series, View};
 
-use crate::admin::{Admin, text};
+use crate::admin::Admin;
 use crate::traffic::{query_value, window};
 
 /// Where the dashboard is served.
@@ -72,19 +71,30 @@ fn json(result: Result<String, String>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Answer one request under [`PREFIX`].
-pub async fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answer one request under [`PREFIX`] (only its method, path and query are read, so any body
+/// type serves).
+pub async fn handle<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into(), "text/plain");
+        let mut refused = answer(StatusCode::METHOD_NOT_ALLOWED, "use GET\n", "text/plain; charset=utf-8");
+        refused
+            .headers_mut()
+            .insert("allow", hyper::header::HeaderValue::from_static("GET"));
+        return refused;
     }
     let query = req.uri().query();
     match req.uri().path() {
         // Relative, so it works behind the API server's pod proxy too.
-        PREFIX => Response::builder()
-            .status(StatusCode::PERMANENT_REDIRECT)
-            .header("location", "dashboard/")
-            .body(Full::new(Bytes::new()))
-            .expect("static response parts are valid"),
+        PREFIX => {
+            let mut moved = answer(
+                StatusCode::PERMANENT_REDIRECT,
+                Bytes::new(),
+                "text/plain; charset=utf-8",
+            );
+            moved
+                .headers_mut()
+                .insert("location", hyper::header::HeaderValue::from_static("dashboard/"));
+            moved
+        }
         "/dashboard/" | "/dashboard/index.html" => answer(StatusCode::OK, INDEX_HTML, "text/html; charset=utf-8"),
         "/dashboard/dashboard.js" => answer(StatusCode::OK, SCRIPT, "text/javascript; charset=utf-8"),
         "/dashboard/dashboard.css" => answer(StatusCode::OK, STYLE, "text/css; charset=utf-8"),
@@ -154,3 +164,6 @@ fn proxies(admin: &Admin) -> Result<String, String> {
     let states = crate::peers::merged(admin.push.sync_state(), &admin.peers);
     serde_json::to_string(&Proxies::of(&states, env!("CARGO_PKG_VERSION"))).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests;
