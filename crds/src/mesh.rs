@@ -104,8 +104,15 @@ pub mod conditions {
 pub struct MeshSpec {
     /// Images of the control plane and the proxy.
     pub versions: Option<Versions>,
-    /// SPIFFE trust domain of workload identities (default `cluster.local`).
+    /// SPIFFE trust domain of workload identities (default `cluster.local`). A change is
+    /// applied live: certificates are issued in the new domain at once, and the previous one
+    /// stays an alias until every connected proxy serves a certificate in the new one.
     pub trust_domain: Option<String>,
+    /// Trust domains treated as `trustDomain` itself (Istio's `trustDomainAliases`): a peer
+    /// `spiffe://<alias>/ns/a/sa/b` is the workload `spiffe://<trustDomain>/ns/a/sa/b` for mTLS
+    /// verification and AuthorizationPolicy principals, and CSRs naming an alias are signed in
+    /// `trustDomain`.
+    pub trust_domain_aliases: Option<Vec<String>>,
     /// Certificate authority settings.
     pub ca: Option<CertificateAuthority>,
     /// Mesh-wide default mTLS mode (default PERMISSIVE), overridden by PeerAuthentication.
@@ -338,6 +345,10 @@ pub struct CertificateAuthorityStatus {
     pub mode: Option<String>,
     /// The trust domain certificates are issued in.
     pub trust_domain: Option<String>,
+    /// Trust domains that were `spec.trustDomain` before and that connected proxies still
+    /// serve certificates in: aliases of the trust domain until the last of those proxies has
+    /// a certificate in the new one.
+    pub previous_trust_domains: Option<Vec<String>>,
     /// SHA-256 fingerprint of the root new certificates chain to.
     pub root_fingerprint: Option<String>,
     /// When that root expires (RFC 3339).
@@ -450,4 +461,74 @@ pub struct RolloutFailure {
     pub reason: String,
     /// What was seen.
     pub message: String,
+}
+
+impl MeshSpec {
+    /// `spec.trustDomain`, or [`DEFAULT_TRUST_DOMAIN`].
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN)
+    }
+
+    /// The trust domain with its aliases: `spec.trustDomainAliases` and `previous` (the domains
+    /// proxies may still serve certificates in, [`MeshStatus::previous_trust_domains`]).
+    pub fn trust_domains(&self, previous: &[String]) -> trellis_contract::TrustDomains {
+        let aliases = self.trust_domain_aliases.iter().flatten().chain(previous).cloned();
+        trellis_contract::TrustDomains::new(self.trust_domain(), aliases)
+    }
+}
+
+impl MeshStatus {
+    /// The trust domains connected proxies may still serve certificates in, other than
+    /// `spec`'s: the previous ones the status records, and the one the status says
+    /// certificates are issued in when `spec.trustDomain` names another (a change the
+    /// operator has not recorded yet). Sorted, each once.
+    pub fn previous_trust_domains(&self, spec: &MeshSpec) -> Vec<String> {
+        let ca = self.certificate_authority.as_ref();
+        let mut previous: Vec<String> = ca
+            .and_then(|ca| ca.previous_trust_domains.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(ca.and_then(|ca| ca.trust_domain.clone()))
+            .filter(|td| td != spec.trust_domain())
+            .collect();
+        previous.sort();
+        previous.dedup();
+        previous
+    }
+}
+
+#[cfg(test)]
+mod trust_domain_tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_domain_change_keeps_the_recorded_domains_as_aliases() {
+        let spec = MeshSpec {
+            trust_domain: Some("new.example".into()),
+            trust_domain_aliases: Some(vec!["alias.example".into()]),
+            ..MeshSpec::default()
+        };
+        let status = |issued: &str, previous: &[&str]| MeshStatus {
+            certificate_authority: Some(CertificateAuthorityStatus {
+                trust_domain: Some(issued.into()),
+                previous_trust_domains: Some(previous.iter().map(|s| s.to_string()).collect()),
+                ..CertificateAuthorityStatus::default()
+            }),
+            ..MeshStatus::default()
+        };
+        // The change is not recorded yet: the domain certificates were issued in is previous.
+        let previous = status("old.example", &[]).previous_trust_domains(&spec);
+        assert_eq!(previous, ["old.example"]);
+        // Recorded: the status keeps it until no proxy serves it.
+        assert_eq!(
+            status("new.example", &["old.example", "new.example"]).previous_trust_domains(&spec),
+            ["old.example"]
+        );
+        assert!(status("new.example", &[]).previous_trust_domains(&spec).is_empty());
+        assert!(MeshStatus::default().previous_trust_domains(&spec).is_empty());
+        let t = spec.trust_domains(&previous);
+        assert_eq!(t.domain(), "new.example");
+        assert_eq!(t.aliases(), ["alias.example", "old.example"]);
+        assert_eq!(MeshSpec::default().trust_domains(&[]).domain(), "cluster.local");
+    }
 }

@@ -353,7 +353,6 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     let workloads = crate::rollout::workloads::Shared::default();
     let observe = Arc::new(crate::mesh::observe::Live {
         roots: roots.clone(),
-        trust_domain: config.trust_domain.clone(),
         namespace: config.namespace.clone(),
         push: app.push.clone(),
         peers: app.peers.clone(),
@@ -472,13 +471,14 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // gRPC: push and certificates, TLS with optional client certificates (a proxy has none
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
     let traffic = Arc::new(crate::traffic::Traffic::default());
+    // The trust domain follows the Mesh live (the flag only stands in while there is none).
+    let trust_domains = crate::trust_domain::Source::index(index.clone(), config.trust_domain.clone());
     let push = PushService::new(index.clone(), changed.clone(), push::Options::default())
-        .require_workload_identity(config.trust_domain.clone())
+        .require_workload_identity(trust_domains.clone())
         .with_roots(roots.clone())
         .with_metrics(metrics.clone())
         .with_traffic(traffic.clone());
-    let certs =
-        CertificateService::new(roots.clone(), reviewer, config.trust_domain.clone()).with_metrics(metrics.clone());
+    let certs = CertificateService::new(roots.clone(), reviewer, trust_domains).with_metrics(metrics.clone());
     let serving = Arc::new(ServingTls::new(
         Identity {
             spiffe_id: operator_spiffe_id(config),

@@ -28,7 +28,7 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
-use trellis_contract::SpiffeId;
+use trellis_contract::{SpiffeId, TrustDomains};
 
 /// Default workload certificate lifetime.
 pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -90,7 +90,7 @@ pub enum CaError {
     BadCsr(String),
     /// The CSR asks for an identity other than the caller's.
     #[error(
-        "the CSR asks for {requested:?} but the caller is authenticated as {authorized}; a proxy may only request its own pod's identity (check the pod's serviceAccountName)"
+        "the CSR asks for {requested:?} but the caller is authenticated as {authorized}; a proxy may only request its own pod's identity, in the trust domain or one of its aliases (check the pod's serviceAccountName, and the Mesh's spec.trustDomain and trustDomainAliases)"
     )]
     IdentityMismatch {
         /// What the CSR asks for.
@@ -112,8 +112,11 @@ pub enum CaError {
 /// An identity the caller has proven (from a verified ServiceAccount token and its pod).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorized {
-    /// The SPIFFE ID the caller may hold.
+    /// The SPIFFE ID the caller may hold: the one its certificate carries.
     pub spiffe_id: String,
+    /// Other trust domains a CSR may name the same identity in (aliases of the trust domain,
+    /// and the previous one during a change): the certificate carries `spiffe_id` all the same.
+    pub aliases: Vec<String>,
 }
 
 impl Authorized {
@@ -121,6 +124,28 @@ impl Authorized {
     pub fn service_account(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
         Authorized {
             spiffe_id: SpiffeId::for_service_account(trust_domain, namespace, service_account).to_string(),
+            aliases: Vec::new(),
+        }
+    }
+
+    /// The identity of a ServiceAccount in the trust domain of `domains`, asked for in it or any
+    /// of its aliases.
+    pub fn service_account_in(domains: &TrustDomains, namespace: &str, service_account: &str) -> Self {
+        Authorized {
+            aliases: domains.aliases().to_vec(),
+            ..Self::service_account(domains.domain(), namespace, service_account)
+        }
+    }
+
+    /// Whether a CSR's one URI SAN asks for this identity: `spiffe_id` itself, or the same
+    /// workload in one of the aliases.
+    fn asked_by(&self, requested: &str) -> bool {
+        if requested == self.spiffe_id {
+            return true;
+        }
+        match (SpiffeId::parse(requested), SpiffeId::parse(&self.spiffe_id)) {
+            (Ok(r), Ok(own)) => r.path() == own.path() && self.aliases.iter().any(|a| a == r.trust_domain()),
+            _ => false,
         }
     }
 }
@@ -309,7 +334,7 @@ impl CertificateAuthority {
                 other => format!("{other:?}"),
             })
             .collect();
-        if requested != [who.spiffe_id.clone()] {
+        if requested.len() != 1 || !who.asked_by(&requested[0]) {
             return Err(CaError::IdentityMismatch {
                 requested,
                 authorized: who.spiffe_id.clone(),

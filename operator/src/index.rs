@@ -39,6 +39,8 @@ pub struct Index {
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
     mesh: Option<MeshSpec>,
+    /// The Mesh status' previous trust domains ([`Snapshot::previous_trust_domains`]).
+    previous_trust_domains: Vec<String>,
     /// The key sets fetched for `jwksUri`s ([`crate::jwks`]).
     jwks: BTreeMap<String, FetchedJwks>,
     /// The `jwksUri`s whose last refresh failed while their last good keys are in use.
@@ -271,6 +273,10 @@ impl Index {
             }
             Object::Mesh(m) => {
                 if key.name == "default" {
+                    self.previous_trust_domains = m
+                        .status
+                        .map(|st| st.previous_trust_domains(&m.spec))
+                        .unwrap_or_default();
                     self.mesh = Some(m.spec);
                 }
             }
@@ -332,6 +338,7 @@ impl Index {
             InputKind::Trellis(Kind::Mesh) => {
                 if key.name == "default" {
                     self.mesh = None;
+                    self.previous_trust_domains.clear();
                 }
             }
         }
@@ -344,6 +351,14 @@ impl Index {
             root_namespace: Some(namespace.into()),
             ..Index::default()
         }
+    }
+
+    /// The Mesh's trust domain and its aliases (the previous domains from its status
+    /// included); `None` without a Mesh.
+    pub fn trust_domains(&self) -> Option<trellis_contract::TrustDomains> {
+        self.mesh
+            .as_ref()
+            .map(|m| m.trust_domains(&self.previous_trust_domains))
     }
 
     /// The compiler's view of the index.
@@ -363,6 +378,7 @@ impl Index {
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             request_authentications: self.request_authentications.values().cloned().collect(),
             mesh: self.mesh.clone().unwrap_or_default(),
+            previous_trust_domains: self.previous_trust_domains.clone(),
             trust_bundle: Vec::new(),
             jwks: self.jwks.clone(),
             jwks_stale: self.jwks_stale.clone(),

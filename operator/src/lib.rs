@@ -44,5 +44,6 @@ pub mod rollout;
 pub mod serving;
 pub mod traffic;
 pub mod trust;
+pub mod trust_domain;
 
 pub use trellis_core::{compile, registry, snapshot};

@@ -27,6 +27,7 @@ pub mod conditions;
 mod fixtures;
 pub mod observe;
 pub mod settings;
+pub mod trust_domain;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -264,11 +265,24 @@ impl MeshExt for Mesh {
             }
             Err(invalid) => (ctx.settings.borrow().clone(), Some(invalid)),
         };
-        let ca = ctx.observe.ca(&settings);
+        let mut ca = ctx.observe.ca(&settings);
         let webhooks = ctx.observe.webhooks();
         let (pods, links, workloads) = (ctx.observe.pods(), ctx.observe.links(), ctx.observe.workloads());
         let now = ctx.observe.now();
         let data_plane = dataplane::summarize(&pods, &links, &settings.proxy_image);
+        // An invalid spec changes nothing, the trust domain included.
+        if invalid.is_none() {
+            let disconnected = data_plane.proxies.saturating_sub(data_plane.connected);
+            ca.previous_trust_domains =
+                trust_domain::previous(self.status.as_ref(), &self.spec, &ca.served_trust_domains, disconnected);
+        } else {
+            ca.previous_trust_domains = self
+                .status
+                .as_ref()
+                .and_then(|s| s.certificate_authority.as_ref())
+                .and_then(|c| c.previous_trust_domains.clone())
+                .unwrap_or_default();
+        }
         let previous: Option<RolloutStatus> = self.status.as_ref().and_then(|s| s.rollout.clone());
         // An invalid spec changes nothing, the rollout included.
         let plan = invalid.is_none().then(|| {
@@ -466,6 +480,7 @@ impl MeshStatusExt for Mesh {
             certificate_authority: Some(CertificateAuthorityStatus {
                 mode: Some(ca.mode.clone()),
                 trust_domain: Some(ca.trust_domain.clone()),
+                previous_trust_domains: Some(ca.previous_trust_domains.clone()).filter(|p| !p.is_empty()),
                 root_fingerprint: Some(ca.root_fingerprint.clone()).filter(|f| !f.is_empty()),
                 root_expires: ca
                     .root_expires
@@ -499,6 +514,10 @@ impl MeshStatusExt for Mesh {
             let previous = self.status.as_ref().and_then(|s| s.certificate_authority.as_ref());
             for (reason, note) in conditions::ca_transitions(previous, next) {
                 self.publish(ctx, EventType::Normal, reason, "RotateRoot", note).await?;
+            }
+            for (reason, note) in trust_domain::transitions(previous, next) {
+                self.publish(ctx, EventType::Normal, reason, "ChangeTrustDomain", note)
+                    .await?;
             }
         }
         Ok(())

@@ -205,8 +205,9 @@ pub struct PushService {
     changed: watch::Receiver<u64>,
     sync: Arc<sync::SyncStates>,
     options: Options,
-    /// When set, subscriptions must present a workload certificate of the pod's identity.
-    trust_domain: Option<String>,
+    /// When set, subscriptions must present a workload certificate of the pod's identity (in
+    /// the trust domain or one of its aliases).
+    trust_domains: Option<crate::trust_domain::Source>,
     /// The snapshot of the last change, shared by every subscription (built once per change,
     /// not once per proxy).
     current: Arc<Mutex<Option<Arc<Built>>>>,
@@ -239,7 +240,7 @@ impl PushService {
             changed,
             sync: Arc::default(),
             options,
-            trust_domain: None,
+            trust_domains: None,
             current: Arc::default(),
             roots: None,
             bundle: None,
@@ -292,9 +293,10 @@ impl PushService {
     }
 
     /// Require every subscription to present (over mTLS) the workload certificate of the pod
-    /// it subscribes for, in `trust_domain`.
-    pub fn require_workload_identity(mut self, trust_domain: impl Into<String>) -> Self {
-        self.trust_domain = Some(trust_domain.into());
+    /// it subscribes for, in the trust domain `trust_domains` names or one of its aliases (a
+    /// proxy keeps its certificate of the previous domain until it renews).
+    pub fn require_workload_identity(mut self, trust_domains: impl Into<crate::trust_domain::Source>) -> Self {
+        self.trust_domains = Some(trust_domains.into());
         self
     }
 
@@ -304,7 +306,9 @@ impl PushService {
         peer: Option<&[tonic::transport::CertificateDer<'static>]>,
         pod: &ObjectKey,
     ) -> Result<(), Status> {
-        let Some(td) = &self.trust_domain else { return Ok(()) };
+        let Some(domains) = &self.trust_domains else {
+            return Ok(());
+        };
         let Some(leaf) = peer.and_then(|c| c.first()) else {
             return Err(Status::unauthenticated(
                 "connect with the pod's workload certificate (obtain one with Certificates.Sign first)",
@@ -321,8 +325,9 @@ impl PushService {
                 "pod {pod} is not known to the registry (yet); retry shortly"
             )));
         };
-        let expected = w.spiffe_id(td);
-        if presented != expected {
+        let domains = domains.get();
+        let expected = w.spiffe_id(domains.domain());
+        if !domains.equivalent(&presented, &expected) {
             return Err(Status::permission_denied(format!(
                 "the client certificate is {presented} but pod {pod} runs as {expected}"
             )));

@@ -40,6 +40,14 @@ fn csr(sans: &[&str]) -> (KeyPair, String) {
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
+/// The caller authenticated as [`WEB`], no alias.
+fn web() -> Authorized {
+    Authorized {
+        spiffe_id: WEB.into(),
+        aliases: vec![],
+    }
+}
+
 #[test]
 fn issues_a_leaf_for_the_callers_own_identity() {
     let ca = ca(Duration::from_secs(365 * 86400));
@@ -81,19 +89,54 @@ fn a_token_for_one_service_account_cannot_obtain_another_identity() {
 }
 
 #[test]
+fn during_a_trust_domain_change_a_csr_in_an_alias_is_signed_in_the_new_domain() {
+    let ca = ca(Duration::from_secs(365 * 86400));
+    let domains = trellis_contract::TrustDomains::new("new.example", ["cluster.local"]);
+    let web = Authorized::service_account_in(&domains, "shop", "web");
+    // A proxy still asking for its old-domain identity gets the new one.
+    let (_, old) = csr(&[WEB]);
+    let leaf = ca.sign(&old, &web).unwrap();
+    assert_eq!(leaf.spiffe_id, "spiffe://new.example/ns/shop/sa/web");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(leaf.cert_chain_pem.as_bytes()).unwrap();
+    assert_eq!(
+        trellis_push::identity::spiffe_id_of(&pem.contents).unwrap().to_string(),
+        "spiffe://new.example/ns/shop/sa/web",
+        "the certificate itself carries the new domain"
+    );
+    // One asking in the new domain too.
+    let (_, new) = csr(&["spiffe://new.example/ns/shop/sa/web"]);
+    assert_eq!(
+        ca.sign(&new, &web).unwrap().spiffe_id,
+        "spiffe://new.example/ns/shop/sa/web"
+    );
+    // An alias never lends another workload's identity, and a domain that is no alias is refused.
+    for refused in [
+        "spiffe://cluster.local/ns/shop/sa/payment",
+        "spiffe://other.example/ns/shop/sa/web",
+    ] {
+        let (_, req) = csr(&[refused]);
+        assert!(
+            matches!(ca.sign(&req, &web), Err(CaError::IdentityMismatch { .. })),
+            "{refused}"
+        );
+    }
+    // Once the old domain is no alias any more, a CSR naming it is refused with the fix.
+    let settled = Authorized::service_account("new.example", "shop", "web");
+    let err = ca.sign(&old, &settled).unwrap_err();
+    assert!(err.to_string().contains("trustDomainAliases"), "{err}");
+}
+
+#[test]
 fn leaves_never_outlive_the_root_and_an_expiring_root_refuses() {
     let ca = ca(Duration::from_secs(3600));
     let (_, req) = csr(&[WEB]);
-    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    let leaf = ca.sign(&req, &web()).unwrap();
     assert_eq!(leaf.not_after, ca.signer().not_after());
     let short = {
         let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(30), t0()).unwrap();
         CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(t0())))
     };
-    assert!(matches!(
-        short.sign(&req, &Authorized { spiffe_id: WEB.into() }),
-        Err(CaError::RootExpiring(_))
-    ));
+    assert!(matches!(short.sign(&req, &web()), Err(CaError::RootExpiring(_))));
 }
 
 #[test]
@@ -117,10 +160,10 @@ fn plugged_in_intermediates_sign_with_the_chain() {
     let loaded = SigningCert::from_pem(root.cert_pem(), &root.key_pem(), &[]).unwrap();
     let ca = CertificateAuthority::new(loaded, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(t0())));
     let (_, req) = csr(&[WEB]);
-    assert!(ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).is_ok());
+    assert!(ca.sign(&req, &web()).is_ok());
     // A leaf is not a CA.
     let (leaf_key, req) = csr(&[WEB]);
-    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    let leaf = ca.sign(&req, &web()).unwrap();
     let err = SigningCert::from_pem(&leaf.cert_chain_pem, &leaf_key.serialize_pem(), &[]).unwrap_err();
     assert!(err.to_string().contains("not a CA certificate"), "{err}");
 }
@@ -138,7 +181,7 @@ fn openssl_verifies_the_chain_and_shows_one_uri_san() {
     let root_pem = root.cert_pem().to_string();
     let ca = CertificateAuthority::new(root, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(now)));
     let (_, req) = csr(&[WEB]);
-    let leaf = ca.sign(&req, &Authorized { spiffe_id: WEB.into() }).unwrap();
+    let leaf = ca.sign(&req, &web()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (root_path, leaf_path) = (dir.path().join("root.pem"), dir.path().join("leaf.pem"));
     std::fs::write(&root_path, &root_pem).unwrap();

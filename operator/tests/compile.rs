@@ -950,3 +950,100 @@ spec:
     let gw = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
     assert_eq!(gw.config.inbound.jwt.len(), 1);
 }
+
+/// Whether `db`'s compiled inbound policy lets a GET of /records from `peer` through.
+fn db_allows(db: &Compiled, peer: &str) -> bool {
+    use trellis_contract::authorization::{Authorizer, AuthzRequest, Layer};
+    struct NoHeaders;
+    impl trellis_contract::matching::Headers for NoHeaders {
+        fn contains(&self, _: &str) -> bool {
+            false
+        }
+        fn joined(&self, _: &str) -> Option<std::borrow::Cow<'_, str>> {
+            None
+        }
+    }
+    let authorizer = Authorizer::compile(&db.config.inbound).expect("the compiled policy compiles");
+    let ip = "10.0.0.1".parse().unwrap();
+    authorizer
+        .evaluate(&AuthzRequest {
+            layer: Layer::Http,
+            principal: Some(peer),
+            namespace: Some("shop"),
+            source_ip: ip,
+            remote_ip: ip,
+            destination_ip: ip,
+            sni: None,
+            port: 5432,
+            host: "db",
+            method: "GET",
+            path: "/records",
+            headers: &NoHeaders,
+            auth: None,
+        })
+        .allowed()
+}
+
+#[test]
+fn principals_match_the_same_workload_in_every_alias_of_the_trust_domain() {
+    // The trust domain moved from cluster.local to new.example; the status still records
+    // old.example as served by some proxies, and the Mesh lists legacy.example as an alias.
+    let changed = format!(
+        "{}{}",
+        shop(),
+        r"
+---
+apiVersion: mesh.trellis.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {trustDomain: new.example, trustDomainAliases: [legacy.example]}
+status: {certificateAuthority: {trustDomain: new.example, previousTrustDomains: [old.example]}}
+---
+apiVersion: security.trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db-by-account, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules:
+    - from: [{source: {serviceAccounts: [web]}}]
+      to: [{operation: {paths: [/records]}}]
+"
+    );
+    let db = compiled(&changed, "shop", "db-0", Role::Sidecar);
+    assert_eq!(db.config.identity.trust_domain, "new.example");
+    assert_eq!(
+        db.config.identity.trust_domain_aliases,
+        ["legacy.example", "old.example"]
+    );
+    assert_eq!(
+        db.config.identity.spiffe_id.as_deref(),
+        Some("spiffe://new.example/ns/shop/sa/db")
+    );
+    // The policy names payment as cluster.local/…, which stands for the local trust domain.
+    for domain in ["new.example", "old.example", "legacy.example"] {
+        assert!(
+            db_allows(&db, &format!("spiffe://{domain}/ns/shop/sa/payment")),
+            "payment in {domain}"
+        );
+        assert!(
+            db_allows(&db, &format!("spiffe://{domain}/ns/shop/sa/web")),
+            "web in {domain}"
+        );
+    }
+    assert!(
+        !db_allows(&db, "spiffe://other.example/ns/shop/sa/payment"),
+        "a domain that is no alias stays out"
+    );
+    assert!(
+        !db_allows(&db, "spiffe://old.example/ns/shop/sa/gateway"),
+        "an alias never lets another workload in"
+    );
+    // Without the aliases (the transition over), only the trust domain itself is the mesh's.
+    let settled = changed
+        .replace(", trustDomainAliases: [legacy.example]", "")
+        .replace("previousTrustDomains: [old.example]", "previousTrustDomains: []");
+    let db = compiled(&settled, "shop", "db-0", Role::Sidecar);
+    assert!(db.config.identity.trust_domain_aliases.is_empty());
+    assert!(db_allows(&db, "spiffe://new.example/ns/shop/sa/payment"));
+    assert!(!db_allows(&db, "spiffe://old.example/ns/shop/sa/payment"));
+}

@@ -182,6 +182,7 @@ async fn subscribe_ack_and_push_on_change_only_to_affected_proxies() {
         serial: "01:02:03".into(),
         not_before_unix: 1_800_000_000,
         not_after_unix: 1_800_086_400,
+        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
     };
     web.to_server.send(ProxyMessage::certificate(&served)).await.unwrap();
     until("web's certificate recorded", 2, || {

@@ -10,7 +10,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Serialize;
 use std::sync::Arc;
-use trellis_contract::{CertificateRef, IdentityConfig, PemSource, ServerTls, ServerTlsMode};
+use trellis_contract::{CertificateRef, IdentityConfig, PemSource, ServerTls, ServerTlsMode, SpiffeId, TrustDomains};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// TLS setup errors, naming the file or field at fault.
@@ -293,16 +293,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// The proxy's loaded workload identity.
 #[derive(Debug, Clone)]
 pub struct WorkloadIdentity {
-    /// Own SPIFFE ID.
+    /// Own SPIFFE ID, as the certificate carries it (during a trust domain change it may be
+    /// `identity.spiffeId` in an alias of the trust domain).
     pub spiffe_id: String,
     /// Certificate and key.
     pub cert: CertifiedKey,
     /// Trust bundle.
     pub roots: Arc<RootCertStore>,
+    /// The trust domain and its aliases: a peer in an alias passes where the same workload
+    /// in the trust domain is expected.
+    pub domains: TrustDomains,
 }
 
 impl WorkloadIdentity {
-    /// Load from the contract's identity settings; `None` when not configured.
+    /// Load from the contract's identity settings; `None` when not configured. The
+    /// certificate must carry `identity.spiffeId`, or the same workload in an alias of the
+    /// trust domain (a certificate issued before the trust domain changed, until renewal).
     pub fn load(cfg: &IdentityConfig) -> Result<Option<Self>, TlsError> {
         let (Some(id), Some(cert), Some(bundle)) = (&cfg.spiffe_id, &cfg.certificate, &cfg.trust_bundle) else {
             return Ok(None);
@@ -312,21 +318,39 @@ impl WorkloadIdentity {
             what: "workload certificate",
             message,
         })?;
-        if actual != *id {
+        let domains = cfg.trust_domains();
+        let same = match (SpiffeId::parse(&actual), SpiffeId::parse(id)) {
+            (Ok(a), Ok(b)) => domains.equivalent(&a, &b),
+            _ => actual == *id,
+        };
+        if !same {
             return Err(TlsError::Pem {
                 what: "workload certificate",
-                message: format!("certificate identity {actual:?} differs from identity.spiffeId {id:?}"),
+                message: format!(
+                    "certificate identity {actual:?} differs from identity.spiffeId {id:?} (trust domain aliases: {:?})",
+                    domains.aliases()
+                ),
             });
         }
         Ok(Some(Self {
-            spiffe_id: id.clone(),
+            spiffe_id: actual,
             cert,
             roots: load_roots(bundle)?,
+            domains,
         }))
     }
 
-    /// Client config for mesh mTLS to peers with one of `expected` identities.
+    /// Client config for mesh mTLS to peers with one of `expected` identities, each in the
+    /// trust domain or any of its aliases.
     pub fn client_config(&self, expected: Vec<String>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut widened: Vec<String> = Vec::with_capacity(expected.len());
+        for id in expected {
+            match SpiffeId::parse(&id) {
+                Ok(parsed) => widened.extend(self.domains.variants(&parsed).iter().map(ToString::to_string)),
+                Err(_) => widened.push(id),
+            }
+        }
+        let expected = widened;
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls {

@@ -239,6 +239,7 @@ mod tests {
             serial: "0a:0b".into(),
             not_before_unix: NOW - 3_600,
             not_after_unix: NOW.saturating_add_signed(left),
+            spiffe_id: String::new(),
         });
         serde_json::to_value(ProxySync {
             proxy: name.into(),

@@ -34,6 +34,7 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             format!("{td:?} is not a trust domain: use lower-case letters, digits, '-' and '.', e.g. cluster.local"),
         );
     }
+    trust_domain_aliases(spec, f);
     if let Some(ca) = &spec.ca {
         let workload = duration(
             "spec.ca.workloadCertTtl",
@@ -139,5 +140,40 @@ fn tracing_settings(tracing: &TracingSettings, f: &mut Findings) {
                 protocol.as_str()
             ),
         );
+    }
+}
+
+/// At most this many `spec.trustDomainAliases` (the proxies' configurations hold them, and the
+/// previous trust domains during a change, within the contract's limit).
+pub const MAX_TRUST_DOMAIN_ALIASES: usize = 16;
+
+fn trust_domain_aliases(spec: &MeshSpec, f: &mut Findings) {
+    let Some(aliases) = &spec.trust_domain_aliases else {
+        return;
+    };
+    if aliases.len() > MAX_TRUST_DOMAIN_ALIASES {
+        f.error(
+            "spec.trustDomainAliases",
+            format!(
+                "{} aliases: at most {MAX_TRUST_DOMAIN_ALIASES}; drop the ones no workload presents any more",
+                aliases.len()
+            ),
+        );
+    }
+    let domain = spec.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN);
+    for (i, alias) in aliases.iter().enumerate() {
+        let field = format!("spec.trustDomainAliases[{i}]");
+        if dns_subdomain(alias).is_err() {
+            f.error(
+                field,
+                format!(
+                    "{alias:?} is not a trust domain: use lower-case letters, digits, '-' and '.', e.g. old.example.org"
+                ),
+            );
+        } else if alias == domain {
+            f.warn(field, format!("{alias:?} is the trust domain itself; remove it"));
+        } else if aliases[..i].contains(alias) {
+            f.warn(field, format!("{alias:?} is listed twice; remove one"));
+        }
     }
 }

@@ -23,7 +23,6 @@ mod route;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use trellis_api::mesh::DEFAULT_TRUST_DOMAIN;
 use trellis_contract::{
     CertificateRef, Cluster, DnsConfig, DnsEntry, IdentityConfig, Listener, NodeInfo, OtlpProtocol, PemSource,
     ProxyConfig, ProxyMode, Telemetry, Tracing,
@@ -121,6 +120,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) snapshot: &'a Snapshot,
     pub(crate) proxy: &'a Workload,
     pub(crate) trust_domain: String,
+    /// The trust domain with its aliases (the Mesh's and, during a change, the previous one).
+    pub(crate) trust_domains: trellis_contract::TrustDomains,
     pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
@@ -332,6 +333,7 @@ pub fn compile_workload(
     config.node = node_info(proxy);
     config.identity = IdentityConfig {
         trust_domain: ctx.trust_domain.clone(),
+        trust_domain_aliases: ctx.trust_domains.aliases().to_vec(),
         spiffe_id: Some(proxy.spiffe_id(&ctx.trust_domain).to_string()),
         certificate: Some(CertificateRef::Files {
             cert_chain_file: WORKLOAD_CERT_CHAIN.into(),
@@ -372,17 +374,19 @@ impl<'a> Ctx<'a> {
             .workloads
             .get(pod)
             .ok_or_else(|| CompileError::UnknownPod(pod.clone()))?;
-        let trust_domain = snapshot
-            .mesh
-            .trust_domain
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
-        Ok(Ctx {
+        Ok(Ctx::of(snapshot, proxy))
+    }
+
+    /// The context of compiling `proxy`'s configuration from `snapshot`.
+    pub(crate) fn of(snapshot: &'a Snapshot, proxy: &'a Workload) -> Self {
+        let trust_domains = snapshot.trust_domains();
+        Ctx {
             snapshot,
             proxy,
-            trust_domain,
+            trust_domain: trust_domains.domain().to_string(),
+            trust_domains,
             diagnostics: Vec::new(),
-        })
+        }
     }
 }
 

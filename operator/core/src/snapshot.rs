@@ -145,6 +145,10 @@ pub struct Snapshot {
     pub request_authentications: Vec<RequestAuthentication>,
     /// The mesh-wide settings (the `Mesh` named `default`), or defaults.
     pub mesh: MeshSpec,
+    /// The trust domains proxies may still serve certificates in besides `mesh`'s, read from
+    /// the Mesh's status ([`trellis_api::mesh::MeshStatus::previous_trust_domains`]): aliases
+    /// of the trust domain while a change of it is under way.
+    pub previous_trust_domains: Vec<String>,
     /// The roots proxies must trust (PEM), pushed inline so that a proxy's ACK proves it holds
     /// them (root rotation). Empty: proxies use the bundle file their certificate came with.
     pub trust_bundle: Vec<String>,
@@ -174,6 +178,7 @@ impl Default for Snapshot {
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
             mesh: MeshSpec::default(),
+            previous_trust_domains: Vec::new(),
             trust_bundle: Vec::new(),
             jwks: BTreeMap::new(),
             jwks_stale: BTreeMap::new(),
@@ -239,6 +244,12 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
+    /// The trust domain identities are issued in, with its aliases (the Mesh's and the
+    /// previous domains).
+    pub fn trust_domains(&self) -> trellis_contract::TrustDomains {
+        self.mesh.trust_domains(&self.previous_trust_domains)
+    }
+
     /// Read a snapshot from multi-document YAML: Namespaces, Services, Pods, TLS Secrets and
     /// the Trellis (or Istio) kinds. Other kinds are ignored.
     pub fn from_yaml(text: &str) -> Result<Snapshot, SnapshotError> {
@@ -304,6 +315,10 @@ impl Snapshot {
                     Kind::Mesh => {
                         let m: trellis_api::mesh::Mesh = parse(v).map_err(err)?;
                         if m.metadata.name.as_deref() == Some("default") {
+                            self.previous_trust_domains = m
+                                .status
+                                .map(|st| st.previous_trust_domains(&m.spec))
+                                .unwrap_or_default();
                             self.mesh = m.spec;
                         }
                     }

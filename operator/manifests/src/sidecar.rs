@@ -158,8 +158,12 @@ pub const TEMPLATE_ANNOTATION: &str = trellis_api::mesh::INJECTION_TEMPLATE_ANNO
 /// rollout follows the image on its own). Two operators whose injectors would mesh a pod
 /// differently give different hashes, so the rollout restarts pods injected by the old one.
 pub fn template_hash(settings: &Settings) -> String {
+    // why: the trust domain only seeds a proxy's first certificate request; a running proxy
+    // follows the identity its pushed configuration names, so a trust domain change needs no
+    // restart of meshed workloads and must not look like a new template to the rollout.
     let canonical = Settings {
         proxy_image: String::new(),
+        trust_domain: String::new(),
         ..settings.clone()
     };
     thread_local! {
@@ -697,6 +701,15 @@ mod tests {
             hash,
             "the image is the rollout's own business"
         );
+        let other_domain = Settings {
+            trust_domain: "new.example".into(),
+            ..settings.clone()
+        };
+        assert_eq!(
+            template_hash(&other_domain),
+            hash,
+            "a trust domain change restarts no workload: proxies follow their pushed identity"
+        );
         let other_template = Settings {
             log_level: "debug".into(),
             ..settings.clone()
@@ -706,6 +719,7 @@ mod tests {
         // back again the first one.
         let canonical = Settings {
             proxy_image: String::new(),
+            trust_domain: String::new(),
             ..other_template.clone()
         };
         assert_eq!(template_hash(&other_template), hash_of(&canonical));

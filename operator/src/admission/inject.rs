@@ -126,9 +126,13 @@ impl Answer {
     }
 }
 
-/// The sidecar settings in force: the Mesh's proxy image when it names one, else `defaults`'.
+/// The sidecar settings in force: the Mesh's proxy image when it names one, else `defaults`',
+/// and the Mesh's trust domain (a new pod asks for its first certificate in it).
 pub fn settings(defaults: &Settings, mesh: Option<&MeshSpec>) -> Settings {
     let mut settings = defaults.clone();
+    if let Some(mesh) = mesh {
+        settings.trust_domain = mesh.trust_domain().to_string();
+    }
     if let Some(image) = mesh
         .and_then(|m| m.versions.as_ref())
         .and_then(|v| v.proxy.as_ref())
@@ -452,6 +456,12 @@ mod tests {
         assert_eq!(out["spec"]["initContainers"][1]["image"], "pinned/trellis-proxy:0.2.9");
         assert_eq!(out["metadata"]["labels"][PROXY_VERSION_LABEL], "0.2.9");
         assert_eq!(settings(&defaults(), None).proxy_image, defaults().proxy_image);
+        let moved: MeshSpec = serde_json::from_value(json!({"trustDomain": "new.example"})).unwrap();
+        assert_eq!(
+            settings(&defaults(), Some(&moved)).trust_domain,
+            "new.example",
+            "a pod meshed after a trust domain change asks for its first certificate in the new one"
+        );
     }
 
     #[test]

@@ -37,26 +37,32 @@ pub trait TokenReviewer: Send + Sync + 'static {
 pub struct CertificateService {
     roots: Arc<MeshRoots>,
     reviewer: Arc<dyn TokenReviewer>,
-    trust_domain: String,
+    trust_domains: crate::trust_domain::Source,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for CertificateService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateService")
-            .field("trust_domain", &self.trust_domain)
+            .field("trust_domains", &self.trust_domains)
             .finish_non_exhaustive()
     }
 }
 
 impl CertificateService {
-    /// A service signing with the issuing root of `roots` for identities in `trust_domain`,
-    /// returning the current trust bundle (several roots during a root rotation).
-    pub fn new(roots: Arc<MeshRoots>, reviewer: Arc<dyn TokenReviewer>, trust_domain: impl Into<String>) -> Self {
+    /// A service signing with the issuing root of `roots` for identities in the trust domain
+    /// `trust_domains` names at each request (a CSR may name the identity in one of its
+    /// aliases; the certificate carries the trust domain), returning the current trust bundle
+    /// (several roots during a root rotation).
+    pub fn new(
+        roots: Arc<MeshRoots>,
+        reviewer: Arc<dyn TokenReviewer>,
+        trust_domains: impl Into<crate::trust_domain::Source>,
+    ) -> Self {
         CertificateService {
             roots,
             reviewer,
-            trust_domain: trust_domain.into(),
+            trust_domains: trust_domains.into(),
             metrics: Arc::default(),
         }
     }
@@ -116,7 +122,8 @@ impl CertificateService {
                 )),
             ));
         }
-        let authorized = Authorized::service_account(&self.trust_domain, &who.namespace, &who.service_account);
+        let authorized =
+            Authorized::service_account_in(&self.trust_domains.get(), &who.namespace, &who.service_account);
         let proxy = format!("{}/{}", req.namespace, req.pod);
         let (leaf, issuer) = self
             .roots

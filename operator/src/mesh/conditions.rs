@@ -8,6 +8,7 @@
 //! - `lastTransitionTime` moves only when a condition's status changes.
 //! - [`transitions`] reports a condition whose status or reason changed, once.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -42,6 +43,12 @@ pub struct CaObservation {
     /// The Secret the root is kept in (`namespace/name`: the operator's namespace), for the
     /// messages that tell a person where to act.
     pub secret: String,
+    /// Connected proxies by the trust domain of the certificate they serve
+    /// ([`super::trust_domain::UNREPORTED`] for those that do not say).
+    pub served_trust_domains: BTreeMap<String, u32>,
+    /// The previous trust domains still aliases of `trust_domain`, a change under way
+    /// ([`super::trust_domain::previous`]).
+    pub previous_trust_domains: Vec<String>,
 }
 
 /// Whether the admission webhooks are served with a current CA bundle.
@@ -127,16 +134,21 @@ fn ca_condition(ca: &CaObservation, now: SystemTime) -> (bool, &'static str, Str
             } else {
                 format!("; root rotation {}: {}", ca.phase, ca.progress)
             };
-            let reason = if ca.phase == "Stable" {
-                "RootValid"
-            } else {
+            let changing =
+                super::trust_domain::progress(&ca.trust_domain, &ca.previous_trust_domains, &ca.served_trust_domains);
+            let reason = if ca.phase != "Stable" {
                 "RootRotating"
+            } else if changing.is_some() {
+                "TrustDomainChanging"
+            } else {
+                "RootValid"
             };
+            let changing = changing.map(|c| format!("; {c}")).unwrap_or_default();
             (
                 true,
                 reason,
                 format!(
-                    "{} root {fp} for trust domain {} expires {} (in {} days){rotating}",
+                    "{} root {fp} for trust domain {} expires {} (in {} days){rotating}{changing}",
                     ca.mode,
                     ca.trust_domain,
                     rfc3339(expires),
@@ -430,6 +442,7 @@ mod tests {
             progress: String::new(),
             problem: None,
             secret: "operators/trellis-ca".into(),
+            ..CaObservation::default()
         }
     }
 

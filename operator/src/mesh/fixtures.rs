@@ -59,6 +59,7 @@ impl Default for Fixed {
                 progress: String::new(),
                 problem: None,
                 secret: "trellis-system/trellis-ca".into(),
+                ..CaObservation::default()
             },
             webhooks: WebhooksObservation {
                 ready: true,

@@ -19,8 +19,6 @@ use crate::rollout::plan::Workload;
 pub struct Live {
     /// The mesh roots.
     pub roots: Arc<MeshRoots>,
-    /// The trust domain certificates are issued in (read from the Mesh at start).
-    pub trust_domain: String,
     /// The operator's namespace (its Deployment and CA Secret are there).
     pub namespace: String,
     /// The push (proxies' sync state).
@@ -40,7 +38,7 @@ pub struct Live {
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
-            .field("trust_domain", &self.trust_domain)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -53,23 +51,19 @@ impl Observe for Live {
             CaMode::SelfSigned => "SelfSigned",
             CaMode::Plugged => "Plugged",
         };
-        let problem = if settings.trust_domain != self.trust_domain {
-            Some(format!(
-                "spec.trustDomain is {} but certificates are issued in {}; a trust domain is read when the operator starts (every identity changes with it): restart the operator (kubectl -n {} rollout restart deployment/trellis-operator), then restart the meshed workloads for new identities",
-                settings.trust_domain, self.trust_domain, self.namespace
-            ))
-        } else {
-            self.ca_problem.read().ok().and_then(|p| p.clone())
-        };
+        let problem = self.ca_problem.read().ok().and_then(|p| p.clone());
         CaObservation {
             mode: mode.into(),
-            trust_domain: self.trust_domain.clone(),
+            // Every replica's signer follows the Mesh's trust domain live (crate::trust_domain).
+            trust_domain: settings.trust_domain.clone(),
             root_fingerprint: issuing.map(|r| r.fingerprint.clone()).unwrap_or_default(),
             root_expires: issuing.map(|r| SystemTime::UNIX_EPOCH + Duration::from_secs(r.not_after_unix)),
             phase: status.phase,
             progress: status.progress,
             problem,
             secret: format!("{}/{}", self.namespace, crate::ca::secret::CA_SECRET),
+            served_trust_domains: served_trust_domains(&crate::peers::merged(self.push.sync_state(), &self.peers)),
+            previous_trust_domains: Vec::new(),
         }
     }
 
@@ -95,4 +89,20 @@ impl Observe for Live {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+}
+
+/// Connected proxies by the trust domain of the certificate they report serving
+/// ([`super::trust_domain::UNREPORTED`]: a proxy that reported none, or no identity).
+fn served_trust_domains(sync: &[crate::push::ProxySync]) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for p in sync.iter().filter(|p| p.connected) {
+        let domain = p
+            .certificate
+            .as_ref()
+            .and_then(|c| trellis_contract::SpiffeId::parse(&c.spiffe_id).ok())
+            .map(|id| id.trust_domain().to_string())
+            .unwrap_or_else(|| super::trust_domain::UNREPORTED.to_string());
+        *out.entry(domain).or_insert(0) += 1;
+    }
+    out
 }

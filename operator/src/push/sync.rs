@@ -142,6 +142,7 @@ mod tests {
             serial: "01:02".into(),
             not_before_unix: 1,
             not_after_unix: 2,
+            spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
         });
         assert_eq!(
             reported_certificate("shop/web-1", &good).map(|c| c.serial),

@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 // what one report makes the operator hold.
 pub const MAX_SERIAL_CHARS: usize = 64;
 
+/// The longest SPIFFE ID accepted in a report (the SPIFFE specification's URI limit).
+pub const MAX_SPIFFE_ID_CHARS: usize = 2048;
+
 /// The certificate a proxy serves now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,6 +39,10 @@ pub struct ServedCertificate {
     pub not_before_unix: u64,
     /// End of validity (seconds since the epoch).
     pub not_after_unix: u64,
+    /// The certificate's SPIFFE ID (empty: a proxy that does not report it). During a trust
+    /// domain change the operator counts the proxies still serving the previous domain by it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spiffe_id: String,
 }
 
 /// Why a certificate report is refused.
@@ -47,6 +54,9 @@ pub enum CertificateReportError {
     /// The serial is empty, too long or not hex.
     #[error("serial {0:?} is not a certificate serial (1 to 64 hex characters, octets optionally separated by ':')")]
     Serial(String),
+    /// The SPIFFE ID is not one.
+    #[error("spiffeId: {0}")]
+    SpiffeId(crate::SpiffeIdError),
     /// The validity ends before it starts.
     #[error("notAfterUnix {not_after} is before notBeforeUnix {not_before}")]
     Validity {
@@ -71,6 +81,14 @@ impl ServedCertificate {
             || !s.bytes().any(|b| b.is_ascii_hexdigit())
         {
             return Err(CertificateReportError::Serial(truncated(s)));
+        }
+        if !self.spiffe_id.is_empty() {
+            if self.spiffe_id.len() > MAX_SPIFFE_ID_CHARS {
+                return Err(CertificateReportError::SpiffeId(crate::SpiffeIdError::Path(truncated(
+                    &self.spiffe_id,
+                ))));
+            }
+            crate::SpiffeId::parse(&self.spiffe_id).map_err(CertificateReportError::SpiffeId)?;
         }
         if self.not_after_unix < self.not_before_unix {
             return Err(CertificateReportError::Validity {
@@ -97,6 +115,7 @@ mod tests {
             serial: "1a:2b:3c".into(),
             not_before_unix: 1_800_000_000,
             not_after_unix: 1_800_086_400,
+            spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
         }
     }
 
@@ -147,6 +166,23 @@ mod tests {
         };
         let e = huge.check().unwrap_err().to_string();
         assert!(e.len() < 200, "the error quotes a bounded part: {e}");
+        for id in ["cluster.local/ns/shop/sa/web", "spiffe://Bad/ns/a"] {
+            let c = ServedCertificate {
+                spiffe_id: id.into(),
+                ..served()
+            };
+            assert!(matches!(c.check(), Err(CertificateReportError::SpiffeId(_))), "{id:?}");
+        }
+        let long = ServedCertificate {
+            spiffe_id: format!("spiffe://td/{}", "a".repeat(3000)),
+            ..served()
+        };
+        assert!(long.check().unwrap_err().to_string().len() < 300);
+        let unreported = ServedCertificate {
+            spiffe_id: String::new(),
+            ..served()
+        };
+        assert_eq!(unreported.check(), Ok(()), "a proxy that does not report its identity");
         let backwards = ServedCertificate {
             not_after_unix: 1,
             ..served()

@@ -4,12 +4,19 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::trust_domain::TrustDomains;
+
 /// The proxy's identity and trust anchors for mesh mTLS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IdentityConfig {
     /// SPIFFE trust domain, `cluster.local` by default.
     pub trust_domain: String,
+    /// Domains that are aliases of `trust_domain` ([`TrustDomains`]): a peer presenting
+    /// `spiffe://<alias>/<path>` passes where `spiffe://<trust_domain>/<path>` is expected, and
+    /// this proxy's own certificate may still be in one (a trust domain change in progress).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
     /// This proxy's own SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`). Required when
     /// any mesh mTLS is used (an upstream cluster with `mesh` TLS or an inbound
     /// listener whose mTLS mode is not `disable`).
@@ -21,10 +28,18 @@ pub struct IdentityConfig {
     pub trust_bundle: Option<PemSource>,
 }
 
+impl IdentityConfig {
+    /// The trust domain with its aliases.
+    pub fn trust_domains(&self) -> TrustDomains {
+        TrustDomains::new(self.trust_domain.clone(), self.trust_domain_aliases.iter().cloned())
+    }
+}
+
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             trust_domain: "cluster.local".to_string(),
+            trust_domain_aliases: Vec::new(),
             spiffe_id: None,
             certificate: None,
             trust_bundle: None,
@@ -163,6 +178,14 @@ impl SpiffeId {
         Self {
             trust_domain: trust_domain.to_string(),
             path: format!("/ns/{namespace}/sa/{sa}"),
+        }
+    }
+
+    /// The same path in `trust_domain`.
+    pub fn in_trust_domain(&self, trust_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            path: self.path.clone(),
         }
     }
 

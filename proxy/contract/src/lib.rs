@@ -37,6 +37,7 @@ mod route;
 pub mod signals;
 pub mod syntax;
 mod telemetry;
+pub mod trust_domain;
 mod validate;
 
 pub use cluster::{
@@ -62,6 +63,7 @@ pub use route::{
 };
 pub use syntax::parse_cidr;
 pub use telemetry::{AccessLog, AccessLogFormat, OtlpProtocol, Telemetry, Tracing};
+pub use trust_domain::TrustDomains;
 pub use validate::{ValidationError, ValidationErrors};
 
 use serde::{Deserialize, Serialize};

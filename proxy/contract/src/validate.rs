@@ -222,6 +222,23 @@ impl Validator {
                 ),
             );
         }
+        if id.trust_domain_aliases.len() > crate::trust_domain::MAX_ALIASES {
+            self.err(
+                "identity.trustDomainAliases",
+                format!("at most {} aliases", crate::trust_domain::MAX_ALIASES),
+            );
+        }
+        for (i, alias) in id.trust_domain_aliases.iter().enumerate() {
+            if !is_valid_trust_domain(alias) || *alias == id.trust_domain {
+                self.err(
+                    format!("identity.trustDomainAliases[{i}]"),
+                    format!(
+                        "{alias:?} is not an alias of {:?}: a valid trust domain (lowercase letters, digits, '.', '-', '_') other than trustDomain",
+                        id.trust_domain
+                    ),
+                );
+            }
+        }
         if let Some(s) = &id.spiffe_id {
             match SpiffeId::parse(s) {
                 Ok(parsed) if parsed.trust_domain() != id.trust_domain => self.err(

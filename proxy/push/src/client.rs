@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certificate::leaf_serial;
-pub use certificate::{Issued, Renewal, Served};
+pub use certificate::{Issued, Renewal, Served, Wanted};
+use certificate::{leaf_serial, leaf_spiffe_id};
 use handover::Handover;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
@@ -190,12 +190,14 @@ async fn write_files(dir: &Path, files: Vec<(&'static str, String, bool)>) -> Re
 }
 
 /// Generate a key, have the operator sign it for this pod's identity, and write the chain,
-/// key and trust bundle to the identity directory.
+/// key and trust bundle to the identity directory. The identity asked for is the one the
+/// pushed configuration names ([`Renewal::identity_for`]), else `cfg.spiffe_id`.
 pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientError> {
     std::fs::create_dir_all(&cfg.identity_dir).map_err(io(&cfg.identity_dir))?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(cfg.spiffe_id.as_str().try_into()?)];
+    let identity = cfg.renewal.identity_for(&cfg.spiffe_id);
+    params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into()?)];
     let csr_pem = params.serialize_request(&key)?.pem()?;
     let token = std::fs::read_to_string(&cfg.token).map_err(io(&cfg.token))?;
     let mut client = CertificatesClient::new(channel(cfg, None).await?);
@@ -221,35 +223,72 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
         not_after: at(resp.not_after_unix),
         issuer_fingerprint: resp.issuer_fingerprint,
         serial: leaf_serial(&resp.cert_chain_pem),
+        spiffe_id: leaf_spiffe_id(&resp.cert_chain_pem),
     })
 }
 
+/// After a trust domain change, how long the proxy waits before each early renewal into the
+/// identity its configuration names (the first at once), while the certificate it obtained is
+/// still in another domain.
+// why: the replica that signs may not have seen the change yet (milliseconds behind the one
+// that pushed the configuration); three tries cover that, and a proxy an operator keeps
+// refusing stays on its certificate until the usual half-life renewal.
+const IDENTITY_RETRIES: [Duration; 3] = [Duration::ZERO, Duration::from_secs(10), Duration::from_secs(60)];
+
 /// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), or at
-/// once when the subscription asks for one from another root ([`Renewal`]); retry failures
-/// with backoff while the old one is still valid. Announces each on `issued`.
+/// once when the subscription asks for one from another root or with another identity (the
+/// trust domain changed) ([`Renewal`]); retry failures with backoff while the old one is still
+/// valid. Announces each on `issued`.
 pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued>>) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut renewal = cfg.renewal.subscribe();
     // The issuer an early renewal was last made for: asked once per request, so an operator
     // that keeps issuing from another root cannot make the proxy renew in a loop.
     let mut forced_for = String::new();
+    // The identity early renewals were made for, and how many: a replica that has not seen the
+    // trust domain change yet may sign in the previous one, so a few more tries follow, spaced
+    // out ([`IDENTITY_RETRIES`]), never a loop.
+    let mut identity_tries: (String, usize) = (String::new(), 0);
     loop {
         match obtain_certificate(&cfg).await {
             Ok(cert) => {
                 backoff.reset();
-                tracing::info!(identity = %cfg.spiffe_id, issuer = %cert.issuer_fingerprint, "workload certificate issued");
+                tracing::info!(identity = %cert.spiffe_id, issuer = %cert.issuer_fingerprint, "workload certificate issued");
                 let renew_at = renewal_time(cert.not_before, cert.not_after, fastrand::f64() * 2.0 - 1.0);
                 let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
                 let issuer = cert.issuer_fingerprint.clone();
+                let identity = cert.spiffe_id.clone();
                 issued.send_replace(Some(cert));
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
                 loop {
                     let wanted = renewal.borrow_and_update().clone();
-                    if !wanted.is_empty() && !issuer.is_empty() && wanted != issuer && wanted != forced_for {
-                        forced_for = wanted.clone();
-                        tracing::info!(%wanted, %issuer, "the mesh root is rotating; renewing the certificate now");
+                    if !wanted.issuer.is_empty()
+                        && !issuer.is_empty()
+                        && wanted.issuer != issuer
+                        && wanted.issuer != forced_for
+                    {
+                        forced_for = wanted.issuer.clone();
+                        tracing::info!(wanted = %wanted.issuer, %issuer, "the mesh root is rotating; renewing the certificate now");
                         break;
+                    }
+                    let named = cfg.renewal.identity_for(&cfg.spiffe_id);
+                    if !wanted.identity.is_empty()
+                        && named == wanted.identity
+                        && !identity.is_empty()
+                        && wanted.identity != identity
+                    {
+                        if identity_tries.0 != wanted.identity {
+                            identity_tries = (wanted.identity.clone(), 0);
+                        }
+                        if let Some(delay) = IDENTITY_RETRIES.get(identity_tries.1).copied() {
+                            identity_tries.1 += 1;
+                            tracing::info!(wanted = %wanted.identity, %identity, ?delay, "the mesh's trust domain changed; renewing the certificate");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => break,
+                                _ = &mut sleep => break,
+                            }
+                        }
                     }
                     tokio::select! {
                         _ = &mut sleep => break,
@@ -457,6 +496,8 @@ async fn apply_snapshot(
             {
                 tracing::warn!(error = %e, "could not record the pushed trust bundle");
             }
+            cfg.renewal
+                .request_identity(config.identity.spiffe_id.as_deref().unwrap_or_default());
             *held = Some(config);
             cfg.renewal.request(&snapshot.renew_unless_issued_by);
             ProxyMessage::ack(version)

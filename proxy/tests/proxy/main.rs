@@ -25,3 +25,4 @@ mod support;
 mod tcp;
 mod telemetry;
 mod timeouts;
+mod trust_domain;

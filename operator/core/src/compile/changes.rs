@@ -104,10 +104,12 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
     let mut c = Changes::default();
     if old.mesh != new.mesh
         || old.root_namespace != new.root_namespace
+        || old.previous_trust_domains != new.previous_trust_domains
         || source_label_keys(old) != source_label_keys(new)
     {
-        // The trust domain is in every cluster; `sourceLabels` decide how proxies share; the
-        // root namespace decides which policies apply to every proxy.
+        // The trust domain and its aliases are in every cluster and every proxy's identity;
+        // `sourceLabels` decide how proxies share; the root namespace decides which policies
+        // apply to every proxy.
         return Changes::everything();
     }
     if old.trust_bundle != new.trust_bundle
@@ -367,5 +369,12 @@ spec:
         let mut meshed = old.clone();
         meshed.mesh.trust_domain = Some("example.org".into());
         assert_eq!(changes(&old, &meshed), Changes::everything());
+        let mut changing = meshed.clone();
+        changing.previous_trust_domains = vec!["cluster.local".into()];
+        assert_eq!(
+            changes(&meshed, &changing),
+            Changes::everything(),
+            "the previous trust domain is an alias in every proxy's configuration"
+        );
     }
 }

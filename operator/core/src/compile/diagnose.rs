@@ -30,17 +30,7 @@ fn proxy(namespace: &str, labels: BTreeMap<String, String>) -> Workload {
 }
 
 fn ctx<'a>(snapshot: &'a Snapshot, proxy: &'a Workload) -> Ctx<'a> {
-    let trust_domain = snapshot
-        .mesh
-        .trust_domain
-        .clone()
-        .unwrap_or_else(|| trellis_api::mesh::DEFAULT_TRUST_DOMAIN.to_string());
-    Ctx {
-        snapshot,
-        proxy,
-        trust_domain,
-        diagnostics: Vec::new(),
-    }
+    Ctx::of(snapshot, proxy)
 }
 
 /// The compiler's diagnostics about every resource of `snapshot`, sorted and without repeats.

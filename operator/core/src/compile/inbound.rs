@@ -388,6 +388,13 @@ fn applies(
         .is_none_or(|l| selects(l, &ctx.proxy.labels))
 }
 
+/// An Istio principal as matches on the peer's SPIFFE ID: one per trust domain it stands for
+/// (written in the trust domain, an alias of it, or `cluster.local`, it matches the same
+/// workload in every one of them, as Istio's `trustDomainAliases` make it).
+fn principals(ctx: &Ctx<'_>, p: &str) -> Vec<c::StringMatch> {
+    ctx.trust_domains.principals(p).iter().map(|p| principal(p)).collect()
+}
+
 /// An Istio principal pattern as a match on the peer's SPIFFE ID.
 fn principal(p: &str) -> c::StringMatch {
     let scheme = SpiffeId::SCHEME;
@@ -423,17 +430,21 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
         .flatten()
         .map(|f| {
             let s = &f.source;
-            let mut principals: Vec<c::StringMatch> = list(&s.principals).iter().map(|p| principal(p)).collect();
-            let mut not_principals: Vec<c::StringMatch> =
-                list(&s.not_principals).iter().map(|p| principal(p)).collect();
+            let widen = |v: &Option<Vec<String>>| list(v).iter().flat_map(|p| principals(ctx, p)).collect::<Vec<_>>();
+            let mut principals = widen(&s.principals);
+            let mut not_principals = widen(&s.not_principals);
             // serviceAccounts are principals in the policy's namespace unless qualified.
             let policy_ns = ctx.proxy.key.namespace.as_str();
             let sa = |v: &str| {
                 let (ns, name) = v.split_once('/').unwrap_or((policy_ns, v));
-                c::StringMatch::Exact(SpiffeId::for_service_account(&ctx.trust_domain, ns, name).to_string())
+                let id = SpiffeId::for_service_account(&ctx.trust_domain, ns, name);
+                ctx.trust_domains
+                    .variants(&id)
+                    .into_iter()
+                    .map(|id| c::StringMatch::Exact(id.to_string()))
             };
-            principals.extend(list(&s.service_accounts).iter().map(|v| sa(v)));
-            not_principals.extend(list(&s.not_service_accounts).iter().map(|v| sa(v)));
+            principals.extend(list(&s.service_accounts).iter().flat_map(|v| sa(v)));
+            not_principals.extend(list(&s.not_service_accounts).iter().flat_map(|v| sa(v)));
             AuthzSource {
                 principals,
                 not_principals,
@@ -474,13 +485,16 @@ fn rule(ctx: &Ctx<'_>, r: &api::AuthzRule) -> AuthzRule {
         .map(|w| {
             // Addresses are IPs or CIDRs, matched by containment, never patterns.
             let value = |v: &String| match w.key.as_str() {
-                "source.ip" | "remote.ip" | "destination.ip" => c::StringMatch::Exact(v.clone()),
-                _ => pattern(v),
+                "source.ip" | "remote.ip" | "destination.ip" => vec![c::StringMatch::Exact(v.clone())],
+                // A principal condition is a principal (matched on the SPIFFE ID, in every
+                // trust domain it stands for).
+                "source.principal" => principals(ctx, v),
+                _ => vec![pattern(v)],
             };
             AuthzCondition {
                 key: w.key.clone(),
-                values: list(&w.values).iter().map(value).collect(),
-                not_values: list(&w.not_values).iter().map(value).collect(),
+                values: list(&w.values).iter().flat_map(value).collect(),
+                not_values: list(&w.not_values).iter().flat_map(value).collect(),
             }
         })
         .collect();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
+use trellis_contract::SpiffeId;
 use trellis_contract::certificate::ServedCertificate;
 
 /// The workload certificate the proxy serves now, as [`super::run_push`] reports it to the operator
@@ -46,14 +47,24 @@ impl Served {
 }
 
 /// A request to renew the workload certificate before its half-life, passed from the config
-/// subscription (which hears about root rotations) to the identity loop (which renews).
-/// Clones share the request.
+/// subscription (which hears about root rotations and the identity the mesh gives the proxy)
+/// to the identity loop (which renews). Clones share the request.
 #[derive(Debug, Clone)]
-pub struct Renewal(Arc<watch::Sender<String>>);
+pub struct Renewal(Arc<watch::Sender<Wanted>>);
+
+/// What the config subscription asks of the workload certificate (empty: nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The fingerprint of the root it should be issued by (a root rotation).
+    pub issuer: String,
+    /// The SPIFFE ID the pushed configuration gives this proxy (after a trust domain change,
+    /// the same workload in the new domain).
+    pub identity: String,
+}
 
 impl Default for Renewal {
     fn default() -> Self {
-        Renewal(Arc::new(watch::Sender::new(String::new())))
+        Renewal(Arc::new(watch::Sender::new(Wanted::default())))
     }
 }
 
@@ -61,16 +72,39 @@ impl Renewal {
     /// Ask for a certificate issued by the root with this fingerprint (empty: no request).
     pub fn request(&self, issuer_fingerprint: &str) {
         self.0.send_if_modified(|current| {
-            if current == issuer_fingerprint {
+            if current.issuer == issuer_fingerprint {
                 false
             } else {
-                *current = issuer_fingerprint.to_string();
+                current.issuer = issuer_fingerprint.to_string();
                 true
             }
         });
     }
 
-    pub(super) fn subscribe(&self) -> watch::Receiver<String> {
+    /// Ask for a certificate carrying `spiffe_id`, the identity the pushed configuration names
+    /// (empty: no request).
+    pub fn request_identity(&self, spiffe_id: &str) {
+        self.0.send_if_modified(|current| {
+            if current.identity == spiffe_id {
+                false
+            } else {
+                current.identity = spiffe_id.to_string();
+                true
+            }
+        });
+    }
+
+    /// The identity to ask the CA for: the one the configuration names when it is `own` in
+    /// another trust domain (never another workload's), else `own`.
+    pub fn identity_for(&self, own: &str) -> String {
+        let wanted = self.0.borrow().identity.clone();
+        match (SpiffeId::parse(&wanted), SpiffeId::parse(own)) {
+            (Ok(w), Ok(o)) if w.path() == o.path() => wanted,
+            _ => own.to_string(),
+        }
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<Wanted> {
         self.0.subscribe()
     }
 }
@@ -86,6 +120,8 @@ pub struct Issued {
     pub issuer_fingerprint: String,
     /// The leaf's serial number, hex octets separated by `:` (empty if it did not parse).
     pub serial: String,
+    /// The leaf's SPIFFE ID (empty if it did not parse).
+    pub spiffe_id: String,
 }
 
 impl Issued {
@@ -98,6 +134,7 @@ impl Issued {
             serial: self.serial.clone(),
             not_before_unix: unix(self.not_before),
             not_after_unix: unix(self.not_after),
+            spiffe_id: self.spiffe_id.clone(),
         };
         served.check().ok().map(|()| served)
     }
@@ -113,6 +150,15 @@ pub(super) fn leaf_serial(chain_pem: &str) -> String {
                 .ok()
                 .map(|(_, c)| c.raw_serial_as_string())
         })
+        .unwrap_or_default()
+}
+
+/// The SPIFFE ID of the first certificate in `chain_pem`, or empty.
+pub(super) fn leaf_spiffe_id(chain_pem: &str) -> String {
+    x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| crate::identity::spiffe_id_of(&pem.contents).ok())
+        .map(|id| id.to_string())
         .unwrap_or_default()
 }
 
@@ -136,6 +182,7 @@ mod tests {
             not_after: at(1_800_086_400),
             issuer_fingerprint: "ab".repeat(32),
             serial: leaf_serial(&pem),
+            spiffe_id: "spiffe://new.example/ns/shop/sa/web".into(),
         };
         assert_eq!(
             issued.report(),
@@ -144,6 +191,7 @@ mod tests {
                 serial: "1a:2b:3c".into(),
                 not_before_unix: 1_800_000_000,
                 not_after_unix: 1_800_086_400,
+                spiffe_id: "spiffe://new.example/ns/shop/sa/web".into(),
             })
         );
         // An operator that named no root: nothing to report.
@@ -163,6 +211,7 @@ mod tests {
             serial: "01".into(),
             not_before_unix: 1,
             not_after_unix: 2,
+            spiffe_id: String::new(),
         };
         served.set(c.clone());
         assert!(changes.has_changed().unwrap());
@@ -173,5 +222,25 @@ mod tests {
             "the same certificate is not announced again"
         );
         assert_eq!(served.get(), Some(c));
+    }
+
+    #[test]
+    fn the_identity_asked_for_follows_the_configuration_but_only_for_the_own_workload() {
+        let renewal = Renewal::default();
+        let own = "spiffe://old.example/ns/shop/sa/web";
+        assert_eq!(renewal.identity_for(own), own, "nothing pushed yet");
+        renewal.request_identity("spiffe://new.example/ns/shop/sa/web");
+        assert_eq!(renewal.identity_for(own), "spiffe://new.example/ns/shop/sa/web");
+        renewal.request_identity("spiffe://new.example/ns/shop/sa/admin");
+        assert_eq!(renewal.identity_for(own), own, "never another workload's identity");
+        let mut changes = renewal.subscribe();
+        let _ = changes.borrow_and_update();
+        renewal.request_identity("spiffe://new.example/ns/shop/sa/admin");
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same request is not announced again"
+        );
+        renewal.request("ab".repeat(32).as_str());
+        assert_eq!(changes.borrow_and_update().issuer, "ab".repeat(32));
     }
 }
