@@ -468,6 +468,18 @@ pub fn parse_jwks_uri(uri: &str) -> Result<JwksUri, String> {
     })
 }
 
+/// A `jwksUri` as logs, events, status messages, metrics and the proxies' configuration show
+/// it: the query is replaced by `?<redacted>` and a `#fragment` dropped, since a query string
+/// can carry a token or an API key (`?key=…`) that must not leave the object it was written in.
+/// The scheme, host, port and path stay, so the message still says which key set it is.
+pub fn jwks_uri_for_display(uri: &str) -> String {
+    let uri = uri.split('#').next().unwrap_or_default();
+    match uri.split_once('?') {
+        Some((before, _)) => format!("{before}?<redacted>"),
+        None => uri.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,5 +520,19 @@ mod tests {
             let e = parse_jwks_uri(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_jwks_uri_is_shown_without_its_query_or_fragment() {
+        assert_eq!(
+            jwks_uri_for_display("https://issuer.example/keys?api_key=s3cret&v=2#frag"),
+            "https://issuer.example/keys?<redacted>"
+        );
+        assert_eq!(
+            jwks_uri_for_display("https://issuer.example:8443/.well-known/jwks.json"),
+            "https://issuer.example:8443/.well-known/jwks.json"
+        );
+        assert_eq!(jwks_uri_for_display("http://h/k#x?y"), "http://h/k");
+        assert_eq!(jwks_uri_for_display("http://h?token=t"), "http://h?<redacted>");
     }
 }

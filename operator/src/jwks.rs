@@ -222,19 +222,21 @@ fn publish(index: &crate::index::Shared, changed: &tokio::sync::watch::Sender<u6
 }
 
 fn log(t: &Transition, skipped: &[String]) {
+    // Never the query: it can hold a credential (`?api_key=…`).
+    let uri = trellis_api::security::jwks_uri_for_display(&t.uri);
     match (&t.before, &t.after) {
         (_, State::Fresh(keys)) => {
             let count = serde_json::from_str::<serde_json::Value>(keys)
                 .ok()
                 .and_then(|v| v["keys"].as_array().map(Vec::len))
                 .unwrap_or(0);
-            tracing::info!(uri = %t.uri, keys = count, skipped = ?skipped, "jwksUri: key set fetched; pushing it to the proxies");
+            tracing::info!(%uri, keys = count, skipped = ?skipped, "jwksUri: key set fetched; pushing it to the proxies");
         }
         (_, State::Stale(why)) => {
-            tracing::warn!(uri = %t.uri, %why, "jwksUri: refresh failed; the proxies keep the keys of the last successful fetch, retrying with backoff");
+            tracing::warn!(%uri, %why, "jwksUri: refresh failed; the proxies keep the keys of the last successful fetch, retrying with backoff");
         }
         (_, State::Unavailable(why)) => {
-            tracing::warn!(uri = %t.uri, %why, "jwksUri: no key set; tokens of the issuers using it are refused (401) until a fetch succeeds, retrying with backoff");
+            tracing::warn!(%uri, %why, "jwksUri: no key set; tokens of the issuers using it are refused (401) until a fetch succeeds, retrying with backoff");
         }
     }
 }

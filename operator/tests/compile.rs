@@ -946,6 +946,22 @@ spec:
         c.config.inbound.jwt[1].jwks_unavailable.as_deref(),
         Some("https://accounts.example/jwks.json: HTTP 503")
     );
+    // A query can hold a credential: the proxies' /config_dump never shows it.
+    let with_key = yaml.replace(
+        "https://accounts.example/jwks.json",
+        "https://accounts.example/jwks.json?api_key=s3cret",
+    );
+    assert_ne!(with_key, yaml, "the fixture names the jwksUri");
+    let mut snap = Snapshot::from_yaml(&with_key).unwrap();
+    snap.jwks.insert(
+        "https://accounts.example/jwks.json?api_key=s3cret".into(),
+        FetchedJwks::Unavailable("HTTP 503".into()),
+    );
+    let c = compile(&snap, &key, Role::Sidecar, "v1").unwrap();
+    assert_eq!(
+        c.config.inbound.jwt[1].jwks_unavailable.as_deref(),
+        Some("https://accounts.example/jwks.json?<redacted>: HTTP 503")
+    );
     // Gateways get the mesh-wide rule too.
     let gw = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
     assert_eq!(gw.config.inbound.jwt.len(), 1);

@@ -140,7 +140,13 @@ async fn exchange(
             concat!("trellis-operator/", env!("CARGO_PKG_VERSION")),
         )
         .body(Empty::new())
-        .map_err(|e| format!("the request for {:?}: {e}", t.path))?;
+        // The path only: the query can hold a credential.
+        .map_err(|e| {
+            format!(
+                "the request for {:?}: {e}",
+                t.path.split('?').next().unwrap_or_default()
+            )
+        })?;
     let response = sender
         .send_request(request)
         .await

@@ -151,18 +151,19 @@ fn key_sets(snapshot: &Snapshot) -> Vec<Diagnostic> {
             let Some(uri) = r.jwks_uri.as_deref().filter(|_| r.jwks.is_none()) else {
                 continue;
             };
+            let shown = trellis_api::security::jwks_uri_for_display(uri);
             let (code, message) = match (snapshot.jwks.get(uri), snapshot.jwks_stale.get(uri)) {
                 (Some(FetchedJwks::Unavailable(why)), _) => (
                     Code::JwksUnavailable,
                     format!(
-                        "spec.jwtRules[{i}].jwksUri {uri:?}: no key set ({why}); tokens of issuer {:?} are refused (401) until a fetch succeeds",
+                        "spec.jwtRules[{i}].jwksUri {shown:?}: no key set ({why}); tokens of issuer {:?} are refused (401) until a fetch succeeds",
                         r.issuer
                     ),
                 ),
                 (Some(FetchedJwks::Keys(_)), Some(why)) => (
                     Code::JwksStale,
                     format!(
-                        "spec.jwtRules[{i}].jwksUri {uri:?}: the last refresh failed ({why}); proxies keep the keys of the last successful fetch"
+                        "spec.jwtRules[{i}].jwksUri {shown:?}: the last refresh failed ({why}); proxies keep the keys of the last successful fetch"
                     ),
                 ),
                 _ => continue,
@@ -272,7 +273,7 @@ kind: RequestAuthentication
 metadata: {name: jwt, namespace: shop}
 spec:
   jwtRules:
-  - {issuer: https://a.example, jwksUri: https://a.example/keys}
+  - {issuer: https://a.example, jwksUri: 'https://a.example/keys?api_key=s3cret'}
   - {issuer: https://b.example, jwksUri: https://b.example/keys}
   - {issuer: https://c.example, jwksUri: https://c.example/keys}
 ";
@@ -280,7 +281,7 @@ spec:
         // Files alone: nothing fetched, nothing said (only the operator fetches).
         assert!(diagnose(&s).is_empty(), "{:#?}", diagnose(&s));
         s.jwks.insert(
-            "https://a.example/keys".into(),
+            "https://a.example/keys?api_key=s3cret".into(),
             FetchedJwks::Unavailable("HTTP 503".into()),
         );
         s.jwks
@@ -295,6 +296,13 @@ spec:
         let unavailable = d.iter().find(|d| d.code == Code::JwksUnavailable).expect("TRL0111");
         assert!(
             unavailable.message.contains("spec.jwtRules[0].jwksUri") && unavailable.message.contains("HTTP 503"),
+            "{}",
+            unavailable.message
+        );
+        // The query can hold a credential: the status shows the URL without it.
+        assert!(
+            unavailable.message.contains("https://a.example/keys?<redacted>")
+                && !unavailable.message.contains("s3cret"),
             "{}",
             unavailable.message
         );

@@ -298,11 +298,15 @@ pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::Jw
         for (i, r) in p.spec.jwt_rules.iter().flatten().enumerate() {
             let (jwks, jwks_unavailable) = match (&r.jwks, &r.jwks_uri) {
                 (Some(inline), _) => (inline.clone(), None),
-                (None, Some(uri)) => match ctx.snapshot.jwks.get(uri) {
-                    Some(FetchedJwks::Keys(k)) => (k.clone(), None),
-                    Some(FetchedJwks::Unavailable(why)) => (String::new(), Some(format!("{uri}: {why}"))),
-                    None => (String::new(), Some(format!("{uri}: not fetched yet"))),
-                },
+                (None, Some(uri)) => {
+                    // The proxies show this in /config_dump: never the URL's query.
+                    let shown = trellis_api::security::jwks_uri_for_display(uri);
+                    match ctx.snapshot.jwks.get(uri) {
+                        Some(FetchedJwks::Keys(k)) => (k.clone(), None),
+                        Some(FetchedJwks::Unavailable(why)) => (String::new(), Some(format!("{shown}: {why}"))),
+                        None => (String::new(), Some(format!("{shown}: not fetched yet"))),
+                    }
+                }
                 // The validator refuses a rule without keys; such a rule accepts no token.
                 (None, None) => (String::new(), Some("the rule names no key set".to_string())),
             };
