@@ -17,7 +17,9 @@
 //! Trellis' telemetry with) are looked up in the bin dir, then in
 //! `$TRELLIS_OBSERVABILITY/bin` (default `/var/tmp/trellis-observability/bin`,
 //! where the build script puts them); never on the host `PATH`: Debian's
-//! `prometheus`, for one, lacks the Kubernetes service discovery.
+//! `prometheus`, for one, lacks the Kubernetes service discovery. The
+//! upstream test bed runs the same programs: `upstream::images::mapped`
+//! makes an image of what this mapping resolves an image to.
 //!
 //! The bin dir is `--bin-dir`/`KUBESIM_BIN_DIR`, else the directory of the
 //! running executable and its parent (so a test binary in

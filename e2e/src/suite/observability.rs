@@ -1,19 +1,23 @@
 //! The observability tools the suite proves Trellis' telemetry with, deployed
 //! as a user deploys them, and their query APIs.
 //!
-//! - **Prometheus** (upstream's image on a real cluster; on kubesim the
-//!   release `e2e/observability/prometheus/go.mod` pins, built by
-//!   `e2e/observability/build.sh`) with the common `kubernetes-pods` job:
-//!   Kubernetes service discovery of pods, kept by their `prometheus.io/*`
-//!   annotations — which the sidecar injector points at each proxy — and
-//!   nothing Trellis-specific. Queried with PromQL (`/api/v1/query`).
+//! - **Prometheus** (upstream's image on a real cluster; on kubesim and the
+//!   upstream test bed the release `e2e/observability/prometheus/go.mod`
+//!   pins, built by `e2e/observability/build.sh`) with the common
+//!   `kubernetes-pods` job: Kubernetes service discovery of pods, kept by
+//!   their `prometheus.io/*` annotations — which the sidecar injector points
+//!   at each proxy — and nothing Trellis-specific. Its ServiceAccount may
+//!   list and watch pods, nothing else ([`PROMETHEUS_ROLE`]). Queried with
+//!   PromQL (`/api/v1/query`).
 //! - **Jaeger** v2 (all-in-one, in-memory storage; built from the Go module
 //!   pinned in `e2e/observability/jaeger/go.mod`, built by the same script)
 //!   receiving OTLP over gRPC (4317) and HTTP (4318). Queried with its query
 //!   API (`/api/traces/<id>`).
 //!
 //! Both run unmeshed in [`NAMESPACE`] (the demo's collector namespace) and are
-//! reached through LoadBalancer Services, like the gateway.
+//! reached through LoadBalancer Services, like the gateway. On the upstream
+//! test bed [`deploy`] first imports both images into the node
+//! (`upstream::Cluster::import_mapped`), as a user pushes them to a registry.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,6 +37,26 @@ pub const PROMETHEUS_IMAGE: &str = "quay.io/prometheus/prometheus:v3.16.0";
 pub const PROMETHEUS_PORT: i32 = 9090;
 /// How often Prometheus scrapes (short, so a test sees its traffic quickly).
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
+/// The ClusterRole (and its binding) of Prometheus' ServiceAccount.
+pub const PROMETHEUS_ROLE: &str = "trellis-e2e-prometheus";
+/// What Prometheus' ServiceAccount may do, cluster-wide (`kubectl auth can-i`'s
+/// arguments): what its pod discovery needs (a list, then a watch, of every
+/// namespace's pods), nothing else.
+pub const PROMETHEUS_MAY: [&[&str]; 2] = [&["list", "pods"], &["watch", "pods"]];
+/// Requests Prometheus' ServiceAccount must be refused, cluster-wide: reading
+/// a pod by name or through its proxy, and what other discovery roles or a
+/// broader grant would read or change.
+pub const PROMETHEUS_MAY_NOT: [&[&str]; 9] = [
+    &["get", "pods"],
+    &["get", "pods", "--subresource=proxy"],
+    &["create", "pods"],
+    &["delete", "pods"],
+    &["list", "services"],
+    &["list", "endpointslices.discovery.k8s.io"],
+    &["list", "nodes"],
+    &["list", "secrets"],
+    &["list", "configmaps"],
+];
 /// Jaeger's Deployment.
 pub const JAEGER: &str = "jaeger";
 /// The Service the proxies send spans to.
@@ -180,14 +204,15 @@ pub fn objects() -> Vec<Value> {
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "trellis-e2e-prometheus"},
-            // Pod discovery only.
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+            "metadata": {"name": PROMETHEUS_ROLE},
+            // Pod discovery only: Prometheus' informer lists, then watches; it never gets a
+            // pod by name.
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}],
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "trellis-e2e-prometheus"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "trellis-e2e-prometheus"},
+            "metadata": {"name": PROMETHEUS_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PROMETHEUS_ROLE},
             "subjects": [{"kind": "ServiceAccount", "name": PROMETHEUS, "namespace": NAMESPACE}],
         }),
         json!({
@@ -208,11 +233,52 @@ pub fn objects() -> Vec<Value> {
     ]
 }
 
-/// Applies [`objects`] and waits for both Deployments.
+/// Applies [`objects`] and waits for both Deployments; on the upstream test
+/// bed, first imports [`PROMETHEUS_IMAGE`] and [`JAEGER_IMAGE`] into its node.
 pub fn deploy(t: &Target) -> anyhow::Result<()> {
+    if let Some(cluster) = t.upstream() {
+        cluster.import_mapped(&[PROMETHEUS_IMAGE, JAEGER_IMAGE])?;
+    }
     t.apply(&trellis_manifests::to_yaml(&objects()))?;
     steps::rollout(t, NAMESPACE, PROMETHEUS)?;
     steps::rollout(t, NAMESPACE, JAEGER)
+}
+
+/// What `kubectl auth can-i` answers for Prometheus' ServiceAccount, cluster-wide,
+/// against [`PROMETHEUS_MAY`] and [`PROMETHEUS_MAY_NOT`]: each request answered
+/// otherwise, described (empty: least privilege holds). Meaningful only where
+/// RBAC is enforced (kubesim allows every request).
+pub fn prometheus_privileges_wrong(t: &Target) -> anyhow::Result<Vec<String>> {
+    let user = format!("--as=system:serviceaccount:{NAMESPACE}:{PROMETHEUS}");
+    let mut wrong = Vec::new();
+    let asked = PROMETHEUS_MAY
+        .iter()
+        .map(|r| (r, true))
+        .chain(PROMETHEUS_MAY_NOT.iter().map(|r| (r, false)));
+    for (request, want) in asked {
+        let mut args = vec!["auth", "can-i"];
+        args.extend_from_slice(request);
+        args.extend_from_slice(&["--all-namespaces", &user]);
+        let out = t.kubectl(&args, None)?;
+        let request = request.join(" ");
+        // `yes`, or `no` with the authorizer's reason after ` - ` when it gives one.
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let allowed = match answer.split_whitespace().next().unwrap_or_default() {
+            "yes" => true,
+            "no" => false,
+            _ => bail!(
+                "kubectl auth can-i {request} {user} answered {answer:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        };
+        if allowed != want {
+            wrong.push(format!(
+                "{request}: {answer}, expected {}",
+                if want { "yes" } else { "no" }
+            ));
+        }
+    }
+    Ok(wrong)
 }
 
 /// The Mesh change that sends every proxy's spans (all of them) to Jaeger

@@ -63,6 +63,8 @@ struct Component {
 pub struct Cluster {
     record: Record,
     layout: Layout,
+    /// Where the programs of kubesim's image mapping are ([`Cluster::import_mapped`]).
+    bin_dirs: BinDirs,
     kubeconfig: PathBuf,
     components: Vec<Component>,
     cgroup_procs: PathBuf,
@@ -123,6 +125,7 @@ impl Cluster {
             kubeconfig: PkiFiles::new(&state_dir).kubeconfig("admin"),
             record,
             layout,
+            bin_dirs: opts.bin_dirs.clone(),
             components: Vec::new(),
             cgroup_procs: PathBuf::new(),
             rt: Some(rt),
@@ -401,28 +404,28 @@ impl Cluster {
             "/coredns",
         ));
         specs.push(images::tools_image());
-        let dir = self.layout.images_dir();
-        let socket = self.layout.containerd_socket();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = specs
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut spec)| {
-                    let (dir, socket) = (dir.clone(), socket.clone());
-                    s.spawn(move || -> anyhow::Result<PathBuf> {
-                        images::complete(&mut spec)?;
-                        let archive = images::build(&spec, &dir, &format!("image-{i}"))?;
-                        images::import(&found.ctr, &socket, &archive)?;
-                        std::fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
-                        Ok(archive)
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().map_err(|_| anyhow!("an image build panicked"))??;
-            }
-            Ok(())
-        })
+        images::build_and_import(
+            specs,
+            &self.layout.images_dir(),
+            &found.ctr,
+            &self.layout.containerd_socket(),
+        )
+    }
+
+    /// Builds the images of kubesim's image mapping that `names` stand for
+    /// ([`images::mapped`]: e.g. Prometheus and Jaeger, as
+    /// `e2e/observability/build.sh` builds them) and imports them into the
+    /// node under those names, where the kubelet finds them as it finds the
+    /// project's (`imagePullPolicy: IfNotPresent`, the default for a tag
+    /// other than `latest`). What a user does by pushing images to a
+    /// registry the cluster pulls from; the node has none.
+    pub fn import_mapped(&self, names: &[&str]) -> anyhow::Result<()> {
+        let specs = names
+            .iter()
+            .map(|name| images::mapped(name, &self.bin_dirs))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ctr = images::which("ctr").context("ctr is not installed (apt-get install containerd)")?;
+        images::build_and_import(specs, &self.layout.images_dir(), &ctr, &self.layout.containerd_socket())
     }
 
     /// Starts `program` in the node's namespace and the instance's cgroup,

@@ -12,6 +12,7 @@
 //! | [`PAUSE_IMAGE`] | the pause program (`e2e/upstream/pause`) | `/pause` |
 //! | [`COREDNS_IMAGE`] | CoreDNS (`e2e/upstream/coredns`) | `/coredns` |
 //! | [`TOOLS_IMAGES`] (`busybox`, `debian` tags) | the host's `sh` and core utilities | `/bin/sh` |
+//! | on demand ([`mapped`], `Cluster::import_mapped`): any image of kubesim's image mapping, e.g. `quay.io/prometheus/prometheus:v3.16.0` | the program kubesim runs for it (`runner::images::resolve`: Prometheus and Jaeger as `e2e/observability/build.sh` builds them) | the program |
 //!
 //! Every image has `/etc/passwd`, `/etc/group`, `/etc/nsswitch.conf`, the
 //! host's CA bundle and `ld.so.cache`, and `/tmp`.
@@ -20,7 +21,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::runner::images::{BinDirs, Image, resolve};
 
 /// The sandbox (pause) image containerd runs for every pod.
 pub const PAUSE_IMAGE: &str = "localhost/trellis-upstream/pause:1";
@@ -67,6 +70,49 @@ impl ImageSpec {
             env: Vec::new(),
         }
     }
+}
+
+/// The image of kubesim's image mapping `image` stands for, under that
+/// name: the program kubesim runs for it at `/usr/local/bin/<program>`
+/// with the mapping's environment (the host-programs images: the
+/// shell-tools image). The error is kubesim's: it names the image, the
+/// program and how to build it.
+pub fn mapped(image: &str, bins: &BinDirs) -> anyhow::Result<ImageSpec> {
+    match resolve(image, bins).map_err(|e| anyhow!("image {image} for the upstream node: {e}"))? {
+        Image::Program { name, path, env } => {
+            let mut spec = ImageSpec::program(vec![image.to_string()], &path, &format!("/usr/local/bin/{name}"));
+            spec.env = env;
+            Ok(spec)
+        }
+        Image::Host => Ok(ImageSpec {
+            names: vec![image.to_string()],
+            ..tools_image()
+        }),
+    }
+}
+
+/// Builds every image (in parallel, under `work_dir`) and imports it into
+/// the containerd at `socket` with `ctr`; the archives are removed.
+pub fn build_and_import(specs: Vec<ImageSpec>, work_dir: &Path, ctr: &Path, socket: &Path) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut spec)| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    complete(&mut spec)?;
+                    let archive = build(&spec, work_dir, &format!("image-{i}"))
+                        .with_context(|| format!("building image {}", spec.names.join(", ")))?;
+                    import(ctr, socket, &archive)?;
+                    std::fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("an image build panicked"))??;
+        }
+        Ok(())
+    })
 }
 
 /// The shared libraries (and the dynamic loader) `ldd` lists for `binary`;
@@ -346,6 +392,25 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn a_mapped_image_is_its_program_under_the_name_asked_for() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let prometheus = dir.path().join("prometheus");
+        std::fs::write(&prometheus, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prometheus, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bins = BinDirs(vec![dir.path().to_path_buf()]);
+        let spec = mapped("quay.io/prometheus/prometheus:v3.16.0", &bins).unwrap();
+        assert_eq!(spec.names, ["quay.io/prometheus/prometheus:v3.16.0"]);
+        assert_eq!(spec.entrypoint, ["/usr/local/bin/prometheus"]);
+        assert_eq!(spec.files, [(prometheus, PathBuf::from("/usr/local/bin/prometheus"))]);
+        let tools = mapped("docker.io/library/busybox:1.37", &bins).unwrap();
+        assert_eq!(tools.names, ["docker.io/library/busybox:1.37"]);
+        assert_eq!(tools.entrypoint, ["/bin/sh"]);
+        let err = mapped("nginx:1.27", &bins).unwrap_err().to_string();
+        assert!(err.contains("nginx:1.27") && err.contains("upstream node"), "{err}");
     }
 
     #[test]
