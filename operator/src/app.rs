@@ -18,7 +18,6 @@ use anyhow::Context;
 use kube::Client;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use trellis_contract::SpiffeId;
 use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
@@ -266,7 +265,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     app.tasks.push(tokio::spawn(secret::watch(
         client.clone(),
         config.namespace.clone(),
-        config.trust_domain.clone(),
+        crate::trust_domain::Source::index(index.clone(), config.trust_domain.clone()),
         defaults.root_cert_ttl,
         roots.clone(),
         leadership.clone(),
@@ -478,10 +477,10 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         .with_roots(roots.clone())
         .with_metrics(metrics.clone())
         .with_traffic(traffic.clone());
-    let certs = CertificateService::new(roots.clone(), reviewer, trust_domains).with_metrics(metrics.clone());
+    let certs = CertificateService::new(roots.clone(), reviewer, trust_domains.clone()).with_metrics(metrics.clone());
     let serving = Arc::new(ServingTls::new(
         Identity {
-            spiffe_id: operator_spiffe_id(config),
+            spiffe_id: operator_identity(config, trust_domains.clone()),
             dns_names: service_dns_names(config),
             ttl: SERVING_CERT_TTL,
             client_auth: ClientAuth::MeshOptional,
@@ -535,7 +534,11 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     }
     let webhook_addr = serve_webhooks(
         config,
-        &index,
+        Watched {
+            index: &index,
+            changed: changed.clone(),
+            trust_domains,
+        },
         &roots,
         client.as_ref(),
         &metrics,
@@ -611,20 +614,33 @@ pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain:
     )
 }
 
+/// What the webhooks read from the live index: the index itself, its change announcements and
+/// the trust domain (the webhooks' certificate names the operator in it).
+struct Watched<'a> {
+    index: &'a index::Shared,
+    changed: tokio::sync::watch::Receiver<u64>,
+    trust_domains: crate::trust_domain::Source,
+}
+
 /// Start the admission webhooks on `config.webhook_addr`, with a certificate from the issuing
-/// root kept current; returns where they listen.
+/// root kept current (and in the Mesh's trust domain); returns where they listen.
 async fn serve_webhooks(
     config: &Config,
-    index: &index::Shared,
+    watched: Watched<'_>,
     roots: &Arc<MeshRoots>,
     client: Option<&Client>,
     metrics: &Arc<Metrics>,
     published: tokio::sync::watch::Receiver<Published>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<SocketAddr> {
+    let Watched {
+        index,
+        changed,
+        trust_domains,
+    } = watched;
     let tls = Arc::new(ServingTls::new(
         Identity {
-            spiffe_id: operator_spiffe_id(config),
+            spiffe_id: operator_identity(config, trust_domains),
             dns_names: service_dns_names(config),
             ttl: WEBHOOK_CERT_TTL,
             client_auth: ClientAuth::None,
@@ -649,6 +665,7 @@ async fn serve_webhooks(
         tls,
         roots.clone(),
         published,
+        changed,
         Arc::new(SystemClock),
         renewed,
     )));
@@ -715,9 +732,10 @@ fn renewal_announcer(
     }
 }
 
-/// The operator's SPIFFE identity, which its serving certificates carry.
-pub fn operator_spiffe_id(config: &Config) -> String {
-    SpiffeId::for_service_account(&config.trust_domain, &config.namespace, OPERATOR_SERVICE_ACCOUNT).to_string()
+/// The operator's SPIFFE identity, which its serving certificates carry: its ServiceAccount in
+/// the trust domain `trust_domains` names when each is issued (the Mesh's, live).
+pub fn operator_identity(config: &Config, trust_domains: crate::trust_domain::Source) -> crate::serving::Subject {
+    crate::serving::Subject::service_account(trust_domains, config.namespace.clone(), OPERATOR_SERVICE_ACCOUNT)
 }
 
 /// The names clients reach the operator by: its Service (as proxies and the API server dial
@@ -736,8 +754,8 @@ pub fn service_dns_names(config: &Config) -> Vec<String> {
 const ROTATION_TICK: Duration = Duration::from_millis(200);
 
 /// Advance the root rotation from the push sync state and the leaves issued; reissue the
-/// operator's serving certificate when issuing switches; record the end in the CA Secret (the
-/// leader does).
+/// operator's serving certificate when issuing switches, or when the Mesh's trust domain
+/// changed (it names the operator in it); record the end in the CA Secret (the leader does).
 async fn drive_rotation(
     secret: Option<(Client, String, Leadership)>,
     roots: Arc<MeshRoots>,
@@ -750,6 +768,11 @@ async fn drive_rotation(
     let mut bundle = roots.bundle();
     loop {
         tick.tick().await;
+        if serving.identity_moved()
+            && let Err(e) = serving.refresh(&roots)
+        {
+            tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate in the Mesh's trust domain");
+        }
         if roots.phase() == Phase::Stable && !bundle.has_changed().unwrap_or(false) {
             continue;
         }
@@ -807,7 +830,7 @@ mod tests {
             service_dns_names(&config)
         );
         assert_eq!(
-            operator_spiffe_id(&config),
+            operator_identity(&config, config.trust_domain.as_str().into()).get(),
             "spiffe://cluster.local/ns/operators/sa/trellis-operator"
         );
     }

@@ -6,12 +6,19 @@
 //!
 //! Two servers use it: the push and certificate API (gRPC, optional mesh client certificates)
 //! and the admission webhooks (HTTPS for the API server, no client certificates).
+//!
+//! The SPIFFE ID a certificate names ([`Subject`]) is asked again at each issue: the operator's
+//! ServiceAccount in the trust domain the Mesh names now, so a change of `spec.trustDomain`
+//! moves the operator's identity with its proxies' ([`ServingTls::identity_moved`]; the push
+//! API's certificate is reissued within a fifth of a second, the webhooks' once the API server
+//! trusts the issuing root, see `admission::server::keep_certificate_current`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use trellis_contract::SpiffeId;
 
 use crate::ca::MeshRoots;
 
@@ -25,11 +32,59 @@ pub enum ClientAuth {
     None,
 }
 
+/// The SPIFFE ID a serving certificate names (its URI SAN), asked at each issue.
+#[derive(Clone)]
+pub struct Subject(Arc<dyn Fn() -> String + Send + Sync>);
+
+impl Subject {
+    /// Always `spiffe_id`.
+    pub fn fixed(spiffe_id: impl Into<String>) -> Self {
+        let id = spiffe_id.into();
+        Subject(Arc::new(move || id.clone()))
+    }
+
+    /// ServiceAccount `namespace/name` in the trust domain `trust_domains` names at each issue
+    /// (the Mesh's, live).
+    pub fn service_account(
+        trust_domains: crate::trust_domain::Source,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        let (namespace, name) = (namespace.into(), name.into());
+        Subject(Arc::new(move || {
+            SpiffeId::for_service_account(trust_domains.get().domain(), &namespace, &name).to_string()
+        }))
+    }
+
+    /// The SPIFFE ID now.
+    pub fn get(&self) -> String {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Subject").field(&self.get()).finish()
+    }
+}
+
+impl From<&str> for Subject {
+    fn from(spiffe_id: &str) -> Self {
+        Subject::fixed(spiffe_id)
+    }
+}
+
+impl From<String> for Subject {
+    fn from(spiffe_id: String) -> Self {
+        Subject::fixed(spiffe_id)
+    }
+}
+
 /// Who the certificate names and how it is served.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The SPIFFE ID (URI SAN).
-    pub spiffe_id: String,
+    /// The SPIFFE ID (URI SAN), asked at each issue.
+    pub spiffe_id: Subject,
     /// DNS SANs.
     pub dns_names: Vec<String>,
     /// Lifetime of each certificate.
@@ -45,6 +100,8 @@ pub struct Identity {
 pub struct Issued {
     /// The root that signed it (fingerprint).
     pub root: String,
+    /// The SPIFFE ID it names.
+    pub spiffe_id: String,
     /// Start of validity.
     pub not_before: SystemTime,
     /// End of validity.
@@ -69,7 +126,7 @@ pub struct ServingTls {
 impl std::fmt::Debug for ServingTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServingTls")
-            .field("spiffe_id", &self.identity.spiffe_id)
+            .field("identity", &self.identity.spiffe_id)
             .field("issued", &self.issued())
             .finish_non_exhaustive()
     }
@@ -103,7 +160,7 @@ impl ServingTls {
     fn build(identity: &Identity, roots: &MeshRoots) -> anyhow::Result<(rustls::ServerConfig, Issued)> {
         let root = issuing_root(roots).context("the CA has no issuing root")?;
         let (leaf, key) = roots
-            .issue_serving(&identity.spiffe_id, &identity.dns_names, identity.ttl)
+            .issue_serving(&identity.spiffe_id.get(), &identity.dns_names, identity.ttl)
             .context("issuing the operator's serving certificate")?;
         let chain = pems(&leaf.cert_chain_pem)?;
         let key = rustls_pemfile::private_key(&mut key.as_bytes())?.context("the operator's serving key is not PEM")?;
@@ -134,6 +191,7 @@ impl ServingTls {
         tls.alpn_protocols = identity.alpn.clone();
         let issued = Issued {
             root,
+            spiffe_id: leaf.spiffe_id.clone(),
             not_before: leaf.not_before,
             not_after: leaf.not_after,
         };
@@ -145,12 +203,18 @@ impl ServingTls {
         let (tls, issued) = Self::build(&self.identity, roots)?;
         self.config.store(Arc::new(tls));
         tracing::info!(
-            identity = %self.identity.spiffe_id,
+            identity = %issued.spiffe_id,
             root = %issued.root,
             "serving a certificate from the issuing root"
         );
         *self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = issued;
         Ok(())
+    }
+
+    /// Whether the certificate names another SPIFFE ID than its [`Subject`] names now (the
+    /// Mesh's trust domain changed): it should be reissued.
+    pub fn identity_moved(&self) -> bool {
+        self.issued().spiffe_id != self.identity.spiffe_id.get()
     }
 
     /// The certificate served now.
@@ -214,6 +278,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let issued = Issued {
             root: "r".into(),
+            spiffe_id: "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator".into(),
             not_before: t0,
             not_after: t0 + Duration::from_secs(3000),
         };

@@ -299,11 +299,15 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServingTls>, webhooks: Arc<We
 
 /// When the certificate must be reissued: `Some(why)` when it is due for renewal at `now`, or
 /// when issuing moved to another root that the API server already trusts (`published`: the
-/// roots in the webhooks' `caBundle`; `None` when there are no configurations to wait for).
+/// roots in the webhooks' `caBundle`; `None` when there are no configurations to wait for), or
+/// when the operator's identity moved to the Mesh's new trust domain (`identity_moved`) and
+/// the issuing root is trusted (a certificate from a root the API server does not trust yet
+/// would break the webhooks).
 pub fn reissue_reason(
     issued: &crate::serving::Issued,
     issuing: Option<&str>,
     published: Option<&[String]>,
+    identity_moved: bool,
     now: SystemTime,
 ) -> Option<&'static str> {
     if now >= issued.renew_at() {
@@ -311,20 +315,29 @@ pub fn reissue_reason(
     }
     let issuing = issuing?;
     let trusted = published.is_none_or(|roots| roots.iter().any(|r| r == issuing));
-    (issuing != issued.root && trusted).then_some("issuing moved to a root the API server trusts")
+    if !trusted {
+        return None;
+    }
+    if issuing != issued.root {
+        return Some("issuing moved to a root the API server trusts");
+    }
+    identity_moved.then_some("the Mesh's trust domain changed, and the operator's identity with it")
 }
 
-/// Keep the webhooks' certificate current: reissued before it expires, and after a root
-/// rotation once the `caBundle` holds the new root; `renewed` hears why each time (the
-/// operator makes it an event on the Mesh). Runs until the task is dropped.
+/// Keep the webhooks' certificate current: reissued before it expires, after a root rotation
+/// once the `caBundle` holds the new root, and after a change of the Mesh's trust domain (looked
+/// at on every change of the index, `changed`); `renewed` hears why each time (the operator
+/// makes it an event on the Mesh). Runs until the task is dropped.
 pub async fn keep_certificate_current(
     tls: Arc<ServingTls>,
     roots: Arc<MeshRoots>,
     mut published: watch::Receiver<super::ca_bundle::Published>,
+    mut changed: watch::Receiver<u64>,
     clock: Arc<dyn crate::ca::Clock>,
     renewed: impl Fn(&'static str) + Send,
 ) {
     let mut bundle = roots.bundle();
+    let mut index_open = true;
     loop {
         let issued = tls.issued();
         let wait = issued
@@ -337,6 +350,8 @@ pub async fn keep_certificate_current(
             _ = tokio::time::sleep(wait) => {}
             r = bundle.changed() => if r.is_err() { return },
             r = published.changed() => if r.is_err() { return },
+            // The index outliving the webhooks is not theirs to require: without it, renewals go on.
+            r = changed.changed(), if index_open => index_open = r.is_ok(),
         }
         let reason = {
             let published = published.borrow();
@@ -344,6 +359,7 @@ pub async fn keep_certificate_current(
                 &tls.issued(),
                 issuing_root(&roots).as_deref(),
                 published.roots.as_deref(),
+                tls.identity_moved(),
                 clock.now(),
             )
         };
@@ -366,6 +382,42 @@ mod tests {
     use super::*;
     use crate::serving::Issued;
 
+    /// [`keep_certificate_current`] running on a certificate, with no webhook configurations to
+    /// wait for: what it announces, and the index's change announcements.
+    struct Kept {
+        task: tokio::task::JoinHandle<()>,
+        announced: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+        changed: watch::Sender<u64>,
+        _published: watch::Sender<crate::admission::ca_bundle::Published>,
+    }
+
+    impl Kept {
+        fn start(tls: &Arc<ServingTls>, roots: Arc<MeshRoots>, clock: Arc<crate::ca::ManualClock>) -> Kept {
+            let (published_tx, published) = watch::channel(crate::admission::ca_bundle::Published {
+                roots: None,
+                current: true,
+            });
+            let (changed_tx, changed) = watch::channel(0u64);
+            let (tx, announced) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(keep_certificate_current(
+                tls.clone(),
+                roots,
+                published,
+                changed,
+                clock,
+                move |why| {
+                    let _ = tx.send(why);
+                },
+            ));
+            Kept {
+                task,
+                announced,
+                changed: changed_tx,
+                _published: published_tx,
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_renewal_reissues_in_place_and_is_announced() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
@@ -387,20 +439,8 @@ mod tests {
             .expect("serving certificate"),
         );
         let first = tls.issued();
-        let (_published_tx, published) = watch::channel(crate::admission::ca_bundle::Published {
-            roots: None,
-            current: true,
-        });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(keep_certificate_current(
-            tls.clone(),
-            roots,
-            published,
-            clock.clone(),
-            move |why| {
-                let _ = tx.send(why);
-            },
-        ));
+        let mut kept = Kept::start(&tls, roots, clock.clone());
+        let (task, rx) = (&kept.task, &mut kept.announced);
         // Not yet due: nothing happens for a minute.
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert!(rx.try_recv().is_err());
@@ -452,17 +492,87 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let issued = Issued {
             root: "old".into(),
+            spiffe_id: "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator".into(),
             not_before: t0,
             not_after: t0 + Duration::from_secs(3000),
         };
         let early = t0 + Duration::from_secs(10);
-        assert_eq!(reissue_reason(&issued, Some("old"), None, early), None);
-        assert!(reissue_reason(&issued, Some("old"), None, t0 + Duration::from_secs(2000)).is_some());
+        assert_eq!(reissue_reason(&issued, Some("old"), None, false, early), None);
+        assert!(reissue_reason(&issued, Some("old"), None, false, t0 + Duration::from_secs(2000)).is_some());
         // A rotation: not before the caBundle holds the new root.
         let only_old = vec!["old".to_string()];
         let both = vec!["old".to_string(), "new".to_string()];
-        assert_eq!(reissue_reason(&issued, Some("new"), Some(&only_old), early), None);
-        assert!(reissue_reason(&issued, Some("new"), Some(&both), early).is_some());
-        assert!(reissue_reason(&issued, Some("new"), None, early).is_some());
+        assert_eq!(
+            reissue_reason(&issued, Some("new"), Some(&only_old), false, early),
+            None
+        );
+        assert!(reissue_reason(&issued, Some("new"), Some(&both), false, early).is_some());
+        assert!(reissue_reason(&issued, Some("new"), None, false, early).is_some());
+        // A trust domain change: at once from a trusted root, never from one the API server
+        // does not trust yet.
+        assert!(reissue_reason(&issued, Some("old"), Some(&only_old), true, early).is_some());
+        assert_eq!(reissue_reason(&issued, Some("new"), Some(&only_old), true, early), None);
+    }
+
+    fn mesh(trust_domain: &str) -> index::Object {
+        index::Object::Mesh(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "mesh.trellis.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
+                "spec": {"trustDomain": trust_domain},
+            }))
+            .expect("a Mesh"),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trust_domain_change_reissues_the_certificate_in_the_new_domain_and_is_announced() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = Arc::new(crate::ca::ManualClock::new(t0));
+        let root = crate::ca::SigningCert::self_signed_root("cluster.local", Duration::from_secs(3650 * 86400), t0)
+            .expect("root");
+        let roots = Arc::new(MeshRoots::new(root, Duration::from_secs(3600), clock.clone()));
+        let index: index::Shared = Arc::new(std::sync::RwLock::new(index::Index::default()));
+        let apply = |o: index::Object| index.write().unwrap().apply(index::Change::Applied(o));
+        apply(mesh("cluster.local"));
+        let domains = crate::trust_domain::Source::index(index.clone(), "cluster.local");
+        let tls = Arc::new(
+            ServingTls::new(
+                crate::serving::Identity {
+                    spiffe_id: crate::serving::Subject::service_account(domains, "trellis-system", "trellis-operator"),
+                    dns_names: vec!["localhost".into()],
+                    ttl: Duration::from_secs(7 * 86400),
+                    client_auth: crate::serving::ClientAuth::None,
+                    alpn: vec![],
+                },
+                &roots,
+            )
+            .expect("serving certificate"),
+        );
+        assert_eq!(
+            tls.issued().spiffe_id,
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator"
+        );
+        let mut kept = Kept::start(&tls, roots, clock.clone());
+        let (task, rx, changed_tx) = (&kept.task, &mut kept.announced, &kept.changed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(rx.try_recv().is_err(), "nothing changed, nothing reissued");
+        // The Mesh moves to prod.example: the index announces it, the certificate follows at
+        // once (not at the next minute's look), and says why.
+        apply(mesh("prod.example"));
+        changed_tx.send_replace(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some("the Mesh's trust domain changed, and the operator's identity with it")
+        );
+        assert_eq!(
+            tls.issued().spiffe_id,
+            "spiffe://prod.example/ns/trellis-system/sa/trellis-operator"
+        );
+        // Once: other changes of the index reissue nothing.
+        changed_tx.send_replace(2);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(rx.try_recv().is_err());
+        task.abort();
     }
 }

@@ -199,11 +199,12 @@ pub fn requested_root(
 
 /// Watch the CA Secret and start a rotation when it asks for one; the leader writes the Secret
 /// back when a rotation starts (and, through [`persist`], when it ends) and recreates it when it
-/// is deleted. Runs until the watch ends.
+/// is deleted. A root it generates is named after the trust domain `trust_domains` names then
+/// (the Mesh's, live). Runs until the watch ends.
 pub async fn watch(
     client: Client,
     namespace: String,
-    trust_domain: String,
+    trust_domains: crate::trust_domain::Source,
     root_ttl: Duration,
     roots: Arc<MeshRoots>,
     leadership: Leadership,
@@ -244,7 +245,7 @@ pub async fn watch(
             }
         };
         let leading = leadership.is_leader();
-        match requested_root(&secret, &roots, &trust_domain, root_ttl, leading) {
+        match requested_root(&secret, &roots, trust_domains.get().domain(), root_ttl, leading) {
             Ok(None) => {}
             Ok(Some(root)) => {
                 let fp = root.fingerprint().to_string();
