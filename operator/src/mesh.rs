@@ -515,7 +515,8 @@ impl MeshStatusExt for Mesh {
             for (reason, note) in conditions::ca_transitions(previous, next) {
                 self.publish(ctx, EventType::Normal, reason, "RotateRoot", note).await?;
             }
-            for (reason, note) in trust_domain::transitions(previous, next) {
+            let kept = self.spec.trust_domain_aliases.as_deref().unwrap_or_default();
+            for (reason, note) in trust_domain::transitions(previous, next, kept) {
                 self.publish(ctx, EventType::Normal, reason, "ChangeTrustDomain", note)
                     .await?;
             }

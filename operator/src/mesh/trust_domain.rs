@@ -70,10 +70,12 @@ pub fn progress(trust_domain: &str, previous: &[String], served: &BTreeMap<Strin
 
 /// The events of a trust domain change between the status the Mesh holds and the next one:
 /// started (the domain certificates are issued in changed), finished (no previous domain is an
-/// alias any more). `(reason, note)` pairs, in that order.
+/// alias any more, but those the user keeps: `kept`, `spec.trustDomainAliases`, which the notes
+/// say stay aliases). `(reason, note)` pairs, in that order.
 pub fn transitions(
     previous: Option<&CertificateAuthorityStatus>,
     next: &CertificateAuthorityStatus,
+    kept: &[String],
 ) -> Vec<(&'static str, String)> {
     let Some(previous) = previous else {
         return Vec::new();
@@ -83,12 +85,16 @@ pub fn transitions(
         return out;
     };
     let changing = |s: &CertificateAuthorityStatus| s.previous_trust_domains.as_ref().is_some_and(|p| !p.is_empty());
+    let is_kept = |td: &str| kept.iter().any(|k| k == td);
     if from != to {
+        let alias = if is_kept(from) {
+            format!("{from} stays an alias of it (spec.trustDomainAliases)")
+        } else {
+            format!("{from} is an alias of it until every connected proxy serves a certificate in {to}")
+        };
         out.push((
             "TrustDomainChangeStarted",
-            format!(
-                "spec.trustDomain changed from {from} to {to}: certificates are issued in {to}; {from} is an alias of it until every connected proxy serves a certificate in {to}"
-            ),
+            format!("spec.trustDomain changed from {from} to {to}: certificates are issued in {to}; {alias}"),
         ));
     }
     if (from != to || changing(previous)) && !changing(next) {
@@ -98,14 +104,18 @@ pub fn transitions(
             .flatten()
             .chain((from != to).then_some(from))
             .collect();
-        let old: Vec<&str> = old.into_iter().map(String::as_str).collect();
-        out.push((
-            "TrustDomainChangeFinished",
-            format!(
-                "every connected proxy serves a certificate in {to}; {} is no longer an alias",
-                old.join(", ")
-            ),
-        ));
+        let (stay, dropped): (Vec<&str>, Vec<&str>) = old.into_iter().map(String::as_str).partition(|td| is_kept(td));
+        let mut note = format!("every connected proxy serves a certificate in {to}");
+        if !dropped.is_empty() {
+            note.push_str(&format!("; {} is no longer an alias", dropped.join(", ")));
+        }
+        if !stay.is_empty() {
+            note.push_str(&format!(
+                "; {} stays an alias (spec.trustDomainAliases)",
+                stay.join(", ")
+            ));
+        }
+        out.push(("TrustDomainChangeFinished", note));
     }
     out
 }
@@ -183,14 +193,14 @@ mod tests {
     #[test]
     fn a_change_is_announced_when_it_starts_and_when_it_finishes() {
         let reasons = |p: Option<&CertificateAuthorityStatus>, n: &CertificateAuthorityStatus| {
-            transitions(p, n).into_iter().map(|(r, _)| r).collect::<Vec<_>>()
+            transitions(p, n, &[]).into_iter().map(|(r, _)| r).collect::<Vec<_>>()
         };
         let before = ca("old.example", &[]);
         let changing = ca("new.example", &["old.example"]);
         let done = ca("new.example", &[]);
         assert!(reasons(None, &changing).is_empty(), "a first status is no transition");
         assert!(reasons(Some(&before), &before).is_empty());
-        let started = transitions(Some(&before), &changing);
+        let started = transitions(Some(&before), &changing, &[]);
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].0, "TrustDomainChangeStarted");
         assert!(
@@ -199,7 +209,7 @@ mod tests {
             started[0].1
         );
         assert!(reasons(Some(&changing), &changing).is_empty());
-        let finished = transitions(Some(&changing), &done);
+        let finished = transitions(Some(&changing), &done, &[]);
         assert_eq!(finished.len(), 1);
         assert_eq!(finished[0].0, "TrustDomainChangeFinished");
         assert!(
@@ -211,6 +221,41 @@ mod tests {
         assert_eq!(
             reasons(Some(&before), &done),
             ["TrustDomainChangeStarted", "TrustDomainChangeFinished"]
+        );
+    }
+
+    #[test]
+    fn a_previous_domain_the_user_keeps_is_said_to_stay_an_alias() {
+        let kept = ["old.example".to_string()];
+        let before = ca("old.example", &[]);
+        let changing = ca("new.example", &["old.example"]);
+        let done = ca("new.example", &[]);
+        let started = transitions(Some(&before), &changing, &kept);
+        assert!(
+            started[0]
+                .1
+                .contains("old.example stays an alias of it (spec.trustDomainAliases)"),
+            "{}",
+            started[0].1
+        );
+        let finished = transitions(Some(&changing), &done, &kept);
+        assert_eq!(finished.len(), 1);
+        assert!(
+            finished[0]
+                .1
+                .contains("old.example stays an alias (spec.trustDomainAliases)")
+                && !finished[0].1.contains("no longer"),
+            "{}",
+            finished[0].1
+        );
+        // One kept, one not: each said for what it is.
+        let two = ca("new.example", &["old.example", "older.example"]);
+        let finished = transitions(Some(&two), &done, &kept);
+        assert!(
+            finished[0].1.contains("older.example is no longer an alias")
+                && finished[0].1.contains("old.example stays an alias"),
+            "{}",
+            finished[0].1
         );
     }
 }
