@@ -13,6 +13,7 @@
 //! TRELLIS_E2E_KUBECONFIG=$HOME/.kube/config cargo nextest run -p trellis-e2e --test first_light
 //! ```
 
+pub mod mesh;
 pub mod observability;
 pub mod sampling;
 pub mod sync;
@@ -552,6 +553,35 @@ impl Background {
     pub fn finish(self) -> Vec<(Instant, Result<Answer, String>)> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap_or_default()
+    }
+
+    /// Stops, and fails unless at least 20 requests were sent during `what` and none failed
+    /// (an error, or a status of 400 or more); returns how many were sent.
+    pub fn finish_without_failure(self, what: &str) -> anyhow::Result<usize> {
+        self.finish_expecting(what, "with a status below 400", |a| a.status < 400)
+    }
+
+    /// Stops, and fails unless at least 20 requests were sent during `what` and every one was
+    /// answered as `ok` says (`expected` in words); returns how many were sent.
+    pub fn finish_expecting(self, what: &str, expected: &str, ok: impl Fn(&Answer) -> bool) -> anyhow::Result<usize> {
+        let log = self.finish();
+        let other: Vec<String> = log
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Ok(a) if ok(a) => None,
+                Ok(a) => Some(format!("{}: {}", a.status, String::from_utf8_lossy(&a.body))),
+                Err(e) => Some(e.clone()),
+            })
+            .collect();
+        ensure!(log.len() >= 20, "only {} requests were sent during {what}", log.len());
+        ensure!(
+            other.is_empty(),
+            "{} of {} requests during {what} were not answered {expected}: {:?}",
+            other.len(),
+            log.len(),
+            &other[..other.len().min(5)]
+        );
+        Ok(log.len())
     }
 }
 

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
-use trellis_e2e::suite::{Background, Http, Target, failures, steps, wait_for};
+use trellis_e2e::suite::mesh::{self, condition};
+use trellis_e2e::suite::{Http, Target, steps, wait_for};
 use trellis_manifests::demo;
 
 const SYSTEM: &str = trellis_api::mesh::SYSTEM_NAMESPACE;
@@ -34,37 +35,7 @@ const ROLLOUT: Duration = Duration::from_secs(300);
 const TAKEOVER: Duration = Duration::from_secs(15);
 
 fn step<T>(t: &Target, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let started = Instant::now();
-    eprintln!("[lifecycle] {name} ...");
-    let out = f().map_err(|e| {
-        eprintln!(
-            "[lifecycle] {name}: FAILED: {e:#}\n{}\n--- Mesh\n{}",
-            t.diagnose(),
-            t.kubectl_ok(&["get", "mesh", "default", "-o", "yaml"], None)
-                .unwrap_or_else(|e| e.to_string())
-        );
-        e
-    });
-    let out = out.with_context(|| format!("step `{name}` failed"))?;
-    eprintln!("[lifecycle] {name}: ok in {:.1?}", started.elapsed());
-    Ok(out)
-}
-
-fn mesh(t: &Target) -> anyhow::Result<Value> {
-    t.get_json(&["mesh", "default"])
-}
-
-fn condition<'a>(mesh: &'a Value, type_: &str) -> Option<&'a Value> {
-    mesh["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn patch_mesh(t: &Target, spec: Value) -> anyhow::Result<()> {
-    let patch = json!({"spec": spec}).to_string();
-    t.kubectl_ok(&["patch", "mesh", "default", "--type", "merge", "-p", &patch], None)?;
-    Ok(())
+    mesh::step(t, "lifecycle", name, f)
 }
 
 /// A workload the rollout should bring along: `Kind/name` in the shop.
@@ -232,7 +203,7 @@ fn follow_rollout(
     let deadline = Instant::now() + ROLLOUT;
     let mut seen: Vec<Seen> = Vec::new();
     loop {
-        let m = mesh(t)?;
+        let m = mesh::get(t)?;
         let r = &m["status"]["rollout"];
         if r["targetImage"] == target {
             let now = Seen::of(r);
@@ -320,24 +291,6 @@ fn pods_run(t: &Target, image: &str, workloads: usize) -> anyhow::Result<Option<
     Ok((meshed >= workloads).then_some(()))
 }
 
-/// The Mesh's events with `reason` (kubectl's core/v1 view), each note with its count.
-fn mesh_events(t: &Target, reason: &str) -> anyhow::Result<Vec<(String, u64)>> {
-    let events = t.get_json(&["events", "-A"])?;
-    Ok(events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["involvedObject"]["kind"] == "Mesh" && e["reason"] == reason)
-        .map(|e| {
-            let count = e["series"]["count"]
-                .as_u64()
-                .or_else(|| e["count"].as_u64())
-                .unwrap_or(1);
-            (e["message"].as_str().unwrap_or_default().to_string(), count)
-        })
-        .collect())
-}
-
 /// Whether an event note is about wave `n` ("wave 2: ...", "wave 2 (canaries): ...",
 /// "wave 2 is healthy ...").
 fn about_wave(note: &str, n: usize) -> bool {
@@ -363,21 +316,6 @@ fn ca_root(t: &Target) -> anyhow::Result<(String, bool)> {
         .context("Secret trellis-ca has no ca.crt")?
         .to_string();
     Ok((root, !secret["data"]["previous-ca.crt"].is_null()))
-}
-
-/// Stops the load and fails on any failed request.
-fn no_failed_request(load: Background, what: &str) -> anyhow::Result<usize> {
-    let log = load.finish();
-    let failed = failures(log.iter().map(|(_, a)| a));
-    ensure!(log.len() >= 20, "only {} requests were sent during {what}", log.len());
-    ensure!(
-        failed.is_empty(),
-        "{} of {} requests failed during {what}: {:?}",
-        failed.len(),
-        log.len(),
-        &failed[..failed.len().min(5)]
-    );
-    Ok(log.len())
 }
 
 #[test]
@@ -443,7 +381,7 @@ fn mesh_is_ready(t: &Target) -> anyhow::Result<()> {
         "Mesh default Ready with its data plane up to date",
         steps::READY,
         || {
-            let m = mesh(t)?;
+            let m = mesh::get(t)?;
             let ready = condition(&m, "Ready").is_some_and(|c| c["status"] == "True");
             let up_to_date = condition(&m, "DataPlaneUpToDate").is_some_and(|c| c["status"] == "True");
             let synced = m["status"]["observedGeneration"] == m["metadata"]["generation"];
@@ -530,7 +468,7 @@ fn roll(
         .collect::<anyhow::Result<_>>()?;
     let load = http.background(api, Vec::new());
     let result = (|| {
-        patch_mesh(
+        mesh::patch_spec(
             t,
             json!({"versions": {"proxy": target}, "rollout": {"batchSize": batch, "pause": "3s", "progressDeadline": "4m"}}),
         )?;
@@ -540,7 +478,7 @@ fn roll(
         })?;
         Ok::<_, anyhow::Error>(seen)
     })();
-    let sent = no_failed_request(load, &format!("the rollout to {target}"));
+    let sent = load.finish_without_failure(&format!("the rollout to {target}"));
     let seen = result?;
     let sent = sent?;
     check_waves(&seen, workloads, batch)?;
@@ -559,7 +497,7 @@ fn roll(
         );
     }
     let m = wait_for("DataPlaneUpToDate after the rollout", Duration::from_secs(60), || {
-        let m = mesh(t)?;
+        let m = mesh::get(t)?;
         Ok(condition(&m, "DataPlaneUpToDate")
             .is_some_and(|c| c["status"] == "True")
             .then_some(m))
@@ -574,8 +512,8 @@ fn roll(
             .all(|v| v["image"] == target),
         "status.dataPlane.versions still shows another image in the shop: {versions}"
     );
-    let started = mesh_events(t, "RolloutWaveStarted")?;
-    let finished = mesh_events(t, "RolloutWaveFinished")?;
+    let started = mesh::events(t, "RolloutWaveStarted")?;
+    let finished = mesh::events(t, "RolloutWaveFinished")?;
     for n in 1..=workloads.len().div_ceil(batch) {
         for (what, events) in [("started", &started), ("finished", &finished)] {
             let count: u64 = events
@@ -606,7 +544,7 @@ fn broken_release_rolls_back(t: &Target, http: &Http, api: &str, workloads: &[Wo
         .collect::<anyhow::Result<_>>()?;
     let load = http.background(api, Vec::new());
     let result = (|| {
-        patch_mesh(
+        mesh::patch_spec(
             t,
             json!({"versions": {"proxy": broken}, "rollout": {"batchSize": 2, "pause": "3s", "progressDeadline": "20s"}}),
         )?;
@@ -625,7 +563,7 @@ fn broken_release_rolls_back(t: &Target, http: &Http, api: &str, workloads: &[Wo
             return Err(e);
         }
     };
-    let m = mesh(t)?;
+    let m = mesh::get(t)?;
     let failure = &m["status"]["rollout"]["failure"];
     let failed = failure["workload"].as_str().unwrap_or_default();
     ensure!(
@@ -647,7 +585,7 @@ fn broken_release_rolls_back(t: &Target, http: &Http, api: &str, workloads: &[Wo
         degraded["status"] == "True" && degraded["reason"] == "RolloutFailed",
         "Degraded: {degraded}"
     );
-    let events = mesh_events(t, "RolloutRolledBack")?;
+    let events = mesh::events(t, "RolloutRolledBack")?;
     ensure!(
         events
             .iter()
@@ -673,7 +611,7 @@ fn broken_release_rolls_back(t: &Target, http: &Http, api: &str, workloads: &[Wo
             w.resource()
         );
     }
-    let sent = no_failed_request(load, "the broken rollout and its rollback")?;
+    let sent = load.finish_without_failure("the broken rollout and its rollback")?;
     eprintln!(
         "[lifecycle]   rolled back {first_wave:?} after {failed} failed: {}; {sent} requests, none failed",
         failure["message"]
@@ -690,7 +628,7 @@ fn follow_rollout_until_rolled_back(
     let deadline = Instant::now() + ROLLOUT;
     let mut seen: Vec<Seen> = Vec::new();
     loop {
-        let m = mesh(t)?;
+        let m = mesh::get(t)?;
         let r = &m["status"]["rollout"];
         if r["targetImage"] == broken {
             let now = Seen::of(r);
@@ -759,7 +697,7 @@ fn leader_killed_mid_rollout(t: &Target, http: &Http, api: &str, workloads: &[Wo
         after == root && !rotating,
         "the mesh root changed or a rotation started when the leader changed"
     );
-    let m = mesh(t)?;
+    let m = mesh::get(t)?;
     let phase = &m["status"]["certificateAuthority"]["rotationPhase"];
     ensure!(phase == "Stable", "the CA is in rotation phase {phase}");
     Ok(())
