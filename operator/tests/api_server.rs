@@ -69,6 +69,10 @@ async fn eventually(index: &Arc<RwLock<Index>>, what: &str, cond: impl Fn(&Index
 /// while to start), the operator's client holding exactly its installed RBAC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_cluster() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let cluster = Target::acquire_objects_only().expect("the cluster starts");
     apply_crds(&cluster);
     cluster
@@ -169,21 +173,44 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
         );
     }
     // The operator's namespace is the root namespace: its policies without a selector apply
-    // to every proxy, here payment's in shop.
-    let pod = get(&[
-        "-n",
-        "shop",
-        "get",
-        "pods",
-        "-l",
-        "app=payment",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    // to every proxy, here payment's in shop. The pod is one the registry knows: on upstream
+    // the replica scaled away above can still be listed, Terminating (the kubelet is slow to
+    // confirm under load), and the operator serves no pod that is being deleted.
+    let listed: serde_json::Value =
+        serde_json::from_str(&get(&["-n", "shop", "get", "pods", "-l", "app=payment", "-o", "json"])).unwrap();
+    let pod = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .expect("a payment pod that is not being deleted")
+        .to_string();
     let dir = tempfile::tempdir().unwrap();
     let settings = support::shop_proxy(cluster, dir.path(), op.push_addr.port(), "payment", &pod, &op.root_pem);
     let (proxy, control) = support::mesh_proxy(settings).await;
-    until("payment's proxy is configured", 30, || proxy.runtime().is_ready()).await;
+    for _ in 0..600 {
+        if proxy.runtime().is_ready() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if !proxy.runtime().is_ready() {
+        let (_, syncz) = support::http_get(op.admin_addr, "/debug/syncz").await;
+        let pods = get(&["-n", "shop", "get", "pods", "-o", "wide"]);
+        let issued = std::fs::read_dir(dir.path().join("identity"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        panic!(
+            "timed out after 30s: payment's proxy ({pod}) is configured: configured {}, rejection {:?}, identity files {issued:?}\nsyncz: {syncz}\npods:\n{pods}",
+            proxy.runtime().snapshot().config.version,
+            proxy.runtime().last_rejection().map(|r| r.error),
+        );
+    }
     let inbound = proxy.runtime().snapshot().config.inbound.clone();
     assert_eq!(
         inbound.mtls.mode,
