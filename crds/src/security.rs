@@ -13,6 +13,12 @@ use serde_with::skip_serializing_none;
 use crate::schema::{preserve_unknown_object, unsupported};
 use crate::status::ConfigStatus;
 
+mod key_sets;
+pub use key_sets::{
+    DISCOVERY_FRAGMENT, DISCOVERY_PATH, KeySource, discoverable, discovered_issuer, discovery_document,
+    jwks_uri_from_discovery,
+};
+
 /// API group of the security kinds.
 pub const GROUP: &str = "security.trellis.dev";
 
@@ -141,7 +147,9 @@ pub struct JwtRule {
     pub issuer: String,
     /// Accepted audiences (`aud`); a token needs one of them. Empty: any audience.
     pub audiences: Option<Vec<String>>,
-    /// URL of the issuer's JSON Web Key Set; the operator fetches it (http or https).
+    /// URL of the issuer's JSON Web Key Set; the operator fetches it (http or https). With
+    /// neither this nor `jwks`, the operator discovers it from the issuer's OpenID Connect
+    /// configuration (`<issuer>/.well-known/openid-configuration`).
     #[schemars(length(min = 1, max = 2048))]
     pub jwks_uri: Option<String>,
     /// The JSON Web Key Set itself, inline (at most 64 KiB and 32 keys).

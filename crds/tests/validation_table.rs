@@ -1585,13 +1585,8 @@ fn cases() -> Vec<Case> {
             json!("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"},{\"kty\":\"oct\",\"k\":\"AQAB\"}]}"),
             "keys[1]: key type \"oct\" is not supported",
         ),
-        err_at(
-            Ra,
-            "spec.jwtRules[0].jwks",
-            d(),
-            "spec.jwtRules[0]",
-            "set jwks (the key set inline) or jwksUri",
-        ),
+        // Without jwks (and jwksUri), the keys are discovered from the issuer, a URL here.
+        ok(Ra, "spec.jwtRules[0].jwks", d()),
         err(
             Ra,
             "spec.jwtRules[0].outputClaimToHeaders[0].header",
@@ -1665,13 +1660,38 @@ fn cases() -> Vec<Case> {
             "spec.jwtRules[0]",
             "only one of jwks or jwksUri",
         ),
-        // Discovering the keys from the issuer (OpenID Connect) stays refused.
+        // Neither jwks nor jwksUri: the keys are discovered from the issuer (OpenID Connect),
+        // which must then be an http(s) URL without query or fragment.
+        ok(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://issuer.example/realms/shop/"}),
+        ),
+        ok(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "http://keycloak.auth.svc.cluster.local:8080/realms/shop"}),
+        ),
         err_at(
             Ra,
             "spec.jwtRules[0]",
-            json!({"issuer": "https://issuer.example"}),
+            json!({"issuer": "testing@secure.istio.io"}),
+            "spec.jwtRules[0].issuer",
+            "the operator discovers the keys from the issuer (OpenID Connect",
+        ),
+        err_at(
+            Ra,
             "spec.jwtRules[0]",
-            "(OpenID Connect) is not supported by Trellis yet",
+            json!({"issuer": "https://issuer.example/?tenant=a"}),
+            "spec.jwtRules[0].issuer",
+            "has a query or fragment",
+        ),
+        err_at(
+            Ra,
+            "spec.jwtRules[0]",
+            json!({"issuer": "https://user:pw@issuer.example"}),
+            "spec.jwtRules[0].issuer",
+            "carries credentials",
         ),
         err_at(
             Ap,

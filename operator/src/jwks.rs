@@ -12,7 +12,9 @@
 //! - [`usable`] (pure): what a fetch brought, checked by the one key-set parser
 //!   (`trellis_contract::jwt::parse_jwks`), reduced to the keys it accepts, in a canonical
 //!   order.
-//! - [`fetch`]: the I/O edge, one GET over HTTPS (rustls with the system roots) or HTTP.
+//! - [`fetch`]: the I/O edge, one GET over HTTPS (rustls with the system roots) or HTTP; for a
+//!   rule with neither `jwks` nor `jwksUri`, OpenID Connect discovery first (the issuer's
+//!   `/.well-known/openid-configuration`, then its `jwks_uri`), as Istio does.
 //! - [`run`]: the loop around them.
 //!
 //! # Guarantees
@@ -34,8 +36,9 @@
 //! # Caveats
 //! - `http://` URIs are fetched as Istio fetches them (an in-cluster issuer, say); the key set
 //!   then travels unauthenticated. Prefer `https://`.
-//! - No HTTP proxy (`HTTPS_PROXY`) is used, and OpenID Connect discovery from the issuer is not
-//!   supported by Trellis yet (the validator says so).
+//! - No HTTP proxy (`HTTPS_PROXY`) is used.
+//! - A discovered key set is kept under the discovery document's URL: a provider that moves its
+//!   `jwks_uri` is followed at the next refresh.
 
 pub mod cache;
 pub mod fetch;
@@ -46,7 +49,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use trellis_api::security::RequestAuthentication;
+use trellis_api::security::{KeySource, RequestAuthentication};
 use trellis_contract::jwt::parse_jwks;
 
 pub use cache::{Cache, State, Transition};
@@ -101,14 +104,15 @@ impl Default for Options {
     }
 }
 
-/// Every `jwksUri` named by a rule without inline `jwks`, with the longest timeout of the
-/// rules naming it (an invalid or missing timeout counts as the default; the validator refuses
-/// those).
+/// Every key set to fetch: each `jwksUri` named by a rule without inline `jwks`, and each
+/// issuer to discover from (a rule with neither; [`KeySource::fetch_key`]), with the longest
+/// timeout of the rules naming it (an invalid or missing timeout counts as the default; the
+/// validator refuses those).
 pub fn wanted<'a>(policies: impl IntoIterator<Item = &'a RequestAuthentication>) -> BTreeMap<String, Duration> {
     let mut out: BTreeMap<String, Duration> = BTreeMap::new();
     for p in policies {
         for r in p.spec.jwt_rules.iter().flatten() {
-            let Some(uri) = r.jwks_uri.as_ref().filter(|_| r.jwks.is_none()) else {
+            let Some(uri) = KeySource::of(r).fetch_key() else {
                 continue;
             };
             let timeout = r
@@ -118,7 +122,7 @@ pub fn wanted<'a>(policies: impl IntoIterator<Item = &'a RequestAuthentication>)
                 .filter(|t| !t.is_zero())
                 .unwrap_or(DEFAULT_TIMEOUT)
                 .min(Duration::from_secs(60));
-            let e = out.entry(uri.clone()).or_insert(timeout);
+            let e = out.entry(uri).or_insert(timeout);
             *e = (*e).max(timeout);
         }
     }
@@ -173,7 +177,7 @@ pub async fn run(
         for (uri, timeout) in cache.due(now(), free) {
             let fetcher = fetcher.clone();
             fetches.spawn(async move {
-                let result = fetcher.get(&uri, timeout).await.and_then(|body| usable(&body));
+                let result = fetcher.key_set(&uri, timeout).await.and_then(|body| usable(&body));
                 (uri, result)
             });
         }
@@ -246,7 +250,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wanted_uris_take_the_longest_timeout_and_skip_inline_keys() {
+    fn wanted_uris_take_the_longest_timeout_skip_inline_keys_and_discover_from_url_issuers() {
         let ras: Vec<RequestAuthentication> = serde_yaml_ng::from_str::<Vec<RequestAuthentication>>(
             "
 - apiVersion: security.trellis.dev/v1alpha1
@@ -264,6 +268,8 @@ mod tests {
     jwtRules:
     - {issuer: i1, jwksUri: 'https://x/keys', timeout: 2s}
     - {issuer: i4, jwksUri: 'https://y/keys', timeout: 90s}
+    - {issuer: 'https://idp.example/', timeout: 3s}
+    - {issuer: 'not-a-url'}
 ",
         )
         .unwrap();
@@ -273,6 +279,10 @@ mod tests {
             BTreeMap::from([
                 ("https://x/keys".to_string(), DEFAULT_TIMEOUT),
                 ("https://y/keys".to_string(), Duration::from_secs(60)),
+                (
+                    "https://idp.example/.well-known/openid-configuration#trellis-oidc-discovery".to_string(),
+                    Duration::from_secs(3)
+                ),
             ])
         );
     }

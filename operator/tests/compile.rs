@@ -962,6 +962,28 @@ spec:
         c.config.inbound.jwt[1].jwks_unavailable.as_deref(),
         Some("https://accounts.example/jwks.json?<redacted>: HTTP 503")
     );
+    // Neither jwks nor jwksUri: the keys the operator discovered from the issuer (OpenID
+    // Connect) are found under the issuer's discovery document.
+    let discovering = yaml.replace("      jwksUri: https://accounts.example/jwks.json\n", "");
+    assert_ne!(discovering, yaml, "the fixture names the jwksUri on its own line");
+    let mut snap = Snapshot::from_yaml(&discovering).unwrap();
+    let c = compile(&snap, &key, Role::Sidecar, "v1").unwrap();
+    assert_eq!(
+        c.config.inbound.jwt[1].jwks_unavailable.as_deref(),
+        Some("https://accounts.example/.well-known/openid-configuration: not fetched yet")
+    );
+    snap.jwks.insert(
+        "https://accounts.example/.well-known/openid-configuration#trellis-oidc-discovery".into(),
+        FetchedJwks::Keys(jwks.into()),
+    );
+    let c = compile(&snap, &key, Role::Sidecar, "v1").unwrap();
+    assert_eq!(
+        (
+            c.config.inbound.jwt[1].jwks.as_str(),
+            c.config.inbound.jwt[1].jwks_unavailable.as_deref()
+        ),
+        (jwks, None)
+    );
     // Gateways get the mesh-wide rule too.
     let gw = compiled(&yaml, "trellis-system", "ingress-1", Role::Gateway);
     assert_eq!(gw.config.inbound.jwt.len(), 1);

@@ -2,7 +2,8 @@
 //! certificate from a test CA, trusted through the fetcher's injected root store): the key set
 //! reaches the index (and so the compiler) once, again only when it changes, is kept when a
 //! refresh fails, and every limit — size, timeout, redirects, untrusted servers, answers that
-//! are no key set — leaves the issuer without keys (its tokens get 401), saying why.
+//! are no key set — leaves the issuer without keys (its tokens get 401), saying why. A rule
+//! with neither jwks nor jwksUri has its keys discovered from the issuer (OpenID Connect).
 
 mod support;
 
@@ -274,6 +275,16 @@ impl Operator {
     }
 }
 
+/// A schedule of fractions of a second: refreshed every 200 ms, retried after 100 ms.
+fn quick() -> Options {
+    Options {
+        refresh: Duration::from_millis(200),
+        retry_first: Duration::from_millis(100),
+        retry_max: Duration::from_millis(200),
+        ..Options::default()
+    }
+}
+
 #[tokio::test]
 async fn fetched_over_https_refreshed_pushed_only_on_change_and_kept_when_a_refresh_fails() {
     let pki = pki();
@@ -283,12 +294,7 @@ async fn fetched_over_https_refreshed_pushed_only_on_change_and_kept_when_a_refr
     let op = operator(
         request_authentication("jwt", &[(&uri, "2s")]),
         &pki.root,
-        Options {
-            refresh: Duration::from_millis(200),
-            retry_first: Duration::from_millis(100),
-            retry_max: Duration::from_millis(200),
-            ..Options::default()
-        },
+        quick(),
     );
 
     until("the key set is fetched", 10, || op.keys(&uri) == ["one"]).await;
@@ -414,4 +420,88 @@ async fn every_limit_leaves_the_issuer_without_keys_and_says_why() {
         "{d:#?}"
     );
     assert_eq!(op.metrics.jwks_fetches("success"), 1);
+}
+
+/// A RequestAuthentication in `shop` whose one rule names only its `issuer`.
+fn discovered(name: &str, issuer: &str) -> RequestAuthentication {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "security.trellis.dev/v1alpha1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"jwtRules": [{"issuer": issuer, "timeout": "2s"}]},
+    }))
+    .unwrap()
+}
+
+/// A rule with neither `jwks` nor `jwksUri`: the operator reads the issuer's OpenID Connect
+/// discovery document, fetches the `jwks_uri` it names (on another path, as providers do), and
+/// follows the provider when it moves its keys. A document for another issuer, or naming no
+/// `jwks_uri`, leaves the issuer without keys and says why, on the rule's `issuer` field.
+#[tokio::test]
+async fn keys_are_discovered_from_the_issuer_by_openid_connect() {
+    let pki = pki();
+    let server = Server::start(Some(&pki)).await;
+    let issuer = server.uri("/realms/shop");
+    let document = |jwks_uri: &str| {
+        Answer::Json(
+            200,
+            serde_json::json!({"issuer": issuer, "jwks_uri": jwks_uri, "authorization_endpoint": format!("{issuer}/auth")})
+                .to_string(),
+        )
+    };
+    server.set(
+        "/realms/shop/.well-known/openid-configuration",
+        document(&server.uri("/certs/v1")),
+    );
+    server.set("/certs/v1", Answer::Json(200, key_set(&[RSA_1])));
+    let op = operator(
+        discovered("oidc", &format!("{issuer}/")),
+        &pki.root,
+        quick(),
+    );
+    let key = format!("{issuer}/.well-known/openid-configuration#trellis-oidc-discovery");
+    until("the key set is discovered and fetched", 10, || op.keys(&key) == ["one"]).await;
+    // The provider moves its keys: followed at the next refresh.
+    server.set(
+        "/realms/shop/.well-known/openid-configuration",
+        document(&server.uri("/certs/v2")),
+    );
+    server.set("/certs/v2", Answer::Json(200, key_set(&[RSA_2])));
+    until("the moved key set is fetched", 10, || op.keys(&key) == ["two"]).await;
+
+    // A document for another issuer is not trusted: after a good fetch, the keys go stale.
+    server.set(
+        "/realms/shop/.well-known/openid-configuration",
+        Answer::Json(
+            200,
+            serde_json::json!({"issuer": "https://evil.example", "jwks_uri": server.uri("/certs/v2")}).to_string(),
+        ),
+    );
+    until("the foreign document is refused", 10, || op.stale(&key).is_some()).await;
+    let why = op.stale(&key).unwrap();
+    assert!(why.contains("is for issuer \"https://evil.example\""), "{why}");
+    let d = op.diagnostics();
+    assert!(
+        d.iter().any(|d| d.code == Code::JwksStale
+            && d.resource == "RequestAuthentication shop/oidc"
+            && d.message.starts_with("spec.jwtRules[0].issuer ")
+            && d.message.contains("/realms/shop/.well-known/openid-configuration\"")
+            && !d.message.contains("#trellis")),
+        "{d:#?}"
+    );
+
+    // An issuer whose discovery document names no jwks_uri never gets keys.
+    let bare = Server::start(Some(&pki)).await;
+    bare.set(
+        "/.well-known/openid-configuration",
+        Answer::Json(200, serde_json::json!({"issuer": bare.uri("")}).to_string()),
+    );
+    let op = operator(discovered("bare", &bare.uri("")), &pki.root, Options::default());
+    let key = format!(
+        "{}/.well-known/openid-configuration#trellis-oidc-discovery",
+        bare.uri("")
+    );
+    until("the document is read", 10, || op.unavailable(&key).is_some()).await;
+    let why = op.unavailable(&key).unwrap();
+    assert!(why.contains("names no jwks_uri; set jwksUri in the rule"), "{why}");
 }

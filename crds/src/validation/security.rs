@@ -144,22 +144,33 @@ pub(super) fn request_authentication(spec: &RequestAuthenticationSpec, f: &mut F
     }
 }
 
-/// Where a rule's keys come from: inline `jwks` (parsed here, as the proxy parses it) or
-/// `jwksUri` (fetched by the operator).
+/// Where a rule's keys come from: inline `jwks` (parsed here, as the proxy parses it),
+/// `jwksUri` (fetched by the operator), or with neither the issuer's OpenID Connect discovery
+/// (the issuer must then be a URL; [`KeySource`]).
 fn jwt_keys(p: &str, r: &JwtRule, f: &mut Findings) {
     match (&r.jwks, &r.jwks_uri) {
         (Some(_), Some(_)) => f.error(format!("{p}.jwks"), "set only one of jwks or jwksUri"),
-        (None, None) => f.error(
-            p,
-            "set jwks (the key set inline) or jwksUri (the operator fetches it); discovering keys from the issuer (OpenID Connect) is not supported by Trellis yet",
-        ),
+        (None, None) => {
+            if let Err(why) = discoverable(&r.issuer) {
+                f.error(
+                    format!("{p}.issuer"),
+                    format!(
+                        "{:?} {why}: with neither jwks nor jwksUri the operator discovers the keys from the issuer (OpenID Connect, ISSUER/.well-known/openid-configuration); set jwks (the key set inline) or jwksUri (the operator fetches it), or write the issuer as the provider's https:// URL",
+                        r.issuer
+                    ),
+                );
+            }
+        }
         (Some(jwks), None) => match parse_jwks(jwks) {
             Ok(set) => {
                 for skipped in set.skipped {
                     f.warn(format!("{p}.jwks"), format!("{skipped}: the key is left out"));
                 }
             }
-            Err(e) => f.error(format!("{p}.jwks"), format!("{e}; paste the issuer's public JSON Web Key Set")),
+            Err(e) => f.error(
+                format!("{p}.jwks"),
+                format!("{e}; paste the issuer's public JSON Web Key Set"),
+            ),
         },
         (None, Some(uri)) => {
             if let Err(why) = parse_jwks_uri(uri) {

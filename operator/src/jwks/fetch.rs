@@ -1,6 +1,7 @@
 //! The I/O edge of [`super`]: one GET of a `jwksUri` over HTTPS (rustls, the system's roots
 //! or roots a test injects) or plain HTTP, within the rule's timeout and the key-set size
-//! limit, following no redirect.
+//! limit, following no redirect; for a discovered key set, the issuer's discovery document
+//! first (the same limits), then the `jwks_uri` it names.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use trellis_api::security::{JwksUri, parse_jwks_uri};
+use trellis_api::security::{JwksUri, discovered_issuer, discovery_document, jwks_uri_from_discovery, parse_jwks_uri};
 use trellis_contract::jwt::MAX_JWKS_BYTES;
 
 /// Fetches key sets. Cheap to clone.
@@ -76,6 +77,27 @@ impl Fetcher {
                 super::cache::human(timeout)
             )),
         }
+    }
+
+    /// The key set kept under `key` ([`trellis_api::security::KeySource::fetch_key`]): the
+    /// `jwksUri` fetched, or for an issuer, its OpenID Connect discovery document fetched and
+    /// then the `jwks_uri` it names, each within `timeout`. The reason names the step that failed.
+    pub async fn key_set(&self, key: &str, timeout: Duration) -> Result<String, String> {
+        let Some(issuer) = discovered_issuer(key) else {
+            return self.get(key, timeout).await;
+        };
+        let document = discovery_document(issuer);
+        let body = self
+            .get(&document, timeout)
+            .await
+            .map_err(|why| format!("OpenID Connect discovery at {document}: {why}"))?;
+        let jwks_uri = jwks_uri_from_discovery(issuer, &body).map_err(|why| format!("{document}: {why}"))?;
+        self.get(&jwks_uri, timeout).await.map_err(|why| {
+            format!(
+                "the key set {} named by {document}: {why}",
+                trellis_api::security::jwks_uri_for_display(&jwks_uri)
+            )
+        })
     }
 
     async fn get_target(&self, t: &JwksUri) -> Result<String, String> {

@@ -15,6 +15,7 @@ use super::{Ctx, DNS_DOMAIN, Diagnostic, Role, cluster, inbound, outbound, resol
 use crate::code::Code;
 use crate::registry::{ObjectKey, Workload};
 use crate::snapshot::{FetchedJwks, Snapshot};
+use trellis_api::security::KeySource;
 
 /// A proxy that does not exist, standing where a resource applies.
 fn proxy(namespace: &str, labels: BTreeMap<String, String>) -> Workload {
@@ -148,22 +149,28 @@ fn key_sets(snapshot: &Snapshot) -> Vec<Diagnostic> {
     for ra in &snapshot.request_authentications {
         let resource = super::resource("RequestAuthentication", &ra.metadata);
         for (i, r) in ra.spec.jwt_rules.iter().flatten().enumerate() {
-            let Some(uri) = r.jwks_uri.as_deref().filter(|_| r.jwks.is_none()) else {
+            let source = KeySource::of(r);
+            let Some(key) = source.fetch_key() else {
                 continue;
             };
-            let shown = trellis_api::security::jwks_uri_for_display(uri);
-            let (code, message) = match (snapshot.jwks.get(uri), snapshot.jwks_stale.get(uri)) {
+            // A discovered key set shows as the issuer's discovery document.
+            let at = format!(
+                "spec.jwtRules[{i}].{} {:?}",
+                source.field(),
+                trellis_api::security::jwks_uri_for_display(&key)
+            );
+            let (code, message) = match (snapshot.jwks.get(&key), snapshot.jwks_stale.get(&key)) {
                 (Some(FetchedJwks::Unavailable(why)), _) => (
                     Code::JwksUnavailable,
                     format!(
-                        "spec.jwtRules[{i}].jwksUri {shown:?}: no key set ({why}); tokens of issuer {:?} are refused (401) until a fetch succeeds",
+                        "{at}: no key set ({why}); tokens of issuer {:?} are refused (401) until a fetch succeeds",
                         r.issuer
                     ),
                 ),
                 (Some(FetchedJwks::Keys(_)), Some(why)) => (
                     Code::JwksStale,
                     format!(
-                        "spec.jwtRules[{i}].jwksUri {shown:?}: the last refresh failed ({why}); proxies keep the keys of the last successful fetch"
+                        "{at}: the last refresh failed ({why}); proxies keep the keys of the last successful fetch"
                     ),
                 ),
                 _ => continue,

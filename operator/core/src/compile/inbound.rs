@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use trellis_api::security::{self as api, AuthzAction as ApiAction, MtlsMode as ApiMode, PeerAuthentication};
+use trellis_api::security::{
+    self as api, AuthzAction as ApiAction, KeySource, MtlsMode as ApiMode, PeerAuthentication,
+};
 use trellis_contract::{
     self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
     ConnectionPool, Endpoint, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener, ListenerDirection,
@@ -296,19 +298,20 @@ pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::Jw
     for p in policies {
         let res = resource("RequestAuthentication", &p.metadata);
         for (i, r) in p.spec.jwt_rules.iter().flatten().enumerate() {
-            let (jwks, jwks_unavailable) = match (&r.jwks, &r.jwks_uri) {
-                (Some(inline), _) => (inline.clone(), None),
-                (None, Some(uri)) => {
+            let source = KeySource::of(r);
+            let (jwks, jwks_unavailable) = match (source, source.fetch_key()) {
+                (KeySource::Inline(inline), _) => (inline.to_string(), None),
+                (_, Some(key)) => {
                     // The proxies show this in /config_dump: never the URL's query.
-                    let shown = trellis_api::security::jwks_uri_for_display(uri);
-                    match ctx.snapshot.jwks.get(uri) {
+                    let shown = trellis_api::security::jwks_uri_for_display(&key);
+                    match ctx.snapshot.jwks.get(&key) {
                         Some(FetchedJwks::Keys(k)) => (k.clone(), None),
                         Some(FetchedJwks::Unavailable(why)) => (String::new(), Some(format!("{shown}: {why}"))),
                         None => (String::new(), Some(format!("{shown}: not fetched yet"))),
                     }
                 }
                 // The validator refuses a rule without keys; such a rule accepts no token.
-                (None, None) => (String::new(), Some("the rule names no key set".to_string())),
+                _ => (String::new(), Some("the rule names no key set".to_string())),
             };
             out.push(c::JwtProvider {
                 source: format!("{res} jwtRules[{i}]"),
