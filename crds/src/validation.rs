@@ -17,6 +17,8 @@ mod mesh;
 mod networking;
 mod security;
 mod structural;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 

@@ -8,13 +8,19 @@
 //! [`Rules`] keeps, per kind, the tree of the schema nodes that have rules ([`Site`]s) and the
 //! paths to them; each site's rules are compiled against the site's schema with the
 //! descendants' rules stripped and the subtrees that convert alike without their schema left
-//! out, so evaluating a site converts its value once and evaluates only its own rules.
+//! out, so evaluating a site converts its value once and evaluates only its own rules. A site
+//! whose rules all read nothing but which fields are present (most of Trellis' rules: "not
+//! supported", "not both", "at most one of") answers them from the mapping's keys, without
+//! kube-cel ([`presence`]); kube-cel still evaluates them on a value that is not a mapping.
 //!
 //! # Guarantees
 //! The errors are kube-cel's for the whole object (same rules, same CEL values, same field
-//! paths): a test compares both on objects that break every rule of every kind. Schemas with a
+//! paths): a test compares both on objects that break every rule of every kind, another the
+//! presence rules with kube-cel for every set of the fields they name. Schemas with a
 //! `default` (none of Trellis' CRDs has one) are evaluated by kube-cel's own walk, since
 //! defaulting can create the very fields a rule looks at.
+
+mod presence;
 
 use std::collections::HashSet;
 
@@ -36,14 +42,63 @@ pub(super) enum Rules {
 /// A schema node on the way to rules: its own rules, and its children that have rules below.
 #[derive(Debug)]
 pub(super) struct Site {
-    /// This node's rules, compiled with the node's schema as [`for_rules_here`] makes it.
-    here: Option<CompiledSchema>,
+    /// This node's rules.
+    here: Option<Here>,
     properties: Vec<(String, Site)>,
     items: Option<Box<Site>>,
     /// The schema of map values, with the declared properties (never walked as map values).
     additional: Option<(Box<Site>, HashSet<String>)>,
     /// `allOf`, `oneOf`, `anyOf` branches: the same value at the same path.
     branches: Vec<Site>,
+}
+
+/// The rules of one schema node.
+#[derive(Debug)]
+struct Here {
+    /// Compiled with the node's schema as [`for_rules_here`] makes it.
+    compiled: CompiledSchema,
+    /// The same rules, when every one of them reads only which fields are present: evaluated
+    /// on a mapping without kube-cel (see [`presence`]).
+    presence: Option<Vec<PresenceRule>>,
+}
+
+/// A rule [`presence::Test`] evaluates, with what kube-cel reports when it is broken.
+#[derive(Debug)]
+struct PresenceRule {
+    test: presence::Test,
+    /// kube-cel's path for the rule evaluated at the node on its own: its `fieldPath`, or empty.
+    path: String,
+    /// Its `message`, or kube-cel's `failed rule: <rule>`.
+    message: String,
+}
+
+impl PresenceRule {
+    /// `rules` (a node's `x-kubernetes-validations`), when each is a presence rule with nothing
+    /// kube-cel would read besides its rule, message, field path and reason.
+    fn all(rules: &[Value]) -> Option<Vec<PresenceRule>> {
+        rules
+            .iter()
+            .map(|rule| {
+                let rule = rule.as_object()?;
+                let known = ["rule", "message", "fieldPath", "reason"];
+                if !rule.keys().all(|k| known.contains(&k.as_str())) {
+                    return None;
+                }
+                let optional = |key: &str| match rule.get(key) {
+                    None | Some(Value::Null) => Some(None),
+                    Some(Value::String(s)) => Some(Some(s.clone())),
+                    Some(_) => None,
+                };
+                let text = rule.get("rule")?.as_str()?;
+                let message = optional("message")?.unwrap_or_else(|| format!("failed rule: {text}"));
+                Some(PresenceRule {
+                    test: presence::Test::parse(text)?,
+                    path: optional("fieldPath")?.unwrap_or_default(),
+                    message,
+                })
+            })
+            .collect()
+    }
 }
 
 /// One broken rule: its field path (kube-cel's, e.g. `spec.http[0].delegate`) and message.
@@ -88,8 +143,11 @@ impl Site {
         let here = schema
             .get(RULES)
             .and_then(Value::as_array)
-            .is_some_and(|r| !r.is_empty())
-            .then(|| compile_schema(&for_rules_here(schema)));
+            .filter(|r| !r.is_empty())
+            .map(|rules| Here {
+                compiled: compile_schema(&for_rules_here(schema)),
+                presence: PresenceRule::all(rules),
+            });
         let declared = schema.get("properties").and_then(Value::as_object);
         let properties: Vec<(String, Site)> = declared
             .into_iter()
@@ -128,13 +186,25 @@ impl Site {
 
     /// Evaluate the rules at and under `value`, found at `path`, in kube-cel's order.
     fn check(&self, cel: &Validator, value: &Value, path: &str, out: &mut Vec<Broken>) {
-        if let Some(here) = &self.here
-            && let Err(errors) = cel.validate_compiled(here, value, None)
-        {
-            out.extend(errors.into_vec().into_iter().map(|e| Broken {
-                path: under(path, &e.field_path),
-                message: e.message,
-            }));
+        if let Some(here) = &self.here {
+            match (&here.presence, value.as_object()) {
+                (Some(rules), Some(object)) => {
+                    // why: kube-cel would copy the value, convert the copy and open a scope
+                    // for it, to answer which keys the mapping holds.
+                    out.extend(rules.iter().filter(|r| !r.test.holds(object)).map(|r| Broken {
+                        path: under(path, &r.path),
+                        message: r.message.clone(),
+                    }));
+                }
+                _ => {
+                    if let Err(errors) = cel.validate_compiled(&here.compiled, value, None) {
+                        out.extend(errors.into_vec().into_iter().map(|e| Broken {
+                            path: under(path, &e.field_path),
+                            message: e.message,
+                        }));
+                    }
+                }
+            }
         }
         if let Some(object) = value.as_object() {
             for (name, site) in &self.properties {
@@ -272,49 +342,98 @@ fn has_key(schema: &Value, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::testing::{filled, mistyped};
     use serde_json::json;
 
-    /// An object with every field of `schema` set (lists and maps of two), so every rule is
-    /// evaluated and the `!has(...)` and "at most one of" rules are broken.
-    fn filled(schema: &Value) -> Value {
-        if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
-            return first.clone();
-        }
-        let flag = |k: &str| schema.get(k).and_then(Value::as_bool) == Some(true);
-        if flag("x-kubernetes-int-or-string") {
-            return json!(8080);
-        }
-        match schema.get("type").and_then(Value::as_str) {
-            Some("object") => {
-                let mut out = Map::new();
-                for (name, s) in schema
-                    .get("properties")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                {
-                    out.insert(name.clone(), filled(s));
+    /// Every schema node of `schema` with rules.
+    fn nodes_with_rules<'a>(schema: &'a Value, out: &mut Vec<&'a Value>) {
+        match schema {
+            Value::Object(node) => {
+                if node.get(RULES).and_then(Value::as_array).is_some_and(|r| !r.is_empty()) {
+                    out.push(schema);
                 }
-                if let Some(values) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-                    out.insert("x-first".into(), filled(values));
-                    out.insert("second.key".into(), filled(values));
-                }
-                Value::Object(out)
+                node.iter()
+                    .filter(|(k, _)| *k != RULES)
+                    .for_each(|(_, v)| nodes_with_rules(v, out));
             }
-            Some("array") => {
-                let item = schema.get("items").map(filled).unwrap_or(json!("x"));
-                json!([item.clone(), item])
-            }
-            Some("integer") => json!(3),
-            Some("number") => json!(0.5),
-            Some("boolean") => json!(true),
-            _ => match schema.get("format").and_then(Value::as_str) {
-                Some("date-time") => json!("2026-12-06T00:00:00Z"),
-                Some("duration") => json!("1s"),
-                Some("byte") => json!("eA=="),
-                _ => json!("x"),
-            },
+            Value::Array(items) => items.iter().for_each(|i| nodes_with_rules(i, out)),
+            _ => {}
         }
+    }
+
+    /// The fields a presence test names.
+    fn named(test: &presence::Test, out: &mut Vec<String>) {
+        use presence::Test;
+        match test {
+            Test::Has(f) => out.push(f.clone()),
+            Test::Not(t) => named(t, out),
+            Test::And(a, b) | Test::Or(a, b) => {
+                named(a, out);
+                named(b, out);
+            }
+            Test::Count { fields, .. } => out.extend(fields.iter().cloned()),
+        }
+    }
+
+    #[test]
+    fn presence_rules_break_what_kube_cel_breaks_for_every_set_of_the_fields_they_name() {
+        let cel = Validator::new();
+        let (mut native, mut left_to_cel) = (0, 0);
+        for crd in crate::crd::all() {
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref();
+            let schema = serde_json::to_value(schema).unwrap();
+            let mut nodes = Vec::new();
+            nodes_with_rules(&schema, &mut nodes);
+            for node in nodes {
+                let Some(rules) = PresenceRule::all(node[RULES].as_array().unwrap()) else {
+                    left_to_cel += 1;
+                    continue;
+                };
+                native += rules.len();
+                let compiled = compile_schema(&for_rules_here(node));
+                let mut fields = Vec::new();
+                rules.iter().for_each(|r| named(&r.test, &mut fields));
+                fields.sort();
+                fields.dedup();
+                let full = filled(node);
+                for set in 0..1u32 << fields.len() {
+                    let mut object = full.as_object().cloned().unwrap_or_default();
+                    for (i, field) in fields.iter().enumerate() {
+                        if set & (1 << i) == 0 {
+                            object.shift_remove(field);
+                        } else if !object.contains_key(field) {
+                            object.insert(field.clone(), json!("x"));
+                        }
+                    }
+                    let mut mine: Vec<Broken> = rules
+                        .iter()
+                        .filter(|r| !r.test.holds(&object))
+                        .map(|r| Broken {
+                            path: r.path.clone(),
+                            message: r.message.clone(),
+                        })
+                        .collect();
+                    mine.sort();
+                    let object = Value::Object(object);
+                    assert_eq!(
+                        mine,
+                        whole(&cel, &compiled, &object),
+                        "{}: {object}",
+                        crd.spec.names.kind
+                    );
+                }
+            }
+        }
+        // Every rule but the Mesh's that compare values.
+        assert!(
+            native >= 30 && left_to_cel >= 1,
+            "{native} presence rules, {left_to_cel} nodes left to CEL"
+        );
     }
 
     fn whole(cel: &Validator, compiled: &CompiledSchema, object: &Value) -> Vec<Broken> {
@@ -367,7 +486,9 @@ mod tests {
             assert!(matches!(rules, Rules::Sites(_)), "{kind}: no defaults, so sites");
             let compiled = compile_schema(&schema);
             let full = filled(&schema);
-            let mut objects = vec![full.clone(), json!({}), json!({"spec": {}})];
+            // Also the filled object with each mapping in a list made a string: rules evaluated
+            // on values that are not mappings (left to kube-cel).
+            let mut objects = vec![full.clone(), mistyped(&full), json!({}), json!({"spec": {}})];
             objects.extend(
                 demo.iter()
                     .filter_map(|d| d.content.clone().ok())
