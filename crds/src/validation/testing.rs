@@ -64,3 +64,67 @@ pub(crate) fn mistyped(value: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// Every object one edit away from `value`, each with the JSON pointer of the edit: each value
+/// made null, each scalar given another type and another value of its type, each field
+/// removed, an unknown field added to each mapping, each list emptied and given an item more,
+/// each mapping and list made a string.
+pub(crate) fn edits(value: &Value, at: &str, out: &mut Vec<(String, Value)>) {
+    let mut at_least = |v: Value| out.push((at.to_string(), v));
+    at_least(Value::Null);
+    match value {
+        Value::Bool(b) => {
+            at_least(json!(!b));
+            at_least(json!("true"));
+        }
+        Value::Number(n) => {
+            at_least(json!(n.as_f64().unwrap_or_default() * 1000.0 + 70_000.0));
+            at_least(json!(-1));
+            at_least(json!(1.5));
+            at_least(json!("5"));
+        }
+        Value::String(s) => {
+            at_least(json!(format!("{s}-X.Y z")));
+            at_least(json!(""));
+            at_least(json!("x".repeat(300)));
+            at_least(json!(5));
+        }
+        Value::Array(items) => {
+            at_least(json!([]));
+            at_least(json!("a list"));
+            let mut longer = items.clone();
+            longer.push(items.last().cloned().unwrap_or(json!("x")));
+            at_least(Value::Array(longer));
+            for (i, item) in items.iter().enumerate() {
+                edits(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(fields) => {
+            at_least(json!("a mapping"));
+            let mut wider = fields.clone();
+            wider.insert("unknownField".into(), json!("x"));
+            at_least(Value::Object(wider));
+            for (name, field) in fields {
+                let mut narrower = fields.clone();
+                narrower.shift_remove(name);
+                out.push((at.to_string(), Value::Object(narrower)));
+                edits(
+                    field,
+                    &format!("{at}/{}", name.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        Value::Null => {}
+    }
+}
+
+/// `value` with the value at `pointer` replaced by `with`.
+pub(crate) fn edited(value: &Value, pointer: &str, with: Value) -> Value {
+    let mut out = value.clone();
+    match out.pointer_mut(pointer) {
+        Some(slot) => *slot = with,
+        None => return with,
+    }
+    out
+}
