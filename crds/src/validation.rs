@@ -348,6 +348,10 @@ fn finish(f: Findings) -> Vec<Finding> {
 }
 
 fn typed<T: DeserializeOwned>(obj: &Value, f: &mut Findings, check: impl FnOnce(&T, &mut Findings)) {
+    // why: tracking the path costs as much as decoding again; it is needed only for the error.
+    if let Ok(o) = T::deserialize(obj) {
+        return check(&o, f);
+    }
     match serde_path_to_error::deserialize::<_, T>(obj) {
         Ok(o) => check(&o, f),
         Err(e) => {
