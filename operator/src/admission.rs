@@ -63,6 +63,116 @@ pub struct Review {
 /// A decoded review, or why it could not be (with the request's uid when the body had one, so
 /// the answer is still a denial the API server matches to its request).
 pub fn review(body: &[u8]) -> Result<Review, (Option<String>, BadReview)> {
+    // why: an AdmissionReview as the API server sends it is decoded in one pass, its request
+    // straight into its fields; any body that pass does not take whole (not JSON, another
+    // version, a malformed object) is decoded again by `explained`, which says why.
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => envelope.review().map_or_else(|| explained(body), Ok),
+        Err(_) => explained(body),
+    }
+}
+
+/// An AdmissionReview body decoded in one pass: what [`explained`] accepts, field for field
+/// (the request's fields are `AdmissionRequest`'s, with the same defaults), the objects kept
+/// as JSON.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: Option<Value>,
+    kind: Option<Value>,
+    request: Option<Request>,
+    // why: decoding an `AdmissionReview` reads its response too: a body with one that does
+    // not decode is refused, here as there.
+    #[serde(default)]
+    #[allow(dead_code)]
+    response: Option<AdmissionResponse>,
+}
+
+/// `AdmissionRequest`'s fields, with the objects as JSON.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: String,
+    kind: kube::core::GroupVersionKind,
+    resource: kube::core::GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    request_kind: Option<kube::core::GroupVersionKind>,
+    #[serde(default)]
+    request_resource: Option<kube::core::GroupVersionResource>,
+    #[serde(default)]
+    request_sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: kube::core::admission::Operation,
+    user_info: k8s_openapi::api::authentication::v1::UserInfo,
+    object: Option<Value>,
+    old_object: Option<Value>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    options: Option<k8s_openapi::apimachinery::pkg::runtime::RawExtension>,
+}
+
+impl Envelope {
+    /// The review, when [`explained`] would decode the same one; `None` when it would refuse
+    /// the body (and say why).
+    fn review(self) -> Option<Review> {
+        let is = |v: &Option<Value>, want: &str| v.as_ref().and_then(Value::as_str) == Some(want);
+        if !is(&self.api_version, kube::core::admission::META_API_VERSION_V1)
+            || !is(&self.kind, kube::core::admission::META_KIND)
+        {
+            return None;
+        }
+        let r = self.request?;
+        for o in [&r.object, &r.old_object].into_iter().flatten() {
+            well_formed(o).ok()?;
+        }
+        let request = AdmissionRequest {
+            types: kube::core::TypeMeta {
+                api_version: kube::core::admission::META_API_VERSION_V1.to_string(),
+                kind: kube::core::admission::META_KIND.to_string(),
+            },
+            uid: r.uid,
+            kind: r.kind,
+            resource: r.resource,
+            sub_resource: r.sub_resource,
+            request_kind: r.request_kind,
+            request_resource: r.request_resource,
+            request_sub_resource: r.request_sub_resource,
+            name: r.name,
+            namespace: r.namespace,
+            operation: r.operation,
+            user_info: r.user_info,
+            object: None,
+            old_object: None,
+            dry_run: r.dry_run,
+            options: r.options,
+        };
+        Some(Review {
+            object: with_namespace(r.object, &request),
+            request,
+        })
+    }
+}
+
+/// `object` (none when null), with the request's namespace when it names none.
+fn with_namespace(object: Option<Value>, request: &AdmissionRequest<DynamicObject>) -> Option<Value> {
+    object.filter(|o| !o.is_null()).map(|mut o| {
+        if let (Some(ns), Some(meta)) = (&request.namespace, o.get_mut("metadata").and_then(Value::as_object_mut))
+            && !meta.contains_key("namespace")
+        {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        o
+    })
+}
+
+/// [`review`] step by step: each way a body can fail to be a review is said.
+fn explained(body: &[u8]) -> Result<Review, (Option<String>, BadReview)> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| (None, BadReview::NotJson(e.to_string())))?;
     let uid = value
         .pointer("/request/uid")
@@ -97,15 +207,10 @@ pub fn review(body: &[u8]) -> Result<Review, (Option<String>, BadReview)> {
     let request: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| (uid, BadReview::NotAReview("it has no request".into())))?;
-    let object = object.filter(|o| !o.is_null()).map(|mut o| {
-        if let (Some(ns), Some(meta)) = (&request.namespace, o.get_mut("metadata").and_then(Value::as_object_mut))
-            && !meta.contains_key("namespace")
-        {
-            meta.insert("namespace".into(), Value::String(ns.clone()));
-        }
-        o
-    });
-    Ok(Review { request, object })
+    Ok(Review {
+        object: with_namespace(object, &request),
+        request,
+    })
 }
 
 /// Whether `object` is what the API server sends as an object under admission: null, or a
@@ -225,6 +330,89 @@ mod tests {
         old["request"]["oldObject"] = json!([1]);
         let (_, why) = review(old.to_string().as_bytes()).unwrap_err();
         assert!(why.to_string().contains("request.oldObject: not a mapping"), "{why}");
+    }
+
+    /// The review as JSON (its request's type meta included), to compare two decodings.
+    fn decoded(r: &Review) -> Value {
+        json!({"types": serde_json::to_value(&r.request.types).unwrap(),
+               "request": serde_json::to_value(&r.request).unwrap(), "object": r.object})
+    }
+
+    #[test]
+    fn the_one_pass_decoding_gives_the_step_by_step_review_or_leaves_the_body_to_it() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "app:1"}]}});
+        let mut bodies = vec![
+            fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), pod.clone()),
+            fixtures::review(("", "v1", "Pod"), "pods", None, pod.clone()),
+            fixtures::review(
+                ("networking.trellis.dev", "v1alpha1", "VirtualService"),
+                "virtualservices",
+                Some("shop"),
+                json!({"apiVersion": "networking.trellis.dev/v1alpha1", "kind": "VirtualService",
+                       "metadata": {"name": "vs", "namespace": "other"}, "spec": {"hosts": ["a"]}}),
+            ),
+        ];
+        let mut update = bodies[0].clone();
+        update["request"]["operation"] = json!("UPDATE");
+        update["request"]["oldObject"] = pod.clone();
+        update["request"]["dryRun"] = json!(true);
+        update["request"]["subResource"] = json!("status");
+        update["request"]["userInfo"]["extra"] = json!({"scopes": ["a"]});
+        let mut delete = bodies[0].clone();
+        delete["request"]["operation"] = json!("DELETE");
+        delete["request"]["object"] = Value::Null;
+        let mut bare = bodies[0].clone();
+        for optional in [
+            "requestKind",
+            "requestResource",
+            "name",
+            "namespace",
+            "options",
+            "dryRun",
+            "oldObject",
+        ] {
+            bare["request"].as_object_mut().unwrap().remove(optional);
+        }
+        bodies.extend([update, delete, bare]);
+        for body in bodies {
+            let bytes = body.to_string().into_bytes();
+            let fast = serde_json::from_slice::<Envelope>(&bytes)
+                .ok()
+                .and_then(Envelope::review);
+            let fast = fast.unwrap_or_else(|| panic!("not decoded in one pass: {body}"));
+            let explained = explained(&bytes).unwrap();
+            assert_eq!(decoded(&fast), decoded(&explained), "{body}");
+            assert_eq!(decoded(&review(&bytes).unwrap()), decoded(&explained));
+        }
+
+        // Bodies the step-by-step decoding refuses are all left to it.
+        let mut refused: Vec<Value> = vec![
+            json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "u1"}}),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u2", "operation": 7}}),
+        ];
+        for (field, object) in [
+            ("object", json!("a pod")),
+            ("object", json!({"metadata": {"labels": 5}})),
+            ("oldObject", json!([1])),
+        ] {
+            let mut body = fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), pod.clone());
+            body["request"][field] = object;
+            refused.push(body);
+        }
+        let mut answered = fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), pod.clone());
+        answered["response"] = json!({"uid": 1});
+        refused.push(answered);
+        for body in refused {
+            let bytes = body.to_string().into_bytes();
+            assert!(explained(&bytes).is_err(), "{body}");
+            let fast = serde_json::from_slice::<Envelope>(&bytes)
+                .ok()
+                .and_then(Envelope::review);
+            assert!(fast.is_none(), "decoded in one pass: {body}");
+            assert_eq!(review(&bytes).unwrap_err(), explained(&bytes).unwrap_err());
+        }
     }
 
     #[test]
