@@ -230,6 +230,33 @@ fn well_formed(object: &Value) -> Result<(), String> {
     }
 }
 
+/// A webhook's answer before it is written: the response, and the JSON patch it carries, as the
+/// injector keeps it (the response's own `patch` is then empty).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The response.
+    pub response: AdmissionResponse,
+    /// Its patch.
+    pub patch: Option<inject::Patch>,
+}
+
+impl From<AdmissionResponse> for Reply {
+    fn from(response: AdmissionResponse) -> Reply {
+        Reply { response, patch: None }
+    }
+}
+
+impl Reply {
+    /// The response, its patch in it.
+    pub fn into_response(self) -> AdmissionResponse {
+        let mut response = self.response;
+        if let Some(patch) = self.patch {
+            response.patch = Some(patch.to_vec());
+        }
+        response
+    }
+}
+
 /// The response to a body [`review`] refused: a denial carrying the request's uid when there
 /// was one.
 pub fn refusal(uid: Option<String>, why: &BadReview) -> AdmissionResponse {

@@ -25,6 +25,9 @@
 //! millisecond; comparing a pod's JSON with a remembered one a few microseconds).
 
 pub mod memo;
+mod patch;
+
+pub use patch::Patch;
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
@@ -75,8 +78,8 @@ pub enum Decision {
 pub enum Answer {
     /// Mesh it with this JSON patch.
     Inject {
-        /// The JSON patch, serialized.
-        patch: Vec<u8>,
+        /// The JSON patch.
+        patch: Patch,
         /// The proxy image injected.
         image: String,
     },
@@ -86,8 +89,8 @@ pub enum Answer {
     Skip {
         /// Why.
         why: String,
-        /// The JSON patch adding [`SKIPPED_LABEL`], serialized; `None` when the pod has it.
-        patch: Option<Vec<u8>>,
+        /// The JSON patch adding [`SKIPPED_LABEL`]; `None` when the pod has it.
+        patch: Option<Patch>,
     },
     /// Refuse it.
     Deny {
@@ -102,10 +105,12 @@ impl Answer {
     /// `decision`, its patch serialized.
     pub fn of(decision: Decision) -> Answer {
         let serialized = |patch: &json_patch::Patch| {
-            serde_json::to_vec(patch).map_err(|e| Answer::Deny {
-                why: format!("the injection patch does not serialize: {e}"),
-                code: 500,
-            })
+            serde_json::to_vec(patch)
+                .and_then(Patch::new)
+                .map_err(|e| Answer::Deny {
+                    why: format!("the injection patch does not serialize: {e}"),
+                    code: 500,
+                })
         };
         match decision {
             Decision::Inject { patch, image } => match serialized(&patch) {
@@ -218,16 +223,23 @@ pub fn decide(
     Decision::Inject { patch, image }
 }
 
-/// The answer to one injection request, from `memo` when it decided the same pod before.
-///
-/// The index is read only for the namespace's labels and the Mesh, not held while deciding: a
-/// reader holding it keeps the index's writer waiting, and every review after it.
+/// The answer to one injection request, from `memo` when it decided the same pod before; its
+/// patch, if any, in the response's `patch`.
 pub fn respond(
     review: &super::Review,
     index: &RwLock<Index>,
     defaults: &Settings,
     memo: &memo::Memo,
 ) -> AdmissionResponse {
+    reply(review, index, defaults, memo).into_response()
+}
+
+/// The answer to one injection request, from `memo` when it decided the same pod before, its
+/// patch as the memo keeps it (what the server writes).
+///
+/// The index is read only for the namespace's labels and the Mesh, not held while deciding: a
+/// reader holding it keeps the index's writer waiting, and every review after it.
+pub fn reply(review: &super::Review, index: &RwLock<Index>, defaults: &Settings, memo: &memo::Memo) -> super::Reply {
     let request = &review.request;
     if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
         let why = format!(
@@ -236,13 +248,13 @@ pub fn respond(
             request.kind.group,
             request.kind.kind
         );
-        return super::deny(request, why, 400);
+        return super::deny(request, why, 400).into();
     }
     if request.operation != Operation::Create {
-        return AdmissionResponse::from(request);
+        return AdmissionResponse::from(request).into();
     }
     let Some(pod) = &review.object else {
-        return super::deny(request, "the CREATE request carries no pod", 400);
+        return super::deny(request, "the CREATE request carries no pod", 400).into();
     };
     let namespace = request.namespace.clone().unwrap_or_else(|| "default".into());
     let (namespace_labels, settings) = {
@@ -272,7 +284,7 @@ pub fn respond(
         }
         Answer::Unchanged(why) => {
             tracing::debug!(%who, %why, "admitted without injection");
-            AdmissionResponse::from(request)
+            AdmissionResponse::from(request).into()
         }
         Answer::Skip { why, patch } => {
             tracing::info!(%who, %why, dry_run = request.dry_run, "sidecar injection skipped");
@@ -280,26 +292,29 @@ pub fn respond(
             response.warnings = Some(vec![format!("{who} was admitted without a Trellis sidecar: {why}")]);
             match patch {
                 Some(patch) => patched(request, response, patch),
-                None => response,
+                None => response.into(),
             }
         }
         Answer::Deny { why, code } => {
             tracing::info!(%who, %why, "sidecar injection refused");
-            super::deny(request, format!("{who}: {why}"), *code)
+            super::deny(request, format!("{who}: {why}"), *code).into()
         }
     }
 }
 
-/// `response` with the JSON patch `patch` (serialized).
-fn patched(request: &AdmissionRequest<DynamicObject>, response: AdmissionResponse, patch: &[u8]) -> AdmissionResponse {
-    // why: kube sets the patch type only with a patch to serialize; the serialized one (kept by
-    // the memo) replaces the empty patch given for it.
+/// `response` with the JSON patch `patch`.
+fn patched(request: &AdmissionRequest<DynamicObject>, response: AdmissionResponse, patch: &Patch) -> super::Reply {
+    // why: kube sets the patch type only with a patch to serialize; the reply carries the patch
+    // itself (kept by the memo), not kube's copy of the empty one given for the type.
     match response.with_patch(json_patch::Patch(Vec::new())) {
         Ok(mut response) => {
-            response.patch = Some(patch.to_vec());
-            response
+            response.patch = None;
+            super::Reply {
+                response,
+                patch: Some(patch.clone()),
+            }
         }
-        Err(e) => super::deny(request, format!("the injection patch does not serialize: {e}"), 500),
+        Err(e) => super::deny(request, format!("the injection patch does not serialize: {e}"), 500).into(),
     }
 }
 

@@ -38,7 +38,7 @@ use trellis_manifests::install::webhooks::{INJECT_PATH, VALIDATE_PATH};
 use trellis_manifests::sidecar::Settings;
 
 use super::inject::memo::Memo;
-use super::{MAX_BODY_BYTES, refusal};
+use super::{MAX_BODY_BYTES, Reply, refusal};
 use crate::ca::MeshRoots;
 use crate::index;
 use crate::metrics::Metrics;
@@ -81,20 +81,60 @@ pub struct Answer {
 /// (kube serializes it as an array of numbers, which the API server also reads, but not every
 /// client does). The patch is encoded on its own: as a JSON value, each of its bytes would be
 /// a number of its own (thousands per injected pod).
-fn review_body(mut response: AdmissionResponse) -> Vec<u8> {
-    let patch = response.patch.take();
-    let mut review = serde_json::to_value(response.into_review()).unwrap_or(serde_json::Value::Null);
-    if let Some(patch) = patch
-        && let Some(answer) = review.get_mut("response").and_then(serde_json::Value::as_object_mut)
-    {
-        answer.insert(
-            "patch".into(),
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
+fn review_body(reply: impl Into<Reply>) -> Vec<u8> {
+    /// `AdmissionReview` with its response, as kube serializes it, and the patch last.
+    #[derive(serde::Serialize)]
+    struct Written<'a> {
+        #[serde(rename = "apiVersion")]
+        api_version: &'a str,
+        kind: &'a str,
+        response: WrittenResponse<'a>,
     }
-    serde_json::to_vec(&review).unwrap_or_else(|e| {
-        format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"","allowed":false,"status":{{"message":"the response does not serialize: {e}"}}}}}}"#).into_bytes()
-    })
+    #[derive(serde::Serialize)]
+    struct WrittenResponse<'a> {
+        #[serde(flatten)]
+        response: &'a AdmissionResponse,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<WrittenPatch<'a>>,
+    }
+    /// The patch's base64: as the injector keeps it, or encoded now.
+    enum WrittenPatch<'a> {
+        Kept(&'a serde_json::value::RawValue),
+        Encoded(String),
+    }
+    impl serde::Serialize for WrittenPatch<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                WrittenPatch::Kept(json) => serde::Serialize::serialize(json, s),
+                WrittenPatch::Encoded(base64) => s.serialize_str(base64),
+            }
+        }
+    }
+    // why: written in one pass (it was serialized into a JSON value, then the value into bytes),
+    // a kept patch as it is kept.
+    let Reply { mut response, patch } = reply.into();
+    let encoded = response
+        .patch
+        .take()
+        .map(|p| WrittenPatch::Encoded(base64::engine::general_purpose::STANDARD.encode(p)));
+    let review = Written {
+        api_version: &response.types.api_version,
+        kind: &response.types.kind,
+        response: WrittenResponse {
+            response: &response,
+            patch: patch.as_ref().map(|p| WrittenPatch::Kept(p.base64_json())).or(encoded),
+        },
+    };
+    let patch_size = match &review.response.patch {
+        Some(WrittenPatch::Kept(json)) => json.get().len(),
+        Some(WrittenPatch::Encoded(base64)) => base64.len() + 2,
+        None => 0,
+    };
+    let mut body = Vec::with_capacity(512 + patch_size);
+    match serde_json::to_writer(&mut body, &review) {
+        Ok(()) => body,
+        Err(e) => format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"","allowed":false,"status":{{"message":"the response does not serialize: {e}"}}}}}}"#).into_bytes(),
+    }
 }
 
 fn refused(status: StatusCode, why: impl std::fmt::Display) -> Answer {
@@ -192,18 +232,20 @@ impl Webhooks {
                 };
             }
         };
-        let response = match path {
-            VALIDATE_PATH => super::validate::respond(&review, &self.index),
-            INJECT_PATH => super::inject::respond(&review, &self.index, &self.defaults, &self.memo),
+        let reply = match path {
+            VALIDATE_PATH => super::validate::respond(&review, &self.index).into(),
+            INJECT_PATH => super::inject::reply(&review, &self.index, &self.defaults, &self.memo),
             other => super::deny(
                 &review.request,
                 format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
                 404,
-            ),
+            )
+            .into(),
         };
+        let response = &reply.response;
         let outcome = if !response.allowed {
             "denied"
-        } else if response.patch.is_some() {
+        } else if reply.patch.is_some() || response.patch.is_some() {
             "patched"
         } else if !response.warnings.as_ref().is_none_or(Vec::is_empty) {
             "warned"
@@ -212,7 +254,7 @@ impl Webhooks {
         };
         Answer {
             status: StatusCode::OK,
-            body: review_body(response),
+            body: review_body(reply),
             outcome,
         }
     }
@@ -485,6 +527,74 @@ mod tests {
             String::from_utf8_lossy(&fresh.body)
         );
         assert_eq!(remembered.body, decided.body, "the name is in neither answer");
+    }
+
+    /// The answer's body as it was written before `review_body` wrote it in one pass: the
+    /// review serialized to a JSON value, the patch added to it, the value to bytes.
+    fn review_body_through_a_value(mut response: AdmissionResponse) -> Vec<u8> {
+        let patch = response.patch.take();
+        let mut review = serde_json::to_value(response.into_review()).unwrap();
+        if let Some(patch) = patch {
+            review["response"].as_object_mut().unwrap().insert(
+                "patch".into(),
+                base64::engine::general_purpose::STANDARD.encode(patch).into(),
+            );
+        }
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    #[test]
+    fn answers_are_written_byte_for_byte_as_before() {
+        let body = crate::admission::fixtures::review(
+            ("", "v1", "Pod"),
+            "pods",
+            Some("shop"),
+            serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": []}}),
+        );
+        let review = crate::admission::review(body.to_string().as_bytes()).unwrap();
+        let allowed = AdmissionResponse::from(&review.request);
+        let mut warned = allowed.clone();
+        warned.warnings = Some(vec!["a \"quoted\" warning\nover two lines".into(), "ünïcode".into()]);
+        let patched = allowed
+            .clone()
+            .with_patch(json_patch::diff(
+                &serde_json::json!({"metadata": {}}),
+                &serde_json::json!({"metadata": {"labels": {"a": "b"}}}),
+            ))
+            .unwrap();
+        let mut patched_and_warned = patched.clone();
+        patched_and_warned.warnings = warned.warnings.clone();
+        let responses = [
+            allowed.clone(),
+            warned,
+            patched,
+            patched_and_warned,
+            crate::admission::deny(&review.request, "no: spec.containers is empty", 422),
+            refusal(None, &crate::admission::BadReview::NotJson("eof".into())),
+            refusal(
+                Some("u1".into()),
+                &crate::admission::BadReview::NotAReview("no request".into()),
+            ),
+        ];
+        for response in responses {
+            assert_eq!(
+                String::from_utf8(review_body(response.clone())).unwrap(),
+                String::from_utf8(review_body_through_a_value(response.clone())).unwrap()
+            );
+            // The same answer with its patch as the injector keeps it.
+            if let Some(bytes) = response.patch.clone() {
+                let mut without = response.clone();
+                without.patch = None;
+                let kept = Reply {
+                    response: without,
+                    patch: Some(crate::admission::inject::Patch::new(bytes).unwrap()),
+                };
+                assert_eq!(
+                    String::from_utf8(review_body(kept)).unwrap(),
+                    String::from_utf8(review_body_through_a_value(response)).unwrap()
+                );
+            }
+        }
     }
 
     #[test]

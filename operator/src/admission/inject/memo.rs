@@ -192,8 +192,8 @@ fn json_size(value: &impl serde::Serialize) -> usize {
 impl Answer {
     fn weight(&self) -> usize {
         match self {
-            Answer::Inject { patch, image } => patch.len() + image.len(),
-            Answer::Skip { why, patch } => why.len() + patch.as_ref().map_or(0, Vec::len),
+            Answer::Inject { patch, image } => patch.weight() + image.len(),
+            Answer::Skip { why, patch } => why.len() + patch.as_ref().map_or(0, super::Patch::weight),
             Answer::Unchanged(why) | Answer::Deny { why, .. } => why.len(),
         }
     }
