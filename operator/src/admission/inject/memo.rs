@@ -9,7 +9,9 @@
 //!   `decide`: the pod — all of it but [`PER_POD_FIELDS`] of its `metadata` —, the namespace, the
 //!   namespace's labels (all of them, or that the index has not seen it), the system namespaces
 //!   and the sidecar [`Settings`] (the Mesh's proxy image included). A hit compares the whole key,
-//!   never only its hash. `decide` carries the per-pod fields from its JSON before to its JSON
+//!   never only its hash. Pods are compared as written, field by field in their order: the API
+//!   server writes the pods of one template alike, and a twin written in another order is only
+//!   decided again, never answered wrongly. `decide` carries the per-pod fields from its JSON before to its JSON
 //!   after unchanged, so they never reach the patch (a JSON diff), and no message names them.
 //! - **Settings changes invalidate.** Every kept answer was decided with the same settings and
 //!   system namespaces; answering with other ones (a Mesh naming a new proxy image, a rollout
@@ -103,41 +105,63 @@ fn per_pod(field: &str) -> bool {
     PER_POD_FIELDS.contains(&field)
 }
 
-/// Hash the fields of `map` that `keep` keeps, in key order (as `Value`'s own hash does, so
-/// equal maps hash equally whatever their order), each value through `value`.
-fn hash_fields(
-    map: &serde_json::Map<String, Value>,
-    h: &mut DefaultHasher,
-    keep: impl Fn(&str) -> bool,
-    value: impl Fn(&str, &Value, &mut DefaultHasher),
-) {
-    let mut fields: Vec<(&String, &Value)> = map.iter().filter(|(name, _)| keep(name)).collect();
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    fields.len().hash(h);
-    for (name, v) in fields {
-        name.hash(h);
-        value(name, v, h);
+/// Hash `value` as it is written: maps in their order.
+// why: `Value`'s own hash sorts every map's keys first (an allocation and a sort per map of the
+// pod); the API server writes a pod's fields in one order, so twins hash alike without it.
+fn hash_in_order(value: &Value, h: &mut DefaultHasher) {
+    match value {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => {
+            h.write_u8(1);
+            b.hash(h);
+        }
+        Value::Number(n) => {
+            h.write_u8(2);
+            n.hash(h);
+        }
+        Value::String(s) => {
+            h.write_u8(3);
+            s.hash(h);
+        }
+        Value::Array(items) => {
+            h.write_u8(4);
+            h.write_usize(items.len());
+            items.iter().for_each(|i| hash_in_order(i, h));
+        }
+        Value::Object(fields) => hash_fields(fields, h, |_| true),
     }
 }
 
-/// The hash of the key: equal for pods that differ only in [`PER_POD_FIELDS`].
+/// Hash the fields of `map` that `keep` keeps, in their order.
+fn hash_fields(map: &serde_json::Map<String, Value>, h: &mut DefaultHasher, keep: impl Fn(&str) -> bool) {
+    h.write_u8(5);
+    for (name, v) in map.iter().filter(|(name, _)| keep(name)) {
+        name.hash(h);
+        hash_in_order(v, h);
+    }
+    // why: the end of the map, so that fields cannot move from one map into the next.
+    h.write_u8(6);
+}
+
+/// The hash of the key: equal for pods that differ only in [`PER_POD_FIELDS`] (and written in
+/// the same order).
 fn key_hash(pod: &Value, namespace: &str, namespace_labels: Option<&BTreeMap<String, String>>) -> u64 {
     let mut h = DefaultHasher::new();
     namespace.hash(&mut h);
     namespace_labels.hash(&mut h);
     match pod {
-        Value::Object(fields) => hash_fields(
-            fields,
-            &mut h,
-            |_| true,
-            |name, value, h| match value {
-                Value::Object(meta) if name == "metadata" => {
-                    hash_fields(meta, h, |field| !per_pod(field), |_, v, h| v.hash(h))
+        Value::Object(fields) => {
+            h.write_u8(5);
+            for (name, value) in fields {
+                name.hash(&mut h);
+                match value {
+                    Value::Object(meta) if name == "metadata" => hash_fields(meta, &mut h, |field| !per_pod(field)),
+                    other => hash_in_order(other, &mut h),
                 }
-                other => other.hash(h),
-            },
-        ),
-        other => other.hash(&mut h),
+            }
+            h.write_u8(6);
+        }
+        other => hash_in_order(other, &mut h),
     }
     h.finish()
 }
@@ -151,25 +175,40 @@ fn without_per_pod_fields(pod: &Value) -> Value {
     pod
 }
 
-/// Whether `pod` equals `kept` (a pod without [`PER_POD_FIELDS`]) but for those fields.
+/// Whether `a` and `b` are equal and written in the same order.
+fn same_in_order(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_in_order(va, vb))
+        }
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_in_order(a, b)),
+        (a, b) => a == b,
+    }
+}
+
+/// Whether `pod` equals `kept` (a pod without [`PER_POD_FIELDS`]) but for those fields, written
+/// in the same order.
 fn same_pod(kept: &Value, pod: &Value) -> bool {
     let (Value::Object(kept), Value::Object(pod)) = (kept, pod) else {
-        return kept == pod;
+        return same_in_order(kept, pod);
     };
     kept.len() == pod.len()
-        && pod.iter().all(|(name, value)| match (kept.get(name), value) {
-            (Some(Value::Object(kept_meta)), Value::Object(meta)) if name == "metadata" => {
-                let mut read = 0;
-                for (field, v) in meta.iter().filter(|(field, _)| !per_pod(field)) {
-                    if kept_meta.get(field) != Some(v) {
-                        return false;
+        && kept.iter().zip(pod).all(|((kept_name, kept), (name, value))| {
+            kept_name == name
+                && match (kept, value) {
+                    (Value::Object(kept_meta), Value::Object(meta)) if name == "metadata" => {
+                        let mut fields = meta.iter().filter(|(field, _)| !per_pod(field));
+                        kept_meta.iter().all(|(kept_field, kept_value)| {
+                            fields
+                                .next()
+                                .is_some_and(|(field, v)| field == kept_field && same_in_order(kept_value, v))
+                        }) && fields.next().is_none()
                     }
-                    read += 1;
+                    (kept, value) => same_in_order(kept, value),
                 }
-                read == kept_meta.len()
-            }
-            (Some(kept), value) => kept == value,
-            (None, _) => false,
         })
 }
 
@@ -451,6 +490,29 @@ mod tests {
         }
         // The per-pod fields shared the answer: name/uid/timestamps/managedFields edits.
         assert!(shared >= 10 && own >= 100, "shared {shared}, own {own}");
+    }
+
+    #[test]
+    fn a_twin_written_in_another_order_is_decided_alike() {
+        let memo = Memo::default();
+        let (labels, settings) = (enabled(), defaults());
+        let first = memo.answer(&pod(), "shop", Some(&labels), &SYSTEM, &settings);
+        // The same pod, its labels and its spec's fields written in reverse order.
+        let mut twin = pod();
+        for pointer in ["/metadata/labels", "/spec"] {
+            let fields = twin.pointer_mut(pointer).and_then(Value::as_object_mut).unwrap();
+            let reversed: serde_json::Map<String, Value> =
+                fields.iter().rev().map(|(k, v)| (k.clone(), v.clone())).collect();
+            *fields = reversed;
+        }
+        assert_eq!(twin, pod(), "equal as JSON");
+        let second = memo.answer(&twin, "shop", Some(&labels), &SYSTEM, &settings);
+        assert_eq!(memo.counts(), (0, 2), "decided, not remembered");
+        assert_eq!(
+            *second,
+            Answer::of(decide(&twin, "shop", Some(&labels), &SYSTEM, &settings))
+        );
+        assert_eq!(first, second);
     }
 
     #[test]
