@@ -186,12 +186,39 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Run `scenario`, then report it with what `histogram` recorded meanwhile.
+/// The server's runtime (see [`start_server`]).
+static SERVER: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// How long each of the server's workers has been busy (polling tasks) since it started.
+fn workers_busy() -> Vec<Duration> {
+    SERVER.get().map_or_else(Vec::new, |server| {
+        let metrics = server.metrics();
+        (0..metrics.num_workers())
+            .map(|w| metrics.worker_total_busy_duration(w))
+            .collect()
+    })
+}
+
+/// Run `scenario`, then report it with what `histogram` recorded meanwhile, and how busy each
+/// of the server's workers was (whether the work was spread over both).
 async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future::Future<Output = Results>) -> usize {
-    let (before, load) = (histogram.snapshot(), load_average());
+    let (before, load, busy) = (histogram.snapshot(), load_average(), workers_busy());
+    let started = Instant::now();
     let mut results = scenario.await;
+    let took = started.elapsed();
     let server = histogram.snapshot().since(&before);
-    results.report(name, &server, (load, load_average()))
+    let failed = results.report(name, &server, (load, load_average()));
+    let busy: Vec<String> = workers_busy()
+        .iter()
+        .zip(busy)
+        .map(|(after, before)| format!("{:.1} ms", (*after - before).as_secs_f64() * 1000.0))
+        .collect();
+    println!(
+        "    the server's workers busy: {} (of {:.1} ms)",
+        busy.join(", "),
+        took.as_secs_f64() * 1000.0
+    );
+    failed
 }
 
 fn check(status: u16, body: &[u8], want_patch: bool) -> Result<(), String> {
@@ -419,13 +446,14 @@ fn start_server(tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) -> std::net::Sock
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     listener.set_nonblocking(true).expect("non-blocking");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("operator")
+        .enable_all()
+        .build()
+        .expect("the server's runtime");
+    SERVER.set(runtime.handle().clone()).ok();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("operator")
-            .enable_all()
-            .build()
-            .expect("the server's runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             serve(listener, tls, webhooks).await;
