@@ -291,11 +291,7 @@ async fn fetched_over_https_refreshed_pushed_only_on_change_and_kept_when_a_refr
     let server = Server::start(Some(&pki)).await;
     server.set("/keys", Answer::Json(200, key_set(&[RSA_1])));
     let uri = server.uri("/keys");
-    let op = operator(
-        request_authentication("jwt", &[(&uri, "2s")]),
-        &pki.root,
-        quick(),
-    );
+    let op = operator(request_authentication("jwt", &[(&uri, "2s")]), &pki.root, quick());
 
     until("the key set is fetched", 10, || op.keys(&uri) == ["one"]).await;
     let fetched_at = op.generation();
@@ -454,11 +450,7 @@ async fn keys_are_discovered_from_the_issuer_by_openid_connect() {
         document(&server.uri("/certs/v1")),
     );
     server.set("/certs/v1", Answer::Json(200, key_set(&[RSA_1])));
-    let op = operator(
-        discovered("oidc", &format!("{issuer}/")),
-        &pki.root,
-        quick(),
-    );
+    let op = operator(discovered("oidc", &format!("{issuer}/")), &pki.root, quick());
     let key = format!("{issuer}/.well-known/openid-configuration#trellis-oidc-discovery");
     until("the key set is discovered and fetched", 10, || op.keys(&key) == ["one"]).await;
     // The provider moves its keys: followed at the next refresh.

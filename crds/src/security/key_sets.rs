@@ -68,9 +68,7 @@ pub fn discovery_document(issuer: &str) -> String {
 
 /// The issuer a fetch key stands for, when it is a discovery key.
 pub fn discovered_issuer(fetch_key: &str) -> Option<&str> {
-    fetch_key
-        .strip_suffix(DISCOVERY_FRAGMENT)?
-        .strip_suffix(DISCOVERY_PATH)
+    fetch_key.strip_suffix(DISCOVERY_FRAGMENT)?.strip_suffix(DISCOVERY_PATH)
 }
 
 /// Whether keys can be discovered from `issuer`: an absolute `https://` (or `http://`) URL
@@ -106,7 +104,12 @@ pub fn jwks_uri_from_discovery(issuer: &str, document: &str) -> Result<String, S
     let Some(uri) = doc.get("jwks_uri").and_then(|u| u.as_str()) else {
         return Err("the discovery document names no jwks_uri; set jwksUri in the rule".into());
     };
-    parse_jwks_uri(uri).map_err(|why| format!("the discovery document's jwks_uri {:?} {why}", super::jwks_uri_for_display(uri)))?;
+    parse_jwks_uri(uri).map_err(|why| {
+        format!(
+            "the discovery document's jwks_uri {:?} {why}",
+            super::jwks_uri_for_display(uri)
+        )
+    })?;
     Ok(uri.to_string())
 }
 
@@ -143,9 +146,20 @@ mod tests {
             "https://idp.example/realms/shop/.well-known/openid-configuration"
         );
         assert_eq!(KeySource::of(&discovered).field(), "issuer");
-        assert_eq!(discovered_issuer("https://idp.example/.well-known/openid-configuration"), None);
-        for not_a_url in ["testing@secure.istio.io", "https://idp.example/?tenant=a", "ftp://idp.example"] {
-            assert_eq!(KeySource::of(&rule(not_a_url, None, None)), KeySource::Missing, "{not_a_url}");
+        assert_eq!(
+            discovered_issuer("https://idp.example/.well-known/openid-configuration"),
+            None
+        );
+        for not_a_url in [
+            "testing@secure.istio.io",
+            "https://idp.example/?tenant=a",
+            "ftp://idp.example",
+        ] {
+            assert_eq!(
+                KeySource::of(&rule(not_a_url, None, None)),
+                KeySource::Missing,
+                "{not_a_url}"
+            );
         }
     }
 
@@ -153,7 +167,10 @@ mod tests {
     fn a_discovery_document_gives_its_jwks_uri_for_the_same_issuer_only() {
         let doc = |issuer: &str, jwks: &str| format!(r#"{{"issuer":"{issuer}","jwks_uri":"{jwks}"}}"#);
         assert_eq!(
-            jwks_uri_from_discovery("https://idp.example/", &doc("https://idp.example", "https://idp.example/certs")),
+            jwks_uri_from_discovery(
+                "https://idp.example/",
+                &doc("https://idp.example", "https://idp.example/certs")
+            ),
             Ok("https://idp.example/certs".to_string())
         );
         assert_eq!(
@@ -163,10 +180,26 @@ mod tests {
         for (issuer, document, why) in [
             ("https://idp.example", "<html>login</html>".to_string(), "not JSON"),
             ("https://idp.example", "[]".to_string(), "not a JSON object"),
-            ("https://idp.example", doc("https://evil.example", "https://evil.example/k"), "for issuer \"https://evil.example\""),
-            ("https://idp.example", r#"{"issuer":"https://idp.example"}"#.to_string(), "names no jwks_uri"),
-            ("https://idp.example", doc("https://idp.example", "ftp://idp.example/k"), "scheme \"ftp\""),
-            ("https://idp.example", doc("https://idp.example", "https://u:p@idp.example/k?key=s3cret"), "credentials"),
+            (
+                "https://idp.example",
+                doc("https://evil.example", "https://evil.example/k"),
+                "for issuer \"https://evil.example\"",
+            ),
+            (
+                "https://idp.example",
+                r#"{"issuer":"https://idp.example"}"#.to_string(),
+                "names no jwks_uri",
+            ),
+            (
+                "https://idp.example",
+                doc("https://idp.example", "ftp://idp.example/k"),
+                "scheme \"ftp\"",
+            ),
+            (
+                "https://idp.example",
+                doc("https://idp.example", "https://u:p@idp.example/k?key=s3cret"),
+                "credentials",
+            ),
         ] {
             let e = jwks_uri_from_discovery(issuer, &document).expect_err(&document);
             assert!(e.contains(why), "{document}: {e}");
