@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
+use trellis_manifests::sidecar::ProxyRole;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
@@ -414,14 +415,15 @@ impl ConfigPush for PushService {
                 "the first message of a subscription must be Hello",
             ));
         };
-        let role = match hello.role.as_str() {
-            "sidecar" | "" => Role::Sidecar,
-            "gateway" => Role::Gateway,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown role {other:?}; use sidecar or gateway"
-                )));
-            }
+        let Some(announced) = ProxyRole::parse(&hello.role) else {
+            return Err(Status::invalid_argument(format!(
+                "unknown role {:?}; use sidecar or gateway",
+                hello.role
+            )));
+        };
+        let role = match announced {
+            ProxyRole::Sidecar => Role::Sidecar,
+            ProxyRole::Gateway => Role::Gateway,
         };
         let pod = ObjectKey::new(hello.namespace.clone(), hello.pod.clone());
         if let Err(why) = self.source.synced() {
@@ -434,11 +436,7 @@ impl ConfigPush for PushService {
         let certificate = sync::reported_certificate(&proxy, &hello.certificate_json);
         let subscription = self.sync.subscribed(&proxy, |s| {
             s.certificate = certificate;
-            s.role = if role == Role::Gateway {
-                "gateway".into()
-            } else {
-                "sidecar".into()
-            };
+            s.role = announced.as_str().into();
             s.connected = true;
             s.proxy_version = hello.proxy_version.clone();
             if !hello.current_version.is_empty() {

@@ -36,8 +36,10 @@ use serde_json::{Map, Value, json};
 use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
 
 pub mod overrides;
+pub mod role;
 pub mod scrape;
 pub use overrides::Overrides;
+pub use role::{GATEWAY_CONTAINER, ProxyRole, ROLE_ENV, proxy_in};
 
 /// The proxy container (a native sidecar).
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
@@ -501,7 +503,7 @@ fn proxy_container(
     probes: &Map<String, Value>,
     app_metrics: Option<&str>,
 ) -> Container {
-    let mut vars = proxy_env(settings, "sidecar");
+    let mut vars = proxy_env(settings, ProxyRole::Sidecar);
     if let Some(level) = &o.log_level
         && let Some(log) = vars.iter_mut().find(|e| e.name == "TRELLIS_LOG")
     {
@@ -539,9 +541,9 @@ fn proxy_container(
 }
 
 /// How a proxy finds the control plane and learns who it is (downward API).
-fn proxy_env(settings: &Settings, role: &str) -> Vec<EnvVar> {
+fn proxy_env(settings: &Settings, role: ProxyRole) -> Vec<EnvVar> {
     vec![
-        env("TRELLIS_ROLE", role),
+        env(ROLE_ENV, role.as_str()),
         env("TRELLIS_PUSH_ENDPOINT", &settings.push_endpoint()),
         env("TRELLIS_PUSH_SERVER_NAME", &settings.push_server_name()),
         env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
@@ -627,8 +629,8 @@ fn volumes() -> Vec<Volume> {
 /// from adding a sidecar to a gateway deployed in a meshed namespace; its proxy
 /// version is labelled as on injected pods.
 pub fn gateway_pod_template(name: &str, settings: &Settings, ports: &[u16]) -> PodTemplateSpec {
-    let mut container = proxy_base(settings, proxy_env(settings, "gateway"));
-    container.name = "gateway".into();
+    let mut container = proxy_base(settings, proxy_env(settings, ProxyRole::Gateway));
+    container.name = ProxyRole::Gateway.container().into();
     container.readiness_probe = Some(health_probe("/ready", 2, 3));
     container.liveness_probe = Some(health_probe("/live", 10, 6));
     container
