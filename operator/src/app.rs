@@ -188,17 +188,19 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     if let Some(td) = mesh.as_ref().and_then(|m| m.spec.trust_domain.clone()) {
         config.trust_domain = td;
     }
-    let mut defaults = Defaults {
+    let defaults = Defaults {
         namespace: config.namespace.clone(),
         proxy_image: config.proxy_image.clone(),
         workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
         ..Defaults::default()
     };
-    if let Some(Ok(settings)) = mesh.as_ref().map(|m| Settings::from_mesh(m, &defaults)) {
-        config.workload_cert_ttl_seconds = settings.ca.workload_cert_ttl.as_secs();
-        defaults.root_cert_ttl = settings.ca.root_cert_ttl;
-    }
-    let ttl = Duration::from_secs(config.workload_cert_ttl_seconds);
+    // What this replica acts on until its index holds the Mesh; then every replica follows the
+    // Mesh's changes (crate::mesh::settings::follow): the certificate lifetimes included.
+    let at_start = mesh
+        .as_ref()
+        .and_then(|m| Settings::from_mesh(m, &defaults).ok())
+        .unwrap_or_else(|| Settings::defaults(&defaults));
+    let ttl = at_start.ca.workload_cert_ttl;
     let (leadership, elector) = if config.leader_election {
         let identity = config.pod_name.clone().context(
             "leader election needs this replica's name: set POD_NAME (the Deployment sets it from metadata.name), or --leader-election=false for a single replica",
@@ -216,8 +218,13 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     } else {
         (Leadership::always(), None)
     };
-    let stored =
-        secret::load_or_create(&client, &config.namespace, &config.trust_domain, defaults.root_cert_ttl).await?;
+    let stored = secret::load_or_create(
+        &client,
+        &config.namespace,
+        &config.trust_domain,
+        at_start.ca.root_cert_ttl,
+    )
+    .await?;
     let roots = Arc::new(match stored.previous {
         // A rotation was under way when the operator stopped: resume it from the start (proxies
         // that already hold both roots acknowledge at once).
@@ -249,6 +256,14 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         metrics.clone(),
         crate::jwks::Options::default(),
     ));
+    // The Mesh's settings as this replica follows them.
+    let (live_tx, live) = tokio::sync::watch::channel(at_start.clone());
+    let live_task = tokio::spawn(crate::mesh::settings::follow(
+        index.clone(),
+        changed_rx.clone(),
+        defaults.clone(),
+        live_tx,
+    ));
     let core = Core {
         metrics,
         index: index.clone(),
@@ -262,11 +277,17 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     app.elector = elector;
     app.tasks.push(index_task);
     app.tasks.push(jwks_task);
+    app.tasks.push(live_task);
+    // Every replica signs: each signs with the Mesh's workload certificate lifetime of the time.
+    app.tasks.push(tokio::spawn(crate::ca::lifecycle::follow_workload_ttl(
+        roots.clone(),
+        live.clone(),
+    )));
     app.tasks.push(tokio::spawn(secret::watch(
         client.clone(),
         config.namespace.clone(),
         crate::trust_domain::Source::index(index.clone(), config.trust_domain.clone()),
-        defaults.root_cert_ttl,
+        live,
         roots.clone(),
         leadership.clone(),
     )));
@@ -325,7 +346,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         app.peers.clone(),
     )));
     // The Mesh reconciler and the proxy rollout, with the watches they read (leader only).
-    let (settings_tx, settings_rx) = tokio::sync::watch::channel(Settings::defaults(&defaults));
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(at_start);
     // The CA as the Mesh asks (leader only): self-signed roots rotated before expiry, a plugged
     // root followed from the Secret spec.ca.secretRef names.
     let ca_problem = crate::ca::lifecycle::Problem::default();

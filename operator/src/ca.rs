@@ -316,12 +316,17 @@ impl CertificateAuthority {
         &self.signer
     }
 
-    /// Sign the CSR of a caller authenticated as `who`.
+    /// Sign the CSR of a caller authenticated as `who`, for the CA's workload lifetime.
     ///
     /// # Guarantees
     /// The leaf carries exactly `who.spiffe_id` as its only SAN, whatever else the CSR asks
     /// for; a CSR asking for anything else is refused, not silently corrected.
     pub fn sign(&self, csr_pem: &str, who: &Authorized) -> Result<Leaf, CaError> {
+        self.sign_for(csr_pem, who, self.workload_ttl)
+    }
+
+    /// [`CertificateAuthority::sign`], the leaf valid for `ttl` (never past the root).
+    pub fn sign_for(&self, csr_pem: &str, who: &Authorized, ttl: Duration) -> Result<Leaf, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let requested: Vec<String> = csr
             .params
@@ -340,7 +345,7 @@ impl CertificateAuthority {
                 authorized: who.spiffe_id.clone(),
             });
         }
-        self.issue(&csr.public_key, &who.spiffe_id, &[], self.workload_ttl)
+        self.issue(&csr.public_key, &who.spiffe_id, &[], ttl)
     }
 
     /// A serving certificate for the operator itself (its key generated here): the operator's

@@ -5,7 +5,11 @@
 //!   replacement of it, and says in `CertificateAuthorityReady` when the Secret is unusable;
 //!   deleting the Mesh then runs its finalizer (the trust ConfigMaps removed);
 //! - a self-signed root with less than a fifth of its life left is rotated by the leader to a
-//!   new root valid `spec.ca.rootCertTtl`, both roots trusted while the rotation runs.
+//!   new root valid `spec.ca.rootCertTtl`, both roots trusted while the rotation runs;
+//! - `spec.ca.workloadCertTtl` and `spec.ca.rootCertTtl` changed while the operator runs are
+//!   followed with no restart: the next certificates are signed for the new workload lifetime,
+//!   and a shorter root lifetime makes the root in use due (it is older than four fifths of the
+//!   new lifetime): it is rotated at once to a root of the new lifetime.
 
 mod support;
 
@@ -72,6 +76,80 @@ async fn on_one_cluster() {
         )
         .unwrap();
     a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted(&cluster).await;
+    cluster
+        .kubectl_ok(
+            &[
+                "delete",
+                "--wait=true",
+                "--ignore-not-found",
+                "secret",
+                "trellis-ca",
+                "-n",
+                "trellis-system",
+            ],
+            None,
+        )
+        .unwrap();
+    certificate_lifetimes_changed_while_the_operator_runs_are_followed(&cluster).await;
+}
+
+/// The Mesh `default` with a self-signed CA of these lifetimes.
+fn self_signed_mesh(workload_ttl: &str, root_ttl: &str) -> String {
+    format!(
+        "apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec:\n  ca: {{mode: SelfSigned, workloadCertTtl: {workload_ttl}, rootCertTtl: {root_ttl}}}\n"
+    )
+}
+
+async fn certificate_lifetimes_changed_while_the_operator_runs_are_followed(cluster: &Target) {
+    // A root of 10 days, 2 days old: not due under 90-day roots (rotated with 2 days left).
+    let day = Duration::from_secs(86400);
+    let old = SigningCert::self_signed_root("cluster.local", 10 * day, SystemTime::now() - 2 * day).unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&secret_yaml("trellis-system", "trellis-ca", &old)),
+        )
+        .unwrap();
+    cluster
+        .kubectl_ok(&["apply", "-f", "-"], Some(&self_signed_mesh("1h", "2160h")))
+        .unwrap();
+    // Started with another workload lifetime (the flag): the Mesh's wins.
+    let op = app::start(operator_config(free_port(), 7200), operator_client(cluster).await)
+        .await
+        .expect("the operator starts");
+    assert_eq!(
+        op.roots.workload_ttl(),
+        Duration::from_secs(3600),
+        "the Mesh's, not the flag's"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        issuing(&op).0.as_deref(),
+        Some(old.fingerprint()),
+        "not due under 90-day roots"
+    );
+
+    // Both lifetimes changed while the operator runs.
+    cluster
+        .kubectl_ok(&["apply", "-f", "-"], Some(&self_signed_mesh("10m", "24h")))
+        .unwrap();
+    until_async("the next certificates signed for 10 minutes", 30, || async {
+        op.roots.workload_ttl() == Duration::from_secs(600)
+    })
+    .await;
+    // Two days old is past four fifths of a 24-hour life: the root is rotated to one of 24 h.
+    until_async("a new root issues", 60, || async {
+        issuing(&op).0.is_some_and(|fp| fp != old.fingerprint())
+    })
+    .await;
+    let status = op.roots.status();
+    let new = status.roots.iter().find(|r| r.issuing).unwrap();
+    let lifetime = new.not_after_unix - new.not_before_unix;
+    assert!(
+        lifetime.abs_diff(24 * 3600) <= 120,
+        "the new root lives the changed spec.ca.rootCertTtl (24 h): {lifetime}s"
+    );
+    op.stop();
 }
 
 async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(cluster: &Target) {

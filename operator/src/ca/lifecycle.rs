@@ -2,10 +2,16 @@
 //! - a **self-signed** root is rotated before it expires: once less than a fifth of its
 //!   lifetime is left (Istio's grace period), the leader asks for a new root the way a person
 //!   does, with the `trellis.dev/rotate-root` annotation on the CA Secret, and the rotation
-//!   machinery ([`super::roots`], [`super::secret`]) does the rest;
+//!   machinery ([`super::roots`], [`super::secret`]) does the rest. Its lifetime is the shorter
+//!   of its validity and `spec.ca.rootCertTtl` as the Mesh says it now: shortening the TTL
+//!   brings the rotation of the root in use forward, as if it had been made with the new one;
+//!   the new root is made for the TTL in force then;
 //! - a **plugged** root in the Secret `spec.ca.secretRef` names (any namespace) is used: its
 //!   `ca.crt`, `ca.key` and `cert-chain.pem` are copied into the CA Secret, which the operator
 //!   rotates to with no restart, and copied again whenever the user replaces them.
+//!
+//! Every replica signs, so every replica follows `spec.ca.workloadCertTtl` itself
+//! ([`follow_workload_ttl`]): the next certificate it signs has the lifetime the Mesh says now.
 //!
 //! [`rotation_due`] and [`plugged_copy`] are pure; [`run`] is the leader's loop.
 //!
@@ -33,22 +39,25 @@ use crate::mesh::settings::Settings;
 // is nothing next to that, and costs nothing.
 pub const EXPIRY_CHECK: Duration = Duration::from_secs(600);
 
-/// Whether a root valid from `not_before` to `not_after` should be rotated at `now`: less than
-/// a fifth of its lifetime is left.
-pub fn rotation_due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    now + lifetime / 5 >= not_after
+/// Whether a root valid from `not_before` to `not_after` should be rotated at `now`, roots
+/// living `ttl` (`spec.ca.rootCertTtl`): less than a fifth of its lifetime is left, its lifetime
+/// being the shorter of its validity and `ttl` (a root made for longer than the Mesh asks now
+/// is rotated as a root made for `ttl` would be).
+pub fn rotation_due(not_before: SystemTime, not_after: SystemTime, ttl: Duration, now: SystemTime) -> bool {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default().min(ttl);
+    now + lifetime / 5 >= not_before + lifetime
 }
 
-/// The issuing root's fingerprint when it is due for rotation at `now` and no rotation runs.
-pub fn expiring_root(roots: &MeshRoots, now: SystemTime) -> Option<String> {
+/// The issuing root's fingerprint when it is due for rotation at `now`, roots living `ttl`, and
+/// no rotation runs.
+pub fn expiring_root(roots: &MeshRoots, ttl: Duration, now: SystemTime) -> Option<String> {
     let status = roots.status();
     if status.phase != "Stable" {
         return None;
     }
     let issuing = status.roots.into_iter().find(|r| r.issuing)?;
     let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-    rotation_due(at(issuing.not_before_unix), at(issuing.not_after_unix), now).then_some(issuing.fingerprint)
+    rotation_due(at(issuing.not_before_unix), at(issuing.not_after_unix), ttl, now).then_some(issuing.fingerprint)
 }
 
 /// The keys of a plugged Secret the CA Secret takes (the chain only for an intermediate).
@@ -115,21 +124,34 @@ fn set(problem: &Problem, value: Option<String>) {
     }
 }
 
-/// Ask for a new self-signed root when the one in use nears its expiry.
+/// Ask for a new self-signed root when the one in use nears its expiry: looked at every
+/// [`EXPIRY_CHECK`], and at once when the settings change (a shorter `spec.ca.rootCertTtl` can
+/// make the root in use due).
 async fn rotate_before_expiry(
     client: Client,
     namespace: String,
     roots: Arc<MeshRoots>,
-    settings: watch::Receiver<Settings>,
+    mut settings: watch::Receiver<Settings>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let mut tick = tokio::time::interval(EXPIRY_CHECK);
     loop {
-        tick.tick().await;
-        if settings.borrow().ca.mode != CaMode::SelfSigned {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = settings.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let (mode, ttl) = {
+            let s = settings.borrow();
+            (s.ca.mode, s.ca.root_cert_ttl)
+        };
+        if mode != CaMode::SelfSigned {
             continue;
         }
-        let Some(expiring) = expiring_root(&roots, SystemTime::now()) else {
+        let Some(expiring) = expiring_root(&roots, ttl, SystemTime::now()) else {
             continue;
         };
         let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "expiring"}}});
@@ -138,9 +160,24 @@ async fn rotate_before_expiry(
             .await
         {
             Ok(_) => {
-                tracing::info!(root = %expiring, "the self-signed root has less than a fifth of its life left; rotating to a new one")
+                tracing::info!(root = %expiring, root_cert_ttl = ?ttl, "the self-signed root has less than a fifth of its life left (its validity, or spec.ca.rootCertTtl if shorter); rotating to a new one")
             }
             Err(e) => tracing::warn!(error = %e, "could not ask for the rotation of the expiring root; retrying"),
+        }
+    }
+}
+
+/// Sign with the workload certificate lifetime `settings` (this replica's view of the Mesh)
+/// give, from now on and whenever it changes, until they end.
+pub async fn follow_workload_ttl(roots: Arc<MeshRoots>, mut settings: watch::Receiver<Settings>) {
+    loop {
+        let ttl = settings.borrow_and_update().ca.workload_cert_ttl;
+        if roots.workload_ttl() != ttl {
+            tracing::info!(from = ?roots.workload_ttl(), to = ?ttl, "spec.ca.workloadCertTtl: the next workload certificates are signed for the new lifetime");
+            roots.set_workload_ttl(ttl);
+        }
+        if settings.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -273,10 +310,90 @@ mod tests {
     fn a_root_is_due_with_a_fifth_of_its_life_left() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let end = t0 + Duration::from_secs(1000);
-        assert!(!rotation_due(t0, end, t0));
-        assert!(!rotation_due(t0, end, t0 + Duration::from_secs(799)));
-        assert!(rotation_due(t0, end, t0 + Duration::from_secs(800)));
-        assert!(rotation_due(t0, end, end + Duration::from_secs(1)), "expired: overdue");
+        let ttl = Duration::from_secs(1000);
+        assert!(!rotation_due(t0, end, ttl, t0));
+        assert!(!rotation_due(t0, end, ttl, t0 + Duration::from_secs(799)));
+        assert!(rotation_due(t0, end, ttl, t0 + Duration::from_secs(800)));
+        assert!(
+            rotation_due(t0, end, ttl, end + Duration::from_secs(1)),
+            "expired: overdue"
+        );
+        // A longer rootCertTtl changes nothing for the root in use: its validity ends first.
+        assert!(!rotation_due(t0, end, 10 * ttl, t0 + Duration::from_secs(799)));
+    }
+
+    #[test]
+    fn a_shorter_root_ttl_brings_the_rotation_of_the_root_in_use_forward() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86400);
+        // A root of 10 years, the Mesh now asking for 100 days: rotated at 80 days, with a
+        // fifth of the life a 100-day root would have left.
+        let end = t0 + 3650 * day;
+        assert!(!rotation_due(t0, end, 100 * day, t0 + 79 * day));
+        assert!(rotation_due(t0, end, 100 * day, t0 + 80 * day));
+        assert!(
+            rotation_due(t0, end, 100 * day, t0 + 200 * day),
+            "older than the new lifetime: at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_replica_signs_with_the_workload_ttl_the_mesh_says_now() {
+        use crate::mesh::settings::Defaults;
+        let t0 = SystemTime::now();
+        let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0).unwrap();
+        let roots = Arc::new(MeshRoots::new(
+            root,
+            Duration::from_secs(3600),
+            Arc::new(crate::ca::SystemClock),
+        ));
+        let mut settings = Settings::defaults(&Defaults::default());
+        settings.ca.workload_cert_ttl = Duration::from_secs(24 * 3600);
+        let (tx, rx) = watch::channel(settings.clone());
+        let follower = tokio::spawn(follow_workload_ttl(roots.clone(), rx));
+        let lifetime = |roots: &MeshRoots| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                "spiffe://cluster.local/ns/shop/sa/web".try_into().unwrap(),
+            )];
+            let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+            let who = crate::ca::Authorized::service_account("cluster.local", "shop", "web");
+            let (leaf, _) = roots.sign(&csr, &who, "shop/web-1").unwrap();
+            leaf.not_after.duration_since(t0).unwrap()
+        };
+        let within = |got: Duration, want: Duration| got.abs_diff(want) < Duration::from_secs(120);
+        let waited = |want: Duration| {
+            let roots = roots.clone();
+            async move {
+                for _ in 0..100 {
+                    if roots.workload_ttl() == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the follower did not apply {want:?}");
+            }
+        };
+        waited(Duration::from_secs(24 * 3600)).await;
+        assert!(
+            within(lifetime(&roots), Duration::from_secs(24 * 3600)),
+            "the Mesh's, not the start's"
+        );
+        // The Mesh changes: the next certificate has the new lifetime, without a restart.
+        settings.ca.workload_cert_ttl = Duration::from_secs(600);
+        tx.send_replace(settings);
+        waited(Duration::from_secs(600)).await;
+        assert!(
+            within(lifetime(&roots), Duration::from_secs(600)),
+            "{:?}",
+            lifetime(&roots)
+        );
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(1), follower)
+            .await
+            .expect("the follower ends with its settings")
+            .unwrap();
     }
 
     #[test]
@@ -285,8 +402,21 @@ mod tests {
         let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(10 * 86400), t0).unwrap();
         let fp = root.fingerprint().to_string();
         let roots = MeshRoots::new(root, Duration::from_secs(3600), Arc::new(crate::ca::SystemClock));
-        assert_eq!(expiring_root(&roots, t0), None);
-        assert_eq!(expiring_root(&roots, t0 + Duration::from_secs(9 * 86400)), Some(fp));
+        let ttl = Duration::from_secs(10 * 86400);
+        assert_eq!(expiring_root(&roots, ttl, t0), None);
+        assert_eq!(
+            expiring_root(&roots, ttl, t0 + Duration::from_secs(9 * 86400)),
+            Some(fp.clone())
+        );
+        // The Mesh asks for 2-day roots now: this one is due within its first days.
+        assert_eq!(
+            expiring_root(
+                &roots,
+                Duration::from_secs(2 * 86400),
+                t0 + Duration::from_secs(2 * 86400)
+            ),
+            Some(fp)
+        );
     }
 
     fn secret(ns: &str, name: &str, data: &[(&str, &str)]) -> Secret {

@@ -101,14 +101,15 @@ pub struct MeshRoots {
     state: Mutex<State>,
     bundle: watch::Sender<Bundle>,
     clock: Arc<dyn Clock>,
-    workload_ttl: Duration,
+    /// How long the next leaves are valid: the Mesh's `spec.ca.workloadCertTtl`, followed live.
+    workload_ttl: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for MeshRoots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshRoots")
             .field("bundle", &*self.bundle.borrow())
-            .field("workload_ttl", &self.workload_ttl)
+            .field("workload_ttl", &self.workload_ttl())
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +139,7 @@ impl MeshRoots {
             state: Mutex::new(state),
             bundle,
             clock,
-            workload_ttl,
+            workload_ttl: Mutex::new(workload_ttl),
         }
     }
 
@@ -157,7 +158,7 @@ impl MeshRoots {
             .authorities
             .get(&issuing)
             .ok_or_else(|| CaError::BadRoot(format!("the issuing root {issuing} is not loaded")))?;
-        let leaf = ca.sign(csr_pem, who)?;
+        let leaf = ca.sign_for(csr_pem, who, self.workload_ttl())?;
         let now = self.clock.now();
         state.leaves.retain(|_, l| l.not_after > now);
         state.leaves.insert(
@@ -168,6 +169,23 @@ impl MeshRoots {
             },
         );
         Ok((leaf, issuing))
+    }
+
+    /// Sign the next leaves for `ttl` (the Mesh's `spec.ca.workloadCertTtl`, which every replica
+    /// follows live); leaves signed before keep their lifetime until their proxy renews them.
+    pub fn set_workload_ttl(&self, ttl: Duration) {
+        *self
+            .workload_ttl
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ttl;
+    }
+
+    /// How long the next leaves are valid.
+    pub fn workload_ttl(&self) -> Duration {
+        *self
+            .workload_ttl
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A serving certificate (and its key, PEM) for the operator itself, from the issuing root.
@@ -244,7 +262,7 @@ impl MeshRoots {
         let mut state = self.lock();
         let fp = new_root.fingerprint().to_string();
         state.rotation.start(fp.clone())?;
-        let ca = CertificateAuthority::new(new_root, self.workload_ttl, Box::new(self.clock.clone()));
+        let ca = CertificateAuthority::new(new_root, self.workload_ttl(), Box::new(self.clock.clone()));
         state.authorities.insert(fp.clone(), ca);
         tracing::info!(new_root = %fp, "root rotation started: distributing the new root");
         self.entered(&mut state, &[Phase::Distributing]);

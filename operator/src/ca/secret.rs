@@ -200,12 +200,13 @@ pub fn requested_root(
 /// Watch the CA Secret and start a rotation when it asks for one; the leader writes the Secret
 /// back when a rotation starts (and, through [`persist`], when it ends) and recreates it when it
 /// is deleted. A root it generates is named after the trust domain `trust_domains` names then
-/// (the Mesh's, live). Runs until the watch ends.
+/// and lives the `spec.ca.rootCertTtl` `settings` give then (both the Mesh's, live). Runs until
+/// the watch ends.
 pub async fn watch(
     client: Client,
     namespace: String,
     trust_domains: crate::trust_domain::Source,
-    root_ttl: Duration,
+    settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
     roots: Arc<MeshRoots>,
     leadership: Leadership,
 ) {
@@ -245,6 +246,7 @@ pub async fn watch(
             }
         };
         let leading = leadership.is_leader();
+        let root_ttl = settings.borrow().ca.root_cert_ttl;
         match requested_root(&secret, &roots, trust_domains.get().domain(), root_ttl, leading) {
             Ok(None) => {}
             Ok(Some(root)) => {

@@ -6,13 +6,17 @@
 //!   contradictory spec is never half applied: the operator keeps acting on the last valid one.
 //! - The operator's flags only supply what an absent Mesh (or an absent field) leaves open: the
 //!   proxy image installed with the operator and the workload certificate lifetime.
+//! - Every replica follows the Mesh ([`follow`]), not only the leader's reconciler: what every
+//!   replica acts on itself — the workload certificate lifetime it signs with, the lifetime of a
+//!   root it makes — is read from the same valid spec, with no restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use trellis_api::mesh::{
     CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_TRUST_DOMAIN, HealthGate,
-    Mesh, MeshSpec, SYSTEM_NAMESPACE,
+    MESH_NAME, Mesh, MeshSpec, SYSTEM_NAMESPACE,
 };
 use trellis_api::security::MtlsMode;
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
@@ -211,6 +215,52 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings of the Mesh `default` whose spec is `spec` (`None`: no Mesh, the defaults).
+    pub fn from_spec_of_default(spec: Option<&MeshSpec>, defaults: &Defaults) -> Result<Settings, Invalid> {
+        match spec {
+            None => Ok(Settings::defaults(defaults)),
+            Some(spec) => Settings::from_mesh(&Mesh::new(MESH_NAME, spec.clone()), defaults),
+        }
+    }
+}
+
+/// Keep `settings` as the Mesh in the live `index` says, on every replica, until the index's
+/// change announcements (`changed`) end: each time the Mesh's spec changed, a valid one
+/// replaces the settings and an invalid one leaves the last valid ones in force (the leader's
+/// reconciler says why in the Mesh's status); no Mesh gives the defaults. Nothing is published
+/// before the index has listed every kind, so the settings read at start stay in force until
+/// then.
+pub async fn follow(
+    index: crate::index::Shared,
+    mut changed: watch::Receiver<u64>,
+    defaults: Defaults,
+    settings: watch::Sender<Settings>,
+) {
+    let mut seen: Option<Option<MeshSpec>> = None;
+    loop {
+        let spec = index.read().ok().filter(|i| i.synced()).map(|i| i.mesh().cloned());
+        if let Some(spec) = spec.filter(|s| seen.as_ref() != Some(s)) {
+            match Settings::from_spec_of_default(spec.as_ref(), &defaults) {
+                Ok(next) => {
+                    settings.send_if_modified(|current| {
+                        let modified = *current != next;
+                        *current = next;
+                        modified
+                    });
+                }
+                Err(invalid) => {
+                    tracing::warn!(error = %invalid, "the Mesh is invalid; this replica keeps acting on the last valid spec")
+                }
+            }
+            seen = Some(spec);
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -300,6 +350,67 @@ mod tests {
             text.contains("spec.injection.nativeSidecar: nativeSidecar: false is not supported by Trellis yet"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn every_replica_follows_the_valid_mesh_in_its_index_and_keeps_the_last_valid_one() {
+        use crate::index::{Change, Index, Object};
+        use crate::snapshot::InputKind;
+        let defaults = Defaults::default();
+        let index = std::sync::Arc::new(std::sync::RwLock::new(Index::default()));
+        let (changed_tx, changed_rx) = watch::channel(0u64);
+        let mut at_start = Settings::defaults(&defaults);
+        at_start.ca.workload_cert_ttl = Duration::from_secs(7200);
+        let (tx, mut rx) = watch::channel(at_start.clone());
+        let task = tokio::spawn(follow(index.clone(), changed_rx, defaults.clone(), tx));
+        let apply = |change: Change| {
+            index.write().unwrap().apply(change);
+            changed_tx.send_modify(|g| *g += 1);
+        };
+        let ttls = |m: &Mesh| {
+            let s = Settings::from_mesh(m, &defaults).unwrap();
+            (s.ca.workload_cert_ttl, s.ca.root_cert_ttl)
+        };
+        async fn next(rx: &mut watch::Receiver<Settings>) -> (Duration, Duration) {
+            tokio::time::timeout(Duration::from_secs(1), rx.changed())
+                .await
+                .expect("the settings changed")
+                .unwrap();
+            let s = rx.borrow_and_update().clone();
+            (s.ca.workload_cert_ttl, s.ca.root_cert_ttl)
+        }
+        // Until the index has listed every kind, the settings read at start stay.
+        let first = mesh(json!({"ca": {"workloadCertTtl": "1h", "rootCertTtl": "2160h"}}));
+        apply(Change::Applied(Object::Mesh(Box::new(first.clone()))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*rx.borrow_and_update(), at_start);
+        for kind in InputKind::ALL {
+            let seen = index.read().unwrap().keys(kind).into_iter().collect();
+            apply(Change::Relisted { kind, seen });
+        }
+        assert_eq!(next(&mut rx).await, ttls(&first));
+        // Changed after start: followed.
+        let second = mesh(json!({"ca": {"workloadCertTtl": "30m", "rootCertTtl": "720h"}}));
+        apply(Change::Applied(Object::Mesh(Box::new(second.clone()))));
+        assert_eq!(
+            next(&mut rx).await,
+            (Duration::from_secs(1800), Duration::from_secs(720 * 3600))
+        );
+        // Invalid (a leaf would outlive half its root): refused by the validator, the last
+        // valid settings stay in force.
+        let invalid = mesh(json!({"ca": {"workloadCertTtl": "400h", "rootCertTtl": "720h"}}));
+        apply(Change::Applied(Object::Mesh(Box::new(invalid))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(
+            ttls(&second),
+            (rx.borrow().ca.workload_cert_ttl, rx.borrow().ca.root_cert_ttl)
+        );
+        drop(changed_tx);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
