@@ -148,6 +148,18 @@ struct Ctr {
     image_failures: u32,
 }
 
+impl Ctr {
+    /// The container cannot be created now (`reason`): waiting, with the termination of its
+    /// last instance, if it ran, kept as its last state, as the kubelet reports it (a proxy that
+    /// ran and cannot restart is told from one that never ran by it).
+    fn cannot_start(&mut self, reason: &str, message: &str) {
+        let previous = std::mem::replace(&mut self.state, CState::waiting(reason, message));
+        if matches!(previous, CState::Terminated { .. }) {
+            self.last = Some(previous);
+        }
+    }
+}
+
 /// An exit reported by a container's wait task.
 #[derive(Debug)]
 struct Exit {
@@ -842,7 +854,7 @@ impl Worker {
                     self.event("Failed", &format!("Failed to pull image for container {name}: {msg}"));
                 }
                 let c = &mut self.ctrs[i];
-                c.state = CState::waiting(reason, &msg);
+                c.cannot_start(reason, &msg);
                 c.next_start = Some(now + c.backoff);
                 c.backoff = (c.backoff * 2).min(self.cfg.backoff_max);
                 return;
@@ -862,7 +874,7 @@ impl Worker {
             }
             Err(msg) => {
                 let c = &mut self.ctrs[i];
-                c.state = CState::waiting("CreateContainerConfigError", &msg);
+                c.cannot_start("CreateContainerConfigError", &msg);
                 c.next_start = Some(now + Duration::from_secs(1));
                 return;
             }
@@ -871,7 +883,7 @@ impl Worker {
             Ok(m) => m,
             Err(msg) => {
                 let c = &mut self.ctrs[i];
-                c.state = CState::waiting("CreateContainerConfigError", &msg);
+                c.cannot_start("CreateContainerConfigError", &msg);
                 c.next_start = Some(now + Duration::from_secs(1));
                 return;
             }
@@ -929,7 +941,10 @@ impl Worker {
             let c = &mut self.ctrs[i];
             if c.ever_started {
                 c.restarts += 1;
-                c.last = Some(c.state.clone());
+                // After a start that failed (waiting), the last termination stays the last state.
+                if matches!(c.state, CState::Terminated { .. }) {
+                    c.last = Some(c.state.clone());
+                }
             }
             c.ever_started = true;
         }
@@ -1004,7 +1019,9 @@ impl Worker {
         let c = &mut self.ctrs[i];
         if c.ever_started {
             c.restarts += 1;
-            c.last = Some(c.state.clone());
+            if matches!(c.state, CState::Terminated { .. }) {
+                c.last = Some(c.state.clone());
+            }
         }
         c.ever_started = true;
         let run_id = self.next_run_id;
@@ -1107,7 +1124,9 @@ impl Worker {
             }
         }
         // Waiting reasons while back-off runs.
-        let crash_waiting = |c: &Ctr| c.run.is_none() && c.next_start.is_some() && c.ever_started;
+        let crash_waiting = |c: &Ctr| {
+            c.run.is_none() && c.next_start.is_some() && c.ever_started && matches!(c.state, CState::Terminated { .. })
+        };
         for (c, j) in self
             .ctrs
             .iter()
