@@ -8,11 +8,15 @@
 //!   previous domain is an alias): an ALLOW on db for payment's `cluster.local` principal (shown
 //!   in force first: another principal gets 403) keeps every request 200, and the demo's DENY
 //!   of db's admin paths for that principal keeps every admin request 403;
-//! - a meshed pod whose proxy never runs (its image cannot be pulled) keeps the previous domain
-//!   an alias: `CertificateAuthorityReady` says `TrustDomainChanging` with the count of proxies
-//!   still on it (0 once they renewed), `status.certificateAuthority.previousTrustDomains` names
-//!   it, every proxy's configuration aliases it; deleting the pod finishes the change (the
-//!   caveat `operator/src/mesh/trust_domain.rs` documents, and its fix);
+//! - a meshed pod whose proxy ran and stopped (it served a certificate in the old domain; killed
+//!   by its liveness probe, it cannot restart: the ConfigMap its environment names was deleted)
+//!   keeps the previous domain an alias: `CertificateAuthorityReady` says `TrustDomainChanging`
+//!   with the count of proxies still on it (0 once they renewed) and names the pod and the fix,
+//!   `status.certificateAuthority.previousTrustDomains` names the domain, every proxy's
+//!   configuration aliases it; deleting the pod finishes the change (the caveat
+//!   `operator/src/mesh/trust_domain.rs` documents, and its fix) while a meshed pod whose proxy
+//!   never ran (its image cannot be pulled: it holds no certificate) is there throughout and is
+//!   not named;
 //! - every proxy serves a certificate in the new domain (the operator's `/debug/syncz`, and each
 //!   proxy's own `/config_dump` through `meshctl proxy-config all`); every hop's client
 //!   certificate names it (XFCC); the condition is back to `RootValid`, the events
@@ -35,7 +39,7 @@ use serde_json::{Value, json};
 use trellis_e2e::runner::images::BinDirs;
 use trellis_e2e::suite::mesh::{self, condition, observed};
 use trellis_e2e::suite::{Http, Target, steps, sync, wait_for};
-use trellis_manifests::demo;
+use trellis_manifests::{demo, install, sidecar};
 
 const TEST: &str = "trust domain";
 const OLD: &str = "cluster.local";
@@ -231,25 +235,110 @@ fn one_event(t: &Target, reason: &str, about: &str) -> anyhow::Result<String> {
 }
 
 /// A meshed pod whose proxy never runs: the injector meshes it with a proxy image no test bed
-/// has (a standalone pod: the rollout never restarts it).
-fn held_pod() -> String {
+/// has (a standalone pod: the rollout never restarts it). It holds no certificate.
+fn unpulled_pod() -> String {
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                    "metadata": {"name": "held", "namespace": demo::NAMESPACE}});
+                    "metadata": {"name": "unpulled", "namespace": demo::NAMESPACE}});
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": "held",
+            "name": "unpulled",
             "namespace": demo::NAMESPACE,
-            "labels": {"app": "held"},
+            "labels": {"app": "unpulled"},
             "annotations": {(trellis_api::mesh::PROXY_IMAGE_ANNOTATION): "ghcr.io/trellis-mesh/trellis-proxy-absent:trust-domain"},
         },
         "spec": {
-            "serviceAccountName": "held",
-            "containers": [{"name": "held", "image": demo::testapp_image()}],
+            "serviceAccountName": "unpulled",
+            "containers": [{"name": "unpulled", "image": demo::testapp_image()}],
         },
     });
     format!("{sa}\n---\n{pod}")
+}
+
+/// The ConfigMap the held pod's proxy reads its environment from, and the pod whose proxy runs
+/// while it exists.
+const HELD: &str = "held";
+
+/// A meshed pod whose proxy runs, then stops for good: meshed with the one sidecar template
+/// (written into the pod, as `meshctl` did before the injector; the injector leaves it alone),
+/// its proxy reads a variable from the ConfigMap `held` (a proxy can only be created while it
+/// exists) and is killed by a liveness probe that fails 10 s after it started. Once the
+/// ConfigMap is deleted, the proxy that ran cannot restart (`CreateContainerConfigError`) and
+/// is no longer connected, while the certificate it obtained may still be in the pod.
+fn held_pod() -> anyhow::Result<String> {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": HELD, "namespace": demo::NAMESPACE}});
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": HELD, "namespace": demo::NAMESPACE},
+                        "data": {"held": "until deleted"}});
+    let mut template: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(json!({
+        "metadata": {"labels": {"app": HELD}},
+        "spec": {
+            "serviceAccountName": HELD,
+            "containers": [{"name": HELD, "image": demo::testapp_image()}],
+        },
+    }))?;
+    sidecar::inject(&mut template, &sidecar::Settings::new(&install::Options::default()))?;
+    let mut pod = serde_json::to_value(&template)?;
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    pod["metadata"]["name"] = json!(HELD);
+    pod["metadata"]["namespace"] = json!(demo::NAMESPACE);
+    pod["metadata"]["labels"][sidecar::INJECT_LABEL] = json!(sidecar::INJECT_DISABLED);
+    let proxy = pod["spec"]["initContainers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == sidecar::PROXY_CONTAINER))
+        .context("the sidecar template has no proxy")?;
+    proxy["env"]
+        .as_array_mut()
+        .context("the proxy has an environment")?
+        .push(json!({"name": "HELD", "valueFrom": {"configMapKeyRef": {"name": HELD, "key": "held"}}}));
+    proxy["livenessProbe"] = json!({
+        "httpGet": {"path": "/fails-on-purpose", "port": sidecar::HEALTH_PORT},
+        "initialDelaySeconds": 10, "periodSeconds": 1, "failureThreshold": 1,
+    });
+    Ok(format!("{sa}\n---\n{config}\n---\n{pod}"))
+}
+
+/// The held pod's proxy ran (the operator's `/debug/syncz` has its certificate in `OLD`), then,
+/// its ConfigMap deleted, stopped for good: not running, the termination of the instance that
+/// ran in its status (as its state, or its last state while it waits: upstream's kubelet says
+/// `CreateContainerConfigError`, then backs off; kubesim says the first).
+fn stop_the_held_proxy(t: &Target) -> anyhow::Result<()> {
+    let held = format!("{}/{HELD}", demo::NAMESPACE);
+    let id = format!("spiffe://{OLD}/ns/{}/sa/{HELD}", demo::NAMESPACE);
+    wait_for(
+        &format!("{held}'s proxy serving a certificate in {OLD}"),
+        CHANGE,
+        || {
+            let state = sync::syncz(t, None)?;
+            let served = state
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["proxy"] == held.as_str() && p["certificate"]["spiffeId"] == id.as_str());
+            Ok(served.then_some(()))
+        },
+    )?;
+    t.kubectl_ok(&["delete", "configmap", HELD, "-n", demo::NAMESPACE], None)?;
+    wait_for(
+        &format!("{held}'s proxy stopped for good (it ran, and cannot restart)"),
+        CHANGE,
+        || {
+            let pod = t.get_json(&["pod", HELD, "-n", demo::NAMESPACE])?;
+            let stopped = pod["status"]["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == sidecar::PROXY_CONTAINER)
+                .is_some_and(|c| {
+                    c["state"]["running"].is_null()
+                        && (c["state"]["terminated"].is_object() || c["lastState"]["terminated"].is_object())
+                });
+            Ok(stopped.then_some(()))
+        },
+    )
 }
 
 #[test]
@@ -302,7 +391,7 @@ fn a_trust_domain_change_under_traffic() -> anyhow::Result<()> {
     )?;
     step(
         &t,
-        "a meshed pod whose proxy cannot run (its image cannot be pulled); the Mesh settles with it",
+        "a meshed pod whose proxy never ran (its image cannot be pulled), one whose proxy ran and stopped for good; the Mesh settles with them",
         || {
             // The data plane as the leader counts it: injected pods (the gateway runs its own proxy).
             let counts = |m: &Value| {
@@ -317,10 +406,12 @@ fn a_trust_domain_change_under_traffic() -> anyhow::Result<()> {
                 let (proxies, connected) = counts(&m);
                 Ok((observed(&m) && proxies >= 4 && connected == proxies).then_some((proxies, connected)))
             })?;
-            t.apply(&held_pod())?;
-            wait_for("the Mesh counting the held pod's proxy, not connected", CHANGE, || {
+            t.apply(&unpulled_pod())?;
+            t.apply(&held_pod()?)?;
+            stop_the_held_proxy(&t)?;
+            wait_for("the Mesh counting both pods' proxies, not connected", CHANGE, || {
                 let m = mesh::get(&t)?;
-                let counted = counts(&m) == (proxies + 1, connected);
+                let counted = counts(&m) == (proxies + 2, connected);
                 let reason = ca_reason(&m)?;
                 Ok((counted && reason.as_ref().is_some_and(|(r, _)| r == "RootValid")).then_some(()))
             })
@@ -337,7 +428,7 @@ fn a_trust_domain_change_under_traffic() -> anyhow::Result<()> {
     let finished = changed.and_then(|()| {
         step(
             &t,
-            "the held pod deleted: the change finishes (RootValid, no previous domain, no alias, the events once)",
+            "the held pod deleted: the change finishes with the never-run pod still there (RootValid, no previous domain, no alias, the events once)",
             || finish(&t, &pods),
         )
     });
@@ -401,22 +492,37 @@ fn change_held_by_the_pod(t: &Target, pods: &BTreeMap<String, String>) -> anyhow
     wait_for("every proxy serving a certificate in prod.example", CHANGE, || {
         Ok(all_serve(t, pods, NEW).ok())
     })?;
-    // Every proxy renewed, but the held pod's proxy is not connected: still changing, with the
-    // count of proxies on the old domain (none) out of those connected.
+    // Every proxy renewed, but the held pod's proxy, which ran, is not connected: still
+    // changing, with the count of proxies on the old domain (none) out of those connected, and
+    // the pod that holds the change named with the fix (not the one whose proxy never ran).
     let want = format!(
         "0 of {} connected proxies still serve a certificate in {OLD}",
         pods.len()
     );
-    wait_for(&format!("the condition to say {want:?}"), CHANGE, || {
-        let m = mesh::get(t)?;
-        let still = recorded(&m) == (NEW.into(), vec![OLD.into()]);
-        ensure!(
-            still,
-            "the change finished while a meshed pod's proxy is not connected: {}",
-            m["status"]
-        );
-        Ok(ca_reason(&m)?.filter(|(r, msg)| r == "TrustDomainChanging" && msg.contains(&want)))
-    })?;
+    let named = format!(
+        "held by meshed pods whose proxy ran and is not connected (it may still serve a certificate in {OLD}): {}/{HELD} (bring its proxy back: its container status and log say why it is down; or delete the pod if it is not coming back)",
+        demo::NAMESPACE
+    );
+    let message = wait_for(
+        &format!("the condition to say {want:?} and name the held pod"),
+        CHANGE,
+        || {
+            let m = mesh::get(t)?;
+            let still = recorded(&m) == (NEW.into(), vec![OLD.into()]);
+            ensure!(
+                still,
+                "the change finished while a meshed pod's proxy that ran is not connected: {}",
+                m["status"]
+            );
+            Ok(ca_reason(&m)?
+                .filter(|(r, msg)| r == "TrustDomainChanging" && msg.contains(&want) && msg.contains(&named))
+                .map(|(_, msg)| msg))
+        },
+    )?;
+    ensure!(
+        !message.contains("unpulled"),
+        "a pod whose proxy never ran holds no certificate, yet is named: {message}"
+    );
     let note = one_event(t, "TrustDomainChangeStarted", &format!("from {OLD} to {NEW}"))?;
     eprintln!("[{TEST}]   event TrustDomainChangeStarted: {note}");
     ensure!(
@@ -427,7 +533,8 @@ fn change_held_by_the_pod(t: &Target, pods: &BTreeMap<String, String>) -> anyhow
 }
 
 fn finish(t: &Target, pods: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    t.kubectl_ok(&["delete", "pod", "held", "-n", demo::NAMESPACE, "--wait=false"], None)?;
+    // The pod whose proxy never ran stays: it does not hold the change.
+    t.kubectl_ok(&["delete", "pod", HELD, "-n", demo::NAMESPACE, "--wait=false"], None)?;
     let m = wait_for(
         "CertificateAuthorityReady RootValid, with no previous domain",
         CHANGE,
@@ -445,6 +552,14 @@ fn finish(t: &Target, pods: &BTreeMap<String, String>) -> anyhow::Result<()> {
         "{}",
         m["status"]["certificateAuthority"]
     );
+    ensure!(
+        t.pod_names(demo::NAMESPACE, "app=unpulled")?.len() == 1,
+        "the pod whose proxy never ran was there when the change finished"
+    );
+    t.kubectl_ok(
+        &["delete", "pod", "unpulled", "-n", demo::NAMESPACE, "--wait=false"],
+        None,
+    )?;
     all_serve(t, pods, NEW)?;
     proxies_configured(t, pods, NEW, &[])?;
     wait_for("Mesh Ready", CHANGE, || {

@@ -1,5 +1,7 @@
-//! The data plane as the lifecycle sees it: every meshed pod with its proxy image, the workload
-//! that owns it, its readiness and restarts, and whether its proxy is connected and in sync.
+//! The data plane as the lifecycle sees it: every pod running a Trellis proxy (an injected
+//! sidecar or a gateway, told apart by [`trellis_manifests::sidecar::proxy_in`], as the
+//! push API tells roles), with its proxy image, the workload that owns it, its readiness and
+//! restarts, whether its proxy ever ran, and whether it is connected and in sync.
 //!
 //! [`MeshedPod::from_pod`] and [`summarize`] are pure; [`watch`] keeps a [`Pods`] store from a
 //! kube-runtime watcher (only what this module reads is kept, not whole pods).
@@ -8,12 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use trellis_api::mesh::{DataPlaneStatus, INJECTION_TEMPLATE_ANNOTATION, PROXY_IMAGE_ANNOTATION, ProxyVersionCount};
-
-use crate::registry::PROXY_CONTAINER;
+pub use trellis_manifests::sidecar::ProxyRole;
 
 /// Standalone pods listed in the status at most (the count is in the log and metrics).
 pub const STANDALONE_LISTED: usize = 50;
@@ -87,6 +88,11 @@ pub struct MeshedPod {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// A sidecar, or a gateway.
+    pub role: ProxyRole,
+    /// Whether its proxy container ever ran in this pod ([`proxy_ran`]); one that never did
+    /// holds no certificate.
+    pub proxy_ran: bool,
     /// The proxy image it runs.
     pub image: String,
     /// Who controls it.
@@ -107,7 +113,8 @@ impl MeshedPod {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The meshed pod `p`; `None` when it runs no proxy, has finished or is being deleted.
+    /// The meshed pod `p`; `None` when it runs no proxy (neither a sidecar nor a gateway), has
+    /// finished or is being deleted.
     pub fn from_pod(p: &Pod) -> Option<MeshedPod> {
         let meta = &p.metadata;
         let spec = p.spec.as_ref()?;
@@ -118,12 +125,7 @@ impl MeshedPod {
         if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
             return None;
         }
-        let proxy = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .find(|c| c.name == PROXY_CONTAINER)?;
+        let (role, proxy) = trellis_manifests::sidecar::proxy_in(spec)?;
         let image = meta
             .annotations
             .as_ref()
@@ -194,6 +196,8 @@ impl MeshedPod {
         Some(MeshedPod {
             name: meta.name.clone()?,
             namespace,
+            role,
+            proxy_ran: proxy_ran(status, &proxy.name),
             image,
             owner,
             ready: status
@@ -208,6 +212,34 @@ impl MeshedPod {
                 .cloned(),
         })
     }
+}
+
+/// Whether the container `name` ever ran in the pod whose status is `status`: it runs
+/// (`state.running`), it stopped (`state.terminated`), it stopped before (`lastState.terminated`),
+/// or it was restarted (`restartCount` above 0). A container the kubelet never started — its
+/// image not pulled, its configuration not resolved, the pod not scheduled yet — has none of
+/// these. A proxy obtains its certificate once it runs and keeps it in the pod's in-memory
+/// volume, so one that never ran holds none, while one that ran and stopped (or restarts) may
+/// still hold its last one.
+///
+/// # Caveats
+/// A container that failed to start after being created (`terminated` with a start error) is
+/// counted as having run: wrongly counting one holds a trust domain change longer, never ends
+/// it early.
+pub fn proxy_ran(status: Option<&PodStatus>, name: &str) -> bool {
+    let Some(c) = status.into_iter().find_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+            .find(|c| c.name == name)
+    }) else {
+        return false;
+    };
+    let state = c.state.as_ref();
+    state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+        || c.last_state.as_ref().is_some_and(|s| s.terminated.is_some())
+        || c.restart_count > 0
 }
 
 /// A proxy's link to the control plane.
@@ -389,10 +421,66 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_pod_is_a_meshed_pod_in_the_gateway_role() {
+        let settings = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options::default());
+        let template = trellis_manifests::sidecar::gateway_pod_template("trellis-ingressgateway", &settings, &[8080]);
+        let mut gateway = pod(json!({
+            "metadata": {"name": "trellis-ingressgateway-5d8f-x", "namespace": "shop",
+                         "labels": {"pod-template-hash": "5d8f"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "trellis-ingressgateway-5d8f", "uid": "1", "controller": true}]},
+            "status": {"containerStatuses": [{"name": "gateway", "restartCount": 0, "ready": true, "image": "", "imageID": "",
+                                              "state": {"running": {"startedAt": "2026-12-06T12:00:00Z"}}}]}
+        }));
+        gateway.spec = template.spec;
+        let p = MeshedPod::from_pod(&gateway).expect("a gateway runs a proxy");
+        assert_eq!(p.role, ProxyRole::Gateway);
+        assert!(p.proxy_ran);
+        assert_eq!(p.image, settings.proxy_image);
+        let sidecar = MeshedPod::from_pod(&meshed("web-5d8f-abc", json!([]), json!({}))).unwrap();
+        assert_eq!(sidecar.role, ProxyRole::Sidecar);
+    }
+
+    #[test]
+    fn a_proxy_ran_if_it_runs_stopped_or_restarted_and_never_ran_if_only_waiting() {
+        let with = |proxy: serde_json::Value| {
+            let mut p = meshed("web-5d8f-abc", json!([]), json!({}));
+            let status = p.status.get_or_insert_with(Default::default);
+            status.init_container_statuses = Some(vec![serde_json::from_value(proxy).unwrap()]);
+            MeshedPod::from_pod(&p).unwrap().proxy_ran
+        };
+        let status = |state: serde_json::Value, last: serde_json::Value, restarts: i32| {
+            json!({"name": "trellis-proxy", "image": "proxy:1", "imageID": "", "ready": false,
+                   "restartCount": restarts, "state": state, "lastState": last})
+        };
+        let waiting = |reason: &str| json!({"waiting": {"reason": reason}});
+        let terminated = json!({"terminated": {"exitCode": 137, "reason": "Error"}});
+        // Never started: its image not pulled, its configuration not resolved.
+        assert!(!with(status(waiting("ImagePullBackOff"), json!({}), 0)));
+        assert!(!with(status(waiting("CreateContainerConfigError"), json!({}), 0)));
+        assert!(!with(status(waiting("ContainerCreating"), json!({}), 0)));
+        // Not even a status yet (not scheduled).
+        let mut pending = meshed("web-5d8f-abc", json!([]), json!({}));
+        pending.status = None;
+        assert!(!MeshedPod::from_pod(&pending).unwrap().proxy_ran);
+        // Ran: running, stopped, stopped before, or restarted.
+        assert!(with(status(
+            json!({"running": {"startedAt": "2026-12-06T12:00:00Z"}}),
+            json!({}),
+            0
+        )));
+        assert!(with(status(terminated.clone(), json!({}), 0)));
+        assert!(with(status(waiting("CreateContainerConfigError"), terminated, 0)));
+        assert!(with(status(waiting("CrashLoopBackOff"), json!({}), 3)));
+    }
+
+    #[test]
     fn the_summary_counts_versions_per_namespace() {
         let mk = |ns: &str, name: &str, image: &str, owner: Owner| MeshedPod {
             namespace: ns.into(),
             name: name.into(),
+            role: ProxyRole::Sidecar,
+            proxy_ran: true,
             image: image.into(),
             owner,
             ready: true,

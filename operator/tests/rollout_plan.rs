@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use trellis_api::mesh::{HealthGate, RolloutPhase, RolloutStatus};
-use trellis_operator::dataplane::{MeshedPod, Owner, ProxyLink, WorkloadKind, WorkloadRef};
+use trellis_operator::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
 use trellis_operator::mesh::settings::{Batch, RolloutSettings};
 use trellis_operator::rollout::plan::{Input, Plan, Progress, Workload, plan};
 
@@ -85,6 +85,8 @@ impl Cluster {
         let pod = MeshedPod {
             namespace: w.namespace.clone(),
             name: format!("{}-{generation}", w.name),
+            role: ProxyRole::Sidecar,
+            proxy_ran: true,
             image: image.into(),
             owner: Owner::Workload(w.clone()),
             ready,
@@ -324,6 +326,8 @@ fn workloads_whose_budget_is_exhausted_wait_and_standalone_pods_are_never_rolled
     c.pods.push(MeshedPod {
         namespace: "shop".into(),
         name: "debug".into(),
+        role: ProxyRole::Sidecar,
+        proxy_ran: true,
         image: OLD.into(),
         owner: Owner::Standalone,
         ready: true,

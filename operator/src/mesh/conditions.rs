@@ -43,9 +43,11 @@ pub struct CaObservation {
     /// The Secret the root is kept in (`namespace/name`: the operator's namespace), for the
     /// messages that tell a person where to act.
     pub secret: String,
-    /// Connected proxies by the trust domain of the certificate they serve
+    /// Connected proxies (`namespace/pod`) by the trust domain of the certificate they serve
     /// ([`super::trust_domain::UNREPORTED`] for those that do not say).
-    pub served_trust_domains: BTreeMap<String, u32>,
+    pub served_trust_domains: BTreeMap<String, Vec<String>>,
+    /// Meshed pods whose proxy ran and is not connected ([`super::trust_domain::unconnected`]).
+    pub unconnected: Vec<String>,
     /// The previous trust domains still aliases of `trust_domain`, a change under way
     /// ([`super::trust_domain::previous`]).
     pub previous_trust_domains: Vec<String>,
@@ -134,8 +136,12 @@ fn ca_condition(ca: &CaObservation, now: SystemTime) -> (bool, &'static str, Str
             } else {
                 format!("; root rotation {}: {}", ca.phase, ca.progress)
             };
-            let changing =
-                super::trust_domain::progress(&ca.trust_domain, &ca.previous_trust_domains, &ca.served_trust_domains);
+            let changing = super::trust_domain::progress(
+                &ca.trust_domain,
+                &ca.previous_trust_domains,
+                &ca.served_trust_domains,
+                &ca.unconnected,
+            );
             let reason = if ca.phase != "Stable" {
                 "RootRotating"
             } else if changing.is_some() {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use trellis_api::mesh::{FINALIZER, Mesh, MeshSpec, MeshStatus};
 
-use crate::dataplane::{MeshedPod, Owner, ProxyLink, WorkloadKind, WorkloadRef};
+use crate::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
 use crate::rollout::plan::{Progress, Workload};
 
 use super::conditions::{CaObservation, WebhooksObservation};
@@ -71,6 +71,8 @@ impl Default for Fixed {
                 .map(|name| MeshedPod {
                     namespace: "shop".into(),
                     name: name.into(),
+                    role: ProxyRole::Sidecar,
+                    proxy_ran: true,
                     image: Defaults::default().proxy_image,
                     owner: Owner::Workload(web()),
                     ready: true,

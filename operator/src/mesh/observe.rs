@@ -63,6 +63,7 @@ impl Observe for Live {
             problem,
             secret: format!("{}/{}", self.namespace, crate::ca::secret::CA_SECRET),
             served_trust_domains: served_trust_domains(&crate::peers::merged(self.push.sync_state(), &self.peers)),
+            unconnected: Vec::new(),
             previous_trust_domains: Vec::new(),
         }
     }
@@ -93,8 +94,8 @@ impl Observe for Live {
 
 /// Connected proxies by the trust domain of the certificate they report serving
 /// ([`super::trust_domain::UNREPORTED`]: a proxy that reported none, or no identity).
-fn served_trust_domains(sync: &[crate::push::ProxySync]) -> BTreeMap<String, u32> {
-    let mut out = BTreeMap::new();
+fn served_trust_domains(sync: &[crate::push::ProxySync]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in sync.iter().filter(|p| p.connected) {
         let domain = p
             .certificate
@@ -102,7 +103,7 @@ fn served_trust_domains(sync: &[crate::push::ProxySync]) -> BTreeMap<String, u32
             .and_then(|c| trellis_contract::SpiffeId::parse(&c.spiffe_id).ok())
             .map(|id| id.trust_domain().to_string())
             .unwrap_or_else(|| super::trust_domain::UNREPORTED.to_string());
-        *out.entry(domain).or_insert(0) += 1;
+        out.entry(domain).or_default().push(p.proxy.clone());
     }
     out
 }

@@ -5,18 +5,25 @@
 //! `status.certificateAuthority.previousTrustDomains` — which every replica's compiler and
 //! signer read as an alias — until no connected proxy serves a certificate in it.
 //!
-//! Pure: the recorded status and the proxies' reported certificates in, the previous domains,
-//! the condition's words and the events out.
+//! Pure: the recorded status, the proxies' reported certificates and the meshed pods in, the
+//! previous domains, the condition's words and the events out.
+//!
+//! Every proxy counts, whatever its role: the injected sidecars and the gateways
+//! ([`crate::dataplane::MeshedPod::role`], told apart as the push API tells them).
 //!
 //! # Guarantees
-//! - A previous domain is dropped only when every meshed pod's proxy is connected, has
-//!   reported the trust domain of the certificate it serves, and none is in it: a proxy that
-//!   does not say, or is not connected (it still serves what it had), keeps every previous
-//!   domain an alias.
+//! - A previous domain is dropped only when every connected proxy has reported the trust
+//!   domain of the certificate it serves and none is in it, and every meshed pod's proxy that
+//!   ever ran is connected: a proxy that does not say, or that ran and is not connected (it may
+//!   still serve the certificate it had), keeps every previous domain an alias.
+//! - A meshed pod whose proxy never ran ([`crate::dataplane::proxy_ran`]: its container never
+//!   started — the image not pulled, its configuration not resolved, the pod not scheduled)
+//!   holds no certificate, so it does not hold the change.
+//! - The CertificateAuthorityReady condition names the pods that hold a change, and what to do.
 //!
 //! # Caveats
-//! - A meshed pod whose proxy never reconnects keeps the change from finishing (the
-//!   CertificateAuthorityReady condition says how many proxies it waits for): delete the pod.
+//! - A meshed pod whose proxy ran and never reconnects keeps the change from finishing (the
+//!   condition names it): bring its proxy back, or delete the pod.
 //! - Proxies renew as soon as their configuration names the new domain, all at once: one
 //!   TokenReview and one signature per proxy, as a root rotation asks.
 
@@ -24,45 +31,99 @@ use std::collections::BTreeMap;
 
 use trellis_api::mesh::{CertificateAuthorityStatus, MeshSpec, MeshStatus};
 
+use crate::dataplane::{MeshedPod, ProxyLink};
+
 /// The key of [`super::conditions::CaObservation::served_trust_domains`] for connected
 /// proxies that did not report their certificate's identity.
 pub const UNREPORTED: &str = "";
 
+/// Pods named in a condition message at most (the rest are counted).
+pub const NAMED: usize = 5;
+
+/// The meshed pods (`namespace/name`, sorted) whose proxy, sidecar or gateway, ran and is not
+/// connected now (`links`, by `namespace/name`): it may still serve the certificate it had.
+/// A proxy that never ran is not one of them.
+pub fn unconnected(pods: &[MeshedPod], links: &BTreeMap<String, ProxyLink>) -> Vec<String> {
+    let mut out: Vec<String> = pods
+        .iter()
+        .filter(|p| p.proxy_ran && !links.get(&p.key()).is_some_and(|l| l.connected))
+        .map(MeshedPod::key)
+        .collect();
+    out.sort();
+    out
+}
+
 /// The previous trust domains that stay aliases of `spec`'s: those `recorded` holds (and the
 /// domain it says certificates were issued in, when `spec` names another), while a connected
 /// proxy serves a certificate in one of them, one does not say which domain it serves in, or
-/// a meshed pod's proxy is not connected (`disconnected`: it still serves the certificate it
-/// had, and its peers must keep accepting it). `served` counts connected proxies by the trust
-/// domain of the certificate they serve.
+/// a meshed pod's proxy that ran is not connected (`unconnected`: it may still serve the
+/// certificate it had, and its peers must keep accepting it). `served` lists the connected
+/// proxies by the trust domain of the certificate they serve.
 pub fn previous(
     recorded: Option<&MeshStatus>,
     spec: &MeshSpec,
-    served: &BTreeMap<String, u32>,
-    disconnected: u32,
+    served: &BTreeMap<String, Vec<String>>,
+    unconnected: &[String],
 ) -> Vec<String> {
     let candidates = recorded.map(|s| s.previous_trust_domains(spec)).unwrap_or_default();
-    let unreported = disconnected > 0 || served.get(UNREPORTED).copied().unwrap_or(0) > 0;
-    candidates
-        .into_iter()
-        .filter(|td| unreported || served.get(td).copied().unwrap_or(0) > 0)
-        .collect()
+    let on = |td: &str| served.get(td).is_some_and(|p| !p.is_empty());
+    let unsure = !unconnected.is_empty() || on(UNREPORTED);
+    candidates.into_iter().filter(|td| unsure || on(td)).collect()
 }
 
-/// What the CertificateAuthorityReady condition says of a change under way (`None`: none).
-pub fn progress(trust_domain: &str, previous: &[String], served: &BTreeMap<String, u32>) -> Option<String> {
+/// `names`, at most [`NAMED`] of them, and how many more.
+fn named(names: &[String]) -> String {
+    let shown = names.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(NAMED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// What the CertificateAuthorityReady condition says of a change under way (`None`: none): how
+/// many connected proxies still serve a certificate in a previous domain, and which pods hold
+/// the change — the proxies still on it, those that do not say, those that ran and are not
+/// connected (`unconnected`) — each with what to do.
+pub fn progress(
+    trust_domain: &str,
+    previous: &[String],
+    served: &BTreeMap<String, Vec<String>>,
+    unconnected: &[String],
+) -> Option<String> {
     if previous.is_empty() {
         return None;
     }
-    let on: u32 = previous.iter().filter_map(|td| served.get(td)).sum();
-    let unreported = served.get(UNREPORTED).copied().unwrap_or(0);
-    let total: u32 = served.values().sum();
+    let mut on: Vec<String> = previous
+        .iter()
+        .filter_map(|td| served.get(td))
+        .flatten()
+        .cloned()
+        .collect();
+    on.sort();
+    let unreported = served.get(UNREPORTED).cloned().unwrap_or_default();
+    let total: usize = served.values().map(Vec::len).sum();
+    let old = previous.join(", ");
     let mut message = format!(
-        "trust domain changing to {trust_domain}: {on} of {total} connected proxies still serve a certificate in {} (an alias of {trust_domain} until none does and every meshed pod's proxy is connected; proxies renew as soon as their configuration names {trust_domain})",
-        previous.join(", ")
+        "trust domain changing to {trust_domain}: {} of {total} connected proxies still serve a certificate in {old} (an alias of {trust_domain} until none does and every meshed pod's proxy that ran is connected; proxies renew as soon as their configuration names {trust_domain})",
+        on.len()
     );
-    if unreported > 0 {
+    if !on.is_empty() {
         message.push_str(&format!(
-            "; {unreported} proxies do not report their certificate's identity (an older trellis-proxy), so the previous domain stays an alias while they are connected"
+            "; still in {old}: {} (if one does not renew, its log says why; restarting its pod gives it a certificate in {trust_domain})",
+            named(&on)
+        ));
+    }
+    if !unreported.is_empty() {
+        message.push_str(&format!(
+            "; {} proxies do not report their certificate's identity (an older trellis-proxy), so the previous domain stays an alias while they are connected: {} (roll them to a current proxy: spec.versions.proxy)",
+            unreported.len(),
+            named(&unreported)
+        ));
+    }
+    if !unconnected.is_empty() {
+        message.push_str(&format!(
+            "; held by meshed pods whose proxy ran and is not connected (it may still serve a certificate in {old}): {} (bring its proxy back: its container status and log say why it is down; or delete the pod if it is not coming back)",
+            named(unconnected)
         ));
     }
     Some(message)
@@ -123,6 +184,7 @@ pub fn transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::{Owner, ProxyRole};
 
     fn spec(td: &str) -> MeshSpec {
         MeshSpec {
@@ -146,8 +208,16 @@ mod tests {
         }
     }
 
-    fn served(counts: &[(&str, u32)]) -> BTreeMap<String, u32> {
-        counts.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    /// `n` connected proxies per domain, named `<domain>-<i>`.
+    fn served(counts: &[(&str, u32)]) -> BTreeMap<String, Vec<String>> {
+        counts
+            .iter()
+            .map(|(k, n)| (k.to_string(), (0..*n).map(|i| format!("shop/{k}-{i}")).collect()))
+            .collect()
+    }
+
+    fn none() -> Vec<String> {
+        Vec::new()
     }
 
     #[test]
@@ -156,38 +226,207 @@ mod tests {
         // Just changed: the status still says certificates are issued in old.example.
         let recorded = status("old.example", &[]);
         assert_eq!(
-            previous(Some(&recorded), &new, &served(&[("old.example", 3)]), 0),
+            previous(Some(&recorded), &new, &served(&[("old.example", 3)]), &none()),
             ["old.example"]
         );
         // Recorded, two proxies renewed, one still on the old domain.
         let recorded = status("new.example", &["old.example"]);
         let mixed = served(&[("old.example", 1), ("new.example", 2)]);
-        assert_eq!(previous(Some(&recorded), &new, &mixed, 0), ["old.example"]);
+        assert_eq!(previous(Some(&recorded), &new, &mixed, &none()), ["old.example"]);
         // A proxy that does not say keeps it too.
         let unsure = served(&[(UNREPORTED, 1), ("new.example", 2)]);
-        assert_eq!(previous(Some(&recorded), &new, &unsure, 0), ["old.example"]);
-        // So does a meshed pod whose proxy is not connected: it still serves what it had.
+        assert_eq!(previous(Some(&recorded), &new, &unsure, &none()), ["old.example"]);
+        // So does a meshed pod whose proxy ran and is not connected: it may still serve what it
+        // had.
         let renewed = served(&[("new.example", 3)]);
-        assert_eq!(previous(Some(&recorded), &new, &renewed, 1), ["old.example"]);
+        let down = vec!["shop/web-1".to_string()];
+        assert_eq!(previous(Some(&recorded), &new, &renewed, &down), ["old.example"]);
         // Every proxy renewed: over.
-        assert!(previous(Some(&recorded), &new, &renewed, 0).is_empty());
+        assert!(previous(Some(&recorded), &new, &renewed, &none()).is_empty());
         // No change at all.
-        assert!(previous(Some(&status("new.example", &[])), &new, &renewed, 1).is_empty());
-        assert!(previous(None, &new, &served(&[]), 0).is_empty());
+        assert!(previous(Some(&status("new.example", &[])), &new, &renewed, &down).is_empty());
+        assert!(previous(None, &new, &served(&[]), &none()).is_empty());
     }
 
     #[test]
     fn the_condition_counts_the_proxies_still_on_the_previous_domain() {
         let mixed = served(&[("old.example", 1), ("new.example", 2)]);
-        let message = progress("new.example", &["old.example".into()], &mixed).unwrap();
+        let message = progress("new.example", &["old.example".into()], &mixed, &none()).unwrap();
         assert!(
             message.contains("1 of 3 connected proxies still serve a certificate in old.example"),
             "{message}"
         );
-        assert!(progress("new.example", &[], &mixed).is_none());
+        assert!(
+            message.contains("still in old.example: shop/old.example-0 (if one does not renew, its log says why; restarting its pod gives it a certificate in new.example)"),
+            "{message}"
+        );
+        assert!(!message.contains("held by"), "{message}");
+        assert!(progress("new.example", &[], &mixed, &none()).is_none());
         let unsure = served(&[(UNREPORTED, 2), ("new.example", 2)]);
-        let message = progress("new.example", &["old.example".into()], &unsure).unwrap();
+        let message = progress("new.example", &["old.example".into()], &unsure, &none()).unwrap();
         assert!(message.contains("2 proxies do not report"), "{message}");
+        assert!(
+            message.contains("shop/-0, shop/-1 (roll them to a current proxy"),
+            "{message}"
+        );
+    }
+
+    fn pod(name: &str, role: ProxyRole, proxy_ran: bool) -> MeshedPod {
+        MeshedPod {
+            namespace: "shop".into(),
+            name: name.into(),
+            role,
+            proxy_ran,
+            image: "proxy:1".into(),
+            owner: Owner::Standalone,
+            ready: false,
+            restarts: 0,
+            failing: None,
+            template: None,
+        }
+    }
+
+    #[test]
+    fn a_gateway_that_ran_and_is_not_connected_holds_the_change_and_is_named() {
+        let pods = [
+            pod("web-1", ProxyRole::Sidecar, true),
+            pod("trellis-ingressgateway-1", ProxyRole::Gateway, true),
+        ];
+        let connected = ProxyLink {
+            connected: true,
+            synced: true,
+        };
+        let links = BTreeMap::from([("shop/web-1".to_string(), connected)]);
+        let down = unconnected(&pods, &links);
+        assert_eq!(down, ["shop/trellis-ingressgateway-1"]);
+        let recorded = status("new.example", &["old.example"]);
+        let renewed = served(&[("new.example", 1)]);
+        assert_eq!(
+            previous(Some(&recorded), &spec("new.example"), &renewed, &down),
+            ["old.example"],
+            "the change waits for the gateway"
+        );
+        let message = progress("new.example", &["old.example".into()], &renewed, &down).unwrap();
+        assert!(
+            message.contains("held by meshed pods whose proxy ran and is not connected (it may still serve a certificate in old.example): shop/trellis-ingressgateway-1 (bring its proxy back: its container status and log say why it is down; or delete the pod if it is not coming back)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_never_ran_does_not_hold_the_change() {
+        let pods = [
+            pod("web-1", ProxyRole::Sidecar, true),
+            pod("unpulled", ProxyRole::Sidecar, false),
+            pod("gateway-unpulled", ProxyRole::Gateway, false),
+        ];
+        let links = BTreeMap::from([(
+            "shop/web-1".to_string(),
+            ProxyLink {
+                connected: true,
+                synced: true,
+            },
+        )]);
+        let down = unconnected(&pods, &links);
+        assert!(down.is_empty(), "{down:?}");
+        let recorded = status("new.example", &["old.example"]);
+        assert!(
+            previous(
+                Some(&recorded),
+                &spec("new.example"),
+                &served(&[("new.example", 1)]),
+                &down
+            )
+            .is_empty()
+        );
+        // Many held: five named, the rest counted.
+        let many: Vec<String> = (0..7).map(|i| format!("shop/p-{i}")).collect();
+        let message = progress("new.example", &["old.example".into()], &served(&[]), &many).unwrap();
+        assert!(message.contains("shop/p-4 and 2 more"), "{message}");
+    }
+
+    /// The reconciler: a gateway whose proxy ran and is not connected keeps the previous domain
+    /// in the status, and the condition names it; a sidecar whose proxy never ran does not, and
+    /// the data plane's counts stay the sidecars'.
+    #[tokio::test]
+    async fn the_reconciler_waits_on_a_gateway_that_ran_and_not_on_a_proxy_that_never_ran() {
+        use crate::mesh::fixtures::{Fixed, MeshFixture, Scenario, Step, mesh, timeout_after_1s};
+        use trellis_api::mesh::conditions::CERTIFICATE_AUTHORITY_READY;
+        let mut cluster = Fixed::default();
+        cluster.ca.served_trust_domains = BTreeMap::from([(
+            "new.example".to_string(),
+            vec!["shop/web-1".to_string(), "shop/web-2".to_string()],
+        )]);
+        cluster
+            .pods
+            .push(pod("trellis-ingressgateway-1", ProxyRole::Gateway, true));
+        let recorded = status("new.example", &["old.example"]);
+        let m = mesh("default", serde_json::json!({"trustDomain": "new.example"}))
+            .finalized()
+            .with_status(recorded.clone());
+        let (ctx, server, _) = crate::mesh::Context::test(cluster.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::Steps(vec![Step::Event("Ready".into()), Step::Status(tx)]));
+        crate::mesh::reconcile(std::sync::Arc::new(m.clone()), ctx)
+            .await
+            .expect("reconcile");
+        timeout_after_1s(scenario).await;
+        let status = rx.await.unwrap();
+        let ca = status.certificate_authority.as_ref().unwrap();
+        assert_eq!(
+            ca.previous_trust_domains.as_deref(),
+            Some(&["old.example".to_string()][..])
+        );
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == CERTIFICATE_AUTHORITY_READY)
+            .unwrap();
+        assert_eq!(condition.reason, "TrustDomainChanging");
+        assert!(
+            condition.message.contains(
+                "not connected (it may still serve a certificate in old.example): shop/trellis-ingressgateway-1"
+            ),
+            "{}",
+            condition.message
+        );
+        let dp = status.data_plane.as_ref().unwrap();
+        assert_eq!((dp.proxies, dp.connected), (2, 2), "the sidecars' counts");
+
+        // The gateway gone, a sidecar whose proxy never ran (its image not pulled) in its place:
+        // the change finishes.
+        cluster.pods.pop();
+        cluster.pods.push(pod("unpulled", ProxyRole::Sidecar, false));
+        let (ctx, server, _) = crate::mesh::Context::test(cluster);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scenario = server.run(Scenario::Steps(vec![
+            Step::EventSaying("CertificateAuthorityReady".into(), "(RootValid)".into()),
+            Step::Event("DataPlaneUpToDateFalse".into()),
+            Step::EventSaying(
+                "TrustDomainChangeFinished".into(),
+                "old.example is no longer an alias".into(),
+            ),
+            Step::Status(tx),
+        ]));
+        let m = m.with_status(MeshStatus {
+            conditions: status.conditions.clone(),
+            ..recorded
+        });
+        crate::mesh::reconcile(std::sync::Arc::new(m), ctx)
+            .await
+            .expect("reconcile");
+        timeout_after_1s(scenario).await;
+        let status = rx.await.unwrap();
+        assert!(
+            status
+                .certificate_authority
+                .as_ref()
+                .unwrap()
+                .previous_trust_domains
+                .is_none(),
+            "{status:?}"
+        );
     }
 
     #[test]
