@@ -26,7 +26,7 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TCP_CONNECTIONS: usize = 256;
 
 /// Upstream resolvers: the config's, else `/etc/resolv.conf`'s.
-fn upstreams(cfg: &DnsConfig) -> Vec<SocketAddr> {
+pub(crate) fn upstreams(cfg: &DnsConfig) -> Vec<SocketAddr> {
     let configured: Vec<SocketAddr> = cfg.upstreams.iter().filter_map(|u| u.parse().ok()).collect();
     if !configured.is_empty() {
         return configured;
@@ -40,7 +40,7 @@ fn upstreams(cfg: &DnsConfig) -> Vec<SocketAddr> {
         .collect()
 }
 
-async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+pub(crate) async fn forward_udp(query: &[u8], upstreams: &[SocketAddr], timeout: Duration) -> Option<Vec<u8>> {
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
         let Ok(sock) = UdpSocket::bind(bind).await else {
@@ -50,7 +50,7 @@ async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> 
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + timeout;
         // Ignore datagrams from elsewhere or with another id (spoofing).
         loop {
             match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
@@ -108,7 +108,7 @@ async fn resolve(rt: &Runtime, query: &[u8], transport: Transport) -> Option<Vec
     let ups = upstreams(&snap.config.dns);
     drop(snap);
     let forwarded = match transport {
-        Transport::Udp => forward_udp(query, &ups).await,
+        Transport::Udp => forward_udp(query, &ups, UPSTREAM_TIMEOUT).await,
         Transport::Tcp => forward_tcp(query, &ups).await,
     };
     forwarded.or_else(|| error_response(query, RCODE_SERVFAIL))

@@ -44,6 +44,9 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// Original (or local) destination.
     pub dst: SocketAddr,
+    /// Whether `dst` is the original destination of a redirected connection
+    /// (`SO_ORIGINAL_DST`), not the listener's own address.
+    pub redirected: bool,
     /// Verified client SPIFFE ID (mesh mTLS).
     pub peer_identity: Option<String>,
     /// SHA-256 (hex) of the verified client's certificate (mesh mTLS).
@@ -54,6 +57,13 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
     pub verdicts: Option<Arc<crate::head::Verdicts>>,
+}
+
+impl ConnContext {
+    /// The address the client dialled, when the connection was redirected to the proxy.
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        self.redirected.then_some(self.dst)
+    }
 }
 
 /// The original client's address (`remote.ip`), as Istio's Envoy reads it with no trusted
@@ -264,16 +274,28 @@ async fn pipeline(
         }
     }
 
-    let hit = listener.routes.route(&RequestView {
+    let view = RequestView {
         method: req.method().as_str(),
         path: &path,
         query: query.as_deref(),
         host: &host,
         port,
         headers: req.headers(),
-    });
+    };
+    // What no virtual host takes: passed through to where it was sent, refused as Istio's
+    // BlackHoleCluster (502), or 404.
+    let hit = listener
+        .routes
+        .route(&view)
+        .or_else(|| listener.passthrough.as_ref()?.route(&view));
     let Some(hit) = hit else {
         out.flags = "NR";
+        if listener.spec.unrouted == trellis_contract::Unrouted::BlackHole {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                "no route: the host is not in the mesh's registry (outboundTrafficPolicy REGISTRY_ONLY)\n",
+            );
+        }
         return text(StatusCode::NOT_FOUND, "no route\n");
     };
     let route = Arc::clone(&hit.route);

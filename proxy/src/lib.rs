@@ -13,6 +13,7 @@ pub mod capture;
 pub mod client_hello;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod dns;
 pub mod dns_table;
 pub mod head;

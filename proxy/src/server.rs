@@ -207,11 +207,11 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         return;
     };
     let Ok(local) = tcp.local_addr() else { return };
-    let dst = if listener.spec.transparent {
-        original_dst(&tcp).unwrap_or(local)
-    } else {
-        local
+    let redirected = match listener.spec.transparent {
+        true => original_dst(&tcp).filter(|d| *d != local),
+        false => None,
     };
+    let dst = redirected.unwrap_or(local);
     let limits = &listener.spec.limits;
     // The TLS handshake and then the start of the first request each get the
     // header read timeout: a client that sends nothing is cut like a slow one.
@@ -221,6 +221,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         direction: listener.spec.direction,
         peer,
         dst,
+        redirected: redirected.is_some(),
         peer_identity: None,
         peer_cert_sha256: None,
         tls: false,
@@ -309,7 +310,10 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
             (DownstreamStream::Plain(tcp), _) => {
                 let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
                 let head = peek_prefix(tcp, 16, timeout, http_decided).await;
-                looks_like_http(&head) || (head.is_empty() && listener.tcp_routes.is_empty())
+                // Silence is a server-first protocol (TCP) where some TCP route or unrouted
+                // traffic has somewhere to go; otherwise HTTP (which answers it).
+                looks_like_http(&head)
+                    || (head.is_empty() && listener.tcp_routes.is_empty() && listener.spec.unrouted.is_not_found())
             }
         },
     };

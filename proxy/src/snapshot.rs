@@ -13,7 +13,10 @@ use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use trellis_contract::{Listener, ListenerDirection, ProxyConfig, ValidationErrors};
+use trellis_contract::{
+    Cluster, Discovery, Listener, ListenerDirection, ProxyConfig, Route, Unrouted, UpstreamProtocol, UpstreamTls,
+    ValidationErrors, VirtualHost,
+};
 
 /// Why a config was rejected; the last good config stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,50 @@ pub struct ListenerRuntime {
     pub tls: Option<Arc<crate::sni::TlsServers>>,
     /// TCP routes, in order.
     pub tcp_routes: Vec<TcpRouteRuntime>,
+    /// Where HTTP requests no virtual host takes go (`unrouted: passthrough`): a route to
+    /// [`PASSTHROUGH_CLUSTER`] for any host.
+    pub passthrough: Option<RouteTable>,
+}
+
+/// The cluster of traffic an outbound listener passes through (`unrouted: passthrough`):
+/// each connection to the address it was sent to, plaintext as sent (Istio's name).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
+/// The passthrough cluster's definition.
+fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        service: None,
+        subset: None,
+        protocol: UpstreamProtocol::UseDownstream,
+        load_balancer: Default::default(),
+        connect_timeout_ms: 10_000,
+        connection_pool: Default::default(),
+        outlier_detection: None,
+        panic_threshold_percent: 0.0,
+        tls: UpstreamTls::Disable,
+        discovery: Discovery::OriginalDestination,
+        endpoints: Vec::new(),
+        provenance: None,
+    }
+}
+
+/// The route of passed-through HTTP: any host, to [`PASSTHROUGH_CLUSTER`].
+fn passthrough_routes() -> Result<RouteTable, RoutingError> {
+    let route: Route = serde_json::from_value(serde_json::json!({
+        "name": "allow_any",
+        "action": {"forward": {"clusters": [{"cluster": PASSTHROUGH_CLUSTER}]}},
+        "provenance": {"kind": "Mesh", "namespace": "", "name": "outboundTrafficPolicy"},
+    }))
+    .expect("the passthrough route is well-formed");
+    RouteTable::compile(
+        "passthrough",
+        &[VirtualHost {
+            name: PASSTHROUGH_CLUSTER.into(),
+            domains: vec!["*".into()],
+            routes: vec![route],
+        }],
+    )
 }
 
 impl TcpRouteRuntime {
@@ -191,24 +238,28 @@ impl Snapshot {
         });
 
         let mut clusters = HashMap::new();
-        for c in &config.clusters {
+        let passes_through = config.listeners.iter().any(|l| l.unrouted == Unrouted::Passthrough);
+        let passthrough = passes_through.then(passthrough_cluster);
+        let upstreams = crate::dns::upstreams(&config.dns);
+        let resolvers_unchanged = previous.is_some_and(|p| p.config.dns.upstreams == config.dns.upstreams);
+        for c in config.clusters.iter().chain(&passthrough) {
             let reused = previous
-                .filter(|_| identity_unchanged)
+                .filter(|_| identity_unchanged && (c.discovery.is_static() || resolvers_unchanged))
                 .and_then(|p| p.clusters.get(&c.name))
                 .filter(|old| old.spec == *c)
                 .cloned();
             let rt = match reused {
                 Some(rt) => rt,
                 None => Arc::new(
-                    ClusterRuntime::build(c, identity.as_ref(), &config.node.cluster).map_err(|source| {
-                        SnapshotError::Cluster {
+                    ClusterRuntime::build_with(c, identity.as_ref(), &config.node.cluster, upstreams.clone()).map_err(
+                        |source| SnapshotError::Cluster {
                             version: version.clone(),
                             source: Box::new(source),
-                        }
-                    })?,
+                        },
+                    )?,
                 ),
             };
-            clusters.insert(c.name.clone(), rt);
+            clusters.entry(c.name.clone()).or_insert(rt);
         }
 
         let mut listeners = HashMap::new();
@@ -230,6 +281,13 @@ impl Snapshot {
                     clusters: t.destinations().into_iter().map(|(c, w)| (c.to_string(), w)).collect(),
                 })
                 .collect();
+            let passthrough = match l.unrouted {
+                Unrouted::Passthrough => Some(passthrough_routes().map_err(|source| SnapshotError::Routing {
+                    version: version.clone(),
+                    source,
+                })?),
+                _ => None,
+            };
             listeners.insert(
                 l.name.clone(),
                 Arc::new(ListenerRuntime {
@@ -237,6 +295,7 @@ impl Snapshot {
                     routes,
                     tls,
                     tcp_routes,
+                    passthrough,
                 }),
             );
         }

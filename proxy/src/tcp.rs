@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use trellis_contract::ListenerDirection;
 use trellis_contract::authorization::AuthzRequest;
+use trellis_contract::{ListenerDirection, Unrouted};
 
 /// Proxy one TCP connection to the cluster its TCP route names. `source` is
 /// the client's verified peer metadata (inbound mesh connections).
@@ -51,11 +51,25 @@ pub async fn proxy(
         }
         _ => None,
     };
-    let Some(cluster_name) = listener.tcp_cluster(ctx.dst, sni.as_deref()) else {
-        tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route; closing");
-        return;
+    let cluster_name = match (listener.tcp_cluster(ctx.dst, sni.as_deref()), listener.spec.unrouted) {
+        (Some(name), _) => name,
+        (None, Unrouted::Passthrough) => crate::snapshot::PASSTHROUGH_CLUSTER,
+        (None, Unrouted::BlackHole) => {
+            // Istio's BlackHoleCluster: the connection is reset, nothing is forwarded.
+            tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route (REGISTRY_ONLY); resetting");
+            reset(downstream);
+            return;
+        }
+        (None, Unrouted::NotFound) => {
+            tracing::debug!(listener = %ctx.listener, dst = %ctx.dst, "no TCP route; closing");
+            return;
+        }
     };
     let Some(cluster) = snap.clusters.get(cluster_name).cloned() else {
+        return;
+    };
+    let Some(cluster) = crate::discovery::target(&cluster, ctx.original_dst()).await else {
+        tracing::debug!(listener = %ctx.listener, cluster = %cluster_name, "no original destination to pass through to; closing");
         return;
     };
     let (upstream, endpoint) = connect(&rt, &snap, &cluster, &ctx).await;
@@ -81,6 +95,16 @@ pub async fn proxy(
         tracing::debug!(error = %e, "TCP proxy ended with error");
     }
     series.closed();
+}
+
+/// Close a downstream connection with a TCP reset (`SO_LINGER` 0), as Envoy's black hole does.
+fn reset(downstream: DownstreamStream) {
+    let tcp = match &downstream {
+        DownstreamStream::Plain(tcp) => tcp,
+        DownstreamStream::Tls(tls) => tls.get_ref().0,
+    };
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+    drop(downstream);
 }
 
 /// Connects to one of the cluster's endpoints (one try per endpoint, at most

@@ -283,6 +283,9 @@ pub struct ClusterRuntime {
     pub active_retries: AtomicU64,
     /// The `destination_service` metric label (computed once).
     pub service_label: Arc<str>,
+    /// Run-time discovery (`dns`, `originalDestination`): the runtimes requests use instead
+    /// of this one, which has no endpoints ([`crate::discovery::target`]).
+    pub discovery: Option<Arc<crate::discovery::DiscoveryState>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -310,7 +313,26 @@ pub struct Slot {
 }
 
 impl ClusterRuntime {
-    /// Build a cluster; TLS configs are created here, once per config version.
+    /// Build a cluster whose run-time discovery (if any) resolves with `upstreams`.
+    pub fn build_with(
+        spec: &Cluster,
+        identity: Option<&WorkloadIdentity>,
+        local_cluster: &str,
+        upstreams: Vec<SocketAddr>,
+    ) -> Result<Self, ClusterError> {
+        let mut rt = Self::build(spec, identity, local_cluster)?;
+        if !spec.discovery.is_static() {
+            rt.discovery = Some(Arc::new(crate::discovery::DiscoveryState::new(
+                identity,
+                local_cluster,
+                upstreams,
+            )));
+        }
+        Ok(rt)
+    }
+
+    /// Build a cluster; TLS configs are created here, once per config version. A cluster
+    /// with run-time discovery is built without its endpoints (see [`Self::build_with`]).
     pub fn build(
         spec: &Cluster,
         identity: Option<&WorkloadIdentity>,
@@ -338,8 +360,13 @@ impl ClusterRuntime {
             }
             _ => None,
         };
-        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
-        for e in &spec.endpoints {
+        let listed: &[Endpoint] = if spec.discovery.is_static() {
+            &spec.endpoints
+        } else {
+            &[]
+        };
+        let mut endpoints = Vec::with_capacity(listed.len());
+        for e in listed {
             let ip: IpAddr = e.address.parse().map_err(|_| ClusterError::Address {
                 cluster: spec.name.clone(),
                 address: e.address.clone(),
@@ -383,7 +410,7 @@ impl ClusterRuntime {
                 tls,
             }));
         }
-        let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
+        let weights: Vec<u32> = listed.iter().map(|e| e.weight).collect();
         let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         let pool = &spec.connection_pool;
         Ok(Self {
@@ -396,6 +423,7 @@ impl ClusterRuntime {
             active_retries: AtomicU64::new(0),
             service_label: Arc::from(spec.service.as_deref().unwrap_or_default()),
             spec: spec.clone(),
+            discovery: None,
         })
     }
 

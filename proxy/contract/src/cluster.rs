@@ -38,6 +38,9 @@ pub struct Cluster {
     /// TLS towards the endpoints.
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// How the endpoints' addresses are found (ServiceEntry `resolution`).
+    #[serde(default, skip_serializing_if = "Discovery::is_static")]
+    pub discovery: Discovery,
     /// Endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -55,6 +58,38 @@ fn default_connect_timeout() -> u64 {
 
 fn default_panic() -> f64 {
     50.0
+}
+
+/// How a cluster's endpoint addresses are found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Discovery {
+    /// The endpoints' addresses are IP addresses, used as given.
+    #[default]
+    Static,
+    /// Each endpoint's address is a host name (or an IP address) the proxy resolves, with
+    /// its DNS settings' upstreams, and refreshes while the cluster is used; every address
+    /// an answer holds is an endpoint (Envoy's STRICT_DNS; ServiceEntry `resolution: DNS`).
+    Dns,
+    /// As `dns`, but only the first address of each answer is used (Envoy's LOGICAL_DNS;
+    /// ServiceEntry `resolution: DNS_ROUND_ROBIN`).
+    DnsFirstAddress,
+    /// No endpoints: each connection goes to the address the client dialled (its original
+    /// destination, Envoy's ORIGINAL_DST; ServiceEntry `resolution: NONE` and the
+    /// passthrough of `outboundTrafficPolicy: ALLOW_ANY`).
+    OriginalDestination,
+}
+
+impl Discovery {
+    /// Whether this is [`Discovery::Static`] (the default, not serialized).
+    pub fn is_static(&self) -> bool {
+        *self == Discovery::Static
+    }
+
+    /// Whether the proxy resolves the endpoints' names.
+    pub fn resolves(&self) -> bool {
+        matches!(self, Discovery::Dns | Discovery::DnsFirstAddress)
+    }
 }
 
 /// Upstream application protocol.
@@ -263,7 +298,7 @@ impl UpstreamTls {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    /// IP address.
+    /// IP address; with [`Discovery::Dns`] also a host name the proxy resolves.
     pub address: String,
     /// Port.
     pub port: u16,

@@ -666,6 +666,7 @@ fn patch_between(old: &Listener, new: &Listener) -> Option<ListenerPatch> {
         tcp_routes: _,
         limits,
         path_normalization,
+        unrouted,
     } = old;
     let same_shell = *name == new.name
         && *address == new.address
@@ -675,7 +676,8 @@ fn patch_between(old: &Listener, new: &Listener) -> Option<ListenerPatch> {
         && *tls == new.tls
         && *sni_tls == new.sni_tls
         && *limits == new.limits
-        && *path_normalization == new.path_normalization;
+        && *path_normalization == new.path_normalization
+        && *unrouted == new.unrouted;
     if !same_shell {
         return None;
     }

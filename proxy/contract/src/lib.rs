@@ -41,8 +41,8 @@ pub mod trust_domain;
 mod validate;
 
 pub use cluster::{
-    Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls, OutlierDetection,
-    UpstreamProtocol, UpstreamTls,
+    Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
+    OutlierDetection, UpstreamProtocol, UpstreamTls,
 };
 pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};
@@ -54,7 +54,7 @@ pub use inbound::{
 pub use jwt::{ClaimToHeader, JwtHeader, JwtProvider, condition_claim};
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
-    ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,
+    ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster, Unrouted,
 };
 pub use route::{
     CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,
@@ -295,6 +295,7 @@ mod tests {
                 client_certificate: Some(inline()),
                 ..OriginateTls::default()
             })),
+            discovery: Discovery::Static,
             endpoints: Vec::new(),
             provenance: None,
         });

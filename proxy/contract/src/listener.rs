@@ -48,6 +48,32 @@ pub struct Listener {
     /// Path normalization applied before routing and authorization.
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// What happens to traffic no virtual host or TCP route takes (Istio's
+    /// `outboundTrafficPolicy` on the sidecar's outbound listener).
+    #[serde(default, skip_serializing_if = "Unrouted::is_not_found")]
+    pub unrouted: Unrouted,
+}
+
+/// What a listener does with a request or connection none of its routes takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Unrouted {
+    /// HTTP 404 (`no route`, flag `NR`); an opaque TCP connection is closed.
+    #[default]
+    NotFound,
+    /// Forwarded to the address the client dialled, as Istio's `PassthroughCluster`
+    /// (`outboundTrafficPolicy: ALLOW_ANY`): HTTP and opaque TCP alike, plaintext as sent.
+    Passthrough,
+    /// Refused as Istio's `BlackHoleCluster` (`outboundTrafficPolicy: REGISTRY_ONLY`):
+    /// HTTP 502, an opaque TCP connection reset.
+    BlackHole,
+}
+
+impl Unrouted {
+    /// Whether this is [`Unrouted::NotFound`] (the default, not serialized).
+    pub fn is_not_found(&self) -> bool {
+        *self == Unrouted::NotFound
+    }
 }
 
 /// Traffic direction of a listener.

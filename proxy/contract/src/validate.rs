@@ -6,7 +6,7 @@
 //! without further errors except I/O (certificate files, binding sockets).
 //! All errors are reported at once, each with its field path.
 
-use crate::cluster::{Cluster, HashKey, LbPolicy, UpstreamTls};
+use crate::cluster::{Cluster, Discovery, HashKey, LbPolicy, UpstreamTls};
 use crate::identity::{CertificateRef, PemSource, SpiffeId, is_valid_trust_domain};
 use crate::inbound::{AuthzCondition, AuthzSource, CONDITION_KEYS, IP_CONDITION_KEYS, InboundPolicy, condition_header};
 use crate::jwt::JwtProvider;
@@ -437,9 +437,22 @@ impl Validator {
                 }
             }
         }
+        if cl.discovery == Discovery::OriginalDestination && !cl.endpoints.is_empty() {
+            self.err(
+                format!("{path}.endpoints"),
+                "an originalDestination cluster has no endpoints: each connection goes where it was addressed",
+            );
+        }
         for (i, e) in cl.endpoints.iter().enumerate() {
             let ep = format!("{path}.endpoints[{i}]");
-            if e.address.parse::<IpAddr>().is_err() {
+            if cl.discovery.resolves() {
+                if e.address.parse::<IpAddr>().is_err() && !is_dns_name(&e.address) {
+                    self.err(
+                        format!("{ep}.address"),
+                        format!("{:?} is not a host name or IP address", e.address),
+                    );
+                }
+            } else if e.address.parse::<IpAddr>().is_err() {
                 self.err(format!("{ep}.address"), format!("{:?} is not an IP address", e.address));
             }
             if e.port == 0 {
@@ -464,6 +477,12 @@ impl Validator {
     fn listener(&mut self, path: &str, l: &Listener, clusters: &HashSet<&str>) {
         if l.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
+        }
+        if !l.unrouted.is_not_found() && (l.direction != ListenerDirection::Outbound || !l.transparent) {
+            self.err(
+                format!("{path}.unrouted"),
+                "only a transparent outbound listener knows where unrouted traffic was addressed; remove it",
+            );
         }
         if let Some(tls) = &l.tls {
             self.server_tls(&format!("{path}.tls"), tls);

@@ -54,6 +54,14 @@ pub(super) async fn forward(
         out.flags = "NC";
         return text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
     };
+    // Endpoints found at run time: resolved names, or the address the client dialled.
+    let Some(cluster) = crate::discovery::target(&cluster, conn.original_dst()).await else {
+        out.flags = "UH";
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no original destination: the connection was not redirected to the proxy\n",
+        );
+    };
     out.cluster = Some(Arc::clone(&cluster));
 
     let (mut parts, body) = req.into_parts();
@@ -572,6 +580,9 @@ fn mirror(
         // A mirror never waits longer for a slot than a stream may idle.
         let mirror_wait = stream_idle;
         tokio::spawn(async move {
+            let Some(mc) = crate::discovery::target(&mc, None).await else {
+                return;
+            };
             let Ok(_slot) = mc.acquire(mirror_wait).await else {
                 return;
             };

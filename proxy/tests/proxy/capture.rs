@@ -24,6 +24,8 @@ struct Lab {
     client_ns: String,
     server_ns: String,
     children: Vec<Child>,
+    /// The server's files and the proxy's config.
+    www: tempfile::TempDir,
 }
 
 impl Drop for Lab {
@@ -38,8 +40,10 @@ impl Drop for Lab {
     }
 }
 
-#[tokio::test]
-async fn captured_connection_is_routed_by_original_destination() {
+/// A client namespace and a server namespace joined by a veth pair, the server's
+/// `python3 -m http.server` on 10.200.0.2:9090 (nothing on 8080), and `trellis-proxy init`'s
+/// capture rules in the client namespace. `None` (a recorded skip) without root or the tools.
+fn lab(tag: &str) -> Option<Lab> {
     let missing: Vec<&str> = ["ip", "iptables", "curl", "python3"]
         .into_iter()
         .filter(|tool| !trellis_skip::have(tool))
@@ -49,13 +53,14 @@ async fn captured_connection_is_routed_by_original_destination() {
             "needs root (is root: {}) and ip, iptables, curl, python3 (missing: {missing:?}; Debian: iproute2 iptables curl python3)",
             trellis_skip::is_root()
         ));
-        return;
+        return None;
     }
-    let id = std::process::id();
+    let id = format!("{tag}{}", std::process::id());
     let mut lab = Lab {
         client_ns: format!("trellis-c-{id}"),
         server_ns: format!("trellis-s-{id}"),
         children: Vec::new(),
+        www: tempfile::tempdir().unwrap(),
     };
     let (c, s) = (lab.client_ns.clone(), lab.server_ns.clone());
     let (veth_c, veth_s) = (format!("tc{id}"), format!("ts{id}"));
@@ -71,8 +76,7 @@ async fn captured_connection_is_routed_by_original_destination() {
     }
 
     // The app server listens on 9090 only; nothing listens on 8080.
-    let www = tempfile::tempdir().unwrap();
-    std::fs::write(www.path().join("index.html"), "hello from the server namespace\n").unwrap();
+    std::fs::write(lab.www.path().join("index.html"), "hello from the server namespace\n").unwrap();
     lab.children.push(
         Command::new("ip")
             .args([
@@ -86,7 +90,7 @@ async fn captured_connection_is_routed_by_original_destination() {
                 "--bind",
                 "10.200.0.2",
             ])
-            .current_dir(www.path())
+            .current_dir(lab.www.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,9 +99,81 @@ async fn captured_connection_is_routed_by_original_destination() {
 
     // Capture rules: the proxy runs as root here, the client as uid 1000. DNS capture is
     // the default: no flag asks for it.
-    let bin = env!("CARGO_BIN_EXE_trellis-proxy");
-    run(&["ip", "netns", "exec", &c, bin, "init", "--proxy-uid", "0"]);
+    run(&["ip", "netns", "exec", &c, PROXY, "init", "--proxy-uid", "0"]);
+    Some(lab)
+}
 
+const PROXY: &str = env!("CARGO_BIN_EXE_trellis-proxy");
+
+impl Lab {
+    /// Run the proxy in the client namespace with `cfg`.
+    fn proxy(&mut self, cfg: &serde_json::Value) {
+        let path = self.www.path().join("proxy.json");
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        self.children.push(
+            Command::new("ip")
+                .args(["netns", "exec", &self.client_ns, PROXY, "run", "--config"])
+                .arg(&path)
+                .args([
+                    "--dns-addr",
+                    "127.0.0.1:15053",
+                    "--stats-addr",
+                    "127.0.0.1:15020",
+                    "--health-addr",
+                    "127.0.0.1:15021",
+                ])
+                .env("TRELLIS_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// A command run in the client namespace as the app (uid 1000, captured).
+    fn as_app(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                "setpriv",
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `curl` as the app: the body, then the status code on the last line.
+    fn curl(&self, extra: &[&str], url: &str) -> String {
+        let mut args = vec!["curl", "-s", "-m", "5", "-w", "\n%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        String::from_utf8_lossy(&self.as_app(&args).stdout).into_owned()
+    }
+
+    /// `curl` as the app until it answers 200 (the proxy and the server starting), at most 15 s.
+    async fn curl_until_ok(&self, extra: &[&str], url: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.curl(extra, url);
+            if text.ends_with("200") || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn captured_connection_is_routed_by_original_destination() {
+    let Some(mut lab) = lab("") else { return };
+    let c = lab.client_ns.clone();
     let cfg = json!({
         "version": "capture-1",
         "listeners": [{
@@ -113,59 +189,12 @@ async fn captured_connection_is_routed_by_original_destination() {
         "clusters": [{"name": "svc", "endpoints": [{"address": "10.200.0.2", "port": 9090}]}],
         "dns": {"entries": [{"hostname": "payment.shop.svc.cluster.local", "addresses": ["10.96.0.20"]}]},
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    lab.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &c, bin, "run", "--config"])
-            .arg(&path)
-            .args([
-                "--dns-addr",
-                "127.0.0.1:15053",
-                "--stats-addr",
-                "127.0.0.1:15020",
-                "--health-addr",
-                "127.0.0.1:15021",
-            ])
-            .env("TRELLIS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-
-    let curl = |url: &str| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &c,
-                "setpriv",
-                "--reuid",
-                "1000",
-                "--regid",
-                "1000",
-                "--clear-groups",
-            ])
-            .args(["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url])
-            .output()
-            .unwrap()
-    };
-    // Wait for the proxy and the server.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let out = loop {
-        let out = curl("http://10.200.0.2:8080/index.html");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.ends_with("200") || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    lab.proxy(&cfg);
+    let out = lab.curl_until_ok(&[], "http://10.200.0.2:8080/index.html").await;
     assert!(out.contains("hello from the server namespace"), "{out}");
     assert!(out.ends_with("200"), "{out}");
     // Another original port reaches the proxy too, and is routed differently.
-    let other = String::from_utf8_lossy(&curl("http://10.200.0.2:8081/").stdout).into_owned();
+    let other = lab.curl(&[], "http://10.200.0.2:8081/");
     assert!(other.ends_with("404"), "{other}");
     assert!(other.contains("original destination port not routed"), "{other}");
     // The proxy's own upstream traffic was not captured (no loop): the server saw it.
@@ -225,6 +254,63 @@ async fn captured_connection_is_routed_by_original_destination() {
     };
     assert_eq!(dig("udp").trim(), "10.96.0.20");
     assert_eq!(dig("tcp").trim(), "10.96.0.20");
+}
+
+/// Istio's `outboundTrafficPolicy: ALLOW_ANY` and ServiceEntry `resolution: NONE` on a real
+/// capture: HTTP to a host no virtual host names, and opaque TCP no TCP route takes, go to the
+/// address the app dialled (`unrouted: passthrough`); a virtual host whose cluster has
+/// `originalDestination` discovery sends its requests there too, with its route's settings.
+#[tokio::test]
+async fn unrouted_traffic_passes_through_to_the_original_destination() {
+    let Some(mut lab) = lab("p") else { return };
+    let cfg = json!({
+        "version": "passthrough-1",
+        "listeners": [{
+            "name": "outbound", "address": "0.0.0.0:15001", "direction": "outbound",
+            "protocol": "auto", "transparent": true, "unrouted": "passthrough",
+            "virtualHosts": [{"name": "entry", "domains": ["ext.test:9090"], "routes": [
+                {"action": {"forward": {"clusters": [{"cluster": "outbound|9090||ext.test"}]}},
+                 "responseHeaders": {"set": {"x-route": "service-entry"}},
+                 "provenance": {"kind": "ServiceEntry", "namespace": "test", "name": "ext"}},
+            ]}],
+        }],
+        "clusters": [{"name": "outbound|9090||ext.test", "service": "ext.test", "discovery": "originalDestination"}],
+    });
+    lab.proxy(&cfg);
+
+    // No virtual host for 10.200.0.2:9090: passed through to where it was sent.
+    let out = lab.curl_until_ok(&[], "http://10.200.0.2:9090/index.html").await;
+    assert!(out.contains("hello from the server namespace"), "{out}");
+    assert!(out.ends_with("200"), "{out}");
+
+    // The entry's host: its route (and header), to the same original destination.
+    let out = lab.curl(
+        &["-i", "-H", "Host: ext.test:9090"],
+        "http://10.200.0.2:9090/index.html",
+    );
+    assert!(out.ends_with("200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-route: service-entry"), "{out}");
+
+    // Opaque TCP (not HTTP): passed through byte for byte; the server's own answer comes back.
+    // (The app runs as uid 1000, which may not reach a python3 under root's home.)
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let tcp = lab.as_app(&[
+        python,
+        "-c",
+        "import socket; s = socket.create_connection(('10.200.0.2', 9090), timeout=5); \
+         s.sendall(b'\\x00\\x01 / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(200).decode(errors='replace'))",
+    ]);
+    let answer = String::from_utf8_lossy(&tcp.stdout);
+    // The server's verdict on a method it does not know: it saw the bytes as they were sent.
+    assert!(
+        answer.contains("HTTP/1.0 501"),
+        "{answer}{}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
 }
 
 /// A one-question A lookup over UDP or TCP; prints the first answer's address.

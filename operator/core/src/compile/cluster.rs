@@ -6,8 +6,8 @@ use trellis_api::networking::{
     OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
 };
 use trellis_contract::{
-    CertificateRef, Cluster, ConnectionPool, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
-    OutlierDetection, PemSource, Provenance, UpstreamProtocol, UpstreamTls,
+    CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
+    OriginateTls, OutlierDetection, PemSource, Provenance, UpstreamProtocol, UpstreamTls,
 };
 
 use super::route::{ClusterRef, millis};
@@ -158,6 +158,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         outlier_detection: None,
         panic_threshold_percent: 50.0,
         tls: UpstreamTls::Disable,
+        discovery: Discovery::Static,
         endpoints,
         provenance: dr.map(|d| Provenance {
             kind: "DestinationRule".into(),

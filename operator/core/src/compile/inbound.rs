@@ -74,6 +74,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             outlier_detection: None,
             panic_threshold_percent: 0.0,
             tls: UpstreamTls::Disable,
+            discovery: trellis_contract::Discovery::Static,
             endpoints: vec![Endpoint {
                 address: "127.0.0.1".into(),
                 port: *port,
@@ -122,6 +123,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
         tcp_routes,
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
+        unrouted: trellis_contract::Unrouted::NotFound,
     };
     let policy = InboundPolicy {
         mtls: mtls(ctx),

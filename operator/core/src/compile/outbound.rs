@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use trellis_api::networking::{Gateway, RouteDestination, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
-    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster,
+    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster, Unrouted,
     VirtualHost,
 };
 
@@ -205,6 +205,7 @@ pub(crate) fn outbound_shell() -> Listener {
         tcp_routes: Vec::new(),
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
+        unrouted: Unrouted::NotFound,
     }
 }
 
@@ -528,6 +529,7 @@ pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<Strin
                 tcp_routes: Vec::new(),
                 limits: HttpLimits::default(),
                 path_normalization: PathNormalization::default(),
+                unrouted: Unrouted::NotFound,
             });
             if listener.tls.is_some() != tls.is_some() {
                 ctx.diag(

@@ -1,0 +1,241 @@
+//! Endpoints found at run time (a cluster's `discovery`), as Envoy's cluster types find them:
+//!
+//! - `dns` / `dnsFirstAddress` (STRICT_DNS / LOGICAL_DNS; ServiceEntry `resolution: DNS` and
+//!   `DNS_ROUND_ROBIN`): each endpoint's name is resolved with the configuration's DNS
+//!   upstreams (else `/etc/resolv.conf`'s) — A, then AAAA —, at the cluster's first use and
+//!   again [`REFRESH`] later while it is used (in the background: requests keep the addresses
+//!   they have meanwhile). Every address of an answer is an endpoint with the name's weight
+//!   and labels (`dnsFirstAddress`: the first only). A failed lookup keeps the last answer;
+//!   with none yet, requests get 503 (no healthy upstream) and the name is tried again after
+//!   [`RETRY`]. Bounded: one lookup per cluster at a time, [`LOOKUP_TIMEOUT`] per upstream, at
+//!   most [`MAX_ADDRESSES`] addresses a name.
+//! - `originalDestination` (ORIGINAL_DST; ServiceEntry `resolution: NONE` and the outbound
+//!   passthrough): the one endpoint is the address the client dialled. Each destination gets
+//!   its runtime (pool, outlier state), at most [`MAX_DESTINATIONS`] of them at a time.
+//!
+//! Either way requests use an ordinary static [`ClusterRuntime`] over the addresses found, so
+//! balancing, pooling, outlier detection and TLS are the same as for static endpoints.
+
+use crate::dns_table::{TYPE_A, TYPE_AAAA, answer_addresses, build_query};
+use crate::identity::WorkloadIdentity;
+use crate::upstream::{ClusterError, ClusterRuntime};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_contract::{Cluster, Discovery, Endpoint};
+
+/// How long resolved addresses are used before they are looked up again.
+pub const REFRESH: Duration = Duration::from_secs(30);
+/// How soon a name that resolved to nothing (and had no earlier answer) is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+/// How long one upstream resolver is waited for.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Addresses kept from one answer.
+pub const MAX_ADDRESSES: usize = 32;
+/// Original destinations with a runtime at a time; past it the oldest set is dropped.
+pub const MAX_DESTINATIONS: usize = 1024;
+
+/// What a cluster with run-time discovery needs to build the runtimes it hands out.
+pub struct DiscoveryState {
+    identity: Option<WorkloadIdentity>,
+    local_cluster: String,
+    upstreams: Vec<SocketAddr>,
+    by_destination: Mutex<HashMap<SocketAddr, Arc<ClusterRuntime>>>,
+    resolved: Mutex<Option<Resolved>>,
+    resolving: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+}
+
+impl std::fmt::Debug for DiscoveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryState")
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The addresses last resolved and the runtime over them.
+struct Resolved {
+    addresses: Vec<Vec<IpAddr>>,
+    runtime: Arc<ClusterRuntime>,
+    fresh_until: Instant,
+}
+
+impl DiscoveryState {
+    /// The state of a cluster built with `identity` for the local cluster `local_cluster`,
+    /// resolving with `upstreams`.
+    pub fn new(identity: Option<&WorkloadIdentity>, local_cluster: &str, upstreams: Vec<SocketAddr>) -> Self {
+        Self {
+            identity: identity.cloned(),
+            local_cluster: local_cluster.to_string(),
+            upstreams,
+            by_destination: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(None),
+            resolving: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    fn build(&self, spec: &Cluster, endpoints: Vec<Endpoint>) -> Result<ClusterRuntime, ClusterError> {
+        let spec = Cluster {
+            discovery: Discovery::Static,
+            endpoints,
+            ..spec.clone()
+        };
+        ClusterRuntime::build(&spec, self.identity.as_ref(), &self.local_cluster)
+    }
+}
+
+/// The runtime a request to `cluster` uses, going to `dst` (the connection's original
+/// destination; `None` when it is not known, e.g. a connection that was not redirected).
+/// `None` when there is nowhere to go: an original-destination cluster without one.
+pub async fn target(cluster: &Arc<ClusterRuntime>, dst: Option<SocketAddr>) -> Option<Arc<ClusterRuntime>> {
+    let Some(state) = &cluster.discovery else {
+        return Some(Arc::clone(cluster));
+    };
+    match cluster.spec.discovery {
+        Discovery::Static => Some(Arc::clone(cluster)),
+        Discovery::OriginalDestination => original_destination(cluster, state, dst?),
+        Discovery::Dns | Discovery::DnsFirstAddress => Some(resolved(cluster, state).await),
+    }
+}
+
+fn original_destination(
+    cluster: &ClusterRuntime,
+    state: &DiscoveryState,
+    dst: SocketAddr,
+) -> Option<Arc<ClusterRuntime>> {
+    let mut map = state.by_destination.lock().expect("destinations lock");
+    if let Some(rt) = map.get(&dst) {
+        return Some(Arc::clone(rt));
+    }
+    if map.len() >= MAX_DESTINATIONS {
+        map.clear();
+    }
+    let endpoint = Endpoint {
+        address: dst.ip().to_string(),
+        port: dst.port(),
+        weight: 1,
+        labels: Default::default(),
+        health: Default::default(),
+        identity: None,
+    };
+    match state.build(&cluster.spec, vec![endpoint]) {
+        Ok(rt) => {
+            let rt = Arc::new(rt);
+            map.insert(dst, Arc::clone(&rt));
+            Some(rt)
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.spec.name, %dst, error = %e, "cannot build the original destination's cluster");
+            None
+        }
+    }
+}
+
+async fn resolved(cluster: &Arc<ClusterRuntime>, state: &DiscoveryState) -> Arc<ClusterRuntime> {
+    {
+        let current = state.resolved.lock().expect("resolved lock");
+        if let Some(r) = current.as_ref() {
+            if Instant::now() < r.fresh_until {
+                return Arc::clone(&r.runtime);
+            }
+            // Stale: refreshed in the background, used meanwhile.
+            if !state.refreshing.swap(true, Ordering::AcqRel) {
+                let cluster = Arc::clone(cluster);
+                tokio::spawn(async move {
+                    if let Some(state) = &cluster.discovery {
+                        refresh(&cluster, state).await;
+                        state.refreshing.store(false, Ordering::Release);
+                    }
+                });
+            }
+            return Arc::clone(&r.runtime);
+        }
+    }
+    // First use: resolve now (one lookup at a time; the others wait for its answer).
+    let _one = state.resolving.lock().await;
+    if let Some(r) = state.resolved.lock().expect("resolved lock").as_ref() {
+        return Arc::clone(&r.runtime);
+    }
+    refresh(cluster, state).await
+}
+
+/// Resolve every endpoint's name and install the runtime over the answers.
+async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<ClusterRuntime> {
+    let first_only = cluster.spec.discovery == Discovery::DnsFirstAddress;
+    let mut addresses = Vec::with_capacity(cluster.spec.endpoints.len());
+    for e in &cluster.spec.endpoints {
+        let mut found = lookup(&e.address, &state.upstreams).await;
+        if first_only {
+            found.truncate(1);
+        }
+        addresses.push(found);
+    }
+    let mut current = state.resolved.lock().expect("resolved lock");
+    let now = Instant::now();
+    let answered = addresses.iter().any(|a| !a.is_empty());
+    if let Some(r) = current.as_mut()
+        && (!answered || r.addresses == addresses)
+    {
+        // Nothing new (or a failed lookup): keep the runtime, its pools and state.
+        if !answered {
+            tracing::debug!(cluster = %cluster.spec.name, "DNS lookup failed; keeping the last answer");
+        }
+        r.fresh_until = now + REFRESH;
+        return Arc::clone(&r.runtime);
+    }
+    let mut endpoints = Vec::new();
+    for (e, found) in cluster.spec.endpoints.iter().zip(&addresses) {
+        for ip in found {
+            endpoints.push(Endpoint {
+                address: ip.to_string(),
+                ..e.clone()
+            });
+        }
+    }
+    let runtime = match state.build(&cluster.spec, endpoints) {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.spec.name, error = %e, "cannot build the cluster over the resolved addresses");
+            Arc::new(
+                state
+                    .build(&cluster.spec, Vec::new())
+                    .expect("a cluster without endpoints always builds"),
+            )
+        }
+    };
+    let fresh_until = now + if answered { REFRESH } else { RETRY };
+    *current = Some(Resolved {
+        addresses,
+        runtime: Arc::clone(&runtime),
+        fresh_until,
+    });
+    runtime
+}
+
+/// The addresses of `name` (an IP address is its own), A records first, then AAAA.
+pub async fn lookup(name: &str, upstreams: &[SocketAddr]) -> Vec<IpAddr> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return vec![ip];
+    }
+    let name = name.trim_end_matches('.');
+    let mut out = Vec::new();
+    for qtype in [TYPE_A, TYPE_AAAA] {
+        let query = build_query(fastrand::u16(..), name, qtype);
+        let Some(answer) = crate::dns::forward_udp(&query, upstreams, LOOKUP_TIMEOUT).await else {
+            continue;
+        };
+        for ip in answer_addresses(&answer) {
+            if out.len() < MAX_ADDRESSES && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        if !out.is_empty() {
+            break;
+        }
+    }
+    out
+}
