@@ -116,10 +116,10 @@ fn istio_yaml_is_validated_as_trellis() {
 
 #[test]
 fn unknown_trellis_kind_is_an_error() {
-    let doc = "apiVersion: networking.trellis.dev/v1alpha1\nkind: ServiceEntry\nmetadata: {name: x}\n";
+    let doc = "apiVersion: networking.trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: x}\n";
     let o = meshctl(&["validate", "-f", "-"], Some(doc));
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("unknown kind \"ServiceEntry\""), "{}", text(&o));
+    assert!(text(&o).contains("unknown kind \"WorkloadEntry\""), "{}", text(&o));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::mesh::Mesh;
-use crate::networking::{DestinationRule, Gateway, VirtualService};
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Every Trellis CRD, in a stable order.
@@ -16,6 +16,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         VirtualService::crd(),
         DestinationRule::crd(),
         Gateway::crd(),
+        ServiceEntry::crd(),
         PeerAuthentication::crd(),
         AuthorizationPolicy::crd(),
         RequestAuthentication::crd(),

@@ -20,6 +20,8 @@ pub enum Kind {
     DestinationRule,
     /// `networking.trellis.dev/v1alpha1 Gateway`.
     Gateway,
+    /// `networking.trellis.dev/v1alpha1 ServiceEntry`.
+    ServiceEntry,
     /// `security.trellis.dev/v1alpha1 PeerAuthentication`.
     PeerAuthentication,
     /// `security.trellis.dev/v1alpha1 AuthorizationPolicy`.
@@ -35,10 +37,11 @@ pub const VERSION: &str = "v1alpha1";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
+        Kind::ServiceEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -51,6 +54,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -61,7 +65,9 @@ impl Kind {
     /// The Trellis API group serving the kind.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway => crate::networking::GROUP,
+            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway | Kind::ServiceEntry => {
+                crate::networking::GROUP
+            }
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 crate::security::GROUP
             }
@@ -89,6 +95,7 @@ impl Kind {
             Kind::VirtualService => of::<crate::networking::VirtualService>(),
             Kind::DestinationRule => of::<crate::networking::DestinationRule>(),
             Kind::Gateway => of::<crate::networking::Gateway>(),
+            Kind::ServiceEntry => of::<crate::networking::ServiceEntry>(),
             Kind::PeerAuthentication => of::<crate::security::PeerAuthentication>(),
             Kind::AuthorizationPolicy => of::<crate::security::AuthorizationPolicy>(),
             Kind::RequestAuthentication => of::<crate::security::RequestAuthentication>(),
@@ -190,7 +197,7 @@ pub fn classify(api_version: &str, kind: &str) -> Classification {
             },
             None => Classification::Unknown {
                 reason: format!(
-                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication and AuthorizationPolicy"
+                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, ServiceEntry, PeerAuthentication, RequestAuthentication and AuthorizationPolicy"
                 ),
             },
         };
@@ -612,8 +619,12 @@ mod tests {
             classify("monitoring.coreos.com/v1", "ServiceMonitor"),
             Classification::Foreign
         );
-        assert!(matches!(
+        assert_eq!(
             classify("networking.trellis.dev/v1alpha1", "ServiceEntry"),
+            Classification::Trellis(Kind::ServiceEntry)
+        );
+        assert!(matches!(
+            classify("networking.trellis.dev/v1alpha1", "WorkloadEntry"),
             Classification::Unknown { .. }
         ));
         assert!(matches!(
@@ -622,6 +633,13 @@ mod tests {
         ));
         assert!(matches!(
             classify("networking.istio.io/v1", "ServiceEntry"),
+            Classification::Istio {
+                kind: Kind::ServiceEntry,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("networking.istio.io/v1", "Sidecar"),
             Classification::Unknown { .. }
         ));
         assert!(matches!(

@@ -123,6 +123,38 @@ pub struct MeshSpec {
     pub rollout: Option<RolloutPolicy>,
     /// Metrics and tracing.
     pub telemetry: Option<Telemetry>,
+    /// What sidecars do with traffic to hosts no Service or ServiceEntry names (Istio's
+    /// `meshConfig.outboundTrafficPolicy`; default `ALLOW_ANY`).
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// Traffic from sidecars to destinations outside the registry.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::schema::unsupported(
+    "egressProxy",
+    "remove it; send external traffic through an egress gateway with a VirtualService"
+))]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (default): forwarded to the address the application dialled.
+    /// `REGISTRY_ONLY`: refused (HTTP 502, TCP reset).
+    pub mode: Option<OutboundTrafficMode>,
+    /// Not supported by Trellis yet.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub egress_proxy: Option<serde_json::Value>,
+}
+
+/// Istio's outbound traffic policy modes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficMode {
+    /// Traffic to unknown destinations passes through to where it was addressed.
+    #[default]
+    AllowAny,
+    /// Only Services and ServiceEntries are reachable; anything else is refused.
+    RegistryOnly,
 }
 
 /// Images to run.

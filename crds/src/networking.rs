@@ -1,4 +1,5 @@
-//! `networking.trellis.dev/v1alpha1`: VirtualService, DestinationRule and Gateway.
+//! `networking.trellis.dev/v1alpha1`: VirtualService, DestinationRule, Gateway and ServiceEntry
+//! ([`service_entry`]).
 //!
 //! Field names, shapes and semantics follow Istio's `networking.istio.io/v1` API so that a
 //! user's Istio YAML works by changing `apiVersion`. Fields Istio has and Trellis does not
@@ -14,6 +15,11 @@ use serde_with::skip_serializing_none;
 
 use crate::schema::{preserve_unknown_object, unsupported};
 use crate::status::ConfigStatus;
+
+pub mod service_entry;
+pub use service_entry::{
+    EntryWorkloadSelector, Location, Resolution, ServiceEntry, ServiceEntrySpec, ServicePort, WorkloadEntry,
+};
 
 /// API group of the traffic kinds.
 pub const GROUP: &str = "networking.trellis.dev";

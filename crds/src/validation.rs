@@ -16,6 +16,7 @@ mod format;
 mod mesh;
 mod networking;
 mod security;
+mod service_entry;
 mod structural;
 #[cfg(test)]
 mod testing;
@@ -311,6 +312,9 @@ impl Validator {
                 typed::<crate::networking::DestinationRule>(obj, f, |o, f| networking::destination_rule(&o.spec, f))
             }
             Kind::Gateway => typed::<crate::networking::Gateway>(obj, f, |o, f| networking::gateway(&o.spec, f)),
+            Kind::ServiceEntry => {
+                typed::<crate::networking::ServiceEntry>(obj, f, |o, f| service_entry::service_entry(&o.spec, f))
+            }
             Kind::PeerAuthentication => {
                 typed::<crate::security::PeerAuthentication>(obj, f, |o, f| security::peer_authentication(&o.spec, f))
             }

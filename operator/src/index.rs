@@ -18,7 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use trellis_api::document::Kind;
 use trellis_api::mesh::{Mesh, MeshSpec};
-use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
+use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::metrics::Metrics;
@@ -35,6 +35,7 @@ pub struct Index {
     virtual_services: BTreeMap<ObjectKey, VirtualService>,
     destination_rules: BTreeMap<ObjectKey, DestinationRule>,
     gateways: BTreeMap<ObjectKey, Gateway>,
+    service_entries: BTreeMap<ObjectKey, ServiceEntry>,
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
@@ -86,6 +87,8 @@ pub enum Object {
     DestinationRule(Box<DestinationRule>),
     /// Gateway.
     Gateway(Box<Gateway>),
+    /// ServiceEntry.
+    ServiceEntry(Box<ServiceEntry>),
     /// PeerAuthentication.
     PeerAuthentication(Box<PeerAuthentication>),
     /// AuthorizationPolicy.
@@ -113,6 +116,7 @@ impl Object {
             Object::VirtualService(_) => InputKind::Trellis(Kind::VirtualService),
             Object::DestinationRule(_) => InputKind::Trellis(Kind::DestinationRule),
             Object::Gateway(_) => InputKind::Trellis(Kind::Gateway),
+            Object::ServiceEntry(_) => InputKind::Trellis(Kind::ServiceEntry),
             Object::PeerAuthentication(_) => InputKind::Trellis(Kind::PeerAuthentication),
             Object::AuthorizationPolicy(_) => InputKind::Trellis(Kind::AuthorizationPolicy),
             Object::RequestAuthentication(_) => InputKind::Trellis(Kind::RequestAuthentication),
@@ -129,6 +133,7 @@ impl Object {
             Object::VirtualService(o) => key_of(o.as_ref()),
             Object::DestinationRule(o) => key_of(o.as_ref()),
             Object::Gateway(o) => key_of(o.as_ref()),
+            Object::ServiceEntry(o) => key_of(o.as_ref()),
             Object::PeerAuthentication(o) => key_of(o.as_ref()),
             Object::AuthorizationPolicy(o) => key_of(o.as_ref()),
             Object::RequestAuthentication(o) => key_of(o.as_ref()),
@@ -259,6 +264,9 @@ impl Index {
             Object::DestinationRule(o) => {
                 self.destination_rules.insert(key, *o);
             }
+            Object::ServiceEntry(o) => {
+                self.service_entries.insert(key, *o);
+            }
             Object::Gateway(o) => {
                 self.gateways.insert(key, *o);
             }
@@ -296,6 +304,7 @@ impl Index {
             InputKind::Trellis(Kind::VirtualService) => ks(&self.virtual_services),
             InputKind::Trellis(Kind::DestinationRule) => ks(&self.destination_rules),
             InputKind::Trellis(Kind::Gateway) => ks(&self.gateways),
+            InputKind::Trellis(Kind::ServiceEntry) => ks(&self.service_entries),
             InputKind::Trellis(Kind::PeerAuthentication) => ks(&self.peer_authentications),
             InputKind::Trellis(Kind::AuthorizationPolicy) => ks(&self.authorization_policies),
             InputKind::Trellis(Kind::RequestAuthentication) => ks(&self.request_authentications),
@@ -322,6 +331,9 @@ impl Index {
             }
             InputKind::Trellis(Kind::DestinationRule) => {
                 self.destination_rules.remove(key);
+            }
+            InputKind::Trellis(Kind::ServiceEntry) => {
+                self.service_entries.remove(key);
             }
             InputKind::Trellis(Kind::Gateway) => {
                 self.gateways.remove(key);
@@ -374,6 +386,7 @@ impl Index {
             virtual_services: self.virtual_services.values().cloned().collect(),
             destination_rules: self.destination_rules.values().cloned().collect(),
             gateways: self.gateways.values().cloned().collect(),
+            service_entries: self.service_entries.values().cloned().collect(),
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             request_authentications: self.request_authentications.values().cloned().collect(),
@@ -433,6 +446,14 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &metrics,
             InputKind::Trellis(Kind::Gateway),
             |o| Object::Gateway(Box::new(o))
+        ),
+        watch_kind::<ServiceEntry>(
+            client.clone(),
+            &index,
+            &changed,
+            &metrics,
+            InputKind::Trellis(Kind::ServiceEntry),
+            |o| Object::ServiceEntry(Box::new(o))
         ),
         watch_kind::<PeerAuthentication>(
             client.clone(),

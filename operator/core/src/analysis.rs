@@ -263,6 +263,7 @@ fn compiler(facts: &Facts<'_>, raws: &mut Vec<Raw>) {
         Code::VirtualServiceShadowed,
         Code::ConflictingPeerAuthentications,
         Code::GatewayPortProtocolConflict,
+        Code::ServiceEntryHostConflict,
     ];
     let mut seen = BTreeSet::new();
     for d in crate::compile::diagnose(facts.snapshot) {

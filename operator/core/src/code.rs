@@ -163,8 +163,8 @@ codes! {
         "trellis-proxy does not implement a setting yet; it has no effect.",
         "The rest of the resource applies, without this setting. The message names the setting.";
     VirtualServiceHostNotFound => "TRL0103", Warning,
-        "A mesh VirtualService's host matches no Service.",
-        "Sidecars only route hosts of Services (ServiceEntry is not supported by Trellis yet), so the rules for this host are not used. Fix the host or create the Service.";
+        "A mesh VirtualService's host matches no Service or ServiceEntry.",
+        "Sidecars only route hosts of Services and ServiceEntries, so the rules for this host are not used. Fix the host, or create the Service or a ServiceEntry for it.";
     VirtualServiceShadowed => "TRL0104", Warning,
         "A VirtualService's rules for a host are never used: an earlier VirtualService for the same host ends with a catch-all.",
         "VirtualServices for one host are merged in creation order; after a rule without matches nothing else is reached. Add matches to the catch-all, or merge the VirtualServices.";
@@ -192,6 +192,9 @@ codes! {
     JwksStale => "TRL0112", Warning,
         "The last refresh of a jwksUri failed; proxies keep the keys of the last successful fetch.",
         "As Istio does, a failed refresh keeps the last good key set, and the operator retries with backoff. Keys the issuer added since (a key rotation) are unknown to the proxies, so tokens signed with them get 401; after 7 days without a successful fetch the kept keys are dropped. The message says why the refresh failed.";
+    ServiceEntryHostConflict => "TRL0113", Warning,
+        "A ServiceEntry host is declared by an older ServiceEntry too, or is a Service's.",
+        "Sidecars route each host one way: a Service's host to the Service's endpoints, a host several entries declare by the oldest entry. The other declarations of the host are not used; declare each host once.";
 }
 
 impl Code {

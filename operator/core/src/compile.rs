@@ -19,6 +19,7 @@ mod dropped;
 mod inbound;
 mod outbound;
 mod route;
+mod service_entry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -149,6 +150,12 @@ impl Ctx<'_> {
         debug_assert!(message.contains(what.field()), "{message:?} must name {}", what.field());
         self.diag(what.code(), resource, message);
     }
+}
+
+/// Every host the snapshot's ServiceEntries declare (resolved as Istio resolves them), in
+/// whichever namespace they are visible: the hosts besides the Services' that exist.
+pub fn entry_hosts(snapshot: &Snapshot) -> Vec<String> {
+    service_entry::all_hosts(snapshot)
 }
 
 /// Compile the configuration of the proxy in `pod`.
@@ -308,9 +315,21 @@ impl<'a> OutboundParts<'a> {
         &self.ctx.diagnostics
     }
 
-    /// The outbound listener without virtual hosts and TCP routes.
-    pub fn shell() -> Listener {
-        outbound::outbound_shell()
+    /// The virtual hosts and TCP routes of every ServiceEntry host visible to the sidecar, and
+    /// the clusters they reference.
+    pub fn entry_routes(&mut self) -> Vec<PortRoutes> {
+        service_entry::routes(&mut self.ctx)
+    }
+
+    /// The DNS entries of the ServiceEntry hosts visible to the sidecar (names with addresses).
+    pub fn entry_dns(&self) -> Vec<DnsEntry> {
+        service_entry::dns_entries(self.ctx.snapshot, &self.ctx.proxy.key.namespace)
+    }
+
+    /// The outbound listener without virtual hosts and TCP routes, under the mesh's
+    /// `outboundTrafficPolicy`.
+    pub fn shell(&self) -> Listener {
+        outbound::outbound_shell(&self.ctx.snapshot.mesh)
     }
 }
 
@@ -428,7 +447,8 @@ pub fn workload_name(w: &Workload) -> String {
     name.clone()
 }
 
-/// Names the sidecar's DNS proxy answers: every Service with a cluster IP, sorted by FQDN.
+/// Names the sidecar's DNS proxy answers: every Service with a cluster IP and every visible
+/// ServiceEntry host with addresses, sorted by name.
 fn dns(ctx: &Ctx<'_>) -> DnsConfig {
     let mut entries: Vec<DnsEntry> = ctx
         .snapshot
@@ -437,6 +457,7 @@ fn dns(ctx: &Ctx<'_>) -> DnsConfig {
         .values()
         .filter_map(|svc| dns_entry(svc, &ctx.proxy.key.namespace))
         .collect();
+    entries.extend(service_entry::dns_entries(ctx.snapshot, &ctx.proxy.key.namespace));
     entries.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     DnsConfig {
         entries,

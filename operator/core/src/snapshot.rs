@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use trellis_api::document::{Classification, Kind, VERSION, classify, parse_documents};
 use trellis_api::mesh::{MeshSpec, SYSTEM_NAMESPACE};
-use trellis_api::networking::{DestinationRule, Gateway, VirtualService};
+use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::registry::{ObjectKey, Registry, Service, TlsCredential, Workload};
@@ -137,6 +137,8 @@ pub struct Snapshot {
     pub destination_rules: Vec<DestinationRule>,
     /// Gateways.
     pub gateways: Vec<Gateway>,
+    /// ServiceEntries: hosts added to the registry.
+    pub service_entries: Vec<ServiceEntry>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<PeerAuthentication>,
     /// AuthorizationPolicies.
@@ -174,6 +176,7 @@ impl Default for Snapshot {
             virtual_services: Vec::new(),
             destination_rules: Vec::new(),
             gateways: Vec::new(),
+            service_entries: Vec::new(),
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
@@ -309,6 +312,7 @@ impl Snapshot {
                     Kind::VirtualService => self.virtual_services.push(parse(v).map_err(err)?),
                     Kind::DestinationRule => self.destination_rules.push(parse(v).map_err(err)?),
                     Kind::Gateway => self.gateways.push(parse(v).map_err(err)?),
+                    Kind::ServiceEntry => self.service_entries.push(parse(v).map_err(err)?),
                     Kind::PeerAuthentication => self.peer_authentications.push(parse(v).map_err(err)?),
                     Kind::AuthorizationPolicy => self.authorization_policies.push(parse(v).map_err(err)?),
                     Kind::RequestAuthentication => self.request_authentications.push(parse(v).map_err(err)?),

@@ -222,7 +222,8 @@ fn the_compiler_reports_drops_only_through_the_one_list() {
             | Code::ProxyNotSynced
             | Code::RouteWithoutTimeout
             | Code::JwksUnavailable
-            | Code::JwksStale => false,
+            | Code::JwksStale
+            | Code::ServiceEntryHostConflict => false,
         };
         assert_eq!(
             emitted_as_drop,

@@ -114,15 +114,33 @@ impl SharedOutbound {
             }
         }
 
-        let vhosts = ports.values().filter_map(|p| p.vhost.clone()).collect();
-        let tcp_routes = ports.values().flat_map(|p| p.tcp_routes.iter().cloned()).collect();
+        // ServiceEntries: compiled afresh whenever the shared part is rebuilt (they are few, and
+        // read pods, VirtualServices, DestinationRules and Services as well).
+        let entries: Vec<PortPiece> = parts
+            .entry_routes()
+            .into_iter()
+            .map(|routes| PortPiece {
+                vhost: routes.virtual_host.map(|v| (v.name.clone(), Piece::of(&v))),
+                tcp_routes: routes.tcp_routes.iter().map(Piece::of).collect(),
+                refs: routes.refs.into(),
+            })
+            .collect();
+
+        let vhosts = ports.values().chain(&entries).filter_map(|p| p.vhost.clone()).collect();
+        let tcp_routes = ports
+            .values()
+            .chain(&entries)
+            .flat_map(|p| p.tcp_routes.iter().cloned())
+            .collect();
         let mut clusters: BTreeMap<String, Arc<Piece>> = BTreeMap::new();
-        for r in ports.values().flat_map(|p| p.refs.iter()) {
+        for r in ports.values().chain(&entries).flat_map(|p| p.refs.iter()) {
             let name = r.name();
             if clusters.contains_key(&name) {
                 continue;
             }
-            let reused = prev.and_then(|(old, changes)| {
+            // The clusters of hosts that are no Service's (ServiceEntries') are rebuilt too.
+            let service = snapshot.registry.service_by_host(&r.host, DNS_DOMAIN).is_some();
+            let reused = prev.filter(|_| service).and_then(|(old, changes)| {
                 let c = old.clusters.get(&name)?;
                 (!changes.cluster_changed(&r.host)).then(|| c.clone())
             });
@@ -136,13 +154,14 @@ impl SharedOutbound {
                 .services
                 .values()
                 .filter_map(|svc| parts.dns_entry(svc))
+                .chain(parts.entry_dns())
                 .map(|e| (e.hostname.clone(), Piece::of(&e)))
                 .collect(),
         };
         let header = match prev {
             Some((old, _)) => old.header.clone(),
             None => {
-                let mut shell = serde_json::to_value(OutboundParts::shell()).unwrap_or(Value::Null);
+                let mut shell = serde_json::to_value(parts.shell()).unwrap_or(Value::Null);
                 if let Value::Object(m) = &mut shell {
                     m.remove("virtualHosts");
                     m.remove("tcpRoutes");

@@ -97,6 +97,10 @@ fn virtual_services(f: &Facts<'_>, out: &mut Vec<Raw>) {
 fn destination(f: &Facts<'_>, key: &ObjectKey, ns: &str, field: &str, d: &Destination, out: &mut Vec<Raw>) {
     let s = f.snapshot;
     let host = resolve_host(&d.host, ns);
+    if s.registry.service_by_host(&host, DNS_DOMAIN).is_none() && crate::compile::entry_hosts(s).contains(&host) {
+        // A ServiceEntry's host: the compiler checks its ports.
+        return;
+    }
     let Some(svc) = s.registry.service_by_host(&host, DNS_DOMAIN) else {
         out.push(Raw::new(
             Code::ReferencedResourceNotFound,
@@ -257,6 +261,11 @@ fn destination_rules(f: &Facts<'_>, out: &mut Vec<Raw>) {
         } else {
             s.registry.service_by_host(&host, DNS_DOMAIN).into_iter().collect()
         };
+        let entries = crate::compile::entry_hosts(s);
+        if services.is_empty() && entries.iter().any(|h| host_matches(&host, h)) {
+            // A ServiceEntry's host: its endpoints are the entry's.
+            continue;
+        }
         if services.is_empty() {
             out.push(Raw::new(
                 Code::UnknownDestinationRuleHost,

@@ -7,7 +7,10 @@
 //! - A **cluster** reads its host's Service, the DestinationRule for the host, the Service's
 //!   pods (endpoints, identities), the mesh's trust domain and the TLS Secrets the rule's
 //!   `credentialName`s name (in the client's namespace).
-//! - The **DNS table** reads the Services.
+//! - The **DNS table** reads the Services and ServiceEntries.
+//! - **ServiceEntries** change every sidecar's outbound part; the push recompiles the entries'
+//!   routes and clusters whenever it rebuilds a shared part (they read pods, VirtualServices,
+//!   DestinationRules and Services too), so no narrower rule is needed.
 //! - A sidecar's **own part** (node, identity, inbound listener and policy, telemetry) reads its
 //!   pod, the Services of its namespace, PeerAuthentications, RequestAuthentications (and the
 //!   key sets fetched for them), AuthorizationPolicies, the mesh settings and the trust bundle. Gateways' own parts read nearly everything and are always
@@ -20,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use trellis_api::networking::{DestinationRule, VirtualService};
+use trellis_api::networking::{DestinationRule, ServiceEntry, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use super::{DNS_DOMAIN, host_matches, resolve_host, source_label_keys};
@@ -125,6 +128,13 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         })
     {
         c.all_own = true;
+    }
+
+    // ServiceEntries: their routes, clusters and DNS answers are part of every sidecar's
+    // outbound part (the push recompiles the entries' own pieces on every change).
+    if !same_in_order(&old.service_entries, &new.service_entries, |a, b| a.spec == b.spec) {
+        c.all_outbound = true;
+        c.dns = true;
     }
 
     // VirtualServices: the hosts of the old and new versions.
@@ -239,6 +249,7 @@ macro_rules! meta {
 meta!(
     VirtualService,
     DestinationRule,
+    ServiceEntry,
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication

@@ -11,7 +11,7 @@ use trellis_contract::{
 };
 
 use super::route::{ClusterRef, millis};
-use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, visible};
+use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, service_entry, visible};
 use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
 use crate::snapshot::Snapshot;
 
@@ -136,9 +136,29 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
             });
         }
     }
+    // A ServiceEntry's host: its endpoints, protocol and location.
+    let entry = match svc {
+        Some(_) => None,
+        None => service_entry::find(ctx.snapshot, &ctx.proxy.key.namespace, &cref.host)
+            .and_then(|e| service_entry::endpoints(ctx, &e, cref.port, subset_labels.as_ref())),
+    };
+    let mut discovery = Discovery::Static;
+    let mut entry_identities = None;
+    let mut entry_protocol = None;
+    if let Some(found) = entry {
+        discovery = found.discovery;
+        endpoints = found.endpoints;
+        accounts = found.accounts.iter().map(|a| a.clone().unwrap_or_default()).collect();
+        entry_identities = found.mesh_identities;
+        entry_protocol = Some(found.protocol);
+        if subset_missing {
+            endpoints.clear();
+            accounts.clear();
+        }
+    }
     identities.sort();
 
-    let protocol = match port.map(|p| p.protocol) {
+    let protocol = match port.map(|p| p.protocol).or(entry_protocol) {
         Some(Protocol::Http2) => UpstreamProtocol::Http2,
         Some(Protocol::Http) => UpstreamProtocol::Http1,
         Some(Protocol::Tcp | Protocol::Tls) => UpstreamProtocol::Tcp,
@@ -158,7 +178,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         outlier_detection: None,
         panic_threshold_percent: 50.0,
         tls: UpstreamTls::Disable,
-        discovery: Discovery::Static,
+        discovery,
         endpoints,
         provenance: dr.map(|d| Provenance {
             kind: "DestinationRule".into(),
@@ -180,9 +200,10 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
             let sans = t.subject_alt_names.clone().unwrap_or_default();
             let expected = if sans.is_empty() {
                 for (e, id) in cluster.endpoints.iter_mut().zip(&accounts) {
-                    e.identity = Some(id.clone());
+                    // A ServiceEntry endpoint without a serviceAccount has none.
+                    e.identity = (!id.is_empty()).then(|| id.clone());
                 }
-                let mut all = accounts.clone();
+                let mut all: Vec<String> = accounts.iter().filter(|a| !a.is_empty()).cloned().collect();
                 all.sort();
                 all.dedup();
                 all
@@ -207,6 +228,11 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         },
         None if svc.is_some() && (all_meshed || cluster.endpoints.is_empty()) => UpstreamTls::Mesh {
             expected_identities: identities,
+            sni: None,
+        },
+        // A MESH_INTERNAL ServiceEntry: mutual TLS to the identities it names.
+        None if entry_identities.is_some() => UpstreamTls::Mesh {
+            expected_identities: entry_identities.unwrap_or_default(),
             sni: None,
         },
         None => UpstreamTls::Disable,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::route::{ClusterRef, applies_to_gateway};
-use super::{Ctx, DNS_DOMAIN, Diagnostic, Role, cluster, inbound, outbound, resolve_host};
+use super::{Ctx, DNS_DOMAIN, Diagnostic, Role, cluster, inbound, outbound, resolve_host, service_entry};
 use crate::code::Code;
 use crate::registry::{ObjectKey, Workload};
 use crate::snapshot::{FetchedJwks, Snapshot};
@@ -84,6 +84,36 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         }
         out.extend(c.diagnostics);
     }
+    // ServiceEntries: their hosts' routes and clusters, from the entries' namespaces and from
+    // those of the mesh VirtualServices naming their hosts.
+    let entry_hosts = service_entry::all_hosts(snapshot);
+    let mut entry_namespaces: BTreeSet<String> = snapshot
+        .service_entries
+        .iter()
+        .map(|se| se.metadata.namespace.clone().unwrap_or_else(|| "default".into()))
+        .collect();
+    for vs in &snapshot.virtual_services {
+        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+        if vs
+            .spec
+            .hosts
+            .iter()
+            .flatten()
+            .any(|h| entry_hosts.contains(&resolve_host(h, ns)))
+        {
+            entry_namespaces.insert(ns.to_string());
+        }
+    }
+    for ns in &entry_namespaces {
+        let viewer = proxy(ns, BTreeMap::new());
+        let mut c = ctx(snapshot, &viewer);
+        let refs: Vec<ClusterRef> = service_entry::routes(&mut c).into_iter().flat_map(|r| r.refs).collect();
+        for r in &refs {
+            cluster::build(&mut c, r);
+        }
+        out.extend(c.diagnostics);
+    }
+
     let anywhere = proxy("", BTreeMap::new());
     let mut c = ctx(snapshot, &anywhere);
     outbound::unused_hosts(&mut c);

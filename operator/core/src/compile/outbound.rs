@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use trellis_api::mesh::{MeshSpec, OutboundTrafficMode};
 use trellis_api::networking::{Gateway, RouteDestination, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
@@ -14,13 +15,14 @@ use trellis_contract::{
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
 use super::{
-    Code, Ctx, DNS_DOMAIN, Dropped, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, visible,
+    Code, Ctx, DNS_DOMAIN, Dropped, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource,
+    service_entry, visible,
 };
 use crate::registry::{Protocol, Service, ServicePort, selects};
 
 /// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
 /// order: exact hosts before wildcards, then oldest first, then by namespace/name.
-fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a VirtualService> {
+pub(super) fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a VirtualService> {
     let viewer = ctx.proxy.key.namespace.as_str();
     let mut out: Vec<(bool, &VirtualService)> = Vec::new();
     for vs in &ctx.snapshot.virtual_services {
@@ -79,7 +81,7 @@ fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a
 
 /// Merge the HTTP rules of several VirtualServices for one virtual host, Istio-style: in
 /// order, until a catch-all; rules after a catch-all are unreachable and reported.
-fn merged_routes(
+pub(super) fn merged_routes(
     ctx: &mut Ctx<'_>,
     vss: &[&VirtualService],
     host: &str,
@@ -181,8 +183,20 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
     if !p.protocol.is_http()
         && let Some(ip) = &svc.cluster_ip
     {
-        tcp_routes = tls_routes(ctx, svc, ip, p.port, &mut refs);
-        tcp_routes.push(tcp_destination(ctx, svc, ip, p.port, &default, &mut refs));
+        let target = L4Target {
+            fqdn: &fqdn,
+            ip: ip.parse().ok(),
+            cidrs: vec![host_cidr(ip)],
+            port: p.port,
+        };
+        tcp_routes = tls_routes(ctx, &target, &mut refs);
+        let provenance = Provenance {
+            kind: "Service".into(),
+            namespace: svc.key.namespace.clone(),
+            name: svc.key.name.clone(),
+            rule_index: None,
+        };
+        tcp_routes.push(tcp_destination(ctx, &target, &default, provenance, &mut refs));
     }
     PortRoutes {
         virtual_host,
@@ -191,8 +205,14 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
     }
 }
 
-/// The sidecar's outbound listener with no virtual hosts or TCP routes yet.
-pub(crate) fn outbound_shell() -> Listener {
+/// The sidecar's outbound listener with no virtual hosts or TCP routes yet: traffic its routes
+/// do not take passes through (`outboundTrafficPolicy: ALLOW_ANY`, the default) or is refused
+/// (`REGISTRY_ONLY`).
+pub(crate) fn outbound_shell(mesh: &MeshSpec) -> Listener {
+    let unrouted = match mesh.outbound_traffic_policy.as_ref().and_then(|p| p.mode) {
+        None | Some(OutboundTrafficMode::AllowAny) => Unrouted::Passthrough,
+        Some(OutboundTrafficMode::RegistryOnly) => Unrouted::BlackHole,
+    };
     Listener {
         name: "outbound".into(),
         address: format!("0.0.0.0:{OUTBOUND_PORT}"),
@@ -205,14 +225,15 @@ pub(crate) fn outbound_shell() -> Listener {
         tcp_routes: Vec::new(),
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
-        unrouted: Unrouted::NotFound,
+        unrouted,
     }
 }
 
 /// The sidecar's outbound listener (virtual hosts sorted by name, TCP routes in Service and
-/// port order); fills `clusters` with everything its routes reference.
+/// port order, then the ServiceEntries' in host and port order); fills `clusters` with
+/// everything its routes reference.
 pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
-    let mut listener = outbound_shell();
+    let mut listener = outbound_shell(&ctx.snapshot.mesh);
     let mut refs: Vec<ClusterRef> = Vec::new();
     // The snapshot outlives the context's borrow, so services are read in place, not cloned.
     let snapshot = ctx.snapshot;
@@ -224,6 +245,11 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
             refs.extend(routes.refs);
         }
     }
+    for routes in service_entry::routes(ctx) {
+        listener.virtual_hosts.extend(routes.virtual_host);
+        listener.tcp_routes.extend(routes.tcp_routes);
+        refs.extend(routes.refs);
+    }
     listener.virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
     unused_hosts(ctx);
     for r in refs {
@@ -233,12 +259,24 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
     listener
 }
 
-fn host_cidr(ip: &str) -> String {
+pub(super) fn host_cidr(ip: &str) -> String {
     if ip.contains(':') {
         format!("{ip}/128")
     } else {
         format!("{ip}/32")
     }
+}
+
+/// The destination opaque TCP routes are built for: a host's port, at its addresses.
+pub(super) struct L4Target<'t> {
+    /// The host (a Service's FQDN or a ServiceEntry's host).
+    pub(super) fqdn: &'t str,
+    /// The address `destinationSubnets` are decided against.
+    pub(super) ip: Option<IpAddr>,
+    /// The destination addresses the routes match (none: any).
+    pub(super) cidrs: Vec<String>,
+    /// The destination port.
+    pub(super) port: u16,
 }
 
 /// The L4 conditions of a TCP match, or of a TLS match besides `sniHosts`.
@@ -265,10 +303,10 @@ struct L4Scope {
 }
 
 impl L4Scope {
-    fn of(vs: &VirtualService, ip: &str, port: u16) -> Self {
+    fn of(vs: &VirtualService, target: &L4Target<'_>) -> Self {
         Self {
-            ip: ip.parse().ok(),
-            port,
+            ip: target.ip,
+            port: target.port,
             vs_gateways: vs.spec.gateways.clone().unwrap_or_default(),
             vs_namespace: vs.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             resource: resource("VirtualService", &vs.metadata),
@@ -315,9 +353,9 @@ fn weighted_destinations(
 }
 
 /// A route to these clusters: `cluster` for one, `weightedClusters` for several.
-fn tcp_route(
+pub(super) fn tcp_route(
     port: u16,
-    ip: &str,
+    cidrs: Vec<String>,
     sni_hosts: Vec<String>,
     clusters: Vec<TcpWeightedCluster>,
     provenance: Provenance,
@@ -328,7 +366,7 @@ fn tcp_route(
     };
     TcpRoute {
         destination_port: Some(port),
-        destination_cidrs: vec![host_cidr(ip)],
+        destination_cidrs: cidrs,
         sni_hosts,
         cluster,
         weighted_clusters,
@@ -349,11 +387,11 @@ fn rule_provenance(vs: &VirtualService, ns: &str, index: usize) -> Provenance {
 /// the host with a match that applies here (its L4 fields as for TCP) routes the connections
 /// whose ClientHello names one of the matches' `sniHosts`, in order, before the port's TCP
 /// route.
-fn tls_routes(ctx: &mut Ctx<'_>, svc: &Service, ip: &str, port: u16, refs: &mut Vec<ClusterRef>) -> Vec<TcpRoute> {
-    let fqdn = svc.fqdn(DNS_DOMAIN);
+pub(super) fn tls_routes(ctx: &mut Ctx<'_>, target: &L4Target<'_>, refs: &mut Vec<ClusterRef>) -> Vec<TcpRoute> {
+    let port = target.port;
     let mut out = Vec::new();
-    for vs in virtual_services_for(ctx, &fqdn, "mesh") {
-        let scope = L4Scope::of(vs, ip, port);
+    for vs in virtual_services_for(ctx, target.fqdn, "mesh") {
+        let scope = L4Scope::of(vs, target);
         let (ns, res) = (&scope.vs_namespace, &scope.resource);
         for (i, rule) in vs.spec.tls.iter().flatten().enumerate() {
             let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty()) else {
@@ -381,7 +419,13 @@ fn tls_routes(ctx: &mut Ctx<'_>, svc: &Service, ip: &str, port: u16, refs: &mut 
                 continue;
             }
             let clusters = weighted_destinations(ctx, res, ns, port, dests, refs);
-            out.push(tcp_route(port, ip, sni_hosts, clusters, rule_provenance(vs, ns, i)));
+            out.push(tcp_route(
+                port,
+                target.cidrs.clone(),
+                sni_hosts,
+                clusters,
+                rule_provenance(vs, ns, i),
+            ));
         }
     }
     out
@@ -389,18 +433,17 @@ fn tls_routes(ctx: &mut Ctx<'_>, svc: &Service, ip: &str, port: u16, refs: &mut 
 
 /// The route of opaque TCP to a service port: the first TCP rule of a VirtualService with a
 /// match that applies here (see [`L4Scope`]), or no match, its destinations weighted; else
-/// the service itself.
-fn tcp_destination(
+/// `default` (the service itself, with `provenance`).
+pub(super) fn tcp_destination(
     ctx: &mut Ctx<'_>,
-    svc: &Service,
-    ip: &str,
-    port: u16,
+    target: &L4Target<'_>,
     default: &ClusterRef,
+    provenance: Provenance,
     refs: &mut Vec<ClusterRef>,
 ) -> TcpRoute {
-    let fqdn = svc.fqdn(DNS_DOMAIN);
-    for vs in virtual_services_for(ctx, &fqdn, "mesh") {
-        let scope = L4Scope::of(vs, ip, port);
+    let port = target.port;
+    for vs in virtual_services_for(ctx, target.fqdn, "mesh") {
+        let scope = L4Scope::of(vs, target);
         let (ns, res) = (&scope.vs_namespace, &scope.resource);
         for (i, rule) in vs.spec.tcp.iter().flatten().enumerate() {
             let applies = match rule.matches.as_deref() {
@@ -420,20 +463,20 @@ fn tcp_destination(
                 continue;
             };
             let clusters = weighted_destinations(ctx, res, ns, port, dests, refs);
-            return tcp_route(port, ip, Vec::new(), clusters, rule_provenance(vs, ns, i));
+            return tcp_route(
+                port,
+                target.cidrs.clone(),
+                Vec::new(),
+                clusters,
+                rule_provenance(vs, ns, i),
+            );
         }
     }
     let clusters = vec![TcpWeightedCluster {
         cluster: default.name(),
         weight: 100,
     }];
-    let provenance = Provenance {
-        kind: "Service".into(),
-        namespace: svc.key.namespace.clone(),
-        name: svc.key.name.clone(),
-        rule_index: None,
-    };
-    tcp_route(port, ip, Vec::new(), clusters, provenance)
+    tcp_route(port, target.cidrs.clone(), Vec::new(), clusters, provenance)
 }
 
 /// Whether `subnet` (an address or a CIDR, as Istio's `destinationSubnets` takes them) holds
@@ -447,13 +490,14 @@ fn subnet_contains(subnet: &str, ip: IpAddr) -> bool {
 
 /// Mesh-bound VirtualService hosts that match no Service are never used by sidecars.
 pub(crate) fn unused_hosts(ctx: &mut Ctx<'_>) {
-    let fqdns: Vec<String> = ctx
+    let mut fqdns: Vec<String> = ctx
         .snapshot
         .registry
         .services
         .values()
         .map(|s| s.fqdn(DNS_DOMAIN))
         .collect();
+    fqdns.extend(service_entry::all_hosts(ctx.snapshot));
     let mut notes = Vec::new();
     for vs in &ctx.snapshot.virtual_services {
         let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
@@ -465,7 +509,7 @@ pub(crate) fn unused_hosts(ctx: &mut Ctx<'_>) {
             if !fqdns.iter().any(|f| host_matches(&host, f)) {
                 notes.push((
                     resource("VirtualService", &vs.metadata),
-                    format!("host {host} matches no Service; sidecars ignore its rules until such a Service exists (ServiceEntry is not supported by Trellis yet)"),
+                    format!("host {host} matches no Service or ServiceEntry; sidecars ignore its rules until one names it (a ServiceEntry adds an external host)"),
                 ));
             }
         }

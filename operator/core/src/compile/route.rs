@@ -341,6 +341,11 @@ pub(crate) fn destination(
 ) -> ClusterRef {
     let host = resolve_host(&d.host, ns);
     let svc = ctx.snapshot.registry.service_by_host(&host, super::DNS_DOMAIN);
+    if svc.is_none()
+        && let Some(entry) = super::service_entry::find(ctx.snapshot, &ctx.proxy.key.namespace, &host)
+    {
+        return entry_destination(ctx, res, d, host, &entry, default_port);
+    }
     let port = match (d.port.as_ref(), svc) {
         (Some(p), _) => u16::try_from(p.number).unwrap_or(0),
         (None, Some(s)) if s.ports.len() == 1 => s.ports[0].port,
@@ -370,6 +375,50 @@ pub(crate) fn destination(
             format!("destination {host} has no port {port}; its ports are {}", ports_of(s)),
         ),
         Some(_) => {}
+    }
+    ClusterRef {
+        host,
+        port,
+        subset: d.subset.clone(),
+    }
+}
+
+/// A destination that is a ServiceEntry's host: its port as for a Service's.
+fn entry_destination(
+    ctx: &mut Ctx<'_>,
+    res: &str,
+    d: &api::Destination,
+    host: String,
+    entry: &super::service_entry::EntryHost<'_>,
+    default_port: u16,
+) -> ClusterRef {
+    let ports = entry.port_numbers();
+    let list = || ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let port = match (d.port.as_ref(), ports.as_slice()) {
+        (Some(p), _) => u16::try_from(p.number).unwrap_or(0),
+        (None, [only]) => *only,
+        (None, all) if all.contains(&default_port) => default_port,
+        (None, _) => {
+            ctx.diag(
+                Code::VirtualServiceDestinationPortSelectorRequired,
+                res,
+                format!(
+                    "destination {host} has several ports ({}); set destination.port.number",
+                    list()
+                ),
+            );
+            0
+        }
+    };
+    if port != 0 && entry.port(port).is_none() {
+        ctx.diag(
+            Code::ReferencedResourceNotFound,
+            res,
+            format!(
+                "destination {host} has no port {port}; its ServiceEntry's ports are {}",
+                list()
+            ),
+        );
     }
     ClusterRef {
         host,

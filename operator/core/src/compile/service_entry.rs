@@ -1,0 +1,382 @@
+//! ServiceEntries: their hosts as routable destinations of a sidecar's outbound listener, and
+//! the endpoints of their clusters, with Istio's semantics.
+//!
+//! - Each host and port of an entry visible to the proxy (`exportTo`) is a virtual host (HTTP
+//!   ports, and ports of undetected protocol), a route by server name (TLS ports) or a route
+//!   by address and port (opaque TCP: the entry's `addresses`, or any address without them),
+//!   after the Services' routes; VirtualServices and DestinationRules select the host as they
+//!   select a Service's.
+//! - Endpoints by `resolution`: STATIC — the `endpoints`' IPs, or the pods `workloadSelector`
+//!   picks in the entry's namespace; DNS and DNS_ROUND_ROBIN — the endpoints' names (or the
+//!   host) resolved by the proxy; NONE — the address the application dialled.
+//! - `MESH_INTERNAL` entries are reached with mutual TLS, verifying the endpoints' service
+//!   accounts and `subjectAltNames`; `MESH_EXTERNAL` ones in plaintext unless a
+//!   DestinationRule originates TLS.
+//! - A host declared by several entries is the oldest entry's, and a host that is a Service's
+//!   FQDN is the Service's; each is reported (TRL0113).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use trellis_api::networking::{Location, Resolution, ServiceEntry, ServicePort};
+use trellis_contract::{Discovery, Endpoint, HealthStatus, Provenance, SpiffeId, VirtualHost};
+
+use super::outbound::{L4Target, PortRoutes, host_cidr, merged_routes, tcp_destination, tcp_route, tls_routes};
+use super::route::{ClusterRef, RouteScope, forward_to};
+use super::{Code, Ctx, DNS_DOMAIN, resolve_host, resource, visible};
+use crate::registry::{Protocol, selects};
+use crate::snapshot::Snapshot;
+
+/// One host of a ServiceEntry.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryHost<'a> {
+    /// The entry.
+    pub(crate) entry: &'a ServiceEntry,
+    /// Its namespace.
+    pub(crate) namespace: &'a str,
+    /// The host, resolved as Istio resolves hosts (a short name in the entry's namespace).
+    pub(crate) host: String,
+}
+
+impl EntryHost<'_> {
+    fn ports(&self) -> &[ServicePort] {
+        self.entry.spec.ports.as_deref().unwrap_or_default()
+    }
+
+    /// The entry's port `number`.
+    pub(crate) fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports().iter().find(|p| p.number == u32::from(number))
+    }
+
+    /// The port numbers, for messages.
+    pub(crate) fn port_numbers(&self) -> Vec<u16> {
+        self.ports()
+            .iter()
+            .filter_map(|p| u16::try_from(p.number).ok())
+            .collect()
+    }
+
+    fn resource(&self) -> String {
+        resource("ServiceEntry", &self.entry.metadata)
+    }
+
+    fn provenance(&self) -> Provenance {
+        Provenance {
+            kind: "ServiceEntry".into(),
+            namespace: self.namespace.to_string(),
+            name: self.entry.metadata.name.clone().unwrap_or_default(),
+            rule_index: None,
+        }
+    }
+
+    /// The entry's addresses that are single IPs (DNS answers, virtual host names).
+    fn ips(&self) -> Vec<IpAddr> {
+        let addresses = self.entry.spec.addresses.iter().flatten();
+        addresses.filter_map(|a| a.parse().ok()).collect()
+    }
+
+    /// The entry's addresses as CIDRs (routes of opaque TCP).
+    fn cidrs(&self) -> Vec<String> {
+        let addresses = self.entry.spec.addresses.iter().flatten();
+        addresses
+            .map(|a| if a.contains('/') { a.clone() } else { host_cidr(a) })
+            .collect()
+    }
+}
+
+/// A port's protocol, read as a Service port's is (its `protocol`, else its name).
+fn protocol(p: &ServicePort) -> Protocol {
+    Protocol::detect(p.protocol.as_deref(), Some(&p.name))
+}
+
+/// Every host of every entry, visible or not (which hosts are known at all).
+pub(crate) fn all_hosts(snapshot: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for se in &snapshot.service_entries {
+        let ns = se.metadata.namespace.as_deref().unwrap_or("default");
+        out.extend(se.spec.hosts.iter().map(|h| resolve_host(h, ns)));
+    }
+    out
+}
+
+/// The hosts of the entries visible from namespace `viewer`, by host; each host once (the
+/// oldest entry's), none that is a Service's. With the reasons hosts were left out, as
+/// (resource, message).
+pub(crate) fn hosts<'a>(snapshot: &'a Snapshot, viewer: &str) -> (Vec<EntryHost<'a>>, Vec<(String, String)>) {
+    let mut entries: Vec<&ServiceEntry> = snapshot.service_entries.iter().collect();
+    entries.sort_by_key(|se| {
+        (
+            se.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            se.metadata.namespace.clone(),
+            se.metadata.name.clone(),
+        )
+    });
+    let mut by_host: BTreeMap<String, EntryHost<'a>> = BTreeMap::new();
+    let mut notes = Vec::new();
+    for se in entries {
+        let ns = se.metadata.namespace.as_deref().unwrap_or("default");
+        if !visible(se.spec.export_to.as_deref(), ns, viewer) {
+            continue;
+        }
+        for h in &se.spec.hosts {
+            let host = resolve_host(h, ns);
+            let res = resource("ServiceEntry", &se.metadata);
+            if snapshot.registry.service_by_host(&host, DNS_DOMAIN).is_some() {
+                notes.push((
+                    res,
+                    format!("host {host} is a Service's: sidecars route it to the Service's endpoints, and this entry's ports, endpoints and resolution for it are not used; remove the host from the entry"),
+                ));
+                continue;
+            }
+            match by_host.get(&host) {
+                Some(first) => notes.push((
+                    res,
+                    format!(
+                        "host {host} is declared by {} too, which is older: sidecars use that entry's ports and endpoints for it; declare each host in one ServiceEntry",
+                        first.resource()
+                    ),
+                )),
+                None => {
+                    by_host.insert(
+                        host.clone(),
+                        EntryHost {
+                            entry: se,
+                            namespace: ns,
+                            host,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    (by_host.into_values().collect(), notes)
+}
+
+/// The entry host `host` (exactly, as a destination or cluster names it) seen from `viewer`.
+pub(crate) fn find<'a>(snapshot: &'a Snapshot, viewer: &str, host: &str) -> Option<EntryHost<'a>> {
+    if !snapshot.service_entries.iter().any(|se| {
+        let ns = se.metadata.namespace.as_deref().unwrap_or("default");
+        se.spec.hosts.iter().any(|h| resolve_host(h, ns) == host)
+    }) {
+        return None;
+    }
+    hosts(snapshot, viewer).0.into_iter().find(|e| e.host == host)
+}
+
+/// The outbound routes of every entry host and port visible to the proxy, with the
+/// diagnostics of hosts left out.
+pub(crate) fn routes(ctx: &mut Ctx<'_>) -> Vec<PortRoutes> {
+    let (hosts, notes) = hosts(ctx.snapshot, &ctx.proxy.key.namespace);
+    for (res, message) in notes {
+        ctx.diag(Code::ServiceEntryHostConflict, res, message);
+    }
+    let mut out = Vec::new();
+    for e in &hosts {
+        for p in e.ports() {
+            out.push(port_routes(ctx, e, p));
+        }
+    }
+    out
+}
+
+/// The routes of one port of an entry host.
+pub(crate) fn port_routes(ctx: &mut Ctx<'_>, e: &EntryHost<'_>, p: &ServicePort) -> PortRoutes {
+    let port = u16::try_from(p.number).unwrap_or(0);
+    let proto = protocol(p);
+    let default = ClusterRef {
+        host: e.host.clone(),
+        port,
+        subset: None,
+    };
+    let mut refs = vec![default.clone()];
+    let mut virtual_host = None;
+    let mut tcp_routes = Vec::new();
+    if proto.is_http() || proto == Protocol::Auto {
+        let vss = super::outbound::virtual_services_for(ctx, &e.host, "mesh");
+        let routes = if vss.is_empty() {
+            vec![forward_to("default".into(), Vec::new(), default.name(), e.provenance())]
+        } else {
+            let scope = RouteScope { gateway: "mesh", port };
+            merged_routes(ctx, &vss, &e.host, &scope, &mut refs)
+        };
+        let mut domains = vec![format!("{}:{port}", e.host)];
+        domains.extend(e.ips().iter().map(|ip| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+        }));
+        virtual_host = Some(VirtualHost {
+            name: format!("{}:{port}", e.host),
+            domains,
+            routes,
+        });
+    }
+    let cidrs = e.cidrs();
+    // Opaque TCP (and what an undetected port carries that is not HTTP): at the entry's
+    // addresses, or without them at any address (Istio's 0.0.0.0:port listener).
+    if !proto.is_http() {
+        let target = L4Target {
+            fqdn: &e.host,
+            ip: e.ips().first().copied(),
+            cidrs,
+            port,
+        };
+        tcp_routes = tls_routes(ctx, &target, &mut refs);
+        if proto == Protocol::Tls {
+            // TLS is told apart by its server name: this host's connections, at any address.
+            let clusters = vec![trellis_contract::TcpWeightedCluster {
+                cluster: default.name(),
+                weight: 100,
+            }];
+            let sni = vec![e.host.to_ascii_lowercase()];
+            tcp_routes.push(tcp_route(port, target.cidrs.clone(), sni, clusters, e.provenance()));
+        } else {
+            tcp_routes.push(tcp_destination(ctx, &target, &default, e.provenance(), &mut refs));
+        }
+    }
+    PortRoutes {
+        virtual_host,
+        tcp_routes,
+        refs,
+    }
+}
+
+/// The endpoints of an entry host's port, as a cluster holds them.
+pub(crate) struct EntryEndpoints {
+    /// How the addresses are found.
+    pub(crate) discovery: Discovery,
+    /// The endpoints (none for NONE).
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Each endpoint's service account identity (STATIC and DNS endpoints with one, selected
+    /// pods), in the order of `endpoints`: what explicit mesh mTLS verifies.
+    pub(crate) accounts: Vec<Option<String>>,
+    /// The application protocol of the port.
+    pub(crate) protocol: Protocol,
+    /// `MESH_INTERNAL`: the identities mutual TLS accepts (`subjectAltNames` and the
+    /// endpoints' accounts); `None` for `MESH_EXTERNAL`.
+    pub(crate) mesh_identities: Option<Vec<String>>,
+}
+
+/// The endpoints of port `number` of entry host `e`, narrowed to `subset` labels.
+pub(crate) fn endpoints(
+    ctx: &Ctx<'_>,
+    e: &EntryHost<'_>,
+    number: u16,
+    subset: Option<&BTreeMap<String, String>>,
+) -> Option<EntryEndpoints> {
+    let port = e.port(number)?;
+    let spec = &e.entry.spec;
+    let target = port.target_port.unwrap_or(port.number);
+    let target = u16::try_from(target).unwrap_or(number);
+    let account = |sa: &str| SpiffeId::for_service_account(&ctx.trust_domain, e.namespace, sa).to_string();
+    let mut endpoints = Vec::new();
+    let mut accounts = Vec::new();
+    let resolution = spec.resolution.unwrap_or_default();
+    let discovery = match resolution {
+        Resolution::None => Discovery::OriginalDestination,
+        Resolution::Static => Discovery::Static,
+        Resolution::Dns => Discovery::Dns,
+        Resolution::DnsRoundRobin => Discovery::DnsFirstAddress,
+    };
+    let entry_labels = |labels: &BTreeMap<String, String>| {
+        let mut l = labels.clone();
+        l.entry("namespace".into()).or_insert_with(|| e.namespace.to_string());
+        l
+    };
+    if let Some(sel) = &spec.workload_selector {
+        let labels = sel.labels.clone().unwrap_or_default();
+        let registry = &ctx.snapshot.registry;
+        let from = crate::registry::ObjectKey::new(e.namespace, String::new());
+        for (_, w) in registry
+            .workloads
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == e.namespace)
+        {
+            let Some(ip) = &w.ip else { continue };
+            if labels.is_empty() || !selects(&labels, &w.labels) || subset.is_some_and(|s| !selects(s, &w.labels)) {
+                continue;
+            }
+            endpoints.push(Endpoint {
+                address: ip.clone(),
+                port: target,
+                weight: 1,
+                labels: entry_labels(&w.labels),
+                health: if w.ready {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                },
+                identity: None,
+            });
+            accounts.push(Some(w.spiffe_id(&ctx.trust_domain).to_string()));
+        }
+    } else if resolution != Resolution::None {
+        let listed = spec.endpoints.as_deref().unwrap_or_default();
+        let implicit = [trellis_api::networking::WorkloadEntry {
+            address: Some(e.host.clone()),
+            ..Default::default()
+        }];
+        // DNS without endpoints: the host itself is resolved.
+        let entries: &[trellis_api::networking::WorkloadEntry] =
+            if listed.is_empty() && resolution != Resolution::Static {
+                &implicit
+            } else {
+                listed
+            };
+        for we in entries {
+            let labels = we.labels.clone().unwrap_or_default();
+            if subset.is_some_and(|s| !selects(s, &labels)) {
+                continue;
+            }
+            let Some(address) = we.address.clone().filter(|a| !a.is_empty()) else {
+                continue;
+            };
+            let ep_port = we
+                .ports
+                .as_ref()
+                .and_then(|m| m.get(&port.name))
+                .and_then(|p| u16::try_from(*p).ok())
+                .unwrap_or(target);
+            endpoints.push(Endpoint {
+                address,
+                port: ep_port,
+                weight: we.weight.filter(|w| *w > 0).unwrap_or(1),
+                labels: entry_labels(&labels),
+                health: HealthStatus::Healthy,
+                identity: None,
+            });
+            accounts.push(we.service_account.as_deref().map(account));
+        }
+    }
+    let mesh_identities = (spec.location.unwrap_or_default() == Location::MeshInternal).then(|| {
+        let mut ids: Vec<String> = spec.subject_alt_names.clone().unwrap_or_default();
+        ids.extend(accounts.iter().flatten().cloned());
+        ids.sort();
+        ids.dedup();
+        ids
+    });
+    Some(EntryEndpoints {
+        discovery,
+        endpoints,
+        accounts,
+        protocol: protocol(port),
+        mesh_identities,
+    })
+}
+
+/// DNS answers for the proxy's DNS table: each visible entry's hosts that are names (no
+/// wildcard) with the entry's single-IP addresses.
+pub(crate) fn dns_entries(snapshot: &Snapshot, viewer: &str) -> Vec<trellis_contract::DnsEntry> {
+    let (hosts, _) = hosts(snapshot, viewer);
+    hosts
+        .into_iter()
+        .filter(|e| !e.host.contains('*'))
+        .filter_map(|e| {
+            let ips = e.ips();
+            (!ips.is_empty()).then(|| trellis_contract::DnsEntry {
+                hostname: e.host.clone(),
+                aliases: Vec::new(),
+                addresses: ips.iter().map(IpAddr::to_string).collect(),
+            })
+        })
+        .collect()
+}
