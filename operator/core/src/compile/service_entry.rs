@@ -380,3 +380,143 @@ pub(crate) fn dns_entries(snapshot: &Snapshot, viewer: &str) -> Vec<trellis_cont
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::compile::{Role, compile};
+    use crate::registry::ObjectKey;
+    use crate::snapshot::Snapshot;
+    use trellis_contract::{Discovery, ProxyConfig, UpstreamTls};
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client-1, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.5, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-1, namespace: elsewhere, labels: {app: other}}
+spec: {containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.6, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vm-1, namespace: shop, labels: {app: vm}}
+spec: {serviceAccountName: vm, containers: [{name: app, image: app}]}
+status: {podIP: 10.244.0.9, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"#;
+
+    fn sidecar(yaml: &str, ns: &str, pod: &str) -> ProxyConfig {
+        let snapshot = Snapshot::from_yaml(&format!("{PODS}\n---\n{yaml}")).unwrap();
+        compile(&snapshot, &ObjectKey::new(ns, pod), Role::Sidecar, "v1")
+            .unwrap()
+            .config
+    }
+
+    /// workloadSelector: the selected pods are the endpoints, on the targetPort; MESH_INTERNAL:
+    /// mutual TLS to their identity; `exportTo: .` keeps the host from other namespaces.
+    #[test]
+    fn a_selected_pod_is_a_mesh_internal_endpoint_in_the_entrys_namespace_only() {
+        let yaml = r#"
+apiVersion: networking.trellis.dev/v1alpha1
+kind: ServiceEntry
+metadata: {name: vm, namespace: shop}
+spec:
+  hosts: [vm.shop.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: vm}}
+  exportTo: ["."]
+"#;
+        let config = sidecar(yaml, "shop", "client-1");
+        let cluster = config
+            .cluster("outbound|80||vm.shop.internal")
+            .expect("the entry's cluster");
+        let ep: Vec<(String, u16)> = cluster.endpoints.iter().map(|e| (e.address.clone(), e.port)).collect();
+        assert_eq!(ep, [("10.244.0.9".to_string(), 8080)]);
+        assert_eq!(
+            cluster.tls,
+            UpstreamTls::Mesh {
+                expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/vm".into()],
+                sni: None
+            }
+        );
+        let outbound = &config.listeners[0];
+        let vhost = outbound
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == "vm.shop.internal:80")
+            .unwrap();
+        assert_eq!(vhost.routes[0].provenance.kind, "ServiceEntry");
+
+        let elsewhere = sidecar(yaml, "elsewhere", "other-1");
+        assert!(elsewhere.cluster("outbound|80||vm.shop.internal").is_none());
+        assert!(
+            !elsewhere.listeners[0]
+                .virtual_hosts
+                .iter()
+                .any(|v| v.name.starts_with("vm."))
+        );
+    }
+
+    /// NONE: the original destination; a TLS port: routed by server name, wildcards included;
+    /// an opaque TCP port with addresses: by those addresses, which the DNS proxy answers.
+    #[test]
+    fn resolutions_and_protocols_compile_as_istio_routes_them() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wiki, namespace: shop}
+spec:
+  hosts: ["*.wikipedia.org"]
+  resolution: NONE
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.example.com]
+  addresses: [192.0.2.10]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-pg, protocol: TCP}]
+  endpoints: [{address: 192.0.2.20, ports: {tcp-pg: 6432}}]
+"#;
+        let config = sidecar(yaml, "shop", "client-1");
+        let wiki = config
+            .cluster("outbound|443||*.wikipedia.org")
+            .expect("wildcard cluster");
+        assert_eq!(wiki.discovery, Discovery::OriginalDestination);
+        assert!(wiki.endpoints.is_empty());
+        let routes = &config.listeners[0].tcp_routes;
+        let sni = routes
+            .iter()
+            .find(|r| r.cluster == "outbound|443||*.wikipedia.org")
+            .unwrap();
+        assert_eq!(
+            (sni.destination_port, sni.sni_hosts.clone()),
+            (Some(443), vec!["*.wikipedia.org".to_string()])
+        );
+        let db = routes
+            .iter()
+            .find(|r| r.cluster == "outbound|5432||db.example.com")
+            .unwrap();
+        assert_eq!(db.destination_cidrs, ["192.0.2.10/32"]);
+        let db_cluster = config.cluster("outbound|5432||db.example.com").unwrap();
+        assert_eq!(
+            (db_cluster.endpoints[0].address.as_str(), db_cluster.endpoints[0].port),
+            ("192.0.2.20", 6432)
+        );
+        assert_eq!(db_cluster.tls, UpstreamTls::Disable);
+        let dns = config
+            .dns
+            .entries
+            .iter()
+            .find(|e| e.hostname == "db.example.com")
+            .unwrap();
+        assert_eq!(dns.addresses, ["192.0.2.10"]);
+    }
+}
