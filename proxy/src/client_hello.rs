@@ -109,7 +109,7 @@ fn hello(record: &[u8]) -> Option<Sni> {
                 if name.is_empty()
                     || !name
                         .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
                 {
                     return None;
                 }
@@ -158,6 +158,11 @@ mod tests {
         for n in 0..hello.len() {
             assert_eq!(parse(&hello[..n]), Sni::Incomplete, "prefix of {n} bytes");
         }
+        // Underscores, as in the SNI Istio's AUTO_PASSTHROUGH routes on.
+        assert_eq!(
+            parse(&client_hello("outbound_.8080_._.web.shop.svc.cluster.local")),
+            Sni::Name("outbound_.8080_._.web.shop.svc.cluster.local".into())
+        );
         // An IP address sends no server name.
         assert_eq!(parse(&client_hello("10.0.0.7")), Sni::None);
     }

@@ -399,25 +399,49 @@ impl WorkloadIdentity {
     }
 }
 
-/// Server config for a gateway listener.
-pub fn gateway_server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsError> {
-    let cert = load_certificate(&tls.certificate)?;
+/// Server config for a gateway listener. `istioMutual` serves the workload
+/// certificate of `identity` and verifies clients against its trust bundle;
+/// without an identity it cannot be served.
+pub fn gateway_server_config(
+    tls: &ServerTls,
+    identity: Option<&WorkloadIdentity>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let missing = |what: &'static str| TlsError::Pem {
+        what,
+        message: "not configured".into(),
+    };
+    let (cert, client_roots) = match (tls.mode, &tls.certificate) {
+        (ServerTlsMode::IstioMutual, _) => {
+            let id = identity.ok_or_else(|| missing("workload identity (istioMutual gateway server)"))?;
+            (id.cert.clone(), Some(Arc::clone(&id.roots)))
+        }
+        (_, Some(c)) => (
+            load_certificate(c)?,
+            tls.client_ca.as_ref().map(load_roots).transpose()?,
+        ),
+        (_, None) => return Err(missing("gateway server certificate")),
+    };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls {
             what: "gateway server",
             source,
         })?;
-    let builder = match (tls.mode, &tls.client_ca) {
-        (ServerTlsMode::Mutual, Some(ca)) => builder.with_client_cert_verifier(
-            WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
-                .build()
-                .map_err(|e| TlsError::Verifier {
-                    what: "gateway client CA",
-                    message: e.to_string(),
-                })?,
-        ),
-        _ => builder.with_no_client_auth(),
+    let verifier = |roots: Arc<RootCertStore>, optional: bool| {
+        let b = WebPkiClientVerifier::builder_with_provider(roots, provider());
+        let b = if optional { b.allow_unauthenticated() } else { b };
+        b.build().map_err(|e| TlsError::Verifier {
+            what: "gateway client CA",
+            message: e.to_string(),
+        })
+    };
+    let builder = match (tls.mode, client_roots) {
+        (ServerTlsMode::Simple, _) => builder.with_no_client_auth(),
+        (ServerTlsMode::OptionalMutual, Some(roots)) => builder.with_client_cert_verifier(verifier(roots, true)?),
+        (ServerTlsMode::Mutual | ServerTlsMode::IstioMutual, Some(roots)) => {
+            builder.with_client_cert_verifier(verifier(roots, false)?)
+        }
+        (_, None) => return Err(missing("gateway client CA")),
     };
     let mut cfg = builder
         .with_single_cert(cert.chain, cert.key)

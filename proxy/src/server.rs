@@ -5,6 +5,7 @@
 //! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
 //! opaque TCP.
 
+use crate::client_hello::{self, Sni};
 use crate::http::ConnContext;
 use crate::identity::spiffe_id_of;
 use crate::runtime::Runtime;
@@ -173,6 +174,24 @@ pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
     addr.as_socket()
 }
 
+/// Whether a gateway listener that terminates TLS passes this connection through
+/// instead: its ClientHello names a server a passthrough TCP route takes (a Gateway
+/// `PASSTHROUGH` server sharing the port with terminating ones).
+async fn passes_through(tcp: &TcpStream, listener: &ListenerRuntime, dst: SocketAddr) -> bool {
+    if !listener.routes_by_sni(dst, false) {
+        return false;
+    }
+    let timeout = Duration::from_millis(listener.spec.limits.protocol_detection_timeout_ms);
+    let head = peek_prefix(tcp, client_hello::PEEK_BYTES, timeout, |b| {
+        client_hello::parse(b) != Sni::Incomplete
+    })
+    .await;
+    match client_hello::parse(&head) {
+        Sni::Name(name) => listener.tcp_cluster(dst, Some(&name), false).is_some(),
+        _ => false,
+    }
+}
+
 /// How to terminate TLS on a connection.
 enum Handshake {
     /// One server config (mesh mTLS, or a gateway listener without SNI entries).
@@ -229,6 +248,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         verdicts: None,
     };
 
+    let mut passed_through = false;
     let server_tls: Option<Handshake> = match listener.spec.direction {
         ListenerDirection::Inbound => {
             let mode = snap.config.inbound.mtls.mode_for(dst.port());
@@ -253,10 +273,17 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
                 None
             }
         }
-        _ => listener.tls.as_ref().map(|servers| match servers.only() {
-            Some(cfg) => Handshake::Fixed(Arc::clone(cfg)),
-            None => Handshake::BySni(Arc::clone(servers)),
-        }),
+        _ => match &listener.tls {
+            Some(_) if passes_through(&tcp, &listener, dst).await => {
+                passed_through = true;
+                None
+            }
+            Some(servers) => Some(match servers.only() {
+                Some(cfg) => Handshake::Fixed(Arc::clone(cfg)),
+                None => Handshake::BySni(Arc::clone(servers)),
+            }),
+            None => None,
+        },
     };
 
     let (stream, alpn) = match server_tls {
@@ -289,6 +316,13 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
                     }
                     None => return,
                 }
+            } else if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+                // A gateway's verified client certificate (MUTUAL, OPTIONAL_MUTUAL,
+                // ISTIO_MUTUAL): its SPIFFE ID, if any, is the principal, as Envoy's.
+                if let Ok(id) = spiffe_id_of(cert) {
+                    ctx.peer_identity = Some(id);
+                    ctx.peer_cert_sha256 = Some(crate::identity::cert_sha256_hex(cert));
+                }
             }
             let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
             ctx.tls = true;
@@ -301,12 +335,12 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
     // A mesh client's opaque TCP announces its workload in a preamble first.
     let exchange = ctx.peer_identity.is_some() && alpn.as_deref() == Some(crate::peer_exchange::ALPN);
     let is_http = match listener.spec.protocol {
-        _ if exchange => false,
+        _ if exchange || passed_through => false,
         ListenerProtocol::Http => true,
         ListenerProtocol::Tcp => false,
         ListenerProtocol::Auto => match (&stream, &alpn) {
             (DownstreamStream::Tls(_), Some(p)) => p == b"h2" || p == b"http/1.1",
-            (DownstreamStream::Tls(_), None) => listener.tcp_routes.is_empty(),
+            (DownstreamStream::Tls(_), None) => !listener.has_tcp_routes(true),
             (DownstreamStream::Plain(tcp), _) => {
                 let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
                 let head = peek_prefix(tcp, 16, timeout, http_decided).await;

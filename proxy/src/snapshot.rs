@@ -144,25 +144,41 @@ pub struct TcpRouteRuntime {
     pub cidrs: Vec<IpNet>,
     /// The TLS server names it matches (any connection when empty).
     pub sni_hosts: Vec<String>,
+    /// On a listener that terminates TLS: taken before termination (see
+    /// [`trellis_contract::TcpRoute::passthrough`]).
+    pub passthrough: bool,
     /// Its clusters and their weights.
     pub clusters: Vec<(String, u32)>,
 }
 
 impl ListenerRuntime {
+    /// Whether route `r` can take a connection: on a listener that terminates TLS, the
+    /// passthrough routes before termination and the others after; elsewhere every route.
+    fn eligible(&self, r: &TcpRouteRuntime, terminated: bool) -> bool {
+        self.tls.is_none() || r.passthrough != terminated
+    }
+
+    /// Whether any TCP route can take a connection (`terminated`: see [`Self::tcp_cluster`]).
+    pub fn has_tcp_routes(&self, terminated: bool) -> bool {
+        self.tcp_routes.iter().any(|r| self.eligible(r, terminated))
+    }
+
     /// Whether a TCP route for `dst` matches on the TLS server name, so the
-    /// ClientHello must be read first.
-    pub fn routes_by_sni(&self, dst: SocketAddr) -> bool {
+    /// ClientHello must be read first: before a listener that terminates TLS does so
+    /// (`terminated` false), or for connections it does not terminate.
+    pub fn routes_by_sni(&self, dst: SocketAddr, terminated: bool) -> bool {
         self.tcp_routes
             .iter()
-            .any(|r| !r.sni_hosts.is_empty() && r.matches_destination(dst))
+            .any(|r| !r.sni_hosts.is_empty() && self.eligible(r, terminated) && r.matches_destination(dst))
     }
 
     /// The cluster for a new connection to an original destination (with the server name of
-    /// its ClientHello, if read): the first TCP route that matches it, and one of its clusters
-    /// by weight.
-    pub fn tcp_cluster(&self, dst: SocketAddr, sni: Option<&str>) -> Option<&str> {
+    /// its ClientHello, if read; `terminated` once this listener terminated its TLS): the
+    /// first TCP route that matches it, and one of its clusters by weight.
+    pub fn tcp_cluster(&self, dst: SocketAddr, sni: Option<&str>, terminated: bool) -> Option<&str> {
         let route = self.tcp_routes.iter().find(|r| {
-            r.matches_destination(dst)
+            self.eligible(r, terminated)
+                && r.matches_destination(dst)
                 && (r.sni_hosts.is_empty()
                     || sni.is_some_and(|n| r.sni_hosts.iter().any(|h| crate::client_hello::host_matches(h, n))))
         })?;
@@ -270,7 +286,9 @@ impl Snapshot {
                     source,
                 }
             })?;
-            let tls = crate::sni::TlsServers::build(l).map_err(tls_err)?.map(Arc::new);
+            let tls = crate::sni::TlsServers::build(l, identity.as_ref())
+                .map_err(tls_err)?
+                .map(Arc::new);
             let tcp_routes = l
                 .tcp_routes
                 .iter()
@@ -278,6 +296,7 @@ impl Snapshot {
                     port: t.destination_port,
                     cidrs: t.destination_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
                     sni_hosts: t.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    passthrough: t.passthrough,
                     clusters: t.destinations().into_iter().map(|(c, w)| (c.to_string(), w)).collect(),
                 })
                 .collect();

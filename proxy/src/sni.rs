@@ -4,7 +4,7 @@
 //! listener's `tls` serves everyone else; the whole rustls `ServerConfig` is
 //! chosen per connection, so simple and mutual servers can share a port.
 
-use crate::identity::{TlsError, gateway_server_config};
+use crate::identity::{TlsError, WorkloadIdentity, gateway_server_config};
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,12 +21,17 @@ pub struct TlsServers {
 }
 
 impl TlsServers {
-    /// Build the listener's TLS servers; `None` when it terminates no TLS.
-    pub fn build(listener: &Listener) -> Result<Option<Self>, TlsError> {
+    /// Build the listener's TLS servers (`istioMutual` ones serve `identity`);
+    /// `None` when it terminates no TLS.
+    pub fn build(listener: &Listener, identity: Option<&WorkloadIdentity>) -> Result<Option<Self>, TlsError> {
         if listener.tls.is_none() && listener.sni_tls.is_empty() {
             return Ok(None);
         }
-        let default = listener.tls.as_ref().map(gateway_server_config).transpose()?;
+        let default = listener
+            .tls
+            .as_ref()
+            .map(|t| gateway_server_config(t, identity))
+            .transpose()?;
         let mut servers = Self {
             default,
             exact: HashMap::new(),
@@ -34,7 +39,7 @@ impl TlsServers {
             any: None,
         };
         for entry in &listener.sni_tls {
-            let cfg = gateway_server_config(&entry.tls)?;
+            let cfg = gateway_server_config(&entry.tls, identity)?;
             for name in &entry.server_names {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 if name == "*" {
@@ -90,10 +95,10 @@ mod tests {
             .unwrap();
         ServerTls {
             mode: ServerTlsMode::Simple,
-            certificate: CertificateRef::Inline {
+            certificate: Some(CertificateRef::Inline {
                 cert_chain_pem: cert.pem(),
                 private_key_pem: key.serialize_pem(),
-            },
+            }),
             client_ca: None,
             // The ALPN list tells the configs apart in assertions.
             alpn: vec![alpn.to_string()],
@@ -131,7 +136,7 @@ mod tests {
                 (vec!["*.api.example.com"], "narrow"),
             ],
         );
-        let s = TlsServers::build(&l).unwrap().unwrap();
+        let s = TlsServers::build(&l, None).unwrap().unwrap();
         assert!(s.only().is_none());
         assert_eq!(chosen(&s, Some("SHOP.example.com.")).as_deref(), Some("exact"));
         assert_eq!(chosen(&s, Some("v1.api.example.com")).as_deref(), Some("narrow"));
@@ -144,12 +149,12 @@ mod tests {
 
     #[test]
     fn star_catches_all_and_no_default_refuses() {
-        let with_star = TlsServers::build(&listener(false, vec![(vec!["*"], "star")]))
+        let with_star = TlsServers::build(&listener(false, vec![(vec!["*"], "star")]), None)
             .unwrap()
             .unwrap();
         assert_eq!(chosen(&with_star, Some("anything.test")).as_deref(), Some("star"));
         assert_eq!(chosen(&with_star, None), None, "no SNI and no default: refused");
-        let strict = TlsServers::build(&listener(false, vec![(vec!["a.test"], "a")]))
+        let strict = TlsServers::build(&listener(false, vec![(vec!["a.test"], "a")]), None)
             .unwrap()
             .unwrap();
         assert_eq!(chosen(&strict, Some("b.test")), None);
@@ -157,8 +162,8 @@ mod tests {
 
     #[test]
     fn without_sni_entries_there_is_one_server_or_none() {
-        let one = TlsServers::build(&listener(true, vec![])).unwrap().unwrap();
+        let one = TlsServers::build(&listener(true, vec![]), None).unwrap().unwrap();
         assert!(one.only().is_some());
-        assert!(TlsServers::build(&listener(false, vec![])).unwrap().is_none());
+        assert!(TlsServers::build(&listener(false, vec![]), None).unwrap().is_none());
     }
 }

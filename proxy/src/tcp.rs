@@ -36,9 +36,12 @@ pub async fn proxy(
     if !authorized(&rt, &snap, &ctx) {
         return;
     }
-    // TLS routed by server name: the ClientHello is read first, without consuming it.
+    // TLS routed by server name: the ClientHello is read first, without consuming it; TLS
+    // this listener terminated is routed by the name the client sent.
+    let terminated = listener.tls.is_some() && matches!(downstream, DownstreamStream::Tls(_));
     let sni = match &downstream {
-        DownstreamStream::Plain(tcp) if listener.routes_by_sni(ctx.dst) => {
+        DownstreamStream::Tls(_) => ctx.sni.clone(),
+        DownstreamStream::Plain(tcp) if listener.routes_by_sni(ctx.dst, false) => {
             let timeout = std::time::Duration::from_millis(listener.spec.limits.protocol_detection_timeout_ms);
             let head = crate::server::peek_prefix(tcp, client_hello::PEEK_BYTES, timeout, |b| {
                 client_hello::parse(b) != Sni::Incomplete
@@ -51,7 +54,7 @@ pub async fn proxy(
         }
         _ => None,
     };
-    let cluster_name = match (listener.tcp_cluster(ctx.dst, sni.as_deref()), listener.spec.unrouted) {
+    let cluster_name = match (listener.tcp_cluster(ctx.dst, sni.as_deref(), terminated), listener.spec.unrouted) {
         (Some(name), _) => name,
         (None, Unrouted::Passthrough) => crate::snapshot::PASSTHROUGH_CLUSTER,
         (None, Unrouted::BlackHole) => {

@@ -218,10 +218,10 @@ impl ProxyConfig {
         }
         for l in &mut c.listeners {
             if let Some(tls) = &mut l.tls {
-                tls.certificate = tls.certificate.redacted();
+                tls.certificate = tls.certificate.as_ref().map(CertificateRef::redacted);
             }
             for entry in &mut l.sni_tls {
-                entry.tls.certificate = entry.tls.certificate.redacted();
+                entry.tls.certificate = entry.tls.certificate.as_ref().map(CertificateRef::redacted);
             }
         }
         for cl in &mut c.clusters {

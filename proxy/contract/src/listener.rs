@@ -106,11 +106,15 @@ pub enum ListenerProtocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerTls {
-    /// Simple (server cert only) or mutual (client cert required).
+    /// How clients are authenticated (see [`ServerTlsMode`]).
     pub mode: ServerTlsMode,
-    /// The server certificate (Gateway `credentialName`, resolved by the operator).
-    pub certificate: CertificateRef,
-    /// Roots that client certificates must chain to (`mutual` only).
+    /// The server certificate (Gateway `credentialName`, resolved by the operator);
+    /// required, but for `istioMutual`, which serves the proxy's workload certificate
+    /// (`identity.certificate`) and must have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateRef>,
+    /// Roots that client certificates must chain to (`mutual` and `optionalMutual`;
+    /// `istioMutual` uses `identity.trustBundle` and must have none).
     #[serde(default)]
     pub client_ca: Option<PemSource>,
     /// ALPN protocols offered, in order; default `h2`, `http/1.1`.
@@ -135,7 +139,8 @@ fn default_alpn() -> Vec<String> {
     vec!["h2".to_string(), "http/1.1".to_string()]
 }
 
-/// TLS mode of a gateway server.
+/// TLS mode of a gateway server (Istio's Gateway `tls.mode`s that terminate TLS; the
+/// passthrough modes are [`TcpRoute`]s by SNI on a listener without `tls`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ServerTlsMode {
@@ -143,6 +148,13 @@ pub enum ServerTlsMode {
     Simple,
     /// Client certificates required and verified against `clientCa`.
     Mutual,
+    /// A client certificate is verified against `clientCa` when one is presented;
+    /// clients without one are served too (Istio's `OPTIONAL_MUTUAL`).
+    OptionalMutual,
+    /// Mesh mTLS (Istio's `ISTIO_MUTUAL`): the proxy's workload certificate is
+    /// served and a client certificate chaining to the mesh trust bundle is
+    /// required; the client's SPIFFE ID is its principal for authorization.
+    IstioMutual,
 }
 
 /// An opaque TCP route.
@@ -156,9 +168,20 @@ pub struct TcpRoute {
     #[serde(default)]
     pub destination_cidrs: Vec<String>,
     /// Match the server name of the client's TLS ClientHello (exact, `*.suffix` or `*`;
-    /// any): TLS passed through by SNI (VirtualService `tls` routes). Empty: any connection.
+    /// any): TLS passed through by SNI (VirtualService `tls` routes, Gateway
+    /// `PASSTHROUGH` and `AUTO_PASSTHROUGH` servers). On a listener that terminates TLS,
+    /// a connection whose SNI such a route matches is passed through untouched, the
+    /// others are terminated; after termination routes match the SNI the client sent.
+    /// Empty: any connection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sni_hosts: Vec<String>,
+    /// On a listener that terminates TLS (`tls`, `sniTls`): the route takes connections
+    /// before termination, by the SNI of their ClientHello, and passes their TLS through
+    /// untouched (a Gateway `PASSTHROUGH` server sharing a port with terminating ones);
+    /// the other routes take connections after termination. Ignored on listeners that
+    /// terminate no TLS, where every route sees the connection as the client sent it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
     /// Cluster to forward to; empty when `weightedClusters` splits the connections.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster: String,

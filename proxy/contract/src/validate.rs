@@ -255,7 +255,11 @@ impl Validator {
         if let Some(b) = &id.trust_bundle {
             self.pem_source("identity.trustBundle", b);
         }
+        let istio_mutual = |t: &ServerTls| t.mode == ServerTlsMode::IstioMutual;
         let needs_mesh = c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
+            || c.listeners
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(istio_mutual) || l.sni_tls.iter().any(|e| istio_mutual(&e.tls)))
             || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
                 && (c.inbound.mtls.mode != crate::MtlsMode::Disable
                     || c.inbound
@@ -272,8 +276,8 @@ impl Validator {
                 if missing {
                     self.err(
                         field,
-                        "required for mesh mTLS (a cluster uses `mesh` TLS or the inbound \
-                         mTLS mode is not DISABLE)",
+                        "required for mesh mTLS (a cluster uses `mesh` TLS, a gateway listener \
+                         `istioMutual`, or the inbound mTLS mode is not DISABLE)",
                     );
                 }
             }
@@ -308,9 +312,23 @@ impl Validator {
     }
 
     fn server_tls(&mut self, path: &str, tls: &ServerTls) {
-        self.certificate(&format!("{path}.certificate"), &tls.certificate);
+        match (tls.mode, &tls.certificate) {
+            (ServerTlsMode::IstioMutual, Some(_)) => self.err(
+                format!("{path}.certificate"),
+                "istioMutual serves the workload certificate (identity.certificate); remove certificate",
+            ),
+            (ServerTlsMode::IstioMutual, None) => {}
+            (_, Some(cert)) => self.certificate(&format!("{path}.certificate"), cert),
+            (_, None) => self.err(format!("{path}.certificate"), "required (but for istioMutual)"),
+        }
         match (tls.mode, &tls.client_ca) {
-            (ServerTlsMode::Mutual, None) => self.err(format!("{path}.clientCa"), "required for mutual TLS"),
+            (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual, None) => {
+                self.err(format!("{path}.clientCa"), "required to verify client certificates")
+            }
+            (ServerTlsMode::IstioMutual, Some(_)) => self.err(
+                format!("{path}.clientCa"),
+                "istioMutual verifies clients against the mesh trust bundle (identity.trustBundle); remove clientCa",
+            ),
             (_, Some(ca)) => self.pem_source(&format!("{path}.clientCa"), ca),
             _ => {}
         }

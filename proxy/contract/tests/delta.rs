@@ -109,6 +109,7 @@ fn listener(rng: &mut Rng, name: &str) -> Listener {
             destination_port: Some(rng.u16(1..3)),
             destination_cidrs: vec![],
             sni_hosts: vec![],
+            passthrough: false,
             cluster: pick(rng, CLUSTERS).to_string(),
             weighted_clusters: vec![],
             provenance: None,

@@ -149,29 +149,9 @@ async fn mutual_gateway_requires_a_client_certificate() {
         let pki_root = pki.root_pem();
         let leaf = pki.leaf("spiffe://cluster.local/ns/x/sa/client");
         async move {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut pki_root.as_bytes()) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-            let cfg = if with_cert {
-                let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect();
-                let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
-                    .unwrap()
-                    .unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            } else {
-                builder.with_no_client_auth()
-            };
+            let cfg = tls_client(&pki_root, with_cert.then_some(&leaf));
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            let tls = tokio_rustls::TlsConnector::from(cfg)
                 .connect("shop.example.com".try_into().unwrap(), tcp)
                 .await
                 .ok()?;

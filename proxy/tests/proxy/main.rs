@@ -9,6 +9,7 @@ mod capture;
 mod client_errors;
 mod dns;
 mod gateway;
+mod gateway_tls;
 mod grpc;
 mod h2load;
 mod hardening;

@@ -354,6 +354,38 @@ pub struct Leaf {
     pub key_pem: String,
 }
 
+impl Leaf {
+    /// The certificate chain, DER.
+    pub fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect()
+    }
+
+    /// The private key, DER.
+    pub fn key(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// A rustls client trusting `root_pem`, presenting `client` when given.
+pub fn tls_client(root_pem: &str, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match client {
+        Some(leaf) => builder.with_client_auth_cert(leaf.chain(), leaf.key()).unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
 impl Pki {
     pub fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

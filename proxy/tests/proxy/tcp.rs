@@ -112,7 +112,7 @@ async fn auto_listener_sniffs_http_versus_tcp() {
 }
 
 /// A TCP server that answers every connection with `name` and closes.
-async fn named_server(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn named_server(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     tcp_server(move |mut s| async move {
         let _ = s.write_all(name.as_bytes()).await;
     })

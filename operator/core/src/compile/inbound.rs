@@ -101,6 +101,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
                 destination_port: Some(*port),
                 destination_cidrs: Vec::new(),
                 sni_hosts: Vec::new(),
+                passthrough: false,
                 cluster,
                 weighted_clusters: Vec::new(),
                 provenance: Some(provenance),

@@ -368,6 +368,7 @@ pub(super) fn tcp_route(
         destination_port: Some(port),
         destination_cidrs: cidrs,
         sni_hosts,
+        passthrough: false,
         cluster,
         weighted_clusters,
         provenance: Some(provenance),
@@ -756,11 +757,11 @@ fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Res
                 .clone()
                 .map(PemSource::Inline)
         }),
-        ServerTlsMode::Simple => None,
+        _ => None,
     };
     Ok(Some(ServerTls {
         mode,
-        certificate,
+        certificate: Some(certificate),
         client_ca,
         alpn: vec!["h2".into(), "http/1.1".into()],
     }))
