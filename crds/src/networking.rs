@@ -1002,6 +1002,20 @@ pub struct ServerTlsSettings {
     pub cipher_suites: Option<Vec<String>>,
 }
 
+impl ServerTlsSettings {
+    /// The mode the server runs in: `mode`, or when unset SIMPLE for a server with a
+    /// certificate (`credentialName`, or `serverCertificate`), else PASSTHROUGH — Istio's
+    /// default, under which Istio ignores a certificate (the validator warns about the
+    /// difference).
+    pub fn effective_mode(&self) -> ServerTlsMode {
+        match self.mode {
+            Some(m) => m,
+            None if self.credential_name.is_some() || self.server_certificate.is_some() => ServerTlsMode::Simple,
+            None => ServerTlsMode::Passthrough,
+        }
+    }
+}
+
 /// TLS modes of a gateway server.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

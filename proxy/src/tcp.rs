@@ -54,7 +54,10 @@ pub async fn proxy(
         }
         _ => None,
     };
-    let cluster_name = match (listener.tcp_cluster(ctx.dst, sni.as_deref(), terminated), listener.spec.unrouted) {
+    let cluster_name = match (
+        listener.tcp_cluster(ctx.dst, sni.as_deref(), terminated),
+        listener.spec.unrouted,
+    ) {
         (Some(name), _) => name,
         (None, Unrouted::Passthrough) => crate::snapshot::PASSTHROUGH_CLUSTER,
         (None, Unrouted::BlackHole) => {

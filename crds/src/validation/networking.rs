@@ -909,22 +909,21 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
         }
         return;
     }
-    let mode = tls.mode.unwrap_or(ServerTlsMode::Simple);
-    if !matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual) {
-        not_supported(
-            &format!("{tp}.mode"),
-            &format!(
-                "{} servers",
-                serde_json::to_value(mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
-            "terminate TLS with SIMPLE or MUTUAL",
-            f,
+    let mode = tls.effective_mode();
+    if tls.mode.is_none() && mode == ServerTlsMode::Simple {
+        f.warn(
+            format!("{tp}.mode"),
+            "is not set: Istio's default is PASSTHROUGH, which ignores the certificate; Trellis terminates TLS with it (SIMPLE): set mode: SIMPLE, or PASSTHROUGH",
         );
     }
+    let pair = tls.server_certificate.is_some() || tls.private_key.is_some();
     let has_cert = tls.credential_name.is_some() || (tls.server_certificate.is_some() && tls.private_key.is_some());
+    if mode != ServerTlsMode::IstioMutual && tls.credential_name.is_some() && pair {
+        f.error(
+            &tp,
+            "set credentialName or serverCertificate/privateKey, not both (Istio denies both)",
+        );
+    }
     match mode {
         ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
             if !has_cert {
@@ -941,19 +940,42 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
             }
         }
         ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
-            if proto != "TLS" {
-                f.error(format!("{tp}.mode"), "passthrough needs protocol TLS");
-            }
-            if has_cert {
-                f.warn(&tp, "certificates are not used when TLS is passed through");
+            if has_cert || pair || tls.ca_certificates.is_some() {
+                f.warn(
+                    &tp,
+                    "certificates are not used when TLS is passed through (Istio ignores them too); remove them",
+                );
             }
         }
         ServerTlsMode::IstioMutual => {
-            if has_cert || tls.ca_certificates.is_some() {
-                f.error(
-                    &tp,
-                    "ISTIO_MUTUAL uses the gateway's workload certificate; remove the certificate settings",
-                );
+            for (field, set, why) in [
+                (
+                    "serverCertificate",
+                    tls.server_certificate.is_some(),
+                    "the gateway's workload certificate is served",
+                ),
+                (
+                    "privateKey",
+                    tls.private_key.is_some(),
+                    "the gateway's workload certificate is served",
+                ),
+                (
+                    "credentialName",
+                    tls.credential_name.is_some(),
+                    "the gateway's workload certificate is served",
+                ),
+                (
+                    "caCertificates",
+                    tls.ca_certificates.is_some(),
+                    "clients are verified against the mesh's roots",
+                ),
+            ] {
+                if set {
+                    f.error(
+                        format!("{tp}.{field}"),
+                        format!("ISTIO_MUTUAL cannot have {field}: {why}; remove it, or use SIMPLE or MUTUAL with your own certificate"),
+                    );
+                }
             }
         }
     }

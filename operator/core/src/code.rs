@@ -172,7 +172,7 @@ codes! {
         "Several workload PeerAuthentications select the same pod.",
         "Only the oldest applies. Give each workload one PeerAuthentication.";
     GatewayPortProtocolConflict => "TRL0106", Error,
-        "A TLS server and a plaintext server of the gateway pods share a port.",
+        "Gateway servers that cannot share a port do: a TLS server (terminated or passed through) and a plaintext one, or plaintext HTTP and plaintext TCP.",
         "One listener cannot be both; the later server is dropped. Use distinct ports.";
     ProxyConfigRejected => "TRL0107", Error,
         "A proxy rejected (NACKed) the configuration the operator pushed.",

@@ -16,6 +16,7 @@ mod changes;
 mod cluster;
 mod diagnose;
 mod dropped;
+mod gateway;
 mod inbound;
 mod outbound;
 mod route;
@@ -373,7 +374,7 @@ pub fn compile_workload(
             config.inbound = policy;
         }
         Role::Gateway => {
-            config.listeners = outbound::gateway_listeners(&mut ctx, &mut clusters);
+            config.listeners = gateway::gateway_listeners(&mut ctx, &mut clusters);
             // Istio applies AuthorizationPolicies at gateways too (mTLS stays the listeners').
             config.inbound.authorization = inbound::authorization(&mut ctx, Role::Gateway);
             config.inbound.jwt = inbound::request_authentication(&mut ctx, Role::Gateway);

@@ -151,7 +151,7 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
         let pod = proxy(ns, gw.spec.selector.clone().unwrap_or_default());
         let mut c = ctx(snapshot, &pod);
         let mut clusters = BTreeMap::new();
-        outbound::gateway_listeners(&mut c, &mut clusters);
+        super::gateway::gateway_listeners(&mut c, &mut clusters);
         inbound::authorization(&mut c, Role::Gateway);
         inbound::request_authentication(&mut c, Role::Gateway);
         out.extend(c.diagnostics);
@@ -267,7 +267,7 @@ spec:
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ['*']
-    tls: {mode: PASSTHROUGH}
+    tls: {mode: SIMPLE, credentialName: missing}
 ";
 
     #[test]
@@ -295,7 +295,10 @@ spec:
             has(Code::UnsupportedDropped, "DestinationRule shop/payment", "PASSTHROUGH"),
             "{d:#?}"
         );
-        assert!(has(Code::UnsupportedDropped, "Gateway shop/edge", "tls.mode"), "{d:#?}");
+        assert!(
+            has(Code::ReferencedResourceNotFound, "Gateway shop/edge", "credentialName"),
+            "{d:#?}"
+        );
         let mut sorted = d.clone();
         sorted.sort();
         sorted.dedup();

@@ -22,8 +22,6 @@ pub enum Dropped {
     SessionCookieTtl,
     /// DestinationRule `loadBalancer.warmup` / `warmupDurationSecs`.
     LoadBalancerWarmup,
-    /// Gateway server `tls.mode` other than SIMPLE and MUTUAL.
-    GatewayTlsMode,
     /// VirtualService `http[].match[].scheme`.
     SchemeMatch,
     /// VirtualService `directResponse.body.bytes` that are not UTF-8.
@@ -40,7 +38,6 @@ impl Dropped {
         Dropped::LoadBalancerPassthrough,
         Dropped::SessionCookieTtl,
         Dropped::LoadBalancerWarmup,
-        Dropped::GatewayTlsMode,
         Dropped::SchemeMatch,
         Dropped::BinaryDirectResponse,
         Dropped::CustomAction,
@@ -60,7 +57,6 @@ impl Dropped {
     /// message name (`tls.mode`, `httpCookie.ttl`, ...).
     pub fn field(self) -> &'static str {
         match self {
-            Dropped::GatewayTlsMode => "tls.mode",
             Dropped::LoadBalancerPassthrough => "loadBalancer.simple",
             Dropped::SessionCookieTtl => "httpCookie.ttl",
             Dropped::LoadBalancerWarmup => "loadBalancer.warmup",

@@ -1,24 +1,46 @@
 //! Outbound traffic: the sidecar's outbound listener (every Service the proxy can see, with
-//! the VirtualServices bound to the mesh) and a gateway's listeners (its Gateway servers, with
-//! the VirtualServices bound to them).
+//! the VirtualServices bound to the mesh), and the VirtualService rules and L4 matches a
+//! gateway's listeners ([`super::gateway`]) compile as well.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use trellis_api::mesh::{MeshSpec, OutboundTrafficMode};
-use trellis_api::networking::{Gateway, RouteDestination, Server, ServerTlsMode as ApiTlsMode, VirtualService};
+use trellis_api::networking::{L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService};
 use trellis_contract::{
-    CertificateRef, Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, PemSource,
-    Provenance, Redirect, Route, RouteAction, ServerTls, ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster, Unrouted,
-    VirtualHost,
+    Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route, TcpRoute,
+    TcpWeightedCluster, Unrouted, VirtualHost,
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
 use super::{
-    Code, Ctx, DNS_DOMAIN, Dropped, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource,
-    service_entry, visible,
+    Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, service_entry,
+    visible,
 };
 use crate::registry::{Protocol, Service, ServicePort, selects};
+
+/// Whether a VirtualService of `ns` is bound to `gateway` (`mesh` or `ns/name`): by its
+/// `gateways`, or by the `gateways` of one of its matches.
+pub(super) fn bound(vs: &VirtualService, ns: &str, gateway: &str) -> bool {
+    let named = |g: &Option<Vec<String>>| g.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway));
+    let spec = &vs.spec;
+    applies_to_gateway(spec.gateways.as_deref().unwrap_or_default(), ns, gateway)
+        || spec
+            .http
+            .iter()
+            .flatten()
+            .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
+        || spec
+            .tcp
+            .iter()
+            .flatten()
+            .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
+        || spec
+            .tls
+            .iter()
+            .flatten()
+            .any(|r| r.matches.iter().any(|m| named(&m.gateways)))
+}
 
 /// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
 /// order: exact hosts before wildcards, then oldest first, then by namespace/name.
@@ -30,27 +52,7 @@ pub(super) fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str)
         if gateway == "mesh" && !visible(vs.spec.export_to.as_deref(), ns, viewer) {
             continue;
         }
-        let named = |g: &Option<Vec<String>>| g.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway));
-        if !applies_to_gateway(vs.spec.gateways.as_deref().unwrap_or_default(), ns, gateway)
-            && !vs
-                .spec
-                .http
-                .iter()
-                .flatten()
-                .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
-            && !vs
-                .spec
-                .tcp
-                .iter()
-                .flatten()
-                .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
-            && !vs
-                .spec
-                .tls
-                .iter()
-                .flatten()
-                .any(|r| r.matches.iter().any(|m| named(&m.gateways)))
-        {
+        if !bound(vs, ns, gateway) {
             continue;
         }
         let mut best: Option<bool> = None;
@@ -280,7 +282,7 @@ pub(super) struct L4Target<'t> {
 }
 
 /// The L4 conditions of a TCP match, or of a TLS match besides `sniHosts`.
-struct L4<'m> {
+pub(super) struct L4<'m> {
     gateways: Option<&'m [String]>,
     port: Option<u32>,
     source_labels: Option<&'m BTreeMap<String, String>>,
@@ -288,45 +290,83 @@ struct L4<'m> {
     destination_subnets: Option<&'m [String]>,
 }
 
-/// The connections a service port's routes see: this proxy's, to the Service's cluster IP
-/// and `port`. Every L4 match field is decided against it at compile time: `port`,
-/// `destinationSubnets` (against the cluster IP, the only destination such a route sees),
-/// `sourceLabels`/`sourceNamespace` (this proxy's, part of the outbound key) and `gateways`
-/// (a match's replace the VirtualService's; `mesh`).
-struct L4Scope {
+impl<'m> L4<'m> {
+    pub(super) fn tcp(m: &'m L4MatchAttributes) -> Self {
+        Self {
+            gateways: m.gateways.as_deref(),
+            port: m.port,
+            source_labels: m.source_labels.as_ref(),
+            source_namespace: m.source_namespace.as_ref(),
+            destination_subnets: m.destination_subnets.as_deref(),
+        }
+    }
+
+    pub(super) fn tls(m: &'m TlsMatchAttributes) -> Self {
+        Self {
+            gateways: m.gateways.as_deref(),
+            port: m.port,
+            source_labels: m.source_labels.as_ref(),
+            source_namespace: m.source_namespace.as_ref(),
+            destination_subnets: m.destination_subnets.as_deref(),
+        }
+    }
+}
+
+/// The connections a rule's L4 matches see: this proxy's, to address `ip` and `port`,
+/// through `gateway` (`mesh` for a sidecar's service port — `ip` its cluster IP —, or a
+/// Gateway's `ns/name` — `ip` the gateway pod's, `port` the server's). Every L4 match
+/// field is decided against it at compile time: `port`, `destinationSubnets`,
+/// `sourceLabels`/`sourceNamespace` (this proxy's: part of a sidecar's outbound key; a
+/// gateway's own, as Istio matches them) and `gateways` (a match's replace the
+/// VirtualService's).
+pub(super) struct L4Scope {
     ip: Option<IpAddr>,
     port: u16,
+    gateway: String,
     vs_gateways: Vec<String>,
-    vs_namespace: String,
+    pub(super) vs_namespace: String,
     /// The VirtualService, as diagnostics name it.
-    resource: String,
+    pub(super) resource: String,
 }
 
 impl L4Scope {
-    fn of(vs: &VirtualService, target: &L4Target<'_>) -> Self {
+    pub(super) fn of(vs: &VirtualService, ip: Option<IpAddr>, port: u16, gateway: &str) -> Self {
         Self {
-            ip: target.ip,
-            port: target.port,
+            ip,
+            port,
+            gateway: gateway.to_string(),
             vs_gateways: vs.spec.gateways.clone().unwrap_or_default(),
             vs_namespace: vs.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             resource: resource("VirtualService", &vs.metadata),
         }
     }
 
-    fn applies(&self, ctx: &Ctx<'_>, m: &L4<'_>) -> bool {
-        applies_to_gateway(m.gateways.unwrap_or(&self.vs_gateways), &self.vs_namespace, "mesh")
-            && m.port.is_none_or(|p| p == u32::from(self.port))
+    pub(super) fn applies(&self, ctx: &Ctx<'_>, m: &L4<'_>) -> bool {
+        applies_to_gateway(
+            m.gateways.unwrap_or(&self.vs_gateways),
+            &self.vs_namespace,
+            &self.gateway,
+        ) && m.port.is_none_or(|p| p == u32::from(self.port))
             && m.source_labels.is_none_or(|sl| selects(sl, &ctx.proxy.labels))
             && m.source_namespace.is_none_or(|sn| *sn == ctx.proxy.key.namespace)
             && m.destination_subnets.is_none_or(|subnets| {
                 subnets.is_empty() || self.ip.is_some_and(|ip| subnets.iter().any(|s| subnet_contains(s, ip)))
             })
     }
+
+    /// Whether a `tcp` rule applies: one of its matches does, or it has none and the
+    /// VirtualService is bound here.
+    pub(super) fn rule_applies(&self, ctx: &Ctx<'_>, matches: Option<&[L4MatchAttributes]>) -> bool {
+        match matches {
+            None | Some([]) => applies_to_gateway(&self.vs_gateways, &self.vs_namespace, &self.gateway),
+            Some(ms) => ms.iter().any(|m| self.applies(ctx, &L4::tcp(m))),
+        }
+    }
 }
 
 /// A rule's destinations with their weights (Istio's: one destination, or none weighted,
 /// takes everything), each added to `refs`.
-fn weighted_destinations(
+pub(super) fn weighted_destinations(
     ctx: &mut Ctx<'_>,
     res: &str,
     ns: &str,
@@ -352,22 +392,17 @@ fn weighted_destinations(
     clusters
 }
 
-/// A route to these clusters: `cluster` for one, `weightedClusters` for several.
-pub(super) fn tcp_route(
-    port: u16,
-    cidrs: Vec<String>,
-    sni_hosts: Vec<String>,
-    clusters: Vec<TcpWeightedCluster>,
-    provenance: Provenance,
-) -> TcpRoute {
+/// A route to these clusters (`cluster` for one, `weightedClusters` for several) for any
+/// connection.
+pub(super) fn route_to(clusters: Vec<TcpWeightedCluster>, provenance: Provenance) -> TcpRoute {
     let (cluster, weighted_clusters) = match <[TcpWeightedCluster; 1]>::try_from(clusters) {
         Ok([only]) => (only.cluster, Vec::new()),
         Err(several) => (String::new(), several),
     };
     TcpRoute {
-        destination_port: Some(port),
-        destination_cidrs: cidrs,
-        sni_hosts,
+        destination_port: None,
+        destination_cidrs: Vec::new(),
+        sni_hosts: Vec::new(),
         passthrough: false,
         cluster,
         weighted_clusters,
@@ -375,7 +410,23 @@ pub(super) fn tcp_route(
     }
 }
 
-fn rule_provenance(vs: &VirtualService, ns: &str, index: usize) -> Provenance {
+/// A route to these clusters for connections to `port` at `cidrs` (with one of `sni_hosts`).
+pub(super) fn tcp_route(
+    port: u16,
+    cidrs: Vec<String>,
+    sni_hosts: Vec<String>,
+    clusters: Vec<TcpWeightedCluster>,
+    provenance: Provenance,
+) -> TcpRoute {
+    TcpRoute {
+        destination_port: Some(port),
+        destination_cidrs: cidrs,
+        sni_hosts,
+        ..route_to(clusters, provenance)
+    }
+}
+
+pub(super) fn rule_provenance(vs: &VirtualService, ns: &str, index: usize) -> Provenance {
     Provenance {
         kind: "VirtualService".into(),
         namespace: ns.to_string(),
@@ -392,7 +443,7 @@ pub(super) fn tls_routes(ctx: &mut Ctx<'_>, target: &L4Target<'_>, refs: &mut Ve
     let port = target.port;
     let mut out = Vec::new();
     for vs in virtual_services_for(ctx, target.fqdn, "mesh") {
-        let scope = L4Scope::of(vs, target);
+        let scope = L4Scope::of(vs, target.ip, target.port, "mesh");
         let (ns, res) = (&scope.vs_namespace, &scope.resource);
         for (i, rule) in vs.spec.tls.iter().flatten().enumerate() {
             let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty()) else {
@@ -400,14 +451,7 @@ pub(super) fn tls_routes(ctx: &mut Ctx<'_>, target: &L4Target<'_>, refs: &mut Ve
             };
             let mut sni_hosts: Vec<String> = Vec::new();
             for m in &rule.matches {
-                let l4 = L4 {
-                    gateways: m.gateways.as_deref(),
-                    port: m.port,
-                    source_labels: m.source_labels.as_ref(),
-                    source_namespace: m.source_namespace.as_ref(),
-                    destination_subnets: m.destination_subnets.as_deref(),
-                };
-                if scope.applies(ctx, &l4) {
+                if scope.applies(ctx, &L4::tls(m)) {
                     for h in &m.sni_hosts {
                         let h = h.to_ascii_lowercase();
                         if !sni_hosts.contains(&h) {
@@ -444,22 +488,10 @@ pub(super) fn tcp_destination(
 ) -> TcpRoute {
     let port = target.port;
     for vs in virtual_services_for(ctx, target.fqdn, "mesh") {
-        let scope = L4Scope::of(vs, target);
+        let scope = L4Scope::of(vs, target.ip, target.port, "mesh");
         let (ns, res) = (&scope.vs_namespace, &scope.resource);
         for (i, rule) in vs.spec.tcp.iter().flatten().enumerate() {
-            let applies = match rule.matches.as_deref() {
-                None | Some([]) => applies_to_gateway(&scope.vs_gateways, ns, "mesh"),
-                Some(ms) => ms.iter().any(|m| {
-                    let l4 = L4 {
-                        gateways: m.gateways.as_deref(),
-                        port: m.port,
-                        source_labels: m.source_labels.as_ref(),
-                        source_namespace: m.source_namespace.as_ref(),
-                        destination_subnets: m.destination_subnets.as_deref(),
-                    };
-                    scope.applies(ctx, &l4)
-                }),
-            };
+            let applies = scope.rule_applies(ctx, rule.matches.as_deref());
             let Some(dests) = rule.route.as_deref().filter(|d| !d.is_empty() && applies) else {
                 continue;
             };
@@ -518,251 +550,4 @@ pub(crate) fn unused_hosts(ctx: &mut Ctx<'_>) {
     for (res, msg) in notes {
         ctx.diag(Code::VirtualServiceHostNotFound, res, msg);
     }
-}
-
-/// The gateways (`ns/name`) whose selector matches the proxy.
-fn gateways_for<'a>(ctx: &Ctx<'a>) -> Vec<&'a Gateway> {
-    let mut out: Vec<&Gateway> = ctx
-        .snapshot
-        .gateways
-        .iter()
-        .filter(|g| g.spec.selector.as_ref().is_none_or(|s| selects(s, &ctx.proxy.labels)))
-        .collect();
-    out.sort_by_key(|g| {
-        (
-            g.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            g.metadata.namespace.clone(),
-            g.metadata.name.clone(),
-        )
-    });
-    out
-}
-
-/// A gateway proxy's listeners: one per port of the Gateway servers that select it.
-pub(crate) fn gateway_listeners(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Vec<Listener> {
-    let mut by_port: BTreeMap<u16, Listener> = BTreeMap::new();
-    let mut sni: BTreeMap<u16, Vec<SniTls>> = BTreeMap::new();
-    let mut refs = Vec::new();
-    for gw in gateways_for(ctx) {
-        let gw_ns = gw.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let gw_name = format!("{gw_ns}/{}", gw.metadata.name.as_deref().unwrap_or_default());
-        let res = resource("Gateway", &gw.metadata);
-        for server in &gw.spec.servers {
-            let listen_port = server.port.target_port.unwrap_or(server.port.number);
-            let Ok(listen_port) = u16::try_from(listen_port) else {
-                continue;
-            };
-            let proto = server.port.protocol.to_ascii_uppercase();
-            let http = matches!(proto.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB");
-            let tls = match server_tls(ctx, &res, server, &proto) {
-                Ok(t) => t,
-                Err(()) => continue,
-            };
-            let listener = by_port.entry(listen_port).or_insert_with(|| Listener {
-                name: format!("gateway-{listen_port}"),
-                address: format!("0.0.0.0:{listen_port}"),
-                direction: ListenerDirection::Gateway,
-                protocol: if http {
-                    ListenerProtocol::Http
-                } else {
-                    ListenerProtocol::Tcp
-                },
-                transparent: false,
-                tls: tls.clone(),
-                sni_tls: Vec::new(),
-                virtual_hosts: Vec::new(),
-                tcp_routes: Vec::new(),
-                limits: HttpLimits::default(),
-                path_normalization: PathNormalization::default(),
-                unrouted: Unrouted::NotFound,
-            });
-            if listener.tls.is_some() != tls.is_some() {
-                ctx.diag(
-                    Code::GatewayPortProtocolConflict,
-                    &res,
-                    format!("port {listen_port}: a TLS server and a plaintext server cannot share a port; this server is dropped"),
-                );
-                continue;
-            }
-            if let Some(tls) = &tls {
-                // TLS servers on one port are told apart by SNI.
-                let entries = sni.entry(listen_port).or_default();
-                for (_, host) in server_hosts(server, &gw_ns) {
-                    let name = host.to_ascii_lowercase();
-                    let served_by = entries.iter().find(|e| e.server_names.contains(&name));
-                    match served_by {
-                        Some(e) if e.tls == *tls => {}
-                        Some(_) => ctx.diag(
-                            Code::ConflictingGateways,
-                            &res,
-                            format!("port {listen_port}: host {name} is already served with other TLS settings by an earlier server; this server keeps its other hosts"),
-                        ),
-                        None => match entries.iter_mut().find(|e| e.tls == *tls) {
-                            Some(e) => e.server_names.push(name),
-                            None => entries.push(SniTls {
-                                server_names: vec![name],
-                                tls: tls.clone(),
-                            }),
-                        },
-                    }
-                }
-            }
-            let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) && proto == "HTTP";
-            let scope = RouteScope {
-                gateway: &gw_name,
-                port: u16::try_from(server.port.number).unwrap_or(0),
-            };
-            for host in server_hosts(server, &gw_ns) {
-                if http {
-                    let routes = if redirect {
-                        vec![https_redirect(gw, &gw_ns)]
-                    } else {
-                        let vss = virtual_services_for(ctx, &host.1, &gw_name);
-                        let vss: Vec<&VirtualService> = vss
-                            .into_iter()
-                            .filter(|vs| {
-                                host.0
-                                    .as_deref()
-                                    .is_none_or(|ns| vs.metadata.namespace.as_deref() == Some(ns))
-                            })
-                            .collect();
-                        merged_routes(ctx, &vss, &host.1, &scope, &mut refs)
-                    };
-                    if routes.is_empty() {
-                        continue;
-                    }
-                    let name = format!("{}:{}", host.1, server.port.number);
-                    if listener.virtual_hosts.iter().any(|v| v.name == name) {
-                        continue;
-                    }
-                    listener.virtual_hosts.push(VirtualHost {
-                        name,
-                        domains: vec![host.1.clone()],
-                        routes,
-                    });
-                }
-            }
-        }
-    }
-    // One TLS setting on a port needs no SNI; several are chosen by SNI, the
-    // first server's being the default for clients that match none.
-    for (port, entries) in sni {
-        if entries.len() > 1
-            && let Some(l) = by_port.get_mut(&port)
-        {
-            l.sni_tls = entries;
-        }
-    }
-    let listeners: Vec<Listener> = by_port.into_values().collect();
-    let mut seen = BTreeSet::new();
-    for r in refs {
-        if seen.insert(r.name()) {
-            let c = cluster::build(ctx, &r);
-            clusters.insert(r.name(), c);
-        }
-    }
-    listeners
-}
-
-/// A server's hosts as (namespace restriction, host pattern).
-fn server_hosts(server: &Server, gw_ns: &str) -> Vec<(Option<String>, String)> {
-    server
-        .hosts
-        .iter()
-        .map(|h| match h.split_once('/') {
-            Some(("*", host)) => (None, host.to_string()),
-            Some((".", host)) => (Some(gw_ns.to_string()), host.to_string()),
-            Some((ns, host)) => (Some(ns.to_string()), host.to_string()),
-            None => (None, h.clone()),
-        })
-        .collect()
-}
-
-fn https_redirect(gw: &Gateway, gw_ns: &str) -> Route {
-    Route {
-        name: Some("https-redirect".into()),
-        matches: Vec::new(),
-        action: RouteAction::Redirect(Redirect {
-            scheme: Some("https".into()),
-            response_code: Some(301),
-            ..Redirect::default()
-        }),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        fault: None,
-        cors: None,
-        provenance: Provenance {
-            kind: "Gateway".into(),
-            namespace: gw_ns.to_string(),
-            name: gw.metadata.name.clone().unwrap_or_default(),
-            rule_index: None,
-        },
-    }
-}
-
-/// TLS of a gateway server. `Err` when it cannot be served (the server is dropped, with a
-/// diagnostic).
-fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &str) -> Result<Option<ServerTls>, ()> {
-    let Some(tls) = &server.tls else { return Ok(None) };
-    if proto != "HTTPS" && proto != "TLS" {
-        return Ok(None);
-    }
-    let mode = match tls.mode.unwrap_or(ApiTlsMode::Simple) {
-        ApiTlsMode::Simple => ServerTlsMode::Simple,
-        ApiTlsMode::Mutual => ServerTlsMode::Mutual,
-        other => {
-            ctx.dropped(
-                Dropped::GatewayTlsMode,
-                res,
-                format!(
-                    "server port {}: tls.mode {other:?} is not supported by trellis-proxy yet; the server is dropped",
-                    server.port.number
-                ),
-            );
-            return Err(());
-        }
-    };
-    let certificate = if let Some(name) = &tls.credential_name {
-        let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), name.clone());
-        match ctx.snapshot.registry.credentials.get(&key) {
-            Some(c) => CertificateRef::Inline {
-                cert_chain_pem: c.cert_chain_pem.clone(),
-                private_key_pem: c.private_key_pem.clone(),
-            },
-            None => {
-                ctx.diag(
-                    Code::ReferencedResourceNotFound,
-                    res,
-                    format!("credentialName {name:?}: no TLS Secret {key} (with tls.crt and tls.key) for the gateway pod's namespace; the server is dropped"),
-                );
-                return Err(());
-            }
-        }
-    } else if let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) {
-        CertificateRef::Files {
-            cert_chain_file: cert.clone(),
-            private_key_file: key.clone(),
-        }
-    } else {
-        return Err(());
-    };
-    let client_ca = match mode {
-        ServerTlsMode::Mutual => tls.ca_certificates.clone().map(PemSource::File).or_else(|| {
-            let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), tls.credential_name.clone()?);
-            ctx.snapshot
-                .registry
-                .credentials
-                .get(&key)?
-                .ca_pem
-                .clone()
-                .map(PemSource::Inline)
-        }),
-        _ => None,
-    };
-    Ok(Some(ServerTls {
-        mode,
-        certificate: Some(certificate),
-        client_ca,
-        alpn: vec!["h2".into(), "http/1.1".into()],
-    }))
 }
