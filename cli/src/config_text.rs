@@ -12,12 +12,10 @@ pub fn cluster_parts(name: &str) -> Option<(&str, u16, &str, &str)> {
     }
 }
 
-/// Where a route came from: `VirtualService shop/payment http[3]`, `Gateway shop/gw`.
+/// Where a route came from: `VirtualService shop/payment http[3]` (`tcp[0]`, `tls[1]`),
+/// `Gateway shop/gw`.
 pub fn describe_provenance(p: &Provenance) -> String {
-    match p.rule_index {
-        Some(i) => format!("{} {}/{} http[{i}]", p.kind, p.namespace, p.name),
-        None => format!("{} {}/{}", p.kind, p.namespace, p.name),
-    }
+    p.describe()
 }
 
 /// A route's match in words: `path /api*, x-canary = true`, alternatives joined by `or`.

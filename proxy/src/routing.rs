@@ -425,6 +425,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: "vs".into(),
                 rule_index: Some(0),
+                section: None,
             },
         }
     }

@@ -151,12 +151,11 @@ fn listener(c: &ProxyConfig, port: u16) -> &Listener {
 }
 
 fn route_summary(r: &TcpRoute) -> (Vec<&str>, bool, Vec<(&str, u32)>, String) {
-    let p = r.provenance.as_ref().expect("provenance");
     (
         r.sni_hosts.iter().map(String::as_str).collect(),
         r.passthrough,
         r.destinations(),
-        format!("{} {}/{} {:?}", p.kind, p.namespace, p.name, p.rule_index),
+        r.provenance.as_ref().expect("provenance").describe(),
     )
 }
 
@@ -196,7 +195,7 @@ fn passthrough_routes_by_the_sni_the_server_accepts_beside_a_terminated_host() {
                 vec!["db.example.com"],
                 true,
                 vec![("outbound|5432||db.shop.svc.cluster.local", 100)],
-                "VirtualService shop/passthrough Some(0)".to_string()
+                "VirtualService shop/passthrough tls[0]".to_string()
             ),
             (
                 vec!["api.example.org"],
@@ -205,14 +204,14 @@ fn passthrough_routes_by_the_sni_the_server_accepts_beside_a_terminated_host() {
                     ("outbound|8080|v1|web.shop.svc.cluster.local", 80),
                     ("outbound|8080||web.shop.svc.cluster.local", 20)
                 ],
-                "VirtualService shop/passthrough Some(1)".to_string()
+                "VirtualService shop/passthrough tls[1]".to_string()
             ),
             // The tcp rule takes the server's other names.
             (
                 vec!["db.example.com", "*.example.org"],
                 true,
                 vec![("outbound|8080||web.shop.svc.cluster.local", 100)],
-                "VirtualService shop/passthrough Some(0)".to_string()
+                "VirtualService shop/passthrough tcp[0]".to_string()
             ),
         ]
     );
@@ -229,7 +228,7 @@ fn tcp_and_terminated_tls_servers_take_their_first_applying_tcp_rule() {
             vec![],
             false,
             vec![("outbound|5432||db.shop.svc.cluster.local", 100)],
-            "VirtualService shop/tcp Some(0)".to_string()
+            "VirtualService shop/tcp tcp[0]".to_string()
         )]
     );
     // ISTIO_MUTUAL: the workload certificate, no file or Secret; the rule for another
@@ -247,7 +246,7 @@ fn tcp_and_terminated_tls_servers_take_their_first_applying_tcp_rule() {
             vec![],
             false,
             vec![("outbound|8080||web.shop.svc.cluster.local", 100)],
-            "VirtualService shop/tcp Some(2)".to_string()
+            "VirtualService shop/tcp tcp[2]".to_string()
         )]
     );
     // OPTIONAL_MUTUAL verifies presented certificates against the Secret's ca.crt.

@@ -59,7 +59,7 @@ pub use listener::{
 pub use route::{
     CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,
     Mirror, Provenance, QueryParamMatch, Redirect, RegexRewrite, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
-    RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    RouteMatch, RuleSection, StringMatch, VirtualHost, WeightedCluster,
 };
 pub use syntax::parse_cidr;
 pub use telemetry::{AccessLog, AccessLogFormat, OtlpProtocol, Telemetry, Tracing};

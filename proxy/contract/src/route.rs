@@ -63,6 +63,38 @@ pub struct Provenance {
     /// Index of the rule in the resource (e.g. `spec.http[<ruleIndex>]`).
     #[serde(default)]
     pub rule_index: Option<u32>,
+    /// The list of rules `ruleIndex` counts in; absent: `http` (a VirtualService's TCP
+    /// routes come from its `tcp` or `tls` rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<RuleSection>,
+}
+
+/// A VirtualService's lists of rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RuleSection {
+    /// `spec.http`.
+    Http,
+    /// `spec.tcp`.
+    Tcp,
+    /// `spec.tls`.
+    Tls,
+}
+
+impl Provenance {
+    /// Where it came from in words: `VirtualService shop/payment http[3]` (`tcp[0]`,
+    /// `tls[1]`), `Gateway shop/gw`.
+    pub fn describe(&self) -> String {
+        let section = match self.section {
+            None | Some(RuleSection::Http) => "http",
+            Some(RuleSection::Tcp) => "tcp",
+            Some(RuleSection::Tls) => "tls",
+        };
+        match self.rule_index {
+            Some(i) => format!("{} {}/{} {section}[{i}]", self.kind, self.namespace, self.name),
+            None => format!("{} {}/{}", self.kind, self.namespace, self.name),
+        }
+    }
 }
 
 /// Conditions that must all hold (AND).

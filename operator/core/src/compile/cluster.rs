@@ -185,6 +185,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
             namespace: d.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             name: d.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
+            section: None,
         }),
     };
     let res = dr_res.unwrap_or_else(|| format!("host {}", cref.host));

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use trellis_api::networking::{Gateway, Server, ServerTlsMode as ApiTlsMode, VirtualService};
 use trellis_contract::{
     Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Redirect, Route,
-    RouteAction, SniTls, TcpRoute, TcpWeightedCluster, Unrouted, VirtualHost,
+    RouteAction, RuleSection, SniTls, TcpRoute, TcpWeightedCluster, Unrouted, VirtualHost,
 };
 
 use super::outbound::{
@@ -395,7 +395,7 @@ fn tcp_rule(
                 sni_hosts,
                 passthrough,
                 clusters,
-                rule_provenance(vs, ns, i),
+                rule_provenance(vs, ns, RuleSection::Tcp, i),
             ));
         }
     }
@@ -434,6 +434,7 @@ fn https_redirect(gw: &Gateway, gw_ns: &str) -> Route {
             namespace: gw_ns.to_string(),
             name: gw.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
+            section: None,
         },
     }
 }

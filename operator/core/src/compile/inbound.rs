@@ -54,6 +54,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             namespace: ns.clone(),
             name: name.clone(),
             rule_index: None,
+            section: None,
         };
         clusters.push(Cluster {
             name: cluster.clone(),

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use trellis_api::mesh::{MeshSpec, OutboundTrafficMode};
 use trellis_api::networking::{L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService};
 use trellis_contract::{
-    Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route, TcpRoute,
-    TcpWeightedCluster, Unrouted, VirtualHost,
+    Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route,
+    RuleSection, TcpRoute, TcpWeightedCluster, Unrouted, VirtualHost,
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
@@ -134,6 +134,7 @@ fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
         namespace: svc.key.namespace.clone(),
         name: svc.key.name.clone(),
         rule_index: None,
+        section: None,
     };
     forward_to("default".into(), Vec::new(), cref.name(), provenance)
 }
@@ -197,6 +198,7 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
             namespace: svc.key.namespace.clone(),
             name: svc.key.name.clone(),
             rule_index: None,
+            section: None,
         };
         tcp_routes.push(tcp_destination(ctx, &target, &default, provenance, &mut refs));
     }
@@ -426,12 +428,14 @@ pub(super) fn tcp_route(
     }
 }
 
-pub(super) fn rule_provenance(vs: &VirtualService, ns: &str, index: usize) -> Provenance {
+/// Where a route came from: rule `index` of the VirtualService's `section` rules.
+pub(super) fn rule_provenance(vs: &VirtualService, ns: &str, section: RuleSection, index: usize) -> Provenance {
     Provenance {
         kind: "VirtualService".into(),
         namespace: ns.to_string(),
         name: vs.metadata.name.clone().unwrap_or_default(),
         rule_index: Some(index as u32),
+        section: Some(section),
     }
 }
 
@@ -469,7 +473,7 @@ pub(super) fn tls_routes(ctx: &mut Ctx<'_>, target: &L4Target<'_>, refs: &mut Ve
                 target.cidrs.clone(),
                 sni_hosts,
                 clusters,
-                rule_provenance(vs, ns, i),
+                rule_provenance(vs, ns, RuleSection::Tls, i),
             ));
         }
     }
@@ -501,7 +505,7 @@ pub(super) fn tcp_destination(
                 target.cidrs.clone(),
                 Vec::new(),
                 clusters,
-                rule_provenance(vs, ns, i),
+                rule_provenance(vs, ns, RuleSection::Tcp, i),
             );
         }
     }

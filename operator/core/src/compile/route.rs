@@ -88,6 +88,7 @@ pub(crate) fn compile_http(
             namespace: ns.clone(),
             name: vs.metadata.name.clone().unwrap_or_default(),
             rule_index: Some(i as u32),
+            section: None,
         };
         let matches = match compile_matches(ctx, &res, rule, i, &ns, &vs_gateways, scope) {
             Some(m) => m,

@@ -66,6 +66,7 @@ impl EntryHost<'_> {
             namespace: self.namespace.to_string(),
             name: self.entry.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
+            section: None,
         }
     }
 

@@ -19,7 +19,7 @@ pub(super) fn protocol_name(p: Protocol) -> &'static str {
 
 pub(super) fn provenance_text(p: &trellis_contract::Provenance) -> String {
     match p.rule_index {
-        Some(n) => format!("{} {}/{} http[{n}]", p.kind, p.namespace, p.name),
+        Some(_) => p.describe(),
         None => format!("{} {}/{} (default)", p.kind, p.namespace, p.name),
     }
 }

@@ -1,7 +1,7 @@
 //! TLS passed through by SNI: a PASSTHROUGH server's `tls` rules, for the names its hosts
 //! accept, and AUTO_PASSTHROUGH's routes to every Service and subset its hosts cover.
 
-use trellis_contract::{Cluster, Provenance, TcpRoute, TcpWeightedCluster, UpstreamProtocol, UpstreamTls};
+use trellis_contract::{Cluster, Provenance, RuleSection, TcpRoute, TcpWeightedCluster, UpstreamProtocol, UpstreamTls};
 
 use super::{Site, gateway_route, server_hosts};
 use crate::compile::outbound::{L4, L4Scope, rule_provenance, weighted_destinations};
@@ -59,7 +59,12 @@ pub(super) fn tls_rules(ctx: &mut Ctx<'_>, site: &Site<'_>, refs: &mut Vec<Clust
             }
             let (ns, res) = (&scope.vs_namespace, &scope.resource);
             let clusters = weighted_destinations(ctx, res, ns, site.server_port, dests, refs);
-            out.push(gateway_route(names, true, clusters, rule_provenance(vs, ns, i)));
+            out.push(gateway_route(
+                names,
+                true,
+                clusters,
+                rule_provenance(vs, ns, RuleSection::Tls, i),
+            ));
         }
     }
     out
@@ -110,6 +115,7 @@ pub(super) fn auto_passthrough(ctx: &mut Ctx<'_>, site: &Site<'_>) -> Vec<(TcpRo
                     namespace: site.gw_ns.to_string(),
                     name: site.gw_name.rsplit('/').next().unwrap_or_default().to_string(),
                     rule_index: None,
+                    section: None,
                 };
                 let route = gateway_route(
                     vec![name.clone()],
