@@ -161,23 +161,47 @@ pub fn listeners(dump: &Dump, filter: &Filter) -> Vec<ListenerRow> {
             port: port_of(&l.address),
             direction: direction_name(l.direction),
             protocol: wire_name(&l.protocol),
-            tls: match &l.tls {
-                Some(t) => wire_name(&t.mode),
-                None if !l.sni_tls.is_empty() => "SNI".into(),
-                None => "-".into(),
-            },
-            destination: if l.virtual_hosts.is_empty() {
-                l.tcp_routes
-                    .iter()
-                    .flat_map(|r| r.destinations())
-                    .map(|(c, _)| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            } else {
-                format!("{} virtual hosts (routes)", l.virtual_hosts.len())
+            tls: listener_tls(l),
+            destination: {
+                let mut parts = Vec::new();
+                if !l.virtual_hosts.is_empty() {
+                    parts.push(format!("{} virtual hosts (routes)", l.virtual_hosts.len()));
+                }
+                let mut clusters: Vec<&str> = Vec::new();
+                for (c, _) in l.tcp_routes.iter().flat_map(|r| r.destinations()) {
+                    if !clusters.contains(&c) {
+                        clusters.push(c);
+                    }
+                }
+                if !clusters.is_empty() {
+                    parts.push(clusters.join(", "));
+                }
+                parts.join("; ")
             },
         })
         .collect()
+}
+
+/// A listener's TLS: the mode it terminates (`SNI` when servers are chosen by name),
+/// `+passthrough` when some names pass through untouched, `passthrough` alone when it
+/// terminates none; `-` for plaintext.
+fn listener_tls(l: &trellis_contract::Listener) -> String {
+    let by_sni = l.tcp_routes.iter().any(|r| !r.sni_hosts.is_empty());
+    let terminated = match &l.tls {
+        Some(t) if l.sni_tls.is_empty() => Some(wire_name(&t.mode)),
+        _ if !l.sni_tls.is_empty() => Some("SNI".to_string()),
+        _ => None,
+    };
+    let passthrough = match terminated {
+        Some(_) => l.tcp_routes.iter().any(|r| r.passthrough && !r.sni_hosts.is_empty()),
+        None => by_sni,
+    };
+    match (terminated, passthrough) {
+        (Some(t), true) => format!("{t}+passthrough"),
+        (Some(t), false) => t,
+        (None, true) => "passthrough".into(),
+        (None, false) => "-".into(),
+    }
 }
 
 /// One route.
@@ -233,11 +257,20 @@ pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
                 virtual_host: "-".into(),
                 domains: Vec::new(),
                 name: String::new(),
-                matches: match (t.destination_port, t.sni_hosts.is_empty()) {
-                    (Some(p), true) => format!("TCP port {p}"),
-                    (None, true) => "TCP".into(),
-                    (Some(p), false) => format!("TLS port {p} SNI {}", t.sni_hosts.join(",")),
-                    (None, false) => format!("TLS SNI {}", t.sni_hosts.join(",")),
+                matches: {
+                    let on = match (t.destination_port, t.sni_hosts.is_empty()) {
+                        (Some(p), true) => format!("TCP port {p}"),
+                        (None, true) => "TCP".into(),
+                        (Some(p), false) => format!("TLS port {p} SNI {}", t.sni_hosts.join(",")),
+                        (None, false) => format!("TLS SNI {}", t.sni_hosts.join(",")),
+                    };
+                    // On a listener that terminates TLS a route either passes it through
+                    // or takes what was terminated.
+                    match (&l.tls, t.passthrough) {
+                        (None, _) => on,
+                        (Some(_), true) => format!("{on} (passed through)"),
+                        (Some(_), false) => format!("{on} (TLS terminated)"),
+                    }
                 },
                 destination: match t.destinations().as_slice() {
                     [(only, _)] => only.to_string(),
@@ -403,15 +436,13 @@ mod tests {
 
     /// web's proxy's dump for another set of objects.
     fn web_dump_of(yaml: &str, rejected: Value) -> Dump {
+        dump_of(yaml, ObjectKey::new("shop", "web-5d8f-abcde"), Role::Sidecar, rejected)
+    }
+
+    /// The dump of the proxy in `pod`.
+    fn dump_of(yaml: &str, pod: ObjectKey, role: Role, rejected: Value) -> Dump {
         let snapshot = Snapshot::from_yaml(yaml).unwrap();
-        let config = compile(
-            &snapshot,
-            &ObjectKey::new("shop", "web-5d8f-abcde"),
-            Role::Sidecar,
-            "v7",
-        )
-        .unwrap()
-        .config;
+        let config = compile(&snapshot, &pod, role, "v7").unwrap().config;
         let raw = json!({
             "version": "v7",
             "ready": true,
@@ -510,6 +541,37 @@ mod tests {
         );
     }
 
+    /// A gateway port with a terminated HTTPS host and a host passed through by SNI.
+    #[test]
+    fn gateway_listeners_say_what_they_pass_through_and_which_rule_routes_it() {
+        let yaml = format!(
+            "{SHOP}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: db-edge, namespace: shop}}\nspec:\n  selector: {{app: trellis-ingressgateway}}\n  servers:\n  - port: {{number: 443, name: tls-db, protocol: TLS, targetPort: 8443}}\n    hosts: [shop/db.example.com]\n    tls: {{mode: PASSTHROUGH}}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: db-edge, namespace: shop}}\nspec:\n  hosts: [db.example.com]\n  gateways: [db-edge]\n  tls:\n  - match: [{{sniHosts: [db.example.com]}}]\n    route: [{{destination: {{host: db, port: {{number: 5432}}}}}}]\n"
+        );
+        let dump = dump_of(
+            &yaml,
+            ObjectKey::new("trellis-system", "ingress-1"),
+            Role::Gateway,
+            Value::Null,
+        );
+        let ls = listeners(&dump, &only(|f| f.port = Some(8443)));
+        assert_eq!(
+            (ls[0].tls.as_str(), ls[0].destination.as_str()),
+            (
+                "simple+passthrough",
+                "1 virtual hosts (routes); outbound|5432||db.shop.svc.cluster.local"
+            )
+        );
+        let rows = routes(&dump, &only(|f| f.port = Some(8443)));
+        let tls = rows.iter().find(|r| r.virtual_host == "-").unwrap();
+        assert_eq!(
+            (tls.matches.as_str(), tls.from.as_str()),
+            (
+                "TLS SNI db.example.com (passed through)",
+                "VirtualService shop/db-edge tls[0]"
+            )
+        );
+    }
+
     #[test]
     fn listeners_and_clusters_by_port_subset_and_direction() {
         let dump = web_dump(Value::Null);
@@ -522,7 +584,11 @@ mod tests {
                 ("inbound", Some(15006), "inbound")
             ]
         );
-        assert_eq!(ls[0].destination, "3 virtual hosts (routes)");
+        // The outbound listener's HTTP and TCP routes both.
+        assert_eq!(
+            ls[0].destination,
+            "3 virtual hosts (routes); outbound|5432||db.shop.svc.cluster.local"
+        );
         assert_eq!(listeners(&dump, &only(|f| f.port = Some(15006))).len(), 1);
 
         let v2 = clusters(&dump, &only(|f| f.subset = Some("v2".into())));
