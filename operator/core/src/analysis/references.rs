@@ -193,7 +193,12 @@ fn gateways(f: &Facts<'_>, out: &mut Vec<Raw>) {
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let Some(tls) = &server.tls else { continue };
             let Some(name) = &tls.credential_name else { continue };
-            let mutual = tls.mode == Some(ServerTlsMode::Mutual);
+            // Only servers that terminate with the Secret read it (passthrough ignores it).
+            let mutual = match tls.effective_mode() {
+                ServerTlsMode::Simple => false,
+                ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => true,
+                _ => continue,
+            };
             for ns in &namespaces {
                 let field = format!("spec.servers[{i}].tls.credentialName");
                 match f.secrets.get(&ObjectKey::new(ns.clone(), name.clone())) {
