@@ -64,7 +64,8 @@ pub struct Config {
     /// Address of the admin API (/ready, /live, /metrics, /debug/syncz).
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
-    /// SPIFFE trust domain when the Mesh names none (the Mesh's `spec.trustDomain` wins).
+    /// SPIFFE trust domain while there is no Mesh (a Mesh's `spec.trustDomain` wins; a Mesh
+    /// that names none is in `cluster.local`, as the compiler reads it).
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = trellis_api::mesh::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Lifetime of workload certificates, in seconds.
@@ -114,6 +115,9 @@ pub struct App {
     pub peers: crate::peers::Peers,
     /// What the webhook configurations trust of the operator.
     pub published: tokio::sync::watch::Receiver<Published>,
+    /// The Mesh's valid settings, as this replica follows them
+    /// ([`crate::mesh::settings::follow`]).
+    pub settings: tokio::sync::watch::Receiver<Settings>,
     elector: Option<Elector>,
     /// The push API's server: stopped gracefully by [`App::shutdown`].
     push_server: Option<tokio::task::JoinHandle<()>>,
@@ -178,22 +182,15 @@ async fn shutdown_signal() {
 }
 
 /// Start every part of the operator with `client`.
-pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
-    // The Mesh is the source of truth; the flags only fill in what it leaves open.
+pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
+    // The Mesh is the source of truth; the flags only fill in what it leaves open (and never
+    // take the start-time Mesh's values: a Mesh deleted later falls back to the flags).
     let meshes: kube::Api<Mesh> = kube::Api::all(client.clone());
     let mesh = meshes
         .get_opt(MESH_NAME)
         .await
         .context("reading Mesh default (are the CRDs installed? kubectl apply -f crds/)")?;
-    if let Some(td) = mesh.as_ref().and_then(|m| m.spec.trust_domain.clone()) {
-        config.trust_domain = td;
-    }
-    let defaults = Defaults {
-        namespace: config.namespace.clone(),
-        proxy_image: config.proxy_image.clone(),
-        workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
-        ..Defaults::default()
-    };
+    let defaults = defaults(&config);
     // What this replica acts on until its index holds the Mesh; then every replica follows the
     // Mesh's changes (crate::mesh::settings::follow): the certificate lifetimes included.
     let at_start = mesh
@@ -221,7 +218,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     let stored = secret::load_or_create(
         &client,
         &config.namespace,
-        &config.trust_domain,
+        &at_start.trust_domain,
         at_start.ca.root_cert_ttl,
     )
     .await?;
@@ -256,15 +253,8 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
         metrics.clone(),
         crate::jwks::Options::default(),
     ));
-    // The Mesh's settings as this replica follows them.
-    let (live_tx, live) = tokio::sync::watch::channel(at_start.clone());
-    let live_task = tokio::spawn(crate::mesh::settings::follow(
-        index.clone(),
-        changed_rx.clone(),
-        defaults.clone(),
-        live_tx,
-    ));
     let core = Core {
+        settings: at_start.clone(),
         metrics,
         index: index.clone(),
         changed: changed_rx.clone(),
@@ -277,7 +267,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     app.elector = elector;
     app.tasks.push(index_task);
     app.tasks.push(jwks_task);
-    app.tasks.push(live_task);
+    let live = app.settings.clone();
     // Every replica signs: each signs with the Mesh's workload certificate lifetime of the time.
     app.tasks.push(tokio::spawn(crate::ca::lifecycle::follow_workload_ttl(
         roots.clone(),
@@ -286,7 +276,7 @@ pub async fn start(mut config: Config, client: Client) -> anyhow::Result<App> {
     app.tasks.push(tokio::spawn(secret::watch(
         client.clone(),
         config.namespace.clone(),
-        crate::trust_domain::Source::index(index.clone(), config.trust_domain.clone()),
+        crate::trust_domain::Source::settings(live.clone(), index.clone()),
         live,
         roots.clone(),
         leadership.clone(),
@@ -448,6 +438,9 @@ fn webhooks_observation(published: &Published) -> crate::mesh::conditions::Webho
 /// reviewer and the mesh roots. [`start`] builds it from the Kubernetes API; tests build it
 /// from plain data.
 pub struct Core {
+    /// The Mesh's settings until the index has listed every kind (then the index's Mesh is
+    /// followed): the Mesh's read at start, or the defaults.
+    pub settings: Settings,
     /// The index the push compiles from.
     pub index: index::Shared,
     /// Bumped on every change of the index (0: not synced yet).
@@ -477,6 +470,7 @@ impl std::fmt::Debug for Core {
 /// from `core`, on the addresses of `config`.
 pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     let Core {
+        settings,
         index,
         changed,
         reviewer,
@@ -491,8 +485,17 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // gRPC: push and certificates, TLS with optional client certificates (a proxy has none
     // before its first Sign); ConfigPush itself requires the pod's workload certificate.
     let traffic = Arc::new(crate::traffic::Traffic::default());
-    // The trust domain follows the Mesh live (the flag only stands in while there is none).
-    let trust_domains = crate::trust_domain::Source::index(index.clone(), config.trust_domain.clone());
+    // The Mesh's settings as this replica follows them: the trust domain and the injected proxy
+    // image among them, an invalid Mesh changing nothing (the flags stand in while there is no
+    // Mesh).
+    let (settings_tx, settings) = tokio::sync::watch::channel(settings);
+    tasks.push(tokio::spawn(crate::mesh::settings::follow(
+        index.clone(),
+        changed.clone(),
+        defaults(config),
+        settings_tx,
+    )));
+    let trust_domains = crate::trust_domain::Source::settings(settings.clone(), index.clone());
     let push = PushService::new(index.clone(), changed.clone(), push::Options::default())
         .require_workload_identity(trust_domains.clone())
         .with_roots(roots.clone())
@@ -557,8 +560,8 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         config,
         Watched {
             index: &index,
-            changed: changed.clone(),
             trust_domains,
+            settings: settings.clone(),
         },
         &roots,
         client.as_ref(),
@@ -619,6 +622,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         leadership,
         peers,
         published,
+        settings,
         elector: None,
         push_server: Some(push_server),
         tasks,
@@ -635,12 +639,13 @@ pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain:
     )
 }
 
-/// What the webhooks read from the live index: the index itself, its change announcements and
-/// the trust domain (the webhooks' certificate names the operator in it).
+/// What the webhooks read: the live index, the Mesh's settings this replica follows (the
+/// injected proxy image and trust domain) and the trust domain (the webhooks' certificate names
+/// the operator in it).
 struct Watched<'a> {
     index: &'a index::Shared,
-    changed: tokio::sync::watch::Receiver<u64>,
     trust_domains: crate::trust_domain::Source,
+    settings: tokio::sync::watch::Receiver<Settings>,
 }
 
 /// Start the admission webhooks on `config.webhook_addr`, with a certificate from the issuing
@@ -656,8 +661,8 @@ async fn serve_webhooks(
 ) -> anyhow::Result<SocketAddr> {
     let Watched {
         index,
-        changed,
         trust_domains,
+        settings,
     } = watched;
     let tls = Arc::new(ServingTls::new(
         Identity {
@@ -672,7 +677,7 @@ async fn serve_webhooks(
     let defaults = injector_settings(config);
     let events = client.map(|c| recorder(c, config.pod_name.clone()));
     let renewed = renewal_announcer(client.cloned(), events, config.pod_name.clone());
-    let webhooks = Arc::new(Webhooks::new(index.clone(), defaults, metrics.clone()));
+    let webhooks = Arc::new(Webhooks::new(index.clone(), defaults, metrics.clone()).following(settings.clone()));
     let listener = TcpListener::bind(config.webhook_addr)
         .await
         .with_context(|| format!("binding the admission webhooks to {}", config.webhook_addr))?;
@@ -686,7 +691,7 @@ async fn serve_webhooks(
         tls,
         roots.clone(),
         published,
-        changed,
+        settings,
         Arc::new(SystemClock),
         renewed,
     )));
@@ -702,6 +707,17 @@ fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
             instance: pod_name,
         },
     )
+}
+
+/// What the operator acts on where the Mesh, or its field, says nothing: the flags.
+pub fn defaults(config: &Config) -> Defaults {
+    Defaults {
+        namespace: config.namespace.clone(),
+        proxy_image: config.proxy_image.clone(),
+        workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
+        trust_domain: config.trust_domain.clone(),
+        ..Defaults::default()
+    }
 }
 
 /// What the sidecar injector meshes pods with when the Mesh names no proxy image.

@@ -365,12 +365,10 @@ impl Index {
         }
     }
 
-    /// The Mesh's trust domain and its aliases (the previous domains from its status
-    /// included); `None` without a Mesh.
-    pub fn trust_domains(&self) -> Option<trellis_contract::TrustDomains> {
-        self.mesh
-            .as_ref()
-            .map(|m| m.trust_domains(&self.previous_trust_domains))
+    /// The trust domains the Mesh's status says proxies may still serve certificates in,
+    /// other than its spec's ([`trellis_api::mesh::MeshStatus::previous_trust_domains`]).
+    pub fn previous_trust_domains(&self) -> &[String] {
+        &self.previous_trust_domains
     }
 
     /// The compiler's view of the index.

@@ -8,7 +8,8 @@
 //! by hand, or rewritten by a bundle manager) meshes nothing it should not.
 //!
 //! The image: the pod's `trellis.dev/proxy-image` annotation (the rollout sets it per
-//! workload), else the Mesh's `spec.versions.proxy`, else the operator's default. What was
+//! workload), else the Mesh's `spec.versions.proxy` as the last valid Mesh says it (an invalid
+//! Mesh changes neither the image nor the trust domain), else the operator's default. What was
 //! injected is recorded on the pod (see `trellis_manifests::sidecar`).
 //!
 //! Pods that cannot be meshed get a reason: `hostNetwork` pods are admitted unmeshed, with a
@@ -38,10 +39,10 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde::Deserialize as _;
 use serde_json::Value;
-use trellis_api::mesh::MeshSpec;
 use trellis_manifests::sidecar::{self, INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, InjectError, Settings};
 
 use crate::index::Index;
+use crate::mesh::settings::Settings as MeshSettings;
 
 /// The label the injector puts on a pod it admits without a sidecar, its value saying why
 /// ([`SKIPPED_HOST_NETWORK`]); `kubectl get pods -l trellis.dev/injection-skipped` lists them.
@@ -131,20 +132,13 @@ impl Answer {
     }
 }
 
-/// The sidecar settings in force: the Mesh's proxy image when it names one, else `defaults`',
-/// and the Mesh's trust domain (a new pod asks for its first certificate in it).
-pub fn settings(defaults: &Settings, mesh: Option<&MeshSpec>) -> Settings {
+/// The sidecar settings in force: `defaults` with the proxy image and the trust domain (a new
+/// pod asks for its first certificate in it) of the Mesh's settings `mesh` — the last valid
+/// Mesh's, as this replica follows them ([`crate::mesh::settings::follow`]).
+pub fn settings(defaults: &Settings, mesh: &MeshSettings) -> Settings {
     let mut settings = defaults.clone();
-    if let Some(mesh) = mesh {
-        settings.trust_domain = mesh.trust_domain().to_string();
-    }
-    if let Some(image) = mesh
-        .and_then(|m| m.versions.as_ref())
-        .and_then(|v| v.proxy.as_ref())
-        .filter(|i| !i.trim().is_empty())
-    {
-        settings.proxy_image = image.clone();
-    }
+    settings.trust_domain.clone_from(&mesh.trust_domain);
+    settings.proxy_image.clone_from(&mesh.proxy_image);
     settings
 }
 
@@ -228,18 +222,24 @@ pub fn decide(
 pub fn respond(
     review: &super::Review,
     index: &RwLock<Index>,
-    defaults: &Settings,
+    (defaults, mesh): (&Settings, &MeshSettings),
     memo: &memo::Memo,
 ) -> AdmissionResponse {
-    reply(review, index, defaults, memo).into_response()
+    reply(review, index, (defaults, mesh), memo).into_response()
 }
 
 /// The answer to one injection request, from `memo` when it decided the same pod before, its
 /// patch as the memo keeps it (what the server writes).
 ///
-/// The index is read only for the namespace's labels and the Mesh, not held while deciding: a
-/// reader holding it keeps the index's writer waiting, and every review after it.
-pub fn reply(review: &super::Review, index: &RwLock<Index>, defaults: &Settings, memo: &memo::Memo) -> super::Reply {
+/// `defaults` are the sidecar's settings where `mesh`, the Mesh's valid settings, say nothing.
+/// The index is read only for the namespace's labels, not held while deciding: a reader
+/// holding it keeps the index's writer waiting, and every review after it.
+pub fn reply(
+    review: &super::Review,
+    index: &RwLock<Index>,
+    (defaults, mesh): (&Settings, &MeshSettings),
+    memo: &memo::Memo,
+) -> super::Reply {
     let request = &review.request;
     if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
         let why = format!(
@@ -257,13 +257,12 @@ pub fn reply(review: &super::Review, index: &RwLock<Index>, defaults: &Settings,
         return super::deny(request, "the CREATE request carries no pod", 400).into();
     };
     let namespace = request.namespace.clone().unwrap_or_else(|| "default".into());
-    let (namespace_labels, settings) = {
-        let index = index.read().unwrap_or_else(PoisonError::into_inner);
-        (
-            index.namespace_labels(&namespace).cloned(),
-            settings(defaults, index.mesh()),
-        )
-    };
+    let namespace_labels = index
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .namespace_labels(&namespace)
+        .cloned();
+    let settings = settings(defaults, mesh);
     let system = [defaults.control_plane_namespace.as_str(), "kube-system"];
     let who = format!(
         "pod {namespace}/{}",
@@ -330,6 +329,17 @@ mod tests {
 
     fn defaults() -> Settings {
         Settings::new(&Options::default())
+    }
+
+    /// The Mesh's settings with `defaults()`' image where the Mesh (`spec`; `None`: no Mesh)
+    /// names none.
+    fn mesh(spec: Option<Value>) -> MeshSettings {
+        let defaults = crate::mesh::settings::Defaults {
+            proxy_image: defaults().proxy_image,
+            ..Default::default()
+        };
+        let spec = spec.map(|s| serde_json::from_value(s).unwrap());
+        MeshSettings::from_spec_of_default(spec.as_ref(), &defaults).unwrap()
     }
 
     fn pod(labels: Value, extra_spec: Value) -> Value {
@@ -457,9 +467,10 @@ mod tests {
 
     #[test]
     fn the_image_comes_from_the_pod_then_the_mesh_then_the_default() {
-        let mesh: MeshSpec =
-            serde_json::from_value(json!({"versions": {"proxy": "mesh.example/trellis-proxy:0.3.0"}})).unwrap();
-        let from_mesh = settings(&defaults(), Some(&mesh));
+        let from_mesh = settings(
+            &defaults(),
+            &mesh(Some(json!({"versions": {"proxy": "mesh.example/trellis-proxy:0.3.0"}}))),
+        );
         let p = pod(json!({}), json!({}));
         let Decision::Inject { image, .. } = decide(&p, "shop", None, &SYSTEM, &from_mesh) else {
             panic!()
@@ -470,10 +481,9 @@ mod tests {
         let out = patched(&pinned, decide(&pinned, "shop", None, &SYSTEM, &from_mesh));
         assert_eq!(out["spec"]["initContainers"][1]["image"], "pinned/trellis-proxy:0.2.9");
         assert_eq!(out["metadata"]["labels"][PROXY_VERSION_LABEL], "0.2.9");
-        assert_eq!(settings(&defaults(), None).proxy_image, defaults().proxy_image);
-        let moved: MeshSpec = serde_json::from_value(json!({"trustDomain": "new.example"})).unwrap();
+        assert_eq!(settings(&defaults(), &mesh(None)).proxy_image, defaults().proxy_image);
         assert_eq!(
-            settings(&defaults(), Some(&moved)).trust_domain,
+            settings(&defaults(), &mesh(Some(json!({"trustDomain": "new.example"})))).trust_domain,
             "new.example",
             "a pod meshed after a trust domain change asks for its first certificate in the new one"
         );
@@ -524,7 +534,7 @@ mod tests {
         respond(
             review,
             &RwLock::new(Index::default()),
-            &defaults(),
+            (&defaults(), &mesh(None)),
             &memo::Memo::default(),
         )
     }
@@ -555,26 +565,21 @@ mod tests {
         let review = request(pod(json!({}), json!({})), false);
         let patch_of =
             |r: &AdmissionResponse| String::from_utf8_lossy(r.patch.as_deref().unwrap_or_default()).into_owned();
-        let first = respond(&review, &index, &defaults(), &memo);
+        let settings = mesh(None);
+        let first = respond(&review, &index, (&defaults(), &settings), &memo);
         assert!(
             patch_of(&first).contains(&defaults().proxy_image),
             "{}",
             patch_of(&first)
         );
         assert_eq!(
-            patch_of(&respond(&review, &index, &defaults(), &memo)),
+            patch_of(&respond(&review, &index, (&defaults(), &settings), &memo)),
             patch_of(&first)
         );
         assert_eq!(memo.counts(), (1, 1), "the same pod again is remembered");
 
-        let mesh: trellis_api::mesh::Mesh = serde_json::from_value(json!({
-            "apiVersion": "mesh.trellis.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
-            "spec": {"versions": {"proxy": "mesh.example/trellis-proxy:0.3.0"}},
-        }))
-        .unwrap();
-        let apply = |o: Object| index.write().unwrap().apply(Change::Applied(o));
-        apply(Object::Mesh(Box::new(mesh)));
-        let upgraded = respond(&review, &index, &defaults(), &memo);
+        let settings = mesh(Some(json!({"versions": {"proxy": "mesh.example/trellis-proxy:0.3.0"}})));
+        let upgraded = respond(&review, &index, (&defaults(), &settings), &memo);
         assert!(
             patch_of(&upgraded).contains("mesh.example/trellis-proxy:0.3.0")
                 && !patch_of(&upgraded).contains(&defaults().proxy_image),
@@ -585,8 +590,11 @@ mod tests {
         let namespace: k8s_openapi::api::core::v1::Namespace =
             serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {INJECT_LABEL: INJECT_DISABLED}}}))
                 .unwrap();
-        apply(Object::Namespace(Box::new(namespace)));
-        let opted_out = respond(&review, &index, &defaults(), &memo);
+        index
+            .write()
+            .unwrap()
+            .apply(Change::Applied(Object::Namespace(Box::new(namespace))));
+        let opted_out = respond(&review, &index, (&defaults(), &settings), &memo);
         assert!(opted_out.allowed && opted_out.patch.is_none(), "{opted_out:?}");
     }
 

@@ -41,6 +41,7 @@ use super::inject::memo::Memo;
 use super::{MAX_BODY_BYTES, Reply, refusal};
 use crate::ca::MeshRoots;
 use crate::index;
+use crate::mesh::settings::{Defaults, Settings as MeshSettings};
 use crate::metrics::Metrics;
 use crate::serving::{ServingTls, issuing_root};
 
@@ -50,6 +51,9 @@ pub struct Webhooks {
     pub index: index::Shared,
     /// The sidecar when the Mesh names no proxy image.
     pub defaults: Settings,
+    /// The Mesh's valid settings, as this replica follows them: the proxy image and trust
+    /// domain injected.
+    mesh: watch::Receiver<MeshSettings>,
     /// Where reviews are counted and timed (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// The injector's remembered answers.
@@ -197,14 +201,30 @@ impl Body for Timed {
 }
 
 impl Webhooks {
-    /// Webhooks answering from `index`, with the sidecar `defaults`, counted in `metrics`.
+    /// Webhooks answering from `index`, with the sidecar `defaults`, counted in `metrics`;
+    /// they inject `defaults`' image and trust domain until [`Webhooks::following`] is given
+    /// the Mesh's settings.
     pub fn new(index: index::Shared, defaults: Settings, metrics: Arc<Metrics>) -> Self {
+        let (_, mesh) = watch::channel(MeshSettings::defaults(&Defaults {
+            namespace: defaults.control_plane_namespace.clone(),
+            proxy_image: defaults.proxy_image.clone(),
+            trust_domain: defaults.trust_domain.clone(),
+            ..Defaults::default()
+        }));
         Webhooks {
             index,
             defaults,
+            mesh,
             metrics,
             memo: Memo::default(),
         }
+    }
+
+    /// Inject the proxy image and trust domain of the Mesh's valid settings `mesh`, as they
+    /// change ([`crate::mesh::settings::follow`]).
+    pub fn following(mut self, mesh: watch::Receiver<MeshSettings>) -> Self {
+        self.mesh = mesh;
+        self
     }
 
     /// The injector's remembered answers: how many reviews were answered from them and how
@@ -234,7 +254,10 @@ impl Webhooks {
         };
         let reply = match path {
             VALIDATE_PATH => super::validate::respond(&review, &self.index).into(),
-            INJECT_PATH => super::inject::reply(&review, &self.index, &self.defaults, &self.memo),
+            INJECT_PATH => {
+                let mesh = self.mesh.borrow().clone();
+                super::inject::reply(&review, &self.index, (&self.defaults, &mesh), &self.memo)
+            }
             other => super::deny(
                 &review.request,
                 format!("no webhook at {other}; Trellis serves {VALIDATE_PATH} and {INJECT_PATH}"),
@@ -368,18 +391,19 @@ pub fn reissue_reason(
 
 /// Keep the webhooks' certificate current: reissued before it expires, after a root rotation
 /// once the `caBundle` holds the new root, and after a change of the Mesh's trust domain (looked
-/// at on every change of the index, `changed`); `renewed` hears why each time (the operator
-/// makes it an event on the Mesh). Runs until the task is dropped.
+/// at on every change of the Mesh's valid settings this replica follows, `settings`, which
+/// the certificate's identity reads its trust domain from); `renewed` hears why each time (the
+/// operator makes it an event on the Mesh). Runs until the task is dropped.
 pub async fn keep_certificate_current(
     tls: Arc<ServingTls>,
     roots: Arc<MeshRoots>,
     mut published: watch::Receiver<super::ca_bundle::Published>,
-    mut changed: watch::Receiver<u64>,
+    mut settings: watch::Receiver<MeshSettings>,
     clock: Arc<dyn crate::ca::Clock>,
     renewed: impl Fn(&'static str) + Send,
 ) {
     let mut bundle = roots.bundle();
-    let mut index_open = true;
+    let mut settings_open = true;
     loop {
         let issued = tls.issued();
         let wait = issued
@@ -392,8 +416,9 @@ pub async fn keep_certificate_current(
             _ = tokio::time::sleep(wait) => {}
             r = bundle.changed() => if r.is_err() { return },
             r = published.changed() => if r.is_err() { return },
-            // The index outliving the webhooks is not theirs to require: without it, renewals go on.
-            r = changed.changed(), if index_open => index_open = r.is_ok(),
+            // The settings outliving the webhooks is not theirs to require: without them,
+            // renewals go on.
+            r = settings.changed(), if settings_open => settings_open = r.is_ok(),
         }
         let reason = {
             let published = published.borrow();
@@ -422,30 +447,34 @@ pub async fn keep_certificate_current(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::settings::Followed;
     use crate::serving::Issued;
 
     /// [`keep_certificate_current`] running on a certificate, with no webhook configurations to
-    /// wait for: what it announces, and the index's change announcements.
+    /// wait for: what it announces, following the Mesh's settings `settings`.
     struct Kept {
         task: tokio::task::JoinHandle<()>,
         announced: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-        changed: watch::Sender<u64>,
         _published: watch::Sender<crate::admission::ca_bundle::Published>,
     }
 
     impl Kept {
-        fn start(tls: &Arc<ServingTls>, roots: Arc<MeshRoots>, clock: Arc<crate::ca::ManualClock>) -> Kept {
+        fn start(
+            tls: &Arc<ServingTls>,
+            roots: Arc<MeshRoots>,
+            clock: Arc<crate::ca::ManualClock>,
+            settings: watch::Receiver<MeshSettings>,
+        ) -> Kept {
             let (published_tx, published) = watch::channel(crate::admission::ca_bundle::Published {
                 roots: None,
                 current: true,
             });
-            let (changed_tx, changed) = watch::channel(0u64);
             let (tx, announced) = tokio::sync::mpsc::unbounded_channel();
             let task = tokio::spawn(keep_certificate_current(
                 tls.clone(),
                 roots,
                 published,
-                changed,
+                settings,
                 clock,
                 move |why| {
                     let _ = tx.send(why);
@@ -454,7 +483,6 @@ mod tests {
             Kept {
                 task,
                 announced,
-                changed: changed_tx,
                 _published: published_tx,
             }
         }
@@ -481,7 +509,8 @@ mod tests {
             .expect("serving certificate"),
         );
         let first = tls.issued();
-        let mut kept = Kept::start(&tls, roots, clock.clone());
+        let (_settings, settings) = watch::channel(MeshSettings::defaults(&Defaults::default()));
+        let mut kept = Kept::start(&tls, roots, clock.clone(), settings);
         let (task, rx) = (&kept.task, &mut kept.announced);
         // Not yet due: nothing happens for a minute.
         tokio::time::sleep(Duration::from_secs(61)).await;
@@ -527,6 +556,84 @@ mod tests {
             String::from_utf8_lossy(&fresh.body)
         );
         assert_eq!(remembered.body, decided.body, "the name is in neither answer");
+    }
+
+    #[tokio::test]
+    async fn the_injector_follows_the_valid_mesh_and_an_invalid_one_changes_neither_image_nor_trust_domain() {
+        let sidecar = Settings::new(&trellis_manifests::install::Options::default());
+        let defaults = Defaults {
+            proxy_image: sidecar.proxy_image.clone(),
+            ..Defaults::default()
+        };
+        let followed = Followed::start(defaults.clone(), MeshSettings::defaults(&defaults));
+        let webhooks = Webhooks::new(followed.index.clone(), sidecar.clone(), Arc::new(Metrics::default()))
+            .following(followed.settings.clone());
+        let mut settings = followed.settings.clone();
+        // The image and trust domain the next pod is injected with.
+        let injected = |name: &str| {
+            let pod = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "web", "image": "app:1"}]},
+            });
+            let body = crate::admission::fixtures::review(("", "v1", "Pod"), "pods", Some("shop"), pod);
+            let answer = webhooks.handle(INJECT_PATH, body.to_string().as_bytes());
+            let review: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            let patch = base64::engine::general_purpose::STANDARD
+                .decode(review["response"]["patch"].as_str().expect("a patch"))
+                .unwrap();
+            let patch: serde_json::Value = serde_json::from_slice(&patch).unwrap();
+            let proxy = patch
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|op| match &op["value"] {
+                    serde_json::Value::Array(containers) => containers.clone(),
+                    one => vec![one.clone()],
+                })
+                .find(|c| c["name"] == trellis_manifests::sidecar::PROXY_CONTAINER)
+                .unwrap_or_else(|| panic!("no proxy container in {patch}"));
+            let env = |name: &str| {
+                proxy["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == name)
+                    .map(|e| e["value"].as_str().unwrap().to_string())
+            };
+            (
+                proxy["image"].as_str().unwrap().to_string(),
+                env("TRELLIS_TRUST_DOMAIN"),
+            )
+        };
+        assert_eq!(
+            injected("web-1"),
+            (sidecar.proxy_image.clone(), Some("cluster.local".into()))
+        );
+        // A valid Mesh: its image and trust domain.
+        followed.apply_mesh(serde_json::json!({
+            "trustDomain": "prod.example",
+            "versions": {"proxy": "registry.example/trellis-proxy:2"},
+        }));
+        followed.list();
+        tokio::time::timeout(Duration::from_secs(1), settings.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let valid = (
+            "registry.example/trellis-proxy:2".to_string(),
+            Some("prod.example".to_string()),
+        );
+        assert_eq!(injected("web-2"), valid);
+        // An invalid one (its rollout batch given twice) is refused whole: the pods created
+        // meanwhile get the last valid Mesh's image and trust domain, not the invalid one's.
+        followed.apply_mesh(serde_json::json!({
+            "trustDomain": "other.example",
+            "versions": {"proxy": "registry.example/trellis-proxy:3"},
+            "rollout": {"batchSize": 2, "batchPercent": 10},
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(injected("web-3"), valid);
+        followed.stop().await;
     }
 
     /// The answer's body as it was written before `review_body` wrote it in one pass: the
@@ -624,16 +731,6 @@ mod tests {
         assert_eq!(reissue_reason(&issued, Some("new"), Some(&only_old), true, early), None);
     }
 
-    fn mesh(trust_domain: &str) -> index::Object {
-        index::Object::Mesh(Box::new(
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "mesh.trellis.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
-                "spec": {"trustDomain": trust_domain},
-            }))
-            .expect("a Mesh"),
-        ))
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_trust_domain_change_reissues_the_certificate_in_the_new_domain_and_is_announced() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
@@ -641,10 +738,12 @@ mod tests {
         let root = crate::ca::SigningCert::self_signed_root("cluster.local", Duration::from_secs(3650 * 86400), t0)
             .expect("root");
         let roots = Arc::new(MeshRoots::new(root, Duration::from_secs(3600), clock.clone()));
-        let index: index::Shared = Arc::new(std::sync::RwLock::new(index::Index::default()));
-        let apply = |o: index::Object| index.write().unwrap().apply(index::Change::Applied(o));
-        apply(mesh("cluster.local"));
-        let domains = crate::trust_domain::Source::index(index.clone(), "cluster.local");
+        // The index, listed, and the Mesh's settings this replica follows from it.
+        let defaults = Defaults::default();
+        let followed = Followed::start(defaults.clone(), MeshSettings::defaults(&defaults));
+        followed.apply_mesh(serde_json::json!({"trustDomain": "cluster.local"}));
+        followed.list();
+        let domains = crate::trust_domain::Source::settings(followed.settings.clone(), followed.index.clone());
         let tls = Arc::new(
             ServingTls::new(
                 crate::serving::Identity {
@@ -662,14 +761,13 @@ mod tests {
             tls.issued().spiffe_id,
             "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator"
         );
-        let mut kept = Kept::start(&tls, roots, clock.clone());
-        let (task, rx, changed_tx) = (&kept.task, &mut kept.announced, &kept.changed);
+        let mut kept = Kept::start(&tls, roots, clock.clone(), followed.settings.clone());
+        let (task, rx) = (&kept.task, &mut kept.announced);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(rx.try_recv().is_err(), "nothing changed, nothing reissued");
-        // The Mesh moves to prod.example: the index announces it, the certificate follows at
-        // once (not at the next minute's look), and says why.
-        apply(mesh("prod.example"));
-        changed_tx.send_replace(1);
+        // The Mesh moves to prod.example: the settings follow the index, the certificate
+        // follows them at once (not at the next minute's look), and says why.
+        followed.apply_mesh(serde_json::json!({"trustDomain": "prod.example"}));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(
             rx.try_recv().ok(),
@@ -679,10 +777,20 @@ mod tests {
             tls.issued().spiffe_id,
             "spiffe://prod.example/ns/trellis-system/sa/trellis-operator"
         );
-        // Once: other changes of the index reissue nothing.
-        changed_tx.send_replace(2);
+        // Once: other changes of the index reissue nothing; nor does an invalid Mesh naming
+        // another trust domain (refused whole by the validator: its rollout batch is given
+        // twice), whose trust domain is never acted on.
+        followed.apply_mesh(serde_json::json!({
+            "trustDomain": "other.example",
+            "rollout": {"batchSize": 2, "batchPercent": 10},
+        }));
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert!(rx.try_recv().is_err());
+        assert_eq!(
+            tls.issued().spiffe_id,
+            "spiffe://prod.example/ns/trellis-system/sa/trellis-operator"
+        );
         task.abort();
+        followed.stop().await;
     }
 }

@@ -5,7 +5,9 @@
 //! - A Mesh the validator finds an error in gives no [`Settings`] at all ([`Invalid`]), so a
 //!   contradictory spec is never half applied: the operator keeps acting on the last valid one.
 //! - The operator's flags only supply what an absent Mesh (or an absent field) leaves open: the
-//!   proxy image installed with the operator and the workload certificate lifetime.
+//!   proxy image installed with the operator and the workload certificate lifetime; the trust
+//!   domain of an installation with no Mesh (a Mesh without `spec.trustDomain` is in
+//!   `cluster.local`, as the compiler reads it). A Mesh read at start never becomes a default.
 //! - Every replica follows the Mesh ([`follow`]), not only the leader's reconciler: what every
 //!   replica acts on itself — the workload certificate lifetime it signs with, the lifetime of a
 //!   root it makes — is read from the same valid spec, with no restart.
@@ -33,6 +35,8 @@ pub struct Defaults {
     pub workload_cert_ttl: Duration,
     /// Self-signed root lifetime.
     pub root_cert_ttl: Duration,
+    /// The trust domain while there is no Mesh (`TRELLIS_TRUST_DOMAIN`).
+    pub trust_domain: String,
 }
 
 impl Default for Defaults {
@@ -42,6 +46,7 @@ impl Default for Defaults {
             proxy_image: format!("ghcr.io/trellis-mesh/trellis-proxy:{}", env!("CARGO_PKG_VERSION")),
             workload_cert_ttl: crate::ca::DEFAULT_WORKLOAD_TTL,
             root_cert_ttl: crate::ca::DEFAULT_ROOT_TTL,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct RolloutSettings {
 pub struct Settings {
     /// SPIFFE trust domain.
     pub trust_domain: String,
+    /// Other trust domains whose identities are accepted as the trust domain's.
+    pub trust_domain_aliases: Vec<String>,
     /// Certificate authority.
     pub ca: CaSettings,
     /// Mesh-wide default mTLS mode (the compiler reads it from the Mesh too).
@@ -132,7 +139,10 @@ fn duration(value: &Option<String>, default: &str) -> Duration {
 impl Settings {
     /// The settings of an installation with no Mesh.
     pub fn defaults(defaults: &Defaults) -> Settings {
-        Settings::from_spec(&MeshSpec::default(), defaults)
+        Settings {
+            trust_domain: defaults.trust_domain.clone(),
+            ..Settings::from_spec(&MeshSpec::default(), defaults)
+        }
     }
 
     /// The settings of `mesh`, or every error that keeps the operator from acting on it.
@@ -171,6 +181,7 @@ impl Settings {
                 .trust_domain
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            trust_domain_aliases: spec.trust_domain_aliases.clone().unwrap_or_default(),
             ca: CaSettings {
                 mode,
                 plugged_from: ca
@@ -258,6 +269,69 @@ pub async fn follow(
         if changed.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// A live index with [`follow`] running on it, for tests.
+#[cfg(test)]
+pub(crate) struct Followed {
+    /// The index.
+    pub index: crate::index::Shared,
+    /// The settings followed from it.
+    pub settings: watch::Receiver<Settings>,
+    changed: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl Followed {
+    /// An empty, unlisted index, the settings `at_start` until it is listed.
+    pub fn start(defaults: Defaults, at_start: Settings) -> Followed {
+        let index = std::sync::Arc::new(std::sync::RwLock::new(crate::index::Index::default()));
+        let (changed, changed_rx) = watch::channel(0u64);
+        let (tx, settings) = watch::channel(at_start);
+        let task = tokio::spawn(follow(index.clone(), changed_rx, defaults, tx));
+        Followed {
+            index,
+            settings,
+            changed,
+            task,
+        }
+    }
+
+    /// Apply `change` to the index and announce it.
+    pub fn apply(&self, change: crate::index::Change) {
+        self.index.write().unwrap().apply(change);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Apply the Mesh `default` whose spec is `spec`.
+    pub fn apply_mesh(&self, spec: serde_json::Value) {
+        let mesh = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mesh.trellis.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
+            "spec": spec,
+        }))
+        .expect("a Mesh");
+        self.apply(crate::index::Change::Applied(crate::index::Object::Mesh(Box::new(
+            mesh,
+        ))));
+    }
+
+    /// Relist every kind with what the index holds: the index is synced.
+    pub fn list(&self) {
+        for kind in crate::snapshot::InputKind::ALL {
+            let seen = self.index.read().unwrap().keys(kind).into_iter().collect();
+            self.apply(crate::index::Change::Relisted { kind, seen });
+        }
+    }
+
+    /// End the index's announcements; the follower ends.
+    pub async fn stop(self) {
+        drop(self.changed);
+        tokio::time::timeout(std::time::Duration::from_secs(1), self.task)
+            .await
+            .expect("the follower ends")
+            .expect("the follower did not panic");
     }
 }
 
@@ -354,19 +428,11 @@ mod tests {
 
     #[tokio::test]
     async fn every_replica_follows_the_valid_mesh_in_its_index_and_keeps_the_last_valid_one() {
-        use crate::index::{Change, Index, Object};
-        use crate::snapshot::InputKind;
         let defaults = Defaults::default();
-        let index = std::sync::Arc::new(std::sync::RwLock::new(Index::default()));
-        let (changed_tx, changed_rx) = watch::channel(0u64);
         let mut at_start = Settings::defaults(&defaults);
         at_start.ca.workload_cert_ttl = Duration::from_secs(7200);
-        let (tx, mut rx) = watch::channel(at_start.clone());
-        let task = tokio::spawn(follow(index.clone(), changed_rx, defaults.clone(), tx));
-        let apply = |change: Change| {
-            index.write().unwrap().apply(change);
-            changed_tx.send_modify(|g| *g += 1);
-        };
+        let followed = Followed::start(defaults.clone(), at_start.clone());
+        let mut rx = followed.settings.clone();
         let ttls = |m: &Mesh| {
             let s = Settings::from_mesh(m, &defaults).unwrap();
             (s.ca.workload_cert_ttl, s.ca.root_cert_ttl)
@@ -380,37 +446,65 @@ mod tests {
             (s.ca.workload_cert_ttl, s.ca.root_cert_ttl)
         }
         // Until the index has listed every kind, the settings read at start stay.
-        let first = mesh(json!({"ca": {"workloadCertTtl": "1h", "rootCertTtl": "2160h"}}));
-        apply(Change::Applied(Object::Mesh(Box::new(first.clone()))));
+        let first = json!({"ca": {"workloadCertTtl": "1h", "rootCertTtl": "2160h"}});
+        followed.apply_mesh(first.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(*rx.borrow_and_update(), at_start);
-        for kind in InputKind::ALL {
-            let seen = index.read().unwrap().keys(kind).into_iter().collect();
-            apply(Change::Relisted { kind, seen });
-        }
-        assert_eq!(next(&mut rx).await, ttls(&first));
+        followed.list();
+        assert_eq!(next(&mut rx).await, ttls(&mesh(first)));
         // Changed after start: followed.
-        let second = mesh(json!({"ca": {"workloadCertTtl": "30m", "rootCertTtl": "720h"}}));
-        apply(Change::Applied(Object::Mesh(Box::new(second.clone()))));
+        let second = json!({"ca": {"workloadCertTtl": "30m", "rootCertTtl": "720h"}});
+        followed.apply_mesh(second.clone());
         assert_eq!(
             next(&mut rx).await,
             (Duration::from_secs(1800), Duration::from_secs(720 * 3600))
         );
         // Invalid (a leaf would outlive half its root): refused by the validator, the last
         // valid settings stay in force.
-        let invalid = mesh(json!({"ca": {"workloadCertTtl": "400h", "rootCertTtl": "720h"}}));
-        apply(Change::Applied(Object::Mesh(Box::new(invalid))));
+        followed.apply_mesh(json!({"ca": {"workloadCertTtl": "400h", "rootCertTtl": "720h"}}));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!rx.has_changed().unwrap());
         assert_eq!(
-            ttls(&second),
+            ttls(&mesh(second)),
             (rx.borrow().ca.workload_cert_ttl, rx.borrow().ca.root_cert_ttl)
         );
-        drop(changed_tx);
-        tokio::time::timeout(Duration::from_secs(1), task)
+        followed.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_mesh_falls_back_to_the_flags_not_to_the_mesh_read_at_start() {
+        use crate::index::{Change, Object};
+        // The flag names flag.example; the Mesh read at start names mesh.example.
+        let defaults = Defaults {
+            trust_domain: "flag.example".into(),
+            ..Defaults::default()
+        };
+        assert_eq!(Settings::defaults(&defaults).trust_domain, "flag.example");
+        let spec = json!({"trustDomain": "mesh.example", "versions": {"proxy": "registry.example/proxy:2"}});
+        let at_start = Settings::from_mesh(&mesh(spec.clone()), &defaults).unwrap();
+        let followed = Followed::start(defaults.clone(), at_start.clone());
+        let mut rx = followed.settings.clone();
+        followed.apply_mesh(spec);
+        followed.list();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*rx.borrow_and_update(), at_start, "the same Mesh: nothing changes");
+        // A Mesh without spec.trustDomain is in cluster.local, as the compiler reads it.
+        followed.apply_mesh(json!({}));
+        tokio::time::timeout(Duration::from_secs(1), rx.changed())
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(rx.borrow_and_update().trust_domain, "cluster.local");
+        // Deleted: the flags, not what the Mesh said at start.
+        followed.apply(Change::Deleted(Object::Mesh(Box::new(mesh(json!({}))))));
+        tokio::time::timeout(Duration::from_secs(1), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*rx.borrow_and_update(), Settings::defaults(&defaults));
+        assert_eq!(rx.borrow().trust_domain, "flag.example");
+        assert_eq!(rx.borrow().proxy_image, defaults.proxy_image);
+        followed.stop().await;
     }
 
     #[test]
