@@ -1868,6 +1868,24 @@ fn cases() -> Vec<Case> {
             "spec.ca.workloadCertTtl",
             "half of rootCertTtl",
         ),
+        // One lifetime written: compared with the other's default (workloadCertTtl 24h,
+        // rootCertTtl 87600h), the error naming the field written and the fix.
+        err_at(
+            Mesh,
+            "spec.ca",
+            json!({"rootCertTtl": "24h"}),
+            "spec.ca.rootCertTtl",
+            "which is 24h by default, so leaves never outlive their root: set rootCertTtl to at least 48h, or set workloadCertTtl to at most 12h",
+        ),
+        err_at(
+            Mesh,
+            "spec.ca",
+            json!({"workloadCertTtl": "50000h"}),
+            "spec.ca.workloadCertTtl",
+            "which is 87600h by default, so leaves never outlive their root: set workloadCertTtl to at most 43800h, or set rootCertTtl to at least 100000h",
+        ),
+        ok(Mesh, "spec.ca", json!({"rootCertTtl": "48h"})),
+        ok(Mesh, "spec.ca", json!({"workloadCertTtl": "43800h"})),
         err_at(
             Mesh,
             "spec.ca",

@@ -73,8 +73,11 @@ pub(super) fn duration(path: &str, value: &Option<String>, min: Duration, f: &mu
     }
 }
 
-fn human(d: Duration) -> String {
-    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
+/// `d` as a duration field would write it: in hours, minutes, seconds or milliseconds.
+pub(super) fn human(d: Duration) -> String {
+    if d.as_secs() >= 3600 && d.as_secs().is_multiple_of(3600) {
+        format!("{}h", d.as_secs() / 3600)
+    } else if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
         format!("{}m", d.as_secs() / 60)
     } else if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Findings;
-use super::format::{dns_label, dns_subdomain, duration, label_key, labels};
+use super::format::{dns_label, dns_subdomain, duration, human, label_key, labels};
 use crate::mesh::*;
 
 pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
@@ -43,14 +43,7 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
             f,
         );
         let root = duration("spec.ca.rootCertTtl", &ca.root_cert_ttl, Duration::from_secs(86400), f);
-        if let (Some(w), Some(r)) = (workload, root)
-            && w * 2 > r
-        {
-            f.error(
-                "spec.ca.workloadCertTtl",
-                "must be at most half of rootCertTtl, so leaves never outlive their root",
-            );
-        }
+        leaves_within_root(ca, workload, root, f);
         if let Some(s) = &ca.secret_ref {
             if dns_subdomain(&s.name).is_err() {
                 f.error("spec.ca.secretRef.name", format!("{:?} is not a Secret name", s.name));
@@ -93,6 +86,47 @@ pub(super) fn mesh(m: &Mesh, f: &mut Findings) {
     }
     if let Some(tracing) = spec.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) {
         tracing_settings(tracing, f);
+    }
+}
+
+/// A workload certificate lives at most half its root's life, so leaves never outlive their
+/// root: checked with the default of the lifetime the Mesh leaves out (`workload` and `root`
+/// are the valid lifetimes written; an invalid one has its own error).
+fn leaves_within_root(ca: &CertificateAuthority, workload: Option<Duration>, root: Option<Duration>, f: &mut Findings) {
+    let default = |written: &Option<String>, default: &str| {
+        written
+            .is_none()
+            .then(|| crate::duration::parse(default).ok())
+            .flatten()
+    };
+    let w = workload.or_else(|| default(&ca.workload_cert_ttl, DEFAULT_WORKLOAD_CERT_TTL));
+    let r = root.or_else(|| default(&ca.root_cert_ttl, DEFAULT_ROOT_CERT_TTL));
+    let (Some(w), Some(r)) = (w, r) else {
+        return;
+    };
+    if w * 2 <= r {
+        return;
+    }
+    let (at_least, at_most) = (human(w * 2), human(r / 2));
+    match (ca.workload_cert_ttl.is_some(), ca.root_cert_ttl.is_some()) {
+        (false, _) => f.error(
+            "spec.ca.rootCertTtl",
+            format!(
+                "must be at least twice workloadCertTtl, which is {DEFAULT_WORKLOAD_CERT_TTL} by default, so leaves never outlive their root: set rootCertTtl to at least {at_least}, or set workloadCertTtl to at most {at_most}"
+            ),
+        ),
+        (true, false) => f.error(
+            "spec.ca.workloadCertTtl",
+            format!(
+                "must be at most half of rootCertTtl, which is {DEFAULT_ROOT_CERT_TTL} by default, so leaves never outlive their root: set workloadCertTtl to at most {at_most}, or set rootCertTtl to at least {at_least}"
+            ),
+        ),
+        (true, true) => f.error(
+            "spec.ca.workloadCertTtl",
+            format!(
+                "must be at most half of rootCertTtl, so leaves never outlive their root: set workloadCertTtl to at most {at_most}, or rootCertTtl to at least {at_least}"
+            ),
+        ),
     }
 }
 
