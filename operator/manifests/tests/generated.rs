@@ -105,7 +105,11 @@ fn install_objects_are_ordered_and_valid() {
     let objects = install::objects(&opts);
     let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     let first_non_crd = kinds.iter().position(|k| *k != "CustomResourceDefinition").unwrap();
-    assert_eq!(first_non_crd, 7, "CRDs come first: {kinds:?}");
+    assert_eq!(
+        first_non_crd,
+        trellis_api::crd::all().len(),
+        "CRDs come first, all of them: {kinds:?}"
+    );
     assert_eq!(kinds[first_non_crd], "Namespace");
     // The default Mesh, then the webhooks (failure policy Fail: before the operator serves
     // them they would refuse the Mesh).
