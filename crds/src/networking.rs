@@ -988,17 +988,20 @@ pub struct ServerTlsSettings {
     pub credential_name: Option<String>,
     /// Not supported by Trellis yet.
     pub credential_names: Option<Vec<String>>,
-    /// Accepted client subject alternative names (MUTUAL).
+    /// Accepted client subject alternative names (not supported by Trellis yet: allow a
+    /// client's SPIFFE ID with an AuthorizationPolicy on the gateway).
     pub subject_alt_names: Option<Vec<String>>,
     /// Not supported by Trellis yet.
     pub verify_certificate_spki: Option<Vec<String>>,
     /// Not supported by Trellis yet.
     pub verify_certificate_hash: Option<Vec<String>>,
-    /// Minimum TLS version.
+    /// Minimum TLS version: the gateway offers TLS 1.2 and 1.3, so `TLS_AUTO` or `TLSV1_2`
+    /// (`TLSV1_3` is not supported by Trellis yet).
     pub min_protocol_version: Option<TlsProtocol>,
-    /// Maximum TLS version.
+    /// Maximum TLS version: `TLS_AUTO` or `TLSV1_3` (`TLSV1_2` is not supported by Trellis yet).
     pub max_protocol_version: Option<TlsProtocol>,
-    /// Allowed cipher suites (OpenSSL names, e.g. `ECDHE-RSA-AES256-GCM-SHA384`).
+    /// Allowed cipher suites (not supported by Trellis yet: the gateway offers rustls' safe
+    /// defaults).
     pub cipher_suites: Option<Vec<String>>,
 }
 

@@ -997,13 +997,43 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
     {
         f.error(format!("{tp}.minProtocolVersion"), "is above maxProtocolVersion");
     }
-    for (i, c) in tls.cipher_suites.iter().flatten().enumerate() {
-        if !CIPHER_SUITES.contains(&c.as_str()) {
-            f.error(
-                format!("{tp}.cipherSuites[{i}]"),
-                format!("{c:?} is not offered; Trellis offers {}", CIPHER_SUITES.join(", ")),
-            );
-        }
+    // The gateway's TLS server offers TLS 1.2 and 1.3 with rustls' safe defaults. A floor of
+    // TLS 1.2 or a ceiling of TLS 1.3 is what it does; anything narrower is not done yet, and
+    // saying so is better than a setting the proxy would not apply.
+    if tls.min_protocol_version == Some(TlsProtocol::Tlsv1_3) {
+        not_supported(
+            &format!("{tp}.minProtocolVersion"),
+            "TLSV1_3 (a server refusing TLS 1.2)",
+            "remove it or set TLSV1_2; the gateway offers TLS 1.2 and 1.3",
+            f,
+        );
+    }
+    if tls.max_protocol_version == Some(TlsProtocol::Tlsv1_2) {
+        not_supported(
+            &format!("{tp}.maxProtocolVersion"),
+            "TLSV1_2 (a server refusing TLS 1.3)",
+            "remove it or set TLSV1_3; the gateway offers TLS 1.2 and 1.3",
+            f,
+        );
+    }
+    if tls.cipher_suites.as_ref().is_some_and(|c| !c.is_empty()) {
+        not_supported(
+            &format!("{tp}.cipherSuites"),
+            "choosing cipher suites",
+            &format!(
+                "remove it; the gateway offers TLS 1.3's suites and, for TLS 1.2, {}",
+                CIPHER_SUITES.join(", ")
+            ),
+            f,
+        );
+    }
+    if tls.subject_alt_names.as_ref().is_some_and(|s| !s.is_empty()) {
+        not_supported(
+            &format!("{tp}.subjectAltNames"),
+            "checking a client certificate's subject alternative names",
+            "remove it; a verified client's SPIFFE ID is its principal, so allow it with an AuthorizationPolicy (source.principals) on the gateway",
+            f,
+        );
     }
     if tls.https_redirect == Some(true) {
         f.warn(format!("{tp}.httpsRedirect"), "has effect only on HTTP servers");
