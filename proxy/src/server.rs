@@ -344,13 +344,10 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
             (DownstreamStream::Plain(tcp), _) => {
                 let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
                 let head = peek_prefix(tcp, 16, timeout, http_decided).await;
-                // Silence is a server-first protocol (TCP) only where a TCP route waits for it;
-                // otherwise HTTP, which waits for the request. Not where unrouted traffic passes
-                // through: a client slower than the detection timeout (a busy node) would then
-                // bypass its HTTP routes and mTLS, sent plaintext to the address it dialled.
-                // Server-first protocols to destinations outside the registry need a declared
-                // port (a ServiceEntry TCP port), as with Istio's detection timeout of 0.
-                looks_like_http(&head) || (head.is_empty() && listener.tcp_routes.is_empty())
+                // Silence is a server-first protocol (TCP) where some TCP route or unrouted
+                // traffic has somewhere to go; otherwise HTTP (which answers it).
+                looks_like_http(&head)
+                    || (head.is_empty() && listener.tcp_routes.is_empty() && listener.spec.unrouted.is_not_found())
             }
         },
     };

@@ -111,40 +111,6 @@ async fn auto_listener_sniffs_http_versus_tcp() {
     assert_eq!(&buf, b"late");
 }
 
-/// A slow HTTP client on a listener whose unrouted traffic passes through (ALLOW_ANY) is still
-/// HTTP, routed by its virtual hosts: silence is not taken for a server-first protocol there.
-/// (first_light failed once under load with the request sent plaintext past its routes.)
-#[tokio::test]
-async fn a_slow_http_client_is_routed_where_unrouted_traffic_passes_through() {
-    let web = Upstream::start("web").await;
-    let config = json!({
-        "version": "1",
-        "listeners": [{
-            "name": "l", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "auto",
-            "virtualHosts": [{"name": "web", "domains": ["*"], "routes": [forward_route("web")]}],
-            "transparent": true,
-            "unrouted": "passthrough",
-            "limits": {"protocolDetectionTimeoutMs": 100},
-        }],
-        "clusters": [cluster("web", &[&web])],
-    });
-    let proxy = Proxy::start(config).await;
-    let addr = proxy.addr("l").await;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer))
-        .await
-        .expect("an answer within 3 s")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(answer.starts_with("http/1.1 200"), "{answer}");
-    assert!(answer.contains("x-server: web"), "{answer}");
-}
-
 /// A TCP server that answers every connection with `name` and closes.
 pub async fn named_server(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     tcp_server(move |mut s| async move {
