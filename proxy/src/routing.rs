@@ -140,6 +140,24 @@ impl RouteTable {
     }
 
     /// Find the virtual host for a host (no port, lower case) and port.
+    /// Whether a virtual host names this address exactly (a Service's cluster IP and port,
+    /// or the IP alone): the client dialled a destination this table routes HTTP for.
+    /// Wildcard and catch-all domains do not count.
+    pub fn names_address(&self, addr: std::net::SocketAddr) -> bool {
+        let port = addr.port();
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => self
+                .exact
+                .get(ip.to_string().as_str())
+                .is_some_and(|entries| entries.iter().any(|(p, _)| p.is_none_or(|p| p == port))),
+            // IPv6 domains are kept whole (`[ip]:port` or `[ip]`), see `split_domain`.
+            std::net::IpAddr::V6(ip) => {
+                self.exact.contains_key(format!("[{ip}]:{port}").as_str())
+                    || self.exact.contains_key(format!("[{ip}]").as_str())
+            }
+        }
+    }
+
     pub fn virtual_host(&self, host: &str, port: u16) -> Option<&CompiledVirtualHost> {
         let exact = self.exact.get(host).and_then(|entries| {
             entries

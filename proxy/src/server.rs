@@ -164,6 +164,48 @@ fn http_decided(b: &[u8]) -> bool {
     b.iter().any(|c| !c.is_ascii_uppercase())
 }
 
+/// What a plaintext connection on a listener that detects its protocol carries.
+enum Detected {
+    Http,
+    Tcp,
+    /// Nothing arrived in the header read timeout, at a destination with nowhere to send it.
+    Silent,
+}
+
+/// Detects the protocol of a plaintext connection from the client's first bytes.
+///
+/// Where the client dialled a destination this listener routes HTTP for (a Service's cluster
+/// IP and port), its first bytes decide however late they come, up to the header read timeout,
+/// as Istio's detection without timeout: an HTTP client's pool opens connections it sends on
+/// only later, and such a connection taken for a server-first protocol would bypass the routes
+/// and the mesh's mTLS. A server-first protocol there needs a declared TCP port (a port named
+/// `tcp-*` or with `appProtocol: tcp`); on a port that is both (an undeclared one, TCP route
+/// and virtual host), a client silent for the whole header read timeout is taken as one.
+/// Elsewhere silence for the detection timeout means a server-first protocol (TCP) where a TCP
+/// route or unrouted traffic (passthrough, black hole) has somewhere to take it, else HTTP.
+async fn plaintext_protocol(tcp: &TcpStream, listener: &ListenerRuntime, dst: SocketAddr) -> Detected {
+    let limits = &listener.spec.limits;
+    let routed_http = listener.routes.names_address(dst);
+    let wait = match routed_http {
+        true => limits.header_read_timeout_ms.max(limits.protocol_detection_timeout_ms),
+        false => limits.protocol_detection_timeout_ms,
+    };
+    let head = peek_prefix(tcp, 16, Duration::from_millis(wait), http_decided).await;
+    if looks_like_http(&head) {
+        return Detected::Http;
+    }
+    if !head.is_empty() {
+        return Detected::Tcp;
+    }
+    let tcp_routed = listener.tcp_routes_plaintext_to(dst);
+    match routed_http {
+        true if tcp_routed => Detected::Tcp,
+        true => Detected::Silent,
+        false if !listener.tcp_routes.is_empty() || !listener.spec.unrouted.is_not_found() => Detected::Tcp,
+        false => Detected::Http,
+    }
+}
+
 /// Recover the pre-redirect destination of a captured connection.
 pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(tcp);
@@ -341,14 +383,14 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         ListenerProtocol::Auto => match (&stream, &alpn) {
             (DownstreamStream::Tls(_), Some(p)) => p == b"h2" || p == b"http/1.1",
             (DownstreamStream::Tls(_), None) => !listener.has_tcp_routes(true),
-            (DownstreamStream::Plain(tcp), _) => {
-                let timeout = Duration::from_millis(limits.protocol_detection_timeout_ms);
-                let head = peek_prefix(tcp, 16, timeout, http_decided).await;
-                // Silence is a server-first protocol (TCP) where some TCP route or unrouted
-                // traffic has somewhere to go; otherwise HTTP (which answers it).
-                looks_like_http(&head)
-                    || (head.is_empty() && listener.tcp_routes.is_empty() && listener.spec.unrouted.is_not_found())
-            }
+            (DownstreamStream::Plain(tcp), _) => match plaintext_protocol(tcp, &listener, dst).await {
+                Detected::Http => true,
+                Detected::Tcp => false,
+                Detected::Silent => {
+                    tracing::debug!(listener = %name, %peer, %dst, "client sent nothing within the header read timeout; closing");
+                    return;
+                }
+            },
         },
     };
     if is_http {

@@ -163,6 +163,14 @@ impl ListenerRuntime {
         self.tcp_routes.iter().any(|r| self.eligible(r, terminated))
     }
 
+    /// Whether a TCP route takes a plaintext connection to `dst` (one that matches no server
+    /// name: a client that has sent nothing has sent no ClientHello).
+    pub fn tcp_routes_plaintext_to(&self, dst: SocketAddr) -> bool {
+        self.tcp_routes
+            .iter()
+            .any(|r| r.sni_hosts.is_empty() && self.eligible(r, false) && r.matches_destination(dst))
+    }
+
     /// Whether a TCP route for `dst` matches on the TLS server name, so the
     /// ClientHello must be read first: before a listener that terminates TLS does so
     /// (`terminated` false), or for connections it does not terminate.

@@ -111,6 +111,84 @@ async fn auto_listener_sniffs_http_versus_tcp() {
     assert_eq!(&buf, b"late");
 }
 
+/// An HTTP client's pool opens connections it writes on only later. At a destination the
+/// listener routes HTTP for (a Service's cluster IP and port), such a connection is HTTP however
+/// late its request comes, although TCP routes and passthrough wait for other destinations on
+/// the same listener. (first_light failed with payment's pooled connection to db taken for a
+/// server-first protocol after 100 ms and sent plaintext past its routes and mTLS: 502.)
+#[tokio::test]
+async fn a_pooled_connection_to_an_http_service_stays_http_however_late_it_speaks() {
+    let web = Upstream::start("web").await;
+    let (echo, _t) = echo_server().await;
+    // The listener's own address plays the Service's cluster IP and port.
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let config = |port: u16, tcp_port: u16| {
+        json!({
+            "version": "1",
+            "listeners": [{
+                "name": "l", "address": format!("127.0.0.1:{port}"), "direction": "outbound", "protocol": "auto",
+                "virtualHosts": [{"name": "web", "domains": [format!("127.0.0.1:{port}"), "web"], "routes": [forward_route("web")]}],
+                // Another Service's declared TCP port, and a TCP route for this address.
+                "tcpRoutes": [
+                    {"destinationPort": 5432, "destinationCidrs": ["127.0.0.1/32"], "cluster": "echo"},
+                    {"destinationPort": tcp_port, "destinationCidrs": ["127.0.0.1/32"], "cluster": "echo"},
+                ],
+                "transparent": true,
+                "unrouted": "passthrough",
+                "limits": {"protocolDetectionTimeoutMs": 100, "headerReadTimeoutMs": 1500},
+            }],
+            "clusters": [cluster("web", &[&web]), {"name": "echo", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": echo.port()}]}],
+        })
+    };
+    // Starts the proxy and checks a request sent 400 ms after connecting is routed as HTTP.
+    let late_request_is_routed = |tcp_port: Option<u16>| async move {
+        let port = free_port();
+        let proxy = Proxy::start(config(port, tcp_port.unwrap_or(port))).await;
+        let addr = proxy.addr("l").await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _ = s
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 200") && answer.contains("x-server: web"),
+            "{answer:?}"
+        );
+        (proxy, addr)
+    };
+
+    // An HTTP port (a virtual host names the address; TCP routes only for other ports).
+    let (_proxy, addr) = late_request_is_routed(Some(5433)).await;
+    // Silent for the whole header read timeout: closed, as an HTTP server closes it.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {buf:?}");
+
+    // An undeclared port (virtual host and TCP route for the address): still HTTP when the
+    // request comes late, and a client silent for the header read timeout is taken for a
+    // server-first protocol.
+    let (_proxy, addr) = late_request_is_routed(None).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    s.write_all(b"late").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .expect("echoed within 3 s")
+        .unwrap();
+    assert_eq!(&buf, b"late");
+}
+
 /// A TCP server that answers every connection with `name` and closes.
 pub async fn named_server(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     tcp_server(move |mut s| async move {
