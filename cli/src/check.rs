@@ -178,8 +178,8 @@ pub struct Facts {
     /// The sync state of every proxy subscribed to a running operator replica (each replica's
     /// `/debug/syncz?scope=local`, merged), as JSON.
     pub syncz: Option<Result<Value, String>>,
-    /// Every running pod with a proxy (`namespace/name`).
-    pub proxies: Option<Result<Vec<String>, String>>,
+    /// Every running pod with a proxy (`namespace/name`), with its proxy's role.
+    pub proxies: Option<Result<data_plane::RunningProxies, String>>,
     /// The versions in the cluster.
     pub versions: Option<Result<version::Server, String>>,
 }
@@ -277,13 +277,14 @@ pub async fn gather(cluster: Result<Cluster, ClusterError>, pre: bool) -> Facts 
     facts.proxies = Some(text(cluster.list("v1", "Pod", None, None).await).map(|pods| {
         pods.iter()
             .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| version::proxy_image(p).is_some())
-            .map(|p| {
-                format!(
+            .filter_map(|p| {
+                let (role, _) = version::proxy(p)?;
+                let key = format!(
                     "{}/{}",
                     p["metadata"]["namespace"].as_str().unwrap_or_default(),
                     p["metadata"]["name"].as_str().unwrap_or_default()
-                )
+                );
+                Some((key, role))
             })
             .collect()
     }));

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use k8s_openapi::api::core::v1::PodSpec;
 use serde::Serialize;
 use serde_json::Value;
 use trellis_api::mesh::SYSTEM_NAMESPACE;
 use trellis_manifests::install::OPERATOR_NAME;
-use trellis_manifests::sidecar::PROXY_CONTAINER;
+use trellis_manifests::sidecar::{ProxyRole, proxy_in};
 
 use crate::cluster::{Cluster, ClusterArgs, ClusterError};
 use crate::output::{self, Format, Terminal};
@@ -72,31 +73,18 @@ pub fn image_version(image: &str) -> String {
     last.split_once(':').map_or("latest", |(_, t)| t).to_string()
 }
 
-/// The proxy image of a pod (sidecar or gateway), if it has one.
+/// The Trellis proxy of a pod (as JSON), its role and image: the container the manifests'
+/// one rule names ([`trellis_manifests::sidecar::proxy_in`], as the operator tells its
+/// proxies), whatever image it runs (a mirror may rename it).
+pub fn proxy(pod: &Value) -> Option<(ProxyRole, String)> {
+    let spec: PodSpec = serde_json::from_value(pod["spec"].clone()).ok()?;
+    let (role, container) = proxy_in(&spec)?;
+    Some((role, container.image.clone()?))
+}
+
+/// The proxy image of a pod (sidecar or gateway), if it has one ([`proxy`]).
 pub fn proxy_image(pod: &Value) -> Option<String> {
-    let spec = &pod["spec"];
-    let containers: Vec<&Value> = spec["initContainers"]
-        .as_array()
-        .into_iter()
-        .chain(spec["containers"].as_array())
-        .flatten()
-        .collect();
-    let is_proxy_image = |c: &&&Value| {
-        let image = c["image"].as_str().unwrap_or_default();
-        image
-            .split('@')
-            .next()
-            .unwrap_or(image)
-            .rsplit('/')
-            .next()
-            .is_some_and(|last| last.split(':').next() == Some("trellis-proxy"))
-    };
-    // The sidecar by its name; a gateway's only container by its image.
-    containers
-        .iter()
-        .find(|c| c["name"] == PROXY_CONTAINER)
-        .or_else(|| containers.iter().find(is_proxy_image))
-        .and_then(|c| c["image"].as_str().map(str::to_string))
+    proxy(pod).map(|(_, image)| image)
 }
 
 /// The operator's image, if it is installed.
@@ -203,6 +191,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use trellis_manifests::sidecar::{PROXY_CONTAINER, ROLE_ENV};
 
     use super::*;
 
@@ -215,12 +204,26 @@ mod tests {
             {"name": PROXY_CONTAINER, "image": "x/trellis-proxy:0.2.0"}], "containers": [{"name": "app", "image": "app:1"}]}});
         // The capture init container runs the proxy image too: the sidecar's is the one that counts.
         assert_eq!(proxy_image(&pod).as_deref(), Some("x/trellis-proxy:0.2.0"));
-        let gateway =
-            json!({"spec": {"containers": [{"name": "gateway", "image": "ghcr.io/trellis-mesh/trellis-proxy:0.3.0"}]}});
+        let gateway = json!({"spec": {"containers": [{"name": "gateway", "image": "ghcr.io/trellis-mesh/trellis-proxy:0.3.0",
+                                                      "env": [{"name": ROLE_ENV, "value": "gateway"}]}]}});
         assert_eq!(
-            proxy_image(&gateway).as_deref(),
-            Some("ghcr.io/trellis-mesh/trellis-proxy:0.3.0")
+            proxy(&gateway),
+            Some((
+                ProxyRole::Gateway,
+                "ghcr.io/trellis-mesh/trellis-proxy:0.3.0".to_string()
+            ))
         );
+        // Told by container and role, not by image: a mirrored proxy image counts, and a user's
+        // container that runs the proxy image under another name does not.
+        let mirrored = json!({"spec": {"containers": [{"name": "app", "image": "app:1"},
+            {"name": PROXY_CONTAINER, "image": "mirror.example/mesh/sidecar:0.2.0"}]}});
+        assert_eq!(
+            proxy(&mirrored),
+            Some((ProxyRole::Sidecar, "mirror.example/mesh/sidecar:0.2.0".to_string()))
+        );
+        let lookalike =
+            json!({"spec": {"containers": [{"name": "tools", "image": "ghcr.io/trellis-mesh/trellis-proxy:0.3.0"}]}});
+        assert_eq!(proxy(&lookalike), None);
         assert_eq!(
             proxy_image(&json!({"spec": {"containers": [{"name": "app", "image": "nginx"}]}})),
             None

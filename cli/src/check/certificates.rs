@@ -18,8 +18,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use trellis_contract::certificate::ServedCertificate;
 use trellis_core::analysis::ProxySync;
+use trellis_manifests::sidecar::ProxyRole;
 
 use super::Check;
+use super::data_plane::{RunningProxies, proxy_log};
 
 const IDENTITY: &str = "trellis-identity";
 const NAME: &str = "every proxy's certificate comes from the current root";
@@ -84,7 +86,7 @@ fn standing(certificate: Option<&ServedCertificate>, roots: &BTreeMap<String, Ro
 /// `ca` (`/debug/ca`), at `now` (seconds since the epoch).
 pub fn proxy_certificates(
     ca: &Result<Value, String>,
-    proxies: &Result<Vec<String>, String>,
+    proxies: &Result<RunningProxies, String>,
     syncz: &Result<Value, String>,
     now: u64,
 ) -> Check {
@@ -137,20 +139,30 @@ pub fn proxy_certificates(
     // A pod going away may still be subscribed; running pods only (all when they could not be
     // listed).
     let running = proxies.as_ref().ok();
+    // The role a proxy's pod runs it in (its container), else the one it announced.
+    let role = |s: &ProxySync| {
+        running
+            .and_then(|r| r.get(&s.proxy).copied())
+            .or_else(|| ProxyRole::parse(&s.role))
+            .unwrap_or(ProxyRole::Sidecar)
+    };
     let mut current = 0;
     let (mut previous, mut untrusted, mut unreported) = (Vec::new(), Vec::new(), Vec::new());
     for s in states
         .iter()
-        .filter(|s| s.connected && running.is_none_or(|r| r.contains(&s.proxy)))
+        .filter(|s| s.connected && running.is_none_or(|r| r.contains_key(&s.proxy)))
     {
         match standing(s.certificate.as_ref(), &roots, now) {
             Standing::Current => current += 1,
-            Standing::Previous { root, left } => previous.push(format!(
-                "{} (from root {root}; its certificate has {} left)",
-                s.proxy,
-                duration_words(left)
+            Standing::Previous { root, left } => previous.push((
+                format!(
+                    "{} (from root {root}; its certificate has {} left)",
+                    s.proxy,
+                    duration_words(left)
+                ),
+                (s.proxy.clone(), role(s)),
             )),
-            Standing::Untrusted(why) => untrusted.push((s.proxy.clone(), why)),
+            Standing::Untrusted(why) => untrusted.push((s.proxy.clone(), why, role(s))),
             Standing::Unreported => unreported.push(s.proxy.clone()),
         }
     }
@@ -160,9 +172,10 @@ pub fn proxy_certificates(
         ca["phase"].as_str().unwrap_or("?"),
         ca["progress"].as_str().unwrap_or("")
     );
-    if let Some((first, _)) = untrusted.first() {
+    if let Some((first, _, first_role)) = untrusted.first() {
         let (ns, pod) = first.split_once('/').unwrap_or(("NAMESPACE", first.as_str()));
-        let listed: Vec<String> = untrusted.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+        let log = proxy_log(first, *first_role);
+        let listed: Vec<String> = untrusted.iter().map(|(p, why, _)| format!("{p}: {why}")).collect();
         return Check::failed(
             IDENTITY,
             NAME,
@@ -175,12 +188,13 @@ pub fn proxy_certificates(
             format!(
                 "restart the pod so its proxy gets a certificate from the current root (`kubectl -n {ns} delete pod \
                  {pod}`, or `kubectl -n {ns} rollout restart` its workload); `meshctl proxy-config secret {pod}.{ns}` \
-                 shows the certificate it serves, and `kubectl -n {ns} logs {pod} -c trellis-proxy` why it did not \
-                 renew"
+                 shows the certificate it serves, and `{log}` why it did not renew"
             ),
         );
     }
-    if !previous.is_empty() {
+    if let Some((_, (first, first_role))) = previous.first() {
+        let (ns, pod) = first.split_once('/').unwrap_or(("NAMESPACE", first.as_str()));
+        let log = proxy_log(first, *first_role);
         return Check::warning(
             IDENTITY,
             NAME,
@@ -188,11 +202,13 @@ pub fn proxy_certificates(
                 "{} of {total} proxies still serve a certificate from a previous root, trusted until the rotation \
                  ends — and it waits for them: {}; {phase}",
                 previous.len(),
-                previous.join(", ")
+                previous.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")
             ),
-            "they are asked to renew at once; one that has not within a minute cannot: restart its pod (`kubectl -n \
-             NAMESPACE delete pod POD`), and `kubectl logs POD -c trellis-proxy` says why; `meshctl proxy-config \
-             secret POD.NAMESPACE` shows its certificate",
+            format!(
+                "they are asked to renew at once; one that has not within a minute cannot: restart its pod (`kubectl \
+                 -n {ns} delete pod {pod}`), and `{log}` says why; `meshctl proxy-config secret {pod}.{ns}` shows its \
+                 certificate"
+            ),
         );
     }
     if !unreported.is_empty() {
@@ -233,6 +249,15 @@ mod tests {
         Ok(json!({"phase": phase, "progress": "waiting on 1 proxies: shop/web-1", "roots": roots}))
     }
 
+    /// A gateway's pod is named `gw-N` in these tests; others run sidecars.
+    fn role_of(name: &str) -> ProxyRole {
+        if name.contains("/gw-") {
+            ProxyRole::Gateway
+        } else {
+            ProxyRole::Sidecar
+        }
+    }
+
     fn proxy(name: &str, connected: bool, root: Option<&str>, left: i64) -> Value {
         let certificate = root.map(|r| ServedCertificate {
             root_fingerprint: r.into(),
@@ -243,6 +268,7 @@ mod tests {
         });
         serde_json::to_value(ProxySync {
             proxy: name.into(),
+            role: role_of(name).as_str().into(),
             connected,
             certificate,
             ..ProxySync::default()
@@ -250,8 +276,8 @@ mod tests {
         .unwrap()
     }
 
-    fn pods(names: &[&str]) -> Result<Vec<String>, String> {
-        Ok(names.iter().map(|n| n.to_string()).collect())
+    fn pods(names: &[&str]) -> Result<RunningProxies, String> {
+        Ok(names.iter().map(|n| (n.to_string(), role_of(n))).collect())
     }
 
     #[test]
@@ -296,7 +322,24 @@ mod tests {
             c.detail
         );
         assert!(c.detail.contains("root rotation phase Reissuing"), "{}", c.detail);
-        assert!(c.hint.unwrap().contains("restart its pod"));
+        let hint = c.hint.unwrap();
+        assert!(
+            hint.contains("restart its pod (`kubectl -n shop delete pod web-1`)")
+                && hint.contains("`kubectl -n shop logs web-1 -c trellis-proxy` says why"),
+            "{hint}"
+        );
+        // A gateway's log is in its container `gateway`.
+        let c = proxy_certificates(
+            &ca(&[("old", true, false), ("new", true, true)], "Reissuing"),
+            &pods(&["trellis-system/gw-1"]),
+            &Ok(json!([proxy("trellis-system/gw-1", true, Some("old"), 5 * 3_600)])),
+            NOW,
+        );
+        let hint = c.hint.unwrap();
+        assert!(
+            hint.contains("`kubectl -n trellis-system logs gw-1 -c gateway` says why"),
+            "{hint}"
+        );
     }
 
     #[test]
@@ -335,7 +378,8 @@ mod tests {
         let hint = c.hint.unwrap();
         assert!(
             hint.contains("kubectl -n trellis-system delete pod gw-1")
-                && hint.contains("meshctl proxy-config secret gw-1.trellis-system"),
+                && hint.contains("meshctl proxy-config secret gw-1.trellis-system")
+                && hint.contains("`kubectl -n trellis-system logs gw-1 -c gateway` why it did not renew"),
             "{hint}"
         );
         // A root held but no longer trusted (retiring) fails too.

@@ -5,18 +5,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use trellis_manifests::sidecar::ProxyRole;
 
 use super::Check;
 use crate::version::Server;
 
 const DATA_PLANE: &str = "trellis-data-plane";
 
+/// The running pods with a Trellis proxy, `namespace/name`, with the role it runs in.
+pub type RunningProxies = BTreeMap<String, ProxyRole>;
+
+/// The command that shows why the proxy of `proxy` (`namespace/pod`) in `role` does what it
+/// does: its container's log (a sidecar's `trellis-proxy`, a gateway's `gateway`).
+pub fn proxy_log(proxy: &str, role: ProxyRole) -> String {
+    let (ns, pod) = proxy.split_once('/').unwrap_or(("NAMESPACE", proxy));
+    format!("kubectl -n {ns} logs {pod} -c {}", role.container())
+}
+
 fn sync_entries(syncz: &Value) -> Vec<&Value> {
     syncz.as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
 /// Every running pod with a proxy has a subscription open to the operator.
-pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<Value, String>) -> Check {
+pub fn proxies_connected(proxies: &Result<RunningProxies, String>, syncz: &Result<Value, String>) -> Check {
     let name = "every proxy is connected to the operator";
     let (proxies, syncz) = match (proxies, syncz) {
         (Ok(p), Ok(s)) => (p, s),
@@ -34,7 +45,11 @@ pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<V
         .filter(|p| p["connected"] == true)
         .filter_map(|p| p["proxy"].as_str())
         .collect();
-    let missing: Vec<&String> = proxies.iter().filter(|p| !connected.contains(p.as_str())).collect();
+    let missing: Vec<(&String, ProxyRole)> = proxies
+        .iter()
+        .filter(|(p, _)| !connected.contains(p.as_str()))
+        .map(|(p, role)| (p, *role))
+        .collect();
     if missing.is_empty() {
         Check::ok(DATA_PLANE, name, format!("{} proxies", proxies.len()))
     } else {
@@ -45,10 +60,22 @@ pub fn proxies_connected(proxies: &Result<Vec<String>, String>, syncz: &Result<V
                 "{} of {} not connected: {}",
                 missing.len(),
                 proxies.len(),
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                missing.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
             ),
-            "see the proxy's log (`kubectl logs POD -c trellis-proxy`): it names why it cannot reach the operator \
-             on port 15012",
+            {
+                // The log of the first missing proxy of each role: a gateway's is not in trellis-proxy.
+                let mut roles: Vec<(ProxyRole, &String)> = missing.iter().map(|(p, role)| (*role, *p)).collect();
+                roles.sort();
+                roles.dedup_by_key(|(role, _)| *role);
+                let logs: Vec<String> = roles
+                    .iter()
+                    .map(|(role, p)| format!("`{}`", proxy_log(p, *role)))
+                    .collect();
+                format!(
+                    "see the proxy's log ({}): it names why it cannot reach the operator on port 15012",
+                    logs.join(", ")
+                )
+            },
         )
     }
 }
@@ -142,17 +169,33 @@ mod tests {
             {"proxy": "shop/web-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
             {"proxy": "shop/db-1", "connected": true, "sent": "v2", "acked": "v2", "nacked": null},
         ]));
-        let pods = Ok(vec!["shop/web-1".to_string(), "shop/db-1".to_string()]);
+        let running = |pods: &[(&str, ProxyRole)]| -> Result<RunningProxies, String> {
+            Ok(pods.iter().map(|(p, role)| (p.to_string(), *role)).collect())
+        };
+        let pods = running(&[("shop/web-1", ProxyRole::Sidecar), ("shop/db-1", ProxyRole::Sidecar)]);
         assert_eq!(proxies_connected(&pods, &syncz).status, Status::Ok);
         assert_eq!(proxies_in_sync(&syncz).status, Status::Ok);
-        let more = Ok(vec![
-            "shop/web-1".to_string(),
-            "shop/db-1".to_string(),
-            "shop/pay-1".to_string(),
+        let more = running(&[
+            ("shop/web-1", ProxyRole::Sidecar),
+            ("shop/db-1", ProxyRole::Sidecar),
+            ("shop/pay-1", ProxyRole::Sidecar),
+            ("trellis-system/trellis-ingressgateway-1", ProxyRole::Gateway),
         ]);
         let c = proxies_connected(&more, &syncz);
         assert_eq!(c.status, Status::Failed);
-        assert!(c.detail.contains("1 of 3 not connected: shop/pay-1"));
+        assert!(
+            c.detail
+                .contains("2 of 4 not connected: shop/pay-1, trellis-system/trellis-ingressgateway-1"),
+            "{}",
+            c.detail
+        );
+        // Each proxy's log is in its own container: a gateway's is `gateway`.
+        let hint = c.hint.unwrap();
+        assert!(
+            hint.contains("`kubectl -n shop logs pay-1 -c trellis-proxy`")
+                && hint.contains("`kubectl -n trellis-system logs trellis-ingressgateway-1 -c gateway`"),
+            "{hint}"
+        );
 
         let nacked = Ok(json!([
             {"proxy": "shop/web-1", "connected": true, "sent": "v3", "acked": "v2",
