@@ -87,6 +87,21 @@ pub fn proxy_image(pod: &Value) -> Option<String> {
     proxy(pod).map(|(_, image)| image)
 }
 
+/// How many proxies run each version among `pods` (JSON). A pod being deleted or finished is
+/// leaving the data plane and counts for no version, as the operator's `DataPlaneUpToDate`
+/// and `kubectl rollout status` count them: a rollout's old pods, terminating, are no skew.
+pub fn proxies_by_version(pods: &[Value]) -> BTreeMap<String, usize> {
+    let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
+    let leaving = |p: &Value| {
+        !p["metadata"]["deletionTimestamp"].is_null()
+            || matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    };
+    for image in pods.iter().filter(|p| !leaving(p)).filter_map(proxy_image) {
+        *by_version.entry(image_version(&image)).or_insert(0) += 1;
+    }
+    by_version
+}
+
 /// The operator's image, if it is installed.
 pub async fn operator_image(cluster: &Cluster) -> Result<Option<String>, ClusterError> {
     let d = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -102,12 +117,7 @@ pub async fn operator_image(cluster: &Cluster) -> Result<Option<String>, Cluster
 pub async fn server(cluster: &Cluster) -> Result<Server, ClusterError> {
     let kubernetes = cluster.version().await?;
     let operator = operator_image(cluster).await?.map(|i| image_version(&i));
-    let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
-    for pod in cluster.list("v1", "Pod", None, None).await? {
-        if let Some(image) = proxy_image(&pod) {
-            *by_version.entry(image_version(&image)).or_insert(0) += 1;
-        }
-    }
+    let by_version = proxies_by_version(&cluster.list("v1", "Pod", None, None).await?);
     let client = env!("CARGO_PKG_VERSION");
     let mut skew = Vec::new();
     if let Some(op) = &operator
@@ -228,5 +238,29 @@ mod tests {
             proxy_image(&json!({"spec": {"containers": [{"name": "app", "image": "nginx"}]}})),
             None
         );
+    }
+
+    #[test]
+    fn pods_leaving_the_data_plane_are_no_version_skew() {
+        let pod = |image: &str, metadata: Value, status: Value| {
+            json!({"metadata": metadata, "status": status,
+                   "spec": {"containers": [{"name": "app", "image": "app:1"}, {"name": PROXY_CONTAINER, "image": image}]}})
+        };
+        let running = json!({"phase": "Running"});
+        let pods = [
+            pod("r/trellis-proxy:0.2.0", json!({"name": "web-new"}), running.clone()),
+            // A rollout's old pod, terminating, and a finished Job's pod.
+            pod(
+                "r/trellis-proxy:0.1.0",
+                json!({"name": "web-old", "deletionTimestamp": "2026-12-06T12:00:00Z"}),
+                running,
+            ),
+            pod(
+                "r/trellis-proxy:0.1.0",
+                json!({"name": "migrate"}),
+                json!({"phase": "Succeeded"}),
+            ),
+        ];
+        assert_eq!(proxies_by_version(&pods), BTreeMap::from([("0.2.0".to_string(), 1)]));
     }
 }

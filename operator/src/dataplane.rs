@@ -421,6 +421,38 @@ mod tests {
     }
 
     #[test]
+    fn a_terminating_or_finished_pod_counts_neither_up_to_date_nor_out_of_date() {
+        // A rollout: web-new runs the target image; web-old, on the previous one, is being
+        // deleted (its proxy may still be connected while it drains), and a finished Job's
+        // pod ran it too. As `kubectl rollout status` and a ReplicaSet's status.replicas,
+        // neither counts: the data plane is up to date with one proxy.
+        let rs = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "1", "controller": true}]);
+        let at = |image: &str| json!({PROXY_IMAGE_ANNOTATION: image});
+        let new = meshed("web-5d8f-new", rs.clone(), at("proxy:2"));
+        let mut old = meshed("web-5d8f-old", rs, at("proxy:1"));
+        old.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        let mut done = meshed("migrate-x", json!([]), at("proxy:1"));
+        done.status.get_or_insert_with(Default::default).phase = Some("Succeeded".into());
+        let pods: Vec<MeshedPod> = [&new, &old, &done]
+            .into_iter()
+            .filter_map(MeshedPod::from_pod)
+            .collect();
+        let connected = ProxyLink {
+            connected: true,
+            synced: true,
+        };
+        let links = BTreeMap::from([
+            ("shop/web-5d8f-new".to_string(), connected),
+            ("shop/web-5d8f-old".to_string(), connected),
+        ]);
+        let s = summarize(&pods, &links, "proxy:2");
+        assert_eq!((s.proxies, s.up_to_date, s.connected, s.synced), (1, 1, 1, 1));
+        assert_eq!(s.versions.unwrap().len(), 1, "no proxy:1 line for pods going away");
+    }
+
+    #[test]
     fn a_gateway_pod_is_a_meshed_pod_in_the_gateway_role() {
         let settings = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options::default());
         let template = trellis_manifests::sidecar::gateway_pod_template("trellis-ingressgateway", &settings, &[8080]);
