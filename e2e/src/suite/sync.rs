@@ -5,35 +5,35 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
+use trellis_manifests::sidecar::proxy_in;
 
 use super::Target;
 
-/// Whether a container image is `trellis-proxy` (any registry, tag or digest).
-fn is_proxy_image(image: &str) -> bool {
-    let name = image.split('@').next().unwrap_or_default();
-    let last = name.rsplit('/').next().unwrap_or_default();
-    last.split(':').next() == Some("trellis-proxy")
+/// Whether the pod `p` (JSON) runs a Trellis proxy: the injected sidecar or a gateway, told by
+/// its container and role as the operator tells them
+/// ([`trellis_manifests::sidecar::proxy_in`]), whatever image it runs.
+fn runs_proxy(p: &Value) -> bool {
+    serde_json::from_value::<PodSpec>(p["spec"].clone()).is_ok_and(|spec| proxy_in(&spec).is_some())
 }
 
-/// `namespace/pod` of every meshed pod in `ns` (one that runs `trellis-proxy`:
-/// the injected sidecar, or a gateway), leaving out pods being deleted.
-pub fn meshed_pods(t: &Target, ns: &str) -> anyhow::Result<BTreeSet<String>> {
-    let pods = t.get_json(&["pods", "-n", ns])?;
-    let meshed: BTreeSet<String> = pods["items"]
+/// `namespace/pod` of the meshed pods of `ns` in the pod list `pods` (`kubectl get pods -o
+/// json`), leaving out pods being deleted.
+fn meshed_in(ns: &str, pods: &Value) -> BTreeSet<String> {
+    pods["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            ["initContainers", "containers"].iter().any(|list| {
-                p["spec"][list]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["image"].as_str().is_some_and(is_proxy_image)))
-            })
-        })
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && runs_proxy(p))
         .filter_map(|p| p["metadata"]["name"].as_str().map(|name| format!("{ns}/{name}")))
-        .collect();
+        .collect()
+}
+
+/// `namespace/pod` of every meshed pod in `ns` (one that runs a Trellis proxy: the injected
+/// sidecar, or a gateway), leaving out pods being deleted.
+pub fn meshed_pods(t: &Target, ns: &str) -> anyhow::Result<BTreeSet<String>> {
+    let meshed = meshed_in(ns, &t.get_json(&["pods", "-n", ns])?);
     ensure!(!meshed.is_empty(), "no meshed pods in namespace {ns}");
     Ok(meshed)
 }
@@ -114,14 +114,33 @@ pub fn all_nacked(state: &Value, expected: &BTreeSet<String>, reason: &str) -> a
 mod tests {
     use super::*;
     use serde_json::json;
+    use trellis_manifests::sidecar::{GATEWAY_CONTAINER, PROXY_CONTAINER, ROLE_ENV};
 
     #[test]
-    fn proxy_images_are_recognised_by_name() {
-        assert!(is_proxy_image("ghcr.io/trellis-mesh/trellis-proxy:0.1.0"));
-        assert!(is_proxy_image("localhost:5000/trellis-proxy@sha256:abcd"));
-        assert!(is_proxy_image("trellis-proxy"));
-        assert!(!is_proxy_image("ghcr.io/trellis-mesh/trellis-testapp:0.1.0"));
-        assert!(!is_proxy_image("ghcr.io/trellis-proxy/testapp:1"));
+    fn proxies_are_told_by_container_and_role_not_by_image() {
+        let pod = |name: &str, spec: Value, deleting: bool| {
+            json!({"metadata": {"name": name, "namespace": "shop",
+                                "deletionTimestamp": if deleting { json!("2026-12-06T12:00:00Z") } else { Value::Null }},
+                   "spec": spec})
+        };
+        let sidecar = |image: &str| {
+            json!({"initContainers": [{"name": PROXY_CONTAINER, "image": image, "restartPolicy": "Always"}],
+                   "containers": [{"name": "web", "image": "web:1"}]})
+        };
+        let pods = json!({"items": [
+            pod("web-1", sidecar("ghcr.io/trellis-mesh/trellis-proxy:0.1.0"), false),
+            // A proxy image mirrored under another name is still the proxy.
+            pod("web-2", sidecar("mirror.example/mesh/sidecar:0.1.0"), false),
+            pod("gw-1", json!({"containers": [{"name": GATEWAY_CONTAINER, "image": "mirror.example/mesh/sidecar:0.1.0",
+                                               "env": [{"name": ROLE_ENV, "value": "gateway"}]}]}), false),
+            // A user's container running the proxy image under its own name is no proxy.
+            pod("tools", json!({"containers": [{"name": "tools", "image": "ghcr.io/trellis-mesh/trellis-proxy:0.1.0"}]}), false),
+            pod("web-0", sidecar("ghcr.io/trellis-mesh/trellis-proxy:0.1.0"), true),
+        ]});
+        assert_eq!(
+            meshed_in("shop", &pods),
+            set(&["shop/gw-1", "shop/web-1", "shop/web-2"])
+        );
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
