@@ -3,7 +3,8 @@
 //! authentication ([`crate::jwt`]), inbound authorization,
 //! routing, CORS, fault injection, then the route's action — a direct
 //! response, a redirect, or forwarding with retries, timeouts, mirroring and
-//! header mutations ([`forward`], [`retry`], [`headers`]) — and telemetry
+//! header mutations ([`forward`], [`retry`], [`headers`]); `CONNECT` tunnels on outbound
+//! listeners ([`tunnel`]) — and telemetry
 //! around all of it: trace propagation, metrics, access logs ([`telemetry`]).
 
 mod admission;
@@ -11,6 +12,7 @@ mod forward;
 mod headers;
 mod retry;
 mod telemetry;
+mod tunnel;
 
 use self::admission::{authority, check_head, split_host_port};
 use self::forward::forward;
@@ -207,6 +209,9 @@ async fn pipeline(
         out.flags = "DPE";
         return text(StatusCode::BAD_REQUEST, "missing authority\n");
     };
+    if req.method() == Method::CONNECT {
+        return tunnel::tunnel(rt, snap, listener, conn, req, out).await;
+    }
     let (host, host_port) = split_host_port(&authority);
     // why: inbound traffic arrives on the workload's port (the original destination); its Host
     // names the Service port, which often differs (port 80 → targetPort 8080).

@@ -79,14 +79,35 @@ pub async fn proxy(
         return;
     };
     let (upstream, endpoint) = connect(&rt, &snap, &cluster, &ctx).await;
+    splice(
+        &rt, &snap, &listener, &ctx, &cluster, endpoint, upstream, downstream, source,
+    )
+    .await;
+}
+
+/// Copy bytes both ways between `downstream` and `upstream` (the connection [`connect`] made
+/// to `cluster`'s endpoint `endpoint`; `None` when it failed) until either side closes or
+/// the listener's TCP idle timeout passes, counting them into the connection's TCP series.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
+    rt: &Runtime,
+    snap: &Snapshot,
+    listener: &ListenerRuntime,
+    ctx: &ConnContext,
+    cluster: &ClusterRuntime,
+    endpoint: Option<usize>,
+    upstream: Option<UpstreamStream>,
+    downstream: D,
+    source: Option<Peer>,
+) {
     let seen = Observed {
         direction: ctx.direction,
         peer_identity: ctx.peer_identity.as_deref(),
-        cluster: Some(&cluster),
+        cluster: Some(cluster),
         endpoint,
         flags: if upstream.is_some() { "-" } else { "UF" },
     };
-    let series = rt.metrics.tcp_opened(crate::labels::conn(&snap, &seen, source));
+    let series = rt.metrics.tcp_opened(crate::labels::conn(snap, &seen, source));
     // Bytes in either direction pass through the downstream side, so its idle
     // clock is the connection's.
     let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)
@@ -115,7 +136,7 @@ fn reset(downstream: DownstreamStream) {
 
 /// Connects to one of the cluster's endpoints (one try per endpoint, at most
 /// 3), sending a mesh peer this workload's metadata when it asked for it.
-async fn connect(
+pub(crate) async fn connect(
     rt: &Runtime,
     snap: &Snapshot,
     cluster: &ClusterRuntime,

@@ -6,6 +6,7 @@ use crate::snapshot::ListenerRuntime;
 use http::header;
 use http::{Method, Request, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
+use trellis_contract::ListenerDirection;
 
 /// The request head checks a hardened edge proxy makes, beyond hyper's own.
 pub(super) fn check_head(
@@ -47,8 +48,13 @@ pub(super) fn check_head(
     {
         return Err((StatusCode::BAD_REQUEST, ":authority and Host disagree\n"));
     }
-    if req.method() == Method::CONNECT {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+    // why: a tunnel is explicit proxying, which only an outbound listener does (HTTPS_PROXY);
+    // inbound and at a gateway it would be a way past the routes to anywhere.
+    if req.method() == Method::CONNECT && listener.spec.direction != ListenerDirection::Outbound {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is served on outbound listeners only (explicit proxying)\n",
+        ));
     }
     if let Some(max) = limits.max_request_body_bytes
         && req.body().size_hint().lower() > max

@@ -371,7 +371,7 @@ pub(super) fn client_fault(rt: &Runtime, fault: ClientFault, h2: bool, out: &mut
 
 /// Pick one of the route's weighted destinations (validation guarantees the
 /// weights sum to 100).
-fn weighted_choice(f: &ForwardAction) -> usize {
+pub(super) fn weighted_choice(f: &ForwardAction) -> usize {
     let total: u32 = f.clusters.iter().map(|c| c.weight).sum();
     let mut roll = fastrand::u32(0..total.max(1));
     for (i, c) in f.clusters.iter().enumerate() {

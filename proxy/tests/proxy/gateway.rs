@@ -89,9 +89,7 @@ async fn gateway_terminates_tls_with_alpn_and_forwards() {
         trellis_skip::skip("the curl part needs curl (Debian: apt-get install curl)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pki.root_pem()).unwrap();
+    let (_dir, ca) = pem_file(&pki.root_pem());
     let resolve = format!("shop.example.com:{}:127.0.0.1", addr.port());
     let url = format!("https://shop.example.com:{}/api/x", addr.port());
     for flag in ["--http2", "--http1.1"] {
@@ -254,9 +252,7 @@ async fn servers_on_one_port_are_chosen_by_sni() {
     assert!(served(None).await.contains("DNS:default.example.com"));
 
     // curl verifies the served certificate against the name it asked for.
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pki.root_pem()).unwrap();
+    let (dir, ca) = pem_file(&pki.root_pem());
     let client = pki.dns_leaf("client.example.com");
     let (client_cert, client_key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
     std::fs::write(&client_cert, client.cert_pem).unwrap();

@@ -7,6 +7,7 @@ mod binary;
 mod cancellation;
 mod capture;
 mod client_errors;
+mod connect;
 mod dns;
 mod gateway;
 mod gateway_tls;

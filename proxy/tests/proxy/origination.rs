@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A loopback HTTPS server (HTTP/1.1 and h2 by ALPN) answering
 /// `sni=<server name the client sent> client=<URI SAN of its certificate or none>`.
-struct TlsServer {
-    addr: SocketAddr,
+pub(crate) struct TlsServer {
+    pub(crate) addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,7 +30,7 @@ fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
 
 impl TlsServer {
     /// Serves `leaf`; with `client_ca`, requires a client certificate chaining to it.
-    async fn start(leaf: &Leaf, client_ca: Option<&Pki>) -> Self {
+    pub(crate) async fn start(leaf: &Leaf, client_ca: Option<&Pki>) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -88,7 +88,7 @@ impl TlsServer {
 }
 
 /// A leaf with these DNS names and URI SANs, for server or client use.
-fn leaf(pki: &Pki, dns: &[&str], uris: &[&str]) -> Leaf {
+pub(crate) fn leaf(pki: &Pki, dns: &[&str], uris: &[&str]) -> Leaf {
     let mut params = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
     for u in uris {
         params

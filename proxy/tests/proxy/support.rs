@@ -370,6 +370,15 @@ impl Leaf {
     }
 }
 
+/// `pem` written to a file in a temporary directory (for curl's `--cacert`), kept while the
+/// directory lives.
+pub fn pem_file(pem: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, pem).unwrap();
+    (dir, path)
+}
+
 /// A rustls client trusting `root_pem`, presenting `client` when given.
 pub fn tls_client(root_pem: &str, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

@@ -1,0 +1,199 @@
+//! HTTP `CONNECT` on an outbound listener (explicit proxying, `HTTPS_PROXY`): the target is
+//! routed like a request to its authority, the proxy answers 200 once the upstream is
+//! connected, and the client's own TLS runs end to end through the tunnel to a loopback
+//! HTTPS server.
+
+use crate::origination::{TlsServer, leaf};
+use crate::support::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `CONNECT target`, reads the proxy's answer head; on 200 runs TLS (trusting
+/// `root_pem`, naming `sni`) and one `GET /` through the tunnel and returns its body too.
+async fn connect(proxy: SocketAddr, target: &str, root_pem: &str, sni: &str) -> (String, Option<String>) {
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        // The refusal's body says why.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
+        return (format!("{head}{}", String::from_utf8_lossy(&rest)), None);
+    }
+    let tls = tokio_rustls::TlsConnector::from(tls_client(root_pem, None))
+        .connect(rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS through the tunnel");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", sni)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (head, Some(String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An outbound listener with `extra` settings, a virtual host for `api.example.com` (any
+/// port) forwarding to `cluster`.
+fn config(extra: Value, cluster: Value) -> Value {
+    let mut listener = json!({
+        "name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "http",
+        "virtualHosts": [{"name": "api", "domains": ["api.example.com"],
+                          "routes": [forward_route("ext")]}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        listener[k] = v.clone();
+    }
+    json!({"version": "1", "listeners": [listener], "clusters": [cluster]})
+}
+
+/// The value of the first metric line starting with `prefix` that contains `needle`.
+async fn metric(proxy: &Proxy, prefix: &str, needle: &str) -> Option<f64> {
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    m.lines()
+        .find(|l| l.starts_with(prefix) && l.contains(needle))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_routed_host_is_tunnelled_to_its_cluster_with_the_clients_tls_end_to_end() {
+    let pki = Pki::new();
+    let server = TlsServer::start(&leaf(&pki, &["api.example.com"], &[]), None).await;
+    let cluster = json!({
+        "name": "ext", "service": "api.example.com",
+        "endpoints": [{"address": "127.0.0.1", "port": server.addr.port()}],
+    });
+    let proxy = Proxy::start(config(json!({}), cluster)).await;
+    let outbound = proxy.addr("outbound").await;
+
+    // The host does not resolve: the route, not DNS, says where it goes.
+    let (head, body) = connect(outbound, "api.example.com:443", &pki.root_pem(), "api.example.com").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.as_deref(), Some("sni=api.example.com client=none"));
+
+    // Counted as a TCP connection of the cluster, bytes both ways.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cluster_label = "destination_service=\"api.example.com\"";
+    let opened = metric(&proxy, "istio_tcp_connections_opened_total", cluster_label).await;
+    assert_eq!(
+        opened,
+        Some(1.0),
+        "{}",
+        get(proxy.admin(), "admin", "/metrics").await.body
+    );
+    let sent = metric(&proxy, "istio_tcp_sent_bytes_total", cluster_label)
+        .await
+        .unwrap();
+    let received = metric(&proxy, "istio_tcp_received_bytes_total", cluster_label)
+        .await
+        .unwrap();
+    assert!(sent > 1000.0 && received > 100.0, "sent {sent} received {received}");
+
+    // A real HTTPS_PROXY client: curl through the proxy, verifying the server's certificate.
+    if !trellis_skip::have("curl") {
+        trellis_skip::skip("the curl part needs curl (Debian: apt-get install curl)");
+        return;
+    }
+    let (_dir, ca) = pem_file(&pki.root_pem());
+    let curl = tokio::process::Command::new("curl")
+        .args(["-s", "-S", "-m", "10", "-w", " %{http_code}", "--cacert"])
+        .arg(&ca)
+        .env("HTTPS_PROXY", format!("http://{outbound}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .arg(format!("https://api.example.com:{}/", server.addr.port()))
+        .output()
+        .await
+        .expect("running curl");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "sni=api.example.com client=none 200",
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_host_follows_the_listeners_unrouted_traffic() {
+    let pki = Pki::new();
+    let server = TlsServer::start(&leaf(&pki, &["localhost"], &[]), None).await;
+    let target = format!("127.0.0.1:{}", server.addr.port());
+    let none = json!({"name": "ext", "service": "api.example.com", "endpoints": []});
+
+    // ALLOW_ANY: tunnelled to the address the target names; REGISTRY_ONLY: Istio's
+    // BlackHoleCluster answer, nothing reaches the server; no unrouted traffic at all: no route.
+    for (unrouted, status, answer) in [
+        (
+            json!({"transparent": true, "unrouted": "passthrough"}),
+            "200",
+            Some("sni=localhost client=none"),
+        ),
+        (
+            json!({"transparent": true, "unrouted": "blackHole"}),
+            "502 Bad Gateway",
+            None,
+        ),
+        (json!({}), "404", None),
+    ] {
+        let proxy = Proxy::start(config(unrouted.clone(), none.clone())).await;
+        let (head, body) = connect(proxy.addr("outbound").await, &target, &pki.root_pem(), "localhost").await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{unrouted}: {head}");
+        assert_eq!(body.as_deref(), answer, "{unrouted}");
+        if status.starts_with("502") {
+            assert!(head.contains("REGISTRY_ONLY"), "{head}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_targets_the_proxys_own_ports_and_other_directions_are_refused() {
+    let pki = Pki::new();
+    let ext = json!({"name": "ext", "service": "api.example.com", "endpoints": []});
+    let proxy = Proxy::start(config(json!({"transparent": true, "unrouted": "passthrough"}), ext)).await;
+    let outbound = proxy.addr("outbound").await;
+    let root = pki.root_pem();
+
+    for (target, status, why) in [
+        ("api.example.com", "400", "port"),
+        ("api.example.com:0", "400", "port"),
+        ("bad_host!.example.com:443", "400", "host"),
+        // Through the listener back to itself, and into admin.
+        (&outbound.to_string()[..], "403", "own ports"),
+        ("127.0.0.1:15000", "403", "own ports"),
+        ("localhost:15021", "403", "own ports"),
+    ] {
+        let (head, body) = connect(outbound, target, &root, "localhost").await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{target}: {head}");
+        assert!(head.contains(why), "{target}: {head}");
+        assert!(body.is_none(), "{target}");
+    }
+    // Inbound and gateway listeners are no explicit proxies.
+    let upstream = Upstream::start("a").await;
+    let gateway = Proxy::start(json!({
+        "version": "1",
+        "listeners": [{"name": "gw", "address": "127.0.0.1:0", "direction": "gateway", "protocol": "http",
+                       "virtualHosts": [{"name": "a", "domains": ["*"], "routes": [forward_route("a")]}]}],
+        "clusters": [cluster("a", &[&upstream])],
+    }))
+    .await;
+    let (head, _) = connect(gateway.addr("gw").await, "a.test:80", &root, "a").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("outbound listeners only"), "{head}");
+    assert_eq!(upstream.hits(), 0);
+}
