@@ -349,7 +349,8 @@ fn a_proxy_that_hangs_or_is_not_connected_is_reported_as_trl0109(
         "every proxy is connected to the operator",
         "failed",
         &format!("not connected: {pod}"),
-        "kubectl logs POD -c trellis-proxy",
+        // The pod's own log command: a sidecar's container (a gateway's would be `gateway`).
+        &format!("kubectl -n {ns} logs {name} -c trellis-proxy"),
     ) {
         misses.push(format!("{e:#}"));
     }
