@@ -1,5 +1,5 @@
 //! The live index: kube-runtime watchers over the kinds of [`InputKind::ALL`] (Namespaces,
-//! Services, Pods, TLS Secrets and the Trellis kinds), folded into the same [`Snapshot`] the
+//! Services, Pods, EndpointSlices, TLS Secrets and the Trellis kinds), folded into the same [`Snapshot`] the
 //! compiler reads from YAML or from a cluster's listed objects.
 //!
 //! [`Index`] is plain data updated by [`Index::apply`]; [`run`] is the I/O edge that feeds it
@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -22,7 +23,7 @@ use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualSer
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::metrics::Metrics;
-use crate::registry::{ObjectKey, Service, Workload};
+use crate::registry::{EndpointSlice, ObjectKey, Service, Workload};
 use crate::snapshot::{FetchedJwks, InputKind, Snapshot, tls_credential};
 
 /// Every watched object, keyed by kind and namespace/name.
@@ -31,6 +32,8 @@ pub struct Index {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     services: BTreeMap<ObjectKey, Service>,
     workloads: BTreeMap<ObjectKey, Workload>,
+    /// EndpointSlices by their own key.
+    endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     credentials: BTreeMap<ObjectKey, crate::registry::TlsCredential>,
     virtual_services: BTreeMap<ObjectKey, VirtualService>,
     destination_rules: BTreeMap<ObjectKey, DestinationRule>,
@@ -79,6 +82,8 @@ pub enum Object {
     Service(Box<K8sService>),
     /// Pod.
     Pod(Box<Pod>),
+    /// EndpointSlice.
+    EndpointSlice(Box<K8sEndpointSlice>),
     /// Secret.
     Secret(Box<Secret>),
     /// VirtualService.
@@ -112,6 +117,7 @@ impl Object {
             Object::Namespace(_) => InputKind::Namespace,
             Object::Service(_) => InputKind::Service,
             Object::Pod(_) => InputKind::Pod,
+            Object::EndpointSlice(_) => InputKind::EndpointSlice,
             Object::Secret(_) => InputKind::Secret,
             Object::VirtualService(_) => InputKind::Trellis(Kind::VirtualService),
             Object::DestinationRule(_) => InputKind::Trellis(Kind::DestinationRule),
@@ -129,6 +135,7 @@ impl Object {
             Object::Namespace(o) => key_of(o.as_ref()),
             Object::Service(o) => key_of(o.as_ref()),
             Object::Pod(o) => key_of(o.as_ref()),
+            Object::EndpointSlice(o) => key_of(o.as_ref()),
             Object::Secret(o) => key_of(o.as_ref()),
             Object::VirtualService(o) => key_of(o.as_ref()),
             Object::DestinationRule(o) => key_of(o.as_ref()),
@@ -250,6 +257,14 @@ impl Index {
                     self.workloads.remove(&key);
                 }
             },
+            Object::EndpointSlice(s) => match EndpointSlice::from_k8s(&s) {
+                Some(slice) => {
+                    self.endpoint_slices.insert(key, slice);
+                }
+                None => {
+                    self.endpoint_slices.remove(&key);
+                }
+            },
             Object::Secret(s) => match tls_credential(&s) {
                 Some(c) => {
                     self.credentials.insert(key, c);
@@ -300,6 +315,7 @@ impl Index {
             InputKind::Namespace => self.namespaces.keys().map(|n| ObjectKey::new("", n.clone())).collect(),
             InputKind::Service => ks(&self.services),
             InputKind::Pod => ks(&self.workloads),
+            InputKind::EndpointSlice => ks(&self.endpoint_slices),
             InputKind::Secret => ks(&self.credentials),
             InputKind::Trellis(Kind::VirtualService) => ks(&self.virtual_services),
             InputKind::Trellis(Kind::DestinationRule) => ks(&self.destination_rules),
@@ -322,6 +338,9 @@ impl Index {
             }
             InputKind::Pod => {
                 self.workloads.remove(key);
+            }
+            InputKind::EndpointSlice => {
+                self.endpoint_slices.remove(key);
             }
             InputKind::Secret => {
                 self.credentials.remove(key);
@@ -374,13 +393,18 @@ impl Index {
     /// The compiler's view of the index.
     pub fn snapshot(&self) -> Snapshot {
         let defaults = Snapshot::default();
+        let mut registry = crate::registry::Registry {
+            namespaces: self.namespaces.clone(),
+            services: self.services.clone(),
+            workloads: self.workloads.clone(),
+            credentials: self.credentials.clone(),
+            endpoint_slices: BTreeMap::new(),
+        };
+        for slice in self.endpoint_slices.values() {
+            registry.insert_slice(slice.clone());
+        }
         Snapshot {
-            registry: crate::registry::Registry {
-                namespaces: self.namespaces.clone(),
-                services: self.services.clone(),
-                workloads: self.workloads.clone(),
-                credentials: self.credentials.clone(),
-            },
+            registry,
             virtual_services: self.virtual_services.values().cloned().collect(),
             destination_rules: self.destination_rules.values().cloned().collect(),
             gateways: self.gateways.values().cloned().collect(),
@@ -418,6 +442,14 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
         watch_kind::<Pod>(client.clone(), &index, &changed, &metrics, InputKind::Pod, |o| {
             Object::Pod(Box::new(o))
         }),
+        watch_kind::<K8sEndpointSlice>(
+            client.clone(),
+            &index,
+            &changed,
+            &metrics,
+            InputKind::EndpointSlice,
+            |o| Object::EndpointSlice(Box::new(o))
+        ),
         watch_kind::<Secret>(client.clone(), &index, &changed, &metrics, InputKind::Secret, |o| {
             Object::Secret(Box::new(o))
         }),
@@ -576,6 +608,54 @@ mod tests {
             .collect();
         assert_eq!(names, ["c"]);
         assert_eq!(idx.generation(), 5);
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> K8sEndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]
+        }))
+        .unwrap()
+    }
+
+    /// Slices are kept by their own key and grouped by Service in snapshots; a slice that
+    /// moves to another Service (its label changed) leaves the first one; deletions and
+    /// re-lists are followed.
+    #[test]
+    fn endpoint_slices_are_grouped_by_service() {
+        let mut idx = Index::default();
+        let apply = |idx: &mut Index, s| idx.apply(Change::Applied(Object::EndpointSlice(Box::new(s))));
+        apply(&mut idx, slice("web-a", "web", "10.0.0.1"));
+        apply(&mut idx, slice("web-b", "web", "10.0.0.2"));
+        apply(&mut idx, slice("db-a", "db", "10.0.0.3"));
+        let names = |idx: &Index, svc: &str| -> Vec<String> {
+            idx.snapshot()
+                .registry
+                .slices(&ObjectKey::new("shop", svc))
+                .map(|s| s.key.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&idx, "web"), ["web-a", "web-b"]);
+        apply(&mut idx, slice("web-b", "db", "10.0.0.2"));
+        assert_eq!(names(&idx, "web"), ["web-a"]);
+        assert_eq!(names(&idx, "db"), ["db-a", "web-b"]);
+        idx.apply(Change::Deleted(Object::EndpointSlice(Box::new(slice(
+            "db-a", "db", "10.0.0.3",
+        )))));
+        assert_eq!(names(&idx, "db"), ["web-b"]);
+        idx.apply(Change::Relisted {
+            kind: InputKind::EndpointSlice,
+            seen: BTreeSet::from([ObjectKey::new("shop", "web-a")]),
+        });
+        assert_eq!(names(&idx, "db"), Vec::<String>::new());
+        assert_eq!(names(&idx, "web"), ["web-a"]);
+        // A slice without the service-name label belongs to no Service: not kept.
+        let mut orphan = slice("orphan", "web", "10.0.0.9");
+        orphan.metadata.labels = None;
+        apply(&mut idx, orphan);
+        assert_eq!(idx.keys(InputKind::EndpointSlice), [ObjectKey::new("shop", "web-a")]);
     }
 
     #[test]

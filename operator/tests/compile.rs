@@ -209,14 +209,10 @@ fn subsets_resolve_to_endpoint_sets_with_their_own_policy() {
         .config
         .cluster("outbound|80|v2|payment.shop.svc.cluster.local")
         .unwrap();
-    assert_eq!(v2.endpoints.len(), 2);
-    assert_eq!(
-        v2.endpoints
-            .iter()
-            .filter(|e| e.health == HealthStatus::Unhealthy)
-            .count(),
-        1
-    );
+    // payment-v2-cccc is not ready: left out, as Istio leaves out not-ready endpoints.
+    let v2_addresses: Vec<&str> = v2.endpoints.iter().map(|e| e.address.as_str()).collect();
+    assert_eq!(v2_addresses, ["10.244.0.22"]);
+    assert!(v2.endpoints.iter().all(|e| e.health == HealthStatus::Healthy));
     assert!(matches!(v2.load_balancer.policy, LbPolicy::RingHash { .. }));
     assert_eq!(v2.load_balancer.hash_key, Some(HashKey::Header("x-user".into())));
     assert_eq!(

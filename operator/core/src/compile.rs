@@ -9,8 +9,8 @@
 //!   features the proxy lacks) come back as [`Diagnostic`]s, never silently.
 //!
 //! # Caveats
-//! - Endpoints are derived from Service selectors and pod readiness, as the EndpointSlice
-//!   controller derives them.
+//! - Endpoints come from the Services' EndpointSlices, read as Istio reads them (ready ones,
+//!   with the metadata of the pods they name; see [`crate::registry`]).
 
 mod changes;
 mod cluster;

@@ -4,14 +4,18 @@
 //! YAML (see [`crate::snapshot`]). Both go through the same conversions from Kubernetes objects
 //! ([`Service::from_k8s`], [`Workload::from_pod`]), so the compiler sees the same thing.
 //!
-//! Endpoints are derived the way the EndpointSlice controller derives them: the ready pods
-//! whose labels match a Service's selector.
+//! A Service's endpoints come from its EndpointSlices ([`endpoints`]), with the metadata of
+//! the pods they name; an ExternalName Service is a name the proxy resolves.
+
+mod endpoints;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, Service as K8sService};
 use trellis_contract::SpiffeId;
+
+pub use endpoints::{EndpointSlice, SERVICE_NAME_LABEL, ServiceEndpoint, SliceEndpoint};
 
 /// Namespace and name of an object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,8 +117,11 @@ pub struct Service {
     pub cluster_ip: Option<String>,
     /// Ports (TCP only; UDP and SCTP ports are not proxied).
     pub ports: Vec<ServicePort>,
-    /// Pod selector; a Service without one has no derived endpoints.
+    /// Pod selector; a Service without one is served by the EndpointSlices made for it.
     pub selector: Option<BTreeMap<String, String>>,
+    /// `type: ExternalName`: the name its traffic goes to (resolved by the proxy, as Istio
+    /// resolves it: a DNS cluster on each of the Service's ports, outside the mesh).
+    pub external_name: Option<String>,
 }
 
 impl Service {
@@ -123,13 +130,22 @@ impl Service {
         format!("{}.{}.svc.{domain}", self.key.name, self.key.namespace)
     }
 
-    /// Convert a Kubernetes Service; `None` for ExternalName services (not proxied yet).
+    /// Convert a Kubernetes Service; `None` without a name or spec, or for an ExternalName
+    /// Service without an `externalName` (the API server refuses one).
     pub fn from_k8s(s: &K8sService) -> Option<Service> {
         let meta = &s.metadata;
         let spec = s.spec.as_ref()?;
-        if spec.type_.as_deref() == Some("ExternalName") {
-            return None;
-        }
+        let external_name = if spec.type_.as_deref() == Some("ExternalName") {
+            Some(
+                spec.external_name
+                    .clone()
+                    .filter(|n| !n.is_empty())?
+                    .trim_end_matches('.')
+                    .to_string(),
+            )
+        } else {
+            None
+        };
         let ports = spec
             .ports
             .iter()
@@ -162,9 +178,16 @@ impl Service {
                 meta.namespace.clone().unwrap_or_else(|| "default".into()),
                 meta.name.clone()?,
             ),
-            cluster_ip: spec.cluster_ip.clone().filter(|ip| !ip.is_empty() && ip != "None"),
+            cluster_ip: spec
+                .cluster_ip
+                .clone()
+                .filter(|ip| !ip.is_empty() && ip != "None" && external_name.is_none()),
             ports,
-            selector: spec.selector.clone().filter(|s| !s.is_empty()),
+            selector: spec
+                .selector
+                .clone()
+                .filter(|s| !s.is_empty() && external_name.is_none()),
+            external_name,
         })
     }
 }
@@ -280,21 +303,11 @@ pub struct Registry {
     pub workloads: BTreeMap<ObjectKey, Workload>,
     /// TLS Secrets by key.
     pub credentials: BTreeMap<ObjectKey, TlsCredential>,
+    /// EndpointSlices by their Service's key, then slice name ([`Registry::insert_slice`]).
+    pub endpoint_slices: BTreeMap<ObjectKey, BTreeMap<String, EndpointSlice>>,
 }
 
 impl Registry {
-    /// The pods backing a Service, ready or not, in key order.
-    pub fn endpoints<'a>(&'a self, svc: &'a Service) -> impl Iterator<Item = &'a Workload> + 'a {
-        let selector = svc.selector.as_ref();
-        // why: keys sort by namespace first, so the Service's namespace is one range of the
-        // map; a cluster-wide scan per cluster made compilation quadratic in the mesh size.
-        self.workloads
-            .range(ObjectKey::new(svc.key.namespace.clone(), String::new())..)
-            .map(|(_, w)| w)
-            .take_while(move |w| w.key.namespace == svc.key.namespace)
-            .filter(move |w| w.ip.is_some() && selector.is_some_and(|s| selects(s, &w.labels)))
-    }
-
     /// The Service with this FQDN (`name.namespace.svc.<domain>`).
     pub fn service_by_host(&self, host: &str, domain: &str) -> Option<&Service> {
         let rest = host.strip_suffix(&format!(".svc.{domain}"))?;

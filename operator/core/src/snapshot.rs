@@ -7,6 +7,7 @@
 //! fixture tests.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use trellis_api::mesh::{MeshSpec, SYSTEM_NAMESPACE};
 use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
-use crate::registry::{ObjectKey, Registry, Service, TlsCredential, Workload};
+use crate::registry::{EndpointSlice, ObjectKey, Registry, Service, TlsCredential, Workload};
 
 /// A kind of object a compilation reads: the core kinds the registry is made of, and every
 /// Trellis kind.
@@ -25,8 +26,10 @@ pub enum InputKind {
     Namespace,
     /// `v1 Service`.
     Service,
-    /// `v1 Pod`: workloads and endpoints.
+    /// `v1 Pod`: workloads (who an endpoint is, and whether it is meshed).
     Pod,
+    /// `discovery.k8s.io/v1 EndpointSlice`: where Services are served.
+    EndpointSlice,
     /// `v1 Secret` of type `kubernetes.io/tls`: gateway and DestinationRule credentials
     /// (`credentialName`).
     Secret,
@@ -40,15 +43,16 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 impl InputKind {
     /// Every kind, in the order the operator's index lists them: the core kinds, then
     /// [`Kind::ALL`].
-    pub const ALL: [InputKind; 4 + Kind::ALL.len()] = {
-        const CORE: [InputKind; 4] = [
+    pub const ALL: [InputKind; 5 + Kind::ALL.len()] = {
+        const CORE: [InputKind; 5] = [
             InputKind::Namespace,
             InputKind::Service,
             InputKind::Pod,
+            InputKind::EndpointSlice,
             InputKind::Secret,
         ];
         // A const cannot concatenate arrays: fill the Trellis part from Kind::ALL.
-        let mut all = [InputKind::Namespace; 4 + Kind::ALL.len()];
+        let mut all = [InputKind::Namespace; 5 + Kind::ALL.len()];
         let mut i = 0;
         while i < all.len() {
             all[i] = if i < CORE.len() {
@@ -67,6 +71,7 @@ impl InputKind {
             InputKind::Namespace => "Namespace",
             InputKind::Service => "Service",
             InputKind::Pod => "Pod",
+            InputKind::EndpointSlice => "EndpointSlice",
             InputKind::Secret => "Secret",
             InputKind::Trellis(k) => k.name(),
         }
@@ -76,6 +81,7 @@ impl InputKind {
     pub fn group(self) -> &'static str {
         match self {
             InputKind::Trellis(k) => k.group(),
+            InputKind::EndpointSlice => "discovery.k8s.io",
             _ => "",
         }
     }
@@ -92,6 +98,7 @@ impl InputKind {
     pub fn api_version(self) -> String {
         match self {
             InputKind::Trellis(k) => k.api_version(),
+            InputKind::EndpointSlice => "discovery.k8s.io/v1".to_string(),
             _ => "v1".to_string(),
         }
     }
@@ -102,6 +109,7 @@ impl InputKind {
             InputKind::Namespace => "namespaces".to_string(),
             InputKind::Service => "services".to_string(),
             InputKind::Pod => "pods".to_string(),
+            InputKind::EndpointSlice => "endpointslices".to_string(),
             InputKind::Secret => "secrets".to_string(),
             InputKind::Trellis(k) => k.plural(),
         }
@@ -253,8 +261,8 @@ impl Snapshot {
         self.mesh.trust_domains(&self.previous_trust_domains)
     }
 
-    /// Read a snapshot from multi-document YAML: Namespaces, Services, Pods, TLS Secrets and
-    /// the Trellis (or Istio) kinds. Other kinds are ignored.
+    /// Read a snapshot from multi-document YAML: Namespaces, Services, Pods, EndpointSlices,
+    /// TLS Secrets and the Trellis (or Istio) kinds. Other kinds are ignored.
     pub fn from_yaml(text: &str) -> Result<Snapshot, SnapshotError> {
         let mut s = Snapshot::default();
         for doc in parse_documents(text) {
@@ -326,6 +334,14 @@ impl Snapshot {
                             self.mesh = m.spec;
                         }
                     }
+                }
+            }
+            Classification::BuiltIn if api == InputKind::EndpointSlice.api_version() && kind == "EndpointSlice" => {
+                let mut v = value.clone();
+                default_namespace(&mut v, true);
+                let slice: K8sEndpointSlice = parse(v).map_err(err)?;
+                if let Some(slice) = EndpointSlice::from_k8s(&slice) {
+                    self.registry.insert_slice(slice);
                 }
             }
             Classification::BuiltIn if api == "v1" => {
@@ -423,15 +439,16 @@ mod tests {
     fn the_one_list_holds_the_core_kinds_and_every_trellis_kind_once() {
         let all: Vec<InputKind> = InputKind::ALL.to_vec();
         assert_eq!(
-            &all[..4],
+            &all[..5],
             [
                 InputKind::Namespace,
                 InputKind::Service,
                 InputKind::Pod,
+                InputKind::EndpointSlice,
                 InputKind::Secret
             ]
         );
-        let trellis: Vec<Kind> = all[4..]
+        let trellis: Vec<Kind> = all[5..]
             .iter()
             .map(|k| match k {
                 InputKind::Trellis(k) => *k,
@@ -444,6 +461,10 @@ mod tests {
             .map(|k| format!("{}/{}", k.api_version(), k.plural()))
             .collect();
         assert!(paths.contains(&"v1/secrets".to_string()), "{paths:?}");
+        assert!(
+            paths.contains(&"discovery.k8s.io/v1/endpointslices".to_string()),
+            "{paths:?}"
+        );
         assert!(paths.contains(&"networking.trellis.dev/v1alpha1/virtualservices".to_string()));
         assert_eq!(
             InputKind::Secret.field_selector().as_deref(),

@@ -192,6 +192,9 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         // Service registry: what the compiler reads; pods also for the data plane status
         // (proxy image per pod) and the rollout's health gates; namespaces for injection labels.
         rule(&[""], &["namespaces", "services", "pods"], READ),
+        // Where Services are served (their EndpointSlices, several per Service, hand-made ones
+        // of Services without a selector too): watched, read-only.
+        rule(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
         // The mesh root published to every namespace (trellis-ca-root) for proxies' first start:
         // applied server-side, which creates it by name; the Mesh's finalizer lists them by name
         // and deletes them. No other ConfigMap is read or written.

@@ -5,7 +5,8 @@
 //!   Service, the VirtualServices for its host, and the Services they route to (destination
 //!   ports are resolved from them).
 //! - A **cluster** reads its host's Service, the DestinationRule for the host, the Service's
-//!   pods (endpoints, identities), the mesh's trust domain and the TLS Secrets the rule's
+//!   EndpointSlices and the pods they name (or its selector's pods without slices: endpoints,
+//!   identities), the mesh's trust domain and the TLS Secrets the rule's
 //!   `credentialName`s name (in the client's namespace).
 //! - The **DNS table** reads the Services and ServiceEntries.
 //! - **ServiceEntries** change every sidecar's outbound part; the push recompiles the entries'
@@ -186,7 +187,16 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         }
     }
 
-    // Pods: the clusters of the Services selecting them (before or after), and their own part.
+    // EndpointSlices: the clusters of their Services (before or after).
+    for key in old_reg.endpoint_slices.keys().chain(new_reg.endpoint_slices.keys()) {
+        if old_reg.endpoint_slices.get(key) != new_reg.endpoint_slices.get(key) {
+            c.cluster_hosts
+                .insert(format!("{}.{}.svc.{DNS_DOMAIN}", key.name, key.namespace));
+        }
+    }
+
+    // Pods: the clusters of the Services selecting them or whose slices name them (before or
+    // after), and their own part.
     let changed_pods: Vec<&ObjectKey> = old_reg
         .workloads
         .keys()
@@ -211,6 +221,10 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
             {
                 c.cluster_hosts.insert(svc.fqdn(DNS_DOMAIN));
             }
+        }
+        for svc in old_reg.services_naming_pod(key).chain(new_reg.services_naming_pod(key)) {
+            c.cluster_hosts
+                .insert(format!("{}.{}.svc.{DNS_DOMAIN}", svc.name, svc.namespace));
         }
     }
     c.narrow()

@@ -1,6 +1,8 @@
 //! Clusters: a destination (host, port, subset) with its endpoints and the DestinationRule
 //! policy that applies to it.
 
+use std::collections::BTreeMap;
+
 use trellis_api::networking::{
     self as api, ClientTlsMode, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, LoadBalancerSettings,
     OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
@@ -12,7 +14,7 @@ use trellis_contract::{
 
 use super::route::{ClusterRef, millis};
 use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, service_entry, visible};
-use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
+use crate::registry::{ObjectKey, Protocol, selects};
 use crate::snapshot::Snapshot;
 
 /// The DestinationRule that applies to `host` for the proxy ([`destination_rule_for`] its
@@ -94,47 +96,62 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         cref.port,
     );
 
-    // Endpoints: the Service's pods (ready or not), narrowed to the subset.
+    // Endpoints: the addresses the Service's slices list (ready ones), narrowed to the subset.
     let mut endpoints = Vec::new();
     let mut identities = Vec::new();
     // Each endpoint's service account identity, meshed or not (explicit ISTIO_MUTUAL).
     let mut accounts = Vec::new();
     let mut all_meshed = true;
     if let (Some(svc), Some(port)) = (svc, port) {
-        for w in registry.endpoints(svc) {
-            if subset_missing || subset_labels.as_ref().is_some_and(|l| !selects(l, &w.labels)) {
+        for e in registry.endpoints(svc, port) {
+            let labels = e.workload.map(|w| &w.labels);
+            if subset_missing
+                || subset_labels
+                    .as_ref()
+                    .is_some_and(|l| !labels.is_some_and(|labels| selects(l, labels)))
+            {
                 continue;
             }
-            let target = match &port.target_port {
-                TargetPort::Number(n) => Some(*n),
-                TargetPort::Named(name) => w.named_ports.get(name).copied(),
-            };
-            let Some(target) = target else { continue };
-            let account = w.spiffe_id(&ctx.trust_domain).to_string();
-            let identity = w.meshed.then(|| account.clone());
-            accounts.push(account);
-            if let Some(id) = &identity {
-                if !identities.contains(id) {
-                    identities.push(id.clone());
-                }
-            } else {
-                // Any endpoint without a proxy (ready or not: readiness changes
-                // faster than configs) makes the cluster plaintext.
-                all_meshed = false;
+            let account = e.workload.map(|w| w.spiffe_id(&ctx.trust_domain).to_string());
+            let identity = e.workload.filter(|w| w.meshed).and(account.clone());
+            match &identity {
+                Some(id) if !identities.contains(id) => identities.push(id.clone()),
+                Some(_) => {}
+                // Any endpoint without a proxy (ready or not: readiness changes faster than
+                // configs; not one shutting down) makes the cluster plaintext.
+                None if !e.terminating => all_meshed = false,
+                None => {}
             }
+            if !e.ready {
+                continue;
+            }
+            accounts.push(account.unwrap_or_default());
             endpoints.push(Endpoint {
-                address: w.ip.clone().unwrap_or_default(),
-                port: target,
+                address: e.address,
+                port: e.port,
                 weight: 1,
-                labels: telemetry_labels(w),
-                health: if w.ready {
-                    HealthStatus::Healthy
-                } else {
-                    HealthStatus::Unhealthy
-                },
+                labels: telemetry_labels(e.workload, &svc.key.namespace),
+                health: HealthStatus::Healthy,
                 identity,
             });
         }
+    }
+    // An ExternalName Service: its name, resolved by the proxy on the Service's port.
+    let external = svc.and_then(|s| s.external_name.as_ref()).filter(|_| port.is_some());
+    // It has no labels: only a subset without labels selects it.
+    if let Some(name) = external
+        && !subset_missing
+        && subset_labels.as_ref().is_none_or(BTreeMap::is_empty)
+    {
+        endpoints.push(Endpoint {
+            address: name.clone(),
+            port: cref.port,
+            weight: 1,
+            labels: BTreeMap::from([("namespace".to_string(), cref_namespace(&cref.host))]),
+            health: HealthStatus::Healthy,
+            identity: None,
+        });
+        accounts.push(String::new());
     }
     // A ServiceEntry's host: its endpoints, protocol and location.
     let entry = match svc {
@@ -142,7 +159,11 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
         None => service_entry::find(ctx.snapshot, &ctx.proxy.key.namespace, &cref.host)
             .and_then(|e| service_entry::endpoints(ctx, &e, cref.port, subset_labels.as_ref())),
     };
-    let mut discovery = Discovery::Static;
+    let mut discovery = if external.is_some() {
+        Discovery::Dns
+    } else {
+        Discovery::Static
+    };
     let mut entry_identities = None;
     let mut entry_protocol = None;
     if let Some(found) = entry {
@@ -227,7 +248,8 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
                 UpstreamTls::Disable
             }
         },
-        None if svc.is_some() && (all_meshed || cluster.endpoints.is_empty()) => UpstreamTls::Mesh {
+        // Every endpoint (ready or not, not shutting down) has a proxy, or none is known yet.
+        None if svc.is_some() && external.is_none() && all_meshed => UpstreamTls::Mesh {
             expected_identities: identities,
             sni: None,
         },
@@ -457,8 +479,9 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
 
 /// The endpoint labels proxies need for telemetry (destination workload, namespace, app and
 /// version, and the labels Istio derives the canonical service and revision from); the rest of
-/// a pod's labels would only bloat every config that references it.
-fn telemetry_labels(w: &crate::registry::Workload) -> std::collections::BTreeMap<String, String> {
+/// a pod's labels would only bloat every config that references it. An endpoint without a pod
+/// has its Service's namespace only.
+fn telemetry_labels(w: Option<&crate::registry::Workload>, namespace: &str) -> BTreeMap<String, String> {
     const KEEP: &[&str] = &[
         "app",
         "version",
@@ -467,7 +490,10 @@ fn telemetry_labels(w: &crate::registry::Workload) -> std::collections::BTreeMap
         "service.istio.io/canonical-name",
         "service.istio.io/canonical-revision",
     ];
-    let mut labels: std::collections::BTreeMap<String, String> = w
+    let Some(w) = w else {
+        return BTreeMap::from([("namespace".to_string(), namespace.to_string())]);
+    };
+    let mut labels: BTreeMap<String, String> = w
         .labels
         .iter()
         .filter(|(k, _)| KEEP.contains(&k.as_str()))
@@ -476,4 +502,9 @@ fn telemetry_labels(w: &crate::registry::Workload) -> std::collections::BTreeMap
     labels.insert("workload".into(), super::workload_name(w));
     labels.insert("namespace".into(), w.key.namespace.clone());
     labels
+}
+
+/// The namespace of a Service's FQDN (`name.namespace.svc.<domain>`).
+fn cref_namespace(host: &str) -> String {
+    host.split('.').nth(1).unwrap_or_default().to_string()
 }
