@@ -1,15 +1,36 @@
 //! The endpoints controllers: for every Service with a selector, the
-//! Endpoints object and one EndpointSlice listing the matching pods'
-//! addresses, ready or not, with target ports resolved (named ports too).
+//! Endpoints object and EndpointSlices listing the matching pods'
+//! addresses, ready or not, with target ports resolved (named ports too),
+//! as Kubernetes' EndpointSlice controller writes them:
+//! - one slice per distinct set of resolved ports (pods whose named target
+//!   ports resolve differently are in different slices), at most
+//!   [`MAX_ENDPOINTS_PER_SLICE`] endpoints each;
+//! - conditions: `ready` (pod Ready and not terminating; always with
+//!   `publishNotReadyAddresses`), `serving` (pod Ready), `terminating`
+//!   (deletion requested); pods that finished (Succeeded, Failed) left out;
+//! - labelled `kubernetes.io/service-name` and `endpointslice.kubernetes.io/
+//!   managed-by: endpointslice-controller.k8s.io`, owned by the Service;
+//!   slices it manages that a Service no longer needs (fewer port sets, no
+//!   selector any more) are deleted. Slices of other managers (made by hand
+//!   for a Service without a selector) are never touched.
+//!
+//! Slice names are `<service>-kubesim`, then `-kubesim-2`, … (the real
+//! controller's are `<service>-<random>`).
+
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use tracing::debug;
 
-use crate::cluster::{Cluster, WriteOptions};
+use crate::cluster::{Cluster, DeleteOptions, WriteOptions};
 use crate::selector::LabelSelector;
 use crate::workloads::pod_ready;
 
 const MANAGER: &str = "kubesim-endpoints-controller";
+/// The `endpointslice.kubernetes.io/managed-by` value of the slices this controller writes.
+const SLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
+/// The most endpoints one slice holds (the controller's `--max-endpoints-per-slice` default).
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 fn opts() -> WriteOptions {
     WriteOptions {
@@ -81,6 +102,7 @@ pub fn sweep(cluster: &Cluster) -> bool {
         return false;
     };
     let mut changed = false;
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     let (services, _) = cluster.store.list(&svc_rt.group_resource(), None);
     for svc in services {
         let Some(sel) = svc
@@ -100,6 +122,10 @@ pub fn sweep(cluster: &Cluster) -> bool {
             .into_iter()
             .filter(|p| {
                 selector.matches(p)
+                    && !matches!(
+                        p.pointer("/status/phase").and_then(Value::as_str),
+                        Some("Succeeded" | "Failed")
+                    )
                     && p.pointer("/status/podIP")
                         .and_then(Value::as_str)
                         .is_some_and(|ip| !ip.is_empty())
@@ -163,33 +189,75 @@ pub fn sweep(cluster: &Cluster) -> bool {
         let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
         changed |= put(cluster, &ep_rt, &ns, &name, ep);
 
-        // EndpointSlice: ports from the first pod (named ports resolve per
-        // pod upstream; one slice per port set is enough here).
-        let slice_ports: Vec<Value> = match pods.first() {
-            Some(p) => ports_for(p),
-            None => svc_ports.iter().map(|sp| json!({"name": sp.get("name").cloned().unwrap_or(json!("")), "port": null, "protocol": sp["protocol"].as_str().unwrap_or("TCP")})).collect(),
-        };
-        let endpoints: Vec<Value> = pods
-            .iter()
-            .map(|p| {
-                let terminating = p.pointer("/metadata/deletionTimestamp").is_some();
-                let ready = pod_ready(p) && !terminating;
-                json!({"addresses": [ip(p)], "conditions": {"ready": ready, "serving": pod_ready(p), "terminating": terminating}, "nodeName": p.pointer("/spec/nodeName"), "targetRef": target_ref(p)})
-            })
-            .collect();
-        let slice_name = format!("{name}-kubesim");
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {
-                "name": slice_name, "namespace": ns,
-                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta(&svc, "uid"), "controller": true, "blockOwnerDeletion": true}],
-            },
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": slice_ports,
-        });
-        changed |= put(cluster, &slice_rt, &ns, &slice_name, slice);
+        // EndpointSlices: one per resolved port set, at most MAX_ENDPOINTS_PER_SLICE each.
+        let publish_not_ready = svc.pointer("/spec/publishNotReadyAddresses") == Some(&json!(true));
+        let mut groups: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
+        for p in &pods {
+            let ports: Vec<Value> = ports_for(p)
+                .into_iter()
+                .map(|mut v| {
+                    // A slice port has a name, empty for the Service's single unnamed port.
+                    if v.get("name").is_none() {
+                        v["name"] = json!("");
+                    }
+                    v
+                })
+                .collect();
+            let terminating = p.pointer("/metadata/deletionTimestamp").is_some();
+            let serving = pod_ready(p) || publish_not_ready;
+            let ready = serving && (!terminating || publish_not_ready);
+            let endpoint = json!({"addresses": [ip(p)], "conditions": {"ready": ready, "serving": serving, "terminating": terminating}, "nodeName": p.pointer("/spec/nodeName"), "targetRef": target_ref(p)});
+            match groups
+                .iter_mut()
+                .find(|(ps, eps)| *ps == ports && eps.len() < MAX_ENDPOINTS_PER_SLICE)
+            {
+                Some((_, eps)) => eps.push(endpoint),
+                None => groups.push((ports, vec![endpoint])),
+            }
+        }
+        if groups.is_empty() {
+            // No pods: one slice without endpoints, its ports unresolved.
+            let ports = svc_ports
+                .iter()
+                .map(|sp| json!({"name": sp.get("name").cloned().unwrap_or(json!("")), "port": null, "protocol": sp["protocol"].as_str().unwrap_or("TCP")}))
+                .collect();
+            groups.push((ports, Vec::new()));
+        }
+        for (i, (ports, endpoints)) in groups.into_iter().enumerate() {
+            let slice_name = match i {
+                0 => format!("{name}-kubesim"),
+                n => format!("{name}-kubesim-{}", n + 1),
+            };
+            wanted.insert((ns.clone(), slice_name.clone()));
+            let slice = json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {
+                    "name": slice_name, "namespace": ns,
+                    "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta(&svc, "uid"), "controller": true, "blockOwnerDeletion": true}],
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports,
+            });
+            changed |= put(cluster, &slice_rt, &ns, &slice_name, slice);
+        }
+    }
+    // Slices this controller wrote that no Service needs any more.
+    let (slices, _) = cluster.store.list(&slice_rt.group_resource(), None);
+    for slice in slices {
+        let managed = slice.pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by")
+            == Some(&json!(SLICE_MANAGER))
+            && slice.pointer("/metadata/deletionTimestamp").is_none();
+        let key = (meta(&slice, "namespace").to_string(), meta(&slice, "name").to_string());
+        if managed
+            && !wanted.contains(&key)
+            && cluster
+                .delete(&slice_rt, Some(&key.0), &key.1, &DeleteOptions::default())
+                .is_ok()
+        {
+            changed = true;
+        }
     }
     changed
 }

@@ -237,6 +237,112 @@ fn services_get_endpoints_and_deletion_cascades() -> Result<()> {
     Ok(())
 }
 
+/// The slices of `service` in `shop`: name, sorted ports and endpoint count, one line each.
+fn slices_of(k: &TestCluster, service: &str) -> Result<Vec<String>> {
+    let out = k.kubectl_ok(
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "shop",
+            "-l",
+            &format!("kubernetes.io/service-name={service}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.ports[*].port} {.endpoints[*].addresses[0]}{\"\\n\"}{end}",
+        ],
+        None,
+    )?;
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// As Kubernetes' EndpointSlice controller: pods whose named target port resolves to different
+/// numbers are in different slices of the Service; when the Service loses its selector, the
+/// slices the controller made are deleted and a slice made by hand is left alone.
+#[test]
+fn endpoint_slices_split_by_port_and_leave_hand_made_ones_alone() -> Result<()> {
+    let k = TestCluster::start()?;
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-a, namespace: shop, labels: {app: api}}
+spec: {containers: [{name: app, image: trellis-testapp:1, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-b, namespace: shop, labels: {app: api}}
+spec: {containers: [{name: app, image: trellis-testapp:1, ports: [{name: http, containerPort: 9090}]}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-by-hand, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 7070}]
+endpoints: [{addresses: [192.0.2.7]}]
+"#;
+    k.kubectl_ok(&["apply", "-f", "-"], Some(yaml))?;
+    let mut slices = Vec::new();
+    for _ in 0..100 {
+        slices = slices_of(&k, "api")?;
+        if slices.len() == 3 && slices.iter().all(|l| l.split_whitespace().count() == 3) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ports: Vec<(String, String)> = slices
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f.get(1).copied().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(
+        ports.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(),
+        ["7070", "8080", "9090"],
+        "{slices:?}"
+    );
+    assert!(
+        ports[1].0.starts_with("api-kubesim") && ports[2].0.starts_with("api-kubesim"),
+        "{slices:?}"
+    );
+
+    // Without its selector, the Service keeps only the slice made by hand.
+    k.kubectl_ok(
+        &[
+            "patch",
+            "service",
+            "api",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/spec/selector"}]"#,
+        ],
+        None,
+    )?;
+    for _ in 0..100 {
+        slices = slices_of(&k, "api")?;
+        if slices.len() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(slices, ["api-by-hand 7070 192.0.2.7"]);
+    Ok(())
+}
+
 #[test]
 fn jobs_run_to_completion() -> Result<()> {
     let k = TestCluster::start()?;
