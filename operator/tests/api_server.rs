@@ -1,7 +1,8 @@
 //! The operator against a real API server (kubesim, or upstream Kubernetes with
 //! `TRELLIS_E2E_CLUSTER=upstream`; the operator with exactly its installed RBAC): the live index
 //! follows the cluster (CRDs applied with kubectl, Services and Deployments picked up with no
-//! configuration, changes and deletions followed, the compiler run from it), TokenReview
+//! configuration, changes and deletions followed, the compiler run from it; a Service without a
+//! selector served by a hand-made EndpointSlice, an ExternalName Service), TokenReview
 //! identifies ServiceAccounts, and the operator's RBAC lets it write its CA Secret and the trust
 //! ConfigMaps and no other Secret or ConfigMap. Installed as OLM installs the bundle — into
 //! another namespace, with the ClusterServiceVersion's permissions — the whole operator
@@ -57,6 +58,38 @@ spec:
   http:
   - route: [{destination: {host: payment}}]
     timeout: 3s
+"#;
+
+/// A Service without a selector, served by two EndpointSlices made by hand (one address each,
+/// no pod), and an ExternalName Service.
+const SELECTORLESS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-1, namespace: shop, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [192.0.2.10], conditions: {ready: true}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-2, namespace: shop, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [192.0.2.11], conditions: {ready: false}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments-api, namespace: shop}
+spec:
+  type: ExternalName
+  externalName: api.payments.example
+  ports: [{name: http, port: 8443}]
 "#;
 
 /// Poll `cond` on the index until it holds (60 s at most: on upstream Kubernetes the pods
@@ -320,6 +353,59 @@ async fn the_index_follows_the_cluster(cluster: &Target) {
         compiled.config.identity.spiffe_id.as_deref(),
         Some("spiffe://cluster.local/ns/shop/sa/payment")
     );
+
+    // A Service without a selector: its hand-made slices (the operator lists and watches
+    // EndpointSlices with its installed RBAC), the ready address only; an ExternalName Service
+    // as a DNS cluster to its name.
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(SELECTORLESS)).unwrap();
+    let legacy = ObjectKey::new("shop", "legacy");
+    eventually(&shared, "both slices of legacy and the ExternalName Service", |i| {
+        let s = i.snapshot();
+        s.registry.slices(&legacy).count() == 2
+            && s.registry
+                .services
+                .contains_key(&ObjectKey::new("shop", "payments-api"))
+    })
+    .await;
+    let snap = shared.read().unwrap().snapshot();
+    let compiled = compile(&snap, &pod, Role::Sidecar, "live-2").unwrap();
+    let legacy_cfg = compiled
+        .config
+        .cluster("outbound|80||legacy.shop.svc.cluster.local")
+        .expect("legacy cluster");
+    let addresses: Vec<(&str, u16)> = legacy_cfg
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.port))
+        .collect();
+    assert_eq!(addresses, [("192.0.2.10", 8080)]);
+    assert_eq!(legacy_cfg.tls, trellis_contract::UpstreamTls::Disable);
+    let external = compiled
+        .config
+        .cluster("outbound|8443||payments-api.shop.svc.cluster.local")
+        .expect("the ExternalName Service's cluster");
+    assert_eq!(external.discovery, trellis_contract::Discovery::Dns);
+    assert_eq!(external.endpoints[0].address, "api.payments.example");
+    // The controller's slice of payment names its pods: the endpoints carry their identity.
+    let payment = compiled
+        .config
+        .cluster("outbound|80||payment.shop.svc.cluster.local")
+        .expect("payment cluster");
+    assert!(
+        payment
+            .endpoints
+            .iter()
+            .all(|e| e.identity.is_none() && e.labels.get("app").map(String::as_str) == Some("payment")),
+        "{:?}",
+        payment.endpoints
+    );
+    cluster
+        .kubectl_ok(&["delete", "-n", "shop", "endpointslice/legacy-1"], None)
+        .unwrap();
+    eventually(&shared, "legacy-1 gone", |i| {
+        i.snapshot().registry.slices(&legacy).count() == 1
+    })
+    .await;
 
     // Changes and deletions are followed.
     cluster
