@@ -68,7 +68,8 @@ pub struct Config {
     /// that names none is in `cluster.local`, as the compiler reads it).
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = trellis_api::mesh::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// Lifetime of workload certificates, in seconds.
+    /// Lifetime of workload certificates while there is no Mesh, in seconds (at most half the
+    /// root's 87600h); a Mesh without `spec.ca.workloadCertTtl` gets that field's default, 24h.
     #[arg(long, env = "TRELLIS_WORKLOAD_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     pub workload_cert_ttl_seconds: u64,
     /// Address of the admission webhooks (HTTPS).
@@ -190,7 +191,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         .get_opt(MESH_NAME)
         .await
         .context("reading Mesh default (are the CRDs installed? kubectl apply -f crds/)")?;
-    let defaults = defaults(&config);
+    let defaults = defaults(&config).map_err(anyhow::Error::msg)?;
     // What this replica acts on until its index holds the Mesh; then every replica follows the
     // Mesh's changes (crate::mesh::settings::follow): the certificate lifetimes included.
     let at_start = mesh
@@ -492,7 +493,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     tasks.push(tokio::spawn(crate::mesh::settings::follow(
         index.clone(),
         changed.clone(),
-        defaults(config),
+        defaults(config).map_err(anyhow::Error::msg)?,
         settings_tx,
     )));
     let trust_domains = crate::trust_domain::Source::settings(settings.clone(), index.clone());
@@ -710,7 +711,7 @@ fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
 }
 
 /// What the operator acts on where the Mesh, or its field, says nothing: the flags.
-pub fn defaults(config: &Config) -> Defaults {
+pub fn defaults(config: &Config) -> Result<Defaults, String> {
     Defaults {
         namespace: config.namespace.clone(),
         proxy_image: config.proxy_image.clone(),
@@ -718,6 +719,7 @@ pub fn defaults(config: &Config) -> Defaults {
         trust_domain: config.trust_domain.clone(),
         ..Defaults::default()
     }
+    .checked()
 }
 
 /// What the sidecar injector meshes pods with when the Mesh names no proxy image.

@@ -4,10 +4,14 @@
 //! # Guarantees
 //! - A Mesh the validator finds an error in gives no [`Settings`] at all ([`Invalid`]), so a
 //!   contradictory spec is never half applied: the operator keeps acting on the last valid one.
-//! - The operator's flags only supply what an absent Mesh (or an absent field) leaves open: the
-//!   proxy image installed with the operator and the workload certificate lifetime; the trust
-//!   domain of an installation with no Mesh (a Mesh without `spec.trustDomain` is in
-//!   `cluster.local`, as the compiler reads it). A Mesh read at start never becomes a default.
+//! - The operator's flags only supply what an absent Mesh leaves open: the trust domain and
+//!   the workload certificate lifetime of an installation with no Mesh. A Mesh that leaves a
+//!   field out gets the field's documented default, the one the validator checks it with (a
+//!   Mesh without `spec.trustDomain` is in `cluster.local`, without `spec.ca.workloadCertTtl`
+//!   its leaves live 24h), whatever the flags say — so a Mesh the validator accepts is the Mesh
+//!   the operator acts on. The one exception is the proxy image a Mesh without
+//!   `spec.versions.proxy` gets: the one installed with the operator (`TRELLIS_PROXY_IMAGE`).
+//!   A Mesh read at start never becomes a default.
 //! - Every replica follows the Mesh ([`follow`]), not only the leader's reconciler: what every
 //!   replica acts on itself — the workload certificate lifetime it signs with, the lifetime of a
 //!   root it makes — is read from the same valid spec, with no restart.
@@ -17,8 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use trellis_api::mesh::{
-    CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_TRUST_DOMAIN, HealthGate,
-    MESH_NAME, Mesh, MeshSpec, SYSTEM_NAMESPACE,
+    CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_ROOT_CERT_TTL,
+    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_CERT_TTL, HealthGate, MESH_NAME, Mesh, MeshSpec, SYSTEM_NAMESPACE,
 };
 use trellis_api::security::MtlsMode;
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
@@ -31,9 +35,12 @@ pub struct Defaults {
     pub namespace: String,
     /// The proxy image installed with the operator (`TRELLIS_PROXY_IMAGE`).
     pub proxy_image: String,
-    /// Workload certificate lifetime.
+    /// Workload certificate lifetime while there is no Mesh
+    /// (`TRELLIS_WORKLOAD_CERT_TTL_SECONDS`); a Mesh without `spec.ca.workloadCertTtl` gets
+    /// [`DEFAULT_WORKLOAD_CERT_TTL`].
     pub workload_cert_ttl: Duration,
-    /// Self-signed root lifetime.
+    /// Self-signed root lifetime while there is no Mesh; a Mesh without `spec.ca.rootCertTtl`
+    /// gets [`DEFAULT_ROOT_CERT_TTL`].
     pub root_cert_ttl: Duration,
     /// The trust domain while there is no Mesh (`TRELLIS_TRUST_DOMAIN`).
     pub trust_domain: String,
@@ -48,6 +55,33 @@ impl Default for Defaults {
             root_cert_ttl: crate::ca::DEFAULT_ROOT_TTL,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         }
+    }
+}
+
+impl Defaults {
+    /// The defaults, if the flags' workload certificate lifetime fits the root's as the
+    /// validator requires of a Mesh (at most half of it, so leaves never outlive their root);
+    /// else what to set, naming the flag.
+    pub fn checked(self) -> Result<Defaults, String> {
+        let (workload, root) = (self.workload_cert_ttl, self.root_cert_ttl);
+        if workload.is_zero() {
+            return Err(
+                "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is 0: set it to the lifetime of \
+                 workload certificates while there is no Mesh, in seconds (86400 by default)"
+                    .into(),
+            );
+        }
+        if workload * 2 > root {
+            return Err(format!(
+                "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is {}: a workload certificate must \
+                 live at most half as long as its root ({} s while there is no Mesh), so leaves never outlive their \
+                 root: set it to at most {}, or leave it out and set spec.ca.workloadCertTtl in the Mesh",
+                workload.as_secs(),
+                root.as_secs(),
+                (root / 2).as_secs()
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -139,10 +173,11 @@ fn duration(value: &Option<String>, default: &str) -> Duration {
 impl Settings {
     /// The settings of an installation with no Mesh.
     pub fn defaults(defaults: &Defaults) -> Settings {
-        Settings {
-            trust_domain: defaults.trust_domain.clone(),
-            ..Settings::from_spec(&MeshSpec::default(), defaults)
-        }
+        let mut settings = Settings::from_spec(&MeshSpec::default(), defaults);
+        settings.trust_domain = defaults.trust_domain.clone();
+        settings.ca.workload_cert_ttl = defaults.workload_cert_ttl;
+        settings.ca.root_cert_ttl = defaults.root_cert_ttl;
+        settings
     }
 
     /// The settings of `mesh`, or every error that keeps the operator from acting on it.
@@ -188,16 +223,9 @@ impl Settings {
                     .secret_ref
                     .filter(|_| mode == CaMode::Plugged)
                     .map(|s| (s.namespace.unwrap_or_else(|| defaults.namespace.clone()), s.name)),
-                workload_cert_ttl: ca
-                    .workload_cert_ttl
-                    .as_deref()
-                    .and_then(|v| trellis_api::duration::parse(v).ok())
-                    .unwrap_or(defaults.workload_cert_ttl),
-                root_cert_ttl: ca
-                    .root_cert_ttl
-                    .as_deref()
-                    .and_then(|v| trellis_api::duration::parse(v).ok())
-                    .unwrap_or(defaults.root_cert_ttl),
+                // The documented defaults, as the validator checks them: not the flags.
+                workload_cert_ttl: duration(&ca.workload_cert_ttl, DEFAULT_WORKLOAD_CERT_TTL),
+                root_cert_ttl: duration(&ca.root_cert_ttl, DEFAULT_ROOT_CERT_TTL),
             },
             default_mtls_mode: spec.default_mtls_mode.unwrap_or(MtlsMode::Permissive),
             operator_image: spec.versions.as_ref().and_then(|v| v.operator.clone()),
@@ -406,6 +434,48 @@ mod tests {
         assert_eq!(s.rollout.progress_deadline, Duration::from_secs(120));
         assert!(s.rollout.paused);
         assert_eq!(s.rollout.gates, [HealthGate::PodsReady].into_iter().collect());
+    }
+
+    #[test]
+    fn a_mesh_leaving_a_lifetime_out_gets_its_documented_default_not_the_flag() {
+        // The operator runs with TRELLIS_WORKLOAD_CERT_TTL_SECONDS=108000 (30h).
+        let defaults = Defaults {
+            workload_cert_ttl: Duration::from_secs(30 * 3600),
+            ..Defaults::default()
+        }
+        .checked()
+        .unwrap();
+        // Valid to the validator, which counts the default 24h for the lifetime left out: at
+        // most half the 48h root. The operator signs what the validator checked, not 30h
+        // leaves outliving half their root.
+        let s = Settings::from_mesh(&mesh(json!({"ca": {"rootCertTtl": "48h"}})), &defaults).unwrap();
+        assert_eq!(
+            (s.ca.workload_cert_ttl, s.ca.root_cert_ttl),
+            (Duration::from_secs(24 * 3600), Duration::from_secs(48 * 3600))
+        );
+        let s = Settings::from_mesh(&mesh(json!({})), &defaults).unwrap();
+        assert_eq!(s.ca.workload_cert_ttl, Duration::from_secs(24 * 3600));
+        // No Mesh: the flag.
+        assert_eq!(
+            Settings::defaults(&defaults).ca.workload_cert_ttl,
+            Duration::from_secs(30 * 3600)
+        );
+        // A flag the validator would refuse in a Mesh is refused at start, naming the fix.
+        let too_long = Defaults {
+            workload_cert_ttl: Duration::from_secs(50_000 * 3600),
+            ..Defaults::default()
+        };
+        let why = too_long.checked().unwrap_err();
+        assert!(
+            why.contains("TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is 180000000")
+                && why.contains("set it to at most 157680000"),
+            "{why}"
+        );
+        let zero = Defaults {
+            workload_cert_ttl: Duration::ZERO,
+            ..Defaults::default()
+        };
+        assert!(zero.checked().unwrap_err().contains("is 0"));
     }
 
     #[test]
