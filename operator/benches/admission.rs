@@ -24,6 +24,12 @@
 //! - **end to end**: the client's time from sending the request to having read the whole
 //!   answer (TLS, the loopback, the client's own work and its queue).
 //!
+//! And where the time in the operator went, from the server's
+//! `trellis_operator_admission_phase_seconds`: `queued` (headers read → the review's task first
+//! runs: the wait for a worker), `body` (→ the whole body read: the client's sending, and on
+//! HTTP/2 the connection task reading it), `answer` (→ the answer handed to the connection: the
+//! decision, the JSON, and waits in between), p50 and p99 of each.
+//!
 //! The server runs on a runtime of its own (2 worker threads, as the operator's on 2 cores),
 //! the client on another, in one process: the two share the machine's cores as an API server
 //! and the operator on one node do. The load average is printed with each scenario.
@@ -199,15 +205,45 @@ fn workers_busy() -> Vec<Duration> {
     })
 }
 
-/// Run `scenario`, then report it with what `histogram` recorded meanwhile, and how busy each
-/// of the server's workers was (whether the work was spread over both).
+/// The server's admission phases (`trellis_operator_admission_phase_seconds`), whose time
+/// [`measured`] reports with each scenario.
+static PHASES: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
+
+fn phases() -> Vec<(&'static str, Distribution)> {
+    PHASES.get().map_or_else(Vec::new, |m| {
+        let p = &m.admission_phases;
+        vec![
+            ("queued", p.queued.snapshot()),
+            ("body", p.body.snapshot()),
+            ("answer", p.answer.snapshot()),
+        ]
+    })
+}
+
+/// Run `scenario`, then report it with what `histogram` recorded meanwhile, where that time
+/// went (the server's phases), and how busy each of the server's workers was (whether the
+/// work was spread over both).
 async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future::Future<Output = Results>) -> usize {
-    let (before, load, busy) = (histogram.snapshot(), load_average(), workers_busy());
+    let (before, load, busy, phases_before) = (histogram.snapshot(), load_average(), workers_busy(), phases());
     let started = Instant::now();
     let mut results = scenario.await;
     let took = started.elapsed();
     let server = histogram.snapshot().since(&before);
     let failed = results.report(name, &server, (load, load_average()));
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    let spent: Vec<String> = phases()
+        .into_iter()
+        .zip(phases_before)
+        .map(|((phase, after), (_, before))| {
+            let d = after.since(&before);
+            format!(
+                "{phase} p50={:.3} p99={:.3} ms",
+                ms(d.quantile(0.5)),
+                ms(d.quantile(0.99))
+            )
+        })
+        .collect();
+    println!("    where it went in the operator: {}", spent.join(", "));
     let busy: Vec<String> = workers_busy()
         .iter()
         .zip(busy)
@@ -491,6 +527,7 @@ async fn main() {
     let index = Arc::new(RwLock::new(index()));
     decisions(&index, &defaults, 2000);
     let metrics = Arc::new(Metrics::default());
+    PHASES.set(metrics.clone()).ok();
     let webhooks = Arc::new(Webhooks::new(index, defaults, metrics.clone()));
     handled(&webhooks, 2000);
     let addr = start_server(tls, webhooks.clone());

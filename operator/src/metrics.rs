@@ -12,6 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod admission;
+pub use admission::{AdmissionPhases, AdmissionSeconds};
+
 /// Histogram bucket bounds, in seconds: from a millisecond (an index update) to ten seconds (a
 /// slow rollout), dense around the 1 s convergence target.
 const BUCKETS: [f64; 14] = [
@@ -217,53 +220,6 @@ struct Rollout {
     failed: bool,
 }
 
-/// The operator's time per admission review, by webhook: from the request's headers being read
-/// (hyper handing the request to the service) to the answer being handed back to the connection
-/// to write — the body read, the decision, the serialization, and any wait for a worker
-/// thread in between. The TLS handshake of a new connection and the kernel's queue come before.
-#[derive(Debug)]
-pub struct AdmissionSeconds {
-    /// `POST /validate`.
-    pub validate: Histogram,
-    /// `POST /inject`.
-    pub inject: Histogram,
-    /// Anything else (a path nothing is served at, another method).
-    pub other: Histogram,
-}
-
-impl Default for AdmissionSeconds {
-    fn default() -> Self {
-        AdmissionSeconds {
-            validate: Histogram::with_bounds(&ADMISSION_BUCKETS),
-            inject: Histogram::with_bounds(&ADMISSION_BUCKETS),
-            other: Histogram::with_bounds(&ADMISSION_BUCKETS),
-        }
-    }
-}
-
-impl AdmissionSeconds {
-    /// The histogram of `webhook` (`validate`, `inject`, else `other`).
-    pub fn of(&self, webhook: &str) -> &Histogram {
-        match webhook {
-            "validate" => &self.validate,
-            "inject" => &self.inject,
-            _ => &self.other,
-        }
-    }
-
-    fn render(&self, out: &mut String) {
-        let name = "trellis_operator_admission_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} The operator's time per admission review, from its request read to its answer written, by webhook.\n# TYPE {name} histogram"
-        );
-        for webhook in ["validate", "inject", "other"] {
-            self.of(webhook)
-                .render_series(out, name, &format!("webhook=\"{webhook}\","));
-        }
-    }
-}
-
 /// Every metric of one operator.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -297,6 +253,8 @@ pub struct Metrics {
     admissions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// The operator's own time to answer one admission review, by webhook.
     pub admission_seconds: AdmissionSeconds,
+    /// Where that time goes: the wait for a worker, for the body, and the answer.
+    pub admission_phases: AdmissionPhases,
     diagnostics: Mutex<BTreeMap<(String, String, String), u64>>,
     jwks_fetches: Mutex<BTreeMap<&'static str, u64>>,
     jwks_uris: Mutex<BTreeMap<&'static str, u64>>,
@@ -481,6 +439,7 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{webhook=\"{webhook}\",outcome=\"{outcome}\"}} {n}");
         }
         self.admission_seconds.render(&mut out);
+        self.admission_phases.render(&mut out);
         let name = "trellis_operator_config_diagnostics";
         let _ = writeln!(
             out,

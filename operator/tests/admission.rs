@@ -244,6 +244,8 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
     // The time is the operator's from the request read to the answer written, not only the
     // decision: a body that arrives 80 ms after its headers is timed from the headers.
     let before = metrics.admission_seconds.inject.snapshot();
+    let phases = &metrics.admission_phases;
+    let phases_before = [&phases.queued, &phases.body, &phases.answer].map(|h| h.snapshot());
     let mut slow = connect(addr, &root_pem, b"http/1.1").await;
     let body = pod_review().to_string();
     let head = format!(
@@ -265,6 +267,23 @@ async fn the_https_server_answers_real_reviews_refuses_bad_input_and_reissues_wi
     let timed = metrics.admission_seconds.inject.snapshot().since(&before);
     assert_eq!(timed.count(), 1);
     assert_eq!(timed.at_most(0.05), 0, "timed from the headers: {timed:?}");
+    // And where it went: the 80 ms in the body phase (the client's), not in the queue for a
+    // worker nor in the answer.
+    let [queued, body_read, answered] = [&phases.queued, &phases.body, &phases.answer].map(|h| h.snapshot());
+    let [queued, body_read, answered] = [
+        queued.since(&phases_before[0]),
+        body_read.since(&phases_before[1]),
+        answered.since(&phases_before[2]),
+    ];
+    assert_eq!((queued.count(), body_read.count(), answered.count()), (1, 1, 1));
+    assert_eq!(body_read.at_most(0.05), 0, "the body's wait: {body_read:?}");
+    assert_eq!(queued.at_most(0.05), 1, "no wait for a worker: {queued:?}");
+    assert_eq!(answered.at_most(0.05), 1, "the answer: {answered:?}");
+    let text = metrics.render("");
+    assert!(
+        text.contains("trellis_operator_admission_phase_seconds_count{phase=\"body\"}"),
+        "{text}"
+    );
     // (on a connection of its own: the server answers from the headers, reads none of the
     // body, and closes)
     let mut raw = connect(addr, &root_pem, b"http/1.1").await;

@@ -5,7 +5,8 @@
 //! [`Webhooks::handle`] is the transport-free core (a path and a body in, a status and an
 //! AdmissionReview out); [`serve`] is the I/O around it, and times every answer from the
 //! request read to the answer written (`trellis_operator_admission_seconds`, see
-//! [`crate::metrics::AdmissionSeconds`]); [`keep_certificate_current`] reissues the certificate
+//! [`crate::metrics::AdmissionSeconds`]), split into the wait for a worker, for the body and the
+//! answer ([`crate::metrics::AdmissionPhases`]); [`keep_certificate_current`] reissues the certificate
 //! before it expires and after a root rotation — only once the API server trusts the new root
 //! (see [`super::ca_bundle`]).
 //!
@@ -173,11 +174,14 @@ struct Review {
     webhook: &'static str,
     outcome: &'static str,
     received: Instant,
+    /// When its body was read (the answer phase starts).
+    read: Instant,
 }
 
 impl Drop for Timed {
     fn drop(&mut self) {
         if let Some(r) = self.review.take() {
+            r.metrics.admission_phases.answer.observe(r.read.elapsed());
             r.metrics.admitted(r.webhook, r.outcome, r.received.elapsed());
         }
     }
@@ -288,8 +292,11 @@ impl Webhooks {
         req: Request<Incoming>,
         received: Instant,
     ) -> Result<Response<Timed>, Infallible> {
+        let polled = Instant::now();
+        self.metrics.admission_phases.queued.observe(polled - received);
         let webhook = webhook_of(req.uri().path());
-        let Answer { status, body, outcome } = self.clone().answer(req).await;
+        let (Answer { status, body, outcome }, read) = self.clone().answer(req).await;
+        self.metrics.admission_phases.body.observe(read - polled);
         let timed = |inner| Timed {
             inner,
             review: Some(Review {
@@ -297,6 +304,7 @@ impl Webhooks {
                 webhook,
                 outcome,
                 received,
+                read,
             }),
         };
         let response = Response::builder()
@@ -306,12 +314,14 @@ impl Webhooks {
         Ok(response.unwrap_or_else(|_| Response::new(timed(Full::new(Bytes::new())))))
     }
 
-    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+    /// The answer to `req`, and when its body was read (now, for a request refused unread).
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> (Answer, Instant) {
         if req.method() != Method::POST {
-            return refused(
+            let answer = refused(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} {}: webhooks take POST", req.method(), req.uri().path()),
             );
+            return (answer, Instant::now());
         }
         let declared = req
             .headers()
@@ -319,17 +329,22 @@ impl Webhooks {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-            return too_large();
+            return (too_large(), Instant::now());
         }
         let path = req.uri().path().to_string();
-        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        let body = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+        let read = Instant::now();
+        let body = match body {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (too_large(), read),
+            Err(e) => {
+                let answer = refused(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}"));
+                return (answer, read);
+            }
         };
         // why: validation and injection are CPU work on plain data, under a millisecond; they
         // run on the connection's task rather than a blocking pool.
-        self.handle(&path, &body)
+        (self.handle(&path, &body), read)
     }
 }
 
