@@ -281,6 +281,22 @@ impl App {
         Ok(())
     }
 
+    /// Drain a gateway (SIGTERM): report not ready at once, then keep accepting
+    /// and serving for the config's drain timeout before [`App::drain`]. A
+    /// gateway's callers reach it through a load balancer (a Service), which
+    /// stops sending it new connections only once its endpoint is removed, and
+    /// that travels after the signal; meanwhile every HTTP/1 response closes
+    /// its connection (`Connection: close`), so keep-alive clients reconnect
+    /// to a pod that stays instead of meeting a closed connection. (A sidecar
+    /// is signalled only after its app stopped: nothing is sent its way then.)
+    pub async fn drain_gateway(&self) {
+        self.rt.start_draining();
+        let serve_on = Duration::from_millis(self.rt.snapshot().config.drain_timeout_ms);
+        tracing::info!(?serve_on, "not ready; serving on while the load balancer lets go");
+        tokio::time::sleep(serve_on).await;
+        self.drain().await;
+    }
+
     /// Drain (SIGTERM): report not ready, stop accepting, let in-flight
     /// requests finish within the config's drain timeout, then close.
     pub async fn drain(&self) {

@@ -257,7 +257,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --config FILE (standalone) or --push-endpoint URL (mesh mode)"),
     }
-    app.drain().await;
+    match args.role.as_str() {
+        "gateway" => app.drain_gateway().await,
+        _ => app.drain().await,
+    }
     Ok(())
 }
 

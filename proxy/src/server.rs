@@ -451,7 +451,21 @@ async fn serve_http(
         .keep_alive_timeout(Duration::from_secs(20));
     let peer = ctx.peer;
     let svc_ctx = Arc::clone(&ctx);
-    let svc = hyper::service::service_fn(move |req| crate::http::handle(Arc::clone(&rt), Arc::clone(&svc_ctx), req));
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (rt, ctx) = (Arc::clone(&rt), Arc::clone(&svc_ctx));
+        let http1 = req.version() < http::Version::HTTP_2;
+        async move {
+            let mut response = crate::http::handle(Arc::clone(&rt), ctx, req).await?;
+            // Draining: an HTTP/1 client is told to take its next request elsewhere
+            // (an upgrade keeps its connection; HTTP/2 gets GOAWAY at shutdown).
+            if http1 && rt.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     let result = watcher.watch(conn.into_owned()).await;
     if let Err(e) = result {

@@ -201,3 +201,45 @@ async fn drain_timeout_bounds_stuck_requests() {
     proxy.app.drain().await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_draining_gateway_serves_on_for_the_drain_timeout_closing_each_connection_after_its_response() {
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["drainTimeoutMs"] = json!(1000);
+    let proxy = Arc::new(Proxy::start(cfg).await);
+    let addr = proxy.addr("outbound").await;
+    assert!(
+        get(addr, "svc", "/").await.headers.get("connection").is_none(),
+        "keep-alive before"
+    );
+    let p = Arc::clone(&proxy);
+    let started = Instant::now();
+    let drain = tokio::spawn(async move { p.app.drain_gateway().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(proxy.admin(), "admin", "/ready").await.status,
+        503,
+        "not ready at once"
+    );
+    // Still accepting while the load balancer lets go, each response closing its connection.
+    let served = get(addr, "svc", "/").await;
+    assert_eq!((served.status.as_u16(), served.server()), (200, "a"));
+    assert_eq!(
+        served.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
