@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::mesh::Mesh;
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Every Trellis CRD, in a stable order.
@@ -17,6 +17,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         DestinationRule::crd(),
         Gateway::crd(),
         ServiceEntry::crd(),
+        Sidecar::crd(),
         PeerAuthentication::crd(),
         AuthorizationPolicy::crd(),
         RequestAuthentication::crd(),

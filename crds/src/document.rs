@@ -22,6 +22,8 @@ pub enum Kind {
     Gateway,
     /// `networking.trellis.dev/v1alpha1 ServiceEntry`.
     ServiceEntry,
+    /// `networking.trellis.dev/v1alpha1 Sidecar`.
+    Sidecar,
     /// `security.trellis.dev/v1alpha1 PeerAuthentication`.
     PeerAuthentication,
     /// `security.trellis.dev/v1alpha1 AuthorizationPolicy`.
@@ -37,11 +39,12 @@ pub const VERSION: &str = "v1alpha1";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
         Kind::ServiceEntry,
+        Kind::Sidecar,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -55,6 +58,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -65,7 +69,7 @@ impl Kind {
     /// The Trellis API group serving the kind.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway | Kind::ServiceEntry => {
+            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway | Kind::ServiceEntry | Kind::Sidecar => {
                 crate::networking::GROUP
             }
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
@@ -96,6 +100,7 @@ impl Kind {
             Kind::DestinationRule => of::<crate::networking::DestinationRule>(),
             Kind::Gateway => of::<crate::networking::Gateway>(),
             Kind::ServiceEntry => of::<crate::networking::ServiceEntry>(),
+            Kind::Sidecar => of::<crate::networking::Sidecar>(),
             Kind::PeerAuthentication => of::<crate::security::PeerAuthentication>(),
             Kind::AuthorizationPolicy => of::<crate::security::AuthorizationPolicy>(),
             Kind::RequestAuthentication => of::<crate::security::RequestAuthentication>(),
@@ -197,7 +202,7 @@ pub fn classify(api_version: &str, kind: &str) -> Classification {
             },
             None => Classification::Unknown {
                 reason: format!(
-                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, ServiceEntry, PeerAuthentication, RequestAuthentication and AuthorizationPolicy"
+                    "Istio kind {kind} is not supported by Trellis yet; Trellis serves VirtualService, DestinationRule, Gateway, ServiceEntry, Sidecar, PeerAuthentication, RequestAuthentication and AuthorizationPolicy"
                 ),
             },
         };
@@ -640,6 +645,13 @@ mod tests {
         ));
         assert!(matches!(
             classify("networking.istio.io/v1", "Sidecar"),
+            Classification::Istio {
+                kind: Kind::Sidecar,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("networking.istio.io/v1", "EnvoyFilter"),
             Classification::Unknown { .. }
         ));
         assert!(matches!(

@@ -1,5 +1,5 @@
-//! `networking.trellis.dev/v1alpha1`: VirtualService, DestinationRule, Gateway and ServiceEntry
-//! ([`service_entry`]).
+//! `networking.trellis.dev/v1alpha1`: VirtualService, DestinationRule, Gateway, ServiceEntry
+//! ([`service_entry`]) and Sidecar ([`sidecar`]).
 //!
 //! Field names, shapes and semantics follow Istio's `networking.istio.io/v1` API so that a
 //! user's Istio YAML works by changing `apiVersion`. Fields Istio has and Trellis does not
@@ -17,9 +17,11 @@ use crate::schema::{preserve_unknown_object, unsupported};
 use crate::status::ConfigStatus;
 
 pub mod service_entry;
+pub mod sidecar;
 pub use service_entry::{
     EntryWorkloadSelector, Location, Resolution, ServiceEntry, ServiceEntrySpec, ServicePort, WorkloadEntry,
 };
+pub use sidecar::{CaptureMode, EgressListener, Sidecar, SidecarPort, SidecarSpec, SidecarWorkloadSelector};
 
 /// API group of the traffic kinds.
 pub const GROUP: &str = "networking.trellis.dev";

@@ -26,3 +26,15 @@ pub fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true,
     })
 }
+
+/// Schema of a list of free-form objects kept as-is by the API server (an Istio list of
+/// messages Trellis declares only to reject).
+pub fn preserve_unknown_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    })
+}

@@ -17,6 +17,7 @@ mod mesh;
 mod networking;
 mod security;
 mod service_entry;
+mod sidecar;
 mod structural;
 #[cfg(test)]
 mod testing;
@@ -315,6 +316,7 @@ impl Validator {
             Kind::ServiceEntry => {
                 typed::<crate::networking::ServiceEntry>(obj, f, |o, f| service_entry::service_entry(&o.spec, f))
             }
+            Kind::Sidecar => typed::<crate::networking::Sidecar>(obj, f, |o, f| sidecar::sidecar(&o.spec, f)),
             Kind::PeerAuthentication => {
                 typed::<crate::security::PeerAuthentication>(obj, f, |o, f| security::peer_authentication(&o.spec, f))
             }
@@ -426,7 +428,7 @@ mod tests {
     #[test]
     fn unknown_trellis_kind_is_an_error() {
         let out = findings(
-            json!({"apiVersion": "networking.trellis.dev/v1alpha1", "kind": "Sidecar", "metadata": {"name": "x"}}),
+            json!({"apiVersion": "networking.trellis.dev/v1alpha1", "kind": "WorkloadEntry", "metadata": {"name": "x"}}),
         );
         assert_eq!(out[0].path, "apiVersion");
         assert!(out[0].message.contains("serves"), "{}", out[0].message);

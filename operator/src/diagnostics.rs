@@ -135,6 +135,9 @@ pub fn current(snapshot: &Snapshot) -> BTreeMap<Target, Current> {
     for o in &snapshot.service_entries {
         add(&mut out, Kind::ServiceEntry, &o.metadata, &o.status);
     }
+    for o in &snapshot.sidecars {
+        add(&mut out, Kind::Sidecar, &o.metadata, &o.status);
+    }
     for o in &snapshot.peer_authentications {
         add(&mut out, Kind::PeerAuthentication, &o.metadata, &o.status);
     }

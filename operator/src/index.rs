@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use trellis_api::document::Kind;
 use trellis_api::mesh::{Mesh, MeshSpec};
-use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::metrics::Metrics;
@@ -39,6 +39,7 @@ pub struct Index {
     destination_rules: BTreeMap<ObjectKey, DestinationRule>,
     gateways: BTreeMap<ObjectKey, Gateway>,
     service_entries: BTreeMap<ObjectKey, ServiceEntry>,
+    sidecars: BTreeMap<ObjectKey, Sidecar>,
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
@@ -94,6 +95,8 @@ pub enum Object {
     Gateway(Box<Gateway>),
     /// ServiceEntry.
     ServiceEntry(Box<ServiceEntry>),
+    /// Sidecar.
+    Sidecar(Box<Sidecar>),
     /// PeerAuthentication.
     PeerAuthentication(Box<PeerAuthentication>),
     /// AuthorizationPolicy.
@@ -123,6 +126,7 @@ impl Object {
             Object::DestinationRule(_) => InputKind::Trellis(Kind::DestinationRule),
             Object::Gateway(_) => InputKind::Trellis(Kind::Gateway),
             Object::ServiceEntry(_) => InputKind::Trellis(Kind::ServiceEntry),
+            Object::Sidecar(_) => InputKind::Trellis(Kind::Sidecar),
             Object::PeerAuthentication(_) => InputKind::Trellis(Kind::PeerAuthentication),
             Object::AuthorizationPolicy(_) => InputKind::Trellis(Kind::AuthorizationPolicy),
             Object::RequestAuthentication(_) => InputKind::Trellis(Kind::RequestAuthentication),
@@ -141,6 +145,7 @@ impl Object {
             Object::DestinationRule(o) => key_of(o.as_ref()),
             Object::Gateway(o) => key_of(o.as_ref()),
             Object::ServiceEntry(o) => key_of(o.as_ref()),
+            Object::Sidecar(o) => key_of(o.as_ref()),
             Object::PeerAuthentication(o) => key_of(o.as_ref()),
             Object::AuthorizationPolicy(o) => key_of(o.as_ref()),
             Object::RequestAuthentication(o) => key_of(o.as_ref()),
@@ -282,6 +287,9 @@ impl Index {
             Object::ServiceEntry(o) => {
                 self.service_entries.insert(key, *o);
             }
+            Object::Sidecar(o) => {
+                self.sidecars.insert(key, *o);
+            }
             Object::Gateway(o) => {
                 self.gateways.insert(key, *o);
             }
@@ -321,6 +329,7 @@ impl Index {
             InputKind::Trellis(Kind::DestinationRule) => ks(&self.destination_rules),
             InputKind::Trellis(Kind::Gateway) => ks(&self.gateways),
             InputKind::Trellis(Kind::ServiceEntry) => ks(&self.service_entries),
+            InputKind::Trellis(Kind::Sidecar) => ks(&self.sidecars),
             InputKind::Trellis(Kind::PeerAuthentication) => ks(&self.peer_authentications),
             InputKind::Trellis(Kind::AuthorizationPolicy) => ks(&self.authorization_policies),
             InputKind::Trellis(Kind::RequestAuthentication) => ks(&self.request_authentications),
@@ -353,6 +362,9 @@ impl Index {
             }
             InputKind::Trellis(Kind::ServiceEntry) => {
                 self.service_entries.remove(key);
+            }
+            InputKind::Trellis(Kind::Sidecar) => {
+                self.sidecars.remove(key);
             }
             InputKind::Trellis(Kind::Gateway) => {
                 self.gateways.remove(key);
@@ -409,6 +421,7 @@ impl Index {
             destination_rules: self.destination_rules.values().cloned().collect(),
             gateways: self.gateways.values().cloned().collect(),
             service_entries: self.service_entries.values().cloned().collect(),
+            sidecars: self.sidecars.values().cloned().collect(),
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             request_authentications: self.request_authentications.values().cloned().collect(),
@@ -484,6 +497,14 @@ pub async fn run(client: Client, index: Shared, changed: tokio::sync::watch::Sen
             &metrics,
             InputKind::Trellis(Kind::ServiceEntry),
             |o| Object::ServiceEntry(Box::new(o))
+        ),
+        watch_kind::<Sidecar>(
+            client.clone(),
+            &index,
+            &changed,
+            &metrics,
+            InputKind::Trellis(Kind::Sidecar),
+            |o| Object::Sidecar(Box::new(o))
         ),
         watch_kind::<PeerAuthentication>(
             client.clone(),

@@ -8,11 +8,11 @@ use super::format::{cidr, dns_label, dns_subdomain, export_to, host, labels, not
 use crate::networking::{Location, Resolution, ServiceEntrySpec};
 
 /// Protocols a ServiceEntry port may name (Istio's, less those the proxy cannot carry).
-const PROTOCOLS: &[&str] = &[
+pub(super) const PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "TCP", "TLS", "MONGO", "REDIS", "MYSQL",
 ];
 /// Istio protocols the proxy does not carry yet.
-const PROTOCOLS_UNSUPPORTED: &[&str] = &["UDP", "THRIFT", "HTTP_PROXY"];
+pub(super) const PROTOCOLS_UNSUPPORTED: &[&str] = &["UDP", "THRIFT", "HTTP_PROXY"];
 
 /// Whether a port's protocol is told apart per host: HTTP by its Host header, TLS by its server
 /// name. Others (opaque TCP, or undetected) are not.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use trellis_api::document::{Classification, Kind, VERSION, classify, parse_documents};
 use trellis_api::mesh::{MeshSpec, SYSTEM_NAMESPACE};
-use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use crate::registry::{EndpointSlice, ObjectKey, Registry, Service, TlsCredential, Workload};
@@ -147,6 +147,8 @@ pub struct Snapshot {
     pub gateways: Vec<Gateway>,
     /// ServiceEntries: hosts added to the registry.
     pub service_entries: Vec<ServiceEntry>,
+    /// Sidecars: what sidecar proxies can reach.
+    pub sidecars: Vec<Sidecar>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<PeerAuthentication>,
     /// AuthorizationPolicies.
@@ -185,6 +187,7 @@ impl Default for Snapshot {
             destination_rules: Vec::new(),
             gateways: Vec::new(),
             service_entries: Vec::new(),
+            sidecars: Vec::new(),
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
@@ -321,6 +324,7 @@ impl Snapshot {
                     Kind::DestinationRule => self.destination_rules.push(parse(v).map_err(err)?),
                     Kind::Gateway => self.gateways.push(parse(v).map_err(err)?),
                     Kind::ServiceEntry => self.service_entries.push(parse(v).map_err(err)?),
+                    Kind::Sidecar => self.sidecars.push(parse(v).map_err(err)?),
                     Kind::PeerAuthentication => self.peer_authentications.push(parse(v).map_err(err)?),
                     Kind::AuthorizationPolicy => self.authorization_policies.push(parse(v).map_err(err)?),
                     Kind::RequestAuthentication => self.request_authentications.push(parse(v).map_err(err)?),
