@@ -154,7 +154,7 @@ pub fn show(dump: &Dump, view: View, filter: &Filter, format: ViewFormat, out: &
             View::Listeners => print_rows(
                 out,
                 format,
-                &["NAME", "ADDRESS", "DIRECTION", "PROTOCOL", "TLS", "DESTINATION"],
+                &["NAME", "ADDRESS", "DIRECTION", "PROTOCOL", "TLS", "DESTINATION", "FROM"],
                 0,
                 &views::listeners(dump, filter),
                 |r| {
@@ -165,6 +165,7 @@ pub fn show(dump: &Dump, view: View, filter: &Filter, format: ViewFormat, out: &
                         r.protocol.clone(),
                         r.tls.clone(),
                         r.destination.clone(),
+                        r.from.clone(),
                     ]
                 },
             ),

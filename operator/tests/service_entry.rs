@@ -1,7 +1,7 @@
-//! ServiceEntries and `outboundTrafficPolicy` end to end: the objects compiled by the
-//! operator's compiler (`trellis-core`) for a sidecar, the configuration applied to a real
-//! `trellis-proxy` in process, and requests through its outbound listener to servers on
-//! loopback.
+//! ServiceEntries, `outboundTrafficPolicy` and Sidecar scoping end to end: the objects
+//! compiled by the operator's compiler (`trellis-core`) for a sidecar, the configuration
+//! applied to a real `trellis-proxy` in process, and requests through its outbound listener to
+//! servers on loopback.
 //!
 //! The test plays the capture rules, as `mesh.rs` does: the outbound listener is bound on a
 //! free loopback port and "the app's" requests name the host and port they were addressed to
@@ -282,4 +282,72 @@ spec:
     assert_eq!(status, 200);
     assert_eq!(dns.queries.load(Ordering::SeqCst), asked);
     assert_eq!(external.hits(), 2);
+}
+
+/// A STATIC entry for `host` in `namespace`, its endpoint `server`.
+fn static_entry(namespace: &str, host: &str, server: &Server) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [{host}]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+"#,
+        name = host.split('.').next().unwrap_or(host),
+        port = server.addr.port()
+    )
+}
+
+/// shop's Sidecar imports shop's hosts only: the partner's host, routed without it, is no
+/// registered service with it — its cluster is not pushed, and its requests are unrouted: 502
+/// under the Sidecar's REGISTRY_ONLY, passed through under ALLOW_ANY (503 here: no original
+/// destination without the capture lab) — and its server never sees a request.
+#[tokio::test]
+async fn a_host_the_sidecar_does_not_import_is_unrouted() {
+    let inside = Server::start("inside").await;
+    let partner = Server::start("partner").await;
+    let entries = format!(
+        "{}\n---\n{}",
+        static_entry("shop", "api.inside.test", &inside),
+        static_entry("partner", "api.partner.test", &partner)
+    );
+
+    // No Sidecar: both hosts are registered services.
+    let (_app, outbound) = proxy(sidecar(&entries, None)).await;
+    assert_eq!(get(outbound, "api.inside.test:80").await.0, 200);
+    assert_eq!(get(outbound, "api.partner.test:80").await.0, 200);
+    assert_eq!((inside.hits(), partner.hits()), (1, 1));
+
+    for (mode, status) in [("REGISTRY_ONLY", 502), ("ALLOW_ANY", 503)] {
+        let scoped = format!(
+            r#"{entries}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: shop}}
+spec:
+  egress: [{{hosts: ["./*"]}}]
+  outboundTrafficPolicy: {{mode: {mode}}}
+"#
+        );
+        let config = sidecar(&scoped, None);
+        assert!(
+            config.clusters.iter().all(|c| !c.name.contains("partner")),
+            "{mode}: the partner's cluster is not pushed"
+        );
+        let (_app, outbound) = proxy(config).await;
+        let (got, body) = get(outbound, "api.inside.test:80").await;
+        assert_eq!((got, body.as_str()), (200, "inside api.inside.test:80"), "{mode}");
+        let (got, body) = get(outbound, "api.partner.test:80").await;
+        assert_eq!(got, status, "{mode}: {body}");
+        if mode == "REGISTRY_ONLY" {
+            assert!(body.contains("REGISTRY_ONLY"), "{body}");
+        }
+        assert_eq!(partner.hits(), 1, "{mode}: nothing reached the partner's server");
+    }
+    assert_eq!(inside.hits(), 3);
 }

@@ -146,6 +146,8 @@ pub struct ListenerRow {
     pub tls: String,
     /// Virtual hosts (HTTP) or TCP routes' clusters.
     pub destination: String,
+    /// The resource that decided what the listener routes (a Sidecar), or `-`.
+    pub from: String,
 }
 
 /// Every listener `filter` keeps.
@@ -178,6 +180,7 @@ pub fn listeners(dump: &Dump, filter: &Filter) -> Vec<ListenerRow> {
                 }
                 parts.join("; ")
             },
+            from: l.scope.as_ref().map_or_else(|| "-".into(), describe_provenance),
         })
         .collect()
 }
@@ -590,6 +593,16 @@ mod tests {
             "3 virtual hosts (routes); outbound|5432||db.shop.svc.cluster.local"
         );
         assert_eq!(listeners(&dump, &only(|f| f.port = Some(15006))).len(), 1);
+        assert_eq!((ls[0].from.as_str(), ls[1].from.as_str()), ("-", "-"));
+        // A Sidecar that scopes the outbound listener is named, as a route names its rule.
+        let scoped = format!(
+            "{SHOP}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec: {{egress: [{{hosts: [\"./*\"]}}]}}\n"
+        );
+        let ls = listeners(&web_dump_of(&scoped, Value::Null), &Filter::default());
+        assert_eq!(
+            (ls[0].from.as_str(), ls[1].from.as_str()),
+            ("Sidecar shop/default", "-")
+        );
 
         let v2 = clusters(&dump, &only(|f| f.subset = Some("v2".into())));
         assert_eq!(v2.len(), 1);

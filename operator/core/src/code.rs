@@ -108,6 +108,12 @@ codes! {
     ConflictingMeshGatewayVirtualServiceHosts => "IST0109", Error,
         "Several VirtualServices bound to the mesh define the same host.",
         "Sidecars merge them in creation order, so which rules win depends on the order the objects were created in. Merge the VirtualServices into one for the host.";
+    ConflictingSidecarWorkloadSelectors => "IST0110", Error,
+        "Several Sidecars of a namespace select the same pod.",
+        "A proxy follows one Sidecar: the oldest of those that select it; the others' egress hosts and outbound traffic policy do not apply to it. Give the Sidecars selectors that pick distinct pods, or merge them.";
+    MultipleSidecarsWithoutWorkloadSelectors => "IST0111", Error,
+        "A namespace has several Sidecars without a workloadSelector.",
+        "At most one Sidecar per namespace may go without a selector (in the root namespace: the mesh default); proxies follow the oldest and the others do not apply. Merge them into one, or give the others selectors.";
     VirtualServiceDestinationPortSelectorRequired => "IST0112", Error,
         "A VirtualService routes to a Service with several ports without naming one.",
         "The destination is ambiguous and the route cannot be built; set destination.port.number.";

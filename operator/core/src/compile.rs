@@ -20,6 +20,7 @@ mod gateway;
 mod inbound;
 mod outbound;
 mod route;
+mod scope;
 mod service_entry;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,6 +122,8 @@ pub enum CompileError {
 pub(crate) struct Ctx<'a> {
     pub(crate) snapshot: &'a Snapshot,
     pub(crate) proxy: &'a Workload,
+    /// What the proxy can reach (its Sidecar's); everything for gateways and analysis.
+    pub(crate) scope: scope::Scope,
     pub(crate) trust_domain: String,
     /// The trust domain with its aliases (the Mesh's and, during a change, the previous one).
     pub(crate) trust_domains: trellis_contract::TrustDomains,
@@ -170,8 +173,8 @@ pub fn compile(snapshot: &Snapshot, pod: &ObjectKey, role: Role, version: &str) 
 }
 
 /// What decides a sidecar's outbound configuration besides the snapshot: its namespace
-/// (visibility, `exportTo`, short names, DestinationRule lookup) and the labels that some
-/// VirtualService's `sourceLabels` look at. Proxies with the same key get the same
+/// (visibility, `exportTo`, short names, DestinationRule lookup), the Sidecar that applies to
+/// it (what it can reach) and the labels that some VirtualService's `sourceLabels` look at. Proxies with the same key get the same
 /// [`Outbound`], so it is compiled and serialized once per key, not once per proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OutboundKey {
@@ -179,6 +182,8 @@ pub struct OutboundKey {
     pub namespace: String,
     /// The proxy's values of the label keys `sourceLabels` matches use.
     pub labels: BTreeMap<String, String>,
+    /// The Sidecar that applies to the proxy, if any.
+    pub sidecar: Option<ObjectKey>,
 }
 
 /// The label keys any VirtualService's `sourceLabels` (HTTP, TLS or TCP) looks at.
@@ -219,6 +224,12 @@ pub fn outbound_key(
             .filter(|(k, _)| source_label_keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        sidecar: scope::applying(snapshot, proxy).map(|s| {
+            ObjectKey::new(
+                s.metadata.namespace.as_deref().unwrap_or("default"),
+                s.metadata.name.as_deref().unwrap_or_default(),
+            )
+        }),
     })
 }
 
@@ -296,6 +307,12 @@ impl<'a> OutboundParts<'a> {
         })
     }
 
+    /// The ports of `svc` the sidecar routes (its Sidecar's egress hosts), each with the
+    /// protocol it is routed as (the egress listener's, where it names the port).
+    pub fn service_ports(&self, svc: &Service) -> Vec<ServicePort> {
+        scoped_ports(&self.ctx, svc)
+    }
+
     /// The virtual host and TCP route of one Service port, and the clusters they reference.
     pub fn port_routes(&mut self, svc: &Service, port: &ServicePort) -> PortRoutes {
         outbound::port_routes(&mut self.ctx, svc, port)
@@ -306,9 +323,9 @@ impl<'a> OutboundParts<'a> {
         cluster::build(&mut self.ctx, r)
     }
 
-    /// The DNS entry of a Service (none without a cluster IP).
+    /// The DNS entry of a Service (none without a cluster IP, or out of the sidecar's scope).
     pub fn dns_entry(&self, svc: &Service) -> Option<DnsEntry> {
-        dns_entry(svc, &self.ctx.proxy.key.namespace)
+        scoped_dns_entry(&self.ctx, svc)
     }
 
     /// What the compiler noticed while building the parts asked for so far.
@@ -324,13 +341,13 @@ impl<'a> OutboundParts<'a> {
 
     /// The DNS entries of the ServiceEntry hosts visible to the sidecar (names with addresses).
     pub fn entry_dns(&self) -> Vec<DnsEntry> {
-        service_entry::dns_entries(self.ctx.snapshot, &self.ctx.proxy.key.namespace)
+        service_entry::dns_entries(&self.ctx)
     }
 
     /// The outbound listener without virtual hosts and TCP routes, under the mesh's
     /// `outboundTrafficPolicy`.
     pub fn shell(&self) -> Listener {
-        outbound::outbound_shell(&self.ctx.snapshot.mesh)
+        outbound::outbound_shell(&self.ctx)
     }
 }
 
@@ -394,15 +411,19 @@ impl<'a> Ctx<'a> {
             .workloads
             .get(pod)
             .ok_or_else(|| CompileError::UnknownPod(pod.clone()))?;
-        Ok(Ctx::of(snapshot, proxy))
+        let mut ctx = Ctx::of(snapshot, proxy);
+        ctx.scope = scope::Scope::of(snapshot, proxy);
+        Ok(ctx)
     }
 
-    /// The context of compiling `proxy`'s configuration from `snapshot`.
+    /// The context of compiling `proxy`'s configuration from `snapshot`, as if no Sidecar
+    /// applied to it (analysis compiles each resource where it applies).
     pub(crate) fn of(snapshot: &'a Snapshot, proxy: &'a Workload) -> Self {
         let trust_domains = snapshot.trust_domains();
         Ctx {
             snapshot,
             proxy,
+            scope: scope::Scope::default(),
             trust_domain: trust_domains.domain().to_string(),
             trust_domains,
             diagnostics: Vec::new(),
@@ -449,21 +470,44 @@ pub fn workload_name(w: &Workload) -> String {
 }
 
 /// Names the sidecar's DNS proxy answers: every Service with a cluster IP and every visible
-/// ServiceEntry host with addresses, sorted by name.
+/// ServiceEntry host with addresses that its scope imports, sorted by name.
 fn dns(ctx: &Ctx<'_>) -> DnsConfig {
     let mut entries: Vec<DnsEntry> = ctx
         .snapshot
         .registry
         .services
         .values()
-        .filter_map(|svc| dns_entry(svc, &ctx.proxy.key.namespace))
+        .filter_map(|svc| scoped_dns_entry(ctx, svc))
         .collect();
-    entries.extend(service_entry::dns_entries(ctx.snapshot, &ctx.proxy.key.namespace));
+    entries.extend(service_entry::dns_entries(ctx));
     entries.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     DnsConfig {
         entries,
         upstreams: Vec::new(),
     }
+}
+
+/// The ports of `svc` the proxy's scope routes, with the protocol each is routed as.
+pub(crate) fn scoped_ports(ctx: &Ctx<'_>, svc: &Service) -> Vec<ServicePort> {
+    let fqdn = svc.fqdn(DNS_DOMAIN);
+    svc.ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = ctx.scope.port(&svc.key.namespace, &fqdn, p.port)?;
+            Some(ServicePort {
+                protocol: protocol.unwrap_or(p.protocol),
+                ..p.clone()
+            })
+        })
+        .collect()
+}
+
+/// The DNS entry of a Service the proxy's scope imports.
+fn scoped_dns_entry(ctx: &Ctx<'_>, svc: &Service) -> Option<DnsEntry> {
+    if !ctx.scope.host(&svc.key.namespace, &svc.fqdn(DNS_DOMAIN)) {
+        return None;
+    }
+    dns_entry(svc, &ctx.proxy.key.namespace)
 }
 
 /// The DNS entry of a Service with a cluster IP, as a sidecar in `viewer_ns` sees it: its FQDN

@@ -182,6 +182,8 @@ fn the_compiler_reports_drops_only_through_the_one_list() {
             | Code::NamespaceNotInjected
             | Code::PodMissingProxy
             | Code::ConflictingMeshGatewayVirtualServiceHosts
+            | Code::ConflictingSidecarWorkloadSelectors
+            | Code::MultipleSidecarsWithoutWorkloadSelectors
             | Code::VirtualServiceDestinationPortSelectorRequired
             | Code::PortNameIsNotUnderNamingConvention
             | Code::NoMatchingWorkloadsFound

@@ -95,7 +95,8 @@ impl SharedOutbound {
         let mut ports = BTreeMap::new();
         for svc in snapshot.registry.services.values() {
             let fqdn = svc.fqdn(DNS_DOMAIN);
-            for p in &svc.ports {
+            // The ports the sidecar's scope (its Sidecar) routes.
+            for p in &parts.service_ports(svc) {
                 let key = (svc.key.clone(), p.port);
                 let reused = prev.and_then(|(old, changes)| {
                     let piece = old.ports.get(&key)?;

@@ -667,6 +667,7 @@ fn patch_between(old: &Listener, new: &Listener) -> Option<ListenerPatch> {
         limits,
         path_normalization,
         unrouted,
+        scope,
     } = old;
     let same_shell = *name == new.name
         && *address == new.address
@@ -677,7 +678,8 @@ fn patch_between(old: &Listener, new: &Listener) -> Option<ListenerPatch> {
         && *sni_tls == new.sni_tls
         && *limits == new.limits
         && *path_normalization == new.path_normalization
-        && *unrouted == new.unrouted;
+        && *unrouted == new.unrouted
+        && *scope == new.scope;
     if !same_shell {
         return None;
     }

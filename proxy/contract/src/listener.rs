@@ -52,6 +52,10 @@ pub struct Listener {
     /// `outboundTrafficPolicy` on the sidecar's outbound listener).
     #[serde(default, skip_serializing_if = "Unrouted::is_not_found")]
     pub unrouted: Unrouted,
+    /// The resource that decided what this listener routes and its `unrouted` (a sidecar's
+    /// outbound listener: the Istio `Sidecar` that applies to it); absent when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Provenance>,
 }
 
 /// What a listener does with a request or connection none of its routes takes.

@@ -1,17 +1,75 @@
 //! Conflicts between resources: mesh VirtualServices defining the same host (`IST0109`),
-//! Gateway servers with the same selector, port and host (`IST0145`), and one certificate
-//! served by several Gateways (`IST0138`).
+//! Sidecars selecting the same pod (`IST0110`) or several without a selector in one namespace
+//! (`IST0111`), Gateway servers with the same selector, port and host (`IST0145`), and one
+//! certificate served by several Gateways (`IST0138`).
 
 use std::collections::BTreeMap;
 
 use super::{Facts, Raw, key_of};
 use crate::code::Code;
 use crate::compile::{applies_to_gateway, host_matches, resolve_host};
-use crate::registry::ObjectKey;
+use crate::registry::{ObjectKey, selects};
 
 pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
     mesh_hosts(f, out);
+    sidecars(f, out);
     gateways(f, out);
+}
+
+/// Sidecars a proxy cannot follow all of, as Istio's analyzers find them: several without a
+/// selector in one namespace, several selecting one pod.
+fn sidecars(f: &Facts<'_>, out: &mut Vec<Raw>) {
+    let mut without_selector: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+    let mut selecting: BTreeMap<ObjectKey, Vec<ObjectKey>> = BTreeMap::new();
+    for sidecar in &f.snapshot.sidecars {
+        let key = key_of(&sidecar.metadata);
+        let labels = sidecar.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref());
+        match labels.filter(|l| !l.is_empty()) {
+            None => without_selector.entry(key.namespace.clone()).or_default().push(key),
+            Some(labels) => {
+                for pod in f.snapshot.registry.workloads.values() {
+                    if pod.key.namespace == key.namespace && selects(labels, &pod.labels) {
+                        selecting.entry(pod.key.clone()).or_default().push(key.clone());
+                    }
+                }
+            }
+        }
+    }
+    for (ns, list) in without_selector.into_iter().filter(|(_, l)| l.len() > 1) {
+        let names: Vec<String> = list.iter().map(ToString::to_string).collect();
+        for key in list {
+            out.push(Raw::new(
+                Code::MultipleSidecarsWithoutWorkloadSelectors,
+                "Sidecar",
+                key,
+                "spec.workloadSelector",
+                format!("The Sidecars {} in namespace {ns} have no workloadSelector; proxies follow the oldest only. Merge them into one, or give the others selectors", names.join(",")),
+            ));
+        }
+    }
+    let mut reported: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+    for (pod, list) in selecting.into_iter().filter(|(_, l)| l.len() > 1) {
+        for key in &list {
+            reported.entry(key.clone()).or_default().push(format!(
+                "{} (with {})",
+                pod,
+                list.iter()
+                    .filter(|k| *k != key)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+    }
+    for (key, pods) in reported {
+        out.push(Raw::new(
+            Code::ConflictingSidecarWorkloadSelectors,
+            "Sidecar",
+            key,
+            "spec.workloadSelector",
+            format!("The Sidecar selects pods another Sidecar selects too: {}; each proxy follows the oldest only. Give the Sidecars selectors that pick distinct pods, or merge them", pods.join("; ")),
+        ));
+    }
 }
 
 /// Mesh VirtualServices by the namespaces that see them and their hosts, as Istio scopes them:

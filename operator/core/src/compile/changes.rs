@@ -9,6 +9,8 @@
 //!   identities), the mesh's trust domain and the TLS Secrets the rule's
 //!   `credentialName`s name (in the client's namespace).
 //! - The **DNS table** reads the Services and ServiceEntries.
+//! - **Sidecars** change every sidecar's outbound part and DNS table (what it reaches); with
+//!   Sidecars, a VirtualService change rebuilds the DNS tables (imported destinations).
 //! - **ServiceEntries** change every sidecar's outbound part; the push recompiles the entries'
 //!   routes and clusters whenever it rebuilds a shared part (they read pods, VirtualServices,
 //!   DestinationRules and Services too), so no narrower rule is needed.
@@ -24,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use trellis_api::networking::{DestinationRule, ServiceEntry, VirtualService};
+use trellis_api::networking::{DestinationRule, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 use super::{DNS_DOMAIN, host_matches, resolve_host, source_label_keys};
@@ -138,8 +140,22 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
         c.dns = true;
     }
 
+    // Sidecars: what each sidecar reaches (which Services, entries and VirtualServices its
+    // outbound part holds, its DNS table, its outbound traffic policy) and how proxies share.
+    if !same_in_order(&old.sidecars, &new.sidecars, |a, b| a.spec == b.spec) {
+        c.all_outbound = true;
+        c.dns = true;
+    }
+
     // VirtualServices: the hosts of the old and new versions.
     let vs_changes = changed(&old.virtual_services, &new.virtual_services, |a, b| a.spec == b.spec);
+    let sidecars = !old.sidecars.is_empty() || !new.sidecars.is_empty();
+    if sidecars && !vs_changes.is_empty() {
+        // A scoped sidecar imports the destinations of the VirtualServices it imports, and
+        // answers their names: the DNS table follows them. (Port routes of hosts that come
+        // into or out of scope are compiled or left out by the rebuild itself.)
+        c.dns = true;
+    }
     for vs in vs_changes {
         let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
         c.route_hosts
@@ -264,6 +280,7 @@ meta!(
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    Sidecar,
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication

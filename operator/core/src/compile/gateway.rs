@@ -239,6 +239,7 @@ fn listener_shell(port: u16, kind: PortKind) -> Listener {
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
         unrouted: Unrouted::NotFound,
+        scope: None,
     }
 }
 

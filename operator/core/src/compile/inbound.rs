@@ -126,6 +126,7 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
         unrouted: trellis_contract::Unrouted::NotFound,
+        scope: None,
     };
     let policy = InboundPolicy {
         mtls: mtls(ctx),

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use trellis_api::mesh::{MeshSpec, OutboundTrafficMode};
 use trellis_api::networking::{L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService};
 use trellis_contract::{
     Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route,
-    RuleSection, TcpRoute, TcpWeightedCluster, Unrouted, VirtualHost,
+    RuleSection, TcpRoute, TcpWeightedCluster, VirtualHost,
 };
 
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
@@ -49,7 +48,9 @@ pub(super) fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str)
     let mut out: Vec<(bool, &VirtualService)> = Vec::new();
     for vs in &ctx.snapshot.virtual_services {
         let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
-        if gateway == "mesh" && !visible(vs.spec.export_to.as_deref(), ns, viewer) {
+        if gateway == "mesh"
+            && (!visible(vs.spec.export_to.as_deref(), ns, viewer) || !ctx.scope.virtual_service(ns, host))
+        {
             continue;
         }
         if !bound(vs, ns, gateway) {
@@ -211,12 +212,11 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
 
 /// The sidecar's outbound listener with no virtual hosts or TCP routes yet: traffic its routes
 /// do not take passes through (`outboundTrafficPolicy: ALLOW_ANY`, the default) or is refused
-/// (`REGISTRY_ONLY`).
-pub(crate) fn outbound_shell(mesh: &MeshSpec) -> Listener {
-    let unrouted = match mesh.outbound_traffic_policy.as_ref().and_then(|p| p.mode) {
-        None | Some(OutboundTrafficMode::AllowAny) => Unrouted::Passthrough,
-        Some(OutboundTrafficMode::RegistryOnly) => Unrouted::BlackHole,
-    };
+/// (`REGISTRY_ONLY`), as the proxy's Sidecar says, else the Mesh; it names the Sidecar that
+/// scoped it.
+pub(crate) fn outbound_shell(ctx: &Ctx<'_>) -> Listener {
+    let mesh = ctx.snapshot.mesh.outbound_traffic_policy.as_ref().and_then(|p| p.mode);
+    let unrouted = ctx.scope.unrouted(mesh);
     Listener {
         name: "outbound".into(),
         address: format!("0.0.0.0:{OUTBOUND_PORT}"),
@@ -230,6 +230,7 @@ pub(crate) fn outbound_shell(mesh: &MeshSpec) -> Listener {
         limits: HttpLimits::default(),
         path_normalization: PathNormalization::default(),
         unrouted,
+        scope: ctx.scope.provenance(),
     }
 }
 
@@ -237,12 +238,12 @@ pub(crate) fn outbound_shell(mesh: &MeshSpec) -> Listener {
 /// port order, then the ServiceEntries' in host and port order); fills `clusters` with
 /// everything its routes reference.
 pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
-    let mut listener = outbound_shell(&ctx.snapshot.mesh);
+    let mut listener = outbound_shell(ctx);
     let mut refs: Vec<ClusterRef> = Vec::new();
     // The snapshot outlives the context's borrow, so services are read in place, not cloned.
     let snapshot = ctx.snapshot;
     for svc in snapshot.registry.services.values() {
-        for p in &svc.ports {
+        for p in &super::scoped_ports(ctx, svc) {
             let routes = port_routes(ctx, svc, p);
             listener.virtual_hosts.extend(routes.virtual_host);
             listener.tcp_routes.extend(routes.tcp_routes);

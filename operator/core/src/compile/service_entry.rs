@@ -174,10 +174,35 @@ pub(crate) fn routes(ctx: &mut Ctx<'_>) -> Vec<PortRoutes> {
     let mut out = Vec::new();
     for e in &hosts {
         for p in e.ports() {
-            out.push(port_routes(ctx, e, p));
+            let number = u16::try_from(p.number).unwrap_or(0);
+            let Some(routed_as) = ctx.scope.port(e.namespace, &e.host, number) else {
+                continue;
+            };
+            match routed_as {
+                None => out.push(port_routes(ctx, e, p)),
+                Some(proto) => {
+                    let p = ServicePort {
+                        protocol: Some(protocol_name(proto).to_string()),
+                        ..p.clone()
+                    };
+                    out.push(port_routes(ctx, e, &p));
+                }
+            }
         }
     }
     out
+}
+
+/// How a port's protocol is written, for a protocol the egress listener of a Sidecar gives it.
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "HTTP",
+        Protocol::Http2 => "HTTP2",
+        Protocol::Tcp => "TCP",
+        Protocol::Tls => "TLS",
+        // Never given by an egress port (its protocol is required); read as detected.
+        Protocol::Auto => "",
+    }
 }
 
 /// The routes of one port of an entry host.
@@ -365,12 +390,12 @@ pub(crate) fn endpoints(
 }
 
 /// DNS answers for the proxy's DNS table: each visible entry's hosts that are names (no
-/// wildcard) with the entry's single-IP addresses.
-pub(crate) fn dns_entries(snapshot: &Snapshot, viewer: &str) -> Vec<trellis_contract::DnsEntry> {
-    let (hosts, _) = hosts(snapshot, viewer);
+/// wildcard) and that its scope imports, with the entry's single-IP addresses.
+pub(crate) fn dns_entries(ctx: &Ctx<'_>) -> Vec<trellis_contract::DnsEntry> {
+    let (hosts, _) = hosts(ctx.snapshot, &ctx.proxy.key.namespace);
     hosts
         .into_iter()
-        .filter(|e| !e.host.contains('*'))
+        .filter(|e| !e.host.contains('*') && ctx.scope.host(e.namespace, &e.host))
         .filter_map(|e| {
             let ips = e.ips();
             (!ips.is_empty()).then(|| trellis_contract::DnsEntry {
