@@ -15,7 +15,9 @@
 //!
 //! Run: `cargo bench -p trellis-operator --bench convergence` (release build). Options via
 //! env: `PROXIES` (default 1000), `SERVICES` (1000), `PODS_PER_SERVICE` (10), `ROUNDS` (3),
-//! `CONNECTS_IN_FLIGHT` (32), `INITIAL_SYNC_TIMEOUT_S` (900), `ROUND_TIMEOUT_S` (300).
+//! `CONNECTS_IN_FLIGHT` (32), `INITIAL_SYNC_TIMEOUT_S` (900), `ROUND_TIMEOUT_S` (300),
+//! `SIDECARS` (0; 1: a Sidecar per namespace importing its own namespace, the next one and
+//! `trellis-system`), `CONFIG_OUT` (a file to write proxy 0's whole config to, as JSON).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -150,6 +152,8 @@ struct Knobs {
     connects_in_flight: usize,
     initial_timeout: Duration,
     round_timeout: Duration,
+    /// A Sidecar per namespace.
+    sidecars: bool,
 }
 
 impl Knobs {
@@ -170,6 +174,7 @@ impl Knobs {
             connects_in_flight: var("CONNECTS_IN_FLIGHT", 32)?.max(1),
             initial_timeout: Duration::from_secs(var("INITIAL_SYNC_TIMEOUT_S", 900)? as u64),
             round_timeout: Duration::from_secs(var("ROUND_TIMEOUT_S", 300)? as u64),
+            sidecars: var("SIDECARS", 0)? > 0,
         };
         if knobs.services == 0 || knobs.pods == 0 || knobs.proxies == 0 {
             bail!("PROXIES, SERVICES and PODS_PER_SERVICE must be at least 1");
@@ -184,6 +189,15 @@ impl Knobs {
         Ok(knobs)
     }
 
+    /// How many proxies a round's change (svc-0's VirtualService, in ns-0) reaches: every one,
+    /// or with Sidecars those whose namespace imports ns-0 — its own and ns-9's (whose next it
+    /// is); the others' configurations do not change, so they are sent nothing.
+    fn reached_by_change(&self) -> usize {
+        (0..self.proxies)
+            .filter(|&i| !self.sidecars || matches!(self.pod(i).namespace.as_str(), "ns-0" | "ns-9"))
+            .count()
+    }
+
     /// The pod proxy `i` subscribes as: the first pod of every service, then the second, ...
     fn pod(&self, i: usize) -> ObjectKey {
         let (s, p) = (i % self.services, i / self.services);
@@ -192,13 +206,21 @@ impl Knobs {
 }
 
 /// The mesh: `services` services over 10 namespaces, `pods` meshed ready pods each, a
-/// VirtualService and a DestinationRule for each of the first 100 services.
-fn mesh(services: usize, pods: usize) -> String {
+/// VirtualService and a DestinationRule for each of the first 100 services; with `sidecars`,
+/// a Sidecar per namespace as Istio's docs advise (its own namespace and the control
+/// plane's), plus the next namespace (the services each calls).
+fn mesh(services: usize, pods: usize, sidecars: bool) -> String {
     let mut y = String::new();
     for n in 0..10 {
         y.push_str(&format!(
             "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{n}}}\n"
         ));
+        if sidecars {
+            y.push_str(&format!(
+                "---\napiVersion: networking.trellis.dev/v1alpha1\nkind: Sidecar\nmetadata: {{name: default, namespace: ns-{n}}}\nspec:\n  egress: [{{hosts: [\"./*\", \"ns-{}/*\", \"trellis-system/*\"]}}]\n",
+                (n + 1) % 10
+            ));
+        }
     }
     for s in 0..services {
         let ns = s % 10;
@@ -611,7 +633,8 @@ mod operator {
     use super::*;
 
     pub(super) async fn run(knobs: &Knobs) -> anyhow::Result<()> {
-        let snapshot = MeshSnapshot::from_yaml(&mesh(knobs.services, knobs.pods)).context("the generated mesh")?;
+        let snapshot =
+            MeshSnapshot::from_yaml(&mesh(knobs.services, knobs.pods, knobs.sidecars)).context("the generated mesh")?;
         let crds = snapshot.virtual_services.len() + snapshot.destination_rules.len();
         println!(
             "registry: {} services, {} endpoints, {crds} CRDs; {} proxies in a separate fleet process",
@@ -731,7 +754,8 @@ mod operator {
                     .count()
             };
             let nacks_before = fleet.nacks;
-            while converged(&fleet) < knobs.proxies && fleet.next(deadline).await? {}
+            let reached = knobs.reached_by_change();
+            while converged(&fleet) < reached && fleet.next(deadline).await? {}
             let mut times = Vec::new();
             let mut bytes = Vec::new();
             let mut deltas = 0;
@@ -747,7 +771,7 @@ mod operator {
             times.sort();
             bytes.sort();
             println!(
-                "round {round}: {}/{} proxies ACKed the new version; p50 {}, p99 {}, max {}; {:.1} KiB per proxy (median), {deltas} as deltas; {} NACKs; failures so far: {}",
+                "round {round}: {}/{reached} proxies ACKed the new version (of {}; with Sidecars, those that import the change); p50 {}, p99 {}, max {}; {:.1} KiB per proxy (median), {deltas} as deltas; {} NACKs; failures so far: {}",
                 times.len(),
                 knobs.proxies,
                 ms(percentile(&times, 0.5)),
@@ -757,11 +781,10 @@ mod operator {
                 fleet.nacks - nacks_before,
                 fleet.failures()
             );
-            if times.len() < knobs.proxies {
+            if times.len() != reached {
                 bail!(
-                    "round {round}: only {}/{} proxies ACKed the new version within ROUND_TIMEOUT_S={} s ({} NACKs)",
+                    "round {round}: {}/{reached} proxies ACKed a new version within ROUND_TIMEOUT_S={} s ({} NACKs)",
                     times.len(),
-                    knobs.proxies,
                     knobs.round_timeout.as_secs(),
                     fleet.nacks - nacks_before
                 );
@@ -822,6 +845,10 @@ mod operator {
         let between = t.elapsed();
         let pushed = Snapshot::from_delta(&delta).context("wrapping the delta")?;
         let full_json = serde_json::to_vec(&new).context("serializing the new config")?;
+        if let Ok(path) = std::env::var("CONFIG_OUT") {
+            std::fs::write(&path, &full_json).with_context(|| format!("writing {pod}'s config to {path}"))?;
+            println!("wrote {pod}'s whole config ({} KiB) to {path}", full_json.len() / 1024);
+        }
         const RUNS: usize = 21;
         let (mut parse, mut apply, mut validate, mut full_parse) = (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
