@@ -319,6 +319,26 @@ async fn the_index_follows_the_cluster(cluster: &Target) {
             == 2
     })
     .await;
+    // Endpoints come from the Service's EndpointSlices, which the cluster's controller writes
+    // after the pods turn ready (on upstream Kubernetes a moment later than the pods).
+    eventually(&shared, "both payment pods in the payment Service's endpoints", |i| {
+        let s = i.snapshot();
+        let Some(pod) = s
+            .registry
+            .workloads
+            .keys()
+            .find(|k| k.name.starts_with("payment-"))
+            .cloned()
+        else {
+            return false;
+        };
+        compile(&s, &pod, Role::Sidecar, "live-0").is_ok_and(|c| {
+            c.config
+                .cluster("outbound|80||payment.shop.svc.cluster.local")
+                .is_some_and(|c| c.endpoints.len() == 2)
+        })
+    })
+    .await;
     eventually(&shared, "the VirtualService", |i| {
         i.snapshot().virtual_services.len() == 1
     })
