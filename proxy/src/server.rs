@@ -197,7 +197,8 @@ async fn plaintext_protocol(tcp: &TcpStream, listener: &ListenerRuntime, dst: So
     if !head.is_empty() {
         return Detected::Tcp;
     }
-    let tcp_routed = listener.tcp_routes_plaintext_to(dst);
+    // A silent client has sent no ClientHello: only routes without server names take it.
+    let tcp_routed = listener.tcp_route(dst, None, false).is_some();
     match routed_http {
         true if tcp_routed => Detected::Tcp,
         true => Detected::Silent,

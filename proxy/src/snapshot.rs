@@ -163,14 +163,6 @@ impl ListenerRuntime {
         self.tcp_routes.iter().any(|r| self.eligible(r, terminated))
     }
 
-    /// Whether a TCP route takes a plaintext connection to `dst` (one that matches no server
-    /// name: a client that has sent nothing has sent no ClientHello).
-    pub fn tcp_routes_plaintext_to(&self, dst: SocketAddr) -> bool {
-        self.tcp_routes
-            .iter()
-            .any(|r| r.sni_hosts.is_empty() && self.eligible(r, false) && r.matches_destination(dst))
-    }
-
     /// Whether a TCP route for `dst` matches on the TLS server name, so the
     /// ClientHello must be read first: before a listener that terminates TLS does so
     /// (`terminated` false), or for connections it does not terminate.
@@ -180,17 +172,22 @@ impl ListenerRuntime {
             .any(|r| !r.sni_hosts.is_empty() && self.eligible(r, terminated) && r.matches_destination(dst))
     }
 
-    /// The cluster for a new connection to an original destination (with the server name of
-    /// its ClientHello, if read; `terminated` once this listener terminated its TLS): the
-    /// first TCP route that matches it, and one of its clusters by weight.
-    pub fn tcp_cluster(&self, dst: SocketAddr, sni: Option<&str>, terminated: bool) -> Option<&str> {
-        let route = self.tcp_routes.iter().find(|r| {
+    /// The first TCP route that takes a connection to `dst` (with the server name of its
+    /// ClientHello, if read; `None` for a client that has sent none).
+    pub fn tcp_route(&self, dst: SocketAddr, sni: Option<&str>, terminated: bool) -> Option<&TcpRouteRuntime> {
+        self.tcp_routes.iter().find(|r| {
             self.eligible(r, terminated)
                 && r.matches_destination(dst)
                 && (r.sni_hosts.is_empty()
                     || sni.is_some_and(|n| r.sni_hosts.iter().any(|h| crate::client_hello::host_matches(h, n))))
-        })?;
-        let clusters = &route.clusters;
+        })
+    }
+
+    /// The cluster for a new connection to an original destination (with the server name of
+    /// its ClientHello, if read; `terminated` once this listener terminated its TLS): the
+    /// first TCP route that matches it, and one of its clusters by weight.
+    pub fn tcp_cluster(&self, dst: SocketAddr, sni: Option<&str>, terminated: bool) -> Option<&str> {
+        let clusters = &self.tcp_route(dst, sni, terminated)?.clusters;
         if let [(only, _)] = clusters.as_slice() {
             return Some(only);
         }
