@@ -106,9 +106,23 @@ async fn query_tcp(s: &mut tokio::net::TcpStream, id: u16, name: &str, qtype: u1
 /// A fake upstream resolver on one port: over UDP every A query gets
 /// 192.0.2.1, over TCP 192.0.2.2, so the test sees which transport was used.
 async fn udp_and_tcp_resolver() -> std::net::SocketAddr {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // The UDP socket picks a port; its TCP twin may be taken by another test
+    // (CI saw AddrInUse): pick again, as the proxy's own `bind_dns` does.
+    let (udp, tcp, addr) = {
+        let mut attempts = 0;
+        loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) if attempts < 16 => {
+                    attempts += 1;
+                    eprintln!("resolver port {addr} taken over TCP ({e}); picking another");
+                }
+                Err(e) => panic!("no port free over both UDP and TCP after {attempts} attempts: {e}"),
+            }
+        }
+    };
     fn answer(q: &[u8], last_octet: u8) -> Vec<u8> {
         let mut r = q.to_vec();
         r[2] |= 0x80;
