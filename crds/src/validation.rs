@@ -13,6 +13,7 @@
 
 mod cel;
 mod format;
+mod gateway;
 mod mesh;
 mod networking;
 mod security;
@@ -312,7 +313,7 @@ impl Validator {
             Kind::DestinationRule => {
                 typed::<crate::networking::DestinationRule>(obj, f, |o, f| networking::destination_rule(&o.spec, f))
             }
-            Kind::Gateway => typed::<crate::networking::Gateway>(obj, f, |o, f| networking::gateway(&o.spec, f)),
+            Kind::Gateway => typed::<crate::networking::Gateway>(obj, f, |o, f| gateway::gateway(&o.spec, f)),
             Kind::ServiceEntry => {
                 typed::<crate::networking::ServiceEntry>(obj, f, |o, f| service_entry::service_entry(&o.spec, f))
             }
