@@ -918,7 +918,9 @@ fn cases() -> Vec<Case> {
         err_at(Dr, "spec", json!({}), "spec.host", "is required"),
         err(Dr, "spec.subsets[1].name", json!("v1"), "duplicate subset"),
         err(Dr, "spec.subsets[0].name", json!("V_1"), "not a valid name"),
-        warn(Dr, "spec.subsets[0].labels", json!({}), "selects every endpoint"),
+        // Istio's egress gateway pattern: a subset naming no labels only carries policy.
+        ok(Dr, "spec.subsets[0].labels", json!({})),
+        ok(Dr, "spec.subsets[0].labels", json!(DEL)),
         err_at(
             Dr,
             "spec.subsets[0].labels",

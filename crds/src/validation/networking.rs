@@ -1,6 +1,6 @@
 //! Semantic checks of VirtualService, DestinationRule and Gateway.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::Findings;
@@ -458,12 +458,9 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
                 format!("duplicate subset {:?}; subset names must be unique", s.name),
             );
         }
-        if s.labels.as_ref().is_none_or(BTreeMap::is_empty) {
-            f.warn(
-                format!("{p}.labels"),
-                "no labels: the subset selects every endpoint of the host",
-            );
-        }
+        // A subset without labels selects every endpoint of the host: Istio's egress gateway
+        // pattern names one (`subsets: [{name: cnn}]`) only to carry traffic policy or give
+        // routes a name, so it is no mistake and draws no warning.
         labels(&format!("{p}.labels"), &s.labels, f);
         if let Some(tp) = &s.traffic_policy {
             traffic_policy(&format!("{p}.trafficPolicy"), tp, f);
