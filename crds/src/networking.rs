@@ -934,7 +934,8 @@ pub struct GatewaySpec {
 pub struct Server {
     /// Port, protocol and name.
     pub port: Port,
-    /// Address to bind to (default all addresses).
+    /// Address to bind to: `0.0.0.0`, every address of the gateway pod (the default). One
+    /// address only, or a Unix domain socket, is not supported by Trellis yet.
     pub bind: Option<String>,
     /// Hosts exposed, as `namespace/host` (`*/` any namespace, `./` own) or `host`.
     pub hosts: Vec<String>,

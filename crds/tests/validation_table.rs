@@ -1266,8 +1266,8 @@ fn cases() -> Vec<Case> {
             Gw,
             "spec.servers[2]",
             json!({"port": {"number": 443, "name": "tls", "protocol": "TLS"}, "hosts": ["*/db.example.com"], "tls": {"mode": "PASSTHROUGH", "credentialName": "c"}}),
-            "spec.servers[2].tls",
-            "not used when TLS is passed through",
+            "spec.servers[2].tls.credentialName",
+            "is ignored when TLS is passed through",
         ),
         // Istio's default mode is PASSTHROUGH: without a certificate, that is what it is.
         ok(
@@ -1416,12 +1416,18 @@ fn cases() -> Vec<Case> {
             Gw,
             "spec.servers[0].tls",
             json!({"mode": "SIMPLE", "credentialName": "c"}),
-            "spec.servers[0].tls",
+            "spec.servers[0].tls.mode",
             "only tls.httpsRedirect",
         ),
         ok(Gw, "spec.servers[0].tls", json!({"httpsRedirect": true})),
         err(Gw, "spec.servers[0].bind", json!("localhost"), "not an IP address"),
         ok(Gw, "spec.servers[0].bind", json!("0.0.0.0")),
+        err(
+            Gw,
+            "spec.servers[0].bind",
+            json!("10.0.0.7"),
+            "not supported by Trellis yet",
+        ),
         multi(
             Gw,
             vec![

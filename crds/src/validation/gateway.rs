@@ -63,11 +63,8 @@ pub(super) fn gateway(spec: &GatewaySpec, f: &mut Findings) {
                 f.error(format!("{p}.{field}"), format!("duplicate server name {n:?}"));
             }
         }
-        if let Some(b) = &s.bind
-            && b.parse::<std::net::IpAddr>().is_err()
-            && !b.starts_with("unix://")
-        {
-            f.error(format!("{p}.bind"), format!("{b:?} is not an IP address"));
+        if let Some(b) = &s.bind {
+            server_bind(&format!("{p}.bind"), b, f);
         }
         if s.hosts.is_empty() {
             f.error(
@@ -84,6 +81,86 @@ pub(super) fn gateway(spec: &GatewaySpec, f: &mut Findings) {
 
 fn is_tls_proto(p: &str) -> bool {
     p == "HTTPS" || p == "TLS"
+}
+
+/// Plaintext HTTP protocols: the servers `tls.httpsRedirect` applies to (Istio's).
+fn is_plaintext_http_proto(p: &str) -> bool {
+    matches!(p, "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB")
+}
+
+/// A server's `bind`: the gateway's listeners take every address of the pod (`0.0.0.0`);
+/// listening on one address only is not done yet, and saying so beats a listener that
+/// would not listen where the Gateway says.
+fn server_bind(p: &str, b: &str, f: &mut Findings) {
+    if b.starts_with("unix://") {
+        return not_supported(
+            p,
+            &format!("{b:?} (a Unix domain socket)"),
+            "remove it; gateway servers listen on TCP ports of every address of the gateway pod",
+            f,
+        );
+    }
+    match b.parse::<std::net::IpAddr>() {
+        Err(_) => f.error(p, format!("{b:?} is not an IP address")),
+        Ok(ip) if ip == std::net::IpAddr::from([0, 0, 0, 0]) => {}
+        Ok(_) => not_supported(
+            p,
+            &format!("{b:?} (listening on one address only)"),
+            "remove it, or set 0.0.0.0; gateway servers listen on every address of the gateway pod",
+            f,
+        ),
+    }
+}
+
+/// `tls` on a server that terminates no TLS. Plaintext HTTP servers take `httpsRedirect`;
+/// Istio refuses the certificate files and a terminating mode on them, and accepts and
+/// ignores the rest, which Trellis names in a warning. Other protocols take no `tls` at
+/// all (Istio refuses it too).
+fn plaintext_server_tls(tp: &str, proto: &str, tls: &ServerTlsSettings, f: &mut Findings) {
+    if !is_plaintext_http_proto(proto) {
+        return f.error(
+            tp,
+            format!("{proto} servers cannot have tls settings (Istio refuses them too); remove tls, or use protocol TLS to terminate TLS"),
+        );
+    }
+    let fix = "remove it, or set it on an HTTPS server, which terminates TLS";
+    match tls.mode {
+        None => {}
+        Some(m @ (ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough)) => f.warn(
+            format!("{tp}.mode"),
+            format!("{m:?} has no effect on a {proto} server, which neither terminates nor passes TLS through (Istio ignores it too); remove it"),
+        ),
+        Some(m) => f.error(
+            format!("{tp}.mode"),
+            format!("{m:?} terminates TLS, which {proto} servers do not (they take only tls.httpsRedirect); {fix}, or use protocol HTTPS"),
+        ),
+    }
+    for (field, set) in [
+        ("serverCertificate", tls.server_certificate.is_some()),
+        ("privateKey", tls.private_key.is_some()),
+        ("caCertificates", tls.ca_certificates.is_some()),
+    ] {
+        if set {
+            f.error(
+                format!("{tp}.{field}"),
+                format!("{proto} servers terminate no TLS and take only tls.httpsRedirect (Istio refuses {field} here too); {fix}"),
+            );
+        }
+    }
+    for (field, set) in [
+        ("credentialName", tls.credential_name.is_some()),
+        ("subjectAltNames", tls.subject_alt_names.is_some()),
+        ("minProtocolVersion", tls.min_protocol_version.is_some()),
+        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+        ("cipherSuites", tls.cipher_suites.is_some()),
+    ] {
+        if set {
+            f.warn(
+                format!("{tp}.{field}"),
+                format!("is ignored: {proto} servers terminate no TLS and take only tls.httpsRedirect (Istio ignores it too); {fix}"),
+            );
+        }
+    }
 }
 
 fn gateway_host(p: &str, h: &str, f: &mut Findings) {
@@ -115,14 +192,7 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
         return;
     };
     if !is_tls_proto(proto) {
-        let only_redirect = tls.mode.is_none() && tls.credential_name.is_none() && tls.server_certificate.is_none();
-        if !only_redirect {
-            f.error(
-                &tp,
-                format!("{proto} servers take only tls.httpsRedirect; use protocol HTTPS or TLS to terminate TLS"),
-            );
-        }
-        return;
+        return plaintext_server_tls(&tp, proto, tls, f);
     }
     let mode = tls.effective_mode();
     if tls.mode.is_none() && mode == ServerTlsMode::Simple {
@@ -153,13 +223,28 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
                     "client certificates need a CA: set caCertificates, or credentialName with ca.crt",
                 );
             }
+            if mode == ServerTlsMode::Simple && tls.ca_certificates.is_some() {
+                f.warn(
+                    format!("{tp}.caCertificates"),
+                    "is ignored: SIMPLE asks no client certificate, so there is nothing to verify (Istio ignores it too); remove it, or set mode MUTUAL (or OPTIONAL_MUTUAL) to verify clients",
+                );
+            }
         }
         ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
-            if has_cert || pair || tls.ca_certificates.is_some() {
-                f.warn(
-                    &tp,
-                    "certificates are not used when TLS is passed through (Istio ignores them too); remove them",
-                );
+            for (field, set) in [
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
+                ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+            ] {
+                if set {
+                    f.warn(
+                        format!("{tp}.{field}"),
+                        "is ignored when TLS is passed through: the gateway takes no part in the handshake (Istio ignores it too); remove it, or use mode SIMPLE to terminate TLS",
+                    );
+                }
             }
         }
         ServerTlsMode::IstioMutual => {

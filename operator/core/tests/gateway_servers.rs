@@ -7,7 +7,9 @@
 
 use trellis_api::document::parse_documents;
 use trellis_api::validation::{Outcome, Validator};
-use trellis_contract::{Listener, ListenerProtocol, PemSource, ProxyConfig, ServerTlsMode, TcpRoute, UpstreamTls};
+use trellis_contract::{
+    Listener, ListenerProtocol, PemSource, ProxyConfig, RouteAction, ServerTlsMode, TcpRoute, UpstreamTls,
+};
 use trellis_core::compile::{Compiled, Role, compile, diagnose};
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
@@ -295,4 +297,38 @@ fn an_unset_mode_is_istios_passthrough_without_a_certificate() {
     let c = compiled(&yaml);
     assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
     assert_eq!(listener(&c.config, 443).tcp_routes.len(), 3);
+}
+
+#[test]
+fn https_redirect_redirects_every_plaintext_http_protocol_as_istio_does() {
+    for proto in ["HTTP", "HTTP2", "GRPC", "GRPC-WEB"] {
+        let yaml = FIXTURE.replace(
+            "  servers:\n",
+            &format!("  servers:\n  - port: {{number: 8080, name: plain, protocol: {proto}}}\n    hosts: [\"shop/shop.example.com\"]\n    tls: {{httpsRedirect: true}}\n"),
+        );
+        let validator = Validator::new();
+        for d in parse_documents(&yaml) {
+            if let Outcome::Validated { findings, .. } = validator.validate(&d.content.unwrap()) {
+                assert!(findings.is_empty(), "{proto}: {findings:#?}");
+            }
+        }
+        let c = compiled(&yaml);
+        assert!(c.diagnostics.is_empty(), "{proto}: {:#?}", c.diagnostics);
+        let l = listener(&c.config, 8080);
+        assert_eq!(l.protocol, ListenerProtocol::Http, "{proto}");
+        let vhost = l
+            .virtual_hosts
+            .iter()
+            .find(|v| v.domains == ["shop.example.com"])
+            .unwrap_or_else(|| panic!("{proto}: {l:#?}"));
+        assert_eq!(vhost.routes.len(), 1, "{proto}: {vhost:#?}");
+        let RouteAction::Redirect(r) = &vhost.routes[0].action else {
+            panic!("{proto}: not redirected: {vhost:#?}");
+        };
+        assert_eq!(
+            (r.scheme.as_deref(), r.response_code),
+            (Some("https"), Some(301)),
+            "{proto}"
+        );
+    }
 }

@@ -325,7 +325,9 @@ fn http_hosts(
     refs: &mut Vec<ClusterRef>,
 ) {
     let server = site.server;
-    let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) && proto == "HTTP";
+    // Every plaintext HTTP server redirects (HTTP, HTTP2, GRPC, GRPC-WEB, as Istio's
+    // `require_tls`); an HTTPS server's clients are on TLS already.
+    let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) && proto != "HTTPS";
     let scope = RouteScope {
         gateway: site.gw_name,
         port: site.server_port,
