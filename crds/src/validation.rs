@@ -31,6 +31,8 @@ use serde_json::Value;
 
 use crate::document::{Classification, Kind, classify};
 
+pub use format::export_to_problems;
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -430,24 +430,29 @@ pub(super) fn weights(path: &str, weights: &[Option<i32>], f: &mut Findings) {
 /// `exportTo`: `.`, `*`, `~` or namespace names.
 pub(super) fn export_to(path: &str, values: &Option<Vec<String>>, f: &mut Findings) {
     let Some(values) = values else { return };
+    for (i, why) in export_to_problems(values) {
+        f.error(format!("{path}[{i}]"), why);
+    }
+}
+
+/// What is wrong with the entries of an `exportTo` list, by index: a resource's field, or a
+/// Service's `networking.trellis.dev/exportTo` annotation split at its commas. Each entry is
+/// `.` (its namespace), `*` (every namespace), `~` (none, alone) or a namespace name.
+pub fn export_to_problems(values: &[String]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
     for (i, v) in values.iter().enumerate() {
         match v.as_str() {
             "." | "*" => {}
             "~" if values.len() == 1 => {}
-            "~" => f.error(
-                format!("{path}[{i}]"),
-                "\"~\" (hidden) cannot be combined with other values",
-            ),
+            "~" => out.push((i, "\"~\" (hidden) cannot be combined with other values".to_string())),
             ns => {
                 if let Err(why) = dns_label(ns) {
-                    f.error(
-                        format!("{path}[{i}]"),
-                        format!("{why}; or use \".\" (this namespace) or \"*\" (all)"),
-                    );
+                    out.push((i, format!("{why}; or use \".\" (this namespace) or \"*\" (all)")));
                 }
             }
         }
     }
+    out
 }
 
 /// `gateways` of a VirtualService or match: `mesh`, `name` or `namespace/name`.

@@ -120,6 +120,9 @@ codes! {
     PortNameIsNotUnderNamingConvention => "IST0118", Info,
         "A Service port's protocol cannot be told from its name or appProtocol.",
         "Name the port <protocol>[-suffix] (http, http2, grpc, tcp, tls, https...) or set appProtocol; otherwise the proxy sniffs the protocol, which delays server-first protocols and disables HTTP routing guarantees.";
+    InvalidAnnotation => "IST0125", Warning,
+        "A Trellis annotation has a value Trellis cannot use.",
+        "The object is read as if the annotation were not there, or only its valid part is used. The message names the annotation, the value and what is allowed; fix the value or remove the annotation.";
     NoMatchingWorkloadsFound => "IST0127", Warning,
         "A policy's or Gateway's selector matches no pod.",
         "The resource selects workloads by labels and none has them, so it has no effect. Fix the selector's labels or deploy the workload.";

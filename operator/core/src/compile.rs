@@ -487,8 +487,12 @@ fn dns(ctx: &Ctx<'_>) -> DnsConfig {
     }
 }
 
-/// The ports of `svc` the proxy's scope routes, with the protocol each is routed as.
+/// The ports of `svc` the proxy's scope routes, with the protocol each is routed as: none
+/// when the Service is not exported to the proxy's namespace.
 pub(crate) fn scoped_ports(ctx: &Ctx<'_>, svc: &Service) -> Vec<ServicePort> {
+    if !svc.visible_from(&ctx.proxy.key.namespace) {
+        return Vec::new();
+    }
     let fqdn = svc.fqdn(DNS_DOMAIN);
     svc.ports
         .iter()
@@ -504,7 +508,7 @@ pub(crate) fn scoped_ports(ctx: &Ctx<'_>, svc: &Service) -> Vec<ServicePort> {
 
 /// The DNS entry of a Service the proxy's scope imports.
 fn scoped_dns_entry(ctx: &Ctx<'_>, svc: &Service) -> Option<DnsEntry> {
-    if !ctx.scope.host(&svc.key.namespace, &svc.fqdn(DNS_DOMAIN)) {
+    if !svc.visible_from(&ctx.proxy.key.namespace) || !ctx.scope.host(&svc.key.namespace, &svc.fqdn(DNS_DOMAIN)) {
         return None;
     }
     dns_entry(svc, &ctx.proxy.key.namespace)

@@ -108,6 +108,11 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
+/// The Service annotation naming the namespaces whose proxies see the Service (Istio's
+/// `networking.istio.io/exportTo`): comma-separated `.` (its own), `*` (every namespace), `~`
+/// (none) or namespace names. Without it, every namespace sees the Service.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.trellis.dev/exportTo";
+
 /// A Kubernetes Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -122,12 +127,21 @@ pub struct Service {
     /// `type: ExternalName`: the name its traffic goes to (resolved by the proxy, as Istio
     /// resolves it: a DNS cluster on each of the Service's ports, outside the mesh).
     pub external_name: Option<String>,
+    /// The namespaces whose proxies see it ([`EXPORT_TO_ANNOTATION`], split at its commas and
+    /// trimmed); empty: every namespace.
+    pub export_to: Vec<String>,
 }
 
 impl Service {
     /// The fully qualified host name, `name.namespace.svc.<domain>`.
     pub fn fqdn(&self, domain: &str) -> String {
         format!("{}.{}.svc.{domain}", self.key.name, self.key.namespace)
+    }
+
+    /// Whether proxies in `namespace` see the Service (its exportTo, as a ServiceEntry's):
+    /// their routes, clusters and DNS hold it only then.
+    pub fn visible_from(&self, namespace: &str) -> bool {
+        crate::compile::visible(Some(&self.export_to), &self.key.namespace, namespace)
     }
 
     /// Convert a Kubernetes Service; `None` without a name or spec, or for an ExternalName
@@ -188,6 +202,18 @@ impl Service {
                 .clone()
                 .filter(|s| !s.is_empty() && external_name.is_none()),
             external_name,
+            export_to: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -186,6 +186,7 @@ fn the_compiler_reports_drops_only_through_the_one_list() {
             | Code::MultipleSidecarsWithoutWorkloadSelectors
             | Code::VirtualServiceDestinationPortSelectorRequired
             | Code::PortNameIsNotUnderNamingConvention
+            | Code::InvalidAnnotation
             | Code::NoMatchingWorkloadsFound
             | Code::NoServerCertificateVerificationDestinationLevel
             | Code::NoServerCertificateVerificationPortLevel

@@ -11,6 +11,10 @@ use trellis_core::compile::{Role, compile, diagnose, outbound_key, source_label_
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
 
+#[path = "support/reach.rs"]
+mod reach;
+use reach::reach;
+
 /// Three namespaces: `shop` (web, payment), `billing` (ledger, and a VirtualService routing
 /// ledger to ledger-v2), `audit` (log, opaque TCP).
 const MESH: &str = r#"
@@ -78,35 +82,6 @@ fn sidecar(s: &Snapshot, ns: &str, pod: &str) -> ProxyConfig {
     compile(s, &ObjectKey::new(ns, pod), Role::Sidecar, "v1")
         .expect("compiles")
         .config
-}
-
-/// The hosts of the outbound listener's virtual hosts and TCP routes, the services of its
-/// clusters, and the DNS names, each as a set of FQDNs.
-fn reach(c: &ProxyConfig) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
-    let outbound = c.listeners.iter().find(|l| l.name == "outbound").expect("outbound");
-    let mut routed: BTreeSet<String> = outbound
-        .virtual_hosts
-        .iter()
-        .map(|v| v.name.split(':').next().unwrap_or_default().to_string())
-        .collect();
-    for r in &outbound.tcp_routes {
-        for (cluster, _) in r.destinations() {
-            routed.insert(cluster_host(cluster));
-        }
-    }
-    let clusters = c
-        .clusters
-        .iter()
-        .filter(|c| c.name.starts_with("outbound|"))
-        .map(|c| cluster_host(&c.name))
-        .collect();
-    let dns = c.dns.entries.iter().map(|e| e.hostname.clone()).collect();
-    (routed, clusters, dns)
-}
-
-/// `outbound|PORT|SUBSET|HOST` → HOST.
-fn cluster_host(name: &str) -> String {
-    name.rsplit('|').next().unwrap_or_default().to_string()
 }
 
 fn set(hosts: &[&str]) -> BTreeSet<String> {

@@ -1,13 +1,15 @@
 //! Services, pods and namespaces: port names the protocol cannot be read from (`IST0118`),
+//! exportTo annotations with values that are no namespace (`IST0125`),
 //! gateway ports their Service does not expose (`IST0162`), namespaces not injected
 //! (`IST0102`), pods without the proxy where injection is on (`IST0103`), and applications
 //! running as the proxy's UID (`IST0144`).
 
 use trellis_api::mesh::{INJECTION_DISABLED, INJECTION_ENABLED, INJECTION_LABEL};
+use trellis_api::validation::export_to_problems;
 
 use super::{Facts, PROXY_UID, Raw, key_of};
 use crate::code::Code;
-use crate::registry::{ObjectKey, Protocol, TargetPort, selects};
+use crate::registry::{EXPORT_TO_ANNOTATION, ObjectKey, Protocol, TargetPort, selects};
 use crate::snapshot::InputKind;
 
 /// Namespaces of the platform, not of applications: never expected in the mesh.
@@ -21,6 +23,7 @@ fn system(f: &Facts<'_>, namespace: &str) -> bool {
 
 pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
     ports(f, out);
+    export_to(f, out);
     gateway_ports(f, out);
     injection(f, out);
 }
@@ -44,6 +47,28 @@ fn ports(f: &Facts<'_>, out: &mut Vec<Raw>) {
                 svc.key.clone(),
                 format!("spec.ports[{i}]"),
                 format!("Port name {} (port: {}, targetPort: {target}) doesn't follow the naming convention of Trellis port: the proxy sniffs the protocol. Name it <protocol>[-suffix] (http, http2, grpc, tcp, tls, https) or set appProtocol", p.name.as_deref().unwrap_or("(none)"), p.port),
+            ));
+        }
+    }
+}
+
+/// A Service's exportTo annotation, checked by the rules of a resource's `exportTo` (the one
+/// validator's). An entry that is no namespace matches none, so the Service is hidden from
+/// the namespaces the user meant.
+fn export_to(f: &Facts<'_>, out: &mut Vec<Raw>) {
+    for svc in f.snapshot.registry.services.values() {
+        for (i, why) in export_to_problems(&svc.export_to) {
+            out.push(Raw::new(
+                Code::InvalidAnnotation,
+                "Service",
+                svc.key.clone(),
+                format!("metadata.annotations[{EXPORT_TO_ANNOTATION}]"),
+                format!(
+                    "{EXPORT_TO_ANNOTATION}: {:?}: entry {} {:?}: {why}",
+                    svc.export_to.join(","),
+                    i + 1,
+                    svc.export_to[i]
+                ),
             ));
         }
     }

@@ -61,7 +61,11 @@ pub fn destination_rule_for<'a>(snapshot: &'a Snapshot, viewer: &str, host: &str
 /// Build the cluster for a reference.
 pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
     let registry = &ctx.snapshot.registry;
-    let svc = registry.service_by_host(&cref.host, DNS_DOMAIN);
+    // A Service not exported to the proxy's namespace has no endpoints there (Istio's proxy
+    // has no cluster for it): requests get 503.
+    let svc = registry
+        .service_by_host(&cref.host, DNS_DOMAIN)
+        .filter(|s| s.visible_from(&ctx.proxy.key.namespace));
     let port = svc.and_then(|s| s.ports.iter().find(|p| p.port == cref.port));
     let dr = destination_rule(ctx, &cref.host);
     let dr_res = dr.map(|d| resource("DestinationRule", &d.metadata));

@@ -10,7 +10,7 @@ use trellis_contract::{
 };
 
 use super::{Code, Ctx, Dropped, resolve_host, resource};
-use crate::registry::selects;
+use crate::registry::{EXPORT_TO_ANNOTATION, selects};
 
 /// A route sending everything it matches to one cluster, with no retries or timeout (the
 /// defaults for traffic no VirtualService shapes).
@@ -341,8 +341,13 @@ pub(crate) fn destination(
     default_port: u16,
 ) -> ClusterRef {
     let host = resolve_host(&d.host, ns);
-    let svc = ctx.snapshot.registry.service_by_host(&host, super::DNS_DOMAIN);
+    let viewer = &ctx.proxy.key.namespace;
+    let (svc, hidden) = match ctx.snapshot.registry.service_by_host(&host, super::DNS_DOMAIN) {
+        Some(s) if !s.visible_from(viewer) => (None, Some(s)),
+        found => (found, None),
+    };
     if svc.is_none()
+        && hidden.is_none()
         && let Some(entry) = super::service_entry::find(ctx.snapshot, &ctx.proxy.key.namespace, &host)
     {
         return entry_destination(ctx, res, d, host, &entry, default_port);
@@ -364,18 +369,26 @@ pub(crate) fn destination(
         }
         (None, None) => default_port,
     };
-    match svc {
-        None => ctx.diag(
+    match (svc, hidden) {
+        (None, Some(h)) => ctx.diag(
+            Code::ReferencedResourceNotFound,
+            res,
+            format!(
+                "destination host {host}: the Service is not exported to namespace {viewer} (its {EXPORT_TO_ANNOTATION} annotation is {:?}), so proxies there do not see it and requests to it get 503; add {viewer} to the annotation, or remove it to export the Service everywhere",
+                h.export_to.join(",")
+            ),
+        ),
+        (None, None) => ctx.diag(
             Code::ReferencedResourceNotFound,
             res,
             format!("destination host {host} is not a Service in the registry; requests to it get 503 until it exists"),
         ),
-        Some(s) if port != 0 && !s.ports.iter().any(|p| p.port == port) => ctx.diag(
+        (Some(s), _) if port != 0 && !s.ports.iter().any(|p| p.port == port) => ctx.diag(
             Code::ReferencedResourceNotFound,
             res,
             format!("destination {host} has no port {port}; its ports are {}", ports_of(s)),
         ),
-        Some(_) => {}
+        (Some(_), _) => {}
     }
     ClusterRef {
         host,

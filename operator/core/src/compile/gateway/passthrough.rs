@@ -80,6 +80,9 @@ pub(super) fn auto_passthrough(ctx: &mut Ctx<'_>, site: &Site<'_>) -> Vec<(TcpRo
     let snapshot = ctx.snapshot;
     let mut out = Vec::new();
     for svc in snapshot.registry.services.values() {
+        if !svc.visible_from(&viewer) {
+            continue;
+        }
         let fqdn = svc.fqdn(DNS_DOMAIN);
         let covered = hosts.iter().any(|(only, h)| {
             only.as_deref().is_none_or(|o| o == svc.key.namespace) && host_matches(&h.to_ascii_lowercase(), &fqdn)
