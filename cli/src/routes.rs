@@ -198,6 +198,9 @@ fn render(report: &Report, terminal: Terminal, out: &mut dyn Write) -> anyhow::R
 
 fn render_port(p: &PortReport, terminal: Terminal, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "\n{}", terminal.bold(&format!("Port {} ({})", p.port, p.protocol)))?;
+    if let Some(why) = &p.not_held {
+        writeln!(out, "  {} {why}", terminal.warn())?;
+    }
     if !p.routes.is_empty() {
         let mut t = output::table(["#", "NAME", "MATCH", "ACTION", "FROM"]);
         for r in &p.routes {
@@ -299,5 +302,93 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0]["spec"]["hosts"][0], "three");
         assert_eq!(kept[1]["metadata"]["name"], "b");
+    }
+
+    /// The proxy-config views' shop fixture, with a Sidecar for web: db's port 7000 on an
+    /// egress listener that routes it as TCP, payment on the catch-all; web itself and db's
+    /// port 5432 not imported.
+    fn scoped_shop() -> Snapshot {
+        let sidecar = r#"
+apiVersion: networking.trellis.dev/v1alpha1
+kind: Sidecar
+metadata: {name: web, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: web}}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+  egress:
+  - port: {number: 7000, protocol: TCP, name: tcp-db}
+    hosts: ["./db.shop.svc.cluster.local"]
+  - hosts: ["./payment.shop.svc.cluster.local"]
+"#;
+        let shop = include_str!("../../operator/tests/fixtures/shop.yaml");
+        Snapshot::from_yaml(&format!("{shop}\n---\n{sidecar}")).unwrap()
+    }
+
+    /// What web's proxy holds for `fqdn:port`: the names of its HTTP routes, and the clusters
+    /// its TCP routes send to (by the route's port match).
+    fn held(config: &trellis_contract::ProxyConfig, fqdn: &str, port: u16) -> (Option<Vec<String>>, Vec<String>) {
+        let outbound = config.listeners.iter().find(|l| l.name == "outbound").unwrap();
+        let http = outbound
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == format!("{fqdn}:{port}"))
+            .map(|v| v.routes.iter().map(|r| r.name.clone().unwrap_or_default()).collect());
+        let tcp = outbound
+            .tcp_routes
+            .iter()
+            .filter(|r| r.destination_port == Some(port))
+            .flat_map(|r| r.destinations())
+            .map(|(c, _)| c.to_string())
+            .filter(|c| c.ends_with(fqdn))
+            .collect();
+        (http, tcp)
+    }
+
+    #[test]
+    fn routes_shows_what_the_proxy_holds_under_its_sidecar() {
+        let snapshot = scoped_shop();
+        let web = trellis_core::registry::ObjectKey::new("shop", "web-5d8f-abcde");
+        let config = trellis_core::compile::compile(&snapshot, &web, trellis_core::compile::Role::Sidecar, "v7")
+            .unwrap()
+            .config;
+        let mut seen = Vec::new();
+        for svc in snapshot.registry.services.values() {
+            let fqdn = svc.fqdn("cluster.local");
+            let report = model::report(&snapshot, svc, Some(&web), None).unwrap();
+            for p in &report.ports {
+                let (http, tcp) = held(&config, &fqdn, p.port);
+                let names: Vec<String> = p.routes.iter().map(|r| r.name.clone().unwrap_or_default()).collect();
+                let destinations: Vec<String> = p.destinations.iter().map(|d| d.cluster.clone()).collect();
+                match &p.not_held {
+                    Some(why) => {
+                        assert!(http.is_none() && tcp.is_empty(), "{fqdn}:{}: {why}, yet held", p.port);
+                        assert!(
+                            names.is_empty() && p.tcp_routes.is_empty() && destinations.is_empty(),
+                            "{fqdn}:{}",
+                            p.port
+                        );
+                        assert!(
+                            why.contains("Sidecar shop/web does not import") && why.contains("REGISTRY_ONLY"),
+                            "{why}"
+                        );
+                    }
+                    None if p.protocol == "tcp" => {
+                        assert!(http.is_none() && !p.tcp_routes.is_empty(), "{fqdn}:{}", p.port);
+                        assert_eq!(tcp, destinations, "{fqdn}:{}", p.port);
+                    }
+                    None => assert_eq!(http, Some(names), "{fqdn}:{}", p.port),
+                }
+                seen.push(format!("{fqdn}:{} {} {}", p.port, p.protocol, p.not_held.is_some()));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "db.shop.svc.cluster.local:7000 tcp false",
+                "db.shop.svc.cluster.local:5432 tcp true",
+                "payment.shop.svc.cluster.local:80 http false",
+                "web.shop.svc.cluster.local:8080 http true",
+            ]
+        );
     }
 }

@@ -12,11 +12,11 @@
 use std::collections::BTreeMap;
 
 use crate::compile::{self, ClusterRef, DNS_DOMAIN, OutboundParts, Role};
-use crate::registry::{ObjectKey, Service, Workload};
+use crate::registry::{EXPORT_TO_ANNOTATION, ObjectKey, Service, Workload};
 use crate::snapshot::Snapshot;
 use anyhow::Context;
 use serde::Serialize;
-use trellis_contract::Route;
+use trellis_contract::{Listener, Route, Unrouted};
 
 use super::destinations::{Inbound, destination};
 use super::explain::explain;
@@ -59,6 +59,11 @@ pub struct PortReport {
     /// The request explained, when one was given (ports with HTTP rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestReport>,
+    /// Why the proxy holds no route for the port, and what it does with the traffic instead:
+    /// the Sidecar that applies to it does not import the service on the port, or the Service
+    /// is not exported to its namespace. The report then has no routes: the proxy has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_held: Option<String>,
 }
 
 /// One HTTP rule in force.
@@ -273,8 +278,23 @@ pub fn report(
         )
     };
     let fqdn = svc.fqdn(DNS_DOMAIN);
+    // The ports the proxy holds routes for (its Sidecar's and the Service's exportTo), each
+    // with the protocol it is routed as: what the operator compiles for it.
+    let held = parts.service_ports(svc);
     let mut ports = Vec::new();
-    for p in &svc.ports {
+    for declared in &svc.ports {
+        let Some(p) = held.iter().find(|h| h.port == declared.port) else {
+            ports.push(PortReport {
+                port: declared.port,
+                protocol: protocol_name(declared.protocol).to_string(),
+                routes: Vec::new(),
+                tcp_routes: Vec::new(),
+                destinations: Vec::new(),
+                request: None,
+                not_held: Some(not_held(svc, declared.port, &pod, &parts.shell())),
+            });
+            continue;
+        };
         let compiled = parts.port_routes(svc, p);
         let routes = compiled.virtual_host.as_ref().map(route_reports).unwrap_or_default();
         let mut used: Vec<String> = routes.iter().flat_map(|r| route_clusters(&r.route)).collect();
@@ -315,6 +335,7 @@ pub fn report(
             tcp_routes: compiled.tcp_routes.iter().map(tcp_report).collect(),
             destinations,
             request: explained,
+            not_held: None,
         });
     }
     Ok(Report {
@@ -326,6 +347,36 @@ pub fn report(
         ports,
         diagnostics: parts.diagnostics().iter().map(ToString::to_string).collect(),
     })
+}
+
+/// Why the proxy in `pod` holds no route for `port` of `svc`, and what its outbound listener
+/// (`shell`) does with the traffic instead.
+fn not_held(svc: &Service, port: u16, pod: &ObjectKey, shell: &Listener) -> String {
+    let fqdn = svc.fqdn(DNS_DOMAIN);
+    let why = if !svc.visible_from(&pod.namespace) {
+        format!(
+            "Service {} is not exported to namespace {} ({EXPORT_TO_ANNOTATION}: {:?})",
+            svc.key,
+            pod.namespace,
+            svc.export_to.join(",")
+        )
+    } else {
+        match &shell.scope {
+            Some(p) => format!(
+                "Sidecar {}/{} does not import {fqdn} on port {port}",
+                p.namespace, p.name
+            ),
+            None => format!("the proxy's scope leaves {fqdn}:{port} out"),
+        }
+    };
+    let instead = match shell.unrouted {
+        Unrouted::Passthrough => {
+            "its traffic is passed through to the address it was sent to (outboundTrafficPolicy ALLOW_ANY), outside these routes"
+        }
+        Unrouted::BlackHole => "its traffic is refused (outboundTrafficPolicy REGISTRY_ONLY: HTTP 502, TCP reset)",
+        Unrouted::NotFound => "its traffic gets no route (HTTP 404, TCP closed)",
+    };
+    format!("the proxy holds no route for this port: {why}; {instead}")
 }
 
 #[cfg(test)]
