@@ -161,6 +161,13 @@ impl App {
             }
             None => None,
         };
+        rt.set_server_ports(
+            admin
+                .iter()
+                .map(|(_, a)| a.addr.port())
+                .chain(dns.as_ref().map(|d| d.addr.port()))
+                .collect(),
+        );
         let exporter = crate::span_export::spawn(&rt);
         Ok(Self {
             rt,
@@ -275,6 +282,8 @@ impl App {
                 retired.push(h);
             }
         }
+        self.rt
+            .set_listener_ports(listeners.values().map(|h| h.addr.port()).collect());
         for h in retired {
             tokio::spawn(h.shutdown(drain));
         }

@@ -1,7 +1,8 @@
 //! The proxy's shared run-time state: the configuration in force (swapped
 //! atomically; every request keeps the snapshot it started with), readiness
 //! and drain, the last refused configuration, metrics, the span sink, the
-//! downstream connection budget and log control. Every server — traffic
+//! downstream connection budget, log control and the ports the proxy listens
+//! on (which a `CONNECT` tunnel may not reach). Every server — traffic
 //! listeners, admin, DNS, the span exporter — reads it; only the application
 //! changes it, and it knows none of them.
 
@@ -31,6 +32,18 @@ pub struct Runtime {
     pub connections: ConnectionBudget,
     /// The app's own metrics, served after the proxy's on the stats port.
     pub app_metrics: Option<crate::app_metrics::AppMetrics>,
+    /// The ports the proxy listens on: its servers' (admin, stats, health, DNS) and its
+    /// traffic listeners', as bound.
+    own_ports: Mutex<OwnPorts>,
+}
+
+/// The ports the proxy listens on, as bound (a configured port 0 is the one picked).
+#[derive(Debug, Default)]
+struct OwnPorts {
+    /// Admin, stats, health and DNS: bound once at start.
+    servers: Vec<u16>,
+    /// The traffic listeners of the configuration in force.
+    listeners: Vec<u16>,
 }
 
 /// The last configuration the proxy refused, and why.
@@ -64,7 +77,24 @@ impl Runtime {
             log_control,
             connections,
             app_metrics: None,
+            own_ports: Mutex::new(OwnPorts::default()),
         }
+    }
+
+    /// Record the ports the proxy's servers (admin, stats, health, DNS) listen on.
+    pub(crate) fn set_server_ports(&self, ports: Vec<u16>) {
+        self.own_ports.lock().unwrap_or_else(|e| e.into_inner()).servers = ports;
+    }
+
+    /// Record the ports the traffic listeners in force listen on.
+    pub(crate) fn set_listener_ports(&self, ports: Vec<u16>) {
+        self.own_ports.lock().unwrap_or_else(|e| e.into_inner()).listeners = ports;
+    }
+
+    /// Whether the proxy itself listens on `port` (a server's or a traffic listener's).
+    pub fn listens_on(&self, port: u16) -> bool {
+        let own = self.own_ports.lock().unwrap_or_else(|e| e.into_inner());
+        own.servers.contains(&port) || own.listeners.contains(&port)
     }
 
     /// The configuration in force.

@@ -6,8 +6,9 @@
 //! REGISTRY_ONLY: 502; otherwise 404) —, the upstream connection is made (mesh mTLS to a mesh
 //! cluster, as its TCP traffic) and only then answered `200`, after which the bytes are
 //! spliced both ways with the listener's TCP idle timeout and counted in the TCP series.
-//! A tunnel to the proxy's own ports (the listener itself, admin, stats, health, DNS,
-//! capture) is refused with 403.
+//! A tunnel to any port the proxy listens on (its traffic listeners — the capture ones and
+//! this one included —, admin, stats, health, DNS, as bound) on a local address is refused
+//! with 403.
 
 use super::forward::weighted_choice;
 use super::{ConnContext, RequestOutcome, text};
@@ -27,16 +28,6 @@ use trellis_contract::{RouteAction, Unrouted};
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest DNS name (RFC 1035).
 const MAX_HOST_BYTES: usize = 253;
-
-/// The proxy's own well-known ports: never a tunnel's target on a local address.
-const OWN_PORTS: [u16; 6] = [
-    crate::ports::ADMIN,
-    crate::ports::OUTBOUND,
-    crate::ports::INBOUND,
-    crate::ports::STATS,
-    crate::ports::HEALTH,
-    crate::ports::DNS,
-];
 
 /// Where a `CONNECT` goes: its target's host (lowercase; an IPv6 literal without brackets)
 /// and port.
@@ -110,11 +101,12 @@ impl Target {
     }
 }
 
-/// Whether `addr` is one of this proxy's own ports on a local address (a loop through the
-/// listener, or a way into admin), given the listener's own address `listener`.
-fn is_own(addr: SocketAddr, listener: SocketAddr) -> bool {
+/// Whether `addr` is a port this proxy listens on (`listens_on`), on a local address — a
+/// loop through a listener, or a way into admin —, given the address the client reached
+/// the listener at (`listener`: the pod's, for a captured connection).
+fn is_own(addr: SocketAddr, listener: SocketAddr, listens_on: impl Fn(u16) -> bool) -> bool {
     let local = addr.ip().is_loopback() || addr.ip().is_unspecified() || addr.ip() == listener.ip();
-    local && (OWN_PORTS.contains(&addr.port()) || addr.port() == listener.port())
+    local && (addr.port() == listener.port() || listens_on(addr.port()))
 }
 
 /// Answers a `CONNECT` on an outbound listener: routes its target, connects, answers `200`
@@ -162,7 +154,7 @@ pub(super) async fn tunnel(
     };
     let addr = target.resolve().await;
     if let Some(a) = addr
-        && is_own(a, conn.dst)
+        && is_own(a, conn.dst, |p| rt.listens_on(p))
     {
         rt.metrics.downstream_rejected();
         out.flags = "DPE";
@@ -251,10 +243,12 @@ mod tests {
     #[test]
     fn own_ports_on_local_addresses_are_refused() {
         let listener: SocketAddr = "10.0.0.5:41000".parse().unwrap();
-        assert!(is_own("127.0.0.1:15000".parse().unwrap(), listener));
-        assert!(is_own("10.0.0.5:41000".parse().unwrap(), listener));
-        assert!(is_own("0.0.0.0:15021".parse().unwrap(), listener));
-        assert!(!is_own("10.0.0.6:15000".parse().unwrap(), listener));
-        assert!(!is_own("127.0.0.1:8443".parse().unwrap(), listener));
+        let own = |p: u16| [15000, 15021, 39001].contains(&p);
+        assert!(is_own("127.0.0.1:15000".parse().unwrap(), listener, own));
+        assert!(is_own("10.0.0.5:41000".parse().unwrap(), listener, own));
+        assert!(is_own("0.0.0.0:15021".parse().unwrap(), listener, own));
+        assert!(is_own("[::1]:39001".parse().unwrap(), listener, own));
+        assert!(!is_own("10.0.0.6:15000".parse().unwrap(), listener, own));
+        assert!(!is_own("127.0.0.1:8443".parse().unwrap(), listener, own));
     }
 }

@@ -6,11 +6,13 @@
 use crate::origination::{TlsServer, leaf};
 use crate::support::*;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_proxy::admin::AdminRole;
+use trellis_proxy::{App, AppConfig};
 
 /// Sends `CONNECT target`, reads the proxy's answer head; on 200 runs TLS (trusting
 /// `root_pem`, naming `sni`) and one `GET /` through the tunnel and returns its body too.
@@ -168,6 +170,7 @@ async fn bad_targets_the_proxys_own_ports_and_other_directions_are_refused() {
     let proxy = Proxy::start(config(json!({"transparent": true, "unrouted": "passthrough"}), ext)).await;
     let outbound = proxy.addr("outbound").await;
     let root = pki.root_pem();
+    let admin = proxy.admin().port();
 
     for (target, status, why) in [
         ("api.example.com", "400", "port"),
@@ -175,8 +178,8 @@ async fn bad_targets_the_proxys_own_ports_and_other_directions_are_refused() {
         ("bad_host!.example.com:443", "400", "host"),
         // Through the listener back to itself, and into admin.
         (&outbound.to_string()[..], "403", "own ports"),
-        ("127.0.0.1:15000", "403", "own ports"),
-        ("localhost:15021", "403", "own ports"),
+        (&format!("127.0.0.1:{admin}")[..], "403", "own ports"),
+        (&format!("localhost:{admin}")[..], "403", "own ports"),
     ] {
         let (head, body) = connect(outbound, target, &root, "localhost").await;
         assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{target}: {head}");
@@ -196,4 +199,129 @@ async fn bad_targets_the_proxys_own_ports_and_other_directions_are_refused() {
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     assert!(head.contains("outbound listeners only"), "{head}");
     assert_eq!(upstream.hits(), 0);
+}
+
+/// Every port the proxy listens on — wherever its configuration puts them, not only the
+/// well-known ones —, on a local address, is refused: admin, stats, health, DNS (bound to
+/// ports the OS picked) and each traffic listener.
+#[tokio::test]
+async fn every_port_the_proxy_listens_on_is_refused_wherever_it_is_bound() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let app = App::start(AppConfig {
+        admin_addr: any,
+        stats_addr: Some(any),
+        health_addr: Some(any),
+        dns_addr: Some(any),
+        log_control: None,
+        max_downstream_connections: None,
+        app_metrics: None,
+    })
+    .await
+    .unwrap();
+    let ext = json!({"name": "ext", "service": "api.example.com", "endpoints": []});
+    let mut cfg = config(json!({"transparent": true, "unrouted": "passthrough"}), ext);
+    cfg["listeners"].as_array_mut().unwrap().push(json!({
+        "name": "other", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "tcp",
+    }));
+    app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap();
+    let outbound = app.listener_addr("outbound").await.unwrap();
+    let own = [
+        ("admin", app.admin_addr(AdminRole::Admin).unwrap()),
+        ("stats", app.admin_addr(AdminRole::Stats).unwrap()),
+        ("health", app.admin_addr(AdminRole::Health).unwrap()),
+        ("dns", app.dns_addr().unwrap()),
+        ("listener other", app.listener_addr("other").await.unwrap()),
+    ];
+    let pki = Pki::new();
+    let root = pki.root_pem();
+    for (what, addr) in own {
+        assert!(
+            ![15000, 15001, 15006, 15020, 15021, 15053].contains(&addr.port()),
+            "{what} is on a well-known port: {addr}"
+        );
+        let host = if what.starts_with('d') || what.starts_with('h') {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let target = format!("{host}:{}", addr.port());
+        let (head, body) = connect(outbound, &target, &root, "localhost").await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{what} {target}: {head}");
+        assert!(head.contains("own ports"), "{what} {target}: {head}");
+        assert!(body.is_none());
+    }
+    // A local port the proxy does not listen on goes where the listener sends unrouted
+    // traffic (here passed through).
+    let server = TlsServer::start(&leaf(&pki, &["localhost"], &[]), None).await;
+    let target = format!("127.0.0.1:{}", server.addr.port());
+    let (head, body) = connect(outbound, &target, &root, "localhost").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.as_deref(), Some("sni=localhost client=none"));
+}
+
+/// CONNECT over HTTP/2 (RFC 9113 §8.5, as Envoy terminates it): a stream of an h2c connection
+/// becomes the tunnel, and the client's TLS runs end to end through it. Extended CONNECT
+/// (RFC 8441, `:protocol`) is not offered: the proxy does not advertise it, so a client does
+/// not send it.
+#[tokio::test]
+async fn connect_over_http2_tunnels_one_stream_and_extended_connect_is_not_offered() {
+    let pki = Pki::new();
+    let server = TlsServer::start(&leaf(&pki, &["api.example.com"], &[]), None).await;
+    let cluster = json!({
+        "name": "ext", "service": "api.example.com",
+        "endpoints": [{"address": "127.0.0.1", "port": server.addr.port()}],
+    });
+    let proxy = Proxy::start(config(json!({}), cluster)).await;
+    let outbound = proxy.addr("outbound").await;
+
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::connect("api.example.com:443")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("CONNECT over h2 answered");
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    let stream = hyper::upgrade::on(resp).await.expect("the stream is the tunnel");
+    let tls = tokio_rustls::TlsConnector::from(tls_client(&pki.root_pem(), None))
+        .connect(
+            rustls::pki_types::ServerName::try_from("api.example.com").unwrap(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("TLS through the h2 tunnel");
+    let (mut inner, inner_conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(inner_conn);
+    let get = http::Request::get("/")
+        .header("host", "api.example.com")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let body = inner
+        .send_request(get)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "sni=api.example.com client=none");
+
+    // The same connection serves another stream: a bad target is refused on its own stream.
+    let bad = http::Request::connect("127.0.0.1:0")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(bad).await.unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Extended CONNECT needs SETTINGS_ENABLE_CONNECT_PROTOCOL from the server; without it the
+    // client refuses to send `:protocol`.
+    let mut ws = http::Request::connect("api.example.com:443")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    ws.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    assert!(sender.send_request(ws).await.is_err());
 }
