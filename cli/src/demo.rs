@@ -253,7 +253,9 @@ pub async fn run(args: &Args, terminal: Terminal, out: &mut dyn Write) -> anyhow
 
 async fn walk(cluster: &Cluster, args: &Args, terminal: Terminal, steps: &mut Steps) -> anyhow::Result<Report> {
     let mut progress = Progress::new(terminal, false);
-    steps.begin("Installing Trellis: meshctl install --profile demo (CRDs, operator, ingress gateway, Mesh)");
+    steps.begin(
+        "Installing Trellis: meshctl install --profile demo (CRDs, operator, ingress and egress gateways, Mesh)",
+    );
     let deadline = Instant::now() + READY;
     let values = values::resolve(Profile::Demo, &[], &[])?;
     let objects = values.objects();

@@ -27,7 +27,7 @@ use values::Values;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ValuesArgs {
     /// The profile: default (control plane and ingress gateway), minimal (no gateway), demo
-    /// (gateway, every request traced).
+    /// (ingress and egress gateways, every request traced).
     #[arg(long, default_value = "default", value_parser = parse_profile)]
     pub profile: Profile,
     /// A Mesh (kind: Mesh, name: default) whose spec overrides the profile's. Repeatable; later
@@ -91,7 +91,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   meshctl install                                   # the default profile, waits until Ready
-  meshctl install --profile demo                    # with an ingress gateway and tracing
+  meshctl install --profile demo                    # ingress and egress gateways, tracing
   meshctl install -f mesh.yaml --set defaultMtlsMode=STRICT
   meshctl install --dry-run > trellis.yaml          # what would be applied; no cluster needed
   meshctl install --wait=false -o json              # for scripts

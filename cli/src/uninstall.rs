@@ -1,5 +1,5 @@
 //! `meshctl uninstall`: remove the control plane — the webhook configurations first (so no pod
-//! creation waits on a webhook that is going away), then the ingress gateway, then the operator
+//! creation waits on a webhook that is going away), then the gateways, then the operator
 //! and its RBAC — and keep the CRDs, the user's Trellis objects (the Mesh included) and the
 //! mesh CA (`trellis-system` and its Secret, so a re-install keeps the root every running proxy
 //! trusts). `--purge` removes those too: every Trellis object, the CRDs, the `trellis-system`
@@ -74,10 +74,12 @@ pub struct Report {
 }
 
 /// The control plane's objects, in the order they are removed: webhook configurations, the
-/// gateway, then the rest of the installation (never the CRDs, the Mesh or the namespace).
+/// gateways, then the rest of the installation (never the CRDs, the Mesh or the namespace).
+/// Those of the profile with the most (`demo`: both gateways): an object that is not there is
+/// not deleted.
 pub fn control_plane() -> Vec<Value> {
     let opts = Options::default();
-    let mut objects: Vec<Value> = profile::objects(Profile::Default, json!({}), &opts)
+    let mut objects: Vec<Value> = profile::objects(Profile::Demo, json!({}), &opts)
         .into_iter()
         .filter(|o| {
             !matches!(
@@ -88,7 +90,7 @@ pub fn control_plane() -> Vec<Value> {
         .collect();
     let rank = |o: &Value| match o["kind"].as_str() {
         Some("ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration") => 0,
-        _ if o["metadata"]["name"] == profile::GATEWAY => 1,
+        _ if o["metadata"]["name"] == profile::GATEWAY || o["metadata"]["name"] == profile::EGRESS_GATEWAY => 1,
         _ => 2,
     };
     objects.sort_by_key(rank);
@@ -130,8 +132,10 @@ fn trellis_kinds() -> impl Iterator<Item = InputKind> {
 /// What happens, in sentences.
 pub fn explain(impact: &Impact, purge: bool) -> Vec<String> {
     let mut lines = vec![format!(
-        "Removes the control plane: the admission webhooks, the ingress gateway ({SYSTEM_NAMESPACE}/{}), the operator and its RBAC.",
-        profile::GATEWAY
+        "Removes the control plane: the admission webhooks, the ingress gateway ({SYSTEM_NAMESPACE}/{}), the egress gateway if \
+         installed ({SYSTEM_NAMESPACE}/{}), the operator and its RBAC.",
+        profile::GATEWAY,
+        profile::EGRESS_GATEWAY
     )];
     if impact.meshed_pods.is_empty() {
         lines.push("No pod is meshed.".into());
@@ -316,7 +320,7 @@ pub async fn run(
     }
     let deadline = Instant::now() + args.timeout;
     let mut progress = Progress::new(terminal, args.output != Format::Table);
-    progress.begin("Removing the webhooks, the gateway and the operator");
+    progress.begin("Removing the webhooks, the gateways and the operator");
     let mut deleted = delete_all(&cluster, &control_plane(), &mut progress).await?;
     progress.done(&format!("{} objects deleted", deleted.len()));
     progress.begin("Waiting until they are gone");
@@ -395,6 +399,11 @@ mod tests {
             .position(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "trellis-operator")
             .unwrap();
         assert!(gateway_at < operator_at, "the gateway goes before the operator");
+        let egress_at = objects
+            .iter()
+            .position(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == profile::EGRESS_GATEWAY)
+            .expect("the demo profile's egress gateway is removed too");
+        assert!(egress_at < operator_at, "the egress gateway goes before the operator");
 
         let impact = Impact {
             meshed_pods: BTreeMap::from([("shop".to_string(), 4)]),

@@ -30,8 +30,8 @@ use crate::{EXIT_OK, uninstall};
   meshctl upgrade --set defaultMtlsMode=STRICT
 
 The installed Mesh's settings are kept; its spec.versions move to this meshctl's images. The
-profile is the installed one (an ingress gateway present: default; none: minimal) unless
---profile says otherwise.
+profile is the installed one (an egress gateway present: demo; else an ingress gateway:
+default; none: minimal) unless --profile says otherwise.
 
 Exit status: 0 upgraded (or nothing to change), 1 invalid Mesh settings, 2 usage or not
 installed, 3 cluster unreachable or a request refused, 4 not Ready in time, 5 not confirmed.")]
@@ -91,12 +91,17 @@ pub async fn installed_settings(cluster: &Cluster) -> anyhow::Result<Value> {
     Ok(spec)
 }
 
-/// The installed profile: with an ingress gateway, default (the demo profile's tracing is in
-/// the Mesh settings kept); without, minimal.
+/// The installed profile: with an egress gateway, demo (only demo has one); else with an
+/// ingress gateway, default (the demo profile's tracing is in the Mesh settings kept); without
+/// either, minimal.
 pub async fn installed_profile(cluster: &Cluster) -> anyhow::Result<Profile> {
-    let gateway = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": profile::GATEWAY, "namespace": SYSTEM_NAMESPACE}});
-    Ok(if cluster.get(&gateway).await?.is_some() {
+    let deployment = |name: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE}})
+    };
+    Ok(if cluster.get(&deployment(profile::EGRESS_GATEWAY)).await?.is_some() {
+        Profile::Demo
+    } else if cluster.get(&deployment(profile::GATEWAY)).await?.is_some() {
         Profile::Default
     } else {
         Profile::Minimal

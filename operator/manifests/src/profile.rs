@@ -1,11 +1,17 @@
 //! Installation profiles: which optional parts an installation has, and the Mesh settings it
 //! starts from (as Istio's `default`, `minimal` and `demo` profiles).
 //!
-//! | profile | ingress gateway | Mesh settings |
-//! |---|---|---|
-//! | `default` | `trellis-ingressgateway` in the control plane's namespace | versions only |
-//! | `minimal` | none | versions only |
-//! | `demo` | `trellis-ingressgateway` | versions, and every request traced to the demo's collector |
+//! | profile | ingress gateway | egress gateway | Mesh settings |
+//! |---|---|---|---|
+//! | `default` | `trellis-ingressgateway` in the control plane's namespace | none | versions only |
+//! | `minimal` | none | none | versions only |
+//! | `demo` | `trellis-ingressgateway` | `trellis-egressgateway` | versions, and every request traced to the demo's collector |
+//!
+//! As in Istio's profiles, only `demo` has an egress gateway: a `trellis-proxy` in the gateway
+//! role behind a ClusterIP Service, which the mesh's traffic to external hosts is sent through
+//! by a Gateway selecting `app: trellis-egressgateway` and a VirtualService (Istio's egress
+//! gateway pattern, `e2e/tests/egress_gateway.rs`). Both gateways' ServiceAccounts are bound to
+//! no Role: a gateway reads nothing from the Kubernetes API (its configuration is pushed).
 //!
 //! [`objects`] renders an installation from a profile and the final Mesh spec (the profile's,
 //! overlaid with the user's settings by `meshctl install`).
@@ -26,6 +32,12 @@ use crate::{demo, sidecar};
 pub const GATEWAY: &str = demo::GATEWAY;
 /// The gateway Service's ports: (name, port, the proxy's listener port).
 pub const GATEWAY_PORTS: [(&str, i32, i32); 2] = [("http", 80, 8080), ("https", 443, 8443)];
+/// The egress gateway's Deployment, Service, ServiceAccount and `app` label (Istio's
+/// `istio-egressgateway`).
+pub const EGRESS_GATEWAY: &str = "trellis-egressgateway";
+/// The egress gateway Service's ports, as Istio's: (name, port, the proxy's listener port). A
+/// Gateway server on port 80 says `targetPort: 8080`, the port the proxy listens on.
+pub const EGRESS_GATEWAY_PORTS: [(&str, i32, i32); 2] = [("http", 80, 8080), ("https", 443, 8443)];
 
 /// An installation profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,8 +46,8 @@ pub enum Profile {
     Default,
     /// The control plane only (bring your own gateways).
     Minimal,
-    /// The control plane, an ingress gateway, and every request traced: for `meshctl demo`
-    /// and for trying Trellis out.
+    /// The control plane, an ingress and an egress gateway, and every request traced: for
+    /// `meshctl demo` and for trying Trellis out.
     Demo,
 }
 
@@ -62,13 +74,18 @@ impl Profile {
         match self {
             Profile::Default => "the control plane and an ingress gateway",
             Profile::Minimal => "the control plane only, no ingress gateway",
-            Profile::Demo => "the control plane, an ingress gateway, and tracing of every request",
+            Profile::Demo => "the control plane, an ingress and an egress gateway, and tracing of every request",
         }
     }
 
     /// Whether the profile installs the ingress gateway.
     pub fn gateway(self) -> bool {
         self != Profile::Minimal
+    }
+
+    /// Whether the profile installs the egress gateway (as Istio's, only `demo`).
+    pub fn egress_gateway(self) -> bool {
+        self == Profile::Demo
     }
 
     /// The Mesh spec the profile starts from: the versions of `opts`, and the profile's settings.
@@ -96,7 +113,7 @@ pub fn mesh(spec: Value) -> Value {
 
 /// Every object of an installation with `profile`, in the order they must be applied: the
 /// installation of [`install::objects`] with the Mesh's spec replaced by `mesh_spec`, and the
-/// profile's gateway just before the Mesh (the Mesh still comes before the webhook
+/// profile's gateways just before the Mesh (the Mesh still comes before the webhook
 /// configurations: its first apply must not wait for the operator's validating webhook).
 pub fn objects(profile: Profile, mesh_spec: Value, opts: &Options) -> Vec<Value> {
     let mut out = Vec::new();
@@ -106,6 +123,9 @@ pub fn objects(profile: Profile, mesh_spec: Value, opts: &Options) -> Vec<Value>
             if profile.gateway() {
                 out.extend(ingress_gateway(opts));
             }
+            if profile.egress_gateway() {
+                out.extend(egress_gateway(opts));
+            }
             out.push(mesh(mesh_spec.take().unwrap_or_default()));
         } else {
             out.push(o);
@@ -114,11 +134,11 @@ pub fn objects(profile: Profile, mesh_spec: Value, opts: &Options) -> Vec<Value>
     out
 }
 
-fn gateway_meta(opts: &Options) -> ObjectMeta {
+fn gateway_meta(name: &str, opts: &Options) -> ObjectMeta {
     let mut labels = common_labels();
-    labels.insert("app".into(), GATEWAY.into());
+    labels.insert("app".into(), name.into());
     ObjectMeta {
-        name: Some(GATEWAY.into()),
+        name: Some(name.into()),
         namespace: Some(opts.namespace.clone()),
         labels: Some(labels),
         ..ObjectMeta::default()
@@ -129,15 +149,29 @@ fn gateway_meta(opts: &Options) -> ObjectMeta {
 /// gateway role, and a LoadBalancer Service. Gateway resources select it by `app:
 /// trellis-ingressgateway`.
 pub fn ingress_gateway(opts: &Options) -> Vec<Value> {
+    gateway(GATEWAY, "LoadBalancer", &GATEWAY_PORTS, opts)
+}
+
+/// The egress gateway: its ServiceAccount (its SPIFFE identity, which the mesh's sidecars
+/// verify when they send it traffic with mutual TLS), a `trellis-proxy` in the gateway role,
+/// and a ClusterIP Service: reachable from the mesh only, never exposed. Gateway resources
+/// select it by `app: trellis-egressgateway`.
+pub fn egress_gateway(opts: &Options) -> Vec<Value> {
+    gateway(EGRESS_GATEWAY, "ClusterIP", &EGRESS_GATEWAY_PORTS, opts)
+}
+
+/// A gateway named `name`: ServiceAccount, Deployment and a Service of `service_type` with
+/// `ports` (name, port, the proxy's listener port).
+fn gateway(name: &str, service_type: &str, ports: &[(&str, i32, i32)], opts: &Options) -> Vec<Value> {
     let settings = sidecar::Settings::new(opts);
-    let listeners: Vec<u16> = GATEWAY_PORTS.iter().filter_map(|p| u16::try_from(p.2).ok()).collect();
-    let mut template = sidecar::gateway_pod_template(GATEWAY, &settings, &listeners);
+    let listeners: Vec<u16> = ports.iter().filter_map(|p| u16::try_from(p.2).ok()).collect();
+    let mut template = sidecar::gateway_pod_template(name, &settings, &listeners);
     if let Some(meta) = template.metadata.as_mut() {
         meta.labels.get_or_insert_with(BTreeMap::new).extend(common_labels());
     }
-    let selector = BTreeMap::from([("app".to_string(), GATEWAY.to_string())]);
+    let selector = BTreeMap::from([("app".to_string(), name.to_string())]);
     let deployment = Deployment {
-        metadata: gateway_meta(opts),
+        metadata: gateway_meta(name, opts),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
@@ -150,12 +184,12 @@ pub fn ingress_gateway(opts: &Options) -> Vec<Value> {
         ..Deployment::default()
     };
     let service = Service {
-        metadata: gateway_meta(opts),
+        metadata: gateway_meta(name, opts),
         spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
+            type_: Some(service_type.into()),
             selector: Some(selector),
             ports: Some(
-                GATEWAY_PORTS
+                ports
                     .iter()
                     .map(|(name, port, target)| ServicePort {
                         name: Some((*name).into()),
@@ -172,7 +206,7 @@ pub fn ingress_gateway(opts: &Options) -> Vec<Value> {
     };
     vec![
         to_value(&ServiceAccount {
-            metadata: gateway_meta(opts),
+            metadata: gateway_meta(name, opts),
             ..ServiceAccount::default()
         }),
         to_value(&deployment),
@@ -215,6 +249,13 @@ mod tests {
                 p != Profile::Minimal,
                 "{p}: {names:?}"
             );
+            for kind in ["ServiceAccount", "Deployment", "Service"] {
+                assert_eq!(
+                    names.contains(&format!("{kind} {EGRESS_GATEWAY}")),
+                    p == Profile::Demo,
+                    "{p}: the egress gateway is demo's only, as in Istio: {names:?}"
+                );
+            }
             assert_eq!(names.iter().filter(|n| n.starts_with("Mesh ")).count(), 1);
             let spec = &objects[mesh_at]["spec"];
             assert_eq!(spec["versions"]["proxy"], opts.proxy_image.as_str());
@@ -242,5 +283,51 @@ mod tests {
         let service = objects.iter().find(|o| o["kind"] == "Service").unwrap();
         assert_eq!(service["spec"]["type"], "LoadBalancer");
         assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    }
+
+    #[test]
+    fn the_egress_gateway_is_the_proxy_behind_a_cluster_ip_and_its_account_has_no_role() {
+        let opts = Options::default();
+        let objects = egress_gateway(&opts);
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"]["app"], EGRESS_GATEWAY);
+        assert_eq!(pod["spec"]["serviceAccountName"], EGRESS_GATEWAY);
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["image"], opts.proxy_image.as_str());
+        let listeners: Vec<i64> = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"].as_str().unwrap().starts_with("listener-"))
+            .map(|p| p["containerPort"].as_i64().unwrap())
+            .collect();
+        assert_eq!(listeners, [8080, 8443]);
+        let service = objects.iter().find(|o| o["kind"] == "Service").unwrap();
+        assert_eq!(
+            service["spec"]["type"], "ClusterIP",
+            "never exposed outside the cluster"
+        );
+        assert_eq!(service["spec"]["selector"]["app"], EGRESS_GATEWAY);
+        let ports: Vec<(i64, i64)> = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_i64().unwrap(), p["targetPort"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(ports, [(80, 8080), (443, 8443)]);
+        // Least privilege: nothing in the installation binds a role to the gateways' accounts.
+        let all = super::objects(Profile::Demo, Profile::Demo.mesh_spec(&opts), &opts);
+        for binding in all
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding")))
+        {
+            for subject in binding["subjects"].as_array().into_iter().flatten() {
+                assert!(
+                    subject["name"] != EGRESS_GATEWAY && subject["name"] != GATEWAY,
+                    "{binding}"
+                );
+            }
+        }
     }
 }
