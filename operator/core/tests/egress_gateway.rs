@@ -6,8 +6,11 @@
 //! ISTIO_MUTUAL with the host as SNI) and one originating TLS at the gateway. Each proxy's
 //! compiled config is checked: the sidecar's and the gateway's.
 
+use std::borrow::Cow;
+
 use trellis_api::document::parse_documents;
 use trellis_api::validation::{Outcome, Validator};
+use trellis_contract::matching::{CompiledRouteMatch, Headers, Request, first_match};
 use trellis_contract::{Cluster, Discovery, ProxyConfig, RouteAction, ServerTlsMode, UpstreamTls};
 use trellis_core::compile::{Compiled, Role, compile};
 use trellis_core::registry::ObjectKey;
@@ -104,7 +107,11 @@ spec:
 "#;
 
 fn compiled(pod: &str, namespace: &str, role: Role) -> Compiled {
-    let snap = Snapshot::from_yaml(FIXTURE).expect("fixture parses");
+    compiled_from(FIXTURE, pod, namespace, role)
+}
+
+fn compiled_from(fixture: &str, pod: &str, namespace: &str, role: Role) -> Compiled {
+    let snap = Snapshot::from_yaml(fixture).expect("fixture parses");
     let c = compile(&snap, &ObjectKey::new(namespace, pod), role, "v1").expect("compiles");
     assert!(c.diagnostics.is_empty(), "{pod}: {:#?}", c.diagnostics);
     c.config.validate().expect("the proxy accepts it");
@@ -190,4 +197,68 @@ fn the_egress_gateway_takes_mutual_tls_from_the_mesh_and_originates_tls_to_the_h
         UpstreamTls::Originate(o) => assert_eq!(o.sni, "edition.cnn.com"),
         other => panic!("no TLS origination to the host: {other:?}"),
     }
+}
+
+/// No headers: the routes here match on host and port only.
+struct NoHeaders;
+
+impl Headers for NoHeaders {
+    fn contains(&self, _: &str) -> bool {
+        false
+    }
+    fn joined(&self, _: &str) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+#[test]
+fn with_a_target_port_the_gateway_listens_there_and_its_rule_for_port_80_still_matches() {
+    // As the installed egress gateway is reached: its Service maps 80 to 8080, and the Gateway
+    // server says so (`targetPort`). The VirtualService's rule still names the server's port,
+    // 80; requests arrive on 8080.
+    let fixture = FIXTURE.replace(
+        "protocol: HTTPS}\n    hosts: [edition.cnn.com]",
+        "protocol: HTTPS, targetPort: 8080}\n    hosts: [edition.cnn.com]",
+    );
+    assert_ne!(fixture, FIXTURE);
+    let c = compiled_from(&fixture, "egress-1", "trellis-system", Role::Gateway);
+    let l = c
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == "gateway-8080")
+        .unwrap_or_else(|| panic!("no gateway listener on 8080: {:#?}", c.config.listeners));
+    let vhost = l
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "edition.cnn.com"))
+        .unwrap_or_else(|| panic!("{l:#?}"));
+    let matches: Vec<CompiledRouteMatch> = vhost.routes[0]
+        .matches
+        .iter()
+        .map(|m| CompiledRouteMatch::compile(m).unwrap())
+        .collect();
+    let request = Request {
+        method: "GET",
+        path: "/politics",
+        query: None,
+        host: "edition.cnn.com",
+        port: 8080,
+        headers: &NoHeaders,
+    };
+    let taken = first_match(&matches, &request);
+    assert!(
+        taken.is_ok(),
+        "the request on the gateway's port 8080 is not taken by the rule for server port 80: {taken:?}"
+    );
+    // The sidecar's rule keeps its port: its virtual host serves port 80 of the host.
+    let c = compiled("sleep-1", "shop", Role::Sidecar);
+    let vhost = c
+        .config
+        .listeners
+        .iter()
+        .flat_map(|l| &l.virtual_hosts)
+        .find(|v| v.domains.iter().any(|d| d == "edition.cnn.com:80"))
+        .unwrap();
+    assert_eq!(vhost.routes[0].matches[0].port, Some(80));
 }

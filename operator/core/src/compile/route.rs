@@ -190,7 +190,15 @@ fn compile_matches(
                     value: string_match(sm),
                 })
                 .collect(),
-            port: m.port.and_then(|p| u16::try_from(p).ok()),
+            // At a gateway the port a rule names is the Gateway server's, settled above: the
+            // virtual host is that server's. The proxy listens on the server's targetPort,
+            // which is the port requests then carry, so it is not matched again at run time
+            // (as Istio: Envoy's routes have no port match).
+            port: if scope.gateway == "mesh" {
+                m.port.and_then(|p| u16::try_from(p).ok())
+            } else {
+                None
+            },
         });
     }
     if out.is_empty() { None } else { Some(out) }
