@@ -13,7 +13,7 @@
 //! | `GET` a path of `--file PATH=FILE` | FILE's content (404 if it cannot be read; at most 1 MiB) |
 //! | `/call?url=http://...` | calls the URL and reports its answer |
 //! | a forward prefix | calls the forward's target with the rest of the path |
-//! | anything else | [`Echo`] as JSON |
+//! | anything else | [`Echo`] as JSON (on the HTTPS listener, with the handshake's `tls`) |
 //!
 //! Query parameters on any request except the admin ones: `status=N`
 //! answers with that status, `delay=MS` waits first, `size=N` answers
@@ -71,6 +71,9 @@ pub struct Echo {
     /// The `x-forwarded-client-cert` the inbound proxy set (the caller's
     /// verified identity), if any.
     pub client_cert: Option<String>,
+    /// The TLS handshake of the connection, on the HTTPS listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsInfo>,
     pub body_bytes: usize,
     /// The TCP exchange `tcp=` asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +152,7 @@ impl App {
 pub(crate) async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
+    tls: Option<Arc<crate::tls::TlsInfo>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
@@ -210,6 +214,7 @@ pub(crate) async fn handle(
             .get("x-forwarded-client-cert")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        tls: tls.as_deref().cloned(),
         body_bytes: body.len(),
         tcp: None,
         upstream: None,

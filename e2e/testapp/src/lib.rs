@@ -7,16 +7,19 @@
 //! and fails or slows down on demand (query parameters, or
 //! `/admin/behaviour` at run time). It speaks HTTP/1.1 and h2c on one port
 //! (gRPC too: messages echoed with a `grpc-status` trailer) and,
-//! optionally, opaque TCP echo on another. See [`http`] for the routes.
+//! optionally, opaque TCP echo on another and the same routes over TLS on a
+//! third ([`tls`]: a server outside the mesh that a proxy originates TLS
+//! to). See [`http`] for the routes.
 //!
 //! # Guarantees
 //! - Never panics on input: bad requests get a 4xx answer saying what to send.
 //! - Bodies are bounded (1 MiB in, 16 MiB `size=` out).
-//! - [`start`] returns once both listeners are bound, so `127.0.0.1:0`
+//! - [`start`] returns once every listener is bound, so `127.0.0.1:0`
 //!   works in tests.
 
 pub mod http;
 pub mod settings;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 pub use settings::{Behaviour, Forward, ServedFile, Settings, TRACE_HEADERS};
+pub use tls::{HttpsSettings, TlsInfo};
 
 /// A running app; stops when [`Running::stop`] is called or it is dropped.
 #[derive(Debug)]
@@ -39,6 +43,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The bound TCP echo address, if configured.
     pub tcp_addr: Option<SocketAddr>,
+    /// The bound HTTPS address, if configured.
+    pub https_addr: Option<SocketAddr>,
     app: Arc<http::App>,
     stop: watch::Sender<bool>,
 }
@@ -80,16 +86,31 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let tcp_addr = tcp_listener.as_ref().map(TcpListener::local_addr).transpose()?;
-    info!(service = %settings.service, version = %settings.version, %http_addr, ?tcp_addr, "testapp serving");
+    let https = match &settings.https {
+        Some(h) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(h)?));
+            let listener = TcpListener::bind(h.addr)
+                .await
+                .with_context(|| format!("binding the HTTPS listener on {}", h.addr))?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
+    let https_addr = https.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    info!(service = %settings.service, version = %settings.version, %http_addr, ?tcp_addr, ?https_addr, "testapp serving");
     let app = Arc::new(http::App::new(settings));
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(serve_http(http_listener, app.clone(), stopped.clone()));
+    tokio::spawn(serve_http(http_listener, None, app.clone(), stopped.clone()));
+    if let Some((listener, acceptor)) = https {
+        tokio::spawn(serve_http(listener, Some(acceptor), app.clone(), stopped.clone()));
+    }
     if let Some(listener) = tcp_listener {
         tokio::spawn(serve_tcp(listener, stopped));
     }
     Ok(Running {
         http_addr,
         tcp_addr,
+        https_addr,
         app,
         stop,
     })
@@ -118,7 +139,14 @@ where
     }
 }
 
-async fn serve_http(listener: TcpListener, app: Arc<http::App>, stopped: watch::Receiver<bool>) {
+/// Serves HTTP on `listener`: in plaintext, or over TLS with `tls` (each answer then says what
+/// the handshake carried).
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<http::App>,
+    stopped: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -130,13 +158,32 @@ async fn serve_http(listener: TcpListener, app: Arc<http::App>, stopped: watch::
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
+        let tls = tls.clone();
         async move {
-            let service = service_fn(move |req| http::handle(app.clone(), peer, req));
+            let Some(acceptor) = tls else {
+                let service = service_fn(move |req| http::handle(app.clone(), peer, None, req));
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            };
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let info = Arc::new(TlsInfo::of(stream.get_ref().1));
+            let service = service_fn(move |req| http::handle(app.clone(), peer, Some(info.clone()), req));
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
-                debug!(%peer, error = %e, "connection ended with an error");
+                debug!(%peer, error = %e, "TLS connection ended with an error");
             }
         }
     })

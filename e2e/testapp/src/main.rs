@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::HeaderName;
-use trellis_testapp::{Behaviour, Forward, ServedFile, Settings};
+use trellis_testapp::{Behaviour, Forward, HttpsSettings, ServedFile, Settings};
 
 /// The Trellis test workload: echo, forward, fail and slow down on demand.
 #[derive(Debug, Parser)]
@@ -29,6 +29,15 @@ struct Cli {
     /// Opaque TCP echo listener (off unless set).
     #[arg(long, env = "TESTAPP_TCP_ADDR")]
     tcp_addr: Option<SocketAddr>,
+    /// HTTPS listener: the same routes over TLS (off unless set; needs --tls-cert and --tls-key).
+    #[arg(long, env = "TESTAPP_HTTPS_ADDR", requires_all = ["tls_cert", "tls_key"])]
+    https_addr: Option<SocketAddr>,
+    /// The HTTPS listener's certificate chain (PEM file).
+    #[arg(long, env = "TESTAPP_TLS_CERT", requires = "https_addr")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The HTTPS listener's private key (PEM file).
+    #[arg(long, env = "TESTAPP_TLS_KEY", requires = "https_addr")]
+    tls_key: Option<std::path::PathBuf>,
     /// PREFIX=URL: answer requests under PREFIX by calling URL (comma separated).
     #[arg(long = "forward", env = "TESTAPP_FORWARD", value_delimiter = ',')]
     forwards: Vec<Forward>,
@@ -73,6 +82,15 @@ async fn main() -> anyhow::Result<()> {
         namespace: cli.namespace,
         http_addr: cli.http_addr,
         tcp_addr: cli.tcp_addr,
+        https: match (cli.https_addr, cli.tls_cert, cli.tls_key) {
+            (Some(addr), Some(cert_file), Some(key_file)) => Some(HttpsSettings {
+                addr,
+                cert_file,
+                key_file,
+            }),
+            // clap refuses one without the others.
+            _ => None,
+        },
         forwards: cli.forwards,
         propagate: cli.propagate,
         behaviour: Behaviour {
@@ -108,5 +126,7 @@ mod tests {
             Cli::try_parse_from(["trellis-testapp", "--app-version", "v2", "--forward", "/a=http://x:1/b"]).unwrap();
         assert_eq!(cli.app_version, "v2");
         assert_eq!(cli.forwards.len(), 1);
+        let err = Cli::try_parse_from(["trellis-testapp", "--https-addr", "0.0.0.0:8443"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
     }
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Optional opaque TCP echo listener.
     pub tcp_addr: Option<SocketAddr>,
+    /// Optional HTTPS listener (the same routes, over TLS).
+    pub https: Option<crate::tls::HttpsSettings>,
     /// Requests whose path starts with a prefix are answered by calling the target.
     pub forwards: Vec<Forward>,
     /// Extra request headers copied onto forwarded calls (besides [`TRACE_HEADERS`]).
@@ -59,6 +61,7 @@ impl Settings {
             namespace: "default".into(),
             http_addr,
             tcp_addr: None,
+            https: None,
             forwards: Vec::new(),
             propagate: vec![HeaderName::from_static("x-canary")],
             behaviour: Behaviour::default(),

@@ -1,6 +1,6 @@
 //! The test app over real sockets: echo (HTTP/1.1 and h2c), forwards with
 //! header propagation, failures and delays on demand, gRPC echo with
-//! trailers, TCP echo.
+//! trailers, TCP echo, HTTPS with the handshake reported.
 
 use std::time::{Duration, Instant};
 
@@ -413,4 +413,89 @@ async fn exchanges_bytes_with_a_tcp_echo_on_request() {
     .await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("tcpbytes=99999999"));
+}
+
+/// The app with an HTTPS listener serving a certificate for `secure.example.com`, and that
+/// certificate (PEM) for clients to trust.
+async fn https_app(dir: &std::path::Path) -> (Running, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let cert_file = dir.join("tls.crt");
+    let key_file = dir.join("tls.key");
+    std::fs::write(&cert_file, &cert_pem).unwrap();
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+    let mut s = Settings::echo("external", "127.0.0.1:0".parse().unwrap());
+    s.https = Some(trellis_testapp::HttpsSettings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        cert_file,
+        key_file,
+    });
+    (trellis_testapp::start(s).await.unwrap(), cert_pem)
+}
+
+/// `GET /hello` over TLS to `addr` asking for `server_name`, trusting `ca_pem`; the echo.
+async fn get_over_tls(addr: std::net::SocketAddr, server_name: &str, ca_pem: &str) -> Value {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!("GET /hello HTTP/1.1\r\nhost: {server_name}\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test]
+async fn the_https_listener_answers_over_tls_and_reports_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, cert_pem) = https_app(dir.path()).await;
+    let addr = app.https_addr.expect("the HTTPS listener is bound");
+    let echo = get_over_tls(addr, "secure.example.com", &cert_pem).await;
+    assert_eq!(echo["service"], "external");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["tls"]["sni"], "secure.example.com", "{echo}");
+    assert_eq!(echo["tls"]["version"], "TLSv1_3", "{echo}");
+    assert!(echo["tls"]["alpn"].is_null(), "the client offered no ALPN: {echo}");
+    // The plaintext listener's answers carry no handshake.
+    let plain: Value = serde_json::from_slice(
+        &get(
+            &http1(),
+            Request::get(format!("http://{}/hello", app.http_addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .2,
+    )
+    .unwrap();
+    assert_eq!(plain["service"], "external");
+    assert!(plain.get("tls").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn an_https_listener_without_its_key_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::echo("external", "127.0.0.1:0".parse().unwrap());
+    s.https = Some(trellis_testapp::HttpsSettings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        cert_file: dir.path().join("tls.crt"),
+        key_file: dir.path().join("tls.key"),
+    });
+    let err = trellis_testapp::start(s).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("tls.crt") && text.contains("TESTAPP_TLS_CERT"), "{text}");
 }
