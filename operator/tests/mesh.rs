@@ -184,11 +184,12 @@ impl Proxy {
             proxy_version: "test".into(),
             renewal: Default::default(),
             served: Default::default(),
+            files: Default::default(),
         };
         let app = support::proxy_app().await;
         let outbound: SocketAddr = format!("{ip}:{}", support::free_port()).parse().unwrap();
         let sink = Arc::new(Captured {
-            inner: trellis_proxy::control::AppSink::new(app.clone(), &cfg.identity_dir),
+            inner: trellis_proxy::control::AppSink::new(app.clone(), &cfg),
             outbound,
             inbound: format!("{ip}:{app_port}").parse().unwrap(),
         });

@@ -7,12 +7,12 @@
 //!
 //! The protocol and its client live in `trellis-push`; this module only binds them to [`App`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use trellis_contract::signals::Report;
 use trellis_contract::{CertificateRef, PemSource, ProxyConfig};
-use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE, ROOTS_FILE};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, IdentityFiles, KEY_FILE, ROOTS_FILE};
 
 use crate::App;
 use crate::signals::Signals;
@@ -22,6 +22,9 @@ use crate::signals::Signals;
 pub struct AppSink {
     app: Arc<App>,
     identity_dir: PathBuf,
+    /// Held while a configuration loads the certificate and key, so a renewal does not replace
+    /// one of them between the two reads.
+    files: IdentityFiles,
     /// The version of the last pushed configuration applied (the configuration itself lives
     /// in the runtime: at a thousand services it is megabytes, so it is not kept twice).
     applied: Mutex<Option<String>>,
@@ -30,11 +33,12 @@ pub struct AppSink {
 }
 
 impl AppSink {
-    /// A sink for `app`, whose certificate files live in `identity_dir`.
-    pub fn new(app: Arc<App>, identity_dir: &Path) -> Self {
+    /// A sink for `app`, whose certificate files live in `cfg.identity_dir`.
+    pub fn new(app: Arc<App>, cfg: &ClientConfig) -> Self {
         AppSink {
             app,
-            identity_dir: identity_dir.to_path_buf(),
+            identity_dir: cfg.identity_dir.clone(),
+            files: cfg.files.clone(),
             applied: Mutex::new(None),
             signals: Signals::default(),
         }
@@ -63,7 +67,11 @@ impl AppSink {
             return true;
         }
         let config = ProxyConfig::clone(&self.app.runtime().snapshot().config);
-        match self.app.apply(config).await {
+        let applied = {
+            let _files = self.files.read().await;
+            self.app.apply(config).await
+        };
+        match applied {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "could not reload the rotated certificate; the previous one stays in use");
@@ -81,7 +89,10 @@ impl ConfigSink for AppSink {
 
     async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
         let version = config.version.clone();
-        self.app.apply(self.localize(config)).await.map_err(|e| e.to_string())?;
+        {
+            let _files = self.files.read().await;
+            self.app.apply(self.localize(config)).await.map_err(|e| e.to_string())?;
+        }
         *self.applied.lock().expect("config lock") = Some(version);
         Ok(())
     }
@@ -118,7 +129,7 @@ pub async fn run(app: Arc<App>, cfg: ClientConfig) {
             return;
         }
     }
-    let sink = Arc::new(AppSink::new(app, &cfg.identity_dir));
+    let sink = Arc::new(AppSink::new(app, &cfg));
     let push = tokio::spawn(client::run_push(cfg, sink.clone()));
     while issued.changed().await.is_ok() {
         let rotated = issued.borrow_and_update().clone();

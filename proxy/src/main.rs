@@ -247,6 +247,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
                 renewal: Default::default(),
                 served: Default::default(),
+                files: Default::default(),
             };
             tracing::info!(%endpoint, pod = %args.pod_name, "mesh mode: connecting to the control plane");
             tokio::select! {

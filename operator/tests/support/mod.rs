@@ -253,6 +253,7 @@ pub fn shop_proxy(
         proxy_version: "test".into(),
         renewal: Default::default(),
         served: Default::default(),
+        files: Default::default(),
     }
 }
 

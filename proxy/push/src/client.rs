@@ -5,7 +5,8 @@
 //! - The private key is generated here and written only to the identity directory (mode
 //!   0600); it is never sent anywhere.
 //! - Certificate files are replaced atomically (write, then rename), so a reader never sees a
-//!   half-written chain or a key that does not match it.
+//!   half-written chain; the chain and its key are replaced as one set under [`IdentityFiles`],
+//!   so a reader holding its read lock never sees a key that does not match the chain.
 //! - While the operator is away the proxy keeps serving: [`run_push`] only ever hands
 //!   complete configurations to the [`ConfigSink`] and reconnects with capped exponential
 //!   backoff.
@@ -21,6 +22,7 @@
 //!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
 
 mod certificate;
+mod files;
 mod handover;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 pub use certificate::{ISSUER_RETRY_MAX, Issued, Renewal, Served, Wanted, issuer_retry};
 use certificate::{leaf_serial, leaf_spiffe_id};
+pub use files::IdentityFiles;
 use handover::Handover;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio::sync::{mpsc, watch};
@@ -79,6 +82,9 @@ pub struct ClientConfig {
     /// The certificate the proxy serves, reported to the operator by [`run_push`]; clones of
     /// this config share it.
     pub served: Served,
+    /// The lock over the files in `identity_dir`: the certificate and its key are replaced
+    /// together under it, and whoever reads both holds it. Clones of this config share it.
+    pub files: IdentityFiles,
 }
 
 /// Why a certificate or subscription attempt failed.
@@ -146,49 +152,6 @@ async fn channel(cfg: &ClientConfig, identity: Option<Identity>) -> Result<Chann
         .map_err(|e| connect(e.to_string()))
 }
 
-/// Write `content` to `dir/name` atomically, readable only by the owner when `private`.
-fn write_atomic(dir: &Path, name: &str, content: &str, private: bool) -> Result<(), ClientError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    {
-        use std::io::Write;
-        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(content.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io(&path))
-}
-
-/// Write files with [`write_atomic`] on a blocking thread, in order: each is fsynced, which
-/// can take seconds on a busy disk, and the proxy's data path shares the runtime (one worker
-/// thread by default) — it must never wait for the disk.
-async fn write_files(dir: &Path, files: Vec<(&'static str, String, bool)>) -> Result<(), ClientError> {
-    let dir = dir.to_path_buf();
-    let failed = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        for (name, content, private) in files {
-            write_atomic(&dir, name, &content, private)?;
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(ClientError::Io {
-            path: failed,
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
-}
-
 /// Generate a key, have the operator sign it for this pod's identity, and write the chain,
 /// key and trust bundle to the identity directory. The identity asked for is the one the
 /// pushed configuration names ([`Renewal::identity_for`]), else `cfg.spiffe_id`.
@@ -216,7 +179,7 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
         (KEY_FILE, key.serialize_pem(), true),
         (CERT_CHAIN_FILE, resp.cert_chain_pem.clone(), false),
     ];
-    write_files(&cfg.identity_dir, files).await?;
+    cfg.files.replace(&cfg.identity_dir, files).await?;
     let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
     Ok(Issued {
         not_before: at(resp.not_before_unix),
@@ -369,8 +332,11 @@ async fn subscribe_once(
 ) -> Result<(), ClientError> {
     let chain_path = cfg.identity_dir.join(CERT_CHAIN_FILE);
     let key_path = cfg.identity_dir.join(KEY_FILE);
-    let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
-    let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    let (chain, key) = {
+        let _files = cfg.files.read().await;
+        let chain = std::fs::read_to_string(&chain_path).map_err(io(&chain_path))?;
+        (chain, std::fs::read_to_string(&key_path).map_err(io(&key_path))?)
+    };
     let mut client = ConfigPushClient::new(channel(cfg, Some(Identity::from_pem(chain, key))).await?)
         .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel(8);
@@ -497,7 +463,10 @@ async fn apply_snapshot(
             let path = cfg.identity_dir.join(ROOTS_FILE);
             if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle
                 && tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(pem.as_str())
-                && let Err(e) = write_files(&cfg.identity_dir, vec![(ROOTS_FILE, pem.clone(), false)]).await
+                && let Err(e) = cfg
+                    .files
+                    .replace(&cfg.identity_dir, vec![(ROOTS_FILE, pem.clone(), false)])
+                    .await
             {
                 tracing::warn!(error = %e, "could not record the pushed trust bundle");
             }
@@ -565,23 +534,5 @@ mod tests {
         assert!(delays[5] <= Duration::from_millis(800) && delays[5] >= Duration::from_millis(400));
         b.reset();
         assert!(b.next() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn files_are_replaced_atomically_and_keys_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        write_atomic(dir.path(), KEY_FILE, "secret", true).unwrap();
-        write_atomic(dir.path(), KEY_FILE, "secret2", true).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap(), "secret2");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert!(!dir.path().join(format!(".{KEY_FILE}.tmp")).exists());
     }
 }

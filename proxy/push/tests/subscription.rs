@@ -227,6 +227,7 @@ impl Harness {
             proxy_version: "test".into(),
             renewal: Default::default(),
             served: Default::default(),
+            files: Default::default(),
         };
         let sink = Arc::new(Sink::default());
         let push = tokio::spawn(client::run_push(cfg, sink.clone()));
