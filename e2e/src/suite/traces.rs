@@ -24,7 +24,9 @@ pub struct Span {
     pub kind: i64,
 }
 
-/// Every span of `trace_id` in the collector's answer (`{"exports": [...]}`).
+/// Every span of `trace_id` in the collector's answer (`{"exports": [...]}`), each once: OTLP
+/// export is at-least-once (a proxy resends a batch whose answer timed out, though the collector
+/// may have kept it), so a span the same proxy exported again with the same id is one span.
 pub fn spans_of(collected: &Value, trace_id: &str) -> Vec<Span> {
     let mut out = Vec::new();
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
@@ -39,14 +41,17 @@ pub fn spans_of(collected: &Value, trace_id: &str) -> Vec<Span> {
             for ss in list(&rs["scopeSpans"]) {
                 for span in list(&ss["spans"]).into_iter().filter(|s| s["traceId"] == trace_id) {
                     let text = |k: &str| span[k].as_str().unwrap_or_default().to_string();
-                    out.push(Span {
+                    let span = Span {
                         service: service.clone(),
                         trace_id: text("traceId"),
                         span_id: text("spanId"),
                         parent_id: text("parentSpanId"),
                         name: text("name"),
                         kind: span["kind"].as_i64().unwrap_or_default(),
-                    });
+                    };
+                    if !out.contains(&span) {
+                        out.push(span);
+                    }
                 }
             }
         }
@@ -214,6 +219,16 @@ mod tests {
         ]});
         let e = chain(&spans_of(&collected, "t1"), "client").unwrap_err().to_string();
         assert!(e.contains("span g has 2 children"), "{e}");
+        // The same span exported twice (a batch resent after its answer timed out: first_light
+        // failed so at load 16) is one hop, not two.
+        let resent = json!({"exports": [
+            export("gw", &[("g", "client", "api", CLIENT)]),
+            export("web", &[("w1", "g", "api", SERVER)]),
+            export("web", &[("w1", "g", "api", SERVER)]),
+        ]});
+        let spans = spans_of(&resent, "t1");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert_eq!(chain(&spans, "client").unwrap().len(), 2);
         // A span of a new trace is not part of this one at all, and a span whose parent is
         // unknown is reported.
         let collected = json!({"exports": [
