@@ -971,8 +971,7 @@ pub struct Port {
 #[x_kube(
     validation = unsupported("credentialNames", "use credentialName with one Secret"),
     validation = unsupported("verifyCertificateSpki", "use caCertificates or subjectAltNames"),
-    validation = unsupported("verifyCertificateHash", "use caCertificates or subjectAltNames"),
-    validation = unsupported("caCrl", "remove it; certificate revocation lists are not checked yet")
+    validation = unsupported("verifyCertificateHash", "use caCertificates or subjectAltNames")
 )]
 pub struct ServerTlsSettings {
     /// Redirect plain HTTP requests on this server to HTTPS.
@@ -985,9 +984,11 @@ pub struct ServerTlsSettings {
     pub private_key: Option<String>,
     /// CA certificates file used to verify clients (MUTUAL).
     pub ca_certificates: Option<String>,
-    /// Not supported by Trellis yet.
+    /// Certificate revocation list file (PEM) client certificates are checked against
+    /// (MUTUAL, OPTIONAL_MUTUAL); with `credentialName`, the Secret's `ca.crl` instead.
     pub ca_crl: Option<String>,
-    /// Secret (in the gateway's namespace) holding `tls.crt`, `tls.key` and optionally `ca.crt`.
+    /// Secret (in the gateway's namespace) holding `tls.crt`, `tls.key` and optionally `ca.crt`
+    /// and `ca.crl`.
     pub credential_name: Option<String>,
     /// Not supported by Trellis yet.
     pub credential_names: Option<Vec<String>>,

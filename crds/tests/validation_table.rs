@@ -1370,6 +1370,32 @@ fn cases() -> Vec<Case> {
             "spec.servers[1].tls",
             json!({"mode": "OPTIONAL_MUTUAL", "credentialName": "shop-cert"}),
         ),
+        ok(
+            Gw,
+            "spec.servers[1].tls",
+            json!({"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k", "caCertificates": "/ca", "caCrl": "/crl"}),
+        ),
+        err_at(
+            Gw,
+            "spec.servers[1].tls",
+            json!({"mode": "SIMPLE", "serverCertificate": "/c", "privateKey": "/k", "caCrl": "/crl"}),
+            "spec.servers[1].tls.caCrl",
+            "not supported with SIMPLE",
+        ),
+        err_at(
+            Gw,
+            "spec.servers[1].tls",
+            json!({"mode": "MUTUAL", "credentialName": "shop-cert", "caCrl": "/crl"}),
+            "spec.servers[1].tls.caCrl",
+            "in the Secret as ca.crl",
+        ),
+        err_at(
+            Gw,
+            "spec.servers[1].tls",
+            json!({"mode": "ISTIO_MUTUAL", "caCrl": "/crl"}),
+            "spec.servers[1].tls.caCrl",
+            "remove caCrl",
+        ),
         err_at(
             Gw,
             "spec.servers[1].tls",

@@ -5,7 +5,7 @@
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Serialize;
@@ -174,6 +174,25 @@ pub fn load_roots(src: &PemSource) -> Result<Arc<RootCertStore>, TlsError> {
         })?;
     }
     Ok(Arc::new(store))
+}
+
+/// Certificate revocation lists from PEM (`X509 CRL` blocks).
+pub fn load_crls(src: &PemSource) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let what = "certificate revocation list";
+    let pem = read_pem(what, src)?;
+    let crls = rustls_pemfile::crls(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            message: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            message: "no PEM certificate revocation list found".into(),
+        });
+    }
+    Ok(crls)
 }
 
 /// The SHA-256 of a certificate's DER, as lower-case hex: the `Hash=` of
@@ -427,8 +446,9 @@ pub fn gateway_server_config(
             what: "gateway server",
             source,
         })?;
+    let crls = tls.client_crl.as_ref().map(load_crls).transpose()?.unwrap_or_default();
     let verifier = |roots: Arc<RootCertStore>, optional: bool| {
-        let b = WebPkiClientVerifier::builder_with_provider(roots, provider());
+        let b = WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls.clone());
         let b = if optional { b.allow_unauthenticated() } else { b };
         b.build().map_err(|e| TlsError::Verifier {
             what: "gateway client CA",

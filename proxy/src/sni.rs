@@ -100,6 +100,7 @@ mod tests {
                 private_key_pem: key.serialize_pem(),
             }),
             client_ca: None,
+            client_crl: None,
             // The ALPN list tells the configs apart in assertions.
             alpn: vec![alpn.to_string()],
         }

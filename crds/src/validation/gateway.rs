@@ -148,6 +148,7 @@ fn plaintext_server_tls(tp: &str, proto: &str, tls: &ServerTlsSettings, f: &mut 
         }
     }
     for (field, set) in [
+        ("caCrl", tls.ca_crl.is_some()),
         ("credentialName", tls.credential_name.is_some()),
         ("subjectAltNames", tls.subject_alt_names.is_some()),
         ("minProtocolVersion", tls.min_protocol_version.is_some()),
@@ -235,6 +236,7 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
                 ("serverCertificate", tls.server_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
+                ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
                 ("minProtocolVersion", tls.min_protocol_version.is_some()),
                 ("maxProtocolVersion", tls.max_protocol_version.is_some()),
@@ -277,6 +279,23 @@ fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Fin
                     );
                 }
             }
+        }
+    }
+    if tls.ca_crl.is_some() {
+        match mode {
+            ServerTlsMode::Simple => f.error(
+                format!("{tp}.caCrl"),
+                "CRL is not supported with SIMPLE TLS (no client certificate is verified): remove caCrl, or use MUTUAL or OPTIONAL_MUTUAL",
+            ),
+            ServerTlsMode::IstioMutual => f.error(
+                format!("{tp}.caCrl"),
+                "ISTIO_MUTUAL verifies clients against the mesh's roots, which revoke nothing by CRL: remove caCrl",
+            ),
+            ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual if tls.credential_name.is_some() => f.error(
+                format!("{tp}.caCrl"),
+                "CRL is not supported with credentialName: put the CRL in the Secret as ca.crl, and remove caCrl",
+            ),
+            _ => {}
         }
     }
     for (field, v) in [

@@ -305,6 +305,8 @@ pub struct TlsCredential {
     pub private_key_pem: String,
     /// CA for client certificates (PEM), from `ca.crt`.
     pub ca_pem: Option<String>,
+    /// Certificate revocation list of that CA (PEM), from `ca.crl`.
+    pub crl_pem: Option<String>,
 }
 
 impl std::fmt::Debug for TlsCredential {
@@ -314,6 +316,7 @@ impl std::fmt::Debug for TlsCredential {
             .field("cert_chain_pem", &self.cert_chain_pem)
             .field("private_key_pem", &"<redacted>")
             .field("ca_pem", &self.ca_pem)
+            .field("crl_pem", &self.crl_pem)
             .finish()
     }
 }
@@ -363,6 +366,7 @@ mod tests {
             cert_chain_pem: "CHAIN".into(),
             private_key_pem: "SECRETKEYBYTES".into(),
             ca_pem: Some("CA".into()),
+            crl_pem: None,
         };
         let shown = format!("{c:?}");
         assert!(

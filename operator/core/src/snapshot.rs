@@ -430,6 +430,7 @@ pub fn tls_credential(secret: &Secret) -> Option<TlsCredential> {
         cert_chain_pem: text("tls.crt")?,
         private_key_pem: text("tls.key")?,
         ca_pem: text("ca.crt"),
+        crl_pem: text("ca.crl"),
     })
 }
 

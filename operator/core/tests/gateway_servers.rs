@@ -67,6 +67,7 @@ stringData:
   tls.crt: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
   tls.key: "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
   ca.crt: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+  ca.crl: "-----BEGIN X509 CRL-----\nMIID\n-----END X509 CRL-----\n"
 ---
 apiVersion: networking.trellis.dev/v1alpha1
 kind: DestinationRule
@@ -255,6 +256,8 @@ fn tcp_and_terminated_tls_servers_take_their_first_applying_tcp_rule() {
     let optional = listener(&c.config, 8443).tls.as_ref().unwrap();
     assert_eq!(optional.mode, ServerTlsMode::OptionalMutual);
     assert!(matches!(&optional.client_ca, Some(PemSource::Inline(ca)) if ca.contains("MIIC")));
+    // ... and revocations against its ca.crl.
+    assert!(matches!(&optional.client_crl, Some(PemSource::Inline(crl)) if crl.contains("MIID")));
 }
 
 #[test]

@@ -121,6 +121,11 @@ pub struct ServerTls {
     /// `istioMutual` uses `identity.trustBundle` and must have none).
     #[serde(default)]
     pub client_ca: Option<PemSource>,
+    /// Certificate revocation lists (PEM, `X509 CRL`) of `clientCa`'s issuers (Gateway
+    /// `caCrl`): a client certificate one of them revokes is refused. `mutual` and
+    /// `optionalMutual` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_crl: Option<PemSource>,
     /// ALPN protocols offered, in order; default `h2`, `http/1.1`.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,

@@ -332,6 +332,26 @@ impl Validator {
             (_, Some(ca)) => self.pem_source(&format!("{path}.clientCa"), ca),
             _ => {}
         }
+        match (tls.mode, &tls.client_crl) {
+            (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual, Some(crl)) => {
+                self.crl_source(&format!("{path}.clientCrl"), crl)
+            }
+            (_, Some(_)) => self.err(
+                format!("{path}.clientCrl"),
+                "revocation is checked for client certificates: only with mutual or optionalMutual",
+            ),
+            (_, None) => {}
+        }
+    }
+
+    fn crl_source(&mut self, path: &str, p: &PemSource) {
+        match p {
+            PemSource::File(f) if f.is_empty() => self.err(format!("{path}.file"), "must not be empty"),
+            PemSource::Inline(pem) if !pem.contains("-----BEGIN X509 CRL-----") => {
+                self.err(format!("{path}.inline"), "contains no PEM certificate revocation list")
+            }
+            _ => {}
+        }
     }
 
     fn pem_source(&mut self, path: &str, p: &PemSource) {

@@ -348,3 +348,60 @@ async fn auto_passthrough_carries_mesh_mtls_to_the_destination() {
         "closed without an answer: {buf:?}"
     );
 }
+
+/// A client certificate with `serial`, for `identity`, from `ca`.
+fn leaf_with_serial(ca: &Pki, identity: &str, serial: u64) -> Leaf {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(identity).unwrap(),
+    )];
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca.issuer()).unwrap();
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// Gateway `caCrl`: a client certificate the CA revoked is refused; the CA's others pass.
+#[tokio::test]
+async fn revoked_client_certificates_are_refused() {
+    let pki = Pki::new();
+    let app = Upstream::start("web").await;
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(666u64),
+            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(pki.issuer())
+    .unwrap()
+    .pem()
+    .unwrap();
+    let tls = json!({"mode": "mutual", "certificate": inline(&pki.dns_leaf("shop.example.com")),
+                     "clientCa": {"inline": pki.root_pem()}, "clientCrl": {"inline": crl}});
+    let proxy = Proxy::start(https_gateway(tls, None, json!([]), &app)).await;
+    let addr = proxy.addr("https").await;
+    let root = pki.root_pem();
+    let good = tls_client(&root, Some(&leaf_with_serial(&pki, WEB, 7)));
+    let revoked = tls_client(&root, Some(&leaf_with_serial(&pki, WEB, 666)));
+    assert_eq!(
+        https_get(addr, "shop.example.com", "/", good).await,
+        Some((200, "web /".into()))
+    );
+    assert_eq!(
+        https_get(addr, "shop.example.com", "/", revoked).await,
+        None,
+        "the revoked certificate gets no request through"
+    );
+    assert_eq!(app.hits(), 1);
+}

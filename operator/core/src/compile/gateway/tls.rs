@@ -66,6 +66,7 @@ pub(super) fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &
                 mode: ServerTlsMode::IstioMutual,
                 certificate: None,
                 client_ca: None,
+                client_crl: None,
                 alpn,
             }));
         }
@@ -94,18 +95,23 @@ pub(super) fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &
         },
         (None, _, _) => return Err(()),
     };
-    let client_ca = match mode {
-        ServerTlsMode::Simple => None,
-        _ => tls.ca_certificates.clone().map(PemSource::File).or_else(|| {
-            let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), tls.credential_name.clone()?);
-            ctx.snapshot
-                .registry
-                .credentials
-                .get(&key)?
-                .ca_pem
+    // The CA and its revocation list: files on the proxy, or the Secret's ca.crt and ca.crl.
+    let secret = tls.credential_name.as_ref().and_then(|name| {
+        let key = crate::registry::ObjectKey::new(ctx.proxy.key.namespace.clone(), name.clone());
+        ctx.snapshot.registry.credentials.get(&key)
+    });
+    let (client_ca, client_crl) = match mode {
+        ServerTlsMode::Simple => (None, None),
+        _ => (
+            tls.ca_certificates
                 .clone()
-                .map(PemSource::Inline)
-        }),
+                .map(PemSource::File)
+                .or_else(|| secret?.ca_pem.clone().map(PemSource::Inline)),
+            tls.ca_crl
+                .clone()
+                .map(PemSource::File)
+                .or_else(|| secret?.crl_pem.clone().map(PemSource::Inline)),
+        ),
     };
     if mode != ServerTlsMode::Simple && client_ca.is_none() {
         ctx.diag(
@@ -123,6 +129,7 @@ pub(super) fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &
         mode,
         certificate: Some(certificate),
         client_ca,
+        client_crl,
         alpn,
     }))
 }
