@@ -869,7 +869,11 @@ pub struct ClientTlsSettings {
     pub private_key: Option<String>,
     /// CA certificates file used to verify the server.
     pub ca_certificates: Option<String>,
-    /// Secret holding the client certificate, key and CA.
+    /// Certificate revocation list file (PEM) the server's certificate is checked against
+    /// (SIMPLE, MUTUAL); with `credentialName`, the Secret's `ca.crl` instead.
+    pub ca_crl: Option<String>,
+    /// Secret holding the client certificate, key and CA (`tls.crt`, `tls.key`, `ca.crt`) and
+    /// optionally the CA's revocation list (`ca.crl`).
     pub credential_name: Option<String>,
     /// Accepted server subject alternative names.
     pub subject_alt_names: Option<Vec<String>>,

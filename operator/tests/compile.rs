@@ -250,6 +250,7 @@ stringData:
   tls.crt: "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n"
   tls.key: "-----BEGIN PRIVATE KEY-----\nCLIENTKEY\n-----END PRIVATE KEY-----\n"
   ca.crt: "-----BEGIN CERTIFICATE-----\nLEDGERCA\n-----END CERTIFICATE-----\n"
+  ca.crl: "-----BEGIN X509 CRL-----\nLEDGERCRL\n-----END X509 CRL-----\n"
 ---
 apiVersion: networking.trellis.dev/v1alpha1
 kind: DestinationRule
@@ -257,7 +258,7 @@ metadata: {name: ledger, namespace: shop}
 spec:
   host: ledger
   trafficPolicy:
-    tls: {mode: SIMPLE, caCertificates: /etc/ledger/ca.pem, sni: ledger.bank.example, subjectAltNames: [api.bank.example]}
+    tls: {mode: SIMPLE, caCertificates: /etc/ledger/ca.pem, caCrl: /etc/ledger/ca.crl, sni: ledger.bank.example, subjectAltNames: [api.bank.example]}
     portLevelSettings:
     - port: {number: 5443}
       tls: {mode: MUTUAL, credentialName: ledger-client}
@@ -273,6 +274,7 @@ fn destination_rule_tls_originates_per_port_with_files_or_a_secret() {
         UpstreamTls::Originate(Box::new(OriginateTls {
             sni: "ledger.bank.example".into(),
             ca: Some(PemSource::File("/etc/ledger/ca.pem".into())),
+            crl: Some(PemSource::File("/etc/ledger/ca.crl".into())),
             subject_alt_names: vec!["api.bank.example".into()],
             insecure_skip_verify: false,
             client_certificate: None,
@@ -290,6 +292,10 @@ fn destination_rule_tls_originates_per_port_with_files_or_a_secret() {
             sni: "ledger.shop.svc.cluster.local".into(),
             ca: Some(PemSource::Inline(
                 "-----BEGIN CERTIFICATE-----\nLEDGERCA\n-----END CERTIFICATE-----\n".into()
+            )),
+            // ... and the Secret's revocation list.
+            crl: Some(PemSource::Inline(
+                "-----BEGIN X509 CRL-----\nLEDGERCRL\n-----END X509 CRL-----\n".into()
             )),
             subject_alt_names: vec![],
             insecure_skip_verify: false,

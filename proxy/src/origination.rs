@@ -4,6 +4,10 @@
 //! the SNI), and a client certificate is presented for MUTUAL.
 //!
 //! # Guarantees
+//! - With `crl` (DestinationRule `caCrl`, or the `credentialName` Secret's
+//!   `ca.crl`), a server certificate that a list revokes is refused, and so is
+//!   one whose issuer has no list among them (rustls' webpki revocation
+//!   check over the whole chain, as Envoy checks a chain once it has a CRL).
 //! - Nothing is accepted unverified unless the config says
 //!   `insecureSkipVerify`; then the handshake's signatures are still checked
 //!   (the peer must hold the key of the certificate it shows).
@@ -19,15 +23,16 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use trellis_contract::OriginateTls;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::identity::{TlsError, load_certificate, load_roots, provider, system_roots};
+use crate::identity::{TlsError, load_certificate, load_crls, load_roots, provider, system_roots};
 
 /// The client config for originating TLS as `tls` says, and the server name
 /// to connect with.
@@ -48,10 +53,17 @@ pub fn client_config(tls: &OriginateTls) -> Result<(Arc<ClientConfig>, ServerNam
                 "give the destination's CA (DestinationRule tls.caCertificates or credentialName)",
             )?,
         };
+        let crls = tls.crl.as_ref().map(load_crls).transpose()?.unwrap_or_default();
+        let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .with_crls(crls)
+            .build()
+            .map_err(|e| TlsError::Verifier {
+                what: "tls.originate.ca",
+                message: e.to_string(),
+            })?;
         Arc::new(NamedServer {
-            roots,
+            chain,
             subject_alt_names: tls.subject_alt_names.clone(),
-            algs: provider().signature_verification_algorithms,
         })
     };
     let builder = ClientConfig::builder_with_provider(provider())
@@ -77,13 +89,12 @@ pub fn client_config(tls: &OriginateTls) -> Result<(Arc<ClientConfig>, ServerNam
     Ok((Arc::new(cfg), name))
 }
 
-/// Verifies the chain against `roots` and the name against the SANs (or the
-/// server name the connection was opened with).
+/// Verifies the chain (and its revocation) with `chain`, and the name against
+/// the SANs, or without them the server name the connection was opened with.
 #[derive(Debug)]
 struct NamedServer {
-    roots: Arc<RootCertStore>,
+    chain: Arc<WebPkiServerVerifier>,
     subject_alt_names: Vec<String>,
-    algs: WebPkiSupportedAlgorithms,
 }
 
 /// The server certificate's names, none of which is wanted.
@@ -100,21 +111,25 @@ impl ServerCertVerifier for NamedServer {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
+        // webpki checks the chain and its revocation first and the name last, so a
+        // name error means the chain passed; with subjectAltNames they are the names.
+        let checked = self
+            .chain
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         if self.subject_alt_names.is_empty() {
-            rustls::client::verify_server_name(&cert, server_name)?;
-            return Ok(ServerCertVerified::assertion());
+            return checked;
         }
+        match checked {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
+        }
+        let cert = ParsedCertificate::try_from(end_entity)?;
         let uris = uri_sans(end_entity);
         let matched = self
             .subject_alt_names
@@ -140,7 +155,7 @@ impl ServerCertVerifier for NamedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        self.chain.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -149,11 +164,11 @@ impl ServerCertVerifier for NamedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.chain.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.chain.supported_verify_schemes()
     }
 }
 

@@ -705,6 +705,7 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
                 ("clientCertificate", tls.client_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
+                ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
                 ("insecureSkipVerify", skip),
             ] {
@@ -739,6 +740,12 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
                         );
                     }
                 }
+                if tls.ca_crl.is_some() {
+                    f.error(
+                        format!("{p}.caCrl"),
+                        "CRL is not supported with credentialName (Istio denies both): put the CRL in the Secret as ca.crl, and remove caCrl",
+                    );
+                }
             } else if mutual && !(tls.client_certificate.is_some() && tls.private_key.is_some()) {
                 f.error(p, "MUTUAL needs credentialName, or clientCertificate and privateKey");
             } else if !mutual && files {
@@ -747,16 +754,17 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
                     "SIMPLE sends no client certificate; remove clientCertificate/privateKey or use MUTUAL",
                 );
             }
-            if skip && (tls.ca_certificates.is_some() || !sans.is_empty()) {
+            if skip && (tls.ca_certificates.is_some() || tls.ca_crl.is_some() || !sans.is_empty()) {
                 f.error(
                     format!("{p}.insecureSkipVerify"),
-                    "cannot be set with caCertificates or subjectAltNames (nothing would check them); remove them or insecureSkipVerify",
+                    "cannot be set with caCertificates, caCrl or subjectAltNames (nothing would check them); remove them or insecureSkipVerify",
                 );
             }
         }
         Some(ClientTlsMode::Disable) | None => {
             if files
                 || tls.ca_certificates.is_some()
+                || tls.ca_crl.is_some()
                 || tls.credential_name.is_some()
                 || tls.sni.is_some()
                 || !sans.is_empty()
@@ -764,7 +772,7 @@ fn client_tls(p: &str, tls: &ClientTlsSettings, f: &mut Findings) {
             {
                 f.warn(
                     p,
-                    "certificates, sni, subjectAltNames and insecureSkipVerify are not used unless mode is SIMPLE, MUTUAL or ISTIO_MUTUAL",
+                    "certificates, caCrl, sni, subjectAltNames and insecureSkipVerify are not used unless mode is SIMPLE, MUTUAL or ISTIO_MUTUAL",
                 );
             }
         }

@@ -253,7 +253,7 @@ pub enum UpstreamTls {
 }
 
 /// TLS originated to a non-mesh destination: the server is verified against
-/// `ca` (or the system's roots) and, by name, against `subjectAltNames` (or
+/// `ca` (or the system's roots) and `crl`, and, by name, against `subjectAltNames` (or
 /// `sni`); with a `clientCertificate` the connection is mutual.
 ///
 /// # Caveats
@@ -268,6 +268,10 @@ pub struct OriginateTls {
     /// Roots the server's chain must lead to; `None`: the system's roots.
     #[serde(default)]
     pub ca: Option<crate::identity::PemSource>,
+    /// Certificate revocation lists (PEM, `X509 CRL`) of the server chain's issuers
+    /// (DestinationRule `caCrl`): a server certificate one of them revokes is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<crate::identity::PemSource>,
     /// Names the server certificate must carry one of (DNS names, IP
     /// addresses or URIs such as SPIFFE IDs); empty: `sni`.
     #[serde(default)]

@@ -459,6 +459,9 @@ impl Validator {
                 if let Some(ca) = &o.ca {
                     self.pem_source(&format!("{p}.ca"), ca);
                 }
+                if let Some(crl) = &o.crl {
+                    self.crl_source(&format!("{p}.crl"), crl);
+                }
                 if let Some(cert) = &o.client_certificate {
                     self.certificate(&format!("{p}.clientCertificate"), cert);
                 }
@@ -467,10 +470,10 @@ impl Validator {
                         self.err(format!("{p}.subjectAltNames[{i}]"), format!("{san:?} is not a name"));
                     }
                 }
-                if o.insecure_skip_verify && (o.ca.is_some() || !o.subject_alt_names.is_empty()) {
+                if o.insecure_skip_verify && (o.ca.is_some() || o.crl.is_some() || !o.subject_alt_names.is_empty()) {
                     self.err(
                         format!("{p}.insecureSkipVerify"),
-                        "nothing is verified with insecureSkipVerify: drop ca and subjectAltNames, or it",
+                        "nothing is verified with insecureSkipVerify: drop ca, crl and subjectAltNames, or it",
                     );
                 }
             }

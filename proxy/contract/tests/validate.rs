@@ -2,8 +2,8 @@
 //! inconsistency is reported with its field path.
 
 use trellis_contract::{
-    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzRule, AuthzSource, LbPolicy, ProxyConfig, RouteAction,
-    StringMatch, UpstreamTls, ValidationErrors,
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzRule, AuthzSource, LbPolicy, PemSource, ProxyConfig,
+    RouteAction, StringMatch, UpstreamTls, ValidationErrors,
 };
 
 const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
@@ -429,6 +429,25 @@ fn originated_tls_is_checked_field_by_field() {
             },
             "clusters[1].tls.originate.insecureSkipVerify",
             "nothing is verified",
+        ),
+        (
+            trellis_contract::OriginateTls {
+                insecure_skip_verify: true,
+                crl: Some(PemSource::File("/etc/crl.pem".into())),
+                ..good.clone()
+            },
+            "clusters[1].tls.originate.insecureSkipVerify",
+            "nothing is verified",
+        ),
+        (
+            trellis_contract::OriginateTls {
+                crl: Some(PemSource::Inline(
+                    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                )),
+                ..good.clone()
+            },
+            "clusters[1].tls.originate.crl.inline",
+            "no PEM certificate revocation list",
         ),
     ] {
         let mut cfg = example();

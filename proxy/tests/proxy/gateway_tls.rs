@@ -370,23 +370,7 @@ fn leaf_with_serial(ca: &Pki, identity: &str, serial: u64) -> Leaf {
 async fn revoked_client_certificates_are_refused() {
     let pki = Pki::new();
     let app = Upstream::start("web").await;
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2024, 1, 1),
-        next_update: rcgen::date_time_ymd(2099, 1, 1),
-        crl_number: rcgen::SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from(666u64),
-            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
-            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(pki.issuer())
-    .unwrap()
-    .pem()
-    .unwrap();
+    let crl = pki.crl(&[666]);
     let tls = json!({"mode": "mutual", "certificate": inline(&pki.dns_leaf("shop.example.com")),
                      "clientCa": {"inline": pki.root_pem()}, "clientCrl": {"inline": crl}});
     let proxy = Proxy::start(https_gateway(tls, None, json!([]), &app)).await;

@@ -89,6 +89,11 @@ impl TlsServer {
 
 /// A leaf with these DNS names and URI SANs, for server or client use.
 pub(crate) fn leaf(pki: &Pki, dns: &[&str], uris: &[&str]) -> Leaf {
+    leaf_with_serial(pki, dns, uris, None)
+}
+
+/// [`leaf`] with a chosen serial number (to revoke it).
+fn leaf_with_serial(pki: &Pki, dns: &[&str], uris: &[&str], serial: Option<u64>) -> Leaf {
     let mut params = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
     for u in uris {
         params
@@ -96,6 +101,7 @@ pub(crate) fn leaf(pki: &Pki, dns: &[&str], uris: &[&str]) -> Leaf {
             .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).unwrap()));
     }
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -221,6 +227,32 @@ async fn subject_alt_names_replace_the_sni_as_the_name_checked() {
             .await;
         }
     }
+}
+
+/// DestinationRule `caCrl`: a server certificate its CA revoked is refused, before and after
+/// the name is checked (SNI or subjectAltNames); the CA's other certificates pass.
+#[tokio::test]
+async fn revoked_server_certificates_are_refused() {
+    let pki = Pki::new();
+    let good = TlsServer::start(&leaf_with_serial(&pki, &["db.example.com"], &[], Some(7)), None).await;
+    let revoked = TlsServer::start(&leaf_with_serial(&pki, &["db.example.com"], &[], Some(666)), None).await;
+    let (ca, crl) = (json!({"inline": pki.root_pem()}), json!({"inline": pki.crl(&[666])}));
+    for sans in [json!([]), json!(["db.example.com"])] {
+        let tls = json!({"sni": "db.example.com", "ca": ca, "crl": crl, "subjectAltNames": sans});
+        let proxy = proxy_to(&good, "http1", tls.clone()).await;
+        let r = get(proxy.addr("outbound").await, "db.example.com", "/").await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, "sni=db.example.com client=none"),
+            "{sans}"
+        );
+        let proxy = proxy_to(&revoked, "http1", tls).await;
+        refused(&proxy, "invalid peer certificate: Revoked").await;
+    }
+    // Without the list the same certificate passes: the list is what refuses it.
+    let proxy = proxy_to(&revoked, "http1", json!({"sni": "db.example.com", "ca": ca})).await;
+    let r = get(proxy.addr("outbound").await, "db.example.com", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[tokio::test]

@@ -418,6 +418,31 @@ impl Pki {
         &self.issuer
     }
 
+    /// A certificate revocation list (PEM) of this CA, valid until 2099, revoking the
+    /// certificates with these serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
     /// A leaf with exactly one URI SAN.
     pub fn leaf(&self, spiffe: &str) -> Leaf {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -270,7 +270,8 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
 /// TLS originated to `host` as a DestinationRule's SIMPLE or MUTUAL settings say: the
 /// server verified against `caCertificates` (a file on the proxy), the `ca.crt` of
 /// `credentialName`, or the system's roots, by `subjectAltNames` or the SNI (`sni`, else the
-/// host); MUTUAL presents `clientCertificate`/`privateKey` (files on the proxy) or the
+/// host), and against the revocation list `caCrl` (a file) or the Secret's `ca.crl`; MUTUAL
+/// presents `clientCertificate`/`privateKey` (files on the proxy) or the
 /// `credentialName` Secret's `tls.crt`/`tls.key` — a `kubernetes.io/tls` Secret in the
 /// client proxy's namespace, as Istio reads it. `None` (with a diagnostic) when that Secret
 /// does not exist.
@@ -279,6 +280,7 @@ fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSetting
     let mut o = OriginateTls {
         sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
         ca: t.ca_certificates.clone().map(PemSource::File),
+        crl: t.ca_crl.clone().map(PemSource::File),
         subject_alt_names: t.subject_alt_names.clone().unwrap_or_default(),
         insecure_skip_verify: t.insecure_skip_verify == Some(true),
         client_certificate: None,
@@ -295,8 +297,12 @@ fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSetting
             );
             return None;
         };
+        // The validator refuses caCertificates and caCrl beside credentialName.
         if o.ca.is_none() {
             o.ca = c.ca_pem.clone().map(PemSource::Inline);
+        }
+        if o.crl.is_none() {
+            o.crl = c.crl_pem.clone().map(PemSource::Inline);
         }
         if mutual {
             o.client_certificate = Some(CertificateRef::Inline {
@@ -320,9 +326,10 @@ fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSetting
         });
     }
     if o.insecure_skip_verify {
-        // Nothing is verified: the validator refuses caCertificates and subjectAltNames
-        // with it, and a credentialName's ca.crt is not used.
+        // Nothing is verified: the validator refuses caCertificates, caCrl and
+        // subjectAltNames with it, and a credentialName's ca.crt and ca.crl are not used.
         o.ca = None;
+        o.crl = None;
         o.subject_alt_names.clear();
     }
     Some(o)
