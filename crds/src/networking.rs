@@ -996,20 +996,20 @@ pub struct ServerTlsSettings {
     pub credential_name: Option<String>,
     /// Not supported by Trellis yet.
     pub credential_names: Option<Vec<String>>,
-    /// Accepted client subject alternative names (not supported by Trellis yet: allow a
-    /// client's SPIFFE ID with an AuthorizationPolicy on the gateway).
+    /// Names a client certificate must carry one of (MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL):
+    /// DNS names or IP addresses among its DNS/IP SANs, other names (SPIFFE IDs) exactly
+    /// among its URI SANs.
     pub subject_alt_names: Option<Vec<String>>,
     /// Not supported by Trellis yet.
     pub verify_certificate_spki: Option<Vec<String>>,
     /// Not supported by Trellis yet.
     pub verify_certificate_hash: Option<Vec<String>>,
-    /// Minimum TLS version: the gateway offers TLS 1.2 and 1.3, so `TLS_AUTO` or `TLSV1_2`
-    /// (`TLSV1_3` is not supported by Trellis yet).
+    /// Minimum TLS version: `TLSV1_2` (also `TLS_AUTO`) or `TLSV1_3`.
     pub min_protocol_version: Option<TlsProtocol>,
-    /// Maximum TLS version: `TLS_AUTO` or `TLSV1_3` (`TLSV1_2` is not supported by Trellis yet).
+    /// Maximum TLS version: `TLSV1_3` (also `TLS_AUTO`) or `TLSV1_2`.
     pub max_protocol_version: Option<TlsProtocol>,
-    /// Allowed cipher suites (not supported by Trellis yet: the gateway offers rustls' safe
-    /// defaults).
+    /// TLS 1.2 cipher suites accepted, by their OpenSSL names (ECDHE with AES-GCM or
+    /// ChaCha20-Poly1305), preferred in this order; TLS 1.3's suites are always offered.
     pub cipher_suites: Option<Vec<String>>,
 }
 
@@ -1048,7 +1048,7 @@ pub enum ServerTlsMode {
 /// TLS protocol versions.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsProtocol {
-    /// Proxy default (TLS 1.2).
+    /// The proxy's default: TLS 1.2 as the minimum, TLS 1.3 as the maximum.
     #[serde(rename = "TLS_AUTO")]
     TlsAuto,
     /// TLS 1.0 (refused by Trellis: insecure).

@@ -17,6 +17,7 @@ mod gateway;
 mod mesh;
 mod networking;
 mod security;
+mod server_tls;
 mod service_entry;
 mod sidecar;
 mod structural;

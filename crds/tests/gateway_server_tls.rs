@@ -79,15 +79,19 @@ fn kinds() -> Vec<ServerKind> {
             name: "HTTPS terminated (SIMPLE)",
             protocol: "HTTPS",
             tls: json!({"mode": "SIMPLE", "credentialName": "shop-cert"}),
-            // The proxy offers TLS 1.2 and 1.3: a floor of 1.2 and a ceiling of 1.3 are what
-            // it does.
-            used: &["minProtocolVersion", "maxProtocolVersion"],
+            used: &["minProtocolVersion", "maxProtocolVersion", "cipherSuites"],
         },
         ServerKind {
             name: "HTTPS terminated (MUTUAL)",
             protocol: "HTTPS",
             tls: json!({"mode": "MUTUAL", "credentialName": "shop-cert"}),
-            used: &["caCertificates", "minProtocolVersion", "maxProtocolVersion"],
+            used: &[
+                "caCertificates",
+                "subjectAltNames",
+                "minProtocolVersion",
+                "maxProtocolVersion",
+                "cipherSuites",
+            ],
         },
     ]
 }

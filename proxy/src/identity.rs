@@ -1,7 +1,7 @@
 //! Workload identity and TLS: loading certificates and trust bundles, the
 //! SPIFFE verifiers (rustls checks no URI SANs, so the exact peer identity is
-//! checked here), and the rustls configs for mesh mTLS (client and server),
-//! gateway TLS and simple upstream TLS.
+//! checked here), and the rustls configs for mesh mTLS (client and server) and
+//! simple upstream TLS (a gateway's TLS servers: `server_tls`).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -10,7 +10,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Serialize;
 use std::sync::Arc;
-use trellis_contract::{CertificateRef, IdentityConfig, PemSource, ServerTls, ServerTlsMode, SpiffeId, TrustDomains};
+use trellis_contract::{CertificateRef, IdentityConfig, PemSource, SpiffeId, TrustDomains};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// TLS setup errors, naming the file or field at fault.
@@ -416,61 +416,6 @@ impl WorkloadIdentity {
         ];
         Ok(Arc::new(cfg))
     }
-}
-
-/// Server config for a gateway listener. `istioMutual` serves the workload
-/// certificate of `identity` and verifies clients against its trust bundle;
-/// without an identity it cannot be served.
-pub fn gateway_server_config(
-    tls: &ServerTls,
-    identity: Option<&WorkloadIdentity>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let missing = |what: &'static str| TlsError::Pem {
-        what,
-        message: "not configured".into(),
-    };
-    let (cert, client_roots) = match (tls.mode, &tls.certificate) {
-        (ServerTlsMode::IstioMutual, _) => {
-            let id = identity.ok_or_else(|| missing("workload identity (istioMutual gateway server)"))?;
-            (id.cert.clone(), Some(Arc::clone(&id.roots)))
-        }
-        (_, Some(c)) => (
-            load_certificate(c)?,
-            tls.client_ca.as_ref().map(load_roots).transpose()?,
-        ),
-        (_, None) => return Err(missing("gateway server certificate")),
-    };
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls {
-            what: "gateway server",
-            source,
-        })?;
-    let crls = tls.client_crl.as_ref().map(load_crls).transpose()?.unwrap_or_default();
-    let verifier = |roots: Arc<RootCertStore>, optional: bool| {
-        let b = WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls.clone());
-        let b = if optional { b.allow_unauthenticated() } else { b };
-        b.build().map_err(|e| TlsError::Verifier {
-            what: "gateway client CA",
-            message: e.to_string(),
-        })
-    };
-    let builder = match (tls.mode, client_roots) {
-        (ServerTlsMode::Simple, _) => builder.with_no_client_auth(),
-        (ServerTlsMode::OptionalMutual, Some(roots)) => builder.with_client_cert_verifier(verifier(roots, true)?),
-        (ServerTlsMode::Mutual | ServerTlsMode::IstioMutual, Some(roots)) => {
-            builder.with_client_cert_verifier(verifier(roots, false)?)
-        }
-        (_, None) => return Err(missing("gateway client CA")),
-    };
-    let mut cfg = builder
-        .with_single_cert(cert.chain, cert.key)
-        .map_err(|source| TlsError::Rustls {
-            what: "gateway certificate",
-            source,
-        })?;
-    cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(Arc::new(cfg))
 }
 
 /// Client config for simple (server-authenticated) upstream TLS.

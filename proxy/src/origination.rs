@@ -11,10 +11,8 @@
 //! - Nothing is accepted unverified unless the config says
 //!   `insecureSkipVerify`; then the handshake's signatures are still checked
 //!   (the peer must hold the key of the certificate it shows).
-//! - A subject alternative name is matched as Envoy matches Istio's
-//!   `subjectAltNames`: a DNS name or IP address by the certificate's DNS/IP
-//!   SANs (wildcard certificates included), anything else (a URI such as a
-//!   SPIFFE ID) exactly against its URI SANs.
+//! - `subjectAltNames` are matched as Envoy matches Istio's, by the same code
+//!   as a gateway's client certificates (`subject_alt_names`).
 //!
 //! # Caveats
 //! - Without `ca`, the roots are the system's (`rustls-native-certs`, read
@@ -27,12 +25,11 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use trellis_contract::OriginateTls;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::identity::{TlsError, load_certificate, load_crls, load_roots, provider, system_roots};
+use crate::subject_alt_names::SubjectAltNames;
 
 /// The client config for originating TLS as `tls` says, and the server name
 /// to connect with.
@@ -63,7 +60,7 @@ pub fn client_config(tls: &OriginateTls) -> Result<(Arc<ClientConfig>, ServerNam
             })?;
         Arc::new(NamedServer {
             chain,
-            subject_alt_names: tls.subject_alt_names.clone(),
+            subject_alt_names: SubjectAltNames::new("server", tls.subject_alt_names.clone()),
         })
     };
     let builder = ClientConfig::builder_with_provider(provider())
@@ -94,15 +91,7 @@ pub fn client_config(tls: &OriginateTls) -> Result<(Arc<ClientConfig>, ServerNam
 #[derive(Debug)]
 struct NamedServer {
     chain: Arc<WebPkiServerVerifier>,
-    subject_alt_names: Vec<String>,
-}
-
-/// The server certificate's names, none of which is wanted.
-#[derive(Debug, thiserror::Error)]
-#[error("server certificate is valid for {presented:?}, none of the subjectAltNames {wanted:?}")]
-struct NoSanMatch {
-    wanted: Vec<String>,
-    presented: Vec<String>,
+    subject_alt_names: SubjectAltNames,
 }
 
 impl ServerCertVerifier for NamedServer {
@@ -129,24 +118,8 @@ impl ServerCertVerifier for NamedServer {
             )) => {}
             Err(e) => return Err(e),
         }
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        let uris = uri_sans(end_entity);
-        let matched = self
-            .subject_alt_names
-            .iter()
-            .any(|san| match ServerName::try_from(san.as_str()) {
-                // A DNS name or IP address: as a TLS client checks a server name.
-                Ok(name) => rustls::client::verify_server_name(&cert, &name).is_ok(),
-                // Anything else (a SPIFFE ID): exactly among the URI SANs.
-                Err(_) => uris.iter().any(|u| u == san),
-            });
-        if matched {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(rustls::Error::Other(rustls::OtherError(Arc::new(NoSanMatch {
-            wanted: self.subject_alt_names.clone(),
-            presented: presented_names(end_entity),
-        }))))
+        self.subject_alt_names.check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -170,43 +143,6 @@ impl ServerCertVerifier for NamedServer {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.chain.supported_verify_schemes()
     }
-}
-
-/// The certificate's subject alternative names that `keep` turns into text.
-fn sans_of(der: &CertificateDer<'_>, keep: impl Fn(&GeneralName<'_>) -> Option<String>) -> Vec<String> {
-    let Ok((_, parsed)) = X509Certificate::from_der(der.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(sans)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    sans.value.general_names.iter().filter_map(keep).collect()
-}
-
-/// The certificate's URI SANs (SPIFFE IDs among them).
-fn uri_sans(der: &CertificateDer<'_>) -> Vec<String> {
-    sans_of(der, |n| match n {
-        GeneralName::URI(u) => Some((*u).to_string()),
-        _ => None,
-    })
-}
-
-/// Every DNS, IP and URI SAN, for the error saying none matched.
-fn presented_names(der: &CertificateDer<'_>) -> Vec<String> {
-    sans_of(der, |n| match n {
-        GeneralName::DNSName(d) => Some((*d).to_string()),
-        GeneralName::URI(u) => Some((*u).to_string()),
-        GeneralName::IPAddress(ip) => match ip.len() {
-            4 => <[u8; 4]>::try_from(*ip)
-                .ok()
-                .map(|a| std::net::IpAddr::from(a).to_string()),
-            16 => <[u8; 16]>::try_from(*ip)
-                .ok()
-                .map(|a| std::net::IpAddr::from(a).to_string()),
-            _ => None,
-        },
-        _ => None,
-    })
 }
 
 /// Accepts any server certificate (`insecureSkipVerify`), still checking the

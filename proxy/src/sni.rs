@@ -4,7 +4,8 @@
 //! listener's `tls` serves everyone else; the whole rustls `ServerConfig` is
 //! chosen per connection, so simple and mutual servers can share a port.
 
-use crate::identity::{TlsError, WorkloadIdentity, gateway_server_config};
+use crate::identity::{TlsError, WorkloadIdentity};
+use crate::server_tls::gateway_server_config;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,6 +102,10 @@ mod tests {
             }),
             client_ca: None,
             client_crl: None,
+            client_subject_alt_names: Vec::new(),
+            min_version: None,
+            max_version: None,
+            cipher_suites: Vec::new(),
             // The ALPN list tells the configs apart in assertions.
             alpn: vec![alpn.to_string()],
         }

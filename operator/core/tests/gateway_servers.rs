@@ -8,7 +8,7 @@
 use trellis_api::document::parse_documents;
 use trellis_api::validation::{Outcome, Validator};
 use trellis_contract::{
-    Listener, ListenerProtocol, PemSource, ProxyConfig, RouteAction, ServerTlsMode, TcpRoute, UpstreamTls,
+    Listener, ListenerProtocol, PemSource, ProxyConfig, RouteAction, ServerTlsMode, TcpRoute, TlsVersion, UpstreamTls,
 };
 use trellis_core::compile::{Compiled, Role, compile, diagnose};
 use trellis_core::registry::ObjectKey;
@@ -92,10 +92,16 @@ spec:
     hosts: ["*"]
   - port: {number: 9443, name: tls-mesh, protocol: TLS}
     hosts: ["*"]
-    tls: {mode: ISTIO_MUTUAL}
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/web"], minProtocolVersion: TLSV1_3}
   - port: {number: 8443, name: https-optional, protocol: HTTPS}
     hosts: ["shop/shop.example.com"]
-    tls: {mode: OPTIONAL_MUTUAL, credentialName: shop-cert}
+    tls:
+      mode: OPTIONAL_MUTUAL
+      credentialName: shop-cert
+      subjectAltNames: [partner.example.com]
+      minProtocolVersion: TLS_AUTO
+      maxProtocolVersion: TLSV1_2
+      cipherSuites: [ECDHE-RSA-AES256-GCM-SHA384, ECDHE-ECDSA-AES128-GCM-SHA256]
   - port: {number: 15443, name: tls-eastwest, protocol: TLS}
     hosts: ["*.local"]
     tls: {mode: AUTO_PASSTHROUGH}
@@ -243,6 +249,8 @@ fn tcp_and_terminated_tls_servers_take_their_first_applying_tcp_rule() {
         (ServerTlsMode::IstioMutual, &None, &None)
     );
     assert!(tls.alpn.is_empty(), "a TLS server negotiates no HTTP");
+    assert_eq!(tls.client_subject_alt_names, ["spiffe://cluster.local/ns/shop/sa/web"]);
+    assert_eq!((tls.min_version, tls.max_version), (Some(TlsVersion::Tls13), None));
     assert_eq!(
         mesh.tcp_routes.iter().map(route_summary).collect::<Vec<_>>(),
         [(
@@ -258,6 +266,17 @@ fn tcp_and_terminated_tls_servers_take_their_first_applying_tcp_rule() {
     assert!(matches!(&optional.client_ca, Some(PemSource::Inline(ca)) if ca.contains("MIIC")));
     // ... and revocations against its ca.crl.
     assert!(matches!(&optional.client_crl, Some(PemSource::Inline(crl)) if crl.contains("MIID")));
+    // The handshake's bounds: client names, a TLS 1.2 ceiling (TLS_AUTO: the default
+    // floor), the TLS 1.2 suites in their order.
+    assert_eq!(optional.client_subject_alt_names, ["partner.example.com"]);
+    assert_eq!(
+        (optional.min_version, optional.max_version),
+        (None, Some(TlsVersion::Tls12))
+    );
+    assert_eq!(
+        optional.cipher_suites,
+        ["ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+    );
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub use inbound::{
 pub use jwt::{ClaimToHeader, JwtHeader, JwtProvider, condition_claim};
 pub use listener::{
     EscapedSlashes, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, ServerTls,
-    ServerTlsMode, SniTls, TcpRoute, TcpWeightedCluster, Unrouted,
+    ServerTlsMode, SniTls, TLS12_CIPHER_SUITES, TcpRoute, TcpWeightedCluster, TlsVersion, Unrouted,
 };
 pub use route::{
     CorsPolicy, DirectResponse, FaultAbort, FaultDelay, FaultInjection, ForwardAction, HeaderMatch, HeaderMutation,

@@ -126,10 +126,51 @@ pub struct ServerTls {
     /// `optionalMutual` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_crl: Option<PemSource>,
+    /// Names a client certificate must carry one of (Gateway `subjectAltNames`): a DNS
+    /// name or IP address among its DNS/IP SANs (as a TLS client checks a server name,
+    /// wildcard certificates included), anything else (a SPIFFE ID) exactly among its URI
+    /// SANs. Empty: any verified certificate. `mutual`, `optionalMutual` and `istioMutual`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_subject_alt_names: Vec<String>,
+    /// Lowest TLS version accepted (Gateway `minProtocolVersion`); `None`: TLS 1.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsVersion>,
+    /// Highest TLS version accepted (Gateway `maxProtocolVersion`); `None`: TLS 1.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 cipher suites accepted, by their OpenSSL names (Gateway `cipherSuites`,
+    /// one of [`TLS12_CIPHER_SUITES`]), preferred in this order over the client's.
+    /// Empty: all of them. TLS 1.3's suites are always offered (as in Envoy, where
+    /// `cipher_suites` applies to TLS 1.2 and below only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
     /// ALPN protocols offered, in order; default `h2`, `http/1.1`.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
 }
+
+/// A TLS protocol version a gateway server accepts (TLS 1.0 and 1.1 are never offered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "tls1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "tls1.3")]
+    Tls13,
+}
+
+/// The TLS 1.2 cipher suites the proxy implements (rustls), by their OpenSSL names, as
+/// Istio and Envoy spell them in `cipherSuites`: ECDHE key exchange with AES-GCM or
+/// ChaCha20-Poly1305 only (no CBC, no RSA key exchange, no 3DES).
+pub const TLS12_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
 
 /// A TLS server for the SNI names it lists (see [`Listener::sni_tls`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+mod tls;
+
 /// One problem, at one field path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationError {
@@ -308,49 +310,6 @@ impl Validator {
                     self.err(format!("{path}.inline.privateKeyPem"), "contains no PEM private key");
                 }
             }
-        }
-    }
-
-    fn server_tls(&mut self, path: &str, tls: &ServerTls) {
-        match (tls.mode, &tls.certificate) {
-            (ServerTlsMode::IstioMutual, Some(_)) => self.err(
-                format!("{path}.certificate"),
-                "istioMutual serves the workload certificate (identity.certificate); remove certificate",
-            ),
-            (ServerTlsMode::IstioMutual, None) => {}
-            (_, Some(cert)) => self.certificate(&format!("{path}.certificate"), cert),
-            (_, None) => self.err(format!("{path}.certificate"), "required (but for istioMutual)"),
-        }
-        match (tls.mode, &tls.client_ca) {
-            (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual, None) => {
-                self.err(format!("{path}.clientCa"), "required to verify client certificates")
-            }
-            (ServerTlsMode::IstioMutual, Some(_)) => self.err(
-                format!("{path}.clientCa"),
-                "istioMutual verifies clients against the mesh trust bundle (identity.trustBundle); remove clientCa",
-            ),
-            (_, Some(ca)) => self.pem_source(&format!("{path}.clientCa"), ca),
-            _ => {}
-        }
-        match (tls.mode, &tls.client_crl) {
-            (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual, Some(crl)) => {
-                self.crl_source(&format!("{path}.clientCrl"), crl)
-            }
-            (_, Some(_)) => self.err(
-                format!("{path}.clientCrl"),
-                "revocation is checked for client certificates: only with mutual or optionalMutual",
-            ),
-            (_, None) => {}
-        }
-    }
-
-    fn crl_source(&mut self, path: &str, p: &PemSource) {
-        match p {
-            PemSource::File(f) if f.is_empty() => self.err(format!("{path}.file"), "must not be empty"),
-            PemSource::Inline(pem) if !pem.contains("-----BEGIN X509 CRL-----") => {
-                self.err(format!("{path}.inline"), "contains no PEM certificate revocation list")
-            }
-            _ => {}
         }
     }
 

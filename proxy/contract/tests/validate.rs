@@ -388,6 +388,60 @@ fn sni_tls_entries_are_checked() {
 }
 
 #[test]
+fn gateway_handshake_bounds_are_checked() {
+    let cert = serde_json::json!({"files": {"certChainFile": "/etc/tls/a.crt", "privateKeyFile": "/etc/tls/a.key"}});
+    let gateway = |tls: serde_json::Value| -> ProxyConfig {
+        serde_json::from_value(serde_json::json!({
+            "version": "1",
+            "mode": "gateway",
+            "listeners": [{
+                "name": "gw", "address": "0.0.0.0:443", "direction": "gateway", "protocol": "http", "tls": tls,
+            }],
+        }))
+        .unwrap()
+    };
+    let good = gateway(serde_json::json!({
+        "mode": "mutual", "certificate": cert, "clientCa": {"file": "/etc/tls/ca.crt"},
+        "clientSubjectAltNames": ["spiffe://partner.example/ns/a/sa/b", "client.example.com"],
+        "minVersion": "tls1.2", "maxVersion": "tls1.3",
+        "cipherSuites": ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+    }));
+    assert!(good.validate().is_ok(), "{:?}", good.validate());
+    for (tls, path, needle) in [
+        (
+            serde_json::json!({"mode": "simple", "certificate": cert, "clientSubjectAltNames": ["a.example.com"]}),
+            "listeners[0].tls.clientSubjectAltNames",
+            "simple asks for no client certificate",
+        ),
+        (
+            serde_json::json!({"mode": "simple", "certificate": cert, "minVersion": "tls1.3", "maxVersion": "tls1.2"}),
+            "listeners[0].tls.minVersion",
+            "above maxVersion",
+        ),
+        (
+            serde_json::json!({"mode": "simple", "certificate": cert, "cipherSuites": ["AES128-SHA"]}),
+            "listeners[0].tls.cipherSuites[0]",
+            "not a TLS 1.2 cipher suite the proxy implements: ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (
+            serde_json::json!({"mode": "simple", "certificate": cert,
+                               "cipherSuites": ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"]}),
+            "listeners[0].tls.cipherSuites[1]",
+            "listed twice",
+        ),
+    ] {
+        assert_single(&gateway(tls), path, needle);
+    }
+    // Versions are spelled as the contract spells them.
+    let bad: Result<ProxyConfig, _> = serde_json::from_value(serde_json::json!({
+        "version": "1", "mode": "gateway",
+        "listeners": [{"name": "gw", "address": "0.0.0.0:443", "direction": "gateway", "protocol": "http",
+                       "tls": {"mode": "simple", "certificate": cert, "minVersion": "TLSV1_3"}}],
+    }));
+    assert!(bad.unwrap_err().to_string().contains("tls1.3"));
+}
+
+#[test]
 fn originated_tls_is_checked_field_by_field() {
     let originate = |o: trellis_contract::OriginateTls| UpstreamTls::Originate(Box::new(o));
     let good = trellis_contract::OriginateTls {

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
-const OTHER: &str = "spiffe://cluster.local/ns/shop/sa/other";
-const GATEWAY: &str = "spiffe://cluster.local/ns/trellis-system/sa/gateway";
+pub(crate) const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+pub(crate) const OTHER: &str = "spiffe://cluster.local/ns/shop/sa/other";
+pub(crate) const GATEWAY: &str = "spiffe://cluster.local/ns/trellis-system/sa/gateway";
 
-fn inline(leaf: &Leaf) -> Value {
+pub(crate) fn inline(leaf: &Leaf) -> Value {
     json!({"inline": {"certChainPem": leaf.cert_pem, "privateKeyPem": leaf.key_pem}})
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     cfg: Arc<rustls::ClientConfig>,
@@ -41,7 +41,12 @@ async fn tls_connect(
 
 /// `GET path` over HTTPS with SNI and Host `sni`: the status and body, or `None` when
 /// the handshake or the request failed.
-async fn https_get(addr: SocketAddr, sni: &str, path: &str, cfg: Arc<rustls::ClientConfig>) -> Option<(u16, String)> {
+pub(crate) async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Option<(u16, String)> {
     let tls = tls_connect(addr, sni, cfg).await?;
     let (mut s, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
@@ -73,7 +78,7 @@ async fn tls_read_all(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig
 }
 
 /// A gateway with one HTTP listener terminating `tls`, routing everything to `app`.
-fn https_gateway(tls: Value, identity: Option<Value>, authorization: Value, app: &Upstream) -> Value {
+pub(crate) fn https_gateway(tls: Value, identity: Option<Value>, authorization: Value, app: &Upstream) -> Value {
     let mut cfg = json!({
         "version": "gw-1",
         "mode": "gateway",
@@ -94,7 +99,7 @@ fn https_gateway(tls: Value, identity: Option<Value>, authorization: Value, app:
 
 /// A sidecar with the workload certificate of `identity` from `ca`, sending every request
 /// with mesh mTLS (SNI `sni`, if any) to the proxy at `port`, which must be `expected`.
-fn mesh_client(ca: &Pki, identity: &str, expected: &str, sni: Option<&str>, port: u16) -> Value {
+pub(crate) fn mesh_client(ca: &Pki, identity: &str, expected: &str, sni: Option<&str>, port: u16) -> Value {
     json!({
         "version": "out-1",
         "node": {"workload": "client", "namespace": "shop"},

@@ -10,6 +10,7 @@ mod client_errors;
 mod connect;
 mod dns;
 mod gateway;
+mod gateway_handshake;
 mod gateway_tls;
 mod grpc;
 mod h2load;

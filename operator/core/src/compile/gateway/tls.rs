@@ -1,9 +1,10 @@
 //! The TLS a gateway server terminates: its certificate and client verification by mode
 //! (SIMPLE, MUTUAL, OPTIONAL_MUTUAL from a Secret or files; ISTIO_MUTUAL with the proxy's
-//! workload certificate and the mesh's roots), and servers sharing a port told apart by SNI.
+//! workload certificate and the mesh's roots), the names client certificates must carry,
+//! protocol versions and TLS 1.2 cipher suites, and servers sharing a port told apart by SNI.
 
-use trellis_api::networking::{Server, ServerTlsMode as ApiTlsMode};
-use trellis_contract::{CertificateRef, PemSource, ServerTls, ServerTlsMode, SniTls};
+use trellis_api::networking::{Server, ServerTlsMode as ApiTlsMode, ServerTlsSettings, TlsProtocol};
+use trellis_contract::{CertificateRef, PemSource, ServerTls, ServerTlsMode, SniTls, TlsVersion};
 
 use super::{PortState, server_hosts};
 use crate::compile::{Code, Ctx};
@@ -68,6 +69,7 @@ pub(super) fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &
                 client_ca: None,
                 client_crl: None,
                 alpn,
+                ..handshake(tls, ServerTlsMode::IstioMutual)
             }));
         }
         ApiTlsMode::Passthrough | ApiTlsMode::AutoPassthrough => return Ok(None),
@@ -131,5 +133,38 @@ pub(super) fn server_tls(ctx: &mut Ctx<'_>, res: &str, server: &Server, proto: &
         client_ca,
         client_crl,
         alpn,
+        ..handshake(tls, mode)
     }))
+}
+
+/// What a terminating server asks of the handshake: the names a client certificate must
+/// carry (not with SIMPLE, where the validator refuses them), the protocol versions
+/// (`TLS_AUTO` is the proxy's default; TLS 1.0 and 1.1 are refused by the validator) and the
+/// TLS 1.2 cipher suites (a repeat, which the validator warns about, counts once).
+fn handshake(tls: &ServerTlsSettings, mode: ServerTlsMode) -> ServerTls {
+    let version = |v: Option<TlsProtocol>| match v {
+        Some(TlsProtocol::Tlsv1_3) => Some(TlsVersion::Tls13),
+        Some(TlsProtocol::Tlsv1_2) => Some(TlsVersion::Tls12),
+        _ => None,
+    };
+    let mut cipher_suites: Vec<String> = Vec::new();
+    for suite in tls.cipher_suites.iter().flatten() {
+        if !cipher_suites.contains(suite) {
+            cipher_suites.push(suite.clone());
+        }
+    }
+    ServerTls {
+        mode: ServerTlsMode::Simple,
+        certificate: None,
+        client_ca: None,
+        client_crl: None,
+        client_subject_alt_names: match mode {
+            ServerTlsMode::Simple => Vec::new(),
+            _ => tls.subject_alt_names.clone().unwrap_or_default(),
+        },
+        min_version: version(tls.min_protocol_version),
+        max_version: version(tls.max_protocol_version),
+        cipher_suites,
+        alpn: Vec::new(),
+    }
 }
