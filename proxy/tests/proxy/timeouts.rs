@@ -255,9 +255,13 @@ async fn upstream_failures_map_to_502_and_503_with_flags() {
     let proxy2 = Proxy::start(config(closing, json!({}))).await;
     let r = get(proxy2.addr("l").await, "svc", "/").await;
     assert_eq!(r.status, 503, "{}", r.body);
-    // Nothing listening: 503 (connect failure).
+    // Nothing listening: 503 (connect failure). The port stays bound (not listening, so a
+    // connection is refused): a port freed at once could be taken by another listener, even
+    // this proxy's own (CI saw the request hang here until the client's 10 s timeout).
     drop(proxy2);
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap();
     let proxy3 = Proxy::start(config(dead, json!({}))).await;
     let r = get(proxy3.addr("l").await, "svc", "/").await;
     assert_eq!(r.status, 503, "{}", r.body);
