@@ -44,11 +44,6 @@ fn ask_for_a_new_root(cluster: &support::Target) {
         .unwrap();
 }
 
-/// How long a test waits for its proxy's first configuration: past the second-to-last step of
-/// the certificate request's backoff (1, 2, 4, 8, 16 s, jittered: attempts at about 0, 1, 2, 5,
-/// 11, 23 and 39 s), as an operator that starts slowly under load meets it.
-const CONFIGURED_WITHIN: u64 = 60;
-
 fn pem_fingerprints(pem: &str) -> Vec<String> {
     rustls_pemfile::certs(&mut pem.as_bytes())
         .map(|c| fingerprint(c.unwrap().as_ref()))
@@ -66,13 +61,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     let dir = tempfile::tempdir().unwrap();
     let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
     let (proxy, control) = mesh_proxy(cfg).await;
-    // 60 s, not 20: a proxy whose first certificate requests meet an operator still starting
-    // retries with backoff (about 1, 2, 4, 8 s, jittered), so a request refused at 11 s is
-    // next sent at about 23 s; CI's parallel kubesim run failed the 20 s wait so.
-    until("the proxy is configured", CONFIGURED_WITHIN, || {
-        proxy.runtime().is_ready()
-    })
-    .await;
+    until("the proxy is configured", 20, || proxy.runtime().is_ready()).await;
     let status = || async {
         let (code, body) = http_get(op.admin_addr, "/debug/ca").await;
         assert_eq!(code, 200);
@@ -696,7 +685,7 @@ async fn a_root_put_in_the_ca_secret_while_no_replica_leads_waits_for_the_next_l
     let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
     let served = cfg.served.clone();
     let (proxy, control) = mesh_proxy(cfg).await;
-    until("the proxy is configured", CONFIGURED_WITHIN, || {
+    until("the proxy is configured", 20, || {
         proxy.runtime().is_ready() && subscribed(&op, &pod)
     })
     .await;
