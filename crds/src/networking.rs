@@ -975,7 +975,19 @@ pub struct Port {
 #[x_kube(
     validation = unsupported("credentialNames", "use credentialName with one Secret"),
     validation = unsupported("verifyCertificateSpki", "use caCertificates or subjectAltNames"),
-    validation = unsupported("verifyCertificateHash", "use caCertificates or subjectAltNames")
+    validation = unsupported("verifyCertificateHash", "use caCertificates or subjectAltNames"),
+    validation = unsupported(
+        "caCertCredentialName",
+        "put the CA certificates in the credentialName Secret as ca.crt, or set caCertificates"
+    ),
+    validation = unsupported(
+        "tlsCertificates",
+        "set one certificate with serverCertificate and privateKey, or credentialName"
+    ),
+    validation = unsupported(
+        "insecureSkipVerify",
+        "remove it; to let clients without a certificate through, use mode OPTIONAL_MUTUAL (certificates presented are still verified)"
+    )
 )]
 pub struct ServerTlsSettings {
     /// Redirect plain HTTP requests on this server to HTTPS.
@@ -996,6 +1008,12 @@ pub struct ServerTlsSettings {
     pub credential_name: Option<String>,
     /// Not supported by Trellis yet.
     pub credential_names: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub ca_cert_credential_name: Option<String>,
+    /// Not supported by Trellis yet.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_list")]
+    pub tls_certificates: Option<Vec<serde_json::Value>>,
     /// Names a client certificate must carry one of (MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL):
     /// DNS names or IP addresses among its DNS/IP SANs, other names (SPIFFE IDs) exactly
     /// among its URI SANs.
@@ -1011,6 +1029,8 @@ pub struct ServerTlsSettings {
     /// TLS 1.2 cipher suites accepted, by their OpenSSL names (ECDHE with AES-GCM or
     /// ChaCha20-Poly1305), preferred in this order; TLS 1.3's suites are always offered.
     pub cipher_suites: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub insecure_skip_verify: Option<bool>,
 }
 
 impl ServerTlsSettings {

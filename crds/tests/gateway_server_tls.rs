@@ -24,6 +24,9 @@ fn sample(field: &str) -> Value {
         "minProtocolVersion" => json!("TLSV1_2"),
         "maxProtocolVersion" => json!("TLSV1_3"),
         "cipherSuites" => json!(["ECDHE-RSA-AES128-GCM-SHA256"]),
+        "caCertCredentialName" => json!("shop-ca"),
+        "tlsCertificates" => json!([{"serverCertificate": "/etc/certs/rsa.crt", "privateKey": "/etc/certs/rsa.key"}]),
+        "insecureSkipVerify" => json!(true),
         other => panic!(
             "ServerTlsSettings has a field {other:?} this test has no sample for: add one, and say which servers use it"
         ),
@@ -36,7 +39,7 @@ fn fields() -> Vec<String> {
     let props = schema["properties"]
         .as_object()
         .expect("ServerTlsSettings has properties");
-    assert!(props.len() >= 14, "{props:#?}");
+    assert!(props.len() >= 17, "{props:#?}");
     props.keys().cloned().collect()
 }
 
