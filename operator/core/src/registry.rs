@@ -110,8 +110,14 @@ pub struct ServicePort {
 
 /// The Service annotation naming the namespaces whose proxies see the Service (Istio's
 /// `networking.istio.io/exportTo`): comma-separated `.` (its own), `*` (every namespace), `~`
-/// (none) or namespace names. Without it, every namespace sees the Service.
+/// (none) or namespace names. Without it (and without [`ISTIO_EXPORT_TO_ANNOTATION`]), every
+/// namespace sees the Service.
 pub const EXPORT_TO_ANNOTATION: &str = "networking.trellis.dev/exportTo";
+
+/// Istio's name for [`EXPORT_TO_ANNOTATION`], honoured on a Service that lacks Trellis' own, so
+/// Services annotated for Istio keep their visibility. When both are set, Trellis' wins and
+/// `meshctl analyze` says the other is ignored.
+pub const ISTIO_EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 /// A Kubernetes Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +136,12 @@ pub struct Service {
     /// The namespaces whose proxies see it ([`EXPORT_TO_ANNOTATION`], split at its commas and
     /// trimmed); empty: every namespace.
     pub export_to: Vec<String>,
+    /// The annotation `export_to` was read from: [`EXPORT_TO_ANNOTATION`], or
+    /// [`ISTIO_EXPORT_TO_ANNOTATION`] on a Service without it.
+    pub export_to_annotation: &'static str,
+    /// The value of [`ISTIO_EXPORT_TO_ANNOTATION`] when Trellis' own annotation is also set
+    /// and says something else: ignored, and reported by `meshctl analyze`.
+    pub ignored_istio_export_to: Option<String>,
 }
 
 impl Service {
@@ -149,6 +161,23 @@ impl Service {
     pub fn from_k8s(s: &K8sService) -> Option<Service> {
         let meta = &s.metadata;
         let spec = s.spec.as_ref()?;
+        let annotation = |name: &str| meta.annotations.as_ref().and_then(|a| a.get(name)).map(String::as_str);
+        let (own, istio) = (annotation(EXPORT_TO_ANNOTATION), annotation(ISTIO_EXPORT_TO_ANNOTATION));
+        let (export_to, export_to_annotation) = match own {
+            Some(v) => (Some(v), EXPORT_TO_ANNOTATION),
+            None => (
+                istio,
+                if istio.is_some() {
+                    ISTIO_EXPORT_TO_ANNOTATION
+                } else {
+                    EXPORT_TO_ANNOTATION
+                },
+            ),
+        };
+        let ignored_istio_export_to = match (own, istio) {
+            (Some(own), Some(istio)) if split_export_to(own) != split_export_to(istio) => Some(istio.to_string()),
+            _ => None,
+        };
         let external_name = if spec.type_.as_deref() == Some("ExternalName") {
             Some(
                 spec.external_name
@@ -202,20 +231,21 @@ impl Service {
                 .clone()
                 .filter(|s| !s.is_empty() && external_name.is_none()),
             external_name,
-            export_to: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|e| !e.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            export_to: export_to.map(split_export_to).unwrap_or_default(),
+            export_to_annotation,
+            ignored_istio_export_to,
         })
     }
+}
+
+/// An exportTo annotation's entries: split at its commas, trimmed, empty ones dropped.
+fn split_export_to(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// A pod: where a workload runs, who it is, and whether it is in the mesh.

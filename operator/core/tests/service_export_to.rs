@@ -1,7 +1,8 @@
 //! A Kubernetes Service's `networking.trellis.dev/exportTo` annotation (Istio's
 //! `networking.istio.io/exportTo`): proxies of the namespaces it names see the Service — its
 //! routes, clusters and DNS entry —, others do not, and a route to it from elsewhere is
-//! reported and gets no endpoints (Istio's 503), for sidecars and gateways alike.
+//! reported and gets no endpoints (Istio's 503), for sidecars and gateways alike. Istio's own
+//! annotation is honoured on a Service without Trellis' one.
 
 use std::collections::BTreeSet;
 
@@ -176,4 +177,46 @@ fn without_the_annotation_or_with_star_every_namespace_sees_the_service() {
         .find(|c| c.name.contains("vault.billing"))
         .expect("vault cluster");
     assert_eq!(vault.endpoints.len(), 1, "{vault:#?}");
+}
+
+/// Services annotated for Istio keep their visibility: `networking.istio.io/exportTo` alone is
+/// read as Trellis' annotation is, and the diagnostics name the annotation the user wrote.
+#[test]
+fn istios_annotation_alone_is_honoured_and_named() {
+    let istio = MESH.replace("networking.trellis.dev/exportTo", "networking.istio.io/exportTo");
+    let snap = Snapshot::from_yaml(&istio).expect("fixture");
+    for (ns, pod, expected) in [
+        ("shop", "web-1", set(&["web.shop", "ledger.billing"])),
+        ("guest", "guest-1", set(&["web.shop"])),
+    ] {
+        let c = compile(&snap, &ObjectKey::new(ns, pod), Role::Sidecar, "v1").expect("compiles");
+        assert_eq!(reach(&c.config).0, expected, "{ns}: routes");
+    }
+    let gw = compile(&snap, &ObjectKey::new("trellis-system", "edge-1"), Role::Gateway, "v1").expect("compiles");
+    let hidden: Vec<_> = gw
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::ReferencedResourceNotFound)
+        .collect();
+    assert_eq!(hidden.len(), 2, "{:#?}", gw.diagnostics);
+    assert!(
+        hidden
+            .iter()
+            .all(|d| d.message.contains("its networking.istio.io/exportTo annotation")),
+        "{hidden:#?}"
+    );
+}
+
+/// With both annotations, Trellis' wins (the Istio one is reported by `meshctl analyze`, see
+/// tests/analysis/IST0125-istio-export-to.yaml).
+#[test]
+fn trellis_annotation_wins_over_istios() {
+    let both = MESH.replace(
+        "annotations: {networking.trellis.dev/exportTo: \".\"}",
+        "annotations: {networking.trellis.dev/exportTo: \".\", networking.istio.io/exportTo: \"*\"}",
+    );
+    assert_ne!(both, MESH, "the fixture has vault's annotation");
+    let snap = Snapshot::from_yaml(&both).expect("fixture");
+    let c = compile(&snap, &ObjectKey::new("guest", "guest-1"), Role::Sidecar, "v1").expect("compiles");
+    assert_eq!(reach(&c.config).0, set(&["web.shop"]));
 }

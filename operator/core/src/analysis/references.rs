@@ -11,7 +11,7 @@ use trellis_api::networking::{ClientTlsMode, ClientTlsSettings, Destination, Des
 use super::{Facts, Raw, key_of};
 use crate::code::Code;
 use crate::compile::{DNS_DOMAIN, host_covers, host_matches, resolve_host, visible};
-use crate::registry::{EXPORT_TO_ANNOTATION, ObjectKey, selects};
+use crate::registry::{ObjectKey, selects};
 use crate::snapshot::InputKind;
 
 pub(super) fn check(f: &Facts<'_>, out: &mut Vec<Raw>) {
@@ -118,9 +118,10 @@ fn destination(f: &Facts<'_>, key: &ObjectKey, ns: &str, field: &str, d: &Destin
             key.clone(),
             format!("{field}.host"),
             format!(
-                "Referenced host not visible: {:?}: Service {} is not exported to namespace {ns} ({EXPORT_TO_ANNOTATION}: {:?}); requests routed to it from there get 503. Add {ns} to the annotation, or remove it to export the Service everywhere",
+                "Referenced host not visible: {:?}: Service {} is not exported to namespace {ns} ({}: {:?}); requests routed to it from there get 503. Add {ns} to the annotation, or remove it to export the Service everywhere",
                 d.host,
                 svc.key,
+                svc.export_to_annotation,
                 svc.export_to.join(",")
             ),
         ));

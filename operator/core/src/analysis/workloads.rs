@@ -9,7 +9,7 @@ use trellis_api::validation::export_to_problems;
 
 use super::{Facts, PROXY_UID, Raw, key_of};
 use crate::code::Code;
-use crate::registry::{EXPORT_TO_ANNOTATION, ObjectKey, Protocol, TargetPort, selects};
+use crate::registry::{EXPORT_TO_ANNOTATION, ISTIO_EXPORT_TO_ANNOTATION, ObjectKey, Protocol, TargetPort, selects};
 use crate::snapshot::InputKind;
 
 /// Namespaces of the platform, not of applications: never expected in the mesh.
@@ -62,12 +62,25 @@ fn export_to(f: &Facts<'_>, out: &mut Vec<Raw>) {
                 Code::InvalidAnnotation,
                 "Service",
                 svc.key.clone(),
-                format!("metadata.annotations[{EXPORT_TO_ANNOTATION}]"),
+                format!("metadata.annotations[{}]", svc.export_to_annotation),
                 format!(
-                    "{EXPORT_TO_ANNOTATION}: {:?}: entry {} {:?}: {why}",
+                    "{}: {:?}: entry {} {:?}: {why}",
+                    svc.export_to_annotation,
                     svc.export_to.join(","),
                     i + 1,
                     svc.export_to[i]
+                ),
+            ));
+        }
+        if let Some(istio) = &svc.ignored_istio_export_to {
+            out.push(Raw::new(
+                Code::InvalidAnnotation,
+                "Service",
+                svc.key.clone(),
+                format!("metadata.annotations[{ISTIO_EXPORT_TO_ANNOTATION}]"),
+                format!(
+                    "{ISTIO_EXPORT_TO_ANNOTATION}: {istio:?} is ignored: {EXPORT_TO_ANNOTATION}: {:?} is set too and wins. Remove one of them, or give both the same value",
+                    svc.export_to.join(","),
                 ),
             ));
         }

@@ -10,7 +10,7 @@ use trellis_contract::{
 };
 
 use super::{Code, Ctx, Dropped, resolve_host, resource};
-use crate::registry::{EXPORT_TO_ANNOTATION, selects};
+use crate::registry::selects;
 
 /// A route sending everything it matches to one cluster, with no retries or timeout (the
 /// defaults for traffic no VirtualService shapes).
@@ -382,7 +382,8 @@ pub(crate) fn destination(
             Code::ReferencedResourceNotFound,
             res,
             format!(
-                "destination host {host}: the Service is not exported to namespace {viewer} (its {EXPORT_TO_ANNOTATION} annotation is {:?}), so proxies there do not see it and requests to it get 503; add {viewer} to the annotation, or remove it to export the Service everywhere",
+                "destination host {host}: the Service is not exported to namespace {viewer} (its {} annotation is {:?}), so proxies there do not see it and requests to it get 503; add {viewer} to the annotation, or remove it to export the Service everywhere",
+                h.export_to_annotation,
                 h.export_to.join(",")
             ),
         ),

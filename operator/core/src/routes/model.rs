@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::compile::{self, ClusterRef, DNS_DOMAIN, OutboundParts, Role};
-use crate::registry::{EXPORT_TO_ANNOTATION, ObjectKey, Service, Workload};
+use crate::registry::{ObjectKey, Service, Workload};
 use crate::snapshot::Snapshot;
 use anyhow::Context;
 use serde::Serialize;
@@ -355,9 +355,10 @@ fn not_held(svc: &Service, port: u16, pod: &ObjectKey, shell: &Listener) -> Stri
     let fqdn = svc.fqdn(DNS_DOMAIN);
     let why = if !svc.visible_from(&pod.namespace) {
         format!(
-            "Service {} is not exported to namespace {} ({EXPORT_TO_ANNOTATION}: {:?})",
+            "Service {} is not exported to namespace {} ({}: {:?})",
             svc.key,
             pod.namespace,
+            svc.export_to_annotation,
             svc.export_to.join(",")
         )
     } else {
