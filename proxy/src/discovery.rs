@@ -3,8 +3,9 @@
 //! - `dns` / `dnsFirstAddress` (STRICT_DNS / LOGICAL_DNS; ServiceEntry `resolution: DNS` and
 //!   `DNS_ROUND_ROBIN`): each endpoint's name is resolved with the configuration's DNS
 //!   upstreams (else `/etc/resolv.conf`'s) — A, then AAAA —, at the cluster's first use and
-//!   again [`REFRESH`] later while it is used (in the background: requests keep the addresses
-//!   they have meanwhile). Every address of an answer is an endpoint with the name's weight
+//!   again when the answer's TTL has passed (the smallest of its records', kept between
+//!   [`MIN_REFRESH`] and [`REFRESH`]: Envoy's `respect_dns_ttl`, which Istio sets) while it is
+//!   used (in the background: requests keep the addresses they have meanwhile). Every address of an answer is an endpoint with the name's weight
 //!   and labels (`dnsFirstAddress`: the first only). A failed lookup keeps the last answer;
 //!   with none yet, requests get 503 (no healthy upstream) and the name is tried again after
 //!   [`RETRY`]. Bounded: one lookup per cluster at a time, [`LOOKUP_TIMEOUT`] per upstream, at
@@ -16,7 +17,7 @@
 //! Either way requests use an ordinary static [`ClusterRuntime`] over the addresses found, so
 //! balancing, pooling, outlier detection and TLS are the same as for static endpoints.
 
-use crate::dns_table::{TYPE_A, TYPE_AAAA, answer_addresses, build_query};
+use crate::dns_table::{TYPE_A, TYPE_AAAA, answer_records, build_query};
 use crate::identity::WorkloadIdentity;
 use crate::upstream::{ClusterError, ClusterRuntime};
 use std::collections::HashMap;
@@ -26,8 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_contract::{Cluster, Discovery, Endpoint};
 
-/// How long resolved addresses are used before they are looked up again.
+/// The longest resolved addresses are used before they are looked up again (an answer with a
+/// longer TTL is looked up again after this).
 pub const REFRESH: Duration = Duration::from_secs(30);
+/// The shortest: an answer with a TTL under this (0 included) is used this long.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// How soon a name that resolved to nothing (and had no earlier answer) is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
 /// How long one upstream resolver is waited for.
@@ -167,13 +171,19 @@ async fn resolved(cluster: &Arc<ClusterRuntime>, state: &DiscoveryState) -> Arc<
 async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<ClusterRuntime> {
     let first_only = cluster.spec.discovery == Discovery::DnsFirstAddress;
     let mut addresses = Vec::with_capacity(cluster.spec.endpoints.len());
+    let mut ttl = REFRESH;
     for e in &cluster.spec.endpoints {
-        let mut found = lookup(&e.address, &state.upstreams).await;
+        let answer = lookup(&e.address, &state.upstreams).await;
+        let mut found = answer.addresses;
         if first_only {
             found.truncate(1);
         }
+        if !found.is_empty() {
+            ttl = ttl.min(answer.ttl);
+        }
         addresses.push(found);
     }
+    let ttl = ttl.max(MIN_REFRESH);
     let mut current = state.resolved.lock().expect("resolved lock");
     let now = Instant::now();
     let answered = addresses.iter().any(|a| !a.is_empty());
@@ -184,7 +194,7 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
         if !answered {
             tracing::debug!(cluster = %cluster.spec.name, "DNS lookup failed; keeping the last answer");
         }
-        r.fresh_until = now + REFRESH;
+        r.fresh_until = now + if answered { ttl } else { REFRESH };
         return Arc::clone(&r.runtime);
     }
     let mut endpoints = Vec::new();
@@ -207,7 +217,7 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
             )
         }
     };
-    let fresh_until = now + if answered { REFRESH } else { RETRY };
+    let fresh_until = now + if answered { ttl } else { RETRY };
     *current = Some(Resolved {
         addresses,
         runtime: Arc::clone(&runtime),
@@ -216,26 +226,44 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
     runtime
 }
 
+/// What a lookup found: the addresses, and how long they may be used (the smallest TTL of
+/// their records; [`REFRESH`] for an IP address or when nothing was found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The addresses, at most [`MAX_ADDRESSES`].
+    pub addresses: Vec<IpAddr>,
+    /// How long they may be used.
+    pub ttl: Duration,
+}
+
 /// The addresses of `name` (an IP address is its own), A records first, then AAAA.
-pub async fn lookup(name: &str, upstreams: &[SocketAddr]) -> Vec<IpAddr> {
+pub async fn lookup(name: &str, upstreams: &[SocketAddr]) -> Answer {
     if let Ok(ip) = name.parse::<IpAddr>() {
-        return vec![ip];
+        return Answer {
+            addresses: vec![ip],
+            ttl: REFRESH,
+        };
     }
     let name = name.trim_end_matches('.');
     let mut out = Vec::new();
+    let mut ttl: Option<u32> = None;
     for qtype in [TYPE_A, TYPE_AAAA] {
         let query = build_query(fastrand::u16(..), name, qtype);
         let Some(answer) = crate::dns::forward_udp(&query, upstreams, LOOKUP_TIMEOUT).await else {
             continue;
         };
-        for ip in answer_addresses(&answer) {
+        for (ip, record_ttl) in answer_records(&answer) {
             if out.len() < MAX_ADDRESSES && !out.contains(&ip) {
                 out.push(ip);
+                ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
             }
         }
         if !out.is_empty() {
             break;
         }
     }
-    out
+    Answer {
+        addresses: out,
+        ttl: ttl.map_or(REFRESH, |t| Duration::from_secs(u64::from(t))),
+    }
 }

@@ -169,6 +169,11 @@ pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
 
 /// Extract A/AAAA addresses from a response (for tests and tools).
 pub fn answer_addresses(resp: &[u8]) -> Vec<IpAddr> {
+    answer_records(resp).into_iter().map(|(ip, _)| ip).collect()
+}
+
+/// The A/AAAA records of a response: each address with its TTL in seconds.
+pub fn answer_records(resp: &[u8]) -> Vec<(IpAddr, u32)> {
     let Some(q) = parse_question(&{
         // Parse the question as if it were a query.
         let mut m = resp.to_vec();
@@ -196,16 +201,17 @@ pub fn answer_addresses(resp: &[u8]) -> Vec<IpAddr> {
         }
         let Some(fixed) = resp.get(i..i + 10) else { break };
         let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
         let Some(data) = resp.get(i + 10..i + 10 + rdlen) else {
             break;
         };
         match (rtype, rdlen) {
-            (TYPE_A, 4) => out.push(IpAddr::from([data[0], data[1], data[2], data[3]])),
+            (TYPE_A, 4) => out.push((IpAddr::from([data[0], data[1], data[2], data[3]]), ttl)),
             (TYPE_AAAA, 16) => {
                 let mut b = [0u8; 16];
                 b.copy_from_slice(data);
-                out.push(IpAddr::from(b));
+                out.push((IpAddr::from(b), ttl));
             }
             _ => {}
         }

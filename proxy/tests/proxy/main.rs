@@ -8,6 +8,7 @@ mod cancellation;
 mod capture;
 mod client_errors;
 mod connect;
+mod discovery;
 mod dns;
 mod gateway;
 mod gateway_handshake;

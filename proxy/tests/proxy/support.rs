@@ -56,7 +56,15 @@ impl Upstream {
     }
 
     async fn start_with(name: &str, fixed_status: Option<u16>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, fixed_status, TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Like `start`, on `listener` (e.g. bound to another loopback address).
+    pub fn on(name: &str, listener: TcpListener) -> Self {
+        Self::serve(name, None, listener)
+    }
+
+    fn serve(name: &str, fixed_status: Option<u16>, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
