@@ -4,7 +4,10 @@
 //! gateway and the Mesh are Ready. A second run with the same input changes nothing and says
 //! so. `--dry-run` prints exactly what would be applied, without a cluster.
 //!
-//! [`apply`] and [`wait_ready`] are shared with `meshctl upgrade`.
+//! An installed gateway (ingress or egress) keeps the proxy image it runs ([`objects_for`]): the
+//! operator's rollout moves it to the Mesh's proxy version, as it moves the sidecars.
+//!
+//! [`objects_for`], [`apply`] and [`wait_ready`] are shared with `meshctl upgrade`.
 
 pub mod values;
 
@@ -193,7 +196,7 @@ pub async fn run(
     let cluster = Cluster::connect(cluster_args).await?;
     let version = cluster.version().await?;
     progress.done(&format!("{} (Kubernetes {version})", cluster.server()));
-    let objects = values.objects();
+    let objects = objects_for(&cluster, &values).await?;
     let applied = apply(&cluster, &objects, args.wait.timeout, &mut progress).await?;
     let ready = if args.wait.wait {
         wait_ready(&cluster, &objects, args.wait.timeout, &mut progress).await?;
@@ -259,6 +262,26 @@ pub fn print_report(
         )?;
     }
     Ok(())
+}
+
+/// What to apply to `cluster`: `values`' objects, with each installed gateway's proxy image
+/// (the ingress and, in the demo profile, the egress gateway) kept as the operator's rollout
+/// left it (`profile::keep_gateway_image`: the rollout, not meshctl, moves a gateway to the
+/// Mesh's proxy version, in its health-gated waves).
+pub async fn objects_for(cluster: &Cluster, values: &Values) -> anyhow::Result<Vec<Value>> {
+    use trellis_manifests::profile::{EGRESS_GATEWAY, GATEWAY};
+    let mut objects = values.objects();
+    let gateways: Vec<Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" && [GATEWAY, EGRESS_GATEWAY].iter().any(|g| o["metadata"]["name"] == *g))
+        .cloned()
+        .collect();
+    for gateway in &gateways {
+        if let Some(live) = cluster.get(gateway).await? {
+            trellis_manifests::profile::keep_gateway_image(&mut objects, &live);
+        }
+    }
+    Ok(objects)
 }
 
 /// Apply `objects` in order: the CRDs first, then — once they are Established — the rest.

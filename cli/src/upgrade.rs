@@ -4,7 +4,8 @@
 //! object is applied as a server-side dry run first: what would change is shown as a diff of
 //! the live object and the API server's answer. Once confirmed (`--yes` for scripts; without a
 //! terminal it is required), it is applied as `meshctl install` applies it; the operator then
-//! rolls the new proxy version out to the data plane in its health-gated waves.
+//! rolls the new proxy version out to the data plane in its health-gated waves, the ingress
+//! gateway included (its Deployment keeps the image it runs until its wave).
 
 pub mod diff;
 
@@ -177,7 +178,7 @@ pub async fn run(
     for w in &values.warnings {
         eprintln!("{} {w}", terminal.warn());
     }
-    let objects = values.objects();
+    let objects = install::objects_for(&cluster, &values).await?;
     let changes = changes(&cluster, &objects, &mut progress).await?;
     if args.output == Format::Table {
         print_changes(&changes, out)?;

@@ -129,6 +129,13 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
         diff.contains("--- ValidatingWebhookConfiguration trellis-validator (created)"),
         "{diff}"
     );
+    // The gateway keeps its proxy image: the Mesh names the new one, and the operator's
+    // rollout, not meshctl, brings the gateway to it.
+    assert!(
+        diff.contains(&format!("+    proxy: ghcr.io/trellis-mesh/trellis-proxy:{VERSION}"))
+            && !diff.contains("--- Deployment trellis-system/trellis-ingressgateway"),
+        "{diff}"
+    );
     let image = |name: &str| {
         cluster
             .kubectl_ok(
@@ -154,7 +161,17 @@ fn check_upgrade_uninstall_and_purge_leave_nothing_behind() {
     assert!(upgrade.status.success(), "{}", text(&upgrade).1);
     assert!(text(&upgrade).0.contains("Trellis upgraded"), "{}", text(&upgrade).0);
     assert!(image("trellis-operator").ends_with(&format!(":{VERSION}")));
-    assert!(image("trellis-ingressgateway").ends_with(&format!(":{VERSION}")));
+    cluster
+        .wait_for(
+            "the operator's rollout to bring the gateway to the new proxy",
+            Duration::from_secs(180),
+            || {
+                Ok(image("trellis-ingressgateway")
+                    .ends_with(&format!(":{VERSION}"))
+                    .then_some(()))
+            },
+        )
+        .unwrap();
     let mode = cluster
         .kubectl_ok(
             &["get", "mesh", "default", "-o", "jsonpath={.spec.defaultMtlsMode}"],

@@ -1,5 +1,6 @@
 //! The mesh lifecycle, end to end: the Mesh reconciled Ready, proxy rollouts in health-gated
-//! waves under traffic, a broken proxy release rolled back after its first wave, and the
+//! waves under traffic (the shop's ingress gateway, which the traffic crosses, rolled in its
+//! wave like the sidecars), a broken proxy release rolled back after its first wave, and the
 //! leader killed in the middle of a rollout.
 //!
 //! On kubesim (default) or the cluster named by `TRELLIS_E2E_KUBECONFIG` (see
@@ -61,13 +62,16 @@ impl Workload {
             .with_context(|| format!("{} has no generation", self.resource()))
     }
 
-    /// The proxy image its pod template is assigned.
+    /// The proxy image its pod template is assigned: the injector's annotation, or the
+    /// gateway's proxy container's image.
     fn assigned(&self, t: &Target) -> anyhow::Result<Option<String>> {
-        Ok(
-            self.get(t)?["spec"]["template"]["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION]
-                .as_str()
-                .map(str::to_string),
-        )
+        let template = &self.get(t)?["spec"]["template"];
+        let assigned = if self.name == demo::GATEWAY {
+            gateway_proxy(&template["spec"]).and_then(|c| c["image"].as_str())
+        } else {
+            template["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION].as_str()
+        };
+        Ok(assigned.map(str::to_string))
     }
 
     fn status_name(&self) -> String {
@@ -75,8 +79,17 @@ impl Workload {
     }
 }
 
-/// The shop's meshed workloads: its Deployments but the gateway (which runs its own proxy
-/// and is not injected), plus the StatefulSet and DaemonSet this test adds where served.
+/// The gateway proxy container of a pod spec.
+fn gateway_proxy(spec: &Value) -> Option<&Value> {
+    spec["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == trellis_manifests::sidecar::GATEWAY_CONTAINER)
+}
+
+/// The shop's meshed workloads: its Deployments, the gateway included (it is not injected: the
+/// rollout sets its proxy container's image), plus the StatefulSet and DaemonSet this test
+/// adds where served.
 fn meshed_workloads(t: &Target, extra: &[Workload]) -> anyhow::Result<Vec<Workload>> {
     let deployments = t.get_json(&["deployments", "-n", demo::NAMESPACE])?;
     let mut out: Vec<Workload> = deployments["items"]
@@ -84,7 +97,6 @@ fn meshed_workloads(t: &Target, extra: &[Workload]) -> anyhow::Result<Vec<Worklo
         .into_iter()
         .flatten()
         .filter_map(|d| d["metadata"]["name"].as_str())
-        .filter(|n| *n != demo::GATEWAY)
         .map(|n| Workload {
             kind: "Deployment",
             name: n.to_string(),
@@ -93,8 +105,8 @@ fn meshed_workloads(t: &Target, extra: &[Workload]) -> anyhow::Result<Vec<Worklo
     out.extend_from_slice(extra);
     out.sort();
     ensure!(
-        out.len() >= 4,
-        "expected the shop's four meshed Deployments, found {out:?}"
+        out.len() >= 5 && out.iter().any(|w| w.name == demo::GATEWAY),
+        "expected the shop's four meshed Deployments and its gateway, found {out:?}"
     );
     Ok(out)
 }
@@ -266,7 +278,7 @@ fn check_waves(seen: &[Seen], workloads: &[Workload], batch: usize) -> anyhow::R
 }
 
 /// Every meshed pod of the shop runs `image` (the injected sidecar and the recorded
-/// annotation), and is Ready.
+/// annotation; the gateway's proxy container), and is Ready.
 fn pods_run(t: &Target, image: &str, workloads: usize) -> anyhow::Result<Option<()>> {
     let pods = t.get_json(&["pods", "-n", demo::NAMESPACE])?;
     let mut meshed = 0;
@@ -279,12 +291,15 @@ fn pods_run(t: &Target, image: &str, workloads: usize) -> anyhow::Result<Option<
             .filter_map(|l| p["spec"][l].as_array())
             .flatten()
             .find(|c| c["name"] == "trellis-proxy");
-        let Some(proxy) = proxy else { continue };
+        let runs = match (proxy, gateway_proxy(&p["spec"])) {
+            (Some(sidecar), _) => {
+                sidecar["image"] == image && p["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION] == image
+            }
+            (None, Some(gateway)) => gateway["image"] == image,
+            (None, None) => continue,
+        };
         meshed += 1;
-        if proxy["image"] != image
-            || p["metadata"]["annotations"][PROXY_IMAGE_ANNOTATION] != image
-            || !trellis_e2e::harness::pod_ready(p)
-        {
+        if !runs || !trellis_e2e::harness::pod_ready(p) {
             return Ok(None);
         }
     }
@@ -351,7 +366,7 @@ fn lifecycle() -> anyhow::Result<()> {
 
     step(
         &t,
-        "a new proxy version rolls every meshed workload in waves of 2 under traffic, no failed request",
+        "a new proxy version rolls every meshed workload, the gateway the traffic crosses included, in waves of 2 under traffic, no failed request",
         || {
             let target = format!("{PROXY_REPO}:lifecycle-a");
             roll(&t, &http, &api, &workloads, &target, 2, |_| Ok(()))?;

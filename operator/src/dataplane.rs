@@ -126,13 +126,13 @@ impl MeshedPod {
             return None;
         }
         let (role, proxy) = trellis_manifests::sidecar::proxy_in(spec)?;
-        let image = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(PROXY_IMAGE_ANNOTATION))
-            .cloned()
-            .or_else(|| proxy.image.clone())
-            .unwrap_or_default();
+        // The injector records the image it injected; a gateway is not injected, and the
+        // annotation would say nothing about its container.
+        let recorded = match role {
+            ProxyRole::Sidecar => meta.annotations.as_ref().and_then(|a| a.get(PROXY_IMAGE_ANNOTATION)),
+            ProxyRole::Gateway => None,
+        };
+        let image = recorded.cloned().or_else(|| proxy.image.clone()).unwrap_or_default();
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let owner = match meta
             .owner_references
@@ -469,6 +469,13 @@ mod tests {
         assert_eq!(p.role, ProxyRole::Gateway);
         assert!(p.proxy_ran);
         assert_eq!(p.image, settings.proxy_image);
+        // The injector's annotation is not a gateway's image: its container is.
+        gateway
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(PROXY_IMAGE_ANNOTATION.into(), "proxy:elsewhere".into());
+        assert_eq!(MeshedPod::from_pod(&gateway).unwrap().image, settings.proxy_image);
         let sidecar = MeshedPod::from_pod(&meshed("web-5d8f-abc", json!([]), json!({}))).unwrap();
         assert_eq!(sidecar.role, ProxyRole::Sidecar);
     }

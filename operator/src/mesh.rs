@@ -24,7 +24,7 @@
 
 pub mod conditions;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod observe;
 pub mod settings;
 pub mod trust_domain;
@@ -51,7 +51,7 @@ use trellis_manifests::install::webhooks::{INJECTOR, VALIDATOR};
 
 use self::conditions::{CaObservation, Observed, WebhooksObservation};
 use self::settings::{Defaults, Invalid, Settings};
-use crate::dataplane::{self, MeshedPod, ProxyLink, ProxyRole};
+use crate::dataplane::{self, MeshedPod, ProxyLink};
 use crate::events::{Event, EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 use crate::rollout::{self, plan::Workload};
@@ -269,11 +269,10 @@ impl MeshExt for Mesh {
         let webhooks = ctx.observe.webhooks();
         let (pods, links, workloads) = (ctx.observe.pods(), ctx.observe.links(), ctx.observe.workloads());
         let now = ctx.observe.now();
-        // A trust domain change waits on every proxy, gateways included; the data plane's
-        // counts and the rollout are the injected sidecars' (a gateway runs the image its
-        // install gives it, which the rollout does not assign).
+        // Every proxy counts, gateways included: a trust domain change waits on each, the data
+        // plane's counts show each, and the rollout brings each to the Mesh's image (a
+        // gateway's proxy container, see rollout::gateway) with its pods in the health gates.
         ca.unconnected = trust_domain::unconnected(&pods, &links);
-        let pods: Vec<MeshedPod> = pods.into_iter().filter(|p| p.role == ProxyRole::Sidecar).collect();
         let data_plane = dataplane::summarize(&pods, &links, &settings.proxy_image);
         // An invalid spec changes nothing, the trust domain included.
         if invalid.is_none() {

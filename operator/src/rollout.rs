@@ -3,6 +3,8 @@
 //!
 //! - [`plan`]: the pure planner (workloads, pods, proxies, policy, last status, time in; the
 //!   next status and the pod-template assignments out).
+//! - [`gateway`]: a gateway's proxy is a container of its own, not an injected sidecar: its
+//!   image is read from, and assigned to, that container.
 //! - [`workloads`]: the watched Deployments, StatefulSets, DaemonSets and disruption budgets,
 //!   and the assignment patch (`trellis.dev/proxy-image` plus `kubectl rollout restart`'s
 //!   annotation on the pod template).
@@ -11,5 +13,6 @@
 //! first, then the assignments, then the events, so a leader that dies in between leaves a
 //! status its successor finishes (see [`plan`]'s guarantees).
 
+pub mod gateway;
 pub mod plan;
 pub mod workloads;

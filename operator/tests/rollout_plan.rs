@@ -65,6 +65,7 @@ impl Cluster {
                 id: id(ns, name),
                 labels: BTreeMap::from([("app".to_string(), name.to_string())]),
                 assigned: None,
+                gateway: None,
                 progress: Progress {
                     observed: true,
                     desired: 1,

@@ -134,6 +134,36 @@ pub fn objects(profile: Profile, mesh_spec: Value, opts: &Options) -> Vec<Value>
     out
 }
 
+/// Keep, in the rendered `objects`, the proxy image an installed gateway runs (`live`, its
+/// Deployment as the API server has it — the ingress or the egress gateway, the rendered
+/// Deployment of the same name): once installed, a gateway's image is the
+/// operator's rollout's to change, in its health-gated waves, as a sidecar's is, so `meshctl
+/// install` and `meshctl upgrade` apply the Mesh's new proxy version and leave the gateway's
+/// container (and its `trellis.dev/proxy-version` label) as the rollout left them. Nothing
+/// changes when `objects` has no gateway or `live` runs no gateway proxy.
+pub fn keep_gateway_image(objects: &mut [Value], live: &Value) {
+    let proxy = |template: &Value| {
+        template["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().position(|c| c["name"] == sidecar::GATEWAY_CONTAINER))
+    };
+    let live_template = &live["spec"]["template"];
+    let Some(image) = proxy(live_template).and_then(|i| live_template["spec"]["containers"][i]["image"].as_str())
+    else {
+        return;
+    };
+    let name = &live["metadata"]["name"];
+    let rendered = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == *name);
+    let Some(template) = rendered.map(|o| &mut o["spec"]["template"]) else {
+        return;
+    };
+    let Some(i) = proxy(template) else { return };
+    template["spec"]["containers"][i]["image"] = json!(image);
+    template["metadata"]["labels"][sidecar::PROXY_VERSION_LABEL] = json!(sidecar::version_label(image));
+}
+
 fn gateway_meta(name: &str, opts: &Options) -> ObjectMeta {
     let mut labels = common_labels();
     labels.insert("app".into(), name.into());
@@ -266,6 +296,49 @@ mod tests {
             );
             assert_eq!(Profile::from_name(p.name()), Some(p));
         }
+    }
+
+    #[test]
+    fn the_installed_gateway_keeps_the_image_the_rollout_gave_it() {
+        let opts = Options {
+            proxy_image: "ghcr.io/trellis-mesh/trellis-proxy:0.3.0".into(),
+            ..Options::default()
+        };
+        let fresh = objects(Profile::Default, Profile::Default.mesh_spec(&opts), &opts);
+        let gateway = |objects: &[Value]| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == GATEWAY)
+                .unwrap()
+                .clone()
+        };
+        let mut live = gateway(&fresh);
+        live["spec"]["template"]["spec"]["containers"][0]["image"] = json!("ghcr.io/trellis-mesh/trellis-proxy:0.2.0");
+        let mut kept = fresh.clone();
+        keep_gateway_image(&mut kept, &live);
+        let template = &gateway(&kept)["spec"]["template"];
+        assert_eq!(
+            template["spec"]["containers"][0]["image"],
+            "ghcr.io/trellis-mesh/trellis-proxy:0.2.0"
+        );
+        assert_eq!(template["metadata"]["labels"][sidecar::PROXY_VERSION_LABEL], "0.2.0");
+        let mesh = kept.iter().find(|o| o["kind"] == "Mesh").unwrap();
+        assert_eq!(
+            mesh["spec"]["versions"]["proxy"], "ghcr.io/trellis-mesh/trellis-proxy:0.3.0",
+            "the Mesh names the new version: the rollout brings the gateway to it"
+        );
+        for (k, f) in kept.iter().zip(&fresh) {
+            if f["metadata"]["name"] != GATEWAY || f["kind"] != "Deployment" {
+                assert_eq!(k, f, "only the gateway's proxy image and version label are kept");
+            }
+        }
+        // A live Deployment without a gateway proxy (someone else's) changes nothing.
+        let mut untouched = fresh.clone();
+        keep_gateway_image(
+            &mut untouched,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}}}),
+        );
+        assert_eq!(untouched, fresh);
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl Default for Fixed {
                 id: web(),
                 labels: BTreeMap::new(),
                 assigned: None,
+                gateway: None,
                 progress: Progress {
                     observed: true,
                     desired: 2,
@@ -238,11 +239,33 @@ pub enum Step {
         /// The restart annotation's value.
         at: String,
     },
+    /// A strategic merge patch of a gateway workload's proxy container (`gateway`) to `image`,
+    /// with its version label and a restart.
+    AssignGateway {
+        /// The workload's URL path.
+        path: String,
+        /// The image assigned.
+        image: String,
+    },
     /// A strategic merge patch of the operator's Deployment to `image`.
     UpgradeOperator {
         /// The image.
         image: String,
     },
+}
+
+impl Step {
+    /// What the reconcile that starts a rollout asks first: the `Ready`,
+    /// `DataPlaneUpToDate=False` and `RolloutProgressing` events, then the status (sent back
+    /// on `status`); the wave's assignments follow.
+    pub fn rollout_starts(status: tokio::sync::oneshot::Sender<MeshStatus>) -> Vec<Step> {
+        vec![
+            Step::Event("Ready".into()),
+            Step::Event("DataPlaneUpToDateFalse".into()),
+            Step::Event("RolloutProgressing".into()),
+            Step::Status(status),
+        ]
+    }
 }
 
 /// What the reconciler is expected to ask, in order.
@@ -317,6 +340,7 @@ impl ApiServerVerifier {
                             }
                             Step::Assign { path, image } => s.assignment(&path, &image, None).await,
                             Step::AssignRestartedAt { path, image, at } => s.assignment(&path, &image, Some(&at)).await,
+                            Step::AssignGateway { path, image } => s.gateway_assignment(&path, &image).await,
                             Step::UpgradeOperator { image } => s.operator_upgrade(&image).await,
                         };
                     }
@@ -455,6 +479,31 @@ impl ApiServerVerifier {
         respond(
             send,
             &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}),
+        );
+        self
+    }
+
+    async fn gateway_assignment(mut self, path: &str, image: &str) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!((request.method(), request.uri().path()), (&Method::PATCH, path));
+        let content_type = request.headers().get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(content_type, Some("application/strategic-merge-patch+json"));
+        let template = body_json(request).await["spec"]["template"].take();
+        let container = json!([{"name": trellis_manifests::sidecar::GATEWAY_CONTAINER, "image": image}]);
+        assert_eq!(template["spec"], json!({"containers": container}), "{template}");
+        let version = trellis_manifests::sidecar::version_label(image);
+        assert_eq!(
+            template["metadata"]["labels"],
+            json!({"trellis.dev/proxy-version": version})
+        );
+        assert!(template["metadata"]["annotations"][trellis_api::mesh::RESTARTED_AT_ANNOTATION].is_string());
+        assert!(
+            template["metadata"]["annotations"][trellis_api::mesh::PROXY_IMAGE_ANNOTATION].is_null(),
+            "a gateway is not injected: {template}"
+        );
+        respond(
+            send,
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gw"}}),
         );
         self
     }

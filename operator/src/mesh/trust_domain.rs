@@ -346,8 +346,8 @@ mod tests {
     }
 
     /// The reconciler: a gateway whose proxy ran and is not connected keeps the previous domain
-    /// in the status, and the condition names it; a sidecar whose proxy never ran does not, and
-    /// the data plane's counts stay the sidecars'.
+    /// in the status, and the condition names it (and the data plane counts it); a sidecar
+    /// whose proxy never ran does not.
     #[tokio::test]
     async fn the_reconciler_waits_on_a_gateway_that_ran_and_not_on_a_proxy_that_never_ran() {
         use crate::mesh::fixtures::{Fixed, MeshFixture, Scenario, Step, mesh, timeout_after_1s};
@@ -357,16 +357,21 @@ mod tests {
             "new.example".to_string(),
             vec!["shop/web-1".to_string(), "shop/web-2".to_string()],
         )]);
-        cluster
-            .pods
-            .push(pod("trellis-ingressgateway-1", ProxyRole::Gateway, true));
+        cluster.pods.push(MeshedPod {
+            image: crate::mesh::settings::Defaults::default().proxy_image,
+            ..pod("trellis-ingressgateway-1", ProxyRole::Gateway, true)
+        });
         let recorded = status("new.example", &["old.example"]);
         let m = mesh("default", serde_json::json!({"trustDomain": "new.example"}))
             .finalized()
             .with_status(recorded.clone());
         let (ctx, server, _) = crate::mesh::Context::test(cluster.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![Step::Event("Ready".into()), Step::Status(tx)]));
+        let scenario = server.run(Scenario::Steps(vec![
+            Step::Event("Ready".into()),
+            Step::EventSaying("DataPlaneUpToDateFalse".into(), "3 proxies".into()),
+            Step::Status(tx),
+        ]));
         crate::mesh::reconcile(std::sync::Arc::new(m.clone()), ctx)
             .await
             .expect("reconcile");
@@ -392,7 +397,11 @@ mod tests {
             condition.message
         );
         let dp = status.data_plane.as_ref().unwrap();
-        assert_eq!((dp.proxies, dp.connected), (2, 2), "the sidecars' counts");
+        assert_eq!(
+            (dp.proxies, dp.connected),
+            (3, 2),
+            "every proxy counted, the gateway's not connected"
+        );
 
         // The gateway gone, a sidecar whose proxy never ran (its image not pulled) in its place:
         // the change finishes.

@@ -4,7 +4,8 @@
 //! A rollout brings every meshed workload to the Mesh's proxy image in waves: canaries (by
 //! namespace or labels) first, in waves of their own, then the rest, `batch` workloads at a
 //! time. A wave's workloads are assigned the target image (the pod-template annotation
-//! `trellis.dev/proxy-image`, which the injector honours) and restarted by their own
+//! `trellis.dev/proxy-image`, which the injector honours; a gateway's proxy container's image,
+//! see [`super::gateway`]) and restarted by their own
 //! controllers, with their own rolling-update strategy. The next wave starts only once the wave
 //! is healthy — every workload's pods updated and Ready, their proxies connected and ACKing,
 //! no restarts — and has soaked for `pause` without a gate failing. A wave that fails (or is
@@ -25,7 +26,8 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::jiff::Timestamp;
 use trellis_api::mesh::{HealthGate, RolloutFailure, RolloutPhase, RolloutStatus, WorkloadRollout};
 
-use crate::dataplane::{MeshedPod, Owner, ProxyLink, WorkloadKind, WorkloadRef};
+use super::gateway::GatewayProxy;
+use crate::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
 use crate::mesh::settings::RolloutSettings;
 
 /// How a workload's own controller is getting on with its pods.
@@ -57,8 +59,11 @@ pub struct Workload {
     pub id: WorkloadRef,
     /// Its labels (canary selection).
     pub labels: BTreeMap<String, String>,
-    /// The proxy image its pod template is assigned (`trellis.dev/proxy-image`), if any.
+    /// The proxy image its pod template is assigned: `trellis.dev/proxy-image` for injected
+    /// sidecars, if any; a gateway's proxy container's image.
     pub assigned: Option<String>,
+    /// Its pods run a gateway: the proxy is this container of its own, not an injected sidecar.
+    pub gateway: Option<GatewayProxy>,
     /// Its controller's progress.
     pub progress: Progress,
     /// A PodDisruptionBudget over its pods allows no disruption now.
@@ -73,6 +78,8 @@ pub struct Assignment {
     pub workload: WorkloadRef,
     /// The proxy image to assign.
     pub image: String,
+    /// A gateway's proxy container, whose image is set (`None`: the injector's annotation).
+    pub gateway: Option<GatewayProxy>,
 }
 
 /// An event to publish on the Mesh.
@@ -171,9 +178,10 @@ impl<'a> View<'a> {
         self.input.workloads.iter().find(|x| &x.id == w)
     }
 
-    /// Whether a pod was injected with the injection template in force.
+    /// Whether a pod was injected with the injection template in force (a gateway is not
+    /// injected: it has no template to compare).
     fn current_template(&self, p: &MeshedPod) -> bool {
-        self.input.template.is_none_or(|t| p.template.as_deref() == Some(t))
+        p.role == ProxyRole::Gateway || self.input.template.is_none_or(|t| p.template.as_deref() == Some(t))
     }
 
     /// Runs (or is assigned) the target image, and its pods the current injection template.
@@ -364,7 +372,11 @@ fn reassert(
             let id = ref_of(w)?;
             let image = image(w)?;
             let workload = view.workload(&id)?;
-            (workload.assigned.as_deref() != Some(image.as_str())).then_some(Assignment { workload: id, image })
+            (workload.assigned.as_deref() != Some(image.as_str())).then(|| Assignment {
+                workload: id,
+                image,
+                gateway: workload.gateway.clone(),
+            })
         })
         .collect()
 }
@@ -450,6 +462,7 @@ fn next_wave(
             .map(|w| Assignment {
                 workload: w.id.clone(),
                 image: input.target.to_string(),
+                gateway: w.gateway.clone(),
             })
             .collect(),
         announcements: vec![Announcement {

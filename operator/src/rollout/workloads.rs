@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use trellis_api::mesh::{PROXY_IMAGE_ANNOTATION, RESTARTED_AT_ANNOTATION};
 
+use super::gateway::{self, GatewayProxy};
 use super::plan::{Assignment, Progress, Workload};
 use crate::dataplane::{WorkloadKind, WorkloadRef};
 
@@ -67,29 +68,50 @@ fn base<K: Resource>(o: &K, kind: WorkloadKind) -> WorkloadRef {
     }
 }
 
+/// What a pod template is assigned: the image, the gateway proxy container if its pods run a
+/// gateway, and its pods' labels. A gateway's image is its proxy container's; an injected
+/// workload's is the injector's annotation.
+struct Assigned {
+    image: Option<String>,
+    gateway: Option<GatewayProxy>,
+    pod_labels: BTreeMap<String, String>,
+}
+
 fn assigned(
     template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
-) -> (Option<String>, BTreeMap<String, String>) {
+    selector: Option<&LabelSelector>,
+) -> Assigned {
     let meta = template.and_then(|t| t.metadata.as_ref());
-    (
-        meta.and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(PROXY_IMAGE_ANNOTATION))
-            .cloned(),
-        meta.and_then(|m| m.labels.clone()).unwrap_or_default(),
-    )
+    let pod_labels = meta.and_then(|m| m.labels.clone()).unwrap_or_default();
+    match gateway::in_template(template, selector) {
+        Some((gateway, image)) => Assigned {
+            image,
+            gateway: Some(gateway),
+            pod_labels,
+        },
+        None => Assigned {
+            image: meta
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(PROXY_IMAGE_ANNOTATION))
+                .cloned(),
+            gateway: None,
+            pod_labels,
+        },
+    }
 }
 
 impl Restartable for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
     fn watched(&self) -> Watched {
         let spec = self.spec.as_ref();
-        let (image, pod_labels) = assigned(spec.map(|s| &s.template));
+        let a = assigned(spec.map(|s| &s.template), spec.map(|s| &s.selector));
         let st = self.status.clone().unwrap_or_default();
         Watched {
             workload: Workload {
                 id: base(self, Self::KIND),
                 labels: self.labels().clone(),
-                assigned: image,
+                assigned: a.image,
+                gateway: a.gateway,
                 progress: Progress {
                     observed: observed(self.metadata.generation, st.observed_generation),
                     desired: count(spec.and_then(|s| s.replicas).or(Some(1))),
@@ -99,7 +121,7 @@ impl Restartable for Deployment {
                 },
                 budget_exhausted: false,
             },
-            pod_labels,
+            pod_labels: a.pod_labels,
         }
     }
 }
@@ -108,7 +130,7 @@ impl Restartable for StatefulSet {
     const KIND: WorkloadKind = WorkloadKind::StatefulSet;
     fn watched(&self) -> Watched {
         let spec = self.spec.as_ref();
-        let (image, pod_labels) = assigned(spec.map(|s| &s.template));
+        let a = assigned(spec.map(|s| &s.template), spec.map(|s| &s.selector));
         let st = self.status.clone().unwrap_or_default();
         let same_revision = st.current_revision.is_some() && st.current_revision == st.update_revision;
         let desired = count(spec.and_then(|s| s.replicas).or(Some(1)));
@@ -116,7 +138,8 @@ impl Restartable for StatefulSet {
             workload: Workload {
                 id: base(self, Self::KIND),
                 labels: self.labels().clone(),
-                assigned: image,
+                assigned: a.image,
+                gateway: a.gateway,
                 progress: Progress {
                     observed: observed(self.metadata.generation, st.observed_generation),
                     desired,
@@ -130,7 +153,7 @@ impl Restartable for StatefulSet {
                 },
                 budget_exhausted: false,
             },
-            pod_labels,
+            pod_labels: a.pod_labels,
         }
     }
 }
@@ -139,13 +162,14 @@ impl Restartable for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
     fn watched(&self) -> Watched {
         let spec = self.spec.as_ref();
-        let (image, pod_labels) = assigned(spec.map(|s| &s.template));
+        let a = assigned(spec.map(|s| &s.template), spec.map(|s| &s.selector));
         let st = self.status.clone().unwrap_or_default();
         Watched {
             workload: Workload {
                 id: base(self, Self::KIND),
                 labels: self.labels().clone(),
-                assigned: image,
+                assigned: a.image,
+                gateway: a.gateway,
                 progress: Progress {
                     observed: observed(self.metadata.generation, st.observed_generation),
                     desired: count(Some(st.desired_number_scheduled)),
@@ -155,7 +179,7 @@ impl Restartable for DaemonSet {
                 },
                 budget_exhausted: false,
             },
-            pod_labels,
+            pod_labels: a.pod_labels,
         }
     }
 }
@@ -333,9 +357,12 @@ pub fn assignment_patch(image: &str, now: SystemTime) -> serde_json::Value {
 }
 
 /// Make `a`: patch the workload's pod template (its controller then rolls its pods with its own
-/// strategy).
+/// strategy): the injector's annotation, or a gateway's proxy container.
 pub async fn assign(client: &Client, a: &Assignment, now: SystemTime) -> Result<(), kube::Error> {
-    let patch = Patch::Merge(assignment_patch(&a.image, now));
+    let patch = match &a.gateway {
+        None => Patch::Merge(assignment_patch(&a.image, now)),
+        Some(g) => Patch::Strategic(gateway::assignment_patch(g, &a.image, now)),
+    };
     let params = PatchParams::default();
     let (ns, name) = (a.workload.namespace.as_str(), a.workload.name.as_str());
     match a.workload.kind {
