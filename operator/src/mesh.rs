@@ -133,6 +133,8 @@ pub struct Context {
     /// planned from: until the watch brings the write back, the cached Mesh still has that
     /// resourceVersion and its status is stale ([`Context::freshest`]).
     written: std::sync::Mutex<Option<(String, MeshStatus)>>,
+    /// Why the rollout last waited for the control plane (logged once per change).
+    control_plane: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -164,6 +166,7 @@ impl Context {
             operator: (trellis_api::mesh::SYSTEM_NAMESPACE.to_string(), None),
             failures: AtomicU32::new(0),
             written: std::sync::Mutex::new(None),
+            control_plane: std::sync::Mutex::new(None),
         }
     }
 
@@ -183,6 +186,22 @@ impl Context {
 }
 
 impl Context {
+    /// Logs, once per change, that the proxy rollout waits for the control plane (`why`) or
+    /// goes on again.
+    fn log_control_plane(&self, why: Option<&str>) {
+        let Ok(mut last) = self.control_plane.lock() else {
+            return;
+        };
+        if last.as_deref() == why {
+            return;
+        }
+        match why {
+            Some(why) => tracing::info!(%why, "the proxy rollout waits for the control plane"),
+            None => tracing::info!("the control plane has rolled; the proxy rollout goes on"),
+        }
+        *last = why.map(str::to_string);
+    }
+
     /// `mesh` with the status this reconciler last wrote when the cache has not caught up
     /// with that write yet (the cached Mesh is still the one it was planned from). Without
     /// this, a reconcile running between a status write and its watch event plans from the
@@ -291,6 +310,13 @@ impl MeshExt for Mesh {
                 .unwrap_or_default();
         }
         let previous: Option<RolloutStatus> = self.status.as_ref().and_then(|s| s.rollout.clone());
+        let control_plane = rollout::control_plane::rolling(
+            &ctx.operator.0,
+            ctx.operator.1.as_deref(),
+            settings.operator_image.as_deref(),
+            &workloads,
+        );
+        ctx.log_control_plane(control_plane.as_deref());
         // An invalid spec changes nothing, the rollout included.
         let plan = invalid.is_none().then(|| {
             rollout::plan::plan(&rollout::plan::Input {
@@ -302,13 +328,23 @@ impl MeshExt for Mesh {
                 status: previous.as_ref(),
                 now,
                 template: ctx.template.as_deref(),
+                control_plane: control_plane.as_deref(),
             })
         });
         let rollout = match &plan {
             Some(p) => p.status.clone(),
             None => previous,
         };
-        let status = self.desired_status(ctx, &settings, invalid.as_ref(), &ca, &webhooks, data_plane, rollout);
+        let status = self.desired_status(
+            ctx,
+            &settings,
+            invalid.as_ref(),
+            &ca,
+            &webhooks,
+            data_plane,
+            rollout,
+            control_plane.as_deref(),
+        );
         self.announce(ctx, &status).await?;
         // The rollout's progress is recorded before any workload is touched, so a new leader
         // finishes a wave instead of starting it again.
@@ -439,6 +475,7 @@ trait MeshStatusExt {
         webhooks: &WebhooksObservation,
         data_plane: DataPlaneStatus,
         rollout: Option<RolloutStatus>,
+        control_plane: Option<&str>,
     ) -> MeshStatus;
     fn announce(&self, ctx: &Context, status: &MeshStatus) -> impl Future<Output = Result<(), Error>> + Send;
     fn upgrade_operator(&self, ctx: &Context, settings: &Settings) -> impl Future<Output = Result<(), Error>> + Send;
@@ -463,6 +500,7 @@ impl MeshStatusExt for Mesh {
         webhooks: &WebhooksObservation,
         data_plane: DataPlaneStatus,
         rollout: Option<RolloutStatus>,
+        control_plane: Option<&str>,
     ) -> MeshStatus {
         let previous = self
             .status
@@ -477,6 +515,7 @@ impl MeshStatusExt for Mesh {
             data_plane: &data_plane,
             proxy_image: &settings.proxy_image,
             rollout: rollout.as_ref(),
+            control_plane,
             now: ctx.observe.now(),
         };
         let conditions = conditions::conditions(&observed, &previous);

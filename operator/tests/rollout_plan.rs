@@ -1,5 +1,6 @@
 //! The rollout planner on plain data: waves, canaries, health gates, soak, rollback, pause,
-//! disruption budgets, resuming after a leader change, and a whole simulated rollout.
+//! disruption budgets, resuming after a leader change, holding while the control plane rolls, and a
+//! whole simulated rollout.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -117,6 +118,7 @@ impl Cluster {
             status,
             now,
             template: self.injector.as_deref(),
+            control_plane: None,
         }
     }
 
@@ -246,6 +248,66 @@ fn the_next_wave_waits_for_health_and_for_the_soak() {
     let st6 = p6.status.unwrap();
     assert_eq!((st6.phase, st6.wave), (Some(RolloutPhase::Progressing), 2));
     assert_eq!(wave_names(&st6), ["shop/b"]);
+}
+
+#[test]
+fn the_rollout_holds_while_the_control_plane_rolls() {
+    let mut c = Cluster::new(&[("shop", "a"), ("shop", "b")]);
+    let s = settings(1);
+    let rolling = "Deployment trellis-system/trellis-operator is rolling (1 of 2 replicas updated, 3 in all)";
+    let held = |c: &Cluster, status: Option<&RolloutStatus>, now: SystemTime| {
+        plan(&Input {
+            control_plane: Some(rolling),
+            ..c.input(&s, status, now)
+        })
+    };
+    // A new target: no wave starts.
+    let p0 = held(&c, None, t0());
+    assert_eq!((p0.status, p0.assignments.len(), p0.announcements.len()), (None, 0, 0));
+
+    // Wave 1, healthy: soaking.
+    let p1 = plan(&c.input(&s, None, t0()));
+    c.apply(&p1, 1);
+    let st1 = p1.status.unwrap();
+    let st2 = plan(&c.input(&s, Some(&st1), t0() + Duration::from_secs(5)))
+        .status
+        .unwrap();
+    assert_eq!(st2.phase, Some(RolloutPhase::Soaking));
+
+    // The operator rolls: the wave's proxy moves to a new replica, disconnected meanwhile.
+    // Judged, the soak would fail; held, nothing is judged, started or announced.
+    c.links.insert(
+        "shop/a-1".into(),
+        ProxyLink {
+            connected: false,
+            synced: false,
+        },
+    );
+    let now = t0() + Duration::from_secs(10);
+    let judged = plan(&c.input(&s, Some(&st2), now)).status.unwrap();
+    assert_eq!(judged.phase, Some(RolloutPhase::RolledBack), "{judged:?}");
+    let p3 = held(&c, Some(&st2), now);
+    assert_eq!(p3.status.as_ref(), Some(&st2));
+    assert!(p3.assignments.is_empty() && p3.announcements.is_empty());
+    // Past the soak too: the next wave waits for the control plane.
+    assert_eq!(
+        held(&c, Some(&st2), t0() + Duration::from_secs(60)).status.as_ref(),
+        Some(&st2)
+    );
+
+    // Rolled, the proxy reconnected: the soak is over, wave 2 starts.
+    c.links.insert(
+        "shop/a-1".into(),
+        ProxyLink {
+            connected: true,
+            synced: true,
+        },
+    );
+    let st4 = plan(&c.input(&s, Some(&st2), t0() + Duration::from_secs(60)))
+        .status
+        .unwrap();
+    assert_eq!((st4.phase, st4.wave), (Some(RolloutPhase::Progressing), 2));
+    assert_eq!(wave_names(&st4), ["shop/b"]);
 }
 
 #[test]

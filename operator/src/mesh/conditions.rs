@@ -81,6 +81,9 @@ pub struct Observed<'a> {
     pub proxy_image: &'a str,
     /// The rollout.
     pub rollout: Option<&'a RolloutStatus>,
+    /// Why the rollout waits for the control plane, if it does
+    /// ([`crate::rollout::control_plane`]).
+    pub control_plane: Option<&'a str>,
     /// Now.
     pub now: SystemTime,
 }
@@ -261,7 +264,21 @@ fn rollout_condition(r: Option<&RolloutStatus>) -> (bool, &'static str, String) 
 pub fn conditions(o: &Observed<'_>, previous: &[Condition]) -> Vec<Condition> {
     let (ca_ok, ca_reason, ca_message) = ca_condition(o.ca, o.now);
     let (dp_ok, dp_reason, dp_message) = data_plane_condition(o.data_plane, o.proxy_image);
-    let (ro_on, ro_reason, ro_message) = rollout_condition(o.rollout);
+    let phase = o.rollout.and_then(|r| r.phase);
+    let (ro_on, ro_reason, ro_message) = match o.control_plane {
+        // Held with proxies to bring (a rolled-back or paused rollout says so instead).
+        Some(why)
+            if o.data_plane.up_to_date < o.data_plane.proxies
+                && !matches!(phase, Some(RolloutPhase::RolledBack | RolloutPhase::Paused)) =>
+        {
+            (
+                true,
+                "WaitingForControlPlane",
+                format!("the rollout onto {} waits for the control plane: {why}", o.proxy_image),
+            )
+        }
+        _ => rollout_condition(o.rollout),
+    };
     let expiring =
         o.ca.root_expires
             .and_then(|e| e.duration_since(o.now).ok())
@@ -484,6 +501,7 @@ mod tests {
             data_plane: &dp,
             proxy_image: "proxy:1",
             rollout: None,
+            control_plane: None,
             now,
         };
         let cs = conditions(&o, &[]);
@@ -546,6 +564,8 @@ mod tests {
             data_plane: &dp,
             proxy_image: "proxy:2",
             rollout: Some(&rollout),
+            // A rolled-back rollout says so, whatever the control plane does.
+            control_plane: Some("the operator rolls"),
             now,
         };
         let cs = conditions(&o, &[]);

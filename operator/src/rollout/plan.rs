@@ -113,6 +113,9 @@ pub struct Input<'a> {
     /// The hash of the injection template the injector applies now: pods injected with another
     /// one are restarted as if they ran another image (`None`: templates are not compared).
     pub template: Option<&'a str>,
+    /// Why the control plane is rolling ([`super::control_plane::rolling`]): the rollout holds,
+    /// starting, judging and advancing nothing, until it is not (`None`: go on).
+    pub control_plane: Option<&'a str>,
 }
 
 /// What to do.
@@ -294,6 +297,14 @@ impl<'a> View<'a> {
 
 /// Plan the next step of the rollout.
 pub fn plan(input: &Input<'_>) -> Plan {
+    if input.control_plane.is_some() {
+        return Plan {
+            status: input.status.cloned(),
+            assignments: Vec::new(),
+            announcements: Vec::new(),
+            recheck: WAVE_RECHECK,
+        };
+    }
     let view = View::new(input);
     let updated = view.meshed.iter().filter(|w| view.done(w)).count();
     let pending: Vec<&Workload> = view.meshed.iter().copied().filter(|w| !view.done(w)).collect();
