@@ -21,7 +21,9 @@ pub mod sidecar;
 pub use service_entry::{
     EntryWorkloadSelector, Location, Resolution, ServiceEntry, ServiceEntrySpec, ServicePort, WorkloadEntry,
 };
-pub use sidecar::{CaptureMode, EgressListener, Sidecar, SidecarPort, SidecarSpec, SidecarWorkloadSelector};
+pub use sidecar::{
+    CaptureMode, EgressListener, IngressListener, Sidecar, SidecarPort, SidecarSpec, SidecarWorkloadSelector,
+};
 
 /// API group of the traffic kinds.
 pub const GROUP: &str = "networking.trellis.dev";

@@ -2,6 +2,9 @@
 //! reach — the hosts their outbound listener routes, by the namespace that declares them — and
 //! what they do with traffic to anything else.
 //!
+//! Its `ingress` listeners say how the proxies hand the traffic arriving for a port to the
+//! application: the port's protocol and the application's address (`defaultEndpoint`).
+//!
 //! Which Sidecar applies to a proxy, as Istio decides: one of its namespace whose
 //! `workloadSelector` selects the pod, else its namespace's Sidecar without a selector, else
 //! the root namespace's Sidecar without a selector (the mesh default), else none (every host
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
 use crate::mesh::OutboundTrafficPolicy;
+use crate::networking::{ConnectionPoolSettings, ServerTlsSettings};
 use crate::schema::unsupported;
 use crate::status::ConfigStatus;
 
@@ -39,31 +43,20 @@ use crate::status::ConfigStatus;
     printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = unsupported(
-        "ingress",
-        "remove it; the inbound listener takes every port of the workload's Services, as without a Sidecar"
-    ),
-    validation = unsupported(
-        "inboundConnectionPool",
-        "remove it; the inbound listener has no connection pool settings yet"
-    )
-)]
 pub struct SidecarSpec {
     /// The pods (in the Sidecar's namespace) it applies to; without it, every pod of the
     /// namespace that no selecting Sidecar picks (in the root namespace: the mesh default).
     pub workload_selector: Option<SidecarWorkloadSelector>,
-    /// Not supported by Trellis yet.
-    #[serde(default)]
-    #[schemars(schema_with = "crate::schema::preserve_unknown_list")]
-    pub ingress: Option<Vec<serde_json::Value>>,
+    /// How the traffic arriving for a port is handed to the application: the port's
+    /// protocol and the application's address. Ports it does not name keep what the
+    /// workload's Services say (their target port, on localhost).
+    pub ingress: Option<Vec<IngressListener>>,
     /// The hosts the proxies route, per port or for every port (the last listener, without
     /// `port`). Without it: every host the proxy can see.
     pub egress: Option<Vec<EgressListener>>,
-    /// Not supported by Trellis yet.
-    #[serde(default)]
-    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
-    pub inbound_connection_pool: Option<serde_json::Value>,
+    /// Limits of the connections and requests the proxies send the application, on every
+    /// inbound port (an ingress listener's `connectionPool` replaces it for its port).
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     /// What the proxies do with traffic to hosts their listeners do not route; overrides the
     /// Mesh's `outboundTrafficPolicy`.
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
@@ -76,6 +69,30 @@ pub struct SidecarSpec {
 pub struct SidecarWorkloadSelector {
     /// Pods whose labels include all of these are selected.
     pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// The traffic arriving for one port of the workload, and where the proxy hands it over.
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressListener {
+    /// The port traffic arrives for (1-65535: the port clients address, the Services'
+    /// target port) and its protocol.
+    pub port: SidecarPort,
+    /// Not supported by Trellis yet: the inbound listener takes the port on every address
+    /// of the pod.
+    pub bind: Option<String>,
+    /// How the traffic reaches the proxy: `DEFAULT` and `IPTABLES` (captured by the pod's
+    /// iptables rules) are what Trellis does; `NONE` is not supported yet.
+    pub capture_mode: Option<CaptureMode>,
+    /// Where the proxy hands the traffic over: `127.0.0.1:PORT` or `[::1]:PORT` (the
+    /// application on localhost). Without it: `127.0.0.1` on the listener's port.
+    pub default_endpoint: Option<String>,
+    /// TLS terminated by the proxy on this port (Istio: SIMPLE or MUTUAL, with files).
+    pub tls: Option<ServerTlsSettings>,
+    /// Limits of the connections and requests sent to the application on this port;
+    /// replaces `inboundConnectionPool` for it.
+    pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
 /// The hosts routed on one port (or on every port the other listeners do not name).

@@ -514,39 +514,7 @@ fn port_policy(
         load_balancer(&format!("{p}.loadBalancer"), lb, f);
     }
     if let Some(pool) = pool {
-        let cp = format!("{p}.connectionPool");
-        if let Some(tcp) = &pool.tcp {
-            duration(
-                &format!("{cp}.tcp.connectTimeout"),
-                &tcp.connect_timeout,
-                MIN_TIMEOUT,
-                f,
-            );
-            duration(
-                &format!("{cp}.tcp.maxConnectionDuration"),
-                &tcp.max_connection_duration,
-                MIN_TIMEOUT,
-                f,
-            );
-            duration(&format!("{cp}.tcp.idleTimeout"), &tcp.idle_timeout, MIN_TIMEOUT, f);
-            if let Some(ka) = &tcp.tcp_keepalive {
-                duration(
-                    &format!("{cp}.tcp.tcpKeepalive.time"),
-                    &ka.time,
-                    Duration::from_secs(1),
-                    f,
-                );
-                duration(
-                    &format!("{cp}.tcp.tcpKeepalive.interval"),
-                    &ka.interval,
-                    Duration::from_secs(1),
-                    f,
-                );
-            }
-        }
-        if let Some(http) = &pool.http {
-            duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
-        }
+        connection_pool(&format!("{p}.connectionPool"), pool, f);
     }
     if let Some(od) = od {
         let op = format!("{p}.outlierDetection");
@@ -573,6 +541,42 @@ fn port_policy(
     }
     if let Some(tls) = tls {
         client_tls(&format!("{p}.tls"), tls, f);
+    }
+}
+
+/// A connection pool's durations (a DestinationRule's, a Sidecar's inbound one), at `cp`.
+pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut Findings) {
+    if let Some(tcp) = &pool.tcp {
+        duration(
+            &format!("{cp}.tcp.connectTimeout"),
+            &tcp.connect_timeout,
+            MIN_TIMEOUT,
+            f,
+        );
+        duration(
+            &format!("{cp}.tcp.maxConnectionDuration"),
+            &tcp.max_connection_duration,
+            MIN_TIMEOUT,
+            f,
+        );
+        duration(&format!("{cp}.tcp.idleTimeout"), &tcp.idle_timeout, MIN_TIMEOUT, f);
+        if let Some(ka) = &tcp.tcp_keepalive {
+            duration(
+                &format!("{cp}.tcp.tcpKeepalive.time"),
+                &ka.time,
+                Duration::from_secs(1),
+                f,
+            );
+            duration(
+                &format!("{cp}.tcp.tcpKeepalive.interval"),
+                &ka.interval,
+                Duration::from_secs(1),
+                f,
+            );
+        }
+    }
+    if let Some(http) = &pool.http {
+        duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
     }
 }
 

@@ -1,14 +1,18 @@
 //! Semantic checks of Sidecar: Istio's validation (`ValidateSidecar`), plus what Trellis does
-//! not implement yet, said so. `ingress`, `inboundConnectionPool`, an egress listener's `bind`
-//! and `outboundTrafficPolicy.egressProxy` are refused by the kind's CEL rules, which the
-//! validator runs too.
+//! not implement yet, said so: an ingress listener's `bind`, `captureMode: NONE`, `tls` and a
+//! unix socket or the instance IP as `defaultEndpoint`, and the connection pool settings the
+//! proxy has no limit for, here; an egress listener's `bind` and
+//! `outboundTrafficPolicy.egressProxy` by the kind's CEL rules, which the validator runs too.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+mod ingress;
 
 use super::Findings;
 use super::format::{dns_label, dns_subdomain, labels, not_supported};
 use super::service_entry::{PROTOCOLS, PROTOCOLS_UNSUPPORTED};
-use crate::networking::{CaptureMode, SidecarSpec};
+use crate::networking::{CaptureMode, SidecarPort, SidecarSpec};
+use ingress::{inbound_pool, ingress_listener};
 
 pub(super) fn sidecar(spec: &SidecarSpec, f: &mut Findings) {
     if let Some(selector) = &spec.workload_selector {
@@ -21,15 +25,23 @@ pub(super) fn sidecar(spec: &SidecarSpec, f: &mut Findings) {
         }
     }
     let egress = spec.egress.as_deref().unwrap_or_default();
+    let ingress = spec.ingress.as_deref().unwrap_or_default();
     if egress.is_empty()
-        && spec.ingress.is_none()
+        && ingress.is_empty()
         && spec.outbound_traffic_policy.is_none()
         && spec.inbound_connection_pool.is_none()
     {
         f.error(
             "spec",
-            "empty Sidecar: it changes nothing; give it egress hosts (e.g. hosts: [\"./*\", \"trellis-system/*\"]) or an outboundTrafficPolicy",
+            "empty Sidecar: it changes nothing; give it egress hosts (e.g. hosts: [\"./*\", \"trellis-system/*\"]), ingress listeners or an outboundTrafficPolicy",
         );
+    }
+    let mut ingress_ports = BTreeSet::new();
+    for (i, listener) in ingress.iter().enumerate() {
+        ingress_listener(&format!("spec.ingress[{i}]"), listener, &mut ingress_ports, f);
+    }
+    if let Some(pool) = &spec.inbound_connection_pool {
+        inbound_pool("spec.inboundConnectionPool", pool, f);
     }
     let mut ports = BTreeSet::new();
     let mut catch_all = false;
@@ -47,14 +59,7 @@ pub(super) fn sidecar(spec: &SidecarSpec, f: &mut Findings) {
             None => catch_all = true,
             Some(port) => {
                 let pp = format!("{p}.port");
-                if port.target_port.is_some_and(|t| t > 0) {
-                    f.error(format!("{pp}.targetPort"), "targetPort has no impact on Sidecars; remove it");
-                }
-                if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty())
-                    && let Err(why) = dns_label(name)
-                {
-                    f.error(format!("{pp}.name"), format!("invalid port name: {why}"));
-                }
+                port_name(&pp, port, f);
                 if port.number == 0 {
                     not_supported(
                         &format!("{pp}.number"),
@@ -83,6 +88,21 @@ pub(super) fn sidecar(spec: &SidecarSpec, f: &mut Findings) {
             );
         }
         hosts(&p, &listener.hosts, f);
+    }
+}
+
+/// A port's `targetPort` (refused, as Istio refuses it) and `name` (a DNS label).
+fn port_name(pp: &str, port: &SidecarPort, f: &mut Findings) {
+    if port.target_port.is_some_and(|t| t > 0) {
+        f.error(
+            format!("{pp}.targetPort"),
+            "targetPort has no impact on Sidecars; remove it",
+        );
+    }
+    if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty())
+        && let Err(why) = dns_label(name)
+    {
+        f.error(format!("{pp}.name"), format!("invalid port name: {why}"));
     }
 }
 
@@ -235,6 +255,20 @@ mod tests {
             json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
                    "egress": [{"hosts": ["./*", "~/*.example.com", "*/api.example.com"]}]}),
             json!({"egress": [{"captureMode": "IPTABLES", "hosts": ["*/*"]}]}),
+            // Istio's ingress example (`defaultEndpoint` on localhost), and its variants.
+            json!({"workloadSelector": {"labels": {"app": "productpage"}},
+                   "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "somename"},
+                                "defaultEndpoint": "127.0.0.1:8080"}],
+                   "egress": [{"hosts": ["*/*"]}]}),
+            json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "[::1]:8080",
+                                "captureMode": "IPTABLES"},
+                               {"port": {"number": 5432, "protocol": "TCP", "name": "tcp-db"}}]}),
+            json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080",
+                                "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "2s"},
+                                                   "http": {"http1MaxPendingRequests": 5, "maxRequestsPerConnection": 1,
+                                                            "idleTimeout": "30s"}}}],
+                   "inboundConnectionPool": {"tcp": {"maxConnections": 100}}}),
+            json!({"inboundConnectionPool": {"http": {"http1MaxPendingRequests": 1024}}}),
         ] {
             let errors = of(spec.clone(), Severity::Error);
             assert!(errors.is_empty(), "{spec}: {errors:?}");
@@ -310,6 +344,84 @@ mod tests {
                     "spec.workloadSelector.labels[app]",
                     "",
                 ),
+                (json!({"ingress": []}), "spec", "empty Sidecar"),
+                (
+                    json!({"ingress": [{"defaultEndpoint": "127.0.0.1:8080"}]}),
+                    "spec.ingress[0].port",
+                    "required",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}},
+                                       {"port": {"number": 9080, "protocol": "TCP"}}]}),
+                    "spec.ingress[1].port.number",
+                    "must be unique",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080}}]}),
+                    "spec.ingress[0].port.protocol",
+                    "required",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "SMTP"}}]}),
+                    "spec.ingress[0].port.protocol",
+                    "unsupported protocol",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "Web_1"}}]}),
+                    "spec.ingress[0].port.name",
+                    "invalid port name",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "targetPort": 8080}}]}),
+                    "spec.ingress[0].port.targetPort",
+                    "no impact",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 70000, "protocol": "HTTP"}}]}),
+                    "spec.ingress[0].port.number",
+                    "",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "10.0.0.7:8080"}]}),
+                    "spec.ingress[0].defaultEndpoint",
+                    "must be of form 127.0.0.1:PORT",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1"}]}),
+                    "spec.ingress[0].defaultEndpoint",
+                    "has no port",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:http"}]}),
+                    "spec.ingress[0].defaultEndpoint",
+                    "not a port number",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:0"}]}),
+                    "spec.ingress[0].defaultEndpoint",
+                    "not a port number",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "bind": "localhost"}]}),
+                    "spec.ingress[0].bind",
+                    "not an IP address",
+                ),
+                (
+                    json!({"inboundConnectionPool": {}}),
+                    "spec.inboundConnectionPool",
+                    "at least one field",
+                ),
+                (
+                    json!({"inboundConnectionPool": {"tcp": {"connectTimeout": "soon"}}}),
+                    "spec.inboundConnectionPool.tcp.connectTimeout",
+                    "",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"},
+                                        "connectionPool": {"tcp": {"maxConnections": 0}}}]}),
+                    "spec.ingress[0].connectionPool.tcp.maxConnections",
+                    "",
+                ),
             ],
         );
     }
@@ -317,14 +429,52 @@ mod tests {
     /// What Trellis does not do yet is refused as such, with the fix, never accepted and dropped.
     #[test]
     fn what_trellis_cannot_do_is_refused_as_not_supported() {
+        let ingress = |extra: Value| {
+            let mut l = json!({"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"});
+            l.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            json!({"ingress": [l]})
+        };
         let cases: Vec<(Value, &str, &str)> = [
+            (ingress(json!({"bind": "10.0.0.7"})), "spec.ingress[0].bind"),
+            (ingress(json!({"captureMode": "NONE"})), "spec.ingress[0].captureMode"),
             (
-                json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "defaultEndpoint": "127.0.0.1:8080"}]}),
-                "spec.ingress",
+                ingress(json!({"defaultEndpoint": "unix:///var/run/app.sock"})),
+                "spec.ingress[0].defaultEndpoint",
+            ),
+            (ingress(json!({"defaultEndpoint": "0.0.0.0:8080"})), "spec.ingress[0].defaultEndpoint"),
+            (ingress(json!({"defaultEndpoint": "[::]:8080"})), "spec.ingress[0].defaultEndpoint"),
+            (ingress(json!({"defaultEndpoint": ":8080"})), "spec.ingress[0].defaultEndpoint"),
+            (
+                ingress(json!({"tls": {"mode": "SIMPLE", "serverCertificate": "/etc/certs/tls.crt", "privateKey": "/etc/certs/tls.key"}})),
+                "spec.ingress[0].tls",
             ),
             (
-                json!({"inboundConnectionPool": {"tcp": {"maxConnections": 10}}, "egress": [{"hosts": ["./*"]}]}),
-                "spec.inboundConnectionPool",
+                json!({"ingress": [{"port": {"number": 0, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"}]}),
+                "spec.ingress[0].port.number",
+            ),
+            (
+                json!({"inboundConnectionPool": {"tcp": {"maxConnectionDuration": "1h"}}}),
+                "spec.inboundConnectionPool.tcp.maxConnectionDuration",
+            ),
+            (
+                json!({"inboundConnectionPool": {"tcp": {"idleTimeout": "1h"}}}),
+                "spec.inboundConnectionPool.tcp.idleTimeout",
+            ),
+            (
+                json!({"inboundConnectionPool": {"tcp": {"tcpKeepalive": {"probes": 3}}}}),
+                "spec.inboundConnectionPool.tcp.tcpKeepalive",
+            ),
+            (
+                ingress(json!({"connectionPool": {"http": {"http2MaxRequests": 10}}})),
+                "spec.ingress[0].connectionPool.http.http2MaxRequests",
+            ),
+            (
+                ingress(json!({"connectionPool": {"http": {"maxRetries": 1}}})),
+                "spec.ingress[0].connectionPool.http.maxRetries",
+            ),
+            (
+                ingress(json!({"connectionPool": {"http": {"maxConcurrentStreams": 10}}})),
+                "spec.ingress[0].connectionPool.http.maxConcurrentStreams",
             ),
             (
                 json!({"egress": [{"port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.1", "hosts": ["./*"]}]}),
@@ -372,6 +522,12 @@ mod tests {
                     json!({"workloadSelector": {}, "egress": [{"hosts": ["./*"]}]}),
                     "spec.workloadSelector",
                     "every pod of the namespace",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 5432, "protocol": "TCP"},
+                                        "connectionPool": {"http": {"http1MaxPendingRequests": 5}}}]}),
+                    "spec.ingress[0].connectionPool.http",
+                    "only the tcp settings apply",
                 ),
             ],
         );

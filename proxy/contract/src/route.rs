@@ -69,7 +69,7 @@ pub struct Provenance {
     pub section: Option<RuleSection>,
 }
 
-/// A VirtualService's lists of rules.
+/// A resource's lists of rules: a VirtualService's, or a Sidecar's ingress listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RuleSection {
@@ -79,16 +79,19 @@ pub enum RuleSection {
     Tcp,
     /// `spec.tls`.
     Tls,
+    /// A Sidecar's `spec.ingress`.
+    Ingress,
 }
 
 impl Provenance {
     /// Where it came from in words: `VirtualService shop/payment http[3]` (`tcp[0]`,
-    /// `tls[1]`), `Gateway shop/gw`.
+    /// `tls[1]`), `Sidecar shop/default ingress[0]`, `Gateway shop/gw`.
     pub fn describe(&self) -> String {
         let section = match self.section {
             None | Some(RuleSection::Http) => "http",
             Some(RuleSection::Tcp) => "tcp",
             Some(RuleSection::Tls) => "tls",
+            Some(RuleSection::Ingress) => "ingress",
         };
         match self.rule_index {
             Some(i) => format!("{} {}/{} {section}[{i}]", self.kind, self.namespace, self.name),

@@ -9,7 +9,8 @@
 //!   identities), the mesh's trust domain and the TLS Secrets the rule's
 //!   `credentialName`s name (in the client's namespace).
 //! - The **DNS table** reads the Services and ServiceEntries.
-//! - **Sidecars** change every sidecar's outbound part and DNS table (what it reaches); with
+//! - **Sidecars** change every sidecar's outbound part and DNS table (what it reaches) and its
+//!   own part (the inbound listener's ports: `ingress`, `inboundConnectionPool`); with
 //!   Sidecars, a VirtualService change rebuilds the DNS tables (imported destinations).
 //! - **ServiceEntries** change every sidecar's outbound part; the push recompiles the entries'
 //!   routes and clusters whenever it rebuilds a shared part (they read pods, VirtualServices,
@@ -141,10 +142,12 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
     }
 
     // Sidecars: what each sidecar reaches (which Services, entries and VirtualServices its
-    // outbound part holds, its DNS table, its outbound traffic policy) and how proxies share.
+    // outbound part holds, its DNS table, its outbound traffic policy), how proxies share, and
+    // the ports of each sidecar's inbound listener (`ingress`, `inboundConnectionPool`).
     if !same_in_order(&old.sidecars, &new.sidecars, |a, b| a.spec == b.spec) {
         c.all_outbound = true;
         c.dns = true;
+        c.all_own = true;
     }
 
     // VirtualServices: the hosts of the old and new versions.

@@ -441,34 +441,7 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
         }
     }
     if let Some(pool) = &p.connection_pool {
-        if let Some(tcp) = &pool.tcp {
-            if let Some(n) = tcp.max_connections {
-                c.connection_pool.max_connections = n.max(1) as u32;
-            }
-            if let Some(ms) = tcp.connect_timeout.as_deref().and_then(millis) {
-                c.connect_timeout_ms = ms;
-            }
-        }
-        if let Some(http) = &pool.http {
-            if let Some(n) = http.http1_max_pending_requests {
-                c.connection_pool.max_pending_requests = n.max(1) as u32;
-            }
-            if let Some(n) = http.max_requests_per_connection {
-                c.connection_pool.max_requests_per_connection = n.max(0) as u32;
-            }
-            if let Some(ms) = http.idle_timeout.as_deref().and_then(millis) {
-                c.connection_pool.idle_timeout_ms = ms;
-            }
-            match http.h2_upgrade_policy {
-                Some(H2UpgradePolicy::Upgrade) if c.protocol == UpstreamProtocol::Http1 => {
-                    c.protocol = UpstreamProtocol::Http2
-                }
-                _ => {}
-            }
-            if http.use_client_protocol == Some(true) {
-                c.protocol = UpstreamProtocol::UseDownstream;
-            }
-        }
+        apply_pool(pool, c);
     }
     if let Some(od) = &p.outlier_detection {
         let defaults = OutlierDetection::default();
@@ -484,6 +457,40 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
         });
         if let Some(min) = od.min_health_percent {
             c.panic_threshold_percent = f64::from(min);
+        }
+    }
+}
+
+/// A connection pool's limits on a cluster (a DestinationRule's; a Sidecar's inbound pool on
+/// the cluster of the application's port): the settings the proxy has a limit for. The
+/// validator refuses the others on the inbound side.
+pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
+    if let Some(tcp) = &pool.tcp {
+        if let Some(n) = tcp.max_connections {
+            c.connection_pool.max_connections = n.max(1) as u32;
+        }
+        if let Some(ms) = tcp.connect_timeout.as_deref().and_then(millis) {
+            c.connect_timeout_ms = ms;
+        }
+    }
+    if let Some(http) = &pool.http {
+        if let Some(n) = http.http1_max_pending_requests {
+            c.connection_pool.max_pending_requests = n.max(1) as u32;
+        }
+        if let Some(n) = http.max_requests_per_connection {
+            c.connection_pool.max_requests_per_connection = n.max(0) as u32;
+        }
+        if let Some(ms) = http.idle_timeout.as_deref().and_then(millis) {
+            c.connection_pool.idle_timeout_ms = ms;
+        }
+        match http.h2_upgrade_policy {
+            Some(H2UpgradePolicy::Upgrade) if c.protocol == UpstreamProtocol::Http1 => {
+                c.protocol = UpstreamProtocol::Http2
+            }
+            _ => {}
+        }
+        if http.use_client_protocol == Some(true) {
+            c.protocol = UpstreamProtocol::UseDownstream;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Inbound traffic of a sidecar: the listener that hands traffic from other proxies to the
-//! app on localhost, and the policy it enforces — the PeerAuthentication mode (workload >
+//! app on localhost (its ports: [`ingress`]), and the policy it enforces — the PeerAuthentication mode (workload >
 //! namespace > mesh, port-level on top), the RequestAuthentications (JWT issuers) and the
 //! AuthorizationPolicies that select the workload.
 
@@ -11,54 +11,29 @@ use trellis_api::security::{
 use trellis_contract::{
     self as c, AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource, Cluster,
     ConnectionPool, Endpoint, HealthStatus, HttpLimits, InboundPolicy, LbPolicy, Listener, ListenerDirection,
-    ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, Provenance, RouteMatch, SpiffeId,
-    TcpRoute, UpstreamProtocol, UpstreamTls, VirtualHost,
+    ListenerProtocol, LoadBalancer, MtlsMode, MtlsPolicy, PathNormalization, RouteMatch, SpiffeId, TcpRoute,
+    UpstreamProtocol, UpstreamTls, VirtualHost,
 };
 
+mod ingress;
+
+use super::cluster::apply_pool;
 use super::route::forward_to;
-use super::{Code, Ctx, DNS_DOMAIN, Dropped, INBOUND_PORT, Role, resource};
-use crate::registry::{Protocol, TargetPort, selects};
+use super::{Code, Ctx, Dropped, INBOUND_PORT, Role, resource};
+use crate::registry::{Protocol, selects};
 use crate::snapshot::FetchedJwks;
 
 /// The inbound listener, its local clusters, and the inbound policy.
 pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPolicy) {
-    // The app's ports: target ports of the Services that select this pod (the first Service,
-    // by namespace and name, names the port's `destination_service`, as Istio's inbound
-    // clusters name their first service).
-    let mut ports: BTreeMap<u16, (Protocol, String, String)> = BTreeMap::new();
-    for svc in ctx.snapshot.registry.services.values() {
-        let selected = svc.key.namespace == ctx.proxy.key.namespace
-            && svc.selector.as_ref().is_some_and(|s| selects(s, &ctx.proxy.labels));
-        if !selected {
-            continue;
-        }
-        for p in &svc.ports {
-            let target = match &p.target_port {
-                TargetPort::Number(n) => Some(*n),
-                TargetPort::Named(n) => ctx.proxy.named_ports.get(n).copied(),
-            };
-            if let Some(t) = target {
-                ports
-                    .entry(t)
-                    .or_insert((p.protocol, svc.key.namespace.clone(), svc.key.name.clone()));
-            }
-        }
-    }
     let mut routes = Vec::new();
     let mut tcp_routes = Vec::new();
     let mut clusters = Vec::new();
-    for (port, (protocol, ns, name)) in &ports {
+    for (port, app) in ingress::app_ports(ctx) {
+        let protocol = app.protocol;
         let cluster = format!("inbound|{port}||");
-        let provenance = Provenance {
-            kind: "Service".into(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            rule_index: None,
-            section: None,
-        };
-        clusters.push(Cluster {
+        let mut c = Cluster {
             name: cluster.clone(),
-            service: Some(format!("{name}.{ns}.svc.{DNS_DOMAIN}")),
+            service: app.service,
             subset: None,
             protocol: match protocol {
                 Protocol::Http => UpstreamProtocol::Http1,
@@ -77,35 +52,39 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             tls: UpstreamTls::Disable,
             discovery: trellis_contract::Discovery::Static,
             endpoints: vec![Endpoint {
-                address: "127.0.0.1".into(),
-                port: *port,
+                address: app.address,
+                port: app.port,
                 weight: 1,
                 labels: BTreeMap::new(),
                 health: HealthStatus::Healthy,
                 identity: None,
             }],
             provenance: None,
-        });
-        if protocol.is_http() || *protocol == Protocol::Auto {
+        };
+        if let Some(pool) = &app.pool {
+            apply_pool(pool, &mut c);
+        }
+        clusters.push(c);
+        if protocol.is_http() || protocol == Protocol::Auto {
             routes.push(forward_to(
                 format!("inbound|{port}"),
                 vec![RouteMatch {
-                    port: Some(*port),
+                    port: Some(port),
                     ..RouteMatch::default()
                 }],
                 cluster.clone(),
-                provenance.clone(),
+                app.provenance.clone(),
             ));
         }
         if !protocol.is_http() {
             tcp_routes.push(TcpRoute {
-                destination_port: Some(*port),
+                destination_port: Some(port),
                 destination_cidrs: Vec::new(),
                 sni_hosts: Vec::new(),
                 passthrough: false,
                 cluster,
                 weighted_clusters: Vec::new(),
-                provenance: Some(provenance),
+                provenance: Some(app.provenance),
             });
         }
     }

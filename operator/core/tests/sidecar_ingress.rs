@@ -1,0 +1,212 @@
+//! A Sidecar's `ingress` listeners and inbound connection pools on the inbound side (Istio's
+//! `IstioIngressListener`): traffic arriving for a port is handed to the listener's
+//! `defaultEndpoint` with the listener's protocol, ports the Sidecar does not name keep what
+//! the Services say, the pools land on the application's clusters, and a mesh without ingress
+//! compiles as before.
+
+use trellis_contract::{Cluster, Listener, ProxyConfig, UpstreamProtocol};
+use trellis_core::compile::{Role, changes, compile};
+use trellis_core::registry::ObjectKey;
+use trellis_core::snapshot::Snapshot;
+
+/// `web` (Service port 80 → target 8080, HTTP) and `payment` (8080 and TCP 5432) in `shop`.
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.1.1, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payment, namespace: shop}
+spec:
+  clusterIP: 10.96.1.2
+  selector: {app: payment}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-db, port: 5432, targetPort: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: app, image: web}]}
+status: {podIP: 10.244.1.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: payment-1, namespace: shop, labels: {app: payment}}
+spec: {containers: [{name: app, image: payment}]}
+status: {podIP: 10.244.1.2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"#;
+
+fn snapshot(extra: &str) -> Snapshot {
+    Snapshot::from_yaml(&format!("{MESH}\n---\n{extra}")).expect("fixture")
+}
+
+fn sidecar(s: &Snapshot, pod: &str) -> ProxyConfig {
+    compile(s, &ObjectKey::new("shop", pod), Role::Sidecar, "v1")
+        .expect("compiles")
+        .config
+}
+
+fn inbound(c: &ProxyConfig) -> &Listener {
+    c.listeners
+        .iter()
+        .find(|l| l.name == "inbound")
+        .expect("an inbound listener")
+}
+
+fn cluster(c: &ProxyConfig, port: u16) -> &Cluster {
+    let name = format!("inbound|{port}||");
+    c.clusters
+        .iter()
+        .find(|cl| cl.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+/// The application's address for `port`: `address:port` of its cluster's one endpoint.
+fn app(c: &ProxyConfig, port: u16) -> String {
+    let cl = cluster(c, port);
+    assert_eq!(cl.endpoints.len(), 1, "{cl:?}");
+    let e = &cl.endpoints[0];
+    format!("{}:{}", e.address, e.port)
+}
+
+/// Where the inbound listener's HTTP route and TCP route for `port` come from, in words.
+fn routes(c: &ProxyConfig, port: u16) -> (Option<String>, Option<String>) {
+    let l = inbound(c);
+    let http = l
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.routes)
+        .find(|r| r.matches.iter().any(|m| m.port == Some(port)));
+    let tcp = l.tcp_routes.iter().find(|r| r.destination_port == Some(port));
+    (
+        http.map(|r| r.provenance.describe()),
+        tcp.and_then(|r| r.provenance.as_ref()).map(|p| p.describe()),
+    )
+}
+
+/// Shop's Sidecar without a selector, with this `spec`.
+fn namespace_sidecar(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.trellis.dev/v1alpha1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec: {spec}"
+    )
+}
+
+const INGRESS: &str = r#"
+apiVersion: networking.trellis.dev/v1alpha1
+kind: Sidecar
+metadata: {name: web-ingress, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: web}}
+  ingress:
+  - port: {number: 8080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:9090
+  - port: {number: 7070, protocol: TCP, name: tcp-admin}
+    defaultEndpoint: "[::1]:7071"
+"#;
+
+#[test]
+fn an_ingress_port_is_handed_to_its_default_endpoint_with_its_protocol() {
+    let s = snapshot(INGRESS);
+    let web = sidecar(&s, "web-1");
+    // 8080 (a Service's target port): to 127.0.0.1:9090, over HTTP, the route named after
+    // the Sidecar's listener; the cluster keeps the Service it serves.
+    assert_eq!(app(&web, 8080), "127.0.0.1:9090");
+    assert_eq!(cluster(&web, 8080).protocol, UpstreamProtocol::Http1);
+    assert_eq!(
+        cluster(&web, 8080).service.as_deref(),
+        Some("web.shop.svc.cluster.local")
+    );
+    assert_eq!(
+        routes(&web, 8080),
+        (Some("Sidecar shop/web-ingress ingress[0]".to_string()), None)
+    );
+    // 7070 (no Service names it): added, opaque TCP, to [::1]:7071.
+    assert_eq!(app(&web, 7070), "::1:7071");
+    assert_eq!(cluster(&web, 7070).protocol, UpstreamProtocol::Tcp);
+    assert_eq!(cluster(&web, 7070).service, None);
+    assert_eq!(
+        routes(&web, 7070),
+        (None, Some("Sidecar shop/web-ingress ingress[1]".to_string()))
+    );
+    // The Sidecar selects web only: payment's inbound is the Services'.
+    let payment = sidecar(&s, "payment-1");
+    assert_eq!(app(&payment, 8080), "127.0.0.1:8080");
+    assert_eq!(routes(&payment, 8080).0.as_deref(), Some("Service shop/payment"));
+}
+
+#[test]
+fn without_ingress_the_inbound_side_is_the_services() {
+    let plain = snapshot("");
+    let egress_only = snapshot(&namespace_sidecar(r#"{egress: [{hosts: ["./*"]}]}"#));
+    for s in [&plain, &egress_only] {
+        let payment = sidecar(s, "payment-1");
+        assert_eq!(app(&payment, 8080), "127.0.0.1:8080");
+        assert_eq!(app(&payment, 5432), "127.0.0.1:5432");
+        assert_eq!(routes(&payment, 5432), (None, Some("Service shop/payment".to_string())));
+        assert_eq!(inbound(&payment), inbound(&sidecar(&plain, "payment-1")));
+    }
+}
+
+#[test]
+fn an_ingress_listener_replaces_one_service_port_and_keeps_the_others() {
+    // payment's 5432 is declared TCP by its Service; the Sidecar says HTTP on another port.
+    let s = snapshot(&namespace_sidecar(
+        r#"
+  ingress: [{port: {number: 5432, protocol: HTTP, name: http-db}, defaultEndpoint: "127.0.0.1:6543"}]
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    assert_eq!(app(&payment, 5432), "127.0.0.1:6543");
+    assert_eq!(
+        routes(&payment, 5432),
+        (Some("Sidecar shop/default ingress[0]".to_string()), None)
+    );
+    assert_eq!(app(&payment, 8080), "127.0.0.1:8080");
+    assert_eq!(routes(&payment, 8080).0.as_deref(), Some("Service shop/payment"));
+    // An ingress listener without defaultEndpoint hands its port to localhost's same port.
+    let s = snapshot(&namespace_sidecar(
+        r#"
+  ingress: [{port: {number: 9000, protocol: GRPC, name: grpc}}]
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    assert_eq!(app(&payment, 9000), "127.0.0.1:9000");
+    assert_eq!(cluster(&payment, 9000).protocol, UpstreamProtocol::Http2);
+}
+
+#[test]
+fn inbound_connection_pools_land_on_the_applications_clusters() {
+    let s = snapshot(&namespace_sidecar(
+        r#"
+  inboundConnectionPool:
+    tcp: {maxConnections: 100, connectTimeout: 2s}
+    http: {http1MaxPendingRequests: 50, idleTimeout: 30s}
+  ingress:
+  - port: {number: 8080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:8080
+    connectionPool: {tcp: {maxConnections: 7}, http: {maxRequestsPerConnection: 1}}
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    // The listener's own pool replaces the Sidecar's for its port.
+    let own = cluster(&payment, 8080);
+    assert_eq!(own.connection_pool.max_connections, 7);
+    assert_eq!(own.connection_pool.max_requests_per_connection, 1);
+    assert_eq!(own.connection_pool.max_pending_requests, 1024, "the default");
+    assert_eq!(own.connect_timeout_ms, 10_000, "the default");
+    // The Service's other port gets the Sidecar's.
+    let db = cluster(&payment, 5432);
+    assert_eq!(db.connection_pool.max_connections, 100);
+    assert_eq!(db.connection_pool.max_pending_requests, 50);
+    assert_eq!(db.connection_pool.idle_timeout_ms, 30_000);
+    assert_eq!(db.connect_timeout_ms, 2_000);
+}
+
+#[test]
+fn a_sidecar_change_recompiles_the_inbound_side() {
+    let before = snapshot("");
+    let after = snapshot(INGRESS);
+    let c = changes(&before, &after);
+    assert!(c.own_changed(&ObjectKey::new("shop", "web-1")), "{c:?}");
+}
