@@ -18,7 +18,8 @@ pub fn describe_provenance(p: &Provenance) -> String {
     p.describe()
 }
 
-/// A route's match in words: `path /api*, x-canary = true`, alternatives joined by `or`.
+/// A route's match in words: `path /api*, x-canary = true`, `port 8080` (an inbound route),
+/// alternatives joined by `or`.
 pub fn describe_match(route: &Route) -> String {
     let text = |m: &StringMatch| match m {
         StringMatch::Exact(v) => format!("= {v}"),
@@ -31,6 +32,9 @@ pub fn describe_match(route: &Route) -> String {
         .iter()
         .map(|m| {
             let mut p = Vec::new();
+            if let Some(port) = m.port {
+                p.push(format!("port {port}"));
+            }
             if let Some(u) = &m.uri {
                 p.push(format!("path {}", text(u)));
             }

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use trellis_contract::{ListenerDirection, ProxyConfig, UpstreamTls};
+use trellis_contract::{ListenerDirection, ProxyConfig, RouteAction, UpstreamTls};
 
 use crate::config_text::{cluster_parts, describe_action, describe_match, describe_provenance};
 
@@ -246,7 +246,12 @@ pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
                     domains: vh.domains.clone(),
                     name,
                     matches: describe_match(r),
-                    destination: describe_action(r),
+                    destination: match (l.direction, &r.action) {
+                        (ListenerDirection::Inbound, RouteAction::Forward(f)) if f.clusters.len() == 1 => {
+                            app_address(dump, &f.clusters[0].cluster)
+                        }
+                        _ => describe_action(r),
+                    },
                     from: describe_provenance(&r.provenance),
                 });
             }
@@ -276,6 +281,7 @@ pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
                     }
                 },
                 destination: match t.destinations().as_slice() {
+                    [(only, _)] if l.direction == ListenerDirection::Inbound => app_address(dump, only),
                     [(only, _)] => only.to_string(),
                     several => several
                         .iter()
@@ -292,6 +298,26 @@ pub fn routes(dump: &Dump, filter: &Filter) -> Vec<RouteRow> {
         }
     }
     rows
+}
+
+/// Where an inbound route hands traffic: `app 127.0.0.1:9090`, the endpoint of its cluster (the
+/// Service's target port, or a Sidecar ingress listener's `defaultEndpoint`).
+fn app_address(dump: &Dump, cluster: &str) -> String {
+    let endpoints: Vec<String> = dump
+        .config
+        .clusters
+        .iter()
+        .filter(|c| c.name == cluster)
+        .flat_map(|c| &c.endpoints)
+        .map(|e| match e.address.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, e.port).to_string(),
+            Err(_) => format!("{}:{}", e.address, e.port),
+        })
+        .collect();
+    match endpoints.is_empty() {
+        true => format!("{cluster} (no such cluster)"),
+        false => format!("app {}", endpoints.join(", ")),
+    }
 }
 
 /// One cluster.
@@ -520,6 +546,42 @@ mod tests {
         let canary = routes(&dump, &only(|f| f.name = Some("canary".into())));
         assert_eq!(canary.len(), 1);
         assert_eq!(canary[0].name, "canary");
+    }
+
+    #[test]
+    fn inbound_routes_show_the_port_and_the_applications_address() {
+        let with_ingress = format!(
+            "{SHOP}\n---\napiVersion: networking.trellis.dev/v1alpha1\nkind: Sidecar\nmetadata: {{name: web, namespace: shop}}\nspec:\n  workloadSelector: {{labels: {{app: web}}}}\n  ingress:\n  - port: {{number: 8080, protocol: HTTP, name: http}}\n    defaultEndpoint: 127.0.0.1:9090\n  - port: {{number: 7070, protocol: TCP, name: tcp-admin}}\n    defaultEndpoint: \"[::1]:7071\"\n"
+        );
+        let inbound_rows = |dump: &Dump| -> Vec<(String, String, String)> {
+            routes(dump, &only(|f| f.direction = Some("inbound".into())))
+                .into_iter()
+                .map(|r| (r.matches, r.destination, r.from))
+                .collect()
+        };
+        assert_eq!(
+            inbound_rows(&web_dump(Value::Null)),
+            [(
+                "port 8080".to_string(),
+                "app 127.0.0.1:8080".to_string(),
+                "Service shop/web".to_string()
+            )]
+        );
+        assert_eq!(
+            inbound_rows(&web_dump_of(&with_ingress, Value::Null)),
+            [
+                (
+                    "port 8080".to_string(),
+                    "app 127.0.0.1:9090".to_string(),
+                    "Sidecar shop/web ingress[0]".to_string()
+                ),
+                (
+                    "TCP port 7070".to_string(),
+                    "app [::1]:7071".to_string(),
+                    "Sidecar shop/web ingress[1]".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
