@@ -38,6 +38,23 @@ pub struct AppConfig {
     pub app_metrics: Option<crate::app_metrics::AppMetrics>,
 }
 
+impl AppConfig {
+    /// Admin on `admin_addr` and nothing else: no stats, health or DNS server, the connection
+    /// budget derived from the descriptor limit, no log control or app metrics. Set the other
+    /// fields on the result (`AppConfig { health_addr: …, ..AppConfig::admin_only(addr) }`).
+    pub fn admin_only(admin_addr: SocketAddr) -> Self {
+        Self {
+            admin_addr,
+            stats_addr: None,
+            health_addr: None,
+            dns_addr: None,
+            log_control: None,
+            max_downstream_connections: None,
+            app_metrics: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for AppConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppConfig")

@@ -255,16 +255,8 @@ pub fn published_roots(cluster: &Target, namespace: &str) -> String {
 /// A `trellis-proxy` with no configuration yet, its admin API on a free loopback port.
 pub async fn proxy_app() -> std::sync::Arc<trellis_proxy::App> {
     std::sync::Arc::new(
-        trellis_proxy::App::start(trellis_proxy::AppConfig {
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            stats_addr: None,
-            health_addr: None,
-            dns_addr: None,
-            log_control: None,
-            max_downstream_connections: None,
-            app_metrics: None,
-        })
-        .await
-        .unwrap(),
+        trellis_proxy::App::start(trellis_proxy::AppConfig::admin_only("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap(),
     )
 }

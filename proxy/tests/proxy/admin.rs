@@ -36,17 +36,9 @@ async fn not_ready_without_certificate_when_mesh_needs_one() {
     let mut cfg = outbound_config("v1", vec![], vec![]);
     cfg["listeners"][0]["direction"] = json!("inbound");
     cfg["inbound"] = json!({"mtls": {"mode": "STRICT"}});
-    let app = App::start(AppConfig {
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        stats_addr: None,
-        health_addr: None,
-        dns_addr: None,
-        log_control: None,
-        max_downstream_connections: None,
-        app_metrics: None,
-    })
-    .await
-    .unwrap();
+    let app = App::start(AppConfig::admin_only("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
     let err = app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("identity.certificate"), "{err}");
     let admin = app.admin_addr(trellis_proxy::admin::AdminRole::Admin).unwrap();

@@ -286,17 +286,9 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: Value) -> Self {
-        let app = App::start(AppConfig {
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            stats_addr: None,
-            health_addr: None,
-            dns_addr: None,
-            log_control: None,
-            max_downstream_connections: None,
-            app_metrics: None,
-        })
-        .await
-        .unwrap();
+        let app = App::start(AppConfig::admin_only("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
         let cfg: ProxyConfig = serde_json::from_value(config).expect("test config parses");
         app.apply(cfg).await.expect("test config applies");
         Self { app }
