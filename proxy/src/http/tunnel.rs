@@ -7,8 +7,9 @@
 //! cluster, as its TCP traffic) and only then answered `200`, after which the bytes are
 //! spliced both ways with the listener's TCP idle timeout and counted in the TCP series.
 //! A tunnel to any port the proxy listens on (its traffic listeners — the capture ones and
-//! this one included —, admin, stats, health, DNS, as bound) on a local address is refused
-//! with 403.
+//! this one included —, admin, stats, health, DNS, as bound) on any local address of the pod
+//! (loopback, `0.0.0.0`, the pod IP, every other address of its interfaces: a server bound to
+//! `0.0.0.0` answers on each of them) is refused with 403.
 
 use super::forward::weighted_choice;
 use super::{ConnContext, RequestOutcome, text};
@@ -101,12 +102,22 @@ impl Target {
     }
 }
 
-/// Whether `addr` is a port this proxy listens on (`listens_on`), on a local address — a
-/// loop through a listener, or a way into admin —, given the address the client reached
-/// the listener at (`listener`: the pod's, for a captured connection).
-fn is_own(addr: SocketAddr, listener: SocketAddr, listens_on: impl Fn(u16) -> bool) -> bool {
-    let local = addr.ip().is_loopback() || addr.ip().is_unspecified() || addr.ip() == listener.ip();
-    local && (addr.port() == listener.port() || listens_on(addr.port()))
+/// Whether `addr` is a port this proxy listens on (`listens_on`) on an address of this pod
+/// (`is_local`) — a loop through a listener, or a way into admin or health. The port alone
+/// decides where the proxy is bound: a server on `0.0.0.0` answers on every local address, and
+/// one bound to a single address has the port for itself anyway.
+fn is_own(addr: SocketAddr, listens_on: impl Fn(u16) -> bool, is_local: impl Fn(IpAddr) -> bool) -> bool {
+    listens_on(addr.port()) && is_local(addr.ip().to_canonical())
+}
+
+/// Whether `ip` is an address of this host (the pod's network namespace): loopback, `0.0.0.0`
+/// or `::`, or one the kernel lets a socket bind to — which it allows for local addresses only:
+/// every interface's, and those of local routes.
+// why: asking the kernel covers addresses added after start and needs no interface listing;
+// a host with `ip_nonlocal_bind` set would have every address count as local, so only
+// tunnels to the proxy's own port numbers on other hosts would be refused too.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Answers a `CONNECT` on an outbound listener: routes its target, connects, answers `200`
@@ -154,7 +165,7 @@ pub(super) async fn tunnel(
     };
     let addr = target.resolve().await;
     if let Some(a) = addr
-        && is_own(a, conn.dst, |p| rt.listens_on(p))
+        && is_own(a, |p| rt.listens_on(p), is_local)
     {
         rt.metrics.downstream_rejected();
         out.flags = "DPE";
@@ -241,14 +252,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_ports_on_local_addresses_are_refused() {
-        let listener: SocketAddr = "10.0.0.5:41000".parse().unwrap();
+    fn own_ports_on_any_local_address_are_refused() {
         let own = |p: u16| [15000, 15021, 39001].contains(&p);
-        assert!(is_own("127.0.0.1:15000".parse().unwrap(), listener, own));
-        assert!(is_own("10.0.0.5:41000".parse().unwrap(), listener, own));
-        assert!(is_own("0.0.0.0:15021".parse().unwrap(), listener, own));
-        assert!(is_own("[::1]:39001".parse().unwrap(), listener, own));
-        assert!(!is_own("10.0.0.6:15000".parse().unwrap(), listener, own));
-        assert!(!is_own("127.0.0.1:8443".parse().unwrap(), listener, own));
+        let pod_ips = |ip: IpAddr| is_local(ip) || ip == "10.0.0.5".parse::<IpAddr>().unwrap();
+        for local in [
+            "127.0.0.1:15000",
+            "0.0.0.0:15021",
+            "[::1]:39001",
+            "[::ffff:127.0.0.1]:15000",
+        ] {
+            assert!(is_own(local.parse().unwrap(), own, is_local), "{local}");
+        }
+        // The pod IP, whichever address the client reached the listener at.
+        assert!(is_own("10.0.0.5:15021".parse().unwrap(), own, pod_ips));
+        assert!(!is_own("10.0.0.6:15000".parse().unwrap(), own, pod_ips));
+        assert!(!is_own("127.0.0.1:8443".parse().unwrap(), own, pod_ips));
+    }
+
+    #[test]
+    fn the_kernel_says_which_addresses_are_local() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(is_local("127.9.9.9".parse().unwrap()));
+        assert!(is_local("0.0.0.0".parse().unwrap()));
+        // TEST-NET-3 (RFC 5737) is no interface's address.
+        assert!(!is_local("203.0.113.7".parse().unwrap()));
     }
 }

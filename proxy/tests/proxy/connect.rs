@@ -8,15 +8,15 @@ use crate::support::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_proxy::admin::AdminRole;
 use trellis_proxy::{App, AppConfig};
 
-/// Sends `CONNECT target`, reads the proxy's answer head; on 200 runs TLS (trusting
-/// `root_pem`, naming `sni`) and one `GET /` through the tunnel and returns its body too.
-async fn connect(proxy: SocketAddr, target: &str, root_pem: &str, sni: &str) -> (String, Option<String>) {
+/// Sends `CONNECT target` and reads the proxy's answer: the head, and after any other status
+/// than 200 the body too (it says why); on 200 the connection is the tunnel.
+async fn connect_head(proxy: SocketAddr, target: &str) -> (tokio::net::TcpStream, String) {
     let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
@@ -30,11 +30,33 @@ async fn connect(proxy: SocketAddr, target: &str, root_pem: &str, sni: &str) -> 
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 200") {
+        return (tcp, head);
+    }
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    // Up to the body's length: the connection stays open for the next request.
+    let mut rest = vec![0u8; length.unwrap_or(0)];
+    let body = async {
+        match length {
+            Some(_) => tcp.read_exact(&mut rest).await.map(drop),
+            None => tcp.read_to_end(&mut rest).await.map(drop),
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), body).await;
+    let answer = format!("{head}{}", String::from_utf8_lossy(&rest));
+    (tcp, answer)
+}
+
+/// Sends `CONNECT target`, reads the proxy's answer head; on 200 runs TLS (trusting
+/// `root_pem`, naming `sni`) and one `GET /` through the tunnel and returns its body too.
+async fn connect(proxy: SocketAddr, target: &str, root_pem: &str, sni: &str) -> (String, Option<String>) {
+    let (tcp, head) = connect_head(proxy, target).await;
     if !head.starts_with("HTTP/1.1 200") {
-        // The refusal's body says why.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
-        return (format!("{head}{}", String::from_utf8_lossy(&rest)), None);
+        return (head, None);
     }
     let tls = tokio_rustls::TlsConnector::from(tls_client(root_pem, None))
         .connect(rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(), tcp)
@@ -257,6 +279,68 @@ async fn every_port_the_proxy_listens_on_is_refused_wherever_it_is_bound() {
     let (head, body) = connect(outbound, &target, &root, "localhost").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body.as_deref(), Some("sni=localhost client=none"));
+}
+
+/// An address of this host other than loopback (in a pod: the pod IP), from `ip addr`.
+fn non_loopback_address() -> Option<IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "inet" || *w == "inet6")?;
+        words.next()?.split('/').next()?.parse().ok()
+    })
+}
+
+/// The proxy's ports are refused on every local address, not only on loopback or the one the
+/// client reached the listener at: a client of the loopback listener cannot reach the health
+/// and stats servers (bound to `0.0.0.0`, as in a pod), admin or the listener itself at the
+/// pod IP. Another port at the pod IP is tunnelled.
+#[tokio::test]
+async fn the_proxys_ports_at_the_pod_ip_are_refused_to_a_client_of_the_loopback_listener() {
+    if !trellis_skip::have("ip") {
+        trellis_skip::skip("needs `ip` to find this host's address (Debian: apt-get install iproute2)");
+        return;
+    }
+    let Some(pod_ip) = non_loopback_address() else {
+        trellis_skip::skip("needs an address other than loopback on an interface (`ip addr` shows none)");
+        return;
+    };
+    let every: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let app = App::start(AppConfig {
+        stats_addr: Some(every),
+        health_addr: Some(every),
+        ..AppConfig::admin_only("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+    .unwrap();
+    let ext = json!({"name": "ext", "service": "api.example.com", "endpoints": []});
+    let cfg = config(json!({"transparent": true, "unrouted": "passthrough"}), ext);
+    app.apply(serde_json::from_value(cfg).unwrap()).await.unwrap();
+    let outbound = app.listener_addr("outbound").await.unwrap();
+    assert!(outbound.ip().is_loopback(), "{outbound}");
+    for (what, port) in [
+        ("health", app.admin_addr(AdminRole::Health).unwrap().port()),
+        ("stats", app.admin_addr(AdminRole::Stats).unwrap().port()),
+        ("admin", app.admin_addr(AdminRole::Admin).unwrap().port()),
+        ("the listener", outbound.port()),
+    ] {
+        let target = SocketAddr::new(pod_ip, port).to_string();
+        let (_, head) = connect_head(outbound, &target).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{what} at {target}: {head}");
+        assert!(head.contains("own ports"), "{what} at {target}: {head}");
+    }
+    let other = tokio::net::TcpListener::bind(SocketAddr::new(pod_ip, 0)).await.unwrap();
+    let target = other.local_addr().unwrap().to_string();
+    let (_tunnel, head) = connect_head(outbound, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{target}: {head}");
+    let (_, from) = tokio::time::timeout(Duration::from_secs(5), other.accept())
+        .await
+        .expect("the tunnel reaches the server at the pod IP")
+        .unwrap();
+    assert!(!from.ip().is_loopback(), "{from}");
 }
 
 /// CONNECT over HTTP/2 (RFC 9113 §8.5, as Envoy terminates it): a stream of an h2c connection
