@@ -440,10 +440,11 @@ def targets(med, names):
         t, e = f"trellis-{shape}", f"envoy-{shape}"
         if not have(t, e):
             continue
-        for key, what, better in [("p50", "p50", "<"), ("p99", "p99", "<"), ("cpu_per_1k", "CPU per request", "<"),
-                                  ("max", "max throughput", ">")]:
+        for key, what, better, fmt in [("p50", "p50", "<", ".3f"), ("p99", "p99", "<", ".3f"),
+                                       ("cpu_per_1k", "CPU per request", "<", ".4f"),
+                                       ("max", "max throughput", ">", ".0f")]:
             a, b = med(t, key), med(e, key)
-            rows.append((f"{shape} {what}: trellis {better} Envoy", f"{a:.4g} vs {b:.4g} = {a / b:.2f}x",
+            rows.append((f"{shape} {what}: trellis {better} Envoy", f"{a:{fmt}} vs {b:{fmt}} = {a / b:.2f}x",
                          a < b if better == "<" else a > b))
     return rows
 
