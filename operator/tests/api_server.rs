@@ -240,11 +240,11 @@ async fn under_olm_the_operator_follows_the_operatorgroups_namespace(cluster: &T
             .unwrap_or_default();
         panic!(
             "timed out after 30s: payment's proxy ({pod}) is configured: configured {}, rejection {:?}, identity files {issued:?}\nsyncz: {syncz}\npods:\n{pods}",
-            proxy.runtime().snapshot().config.version,
+            proxy.runtime().snapshot().settings.version,
             proxy.runtime().last_rejection().map(|r| r.error),
         );
     }
-    let inbound = proxy.runtime().snapshot().config.inbound.clone();
+    let inbound = proxy.runtime().snapshot().settings.inbound.clone();
     assert_eq!(
         inbound.mtls.mode,
         trellis_contract::MtlsMode::Strict,

@@ -207,8 +207,8 @@ impl Proxy {
         Proxy { app, outbound, tasks }
     }
 
-    fn config(&self) -> Arc<ProxyConfig> {
-        self.app.runtime().snapshot().config.clone()
+    fn config(&self) -> ProxyConfig {
+        self.app.runtime().snapshot().config()
     }
 
     fn leaf(&self) -> Vec<u8> {
@@ -410,7 +410,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
     .await;
     let has_tag = |p: &Proxy, tag: &str| {
         p.app.runtime().is_ready()
-            && serde_json::to_string(&*p.config())
+            && serde_json::to_string(&p.config())
                 .unwrap()
                 .contains(&format!("\"x-vs\":\"{tag}\""))
     };
@@ -427,7 +427,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
         200,
         "{:?} {}",
         answer.headers,
-        serde_json::to_string(&*a.config()).unwrap()
+        serde_json::to_string(&a.config()).unwrap()
     );
     assert_eq!(answer.body["service"], "b");
     // The caller's identity as b's proxy verified it, and b's own.

@@ -167,7 +167,7 @@ async fn trellis_proxy_in_mesh_mode(cluster: &Target, pod: &str) {
     // at it (the operator's paths are only defaults).
     let (proxy, control) = mesh_proxy(cfg).await;
     until("the proxy is configured and ready", 20, || proxy.runtime().is_ready()).await;
-    let version = proxy.runtime().snapshot().config.version.clone();
+    let version = proxy.runtime().snapshot().settings.version.clone();
     until("the operator sees the ACK", 5, || {
         op.push
             .sync_state()

@@ -40,7 +40,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     assert_eq!(before.roots[0].fingerprint, old_fp);
     assert!(before.roots[0].issuing && before.roots[0].trusted);
     let trusted = |p: &trellis_proxy::App| -> Vec<String> {
-        match &p.runtime().snapshot().config.identity.trust_bundle {
+        match &p.runtime().snapshot().settings.identity.trust_bundle {
             Some(trellis_contract::PemSource::Inline(pem)) => pem_fingerprints(pem),
             other => panic!("the operator pushes the bundle inline, got {other:?}"),
         }

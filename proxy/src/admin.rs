@@ -208,7 +208,7 @@ fn logging(rt: &Runtime, req: &Request<hyper::body::Incoming>) -> Response<Body>
 pub fn config_dump(rt: &Runtime) -> serde_json::Value {
     let snap = rt.snapshot();
     // Never expose private keys.
-    let config = snap.config.redacted();
+    let config = snap.config().redacted();
     let now = Instant::now();
     let mut clusters: Vec<_> = snap
         .clusters
@@ -217,12 +217,14 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
             json!({
                 "name": c.spec.name,
                 "activeRequests": c.active_requests.load(Ordering::Relaxed),
-                "endpoints": c.endpoints.iter().map(|e| json!({
+                // A static cluster's endpoints are its config's, in order (a cluster with
+                // run-time discovery has none here).
+                "endpoints": c.endpoints.iter().zip(&c.spec.endpoints).map(|(e, spec)| json!({
                     "address": e.addr.to_string(),
-                    "health": e.spec.health,
+                    "health": e.health,
                     "ejected": e.ejected(now),
                     "activeRequests": e.active.load(Ordering::Relaxed),
-                    "identity": e.spec.identity,
+                    "identity": spec.identity,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -235,7 +237,7 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
         })
     });
     json!({
-        "version": snap.config.version,
+        "version": snap.settings.version,
         "ready": rt.is_ready(),
         "lastRejected": rt.last_rejection().map(|r| json!({"version": r.version, "error": r.error})),
         "downstreamConnections": {"active": rt.connections.in_use(), "limit": rt.connections.limit()},

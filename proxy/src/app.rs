@@ -251,11 +251,11 @@ impl App {
         let mut listeners = self.listeners.lock().await;
         let previous = self.rt.snapshot();
         let snapshot = Snapshot::build(config, Some(&previous))?;
-        let version = snapshot.config.version.clone();
+        let version = snapshot.settings.version.clone();
 
         // Bind new listeners first; if any bind fails, nothing changes.
         let mut fresh: Vec<(String, tokio::net::TcpListener)> = Vec::new();
-        for l in &snapshot.config.listeners {
+        for l in &snapshot.settings.listeners {
             let addr: SocketAddr = l.address.parse().expect("validated address");
             let keep = listeners
                 .get(&l.name)
@@ -275,8 +275,8 @@ impl App {
                 }
             }
         }
-        let drain = Duration::from_millis(snapshot.config.drain_timeout_ms);
-        let wanted: Vec<String> = snapshot.config.listeners.iter().map(|l| l.name.clone()).collect();
+        let drain = Duration::from_millis(snapshot.settings.drain_timeout_ms);
+        let wanted: Vec<String> = snapshot.settings.listeners.iter().map(|l| l.name.clone()).collect();
         self.rt.install(snapshot);
 
         let mut retired = Vec::new();
@@ -317,7 +317,7 @@ impl App {
     /// is signalled only after its app stopped: nothing is sent its way then.)
     pub async fn drain_gateway(&self) {
         self.rt.start_draining();
-        let serve_on = Duration::from_millis(self.rt.snapshot().config.drain_timeout_ms);
+        let serve_on = Duration::from_millis(self.rt.snapshot().settings.drain_timeout_ms);
         tracing::info!(?serve_on, "not ready; serving on while the load balancer lets go");
         tokio::time::sleep(serve_on).await;
         self.drain().await;
@@ -327,7 +327,7 @@ impl App {
     /// requests finish within the config's drain timeout, then close.
     pub async fn drain(&self) {
         self.rt.start_draining();
-        let drain = Duration::from_millis(self.rt.snapshot().config.drain_timeout_ms);
+        let drain = Duration::from_millis(self.rt.snapshot().settings.drain_timeout_ms);
         let handles: Vec<ListenerHandle> = self.listeners.lock().await.drain().map(|(_, h)| h).collect();
         tracing::info!(listeners = handles.len(), ?drain, "draining");
         futures::future::join_all(handles.into_iter().map(|h| h.shutdown(drain))).await;

@@ -117,7 +117,7 @@ impl AppSink {
         if self.applied.lock().expect("config lock").is_none() || self.report_served() {
             return true;
         }
-        let config = ProxyConfig::clone(&self.app.runtime().snapshot().config);
+        let config = self.app.runtime().snapshot().config();
         let applied = {
             let _files = self.files.read().await;
             self.app.apply(config).await

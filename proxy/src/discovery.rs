@@ -88,7 +88,7 @@ impl DiscoveryState {
             endpoints,
             ..spec.clone()
         };
-        ClusterRuntime::build(&spec, self.identity.as_ref(), &self.local_cluster)
+        ClusterRuntime::build(spec, self.identity.as_ref(), &self.local_cluster)
     }
 }
 

@@ -105,7 +105,7 @@ async fn resolve(rt: &Runtime, query: &[u8], transport: Transport) -> Option<Vec
     if parse_question(query).is_none() {
         return error_response(query, RCODE_FORMERR);
     }
-    let ups = upstreams(&snap.config.dns);
+    let ups = upstreams(&snap.settings.dns);
     drop(snap);
     let forwarded = match transport {
         Transport::Udp => forward_udp(query, &ups, UPSTREAM_TIMEOUT).await,

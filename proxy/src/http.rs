@@ -106,9 +106,9 @@ pub async fn handle(
     let start = Instant::now();
     let snap = rt.snapshot();
     let method = req.method().clone();
-    let access_log = snap.config.telemetry.access_log.enabled;
+    let access_log = snap.settings.telemetry.access_log.enabled;
     let exporting = snap
-        .config
+        .settings
         .telemetry
         .tracing
         .as_ref()

@@ -14,7 +14,6 @@ use crate::spans::SpanSink;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use trellis_contract::{ListenerDirection, MtlsMode, ProxyConfig, UpstreamTls};
 
 /// State shared by every listener, connection and the admin API.
 pub struct Runtime {
@@ -58,7 +57,7 @@ pub struct Rejection {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("version", &self.snapshot().config.version)
+            .field("version", &self.snapshot().settings.version)
             .field("draining", &self.draining)
             .finish_non_exhaustive()
     }
@@ -109,7 +108,7 @@ impl Runtime {
             return false;
         }
         let snap = self.snapshot();
-        !needs_identity(&snap.config) || snap.identity.is_some()
+        !snap.needs_identity() || snap.identity.is_some()
     }
 
     /// Is the proxy draining?
@@ -139,10 +138,4 @@ impl Runtime {
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
-}
-
-fn needs_identity(c: &ProxyConfig) -> bool {
-    c.clusters.iter().any(|cl| matches!(cl.tls, UpstreamTls::Mesh { .. }))
-        || (c.listeners.iter().any(|l| l.direction == ListenerDirection::Inbound)
-            && c.inbound.mtls.mode != MtlsMode::Disable)
 }

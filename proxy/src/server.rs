@@ -294,7 +294,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
     let mut passed_through = false;
     let server_tls: Option<Handshake> = match listener.spec.direction {
         ListenerDirection::Inbound => {
-            let mode = snap.config.inbound.mtls.mode_for(dst.port());
+            let mode = snap.settings.inbound.mtls.mode_for(dst.port());
             let tls = match mode {
                 MtlsMode::Disable => false,
                 MtlsMode::Strict => true,

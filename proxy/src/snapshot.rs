@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use trellis_contract::{
-    Cluster, Discovery, Listener, ListenerDirection, ProxyConfig, Route, Unrouted, UpstreamProtocol, UpstreamTls,
-    ValidationErrors, VirtualHost,
+    Cluster, Discovery, Listener, ListenerDirection, MtlsMode, ProxyConfig, Route, Unrouted, UpstreamProtocol,
+    UpstreamTls, ValidationErrors, VirtualHost,
 };
 
 /// Why a config was rejected; the last good config stays in force.
@@ -207,12 +207,16 @@ impl ListenerRuntime {
 /// A compiled, immutable configuration.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The source config.
-    pub config: Arc<ProxyConfig>,
+    /// The source config without its clusters, which are most of a sidecar's config (every
+    /// visible service's endpoints): each cluster's definition is kept once, in its runtime
+    /// ([`ClusterRuntime::spec`]). [`Snapshot::config`] puts the whole config back together.
+    pub settings: Arc<ProxyConfig>,
     /// Listeners by name.
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// The config's clusters in its order (without [`PASSTHROUGH_CLUSTER`]).
+    cluster_order: Vec<Arc<ClusterRuntime>>,
     /// Inbound authorization.
     pub authorizer: Authorizer,
     /// Inbound end-user (JWT) authentication.
@@ -235,9 +239,31 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The whole config in force, as applied (a copy: `/config_dump`, re-applying it).
+    pub fn config(&self) -> ProxyConfig {
+        ProxyConfig {
+            clusters: self.cluster_order.iter().map(|c| c.spec.clone()).collect(),
+            ..ProxyConfig::clone(&self.settings)
+        }
+    }
+
+    /// Whether the config needs a workload identity to serve: a mesh cluster, or an inbound
+    /// listener with mutual TLS.
+    pub fn needs_identity(&self) -> bool {
+        self.cluster_order
+            .iter()
+            .any(|c| matches!(c.spec.tls, UpstreamTls::Mesh { .. }))
+            || (self
+                .settings
+                .listeners
+                .iter()
+                .any(|l| l.direction == ListenerDirection::Inbound)
+                && self.settings.inbound.mtls.mode != MtlsMode::Disable)
+    }
+
     /// Validate and compile. Clusters whose definition (and the identity) did
     /// not change are reused from `previous`, keeping their pools and state.
-    pub fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
+    pub fn build(mut config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
         config.validate()?;
         let version = config.version.clone();
         let tls_err = |source| SnapshotError::Tls {
@@ -248,9 +274,9 @@ impl Snapshot {
         // why: identity files keep their paths when a certificate is rotated, so the loaded
         // material is compared too; clusters built with the old certificate are not reused.
         let identity_unchanged = previous.is_some_and(|p| {
-            p.config.identity == config.identity
+            p.settings.identity == config.identity
                 // The endpoints' metric labels name the cluster.
-                && p.config.node.cluster == config.node.cluster
+                && p.settings.node.cluster == config.node.cluster
                 && match (&p.identity, &identity) {
                     (Some(a), Some(b)) => a.cert.chain == b.cert.chain && a.roots.roots == b.roots.roots,
                     (None, None) => true,
@@ -262,13 +288,17 @@ impl Snapshot {
         let passes_through = config.listeners.iter().any(|l| l.unrouted == Unrouted::Passthrough);
         let passthrough = passes_through.then(passthrough_cluster);
         let upstreams = crate::dns::upstreams(&config.dns);
-        let resolvers_unchanged = previous.is_some_and(|p| p.config.dns.upstreams == config.dns.upstreams);
-        for c in config.clusters.iter().chain(&passthrough) {
+        let resolvers_unchanged = previous.is_some_and(|p| p.settings.dns.upstreams == config.dns.upstreams);
+        let listed = std::mem::take(&mut config.clusters);
+        let mut cluster_order = Vec::with_capacity(listed.len());
+        let from_config = listed.len();
+        for (i, c) in listed.into_iter().chain(passthrough).enumerate() {
             let reused = previous
                 .filter(|_| identity_unchanged && (c.discovery.is_static() || resolvers_unchanged))
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.spec == *c)
+                .filter(|old| old.spec == c)
                 .cloned();
+            let name = c.name.clone();
             let rt = match reused {
                 Some(rt) => rt,
                 None => Arc::new(
@@ -280,7 +310,10 @@ impl Snapshot {
                     )?,
                 ),
             };
-            clusters.entry(c.name.clone()).or_insert(rt);
+            if i < from_config {
+                cluster_order.push(Arc::clone(&rt));
+            }
+            clusters.entry(name).or_insert(rt);
         }
 
         let mut listeners = HashMap::new();
@@ -356,7 +389,7 @@ impl Snapshot {
                 // Loading the system roots is not free: reuse them while the CA setting stands.
                 let reused = previous
                     .filter(|p| {
-                        p.config.telemetry.tracing.as_ref().map(|pt| &pt.collector_ca) == Some(&t.collector_ca)
+                        p.settings.telemetry.tracing.as_ref().map(|pt| &pt.collector_ca) == Some(&t.collector_ca)
                             && !matches!(t.collector_ca, Some(trellis_contract::PemSource::File(_)))
                     })
                     .and_then(|p| p.collector_tls.clone());
@@ -370,9 +403,10 @@ impl Snapshot {
         Ok(Self {
             collector_tls,
             dns,
-            config: Arc::new(config),
+            settings: Arc::new(config),
             listeners,
             clusters,
+            cluster_order,
             authorizer,
             authenticator,
             identity,
@@ -381,5 +415,48 @@ impl Snapshot {
             node_plaintext,
             peer_metadata,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(version: &str, clusters: &[&str]) -> ProxyConfig {
+        serde_json::from_value(serde_json::json!({
+            "version": version,
+            "listeners": [{
+                "name": "outbound", "address": "127.0.0.1:0", "direction": "outbound", "protocol": "http",
+                "transparent": true, "unrouted": "passthrough",
+                "virtualHosts": [{"name": "a", "domains": ["a"], "routes": [{
+                    "action": {"forward": {"clusters": [{"cluster": clusters[0]}]}},
+                    "provenance": {"kind": "Service", "namespace": "ns", "name": "a"},
+                }]}],
+            }],
+            "clusters": clusters.iter().map(|c| serde_json::json!({
+                "name": c,
+                "endpoints": [{"address": "10.0.0.1", "port": 80, "labels": {"app": c}}],
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_config_is_given_back_whole_and_in_order_though_its_clusters_live_in_their_runtimes() {
+        // Not in name order, with the passthrough cluster added to `clusters` only.
+        let applied = config("v1", &["c", "a", "b"]);
+        let snapshot = Snapshot::build(applied.clone(), None).unwrap();
+        assert!(
+            snapshot.settings.clusters.is_empty(),
+            "the clusters are kept once, in their runtimes"
+        );
+        assert!(snapshot.clusters.contains_key(PASSTHROUGH_CLUSTER));
+        assert_eq!(snapshot.config(), applied);
+
+        // A cluster reused from the previous snapshot is given back too.
+        let next = config("v2", &["a", "d"]);
+        let second = Snapshot::build(next.clone(), Some(&snapshot)).unwrap();
+        assert!(Arc::ptr_eq(&snapshot.clusters["a"], &second.clusters["a"]));
+        assert_eq!(second.config(), next);
     }
 }

@@ -86,7 +86,7 @@ pub async fn export_loop(rt: Weak<Runtime>) {
         let Some(rt) = rt.upgrade() else { return };
         let snap = rt.snapshot();
         let n = batch.len() as u64;
-        let Some(tracing_cfg) = snap.config.telemetry.tracing.as_ref() else {
+        let Some(tracing_cfg) = snap.settings.telemetry.tracing.as_ref() else {
             rt.spans.count_dropped(n);
             batch.clear();
             continue;
@@ -101,7 +101,7 @@ pub async fn export_loop(rt: Weak<Runtime>) {
             protocol: tracing_cfg.protocol,
             tls: snap.collector_tls.clone(),
         };
-        let resource = resource(&snap.config, tracing_cfg.service_name.as_deref());
+        let resource = resource(&snap.settings, tracing_cfg.service_name.as_deref());
         let mut result = export(&collector, &resource, &batch, &mut channel).await;
         if let Err(ExportError::Retryable(e)) = &result {
             tracing::debug!(endpoint = %collector.endpoint, error = %e, "span export failed; trying once more");

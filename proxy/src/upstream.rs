@@ -115,8 +115,9 @@ struct Pool {
 pub struct EndpointState {
     /// Socket address.
     pub addr: SocketAddr,
-    /// Config.
-    pub spec: Endpoint,
+    /// Health as known to the control plane (from the config; the rest of the endpoint's
+    /// config stays in the cluster's [`ClusterRuntime::spec`], not copied here).
+    pub health: HealthStatus,
     /// Requests in flight.
     pub active: AtomicU64,
     /// The endpoint as metric labels (computed once).
@@ -269,7 +270,8 @@ pub enum Outcome {
 
 /// A cluster at run time.
 pub struct ClusterRuntime {
-    /// The config.
+    /// The config: the snapshot's one copy of it (moved here, not cloned; see
+    /// [`crate::snapshot::Snapshot::config`]).
     pub spec: Cluster,
     /// Endpoints (same order as the config).
     pub endpoints: Vec<Arc<EndpointState>>,
@@ -297,6 +299,13 @@ impl std::fmt::Debug for ClusterRuntime {
     }
 }
 
+/// A static cluster's endpoints at run time, their weights and the balancer over them.
+struct StaticEndpoints {
+    endpoints: Vec<Arc<EndpointState>>,
+    weights: Vec<u32>,
+    balancer: Balancer,
+}
+
 /// Why no request slot was had (circuit breaking).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoSlot {
@@ -315,13 +324,13 @@ pub struct Slot {
 impl ClusterRuntime {
     /// Build a cluster whose run-time discovery (if any) resolves with `upstreams`.
     pub fn build_with(
-        spec: &Cluster,
+        spec: Cluster,
         identity: Option<&WorkloadIdentity>,
         local_cluster: &str,
         upstreams: Vec<SocketAddr>,
     ) -> Result<Self, ClusterError> {
         let mut rt = Self::build(spec, identity, local_cluster)?;
-        if !spec.discovery.is_static() {
+        if !rt.spec.discovery.is_static() {
             rt.discovery = Some(Arc::new(crate::discovery::DiscoveryState::new(
                 identity,
                 local_cluster,
@@ -334,10 +343,35 @@ impl ClusterRuntime {
     /// Build a cluster; TLS configs are created here, once per config version. A cluster
     /// with run-time discovery is built without its endpoints (see [`Self::build_with`]).
     pub fn build(
-        spec: &Cluster,
+        spec: Cluster,
         identity: Option<&WorkloadIdentity>,
         local_cluster: &str,
     ) -> Result<Self, ClusterError> {
+        let StaticEndpoints {
+            endpoints,
+            weights,
+            balancer,
+        } = Self::build_endpoints(&spec, identity, local_cluster)?;
+        Ok(Self {
+            balancer,
+            weights,
+            endpoints,
+            limiter: Arc::new(Semaphore::new(spec.connection_pool.max_connections as usize)),
+            pending: AtomicU64::new(0),
+            active_requests: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
+            service_label: Arc::from(spec.service.as_deref().unwrap_or_default()),
+            spec,
+            discovery: None,
+        })
+    }
+
+    /// The endpoints of a static cluster at run time (TLS configs included).
+    fn build_endpoints(
+        spec: &Cluster,
+        identity: Option<&WorkloadIdentity>,
+        local_cluster: &str,
+    ) -> Result<StaticEndpoints, ClusterError> {
         let alpn: &[&[u8]] = &[];
         let tls_err = |source| ClusterError::Tls {
             cluster: spec.name.clone(),
@@ -403,7 +437,7 @@ impl ClusterRuntime {
                 addr: SocketAddr::new(ip, e.port),
                 peer: Arc::new(endpoint_peer(spec, e, local_cluster)),
                 peer_exchange_refused: AtomicBool::new(false),
-                spec: e.clone(),
+                health: e.health,
                 active: AtomicU64::new(0),
                 outlier: Mutex::new(Outlier::default()),
                 pool: Mutex::new(Pool::default()),
@@ -412,18 +446,11 @@ impl ClusterRuntime {
         }
         let weights: Vec<u32> = listed.iter().map(|e| e.weight).collect();
         let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
-        let pool = &spec.connection_pool;
-        Ok(Self {
-            balancer: Balancer::new(&spec.load_balancer.policy, &weights, &keys),
-            weights,
+        let balancer = Balancer::new(&spec.load_balancer.policy, &weights, &keys);
+        Ok(StaticEndpoints {
             endpoints,
-            limiter: Arc::new(Semaphore::new(pool.max_connections as usize)),
-            pending: AtomicU64::new(0),
-            active_requests: AtomicU64::new(0),
-            active_retries: AtomicU64::new(0),
-            service_label: Arc::from(spec.service.as_deref().unwrap_or_default()),
-            spec: spec.clone(),
-            discovery: None,
+            weights,
+            balancer,
         })
     }
 
@@ -474,14 +501,14 @@ impl ClusterRuntime {
         }
         let healthy = |i: usize| {
             let e = &self.endpoints[i];
-            e.spec.health == HealthStatus::Healthy && !e.ejected(now)
+            e.health == HealthStatus::Healthy && !e.ejected(now)
         };
         let healthy_count = (0..n).filter(|i| healthy(*i)).count();
         let panic = self.spec.panic_threshold_percent > 0.0
             && (healthy_count as f64) * 100.0 < self.spec.panic_threshold_percent * n as f64;
         let base = |i: usize| {
             if panic {
-                self.endpoints[i].spec.health != HealthStatus::Draining
+                self.endpoints[i].health != HealthStatus::Draining
             } else {
                 healthy(i)
             }
@@ -829,7 +856,7 @@ mod tests {
             },
             ..spec
         };
-        ClusterRuntime::build(&spec, None, "").unwrap()
+        ClusterRuntime::build(spec, None, "").unwrap()
     }
 
     fn od(consecutive: u32, max_pct: f64) -> Option<OutlierDetection> {
@@ -942,7 +969,7 @@ mod tests {
             "name": "c", "endpoints": [{"address": "127.0.0.1", "port": port}],
         }))
         .unwrap();
-        let c = ClusterRuntime::build(&spec, None, "").unwrap();
+        let c = ClusterRuntime::build(spec, None, "").unwrap();
         let get = |path: &str| {
             let body: Body = http_body_util::Empty::<Bytes>::new()
                 .map_err(|never| match never {})

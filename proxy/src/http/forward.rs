@@ -513,7 +513,7 @@ impl Hop<'_> {
             }
         }
         let sampling = snap
-            .config
+            .settings
             .telemetry
             .tracing
             .as_ref()
