@@ -212,7 +212,12 @@ impl ProxyConfig {
     /// inline private key — the workload's, gateway servers', clients' for TLS origination —
     /// replaced by `<redacted>`.
     pub fn redacted(&self) -> Self {
-        let mut c = self.clone();
+        self.clone().into_redacted()
+    }
+
+    /// [`ProxyConfig::redacted`] without the copy, for a config already copied.
+    pub fn into_redacted(self) -> Self {
+        let mut c = self;
         if let Some(cert) = &c.identity.certificate {
             c.identity.certificate = Some(cert.redacted());
         }
