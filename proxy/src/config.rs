@@ -66,14 +66,17 @@ pub fn load_file(path: &Path) -> Result<ProxyConfig, ConfigError> {
 /// or on SIGHUP. A file that cannot be read or parsed is rejected like one
 /// that does not validate ([`App::reject`]). Runs until the task is dropped.
 pub async fn watch_file(app: &App, path: &Path, interval: Duration) {
-    let mut last = std::fs::read(path).ok();
+    // why: a digest, not the file's bytes: a sidecar's config is megabytes at a thousand
+    // services, and the proxy holds it parsed already.
+    let digest = |bytes: Vec<u8>| ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec();
+    let mut last = std::fs::read(path).ok().map(digest);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => None } } => true,
         };
-        let current = std::fs::read(path).ok();
+        let current = std::fs::read(path).ok().map(digest);
         if !forced && current == last {
             continue;
         }
