@@ -30,9 +30,10 @@ use crate::{EXIT_OK, uninstall};
   meshctl upgrade --yes --wait=false   # for scripts (without a terminal, --yes is required)
   meshctl upgrade --set defaultMtlsMode=STRICT
 
-The installed Mesh's settings are kept; its spec.versions move to this meshctl's images. The
-profile is the installed one (an egress gateway present: demo; else an ingress gateway:
-default; none: minimal) unless --profile says otherwise.
+The installed Mesh's settings are kept as they are (a setting removed from the Mesh stays
+removed); its spec.versions move to this meshctl's images. The profile is the installed one
+(an egress gateway present: demo; else an ingress gateway: default; none: minimal) unless
+--profile says otherwise; another profile adds its settings under the installed ones.
 
 Exit status: 0 upgraded (or nothing to change), 1 invalid Mesh settings, 2 usage or not
 installed, 3 cluster unreachable or a request refused, 4 not Ready in time, 5 not confirmed.")]
@@ -170,10 +171,9 @@ pub async fn run(
     let kubernetes = cluster.version().await?;
     progress.done(&format!("{} (Kubernetes {kubernetes})", cluster.server()));
     let kept = installed_settings(&cluster).await?;
-    let profile = match args.profile {
-        Some(p) => p,
-        None => installed_profile(&cluster).await?,
-    };
+    let installed = installed_profile(&cluster).await?;
+    let profile = args.profile.unwrap_or(installed);
+    let kept = values::kept_settings(installed, profile, kept);
     let values = values::resolve_over(profile, Some(kept), &files, &args.set)?;
     for w in &values.warnings {
         eprintln!("{} {w}", terminal.warn());

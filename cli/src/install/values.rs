@@ -84,8 +84,9 @@ pub fn resolve(profile: Profile, files: &[(String, String)], sets: &[String]) ->
     resolve_over(profile, None, files, sets)
 }
 
-/// As [`resolve`], with `kept` (the settings of an installed Mesh, for `meshctl upgrade`)
-/// overlaid on the profile's before the files and sets.
+/// As [`resolve`], with `kept` (the settings of an installed Mesh, for `meshctl upgrade`:
+/// see [`kept_settings`]) in place of the profile's, but for its `versions`, before the files
+/// and sets.
 pub fn resolve_over(
     profile: Profile,
     kept: Option<Value>,
@@ -94,7 +95,11 @@ pub fn resolve_over(
 ) -> Result<Values, ValuesError> {
     let mut spec = profile.mesh_spec(&Options::default());
     if let Some(kept) = kept {
-        merge(&mut spec, kept);
+        let versions = spec["versions"].take();
+        spec = kept;
+        if let Some(map) = spec.as_object_mut() {
+            map.insert("versions".into(), versions);
+        }
     }
     for (file, text) in files {
         for doc in parse_documents(text) {
@@ -148,6 +153,25 @@ pub fn resolve_over(
         mesh,
         warnings,
     })
+}
+
+/// The settings `meshctl upgrade` keeps: the installed Mesh's spec (`installed_spec`, its
+/// `versions` left out) as it is, so a setting the user removed stays removed even where the
+/// profile sets one (the demo profile's tracing); when `--profile` names another profile than
+/// the installed one, that profile's settings under the installed ones.
+pub fn kept_settings(installed: Profile, asked: Profile, installed_spec: Value) -> Value {
+    let mut kept = if asked == installed {
+        Value::Object(Map::new())
+    } else {
+        asked.mesh_spec(&Options::default())
+    };
+    if installed_spec.is_object() {
+        merge(&mut kept, installed_spec);
+    }
+    if let Some(map) = kept.as_object_mut() {
+        map.remove("versions");
+    }
+    kept
 }
 
 /// Overlay `over` on `base`: mappings merge key by key, anything else replaces, `null` removes.
@@ -339,6 +363,29 @@ mod tests {
         let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n";
         let err = resolve(Profile::Default, &[("d.yaml".into(), deployment.into())], &[]).unwrap_err();
         assert!(err.to_string().contains("is not a Mesh"), "{err}");
+    }
+
+    /// `meshctl upgrade` keeps what is installed: the demo profile's tracing, removed from the
+    /// Mesh by its user, does not come back; moving to the demo profile brings it.
+    #[test]
+    fn upgrade_keeps_the_installed_settings_and_a_new_profile_adds_its_own() {
+        let installed = json!({"trustDomain": "example.org", "versions": {"proxy": "old"}});
+        let kept = kept_settings(Profile::Demo, Profile::Demo, installed.clone());
+        assert_eq!(kept, json!({"trustDomain": "example.org"}));
+        let v = resolve_over(Profile::Demo, Some(kept), &[], &[]).unwrap();
+        let spec = &v.mesh["spec"];
+        assert!(spec.get("telemetry").is_none(), "{spec:#}");
+        assert_eq!(spec["trustDomain"], "example.org");
+        assert_eq!(
+            spec["versions"],
+            Profile::Demo.mesh_spec(&Options::default())["versions"]
+        );
+
+        let kept = kept_settings(Profile::Default, Profile::Demo, installed);
+        let v = resolve_over(Profile::Demo, Some(kept), &[], &["trustDomain=example.net".into()]).unwrap();
+        let spec = &v.mesh["spec"];
+        assert!(spec["telemetry"]["tracing"]["otlpEndpoint"].is_string(), "{spec:#}");
+        assert_eq!(spec["trustDomain"], "example.net");
     }
 
     #[test]
