@@ -8,9 +8,13 @@
 //!   back;
 //! - the mesh root valid for less than 60 days (a short-lived root plugged through the Mesh's
 //!   `spec.ca.secretRef`): the hint names that Secret; fixed by putting a new root in it;
-//! - a proxy serving a certificate from a root the mesh no longer trusts (the gateway unable to
-//!   store its renewed certificate while the operator rotates to a new root and retires the
-//!   old one): the check names the pod; fixed by restarting it;
+//! - a proxy serving a certificate from the previous root, holding a root rotation (the gateway
+//!   unable to store its renewed certificate while the operator rotates to a new root: the
+//!   operator keeps the old root trusted while the gateway reports serving a leaf of it): the
+//!   check names the pod and the rotation's phase; fixed by restarting it, after which the
+//!   rotation ends. (A proxy on a root no longer trusted cannot be provoked this way any more —
+//!   the operator retires a root only once every connected proxy reports a leaf of the new
+//!   one —; its verdict is in `check::certificates`.)
 //! - an unsupported Kubernetes version (kubesim reporting v1.27.3; upstream reports what it
 //!   is, so that test runs on kubesim only);
 //! - `check --pre` as a user without rights (a ServiceAccount's token, no RBAC): only where
@@ -253,11 +257,11 @@ fn each_check_fails_once_with_its_fix() {
         slow,
     );
 
-    // A proxy whose certificate comes from a root the mesh no longer trusts: the gateway cannot
-    // store a new certificate (its key file cannot be written), so it keeps serving the one
-    // from the 30-day root while the operator, which signed its renewals, rotates to a new
-    // root and retires the old one. Its subscription stays open throughout, and it reports
-    // the certificate it serves.
+    // A proxy holding a root rotation: the gateway cannot store a new certificate (its key file
+    // cannot be written), so it keeps serving the one from the 30-day root while the operator,
+    // which signs its renewals, rotates to a new root. Its subscription stays open throughout
+    // and it reports the certificate it serves, so the operator keeps the 30-day root trusted
+    // (whichever replica signed the renewals) and waits for it.
     let gateway = support::system_pod(&cluster, "trellis-ingressgateway");
     support::block_certificate_writes("trellis-system", &gateway).unwrap();
     // The root's fix: a new root in the plugged Secret, which the operator copies and
@@ -275,17 +279,24 @@ fn each_check_fails_once_with_its_fix() {
     }
     misses.expect(
         &cluster,
-        "a proxy certificate from a root no longer trusted",
+        "a proxy certificate from the previous root, which the rotation waits for",
         "certificate comes from the current root",
-        "failed",
+        "warning",
         (
-            &format!("1 of 1 proxies serve a certificate the mesh does not trust, so their peers refuse their mutual TLS: trellis-system/{gateway}: its certificate (serial "),
-            &format!("kubectl -n trellis-system delete pod {gateway}"),
+            &format!("1 of 1 proxies still serve a certificate from a previous root, trusted until the rotation ends — and it waits for them: trellis-system/{gateway} (from root "),
+            "restart its pod",
         ),
         slow,
     );
+    let waiting = status_of(&check(&cluster).1, "certificate comes from the current root").clone();
+    assert!(
+        waiting["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("root rotation phase Reissuing")),
+        "the rotation waits in Reissuing: {waiting}"
+    );
     // The hint's fix: its pod replaced, the new proxy gets a certificate from the current
-    // root, and the old pod's state goes with its subscription.
+    // root, the old pod's state goes with its subscription, and the rotation ends.
     cluster
         .kubectl_ok(
             &[

@@ -24,7 +24,7 @@ use trellis_push::v1::config_push_server::ConfigPushServer;
 use crate::admission::ca_bundle::Published;
 use crate::admission::server::Webhooks;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
-use crate::ca::{MeshRoots, Phase, ProxyObservation, SigningCert, SystemClock, secret};
+use crate::ca::{MeshRoots, Phase, SigningCert, SystemClock, secret};
 use crate::events::{Recorder, Reporter};
 use crate::index::{self, Index};
 use crate::leader::{self, Elector, Leadership};
@@ -93,6 +93,23 @@ pub struct Config {
     /// leads; only for a single replica).
     #[arg(long, env = "TRELLIS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// The other replicas' admin APIs, `NAME=http://HOST:PORT` each, for replicas that are not
+    /// pods this one can find (run outside the cluster); empty: the ready pods labelled
+    /// `app=trellis-operator` in the namespace, on this replica's admin port.
+    #[arg(long, env = "TRELLIS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(String, String)>,
+}
+
+/// One `--peers` entry: `NAME=http://HOST:PORT`.
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, url)) if !name.is_empty() && url.starts_with("http://") => {
+            Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+        }
+        _ => Err(format!(
+            "{s:?} is not a peer: write NAME=http://HOST:PORT (the replica's name and its admin API)"
+        )),
+    }
 }
 
 /// A started operator.
@@ -114,6 +131,8 @@ pub struct App {
     pub leadership: Leadership,
     /// The other replicas' proxies.
     pub peers: crate::peers::Peers,
+    /// Where this replica finds the others.
+    pub replicas: crate::peers::Replicas,
     /// What the webhook configurations trust of the operator.
     pub published: tokio::sync::watch::Receiver<Published>,
     /// The Mesh's valid settings, as this replica follows them
@@ -224,17 +243,19 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     )
     .await?;
     let roots = Arc::new(match stored.previous {
-        // A rotation was under way when the operator stopped: resume it from the start (proxies
-        // that already hold both roots acknowledge at once).
+        // A rotation was under way: resume it in the phase the leader recorded (a replica
+        // starting mid-rotation issues from the root the others issue from).
         Some(previous) => {
             let roots = MeshRoots::new(previous, ttl, Arc::new(SystemClock));
             roots
                 .start_rotation(stored.root)
                 .context("resuming the root rotation recorded in the CA Secret")?;
+            roots.advance_to(stored.phase);
             roots
         }
         None => MeshRoots::new(stored.root, ttl, Arc::new(SystemClock)),
     });
+    roots.set_queued(stored.queued.as_ref().map(|q| q.fingerprint().to_string()));
 
     // The live index, fed by the watchers.
     let index = Arc::new(RwLock::new(Index::with_root_namespace(config.namespace.clone())));
@@ -328,12 +349,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     // Every replica's proxies count for the leader's gates and the root rotation.
     app.tasks.push(tokio::spawn(crate::peers::poll(
         index,
-        crate::peers::Replicas {
-            namespace: config.namespace.clone(),
-            app: OPERATOR_APP.to_string(),
-            me: config.pod_name.clone(),
-            admin_port: app.admin_addr.port(),
-        },
+        app.replicas.clone(),
         app.peers.clone(),
     )));
     // The Mesh reconciler and the proxy rollout, with the watches they read (leader only).
@@ -530,19 +546,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         }
     });
 
-    // Root rotation: advanced by what proxies acknowledge and the leaves they hold; the
-    // operator's own serving certificate follows the issuing root.
-    // Every replica's proxies count (the other replicas' from their admin API).
     let peers = crate::peers::Peers::default();
-    tasks.push(tokio::spawn(drive_rotation(
-        client
-            .clone()
-            .map(|c| (c, config.namespace.clone(), leadership.clone())),
-        roots.clone(),
-        push.clone(),
-        peers.clone(),
-        serving,
-    )));
 
     // Admission webhooks, and their caBundle.
     let (published_tx, published) = tokio::sync::watch::channel(Published {
@@ -578,15 +582,32 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("binding the admin API to {}", config.admin_addr))?;
     let admin_addr = admin_listener.local_addr()?;
+    let replicas = crate::peers::Replicas {
+        fixed: config.peers.clone(),
+        namespace: config.namespace.clone(),
+        app: OPERATOR_APP.to_string(),
+        me: config.pod_name.clone(),
+        admin_port: admin_addr.port(),
+    };
+    // Root rotation: advanced by what every replica's proxies acknowledge and report serving
+    // (the other replicas' from their admin API); the operator's own serving certificate
+    // follows the issuing root.
+    tasks.push(tokio::spawn(drive_rotation(
+        Rotation {
+            secret: client.clone().map(|c| (c, config.namespace.clone())),
+            leadership: leadership.clone(),
+            replicas: replicas.clone(),
+            index: index.clone(),
+            peers: peers.clone(),
+        },
+        roots.clone(),
+        push.clone(),
+        serving,
+    )));
     let admin = crate::admin::Admin {
         push: push.clone(),
         peers: peers.clone(),
-        replicas: crate::peers::Replicas {
-            namespace: config.namespace.clone(),
-            app: OPERATOR_APP.to_string(),
-            me: config.pod_name.clone(),
-            admin_port: admin_addr.port(),
-        },
+        replicas: replicas.clone(),
         index: index.clone(),
         ready: ready.clone(),
         roots: roots.clone(),
@@ -622,6 +643,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
         roots,
         leadership,
         peers,
+        replicas,
         published,
         settings,
         elector: None,
@@ -792,19 +814,28 @@ pub fn service_dns_names(config: &Config) -> Vec<String> {
 // prompt without a notification path from every ACK.
 const ROTATION_TICK: Duration = Duration::from_millis(200);
 
-/// Advance the root rotation from the push sync state and the leaves issued; reissue the
-/// operator's serving certificate when issuing switches, or when the Mesh's trust domain
-/// changed (it names the operator in it); record the end in the CA Secret (the leader does).
-async fn drive_rotation(
-    secret: Option<(Client, String, Leadership)>,
-    roots: Arc<MeshRoots>,
-    push: PushService,
+/// What the root rotation reads besides the roots and the push: where the CA Secret is (none:
+/// a replica alone, with no Kubernetes API, decides and enters phases by itself), whether this
+/// replica leads, and the other replicas' proxies.
+struct Rotation {
+    secret: Option<(Client, String)>,
+    leadership: Leadership,
+    replicas: crate::peers::Replicas,
+    index: index::Shared,
     peers: crate::peers::Peers,
-    serving: Arc<ServingTls>,
-) {
+}
+
+/// Advance the root rotation from what every replica's connected proxies acknowledge and
+/// report serving: the leader records the phase the reports allow in the CA Secret, then enters
+/// it; the others only assess (for their status) and enter the phases the Secret records
+/// ([`secret::watch`]). Reissue the operator's serving certificate when the bundle changes, or
+/// when the Mesh's trust domain changed (it names the operator in it).
+async fn drive_rotation(rotation: Rotation, roots: Arc<MeshRoots>, push: PushService, serving: Arc<ServingTls>) {
     let mut tick = tokio::time::interval(ROTATION_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bundle = roots.bundle();
+    // The proxies the rotation saw connected, and when (one moving between replicas holds it).
+    let mut seen = std::collections::BTreeMap::new();
     loop {
         tick.tick().await;
         if serving.identity_moved()
@@ -812,31 +843,48 @@ async fn drive_rotation(
         {
             tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate in the Mesh's trust domain");
         }
-        if roots.phase() == Phase::Stable && !bundle.has_changed().unwrap_or(false) {
-            continue;
+        if roots.phase() != Phase::Stable {
+            let replicas: Vec<String> = rotation
+                .replicas
+                .targets(&rotation.index)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            let reports = match rotation.peers.read() {
+                Ok(answers) => {
+                    let now = std::time::SystemTime::now();
+                    crate::peers::rotation_reports(push.sync_state(), &replicas, &answers, &mut seen, now)
+                }
+                Err(_) => continue,
+            };
+            let assessment = roots.assess(&reports);
+            if let Some(target) = assessment.allowed.last().copied()
+                && rotation.leadership.is_leader()
+            {
+                match &rotation.secret {
+                    None => {
+                        roots.advance_to(target);
+                    }
+                    // Recorded before entered: the followers never run behind a phase the
+                    // leader acts on for longer than their watch takes.
+                    Some((client, namespace)) => {
+                        match secret::record(client, namespace, &roots, target, secret::Queue::Keep).await {
+                            Ok(()) => {
+                                roots.advance_to(target);
+                            }
+                            Err(e) => {
+                                tracing::warn!(phase = %target, error = %format!("{e:#}"), "could not record the root rotation's next phase in the CA Secret; retrying")
+                            }
+                        }
+                    }
+                }
+            }
         }
-        let observations: Vec<ProxyObservation> = crate::peers::merged(push.sync_state(), &peers)
-            .into_iter()
-            .filter(|p| p.connected)
-            .map(|p| ProxyObservation {
-                leaf_root: roots.leaf_root(&p.proxy),
-                acked_roots: p.acked_roots,
-                proxy: p.proxy,
-            })
-            .collect();
-        let entered = roots.observe(&observations);
         if bundle.has_changed().unwrap_or(false) {
             bundle.borrow_and_update();
             if let Err(e) = serving.refresh(&roots) {
                 tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate");
             }
-        }
-        if entered.contains(&Phase::Stable)
-            && let Some((client, namespace, leadership)) = &secret
-            && leadership.is_leader()
-            && let Err(e) = secret::persist(client, namespace, &roots).await
-        {
-            tracing::warn!(error = %format!("{e:#}"), "could not record the end of the rotation in the CA Secret");
         }
     }
 }

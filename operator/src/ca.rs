@@ -16,7 +16,7 @@ pub mod secret;
 pub mod service;
 
 pub use roots::{Bundle, CaStatus, MeshRoots, RootInfo, SigningPair, Transition};
-pub use rotation::{Phase, ProxyObservation, RootRotation, RotationError};
+pub use rotation::{Assessment, Phase, ProxyObservation, Reports, RootRotation, RotationError, Waiting};
 pub use trellis_push::renewal_time;
 
 use std::sync::Mutex;
@@ -234,6 +234,11 @@ impl SigningCert {
     /// The certificate (PEM).
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The chain between this certificate and the trust anchor (PEM, empty for a root).
+    pub fn chain_pem(&self) -> String {
+        self.chain_pem.concat()
     }
 
     /// The private key (PEM), for storing in the CA Secret. Never log it.

@@ -4,13 +4,19 @@
 //! `/debug/syncz?scope=local` (that replica's own proxies, from its admin API) and merges it
 //! with its own.
 //!
+//! # Guarantees
+//! - [`rotation_reports`] names every peer whose proxies are not known — not asked yet, no
+//!   answer, or an answer older than [`STALE`] —, so the root rotation never advances on
+//!   missing information.
+//!
 //! # Caveats
-//! - A peer's view is at most [`POLL`] old; a peer that does not answer counts as having no
-//!   proxies until it does (its proxies read as disconnected, so health gates wait).
+//! - A peer's view is at most [`POLL`] old; for the health gates and the status a peer that
+//!   does not answer counts as having no proxies until it does (its proxies read as
+//!   disconnected, so health gates wait).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -28,23 +34,105 @@ pub const POLL: Duration = Duration::from_secs(2);
 // why: about 300 bytes per proxy; 16 MiB holds 50 000 proxies and bounds a misbehaving peer.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
-/// The peers' proxies, by peer pod name.
-pub type Peers = Arc<RwLock<BTreeMap<String, Vec<ProxySync>>>>;
+/// A peer's answer older than this is not taken as its proxies by the root rotation.
+// why: a peer is asked every POLL and answers within POLL, so a current answer is at most two
+// POLLs old; five leave room for a slow API server and a loaded node, and cost a root
+// rotation at most a few seconds.
+pub const STALE: Duration = Duration::from_secs(10);
+
+/// What a peer answered when it was last asked.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// When it was asked.
+    pub at: SystemTime,
+    /// Its own proxies, or why they could not be read.
+    pub proxies: Result<Vec<ProxySync>, String>,
+}
+
+/// The peers' answers, by peer pod name: every peer asked at the last poll.
+pub type Peers = Arc<RwLock<BTreeMap<String, Answer>>>;
 
 /// Every proxy once: `local` and the peers' merged, a connected entry winning over a stale
 /// one.
 pub fn merged(local: Vec<ProxySync>, peers: &Peers) -> Vec<ProxySync> {
     let remote: Vec<ProxySync> = peers
         .read()
-        .map(|p| p.values().flatten().cloned().collect())
+        .map(|p| {
+            p.values()
+                .filter_map(|a| a.proxies.as_ref().ok())
+                .flatten()
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     trellis_core::analysis::merge_sync_states(local.into_iter().chain(remote))
 }
 
+/// What the root rotation decides on at `now`: the connected proxies of this replica
+/// (`local`) and of every peer in `replicas` (the peers there are now), merged, each with the
+/// root of the certificate it reports serving; and the peers whose proxies are unknown, with
+/// why — one not asked yet, one that did not answer, one whose answer is older than [`STALE`].
+/// A proxy `seen` connected less than [`STALE`] ago and in no report now (moving to another
+/// replica, whose answer has not shown it yet) counts as having acknowledged nothing and
+/// serving no known leaf; `seen` is kept up to date.
+pub fn rotation_reports(
+    local: Vec<ProxySync>,
+    replicas: &[String],
+    answers: &BTreeMap<String, Answer>,
+    seen: &mut BTreeMap<String, SystemTime>,
+    now: SystemTime,
+) -> crate::ca::Reports {
+    let mut unknown_replicas = Vec::new();
+    let mut states = local;
+    for name in replicas {
+        match answers.get(name) {
+            None => unknown_replicas.push((name.clone(), "not asked yet".to_string())),
+            Some(Answer { proxies: Err(why), .. }) => unknown_replicas.push((name.clone(), why.clone())),
+            Some(Answer { at, proxies: Ok(sync) }) => {
+                let age = now.duration_since(*at).unwrap_or_default();
+                if age > STALE {
+                    unknown_replicas.push((name.clone(), format!("its last answer is {}s old", age.as_secs())));
+                } else {
+                    states.extend(sync.iter().cloned());
+                }
+            }
+        }
+    }
+    let mut proxies: Vec<crate::ca::ProxyObservation> = trellis_core::analysis::merge_sync_states(states)
+        .into_iter()
+        .filter(|p| p.connected)
+        .map(|p| crate::ca::ProxyObservation {
+            leaf_root: p.certificate.map(|c| c.root_fingerprint),
+            acked_roots: p.acked_roots,
+            proxy: p.proxy,
+        })
+        .collect();
+    for p in &proxies {
+        seen.insert(p.proxy.clone(), now);
+    }
+    seen.retain(|_, at| now.duration_since(*at).unwrap_or_default() <= STALE);
+    for proxy in seen.keys() {
+        if !proxies.iter().any(|p| &p.proxy == proxy) {
+            proxies.push(crate::ca::ProxyObservation {
+                proxy: proxy.clone(),
+                acked_roots: Vec::new(),
+                leaf_root: None,
+            });
+        }
+    }
+    crate::ca::Reports {
+        proxies,
+        unknown_replicas,
+    }
+}
+
 /// Where this replica finds its peers: the ready pods of `namespace` labelled `app=<app>`,
-/// other than `me`, whose admin API listens on `admin_port`.
+/// other than `me`, whose admin API listens on `admin_port`; or the peers `fixed` names.
 #[derive(Debug, Clone, Default)]
 pub struct Replicas {
+    /// The peers' names and admin API base URLs, when they are not pods this replica can find
+    /// (replicas run outside the cluster); empty: found from the pods.
+    pub fixed: Vec<(String, String)>,
     /// The operator's namespace.
     pub namespace: String,
     /// The operator pods' `app` label.
@@ -58,6 +146,9 @@ pub struct Replicas {
 impl Replicas {
     /// Each ready peer's pod name and admin API base URL (`http://ip:port`), from `index`.
     pub fn targets(&self, index: &Index) -> Vec<(String, String)> {
+        if !self.fixed.is_empty() {
+            return self.fixed.clone();
+        }
         let Ok(idx) = index.read() else {
             return Vec::new();
         };
@@ -113,13 +204,14 @@ pub async fn poll(index: Index, replicas: Replicas, peers: Peers) {
     loop {
         tick.tick().await;
         let mut seen = BTreeMap::new();
+        let at = SystemTime::now();
         for (name, answer) in ask(replicas.targets(&index), &path, MAX_ANSWER).await {
-            match answer.and_then(|body| serde_json::from_slice::<Vec<ProxySync>>(&body).map_err(|e| e.to_string())) {
-                Ok(sync) => {
-                    seen.insert(name, sync);
-                }
-                Err(e) => tracing::debug!(peer = %name, error = %e, "a peer's sync state could not be read"),
+            let proxies =
+                answer.and_then(|body| serde_json::from_slice::<Vec<ProxySync>>(&body).map_err(|e| e.to_string()));
+            if let Err(e) = &proxies {
+                tracing::debug!(peer = %name, error = %e, "a peer's sync state could not be read");
             }
+            seen.insert(name, Answer { at, proxies });
         }
         if let Ok(mut p) = peers.write() {
             *p = seen;
@@ -147,7 +239,13 @@ mod tests {
         let peers = Peers::default();
         peers.write().unwrap().insert(
             "op-b".into(),
-            vec![sync("shop/web-1", true, 10, "v2"), sync("shop/db-0", false, 5, "v1")],
+            Answer {
+                at: SystemTime::now(),
+                proxies: Ok(vec![
+                    sync("shop/web-1", true, 10, "v2"),
+                    sync("shop/db-0", false, 5, "v1"),
+                ]),
+            },
         );
         let local = vec![sync("shop/web-1", false, 20, "v1"), sync("shop/db-0", true, 30, "v2")];
         let all = merged(local, &peers);
@@ -156,5 +254,84 @@ mod tests {
         assert!(web.connected, "the peer holds its subscription");
         assert_eq!(web.acked.as_deref(), Some("v2"));
         assert!(all.iter().find(|p| p.proxy == "shop/db-0").unwrap().connected);
+    }
+
+    fn serving(proxy: &str, root: &str) -> ProxySync {
+        ProxySync {
+            certificate: Some(trellis_contract::certificate::ServedCertificate {
+                root_fingerprint: root.into(),
+                serial: "01".into(),
+                not_before_unix: 1,
+                not_after_unix: 2,
+                spiffe_id: String::new(),
+            }),
+            acked_roots: vec!["old".into(), "new".into()],
+            ..sync(proxy, true, 10, "v2")
+        }
+    }
+
+    /// The rotation sees the proxies of every replica with the root each reports serving, and
+    /// names each replica it cannot see, by an injected clock.
+    #[test]
+    fn rotation_reports_merge_every_replica_and_name_the_unknown_ones() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let answers = BTreeMap::from([
+            (
+                "op-b".to_string(),
+                Answer {
+                    at: t0,
+                    proxies: Ok(vec![serving("shop/web-2", "old")]),
+                },
+            ),
+            (
+                "op-c".to_string(),
+                Answer {
+                    at: t0,
+                    proxies: Err("connection refused".into()),
+                },
+            ),
+        ]);
+        let local = vec![serving("shop/web-1", "new")];
+        let replicas = ["op-b".to_string(), "op-c".to_string(), "op-d".to_string()];
+        let mut seen = BTreeMap::new();
+        let r = rotation_reports(
+            local.clone(),
+            &replicas,
+            &answers,
+            &mut seen,
+            t0 + Duration::from_secs(3),
+        );
+        let roots: Vec<(&str, Option<&str>)> = r
+            .proxies
+            .iter()
+            .map(|p| (p.proxy.as_str(), p.leaf_root.as_deref()))
+            .collect();
+        assert_eq!(roots, [("shop/web-1", Some("new")), ("shop/web-2", Some("old"))]);
+        assert_eq!(
+            r.unknown_replicas,
+            [
+                ("op-c".to_string(), "connection refused".to_string()),
+                ("op-d".to_string(), "not asked yet".to_string())
+            ]
+        );
+        // The same answer, too old: op-b's proxies are unknown, not absent; web-2, seen 8 s
+        // ago, holds the rotation as a proxy that acknowledged nothing.
+        let later = t0 + STALE + Duration::from_secs(1);
+        let r = rotation_reports(local.clone(), &replicas[..1], &answers, &mut seen, later);
+        assert_eq!(
+            r.unknown_replicas,
+            [("op-b".to_string(), "its last answer is 11s old".to_string())]
+        );
+        let web2 = r
+            .proxies
+            .iter()
+            .find(|p| p.proxy == "shop/web-2")
+            .expect("web-2 still counts");
+        assert!(web2.acked_roots.is_empty() && web2.leaf_root.is_none(), "{web2:?}");
+        // Gone for longer than STALE: a pod that went away holds nothing any more.
+        let r = rotation_reports(local, &[], &answers, &mut seen, later + STALE);
+        let names: Vec<&str> = r.proxies.iter().map(|p| p.proxy.as_str()).collect();
+        assert_eq!(names, ["shop/web-1"]);
+        assert!(r.unknown_replicas.is_empty());
     }
 }

@@ -212,9 +212,7 @@ pub struct PushService {
     /// The snapshot of the last change, shared by every subscription (built once per change,
     /// not once per proxy).
     current: Arc<Mutex<Option<Arc<Built>>>>,
-    /// The mesh roots: their trust bundle goes into every config, and presented client
-    /// certificates tell them which root signed each proxy's leaf.
-    roots: Option<Arc<MeshRoots>>,
+    /// The mesh roots' trust bundle, which goes into every config.
     bundle: Option<watch::Receiver<Bundle>>,
     /// Set when the operator stops: every subscription ends, so proxies reconnect elsewhere.
     stopping: Arc<watch::Sender<bool>>,
@@ -243,7 +241,6 @@ impl PushService {
             options,
             trust_domains: None,
             current: Arc::default(),
-            roots: None,
             bundle: None,
             stopping: Arc::new(watch::Sender::new(false)),
             full_sends: Arc::new(tokio::sync::Semaphore::new(options.full_in_flight.max(1))),
@@ -289,7 +286,6 @@ impl PushService {
     /// and ask proxies to renew early while leaves are being reissued.
     pub fn with_roots(mut self, roots: Arc<MeshRoots>) -> Self {
         self.bundle = Some(roots.bundle());
-        self.roots = Some(roots);
         self
     }
 
@@ -317,9 +313,6 @@ impl PushService {
         };
         let presented = trellis_push::identity::spiffe_id_of(leaf.as_ref())
             .map_err(|e| Status::unauthenticated(format!("the client certificate has no SPIFFE ID: {e}")))?;
-        if let (Some(roots), Some(chain)) = (&self.roots, peer) {
-            roots.note_presented(&pod.to_string(), chain);
-        }
         let snapshot = self.snapshot();
         let Some(w) = snapshot.registry.workloads.get(pod) else {
             return Err(Status::not_found(format!(

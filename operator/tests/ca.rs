@@ -1,5 +1,7 @@
 //! The certificate authority with an injected clock: issuance, identity checks, expiry and
-//! renewal timing, and the chain checked by an independent tool (openssl).
+//! renewal timing, and the chain checked by an independent tool (openssl); root rotation as
+//! the CA Secret records it: the phase the leader records and the other replicas follow, and
+//! the root asked for during a rotation, queued.
 
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -220,11 +222,12 @@ fn openssl_verifies_the_chain_and_shows_one_uri_san() {
 
 /// Root rotation at run time: the new root joins the bundle, issuing switches only once every
 /// proxy has acknowledged it, proxies are asked to renew, the old root leaves the bundle only
-/// once no leaf of it remains, and the status shows fingerprints and phases, never keys.
+/// once no proxy reports serving a leaf of it, and the status shows fingerprints and phases,
+/// never keys.
 #[test]
-fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
+fn mesh_roots_rotate_on_acks_and_reported_leaves() {
     use std::sync::Arc;
-    use trellis_operator::ca::{MeshRoots, Phase, ProxyObservation};
+    use trellis_operator::ca::{MeshRoots, Phase, ProxyObservation, Reports};
 
     let clock = Arc::new(ManualClock::new(t0()));
     let old = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0()).unwrap();
@@ -232,10 +235,9 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
     let old_key = old.key_pem();
     let roots = MeshRoots::new(old, DEFAULT_WORKLOAD_TTL, clock.clone());
     let web = Authorized::service_account("cluster.local", "shop", "web");
-    let sign = |proxy: &str| roots.sign(&csr(&[WEB]).1, &web, proxy).unwrap();
-    let (leaf_a, by) = sign("shop/a");
+    let sign = || roots.sign(&csr(&[WEB]).1, &web).unwrap();
+    let (leaf_a, by) = sign();
     assert_eq!(by, old_fp);
-    sign("shop/b");
     let bundle = roots.bundle();
     assert_eq!(bundle.borrow().fingerprints, std::slice::from_ref(&old_fp));
 
@@ -246,28 +248,27 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
     assert_eq!(bundle.borrow().fingerprints, [old_fp.clone(), new_fp.clone()]);
     assert_eq!(bundle.borrow().roots_pem.len(), 2);
     assert!(bundle.borrow().renew_unless_issued_by.is_empty());
-    assert_eq!(
-        sign("shop/a").1,
-        old_fp,
-        "issuing stays on the old root while distributing"
-    );
+    assert_eq!(sign().1, old_fp, "issuing stays on the old root while distributing");
 
-    let obs = |a: &[&String], b: &[&String]| {
-        vec![
-            ProxyObservation {
-                proxy: "shop/a".into(),
-                acked_roots: a.iter().map(|s| (*s).clone()).collect(),
-                leaf_root: roots.leaf_root("shop/a"),
-            },
-            ProxyObservation {
-                proxy: "shop/b".into(),
-                acked_roots: b.iter().map(|s| (*s).clone()).collect(),
-                leaf_root: roots.leaf_root("shop/b"),
-            },
-        ]
+    // What the proxies report: the roots they acknowledged and the root of the leaf they serve.
+    let reports = |a: (&[&String], &String), b: (&[&String], &String)| Reports {
+        proxies: [("shop/a", a), ("shop/b", b)]
+            .into_iter()
+            .map(|(proxy, (acked, leaf))| ProxyObservation {
+                proxy: proxy.into(),
+                acked_roots: acked.iter().map(|s| (*s).clone()).collect(),
+                leaf_root: Some(leaf.clone()),
+            })
+            .collect(),
+        unknown_replicas: Vec::new(),
     };
+    let both = [&old_fp, &new_fp];
     // b has not acknowledged the new bundle: no progress, and the status says who is waited on.
-    assert!(roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp])).is_empty());
+    assert!(
+        roots
+            .observe(&reports((&both, &old_fp), (&[&old_fp], &old_fp)))
+            .is_empty()
+    );
     assert!(
         roots.status().progress.contains("shop/b"),
         "{}",
@@ -275,7 +276,7 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
     );
 
     assert_eq!(
-        roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])),
+        roots.observe(&reports((&both, &old_fp), (&both, &old_fp))),
         [Phase::Reissuing]
     );
     assert_eq!(
@@ -283,22 +284,25 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
         new_fp,
         "proxies are asked to renew"
     );
-    let (leaf, by) = sign("shop/a");
+    let (leaf, by) = sign();
     assert_eq!(by, new_fp);
     assert_ne!(leaf.cert_chain_pem, leaf_a.cert_chain_pem);
-    // b still holds a leaf of the old root.
-    assert!(roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])).is_empty());
+    // b still serves a leaf of the old root.
+    assert!(roots.observe(&reports((&both, &new_fp), (&both, &old_fp))).is_empty());
     assert_eq!(roots.status().leaves_by_root.get(&old_fp), Some(&1));
+    assert_eq!(roots.status().leaves_by_root.get(&new_fp), Some(&1));
 
     // b renews; the old root leaves the bundle.
     clock.advance(Duration::from_secs(1));
-    sign("shop/b");
     assert_eq!(
-        roots.observe(&obs(&[&old_fp, &new_fp], &[&old_fp, &new_fp])),
+        roots.observe(&reports((&both, &new_fp), (&both, &new_fp))),
         [Phase::Retiring]
     );
     assert_eq!(bundle.borrow().fingerprints, std::slice::from_ref(&new_fp));
-    assert_eq!(roots.observe(&obs(&[&new_fp], &[&new_fp])), [Phase::Stable]);
+    assert_eq!(
+        roots.observe(&reports((&[&new_fp], &new_fp), (&[&new_fp], &new_fp))),
+        [Phase::Stable]
+    );
     assert!(bundle.borrow().renew_unless_issued_by.is_empty());
 
     let status = roots.status();
@@ -314,41 +318,191 @@ fn mesh_roots_rotate_on_acks_and_reissued_leaves() {
     assert!(target.cert_pem.contains("BEGIN CERTIFICATE") && previous.is_none());
 }
 
-/// A restarted operator learns which root signed a proxy's leaf from the chain it presents.
+/// A Secret as a merge patch of the operator's leaves it (the patch's non-null values).
+fn secret_of(patch: &serde_json::Value) -> k8s_openapi::api::core::v1::Secret {
+    use base64::Engine as _;
+    let strings = |v: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect()
+    };
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            namespace: Some("trellis-system".into()),
+            name: Some("trellis-ca".into()),
+            annotations: Some(strings(&patch["metadata"]["annotations"])),
+            ..Default::default()
+        },
+        data: Some(
+            strings(&patch["data"])
+                .into_iter()
+                .map(|(k, v)| {
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+                    (k, k8s_openapi::ByteString(bytes))
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Two replicas' roots, rotating from the same old root to the same new one (loaded from the
+/// same PEM, as each replica loads them from the CA Secret).
+fn two_replicas() -> [std::sync::Arc<trellis_operator::ca::MeshRoots>; 2] {
+    use trellis_operator::ca::{MeshRoots, SystemClock};
+    let year = Duration::from_secs(365 * 86400);
+    let old = SigningCert::self_signed_root("cluster.local", year, t0()).unwrap();
+    let new = SigningCert::self_signed_root("cluster.local", year, t0()).unwrap();
+    let pems = [
+        (old.cert_pem().to_string(), old.key_pem()),
+        (new.cert_pem().to_string(), new.key_pem()),
+    ];
+    let load = |(c, k): &(String, String)| SigningCert::from_pem(c, k, &[]).unwrap();
+    [0, 1].map(|_| {
+        let roots = MeshRoots::new(load(&pems[0]), DEFAULT_WORKLOAD_TTL, std::sync::Arc::new(SystemClock));
+        roots.start_rotation(load(&pems[1])).unwrap();
+        std::sync::Arc::new(roots)
+    })
+}
+
+/// The leader records each phase in the CA Secret before it enters it; a follower enters the
+/// phases the Secret records, in order, never back, and nothing of its own.
 #[test]
-fn presented_chains_tell_which_root_signed_a_leaf() {
-    use std::sync::Arc;
-    use trellis_operator::ca::MeshRoots;
+fn followers_enter_the_phase_the_leader_records_in_the_ca_secret() {
+    use trellis_operator::ca::Phase;
+    use trellis_operator::ca::secret::{Queue, follow_record, read, record_patch, recorded_phase};
 
-    let now = SystemTime::now();
-    let issuer = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), now).unwrap();
-    let (issuer_pem, issuer_key, issuer_fp) = (
-        issuer.cert_pem().to_string(),
-        issuer.key_pem(),
-        issuer.fingerprint().to_string(),
-    );
-    let leaf = CertificateAuthority::new(issuer, DEFAULT_WORKLOAD_TTL, Box::new(ManualClock::new(now)))
-        .sign(
-            &csr(&[WEB]).1,
-            &Authorized::service_account("cluster.local", "shop", "web"),
-        )
-        .unwrap();
-    let der: Vec<rustls::pki_types::CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut leaf.cert_chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
+    let [leader, follower] = two_replicas();
+    let recorded = |phase: Phase| {
+        let (target, previous) = leader.persisted_at(phase);
+        secret_of(&record_patch(&target, previous.as_ref(), phase, Queue::Keep))
+    };
+    let old = follower
+        .status()
+        .roots
+        .iter()
+        .find(|r| r.issuing)
+        .unwrap()
+        .fingerprint
+        .clone();
+    let new = follower.next().unwrap();
 
-    let other = SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), now).unwrap();
-    let roots = MeshRoots::new(other, DEFAULT_WORKLOAD_TTL, Arc::new(ManualClock::new(now)));
-    roots.note_presented("shop/a", &der);
+    let reissuing = read(&recorded(Phase::Reissuing)).unwrap();
+    assert_eq!(reissuing.phase, Phase::Reissuing);
+    assert_eq!(follow_record(&reissuing, &follower), [Phase::Reissuing]);
+    let issuing = follower.status().roots.into_iter().find(|r| r.issuing).unwrap();
     assert_eq!(
-        roots.leaf_root("shop/a"),
-        None,
-        "not signed by a root the operator holds"
+        issuing.fingerprint, new,
+        "the follower issues from the root the leader moved to"
+    );
+    // A record behind it (a stale version) changes nothing.
+    let distributing = read(&recorded(Phase::Distributing)).unwrap();
+    assert!(follow_record(&distributing, &follower).is_empty());
+    assert_eq!(follower.phase(), Phase::Reissuing);
+    // The end: no previous root, no phase annotation; the follower goes through Retiring.
+    let stable = recorded(Phase::Stable);
+    let annotations = stable.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations.is_empty(), "{annotations:?}");
+    assert!(!stable.data.as_ref().unwrap().contains_key("previous-ca.crt"));
+    let stable = read(&stable).unwrap();
+    assert_eq!(stable.phase, Phase::Stable);
+    assert_eq!(follow_record(&stable, &follower), [Phase::Retiring, Phase::Stable]);
+    let status = follower.status();
+    assert_eq!(status.roots.len(), 1);
+    assert_eq!(status.roots[0].fingerprint, new);
+    assert_ne!(new, old);
+    let phases: Vec<String> = status.transitions.into_iter().map(|t| t.phase).collect();
+    assert_eq!(phases, ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"]);
+
+    // What a Secret without a readable phase means: the safest phase of a rotation under way.
+    assert_eq!(recorded_phase(None, true), Phase::Distributing);
+    assert_eq!(recorded_phase(Some("Sideways"), true), Phase::Distributing);
+    assert_eq!(recorded_phase(Some("Retiring"), false), Phase::Stable);
+}
+
+/// A root asked for during a rotation — the annotation, or `ca.*` replaced — is queued by the
+/// leader (never by a follower), kept in the Secret apart from the root being rotated to, and
+/// rotated to by the leader once no rotation runs.
+#[test]
+fn a_root_asked_for_during_a_rotation_is_queued_by_the_leader() {
+    use trellis_operator::ca::Phase;
+    use trellis_operator::ca::secret::{Queue, Request, read, record_patch, requested_root};
+
+    let [leader, follower] = two_replicas();
+    let day = Duration::from_secs(86400);
+    let request = |secret: &k8s_openapi::api::core::v1::Secret, roots: &trellis_operator::ca::MeshRoots, leads| {
+        requested_root(secret, read(secret), roots, "cluster.local", day, leads).unwrap()
+    };
+    let (target, previous) = leader.persisted_at(Phase::Distributing);
+    let mut annotated = secret_of(&record_patch(
+        &target,
+        previous.as_ref(),
+        Phase::Distributing,
+        Queue::Keep,
+    ));
+    annotated
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("trellis.dev/rotate-root".into(), "now".into());
+    assert!(matches!(request(&annotated, &leader, true), Request::Queue(_)));
+    assert!(matches!(request(&annotated, &follower, false), Request::Nothing));
+
+    // ca.* replaced by a person during the rotation.
+    let other = SigningCert::self_signed_root("cluster.local", day * 365, t0()).unwrap();
+    let other_fp = other.fingerprint().to_string();
+    let replaced = secret_of(&record_patch(
+        &trellis_operator::ca::SigningPair::of(&other),
+        previous.as_ref(),
+        Phase::Distributing,
+        Queue::Keep,
+    ));
+    match request(&replaced, &leader, true) {
+        Request::Queue(root) => assert_eq!(root.fingerprint(), other_fp),
+        r => panic!("the leader queues the replaced root: {r:?}"),
+    }
+    assert!(matches!(request(&replaced, &follower, false), Request::Nothing));
+
+    // Queued: kept apart from the root being rotated to.
+    let queued = secret_of(&record_patch(
+        &target,
+        previous.as_ref(),
+        Phase::Distributing,
+        Queue::Set(&other),
+    ));
+    let stored = read(&queued).unwrap();
+    assert_eq!(stored.root.fingerprint(), target_fp(&target));
+    assert_eq!(
+        stored.queued.as_ref().map(|q| q.fingerprint().to_string()),
+        Some(other_fp.clone())
+    );
+    assert!(
+        matches!(request(&queued, &leader, true), Request::Nothing),
+        "not while rotating"
     );
 
-    let reloaded = SigningCert::from_pem(&issuer_pem, &issuer_key, &[]).unwrap();
-    let roots = MeshRoots::new(reloaded, DEFAULT_WORKLOAD_TTL, Arc::new(ManualClock::new(now)));
-    roots.note_presented("shop/a", &der);
-    assert_eq!(roots.leaf_root("shop/a"), Some(issuer_fp));
+    // The rotation ends (recorded, queue kept): the leader rotates to the queued root.
+    leader.advance_to(Phase::Stable);
+    let (target, _) = leader.persisted_at(Phase::Stable);
+    let ended = secret_of(&record_patch(&target, None, Phase::Stable, Queue::Set(&other)));
+    match request(&ended, &leader, true) {
+        Request::Rotate { root, from_queue } => {
+            assert_eq!(root.fingerprint(), other_fp);
+            assert!(from_queue);
+        }
+        r => panic!("the leader rotates to the queued root: {r:?}"),
+    }
+    follower.advance_to(Phase::Stable);
+    assert!(matches!(request(&ended, &follower, false), Request::Nothing));
+    let cleared = record_patch(&target, None, Phase::Stable, Queue::Clear);
+    assert!(cleared["data"]["queued-ca.crt"].is_null() && cleared["data"]["queued-ca.key"].is_null());
+}
+
+fn target_fp(pair: &trellis_operator::ca::SigningPair) -> String {
+    SigningCert::from_pem(&pair.cert_pem, &pair.key_pem, &[])
+        .unwrap()
+        .fingerprint()
+        .to_string()
 }

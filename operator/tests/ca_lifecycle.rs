@@ -15,43 +15,17 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use support::{Target, cluster_with_web, free_port, operator_client, operator_config, until_async};
+use support::{
+    Target, ca_condition, cluster_with_web, free_port, operator_client, operator_config, secret_yaml, until_async,
+};
 use trellis_operator::app;
 use trellis_operator::ca::SigningCert;
-
-/// A Secret manifest holding `root` as `ca.crt`/`ca.key`.
-fn secret_yaml(namespace: &str, name: &str, root: &SigningCert) -> String {
-    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n    {}\n  ca.key: |\n    {}\n",
-        indent(root.cert_pem()),
-        indent(&root.key_pem())
-    )
-}
 
 /// The issuing root's fingerprint, and every root's fingerprint, as the running CA has them.
 fn issuing(op: &app::App) -> (Option<String>, Vec<String>) {
     let status = op.roots.status();
     let issuing = status.roots.iter().find(|r| r.issuing).map(|r| r.fingerprint.clone());
     (issuing, status.roots.into_iter().map(|r| r.fingerprint).collect())
-}
-
-fn ca_condition(cluster: &Target) -> (String, String) {
-    let json = cluster
-        .kubectl_ok(&["get", "mesh", "default", "-o", "json"], None)
-        .unwrap_or_default();
-    let mesh: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-    let c = mesh["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "CertificateAuthorityReady")
-        .cloned()
-        .unwrap_or_default();
-    (
-        c["status"].as_str().unwrap_or_default().to_string(),
-        c["message"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 /// Both parts on one cluster (started once for the test binary: upstream Kubernetes takes a
@@ -153,20 +127,9 @@ async fn certificate_lifetimes_changed_while_the_operator_runs_are_followed(clus
 }
 
 async fn a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(cluster: &Target) {
-    cluster.kubectl_ok(&["create", "namespace", "security"], None).unwrap();
     let corp =
         SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), SystemTime::now()).unwrap();
-    cluster
-        .kubectl_ok(&["apply", "-f", "-"], Some(&secret_yaml("security", "corp-ca", &corp)))
-        .unwrap();
-    cluster
-        .kubectl_ok(
-            &["apply", "-f", "-"],
-            Some(
-                "apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec:\n  ca: {mode: Plugged, secretRef: {name: corp-ca, namespace: security}}\n",
-            ),
-        )
-        .unwrap();
+    support::plug_corp_root(cluster, &corp);
     let op = app::start(operator_config(free_port(), 3600), operator_client(cluster).await)
         .await
         .expect("the operator starts");

@@ -40,20 +40,7 @@ async fn the_operator_issues_identities_and_pushes_config_over_mtls() {
         .expect("the operator starts");
 
     // The root is kept in a Secret and reused by the next start.
-    let secret = cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "trellis-system",
-                "get",
-                "secret",
-                "trellis-ca",
-                "-o",
-                "jsonpath={.data.ca\\.crt}",
-            ],
-            None,
-        )
-        .unwrap();
+    let secret = support::ca_secret_field(&cluster, ".data.ca\\.crt");
     assert!(!secret.is_empty());
     let again = app::load_or_create_root(&client, "trellis-system", "cluster.local")
         .await

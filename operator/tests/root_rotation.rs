@@ -3,12 +3,42 @@
 //! trust bundle (ACKed), issuing switches, the proxy renews at once, the old root leaves the
 //! bundle, the Secret and the `trellis-ca-root` ConfigMaps end with the new root only, and
 //! `/debug/ca` shows each phase, fingerprints and no keys. The subscription survives it all.
+//!
+//! With two replicas (each serving push and certificates, one leading): a proxy subscribed to
+//! the leader renews through the other replica, and another proxy lives on the other replica;
+//! the old root is trusted by each replica until both proxies serve a leaf of the new one, and
+//! there is one rotation. A replica that cannot be asked holds the rotation (said in the
+//! Mesh's status), and a root asked for meanwhile is queued and rotated to afterwards.
 
 mod support;
 
-use support::{cluster_with_web, free_port, http_get, mesh_proxy, operator_config, published_roots, until, web_proxy};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::Duration;
+
+use support::{
+    ca_condition, ca_secret_field, cluster_with_web, free_port, http_get, mesh_proxy, operator_client, operator_config,
+    published_roots, secret_yaml, until, until_async, web_pods, web_proxy,
+};
 use trellis_operator::app;
-use trellis_operator::ca::{CaStatus, fingerprint};
+use trellis_operator::ca::{CaStatus, SigningCert, fingerprint};
+
+/// Ask for a new self-signed root, as a person does: the annotation on the CA Secret.
+fn ask_for_a_new_root(cluster: &support::Target) {
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "trellis-system",
+                "annotate",
+                "secret",
+                "trellis-ca",
+                "trellis.dev/rotate-root=now",
+            ],
+            None,
+        )
+        .unwrap();
+}
 
 fn pem_fingerprints(pem: &str) -> Vec<String> {
     rustls_pemfile::certs(&mut pem.as_bytes())
@@ -50,19 +80,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     let first_leaf = leaf(&proxy);
 
     // Ask for a new self-signed root.
-    cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "trellis-system",
-                "annotate",
-                "secret",
-                "trellis-ca",
-                "trellis.dev/rotate-root=now",
-            ],
-            None,
-        )
-        .unwrap();
+    ask_for_a_new_root(&cluster);
 
     // The rotation runs to the end on the proxy's ACKs and its reissued leaf.
     for _ in 0..300 {
@@ -105,25 +123,9 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     assert_eq!(me.acked_roots, std::slice::from_ref(&new_fp));
 
     // The Secret holds the new root and no previous one; the ConfigMaps follow.
-    let secret = |path: &str| {
-        cluster
-            .kubectl_ok(
-                &[
-                    "-n",
-                    "trellis-system",
-                    "get",
-                    "secret",
-                    "trellis-ca",
-                    "-o",
-                    &format!("jsonpath={{{path}}}"),
-                ],
-                None,
-            )
-            .unwrap()
-    };
-    let data = secret(".data");
+    let data = ca_secret_field(&cluster, ".data");
     assert!(!data.contains("previous-ca"), "{data}");
-    let annotations = secret(".metadata.annotations");
+    let annotations = ca_secret_field(&cluster, ".metadata.annotations");
     assert!(!annotations.contains("rotate-root"), "{annotations}");
     let stored = app::load_or_create_root(&cluster.client().await.unwrap(), "trellis-system", "cluster.local")
         .await
@@ -134,5 +136,361 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     })
     .await;
     control.abort();
+    op.stop();
+}
+
+/// The operator's Service as proxies dial it: each new connection (a subscription, or a
+/// certificate request) goes to the replica whose push port `to` holds at the time.
+async fn service(to: Arc<AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = to.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Acknowledges every configuration without applying it.
+struct Acknowledges;
+
+#[tonic::async_trait]
+impl trellis_push::client::ConfigSink for Acknowledges {
+    fn current_version(&self) -> Option<String> {
+        None
+    }
+
+    async fn apply(&self, _config: trellis_contract::ProxyConfig) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A second proxy as the operator sees one, where one in-process `trellis-proxy` already holds
+/// the mesh's ports: the proxies' own client (`trellis_push::client`) obtaining its certificate
+/// and renewing it when asked, reporting each as served, and acknowledging every configuration.
+async fn acknowledging_proxy(cfg: trellis_push::client::ClientConfig) -> Vec<tokio::task::JoinHandle<()>> {
+    use trellis_push::client;
+    let (issued_tx, mut issued) = tokio::sync::watch::channel::<Option<client::Issued>>(None);
+    let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
+    let served = cfg.served.clone();
+    let report = move |issued: &Option<client::Issued>| {
+        if let Some(r) = issued.as_ref().and_then(client::Issued::report) {
+            served.set(r);
+        }
+    };
+    while issued.borrow_and_update().is_none() {
+        issued.changed().await.unwrap();
+    }
+    report(&issued.borrow());
+    let push = tokio::spawn(client::run_push(cfg, Arc::new(Acknowledges)));
+    let reporting = tokio::spawn(async move {
+        while issued.changed().await.is_ok() {
+            report(&issued.borrow_and_update());
+        }
+    });
+    vec![identity, push, reporting]
+}
+
+/// Replica `name` of a two-replica operator, on its own push and admin ports, asking the other
+/// replica (`peer`: name, admin port) for its proxies.
+fn replica(name: &str, push: u16, admin: u16, peer: (&str, u16)) -> app::Config {
+    app::Config {
+        pod_name: Some(name.into()),
+        admin_addr: format!("127.0.0.1:{admin}").parse().unwrap(),
+        peers: vec![(peer.0.to_string(), format!("http://127.0.0.1:{}", peer.1))],
+        ..operator_config(push, 3600)
+    }
+}
+
+/// Whether replica `r` holds `pod`'s subscription.
+fn subscribed(r: &app::App, pod: &str) -> bool {
+    r.push
+        .sync_state()
+        .iter()
+        .any(|s| s.connected && s.proxy == format!("shop/{pod}") && s.certificate.is_some())
+}
+
+/// Whether replica `r` has read from `peer` that it holds `pod`'s subscription.
+fn seen_on_peer(r: &app::App, peer: &str, pod: &str) -> bool {
+    r.peers.read().unwrap().get(peer).is_some_and(|a| {
+        a.proxies
+            .as_ref()
+            .is_ok_and(|p| p.iter().any(|s| s.proxy == format!("shop/{pod}")))
+    })
+}
+
+fn phases(r: &app::App) -> Vec<String> {
+    r.roots.status().transitions.into_iter().map(|t| t.phase).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves_the_new_one() {
+    let (cluster, _) = cluster_with_web();
+    cluster
+        .kubectl_ok(&["-n", "shop", "scale", "deployment/web", "--replicas=2"], None)
+        .unwrap();
+    cluster
+        .kubectl_ok(
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=120s"],
+            None,
+        )
+        .unwrap();
+    let pods = web_pods(&cluster);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+
+    // Replica a leads; b follows.
+    let (push_a, push_b, admin_a, admin_b) = (free_port(), free_port(), free_port(), free_port());
+    let a = app::start(
+        replica("trellis-operator-a", push_a, admin_a, ("trellis-operator-b", admin_b)),
+        operator_client(&cluster).await,
+    )
+    .await
+    .expect("replica a starts");
+    until("replica a leads", 30, || a.leadership.is_leader()).await;
+    let b = app::start(
+        replica("trellis-operator-b", push_b, admin_b, ("trellis-operator-a", admin_a)),
+        operator_client(&cluster).await,
+    )
+    .await
+    .expect("replica b starts");
+    assert!(!b.leadership.is_leader());
+    let old_fp = pem_fingerprints(&a.root_pem)[0].clone();
+    assert_eq!(pem_fingerprints(&b.root_pem), std::slice::from_ref(&old_fp));
+
+    // p subscribes to a; q to b, and from then on every new connection — every certificate
+    // request — reaches b: p renews through the replica that does not lead.
+    let to = Arc::new(AtomicU16::new(push_a));
+    let svc = service(to.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_dir = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let cfg_p = web_proxy(&cluster, &proxy_dir("p"), svc, &pods[0], &a.root_pem);
+    let served_p = cfg_p.served.clone();
+    let (p, control_p) = mesh_proxy(cfg_p).await;
+    until("p is configured by a", 30, || {
+        p.runtime().is_ready() && subscribed(&a, &pods[0])
+    })
+    .await;
+    to.store(push_b, Ordering::SeqCst);
+    let cfg_q = web_proxy(&cluster, &proxy_dir("q"), svc, &pods[1], &a.root_pem);
+    let served_q = cfg_q.served.clone();
+    let control_q = acknowledging_proxy(cfg_q).await;
+    until("q is configured by b", 30, || {
+        b.push
+            .sync_state()
+            .iter()
+            .any(|s| s.proxy.ends_with(&pods[1]) && s.acked.is_some() && s.acked == s.sent)
+            && subscribed(&b, &pods[1])
+    })
+    .await;
+    until("each replica has read the other's proxy", 30, || {
+        seen_on_peer(&a, "trellis-operator-b", &pods[1]) && seen_on_peer(&b, "trellis-operator-a", &pods[0])
+    })
+    .await;
+    let issued = |r: &app::App| r.push.metrics().certificates_issued.get();
+    assert_eq!((issued(&a), issued(&b)), (1, 1), "p signed by a, q by b");
+
+    // Throughout: no replica stops trusting the old root while a proxy serves a leaf of it.
+    let watching = Arc::new(AtomicBool::new(true));
+    let monitor = tokio::spawn({
+        let replicas = [("a", a.roots.clone()), ("b", b.roots.clone())];
+        let served = [("p", served_p.clone()), ("q", served_q.clone())];
+        let (old, watching) = (old_fp.clone(), watching.clone());
+        async move {
+            let mut violations = Vec::new();
+            while watching.load(Ordering::SeqCst) && violations.is_empty() {
+                for (r, roots) in &replicas {
+                    if roots.bundle().borrow().fingerprints.contains(&old) {
+                        continue;
+                    }
+                    for (proxy, s) in &served {
+                        if s.get().is_some_and(|c| c.root_fingerprint == old) {
+                            violations.push(format!(
+                                "replica {r} stopped trusting the old root while proxy {proxy} served a leaf of it ({:?})",
+                                roots.status()
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            violations
+        }
+    });
+
+    ask_for_a_new_root(&cluster);
+    let finished = |r: &app::App| phases(r).iter().filter(|p| *p == "Stable").count() >= 2;
+    until_async("both replicas finish the rotation", 120, || async {
+        finished(&a) && finished(&b)
+    })
+    .await;
+    watching.store(false, Ordering::SeqCst);
+    let violations = monitor.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+
+    // One rotation, on both, in order; both proxies serve a leaf of the new root, and p got its
+    // renewal from b (a signed only p's first leaf).
+    let new_fp = a.roots.status().roots[0].fingerprint.clone();
+    assert_ne!(new_fp, old_fp);
+    for r in [&a, &b] {
+        assert_eq!(
+            phases(r),
+            ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"],
+            "{:?}",
+            r.roots.status()
+        );
+        let status = r.roots.status();
+        assert_eq!(status.roots.len(), 1);
+        assert_eq!(status.roots[0].fingerprint, new_fp);
+    }
+    for (proxy, served) in [("p", &served_p), ("q", &served_q)] {
+        assert_eq!(
+            served.get().map(|c| c.root_fingerprint),
+            Some(new_fp.clone()),
+            "proxy {proxy} serves a leaf of the new root"
+        );
+    }
+    assert_eq!(issued(&a), 1, "p's renewal went through b");
+    assert!(issued(&b) >= 3, "q's first leaf and both renewals: {}", issued(&b));
+    assert_eq!(
+        a.roots.status().leaves_by_root,
+        [(new_fp.clone(), 2)].into(),
+        "the leader saw both proxies serve the new root"
+    );
+
+    // No second rotation: a while later, both are still stable on the one new root, which the
+    // Secret holds with nothing previous, queued or in progress.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for r in [&a, &b] {
+        assert_eq!(phases(r).len(), 5, "{:?}", r.roots.status());
+    }
+    let data = ca_secret_field(&cluster, ".data");
+    assert!(!data.contains("previous-ca") && !data.contains("queued-ca"), "{data}");
+    let stored = app::load_or_create_root(&cluster.client().await.unwrap(), "trellis-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(stored.fingerprint(), new_fp);
+    control_p.abort();
+    for task in control_q {
+        task.abort();
+    }
+    b.stop();
+    a.stop();
+}
+
+/// An operator replica's admin API that answers, on `port`, that it holds no proxies.
+async fn replica_without_proxies(port: u16) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = s.read(&mut request).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_be_asked_holds_the_rotation_and_a_root_asked_for_meanwhile_is_queued() {
+    let (cluster, _) = cluster_with_web();
+    let year = Duration::from_secs(365 * 86400);
+    let first = SigningCert::self_signed_root("cluster.local", year, std::time::SystemTime::now()).unwrap();
+    support::plug_corp_root(&cluster, &first);
+    // The other replica listens nowhere yet: its proxies are unknown.
+    let other = free_port();
+    let config = app::Config {
+        peers: vec![("trellis-operator-b".into(), format!("http://127.0.0.1:{other}"))],
+        ..operator_config(free_port(), 3600)
+    };
+    let op = app::start(config, operator_client(&cluster).await)
+        .await
+        .expect("the operator starts");
+    let issuing = |op: &app::App| {
+        op.roots
+            .status()
+            .roots
+            .into_iter()
+            .find(|r| r.issuing)
+            .map(|r| r.fingerprint)
+    };
+    let own = issuing(&op).expect("an issuing root");
+
+    // The plugged root is rotated to, but no phase advances while b cannot be asked: the old
+    // root keeps issuing, and the Mesh says why.
+    until_async("the Mesh says the rotation waits on replica b", 60, || async {
+        let (_, message) = ca_condition(&cluster);
+        message.contains("root rotation Distributing") && message.contains("trellis-operator-b (")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(op.roots.status().phase, "Distributing");
+    assert_eq!(issuing(&op), Some(own.clone()), "the old root still issues");
+
+    // The plugged root replaced meanwhile: queued, not dropped, and said on the Mesh.
+    let second = SigningCert::self_signed_root("cluster.local", year, std::time::SystemTime::now()).unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&secret_yaml("security", "corp-ca", &second)),
+        )
+        .unwrap();
+    let queued_short: String = second.fingerprint().chars().take(16).collect();
+    until_async("the Mesh says the replaced root is queued", 60, || async {
+        ca_condition(&cluster)
+            .1
+            .contains(&format!("root {queued_short} is queued"))
+    })
+    .await;
+    assert_eq!(op.roots.status().queued_root.as_deref(), Some(second.fingerprint()));
+    let stored = app::load_or_create_root(&cluster.client().await.unwrap(), "trellis-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.fingerprint(),
+        first.fingerprint(),
+        "the root being rotated to stays in ca.crt"
+    );
+
+    // b answers (no proxies): the rotation ends, then the queued one runs.
+    let b = replica_without_proxies(other).await;
+    until_async("the queued root issues", 60, || async {
+        issuing(&op).as_deref() == Some(second.fingerprint()) && op.roots.status().phase == "Stable"
+    })
+    .await;
+    let status = op.roots.status();
+    let phases: Vec<&str> = status.transitions.iter().map(|t| t.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "Stable",
+            "Distributing",
+            "Reissuing",
+            "Retiring",
+            "Stable",
+            "Distributing",
+            "Reissuing",
+            "Retiring",
+            "Stable"
+        ],
+        "the first rotation, then the queued one: {status:?}"
+    );
+    assert_eq!(status.queued_root, None);
+    let data = ca_secret_field(&cluster, ".data");
+    assert!(!data.contains("queued-ca") && !data.contains("previous-ca"), "{data}");
+    b.abort();
     op.stop();
 }

@@ -8,7 +8,9 @@
 //!   the new root is made for the TTL in force then;
 //! - a **plugged** root in the Secret `spec.ca.secretRef` names (any namespace) is used: its
 //!   `ca.crt`, `ca.key` and `cert-chain.pem` are copied into the CA Secret, which the operator
-//!   rotates to with no restart, and copied again whenever the user replaces them.
+//!   rotates to with no restart, and copied again whenever the user replaces them. Replaced
+//!   during a rotation, it is copied into the CA Secret's queue (`queued-ca.*`) and rotated to
+//!   once the rotation under way ends ([`super::secret`]).
 //!
 //! Every replica signs, so every replica follows `spec.ca.workloadCertTtl` itself
 //! ([`follow_workload_ttl`]): the next certificate it signs has the lifetime the Mesh says now.
@@ -31,7 +33,9 @@ use tokio::sync::watch;
 use trellis_api::mesh::CaMode;
 
 use super::MeshRoots;
-use super::secret::{CA_CERT, CA_KEY, CA_SECRET, CERT_CHAIN, ROTATE_ANNOTATION};
+use super::secret::{
+    CA_CERT, CA_KEY, CA_SECRET, CERT_CHAIN, PREVIOUS_CERT, QUEUED_CERT, QUEUED_CHAIN, QUEUED_KEY, ROTATE_ANNOTATION,
+};
 use crate::mesh::settings::Settings;
 
 /// How often the leader looks at the root's expiry.
@@ -64,7 +68,9 @@ pub fn expiring_root(roots: &MeshRoots, ttl: Duration, now: SystemTime) -> Optio
 const PLUGGED_KEYS: [&str; 3] = [CA_CERT, CA_KEY, CERT_CHAIN];
 
 /// The merge patch copying a plugged Secret's root into the CA Secret, or why it cannot be;
-/// `Ok(None)` when the CA Secret already holds it.
+/// `Ok(None)` when the CA Secret already holds it. While the CA Secret records a rotation
+/// (`previous-ca.crt`) the root goes into its queue (`queued-ca.*`) instead, rotated to once
+/// the rotation ends; a queued root the plugged Secret no longer asks for is removed.
 pub fn plugged_copy(plugged: &Secret, ca: Option<&Secret>) -> Result<Option<serde_json::Value>, String> {
     let name = format!(
         "{}/{}",
@@ -95,10 +101,23 @@ pub fn plugged_copy(plugged: &Secret, ca: Option<&Secret>) -> Result<Option<serd
     super::SigningCert::from_pem(&cert, &key, &chain)
         .map_err(|e| format!("Secret {name} (spec.ca.secretRef) cannot sign certificates: {e}"))?;
     let held = ca.and_then(|s| s.data.as_ref());
-    if PLUGGED_KEYS
-        .iter()
-        .all(|k| held.and_then(|d| d.get(*k)) == data.get(*k))
-    {
+    let holds = |keys: [&str; 3]| {
+        PLUGGED_KEYS
+            .iter()
+            .zip(keys)
+            .all(|(from, to)| held.and_then(|d| d.get(to)) == data.get(*from))
+    };
+    let queued_keys = [QUEUED_CERT, QUEUED_KEY, QUEUED_CHAIN];
+    let queued = held.is_some_and(|d| d.contains_key(QUEUED_CERT));
+    if holds(PLUGGED_KEYS) {
+        // In use or being rotated to; a root queued since is not asked for any more.
+        return Ok(
+            queued.then(|| serde_json::json!({"data": {QUEUED_CERT: null, QUEUED_KEY: null, QUEUED_CHAIN: null}}))
+        );
+    }
+    let rotating = held.is_some_and(|d| d.contains_key(PREVIOUS_CERT));
+    let to = if rotating { queued_keys } else { PLUGGED_KEYS };
+    if rotating && holds(queued_keys) {
         return Ok(None);
     }
     let b64 = |k: &str| {
@@ -108,11 +127,12 @@ pub fn plugged_copy(plugged: &Secret, ca: Option<&Secret>) -> Result<Option<serd
             })
             .unwrap_or(serde_json::Value::Null)
     };
-    Ok(Some(serde_json::json!({"data": {
-        CA_CERT: b64(CA_CERT),
-        CA_KEY: b64(CA_KEY),
-        CERT_CHAIN: b64(CERT_CHAIN),
-    }})))
+    let copied: serde_json::Map<String, serde_json::Value> = PLUGGED_KEYS
+        .iter()
+        .zip(to)
+        .map(|(from, to)| (to.to_string(), b64(from)))
+        .collect();
+    Ok(Some(serde_json::json!({ "data": copied })))
 }
 
 /// Why the CA cannot follow the Mesh's CA settings now (shown in `CertificateAuthorityReady`).
@@ -237,7 +257,11 @@ async fn follow_plugged(client: Client, namespace: String, from: (String, String
             {
                 Ok(_) => {
                     set(&problem, None);
-                    tracing::info!(from = %format!("{ns}/{name}"), "copied the plugged root into the CA Secret; rotating to it");
+                    if patch["data"].get(QUEUED_CERT).is_some_and(|v| !v.is_null()) {
+                        tracing::info!(from = %format!("{ns}/{name}"), "copied the plugged root into the CA Secret's queue; rotating to it once the rotation under way ends");
+                    } else {
+                        tracing::info!(from = %format!("{ns}/{name}"), "copied the plugged root into the CA Secret; rotating to it");
+                    }
                 }
                 Err(e) => set(
                     &problem,
@@ -359,7 +383,7 @@ mod tests {
             )];
             let csr = params.serialize_request(&key).unwrap().pem().unwrap();
             let who = crate::ca::Authorized::service_account("cluster.local", "shop", "web");
-            let (leaf, _) = roots.sign(&csr, &who, "shop/web-1").unwrap();
+            let (leaf, _) = roots.sign(&csr, &who).unwrap();
             leaf.not_after.duration_since(t0).unwrap()
         };
         let within = |got: Duration, want: Duration| got.abs_diff(want) < Duration::from_secs(120);
@@ -465,5 +489,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("cannot sign certificates"), "{err}");
+    }
+
+    /// A plugged root replaced during a rotation goes into the CA Secret's queue, never over
+    /// the root being rotated to; asked for again, nothing more is written; the rotation's
+    /// own root asked for again empties the queue.
+    #[test]
+    fn a_plugged_root_replaced_during_a_rotation_is_queued() {
+        let root = |cn: &str| {
+            let r = SigningCert::self_signed_root(cn, Duration::from_secs(365 * 86400), SystemTime::now()).unwrap();
+            let key = r.key_pem();
+            (r.cert_pem().to_string(), key)
+        };
+        let (target, target_key) = root("target.example");
+        let (old, old_key) = root("old.example");
+        let (next, next_key) = root("next.example");
+        let rotating = secret(
+            "trellis-system",
+            CA_SECRET,
+            &[
+                (CA_CERT, &target),
+                (CA_KEY, &target_key),
+                (PREVIOUS_CERT, &old),
+                (super::super::secret::PREVIOUS_KEY, &old_key),
+            ],
+        );
+        let plugged = secret("security", "corp-ca", &[(CA_CERT, &next), (CA_KEY, &next_key)]);
+        let patch = plugged_copy(&plugged, Some(&rotating)).unwrap().expect("a copy");
+        let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+        assert_eq!(patch["data"][QUEUED_CERT], b64(&next), "{patch}");
+        assert_eq!(patch["data"][QUEUED_KEY], b64(&next_key));
+        assert!(
+            patch["data"].get(CA_CERT).is_none() && patch["data"].get(CA_KEY).is_none(),
+            "the root being rotated to stays: {patch}"
+        );
+        // Queued already: nothing to write.
+        let mut queued = rotating.clone();
+        let data = queued.data.as_mut().unwrap();
+        data.insert(QUEUED_CERT.into(), ByteString(next.as_bytes().to_vec()));
+        data.insert(QUEUED_KEY.into(), ByteString(next_key.as_bytes().to_vec()));
+        assert_eq!(plugged_copy(&plugged, Some(&queued)).unwrap(), None);
+        // The user goes back to the root being rotated to: the queue is emptied.
+        let back = secret("security", "corp-ca", &[(CA_CERT, &target), (CA_KEY, &target_key)]);
+        let patch = plugged_copy(&back, Some(&queued)).unwrap().expect("the queue emptied");
+        assert!(
+            patch["data"][QUEUED_CERT].is_null() && patch["data"][QUEUED_KEY].is_null(),
+            "{patch}"
+        );
+        // No rotation under way: copied into ca.* as before.
+        let stable = secret(
+            "trellis-system",
+            CA_SECRET,
+            &[(CA_CERT, &target), (CA_KEY, &target_key)],
+        );
+        let patch = plugged_copy(&plugged, Some(&stable)).unwrap().expect("a copy");
+        assert_eq!(patch["data"][CA_CERT], b64(&next));
     }
 }

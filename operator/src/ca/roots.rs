@@ -1,15 +1,17 @@
 //! The mesh roots at run time: the root (or two, during a rotation) the CA signs with, the
 //! [`RootRotation`] state machine that decides which one issues and which ones proxies trust,
-//! which root signed each proxy's current leaf, and the trust bundle announced to the push
-//! server and the `trellis-ca-root` ConfigMaps.
+//! and the trust bundle announced to the push server and the `trellis-ca-root` ConfigMaps.
 //!
-//! The operator feeds [`MeshRoots::observe`] with what it learns from push ACKs and issued
-//! certificates; everything else here is plain state behind one lock, with time from a
-//! [`Clock`], so rotation is tested without a network.
+//! The leader assesses the rotation ([`MeshRoots::assess`]) with what every replica's proxies
+//! report, records the phase it may enter in the CA Secret, then enters it
+//! ([`MeshRoots::advance_to`]); the other replicas enter the phases the Secret records
+//! ([`super::secret::watch`]). Everything here is plain state behind one lock, with time from
+//! a [`Clock`], so rotation is tested without a network.
 //!
 //! # Guarantees
 //! - A leaf is always signed by the root the state machine says is issuing, and the root it is
-//!   signed by is in every trust bundle announced from then until the leaf is replaced.
+//!   signed by is in every trust bundle announced until every proxy reports serving a leaf of
+//!   the new root.
 //! - Private keys never leave this module except through [`MeshRoots::persisted`] (for the CA
 //!   Secret); [`CaStatus`] holds fingerprints, subjects and validity only.
 
@@ -17,11 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::rotation::{Phase, ProxyObservation, RootRotation, RotationError};
+use super::rotation::{Assessment, Phase, Reports, RootRotation, RotationError};
 use super::{Authorized, CaError, CertificateAuthority, Clock, Leaf, SigningCert};
 
 /// What proxies must trust now, as the push server and the ConfigMap publisher see it.
@@ -74,25 +75,24 @@ pub struct CaStatus {
     pub progress: String,
     /// The roots the operator holds.
     pub roots: Vec<RootInfo>,
-    /// Leaves signed by each root, among the proxies this replica signed a leaf for or was shown
-    /// one by (at signing time, until the leaf expires: what the rotation waits on). What each
-    /// proxy serves now is in its sync state (`/debug/syncz`, the proxy's own report), which
-    /// `meshctl check` reads.
+    /// The connected proxies of every replica by the root of the certificate each reports
+    /// serving (`none`: it reported none), as the rotation last assessed them: what it waits
+    /// on. Each proxy's own report is in its sync state (`/debug/syncz`).
     pub leaves_by_root: BTreeMap<String, usize>,
+    /// A root asked for while a rotation was under way (fingerprint), kept in the CA Secret and
+    /// rotated to once the rotation ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_root: Option<String>,
     /// Phase changes since the operator started, oldest first.
     pub transitions: Vec<Transition>,
-}
-
-struct Issued {
-    root: String,
-    not_after: SystemTime,
 }
 
 struct State {
     rotation: RootRotation,
     authorities: BTreeMap<String, CertificateAuthority>,
-    /// The root of each proxy's (`namespace/pod`) current leaf.
-    leaves: BTreeMap<String, Issued>,
+    /// The last reports assessed, counted by the root each proxy's leaf chains to.
+    leaves_by_root: BTreeMap<String, usize>,
+    queued: Option<String>,
     transitions: Vec<Transition>,
 }
 
@@ -128,7 +128,8 @@ impl MeshRoots {
         let state = State {
             rotation: RootRotation::new(fp.clone()),
             authorities: BTreeMap::from([(fp, ca)]),
-            leaves: BTreeMap::new(),
+            leaves_by_root: BTreeMap::new(),
+            queued: None,
             transitions: vec![Transition {
                 phase: Phase::Stable.to_string(),
                 at_unix: unix(clock.now()),
@@ -149,25 +150,16 @@ impl MeshRoots {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sign the CSR of `proxy` (`namespace/pod`), authenticated as `who`, with the issuing
-    /// root. Returns the leaf and the fingerprint of the root that signed it.
-    pub fn sign(&self, csr_pem: &str, who: &Authorized, proxy: &str) -> Result<(Leaf, String), CaError> {
-        let mut state = self.lock();
+    /// Sign a CSR, authenticated as `who`, with the issuing root. Returns the leaf and the
+    /// fingerprint of the root that signed it (which the proxy reports back once it serves it).
+    pub fn sign(&self, csr_pem: &str, who: &Authorized) -> Result<(Leaf, String), CaError> {
+        let state = self.lock();
         let issuing = state.rotation.issuing_root().to_string();
         let ca = state
             .authorities
             .get(&issuing)
             .ok_or_else(|| CaError::BadRoot(format!("the issuing root {issuing} is not loaded")))?;
         let leaf = ca.sign_for(csr_pem, who, self.workload_ttl())?;
-        let now = self.clock.now();
-        state.leaves.retain(|_, l| l.not_after > now);
-        state.leaves.insert(
-            proxy.to_string(),
-            Issued {
-                root: issuing.clone(),
-                not_after: leaf.not_after,
-            },
-        );
         Ok((leaf, issuing))
     }
 
@@ -204,58 +196,6 @@ impl MeshRoots {
             .issue_serving(spiffe_id, dns_names, ttl)
     }
 
-    /// Note the certificate chain a proxy presented (at subscription): which root signed it.
-    /// Covers leaves issued before the operator (re)started.
-    pub fn note_presented(&self, proxy: &str, chain: &[CertificateDer<'static>]) {
-        let Some(leaf) = chain.first() else { return };
-        let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
-            return;
-        };
-        let now = self.clock.now();
-        let Ok(now_unix) = now.duration_since(SystemTime::UNIX_EPOCH) else {
-            return;
-        };
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        let mut state = self.lock();
-        let mut found = None;
-        for (fp, ca) in &state.authorities {
-            let mut store = rustls::RootCertStore::empty();
-            let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(ca.signer().cert_pem().as_bytes()) else {
-                continue;
-            };
-            if store.add(CertificateDer::from(pem.contents)).is_err() {
-                continue;
-            }
-            let verified = rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                &store,
-                &chain[1..],
-                UnixTime::since_unix_epoch(now_unix),
-                algs.all,
-            );
-            if verified.is_ok() {
-                found = Some(fp.clone());
-                break;
-            }
-        }
-        let Some(root) = found else { return };
-        let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map(|(_, c)| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(c.validity().not_after.timestamp().max(0) as u64)
-            })
-            .unwrap_or(now);
-        // A leaf the proxy obtained since is newer than the one its connection presents.
-        if state.leaves.get(proxy).is_some_and(|l| l.not_after >= not_after) {
-            return;
-        }
-        state.leaves.insert(proxy.to_string(), Issued { root, not_after });
-    }
-
-    /// The root that signed `proxy`'s current leaf, if known.
-    pub fn leaf_root(&self, proxy: &str) -> Option<String> {
-        self.lock().leaves.get(proxy).map(|l| l.root.clone())
-    }
-
     /// Start rotating to `new_root`: it joins every trust bundle at once; issuing switches once
     /// every proxy has acknowledged it.
     pub fn start_rotation(&self, new_root: SigningCert) -> Result<(), RotationError> {
@@ -269,10 +209,27 @@ impl MeshRoots {
         Ok(())
     }
 
-    /// Advance the rotation with what the connected proxies report; returns the phases entered.
-    pub fn observe(&self, proxies: &[ProxyObservation]) -> Vec<Phase> {
+    /// What `reports` (every replica's connected proxies, and the replicas that could not be
+    /// asked) allow from the phase this replica is in; kept for the status. Enters nothing.
+    pub fn assess(&self, reports: &Reports) -> Assessment {
         let mut state = self.lock();
-        let entered = state.rotation.observe(proxies);
+        let assessment = state.rotation.assess(reports);
+        state.rotation.note_waiting(assessment.waiting.clone());
+        let mut by_root = BTreeMap::new();
+        for p in &reports.proxies {
+            let root = p.leaf_root.clone().unwrap_or_else(|| "none".to_string());
+            *by_root.entry(root).or_insert(0) += 1;
+        }
+        state.leaves_by_root = by_root;
+        assessment
+    }
+
+    /// Enter every phase up to `target` of the rotation under way (forward only: the leader
+    /// once it has recorded `target`, a follower once it reads it in the CA Secret); returns
+    /// the phases entered.
+    pub fn advance_to(&self, target: Phase) -> Vec<Phase> {
+        let mut state = self.lock();
+        let entered = state.rotation.advance_to(target);
         if entered.is_empty() {
             return entered;
         }
@@ -282,6 +239,25 @@ impl MeshRoots {
         }
         self.entered(&mut state, &entered);
         entered
+    }
+
+    /// Assess and enter what `reports` allow at once: for a replica that decides alone (no
+    /// CA Secret to record phases in). Returns the phases entered.
+    pub fn observe(&self, reports: &Reports) -> Vec<Phase> {
+        match self.assess(reports).allowed.last() {
+            Some(target) => self.advance_to(*target),
+            None => Vec::new(),
+        }
+    }
+
+    /// The root being rotated to, during a rotation.
+    pub fn next(&self) -> Option<String> {
+        self.lock().rotation.next().map(str::to_string)
+    }
+
+    /// Note the root the CA Secret holds queued (fingerprint), for the status.
+    pub fn set_queued(&self, fingerprint: Option<String>) {
+        self.lock().queued = fingerprint;
     }
 
     fn entered(&self, state: &mut State, phases: &[Phase]) {
@@ -309,25 +285,26 @@ impl MeshRoots {
         self.bundle.subscribe()
     }
 
-    /// What the CA Secret must hold: the target root (`ca.*`) and, during a rotation, the root
+    /// What the CA Secret must hold with the rotation in `phase` (the leader records a phase
+    /// before it enters it): the target root (`ca.*`) and, while a rotation runs, the root
     /// being replaced (`previous-ca.*`), as (certificate PEM, key PEM) pairs. A restarted
     /// operator resumes a rotation from them.
-    pub fn persisted(&self) -> (SigningPair, Option<SigningPair>) {
+    pub fn persisted_at(&self, phase: Phase) -> (SigningPair, Option<SigningPair>) {
         let state = self.lock();
-        let pair = |fp: &str| {
-            state.authorities.get(fp).map(|ca| SigningPair {
-                cert_pem: ca.signer().cert_pem().to_string(),
-                key_pem: ca.signer().key_pem(),
-            })
-        };
+        let pair = |fp: &str| state.authorities.get(fp).map(|ca| SigningPair::of(ca.signer()));
         let current = state.rotation.current();
         match state.rotation.next() {
             Some(next) => (
                 pair(next).unwrap_or_default(),
-                pair(current).filter(|_| state.rotation.phase() != Phase::Stable),
+                pair(current).filter(|_| phase != Phase::Stable),
             ),
             None => (pair(current).unwrap_or_default(), None),
         }
+    }
+
+    /// What the CA Secret must hold now ([`MeshRoots::persisted_at`] the current phase).
+    pub fn persisted(&self) -> (SigningPair, Option<SigningPair>) {
+        self.persisted_at(self.phase())
     }
 
     /// Whether the root with this fingerprint is held (current or next).
@@ -352,15 +329,12 @@ impl MeshRoots {
                 issuing: fp == issuing,
             })
             .collect();
-        let mut leaves_by_root = BTreeMap::new();
-        for l in state.leaves.values() {
-            *leaves_by_root.entry(l.root.clone()).or_insert(0) += 1;
-        }
         CaStatus {
             phase: state.rotation.phase().to_string(),
             progress: state.rotation.progress(),
             roots,
-            leaves_by_root,
+            leaves_by_root: state.leaves_by_root.clone(),
+            queued_root: state.queued.clone(),
             transitions: state.transitions.clone(),
         }
     }
@@ -373,6 +347,19 @@ pub struct SigningPair {
     pub cert_pem: String,
     /// Private key. Never log it.
     pub key_pem: String,
+    /// For an intermediate: the chain up to the root (empty for a root).
+    pub chain_pem: String,
+}
+
+impl SigningPair {
+    /// The pair of `cert`.
+    pub fn of(cert: &SigningCert) -> Self {
+        SigningPair {
+            cert_pem: cert.cert_pem().to_string(),
+            key_pem: cert.key_pem(),
+            chain_pem: cert.chain_pem(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SigningPair {

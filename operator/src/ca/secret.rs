@@ -9,13 +9,22 @@
 //!   `trellis.dev/rotate-root=<anything>`; the operator generates a new root, writes it to
 //!   `ca.crt`/`ca.key`, removes the annotation and rotates to it.
 //! - During a rotation the operator keeps the root being replaced in `previous-ca.crt` and
-//!   `previous-ca.key`, so a restarted operator resumes the rotation; it removes them when the
-//!   rotation is done.
+//!   `previous-ca.key`, and the phase in the annotation `trellis.dev/root-rotation-phase`, so a
+//!   restarted operator resumes the rotation where it was; it removes them when the rotation is
+//!   done.
+//! - A root asked for **during** a rotation (the annotation, `ca.crt`/`ca.key` replaced, or a
+//!   plugged root changed in the Secret the Mesh names) is queued, not dropped: the leader keeps
+//!   it in `queued-ca.crt`, `queued-ca.key` (and `queued-cert-chain.pem`), puts the rotation's
+//!   own root back in `ca.*`, and rotates to the queued root once the rotation ends. The Mesh's
+//!   `CertificateAuthorityReady` message says a root is queued.
 //!
 //! Progress is on the operator's admin API at `/debug/ca`.
 //!
-//! With several replicas, only the leader generates a root (for the annotation) and writes the
-//! Secret; every replica follows the root the Secret holds, so one request is one rotation.
+//! With several replicas, only the leader generates a root (for the annotation), decides each
+//! phase and writes the Secret — the phase before it enters it —; every replica follows the
+//! root and the phase the Secret records, never advancing on its own, so one request is one
+//! rotation and no replica issues from a root the leader has moved away from for longer than
+//! its watch takes to hear of it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +37,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
-use super::{MeshRoots, SigningCert};
+use super::{MeshRoots, Phase, SigningCert, SigningPair};
 use crate::leader::Leadership;
 
 /// The Secret holding the mesh root, in the control plane's namespace (the one Secret the
@@ -47,14 +56,42 @@ pub const PREVIOUS_KEY: &str = "previous-ca.key";
 /// Annotate the Secret with this (any value) to have a new self-signed root generated and
 /// rotated to.
 pub const ROTATE_ANNOTATION: &str = "trellis.dev/rotate-root";
+/// The phase of the rotation under way, as the leader recorded it (absent: `Distributing`
+/// while `previous-ca.*` is there, else no rotation).
+pub const PHASE_ANNOTATION: &str = "trellis.dev/root-rotation-phase";
+/// A root asked for during a rotation, rotated to once it ends.
+pub const QUEUED_CERT: &str = "queued-ca.crt";
+/// Its private key.
+pub const QUEUED_KEY: &str = "queued-ca.key";
+/// Its chain up to the root, for an intermediate.
+pub const QUEUED_CHAIN: &str = "queued-cert-chain.pem";
 
-/// The roots a Secret holds: the target, and the previous one during a rotation.
+/// The roots a Secret holds: the target, the previous one and the phase during a rotation,
+/// and a queued one.
 #[derive(Debug)]
 pub struct Stored {
     /// `ca.crt` / `ca.key`.
     pub root: SigningCert,
     /// `previous-ca.crt` / `previous-ca.key`, when a rotation was under way.
     pub previous: Option<SigningCert>,
+    /// The phase the leader recorded (`Stable` without a previous root).
+    pub phase: Phase,
+    /// `queued-ca.*`, a root waiting for the rotation under way to end.
+    pub queued: Option<SigningCert>,
+}
+
+/// The phase a Secret records: none without a rotation under way; the annotation's during
+/// one, or `Distributing` — the phase that issues from the old root and trusts both — when it
+/// is absent (a Secret written before phases were recorded) or unreadable.
+pub fn recorded_phase(annotation: Option<&str>, rotating: bool) -> Phase {
+    if !rotating {
+        return Phase::Stable;
+    }
+    match annotation {
+        Some("Reissuing") => Phase::Reissuing,
+        Some("Retiring") => Phase::Retiring,
+        _ => Phase::Distributing,
+    }
 }
 
 fn field(secret: &Secret, key: &str) -> Option<String> {
@@ -65,15 +102,16 @@ fn field(secret: &Secret, key: &str) -> Option<String> {
         .and_then(|b| String::from_utf8(b.0.clone()).ok())
 }
 
-fn chain(secret: &Secret) -> Vec<String> {
-    field(secret, CERT_CHAIN)
-        .map(|pem| {
-            pem.split_inclusive("-----END CERTIFICATE-----")
-                .map(|c| c.trim_start().to_string())
-                .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
-                .collect()
-        })
-        .unwrap_or_default()
+fn chain(secret: &Secret, key: &str) -> Vec<String> {
+    field(secret, key).map(|pem| split_chain(&pem)).unwrap_or_default()
+}
+
+/// The certificates of a PEM chain, one PEM each.
+pub(crate) fn split_chain(pem: &str) -> Vec<String> {
+    pem.split_inclusive("-----END CERTIFICATE-----")
+        .map(|c| c.trim_start().to_string())
+        .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
+        .collect()
 }
 
 /// Read the roots of a CA Secret.
@@ -84,7 +122,7 @@ pub fn read(secret: &Secret) -> anyhow::Result<Stored> {
             format!("Secret {ns}/{CA_SECRET} has no {k}; delete the Secret to have a new root created, or add {k}")
         })
     };
-    let root = SigningCert::from_pem(&required(CA_CERT)?, &required(CA_KEY)?, &chain(secret))
+    let root = SigningCert::from_pem(&required(CA_CERT)?, &required(CA_KEY)?, &chain(secret, CERT_CHAIN))
         .with_context(|| format!("Secret {ns}/{CA_SECRET}: {CA_CERT}/{CA_KEY}"))?;
     let previous = match (field(secret, PREVIOUS_CERT), field(secret, PREVIOUS_KEY)) {
         (Some(c), Some(k)) => Some(
@@ -93,7 +131,25 @@ pub fn read(secret: &Secret) -> anyhow::Result<Stored> {
         ),
         _ => None,
     };
-    Ok(Stored { root, previous })
+    let queued = match (field(secret, QUEUED_CERT), field(secret, QUEUED_KEY)) {
+        (Some(c), Some(k)) => Some(
+            SigningCert::from_pem(&c, &k, &chain(secret, QUEUED_CHAIN))
+                .with_context(|| format!("Secret {ns}/{CA_SECRET}: {QUEUED_CERT}/{QUEUED_KEY}"))?,
+        ),
+        _ => None,
+    };
+    let annotation = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PHASE_ANNOTATION))
+        .map(String::as_str);
+    Ok(Stored {
+        phase: recorded_phase(annotation, previous.is_some()),
+        root,
+        previous,
+        queued,
+    })
 }
 
 /// The roots from the CA Secret, created with a self-signed root (valid `root_ttl`: the Mesh's
@@ -134,7 +190,12 @@ pub async fn load_or_create(
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => {
                 tracing::info!(%namespace, secret = CA_SECRET, "created a self-signed mesh root");
-                return Ok(Stored { root, previous: None });
+                return Ok(Stored {
+                    root,
+                    previous: None,
+                    phase: Phase::Stable,
+                    queued: None,
+                });
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue, // another replica won; read theirs
             Err(e) => return Err(e).context(format!("creating Secret {namespace}/{CA_SECRET}")),
@@ -143,65 +204,223 @@ pub async fn load_or_create(
     anyhow::bail!("could not read or create Secret {namespace}/{CA_SECRET}")
 }
 
-/// Write what `roots` must persist into the Secret: the target root, the previous root while a
-/// rotation runs (removed otherwise), and no rotation annotation.
-pub async fn persist(client: &Client, namespace: &str, roots: &MeshRoots) -> anyhow::Result<()> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let (target, previous) = roots.persisted();
-    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
-    let (prev_cert, prev_key) = match &previous {
-        Some(p) => (
-            serde_json::Value::String(b64(&p.cert_pem)),
-            serde_json::Value::String(b64(&p.key_pem)),
-        ),
+/// What to do with the queued root when writing the Secret.
+#[derive(Debug)]
+pub enum Queue<'a> {
+    /// Leave `queued-ca.*` as they are.
+    Keep,
+    /// Queue this root (replacing one queued before: the latest request wins).
+    Set(&'a SigningCert),
+    /// Remove `queued-ca.*` (its rotation starts).
+    Clear,
+}
+
+/// The merge patch recording a rotation to `target` from `previous` in `phase` (no previous,
+/// or `Stable`: no rotation under way), the queue, and no rotation annotation.
+pub fn record_patch(
+    target: &SigningPair,
+    previous: Option<&SigningPair>,
+    phase: Phase,
+    queue: Queue<'_>,
+) -> serde_json::Value {
+    let previous = previous.filter(|_| phase != Phase::Stable);
+    let b64 =
+        |s: &str| serde_json::Value::String(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s));
+    let optional = |s: &str| if s.is_empty() { serde_json::Value::Null } else { b64(s) };
+    let (prev_cert, prev_key) = match previous {
+        Some(p) => (b64(&p.cert_pem), b64(&p.key_pem)),
         None => (serde_json::Value::Null, serde_json::Value::Null),
     };
-    let patch = serde_json::json!({
-        "metadata": {"annotations": {ROTATE_ANNOTATION: null}},
-        "data": {
-            CA_CERT: b64(&target.cert_pem),
-            CA_KEY: b64(&target.key_pem),
-            PREVIOUS_CERT: prev_cert,
-            PREVIOUS_KEY: prev_key,
-        }
+    let phase_annotation = match previous {
+        None => serde_json::Value::Null,
+        Some(_) => serde_json::Value::String(phase.to_string()),
+    };
+    let mut data = serde_json::json!({
+        CA_CERT: b64(&target.cert_pem),
+        CA_KEY: b64(&target.key_pem),
+        CERT_CHAIN: optional(&target.chain_pem),
+        PREVIOUS_CERT: prev_cert,
+        PREVIOUS_KEY: prev_key,
     });
-    api.patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("updating Secret {namespace}/{CA_SECRET}"))?;
+    match queue {
+        Queue::Keep => {}
+        Queue::Set(root) => {
+            data[QUEUED_CERT] = b64(root.cert_pem());
+            data[QUEUED_KEY] = b64(&root.key_pem());
+            data[QUEUED_CHAIN] = optional(&root.chain_pem());
+        }
+        Queue::Clear => {
+            for key in [QUEUED_CERT, QUEUED_KEY, QUEUED_CHAIN] {
+                data[key] = serde_json::Value::Null;
+            }
+        }
+    }
+    serde_json::json!({
+        "metadata": {"annotations": {ROTATE_ANNOTATION: null, PHASE_ANNOTATION: phase_annotation}},
+        "data": data,
+    })
+}
+
+/// Record `roots` in the Secret with the rotation in `phase` ([`record_patch`]). The leader
+/// records a phase before it enters it, so the other replicas follow the rotation from the
+/// Secret, never ahead of the leader.
+pub async fn record(
+    client: &Client,
+    namespace: &str,
+    roots: &MeshRoots,
+    phase: Phase,
+    queue: Queue<'_>,
+) -> anyhow::Result<()> {
+    let (target, previous) = roots.persisted_at(phase);
+    write(
+        client,
+        namespace,
+        &record_patch(&target, previous.as_ref(), phase, queue),
+    )
+    .await?;
     Ok(())
 }
 
-/// The root a (new version of the) Secret asks `roots` to rotate to, if any. Only a replica
-/// that may `generate` (the leader) answers the rotation annotation with a new root; the others
-/// follow the root the Secret holds.
+/// Record the start of a rotation of `roots` to `root` (before it starts: a rotation that is
+/// not recorded does not start, and the annotation asking for it stays to be answered again).
+async fn record_start(
+    client: &Client,
+    namespace: &str,
+    roots: &MeshRoots,
+    root: &SigningCert,
+    queue: Queue<'_>,
+) -> anyhow::Result<Option<String>> {
+    let (current, _) = roots.persisted_at(Phase::Stable);
+    let patch = record_patch(&SigningPair::of(root), Some(&current), Phase::Distributing, queue);
+    write(client, namespace, &patch).await
+}
+
+/// Patch the Secret; returns the resourceVersion written.
+async fn write(client: &Client, namespace: &str, patch: &serde_json::Value) -> anyhow::Result<Option<String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let written = api
+        .patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .with_context(|| format!("updating Secret {namespace}/{CA_SECRET}"))?;
+    Ok(written.metadata.resource_version)
+}
+
+/// Write what `roots` must persist now into the Secret ([`record`] in the current phase,
+/// the queue kept).
+pub async fn persist(client: &Client, namespace: &str, roots: &MeshRoots) -> anyhow::Result<()> {
+    record(client, namespace, roots, roots.phase(), Queue::Keep).await
+}
+
+/// What a version of the Secret asks of this replica, besides the phase it follows.
+#[derive(Debug)]
+pub enum Request {
+    /// Nothing new.
+    Nothing,
+    /// Rotate to this root (no rotation is under way); `from_queue`: it was queued.
+    Rotate {
+        /// The root.
+        root: SigningCert,
+        /// Whether it comes from `queued-ca.*` (the leader then empties the queue).
+        from_queue: bool,
+    },
+    /// A root asked for during a rotation: the leader queues it.
+    Queue(SigningCert),
+}
+
+/// The root a (new version of the) Secret asks `roots` to rotate to or to queue, from the
+/// Secret and what it holds (`stored`). Only the replica that `leads` answers the rotation
+/// annotation with a new root, queues, and starts the queued root; the others follow the root
+/// the Secret holds.
 pub fn requested_root(
     secret: &Secret,
+    stored: anyhow::Result<Stored>,
     roots: &MeshRoots,
     trust_domain: &str,
     root_ttl: Duration,
-    generate: bool,
-) -> anyhow::Result<Option<SigningCert>> {
+    leads: bool,
+) -> anyhow::Result<Request> {
+    let rotating = roots.phase() != Phase::Stable;
     let annotated = secret
         .metadata
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(ROTATE_ANNOTATION));
-    if annotated && generate {
+    if annotated && leads {
         let root = SigningCert::self_signed_root(trust_domain, root_ttl, SystemTime::now())?;
-        return Ok(Some(root));
+        return Ok(if rotating {
+            Request::Queue(root)
+        } else {
+            Request::Rotate {
+                root,
+                from_queue: false,
+            }
+        });
     }
-    let stored = read(secret)?;
-    if roots.holds(stored.root.fingerprint()) {
-        return Ok(None);
+    let stored = stored?;
+    if !roots.holds(stored.root.fingerprint()) {
+        return Ok(match (rotating, leads) {
+            (false, _) => Request::Rotate {
+                root: stored.root,
+                from_queue: false,
+            },
+            // `ca.*` replaced during a rotation: the leader queues it and puts the rotation's
+            // root back; the others wait for that.
+            (true, true) => Request::Queue(stored.root),
+            (true, false) => Request::Nothing,
+        });
     }
-    Ok(Some(stored.root))
+    match stored.queued {
+        Some(root) if leads && !rotating && stored.previous.is_none() && !roots.holds(root.fingerprint()) => {
+            Ok(Request::Rotate { root, from_queue: true })
+        }
+        _ => Ok(Request::Nothing),
+    }
 }
 
-/// Watch the CA Secret and start a rotation when it asks for one; the leader writes the Secret
-/// back when a rotation starts (and, through [`persist`], when it ends) and recreates it when it
-/// is deleted. A root it generates is named after the trust domain `trust_domains` names then
-/// and lives the `spec.ca.rootCertTtl` `settings` give then (both the Mesh's, live). Runs until
-/// the watch ends.
+/// Enter the phase the Secret records for the rotation under way: the one to its root (the
+/// phase recorded), or — when its previous root is the one being rotated to — a rotation the
+/// leader has finished since (its end). Returns the phases entered.
+pub fn follow_record(stored: &Stored, roots: &MeshRoots) -> Vec<Phase> {
+    let Some(next) = roots.next() else {
+        return Vec::new();
+    };
+    if stored.root.fingerprint() == next {
+        roots.advance_to(stored.phase)
+    } else if stored.previous.as_ref().is_some_and(|p| p.fingerprint() == next) {
+        roots.advance_to(Phase::Stable)
+    } else {
+        Vec::new()
+    }
+}
+
+/// How often the leader looks for a queued root whose rotation can start (the end of the
+/// rotation under way is announced by a change of the Secret too; this covers a leader that
+/// entered the end after it read that change, and a new leader).
+// why: a queued root waits for a rotation that takes seconds to days; two seconds is prompt,
+// and the look costs a GET only while a root is queued and no rotation runs.
+const QUEUE_CHECK: Duration = Duration::from_secs(2);
+
+/// What [`watch`] works with.
+struct Watched {
+    client: Client,
+    namespace: String,
+    /// The Mesh's trust domain, read live: a root generated now is named after it.
+    trust_domains: crate::trust_domain::Source,
+    /// The Mesh's settings, read live: a root generated now lives their `spec.ca.rootCertTtl`.
+    settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
+    roots: Arc<MeshRoots>,
+    leadership: Leadership,
+    /// The resourceVersion of the leader's own write answering a request, until the watch
+    /// delivers it: versions before it are stale, and their request is answered already.
+    answered: Option<String>,
+}
+
+/// Watch the CA Secret: follow the phase the leader records, start a rotation when the Secret
+/// asks for one and queue a root asked for during one; the leader writes the Secret back when
+/// a rotation starts (and, through [`record`], at every phase), starts a queued root once the
+/// rotation under way ends, and recreates the Secret when it is deleted. A root it generates
+/// is named after the trust domain `trust_domains` names then and lives the
+/// `spec.ca.rootCertTtl` `settings` give then (both the Mesh's, live). Runs until the watch ends.
 pub async fn watch(
     client: Client,
     namespace: String,
@@ -213,61 +432,153 @@ pub async fn watch(
     use kube::runtime::WatchStreamExt;
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    while let Some(event) = stream.next().await {
-        let secret = match event {
-            Ok(Event::Apply(s) | Event::InitApply(s)) => s,
-            Ok(Event::Delete(_)) if !leadership.is_leader() => continue,
-            Ok(Event::Delete(_)) => {
-                tracing::warn!(%namespace, secret = CA_SECRET, "the CA Secret was deleted; writing the roots in use back");
-                let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(CA_SECRET.into()),
-                        namespace: Some(namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".into()),
-                    ..Secret::default()
-                };
-                if let Err(e) = api.create(&PostParams::default(), &secret).await {
-                    tracing::warn!(error = %e, "could not recreate the CA Secret");
+    let mut stream = watcher::watcher(api.clone(), config).default_backoff().boxed();
+    let mut queue_check = tokio::time::interval(QUEUE_CHECK);
+    queue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut w = Watched {
+        client,
+        namespace,
+        trust_domains,
+        settings,
+        roots,
+        leadership,
+        answered: None,
+    };
+    loop {
+        let secret = tokio::select! {
+            event = stream.next() => match event {
+                None => return,
+                Some(Ok(Event::InitApply(s))) => {
+                    // A fresh list: the latest version, after any write of ours.
+                    w.answered = None;
+                    s
+                }
+                Some(Ok(Event::Apply(s))) => s,
+                Some(Ok(Event::Delete(_))) => {
+                    if w.leadership.is_leader() {
+                        recreate(&w).await;
+                    }
                     continue;
                 }
-                if let Err(e) = persist(&client, &namespace, &roots).await {
-                    tracing::warn!(error = %e, "could not write the roots to the CA Secret");
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching the CA Secret failed; retrying with backoff");
+                    continue;
                 }
-                continue;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the CA Secret failed; retrying with backoff");
-                continue;
+            },
+            _ = queue_check.tick() => {
+                let waiting = w.leadership.is_leader()
+                    && w.roots.phase() == Phase::Stable
+                    && w.roots.status().queued_root.is_some();
+                if !waiting {
+                    continue;
+                }
+                match api.get_opt(CA_SECRET).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the CA Secret for its queued root");
+                        continue;
+                    }
+                }
             }
         };
-        let leading = leadership.is_leader();
-        let root_ttl = settings.borrow().ca.root_cert_ttl;
-        match requested_root(&secret, &roots, trust_domains.get().domain(), root_ttl, leading) {
-            Ok(None) => {}
-            Ok(Some(root)) => {
-                let fp = root.fingerprint().to_string();
-                match roots.start_rotation(root) {
-                    Ok(()) if !leading => {
-                        tracing::info!(new_root = %fp, "following the root rotation the leader recorded in the CA Secret")
-                    }
-                    Ok(()) => {
-                        if let Err(e) = persist(&client, &namespace, &roots).await {
-                            tracing::warn!(error = %e, "could not record the rotation in the CA Secret");
-                        }
-                    }
+        handle(&mut w, &secret).await;
+    }
+}
+
+/// The CA Secret was deleted: write the roots in use back (the leader does).
+async fn recreate(w: &Watched) {
+    tracing::warn!(namespace = %w.namespace, secret = CA_SECRET, "the CA Secret was deleted; writing the roots in use back");
+    let api: Api<Secret> = Api::namespaced(w.client.clone(), &w.namespace);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(CA_SECRET.into()),
+            namespace: Some(w.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    if let Err(e) = api.create(&PostParams::default(), &secret).await {
+        tracing::warn!(error = %e, "could not recreate the CA Secret");
+        return;
+    }
+    if let Err(e) = persist(&w.client, &w.namespace, &w.roots).await {
+        tracing::warn!(error = %e, "could not write the roots to the CA Secret");
+    }
+}
+
+/// One version of the CA Secret.
+async fn handle(w: &mut Watched, secret: &Secret) {
+    let version = secret.metadata.resource_version.clone();
+    // A version from before our own answer: its request was answered; follow its phase only.
+    let stale = w.answered.is_some() && version != w.answered;
+    if w.answered.is_some() && version == w.answered {
+        w.answered = None;
+    }
+    let leading = w.leadership.is_leader();
+    let roots = &w.roots;
+    let stored = read(secret);
+    let recorded = stored.as_ref().ok().map(|s| s.phase);
+    if let Ok(stored) = &stored {
+        roots.set_queued(stored.queued.as_ref().map(|q| q.fingerprint().to_string()));
+        let entered = follow_record(stored, roots);
+        if !entered.is_empty() {
+            tracing::info!(phases = ?entered, "following the root rotation phase the leader recorded in the CA Secret");
+        }
+    }
+    if stale {
+        return;
+    }
+    let request = requested_root(
+        secret,
+        stored,
+        roots,
+        w.trust_domains.get().domain(),
+        w.settings.borrow().ca.root_cert_ttl,
+        leading,
+    );
+    match request {
+        Ok(Request::Nothing) => {}
+        Ok(Request::Rotate { root, from_queue }) => {
+            let fp = root.fingerprint().to_string();
+            if leading {
+                let queue = if from_queue { Queue::Clear } else { Queue::Keep };
+                match record_start(&w.client, &w.namespace, roots, &root, queue).await {
+                    Ok(written) => w.answered = written,
                     Err(e) => {
-                        tracing::warn!(new_root = %fp, error = %e, "not rotating to the new root; write it again once the rotation under way is done")
+                        tracing::warn!(new_root = %fp, error = %format!("{e:#}"), "could not record the root rotation in the CA Secret; not starting it, retrying on the next change of the Secret");
+                        return;
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "the CA Secret cannot be used; keeping the roots in use")
+            match roots.start_rotation(root) {
+                Ok(()) if !leading => {
+                    roots.advance_to(recorded.unwrap_or(Phase::Distributing));
+                    tracing::info!(new_root = %fp, "following the root rotation the leader recorded in the CA Secret")
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(new_root = %fp, error = %e, "not rotating to the new root"),
             }
+        }
+        Ok(Request::Queue(root)) => {
+            let fp = root.fingerprint().to_string();
+            let (target, previous) = roots.persisted_at(roots.phase());
+            let patch = record_patch(&target, previous.as_ref(), roots.phase(), Queue::Set(&root));
+            match write(&w.client, &w.namespace, &patch).await {
+                Ok(written) => {
+                    w.answered = written;
+                    roots.set_queued(Some(fp.clone()));
+                    tracing::info!(queued_root = %fp, "a root was asked for during a root rotation: queued in the CA Secret, rotated to once the rotation ends");
+                }
+                Err(e) => {
+                    tracing::warn!(queued_root = %fp, error = %format!("{e:#}"), "could not queue the root asked for during the rotation; retrying on the next change of the CA Secret")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the CA Secret cannot be used; keeping the roots in use")
         }
     }
 }

@@ -124,18 +124,12 @@ impl CertificateService {
         }
         let authorized =
             Authorized::service_account_in(&self.trust_domains.get(), &who.namespace, &who.service_account);
-        let proxy = format!("{}/{}", req.namespace, req.pod);
-        let (leaf, issuer) = self
-            .roots
-            .sign(&req.csr_pem, &authorized, &proxy)
-            .map_err(|e| match e {
-                CaError::BadCsr(_) => (Refusal::BadCsr, Status::invalid_argument(e.to_string())),
-                CaError::IdentityMismatch { .. } => {
-                    (Refusal::IdentityMismatch, Status::permission_denied(e.to_string()))
-                }
-                _ => (Refusal::Internal, Status::internal(e.to_string())),
-            })?;
-        tracing::info!(identity = %leaf.spiffe_id, pod = %req.pod, "issued a workload certificate");
+        let (leaf, issuer) = self.roots.sign(&req.csr_pem, &authorized).map_err(|e| match e {
+            CaError::BadCsr(_) => (Refusal::BadCsr, Status::invalid_argument(e.to_string())),
+            CaError::IdentityMismatch { .. } => (Refusal::IdentityMismatch, Status::permission_denied(e.to_string())),
+            _ => (Refusal::Internal, Status::internal(e.to_string())),
+        })?;
+        tracing::info!(identity = %leaf.spiffe_id, pod = %req.pod, root = %issuer, "issued a workload certificate");
         let unix = |t: std::time::SystemTime| {
             t.duration_since(std::time::SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)

@@ -38,6 +38,8 @@ pub struct CaObservation {
     pub phase: String,
     /// What the rotation waits for.
     pub progress: String,
+    /// A root asked for during the rotation under way (fingerprint), rotated to once it ends.
+    pub queued_root: Option<String>,
     /// Why the CA cannot follow the Mesh's CA settings (e.g. a plugged Secret that is missing).
     pub problem: Option<String>,
     /// The Secret the root is kept in (`namespace/name`: the operator's namespace), for the
@@ -134,11 +136,18 @@ fn ca_condition(ca: &CaObservation, now: SystemTime) -> (bool, &'static str, Str
             ),
         ),
         Ok(left) => {
-            let rotating = if ca.phase == "Stable" {
+            let mut rotating = if ca.phase == "Stable" {
                 String::new()
             } else {
                 format!("; root rotation {}: {}", ca.phase, ca.progress)
             };
+            if let Some(queued) = &ca.queued_root {
+                let queued: String = queued.chars().take(16).collect();
+                rotating.push_str(&format!(
+                    "; root {queued} is queued (asked for during the rotation; kept in Secret {} as queued-ca.crt): it is rotated to once the rotation under way ends",
+                    ca.secret
+                ));
+            }
             let changing = super::trust_domain::progress(
                 &ca.trust_domain,
                 &ca.previous_trust_domains,
@@ -453,6 +462,30 @@ mod tests {
             ["RootRotated"],
             "stable to stable on another root: rotated"
         );
+    }
+
+    /// A root asked for during a rotation is said to be queued, in the message of
+    /// `CertificateAuthorityReady`, with the rotation's progress.
+    #[test]
+    fn a_queued_root_is_said_on_the_ca_condition() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let rotating = CaObservation {
+            phase: "Reissuing".into(),
+            progress: "issuing from the new root until every leaf is reissued; waiting on 1 proxies: shop/web-1".into(),
+            queued_root: Some("cd".repeat(32)),
+            ..ca(now)
+        };
+        let (ready, reason, message) = ca_condition(&rotating, now);
+        assert!(ready);
+        assert_eq!(reason, "RootRotating");
+        assert!(
+            message.contains("root rotation Reissuing")
+                && message.contains("root cdcdcdcdcdcdcdcd is queued")
+                && message.contains("once the rotation under way ends"),
+            "{message}"
+        );
+        let (_, _, message) = ca_condition(&ca(now), now);
+        assert!(!message.contains("queued"), "{message}");
     }
 
     fn ca(now: SystemTime) -> CaObservation {

@@ -60,6 +60,7 @@ impl Observe for Live {
             root_expires: issuing.map(|r| SystemTime::UNIX_EPOCH + Duration::from_secs(r.not_after_unix)),
             phase: status.phase,
             progress: status.progress,
+            queued_root: status.queued_root,
             problem,
             secret: format!("{}/{}", self.namespace, crate::ca::secret::CA_SECRET),
             served_trust_domains: served_trust_domains(&crate::peers::merged(self.push.sync_state(), &self.peers)),

@@ -94,7 +94,13 @@ pub fn cluster_with_web() -> (Target, String) {
             None,
         )
         .unwrap();
-    let pod = cluster
+    let pod = web_pods(&cluster).into_iter().next().expect("a web pod");
+    (cluster, pod)
+}
+
+/// The names of the `web` Deployment's pods.
+pub fn web_pods(cluster: &Target) -> Vec<String> {
+    cluster
         .kubectl_ok(
             &[
                 "-n",
@@ -104,12 +110,54 @@ pub fn cluster_with_web() -> (Target, String) {
                 "-l",
                 "app=web",
                 "-o",
-                "jsonpath={.items[0].metadata.name}",
+                "jsonpath={.items[*].metadata.name}",
             ],
             None,
         )
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `path` (a JSONPath such as `.data`) of the CA Secret `trellis-system/trellis-ca`.
+pub fn ca_secret_field(cluster: &Target, path: &str) -> String {
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "trellis-system",
+                "get",
+                "secret",
+                "trellis-ca",
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ],
+            None,
+        )
+        .unwrap()
+}
+
+/// `root` plugged the way a user plugs one: in Secret `security/corp-ca` (the namespace
+/// created), which the Mesh `default` names in `spec.ca.secretRef` (`mode: Plugged`).
+pub fn plug_corp_root(cluster: &Target, root: &trellis_operator::ca::SigningCert) {
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: security}\n"),
+        )
         .unwrap();
-    (cluster, pod)
+    cluster
+        .kubectl_ok(&["apply", "-f", "-"], Some(&secret_yaml("security", "corp-ca", root)))
+        .unwrap();
+    cluster
+        .kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: mesh.trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec:\n  ca: {mode: Plugged, secretRef: {name: corp-ca, namespace: security}}\n",
+            ),
+        )
+        .unwrap();
 }
 
 /// A client for the operator run in the test: the install manifests' ServiceAccount,
@@ -164,6 +212,7 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
         pod_name: Some("trellis-operator-test".into()),
         leader_election: true,
         operator_image: None,
+        peers: Vec::new(),
     }
 }
 
@@ -258,5 +307,35 @@ pub async fn proxy_app() -> std::sync::Arc<trellis_proxy::App> {
         trellis_proxy::App::start(trellis_proxy::AppConfig::admin_only("127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap(),
+    )
+}
+
+/// A Secret manifest holding `root` as `ca.crt`/`ca.key`.
+pub fn secret_yaml(namespace: &str, name: &str, root: &trellis_operator::ca::SigningCert) -> String {
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n    {}\n  ca.key: |\n    {}\n",
+        indent(root.cert_pem()),
+        indent(&root.key_pem())
+    )
+}
+
+/// The status, and the message, of the Mesh's `CertificateAuthorityReady` condition (empty if
+/// none).
+pub fn ca_condition(cluster: &Target) -> (String, String) {
+    let json = cluster
+        .kubectl_ok(&["get", "mesh", "default", "-o", "json"], None)
+        .unwrap_or_default();
+    let mesh: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let c = mesh["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "CertificateAuthorityReady")
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
     )
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use certificate::{Issued, Renewal, Served, Wanted};
+pub use certificate::{ISSUER_RETRY_MAX, Issued, Renewal, Served, Wanted, issuer_retry};
 use certificate::{leaf_serial, leaf_spiffe_id};
 pub use files::IdentityFiles;
 use handover::Handover;
@@ -198,16 +198,16 @@ pub async fn obtain_certificate(cfg: &ClientConfig) -> Result<Issued, ClientErro
 // refusing stays on its certificate until the usual half-life renewal.
 const IDENTITY_RETRIES: [Duration; 3] = [Duration::ZERO, Duration::from_secs(10), Duration::from_secs(60)];
 
-/// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), or at
-/// once when the subscription asks for one from another root or with another identity (the
-/// trust domain changed) ([`Renewal`]); retry failures with backoff while the old one is still
-/// valid. Announces each on `issued`.
+/// Keep a valid certificate: obtain one, renew it at half its lifetime (with jitter), or early
+/// when the subscription asks for one from another root ([`issuer_retry`]: again, spaced out,
+/// while the answer comes from another root) or with another identity (the trust domain
+/// changed) ([`Renewal`]); retry failures with backoff while the old one is still valid.
+/// Announces each on `issued`.
 pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued>>) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut renewal = cfg.renewal.subscribe();
-    // The issuer an early renewal was last made for: asked once per request, so an operator
-    // that keeps issuing from another root cannot make the proxy renew in a loop.
-    let mut forced_for = String::new();
+    // The root early renewals were made for, and how many ([`issuer_retry`]).
+    let mut issuer_tries: (String, u32) = (String::new(), 0);
     // The identity early renewals were made for, and how many: a replica that has not seen the
     // trust domain change yet may sign in the previous one, so a few more tries follow, spaced
     // out ([`IDENTITY_RETRIES`]), never a loop.
@@ -226,14 +226,19 @@ pub async fn run_identity(cfg: ClientConfig, issued: watch::Sender<Option<Issued
                 tokio::pin!(sleep);
                 loop {
                     let wanted = renewal.borrow_and_update().clone();
-                    if !wanted.issuer.is_empty()
-                        && !issuer.is_empty()
-                        && wanted.issuer != issuer
-                        && wanted.issuer != forced_for
-                    {
-                        forced_for = wanted.issuer.clone();
-                        tracing::info!(wanted = %wanted.issuer, %issuer, "the mesh root is rotating; renewing the certificate now");
-                        break;
+                    if let Some(delay) = issuer_retry(&wanted.issuer, &issuer, &mut issuer_tries) {
+                        tracing::info!(wanted = %wanted.issuer, %issuer, ?delay, "the mesh root is rotating; renewing the certificate from the new root");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => break,
+                            _ = &mut sleep => break,
+                            r = renewal.changed() => {
+                                if r.is_err() {
+                                    (&mut sleep).await;
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
                     }
                     let named = cfg.renewal.identity_for(&cfg.spiffe_id);
                     if !wanted.identity.is_empty()

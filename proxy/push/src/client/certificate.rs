@@ -1,11 +1,12 @@
 //! What the proxy's certificate loop and its config subscription share about the workload
 //! certificate: the certificate obtained ([`Issued`]), a request to renew it early during a
-//! root rotation ([`Renewal`], from the subscription to the identity loop), and the certificate
+//! root rotation ([`Renewal`], from the subscription to the identity loop, asked again while the
+//! answer comes from another root: [`issuer_retry`]), and the certificate
 //! served now ([`Served`], from whoever loads it into the data path to the subscription, which
 //! reports it to the operator).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use trellis_contract::SpiffeId;
@@ -107,6 +108,36 @@ impl Renewal {
     pub(super) fn subscribe(&self) -> watch::Receiver<Wanted> {
         self.0.subscribe()
     }
+}
+
+/// During a root rotation, the longest wait between two early renewals that were answered by
+/// another root than the one the subscription asks for.
+// why: the answer comes from another root when the certificate request reaches an operator
+// replica that has not yet heard of the phase the leader recorded (a watch event behind, so
+// milliseconds to seconds): asking again at once, then after 1 s doubling, reaches it; the cap
+// bounds what a replica that never issues from that root (an older operator during an upgrade)
+// costs — one request per proxy every 5 minutes — while the rotation, which waits for every
+// proxy's certificate, still finishes once the request lands on a current replica.
+pub const ISSUER_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Whether to renew early because the certificate held was signed by `issuer` while the
+/// subscription asks for one from `wanted` (empty: nothing asked), and after how long: at
+/// once the first time, then after 1 s doubling up to [`ISSUER_RETRY_MAX`], for as long as the
+/// answers come from another root. `tries` counts the early renewals made for `wanted` (reset
+/// when another root is asked for).
+pub fn issuer_retry(wanted: &str, issuer: &str, tries: &mut (String, u32)) -> Option<Duration> {
+    if wanted.is_empty() || issuer.is_empty() || wanted == issuer {
+        return None;
+    }
+    if tries.0 != wanted {
+        *tries = (wanted.to_string(), 0);
+    }
+    let delay = match tries.1 {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 1).min(16)).min(ISSUER_RETRY_MAX),
+    };
+    tries.1 = tries.1.saturating_add(1);
+    Some(delay)
 }
 
 /// A certificate the proxy holds.
@@ -242,5 +273,42 @@ mod tests {
         );
         renewal.request("ab".repeat(32).as_str());
         assert_eq!(changes.borrow_and_update().issuer, "ab".repeat(32));
+    }
+
+    /// During a root rotation the proxy asks again, spaced out, for as long as the answer
+    /// comes from another root than the one asked for (a replica behind the leader's phase),
+    /// and stops once it holds a certificate of it.
+    #[test]
+    fn a_renewal_answered_by_another_root_is_asked_again_spaced_out() {
+        let (old, new) = ("0a".repeat(32), "0b".repeat(32));
+        let mut tries = (String::new(), 0);
+        assert_eq!(issuer_retry("", &old, &mut tries), None, "nothing asked");
+        assert_eq!(issuer_retry(&new, &new, &mut tries), None, "already from it");
+        let delays: Vec<Option<Duration>> = (0..12).map(|_| issuer_retry(&new, &old, &mut tries)).collect();
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(
+            delays,
+            [
+                Some(Duration::ZERO),
+                secs(1),
+                secs(2),
+                secs(4),
+                secs(8),
+                secs(16),
+                secs(32),
+                secs(64),
+                secs(128),
+                secs(256),
+                secs(300),
+                secs(300)
+            ]
+        );
+        assert_eq!(
+            issuer_retry(&new, &new, &mut tries),
+            None,
+            "answered by the new root: done"
+        );
+        // Another rotation: asked at once again.
+        assert_eq!(issuer_retry(&old, &new, &mut tries), Some(Duration::ZERO));
     }
 }
