@@ -1,7 +1,8 @@
 //! The certificate authority with an injected clock: issuance, identity checks, expiry and
 //! renewal timing, and the chain checked by an independent tool (openssl); root rotation as
-//! the CA Secret records it: the phase the leader records and the other replicas follow, and
-//! the root asked for during a rotation, queued.
+//! the CA Secret records it: the phase the leader records and the other replicas follow (a root
+//! put in the Secret only once the leader has recorded it), and the root asked for during a
+//! rotation, queued.
 
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -401,10 +402,15 @@ fn followers_enter_the_phase_the_leader_records_in_the_ca_secret() {
     let distributing = read(&recorded(Phase::Distributing)).unwrap();
     assert!(follow_record(&distributing, &follower).is_empty());
     assert_eq!(follower.phase(), Phase::Reissuing);
-    // The end: no previous root, no phase annotation; the follower goes through Retiring.
+    // The end: no previous root, no phase annotation, the new root recorded; the follower goes
+    // through Retiring.
     let stable = recorded(Phase::Stable);
     let annotations = stable.metadata.annotations.clone().unwrap_or_default();
-    assert!(annotations.is_empty(), "{annotations:?}");
+    assert_eq!(
+        annotations,
+        [("trellis.dev/recorded-root".to_string(), new.clone())].into(),
+        "{annotations:?}"
+    );
     assert!(!stable.data.as_ref().unwrap().contains_key("previous-ca.crt"));
     let stable = read(&stable).unwrap();
     assert_eq!(stable.phase, Phase::Stable);
@@ -498,6 +504,92 @@ fn a_root_asked_for_during_a_rotation_is_queued_by_the_leader() {
     assert!(matches!(request(&ended, &follower, false), Request::Nothing));
     let cleared = record_patch(&target, None, Phase::Stable, Queue::Clear);
     assert!(cleared["data"]["queued-ca.crt"].is_null() && cleared["data"]["queued-ca.key"].is_null());
+}
+
+/// A `ca.*` replaced while no rotation runs (copied from the Secret the Mesh's
+/// `spec.ca.secretRef` names, or by a person) is a request only the leader answers: a follower
+/// that sees it before the leader's record starts nothing — the Secret records no rotation, and
+/// read as one it would be one that has ended: the old root retired at once —; it follows the
+/// leader's record, and the record of the end of a rotation it missed whole.
+#[test]
+fn a_replaced_root_is_followed_only_once_the_leader_has_recorded_it() {
+    use trellis_operator::ca::secret::{Queue, Request, read, record_patch, requested_root};
+    use trellis_operator::ca::{MeshRoots, Phase, SigningPair, SystemClock};
+
+    let year = Duration::from_secs(365 * 86400);
+    let old = SigningCert::self_signed_root("cluster.local", year, t0()).unwrap();
+    let new = SigningCert::self_signed_root("cluster.local", year, t0()).unwrap();
+    let load = |c: &SigningCert| SigningCert::from_pem(c.cert_pem(), &c.key_pem(), &[]).unwrap();
+    let replica = || MeshRoots::new(load(&old), DEFAULT_WORKLOAD_TTL, std::sync::Arc::new(SystemClock));
+    let (leader, follower) = (replica(), replica());
+    let request = |secret: &k8s_openapi::api::core::v1::Secret, roots: &MeshRoots, leads| {
+        requested_root(secret, read(secret), roots, "cluster.local", year, leads).unwrap()
+    };
+
+    // The leader's last record: stable on the old root; then ca.* replaced (data only, as
+    // lifecycle::plugged_copy writes it).
+    let stable_on_old = record_patch(&SigningPair::of(&old), None, Phase::Stable, Queue::Keep);
+    assert_eq!(
+        stable_on_old["metadata"]["annotations"]["trellis.dev/recorded-root"],
+        old.fingerprint()
+    );
+    let mut replaced = secret_of(&stable_on_old);
+    let data = replaced.data.as_mut().unwrap();
+    data.insert(
+        "ca.crt".into(),
+        k8s_openapi::ByteString(new.cert_pem().as_bytes().to_vec()),
+    );
+    data.insert("ca.key".into(), k8s_openapi::ByteString(new.key_pem().into_bytes()));
+    assert!(!read(&replaced).unwrap().recorded);
+    assert!(
+        matches!(request(&replaced, &follower, false), Request::Nothing),
+        "a follower leaves the request to the leader"
+    );
+    match request(&replaced, &leader, true) {
+        Request::Rotate { root, from_queue } => {
+            assert_eq!(root.fingerprint(), new.fingerprint());
+            assert!(!from_queue);
+        }
+        r => panic!("the leader answers the request: {r:?}"),
+    }
+
+    // The leader records the start (previous = the old root): the follower follows it.
+    let started = secret_of(&record_patch(
+        &SigningPair::of(&new),
+        Some(&SigningPair::of(&old)),
+        Phase::Distributing,
+        Queue::Keep,
+    ));
+    let stored = read(&started).unwrap();
+    assert!(stored.recorded);
+    assert_eq!(stored.phase, Phase::Distributing);
+    assert!(matches!(request(&started, &follower, false), Request::Rotate { .. }));
+
+    // A follower that missed the whole rotation: the leader's record of its end is followed.
+    let ended = secret_of(&record_patch(&SigningPair::of(&new), None, Phase::Stable, Queue::Keep));
+    let stored = read(&ended).unwrap();
+    assert!(stored.recorded && stored.phase == Phase::Stable);
+    assert!(matches!(request(&ended, &follower, false), Request::Rotate { .. }));
+
+    // A Secret written before the annotation: a recorded rotation (previous-ca.*) is followed, a
+    // bare ca.* is not.
+    let mut legacy_started = started.clone();
+    legacy_started
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("trellis.dev/recorded-root");
+    assert!(read(&legacy_started).unwrap().recorded);
+    let mut legacy_replaced = replaced.clone();
+    legacy_replaced
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("trellis.dev/recorded-root");
+    assert!(!read(&legacy_replaced).unwrap().recorded);
+    assert!(matches!(request(&legacy_replaced, &follower, false), Request::Nothing));
 }
 
 fn target_fp(pair: &trellis_operator::ca::SigningPair) -> String {

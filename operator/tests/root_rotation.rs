@@ -8,7 +8,9 @@
 //! the leader renews through the other replica, and another proxy lives on the other replica;
 //! the old root is trusted by each replica until both proxies serve a leaf of the new one, and
 //! there is one rotation. A replica that cannot be asked holds the rotation (said in the
-//! Mesh's status), and a root asked for meanwhile is queued and rotated to afterwards.
+//! Mesh's status), and a root asked for meanwhile is queued and rotated to afterwards. A root
+//! put in the CA Secret while no replica leads waits for the next leader: a follower never
+//! takes it for a rotation.
 
 mod support;
 
@@ -21,7 +23,7 @@ use support::{
     published_roots, secret_yaml, until, until_async, web_pods, web_proxy,
 };
 use trellis_operator::app;
-use trellis_operator::ca::{CaStatus, SigningCert, fingerprint};
+use trellis_operator::ca::{CaStatus, MeshRoots, SigningCert, fingerprint};
 
 /// Ask for a new self-signed root, as a person does: the annotation on the CA Secret.
 fn ask_for_a_new_root(cluster: &support::Target) {
@@ -229,6 +231,41 @@ fn phases(r: &app::App) -> Vec<String> {
     r.roots.status().transitions.into_iter().map(|t| t.phase).collect()
 }
 
+/// Watches, every 5 ms until the flag returned is cleared, that no replica of `replicas` stops
+/// trusting the root `old` while a proxy of `served` serves a leaf of it; the task ends with
+/// what it saw (at the first violation).
+fn trust_monitor<const R: usize, const P: usize>(
+    replicas: [(&'static str, Arc<MeshRoots>); R],
+    served: [(&'static str, trellis_push::client::Served); P],
+    old: &str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<String>>) {
+    let watching = Arc::new(AtomicBool::new(true));
+    let monitor = tokio::spawn({
+        let (old, watching) = (old.to_string(), watching.clone());
+        async move {
+            let mut violations = Vec::new();
+            while watching.load(Ordering::SeqCst) && violations.is_empty() {
+                for (r, roots) in &replicas {
+                    if roots.bundle().borrow().fingerprints.contains(&old) {
+                        continue;
+                    }
+                    for (proxy, s) in &served {
+                        if s.get().is_some_and(|c| c.root_fingerprint == old) {
+                            violations.push(format!(
+                                "replica {r} stopped trusting the old root while proxy {proxy} served a leaf of it ({:?})",
+                                roots.status()
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            violations
+        }
+    });
+    (watching, monitor)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves_the_new_one() {
     let (cluster, _) = cluster_with_web();
@@ -300,32 +337,11 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
     assert_eq!((issued(&a), issued(&b)), (1, 1), "p signed by a, q by b");
 
     // Throughout: no replica stops trusting the old root while a proxy serves a leaf of it.
-    let watching = Arc::new(AtomicBool::new(true));
-    let monitor = tokio::spawn({
-        let replicas = [("a", a.roots.clone()), ("b", b.roots.clone())];
-        let served = [("p", served_p.clone()), ("q", served_q.clone())];
-        let (old, watching) = (old_fp.clone(), watching.clone());
-        async move {
-            let mut violations = Vec::new();
-            while watching.load(Ordering::SeqCst) && violations.is_empty() {
-                for (r, roots) in &replicas {
-                    if roots.bundle().borrow().fingerprints.contains(&old) {
-                        continue;
-                    }
-                    for (proxy, s) in &served {
-                        if s.get().is_some_and(|c| c.root_fingerprint == old) {
-                            violations.push(format!(
-                                "replica {r} stopped trusting the old root while proxy {proxy} served a leaf of it ({:?})",
-                                roots.status()
-                            ));
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            violations
-        }
-    });
+    let (watching, monitor) = trust_monitor(
+        [("a", a.roots.clone()), ("b", b.roots.clone())],
+        [("p", served_p.clone()), ("q", served_q.clone())],
+        &old_fp,
+    );
 
     ask_for_a_new_root(&cluster);
     let finished = |r: &app::App| phases(r).iter().filter(|p| *p == "Stable").count() >= 2;
@@ -492,5 +508,128 @@ async fn a_replica_that_cannot_be_asked_holds_the_rotation_and_a_root_asked_for_
     let data = ca_secret_field(&cluster, ".data");
     assert!(!data.contains("queued-ca") && !data.contains("previous-ca"), "{data}");
     b.abort();
+    op.stop();
+}
+
+/// A Lease `trellis-operator` held by a replica that is gone, renewed every second until the
+/// flag returned is cleared; it then expires by itself ([`trellis_operator::leader::LEASE_SECONDS`]).
+async fn lease_of_a_gone_replica(cluster: &support::Target) -> Arc<AtomicBool> {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+    use trellis_operator::leader::{LEASE_NAME, LEASE_SECONDS};
+    let leases: kube::Api<Lease> = kube::Api::namespaced(cluster.client().await.unwrap(), "trellis-system");
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("trellis-operator-gone".into()),
+            lease_duration_seconds: Some(i32::try_from(LEASE_SECONDS).unwrap()),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let renewing = Arc::new(AtomicBool::new(true));
+    tokio::spawn({
+        let renewing = renewing.clone();
+        async move {
+            while renewing.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+                let patch = serde_json::json!({"spec": {"renewTime": now}});
+                let _ = leases
+                    .patch(LEASE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        }
+    });
+    renewing
+}
+
+/// What `meshctl check`'s test met on upstream Kubernetes: the leader copied a plugged root into
+/// the CA Secret and was scaled away before it recorded the rotation; the replica left, a
+/// follower, read the copy as a rotation that had ended and retired the old root under the
+/// gateway, which served a leaf of it. A `ca.*` put in the Secret while no replica leads is the
+/// next leader's to answer: until then the follower keeps trusting and issuing from the old root;
+/// once it leads, it rotates, waiting for its proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_put_in_the_ca_secret_while_no_replica_leads_waits_for_the_next_leader() {
+    use base64::Engine as _;
+    let (cluster, pod) = cluster_with_web();
+    let renewing = lease_of_a_gone_replica(&cluster).await;
+    let port = free_port();
+    let op = app::start(operator_config(port, 3600), operator_client(&cluster).await)
+        .await
+        .expect("the operator starts");
+    let old_fp = pem_fingerprints(&op.root_pem)[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = web_proxy(&cluster, dir.path(), port, &pod, &op.root_pem);
+    let served = cfg.served.clone();
+    let (proxy, control) = mesh_proxy(cfg).await;
+    until("the proxy is configured", 20, || {
+        proxy.runtime().is_ready() && subscribed(&op, &pod)
+    })
+    .await;
+    let (watching, monitor) = trust_monitor([("op", op.roots.clone())], [("web", served.clone())], &old_fp);
+
+    // ca.* replaced while no replica leads, as the leader's copy of a plugged root writes it.
+    let new = SigningCert::self_signed_root(
+        "cluster.local",
+        Duration::from_secs(365 * 86400),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let patch = serde_json::json!({"data": {"ca.crt": b64(new.cert_pem()), "ca.key": b64(&new.key_pem())}});
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "trellis-system",
+                "patch",
+                "secret",
+                "trellis-ca",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!op.leadership.is_leader(), "the gone replica's lease still holds");
+    assert_eq!(phases(&op), ["Stable"], "left to the leader: {:?}", op.roots.status());
+    assert_eq!(op.roots.bundle().borrow().fingerprints, std::slice::from_ref(&old_fp));
+
+    // The gone replica's lease expires: this replica leads, answers the request and rotates.
+    renewing.store(false, Ordering::SeqCst);
+    until("the replica leads", 30, || op.leadership.is_leader()).await;
+    until("the rotation to the root put in the Secret ends", 60, || {
+        phases(&op).iter().filter(|p| *p == "Stable").count() >= 2
+    })
+    .await;
+    watching.store(false, Ordering::SeqCst);
+    let violations = monitor.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let status = op.roots.status();
+    assert_eq!(
+        phases(&op),
+        ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"],
+        "{status:?}"
+    );
+    assert_eq!(status.roots.len(), 1);
+    assert_eq!(status.roots[0].fingerprint, new.fingerprint());
+    assert_eq!(
+        served.get().map(|c| c.root_fingerprint).as_deref(),
+        Some(new.fingerprint())
+    );
+    assert!(
+        ca_secret_field(&cluster, ".metadata.annotations").contains(new.fingerprint()),
+        "the Secret records the new root"
+    );
+    control.abort();
     op.stop();
 }

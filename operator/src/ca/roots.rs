@@ -349,6 +349,8 @@ pub struct SigningPair {
     pub key_pem: String,
     /// For an intermediate: the chain up to the root (empty for a root).
     pub chain_pem: String,
+    /// The certificate's fingerprint (SHA-256, hex).
+    pub fingerprint: String,
 }
 
 impl SigningPair {
@@ -358,6 +360,7 @@ impl SigningPair {
             cert_pem: cert.cert_pem().to_string(),
             key_pem: cert.key_pem(),
             chain_pem: cert.chain_pem(),
+            fingerprint: cert.fingerprint().to_string(),
         }
     }
 }

@@ -21,10 +21,13 @@
 //! Progress is on the operator's admin API at `/debug/ca`.
 //!
 //! With several replicas, only the leader generates a root (for the annotation), decides each
-//! phase and writes the Secret — the phase before it enters it —; every replica follows the
-//! root and the phase the Secret records, never advancing on its own, so one request is one
-//! rotation and no replica issues from a root the leader has moved away from for longer than
-//! its watch takes to hear of it.
+//! phase and writes the Secret — the phase before it enters it, and the root it records it for
+//! (`trellis.dev/recorded-root`) —; every replica follows the root and the phase the leader
+//! recorded, never advancing on its own — a `ca.*` replaced since the leader's last record is
+//! a request only the leader answers —, so one request is one rotation and no replica issues
+//! from a root the leader has moved away from for longer than its watch takes to hear of it. A
+//! replica that becomes the leader reads the Secret at once, and answers a request its
+//! predecessor left.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -59,6 +62,11 @@ pub const ROTATE_ANNOTATION: &str = "trellis.dev/rotate-root";
 /// The phase of the rotation under way, as the leader recorded it (absent: `Distributing`
 /// while `previous-ca.*` is there, else no rotation).
 pub const PHASE_ANNOTATION: &str = "trellis.dev/root-rotation-phase";
+/// The fingerprint of the root in `ca.crt` when the leader last recorded the rotation's state
+/// (every write of [`record_patch`]). A `ca.crt` it does not name was put there since — by a
+/// person, or copied from the Secret the Mesh's `spec.ca.secretRef` names — and is a request
+/// the leader has not answered yet: the other replicas wait for its answer.
+pub const RECORDED_ROOT_ANNOTATION: &str = "trellis.dev/recorded-root";
 /// A root asked for during a rotation, rotated to once it ends.
 pub const QUEUED_CERT: &str = "queued-ca.crt";
 /// Its private key.
@@ -78,6 +86,11 @@ pub struct Stored {
     pub phase: Phase,
     /// `queued-ca.*`, a root waiting for the rotation under way to end.
     pub queued: Option<SigningCert>,
+    /// Whether `ca.*` is the root the leader recorded the rotation's state for
+    /// ([`RECORDED_ROOT_ANNOTATION`] names it; in a Secret written before that annotation, one
+    /// that records a rotation: `previous-ca.*`). Otherwise `ca.*` was replaced since: a request
+    /// only the leader answers, and the phase is not the leader's.
+    pub recorded: bool,
 }
 
 /// The phase a Secret records: none without a rotation under way; the annotation's during
@@ -138,17 +151,24 @@ pub fn read(secret: &Secret) -> anyhow::Result<Stored> {
         ),
         _ => None,
     };
-    let annotation = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PHASE_ANNOTATION))
-        .map(String::as_str);
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    };
+    let recorded = match annotation(RECORDED_ROOT_ANNOTATION) {
+        Some(fingerprint) => fingerprint == root.fingerprint(),
+        None => previous.is_some(),
+    };
     Ok(Stored {
-        phase: recorded_phase(annotation, previous.is_some()),
+        phase: recorded_phase(annotation(PHASE_ANNOTATION), previous.is_some()),
         root,
         previous,
         queued,
+        recorded,
     })
 }
 
@@ -195,6 +215,7 @@ pub async fn load_or_create(
                     previous: None,
                     phase: Phase::Stable,
                     queued: None,
+                    recorded: false,
                 });
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue, // another replica won; read theirs
@@ -216,7 +237,8 @@ pub enum Queue<'a> {
 }
 
 /// The merge patch recording a rotation to `target` from `previous` in `phase` (no previous,
-/// or `Stable`: no rotation under way), the queue, and no rotation annotation.
+/// or `Stable`: no rotation under way), the queue, and no rotation annotation; it names
+/// `target` as the recorded root ([`RECORDED_ROOT_ANNOTATION`]).
 pub fn record_patch(
     target: &SigningPair,
     previous: Option<&SigningPair>,
@@ -255,8 +277,15 @@ pub fn record_patch(
             }
         }
     }
+    let recorded_root = Some(target.fingerprint.as_str())
+        .filter(|fp| !fp.is_empty())
+        .map_or(serde_json::Value::Null, |fp| serde_json::Value::String(fp.to_string()));
     serde_json::json!({
-        "metadata": {"annotations": {ROTATE_ANNOTATION: null, PHASE_ANNOTATION: phase_annotation}},
+        "metadata": {"annotations": {
+            ROTATE_ANNOTATION: null,
+            PHASE_ANNOTATION: phase_annotation,
+            RECORDED_ROOT_ANNOTATION: recorded_root,
+        }},
         "data": data,
     })
 }
@@ -359,10 +388,18 @@ pub fn requested_root(
     let stored = stored?;
     if !roots.holds(stored.root.fingerprint()) {
         return Ok(match (rotating, leads) {
-            (false, _) => Request::Rotate {
+            (false, true) => Request::Rotate {
                 root: stored.root,
                 from_queue: false,
             },
+            // The others follow a rotation only once the leader has recorded it: a `ca.*`
+            // replaced since its last record is a request it has not answered yet (it may queue
+            // it, or fail to record it and ask again).
+            (false, false) if stored.recorded => Request::Rotate {
+                root: stored.root,
+                from_queue: false,
+            },
+            (false, false) => Request::Nothing,
             // `ca.*` replaced during a rotation: the leader queues it and puts the rotation's
             // root back; the others wait for that.
             (true, true) => Request::Queue(stored.root),
@@ -384,6 +421,10 @@ pub fn follow_record(stored: &Stored, roots: &MeshRoots) -> Vec<Phase> {
     let Some(next) = roots.next() else {
         return Vec::new();
     };
+    if !stored.recorded {
+        // `ca.*` replaced since the leader's last record: its phase is not the leader's.
+        return Vec::new();
+    }
     if stored.root.fingerprint() == next {
         roots.advance_to(stored.phase)
     } else if stored.previous.as_ref().is_some_and(|p| p.fingerprint() == next) {
@@ -395,9 +436,12 @@ pub fn follow_record(stored: &Stored, roots: &MeshRoots) -> Vec<Phase> {
 
 /// How often the leader looks for a queued root whose rotation can start (the end of the
 /// rotation under way is announced by a change of the Secret too; this covers a leader that
-/// entered the end after it read that change, and a new leader).
-// why: a queued root waits for a rotation that takes seconds to days; two seconds is prompt,
-// and the look costs a GET only while a root is queued and no rotation runs.
+/// entered the end after it read that change), and a replica whether it has become the leader
+/// (it then reads the Secret once: a request the previous leader left unanswered — a `ca.*`
+/// the others saw and left to it — is answered).
+// why: a queued root waits for a rotation that takes seconds to days, and a new leader comes
+// within a lease (10 s) of the last; two seconds is prompt, and the look costs a GET only while
+// a root is queued and no rotation runs, or once per leadership gained.
 const QUEUE_CHECK: Duration = Duration::from_secs(2);
 
 /// What [`watch`] works with.
@@ -413,6 +457,8 @@ struct Watched {
     /// The resourceVersion of the leader's own write answering a request, until the watch
     /// delivers it: versions before it are stale, and their request is answered already.
     answered: Option<String>,
+    /// Whether this replica led at the last [`QUEUE_CHECK`].
+    led: bool,
 }
 
 /// Watch the CA Secret: follow the phase the leader records, start a rotation when the Secret
@@ -443,6 +489,7 @@ pub async fn watch(
         roots,
         leadership,
         answered: None,
+        led: false,
     };
     loop {
         let secret = tokio::select! {
@@ -467,17 +514,23 @@ pub async fn watch(
                 }
             },
             _ = queue_check.tick() => {
-                let waiting = w.leadership.is_leader()
+                let leading = w.leadership.is_leader();
+                let now_leading = leading && !w.led;
+                w.led = leading;
+                let waiting = leading
                     && w.roots.phase() == Phase::Stable
                     && w.roots.status().queued_root.is_some();
-                if !waiting {
+                if !(now_leading || waiting) {
                     continue;
                 }
                 match api.get_opt(CA_SECRET).await {
                     Ok(Some(s)) => s,
                     Ok(None) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "could not read the CA Secret for its queued root");
+                        if now_leading {
+                            w.led = false; // read again at the next check
+                        }
+                        tracing::warn!(error = %e, "could not read the CA Secret for a request to answer");
                         continue;
                     }
                 }
