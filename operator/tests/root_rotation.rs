@@ -5,10 +5,12 @@
 //! `/debug/ca` shows each phase, fingerprints and no keys. The subscription survives it all.
 //!
 //! With two replicas (each serving push and certificates, one leading): a proxy subscribed to
-//! the leader renews through the other replica, and another proxy lives on the other replica;
-//! the old root is trusted by each replica until both proxies serve a leaf of the new one, and
-//! there is one rotation. A replica that cannot be asked holds the rotation (said in the
-//! Mesh's status), and a root asked for meanwhile is queued and rotated to afterwards. A root
+//! the leader renews through the other replica, and another proxy lives on the other replica,
+//! which sees the leader's proxies a minute late; the old root is trusted by each replica until
+//! both proxies serve a leaf of the new one (the follower enters only the phases the leader
+//! records, never one its own view allows), and there is one rotation. A replica that cannot be asked holds the rotation (said in the
+//! Mesh's status), and a root asked for meanwhile is queued — never written over the root being
+//! rotated to — and rotated to afterwards. A root
 //! put in the CA Secret while no replica leads waits for the next leader: a follower never
 //! takes it for a rotation.
 
@@ -281,7 +283,9 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
     let pods = web_pods(&cluster);
     assert_eq!(pods.len(), 2, "{pods:?}");
 
-    // Replica a leads; b follows.
+    // Replica a leads; b follows, and sees a's proxies a minute late (its view of a is what a
+    // answered before p subscribed): a follower's own view may lack a proxy — one that has just
+    // connected elsewhere —, so it must never be what the follower advances on.
     let (push_a, push_b, admin_a, admin_b) = (free_port(), free_port(), free_port(), free_port());
     let a = app::start(
         replica("trellis-operator-a", push_a, admin_a, ("trellis-operator-b", admin_b)),
@@ -290,8 +294,9 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
     .await
     .expect("replica a starts");
     until("replica a leads", 30, || a.leadership.is_leader()).await;
+    let (late_a, relay) = late_view(admin_a, Duration::from_secs(60)).await;
     let b = app::start(
-        replica("trellis-operator-b", push_b, admin_b, ("trellis-operator-a", admin_a)),
+        replica("trellis-operator-b", push_b, admin_b, ("trellis-operator-a", late_a)),
         operator_client(&cluster).await,
     )
     .await
@@ -329,8 +334,10 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
             && subscribed(&b, &pods[1])
     })
     .await;
-    until("each replica has read the other's proxy", 30, || {
-        seen_on_peer(&a, "trellis-operator-b", &pods[1]) && seen_on_peer(&b, "trellis-operator-a", &pods[0])
+    until("a has read b's proxy, and b an answer of a without p", 30, || {
+        seen_on_peer(&a, "trellis-operator-b", &pods[1])
+            && b.peers.read().unwrap().contains_key("trellis-operator-a")
+            && !seen_on_peer(&b, "trellis-operator-a", &pods[0])
     })
     .await;
     let issued = |r: &app::App| r.push.metrics().certificates_issued.get();
@@ -399,30 +406,85 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
     for task in control_q {
         task.abort();
     }
+    for task in relay {
+        task.abort();
+    }
     b.stop();
     a.stop();
 }
 
-/// An operator replica's admin API that answers, on `port`, that it holds no proxies.
-async fn replica_without_proxies(port: u16) -> tokio::task::JoinHandle<()> {
+/// An HTTP server on `listener` answering every request with `200` and the JSON `answer()`
+/// gives.
+fn answering(
+    listener: tokio::net::TcpListener,
+    answer: impl Fn() -> String + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let body = answer();
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
                 let _ = s.read(&mut request).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
-                    .await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
             });
         }
     })
 }
 
+/// An operator replica's admin API that answers, on `port`, that it holds no proxies.
+async fn replica_without_proxies(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    answering(listener, || "[]".to_string())
+}
+
+/// The own proxies of the replica whose admin API is on `admin`, as another replica sees them
+/// `delay` late: a relay that asks the replica every 100 ms and answers with the newest of its
+/// answers at least `delay` old (its first until then). Its port, and the tasks to abort.
+async fn late_view(admin: u16, delay: Duration) -> (u16, [tokio::task::JoinHandle<()>; 2]) {
+    let answers = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let (code, first) = http_get(addr, "/debug/syncz?scope=local").await;
+    assert_eq!(code, 200, "{first}");
+    answers.lock().unwrap().push_back((std::time::Instant::now(), first));
+    let asking = tokio::spawn({
+        let answers = answers.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (code, body) = http_get(addr, "/debug/syncz?scope=local").await;
+                let mut answers = answers.lock().unwrap();
+                if code == 200 {
+                    answers.push_back((std::time::Instant::now(), body));
+                }
+                while answers.get(1).is_some_and(|(at, _)| at.elapsed() >= delay) {
+                    answers.pop_front();
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = answering(listener, move || {
+        answers
+            .lock()
+            .unwrap()
+            .front()
+            .map(|(_, body)| body.clone())
+            .unwrap_or_default()
+    });
+    (port, [asking, serving])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_be_asked_holds_the_rotation_and_a_root_asked_for_meanwhile_is_queued() {
     let (cluster, _) = cluster_with_web();
+    let in_ca_crt = roots_in_ca_crt(&cluster).await;
     let year = Duration::from_secs(365 * 86400);
     let first = SigningCert::self_signed_root("cluster.local", year, std::time::SystemTime::now()).unwrap();
     support::plug_corp_root(&cluster, &first);
@@ -507,8 +569,62 @@ async fn a_replica_that_cannot_be_asked_holds_the_rotation_and_a_root_asked_for_
     assert_eq!(status.queued_root, None);
     let data = ca_secret_field(&cluster, ".data");
     assert!(!data.contains("queued-ca") && !data.contains("previous-ca"), "{data}");
+    // The replaced root went to the queue, never over the root being rotated to: ca.crt held
+    // the operator's own root, the first plugged one, then (its rotation over) the second.
+    assert_eq!(
+        in_ca_crt.0.in_order(),
+        [own, first.fingerprint().to_string(), second.fingerprint().to_string()]
+    );
+    in_ca_crt.1.abort();
     b.abort();
     op.stop();
+}
+
+/// Every root `ca.crt` of the CA Secret holds from now on, from a watch on it: one entry per
+/// change, in the order of the Secret's versions (`resourceVersion`, as the watch may deliver
+/// two close writes out of order).
+async fn roots_in_ca_crt(cluster: &support::Target) -> (RootsSeen, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::watcher;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(cluster.client().await.unwrap(), "trellis-system");
+    let config = watcher::Config::default().fields("metadata.name=trellis-ca");
+    let seen = RootsSeen::default();
+    let watching = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut events = std::pin::pin!(watcher::watcher(secrets, config));
+            while let Some(event) = events.next().await {
+                let (Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s))) = event else {
+                    continue;
+                };
+                let version = s
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok());
+                let pem = s.data.as_ref().and_then(|d| d.get("ca.crt"));
+                if let (Some(version), Some(pem)) = (version, pem) {
+                    let root = pem_fingerprints(&String::from_utf8_lossy(&pem.0))[0].clone();
+                    seen.0.lock().unwrap().insert(version, root);
+                }
+            }
+        }
+    });
+    (seen, watching)
+}
+
+/// The roots `ca.crt` held, by the Secret's version.
+#[derive(Clone, Default)]
+struct RootsSeen(Arc<std::sync::Mutex<std::collections::BTreeMap<u64, String>>>);
+
+impl RootsSeen {
+    /// The roots in order, each once per stretch of versions that held it.
+    fn in_order(&self) -> Vec<String> {
+        let mut roots: Vec<String> = self.0.lock().unwrap().values().cloned().collect();
+        roots.dedup();
+        roots
+    }
 }
 
 /// A Lease `trellis-operator` held by a replica that is gone, renewed every second until the
