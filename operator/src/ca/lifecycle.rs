@@ -34,7 +34,8 @@ use trellis_api::mesh::CaMode;
 
 use super::MeshRoots;
 use super::secret::{
-    CA_CERT, CA_KEY, CA_SECRET, CERT_CHAIN, PREVIOUS_CERT, QUEUED_CERT, QUEUED_CHAIN, QUEUED_KEY, ROTATE_ANNOTATION,
+    CA_CERT, CA_KEY, CA_SECRET, CERT_CHAIN, EXPIRY_REQUEST, PREVIOUS_CERT, QUEUED_CERT, QUEUED_CHAIN, QUEUED_KEY,
+    ROTATE_ANNOTATION,
 };
 use crate::mesh::settings::Settings;
 
@@ -174,7 +175,7 @@ async fn rotate_before_expiry(
         let Some(expiring) = expiring_root(&roots, ttl, SystemTime::now()) else {
             continue;
         };
-        let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "expiring"}}});
+        let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: EXPIRY_REQUEST}}});
         match api
             .patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -440,6 +441,47 @@ mod tests {
                 t0 + Duration::from_secs(2 * 86400)
             ),
             Some(fp)
+        );
+    }
+
+    /// The expiry check can write its request again before the leader has answered the first
+    /// (at start, the periodic look and the settings the index brings run a moment apart): the
+    /// second is moot once the expiring root is being replaced, or has been, never queued as a
+    /// second rotation. A person's request during the rotation is still queued.
+    #[test]
+    fn the_request_for_an_expiring_root_is_one_rotation_however_often_it_is_written() {
+        use crate::ca::Phase;
+        use crate::ca::secret::{CA_SECRET, Request, read, requested_root};
+        let day = Duration::from_secs(86400);
+        let old = SigningCert::self_signed_root("cluster.local", 10 * day, SystemTime::now() - 9 * day).unwrap();
+        let old_pem = (old.cert_pem().to_string(), old.key_pem());
+        let roots = MeshRoots::new(old, Duration::from_secs(3600), Arc::new(crate::ca::SystemClock));
+        let asking = |(cert, key): &(String, String), value: &str| {
+            let mut s = secret("trellis-system", CA_SECRET, &[(CA_CERT, cert), (CA_KEY, key)]);
+            s.metadata.annotations = Some([(ROTATE_ANNOTATION.to_string(), value.to_string())].into());
+            s
+        };
+        let request = |s: &Secret| requested_root(s, read(s), &roots, "cluster.local", 10 * day, true).unwrap();
+        let new = match request(&asking(&old_pem, EXPIRY_REQUEST)) {
+            Request::Rotate { root, from_queue } => {
+                assert!(!from_queue);
+                root
+            }
+            r => panic!("the first request rotates: {r:?}"),
+        };
+        let new_pem = (new.cert_pem().to_string(), new.key_pem());
+        roots.start_rotation(new).unwrap();
+        let again = request(&asking(&new_pem, EXPIRY_REQUEST));
+        assert!(
+            matches!(again, Request::Moot),
+            "written again during the rotation: {again:?}"
+        );
+        assert!(matches!(request(&asking(&new_pem, "now")), Request::Queue(_)));
+        roots.advance_to(Phase::Stable);
+        let after = request(&asking(&new_pem, EXPIRY_REQUEST));
+        assert!(
+            matches!(after, Request::Moot),
+            "written again once the rotation ended: {after:?}"
         );
     }
 

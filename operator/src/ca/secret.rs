@@ -7,7 +7,9 @@
 //!   intermediate). The operator notices and rotates to it with no restart and no downtime.
 //! - **Rotating the self-signed root**: annotate the Secret with
 //!   `trellis.dev/rotate-root=<anything>`; the operator generates a new root, writes it to
-//!   `ca.crt`/`ca.key`, removes the annotation and rotates to it.
+//!   `ca.crt`/`ca.key`, removes the annotation and rotates to it. The value `expiring` is the
+//!   leader's own request for a root near its expiry: once that root is being replaced, or has
+//!   been, the request is removed, not answered again.
 //! - During a rotation the operator keeps the root being replaced in `previous-ca.crt` and
 //!   `previous-ca.key`, and the phase in the annotation `trellis.dev/root-rotation-phase`, so a
 //!   restarted operator resumes the rotation where it was; it removes them when the rotation is
@@ -59,6 +61,11 @@ pub const PREVIOUS_KEY: &str = "previous-ca.key";
 /// Annotate the Secret with this (any value) to have a new self-signed root generated and
 /// rotated to.
 pub const ROTATE_ANNOTATION: &str = "trellis.dev/rotate-root";
+/// The value of [`ROTATE_ANNOTATION`] the leader writes for a self-signed root near its expiry
+/// ([`super::lifecycle`]). Such a request is about the root in use: once that root is being
+/// replaced, or has been, it is moot — removed, never queued — so a request written twice (the
+/// expiry is looked at again before the first one is answered) is one rotation.
+pub const EXPIRY_REQUEST: &str = "expiring";
 /// The phase of the rotation under way, as the leader recorded it (absent: `Distributing`
 /// while `previous-ca.*` is there, else no rotation).
 pub const PHASE_ANNOTATION: &str = "trellis.dev/root-rotation-phase";
@@ -354,6 +361,10 @@ pub enum Request {
     },
     /// A root asked for during a rotation: the leader queues it.
     Queue(SigningCert),
+    /// The leader's own request for the rotation of an expiring root ([`EXPIRY_REQUEST`]) when
+    /// that root is no longer the one in use, or a rotation replaces it already: the leader
+    /// removes the annotation.
+    Moot,
 }
 
 /// The root a (new version of the) Secret asks `roots` to rotate to or to queue, from the
@@ -369,12 +380,18 @@ pub fn requested_root(
     leads: bool,
 ) -> anyhow::Result<Request> {
     let rotating = roots.phase() != Phase::Stable;
-    let annotated = secret
+    let asked = secret
         .metadata
         .annotations
         .as_ref()
-        .is_some_and(|a| a.contains_key(ROTATE_ANNOTATION));
-    if annotated && leads {
+        .and_then(|a| a.get(ROTATE_ANNOTATION));
+    if asked.is_some_and(|v| v == EXPIRY_REQUEST)
+        && leads
+        && super::lifecycle::expiring_root(roots, root_ttl, SystemTime::now()).is_none()
+    {
+        return Ok(Request::Moot);
+    }
+    if asked.is_some() && leads {
         let root = SigningCert::self_signed_root(trust_domain, root_ttl, SystemTime::now())?;
         return Ok(if rotating {
             Request::Queue(root)
@@ -613,6 +630,20 @@ async fn handle(w: &mut Watched, secret: &Secret) {
                 }
                 Ok(()) => {}
                 Err(e) => tracing::warn!(new_root = %fp, error = %e, "not rotating to the new root"),
+            }
+        }
+        Ok(Request::Moot) => {
+            let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: null}}});
+            match write(&w.client, &w.namespace, &patch).await {
+                Ok(written) => {
+                    w.answered = written;
+                    tracing::info!(
+                        "the rotation of the expiring root was asked for again once it was being replaced: the request is removed, no second rotation"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not remove a request for the rotation of a root that is replaced already; retrying on the next change of the CA Secret")
+                }
             }
         }
         Ok(Request::Queue(root)) => {
