@@ -133,6 +133,51 @@ fn all_serve(t: &Target, pods: &BTreeMap<String, String>, domain: &str) -> anyho
     Ok(())
 }
 
+/// Why proxies may not have renewed into `domain`, for a failed wait: the certificate lines of
+/// each meshed pod's proxy log (what it asked for, what it was given, what it refused) and the
+/// operator replicas' lines about those pods (what each replica signed, in which domain).
+fn renewal_logs(t: &Target, pods: &BTreeMap<String, String>, domain: &str) -> String {
+    let about_certificates = |line: &&str| {
+        ["certificate", "trust domain", "identity", "rejected", "reload"]
+            .iter()
+            .any(|w| line.contains(w))
+    };
+    let mut out = format!("--- why a proxy may not serve a certificate in {domain}\n");
+    for pod in pods.keys() {
+        let Some((ns, name)) = pod.split_once('/') else {
+            continue;
+        };
+        let log = [sidecar::PROXY_CONTAINER, sidecar::GATEWAY_CONTAINER]
+            .iter()
+            .find_map(|c| t.kubectl_ok(&["logs", "-n", ns, name, "-c", c], None).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(about_certificates).collect();
+        out.push_str(&format!("--- {pod}'s proxy, certificate lines (last 12)\n"));
+        for line in &lines[lines.len().saturating_sub(12)..] {
+            out.push_str(&format!("{line}\n"));
+        }
+    }
+    let system = install::Options::default().namespace;
+    for op in t.pod_names(&system, "app=trellis-operator").unwrap_or_default() {
+        let log = t.kubectl_ok(&["logs", "-n", &system, &op], None).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                pods.keys()
+                    .any(|p| p.split_once('/').is_some_and(|(_, n)| l.contains(n)))
+                    || l.contains("trust domain")
+            })
+            .collect();
+        out.push_str(&format!(
+            "--- operator {op}, lines about the shop's proxies or the trust domain (last 30)\n"
+        ));
+        for line in &lines[lines.len().saturating_sub(30)..] {
+            out.push_str(&format!("{line}\n"));
+        }
+    }
+    out
+}
+
 /// What a proxy's own `/config_dump` says, through `meshctl proxy-config all -o json` (the
 /// API server's port-forward to its admin port): the trust domain and aliases its
 /// configuration names, and the SPIFFE ID of the certificate it serves.
@@ -491,7 +536,8 @@ fn change_held_by_the_pod(t: &Target, pods: &BTreeMap<String, String>) -> anyhow
     eprintln!("[{TEST}]   CertificateAuthorityReady: TrustDomainChanging: {message}");
     wait_for("every proxy serving a certificate in prod.example", CHANGE, || {
         Ok(all_serve(t, pods, NEW).ok())
-    })?;
+    })
+    .inspect_err(|_| eprintln!("{}", renewal_logs(t, pods, NEW)))?;
     // Every proxy renewed, but the held pod's proxy, which ran, is not connected: still
     // changing, with the count of proxies on the old domain (none) out of those connected, and
     // the pod that holds the change named with the fix (not the one whose proxy never ran).
@@ -584,7 +630,8 @@ fn back_with_a_kept_alias(t: &Target, http: &Http, api: &str, pods: &BTreeMap<St
         mesh::patch_spec(t, json!({"trustDomain": OLD, "trustDomainAliases": [NEW]}))?;
         wait_for("every proxy serving a certificate in cluster.local", CHANGE, || {
             Ok(all_serve(t, pods, OLD).ok())
-        })?;
+        })
+        .inspect_err(|_| eprintln!("{}", renewal_logs(t, pods, OLD)))?;
         wait_for("the change to cluster.local finished", CHANGE, || {
             let m = mesh::get(t)?;
             let done = recorded(&m) == (OLD.into(), Vec::new());
