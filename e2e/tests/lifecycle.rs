@@ -1,7 +1,7 @@
 //! The mesh lifecycle, end to end: the Mesh reconciled Ready, proxy rollouts in health-gated
 //! waves under traffic (the shop's ingress gateway, which the traffic crosses, rolled in its
 //! wave like the sidecars), a broken proxy release rolled back after its first wave, and the
-//! leader killed in the middle of a rollout.
+//! leader killed in the middle of a rollout and in the middle of a root rotation (`leader`).
 //!
 //! On kubesim (default) or the cluster named by `TRELLIS_E2E_KUBECONFIG` (see
 //! `trellis_e2e::suite`): the test speaks only the Kubernetes API (kubectl) and real traffic
@@ -32,8 +32,9 @@ const UNREADY_REPO: &str = "ghcr.io/trellis-mesh/trellis-proxy-unready";
 const PROXY_IMAGE_ANNOTATION: &str = trellis_api::mesh::PROXY_IMAGE_ANNOTATION;
 /// How long a whole rollout of the shop may take on a loaded 2-core machine.
 const ROLLOUT: Duration = Duration::from_secs(300);
-/// How soon another replica must lead once the leader is killed (issue 11 §4).
-const TAKEOVER: Duration = Duration::from_secs(15);
+
+#[path = "lifecycle/leader.rs"]
+mod leader;
 
 fn step<T>(t: &Target, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     mesh::step(t, "lifecycle", name, f)
@@ -313,26 +314,6 @@ fn about_wave(note: &str, n: usize) -> bool {
         .is_some_and(|rest| rest.starts_with([':', ' ']))
 }
 
-/// The holder of the operator's Lease.
-fn leader(t: &Target) -> anyhow::Result<Option<String>> {
-    let lease = t.get_json(&["lease", "-n", SYSTEM, "trellis-operator"])?;
-    Ok(lease["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string))
-}
-
-/// `ca.crt` of the CA Secret (the root the mesh issues from), and whether a rotation is
-/// recorded in it.
-fn ca_root(t: &Target) -> anyhow::Result<(String, bool)> {
-    let secret = t.get_json(&["secret", "-n", SYSTEM, "trellis-ca"])?;
-    let root = secret["data"]["ca.crt"]
-        .as_str()
-        .context("Secret trellis-ca has no ca.crt")?
-        .to_string();
-    Ok((root, !secret["data"]["previous-ca.crt"].is_null()))
-}
-
 #[test]
 fn lifecycle() -> anyhow::Result<()> {
     // Without root (and no TRELLIS_E2E_KUBECONFIG) the skip is recorded; under CI it fails.
@@ -383,7 +364,13 @@ fn lifecycle() -> anyhow::Result<()> {
     step(
         &t,
         "the leader killed mid-rollout: another replica leads within 15 s, no failed request, no root rotation, no wave repeated",
-        || leader_killed_mid_rollout(&t, &http, &api, &workloads),
+        || leader::killed_mid_rollout(&t, &http, &api, &workloads),
+    )?;
+
+    step(
+        &t,
+        "the leader killed mid root rotation: another replica leads within 15 s, no failed request, the rotation ends once (phases forward only, one new root, none after)",
+        || leader::killed_mid_rotation(&t, &http, &api),
     )?;
     Ok(())
 }
@@ -670,50 +657,4 @@ fn follow_rollout_until_rolled_back(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn leader_killed_mid_rollout(t: &Target, http: &Http, api: &str, workloads: &[Workload]) -> anyhow::Result<()> {
-    let target = format!("{PROXY_REPO}:lifecycle-b");
-    let (root, rotating) = ca_root(t)?;
-    ensure!(!rotating, "a root rotation is recorded before the test");
-    let before = leader(t)?.context("no operator leads")?;
-    let mut killed: Option<String> = None;
-    let mut takeover: Option<(String, Duration)> = None;
-    roll(t, http, api, workloads, &target, 1, |seen| {
-        // Kill the leader while wave 2's workload restarts (the status already records it).
-        if killed.is_none() && seen.wave == 2 && seen.phase == "Progressing" {
-            let holder = leader(t)?.context("no operator leads")?;
-            t.kubectl_ok(
-                &["delete", "pod", "-n", SYSTEM, &holder, "--grace-period=0", "--force"],
-                None,
-            )?;
-            let at = Instant::now();
-            eprintln!("[lifecycle]   killed the leader {holder} during wave 2");
-            let new = wait_for("another replica to lead", TAKEOVER + Duration::from_secs(30), || {
-                Ok(leader(t)?.filter(|h| *h != holder))
-            })?;
-            let took = at.elapsed();
-            eprintln!("[lifecycle]   {new} leads {took:.1?} after the kill");
-            killed = Some(holder);
-            takeover = Some((new, took));
-        }
-        Ok(())
-    })?;
-    let old = killed.context("the rollout finished before wave 2 could be caught")?;
-    let (new, took) = takeover.context("no takeover recorded")?;
-    ensure!(new != old, "the killed replica {old} still leads");
-    ensure!(
-        took <= TAKEOVER,
-        "{new} took {took:.1?} to lead, more than {TAKEOVER:?}"
-    );
-    eprintln!("[lifecycle]   the leader before the rollout was {before}");
-    let (after, rotating) = ca_root(t)?;
-    ensure!(
-        after == root && !rotating,
-        "the mesh root changed or a rotation started when the leader changed"
-    );
-    let m = mesh::get(t)?;
-    let phase = &m["status"]["certificateAuthority"]["rotationPhase"];
-    ensure!(phase == "Stable", "the CA is in rotation phase {phase}");
-    Ok(())
 }
