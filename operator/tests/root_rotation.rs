@@ -52,6 +52,7 @@ fn pem_fingerprints(pem: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() {
+    support::show_logs();
     let (cluster, pod) = cluster_with_web();
     let port = free_port();
     let op = app::start(operator_config(port, 3600), cluster.client().await.unwrap())
@@ -270,6 +271,7 @@ fn trust_monitor<const R: usize, const P: usize>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves_the_new_one() {
+    support::show_logs();
     let (cluster, _) = cluster_with_web();
     cluster
         .kubectl_ok(&["-n", "shop", "scale", "deployment/web", "--replicas=2"], None)
@@ -483,6 +485,7 @@ async fn late_view(admin: u16, delay: Duration) -> (u16, [tokio::task::JoinHandl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_be_asked_holds_the_rotation_and_a_root_asked_for_meanwhile_is_queued() {
+    support::show_logs();
     let (cluster, _) = cluster_with_web();
     let in_ca_crt = roots_in_ca_crt(&cluster).await;
     let year = Duration::from_secs(365 * 86400);
@@ -673,6 +676,7 @@ async fn lease_of_a_gone_replica(cluster: &support::Target) -> Arc<AtomicBool> {
 /// once it leads, it rotates, waiting for its proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_put_in_the_ca_secret_while_no_replica_leads_waits_for_the_next_leader() {
+    support::show_logs();
     use base64::Engine as _;
     let (cluster, pod) = cluster_with_web();
     let renewing = lease_of_a_gone_replica(&cluster).await;

@@ -44,6 +44,25 @@ spec:
       containers: [{name: app, image: "busybox:1.36", imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}]
 "#;
 
+/// What [`show_logs`] shows when `RUST_LOG` is not set: the operator's and the push client's
+/// decisions (certificates signed, phases entered, snapshots sent, ACKed and NACKed, renewals),
+/// the proxy's applied and rejected configurations, and every other crate's warnings.
+pub const TEST_LOG: &str = "warn,trellis_operator=debug,trellis_push=debug,trellis_proxy=info";
+
+/// Send the log of everything the test runs in its process — the operator replicas, the
+/// proxies, kubesim — to the test's output, which nextest prints when the test fails: a
+/// timed-out wait then shows what the operator and the proxy were doing. `RUST_LOG` overrides
+/// [`TEST_LOG`].
+pub fn show_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(TEST_LOG));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Poll `cond` every 50 ms until it holds; panic naming `what` after `secs` seconds.
 pub async fn until(what: &str, secs: u64, cond: impl Fn() -> bool) {
     for _ in 0..secs * 20 {
