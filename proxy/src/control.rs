@@ -165,6 +165,37 @@ impl ConfigSink for AppSink {
 /// cannot load without it), then the subscription; every later certificate re-applies the
 /// current configuration ([`load_renewals`]).
 pub async fn run(app: Arc<App>, cfg: ClientConfig) {
+    let sink = Arc::new(AppSink::new(app, &cfg));
+    run_with(sink, cfg).await;
+}
+
+/// A [`ConfigSink`] whose current configuration can be applied again, so that it loads the
+/// identity files anew (after a certificate rotation). [`AppSink`] is the proxy's.
+#[tonic::async_trait]
+pub trait Reapply: ConfigSink {
+    /// A certificate was obtained: the one the next re-application loads.
+    fn obtained(&self, issued: Issued);
+    /// Apply the current configuration again: whether the identity files are what the proxy
+    /// serves now.
+    async fn reapply(&self) -> bool;
+}
+
+#[tonic::async_trait]
+impl Reapply for AppSink {
+    fn obtained(&self, issued: Issued) {
+        AppSink::obtained(self, issued);
+    }
+
+    async fn reapply(&self) -> bool {
+        AppSink::reapply(self).await
+    }
+}
+
+/// [`run`] through `sink`, which stands in front of an [`AppSink`]: one that adapts each
+/// pushed configuration before the proxy applies it. Several proxies in one network namespace
+/// (tests run at once on one machine) cannot all bind the addresses the operator pushes — a
+/// sidecar's `0.0.0.0:15001` and `0.0.0.0:15006` —: such a sink moves the listeners.
+pub async fn run_with<S: Reapply + 'static>(sink: Arc<S>, cfg: ClientConfig) {
     let (issued_tx, mut issued) = tokio::sync::watch::channel::<Option<Issued>>(None);
     let identity = tokio::spawn(client::run_identity(cfg.clone(), issued_tx));
     let first = match issued.wait_for(Option::is_some).await {
@@ -174,12 +205,11 @@ pub async fn run(app: Arc<App>, cfg: ClientConfig) {
             return;
         }
     };
-    let sink = Arc::new(AppSink::new(app, &cfg));
     if let Some(first) = first {
         sink.obtained(first);
     }
     let push = tokio::spawn(client::run_push(cfg, sink.clone()));
-    load_renewals(&sink, issued, RELOAD_RETRY, RELOAD_RETRY_MAX).await;
+    load_renewals(sink.as_ref(), issued, RELOAD_RETRY, RELOAD_RETRY_MAX).await;
     push.abort();
     identity.abort();
 }
@@ -189,8 +219,8 @@ pub async fn run(app: Arc<App>, cfg: ClientConfig) {
 /// the one reported), try again after `retry`, doubled after each failure up to `max`, until it
 /// loads, a pushed configuration loads it, or a newer certificate takes its place (tried at
 /// once). Returns when the identity loop ends.
-async fn load_renewals(
-    sink: &AppSink,
+async fn load_renewals<S: Reapply>(
+    sink: &S,
     mut issued: tokio::sync::watch::Receiver<Option<Issued>>,
     retry: Duration,
     max: Duration,

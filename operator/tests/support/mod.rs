@@ -9,9 +9,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use trellis_contract::ProxyConfig;
 pub use trellis_e2e::suite::Target;
 use trellis_operator::app::Config;
-use trellis_push::client::ClientConfig;
+use trellis_proxy::control::Reapply;
+use trellis_push::client::{ClientConfig, ConfigSink};
 
 /// The `shop` namespace with a `web` ServiceAccount, Service and one-replica Deployment.
 pub const WEB_APP: &str = r#"
@@ -294,11 +296,53 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// A `trellis-proxy` in mesh mode, in process, with `cfg`: started, its control-plane
-/// connection running (abort the handle to stop it).
+/// connection running (abort the handle to stop it), as `trellis_proxy::control::run` runs it
+/// but for its listeners, each on a loopback port of its own ([`OwnPorts`]).
 pub async fn mesh_proxy(cfg: ClientConfig) -> (std::sync::Arc<trellis_proxy::App>, tokio::task::JoinHandle<()>) {
     let proxy = proxy_app().await;
-    let control = tokio::spawn(trellis_proxy::control::run(proxy.clone(), cfg));
+    let sink = std::sync::Arc::new(OwnPorts(trellis_proxy::control::AppSink::new(proxy.clone(), &cfg)));
+    let control = tokio::spawn(trellis_proxy::control::run_with(sink, cfg));
     (proxy, control)
+}
+
+/// The proxy's configurations with every listener on a port the system picks on loopback
+/// (`127.0.0.1:0`), not the address the operator pushes (a sidecar's `0.0.0.0:15001` and
+/// `0.0.0.0:15006`, each pod's own in a cluster): tests run at once on this machine, and a
+/// second proxy binding the same port NACKed its configuration — never sent again, so it was
+/// never configured.
+struct OwnPorts(trellis_proxy::control::AppSink);
+
+#[tonic::async_trait]
+impl ConfigSink for OwnPorts {
+    fn current_version(&self) -> Option<String> {
+        self.0.current_version()
+    }
+
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+        for listener in &mut config.listeners {
+            listener.address = "127.0.0.1:0".into();
+        }
+        self.0.apply(config).await
+    }
+
+    fn rejected(&self, version: &str, error: &str) {
+        self.0.rejected(version, error);
+    }
+
+    fn signals(&self) -> Option<trellis_contract::signals::Report> {
+        self.0.signals()
+    }
+}
+
+#[tonic::async_trait]
+impl Reapply for OwnPorts {
+    fn obtained(&self, issued: trellis_push::client::Issued) {
+        self.0.obtained(issued);
+    }
+
+    async fn reapply(&self) -> bool {
+        self.0.reapply().await
+    }
 }
 
 /// The `root-cert.pem` of the `trellis-ca-root` ConfigMap in `namespace` (empty if absent).
