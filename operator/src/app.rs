@@ -858,20 +858,25 @@ async fn drive_rotation(rotation: Rotation, roots: Arc<MeshRoots>, push: PushSer
                 Err(_) => continue,
             };
             let assessment = roots.assess(&reports);
-            if let Some(target) = assessment.allowed.last().copied()
+            // The rotation assessed, by the root it rotates to: the CA Secret's watch may end
+            // it (following the leader's own record of its end) and start a queued root's
+            // rotation while this one records; the phase is recorded and entered for the
+            // rotation it was assessed for only, never for the next one.
+            if let (Some(to), Some(target)) = (assessment.to.as_deref(), assessment.allowed.last().copied())
                 && rotation.leadership.is_leader()
             {
                 match &rotation.secret {
                     None => {
-                        roots.advance_to(target);
+                        roots.advance_rotation(to, target);
                     }
                     // Recorded before entered: the followers never run behind a phase the
                     // leader acts on for longer than their watch takes.
                     Some((client, namespace)) => {
-                        match secret::record(client, namespace, &roots, target, secret::Queue::Keep).await {
-                            Ok(()) => {
-                                roots.advance_to(target);
+                        match secret::record_phase(client, namespace, &roots, to, target).await {
+                            Ok(true) => {
+                                roots.advance_rotation(to, target);
                             }
+                            Ok(false) => {}
                             Err(e) => {
                                 tracing::warn!(phase = %target, error = %format!("{e:#}"), "could not record the root rotation's next phase in the CA Secret; retrying")
                             }

@@ -229,6 +229,22 @@ impl MeshRoots {
     /// the phases entered.
     pub fn advance_to(&self, target: Phase) -> Vec<Phase> {
         let mut state = self.lock();
+        self.enter_up_to(&mut state, target)
+    }
+
+    /// Enter every phase up to `target` of the rotation to the root `to` — the one an
+    /// [`Assessment`] was made for and the leader recorded `target` for —, and nothing when
+    /// another rotation is under way (that one ended, and the next one started, since). Returns
+    /// the phases entered.
+    pub fn advance_rotation(&self, to: &str, target: Phase) -> Vec<Phase> {
+        let mut state = self.lock();
+        if state.rotation.next() != Some(to) {
+            return Vec::new();
+        }
+        self.enter_up_to(&mut state, target)
+    }
+
+    fn enter_up_to(&self, state: &mut State, target: Phase) -> Vec<Phase> {
         let entered = state.rotation.advance_to(target);
         if entered.is_empty() {
             return entered;
@@ -237,16 +253,17 @@ impl MeshRoots {
             let keep = state.rotation.current().to_string();
             state.authorities.retain(|fp, _| *fp == keep);
         }
-        self.entered(&mut state, &entered);
+        self.entered(state, &entered);
         entered
     }
 
     /// Assess and enter what `reports` allow at once: for a replica that decides alone (no
     /// CA Secret to record phases in). Returns the phases entered.
     pub fn observe(&self, reports: &Reports) -> Vec<Phase> {
-        match self.assess(reports).allowed.last() {
-            Some(target) => self.advance_to(*target),
-            None => Vec::new(),
+        let assessment = self.assess(reports);
+        match (assessment.to, assessment.allowed.last()) {
+            (Some(to), Some(target)) => self.advance_rotation(&to, *target),
+            _ => Vec::new(),
         }
     }
 
@@ -290,16 +307,14 @@ impl MeshRoots {
     /// being replaced (`previous-ca.*`), as (certificate PEM, key PEM) pairs. A restarted
     /// operator resumes a rotation from them.
     pub fn persisted_at(&self, phase: Phase) -> (SigningPair, Option<SigningPair>) {
+        pairs_at(&self.lock(), phase)
+    }
+
+    /// What the CA Secret must hold with the rotation to the root `to` in `phase`
+    /// ([`MeshRoots::persisted_at`]); `None` when that rotation is not the one under way.
+    pub fn persisted_for(&self, to: &str, phase: Phase) -> Option<(SigningPair, Option<SigningPair>)> {
         let state = self.lock();
-        let pair = |fp: &str| state.authorities.get(fp).map(|ca| SigningPair::of(ca.signer()));
-        let current = state.rotation.current();
-        match state.rotation.next() {
-            Some(next) => (
-                pair(next).unwrap_or_default(),
-                pair(current).filter(|_| phase != Phase::Stable),
-            ),
-            None => (pair(current).unwrap_or_default(), None),
-        }
+        (state.rotation.next() == Some(to)).then(|| pairs_at(&state, phase))
     }
 
     /// What the CA Secret must hold now ([`MeshRoots::persisted_at`] the current phase).
@@ -373,6 +388,19 @@ impl std::fmt::Debug for SigningPair {
     }
 }
 
+/// [`MeshRoots::persisted_at`] on the locked state.
+fn pairs_at(state: &State, phase: Phase) -> (SigningPair, Option<SigningPair>) {
+    let pair = |fp: &str| state.authorities.get(fp).map(|ca| SigningPair::of(ca.signer()));
+    let current = state.rotation.current();
+    match state.rotation.next() {
+        Some(next) => (
+            pair(next).unwrap_or_default(),
+            pair(current).filter(|_| phase != Phase::Stable),
+        ),
+        None => (pair(current).unwrap_or_default(), None),
+    }
+}
+
 fn bundle_of(state: &State) -> Bundle {
     let fingerprints = state.rotation.trust_bundle();
     let roots_pem = fingerprints
@@ -389,5 +417,45 @@ fn bundle_of(state: &State) -> Bundle {
         roots_pem,
         fingerprints,
         renew_unless_issued_by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::SystemClock;
+
+    fn root() -> SigningCert {
+        SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), SystemTime::now()).unwrap()
+    }
+
+    /// The leader assesses a rotation, records its next phase, then enters it; meanwhile the CA
+    /// Secret's watch may follow that record to the rotation's end and start a queued root's
+    /// rotation. The phase assessed for the first rotation is then neither recorded for the
+    /// second (it would record it ended, or in a phase it never reached) nor entered by it.
+    #[test]
+    fn a_phase_assessed_for_one_rotation_is_never_recorded_for_or_entered_by_the_next() {
+        let (first, second, queued) = (root(), root(), root());
+        let (second_fp, queued_fp) = (second.fingerprint().to_string(), queued.fingerprint().to_string());
+        let roots = MeshRoots::new(first, Duration::from_secs(3600), Arc::new(SystemClock));
+        roots.start_rotation(second).unwrap();
+        let assessment = roots.assess(&Reports::default());
+        assert_eq!(assessment.to.as_deref(), Some(second_fp.as_str()));
+        let target = *assessment.allowed.last().expect("no proxy holds the rotation");
+        assert_eq!(target, Phase::Stable);
+        assert!(roots.persisted_for(&second_fp, target).is_some());
+
+        // The watch follows the recorded end, and starts the queued root's rotation.
+        roots.advance_to(Phase::Stable);
+        roots.start_rotation(queued).unwrap();
+
+        assert_eq!(roots.persisted_for(&second_fp, target), None, "nothing to record");
+        assert!(roots.advance_rotation(&second_fp, target).is_empty());
+        assert_eq!(roots.phase(), Phase::Distributing, "the queued root's rotation holds");
+        let (to, previous) = roots.persisted_at(roots.phase());
+        assert_eq!(to.fingerprint, queued_fp);
+        assert_eq!(previous.map(|p| p.fingerprint), Some(second_fp));
+        // Its own phases are entered as its assessments allow.
+        assert_eq!(roots.advance_rotation(&queued_fp, Phase::Reissuing), [Phase::Reissuing]);
     }
 }

@@ -79,6 +79,10 @@ pub struct Waiting {
 /// What the reports allow, from where the rotation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assessment {
+    /// The root the rotation assessed rotates to (none: no rotation under way). The phases
+    /// allowed are that rotation's: the leader records and enters them only while it is the one
+    /// under way ([`super::MeshRoots::advance_rotation`]).
+    pub to: Option<String>,
     /// The phases the rotation may enter now, in order (empty: none).
     pub allowed: Vec<Phase>,
     /// What the phase after them waits on.
@@ -204,11 +208,13 @@ impl RootRotation {
     /// the state is unchanged (the leader records the phase before it enters it, with
     /// [`RootRotation::advance_to`]). Nothing advances while a replica's proxies are unknown.
     pub fn assess(&self, reports: &Reports) -> Assessment {
+        let to = self.next.clone();
         let mut sim = self.clone();
         let mut allowed = Vec::new();
         loop {
             let Some(next) = sim.next.clone() else {
                 return Assessment {
+                    to,
                     allowed,
                     waiting: Waiting::default(),
                 };
@@ -218,7 +224,7 @@ impl RootRotation {
                 replicas: reports.unknown_replicas.clone(),
             };
             if !waiting.proxies.is_empty() || !waiting.replicas.is_empty() {
-                return Assessment { allowed, waiting };
+                return Assessment { to, allowed, waiting };
             }
             sim.step();
             allowed.push(sim.phase);

@@ -297,24 +297,29 @@ pub fn record_patch(
     })
 }
 
-/// Record `roots` in the Secret with the rotation in `phase` ([`record_patch`]). The leader
-/// records a phase before it enters it, so the other replicas follow the rotation from the
-/// Secret, never ahead of the leader.
-pub async fn record(
+/// Record that the rotation to the root `to` is in `phase` ([`record_patch`], the queue kept):
+/// the leader records a phase before it enters it, so the other replicas follow the rotation
+/// from the Secret, never ahead of the leader. Writes nothing and returns `false` when that
+/// rotation is no longer the one under way: it ended, and the next one (a queued root) may have
+/// started, since it was assessed — its phase written for the next one would record that one
+/// as ended, or in a phase it never reached.
+pub async fn record_phase(
     client: &Client,
     namespace: &str,
     roots: &MeshRoots,
+    to: &str,
     phase: Phase,
-    queue: Queue<'_>,
-) -> anyhow::Result<()> {
-    let (target, previous) = roots.persisted_at(phase);
+) -> anyhow::Result<bool> {
+    let Some((target, previous)) = roots.persisted_for(to, phase) else {
+        return Ok(false);
+    };
     write(
         client,
         namespace,
-        &record_patch(&target, previous.as_ref(), phase, queue),
+        &record_patch(&target, previous.as_ref(), phase, Queue::Keep),
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Record the start of a rotation of `roots` to `root` (before it starts: a rotation that is
@@ -341,10 +346,18 @@ async fn write(client: &Client, namespace: &str, patch: &serde_json::Value) -> a
     Ok(written.metadata.resource_version)
 }
 
-/// Write what `roots` must persist now into the Secret ([`record`] in the current phase,
+/// Write what `roots` must persist now into the Secret ([`record_patch`] in the current phase,
 /// the queue kept).
 pub async fn persist(client: &Client, namespace: &str, roots: &MeshRoots) -> anyhow::Result<()> {
-    record(client, namespace, roots, roots.phase(), Queue::Keep).await
+    let phase = roots.phase();
+    let (target, previous) = roots.persisted_at(phase);
+    write(
+        client,
+        namespace,
+        &record_patch(&target, previous.as_ref(), phase, Queue::Keep),
+    )
+    .await?;
+    Ok(())
 }
 
 /// What a version of the Secret asks of this replica, besides the phase it follows.
@@ -480,7 +493,7 @@ struct Watched {
 
 /// Watch the CA Secret: follow the phase the leader records, start a rotation when the Secret
 /// asks for one and queue a root asked for during one; the leader writes the Secret back when
-/// a rotation starts (and, through [`record`], at every phase), starts a queued root once the
+/// a rotation starts (and, through [`record_phase`], at every phase), starts a queued root once the
 /// rotation under way ends, and recreates the Secret when it is deleted. A root it generates
 /// is named after the trust domain `trust_domains` names then and lives the
 /// `spec.ca.rootCertTtl` `settings` give then (both the Mesh's, live). Runs until the watch ends.
