@@ -7,18 +7,32 @@
 use std::collections::BTreeSet;
 
 use trellis_core::code::Code;
-use trellis_core::compile::{Compiled, Role, compile};
-use trellis_core::registry::ObjectKey;
-use trellis_core::snapshot::Snapshot;
+use trellis_core::compile::{Compiled, Role};
 
 #[path = "support/reach.rs"]
 mod reach;
 use reach::reach;
+#[path = "support/workloads.rs"]
+mod workloads;
+use workloads::{gateway_pod, pod, snapshot};
 
 /// `ledger` (billing) is exported to its own namespace and `shop`; `vault` (billing) to its
 /// own only; `audit` (billing) to nobody; `web` (shop) has no annotation. Sidecars in shop,
 /// billing and guest, and a gateway in trellis-system routing to ledger and vault.
-const MESH: &str = r#"
+fn mesh() -> String {
+    [
+        SERVICES,
+        &pod("shop", "web-1", "web", "10.244.1.1"),
+        &pod("billing", "ledger-1", "ledger", "10.244.2.1"),
+        &pod("billing", "vault-1", "vault", "10.244.2.2"),
+        &pod("guest", "guest-1", "guest", "10.244.3.1"),
+        &gateway_pod("trellis-system", "edge-1", "edge", "10.244.0.9"),
+        ROUTING,
+    ]
+    .join("\n---\n")
+}
+
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -47,37 +61,10 @@ metadata:
   namespace: billing
   annotations: {networking.trellis.dev/exportTo: "~"}
 spec: {clusterIP: 10.96.2.3, selector: {app: audit}, ports: [{name: tcp-log, port: 5140, targetPort: 5140}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop, labels: {app: web}}
-spec: {containers: [{name: app, image: web}]}
-status: {podIP: 10.244.1.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ledger-1, namespace: billing, labels: {app: ledger}}
-spec: {containers: [{name: app, image: ledger}]}
-status: {podIP: 10.244.2.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: vault-1, namespace: billing, labels: {app: vault}}
-spec: {containers: [{name: app, image: vault}]}
-status: {podIP: 10.244.2.2, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: guest-1, namespace: guest, labels: {app: guest}}
-spec: {containers: [{name: app, image: guest}]}
-status: {podIP: 10.244.3.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: edge-1, namespace: trellis-system, labels: {app: edge}}
-spec: {containers: [{name: trellis-proxy, image: trellis-proxy}]}
-status: {podIP: 10.244.0.9, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
+"#;
+
+/// The gateway's Gateway, and a VirtualService through it to ledger and vault.
+const ROUTING: &str = r#"
 apiVersion: networking.trellis.dev/v1alpha1
 kind: Gateway
 metadata: {name: edge, namespace: trellis-system}
@@ -100,8 +87,7 @@ spec:
 "#;
 
 fn compiled(ns: &str, pod: &str, role: Role) -> Compiled {
-    let snap = Snapshot::from_yaml(MESH).expect("fixture");
-    let c = compile(&snap, &ObjectKey::new(ns, pod), role, "v1").expect("compiles");
+    let c = workloads::compiled(&snapshot(&[&mesh()]), ns, pod, role);
     c.config.validate().expect("the proxy accepts it");
     c
 }
@@ -161,15 +147,15 @@ fn a_gateway_in_another_namespace_reaches_only_what_is_exported_to_it_and_says_s
 
 #[test]
 fn without_the_annotation_or_with_star_every_namespace_sees_the_service() {
-    let open = MESH.replace(
+    let open = mesh().replace(
         "networking.trellis.dev/exportTo: \".\"}",
         "networking.trellis.dev/exportTo: \"*\"}",
     );
-    let snap = Snapshot::from_yaml(&open).expect("fixture");
-    let c = compile(&snap, &ObjectKey::new("guest", "guest-1"), Role::Sidecar, "v1").expect("compiles");
+    let snap = snapshot(&[&open]);
+    let c = workloads::compiled(&snap, "guest", "guest-1", Role::Sidecar);
     let (routed, _, _) = reach(&c.config);
     assert!(routed.contains("vault.billing.svc.cluster.local"), "{routed:?}");
-    let gw = compile(&snap, &ObjectKey::new("trellis-system", "edge-1"), Role::Gateway, "v1").expect("compiles");
+    let gw = workloads::compiled(&snap, "trellis-system", "edge-1", Role::Gateway);
     let vault = gw
         .config
         .clusters
@@ -183,16 +169,16 @@ fn without_the_annotation_or_with_star_every_namespace_sees_the_service() {
 /// read as Trellis' annotation is, and the diagnostics name the annotation the user wrote.
 #[test]
 fn istios_annotation_alone_is_honoured_and_named() {
-    let istio = MESH.replace("networking.trellis.dev/exportTo", "networking.istio.io/exportTo");
-    let snap = Snapshot::from_yaml(&istio).expect("fixture");
+    let istio = mesh().replace("networking.trellis.dev/exportTo", "networking.istio.io/exportTo");
+    let snap = snapshot(&[&istio]);
     for (ns, pod, expected) in [
         ("shop", "web-1", set(&["web.shop", "ledger.billing"])),
         ("guest", "guest-1", set(&["web.shop"])),
     ] {
-        let c = compile(&snap, &ObjectKey::new(ns, pod), Role::Sidecar, "v1").expect("compiles");
+        let c = workloads::compiled(&snap, ns, pod, Role::Sidecar);
         assert_eq!(reach(&c.config).0, expected, "{ns}: routes");
     }
-    let gw = compile(&snap, &ObjectKey::new("trellis-system", "edge-1"), Role::Gateway, "v1").expect("compiles");
+    let gw = workloads::compiled(&snap, "trellis-system", "edge-1", Role::Gateway);
     let hidden: Vec<_> = gw
         .diagnostics
         .iter()
@@ -211,12 +197,13 @@ fn istios_annotation_alone_is_honoured_and_named() {
 /// tests/analysis/IST0125-istio-export-to.yaml).
 #[test]
 fn trellis_annotation_wins_over_istios() {
-    let both = MESH.replace(
+    let mesh = mesh();
+    let both = mesh.replace(
         "annotations: {networking.trellis.dev/exportTo: \".\"}",
         "annotations: {networking.trellis.dev/exportTo: \".\", networking.istio.io/exportTo: \"*\"}",
     );
-    assert_ne!(both, MESH, "the fixture has vault's annotation");
-    let snap = Snapshot::from_yaml(&both).expect("fixture");
-    let c = compile(&snap, &ObjectKey::new("guest", "guest-1"), Role::Sidecar, "v1").expect("compiles");
+    assert_ne!(both, mesh, "the fixture has vault's annotation");
+    let snap = snapshot(&[&both]);
+    let c = workloads::compiled(&snap, "guest", "guest-1", Role::Sidecar);
     assert_eq!(reach(&c.config).0, set(&["web.shop"]));
 }

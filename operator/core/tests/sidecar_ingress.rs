@@ -5,12 +5,16 @@
 //! compiles as before.
 
 use trellis_contract::{Cluster, Listener, ProxyConfig, UpstreamProtocol};
-use trellis_core::compile::{Role, changes, compile};
+use trellis_core::compile::{Role, changes};
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
 
+#[path = "support/workloads.rs"]
+mod workloads;
+use workloads::{compiled, pod};
+
 /// `web` (Service port 80 → target 8080, HTTP) and `payment` (8080 and TCP 5432) in `shop`.
-const MESH: &str = r#"
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -23,28 +27,20 @@ spec:
   clusterIP: 10.96.1.2
   selector: {app: payment}
   ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-db, port: 5432, targetPort: 5432}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop, labels: {app: web}}
-spec: {containers: [{name: app, image: web}]}
-status: {podIP: 10.244.1.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: payment-1, namespace: shop, labels: {app: payment}}
-spec: {containers: [{name: app, image: payment}]}
-status: {podIP: 10.244.1.2, phase: Running, conditions: [{type: Ready, status: "True"}]}
 "#;
 
+/// The Services, their pods `web-1` and `payment-1`, and `extra`.
 fn snapshot(extra: &str) -> Snapshot {
-    Snapshot::from_yaml(&format!("{MESH}\n---\n{extra}")).expect("fixture")
+    workloads::snapshot(&[
+        SERVICES,
+        &pod("shop", "web-1", "web", "10.244.1.1"),
+        &pod("shop", "payment-1", "payment", "10.244.1.2"),
+        extra,
+    ])
 }
 
 fn sidecar(s: &Snapshot, pod: &str) -> ProxyConfig {
-    compile(s, &ObjectKey::new("shop", pod), Role::Sidecar, "v1")
-        .expect("compiles")
-        .config
+    compiled(s, "shop", pod, Role::Sidecar).config
 }
 
 fn inbound(c: &ProxyConfig) -> &Listener {

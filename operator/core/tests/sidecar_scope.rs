@@ -7,17 +7,20 @@ use std::collections::BTreeSet;
 
 use trellis_api::mesh::{OutboundTrafficMode, OutboundTrafficPolicy};
 use trellis_contract::{ListenerProtocol, ProxyConfig, Unrouted};
-use trellis_core::compile::{Role, compile, diagnose, outbound_key, source_label_keys};
+use trellis_core::compile::{Role, diagnose, outbound_key, source_label_keys};
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
 
 #[path = "support/reach.rs"]
 mod reach;
 use reach::reach;
+#[path = "support/workloads.rs"]
+mod workloads;
+use workloads::{compiled, pod};
 
-/// Three namespaces: `shop` (web, payment), `billing` (ledger, and a VirtualService routing
-/// ledger to ledger-v2), `audit` (log, opaque TCP).
-const MESH: &str = r#"
+/// The Services of three namespaces — `shop` (web, payment), `billing` (ledger, ledger-v2),
+/// `audit` (log, opaque TCP) — and of the control plane.
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -47,25 +50,10 @@ apiVersion: v1
 kind: Service
 metadata: {name: istiod-like, namespace: trellis-system}
 spec: {clusterIP: 10.96.0.5, selector: {app: operator}, ports: [{name: grpc, port: 15012, targetPort: 15012}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop, labels: {app: web}}
-spec: {containers: [{name: app, image: web}]}
-status: {podIP: 10.244.1.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: payment-1, namespace: shop, labels: {app: payment}}
-spec: {containers: [{name: app, image: payment}]}
-status: {podIP: 10.244.1.2, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ledger-1, namespace: billing, labels: {app: ledger}}
-spec: {containers: [{name: app, image: ledger}]}
-status: {podIP: 10.244.2.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
----
+"#;
+
+/// billing's VirtualService routing ledger to ledger-v2.
+const LEDGER_TO_V2: &str = r#"
 apiVersion: networking.trellis.dev/v1alpha1
 kind: VirtualService
 metadata: {name: ledger, namespace: billing}
@@ -74,14 +62,21 @@ spec:
   http: [{route: [{destination: {host: ledger-v2}}]}]
 "#;
 
+/// The Services, the pods `web-1`, `payment-1` (shop) and `ledger-1` (billing), the
+/// VirtualService, and `extra`.
 fn snapshot(extra: &str) -> Snapshot {
-    Snapshot::from_yaml(&format!("{MESH}\n---\n{extra}")).expect("fixture")
+    workloads::snapshot(&[
+        SERVICES,
+        &pod("shop", "web-1", "web", "10.244.1.1"),
+        &pod("shop", "payment-1", "payment", "10.244.1.2"),
+        &pod("billing", "ledger-1", "ledger", "10.244.2.1"),
+        LEDGER_TO_V2,
+        extra,
+    ])
 }
 
 fn sidecar(s: &Snapshot, ns: &str, pod: &str) -> ProxyConfig {
-    compile(s, &ObjectKey::new(ns, pod), Role::Sidecar, "v1")
-        .expect("compiles")
-        .config
+    compiled(s, ns, pod, Role::Sidecar).config
 }
 
 fn set(hosts: &[&str]) -> BTreeSet<String> {
