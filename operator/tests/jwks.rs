@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::loopback::Loopback;
 use support::{free_port, until};
 use trellis_api::security::RequestAuthentication;
 use trellis_core::code::Code;
@@ -73,19 +74,11 @@ struct Server {
     https: bool,
     answers: Arc<Mutex<BTreeMap<String, Answer>>>,
     requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: Loopback,
 }
 
 impl Server {
     async fn start(pki: Option<&Pki>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let acceptor = pki.map(|p| {
             let config =
                 rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -99,38 +92,34 @@ impl Server {
         let answers: Arc<Mutex<BTreeMap<String, Answer>>> = Arc::default();
         let requests = Arc::new(AtomicUsize::new(0));
         let (a, r) = (answers.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, answers, requests) = (acceptor.clone(), a.clone(), r.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        requests.fetch_add(1, Ordering::SeqCst);
-                        let answer = answers.lock().unwrap().get(req.uri().path()).cloned();
-                        async move { Ok::<_, Infallible>(respond(answer).await) }
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match acceptor {
-                        Some(acceptor) => {
-                            // A client that does not trust the certificate hangs up here.
-                            let Ok(tls) = acceptor.accept(tcp).await else { return };
-                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
-                        }
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-                        }
-                    }
+        let server = Loopback::serve(0, move |tcp| {
+            let (acceptor, answers, requests) = (acceptor.clone(), a.clone(), r.clone());
+            async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let answer = answers.lock().unwrap().get(req.uri().path()).cloned();
+                    async move { Ok::<_, Infallible>(respond(answer).await) }
                 });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    Some(acceptor) => {
+                        // A client that does not trust the certificate hangs up here.
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                }
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: server.addr,
             https: pki.is_some(),
             answers,
             requests,
-            task,
+            _server: server,
         }
     }
 

@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use trellis_contract::{DnsConfig, DnsEntry, IdentityConfig, ListenerDirection, ProxyConfig};
 use trellis_operator::compile::{Role, compile};
 use trellis_operator::registry::ObjectKey;
 use trellis_operator::snapshot::Snapshot;
+
+use support::loopback::Loopback;
 
 /// The client pod whose sidecar is compiled.
 const CLIENT: &str = r#"
@@ -37,41 +39,33 @@ status: {podIP: 127.0.0.2, phase: Running, conditions: [{type: Ready, status: "T
 struct Server {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: Loopback,
 }
 
 impl Server {
     async fn start(name: &'static str) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&hits);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let counted = Arc::clone(&counted);
-                tokio::spawn(async move {
-                    let head = read_head(&mut tcp).await;
-                    let host = header(&head, "host").unwrap_or_default();
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let body = format!("{name} {host}");
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                });
+        let server = Loopback::serve(0, move |mut tcp| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let head = read_head(&mut tcp).await;
+                let host = header(&head, "host").unwrap_or_default();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = format!("{name} {host}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(reply.as_bytes()).await;
             }
-        });
-        Server { addr, hits, task }
+        })
+        .await;
+        Server {
+            addr: server.addr,
+            hits,
+            _server: server,
+        }
     }
 
     fn hits(&self) -> u64 {

@@ -15,53 +15,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use trellis_contract::{IdentityConfig, ListenerDirection, ProxyConfig};
 use trellis_operator::compile::{Role, compile};
 use trellis_operator::registry::ObjectKey;
 use trellis_operator::snapshot::Snapshot;
 
+use support::loopback::Loopback;
+
 /// A server on 127.0.0.1 answering each connection with `<name>: ` and the first bytes it
 /// read (an HTTP request's first line, or an opaque client's greeting), then closing.
 struct App {
     port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: Loopback,
 }
 
 impl App {
     async fn start(name: &'static str, port: u16) -> App {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = tcp.read(&mut buf).await.unwrap_or(0);
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    let first = text.lines().next().unwrap_or_default().to_string();
-                    let body = format!("{name}: {first}");
-                    let reply = if text.starts_with("GET ") {
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        body
-                    };
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        App { port, task }
+        let server = Loopback::serve(port, move |mut tcp| async move {
+            let mut buf = [0u8; 1024];
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let first = text.lines().next().unwrap_or_default().to_string();
+            let body = format!("{name}: {first}");
+            let reply = if text.starts_with("GET ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                body
+            };
+            let _ = tcp.write_all(reply.as_bytes()).await;
+        })
+        .await;
+        App {
+            port: server.addr.port(),
+            _server: server,
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 // why: each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod loopback;
+
 use std::path::Path;
 use std::time::Duration;
 
