@@ -27,7 +27,10 @@ pub mod conditions;
 pub(crate) mod fixtures;
 pub mod observe;
 pub mod settings;
+mod status;
 pub mod trust_domain;
+mod uninstall;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,24 +38,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
-use trellis_api::mesh::{
-    CertificateAuthorityStatus, DataPlaneStatus, FINALIZER, MESH_NAME, Mesh, MeshStatus, RolloutStatus,
-    conditions as types,
-};
-use trellis_manifests::install::webhooks::{INJECTOR, VALIDATOR};
+use trellis_api::mesh::{FINALIZER, MESH_NAME, Mesh, MeshStatus, RolloutStatus, conditions as types};
 
-use self::conditions::{CaObservation, Observed, WebhooksObservation};
-use self::settings::{Defaults, Invalid, Settings};
+use self::conditions::{CaObservation, WebhooksObservation};
+use self::settings::{Defaults, Settings};
+use self::status::MeshStatusExt;
 use crate::dataplane::{self, MeshedPod, ProxyLink};
-use crate::events::{Event, EventType, Recorder, Reporter};
+use crate::events::{EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 use crate::rollout::{self, plan::Workload};
 
@@ -352,69 +349,11 @@ impl MeshExt for Mesh {
         let Some(plan) = plan else {
             return Ok(Action::requeue(RESYNC));
         };
-        self.upgrade_operator(ctx, &settings).await?;
-        // The restart time is the wave's start, the same however often the wave's assignments
-        // are made (a reconcile on a stale cache, a new leader): re-asserting one changes no
-        // pod template, so no workload restarts twice for one wave.
-        let restarted_at = plan
-            .status
-            .as_ref()
-            .and_then(|s| rollout::plan::parse_time(s.wave_started.as_deref()))
-            .unwrap_or(now);
-        for a in &plan.assignments {
-            rollout::workloads::assign(&ctx.client, a, restarted_at)
-                .await
-                .map_err(Error::Kube)?;
-            tracing::info!(workload = %a.workload, image = %a.image, "assigned the proxy image; the workload restarts");
-        }
-        for a in &plan.announcements {
-            let type_ = if a.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            self.publish(ctx, type_, a.reason, "Rollout", a.message.clone()).await?;
-        }
-        Ok(Action::requeue(plan.recheck.min(RESYNC)))
+        upgrade::upgrade(self, ctx, &settings, &plan, now).await
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
-        let mut removed = Vec::new();
-        let configmaps: Api<ConfigMap> = Api::all(ctx.client.clone());
-        let trust = ListParams::default()
-            .fields(&format!("metadata.name={}", crate::trust::ROOT_CONFIGMAP))
-            .labels(PART_OF);
-        for cm in configmaps.list_metadata(&trust).await.map_err(Error::Kube)? {
-            let ns = cm.namespace().unwrap_or_default();
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            delete_if_present(&api, &cm.name_any()).await?;
-            removed.push(format!("ConfigMap {ns}/{}", cm.name_any()));
-        }
-        // Trellis' own two configurations, listed by name: the operator may read and delete
-        // no other (its RBAC names these two).
-        let ours = |name: &str| {
-            ListParams::default()
-                .fields(&format!("metadata.name={name}"))
-                .labels(PART_OF)
-        };
-        let mutating: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
-        for w in mutating.list_metadata(&ours(INJECTOR)).await.map_err(Error::Kube)? {
-            delete_if_present(&mutating, &w.name_any()).await?;
-            removed.push(format!("MutatingWebhookConfiguration {}", w.name_any()));
-        }
-        let validating: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
-        for w in validating.list_metadata(&ours(VALIDATOR)).await.map_err(Error::Kube)? {
-            delete_if_present(&validating, &w.name_any()).await?;
-            removed.push(format!("ValidatingWebhookConfiguration {}", w.name_any()));
-        }
-        tracing::info!(removed = ?removed, "the Mesh was deleted; removed what the operator created");
-        let note = format!(
-            "removed {} objects the operator created ({}); workloads are untouched and running sidecars keep their config until their certificates expire",
-            removed.len(),
-            summarize(&removed)
-        );
-        self.publish(ctx, EventType::Normal, "Deleted", "Cleanup", note).await?;
-        Ok(Action::await_change())
+        uninstall::uninstall(self, ctx).await
     }
 
     async fn not_acted_on(&self, ctx: &Context) -> Result<Action, Error> {
@@ -463,205 +402,6 @@ impl MeshExt for Mesh {
     }
 }
 
-/// The reconciler's helpers.
-trait MeshStatusExt {
-    #[allow(clippy::too_many_arguments)]
-    fn desired_status(
-        &self,
-        ctx: &Context,
-        settings: &Settings,
-        invalid: Option<&Invalid>,
-        ca: &CaObservation,
-        webhooks: &WebhooksObservation,
-        data_plane: DataPlaneStatus,
-        rollout: Option<RolloutStatus>,
-        control_plane: Option<&str>,
-    ) -> MeshStatus;
-    fn announce(&self, ctx: &Context, status: &MeshStatus) -> impl Future<Output = Result<(), Error>> + Send;
-    fn upgrade_operator(&self, ctx: &Context, settings: &Settings) -> impl Future<Output = Result<(), Error>> + Send;
-    fn write_status(&self, ctx: &Context, status: MeshStatus) -> impl Future<Output = Result<(), Error>> + Send;
-    fn publish(
-        &self,
-        ctx: &Context,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-impl MeshStatusExt for Mesh {
-    fn desired_status(
-        &self,
-        ctx: &Context,
-        settings: &Settings,
-        invalid: Option<&Invalid>,
-        ca: &CaObservation,
-        webhooks: &WebhooksObservation,
-        data_plane: DataPlaneStatus,
-        rollout: Option<RolloutStatus>,
-        control_plane: Option<&str>,
-    ) -> MeshStatus {
-        let previous = self
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let observed = Observed {
-            generation: self.metadata.generation,
-            invalid,
-            ca,
-            webhooks,
-            data_plane: &data_plane,
-            proxy_image: &settings.proxy_image,
-            rollout: rollout.as_ref(),
-            control_plane,
-            now: ctx.observe.now(),
-        };
-        let conditions = conditions::conditions(&observed, &previous);
-        MeshStatus {
-            conditions: Some(conditions),
-            version: Some(ctx.version.clone()),
-            observed_generation: self.metadata.generation,
-            certificate_authority: Some(CertificateAuthorityStatus {
-                mode: Some(ca.mode.clone()),
-                trust_domain: Some(ca.trust_domain.clone()),
-                previous_trust_domains: Some(ca.previous_trust_domains.clone()).filter(|p| !p.is_empty()),
-                root_fingerprint: Some(ca.root_fingerprint.clone()).filter(|f| !f.is_empty()),
-                root_expires: ca
-                    .root_expires
-                    .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok().map(|t| t.to_string())),
-                rotation_phase: Some(ca.phase.clone()),
-            }),
-            data_plane: Some(data_plane),
-            rollout,
-        }
-    }
-
-    /// An event for every condition that changed from the current status to `status`.
-    async fn announce(&self, ctx: &Context, status: &MeshStatus) -> Result<(), Error> {
-        let previous = self
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let next = status.conditions.clone().unwrap_or_default();
-        for t in conditions::transitions(&previous, &next) {
-            let type_ = if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            let reason = format!("{}{}", t.type_, if t.status == "True" { "" } else { "False" });
-            let note = format!("{} is {} ({}): {}", t.type_, t.status, t.reason, t.message);
-            self.publish(ctx, type_, &reason, "Reconcile", note).await?;
-        }
-        if let Some(next) = &status.certificate_authority {
-            let previous = self.status.as_ref().and_then(|s| s.certificate_authority.as_ref());
-            for (reason, note) in conditions::ca_transitions(previous, next) {
-                self.publish(ctx, EventType::Normal, reason, "RotateRoot", note).await?;
-            }
-            let kept = self.spec.trust_domain_aliases.as_deref().unwrap_or_default();
-            for (reason, note) in trust_domain::transitions(previous, next, kept) {
-                self.publish(ctx, EventType::Normal, reason, "ChangeTrustDomain", note)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `spec.versions.operator` acted on: when it names another image than the one this
-    /// operator runs, the operator's Deployment is rolled to it (its own rolling update: one
-    /// new replica at a time, none unavailable; the new replicas know their image from the
-    /// same variable, so they do nothing more).
-    async fn upgrade_operator(&self, ctx: &Context, settings: &Settings) -> Result<(), Error> {
-        use trellis_manifests::install::{OPERATOR_CONTAINER, OPERATOR_IMAGE_ENV, OPERATOR_NAME};
-        let (namespace, Some(running)) = &ctx.operator else {
-            return Ok(());
-        };
-        let Some(wanted) = settings.operator_image.as_ref().filter(|w| *w != running) else {
-            return Ok(());
-        };
-        let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{
-            "name": OPERATOR_CONTAINER,
-            "image": wanted,
-            "env": [{"name": OPERATOR_IMAGE_ENV, "value": wanted}],
-        }]}}}});
-        api.patch(OPERATOR_NAME, &PatchParams::default(), &Patch::Strategic(patch))
-            .await
-            .map_err(Error::Kube)?;
-        tracing::info!(from = %running, to = %wanted, "spec.versions.operator names another image; rolling the operator to it");
-        let note = format!(
-            "spec.versions.operator is {wanted}; rolling Deployment {namespace}/{OPERATOR_NAME} from {running} (one replica at a time)"
-        );
-        self.publish(ctx, EventType::Normal, "OperatorUpgradeStarted", "Upgrade", note)
-            .await
-    }
-
-    /// Server-side apply `status` if it differs from the current one.
-    async fn write_status(&self, ctx: &Context, status: MeshStatus) -> Result<(), Error> {
-        if self.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
-        let api: Api<Mesh> = Api::all(ctx.client.clone());
-        let patch = Patch::Apply(serde_json::json!({
-            "apiVersion": Mesh::api_version(&()),
-            "kind": Mesh::kind(&()),
-            "status": status,
-        }));
-        api.patch_status(&self.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &patch)
-            .await
-            .map_err(Error::Kube)?;
-        ctx.wrote(self.metadata.resource_version.clone(), status);
-        Ok(())
-    }
-
-    async fn publish(
-        &self,
-        ctx: &Context,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) -> Result<(), Error> {
-        // Event notes are limited to 1 kB.
-        let note: String = note.chars().take(1000).collect();
-        ctx.recorder
-            .publish(
-                &Event {
-                    type_,
-                    reason: reason.into(),
-                    note: Some(note),
-                    action: action.into(),
-                    secondary: None,
-                },
-                &self.object_ref(&()),
-            )
-            .await
-            .map_err(Error::Kube)
-    }
-}
-
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
-}
-
-fn summarize(items: &[String]) -> String {
-    match items.len() {
-        0 => "nothing".into(),
-        n if n <= 5 => items.join(", "),
-        n => format!("{}, and {} more", items[..5].join(", "), n - 5),
-    }
-}
-
 /// Run the Mesh controller until it stops (the leader runs it; see [`crate::leader`]). `nudge`
 /// re-reconciles the Mesh when something it reports on changes (the data plane, the CA).
 pub async fn run(ctx: Arc<Context>, nudge: watch::Receiver<u64>) {
@@ -688,20 +428,8 @@ mod tests {
     use serde_json::json;
     use trellis_api::mesh::conditions::*;
 
-    use super::fixtures::{Fixed, MeshFixture, Scenario, Step, mesh, timeout_after_1s};
+    use super::fixtures::{Fixed, MeshFixture, Scenario, condition, mesh, timeout_after_1s};
     use super::*;
-
-    fn condition<'a>(
-        status: &'a MeshStatus,
-        type_: &str,
-    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == type_)
-            .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
-    }
 
     #[tokio::test]
     async fn a_mesh_without_the_finalizer_gets_it_first() {
@@ -710,126 +438,6 @@ mod tests {
         let scenario = server.run(Scenario::FinalizerCreation(m.clone()));
         reconcile(Arc::new(m), ctx).await.expect("reconcile");
         timeout_after_1s(scenario).await;
-    }
-
-    #[tokio::test]
-    async fn a_valid_mesh_gets_its_status_by_server_side_apply_and_one_ready_event() {
-        let (ctx, server, settings) = Context::test(Fixed::default());
-        let image = Defaults::default().proxy_image;
-        let m = mesh(
-            "default",
-            json!({"trustDomain": "example.org", "versions": {"proxy": image}, "rollout": {"batchSize": 3}}),
-        )
-        .finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(vec!["Ready".into()], m.clone(), tx));
-        let action = reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        assert_eq!(action, Action::requeue(RESYNC));
-        let status = rx.await.unwrap();
-        assert_eq!(status.observed_generation, Some(3));
-        assert_eq!(condition(&status, READY).status, "True");
-        assert_eq!(condition(&status, CERTIFICATE_AUTHORITY_READY).reason, "RootValid");
-        assert!(
-            condition(&status, CERTIFICATE_AUTHORITY_READY)
-                .message
-                .contains("example.org")
-        );
-        assert_eq!(
-            status
-                .certificate_authority
-                .as_ref()
-                .and_then(|c| c.root_expires.as_deref()),
-            Some("2037-01-12T08:00:00Z")
-        );
-        assert_eq!(status.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
-        // The rest of the operator now acts on this spec.
-        assert_eq!(settings.borrow().trust_domain, "example.org");
-        assert_eq!(settings.borrow().rollout.batch, settings::Batch::Size(3));
-        assert!(status.rollout.is_none(), "every pod runs the image: nothing to roll");
-
-        // Reconciled again with the status it wrote: nothing to say, nothing to write.
-        let (ctx2, server2, _) = Context::test(Fixed::default());
-        let scenario = server2.run(Scenario::RadioSilence);
-        reconcile(Arc::new(m.with_status(status)), ctx2)
-            .await
-            .expect("reconcile");
-        timeout_after_1s(scenario).await;
-    }
-
-    #[tokio::test]
-    async fn a_change_of_condition_is_an_event_once() {
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let m = mesh("default", json!({})).finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(vec!["Ready".into()], m.clone(), tx));
-        reconcile(Arc::new(m.clone()), ctx).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        let healthy = rx.await.unwrap();
-
-        // The webhooks stop being served: WebhooksReady and Ready turn False, one event each.
-        let observe = Fixed {
-            webhooks: WebhooksObservation {
-                ready: false,
-                reason: "CaBundleStale".into(),
-                message: "the caBundle of trellis-sidecar-injector is not the mesh root".into(),
-            },
-            ..Fixed::default()
-        };
-        let (ctx, server, _) = Context::test(observe);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(
-            vec!["ReadyFalse".into(), "WebhooksReadyFalse".into()],
-            m.clone(),
-            tx,
-        ));
-        reconcile(Arc::new(m.with_status(healthy)), ctx)
-            .await
-            .expect("reconcile");
-        timeout_after_1s(scenario).await;
-        let status = rx.await.unwrap();
-        assert_eq!(condition(&status, READY).reason, "WebhooksNotReady");
-        assert!(condition(&status, READY).message.contains("caBundle"));
-    }
-
-    #[tokio::test]
-    async fn contradictory_settings_are_a_condition_and_change_nothing() {
-        let (ctx, server, settings) = Context::test(Fixed::default());
-        let before = settings.borrow().clone();
-        let m = mesh(
-            "default",
-            json!({"trustDomain": "example.org", "rollout": {"batchSize": 2, "batchPercent": 10}}),
-        )
-        .finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(
-            vec!["ReadyFalse".into(), "Degraded".into()],
-            m.clone(),
-            tx,
-        ));
-        reconcile(Arc::new(m), ctx)
-            .await
-            .expect("an invalid spec is not a failed reconcile");
-        timeout_after_1s(scenario).await;
-        let status = rx.await.unwrap();
-        let degraded = condition(&status, DEGRADED);
-        assert_eq!(
-            (degraded.status.as_str(), degraded.reason.as_str()),
-            ("True", "InvalidSpec")
-        );
-        assert!(
-            degraded
-                .message
-                .contains("spec.rollout: set batchSize or batchPercent, not both"),
-            "{}",
-            degraded.message
-        );
-        assert_eq!(condition(&status, READY).reason, "InvalidSpec");
-        assert_eq!(
-            *settings.borrow(),
-            before,
-            "nothing of the invalid spec was applied, not even its trust domain"
-        );
     }
 
     #[tokio::test]
@@ -857,249 +465,6 @@ mod tests {
             ready.message
         );
         assert_eq!(*settings.borrow(), before);
-    }
-
-    #[tokio::test]
-    async fn deleting_the_mesh_removes_what_the_operator_created_and_then_the_finalizer() {
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let m = mesh("default", json!({})).finalized().deleted();
-        let scenario = server.run(Scenario::Cleanup {
-            configmaps: vec![
-                ("shop".into(), "trellis-ca-root".into()),
-                ("web".into(), "trellis-ca-root".into()),
-            ],
-            mutating: vec!["trellis-sidecar-injector".into()],
-            mesh: m.clone(),
-        });
-        let action = reconcile(Arc::new(m), ctx).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        assert_eq!(action, Action::await_change());
-    }
-
-    #[tokio::test]
-    async fn a_new_proxy_image_is_recorded_as_wave_one_before_the_workload_is_restarted() {
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let m = mesh("default", json!({"versions": {"proxy": "proxy:2"}})).finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx),
-            Step::Assign {
-                path: "/apis/apps/v1/namespaces/shop/deployments/web".into(),
-                image: "proxy:2".into(),
-            },
-            Step::Event("RolloutWaveStarted".into()),
-        ]));
-        let action = reconcile(Arc::new(m), ctx).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        assert_eq!(action, Action::requeue(rollout::plan::WAVE_RECHECK));
-        let status = rx.await.unwrap();
-        let r = status.rollout.clone().expect("a rollout status");
-        assert_eq!((r.target_image.as_str(), r.wave), ("proxy:2", 1));
-        assert_eq!(r.phase, Some(trellis_api::mesh::RolloutPhase::Progressing));
-        let members = r.wave_workloads.unwrap();
-        assert_eq!(members[0].name, "web");
-        assert_eq!(members[0].previous_image, Some(Defaults::default().proxy_image));
-        assert_eq!(condition(&status, ROLLOUT_PROGRESSING).status, "True");
-        let versions = status.data_plane.unwrap().versions.unwrap();
-        assert_eq!(versions[0].pods, 2, "version skew: both pods still on the old image");
-    }
-
-    /// The shop's `db`, one pod on `image`, and `web` as in [`Fixed::default`].
-    fn db_and_web(db_image: &str, db_assigned: Option<&str>) -> Fixed {
-        let mut f = Fixed::default();
-        let db = crate::dataplane::WorkloadRef {
-            name: "db".into(),
-            ..super::fixtures::web()
-        };
-        f.pods.push(MeshedPod {
-            name: "db-1".into(),
-            image: db_image.into(),
-            owner: crate::dataplane::Owner::Workload(db.clone()),
-            ..f.pods[0].clone()
-        });
-        f.links.insert("shop/db-1".into(), f.links["shop/web-1"]);
-        f.workloads.push(Workload {
-            id: db,
-            assigned: db_assigned.map(str::to_string),
-            ..f.workloads[0].clone()
-        });
-        f
-    }
-
-    #[tokio::test]
-    async fn each_wave_is_announced_by_an_event_of_its_own() {
-        let old = Defaults::default().proxy_image;
-        let observe = Arc::new(super::fixtures::Changing(std::sync::Mutex::new(db_and_web(&old, None))));
-        let (ctx, server, _) = Context::test_observing(observe.clone());
-        let m = mesh(
-            "default",
-            json!({"versions": {"proxy": "proxy:2"}, "rollout": {"batchSize": 1, "pause": "0s"}}),
-        )
-        .finalized();
-
-        let (tx1, rx1) = tokio::sync::oneshot::channel();
-        let (tx2, rx2) = tokio::sync::oneshot::channel();
-        let (tx3, rx3) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            // Wave 1: db (workloads in name order).
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx1),
-            Step::Assign {
-                path: "/apis/apps/v1/namespaces/shop/deployments/db".into(),
-                image: "proxy:2".into(),
-            },
-            Step::EventSaying(
-                "RolloutWaveStarted".into(),
-                "wave 1: restarting Deployment shop/db onto proxy:2".into(),
-            ),
-            // db is healthy on proxy:2: wave 1 finished (soaking for 0 s).
-            Step::EventSaying("RolloutProgressing".into(), "wave 1 is healthy".into()),
-            Step::Status(tx2),
-            Step::EventSaying("RolloutWaveFinished".into(), "wave 1 is healthy".into()),
-            // Wave 2: web, announced by a new event saying so (kube-runtime's Recorder made it
-            // the series of wave 1's event: "wave 1: restarting Deployment shop/db (x2)").
-            Step::EventSaying("RolloutProgressing".into(), "wave 2 is restarting".into()),
-            Step::Status(tx3),
-            Step::Assign {
-                path: "/apis/apps/v1/namespaces/shop/deployments/web".into(),
-                image: "proxy:2".into(),
-            },
-            Step::EventSaying(
-                "RolloutWaveStarted".into(),
-                "wave 2: restarting Deployment shop/web onto proxy:2".into(),
-            ),
-        ]));
-        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
-        let wave1 = rx1.await.expect("the status of wave 1");
-        observe.set(|f| *f = db_and_web("proxy:2", Some("proxy:2")));
-        reconcile(Arc::new(m.clone().with_status(wave1)), ctx.clone())
-            .await
-            .expect("wave 1 healthy");
-        let soaked = rx2.await.expect("the status of wave 1's soak");
-        reconcile(Arc::new(m.with_status(soaked)), ctx.clone())
-            .await
-            .expect("wave 2");
-        timeout_after_1s(scenario).await;
-        let wave2 = rx3.await.expect("the status of wave 2").rollout.expect("a rollout");
-        assert_eq!(wave2.wave, 2);
-        assert_eq!(wave2.wave_workloads.expect("members")[0].name, "web");
-    }
-
-    #[tokio::test]
-    async fn a_reconcile_before_the_cache_has_its_status_write_repeats_nothing() {
-        let mut cluster = Fixed::default();
-        // An hour more than whole days left, so "expires in 3650 days" holds 5 s later too.
-        cluster.ca.root_expires = Some(super::fixtures::now() + Duration::from_secs(3650 * 86400 + 3600));
-        let observe = Arc::new(super::fixtures::Changing(std::sync::Mutex::new(cluster)));
-        let (ctx, server, _) = Context::test_observing(observe.clone());
-        let mut m = mesh("default", json!({"versions": {"proxy": "proxy:2"}})).finalized();
-        m.metadata.resource_version = Some("7".into());
-        let web = "/apis/apps/v1/namespaces/shop/deployments/web".to_string();
-        let wave_started = k8s_openapi::jiff::Timestamp::try_from(super::fixtures::now())
-            .expect("a time")
-            .to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx),
-            Step::AssignRestartedAt {
-                path: web.clone(),
-                image: "proxy:2".into(),
-                at: wave_started.clone(),
-            },
-            Step::EventSaying("RolloutWaveStarted".into(), "wave 1".into()),
-            // The second reconcile: no event, no status, wave 1 not started again; the
-            // assignment the stale workload cache lacks is re-asserted with the same restart
-            // time, which changes no pod template.
-            Step::AssignRestartedAt {
-                path: web,
-                image: "proxy:2".into(),
-                at: wave_started,
-            },
-        ]));
-        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
-        // Five seconds later the cache still holds resourceVersion 7, without the status
-        // written, and the workload cache has not seen the assignment either.
-        observe.set(|f| f.elapsed = Duration::from_secs(5));
-        reconcile(Arc::new(m), ctx.clone()).await.expect("again");
-        timeout_after_1s(scenario).await;
-        assert_eq!(rx.await.expect("the status").rollout.map(|r| r.wave), Some(1));
-    }
-
-    #[tokio::test]
-    async fn versions_operator_rolls_the_operator_deployment_to_the_image_it_names() {
-        let image = Defaults::default().proxy_image;
-        let running = "ghcr.io/trellis-mesh/trellis-operator:1".to_string();
-        let wanted = "ghcr.io/trellis-mesh/trellis-operator:2".to_string();
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let ctx = Arc::new(
-            Arc::into_inner(ctx)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(running.clone())),
-        );
-        let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            Step::Event("Ready".into()),
-            Step::Status(tx),
-            Step::UpgradeOperator { image: wanted.clone() },
-            Step::Event("OperatorUpgradeStarted".into()),
-        ]));
-        reconcile(Arc::new(m), ctx.clone()).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-
-        // The operator already runs the image the Mesh names: nothing to do.
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let ctx = Arc::new(
-            Arc::into_inner(ctx)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(wanted.clone())),
-        );
-        let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(vec!["Ready".into()], m.clone(), tx));
-        reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        let status = rx.await.unwrap();
-        let (ctx2, server2, _) = Context::test(Fixed::default());
-        let ctx2 = Arc::new(
-            Arc::into_inner(ctx2)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(wanted)),
-        );
-        let scenario = server2.run(Scenario::RadioSilence);
-        reconcile(Arc::new(m.with_status(status)), ctx2)
-            .await
-            .expect("reconcile");
-        timeout_after_1s(scenario).await;
-    }
-
-    #[tokio::test]
-    async fn an_invalid_spec_starts_no_rollout() {
-        let (ctx, server, _) = Context::test(Fixed::default());
-        let m = mesh(
-            "default",
-            json!({"versions": {"proxy": "proxy:2"}, "rollout": {"pause": "soon"}}),
-        )
-        .finalized();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::EventsThenStatus(
-            vec!["ReadyFalse".into(), "Degraded".into()],
-            m.clone(),
-            tx,
-        ));
-        reconcile(Arc::new(m), ctx).await.expect("reconcile");
-        timeout_after_1s(scenario).await;
-        let status = rx.await.unwrap();
-        assert!(status.rollout.is_none(), "no wave, no workload touched");
-        assert!(condition(&status, DEGRADED).message.contains("spec.rollout.pause"));
     }
 
     #[tokio::test]

@@ -654,3 +654,16 @@ impl Context {
         (Arc::new(ctx), ApiServerVerifier(handle), rx)
     }
 }
+
+/// The condition of `type_` in `status`.
+pub fn condition<'a>(
+    status: &'a MeshStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+}
