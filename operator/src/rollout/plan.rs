@@ -20,14 +20,17 @@
 //! - A workload whose PodDisruptionBudget allows no disruption now is not put in a wave.
 //! - Standalone pods (no controller) are never in a wave.
 
+mod fleet;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
-use trellis_api::mesh::{HealthGate, RolloutFailure, RolloutPhase, RolloutStatus, WorkloadRollout};
+use trellis_api::mesh::{RolloutFailure, RolloutPhase, RolloutStatus, WorkloadRollout};
 
+use self::fleet::Fleet;
 use super::gateway::GatewayProxy;
-use crate::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
+use crate::dataplane::{MeshedPod, ProxyLink, WorkloadKind, WorkloadRef};
 use crate::mesh::settings::RolloutSettings;
 
 /// How a workload's own controller is getting on with its pods.
@@ -151,150 +154,6 @@ fn ref_of(w: &WorkloadRollout) -> Option<WorkloadRef> {
     })
 }
 
-struct View<'a> {
-    input: &'a Input<'a>,
-    pods: BTreeMap<&'a WorkloadRef, Vec<&'a MeshedPod>>,
-    meshed: Vec<&'a Workload>,
-}
-
-impl<'a> View<'a> {
-    fn new(input: &'a Input<'a>) -> Self {
-        let mut pods: BTreeMap<&WorkloadRef, Vec<&MeshedPod>> = BTreeMap::new();
-        for p in input.pods {
-            if let Owner::Workload(w) = &p.owner {
-                pods.entry(w).or_default().push(p);
-            }
-        }
-        let meshed = input
-            .workloads
-            .iter()
-            .filter(|w| w.assigned.is_some() || pods.contains_key(&w.id))
-            .collect();
-        View { input, pods, meshed }
-    }
-
-    fn pods_of(&self, w: &WorkloadRef) -> &[&'a MeshedPod] {
-        self.pods.get(w).map(Vec::as_slice).unwrap_or_default()
-    }
-
-    fn workload(&self, w: &WorkloadRef) -> Option<&'a Workload> {
-        self.input.workloads.iter().find(|x| &x.id == w)
-    }
-
-    /// Whether a pod was injected with the injection template in force (a gateway is not
-    /// injected: it has no template to compare).
-    fn current_template(&self, p: &MeshedPod) -> bool {
-        p.role == ProxyRole::Gateway || self.input.template.is_none_or(|t| p.template.as_deref() == Some(t))
-    }
-
-    /// Runs (or is assigned) the target image, and its pods the current injection template.
-    fn done(&self, w: &Workload) -> bool {
-        let pods = self.pods_of(&w.id);
-        let templated = pods.iter().all(|p| self.current_template(p));
-        match &w.assigned {
-            Some(a) => a == self.input.target && templated,
-            None => !pods.is_empty() && pods.iter().all(|p| p.image == self.input.target) && templated,
-        }
-    }
-
-    /// The image a workload runs now (what a rollback restores).
-    fn current_image(&self, w: &Workload) -> Option<String> {
-        if let Some(a) = &w.assigned {
-            return Some(a.clone());
-        }
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for p in self.pods_of(&w.id) {
-            *counts.entry(p.image.as_str()).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .max_by_key(|(image, n)| (*n, std::cmp::Reverse(*image)))
-            .map(|(image, _)| image.to_string())
-    }
-
-    fn canary(&self, w: &Workload) -> bool {
-        let s = self.input.settings;
-        s.canary_namespaces.contains(&w.id.namespace)
-            || (!s.canary_labels.is_empty() && s.canary_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-    }
-
-    /// Whether a wave's workload failed a gate, and how.
-    fn failure(&self, w: &WorkloadRef) -> Option<RolloutFailure> {
-        let gates = &self.input.settings.gates;
-        let new_pods = self.pods_of(w).iter().filter(|p| p.image == self.input.target);
-        for p in new_pods {
-            if let Some(why) = &p.failing {
-                return Some(RolloutFailure {
-                    workload: w.to_string(),
-                    reason: "NoRestarts".into(),
-                    message: format!("pod {}: {why}", p.name),
-                });
-            }
-            if gates.contains(&HealthGate::NoRestarts) && p.restarts > 0 {
-                return Some(RolloutFailure {
-                    workload: w.to_string(),
-                    reason: "NoRestarts".into(),
-                    message: format!("pod {} restarted {} times on {}", p.name, p.restarts, self.input.target),
-                });
-            }
-        }
-        None
-    }
-
-    /// What a wave's workload still lacks to be healthy (empty: healthy).
-    fn missing(&self, w: &WorkloadRef) -> Vec<String> {
-        let gates = &self.input.settings.gates;
-        let mut missing = Vec::new();
-        let Some(workload) = self.workload(w) else {
-            return missing; // deleted meanwhile: nothing left to wait for
-        };
-        if workload.assigned.as_deref() != Some(self.input.target) {
-            missing.push(format!("not assigned {} yet", self.input.target));
-            return missing;
-        }
-        let pods = self.pods_of(w);
-        if gates.contains(&HealthGate::PodsReady) {
-            let pr = workload.progress;
-            if !pr.complete() {
-                missing.push(format!(
-                    "{} of {} pods updated and {} Ready ({} pods in all)",
-                    pr.updated, pr.desired, pr.ready, pr.total
-                ));
-            }
-            if let Some(old) = pods.iter().find(|p| p.image != self.input.target) {
-                missing.push(format!("pod {} still runs {}", old.name, old.image));
-            } else if let Some(old) = pods.iter().find(|p| !self.current_template(p)) {
-                missing.push(format!(
-                    "pod {} was injected with template {}, not the current {}",
-                    old.name,
-                    old.template.as_deref().unwrap_or("(none recorded)"),
-                    self.input.template.unwrap_or_default()
-                ));
-            }
-            if let Some(p) = pods.iter().find(|p| !p.ready) {
-                missing.push(format!("pod {} is not Ready", p.name));
-            }
-        }
-        if gates.contains(&HealthGate::ProxiesSynced) {
-            for p in pods.iter().filter(|p| p.image == self.input.target) {
-                let link = self.input.links.get(&p.key()).copied().unwrap_or_default();
-                if !link.connected {
-                    missing.push(format!(
-                        "the proxy of pod {} is not connected to the control plane",
-                        p.name
-                    ));
-                    break;
-                }
-                if !link.synced {
-                    missing.push(format!("the proxy of pod {} has not ACKed its configuration", p.name));
-                    break;
-                }
-            }
-        }
-        missing
-    }
-}
-
 /// Plan the next step of the rollout.
 pub fn plan(input: &Input<'_>) -> Plan {
     if input.control_plane.is_some() {
@@ -305,7 +164,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             recheck: WAVE_RECHECK,
         };
     }
-    let view = View::new(input);
+    let view = Fleet::new(input);
     let updated = view.meshed.iter().filter(|w| view.done(w)).count();
     let pending: Vec<&Workload> = view.meshed.iter().copied().filter(|w| !view.done(w)).collect();
     let counts = |mut s: RolloutStatus| {
@@ -371,7 +230,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
 
 /// Assignments re-asserting what `status` says the wave's workloads should run.
 fn reassert(
-    view: &View<'_>,
+    view: &Fleet<'_>,
     status: &RolloutStatus,
     image: impl Fn(&WorkloadRollout) -> Option<String>,
 ) -> Vec<Assignment> {
@@ -393,7 +252,7 @@ fn reassert(
 }
 
 fn next_wave(
-    view: &View<'_>,
+    view: &Fleet<'_>,
     status: RolloutStatus,
     pending: &[&Workload],
     counts: impl Fn(RolloutStatus) -> RolloutStatus,
@@ -496,7 +355,7 @@ fn wave_members(status: &RolloutStatus) -> Vec<WorkloadRef> {
 }
 
 fn roll_back(
-    view: &View<'_>,
+    view: &Fleet<'_>,
     status: &RolloutStatus,
     failure: RolloutFailure,
     counts: impl Fn(RolloutStatus) -> RolloutStatus,
@@ -522,7 +381,7 @@ fn roll_back(
     }
 }
 
-fn progressing(view: &View<'_>, status: &RolloutStatus, counts: impl Fn(RolloutStatus) -> RolloutStatus) -> Plan {
+fn progressing(view: &Fleet<'_>, status: &RolloutStatus, counts: impl Fn(RolloutStatus) -> RolloutStatus) -> Plan {
     let input = view.input;
     let members = wave_members(status);
     for w in &members {
@@ -582,7 +441,7 @@ fn progressing(view: &View<'_>, status: &RolloutStatus, counts: impl Fn(RolloutS
 }
 
 fn soaking(
-    view: &View<'_>,
+    view: &Fleet<'_>,
     status: &RolloutStatus,
     pending: &[&Workload],
     counts: impl Fn(RolloutStatus) -> RolloutStatus + Copy,
