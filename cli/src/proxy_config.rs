@@ -1,10 +1,11 @@
 //! `meshctl proxy-config {routes|clusters|endpoints|listeners|secret|log|all} POD[.NAMESPACE]`:
 //! what a live proxy runs, read from its admin API ([`admin`]: `/config_dump`, `/logging`),
 //! as tables with istioctl's columns plus where each route came from ([`views`]); `-f
-//! config_dump.json` reads a saved dump offline. `secret` shows the certificate's identity,
+//! config_dump.json` reads a saved dump offline ([`dump`]). `secret` shows the certificate's identity,
 //! serial, validity and issuer, never key material (the proxy never puts any in its dump).
 
 pub mod admin;
+pub mod dump;
 pub mod views;
 
 use std::io::Write;
@@ -18,7 +19,7 @@ use crate::cluster::{Cluster, ClusterArgs};
 use crate::output::{self, Terminal};
 use crate::{EXIT_OK, completion};
 use admin::ProxyPod;
-use views::{Dump, Filter};
+use dump::{Dump, Filter};
 
 /// What to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -299,7 +300,7 @@ pub async fn run(
             args.view != View::Log,
             "`log` reads and sets a live proxy's log level: give a POD, not -f"
         );
-        let text = std::fs::read_to_string(file).map_err(|e| views::DumpError::NotJson {
+        let text = std::fs::read_to_string(file).map_err(|e| dump::DumpError::NotJson {
             source_name: file.display().to_string(),
             message: e.to_string(),
         })?;
@@ -353,7 +354,10 @@ fn warn_rejected(dump: &Dump, what: &str, terminal: Terminal) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+    use dump::fixtures::{PAYMENT, only, web_dump};
 
     #[test]
     fn pods_are_named_as_istioctl_names_them() {
@@ -372,6 +376,42 @@ mod tests {
         assert_eq!(
             percent_encode("info,trellis_proxy=debug"),
             "info%2Ctrellis_proxy%3Ddebug"
+        );
+    }
+
+    #[test]
+    fn shown_as_tables_names_and_a_dump_that_reads_back() {
+        let dump = web_dump(Value::Null);
+        let text = |view, format| {
+            let mut out = Vec::new();
+            show(&dump, view, &only(|f| f.subset = Some("v2".into())), format, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            text(View::Clusters, ViewFormat::Short),
+            format!("outbound|80|v2|{PAYMENT}\n")
+        );
+        let mut names = Vec::new();
+        show(
+            &dump,
+            View::Routes,
+            &only(|f| f.fqdn = Some(PAYMENT.into())),
+            ViewFormat::Short,
+            &mut names,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(names).unwrap(), "canary\nsplit\n");
+        let table = text(View::Endpoints, ViewFormat::Table);
+        assert!(table.contains("OUTLIER CHECK") && table.contains("EJECTED"), "{table}");
+        let json: Value = serde_json::from_str(&text(View::Endpoints, ViewFormat::Json)).unwrap();
+        assert_eq!(json[0]["outlier_check"], "EJECTED");
+        // `all -o json` is the whole dump, which `-f` reads back.
+        let saved = text(View::All, ViewFormat::Json);
+        let again = Dump::parse(&saved, "saved").unwrap();
+        assert_eq!(again.config, dump.config);
+        assert_eq!(
+            views::routes(&again, &Filter::default()).len(),
+            views::routes(&dump, &Filter::default()).len()
         );
     }
 }
