@@ -18,20 +18,20 @@
 //!   deliberate difference).
 //!
 //! # Guarantees
-//! Parsing is bounded: a token over [`MAX_TOKEN_BYTES`] or without exactly three segments
+//! Parsing is bounded: a token over [`MAX_TOKEN_BYTES`](trellis_contract::jwt::MAX_TOKEN_BYTES) or without exactly three segments
 //! is refused before any decoding; key sets are bounded by the contract's parser. Tokens
 //! and claims never reach a log: errors name the failure, never the token
 //! ([`Authenticated`]'s `Debug` shows the principal only).
 
+mod token;
+
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
-use serde_json::{Map, Value};
+use serde_json::Value;
 pub use trellis_contract::jwt::Authenticated;
-use trellis_contract::jwt::{
-    DEFAULT_TOKEN_HEADER, DEFAULT_TOKEN_PARAM, EcCurve, JwsAlgorithm, JwtProvider, KeyMaterial, MAX_TOKEN_BYTES,
-    PublicJwk, base64url, parse_jwks,
-};
+use trellis_contract::jwt::{DEFAULT_TOKEN_HEADER, DEFAULT_TOKEN_PARAM, JwtProvider, parse_jwks};
+
+use self::token::{Key, Token, verify_key};
 
 /// Clock skew tolerated on `exp` and `nbf` (Envoy's default).
 pub const CLOCK_SKEW_SECS: u64 = 60;
@@ -61,7 +61,7 @@ pub enum AuthnError {
 /// are Envoy's, so clients and runbooks written for Istio read the same words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
-    /// Over [`MAX_TOKEN_BYTES`].
+    /// Over [`MAX_TOKEN_BYTES`](trellis_contract::jwt::MAX_TOKEN_BYTES).
     #[error("Jwt is too long")]
     TooLong,
     /// Not three base64url segments with a JSON header and payload.
@@ -98,20 +98,6 @@ enum Location {
     Cookie(String),
 }
 
-enum VerifyKey {
-    Rsa(RsaPublicKeyComponents<Vec<u8>>),
-    /// Curve and the uncompressed point (`04 || x || y`).
-    Ec(EcCurve, Vec<u8>),
-    Ed25519(Vec<u8>),
-}
-
-struct Key {
-    kid: Option<String>,
-    alg: Option<JwsAlgorithm>,
-    material: KeyMaterial,
-    verify: VerifyKey,
-}
-
 struct Provider {
     issuer: String,
     audiences: Vec<String>,
@@ -146,29 +132,6 @@ fn header_name(source: &str, name: &str) -> Result<HeaderName, AuthnError> {
         source_name: source.to_string(),
         name: name.to_string(),
     })
-}
-
-fn verify_key(k: &PublicJwk) -> Key {
-    let verify = match &k.material {
-        KeyMaterial::Rsa { n, e } => VerifyKey::Rsa(RsaPublicKeyComponents {
-            n: n.clone(),
-            e: e.clone(),
-        }),
-        KeyMaterial::Ec { curve, x, y } => {
-            let mut point = Vec::with_capacity(1 + x.len() + y.len());
-            point.push(0x04);
-            point.extend_from_slice(x);
-            point.extend_from_slice(y);
-            VerifyKey::Ec(*curve, point)
-        }
-        KeyMaterial::Ed25519 { x } => VerifyKey::Ed25519(x.clone()),
-    };
-    Key {
-        kid: k.kid.clone(),
-        alg: k.alg,
-        material: k.material.clone(),
-        verify,
-    }
 }
 
 impl Authenticator {
@@ -303,66 +266,6 @@ impl Authenticator {
     }
 }
 
-/// A token split and decoded, not yet verified.
-struct Token {
-    alg: JwsAlgorithm,
-    kid: Option<String>,
-    issuer: String,
-    /// `header.payload`: what the signature covers.
-    signed: Vec<u8>,
-    signature: Vec<u8>,
-    /// The payload segment as sent (base64url).
-    payload_b64: String,
-    claims: Map<String, Value>,
-}
-
-impl Token {
-    fn parse(token: &str) -> Result<Self, JwtError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(JwtError::TooLong);
-        }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(JwtError::Malformed);
-        };
-        let json = |seg: &str| -> Result<Map<String, Value>, JwtError> {
-            let bytes = base64url(seg).ok_or(JwtError::Malformed)?;
-            serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
-        };
-        let header = json(h)?;
-        let claims = json(p)?;
-        let signature = base64url(s).ok_or(JwtError::Malformed)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .and_then(JwsAlgorithm::from_name)
-            .ok_or(JwtError::Algorithm)?;
-        let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
-        let issuer = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or(JwtError::UnknownIssuer)?
-            .to_string();
-        Ok(Self {
-            alg,
-            kid,
-            issuer,
-            signed: token.as_bytes()[..h.len() + 1 + p.len()].to_vec(),
-            signature,
-            payload_b64: p.to_string(),
-            claims,
-        })
-    }
-
-    fn strings(&self, claim: &str) -> Vec<String> {
-        match self.claims.get(claim) {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
 impl Provider {
     fn verify(&self, t: &Token, now: u64) -> Result<(), JwtError> {
         let candidates: Vec<&Key> = self
@@ -438,37 +341,6 @@ impl Provider {
     }
 }
 
-impl Key {
-    fn verifies(&self, t: &Token) -> bool {
-        let (msg, sig) = (t.signed.as_slice(), t.signature.as_slice());
-        match &self.verify {
-            VerifyKey::Rsa(k) => {
-                let params = match t.alg {
-                    JwsAlgorithm::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    JwsAlgorithm::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    JwsAlgorithm::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    JwsAlgorithm::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-                    JwsAlgorithm::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
-                    JwsAlgorithm::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
-                    _ => return false,
-                };
-                k.verify(params, msg, sig).is_ok()
-            }
-            VerifyKey::Ec(curve, point) => {
-                let alg = match (curve, t.alg) {
-                    (EcCurve::P256, JwsAlgorithm::Es256) => &signature::ECDSA_P256_SHA256_FIXED,
-                    (EcCurve::P384, JwsAlgorithm::Es384) => &signature::ECDSA_P384_SHA384_FIXED,
-                    _ => return false,
-                };
-                UnparsedPublicKey::new(alg, point).verify(msg, sig).is_ok()
-            }
-            VerifyKey::Ed25519(x) => {
-                t.alg == JwsAlgorithm::EdDsa && UnparsedPublicKey::new(&signature::ED25519, x).verify(msg, sig).is_ok()
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +348,7 @@ mod tests {
     use ring::rand::SystemRandom;
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
     use serde_json::json;
+    use trellis_contract::jwt::MAX_TOKEN_BYTES;
     use trellis_contract::{ClaimToHeader, JwtHeader};
 
     const NOW: u64 = 1_800_000_000;
