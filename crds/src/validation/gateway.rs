@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Findings;
 use super::format::{dns_label, host, labels, not_supported};
+use super::server_tls::is_tls_proto;
 use crate::networking::*;
 
 const GATEWAY_PROTOCOLS: &[&str] = &["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS"];
@@ -69,10 +70,6 @@ pub(super) fn gateway(spec: &GatewaySpec, f: &mut Findings) {
         }
         super::server_tls::server_tls(&p, &proto, &s.tls, f);
     }
-}
-
-pub(super) fn is_tls_proto(p: &str) -> bool {
-    p == "HTTPS" || p == "TLS"
 }
 
 /// A server's `bind`: the gateway's listeners take every address of the pod (`0.0.0.0`);

@@ -10,8 +10,12 @@ use trellis_contract::TLS12_CIPHER_SUITES;
 
 use super::Findings;
 use super::format::not_supported;
-use super::gateway::is_tls_proto;
 use crate::networking::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
+
+/// Whether a server of this protocol terminates (or passes through) TLS: HTTPS and TLS.
+pub(super) fn is_tls_proto(p: &str) -> bool {
+    p == "HTTPS" || p == "TLS"
+}
 
 pub(super) fn server_tls(p: &str, proto: &str, tls: &Option<ServerTlsSettings>, f: &mut Findings) {
     let tp = format!("{p}.tls");
