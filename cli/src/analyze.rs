@@ -361,7 +361,7 @@ async fn read_cluster(cluster: &Cluster, input: &mut Input) -> anyhow::Result<Ve
     }
     input.complete = InputKind::ALL.into_iter().collect();
     // Mesh-wide policies are those of the operator's namespace, as the operator compiles them.
-    input.root_namespace = Some(operator_admin::operator_namespace(
+    input.root_namespace = Some(crate::root_namespace::operator_namespace(
         input.objects.iter().map(|o| &o.value),
     ));
     // The operator's version: the default Mesh's status says what the control plane runs.

@@ -426,7 +426,7 @@ impl Cluster {
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let objects = self.objects().await?;
         let mut snapshot = Snapshot::from_objects(&objects)?;
-        snapshot.root_namespace = crate::operator_admin::operator_namespace(&objects);
+        snapshot.root_namespace = crate::root_namespace::operator_namespace(&objects);
         Ok(snapshot)
     }
 

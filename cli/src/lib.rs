@@ -18,6 +18,7 @@ pub mod operator_admin;
 pub mod output;
 pub mod progress;
 pub mod proxy_config;
+pub mod root_namespace;
 pub mod routes;
 pub mod stat;
 pub mod uninstall;

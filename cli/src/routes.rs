@@ -93,7 +93,7 @@ pub async fn run(
         objects = cluster.objects().await?;
     }
     // Mesh-wide policies are those of the operator's namespace, as the operator compiles them.
-    let root_namespace = crate::operator_admin::operator_namespace(&objects);
+    let root_namespace = crate::root_namespace::operator_namespace(&objects);
     read_files(&args.files, stdin, &mut objects)?;
     let mut snapshot = Snapshot::from_objects(&latest(objects))?;
     snapshot.root_namespace = root_namespace;
