@@ -36,9 +36,9 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use trellis_api::mesh::{INJECTION_DISABLED, INJECTION_ENABLED, INJECTION_LABEL};
 
 use super::{OPERATOR_NAME, Options, meta, operator_labels};
-use crate::sidecar::{INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL};
 
 /// The ValidatingWebhookConfiguration's name.
 pub const VALIDATOR: &str = "trellis-validator";
@@ -177,19 +177,19 @@ pub fn mutating_webhook_configuration(opts: &Options) -> MutatingWebhookConfigur
                 opts,
                 NAMESPACE_INJECTION_WEBHOOK,
                 selector(vec![
-                    requirement(INJECT_LABEL, "In", &[INJECT_ENABLED]),
+                    requirement(INJECTION_LABEL, "In", &[INJECTION_ENABLED]),
                     requirement(NAMESPACE_NAME_LABEL, "NotIn", &system),
                 ]),
-                selector(vec![requirement(INJECT_LABEL, "NotIn", &[INJECT_DISABLED])]),
+                selector(vec![requirement(INJECTION_LABEL, "NotIn", &[INJECTION_DISABLED])]),
             ),
             injection_webhook(
                 opts,
                 OBJECT_INJECTION_WEBHOOK,
                 selector(vec![
-                    requirement(INJECT_LABEL, "NotIn", &[INJECT_ENABLED, INJECT_DISABLED]),
+                    requirement(INJECTION_LABEL, "NotIn", &[INJECTION_ENABLED, INJECTION_DISABLED]),
                     requirement(NAMESPACE_NAME_LABEL, "NotIn", &system),
                 ]),
-                selector(vec![requirement(INJECT_LABEL, "In", &[INJECT_ENABLED])]),
+                selector(vec![requirement(INJECTION_LABEL, "In", &[INJECTION_ENABLED])]),
             ),
         ]),
     }
@@ -244,8 +244,8 @@ mod tests {
 
     #[test]
     fn injection_selects_labelled_namespaces_and_pods_and_honours_opt_outs() {
-        let on = [(INJECT_LABEL, INJECT_ENABLED)];
-        let off = [(INJECT_LABEL, INJECT_DISABLED)];
+        let on = [(INJECTION_LABEL, INJECTION_ENABLED)];
+        let off = [(INJECTION_LABEL, INJECTION_DISABLED)];
         assert_eq!(called("shop", &on, &[]), [NAMESPACE_INJECTION_WEBHOOK]);
         assert_eq!(called("shop", &on, &on), [NAMESPACE_INJECTION_WEBHOOK]);
         assert!(called("shop", &on, &off).is_empty());
@@ -272,7 +272,10 @@ mod tests {
         for config in services {
             assert_eq!(config.service.as_ref().unwrap().namespace, "operators");
         }
-        let on = labels(&[(INJECT_LABEL, INJECT_ENABLED), (NAMESPACE_NAME_LABEL, "operators")]);
+        let on = labels(&[
+            (INJECTION_LABEL, INJECTION_ENABLED),
+            (NAMESPACE_NAME_LABEL, "operators"),
+        ]);
         assert!(
             m.iter()
                 .all(|w| !selector_matches(w.namespace_selector.as_ref().unwrap(), &on))
