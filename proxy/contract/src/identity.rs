@@ -4,15 +4,13 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::trust_domain::TrustDomains;
-
 /// The proxy's identity and trust anchors for mesh mTLS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IdentityConfig {
     /// SPIFFE trust domain, `cluster.local` by default.
     pub trust_domain: String,
-    /// Domains that are aliases of `trust_domain` ([`TrustDomains`]): a peer presenting
+    /// Domains that are aliases of `trust_domain` ([`crate::TrustDomains`]): a peer presenting
     /// `spiffe://<alias>/<path>` passes where `spiffe://<trust_domain>/<path>` is expected, and
     /// this proxy's own certificate may still be in one (a trust domain change in progress).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -26,13 +24,6 @@ pub struct IdentityConfig {
     pub certificate: Option<CertificateRef>,
     /// Trust bundle: one or more PEM roots the peers' chains must lead to.
     pub trust_bundle: Option<PemSource>,
-}
-
-impl IdentityConfig {
-    /// The trust domain with its aliases.
-    pub fn trust_domains(&self) -> TrustDomains {
-        TrustDomains::new(self.trust_domain.clone(), self.trust_domain_aliases.iter().cloned())
-    }
 }
 
 impl Default for IdentityConfig {

@@ -9,7 +9,7 @@
 //! - An identity outside the set is equivalent to itself only (a federated peer keeps its own
 //!   domain).
 
-use crate::identity::SpiffeId;
+use crate::identity::{IdentityConfig, SpiffeId};
 
 /// The Istio name of the default trust domain, which a principal may use for "the local
 /// trust domain, whatever it is" (Istio's `constants.DefaultClusterLocalDomain`).
@@ -85,6 +85,13 @@ impl TrustDomains {
         }
         let rest = &principal[parts[0].len()..];
         self.all().map(|td| format!("{td}{rest}")).collect()
+    }
+}
+
+impl IdentityConfig {
+    /// The trust domain with its aliases.
+    pub fn trust_domains(&self) -> TrustDomains {
+        TrustDomains::new(self.trust_domain.clone(), self.trust_domain_aliases.iter().cloned())
     }
 }
 
