@@ -41,6 +41,7 @@ pub(crate) use route::applies_to_gateway;
 
 pub use crate::code::Code;
 use crate::code::Level;
+pub(crate) use crate::registry::visible;
 use crate::registry::{ObjectKey, Service, ServicePort, Workload};
 use crate::snapshot::Snapshot;
 
@@ -590,19 +591,6 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Whether a resource in `owner_ns` with `export_to` is visible from `viewer_ns`.
-pub(crate) fn visible(export_to: Option<&[String]>, owner_ns: &str, viewer_ns: &str) -> bool {
-    let Some(list) = export_to.filter(|l| !l.is_empty()) else {
-        return true;
-    };
-    list.iter().any(|e| match e.as_str() {
-        "*" => true,
-        "." => owner_ns == viewer_ns,
-        "~" => false,
-        ns => ns == viewer_ns,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,14 +673,5 @@ spec: {mtls: {mode: DISABLE}}
             .map(|p| (p.namespace.as_str(), p.name.as_str()))
             .collect();
         assert_eq!(names, [("operators", "deny-admin")]);
-    }
-
-    #[test]
-    fn export_to() {
-        assert!(visible(None, "a", "b"));
-        assert!(visible(Some(&[".".into()]), "a", "a"));
-        assert!(!visible(Some(&[".".into()]), "a", "b"));
-        assert!(visible(Some(&["b".into()]), "a", "b"));
-        assert!(!visible(Some(&["~".into()]), "a", "a"));
     }
 }

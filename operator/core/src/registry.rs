@@ -153,7 +153,7 @@ impl Service {
     /// Whether proxies in `namespace` see the Service (its exportTo, as a ServiceEntry's):
     /// their routes, clusters and DNS hold it only then.
     pub fn visible_from(&self, namespace: &str) -> bool {
-        crate::compile::visible(Some(&self.export_to), &self.key.namespace, namespace)
+        visible(Some(&self.export_to), &self.key.namespace, namespace)
     }
 
     /// Convert a Kubernetes Service; `None` without a name or spec, or for an ExternalName
@@ -375,6 +375,20 @@ impl Registry {
     }
 }
 
+/// Whether a resource in `owner_ns` with `export_to` (Istio's `exportTo`: `*`, `.`, `~` or
+/// namespaces) is visible from `viewer_ns`.
+pub(crate) fn visible(export_to: Option<&[String]>, owner_ns: &str, viewer_ns: &str) -> bool {
+    let Some(list) = export_to.filter(|l| !l.is_empty()) else {
+        return true;
+    };
+    list.iter().any(|e| match e.as_str() {
+        "*" => true,
+        "." => owner_ns == viewer_ns,
+        "~" => false,
+        ns => ns == viewer_ns,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +428,14 @@ mod tests {
         assert!(selects(&BTreeMap::new(), &l));
         assert!(selects(&BTreeMap::from([("app".to_string(), "web".to_string())]), &l));
         assert!(!selects(&BTreeMap::from([("app".to_string(), "db".to_string())]), &l));
+    }
+
+    #[test]
+    fn export_to() {
+        assert!(visible(None, "a", "b"));
+        assert!(visible(Some(&[".".into()]), "a", "a"));
+        assert!(!visible(Some(&[".".into()]), "a", "b"));
+        assert!(visible(Some(&["b".into()]), "a", "b"));
+        assert!(!visible(Some(&["~".into()]), "a", "a"));
     }
 }
