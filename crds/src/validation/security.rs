@@ -247,8 +247,32 @@ fn source(p: &str, s: &Source, f: &mut Findings) {
         ("serviceAccounts", &s.service_accounts),
         ("notServiceAccounts", &s.not_service_accounts),
     ];
+    let unset = "a source must set at least one field, e.g. principals or namespaces";
+    match_lists(p, &fields, unset, f, |field, vp, v, f| match field {
+        "principals" | "notPrincipals" => principal(vp, v, f),
+        "namespaces" | "notNamespaces" => namespace_pattern(vp, v, f),
+        "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks" => cidr(vp, v, f),
+        "serviceAccounts" | "notServiceAccounts" => service_account(vp, v, f),
+        "requestPrincipals" | "notRequestPrincipals" => {
+            if let Err(why) = wildcard_position(v) {
+                f.error(vp, why);
+            }
+        }
+        _ => {}
+    });
+}
+
+/// The match lists of a source or an operation: at least one set (else `unset`), none
+/// empty, and each value checked by `check(field, path, value)`.
+fn match_lists(
+    p: &str,
+    fields: &[(&str, &Option<Vec<String>>)],
+    unset: &str,
+    f: &mut Findings,
+    check: impl Fn(&str, &str, &str, &mut Findings),
+) {
     if fields.iter().all(|(_, v)| v.is_none()) {
-        return f.error(p, "a source must set at least one field, e.g. principals or namespaces");
+        return f.error(p, unset);
     }
     for (field, values) in fields {
         let Some(values) = values else { continue };
@@ -259,19 +283,7 @@ fn source(p: &str, s: &Source, f: &mut Findings) {
             );
         }
         for (i, v) in values.iter().enumerate() {
-            let vp = format!("{p}.{field}[{i}]");
-            match field {
-                "principals" | "notPrincipals" => principal(&vp, v, f),
-                "namespaces" | "notNamespaces" => namespace_pattern(&vp, v, f),
-                "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks" => cidr(&vp, v, f),
-                "serviceAccounts" | "notServiceAccounts" => service_account(&vp, v, f),
-                "requestPrincipals" | "notRequestPrincipals" => {
-                    if let Err(why) = wildcard_position(v) {
-                        f.error(&vp, why);
-                    }
-                }
-                _ => {}
-            }
+            check(field, &format!("{p}.{field}[{i}]"), v, f);
         }
     }
 }
@@ -311,50 +323,36 @@ fn operation(p: &str, o: &Operation, f: &mut Findings) {
         ("paths", &o.paths),
         ("notPaths", &o.not_paths),
     ];
-    if fields.iter().all(|(_, v)| v.is_none()) {
-        return f.error(p, "an operation must set at least one field, e.g. methods or paths");
-    }
-    for (field, values) in fields {
-        let Some(values) = values else { continue };
-        if values.is_empty() {
-            f.error(
-                format!("{p}.{field}"),
-                "must not be empty; remove the field to match any value",
-            );
-        }
-        for (i, v) in values.iter().enumerate() {
-            let vp = format!("{p}.{field}[{i}]");
-            match field {
-                "hosts" | "notHosts" => {
-                    if let Err(why) = wildcard_position(v) {
-                        f.error(&vp, why);
-                    }
-                }
-                "ports" | "notPorts" => {
-                    port_string(&vp, v, f);
-                }
-                "methods" | "notMethods" if v != "*" => {
-                    method(&vp, v, f);
-                }
-                "paths" | "notPaths" => {
-                    if let Err(why) = wildcard_position(v) {
-                        f.error(&vp, why);
-                    } else if !(v.starts_with('/') || v.starts_with('*')) {
-                        f.error(
-                            &vp,
-                            format!("{v:?} must be a path starting with '/' (or a '*' suffix pattern)"),
-                        );
-                    } else if v.contains("{") {
-                        f.error(
-                            &vp,
-                            "path templates ({*}, {**}) are not supported by Trellis yet; use a '*' prefix or suffix",
-                        );
-                    }
-                }
-                _ => {}
+    let unset = "an operation must set at least one field, e.g. methods or paths";
+    match_lists(p, &fields, unset, f, |field, vp, v, f| match field {
+        "hosts" | "notHosts" => {
+            if let Err(why) = wildcard_position(v) {
+                f.error(vp, why);
             }
         }
-    }
+        "ports" | "notPorts" => {
+            port_string(vp, v, f);
+        }
+        "methods" | "notMethods" if v != "*" => {
+            method(vp, v, f);
+        }
+        "paths" | "notPaths" => {
+            if let Err(why) = wildcard_position(v) {
+                f.error(vp, why);
+            } else if !(v.starts_with('/') || v.starts_with('*')) {
+                f.error(
+                    vp,
+                    format!("{v:?} must be a path starting with '/' (or a '*' suffix pattern)"),
+                );
+            } else if v.contains("{") {
+                f.error(
+                    vp,
+                    "path templates ({*}, {**}) are not supported by Trellis yet; use a '*' prefix or suffix",
+                );
+            }
+        }
+        _ => {}
+    });
 }
 
 fn condition(p: &str, c: &Condition, f: &mut Findings) {
