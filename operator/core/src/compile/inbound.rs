@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use trellis_api::security::{
     self as api, AuthzAction as ApiAction, KeySource, MtlsMode as ApiMode, PeerAuthentication,
 };
@@ -209,25 +211,15 @@ pub(crate) fn mtls(ctx: &mut Ctx<'_>) -> MtlsPolicy {
 /// namespace, and those of its namespace, with no selector or a matching one, or targeting
 /// (`targetRefs`) a Service that selects it or, for a gateway proxy, a Gateway that does.
 pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationPolicy> {
-    let pod_ns = ctx.proxy.key.namespace.clone();
+    let snapshot = ctx.snapshot;
+    let policies = applying(ctx, role, &snapshot.authorization_policies, |p| {
+        (
+            &p.metadata,
+            &p.spec.selector,
+            targets(&p.spec.target_ref, &p.spec.target_refs),
+        )
+    });
     let mut out = Vec::new();
-    let mut policies: Vec<&api::AuthorizationPolicy> = ctx
-        .snapshot
-        .authorization_policies
-        .iter()
-        .filter(|p| {
-            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ctx.snapshot.root_namespace)
-                && applies(
-                    ctx,
-                    role,
-                    &p.metadata,
-                    &p.spec.selector,
-                    &targets(&p.spec.target_ref, &p.spec.target_refs),
-                )
-        })
-        .collect();
-    policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
     for p in policies {
         let res = resource("AuthorizationPolicy", &p.metadata);
         let action = match p.spec.action.unwrap_or(ApiAction::Allow) {
@@ -260,24 +252,14 @@ pub(crate) fn authorization(ctx: &mut Ctx<'_>, role: Role) -> Vec<AuthorizationP
 /// operator fetched from its `jwksUri` — or, until a fetch succeeds, none (tokens of that
 /// issuer are refused, never let through).
 pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::JwtProvider> {
-    let pod_ns = ctx.proxy.key.namespace.clone();
-    let mut policies: Vec<&api::RequestAuthentication> = ctx
-        .snapshot
-        .request_authentications
-        .iter()
-        .filter(|p| {
-            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            (ns == pod_ns || ns == ctx.snapshot.root_namespace)
-                && applies(
-                    ctx,
-                    role,
-                    &p.metadata,
-                    &p.spec.selector,
-                    &targets(&p.spec.target_ref, &p.spec.target_refs),
-                )
-        })
-        .collect();
-    policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    let snapshot = ctx.snapshot;
+    let policies = applying(ctx, role, &snapshot.request_authentications, |p| {
+        (
+            &p.metadata,
+            &p.spec.selector,
+            targets(&p.spec.target_ref, &p.spec.target_refs),
+        )
+    });
     let mut out = Vec::new();
     for p in policies {
         let res = resource("RequestAuthentication", &p.metadata);
@@ -331,6 +313,37 @@ pub(crate) fn request_authentication(ctx: &mut Ctx<'_>, role: Role) -> Vec<c::Jw
     out
 }
 
+/// The policies among `all` (their metadata, selector and `targetRefs` by `parts`) that apply
+/// to the proxy: mesh-wide ones in the root namespace and those of its namespace, by selector
+/// or `targetRefs` ([`applies`]), in namespace and name order.
+fn applying<'s, P>(
+    ctx: &Ctx<'_>,
+    role: Role,
+    all: &'s [P],
+    parts: impl Fn(
+        &'s P,
+    ) -> (
+        &'s ObjectMeta,
+        &'s Option<api::WorkloadSelector>,
+        Vec<&'s api::PolicyTargetReference>,
+    ),
+) -> Vec<&'s P> {
+    let pod_ns = ctx.proxy.key.namespace.as_str();
+    let mut policies: Vec<&'s P> = all
+        .iter()
+        .filter(|p| {
+            let (meta, selector, refs) = parts(*p);
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            (ns == pod_ns || ns == ctx.snapshot.root_namespace) && applies(ctx, role, meta, selector, &refs)
+        })
+        .collect();
+    policies.sort_by_key(|p| {
+        let meta = parts(*p).0;
+        (meta.namespace.clone(), meta.name.clone())
+    });
+    policies
+}
+
 fn targets<'a>(
     one: &'a Option<api::PolicyTargetReference>,
     many: &'a Option<Vec<api::PolicyTargetReference>>,
@@ -342,7 +355,7 @@ fn targets<'a>(
 fn applies(
     ctx: &Ctx<'_>,
     role: Role,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    meta: &ObjectMeta,
     selector: &Option<api::WorkloadSelector>,
     refs: &[&api::PolicyTargetReference],
 ) -> bool {
