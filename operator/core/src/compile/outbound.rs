@@ -130,14 +130,7 @@ fn service_domains(svc: &Service, port: u16, viewer_ns: &str) -> Vec<String> {
 }
 
 fn default_route(svc: &Service, cref: &ClusterRef) -> Route {
-    let provenance = Provenance {
-        kind: "Service".into(),
-        namespace: svc.key.namespace.clone(),
-        name: svc.key.name.clone(),
-        rule_index: None,
-        section: None,
-    };
-    forward_to("default".into(), Vec::new(), cref.name(), provenance)
+    forward_to("default".into(), Vec::new(), cref.name(), service_provenance(svc))
 }
 
 /// What one port of a Service contributes to a sidecar's outbound listener: its virtual host
@@ -194,14 +187,13 @@ pub(crate) fn port_routes(ctx: &mut Ctx<'_>, svc: &Service, p: &ServicePort) -> 
             port: p.port,
         };
         tcp_routes = tls_routes(ctx, &target, &mut refs);
-        let provenance = Provenance {
-            kind: "Service".into(),
-            namespace: svc.key.namespace.clone(),
-            name: svc.key.name.clone(),
-            rule_index: None,
-            section: None,
-        };
-        tcp_routes.push(tcp_destination(ctx, &target, &default, provenance, &mut refs));
+        tcp_routes.push(tcp_destination(
+            ctx,
+            &target,
+            &default,
+            service_provenance(svc),
+            &mut refs,
+        ));
     }
     PortRoutes {
         virtual_host,
@@ -426,6 +418,17 @@ pub(super) fn tcp_route(
         destination_cidrs: cidrs,
         sni_hosts,
         ..route_to(clusters, provenance)
+    }
+}
+
+/// Where a route no rule made came from: the Service itself.
+pub(super) fn service_provenance(svc: &Service) -> Provenance {
+    Provenance {
+        kind: "Service".into(),
+        namespace: svc.key.namespace.clone(),
+        name: svc.key.name.clone(),
+        rule_index: None,
+        section: None,
     }
 }
 

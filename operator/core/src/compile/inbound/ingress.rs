@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use trellis_api::networking::ConnectionPoolSettings;
 use trellis_contract::{Provenance, RuleSection};
 
+use super::super::outbound::service_provenance;
 use super::super::{Ctx, DNS_DOMAIN, scope};
 use crate::registry::{Protocol, TargetPort, selects};
 
@@ -59,13 +60,7 @@ pub(in crate::compile) fn app_ports(ctx: &Ctx<'_>) -> BTreeMap<u16, AppPort> {
                     address: "127.0.0.1".into(),
                     port: t,
                     service: Some(format!("{}.{}.svc.{DNS_DOMAIN}", svc.key.name, svc.key.namespace)),
-                    provenance: Provenance {
-                        kind: "Service".into(),
-                        namespace: svc.key.namespace.clone(),
-                        name: svc.key.name.clone(),
-                        rule_index: None,
-                        section: None,
-                    },
+                    provenance: service_provenance(svc),
                     pool: None,
                 });
             }
