@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 use trellis_api::mesh::{FINALIZER, Mesh, MeshSpec, MeshStatus};
 
-pub use self::api_server::{ApiServerVerifier, Scenario, Step, timeout_after_1s};
+pub use self::api_server::{ApiServerVerifier, Scenario, Step, reconciles_silently, running, timeout_after_1s};
 use super::Observe;
 use super::conditions::{CaObservation, WebhooksObservation};
 use super::settings::{Defaults, Settings};

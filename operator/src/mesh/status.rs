@@ -171,7 +171,9 @@ mod tests {
     use serde_json::json;
     use trellis_api::mesh::conditions::*;
 
-    use crate::mesh::fixtures::{Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, now, timeout_after_1s};
+    use crate::mesh::fixtures::{
+        Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, now, reconciles_silently, timeout_after_1s,
+    };
     use crate::mesh::settings::{self, Defaults};
     use crate::mesh::{Context, RESYNC, reconcile};
 
@@ -215,11 +217,7 @@ mod tests {
 
         // Reconciled again with the status it wrote: nothing to say, nothing to write.
         let (ctx2, server2, _) = Context::test(Fixed::default());
-        let scenario = server2.run(Scenario::RadioSilence);
-        reconcile(Arc::new(m.with_status(status)), ctx2)
-            .await
-            .expect("reconcile");
-        timeout_after_1s(scenario).await;
+        reconciles_silently(m.with_status(status), ctx2, server2).await;
     }
 
     #[tokio::test]

@@ -88,7 +88,10 @@ mod tests {
     use trellis_api::mesh::conditions::*;
 
     use crate::dataplane::MeshedPod;
-    use crate::mesh::fixtures::{Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, timeout_after_1s, web};
+    use crate::mesh::fixtures::{
+        Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, reconciles_silently, running, timeout_after_1s,
+        web,
+    };
     use crate::mesh::settings::Defaults;
     use crate::mesh::{Context, reconcile};
     use crate::rollout::plan::Workload;
@@ -212,14 +215,10 @@ mod tests {
     #[tokio::test]
     async fn versions_operator_rolls_the_operator_deployment_to_the_image_it_names() {
         let image = Defaults::default().proxy_image;
-        let running = "ghcr.io/trellis-mesh/trellis-operator:1".to_string();
+        let current = "ghcr.io/trellis-mesh/trellis-operator:1".to_string();
         let wanted = "ghcr.io/trellis-mesh/trellis-operator:2".to_string();
         let (ctx, server, _) = Context::test(Fixed::default());
-        let ctx = Arc::new(
-            Arc::into_inner(ctx)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(running.clone())),
-        );
+        let ctx = running(ctx, &current);
         let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
         let (tx, _rx) = tokio::sync::oneshot::channel();
         let scenario = server.run(Scenario::Steps(vec![
@@ -233,11 +232,7 @@ mod tests {
 
         // The operator already runs the image the Mesh names: nothing to do.
         let (ctx, server, _) = Context::test(Fixed::default());
-        let ctx = Arc::new(
-            Arc::into_inner(ctx)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(wanted.clone())),
-        );
+        let ctx = running(ctx, &wanted);
         let m = mesh("default", json!({"versions": {"operator": wanted, "proxy": image}})).finalized();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let scenario = server.run(Scenario::EventsThenStatus(vec!["Ready".into()], m.clone(), tx));
@@ -245,16 +240,8 @@ mod tests {
         timeout_after_1s(scenario).await;
         let status = rx.await.unwrap();
         let (ctx2, server2, _) = Context::test(Fixed::default());
-        let ctx2 = Arc::new(
-            Arc::into_inner(ctx2)
-                .expect("one owner")
-                .with_operator("trellis-system".into(), Some(wanted)),
-        );
-        let scenario = server2.run(Scenario::RadioSilence);
-        reconcile(Arc::new(m.with_status(status)), ctx2)
-            .await
-            .expect("reconcile");
-        timeout_after_1s(scenario).await;
+        let ctx2 = running(ctx2, &wanted);
+        reconciles_silently(m.with_status(status), ctx2, server2).await;
     }
 
     #[tokio::test]

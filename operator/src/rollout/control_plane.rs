@@ -145,11 +145,7 @@ mod tests {
             then: Vec<Step>,
         ) -> MeshStatus {
             let (ctx, server, _) = Context::test_observing(fixed.clone());
-            let ctx = Arc::new(
-                Arc::into_inner(ctx)
-                    .expect("one owner")
-                    .with_operator("trellis-system".into(), Some(running.into())),
-            );
+            let ctx = crate::mesh::fixtures::running(ctx, running);
             let (tx, rx) = tokio::sync::oneshot::channel();
             let mut steps: Vec<Step> = events.iter().map(|e| Step::Event((*e).into())).collect();
             steps.push(Step::Status(tx));
