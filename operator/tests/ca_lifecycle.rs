@@ -35,35 +35,9 @@ fn issuing(op: &app::App) -> (Option<String>, Vec<String>) {
 async fn on_one_cluster() {
     let (cluster, _pod) = cluster_with_web();
     a_plugged_root_in_another_namespace_is_followed_and_a_broken_one_is_said(&cluster).await;
-    cluster
-        .kubectl_ok(
-            &[
-                "delete",
-                "--wait=true",
-                "--ignore-not-found",
-                "secret",
-                "trellis-ca",
-                "-n",
-                "trellis-system",
-            ],
-            None,
-        )
-        .unwrap();
+    support::delete_ca_secret(&cluster);
     a_self_signed_root_near_its_expiry_is_rotated_by_the_leader_with_both_roots_trusted(&cluster).await;
-    cluster
-        .kubectl_ok(
-            &[
-                "delete",
-                "--wait=true",
-                "--ignore-not-found",
-                "secret",
-                "trellis-ca",
-                "-n",
-                "trellis-system",
-            ],
-            None,
-        )
-        .unwrap();
+    support::delete_ca_secret(&cluster);
     certificate_lifetimes_changed_while_the_operator_runs_are_followed(&cluster).await;
 }
 

@@ -27,23 +27,6 @@ use support::{
 use trellis_operator::app;
 use trellis_operator::ca::{CaStatus, MeshRoots, SigningCert, fingerprint};
 
-/// Ask for a new self-signed root, as a person does: the annotation on the CA Secret.
-fn ask_for_a_new_root(cluster: &support::Target) {
-    cluster
-        .kubectl_ok(
-            &[
-                "-n",
-                "trellis-system",
-                "annotate",
-                "secret",
-                "trellis-ca",
-                "trellis.dev/rotate-root=now",
-            ],
-            None,
-        )
-        .unwrap();
-}
-
 fn pem_fingerprints(pem: &str) -> Vec<String> {
     rustls_pemfile::certs(&mut pem.as_bytes())
         .map(|c| fingerprint(c.unwrap().as_ref()))
@@ -85,7 +68,7 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     let first_leaf = leaf(&proxy);
 
     // Ask for a new self-signed root.
-    ask_for_a_new_root(&cluster);
+    support::ask_for_a_new_root(&cluster);
 
     // The rotation runs to the end on the proxy's ACKs and its reissued leaf.
     for _ in 0..300 {
@@ -352,7 +335,7 @@ async fn with_two_replicas_the_old_root_stays_until_every_proxy_on_either_serves
         &old_fp,
     );
 
-    ask_for_a_new_root(&cluster);
+    support::ask_for_a_new_root(&cluster);
     let finished = |r: &app::App| phases(r).iter().filter(|p| *p == "Stable").count() >= 2;
     until_async("both replicas finish the rotation", 120, || async {
         finished(&a) && finished(&b)

@@ -88,19 +88,7 @@ async fn the_operators_own_certificates_and_its_next_root_follow_a_trust_domain_
     // A root generated after the change (here asked for by hand; also at expiry) is named
     // after the new domain. The one in use keeps its name: a domain change rotates no root.
     let old: Vec<String> = op.roots.status().roots.into_iter().map(|r| r.fingerprint).collect();
-    cluster
-        .kubectl_ok(
-            &[
-                "annotate",
-                "secret",
-                "trellis-ca",
-                "-n",
-                "trellis-system",
-                "trellis.dev/rotate-root=now",
-            ],
-            None,
-        )
-        .unwrap();
+    support::ask_for_a_new_root(&cluster);
     until("the operator holds a new root", 30, || {
         op.roots.status().roots.iter().any(|r| !old.contains(&r.fingerprint))
     })

@@ -161,6 +161,41 @@ pub fn ca_secret_field(cluster: &Target, path: &str) -> String {
         .unwrap()
 }
 
+/// Ask for a new self-signed root, as a person does: the annotation on the CA Secret.
+pub fn ask_for_a_new_root(cluster: &Target) {
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "trellis-system",
+                "annotate",
+                "secret",
+                "trellis-ca",
+                "trellis.dev/rotate-root=now",
+            ],
+            None,
+        )
+        .unwrap();
+}
+
+/// Delete the CA Secret `trellis-system/trellis-ca` (if there is one) and wait until it is gone.
+pub fn delete_ca_secret(cluster: &Target) {
+    cluster
+        .kubectl_ok(
+            &[
+                "delete",
+                "--wait=true",
+                "--ignore-not-found",
+                "secret",
+                "trellis-ca",
+                "-n",
+                "trellis-system",
+            ],
+            None,
+        )
+        .unwrap();
+}
+
 /// `root` plugged the way a user plugs one: in Secret `security/corp-ca` (the namespace
 /// created), which the Mesh `default` names in `spec.ca.secretRef` (`mode: Plugged`).
 pub fn plug_corp_root(cluster: &Target, root: &trellis_operator::ca::SigningCert) {
