@@ -37,7 +37,7 @@ use trellis_operator::ca::service::{TokenIdentity, TokenReviewer};
 use trellis_operator::ca::{DEFAULT_WORKLOAD_TTL, MeshRoots, SigningCert, SystemClock};
 use trellis_operator::index::{Change, Index, Object};
 use trellis_operator::snapshot::InputKind;
-use trellis_push::client::{self, ClientConfig, ConfigSink};
+use trellis_push::client::{self, ConfigSink};
 
 const TTL_SECONDS: u64 = 3;
 
@@ -169,23 +169,14 @@ impl Proxy {
     async fn start(name: &str, ip: &str, app_port: u16, push_port: u16, dir: &Path, root_pem: &str) -> Proxy {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("root.pem"), root_pem).unwrap();
-        std::fs::write(dir.join("token"), format!("token-{name}")).unwrap();
-        let cfg = ClientConfig {
-            endpoint: format!("https://127.0.0.1:{push_port}"),
-            server_name: "localhost".into(),
-            root_cert: dir.join("root.pem"),
-            token: dir.join("token"),
-            identity_dir: dir.join("identity"),
-            namespace: "shop".into(),
-            pod: format!("{name}-1"),
-            role: "sidecar".into(),
-            spiffe_id: format!("spiffe://cluster.local/ns/shop/sa/{name}"),
-            proxy_version: "test".into(),
-            renewal: Default::default(),
-            served: Default::default(),
-            files: Default::default(),
-        };
+        let cfg = support::client_config(
+            &dir,
+            push_port,
+            name,
+            &format!("{name}-1"),
+            root_pem,
+            &format!("token-{name}"),
+        );
         let app = support::proxy_app().await;
         let outbound: SocketAddr = format!("{ip}:{}", support::free_port()).parse().unwrap();
         let sink = Arc::new(Captured {

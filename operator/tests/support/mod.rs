@@ -290,14 +290,27 @@ pub fn shop_proxy(
     pod: &str,
     root_pem: &str,
 ) -> ClientConfig {
-    std::fs::write(dir.join("root.pem"), root_pem).unwrap();
     let token = cluster
         .kubectl_ok(
             &["-n", "shop", "create", "token", account, "--audience", "trellis"],
             None,
         )
         .unwrap();
-    std::fs::write(dir.join("token"), token.trim()).unwrap();
+    client_config(dir, push_port, account, pod, root_pem, token.trim())
+}
+
+/// The push client settings of a sidecar of pod `shop/<pod>` running as ServiceAccount
+/// `account`, with `root_pem` and `token` written into `dir`.
+pub fn client_config(
+    dir: &Path,
+    push_port: u16,
+    account: &str,
+    pod: &str,
+    root_pem: &str,
+    token: &str,
+) -> ClientConfig {
+    std::fs::write(dir.join("root.pem"), root_pem).unwrap();
+    std::fs::write(dir.join("token"), token).unwrap();
     ClientConfig {
         endpoint: format!("https://127.0.0.1:{push_port}"),
         server_name: "localhost".into(),
