@@ -3,8 +3,10 @@
 //! this replica's), `/debug/ca` (the mesh roots and their
 //! rotation), `/traffic?window=SECONDS` (the golden signals of this replica's proxies:
 //! [`crate::traffic`]), `/traffic/series?service=FQDN` (one service's edges slot by slot), and
-//! the web dashboard under `/dashboard/` ([`crate::dashboard`]). No secrets are ever served
+//! the web dashboard under `/dashboard/` ([`dashboard`]). No secrets are ever served
 //! here.
+
+pub mod dashboard;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -52,8 +54,8 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move {
-                    let response = if crate::dashboard::serves(req.uri().path()) {
-                        crate::dashboard::handle(&admin, &req).await
+                    let response = if dashboard::serves(req.uri().path()) {
+                        dashboard::handle(&admin, &req).await
                     } else {
                         handle(&admin, &req)
                     };

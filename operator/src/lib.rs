@@ -20,7 +20,7 @@
 //! - [`rollout`]: proxy rollouts in health-gated waves, rolled back when a wave fails.
 //! - [`peers`]: the other replicas' proxies, so the leader sees every proxy.
 //! - [`traffic`]: the proxies' golden signals, summed into the mesh-wide traffic view.
-//! - [`dashboard`]: the web dashboard on the admin port (service graph, services, proxies).
+//! - [`admin::dashboard`]: the web dashboard on the admin port (service graph, services, proxies).
 //!
 //! [`registry`], [`snapshot`] and [`compile`] live in the kube-free `trellis-core` crate and are
 //! re-exported here under their old paths.
@@ -29,7 +29,6 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod ca;
-pub mod dashboard;
 pub mod dataplane;
 pub mod diagnostics;
 pub mod events;

@@ -30,7 +30,7 @@ use trellis_core::dashboard::{Graph, Proxies, ServicePage};
 use trellis_core::routes::model::{find_service, report};
 use trellis_core::traffic::{DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, Series, View};
 
-use crate::admin::Admin;
+use super::Admin;
 use crate::traffic::{query_value, window};
 
 /// Where the dashboard is served.
