@@ -159,6 +159,16 @@ def pki(dir):
        "-CAcreateserial", "-out", "app.pem", "-days", "2", "-extfile", "app.ext")
 
 
+def identity(dir, sa):
+    """A trellis-proxy `identity` for service account `sa`, from the certificates of `pki(dir)`."""
+    return {
+        "trustDomain": "cluster.local",
+        "spiffeId": f"spiffe://cluster.local/ns/bench/sa/{sa}",
+        "certificate": {"files": {"certChainFile": f"{dir}/{sa}.pem", "privateKeyFile": f"{dir}/{sa}.key"}},
+        "trustBundle": {"file": f"{dir}/ca.pem"},
+    }
+
+
 def start_app(setup, dir, app):
     """nginx, one worker, returning 1 KiB: HTTP/1.1 (`h1`), h2c with prior knowledge (`h2`)
     or HTTPS with the APP_HOST certificate (`tls`)."""
@@ -188,14 +198,6 @@ def trellis(setup, bin, dir, app_port, shape):
             json.dump(cfg, f)
         return path
 
-    def identity(sa):
-        return {
-            "trustDomain": "cluster.local",
-            "spiffeId": f"spiffe://cluster.local/ns/bench/sa/{sa}",
-            "certificate": {"files": {"certChainFile": f"{dir}/{sa}.pem", "privateKeyFile": f"{dir}/{sa}.key"}},
-            "trustBundle": {"file": f"{dir}/ca.pem"},
-        }
-
     prov = {"kind": "Bench", "namespace": "bench", "name": "bench"}
 
     def listener(name, port, direction, cluster):
@@ -224,7 +226,7 @@ def trellis(setup, bin, dir, app_port, shape):
                           "clusters": [app_cluster]})
     else:
         inbound = free_port()
-        run_proxy("inbound", {"version": "1", "identity": identity("payment"),
+        run_proxy("inbound", {"version": "1", "identity": identity(dir, "payment"),
                               "listeners": [listener("in", inbound, "inbound", "app")],
                               "clusters": [app_cluster], "inbound": {"mtls": {"mode": "STRICT"}}})
         wait_port(inbound)
@@ -233,7 +235,7 @@ def trellis(setup, bin, dir, app_port, shape):
                 "endpoints": [{"address": "127.0.0.1", "port": inbound}]}
         if shape == "h2chain":
             mesh["protocol"] = "http2"
-        run_proxy("outbound", {"version": "1", "identity": identity("web"),
+        run_proxy("outbound", {"version": "1", "identity": identity(dir, "web"),
                                "listeners": [listener("out", front, "outbound", "payment")],
                                "clusters": [mesh]})
     wait_port(front)

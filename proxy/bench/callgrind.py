@@ -15,6 +15,12 @@ fails when it is more than `--threshold` percent (default 10) above it.
     python3 proxy/bench/callgrind.py --update        # measure and rewrite the baseline
     python3 proxy/bench/callgrind.py --no-build      # use the existing release binary
     python3 proxy/bench/callgrind.py --no-build --keep-dump /tmp/cg.out   # then: callgrind_annotate /tmp/cg.out
+    python3 proxy/bench/callgrind.py --no-build --chain   # the mTLS sidecar chain, each proxy (not compared)
+
+With --chain the client talks to an outbound proxy that forwards over mesh mTLS to an inbound
+proxy (STRICT) in front of the app, both under callgrind: the chain issue 14's CPU target is
+about, TLS records and the inbound side's work (peer metadata, XFCC) included. It prints each
+proxy's instructions per request and compares nothing (needs openssl for the certificates).
 
 Exit status: 0 within the threshold (or baseline updated), 1 on a regression,
 2 when it cannot measure (valgrind missing, proxy failed to start, ...).
@@ -158,7 +164,99 @@ def dumped_instructions(out_prefix):
     return total, len(files)
 
 
-def measure(bin, requests, connections, keep=None):
+def listener(name, port, direction, cluster):
+    """A listener forwarding every request to `cluster`."""
+    return {
+        "name": name,
+        "address": f"127.0.0.1:{port}",
+        "direction": direction,
+        "protocol": "http",
+        "virtualHosts": [
+            {
+                "name": "app",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "action": {"forward": {"clusters": [{"cluster": cluster}]}},
+                        "provenance": {"kind": "Service", "namespace": "bench", "name": "app"},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def app_cluster(app_port):
+    return {
+        "name": "app",
+        "service": "app.bench.svc.cluster.local",
+        "endpoints": [{"address": "127.0.0.1", "port": app_port, "labels": ENDPOINT_LABELS}],
+    }
+
+
+def hop_configs(dir, app_port, port):
+    """One plain HTTP/1.1 hop: the proxy at `port` in front of the app."""
+    return [
+        {
+            "version": "callgrind",
+            "listeners": [listener("hop", port, "outbound", "app")],
+            "clusters": [app_cluster(app_port)],
+            # A sidecar's identity, so every request carries the full Istio label set.
+            "node": NODE,
+        }
+    ]
+
+
+def chain_configs(dir, app_port, port):
+    """The mTLS sidecar chain: the client's proxy at `port` (outbound) sends over mesh mTLS
+    (SPIFFE certificates, P-256, from bench.py's `pki`) to the server's proxy (inbound, STRICT),
+    which forwards to the app; each proxy names its workload, so the inbound one believes the
+    peer metadata the outbound one sends."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench import identity, pki
+
+    pki(dir)
+
+    def node(workload):
+        return dict(NODE, id=f"{workload}-5d9f8b7c6-x2k4q.bench", workload=workload, namespace="bench",
+                    app=workload, serviceAccount=workload)
+
+    inbound = free_port()
+    return [
+        {
+            "version": "callgrind",
+            "identity": identity(dir, "payment"),
+            "node": node("payment"),
+            "listeners": [listener("in", inbound, "inbound", "app")],
+            "clusters": [app_cluster(app_port)],
+            "inbound": {"mtls": {"mode": "STRICT"}},
+        },
+        {
+            "version": "callgrind",
+            "identity": identity(dir, "web"),
+            "node": node("web"),
+            "listeners": [listener("out", port, "outbound", "payment")],
+            "clusters": [
+                {
+                    "name": "payment",
+                    "service": "payment.bench.svc.cluster.local",
+                    "tls": {"mesh": {"expectedIdentities": ["spiffe://cluster.local/ns/bench/sa/payment"]}},
+                    "endpoints": [
+                        {
+                            "address": "127.0.0.1",
+                            "port": inbound,
+                            "labels": {"app": "payment", "version": "v1", "workload": "payment", "namespace": "bench"},
+                        }
+                    ],
+                }
+            ],
+        },
+    ]
+
+
+def measure(bin, requests, connections, chain=False, keep=None):
+    """Instructions executed by each proxy (in the order the configs list them: for the chain,
+    inbound then outbound) over `requests` requests, and the seconds the load took."""
     with tempfile.TemporaryDirectory() as dir:
         app = socket.socket()
         app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -166,93 +264,66 @@ def measure(bin, requests, connections, keep=None):
         app.listen(64)
         threading.Thread(target=serve_app, args=(app,), daemon=True).start()
         port = free_port()
-        config = {
-            "version": "callgrind",
-            "listeners": [
-                {
-                    "name": "hop",
-                    "address": f"127.0.0.1:{port}",
-                    "direction": "outbound",
-                    "protocol": "http",
-                    "virtualHosts": [
-                        {
-                            "name": "app",
-                            "domains": ["*"],
-                            "routes": [
-                                {
-                                    "action": {"forward": {"clusters": [{"cluster": "app"}]}},
-                                    "provenance": {"kind": "Service", "namespace": "bench", "name": "app"},
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "app",
-                    "service": "app.bench.svc.cluster.local",
-                    "endpoints": [
-                        {
-                            "address": "127.0.0.1",
-                            "port": app.getsockname()[1],
-                            "labels": ENDPOINT_LABELS,
-                        }
-                    ],
-                }
-            ],
-            # A sidecar's identity, so every request carries the full Istio label set.
-            "node": NODE,
-        }
-        cfg = os.path.join(dir, "proxy.json")
-        with open(cfg, "w") as f:
-            json.dump(config, f)
-        out_prefix = os.path.join(dir, "callgrind.out")
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out_prefix}.%p",
-            "--dump-instr=no",
-            "--separate-threads=no",
-            bin,
-            "run",
-            "--config",
-            cfg,
-            "--admin-addr",
-            f"127.0.0.1:{free_port()}",
-            "--stats-addr",
-            f"127.0.0.1:{free_port()}",
-            "--health-addr",
-            f"127.0.0.1:{free_port()}",
-            "--dns-addr",
-            "off",
-        ]
-        env = dict(os.environ, TRELLIS_WORKERS="1", TRELLIS_LOG="warn")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        configs = (chain_configs if chain else hop_configs)(dir, app.getsockname()[1], port)
+        procs = []
         try:
-            wait_ready(port, proc, timeout=60)
+            for i, config in enumerate(configs):
+                cfg = os.path.join(dir, f"proxy-{i}.json")
+                with open(cfg, "w") as f:
+                    json.dump(config, f)
+                out_prefix = os.path.join(dir, f"callgrind-{i}.out")
+                cmd = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={out_prefix}.%p",
+                    "--dump-instr=no",
+                    "--separate-threads=no",
+                    bin,
+                    "run",
+                    "--config",
+                    cfg,
+                    "--admin-addr",
+                    f"127.0.0.1:{free_port()}",
+                    "--stats-addr",
+                    f"127.0.0.1:{free_port()}",
+                    "--health-addr",
+                    f"127.0.0.1:{free_port()}",
+                    "--dns-addr",
+                    "off",
+                ]
+                env = dict(os.environ, TRELLIS_WORKERS="1", TRELLIS_LOG="warn")
+                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                procs.append((proc, out_prefix))
+            # The last proxy is the one the client talks to: it serves once the chain does.
+            wait_ready(port, procs[-1][0], timeout=60)
             load(port, max(50, requests // 10), connections)  # warm-up: pools, allocator, lazy statics
-            callgrind_control("--zero", proc.pid)
+            for proc, _ in procs:
+                callgrind_control("--zero", proc.pid)
             started = time.time()
             load(port, requests, connections)
             elapsed = time.time() - started
-            for f in glob.glob(out_prefix + "*"):
-                os.rename(f, f + ".0")  # anything dumped before is not ours
-            callgrind_control("--dump", proc.pid)
-            instructions, files = dumped_instructions(out_prefix)
-            if files == 0 or instructions == 0:
-                raise RuntimeError("callgrind wrote no dump after --dump")
-            if keep:
-                dumps = sorted(f for f in glob.glob(out_prefix + "*") if not f.endswith(".0"))
-                shutil.copyfile(dumps[-1], keep)
+            counts = []
+            for i, (proc, out_prefix) in enumerate(procs):
+                for f in glob.glob(out_prefix + "*"):
+                    os.rename(f, f + ".0")  # anything dumped before is not ours
+                callgrind_control("--dump", proc.pid)
+                instructions, files = dumped_instructions(out_prefix)
+                if files == 0 or instructions == 0:
+                    raise RuntimeError("callgrind wrote no dump after --dump")
+                counts.append(instructions)
+                if keep:
+                    dumps = sorted(f for f in glob.glob(out_prefix + "*") if not f.endswith(".0"))
+                    shutil.copyfile(dumps[-1], keep if len(procs) == 1 else f"{keep}.{i}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            for proc, _ in procs:
+                proc.terminate()
+            for proc, _ in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             app.close()
-        return instructions, elapsed
+        return counts, elapsed
 
 
 def main():
@@ -262,7 +333,10 @@ def main():
     ap.add_argument("--threshold", type=float, default=10.0, help="allowed increase in percent (default 10)")
     ap.add_argument("--update", action="store_true", help="write the measurement as the new baseline")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
-    ap.add_argument("--keep-dump", metavar="FILE", help="copy the measured dump there, for callgrind_annotate FILE")
+    ap.add_argument("--keep-dump", metavar="FILE", help="copy the measured dump there, for callgrind_annotate FILE"
+                    " (with --chain: FILE.0 the inbound proxy's, FILE.1 the outbound one's)")
+    ap.add_argument("--chain", action="store_true", help="measure the mTLS sidecar chain (two proxies) instead of"
+                    " the hop; printed, not compared with the baseline")
     args = ap.parse_args()
     for tool in ["valgrind", "callgrind_control"]:
         if not shutil.which(tool):
@@ -273,10 +347,19 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     bin = os.path.join(target, "release", "trellis-proxy")
     try:
-        instructions, elapsed = measure(bin, args.requests, args.connections, args.keep_dump)
+        counts, elapsed = measure(bin, args.requests, args.connections, args.chain, args.keep_dump)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         print(f"callgrind check: cannot measure: {e}", file=sys.stderr)
         return 2
+    if args.chain:
+        inbound, outbound = (n / args.requests for n in counts)
+        print(
+            f"trellis-proxy, the mTLS sidecar chain (HTTP/1.1), 1 KiB responses, {args.requests} requests over"
+            f" {args.connections} connections, instructions per request: outbound proxy {outbound:.0f},"
+            f" inbound proxy {inbound:.0f}, both {outbound + inbound:.0f} ({elapsed:.1f} s under callgrind)"
+        )
+        return 0
+    instructions = counts[0]
     per_request = instructions / args.requests
     print(
         f"trellis-proxy, one HTTP/1.1 hop, 1 KiB responses: {instructions} instructions for {args.requests} requests"
