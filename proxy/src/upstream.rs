@@ -186,6 +186,18 @@ impl std::fmt::Debug for EndpointState {
 }
 
 impl EndpointState {
+    /// Keep an HTTP/1 connection ready for another request, while the pool has room.
+    fn pool_h1(&self, sender: http1::SendRequest<Body>, served: u32, max_idle: usize) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        if pool.h1.len() < max_idle {
+            pool.h1.push(IdleConn {
+                sender,
+                idle_since: Instant::now(),
+                served,
+            });
+        }
+    }
+
     /// Is the endpoint ejected at `now`?
     pub fn ejected(&self, now: Instant) -> bool {
         let o = self.outlier.lock().expect("outlier lock");
@@ -684,21 +696,21 @@ impl ClusterRuntime {
                 .is_none_or(|v| !v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("close")))
             && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
         if keep {
-            // Return the connection once the response body has been read.
-            let ep = Arc::clone(ep);
+            // Back to the pool once the connection can take another request: at once when the
+            // whole response came with its head (hyper's connection task read the body in the
+            // poll that delivered the head, and is idle), else from a task that waits until
+            // the body has been read. why: a task per request was the pool's main cost.
             let max_idle = pool_cfg.max_idle_per_endpoint as usize;
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    let mut pool = ep.pool.lock().expect("pool lock");
-                    if pool.h1.len() < max_idle {
-                        pool.h1.push(IdleConn {
-                            sender,
-                            idle_since: Instant::now(),
-                            served,
-                        });
+            if sender.is_ready() {
+                ep.pool_h1(sender, served, max_idle);
+            } else {
+                let ep = Arc::clone(ep);
+                tokio::spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        ep.pool_h1(sender, served, max_idle);
                     }
-                }
-            });
+                });
+            }
         }
         Ok(resp)
     }
@@ -1005,6 +1017,62 @@ mod tests {
             server.join().unwrap(),
             vec!["GET /first HTTP/1.1", "GET /second HTTP/1.1"],
             "the upstream saw each request once, the second on a connection of its own"
+        );
+    }
+
+    /// A response whose body came with its head puts its connection back in the pool at once
+    /// (before the body is read, and without a task to do it), ready for the next request.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_whose_whole_response_came_is_pooled_at_once() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // One small request per read on loopback; each answered in one write.
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        if conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let spec: Cluster = serde_json::from_value(serde_json::json!({
+            "name": "c", "endpoints": [{"address": "127.0.0.1", "port": port}],
+        }))
+        .unwrap();
+        let c = ClusterRuntime::build(spec, None, "").unwrap();
+        for n in 0..3 {
+            let body: Body = http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let (resp, _in_flight) = c
+                .send(0, Request::get("/").body(body).unwrap(), false)
+                .await
+                .expect("an answer");
+            assert_eq!(
+                c.endpoints[0].pool.lock().unwrap().h1.len(),
+                1,
+                "request {n}: the connection is pooled before its response body is read"
+            );
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "every request went on the one connection"
         );
     }
 
