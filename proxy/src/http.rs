@@ -59,6 +59,8 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
     pub verdicts: Option<Arc<crate::head::Verdicts>>,
+    /// The timer the connection lends to a request waiting for its response.
+    pub timer: crate::idle::ConnTimer,
 }
 
 impl ConnContext {

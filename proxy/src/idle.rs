@@ -7,9 +7,12 @@
 //! sends nothing is closed like one that sends its head too slowly. [`StreamActivity`]
 //! and [`IdleBody`]: one HTTP stream's last activity in either direction, and a
 //! body that fails when the stream has been idle for `limits.streamIdleTimeoutMs`.
+//! [`ConnTimer`]: the timer a downstream connection lends to the request it
+//! carries while that request waits for its response.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -168,6 +171,129 @@ where
     }
 }
 
+/// The timer of one downstream connection, lent to one wait at a time: hyper's wait for an
+/// HTTP/1 request head (`limits.headerReadTimeoutMs`, as hyper's [`hyper::rt::Timer`]) and a
+/// request's wait for its response head (the stream idle timeout, or the route's timeout when
+/// nearer: [`ConnTimer::within`]). why: a timer made for each wait is put into tokio's timer
+/// wheel and taken out again, under the timer driver's lock, every time; a kept one is only
+/// moved, and moving it later — the next wait's deadline — takes no lock at all. A wait that
+/// finds it lent (HTTP/2 streams waiting at once) uses a timer of its own. Clones share the
+/// one timer.
+#[derive(Debug, Clone, Default)]
+pub struct ConnTimer {
+    slot: std::sync::Arc<std::sync::Mutex<Lendable>>,
+}
+
+#[derive(Debug, Default)]
+enum Lendable {
+    /// No wait has needed it yet.
+    #[default]
+    Unmade,
+    /// Made, and free to lend.
+    Free(Pin<Box<Sleep>>),
+    /// A wait holds it.
+    Lent,
+}
+
+impl ConnTimer {
+    /// A deadline at `at`, on this timer when it is free once the deadline is first waited for.
+    pub fn deadline(&self, at: Instant) -> Deadline {
+        Deadline {
+            timer: self.clone(),
+            at,
+            sleep: None,
+            lent: false,
+        }
+    }
+
+    /// `fut`'s output, or `None` when `at` passes first.
+    pub async fn within<F: Future>(&self, at: Instant, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        let mut deadline = self.deadline(at);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            Pin::new(&mut deadline).poll(cx).map(|()| None)
+        })
+        .await
+    }
+
+    /// The timer set for `at` (`None`: lent out).
+    fn lend(&self, at: Instant) -> Option<Pin<Box<Sleep>>> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sleep = match std::mem::replace(&mut *slot, Lendable::Lent) {
+            Lendable::Unmade => return Some(Box::pin(tokio::time::sleep_until(at))),
+            Lendable::Free(sleep) => sleep,
+            Lendable::Lent => return None,
+        };
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
+        }
+        Some(sleep)
+    }
+
+    fn give_back(&self, sleep: Pin<Box<Sleep>>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Lendable::Free(sleep);
+    }
+}
+
+/// hyper's HTTP/1 header read timeout, on the connection's timer.
+impl hyper::rt::Timer for ConnTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.deadline(Instant::now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.deadline(Instant::from_std(deadline)))
+    }
+}
+
+/// A deadline ([`ConnTimer::deadline`]): ready once it has passed.
+#[derive(Debug)]
+pub struct Deadline {
+    timer: ConnTimer,
+    at: Instant,
+    /// Taken when first waited for.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` is the connection's (given back on drop).
+    lent: bool,
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let sleep = match &mut this.sleep {
+            Some(sleep) => sleep,
+            unset => {
+                let lent = this.timer.lend(this.at);
+                this.lent = lent.is_some();
+                unset.insert(lent.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(this.at))))
+            }
+        };
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= this.at => return Poll::Ready(()),
+                // Fired for an earlier deadline than this one (not as set; kept safe).
+                Poll::Ready(()) => sleep.as_mut().reset(this.at),
+            }
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Deadline {}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let (Some(sleep), true) = (self.sleep.take(), self.lent) {
+            self.timer.give_back(sleep);
+        }
+    }
+}
+
 /// How many bytes a connection must send before its head deadline: enough
 /// for the server to tell HTTP/1 from HTTP/2 (the HTTP/2 preface is 24
 /// bytes). From there hyper's own HTTP/1 header-read timeout takes over.
@@ -294,5 +420,88 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lent_sleep(timer: &ConnTimer) -> Option<*const Sleep> {
+        match &*timer.slot.lock().unwrap() {
+            Lendable::Free(sleep) => Some(&**sleep as *const Sleep),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connections_timer_serves_one_request_after_another() {
+        let timer = ConnTimer::default();
+        let start = Instant::now();
+        let waited = timer.within(start + Duration::from_millis(50), std::future::pending::<()>());
+        assert_eq!(waited.await, None);
+        assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
+        let first = lent_sleep(&timer).expect("the timer is back with its connection");
+
+        // A later deadline, and an answer before it.
+        let answered = timer.within(Instant::now() + Duration::from_secs(5), async { 7 }).await;
+        assert_eq!(answered, Some(7));
+        // An earlier deadline than the one the timer was last set for.
+        let again = Instant::now();
+        let waited = timer.within(again + Duration::from_millis(30), std::future::pending::<()>());
+        assert_eq!(waited.await, None);
+        let took = again.elapsed();
+        assert!(
+            took >= Duration::from_millis(30) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(lent_sleep(&timer), Some(first), "the same timer, reused");
+    }
+
+    #[tokio::test]
+    async fn hyper_waits_on_it_between_requests() {
+        use hyper::rt::Timer as _;
+        let timer = ConnTimer::default();
+        let start = std::time::Instant::now();
+        timer.sleep_until(start + Duration::from_millis(40)).await;
+        assert!(start.elapsed() >= Duration::from_millis(40), "{:?}", start.elapsed());
+        let first = lent_sleep(&timer).expect("back with its connection");
+        // The response wait of the next request, then hyper's wait for the next head.
+        assert_eq!(
+            timer.within(Instant::now() + Duration::from_secs(5), async { 1 }).await,
+            Some(1)
+        );
+        let again = std::time::Instant::now();
+        timer.sleep(Duration::from_millis(20)).await;
+        assert!(again.elapsed() >= Duration::from_millis(20), "{:?}", again.elapsed());
+        assert_eq!(lent_sleep(&timer), Some(first), "the same timer, reused");
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_at_once_each_keep_their_deadline() {
+        let timer = ConnTimer::default();
+        let start = Instant::now();
+        let long = async {
+            let r = timer
+                .within(start + Duration::from_millis(300), std::future::pending::<()>())
+                .await;
+            (r, start.elapsed())
+        };
+        let short = async {
+            // Started second: the connection's timer is lent to the first.
+            tokio::task::yield_now().await;
+            let r = timer
+                .within(start + Duration::from_millis(50), std::future::pending::<()>())
+                .await;
+            (r, start.elapsed())
+        };
+        let ((long, long_took), (short, short_took)) = tokio::join!(long, short);
+        assert_eq!((long, short), (None, None));
+        assert!(
+            short_took >= Duration::from_millis(50) && short_took < Duration::from_millis(300),
+            "{short_took:?}"
+        );
+        assert!(long_took >= Duration::from_millis(300), "{long_took:?}");
+        assert!(lent_sleep(&timer).is_some(), "back with its connection");
     }
 }

@@ -289,6 +289,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         tls: false,
         sni: None,
         verdicts: None,
+        timer: Default::default(),
     };
 
     let mut passed_through = false;
@@ -433,7 +434,8 @@ async fn serve_http(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // The header read timeout waits on the connection's timer, as its requests do.
+        .timer(ctx.timer.clone())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
         .max_headers(limits.max_request_headers as usize)
         .max_buf_size(limits.max_request_header_bytes.max(8192) as usize)

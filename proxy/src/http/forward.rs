@@ -8,7 +8,7 @@ use super::headers::{
 use super::retry::{NO_RETRIES, retry_on_error, retry_on_status, retry_on_timeout};
 use super::telemetry::RequestOutcome;
 use super::{ConnContext, full, text};
-use crate::idle::{IdleBody, IdleIo, StreamActivity};
+use crate::idle::{ConnTimer, IdleBody, IdleIo, StreamActivity};
 use crate::request_body::{BodyProgress, ClientBody, ClientFault};
 use crate::routing::{RouteHit, parse_query, rewrite_prefix};
 use crate::runtime::Runtime;
@@ -219,7 +219,7 @@ pub(super) async fn forward(
         }
         let sent = cluster.send(idx, req, upstream_h2);
         let watched = activity.as_deref().filter(|_| body_streams);
-        let result = await_response(sent, budget, stream_idle, watched).await;
+        let result = await_response(sent, budget, stream_idle, watched, &conn.timer).await;
         if attempt > 0 {
             cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
         }
@@ -613,12 +613,14 @@ enum Awaited {
 /// Wait for the response head within `budget` (route and per-try timeouts)
 /// and the stream idle timeout. While the request body still streams
 /// (`streaming`), its bytes keep the stream alive; otherwise nothing moves
-/// until the response, and one timer — the nearer limit — does.
+/// until the response, and one timer — the nearer limit, on the connection's [`ConnTimer`] —
+/// does.
 async fn await_response(
     sent: impl std::future::Future<Output = Result<(Response<Incoming>, InFlight), UpstreamError>>,
     budget: Option<Duration>,
     stream_idle: Option<Duration>,
     streaming: Option<&StreamActivity>,
+    timer: &ConnTimer,
 ) -> Awaited {
     if let Some(activity) = streaming {
         activity.touch();
@@ -635,18 +637,16 @@ async fn await_response(
             () = activity.idle(stream_idle) => Awaited::Idle,
         };
     }
-    match (budget, stream_idle) {
-        (Some(b), Some(i)) if i < b => tokio::time::timeout(i, sent)
-            .await
-            .map_or(Awaited::Idle, Awaited::Answer),
-        (Some(b), _) => tokio::time::timeout(b, sent)
-            .await
-            .map_or(Awaited::TimedOut, Awaited::Answer),
-        (None, Some(i)) => tokio::time::timeout(i, sent)
-            .await
-            .map_or(Awaited::Idle, Awaited::Answer),
-        (None, None) => Awaited::Answer(sent.await),
-    }
+    let (limit, expired) = match (budget, stream_idle) {
+        (Some(b), Some(i)) if i < b => (i, Awaited::Idle),
+        (Some(b), _) => (b, Awaited::TimedOut),
+        (None, Some(i)) => (i, Awaited::Idle),
+        (None, None) => return Awaited::Answer(sent.await),
+    };
+    timer
+        .within(tokio::time::Instant::now() + limit, sent)
+        .await
+        .map_or(expired, Awaited::Answer)
 }
 
 /// The answer to a failed attempt, and the retry condition it meets.
