@@ -78,22 +78,36 @@ impl Scanner {
                         data = &data[1..];
                         continue;
                     }
-                    let (used, done) = take_until_blank_line(&mut self.buf, data);
-                    data = &data[used..];
-                    if self.buf.len() > MAX_LINE_BUFFER {
+                    let (used, done) = head_end(&self.buf, data);
+                    let (taken, rest) = data.split_at(used);
+                    data = rest;
+                    if self.buf.len() + used > MAX_LINE_BUFFER {
+                        self.buf = Vec::new();
                         self.state = State::Opaque;
                         continue;
                     }
-                    if done {
-                        let head = std::mem::take(&mut self.buf);
-                        let seq = self.seq;
-                        self.seq += 1;
-                        match check_head(&head) {
-                            Ok(next) => self.state = next,
-                            Err(e) => {
-                                verdicts.push((seq, e));
-                                self.state = State::Opaque;
-                            }
+                    if !done {
+                        self.buf.extend_from_slice(taken);
+                        continue;
+                    }
+                    // why: a head that arrives in one read (nearly all) is checked where it
+                    // lies, not copied; a split one is put together in `buf`, kept for reuse.
+                    let checked = match self.buf.is_empty() {
+                        true => check_head(taken),
+                        false => {
+                            self.buf.extend_from_slice(taken);
+                            let checked = check_head(&self.buf);
+                            self.buf.clear();
+                            checked
+                        }
+                    };
+                    let seq = self.seq;
+                    self.seq += 1;
+                    match checked {
+                        Ok(next) => self.state = next,
+                        Err(e) => {
+                            verdicts.push((seq, e));
+                            self.state = State::Opaque;
                         }
                     }
                 }
@@ -166,12 +180,25 @@ impl Scanner {
     }
 }
 
-/// Append to `buf` up to and including the end of the head; returns
-/// `(bytes consumed, head complete)`.
-fn take_until_blank_line(buf: &mut Vec<u8>, data: &[u8]) -> (usize, bool) {
+/// How much of `data` belongs to the head begun in `before`: `(bytes up to and including the
+/// blank line that ends it, true)`, or `(all of data, false)` while it goes on. A head ends at
+/// an LF preceded by LF or by CR LF.
+fn head_end(before: &[u8], data: &[u8]) -> (usize, bool) {
+    // The byte `back` places before data[i], looking into `before` at the start of data.
+    let byte_before = |i: usize, back: usize| match i.checked_sub(back) {
+        Some(j) => Some(data[j]),
+        None => before.len().checked_sub(back - i).map(|j| before[j]),
+    };
     for (i, b) in data.iter().enumerate() {
-        buf.push(*b);
-        if *b == b'\n' && (buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") || buf.ends_with(b"\n\r\n")) {
+        if *b != b'\n' {
+            continue;
+        }
+        let blank = match byte_before(i, 1) {
+            Some(b'\n') => true,
+            Some(b'\r') => byte_before(i, 2) == Some(b'\n'),
+            _ => false,
+        };
+        if blank {
             return (i + 1, true);
         }
     }
@@ -396,6 +423,27 @@ mod tests {
             v.extend(s.feed(std::slice::from_ref(b)));
         }
         assert_eq!(v, vec![(1, HeadError::BareLf)]);
+    }
+
+    #[test]
+    fn a_head_split_across_reads_is_put_together_in_a_buffer_kept_for_the_next() {
+        let mut s = Scanner::new();
+        assert!(s.feed(b"GET / HTTP/1.1\r\nHo").is_empty());
+        assert!(s.feed(b"st: a\r\n\r").is_empty());
+        assert_eq!(
+            s.feed(b"\nGET / HTTP/1.1\nHost: a\r\n\r\n"),
+            vec![(1, HeadError::BareLf)]
+        );
+        let mut s = Scanner::new();
+        assert!(s.feed(b"GET / HTTP/1.1\r\nHo").is_empty());
+        assert!(s.feed(b"st: a\r\n\r\n").is_empty());
+        assert!(
+            s.buf.is_empty() && s.buf.capacity() > 0,
+            "kept, not made again for every head"
+        );
+        // A head in one read is checked where it lies.
+        assert!(s.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n").is_empty());
+        assert!(s.buf.is_empty());
     }
 
     #[test]
