@@ -221,7 +221,9 @@ async fn pipeline(
         ListenerDirection::Inbound => conn.dst.port(),
         _ => host_port.unwrap_or(conn.dst.port()),
     };
-    let path = match normalize(req.uri().path(), &listener.spec.path_normalization) {
+    // A cheap copy (shared bytes) the path borrows from while `req` changes and moves on.
+    let uri = req.uri().clone();
+    let path = match normalize(uri.path(), &listener.spec.path_normalization) {
         Ok(p) => p,
         Err(e) => {
             rt.metrics.downstream_rejected();
@@ -229,17 +231,14 @@ async fn pipeline(
             return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
         }
     };
-    let query = req.uri().query().map(str::to_string);
+    let query = uri.query();
 
     // why: Istio enforces RequestAuthentications and AuthorizationPolicies where traffic
     // enters a workload: its inbound listener, and a gateway's listeners (policies selecting
     // or targeting the gateway).
     let enforced = matches!(conn.direction, ListenerDirection::Inbound | ListenerDirection::Gateway);
     let auth = if enforced && !snap.authenticator.is_empty() {
-        match snap
-            .authenticator
-            .authenticate(req.headers_mut(), query.as_deref(), unix_now())
-        {
+        match snap.authenticator.authenticate(req.headers_mut(), query, unix_now()) {
             Ok(auth) => auth,
             Err(e) => {
                 rt.metrics.jwt_rejected();
@@ -284,7 +283,7 @@ async fn pipeline(
     let view = RequestView {
         method: req.method().as_str(),
         path: &path,
-        query: query.as_deref(),
+        query,
         host: &host,
         port,
         headers: req.headers(),
@@ -364,10 +363,8 @@ async fn pipeline(
                 *r.status_mut() = status;
                 r
             }
-            RouteAction::Redirect(rd) => redirect(rd, conn, &host, host_port, &path, query.as_deref()),
-            RouteAction::Forward(f) => {
-                forward(rt, snap, conn, req, f, &hit, &authority, &path, query.as_deref(), out).await
-            }
+            RouteAction::Redirect(rd) => redirect(rd, conn, &host, host_port, &path, query),
+            RouteAction::Forward(f) => forward(rt, snap, conn, req, f, &hit, &authority, &path, query, out).await,
         }
     };
     route.response_headers.apply(resp.headers_mut());

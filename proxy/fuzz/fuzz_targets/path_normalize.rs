@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(p.starts_with('/'), "{p:?}");
             assert!(!p.contains("//"), "{p:?}");
             assert!(!p.split('/').any(|s| s == "." || s == ".."), "{p:?}");
-            assert_eq!(normalize(&p, &policy).as_deref(), Ok(p.as_str()), "not idempotent");
+            assert_eq!(normalize(&p, &policy).as_deref(), Ok(&*p), "not idempotent");
         }
     }
 });

@@ -6,6 +6,7 @@ use crate::snapshot::ListenerRuntime;
 use http::header;
 use http::{Method, Request, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
+use std::borrow::Cow;
 use trellis_contract::ListenerDirection;
 
 /// The request head checks a hardened edge proxy makes, beyond hyper's own.
@@ -74,17 +75,25 @@ pub(super) fn authority(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
-pub(super) fn split_host_port(authority: &str) -> (String, Option<u16>) {
+/// The host (lower case) and port of an authority; the host borrowed when it is lower case
+/// already, as nearly every client sends it.
+pub(super) fn split_host_port(authority: &str) -> (Cow<'_, str>, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal.
         if let Some((h, p)) = rest.split_once(']') {
-            return (format!("[{h}]"), p.strip_prefix(':').and_then(|p| p.parse().ok()));
+            let bracketed = &authority[..h.len() + 2];
+            return (bracketed.into(), p.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_ascii_lowercase(), p.parse().ok()),
-        _ => (authority.to_ascii_lowercase(), None),
-    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (authority, None),
+    };
+    let host = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    };
+    (host, port)
 }
 
 #[cfg(test)]
@@ -96,5 +105,10 @@ mod tests {
         assert_eq!(split_host_port("Example.COM:8080"), ("example.com".into(), Some(8080)));
         assert_eq!(split_host_port("[::1]:80"), ("[::1]".into(), Some(80)));
         assert_eq!(split_host_port("svc"), ("svc".into(), None));
+        assert!(matches!(
+            split_host_port("svc.ns:80"),
+            (Cow::Borrowed("svc.ns"), Some(80))
+        ));
+        assert!(matches!(split_host_port("[::1]"), (Cow::Borrowed("[::1]"), None)));
     }
 }

@@ -16,9 +16,11 @@ use crate::snapshot::Snapshot;
 use crate::upstream::{Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::uri::{InvalidUri, PathAndQuery};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,7 +69,9 @@ pub(super) async fn forward(
     let (mut parts, body) = req.into_parts();
     let downstream_h2 = parts.version == Version::HTTP_2;
 
-    let (authority, path_and_query) = upstream_target(f, hit, authority, path, query);
+    let Ok((authority, path_and_query)) = upstream_target(f, hit, authority, &parts.uri, path, query) else {
+        return text(StatusCode::BAD_REQUEST, "invalid request target\n");
+    };
 
     let (upgrade, downstream_upgrade) = take_upgrade(&mut parts);
 
@@ -146,8 +150,11 @@ pub(super) async fn forward(
 
     let retry = f.retries.as_ref().unwrap_or(&NO_RETRIES);
     let max_attempts = 1 + retry.attempts;
+    // Endpoints tried, for retries to avoid (why: kept only when there can be a retry, so a
+    // request without one allocates nothing here).
     let mut tried: Vec<usize> = Vec::new();
-    let mut last_failure: (StatusCode, &'static str, String) =
+    let mut attempts_made = 0;
+    let mut last_failure: (StatusCode, &'static str, Cow<'static, str>) =
         (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n".into());
     for attempt in 0..max_attempts {
         if attempt > 0 {
@@ -172,7 +179,10 @@ pub(super) async fn forward(
             out.flags = "UH";
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
-        tried.push(idx);
+        attempts_made += 1;
+        if max_attempts > 1 {
+            tried.push(idx);
+        }
         out.endpoint = Some(idx);
         // Only a body still streaming from the client can show activity while
         // the response is awaited; an empty or buffered one goes out at once.
@@ -316,7 +326,7 @@ pub(super) async fn forward(
         }
     }
     let (status, flag, msg) = last_failure;
-    out.flags = if tried.len() > 1 && flag != "UT" && flag != "SI" {
+    out.flags = if attempts_made > 1 && flag != "UT" && flag != "SI" {
         "URX"
     } else {
         flag
@@ -383,22 +393,24 @@ pub(super) fn weighted_choice(f: &ForwardAction) -> usize {
     0
 }
 
-/// The upstream authority and path-and-query after the route's rewrites.
+/// The upstream authority and path-and-query after the route's rewrites (`path` is the
+/// normalized path of `uri`, `query` its query). `Err`: a rewrite made an invalid target.
 fn upstream_target(
     f: &ForwardAction,
     hit: &RouteHit,
     authority: &str,
+    uri: &Uri,
     path: &str,
     query: Option<&str>,
-) -> (String, String) {
+) -> Result<(String, PathAndQuery), InvalidUri> {
     let route = &hit.route;
-    let mut new_path = path.to_string();
+    let mut new_path = Cow::Borrowed(path);
     if let Some(rw) = &f.rewrite {
         if let Some(prefix) = &rw.uri_prefix {
-            new_path = rewrite_prefix(path, hit.matched_prefix, prefix);
+            new_path = rewrite_prefix(path, hit.matched_prefix, prefix).into();
         }
         if let Some((re, sub)) = &route.rewrite_regex {
-            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
+            new_path = re.replace_all(&new_path, sub.as_str()).into_owned().into();
         }
     }
     let authority = f
@@ -406,11 +418,16 @@ fn upstream_target(
         .as_ref()
         .and_then(|r| r.authority.clone())
         .unwrap_or_else(|| authority.to_string());
-    let path_and_query = match query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
+    // why: a path that neither normalization nor a rewrite changed goes upstream as the
+    // client sent it, shared, instead of copied and parsed again (every request, nearly).
+    let path_and_query = match (uri.path_and_query(), &new_path) {
+        (Some(sent), Cow::Borrowed(p)) if sent.path() == *p => sent.clone(),
+        _ => PathAndQuery::from_maybe_shared(Bytes::from(match query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path.into_owned(),
+        }))?,
     };
-    (authority, path_and_query)
+    Ok((authority, path_and_query))
 }
 
 /// Upgrades (WebSocket and friends) on HTTP/1.1: the `Upgrade` header to keep,
@@ -553,7 +570,7 @@ fn mirror(
     f: &ForwardAction,
     parts: &http::request::Parts,
     authority: &str,
-    path_and_query: &str,
+    path_and_query: &PathAndQuery,
     bytes: &Bytes,
     stream_idle: Option<Duration>,
 ) {
@@ -576,7 +593,7 @@ fn mirror(
         }
         let (mparts, ()) = mparts.into_parts();
         let bytes = bytes.clone();
-        let pq = path_and_query.to_string();
+        let pq = path_and_query.clone();
         // A mirror never waits longer for a slot than a stream may idle.
         let mirror_wait = stream_idle;
         tokio::spawn(async move {
@@ -650,25 +667,25 @@ async fn await_response(
 }
 
 /// The answer to a failed attempt, and the retry condition it meets.
-fn upstream_failure(e: &UpstreamError) -> (StatusCode, &'static str, String, RetryOn) {
+fn upstream_failure(e: &UpstreamError) -> (StatusCode, &'static str, Cow<'static, str>, RetryOn) {
     match e {
         UpstreamError::ConnectFailure { .. } | UpstreamError::TlsHandshake { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "UF",
-            format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+            format!("upstream connect error or disconnect/reset before headers: {e}\n").into(),
             RetryOn::ConnectFailure,
         ),
         // A response that is not HTTP is the upstream's fault: 502, like Envoy's UPE.
         UpstreamError::Reset { source, .. } if source.is_parse() => (
             StatusCode::BAD_GATEWAY,
             "UPE",
-            format!("upstream protocol error: {e}\n"),
+            format!("upstream protocol error: {e}\n").into(),
             RetryOn::Reset,
         ),
         UpstreamError::Reset { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "UC",
-            format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+            format!("upstream connect error or disconnect/reset before headers: {e}\n").into(),
             RetryOn::Reset,
         ),
     }

@@ -4,6 +4,7 @@
 
 use crate::upstream::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Uri, Version};
 
 // why: header names as constants, not strings: a `&str` name is parsed on
@@ -77,15 +78,19 @@ pub(super) fn build_request(
     method: Method,
     mut headers: HeaderMap,
     authority: &str,
-    path_and_query: &str,
+    path_and_query: &PathAndQuery,
     body: Body,
     h2: bool,
 ) -> Result<Request<Body>, http::Error> {
     // HTTP/1 sends origin-form with Host; HTTP/2 needs the authority in the URI.
     let uri: Uri = if h2 {
-        format!("http://{authority}{path_and_query}").parse()?
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()?
     } else {
-        path_and_query.parse()?
+        Uri::from(path_and_query.clone())
     };
     if h2 {
         headers.remove(header::HOST);
