@@ -59,8 +59,14 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
     pub verdicts: Option<Arc<crate::head::Verdicts>>,
-    /// The timer the connection lends to a request waiting for its response.
+    /// The timer the connection lends to one wait at a time (hyper's for a request head, a
+    /// request's for its response).
     pub timer: crate::idle::ConnTimer,
+    /// The peer metadata its requests carried first (inbound mesh mTLS), decoded.
+    pub first_source: crate::peer_metadata::FirstSource,
+    /// Its requests' `x-forwarded-client-cert` (inbound mesh mTLS), made for the first
+    /// identity of the proxy's own it was made for.
+    pub xfcc: std::sync::OnceLock<(String, Option<http::HeaderValue>)>,
 }
 
 impl ConnContext {
@@ -131,7 +137,7 @@ pub async fn handle(
     // Only a verified mesh peer's metadata is believed (inbound mTLS).
     let source_meta = match (conn.direction, conn.peer_identity.as_deref()) {
         (ListenerDirection::Inbound, Some(principal)) => {
-            crate::peer_metadata::verified_source(req.headers(), principal)
+            crate::peer_metadata::verified_source_on(&conn.first_source, req.headers(), principal)
         }
         _ => None,
     };

@@ -36,12 +36,12 @@ pub struct Observed<'a> {
 
 /// The labels of one connection (or of the connection part of a request's).
 /// `source` is the verified peer metadata of an inbound client, if any.
-pub fn conn(snap: &Snapshot, seen: &Observed<'_>, source: Option<Peer>) -> ConnLabels {
+pub fn conn(snap: &Snapshot, seen: &Observed<'_>, source: Option<Arc<Peer>>) -> ConnLabels {
     let destination_service = seen.cluster.map(|c| Arc::clone(&c.service_label)).unwrap_or_default();
     match seen.direction {
         ListenerDirection::Inbound => ConnLabels {
             reporter: Reporter::Destination,
-            source: Arc::new(source.unwrap_or_else(|| identity_only(seen.peer_identity))),
+            source: source.unwrap_or_else(|| Arc::new(identity_only(seen.peer_identity))),
             destination: Arc::clone(&snap.node),
             destination_service,
             response_flags: seen.flags,
@@ -78,7 +78,7 @@ pub fn conn(snap: &Snapshot, seen: &Observed<'_>, source: Option<Peer>) -> ConnL
 pub fn request(
     snap: &Snapshot,
     seen: &Observed<'_>,
-    source: Option<Peer>,
+    source: Option<Arc<Peer>>,
     status: StatusCode,
     grpc: bool,
     grpc_status: Option<u32>,

@@ -21,6 +21,7 @@
 use crate::metrics::Peer;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 use trellis_contract::SpiffeId;
 
 /// The request header that carries the sending workload's metadata.
@@ -71,13 +72,38 @@ pub fn encode(node: &Peer) -> Option<HeaderValue> {
 /// identity is `principal`, whose namespace it matches. `None` otherwise (the
 /// labels then stay `unknown`).
 pub fn verified_source(headers: &HeaderMap, principal: &str) -> Option<Peer> {
+    verified(only_value(headers, principal)?.as_bytes(), principal)
+}
+
+/// The one [`HEADER`] of a request; `None` when there is none or several.
+fn only_value<'h>(headers: &'h HeaderMap, principal: &str) -> Option<&'h HeaderValue> {
     let mut values = headers.get_all(&HEADER).iter();
     let value = values.next()?;
     if values.next().is_some() {
         tracing::debug!(%principal, "several peer metadata headers; ignored");
         return None;
     }
-    verified(value.as_bytes(), principal)
+    Some(value)
+}
+
+/// The peer metadata one connection's requests carried first, and the source it named:
+/// a client's proxy sends the same value on every request of a connection.
+pub type FirstSource = OnceLock<(HeaderValue, Option<Arc<Peer>>)>;
+
+/// [`verified_source`] of a request on a connection whose verified identity is `principal`
+/// (the same for every request it carries), decoded only when its value is not the one the
+/// connection sent first (`first`). why: decoding it (and the label set made of it) cost
+/// each inbound request a dozen allocations.
+pub fn verified_source_on(first: &FirstSource, headers: &HeaderMap, principal: &str) -> Option<Arc<Peer>> {
+    let value = only_value(headers, principal)?;
+    if let Some((seen, peer)) = first.get()
+        && seen == value
+    {
+        return peer.clone();
+    }
+    let peer = verified(value.as_bytes(), principal).map(Arc::new);
+    let _ = first.set((value.clone(), peer.clone()));
+    peer
 }
 
 /// The workload a metadata value names, when its namespace is the one of
@@ -171,6 +197,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(HEADER, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[test]
+    fn a_connections_source_is_decoded_once_and_a_new_value_anew() {
+        let first = FirstSource::default();
+        let web = headers("w=web;n=shop;a=web");
+        let a = verified_source_on(&first, &web, WEB).expect("verified");
+        let b = verified_source_on(&first, &web, WEB).expect("verified");
+        assert!(Arc::ptr_eq(&a, &b), "the second request reuses the first one's source");
+        assert_eq!(a.workload, "web");
+        // Another value on the same connection is decoded, and believed or not, on its own.
+        let other = verified_source_on(&first, &headers("w=web2;n=shop"), WEB).expect("verified");
+        assert_eq!(other.workload, "web2");
+        assert!(verified_source_on(&first, &headers("w=admin;n=kube-system"), WEB).is_none());
+        assert!(verified_source_on(&first, &HeaderMap::new(), WEB).is_none());
+        assert!(Arc::ptr_eq(&verified_source_on(&first, &web, WEB).unwrap(), &a));
     }
 
     #[test]

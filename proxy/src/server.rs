@@ -290,6 +290,8 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         sni: None,
         verdicts: None,
         timer: Default::default(),
+        first_source: Default::default(),
+        xfcc: Default::default(),
     };
 
     let mut passed_through = false;

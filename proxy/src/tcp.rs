@@ -107,7 +107,9 @@ pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
         endpoint,
         flags: if upstream.is_some() { "-" } else { "UF" },
     };
-    let series = rt.metrics.tcp_opened(crate::labels::conn(snap, &seen, source));
+    let series = rt
+        .metrics
+        .tcp_opened(crate::labels::conn(snap, &seen, source.map(Arc::new)));
     // Bytes in either direction pass through the downstream side, so its idle
     // clock is the connection's.
     let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)

@@ -507,9 +507,17 @@ impl Hop<'_> {
                 h.remove(XFCC);
                 if let (Some(peer), Some(hash), Some(id)) =
                     (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
-                    && let Ok(v) = HeaderValue::from_str(&format!("By={};Hash={hash};URI={peer}", id.spiffe_id))
                 {
-                    h.insert(XFCC, v);
+                    let by = id.spiffe_id.as_str();
+                    let make = || HeaderValue::from_str(&format!("By={by};Hash={hash};URI={peer}")).ok();
+                    // The same for every request of the connection while the proxy's identity is.
+                    let value = match conn.xfcc.get_or_init(|| (by.to_string(), make())) {
+                        (made_for, value) if made_for == by => value.clone(),
+                        _ => make(),
+                    };
+                    if let Some(v) = value {
+                        h.insert(XFCC, v);
+                    }
                 }
             }
             ListenerDirection::Gateway => {

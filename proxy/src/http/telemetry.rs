@@ -33,7 +33,7 @@ pub(super) fn labels(
     snap: &Snapshot,
     conn: &ConnContext,
     out: &RequestOutcome,
-    source_meta: Option<Peer>,
+    source_meta: Option<Arc<Peer>>,
     resp: &Response<Body>,
     grpc: bool,
 ) -> RequestLabels {
