@@ -33,6 +33,11 @@ const HOP_HEADERS: [HeaderName; 7] = {
 };
 
 pub(super) fn strip_hop_headers(h: &mut HeaderMap) {
+    // why: most messages carry none of them, and one look at each name is far cheaper than a
+    // lookup for each name of the list.
+    if !h.keys().any(|k| HOP_HEADERS.contains(k)) {
+        return;
+    }
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
