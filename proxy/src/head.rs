@@ -7,6 +7,7 @@
 //! A verdict names the request (its sequence number on the connection); the
 //! request handler answers that request with 400 and closes the connection.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -230,9 +231,17 @@ fn check_head(head: &[u8]) -> Result<State, HeadError> {
             return Err(HeadError::BareLf);
         }
     }
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
+    // The lines between the LFs (each one, checked above, ends a CRLF), decoded one at a time:
+    // for the ASCII nearly every head is that costs a check, where decoding the whole head
+    // and searching it for CRLFs cost about 4k instructions for a mesh request's head.
+    let mut lines = head.split(|b| *b == b'\n').map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        }
+    });
+    let request_line = lines.next().unwrap_or_default();
     let method = request_line.split(' ').next().unwrap_or("");
     let mut content_length: Option<u64> = None;
     let mut has_cl = false;
