@@ -28,16 +28,19 @@ pub struct SpanContext {
     pub sampled: bool,
 }
 
+/// A random id of `bytes` bytes (at most 16) in lower-case hex. why: one random number per id,
+/// not one per byte (ids are made for every request).
 fn hex_id(bytes: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes * 2);
     loop {
-        s.clear();
-        for _ in 0..bytes {
-            let b = fastrand::u8(..);
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
-        }
+        let mut bits = fastrand::u128(..);
+        let s: String = (0..bytes * 2)
+            .map(|_| {
+                let digit = HEX[(bits & 15) as usize];
+                bits >>= 4;
+                char::from(digit)
+            })
+            .collect();
         // All-zero ids are invalid in both W3C and B3.
         if s.bytes().any(|b| b != b'0') {
             return s;
@@ -110,23 +113,31 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             }
         }
     };
-    // Built by hand, not formatted: this runs for every request.
-    let mut traceparent = String::with_capacity(55);
-    traceparent.push_str("00-");
-    traceparent.push_str(&ctx.trace_id);
-    traceparent.push('-');
-    traceparent.push_str(&ctx.span_id);
-    traceparent.push_str(if ctx.sampled { "-01" } else { "-00" });
-    let set = |h: &mut HeaderMap, k: HeaderName, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
+    // Built by hand on the stack, not formatted: this runs for every request.
+    let mut traceparent = [0u8; 55];
+    let parts = [
+        "00-",
+        &ctx.trace_id,
+        "-",
+        &ctx.span_id,
+        if ctx.sampled { "-01" } else { "-00" },
+    ];
+    let mut len = 0;
+    for part in parts {
+        let end = (len + part.len()).min(traceparent.len());
+        traceparent[len..end].copy_from_slice(&part.as_bytes()[..end - len]);
+        len = end;
+    }
+    let set = |h: &mut HeaderMap, k: HeaderName, v: &[u8]| {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
             h.insert(k, v);
         }
     };
-    set(headers, TRACEPARENT, &traceparent);
-    set(headers, B3_TRACE_ID, &ctx.trace_id);
-    set(headers, B3_SPAN_ID, &ctx.span_id);
+    set(headers, TRACEPARENT, &traceparent[..len]);
+    set(headers, B3_TRACE_ID, ctx.trace_id.as_bytes());
+    set(headers, B3_SPAN_ID, ctx.span_id.as_bytes());
     match &ctx.parent_id {
-        Some(p) => set(headers, B3_PARENT_SPAN_ID, p),
+        Some(p) => set(headers, B3_PARENT_SPAN_ID, p.as_bytes()),
         None => {
             headers.remove(&B3_PARENT_SPAN_ID);
         }
