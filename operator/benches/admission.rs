@@ -40,103 +40,28 @@
 //! `cargo bench -p trellis-operator --bench admission` (release build); `ROUNDS` (40),
 //! `SCALE` (500), `CONCURRENCY` (50).
 
+#[path = "admission/cores.rs"]
+mod cores;
+#[path = "admission/reviews.rs"]
+mod reviews;
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use serde_json::{Value, json};
+use reviews::{distinct_pod_review, index, pod_review, vs_review};
+use serde_json::Value;
 use trellis_manifests::install::{Options, webhooks};
 use trellis_manifests::sidecar::Settings;
 use trellis_operator::admission::server::{Webhooks, serve};
 use trellis_operator::ca::{MeshRoots, SigningCert, SystemClock};
-use trellis_operator::index::{Change, Index, Object};
+use trellis_operator::index::Index;
 use trellis_operator::metrics::{Distribution, Histogram, Metrics};
 use trellis_operator::serving::{ClientAuth, Identity, ServingTls};
-use trellis_operator::snapshot::InputKind;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pod_review(i: usize) -> Vec<u8> {
-    pod_review_value(i).to_string().into_bytes()
-}
-
-/// A pod of a template of its own (its `version` label differs from every other pod's), so the
-/// injector's memo never answers it.
-fn distinct_pod_review(i: usize) -> Vec<u8> {
-    let mut review = pod_review_value(i);
-    review["request"]["object"]["metadata"]["labels"]["version"] = json!(format!("v{i}"));
-    review.to_string().into_bytes()
-}
-
-fn pod_review_value(i: usize) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("00000000-0000-4000-8000-{i:012}"),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop", "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"generateName": "web-7d4b9c-", "namespace": "shop",
-                             "labels": {"app": "web", "version": "v1", "pod-template-hash": "7d4b9c"},
-                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c",
-                                                  "uid": "3f1f2c1e-0000-4000-8000-000000000000", "controller": true, "blockOwnerDeletion": true}]},
-                "spec": {
-                    "serviceAccountName": "web",
-                    "containers": [{"name": "web", "image": "ghcr.io/trellis-mesh/trellis-testapp:0.1.0",
-                                    "env": [{"name": "TESTAPP_SERVICE", "value": "web"}],
-                                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-                                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-                                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
-                    "restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "terminationGracePeriodSeconds": 30,
-                },
-            },
-            "oldObject": null, "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
-        }
-    })
-}
-
-fn vs_review(i: usize) -> Vec<u8> {
-    let routing = trellis_api::document::parse_documents(trellis_manifests::demo::ROUTING);
-    let vs = routing
-        .iter()
-        .filter_map(|d| d.content.clone().ok())
-        .find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "payment")
-        .unwrap_or(Value::Null);
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("00000000-0000-4000-9000-{i:012}"),
-            "kind": {"group": "networking.trellis.dev", "version": "v1alpha1", "kind": "VirtualService"},
-            "resource": {"group": "networking.trellis.dev", "version": "v1alpha1", "resource": "virtualservices"},
-            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "admin"},
-            "object": vs, "oldObject": null, "dryRun": false,
-        }
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// A synced index with the demo namespace labelled for injection and its Gateway.
-fn index() -> Index {
-    let mut index = Index::default();
-    for kind in InputKind::ALL {
-        index.apply(Change::Relisted {
-            kind,
-            seen: Default::default(),
-        });
-    }
-    let ns: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"trellis.dev/inject": "enabled"}}}))
-            .unwrap_or_default();
-    index.apply(Change::Applied(Object::Namespace(Box::new(ns))));
-    index
 }
 
 #[derive(Default)]
@@ -192,6 +117,10 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The name of the server's threads (see [`start_server`]), which [`cores`] tells apart from
+/// the client's.
+const SERVER_THREADS: &str = "operator";
+
 /// The server's runtime (see [`start_server`]).
 static SERVER: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
 
@@ -225,9 +154,11 @@ fn phases() -> Vec<(&'static str, Distribution)> {
 /// work was spread over both).
 async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future::Future<Output = Results>) -> usize {
     let (before, load, busy, phases_before) = (histogram.snapshot(), load_average(), workers_busy(), phases());
+    let cores_before = cores::so_far(SERVER_THREADS);
     let started = Instant::now();
     let mut results = scenario.await;
     let took = started.elapsed();
+    let cores_after = cores::so_far(SERVER_THREADS);
     let server = histogram.snapshot().since(&before);
     let failed = results.report(name, &server, (load, load_average()));
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
@@ -254,6 +185,13 @@ async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future:
         busy.join(", "),
         took.as_secs_f64() * 1000.0
     );
+    if let (Some((server_before, client_before)), Some((server, client))) = (cores_before, cores_after) {
+        println!(
+            "    on the cores: the server's threads {}; the client's {}",
+            server.since(&server_before),
+            client.since(&client_before)
+        );
+    }
     failed
 }
 
@@ -484,7 +422,7 @@ fn start_server(tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) -> std::net::Sock
     listener.set_nonblocking(true).expect("non-blocking");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("operator")
+        .thread_name(SERVER_THREADS)
         .enable_all()
         .build()
         .expect("the server's runtime");
