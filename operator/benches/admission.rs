@@ -5,11 +5,16 @@
 //! - `inject, 50 concurrent`: 50 pod creations in flight at once (50 keep-alive HTTP/1.1
 //!   connections, `ROUNDS` pods each).
 //! - `inject, scale-up of 500`: one Deployment scaled to 500 — the ReplicaSet controller creates
-//!   pods in slow-start batches of 1, 2, 4, … concurrently, here over one HTTP/2 connection as
-//!   the API server multiplexes its webhook calls.
+//!   pods in slow-start batches of 1, 2, 4, … concurrently — called as the API server calls
+//!   webhooks: over HTTP/1.1 (since Kubernetes 1.16, kubernetes#82090), each call on an idle
+//!   keep-alive connection or a new one (a full TLS handshake: client-go keeps no TLS session
+//!   cache), at most 25 idle ones kept (client-go's `idleConnsPerHost`). So a batch of 128 opens
+//!   about a hundred connections at once.
+//! - `inject, scale-up of 500 over one HTTP/2 connection`: the same batches multiplexed over one
+//!   connection, as a client that multiplexes would send them (not the API server).
 //! - `inject, 50 concurrent, every pod its own template`: as the first, each pod with a label
 //!   of its own, so the injector's memo never answers (every pod decided: the typed pod, the
-//!   template, the JSON patch). The first two scenarios send pods of one template, as a
+//!   template, the JSON patch). The first three scenarios send pods of one template, as a
 //!   Deployment's ReplicaSet does: the memo decides the first and answers the rest (each
 //!   scenario prints how many it answered and decided).
 //! - `validate, 50 concurrent`: a VirtualService (the demo's payment routing) applied 50 at a
@@ -22,7 +27,8 @@
 //!   written, the wait for a worker thread included — as Prometheus would estimate p50 and p99
 //!   from its buckets, and exactly the share answered within 10 ms;
 //! - **end to end**: the client's time from sending the request to having read the whole
-//!   answer (TLS, the loopback, the client's own work and its queue).
+//!   answer (TLS — a new connection's handshake included —, the loopback, the client's own
+//!   work and its queue), and how many connections the client opened.
 //!
 //! And where the time in the operator went, from the server's
 //! `trellis_operator_admission_phase_seconds`: `queued` (headers read → the review's task first
@@ -30,9 +36,15 @@
 //! HTTP/2 the connection task reading it), `answer` (→ the answer handed to the connection: the
 //! decision, the JSON, and waits in between), p50 and p99 of each.
 //!
-//! The server runs on a runtime of its own (2 worker threads, as the operator's on 2 cores),
-//! the client on another, in one process: the two share the machine's cores as an API server
-//! and the operator on one node do. The load average is printed with each scenario.
+//! And where the threads' time went, from the kernel's scheduler statistics: how long the
+//! server's threads ran on a core and how long they were runnable but waited for one, and the
+//! same for the client's process.
+//!
+//! The server runs on a runtime of its own (2 worker threads, as the operator's on 2 cores) in
+//! this process; the client runs in a process of its own (this binary started again for each
+//! scenario, see `client`), so this process's threads and scheduler statistics are the
+//! operator's alone. The two processes share the machine's cores (neither is pinned), as an
+//! API server and the operator on one node do. The load average is printed with each scenario.
 //!
 //! Every answer is checked (status 200, allowed, a patch for pods); failures are counted, and
 //! any failure makes the run exit with status 1. Target: p99 ≤ 10 ms per admission in the
@@ -40,6 +52,8 @@
 //! `cargo bench -p trellis-operator --bench admission` (release build); `ROUNDS` (40),
 //! `SCALE` (500), `CONCURRENCY` (50).
 
+#[path = "admission/client.rs"]
+mod client;
 #[path = "admission/cores.rs"]
 mod cores;
 #[path = "admission/reviews.rs"]
@@ -48,8 +62,7 @@ mod reviews;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use client::{Results, Scenario};
 use reviews::{distinct_pod_review, index, pod_review, vs_review};
 use serde_json::Value;
 use trellis_manifests::install::{Options, webhooks};
@@ -64,18 +77,7 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-#[derive(Default)]
-struct Results {
-    latencies: Vec<Duration>,
-    failures: Vec<String>,
-}
-
 impl Results {
-    fn merge(&mut self, other: Results) {
-        self.latencies.extend(other.latencies);
-        self.failures.extend(other.failures);
-    }
-
     /// Prints the figures — end to end, and in the operator from `server` (its histogram
     /// over the run), with the load average before and after; returns how many admissions
     /// failed.
@@ -96,12 +98,13 @@ impl Results {
             in_operator(0.99),
         );
         println!(
-            "    end to end:      n={:<5} p50={:.3} ms  p99={:.3} ms  max={:.3} ms  failed={}",
+            "    end to end:      n={:<5} p50={:.3} ms  p99={:.3} ms  max={:.3} ms  failed={}  (connections opened: {})",
             self.latencies.len(),
             ms(q(0.50)),
             ms(q(0.99)),
             ms(self.latencies.last().copied().unwrap_or_default()),
-            self.failures.len()
+            self.failures.len(),
+            self.connections
         );
         for f in self.failures.iter().take(3) {
             println!("    failure: {f}");
@@ -185,153 +188,14 @@ async fn measured(name: &str, histogram: &Histogram, scenario: impl std::future:
         busy.join(", "),
         took.as_secs_f64() * 1000.0
     );
-    if let (Some((server_before, client_before)), Some((server, client))) = (cores_before, cores_after) {
+    if let (Some((server_before, _)), Some((server, _))) = (cores_before, cores_after) {
+        let client = results.cores.map_or_else(|| "unknown".to_string(), |c| c.to_string());
         println!(
-            "    on the cores: the server's threads {}; the client's {}",
-            server.since(&server_before),
-            client.since(&client_before)
+            "    on the cores: the server's threads {}; the client's process {client}",
+            server.since(&server_before)
         );
     }
     failed
-}
-
-fn check(status: u16, body: &[u8], want_patch: bool) -> Result<(), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("status {status}: {e}"))?;
-    if status != 200 || v["response"]["allowed"] != true {
-        return Err(format!("status {status}: {}", v["response"]["status"]));
-    }
-    if want_patch && !v["response"]["patch"].is_string() {
-        return Err("no patch".into());
-    }
-    Ok(())
-}
-
-/// Read a response to the end and check it.
-async fn answered(
-    response: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
-    want_patch: bool,
-) -> Result<(), String> {
-    let resp = response.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    check(status, &bytes, want_patch)
-}
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn connect(addr: std::net::SocketAddr, root_pem: &str, alpn: &[u8]) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()).flatten() {
-        roots.add(cert).ok();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake")
-}
-
-fn request(path: &str, body: Vec<u8>) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::post(path)
-        .header("host", "trellis-operator.trellis-system.svc:443")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request")
-}
-
-/// `concurrency` keep-alive HTTP/1.1 connections, each sending `rounds` requests in turn.
-async fn concurrent(
-    addr: std::net::SocketAddr,
-    root_pem: &str,
-    path: &'static str,
-    concurrency: usize,
-    rounds: usize,
-    body: fn(usize) -> Vec<u8>,
-    want_patch: bool,
-) -> Results {
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let tls = connect(addr, root_pem, b"http/1.1").await;
-        workers.push(tokio::spawn(async move {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .expect("HTTP/1.1");
-            tokio::spawn(conn);
-            let mut out = Results::default();
-            for r in 0..rounds {
-                let req = request(path, body(w * rounds + r));
-                let started = Instant::now();
-                let answer = async {
-                    send.ready().await.map_err(|e| e.to_string())?;
-                    answered(send.send_request(req).await, want_patch).await
-                }
-                .await;
-                out.latencies.push(started.elapsed());
-                if let Err(e) = answer {
-                    out.failures.push(e);
-                }
-            }
-            out
-        }));
-    }
-    let mut all = Results::default();
-    for w in workers {
-        if let Ok(r) = w.await {
-            all.merge(r);
-        }
-    }
-    all
-}
-
-/// `total` pod creations in slow-start batches (1, 2, 4, …), each batch in flight at once,
-/// multiplexed over one HTTP/2 connection.
-async fn scale_up(addr: std::net::SocketAddr, root_pem: &str, total: usize) -> Results {
-    let tls = connect(addr, root_pem, b"h2").await;
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("HTTP/2");
-    tokio::spawn(conn);
-    let mut all = Results::default();
-    let (mut created, mut batch) = (0, 1);
-    while created < total {
-        let n = batch.min(total - created);
-        let mut in_flight = Vec::new();
-        for i in 0..n {
-            let mut send = send.clone();
-            let req = request(webhooks::INJECT_PATH, pod_review(created + i));
-            in_flight.push(tokio::spawn(async move {
-                let started = Instant::now();
-                let answer = async {
-                    send.ready().await.map_err(|e| e.to_string())?;
-                    answered(send.send_request(req).await, true).await
-                }
-                .await;
-                (started.elapsed(), answer)
-            }));
-        }
-        for f in in_flight {
-            match f.await {
-                Ok((took, answer)) => {
-                    all.latencies.push(took);
-                    if let Err(e) = answer {
-                        all.failures.push(e);
-                    }
-                }
-                Err(e) => all.failures.push(e.to_string()),
-            }
-        }
-        created += n;
-        batch *= 2;
-    }
-    all
 }
 
 fn decisions(index: &RwLock<Index>, defaults: &Settings, n: usize) {
@@ -400,20 +264,6 @@ async fn memo_counted<T>(webhooks: &Webhooks, scenario: impl std::future::Future
     out
 }
 
-/// `concurrency` pod creations in flight at once, `rounds` each, of pods `body` makes: measured,
-/// with what the injector's memo answered; returns how many failed.
-async fn injected(
-    webhooks: &Webhooks,
-    histogram: &Histogram,
-    name: &str,
-    (addr, root_pem): (std::net::SocketAddr, &str),
-    (concurrency, rounds): (usize, usize),
-    body: fn(usize) -> Vec<u8>,
-) -> usize {
-    let run = concurrent(addr, root_pem, webhooks::INJECT_PATH, concurrency, rounds, body, true);
-    memo_counted(webhooks, measured(name, histogram, run)).await
-}
-
 /// Serve the webhooks on a runtime of their own (2 worker threads, as the operator's on 2
 /// cores), on a thread of their own; returns where they listen.
 fn start_server(tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) -> std::net::SocketAddr {
@@ -427,18 +277,29 @@ fn start_server(tls: Arc<ServingTls>, webhooks: Arc<Webhooks>) -> std::net::Sock
         .build()
         .expect("the server's runtime");
     SERVER.set(runtime.handle().clone()).ok();
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            serve(listener, tls, webhooks).await;
-        });
-    });
+    // (the thread that accepts connections is one of the server's too)
+    let accepting = std::thread::Builder::new().name(SERVER_THREADS.into());
+    accepting
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                serve(listener, tls, webhooks).await;
+            });
+        })
+        .expect("the server's thread");
     addr
 }
 
 #[tokio::main(worker_threads = 2)]
 async fn main() {
     rustls::crypto::ring::default_provider().install_default().ok();
+    if let Ok(scenario) = std::env::var(client::SCENARIO_ENV) {
+        if let Err(e) = client::run_as_child(&scenario).await {
+            eprintln!("the admission benchmark's client: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let (rounds, scale, concurrency) = (env("ROUNDS", 40), env("SCALE", 500), env("CONCURRENCY", 50));
     let root = SigningCert::self_signed_root(
         "cluster.local",
@@ -470,55 +331,47 @@ async fn main() {
     handled(&webhooks, 2000);
     let addr = start_server(tls, webhooks.clone());
     println!(
-        "webhook server on {addr} (HTTPS) on its own 2 worker threads; the client on 2 others; {} cores",
+        "webhook server on {addr} (HTTPS) on its own 2 worker threads; the client in a process of its own (2 worker threads); {} cores, shared",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
 
     // Warm up (connections, allocator), not counted.
-    concurrent(addr, &root_pem, webhooks::INJECT_PATH, 4, 25, pod_review, true).await;
+    let warm = Scenario::WarmUp.in_client(addr, &root_pem).await;
+    if let Some(f) = warm.failures.first() {
+        eprintln!("warming up failed: {f}");
+        std::process::exit(1);
+    }
 
     let seconds = &metrics.admission_seconds;
-    let mut failed = injected(
-        &webhooks,
-        &seconds.inject,
-        &format!("inject, {concurrency} concurrent"),
-        (addr, &root_pem),
-        (concurrency, rounds),
-        pod_review,
-    )
-    .await;
-    failed += memo_counted(
-        &webhooks,
-        measured(
-            &format!("inject, scale-up of {scale}"),
-            &seconds.inject,
-            scale_up(addr, &root_pem, scale),
+    let mut failed = 0;
+    for (name, scenario) in [
+        (
+            format!("inject, {concurrency} concurrent"),
+            Scenario::Inject { concurrency, rounds },
         ),
-    )
-    .await;
-    failed += injected(
-        &webhooks,
-        &seconds.inject,
-        &format!("inject, {concurrency} concurrent, every pod its own template"),
-        (addr, &root_pem),
-        (concurrency, rounds),
-        distinct_pod_review,
-    )
-    .await;
-    failed += measured(
-        &format!("validate, {concurrency} concurrent"),
-        &seconds.validate,
-        concurrent(
-            addr,
-            &root_pem,
-            webhooks::VALIDATE_PATH,
-            concurrency,
-            rounds,
-            vs_review,
-            false,
+        (
+            format!("inject, scale-up of {scale} (HTTP/1.1, as the API server calls webhooks)"),
+            Scenario::ScaleUp { scale, http2: false },
         ),
-    )
-    .await;
+        (
+            format!("inject, scale-up of {scale} over one HTTP/2 connection"),
+            Scenario::ScaleUp { scale, http2: true },
+        ),
+        (
+            format!("inject, {concurrency} concurrent, every pod its own template"),
+            Scenario::InjectDistinct { concurrency, rounds },
+        ),
+        (
+            format!("validate, {concurrency} concurrent"),
+            Scenario::Validate { concurrency, rounds },
+        ),
+    ] {
+        let run = scenario.in_client(addr, &root_pem);
+        failed += match scenario {
+            Scenario::Validate { .. } => measured(&name, &seconds.validate, run).await,
+            _ => memo_counted(&webhooks, measured(&name, &seconds.inject, run)).await,
+        };
+    }
     // The target is 0 failed admissions: a failure fails the run, not only its figures.
     if failed > 0 {
         eprintln!("{failed} admissions failed (target: 0); see the failures above");
