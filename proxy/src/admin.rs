@@ -236,7 +236,7 @@ pub fn config_dump(rt: &Runtime) -> ConfigDump {
         .map(|c| {
             json!({
                 "name": c.spec.name,
-                "activeRequests": c.active_requests.load(Ordering::Relaxed),
+                "activeRequests": c.circuit.active_requests.load(Ordering::Relaxed),
                 // A static cluster's endpoints are its config's, in order (a cluster with
                 // run-time discovery has none here).
                 "endpoints": c.endpoints.iter().zip(&c.spec.endpoints).map(|(e, spec)| json!({

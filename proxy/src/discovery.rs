@@ -82,13 +82,17 @@ impl DiscoveryState {
         }
     }
 
-    fn build(&self, spec: &Cluster, endpoints: Vec<Endpoint>) -> Result<ClusterRuntime, ClusterError> {
+    /// `cluster` over `endpoints`, sharing its circuit breakers: the limits are the cluster's,
+    /// whichever addresses it goes to.
+    fn build(&self, cluster: &ClusterRuntime, endpoints: Vec<Endpoint>) -> Result<ClusterRuntime, ClusterError> {
         let spec = Cluster {
             discovery: Discovery::Static,
             endpoints,
-            ..spec.clone()
+            ..cluster.spec.clone()
         };
-        ClusterRuntime::build(spec, self.identity.as_ref(), &self.local_cluster)
+        let mut rt = ClusterRuntime::build(spec, self.identity.as_ref(), &self.local_cluster)?;
+        rt.circuit = Arc::clone(&cluster.circuit);
+        Ok(rt)
     }
 }
 
@@ -126,7 +130,7 @@ fn original_destination(
         health: Default::default(),
         identity: None,
     };
-    match state.build(&cluster.spec, vec![endpoint]) {
+    match state.build(cluster, vec![endpoint]) {
         Ok(rt) => {
             let rt = Arc::new(rt);
             map.insert(dst, Arc::clone(&rt));
@@ -206,13 +210,13 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
             });
         }
     }
-    let runtime = match state.build(&cluster.spec, endpoints) {
+    let runtime = match state.build(cluster, endpoints) {
         Ok(rt) => Arc::new(rt),
         Err(e) => {
             tracing::warn!(cluster = %cluster.spec.name, error = %e, "cannot build the cluster over the resolved addresses");
             Arc::new(
                 state
-                    .build(&cluster.spec, Vec::new())
+                    .build(cluster, Vec::new())
                     .expect("a cluster without endpoints always builds"),
             )
         }

@@ -33,6 +33,21 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod by_cluster;
+
+use by_cluster::ByCluster;
+
+/// What a cluster's circuit breakers refused ([`Metrics::upstream_overflow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// A request (`UO`): `maxConnections` with the pending queue full, or `maxRequests`.
+    Request,
+    /// A retry: `maxRetries` in flight.
+    Retry,
+    /// A proxied TCP connection: `maxTcpConnections` open.
+    Connection,
+}
+
 /// Envoy's default histogram buckets, which Istio's standard metrics use for
 /// durations (milliseconds) and sizes (bytes) alike; the contract's, so the
 /// golden signals the proxy reports use the same.
@@ -284,7 +299,13 @@ pub struct Metrics {
     downstream_tls_failures: AtomicU64,
     outlier_ejections: AtomicU64,
     /// Upstream TLS handshakes that failed, by cluster.
-    upstream_tls_failures: Mutex<HashMap<String, u64>>,
+    upstream_tls_failures: ByCluster,
+    /// Requests refused by a cluster's circuit breakers (`UO`), by cluster.
+    upstream_rq_overflow: ByCluster,
+    /// Retries not made because of a cluster's `maxRetries` (or the route's budget).
+    upstream_retry_overflow: ByCluster,
+    /// Proxied TCP connections closed because of a cluster's `maxTcpConnections`.
+    upstream_cx_overflow: ByCluster,
     app_scrape_failures: AtomicU64,
     series_overflow: AtomicU64,
     authz_audited: AtomicU64,
@@ -355,12 +376,15 @@ impl Metrics {
     /// A TLS handshake with an endpoint of `cluster` failed: its certificate was refused
     /// (unknown issuer, wrong name or subject alternative names), or it refused ours.
     pub fn upstream_tls_failed(&self, cluster: &str) {
-        let mut map = self.upstream_tls_failures.lock().expect("metrics lock");
-        match map.get_mut(cluster) {
-            Some(n) => *n += 1,
-            None => {
-                map.insert(cluster.to_string(), 1);
-            }
+        self.upstream_tls_failures.inc(cluster);
+    }
+
+    /// A cluster's circuit breakers refused a request or a retry.
+    pub fn upstream_overflow(&self, cluster: &str, what: Overflow) {
+        match what {
+            Overflow::Request => self.upstream_rq_overflow.inc(cluster),
+            Overflow::Retry => self.upstream_retry_overflow.inc(cluster),
+            Overflow::Connection => self.upstream_cx_overflow.inc(cluster),
         }
     }
 
@@ -413,7 +437,30 @@ impl Metrics {
         let mut out = String::new();
         self.render_requests(&mut out);
         self.render_tcp(&mut out);
-        self.render_upstream_tls_failures(&mut out);
+        for (name, help, by_cluster) in [
+            (
+                "trellis_proxy_upstream_tls_failures_total",
+                "Upstream TLS handshakes that failed (certificate refused either way), by cluster.",
+                &self.upstream_tls_failures,
+            ),
+            (
+                "trellis_proxy_upstream_rq_overflow_total",
+                "Requests answered 503 UO by a cluster's circuit breakers (maxConnections with its pending queue full, or maxRequests active), by cluster.",
+                &self.upstream_rq_overflow,
+            ),
+            (
+                "trellis_proxy_upstream_retry_overflow_total",
+                "Retries not made because a cluster's maxRetries (or the route's retry budget) were in flight, by cluster.",
+                &self.upstream_retry_overflow,
+            ),
+            (
+                "trellis_proxy_upstream_cx_overflow_total",
+                "Proxied TCP connections closed on arrival because a cluster's maxConnections were open, by cluster.",
+                &self.upstream_cx_overflow,
+            ),
+        ] {
+            by_cluster.render(&mut out, name, help);
+        }
         for (name, help, v) in [
             (
                 "trellis_proxy_config_applied_total",
@@ -508,22 +555,6 @@ impl Metrics {
             for (l, s) in &series {
                 pick(s).render(out, name, l);
             }
-        }
-    }
-
-    fn render_upstream_tls_failures(&self, out: &mut String) {
-        let map = self.upstream_tls_failures.lock().expect("metrics lock");
-        let mut series: Vec<(&String, &u64)> = map.iter().collect();
-        series.sort();
-        let name = "trellis_proxy_upstream_tls_failures_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Upstream TLS handshakes that failed (certificate refused either way), by cluster.\n# TYPE {name} counter"
-        );
-        for (cluster, n) in series {
-            let mut l = String::new();
-            label(&mut l, "cluster", cluster);
-            let _ = writeln!(out, "{name}{{{l}}} {n}");
         }
     }
 

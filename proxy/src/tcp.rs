@@ -8,7 +8,7 @@ use crate::authz::{Layer, authorize, peer_namespace};
 use crate::client_hello::{self, Sni};
 use crate::http::ConnContext;
 use crate::labels::Observed;
-use crate::metrics::{Peer, TcpSeries};
+use crate::metrics::{Overflow, Peer, TcpSeries};
 use crate::routing::HttpHeaders;
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -18,7 +18,7 @@ use http::HeaderMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use trellis_contract::authorization::AuthzRequest;
 use trellis_contract::{ListenerDirection, Unrouted};
@@ -78,6 +78,13 @@ pub async fn proxy(
         tracing::debug!(listener = %ctx.listener, cluster = %cluster_name, "no original destination to pass through to; closing");
         return;
     };
+    // `tcp.maxConnections`: a connection past it is closed on arrival, as Envoy's TCP proxy
+    // closes it (connections do not queue).
+    let Ok(_open) = cluster.circuit.try_tcp_connection() else {
+        rt.metrics.upstream_overflow(&cluster.spec.name, Overflow::Connection);
+        tracing::debug!(listener = %ctx.listener, cluster = %cluster.spec.name, "maxConnections open to the cluster; closing");
+        return;
+    };
     let (upstream, endpoint) = connect(&rt, &snap, &cluster, &ctx).await;
     splice(
         &rt, &snap, &listener, &ctx, &cluster, endpoint, upstream, downstream, source,
@@ -86,8 +93,9 @@ pub async fn proxy(
 }
 
 /// Copy bytes both ways between `downstream` and `upstream` (the connection [`connect`] made
-/// to `cluster`'s endpoint `endpoint`; `None` when it failed) until either side closes or
-/// the listener's TCP idle timeout passes, counting them into the connection's TCP series.
+/// to `cluster`'s endpoint `endpoint`; `None` when it failed) until either side closes, the
+/// TCP idle timeout passes (the cluster's, else the listener's) or the cluster's
+/// `maxConnectionDuration` is reached, counting them into the connection's TCP series.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
     rt: &Runtime,
@@ -111,17 +119,29 @@ pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
         .metrics
         .tcp_opened(crate::labels::conn(snap, &seen, source.map(Arc::new)));
     // Bytes in either direction pass through the downstream side, so its idle
-    // clock is the connection's.
-    let idle = (listener.spec.limits.tcp_idle_timeout_ms > 0)
-        .then(|| std::time::Duration::from_millis(listener.spec.limits.tcp_idle_timeout_ms));
+    // clock is the connection's: the cluster's `tcp.idleTimeout`, else the listener's.
+    let pool = &cluster.spec.connection_pool;
+    let idle_ms = pool
+        .tcp_idle_timeout_ms
+        .unwrap_or(listener.spec.limits.tcp_idle_timeout_ms);
+    let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
     let mut downstream = Counted {
         inner: crate::idle::IdleIo::new(downstream, idle),
         series: Arc::clone(&series),
     };
-    if let Some(mut up) = upstream
-        && let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut up).await
-    {
-        tracing::debug!(error = %e, "TCP proxy ended with error");
+    if let Some(mut up) = upstream {
+        let copied = tokio::io::copy_bidirectional(&mut downstream, &mut up);
+        // `tcp.maxConnectionDuration`: both sides are closed when it is reached.
+        let ended = match pool.max_connection_duration_ms.map(Duration::from_millis) {
+            Some(max) => tokio::time::timeout(max, copied).await.unwrap_or_else(|_| {
+                tracing::debug!(cluster = %cluster.spec.name, "TCP connection reached maxConnectionDuration; closing");
+                Ok((0, 0))
+            }),
+            None => copied.await,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "TCP proxy ended with error");
+        }
     }
     series.closed();
 }

@@ -577,6 +577,12 @@ pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut F
     }
     if let Some(http) = &pool.http {
         duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
+        if http.max_retries == Some(0) {
+            f.warn(
+                format!("{cp}.http.maxRetries"),
+                "0 sets no limit (Istio reads 0 as unset); to make no retries, set retries: {attempts: 0} on the VirtualService route",
+            );
+        }
     }
 }
 

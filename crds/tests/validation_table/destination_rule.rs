@@ -154,6 +154,19 @@ pub fn cases() -> Vec<Case> {
             "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
             "allowed:",
         ),
+        ok(
+            Dr,
+            "spec.trafficPolicy.connectionPool",
+            json!({"tcp": {"maxConnectionDuration": "1h", "idleTimeout": "30m", "tcpKeepalive": {"time": "60s", "interval": "10s", "probes": 3}},
+                   "http": {"http2MaxRequests": 100, "maxRetries": 3, "maxConcurrentStreams": 10}}),
+        ),
+        warn_at(
+            Dr,
+            "spec.trafficPolicy.connectionPool",
+            json!({"http": {"maxRetries": 0}}),
+            "spec.trafficPolicy.connectionPool.http.maxRetries",
+            "sets no limit",
+        ),
         err_at(
             Dr,
             "spec.trafficPolicy.connectionPool",

@@ -174,7 +174,11 @@ pub enum HashKey {
     QueryParam(String),
 }
 
-/// Connection pool and circuit-breaking limits.
+/// Connection pool and circuit-breaking limits (Envoy's circuit breakers and upstream
+/// connection options, as Istio compiles a DestinationRule's `connectionPool`).
+///
+/// The fields added after the first release are optional and left out of the JSON when
+/// unset, so a config written before them still parses and means what it meant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConnectionPool {
@@ -189,6 +193,39 @@ pub struct ConnectionPool {
     pub idle_timeout_ms: u64,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: u32,
+    /// Maximum requests active on the cluster at once (Envoy's `max_requests`, Istio's
+    /// `http2MaxRequests`); one more is answered 503 with flag `UO` at once, never queued,
+    /// and never counts against an endpoint's health. `None`: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Maximum retries in flight to the cluster at once (Envoy's `max_retries`, Istio's
+    /// `maxRetries`), from the moment a retry is decided until its attempt is answered;
+    /// a retry beyond it is not made and the answer it would have replaced is returned.
+    /// `None`: unlimited (Istio's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Maximum concurrent streams on one upstream HTTP/2 connection (Istio's
+    /// `maxConcurrentStreams`); more requests open more connections. `None`: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// An upstream connection lives at most this long from when it was opened (Istio's
+    /// `tcp.maxConnectionDuration`): an HTTP connection is drained (no new requests, closed
+    /// when its requests are answered), a proxied TCP connection is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration_ms: Option<u64>,
+    /// Idle timeout of proxied TCP connections to the cluster (Istio's `tcp.idleTimeout`);
+    /// `None`: the listener's (Istio's default, 1 h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_idle_timeout_ms: Option<u64>,
+    /// TCP keepalive on upstream sockets (Istio's `tcp.tcpKeepalive`); `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Maximum proxied (opaque) TCP connections open to the cluster at once (Istio's
+    /// `tcp.maxConnections`, which Envoy's TCP proxy applies to connections); one more is
+    /// closed on arrival. `None`: unlimited (Istio's default; `maxConnections` above bounds
+    /// HTTP requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tcp_connections: Option<u32>,
 }
 
 impl Default for ConnectionPool {
@@ -199,8 +236,31 @@ impl Default for ConnectionPool {
             max_requests_per_connection: 0,
             idle_timeout_ms: 60_000,
             max_idle_per_endpoint: 64,
+            max_requests: None,
+            max_retries: None,
+            max_concurrent_streams: None,
+            max_connection_duration_ms: None,
+            tcp_idle_timeout_ms: None,
+            tcp_keepalive: None,
+            max_tcp_connections: None,
         }
     }
+}
+
+/// `SO_KEEPALIVE` on an upstream socket, with the probes' timing (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT`); an unset field keeps the system's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_secs: Option<u32>,
+    /// Time between probes, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u32>,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
 }
 
 /// Passive health checking (Istio `OutlierDetection`).

@@ -42,7 +42,7 @@ mod validate;
 
 pub use cluster::{
     Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
-    OutlierDetection, UpstreamProtocol, UpstreamTls,
+    OutlierDetection, TcpKeepalive, UpstreamProtocol, UpstreamTls,
 };
 pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};

@@ -371,6 +371,32 @@ impl Validator {
         if pool.max_connections == 0 {
             self.err(format!("{path}.connectionPool.maxConnections"), "must be positive");
         }
+        for (field, value) in [
+            ("maxRequests", pool.max_requests.map(u64::from)),
+            ("maxTcpConnections", pool.max_tcp_connections.map(u64::from)),
+            ("maxConcurrentStreams", pool.max_concurrent_streams.map(u64::from)),
+            ("maxConnectionDurationMs", pool.max_connection_duration_ms),
+            ("tcpIdleTimeoutMs", pool.tcp_idle_timeout_ms),
+            (
+                "tcpKeepalive.timeSecs",
+                pool.tcp_keepalive.as_ref().and_then(|k| k.time_secs).map(u64::from),
+            ),
+            (
+                "tcpKeepalive.intervalSecs",
+                pool.tcp_keepalive.as_ref().and_then(|k| k.interval_secs).map(u64::from),
+            ),
+            (
+                "tcpKeepalive.probes",
+                pool.tcp_keepalive.as_ref().and_then(|k| k.probes).map(u64::from),
+            ),
+        ] {
+            if value == Some(0) {
+                self.err(
+                    format!("{path}.connectionPool.{field}"),
+                    "must be positive; leave it out for no limit",
+                );
+            }
+        }
         if let Some(od) = &cl.outlier_detection {
             self.percentage(
                 &format!("{path}.outlierDetection.maxEjectionPercent"),

@@ -5,15 +5,18 @@
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, XFCC, build_request, cookie, shadow_authority, strip_hop_headers,
 };
-use super::retry::{NO_RETRIES, retry_on_error, retry_on_status, retry_on_timeout};
+use super::retry::{NO_RETRIES, retry_on_error, retry_on_status, retry_on_timeout, take_retry};
 use super::telemetry::RequestOutcome;
 use super::{ConnContext, full, text};
 use crate::idle::{ConnTimer, IdleBody, IdleIo, StreamActivity};
+use crate::metrics::Overflow;
 use crate::request_body::{BodyProgress, ClientBody, ClientFault};
 use crate::routing::{RouteHit, parse_query, rewrite_prefix};
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
-use crate::upstream::{Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, UpstreamError};
+use crate::upstream::{
+    Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, RetryToken, UpstreamError,
+};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{InvalidUri, PathAndQuery};
@@ -22,7 +25,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use trellis_contract::{ForwardAction, HashKey, ListenerDirection, RetryOn, UpstreamTls};
 
@@ -131,9 +133,13 @@ pub(super) async fn forward(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let _slot = match cluster.acquire(slot_wait).await {
-        Ok(slot) => slot,
+    // Circuit breaking: a slot (maxConnections, queued up to maxPendingRequests), then a
+    // place among the cluster's active requests (maxRequests). Refused before any endpoint
+    // is picked, so an overflow never counts against an endpoint's health.
+    let mut admission = match cluster.circuit.admit(slot_wait).await {
+        Ok(admission) => Some(admission),
         Err(NoSlot::Overflow) => {
+            rt.metrics.upstream_overflow(&cluster.spec.name, Overflow::Request);
             out.flags = "UO";
             return text(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
         }
@@ -145,8 +151,6 @@ pub(super) async fn forward(
             );
         }
     };
-    cluster.active_requests.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(&cluster);
 
     let retry = f.retries.as_ref().unwrap_or(&NO_RETRIES);
     let max_attempts = 1 + retry.attempts;
@@ -156,16 +160,10 @@ pub(super) async fn forward(
     let mut attempts_made = 0;
     let mut last_failure: (StatusCode, &'static str, Cow<'static, str>) =
         (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n".into());
+    // The retry in flight (maxRetries, the route's budget), held until the next decision.
+    let mut retrying: Option<RetryToken<'_>> = None;
     for attempt in 0..max_attempts {
         if attempt > 0 {
-            // Retry budget: bound concurrent retries relative to active requests.
-            if let Some(pct) = retry.budget_percent {
-                let active = cluster.active_requests.load(Ordering::Relaxed) as f64;
-                let allowed = (active * pct / 100.0).max(3.0);
-                if cluster.active_retries.load(Ordering::Relaxed) as f64 >= allowed {
-                    break;
-                }
-            }
             let base = retry.backoff_base_ms;
             let cap = retry.backoff_max_ms.unwrap_or(base * 10);
             let exp = base.saturating_mul(1 << (attempt - 1).min(16)).min(cap);
@@ -224,15 +222,9 @@ pub(super) async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if attempt > 0 {
-            cluster.active_retries.fetch_add(1, Ordering::Relaxed);
-        }
         let sent = cluster.send(idx, req, upstream_h2);
         let watched = activity.as_deref().filter(|_| body_streams);
         let result = await_response(sent, budget, stream_idle, watched, &conn.timer).await;
-        if attempt > 0 {
-            cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
-        }
         // A request body that broke on the client's side broke the attempt:
         // answer the client, and leave the endpoint's health alone.
         if let Some(fault) = progress.as_ref().and_then(|p| p.fault())
@@ -255,7 +247,11 @@ pub(super) async fn forward(
                 }
                 last_failure = (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n".into());
                 let overall_expired = deadline.is_some_and(|d| now >= d);
-                if overall_expired || !retry_on_timeout(retry) {
+                if last
+                    || overall_expired
+                    || !retry_on_timeout(retry)
+                    || !take_retry(rt, &cluster, retry.budget_percent, &mut retrying)
+                {
                     break;
                 }
             }
@@ -269,11 +265,14 @@ pub(super) async fn forward(
                 }
                 let (status, flag, message, cond) = upstream_failure(&e);
                 last_failure = (status, flag, message);
-                if !retry_on_error(retry, cond) {
+                if last
+                    || !retry_on_error(retry, cond)
+                    || !take_retry(rt, &cluster, retry.budget_percent, &mut retrying)
+                {
                     break;
                 }
             }
-            Awaited::Answer(Ok((resp, in_flight))) => {
+            Awaited::Answer(Ok((resp, mut in_flight))) => {
                 let status = resp.status();
                 let outcome = if status.is_server_error() {
                     Outcome::Status5xx(status.as_u16())
@@ -283,7 +282,12 @@ pub(super) async fn forward(
                 if cluster.record(idx, outcome, now) {
                     rt.metrics.outlier_ejected();
                 }
-                if !last && retry_on_status(retry, status) && matches!(body, ReqBody::Buffered(_)) {
+                // A retry beyond maxRetries is not made: this answer is returned.
+                if !last
+                    && retry_on_status(retry, status)
+                    && matches!(body, ReqBody::Buffered(_))
+                    && take_retry(rt, &cluster, retry.budget_percent, &mut retrying)
+                {
                     // Discard and retry (the body is replayable).
                     drop(resp);
                     out.flags = "URX";
@@ -291,6 +295,10 @@ pub(super) async fn forward(
                 }
                 if out.flags == "URX" {
                     out.flags = "-";
+                }
+                // The request stays admitted (slot, active request) until its answer ends.
+                if let Some(a) = admission.take() {
+                    in_flight.hold(a);
                 }
                 let mut resp = resp;
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
@@ -353,14 +361,6 @@ pub(super) async fn splice_upgraded(
     let mut up = hyper_util::rt::TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended with error");
-    }
-}
-
-struct ActiveGuard<'a>(&'a ClusterRuntime);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -608,7 +608,7 @@ fn mirror(
             let Some(mc) = crate::discovery::target(&mc, None).await else {
                 return;
             };
-            let Ok(_slot) = mc.acquire(mirror_wait).await else {
+            let Ok(_slot) = mc.circuit.acquire(mirror_wait).await else {
                 return;
             };
             let Some(idx) = mc.pick(None, &[], Instant::now()) else {

@@ -1,6 +1,10 @@
 //! Retry policy: which failures a route retries (Envoy's `retry_on`
-//! conditions), and the policy of a route without retries.
+//! conditions), the policy of a route without retries, and whether the cluster lets a retry
+//! be made (`maxRetries`, the route's budget).
 
+use crate::metrics::Overflow;
+use crate::runtime::Runtime;
+use crate::upstream::{ClusterRuntime, RetryToken};
 use http::StatusCode;
 use trellis_contract::{RetryOn, RetryPolicy};
 
@@ -37,6 +41,22 @@ pub(super) fn retry_on_timeout(r: &RetryPolicy) -> bool {
     r.retry_on
         .iter()
         .any(|c| matches!(c, RetryOn::FiveXx | RetryOn::GatewayError))
+}
+
+/// Decide a retry: the one in flight (`held`) ends, and another is taken if the cluster's
+/// `maxRetries` and the route's budget allow; false (counted) when they do not.
+pub(super) fn take_retry<'c>(
+    rt: &Runtime,
+    cluster: &'c ClusterRuntime,
+    budget_percent: Option<f64>,
+    held: &mut Option<RetryToken<'c>>,
+) -> bool {
+    *held = None;
+    *held = cluster.circuit.try_retry(budget_percent);
+    if held.is_none() {
+        rt.metrics.upstream_overflow(&cluster.spec.name, Overflow::Retry);
+    }
+    held.is_some()
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use trellis_api::networking::{
 };
 use trellis_contract::{
     CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
-    OriginateTls, OutlierDetection, PemSource, Provenance, UpstreamProtocol, UpstreamTls,
+    OriginateTls, OutlierDetection, PemSource, Provenance, TcpKeepalive, UpstreamProtocol, UpstreamTls,
 };
 
-use super::route::{ClusterRef, millis};
+use super::route::{ClusterRef, millis, parse_duration};
 use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, service_entry, visible};
 use crate::registry::{ObjectKey, Protocol, selects};
 use crate::snapshot::Snapshot;
@@ -462,26 +462,54 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
 }
 
 /// A connection pool's limits on a cluster (a DestinationRule's; a Sidecar's inbound pool on
-/// the cluster of the application's port): the settings the proxy has a limit for. The
-/// validator refuses the others on the inbound side.
+/// the cluster of the application's port), as Istio compiles them into Envoy's circuit
+/// breakers, HTTP protocol options and upstream connection options. The validator refuses, on
+/// the inbound side, the settings the proxy has no inbound limit for.
 pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
+    let p = &mut c.connection_pool;
     if let Some(tcp) = &pool.tcp {
         if let Some(n) = tcp.max_connections {
-            c.connection_pool.max_connections = n.max(1) as u32;
+            p.max_connections = n.max(1) as u32;
+            p.max_tcp_connections = Some(n.max(1) as u32);
         }
         if let Some(ms) = tcp.connect_timeout.as_deref().and_then(millis) {
             c.connect_timeout_ms = ms;
         }
+        p.max_connection_duration_ms = tcp.max_connection_duration.as_deref().and_then(millis);
+        if let Some(ms) = tcp.idle_timeout.as_deref().and_then(millis) {
+            p.tcp_idle_timeout_ms = Some(ms);
+            // Istio: an HTTP connection without its own idle timeout takes the TCP one.
+            if pool.http.as_ref().is_none_or(|h| h.idle_timeout.is_none()) {
+                p.idle_timeout_ms = ms;
+            }
+        }
+        if let Some(ka) = &tcp.tcp_keepalive {
+            // Whole seconds, as Istio sets Envoy's keepalive (the validator wants 1 s or more).
+            let secs = |d: &Option<String>| d.as_deref().and_then(parse_duration).map(|d| d.as_secs().max(1) as u32);
+            p.tcp_keepalive = Some(TcpKeepalive {
+                time_secs: secs(&ka.time),
+                interval_secs: secs(&ka.interval),
+                probes: ka.probes.filter(|&n| n > 0),
+            });
+        }
     }
     if let Some(http) = &pool.http {
         if let Some(n) = http.http1_max_pending_requests {
-            c.connection_pool.max_pending_requests = n.max(1) as u32;
+            p.max_pending_requests = n.max(1) as u32;
+        }
+        if let Some(n) = http.http2_max_requests {
+            p.max_requests = Some(n.max(1) as u32);
+        }
+        // Istio reads 0 as unset (no limit); the validator warns about it.
+        p.max_retries = http.max_retries.filter(|&n| n > 0).map(|n| n as u32);
+        if let Some(n) = http.max_concurrent_streams {
+            p.max_concurrent_streams = Some(n.max(1) as u32);
         }
         if let Some(n) = http.max_requests_per_connection {
-            c.connection_pool.max_requests_per_connection = n.max(0) as u32;
+            p.max_requests_per_connection = n.max(0) as u32;
         }
         if let Some(ms) = http.idle_timeout.as_deref().and_then(millis) {
-            c.connection_pool.idle_timeout_ms = ms;
+            p.idle_timeout_ms = ms;
         }
         match http.h2_upgrade_policy {
             Some(H2UpgradePolicy::Upgrade) if c.protocol == UpstreamProtocol::Http1 => {

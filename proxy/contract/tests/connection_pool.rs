@@ -1,0 +1,84 @@
+//! A cluster's connection pool in the contract: the fields added for Istio's
+//! `connectionPool` are optional — a config written before
+//! them parses and means what it meant, and they are left out of the JSON while unset — and
+//! a zero where a limit or a period must be positive is refused with its path.
+
+use trellis_contract::{ConnectionPool, ProxyConfig, TcpKeepalive};
+
+const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
+
+fn example() -> ProxyConfig {
+    ProxyConfig::parse(EXAMPLE).expect("example parses")
+}
+
+#[test]
+fn a_pool_written_before_the_new_fields_parses_as_before() {
+    let pool: ConnectionPool = serde_json::from_value(serde_json::json!({
+        "maxConnections": 10, "maxPendingRequests": 5, "maxRequestsPerConnection": 0,
+        "idleTimeoutMs": 1000, "maxIdlePerEndpoint": 4,
+    }))
+    .expect("an old pool parses");
+    assert_eq!(
+        pool,
+        ConnectionPool {
+            max_connections: 10,
+            max_pending_requests: 5,
+            idle_timeout_ms: 1000,
+            max_idle_per_endpoint: 4,
+            ..ConnectionPool::default()
+        }
+    );
+    assert_eq!(
+        (pool.max_requests, pool.max_retries, pool.tcp_keepalive),
+        (None, None, None)
+    );
+    // Unset, the new fields are not written: configs do not grow for what they do not say.
+    let json = serde_json::to_string(&ConnectionPool::default()).unwrap();
+    for field in [
+        "maxRequests",
+        "maxRetries",
+        "maxConcurrentStreams",
+        "maxConnectionDurationMs",
+        "tcpIdleTimeoutMs",
+        "tcpKeepalive",
+        "maxTcpConnections",
+    ] {
+        assert!(!json.contains(&format!("\"{field}\"")), "{field} in {json}");
+    }
+}
+
+#[test]
+fn zero_limits_and_periods_are_refused_with_their_path() {
+    let mut cfg = example();
+    cfg.clusters[0].connection_pool = ConnectionPool {
+        max_requests: Some(0),
+        max_concurrent_streams: Some(0),
+        max_connection_duration_ms: Some(0),
+        tcp_idle_timeout_ms: Some(0),
+        max_tcp_connections: Some(0),
+        tcp_keepalive: Some(TcpKeepalive {
+            time_secs: Some(0),
+            interval_secs: Some(0),
+            probes: Some(0),
+        }),
+        ..ConnectionPool::default()
+    };
+    let errs = cfg.validate().expect_err("zeros are refused");
+    let paths: Vec<&str> = errs.errors.iter().map(|e| e.path.as_str()).collect();
+    for field in [
+        "connectionPool.maxRequests",
+        "connectionPool.maxConcurrentStreams",
+        "connectionPool.maxConnectionDurationMs",
+        "connectionPool.tcpIdleTimeoutMs",
+        "connectionPool.maxTcpConnections",
+        "connectionPool.tcpKeepalive.timeSecs",
+        "connectionPool.tcpKeepalive.intervalSecs",
+        "connectionPool.tcpKeepalive.probes",
+    ] {
+        assert!(paths.iter().any(|p| p.ends_with(field)), "{field} not in {errs}");
+    }
+    // Unset means no limit: valid.
+    let mut cfg = example();
+    cfg.clusters[0].connection_pool = ConnectionPool::default();
+    cfg.validate().expect("no limit is valid");
+}
