@@ -535,6 +535,8 @@ mod tests {
             consecutive_gateway_errors: 0,
             base_ejection_time_ms: 1000,
             max_ejection_percent: max_pct,
+            interval_ms: 1000,
+            ..OutlierDetection::default()
         })
     }
 

@@ -1,23 +1,198 @@
-//! A DestinationRule's `connectionPool` compiled as Istio sets Envoy's circuit breakers,
-//! HTTP protocol options and upstream connection options, on the payment rule of the clean
-//! shop (`tests/analysis/base.yaml`).
+//! Every field of a DestinationRule's `trafficPolicy` is compiled or refused: none is
+//! accepted and dropped.
+//!
+//! The fields are read from the DestinationRule CRD's schema, so a field added to the type is
+//! walked here at once, and fails until it has a sample in [`SAMPLES`]. Each sample is set,
+//! at each place a traffic policy goes (the rule's, a port's `portLevelSettings`, a subset's),
+//! on the payment rule of the clean shop (`tests/analysis/base.yaml`). Then either the one
+//! validator refuses it, or the clusters compiled for payment differ from those compiled
+//! without it (or with another value of it): what the user wrote reached the proxy's config.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 use trellis_api::document::parse_documents;
+use trellis_api::validation::{Outcome, Severity, Validator};
 use trellis_core::compile::{Role, compile};
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
 
-/// The payment rule of the shop with `policy` as its traffic policy.
-fn rule(policy: &Value) -> Value {
+/// One field's sample: its path under a traffic policy, the policy it is added to (what else
+/// it needs to mean anything), its value, and another value to compare with (`None`: compare
+/// with the policy without the field).
+struct Sample {
+    path: &'static str,
+    context: Value,
+    value: Value,
+    other: Option<Value>,
+}
+
+fn sample(path: &'static str, value: Value) -> Sample {
+    Sample {
+        path,
+        context: json!({}),
+        value,
+        other: None,
+    }
+}
+
+fn within(path: &'static str, context: Value, value: Value) -> Sample {
+    Sample {
+        path,
+        context,
+        value,
+        other: None,
+    }
+}
+
+fn versus(path: &'static str, context: Value, value: Value, other: Value) -> Sample {
+    Sample {
+        path,
+        context,
+        value,
+        other: Some(other),
+    }
+}
+
+/// A sample of every field; the outlier fields within an `outlierDetection` that already
+/// ejects (its presence alone changes the cluster), a hash's ring within a hash.
+#[rustfmt::skip]
+fn samples() -> Vec<Sample> {
+    let header_hash = |ring: Value| json!({"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user", "ringHash": ring}}});
+    let maglev = json!({"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user", "maglev": {}}}});
+    let cookie = json!({"loadBalancer": {"consistentHash": {"httpCookie": {"name": "session"}}}});
+    let od = |v: Value| json!({"outlierDetection": v});
+    let keepalive = |v: Value| json!({"connectionPool": {"tcp": {"tcpKeepalive": v}}});
+    let simple = json!({"tls": {"mode": "SIMPLE"}});
+    let mutual = |v: Value| json!({"tls": v});
+    vec![
+        sample("loadBalancer.simple", json!("RANDOM")),
+        versus("loadBalancer.consistentHash.httpHeaderName", json!({}), json!("x-user"), json!("x-tenant")),
+        versus("loadBalancer.consistentHash.httpCookie.name", json!({}), json!("session"), json!("cart")),
+        within("loadBalancer.consistentHash.httpCookie.path", cookie.clone(), json!("/cart")),
+        within("loadBalancer.consistentHash.httpCookie.ttl", cookie, json!("60s")),
+        sample("loadBalancer.consistentHash.useSourceIp", json!(true)),
+        versus("loadBalancer.consistentHash.httpQueryParameterName", json!({}), json!("user"), json!("tenant")),
+        within("loadBalancer.consistentHash.ringHash.minimumRingSize", header_hash(json!({})), json!(4096)),
+        within("loadBalancer.consistentHash.maglev.tableSize", maglev, json!(251)),
+        within("loadBalancer.consistentHash.minimumRingSize", header_hash(json!({})), json!(4096)),
+        sample("loadBalancer.localityLbSetting", json!({"enabled": true})),
+        sample("loadBalancer.warmupDurationSecs", json!("30s")),
+        sample("loadBalancer.warmup.duration", json!("60s")),
+        within("loadBalancer.warmup.minimumPercent", json!({"loadBalancer": {"warmup": {"duration": "60s"}}}), json!(20)),
+        within("loadBalancer.warmup.aggression", json!({"loadBalancer": {"warmup": {"duration": "60s"}}}), json!(2.0)),
+        sample("connectionPool.tcp.maxConnections", json!(10)),
+        sample("connectionPool.tcp.connectTimeout", json!("2s")),
+        sample("connectionPool.tcp.maxConnectionDuration", json!("1h")),
+        sample("connectionPool.tcp.idleTimeout", json!("30m")),
+        within("connectionPool.tcp.tcpKeepalive.time", keepalive(json!({"probes": 3})), json!("60s")),
+        within("connectionPool.tcp.tcpKeepalive.interval", keepalive(json!({"probes": 3})), json!("10s")),
+        within("connectionPool.tcp.tcpKeepalive.probes", keepalive(json!({"time": "60s"})), json!(3)),
+        sample("connectionPool.http.http1MaxPendingRequests", json!(10)),
+        sample("connectionPool.http.http2MaxRequests", json!(10)),
+        sample("connectionPool.http.maxRequestsPerConnection", json!(5)),
+        sample("connectionPool.http.maxRetries", json!(3)),
+        sample("connectionPool.http.idleTimeout", json!("5m")),
+        sample("connectionPool.http.h2UpgradePolicy", json!("UPGRADE")),
+        sample("connectionPool.http.useClientProtocol", json!(true)),
+        sample("connectionPool.http.maxConcurrentStreams", json!(10)),
+        within("outlierDetection.splitExternalLocalOriginErrors", od(json!({"consecutive5xxErrors": 3})), json!(true)),
+        within("outlierDetection.consecutiveLocalOriginFailures", od(json!({"splitExternalLocalOriginErrors": true})), json!(2)),
+        within("outlierDetection.consecutiveGatewayErrors", od(json!({"consecutive5xxErrors": 3})), json!(2)),
+        within("outlierDetection.consecutive5xxErrors", od(json!({"interval": "5s"})), json!(2)),
+        within("outlierDetection.interval", od(json!({"consecutive5xxErrors": 3})), json!("1s")),
+        within("outlierDetection.baseEjectionTime", od(json!({"consecutive5xxErrors": 3})), json!("1m")),
+        within("outlierDetection.maxEjectionPercent", od(json!({"consecutive5xxErrors": 3})), json!(50)),
+        within("outlierDetection.minHealthPercent", od(json!({"consecutive5xxErrors": 3})), json!(20)),
+        sample("tls.mode", json!("SIMPLE")),
+        versus("tls.clientCertificate", mutual(json!({"mode": "MUTUAL", "privateKey": "/etc/certs/key.pem"})), json!("/etc/certs/a.pem"), json!("/etc/certs/b.pem")),
+        versus("tls.privateKey", mutual(json!({"mode": "MUTUAL", "clientCertificate": "/etc/certs/cert.pem"})), json!("/etc/certs/a.pem"), json!("/etc/certs/b.pem")),
+        within("tls.caCertificates", simple.clone(), json!("/etc/certs/ca.pem")),
+        within("tls.caCrl", simple.clone(), json!("/etc/certs/ca.crl")),
+        within("tls.credentialName", simple.clone(), json!("payment-client")),
+        within("tls.subjectAltNames", simple.clone(), json!(["payment.example.com"])),
+        within("tls.sni", simple.clone(), json!("payment.example.com")),
+        within("tls.insecureSkipVerify", simple, json!(true)),
+        sample("tunnel", json!({"protocol": "CONNECT", "targetHost": "payment.example.com", "targetPort": 443})),
+        sample("proxyProtocol", json!({"version": "V1"})),
+    ]
+}
+
+/// The DestinationRule CRD's schema of `spec`.
+fn spec_schema() -> Value {
+    let crd = trellis_api::crd::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "DestinationRule")
+        .expect("the DestinationRule CRD");
+    let crd = serde_json::to_value(crd).expect("a CRD serializes");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+}
+
+/// The paths of the leaves under `schema` (a field with no properties of its own).
+fn leaves(schema: &Value, prefix: &str, out: &mut Vec<String>) {
+    match schema.get("properties").and_then(Value::as_object) {
+        Some(props) => {
+            for (k, v) in props {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &path, out);
+            }
+        }
+        None => out.push(prefix.to_string()),
+    }
+}
+
+/// `policy` with `value` at the dotted `path`.
+fn with(policy: &Value, path: &str, value: &Value) -> Value {
+    let mut out = policy.clone();
+    let mut at = &mut out;
+    let parts: Vec<&str> = path.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        at = at
+            .as_object_mut()
+            .expect("an object on the way")
+            .entry(p.to_string())
+            .or_insert_with(|| json!({}));
+    }
+    at[parts[parts.len() - 1]] = value.clone();
+    out
+}
+
+/// Where a traffic policy goes on the payment rule.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    Rule,
+    Port,
+    Subset,
+}
+
+fn rule(place: Place, policy: &Value) -> Value {
+    let subsets = |v1: Value| json!([{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": v1}, {"name": "v2", "labels": {"version": "v2"}}]);
+    let spec = match place {
+        Place::Rule => json!({"host": "payment", "trafficPolicy": policy, "subsets": subsets(json!(null))}),
+        Place::Port => {
+            let mut port = policy.clone();
+            port["port"] = json!({"number": 8080});
+            json!({"host": "payment", "trafficPolicy": {"portLevelSettings": [port]}, "subsets": subsets(json!(null))})
+        }
+        Place::Subset => json!({"host": "payment", "subsets": subsets(policy.clone())}),
+    };
+    let mut spec = spec;
+    if let Some(subsets) = spec["subsets"].as_array_mut() {
+        for s in subsets {
+            if s["trafficPolicy"].is_null() {
+                s.as_object_mut().expect("a subset").remove("trafficPolicy");
+            }
+        }
+    }
     json!({
         "apiVersion": "networking.trellis.dev/v1alpha1",
         "kind": "DestinationRule",
         "metadata": {"name": "payment", "namespace": "shop"},
-        "spec": {"host": "payment", "trafficPolicy": policy,
-                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]},
+        "spec": spec,
     })
 }
 
@@ -53,9 +228,99 @@ fn payment_clusters(base: &[Value], dr: &Value) -> Value {
     Value::Array(clusters)
 }
 
+/// The errors the validator finds in `dr`.
+fn errors(validator: &Validator, dr: &Value) -> Vec<String> {
+    match validator.validate(dr) {
+        Outcome::Validated { findings, .. } => findings
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect(),
+        Outcome::Skipped(why) => panic!("not validated: {why}"),
+    }
+}
+
+#[test]
+fn every_traffic_policy_field_in_the_schema_has_a_sample() {
+    let schema = spec_schema();
+    let mut fields = Vec::new();
+    leaves(&schema["properties"]["trafficPolicy"], "", &mut fields);
+    fields.retain(|f| f != "portLevelSettings");
+    let sampled: Vec<&str> = samples().iter().map(|s| s.path).collect();
+    let missing: Vec<&String> = fields.iter().filter(|f| !sampled.contains(&f.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "trafficPolicy fields without a sample in SAMPLES (add one, then compile or refuse the field): {missing:?}"
+    );
+    let unknown: Vec<&&str> = sampled.iter().filter(|s| !fields.iter().any(|f| f == *s)).collect();
+    assert!(
+        unknown.is_empty(),
+        "samples of fields the schema does not have: {unknown:?}"
+    );
+    // A port's policy and a subset's have the rule's fields (a port's, not tunnel or
+    // proxyProtocol, which Istio has only on the rule's).
+    let port = &schema["properties"]["trafficPolicy"]["properties"]["portLevelSettings"]["items"]["properties"];
+    for k in port.as_object().expect("portLevelSettings items").keys() {
+        assert!(
+            k == "port" || schema["properties"]["trafficPolicy"]["properties"].get(k).is_some(),
+            "{k}"
+        );
+    }
+    let subset = &schema["properties"]["subsets"]["items"]["properties"]["trafficPolicy"]["properties"];
+    assert_eq!(
+        subset, &schema["properties"]["trafficPolicy"]["properties"],
+        "a subset's trafficPolicy is a TrafficPolicy"
+    );
+}
+
+#[test]
+fn every_traffic_policy_field_is_compiled_or_refused() {
+    let validator = Validator::new();
+    let base = base();
+    let schema = spec_schema();
+    let port_fields = &schema["properties"]["trafficPolicy"]["properties"]["portLevelSettings"]["items"]["properties"];
+    let mut dropped = Vec::new();
+    let (mut compiled, mut refused) = (0, 0);
+    for s in samples() {
+        let head = s.path.split('.').next().expect("a path");
+        for place in [Place::Rule, Place::Port, Place::Subset] {
+            if matches!(place, Place::Port) && port_fields.get(head).is_none() {
+                continue;
+            }
+            let set = rule(place, &with(&s.context, s.path, &s.value));
+            let found = errors(&validator, &set);
+            if !found.is_empty() {
+                refused += 1;
+                continue;
+            }
+            let compare = match &s.other {
+                Some(other) => rule(place, &with(&s.context, s.path, other)),
+                None => rule(place, &s.context),
+            };
+            assert!(
+                errors(&validator, &compare).is_empty(),
+                "{} at {place:?}: the comparison is not valid: {:?}",
+                s.path,
+                errors(&validator, &compare)
+            );
+            if payment_clusters(&base, &set) == payment_clusters(&base, &compare) {
+                dropped.push(format!("{} at {place:?} (value {})", s.path, s.value));
+            } else {
+                compiled += 1;
+            }
+        }
+    }
+    assert!(
+        dropped.is_empty(),
+        "accepted by the validator and dropped by the compiler (compile them, or refuse them with \"not supported by Trellis yet\" and the fix):\n{}",
+        dropped.join("\n")
+    );
+    assert!(compiled > 80 && refused > 10, "{compiled} compiled, {refused} refused");
+}
+
 /// The pool payment's v1 cluster gets from `policy` at the rule's level.
 fn pool_of(base: &[Value], policy: Value) -> trellis_contract::ConnectionPool {
-    let clusters = payment_clusters(base, &rule(&policy));
+    let clusters = payment_clusters(base, &rule(Place::Rule, &policy));
     serde_json::from_value(clusters[0]["connectionPool"].clone()).expect("a connection pool")
 }
 

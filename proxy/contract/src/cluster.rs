@@ -275,6 +275,29 @@ pub struct OutlierDetection {
     pub base_ejection_time_ms: u64,
     /// At most this percentage of endpoints are ejected at once.
     pub max_ejection_percent: f64,
+    /// Time between ejection sweeps: an ejected endpoint returns at the first sweep after its
+    /// ejection time, and each sweep it stays healthy takes one off its ejection multiplier.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Count failures that happen on the proxy's side (connect failures, resets, timeouts)
+    /// apart from the upstream's 5xx answers, ejecting after
+    /// `consecutiveLocalOriginFailures` of them (Envoy's `split_external_local_origin_errors`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split_external_local_origin_errors: bool,
+    /// With `splitExternalLocalOriginErrors`: consecutive local failures before ejection;
+    /// 0 disables.
+    #[serde(default = "default_local_origin")]
+    pub consecutive_local_origin_failures: u32,
+}
+
+fn default_interval() -> u64 {
+    // Envoy's and Istio's default.
+    10_000
+}
+
+fn default_local_origin() -> u32 {
+    // Envoy's default `consecutive_local_origin_failure`.
+    5
 }
 
 impl Default for OutlierDetection {
@@ -284,6 +307,9 @@ impl Default for OutlierDetection {
             consecutive_gateway_errors: 0,
             base_ejection_time_ms: 30_000,
             max_ejection_percent: 10.0,
+            interval_ms: default_interval(),
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failures: default_local_origin(),
         }
     }
 }

@@ -402,6 +402,9 @@ impl Validator {
                 &format!("{path}.outlierDetection.maxEjectionPercent"),
                 od.max_ejection_percent,
             );
+            if od.interval_ms == 0 {
+                self.err(format!("{path}.outlierDetection.intervalMs"), "must be positive");
+            }
             if od.base_ejection_time_ms == 0 {
                 self.err(
                     format!("{path}.outlierDetection.baseEjectionTimeMs"),

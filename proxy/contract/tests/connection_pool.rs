@@ -1,9 +1,9 @@
-//! A cluster's connection pool in the contract: the fields added for Istio's
-//! `connectionPool` are optional — a config written before
+//! A cluster's connection pool and outlier detection in the contract: the fields added for
+//! Istio's `connectionPool` and `outlierDetection` are optional — a config written before
 //! them parses and means what it meant, and they are left out of the JSON while unset — and
 //! a zero where a limit or a period must be positive is refused with its path.
 
-use trellis_contract::{ConnectionPool, ProxyConfig, TcpKeepalive};
+use trellis_contract::{ConnectionPool, OutlierDetection, ProxyConfig, TcpKeepalive};
 
 const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
 
@@ -12,7 +12,7 @@ fn example() -> ProxyConfig {
 }
 
 #[test]
-fn a_pool_written_before_the_new_fields_parses_as_before() {
+fn a_pool_and_outlier_detection_written_before_the_new_fields_parse_as_before() {
     let pool: ConnectionPool = serde_json::from_value(serde_json::json!({
         "maxConnections": 10, "maxPendingRequests": 5, "maxRequestsPerConnection": 0,
         "idleTimeoutMs": 1000, "maxIdlePerEndpoint": 4,
@@ -32,6 +32,11 @@ fn a_pool_written_before_the_new_fields_parses_as_before() {
         (pool.max_requests, pool.max_retries, pool.tcp_keepalive),
         (None, None, None)
     );
+    let od: OutlierDetection = serde_json::from_value(serde_json::json!({
+        "consecutive5xx": 3, "consecutiveGatewayErrors": 0, "baseEjectionTimeMs": 1000, "maxEjectionPercent": 50.0,
+    }))
+    .expect("an old outlier detection parses");
+    assert_eq!((od.interval_ms, od.split_external_local_origin_errors), (10_000, false));
     // Unset, the new fields are not written: configs do not grow for what they do not say.
     let json = serde_json::to_string(&ConnectionPool::default()).unwrap();
     for field in [
@@ -63,6 +68,10 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
         }),
         ..ConnectionPool::default()
     };
+    cfg.clusters[0].outlier_detection = Some(OutlierDetection {
+        interval_ms: 0,
+        ..OutlierDetection::default()
+    });
     let errs = cfg.validate().expect_err("zeros are refused");
     let paths: Vec<&str> = errs.errors.iter().map(|e| e.path.as_str()).collect();
     for field in [
@@ -74,6 +83,7 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
         "connectionPool.tcpKeepalive.timeSecs",
         "connectionPool.tcpKeepalive.intervalSecs",
         "connectionPool.tcpKeepalive.probes",
+        "outlierDetection.intervalMs",
     ] {
         assert!(paths.iter().any(|p| p.ends_with(field)), "{field} not in {errs}");
     }

@@ -454,6 +454,13 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
                 .and_then(millis)
                 .unwrap_or(defaults.base_ejection_time_ms),
             max_ejection_percent: od.max_ejection_percent.map_or(defaults.max_ejection_percent, f64::from),
+            interval_ms: od.interval.as_deref().and_then(millis).unwrap_or(defaults.interval_ms),
+            split_external_local_origin_errors: od.split_external_local_origin_errors == Some(true),
+            // Istio reads 0 as unset: Envoy's default applies.
+            consecutive_local_origin_failures: od
+                .consecutive_local_origin_failures
+                .filter(|&n| n > 0)
+                .unwrap_or(defaults.consecutive_local_origin_failures),
         });
         if let Some(min) = od.min_health_percent {
             c.panic_threshold_percent = f64::from(min);
