@@ -21,7 +21,9 @@
 //!   ([`CHUNK_BYTES`] by default), so no subscription's gRPC buffers grow to
 //!   megabytes and stay so (tonic keeps a stream's buffer at its largest message).
 //! - A proxy that NACKs keeps its last good config (the proxy's side); the operator records
-//!   the error and does not resend the same version until the config changes.
+//!   the error and does not resend the same version until the config changes. A proxy that
+//!   ACKs the version later (it applied it again once what refused it passed: a port in use)
+//!   is in sync: the NACK is cleared, and the next version is a delta against it.
 //! - A replica that stops ([`PushService::shutdown`]) ends every subscription with a handover
 //!   (`trellis_push::handover_status`): its proxies send the golden-signal reports it held
 //!   again to the replica they subscribe to next, so no window of traffic is lost with it.
@@ -42,6 +44,7 @@ use trellis_manifests::sidecar::ProxyRole;
 use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
+mod answers;
 pub mod render;
 mod sync;
 pub use render::{OwnPart, Rendered, SharedDiffs, SharedOutbound};
@@ -372,18 +375,6 @@ impl PushService {
     }
 }
 
-/// The proxy's next answer to `version` (whether it applied it); `None` once it is gone.
-async fn answer_to(answers: &mut watch::Receiver<Option<(String, bool)>>, version: &str) -> Option<bool> {
-    loop {
-        answers.changed().await.ok()?;
-        if let Some((v, applied)) = answers.borrow_and_update().as_ref()
-            && v == version
-        {
-            return Some(*applied);
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -461,6 +452,9 @@ impl ConfigPush for PushService {
             // What the proxy holds (its content known to this operator), and the last version
             // sent (a NACKed one is not sent again until the config changes).
             let mut held: Option<Rendered> = None;
+            // The last version sent, while the proxy's last answer to it is a NACK: what it
+            // holds should it ACK that version later.
+            let mut refused: Option<Rendered> = None;
             let mut last_sent = (!announced.is_empty()).then(|| announced.clone());
             // The change this proxy woke for (none for the first config and trust bundle changes).
             let mut rollout: Option<u64> = None;
@@ -551,14 +545,20 @@ impl ConfigPush for PushService {
                         last_sent = Some(version.clone());
                         // One version in flight: wait for the proxy's answer.
                         let answer = tokio::select! {
-                            a = answer_to(&mut answers, &version) => a,
+                            a = answers::answer_to(&mut answers, &version) => a,
                             _ = stopping.wait_for(|s| *s) => None,
                         };
                         match answer {
-                            Some(true) => held = Some(rendered),
+                            Some(true) => {
+                                held = Some(rendered);
+                                refused = None;
+                            }
                             // NACKed: the proxy keeps its last good config, but the next
                             // version goes whole, in case the delta itself was the problem.
-                            Some(false) => held = None,
+                            Some(false) => {
+                                held = None;
+                                refused = Some(rendered);
+                            }
                             None => break,
                         }
                     }
@@ -578,12 +578,19 @@ impl ConfigPush for PushService {
                         None => std::future::pending().await,
                     }
                 };
+                let refused_version = refused.as_ref().map(|r| r.version.clone());
                 let woke_for_change = tokio::select! {
                     biased;
                     _ = stopping.wait_for(|s| *s) => break,
                     _ = tx.closed() => break,
                     r = changed.changed() => if r.is_err() { break } else { true },
                     r = bundle_change => if r.is_err() { break } else { false },
+                    // The version it NACKed, applied after all (a retry of the proxy's): deltas
+                    // go against it from now on.
+                    Some(()) = answers::acked_later(&mut answers, refused_version.as_deref()) => {
+                        held = refused.take();
+                        continue;
+                    }
                 };
                 if woke_for_change {
                     let g = *changed.borrow();
@@ -608,79 +615,17 @@ impl ConfigPush for PushService {
                 let _ = tokio::time::timeout(HANDOVER_SEND, tx.send(Err(trellis_push::handover_status()))).await;
             }
         });
-        // Inbound: ACKs, NACKs and golden-signal reports.
-        let this = self.clone();
-        let mut stopping = self.stopping.subscribe();
-        tokio::spawn(async move {
-            let metrics = this.metrics.clone();
-            // Answer the versions owed up to `version`; later ones stay owed.
-            let answered = |version: &str, acked: bool| {
-                let mut owed = lock(&owed);
-                if let Some(i) = owed.iter().position(|(v, _)| v == version) {
-                    for (_, g) in owed.drain(..=i) {
-                        metrics.rollout_done(g, acked);
-                    }
-                }
-            };
-            loop {
-                let message = tokio::select! {
-                    m = inbound.message() => m,
-                    _ = stopping.wait_for(|s| *s) => break,
-                };
-                match message {
-                    Ok(Some(ProxyMessage {
-                        kind: Some(proxy_message::Kind::Ack(a)),
-                    })) => {
-                        metrics.acks.inc();
-                        answered(&a.version, true);
-                        answers_tx.send_replace(Some((a.version.clone(), true)));
-                        this.sync.update(&proxy, subscription, |s| {
-                            if s.sent.as_deref() == Some(a.version.as_str()) {
-                                s.acked_roots = s.sent_roots.clone();
-                            }
-                            s.acked = Some(a.version);
-                        });
-                    }
-                    Ok(Some(ProxyMessage {
-                        kind: Some(proxy_message::Kind::Nack(n)),
-                    })) => {
-                        metrics.nacks.inc();
-                        answered(&n.version, false);
-                        answers_tx.send_replace(Some((n.version.clone(), false)));
-                        tracing::warn!(%proxy, version = %n.version, error = %n.error, "proxy rejected a config");
-                        this.sync.update(&proxy, subscription, |s| {
-                            s.nacked = Some(Nacked {
-                                version: n.version,
-                                error: n.error,
-                            })
-                        });
-                    }
-                    Ok(Some(ProxyMessage {
-                        kind: Some(proxy_message::Kind::Certificate(c)),
-                    })) => {
-                        if let Some(certificate) = sync::reported_certificate(&proxy, &c.certificate_json) {
-                            tracing::info!(%proxy, root = %certificate.root_fingerprint, serial = %certificate.serial, "proxy serves a new certificate");
-                            this.sync
-                                .update(&proxy, subscription, |s| s.certificate = Some(certificate));
-                        }
-                    }
-                    Ok(Some(ProxyMessage {
-                        kind: Some(proxy_message::Kind::Signals(signals)),
-                    })) => {
-                        if let Some(traffic) = &this.traffic {
-                            traffic.record(&this.snapshot(), &reporter, role == Role::Gateway, &signals);
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            for (_, g) in lock(&owed).drain(..) {
-                metrics.rollout_done(g, false);
-            }
-            this.sync.unsubscribed(&proxy, subscription);
-            tracing::info!(%proxy, "proxy disconnected");
-        });
+        // Inbound: ACKs, NACKs, certificates and golden-signal reports.
+        let answers = answers::Inbound {
+            push: self.clone(),
+            proxy,
+            subscription,
+            reporter,
+            role,
+            owed,
+            answers: answers_tx,
+        };
+        tokio::spawn(answers.read(inbound));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

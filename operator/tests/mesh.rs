@@ -146,7 +146,7 @@ impl ConfigSink for Captured {
         self.inner.current_version()
     }
 
-    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), trellis_push::client::Refusal> {
         for l in &mut config.listeners {
             match l.name.as_str() {
                 "outbound" => l.address = self.outbound.to_string(),

@@ -358,6 +358,76 @@ async fn proxies_that_accept_deltas_get_deltas_against_what_they_acked() {
     assert_eq!((metrics.pushes.get(), metrics.delta_pushes.get()), (4, 2));
 }
 
+/// A proxy that NACKs a version and ACKs it later — it applied it again once what refused it
+/// had passed (a listener's port in use) — is in sync: its NACK is cleared (no finding reads
+/// it as rejecting its config), and the next change goes as a delta against that version.
+#[tokio::test]
+async fn a_version_acked_after_its_nack_is_in_sync_and_the_base_of_the_next_delta() {
+    use trellis_contract::ConfigDelta;
+
+    let s = server().await;
+    let mut web = subscribe_with(s.addr, "shop", "web-5d8f-abcde", "sidecar", "", true).await;
+    let web_state = || {
+        s.service
+            .sync_state()
+            .into_iter()
+            .find(|p| p.proxy == "shop/web-5d8f-abcde")
+            .expect("web is subscribed")
+    };
+    let first = web.next().await.expect("a first snapshot");
+    web.to_server.send(ProxyMessage::ack(&first.version)).await.unwrap();
+    payment_timeout(&s, "4s", 1);
+    let second = web.next().await.expect("the change");
+    let held = first.config().unwrap();
+    let held = match second.base_version.is_empty() {
+        true => second.config().unwrap(),
+        false => serde_json::from_slice::<ConfigDelta>(&second.delta_json)
+            .unwrap()
+            .apply(&held)
+            .unwrap(),
+    };
+    web.to_server
+        .send(ProxyMessage::nack(
+            &second.version,
+            "cannot bind listener inbound on 0.0.0.0:15006: Address already in use",
+        ))
+        .await
+        .unwrap();
+    until("the NACK recorded", 2, || {
+        web_state().nacked.is_some_and(|n| n.version == second.version)
+    })
+    .await;
+    let findings = trellis_core::analysis::proxies(&s.service.sync_state(), None);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].code.to_string(), "TRL0107");
+
+    // The proxy's retry applied it: the ACK of the same version.
+    web.to_server.send(ProxyMessage::ack(&second.version)).await.unwrap();
+    until("in sync", 2, || {
+        let p = web_state();
+        p.acked.as_deref() == Some(second.version.as_str()) && p.nacked.is_none()
+    })
+    .await;
+    let findings = trellis_core::analysis::proxies(&s.service.sync_state(), None);
+    assert!(findings.is_empty(), "{findings:?}");
+    assert!(
+        web.quiet_for(Duration::from_millis(300)).await,
+        "the version it applied is not sent again"
+    );
+
+    payment_timeout(&s, "5s", 2);
+    let third = web.next().await.expect("the next change");
+    assert_eq!(
+        third.base_version, second.version,
+        "a delta against the version applied on the retry"
+    );
+    let applied = serde_json::from_slice::<ConfigDelta>(&third.delta_json)
+        .unwrap()
+        .apply(&held)
+        .unwrap();
+    assert!(applied.to_json().contains("\"timeoutMs\": 5000"));
+}
+
 /// Another replica over `s`'s snapshot, counting its proxies' golden signals: its address and
 /// traffic view.
 async fn replica_with_traffic(s: &Server) -> (SocketAddr, Arc<trellis_operator::traffic::Traffic>) {

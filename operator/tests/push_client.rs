@@ -33,7 +33,7 @@ impl ConfigSink for Sink {
     fn current_version(&self) -> Option<String> {
         self.applied.lock().unwrap().last().map(|c| c.version.clone())
     }
-    async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, config: ProxyConfig) -> Result<(), client::Refusal> {
         if self.reject.load(Ordering::SeqCst) {
             return Err("listener outbound: test rejection".into());
         }

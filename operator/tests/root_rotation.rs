@@ -154,7 +154,7 @@ impl trellis_push::client::ConfigSink for Acknowledges {
         None
     }
 
-    async fn apply(&self, _config: trellis_contract::ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, _config: trellis_contract::ProxyConfig) -> Result<(), trellis_push::client::Refusal> {
         Ok(())
     }
 }

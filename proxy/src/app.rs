@@ -94,6 +94,17 @@ pub enum ApplyError {
     Draining,
 }
 
+impl ApplyError {
+    /// Whether the same configuration may apply later as it is: a listener's address is in use
+    /// (by another socket — a listener of a proxy process that has not let go of the port yet)
+    /// or not assigned to this host yet. Anything else is the configuration's own fault, or the
+    /// proxy going away.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+        matches!(self, ApplyError::Bind { source, .. } if matches!(source.kind(), AddrInUse | AddrNotAvailable))
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct App {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use trellis_contract::signals::Report;
 use trellis_contract::{CertificateRef, PemSource, ProxyConfig};
 use trellis_push::client::{
-    self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, IdentityFiles, Issued, KEY_FILE, ROOTS_FILE, Served,
+    self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, IdentityFiles, Issued, KEY_FILE, ROOTS_FILE, Refusal, Served,
 };
 
 use crate::App;
@@ -141,11 +141,16 @@ impl ConfigSink for AppSink {
         self.applied.lock().expect("config lock").clone()
     }
 
-    async fn apply(&self, config: ProxyConfig) -> Result<(), String> {
+    /// A listener address in use (or not assigned to this host yet) refuses the configuration
+    /// for now: the subscription applies it again ([`Refusal::transient`]).
+    async fn apply(&self, config: ProxyConfig) -> Result<(), Refusal> {
         let version = config.version.clone();
         {
             let _files = self.files.read().await;
-            self.app.apply(self.localize(config)).await.map_err(|e| e.to_string())?;
+            self.app.apply(self.localize(config)).await.map_err(|e| Refusal {
+                transient: e.is_transient(),
+                error: e.to_string(),
+            })?;
         }
         *self.applied.lock().expect("config lock") = Some(version);
         self.report_served();
@@ -324,7 +329,7 @@ mod tests {
         }
 
         /// A pushed configuration whose identity needs the certificate.
-        async fn push(&self, version: &str) -> Result<(), String> {
+        async fn push(&self, version: &str) -> Result<(), Refusal> {
             let mut config = ProxyConfig::empty(version);
             config.identity.spiffe_id = Some(ID.into());
             self.sink.apply(config).await

@@ -469,7 +469,7 @@ impl Metrics {
             ),
             (
                 "trellis_proxy_config_rejected_total",
-                "Configurations rejected (NACKed); the last good one stayed.",
+                "Configurations rejected (NACKed; each attempt at one applied again counts); the last good one stayed.",
                 &self.config_rejected,
             ),
             (

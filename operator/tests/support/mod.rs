@@ -358,8 +358,8 @@ pub async fn mesh_proxy(cfg: ClientConfig) -> (std::sync::Arc<trellis_proxy::App
 /// The proxy's configurations with every listener on a port the system picks on loopback
 /// (`127.0.0.1:0`), not the address the operator pushes (a sidecar's `0.0.0.0:15001` and
 /// `0.0.0.0:15006`, each pod's own in a cluster): tests run at once on this machine, and a
-/// second proxy binding the same port NACKed its configuration — never sent again, so it was
-/// never configured.
+/// second proxy binding the same port NACKed its configuration and stayed unconfigured while
+/// the first held the port (it applies it again only once the port is free).
 struct OwnPorts(trellis_proxy::control::AppSink);
 
 #[tonic::async_trait]
@@ -368,7 +368,7 @@ impl ConfigSink for OwnPorts {
         self.0.current_version()
     }
 
-    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), trellis_push::client::Refusal> {
         for listener in &mut config.listeners {
             listener.address = "127.0.0.1:0".into();
         }

@@ -20,10 +20,16 @@
 //! - Deltas: [`run_push`] keeps the last pushed config the sink accepted, as received (before
 //!   the sink adapts it), across reconnects, and applies each delta to it. A delta that does
 //!   not apply, or whose result the sink rejects, is NACKed and leaves that config as it was.
+//! - A config the sink refuses for a transient reason ([`Refusal::transient`]: a listener's port
+//!   in use) is NACKed, then applied again after [`APPLY_RETRY`], doubling up to
+//!   [`APPLY_RETRY_MAX`], until it applies — and is ACKed then — or another config arrives (a
+//!   reconnect too: the operator sends the version again, since Hello reports the one applied).
+//!   A config refused for what it says is NACKed once and never applied again.
 
 mod certificate;
 mod files;
 mod handover;
+mod refusal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +40,8 @@ use certificate::{leaf_serial, leaf_spiffe_id};
 pub use files::IdentityFiles;
 use handover::Handover;
 use rcgen::{CertificateParams, KeyPair, SanType};
+pub use refusal::{APPLY_RETRY, APPLY_RETRY_MAX, Refusal};
+use refusal::{Retry, due, transient_nack};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -279,8 +287,9 @@ pub trait ConfigSink: Send + Sync + 'static {
     /// The version being served (sent in Hello so a current proxy is not sent it again).
     fn current_version(&self) -> Option<String>;
     /// Validate and apply a configuration; on error the proxy keeps its last good one and the
-    /// error is NACKed to the operator.
-    async fn apply(&self, config: ProxyConfig) -> Result<(), String>;
+    /// error is NACKed to the operator (and, for a [`Refusal::transient`] one, the same
+    /// configuration is applied again later).
+    async fn apply(&self, config: ProxyConfig) -> Result<(), Refusal>;
     /// A pushed configuration was refused before it could reach [`ConfigSink::apply`]: its
     /// payload does not parse, its chunks do not reassemble, or its delta does not apply. It
     /// is NACKed either way; a sink that shows the proxy's state records it here. The default
@@ -373,6 +382,8 @@ async fn subscribe_once(
         }
     }
     let mut chunks = Reassembly::default();
+    // A config refused for a transient reason, applied again when due.
+    let mut retry: Option<Retry> = None;
     let mut report = tokio::time::interval_at(tokio::time::Instant::now() + SIGNALS_INTERVAL, SIGNALS_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -409,14 +420,28 @@ async fn subscribe_once(
                 }
                 continue;
             }
+            () = due(retry.as_ref().map(|r| r.at)) => {
+                let Some(pending) = retry.take() else { continue };
+                if let Some(reply) = apply_again(cfg, sink, held, pending, &mut retry).await
+                    && tx.send(reply).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
         };
         let Some(message) = message else { break };
         backoff.reset();
         let version = message.version.clone();
         let reply = match chunks.push(message) {
             Ok(None) => continue,
-            Ok(Some(snapshot)) => apply_snapshot(cfg, sink, held, &snapshot).await,
+            Ok(Some(snapshot)) => {
+                // A newer version takes the place of one waiting to be applied again.
+                retry = None;
+                apply_snapshot(cfg, sink, held, &snapshot, &mut retry).await
+            }
             Err(e) => {
+                retry = None;
                 tracing::warn!(%version, error = %e, "rejected a chunked config; keeping the last good one");
                 sink.rejected(&version, &e.to_string());
                 ProxyMessage::nack(version, e.to_string())
@@ -429,12 +454,14 @@ async fn subscribe_once(
     Ok(())
 }
 
-/// Apply one snapshot (whole or delta) and say whether it was: the ACK or NACK to send.
+/// Apply one snapshot (whole or delta) and say whether it was: the ACK or NACK to send. A
+/// config the sink refuses for a transient reason is left in `retry`.
 async fn apply_snapshot(
     cfg: &ClientConfig,
     sink: &dyn ConfigSink,
     held: &mut Option<ProxyConfig>,
     snapshot: &Snapshot,
+    retry: &mut Option<Retry>,
 ) -> ProxyMessage {
     let version = snapshot.version.clone();
     if snapshot.is_delta() {
@@ -442,45 +469,88 @@ async fn apply_snapshot(
     } else {
         tracing::debug!(%version, bytes = snapshot.config_json.len(), "whole config received");
     }
-    let applied = match snapshot.apply_to(held.as_ref()) {
-        Ok(config) => {
-            // The sink takes its own copy (it may adapt it); deltas apply to the pushed one.
-            match sink.apply(config.clone()).await {
-                Ok(()) => Ok(config),
-                Err(e) => Err(e),
-            }
-        }
+    let config = match snapshot.apply_to(held.as_ref()) {
+        Ok(config) => config,
         Err(e) => {
             let e = e.to_string();
             sink.rejected(&version, &e);
-            Err(e)
+            tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
+            return ProxyMessage::nack(version, e);
         }
     };
-    match applied {
-        Ok(config) => {
-            // Keep the bundle file current with the roots the proxy now trusts (rewritten only
-            // when it differs: most configs carry the same bundle).
-            let path = cfg.identity_dir.join(ROOTS_FILE);
-            if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle
-                && tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(pem.as_str())
-                && let Err(e) = cfg
-                    .files
-                    .replace(&cfg.identity_dir, vec![(ROOTS_FILE, pem.clone(), false)])
-                    .await
-            {
-                tracing::warn!(error = %e, "could not record the pushed trust bundle");
-            }
-            cfg.renewal
-                .request_identity(config.identity.spiffe_id.as_deref().unwrap_or_default());
-            *held = Some(config);
-            cfg.renewal.request(&snapshot.renew_unless_issued_by);
+    // The sink takes its own copy (it may adapt it); deltas apply to the pushed one.
+    match sink.apply(config.clone()).await {
+        Ok(()) => {
+            accepted(cfg, held, config, &snapshot.renew_unless_issued_by).await;
             ProxyMessage::ack(version)
         }
-        Err(e) => {
-            tracing::warn!(%version, error = %e, "rejected a pushed config; keeping the last good one");
-            ProxyMessage::nack(version, e)
+        Err(refusal) if refusal.transient => {
+            let pending = Retry::first(config, snapshot.renew_unless_issued_by.clone());
+            tracing::warn!(%version, error = %refusal, retry_in = ?pending.wait(), "could not apply a pushed config for now; keeping the last good one and applying it again");
+            *retry = Some(pending);
+            ProxyMessage::nack(version, transient_nack(&refusal.error))
+        }
+        Err(refusal) => {
+            tracing::warn!(%version, error = %refusal, "rejected a pushed config; keeping the last good one");
+            ProxyMessage::nack(version, refusal.error)
         }
     }
+}
+
+/// Apply again a config refused for a transient reason: its ACK once it applies; nothing while
+/// it is refused for a transient reason again (the next attempt left in `retry`, later); a NACK
+/// with the new error if it is refused for what it says now.
+async fn apply_again(
+    cfg: &ClientConfig,
+    sink: &dyn ConfigSink,
+    held: &mut Option<ProxyConfig>,
+    pending: Retry,
+    retry: &mut Option<Retry>,
+) -> Option<ProxyMessage> {
+    let version = pending.config.version.clone();
+    match sink.apply(pending.config.clone()).await {
+        Ok(()) => {
+            tracing::info!(%version, "applied a config refused before; acknowledging it");
+            accepted(cfg, held, pending.config, &pending.renew_unless_issued_by).await;
+            Some(ProxyMessage::ack(version))
+        }
+        Err(refusal) if refusal.transient => {
+            let next = pending.again();
+            tracing::debug!(%version, error = %refusal, retry_in = ?next.wait(), "still cannot apply the config");
+            *retry = Some(next);
+            None
+        }
+        Err(refusal) => {
+            tracing::warn!(%version, error = %refusal, "rejected a pushed config on a retry; keeping the last good one");
+            Some(ProxyMessage::nack(version, refusal.error))
+        }
+    }
+}
+
+/// The sink applied `config`: keep it as what deltas apply to, and act on what it says about
+/// the proxy's certificate.
+async fn accepted(
+    cfg: &ClientConfig,
+    held: &mut Option<ProxyConfig>,
+    config: ProxyConfig,
+    renew_unless_issued_by: &str,
+) {
+    // Keep the bundle file current with the roots the proxy now trusts (rewritten only when it
+    // differs: most configs carry the same bundle).
+    let path = cfg.identity_dir.join(ROOTS_FILE);
+    if let Some(PemSource::Inline(pem)) = &config.identity.trust_bundle
+        && tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(pem.as_str())
+        && let Err(e) = cfg
+            .files
+            .replace(&cfg.identity_dir, vec![(ROOTS_FILE, pem.clone(), false)])
+            .await
+    {
+        tracing::warn!(error = %e, "could not record the pushed trust bundle");
+    }
+    cfg.renewal
+        .request_identity(config.identity.spiffe_id.as_deref().unwrap_or_default());
+    *held = Some(config);
+    cfg.renewal.request(renew_unless_issued_by);
 }
 
 /// Capped exponential backoff with jitter.

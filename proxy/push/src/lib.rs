@@ -20,6 +20,8 @@ pub mod chunks;
 pub mod client;
 pub mod codec;
 pub mod identity;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::time::{Duration, SystemTime};
 

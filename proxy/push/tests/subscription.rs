@@ -1,123 +1,79 @@
 //! The proxy's config subscription (`client::run_push`) against an in-process ConfigPush
 //! server over TLS, driven step by step by each test: whole configs and deltas reach the
 //! sink and are ACKed; a delta for another base, or one whose result the sink rejects, is
-//! NACKed and leaves both the sink and the config deltas apply to as they were; a reconnect
+//! NACKed and leaves both the sink and the config deltas apply to as they were; one the sink
+//! refuses for now is applied again until it applies, then ACKed; a reconnect
 //! keeps that config and says so in Hello; whole configs beyond tonic's 4 MiB default pass;
 //! the sink's golden signals go to the operator on the subscription every interval, and go
 //! again on the next subscription after a handover (the replica stopped), never after a break.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
+use tonic::transport::Identity;
 use trellis_contract::signals::{Counts, EdgeSignals, Report};
 use trellis_contract::{Cluster, ConfigDelta, ProxyConfig};
-use trellis_push::client::{self, CERT_CHAIN_FILE, ClientConfig, ConfigSink, KEY_FILE};
-use trellis_push::v1::config_push_server::{ConfigPush, ConfigPushServer};
-use trellis_push::{Hello, ProxyMessage, Snapshot, proxy_message};
+use trellis_push::client::{self, CERT_CHAIN_FILE, ConfigSink, KEY_FILE};
+use trellis_push::testing::{FakeOperator, STEP, Session};
+use trellis_push::{Snapshot, proxy_message};
 
-/// How long any one step may take before the test fails instead of hanging.
-const STEP: Duration = Duration::from_secs(10);
-
-/// One subscription as the server sees it.
-struct Session {
-    hello: Hello,
-    to_proxy: mpsc::Sender<Result<Snapshot, Status>>,
-    from_proxy: Streaming<ProxyMessage>,
+/// The test's steps on a subscription: push a snapshot, get the proxy's answer.
+#[tonic::async_trait]
+trait Drive {
+    /// Send a snapshot and return the proxy's answer.
+    async fn push(&mut self, snapshot: Snapshot) -> proxy_message::Kind;
+    /// Send a snapshot in chunks and return the proxy's one answer.
+    async fn push_chunked(&mut self, snapshot: Snapshot, size: usize) -> proxy_message::Kind;
+    async fn acked(&mut self, snapshot: Snapshot);
+    /// The NACK's error message.
+    async fn nacked(&mut self, snapshot: Snapshot) -> String;
 }
 
-impl Session {
-    /// Send a snapshot and return the proxy's answer.
+#[tonic::async_trait]
+impl Drive for Session {
     async fn push(&mut self, snapshot: Snapshot) -> proxy_message::Kind {
-        self.to_proxy
-            .send(Ok(snapshot))
-            .await
-            .expect("the subscription is open");
-        let reply = tokio::time::timeout(STEP, self.from_proxy.message())
-            .await
-            .expect("the proxy answers in time")
-            .expect("the stream is healthy")
-            .expect("the proxy keeps the stream open");
-        reply.kind.expect("the answer says something")
+        self.send(snapshot).await;
+        self.answer(STEP).await.expect("the proxy answers in time")
     }
 
-    /// Send a snapshot in chunks and return the proxy's one answer.
     async fn push_chunked(&mut self, snapshot: Snapshot, size: usize) -> proxy_message::Kind {
         let mut chunks = snapshot.into_chunks(size);
         let last = chunks.pop().expect("at least one chunk");
         for c in chunks {
-            self.to_proxy.send(Ok(c)).await.expect("the subscription is open");
+            self.send(c).await;
         }
         self.push(last).await
     }
 
     async fn acked(&mut self, snapshot: Snapshot) {
         let version = snapshot.version.clone();
-        match self.push(snapshot).await {
-            proxy_message::Kind::Ack(ack) => assert_eq!(ack.version, version),
-            other => panic!("expected an ACK of {version}, got {other:?}"),
-        }
+        self.send(snapshot).await;
+        self.expect_ack(&version).await;
     }
 
-    /// The NACK's error message.
     async fn nacked(&mut self, snapshot: Snapshot) -> String {
         let version = snapshot.version.clone();
-        match self.push(snapshot).await {
-            proxy_message::Kind::Nack(nack) => {
-                assert_eq!(nack.version, version);
-                nack.error
-            }
-            other => panic!("expected a NACK of {version}, got {other:?}"),
-        }
-    }
-}
-
-/// Hands each subscription to the test.
-struct FakeOperator {
-    sessions: mpsc::UnboundedSender<Session>,
-}
-
-#[tonic::async_trait]
-impl ConfigPush for FakeOperator {
-    type SubscribeStream = ReceiverStream<Result<Snapshot, Status>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<Streaming<ProxyMessage>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let mut from_proxy = request.into_inner();
-        let hello = match from_proxy.message().await? {
-            Some(ProxyMessage {
-                kind: Some(proxy_message::Kind::Hello(hello)),
-            }) => hello,
-            other => return Err(Status::invalid_argument(format!("expected Hello first, got {other:?}"))),
-        };
-        let (to_proxy, rx) = mpsc::channel(8);
-        self.sessions
-            .send(Session {
-                hello,
-                to_proxy,
-                from_proxy,
-            })
-            .map_err(|_| Status::unavailable("the test is over"))?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.send(snapshot).await;
+        self.expect_nack(&version).await
     }
 }
 
 /// Records what it applies and the versions refused before reaching it; rejects configs
-/// holding a cluster named `rejected`.
+/// holding a cluster named `rejected`, and for now (transiently) those holding a cluster named
+/// `busy` while `busy` counts attempts left to refuse.
 #[derive(Default)]
 struct Sink {
     applied: Mutex<Vec<ProxyConfig>>,
     rejected: Mutex<Vec<String>>,
     /// The golden signals to report next (taken by the report).
     signals: Mutex<Option<Report>>,
+    /// How many more attempts at a config with a `busy` cluster are refused for now.
+    busy: Mutex<usize>,
+    /// The versions of the configs refused for now, one per attempt.
+    refused_for_now: Mutex<Vec<String>>,
 }
 
 impl Sink {
@@ -132,9 +88,17 @@ impl ConfigSink for Sink {
         self.applied.lock().unwrap().last().map(|c| c.version.clone())
     }
 
-    async fn apply(&self, mut config: ProxyConfig) -> Result<(), String> {
+    async fn apply(&self, mut config: ProxyConfig) -> Result<(), client::Refusal> {
         if config.cluster("rejected").is_some() {
             return Err("cluster \"rejected\": refused by the test sink".into());
+        }
+        if config.cluster("busy").is_some() {
+            let mut busy = self.busy.lock().unwrap();
+            if *busy > 0 {
+                *busy -= 1;
+                self.refused_for_now.lock().unwrap().push(config.version.clone());
+                return Err(client::Refusal::transient("cluster \"busy\": its port is in use"));
+            }
         }
         // Like the proxy's sink, adapt the config to this host: deltas must still apply to
         // the config as pushed, not to this copy.
@@ -189,9 +153,9 @@ fn pki(identity_dir: &Path) -> Pki {
 
 /// A running fake operator, a proxy subscription to it, and what the proxy applied.
 struct Harness {
-    sessions: mpsc::UnboundedReceiver<Session>,
+    operator: FakeOperator,
     sink: Arc<Sink>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    push: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
 }
 
@@ -202,48 +166,21 @@ impl Harness {
         std::fs::write(dir.path().join("root.pem"), &pki.ca_pem).unwrap();
         std::fs::write(dir.path().join("token"), "unused").unwrap();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (tx, sessions) = mpsc::unbounded_channel();
-        let server = Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(pki.server))
-            .unwrap()
-            .add_service(ConfigPushServer::new(FakeOperator { sessions: tx }))
-            .serve_with_incoming(TcpListenerStream::new(listener));
-        let server = tokio::spawn(async move {
-            server.await.expect("the fake operator serves");
-        });
+        let operator = FakeOperator::start(pki.server).await;
 
-        let cfg = ClientConfig {
-            endpoint: format!("https://{addr}"),
-            server_name: "localhost".into(),
-            root_cert: dir.path().join("root.pem"),
-            token: dir.path().join("token"),
-            identity_dir: dir.path().join("identity"),
-            namespace: "shop".into(),
-            pod: "web-1".into(),
-            role: "sidecar".into(),
-            spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
-            proxy_version: "test".into(),
-            renewal: Default::default(),
-            served: Default::default(),
-            files: Default::default(),
-        };
+        let cfg = operator.client_config(dir.path());
         let sink = Arc::new(Sink::default());
         let push = tokio::spawn(client::run_push(cfg, sink.clone()));
         Harness {
-            sessions,
+            operator,
             sink,
-            tasks: vec![server, push],
+            push,
             dir,
         }
     }
 
     async fn session(&mut self) -> Session {
-        tokio::time::timeout(STEP, self.sessions.recv())
-            .await
-            .expect("the proxy subscribes in time")
-            .expect("the fake operator runs")
+        self.operator.session().await
     }
 
     /// The versions refused before they reached the sink's `apply`.
@@ -264,9 +201,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.push.abort();
     }
 }
 
@@ -339,6 +274,45 @@ async fn a_nacked_delta_leaves_the_sink_and_the_base_as_they_were() {
     let v5 = config("v5", &[("a", 5), ("b", 2)]);
     s.acked(delta(&v1, &v5)).await;
     assert_eq!(h.applied(), [v1, v5]);
+}
+
+/// A config the sink refuses for now is NACKed, then applied again — 1 s, then 2 s later —
+/// and ACKed once it applies, unasked; deltas apply to it from then on. One refused for what it
+/// says is not applied again.
+#[tokio::test]
+async fn a_config_refused_for_now_is_applied_again_and_acked_and_deltas_apply_to_it() {
+    let mut h = Harness::start().await;
+    let mut s = h.session().await;
+    *h.sink.busy.lock().unwrap() = 2;
+    let v1 = config("v1", &[("busy", 1)]);
+    let error = s.nacked(Snapshot::from_config(&v1)).await;
+    assert!(
+        error.starts_with("cluster \"busy\": its port is in use; the proxy applies"),
+        "{error}"
+    );
+    let started = std::time::Instant::now();
+    s.expect_ack("v1").await;
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(2900)..Duration::from_secs(5)).contains(&waited),
+        "two retries, 1 s and 2 s apart: {waited:?}"
+    );
+    assert_eq!(*h.sink.refused_for_now.lock().unwrap(), ["v1", "v1"]);
+    assert_eq!(h.applied(), std::slice::from_ref(&v1));
+
+    // What deltas apply to is the config applied on the retry.
+    let v2 = config("v2", &[("busy", 2)]);
+    s.acked(delta(&v1, &v2)).await;
+    assert_eq!(h.applied(), [v1.clone(), v2.clone()]);
+
+    // Refused for good: NACKed once, never tried again.
+    let v3 = config("v3", &[("busy", 2), ("rejected", 3)]);
+    s.nacked(delta(&v2, &v3)).await;
+    assert!(
+        s.answer(client::APPLY_RETRY * 3).await.is_none(),
+        "no other answer to a config refused for good"
+    );
+    assert_eq!(h.applied(), [v1, v2]);
 }
 
 #[tokio::test]

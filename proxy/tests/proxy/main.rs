@@ -26,6 +26,7 @@ mod overload;
 mod pool;
 mod resilience;
 mod routing;
+mod subscription;
 mod support;
 mod tcp;
 mod telemetry;
