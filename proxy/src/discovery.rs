@@ -253,7 +253,7 @@ pub async fn lookup(name: &str, upstreams: &[SocketAddr]) -> Answer {
     let mut ttl: Option<u32> = None;
     for qtype in [TYPE_A, TYPE_AAAA] {
         let query = build_query(fastrand::u16(..), name, qtype);
-        let Some(answer) = crate::dns::forward_udp(&query, upstreams, LOOKUP_TIMEOUT).await else {
+        let Some(answer) = crate::resolver::forward_udp(&query, upstreams, LOOKUP_TIMEOUT).await else {
             continue;
         };
         for (ip, record_ttl) in answer_records(&answer) {

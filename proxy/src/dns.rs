@@ -5,17 +5,16 @@
 //! connection) on the same port, and forwards over the transport the query came
 //! on, so truncated UDP answers can be retried over TCP end to end.
 //! `trellis-proxy init` redirects the pod's UDP and TCP port 53 here (unless `--capture-dns false`).
-//! The names and the message format are [`crate::dns_table`]'s.
+//! The names and the message format are [`crate::dns_table`]'s, the upstream resolvers
+//! [`crate::resolver`]'s.
 
-use crate::dns_table::{RCODE_FORMERR, RCODE_SERVFAIL, error_response, parse_question};
+use crate::dns_table::{RCODE_FORMERR, RCODE_SERVFAIL, error_response, parse_question, read_framed, write_framed};
+use crate::resolver::{forward_tcp, forward_udp, upstreams};
 use crate::runtime::Runtime;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
-use trellis_contract::DnsConfig;
 
 /// How long to wait for an upstream resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,70 +23,6 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent DNS-over-TCP client connections; more are closed at once.
 const MAX_TCP_CONNECTIONS: usize = 256;
-
-/// Upstream resolvers: the config's, else `/etc/resolv.conf`'s.
-pub(crate) fn upstreams(cfg: &DnsConfig) -> Vec<SocketAddr> {
-    let configured: Vec<SocketAddr> = cfg.upstreams.iter().filter_map(|u| u.parse().ok()).collect();
-    if !configured.is_empty() {
-        return configured;
-    }
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
-
-pub(crate) async fn forward_udp(query: &[u8], upstreams: &[SocketAddr], timeout: Duration) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
-        let Ok(sock) = UdpSocket::bind(bind).await else {
-            continue;
-        };
-        if sock.send_to(query, up).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Ignore datagrams from elsewhere or with another id (spoofing).
-        loop {
-            match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == *up && n >= 2 && buf[..2] == query[..2] => {
-                    return Some(buf[..n].to_vec());
-                }
-                Ok(Ok(_)) => continue,
-                _ => break,
-            }
-        }
-    }
-    None
-}
-
-/// One DNS-over-TCP exchange with an upstream: length-prefixed query out,
-/// length-prefixed answer with the same id back.
-async fn exchange_tcp(query: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let mut tcp = TcpStream::connect(up).await?;
-    write_framed(&mut tcp, query).await?;
-    loop {
-        let answer = read_framed(&mut tcp).await?;
-        if answer.len() >= 2 && answer[..2] == query[..2] {
-            return Ok(answer);
-        }
-    }
-}
-
-async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange_tcp(query, *up)).await {
-            Ok(Ok(answer)) => return Some(answer),
-            Ok(Err(e)) => tracing::debug!(upstream = %up, error = %e, "DNS over TCP upstream failed"),
-            Err(_) => tracing::debug!(upstream = %up, "DNS over TCP upstream timed out"),
-        }
-    }
-    None
-}
 
 /// Which transport a query arrived on (and is forwarded over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +44,7 @@ async fn resolve(rt: &Runtime, query: &[u8], transport: Transport) -> Option<Vec
     drop(snap);
     let forwarded = match transport {
         Transport::Udp => forward_udp(query, &ups, UPSTREAM_TIMEOUT).await,
-        Transport::Tcp => forward_tcp(query, &ups).await,
+        Transport::Tcp => forward_tcp(query, &ups, UPSTREAM_TIMEOUT).await,
     };
     forwarded.or_else(|| error_response(query, RCODE_SERVFAIL))
 }
@@ -182,22 +117,4 @@ async fn serve_tcp_connection(rt: &Runtime, mut tcp: TcpStream) {
             return;
         }
     }
-}
-
-/// Read one DNS-over-TCP message (two-byte big-endian length, then the message).
-pub async fn read_framed<S: AsyncReadExt + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
-    let len = s.read_u16().await? as usize;
-    let mut msg = vec![0u8; len];
-    s.read_exact(&mut msg).await?;
-    Ok(msg)
-}
-
-/// Write one DNS-over-TCP message.
-pub async fn write_framed<S: AsyncWriteExt + Unpin>(s: &mut S, msg: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(msg.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "DNS message over 65535 bytes"))?;
-    let mut framed = Vec::with_capacity(msg.len() + 2);
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(msg);
-    s.write_all(&framed).await
 }

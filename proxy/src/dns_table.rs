@@ -2,10 +2,13 @@
 //! configuration's `dns.entries` into every snapshot — and the DNS message
 //! format it needs: parsing a query's question, building answers and error
 //! answers; and, for clients and tests, building a query and reading the
-//! addresses of an answer.
+//! addresses of an answer; and DNS over TCP's framing (RFC 7766: a two-byte
+//! length before each message), which the DNS proxy serves and its upstream
+//! queries use.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_contract::DnsConfig;
 
 /// Record type A.
@@ -218,6 +221,24 @@ pub fn answer_records(resp: &[u8]) -> Vec<(IpAddr, u32)> {
         i += 10 + rdlen;
     }
     out
+}
+
+/// Read one DNS-over-TCP message (two-byte big-endian length, then the message).
+pub async fn read_framed<S: AsyncReadExt + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = s.read_u16().await? as usize;
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+/// Write one DNS-over-TCP message.
+pub async fn write_framed<S: AsyncWriteExt + Unpin>(s: &mut S, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "DNS message over 65535 bytes"))?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).await
 }
 
 #[cfg(test)]

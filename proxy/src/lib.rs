@@ -33,6 +33,7 @@ pub mod peer_metadata;
 pub mod ports;
 pub mod probes;
 pub mod request_body;
+pub mod resolver;
 pub mod routing;
 pub mod runtime;
 pub mod server;

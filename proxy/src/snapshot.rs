@@ -287,7 +287,7 @@ impl Snapshot {
         let mut clusters = HashMap::new();
         let passes_through = config.listeners.iter().any(|l| l.unrouted == Unrouted::Passthrough);
         let passthrough = passes_through.then(passthrough_cluster);
-        let upstreams = crate::dns::upstreams(&config.dns);
+        let upstreams = crate::resolver::upstreams(&config.dns);
         let resolvers_unchanged = previous.is_some_and(|p| p.settings.dns.upstreams == config.dns.upstreams);
         let listed = std::mem::take(&mut config.clusters);
         let mut cluster_order = Vec::with_capacity(listed.len());

@@ -4,8 +4,8 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use trellis_proxy::dns::{read_framed, write_framed};
 use trellis_proxy::dns_table::{answer_addresses, build_query};
+use trellis_proxy::dns_table::{read_framed, write_framed};
 use trellis_proxy::{App, AppConfig};
 
 async fn query(server: std::net::SocketAddr, id: u16, name: &str, qtype: u16) -> Vec<u8> {
