@@ -14,12 +14,13 @@
 //!   passthrough): the one endpoint is the address the client dialled. Each destination gets
 //!   its runtime (pool, outlier state), at most [`MAX_DESTINATIONS`] of them at a time.
 //!
-//! Either way requests use an ordinary static [`ClusterRuntime`] over the addresses found, so
-//! balancing, pooling, outlier detection and TLS are the same as for static endpoints.
+//! Either way requests use an ordinary static cluster runtime over the addresses found
+//! ([`Discovered::over`]: [`crate::upstream::ClusterRuntime`]'s), so balancing, pooling, outlier
+//! detection and TLS are the same as for static endpoints. This module knows the runtime only
+//! through [`Discovered`]: upstream clusters depend on discovery, not the other way round.
 
 use crate::dns_table::{TYPE_A, TYPE_AAAA, answer_records, build_query};
 use crate::identity::WorkloadIdentity;
-use crate::upstream::{ClusterError, ClusterRuntime};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,18 +42,41 @@ pub const MAX_ADDRESSES: usize = 32;
 /// Original destinations with a runtime at a time; past it the oldest set is dropped.
 pub const MAX_DESTINATIONS: usize = 1024;
 
-/// What a cluster with run-time discovery needs to build the runtimes it hands out.
-pub struct DiscoveryState {
+/// A cluster's run-time structure, as discovery needs it: its configuration, its discovery
+/// state, and the same cluster over the endpoints found.
+pub trait Discovered: Sized + Send + Sync + 'static {
+    /// Why a cluster over the endpoints found could not be built.
+    type Error: std::fmt::Display + std::fmt::Debug;
+
+    /// The cluster's configuration.
+    fn spec(&self) -> &Cluster;
+
+    /// Its discovery state; `None` for a cluster built without one (static endpoints).
+    fn discovery(&self) -> Option<&DiscoveryState<Self>>;
+
+    /// This cluster over `endpoints`, as a static cluster built with `identity` for the local
+    /// cluster `local_cluster`, sharing this one's circuit breakers: the limits are the
+    /// cluster's, whichever addresses it goes to.
+    fn over(
+        &self,
+        endpoints: Vec<Endpoint>,
+        identity: Option<&WorkloadIdentity>,
+        local_cluster: &str,
+    ) -> Result<Self, Self::Error>;
+}
+
+/// What a cluster with run-time discovery needs to build the runtimes `R` it hands out.
+pub struct DiscoveryState<R> {
     identity: Option<WorkloadIdentity>,
     local_cluster: String,
     upstreams: Vec<SocketAddr>,
-    by_destination: Mutex<HashMap<SocketAddr, Arc<ClusterRuntime>>>,
-    resolved: Mutex<Option<Resolved>>,
+    by_destination: Mutex<HashMap<SocketAddr, Arc<R>>>,
+    resolved: Mutex<Option<Resolved<R>>>,
     resolving: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
 }
 
-impl std::fmt::Debug for DiscoveryState {
+impl<R> std::fmt::Debug for DiscoveryState<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiscoveryState")
             .field("upstreams", &self.upstreams)
@@ -61,13 +85,13 @@ impl std::fmt::Debug for DiscoveryState {
 }
 
 /// The addresses last resolved and the runtime over them.
-struct Resolved {
+struct Resolved<R> {
     addresses: Vec<Vec<IpAddr>>,
-    runtime: Arc<ClusterRuntime>,
+    runtime: Arc<R>,
     fresh_until: Instant,
 }
 
-impl DiscoveryState {
+impl<R: Discovered> DiscoveryState<R> {
     /// The state of a cluster built with `identity` for the local cluster `local_cluster`,
     /// resolving with `upstreams`.
     pub fn new(identity: Option<&WorkloadIdentity>, local_cluster: &str, upstreams: Vec<SocketAddr>) -> Self {
@@ -82,39 +106,27 @@ impl DiscoveryState {
         }
     }
 
-    /// `cluster` over `endpoints`, sharing its circuit breakers: the limits are the cluster's,
-    /// whichever addresses it goes to.
-    fn build(&self, cluster: &ClusterRuntime, endpoints: Vec<Endpoint>) -> Result<ClusterRuntime, ClusterError> {
-        let spec = Cluster {
-            discovery: Discovery::Static,
-            endpoints,
-            ..cluster.spec.clone()
-        };
-        let mut rt = ClusterRuntime::build(spec, self.identity.as_ref(), &self.local_cluster)?;
-        rt.circuit = Arc::clone(&cluster.circuit);
-        Ok(rt)
+    /// `cluster` over `endpoints` ([`Discovered::over`]).
+    fn build(&self, cluster: &R, endpoints: Vec<Endpoint>) -> Result<R, R::Error> {
+        cluster.over(endpoints, self.identity.as_ref(), &self.local_cluster)
     }
 }
 
 /// The runtime a request to `cluster` uses, going to `dst` (the connection's original
 /// destination; `None` when it is not known, e.g. a connection that was not redirected).
 /// `None` when there is nowhere to go: an original-destination cluster without one.
-pub async fn target(cluster: &Arc<ClusterRuntime>, dst: Option<SocketAddr>) -> Option<Arc<ClusterRuntime>> {
-    let Some(state) = &cluster.discovery else {
+pub async fn target<R: Discovered>(cluster: &Arc<R>, dst: Option<SocketAddr>) -> Option<Arc<R>> {
+    let Some(state) = cluster.discovery() else {
         return Some(Arc::clone(cluster));
     };
-    match cluster.spec.discovery {
+    match cluster.spec().discovery {
         Discovery::Static => Some(Arc::clone(cluster)),
         Discovery::OriginalDestination => original_destination(cluster, state, dst?),
         Discovery::Dns | Discovery::DnsFirstAddress => Some(resolved(cluster, state).await),
     }
 }
 
-fn original_destination(
-    cluster: &ClusterRuntime,
-    state: &DiscoveryState,
-    dst: SocketAddr,
-) -> Option<Arc<ClusterRuntime>> {
+fn original_destination<R: Discovered>(cluster: &R, state: &DiscoveryState<R>, dst: SocketAddr) -> Option<Arc<R>> {
     let mut map = state.by_destination.lock().expect("destinations lock");
     if let Some(rt) = map.get(&dst) {
         return Some(Arc::clone(rt));
@@ -137,13 +149,13 @@ fn original_destination(
             Some(rt)
         }
         Err(e) => {
-            tracing::warn!(cluster = %cluster.spec.name, %dst, error = %e, "cannot build the original destination's cluster");
+            tracing::warn!(cluster = %cluster.spec().name, %dst, error = %e, "cannot build the original destination's cluster");
             None
         }
     }
 }
 
-async fn resolved(cluster: &Arc<ClusterRuntime>, state: &DiscoveryState) -> Arc<ClusterRuntime> {
+async fn resolved<R: Discovered>(cluster: &Arc<R>, state: &DiscoveryState<R>) -> Arc<R> {
     {
         let current = state.resolved.lock().expect("resolved lock");
         if let Some(r) = current.as_ref() {
@@ -154,8 +166,8 @@ async fn resolved(cluster: &Arc<ClusterRuntime>, state: &DiscoveryState) -> Arc<
             if !state.refreshing.swap(true, Ordering::AcqRel) {
                 let cluster = Arc::clone(cluster);
                 tokio::spawn(async move {
-                    if let Some(state) = &cluster.discovery {
-                        refresh(&cluster, state).await;
+                    if let Some(state) = cluster.discovery() {
+                        refresh(cluster.as_ref(), state).await;
                         state.refreshing.store(false, Ordering::Release);
                     }
                 });
@@ -168,15 +180,16 @@ async fn resolved(cluster: &Arc<ClusterRuntime>, state: &DiscoveryState) -> Arc<
     if let Some(r) = state.resolved.lock().expect("resolved lock").as_ref() {
         return Arc::clone(&r.runtime);
     }
-    refresh(cluster, state).await
+    refresh(cluster.as_ref(), state).await
 }
 
 /// Resolve every endpoint's name and install the runtime over the answers.
-async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<ClusterRuntime> {
-    let first_only = cluster.spec.discovery == Discovery::DnsFirstAddress;
-    let mut addresses = Vec::with_capacity(cluster.spec.endpoints.len());
+async fn refresh<R: Discovered>(cluster: &R, state: &DiscoveryState<R>) -> Arc<R> {
+    let spec = cluster.spec();
+    let first_only = spec.discovery == Discovery::DnsFirstAddress;
+    let mut addresses = Vec::with_capacity(spec.endpoints.len());
     let mut ttl = REFRESH;
-    for e in &cluster.spec.endpoints {
+    for e in &spec.endpoints {
         let answer = lookup(&e.address, &state.upstreams).await;
         let mut found = answer.addresses;
         if first_only {
@@ -196,13 +209,13 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
     {
         // Nothing new (or a failed lookup): keep the runtime, its pools and state.
         if !answered {
-            tracing::debug!(cluster = %cluster.spec.name, "DNS lookup failed; keeping the last answer");
+            tracing::debug!(cluster = %spec.name, "DNS lookup failed; keeping the last answer");
         }
         r.fresh_until = now + if answered { ttl } else { REFRESH };
         return Arc::clone(&r.runtime);
     }
     let mut endpoints = Vec::new();
-    for (e, found) in cluster.spec.endpoints.iter().zip(&addresses) {
+    for (e, found) in spec.endpoints.iter().zip(&addresses) {
         for ip in found {
             endpoints.push(Endpoint {
                 address: ip.to_string(),
@@ -213,7 +226,7 @@ async fn refresh(cluster: &ClusterRuntime, state: &DiscoveryState) -> Arc<Cluste
     let runtime = match state.build(cluster, endpoints) {
         Ok(rt) => Arc::new(rt),
         Err(e) => {
-            tracing::warn!(cluster = %cluster.spec.name, error = %e, "cannot build the cluster over the resolved addresses");
+            tracing::warn!(cluster = %spec.name, error = %e, "cannot build the cluster over the resolved addresses");
             Arc::new(
                 state
                     .build(cluster, Vec::new())

@@ -6,9 +6,11 @@
 //!
 //! The rest lives in the submodules: [`circuit_breakers`] (request slots, active requests
 //! and retries), [`outlier`] (passive health checking), `http_pool` (HTTP connections
-//! pooled, shared and retired) and `keepalive`.
+//! pooled, shared and retired), `keepalive` and `discovered` (a cluster as run-time
+//! discovery, [`crate::discovery`], builds it over the endpoints it finds).
 
 mod circuit_breakers;
+mod discovered;
 mod http_pool;
 mod keepalive;
 mod outlier;
@@ -183,7 +185,7 @@ pub struct ClusterRuntime {
     pub service_label: Arc<str>,
     /// Run-time discovery (`dns`, `originalDestination`): the runtimes requests use instead
     /// of this one, which has no endpoints ([`crate::discovery::target`]).
-    pub discovery: Option<Arc<crate::discovery::DiscoveryState>>,
+    pub discovery: Option<Arc<crate::discovery::DiscoveryState<ClusterRuntime>>>,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
