@@ -18,6 +18,7 @@ use self::admission::{authority, check_head, split_host_port};
 use self::forward::forward;
 use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span};
 use crate::authz::{Layer, authorize, peer_namespace};
+use crate::connection::ConnContext;
 use crate::path::normalize;
 use crate::routing::{HttpHeaders, RequestView};
 use crate::runtime::Runtime;
@@ -29,52 +30,10 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trellis_contract::authorization::AuthzRequest;
 use trellis_contract::{ListenerDirection, Redirect, RouteAction};
-
-/// Everything known about the downstream connection.
-#[derive(Debug, Clone)]
-pub struct ConnContext {
-    /// Listener name.
-    pub listener: String,
-    /// Direction of the listener.
-    pub direction: ListenerDirection,
-    /// Client address.
-    pub peer: SocketAddr,
-    /// Original (or local) destination.
-    pub dst: SocketAddr,
-    /// Whether `dst` is the original destination of a redirected connection
-    /// (`SO_ORIGINAL_DST`), not the listener's own address.
-    pub redirected: bool,
-    /// Verified client SPIFFE ID (mesh mTLS).
-    pub peer_identity: Option<String>,
-    /// SHA-256 (hex) of the verified client's certificate (mesh mTLS).
-    pub peer_cert_sha256: Option<String>,
-    /// Was TLS terminated?
-    pub tls: bool,
-    /// The server name the client asked for in its TLS handshake (`connection.sni`).
-    pub sni: Option<String>,
-    /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
-    pub verdicts: Option<Arc<crate::head::Verdicts>>,
-    /// The timer the connection lends to one wait at a time (hyper's for a request head, a
-    /// request's for its response).
-    pub timer: crate::idle::ConnTimer,
-    /// The peer metadata its requests carried first (inbound mesh mTLS), decoded.
-    pub first_source: crate::peer_metadata::FirstSource,
-    /// Its requests' `x-forwarded-client-cert` (inbound mesh mTLS), made for the first
-    /// identity of the proxy's own it was made for.
-    pub xfcc: std::sync::OnceLock<(String, Option<http::HeaderValue>)>,
-}
-
-impl ConnContext {
-    /// The address the client dialled, when the connection was redirected to the proxy.
-    pub fn original_dst(&self) -> Option<SocketAddr> {
-        self.redirected.then_some(self.dst)
-    }
-}
 
 /// The original client's address (`remote.ip`), as Istio's Envoy reads it with no trusted
 /// proxies configured: at a gateway, the connection's peer; behind one (an inbound sidecar),

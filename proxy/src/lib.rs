@@ -12,6 +12,7 @@ pub mod balance;
 pub mod capture;
 pub mod client_hello;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod discovery;
 pub mod dns;

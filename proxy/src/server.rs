@@ -6,7 +6,7 @@
 //! opaque TCP.
 
 use crate::client_hello::{self, Sni};
-use crate::http::ConnContext;
+use crate::connection::ConnContext;
 use crate::identity::spiffe_id_of;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;

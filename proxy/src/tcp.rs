@@ -6,7 +6,7 @@
 
 use crate::authz::{Layer, authorize, peer_namespace};
 use crate::client_hello::{self, Sni};
-use crate::http::ConnContext;
+use crate::connection::ConnContext;
 use crate::labels::Observed;
 use crate::metrics::{Overflow, Peer, TcpSeries};
 use crate::routing::HttpHeaders;
