@@ -42,6 +42,7 @@ pub mod server_tls;
 pub mod signals;
 pub mod snapshot;
 pub mod sni;
+pub mod sniff;
 pub mod span_export;
 pub mod spans;
 pub mod stream;

@@ -5,12 +5,12 @@
 //! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
 //! opaque TCP.
 
-use crate::client_hello::{self, Sni};
 use crate::connection::ConnContext;
 use crate::identity::spiffe_id_of;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
 use crate::sni::TlsServers;
+use crate::sniff::{self, http_decided, is_tls_client_hello, looks_like_http, peek_prefix};
 use crate::stream::DownstreamStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -115,55 +115,6 @@ pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::
     Ok(ListenerHandle { addr, stop, task })
 }
 
-/// Peek up to `n` bytes without consuming them, waiting at most `timeout`.
-/// Returns what arrived (possibly fewer bytes, empty on EOF or timeout).
-pub(crate) async fn peek_prefix(
-    tcp: &TcpStream,
-    n: usize,
-    timeout: Duration,
-    enough: impl Fn(&[u8]) -> bool,
-) -> Vec<u8> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; n];
-    let mut got = 0;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(k)) => {
-                got = k;
-                if k >= n || enough(&buf[..k]) {
-                    break;
-                }
-                // Data is partial; peek returns at once, so wait a little before re-peeking.
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    }
-    buf.truncate(got);
-    buf
-}
-
-/// A TLS handshake record starts with content type 22 and version 3.x.
-fn is_tls_client_hello(b: &[u8]) -> bool {
-    b.len() >= 2 && b[0] == 0x16 && b[1] == 0x03
-}
-
-/// Does this look like the start of an HTTP/1 request or the HTTP/2 preface?
-pub fn looks_like_http(b: &[u8]) -> bool {
-    if b.starts_with(b"PRI * HTTP/2.0") {
-        return true;
-    }
-    let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
-    (3..=10).contains(&method_len) && b.get(method_len) == Some(&b' ')
-}
-
-fn http_decided(b: &[u8]) -> bool {
-    b.iter().any(|c| !c.is_ascii_uppercase())
-}
-
 /// What a plaintext connection on a listener that detects its protocol carries.
 enum Detected {
     Http,
@@ -225,13 +176,9 @@ async fn passes_through(tcp: &TcpStream, listener: &ListenerRuntime, dst: Socket
         return false;
     }
     let timeout = Duration::from_millis(listener.spec.limits.protocol_detection_timeout_ms);
-    let head = peek_prefix(tcp, client_hello::PEEK_BYTES, timeout, |b| {
-        client_hello::parse(b) != Sni::Incomplete
-    })
-    .await;
-    match client_hello::parse(&head) {
-        Sni::Name(name) => listener.tcp_cluster(dst, Some(&name), false).is_some(),
-        _ => false,
+    match sniff::server_name(tcp, timeout).await {
+        Some(name) => listener.tcp_cluster(dst, Some(&name), false).is_some(),
+        None => false,
     }
 }
 
@@ -475,22 +422,5 @@ async fn serve_http(
     let result = watcher.watch(conn.into_owned()).await;
     if let Err(e) = result {
         tracing::debug!(listener = %ctx.listener, %peer, error = %e, "downstream connection ended with error");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_detection() {
-        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
-        assert!(looks_like_http(b"OPTIONS * HTTP/1.1"));
-        assert!(!looks_like_http(b"\x16\x03\x01"));
-        assert!(!looks_like_http(b"SSH-2.0-OpenSSH"));
-        assert!(!looks_like_http(b""));
-        assert!(is_tls_client_hello(b"\x16\x03\x01\x02"));
-        assert!(!is_tls_client_hello(b"GE"));
     }
 }

@@ -5,7 +5,6 @@
 //! as they flow.
 
 use crate::authz::{Layer, authorize, peer_namespace};
-use crate::client_hello::{self, Sni};
 use crate::connection::ConnContext;
 use crate::labels::Observed;
 use crate::metrics::{Overflow, Peer, TcpSeries};
@@ -43,14 +42,7 @@ pub async fn proxy(
         DownstreamStream::Tls(_) => ctx.sni.clone(),
         DownstreamStream::Plain(tcp) if listener.routes_by_sni(ctx.dst, false) => {
             let timeout = std::time::Duration::from_millis(listener.spec.limits.protocol_detection_timeout_ms);
-            let head = crate::server::peek_prefix(tcp, client_hello::PEEK_BYTES, timeout, |b| {
-                client_hello::parse(b) != Sni::Incomplete
-            })
-            .await;
-            match client_hello::parse(&head) {
-                Sni::Name(name) => Some(name),
-                _ => None,
-            }
+            crate::sniff::server_name(tcp, timeout).await
         }
         _ => None,
     };
