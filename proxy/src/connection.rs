@@ -1,9 +1,10 @@
 //! A downstream connection as the request paths see it: its listener, addresses, the
 //! verified peer and its TLS, and what its requests share — the HTTP/1 framing verdicts, the
-//! connection's timer, the peer metadata decoded once, the `x-forwarded-client-cert` made
-//! once. The listeners ([`crate::server`]) make it; HTTP ([`crate::http`]) and opaque TCP
-//! ([`crate::tcp`]) read it.
+//! count of requests in flight, the connection's timer, the peer metadata decoded once, the
+//! `x-forwarded-client-cert` made once. The listeners ([`crate::server`]) make it; HTTP
+//! ([`crate::http`]) and opaque TCP ([`crate::tcp`]) read it.
 
+use crate::downstream_waits::Requests;
 use crate::head::Verdicts;
 use crate::idle::ConnTimer;
 use crate::peer_metadata::FirstSource;
@@ -36,8 +37,9 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// HTTP/1 framing verdicts from the connection's [`crate::head::GuardedIo`].
     pub verdicts: Option<Arc<Verdicts>>,
-    /// The timer the connection lends to one wait at a time (hyper's for a request head, a
-    /// request's for its response).
+    /// Its requests in flight (the idle timeout runs while there are none).
+    pub requests: Arc<Requests>,
+    /// The timer the connection lends to its requests, one wait at a time (for a response).
     pub timer: ConnTimer,
     /// The peer metadata its requests carried first (inbound mesh mTLS), decoded.
     pub first_source: FirstSource,

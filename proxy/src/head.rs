@@ -67,6 +67,13 @@ impl Scanner {
         }
     }
 
+    /// How many request heads have ended so far, and whether the next one has begun (some of
+    /// its bytes read, not yet its blank line). Empty lines before a head do not begin it; once
+    /// the connection is no HTTP/1 any more (HTTP/2, an upgrade) no head begins.
+    pub fn heads(&self) -> (u64, bool) {
+        (self.seq, self.state == State::Head && !self.buf.is_empty())
+    }
+
     /// Feed bytes read from the client; returns verdicts `(request seq, error)`.
     pub fn feed(&mut self, mut data: &[u8]) -> Vec<(u64, HeadError)> {
         let mut verdicts = Vec::new();
@@ -321,6 +328,13 @@ impl<S> GuardedIo<S> {
     }
 }
 
+impl<S> GuardedIo<S> {
+    /// [`Scanner::heads`] of what the connection has read so far.
+    pub fn heads(&self) -> (u64, bool) {
+        self.scanner.heads()
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
@@ -453,6 +467,22 @@ mod tests {
         // A head in one read is checked where it lies.
         assert!(s.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n").is_empty());
         assert!(s.buf.is_empty());
+    }
+
+    #[test]
+    fn a_head_begins_at_its_first_byte_and_ends_at_its_blank_line() {
+        let mut s = Scanner::new();
+        assert_eq!(s.heads(), (0, false));
+        s.feed(b"\r\n");
+        assert_eq!(s.heads(), (0, false), "an empty line before a head does not begin it");
+        s.feed(b"GET / HTTP/1.1\r\nHo");
+        assert_eq!(s.heads(), (0, true));
+        s.feed(b"st: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab");
+        assert_eq!(s.heads(), (2, false), "a body is no head");
+        s.feed(b"cG");
+        assert_eq!(s.heads(), (2, true), "the next head begins after the body");
+        s.feed(b"ET / HTTP/1.1\r\nUpgrade: x\r\n\r\nGET");
+        assert_eq!(s.heads(), (3, false), "after an upgrade nothing is a head");
     }
 
     #[test]

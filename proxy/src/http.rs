@@ -64,11 +64,13 @@ fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
-/// Handle one downstream request. Never fails: every error is a response.
+/// Handle one downstream request, in flight on its connection as `request` says until its
+/// response body ends. Never fails: every error is a response.
 pub async fn handle(
     rt: Arc<Runtime>,
     conn: Arc<ConnContext>,
     req: Request<Incoming>,
+    request: crate::downstream_waits::InRequest,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let snap = rt.snapshot();
@@ -141,6 +143,7 @@ pub async fn handle(
             labels,
             start,
             req_bytes,
+            _request: request,
         }),
     };
     Ok(Response::from_parts(parts, body.boxed_unsync()))

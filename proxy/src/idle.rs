@@ -1,14 +1,13 @@
 //! Idle timeouts. [`IdleIo`]: a connection with no bytes read or written for
-//! its timeout fails its next read with `TimedOut`, which closes it (downstream
-//! HTTP connections: `limits.idleTimeoutMs`; opaque TCP and upgraded streams:
-//! `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`); a downstream
-//! HTTP connection must also start its request within
-//! `limits.headerReadTimeoutMs` ([`IdleIo::with_head_deadline`]), so one that
-//! sends nothing is closed like one that sends its head too slowly. [`StreamActivity`]
-//! and [`IdleBody`]: one HTTP stream's last activity in either direction, and a
-//! body that fails when the stream has been idle for `limits.streamIdleTimeoutMs`.
-//! [`ConnTimer`]: the timer a downstream connection lends to the request it
-//! carries while that request waits for its response.
+//! its timeout fails its next read with `TimedOut`, which closes it (opaque TCP
+//! and upgraded streams: `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`;
+//! the admin API's connections, which must also start their request in time:
+//! [`IdleIo::with_head_deadline`]). A downstream HTTP connection's waits — for
+//! each request head, and between requests — are [`crate::downstream_waits`]'.
+//! [`StreamActivity`] and [`IdleBody`]: one HTTP stream's last activity in either
+//! direction, and a body that fails when the stream has been idle for
+//! `limits.streamIdleTimeoutMs`. [`ConnTimer`]: the timer a downstream connection
+//! lends to the request it carries while that request waits for its response.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -171,14 +170,13 @@ where
     }
 }
 
-/// The timer of one downstream connection, lent to one wait at a time: hyper's wait for an
-/// HTTP/1 request head (`limits.headerReadTimeoutMs`, as hyper's [`hyper::rt::Timer`]) and a
-/// request's wait for its response head (the stream idle timeout, or the route's timeout when
-/// nearer: [`ConnTimer::within`]). why: a timer made for each wait is put into tokio's timer
-/// wheel and taken out again, under the timer driver's lock, every time; a kept one is only
-/// moved, and moving it later — the next wait's deadline — takes no lock at all. A wait that
-/// finds it lent (HTTP/2 streams waiting at once) uses a timer of its own. Clones share the
-/// one timer.
+/// The timer of one downstream connection, lent to one wait at a time: a request's wait for
+/// its response head (the stream idle timeout, or the route's timeout when nearer:
+/// [`ConnTimer::within`]), one request after another. why: a timer made for each wait is put
+/// into tokio's timer wheel and taken out again, under the timer driver's lock, every time; a
+/// kept one is only moved, and moving it later — the next wait's deadline — takes no lock at
+/// all. A wait that finds it lent (HTTP/2 streams waiting at once) uses a timer of its own.
+/// Clones share the one timer.
 #[derive(Debug, Clone, Default)]
 pub struct ConnTimer {
     slot: std::sync::Arc<std::sync::Mutex<Lendable>>,
@@ -238,17 +236,6 @@ impl ConnTimer {
     }
 }
 
-/// hyper's HTTP/1 header read timeout, on the connection's timer.
-impl hyper::rt::Timer for ConnTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.deadline(Instant::now() + duration))
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.deadline(Instant::from_std(deadline)))
-    }
-}
-
 /// A deadline ([`ConnTimer::deadline`]): ready once it has passed.
 #[derive(Debug)]
 pub struct Deadline {
@@ -284,8 +271,6 @@ impl Future for Deadline {
     }
 }
 
-impl hyper::rt::Sleep for Deadline {}
-
 impl Drop for Deadline {
     fn drop(&mut self) {
         if let (Some(sleep), true) = (self.sleep.take(), self.lent) {
@@ -294,16 +279,84 @@ impl Drop for Deadline {
     }
 }
 
+/// The deadlines of an I/O stream ([`TimedIo`]): told of the bytes it moves, asked while it
+/// waits to read.
+pub trait Deadlines<S> {
+    /// After a read that brought `n` bytes (`inner` as the read left it).
+    fn read(&mut self, inner: &S, n: usize);
+    /// After a write that took bytes.
+    fn wrote(&mut self) {}
+    /// While the stream waits to read: the deadline that has passed, or `None` (the waker then
+    /// registered for the next one).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str>;
+}
+
+/// An I/O stream whose next read fails with `TimedOut` once one of its [`Deadlines`] has
+/// passed, which closes it.
+#[derive(Debug)]
+pub struct TimedIo<S, D> {
+    inner: S,
+    deadlines: D,
+}
+
+impl<S, D: Deadlines<S>> TimedIo<S, D> {
+    /// `inner` under `deadlines`.
+    pub fn wrap(inner: S, deadlines: D) -> Self {
+        Self { inner, deadlines }
+    }
+}
+
+impl<S: AsyncRead + Unpin, D: Deadlines<S> + Unpin> AsyncRead for TimedIo<S, D> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    this.deadlines.read(&this.inner, n);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.deadlines.expired(cx) {
+                Some(why) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin, D: Deadlines<S> + Unpin> AsyncWrite for TimedIo<S, D> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.deadlines.wrote();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// How many bytes a connection must send before its head deadline: enough
 /// for the server to tell HTTP/1 from HTTP/2 (the HTTP/2 preface is 24
 /// bytes). From there hyper's own HTTP/1 header-read timeout takes over.
 const HEAD_START_BYTES: usize = 24;
 
-/// An I/O wrapper enforcing an idle timeout (`None` disables it) and,
-/// optionally, a deadline for the start of the first request.
+/// An I/O stream with an idle timeout (`None` disables it) and, optionally, a
+/// deadline for the start of the first request ([`IdleClock`]).
+pub type IdleIo<S> = TimedIo<S, IdleClock>;
+
+/// The deadlines of an [`IdleIo`].
 #[derive(Debug)]
-pub struct IdleIo<S> {
-    inner: S,
+pub struct IdleClock {
     timeout: Option<Duration>,
     /// Last read or write; the timer is only re-armed when it fires, so busy
     /// connections do not touch the timer wheel on every I/O.
@@ -320,14 +373,14 @@ impl<S> IdleIo<S> {
     pub fn new(inner: S, timeout: Option<Duration>) -> Self {
         let timeout = timeout.filter(|t| !t.is_zero());
         let first = timeout.unwrap_or(Duration::from_secs(86_400));
-        Self {
-            inner,
+        let clock = IdleClock {
             timeout,
             last_activity: Instant::now(),
             head_due: None,
             head_read: 0,
             deadline: Box::pin(tokio::time::sleep(first)),
-        }
+        };
+        Self::wrap(inner, clock)
     }
 
     /// The client must send the start of its first request within `within`
@@ -338,14 +391,17 @@ impl<S> IdleIo<S> {
         if within.is_zero() {
             return self;
         }
+        let clock = &mut self.deadlines;
         let due = Instant::now() + within;
-        self.head_due = Some(due);
-        if due < self.deadline.deadline() {
-            self.deadline.as_mut().reset(due);
+        clock.head_due = Some(due);
+        if due < clock.deadline.deadline() {
+            clock.deadline.as_mut().reset(due);
         }
         self
     }
+}
 
+impl IdleClock {
     fn touch(&mut self) {
         if self.timeout.is_some() {
             self.last_activity = Instant::now();
@@ -360,9 +416,24 @@ impl<S> IdleIo<S> {
             (h, i) => h.or(i),
         }
     }
+}
 
-    /// The error for the deadline that expired, or `None` while none has;
-    /// re-arms the timer (registering the waker) otherwise.
+impl<S> Deadlines<S> for IdleClock {
+    fn read(&mut self, _: &S, n: usize) {
+        self.touch();
+        if self.head_due.is_some() {
+            self.head_read += n;
+            if self.head_read >= HEAD_START_BYTES {
+                self.head_due = None;
+            }
+        }
+    }
+
+    fn wrote(&mut self) {
+        self.touch();
+    }
+
+    /// Re-arms the timer for the nearer deadline when it fired early.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
         while self.deadline.as_mut().poll(cx).is_ready() {
             let due = self.due()?;
@@ -376,50 +447,6 @@ impl<S> IdleIo<S> {
             self.deadline.as_mut().reset(due);
         }
         None
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.touch();
-                if this.head_due.is_some() {
-                    this.head_read += buf.filled().len() - before;
-                    if this.head_read >= HEAD_START_BYTES {
-                        this.head_due = None;
-                    }
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if let Some(why) = this.expired(cx) {
-                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
-        }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -455,25 +482,6 @@ mod tests {
             took >= Duration::from_millis(30) && took < Duration::from_secs(2),
             "{took:?}"
         );
-        assert_eq!(lent_sleep(&timer), Some(first), "the same timer, reused");
-    }
-
-    #[tokio::test]
-    async fn hyper_waits_on_it_between_requests() {
-        use hyper::rt::Timer as _;
-        let timer = ConnTimer::default();
-        let start = std::time::Instant::now();
-        timer.sleep_until(start + Duration::from_millis(40)).await;
-        assert!(start.elapsed() >= Duration::from_millis(40), "{:?}", start.elapsed());
-        let first = lent_sleep(&timer).expect("back with its connection");
-        // The response wait of the next request, then hyper's wait for the next head.
-        assert_eq!(
-            timer.within(Instant::now() + Duration::from_secs(5), async { 1 }).await,
-            Some(1)
-        );
-        let again = std::time::Instant::now();
-        timer.sleep(Duration::from_millis(20)).await;
-        assert!(again.elapsed() >= Duration::from_millis(20), "{:?}", again.elapsed());
         assert_eq!(lent_sleep(&timer), Some(first), "the same timer, reused");
     }
 

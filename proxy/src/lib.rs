@@ -17,6 +17,7 @@ pub mod control;
 pub mod discovery;
 pub mod dns;
 pub mod dns_table;
+pub mod downstream_waits;
 pub mod head;
 pub mod http;
 pub mod identity;

@@ -6,6 +6,7 @@
 //! opaque TCP.
 
 use crate::connection::ConnContext;
+use crate::downstream_waits::HttpConnIo;
 use crate::identity::spiffe_id_of;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
@@ -236,6 +237,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         tls: false,
         sni: None,
         verdicts: None,
+        requests: crate::downstream_waits::Requests::new(),
         timer: Default::default(),
         first_source: Default::default(),
         xfcc: Default::default(),
@@ -347,9 +349,13 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
     if is_http {
         let verdicts = Arc::new(crate::head::Verdicts::default());
         ctx.verdicts = Some(Arc::clone(&verdicts));
-        let idle = (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
-        let io = crate::idle::IdleIo::new(stream, idle).with_head_deadline(handshake_timeout);
-        let stream = crate::head::GuardedIo::new(io, verdicts);
+        let guarded = crate::head::GuardedIo::new(stream, verdicts);
+        let stream = HttpConnIo::new(
+            guarded,
+            Arc::clone(&ctx.requests),
+            handshake_timeout,
+            Duration::from_millis(limits.idle_timeout_ms),
+        );
         serve_http(rt, Arc::new(ctx), &listener, stream, watcher).await;
     } else {
         drop(watcher);
@@ -376,16 +382,18 @@ async fn serve_http(
     rt: Arc<Runtime>,
     ctx: Arc<ConnContext>,
     listener: &ListenerRuntime,
-    stream: crate::head::GuardedIo<crate::idle::IdleIo<DownstreamStream>>,
+    stream: HttpConnIo<DownstreamStream>,
     watcher: Watcher,
 ) {
     let limits = &listener.spec.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // The header read timeout waits on the connection's timer, as its requests do.
-        .timer(ctx.timer.clone())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // why: hyper times the wait for every request head from when it starts waiting, the
+        // wait for the next request on a kept-alive connection included, so an idle connection
+        // would be closed after the head timeout; `HttpConnIo` times a head from its first byte
+        // and the wait between requests with the idle timeout.
+        .header_read_timeout(None)
         .max_headers(limits.max_request_headers as usize)
         .max_buf_size(limits.max_request_header_bytes.max(8192) as usize)
         .keep_alive(true);
@@ -406,8 +414,11 @@ async fn serve_http(
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (rt, ctx) = (Arc::clone(&rt), Arc::clone(&svc_ctx));
         let http1 = req.version() < http::Version::HTTP_2;
+        // In flight from here — hyper calls this as soon as it has the head — until the
+        // response body ends.
+        let request = ctx.requests.begin();
         async move {
-            let mut response = crate::http::handle(Arc::clone(&rt), ctx, req).await?;
+            let mut response = crate::http::handle(Arc::clone(&rt), ctx, req, request).await?;
             // Draining: an HTTP/1 client is told to take its next request elsewhere
             // (an upgrade keeps its connection; HTTP/2 gets GOAWAY at shutdown).
             if http1 && rt.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {

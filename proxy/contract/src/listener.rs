@@ -280,7 +280,9 @@ pub struct HttpLimits {
     pub max_request_header_bytes: u32,
     /// Maximum length of the request target (path and query) in bytes.
     pub max_uri_bytes: u32,
-    /// Time allowed to receive a complete HTTP/1 request head (slowloris).
+    /// Time allowed to receive a complete HTTP/1 request head (slowloris), from its first
+    /// byte (Envoy's `request_headers_timeout`); the first request's from the start of the
+    /// connection, so one that sends nothing is closed too. Also bounds the TLS handshake.
     pub header_read_timeout_ms: u64,
     /// Maximum request body size; `None` = unlimited (streamed).
     pub max_request_body_bytes: Option<u64>,
@@ -290,7 +292,9 @@ pub struct HttpLimits {
     pub http2_max_concurrent_streams: u32,
     /// HTTP/2 keepalive ping interval; 0 disables.
     pub http2_keepalive_interval_ms: u64,
-    /// Close a downstream connection idle for this long; 0 disables.
+    /// Close a downstream HTTP connection with no request in flight for this long (Envoy's
+    /// `idle_timeout`): HTTP/1 between requests, HTTP/2 with no stream open (keepalive PINGs
+    /// are no request); 0 disables.
     pub idle_timeout_ms: u64,
     /// Reset an HTTP stream (request and response, upgraded connections
     /// included) when no bytes move in either direction for this long, also

@@ -318,7 +318,7 @@ pub(super) async fn forward(
                     if let Some(c) = c {
                         rparts.headers.insert(header::CONNECTION, c);
                     }
-                    tokio::spawn(splice_upgraded(down, up, stream_idle, in_flight));
+                    tokio::spawn(splice_upgraded(down, up, stream_idle, in_flight, conn.requests.begin()));
                     let body = http_body_util::Empty::new()
                         .map_err(|never| match never {})
                         .boxed_unsync();
@@ -344,12 +344,14 @@ pub(super) async fn forward(
 
 /// Copy bytes both ways between an upgraded client and upstream connection,
 /// until either side closes or no bytes move for `idle`.
-/// The upgraded stream stays active on its endpoint until it ends.
+/// The upgraded stream stays active on its endpoint, and a request in flight on the client's
+/// connection, until it ends.
 pub(super) async fn splice_upgraded(
     down: hyper::upgrade::OnUpgrade,
     up: hyper::upgrade::OnUpgrade,
     idle: Option<Duration>,
     _in_flight: InFlight,
+    _request: crate::downstream_waits::InRequest,
 ) {
     let (Ok(down), Ok(up)) = (down.await, up.await) else {
         tracing::debug!("upgrade did not complete");

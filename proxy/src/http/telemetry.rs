@@ -86,6 +86,8 @@ pub(super) struct Pending {
     pub(super) labels: RequestLabels,
     pub(super) start: Instant,
     pub(super) req_bytes: u64,
+    /// In flight on its connection until then.
+    pub(super) _request: crate::downstream_waits::InRequest,
 }
 
 impl Pending {

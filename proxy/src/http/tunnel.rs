@@ -224,7 +224,10 @@ pub(super) async fn tunnel(
     };
     let on_upgrade = hyper::upgrade::on(req);
     let (rt, snap, listener) = (Arc::clone(rt), Arc::clone(snap), Arc::clone(listener));
+    // The tunnel is a request in flight on the client's connection until it closes.
+    let request = conn.requests.begin();
     tokio::spawn(async move {
+        let _request = request;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let downstream = TokioIo::new(upgraded);

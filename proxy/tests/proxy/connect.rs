@@ -186,6 +186,29 @@ async fn an_unknown_host_follows_the_listeners_unrouted_traffic() {
 }
 
 #[tokio::test]
+async fn a_tunnel_moving_bytes_outlives_the_connections_idle_timeout() {
+    // A TCP echo server, reached by the listener's passthrough.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let none = json!({"name": "ext", "service": "api.example.com", "endpoints": []});
+    let extra = json!({"transparent": true, "unrouted": "passthrough",
+                       "limits": {"headerReadTimeoutMs": 300, "idleTimeoutMs": 500}});
+    let proxy = Proxy::start(config(extra, none)).await;
+    let (mut tunnel, head) = connect_head(proxy.addr("outbound").await, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The tunnel is the connection's request in flight: its idle timeout does not cut it.
+    echoes_for(&mut tunnel, Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
 async fn bad_targets_the_proxys_own_ports_and_other_directions_are_refused() {
     let pki = Pki::new();
     let ext = json!({"name": "ext", "service": "api.example.com", "endpoints": []});

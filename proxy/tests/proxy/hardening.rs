@@ -2,17 +2,7 @@
 
 use crate::support::*;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-async fn proxy_with_limits(limits: serde_json::Value) -> (Upstream, Proxy, SocketAddr) {
-    let a = Upstream::start("a").await;
-    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
-    cfg["listeners"][0]["limits"] = limits;
-    let proxy = Proxy::start(cfg).await;
-    let addr = proxy.addr("outbound").await;
-    (a, proxy, addr)
-}
 
 fn status_of(reply: &str) -> Option<u16> {
     reply.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()

@@ -57,18 +57,9 @@ async fn connect(addr: std::net::SocketAddr) -> (TcpStream, Vec<(u16, u32)>) {
     }
 }
 
-async fn h2_proxy(limits: serde_json::Value) -> (Upstream, Proxy, std::net::SocketAddr) {
-    let a = Upstream::start("a").await;
-    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
-    cfg["listeners"][0]["limits"] = limits;
-    let proxy = Proxy::start(cfg).await;
-    let addr = proxy.addr("outbound").await;
-    (a, proxy, addr)
-}
-
 #[tokio::test]
 async fn server_advertises_100_streams_and_sends_keepalive_pings() {
-    let (_a, _p, addr) = h2_proxy(json!({"http2KeepaliveIntervalMs": 200})).await;
+    let (_a, _p, addr) = proxy_with_limits(json!({"http2KeepaliveIntervalMs": 200})).await;
     let (mut s, settings) = connect(addr).await;
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3).
     assert!(settings.contains(&(0x3, 100)), "{settings:?}");
@@ -85,7 +76,7 @@ async fn server_advertises_100_streams_and_sends_keepalive_pings() {
 
 #[tokio::test]
 async fn rapid_reset_gets_goaway_enhance_your_calm() {
-    let (_a, _p, addr) = h2_proxy(json!({})).await;
+    let (_a, _p, addr) = proxy_with_limits(json!({})).await;
     let (mut s, _) = connect(addr).await;
     // HPACK: :method GET, :scheme http, :path /, :authority "svc" (literal, not indexed).
     let block = [0x82, 0x86, 0x84, 0x01, 0x03, b's', b'v', b'c'];

@@ -19,6 +19,7 @@ mod h2load;
 mod hardening;
 mod http2;
 mod jwt;
+mod keepalive;
 mod lifecycle;
 mod mtls;
 mod origination;

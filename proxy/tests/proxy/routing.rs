@@ -343,42 +343,10 @@ async fn path_is_normalized_before_routing() {
 async fn websocket_style_upgrade_is_spliced() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An upstream that accepts the upgrade and then echoes bytes.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = l.local_addr().unwrap();
-    let _srv = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        assert!(head.contains("upgrade: echo"), "{head}");
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-            .await
-            .unwrap();
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    });
-    let c = json!({"name": "ws", "endpoints": [{"address": "127.0.0.1", "port": up_addr.port()}]});
+    let c = echo_upgrade_cluster("ws").await;
     let proxy = Proxy::start(outbound_config("1", vec![forward_route("ws")], vec![c])).await;
     let addr = proxy.addr("outbound").await;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(std::time::Duration::from_secs(3), s.read_exact(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut s = upgraded_to_echo(addr).await;
     s.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     tokio::time::timeout(std::time::Duration::from_secs(3), s.read_exact(&mut buf))

@@ -250,15 +250,22 @@ async fn collect(resp: http::Response<Incoming>) -> Reply {
 /// Write raw bytes and read one response (head plus Content-Length body),
 /// or until the peer closes or `timeout` passes (for malformed-request tests).
 pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = tcp.write_all(bytes).await;
+    read_reply(&mut tcp, timeout).await.0
+}
+
+/// Read one response (head plus Content-Length body) from `tcp`, or what arrives until the peer
+/// closes or `timeout` passes; and whether the response came whole.
+pub async fn read_reply(tcp: &mut tokio::net::TcpStream, timeout: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
         let text = String::from_utf8_lossy(&out);
@@ -272,11 +279,38 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
                 })
                 .unwrap_or(0);
             if out.len() >= end + 4 + len {
-                break;
+                return (text.into_owned(), true);
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A proxy with one outbound listener under `limits`, forwarding everything to upstream `a`;
+/// the upstream, the proxy and the listener's address.
+pub async fn proxy_with_limits(limits: Value) -> (Upstream, Proxy, SocketAddr) {
+    let a = Upstream::start("a").await;
+    let mut cfg = outbound_config("1", vec![forward_route("a")], vec![cluster("a", &[&a])]);
+    cfg["listeners"][0]["limits"] = limits;
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("outbound").await;
+    (a, proxy, addr)
+}
+
+/// Send `ping` on `s` every 200 ms for `how_long`, each echoed back in time: the stream stays
+/// open (an upgraded stream or tunnel to an echo server).
+pub async fn echoes_for(s: &mut tokio::net::TcpStream, how_long: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = std::time::Instant::now();
+    while start.elapsed() < how_long {
+        s.write_all(b"ping").await.expect("the stream is open");
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut echo))
+            .await
+            .expect("echoed in time")
+            .unwrap_or_else(|e| panic!("closed {:?} into the stream: {e}", start.elapsed()));
+        assert_eq!(&echo, b"ping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A proxy running in process.
@@ -306,6 +340,65 @@ impl Proxy {
         let cfg: ProxyConfig = serde_json::from_value(config).expect("test config parses");
         self.app.apply(cfg).await
     }
+}
+
+/// A raw HTTP/1.1 upstream that accepts an upgrade to `echo` (101 Switching Protocols) and
+/// then echoes every byte; the cluster `name` over it.
+pub async fn echo_upgrade_cluster(name: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                if !String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("upgrade: echo")
+                {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+                if s.write_all(switched).await.is_ok() {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    serde_json::json!({"name": name, "endpoints": [{"address": "127.0.0.1", "port": port}]})
+}
+
+/// A connection to `addr` upgraded to `echo` ([`echo_upgrade_cluster`] behind the route):
+/// the request sent and the 101 read.
+pub async fn upgraded_to_echo(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b))
+            .await
+            .expect("the upgrade answered in time")
+            .expect("the upgrade answered");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
 }
 
 pub fn provenance() -> Value {
