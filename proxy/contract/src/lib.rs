@@ -33,6 +33,7 @@ mod inbound;
 pub mod jwt;
 mod listener;
 pub mod matching;
+pub mod refusal;
 mod route;
 pub mod signals;
 pub mod syntax;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Raw, place_all};
 use crate::code::Code;
 use crate::registry::ObjectKey;
+use trellis_contract::refusal::applied_again;
 
 /// The sync state of one proxy, as the operator's `/debug/syncz` shows it (the operator keeps
 /// and serves this type; meshctl reads it back).
@@ -77,13 +78,20 @@ pub fn proxies(states: &[ProxySync], operator_version: Option<&str>) -> Vec<supe
         match &s.nacked {
             // Rejected the latest version it was sent (a later ACK clears the problem).
             Some(n) if s.sent.as_deref() == Some(n.version.as_str()) && s.acked.as_deref() != Some(&n.version) => {
-                raws.push(Raw::new(
-                    Code::ProxyConfigRejected,
-                    "Pod",
-                    key.clone(),
-                    "",
-                    format!("The proxy rejected configuration version {}: {}; it keeps serving version {}. Fix the resource the error names (or report a bug if the compiled configuration is at fault)", n.version, n.error, s.acked.as_deref().unwrap_or("(none)")),
-                ));
+                let serving = s.acked.as_deref().unwrap_or("(none)");
+                let message = if applied_again(&n.error) {
+                    // The configuration is fine: the pod refused a listener's address for now.
+                    format!(
+                        "The proxy could not apply configuration version {}: {}; it keeps serving version {serving}. The configuration is not at fault: a listener's port is in use in the pod (or its address is not assigned). Free the port the error names — another container or process of the pod listening on it, e.g. the app on one of the proxy's ports — and the proxy applies and ACKs the version at its next attempt",
+                        n.version, n.error
+                    )
+                } else {
+                    format!(
+                        "The proxy rejected configuration version {}: {}; it keeps serving version {serving}. Fix the resource the error names (or report a bug if the compiled configuration is at fault)",
+                        n.version, n.error
+                    )
+                };
+                raws.push(Raw::new(Code::ProxyConfigRejected, "Pod", key.clone(), "", message));
             }
             _ => {
                 if !s.connected {
@@ -163,6 +171,36 @@ mod tests {
             ]
         );
         assert!(f[0].message.contains("bad regex"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn a_nack_the_proxy_retries_points_at_the_port_and_not_at_the_configuration() {
+        let retried = state(
+            serde_json::json!({"proxy": "shop/web-1", "connected": true, "sent": "b", "acked": "a",
+            "nacked": {"version": "b", "error": format!("cannot bind 0.0.0.0:15006: Address in use; {} every 1–30 s until it applies (then ACKs it) or another version arrives", trellis_contract::refusal::APPLIED_AGAIN)}}),
+        );
+        let refused = state(
+            serde_json::json!({"proxy": "shop/web-2", "connected": true, "sent": "b", "acked": "a",
+            "nacked": {"version": "b", "error": "listeners[0]: bad regex"}}),
+        );
+        let f = proxies(&[retried, refused], None);
+        let message = |origin: &str| {
+            let found = f.iter().find(|f| f.origin == origin).expect(origin);
+            assert_eq!(found.code.to_string(), "TRL0107");
+            found.message.clone()
+        };
+        let (port, config) = (message("Pod shop/web-1"), message("Pod shop/web-2"));
+        assert!(
+            port.contains("0.0.0.0:15006: Address in use")
+                && port.contains("not at fault")
+                && port.contains("Free the port the error names")
+                && !port.contains("Fix the resource"),
+            "{port}"
+        );
+        assert!(
+            config.contains("bad regex") && config.contains("Fix the resource the error names"),
+            "{config}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use trellis_contract::ProxyConfig;
+use trellis_contract::refusal::APPLIED_AGAIN;
 
 /// How long the subscription waits before applying again a configuration refused for a
 /// transient reason ([`Refusal::transient`]); each refusal doubles the wait, up to
@@ -76,7 +77,7 @@ impl std::fmt::Display for Refusal {
 /// proxy keeps trying.
 pub(super) fn transient_nack(error: &str) -> String {
     format!(
-        "{error}; the proxy applies this version again every {}–{} s until it applies (then ACKs it) or another version arrives",
+        "{error}; {APPLIED_AGAIN} every {}–{} s until it applies (then ACKs it) or another version arrives",
         APPLY_RETRY.as_secs(),
         APPLY_RETRY_MAX.as_secs()
     )
