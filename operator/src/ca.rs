@@ -9,6 +9,7 @@
 //!
 //! Time comes from a [`Clock`], so tests drive issuance and rotation deterministically.
 
+pub mod expiry;
 pub mod lifecycle;
 mod roots;
 mod rotation;

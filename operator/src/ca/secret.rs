@@ -400,7 +400,7 @@ pub fn requested_root(
         .and_then(|a| a.get(ROTATE_ANNOTATION));
     if asked.is_some_and(|v| v == EXPIRY_REQUEST)
         && leads
-        && super::lifecycle::expiring_root(roots, root_ttl, SystemTime::now()).is_none()
+        && super::expiry::expiring_root(roots, root_ttl, SystemTime::now()).is_none()
     {
         return Ok(Request::Moot);
     }
