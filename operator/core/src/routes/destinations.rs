@@ -9,11 +9,50 @@ use crate::compile::{self, Role};
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot;
 use anyhow::Context;
+use serde::Serialize;
 use trellis_contract::authorization::Authorizer;
 use trellis_contract::{AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, UpstreamTls};
 
-use super::model::{Destination, EndpointReport};
-use super::verdict::{self, Attempt, Sender};
+use super::verdict::{self, Attempt, Sender, Verdict};
+
+/// A destination: its cluster, policy and endpoints.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// Cluster name (`outbound|port|subset|host`).
+    pub cluster: String,
+    /// The DestinationRule whose policy applies, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<String>,
+    /// Load balancing, TLS, connect timeout and outlier detection, as the proxy applies them.
+    pub policy: String,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointReport>,
+}
+
+/// One endpoint, and what its proxy enforces on the port.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointReport {
+    /// `ip:port`.
+    pub address: String,
+    /// `healthy` or `unhealthy` (not ready).
+    pub health: String,
+    /// The SPIFFE identity the client expects (none: plaintext, no proxy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The pod, `namespace/name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The mutual TLS mode its proxy enforces on the port.
+    pub mtls: String,
+    /// Its authorization: the AuthorizationPolicies that select it, or that none does.
+    pub authorization: String,
+    /// What its proxy decides for the source's request (`--request`) or, on a TCP port, its
+    /// connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
 
 /// The inbound policy of endpoint pods and its authorizer, compiled once per pod.
 #[derive(Default)]

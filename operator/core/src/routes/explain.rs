@@ -3,12 +3,39 @@
 //! it says which condition failed and on what value of the request.
 
 use anyhow::Context;
+use serde::Serialize;
 use trellis_contract::matching::{self, CompiledRouteMatch, Headers, Mismatch, Request};
 use trellis_contract::{RouteMatch, StringMatch};
 
-use super::model::{RequestReport, RouteReport, Skipped};
 use super::request::RequestSpec;
-use super::rules::{describe_string, weighted};
+use super::rules::{RouteReport, WeightedCluster, describe_string, weighted};
+
+/// How a request goes: the rule that takes it and why each earlier rule did not.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestReport {
+    /// The request.
+    pub request: RequestSpec,
+    /// The rules tried before the matching one, each with why it did not match.
+    pub skipped: Vec<Skipped>,
+    /// The index of the rule that matches (none: the proxy answers 404).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<usize>,
+    /// What happens: the action of the matching rule, or 404.
+    pub outcome: String,
+    /// The clusters it may go to, with their weights.
+    pub clusters: Vec<WeightedCluster>,
+}
+
+/// A rule a request did not match.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    /// The rule's index.
+    pub index: usize,
+    /// Why, one reason per alternative match.
+    pub reasons: Vec<String>,
+}
 
 /// Which rule takes the request and why each earlier one did not, decided by the proxy's
 /// matching code.
@@ -110,7 +137,7 @@ mod tests {
     use crate::snapshot::Snapshot;
 
     use super::super::model::tests::{payment_report, shop};
-    use super::super::model::{WeightedCluster, find_service, report};
+    use super::super::model::{find_service, report};
     use super::*;
 
     #[test]

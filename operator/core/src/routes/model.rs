@@ -16,13 +16,13 @@ use crate::registry::{ObjectKey, Service, Workload};
 use crate::snapshot::Snapshot;
 use anyhow::Context;
 use serde::Serialize;
-use trellis_contract::{Listener, Route, Unrouted};
+use trellis_contract::{Listener, Unrouted};
 
-use super::destinations::{Inbound, destination};
-use super::explain::explain;
+use super::destinations::{Destination, Inbound, destination};
+use super::explain::{RequestReport, explain};
 use super::request::RequestSpec;
-use super::rules::{protocol_name, route_clusters, route_reports, tcp_report};
-use super::verdict::{Attempt, Sender, Verdict};
+use super::rules::{RouteReport, TcpRouteReport, protocol_name, route_clusters, route_reports, tcp_report};
+use super::verdict::{Attempt, Sender};
 
 /// The name of the stand-in proxy when no `--from` workload is given.
 const ANY_WORKLOAD: &str = "meshctl-routes";
@@ -64,114 +64,6 @@ pub struct PortReport {
     /// is not exported to its namespace. The report then has no routes: the proxy has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_held: Option<String>,
-}
-
-/// One HTTP rule in force.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteReport {
-    /// Position in the merged list.
-    pub index: usize,
-    /// The rule's name, if it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Where it came from: `VirtualService ns/name http[N]`, or `Service ns/name (default)`.
-    pub from: String,
-    /// Its match conditions, one line per alternative; empty: every request.
-    pub matches: Vec<String>,
-    /// What it does.
-    pub action: String,
-    /// The route as compiled.
-    #[serde(skip)]
-    pub route: Route,
-}
-
-/// One TCP route in force.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TcpRouteReport {
-    /// Where it came from.
-    pub from: String,
-    /// The TLS server names it takes (empty: any connection).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sni_hosts: Vec<String>,
-    /// Where it sends connections, with their shares.
-    pub action: String,
-}
-
-/// A destination: its cluster, policy and endpoints.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Destination {
-    /// Cluster name (`outbound|port|subset|host`).
-    pub cluster: String,
-    /// The DestinationRule whose policy applies, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub destination_rule: Option<String>,
-    /// Load balancing, TLS, connect timeout and outlier detection, as the proxy applies them.
-    pub policy: String,
-    /// Endpoints.
-    pub endpoints: Vec<EndpointReport>,
-}
-
-/// One endpoint, and what its proxy enforces on the port.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointReport {
-    /// `ip:port`.
-    pub address: String,
-    /// `healthy` or `unhealthy` (not ready).
-    pub health: String,
-    /// The SPIFFE identity the client expects (none: plaintext, no proxy).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// The pod, `namespace/name`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The mutual TLS mode its proxy enforces on the port.
-    pub mtls: String,
-    /// Its authorization: the AuthorizationPolicies that select it, or that none does.
-    pub authorization: String,
-    /// What its proxy decides for the source's request (`--request`) or, on a TCP port, its
-    /// connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
-}
-
-/// How a request goes: the rule that takes it and why each earlier rule did not.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestReport {
-    /// The request.
-    pub request: RequestSpec,
-    /// The rules tried before the matching one, each with why it did not match.
-    pub skipped: Vec<Skipped>,
-    /// The index of the rule that matches (none: the proxy answers 404).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub matched: Option<usize>,
-    /// What happens: the action of the matching rule, or 404.
-    pub outcome: String,
-    /// The clusters it may go to, with their weights.
-    pub clusters: Vec<WeightedCluster>,
-}
-
-/// A cluster and its share of requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WeightedCluster {
-    /// Cluster name.
-    pub cluster: String,
-    /// Percent of requests.
-    pub weight: u32,
-}
-
-/// A rule a request did not match.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Skipped {
-    /// The rule's index.
-    pub index: usize,
-    /// Why, one reason per alternative match.
-    pub reasons: Vec<String>,
 }
 
 /// Find the service `name[.namespace]` (or its FQDN), in `default_ns` when not qualified.

@@ -3,9 +3,50 @@
 
 use crate::compile::DNS_DOMAIN;
 use crate::registry::Protocol;
+use serde::Serialize;
 use trellis_contract::{Route, RouteAction, RouteMatch, StringMatch, TcpRoute, VirtualHost};
 
-use super::model::{RouteReport, TcpRouteReport, WeightedCluster};
+/// One HTTP rule in force.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteReport {
+    /// Position in the merged list.
+    pub index: usize,
+    /// The rule's name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where it came from: `VirtualService ns/name http[N]`, or `Service ns/name (default)`.
+    pub from: String,
+    /// Its match conditions, one line per alternative; empty: every request.
+    pub matches: Vec<String>,
+    /// What it does.
+    pub action: String,
+    /// The route as compiled.
+    #[serde(skip)]
+    pub route: Route,
+}
+
+/// One TCP route in force.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRouteReport {
+    /// Where it came from.
+    pub from: String,
+    /// The TLS server names it takes (empty: any connection).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
+    /// Where it sends connections, with their shares.
+    pub action: String,
+}
+
+/// A cluster and its share of requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub cluster: String,
+    /// Percent of requests.
+    pub weight: u32,
+}
 
 pub(super) fn protocol_name(p: Protocol) -> &'static str {
     match p {
