@@ -22,6 +22,7 @@ mod outbound;
 mod route;
 mod scope;
 mod service_entry;
+mod virtual_services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -337,7 +338,7 @@ impl<'a> OutboundParts<'a> {
     /// The virtual hosts and TCP routes of every ServiceEntry host visible to the sidecar, and
     /// the clusters they reference.
     pub fn entry_routes(&mut self) -> Vec<PortRoutes> {
-        service_entry::routes(&mut self.ctx)
+        outbound::entry_routes(&mut self.ctx)
     }
 
     /// The DNS entries of the ServiceEntry hosts visible to the sidecar (names with addresses).

@@ -107,7 +107,10 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
     for ns in &entry_namespaces {
         let viewer = proxy(ns, BTreeMap::new());
         let mut c = ctx(snapshot, &viewer);
-        let refs: Vec<ClusterRef> = service_entry::routes(&mut c).into_iter().flat_map(|r| r.refs).collect();
+        let refs: Vec<ClusterRef> = outbound::entry_routes(&mut c)
+            .into_iter()
+            .flat_map(|r| r.refs)
+            .collect();
         for r in &refs {
             cluster::build(&mut c, r);
         }

@@ -25,10 +25,9 @@ use trellis_contract::{
     RouteAction, RuleSection, SniTls, TcpRoute, TcpWeightedCluster, Unrouted, VirtualHost,
 };
 
-use super::outbound::{
-    L4Scope, bound, merged_routes, route_to, rule_provenance, virtual_services_for, weighted_destinations,
-};
+use super::outbound::{L4Scope, route_to, rule_provenance, weighted_destinations};
 use super::route::{ClusterRef, RouteScope};
+use super::virtual_services::{bound, merged_routes, virtual_services_for};
 use super::{Code, Ctx, cluster, host_matches, resource};
 use crate::registry::selects;
 

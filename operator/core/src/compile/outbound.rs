@@ -1,118 +1,24 @@
 //! Outbound traffic: the sidecar's outbound listener (every Service the proxy can see, with
-//! the VirtualServices bound to the mesh), and the VirtualService rules and L4 matches a
-//! gateway's listeners ([`super::gateway`]) compile as well.
+//! the VirtualServices bound to the mesh ([`super::virtual_services`]), then every ServiceEntry
+//! host visible to it ([`super::service_entry`])), and the L4 matches a gateway's listeners
+//! ([`super::gateway`]) compile as well.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use trellis_api::networking::{L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualService};
+use trellis_api::networking::{
+    L4MatchAttributes, RouteDestination, ServicePort as EntryPort, TlsMatchAttributes, VirtualService,
+};
 use trellis_contract::{
     Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route,
     RuleSection, TcpRoute, TcpWeightedCluster, VirtualHost,
 };
 
-use super::route::{ClusterRef, RouteScope, applies_to_gateway, compile_http, destination, forward_to};
-use super::{
-    Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_covers, host_matches, resolve_host, resource, service_entry,
-    visible,
-};
+use super::route::{ClusterRef, RouteScope, applies_to_gateway, destination, forward_to};
+use super::service_entry::{self, EntryHost};
+use super::virtual_services::{merged_routes, virtual_services_for};
+use super::{Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_matches, resolve_host, resource};
 use crate::registry::{Protocol, Service, ServicePort, selects};
-
-/// Whether a VirtualService of `ns` is bound to `gateway` (`mesh` or `ns/name`): by its
-/// `gateways`, or by the `gateways` of one of its matches.
-pub(super) fn bound(vs: &VirtualService, ns: &str, gateway: &str) -> bool {
-    let named = |g: &Option<Vec<String>>| g.as_ref().is_some_and(|g| applies_to_gateway(g, ns, gateway));
-    let spec = &vs.spec;
-    applies_to_gateway(spec.gateways.as_deref().unwrap_or_default(), ns, gateway)
-        || spec
-            .http
-            .iter()
-            .flatten()
-            .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
-        || spec
-            .tcp
-            .iter()
-            .flatten()
-            .any(|r| r.matches.iter().flatten().any(|m| named(&m.gateways)))
-        || spec
-            .tls
-            .iter()
-            .flatten()
-            .any(|r| r.matches.iter().any(|m| named(&m.gateways)))
-}
-
-/// The VirtualServices that apply to `host` for the scope (`mesh` or a gateway), in merge
-/// order: exact hosts before wildcards, then oldest first, then by namespace/name.
-pub(super) fn virtual_services_for<'a>(ctx: &Ctx<'a>, host: &str, gateway: &str) -> Vec<&'a VirtualService> {
-    let viewer = ctx.proxy.key.namespace.as_str();
-    let mut out: Vec<(bool, &VirtualService)> = Vec::new();
-    for vs in &ctx.snapshot.virtual_services {
-        let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
-        if gateway == "mesh"
-            && (!visible(vs.spec.export_to.as_deref(), ns, viewer) || !ctx.scope.virtual_service(ns, host))
-        {
-            continue;
-        }
-        if !bound(vs, ns, gateway) {
-            continue;
-        }
-        let mut best: Option<bool> = None;
-        for h in vs.spec.hosts.iter().flatten() {
-            if !host_covers(h, ns, host) {
-                continue;
-            }
-            if h.starts_with('*') {
-                best = best.or(Some(true));
-            } else {
-                best = Some(false);
-            }
-        }
-        if let Some(wildcard) = best {
-            out.push((wildcard, vs));
-        }
-    }
-    out.sort_by_key(|(wildcard, vs)| {
-        (
-            *wildcard,
-            vs.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            vs.metadata.namespace.clone(),
-            vs.metadata.name.clone(),
-        )
-    });
-    out.into_iter().map(|(_, vs)| vs).collect()
-}
-
-/// Merge the HTTP rules of several VirtualServices for one virtual host, Istio-style: in
-/// order, until a catch-all; rules after a catch-all are unreachable and reported.
-pub(super) fn merged_routes(
-    ctx: &mut Ctx<'_>,
-    vss: &[&VirtualService],
-    host: &str,
-    scope: &RouteScope<'_>,
-    refs: &mut Vec<ClusterRef>,
-) -> Vec<Route> {
-    let mut routes = Vec::new();
-    let mut shadowed_by: Option<String> = None;
-    for vs in vss {
-        let res = resource("VirtualService", &vs.metadata);
-        if let Some(winner) = &shadowed_by {
-            if vs.spec.http.as_ref().is_some_and(|h| !h.is_empty()) {
-                ctx.diag(
-                    Code::VirtualServiceShadowed,
-                    &res,
-                    format!("its HTTP rules for {host} are never used: {winner} has a catch-all rule (no match) for the same host that comes first; add matches to that rule or merge the two VirtualServices"),
-                );
-            }
-            continue;
-        }
-        let (r, catch_all) = compile_http(ctx, vs, scope, refs);
-        routes.extend(r);
-        if catch_all {
-            shadowed_by = Some(res);
-        }
-    }
-    routes
-}
 
 fn service_domains(svc: &Service, port: u16, viewer_ns: &str) -> Vec<String> {
     let (name, ns) = (&svc.key.name, &svc.key.namespace);
@@ -242,7 +148,7 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
             refs.extend(routes.refs);
         }
     }
-    for routes in service_entry::routes(ctx) {
+    for routes in entry_routes(ctx) {
         listener.virtual_hosts.extend(routes.virtual_host);
         listener.tcp_routes.extend(routes.tcp_routes);
         refs.extend(routes.refs);
@@ -254,6 +160,116 @@ pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluste
         clusters.entry(name).or_insert_with(|| cluster::build(ctx, &r));
     }
     listener
+}
+
+/// The outbound routes of every entry host and port visible to the proxy, with the
+/// diagnostics of hosts left out.
+pub(crate) fn entry_routes(ctx: &mut Ctx<'_>) -> Vec<PortRoutes> {
+    let (hosts, notes) = service_entry::hosts(ctx.snapshot, &ctx.proxy.key.namespace);
+    for (res, message) in notes {
+        ctx.diag(Code::ServiceEntryHostConflict, res, message);
+    }
+    let mut out = Vec::new();
+    for e in &hosts {
+        for p in e.ports() {
+            let number = u16::try_from(p.number).unwrap_or(0);
+            let Some(routed_as) = ctx.scope.port(e.namespace, &e.host, number) else {
+                continue;
+            };
+            match routed_as {
+                None => out.push(entry_port_routes(ctx, e, p)),
+                Some(proto) => {
+                    let p = EntryPort {
+                        protocol: Some(egress_protocol_name(proto).to_string()),
+                        ..p.clone()
+                    };
+                    out.push(entry_port_routes(ctx, e, &p));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How a port's protocol is written, for a protocol the egress listener of a Sidecar gives it.
+fn egress_protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "HTTP",
+        Protocol::Http2 => "HTTP2",
+        Protocol::Tcp => "TCP",
+        Protocol::Tls => "TLS",
+        // Never given by an egress port (its protocol is required); read as detected.
+        Protocol::Auto => "",
+    }
+}
+
+/// The routes of one port of an entry host.
+fn entry_port_routes(ctx: &mut Ctx<'_>, e: &EntryHost<'_>, p: &EntryPort) -> PortRoutes {
+    let port = u16::try_from(p.number).unwrap_or(0);
+    let proto = service_entry::protocol(p);
+    let default = ClusterRef {
+        host: e.host.clone(),
+        port,
+        subset: None,
+    };
+    let mut refs = vec![default.clone()];
+    let mut virtual_host = None;
+    let mut tcp_routes = Vec::new();
+    if proto.is_http() || proto == Protocol::Auto {
+        let vss = virtual_services_for(ctx, &e.host, "mesh");
+        let routes = if vss.is_empty() {
+            vec![forward_to("default".into(), Vec::new(), default.name(), e.provenance())]
+        } else {
+            let scope = RouteScope { gateway: "mesh", port };
+            merged_routes(ctx, &vss, &e.host, &scope, &mut refs)
+        };
+        let mut domains = vec![format!("{}:{port}", e.host)];
+        domains.extend(e.ips().iter().map(|ip| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+        }));
+        virtual_host = Some(VirtualHost {
+            name: format!("{}:{port}", e.host),
+            domains,
+            routes,
+        });
+    }
+    let cidrs = entry_cidrs(e);
+    // Opaque TCP (and what an undetected port carries that is not HTTP): at the entry's
+    // addresses, or without them at any address (Istio's 0.0.0.0:port listener).
+    if !proto.is_http() {
+        let target = L4Target {
+            fqdn: &e.host,
+            ip: e.ips().first().copied(),
+            cidrs,
+            port,
+        };
+        tcp_routes = tls_routes(ctx, &target, &mut refs);
+        if proto == Protocol::Tls {
+            // TLS is told apart by its server name: this host's connections, at any address.
+            let clusters = vec![trellis_contract::TcpWeightedCluster {
+                cluster: default.name(),
+                weight: 100,
+            }];
+            let sni = vec![e.host.to_ascii_lowercase()];
+            tcp_routes.push(tcp_route(port, target.cidrs.clone(), sni, clusters, e.provenance()));
+        } else {
+            tcp_routes.push(tcp_destination(ctx, &target, &default, e.provenance(), &mut refs));
+        }
+    }
+    PortRoutes {
+        virtual_host,
+        tcp_routes,
+        refs,
+    }
+}
+
+/// An entry's addresses as CIDRs (routes of opaque TCP).
+fn entry_cidrs(e: &EntryHost<'_>) -> Vec<String> {
+    let addresses = e.entry.spec.addresses.iter().flatten();
+    addresses
+        .map(|a| if a.contains('/') { a.clone() } else { host_cidr(a) })
+        .collect()
 }
 
 pub(super) fn host_cidr(ip: &str) -> String {

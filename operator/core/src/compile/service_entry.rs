@@ -1,5 +1,5 @@
-//! ServiceEntries: their hosts as routable destinations of a sidecar's outbound listener, and
-//! the endpoints of their clusters, with Istio's semantics.
+//! ServiceEntries: their hosts, which the sidecar's outbound listener routes
+//! ([`super::outbound`]), and the endpoints of their clusters, with Istio's semantics.
 //!
 //! - Each host and port of an entry visible to the proxy (`exportTo`) is a virtual host (HTTP
 //!   ports, and ports of undetected protocol), a route by server name (TLS ports) or a route
@@ -19,11 +19,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use trellis_api::networking::{Location, Resolution, ServiceEntry, ServicePort};
-use trellis_contract::{Discovery, Endpoint, HealthStatus, Provenance, SpiffeId, VirtualHost};
+use trellis_contract::{Discovery, Endpoint, HealthStatus, Provenance, SpiffeId};
 
-use super::outbound::{L4Target, PortRoutes, host_cidr, merged_routes, tcp_destination, tcp_route, tls_routes};
-use super::route::{ClusterRef, RouteScope, forward_to};
-use super::{Code, Ctx, DNS_DOMAIN, resolve_host, resource, visible};
+use super::{Ctx, DNS_DOMAIN, resolve_host, resource, visible};
 use crate::registry::{Protocol, selects};
 use crate::snapshot::Snapshot;
 
@@ -39,7 +37,8 @@ pub(crate) struct EntryHost<'a> {
 }
 
 impl EntryHost<'_> {
-    fn ports(&self) -> &[ServicePort] {
+    /// The entry's ports.
+    pub(crate) fn ports(&self) -> &[ServicePort] {
         self.entry.spec.ports.as_deref().unwrap_or_default()
     }
 
@@ -60,7 +59,8 @@ impl EntryHost<'_> {
         resource("ServiceEntry", &self.entry.metadata)
     }
 
-    fn provenance(&self) -> Provenance {
+    /// Where routes to the host come from: the entry.
+    pub(crate) fn provenance(&self) -> Provenance {
         Provenance {
             kind: "ServiceEntry".into(),
             namespace: self.namespace.to_string(),
@@ -71,22 +71,14 @@ impl EntryHost<'_> {
     }
 
     /// The entry's addresses that are single IPs (DNS answers, virtual host names).
-    fn ips(&self) -> Vec<IpAddr> {
+    pub(crate) fn ips(&self) -> Vec<IpAddr> {
         let addresses = self.entry.spec.addresses.iter().flatten();
         addresses.filter_map(|a| a.parse().ok()).collect()
-    }
-
-    /// The entry's addresses as CIDRs (routes of opaque TCP).
-    fn cidrs(&self) -> Vec<String> {
-        let addresses = self.entry.spec.addresses.iter().flatten();
-        addresses
-            .map(|a| if a.contains('/') { a.clone() } else { host_cidr(a) })
-            .collect()
     }
 }
 
 /// A port's protocol, read as a Service port's is (its `protocol`, else its name).
-fn protocol(p: &ServicePort) -> Protocol {
+pub(crate) fn protocol(p: &ServicePort) -> Protocol {
     Protocol::detect(p.protocol.as_deref(), Some(&p.name))
 }
 
@@ -162,108 +154,6 @@ pub(crate) fn find<'a>(snapshot: &'a Snapshot, viewer: &str, host: &str) -> Opti
         return None;
     }
     hosts(snapshot, viewer).0.into_iter().find(|e| e.host == host)
-}
-
-/// The outbound routes of every entry host and port visible to the proxy, with the
-/// diagnostics of hosts left out.
-pub(crate) fn routes(ctx: &mut Ctx<'_>) -> Vec<PortRoutes> {
-    let (hosts, notes) = hosts(ctx.snapshot, &ctx.proxy.key.namespace);
-    for (res, message) in notes {
-        ctx.diag(Code::ServiceEntryHostConflict, res, message);
-    }
-    let mut out = Vec::new();
-    for e in &hosts {
-        for p in e.ports() {
-            let number = u16::try_from(p.number).unwrap_or(0);
-            let Some(routed_as) = ctx.scope.port(e.namespace, &e.host, number) else {
-                continue;
-            };
-            match routed_as {
-                None => out.push(port_routes(ctx, e, p)),
-                Some(proto) => {
-                    let p = ServicePort {
-                        protocol: Some(protocol_name(proto).to_string()),
-                        ..p.clone()
-                    };
-                    out.push(port_routes(ctx, e, &p));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// How a port's protocol is written, for a protocol the egress listener of a Sidecar gives it.
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http => "HTTP",
-        Protocol::Http2 => "HTTP2",
-        Protocol::Tcp => "TCP",
-        Protocol::Tls => "TLS",
-        // Never given by an egress port (its protocol is required); read as detected.
-        Protocol::Auto => "",
-    }
-}
-
-/// The routes of one port of an entry host.
-pub(crate) fn port_routes(ctx: &mut Ctx<'_>, e: &EntryHost<'_>, p: &ServicePort) -> PortRoutes {
-    let port = u16::try_from(p.number).unwrap_or(0);
-    let proto = protocol(p);
-    let default = ClusterRef {
-        host: e.host.clone(),
-        port,
-        subset: None,
-    };
-    let mut refs = vec![default.clone()];
-    let mut virtual_host = None;
-    let mut tcp_routes = Vec::new();
-    if proto.is_http() || proto == Protocol::Auto {
-        let vss = super::outbound::virtual_services_for(ctx, &e.host, "mesh");
-        let routes = if vss.is_empty() {
-            vec![forward_to("default".into(), Vec::new(), default.name(), e.provenance())]
-        } else {
-            let scope = RouteScope { gateway: "mesh", port };
-            merged_routes(ctx, &vss, &e.host, &scope, &mut refs)
-        };
-        let mut domains = vec![format!("{}:{port}", e.host)];
-        domains.extend(e.ips().iter().map(|ip| match ip {
-            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-            IpAddr::V4(v4) => format!("{v4}:{port}"),
-        }));
-        virtual_host = Some(VirtualHost {
-            name: format!("{}:{port}", e.host),
-            domains,
-            routes,
-        });
-    }
-    let cidrs = e.cidrs();
-    // Opaque TCP (and what an undetected port carries that is not HTTP): at the entry's
-    // addresses, or without them at any address (Istio's 0.0.0.0:port listener).
-    if !proto.is_http() {
-        let target = L4Target {
-            fqdn: &e.host,
-            ip: e.ips().first().copied(),
-            cidrs,
-            port,
-        };
-        tcp_routes = tls_routes(ctx, &target, &mut refs);
-        if proto == Protocol::Tls {
-            // TLS is told apart by its server name: this host's connections, at any address.
-            let clusters = vec![trellis_contract::TcpWeightedCluster {
-                cluster: default.name(),
-                weight: 100,
-            }];
-            let sni = vec![e.host.to_ascii_lowercase()];
-            tcp_routes.push(tcp_route(port, target.cidrs.clone(), sni, clusters, e.provenance()));
-        } else {
-            tcp_routes.push(tcp_destination(ctx, &target, &default, e.provenance(), &mut refs));
-        }
-    }
-    PortRoutes {
-        virtual_host,
-        tcp_routes,
-        refs,
-    }
 }
 
 /// The endpoints of an entry host's port, as a cluster holds them.
