@@ -373,7 +373,7 @@ async fn write(client: &Client, w: &Write) -> Result<(), kube::Error> {
     match api
         .patch_status(
             &w.target.name,
-            &PatchParams::apply(crate::mesh::FIELD_MANAGER).force(),
+            &PatchParams::apply(crate::FIELD_MANAGER).force(),
             &patch,
         )
         .await

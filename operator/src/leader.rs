@@ -117,7 +117,7 @@ pub async fn elect(
         .with_identity(identity)
         .with_duration(LEASE_SECONDS)
         .with_grace(RENEW_BEFORE_SECONDS)
-        .with_field_manager(format!("{}-{identity}", crate::trust::FIELD_MANAGER))
+        .with_field_manager(format!("{}-{identity}", crate::FIELD_MANAGER))
         .build()
         .await?;
     let (rx, task) = manager.watch().await;

@@ -46,3 +46,8 @@ pub mod trust;
 pub mod trust_domain;
 
 pub use trellis_core::{compile, registry, snapshot};
+
+/// The field manager of everything the operator applies with server-side apply (the Mesh's
+/// status, the root ConfigMaps, diagnostics' statuses); the leader election's Lease is
+/// `<FIELD_MANAGER>-<identity>`.
+pub const FIELD_MANAGER: &str = "trellis-operator";

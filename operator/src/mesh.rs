@@ -53,8 +53,6 @@ use crate::events::{EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 use crate::rollout::{self, plan::Workload};
 
-/// The field manager of the Mesh status (and everything else the operator applies).
-pub const FIELD_MANAGER: &str = crate::trust::FIELD_MANAGER;
 /// The controller's name on its events.
 pub const REPORTER: &str = "trellis-operator";
 /// How often a steady Mesh is looked at again (data plane counts, root expiry).

@@ -15,8 +15,6 @@ use crate::index::Shared;
 pub const ROOT_CONFIGMAP: &str = trellis_api::mesh::ROOT_CONFIGMAP;
 /// Its key.
 pub const ROOT_KEY: &str = "root-cert.pem";
-/// The field manager of everything the operator applies.
-pub const FIELD_MANAGER: &str = "trellis-operator";
 
 /// The ConfigMap for `namespace` holding `roots` (several during a root rotation).
 pub fn root_configmap(namespace: &str, roots: &str) -> ConfigMap {
@@ -50,7 +48,7 @@ pub async fn publish(
         };
         for ns in pending {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let params = PatchParams::apply(crate::FIELD_MANAGER).force();
             match api
                 .patch(ROOT_CONFIGMAP, &params, &Patch::Apply(root_configmap(&ns, &roots)))
                 .await

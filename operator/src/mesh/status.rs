@@ -9,7 +9,8 @@ use trellis_api::mesh::{CertificateAuthorityStatus, DataPlaneStatus, Mesh, MeshS
 
 use super::conditions::{self, CaObservation, Observed, WebhooksObservation};
 use super::settings::{Invalid, Settings};
-use super::{Context, Error, FIELD_MANAGER, trust_domain};
+use super::{Context, Error, trust_domain};
+use crate::FIELD_MANAGER;
 use crate::events::{Event, EventType};
 
 /// The Mesh's status and events, as methods on it.
