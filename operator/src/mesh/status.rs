@@ -310,11 +310,8 @@ mod tests {
             .expect("a time")
             .to_string();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx),
+        let mut steps = Step::rollout_starts(tx);
+        steps.extend([
             Step::AssignRestartedAt {
                 path: web.clone(),
                 image: "proxy:2".into(),
@@ -329,7 +326,8 @@ mod tests {
                 image: "proxy:2".into(),
                 at: wave_started,
             },
-        ]));
+        ]);
+        let scenario = server.run(Scenario::Steps(steps));
         reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
         // Five seconds later the cache still holds resourceVersion 7, without the status
         // written, and the workload cache has not seen the assignment either.

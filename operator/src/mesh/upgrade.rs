@@ -103,17 +103,15 @@ mod tests {
         let (ctx, server, _) = Context::test(Fixed::default());
         let m = mesh("default", json!({"versions": {"proxy": "proxy:2"}})).finalized();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx),
+        let mut steps = Step::rollout_starts(tx);
+        steps.extend([
             Step::Assign {
                 path: "/apis/apps/v1/namespaces/shop/deployments/web".into(),
                 image: "proxy:2".into(),
             },
             Step::Event("RolloutWaveStarted".into()),
-        ]));
+        ]);
+        let scenario = server.run(Scenario::Steps(steps));
         let action = reconcile(Arc::new(m), ctx).await.expect("reconcile");
         timeout_after_1s(scenario).await;
         assert_eq!(action, Action::requeue(rollout::plan::WAVE_RECHECK));
@@ -165,12 +163,9 @@ mod tests {
         let (tx1, rx1) = tokio::sync::oneshot::channel();
         let (tx2, rx2) = tokio::sync::oneshot::channel();
         let (tx3, rx3) = tokio::sync::oneshot::channel();
-        let scenario = server.run(Scenario::Steps(vec![
-            // Wave 1: db (workloads in name order).
-            Step::Event("Ready".into()),
-            Step::Event("DataPlaneUpToDateFalse".into()),
-            Step::Event("RolloutProgressing".into()),
-            Step::Status(tx1),
+        // Wave 1: db (workloads in name order).
+        let mut steps = Step::rollout_starts(tx1);
+        steps.extend([
             Step::Assign {
                 path: "/apis/apps/v1/namespaces/shop/deployments/db".into(),
                 image: "proxy:2".into(),
@@ -195,7 +190,8 @@ mod tests {
                 "RolloutWaveStarted".into(),
                 "wave 2: restarting Deployment shop/web onto proxy:2".into(),
             ),
-        ]));
+        ]);
+        let scenario = server.run(Scenario::Steps(steps));
         reconcile(Arc::new(m.clone()), ctx.clone()).await.expect("wave 1");
         let wave1 = rx1.await.expect("the status of wave 1");
         observe.set(|f| *f = db_and_web("proxy:2", Some("proxy:2")));
