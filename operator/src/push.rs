@@ -3,9 +3,9 @@
 //! Each subscription compiles its proxy's configuration from the current snapshot, sends it,
 //! and sends it again whenever it changes. Versions are content hashes, so a change that does
 //! not affect a proxy produces the same version and is not pushed to it; changes are debounced.
-//! Work is shared (see [`render`]): per change, the parts a change did not touch are reused,
-//! and a proxy that holds a version this operator knows is sent a delta against it instead of
-//! its whole configuration. The proxy ACKs or NACKs every version; the per-proxy sync state
+//! Work is shared (see `build` and [`render`]): per change, the parts a change did not touch
+//! are reused, and a proxy that holds a version this operator knows is sent a delta against it
+//! instead of its whole configuration. The proxy ACKs or NACKs every version; the per-proxy sync state
 //! (sent, acked, nacked with the error, last seen, and the workload certificate the proxy
 //! reports serving) is kept for the admin API while the proxy is subscribed.
 //!
@@ -32,9 +32,8 @@
 //!   again meanwhile — each state belongs to the latest subscription, and an older one that
 //!   ends or answers late changes nothing.
 
-use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -45,12 +44,14 @@ use trellis_push::v1::config_push_server::ConfigPush;
 use trellis_push::{CHUNK_BYTES, ProxyMessage, Snapshot, proxy_message};
 
 mod answers;
+mod build;
 pub mod render;
 mod sync;
+use self::build::Built;
 pub use render::{OwnPart, Rendered, SharedDiffs, SharedOutbound};
 
 use crate::ca::{Bundle, MeshRoots};
-use crate::compile::{Changes, CompileError, OutboundKey, Role, compile_workload, outbound_key, source_label_keys};
+use crate::compile::Role;
 use crate::metrics::Metrics;
 use crate::registry::ObjectKey;
 use crate::snapshot::Snapshot as MeshSnapshot;
@@ -122,83 +123,6 @@ impl Default for Options {
             full_in_flight: 8,
             chunk_bytes: CHUNK_BYTES,
         }
-    }
-}
-
-/// What every subscription shares for one change: the snapshot, each [`OutboundKey`]'s shared
-/// part and each proxy's own part (compiled by the first proxy that needs it, reusing the
-/// previous change's where [`Changes`] allows), and the deltas between shared parts.
-struct Built {
-    generation: u64,
-    bundle: Bundle,
-    snapshot: Arc<MeshSnapshot>,
-    label_keys: BTreeSet<String>,
-    /// What the build of the change before compiled, and what changed since.
-    previous: Option<Previous>,
-    outbounds: Mutex<HashMap<OutboundKey, SharedCell>>,
-    owns: Mutex<HashMap<(ObjectKey, bool), OwnCell>>,
-    diffs: SharedDiffs,
-}
-
-/// The parts the build of the previous change compiled (not its snapshot, which is dropped),
-/// and what changed since.
-struct Previous {
-    outbounds: HashMap<OutboundKey, SharedCell>,
-    owns: HashMap<(ObjectKey, bool), OwnCell>,
-    changes: Changes,
-}
-
-type SharedCell = Arc<OnceLock<Result<Arc<SharedOutbound>, CompileError>>>;
-type OwnCell = Arc<OnceLock<Result<Arc<OwnPart>, CompileError>>>;
-
-impl Built {
-    /// The shared part for `pod`'s key, compiled once per key: from the previous change's
-    /// when there is one (recompiling only what changed), from scratch otherwise.
-    fn outbound(&self, pod: &ObjectKey) -> Result<Arc<SharedOutbound>, CompileError> {
-        let key = outbound_key(&self.snapshot, pod, &self.label_keys)?;
-        let cell = lock(&self.outbounds).entry(key.clone()).or_default().clone();
-        cell.get_or_init(|| {
-            let before = self.previous.as_ref().and_then(|prev| {
-                let old = prev.outbounds.get(&key)?.get()?.as_ref().ok()?.clone();
-                Some((old, &prev.changes))
-            });
-            match before {
-                Some((old, changes)) if !changes.touches_outbound() => Ok(old),
-                Some((old, changes)) => old.update(&self.snapshot, pod, changes).map(Arc::new),
-                None => SharedOutbound::compile(&self.snapshot, pod).map(Arc::new),
-            }
-        })
-        .clone()
-    }
-
-    /// `pod`'s own part, reused from the previous change when its inputs did not change.
-    fn own(&self, pod: &ObjectKey, role: Role) -> Result<Arc<OwnPart>, CompileError> {
-        let key = (pod.clone(), role == Role::Gateway);
-        let cell = lock(&self.owns).entry(key.clone()).or_default().clone();
-        cell.get_or_init(|| {
-            let reused = self.previous.as_ref().and_then(|prev| {
-                // A gateway's own part reads nearly everything: always recompiled.
-                if role == Role::Gateway || prev.changes.own_changed(pod) {
-                    return None;
-                }
-                prev.owns.get(&key)?.get()?.as_ref().ok().cloned()
-            });
-            match reused {
-                Some(own) => Ok(own),
-                None => compile_workload(&self.snapshot, pod, role, "").map(|c| Arc::new(OwnPart::new(c.config))),
-            }
-        })
-        .clone()
-    }
-
-    /// `pod`'s configuration for this change.
-    fn render(&self, pod: &ObjectKey, role: Role) -> Result<Rendered, CompileError> {
-        let own = self.own(pod, role)?;
-        let shared = match role {
-            Role::Sidecar => Some(self.outbound(pod)?),
-            Role::Gateway => None,
-        };
-        Ok(Rendered::new(own, shared, &self.bundle.renew_unless_issued_by))
     }
 }
 
@@ -347,22 +271,7 @@ impl PushService {
             _ => {
                 let mut snap = self.source.snapshot();
                 snap.trust_bundle = bundle.roots_pem.clone();
-                let prev = current.take();
-                let previous = prev.map(|p| Previous {
-                    outbounds: lock(&p.outbounds).clone(),
-                    owns: lock(&p.owns).clone(),
-                    changes: crate::compile::changes(&p.snapshot, &snap),
-                });
-                let built = Arc::new(Built {
-                    generation,
-                    label_keys: source_label_keys(&snap),
-                    snapshot: Arc::new(snap),
-                    bundle,
-                    previous,
-                    outbounds: Mutex::default(),
-                    owns: Mutex::default(),
-                    diffs: SharedDiffs::default(),
-                });
+                let built = Arc::new(Built::after(current.take(), generation, bundle, snap));
                 *current = Some(built.clone());
                 built
             }
