@@ -260,9 +260,9 @@ pub fn finish(
     start: SystemTime,
 ) -> Span {
     Span {
-        trace_id: ctx.trace_id,
-        span_id: ctx.span_id,
-        parent_id: ctx.parent_id,
+        trace_id: ctx.trace_id.to_string(),
+        span_id: ctx.span_id.to_string(),
+        parent_id: ctx.parent_id.map(|p| p.to_string()),
         name: hop.route.map_or_else(|| facts.path.clone(), str::to_string),
         server: hop.server,
         start,

@@ -15,44 +15,81 @@ const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// A trace or span id of `N` lower-case hex digits, kept on the stack (made for every request;
+/// a `String` only when a sampled span is exported).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexId<const N: usize>([u8; N]);
+
+impl<const N: usize> HexId<N> {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// A random id (never all zeros: invalid in both W3C and B3). why: one random number per
+    /// id, not one per digit. `N` is at most 32 (128 bits).
+    fn random() -> Self {
+        loop {
+            let mut bits = fastrand::u128(..);
+            let mut id = [0u8; N];
+            for digit in &mut id {
+                *digit = HEX[(bits & 15) as usize];
+                bits >>= 4;
+            }
+            if id.iter().any(|b| *b != b'0') {
+                return Self(id);
+            }
+        }
+    }
+
+    /// `s` lower-cased, right-aligned and zero-padded to `N` digits, if it is at most `N` hex
+    /// digits (either case).
+    fn parse_padded(s: &str) -> Option<Self> {
+        let s = s.as_bytes();
+        if s.len() > N || !s.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let mut id = [b'0'; N];
+        for (slot, b) in id[N - s.len()..].iter_mut().zip(s) {
+            *slot = b.to_ascii_lowercase();
+        }
+        Some(Self(id))
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for HexId<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<const N: usize> std::fmt::Display for HexId<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The context of this hop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanContext {
-    /// 32 hex digits.
-    pub trace_id: String,
-    /// This hop's span, 16 hex digits.
-    pub span_id: String,
+    /// The trace.
+    pub trace_id: HexId<32>,
+    /// This hop's span.
+    pub span_id: HexId<16>,
     /// The incoming span, if any.
-    pub parent_id: Option<String>,
+    pub parent_id: Option<HexId<16>>,
     /// Sampled flag.
     pub sampled: bool,
 }
 
-/// A random id of `bytes` bytes (at most 16) in lower-case hex. why: one random number per id,
-/// not one per byte (ids are made for every request).
-fn hex_id(bytes: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    loop {
-        let mut bits = fastrand::u128(..);
-        let s: String = (0..bytes * 2)
-            .map(|_| {
-                let digit = HEX[(bits & 15) as usize];
-                bits >>= 4;
-                char::from(digit)
-            })
-            .collect();
-        // All-zero ids are invalid in both W3C and B3.
-        if s.bytes().any(|b| b != b'0') {
-            return s;
-        }
-    }
-}
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn parse_traceparent(v: &str) -> Option<(String, String, Option<bool>)> {
+fn parse_traceparent(v: &str) -> Option<(HexId<32>, HexId<16>, Option<bool>)> {
     let mut it = v.trim().split('-');
     let (ver, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
     if !is_hex(ver, 2) || ver == "ff" || !is_hex(trace, 32) || !is_hex(span, 16) || !is_hex(flags, 2) {
@@ -62,7 +99,25 @@ fn parse_traceparent(v: &str) -> Option<(String, String, Option<bool>)> {
         return None;
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace.to_string(), span.to_string(), Some(sampled)))
+    Some((HexId::parse_padded(trace)?, HexId::parse_padded(span)?, Some(sampled)))
+}
+
+/// A B3 context: a 16- or 32-digit trace id (either case; a short one is zero-padded), a
+/// 16-digit span id, and the sampling decision (`None`: the receiver's).
+fn parse_b3(headers: &HeaderMap) -> Option<(HexId<32>, HexId<16>, Option<bool>)> {
+    let trace = headers.get(&B3_TRACE_ID)?.to_str().ok()?;
+    let span = headers.get(&B3_SPAN_ID)?.to_str().ok()?;
+    if !matches!(trace.len(), 16 | 32) || span.len() != 16 {
+        return None;
+    }
+    let (trace, span) = (HexId::parse_padded(trace)?, HexId::parse_padded(span)?);
+    // Debug (`x-b3-flags: 1`) means sampled; no `x-b3-sampled` defers to the receiver.
+    let debug = headers.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = headers
+        .get(&B3_SAMPLED)
+        .map(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true")
+        .or(debug.then_some(true));
+    Some((trace, span, sampled))
 }
 
 /// A new sampling decision at `percent` (0–100).
@@ -77,67 +132,50 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent)
-        .or_else(|| {
-            let trace = headers.get(&B3_TRACE_ID)?.to_str().ok()?.to_ascii_lowercase();
-            let span = headers.get(&B3_SPAN_ID)?.to_str().ok()?.to_ascii_lowercase();
-            let trace = if is_hex(&trace, 16) {
-                format!("{:0>32}", trace)
-            } else {
-                trace
-            };
-            if !is_hex(&trace, 32) || !is_hex(&span, 16) {
-                return None;
-            }
-            // Debug (`x-b3-flags: 1`) means sampled; no `x-b3-sampled` defers to the receiver.
-            let debug = headers.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
-            let sampled = headers
-                .get(&B3_SAMPLED)
-                .map(|v| v.as_bytes() == b"1" || v.as_bytes() == b"true")
-                .or(debug.then_some(true));
-            Some((trace, span, sampled))
-        });
+        .or_else(|| parse_b3(headers));
     let ctx = match incoming {
         Some((trace_id, parent, sampled)) => SpanContext {
             trace_id,
-            span_id: hex_id(8),
+            span_id: HexId::random(),
             parent_id: Some(parent),
             sampled: sampled.unwrap_or_else(|| sample(sampling_percent)),
         },
         None => {
             headers.remove(&TRACESTATE);
             SpanContext {
-                trace_id: hex_id(16),
-                span_id: hex_id(8),
+                trace_id: HexId::random(),
+                span_id: HexId::random(),
                 parent_id: None,
                 sampled: sample(sampling_percent),
             }
         }
     };
-    // Built by hand on the stack, not formatted: this runs for every request.
-    let mut traceparent = [0u8; 55];
-    let parts = [
-        "00-",
-        &ctx.trace_id,
-        "-",
-        &ctx.span_id,
-        if ctx.sampled { "-01" } else { "-00" },
-    ];
-    let mut len = 0;
-    for part in parts {
-        let end = (len + part.len()).min(traceparent.len());
-        traceparent[len..end].copy_from_slice(&part.as_bytes()[..end - len]);
-        len = end;
+    // why: the four values are written into one buffer and shared from it, not each copied into
+    // an allocation of its own (this runs for every request).
+    let mut values = bytes::BytesMut::with_capacity(55 + 32 + 16 + 16);
+    values.extend_from_slice(b"00-");
+    values.extend_from_slice(&ctx.trace_id.0);
+    values.extend_from_slice(b"-");
+    values.extend_from_slice(&ctx.span_id.0);
+    values.extend_from_slice(if ctx.sampled { b"-01" } else { b"-00" });
+    let traceparent = values.len();
+    values.extend_from_slice(&ctx.trace_id.0);
+    values.extend_from_slice(&ctx.span_id.0);
+    if let Some(p) = &ctx.parent_id {
+        values.extend_from_slice(&p.0);
     }
-    let set = |h: &mut HeaderMap, k: HeaderName, v: &[u8]| {
-        if let Ok(v) = HeaderValue::from_bytes(v) {
-            h.insert(k, v);
+    let values = values.freeze();
+    let mut set = |k: HeaderName, range: std::ops::Range<usize>| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(values.slice(range)) {
+            headers.insert(k, v);
         }
     };
-    set(headers, TRACEPARENT, &traceparent[..len]);
-    set(headers, B3_TRACE_ID, ctx.trace_id.as_bytes());
-    set(headers, B3_SPAN_ID, ctx.span_id.as_bytes());
-    match &ctx.parent_id {
-        Some(p) => set(headers, B3_PARENT_SPAN_ID, p.as_bytes()),
+    let (trace, span) = (traceparent + 32, traceparent + 48);
+    set(TRACEPARENT, 0..traceparent);
+    set(B3_TRACE_ID, traceparent..trace);
+    set(B3_SPAN_ID, trace..span);
+    match ctx.parent_id {
+        Some(_) => set(B3_PARENT_SPAN_ID, span..span + 16),
         None => {
             headers.remove(&B3_PARENT_SPAN_ID);
         }
@@ -161,7 +199,6 @@ pub fn request_id_header() -> Option<HeaderValue> {
 }
 
 fn request_id_bytes() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 36];
     let mut bits = fastrand::u128(..);
     for (i, slot) in out.iter_mut().enumerate() {
@@ -192,8 +229,8 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         let ctx = propagate(&mut h, 0.0);
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(ctx.trace_id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_id.as_ref().map(HexId::as_str), Some("00f067aa0ba902b7"));
         assert!(ctx.sampled);
         let tp = h.get("traceparent").unwrap().to_str().unwrap();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -208,7 +245,7 @@ mod tests {
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
         h.insert("x-b3-sampled", HeaderValue::from_static("0"));
         let ctx = propagate(&mut h, 100.0);
-        assert_eq!(ctx.trace_id, "0000000000000000463ac35c9f6413ad");
+        assert_eq!(ctx.trace_id.as_str(), "0000000000000000463ac35c9f6413ad");
         assert!(!ctx.sampled);
     }
 
@@ -247,7 +284,7 @@ mod tests {
         let ctx = propagate(&mut h, 100.0);
         assert!(ctx.parent_id.is_none());
         assert!(ctx.sampled);
-        assert!(is_hex(&ctx.trace_id, 32));
+        assert!(is_hex(ctx.trace_id.as_str(), 32));
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
