@@ -4,7 +4,9 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
-use std::collections::HashMap;
+// why: every request looks its host up here; foldhash (randomly seeded) hashes it in a fraction
+// of SipHash's instructions, and the keys are the config's domains, never a client's.
+use foldhash::HashMap;
 use std::sync::Arc;
 pub use trellis_contract::matching::parse_query;
 use trellis_contract::matching::{self, CompiledRouteMatch, Matcher, MatcherError};

@@ -10,7 +10,9 @@ use crate::routing::{RouteTable, RoutingError};
 use crate::upstream::{ClusterError, ClusterRuntime};
 use ipnet::IpNet;
 use rustls::ServerConfig;
-use std::collections::HashMap;
+// why: every request looks its listener and its cluster up by name; foldhash (randomly seeded)
+// hashes a name in a fraction of SipHash's instructions, and the names are the config's.
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use trellis_contract::{
