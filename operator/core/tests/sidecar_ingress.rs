@@ -189,7 +189,11 @@ fn inbound_connection_pools_land_on_the_applications_clusters() {
     let own = cluster(&payment, 8080);
     assert_eq!(own.connection_pool.max_connections, 7);
     assert_eq!(own.connection_pool.max_requests_per_connection, 1);
-    assert_eq!(own.connection_pool.max_pending_requests, 1024, "the default");
+    assert_eq!(
+        own.connection_pool.max_pending_requests,
+        u32::MAX,
+        "Istio's default: no limit"
+    );
     assert_eq!(own.connect_timeout_ms, 10_000, "the default");
     // The Service's other port gets the Sidecar's.
     let db = cluster(&payment, 5432);

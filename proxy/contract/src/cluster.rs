@@ -183,9 +183,11 @@ pub enum HashKey {
 #[serde(rename_all = "camelCase", default)]
 pub struct ConnectionPool {
     /// Maximum concurrent requests in flight to the cluster (HTTP/1 this bounds
-    /// connections, since each carries one request at a time).
+    /// connections, since each carries one request at a time). Default `u32::MAX`: no limit,
+    /// as Istio sets Envoy's circuit breakers unless a DestinationRule says otherwise.
     pub max_connections: u32,
-    /// Maximum requests waiting for a connection; beyond, 503 with flag `UO`.
+    /// Maximum requests waiting for a connection; beyond, 503 with flag `UO`. Default
+    /// `u32::MAX` (Istio's).
     pub max_pending_requests: u32,
     /// Close an upstream connection after this many requests; 0 = unlimited.
     pub max_requests_per_connection: u32,
@@ -231,8 +233,10 @@ pub struct ConnectionPool {
 impl Default for ConnectionPool {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
-            max_pending_requests: 1024,
+            // why: Istio sets every circuit-breaker threshold of Envoy's to MaxUint32 unless
+            // the user sets it (Envoy's own default, 1024, cuts a busy cluster short).
+            max_connections: u32::MAX,
+            max_pending_requests: u32::MAX,
             max_requests_per_connection: 0,
             idle_timeout_ms: 60_000,
             max_idle_per_endpoint: 64,

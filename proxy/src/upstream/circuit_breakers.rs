@@ -61,7 +61,11 @@ impl CircuitBreakers {
     /// The thresholds of `pool`.
     pub fn new(pool: &ConnectionPool) -> Self {
         Self {
-            limiter: Arc::new(Semaphore::new(pool.max_connections as usize)),
+            // `u32::MAX` (no limit, Istio's default) fits a semaphore on 64-bit targets; the
+            // clamp keeps a 32-bit one from refusing it.
+            limiter: Arc::new(Semaphore::new(
+                (pool.max_connections as usize).min(Semaphore::MAX_PERMITS),
+            )),
             tcp_connections: pool.max_tcp_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
             pending: AtomicU64::new(0),
             max_pending: u64::from(pool.max_pending_requests),
@@ -201,6 +205,26 @@ mod tests {
         drop(a);
         let _c = cb.admit(None).await.expect("a finished request frees its place");
         assert_eq!(cb.active_requests.load(Ordering::Relaxed), 2);
+    }
+
+    /// Istio sets each of Envoy's thresholds to MaxUint32 unless a DestinationRule sets it:
+    /// a cluster without a rule never answers 503 `UO` for load (Envoy's own default, and
+    /// Trellis' until now, was 1024 requests plus 1024 queued).
+    #[tokio::test]
+    async fn without_a_rule_no_threshold_refuses_a_request() {
+        let cb = Arc::new(CircuitBreakers::new(&ConnectionPool::default()));
+        let mut held = Vec::new();
+        for n in 0..5000 {
+            // No wait in the pending queue: a request past a limit would time out at once.
+            match cb.admit(Some(Duration::ZERO)).await {
+                Ok(a) => held.push(a),
+                Err(e) => panic!("request {n} refused with {e:?} by the default thresholds"),
+            }
+        }
+        assert_eq!(cb.active_requests.load(Ordering::Relaxed), 5000);
+        let retries: Vec<_> = (0..5000).filter_map(|_| cb.try_retry(None)).collect();
+        assert_eq!(retries.len(), 5000, "retries in flight: no limit either");
+        assert_eq!(cb.overflowed_requests.load(Ordering::Relaxed), 0);
     }
 
     #[test]
