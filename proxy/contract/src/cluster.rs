@@ -189,7 +189,9 @@ pub struct ConnectionPool {
     /// Maximum requests waiting for a connection; beyond, 503 with flag `UO`. Default
     /// `u32::MAX` (Istio's).
     pub max_pending_requests: u32,
-    /// Close an upstream connection after this many requests; 0 = unlimited.
+    /// An upstream connection takes at most this many requests (HTTP/1 requests, HTTP/2
+    /// streams), then no new one: HTTP/1 closes it after the last answer, HTTP/2 drains it;
+    /// 0 = unlimited.
     pub max_requests_per_connection: u32,
     /// Close idle upstream connections after this long.
     pub idle_timeout_ms: u64,

@@ -1,9 +1,10 @@
 //! HTTP connections to an endpoint: HTTP/1 connections pooled and reused once the previous
 //! response has been read; HTTP/2 connections shared (multiplexed), each carrying at most
-//! `maxConcurrentStreams` requests at once, more connections opened beyond. A connection is
-//! retired after `maxRequestsPerConnection` requests (HTTP/1), after `idleTimeoutMs` idle,
-//! and drained at `maxConnectionDurationMs` from its opening: it takes no new request and
-//! closes when its requests are answered.
+//! `maxConcurrentStreams` requests at once, more connections opened beyond. A connection takes
+//! at most `maxRequestsPerConnection` requests (HTTP/1 requests, HTTP/2 streams, as Envoy
+//! applies it to every protocol), is retired after `idleTimeoutMs` idle, and drained at
+//! `maxConnectionDurationMs` from its opening; drained, it takes no new request and closes
+//! when its requests are answered.
 //!
 //! Every request counts as active on its endpoint (and on its HTTP/2 connection's streams)
 //! until its [`InFlight`] drops.
@@ -41,6 +42,8 @@ struct H2Conn {
     id: u64,
     sender: http2::SendRequest<Body>,
     streams: Arc<AtomicU32>,
+    /// Streams it has been given, this one's last included (`maxRequestsPerConnection`).
+    served: u32,
     expires: Option<Instant>,
 }
 
@@ -197,14 +200,21 @@ impl ClusterRuntime {
     }
 
     /// An HTTP/2 connection with room for one more stream (the stream counted in
-    /// `in_flight`), or a new one.
+    /// `in_flight`), or a new one. The stream that reaches `maxRequestsPerConnection` takes its
+    /// connection out of the pool: it gets no new stream and, its pool's handle gone, closes
+    /// when its streams end (drained, as Envoy does).
     async fn send_h2(
         &self,
         ep: &Arc<EndpointState>,
         req: Request<Body>,
         in_flight: &mut InFlight,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let max_streams = self.spec.connection_pool.max_concurrent_streams.unwrap_or(u32::MAX);
+        let pool_cfg = &self.spec.connection_pool;
+        let max_streams = pool_cfg.max_concurrent_streams.unwrap_or(u32::MAX);
+        let max_served = match pool_cfg.max_requests_per_connection {
+            0 => u32::MAX,
+            n => n,
+        };
         let existing = {
             let mut pool = ep.pool.lock().expect("pool lock");
             let now = Instant::now();
@@ -212,10 +222,17 @@ impl ClusterRuntime {
                 .retain(|c| !c.sender.is_closed() && c.expires.is_none_or(|at| at > now));
             pool.h2
                 .iter()
-                .find(|c| c.streams.load(Ordering::Relaxed) < max_streams)
-                .map(|c| {
+                .position(|c| c.streams.load(Ordering::Relaxed) < max_streams)
+                .map(|i| {
+                    let c = &mut pool.h2[i];
                     c.streams.fetch_add(1, Ordering::Relaxed);
-                    (c.sender.clone(), Arc::clone(&c.streams))
+                    c.served += 1;
+                    let taken = (c.sender.clone(), Arc::clone(&c.streams));
+                    if c.served >= max_served {
+                        tracing::debug!(endpoint = %ep.addr, "upstream h2 connection reached maxRequestsPerConnection; draining");
+                        pool.h2.swap_remove(i);
+                    }
+                    taken
                 })
         };
         let mut sender = match existing {
@@ -238,12 +255,16 @@ impl ClusterRuntime {
                     tokio::spawn(drive(conn, id, Arc::downgrade(ep), expires, "h2"));
                     let streams = Arc::new(AtomicU32::new(1));
                     in_flight.stream = Some(Arc::clone(&streams));
-                    ep.pool.lock().expect("pool lock").h2.push(H2Conn {
-                        id,
-                        sender: sender.clone(),
-                        streams,
-                        expires,
-                    });
+                    // A connection for one request only is never pooled.
+                    if max_served > 1 {
+                        ep.pool.lock().expect("pool lock").h2.push(H2Conn {
+                            id,
+                            sender: sender.clone(),
+                            streams,
+                            served: 1,
+                            expires,
+                        });
+                    }
                     Ok::<_, UpstreamError>(sender)
                 })
                 .await?

@@ -1,6 +1,6 @@
 //! Upstream connections as a DestinationRule's `connectionPool` shapes them, through a real
 //! proxy and seen from the upstream's side: `maxConcurrentStreams` (more HTTP/2
-//! connections), `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
+//! connections), `maxRequestsPerConnection` on HTTP/2, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
 //! closed), `tcp.idleTimeout` and `tcp.maxConnections` on proxied TCP, and `tcp.tcpKeepalive`
 //! on the proxy's upstream sockets.
 
@@ -111,6 +111,24 @@ async fn max_concurrent_streams_opens_more_http2_connections() {
     );
     // Without the limit the three share the open connection.
     assert_eq!(h2_connections_for_three(json!({})).await, 1, "HTTP/2 multiplexes");
+}
+
+/// Envoy applies `max_requests_per_connection` to HTTP/2 too: after that many streams a
+/// connection takes no new one and is drained.
+#[tokio::test]
+async fn max_requests_per_connection_drains_an_http2_connection() {
+    let (up, conns) = http_upstream().await;
+    let proxy = Proxy::start(http_config(up, "http2", json!({"maxRequestsPerConnection": 2}))).await;
+    let addr = proxy.addr("outbound").await;
+    for n in 0..6 {
+        assert_eq!(get(addr, "svc", "/").await.status, 200, "request {n}");
+    }
+    assert_eq!(conns.opened(), 3, "two streams per HTTP/2 connection");
+    assert_eq!(
+        conns.wait_closed(3).await,
+        3,
+        "each connection closed once its last stream was answered"
+    );
 }
 
 #[tokio::test]
