@@ -2,9 +2,9 @@
 //! response has been read; HTTP/2 connections shared (multiplexed), each carrying at most
 //! `maxConcurrentStreams` requests at once, more connections opened beyond. A connection takes
 //! at most `maxRequestsPerConnection` requests (HTTP/1 requests, HTTP/2 streams, as Envoy
-//! applies it to every protocol), is retired after `idleTimeoutMs` idle, and drained at
-//! `maxConnectionDurationMs` from its opening; drained, it takes no new request and closes
-//! when its requests are answered.
+//! applies it to every protocol), is closed after `idleTimeoutMs` idle in the pool (HTTP/1, by
+//! one sweeping task per endpoint), and is drained at `maxConnectionDurationMs` from its
+//! opening; drained, it takes no new request and closes when its requests are answered.
 //!
 //! Every request counts as active on its endpoint (and on its HTTP/2 connection's streams)
 //! until its [`InFlight`] drops.
@@ -26,6 +26,8 @@ static CONNECTION_IDS: AtomicU64 = AtomicU64::new(0);
 pub(super) struct Pool {
     h1: Vec<IdleConn>,
     h2: Vec<H2Conn>,
+    /// A [`sweep_idle`] task watches `h1`.
+    sweeping: bool,
 }
 
 /// An HTTP/1 connection waiting for its next request.
@@ -158,13 +160,45 @@ fn log_end(ended: Result<(), hyper::Error>, what: &'static str) {
 
 impl EndpointState {
     /// Keep an HTTP/1 connection ready for another request, while the pool has room and the
-    /// connection has not lived its `maxConnectionDurationMs` (dropped, it closes).
-    fn pool_h1(&self, mut conn: IdleConn, max_idle: usize) {
+    /// connection has not lived its `maxConnectionDurationMs` (dropped, it closes); a pool
+    /// nobody sweeps gets a [`sweep_idle`] task, which closes it after `idle`.
+    fn pool_h1(self: &Arc<Self>, mut conn: IdleConn, max_idle: usize, idle: Duration) {
         let now = Instant::now();
         let mut pool = self.pool.lock().expect("pool lock");
         if pool.h1.len() < max_idle && conn.expires.is_none_or(|at| at > now) {
             conn.idle_since = now;
             pool.h1.push(conn);
+            if !pool.sweeping {
+                pool.sweeping = true;
+                tokio::spawn(sweep_idle(Arc::downgrade(self), now + idle, idle));
+            }
+        }
+    }
+}
+
+/// Close an endpoint's pooled HTTP/1 connections once they have been idle `idle` (Envoy's
+/// upstream `idle_timeout` is a timer): dropped from the pool, a connection's task ends and
+/// closes it. The task wakes when the oldest idle connection's time is up and ends when the
+/// pool is empty (the next connection pooled starts another) or the endpoint is gone (a new
+/// config). why: one task per endpoint and a wake-up per idle timeout, instead of a timer
+/// armed and disarmed with every request.
+async fn sweep_idle(ep: Weak<EndpointState>, mut at: Instant, idle: Duration) {
+    loop {
+        tokio::time::sleep_until(at.into()).await;
+        let Some(ep) = ep.upgrade() else { return };
+        let mut pool = ep.pool.lock().expect("pool lock");
+        let now = Instant::now();
+        let before = pool.h1.len();
+        pool.h1.retain(|c| now.duration_since(c.idle_since) < idle);
+        if pool.h1.len() < before {
+            tracing::debug!(endpoint = %ep.addr, closed = before - pool.h1.len(), "idle upstream h1 connections closed");
+        }
+        match pool.h1.iter().map(|c| c.idle_since).min() {
+            Some(oldest) => at = oldest + idle,
+            None => {
+                pool.sweeping = false;
+                return;
+            }
         }
     }
 }
@@ -340,12 +374,12 @@ impl ClusterRuntime {
             // the body has been read. why: a task per request was the pool's main cost.
             let max_idle = pool_cfg.max_idle_per_endpoint as usize;
             if conn.sender.is_ready() {
-                ep.pool_h1(conn, max_idle);
+                ep.pool_h1(conn, max_idle, idle_timeout);
             } else {
                 let ep = Arc::clone(ep);
                 tokio::spawn(async move {
                     if conn.sender.ready().await.is_ok() {
-                        ep.pool_h1(conn, max_idle);
+                        ep.pool_h1(conn, max_idle, idle_timeout);
                     }
                 });
             }

@@ -1,6 +1,7 @@
 //! Upstream connections as a DestinationRule's `connectionPool` shapes them, through a real
 //! proxy and seen from the upstream's side: `maxConcurrentStreams` (more HTTP/2
-//! connections), `maxRequestsPerConnection` on HTTP/2, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
+//! connections), `maxRequestsPerConnection` on HTTP/2, `idleTimeoutMs` on pooled HTTP/1
+//! connections, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
 //! closed), `tcp.idleTimeout` and `tcp.maxConnections` on proxied TCP, and `tcp.tcpKeepalive`
 //! on the proxy's upstream sockets.
 
@@ -129,6 +130,30 @@ async fn max_requests_per_connection_drains_an_http2_connection() {
         3,
         "each connection closed once its last stream was answered"
     );
+}
+
+/// Envoy's upstream `idle_timeout` is a timer: an HTTP/1 connection idle in the pool that long
+/// is closed then, not left open until a request finds it.
+#[tokio::test]
+async fn idle_timeout_closes_a_pooled_http1_connection_with_no_request_to_find_it() {
+    let (up, conns) = http_upstream().await;
+    let proxy = Proxy::start(http_config(up, "http1", json!({"idleTimeoutMs": 300}))).await;
+    let addr = proxy.addr("outbound").await;
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+    let pooled = Instant::now();
+    assert_eq!(conns.opened(), 1);
+    assert_eq!(
+        conns.wait_closed(1).await,
+        1,
+        "the upstream saw its idle connection closed"
+    );
+    assert!(
+        pooled.elapsed() >= Duration::from_millis(250),
+        "closed after {:?}, before its idle timeout",
+        pooled.elapsed()
+    );
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+    assert_eq!(conns.opened(), 2, "the next request on a new connection");
 }
 
 #[tokio::test]
