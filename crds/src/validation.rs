@@ -12,6 +12,7 @@
 //! (`spec.http[0].route[1].weight`), what is wrong and what is allowed.
 
 mod cel;
+mod connection_pool;
 mod format;
 mod gateway;
 mod mesh;

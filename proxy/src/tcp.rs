@@ -87,7 +87,7 @@ pub async fn proxy(
 /// Copy bytes both ways between `downstream` and `upstream` (the connection [`connect`] made
 /// to `cluster`'s endpoint `endpoint`; `None` when it failed) until either side closes, the
 /// TCP idle timeout passes (the cluster's, else the listener's) or the cluster's
-/// `maxConnectionDuration` is reached, counting them into the connection's TCP series.
+/// `tcpMaxConnectionDurationMs` is reached, counting them into the connection's TCP series.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
     rt: &Runtime,
@@ -123,8 +123,8 @@ pub(crate) async fn splice<D: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Some(mut up) = upstream {
         let copied = tokio::io::copy_bidirectional(&mut downstream, &mut up);
-        // `tcp.maxConnectionDuration`: both sides are closed when it is reached.
-        let ended = match pool.max_connection_duration_ms.map(Duration::from_millis) {
+        // The rule's `tcp.maxConnectionDuration`: both sides are closed when it is reached.
+        let ended = match pool.tcp_max_connection_duration_ms.map(Duration::from_millis) {
             Some(max) => tokio::time::timeout(max, copied).await.unwrap_or_else(|_| {
                 tracing::debug!(cluster = %cluster.spec.name, "TCP connection reached maxConnectionDuration; closing");
                 Ok((0, 0))

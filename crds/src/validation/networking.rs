@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::Findings;
+use super::connection_pool::{below_the_rule, connection_pool};
 use super::format::{
     self, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers, host,
     labels, method, not_supported, regex, string_match, weights,
@@ -11,7 +12,7 @@ use super::format::{
 use crate::networking::*;
 
 /// Istio's minimum for timeouts and delays.
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Retry conditions the proxy implements.
 const RETRY_ON: &[&str] = &[
     "5xx",
@@ -444,7 +445,7 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
     host("spec.host", &spec.host, true, f);
     export_to("spec.exportTo", &spec.export_to, f);
     if let Some(tp) = &spec.traffic_policy {
-        traffic_policy("spec.trafficPolicy", tp, f);
+        traffic_policy("spec.trafficPolicy", tp, true, f);
     }
     let mut names = BTreeSet::new();
     for (i, s) in spec.subsets.iter().flatten().enumerate() {
@@ -463,12 +464,13 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
         // routes a name, so it is no mistake and draws no warning.
         labels(&format!("{p}.labels"), &s.labels, f);
         if let Some(tp) = &s.traffic_policy {
-            traffic_policy(&format!("{p}.trafficPolicy"), tp, f);
+            traffic_policy(&format!("{p}.trafficPolicy"), tp, false, f);
         }
     }
 }
 
-fn traffic_policy(p: &str, tp: &TrafficPolicy, f: &mut Findings) {
+/// A traffic policy at `p`: the rule's own (`rule_level`), or a subset's.
+fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, f: &mut Findings) {
     port_policy(
         p,
         &tp.load_balancer,
@@ -477,6 +479,9 @@ fn traffic_policy(p: &str, tp: &TrafficPolicy, f: &mut Findings) {
         &tp.tls,
         f,
     );
+    if let Some(pool) = tp.connection_pool.as_ref().filter(|_| !rule_level) {
+        below_the_rule(&format!("{p}.connectionPool"), pool, f);
+    }
     let mut ports = BTreeSet::new();
     for (i, pl) in tp.port_level_settings.iter().flatten().enumerate() {
         let pp = format!("{p}.portLevelSettings[{i}]");
@@ -499,6 +504,9 @@ fn traffic_policy(p: &str, tp: &TrafficPolicy, f: &mut Findings) {
             &pl.tls,
             f,
         );
+        if let Some(pool) = &pl.connection_pool {
+            below_the_rule(&format!("{pp}.connectionPool"), pool, f);
+        }
     }
 }
 
@@ -541,48 +549,6 @@ fn port_policy(
     }
     if let Some(tls) = tls {
         client_tls(&format!("{p}.tls"), tls, f);
-    }
-}
-
-/// A connection pool's durations (a DestinationRule's, a Sidecar's inbound one), at `cp`.
-pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut Findings) {
-    if let Some(tcp) = &pool.tcp {
-        duration(
-            &format!("{cp}.tcp.connectTimeout"),
-            &tcp.connect_timeout,
-            MIN_TIMEOUT,
-            f,
-        );
-        duration(
-            &format!("{cp}.tcp.maxConnectionDuration"),
-            &tcp.max_connection_duration,
-            MIN_TIMEOUT,
-            f,
-        );
-        duration(&format!("{cp}.tcp.idleTimeout"), &tcp.idle_timeout, MIN_TIMEOUT, f);
-        if let Some(ka) = &tcp.tcp_keepalive {
-            duration(
-                &format!("{cp}.tcp.tcpKeepalive.time"),
-                &ka.time,
-                Duration::from_secs(1),
-                f,
-            );
-            duration(
-                &format!("{cp}.tcp.tcpKeepalive.interval"),
-                &ka.interval,
-                Duration::from_secs(1),
-                f,
-            );
-        }
-    }
-    if let Some(http) = &pool.http {
-        duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
-        if http.max_retries == Some(0) {
-            f.warn(
-                format!("{cp}.http.maxRetries"),
-                "0 sets no limit (Istio reads 0 as unset); to make no retries, set retries: {attempts: 0} on the VirtualService route",
-            );
-        }
     }
 }
 

@@ -167,6 +167,29 @@ pub fn cases() -> Vec<Case> {
             "spec.trafficPolicy.connectionPool.http.maxRetries",
             "sets no limit",
         ),
+        // Istio's TCP proxy reads the rule's own tcp.idleTimeout and maxConnectionDuration: a
+        // port's or a subset's bound HTTP connections only, and the warning says where to go.
+        warn_at(
+            Dr,
+            "spec.trafficPolicy.portLevelSettings",
+            json!([{"port": {"number": 8080}, "connectionPool": {"tcp": {"idleTimeout": "5m"}}}]),
+            "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
+            "proxied TCP connections take spec.trafficPolicy.connectionPool.tcp.idleTimeout",
+        ),
+        warn_at(
+            Dr,
+            "spec.subsets[0].trafficPolicy",
+            json!({"connectionPool": {"tcp": {"maxConnectionDuration": "1h"}}}),
+            "spec.subsets[0].trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+            "Istio's TCP proxy reads only the rule's",
+        ),
+        warn_at(
+            Dr,
+            "spec.subsets[0].trafficPolicy",
+            json!({"portLevelSettings": [{"port": {"number": 8080}, "connectionPool": {"tcp": {"idleTimeout": "5m"}}}]}),
+            "spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
+            "bounds HTTP connections here only",
+        ),
         err_at(
             Dr,
             "spec.trafficPolicy.connectionPool",

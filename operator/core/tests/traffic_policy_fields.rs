@@ -315,6 +315,7 @@ fn every_traffic_policy_field_is_compiled_or_refused() {
         "accepted by the validator and dropped by the compiler (compile them, or refuse them with \"not supported by Trellis yet\" and the fix):\n{}",
         dropped.join("\n")
     );
+    eprintln!("trafficPolicy fields at each place: {compiled} compiled, {refused} refused");
     assert!(compiled > 80 && refused > 10, "{compiled} compiled, {refused} refused");
 }
 
@@ -348,6 +349,7 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
         max_concurrent_streams: Some(3),
         max_connection_duration_ms: Some(90_000),
         tcp_idle_timeout_ms: Some(20 * 60_000),
+        tcp_max_connection_duration_ms: Some(90_000),
         // Whole seconds, as Istio sets Envoy's keepalive.
         tcp_keepalive: Some(trellis_contract::TcpKeepalive {
             time_secs: Some(60),
@@ -370,4 +372,62 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
     assert_eq!(pool.max_retries, None);
     // Nothing set: Trellis' defaults, none of the optional limits.
     assert_eq!(pool_of(&base, json!({})), trellis_contract::ConnectionPool::default());
+}
+
+/// Istio's TCP proxy takes its idle timeout and maximum connection duration from the rule's
+/// top-level pool only; a port's or subset's pool replaces the rule's for the cluster's HTTP
+/// connections, and leaves proxied TCP with the rule's.
+#[test]
+fn proxied_tcp_takes_the_rules_own_idle_timeout_and_duration() {
+    let base = base();
+    let pools = |dr: Value| -> Vec<trellis_contract::ConnectionPool> {
+        let clusters = payment_clusters(&base, &dr);
+        clusters
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .map(|c| serde_json::from_value(c["connectionPool"].clone()).expect("a connection pool"))
+            .collect()
+    };
+    let rule_level = json!({"connectionPool": {"tcp": {"idleTimeout": "20m", "maxConnectionDuration": "1h"}}});
+    let below = json!({"connectionPool": {"tcp": {"idleTimeout": "5m", "maxConnectionDuration": "90s"}}});
+    // The rule's own: every cluster of the host, subsets included, and HTTP too.
+    for pool in pools(rule(Place::Rule, &rule_level)) {
+        assert_eq!(
+            (pool.tcp_idle_timeout_ms, pool.tcp_max_connection_duration_ms),
+            (Some(20 * 60_000), Some(3_600_000))
+        );
+        assert_eq!(
+            (pool.idle_timeout_ms, pool.max_connection_duration_ms),
+            (20 * 60_000, Some(3_600_000))
+        );
+    }
+    // A port's or a subset's alone: HTTP connections only; proxied TCP keeps the listener's.
+    for place in [Place::Port, Place::Subset] {
+        let all = pools(rule(place, &below));
+        let shaped: Vec<_> = all.iter().filter(|p| p.idle_timeout_ms == 5 * 60_000).collect();
+        assert!(!shaped.is_empty(), "{place:?}: no cluster shaped: {all:?}");
+        for pool in &shaped {
+            assert_eq!(pool.max_connection_duration_ms, Some(90_000), "{place:?}");
+        }
+        for pool in &all {
+            assert_eq!(
+                (pool.tcp_idle_timeout_ms, pool.tcp_max_connection_duration_ms),
+                (None, None),
+                "{place:?}"
+            );
+        }
+    }
+    // Both: the port's shapes its HTTP connections, the rule's bounds proxied TCP.
+    let mut both = rule(Place::Port, &below);
+    both["spec"]["trafficPolicy"]["connectionPool"] = rule_level["connectionPool"].clone();
+    let all = pools(both);
+    let port = all
+        .iter()
+        .find(|p| p.idle_timeout_ms == 5 * 60_000)
+        .expect("the port's pool");
+    assert_eq!(
+        (port.tcp_idle_timeout_ms, port.tcp_max_connection_duration_ms),
+        (Some(20 * 60_000), Some(3_600_000))
+    );
 }

@@ -213,15 +213,21 @@ pub struct ConnectionPool {
     /// `maxConcurrentStreams`); more requests open more connections. `None`: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
-    /// An upstream connection lives at most this long from when it was opened (Istio's
-    /// `tcp.maxConnectionDuration`): an HTTP connection is drained (no new requests, closed
-    /// when its requests are answered), a proxied TCP connection is closed.
+    /// An upstream HTTP connection lives at most this long from when it was opened (Istio's
+    /// `tcp.maxConnectionDuration` of the cluster's policy): it is drained (no new requests,
+    /// closed when its requests are answered).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connection_duration_ms: Option<u64>,
-    /// Idle timeout of proxied TCP connections to the cluster (Istio's `tcp.idleTimeout`);
+    /// Idle timeout of proxied TCP connections to the cluster (Envoy's TCP proxy
+    /// `idle_timeout`, which Istio takes from the rule's top-level `tcp.idleTimeout` only);
     /// `None`: the listener's (Istio's default, 1 h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_idle_timeout_ms: Option<u64>,
+    /// A proxied TCP connection to the cluster is closed this long after it was opened
+    /// (Envoy's TCP proxy `max_downstream_connection_duration`, which Istio takes from the
+    /// rule's top-level `tcp.maxConnectionDuration` only); `None`: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_max_connection_duration_ms: Option<u64>,
     /// TCP keepalive on upstream sockets (Istio's `tcp.tcpKeepalive`); `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<TcpKeepalive>,
@@ -248,6 +254,7 @@ impl Default for ConnectionPool {
             max_concurrent_streams: None,
             max_connection_duration_ms: None,
             tcp_idle_timeout_ms: None,
+            tcp_max_connection_duration_ms: None,
             tcp_keepalive: None,
             max_tcp_connections: None,
         }

@@ -377,6 +377,7 @@ impl Validator {
             ("maxConcurrentStreams", pool.max_concurrent_streams.map(u64::from)),
             ("maxConnectionDurationMs", pool.max_connection_duration_ms),
             ("tcpIdleTimeoutMs", pool.tcp_idle_timeout_ms),
+            ("tcpMaxConnectionDurationMs", pool.tcp_max_connection_duration_ms),
             (
                 "tcpKeepalive.timeSecs",
                 pool.tcp_keepalive.as_ref().and_then(|k| k.time_secs).map(u64::from),

@@ -45,6 +45,7 @@ fn a_pool_and_outlier_detection_written_before_the_new_fields_parse_as_before() 
         "maxConcurrentStreams",
         "maxConnectionDurationMs",
         "tcpIdleTimeoutMs",
+        "tcpMaxConnectionDurationMs",
         "tcpKeepalive",
         "maxTcpConnections",
     ] {
@@ -60,6 +61,7 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
         max_concurrent_streams: Some(0),
         max_connection_duration_ms: Some(0),
         tcp_idle_timeout_ms: Some(0),
+        tcp_max_connection_duration_ms: Some(0),
         max_tcp_connections: Some(0),
         tcp_keepalive: Some(TcpKeepalive {
             time_secs: Some(0),
@@ -79,6 +81,7 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
         "connectionPool.maxConcurrentStreams",
         "connectionPool.maxConnectionDurationMs",
         "connectionPool.tcpIdleTimeoutMs",
+        "connectionPool.tcpMaxConnectionDurationMs",
         "connectionPool.maxTcpConnections",
         "connectionPool.tcpKeepalive.timeSecs",
         "connectionPool.tcpKeepalive.intervalSecs",

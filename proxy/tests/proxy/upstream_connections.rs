@@ -2,8 +2,8 @@
 //! proxy and seen from the upstream's side: `maxConcurrentStreams` (more HTTP/2
 //! connections), `maxRequestsPerConnection` on HTTP/2, `idleTimeoutMs` on pooled HTTP/1
 //! connections, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
-//! closed), `tcp.idleTimeout` and `tcp.maxConnections` on proxied TCP, and `tcp.tcpKeepalive`
-//! on the proxy's upstream sockets.
+//! closed, each by its own field), `tcp.idleTimeout` and `tcp.maxConnections` on proxied TCP,
+//! and `tcp.tcpKeepalive` on the proxy's upstream sockets.
 
 use crate::support::*;
 use serde_json::{Value, json};
@@ -244,9 +244,18 @@ async fn echo_then_wait_for_close(proxy: &Proxy) -> Option<Duration> {
 
 #[tokio::test]
 async fn max_connection_duration_closes_a_proxied_tcp_connection() {
+    // The HTTP connections' duration leaves proxied TCP alone (Istio sets the TCP proxy's
+    // from the rule's top-level pool only: its own field).
+    let (echo, _conns) = echo_upstream().await;
+    let proxy = Proxy::start(tcp_config(echo, json!({"maxConnectionDurationMs": 200}))).await;
+    assert_eq!(
+        echo_then_wait_for_close(&proxy).await,
+        None,
+        "HTTP's duration closed TCP"
+    );
     let (echo, conns) = echo_upstream().await;
     // Busy all along: a byte every 50 ms still ends at the duration.
-    let proxy = Proxy::start(tcp_config(echo, json!({"maxConnectionDurationMs": 400}))).await;
+    let proxy = Proxy::start(tcp_config(echo, json!({"tcpMaxConnectionDurationMs": 400}))).await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr("l").await).await.unwrap();
     let started = Instant::now();
     let mut b = [0u8; 1];

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::super::Findings;
 use super::super::format::not_supported;
-use super::super::networking::connection_pool;
+use super::super::connection_pool::connection_pool;
 use super::{port_name, protocol};
 use crate::networking::{CaptureMode, ConnectionPoolSettings, IngressListener};
 

@@ -215,6 +215,12 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
     };
     let res = dr_res.unwrap_or_else(|| format!("host {}", cref.host));
     apply_policy(ctx, &res, &policy, &mut cluster);
+    // Proxied TCP: the rule's own pool, whatever the port or subset (Istio's TCP proxy).
+    tcp_proxy(
+        dr.and_then(|d| d.spec.traffic_policy.as_ref())
+            .and_then(|p| p.connection_pool.as_ref()),
+        &mut cluster,
+    );
 
     // TLS: the rule's mode, or automatic mutual TLS to meshed endpoints.
     let tls = policy.tls.as_ref();
@@ -441,6 +447,12 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
         }
     }
     if let Some(pool) = &p.connection_pool {
+        // Before `useClientProtocol`, which overrides it (Istio's order).
+        if pool.http.as_ref().and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade)
+            && c.protocol == UpstreamProtocol::Http1
+        {
+            c.protocol = UpstreamProtocol::Http2;
+        }
         apply_pool(pool, c);
     }
     if let Some(od) = &p.outlier_detection {
@@ -469,9 +481,10 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
 }
 
 /// A connection pool's limits on a cluster (a DestinationRule's; a Sidecar's inbound pool on
-/// the cluster of the application's port), as Istio compiles them into Envoy's circuit
-/// breakers, HTTP protocol options and upstream connection options. The validator refuses, on
-/// the inbound side, the settings the proxy has no inbound limit for.
+/// the cluster of the application's port), as Istio's `applyConnectionPool` compiles them into
+/// Envoy's circuit breakers, HTTP protocol options and upstream connection options — for both
+/// directions. Not here: the HTTP/2 upgrade (outbound only, [`apply_policy`]) and the TCP
+/// proxy's idle timeout and duration (outbound only, from the rule's own pool, [`tcp_proxy`]).
 pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
     let p = &mut c.connection_pool;
     if let Some(tcp) = &pool.tcp {
@@ -483,12 +496,11 @@ pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
             c.connect_timeout_ms = ms;
         }
         p.max_connection_duration_ms = tcp.max_connection_duration.as_deref().and_then(millis);
-        if let Some(ms) = tcp.idle_timeout.as_deref().and_then(millis) {
-            p.tcp_idle_timeout_ms = Some(ms);
-            // Istio: an HTTP connection without its own idle timeout takes the TCP one.
-            if pool.http.as_ref().is_none_or(|h| h.idle_timeout.is_none()) {
-                p.idle_timeout_ms = ms;
-            }
+        // Istio: an HTTP connection without its own idle timeout takes the TCP one.
+        if let Some(ms) = tcp.idle_timeout.as_deref().and_then(millis)
+            && pool.http.as_ref().is_none_or(|h| h.idle_timeout.is_none())
+        {
+            p.idle_timeout_ms = ms;
         }
         if let Some(ka) = &tcp.tcp_keepalive {
             // Whole seconds, as Istio sets Envoy's keepalive (the validator wants 1 s or more).
@@ -518,16 +530,21 @@ pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
         if let Some(ms) = http.idle_timeout.as_deref().and_then(millis) {
             p.idle_timeout_ms = ms;
         }
-        match http.h2_upgrade_policy {
-            Some(H2UpgradePolicy::Upgrade) if c.protocol == UpstreamProtocol::Http1 => {
-                c.protocol = UpstreamProtocol::Http2
-            }
-            _ => {}
-        }
         if http.use_client_protocol == Some(true) {
             c.protocol = UpstreamProtocol::UseDownstream;
         }
     }
+}
+
+/// The TCP proxy's idle timeout and maximum connection duration, from the rule's top-level
+/// `trafficPolicy.connectionPool.tcp` only, whatever the port or subset, as Istio sets Envoy's
+/// `tcp_proxy` (`buildOutboundNetworkFiltersWithSingleDestination`); a port's or subset's pool
+/// bounds its HTTP connections ([`apply_pool`]), and the validator says so.
+fn tcp_proxy(rule_pool: Option<&ConnectionPoolSettings>, c: &mut Cluster) {
+    let tcp = rule_pool.and_then(|p| p.tcp.as_ref());
+    let ms = |d: Option<&String>| d.map(String::as_str).and_then(millis);
+    c.connection_pool.tcp_idle_timeout_ms = ms(tcp.and_then(|t| t.idle_timeout.as_ref()));
+    c.connection_pool.tcp_max_connection_duration_ms = ms(tcp.and_then(|t| t.max_connection_duration.as_ref()));
 }
 
 /// The endpoint labels proxies need for telemetry (destination workload, namespace, app and
