@@ -78,3 +78,21 @@ fn tcp_proxy_fields(pool: &ConnectionPoolSettings) -> impl Iterator<Item = &'sta
         })
         .filter_map(|(name, set)| set.then_some(name))
 }
+
+/// An inbound pool (a Sidecar's): `tcp.idleTimeout` and `tcp.maxConnectionDuration` bound the
+/// proxy's HTTP connections to the application; proxied TCP connections keep the inbound
+/// listener's idle timeout and no maximum duration, as in Istio — said, with the fix, unless
+/// `http_only` (an ingress listener whose port is HTTP).
+pub(super) fn inbound_tcp_reach(cp: &str, pool: &ConnectionPoolSettings, http_only: bool, f: &mut Findings) {
+    if http_only {
+        return;
+    }
+    for field in tcp_proxy_fields(pool) {
+        f.warn(
+            format!("{cp}.tcp.{field}"),
+            format!(
+                "bounds the proxy's HTTP connections to the application only: proxied TCP connections to it keep the inbound listener's idle timeout (1 h) and no maximum duration, as in Istio; bound them in the application, or on the clients' side with a DestinationRule's spec.trafficPolicy.connectionPool.tcp.{field}"
+            ),
+        );
+    }
+}

@@ -41,7 +41,7 @@ pub(super) fn sidecar(spec: &SidecarSpec, f: &mut Findings) {
         ingress_listener(&format!("spec.ingress[{i}]"), listener, &mut ingress_ports, f);
     }
     if let Some(pool) = &spec.inbound_connection_pool {
-        inbound_pool("spec.inboundConnectionPool", pool, f);
+        inbound_pool("spec.inboundConnectionPool", pool, false, f);
     }
     let mut ports = BTreeSet::new();
     let mut catch_all = false;
@@ -269,6 +269,16 @@ mod tests {
                                                             "idleTimeout": "30s"}}}],
                    "inboundConnectionPool": {"tcp": {"maxConnections": 100}}}),
             json!({"inboundConnectionPool": {"http": {"http1MaxPendingRequests": 1024}}}),
+            // Every pool setting Istio applies to an inbound cluster (not the HTTP/2 upgrade).
+            json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080",
+                                "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "2s",
+                                                           "maxConnectionDuration": "1h", "idleTimeout": "30m",
+                                                           "tcpKeepalive": {"time": "60s", "interval": "10s", "probes": 3}},
+                                                   "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 100,
+                                                            "maxRequestsPerConnection": 1, "idleTimeout": "30s",
+                                                            "maxConcurrentStreams": 10, "useClientProtocol": true}}}]}),
+            json!({"inboundConnectionPool": {"tcp": {"tcpKeepalive": {"probes": 3}},
+                                             "http": {"http2MaxRequests": 10, "maxConcurrentStreams": 10}}}),
         ] {
             let errors = of(spec.clone(), Severity::Error);
             assert!(errors.is_empty(), "{spec}: {errors:?}");
@@ -453,30 +463,6 @@ mod tests {
                 "spec.ingress[0].port.number",
             ),
             (
-                json!({"inboundConnectionPool": {"tcp": {"maxConnectionDuration": "1h"}}}),
-                "spec.inboundConnectionPool.tcp.maxConnectionDuration",
-            ),
-            (
-                json!({"inboundConnectionPool": {"tcp": {"idleTimeout": "1h"}}}),
-                "spec.inboundConnectionPool.tcp.idleTimeout",
-            ),
-            (
-                json!({"inboundConnectionPool": {"tcp": {"tcpKeepalive": {"probes": 3}}}}),
-                "spec.inboundConnectionPool.tcp.tcpKeepalive",
-            ),
-            (
-                ingress(json!({"connectionPool": {"http": {"http2MaxRequests": 10}}})),
-                "spec.ingress[0].connectionPool.http.http2MaxRequests",
-            ),
-            (
-                ingress(json!({"connectionPool": {"http": {"maxRetries": 1}}})),
-                "spec.ingress[0].connectionPool.http.maxRetries",
-            ),
-            (
-                ingress(json!({"connectionPool": {"http": {"maxConcurrentStreams": 10}}})),
-                "spec.ingress[0].connectionPool.http.maxConcurrentStreams",
-            ),
-            (
                 json!({"egress": [{"port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.1", "hosts": ["./*"]}]}),
                 "spec.egress[0].bind",
             ),
@@ -528,6 +514,28 @@ mod tests {
                                         "connectionPool": {"http": {"http1MaxPendingRequests": 5}}}]}),
                     "spec.ingress[0].connectionPool.http",
                     "only the tcp settings apply",
+                ),
+                // What has no effect inbound in Istio either, said with the fix.
+                (
+                    json!({"inboundConnectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}),
+                    "spec.inboundConnectionPool.http.h2UpgradePolicy",
+                    "has no effect on the inbound side",
+                ),
+                (
+                    json!({"inboundConnectionPool": {"http": {"maxRetries": 3}}}),
+                    "spec.inboundConnectionPool.http.maxRetries",
+                    "makes no retries to the application",
+                ),
+                (
+                    json!({"inboundConnectionPool": {"tcp": {"idleTimeout": "1h"}}}),
+                    "spec.inboundConnectionPool.tcp.idleTimeout",
+                    "proxied TCP connections to it keep the inbound listener's idle timeout",
+                ),
+                (
+                    json!({"ingress": [{"port": {"number": 5432, "protocol": "TCP"},
+                                        "connectionPool": {"tcp": {"maxConnectionDuration": "1h"}}}]}),
+                    "spec.ingress[0].connectionPool.tcp.maxConnectionDuration",
+                    "no maximum duration, as in Istio",
                 ),
             ],
         );

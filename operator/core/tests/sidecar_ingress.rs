@@ -203,6 +203,64 @@ fn inbound_connection_pools_land_on_the_applications_clusters() {
     assert_eq!(db.connect_timeout_ms, 2_000);
 }
 
+/// Istio's `applyConnectionPool` serves inbound clusters too: every setting of a Sidecar's
+/// inbound pool lands on the application's cluster, where the proxy enforces it as on any
+/// cluster — but not the HTTP/2 upgrade (Istio upgrades outbound connections only), and not
+/// the TCP proxy's idle timeout or duration (Istio's inbound TCP proxy keeps the listener's).
+#[test]
+fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() {
+    let s = snapshot(&namespace_sidecar(
+        r#"
+  ingress:
+  - port: {number: 8080, protocol: HTTP, name: http}
+    connectionPool:
+      tcp: {maxConnections: 7, connectTimeout: 2s, maxConnectionDuration: 1h, idleTimeout: 30m,
+            tcpKeepalive: {time: 60s, interval: 10s, probes: 3}}
+      http: {http1MaxPendingRequests: 5, http2MaxRequests: 11, maxRequestsPerConnection: 4,
+             maxRetries: 2, maxConcurrentStreams: 3, h2UpgradePolicy: UPGRADE}
+  - port: {number: 5432, protocol: TCP, name: tcp-db}
+    connectionPool: {tcp: {idleTimeout: 5m, maxConnectionDuration: 90s}}
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    let http = cluster(&payment, 8080);
+    let expected = trellis_contract::ConnectionPool {
+        max_connections: 7,
+        max_tcp_connections: Some(7),
+        max_pending_requests: 5,
+        max_requests: Some(11),
+        max_requests_per_connection: 4,
+        max_retries: Some(2),
+        max_concurrent_streams: Some(3),
+        max_connection_duration_ms: Some(3_600_000),
+        // No http.idleTimeout: HTTP connections take the TCP one (Istio).
+        idle_timeout_ms: 30 * 60_000,
+        tcp_keepalive: Some(trellis_contract::TcpKeepalive {
+            time_secs: Some(60),
+            interval_secs: Some(10),
+            probes: Some(3),
+        }),
+        ..trellis_contract::ConnectionPool::default()
+    };
+    assert_eq!(http.connection_pool, expected);
+    assert_eq!(http.connect_timeout_ms, 2_000);
+    assert_eq!(
+        http.protocol,
+        UpstreamProtocol::Http1,
+        "no HTTP/2 upgrade towards the application"
+    );
+    // A TCP port: its proxied connections keep the listener's idle timeout and no duration.
+    let db = cluster(&payment, 5432);
+    assert_eq!(
+        (
+            db.connection_pool.tcp_idle_timeout_ms,
+            db.connection_pool.tcp_max_connection_duration_ms
+        ),
+        (None, None)
+    );
+    assert_eq!(db.connection_pool.idle_timeout_ms, 5 * 60_000);
+}
+
 #[test]
 fn a_sidecar_change_recompiles_the_inbound_side() {
     let before = snapshot("");

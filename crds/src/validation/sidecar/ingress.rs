@@ -1,11 +1,12 @@
 //! A Sidecar's inbound side: its `ingress` listeners (Istio's `IstioIngressListener`) and
-//! connection pools — Istio's checks, and what Trellis does not do yet refused with the fix.
+//! connection pools — Istio's checks, what Trellis does not do yet refused with the fix, and
+//! what has no effect on the inbound side (as in Istio) said with the fix.
 
 use std::collections::BTreeSet;
 
 use super::super::Findings;
+use super::super::connection_pool::{connection_pool, inbound_tcp_reach};
 use super::super::format::not_supported;
-use super::super::connection_pool::connection_pool;
 use super::{port_name, protocol};
 use crate::networking::{CaptureMode, ConnectionPoolSettings, IngressListener};
 
@@ -62,12 +63,12 @@ pub(super) fn ingress_listener(p: &str, l: &IngressListener, ports: &mut BTreeSe
         );
     }
     if let Some(pool) = &l.connection_pool {
-        inbound_pool(&format!("{p}.connectionPool"), pool, f);
         let http = l
             .port
             .protocol
             .as_deref()
             .is_some_and(|pr| matches!(pr.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"));
+        inbound_pool(&format!("{p}.connectionPool"), pool, http, f);
         if pool.http.is_some() && !http {
             f.warn(
                 format!("{p}.connectionPool.http"),
@@ -120,37 +121,26 @@ fn default_endpoint(path: &str, endpoint: &str, f: &mut Findings) {
 }
 
 /// An inbound connection pool (`inboundConnectionPool`, an ingress listener's
-/// `connectionPool`): Istio's checks, and the settings the proxy has no inbound limit for
-/// refused with the fix.
-pub(super) fn inbound_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut Findings) {
+/// `connectionPool`; `http_port`: the listener's port is HTTP): Istio's checks. Every setting
+/// applies to the cluster of the application's port, as Istio's `applyConnectionPool` does for
+/// inbound clusters; what has no effect there, as in Istio, is said with the fix.
+pub(super) fn inbound_pool(cp: &str, pool: &ConnectionPoolSettings, http_port: bool, f: &mut Findings) {
     if pool.tcp.is_none() && pool.http.is_none() {
         return f.error(cp, "a connection pool must have at least one field: tcp or http");
     }
     connection_pool(cp, pool, f);
-    let (tcp, http) = (pool.tcp.as_ref(), pool.http.as_ref());
-    let unsupported = [
-        (tcp.is_some_and(|t| t.tcp_keepalive.is_some()), "tcp.tcpKeepalive"),
-        (
-            tcp.is_some_and(|t| t.max_connection_duration.is_some()),
-            "tcp.maxConnectionDuration",
-        ),
-        (tcp.is_some_and(|t| t.idle_timeout.is_some()), "tcp.idleTimeout"),
-        (
-            http.is_some_and(|h| h.http2_max_requests.is_some()),
-            "http.http2MaxRequests",
-        ),
-        (http.is_some_and(|h| h.max_retries.is_some()), "http.maxRetries"),
-        (
-            http.is_some_and(|h| h.max_concurrent_streams.is_some()),
-            "http.maxConcurrentStreams",
-        ),
-    ];
-    for (_, name) in unsupported.into_iter().filter(|(set, _)| *set) {
-        not_supported(
-            &format!("{cp}.{name}"),
-            &format!("{name} on the inbound side"),
-            "remove it; the proxy limits its connections to the application with tcp.maxConnections, tcp.connectTimeout, http.http1MaxPendingRequests, http.maxRequestsPerConnection and http.idleTimeout",
-            f,
+    inbound_tcp_reach(cp, pool, http_port, f);
+    let http = pool.http.as_ref();
+    if http.is_some_and(|h| h.h2_upgrade_policy.is_some()) {
+        f.warn(
+            format!("{cp}.http.h2UpgradePolicy"),
+            "has no effect on the inbound side: the proxy speaks to the application in the protocol its port declares (Istio upgrades outbound connections only); remove it, or declare the port HTTP2 or GRPC",
+        );
+    }
+    if http.is_some_and(|h| h.max_retries.is_some_and(|n| n > 0)) {
+        f.warn(
+            format!("{cp}.http.maxRetries"),
+            "never reached: the proxy makes no retries to the application (the inbound route has no retry policy, as in Istio); remove it, or bound retries on the clients' side with a DestinationRule's connectionPool.http.maxRetries",
         );
     }
 }
