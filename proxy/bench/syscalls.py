@@ -27,6 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ left in the tree by importing bench.py
 import bench  # noqa: E402
 
 # The system calls a proxy makes per request, named as their tracepoints; the rest are
