@@ -6,9 +6,15 @@
 //! a keep-alive connection; [`GuardedIo`] feeds it what the connection reads.
 //! A verdict names the request (its sequence number on the connection); the
 //! request handler answers that request with 400 and closes the connection.
+//! A request asking for an upgrade (an `Upgrade` header, `CONNECT`) does not end
+//! the guard: its framing is followed as any other's until the handler says the
+//! connection really switched protocols ([`Verdicts::switched`]: a 101 sent, a
+//! `CONNECT` tunnel established), since an upgrade answered otherwise leaves the
+//! connection HTTP/1, kept alive for the next request.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,7 +41,7 @@ enum State {
     ChunkData(u64),
     ChunkCrlf(u8),
     Trailers,
-    /// Not HTTP/1 framing any more (HTTP/2, upgrade, or after a verdict).
+    /// Not HTTP/1 framing any more (HTTP/2, a protocol switched to, or after a verdict).
     Opaque,
 }
 
@@ -48,6 +54,9 @@ pub struct Scanner {
     state: State,
     buf: Vec<u8>,
     seq: u64,
+    /// A head asked for an upgrade: whether the connection switched is to be asked
+    /// ([`Verdicts::switched`]) at each read from then on.
+    upgrade_asked: bool,
 }
 
 impl Default for Scanner {
@@ -63,17 +72,28 @@ impl Scanner {
             state: State::Head,
             buf: Vec::new(),
             seq: 0,
+            upgrade_asked: false,
         }
     }
 
     /// How many request heads have ended so far, and whether the next one has begun (some of
     /// its bytes read, not yet its blank line). Empty lines before a head do not begin it; once
-    /// the connection is no HTTP/1 any more (HTTP/2, an upgrade) no head begins.
+    /// the connection is no HTTP/1 any more (HTTP/2, a protocol switched to) no head begins.
     pub fn heads(&self) -> (u64, bool) {
         (self.seq, self.state == State::Head && !self.buf.is_empty())
     }
 
-    /// Feed bytes read from the client; returns verdicts `(request seq, error)`.
+    /// The connection switched protocols (a 101 sent, a `CONNECT` tunnel established): what
+    /// follows is no HTTP/1 any more.
+    pub fn switched(&mut self) {
+        self.state = State::Opaque;
+        self.buf = Vec::new();
+    }
+
+    /// Feed bytes read from the client; returns verdicts `(request seq, error)`. Bytes after a
+    /// head asking for an upgrade are followed as HTTP/1 until [`Scanner::switched`]: a verdict
+    /// found in bytes that turn out to be the switched-to protocol's names a request that is
+    /// never made.
     pub fn feed(&mut self, mut data: &[u8]) -> Vec<(u64, HeadError)> {
         let mut verdicts = Vec::new();
         while !data.is_empty() {
@@ -112,7 +132,8 @@ impl Scanner {
                         Some((_, checked)) => checked,
                         None => {
                             self.buf.extend_from_slice(taken);
-                            let checked = scan_head(&self.buf).map_or(Ok(State::Opaque), |(_, checked)| checked);
+                            let checked =
+                                scan_head(&self.buf).map_or(Ok((State::Opaque, false)), |(_, checked)| checked);
                             self.buf.clear();
                             checked
                         }
@@ -120,7 +141,10 @@ impl Scanner {
                     let seq = self.seq;
                     self.seq += 1;
                     match checked {
-                        Ok(next) => self.state = next,
+                        Ok((next, upgrade)) => {
+                            self.state = next;
+                            self.upgrade_asked |= upgrade;
+                        }
                         Err(e) => {
                             verdicts.push((seq, e));
                             self.state = State::Opaque;
@@ -233,11 +257,16 @@ fn take_line(buf: &mut Vec<u8>, data: &[u8]) -> (usize, Option<Vec<u8>>) {
     (data.len(), None)
 }
 
+/// A head's verdict: how the body that follows is framed and whether it asks for an upgrade,
+/// or why it is refused.
+type Checked = Result<(State, bool), HeadError>;
+
 /// The HTTP/2 connection preface's first line: not HTTP/1 framing.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// The head that starts `data`, in one pass over its lines: `Some((its length up to and
-/// including the blank line that ends it, how its body is framed or why it is refused))`, or
+/// including the blank line that ends it, how its body is framed and whether it asks for an
+/// upgrade, or why it is refused))`, or
 /// `None` while it goes on past `data`. A head ends at an LF preceded by LF or by CR LF, as
 /// [`head_end`] finds it; a bare LF refuses it, once it has ended (so the verdict is the same
 /// however the head was split across reads).
@@ -247,7 +276,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// finding the end, looking for bare LFs, splitting the lines and decoding each as a string,
 /// pass after pass, cost about 9k instructions for the head of a mesh request (trace, request
 /// id and peer metadata headers) on the inbound proxy.
-fn scan_head(data: &[u8]) -> Option<(usize, Result<State, HeadError>)> {
+fn scan_head(data: &[u8]) -> Option<(usize, Checked)> {
     let mut framing = Framing::default();
     let mut bare_lf = false;
     let mut start = 0;
@@ -259,11 +288,11 @@ fn scan_head(data: &[u8]) -> Option<(usize, Result<State, HeadError>)> {
         });
         if line.is_empty() {
             let checked = if data.starts_with(HTTP2_PREFACE) {
-                Ok(State::Opaque)
+                Ok((State::Opaque, false))
             } else if bare_lf {
                 Err(HeadError::BareLf)
             } else {
-                framing.verdict()
+                framing.verdict().map(|next| (next, framing.upgrade))
             };
             return Some((lf + 1, checked));
         }
@@ -280,7 +309,8 @@ fn scan_head(data: &[u8]) -> Option<(usize, Result<State, HeadError>)> {
 /// What a request head's request line and framing headers say about its body.
 #[derive(Debug, Default)]
 struct Framing {
-    /// A `CONNECT` request or an `Upgrade` header: the bytes after the head are not HTTP/1.
+    /// A `CONNECT` request or an `Upgrade` header: the bytes after the head are not HTTP/1 if
+    /// the upgrade is granted.
     upgrade: bool,
     /// The last Content-Length header's value (`Some(None)`: there, but not a number).
     content_length: Option<Option<u64>>,
@@ -316,14 +346,12 @@ impl Framing {
         }
     }
 
-    /// How the body that follows is framed, or why the head is refused.
+    /// How the body that follows is framed, or why the head is refused. An upgrade's body too:
+    /// hyper reads it so when the upgrade is not granted.
     fn verdict(&self) -> Result<State, HeadError> {
         let te = self.transfer_encodings > 0;
         if self.content_length.is_some() && te {
             return Err(HeadError::ContentLengthAndTransferEncoding);
-        }
-        if self.upgrade {
-            return Ok(State::Opaque);
         }
         if te {
             if !self.ends_chunked || self.chunked > 1 {
@@ -345,6 +373,8 @@ impl Framing {
 pub struct Verdicts {
     bad: Mutex<VecDeque<(u64, HeadError)>>,
     next_request: Mutex<u64>,
+    /// The handler switched the connection to another protocol.
+    switched: AtomicBool,
 }
 
 impl Verdicts {
@@ -355,6 +385,14 @@ impl Verdicts {
         *n += 1;
         let bad = self.bad.lock().expect("verdict lock");
         bad.iter().find(|(s, _)| *s == seq).map(|(_, e)| *e)
+    }
+
+    /// The handler answered an upgrade with 101, or a `CONNECT` with 2xx: the connection
+    /// switches protocols once that answer is sent, and its bytes are no HTTP/1 any more.
+    /// Told before the answer is written, so the guard stops before the first byte of the
+    /// switched-to protocol is read (which the client sends only after the answer).
+    pub fn switched(&self) {
+        self.switched.store(true, Ordering::Release);
     }
 }
 
@@ -389,6 +427,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        // why: asked only once a head has asked for an upgrade, not at every read.
+        if this.scanner.upgrade_asked && this.verdicts.switched.load(Ordering::Acquire) {
+            this.scanner.upgrade_asked = false;
+            this.scanner.switched();
+        }
         if let Poll::Ready(Ok(())) = &r
             && this.scanner.state != State::Opaque
         {
@@ -481,9 +524,61 @@ mod tests {
     }
 
     #[test]
-    fn http2_and_upgrades_stop_scanning() {
+    fn http2_and_switched_protocols_stop_scanning() {
         assert!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET / HTTP/1.1\nX\n\n"]).is_empty());
-        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", b"\n\n\n"]).is_empty());
+        for asked in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+            &b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"[..],
+        ] {
+            let mut s = Scanner::new();
+            assert!(s.feed(asked).is_empty());
+            s.switched();
+            assert!(
+                s.feed(b"GET / HTTP/1.1\nX\n\n").is_empty(),
+                "no HTTP/1 after the switch"
+            );
+            assert_eq!(s.heads(), (1, false));
+        }
+    }
+
+    /// An upgrade answered without switching (no route, denied, refused upstream) leaves the
+    /// connection HTTP/1: the next head is guarded as any.
+    #[test]
+    fn an_upgrade_not_granted_leaves_the_guard_on() {
+        let mut s = Scanner::new();
+        assert!(
+            s.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nab")
+                .is_empty()
+        );
+        assert!(s.upgrade_asked);
+        assert_eq!(
+            s.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            vec![(1, HeadError::ContentLengthAndTransferEncoding)]
+        );
+        let mut s = Scanner::new();
+        s.feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET / HT");
+        assert_eq!(s.heads(), (1, true), "the head after a CONNECT not granted is timed");
+    }
+
+    #[tokio::test]
+    async fn the_guard_stops_at_the_read_after_the_handler_says_the_connection_switched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let verdicts = Arc::new(Verdicts::default());
+        let mut io = GuardedIo::new(server, Arc::clone(&verdicts));
+        let mut buf = [0u8; 1024];
+        for (bytes, switched) in [
+            (&b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\nHost: a\n\n", false),
+        ] {
+            client.write_all(bytes).await.unwrap();
+            io.read_exact(&mut buf[..bytes.len()]).await.unwrap();
+            if switched {
+                verdicts.switched();
+            }
+        }
+        assert_eq!(io.heads(), (1, false));
+        assert!(verdicts.bad.lock().unwrap().is_empty());
     }
 
     #[test]
@@ -539,8 +634,8 @@ mod tests {
             (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nHost: a\n\r\nabc", Some((0, HeadError::BareLf))),
             (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\nabc", Some((0, HeadError::BareLf))),
             (b"POST / HTTP/1.1\r\nContent-Length: +3x\r\n\r\nabc", None),
-            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", None),
-            (b"GET / HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\n\r\n", None),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", followed),
+            (b"GET / HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\n\r\n", followed),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
         ];
         for (head, expected) in cases {
@@ -574,7 +669,9 @@ mod tests {
         s.feed(b"cG");
         assert_eq!(s.heads(), (2, true), "the next head begins after the body");
         s.feed(b"ET / HTTP/1.1\r\nUpgrade: x\r\n\r\nGET");
-        assert_eq!(s.heads(), (3, false), "after an upgrade nothing is a head");
+        assert_eq!(s.heads(), (3, true), "an upgrade not yet granted leaves HTTP/1");
+        s.switched();
+        assert_eq!(s.heads(), (3, false), "after a switch nothing is a head");
     }
 
     #[test]

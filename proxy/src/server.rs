@@ -414,11 +414,20 @@ async fn serve_http(
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (rt, ctx) = (Arc::clone(&rt), Arc::clone(&svc_ctx));
         let http1 = req.version() < http::Version::HTTP_2;
+        let connect = req.method() == http::Method::CONNECT;
         // In flight from here — hyper calls this as soon as it has the head — until the
         // response body ends.
         let request = ctx.requests.begin();
         async move {
-            let mut response = crate::http::handle(Arc::clone(&rt), ctx, req, request).await?;
+            let mut response = crate::http::handle(Arc::clone(&rt), Arc::clone(&ctx), req, request).await?;
+            let status = response.status();
+            // The framing guard follows an upgrade's connection until it really switches.
+            if http1
+                && (status == http::StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success())
+                && let Some(verdicts) = &ctx.verdicts
+            {
+                verdicts.switched();
+            }
             // Draining: an HTTP/1 client is told to take its next request elsewhere
             // (an upgrade keeps its connection; HTTP/2 gets GOAWAY at shutdown).
             if http1 && rt.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {

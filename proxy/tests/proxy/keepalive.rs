@@ -2,7 +2,8 @@
 //! first byte (`headerReadTimeoutMs`; the first from the start of the connection — silent
 //! connections: overload.rs), and a kept-alive connection waits for its next request for the
 //! idle timeout (`idleTimeoutMs`), HTTP/1 and HTTP/2 alike, however long it has been idle
-//! compared with the head timeout. A request in flight, an upgraded stream, is not idle.
+//! compared with the head timeout. A request in flight, an upgraded stream, is not idle; an
+//! upgrade answered without 101 leaves the connection HTTP/1, its next heads guarded and timed.
 
 use crate::support::*;
 use serde_json::{Value, json};
@@ -195,4 +196,65 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_though_it_ans
         after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
         "closed {after:?} after the response; the idle timeout is 1 s"
     );
+}
+
+/// A proxy whose listener (head timeout 300 ms, idle 3 s) routes `svc` to upstream `a` and
+/// `refuses` to an upstream answering every request 502, and has no route for other hosts;
+/// upstream `a`, the proxy and the listener's address.
+async fn proxy_refusing_upgrades() -> (Upstream, Upstream, Proxy, std::net::SocketAddr) {
+    let (a, r) = (Upstream::start("a").await, Upstream::failing("r", 502).await);
+    let mut cfg = outbound_config("1", vec![], vec![cluster("a", &[&a]), cluster("r", &[&r])]);
+    cfg["listeners"][0]["limits"] = limits(3000);
+    cfg["listeners"][0]["virtualHosts"] = json!([
+        {"name": "svc", "domains": ["svc"], "routes": [forward_route("a")]},
+        {"name": "refuses", "domains": ["refuses"], "routes": [forward_route("r")]},
+    ]);
+    let proxy = Proxy::start(cfg).await;
+    let addr = proxy.addr("outbound").await;
+    (a, r, proxy, addr)
+}
+
+/// A connection to `addr` whose WebSocket upgrade to `host` was answered `status`, not 101.
+async fn upgrade_refused(addr: std::net::SocketAddr, host: &str, status: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let reply = read_response(&mut s).await.expect("the upgrade is answered");
+    assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+    s
+}
+
+#[tokio::test]
+async fn a_smuggling_request_after_an_upgrade_answered_without_101_is_refused() {
+    let (a, r, _p, addr) = proxy_refusing_upgrades().await;
+    for (host, status) in [("nowhere", "404"), ("refuses", "502")] {
+        let mut s = upgrade_refused(addr, host, status).await;
+        // Content-Length and Transfer-Encoding: hyper alone would take the chunked body.
+        s.write_all(
+            b"POST /smuggled HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (reply, _) = read_reply(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "after an upgrade answered {status}: {reply}"
+        );
+    }
+    assert_eq!(a.hits(), 0, "a smuggling request reached the upstream");
+    assert_eq!(r.hits(), 1, "the upgrade to `refuses` reached its upstream");
+}
+
+#[tokio::test]
+async fn a_slow_head_after_an_upgrade_answered_without_101_is_cut_at_the_head_timeout() {
+    let (a, _r, _p, addr) = proxy_refusing_upgrades().await;
+    let s = upgrade_refused(addr, "nowhere", "404").await;
+    let (after, reply) = trickle_head(s, Instant::now()).await;
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(1500),
+        "closed {after:?} after the head's first byte; the head timeout is 300 ms, the idle 3 s"
+    );
+    assert_eq!(a.hits(), 0, "{reply}");
 }
