@@ -5,14 +5,15 @@
 //! health port the probes. The stats port also serves the app's own metrics
 //! after the proxy's, when the pod asked for them ([`crate::app_metrics`]).
 
+use crate::downstream_waits::{HttpConnIo, Requests};
+use crate::head::{GuardedIo, Verdicts};
 use crate::identity::describe;
-use crate::idle::IdleIo;
 use crate::runtime::Runtime;
 use crate::upstream::Body;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -38,8 +39,12 @@ pub enum AdminRole {
 /// the admin servers are outside the traffic listeners' connection budget.
 const MAX_CONNECTIONS: usize = 256;
 
-/// A client must start its request within this long, and a connection with
-/// no bytes moving is closed after [`IDLE_TIMEOUT`].
+/// The admin servers' waits, as the listeners' ([`crate::downstream_waits`]): a request head
+/// must arrive whole within [`HEAD_TIMEOUT`] of its first byte (the first from the start of the
+/// connection), and a kept-alive connection with no request in flight is closed after
+/// [`IDLE_TIMEOUT`]. why 60 s: above Prometheus' default scrape interval (15 s) and the
+/// kubelet's probe periods, so a scraper's or prober's kept-alive connection lives from one
+/// request to the next.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,16 +62,35 @@ pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
         };
         let rt = Arc::clone(&rt);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let rt = Arc::clone(&rt);
-                async move { Ok::<_, std::convert::Infallible>(handle(&rt, role, req).await) }
+            let (verdicts, requests) = (Arc::new(Verdicts::default()), Requests::new());
+            let io = HttpConnIo::new(
+                GuardedIo::new(tcp, Arc::clone(&verdicts)),
+                Arc::clone(&requests),
+                HEAD_TIMEOUT,
+                IDLE_TIMEOUT,
+            );
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (rt, verdicts) = (Arc::clone(&rt), Arc::clone(&verdicts));
+                // In flight until answered (every answer is one buffer, written at once).
+                let in_flight = requests.begin();
+                async move {
+                    let refused = match req.version() < http::Version::HTTP_2 {
+                        true => verdicts.next_request(),
+                        false => None,
+                    };
+                    let response = match refused {
+                        Some(e) => framing_refused(e),
+                        None => handle(&rt, role, req).await,
+                    };
+                    drop(in_flight);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
-            let io = IdleIo::new(tcp, Some(IDLE_TIMEOUT)).with_head_deadline(HEAD_TIMEOUT);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT);
+            // why: hyper would time the wait for every request head from when it starts
+            // waiting, the wait between kept-alive requests included (a scraper's connection
+            // closed after 10 s); `HttpConnIo` times a head from its first byte.
+            builder.http1().header_read_timeout(None);
             let _ = builder.serve_connection(TokioIo::new(io), svc).await;
             drop(slot);
         });
@@ -124,6 +148,15 @@ async fn stats(rt: &Runtime, role: AdminRole, req: &Request<hyper::body::Incomin
             .boxed_unsync(),
     );
     r.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    r
+}
+
+/// The answer to a request whose head the framing guard refused: the connection's framing can
+/// no longer be trusted, so it is closed after.
+fn framing_refused(e: crate::head::HeadError) -> Response<Body> {
+    let mut r = reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"));
+    r.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     r
 }
 

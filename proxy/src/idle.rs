@@ -1,9 +1,8 @@
 //! Idle timeouts. [`IdleIo`]: a connection with no bytes read or written for
 //! its timeout fails its next read with `TimedOut`, which closes it (opaque TCP
-//! and upgraded streams: `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`;
-//! the admin API's connections, which must also start their request in time:
-//! [`IdleIo::with_head_deadline`]). A downstream HTTP connection's waits — for
-//! each request head, and between requests — are [`crate::downstream_waits`]'.
+//! and upgraded streams: `limits.tcpIdleTimeoutMs` / `limits.streamIdleTimeoutMs`).
+//! A downstream HTTP connection's waits — for each request head, and between
+//! requests, the admin API's too — are [`crate::downstream_waits`]'.
 //! [`StreamActivity`] and [`IdleBody`]: one HTTP stream's last activity in either
 //! direction, and a body that fails when the stream has been idle for
 //! `limits.streamIdleTimeoutMs`. [`ConnTimer`]: the timer a downstream connection
@@ -345,13 +344,7 @@ impl<S: AsyncWrite + Unpin, D: Deadlines<S> + Unpin> AsyncWrite for TimedIo<S, D
     }
 }
 
-/// How many bytes a connection must send before its head deadline: enough
-/// for the server to tell HTTP/1 from HTTP/2 (the HTTP/2 preface is 24
-/// bytes). From there hyper's own HTTP/1 header-read timeout takes over.
-const HEAD_START_BYTES: usize = 24;
-
-/// An I/O stream with an idle timeout (`None` disables it) and, optionally, a
-/// deadline for the start of the first request ([`IdleClock`]).
+/// An I/O stream with an idle timeout (`None` disables it) ([`IdleClock`]).
 pub type IdleIo<S> = TimedIo<S, IdleClock>;
 
 /// The deadlines of an [`IdleIo`].
@@ -361,10 +354,6 @@ pub struct IdleClock {
     /// Last read or write; the timer is only re-armed when it fires, so busy
     /// connections do not touch the timer wheel on every I/O.
     last_activity: Instant,
-    /// Until the first [`HEAD_START_BYTES`] arrive: when they must have.
-    head_due: Option<Instant>,
-    /// Bytes read so far, counted up to [`HEAD_START_BYTES`].
-    head_read: usize,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -376,28 +365,9 @@ impl<S> IdleIo<S> {
         let clock = IdleClock {
             timeout,
             last_activity: Instant::now(),
-            head_due: None,
-            head_read: 0,
             deadline: Box::pin(tokio::time::sleep(first)),
         };
         Self::wrap(inner, clock)
-    }
-
-    /// The client must send the start of its first request within `within`
-    /// of now, or the connection fails its next read with `TimedOut`: a
-    /// connection that sends nothing is closed like one whose head is slow,
-    /// not after the whole idle timeout. Zero disables it.
-    pub fn with_head_deadline(mut self, within: Duration) -> Self {
-        if within.is_zero() {
-            return self;
-        }
-        let clock = &mut self.deadlines;
-        let due = Instant::now() + within;
-        clock.head_due = Some(due);
-        if due < clock.deadline.deadline() {
-            clock.deadline.as_mut().reset(due);
-        }
-        self
     }
 }
 
@@ -410,23 +380,13 @@ impl IdleClock {
 
     /// When the connection times out if nothing more happens.
     fn due(&self) -> Option<Instant> {
-        let idle = self.timeout.map(|t| self.last_activity + t);
-        match (self.head_due, idle) {
-            (Some(h), Some(i)) => Some(h.min(i)),
-            (h, i) => h.or(i),
-        }
+        self.timeout.map(|t| self.last_activity + t)
     }
 }
 
 impl<S> Deadlines<S> for IdleClock {
-    fn read(&mut self, _: &S, n: usize) {
+    fn read(&mut self, _: &S, _: usize) {
         self.touch();
-        if self.head_due.is_some() {
-            self.head_read += n;
-            if self.head_read >= HEAD_START_BYTES {
-                self.head_due = None;
-            }
-        }
     }
 
     fn wrote(&mut self) {
@@ -438,11 +398,7 @@ impl<S> Deadlines<S> for IdleClock {
         while self.deadline.as_mut().poll(cx).is_ready() {
             let due = self.due()?;
             if due <= Instant::now() {
-                return Some(if self.head_due.is_some_and(|h| h <= due) {
-                    "downstream connection sent no request within the header read timeout"
-                } else {
-                    "downstream connection idle timeout"
-                });
+                return Some("downstream connection idle timeout");
             }
             self.deadline.as_mut().reset(due);
         }

@@ -187,3 +187,40 @@ async fn the_stats_port_merges_the_apps_own_metrics() {
         "the first failure is counted: {second}"
     );
 }
+
+/// A Prometheus scraper keeps its connection to the stats port alive between scrapes (every
+/// 15 s by default): the wait for the next request is the admin servers' idle timeout (60 s),
+/// not the 10 s a head has from its first byte. The framing guard checks its requests too.
+#[tokio::test]
+async fn a_scrapers_kept_alive_connection_outlives_the_head_timeout_between_scrapes() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let app = App::start(AppConfig {
+        stats_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..AppConfig::admin_only("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+    .unwrap();
+    let stats = app.admin_addr(trellis_proxy::admin::AdminRole::Stats).unwrap();
+    let mut s = tokio::net::TcpStream::connect(stats).await.unwrap();
+    let scrape = b"GET /metrics HTTP/1.1\r\nHost: pod:15090\r\nAccept: text/plain\r\n\r\n";
+    for n in 1..=2 {
+        s.write_all(scrape).await.expect("the connection is open");
+        let (reply, whole) = read_reply(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            whole && reply.starts_with("HTTP/1.1 200"),
+            "scrape {n} on one connection: {reply}"
+        );
+        if n == 1 {
+            // Longer than the head timeout (10 s) without a byte.
+            tokio::time::sleep(Duration::from_millis(10_500)).await;
+        }
+    }
+    s.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: pod\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (reply, _) = read_reply(&mut s, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+}
