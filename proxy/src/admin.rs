@@ -63,6 +63,7 @@ pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
         let rt = Arc::clone(&rt);
         tokio::spawn(async move {
             let (verdicts, requests) = (Arc::new(Verdicts::default()), Requests::new());
+            let idle = Arc::clone(&requests);
             let io = HttpConnIo::new(
                 GuardedIo::new(tcp, Arc::clone(&verdicts)),
                 Arc::clone(&requests),
@@ -91,7 +92,15 @@ pub async fn serve(rt: Arc<Runtime>, role: AdminRole, listener: TcpListener) {
             // waiting, the wait between kept-alive requests included (a scraper's connection
             // closed after 10 s); `HttpConnIo` times a head from its first byte.
             builder.http1().header_read_timeout(None);
-            let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = idle.idle_timed_out() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
             drop(slot);
         });
     }

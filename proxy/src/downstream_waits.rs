@@ -11,6 +11,12 @@
 //! moment hyper hands it over until its response body ends, an upgraded stream or `CONNECT`
 //! tunnel until it closes ([`InRequest`]). A request in flight has bounds of its own (the route
 //! timeout, the stream idle timeout), so the connection's are not applied meanwhile.
+//!
+//! A connection idle for its timeout is shut down gracefully first: its server, told by
+//! [`Requests::idle_timed_out`], calls hyper's `graceful_shutdown` (HTTP/1 closed, HTTP/2 sent
+//! GOAWAY). why: an idle HTTP/2 connection merely closed is a reset to a client that raced a
+//! request against the close; GOAWAY tells it the request was not taken, to be sent again on a
+//! new connection. Its next read fails only if it is still open a tick later.
 
 use crate::head::GuardedIo;
 use crate::idle::{Deadlines, TimedIo};
@@ -20,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Context;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// The requests in flight on one downstream connection.
@@ -29,6 +36,8 @@ pub struct Requests {
     in_flight: AtomicUsize,
     /// Milliseconds after `start` when the last request ended.
     ended_ms: AtomicU64,
+    /// Told when the idle timeout has passed: time to shut the connection down.
+    idle: Notify,
 }
 
 impl Requests {
@@ -38,7 +47,13 @@ impl Requests {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             ended_ms: AtomicU64::new(0),
+            idle: Notify::new(),
         })
+    }
+
+    /// Ready once the connection has been idle for its timeout (told by its [`Waits`]).
+    pub async fn idle_timed_out(&self) {
+        self.idle.notified().await;
     }
 
     /// A request in flight until the guard is dropped.
@@ -95,6 +110,8 @@ pub struct Waits {
     /// moved when it fires — never for each request or read (moving a timer earlier takes the
     /// timer driver's lock).
     tick: Duration,
+    /// The idle timeout has passed and the connection was told to shut down.
+    told_idle: bool,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -115,6 +132,7 @@ impl<S> HttpConnIo<S> {
             idle_timeout,
             head_since: Some(now),
             tick,
+            told_idle: false,
             timer: Box::pin(tokio::time::sleep_until(now + tick)),
         };
         Self::wrap(inner, waits)
@@ -150,6 +168,12 @@ impl<S> Deadlines<GuardedIo<S>> for Waits {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let next = match self.due() {
+                // why: shut down gracefully first (HTTP/2: GOAWAY), then cut if still open.
+                Some((at, IDLE)) if at <= now && !self.told_idle => {
+                    self.told_idle = true;
+                    self.requests.idle.notify_one();
+                    now + self.tick
+                }
                 Some((at, why)) if at <= now => return Some(why),
                 Some((at, _)) => at.min(now + self.tick),
                 None => now + self.tick,

@@ -15,7 +15,6 @@ use crate::sniff::{self, http_decided, is_tls_client_hello, looks_like_http, pee
 use crate::stream::DownstreamStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +51,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A connection's view of its listener's drain: `true` once it drains, closed once it stopped.
+type Watcher = watch::Receiver<bool>;
+
 /// Start the accept loop of listener `name` on a bound socket.
 pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::Result<ListenerHandle> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(None::<Duration>);
     let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
+        // Tells every connection the listener drains (true), or stopped (dropped).
+        let (drain_tx, draining) = watch::channel(false);
         let mut conns = JoinSet::new();
         let limit = rt
             .snapshot()
@@ -89,7 +92,7 @@ pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::
                         };
                         let rt = Arc::clone(&rt);
                         let name = name.clone();
-                        let watcher = graceful.watcher();
+                        let watcher = draining.clone();
                         conns.spawn(async move {
                             serve_connection(rt, name, tcp, peer, watcher).await;
                             drop((permit, admitted));
@@ -108,7 +111,7 @@ pub fn spawn(rt: Arc<Runtime>, name: String, listener: TcpListener) -> std::io::
         drop(listener);
         let drain = (*stopped.borrow()).unwrap_or(Duration::ZERO);
         let deadline = tokio::time::Instant::now() + drain;
-        let _ = tokio::time::timeout_at(deadline, graceful.shutdown()).await;
+        drain_tx.send_replace(true);
         let _ = tokio::time::timeout_at(deadline, async { while conns.join_next().await.is_some() {} }).await;
         conns.abort_all();
         tracing::debug!(listener = %name, "listener stopped");
@@ -439,7 +442,23 @@ async fn serve_http(
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    let result = watcher.watch(conn.into_owned()).await;
+    let mut watcher = watcher;
+    let closing = async {
+        tokio::select! {
+            // A dropped sender (the listener stopped) counts as draining.
+            _ = watcher.wait_for(|draining| *draining) => {}
+            _ = ctx.requests.idle_timed_out() => {}
+        }
+    };
+    // Shut down gracefully (HTTP/2: GOAWAY) when the listener drains or the connection idles.
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = closing => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(listener = %ctx.listener, %peer, error = %e, "downstream connection ended with error");
     }

@@ -258,3 +258,53 @@ async fn a_slow_head_after_an_upgrade_answered_without_101_is_cut_at_the_head_ti
     );
     assert_eq!(a.hits(), 0, "{reply}");
 }
+
+/// The frame types an HTTP/2 client (preface and SETTINGS sent, every SETTINGS and PING
+/// acknowledged) reads on `s` until the proxy closes it (at most 5 s), and when it closed.
+async fn h2_frames_until_closed(mut s: TcpStream) -> (Vec<u8>, Instant) {
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (mut frames, mut buf, mut chunk) = (Vec::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await;
+        let n = read.expect("closed within 5 s").unwrap_or(0);
+        if n == 0 {
+            return (frames, Instant::now());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..9 + len).collect();
+            let (kind, ack) = (frame[3], frame[4] & 1 == 1);
+            frames.push(kind);
+            let answer = match (kind, ack) {
+                (4, false) => b"\0\0\0\x04\x01\0\0\0\0".to_vec(),
+                (6, false) => [&b"\0\0\x08\x06\x01\0\0\0\0"[..], &frame[9..]].concat(),
+                _ => continue,
+            };
+            let _ = s.write_all(&answer).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_goaway_before_it_is_closed() {
+    let (_a, _p, addr) = proxy_with_limits(limits(1000)).await;
+    let s = TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    let (frames, closed) = h2_frames_until_closed(s).await;
+    // GOAWAY is frame type 7: a client racing a request against the close knows it was not taken.
+    assert!(
+        frames.contains(&7),
+        "closed without GOAWAY; frame types read: {frames:?}"
+    );
+    let after = closed - opened;
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
+        "closed {after:?} after it opened; the idle timeout is 1 s"
+    );
+}
