@@ -2,8 +2,8 @@
 //! the process's connection budget, [`crate::overload`]; drain), and per
 //! connection the original destination, inbound peer authentication (STRICT,
 //! PERMISSIVE by ClientHello sniffing, DISABLE), gateway TLS termination,
-//! protocol detection, and serving HTTP/1.1 + HTTP/2 with hardened limits or
-//! opaque TCP.
+//! protocol detection (inbound only on the ports whose protocol the config leaves
+//! undeclared), and serving HTTP/1.1 + HTTP/2 with hardened limits or opaque TCP.
 
 use crate::connection::ConnContext;
 use crate::downstream_waits::HttpConnIo;
@@ -332,14 +332,21 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
 
     // A mesh client's opaque TCP announces its workload in a preamble first.
     let exchange = ctx.peer_identity.is_some() && alpn.as_deref() == Some(crate::peer_exchange::ALPN);
+    // Inbound, a port the Service declares TCP or HTTP is taken so, whatever its bytes look like:
+    // only an undeclared port is sniffed (Istio's protocol selection).
+    let declared = match listener.spec.direction {
+        ListenerDirection::Inbound => listener.declared_protocol(dst, ctx.tls),
+        _ => None,
+    };
     let is_http = match listener.spec.protocol {
         _ if exchange || passed_through => false,
         ListenerProtocol::Http => true,
         ListenerProtocol::Tcp => false,
-        ListenerProtocol::Auto => match (&stream, &alpn) {
-            (DownstreamStream::Tls(_), Some(p)) => p == b"h2" || p == b"http/1.1",
-            (DownstreamStream::Tls(_), None) => !listener.has_tcp_routes(true),
-            (DownstreamStream::Plain(tcp), _) => match plaintext_protocol(tcp, &listener, dst).await {
+        ListenerProtocol::Auto => match (declared, &stream, &alpn) {
+            (Some(declared), _, _) => declared == ListenerProtocol::Http,
+            (None, DownstreamStream::Tls(_), Some(p)) => p == b"h2" || p == b"http/1.1",
+            (None, DownstreamStream::Tls(_), None) => !listener.has_tcp_routes(true),
+            (None, DownstreamStream::Plain(tcp), _) => match plaintext_protocol(tcp, &listener, dst).await {
                 Detected::Http => true,
                 Detected::Tcp => false,
                 Detected::Silent => {

@@ -16,8 +16,8 @@ use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use trellis_contract::{
-    Cluster, Discovery, Listener, ListenerDirection, MtlsMode, ProxyConfig, Route, Unrouted, UpstreamProtocol,
-    UpstreamTls, ValidationErrors, VirtualHost,
+    Cluster, Discovery, Listener, ListenerDirection, ListenerProtocol, MtlsMode, ProxyConfig, Route, Unrouted,
+    UpstreamProtocol, UpstreamTls, ValidationErrors, VirtualHost,
 };
 
 /// Why a config was rejected; the last good config stays in force.
@@ -158,6 +158,32 @@ impl ListenerRuntime {
     /// passthrough routes before termination and the others after; elsewhere every route.
     fn eligible(&self, r: &TcpRouteRuntime, terminated: bool) -> bool {
         self.tls.is_none() || r.passthrough != terminated
+    }
+
+    /// Whether an HTTP route can take a request to destination port `port`: one with a match
+    /// on that port or on none.
+    fn routes_http_on(&self, port: u16) -> bool {
+        self.spec
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| &v.routes)
+            .any(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port)))
+    }
+
+    /// The protocol a connection to `dst` on this inbound listener is taken in without reading
+    /// its first bytes, as the config declares it per port: opaque TCP where only TCP routes take
+    /// the port, HTTP where only HTTP routes do (Istio's protocol selection: a Service port named
+    /// `tcp-*` or with `appProtocol: tcp` is TCP, one named `http-*` or `grpc-*` is HTTP); `None`
+    /// where both do — a port the Service leaves to detection — or neither does. `terminated`:
+    /// see [`Self::tcp_cluster`].
+    pub fn declared_protocol(&self, dst: SocketAddr, terminated: bool) -> Option<ListenerProtocol> {
+        let http = self.routes_http_on(dst.port());
+        let tcp = self.tcp_route(dst, None, terminated).is_some();
+        match (http, tcp) {
+            (true, false) => Some(ListenerProtocol::Http),
+            (false, true) => Some(ListenerProtocol::Tcp),
+            _ => None,
+        }
     }
 
     /// Whether any TCP route can take a connection (`terminated`: see [`Self::tcp_cluster`]).

@@ -102,6 +102,11 @@ pub enum ListenerProtocol {
     Tcp,
     /// Sniff the first bytes (bounded by `limits.protocolDetectionTimeoutMs`):
     /// HTTP if they look like a request line or the HTTP/2 preface, TCP otherwise.
+    /// On an `inbound` listener only where the destination port's protocol is not
+    /// declared: a port only [`Listener::tcp_routes`] take is opaque TCP and one
+    /// only HTTP routes take is HTTP, whatever the client sends (a Service port
+    /// named `tcp-*` or `http-*`, or with an `appProtocol`); a port both take is
+    /// sniffed.
     #[default]
     Auto,
 }

@@ -30,6 +30,38 @@ pub async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>
     .await
 }
 
+/// Whether the `/metrics` text `m` has a sample of `name` (with labels) of `value`.
+fn sample(m: &str, name: &str, value: &str) -> bool {
+    m.lines()
+        .any(|l| l.starts_with(&format!("{name}{{")) && l.ends_with(&format!(" {value}")))
+}
+
+/// What comes back within 3 s on a connection to `addr` that sends `bytes` `after` connecting
+/// (as many bytes as were sent).
+async fn echoed(addr: std::net::SocketAddr, after: Duration, bytes: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(after).await;
+    s.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; bytes.len()];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .expect("echoed within 3 s")
+        .unwrap();
+    buf
+}
+
+/// The answer (lowercased) to an HTTP/1.1 `GET path` for `host` sent `after` connecting to
+/// `addr`, read until the server closes (within 5 s).
+async fn late_get(addr: std::net::SocketAddr, after: Duration, host: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(after).await;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    let _ = s.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
 fn tcp_config(
     protocol: &str,
     echo: std::net::SocketAddr,
@@ -70,16 +102,8 @@ async fn opaque_tcp_is_proxied_and_counted() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.ends_with(" 1")),
-        "{m}"
-    );
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.ends_with(" 13")),
-        "{m}"
-    );
+    assert!(sample(&m, "istio_tcp_connections_opened_total", "1"), "{m}");
+    assert!(sample(&m, "istio_tcp_received_bytes_total", "13"), "{m}");
 }
 
 #[tokio::test]
@@ -91,24 +115,9 @@ async fn auto_listener_sniffs_http_versus_tcp() {
     // HTTP goes to the HTTP route.
     assert_eq!(get(addr, "svc", "/").await.server(), "web");
     // A non-HTTP client-first protocol goes to the TCP route.
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"\x00\x01binary").await.unwrap();
-    let mut buf = [0u8; 8];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"\x00\x01binary");
+    assert_eq!(echoed(addr, Duration::ZERO, b"\x00\x01binary").await, b"\x00\x01binary");
     // A server-first protocol (client silent) falls back to TCP after the timeout.
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    s.write_all(b"late").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"late");
+    assert_eq!(echoed(addr, Duration::from_millis(250), b"late").await, b"late");
 }
 
 /// An HTTP client's pool opens connections it writes on only later. At a destination the
@@ -151,14 +160,7 @@ async fn a_pooled_connection_to_an_http_service_stays_http_however_late_it_speak
         let port = free_port();
         let proxy = Proxy::start(config(port, tcp_port.unwrap_or(port))).await;
         let addr = proxy.addr("l").await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let _ = s
-            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-            .await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
-        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let answer = late_get(addr, Duration::from_millis(400), "web", "/").await;
         assert!(
             answer.starts_with("http/1.1 200") && answer.contains("x-server: web"),
             "{answer:?}"
@@ -178,15 +180,7 @@ async fn a_pooled_connection_to_an_http_service_stays_http_however_late_it_speak
     // request comes late, and a client silent for the header read timeout is taken for a
     // server-first protocol.
     let (_proxy, addr) = late_request_is_routed(None).await;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    s.write_all(b"late").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
-        .await
-        .expect("echoed within 3 s")
-        .unwrap();
-    assert_eq!(&buf, b"late");
+    assert_eq!(echoed(addr, Duration::from_millis(1800), b"late").await, b"late");
 }
 
 /// A TCP server that answers every connection with `name` and closes.
@@ -310,4 +304,90 @@ async fn tls_is_routed_by_sni_untouched() {
     assert_eq!(answer(b"not TLS at all".to_vec()).await, "c");
     // A client that sends nothing in time falls through to the plain route too.
     assert_eq!(answer(Vec::new()).await, "c");
+}
+
+/// A sidecar's inbound listener as the compiler builds it: one HTTP route per port the app
+/// serves HTTP on, one TCP route per port it serves TCP on, both for a port whose protocol the
+/// Service leaves to detection. `http` and `tcp` are the ports each routes.
+fn inbound_config(
+    version: &str,
+    app: &Upstream,
+    echo: std::net::SocketAddr,
+    http: &[u16],
+    tcp: &[u16],
+) -> serde_json::Value {
+    let routes: Vec<serde_json::Value> = http
+        .iter()
+        .map(|port| {
+            json!({"name": format!("inbound|{port}"), "match": [{"port": port}],
+                   "action": {"forward": {"clusters": [{"cluster": "app"}]}}, "provenance": provenance()})
+        })
+        .collect();
+    let tcp_routes: Vec<serde_json::Value> = tcp
+        .iter()
+        .map(|port| json!({"destinationPort": port, "cluster": "echo"}))
+        .collect();
+    json!({
+        "version": version,
+        "listeners": [{
+            "name": "inbound", "address": "127.0.0.1:0", "direction": "inbound", "protocol": "auto",
+            "virtualHosts": [{"name": "inbound", "domains": ["*"], "routes": routes}],
+            "tcpRoutes": tcp_routes,
+            "limits": {"protocolDetectionTimeoutMs": 100},
+        }],
+        "clusters": [
+            cluster("app", &[app]),
+            {"name": "echo", "protocol": "tcp", "endpoints": [{"address": "127.0.0.1", "port": echo.port()}]},
+        ],
+        "inbound": {"mtls": {"mode": "DISABLE"}},
+    })
+}
+
+/// Inbound, a port the Service declares is taken in its protocol whatever the client sends,
+/// as Istio's protocol selection: HTTP bytes to a TCP port (`tcp-*`, `appProtocol: tcp`) reach
+/// the app as they are, counted as TCP; a client of an HTTP port may speak late; only an
+/// undeclared port is sniffed.
+#[tokio::test]
+async fn inbound_ports_are_taken_in_their_declared_protocol_and_only_undeclared_ones_are_sniffed() {
+    let (echo, _t) = echo_server().await;
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(inbound_config("bind", &app, echo, &[], &[])).await;
+    let addr = proxy.addr("inbound").await;
+    // The listener's own port plays the port the connections were sent to; another port of the
+    // app's is declared in the other protocol, as a pod's inbound listener holds every port.
+    let (port, other) = (addr.port(), addr.port().wrapping_add(1));
+    let request = b"GET /hello HTTP/1.1\r\nhost: app\r\n\r\n";
+
+    // Declared TCP: the HTTP request reaches the app's TCP server byte for byte.
+    proxy
+        .apply(inbound_config("tcp", &app, echo, &[other], &[port]))
+        .await
+        .unwrap();
+    let answer = raw(addr, request, Duration::from_secs(3)).await;
+    assert_eq!(answer.as_bytes(), request, "{answer:?}");
+    assert_eq!(app.hits(), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = get(proxy.admin(), "admin", "/metrics").await.body;
+    assert!(sample(&m, "istio_tcp_connections_opened_total", "1"), "{m}");
+    assert!(!m.contains("istio_requests_total{"), "no HTTP metrics: {m}");
+
+    // Declared HTTP: a client silent past the detection timeout is still HTTP.
+    proxy
+        .apply(inbound_config("http", &app, echo, &[port], &[other]))
+        .await
+        .unwrap();
+    let answer = late_get(addr, Duration::from_millis(300), "app", "/late").await;
+    assert!(
+        answer.starts_with("http/1.1 200") && answer.contains("x-server: app"),
+        "{answer:?}"
+    );
+
+    // Undeclared (both routes): sniffed, HTTP to the HTTP route and other bytes to the TCP one.
+    proxy
+        .apply(inbound_config("auto", &app, echo, &[port], &[port]))
+        .await
+        .unwrap();
+    assert_eq!(get(addr, "app", "/sniffed").await.server(), "app");
+    assert_eq!(app.last_seen().path, "/sniffed");
+    assert_eq!(echoed(addr, Duration::ZERO, b"\x00\x01binary").await, b"\x00\x01binary");
 }
