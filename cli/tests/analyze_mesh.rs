@@ -1,9 +1,10 @@
 //! `meshctl analyze` on a live mesh: what only the operator knows about its proxies. On a fresh
 //! cluster (kubesim by default, upstream Kubernetes with `TRELLIS_E2E_CLUSTER=upstream`; see
-//! `trellis_e2e::suite`) with Trellis installed and the demo shop deployed, a Mesh setting
-//! every proxy rejects is pushed (validation off, as a config written past another
-//! validator would be); `meshctl analyze` then reports each proxy's NACK as TRL0107 with the
-//! proxy's reason and exits 1; before, and after the Mesh is repaired, it reports none. Then
+//! `trellis_e2e::suite`) with Trellis installed and the demo shop deployed, a configuration
+//! every proxy of the shop rejects is pushed (TLS origination to `web` with a Secret whose CA
+//! is not a certificate: `trellis_e2e::suite::sync::reject_the_shop`); `meshctl analyze`
+//! then reports each proxy's NACK as TRL0107 with the proxy's reason and exits 1; before, and
+//! after the objects are deleted, it reports none. Then
 //! version skew: with the Mesh's status reporting another operator version than the proxies
 //! report (the leader Lease held so no replica writes it back), each proxy gets TRL0108.
 //! Then a proxy that hangs (its process stopped, its connection open): it does not acknowledge
@@ -26,7 +27,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::Value;
 use support::{Frozen, check, meshctl_at, status_of, text};
 use trellis_e2e::suite::{Target, steps, sync, wait_for};
-use trellis_manifests::{demo, install, to_yaml};
+use trellis_manifests::{demo, install};
 
 /// Findings as `(origin, message)`.
 type Found = Vec<(String, String)>;
@@ -50,13 +51,6 @@ fn findings(t: &Target, code: &str) -> anyhow::Result<(Option<i32>, Found)> {
     Ok((out.status.code(), found))
 }
 
-fn apply_mesh(t: &Target, mesh: &Value) -> anyhow::Result<String> {
-    t.kubectl_ok(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        Some(&serde_json::to_string(mesh)?),
-    )
-}
-
 #[test]
 fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyhow::Result<()> {
     // Without root (and no TRELLIS_E2E_KUBECONFIG) the skip is recorded; under CI it fails.
@@ -70,17 +64,10 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     let (_, before) = findings(&t, "TRL0107")?;
     ensure!(before.is_empty(), "TRL0107 on a healthy mesh: {before:?}");
 
-    // An OTLP endpoint without a scheme: the validating webhook refuses it, so validation is
-    // turned off; every proxy of the shop rejects the configuration it gets.
-    t.kubectl_ok(
-        &["delete", "validatingwebhookconfiguration", install::webhooks::VALIDATOR],
-        None,
-    )?;
-    let mut bad = demo::mesh_tracing();
-    bad["spec"]["telemetry"]["tracing"]["otlpEndpoint"] = "collector.observability:4318".into();
-    apply_mesh(&t, &bad)?;
+    // Every proxy of the shop rejects the configuration it gets.
+    sync::reject_the_shop(&t)?;
     wait_for("every proxy of the shop to NACK", Duration::from_secs(60), || {
-        sync::all_nacked(&sync::syncz(&t, None)?, &meshed, "otlpEndpoint").map(Some)
+        sync::all_nacked(&sync::syncz(&t, None)?, &meshed, sync::REJECTED_BECAUSE).map(Some)
     })?;
 
     let (code, nacked) = findings(&t, "TRL0107")?;
@@ -91,7 +78,7 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     assert!(
         nacked
             .iter()
-            .all(|(_, m)| m.contains("otlpEndpoint") && m.contains("keeps serving")),
+            .all(|(_, m)| m.contains(sync::REJECTED_BECAUSE) && m.contains("keeps serving")),
         "{nacked:?}"
     );
     // proxy-config says so too, for a proxy that rejected it: what it shows is what runs.
@@ -100,7 +87,9 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     let out = meshctl_at(t.kubeconfig(), &["proxy-config", "routes", &format!("{name}.{ns}")]);
     let (_, stderr) = text(&out);
     assert!(
-        out.status.success() && stderr.contains("rejected configuration version") && stderr.contains("otlpEndpoint"),
+        out.status.success()
+            && stderr.contains("rejected configuration version")
+            && stderr.contains(sync::REJECTED_BECAUSE),
         "{stderr}"
     );
     // And `meshctl check` fails its data-plane check, naming the proxy, the reason and the fix.
@@ -116,7 +105,7 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     assert_eq!(applied["status"], "failed", "{applied}");
     let detail = applied["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.contains(pod.as_str()) && detail.contains("rejected version") && detail.contains("otlpEndpoint"),
+        detail.contains(pod.as_str()) && detail.contains("rejected version") && detail.contains(sync::REJECTED_BECAUSE),
         "{applied}"
     );
     assert!(
@@ -125,10 +114,7 @@ fn a_configuration_the_proxies_reject_is_reported_per_proxy_as_trl0107() -> anyh
     );
 
     // Repaired: the proxies apply the next version and the findings go.
-    apply_mesh(&t, &demo::mesh_tracing())?;
-    t.apply(&to_yaml(&[install::to_value(
-        &install::webhooks::validating_webhook_configuration(&install::Options::default()),
-    )]))?;
+    sync::repair_the_shop(&t)?;
     wait_for("every proxy of the shop in sync again", Duration::from_secs(60), || {
         sync::in_sync(&sync::syncz(&t, None)?, &meshed).map(Some)
     })?;

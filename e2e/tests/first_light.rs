@@ -245,7 +245,7 @@ fn first_light() -> anyhow::Result<()> {
 
     step(
         &t,
-        "a config valid to the schema but not to the proxies is NACKed by every proxy, which keep the previous one (spans still exported); traffic keeps flowing",
+        "a config the validator and the compiler take but the proxies reject (TLS origination against a CA that is not a certificate) is NACKed by every proxy, which keep the previous one (spans still exported); traffic keeps flowing",
         || nack_keeps_the_last_good_config(&t, &http, &api),
     )?;
 
@@ -792,18 +792,8 @@ fn live_split_change(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
 }
 
 fn nack_keeps_the_last_good_config(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
-    let apply_mesh = |mesh: &Value| {
-        t.kubectl_ok(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            Some(&serde_json::to_string(mesh)?),
-        )
-    };
-    // The validating webhook refuses this Mesh: a config reaches the proxies only if it
-    // got past validation (written while validation was off, or by another version of
-    // the validator), so validation is off for this step.
-    let validator = trellis_manifests::install::webhooks::VALIDATOR;
-    t.kubectl_ok(&["delete", "validatingwebhookconfiguration", validator], None)?;
-    // The Mesh's tracing setting reaches every proxy of the shop.
+    // Every proxy of the shop — the gateway and every sidecar — gets a configuration it rejects
+    // (TLS originated to web against a CA that is not a certificate).
     let affected = sync::meshed_pods(t, demo::NAMESPACE)?;
     wait_for(
         "every proxy in sync before the bad config",
@@ -811,17 +801,16 @@ fn nack_keeps_the_last_good_config(t: &Target, http: &Http, api: &str) -> anyhow
         || sync::in_sync(&sync::syncz(t, None)?, &affected).map(Some),
     )?;
     let load = http.background(api, Vec::new());
-    let mut bad = demo::mesh_tracing();
-    bad["spec"]["telemetry"]["tracing"]["otlpEndpoint"] = "collector.observability:4318".into();
-    apply_mesh(&bad)?;
+    sync::reject_the_shop(t)?;
     let nacked = wait_for("every proxy to NACK the config", Duration::from_secs(20), || {
-        sync::all_nacked(&sync::syncz(t, None)?, &affected, "otlpEndpoint").map(Some)
+        sync::all_nacked(&sync::syncz(t, None)?, &affected, sync::REJECTED_BECAUSE).map(Some)
     })?;
     for line in &nacked {
         eprintln!("[first light]   NACKed: {line}");
     }
-    // The previous config stays in force: its tracing still exports every hop's span
-    // (the bad endpoint, had it been applied, would export nothing).
+    // The previous config stays in force: requests through the gateway to web keep their mesh
+    // mTLS (the rejected one, had it been applied, would fail every one of them), and its tracing
+    // still exports every hop's span.
     let trace_id = format!("{:032x}", fastrand::u128(1..));
     let client_span = format!("{:016x}", fastrand::u64(1..));
     let traced = http.get(api, &[("traceparent", &format!("00-{trace_id}-{client_span}-01"))])?;
@@ -837,11 +826,7 @@ fn nack_keeps_the_last_good_config(t: &Target, http: &Http, api: &str) -> anyhow
         log.len(),
         &failed[..failed.len().min(3)]
     );
-    apply_mesh(&demo::mesh_tracing())?;
-    let options = trellis_manifests::install::Options::default();
-    t.apply(&trellis_manifests::to_yaml(&[trellis_manifests::install::to_value(
-        &trellis_manifests::install::webhooks::validating_webhook_configuration(&options),
-    )]))?;
+    sync::repair_the_shop(t)?;
     wait_for(
         "every proxy to ACK the repaired config",
         Duration::from_secs(20),

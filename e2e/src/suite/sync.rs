@@ -3,6 +3,7 @@
 //! pods that exist, so a check never passes on an empty or partial list.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::PodSpec;
@@ -81,6 +82,56 @@ pub fn in_sync(state: &Value, expected: &BTreeSet<String>) -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// The TLS Secret of [`REJECTED_RULE`], whose `ca.crt` is not a certificate — no admission
+/// check reads a Secret's content, so the proxies are the first to.
+const REJECTED_SECRET: &str = "apiVersion: v1
+kind: Secret
+metadata: {name: web-origination, namespace: shop}
+type: kubernetes.io/tls
+stringData: {tls.crt: not a certificate, tls.key: not a key, ca.crt: not a certificate}
+";
+
+/// A DestinationRule originating TLS to `web` (every proxy of the shop, its ingress gateway
+/// included, has a cluster for it) with the CA of [`REJECTED_SECRET`]. Exported to the shop only.
+const REJECTED_RULE: &str = "apiVersion: networking.trellis.dev/v1alpha1
+kind: DestinationRule
+metadata: {name: web-origination, namespace: shop}
+spec:
+  host: web
+  exportTo: [\".\"]
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: web-origination}
+";
+
+/// How long the operator is given to see a Secret before the DestinationRule that names it
+/// arrives (and after that rule is gone, before the Secret goes): a rule whose credential Secret
+/// the operator has not seen compiles to a cluster that fails closed, as it must, so `web` would
+/// answer 503 for that moment (seen: 2 of 1173 requests under load when both came in one apply).
+const SECRET_SEEN: Duration = Duration::from_secs(5);
+
+/// Makes every proxy of the demo shop reject the configuration it is sent, with objects the
+/// validator and the compiler take, as a user can write them: [`REJECTED_RULE`] and its Secret,
+/// the Secret first, so the shop's traffic keeps flowing on the configuration each proxy holds.
+/// [`repair_the_shop`] undoes it.
+pub fn reject_the_shop(t: &Target) -> anyhow::Result<()> {
+    t.apply(REJECTED_SECRET)?;
+    std::thread::sleep(SECRET_SEEN);
+    t.apply(REJECTED_RULE)?;
+    Ok(())
+}
+
+/// Deletes what [`reject_the_shop`] applied, the rule first.
+pub fn repair_the_shop(t: &Target) -> anyhow::Result<()> {
+    t.kubectl_ok(&["delete", "-f", "-"], Some(REJECTED_RULE))?;
+    std::thread::sleep(SECRET_SEEN);
+    t.kubectl_ok(&["delete", "-f", "-"], Some(REJECTED_SECRET))?;
+    Ok(())
+}
+
+/// Why the proxies of the shop reject the configuration [`reject_the_shop`] makes, as their NACKs
+/// say it.
+pub const REJECTED_BECAUSE: &str = "contains no PEM certificate";
 
 /// Every proxy of `expected` is connected and NACKed the version it was sent
 /// last with an error containing `reason`; returns `proxy: error` lines.

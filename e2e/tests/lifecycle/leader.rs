@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use serde_json::{Value, json};
 use trellis_e2e::suite::{Http, Target, mesh, steps, sync, wait_for};
 use trellis_manifests::demo;
 use trellis_manifests::install::{CA_SECRET, OPERATOR_NAME};
@@ -139,9 +138,8 @@ pub fn killed_mid_rollout(t: &Target, http: &Http, api: &str, workloads: &[Workl
 /// The leader killed in the middle of a root rotation, under traffic: the replica that takes
 /// over ends that rotation — its phases recorded forward only, to the one root asked for — and
 /// starts no other. The rotation is held in Distributing (every proxy NACKs the configurations
-/// carrying the new root: a Mesh tracing endpoint the validator refuses, with validation off, as
-/// in first light; each proxy keeps its previous configuration, so traffic flows) until the new
-/// leader leads, then let go.
+/// carrying the new root: [`sync::reject_the_shop`], as in first light; each proxy keeps its
+/// previous configuration, so traffic flows) until the new leader leads, then let go.
 pub fn killed_mid_rotation(t: &Target, http: &Http, api: &str) -> anyhow::Result<()> {
     // Both replicas up: the one killed in the rollout is replaced and Ready.
     steps::rollout(t, SYSTEM, OPERATOR_NAME)?;
@@ -157,10 +155,9 @@ pub fn killed_mid_rotation(t: &Target, http: &Http, api: &str) -> anyhow::Result
         Duration::from_secs(60),
         || sync::in_sync(&sync::syncz(t, None)?, &affected).map(Some),
     )?;
-    let telemetry = mesh::get(t)?["spec"]["telemetry"].clone();
     let load = http.background(api, Vec::new());
     let mut seen = vec![before.clone()];
-    let result = hold_kill_and_release(t, &affected, &telemetry, &mut seen);
+    let result = hold_kill_and_release(t, &affected, &mut seen);
     let sent = load.finish_without_failure("the root rotation with its leader killed");
     let took = result.with_context(|| {
         let states: Vec<String> = seen.iter().map(Recorded::short).collect();
@@ -192,7 +189,6 @@ pub fn killed_mid_rotation(t: &Target, http: &Http, api: &str) -> anyhow::Result
 fn hold_kill_and_release(
     t: &Target,
     affected: &BTreeSet<String>,
-    telemetry: &Value,
     seen: &mut Vec<Recorded>,
 ) -> anyhow::Result<Duration> {
     let before = seen[0].clone();
@@ -204,16 +200,11 @@ fn hold_kill_and_release(
         }
         Ok(now)
     };
-    // The validating webhook refuses the held configuration's Mesh: off for the hold.
-    let validator = trellis_manifests::install::webhooks::VALIDATOR;
-    t.kubectl_ok(&["delete", "validatingwebhookconfiguration", validator], None)?;
-    let mut bad = telemetry.clone();
-    bad["tracing"]["otlpEndpoint"] = "collector.observability:4318".into();
-    mesh::patch_spec(t, json!({"telemetry": bad}))?;
+    sync::reject_the_shop(t)?;
     wait_for(
         "every proxy to NACK the held configuration",
         Duration::from_secs(30),
-        || sync::all_nacked(&sync::syncz(t, None)?, affected, "otlpEndpoint").map(Some),
+        || sync::all_nacked(&sync::syncz(t, None)?, affected, sync::REJECTED_BECAUSE).map(Some),
     )?;
     t.kubectl_ok(
         &[
@@ -238,12 +229,8 @@ fn hold_kill_and_release(
         "the rotation went on while every proxy NACKed the new root: {}",
         held.short()
     );
-    // Let go: the good configuration, validation back on.
-    mesh::patch_spec(t, json!({"telemetry": telemetry}))?;
-    let options = trellis_manifests::install::Options::default();
-    t.apply(&trellis_manifests::to_yaml(&[trellis_manifests::install::to_value(
-        &trellis_manifests::install::webhooks::validating_webhook_configuration(&options),
-    )]))?;
+    // Let go: the objects the proxies reject deleted.
+    sync::repair_the_shop(t)?;
     // The rotation ends, and the Secret stays as it left it.
     let deadline = Instant::now() + ROTATION;
     let mut quiet_since: Option<Instant> = None;
