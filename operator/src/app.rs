@@ -258,7 +258,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     roots.set_queued(stored.queued.as_ref().map(|q| q.fingerprint().to_string()));
 
     // The live index, fed by the watchers.
-    let index = Arc::new(RwLock::new(Index::with_root_namespace(config.namespace.clone())));
+    let index = Arc::new(RwLock::new(Index::for_operator(&defaults)));
     let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
     let metrics = Arc::new(Metrics::default());
     let index_task = tokio::spawn(index::run(

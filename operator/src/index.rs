@@ -18,10 +18,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use trellis_api::document::Kind;
-use trellis_api::mesh::{Mesh, MeshSpec};
+use trellis_api::mesh::{MESH_NAME, Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
+use crate::mesh::settings::{Defaults, Invalid, check};
 use crate::metrics::Metrics;
 use crate::registry::{EndpointSlice, ObjectKey, Service, Workload};
 use crate::snapshot::{FetchedJwks, InputKind, Snapshot, tls_credential};
@@ -43,7 +44,10 @@ pub struct Index {
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
+    /// The spec of the Mesh `default` in force: its last valid one (see [`Index::mesh`]).
     mesh: Option<MeshSpec>,
+    /// Why the Mesh `default` as written now is not in force, if the validator refuses it.
+    mesh_refused: Option<Invalid>,
     /// The Mesh status' previous trust domains ([`Snapshot::previous_trust_domains`]).
     previous_trust_domains: Vec<String>,
     /// The key sets fetched for `jwksUri`s ([`crate::jwks`]).
@@ -56,6 +60,9 @@ pub struct Index {
     generation: u64,
     /// The root namespace snapshots name (the operator's own; none: the snapshot's default).
     root_namespace: Option<String>,
+    /// The trust domain while no valid Mesh is in force (the operator's flag; none:
+    /// `cluster.local`).
+    absent_trust_domain: Option<String>,
 }
 
 /// One change to the index.
@@ -195,9 +202,27 @@ impl Index {
         self.gateways.contains_key(&ObjectKey::new(namespace, name))
     }
 
-    /// The spec of the Mesh named `default`, if there is one.
+    /// The spec of the Mesh named `default` in force: the last one the validator accepted
+    /// ([`crate::mesh::settings::check`]); `None` while there is no Mesh or none valid yet. A
+    /// Mesh refused whole changes nothing here, so the settings every replica follows
+    /// ([`crate::mesh::settings::follow`]) and the compiler's snapshot ([`Index::snapshot`])
+    /// read the same trust domain, aliases, mTLS mode and outbound policy.
     pub fn mesh(&self) -> Option<&MeshSpec> {
         self.mesh.as_ref()
+    }
+
+    /// Why the Mesh `default` as written is not in force, if the validator refuses it.
+    pub fn mesh_refused(&self) -> Option<&Invalid> {
+        self.mesh_refused.as_ref()
+    }
+
+    /// The spec the compiler reads: the Mesh's in force, or, with none, the defaults in the
+    /// operator's trust domain (as [`crate::mesh::settings::Settings::defaults`]).
+    fn spec_in_force(&self) -> MeshSpec {
+        self.mesh.clone().unwrap_or_else(|| MeshSpec {
+            trust_domain: self.absent_trust_domain.clone(),
+            ..MeshSpec::default()
+        })
     }
 
     /// How many Services and Pods the registry holds.
@@ -303,12 +328,18 @@ impl Index {
                 self.request_authentications.insert(key, *o);
             }
             Object::Mesh(m) => {
-                if key.name == "default" {
-                    self.previous_trust_domains = m
-                        .status
-                        .map(|st| st.previous_trust_domains(&m.spec))
-                        .unwrap_or_default();
-                    self.mesh = Some(m.spec);
+                if key.name == MESH_NAME {
+                    match check(&m) {
+                        Ok(()) => {
+                            self.mesh = Some(m.spec.clone());
+                            self.mesh_refused = None;
+                        }
+                        Err(invalid) => self.mesh_refused = Some(invalid),
+                    }
+                    // Relative to the domain in force: the one certificates are issued in.
+                    let spec = self.spec_in_force();
+                    self.previous_trust_domains =
+                        m.status.map(|st| st.previous_trust_domains(&spec)).unwrap_or_default();
                 }
             }
         }
@@ -333,7 +364,10 @@ impl Index {
             InputKind::Trellis(Kind::PeerAuthentication) => ks(&self.peer_authentications),
             InputKind::Trellis(Kind::AuthorizationPolicy) => ks(&self.authorization_policies),
             InputKind::Trellis(Kind::RequestAuthentication) => ks(&self.request_authentications),
-            InputKind::Trellis(Kind::Mesh) => self.mesh.iter().map(|_| ObjectKey::new("", "default")).collect(),
+            InputKind::Trellis(Kind::Mesh) => (self.mesh.is_some() || self.mesh_refused.is_some())
+                .then(|| ObjectKey::new("", MESH_NAME))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -379,19 +413,22 @@ impl Index {
                 self.request_authentications.remove(key);
             }
             InputKind::Trellis(Kind::Mesh) => {
-                if key.name == "default" {
+                if key.name == MESH_NAME {
                     self.mesh = None;
+                    self.mesh_refused = None;
                     self.previous_trust_domains.clear();
                 }
             }
         }
     }
 
-    /// An empty index whose snapshots name `namespace` the root namespace (where mesh-wide
-    /// policies live): the namespace the operator runs in.
-    pub fn with_root_namespace(namespace: impl Into<String>) -> Self {
+    /// An empty index for an operator with `defaults`: its snapshots name the operator's
+    /// namespace the root namespace (where mesh-wide policies live), and its trust domain flag
+    /// the trust domain while no valid Mesh is in force.
+    pub fn for_operator(defaults: &Defaults) -> Self {
         Index {
-            root_namespace: Some(namespace.into()),
+            root_namespace: Some(defaults.namespace.clone()),
+            absent_trust_domain: Some(defaults.trust_domain.clone()),
             ..Index::default()
         }
     }
@@ -425,7 +462,7 @@ impl Index {
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             request_authentications: self.request_authentications.values().cloned().collect(),
-            mesh: self.mesh.clone().unwrap_or_default(),
+            mesh: self.spec_in_force(),
             previous_trust_domains: self.previous_trust_domains.clone(),
             trust_bundle: Vec::new(),
             jwks: self.jwks.clone(),
@@ -595,123 +632,4 @@ async fn watch_kind<K>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn svc(name: &str) -> K8sService {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"clusterIP": "10.96.0.9", "selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn applies_deletes_and_relists() {
-        let mut idx = Index::default();
-        idx.apply(Change::Applied(Object::Service(Box::new(svc("a")))));
-        idx.apply(Change::Applied(Object::Service(Box::new(svc("b")))));
-        assert_eq!(idx.snapshot().registry.services.len(), 2);
-        idx.apply(Change::Deleted(Object::Service(Box::new(svc("a")))));
-        assert_eq!(idx.snapshot().registry.services.len(), 1);
-        idx.apply(Change::Applied(Object::Service(Box::new(svc("c")))));
-        // A re-list that saw only c: b was deleted while the watch was down.
-        idx.apply(Change::Relisted {
-            kind: InputKind::Service,
-            seen: BTreeSet::from([ObjectKey::new("shop", "c")]),
-        });
-        let names: Vec<String> = idx
-            .snapshot()
-            .registry
-            .services
-            .keys()
-            .map(|k| k.name.clone())
-            .collect();
-        assert_eq!(names, ["c"]);
-        assert_eq!(idx.generation(), 5);
-    }
-
-    fn slice(name: &str, service: &str, ip: &str) -> K8sEndpointSlice {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]
-        }))
-        .unwrap()
-    }
-
-    /// Slices are kept by their own key and grouped by Service in snapshots; a slice that
-    /// moves to another Service (its label changed) leaves the first one; deletions and
-    /// re-lists are followed.
-    #[test]
-    fn endpoint_slices_are_grouped_by_service() {
-        let mut idx = Index::default();
-        let apply = |idx: &mut Index, s| idx.apply(Change::Applied(Object::EndpointSlice(Box::new(s))));
-        apply(&mut idx, slice("web-a", "web", "10.0.0.1"));
-        apply(&mut idx, slice("web-b", "web", "10.0.0.2"));
-        apply(&mut idx, slice("db-a", "db", "10.0.0.3"));
-        let names = |idx: &Index, svc: &str| -> Vec<String> {
-            idx.snapshot()
-                .registry
-                .slices(&ObjectKey::new("shop", svc))
-                .map(|s| s.key.name.clone())
-                .collect()
-        };
-        assert_eq!(names(&idx, "web"), ["web-a", "web-b"]);
-        apply(&mut idx, slice("web-b", "db", "10.0.0.2"));
-        assert_eq!(names(&idx, "web"), ["web-a"]);
-        assert_eq!(names(&idx, "db"), ["db-a", "web-b"]);
-        idx.apply(Change::Deleted(Object::EndpointSlice(Box::new(slice(
-            "db-a", "db", "10.0.0.3",
-        )))));
-        assert_eq!(names(&idx, "db"), ["web-b"]);
-        idx.apply(Change::Relisted {
-            kind: InputKind::EndpointSlice,
-            seen: BTreeSet::from([ObjectKey::new("shop", "web-a")]),
-        });
-        assert_eq!(names(&idx, "db"), Vec::<String>::new());
-        assert_eq!(names(&idx, "web"), ["web-a"]);
-        // A slice without the service-name label belongs to no Service: not kept.
-        let mut orphan = slice("orphan", "web", "10.0.0.9");
-        orphan.metadata.labels = None;
-        apply(&mut idx, orphan);
-        assert_eq!(idx.keys(InputKind::EndpointSlice), [ObjectKey::new("shop", "web-a")]);
-    }
-
-    #[test]
-    fn key_sets_change_the_generation_only_when_they_change() {
-        let mut idx = Index::default();
-        let keys = BTreeMap::from([("https://i/keys".to_string(), FetchedJwks::Keys("K".into()))]);
-        assert!(idx.set_key_sets(keys.clone(), BTreeMap::new()));
-        assert_eq!(idx.generation(), 1);
-        assert!(
-            !idx.set_key_sets(keys.clone(), BTreeMap::new()),
-            "the same key sets again"
-        );
-        assert_eq!(idx.generation(), 1);
-        let stale = BTreeMap::from([("https://i/keys".to_string(), "HTTP 503".to_string())]);
-        assert!(idx.set_key_sets(keys.clone(), stale.clone()));
-        let s = idx.snapshot();
-        assert_eq!((s.jwks, s.jwks_stale), (keys, stale));
-    }
-
-    #[test]
-    fn synced_once_every_kind_was_listed() {
-        let mut idx = Index::default();
-        idx.apply(Change::Applied(Object::Service(Box::new(svc("a")))));
-        assert!(!idx.synced());
-        for kind in InputKind::ALL {
-            assert!(!idx.synced(), "{kind:?} and later not listed yet");
-            let seen = idx.keys(kind).into_iter().collect();
-            idx.apply(Change::Relisted { kind, seen });
-        }
-        assert!(idx.synced() && idx.unlisted().is_empty());
-        // A later re-list (a watch restarted) keeps it synced.
-        idx.apply(Change::Relisted {
-            kind: InputKind::Service,
-            seen: BTreeSet::new(),
-        });
-        assert!(idx.synced());
-    }
-}
+mod tests;

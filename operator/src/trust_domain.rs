@@ -90,7 +90,10 @@ mod tests {
         let followed = Followed::start(defaults.clone(), Settings::defaults(&defaults));
         let source = Source::settings(followed.settings.clone(), followed.index.clone());
         let mut settings = followed.settings.clone();
+        // The compiler reads the same trust domain as the signer, from the same index.
+        let compiled = || followed.index.read().unwrap().snapshot().trust_domains();
         assert_eq!(source.get(), TrustDomains::new("flag.example", Vec::<String>::new()));
+        assert_eq!(compiled(), source.get(), "no Mesh: the flag's domain");
         // During a change from old.example, which the status records as the domain
         // certificates are issued in until every proxy holds the new one.
         let status = json!({"certificateAuthority": {"trustDomain": "old.example"}});
@@ -105,6 +108,7 @@ mod tests {
             .unwrap();
         let valid = TrustDomains::new("prod.example", ["alias.example", "old.example"]);
         assert_eq!(source.get(), valid);
+        assert_eq!(compiled(), valid);
         // Invalid (its rollout batch given twice): refused whole, its trust domain and aliases
         // with it.
         followed.apply(mesh(
@@ -114,6 +118,11 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(source.get(), valid);
+        assert_eq!(
+            compiled(),
+            valid,
+            "the compiler keeps the valid Mesh's domain and aliases too"
+        );
         followed.stop().await;
     }
 }

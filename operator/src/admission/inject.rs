@@ -339,7 +339,7 @@ mod tests {
             ..Default::default()
         };
         let spec = spec.map(|s| serde_json::from_value(s).unwrap());
-        MeshSettings::from_spec_of_default(spec.as_ref(), &defaults).unwrap()
+        MeshSettings::in_force(spec.as_ref(), &defaults)
     }
 
     fn pod(labels: Value, extra_spec: Value) -> Value {

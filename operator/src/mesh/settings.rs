@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trellis_api::mesh::{
     CaMode, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUT_PAUSE, DEFAULT_ROOT_CERT_TTL,
-    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_CERT_TTL, HealthGate, MESH_NAME, Mesh, MeshSpec, SYSTEM_NAMESPACE,
+    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_CERT_TTL, HealthGate, Mesh, MeshSpec, SYSTEM_NAMESPACE,
 };
 use trellis_api::security::MtlsMode;
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
@@ -170,6 +170,33 @@ fn duration(value: &Option<String>, default: &str) -> Duration {
         .unwrap_or_default()
 }
 
+/// Whether the operator may act on `mesh`: every error the one validator finds in it, or none.
+/// The live index keeps the last Mesh that passes in force ([`crate::index::Index::mesh`]), so
+/// the settings every replica follows and the spec the compiler reads are the same one.
+pub fn check(mesh: &Mesh) -> Result<(), Invalid> {
+    let value = serde_json::to_value(mesh).map_err(|e| {
+        Invalid(vec![Finding {
+            severity: Severity::Error,
+            object: trellis_api::validation::ObjectRef {
+                kind: "Mesh".into(),
+                namespace: None,
+                name: mesh.metadata.name.clone().unwrap_or_default(),
+            },
+            path: String::new(),
+            message: format!("cannot be read: {e}"),
+        }])
+    })?;
+    let errors: Vec<Finding> = match validate(&value) {
+        Outcome::Validated { findings, .. } => findings.into_iter().filter(|f| f.severity == Severity::Error).collect(),
+        Outcome::Skipped(_) => Vec::new(),
+    };
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid(errors))
+    }
+}
+
 impl Settings {
     /// The settings of an installation with no Mesh.
     pub fn defaults(defaults: &Defaults) -> Settings {
@@ -182,27 +209,7 @@ impl Settings {
 
     /// The settings of `mesh`, or every error that keeps the operator from acting on it.
     pub fn from_mesh(mesh: &Mesh, defaults: &Defaults) -> Result<Settings, Invalid> {
-        let value = serde_json::to_value(mesh).map_err(|e| {
-            Invalid(vec![Finding {
-                severity: Severity::Error,
-                object: trellis_api::validation::ObjectRef {
-                    kind: "Mesh".into(),
-                    namespace: None,
-                    name: mesh.metadata.name.clone().unwrap_or_default(),
-                },
-                path: String::new(),
-                message: format!("cannot be read: {e}"),
-            }])
-        })?;
-        let errors: Vec<Finding> = match validate(&value) {
-            Outcome::Validated { findings, .. } => {
-                findings.into_iter().filter(|f| f.severity == Severity::Error).collect()
-            }
-            Outcome::Skipped(_) => Vec::new(),
-        };
-        if !errors.is_empty() {
-            return Err(Invalid(errors));
-        }
+        check(mesh)?;
         Ok(Settings::from_spec(&mesh.spec, defaults))
     }
 
@@ -255,19 +262,21 @@ impl Settings {
 }
 
 impl Settings {
-    /// The settings of the Mesh `default` whose spec is `spec` (`None`: no Mesh, the defaults).
-    pub fn from_spec_of_default(spec: Option<&MeshSpec>, defaults: &Defaults) -> Result<Settings, Invalid> {
+    /// The settings of the spec the live index keeps in force ([`crate::index::Index::mesh`]:
+    /// the last valid Mesh's, already [`check`]ed; `None`: no valid Mesh, the defaults).
+    pub fn in_force(spec: Option<&MeshSpec>, defaults: &Defaults) -> Settings {
         match spec {
-            None => Ok(Settings::defaults(defaults)),
-            Some(spec) => Settings::from_mesh(&Mesh::new(MESH_NAME, spec.clone()), defaults),
+            None => Settings::defaults(defaults),
+            Some(spec) => Settings::from_spec(spec, defaults),
         }
     }
 }
 
 /// Keep `settings` as the Mesh in the live `index` says, on every replica, until the index's
-/// change announcements (`changed`) end: each time the Mesh's spec changed, a valid one
-/// replaces the settings and an invalid one leaves the last valid ones in force (the leader's
-/// reconciler says why in the Mesh's status); no Mesh gives the defaults. Nothing is published
+/// change announcements (`changed`) end: the settings of the spec the index keeps in force — a
+/// valid Mesh replaces it, an invalid one leaves the last valid one in force (the leader's
+/// reconciler says why in the Mesh's status), no Mesh gives the defaults. The compiler reads the
+/// same spec from the same index ([`crate::index::Index::snapshot`]). Nothing is published
 /// before the index has listed every kind, so the settings read at start stay in force until
 /// then.
 pub async fn follow(
@@ -276,23 +285,25 @@ pub async fn follow(
     defaults: Defaults,
     settings: watch::Sender<Settings>,
 ) {
-    let mut seen: Option<Option<MeshSpec>> = None;
+    type Seen = (Option<MeshSpec>, Option<Invalid>);
+    let mut seen: Option<Seen> = None;
     loop {
-        let spec = index.read().ok().filter(|i| i.synced()).map(|i| i.mesh().cloned());
-        if let Some(spec) = spec.filter(|s| seen.as_ref() != Some(s)) {
-            match Settings::from_spec_of_default(spec.as_ref(), &defaults) {
-                Ok(next) => {
-                    settings.send_if_modified(|current| {
-                        let modified = *current != next;
-                        *current = next;
-                        modified
-                    });
-                }
-                Err(invalid) => {
-                    tracing::warn!(error = %invalid, "the Mesh is invalid; this replica keeps acting on the last valid spec")
-                }
+        let now: Option<Seen> = index
+            .read()
+            .ok()
+            .filter(|i| i.synced())
+            .map(|i| (i.mesh().cloned(), i.mesh_refused().cloned()));
+        if let Some((spec, refused)) = now.filter(|s| seen.as_ref() != Some(s)) {
+            if let Some(invalid) = &refused {
+                tracing::warn!(error = %invalid, "the Mesh is invalid; this replica keeps acting on the last valid spec");
             }
-            seen = Some(spec);
+            let next = Settings::in_force(spec.as_ref(), &defaults);
+            settings.send_if_modified(|current| {
+                let modified = *current != next;
+                *current = next;
+                modified
+            });
+            seen = Some((spec, refused));
         }
         if changed.changed().await.is_err() {
             return;
@@ -315,7 +326,7 @@ pub(crate) struct Followed {
 impl Followed {
     /// An empty, unlisted index, the settings `at_start` until it is listed.
     pub fn start(defaults: Defaults, at_start: Settings) -> Followed {
-        let index = std::sync::Arc::new(std::sync::RwLock::new(crate::index::Index::default()));
+        let index = std::sync::Arc::new(std::sync::RwLock::new(crate::index::Index::for_operator(&defaults)));
         let (changed, changed_rx) = watch::channel(0u64);
         let (tx, settings) = watch::channel(at_start);
         let task = tokio::spawn(follow(index.clone(), changed_rx, defaults, tx));
