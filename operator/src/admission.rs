@@ -13,12 +13,15 @@
 //!   the pods exist (from the label the injector's patch gives them).
 //! - [`ca_bundle`]: keeps the `caBundle` of the webhook configurations equal to the mesh trust
 //!   bundle.
+//! - [`certificate`]: keeps the server's certificate current (renewal, a new root once the
+//!   `caBundle` trusts it, a trust domain change).
 //!
 //! The decisions are plain functions of an `AdmissionReview` body and plain data (see
 //! [`review`]); what the webhook configurations look like is in
 //! `trellis_manifests::install::webhooks`.
 
 pub mod ca_bundle;
+pub mod certificate;
 pub mod inject;
 pub mod server;
 pub mod skipped;

@@ -710,7 +710,7 @@ async fn serve_webhooks(
         tls.clone(),
         webhooks,
     )));
-    tasks.push(tokio::spawn(crate::admission::server::keep_certificate_current(
+    tasks.push(tokio::spawn(crate::admission::certificate::keep_certificate_current(
         tls,
         roots.clone(),
         published,

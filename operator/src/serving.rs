@@ -11,7 +11,7 @@
 //! ServiceAccount in the trust domain the Mesh names now, so a change of `spec.trustDomain`
 //! moves the operator's identity with its proxies' ([`ServingTls::identity_moved`]; the push
 //! API's certificate is reissued within a fifth of a second, the webhooks' once the API server
-//! trusts the issuing root, see `admission::server::keep_certificate_current`).
+//! trusts the issuing root, see `admission::certificate::keep_certificate_current`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

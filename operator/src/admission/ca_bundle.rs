@@ -6,7 +6,7 @@
 //! manifests, which carry no `caBundle`, is repaired at once) and the trust bundle, and
 //! patches only what differs. It reports which roots the API server trusts now, so the
 //! webhooks' certificate moves to a new root only after the API server trusts it (see
-//! [`super::server::keep_certificate_current`]), and whether every configuration is current
+//! [`super::certificate::keep_certificate_current`]), and whether every configuration is current
 //! (the operator is not ready before: the API server could not verify it).
 //!
 //! [`patch_for`] and [`trusted_roots`] are the pure parts; [`run`] is the I/O. Patching is
