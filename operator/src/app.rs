@@ -295,14 +295,14 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         roots.clone(),
         live.clone(),
     )));
-    app.tasks.push(tokio::spawn(secret::watch(
-        client.clone(),
-        config.namespace.clone(),
-        crate::trust_domain::Source::settings(live.clone(), index.clone()),
-        live,
-        roots.clone(),
-        leadership.clone(),
-    )));
+    app.tasks.push(tokio::spawn(secret::watch(secret::Watched {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        trust_domains: crate::trust_domain::Source::settings(live.clone(), index.clone()),
+        settings: live,
+        roots: roots.clone(),
+        leadership: leadership.clone(),
+    })));
     // The compiler's diagnostics as status, events and metrics (written by the leader).
     let (diag_client, diag_index, diag_changed, diag_metrics) = (
         client.clone(),

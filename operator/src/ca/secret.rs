@@ -42,7 +42,7 @@ use kube::{Api, Client};
 use super::{MeshRoots, Phase, SigningCert, SigningPair};
 
 mod watch;
-pub use watch::watch;
+pub use watch::{Watched, watch};
 
 /// The Secret holding the mesh root, in the control plane's namespace (the one Secret the
 /// install manifests let the operator write).

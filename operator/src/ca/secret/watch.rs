@@ -31,15 +31,34 @@ use crate::leader::Leadership;
 const QUEUE_CHECK: Duration = Duration::from_secs(2);
 
 /// What [`watch`] works with.
-struct Watched {
-    client: Client,
-    namespace: String,
+pub struct Watched {
+    /// The operator's client.
+    pub client: Client,
+    /// The operator's namespace, where the CA Secret is.
+    pub namespace: String,
     /// The Mesh's trust domain, read live: a root generated now is named after it.
-    trust_domains: crate::trust_domain::Source,
+    pub trust_domains: crate::trust_domain::Source,
     /// The Mesh's settings, read live: a root generated now lives their `spec.ca.rootCertTtl`.
-    settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
-    roots: Arc<MeshRoots>,
-    leadership: Leadership,
+    pub settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
+    /// The roots this replica issues from.
+    pub roots: Arc<MeshRoots>,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("namespace", &self.namespace)
+            .field("trust_domains", &self.trust_domains)
+            .field("leadership", &self.leadership)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the watch remembers from one version of the Secret to the next.
+#[derive(Debug, Default)]
+struct Progress {
     /// The resourceVersion of the leader's own write answering a request, until the watch
     /// delivers it: versions before it are stale, and their request is answered already.
     answered: Option<String>,
@@ -49,41 +68,26 @@ struct Watched {
 
 /// Watch the CA Secret: follow the phase the leader records, start a rotation when the Secret
 /// asks for one and queue a root asked for during one; the leader writes the Secret back when
-/// a rotation starts (and, through [`record_phase`], at every phase), starts a queued root once the
-/// rotation under way ends, and recreates the Secret when it is deleted. A root it generates
-/// is named after the trust domain `trust_domains` names then and lives the
-/// `spec.ca.rootCertTtl` `settings` give then (both the Mesh's, live). Runs until the watch ends.
-pub async fn watch(
-    client: Client,
-    namespace: String,
-    trust_domains: crate::trust_domain::Source,
-    settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
-    roots: Arc<MeshRoots>,
-    leadership: Leadership,
-) {
+/// a rotation starts (and, through [`super::record_phase`], at every phase), starts a queued
+/// root once the rotation under way ends, and recreates the Secret when it is deleted. A root it
+/// generates is named after the trust domain [`Watched::trust_domains`] names then and lives the
+/// `spec.ca.rootCertTtl` [`Watched::settings`] give then (both the Mesh's, live). Runs until
+/// the watch ends.
+pub async fn watch(w: Watched) {
     use kube::runtime::WatchStreamExt;
-    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<Secret> = Api::namespaced(w.client.clone(), &w.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
     let mut stream = watcher::watcher(api.clone(), config).default_backoff().boxed();
     let mut queue_check = tokio::time::interval(QUEUE_CHECK);
     queue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut w = Watched {
-        client,
-        namespace,
-        trust_domains,
-        settings,
-        roots,
-        leadership,
-        answered: None,
-        led: false,
-    };
+    let mut progress = Progress::default();
     loop {
         let secret = tokio::select! {
             event = stream.next() => match event {
                 None => return,
                 Some(Ok(Event::InitApply(s))) => {
                     // A fresh list: the latest version, after any write of ours.
-                    w.answered = None;
+                    progress.answered = None;
                     s
                 }
                 Some(Ok(Event::Apply(s))) => s,
@@ -101,8 +105,8 @@ pub async fn watch(
             },
             _ = queue_check.tick() => {
                 let leading = w.leadership.is_leader();
-                let now_leading = leading && !w.led;
-                w.led = leading;
+                let now_leading = leading && !progress.led;
+                progress.led = leading;
                 let waiting = leading
                     && w.roots.phase() == Phase::Stable
                     && w.roots.status().queued_root.is_some();
@@ -114,7 +118,7 @@ pub async fn watch(
                     Ok(None) => continue,
                     Err(e) => {
                         if now_leading {
-                            w.led = false; // read again at the next check
+                            progress.led = false; // read again at the next check
                         }
                         tracing::warn!(error = %e, "could not read the CA Secret for a request to answer");
                         continue;
@@ -122,7 +126,7 @@ pub async fn watch(
                 }
             }
         };
-        handle(&mut w, &secret).await;
+        handle(&w, &mut progress, &secret).await;
     }
 }
 
@@ -149,12 +153,12 @@ async fn recreate(w: &Watched) {
 }
 
 /// One version of the CA Secret.
-async fn handle(w: &mut Watched, secret: &Secret) {
+async fn handle(w: &Watched, progress: &mut Progress, secret: &Secret) {
     let version = secret.metadata.resource_version.clone();
     // A version from before our own answer: its request was answered; follow its phase only.
-    let stale = w.answered.is_some() && version != w.answered;
-    if w.answered.is_some() && version == w.answered {
-        w.answered = None;
+    let stale = progress.answered.is_some() && version != progress.answered;
+    if progress.answered.is_some() && version == progress.answered {
+        progress.answered = None;
     }
     let leading = w.leadership.is_leader();
     let roots = &w.roots;
@@ -185,7 +189,7 @@ async fn handle(w: &mut Watched, secret: &Secret) {
             if leading {
                 let queue = if from_queue { Queue::Clear } else { Queue::Keep };
                 match record_start(&w.client, &w.namespace, roots, &root, queue).await {
-                    Ok(written) => w.answered = written,
+                    Ok(written) => progress.answered = written,
                     Err(e) => {
                         tracing::warn!(new_root = %fp, error = %format!("{e:#}"), "could not record the root rotation in the CA Secret; not starting it, retrying on the next change of the Secret");
                         return;
@@ -205,7 +209,7 @@ async fn handle(w: &mut Watched, secret: &Secret) {
             let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: null}}});
             match write(&w.client, &w.namespace, &patch).await {
                 Ok(written) => {
-                    w.answered = written;
+                    progress.answered = written;
                     tracing::info!(
                         "the rotation of the expiring root was asked for again once it was being replaced: the request is removed, no second rotation"
                     )
@@ -221,7 +225,7 @@ async fn handle(w: &mut Watched, secret: &Secret) {
             let patch = record_patch(&target, previous.as_ref(), roots.phase(), Queue::Set(&root));
             match write(&w.client, &w.namespace, &patch).await {
                 Ok(written) => {
-                    w.answered = written;
+                    progress.answered = written;
                     roots.set_queued(Some(fp.clone()));
                     tracing::info!(queued_root = %fp, "a root was asked for during a root rotation: queued in the CA Secret, rotated to once the rotation ends");
                 }
