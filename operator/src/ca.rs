@@ -31,10 +31,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use trellis_contract::{SpiffeId, TrustDomains};
 
-/// Default workload certificate lifetime.
-pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Default self-signed root lifetime (ten years).
-pub const DEFAULT_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The default lifetimes of workload certificates and self-signed roots: the operator's
+/// defaults while no Mesh says otherwise ([`crate::settings`]).
+pub use crate::settings::{DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL};
 /// Back-date certificates a little so peers with slightly slow clocks accept them.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 

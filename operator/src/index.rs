@@ -22,9 +22,9 @@ use trellis_api::mesh::{MESH_NAME, Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
-use crate::mesh::settings::{Defaults, Invalid, check};
 use crate::metrics::Metrics;
 use crate::registry::{EndpointSlice, ObjectKey, Service, Workload};
+use crate::settings::{Defaults, Invalid, check};
 use crate::snapshot::{FetchedJwks, InputKind, Snapshot, tls_credential};
 
 /// Every watched object, keyed by kind and namespace/name.
@@ -203,9 +203,9 @@ impl Index {
     }
 
     /// The spec of the Mesh named `default` in force: the last one the validator accepted
-    /// ([`crate::mesh::settings::check`]); `None` while there is no Mesh or none valid yet. A
+    /// ([`crate::settings::check`]); `None` while there is no Mesh or none valid yet. A
     /// Mesh refused whole changes nothing here, so the settings every replica follows
-    /// ([`crate::mesh::settings::follow`]) and the compiler's snapshot ([`Index::snapshot`])
+    /// ([`crate::settings::follow`]) and the compiler's snapshot ([`Index::snapshot`])
     /// read the same trust domain, aliases, mTLS mode and outbound policy.
     pub fn mesh(&self) -> Option<&MeshSpec> {
         self.mesh.as_ref()
@@ -217,7 +217,7 @@ impl Index {
     }
 
     /// The spec the compiler reads: the Mesh's in force, or, with none, the defaults in the
-    /// operator's trust domain (as [`crate::mesh::settings::Settings::defaults`]).
+    /// operator's trust domain (as [`crate::settings::Settings::defaults`]).
     fn spec_in_force(&self) -> MeshSpec {
         self.mesh.clone().unwrap_or_else(|| MeshSpec {
             trust_domain: self.absent_trust_domain.clone(),

@@ -41,6 +41,7 @@ pub mod peers;
 pub mod push;
 pub mod rollout;
 pub mod serving;
+pub mod settings;
 pub mod traffic;
 pub mod trust;
 pub mod trust_domain;

@@ -2,7 +2,7 @@
 //! leader only (shaped like kube-rs/controller-rs).
 //!
 //! [`reconcile`] only calls `finalizer(...)`; the work is in the methods of [`MeshExt`] on the
-//! Mesh: [`MeshExt::apply`] reads the spec into [`settings::Settings`] (the one validator
+//! Mesh: [`MeshExt::apply`] reads the spec into [`crate::settings::Settings`] (the one validator
 //! decides; an invalid spec is refused whole and said so), publishes them to the rest of the
 //! operator, observes the CA, the webhooks and the data plane, and writes the status by
 //! server-side apply with one field manager, publishing an event for every condition that
@@ -26,7 +26,6 @@ pub mod conditions;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod observe;
-pub mod settings;
 mod status;
 pub mod trust_domain;
 mod uninstall;
@@ -46,17 +45,15 @@ use tokio::sync::watch;
 use trellis_api::mesh::{FINALIZER, MESH_NAME, Mesh, MeshStatus, RolloutStatus, conditions as types};
 
 use self::conditions::{CaObservation, WebhooksObservation};
-use self::settings::{Defaults, Settings};
 use self::status::MeshStatusExt;
 use crate::dataplane::{self, MeshedPod, ProxyLink};
 use crate::events::{EventType, Recorder, Reporter};
 use crate::metrics::Metrics;
 use crate::rollout::{self, plan::Workload};
+use crate::settings::{Defaults, RESYNC, Settings};
 
 /// The controller's name on its events.
 pub const REPORTER: &str = "trellis-operator";
-/// How often a steady Mesh is looked at again (data plane counts, root expiry).
-pub const RESYNC: Duration = Duration::from_secs(15);
 /// The label on everything an installation creates.
 pub const PART_OF: &str = "app.kubernetes.io/part-of=trellis";
 

@@ -1,5 +1,5 @@
 //! The trust domain the operator issues and checks workload identities in, with its aliases,
-//! read live from the Mesh's valid settings ([`crate::mesh::settings`]: `spec.trustDomain`,
+//! read live from the Mesh's valid settings ([`crate::settings`]: `spec.trustDomain`,
 //! `spec.trustDomainAliases`) and the previous domains its status records during a change:
 //! every replica's certificate signer and push authentication follow a change at once, with no
 //! restart, and an invalid Mesh changes nothing.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use trellis_contract::TrustDomains;
 
-use crate::mesh::settings::Settings;
+use crate::settings::Settings;
 
 /// Where the trust domain and its aliases are read from.
 #[derive(Clone)]
@@ -69,7 +69,7 @@ mod tests {
 
     use super::*;
     use crate::index::{Change, Object};
-    use crate::mesh::settings::{Defaults, Followed};
+    use crate::settings::{Defaults, Followed};
 
     fn mesh(spec: serde_json::Value, status: serde_json::Value) -> Change {
         Change::Applied(Object::Mesh(Box::new(

@@ -369,7 +369,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
     let ttl = Duration::from_secs(TTL_SECONDS);
     assert!(ttl < DEFAULT_WORKLOAD_TTL);
     let core = |roots: MeshRoots| Core {
-        settings: trellis_operator::mesh::settings::Settings::defaults(&Default::default()),
+        settings: trellis_operator::settings::Settings::defaults(&Default::default()),
         index: registry.index.clone(),
         changed: changed_rx.clone(),
         reviewer: Arc::new(Reviewer),

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use trellis_api::mesh::{HealthGate, RolloutPhase, RolloutStatus};
 use trellis_operator::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
-use trellis_operator::mesh::settings::{Batch, RolloutSettings};
 use trellis_operator::rollout::plan::{Input, Plan, Progress, Workload, plan};
+use trellis_operator::settings::{Batch, RolloutSettings};
 
 const OLD: &str = "proxy:1";
 const NEW: &str = "proxy:2";

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::ca::MeshRoots;
-use crate::mesh::settings::Settings as MeshSettings;
 use crate::serving::{ServingTls, issuing_root};
+use crate::settings::Settings as MeshSettings;
 
 /// When the certificate must be reissued: `Some(why)` when it is due for renewal at `now`, or
 /// when issuing moved to another root that the API server already trusts (`published`: the
@@ -98,8 +98,8 @@ pub async fn keep_certificate_current(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::settings::{Defaults, Followed};
     use crate::serving::Issued;
+    use crate::settings::{Defaults, Followed};
 
     /// [`keep_certificate_current`] running on a certificate, with no webhook configurations to
     /// wait for: what it announces, following the Mesh's settings `settings`.

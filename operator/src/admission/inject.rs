@@ -42,7 +42,7 @@ use serde_json::Value;
 use trellis_manifests::sidecar::{self, INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, InjectError, Settings};
 
 use crate::index::Index;
-use crate::mesh::settings::Settings as MeshSettings;
+use crate::settings::Settings as MeshSettings;
 
 /// The label the injector puts on a pod it admits without a sidecar, its value saying why
 /// ([`SKIPPED_HOST_NETWORK`]); `kubectl get pods -l trellis.dev/injection-skipped` lists them.
@@ -134,7 +134,7 @@ impl Answer {
 
 /// The sidecar settings in force: `defaults` with the proxy image and the trust domain (a new
 /// pod asks for its first certificate in it) of the Mesh's settings `mesh` — the last valid
-/// Mesh's, as this replica follows them ([`crate::mesh::settings::follow`]).
+/// Mesh's, as this replica follows them ([`crate::settings::follow`]).
 pub fn settings(defaults: &Settings, mesh: &MeshSettings) -> Settings {
     let mut settings = defaults.clone();
     settings.trust_domain.clone_from(&mesh.trust_domain);
@@ -334,7 +334,7 @@ mod tests {
     /// The Mesh's settings with `defaults()`' image where the Mesh (`spec`; `None`: no Mesh)
     /// names none.
     fn mesh(spec: Option<Value>) -> MeshSettings {
-        let defaults = crate::mesh::settings::Defaults {
+        let defaults = crate::settings::Defaults {
             proxy_image: defaults().proxy_image,
             ..Default::default()
         };

@@ -40,9 +40,9 @@ use trellis_manifests::sidecar::Settings;
 use super::inject::memo::Memo;
 use super::{MAX_BODY_BYTES, Reply, refusal};
 use crate::index;
-use crate::mesh::settings::{Defaults, Settings as MeshSettings};
 use crate::metrics::Metrics;
 use crate::serving::ServingTls;
+use crate::settings::{Defaults, Settings as MeshSettings};
 
 /// What the webhooks answer from.
 pub struct Webhooks {
@@ -223,7 +223,7 @@ impl Webhooks {
     }
 
     /// Inject the proxy image and trust domain of the Mesh's valid settings `mesh`, as they
-    /// change ([`crate::mesh::settings::follow`]).
+    /// change ([`crate::settings::follow`]).
     pub fn following(mut self, mesh: watch::Receiver<MeshSettings>) -> Self {
         self.mesh = mesh;
         self
@@ -380,7 +380,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::mesh::settings::Followed;
+    use crate::settings::Followed;
 
     #[test]
     fn a_remembered_injection_is_answered_byte_for_byte_as_a_decided_one() {

@@ -39,7 +39,7 @@ use super::secret::{
     CA_CERT, CA_KEY, CA_SECRET, CERT_CHAIN, EXPIRY_REQUEST, PREVIOUS_CERT, QUEUED_CERT, QUEUED_CHAIN, QUEUED_KEY,
     ROTATE_ANNOTATION,
 };
-use crate::mesh::settings::Settings;
+use crate::settings::Settings;
 
 /// How often the leader looks at the root's expiry.
 // why: roots live years and are rotated with a fifth of their life left; ten minutes of delay
@@ -314,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_replica_signs_with_the_workload_ttl_the_mesh_says_now() {
-        use crate::mesh::settings::Defaults;
+        use crate::settings::Defaults;
         let t0 = SystemTime::now();
         let root = SigningCert::self_signed_root("cluster.local", Duration::from_secs(365 * 86400), t0).unwrap();
         let roots = Arc::new(MeshRoots::new(

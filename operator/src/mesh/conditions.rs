@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use trellis_api::mesh::conditions::*;
 use trellis_api::mesh::{DataPlaneStatus, RolloutPhase, RolloutStatus};
 
-use super::settings::Invalid;
+use crate::settings::Invalid;
 
 mod certificate_authority;
 use certificate_authority::ca_condition;

@@ -15,9 +15,9 @@ use trellis_api::mesh::{FINALIZER, Mesh, MeshSpec, MeshStatus};
 pub use self::api_server::{ApiServerVerifier, Scenario, Step, reconciles_silently, running, timeout_after_1s};
 use super::Observe;
 use super::conditions::{CaObservation, WebhooksObservation};
-use super::settings::{Defaults, Settings};
 use crate::dataplane::{MeshedPod, Owner, ProxyLink, ProxyRole, WorkloadKind, WorkloadRef};
 use crate::rollout::plan::{Progress, Workload};
+use crate::settings::{Defaults, Settings};
 
 /// The fixed "now" of the tests.
 pub fn now() -> SystemTime {

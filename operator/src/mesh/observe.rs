@@ -9,11 +9,11 @@ use trellis_api::mesh::CaMode;
 
 use super::Observe;
 use super::conditions::{CaObservation, WebhooksObservation};
-use super::settings::Settings;
 use crate::ca::MeshRoots;
 use crate::dataplane::{self, MeshedPod, Pods, ProxyLink};
 use crate::push::PushService;
 use crate::rollout::plan::Workload;
+use crate::settings::Settings;
 
 /// The live observations.
 pub struct Live {

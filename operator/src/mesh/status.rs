@@ -8,10 +8,10 @@ use kube::{Api, Resource, ResourceExt};
 use trellis_api::mesh::{CertificateAuthorityStatus, DataPlaneStatus, Mesh, MeshStatus, RolloutStatus};
 
 use super::conditions::{self, CaObservation, Observed, WebhooksObservation};
-use super::settings::{Invalid, Settings};
 use super::{Context, Error, trust_domain};
 use crate::FIELD_MANAGER;
 use crate::events::{Event, EventType};
+use crate::settings::{Invalid, Settings};
 
 /// The Mesh's status and events, as methods on it.
 pub(super) trait MeshStatusExt {
@@ -175,8 +175,9 @@ mod tests {
     use crate::mesh::fixtures::{
         Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, now, reconciles_silently, timeout_after_1s,
     };
-    use crate::mesh::settings::{self, Defaults};
-    use crate::mesh::{Context, RESYNC, reconcile};
+    use crate::mesh::{Context, reconcile};
+    use crate::settings::RESYNC;
+    use crate::settings::{self, Defaults};
 
     use super::*;
 

@@ -358,7 +358,7 @@ mod tests {
             vec!["shop/web-1".to_string(), "shop/web-2".to_string()],
         )]);
         cluster.pods.push(MeshedPod {
-            image: crate::mesh::settings::Defaults::default().proxy_image,
+            image: crate::settings::Defaults::default().proxy_image,
             ..pod("trellis-ingressgateway-1", ProxyRole::Gateway, true)
         });
         let recorded = status("new.example", &["old.example"]);

@@ -9,11 +9,12 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use trellis_api::mesh::Mesh;
 
-use super::settings::Settings;
 use super::status::MeshStatusExt;
-use super::{Context, Error, RESYNC};
+use super::{Context, Error};
 use crate::events::EventType;
 use crate::rollout::{self, plan::Plan};
+use crate::settings::RESYNC;
+use crate::settings::Settings;
 
 /// Act on `plan` (made for `settings` at `now`, already recorded in the status): roll the
 /// operator if the Mesh names another image for it, assign the wave's images, publish the
@@ -92,9 +93,9 @@ mod tests {
         Changing, Fixed, MeshFixture, Scenario, Step, condition, mesh, reconciles_silently, running, timeout_after_1s,
         web,
     };
-    use crate::mesh::settings::Defaults;
     use crate::mesh::{Context, reconcile};
     use crate::rollout::plan::Workload;
+    use crate::settings::Defaults;
 
     use super::*;
 

@@ -158,9 +158,9 @@ mod tests {
         use super::*;
         use crate::dataplane::{MeshedPod, Owner, ProxyLink, WorkloadRef};
         use crate::mesh::fixtures::{Changing, Fixed, MeshFixture, Scenario, Step, mesh, timeout_after_1s, web};
-        use crate::mesh::settings::Defaults;
         use crate::mesh::{Context, reconcile};
         use crate::rollout::plan::Workload;
+        use crate::settings::Defaults;
 
         const GATEWAY: &str = "trellis-ingressgateway";
         const GATEWAY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/trellis-ingressgateway";

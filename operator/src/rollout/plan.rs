@@ -31,7 +31,7 @@ use trellis_api::mesh::{RolloutFailure, RolloutPhase, RolloutStatus, WorkloadRol
 use self::fleet::Fleet;
 use super::gateway::GatewayProxy;
 use crate::dataplane::{MeshedPod, ProxyLink, WorkloadKind, WorkloadRef};
-use crate::mesh::settings::RolloutSettings;
+use crate::settings::RolloutSettings;
 
 /// How a workload's own controller is getting on with its pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,7 +176,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         status,
         assignments: Vec::new(),
         announcements: Vec::new(),
-        recheck: crate::mesh::RESYNC,
+        recheck: crate::settings::RESYNC,
     };
 
     let current = input.status.filter(|s| s.target_image == input.target);
@@ -279,7 +279,7 @@ fn next_wave(
                     warning: false,
                 }]
             },
-            recheck: crate::mesh::RESYNC,
+            recheck: crate::settings::RESYNC,
         };
     }
     let total = view.meshed.len();
@@ -377,7 +377,7 @@ fn roll_back(
             warning: true,
         }],
         status: Some(status),
-        recheck: crate::mesh::RESYNC,
+        recheck: crate::settings::RESYNC,
     }
 }
 
@@ -486,7 +486,7 @@ fn soaking(
                 ),
                 warning: false,
             }],
-            recheck: crate::mesh::RESYNC,
+            recheck: crate::settings::RESYNC,
         };
     }
     next_wave(view, status.clone(), pending, counts)

@@ -39,7 +39,7 @@ pub struct Watched {
     /// The Mesh's trust domain, read live: a root generated now is named after it.
     pub trust_domains: crate::trust_domain::Source,
     /// The Mesh's settings, read live: a root generated now lives their `spec.ca.rootCertTtl`.
-    pub settings: tokio::sync::watch::Receiver<crate::mesh::settings::Settings>,
+    pub settings: tokio::sync::watch::Receiver<crate::settings::Settings>,
     /// The roots this replica issues from.
     pub roots: Arc<MeshRoots>,
     /// Whether this replica leads.

@@ -27,6 +27,15 @@ use trellis_api::mesh::{
 use trellis_api::security::MtlsMode;
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
 
+/// How often a steady Mesh is looked at again (data plane counts, root expiry), and a rollout
+/// with nothing to wait for is planned again.
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// Default workload certificate lifetime.
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default self-signed root lifetime (ten years).
+pub const DEFAULT_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// What the operator uses where neither a Mesh nor its field says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
@@ -51,8 +60,8 @@ impl Default for Defaults {
         Defaults {
             namespace: SYSTEM_NAMESPACE.to_string(),
             proxy_image: format!("ghcr.io/trellis-mesh/trellis-proxy:{}", env!("CARGO_PKG_VERSION")),
-            workload_cert_ttl: crate::ca::DEFAULT_WORKLOAD_TTL,
-            root_cert_ttl: crate::ca::DEFAULT_ROOT_TTL,
+            workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
+            root_cert_ttl: DEFAULT_ROOT_TTL,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         }
     }
