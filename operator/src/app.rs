@@ -22,17 +22,24 @@ use trellis_push::v1::certificates_server::CertificatesServer;
 use trellis_push::v1::config_push_server::ConfigPushServer;
 
 use crate::admission::ca_bundle::Published;
-use crate::admission::server::Webhooks;
 use crate::ca::service::{CertificateService, KubeTokenReviewer, TokenReviewer};
-use crate::ca::{MeshRoots, Phase, SigningCert, SystemClock, secret};
+use crate::ca::{MeshRoots, SigningCert, SystemClock, secret};
 use crate::events::{Recorder, Reporter};
 use crate::index::{self, Index};
 use crate::leader::{self, Elector, Leadership};
 use crate::metrics::Metrics;
 use crate::push::{self, PushService};
 use crate::serving::{ClientAuth, Identity, ServingTls};
-use crate::settings::{Defaults, Settings};
+use crate::settings::Settings;
 use trellis_api::mesh::{MESH_NAME, Mesh};
+
+mod config;
+mod rotation;
+mod webhooks;
+
+pub use self::config::{Config, defaults, injector_settings, operator_identity, service_dns_names};
+use self::rotation::{Rotation, drive_rotation};
+use self::webhooks::{Watched, serve_webhooks, webhooks_observation};
 
 /// The Secret holding the mesh root (`ca.crt`, `ca.key`) in the control plane's namespace.
 pub use crate::ca::secret::CA_SECRET;
@@ -47,70 +54,6 @@ pub const WEBHOOK_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const OPERATOR_APP: &str = "trellis-operator";
 /// The operator's ServiceAccount, which its own identity is derived from.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "trellis-operator";
-
-/// Settings, from flags or environment variables.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "trellis-operator", version, about = "The Trellis control plane")]
-pub struct Config {
-    /// Namespace the control plane runs in: its CA Secret, leader Lease and Service (which the
-    /// webhook configurations it creates and the injected sidecars point at) are there. The
-    /// Deployment sets POD_NAMESPACE from the pod's own namespace (under OLM, the
-    /// OperatorGroup's).
-    #[arg(long, env = trellis_manifests::install::NAMESPACE_ENV, default_value = trellis_api::mesh::SYSTEM_NAMESPACE)]
-    pub namespace: String,
-    /// Address of the push and certificate API (gRPC over TLS).
-    #[arg(long, env = "TRELLIS_PUSH_ADDR", default_value = "0.0.0.0:15012")]
-    pub push_addr: SocketAddr,
-    /// Address of the admin API (/ready, /live, /metrics, /debug/syncz).
-    #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
-    pub admin_addr: SocketAddr,
-    /// SPIFFE trust domain while there is no Mesh (a Mesh's `spec.trustDomain` wins; a Mesh
-    /// that names none is in `cluster.local`, as the compiler reads it).
-    #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = trellis_api::mesh::DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-    /// Lifetime of workload certificates while there is no Mesh, in seconds (at most half the
-    /// root's 87600h); a Mesh without `spec.ca.workloadCertTtl` gets that field's default, 24h.
-    #[arg(long, env = "TRELLIS_WORKLOAD_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
-    pub workload_cert_ttl_seconds: u64,
-    /// Address of the admission webhooks (HTTPS).
-    #[arg(long, env = "TRELLIS_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
-    pub webhook_addr: SocketAddr,
-    /// Create the webhook configurations missing at start (they point at the operator's
-    /// Service; an operator run without one, e.g. in process in tests, turns this off).
-    #[arg(long, env = "TRELLIS_CREATE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub create_webhooks: bool,
-    /// The proxy image injected when the Mesh names none (`spec.versions.proxy`).
-    #[arg(long, env = "TRELLIS_PROXY_IMAGE", default_value_t = trellis_manifests::install::Options::default().proxy_image)]
-    pub proxy_image: String,
-    /// The image this operator runs (the install sets it): when the Mesh's
-    /// `spec.versions.operator` names another, the leader rolls the operator's Deployment to it.
-    #[arg(long, env = trellis_manifests::install::OPERATOR_IMAGE_ENV)]
-    pub operator_image: Option<String>,
-    /// This replica's name in the leader election (the pod's name).
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// Compete for leadership on the Lease `trellis-operator` (`false`: this replica always
-    /// leads; only for a single replica).
-    #[arg(long, env = "TRELLIS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    /// The other replicas' admin APIs, `NAME=http://HOST:PORT` each, for replicas that are not
-    /// pods this one can find (run outside the cluster); empty: the ready pods labelled
-    /// `app=trellis-operator` in the namespace, on this replica's admin port.
-    #[arg(long, env = "TRELLIS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
-    pub peers: Vec<(String, String)>,
-}
-
-/// One `--peers` entry: `NAME=http://HOST:PORT`.
-fn parse_peer(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((name, url)) if !name.is_empty() && url.starts_with("http://") => {
-            Ok((name.to_string(), url.trim_end_matches('/').to_string()))
-        }
-        _ => Err(format!(
-            "{s:?} is not a peer: write NAME=http://HOST:PORT (the replica's name and its admin API)"
-        )),
-    }
-}
 
 /// A started operator.
 #[derive(Debug)]
@@ -420,37 +363,6 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
     Ok(app)
 }
 
-/// The Mesh's `WebhooksReady` from what the webhook configurations trust.
-fn webhooks_observation(published: &Published) -> crate::mesh::conditions::WebhooksObservation {
-    use trellis_manifests::install::webhooks::{INJECTOR, VALIDATOR};
-    let (ready, reason, message) = match (&published.roots, published.current) {
-        (None, _) => (
-            false,
-            "NotInstalled",
-            format!(
-                "the webhook configurations {VALIDATOR} and {INJECTOR} do not exist: apply the install manifests again, or restart the operator to create them"
-            ),
-        ),
-        (Some(_), false) => (
-            false,
-            "CaBundleStale",
-            format!(
-                "the caBundle of {VALIDATOR} or {INJECTOR} is not the mesh trust bundle yet; the operator patches it (its log says why if it cannot)"
-            ),
-        ),
-        (Some(_), true) => (
-            true,
-            "Serving",
-            format!("{VALIDATOR} and {INJECTOR} are served by every operator replica with a current caBundle"),
-        ),
-    };
-    crate::mesh::conditions::WebhooksObservation {
-        ready,
-        reason: reason.into(),
-        message,
-    }
-}
-
 /// What the operator's core serves from: the registry, its change announcements, the token
 /// reviewer and the mesh roots. [`start`] builds it from the Kubernetes API; tests build it
 /// from plain data.
@@ -662,65 +574,6 @@ pub async fn load_or_create_root(client: &Client, namespace: &str, trust_domain:
     )
 }
 
-/// What the webhooks read: the live index, the Mesh's settings this replica follows (the
-/// injected proxy image and trust domain) and the trust domain (the webhooks' certificate names
-/// the operator in it).
-struct Watched<'a> {
-    index: &'a index::Shared,
-    trust_domains: crate::trust_domain::Source,
-    settings: tokio::sync::watch::Receiver<Settings>,
-}
-
-/// Start the admission webhooks on `config.webhook_addr`, with a certificate from the issuing
-/// root kept current (and in the Mesh's trust domain); returns where they listen.
-async fn serve_webhooks(
-    config: &Config,
-    watched: Watched<'_>,
-    roots: &Arc<MeshRoots>,
-    client: Option<&Client>,
-    metrics: &Arc<Metrics>,
-    published: tokio::sync::watch::Receiver<Published>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<SocketAddr> {
-    let Watched {
-        index,
-        trust_domains,
-        settings,
-    } = watched;
-    let tls = Arc::new(ServingTls::new(
-        Identity {
-            spiffe_id: operator_identity(config, trust_domains),
-            dns_names: service_dns_names(config),
-            ttl: WEBHOOK_CERT_TTL,
-            client_auth: ClientAuth::None,
-            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        },
-        roots,
-    )?);
-    let defaults = injector_settings(config);
-    let events = client.map(|c| recorder(c, config.pod_name.clone()));
-    let renewed = renewal_announcer(client.cloned(), events, config.pod_name.clone());
-    let webhooks = Arc::new(Webhooks::new(index.clone(), defaults, metrics.clone()).following(settings.clone()));
-    let listener = TcpListener::bind(config.webhook_addr)
-        .await
-        .with_context(|| format!("binding the admission webhooks to {}", config.webhook_addr))?;
-    let addr = listener.local_addr()?;
-    tasks.push(tokio::spawn(crate::admission::server::serve(
-        listener,
-        tls.clone(),
-        webhooks,
-    )));
-    tasks.push(tokio::spawn(crate::admission::certificate::keep_certificate_current(
-        tls,
-        roots.clone(),
-        published,
-        settings,
-        Arc::new(SystemClock),
-        renewed,
-    )));
-    Ok(addr)
-}
-
 /// Events written as the operator, this replica (`pod_name`) reporting.
 fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
     Recorder::new(
@@ -730,200 +583,4 @@ fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
             instance: pod_name,
         },
     )
-}
-
-/// What the operator acts on where the Mesh, or its field, says nothing: the flags.
-pub fn defaults(config: &Config) -> Result<Defaults, String> {
-    Defaults {
-        namespace: config.namespace.clone(),
-        proxy_image: config.proxy_image.clone(),
-        workload_cert_ttl: Duration::from_secs(config.workload_cert_ttl_seconds),
-        trust_domain: config.trust_domain.clone(),
-        ..Defaults::default()
-    }
-    .checked()
-}
-
-/// What the sidecar injector meshes pods with when the Mesh names no proxy image.
-pub fn injector_settings(config: &Config) -> trellis_manifests::sidecar::Settings {
-    let mut settings = trellis_manifests::sidecar::Settings::new(&trellis_manifests::install::Options {
-        namespace: config.namespace.clone(),
-        proxy_image: config.proxy_image.clone(),
-        ..trellis_manifests::install::Options::default()
-    });
-    settings.trust_domain = config.trust_domain.clone();
-    settings
-}
-
-/// A `WebhookCertificateRenewed` event on the Mesh for each renewal of this replica's webhook
-/// certificate (nothing without a Kubernetes API).
-fn renewal_announcer(
-    client: Option<Client>,
-    recorder: Option<Recorder>,
-    replica: Option<String>,
-) -> impl Fn(&'static str) + Send + 'static {
-    let replica = replica.unwrap_or_else(|| "(unnamed)".into());
-    move |why| {
-        let (Some(client), Some(recorder)) = (client.clone(), recorder.clone()) else {
-            return;
-        };
-        let note = format!("operator replica {replica} reissued its webhook serving certificate: {why}");
-        tokio::spawn(async move {
-            use kube::Resource as _;
-            let meshes: kube::Api<Mesh> = kube::Api::all(client);
-            let reference = match meshes.get_opt(MESH_NAME).await {
-                Ok(Some(mesh)) => mesh.object_ref(&()),
-                Ok(None) => return, // no Mesh to tell; the log says it
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the Mesh to announce the webhook certificate renewal");
-                    return;
-                }
-            };
-            let event = crate::events::Event {
-                type_: crate::events::EventType::Normal,
-                reason: "WebhookCertificateRenewed".into(),
-                note: Some(note),
-                action: "RenewCertificate".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, "could not publish the webhook certificate renewal event");
-            }
-        });
-    }
-}
-
-/// The operator's SPIFFE identity, which its serving certificates carry: its ServiceAccount in
-/// the trust domain `trust_domains` names when each is issued (the Mesh's, live).
-pub fn operator_identity(config: &Config, trust_domains: crate::trust_domain::Source) -> crate::serving::Subject {
-    crate::serving::Subject::service_account(trust_domains, config.namespace.clone(), OPERATOR_SERVICE_ACCOUNT)
-}
-
-/// The names clients reach the operator by: its Service (as proxies and the API server dial
-/// it), and localhost.
-pub fn service_dns_names(config: &Config) -> Vec<String> {
-    vec![
-        format!("trellis-operator.{}.svc", config.namespace),
-        format!("trellis-operator.{}.svc.cluster.local", config.namespace),
-        "localhost".to_string(),
-    ]
-}
-
-/// How often the rotation looks at the proxies' sync state.
-// why: ACKs arrive within milliseconds of a push; a fifth of a second keeps each phase change
-// prompt without a notification path from every ACK.
-const ROTATION_TICK: Duration = Duration::from_millis(200);
-
-/// What the root rotation reads besides the roots and the push: where the CA Secret is (none:
-/// a replica alone, with no Kubernetes API, decides and enters phases by itself), whether this
-/// replica leads, and the other replicas' proxies.
-struct Rotation {
-    secret: Option<(Client, String)>,
-    leadership: Leadership,
-    replicas: crate::peers::Replicas,
-    index: index::Shared,
-    peers: crate::peers::Peers,
-}
-
-/// Advance the root rotation from what every replica's connected proxies acknowledge and
-/// report serving: the leader records the phase the reports allow in the CA Secret, then enters
-/// it; the others only assess (for their status) and enter the phases the Secret records
-/// ([`secret::watch`]). Reissue the operator's serving certificate when the bundle changes, or
-/// when the Mesh's trust domain changed (it names the operator in it).
-async fn drive_rotation(rotation: Rotation, roots: Arc<MeshRoots>, push: PushService, serving: Arc<ServingTls>) {
-    let mut tick = tokio::time::interval(ROTATION_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut bundle = roots.bundle();
-    // The proxies the rotation saw connected, and when (one moving between replicas holds it).
-    let mut seen = std::collections::BTreeMap::new();
-    loop {
-        tick.tick().await;
-        if serving.identity_moved()
-            && let Err(e) = serving.refresh(&roots)
-        {
-            tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate in the Mesh's trust domain");
-        }
-        if roots.phase() != Phase::Stable {
-            let replicas: Vec<String> = rotation
-                .replicas
-                .targets(&rotation.index)
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
-            let reports = match rotation.peers.read() {
-                Ok(answers) => {
-                    let now = std::time::SystemTime::now();
-                    crate::peers::rotation_reports(push.sync_state(), &replicas, &answers, &mut seen, now)
-                }
-                Err(_) => continue,
-            };
-            let assessment = roots.assess(&reports);
-            // The rotation assessed, by the root it rotates to: the CA Secret's watch may end
-            // it (following the leader's own record of its end) and start a queued root's
-            // rotation while this one records; the phase is recorded and entered for the
-            // rotation it was assessed for only, never for the next one.
-            if let (Some(to), Some(target)) = (assessment.to.as_deref(), assessment.allowed.last().copied())
-                && rotation.leadership.is_leader()
-            {
-                match &rotation.secret {
-                    None => {
-                        roots.advance_rotation(to, target);
-                    }
-                    // Recorded before entered: the followers never run behind a phase the
-                    // leader acts on for longer than their watch takes.
-                    Some((client, namespace)) => {
-                        match secret::record_phase(client, namespace, &roots, to, target).await {
-                            Ok(true) => {
-                                roots.advance_rotation(to, target);
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::warn!(phase = %target, error = %format!("{e:#}"), "could not record the root rotation's next phase in the CA Secret; retrying")
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if bundle.has_changed().unwrap_or(false) {
-            bundle.borrow_and_update();
-            if let Err(e) = serving.refresh(&roots) {
-                tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::{CommandFactory as _, Parser as _};
-
-    use super::*;
-
-    #[test]
-    fn the_namespace_is_the_pods_own_and_everything_namespaced_follows_it() {
-        // The Deployment sets this variable from the pod's metadata.namespace (under OLM, the
-        // OperatorGroup's namespace) and passes no --namespace.
-        let command = Config::command();
-        let arg = command
-            .get_arguments()
-            .find(|a| a.get_id() == "namespace")
-            .expect("a namespace setting");
-        assert_eq!(
-            arg.get_env(),
-            Some(std::ffi::OsStr::new(trellis_manifests::install::NAMESPACE_ENV))
-        );
-        let config = Config::parse_from(["trellis-operator", "--namespace", "operators"]);
-        let sidecar = injector_settings(&config);
-        assert_eq!(sidecar.control_plane_namespace, "operators");
-        assert!(
-            service_dns_names(&config).contains(&"trellis-operator.operators.svc".to_string()),
-            "{:?}",
-            service_dns_names(&config)
-        );
-        assert_eq!(
-            operator_identity(&config, config.trust_domain.as_str().into()).get(),
-            "spiffe://cluster.local/ns/operators/sa/trellis-operator"
-        );
-    }
 }
