@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::Findings;
+use super::format::MIN_TIMEOUT;
 use super::format::duration;
-use super::networking::MIN_TIMEOUT;
 use crate::networking::ConnectionPoolSettings;
 
 /// A connection pool's durations and Istio's warnings, at `cp`.

@@ -57,6 +57,9 @@ pub(super) fn not_supported(path: &str, what: &str, fix: &str, f: &mut Findings)
     f.error(path, format!("{what} {}; {fix}", crate::schema::NOT_SUPPORTED));
 }
 
+/// Istio's minimum for timeouts and delays.
+pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// A duration field that must be at least `min` (Istio's minimum is 1ms for timeouts).
 pub(super) fn duration(path: &str, value: &Option<String>, min: Duration, f: &mut Findings) -> Option<Duration> {
     let s = value.as_deref()?;

@@ -6,13 +6,11 @@ use std::time::Duration;
 use super::Findings;
 use super::connection_pool::{below_the_rule, connection_pool};
 use super::format::{
-    self, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers, host,
-    labels, method, not_supported, regex, string_match, weights,
+    self, MIN_TIMEOUT, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers,
+    host, labels, method, not_supported, regex, string_match, weights,
 };
 use crate::networking::*;
 
-/// Istio's minimum for timeouts and delays.
-pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Retry conditions the proxy implements.
 const RETRY_ON: &[&str] = &[
     "5xx",
