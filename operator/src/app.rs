@@ -79,7 +79,7 @@ pub struct App {
     /// What the webhook configurations trust of the operator.
     pub published: tokio::sync::watch::Receiver<Published>,
     /// The Mesh's valid settings, as this replica follows them
-    /// ([`crate::settings::follow`]).
+    /// ([`crate::index::settings::follow`]).
     pub settings: tokio::sync::watch::Receiver<Settings>,
     elector: Option<Elector>,
     /// The push API's server: stopped gracefully by [`App::shutdown`].
@@ -155,7 +155,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         .context("reading Mesh default (are the CRDs installed? kubectl apply -f crds/)")?;
     let defaults = defaults(&config).map_err(anyhow::Error::msg)?;
     // What this replica acts on until its index holds the Mesh; then every replica follows the
-    // Mesh's changes (crate::settings::follow): the certificate lifetimes included.
+    // Mesh's changes (crate::index::settings::follow): the certificate lifetimes included.
     let at_start = mesh
         .as_ref()
         .and_then(|m| Settings::from_mesh(m, &defaults).ok())
@@ -418,7 +418,7 @@ pub async fn serve(config: &Config, core: Core) -> anyhow::Result<App> {
     // image among them, an invalid Mesh changing nothing (the flags stand in while there is no
     // Mesh).
     let (settings_tx, settings) = tokio::sync::watch::channel(settings);
-    tasks.push(tokio::spawn(crate::settings::follow(
+    tasks.push(tokio::spawn(crate::index::settings::follow(
         index.clone(),
         changed.clone(),
         defaults(config).map_err(anyhow::Error::msg)?,

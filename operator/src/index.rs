@@ -205,7 +205,7 @@ impl Index {
     /// The spec of the Mesh named `default` in force: the last one the validator accepted
     /// ([`crate::settings::check`]); `None` while there is no Mesh or none valid yet. A
     /// Mesh refused whole changes nothing here, so the settings every replica follows
-    /// ([`crate::settings::follow`]) and the compiler's snapshot ([`Index::snapshot`])
+    /// ([`crate::index::settings::follow`]) and the compiler's snapshot ([`Index::snapshot`])
     /// read the same trust domain, aliases, mTLS mode and outbound policy.
     pub fn mesh(&self) -> Option<&MeshSpec> {
         self.mesh.as_ref()
@@ -630,6 +630,8 @@ async fn watch_kind<K>(
         }
     }
 }
+
+pub mod settings;
 
 #[cfg(test)]
 mod tests;

@@ -68,8 +68,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::index::settings::Followed;
     use crate::index::{Change, Object};
-    use crate::settings::{Defaults, Followed};
+    use crate::settings::Defaults;
 
     fn mesh(spec: serde_json::Value, status: serde_json::Value) -> Change {
         Change::Applied(Object::Mesh(Box::new(

@@ -98,8 +98,9 @@ pub async fn keep_certificate_current(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::settings::Followed;
     use crate::serving::Issued;
-    use crate::settings::{Defaults, Followed};
+    use crate::settings::Defaults;
 
     /// [`keep_certificate_current`] running on a certificate, with no webhook configurations to
     /// wait for: what it announces, following the Mesh's settings `settings`.

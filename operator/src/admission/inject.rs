@@ -134,7 +134,7 @@ impl Answer {
 
 /// The sidecar settings in force: `defaults` with the proxy image and the trust domain (a new
 /// pod asks for its first certificate in it) of the Mesh's settings `mesh` — the last valid
-/// Mesh's, as this replica follows them ([`crate::settings::follow`]).
+/// Mesh's, as this replica follows them ([`crate::index::settings::follow`]).
 pub fn settings(defaults: &Settings, mesh: &MeshSettings) -> Settings {
     let mut settings = defaults.clone();
     settings.trust_domain.clone_from(&mesh.trust_domain);

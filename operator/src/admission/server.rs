@@ -223,7 +223,7 @@ impl Webhooks {
     }
 
     /// Inject the proxy image and trust domain of the Mesh's valid settings `mesh`, as they
-    /// change ([`crate::settings::follow`]).
+    /// change ([`crate::index::settings::follow`]).
     pub fn following(mut self, mesh: watch::Receiver<MeshSettings>) -> Self {
         self.mesh = mesh;
         self
@@ -380,7 +380,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::settings::Followed;
+    use crate::index::settings::Followed;
 
     #[test]
     fn a_remembered_injection_is_answered_byte_for_byte_as_a_decided_one() {
