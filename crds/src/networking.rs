@@ -70,13 +70,17 @@ pub struct VirtualServiceSpec {
     pub export_to: Option<Vec<String>>,
 }
 
+/// The fix of Istio's deprecated integer mirror percentages.
+pub(crate) const MIRROR_PERCENTAGE_FIX: &str = "use mirrorPercentage: {value: N}";
+
 /// One HTTP routing rule: conditions plus what to do with a matching request.
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = unsupported("delegate", "inline the delegate VirtualService's routes into this one"),
-    validation = unsupported("mirrorPercent", "use mirrorPercentage: {value: N}")
+    validation = unsupported("mirrorPercent", MIRROR_PERCENTAGE_FIX),
+    validation = unsupported("mirror_percent", MIRROR_PERCENTAGE_FIX)
 )]
 pub struct HttpRoute {
     /// Name of the route, used in logs, metrics and `meshctl proxy-config`.
@@ -108,6 +112,10 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     /// Not supported by Trellis yet (deprecated in Istio): use `mirrorPercentage`.
     pub mirror_percent: Option<u32>,
+    /// Not supported by Trellis yet: Istio's other spelling of `mirrorPercent` (refused by
+    /// the validator too: offline CEL does not see a key with `_`).
+    #[serde(rename = "mirror_percent")]
+    pub mirror_percent_snake_case: Option<u32>,
     /// Several mirror destinations, each with its own percentage.
     pub mirrors: Option<Vec<HttpMirrorPolicy>>,
     /// Cross-origin resource sharing policy.
@@ -236,8 +244,11 @@ pub struct HeaderOperations {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::cel::Rule::new("!(has(self.port) && has(self.derivePort))")
-    .message("set only one of port or derivePort"))]
+#[x_kube(
+    validation = kube::core::cel::Rule::new("!(has(self.port) && has(self.derivePort))")
+        .message("set only one of port or derivePort"),
+    validation = unsupported("prefixRewrite", "set uri to the whole path to redirect to")
+)]
 pub struct HttpRedirect {
     /// Replace the path with this value.
     pub uri: Option<String>,
@@ -252,6 +263,8 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     /// Status code: 301, 302, 303, 307 or 308 (default 301).
     pub redirect_code: Option<u32>,
+    /// Not supported by Trellis yet.
+    pub prefix_rewrite: Option<String>,
 }
 
 /// How a redirect picks its port.
@@ -336,7 +349,16 @@ pub struct RegexRewrite {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = unsupported("retryRemoteLocalities", "remove it; Trellis has no locality-aware retries yet"))]
+#[x_kube(
+    validation = unsupported("retryRemoteLocalities", "remove it; Trellis has no locality-aware retries yet"),
+    // why: Trellis always does what `true` (Istio's default) asks; only `false` is refused.
+    validation = kube::core::cel::Rule::new("!has(self.retryIgnorePreviousHosts) || self.retryIgnorePreviousHosts != false")
+        .field_path(".retryIgnorePreviousHosts")
+        .message(format!(
+            "retryIgnorePreviousHosts: false {}: a retry always goes to another endpoint when there is one; remove the field",
+            crate::schema::NOT_SUPPORTED
+        ).as_str())
+)]
 pub struct HttpRetry {
     /// Number of retries (not counting the first try), 0-10.
     #[schemars(range(min = 0, max = 10))]
@@ -350,6 +372,9 @@ pub struct HttpRetry {
     pub backoff: Option<String>,
     /// Not supported by Trellis yet.
     pub retry_remote_localities: Option<bool>,
+    /// Whether a retry avoids the endpoints already tried (default and only supported value:
+    /// `true`; a retry goes back to a tried endpoint only when no other is healthy).
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 /// Fault injection.
@@ -426,9 +451,12 @@ pub struct HttpMirrorPolicy {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = unsupported("allowOrigin", "use allowOrigins: [{exact: ORIGIN}]"))]
 pub struct CorsPolicy {
     /// Origins allowed to make requests.
     pub allow_origins: Option<Vec<StringMatch>>,
+    /// Not supported by Trellis yet (deprecated in Istio): use `allowOrigins`.
+    pub allow_origin: Option<Vec<String>>,
     /// Methods allowed (`Access-Control-Allow-Methods`).
     pub allow_methods: Option<Vec<String>>,
     /// Headers allowed (`Access-Control-Allow-Headers`).
@@ -503,6 +531,7 @@ pub struct TcpRoute {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = unsupported("sourceSubnet", "match the caller with sourceLabels or sourceNamespace"))]
 pub struct L4MatchAttributes {
     /// Destination IPs or CIDRs.
     pub destination_subnets: Option<Vec<String>>,
@@ -515,6 +544,8 @@ pub struct L4MatchAttributes {
     pub gateways: Option<Vec<String>>,
     /// Namespace of the calling workload.
     pub source_namespace: Option<String>,
+    /// Not supported by Trellis yet.
+    pub source_subnet: Option<String>,
 }
 
 /// A weighted destination for TLS and TCP routes.

@@ -5,6 +5,8 @@
 use serde_json::{Value, json};
 use trellis_api::validation::{Finding, Outcome, Severity, validate};
 
+#[path = "validation_table/current_api.rs"]
+mod current_api;
 #[path = "validation_table/destination_rule.rs"]
 mod destination_rule;
 #[path = "validation_table/gateway.rs"]
@@ -249,6 +251,7 @@ fn cases() -> Vec<Case> {
         gateway::cases(),
         security::cases(),
         mesh::cases(),
+        current_api::cases(),
     ]
     .into_iter()
     .flatten()

@@ -116,6 +116,12 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
     for (j, m) in r.matches.iter().flatten().enumerate() {
         http_match(&format!("{p}.match[{j}]"), m, f);
     }
+    // why here as well as by CEL: kube-cel escapes `_` in a key (`mirror__percent`), which the
+    // API server does not, so the schema's rule never sees this key offline.
+    if r.mirror_percent_snake_case.is_some() {
+        let fix = crate::networking::MIRROR_PERCENTAGE_FIX;
+        not_supported(&format!("{p}.mirror_percent"), "mirror_percent", fix, f);
+    }
     if let Some(dests) = &r.route {
         if dests.is_empty() {
             f.error(format!("{p}.route"), "at least one destination is required");
