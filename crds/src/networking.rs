@@ -606,7 +606,11 @@ pub struct DestinationRuleSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = unsupported("tunnel", "remove it; Trellis does not tunnel over HTTP CONNECT yet"),
-    validation = unsupported("proxyProtocol", "remove it; Trellis does not send PROXY protocol headers yet")
+    validation = unsupported("proxyProtocol", "remove it; Trellis does not send PROXY protocol headers yet"),
+    validation = unsupported(
+        "retryBudget",
+        "remove it; bound the retries in flight with connectionPool.http.maxRetries"
+    )
 )]
 pub struct TrafficPolicy {
     /// Load balancing.
@@ -627,6 +631,23 @@ pub struct TrafficPolicy {
     #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub proxy_protocol: Option<serde_json::Value>,
+    /// Not supported by Trellis yet.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Retries allowed as a share of the active requests (Istio's `TrafficPolicy.RetryBudget`;
+/// declared so the API server keeps it, refused by the validator).
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Share of the active requests that may be retries, 0-100 (Istio's default 20).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: Option<f64>,
+    /// Retries always allowed whatever the share (Istio's default 3).
+    pub min_retry_concurrency: Option<u32>,
+    /// Window over which the share is computed, e.g. `10s`.
+    pub budget_interval: Option<String>,
 }
 
 /// A traffic policy for one port.
@@ -666,7 +687,8 @@ pub struct Subset {
 #[x_kube(
     validation = kube::core::cel::Rule::new("!(has(self.simple) && has(self.consistentHash))")
         .message("set only one of simple or consistentHash"),
-    validation = unsupported("localityLbSetting", "remove it; Trellis is not locality-aware yet")
+    validation = unsupported("localityLbSetting", "remove it; Trellis is not locality-aware yet"),
+    validation = unsupported("zoneAwareLbSetting", "remove it; Trellis is not locality-aware yet")
 )]
 pub struct LoadBalancerSettings {
     /// A simple algorithm.
@@ -677,6 +699,10 @@ pub struct LoadBalancerSettings {
     #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub locality_lb_setting: Option<serde_json::Value>,
+    /// Not supported by Trellis yet.
+    #[serde(default)]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub zone_aware_lb_setting: Option<serde_json::Value>,
     /// Ramp traffic up to new endpoints over this duration (e.g. `60s`).
     pub warmup_duration_secs: Option<String>,
     /// Ramp traffic up to new endpoints.
@@ -736,6 +762,10 @@ pub struct ConsistentHashLb {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = unsupported(
+    "attributes",
+    "remove it; Trellis generates no cookie to give attributes to (ttl is not supported yet either): the application sets the cookie"
+))]
 pub struct HttpCookie {
     /// Cookie name.
     pub name: String,
@@ -743,6 +773,19 @@ pub struct HttpCookie {
     pub path: Option<String>,
     /// Lifetime of a generated cookie, e.g. `1h`.
     pub ttl: Option<String>,
+    /// Not supported by Trellis yet.
+    pub attributes: Option<Vec<CookieAttribute>>,
+}
+
+/// An attribute of a generated cookie (Istio's `HTTPCookie.Attribute`; refused).
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CookieAttribute {
+    /// Attribute name, e.g. `SameSite`.
+    pub name: String,
+    /// Attribute value, e.g. `Strict`.
+    pub value: Option<String>,
 }
 
 /// Ring hash settings.
@@ -825,6 +868,10 @@ pub struct TcpKeepalive {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = unsupported(
+    "http2KeepAlive",
+    "remove it; Trellis sends no HTTP/2 PINGs yet: tcp.tcpKeepalive finds dead connections"
+))]
 pub struct HttpSettings {
     /// Maximum requests queued while waiting for a connection.
     #[schemars(range(min = 1))]
@@ -847,6 +894,19 @@ pub struct HttpSettings {
     /// Maximum concurrent streams per HTTP/2 connection.
     #[schemars(range(min = 1))]
     pub max_concurrent_streams: Option<i32>,
+    /// Not supported by Trellis yet.
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// HTTP/2 PINGs on idle connections (Istio's `HTTPSettings.ConnectionKeepalive`; refused).
+#[skip_serializing_none]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionKeepalive {
+    /// Time between PINGs, e.g. `30s`.
+    pub interval: Option<String>,
+    /// How long a PING may go unanswered before the connection is closed, e.g. `10s`.
+    pub timeout: Option<String>,
 }
 
 /// HTTP/2 upgrade policy.
@@ -865,6 +925,13 @@ pub enum H2UpgradePolicy {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = unsupported("consecutiveErrors", "use consecutiveGatewayErrors or consecutive5xxErrors"),
+    validation = unsupported(
+        "outlierDetectionHttpErrorCodes",
+        "remove it; consecutive5xxErrors counts every 5xx, consecutiveGatewayErrors 502, 503 and 504"
+    )
+)]
 pub struct OutlierDetection {
     /// Split local-origin errors (connect failures) from upstream 5xx.
     pub split_external_local_origin_errors: Option<bool>,
@@ -887,6 +954,10 @@ pub struct OutlierDetection {
     /// Panic threshold: below this share of healthy endpoints, ejection is ignored, 0-100 %.
     #[schemars(range(min = 0, max = 100))]
     pub min_health_percent: Option<i32>,
+    /// Not supported by Trellis yet (deprecated in Istio).
+    pub consecutive_errors: Option<i32>,
+    /// Not supported by Trellis yet.
+    pub outlier_detection_http_error_codes: Option<Vec<u32>>,
 }
 
 /// TLS settings for connections to a destination.

@@ -10,7 +10,7 @@ use super::{Case, DEL, Expect, err, err_at, multi, ok};
 
 const NOT_SUPPORTED: &str = "is not supported by Trellis yet";
 
-/// VirtualService.
+/// VirtualService, DestinationRule.
 pub fn cases() -> Vec<Case> {
     vec![
         // ---------------- VirtualService ----------------
@@ -80,6 +80,84 @@ pub fn cases() -> Vec<Case> {
                 "spec.tcp[0].match[0].sourceSubnet",
                 "sourceSubnet is not supported by Trellis yet",
             ),
+        ),
+        // ---------------- DestinationRule ----------------
+        err(
+            Dr,
+            "spec.trafficPolicy.retryBudget",
+            json!({"percent": 20, "minRetryConcurrency": 3}),
+            "retryBudget is not supported by Trellis yet: remove it; bound the retries in flight with connectionPool.http.maxRetries",
+        ),
+        err(
+            Dr,
+            "spec.subsets[0].trafficPolicy.retryBudget",
+            json!({"budgetInterval": "10s"}),
+            NOT_SUPPORTED,
+        ),
+        // Istio's CRD: percent is 0-100.
+        err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(150), "100"),
+        err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(-1), "0"),
+        err(Dr, "spec.trafficPolicy.retryBudget.minRetryConcurrency", json!(-3), "0"),
+        err(
+            Dr,
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            json!({"interval": "30s", "timeout": "10s"}),
+            "http2KeepAlive is not supported by Trellis yet",
+        ),
+        // Istio: "http2 keepalive interval is required".
+        err(
+            Dr,
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            json!({"timeout": "10s"}),
+            NOT_SUPPORTED,
+        ),
+        err_at(
+            Dr,
+            "spec.trafficPolicy.portLevelSettings[0]",
+            json!({"port": {"number": 8080}, "connectionPool": {"http": {"http2KeepAlive": {"interval": "30s", "timeout": "10s"}}}}),
+            "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2KeepAlive",
+            NOT_SUPPORTED,
+        ),
+        err(
+            Dr,
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors",
+            json!(5),
+            "use consecutiveGatewayErrors or consecutive5xxErrors",
+        ),
+        err(
+            Dr,
+            "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes",
+            json!([500, 503]),
+            "outlierDetectionHttpErrorCodes is not supported by Trellis yet",
+        ),
+        err_at(
+            Dr,
+            "spec.trafficPolicy.loadBalancer",
+            json!({"consistentHash": {"httpCookie": {"name": "session", "ttl": "1h", "attributes": [{"name": "SameSite", "value": "Strict"}]}}}),
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
+            "attributes is not supported by Trellis yet",
+        ),
+        // Istio: a cookie attribute needs a name.
+        err_at(
+            Dr,
+            "spec.trafficPolicy.loadBalancer",
+            json!({"consistentHash": {"httpCookie": {"name": "session", "attributes": [{"value": "Strict"}]}}}),
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[0].name",
+            "required",
+        ),
+        err(
+            Dr,
+            "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
+            json!({"enabled": true}),
+            "zoneAwareLbSetting is not supported by Trellis yet",
+        ),
+        // Istio: "only one of localityLbSetting and zoneAwareLbSetting can be set".
+        err_at(
+            Dr,
+            "spec.trafficPolicy.loadBalancer",
+            json!({"localityLbSetting": {"enabled": true}, "zoneAwareLbSetting": {"enabled": true}}),
+            "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
+            NOT_SUPPORTED,
         ),
     ]
 }
