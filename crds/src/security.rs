@@ -133,13 +133,21 @@ pub struct RequestAuthenticationSpec {
     pub jwt_rules: Option<Vec<JwtRule>>,
 }
 
+/// The fix of Istio's other spelling of `jwksUri`.
+pub(crate) const JWKS_URI_FIX: &str = "spell it jwksUri";
+
 /// How to find and verify one issuer's tokens.
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = kube::core::cel::Rule::new("!(has(self.jwksUri) && has(self.jwks))")
-        .message("only one of jwks or jwksUri can be set")
+        .message("only one of jwks or jwksUri can be set"),
+    validation = crate::schema::unsupported("jwks_uri", JWKS_URI_FIX),
+    validation = crate::schema::unsupported(
+        "spaceDelimitedClaims",
+        "remove it; only the scope and permission claims are split at spaces for requestPrincipals and request.auth.claims"
+    )
 )]
 pub struct JwtRule {
     /// The issuer (`iss` claim) of the tokens this rule accepts.
@@ -152,6 +160,12 @@ pub struct JwtRule {
     /// configuration (`<issuer>/.well-known/openid-configuration`).
     #[schemars(length(min = 1, max = 2048))]
     pub jwks_uri: Option<String>,
+    /// Not supported by Trellis yet: Istio's other spelling of `jwksUri` (refused by the
+    /// validator too: offline CEL does not see a key with `_`).
+    #[serde(rename = "jwks_uri")]
+    pub jwks_uri_snake_case: Option<String>,
+    /// Not supported by Trellis yet.
+    pub space_delimited_claims: Option<Vec<String>>,
     /// The JSON Web Key Set itself, inline (at most 64 KiB and 32 keys).
     #[schemars(length(max = 65536))]
     pub jwks: Option<String>,
@@ -302,7 +316,15 @@ pub struct RuleFrom {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = kube::core::cel::Rule::new("!((has(self.serviceAccounts) || has(self.notServiceAccounts)) && (has(self.principals) || has(self.notPrincipals) || has(self.namespaces) || has(self.notNamespaces)))")
-        .message("serviceAccounts cannot be combined with principals or namespaces")
+        .message("serviceAccounts cannot be combined with principals or namespaces"),
+    validation = crate::schema::unsupported(
+        "trustDomains",
+        "use principals with the trust domain as a prefix, e.g. principals: [\"example.com/*\"]"
+    ),
+    validation = crate::schema::unsupported(
+        "notTrustDomains",
+        "use notPrincipals with the trust domain as a prefix, e.g. notPrincipals: [\"example.com/*\"]"
+    )
 )]
 pub struct Source {
     /// Peer identities (`<trust-domain>/ns/<ns>/sa/<sa>`, `*` prefix/suffix wildcards).
@@ -330,6 +352,10 @@ pub struct Source {
     pub service_accounts: Option<Vec<String>>,
     /// Peer service accounts that must not match.
     pub not_service_accounts: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub trust_domains: Option<Vec<String>>,
+    /// Not supported by Trellis yet.
+    pub not_trust_domains: Option<Vec<String>>,
 }
 
 /// Wrapper for an operation (Istio's shape).

@@ -148,6 +148,12 @@ pub(super) fn request_authentication(spec: &RequestAuthenticationSpec, f: &mut F
 /// `jwksUri` (fetched by the operator), or with neither the issuer's OpenID Connect discovery
 /// (the issuer must then be a URL; [`KeySource`]).
 fn jwt_keys(p: &str, r: &JwtRule, f: &mut Findings) {
+    // why here as well as by CEL: kube-cel escapes `_` in a key (`jwks__uri`), which the API
+    // server does not, so the schema's rule never sees this key offline.
+    if r.jwks_uri_snake_case.is_some() {
+        let fix = crate::security::JWKS_URI_FIX;
+        super::format::not_supported(&format!("{p}.jwks_uri"), "jwks_uri", fix, f);
+    }
     match (&r.jwks, &r.jwks_uri) {
         (Some(_), Some(_)) => f.error(format!("{p}.jwks"), "set only one of jwks or jwksUri"),
         (None, None) => {

@@ -10,7 +10,7 @@ use super::{Case, DEL, Expect, err, err_at, multi, ok};
 
 const NOT_SUPPORTED: &str = "is not supported by Trellis yet";
 
-/// VirtualService, DestinationRule.
+/// VirtualService, DestinationRule, RequestAuthentication, AuthorizationPolicy.
 pub fn cases() -> Vec<Case> {
     vec![
         // ---------------- VirtualService ----------------
@@ -158,6 +158,39 @@ pub fn cases() -> Vec<Case> {
             json!({"localityLbSetting": {"enabled": true}, "zoneAwareLbSetting": {"enabled": true}}),
             "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
             NOT_SUPPORTED,
+        ),
+        // ---------------- RequestAuthentication ----------------
+        err(
+            Ra,
+            "spec.jwtRules[0].jwks_uri",
+            json!("https://issuer.example/jwks"),
+            "jwks_uri is not supported by Trellis yet; spell it jwksUri",
+        ),
+        // Istio: only one of jwks, jwksUri and jwks_uri.
+        err(
+            Ra,
+            "spec.jwtRules[0].jwks_uri",
+            json!("ftp://issuer.example/jwks"),
+            NOT_SUPPORTED,
+        ),
+        err(
+            Ra,
+            "spec.jwtRules[0].spaceDelimitedClaims",
+            json!(["roles"]),
+            "spaceDelimitedClaims is not supported by Trellis yet",
+        ),
+        // ---------------- AuthorizationPolicy ----------------
+        err(
+            Ap,
+            "spec.rules[0].from[0].source.trustDomains",
+            json!(["example.com"]),
+            "trustDomains is not supported by Trellis yet: use principals with the trust domain as a prefix",
+        ),
+        err(
+            Ap,
+            "spec.rules[0].from[0].source.notTrustDomains",
+            json!(["example.com"]),
+            "notTrustDomains is not supported by Trellis yet: use notPrincipals",
         ),
     ]
 }
