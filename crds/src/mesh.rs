@@ -132,10 +132,16 @@ pub struct MeshSpec {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = crate::schema::unsupported(
-    "egressProxy",
-    "remove it; send external traffic through an egress gateway with a VirtualService"
-))]
+#[x_kube(
+    validation = crate::schema::unsupported(
+        "egressProxy",
+        "remove it; send external traffic through an egress gateway with a VirtualService"
+    ),
+    validation = crate::schema::unsupported(
+        "tls",
+        "remove it; Istio applies it only to the Mesh's mode ALLOW_ANY_DYNAMIC_DNS, which Trellis does not have"
+    )
+)]
 pub struct OutboundTrafficPolicy {
     /// `ALLOW_ANY` (default): forwarded to the address the application dialled.
     /// `REGISTRY_ONLY`: refused (HTTP 502, TCP reset).
@@ -144,6 +150,10 @@ pub struct OutboundTrafficPolicy {
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
     pub egress_proxy: Option<serde_json::Value>,
+    /// Not supported by Trellis yet.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub tls: Option<serde_json::Value>,
 }
 
 /// Istio's outbound traffic policy modes.

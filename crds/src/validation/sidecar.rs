@@ -482,6 +482,11 @@ mod tests {
                 json!({"outboundTrafficPolicy": {"mode": "ALLOW_ANY", "egressProxy": {"host": "proxy.example.com", "port": {"number": 3128}}}}),
                 "spec.outboundTrafficPolicy.egressProxy",
             ),
+            // Istio's Sidecar has no `tls` here (its Mesh has, for a mode Trellis lacks).
+            (
+                json!({"outboundTrafficPolicy": {"mode": "ALLOW_ANY", "tls": {"mode": "SIMPLE"}}}),
+                "spec.outboundTrafficPolicy.tls",
+            ),
         ]
         .into_iter()
         .map(|(spec, path)| (spec, path, NOT_SUPPORTED))

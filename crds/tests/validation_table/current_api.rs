@@ -10,7 +10,7 @@ use super::{Case, DEL, Expect, err, err_at, multi, ok};
 
 const NOT_SUPPORTED: &str = "is not supported by Trellis yet";
 
-/// VirtualService, DestinationRule, RequestAuthentication, AuthorizationPolicy.
+/// VirtualService, DestinationRule, RequestAuthentication, AuthorizationPolicy, Mesh.
 pub fn cases() -> Vec<Case> {
     vec![
         // ---------------- VirtualService ----------------
@@ -191,6 +191,13 @@ pub fn cases() -> Vec<Case> {
             "spec.rules[0].from[0].source.notTrustDomains",
             json!(["example.com"]),
             "notTrustDomains is not supported by Trellis yet: use notPrincipals",
+        ),
+        // ---------------- Mesh ----------------
+        err(
+            Mesh,
+            "spec.outboundTrafficPolicy.tls",
+            json!({"mode": "SIMPLE"}),
+            "tls is not supported by Trellis yet",
         ),
     ]
 }

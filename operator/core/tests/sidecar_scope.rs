@@ -276,7 +276,7 @@ spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}
     let mut s = snapshot(&registry_only.replace("REGISTRY_ONLY", "ALLOW_ANY"));
     s.mesh.outbound_traffic_policy = Some(OutboundTrafficPolicy {
         mode: Some(OutboundTrafficMode::RegistryOnly),
-        egress_proxy: None,
+        ..OutboundTrafficPolicy::default()
     });
     assert_eq!(unrouted(&s, "shop", "web-1"), Unrouted::Passthrough);
     assert_eq!(unrouted(&s, "billing", "ledger-1"), Unrouted::BlackHole);
