@@ -222,9 +222,15 @@ pub(super) async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sent = cluster.send(idx, req, upstream_h2);
         let watched = activity.as_deref().filter(|_| body_streams);
-        let result = await_response(sent, budget, stream_idle, watched, &conn.timer).await;
+        let result = {
+            // why: the send future (the upstream exchange, about 1.5 KB) is pinned where it is
+            // made, and the waits take a reference to it, instead of moving it into each
+            // wrapping future (three copies a request). Dropped at the end of this block, as
+            // before: a timed-out attempt is cancelled before its failure is recorded.
+            let sent = std::pin::pin!(cluster.send(idx, req, upstream_h2));
+            await_response(sent, budget, stream_idle, watched, &conn.timer).await
+        };
         // A request body that broke on the client's side broke the attempt:
         // answer the client, and leave the endpoint's health alone.
         if let Some(fault) = progress.as_ref().and_then(|p| p.fault())
