@@ -606,11 +606,7 @@ pub struct DestinationRuleSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = unsupported("tunnel", "remove it; Trellis does not tunnel over HTTP CONNECT yet"),
-    validation = unsupported("proxyProtocol", "remove it; Trellis does not send PROXY protocol headers yet"),
-    validation = unsupported(
-        "retryBudget",
-        "remove it; bound the retries in flight with connectionPool.http.maxRetries"
-    )
+    validation = unsupported("proxyProtocol", "remove it; Trellis does not send PROXY protocol headers yet")
 )]
 pub struct TrafficPolicy {
     /// Load balancing.
@@ -631,22 +627,27 @@ pub struct TrafficPolicy {
     #[serde(default)]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub proxy_protocol: Option<serde_json::Value>,
-    /// Not supported by Trellis yet.
+    /// Retries in flight to the host bounded by a share of its requests, in place of
+    /// `connectionPool.http.maxRetries` (Envoy's retry budget).
     pub retry_budget: Option<RetryBudget>,
 }
 
-/// Retries allowed as a share of the active requests (Istio's `TrafficPolicy.RetryBudget`;
-/// declared so the API server keeps it, refused by the validator).
+/// Retries allowed in flight as a share of the requests active and waiting on the host
+/// (Istio's `TrafficPolicy.RetryBudget`, Envoy's circuit breakers' `retry_budget`).
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = unsupported(
+    "budgetInterval",
+    "remove it; the budget counts the requests active and waiting when a retry is decided, as Envoy does without an interval"
+))]
 pub struct RetryBudget {
     /// Share of the active requests that may be retries, 0-100 (Istio's default 20).
     #[schemars(range(min = 0.0, max = 100.0))]
     pub percent: Option<f64>,
     /// Retries always allowed whatever the share (Istio's default 3).
     pub min_retry_concurrency: Option<u32>,
-    /// Window over which the share is computed, e.g. `10s`.
+    /// Not supported by Trellis yet.
     pub budget_interval: Option<String>,
 }
 

@@ -449,8 +449,10 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
     host("spec.host", &spec.host, true, f);
     export_to("spec.exportTo", &spec.export_to, f);
     if let Some(tp) = &spec.traffic_policy {
-        traffic_policy("spec.trafficPolicy", tp, true, f);
+        traffic_policy("spec.trafficPolicy", tp, true, false, f);
     }
+    // A subset's ports and pools take the rule's retry budget unless the subset has its own.
+    let rule_budget = spec.traffic_policy.as_ref().is_some_and(|t| t.retry_budget.is_some());
     let mut names = BTreeSet::new();
     for (i, s) in spec.subsets.iter().flatten().enumerate() {
         let p = format!("spec.subsets[{i}]");
@@ -468,13 +470,15 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
         // routes a name, so it is no mistake and draws no warning.
         labels(&format!("{p}.labels"), &s.labels, f);
         if let Some(tp) = &s.traffic_policy {
-            traffic_policy(&format!("{p}.trafficPolicy"), tp, false, f);
+            traffic_policy(&format!("{p}.trafficPolicy"), tp, false, rule_budget, f);
         }
     }
 }
 
-/// A traffic policy at `p`: the rule's own (`rule_level`), or a subset's.
-fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, f: &mut Findings) {
+/// A traffic policy at `p`: the rule's own (`rule_level`), or a subset's (`budget_above`: the
+/// rule has a retry budget).
+fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, budget_above: bool, f: &mut Findings) {
+    let budgeted = budget_above || tp.retry_budget.is_some();
     port_policy(
         p,
         &tp.load_balancer,
@@ -485,6 +489,9 @@ fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, f: &mut Finding
     );
     if let Some(pool) = tp.connection_pool.as_ref().filter(|_| !rule_level) {
         below_the_rule(&format!("{p}.connectionPool"), pool, f);
+    }
+    if budgeted {
+        retries_budgeted(&format!("{p}.connectionPool"), &tp.connection_pool, f);
     }
     let mut ports = BTreeSet::new();
     for (i, pl) in tp.port_level_settings.iter().flatten().enumerate() {
@@ -511,6 +518,23 @@ fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, f: &mut Finding
         if let Some(pool) = &pl.connection_pool {
             below_the_rule(&format!("{pp}.connectionPool"), pool, f);
         }
+        if budgeted {
+            retries_budgeted(&format!("{pp}.connectionPool"), &pl.connection_pool, f);
+        }
+    }
+}
+
+/// Under a retry budget, `maxRetries` has no effect: Envoy's budget replaces the threshold.
+fn retries_budgeted(p: &str, pool: &Option<ConnectionPoolSettings>, f: &mut Findings) {
+    if pool
+        .as_ref()
+        .and_then(|c| c.http.as_ref())
+        .is_some_and(|h| h.max_retries.is_some())
+    {
+        f.warn(
+            format!("{p}.http.maxRetries"),
+            "has no effect under the retryBudget that applies here, which bounds the retries in flight in its place (as in Envoy); remove one of them",
+        );
     }
 }
 

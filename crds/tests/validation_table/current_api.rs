@@ -1,7 +1,8 @@
-//! The fields of Istio's current API (istio/api, `data/istio-fields.txt`) Trellis declares to
-//! refuse: each refused where it is written, with "not supported by Trellis yet", the field's
-//! name and the fix; and the documents Istio's validation rejects for them (its CRD's ranges
-//! and rules, `pkg/config/validation`) rejected too, at the field.
+//! The fields of Istio's current API (istio/api, `data/istio-fields.txt`) Trellis lacked: each
+//! refused where it is written, with "not supported by Trellis yet", the field's name and the
+//! fix, or accepted where Trellis implements it (`retryBudget`); and the documents Istio's
+//! validation rejects for them (its CRD's ranges and rules, `pkg/config/validation`) rejected
+//! too, at the field.
 
 use serde_json::json;
 
@@ -82,17 +83,44 @@ pub fn cases() -> Vec<Case> {
             ),
         ),
         // ---------------- DestinationRule ----------------
-        err(
+        // Implemented (Envoy's retry budget, in place of maxRetries): accepted.
+        ok(
             Dr,
             "spec.trafficPolicy.retryBudget",
             json!({"percent": 20, "minRetryConcurrency": 3}),
-            "retryBudget is not supported by Trellis yet: remove it; bound the retries in flight with connectionPool.http.maxRetries",
         ),
-        err(
+        ok(Dr, "spec.subsets[0].trafficPolicy.retryBudget", json!({})),
+        err_at(
             Dr,
             "spec.subsets[0].trafficPolicy.retryBudget",
             json!({"budgetInterval": "10s"}),
-            NOT_SUPPORTED,
+            "spec.subsets[0].trafficPolicy.retryBudget.budgetInterval",
+            "budgetInterval is not supported by Trellis yet",
+        ),
+        multi(
+            Dr,
+            vec![
+                ("spec.trafficPolicy.retryBudget", json!({"percent": 20})),
+                (
+                    "spec.subsets[0].trafficPolicy.connectionPool",
+                    json!({"http": {"maxRetries": 5}}),
+                ),
+            ],
+            Expect::Warning(
+                "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries",
+                "has no effect under the retryBudget",
+            ),
+        ),
+        multi(
+            Dr,
+            vec![
+                ("spec.trafficPolicy.retryBudget", json!({"percent": 20})),
+                ("spec.trafficPolicy.connectionPool", json!({"http": {"maxRetries": 5}})),
+            ],
+            Expect::Warning(
+                "spec.trafficPolicy.connectionPool.http.maxRetries",
+                "has no effect under the retryBudget",
+            ),
         ),
         // Istio's CRD: percent is 0-100.
         err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(150), "100"),

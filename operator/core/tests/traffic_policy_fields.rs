@@ -355,6 +355,7 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
         max_idle_per_endpoint: 64,
         max_requests: Some(11),
         max_retries: Some(2),
+        retry_budget: None,
         max_concurrent_streams: Some(3),
         max_connection_duration_ms: Some(90_000),
         tcp_idle_timeout_ms: Some(20 * 60_000),
@@ -381,6 +382,48 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
     assert_eq!(pool.max_retries, None);
     // Nothing set: Trellis' defaults, none of the optional limits.
     assert_eq!(pool_of(&base, json!({})), trellis_contract::ConnectionPool::default());
+}
+
+/// Istio's `retryBudget` as Istio sets Envoy's: 20 % and at least 3 unless given, the rule's
+/// for every cluster of the host — a port's too, which has none of its own —, a subset's in
+/// its place for the subset.
+#[test]
+fn the_retry_budget_compiles_as_istio_sets_envoy() {
+    let base = base();
+    let budget = |bp: u32, min: u32| {
+        Some(trellis_contract::RetryBudget {
+            budget_basis_points: bp,
+            min_retry_concurrency: min,
+        })
+    };
+    assert_eq!(pool_of(&base, json!({"retryBudget": {}})).retry_budget, budget(2000, 3));
+    assert_eq!(
+        pool_of(
+            &base,
+            json!({"retryBudget": {"percent": 12.5, "minRetryConcurrency": 7}})
+        )
+        .retry_budget,
+        budget(1250, 7)
+    );
+    let budgets = |dr: Value| -> Vec<Option<trellis_contract::RetryBudget>> {
+        let clusters = payment_clusters(&base, &dr);
+        let clusters = clusters.as_array().expect("clusters");
+        clusters
+            .iter()
+            .map(|c| serde_json::from_value(c["connectionPool"]["retryBudget"].clone()).expect("a budget or none"))
+            .collect()
+    };
+    // The rule's, with a port's policy: every cluster, the port's included.
+    let mut dr = rule(Place::Port, &json!({"connectionPool": {"http": {"idleTimeout": "5m"}}}));
+    dr["spec"]["trafficPolicy"]["retryBudget"] = json!({"percent": 50});
+    let all = budgets(dr.clone());
+    assert!(all.len() >= 3, "{all:?}");
+    assert!(all.iter().all(|b| *b == budget(5000, 3)), "{all:?}");
+    // A subset's replaces it for the subset's clusters only.
+    dr["spec"]["subsets"][0]["trafficPolicy"] = json!({"retryBudget": {"percent": 10, "minRetryConcurrency": 1}});
+    let all = budgets(dr);
+    assert!(all.contains(&budget(1000, 1)), "{all:?}");
+    assert!(all.contains(&budget(5000, 3)), "{all:?}");
 }
 
 /// Istio's TCP proxy takes its idle timeout and maximum connection duration from the rule's

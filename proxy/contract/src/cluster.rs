@@ -209,6 +209,11 @@ pub struct ConnectionPool {
     /// `None`: unlimited (Istio's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Retries in flight allowed as a share of the cluster's requests (Envoy's circuit
+    /// breakers' `retry_budget`, Istio's `trafficPolicy.retryBudget`); when set it takes the
+    /// place of `max_retries`, as in Envoy. `None`: `max_retries` bounds retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
     /// Maximum concurrent streams on one upstream HTTP/2 connection (Istio's
     /// `maxConcurrentStreams`); more requests open more connections. `None`: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +256,7 @@ impl Default for ConnectionPool {
             max_idle_per_endpoint: 64,
             max_requests: None,
             max_retries: None,
+            retry_budget: None,
             max_concurrent_streams: None,
             max_connection_duration_ms: None,
             tcp_idle_timeout_ms: None,
@@ -259,6 +265,17 @@ impl Default for ConnectionPool {
             max_tcp_connections: None,
         }
     }
+}
+
+/// Envoy's retry budget: at most `max(min_retry_concurrency, budget × (active + pending
+/// requests))` retries in flight on the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// The share, in hundredths of a percent (2000 = Istio's default 20 %), 0-10000.
+    pub budget_basis_points: u32,
+    /// Retries allowed in flight whatever the share (Istio's default 3).
+    pub min_retry_concurrency: u32,
 }
 
 /// `SO_KEEPALIVE` on an upstream socket, with the probes' timing (`TCP_KEEPIDLE`,

@@ -43,7 +43,7 @@ mod validate;
 
 pub use cluster::{
     Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
-    OutlierDetection, TcpKeepalive, UpstreamProtocol, UpstreamTls,
+    OutlierDetection, RetryBudget, TcpKeepalive, UpstreamProtocol, UpstreamTls,
 };
 pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};

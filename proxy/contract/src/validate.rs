@@ -398,6 +398,14 @@ impl Validator {
                 );
             }
         }
+        if let Some(b) = &pool.retry_budget
+            && b.budget_basis_points > 10_000
+        {
+            self.err(
+                format!("{path}.connectionPool.retryBudget.budgetBasisPoints"),
+                "must be at most 10000 (100 %)",
+            );
+        }
         if let Some(od) = &cl.outlier_detection {
             self.percentage(
                 &format!("{path}.outlierDetection.maxEjectionPercent"),

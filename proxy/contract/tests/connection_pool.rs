@@ -95,3 +95,24 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
     cfg.clusters[0].connection_pool = ConnectionPool::default();
     cfg.validate().expect("no limit is valid");
 }
+
+#[test]
+fn a_retry_budget_over_100_percent_is_refused_with_its_path() {
+    let budget = |bp: u32| {
+        let mut cfg = example();
+        cfg.clusters[0].connection_pool.retry_budget = Some(trellis_contract::RetryBudget {
+            budget_basis_points: bp,
+            min_retry_concurrency: 3,
+        });
+        cfg.validate()
+    };
+    let errs = budget(10_001).expect_err("over 100 %");
+    assert!(
+        errs.errors
+            .iter()
+            .any(|e| e.path.ends_with("connectionPool.retryBudget.budgetBasisPoints")),
+        "{errs}"
+    );
+    budget(10_000).expect("100 % is valid");
+    budget(0).expect("0 % (the minimum only) is valid");
+}

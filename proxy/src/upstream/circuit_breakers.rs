@@ -42,6 +42,9 @@ pub struct CircuitBreakers {
     max_pending: u64,
     max_requests: u64,
     max_retries: u64,
+    /// Envoy's retry budget: (basis points of the active and pending requests, the minimum);
+    /// it takes the place of `max_retries`.
+    retry_budget: Option<(u64, u64)>,
     /// Requests active on the cluster (past the slot, until answered or cancelled).
     pub active_requests: AtomicU64,
     /// Retries in flight: decided and not yet answered.
@@ -71,6 +74,10 @@ impl CircuitBreakers {
             max_pending: u64::from(pool.max_pending_requests),
             max_requests: pool.max_requests.map_or(u64::MAX, u64::from),
             max_retries: pool.max_retries.map_or(u64::MAX, u64::from),
+            retry_budget: pool
+                .retry_budget
+                .as_ref()
+                .map(|b| (u64::from(b.budget_basis_points), u64::from(b.min_retry_concurrency))),
             active_requests: AtomicU64::new(0),
             active_retries: AtomicU64::new(0),
             overflowed_requests: AtomicU64::new(0),
@@ -142,10 +149,18 @@ impl CircuitBreakers {
     }
 
     /// Take a retry, held until the token drops (after the retried attempt is answered);
-    /// `None`, counted, when `maxRetries` retries are in flight, or when the route's retry
-    /// `budget_percent` of the active requests (at least 3) is.
+    /// `None`, counted, when `maxRetries` retries are in flight — or, with the cluster's retry
+    /// budget, its share of the active and pending requests (at least its minimum), as Envoy
+    /// counts it —, or when the route's retry `budget_percent` of the active requests (at
+    /// least 3) is.
     pub fn try_retry(&self, budget_percent: Option<f64>) -> Option<RetryToken<'_>> {
-        let mut allowed = self.max_retries;
+        let mut allowed = match self.retry_budget {
+            Some((basis_points, min)) => {
+                let requests = self.active_requests.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed);
+                (requests.saturating_mul(basis_points) / 10_000).max(min)
+            }
+            None => self.max_retries,
+        };
         if let Some(pct) = budget_percent {
             let active = self.active_requests.load(Ordering::Relaxed) as f64;
             allowed = allowed.min((active * pct / 100.0).max(3.0) as u64);
@@ -225,6 +240,30 @@ mod tests {
         let retries: Vec<_> = (0..5000).filter_map(|_| cb.try_retry(None)).collect();
         assert_eq!(retries.len(), 5000, "retries in flight: no limit either");
         assert_eq!(cb.overflowed_requests.load(Ordering::Relaxed), 0);
+    }
+
+    /// Envoy's retry budget: a share of the active and pending requests, at least its
+    /// minimum, in place of `maxRetries`.
+    #[tokio::test]
+    async fn the_retry_budget_allows_its_share_of_the_requests_and_replaces_max_retries() {
+        let cb = Arc::new(CircuitBreakers::new(&ConnectionPool {
+            max_retries: Some(1),
+            retry_budget: Some(trellis_contract::RetryBudget {
+                budget_basis_points: 2000,
+                min_retry_concurrency: 2,
+            }),
+            ..ConnectionPool::default()
+        }));
+        let held: Vec<_> = (0..2).map(|_| cb.try_retry(None).expect("the minimum")).collect();
+        assert!(cb.try_retry(None).is_none(), "no request active: the minimum, 2");
+        let mut active = Vec::new();
+        for _ in 0..20 {
+            active.push(cb.admit(None).await.expect("admitted"));
+        }
+        let more: Vec<_> = (0..2).map(|_| cb.try_retry(None).expect("20 % of 20")).collect();
+        assert!(cb.try_retry(None).is_none(), "20 % of 20 requests: 4 in flight");
+        assert_eq!(cb.overflowed_retries.load(Ordering::Relaxed), 2);
+        drop((held, more, active));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A cluster's circuit breakers through a real proxy, as Istio's `connectionPool` sets
 //! them: `http2MaxRequests` (active requests; the overflow answered 503 `UO` at once and
 //! never charged to the endpoint) and `maxRetries` (retries in flight; a retry past it is
-//! not made and the answer it would have replaced is returned).
+//! not made and the answer it would have replaced is returned), or in its place the
+//! `retryBudget` (Envoy's: a share of the requests, at least a minimum).
 
 use crate::support::*;
 use serde_json::json;
@@ -62,12 +63,15 @@ async fn max_requests_answers_the_overflow_503_uo_and_leaves_the_endpoint_health
     assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
 }
 
-#[tokio::test]
-async fn max_retries_bounds_retries_in_flight_and_returns_the_answer_not_retried() {
-    // Every answer is a 503 after 400 ms; each request may retry twice.
+/// Four requests at once to a cluster with `pool`, whose one endpoint answers each 503 after
+/// 400 ms, on a route that retries twice; each gets the upstream's own answer. When one retry
+/// is in flight at a time, four first tries answer together, one request keeps the retry for
+/// its second retry, and the three others return their first answer: 4 + 2 tries, 3 retries
+/// refused.
+async fn four_retrying_at_once(pool: serde_json::Value) -> (Proxy, Upstream, std::net::SocketAddr) {
     let bad = Upstream::failing("bad", 503).await;
     let mut c = cluster("c", &[&bad]);
-    c["connectionPool"] = json!({"maxRetries": 1});
+    c["connectionPool"] = pool;
     let route = json!({
         "action": {"forward": {"clusters": [{"cluster": "c"}],
                    "retries": {"attempts": 2, "retryOn": ["5xx"], "backoffBaseMs": 1}}},
@@ -75,14 +79,16 @@ async fn max_retries_bounds_retries_in_flight_and_returns_the_answer_not_retried
     });
     let proxy = Proxy::start(outbound_config("1", vec![route], vec![c])).await;
     let addr = proxy.addr("outbound").await;
-
     let replies = concurrently(addr, 4, "/delay/400").await;
     for r in &replies {
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "bad /delay/400", "the upstream's own answer, not the proxy's");
     }
-    // Four first tries answer together: one retry is in flight at a time, and its request
-    // keeps it for its second retry; the three others return their first answer.
+    (proxy, bad, addr)
+}
+
+/// Exactly one retry in flight at a time: see [`four_retrying_at_once`].
+async fn one_retry_at_a_time(proxy: &Proxy, bad: &Upstream) {
     assert_eq!(bad.hits(), 4 + 2, "4 tries, then 2 retries of one request");
     let m = get(proxy.admin(), "admin", "/metrics").await.body;
     assert_eq!(
@@ -90,9 +96,24 @@ async fn max_retries_bounds_retries_in_flight_and_returns_the_answer_not_retried
         Some(3),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn max_retries_bounds_retries_in_flight_and_returns_the_answer_not_retried() {
+    let (proxy, bad, addr) = four_retrying_at_once(json!({"maxRetries": 1})).await;
+    one_retry_at_a_time(&proxy, &bad).await;
 
     // The retry was given back: a request alone retries as its route says.
     let before = bad.hits();
     assert_eq!(get(addr, "svc", "/delay/10").await.status, 503);
     assert_eq!(bad.hits() - before, 3, "1 try + 2 retries");
+}
+
+#[tokio::test]
+async fn a_retry_budget_replaces_max_retries() {
+    // maxRetries would let every retry through; the budget (0 % of the requests, at least 1)
+    // lets one at a time.
+    let pool = json!({"maxRetries": 10, "retryBudget": {"budgetBasisPoints": 0, "minRetryConcurrency": 1}});
+    let (proxy, bad, _) = four_retrying_at_once(pool).await;
+    one_retry_at_a_time(&proxy, &bad).await;
 }

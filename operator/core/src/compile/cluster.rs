@@ -9,7 +9,7 @@ use trellis_api::networking::{
 };
 use trellis_contract::{
     CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
-    OriginateTls, OutlierDetection, PemSource, Provenance, TcpKeepalive, UpstreamProtocol, UpstreamTls,
+    OriginateTls, OutlierDetection, PemSource, Provenance, RetryBudget, TcpKeepalive, UpstreamProtocol, UpstreamTls,
 };
 
 use super::route::{ClusterRef, millis, parse_duration};
@@ -342,10 +342,13 @@ fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSetting
 }
 
 /// The policy for a port of a (subset of a) host: the subset's overrides the rule's, and
-/// port-level settings override each.
+/// port-level settings override each (a port has no retry budget: the rule's or subset's holds).
 fn effective_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> TrafficPolicy {
     let mut out = TrafficPolicy::default();
     for p in [top, subset].into_iter().flatten() {
+        if p.retry_budget.is_some() {
+            out.retry_budget.clone_from(&p.retry_budget);
+        }
         merge(
             &mut out,
             p.load_balancer.clone(),
@@ -454,6 +457,13 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
             c.protocol = UpstreamProtocol::Http2;
         }
         apply_pool(pool, c);
+    }
+    if let Some(b) = &p.retry_budget {
+        // Istio's defaults: 20 %, at least 3 (a minimum of 0 reads as unset).
+        c.connection_pool.retry_budget = Some(RetryBudget {
+            budget_basis_points: (b.percent.unwrap_or(20.0).clamp(0.0, 100.0) * 100.0).round() as u32,
+            min_retry_concurrency: b.min_retry_concurrency.filter(|&n| n > 0).unwrap_or(3),
+        });
     }
     if let Some(od) = &p.outlier_detection {
         let defaults = OutlierDetection::default();
