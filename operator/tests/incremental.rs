@@ -159,8 +159,13 @@ impl Model {
             3 => "    portLevelSettings: [{port: {number: 1080}, tls: {mode: MUTUAL, credentialName: client-cert}}]\n",
             _ => "",
         };
+        // A pool is on the inbound clusters of the host's pods too (their own parts).
+        let pool = match rng.u8(..3) {
+            0 => format!("    connectionPool: {{tcp: {{maxConnections: {}}}}}\n", rng.u32(1..100)),
+            _ => String::new(),
+        };
         let yaml = format!(
-            "apiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {{name: dr-{name}, namespace: ns-{ns}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy:\n    loadBalancer: {{simple: {lb}}}\n{tls}  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+            "apiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {{name: dr-{name}, namespace: ns-{ns}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy:\n    loadBalancer: {{simple: {lb}}}\n{tls}{pool}  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
         );
         self.destination_rules.insert((ns, name), yaml);
     }

@@ -1,6 +1,7 @@
-//! A Sidecar's ingress listeners through a real `trellis-proxy`: the inbound configuration the
-//! operator's compiler (`trellis-core`) makes for a pod, applied to a proxy in process, and
-//! connections to its inbound listener.
+//! A Sidecar's ingress listeners, and the connection pool of the pod's Service's
+//! DestinationRule on the inbound side, through a real `trellis-proxy`: the inbound
+//! configuration the operator's compiler (`trellis-core`) makes for a pod, applied to a proxy
+//! in process, and connections to its inbound listener.
 //!
 //! The test plays the capture rules, as `mesh.rs` does: the inbound listener is bound on the
 //! "pod IP" 127.0.0.2 at the port traffic arrives for (where iptables would have redirected
@@ -186,4 +187,116 @@ spec:
     let _without = proxy(&mesh(decoy.port, ""), OTHER_POD, &[decoy.port]).await;
     let (status, body) = get(SocketAddr::from((OTHER_POD, decoy.port))).await;
     assert_eq!((status, body.as_str()), (200, "target-port: GET /hello HTTP/1.1"));
+}
+
+/// An application on 127.0.0.1 that holds each request until the test releases one, counting
+/// the requests it has received.
+struct Holding {
+    port: u16,
+    received: Arc<std::sync::atomic::AtomicU32>,
+    release: Arc<tokio::sync::Semaphore>,
+    _server: Loopback,
+}
+
+impl Holding {
+    async fn start() -> Holding {
+        let received = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (counted, released) = (Arc::clone(&received), Arc::clone(&release));
+        let server = Loopback::serve(0, move |mut tcp| {
+            let (counted, released) = (Arc::clone(&counted), Arc::clone(&released));
+            async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(permit) = released.acquire().await {
+                    permit.forget();
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld")
+                    .await;
+            }
+        })
+        .await;
+        Holding {
+            port: server.addr.port(),
+            received,
+            release,
+            _server: server,
+        }
+    }
+
+    fn received(&self) -> u32 {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Istio sets a DestinationRule's connection pool on the receiving side too ("circuit breakers
+/// ... need to be set on the receiver end (server side) as well as client side"): with web's
+/// rule allowing one request at a time and one waiting, web's own proxy hands its application
+/// one request, queues the second and refuses the third with 503 — without the rule, all
+/// three reach the application.
+#[tokio::test]
+async fn a_destination_rules_pool_limits_what_the_inbound_side_sends_the_application() {
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+"#;
+    let object: serde_json::Value = serde_yaml_ng::from_str(rule).unwrap();
+    use trellis_api::validation::{Outcome, Severity, validate};
+    let Outcome::Validated { findings, .. } = validate(&object) else {
+        panic!("a DestinationRule is the validator's to validate");
+    };
+    assert!(
+        findings.iter().all(|f| f.severity != Severity::Error),
+        "the validator accepts the rule: {findings:?}"
+    );
+
+    /// Three GETs to `app` through a proxy on `ip`: the application's count after the first,
+    /// after the second, and the statuses once it answers every request it holds.
+    async fn three(app: &Holding, snapshot: &Snapshot, ip: [u8; 4]) -> (u32, u32, Vec<u16>) {
+        let _proxy = proxy(snapshot, ip, &[app.port]).await;
+        let addr = SocketAddr::from((ip, app.port));
+        let send = || tokio::spawn(async move { get(addr).await.0 });
+        let first = send();
+        support::until("the first request reaches the application", 5, || app.received() >= 1).await;
+        let second = send();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_second = app.received();
+        let third = send();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_third = app.received();
+        app.release.add_permits(3);
+        let mut statuses = Vec::new();
+        for r in [first, second, third] {
+            statuses.push(r.await.unwrap());
+        }
+        (after_second, after_third, statuses)
+    }
+
+    let app = Holding::start().await;
+    let (after_second, after_third, statuses) = three(&app, &mesh(app.port, rule), POD).await;
+    assert_eq!(
+        (after_second, after_third),
+        (1, 1),
+        "one request at a time reaches the application"
+    );
+    assert_eq!(statuses, [200, 200, 503], "the second waited, the third overflowed");
+    assert_eq!(app.received(), 2);
+
+    let app = Holding::start().await;
+    let (after_second, after_third, statuses) = three(&app, &mesh(app.port, ""), OTHER_POD).await;
+    assert_eq!((after_second, after_third), (2, 3), "without the rule, no limit");
+    assert_eq!(statuses, [200, 200, 200]);
 }

@@ -228,7 +228,8 @@ pub struct ClusterRow {
     pub load_balancer: String,
     pub tls: String,
     pub endpoints: usize,
-    /// The DestinationRule that shaped the cluster (`DestinationRule ns/name`), or `-`.
+    /// The DestinationRule that shaped the cluster (`DestinationRule ns/name`) — an inbound
+    /// cluster's pool may come from a Sidecar (`Sidecar ns/name`) —, or `-`.
     pub from: String,
 }
 
@@ -545,6 +546,18 @@ mod tests {
             (inbound[0].port, inbound[0].tls.as_str(), inbound[0].from.as_str()),
             (Some(8080), "-", "-")
         );
+        // An inbound cluster names where its connection pool came from: its Service's
+        // DestinationRule, or a Sidecar's inbound pool, which takes precedence.
+        let rule = "apiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}}\n";
+        let sidecar = "apiVersion: networking.trellis.dev/v1alpha1\nkind: Sidecar\nmetadata: {name: pools, namespace: shop}\nspec: {inboundConnectionPool: {http: {http1MaxPendingRequests: 5}}}\n";
+        let inbound_from = |extra: &[&str]| {
+            let yaml = format!("{SHOP}\n---\n{}", extra.join("---\n"));
+            let dump = web_dump_of(&yaml, Value::Null);
+            let rows = clusters(&dump, &only(|f| f.direction = Some("inbound".into())));
+            rows.into_iter().map(|c| c.from).collect::<Vec<_>>()
+        };
+        assert_eq!(inbound_from(&[rule]), ["DestinationRule shop/web"]);
+        assert_eq!(inbound_from(&[rule, sidecar]), ["Sidecar shop/pools"]);
         assert!(
             clusters(&dump, &only(|f| f.port = Some(5432)))
                 .iter()

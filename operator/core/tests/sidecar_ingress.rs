@@ -1,8 +1,9 @@
 //! A Sidecar's `ingress` listeners and inbound connection pools on the inbound side (Istio's
 //! `IstioIngressListener`): traffic arriving for a port is handed to the listener's
 //! `defaultEndpoint` with the listener's protocol, ports the Sidecar does not name keep what
-//! the Services say, the pools land on the application's clusters, and a mesh without ingress
-//! compiles as before.
+//! the Services say, the pools land on the application's clusters — a Sidecar's, else the
+//! DestinationRule's of the port's Service, as Istio sets circuit breakers on the receiving
+//! side too —, and a mesh without ingress compiles as before.
 
 use trellis_contract::{Cluster, Listener, ProxyConfig, UpstreamProtocol};
 use trellis_core::compile::{Role, changes};
@@ -267,4 +268,134 @@ fn a_sidecar_change_recompiles_the_inbound_side() {
     let after = snapshot(INGRESS);
     let c = changes(&before, &after);
     assert!(c.own_changed(&ObjectKey::new("shop", "web-1")), "{c:?}");
+}
+
+/// payment's DestinationRule, with this `trafficPolicy`.
+fn payment_rule(policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: payment, namespace: shop}}\nspec:\n  host: payment\n  trafficPolicy: {policy}\n"
+    )
+}
+
+/// A cluster's request slots (`tcp.maxConnections`) and queue (`http1MaxPendingRequests`).
+fn limits(c: &Cluster) -> (u32, u32) {
+    (
+        c.connection_pool.max_connections,
+        c.connection_pool.max_pending_requests,
+    )
+}
+
+/// Where an inbound cluster's settings came from, in words (`-`: nowhere, the defaults).
+fn pool_source(c: &Cluster) -> String {
+    c.provenance.as_ref().map_or("-".into(), |p| p.describe())
+}
+
+/// Istio's `buildInboundCluster`: "when users specify circuit breakers, they need to be set on
+/// the receiver end (server side) as well as client side". The connection pool of the rule
+/// for the pod's Service lands on the application's cluster — only the pool: no load
+/// balancing, outlier detection or HTTP/2 upgrade towards the application; a port-level
+/// entry, matched by the Service's port, replaces the rule's policy whole.
+#[test]
+fn a_destination_rules_pool_lands_on_its_services_inbound_clusters() {
+    let s = snapshot(&payment_rule(
+        r#"
+    connectionPool:
+      tcp: {maxConnections: 10, connectTimeout: 3s}
+      http: {http1MaxPendingRequests: 3, h2UpgradePolicy: UPGRADE, idleTimeout: 90s}
+    loadBalancer: {simple: RANDOM}
+    outlierDetection: {consecutive5xxErrors: 2}
+    portLevelSettings:
+    - port: {number: 5432}
+      loadBalancer: {simple: ROUND_ROBIN}
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    let http = cluster(&payment, 8080);
+    assert_eq!(
+        (
+            http.connection_pool.max_connections,
+            http.connection_pool.max_pending_requests,
+            http.connection_pool.idle_timeout_ms,
+            http.connect_timeout_ms
+        ),
+        (10, 3, 90_000, 3_000)
+    );
+    assert_eq!(pool_source(http), "DestinationRule shop/payment");
+    assert_eq!(http.protocol, UpstreamProtocol::Http1, "no HTTP/2 upgrade inbound");
+    assert_eq!(http.outlier_detection, None);
+    assert_eq!(http.load_balancer.policy, trellis_contract::LbPolicy::RoundRobin);
+    // 5432's port-level entry has no pool: the port gets none (no inheritance, as in Istio).
+    let db = cluster(&payment, 5432);
+    assert_eq!(db.connection_pool, trellis_contract::ConnectionPool::default());
+    assert_eq!(pool_source(db), "-");
+    // Another Service's pods are untouched.
+    let web = sidecar(&s, "web-1");
+    assert_eq!(cluster(&web, 8080).connection_pool.max_connections, u32::MAX);
+    assert_eq!(pool_source(cluster(&web, 8080)), "-");
+    // The outbound cluster to payment takes the same pool, as before.
+    let outbound = web
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|80||payment.shop.svc.cluster.local")
+        .expect("web's cluster to payment");
+    assert_eq!(outbound.connection_pool.max_connections, 10);
+
+    // Port-level settings match the Service's port (80), not the application's (8080).
+    let s = snapshot(&payment_rule(
+        r#"
+    connectionPool: {tcp: {maxConnections: 10}}
+    portLevelSettings:
+    - port: {number: 80}
+      connectionPool: {http: {http1MaxPendingRequests: 4}}
+    - port: {number: 8080}
+      connectionPool: {tcp: {maxConnections: 99}}
+"#,
+    ));
+    let payment = sidecar(&s, "payment-1");
+    assert_eq!(limits(cluster(&payment, 8080)), (u32::MAX, 4), "port 80's entry, whole");
+    assert_eq!(cluster(&payment, 5432).connection_pool.max_connections, 10);
+}
+
+/// A Sidecar's inbound pool (an ingress listener's, else `inboundConnectionPool`) takes
+/// precedence over the rule's, and replaces it whole (Istio:
+/// `opts.policy.ConnectionPool = sidecarConnPool`).
+#[test]
+fn a_sidecars_inbound_pool_takes_precedence_over_the_destination_rules() {
+    let rule = payment_rule("{connectionPool: {tcp: {maxConnections: 10}, http: {http1MaxPendingRequests: 3}}}");
+    let s = snapshot(&format!(
+        "{rule}---\n{}",
+        namespace_sidecar(
+            r#"
+  inboundConnectionPool: {http: {http1MaxPendingRequests: 50}}
+  ingress:
+  - port: {number: 5432, protocol: TCP, name: tcp-db}
+    connectionPool: {tcp: {maxConnections: 7}}
+"#
+        )
+    ));
+    let payment = sidecar(&s, "payment-1");
+    let http = cluster(&payment, 8080);
+    assert_eq!(limits(http), (u32::MAX, 50), "the Sidecar's pool, whole");
+    assert_eq!(pool_source(http), "Sidecar shop/default");
+    let db = cluster(&payment, 5432);
+    assert_eq!(db.connection_pool.max_connections, 7);
+    assert_eq!(pool_source(db), "Sidecar shop/default ingress[0]");
+    // A Sidecar without a pool leaves the rule's.
+    let s = snapshot(&format!(
+        "{rule}---\n{}",
+        namespace_sidecar(r#"{egress: [{hosts: ["./*"]}]}"#)
+    ));
+    let http = sidecar(&s, "payment-1");
+    assert_eq!(cluster(&http, 8080).connection_pool.max_connections, 10);
+}
+
+/// The rule is part of the pod's own configuration: changing it recompiles the own part of
+/// the pods of its Service's namespace.
+#[test]
+fn a_destination_rule_change_recompiles_its_services_inbound_side() {
+    let before = snapshot("");
+    let after = snapshot(&payment_rule("{connectionPool: {tcp: {maxConnections: 10}}}"));
+    let c = changes(&before, &after);
+    assert!(c.own_changed(&ObjectKey::new("shop", "payment-1")), "{c:?}");
+    assert!(!c.own_changed(&ObjectKey::new("other", "payment-1")), "{c:?}");
 }

@@ -45,8 +45,10 @@ pub struct Cluster {
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// The DestinationRule whose policy shaped this cluster (subset, load balancing, pool,
-    /// outlier detection, TLS), so `meshctl proxy-config clusters` can say where its settings
-    /// came from, as routes name their VirtualService rule; none: no rule applies (defaults).
+    /// outlier detection, TLS) — on an inbound cluster, the Sidecar or DestinationRule its
+    /// connection pool came from —, so `meshctl proxy-config clusters` can say where its
+    /// settings came from, as routes name their VirtualService rule; none: no rule applies
+    /// (defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<crate::Provenance>,
 }

@@ -16,7 +16,8 @@
 //!   routes and clusters whenever it rebuilds a shared part (they read pods, VirtualServices,
 //!   DestinationRules and Services too), so no narrower rule is needed.
 //! - A sidecar's **own part** (node, identity, inbound listener and policy, telemetry) reads its
-//!   pod, the Services of its namespace, PeerAuthentications, RequestAuthentications (and the
+//!   pod, the Services of its namespace and their DestinationRules (the pools of the
+//!   application's clusters), PeerAuthentications, RequestAuthentications (and the
 //!   key sets fetched for them), AuthorizationPolicies, the mesh settings and the trust bundle. Gateways' own parts read nearly everything and are always
 //!   recompiled.
 //!
@@ -55,7 +56,8 @@ pub struct Changes {
     pub all_own: bool,
     /// Pods whose own part must be recompiled.
     pub workloads: BTreeSet<ObjectKey>,
-    /// Namespaces whose Services changed (own parts of their sidecars are recompiled).
+    /// Namespaces whose Services, or the DestinationRules of their Services, changed (own
+    /// parts of their sidecars are recompiled).
     pub service_namespaces: BTreeSet<String>,
 }
 
@@ -165,10 +167,22 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> Changes {
             .extend(vs.spec.hosts.iter().flatten().map(|h| resolve_host(h, ns)));
     }
 
-    // DestinationRules: the clusters of their hosts.
+    // DestinationRules: the clusters of their hosts, and the own parts of the sidecars of the
+    // Services they cover (their pools on the inbound clusters: `inbound::ingress`).
+    let mut dr_hosts = BTreeSet::new();
     for dr in changed(&old.destination_rules, &new.destination_rules, |a, b| a.spec == b.spec) {
         let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-        c.cluster_hosts.insert(resolve_host(&dr.spec.host, ns));
+        let host = resolve_host(&dr.spec.host, ns);
+        c.cluster_hosts.insert(host.clone());
+        dr_hosts.insert(host);
+    }
+    if !dr_hosts.is_empty() {
+        for svc in old.registry.services.values().chain(new.registry.services.values()) {
+            let fqdn = svc.fqdn(DNS_DOMAIN);
+            if dr_hosts.iter().any(|h| host_matches(h, &fqdn)) {
+                c.service_namespaces.insert(svc.key.namespace.clone());
+            }
+        }
     }
 
     // TLS Secrets: the clusters of the rules naming them in `credentialName` (in any

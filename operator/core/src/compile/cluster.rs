@@ -490,8 +490,9 @@ fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster
     }
 }
 
-/// A connection pool's limits on a cluster (a DestinationRule's; a Sidecar's inbound pool on
-/// the cluster of the application's port), as Istio's `applyConnectionPool` compiles them into
+/// A connection pool's limits on a cluster (a DestinationRule's; on the cluster of the
+/// application's port, a Sidecar's inbound pool or the port's Service's DestinationRule's:
+/// `inbound::ingress`), as Istio's `applyConnectionPool` compiles them into
 /// Envoy's circuit breakers, HTTP protocol options and upstream connection options — for both
 /// directions. Not here: the HTTP/2 upgrade (outbound only, [`apply_policy`]) and the TCP
 /// proxy's idle timeout and duration (outbound only, from the rule's own pool, [`tcp_proxy`]).

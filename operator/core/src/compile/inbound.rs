@@ -64,7 +64,9 @@ pub(crate) fn sidecar(ctx: &mut Ctx<'_>) -> (Listener, Vec<Cluster>, InboundPoli
             provenance: None,
         };
         if let Some(pool) = &app.pool {
-            apply_pool(pool, &mut c);
+            apply_pool(&pool.settings, &mut c);
+            // `meshctl proxy-config clusters` says where the pool came from.
+            c.provenance = Some(pool.source.clone());
         }
         clusters.push(c);
         if protocol.is_http() || protocol == Protocol::Auto {
