@@ -195,8 +195,9 @@ pub struct ConnectionPool {
     /// streams), then no new one: HTTP/1 closes it after the last answer, HTTP/2 drains it;
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
-    /// Close an upstream HTTP/1 connection idle in the pool this long (a timer, as Envoy's
-    /// upstream `idle_timeout`).
+    /// Close an upstream HTTP/1 connection idle in the pool this long, and an HTTP/2
+    /// connection with no stream open this long (with a GOAWAY) — a timer, as Envoy's
+    /// upstream `idle_timeout`.
     pub idle_timeout_ms: u64,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: u32,

@@ -2,9 +2,10 @@
 //! response has been read; HTTP/2 connections shared (multiplexed), each carrying at most
 //! `maxConcurrentStreams` requests at once, more connections opened beyond. A connection takes
 //! at most `maxRequestsPerConnection` requests (HTTP/1 requests, HTTP/2 streams, as Envoy
-//! applies it to every protocol), is closed after `idleTimeoutMs` idle in the pool (HTTP/1, by
-//! one sweeping task per endpoint), and is drained at `maxConnectionDurationMs` from its
-//! opening; drained, it takes no new request and closes when its requests are answered.
+//! applies it to every protocol), is closed after `idleTimeoutMs` idle — HTTP/1 in the pool,
+//! by one sweeping task per endpoint; HTTP/2 with no stream open, by its connection's task,
+//! with a GOAWAY — and is drained at `maxConnectionDurationMs` from its opening; drained, it
+//! takes no new request and closes when its requests are answered.
 //!
 //! Every request counts as active on its endpoint (and on its HTTP/2 connection's streams)
 //! until its [`InFlight`] drops.
@@ -43,10 +44,49 @@ struct IdleConn {
 struct H2Conn {
     id: u64,
     sender: http2::SendRequest<Body>,
-    streams: Arc<AtomicU32>,
+    streams: Arc<Streams>,
     /// Streams it has been given, this one's last included (`maxRequestsPerConnection`).
     served: u32,
     expires: Option<Instant>,
+}
+
+/// The streams open on an HTTP/2 connection, and since when none is (its idle timeout).
+#[derive(Debug)]
+struct Streams {
+    open: AtomicU32,
+    /// When a stream last ended, in milliseconds since `opened`.
+    last_ended_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Streams {
+    /// A new connection's, with its first stream open.
+    fn first() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicU32::new(1),
+            last_ended_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        })
+    }
+
+    /// A stream ends. why: the time is written before the count drops, so whoever sees no
+    /// stream open also sees when the last one ended (the idle check reads them in that
+    /// order); one clock read a stream, which the check needs to close at the idle timeout
+    /// exactly, as Envoy's timer does, rather than up to twice as late.
+    fn end(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ended_ms.fetch_max(ms, Ordering::Release);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Since when no stream is open, or `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.last_ended_ms.load(Ordering::Acquire);
+        Some(self.opened + Duration::from_millis(ms))
+    }
 }
 
 /// One request in flight on an endpoint: counted in [`EndpointState::active`]
@@ -58,7 +98,7 @@ struct H2Conn {
 #[derive(Debug)]
 pub struct InFlight {
     ep: Arc<EndpointState>,
-    stream: Option<Arc<AtomicU32>>,
+    stream: Option<Arc<Streams>>,
     admission: Option<super::Admission>,
 }
 
@@ -82,7 +122,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.ep.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(s) = &self.stream {
-            s.fetch_sub(1, Ordering::Relaxed);
+            s.end();
         }
     }
 }
@@ -129,24 +169,57 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
     }
 }
 
-/// Drive a connection until it ends; at `expires`, take it out of its endpoint's pool (so it
-/// gets no new request) and keep driving it while its requests finish: with its pool's
-/// handle gone, it closes when they have.
-async fn drive<F>(conn: F, id: u64, ep: Weak<EndpointState>, expires: Option<Instant>, what: &'static str)
-where
+/// Drive a connection until it ends. At `expires`, take it out of its endpoint's pool (so it
+/// gets no new request) and keep driving it while its requests finish: with its pool's handle
+/// gone, it closes when they have. With `idle` (an HTTP/2 connection's streams and its idle
+/// timeout), the same once no stream has been open that long (Envoy's upstream
+/// `idle_timeout`): its last handle gone and no stream open, the HTTP/2 connection sends
+/// GOAWAY and closes, and the next request opens a new one.
+async fn drive<F>(
+    conn: F,
+    id: u64,
+    ep: Weak<EndpointState>,
+    expires: Option<Instant>,
+    idle: Option<(Arc<Streams>, Duration)>,
+    what: &'static str,
+) where
     F: std::future::Future<Output = Result<(), hyper::Error>>,
 {
     let mut conn = std::pin::pin!(conn);
-    if let Some(at) = expires {
+    // When to look at the streams next: when the connection would be idle long enough if no
+    // stream were opened from now on.
+    let mut idle_check = idle.as_ref().map(|(streams, timeout)| streams.opened + *timeout);
+    loop {
+        let at = match (expires, idle_check) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => break,
+        };
         tokio::select! {
             ended = &mut conn => return log_end(ended, what),
             () = tokio::time::sleep_until(at.into()) => {}
         }
-        if let Some(ep) = ep.upgrade() {
-            let mut pool = ep.pool.lock().expect("pool lock");
+        // The endpoint gone (a new config), its pool and the handle in it are gone too.
+        let Some(ep) = ep.upgrade() else { break };
+        let mut pool = ep.pool.lock().expect("pool lock");
+        let now = Instant::now();
+        if expires.is_some_and(|at| at <= now) {
             pool.h1.retain(|c| c.id != id);
             pool.h2.retain(|c| c.id != id);
             tracing::debug!(endpoint = %ep.addr, "upstream {what} connection reached maxConnectionDuration; draining");
+            break;
+        }
+        if let Some((streams, timeout)) = &idle {
+            // Under the pool's lock no stream can be opened on the connection meanwhile.
+            match streams.idle_since() {
+                Some(since) if now.saturating_duration_since(since) >= *timeout => {
+                    pool.h2.retain(|c| c.id != id);
+                    tracing::debug!(endpoint = %ep.addr, "upstream {what} connection idle for idleTimeoutMs; closing");
+                    break;
+                }
+                Some(since) => idle_check = Some(since + *timeout),
+                None => idle_check = Some(now + *timeout),
+            }
         }
     }
     log_end(conn.await, what);
@@ -236,7 +309,8 @@ impl ClusterRuntime {
     /// An HTTP/2 connection with room for one more stream (the stream counted in
     /// `in_flight`), or a new one. The stream that reaches `maxRequestsPerConnection` takes its
     /// connection out of the pool: it gets no new stream and, its pool's handle gone, closes
-    /// when its streams end (drained, as Envoy does).
+    /// when its streams end (drained, as Envoy does). A connection with no stream open for
+    /// `idleTimeoutMs` is closed by its task ([`drive`]).
     async fn send_h2(
         &self,
         ep: &Arc<EndpointState>,
@@ -256,10 +330,10 @@ impl ClusterRuntime {
                 .retain(|c| !c.sender.is_closed() && c.expires.is_none_or(|at| at > now));
             pool.h2
                 .iter()
-                .position(|c| c.streams.load(Ordering::Relaxed) < max_streams)
+                .position(|c| c.streams.open.load(Ordering::Relaxed) < max_streams)
                 .map(|i| {
                     let c = &mut pool.h2[i];
-                    c.streams.fetch_add(1, Ordering::Relaxed);
+                    c.streams.open.fetch_add(1, Ordering::Relaxed);
                     c.served += 1;
                     let taken = (c.sender.clone(), Arc::clone(&c.streams));
                     if c.served >= max_served {
@@ -286,8 +360,9 @@ impl ClusterRuntime {
                         .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
                     let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
                     let expires = self.expiry();
-                    tokio::spawn(drive(conn, id, Arc::downgrade(ep), expires, "h2"));
-                    let streams = Arc::new(AtomicU32::new(1));
+                    let streams = Streams::first();
+                    let idle = (Arc::clone(&streams), Duration::from_millis(pool_cfg.idle_timeout_ms));
+                    tokio::spawn(drive(conn, id, Arc::downgrade(ep), expires, Some(idle), "h2"));
                     in_flight.stream = Some(Arc::clone(&streams));
                     // A connection for one request only is never pooled.
                     if max_served > 1 {
@@ -396,7 +471,7 @@ impl ClusterRuntime {
             .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let expires = self.expiry();
-        tokio::spawn(drive(conn.with_upgrades(), id, Arc::downgrade(ep), expires, "h1"));
+        tokio::spawn(drive(conn.with_upgrades(), id, Arc::downgrade(ep), expires, None, "h1"));
         Ok(IdleConn {
             id,
             sender,

@@ -1,7 +1,7 @@
 //! Upstream connections as a DestinationRule's `connectionPool` shapes them, through a real
 //! proxy and seen from the upstream's side: `maxConcurrentStreams` (more HTTP/2
 //! connections), `maxRequestsPerConnection` on HTTP/2, `idleTimeoutMs` on pooled HTTP/1
-//! connections, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
+//! connections and on HTTP/2 connections with no stream open, `tcp.maxConnectionDuration` (HTTP connections drained, TCP connections
 //! closed, each by its own field), `tcp.idleTimeout` and `tcp.maxConnections` on proxied TCP,
 //! and `tcp.tcpKeepalive` on the proxy's upstream sockets.
 
@@ -132,6 +132,16 @@ async fn max_requests_per_connection_drains_an_http2_connection() {
     );
 }
 
+/// Wait until the upstream has seen its one connection closed; how long after `since` it had.
+async fn closed_after(conns: &Connections, since: Instant) -> Duration {
+    assert_eq!(
+        conns.wait_closed(1).await,
+        1,
+        "the upstream saw its idle connection closed"
+    );
+    since.elapsed()
+}
+
 /// Envoy's upstream `idle_timeout` is a timer: an HTTP/1 connection idle in the pool that long
 /// is closed then, not left open until a request finds it.
 #[tokio::test]
@@ -142,18 +152,44 @@ async fn idle_timeout_closes_a_pooled_http1_connection_with_no_request_to_find_i
     assert_eq!(get(addr, "svc", "/").await.status, 200);
     let pooled = Instant::now();
     assert_eq!(conns.opened(), 1);
-    assert_eq!(
-        conns.wait_closed(1).await,
-        1,
-        "the upstream saw its idle connection closed"
-    );
+    let idle = closed_after(&conns, pooled).await;
     assert!(
-        pooled.elapsed() >= Duration::from_millis(250),
-        "closed after {:?}, before its idle timeout",
-        pooled.elapsed()
+        idle >= Duration::from_millis(250),
+        "closed after {idle:?}, before its idle timeout"
     );
     assert_eq!(get(addr, "svc", "/").await.status, 200);
     assert_eq!(conns.opened(), 2, "the next request on a new connection");
+}
+
+/// Envoy's upstream `idle_timeout` holds for HTTP/2 too: a connection with no stream open that
+/// long is closed (GOAWAY), and the next request opens a new one. Idle counts from its last
+/// stream's end: a stream open longer than the timeout keeps it.
+#[tokio::test]
+async fn idle_timeout_closes_an_http2_connection_with_no_stream_open() {
+    let (up, conns) = http_upstream().await;
+    let proxy = Proxy::start(http_config(up, "http2", json!({"idleTimeoutMs": 300}))).await;
+    let addr = proxy.addr("outbound").await;
+    // One stream of 500 ms: past the timeout from the connection's opening, not idle.
+    assert_eq!(get(addr, "svc", "/delay/500").await.status, 200);
+    let answered = Instant::now();
+    assert_eq!(conns.opened(), 1);
+    let idle = closed_after(&conns, answered).await;
+    assert!(
+        idle >= Duration::from_millis(250),
+        "closed {idle:?} after its last stream ended, before its idle timeout"
+    );
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+    assert_eq!(conns.opened(), 2, "the next request on a new connection");
+    // Requests closer together than the timeout keep sharing one connection.
+    for n in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(get(addr, "svc", "/").await.status, 200, "request {n}");
+    }
+    assert_eq!(
+        (conns.opened(), conns.closed()),
+        (2, 1),
+        "one connection, never idle for 300 ms"
+    );
 }
 
 #[tokio::test]
