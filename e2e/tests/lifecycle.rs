@@ -33,6 +33,8 @@ const PROXY_IMAGE_ANNOTATION: &str = trellis_api::mesh::PROXY_IMAGE_ANNOTATION;
 /// How long a whole rollout of the shop may take on a loaded 2-core machine.
 const ROLLOUT: Duration = Duration::from_secs(300);
 
+#[path = "lifecycle/admission.rs"]
+mod admission;
 #[path = "lifecycle/leader.rs"]
 mod leader;
 
@@ -343,6 +345,12 @@ fn lifecycle() -> anyhow::Result<()> {
         &t,
         "kubectl get mesh: Ready, with every condition's reason and message in its columns",
         || mesh_is_ready(&t),
+    )?;
+
+    step(
+        &t,
+        "kubectl apply: an invalid VirtualService denied with the validator's message (dry run too), a doubtful one accepted with a warning",
+        || admission::kubectl_meets_the_webhooks(&t),
     )?;
 
     step(
