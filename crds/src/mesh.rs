@@ -140,7 +140,10 @@ pub struct MeshSpec {
     validation = crate::schema::unsupported(
         "tls",
         "remove it; Istio applies it only to the Mesh's mode ALLOW_ANY_DYNAMIC_DNS, which Trellis does not have"
-    )
+    ),
+    validation = kube::core::cel::Rule::new("!has(self.mode) || self.mode != 'ALLOW_ANY_DYNAMIC_DNS'")
+        .field_path(".mode")
+        .message("mode ALLOW_ANY_DYNAMIC_DNS is not supported by Trellis yet: use ALLOW_ANY (traffic to unknown destinations goes to the address the application dialled)")
 )]
 pub struct OutboundTrafficPolicy {
     /// `ALLOW_ANY` (default): forwarded to the address the application dialled.
@@ -165,6 +168,9 @@ pub enum OutboundTrafficMode {
     AllowAny,
     /// Only Services and ServiceEntries are reachable; anything else is refused.
     RegistryOnly,
+    /// Istio's MeshConfig mode resolving unknown destinations' names at request time: not
+    /// supported by Trellis yet (the validator refuses it; Istio allows it on the Mesh only).
+    AllowAnyDynamicDns,
 }
 
 /// Images to run.

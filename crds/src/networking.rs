@@ -475,8 +475,10 @@ pub struct CorsPolicy {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UnmatchedPreflights {
-    /// Unspecified; behaves as FORWARD.
-    UnspecifiedBehavior,
+    /// Istio's default, `UNSPECIFIED`: behaves as FORWARD. (`UNSPECIFIED_BEHAVIOR`, which
+    /// Trellis wrongly took for it before, is still read from objects already stored.)
+    #[serde(alias = "UNSPECIFIED_BEHAVIOR")]
+    Unspecified,
     /// Forward the preflight to the upstream.
     Forward,
     /// Answer the preflight without CORS headers.

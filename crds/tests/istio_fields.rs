@@ -3,6 +3,8 @@
 //! file names) is declared in the Trellis CRD schema — implemented, or refused — and never
 //! "unknown field". A field declared only as a free-form object (an Istio message Trellis
 //! declares to refuse) must be refused with "not supported by Trellis yet" at its path.
+//! Every value of an Istio enum field (`path = VALUE` lines) is one the schema allows, and the
+//! validator accepts it or refuses it with that message — never "Unsupported value".
 //!
 //! When istio/api adds a field: regenerate the list (`python3 crds/tests/data/istio_fields.py
 //! <istio/api checkout> > crds/tests/data/istio-fields.txt`), and this test names what to
@@ -10,10 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use trellis_api::document::Kind;
 use trellis_api::schema::NOT_SUPPORTED;
-use trellis_api::validation::{Outcome, validate};
+use trellis_api::validation::{Outcome, Severity, validate};
 
 const FIELDS: &str = include_str!("data/istio-fields.txt");
 
@@ -68,14 +70,14 @@ fn reach(schema: &Value, segments: &[&str]) -> Reached {
     Reached::Declared
 }
 
-/// An object of `kind` holding an empty value at `segments` (a list of one where the schema
-/// has a list, `k` for a map's key), and the validator's path of that value.
-fn holding(kind: Kind, schema: &Value, segments: &[&str]) -> (Value, String) {
-    fn build(node: &Value, segments: &[&str], path: &mut String) -> Value {
+/// An object of `kind` holding `leaf` at `segments` (a list of one where the schema has a
+/// list, `k` for a map's key), and the validator's path of that value.
+fn holding(kind: Kind, schema: &Value, segments: &[&str], leaf: &Value) -> (Value, String) {
+    fn build(node: &Value, segments: &[&str], leaf: &Value, path: &mut String) -> Value {
         let list = node.get("type").and_then(Value::as_str) == Some("array");
         let node = items(node);
         let value = match segments.split_first() {
-            None => Value::Object(Map::new()),
+            None => leaf.clone(),
             Some((seg, rest)) => {
                 let (key, child) = if *seg == "*" {
                     ("k", &node["additionalProperties"])
@@ -87,13 +89,13 @@ fn holding(kind: Kind, schema: &Value, segments: &[&str]) -> (Value, String) {
                 }
                 path.push('.');
                 path.push_str(key);
-                json!({ key: build(child, rest, path) })
+                json!({ key: build(child, rest, leaf, path) })
             }
         };
         if list { json!([value]) } else { value }
     }
     let mut path = String::new();
-    let mut object = build(schema, segments, &mut path);
+    let mut object = build(schema, segments, leaf, &mut path);
     object["apiVersion"] = json!(kind.api_version());
     object["kind"] = json!(kind.name());
     object["metadata"] = json!({"name": "drift", "namespace": "shop"});
@@ -134,6 +136,10 @@ fn drift(fields: &[(&str, &str)], schemas: &BTreeMap<String, (Kind, Value)>) -> 
             problems.push(format!("{kind_name}: Trellis has no such kind"));
             continue;
         };
+        if let Some((path, value)) = path.split_once(" = ") {
+            problems.extend(enum_value(*kind, schema, path, value));
+            continue;
+        }
         let segments: Vec<&str> = path.split('.').collect();
         match reach(schema, &segments) {
             Reached::Declared => {}
@@ -144,7 +150,7 @@ fn drift(fields: &[(&str, &str)], schemas: &BTreeMap<String, (Kind, Value)>) -> 
             Reached::FreeForm { at } => {
                 let declared = segments[..at].join(".");
                 let refused = refusals_checked.entry((kind_name.to_string(), declared.clone())).or_insert_with(|| {
-                    let (object, at_path) = holding(*kind, schema, &segments[..at]);
+                    let (object, at_path) = holding(*kind, schema, &segments[..at], &json!({}));
                     let Outcome::Validated { findings, .. } = validate(&object) else {
                         return false;
                     };
@@ -159,6 +165,51 @@ fn drift(fields: &[(&str, &str)], schemas: &BTreeMap<String, (Kind, Value)>) -> 
         }
     }
     problems
+}
+
+/// What is wrong with Trellis' answer to `value` of Istio's enum field `path`: nothing when
+/// the schema allows it and the validator accepts it, warns about it, or refuses it as not
+/// supported. A field Trellis declares free-form (refused whole) or lacks is not looked into:
+/// its field line says what is wrong.
+fn enum_value(kind: Kind, schema: &Value, path: &str, value: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('.').collect();
+    if reach(schema, &segments) != Reached::Declared {
+        return None;
+    }
+    let mut node = schema;
+    for seg in &segments {
+        node = items(node);
+        node = if *seg == "*" {
+            &node["additionalProperties"]
+        } else {
+            &node["properties"][*seg]
+        };
+    }
+    let node = items(node);
+    if let Some(allowed) = node.get("enum").and_then(Value::as_array)
+        && !allowed.iter().any(|a| a.as_str() == Some(value))
+    {
+        return Some(format!(
+            "{} {path} = {value}: the schema does not allow Istio's value {value} (\"Unsupported value\"); allow it, and implement it or refuse it with trellis_api::schema::unsupported",
+            kind.name()
+        ));
+    }
+    let (object, at_path) = holding(kind, schema, &segments, &json!(value));
+    let Outcome::Validated { findings, .. } = validate(&object) else {
+        return Some(format!("{} {path} = {value}: not validated", kind.name()));
+    };
+    let wrong: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error && f.path.starts_with(&at_path) && !f.message.contains(NOT_SUPPORTED))
+        .map(|f| f.message.clone())
+        .collect();
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "{} {path} = {value}: Istio accepts it, Trellis refuses it without saying it is \"{NOT_SUPPORTED}\": {}",
+            kind.name(),
+            wrong.join("; ")
+        )
+    })
 }
 
 #[test]

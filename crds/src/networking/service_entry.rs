@@ -41,7 +41,10 @@ use crate::status::ConfigStatus;
     validation = kube::core::cel::Rule::new("(!has(self.resolution) || self.resolution == 'NONE') ? !has(self.endpoints) : true")
         .message("no endpoints should be provided for resolution NONE"),
     validation = kube::core::cel::Rule::new("(has(self.resolution) && self.resolution == 'DNS_ROUND_ROBIN') ? (!has(self.endpoints) || size(self.endpoints) <= 1) : true")
-        .message("there must be 0 or 1 endpoint for resolution DNS_ROUND_ROBIN")
+        .message("there must be 0 or 1 endpoint for resolution DNS_ROUND_ROBIN"),
+    validation = kube::core::cel::Rule::new("!has(self.resolution) || self.resolution != 'DYNAMIC_DNS'")
+        .field_path(".resolution")
+        .message("resolution DYNAMIC_DNS is not supported by Trellis yet: list the hosts with resolution DNS, or use resolution NONE for a wildcard host (the application's own DNS answer is used)")
 )]
 // Istio's rule that CIDR addresses need resolution NONE or STATIC is the validator's alone: as
 // CEL over an unbounded list of strings it exceeds the API server's cost budget 100×.
@@ -116,6 +119,9 @@ pub enum Resolution {
     Dns,
     /// As DNS, but only the first address of each answer is used.
     DnsRoundRobin,
+    /// Istio's resolution of the Host header's or SNI's name at request time, for wildcard
+    /// hosts: not supported by Trellis yet (the validator refuses it).
+    DynamicDns,
 }
 
 /// One endpoint of a ServiceEntry (Istio's WorkloadEntry fields).

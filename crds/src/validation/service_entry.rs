@@ -118,6 +118,8 @@ pub(super) fn service_entry(spec: &ServiceEntrySpec, f: &mut Findings) {
 
     let endpoints = spec.endpoints.as_deref().unwrap_or_default();
     match resolution {
+        // Refused by the CEL rule on ServiceEntrySpec ("not supported by Trellis yet").
+        Resolution::DynamicDns => {}
         Resolution::None => {
             if location == Location::MeshInternal {
                 not_supported(

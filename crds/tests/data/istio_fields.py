@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Lists the field paths of the Istio kinds Trellis serves, from istio/api's protos.
+"""Lists the field paths of the Istio kinds Trellis serves, and the values of their enum fields,
+from istio/api's protos.
 
 Usage: python3 crds/tests/data/istio_fields.py ISTIO_API > crds/tests/data/istio-fields.txt
 
@@ -7,8 +8,10 @@ ISTIO_API is a checkout of github.com/istio/api, or its bare git directory (the 
 read from HEAD with `git show`). The output names the commit it was read at and, one line per
 field, a Trellis kind and the field's path as YAML spells it (`spec.http.match.uri.exact`):
 lists are transparent, `*` stands for a map's key, every nested message is walked down to its
-leaves. `crds/tests/istio_fields.rs` checks that Trellis declares every one of them, or refuses
-it with "not supported by Trellis yet" — never "unknown field".
+leaves. An enum field's values follow it, a line each: `Kind path = VALUE`.
+`crds/tests/istio_fields.rs` checks that Trellis declares every field, or refuses it with "not
+supported by Trellis yet" — never "unknown field" —, and accepts every enum value, or refuses it
+with that message — never "Unsupported value".
 
 The parser reads the proto3 subset istio/api is written in: packages, imports, (nested)
 messages and enums, oneofs, maps, field options; it resolves type names by proto's scoping
@@ -87,7 +90,7 @@ class Parser:
     def __init__(self, source):
         self.source = source
         self.messages = {}  # full name -> list of (json name, type name, is map, scope)
-        self.enums = set()
+        self.enums = {}  # full name -> value names, in declaration order
         self.read = set()
 
     def file(self, path):
@@ -110,8 +113,7 @@ class Parser:
             elif t == "message":
                 i = self.message(toks, i, package)
             elif t == "enum":
-                self.enums.add(f"{package}.{toks[i + 1]}")
-                i = skip_block(toks, i)
+                i = self.enum(toks, i, package)
             else:
                 i = skip_statement(toks, i)
 
@@ -127,8 +129,7 @@ class Parser:
             elif t == "message":
                 i = self.message(toks, i, name)
             elif t == "enum":
-                self.enums.add(f"{name}.{toks[i + 1]}")
-                i = skip_block(toks, i)
+                i = self.enum(toks, i, name)
             elif t == "oneof":
                 i += 3
                 while toks[i] != "}":
@@ -138,6 +139,18 @@ class Parser:
                 i = skip_statement(toks, i)
             else:
                 i = self.field(toks, i, name, fields)
+        return i + 1
+
+    def enum(self, toks, i, scope):
+        """enum Name { VALUE = n [options]; option ...; reserved ...; }"""
+        values = self.enums.setdefault(f"{scope}.{toks[i + 1]}", [])
+        i += 3
+        while toks[i] != "}":
+            if toks[i] in ("option", "reserved") or toks[i].startswith("@altName:"):
+                i = skip_statement(toks, i) if not toks[i].startswith("@") else i + 1
+            else:
+                values.append(toks[i])
+                i = skip_statement(toks, i)
         return i + 1
 
     def field(self, toks, i, scope, fields):
@@ -159,10 +172,15 @@ class Parser:
         return skip_statement(toks, i)
 
     def resolve(self, type_name, scope):
-        """The full name of `type_name` as seen from `scope`, or None for a scalar or a
-        well-known type (a leaf)."""
+        """The full name of the message `type_name` names as seen from `scope`, or None for a
+        scalar, an enum or a well-known type (a leaf)."""
+        kind, name = self.lookup(type_name, scope)
+        return name if kind == "message" else None
+
+    def lookup(self, type_name, scope):
+        """("message" | "enum", full name), or ("leaf", None) for a scalar or well-known type."""
         if type_name in SCALARS or type_name.startswith("google.protobuf."):
-            return None
+            return "leaf", None
         if type_name.startswith("."):
             candidates = [type_name[1:]]
         else:
@@ -170,9 +188,9 @@ class Parser:
             candidates = [".".join(parts[:k] + [type_name]) for k in range(len(parts), -1, -1)]
         for c in candidates:
             if c in self.messages:
-                return c
+                return "message", c
             if c in self.enums:
-                return None
+                return "enum", c
         raise SystemExit(f"cannot resolve type {type_name} in {scope}")
 
 
@@ -221,8 +239,10 @@ def walk(parser, message, prefix, stack, out):
     for name, type_name, is_map, scope in parser.messages[message]:
         path = f"{prefix}.{name}"
         out.append(path)
-        child = parser.resolve(type_name, scope)
-        if child is None or child in stack:
+        kind, child = parser.lookup(type_name, scope)
+        if kind == "enum" and not is_map:
+            out.extend(f"{path} = {v}" for v in parser.enums[child])
+        if kind != "message" or child in stack:
             continue
         walk(parser, child, f"{path}.*" if is_map else path, stack + [child], out)
 
@@ -235,7 +255,8 @@ def main():
     print("# Field paths of the Istio kinds Trellis serves, read from istio/api's protos.")
     print(f"# istio/api commit {source.commit()}")
     print("# Generated by crds/tests/data/istio_fields.py; do not edit. Lists are transparent,")
-    print("# `*` stands for a map's key. The Mesh's lines are MeshConfig's outboundTrafficPolicy.")
+    print("# `*` stands for a map's key; `path = VALUE` is a value of an enum field. The Mesh's lines")
+    print("# are MeshConfig's outboundTrafficPolicy.")
     for kind, path, message, prefix in KINDS:
         parser.file(path)
         out = []

@@ -227,5 +227,21 @@ pub fn cases() -> Vec<Case> {
             json!({"mode": "SIMPLE"}),
             "tls is not supported by Trellis yet",
         ),
+        // Istio's MeshConfig mode (the drift test's enum values): refused, with the fix.
+        err_at(
+            Mesh,
+            "spec.outboundTrafficPolicy",
+            json!({"mode": "ALLOW_ANY_DYNAMIC_DNS"}),
+            "spec.outboundTrafficPolicy.mode",
+            "mode ALLOW_ANY_DYNAMIC_DNS is not supported by Trellis yet: use ALLOW_ANY",
+        ),
+        ok(Mesh, "spec.outboundTrafficPolicy", json!({"mode": "ALLOW_ANY"})),
+        // ---------------- VirtualService enum values ----------------
+        // Istio's default value is UNSPECIFIED (behaves as FORWARD).
+        ok(
+            Vs,
+            "spec.http[0].corsPolicy",
+            json!({"allowOrigins": [{"exact": "https://shop.example"}], "unmatchedPreflights": "UNSPECIFIED"}),
+        ),
     ]
 }

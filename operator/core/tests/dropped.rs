@@ -98,6 +98,31 @@ spec:
   - route: []
 ",
         ),
+        Dropped::DynamicDnsResolution => (
+            "ServiceEntry shop/wildcard",
+            r"
+apiVersion: networking.trellis.dev/v1alpha1
+kind: ServiceEntry
+metadata: {name: wildcard, namespace: shop}
+spec:
+  hosts: ['*.example.com']
+  location: MESH_EXTERNAL
+  resolution: DYNAMIC_DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+"
+            .to_string(),
+        ),
+        Dropped::AllowAnyDynamicDns => (
+            "Mesh default",
+            r"
+apiVersion: mesh.trellis.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY_DYNAMIC_DNS}
+"
+            .to_string(),
+        ),
     }
 }
 

@@ -120,6 +120,7 @@ pub fn diagnose(snapshot: &Snapshot) -> Vec<Diagnostic> {
     let anywhere = proxy("", BTreeMap::new());
     let mut c = ctx(snapshot, &anywhere);
     outbound::unused_hosts(&mut c);
+    outbound::report_mesh_mode(&mut c);
     out.extend(c.diagnostics);
 
     // DestinationRules: each port of the host's Service, with each subset, from the rule's

@@ -30,6 +30,10 @@ pub enum Dropped {
     CustomAction,
     /// A VirtualService `http` rule with no route, redirect or direct response.
     RuleWithoutDestination,
+    /// ServiceEntry `resolution: DYNAMIC_DNS` (compiled as NONE).
+    DynamicDnsResolution,
+    /// Mesh `outboundTrafficPolicy.mode: ALLOW_ANY_DYNAMIC_DNS` (compiled as ALLOW_ANY).
+    AllowAnyDynamicDns,
 }
 
 impl Dropped {
@@ -42,6 +46,8 @@ impl Dropped {
         Dropped::BinaryDirectResponse,
         Dropped::CustomAction,
         Dropped::RuleWithoutDestination,
+        Dropped::DynamicDnsResolution,
+        Dropped::AllowAnyDynamicDns,
     ];
 
     /// The code the compiler's diagnostic carries.
@@ -64,6 +70,8 @@ impl Dropped {
             Dropped::BinaryDirectResponse => "body.bytes",
             Dropped::CustomAction => "action",
             Dropped::RuleWithoutDestination => "route",
+            Dropped::DynamicDnsResolution => "resolution",
+            Dropped::AllowAnyDynamicDns => "mode",
         }
     }
 }

@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use trellis_api::mesh::OutboundTrafficMode;
+
 use trellis_api::networking::{
-    L4MatchAttributes, RouteDestination, ServicePort as EntryPort, TlsMatchAttributes, VirtualService,
+    L4MatchAttributes, Resolution, RouteDestination, ServicePort as EntryPort, TlsMatchAttributes, VirtualService,
 };
 use trellis_contract::{
     Cluster, HttpLimits, Listener, ListenerDirection, ListenerProtocol, PathNormalization, Provenance, Route,
@@ -17,7 +19,7 @@ use trellis_contract::{
 use super::route::{ClusterRef, RouteScope, applies_to_gateway, destination, forward_to};
 use super::service_entry::{self, EntryHost};
 use super::virtual_services::{merged_routes, virtual_services_for};
-use super::{Code, Ctx, DNS_DOMAIN, OUTBOUND_PORT, cluster, host_matches, resolve_host, resource};
+use super::{Code, Ctx, DNS_DOMAIN, Dropped, OUTBOUND_PORT, cluster, host_matches, resolve_host, resource};
 use crate::registry::{Protocol, Service, ServicePort, selects};
 
 fn service_domains(svc: &Service, port: u16, viewer_ns: &str) -> Vec<String> {
@@ -132,11 +134,25 @@ pub(crate) fn outbound_shell(ctx: &Ctx<'_>) -> Listener {
     }
 }
 
+/// Reports the Mesh's `outboundTrafficPolicy.mode: ALLOW_ANY_DYNAMIC_DNS`, which the validator
+/// refuses and [`outbound_shell`] compiles as `ALLOW_ANY`.
+pub(crate) fn report_mesh_mode(ctx: &mut Ctx<'_>) {
+    let mode = ctx.snapshot.mesh.outbound_traffic_policy.as_ref().and_then(|p| p.mode);
+    if mode == Some(OutboundTrafficMode::AllowAnyDynamicDns) {
+        ctx.dropped(
+            Dropped::AllowAnyDynamicDns,
+            "Mesh default",
+            "outboundTrafficPolicy.mode ALLOW_ANY_DYNAMIC_DNS is not supported by Trellis yet; compiled as ALLOW_ANY",
+        );
+    }
+}
+
 /// The sidecar's outbound listener (virtual hosts sorted by name, TCP routes in Service and
 /// port order, then the ServiceEntries' in host and port order); fills `clusters` with
 /// everything its routes reference.
 pub(crate) fn listener(ctx: &mut Ctx<'_>, clusters: &mut BTreeMap<String, Cluster>) -> Listener {
     let mut listener = outbound_shell(ctx);
+    report_mesh_mode(ctx);
     let mut refs: Vec<ClusterRef> = Vec::new();
     // The snapshot outlives the context's borrow, so services are read in place, not cloned.
     let snapshot = ctx.snapshot;
@@ -168,6 +184,15 @@ pub(crate) fn entry_routes(ctx: &mut Ctx<'_>) -> Vec<PortRoutes> {
     let (hosts, notes) = service_entry::hosts(ctx.snapshot, &ctx.proxy.key.namespace);
     for (res, message) in notes {
         ctx.diag(Code::ServiceEntryHostConflict, res, message);
+    }
+    for e in &hosts {
+        if e.entry.spec.resolution == Some(Resolution::DynamicDns) {
+            ctx.dropped(
+                Dropped::DynamicDnsResolution,
+                e.resource(),
+                format!("host {}: resolution DYNAMIC_DNS is not supported by Trellis yet; compiled as resolution NONE (connections go to the address the application dialled)", e.host),
+            );
+        }
     }
     let mut out = Vec::new();
     for e in &hosts {

@@ -183,7 +183,11 @@ impl Scope {
     /// `outboundTrafficPolicy`, else the Mesh's.
     pub(crate) fn unrouted(&self, mesh: Option<OutboundTrafficMode>) -> Unrouted {
         match self.mode.or(mesh) {
-            None | Some(OutboundTrafficMode::AllowAny) => Unrouted::Passthrough,
+            // ALLOW_ANY_DYNAMIC_DNS is refused by the validator; compiled as ALLOW_ANY and
+            // reported by `outbound::report_mesh_mode`.
+            None | Some(OutboundTrafficMode::AllowAny | OutboundTrafficMode::AllowAnyDynamicDns) => {
+                Unrouted::Passthrough
+            }
             Some(OutboundTrafficMode::RegistryOnly) => Unrouted::BlackHole,
         }
     }

@@ -55,7 +55,7 @@ impl EntryHost<'_> {
             .collect()
     }
 
-    fn resource(&self) -> String {
+    pub(crate) fn resource(&self) -> String {
         resource("ServiceEntry", &self.entry.metadata)
     }
 
@@ -186,9 +186,13 @@ pub(crate) fn endpoints(
     let account = |sa: &str| SpiffeId::for_service_account(&ctx.trust_domain, e.namespace, sa).to_string();
     let mut endpoints = Vec::new();
     let mut accounts = Vec::new();
-    let resolution = spec.resolution.unwrap_or_default();
+    let resolution = match spec.resolution.unwrap_or_default() {
+        // Refused by the validator; compiled as NONE, reported by `outbound::entry_routes`.
+        Resolution::DynamicDns => Resolution::None,
+        r => r,
+    };
     let discovery = match resolution {
-        Resolution::None => Discovery::OriginalDestination,
+        Resolution::None | Resolution::DynamicDns => Discovery::OriginalDestination,
         Resolution::Static => Discovery::Static,
         Resolution::Dns => Discovery::Dns,
         Resolution::DnsRoundRobin => Discovery::DnsFirstAddress,
