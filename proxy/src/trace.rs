@@ -4,6 +4,10 @@
 //! B3's debug flag); a request without a context — or a B3 one that leaves
 //! the decision to the receiver, with no `x-b3-sampled` — is sampled at the
 //! configured rate.
+//!
+//! The next hop's reader decides the formats written ([`Reader`]): an application gets both,
+//! another Trellis proxy across mesh mTLS only `traceparent`, which it always prefers and from
+//! which it writes B3 for its own application.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -85,21 +89,34 @@ pub struct SpanContext {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// Lower-case hex digits only (W3C: "lowercase hex").
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// `version-traceid-spanid-flags`, then the end or a `-` before what a later version adds.
+/// why: checked by position over the bytes, not split into strings (this runs for every mesh
+/// request the inbound proxy receives).
 fn parse_traceparent(v: &str) -> Option<(HexId<32>, HexId<16>, Option<bool>)> {
-    let mut it = v.trim().split('-');
-    let (ver, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    if !is_hex(ver, 2) || ver == "ff" || !is_hex(trace, 32) || !is_hex(span, 16) || !is_hex(flags, 2) {
+    let v = v.trim().as_bytes();
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' || v.get(55).is_some_and(|b| *b != b'-') {
         return None;
     }
-    if trace.bytes().all(|b| b == b'0') || span.bytes().all(|b| b == b'0') {
+    let (ver, trace, span, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    if !is_lower_hex(ver) || ver == b"ff" || !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
         return None;
     }
-    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((HexId::parse_padded(trace)?, HexId::parse_padded(span)?, Some(sampled)))
+    if trace.iter().all(|b| *b == b'0') || span.iter().all(|b| *b == b'0') {
+        return None;
+    }
+    // The sampled flag is the low bit of the last digit's value.
+    let last = flags[1];
+    let sampled = (if last <= b'9' { last - b'0' } else { last - b'a' + 10 }) & 1 == 1;
+    Some((
+        HexId(trace.try_into().ok()?),
+        HexId(span.try_into().ok()?),
+        Some(sampled),
+    ))
 }
 
 /// A B3 context: a 16- or 32-digit trace id (either case; a short one is zero-padded), a
@@ -125,9 +142,20 @@ fn sample(percent: f64) -> bool {
     fastrand::f64() * 100.0 < percent
 }
 
+/// Who reads the propagation headers of a request the proxy sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// Another Trellis proxy, across mesh mTLS: it continues the trace from `traceparent` (which
+    /// it prefers to B3) and writes both formats for its own application, so B3 is not sent
+    /// (why: three header names fewer for the receiving proxy to parse on every request).
+    MeshProxy,
+    /// An application, or anything else outside the mesh: `traceparent` and B3.
+    Application,
+}
+
 /// Continue or start a trace and rewrite the propagation headers for the
-/// next hop.
-pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext {
+/// next hop, in the formats its `reader` reads.
+pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64, reader: Reader) -> SpanContext {
     let incoming = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -150,7 +178,14 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             }
         }
     };
-    // why: the four values are written into one buffer and shared from it, not each copied into
+    write(headers, &ctx, reader);
+    ctx
+}
+
+/// Write `ctx` as this hop's propagation headers for `reader` (a request's copy that goes to
+/// another reader, a mirror, is rewritten with it).
+pub fn write(headers: &mut HeaderMap, ctx: &SpanContext, reader: Reader) {
+    // why: the values are written into one buffer and shared from it, not each copied into
     // an allocation of its own (this runs for every request).
     let mut values = bytes::BytesMut::with_capacity(55 + 32 + 16 + 16);
     values.extend_from_slice(b"00-");
@@ -159,10 +194,12 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
     values.extend_from_slice(&ctx.span_id.0);
     values.extend_from_slice(if ctx.sampled { b"-01" } else { b"-00" });
     let traceparent = values.len();
-    values.extend_from_slice(&ctx.trace_id.0);
-    values.extend_from_slice(&ctx.span_id.0);
-    if let Some(p) = &ctx.parent_id {
-        values.extend_from_slice(&p.0);
+    if reader == Reader::Application {
+        values.extend_from_slice(&ctx.trace_id.0);
+        values.extend_from_slice(&ctx.span_id.0);
+        if let Some(p) = &ctx.parent_id {
+            values.extend_from_slice(&p.0);
+        }
     }
     let values = values.freeze();
     let mut set = |k: HeaderName, range: std::ops::Range<usize>| {
@@ -170,8 +207,18 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
             headers.insert(k, v);
         }
     };
-    let (trace, span) = (traceparent + 32, traceparent + 48);
     set(TRACEPARENT, 0..traceparent);
+    if reader == Reader::MeshProxy {
+        // The caller's own B3 headers would name its span, not this hop's: the next proxy
+        // writes them anew. why: one look at each name, not a removal for each B3 name.
+        if headers.keys().any(is_b3) {
+            for name in [B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_SPAN_ID, B3_SAMPLED] {
+                headers.remove(name);
+            }
+        }
+        return;
+    }
+    let (trace, span) = (traceparent + 32, traceparent + 48);
     set(B3_TRACE_ID, traceparent..trace);
     set(B3_SPAN_ID, trace..span);
     match ctx.parent_id {
@@ -184,7 +231,11 @@ pub fn propagate(headers: &mut HeaderMap, sampling_percent: f64) -> SpanContext 
         B3_SAMPLED,
         HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
     );
-    ctx
+}
+
+/// One of the B3 headers this proxy writes.
+fn is_b3(name: &HeaderName) -> bool {
+    [&B3_TRACE_ID, &B3_SPAN_ID, &B3_PARENT_SPAN_ID, &B3_SAMPLED].contains(&name)
 }
 
 /// A random request id (UUID v4 format) for `x-request-id`.
@@ -228,7 +279,7 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        let ctx = propagate(&mut h, 0.0);
+        let ctx = propagate(&mut h, 0.0, Reader::Application);
         assert_eq!(ctx.trace_id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.parent_id.as_ref().map(HexId::as_str), Some("00f067aa0ba902b7"));
         assert!(ctx.sampled);
@@ -244,7 +295,7 @@ mod tests {
         h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
         h.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        let ctx = propagate(&mut h, 100.0);
+        let ctx = propagate(&mut h, 100.0, Reader::Application);
         assert_eq!(ctx.trace_id.as_str(), "0000000000000000463ac35c9f6413ad");
         assert!(!ctx.sampled);
     }
@@ -260,17 +311,17 @@ mod tests {
             }
             h
         };
-        assert!(!propagate(&mut b3(&[]), 0.0).sampled);
-        assert!(propagate(&mut b3(&[]), 100.0).sampled);
-        assert!(propagate(&mut b3(&[("x-b3-sampled", "1")]), 0.0).sampled);
-        assert!(propagate(&mut b3(&[("x-b3-flags", "1")]), 0.0).sampled);
+        assert!(!propagate(&mut b3(&[]), 0.0, Reader::Application).sampled);
+        assert!(propagate(&mut b3(&[]), 100.0, Reader::Application).sampled);
+        assert!(propagate(&mut b3(&[("x-b3-sampled", "1")]), 0.0, Reader::Application).sampled);
+        assert!(propagate(&mut b3(&[("x-b3-flags", "1")]), 0.0, Reader::Application).sampled);
         // The caller's decision wins over the rate, both ways.
         let mut h = HeaderMap::new();
         h.insert(
             "traceparent",
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
-        assert!(!propagate(&mut h, 100.0).sampled);
+        assert!(!propagate(&mut h, 100.0, Reader::Application).sampled);
         assert_eq!(h.get("x-b3-sampled").unwrap(), "0");
     }
 
@@ -281,10 +332,10 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
         );
-        let ctx = propagate(&mut h, 100.0);
+        let ctx = propagate(&mut h, 100.0, Reader::Application);
         assert!(ctx.parent_id.is_none());
         assert!(ctx.sampled);
-        assert!(is_hex(ctx.trace_id.as_str(), 32));
+        assert!(is_lower_hex(ctx.trace_id.as_str().as_bytes()) && ctx.trace_id.as_str().len() == 32);
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
@@ -292,5 +343,79 @@ mod tests {
         assert_eq!(id.matches('-').count(), 4);
         assert!(id.replace('-', "").bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(request_id_header().unwrap(), request_id_header().unwrap());
+    }
+
+    #[test]
+    fn a_mesh_proxy_gets_traceparent_alone() {
+        // The caller's B3 context is continued, and its B3 headers do not travel on.
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        h.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        h.insert("x-b3-flags", HeaderValue::from_static("1"));
+        let ctx = propagate(&mut h, 0.0, Reader::MeshProxy);
+        assert_eq!(ctx.trace_id.as_str(), "0000000000000000463ac35c9f6413ad");
+        assert_eq!(ctx.parent_id.as_ref().map(HexId::as_str), Some("a2fb4a1d1a96d312"));
+        let tp = format!("00-0000000000000000463ac35c9f6413ad-{}-01", ctx.span_id);
+        assert_eq!(h.get("traceparent").unwrap(), tp.as_str());
+        for b3 in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"] {
+            assert!(h.get(b3).is_none(), "{b3} sent to a mesh proxy");
+        }
+        assert_eq!(h.get("x-b3-flags").unwrap(), "1", "not a header this proxy writes");
+
+        // The receiving proxy continues the same trace and writes B3 for its application.
+        let next = propagate(&mut h, 0.0, Reader::Application);
+        assert_eq!(next.trace_id, ctx.trace_id);
+        assert_eq!(next.parent_id, Some(ctx.span_id));
+        assert!(next.sampled);
+        assert_eq!(h.get("x-b3-traceid").unwrap(), ctx.trace_id.as_str());
+        assert_eq!(h.get("x-b3-parentspanid").unwrap(), ctx.span_id.as_str());
+        assert_eq!(h.get("x-b3-spanid").unwrap(), next.span_id.as_str());
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
+    }
+
+    #[test]
+    fn traceparent_fields_are_checked_by_position() {
+        let parse = |v: &str| parse_traceparent(v).map(|(t, s, f)| (t.to_string(), s.to_string(), f));
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let span = "00f067aa0ba902b7";
+        assert_eq!(
+            parse(&format!(" 00-{trace}-{span}-01 ")),
+            Some((trace.into(), span.into(), Some(true)))
+        );
+        // A later version may add fields after a `-`.
+        assert_eq!(
+            parse(&format!("01-{trace}-{span}-0b-extra")),
+            Some((trace.into(), span.into(), Some(true)))
+        );
+        for flags in ["00", "02", "0a", "fe"] {
+            assert_eq!(
+                parse(&format!("00-{trace}-{span}-{flags}")).unwrap().2,
+                Some(false),
+                "{flags}"
+            );
+        }
+        for flags in ["01", "03", "09", "0f", "ff"] {
+            assert_eq!(
+                parse(&format!("00-{trace}-{span}-{flags}")).unwrap().2,
+                Some(true),
+                "{flags}"
+            );
+        }
+        for bad in [
+            format!("ff-{trace}-{span}-01"),
+            format!("00-{}-{span}-01", trace.to_uppercase()),
+            format!("00-{trace}-{span}-011"),
+            format!("00-{trace}-{span}-1"),
+            format!("00-{trace}-{span}01"),
+            format!("00-{trace}x-{span}-01"),
+            format!("00-{}-{span}-01", "0".repeat(32)),
+            format!("00-{trace}-{}-01", "0".repeat(16)),
+            format!("0-0{trace}-{span}-01"),
+            format!("00-{trace}-{span}-0g"),
+            String::new(),
+        ] {
+            assert_eq!(parse(&bad), None, "{bad}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use crate::request_body::{BodyProgress, ClientBody, ClientFault};
 use crate::routing::{RouteHit, parse_query, rewrite_prefix};
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
+use crate::trace::{Reader, SpanContext};
 use crate::upstream::{
     Body, BoxError, ClusterRuntime, InFlight, InFlightBody, NoSlot, Outcome, RetryToken, UpstreamError,
 };
@@ -121,7 +122,16 @@ pub(super) async fn forward(
     };
 
     if let ReqBody::Buffered(bytes) = &body {
-        mirror(snap, f, &parts, &authority, &path_and_query, bytes, stream_idle);
+        mirror(
+            snap,
+            f,
+            &parts,
+            out.span.as_ref(),
+            &authority,
+            &path_and_query,
+            bytes,
+            stream_idle,
+        );
     }
 
     // The wait for a slot is part of the request's time, and no bytes move during it.
@@ -501,32 +511,35 @@ impl Hop<'_> {
         {
             h.insert(X_REQUEST_ID, v);
         }
+        let to_mesh = matches!(cluster.spec.tls, UpstreamTls::Mesh { .. });
         // Peer metadata: never from the app or a client, only from this proxy and
-        // only to a mesh peer that verifies who sent it.
-        h.remove(crate::peer_metadata::HEADER);
-        if conn.direction != ListenerDirection::Inbound
-            && matches!(cluster.spec.tls, UpstreamTls::Mesh { .. })
-            && let Some(v) = &snap.peer_metadata
-        {
-            h.insert(crate::peer_metadata::HEADER, v.clone());
+        // only to a mesh peer that verifies who sent it. (`insert` replaces every copy.)
+        match &snap.peer_metadata {
+            Some(v) if to_mesh && conn.direction != ListenerDirection::Inbound => {
+                h.insert(crate::peer_metadata::HEADER, v.clone());
+            }
+            _ => {
+                h.remove(crate::peer_metadata::HEADER);
+            }
         }
         match conn.direction {
             ListenerDirection::Inbound => {
-                h.remove(XFCC);
-                if let (Some(peer), Some(hash), Some(id)) =
-                    (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity)
-                {
-                    let by = id.spiffe_id.as_str();
-                    let make = || HeaderValue::from_str(&format!("By={by};Hash={hash};URI={peer}")).ok();
-                    // The same for every request of the connection while the proxy's identity is.
-                    let value = match conn.xfcc.get_or_init(|| (by.to_string(), make())) {
-                        (made_for, value) if made_for == by => value.clone(),
-                        _ => make(),
-                    };
-                    if let Some(v) = value {
-                        h.insert(XFCC, v);
+                let value = match (&conn.peer_identity, &conn.peer_cert_sha256, &snap.identity) {
+                    (Some(peer), Some(hash), Some(id)) => {
+                        let by = id.spiffe_id.as_str();
+                        let make = || HeaderValue::from_str(&format!("By={by};Hash={hash};URI={peer}")).ok();
+                        // The same for every request of the connection while the proxy's identity is.
+                        match conn.xfcc.get_or_init(|| (by.to_string(), make())) {
+                            (made_for, value) if made_for == by => value.clone(),
+                            _ => make(),
+                        }
                     }
-                }
+                    _ => None,
+                };
+                match value {
+                    Some(v) => h.insert(XFCC, v),
+                    None => h.remove(XFCC),
+                };
             }
             ListenerDirection::Gateway => {
                 // Clients outside the mesh must not forge identities.
@@ -551,7 +564,12 @@ impl Hop<'_> {
             .tracing
             .as_ref()
             .map_or(0.0, |t| t.sampling_percent);
-        out.span = Some(crate::trace::propagate(h, sampling));
+        let reader = if to_mesh {
+            Reader::MeshProxy
+        } else {
+            Reader::Application
+        };
+        out.span = Some(crate::trace::propagate(h, sampling, reader));
         out.route = Some(Arc::clone(route));
         route.request_headers.apply(h);
         if let Some((req_ops, _)) = route.cluster_headers.get(wi) {
@@ -581,10 +599,12 @@ fn hash_key(cluster: &ClusterRuntime, h: &http::HeaderMap, query: Option<&str>, 
 
 /// Mirrors: fire and forget copies of a replayable request to the route's
 /// mirror clusters (`-shadow` authority), each by its percentage.
+#[allow(clippy::too_many_arguments)]
 fn mirror(
     snap: &Snapshot,
     f: &ForwardAction,
     parts: &http::request::Parts,
+    span: Option<&SpanContext>,
     authority: &str,
     path_and_query: &PathAndQuery,
     bytes: &Bytes,
@@ -600,8 +620,18 @@ fn mirror(
         let mut mparts = Request::new(());
         *mparts.method_mut() = parts.method.clone();
         *mparts.headers_mut() = parts.headers.clone();
-        if !matches!(mc.spec.tls, UpstreamTls::Mesh { .. }) {
+        let mc_mesh = matches!(mc.spec.tls, UpstreamTls::Mesh { .. });
+        if !mc_mesh {
             mparts.headers_mut().remove(crate::peer_metadata::HEADER);
+        }
+        // The trace headers in the formats the mirror's reader reads, not the primary's.
+        if let Some(ctx) = span {
+            let reader = if mc_mesh {
+                Reader::MeshProxy
+            } else {
+                Reader::Application
+            };
+            crate::trace::write(mparts.headers_mut(), ctx, reader);
         }
         let shadow = shadow_authority(authority);
         if let Ok(v) = HeaderValue::from_str(&shadow) {

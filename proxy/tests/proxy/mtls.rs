@@ -632,3 +632,147 @@ async fn gateway_sends_its_metadata_to_the_mesh() {
     );
     assert!(inbound_series(&inbound, "web").await.is_empty());
 }
+
+// Trace context across the mesh.
+
+/// A mesh peer (the certificate of `PAYMENT`) that keeps the request headers it receives over
+/// mTLS and answers 200: what an outbound proxy puts on the wire to the next proxy.
+async fn recording_mesh_peer(
+    pki: &Pki,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+) {
+    let leaf = pki.leaf(PAYMENT);
+    let cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain(), leaf.key())
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, kept) = (acceptor.clone(), std::sync::Arc::clone(&kept));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    kept.lock().unwrap().push(req.headers().clone());
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"peer"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+const B3_IN: [(&str, &str); 3] = [
+    ("x-b3-traceid", "463ac35c9f6413ad"),
+    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+    ("x-b3-sampled", "1"),
+];
+
+/// The next proxy reads `traceparent` (and prefers it): B3 is not sent across the mesh, not
+/// even the app's own (a plaintext destination gets both formats: `telemetry.rs`).
+#[tokio::test]
+async fn a_mesh_peer_gets_traceparent_without_b3() {
+    let pki = Pki::new();
+    let (peer, seen) = recording_mesh_peer(&pki).await;
+    let outbound = Proxy::start(outbound_mesh_config(&pki, peer, PAYMENT)).await;
+    let r = send(outbound.addr("outbound").await, "GET", "payment", "/pay", &B3_IN).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let wire = seen.lock().unwrap().last().cloned().expect("the peer got the request");
+    let traceparent = wire.get("traceparent").expect("traceparent sent").to_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-0000000000000000463ac35c9f6413ad-") && traceparent.ends_with("-01"),
+        "{traceparent}"
+    );
+    assert!(!traceparent.contains("a2fb4a1d1a96d312"), "a new span: {traceparent}");
+    for b3 in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"] {
+        assert!(wire.get(b3).is_none(), "{b3} sent to the mesh peer: {wire:?}");
+    }
+    assert!(wire.get(META).is_some(), "peer metadata sent: {wire:?}");
+    assert!(wire.get("x-request-id").is_some(), "{wire:?}");
+}
+
+/// Through both proxies, the app behind the inbound one sees the trace in both formats: its
+/// B3 headers are written by the inbound proxy from the `traceparent` the outbound one sent.
+#[tokio::test]
+async fn the_app_behind_the_mesh_gets_the_trace_in_both_formats() {
+    let c = chain("STRICT", json!([]), PAYMENT).await;
+    let out = c.outbound.addr("outbound").await;
+    let r = send(out, "GET", "payment", "/pay", &B3_IN).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = c.app.last_seen();
+    let h = |k: &str| {
+        seen.headers
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} missing"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(h("x-b3-traceid"), "0000000000000000463ac35c9f6413ad");
+    assert_eq!(h("x-b3-sampled"), "1");
+    let (parent, span) = (h("x-b3-parentspanid"), h("x-b3-spanid"));
+    // The parent is the outbound proxy's span: neither the caller's nor the inbound's own.
+    assert_ne!(parent, "a2fb4a1d1a96d312");
+    assert_ne!(parent, span);
+    assert!(
+        parent.len() == 16 && parent.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{parent}"
+    );
+    assert_eq!(
+        h("traceparent"),
+        format!("00-0000000000000000463ac35c9f6413ad-{span}-01")
+    );
+}
+
+/// A mirror is written for its own reader: a plaintext shadow of a request sent across the
+/// mesh gets this hop's context in B3 too, and the mesh peer still gets no B3.
+#[tokio::test]
+async fn a_plaintext_mirror_of_a_mesh_request_gets_b3() {
+    let pki = Pki::new();
+    let (peer, seen) = recording_mesh_peer(&pki).await;
+    let shadow = Upstream::start("shadow").await;
+    let mut config = outbound_mesh_config(&pki, peer, PAYMENT);
+    config["listeners"][0]["virtualHosts"][0]["routes"][0]["action"]["forward"]["mirrors"] =
+        json!([{"cluster": "shadow", "percentage": 100.0}]);
+    config["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(cluster("shadow", &[&shadow]));
+    let outbound = Proxy::start(config).await;
+    let r = send(outbound.addr("outbound").await, "GET", "payment", "/pay", &B3_IN).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shadow.hits() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mirrored = shadow.last_seen().headers;
+    let wire = seen.lock().unwrap().last().cloned().expect("the peer got the request");
+    let traceparent = wire.get("traceparent").unwrap();
+    assert_eq!(mirrored.get("traceparent"), Some(traceparent));
+    let span = traceparent.to_str().unwrap().split('-').nth(2).unwrap();
+    assert_eq!(
+        mirrored.get("x-b3-traceid").unwrap(),
+        "0000000000000000463ac35c9f6413ad"
+    );
+    assert_eq!(mirrored.get("x-b3-spanid").unwrap(), span);
+    assert_eq!(mirrored.get("x-b3-parentspanid").unwrap(), "a2fb4a1d1a96d312");
+    assert_eq!(mirrored.get("x-b3-sampled").unwrap(), "1");
+    assert!(mirrored.get(META).is_none(), "peer metadata only to the mesh");
+    assert!(wire.get("x-b3-traceid").is_none(), "{wire:?}");
+}
