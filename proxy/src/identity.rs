@@ -88,10 +88,29 @@ pub fn system_roots(what: &'static str, fix: &str) -> Result<Arc<RootCertStore>,
 }
 
 /// The ring provider, built once and shared by every TLS config (a sidecar builds a client
-/// config per mesh cluster: hundreds in a large mesh).
+/// config per mesh cluster: hundreds in a large mesh). Its cipher suites put AES-128-GCM first,
+/// in TLS 1.3 as in TLS 1.2, as Envoy's (BoringSSL's) do: a client's order picks the suite of
+/// every mesh connection (a server follows it), and ring's default puts AES-256-GCM first.
+/// why: on processors with AES instructions AES-128 encrypts a block in 10 rounds to
+/// AES-256's 14, and the records of every request and response are sealed and opened with it.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+    Arc::clone(PROVIDER.get_or_init(|| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        // A stable sort: the other suites keep ring's order.
+        provider.cipher_suites.sort_by_key(|s| !is_aes_128_gcm(s.suite()));
+        Arc::new(provider)
+    }))
+}
+
+fn is_aes_128_gcm(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 /// How many server names a mesh client config remembers TLS sessions for. Each config serves

@@ -635,14 +635,14 @@ async fn gateway_sends_its_metadata_to_the_mesh() {
 
 // Trace context across the mesh.
 
-/// A mesh peer (the certificate of `PAYMENT`) that keeps the request headers it receives over
-/// mTLS and answers 200: what an outbound proxy puts on the wire to the next proxy.
-async fn recording_mesh_peer(
-    pki: &Pki,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
-) {
+/// What a recording mesh peer saw of each request: the TLS cipher suite of its connection and
+/// its headers.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(rustls::CipherSuite, http::HeaderMap)>>>;
+
+/// A mesh peer (the certificate of `PAYMENT`; rustls' default server, which follows the
+/// client's order of cipher suites) that keeps what it receives over mTLS and answers 200: what
+/// an outbound proxy puts on the wire to the next proxy.
+async fn recording_mesh_peer(pki: &Pki) -> (std::net::SocketAddr, Recorded) {
     let leaf = pki.leaf(PAYMENT);
     let cfg =
         rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
@@ -661,8 +661,11 @@ async fn recording_mesh_peer(
             let (acceptor, kept) = (acceptor.clone(), std::sync::Arc::clone(&kept));
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Some(suite) = tls.get_ref().1.negotiated_cipher_suite() else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    kept.lock().unwrap().push(req.headers().clone());
+                    kept.lock().unwrap().push((suite.suite(), req.headers().clone()));
                     async {
                         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from_static(b"peer"),
@@ -693,7 +696,7 @@ async fn a_mesh_peer_gets_traceparent_without_b3() {
     let outbound = Proxy::start(outbound_mesh_config(&pki, peer, PAYMENT)).await;
     let r = send(outbound.addr("outbound").await, "GET", "payment", "/pay", &B3_IN).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let wire = seen.lock().unwrap().last().cloned().expect("the peer got the request");
+    let (_, wire) = seen.lock().unwrap().last().cloned().expect("the peer got the request");
     let traceparent = wire.get("traceparent").expect("traceparent sent").to_str().unwrap();
     assert!(
         traceparent.starts_with("00-0000000000000000463ac35c9f6413ad-") && traceparent.ends_with("-01"),
@@ -762,7 +765,7 @@ async fn a_plaintext_mirror_of_a_mesh_request_gets_b3() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let mirrored = shadow.last_seen().headers;
-    let wire = seen.lock().unwrap().last().cloned().expect("the peer got the request");
+    let (_, wire) = seen.lock().unwrap().last().cloned().expect("the peer got the request");
     let traceparent = wire.get("traceparent").unwrap();
     assert_eq!(mirrored.get("traceparent"), Some(traceparent));
     let span = traceparent.to_str().unwrap().split('-').nth(2).unwrap();
@@ -775,4 +778,16 @@ async fn a_plaintext_mirror_of_a_mesh_request_gets_b3() {
     assert_eq!(mirrored.get("x-b3-sampled").unwrap(), "1");
     assert!(mirrored.get(META).is_none(), "peer metadata only to the mesh");
     assert!(wire.get("x-b3-traceid").is_none(), "{wire:?}");
+}
+
+/// Mesh mTLS prefers AES-128-GCM, as Envoy (BoringSSL) does: the client's order picks the suite.
+#[tokio::test]
+async fn mesh_mtls_prefers_aes_128_gcm() {
+    let pki = Pki::new();
+    let (peer, seen) = recording_mesh_peer(&pki).await;
+    let outbound = Proxy::start(outbound_mesh_config(&pki, peer, PAYMENT)).await;
+    let r = get(outbound.addr("outbound").await, "payment", "/pay").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (suite, _) = seen.lock().unwrap().last().cloned().expect("the peer got the request");
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 }
