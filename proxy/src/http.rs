@@ -274,13 +274,15 @@ async fn pipeline(
     };
     let route = Arc::clone(&hit.route);
 
-    // CORS: answer preflights, remember the origin for the actual response.
+    // CORS: answer preflights, remember the origin for the actual response. A preflight from
+    // an origin not allowed goes on to the upstream (Istio's default, `unmatchedPreflights:
+    // FORWARD`), or is answered without CORS headers (`IGNORE`).
     let mut cors_origin = None;
     if let (Some(cors), Some(origin)) = (&route.cors, req.headers().get(header::ORIGIN)) {
         let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
         let preflight =
             req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight {
+        if preflight && (allowed || cors.ignore_unmatched_preflights) {
             let mut resp = text(StatusCode::OK, "");
             if allowed {
                 let h = resp.headers_mut();

@@ -381,6 +381,9 @@ pub struct CompiledCors {
     pub max_age: Option<HeaderValue>,
     /// `Access-Control-Allow-Credentials: true`.
     pub allow_credentials: bool,
+    /// Answer a preflight from an origin not allowed (Istio's `unmatchedPreflights: IGNORE`)
+    /// instead of forwarding it.
+    pub ignore_unmatched_preflights: bool,
 }
 
 impl CompiledCors {
@@ -414,6 +417,7 @@ impl CompiledCors {
             expose_headers: join(&c.expose_headers)?,
             max_age: c.max_age_seconds.map(HeaderValue::from),
             allow_credentials: c.allow_credentials,
+            ignore_unmatched_preflights: c.ignore_unmatched_preflights,
         })
     }
 

@@ -398,4 +398,8 @@ pub struct CorsPolicy {
     pub max_age_seconds: Option<u64>,
     /// `Access-Control-Allow-Credentials`.
     pub allow_credentials: bool,
+    /// A preflight whose origin is not allowed is answered by the proxy, without CORS headers
+    /// (Istio's `unmatchedPreflights: IGNORE`); by default it is forwarded to the upstream
+    /// (`FORWARD`, Istio's default).
+    pub ignore_unmatched_preflights: bool,
 }

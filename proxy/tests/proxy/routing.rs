@@ -309,12 +309,44 @@ async fn cors_preflight_and_actual_request() {
     )
     .await;
     assert!(bad.headers.get("access-control-allow-origin").is_none());
+    // Istio's default (`unmatchedPreflights` FORWARD): a preflight from an origin not allowed
+    // goes on to the upstream.
+    assert_eq!(bad.server(), "a");
+    assert_eq!(a.hits(), 1, "an unmatched preflight is forwarded");
     let actual = send(addr, "GET", "svc", "/", &[("origin", "https://app.test")]).await;
     assert_eq!(
         actual.headers.get("access-control-allow-origin").unwrap(),
         "https://app.test"
     );
     assert_eq!(actual.headers.get("access-control-expose-headers").unwrap(), "x-server");
+}
+
+/// `unmatchedPreflights: IGNORE`: the proxy answers a preflight from an origin not allowed
+/// itself, without CORS headers, and the upstream never sees it.
+#[tokio::test]
+async fn cors_unmatched_preflight_ignored() {
+    let a = Upstream::start("a").await;
+    let route = json!({
+        "action": {"forward": {"clusters": [{"cluster": "a"}]}},
+        "cors": {"allowOrigins": [{"exact": "https://app.test"}], "allowMethods": ["GET"], "ignoreUnmatchedPreflights": true},
+        "provenance": provenance(),
+    });
+    let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
+    let addr = proxy.addr("outbound").await;
+    let bad = send(
+        addr,
+        "OPTIONS",
+        "svc",
+        "/",
+        &[
+            ("origin", "https://evil.test"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(bad.status, 200);
+    assert!(bad.headers.get("access-control-allow-origin").is_none());
+    assert_eq!(a.hits(), 0, "an unmatched preflight is answered by the proxy");
 }
 
 #[tokio::test]

@@ -555,6 +555,7 @@ fn cors(p: &api::CorsPolicy) -> CorsPolicy {
         expose_headers: p.expose_headers.clone().unwrap_or_default(),
         max_age_seconds: p.max_age.as_deref().and_then(parse_duration).map(|d| d.as_secs()),
         allow_credentials: p.allow_credentials.unwrap_or(false),
+        ignore_unmatched_preflights: p.unmatched_preflights == Some(api::UnmatchedPreflights::Ignore),
     }
 }
 
@@ -580,6 +581,24 @@ mod tests {
         assert_eq!(millis("1m30s"), Some(90_000));
         assert_eq!(millis("100us"), Some(1));
         assert_eq!(millis("x"), None);
+    }
+
+    #[test]
+    fn unmatched_preflights_are_forwarded_unless_ignored() {
+        let policy = |v: serde_json::Value| -> api::CorsPolicy { serde_json::from_value(v).expect("a CorsPolicy") };
+        let origins = serde_json::json!([{"exact": "https://app.test"}]);
+        for (mode, ignore) in [
+            (None, false),
+            (Some("UNSPECIFIED"), false),
+            (Some("FORWARD"), false),
+            (Some("IGNORE"), true),
+        ] {
+            let mut v = serde_json::json!({"allowOrigins": origins});
+            if let Some(m) = mode {
+                v["unmatchedPreflights"] = serde_json::json!(m);
+            }
+            assert_eq!(cors(&policy(v)).ignore_unmatched_preflights, ignore, "{mode:?}");
+        }
     }
 
     #[test]
