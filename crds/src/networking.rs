@@ -871,10 +871,6 @@ pub struct TcpKeepalive {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = unsupported(
-    "http2KeepAlive",
-    "remove it; Trellis sends no HTTP/2 PINGs yet: tcp.tcpKeepalive finds dead connections"
-))]
 pub struct HttpSettings {
     /// Maximum requests queued while waiting for a connection.
     #[schemars(range(min = 1))]
@@ -897,11 +893,13 @@ pub struct HttpSettings {
     /// Maximum concurrent streams per HTTP/2 connection.
     #[schemars(range(min = 1))]
     pub max_concurrent_streams: Option<i32>,
-    /// Not supported by Trellis yet.
+    /// HTTP/2 PINGs on the upstream HTTP/2 connections: a connection whose PING goes
+    /// unanswered for `timeout` is closed (Envoy's `connection_keepalive`).
     pub http2_keep_alive: Option<ConnectionKeepalive>,
 }
 
-/// HTTP/2 PINGs on idle connections (Istio's `HTTPSettings.ConnectionKeepalive`; refused).
+/// HTTP/2 PING frames on upstream HTTP/2 connections (Istio's
+/// `HTTPSettings.ConnectionKeepalive`): both fields are required.
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

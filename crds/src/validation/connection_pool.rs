@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Findings;
 use super::format::MIN_TIMEOUT;
 use super::format::duration;
-use crate::networking::ConnectionPoolSettings;
+use crate::networking::{ConnectionKeepalive, ConnectionPoolSettings};
 
 /// A connection pool's durations and Istio's warnings, at `cp`.
 pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut Findings) {
@@ -41,12 +41,29 @@ pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut F
     }
     if let Some(http) = &pool.http {
         duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
+        if let Some(ka) = &http.http2_keep_alive {
+            http2_keep_alive(&format!("{cp}.http.http2KeepAlive"), ka, f);
+        }
         if http.max_retries == Some(0) {
             f.warn(
                 format!("{cp}.http.maxRetries"),
                 "0 sets no limit (Istio reads 0 as unset); to make no retries, set retries: {attempts: 0} on the VirtualService route",
             );
         }
+    }
+}
+
+/// `http2KeepAlive` at `path`: Istio requires both the PING interval and its timeout, each at
+/// least 1ms.
+fn http2_keep_alive(path: &str, ka: &ConnectionKeepalive, f: &mut Findings) {
+    for (field, value, example) in [("interval", &ka.interval, "30s"), ("timeout", &ka.timeout, "10s")] {
+        if value.is_none() {
+            f.error(
+                format!("{path}.{field}"),
+                format!("is required when http2KeepAlive is set (e.g. {field}: {example}); set it, or remove http2KeepAlive to send no PINGs"),
+            );
+        }
+        duration(&format!("{path}.{field}"), value, MIN_TIMEOUT, f);
     }
 }
 

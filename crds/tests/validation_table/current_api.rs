@@ -126,25 +126,51 @@ pub fn cases() -> Vec<Case> {
         err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(150), "100"),
         err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(-1), "0"),
         err(Dr, "spec.trafficPolicy.retryBudget.minRetryConcurrency", json!(-3), "0"),
-        err(
+        // Implemented (HTTP/2 PINGs on upstream connections): accepted at every level.
+        ok(
             Dr,
             "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
             json!({"interval": "30s", "timeout": "10s"}),
-            "http2KeepAlive is not supported by Trellis yet",
         ),
-        // Istio: "http2 keepalive interval is required".
-        err(
+        ok(
+            Dr,
+            "spec.trafficPolicy.portLevelSettings[0]",
+            json!({"port": {"number": 8080}, "connectionPool": {"http": {"http2KeepAlive": {"interval": "1s", "timeout": "1s"}}}}),
+        ),
+        ok(
+            Dr,
+            "spec.subsets[0].trafficPolicy.connectionPool.http.http2KeepAlive",
+            json!({"interval": "500ms", "timeout": "2s"}),
+        ),
+        // Istio: "http2 keepalive interval is required", "... timeout is required".
+        err_at(
             Dr,
             "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
             json!({"timeout": "10s"}),
-            NOT_SUPPORTED,
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive.interval",
+            "is required when http2KeepAlive is set",
         ),
         err_at(
             Dr,
             "spec.trafficPolicy.portLevelSettings[0]",
-            json!({"port": {"number": 8080}, "connectionPool": {"http": {"http2KeepAlive": {"interval": "30s", "timeout": "10s"}}}}),
-            "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2KeepAlive",
-            NOT_SUPPORTED,
+            json!({"port": {"number": 8080}, "connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}}),
+            "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2KeepAlive.timeout",
+            "is required when http2KeepAlive is set",
+        ),
+        // Istio's ValidateDuration: at least 1ms.
+        err_at(
+            Dr,
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            json!({"interval": "0s", "timeout": "10s"}),
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive.interval",
+            "the minimum is 1ms",
+        ),
+        err_at(
+            Dr,
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            json!({"interval": "30s", "timeout": "10"}),
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout",
+            "no unit",
         ),
         err(
             Dr,

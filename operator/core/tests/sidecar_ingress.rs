@@ -218,7 +218,8 @@ fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() 
       tcp: {maxConnections: 7, connectTimeout: 2s, maxConnectionDuration: 1h, idleTimeout: 30m,
             tcpKeepalive: {time: 60s, interval: 10s, probes: 3}}
       http: {http1MaxPendingRequests: 5, http2MaxRequests: 11, maxRequestsPerConnection: 4,
-             maxRetries: 2, maxConcurrentStreams: 3, h2UpgradePolicy: UPGRADE}
+             maxRetries: 2, maxConcurrentStreams: 3, h2UpgradePolicy: UPGRADE,
+             http2KeepAlive: {interval: 30s, timeout: 5s}}
   - port: {number: 5432, protocol: TCP, name: tcp-db}
     connectionPool: {tcp: {idleTimeout: 5m, maxConnectionDuration: 90s}}
 "#,
@@ -240,6 +241,10 @@ fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() 
             time_secs: Some(60),
             interval_secs: Some(10),
             probes: Some(3),
+        }),
+        http2_keepalive: Some(trellis_contract::Http2Keepalive {
+            interval_ms: 30_000,
+            timeout_ms: 5_000,
         }),
         ..trellis_contract::ConnectionPool::default()
     };

@@ -98,8 +98,8 @@ fn samples() -> Vec<Sample> {
         sample("connectionPool.http.h2UpgradePolicy", json!("UPGRADE")),
         sample("connectionPool.http.useClientProtocol", json!(true)),
         sample("connectionPool.http.maxConcurrentStreams", json!(10)),
-        within("connectionPool.http.http2KeepAlive.interval", json!({"connectionPool": {"http": {"http2KeepAlive": {"timeout": "10s"}}}}), json!("30s")),
-        within("connectionPool.http.http2KeepAlive.timeout", json!({"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}}), json!("10s")),
+        versus("connectionPool.http.http2KeepAlive.interval", json!({"connectionPool": {"http": {"http2KeepAlive": {"timeout": "10s"}}}}), json!("30s"), json!("1m")),
+        versus("connectionPool.http.http2KeepAlive.timeout", json!({"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}}), json!("10s"), json!("20s")),
         within("outlierDetection.splitExternalLocalOriginErrors", od(json!({"consecutive5xxErrors": 3})), json!(true)),
         within("outlierDetection.consecutiveLocalOriginFailures", od(json!({"splitExternalLocalOriginErrors": true})), json!(2)),
         within("outlierDetection.consecutiveGatewayErrors", od(json!({"consecutive5xxErrors": 3})), json!(2)),
@@ -343,7 +343,8 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
             "tcp": {"maxConnections": 7, "maxConnectionDuration": "90s", "idleTimeout": "20m",
                     "tcpKeepalive": {"time": "60s", "interval": "1500ms", "probes": 4}},
             "http": {"http1MaxPendingRequests": 9, "http2MaxRequests": 11, "maxRetries": 2,
-                     "maxConcurrentStreams": 3, "maxRequestsPerConnection": 5},
+                     "maxConcurrentStreams": 3, "maxRequestsPerConnection": 5,
+                     "http2KeepAlive": {"interval": "1s", "timeout": "500ms"}},
         }}),
     );
     let expected = trellis_contract::ConnectionPool {
@@ -367,6 +368,11 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
             probes: Some(4),
         }),
         max_tcp_connections: Some(7),
+        // Envoy's connection_keepalive, to the millisecond.
+        http2_keepalive: Some(trellis_contract::Http2Keepalive {
+            interval_ms: 1000,
+            timeout_ms: 500,
+        }),
     };
     assert_eq!(pool, expected);
 
@@ -424,6 +430,44 @@ fn the_retry_budget_compiles_as_istio_sets_envoy() {
     let all = budgets(dr);
     assert!(all.contains(&budget(1000, 1)), "{all:?}");
     assert!(all.contains(&budget(5000, 3)), "{all:?}");
+}
+
+/// `http2KeepAlive` as Istio sets Envoy's `connection_keepalive`: from the pool that applies to
+/// the cluster — a port's in place of the rule's for that port, the rule's for other ports.
+#[test]
+fn http2_keepalive_compiles_per_port_as_istio_sets_envoy() {
+    let base = base();
+    let keepalives = |port: u16| -> Vec<Option<trellis_contract::Http2Keepalive>> {
+        let port_level = json!({"connectionPool": {"http": {"http2KeepAlive": {"interval": "1s", "timeout": "2s"}}}});
+        let mut dr = rule(Place::Port, &port_level);
+        dr["spec"]["trafficPolicy"]["portLevelSettings"][0]["port"]["number"] = json!(port);
+        dr["spec"]["trafficPolicy"]["connectionPool"] =
+            json!({"http": {"http2KeepAlive": {"interval": "30s", "timeout": "10s"}}});
+        let clusters = payment_clusters(&base, &dr);
+        clusters
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .map(|c| {
+                let pool: trellis_contract::ConnectionPool =
+                    serde_json::from_value(c["connectionPool"].clone()).expect("a connection pool");
+                pool.http2_keepalive
+            })
+            .collect()
+    };
+    let keepalive = |interval_ms: u64, timeout_ms: u64| {
+        Some(trellis_contract::Http2Keepalive {
+            interval_ms,
+            timeout_ms,
+        })
+    };
+    // payment's one port, 8080: the port's settings.
+    let all = keepalives(8080);
+    assert!(all.len() >= 3, "{all:?}");
+    assert!(all.iter().all(|k| *k == keepalive(1000, 2000)), "{all:?}");
+    // Settings for another port: the rule's.
+    let all = keepalives(9090);
+    assert!(all.iter().all(|k| *k == keepalive(30_000, 10_000)), "{all:?}");
 }
 
 /// Istio's TCP proxy takes its idle timeout and maximum connection duration from the rule's

@@ -245,6 +245,13 @@ pub struct ConnectionPool {
     /// HTTP requests).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tcp_connections: Option<u32>,
+    /// HTTP/2 PINGs on the cluster's upstream HTTP/2 connections (Istio's
+    /// `http.http2KeepAlive`, Envoy's `http2_protocol_options.connection_keepalive`): one
+    /// every `intervalMs`, whether streams are open or not; a PING unanswered for `timeoutMs`
+    /// closes the connection, and the next request opens a new one. `None`: the proxy's own
+    /// (a PING every 30 s while a stream is open, 20 s to answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<Http2Keepalive>,
 }
 
 impl Default for ConnectionPool {
@@ -266,6 +273,7 @@ impl Default for ConnectionPool {
             tcp_max_connection_duration_ms: None,
             tcp_keepalive: None,
             max_tcp_connections: None,
+            http2_keepalive: None,
         }
     }
 }
@@ -295,6 +303,17 @@ pub struct TcpKeepalive {
     /// Unanswered probes before the connection is dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<u32>,
+}
+
+/// HTTP/2 PING keepalive on upstream connections (Envoy's `KeepaliveSettings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2Keepalive {
+    /// Time between PINGs, in milliseconds; at least 1.
+    pub interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed, in milliseconds;
+    /// at least 1.
+    pub timeout_ms: u64,
 }
 
 /// Passive health checking (Istio `OutlierDetection`).

@@ -42,8 +42,8 @@ pub mod trust_domain;
 mod validate;
 
 pub use cluster::{
-    Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer, OriginateTls,
-    OutlierDetection, RetryBudget, TcpKeepalive, UpstreamProtocol, UpstreamTls,
+    Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, Http2Keepalive, LbPolicy, LoadBalancer,
+    OriginateTls, OutlierDetection, RetryBudget, TcpKeepalive, UpstreamProtocol, UpstreamTls,
 };
 pub use delta::{ConfigDelta, DeltaError, DeltaObject, ListenerPatch};
 pub use dns::{DnsConfig, DnsEntry};

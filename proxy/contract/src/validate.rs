@@ -398,6 +398,16 @@ impl Validator {
                 );
             }
         }
+        if let Some(ka) = &pool.http2_keepalive {
+            for (field, ms) in [("intervalMs", ka.interval_ms), ("timeoutMs", ka.timeout_ms)] {
+                if ms == 0 {
+                    self.err(
+                        format!("{path}.connectionPool.http2Keepalive.{field}"),
+                        "must be at least 1 ms; leave http2Keepalive out for the proxy's default",
+                    );
+                }
+            }
+        }
         if let Some(b) = &pool.retry_budget
             && b.budget_basis_points > 10_000
         {

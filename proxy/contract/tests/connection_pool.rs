@@ -3,7 +3,7 @@
 //! them parses and means what it meant, and they are left out of the JSON while unset — and
 //! a zero where a limit or a period must be positive is refused with its path.
 
-use trellis_contract::{ConnectionPool, OutlierDetection, ProxyConfig, TcpKeepalive};
+use trellis_contract::{ConnectionPool, Http2Keepalive, OutlierDetection, ProxyConfig, TcpKeepalive};
 
 const EXAMPLE: &str = include_str!("../../examples/sidecar.yaml");
 
@@ -48,6 +48,7 @@ fn a_pool_and_outlier_detection_written_before_the_new_fields_parse_as_before() 
         "tcpMaxConnectionDurationMs",
         "tcpKeepalive",
         "maxTcpConnections",
+        "http2Keepalive",
     ] {
         assert!(!json.contains(&format!("\"{field}\"")), "{field} in {json}");
     }
@@ -68,6 +69,10 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
             interval_secs: Some(0),
             probes: Some(0),
         }),
+        http2_keepalive: Some(Http2Keepalive {
+            interval_ms: 0,
+            timeout_ms: 0,
+        }),
         ..ConnectionPool::default()
     };
     cfg.clusters[0].outlier_detection = Some(OutlierDetection {
@@ -86,6 +91,8 @@ fn zero_limits_and_periods_are_refused_with_their_path() {
         "connectionPool.tcpKeepalive.timeSecs",
         "connectionPool.tcpKeepalive.intervalSecs",
         "connectionPool.tcpKeepalive.probes",
+        "connectionPool.http2Keepalive.intervalMs",
+        "connectionPool.http2Keepalive.timeoutMs",
         "outlierDetection.intervalMs",
     ] {
         assert!(paths.iter().any(|p| p.ends_with(field)), "{field} not in {errs}");

@@ -5,7 +5,8 @@
 //! applies it to every protocol), is closed after `idleTimeoutMs` idle — HTTP/1 in the pool,
 //! by one sweeping task per endpoint; HTTP/2 with no stream open, by its connection's task,
 //! with a GOAWAY — and is drained at `maxConnectionDurationMs` from its opening; drained, it
-//! takes no new request and closes when its requests are answered.
+//! takes no new request and closes when its requests are answered. An HTTP/2 connection whose
+//! keepalive PING goes unanswered (`http2Keepalive`) is closed and leaves the pool.
 //!
 //! Every request counts as active on its endpoint (and on its HTTP/2 connection's streams)
 //! until its [`InFlight`] drops.
@@ -276,6 +277,24 @@ async fn sweep_idle(ep: Weak<EndpointState>, mut at: Instant, idle: Duration) {
     }
 }
 
+/// How a new upstream HTTP/2 connection of a cluster with `pool` speaks: with its
+/// `http2Keepalive` (Envoy's `connection_keepalive`: a PING every interval, streams open or
+/// not; one unanswered for the timeout ends the connection, which leaves the pool with it), or
+/// else the proxy's own — a PING every 30 s while a stream is open, answered within hyper's
+/// 20 s — which finds a dead upstream under a long request without waking idle connections.
+fn h2_builder(pool: &trellis_contract::ConnectionPool) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new());
+    match &pool.http2_keepalive {
+        Some(ka) => b
+            .keep_alive_interval(Duration::from_millis(ka.interval_ms))
+            .keep_alive_timeout(Duration::from_millis(ka.timeout_ms))
+            .keep_alive_while_idle(true),
+        None => b.keep_alive_interval(Duration::from_secs(30)),
+    };
+    b
+}
+
 impl ClusterRuntime {
     /// When a connection opened now must be drained (`maxConnectionDurationMs`).
     fn expiry(&self) -> Option<Instant> {
@@ -352,9 +371,7 @@ impl ClusterRuntime {
             None => {
                 Box::pin(async {
                     let io = self.connect(ep, ConnProtocol::Http2).await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
+                    let (sender, conn) = h2_builder(pool_cfg)
                         .handshake(io)
                         .await
                         .map_err(|source| UpstreamError::Reset { addr: ep.addr, source })?;

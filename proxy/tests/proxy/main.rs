@@ -18,6 +18,7 @@ mod grpc;
 mod h2load;
 mod hardening;
 mod http2;
+mod http2_keepalive;
 mod jwt;
 mod keepalive;
 mod lifecycle;

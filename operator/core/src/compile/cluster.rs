@@ -8,8 +8,9 @@ use trellis_api::networking::{
     OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
 };
 use trellis_contract::{
-    CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, LbPolicy, LoadBalancer,
-    OriginateTls, OutlierDetection, PemSource, Provenance, RetryBudget, TcpKeepalive, UpstreamProtocol, UpstreamTls,
+    CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, Http2Keepalive, LbPolicy,
+    LoadBalancer, OriginateTls, OutlierDetection, PemSource, Provenance, RetryBudget, TcpKeepalive, UpstreamProtocol,
+    UpstreamTls,
 };
 
 use super::route::{ClusterRef, millis, parse_duration};
@@ -543,6 +544,19 @@ pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
         }
         if http.use_client_protocol == Some(true) {
             c.protocol = UpstreamProtocol::UseDownstream;
+        }
+        // Both are required (the validator says so); on the cluster's HTTP/2 connections only,
+        // as Istio sets Envoy's `http2_protocol_options.connection_keepalive`.
+        if let Some(ka) = &http.http2_keep_alive
+            && let (Some(interval_ms), Some(timeout_ms)) = (
+                ka.interval.as_deref().and_then(millis),
+                ka.timeout.as_deref().and_then(millis),
+            )
+        {
+            p.http2_keepalive = Some(Http2Keepalive {
+                interval_ms: interval_ms.max(1),
+                timeout_ms: timeout_ms.max(1),
+            });
         }
     }
 }
