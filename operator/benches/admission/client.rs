@@ -257,6 +257,9 @@ async fn connect(addr: std::net::SocketAddr, tls: &Arc<rustls::ClientConfig>) ->
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    // As the API server (Go) does on every connection.
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY on the connection to {addr}: {e}"))?;
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, tcp)
