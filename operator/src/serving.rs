@@ -28,7 +28,8 @@ pub enum ClientAuth {
     /// Clients may present a certificate from the mesh; it is verified against every trusted
     /// root (proxies have none before their first certificate).
     MeshOptional,
-    /// No client certificates (the API server calling webhooks).
+    /// No client certificates, and no session resumption (the API server calling webhooks:
+    /// it never resumes a TLS session, so tickets sent to it would be made for nothing).
     None,
 }
 
@@ -189,6 +190,13 @@ impl ServingTls {
             .with_single_cert(chain, key)
             .context("the operator's serving certificate")?;
         tls.alpn_protocols = identity.alpn.clone();
+        if identity.client_auth == ClientAuth::None {
+            // why: the API server opens a connection per webhook call in flight and never
+            // resumes (client-go sets no session cache): no TLS 1.3 tickets after each
+            // handshake, no TLS 1.2 sessions kept.
+            tls.send_tls13_tickets = 0;
+            tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
         let issued = Issued {
             root,
             spiffe_id: leaf.spiffe_id.clone(),
@@ -283,5 +291,82 @@ mod tests {
             not_after: t0 + Duration::from_secs(3000),
         };
         assert_eq!(issued.renew_at(), t0 + Duration::from_secs(2000));
+    }
+
+    /// Connects to `server` with `client` over an in-memory pipe, reads the server's one byte
+    /// (so every message it sent after the handshake, tickets included, reaches the client) and
+    /// says how the handshake went.
+    async fn handshake(
+        server: &Arc<rustls::ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> Option<rustls::HandshakeKind> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(server));
+        let serve = tokio::spawn(async move {
+            let mut tls = acceptor.accept(far).await.expect("server handshake");
+            tls.write_all(b"!").await.expect("server write");
+            tls.flush().await.expect("server flush");
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest).await;
+        });
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(client))
+            .connect(name, near)
+            .await
+            .expect("client handshake");
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.expect("the server's byte");
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.shutdown().await.expect("close_notify");
+        drop(tls);
+        serve.await.expect("server task");
+        kind
+    }
+
+    #[tokio::test]
+    async fn the_webhook_server_gives_no_session_a_client_could_resume() {
+        let root =
+            crate::ca::SigningCert::self_signed_root("cluster.local", Duration::from_secs(86400), SystemTime::now())
+                .expect("a root");
+        let root_pem = root.cert_pem().to_string();
+        let roots = MeshRoots::new(root, Duration::from_secs(3600), Arc::new(crate::ca::SystemClock));
+        let webhooks = ServingTls::new(
+            Identity {
+                spiffe_id: "spiffe://cluster.local/ns/trellis-system/sa/trellis-operator".into(),
+                dns_names: vec!["localhost".into()],
+                ttl: Duration::from_secs(3600),
+                client_auth: ClientAuth::None,
+                alpn: vec![b"http/1.1".to_vec()],
+            },
+            &roots,
+        )
+        .expect("the webhooks' certificate");
+        let mut trusted = rustls::RootCertStore::empty();
+        for cert in pems(&root_pem).expect("the root's PEM") {
+            trusted.add(cert).expect("a trust anchor");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            // A client that resumes whatever it can (rustls' default: 256 sessions in memory).
+            let client = Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                    .with_protocol_versions(&[version])
+                    .expect("a protocol version")
+                    .with_root_certificates(trusted.clone())
+                    .with_no_client_auth(),
+            );
+            let server = webhooks.current();
+            assert_eq!(
+                handshake(&server, &client).await,
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}"
+            );
+            assert_eq!(
+                handshake(&server, &client).await,
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}: the second connection resumed a session of the first"
+            );
+        }
     }
 }
