@@ -246,8 +246,7 @@ pub struct HeaderOperations {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = kube::core::cel::Rule::new("!(has(self.port) && has(self.derivePort))")
-        .message("set only one of port or derivePort"),
-    validation = unsupported("prefixRewrite", "set uri to the whole path to redirect to")
+        .message("set only one of port or derivePort")
 )]
 pub struct HttpRedirect {
     /// Replace the path with this value.
@@ -263,7 +262,9 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     /// Status code: 301, 302, 303, 307 or 308 (default 301).
     pub redirect_code: Option<u32>,
-    /// Not supported by Trellis yet.
+    /// Replace the prefix the route's `uri` prefix match matched with this value (the query is
+    /// kept): with a match on prefix `/old`, `/old/a?q=1` is redirected to `/new/a?q=1` by
+    /// `prefixRewrite: /new`. Only under prefix matches; not with `uri`.
     pub prefix_rewrite: Option<String>,
 }
 

@@ -17,6 +17,7 @@ mod format;
 mod gateway;
 mod mesh;
 mod networking;
+mod redirect;
 mod security;
 mod server_tls;
 mod service_entry;

@@ -20,7 +20,7 @@ use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span
 use crate::authz::{Layer, authorize, peer_namespace};
 use crate::connection::ConnContext;
 use crate::path::normalize;
-use crate::routing::{HttpHeaders, RequestView};
+use crate::routing::{HttpHeaders, RequestView, redirect_target};
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::upstream::Body;
@@ -333,7 +333,7 @@ async fn pipeline(
                 *r.status_mut() = status;
                 r
             }
-            RouteAction::Redirect(rd) => redirect(rd, conn, &host, host_port, &path, query),
+            RouteAction::Redirect(rd) => redirect(rd, conn, &host, host_port, &path, query, hit.matched_prefix),
             RouteAction::Forward(f) => forward(rt, snap, conn, req, f, &hit, &authority, &path, query, out).await,
         }
     };
@@ -370,6 +370,7 @@ fn redirect(
     host_port: Option<u16>,
     path: &str,
     query: Option<&str>,
+    matched_prefix: Option<usize>,
 ) -> Response<Body> {
     let scheme = rd
         .scheme
@@ -382,13 +383,7 @@ fn redirect(
         Some(p) if p != default_port => format!("{host}:{p}"),
         _ => host,
     };
-    let target = match &rd.uri {
-        Some(u) => u.clone(),
-        None => match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        },
-    };
+    let target = redirect_target(rd, path, query, matched_prefix);
     let location = format!("{scheme}://{authority}{target}");
     let status = StatusCode::from_u16(rd.response_code.unwrap_or(301)).unwrap_or(StatusCode::MOVED_PERMANENTLY);
     let mut r = text(status, "");

@@ -10,7 +10,7 @@ use foldhash::HashMap;
 use std::sync::Arc;
 pub use trellis_contract::matching::parse_query;
 use trellis_contract::matching::{self, CompiledRouteMatch, Matcher, MatcherError};
-use trellis_contract::{CorsPolicy, HeaderMutation, Provenance, Route, RouteAction, RouteMatch, VirtualHost};
+use trellis_contract::{CorsPolicy, HeaderMutation, Provenance, Redirect, Route, RouteAction, RouteMatch, VirtualHost};
 
 /// Errors compiling a routing table (the contract validator prevents them).
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +367,26 @@ pub fn rewrite_prefix(path: &str, matched_prefix: Option<usize>, new_prefix: &st
     }
 }
 
+/// The path and query a redirect sends the client to: `uri` in place of both; else the request's
+/// path with `prefixRewrite` in place of the prefix the route matched — as Envoy's redirect
+/// `prefix_rewrite`, a plain swap (`/` for `/foo` on `/foo/baz` gives `//baz`), a route
+/// without a uri prefix match having matched `/` — and the query kept; else the path and query
+/// as they came.
+pub fn redirect_target(rd: &Redirect, path: &str, query: Option<&str>, matched_prefix: Option<usize>) -> String {
+    let path = match (&rd.uri, &rd.prefix_rewrite) {
+        (Some(u), _) => return u.clone(),
+        (None, Some(new)) => {
+            let rest = path.get(matched_prefix.unwrap_or(1)..).unwrap_or_default();
+            Cow::Owned(format!("{new}{rest}"))
+        }
+        (None, None) => Cow::Borrowed(path),
+    };
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    }
+}
+
 /// Compiled CORS policy.
 #[derive(Debug)]
 pub struct CompiledCors {
@@ -589,6 +609,32 @@ mod tests {
         assert_eq!(rewrite_prefix("/api/users", hit.matched_prefix, "/v2/"), "/v2/users");
         assert_eq!(rewrite_prefix("/api/users", Some(4), "/"), "/users");
         assert_eq!(rewrite_prefix("/exact", None, "/new"), "/new");
+    }
+
+    #[test]
+    fn redirect_target_swaps_the_matched_prefix_as_envoy_does() {
+        let rd = |uri: Option<&str>, prefix: Option<&str>| Redirect {
+            uri: uri.map(str::to_string),
+            prefix_rewrite: prefix.map(str::to_string),
+            ..Redirect::default()
+        };
+        let swap = rd(None, Some("/bar"));
+        assert_eq!(redirect_target(&swap, "/foo/baz", Some("q=1"), Some(4)), "/bar/baz?q=1");
+        // Envoy's plain swap: "/" for "/foo" leaves the separator (Istio's proto says so).
+        assert_eq!(
+            redirect_target(&rd(None, Some("/")), "/foo/baz", None, Some(4)),
+            "//baz"
+        );
+        // No uri prefix matched: "/" was.
+        assert_eq!(redirect_target(&swap, "/a", None, None), "/bara");
+        assert_eq!(
+            redirect_target(&rd(Some("/new"), None), "/foo", Some("q=1"), Some(4)),
+            "/new"
+        );
+        assert_eq!(
+            redirect_target(&rd(None, None), "/foo", Some("q=1"), Some(4)),
+            "/foo?q=1"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::format::{
     self, MIN_TIMEOUT, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers,
     host, labels, method, not_supported, regex, string_match, weights,
 };
+use super::redirect::redirect;
 use crate::networking::*;
 
 /// Retry conditions the proxy implements.
@@ -33,7 +34,6 @@ const RETRY_ON_UNSUPPORTED: &[&str] = &[
     "resource-exhausted",
     "unavailable",
 ];
-const REDIRECT_CODES: &[u32] = &[301, 302, 303, 307, 308];
 
 // ---------------------------------------------------------------------------------------------
 // VirtualService
@@ -135,36 +135,7 @@ fn http_route(p: &str, r: &HttpRoute, f: &mut Findings) {
         weights(&format!("{p}.route"), &w, f);
     }
     if let Some(rd) = &r.redirect {
-        let rp = format!("{p}.redirect");
-        if let Some(code) = rd.redirect_code
-            && !REDIRECT_CODES.contains(&code)
-        {
-            f.error(
-                format!("{rp}.redirectCode"),
-                format!("{code} is not a redirect status; use 301, 302, 303, 307 or 308"),
-            );
-        }
-        if let Some(s) = &rd.scheme
-            && s != "http"
-            && s != "https"
-        {
-            f.error(
-                format!("{rp}.scheme"),
-                format!("{s:?} is not a scheme; use http or https"),
-            );
-        }
-        if let Some(u) = &rd.uri {
-            uri_path(&format!("{rp}.uri"), u, f);
-        }
-        if let Some(a) = &rd.authority {
-            authority(&format!("{rp}.authority"), a, f);
-        }
-        if r.rewrite.is_some() {
-            f.error(
-                format!("{p}.rewrite"),
-                "rewrite cannot be combined with redirect; put the new path in redirect.uri",
-            );
-        }
+        redirect(p, r, rd, f);
     }
     match r
         .direct_response
@@ -422,7 +393,7 @@ fn host_covers(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn uri_path(p: &str, u: &str, f: &mut Findings) {
+pub(super) fn uri_path(p: &str, u: &str, f: &mut Findings) {
     if !u.starts_with('/') {
         f.error(p, format!("{u:?} must be a path starting with '/'"));
     }
@@ -431,7 +402,7 @@ fn uri_path(p: &str, u: &str, f: &mut Findings) {
     }
 }
 
-fn authority(p: &str, a: &str, f: &mut Findings) {
+pub(super) fn authority(p: &str, a: &str, f: &mut Findings) {
     let host_part = match a.rsplit_once(':') {
         Some((h, port)) if port.parse::<u16>().is_ok() => h,
         _ => a,

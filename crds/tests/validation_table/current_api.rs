@@ -21,25 +21,75 @@ pub fn cases() -> Vec<Case> {
             json!(50),
             "mirror_percent is not supported by Trellis yet; use mirrorPercentage",
         ),
+        // Implemented: the matched prefix (the base's match is prefix /pay) replaced.
         multi(
             Vs,
             vec![
                 ("spec.http[0].route", json!(DEL)),
                 ("spec.http[0].redirect", json!({"prefixRewrite": "/v2"})),
             ],
-            Expect::Error(
-                "spec.http[0].redirect.prefixRewrite",
-                "prefixRewrite is not supported by Trellis yet",
-            ),
+            Expect::Valid,
         ),
-        // Istio: prefixRewrite and uri are mutually exclusive; refused whatever it is with.
+        // Istio: with authority; a match without uri matched "/".
+        multi(
+            Vs,
+            vec![
+                ("spec.http[0].route", json!(DEL)),
+                ("spec.http[0].match", json!([{"headers": {"x-v": {"exact": "2"}}}])),
+                (
+                    "spec.http[0].redirect",
+                    json!({"authority": "foo.example.com", "prefixRewrite": "/"}),
+                ),
+            ],
+            Expect::Valid,
+        ),
+        // Istio: "redirect may only specify one of uri or prefix_rewrite".
         multi(
             Vs,
             vec![
                 ("spec.http[0].route", json!(DEL)),
                 ("spec.http[0].redirect", json!({"uri": "/v2", "prefixRewrite": "/v2"})),
             ],
-            Expect::Error("spec.http[0].redirect.prefixRewrite", NOT_SUPPORTED),
+            Expect::Error(
+                "spec.http[0].redirect.prefixRewrite",
+                "uri and prefixRewrite are mutually exclusive",
+            ),
+        ),
+        // Istio: "redirect prefix_rewrite requires all URI matches to use prefix match type".
+        multi(
+            Vs,
+            vec![
+                ("spec.http[0].route", json!(DEL)),
+                (
+                    "spec.http[0].match",
+                    json!([{"uri": {"prefix": "/a"}}, {"uri": {"exact": "/b"}}]),
+                ),
+                ("spec.http[0].redirect", json!({"prefixRewrite": "/v2"})),
+            ],
+            Expect::Error("spec.http[0].redirect.prefixRewrite", "match[1].uri is an exact match"),
+        ),
+        multi(
+            Vs,
+            vec![
+                ("spec.http[0].route", json!(DEL)),
+                ("spec.http[0].match", json!([{"uri": {"regex": "/b.*"}}])),
+                ("spec.http[0].redirect", json!({"prefixRewrite": "/v2"})),
+            ],
+            Expect::Error("spec.http[0].redirect.prefixRewrite", "match[0].uri is a regex match"),
+        ),
+        multi(
+            Vs,
+            vec![
+                ("spec.http[0].route", json!(DEL)),
+                ("spec.http[0].redirect", json!({"prefixRewrite": "v2"})),
+            ],
+            Expect::Error("spec.http[0].redirect.prefixRewrite", "starting with '/'"),
+        ),
+        // Istio: "redirect must specify URI, authority, scheme, or port".
+        multi(
+            Vs,
+            vec![("spec.http[0].route", json!(DEL)), ("spec.http[0].redirect", json!({}))],
+            Expect::Error("spec.http[0].redirect", "a redirect must change something"),
         ),
         // Istio's default, what Trellis always does: accepted.
         ok(

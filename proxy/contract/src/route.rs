@@ -369,6 +369,11 @@ pub struct Redirect {
     pub scheme: Option<String>,
     /// 301 (default), 302, 303, 307 or 308.
     pub response_code: Option<u16>,
+    /// Replace the uri prefix the route matched (`/` for a route without a uri prefix match)
+    /// with this, keeping the rest of the path and the query (Envoy's redirect
+    /// `prefix_rewrite`, Istio's `prefixRewrite`); not with `uri`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 /// Fixed response.

@@ -708,6 +708,17 @@ impl Validator {
                 {
                     self.err(format!("{path}.action.redirect.uri"), "must start with '/'");
                 }
+                if let Some(pr) = &rd.prefix_rewrite {
+                    if !pr.starts_with('/') {
+                        self.err(format!("{path}.action.redirect.prefixRewrite"), "must start with '/'");
+                    }
+                    if rd.uri.is_some() {
+                        self.err(
+                            format!("{path}.action.redirect.prefixRewrite"),
+                            "uri and prefixRewrite are mutually exclusive; keep one",
+                        );
+                    }
+                }
             }
             RouteAction::DirectResponse(d) => {
                 if !(200..=599).contains(&d.status) {

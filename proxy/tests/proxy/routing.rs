@@ -162,6 +162,28 @@ async fn redirect_and_direct_response() {
     assert_eq!((r.status.as_u16(), r.body.as_str()), (503, "maintenance\n"));
 }
 
+/// Istio's `redirect.prefixRewrite`, as Envoy's redirect `prefix_rewrite`: the prefix the route
+/// matched swapped for the new one, the rest of the path and the query kept; a route without a
+/// uri prefix matched `/`.
+#[tokio::test]
+async fn redirect_with_prefix_rewrite_keeps_the_rest_of_the_path_and_the_query() {
+    let routes = vec![
+        json!({"match": [{"uri": {"prefix": "/old"}}],
+               "action": {"redirect": {"prefixRewrite": "/new"}}, "provenance": provenance()}),
+        json!({"match": [{"headers": [{"name": "x-move", "match": {"exact": "yes"}}]}],
+               "action": {"redirect": {"prefixRewrite": "/moved/", "authority": "other.test"}}, "provenance": provenance()}),
+    ];
+    let proxy = Proxy::start(outbound_config("1", routes, vec![])).await;
+    let addr = proxy.addr("outbound").await;
+    let r = get(addr, "svc.test", "/old/a?q=1").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers.get("location").unwrap(), "http://svc.test/new/a?q=1");
+    let r = get(addr, "svc.test", "/old").await;
+    assert_eq!(r.headers.get("location").unwrap(), "http://svc.test/new");
+    let r = send(addr, "GET", "svc.test", "/a/b?x=2", &[("x-move", "yes")]).await;
+    assert_eq!(r.headers.get("location").unwrap(), "http://other.test/moved/a/b?x=2");
+}
+
 #[tokio::test]
 async fn h2c_downstream_to_http1_upstream() {
     let a = Upstream::start("a").await;

@@ -253,6 +253,7 @@ fn compile_action(
         };
         return Some(RouteAction::Redirect(Redirect {
             uri: r.uri.clone(),
+            prefix_rewrite: r.prefix_rewrite.clone().filter(|p| !p.is_empty()),
             authority: r.authority.clone(),
             port,
             scheme: r.scheme.clone(),

@@ -197,7 +197,14 @@ pub(super) fn describe_action(r: &Route) -> String {
             "redirect {} to {}{}",
             rd.response_code.unwrap_or(301),
             rd.scheme.as_deref().map(|s| format!("{s}://")).unwrap_or_default(),
-            rd.uri.as_deref().or(rd.authority.as_deref()).unwrap_or("(same)")
+            rd.uri
+                .clone()
+                .or_else(|| rd
+                    .prefix_rewrite
+                    .as_ref()
+                    .map(|p| format!("{p}… (the matched prefix replaced)")))
+                .or_else(|| rd.authority.clone())
+                .unwrap_or_else(|| "(same)".into())
         ),
         RouteAction::DirectResponse(d) => format!("answer {}", d.status),
     };
