@@ -156,7 +156,7 @@ fn the_routes_of_a_service_why_a_rule_did_not_match_and_the_proxy_agrees() -> an
         .iter()
         .find(|d| d["cluster"] == "outbound|8080|v2|payment.shop.svc.cluster.local")
         .with_context(|| format!("no v2 destination in {destinations:?}"))?;
-    assert_eq!(v2["destinationRule"], "DestinationRule shop/payment");
+    assert_eq!(v2["destinationRule"], "DestinationRule shop/payment trafficPolicy");
     let pods: Vec<&str> = v2["endpoints"]
         .as_array()
         .into_iter()

@@ -470,6 +470,7 @@ mod tests {
                 name: "vs".into(),
                 rule_index: Some(0),
                 section: None,
+                parts: Vec::new(),
             },
         }
     }

@@ -228,8 +228,10 @@ pub struct ClusterRow {
     pub load_balancer: String,
     pub tls: String,
     pub endpoints: usize,
-    /// The DestinationRule that shaped the cluster (`DestinationRule ns/name`) — an inbound
-    /// cluster's pool may come from a Sidecar (`Sidecar ns/name`) —, or `-`.
+    /// The DestinationRule that shaped the cluster, with the parts of it in force for the
+    /// cluster's port and subset (`DestinationRule ns/name trafficPolicy.portLevelSettings[0]`,
+    /// `... trafficPolicy + subsets[1].trafficPolicy`) — an inbound cluster's pool may come
+    /// from a Sidecar (`Sidecar ns/name`, `Sidecar ns/name ingress[0]`) —, or `-`.
     pub from: String,
 }
 
@@ -261,10 +263,7 @@ pub fn clusters(dump: &Dump, filter: &Filter) -> Vec<ClusterRow> {
                     other => wire_name(other),
                 },
                 endpoints: c.endpoints.len(),
-                from: c
-                    .provenance
-                    .as_ref()
-                    .map_or("-".into(), |p| format!("{} {}/{}", p.kind, p.namespace, p.name)),
+                from: c.provenance.as_ref().map_or("-".into(), describe_provenance),
             })
         })
         .collect()
@@ -536,8 +535,12 @@ mod tests {
             ),
             (PAYMENT, Some(80), "outbound", "ringHash", "ISTIO_MUTUAL", 1)
         );
-        // Where its settings came from, as routes name their rule.
-        assert_eq!(c.from, "DestinationRule shop/payment");
+        // Where its settings came from, as routes name their rule: the parts of the rule in
+        // force for its port and subset, in the order they were applied.
+        assert_eq!(
+            c.from,
+            "DestinationRule shop/payment trafficPolicy + subsets[1].trafficPolicy"
+        );
         let payment = clusters(&dump, &only(|f| f.fqdn = Some(PAYMENT.into())));
         assert_eq!(payment.len(), 3, "v1, v2 and the service's own: {payment:?}");
         let inbound = clusters(&dump, &only(|f| f.direction = Some("inbound".into())));
@@ -556,8 +559,14 @@ mod tests {
             let rows = clusters(&dump, &only(|f| f.direction = Some("inbound".into())));
             rows.into_iter().map(|c| c.from).collect::<Vec<_>>()
         };
-        assert_eq!(inbound_from(&[rule]), ["DestinationRule shop/web"]);
+        assert_eq!(inbound_from(&[rule]), ["DestinationRule shop/web trafficPolicy"]);
         assert_eq!(inbound_from(&[rule, sidecar]), ["Sidecar shop/pools"]);
+        // A port's entry replaces the rule's policy whole (as in Istio): it is named.
+        let port_rule = "apiVersion: networking.trellis.dev/v1alpha1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}, portLevelSettings: [{port: {number: 8080}, connectionPool: {tcp: {maxConnections: 5}}}]}}\n";
+        assert_eq!(
+            inbound_from(&[port_rule]),
+            ["DestinationRule shop/web trafficPolicy.portLevelSettings[0]"]
+        );
         assert!(
             clusters(&dump, &only(|f| f.port = Some(5432)))
                 .iter()

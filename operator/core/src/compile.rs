@@ -19,6 +19,7 @@ mod dropped;
 mod gateway;
 mod inbound;
 mod outbound;
+pub(crate) mod policy;
 mod route;
 mod scope;
 mod service_entry;

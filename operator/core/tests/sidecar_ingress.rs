@@ -12,23 +12,7 @@ use trellis_core::snapshot::Snapshot;
 
 #[path = "support/workloads.rs"]
 mod workloads;
-use workloads::{compiled, pod};
-
-/// `web` (Service port 80 → target 8080, HTTP) and `payment` (8080 and TCP 5432) in `shop`.
-const SERVICES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {clusterIP: 10.96.1.1, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: payment, namespace: shop}
-spec:
-  clusterIP: 10.96.1.2
-  selector: {app: payment}
-  ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-db, port: 5432, targetPort: 5432}]
-"#;
+use workloads::{SERVICES, compiled, pod};
 
 /// The Services, their pods `web-1` and `payment-1`, and `extra`.
 fn snapshot(extra: &str) -> Snapshot {
@@ -325,7 +309,7 @@ fn a_destination_rules_pool_lands_on_its_services_inbound_clusters() {
         ),
         (10, 3, 90_000, 3_000)
     );
-    assert_eq!(pool_source(http), "DestinationRule shop/payment");
+    assert_eq!(pool_source(http), "DestinationRule shop/payment trafficPolicy");
     assert_eq!(http.protocol, UpstreamProtocol::Http1, "no HTTP/2 upgrade inbound");
     assert_eq!(http.outlier_detection, None);
     assert_eq!(http.load_balancer.policy, trellis_contract::LbPolicy::RoundRobin);
@@ -358,6 +342,10 @@ fn a_destination_rules_pool_lands_on_its_services_inbound_clusters() {
     ));
     let payment = sidecar(&s, "payment-1");
     assert_eq!(limits(cluster(&payment, 8080)), (u32::MAX, 4), "port 80's entry, whole");
+    assert_eq!(
+        pool_source(cluster(&payment, 8080)),
+        "DestinationRule shop/payment trafficPolicy.portLevelSettings[0]"
+    );
     assert_eq!(cluster(&payment, 5432).connection_pool.max_connections, 10);
 }
 

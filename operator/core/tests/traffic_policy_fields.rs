@@ -391,8 +391,9 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
 }
 
 /// Istio's `retryBudget` as Istio sets Envoy's: 20 % and at least 3 unless given, the rule's
-/// for every cluster of the host — a port's too, which has none of its own —, a subset's in
-/// its place for the subset.
+/// for every cluster of the host but those of a port with a `portLevelSettings` entry (which
+/// replaces the rule's policy whole and has no budget: Istio's `shadowCopyPortTrafficPolicy`),
+/// a subset's in its place for the subset.
 #[test]
 fn the_retry_budget_compiles_as_istio_sets_envoy() {
     let base = base();
@@ -419,12 +420,16 @@ fn the_retry_budget_compiles_as_istio_sets_envoy() {
             .map(|c| serde_json::from_value(c["connectionPool"]["retryBudget"].clone()).expect("a budget or none"))
             .collect()
     };
-    // The rule's, with a port's policy: every cluster, the port's included.
-    let mut dr = rule(Place::Port, &json!({"connectionPool": {"http": {"idleTimeout": "5m"}}}));
-    dr["spec"]["trafficPolicy"]["retryBudget"] = json!({"percent": 50});
+    // The rule's: every cluster of the host.
+    let mut dr = rule(Place::Rule, &json!({"retryBudget": {"percent": 50}}));
     let all = budgets(dr.clone());
     assert!(all.len() >= 3, "{all:?}");
     assert!(all.iter().all(|b| *b == budget(5000, 3)), "{all:?}");
+    // Not on a port with an entry of its own (payment's one port, 8080, here).
+    let mut port = rule(Place::Port, &json!({"connectionPool": {"http": {"idleTimeout": "5m"}}}));
+    port["spec"]["trafficPolicy"]["retryBudget"] = json!({"percent": 50});
+    let all = budgets(port);
+    assert!(all.len() >= 3 && all.iter().all(Option::is_none), "{all:?}");
     // A subset's replaces it for the subset's clusters only.
     dr["spec"]["subsets"][0]["trafficPolicy"] = json!({"retryBudget": {"percent": 10, "minRetryConcurrency": 1}});
     let all = budgets(dr);

@@ -67,6 +67,14 @@ pub struct Provenance {
     /// routes come from its `tcp` or `tls` rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section: Option<RuleSection>,
+    /// The parts of the resource whose settings are in force, in the order they were
+    /// applied: on a cluster, its DestinationRule's policy as resolved for the cluster's port
+    /// and subset — `trafficPolicy`, or `trafficPolicy.portLevelSettings[0]` when that entry
+    /// replaced it, then `subsets[1].trafficPolicy` or
+    /// `subsets[1].trafficPolicy.portLevelSettings[0]` merged into it. Empty: the resource as
+    /// a whole (or, with `ruleIndex`, that rule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 /// A resource's lists of rules: a VirtualService's, or a Sidecar's ingress listeners.
@@ -85,7 +93,8 @@ pub enum RuleSection {
 
 impl Provenance {
     /// Where it came from in words: `VirtualService shop/payment http[3]` (`tcp[0]`,
-    /// `tls[1]`), `Sidecar shop/default ingress[0]`, `Gateway shop/gw`.
+    /// `tls[1]`), `Sidecar shop/default ingress[0]`, `Gateway shop/gw`,
+    /// `DestinationRule shop/payment trafficPolicy.portLevelSettings[0] + subsets[1].trafficPolicy`.
     pub fn describe(&self) -> String {
         let section = match self.section {
             None | Some(RuleSection::Http) => "http",
@@ -93,10 +102,15 @@ impl Provenance {
             Some(RuleSection::Tls) => "tls",
             Some(RuleSection::Ingress) => "ingress",
         };
-        match self.rule_index {
-            Some(i) => format!("{} {}/{} {section}[{i}]", self.kind, self.namespace, self.name),
-            None => format!("{} {}/{}", self.kind, self.namespace, self.name),
+        let mut out = format!("{} {}/{}", self.kind, self.namespace, self.name);
+        if let Some(i) = self.rule_index {
+            out.push_str(&format!(" {section}[{i}]"));
         }
+        if !self.parts.is_empty() {
+            out.push(' ');
+            out.push_str(&self.parts.join(" + "));
+        }
+        out
     }
 }
 

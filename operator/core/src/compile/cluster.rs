@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use trellis_api::networking::{
-    self as api, ClientTlsMode, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, LoadBalancerSettings,
-    OutlierDetection as ApiOutlier, SimpleLb, TrafficPolicy,
+    self as api, ClientTlsMode, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, SimpleLb, TrafficPolicy,
 };
 use trellis_contract::{
     CertificateRef, Cluster, ConnectionPool, Discovery, Endpoint, HashKey, HealthStatus, Http2Keepalive, LbPolicy,
@@ -13,6 +12,7 @@ use trellis_contract::{
     UpstreamTls,
 };
 
+use super::policy::{self, InForce};
 use super::route::{ClusterRef, millis, parse_duration};
 use super::{Code, Ctx, DNS_DOMAIN, Dropped, host_covers, resource, service_entry, visible};
 use crate::registry::{ObjectKey, Protocol, selects};
@@ -71,15 +71,13 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
     let dr = destination_rule(ctx, &cref.host);
     let dr_res = dr.map(|d| resource("DestinationRule", &d.metadata));
 
-    // Subset: labels and its own policy.
+    // Subset: its labels (its policy: `policy::in_force`).
     let mut subset_labels = None;
-    let mut subset_policy = None;
     let mut subset_missing = false;
     if let Some(name) = &cref.subset {
         match dr.and_then(|d| d.spec.subsets.iter().flatten().find(|s| &s.name == name)) {
             Some(s) => {
                 subset_labels = Some(s.labels.clone().unwrap_or_default());
-                subset_policy = s.traffic_policy.clone();
             }
             None => {
                 let hint = match &dr_res {
@@ -95,11 +93,9 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
             }
         }
     }
-    let policy = effective_policy(
-        dr.and_then(|d| d.spec.traffic_policy.as_ref()),
-        subset_policy.as_ref(),
-        cref.port,
-    );
+    let InForce { policy, parts } = dr
+        .map(|d| policy::in_force(&d.spec, cref.subset.as_deref(), cref.port))
+        .unwrap_or_default();
 
     // Endpoints: the addresses the Service's slices list (ready ones), narrowed to the subset.
     let mut endpoints = Vec::new();
@@ -212,6 +208,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, cref: &ClusterRef) -> Cluster {
             name: d.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
             section: None,
+            parts,
         }),
     };
     let res = dr_res.unwrap_or_else(|| format!("host {}", cref.host));
@@ -340,60 +337,6 @@ fn originate(ctx: &mut Ctx<'_>, res: &str, host: &str, t: &api::ClientTlsSetting
         o.subject_alt_names.clear();
     }
     Some(o)
-}
-
-/// The policy for a port of a (subset of a) host: the subset's overrides the rule's, and
-/// port-level settings override each (a port has no retry budget: the rule's or subset's holds).
-fn effective_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> TrafficPolicy {
-    let mut out = TrafficPolicy::default();
-    for p in [top, subset].into_iter().flatten() {
-        if p.retry_budget.is_some() {
-            out.retry_budget.clone_from(&p.retry_budget);
-        }
-        merge(
-            &mut out,
-            p.load_balancer.clone(),
-            p.connection_pool.clone(),
-            p.outlier_detection.clone(),
-            p.tls.clone(),
-        );
-        if let Some(pl) = p
-            .port_level_settings
-            .iter()
-            .flatten()
-            .find(|pl| pl.port.as_ref().is_some_and(|pp| pp.number == u32::from(port)))
-        {
-            merge(
-                &mut out,
-                pl.load_balancer.clone(),
-                pl.connection_pool.clone(),
-                pl.outlier_detection.clone(),
-                pl.tls.clone(),
-            );
-        }
-    }
-    out
-}
-
-fn merge(
-    out: &mut TrafficPolicy,
-    lb: Option<LoadBalancerSettings>,
-    pool: Option<ConnectionPoolSettings>,
-    od: Option<ApiOutlier>,
-    tls: Option<api::ClientTlsSettings>,
-) {
-    if lb.is_some() {
-        out.load_balancer = lb;
-    }
-    if pool.is_some() {
-        out.connection_pool = pool;
-    }
-    if od.is_some() {
-        out.outlier_detection = od;
-    }
-    if tls.is_some() {
-        out.tls = tls;
-    }
 }
 
 fn apply_policy(ctx: &mut Ctx<'_>, res: &str, p: &TrafficPolicy, c: &mut Cluster) {

@@ -437,6 +437,7 @@ fn https_redirect(gw: &Gateway, gw_ns: &str) -> Route {
             name: gw.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
             section: None,
+            parts: Vec::new(),
         },
     }
 }

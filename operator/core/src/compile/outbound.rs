@@ -470,6 +470,7 @@ pub(super) fn service_provenance(svc: &Service) -> Provenance {
         name: svc.key.name.clone(),
         rule_index: None,
         section: None,
+        parts: Vec::new(),
     }
 }
 
@@ -481,6 +482,7 @@ pub(super) fn rule_provenance(vs: &VirtualService, ns: &str, section: RuleSectio
         name: vs.metadata.name.clone().unwrap_or_default(),
         rule_index: Some(index as u32),
         section: Some(section),
+        parts: Vec::new(),
     }
 }
 

@@ -89,6 +89,7 @@ pub(crate) fn compile_http(
             name: vs.metadata.name.clone().unwrap_or_default(),
             rule_index: Some(i as u32),
             section: None,
+            parts: Vec::new(),
         };
         let matches = match compile_matches(ctx, &res, rule, i, &ns, &vs_gateways, scope) {
             Some(m) => m,

@@ -176,6 +176,7 @@ impl Scope {
             name: k.name.clone(),
             rule_index: None,
             section: None,
+            parts: Vec::new(),
         })
     }
 

@@ -67,6 +67,7 @@ impl EntryHost<'_> {
             name: self.entry.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
             section: None,
+            parts: Vec::new(),
         }
     }
 

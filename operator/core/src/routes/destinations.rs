@@ -11,7 +11,7 @@ use crate::snapshot::Snapshot;
 use anyhow::Context;
 use serde::Serialize;
 use trellis_contract::authorization::Authorizer;
-use trellis_contract::{AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, UpstreamTls};
+use trellis_contract::{AuthzAction, Cluster, HealthStatus, LbPolicy, MtlsMode, Provenance, UpstreamTls};
 
 use super::verdict::{self, Attempt, Sender, Verdict};
 
@@ -86,10 +86,8 @@ pub(super) fn destination(
     asked: Option<(Attempt<'_>, &Sender)>,
 ) -> anyhow::Result<Destination> {
     // The compiler records the DestinationRule it applied (compile::destination_rule_for).
-    let destination_rule = c
-        .provenance
-        .as_ref()
-        .map(|p| format!("{} {}/{}", p.kind, p.namespace, p.name));
+    // With the parts of it in force for the cluster's port and subset.
+    let destination_rule = c.provenance.as_ref().map(Provenance::describe);
     let lb = match &c.load_balancer.policy {
         LbPolicy::RoundRobin => "ROUND_ROBIN".to_string(),
         LbPolicy::LeastRequest => "LEAST_REQUEST".to_string(),
@@ -197,7 +195,10 @@ mod tests {
             ]
         );
         let v2 = &dests[1];
-        assert_eq!(v2.destination_rule.as_deref(), Some("DestinationRule shop/payment"));
+        assert_eq!(
+            v2.destination_rule.as_deref(),
+            Some("DestinationRule shop/payment trafficPolicy")
+        );
         assert!(
             v2.policy.starts_with("LEAST_REQUEST; mutual TLS (mesh)"),
             "{}",

@@ -8,6 +8,23 @@ use trellis_core::compile::{Compiled, Role, compile};
 use trellis_core::registry::ObjectKey;
 use trellis_core::snapshot::Snapshot;
 
+/// The Services `web` (port 80 → target 8080, HTTP) and `payment` (80 and TCP 5432) in `shop`
+/// (`sidecar_ingress`, `port_policy`).
+pub const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.1.1, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payment, namespace: shop}
+spec:
+  clusterIP: 10.96.1.2
+  selector: {app: payment}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-db, port: 5432, targetPort: 5432}]
+"#;
+
 /// A running, ready pod `namespace/name` labelled `app: <app>` at `ip`, with one container
 /// (`app`, the application; no proxy container: the compiler does not need it).
 pub fn pod(namespace: &str, name: &str, app: &str, ip: &str) -> String {

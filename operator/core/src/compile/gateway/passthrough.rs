@@ -119,6 +119,7 @@ pub(super) fn auto_passthrough(ctx: &mut Ctx<'_>, site: &Site<'_>) -> Vec<(TcpRo
                     name: site.gw_name.rsplit('/').next().unwrap_or_default().to_string(),
                     rule_index: None,
                     section: None,
+                    parts: Vec::new(),
                 };
                 let route = gateway_route(
                     vec![name.clone()],

@@ -22,6 +22,7 @@ use trellis_contract::{Provenance, RuleSection};
 
 use super::super::cluster::destination_rule;
 use super::super::outbound::service_provenance;
+use super::super::policy::{self, InForce};
 use super::super::{Ctx, DNS_DOMAIN, scope};
 use crate::registry::{Protocol, TargetPort, selects};
 
@@ -108,6 +109,7 @@ fn ingress_listeners(sidecar: &Sidecar, ports: &mut BTreeMap<u16, AppPort>) {
             name: sidecar.metadata.name.clone().unwrap_or_default(),
             rule_index: Some(i as u32),
             section: Some(RuleSection::Ingress),
+            parts: Vec::new(),
         };
         ports.insert(
             number,
@@ -143,6 +145,7 @@ fn inbound_pools(ctx: &Ctx<'_>, sidecar: Option<&Sidecar>, ports: &mut BTreeMap<
             name: s.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
             section: None,
+            parts: Vec::new(),
         };
         Some(InboundPool { settings, source })
     });
@@ -165,34 +168,28 @@ fn inbound_pools(ctx: &Ctx<'_>, sidecar: Option<&Sidecar>, ports: &mut BTreeMap<
 ///   proxy's `SidecarScope`, whose index holds only the hosts the Sidecar's egress imports;
 ///   Trellis takes the rule for the Service whatever the egress hosts, as the intent of
 ///   Istio's code (the Service's own rule) says.
-/// - its `portLevelSettings` entry for `service_port`, if there is one, replaces the rule's
-///   policy whole — a port entry without `connectionPool` gives the port none (Istio's
+/// - its policy for `service_port` ([`policy::in_force`], the one resolution outbound clusters
+///   take too, without a subset): a `portLevelSettings` entry for the port replaces the rule's
+///   policy whole — an entry without `connectionPool` gives the port none (Istio's
 ///   `GetPortLevelTrafficPolicy`: "port level policies do not inherit") —, else the rule's
-///   `trafficPolicy.connectionPool`.
+///   `trafficPolicy.connectionPool`. Only the pool: Istio applies no load balancer, outlier
+///   detection or TLS to inbound clusters.
 /// - subsets play no part (an inbound cluster serves every subset).
 ///
 /// A port no Service names has no rule: Istio's placeholder hostname for it
 /// (`<sidecar>.<namespace>`) is no Service a rule is written for.
 fn destination_rule_pool(ctx: &Ctx<'_>, host: &str, service_port: u16) -> Option<InboundPool> {
     let dr = destination_rule(ctx, host)?;
-    let policy = dr.spec.traffic_policy.as_ref()?;
-    let port_level = policy
-        .port_level_settings
-        .iter()
-        .flatten()
-        .find(|pl| pl.port.as_ref().is_some_and(|p| p.number == u32::from(service_port)));
-    let settings = match port_level {
-        Some(pl) => pl.connection_pool.clone(),
-        None => policy.connection_pool.clone(),
-    }?;
+    let InForce { policy, parts } = policy::in_force(&dr.spec, None, service_port);
     Some(InboundPool {
-        settings,
+        settings: policy.connection_pool?,
         source: Provenance {
             kind: "DestinationRule".into(),
             namespace: dr.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             name: dr.metadata.name.clone().unwrap_or_default(),
             rule_index: None,
             section: None,
+            parts,
         },
     })
 }
