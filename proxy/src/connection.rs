@@ -46,6 +46,8 @@ pub struct ConnContext {
     /// Its requests' `x-forwarded-client-cert` (inbound mesh mTLS), made for the first
     /// identity of the proxy's own it was made for.
     pub xfcc: OnceLock<(String, Option<HeaderValue>)>,
+    /// The metric series its last HTTP request was recorded into.
+    pub request_series: crate::metrics::SeriesCache,
 }
 
 impl ConnContext {

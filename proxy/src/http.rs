@@ -140,6 +140,7 @@ pub async fn handle(
         bytes: 0,
         done: Some(Pending {
             rt,
+            conn,
             labels,
             start,
             req_bytes,

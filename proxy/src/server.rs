@@ -244,6 +244,7 @@ async fn serve_connection(rt: Arc<Runtime>, name: String, tcp: TcpStream, peer: 
         timer: Default::default(),
         first_source: Default::default(),
         xfcc: Default::default(),
+        request_series: Default::default(),
     };
 
     let mut passed_through = false;

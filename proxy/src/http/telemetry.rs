@@ -83,6 +83,8 @@ pub(super) fn record_span(
 /// A request's metrics, recorded once its response body ends.
 pub(super) struct Pending {
     pub(super) rt: Arc<Runtime>,
+    /// The connection, whose last series the request's likely shares.
+    pub(super) conn: Arc<ConnContext>,
     pub(super) labels: RequestLabels,
     pub(super) start: Instant,
     pub(super) req_bytes: u64,
@@ -95,7 +97,7 @@ impl Pending {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         self.rt
             .metrics
-            .record_request(self.labels, ms, self.req_bytes, resp_bytes);
+            .record_request_on(&self.conn.request_series, self.labels, ms, self.req_bytes, resp_bytes);
     }
 }
 
