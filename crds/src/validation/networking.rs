@@ -420,10 +420,8 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
     host("spec.host", &spec.host, true, f);
     export_to("spec.exportTo", &spec.export_to, f);
     if let Some(tp) = &spec.traffic_policy {
-        traffic_policy("spec.trafficPolicy", tp, true, false, f);
+        traffic_policy("spec.trafficPolicy", tp, None, f);
     }
-    // A subset's ports and pools take the rule's retry budget unless the subset has its own.
-    let rule_budget = spec.traffic_policy.as_ref().is_some_and(|t| t.retry_budget.is_some());
     let mut names = BTreeSet::new();
     for (i, s) in spec.subsets.iter().flatten().enumerate() {
         let p = format!("spec.subsets[{i}]");
@@ -441,15 +439,25 @@ pub(super) fn destination_rule(spec: &DestinationRuleSpec, f: &mut Findings) {
         // routes a name, so it is no mistake and draws no warning.
         labels(&format!("{p}.labels"), &s.labels, f);
         if let Some(tp) = &s.traffic_policy {
-            traffic_policy(&format!("{p}.trafficPolicy"), tp, false, rule_budget, f);
+            traffic_policy(&format!("{p}.trafficPolicy"), tp, Some(spec.traffic_policy.as_ref()), f);
         }
     }
 }
 
-/// A traffic policy at `p`: the rule's own (`rule_level`), or a subset's (`budget_above`: the
-/// rule has a retry budget).
-fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, budget_above: bool, f: &mut Findings) {
-    let budgeted = budget_above || tp.retry_budget.is_some();
+/// A traffic policy at `p`: the rule's own (`rule`: `None`), or a subset's (`rule`: the rule's
+/// policy, if it has one).
+///
+/// Which retry budget applies where, as Istio resolves a port's and a subset's policy
+/// (`compile::policy` in trellis-core): a `portLevelSettings` entry replaces the policy it is
+/// in whole and has no budget, so the rule's budget does not reach the rule's port entries; a
+/// subset's pool is under its own budget or the rule's; a subset's port entry is under the
+/// rule's, unless the rule has an entry for the same port (the subset's own budget does not
+/// reach its port entries either).
+fn traffic_policy(p: &str, tp: &TrafficPolicy, rule: Option<Option<&TrafficPolicy>>, f: &mut Findings) {
+    let rule_level = rule.is_none();
+    let rule = rule.flatten();
+    let rule_budget = rule.is_some_and(|r| r.retry_budget.is_some());
+    let budgeted = rule_budget || tp.retry_budget.is_some();
     port_policy(
         p,
         &tp.load_balancer,
@@ -489,7 +497,14 @@ fn traffic_policy(p: &str, tp: &TrafficPolicy, rule_level: bool, budget_above: b
         if let Some(pool) = &pl.connection_pool {
             below_the_rule(&format!("{pp}.connectionPool"), pool, f);
         }
-        if budgeted {
+        let number = pl.port.as_ref().map(|port| port.number);
+        let rule_has_port = rule.is_some_and(|r| {
+            r.port_level_settings
+                .iter()
+                .flatten()
+                .any(|e| e.port.as_ref().map(|port| port.number) == number)
+        });
+        if rule_budget && !rule_has_port {
             retries_budgeted(&format!("{pp}.connectionPool"), &pl.connection_pool, f);
         }
     }

@@ -172,6 +172,57 @@ pub fn cases() -> Vec<Case> {
                 "has no effect under the retryBudget",
             ),
         ),
+        // A port's entry replaces the policy whole and has no budget (Istio's
+        // GetPortLevelTrafficPolicy): the rule's budget does not reach the rule's port entries,
+        // nor a subset's port entry for a port the rule has an entry for; it does reach a
+        // subset's port entry for another port.
+        multi(
+            Dr,
+            vec![
+                ("spec.trafficPolicy.retryBudget", json!({"percent": 20})),
+                ("spec.trafficPolicy.portLevelSettings[0].port.number", json!(8080)),
+                (
+                    "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.maxRetries",
+                    json!(5),
+                ),
+            ],
+            Expect::Valid,
+        ),
+        multi(
+            Dr,
+            vec![
+                ("spec.trafficPolicy.retryBudget", json!({"percent": 20})),
+                (
+                    "spec.subsets[0].trafficPolicy.portLevelSettings[0].port.number",
+                    json!(8080),
+                ),
+                (
+                    "spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.http.maxRetries",
+                    json!(5),
+                ),
+            ],
+            Expect::Warning(
+                "spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.http.maxRetries",
+                "has no effect under the retryBudget",
+            ),
+        ),
+        multi(
+            Dr,
+            vec![
+                ("spec.trafficPolicy.retryBudget", json!({"percent": 20})),
+                ("spec.trafficPolicy.portLevelSettings[0].port.number", json!(8080)),
+                ("spec.subsets[0].trafficPolicy.retryBudget", json!({"percent": 20})),
+                (
+                    "spec.subsets[0].trafficPolicy.portLevelSettings[0].port.number",
+                    json!(8080),
+                ),
+                (
+                    "spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.http.maxRetries",
+                    json!(5),
+                ),
+            ],
+            Expect::Valid,
+        ),
         // Istio's CRD: percent is 0-100.
         err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(150), "100"),
         err(Dr, "spec.trafficPolicy.retryBudget.percent", json!(-1), "0"),
