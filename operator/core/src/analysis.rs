@@ -14,6 +14,8 @@
 //!   selector, port and host (`IST0145`) or a certificate (`IST0138`);
 //! - [`rules`]: VirtualService rules never reached (`IST0130`, `IST0131`) and hosts a bound
 //!   Gateway does not serve (`IST0132`);
+//! - [`port_settings`]: DestinationRule port entries that leave their port without blocks the
+//!   rest of the destination has (`TRL0114`);
 //! - [`workloads`]: port naming (`IST0118`), Services' exportTo annotations (`IST0125`),
 //!   gateway ports missing from their Service (`IST0162`), injection (`IST0102`, `IST0103`) and the proxy's reserved UID (`IST0144`);
 //! - the compiler ([`crate::compile::diagnose`]): what it would drop or ignore (`TRL` codes);
@@ -25,6 +27,7 @@
 //! which pods exist, so no selector is reported as matching none.
 
 mod conflicts;
+mod port_settings;
 mod proxies;
 mod references;
 mod rules;
@@ -248,6 +251,7 @@ pub fn analyze(input: &Input, validator: &Validator) -> Vec<Finding> {
     references::check(&facts, &mut raws);
     conflicts::check(&facts, &mut raws);
     rules::check(&facts, &mut raws);
+    port_settings::check(&facts, &mut raws);
     workloads::check(&facts, &mut raws);
     compiler(&facts, &mut raws);
     place(raws, &sources)

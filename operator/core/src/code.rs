@@ -204,6 +204,9 @@ codes! {
     ServiceEntryHostConflict => "TRL0113", Warning,
         "A ServiceEntry host is declared by an older ServiceEntry too, or is a Service's.",
         "Sidecars route each host one way: a Service's host to the Service's endpoints, a host several entries declare by the oldest entry. The other declarations of the host are not used; declare each host once.";
+    PortLevelSettingsReplacePolicy => "TRL0114", Info,
+        "A DestinationRule's portLevelSettings entry leaves its port without settings the rest of the destination has.",
+        "As in Istio, a port's entry replaces the policy whole on that port: the loadBalancer, connectionPool, outlierDetection and tls it leaves out have their defaults there, not the rule's (or, for a subset's entry, the subset's), and the rule's retryBudget does not apply there. The message names what the port goes without; repeat those blocks in the entry if the port needs them.";
 }
 
 impl Code {

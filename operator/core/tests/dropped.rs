@@ -236,7 +236,8 @@ fn the_compiler_reports_drops_only_through_the_one_list() {
             | Code::RouteWithoutTimeout
             | Code::JwksUnavailable
             | Code::JwksStale
-            | Code::ServiceEntryHostConflict => false,
+            | Code::ServiceEntryHostConflict
+            | Code::PortLevelSettingsReplacePolicy => false,
         };
         assert_eq!(
             emitted_as_drop,
