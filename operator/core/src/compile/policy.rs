@@ -20,17 +20,18 @@
 //! 2. **The subset** (outbound only: an inbound cluster serves every subset). The subset's
 //!    `trafficPolicy` is first resolved for the port the same way, then:
 //!    - without a port entry of its own for the port, it is merged into step 1's block by
-//!      block: each of `loadBalancer`, `connectionPool`, `outlierDetection`, `tls`,
-//!      `retryBudget`, `tunnel`, `proxyProtocol` that it sets replaces step 1's, whole (the
-//!      blocks are not merged field by field); the others stay;
+//!      block: each of `loadBalancer`, `connectionPool`, `outlierDetection`, `tls` and
+//!      `retryBudget` that it sets replaces step 1's, whole (the blocks are not merged field
+//!      by field); the others stay;
 //!    - with one, the entry's four blocks replace step 1's, set or not (one left out is the
 //!      default); step 1's `retryBudget` stays, and the subset's own top-level one does not
 //!      apply on that port (`MergeTrafficPolicy` with `hasPortLevel`).
 //!
 //!    A rule without a `trafficPolicy` leaves the subset's resolved policy as it is.
 //!
-//! `tunnel` and `proxyProtocol` are refused by the validator (not supported by Trellis yet), so
-//! they are carried only to keep the rules whole. Not decided here: Envoy's TCP proxy takes its
+//! `tunnel` and `proxyProtocol` are refused by the validator (not supported by Trellis yet) and
+//! take no part here; Istio treats them as `retryBudget` (a subset's replaces the rule's, a
+//! port entry has none), which is what implementing them must do. Not decided here: Envoy's TCP proxy takes its
 //! idle timeout and duration from the rule's own top-level `connectionPool.tcp` whatever the
 //! port or subset (`buildOutboundNetworkFiltersWithSingleDestination`; `cluster::tcp_proxy`).
 
@@ -133,6 +134,4 @@ fn merge(into: &mut TrafficPolicy, subset: TrafficPolicy, port_level: bool) {
     take(&mut into.outlier_detection, subset.outlier_detection, port_level);
     take(&mut into.tls, subset.tls, port_level);
     take(&mut into.retry_budget, subset.retry_budget, false);
-    take(&mut into.tunnel, subset.tunnel, false);
-    take(&mut into.proxy_protocol, subset.proxy_protocol, false);
 }
