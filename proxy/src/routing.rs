@@ -367,14 +367,17 @@ pub fn rewrite_prefix(path: &str, matched_prefix: Option<usize>, new_prefix: &st
     }
 }
 
-/// The path and query a redirect sends the client to: `uri` in place of both; else the request's
-/// path with `prefixRewrite` in place of the prefix the route matched — as Envoy's redirect
-/// `prefix_rewrite`, a plain swap (`/` for `/foo` on `/foo/baz` gives `//baz`), a route
-/// without a uri prefix match having matched `/` — and the query kept; else the path and query
-/// as they came.
+/// The path and query a redirect sends the client to: `uri` in place of the path, and of the
+/// query too when it has one (as Envoy's `path_redirect`, which Istio's `uri` is: a query in it
+/// overrides the request's, else the request's is kept); else the request's path with
+/// `prefixRewrite` in place of the prefix the route matched — as Envoy's redirect
+/// `prefix_rewrite`, a plain swap (`/` for `/foo` on `/foo/baz` gives `//baz`), a route without a
+/// uri prefix match having matched `/` — and the query kept; else the path and query as they
+/// came.
 pub fn redirect_target(rd: &Redirect, path: &str, query: Option<&str>, matched_prefix: Option<usize>) -> String {
     let path = match (&rd.uri, &rd.prefix_rewrite) {
-        (Some(u), _) => return u.clone(),
+        (Some(u), _) if u.contains('?') => return u.clone(),
+        (Some(u), _) => Cow::Borrowed(u.as_str()),
         (None, Some(new)) => {
             let rest = path.get(matched_prefix.unwrap_or(1)..).unwrap_or_default();
             Cow::Owned(format!("{new}{rest}"))
@@ -628,9 +631,15 @@ mod tests {
         );
         // No uri prefix matched: "/" was.
         assert_eq!(redirect_target(&swap, "/a", None, None), "/bara");
+        // Envoy's path_redirect: the request's query kept, unless the new path has one.
         assert_eq!(
             redirect_target(&rd(Some("/new"), None), "/foo", Some("q=1"), Some(4)),
-            "/new"
+            "/new?q=1"
+        );
+        assert_eq!(redirect_target(&rd(Some("/new"), None), "/foo", None, Some(4)), "/new");
+        assert_eq!(
+            redirect_target(&rd(Some("/new?v=2"), None), "/foo", Some("q=1"), Some(4)),
+            "/new?v=2"
         );
         assert_eq!(
             redirect_target(&rd(None, None), "/foo", Some("q=1"), Some(4)),

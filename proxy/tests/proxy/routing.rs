@@ -148,6 +148,8 @@ async fn redirect_and_direct_response() {
                "action": {"redirect": {"uri": "/new", "scheme": "https", "responseCode": 308}}, "provenance": provenance()}),
         json!({"match": [{"uri": {"exact": "/moved"}}],
                "action": {"redirect": {"authority": "other.test"}}, "provenance": provenance()}),
+        json!({"match": [{"uri": {"exact": "/pinned"}}],
+               "action": {"redirect": {"uri": "/landing?from=pinned"}}, "provenance": provenance()}),
         json!({"action": {"directResponse": {"status": 503, "body": "maintenance\n"}}, "provenance": provenance()}),
     ];
     let proxy = Proxy::start(outbound_config("1", routes, vec![])).await;
@@ -155,6 +157,14 @@ async fn redirect_and_direct_response() {
     let r = get(addr, "svc.test", "/old").await;
     assert_eq!(r.status, 308);
     assert_eq!(r.headers.get("location").unwrap(), "https://svc.test/new");
+    // As Envoy's path_redirect (Istio's `uri`): the request's query kept, unless `uri` has one.
+    let r = get(addr, "svc.test", "/old?q=1").await;
+    assert_eq!(r.headers.get("location").unwrap(), "https://svc.test/new?q=1");
+    let r = get(addr, "svc.test", "/pinned?q=1").await;
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        "http://svc.test/landing?from=pinned"
+    );
     let r = get(addr, "svc.test:8080", "/moved?q=1").await;
     assert_eq!(r.status, 301);
     assert_eq!(r.headers.get("location").unwrap(), "http://other.test:8080/moved?q=1");
