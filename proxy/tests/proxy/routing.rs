@@ -300,6 +300,18 @@ async fn least_request_and_random_serve_all_endpoints() {
     }
 }
 
+/// A CORS preflight for a POST from `origin`.
+async fn preflight(addr: std::net::SocketAddr, origin: &str) -> Reply {
+    send(
+        addr,
+        "OPTIONS",
+        "svc",
+        "/",
+        &[("origin", origin), ("access-control-request-method", "POST")],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn cors_preflight_and_actual_request() {
     let a = Upstream::start("a").await;
@@ -310,17 +322,7 @@ async fn cors_preflight_and_actual_request() {
     });
     let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
     let addr = proxy.addr("outbound").await;
-    let pre = send(
-        addr,
-        "OPTIONS",
-        "svc",
-        "/",
-        &[
-            ("origin", "https://app.test"),
-            ("access-control-request-method", "POST"),
-        ],
-    )
-    .await;
+    let pre = preflight(addr, "https://app.test").await;
     assert_eq!(pre.status, 200);
     assert_eq!(
         pre.headers.get("access-control-allow-origin").unwrap(),
@@ -329,17 +331,7 @@ async fn cors_preflight_and_actual_request() {
     assert_eq!(pre.headers.get("access-control-allow-methods").unwrap(), "GET,POST");
     assert_eq!(pre.headers.get("access-control-max-age").unwrap(), "600");
     assert_eq!(a.hits(), 0, "preflight is answered by the proxy");
-    let bad = send(
-        addr,
-        "OPTIONS",
-        "svc",
-        "/",
-        &[
-            ("origin", "https://evil.test"),
-            ("access-control-request-method", "POST"),
-        ],
-    )
-    .await;
+    let bad = preflight(addr, "https://evil.test").await;
     assert!(bad.headers.get("access-control-allow-origin").is_none());
     // Istio's default (`unmatchedPreflights` FORWARD): a preflight from an origin not allowed
     // goes on to the upstream.
@@ -365,17 +357,7 @@ async fn cors_unmatched_preflight_ignored() {
     });
     let proxy = Proxy::start(outbound_config("1", vec![route], vec![cluster("a", &[&a])])).await;
     let addr = proxy.addr("outbound").await;
-    let bad = send(
-        addr,
-        "OPTIONS",
-        "svc",
-        "/",
-        &[
-            ("origin", "https://evil.test"),
-            ("access-control-request-method", "POST"),
-        ],
-    )
-    .await;
+    let bad = preflight(addr, "https://evil.test").await;
     assert_eq!(bad.status, 200);
     assert!(bad.headers.get("access-control-allow-origin").is_none());
     assert_eq!(a.hits(), 0, "an unmatched preflight is answered by the proxy");
