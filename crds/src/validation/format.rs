@@ -478,6 +478,27 @@ pub(super) fn gateway_refs(path: &str, gws: &Option<Vec<String>>, f: &mut Findin
     }
 }
 
+/// A URI path: starts with `/`, no spaces or control characters.
+pub(super) fn uri_path(p: &str, u: &str, f: &mut Findings) {
+    if !u.starts_with('/') {
+        f.error(p, format!("{u:?} must be a path starting with '/'"));
+    }
+    if u.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        f.error(p, "must not contain spaces or control characters");
+    }
+}
+
+/// A `host[:port]` authority: a DNS subdomain or an IP address, with an optional port.
+pub(super) fn authority(p: &str, a: &str, f: &mut Findings) {
+    let host_part = match a.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h,
+        _ => a,
+    };
+    if dns_subdomain(host_part).is_err() && host_part.parse::<std::net::IpAddr>().is_err() {
+        f.error(p, format!("{a:?} is not a host[:port]"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

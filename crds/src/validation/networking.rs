@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::Findings;
 use super::connection_pool::{below_the_rule, connection_pool};
 use super::format::{
-    self, MIN_TIMEOUT, MatchUse, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name, headers,
-    host, labels, method, not_supported, regex, string_match, weights,
+    MIN_TIMEOUT, MatchUse, authority, cidr, destination, dns_label, duration, export_to, gateway_refs, header_name,
+    headers, host, labels, method, not_supported, regex, string_match, uri_path, weights,
 };
 use super::redirect::redirect;
 use crate::networking::*;
@@ -390,25 +390,6 @@ fn host_covers(pattern: &str, host: &str) -> bool {
         (Some(suffix), Some(hsuffix)) => hsuffix.ends_with(suffix),
         (Some(suffix), None) => host.ends_with(suffix),
         _ => false,
-    }
-}
-
-pub(super) fn uri_path(p: &str, u: &str, f: &mut Findings) {
-    if !u.starts_with('/') {
-        f.error(p, format!("{u:?} must be a path starting with '/'"));
-    }
-    if u.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        f.error(p, "must not contain spaces or control characters");
-    }
-}
-
-pub(super) fn authority(p: &str, a: &str, f: &mut Findings) {
-    let host_part = match a.rsplit_once(':') {
-        Some((h, port)) if port.parse::<u16>().is_ok() => h,
-        _ => a,
-    };
-    if format::dns_subdomain(host_part).is_err() && host_part.parse::<std::net::IpAddr>().is_err() {
-        f.error(p, format!("{a:?} is not a host[:port]"));
     }
 }
 

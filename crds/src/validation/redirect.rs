@@ -3,7 +3,7 @@
 //! and Trellis's on the values (redirect codes, scheme, paths, authority).
 
 use super::Findings;
-use super::networking::{authority, uri_path};
+use super::format::{authority, uri_path};
 use crate::networking::{HttpRedirect, HttpRoute, StringMatch};
 
 /// The redirect statuses the proxy answers with.
