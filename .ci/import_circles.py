@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Import circles between sibling modules inside each crate, in non-test code.
 
-    python3 .ci/import_circles.py [CRATE_SRC_DIR ...]   (default: every crate's src/)
+    python3 .ci/import_circles.py [--allow SRC_DIR ...] [CRATE_SRC_DIR ...]
+                                  (default: every crate's src/)
 
 For every `crate::a::b…`, `super::…` and `self::…` path in a module's file (comments, the
 `#[cfg(test)] mod tests { … }` block and `#[cfg(test)]` modules left out), an edge is drawn
 between the two sibling modules under their deepest common parent (a child using its parent,
 or a parent its child, is no circle). Each strongly connected component of more than one
-module is printed with one path for each edge. A report, not a gate: it exits 0."""
+module is printed with one path for each edge. It exits 1 when a circle lies outside every
+`--allow` directory (CI allows kubesim's known ones, e2e/src), 0 otherwise."""
 import os, re, sys, collections
 
 def module_path(src, f):
@@ -121,9 +123,21 @@ def crate_sources():
             yield os.path.relpath(os.path.join(d, 'src'))
 
 if __name__ == '__main__':
-    for src in sys.argv[1:] or list(crate_sources()):
+    args, allowed = sys.argv[1:], []
+    while args[:1] == ['--allow'] and len(args) > 1:
+        allowed.append(os.path.normpath(args[1])); args = args[2:]
+    refused = []
+    for src in args or list(crate_sources()):
         for parent, comp, detail in crate(src):
-            print(f"{src} {'::'.join(('crate',) + parent)}: {' <-> '.join(comp)}")
+            where = f"{src} {'::'.join(('crate',) + parent)}"
+            print(f"{where}: {' <-> '.join(comp)}")
             for a, b, ex in sorted(detail):
                 f, path = ex[0]; path = "; ".join(sorted(set(x[1] for x in ex)))
                 print(f"    {a} -> {b}   ({os.path.relpath(f)}: {path})")
+            if os.path.normpath(src) not in allowed:
+                refused.append(where)
+    if refused:
+        print(f"\n{len(refused)} import circle(s) outside {', '.join(allowed) or 'any allowed directory'}: "
+              f"{'; '.join(refused)}. Break each by moving what both modules use into a module "
+              "of its own (or into the parent) that neither imports back.", file=sys.stderr)
+        sys.exit(1)
