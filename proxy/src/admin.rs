@@ -203,7 +203,7 @@ async fn handle(rt: &Runtime, role: AdminRole, req: Request<hyper::body::Incomin
         }
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, p) if p.starts_with("/app-health/") => {
-            let (status, body) = crate::probes::answer(p).await;
+            let (status, body) = crate::probes::answer(&rt.app_probes, p).await;
             reply(status, "text/plain", body)
         }
         (&Method::GET, "/metrics" | "/stats/prometheus") => stats(rt, role, &req).await,

@@ -36,11 +36,14 @@ pub struct AppConfig {
     /// The app's own metrics, merged into the stats port's answer
     /// ([`crate::app_metrics`]).
     pub app_metrics: Option<crate::app_metrics::AppMetrics>,
+    /// The app's own probes the health port answers at `/app-health/…` ([`crate::probes`];
+    /// the binary's from [`crate::settings::ENV_APP_PROBES`]).
+    pub app_probes: crate::probes::AppProbes,
 }
 
 impl AppConfig {
     /// Admin on `admin_addr` and nothing else: no stats, health or DNS server, the connection
-    /// budget derived from the descriptor limit, no log control or app metrics. Set the other
+    /// budget derived from the descriptor limit, no log control, app metrics or app probes. Set the other
     /// fields on the result (`AppConfig { health_addr: …, ..AppConfig::admin_only(addr) }`).
     pub fn admin_only(admin_addr: SocketAddr) -> Self {
         Self {
@@ -51,6 +54,7 @@ impl AppConfig {
             log_control: None,
             max_downstream_connections: None,
             app_metrics: None,
+            app_probes: Default::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ impl std::fmt::Debug for AppConfig {
             .field("dns_addr", &self.dns_addr)
             .field("max_downstream_connections", &self.max_downstream_connections)
             .field("app_metrics", &self.app_metrics)
+            .field("app_probes", &self.app_probes)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +172,7 @@ impl App {
         tracing::debug!(max_connections, "downstream connection budget");
         let mut runtime = Runtime::new(empty, cfg.log_control.clone(), ConnectionBudget::new(max_connections));
         runtime.app_metrics = cfg.app_metrics.clone();
+        runtime.app_probes = cfg.app_probes.clone();
         let rt = Arc::new(runtime);
         let mut admin = Vec::new();
         for (role, addr) in [

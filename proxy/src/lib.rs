@@ -40,6 +40,7 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod server_tls;
+pub mod settings;
 pub mod signals;
 pub mod snapshot;
 pub mod sni;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 use trellis_proxy::capture::{self, CaptureConfig};
 use trellis_proxy::logging::LogControl;
+use trellis_proxy::settings::Settings;
 use trellis_proxy::{App, AppConfig, ports};
 
 #[derive(Parser, Debug)]
@@ -184,23 +185,18 @@ fn main() -> anyhow::Result<()> {
         Command::Init(args) => init(args),
         Command::Run(args) => {
             let args = *args;
-            // One worker thread per proxy by default: a sidecar shares the pod's CPU.
+            let settings = Settings::from_env()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(
-                    std::env::var("TRELLIS_WORKERS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(1),
-                )
+                .worker_threads(settings.workers.get())
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?;
-            rt.block_on(run(args))
+            rt.block_on(run(args, settings))
         }
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
     let log = init_logging(&args.log, args.log_json)?;
     match trellis_proxy::overload::raise_descriptor_limit() {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
@@ -220,6 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(json) => trellis_proxy::app_metrics::AppMetrics::from_annotations(json, args.stats_addr.port())?,
             None => None,
         },
+        app_probes: settings.app_probes,
     })
     .await
     .context("cannot bind the admin ports (is another proxy running?)")?;

@@ -8,10 +8,11 @@
 //! `{"httpGet": {"path", "port", "scheme", "httpHeaders"}, "timeoutSeconds"}`
 //! or `{"tcpSocket": {"port"}, "timeoutSeconds"}`. The proxy runs the
 //! original against the app on localhost and answers 200 or 503, as the
-//! kubelet would judge it (HTTP 200–399 passes).
+//! kubelet would judge it (HTTP 200–399 passes). The binary reads the
+//! variable once, with its other settings ([`crate::settings`]): a malformed
+//! value stops the proxy at start with the reason, as Istio's agent does.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,32 @@ use serde::Deserialize;
 
 /// The environment variable the injector sets.
 pub const ENV: &str = "TRELLIS_APP_PROBES";
+
+/// What is wrong with the injector's JSON; the probe at fault named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbesError {
+    /// Not JSON, or not an object of probes.
+    #[error("not a JSON object of probes: {0}")]
+    NotAnObject(String),
+    /// A key that is not a rewritten probe's path.
+    #[error("key `{path}` must start with /app-health/")]
+    Path { path: String },
+    /// An HTTPS probe (the injector leaves those as written).
+    #[error("`{path}` uses scheme {scheme}; only HTTP probes are rewritten (leave HTTPS probes unrewritten)")]
+    Scheme { path: String, scheme: String },
+    /// An `httpGet.path` that is not an absolute path.
+    #[error("`{path}` has an invalid path `{target}`")]
+    Target { path: String, target: String },
+    /// A header name HTTP does not allow.
+    #[error("`{path}` has an invalid header name `{name}`")]
+    HeaderName { path: String, name: String },
+    /// A header value HTTP does not allow.
+    #[error("`{path}` has an invalid value for header `{name}`")]
+    HeaderValue { path: String, name: String },
+    /// Neither or both of `httpGet` and `tcpSocket`.
+    #[error("`{path}` must have exactly one of httpGet or tcpSocket")]
+    Kind { path: String },
+}
 
 /// One original probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +113,13 @@ struct RawTcp {
 
 impl AppProbes {
     /// Parses the injector's JSON, naming the probe and field at fault.
-    pub fn parse(json: &str) -> Result<Self, String> {
+    pub fn parse(json: &str) -> Result<Self, ProbesError> {
         let raw: BTreeMap<String, RawProbe> =
-            serde_json::from_str(json).map_err(|e| format!("{ENV} is not a JSON object of probes: {e}"))?;
+            serde_json::from_str(json).map_err(|e| ProbesError::NotAnObject(e.to_string()))?;
         let mut by_path = BTreeMap::new();
         for (path, probe) in raw {
             if !path.starts_with("/app-health/") {
-                return Err(format!("{ENV}: key `{path}` must start with /app-health/"));
+                return Err(ProbesError::Path { path });
             }
             let timeout = Duration::from_secs(probe.timeout_seconds.clamp(1, 60));
             let parsed = match (probe.http_get, probe.tcp_socket) {
@@ -100,25 +127,33 @@ impl AppProbes {
                     if let Some(scheme) = get.scheme.as_deref()
                         && !scheme.eq_ignore_ascii_case("HTTP")
                     {
-                        return Err(format!(
-                            "{ENV}: `{path}` uses scheme {scheme}; only HTTP probes are rewritten (leave HTTPS probes unrewritten)"
-                        ));
+                        return Err(ProbesError::Scheme {
+                            scheme: scheme.to_string(),
+                            path,
+                        });
                     }
                     let target = get.path.unwrap_or_else(|| "/".into());
                     if !target.starts_with('/') || target.parse::<http::uri::PathAndQuery>().is_err() {
-                        return Err(format!("{ENV}: `{path}` has an invalid path `{target}`"));
+                        return Err(ProbesError::Target { path, target });
                     }
                     let headers = get
                         .http_headers
                         .into_iter()
                         .map(|h| {
-                            let name = http::HeaderName::try_from(h.name.as_str())
-                                .map_err(|_| format!("{ENV}: `{path}` has an invalid header name `{}`", h.name))?;
-                            let value = http::HeaderValue::try_from(h.value.as_str())
-                                .map_err(|_| format!("{ENV}: `{path}` has an invalid value for header `{}`", h.name))?;
+                            let name =
+                                http::HeaderName::try_from(h.name.as_str()).map_err(|_| ProbesError::HeaderName {
+                                    path: path.clone(),
+                                    name: h.name.clone(),
+                                })?;
+                            let value = http::HeaderValue::try_from(h.value.as_str()).map_err(|_| {
+                                ProbesError::HeaderValue {
+                                    path: path.clone(),
+                                    name: h.name.clone(),
+                                }
+                            })?;
                             Ok((name, value))
                         })
-                        .collect::<Result<_, String>>()?;
+                        .collect::<Result<_, ProbesError>>()?;
                     AppProbe::Http {
                         port: get.port,
                         path: target,
@@ -130,7 +165,7 @@ impl AppProbes {
                     port: tcp.port,
                     timeout,
                 },
-                _ => return Err(format!("{ENV}: `{path}` must have exactly one of httpGet or tcpSocket")),
+                _ => return Err(ProbesError::Kind { path }),
             };
             by_path.insert(path, parsed);
         }
@@ -143,24 +178,13 @@ impl AppProbes {
     }
 }
 
-/// The pod's probes from the environment, read once. A malformed value
-/// makes every `/app-health/` probe fail with the reason (so the pod is
-/// visibly not ready rather than wrongly ready).
-static FROM_ENV: LazyLock<Result<AppProbes, String>> = LazyLock::new(|| match std::env::var(ENV) {
-    Ok(json) => AppProbes::parse(&json),
-    Err(_) => Ok(AppProbes::default()),
-});
-
-/// Answers `GET /app-health/...` on the health port.
-pub async fn answer(path: &str) -> (StatusCode, String) {
-    match &*FROM_ENV {
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Ok(probes) => match probes.get(path) {
-            None => (StatusCode::NOT_FOUND, format!("no app probe is registered at {path}\n")),
-            Some(probe) => match run(probe).await {
-                Ok(()) => (StatusCode::OK, "ok\n".into()),
-                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-            },
+/// Answers `GET /app-health/...` on the health port from the pod's probes.
+pub async fn answer(probes: &AppProbes, path: &str) -> (StatusCode, String) {
+    match probes.get(path) {
+        None => (StatusCode::NOT_FOUND, format!("no app probe is registered at {path}\n")),
+        Some(probe) => match run(probe).await {
+            Ok(()) => (StatusCode::OK, "ok\n".into()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         },
     }
 }
@@ -248,22 +272,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(AppProbes::parse("[]").unwrap_err().contains("JSON object"));
-        assert!(
-            AppProbes::parse(r#"{"/x":{"tcpSocket":{"port":1}}}"#)
-                .unwrap_err()
-                .contains("/app-health/")
-        );
-        assert!(
-            AppProbes::parse(r#"{"/app-health/a/readyz":{"httpGet":{"port":1,"scheme":"HTTPS"}}}"#)
-                .unwrap_err()
-                .contains("HTTPS")
-        );
-        assert!(
-            AppProbes::parse(r#"{"/app-health/a/readyz":{}}"#)
-                .unwrap_err()
-                .contains("exactly one")
-        );
+        let error = |json: &str| AppProbes::parse(json).unwrap_err().to_string();
+        assert!(error("[]").contains("JSON object"));
+        assert!(error(r#"{"/x":{"tcpSocket":{"port":1}}}"#).contains("/app-health/"));
+        assert!(error(r#"{"/app-health/a/readyz":{"httpGet":{"port":1,"scheme":"HTTPS"}}}"#).contains("HTTPS"));
+        assert!(error(r#"{"/app-health/a/readyz":{}}"#).contains("exactly one"));
     }
 
     #[tokio::test]

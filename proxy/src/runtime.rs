@@ -31,6 +31,8 @@ pub struct Runtime {
     pub connections: ConnectionBudget,
     /// The app's own metrics, served after the proxy's on the stats port.
     pub app_metrics: Option<crate::app_metrics::AppMetrics>,
+    /// The app's own probes, answered on the health port (`/app-health/…`).
+    pub app_probes: crate::probes::AppProbes,
     /// The ports the proxy listens on: its servers' (admin, stats, health, DNS) and its
     /// traffic listeners', as bound.
     own_ports: Mutex<OwnPorts>,
@@ -76,6 +78,7 @@ impl Runtime {
             log_control,
             connections,
             app_metrics: None,
+            app_probes: Default::default(),
             own_ports: Mutex::new(OwnPorts::default()),
         }
     }

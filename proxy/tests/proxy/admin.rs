@@ -14,6 +14,7 @@ async fn ready_only_after_a_config() {
         log_control: None,
         max_downstream_connections: None,
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();
@@ -129,13 +130,9 @@ async fn logging_without_control_is_reported() {
 async fn the_stats_port_merges_the_apps_own_metrics() {
     let start = |app_metrics| {
         App::start(AppConfig {
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
             stats_addr: Some("127.0.0.1:0".parse().unwrap()),
-            health_addr: None,
-            dns_addr: None,
-            log_control: None,
-            max_downstream_connections: None,
             app_metrics,
+            ..AppConfig::admin_only("127.0.0.1:0".parse().unwrap())
         })
     };
     let own = Upstream::start("app").await;

@@ -1,5 +1,6 @@
 //! The `trellis-proxy` binary itself: `--config` loading, reload on change,
-//! NACK of a bad file, `/logging`, and drain on SIGTERM.
+//! NACK of a bad file, `/logging`, drain on SIGTERM, and its settings from the
+//! environment (the app's probes; a bad value stops it at start).
 
 use crate::support::*;
 use serde_json::json;
@@ -33,6 +34,18 @@ async fn wait_for(mut ok: impl AsyncFnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// How `child` exits, within 10 s.
+async fn exited(child: &mut Child, when: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the proxy did not exit {when}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn status(addr: SocketAddr, path: &str) -> Option<u16> {
@@ -125,14 +138,7 @@ async fn binary_loads_reloads_rejects_and_drains() {
     // SIGTERM drains and exits cleanly.
     let pid = child.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "proxy did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = exited(&mut child.0, "after SIGTERM").await;
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -197,4 +203,85 @@ async fn silent_connections_cannot_starve_the_probes() {
     )
     .await;
     drop(flood);
+}
+
+/// `trellis-proxy run` on a valid configuration file and free ports, with `env` added, its
+/// output discarded; and its health port.
+fn proxy_with_env(dir: &std::path::Path, app: &Upstream, env: &[(&str, &str)]) -> (Command, SocketAddr) {
+    let path = dir.join("proxy.json");
+    let mut c = outbound_config("1", vec![forward_route("app")], vec![cluster("app", &[app])]);
+    c["listeners"][0]["address"] = json!(format!("127.0.0.1:{}", free_port()));
+    std::fs::write(&path, c.to_string()).unwrap();
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"));
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--stats-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--health-addr", &health.to_string(), "--dns-addr", "off"])
+        .env("TRELLIS_LOG", "warn")
+        // anyhow appends a backtrace to the error when these ask for one.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    (cmd, health)
+}
+
+#[tokio::test]
+async fn a_bad_setting_in_the_environment_stops_the_proxy_at_start_with_the_fix() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "TRELLIS_WORKERS",
+            "two",
+            "TRELLIS_WORKERS=\"two\": not a number of worker threads; set a whole number ≥ 1, or unset it for one",
+        ),
+        (
+            "TRELLIS_WORKERS",
+            "0",
+            "TRELLIS_WORKERS=\"0\": not a number of worker threads; set a whole number ≥ 1, or unset it for one",
+        ),
+        (
+            "TRELLIS_APP_PROBES",
+            "{\"/app-health/web/readyz\":{}}",
+            "TRELLIS_APP_PROBES=\"{\\\"/app-health/web/readyz\\\":{}}\": `/app-health/web/readyz` must have exactly \
+             one of httpGet or tcpSocket; the sidecar injector writes it from the pod's probes: re-create the pod to \
+             have it written again, or unset it to run no app probes",
+        ),
+    ];
+    for (name, value, message) in cases {
+        let (mut cmd, _) = proxy_with_env(dir.path(), &app, &[(name, value)]);
+        let child = cmd.stderr(Stdio::piped()).spawn().expect("spawn trellis-proxy");
+        let mut child = Running(child);
+        let exit = exited(&mut child.0, &format!("with {name}={value}")).await;
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!exit.success(), "{name}={value}: {exit:?}");
+        assert_eq!(stderr.trim_end(), format!("Error: {message}"), "{name}={value}");
+    }
+}
+
+#[tokio::test]
+async fn the_health_port_runs_the_apps_probes_from_the_environment() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let probes = json!({
+        "/app-health/web/readyz": {"httpGet": {"path": "/", "port": app.addr.port()}},
+        "/app-health/web/livez": {"tcpSocket": {"port": closed}},
+    })
+    .to_string();
+    let (mut cmd, health) = proxy_with_env(
+        dir.path(),
+        &app,
+        &[("TRELLIS_WORKERS", "2"), ("TRELLIS_APP_PROBES", &probes)],
+    );
+    let _child = Running(cmd.spawn().expect("spawn trellis-proxy"));
+    wait_for(async || status(health, "/ready").await == Some(200), "ready").await;
+    assert_eq!(status(health, "/app-health/web/readyz").await, Some(200));
+    assert_eq!(status(health, "/app-health/web/livez").await, Some(503));
+    assert_eq!(status(health, "/app-health/other/readyz").await, Some(404));
 }

@@ -260,6 +260,7 @@ async fn every_port_the_proxy_listens_on_is_refused_wherever_it_is_bound() {
         log_control: None,
         max_downstream_connections: None,
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();

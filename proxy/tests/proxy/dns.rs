@@ -46,6 +46,7 @@ async fn answers_mesh_names_and_forwards_the_rest() {
         log_control: None,
         max_downstream_connections: None,
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();
@@ -86,6 +87,7 @@ async fn unreachable_upstream_gives_servfail() {
         log_control: None,
         max_downstream_connections: None,
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();
@@ -161,6 +163,7 @@ async fn tcp_queries_on_the_same_port_are_answered_and_forwarded_over_tcp() {
         log_control: None,
         max_downstream_connections: None,
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();

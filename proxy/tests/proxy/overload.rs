@@ -90,6 +90,7 @@ async fn over_the_connection_budget_the_health_port_keeps_answering() {
         log_control: None,
         max_downstream_connections: Some(20),
         app_metrics: None,
+        app_probes: Default::default(),
     })
     .await
     .unwrap();
