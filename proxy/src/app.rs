@@ -110,6 +110,17 @@ impl ApplyError {
     }
 }
 
+/// Run `work` on a blocking thread and wait for it: a sidecar's runtime is one thread
+/// (`TRELLIS_WORKERS=1`), which carries every request, so CPU-heavy control work (compiling or
+/// reading a configuration) runs off it and requests keep being served meanwhile. A panic in
+/// `work` goes on here, as if it had run on the caller's thread.
+pub(crate) async fn off_runtime_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct App {
@@ -267,7 +278,9 @@ impl App {
         // One apply at a time: the listener map lock serializes them.
         let mut listeners = self.listeners.lock().await;
         let previous = self.rt.snapshot();
-        let snapshot = Snapshot::build(config, Some(&previous))?;
+        // why: compiling a configuration (validation, TLS material, route tables, one client
+        // config per cluster) takes milliseconds to hundreds of them for a large mesh.
+        let snapshot = off_runtime_thread(move || Snapshot::build(config, Some(&previous))).await?;
         let version = snapshot.settings.version.clone();
 
         // Bind new listeners first; if any bind fails, nothing changes.

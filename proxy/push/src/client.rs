@@ -27,6 +27,7 @@
 //!   A config refused for what it says is NACKed once and never applied again.
 
 mod certificate;
+mod decode;
 mod files;
 mod handover;
 mod refusal;
@@ -438,7 +439,7 @@ async fn subscribe_once(
             Ok(Some(snapshot)) => {
                 // A newer version takes the place of one waiting to be applied again.
                 retry = None;
-                apply_snapshot(cfg, sink, held, &snapshot, &mut retry).await
+                apply_snapshot(cfg, sink, held, snapshot, &mut retry).await
             }
             Err(e) => {
                 retry = None;
@@ -460,7 +461,7 @@ async fn apply_snapshot(
     cfg: &ClientConfig,
     sink: &dyn ConfigSink,
     held: &mut Option<ProxyConfig>,
-    snapshot: &Snapshot,
+    snapshot: Snapshot,
     retry: &mut Option<Retry>,
 ) -> ProxyMessage {
     let version = snapshot.version.clone();
@@ -469,7 +470,8 @@ async fn apply_snapshot(
     } else {
         tracing::debug!(%version, bytes = snapshot.config_json.len(), "whole config received");
     }
-    let config = match snapshot.apply_to(held.as_ref()) {
+    let renew_unless_issued_by = snapshot.renew_unless_issued_by.clone();
+    let config = match decode::decoded(snapshot, held).await {
         Ok(config) => config,
         Err(e) => {
             let e = e.to_string();
@@ -481,11 +483,11 @@ async fn apply_snapshot(
     // The sink takes its own copy (it may adapt it); deltas apply to the pushed one.
     match sink.apply(config.clone()).await {
         Ok(()) => {
-            accepted(cfg, held, config, &snapshot.renew_unless_issued_by).await;
+            accepted(cfg, held, config, &renew_unless_issued_by).await;
             ProxyMessage::ack(version)
         }
         Err(refusal) if refusal.transient => {
-            let pending = Retry::first(config, snapshot.renew_unless_issued_by.clone());
+            let pending = Retry::first(config, renew_unless_issued_by);
             tracing::warn!(%version, error = %refusal, retry_in = ?pending.wait(), "could not apply a pushed config for now; keeping the last good one and applying it again");
             *retry = Some(pending);
             ProxyMessage::nack(version, transient_nack(&refusal.error))

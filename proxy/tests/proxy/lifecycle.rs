@@ -110,6 +110,72 @@ async fn swap_changes_routing_without_failing_requests_under_load() {
     assert_eq!(a.hits(), before + 1);
 }
 
+/// A configuration of `services` services, each a cluster of ten endpoints and a virtual host
+/// with its four names and a route per path prefix, plus one catch-all host routing to `a`.
+fn mesh_config(version: &str, services: usize, a: &Upstream) -> trellis_contract::ProxyConfig {
+    let mut clusters = vec![cluster("a", &[a])];
+    let mut hosts = Vec::new();
+    for svc in 0..services {
+        let host = format!("svc-{svc}.ns.svc.cluster.local");
+        let endpoints: Vec<_> = (0..10)
+            .map(|p| json!({"address": format!("10.{}.{}.{}", svc / 250, svc % 250, p + 1), "port": 8080}))
+            .collect();
+        clusters.push(json!({"name": host, "service": host, "endpoints": endpoints}));
+        let routes: Vec<_> = ["/api", "/static", "/"]
+            .iter()
+            .map(|prefix| {
+                json!({"match": [{"uri": {"prefix": prefix}}], "action": {"forward": {"clusters": [{"cluster": host}]}},
+                       "provenance": provenance()})
+            })
+            .collect();
+        let names = [
+            format!("svc-{svc}"),
+            format!("svc-{svc}.ns"),
+            format!("svc-{svc}.ns.svc"),
+            host.clone(),
+        ];
+        hosts.push(json!({"name": host, "domains": names, "routes": routes}));
+    }
+    hosts.push(json!({"name": "rest", "domains": ["*"], "routes": [forward_route("a")]}));
+    let mut config = outbound_config(version, vec![], clusters);
+    config["listeners"][0]["virtualHosts"] = json!(hosts);
+    serde_json::from_value(config).expect("test config parses")
+}
+
+/// A sidecar runs one runtime thread (`TRELLIS_WORKERS=1`), which carries every request; a
+/// configuration is compiled off it, so requests are served while a large one is built.
+#[tokio::test]
+async fn requests_are_served_while_a_large_configuration_is_built() {
+    let a = Upstream::start("a").await;
+    let proxy = Arc::new(
+        Proxy::start(outbound_config(
+            "0",
+            vec![forward_route("a")],
+            vec![cluster("a", &[&a])],
+        ))
+        .await,
+    );
+    let addr = proxy.addr("outbound").await;
+    let large = mesh_config("1", 6000, &a);
+    let started = Instant::now();
+    let applying = tokio::spawn({
+        let proxy = Arc::clone(&proxy);
+        async move { proxy.app.apply(large).await }
+    });
+    // The apply starts (and, built on this thread, would finish) before the request is sent.
+    tokio::task::yield_now().await;
+    let reply = get(addr, "svc", "/").await;
+    assert_eq!(reply.status, 200);
+    let served = started.elapsed();
+    assert!(
+        !applying.is_finished(),
+        "the request was answered only after the configuration was built ({served:?})"
+    );
+    applying.await.unwrap().expect("the large configuration applies");
+    assert_eq!(proxy.app.runtime().snapshot().settings.version, "1");
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+}
+
 #[tokio::test]
 async fn listeners_are_added_and_removed_by_config() {
     let a = Upstream::start("a").await;
