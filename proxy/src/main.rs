@@ -186,11 +186,19 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let args = *args;
             let settings = Settings::from_env()?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(settings.workers.get())
-                .enable_all()
-                .build()
-                .context("cannot start the tokio runtime")?;
+            // why: one worker (a sidecar's default) runs on tokio's current-thread scheduler:
+            // every task on this thread, without the multi-thread scheduler's queues, idle
+            // bookkeeping and wake-ups (bench.py: 4 % less CPU per request on the mTLS chain;
+            // callgrind: 2.2 % fewer instructions). The configuration is compiled, decoded and
+            // read on blocking threads (`app::off_runtime_thread`), so requests go on meanwhile.
+            let rt = match settings.workers.get() {
+                1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+                workers => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build(),
+            }
+            .context("cannot start the tokio runtime")?;
             rt.block_on(run(args, settings))
         }
     }
