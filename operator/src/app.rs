@@ -37,7 +37,9 @@ mod config;
 mod rotation;
 mod webhooks;
 
-pub use self::config::{Config, defaults, injector_settings, operator_identity, service_dns_names};
+pub use self::config::{
+    Config, LogFilterError, RUST_LOG, defaults, injector_settings, log_filter, operator_identity, service_dns_names,
+};
 use self::rotation::{Rotation, drive_rotation};
 use self::webhooks::{Watched, serve_webhooks, webhooks_observation};
 

@@ -103,7 +103,9 @@ async fn eventually(index: &Arc<RwLock<Index>>, what: &str, cond: impl Fn(&Index
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_cluster() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env(
+            trellis_manifests::install::LOG_ENV,
+        ))
         .with_test_writer()
         .try_init();
     let cluster = Target::acquire_objects_only().expect("the cluster starts");

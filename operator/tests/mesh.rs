@@ -330,7 +330,9 @@ async fn start_operator(core: Core, push_port: u16) -> App {
 async fn two_proxies_and_two_apps_on_loopback() {
     rustls::crypto::ring::default_provider().install_default().ok();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env(
+            trellis_manifests::install::LOG_ENV,
+        ))
         .with_test_writer()
         .try_init();
     // The apps, on the pods' localhost.

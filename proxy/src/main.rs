@@ -157,7 +157,12 @@ impl LogControl for ReloadControl {
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<Arc<ReloadControl>> {
     use tracing_subscriber::prelude::*;
-    let env = EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let env = EnvFilter::try_new(filter).map_err(|e| {
+        anyhow::anyhow!(
+            "--log / TRELLIS_LOG {filter:?} is not a log filter ({e}); write EnvFilter directives such as `info` or \
+             `warn,trellis_proxy=debug`, or unset it for `info`"
+        )
+    })?;
     let (layer, handle) = reload::Layer::new(env);
     let registry = tracing_subscriber::registry().with(layer);
     if json {

@@ -41,6 +41,8 @@ pub const OPERATOR_IMAGE_ENV: &str = "TRELLIS_OPERATOR_IMAGE";
 /// The variable the operator reads its own namespace from (set from the pod's
 /// `metadata.namespace`): its CA Secret, Lease, Service and webhooks' service reference follow it.
 pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
+/// The log filter of both binaries, the operator and the proxy (`tracing` EnvFilter syntax).
+pub const LOG_ENV: &str = "TRELLIS_LOG";
 /// glibc malloc arenas for the operator (`MALLOC_ARENA_MAX`). By default glibc makes up to
 /// eight per core, each keeping its freed memory; the operator's allocations are many small,
 /// long-lived pieces shared across threads, and two arenas hold about 35 MiB less at 1000
@@ -56,7 +58,7 @@ pub struct Options {
     pub operator_image: String,
     /// Image of `trellis-proxy` (sidecars and gateways).
     pub proxy_image: String,
-    /// The operator's log filter (`RUST_LOG` syntax).
+    /// The operator's log filter ([`LOG_ENV`]: EnvFilter syntax).
     pub log_level: String,
 }
 
@@ -435,7 +437,7 @@ pub fn pod_spec(opts: &Options) -> PodSpec {
             // downward API below), so it runs wherever its Deployment is put — under OLM, the
             // OperatorGroup's namespace, which the bundle cannot know.
             env: Some(vec![
-                env("RUST_LOG", &opts.log_level),
+                env(LOG_ENV, &opts.log_level),
                 env("TRELLIS_PROXY_IMAGE", &opts.proxy_image),
                 env(OPERATOR_IMAGE_ENV, &opts.operator_image),
                 env("MALLOC_ARENA_MAX", OPERATOR_MALLOC_ARENAS),

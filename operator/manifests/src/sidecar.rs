@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use crate::install::{OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
+use crate::install::{LOG_ENV, OPERATOR_NAME, Options, PUSH_PORT, env, env_field, restricted_security_context};
 
 pub mod overrides;
 pub mod role;
@@ -505,7 +505,7 @@ fn proxy_container(
 ) -> Container {
     let mut vars = proxy_env(settings, ProxyRole::Sidecar);
     if let Some(level) = &o.log_level
-        && let Some(log) = vars.iter_mut().find(|e| e.name == "TRELLIS_LOG")
+        && let Some(log) = vars.iter_mut().find(|e| e.name == LOG_ENV)
     {
         log.value = Some(level.clone());
     }
@@ -547,7 +547,7 @@ fn proxy_env(settings: &Settings, role: ProxyRole) -> Vec<EnvVar> {
         env("TRELLIS_PUSH_ENDPOINT", &settings.push_endpoint()),
         env("TRELLIS_PUSH_SERVER_NAME", &settings.push_server_name()),
         env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
-        env("TRELLIS_LOG", &settings.log_level),
+        env(LOG_ENV, &settings.log_level),
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("POD_IP", "status.podIP"),

@@ -151,6 +151,10 @@ fn install_objects_are_ordered_and_valid() {
         .iter()
         .find(|e| e["name"] == "MALLOC_ARENA_MAX");
     assert_eq!(arenas.unwrap()["value"], install::OPERATOR_MALLOC_ARENAS);
+    // The log filter is in the variable the proxy reads too; none in RUST_LOG.
+    let log = |name: &str| c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(log(install::LOG_ENV).unwrap()["value"], Options::default().log_level);
+    assert_eq!(log("RUST_LOG"), None);
     let yaml = trellis_manifests::to_yaml(&objects);
     assert_eq!(yaml.matches("\n---\n").count() + 1, objects.len());
 }

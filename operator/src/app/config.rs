@@ -58,6 +58,63 @@ pub struct Config {
     /// `app=trellis-operator` in the namespace, on this replica's admin port.
     #[arg(long, env = "TRELLIS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<(String, String)>,
+    /// Log filter (EnvFilter syntax), as the proxy's `--log`. Neither given: [`RUST_LOG`],
+    /// then `info` ([`log_filter`]).
+    #[arg(long, env = trellis_manifests::install::LOG_ENV)]
+    pub log: Option<String>,
+}
+
+/// The log variable installs before 0.1's TRELLIS_LOG set (`install.rs` wrote it into the
+/// operator's Deployment): still read, when neither `--log` nor TRELLIS_LOG is given, so an
+/// operator whose image is changed under such a Deployment keeps its filter.
+pub const RUST_LOG: &str = "RUST_LOG";
+
+/// Where `--log`'s value comes from, as a bad one is named.
+const LOG: &str = "--log / TRELLIS_LOG";
+
+/// A log filter the operator cannot use, named by where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFilterError {
+    /// Not EnvFilter directives.
+    #[error(
+        "{from} {value:?} is not a log filter ({error}); write EnvFilter directives such as `info` or \
+         `warn,trellis_operator=debug`, or unset it for `info`"
+    )]
+    Invalid {
+        from: &'static str,
+        value: String,
+        error: String,
+    },
+    /// Not UTF-8.
+    #[error("{RUST_LOG}={value:?}: not valid UTF-8; set it in UTF-8, or unset it for `info`")]
+    NotUnicode { value: String },
+}
+
+/// The operator's log filter: `--log` or TRELLIS_LOG (`log`), else [`RUST_LOG`] (`rust_log`, the
+/// variable's value), else `info`. An empty value is unset.
+pub fn log_filter(
+    log: Option<&str>,
+    rust_log: Option<std::ffi::OsString>,
+) -> Result<tracing_subscriber::EnvFilter, LogFilterError> {
+    let rust_log = match rust_log.map(std::ffi::OsString::into_string) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(v)) => {
+            return Err(LogFilterError::NotUnicode {
+                value: v.to_string_lossy().into_owned(),
+            });
+        }
+    };
+    let (from, value) = match (log.filter(|v| !v.is_empty()), rust_log.filter(|v| !v.is_empty())) {
+        (Some(log), _) => (LOG, log.to_string()),
+        (None, Some(rust_log)) => (RUST_LOG, rust_log),
+        (None, None) => return Ok(tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::EnvFilter::try_new(&value).map_err(|e| LogFilterError::Invalid {
+        from,
+        error: e.to_string(),
+        value,
+    })
 }
 
 /// One `--peers` entry: `NAME=http://HOST:PORT`.
@@ -116,6 +173,50 @@ mod tests {
     use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
+
+    #[test]
+    fn the_log_filter_is_trellis_log_then_rust_log_then_info_and_a_bad_one_is_named() {
+        let filter = |log: Option<&str>, rust_log: Option<&str>| {
+            log_filter(log, rust_log.map(Into::into)).map(|f| f.to_string())
+        };
+        assert_eq!(filter(None, None).unwrap(), "info");
+        assert_eq!(filter(Some(""), Some("")).unwrap(), "info");
+        assert_eq!(filter(Some("debug"), Some("warn")).unwrap(), "debug");
+        assert_eq!(filter(None, Some("warn")).unwrap(), "warn");
+        assert_eq!(filter(Some(""), Some("warn")).unwrap(), "warn");
+        assert_eq!(
+            filter(Some("info,kube=loud"), Some("warn")).unwrap_err(),
+            LogFilterError::Invalid {
+                from: "--log / TRELLIS_LOG",
+                value: "info,kube=loud".into(),
+                error: tracing_subscriber::EnvFilter::try_new("info,kube=loud")
+                    .unwrap_err()
+                    .to_string(),
+            }
+        );
+        let error = filter(None, Some("kube=loud")).unwrap_err().to_string();
+        assert!(
+            error.starts_with("RUST_LOG \"kube=loud\" is not a log filter (")
+                && error.ends_with(
+                    "); write EnvFilter directives such as `info` or `warn,trellis_operator=debug`, or unset it for `info`"
+                ),
+            "{error}"
+        );
+        use std::os::unix::ffi::OsStringExt as _;
+        assert_eq!(
+            log_filter(None, Some(std::ffi::OsString::from_vec(vec![0xff]))).unwrap_err(),
+            LogFilterError::NotUnicode {
+                value: "\u{fffd}".into()
+            }
+        );
+        // The flag reads the variable the proxy reads.
+        let command = Config::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "log")
+            .expect("a log setting");
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("TRELLIS_LOG")));
+    }
 
     #[test]
     fn the_namespace_is_the_pods_own_and_everything_namespaced_follows_it() {

@@ -48,17 +48,17 @@ spec:
       containers: [{name: app, image: "busybox:1.36", imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}]
 "#;
 
-/// What [`show_logs`] shows when `RUST_LOG` is not set: the operator's and the push client's
+/// What [`show_logs`] shows when `TRELLIS_LOG` is not set: the operator's and the push client's
 /// decisions (certificates signed, phases entered, snapshots sent, ACKed and NACKed, renewals),
 /// the proxy's applied and rejected configurations, and every other crate's warnings.
 pub const TEST_LOG: &str = "warn,trellis_operator=debug,trellis_push=debug,trellis_proxy=info";
 
 /// Send the log of everything the test runs in its process — the operator replicas, the
 /// proxies, kubesim — to the test's output, which nextest prints when the test fails: a
-/// timed-out wait then shows what the operator and the proxy were doing. `RUST_LOG` overrides
-/// [`TEST_LOG`].
+/// timed-out wait then shows what the operator and the proxy were doing. `TRELLIS_LOG`, the
+/// binaries' log variable, overrides [`TEST_LOG`].
 pub fn show_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env(trellis_manifests::install::LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(TEST_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -271,6 +271,7 @@ pub fn operator_config(push_port: u16, workload_cert_ttl_seconds: u64) -> Config
         leader_election: true,
         operator_image: None,
         peers: Vec::new(),
+        log: None,
     }
 }
 

@@ -233,7 +233,13 @@ fn proxy_with_env(dir: &std::path::Path, app: &Upstream, env: &[(&str, &str)]) -
 async fn a_bad_setting_in_the_environment_stops_the_proxy_at_start_with_the_fix() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
+    let bad_filter = tracing_subscriber::EnvFilter::try_new("info,kube=loud").unwrap_err();
+    let bad_filter = format!(
+        "--log / TRELLIS_LOG \"info,kube=loud\" is not a log filter ({bad_filter}); write EnvFilter directives \
+         such as `info` or `warn,trellis_proxy=debug`, or unset it for `info`"
+    );
     let cases = [
+        ("TRELLIS_LOG", "info,kube=loud", bad_filter.as_str()),
         (
             "TRELLIS_WORKERS",
             "two",
