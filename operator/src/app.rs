@@ -155,7 +155,7 @@ pub async fn start(config: Config, client: Client) -> anyhow::Result<App> {
         .get_opt(MESH_NAME)
         .await
         .context("reading Mesh default (are the CRDs installed? kubectl apply -f crds/)")?;
-    let defaults = defaults(&config).map_err(anyhow::Error::msg)?;
+    let defaults = defaults(&config)?;
     // What this replica acts on until its index holds the Mesh; then every replica follows the
     // Mesh's changes (crate::index::settings::follow): the certificate lifetimes included.
     let at_start = mesh

@@ -66,28 +66,39 @@ impl Default for Defaults {
     }
 }
 
+/// Flags the operator cannot act on where there is no Mesh; the message names the flag, its
+/// variable and what to set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefaultsError {
+    /// A workload certificate lifetime of zero.
+    #[error(
+        "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is 0: set it to the lifetime of \
+         workload certificates while there is no Mesh, in seconds (86400 by default)"
+    )]
+    ZeroWorkloadCertTtl,
+    /// A workload certificate lifetime over half the root's.
+    #[error(
+        "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is {}: a workload certificate must \
+         live at most half as long as its root ({} s while there is no Mesh), so leaves never outlive their \
+         root: set it to at most {}, or leave it out and set spec.ca.workloadCertTtl in the Mesh",
+        workload.as_secs(),
+        root.as_secs(),
+        (*root / 2).as_secs()
+    )]
+    WorkloadCertOutlivesRoot { workload: Duration, root: Duration },
+}
+
 impl Defaults {
     /// The defaults, if the flags' workload certificate lifetime fits the root's as the
     /// validator requires of a Mesh (at most half of it, so leaves never outlive their root);
     /// else what to set, naming the flag.
-    pub fn checked(self) -> Result<Defaults, String> {
+    pub fn checked(self) -> Result<Defaults, DefaultsError> {
         let (workload, root) = (self.workload_cert_ttl, self.root_cert_ttl);
         if workload.is_zero() {
-            return Err(
-                "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is 0: set it to the lifetime of \
-                 workload certificates while there is no Mesh, in seconds (86400 by default)"
-                    .into(),
-            );
+            return Err(DefaultsError::ZeroWorkloadCertTtl);
         }
         if workload * 2 > root {
-            return Err(format!(
-                "TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is {}: a workload certificate must \
-                 live at most half as long as its root ({} s while there is no Mesh), so leaves never outlive their \
-                 root: set it to at most {}, or leave it out and set spec.ca.workloadCertTtl in the Mesh",
-                workload.as_secs(),
-                root.as_secs(),
-                (root / 2).as_secs()
-            ));
+            return Err(DefaultsError::WorkloadCertOutlivesRoot { workload, root });
         }
         Ok(self)
     }
@@ -382,7 +393,7 @@ pub(crate) mod tests {
             workload_cert_ttl: Duration::from_secs(50_000 * 3600),
             ..Defaults::default()
         };
-        let why = too_long.checked().unwrap_err();
+        let why = too_long.checked().unwrap_err().to_string();
         assert!(
             why.contains("TRELLIS_WORKLOAD_CERT_TTL_SECONDS (--workload-cert-ttl-seconds) is 180000000")
                 && why.contains("set it to at most 157680000"),
@@ -392,7 +403,9 @@ pub(crate) mod tests {
             workload_cert_ttl: Duration::ZERO,
             ..Defaults::default()
         };
-        assert!(zero.checked().unwrap_err().contains("is 0"));
+        let why = zero.checked().unwrap_err();
+        assert_eq!(why, DefaultsError::ZeroWorkloadCertTtl);
+        assert!(why.to_string().contains("is 0"), "{why}");
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn parse_peer(s: &str) -> Result<(String, String), String> {
 }
 
 /// What the operator acts on where the Mesh, or its field, says nothing: the flags.
-pub fn defaults(config: &Config) -> Result<Defaults, String> {
+pub fn defaults(config: &Config) -> Result<Defaults, crate::settings::DefaultsError> {
     Defaults {
         namespace: config.namespace.clone(),
         proxy_image: config.proxy_image.clone(),
