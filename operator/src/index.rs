@@ -197,6 +197,18 @@ impl Index {
         self.namespaces.get(name)
     }
 
+    /// Whether pod `namespace/name` exists (and has not finished or begun terminating).
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.workloads.contains_key(&ObjectKey::new(namespace, name))
+    }
+
+    /// The pods whose injected sidecar proxy runs configured: meshed and Ready (the sidecar's
+    /// readiness probe passes once its proxy holds a configuration and a certificate). A
+    /// gateway's proxy is not an injected sidecar and is not among them.
+    pub fn ready_sidecars(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.workloads.values().filter(|w| w.meshed && w.ready).map(|w| &w.key)
+    }
+
     /// Whether Gateway `namespace/name` exists.
     pub fn has_gateway(&self, namespace: &str, name: &str) -> bool {
         self.gateways.contains_key(&ObjectKey::new(namespace, name))

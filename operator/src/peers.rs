@@ -8,6 +8,10 @@
 //! - [`rotation_reports`] names every peer whose proxies are not known — not asked yet, no
 //!   answer, or an answer older than [`STALE`] —, so the root rotation never advances on
 //!   missing information.
+//! - [`rotation_reports`] keeps every proxy it has seen connected whose pod still exists, as
+//!   one that acknowledged nothing and serves no known leaf, while no replica reports it: a
+//!   proxy away from the operator (its replica killed, its reconnection slow) keeps serving
+//!   what it had, so no phase advances past it.
 //!
 //! # Caveats
 //! - A peer's view is at most [`POLL`] old; for the health gates and the status a peer that
@@ -72,14 +76,24 @@ pub fn merged(local: Vec<ProxySync>, peers: &Peers) -> Vec<ProxySync> {
 /// (`local`) and of every peer in `replicas` (the peers there are now), merged, each with the
 /// root of the certificate it reports serving; and the peers whose proxies are unknown, with
 /// why — one not asked yet, one that did not answer, one whose answer is older than [`STALE`].
-/// A proxy `seen` connected less than [`STALE`] ago and in no report now (moving to another
-/// replica, whose answer has not shown it yet) counts as having acknowledged nothing and
-/// serving no known leaf; `seen` is kept up to date.
+///
+/// A proxy known to run and in no report now counts as having acknowledged nothing and serving
+/// no known leaf for as long as its pod exists (`pod_exists`, given the proxy's
+/// `namespace/pod`: the index holds the pod): its subscription broke — its replica was killed,
+/// say — or it is moving to another replica whose answer has not shown it yet, and either way
+/// its data path keeps the trust bundle and the leaf it had, whatever the operator cannot hear.
+/// Known to run: `seen` connected before (kept up to date here: call this on every look at the
+/// proxies, with or without a rotation under way), or in a pod whose sidecar runs configured
+/// (`ready_sidecars`, `namespace/pod`) — what a replica that has just started knows of a proxy it never
+/// saw. A proxy whose pod is gone holds it until [`STALE`] after it was last seen (a deleted
+/// pod's proxy may drain a while), then nothing.
 pub fn rotation_reports(
     local: Vec<ProxySync>,
     replicas: &[String],
     answers: &BTreeMap<String, Answer>,
     seen: &mut BTreeMap<String, SystemTime>,
+    pod_exists: impl Fn(&str) -> bool,
+    ready_sidecars: &[String],
     now: SystemTime,
 ) -> crate::ca::Reports {
     let mut unknown_replicas = Vec::new();
@@ -105,18 +119,23 @@ pub fn rotation_reports(
             leaf_root: p.certificate.map(|c| c.root_fingerprint),
             acked_roots: p.acked_roots,
             proxy: p.proxy,
+            connected: true,
         })
         .collect();
     for p in &proxies {
         seen.insert(p.proxy.clone(), now);
     }
-    seen.retain(|_, at| now.duration_since(*at).unwrap_or_default() <= STALE);
+    for proxy in ready_sidecars {
+        seen.entry(proxy.clone()).or_insert(now);
+    }
+    seen.retain(|proxy, at| pod_exists(proxy) || now.duration_since(*at).unwrap_or_default() <= STALE);
     for proxy in seen.keys() {
         if !proxies.iter().any(|p| &p.proxy == proxy) {
             proxies.push(crate::ca::ProxyObservation {
                 proxy: proxy.clone(),
                 acked_roots: Vec::new(),
                 leaf_root: None,
+                connected: false,
             });
         }
     }
@@ -299,6 +318,8 @@ mod tests {
             &replicas,
             &answers,
             &mut seen,
+            |_| false,
+            &[],
             t0 + Duration::from_secs(3),
         );
         let roots: Vec<(&str, Option<&str>)> = r
@@ -317,7 +338,15 @@ mod tests {
         // The same answer, too old: op-b's proxies are unknown, not absent; web-2, seen 8 s
         // ago, holds the rotation as a proxy that acknowledged nothing.
         let later = t0 + STALE + Duration::from_secs(1);
-        let r = rotation_reports(local.clone(), &replicas[..1], &answers, &mut seen, later);
+        let r = rotation_reports(
+            local.clone(),
+            &replicas[..1],
+            &answers,
+            &mut seen,
+            |_| false,
+            &[],
+            later,
+        );
         assert_eq!(
             r.unknown_replicas,
             [("op-b".to_string(), "its last answer is 11s old".to_string())]
@@ -328,10 +357,96 @@ mod tests {
             .find(|p| p.proxy == "shop/web-2")
             .expect("web-2 still counts");
         assert!(web2.acked_roots.is_empty() && web2.leaf_root.is_none(), "{web2:?}");
-        // Gone for longer than STALE: a pod that went away holds nothing any more.
-        let r = rotation_reports(local, &[], &answers, &mut seen, later + STALE);
+        // Gone for longer than STALE, and its pod with it: it holds nothing any more.
+        let r = rotation_reports(local, &[], &answers, &mut seen, |_| false, &[], later + STALE);
         let names: Vec<&str> = r.proxies.iter().map(|p| p.proxy.as_str()).collect();
         assert_eq!(names, ["shop/web-1"]);
         assert!(r.unknown_replicas.is_empty());
+    }
+
+    /// A proxy whose subscription broke (its replica was killed) keeps serving the trust bundle
+    /// and the leaf it had, however long it takes to subscribe again: while its pod exists it
+    /// holds the rotation as one that acknowledged nothing, and only its pod's end lets go.
+    #[test]
+    fn a_proxy_away_from_every_replica_holds_the_rotation_while_its_pod_exists() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let killed = BTreeMap::from([(
+            "op-a".to_string(),
+            Answer {
+                at: t0,
+                proxies: Ok(vec![serving("shop/web-1", "old")]),
+            },
+        )]);
+        let local = vec![serving("shop/db-0", "new")];
+        let mut seen = BTreeMap::new();
+        // Seen on the replica that is killed next (seen before any rotation: the replica that
+        // leads next must know it).
+        let r = rotation_reports(
+            local.clone(),
+            &["op-a".to_string()],
+            &killed,
+            &mut seen,
+            |_| true,
+            &[],
+            t0,
+        );
+        assert_eq!(r.proxies.len(), 2, "{r:?}");
+        // op-a is gone (no longer a peer) and web-1 subscribes nowhere for a minute.
+        let pods = std::sync::Mutex::new(vec!["shop/web-1", "shop/db-0"]);
+        let exists = |proxy: &str| pods.lock().unwrap().contains(&proxy);
+        for late in [STALE + Duration::from_secs(1), Duration::from_secs(60)] {
+            let r = rotation_reports(local.clone(), &[], &killed, &mut seen, exists, &[], t0 + late);
+            let web1 = r
+                .proxies
+                .iter()
+                .find(|p| p.proxy == "shop/web-1")
+                .unwrap_or_else(|| panic!("web-1, away {late:?}, no longer holds the rotation: {r:?}"));
+            assert!(
+                web1.acked_roots.is_empty() && web1.leaf_root.is_none() && !web1.connected,
+                "{web1:?}"
+            );
+            assert!(r.unknown_replicas.is_empty());
+        }
+        // Its pod deleted (seen last more than STALE ago): it holds nothing any more.
+        pods.lock().unwrap().retain(|p| *p != "shop/web-1");
+        let r = rotation_reports(
+            local,
+            &[],
+            &killed,
+            &mut seen,
+            exists,
+            &[],
+            t0 + Duration::from_secs(61),
+        );
+        let names: Vec<&str> = r.proxies.iter().map(|p| p.proxy.as_str()).collect();
+        assert_eq!(names, ["shop/db-0"]);
+    }
+
+    /// A replica that has just started (leading after the one it replaces was killed) never
+    /// saw the proxies that were away meanwhile: a Ready meshed pod's sidecar runs configured,
+    /// so it holds the rotation until it reports, wherever it subscribes.
+    #[test]
+    fn a_ready_sidecar_never_seen_holds_the_rotation_until_it_reports() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ready = ["shop/web-1".to_string(), "shop/db-0".to_string()];
+        let mut seen = BTreeMap::new();
+        let local = vec![serving("shop/db-0", "new")];
+        let r = rotation_reports(local.clone(), &[], &BTreeMap::new(), &mut seen, |_| true, &ready, t0);
+        let web1 = r.proxies.iter().find(|p| p.proxy == "shop/web-1").expect("web-1 holds");
+        assert!(
+            !web1.connected && web1.acked_roots.is_empty() && web1.leaf_root.is_none(),
+            "{web1:?}"
+        );
+        assert_eq!(r.proxies.len(), 2, "{r:?}");
+        // It subscribes to this replica: its report is the one that counts.
+        let local = vec![serving("shop/db-0", "new"), serving("shop/web-1", "new")];
+        let r = rotation_reports(local, &[], &BTreeMap::new(), &mut seen, |_| true, &ready, t0);
+        assert!(
+            r.proxies
+                .iter()
+                .all(|p| p.connected && p.leaf_root.as_deref() == Some("new")),
+            "{r:?}"
+        );
+        assert_eq!(r.proxies.len(), 2, "{r:?}");
     }
 }

@@ -259,6 +259,7 @@ fn mesh_roots_rotate_on_acks_and_reported_leaves() {
                 proxy: proxy.into(),
                 acked_roots: acked.iter().map(|s| (*s).clone()).collect(),
                 leaf_root: Some(leaf.clone()),
+                connected: true,
             })
             .collect(),
         unknown_replicas: Vec::new(),

@@ -33,6 +33,14 @@ fn pem_fingerprints(pem: &str) -> Vec<String> {
         .collect()
 }
 
+/// The roots `p`'s configuration trusts (fingerprints).
+fn trusted(p: &trellis_proxy::App) -> Vec<String> {
+    match &p.runtime().snapshot().settings.identity.trust_bundle {
+        Some(trellis_contract::PemSource::Inline(pem)) => pem_fingerprints(pem),
+        other => panic!("the operator pushes the bundle inline, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() {
     support::show_logs();
@@ -57,12 +65,6 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
     assert_eq!(before.roots.len(), 1);
     assert_eq!(before.roots[0].fingerprint, old_fp);
     assert!(before.roots[0].issuing && before.roots[0].trusted);
-    let trusted = |p: &trellis_proxy::App| -> Vec<String> {
-        match &p.runtime().snapshot().settings.identity.trust_bundle {
-            Some(trellis_contract::PemSource::Inline(pem)) => pem_fingerprints(pem),
-            other => panic!("the operator pushes the bundle inline, got {other:?}"),
-        }
-    };
     assert_eq!(trusted(&proxy), std::slice::from_ref(&old_fp));
     let leaf = |p: &trellis_proxy::App| p.runtime().snapshot().identity.as_ref().unwrap().cert.chain[0].to_vec();
     let first_leaf = leaf(&proxy);
@@ -130,19 +132,167 @@ async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() 
 /// The operator's Service as proxies dial it: each new connection (a subscription, or a
 /// certificate request) goes to the replica whose push port `to` holds at the time.
 async fn service(to: Arc<AtomicU16>) -> u16 {
+    cuttable_service(to).await.0
+}
+
+/// [`service`], and a switch that cuts every connection it relays at once (bump the number it
+/// holds), as the death of the replica they reach cuts them.
+async fn cuttable_service(to: Arc<AtomicU16>) -> (u16, tokio::sync::watch::Sender<u64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let target = to.load(Ordering::SeqCst);
+            let mut cuts = cuts.clone();
+            cuts.borrow_and_update();
             tokio::spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        Ok(()) = cuts.changed() => {}
+                    }
                 }
             });
         }
     });
-    port
+    (port, cut)
+}
+
+/// What failed a rotation under a killed leader (the lifecycle test, 32 requests of 763 failed
+/// with `BadSignature`): a proxy whose subscription broke keeps serving the trust bundle and
+/// the leaf it had, for as long as it takes to subscribe again. The operator does not hear from
+/// it meanwhile, but its pod exists: the rotation holds — the old root issues and stays trusted
+/// — however long it is away (the operator forgot it after 10 s, and knew none of the proxies
+/// it saw before the rotation began), and ends once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cut_off_from_the_operator_holds_the_rotation_until_it_is_back() {
+    support::show_logs();
+    let (cluster, _) = cluster_with_web();
+    // web's pod meshed, as the injector meshes it (a container `trellis-proxy`), and Ready: its
+    // sidecar runs configured, whether or not the operator ever saw it subscribe (it may be cut
+    // off before the operator looks, as a replica started after it subscribed never saw it).
+    let sidecar = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]},
+        {"name": "trellis-proxy", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]},
+    ]}}}});
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "shop",
+                "patch",
+                "deployment",
+                "web",
+                "--type=merge",
+                "-p",
+                &sidecar.to_string(),
+            ],
+            None,
+        )
+        .unwrap();
+    cluster
+        .kubectl_ok(
+            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=120s"],
+            None,
+        )
+        .unwrap();
+    let pod = {
+        let mut pods = Vec::new();
+        for _ in 0..100 {
+            pods = web_pods(&cluster);
+            if pods.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pods.len(), 1, "the meshed web pod alone: {pods:?}");
+        pods.remove(0)
+    };
+    let push = free_port();
+    let op = app::start(operator_config(push, 3600), operator_client(&cluster).await)
+        .await
+        .expect("the operator starts");
+    until("the operator leads", 30, || op.leadership.is_leader()).await;
+    let old_fp = pem_fingerprints(&op.root_pem)[0].clone();
+    let to = Arc::new(AtomicU16::new(push));
+    let (svc, cut) = cuttable_service(to.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = web_proxy(&cluster, dir.path(), svc, &pod, &op.root_pem);
+    let served = cfg.served.clone();
+    let (proxy, control) = mesh_proxy(cfg).await;
+    until("the proxy is configured", 30, || {
+        proxy.runtime().is_ready() && subscribed(&op, &pod)
+    })
+    .await;
+    assert_eq!(trusted(&proxy), std::slice::from_ref(&old_fp));
+    let (watching, monitor) = trust_monitor([("op", op.roots.clone())], [("web", served.clone())], &old_fp);
+
+    // The proxy's connections cut, and every new one refused: it keeps its configuration and
+    // its leaf, and cannot subscribe again.
+    to.store(free_port(), Ordering::SeqCst);
+    cut.send_modify(|n| *n += 1);
+    until("the operator sees the proxy go", 30, || !subscribed(&op, &pod)).await;
+    assert!(proxy.runtime().is_ready(), "the proxy keeps serving");
+
+    // A rotation asked for meanwhile waits for it, longer than the operator once remembered an
+    // absent proxy: the old root issues and stays trusted.
+    support::ask_for_a_new_root(&cluster);
+    until("the rotation starts", 30, || {
+        op.roots.phase() != trellis_operator::ca::Phase::Stable
+    })
+    .await;
+    tokio::time::sleep(trellis_operator::peers::STALE + Duration::from_secs(3)).await;
+    let status = op.roots.status();
+    assert_eq!(
+        phases(&op),
+        ["Stable", "Distributing"],
+        "the rotation went on without the proxy, which trusts only the old root: {status:?}"
+    );
+    assert!(
+        status
+            .progress
+            .contains(&format!("not connected to any operator replica (shop/{pod})")),
+        "{}",
+        status.progress
+    );
+    let issuing: Vec<&str> = status
+        .roots
+        .iter()
+        .filter(|r| r.issuing)
+        .map(|r| r.fingerprint.as_str())
+        .collect();
+    assert_eq!(issuing, [old_fp.as_str()]);
+    assert_eq!(
+        trusted(&proxy),
+        std::slice::from_ref(&old_fp),
+        "the proxy heard nothing"
+    );
+
+    // Back: it subscribes again, and the rotation runs to its end through it.
+    to.store(push, Ordering::SeqCst);
+    until("the rotation ends", 90, || {
+        phases(&op).iter().filter(|p| *p == "Stable").count() >= 2
+    })
+    .await;
+    watching.store(false, Ordering::SeqCst);
+    let violations = monitor.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(
+        phases(&op),
+        ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"],
+        "{:?}",
+        op.roots.status()
+    );
+    let new_fp = op.roots.status().roots[0].fingerprint.clone();
+    assert_ne!(new_fp, old_fp);
+    assert_eq!(served.get().map(|c| c.root_fingerprint), Some(new_fp.clone()));
+    until("the proxy trusts only the new root", 10, || {
+        trusted(&proxy) == [new_fp.clone()]
+    })
+    .await;
+    control.abort();
+    op.stop();
 }
 
 /// Acknowledges every configuration without applying it.

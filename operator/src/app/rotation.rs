@@ -44,7 +44,11 @@ pub(super) async fn drive_rotation(
     let mut tick = tokio::time::interval(ROTATION_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bundle = roots.bundle();
-    // The proxies the rotation saw connected, and when (one moving between replicas holds it).
+    // Every proxy known to run — seen connected on any replica, or a Ready meshed pod's
+    // sidecar —, and when it was seen: one away from every replica (its replica killed, its
+    // reconnection slow) holds the rotation while its pod exists. Kept up to date with no
+    // rotation under way too, so that this replica, leading next, knows the proxies of the one
+    // it replaces.
     let mut seen = std::collections::BTreeMap::new();
     loop {
         tick.tick().await;
@@ -53,20 +57,36 @@ pub(super) async fn drive_rotation(
         {
             tracing::error!(error = %format!("{e:#}"), "could not reissue the push API's serving certificate in the Mesh's trust domain");
         }
-        if roots.phase() != Phase::Stable {
-            let replicas: Vec<String> = rotation
-                .replicas
-                .targets(&rotation.index)
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
-            let reports = match rotation.peers.read() {
-                Ok(answers) => {
-                    let now = std::time::SystemTime::now();
-                    crate::peers::rotation_reports(push.sync_state(), &replicas, &answers, &mut seen, now)
-                }
-                Err(_) => continue,
-            };
+        let replicas: Vec<String> = rotation
+            .replicas
+            .targets(&rotation.index)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        // Nothing is decided on an index that has not listed the pods yet (it would know of
+        // no proxy's pod).
+        let reports = match (rotation.peers.read(), rotation.index.read()) {
+            (Ok(answers), Ok(index)) if index.synced() => {
+                let pod_exists = |proxy: &str| {
+                    proxy
+                        .split_once('/')
+                        .is_some_and(|(namespace, pod)| index.has_pod(namespace, pod))
+                };
+                let ready_sidecars: Vec<String> = index.ready_sidecars().map(ToString::to_string).collect();
+                let now = std::time::SystemTime::now();
+                Some(crate::peers::rotation_reports(
+                    push.sync_state(),
+                    &replicas,
+                    &answers,
+                    &mut seen,
+                    pod_exists,
+                    &ready_sidecars,
+                    now,
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reports) = reports.filter(|_| roots.phase() != Phase::Stable) {
             let assessment = roots.assess(&reports);
             // The rotation assessed, by the root it rotates to: the CA Secret's watch may end
             // it (following the leader's own record of its end) and start a queued root's

@@ -55,6 +55,10 @@ pub struct ProxyObservation {
     pub acked_roots: Vec<String>,
     /// The root that signed the certificate it reports serving (none: it reported none).
     pub leaf_root: Option<String>,
+    /// Whether a replica holds its subscription now. One that does not — seen before, its pod
+    /// still there — keeps serving the bundle and leaf it had, and reports nothing: it counts
+    /// as having acknowledged nothing and serving no known leaf.
+    pub connected: bool,
 }
 
 /// Everything a decision reads: the connected proxies of every operator replica, merged, and
@@ -72,6 +76,9 @@ pub struct Reports {
 pub struct Waiting {
     /// Proxies that have not done what the phase waits for.
     pub proxies: Vec<String>,
+    /// Those of them no replica holds the subscription of: the rotation waits for them to
+    /// subscribe again, or for their pods to go.
+    pub unconnected: Vec<String>,
     /// Replicas whose proxies are unknown, with why: no phase advances while there is one.
     pub replicas: Vec<(String, String)>,
 }
@@ -219,8 +226,16 @@ impl RootRotation {
                     waiting: Waiting::default(),
                 };
             };
+            let proxies = sim.lagging(&next, &reports.proxies);
+            let unconnected = reports
+                .proxies
+                .iter()
+                .filter(|p| !p.connected && proxies.contains(&p.proxy))
+                .map(|p| p.proxy.clone())
+                .collect();
             let waiting = Waiting {
-                proxies: sim.lagging(&next, &reports.proxies),
+                proxies,
+                unconnected,
                 replicas: reports.unknown_replicas.clone(),
             };
             if !waiting.proxies.is_empty() || !waiting.replicas.is_empty() {
@@ -291,7 +306,18 @@ impl RootRotation {
             }
             let mut names = self.waiting.proxies.clone();
             names.sort();
-            format!("{what}; waiting on {} proxies: {}", names.len(), list(names))
+            let mut away = self.waiting.unconnected.clone();
+            away.sort();
+            let away = if away.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} of them not connected to any operator replica ({}): a proxy away keeps the trust bundle and certificate it had, so the rotation waits for it to subscribe again; bring its proxy back, or delete its pod",
+                    away.len(),
+                    list(away)
+                )
+            };
+            format!("{what}; waiting on {} proxies: {}{away}", names.len(), list(names))
         };
         match self.phase {
             Phase::Stable => "stable: one root, trusted and issuing".to_string(),
@@ -311,6 +337,7 @@ mod tests {
             proxy: proxy.into(),
             acked_roots: roots.iter().map(|s| s.to_string()).collect(),
             leaf_root: Some(leaf.into()),
+            connected: true,
         }
     }
 
@@ -402,6 +429,7 @@ mod tests {
             proxy: "c".into(),
             acked_roots: vec!["old".into(), "new".into()],
             leaf_root: None,
+            connected: true,
         };
         assert_eq!(r.observe(&all(std::slice::from_ref(&p))), [Phase::Reissuing]);
         assert!(r.observe(&all(&[p])).is_empty());
@@ -469,5 +497,30 @@ mod tests {
         assert_eq!(r.advance_to(Phase::Stable), [Phase::Stable]);
         assert_eq!(r.current(), "new");
         assert_eq!(r.next(), None);
+    }
+
+    /// A proxy no replica hears from (its pod still there) holds every phase it has not done,
+    /// and the progress says it is away and what to do.
+    #[test]
+    fn a_proxy_away_holds_the_rotation_and_the_progress_says_so() {
+        let mut r = RootRotation::new("old");
+        r.start("new").unwrap();
+        let away = ProxyObservation {
+            proxy: "shop/web-1".into(),
+            acked_roots: Vec::new(),
+            leaf_root: None,
+            connected: false,
+        };
+        let reports = all(&[obs("shop/db-0", &["old", "new"], "old"), away]);
+        assert!(r.observe(&reports).is_empty());
+        assert_eq!(r.phase(), Phase::Distributing);
+        assert_eq!(r.issuing_root(), "old");
+        let progress = r.progress();
+        assert!(
+            progress.contains(
+                "waiting on 1 proxies: shop/web-1; 1 of them not connected to any operator replica (shop/web-1)"
+            ) && progress.contains("bring its proxy back, or delete its pod"),
+            "{progress}"
+        );
     }
 }
