@@ -20,7 +20,6 @@ pub use roots::{Bundle, CaStatus, MeshRoots, RootInfo, SigningPair, Transition};
 pub use rotation::{Assessment, Phase, ProxyObservation, Reports, RootRotation, RotationError, Waiting};
 pub use trellis_push::renewal_time;
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -53,14 +52,16 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock tests move by hand.
+/// A clock tests move by hand (feature `testing`: not in the operator's build).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
-pub struct ManualClock(Mutex<SystemTime>);
+pub struct ManualClock(std::sync::Mutex<SystemTime>);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     /// A clock stopped at `t`.
     pub fn new(t: SystemTime) -> Self {
-        ManualClock(Mutex::new(t))
+        ManualClock(std::sync::Mutex::new(t))
     }
 
     /// Move the clock forward.
@@ -76,6 +77,7 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.0.lock().expect("clock lock")
