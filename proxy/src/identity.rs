@@ -13,6 +13,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 use trellis_contract::{CertificateRef, IdentityConfig, PemSource, SpiffeId, TrustDomains};
+pub use trellis_push::identity::IdentityError;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// TLS setup errors, naming the file or field at fault.
@@ -244,10 +245,8 @@ pub fn cert_sha256_hex(cert: &CertificateDer<'_>) -> String {
 /// # Caveats
 /// A certificate with several URI SANs is rejected: mesh identities carry
 /// exactly one, and accepting any of several would let a CA mistake widen trust.
-pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, String> {
-    trellis_push::identity::spiffe_id_of(cert.as_ref())
-        .map(|id| id.to_string())
-        .map_err(|e| e.to_string())
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    trellis_push::identity::spiffe_id_of(cert.as_ref()).map(|id| id.to_string())
 }
 
 /// Verifies a server's chain against the trust bundle and its SPIFFE ID
@@ -277,10 +276,6 @@ struct IdentityMismatch {
     expected: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BadIdentity(String);
-
 impl ServerCertVerifier for SpiffeServerVerifier {
     fn verify_server_cert(
         &self,
@@ -298,10 +293,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algs.all,
         )?;
-        let id = spiffe_id_of(end_entity).map_err(|m| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                BadIdentity(m),
-            ))))
+        let id = spiffe_id_of(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
         })?;
         if self.expected.contains(&id) {
             Ok(ServerCertVerified::assertion())
@@ -365,9 +358,9 @@ impl WorkloadIdentity {
             return Ok(None);
         };
         let cert = load_certificate(cert)?;
-        let actual = spiffe_id_of(&cert.chain[0]).map_err(|message| TlsError::Pem {
+        let actual = spiffe_id_of(&cert.chain[0]).map_err(|e| TlsError::Pem {
             what: "workload certificate",
-            message,
+            message: e.to_string(),
         })?;
         let domains = cfg.trust_domains();
         let same = match (SpiffeId::parse(&actual), SpiffeId::parse(id)) {
