@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 use trellis_proxy::capture::{self, CaptureConfig};
-use trellis_proxy::logging::LogControl;
+use trellis_proxy::logging::{LogControl, LogControlError};
 use trellis_proxy::settings::Settings;
 use trellis_proxy::{App, AppConfig, ports};
 
@@ -143,9 +143,9 @@ struct ReloadControl {
 }
 
 impl LogControl for ReloadControl {
-    fn set(&self, directive: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
-        self.handle.reload(filter).map_err(|e| e.to_string())?;
+    fn set(&self, directive: &str) -> Result<(), LogControlError> {
+        let filter = EnvFilter::try_new(directive)?;
+        self.handle.reload(filter)?;
         *self.current.lock().expect("log lock") = directive.to_string();
         Ok(())
     }

@@ -134,6 +134,15 @@ async fn binary_loads_reloads_rejects_and_drains() {
     // The log level can be changed at run time.
     let r = send(admin, "POST", "admin", "/logging?level=debug", &[]).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "debug\n"));
+    // A filter that does not parse is refused with the parser's reason; the one in force stays.
+    let r = send(admin, "POST", "admin", "/logging?level=kube=loud", &[]).await;
+    let reason = tracing_subscriber::EnvFilter::try_new("kube=loud").unwrap_err();
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (400, format!("invalid level: {reason}\n").as_str())
+    );
+    let r = send(admin, "GET", "admin", "/logging", &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "debug\n"));
 
     // SIGTERM drains and exits cleanly.
     let pid = child.0.id().to_string();
