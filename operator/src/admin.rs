@@ -80,7 +80,7 @@ pub(crate) fn text(status: StatusCode, body: String, content_type: &str) -> Resp
 /// A traffic query answered by `answer`: GET only, its JSON, or why the query is refused.
 fn traffic(
     req: &Request<Incoming>,
-    answer: impl FnOnce(Option<&str>) -> Result<String, String>,
+    answer: impl FnOnce(Option<&str>) -> Result<String, crate::traffic::QueryError>,
 ) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into(), "text/plain");

@@ -35,30 +35,57 @@ pub fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
         .find_map(|(k, v)| (k == name).then_some(v))
 }
 
+/// A traffic query the admin API refuses (its parameters), or could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// `window=` with something other than a number.
+    #[error("window={0}: not a number of seconds (e.g. window=60)")]
+    WindowNotANumber(String),
+    /// A window that is not whole slots within the store's five minutes.
+    #[error("{0}")]
+    Window(String),
+    /// A parameter the query does not take.
+    #[error("unknown query parameter {pair:?}; the parameters are {known}")]
+    UnknownParameter { pair: String, known: String },
+    /// `/traffic/series` without `service=`.
+    #[error("service=FQDN is required (e.g. service=web.shop.svc.cluster.local)")]
+    ServiceRequired,
+    /// The dashboard's `service=` not as `NAME.NAMESPACE`.
+    #[error("service={0}: name the service as NAME.NAMESPACE (e.g. service=payment.shop)")]
+    ServiceName(String),
+    /// The replicas' views could not be merged.
+    #[error("{0}")]
+    Merge(String),
+    /// The index's lock is poisoned.
+    #[error("the index is unavailable")]
+    IndexUnavailable,
+    /// The answer could not be written.
+    #[error("the answer could not be written as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// The window `query` asks for (`window=SECONDS`, else `default`), checked; parameters other
 /// than `window` and `others` are refused.
-pub fn window(query: Option<&str>, others: &[&str], default: u64) -> Result<u64, String> {
+pub fn window(query: Option<&str>, others: &[&str], default: u64) -> Result<u64, QueryError> {
     let mut window = default;
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("window", v)) => {
-                window = v
-                    .parse()
-                    .map_err(|_| format!("window={v}: not a number of seconds (e.g. window=60)"))?;
+                window = v.parse().map_err(|_| QueryError::WindowNotANumber(v.to_string()))?;
             }
             Some((k, _)) if others.contains(&k) => {}
             _ => {
                 let known: Vec<String> = std::iter::once("window=SECONDS".to_string())
                     .chain(others.iter().map(|o| format!("{o}=...")))
                     .collect();
-                return Err(format!(
-                    "unknown query parameter {pair:?}; the parameters are {}",
-                    known.join(", ")
-                ));
+                return Err(QueryError::UnknownParameter {
+                    pair: pair.to_string(),
+                    known: known.join(", "),
+                });
             }
         }
     }
-    check_window(window)?;
+    check_window(window).map_err(QueryError::Window)?;
     Ok(window)
 }
 
@@ -128,19 +155,19 @@ impl Traffic {
 
     /// Answers `/traffic?window=SECONDS` (default 60): the view as JSON, or why the query is
     /// refused.
-    pub fn answer(&self, query: Option<&str>) -> Result<String, String> {
+    pub fn answer(&self, query: Option<&str>) -> Result<String, QueryError> {
         let window = window(query, &[], DEFAULT_WINDOW_SECONDS)?;
-        serde_json::to_string(&self.view(window)).map_err(|e| e.to_string())
+        Ok(serde_json::to_string(&self.view(window))?)
     }
 
     /// Answers `/traffic/series?service=FQDN&window=SECONDS` (default 300): the edges into
     /// the service slot by slot, as JSON, or why the query is refused.
-    pub fn answer_series(&self, query: Option<&str>) -> Result<String, String> {
+    pub fn answer_series(&self, query: Option<&str>) -> Result<String, QueryError> {
         let window = window(query, &["service"], MAX_WINDOW_SECONDS)?;
         let service = query_value(query, "service")
             .filter(|s| !s.is_empty())
-            .ok_or("service=FQDN is required (e.g. service=web.shop.svc.cluster.local)")?;
-        serde_json::to_string(&self.series(window, service)).map_err(|e| e.to_string())
+            .ok_or(QueryError::ServiceRequired)?;
+        Ok(serde_json::to_string(&self.series(window, service))?)
     }
 
     /// The collection's counters, in Prometheus text format.
@@ -263,22 +290,15 @@ status: {podIP: 10.0.0.5}
             traffic
                 .answer_series(None)
                 .unwrap_err()
+                .to_string()
                 .contains("service=FQDN is required")
         );
         // Queries are checked.
         assert!(traffic.answer(None).is_ok());
-        assert!(
-            traffic
-                .answer(Some("window=7"))
-                .unwrap_err()
-                .contains("multiple of 10s")
-        );
-        assert!(traffic.answer(Some("window=x")).unwrap_err().contains("not a number"));
-        assert!(
-            traffic
-                .answer(Some("ns=shop"))
-                .unwrap_err()
-                .contains("unknown query parameter")
-        );
+        let refused = |query| traffic.answer(Some(query)).unwrap_err();
+        assert!(refused("window=7").to_string().contains("multiple of 10s"));
+        assert!(matches!(refused("window=x"), QueryError::WindowNotANumber(v) if v == "x"));
+        assert!(refused("window=x").to_string().contains("not a number"));
+        assert!(refused("ns=shop").to_string().contains("unknown query parameter"));
     }
 }

@@ -31,7 +31,7 @@ use trellis_core::routes::model::{find_service, report};
 use trellis_core::traffic::{DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, Series, View};
 
 use super::Admin;
-use crate::traffic::{query_value, window};
+use crate::traffic::{QueryError, query_value, window};
 
 /// Where the dashboard is served.
 pub const PREFIX: &str = "/dashboard";
@@ -64,7 +64,7 @@ fn answer(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Res
         .expect("static response parts are valid")
 }
 
-fn json(result: Result<String, String>) -> Response<Full<Bytes>> {
+fn json(result: Result<String, QueryError>) -> Response<Full<Bytes>> {
     match result {
         Ok(body) => answer(StatusCode::OK, body, "application/json"),
         Err(e) => answer(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain; charset=utf-8"),
@@ -126,43 +126,37 @@ async fn from_peers<T: serde::de::DeserializeOwned>(admin: &Admin, path: &str) -
     (answers, missing)
 }
 
-async fn graph(admin: &Admin, query: Option<&str>) -> Result<String, String> {
+async fn graph(admin: &Admin, query: Option<&str>) -> Result<String, QueryError> {
     let window = window(query, &[], DEFAULT_WINDOW_SECONDS)?;
     let (views, missing): (Vec<View>, _) = from_peers(admin, &format!("/traffic?window={window}")).await;
-    let view = View::merge(std::iter::once(admin.traffic.view(window)).chain(views))?;
-    serde_json::to_string(&Graph::of(&view, missing)).map_err(|e| e.to_string())
+    let view = View::merge(std::iter::once(admin.traffic.view(window)).chain(views)).map_err(QueryError::Merge)?;
+    Ok(serde_json::to_string(&Graph::of(&view, missing))?)
 }
 
-async fn service(admin: &Admin, query: Option<&str>) -> Result<String, String> {
+async fn service(admin: &Admin, query: Option<&str>) -> Result<String, QueryError> {
     let window = window(query, &["service"], MAX_WINDOW_SECONDS)?;
     let service = query_value(query, "service").unwrap_or_default();
     let Some((name, namespace)) = service
         .split_once('.')
         .filter(|(n, ns)| !n.is_empty() && !ns.is_empty())
     else {
-        return Err(format!(
-            "service={service}: name the service as NAME.NAMESPACE (e.g. service=payment.shop)"
-        ));
+        return Err(QueryError::ServiceName(service.to_string()));
     };
     let fqdn = format!("{name}.{namespace}.svc.{DNS_DOMAIN}");
     let (series, missing): (Vec<Series>, _) =
         from_peers(admin, &format!("/traffic/series?service={fqdn}&window={window}")).await;
     let series = Series::merge(std::iter::once(admin.traffic.series(window, &fqdn)).chain(series));
-    let snapshot = admin
-        .index
-        .read()
-        .map_err(|_| "the index is unavailable".to_string())?
-        .snapshot();
+    let snapshot = admin.index.read().map_err(|_| QueryError::IndexUnavailable)?.snapshot();
     let routes = find_service(&snapshot, name, namespace)
         .and_then(|svc| report(&snapshot, svc, None, None))
         .map_err(|e| format!("{e:#}"));
     let page = ServicePage::of(format!("{name}.{namespace}"), &series, routes, missing);
-    serde_json::to_string(&page).map_err(|e| e.to_string())
+    Ok(serde_json::to_string(&page)?)
 }
 
-fn proxies(admin: &Admin) -> Result<String, String> {
+fn proxies(admin: &Admin) -> Result<String, QueryError> {
     let states = crate::peers::merged(admin.push.sync_state(), &admin.peers);
-    serde_json::to_string(&Proxies::of(&states, env!("CARGO_PKG_VERSION"))).map_err(|e| e.to_string())
+    Ok(serde_json::to_string(&Proxies::of(&states, env!("CARGO_PKG_VERSION")))?)
 }
 
 #[cfg(test)]
