@@ -63,9 +63,17 @@ pub trait Source: Send + Sync + 'static {
 
     /// Whether the snapshot is the whole mesh yet; until then nothing is compiled or pushed
     /// (a proxy keeps what it has rather than get a config missing what has not arrived).
-    fn synced(&self) -> Result<(), String> {
+    fn synced(&self) -> Result<(), NotSynced> {
         Ok(())
     }
+}
+
+/// The mesh is not whole yet: these kinds have not been listed once.
+#[derive(Debug, thiserror::Error)]
+#[error("waiting for the first list of {unlisted:?}")]
+pub struct NotSynced {
+    /// The kinds not listed yet.
+    pub unlisted: Vec<crate::snapshot::InputKind>,
 }
 
 impl Source for std::sync::RwLock<crate::index::Index> {
@@ -73,12 +81,12 @@ impl Source for std::sync::RwLock<crate::index::Index> {
         self.read().expect("index lock").snapshot()
     }
 
-    fn synced(&self) -> Result<(), String> {
+    fn synced(&self) -> Result<(), NotSynced> {
         let unlisted = self.read().expect("index lock").unlisted();
         if unlisted.is_empty() {
             Ok(())
         } else {
-            Err(format!("waiting for the first list of {unlisted:?}"))
+            Err(NotSynced { unlisted })
         }
     }
 }
@@ -536,5 +544,18 @@ impl ConfigPush for PushService {
         };
         tokio::spawn(answers.read(inbound));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_not_listed_yet_names_the_kinds_it_waits_for() {
+        let index = std::sync::RwLock::new(crate::index::Index::default());
+        let why = index.synced().unwrap_err();
+        assert_eq!(why.unlisted.len(), crate::snapshot::InputKind::ALL.len());
+        assert!(why.to_string().starts_with("waiting for the first list of ["), "{why}");
     }
 }
