@@ -32,7 +32,7 @@ impl ByCluster {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (cluster, n) in series {
             let mut l = String::new();
-            super::label(&mut l, "cluster", cluster);
+            super::labels::label(&mut l, "cluster", cluster);
             let _ = writeln!(out, "{name}{{{l}}} {n}");
         }
     }
