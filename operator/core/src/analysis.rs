@@ -14,8 +14,9 @@
 //!   selector, port and host (`IST0145`) or a certificate (`IST0138`);
 //! - [`rules`]: VirtualService rules never reached (`IST0130`, `IST0131`) and hosts a bound
 //!   Gateway does not serve (`IST0132`);
-//! - [`port_settings`]: DestinationRule port entries that leave their port without blocks the
-//!   rest of the destination has (`TRL0114`);
+//! - [`port_settings`]: DestinationRule port entries that leave their port without settings
+//!   (whole blocks, or the rest of a block they set in part) the rest of the destination has
+//!   (`TRL0114`);
 //! - [`workloads`]: port naming (`IST0118`), Services' exportTo annotations (`IST0125`),
 //!   gateway ports missing from their Service (`IST0162`), injection (`IST0102`, `IST0103`) and the proxy's reserved UID (`IST0144`);
 //! - the compiler ([`crate::compile::diagnose`]): what it would drop or ignore (`TRL` codes);
