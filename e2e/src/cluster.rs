@@ -164,7 +164,6 @@ impl Cluster {
         }
     }
 
-    /// Presents a stored object in the requested version.
     /// Presents a stored object in the requested version (and, for
     /// events.k8s.io, the requested shape).
     pub fn present(rt: &ResourceType, obj: Value) -> Value {

@@ -7,7 +7,6 @@ use super::{Cluster, WriteOptions, meta_str, random_suffix};
 use crate::status::ApiError;
 
 impl Cluster {
-    /// The `default` ServiceAccount of a new namespace.
     /// The ServiceAccount admission plugin: the pod's account must exist,
     /// and unless automounting is off, the pod gets the
     /// `kube-api-access-*` projected volume (token, CA, namespace) mounted
@@ -71,6 +70,8 @@ impl Cluster {
         Ok(())
     }
 
+    /// A new namespace's defaults, as kube-controller-manager makes them: its
+    /// `kube-root-ca.crt` ConfigMap and its `default` ServiceAccount.
     pub(super) fn ensure_namespace_defaults(&self, ns: &Value) {
         let Some(name) = meta_str(ns, "name") else { return };
         if ns.pointer("/metadata/deletionTimestamp").is_some() {

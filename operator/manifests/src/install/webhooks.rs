@@ -1,5 +1,5 @@
 //! The operator's admission webhooks, as installed: the validator of every Trellis kind and
-//! the sidecar injector. Both are served by `trellis-operator` on [`WEBHOOK_PORT`] behind its
+//! the sidecar injector. Both are served by `trellis-operator` on [`WEBHOOK_PORT`](super::WEBHOOK_PORT) behind its
 //! Service (port 443); the operator keeps their `caBundle` equal to the mesh trust bundle, so
 //! the installed objects carry none.
 //!
