@@ -22,6 +22,8 @@ use trellis_api::mesh::{MESH_NAME, Mesh, MeshSpec};
 use trellis_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
+use trellis_manifests::sidecar::{ProxyRole, proxy_in};
+
 use crate::metrics::Metrics;
 use crate::registry::{EndpointSlice, ObjectKey, Service, Workload};
 use crate::settings::{Defaults, Invalid, check};
@@ -33,6 +35,8 @@ pub struct Index {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     services: BTreeMap<ObjectKey, Service>,
     workloads: BTreeMap<ObjectKey, Workload>,
+    /// The pods of `workloads` that run a Trellis proxy, with its role ([`proxy_in`]).
+    proxies: BTreeMap<ObjectKey, ProxyRole>,
     /// EndpointSlices by their own key.
     endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     credentials: BTreeMap<ObjectKey, crate::registry::TlsCredential>,
@@ -202,11 +206,17 @@ impl Index {
         self.workloads.contains_key(&ObjectKey::new(namespace, name))
     }
 
-    /// The pods whose injected sidecar proxy runs configured: meshed and Ready (the sidecar's
-    /// readiness probe passes once its proxy holds a configuration and a certificate). A
-    /// gateway's proxy is not an injected sidecar and is not among them.
-    pub fn ready_sidecars(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.workloads.values().filter(|w| w.meshed && w.ready).map(|w| &w.key)
+    /// The pods whose Trellis proxy runs configured: those running one — an injected sidecar, or
+    /// a gateway's own container (the ingress and egress gateways the install and the
+    /// operator's profiles deploy), as [`proxy_in`] tells them, the roles the push API reads —
+    /// that are Ready (a proxy's readiness probe passes once it holds a configuration and a
+    /// certificate, and a pod is Ready only once every container is). Each by its
+    /// `namespace/name`, the key its proxy subscribes under whatever its role (its Hello names
+    /// its pod, `POD_NAMESPACE` and `POD_NAME`).
+    pub fn ready_proxies(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.proxies
+            .keys()
+            .filter(|key| self.workloads.get(*key).is_some_and(|w| w.ready))
     }
 
     /// Whether Gateway `namespace/name` exists.
@@ -293,10 +303,15 @@ impl Index {
             },
             Object::Pod(p) => match Workload::from_pod(&p) {
                 Some(w) => {
+                    match p.spec.as_ref().and_then(proxy_in) {
+                        Some((role, _)) => self.proxies.insert(key.clone(), role),
+                        None => self.proxies.remove(&key),
+                    };
                     self.workloads.insert(key, w);
                 }
                 None => {
                     self.workloads.remove(&key);
+                    self.proxies.remove(&key);
                 }
             },
             Object::EndpointSlice(s) => match EndpointSlice::from_k8s(&s) {
@@ -393,6 +408,7 @@ impl Index {
             }
             InputKind::Pod => {
                 self.workloads.remove(key);
+                self.proxies.remove(key);
             }
             InputKind::EndpointSlice => {
                 self.endpoint_slices.remove(key);

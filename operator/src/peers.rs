@@ -83,17 +83,18 @@ pub fn merged(local: Vec<ProxySync>, peers: &Peers) -> Vec<ProxySync> {
 /// say — or it is moving to another replica whose answer has not shown it yet, and either way
 /// its data path keeps the trust bundle and the leaf it had, whatever the operator cannot hear.
 /// Known to run: `seen` connected before (kept up to date here: call this on every look at the
-/// proxies, with or without a rotation under way), or in a pod whose sidecar runs configured
-/// (`ready_sidecars`, `namespace/pod`) — what a replica that has just started knows of a proxy it never
-/// saw. A proxy whose pod is gone holds it until [`STALE`] after it was last seen (a deleted
-/// pod's proxy may drain a while), then nothing.
+/// proxies, with or without a rotation under way), or in a Ready pod whose proxy — an injected
+/// sidecar or a gateway's — runs configured (`ready_proxies`, `namespace/pod`:
+/// [`crate::index::Index::ready_proxies`]) — what a replica that has just started knows of a
+/// proxy it never saw. A proxy whose pod is gone holds it until [`STALE`] after it was last
+/// seen (a deleted pod's proxy may drain a while), then nothing.
 pub fn rotation_reports(
     local: Vec<ProxySync>,
     replicas: &[String],
     answers: &BTreeMap<String, Answer>,
     seen: &mut BTreeMap<String, SystemTime>,
     pod_exists: impl Fn(&str) -> bool,
-    ready_sidecars: &[String],
+    ready_proxies: &[String],
     now: SystemTime,
 ) -> crate::ca::Reports {
     let mut unknown_replicas = Vec::new();
@@ -125,7 +126,7 @@ pub fn rotation_reports(
     for p in &proxies {
         seen.insert(p.proxy.clone(), now);
     }
-    for proxy in ready_sidecars {
+    for proxy in ready_proxies {
         seen.entry(proxy.clone()).or_insert(now);
     }
     seen.retain(|proxy, at| pod_exists(proxy) || now.duration_since(*at).unwrap_or_default() <= STALE);
@@ -423,10 +424,11 @@ mod tests {
     }
 
     /// A replica that has just started (leading after the one it replaces was killed) never
-    /// saw the proxies that were away meanwhile: a Ready meshed pod's sidecar runs configured,
-    /// so it holds the rotation until it reports, wherever it subscribes.
+    /// saw the proxies that were away meanwhile: a Ready pod's proxy (a sidecar's or a
+    /// gateway's) runs configured, so it holds the rotation until it reports, wherever it
+    /// subscribes.
     #[test]
-    fn a_ready_sidecar_never_seen_holds_the_rotation_until_it_reports() {
+    fn a_ready_proxy_never_seen_holds_the_rotation_until_it_reports() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let ready = ["shop/web-1".to_string(), "shop/db-0".to_string()];
         let mut seen = BTreeMap::new();

@@ -20,26 +20,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
+use support::rotation::{
+    assert_held_by_a_proxy_away, assert_the_rotation_ends_through, pem_fingerprints, phases, subscribed, trust_monitor,
+    trusted,
+};
 use support::{
     ca_condition, ca_secret_field, cluster_with_web, free_port, http_get, mesh_proxy, operator_client, operator_config,
     published_roots, secret_yaml, until, until_async, web_pods, web_proxy,
 };
 use trellis_operator::app;
-use trellis_operator::ca::{CaStatus, MeshRoots, SigningCert, fingerprint};
-
-fn pem_fingerprints(pem: &str) -> Vec<String> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .map(|c| fingerprint(c.unwrap().as_ref()))
-        .collect()
-}
-
-/// The roots `p`'s configuration trusts (fingerprints).
-fn trusted(p: &trellis_proxy::App) -> Vec<String> {
-    match &p.runtime().snapshot().settings.identity.trust_bundle {
-        Some(trellis_contract::PemSource::Inline(pem)) => pem_fingerprints(pem),
-        other => panic!("the operator pushes the bundle inline, got {other:?}"),
-    }
-}
+use trellis_operator::ca::{CaStatus, SigningCert};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotating_the_ca_secret_rotates_the_root_without_dropping_the_proxy() {
@@ -191,24 +181,7 @@ async fn a_proxy_cut_off_from_the_operator_holds_the_rotation_until_it_is_back()
             None,
         )
         .unwrap();
-    cluster
-        .kubectl_ok(
-            &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=120s"],
-            None,
-        )
-        .unwrap();
-    let pod = {
-        let mut pods = Vec::new();
-        for _ in 0..100 {
-            pods = web_pods(&cluster);
-            if pods.len() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(pods.len(), 1, "the meshed web pod alone: {pods:?}");
-        pods.remove(0)
-    };
+    let pod = support::rolled_out_pod(&cluster, "web").await;
     let push = free_port();
     let op = app::start(operator_config(push, 3600), operator_client(&cluster).await)
         .await
@@ -243,26 +216,7 @@ async fn a_proxy_cut_off_from_the_operator_holds_the_rotation_until_it_is_back()
     })
     .await;
     tokio::time::sleep(trellis_operator::peers::STALE + Duration::from_secs(3)).await;
-    let status = op.roots.status();
-    assert_eq!(
-        phases(&op),
-        ["Stable", "Distributing"],
-        "the rotation went on without the proxy, which trusts only the old root: {status:?}"
-    );
-    assert!(
-        status
-            .progress
-            .contains(&format!("not connected to any operator replica (shop/{pod})")),
-        "{}",
-        status.progress
-    );
-    let issuing: Vec<&str> = status
-        .roots
-        .iter()
-        .filter(|r| r.issuing)
-        .map(|r| r.fingerprint.as_str())
-        .collect();
-    assert_eq!(issuing, [old_fp.as_str()]);
+    assert_held_by_a_proxy_away(&op, &pod, &old_fp);
     assert_eq!(
         trusted(&proxy),
         std::slice::from_ref(&old_fp),
@@ -271,26 +225,7 @@ async fn a_proxy_cut_off_from_the_operator_holds_the_rotation_until_it_is_back()
 
     // Back: it subscribes again, and the rotation runs to its end through it.
     to.store(push, Ordering::SeqCst);
-    until("the rotation ends", 90, || {
-        phases(&op).iter().filter(|p| *p == "Stable").count() >= 2
-    })
-    .await;
-    watching.store(false, Ordering::SeqCst);
-    let violations = monitor.await.unwrap();
-    assert!(violations.is_empty(), "{violations:#?}");
-    assert_eq!(
-        phases(&op),
-        ["Stable", "Distributing", "Reissuing", "Retiring", "Stable"],
-        "{:?}",
-        op.roots.status()
-    );
-    let new_fp = op.roots.status().roots[0].fingerprint.clone();
-    assert_ne!(new_fp, old_fp);
-    assert_eq!(served.get().map(|c| c.root_fingerprint), Some(new_fp.clone()));
-    until("the proxy trusts only the new root", 10, || {
-        trusted(&proxy) == [new_fp.clone()]
-    })
-    .await;
+    assert_the_rotation_ends_through(&op, (watching, monitor), &proxy, &served, &old_fp).await;
     control.abort();
     op.stop();
 }
@@ -346,14 +281,6 @@ fn replica(name: &str, push: u16, admin: u16, peer: (&str, u16)) -> app::Config 
     }
 }
 
-/// Whether replica `r` holds `pod`'s subscription.
-fn subscribed(r: &app::App, pod: &str) -> bool {
-    r.push
-        .sync_state()
-        .iter()
-        .any(|s| s.connected && s.proxy == format!("shop/{pod}") && s.certificate.is_some())
-}
-
 /// Whether replica `r` has read from `peer` that it holds `pod`'s subscription.
 fn seen_on_peer(r: &app::App, peer: &str, pod: &str) -> bool {
     r.peers.read().unwrap().get(peer).is_some_and(|a| {
@@ -361,45 +288,6 @@ fn seen_on_peer(r: &app::App, peer: &str, pod: &str) -> bool {
             .as_ref()
             .is_ok_and(|p| p.iter().any(|s| s.proxy == format!("shop/{pod}")))
     })
-}
-
-fn phases(r: &app::App) -> Vec<String> {
-    r.roots.status().transitions.into_iter().map(|t| t.phase).collect()
-}
-
-/// Watches, every 5 ms until the flag returned is cleared, that no replica of `replicas` stops
-/// trusting the root `old` while a proxy of `served` serves a leaf of it; the task ends with
-/// what it saw (at the first violation).
-fn trust_monitor<const R: usize, const P: usize>(
-    replicas: [(&'static str, Arc<MeshRoots>); R],
-    served: [(&'static str, trellis_push::client::Served); P],
-    old: &str,
-) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<String>>) {
-    let watching = Arc::new(AtomicBool::new(true));
-    let monitor = tokio::spawn({
-        let (old, watching) = (old.to_string(), watching.clone());
-        async move {
-            let mut violations = Vec::new();
-            while watching.load(Ordering::SeqCst) && violations.is_empty() {
-                for (r, roots) in &replicas {
-                    if roots.bundle().borrow().fingerprints.contains(&old) {
-                        continue;
-                    }
-                    for (proxy, s) in &served {
-                        if s.get().is_some_and(|c| c.root_fingerprint == old) {
-                            violations.push(format!(
-                                "replica {r} stopped trusting the old root while proxy {proxy} served a leaf of it ({:?})",
-                                roots.status()
-                            ));
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            violations
-        }
-    });
-    (watching, monitor)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,11 +44,11 @@ pub(super) async fn drive_rotation(
     let mut tick = tokio::time::interval(ROTATION_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bundle = roots.bundle();
-    // Every proxy known to run — seen connected on any replica, or a Ready meshed pod's
-    // sidecar —, and when it was seen: one away from every replica (its replica killed, its
-    // reconnection slow) holds the rotation while its pod exists. Kept up to date with no
-    // rotation under way too, so that this replica, leading next, knows the proxies of the one
-    // it replaces.
+    // Every proxy known to run — seen connected on any replica, or the proxy of a Ready pod
+    // running one (an injected sidecar or a gateway) —, and when it was seen: one away from
+    // every replica (its replica killed, its reconnection slow) holds the rotation while its
+    // pod exists. Kept up to date with no rotation under way too, so that this replica, leading
+    // next, knows the proxies of the one it replaces.
     let mut seen = std::collections::BTreeMap::new();
     loop {
         tick.tick().await;
@@ -72,7 +72,7 @@ pub(super) async fn drive_rotation(
                         .split_once('/')
                         .is_some_and(|(namespace, pod)| index.has_pod(namespace, pod))
                 };
-                let ready_sidecars: Vec<String> = index.ready_sidecars().map(ToString::to_string).collect();
+                let ready_proxies: Vec<String> = index.ready_proxies().map(ToString::to_string).collect();
                 let now = std::time::SystemTime::now();
                 Some(crate::peers::rotation_reports(
                     push.sync_state(),
@@ -80,7 +80,7 @@ pub(super) async fn drive_rotation(
                     &answers,
                     &mut seen,
                     pod_exists,
-                    &ready_sidecars,
+                    &ready_proxies,
                     now,
                 ))
             }

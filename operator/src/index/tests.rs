@@ -166,3 +166,85 @@ fn synced_once_every_kind_was_listed() {
     });
     assert!(idx.synced());
 }
+
+/// Pod `shop/name` of `template` (a Deployment's `spec.template`), Ready or not.
+fn pod_of(name: &str, template: &serde_json::Value, ready: bool) -> Pod {
+    let mut pod = template.clone();
+    pod["metadata"]["name"] = name.into();
+    pod["metadata"]["namespace"] = "shop".into();
+    pod["status"] = serde_json::json!({
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+    });
+    serde_json::from_value(pod).unwrap()
+}
+
+/// The pod template of the Deployment `name` among `objects`.
+fn template_of(objects: &[serde_json::Value], name: &str) -> serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == name)
+        .map(|d| d["spec"]["template"].clone())
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+/// A Ready pod's proxy runs configured, whatever its role: an injected sidecar, and the
+/// ingress and egress gateways as the install deploys them. A pod that is not Ready, a pod
+/// without a proxy, and a user's own container named `gateway` are not among them; a pod
+/// deleted, finished or gone from a re-list leaves them.
+#[test]
+fn ready_proxies_are_the_ready_pods_running_a_sidecar_or_a_gateway() {
+    use trellis_manifests::install::Options;
+    use trellis_manifests::profile::{EGRESS_GATEWAY, GATEWAY, egress_gateway, ingress_gateway};
+    let opts = Options::default();
+    let ingress = template_of(&ingress_gateway(&opts), GATEWAY);
+    let egress = template_of(&egress_gateway(&opts), EGRESS_GATEWAY);
+    let mut sidecar: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(serde_json::json!({
+        "spec": {"containers": [{"name": "web", "image": "web"}]}
+    }))
+    .unwrap();
+    let settings = trellis_manifests::sidecar::Settings::new(&opts);
+    trellis_manifests::sidecar::inject(&mut sidecar, &settings).unwrap();
+    let sidecar = serde_json::to_value(sidecar).unwrap();
+    let plain = serde_json::json!({"spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let users_gateway = serde_json::json!({"spec": {"containers": [{"name": "gateway", "image": "nginx"}]}});
+
+    let mut idx = Index::default();
+    let apply = |idx: &mut Index, pod: Pod| idx.apply(Change::Applied(Object::Pod(Box::new(pod))));
+    apply(&mut idx, pod_of("web-1", &sidecar, true));
+    apply(&mut idx, pod_of("web-2", &sidecar, false));
+    apply(&mut idx, pod_of("ingress-1", &ingress, true));
+    apply(&mut idx, pod_of("ingress-2", &ingress, false));
+    apply(&mut idx, pod_of("egress-1", &egress, true));
+    apply(&mut idx, pod_of("plain-1", &plain, true));
+    apply(&mut idx, pod_of("nginx-1", &users_gateway, true));
+    let ready = |idx: &Index| -> Vec<String> { idx.ready_proxies().map(ToString::to_string).collect() };
+    assert_eq!(ready(&idx), ["shop/egress-1", "shop/ingress-1", "shop/web-1"]);
+
+    // ingress-2 turns Ready; ingress-1 stops being Ready, then is deleted.
+    apply(&mut idx, pod_of("ingress-2", &ingress, true));
+    apply(&mut idx, pod_of("ingress-1", &ingress, false));
+    assert_eq!(ready(&idx), ["shop/egress-1", "shop/ingress-2", "shop/web-1"]);
+    idx.apply(Change::Deleted(Object::Pod(Box::new(pod_of(
+        "ingress-1",
+        &ingress,
+        false,
+    )))));
+    // egress-1 finished; a re-list that no longer returns web-1.
+    let mut finished = pod_of("egress-1", &egress, true);
+    finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    apply(&mut idx, finished);
+    let seen = idx
+        .keys(InputKind::Pod)
+        .into_iter()
+        .filter(|k| k.name != "web-1")
+        .collect();
+    idx.apply(Change::Relisted {
+        kind: InputKind::Pod,
+        seen,
+    });
+    assert_eq!(ready(&idx), ["shop/ingress-2"]);
+    // A pod that stops running a proxy (replaced under the same name) leaves them too.
+    apply(&mut idx, pod_of("ingress-2", &plain, true));
+    assert!(ready(&idx).is_empty(), "{:?}", ready(&idx));
+}

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod loopback;
+pub mod rotation;
 
 use std::path::Path;
 use std::time::Duration;
@@ -123,6 +124,11 @@ pub fn cluster_with_web() -> (Target, String) {
 
 /// The names of the `web` Deployment's pods.
 pub fn web_pods(cluster: &Target) -> Vec<String> {
+    shop_pods(cluster, "web")
+}
+
+/// The names of the pods of `shop` labelled `app=<app>`.
+pub fn shop_pods(cluster: &Target, app: &str) -> Vec<String> {
     cluster
         .kubectl_ok(
             &[
@@ -131,7 +137,7 @@ pub fn web_pods(cluster: &Target) -> Vec<String> {
                 "get",
                 "pods",
                 "-l",
-                "app=web",
+                &format!("app={app}"),
                 "-o",
                 "jsonpath={.items[*].metadata.name}",
             ],
@@ -141,6 +147,33 @@ pub fn web_pods(cluster: &Target) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// The one pod of the Deployment `name` of `shop` (its pods labelled `app=<name>`), once it
+/// has rolled out and its earlier pods are gone (10 s at most).
+pub async fn rolled_out_pod(cluster: &Target, name: &str) -> String {
+    cluster
+        .kubectl_ok(
+            &[
+                "-n",
+                "shop",
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "--timeout=120s",
+            ],
+            None,
+        )
+        .unwrap();
+    let mut pods = Vec::new();
+    for _ in 0..100 {
+        pods = shop_pods(cluster, name);
+        if pods.len() == 1 {
+            return pods.remove(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("deployment shop/{name} still has other pods than its new one: {pods:?}");
 }
 
 /// `path` (a JSONPath such as `.data`) of the CA Secret `trellis-system/trellis-ca`.
