@@ -10,7 +10,7 @@ use super::telemetry::RequestOutcome;
 use super::{ConnContext, full, text};
 use crate::idle::{ConnTimer, IdleBody, IdleIo, StreamActivity};
 use crate::metrics::Overflow;
-use crate::request_body::{BodyProgress, ClientBody, ClientFault};
+use crate::request_body::{BodyProgress, ClientBody, ClientFault, DrainOnDrop};
 use crate::routing::{RouteHit, parse_query, rewrite_prefix};
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
@@ -205,7 +205,7 @@ pub(super) async fn forward(
                     activity = Some(Arc::clone(&shared));
                     let read = Arc::new(BodyProgress::default());
                     progress = Some(Arc::clone(&read));
-                    let b = IdleBody::new(b, Some(shared), None);
+                    let b = IdleBody::new(DrainOnDrop::new(b, downstream_h2), Some(shared), None);
                     match limit {
                         Some(max) => ClientBody::new(Limited::new(b, max as usize), read).boxed_unsync(),
                         None => ClientBody::new(b, read).boxed_unsync(),

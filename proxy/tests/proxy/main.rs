@@ -11,6 +11,7 @@ mod client_errors;
 mod connect;
 mod discovery;
 mod dns;
+mod early_answers;
 mod gateway;
 mod gateway_handshake;
 mod gateway_tls;
