@@ -8,6 +8,7 @@
 //! with GOAWAY, failing every request on it (measured: 0.5 % 503s on the mTLS HTTP/2 chain of
 //! `proxy/bench` under POST load).
 
+use crate::http2::{GOAWAY, HEADERS, RST_STREAM, SETTINGS, frame};
 use crate::support::*;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -16,22 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// One frame: (type, flags, stream, payload); `None` on EOF or after 5 s.
+/// One frame with its stream (`http2::read_frame` leaves it out): (type, flags, stream, payload); `None` on EOF or after 5 s.
 async fn read_frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
     let mut head = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
