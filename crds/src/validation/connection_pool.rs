@@ -43,6 +43,12 @@ pub(super) fn connection_pool(cp: &str, pool: &ConnectionPoolSettings, f: &mut F
         duration(&format!("{cp}.http.idleTimeout"), &http.idle_timeout, MIN_TIMEOUT, f);
         if let Some(ka) = &http.http2_keep_alive {
             http2_keep_alive(&format!("{cp}.http.http2KeepAlive"), ka, f);
+            if http.use_client_protocol == Some(true) {
+                f.warn(
+                    format!("{cp}.http.http2KeepAlive"),
+                    "has no effect with useClientProtocol: true: as in Istio, keepalive PINGs go on the connections of clusters that speak HTTP/2 (a port named http2 or grpc, or h2UpgradePolicy: UPGRADE), not on those that speak the client's protocol; remove useClientProtocol to send them",
+                );
+            }
         }
         if http.max_retries == Some(0) {
             f.warn(

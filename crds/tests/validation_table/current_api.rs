@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::Base::*;
-use super::{Case, DEL, Expect, err, err_at, multi, ok};
+use super::{Case, DEL, Expect, err, err_at, multi, ok, warn_at};
 
 const NOT_SUPPORTED: &str = "is not supported by Trellis yet";
 
@@ -242,6 +242,22 @@ pub fn cases() -> Vec<Case> {
             Dr,
             "spec.subsets[0].trafficPolicy.connectionPool.http.http2KeepAlive",
             json!({"interval": "500ms", "timeout": "2s"}),
+        ),
+        // Istio sets no keepalive on a cluster that speaks the client's protocol: said, at
+        // every level.
+        warn_at(
+            Dr,
+            "spec.trafficPolicy.connectionPool.http",
+            json!({"useClientProtocol": true, "http2KeepAlive": {"interval": "30s", "timeout": "10s"}}),
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            "has no effect with useClientProtocol: true",
+        ),
+        warn_at(
+            Dr,
+            "spec.subsets[0].trafficPolicy.connectionPool.http",
+            json!({"useClientProtocol": true, "http2KeepAlive": {"interval": "30s", "timeout": "10s"}}),
+            "spec.subsets[0].trafficPolicy.connectionPool.http.http2KeepAlive",
+            "remove useClientProtocol to send them",
         ),
         // Istio: "http2 keepalive interval is required", "... timeout is required".
         err_at(

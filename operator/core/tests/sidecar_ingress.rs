@@ -190,8 +190,9 @@ fn inbound_connection_pools_land_on_the_applications_clusters() {
 
 /// Istio's `applyConnectionPool` serves inbound clusters too: every setting of a Sidecar's
 /// inbound pool lands on the application's cluster, where the proxy enforces it as on any
-/// cluster — but not the HTTP/2 upgrade (Istio upgrades outbound connections only), and not
-/// the TCP proxy's idle timeout or duration (Istio's inbound TCP proxy keeps the listener's).
+/// cluster — but not the HTTP/2 upgrade (Istio upgrades outbound connections only), the
+/// HTTP/2 keepalive on a cluster that speaks HTTP/1 (Istio sets it on HTTP/2 ones only), and
+/// not the TCP proxy's idle timeout or duration (Istio's inbound TCP proxy keeps the listener's).
 #[test]
 fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() {
     let s = snapshot(&namespace_sidecar(
@@ -226,10 +227,8 @@ fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() 
             interval_secs: Some(10),
             probes: Some(3),
         }),
-        http2_keepalive: Some(trellis_contract::Http2Keepalive {
-            interval_ms: 30_000,
-            timeout_ms: 5_000,
-        }),
+        // Istio's keepalive goes on HTTP/2 clusters only; this one speaks HTTP/1.
+        http2_keepalive: None,
         ..trellis_contract::ConnectionPool::default()
     };
     assert_eq!(http.connection_pool, expected);
@@ -249,6 +248,27 @@ fn every_inbound_pool_setting_istio_applies_lands_on_the_applications_cluster() 
         (None, None)
     );
     assert_eq!(db.connection_pool.idle_timeout_ms, 5 * 60_000);
+
+    // An application that speaks HTTP/2 (gRPC): its cluster takes the keepalive.
+    let s = snapshot(&namespace_sidecar(
+        r#"
+  ingress:
+  - port: {number: 8080, protocol: GRPC, name: grpc}
+    connectionPool:
+      http: {http2KeepAlive: {interval: 30s, timeout: 5s}}
+"#,
+    ));
+    let grpc = cluster(&sidecar(&s, "payment-1"), 8080).clone();
+    assert_eq!(
+        (grpc.protocol, grpc.connection_pool.http2_keepalive),
+        (
+            UpstreamProtocol::Http2,
+            Some(trellis_contract::Http2Keepalive {
+                interval_ms: 30_000,
+                timeout_ms: 5_000,
+            })
+        )
+    );
 }
 
 #[test]

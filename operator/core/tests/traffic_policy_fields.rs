@@ -98,8 +98,9 @@ fn samples() -> Vec<Sample> {
         sample("connectionPool.http.h2UpgradePolicy", json!("UPGRADE")),
         sample("connectionPool.http.useClientProtocol", json!(true)),
         sample("connectionPool.http.maxConcurrentStreams", json!(10)),
-        versus("connectionPool.http.http2KeepAlive.interval", json!({"connectionPool": {"http": {"http2KeepAlive": {"timeout": "10s"}}}}), json!("30s"), json!("1m")),
-        versus("connectionPool.http.http2KeepAlive.timeout", json!({"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}}), json!("10s"), json!("20s")),
+        // On a cluster that speaks HTTP/2 (payment's port is HTTP/1): upgraded.
+        versus("connectionPool.http.http2KeepAlive.interval", json!({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE", "http2KeepAlive": {"timeout": "10s"}}}}), json!("30s"), json!("1m")),
+        versus("connectionPool.http.http2KeepAlive.timeout", json!({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE", "http2KeepAlive": {"interval": "30s"}}}}), json!("10s"), json!("20s")),
         within("outlierDetection.splitExternalLocalOriginErrors", od(json!({"consecutive5xxErrors": 3})), json!(true)),
         within("outlierDetection.consecutiveLocalOriginFailures", od(json!({"splitExternalLocalOriginErrors": true})), json!(2)),
         within("outlierDetection.consecutiveGatewayErrors", od(json!({"consecutive5xxErrors": 3})), json!(2)),
@@ -344,6 +345,7 @@ fn the_connection_pool_compiles_as_istio_sets_envoy() {
                     "tcpKeepalive": {"time": "60s", "interval": "1500ms", "probes": 4}},
             "http": {"http1MaxPendingRequests": 9, "http2MaxRequests": 11, "maxRetries": 2,
                      "maxConcurrentStreams": 3, "maxRequestsPerConnection": 5,
+                     "h2UpgradePolicy": "UPGRADE",
                      "http2KeepAlive": {"interval": "1s", "timeout": "500ms"}},
         }}),
     );
@@ -443,11 +445,11 @@ fn the_retry_budget_compiles_as_istio_sets_envoy() {
 fn http2_keepalive_compiles_per_port_as_istio_sets_envoy() {
     let base = base();
     let keepalives = |port: u16| -> Vec<Option<trellis_contract::Http2Keepalive>> {
-        let port_level = json!({"connectionPool": {"http": {"http2KeepAlive": {"interval": "1s", "timeout": "2s"}}}});
+        let port_level = json!({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE", "http2KeepAlive": {"interval": "1s", "timeout": "2s"}}}});
         let mut dr = rule(Place::Port, &port_level);
         dr["spec"]["trafficPolicy"]["portLevelSettings"][0]["port"]["number"] = json!(port);
         dr["spec"]["trafficPolicy"]["connectionPool"] =
-            json!({"http": {"http2KeepAlive": {"interval": "30s", "timeout": "10s"}}});
+            json!({"http": {"h2UpgradePolicy": "UPGRADE", "http2KeepAlive": {"interval": "30s", "timeout": "10s"}}});
         let clusters = payment_clusters(&base, &dr);
         clusters
             .as_array()
@@ -473,6 +475,70 @@ fn http2_keepalive_compiles_per_port_as_istio_sets_envoy() {
     // Settings for another port: the rule's.
     let all = keepalives(9090);
     assert!(all.iter().all(|k| *k == keepalive(30_000, 10_000)), "{all:?}");
+}
+
+/// `http2KeepAlive` lands on clusters that speak HTTP/2 only, as Istio sets Envoy's
+/// `connection_keepalive` on a cluster's explicit HTTP/2 options (`applyConnectionPool`): a
+/// port named `http2`/`grpc`, or one upgraded by `h2UpgradePolicy: UPGRADE` — and not on a
+/// cluster that speaks the client's protocol, `useClientProtocol` (upgraded or not) or a port of
+/// unknown protocol, whose HTTP/2 options Istio builds anew without it (`setUseDownstreamProtocol`).
+#[test]
+fn http2_keepalive_is_set_on_clusters_that_speak_http2_only() {
+    use trellis_contract::UpstreamProtocol;
+    let ka = json!({"interval": "1s", "timeout": "2s"});
+    let compiled = |base: &[Value], http: Value| -> (UpstreamProtocol, Option<trellis_contract::Http2Keepalive>) {
+        let clusters = payment_clusters(base, &rule(Place::Rule, &json!({"connectionPool": {"http": http}})));
+        let c = &clusters[0];
+        let pool: trellis_contract::ConnectionPool =
+            serde_json::from_value(c["connectionPool"].clone()).expect("a connection pool");
+        (
+            serde_json::from_value(c["protocol"].clone()).expect("a protocol"),
+            pool.http2_keepalive,
+        )
+    };
+    let set = Some(trellis_contract::Http2Keepalive {
+        interval_ms: 1000,
+        timeout_ms: 2000,
+    });
+    // payment's port is `http`: HTTP/1 unless upgraded.
+    let base = base();
+    assert_eq!(
+        compiled(&base, json!({"http2KeepAlive": ka})),
+        (UpstreamProtocol::Http1, None)
+    );
+    assert_eq!(
+        compiled(&base, json!({"h2UpgradePolicy": "UPGRADE", "http2KeepAlive": ka})),
+        (UpstreamProtocol::Http2, set.clone())
+    );
+    assert_eq!(
+        compiled(&base, json!({"useClientProtocol": true, "http2KeepAlive": ka})),
+        (UpstreamProtocol::UseDownstream, None)
+    );
+    assert_eq!(
+        compiled(
+            &base,
+            json!({"h2UpgradePolicy": "UPGRADE", "useClientProtocol": true, "http2KeepAlive": ka})
+        ),
+        (UpstreamProtocol::UseDownstream, None)
+    );
+    // The port named for its protocol: `grpc` speaks HTTP/2, an unnamed one the client's.
+    let named = |name: &str| -> Vec<Value> {
+        let mut base = base.clone();
+        for v in &mut base {
+            if v["kind"] == "Service" && v["metadata"]["name"] == "payment" {
+                v["spec"]["ports"][0]["name"] = json!(name);
+            }
+        }
+        base
+    };
+    assert_eq!(
+        compiled(&named("grpc"), json!({"http2KeepAlive": ka})),
+        (UpstreamProtocol::Http2, set)
+    );
+    assert_eq!(
+        compiled(&named("payments"), json!({"http2KeepAlive": ka})),
+        (UpstreamProtocol::UseDownstream, None)
+    );
 }
 
 /// Istio's TCP proxy takes its idle timeout and maximum connection duration from the rule's

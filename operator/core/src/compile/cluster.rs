@@ -488,9 +488,13 @@ pub(super) fn apply_pool(pool: &ConnectionPoolSettings, c: &mut Cluster) {
         if http.use_client_protocol == Some(true) {
             c.protocol = UpstreamProtocol::UseDownstream;
         }
-        // Both are required (the validator says so); on the cluster's HTTP/2 connections only,
-        // as Istio sets Envoy's `http2_protocol_options.connection_keepalive`.
-        if let Some(ka) = &http.http2_keep_alive
+        // Both are required (the validator says so). On HTTP/2 clusters only, as Istio sets
+        // Envoy's `connection_keepalive` (`applyConnectionPool`): on the HTTP/2 options of a
+        // cluster that speaks HTTP/2 — its port's protocol, or `h2UpgradePolicy: UPGRADE` —, and
+        // not on one that speaks the client's protocol (`useClientProtocol`, or a port of
+        // unknown protocol), whose HTTP/2 options Istio builds without it.
+        if c.protocol == UpstreamProtocol::Http2
+            && let Some(ka) = &http.http2_keep_alive
             && let (Some(interval_ms), Some(timeout_ms)) = (
                 ka.interval.as_deref().and_then(millis),
                 ka.timeout.as_deref().and_then(millis),
