@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde_json::Value;
-use support::{until, until_async};
+use support::{until, until_async, until_state};
 use tokio::sync::watch;
 use trellis_api::networking::VirtualService;
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
@@ -40,6 +40,12 @@ use trellis_operator::snapshot::InputKind;
 use trellis_push::client::{self, ConfigSink};
 
 const TTL_SECONDS: u64 = 3;
+
+/// How long a configuration may take to reach both proxies: a tenth of a second on an idle
+/// machine (measured: 0.13-0.19 s with two spinning cores and builds beside it), seconds on a
+/// loaded 2-core CI machine, where the proxies' 3 s certificates also renew (files written
+/// with fsync, then the configuration applied again) every second or two.
+const WAIT_SECS: u64 = 30;
 
 /// Tokens of the two pods, as a TokenReview would answer.
 struct Reviewer;
@@ -202,6 +208,23 @@ impl Proxy {
         self.app.runtime().snapshot().config()
     }
 
+    /// The version and `x-vs` tag this proxy serves, and whether it is ready: what a wait
+    /// that timed out saw.
+    fn served(&self) -> String {
+        let config = self.config();
+        let json = serde_json::to_string(&config).unwrap_or_default();
+        let tag = json
+            .split("\"x-vs\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("no tag");
+        format!(
+            "version {} (x-vs {tag}, ready {})",
+            config.version,
+            self.app.runtime().is_ready()
+        )
+    }
+
     fn leaf(&self) -> Vec<u8> {
         self.app.runtime().snapshot().identity.as_ref().unwrap().cert.chain[0].to_vec()
     }
@@ -272,6 +295,24 @@ fn load(
         }
         (ok.load(Ordering::Relaxed), failures)
     })
+}
+
+/// The operator's sync state of each proxy: sent, acked, nacked (a timed-out wait says it).
+fn sync_state(op: &App) -> String {
+    op.push
+        .sync_state()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} sent {:?} acked {:?} nacked {:?}",
+                p.proxy,
+                p.sent,
+                p.acked,
+                p.nacked.as_ref().map(|n| (&n.version, &n.error))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One sample of the operator's `/metrics`; fails the test when the operator does not export it
@@ -412,6 +453,18 @@ async fn two_proxies_and_two_apps_on_loopback() {
     })
     .await;
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // Until both proxies serve `tag` (and the operator's view of them while they do not).
+    let both_serve = |op: &App, tag: &str| -> Result<(), String> {
+        if has_tag(&a, tag) && has_tag(&b, tag) {
+            return Ok(());
+        }
+        Err(format!(
+            "a serves {}, b serves {}; the operator's sync state: {}",
+            a.served(),
+            b.served(),
+            sync_state(op)
+        ))
+    };
 
     // A request crosses a (outbound, mTLS) → b (inbound) → app b, which sees a's identity.
     let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
@@ -441,10 +494,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
 
     // A VirtualService change reaches both proxies, and the traffic.
     registry.apply(&virtual_service("two", None));
-    until("the change reaches both proxies", 5, || {
-        has_tag(&a, "two") && has_tag(&b, "two")
-    })
-    .await;
+    until_state("the change reaches both proxies", WAIT_SECS, || both_serve(&op, "two")).await;
     let answer = call_b(&client, a.outbound, "/hello").await.unwrap();
     assert_eq!(answer.headers.get("x-vs").map(String::as_str), Some("two"));
     // It travelled as deltas (the proxies' clients accept them), applied by the real proxies.
@@ -473,8 +523,11 @@ async fn two_proxies_and_two_apps_on_loopback() {
 
     // An AuthorizationPolicy denies one path with 403; another still works.
     registry.apply(DENY_SECRET);
-    until("b enforces the policy", 5, || {
-        !b.config().inbound.authorization.is_empty()
+    until_state("b enforces the policy", WAIT_SECS, || {
+        if b.config().inbound.authorization.is_empty() {
+            return Err(format!("b serves {} without it; {}", b.served(), sync_state(&op)));
+        }
+        Ok(())
     })
     .await;
     let denied = call_b(&client, a.outbound, "/secret").await.unwrap();
@@ -484,13 +537,17 @@ async fn two_proxies_and_two_apps_on_loopback() {
     // A config the proxies reject (a regex Rust cannot compile, valid to the schema) is NACKed;
     // traffic keeps flowing on the last good config.
     registry.apply(&virtual_service("three", Some("^/(?=x)")));
-    until("both proxies NACK", 5, || {
-        op.push
+    until_state("both proxies NACK", WAIT_SECS, || {
+        let nacked = op
+            .push
             .sync_state()
             .iter()
             .filter(|p| p.nacked.as_ref().is_some_and(|n| Some(&n.version) == p.sent.as_ref()))
-            .count()
-            == 2
+            .count();
+        if nacked == 2 {
+            return Ok(());
+        }
+        Err(sync_state(&op))
     })
     .await;
     assert_eq!(metric(&op, "trellis_operator_nacks_total").await, 2.0);
@@ -503,7 +560,7 @@ async fn two_proxies_and_two_apps_on_loopback() {
         "the last good config serves"
     );
     registry.apply(&virtual_service("four", None));
-    until("a good config again", 5, || has_tag(&a, "four") && has_tag(&b, "four")).await;
+    until_state("a good config again", WAIT_SECS, || both_serve(&op, "four")).await;
 
     // The operator stops and restarts (a new CA state from the stored root) under load:
     // no request fails, and the proxies resubscribe and get what changed meanwhile.
@@ -519,8 +576,8 @@ async fn two_proxies_and_two_apps_on_loopback() {
     );
     let stored = SigningCert::from_pem(&root_pem, &root_key, &[]).unwrap();
     let op = start_operator(core(MeshRoots::new(stored, ttl, Arc::new(SystemClock))), push_port).await;
-    until("the change made while the operator was away", 10, || {
-        has_tag(&a, "five") && has_tag(&b, "five")
+    until_state("the change made while the operator was away", WAIT_SECS, || {
+        both_serve(&op, "five")
     })
     .await;
     stop_tx.send_replace(true);

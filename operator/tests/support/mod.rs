@@ -90,6 +90,25 @@ pub async fn until_async<F: std::future::Future<Output = bool>>(what: &str, secs
     panic!("timed out after {secs}s: {what}");
 }
 
+/// Check `state` every 50 ms until it is `Ok`; panic naming `what` and the last state seen
+/// (`Err`) once `secs` seconds of wall-clock time have passed. For waits on a configuration
+/// reaching proxies: on a loaded 2-core CI machine a push and its apply take seconds, not
+/// the tenth of a second they take on an idle one, so the deadline is generous and the
+/// message says where each proxy was.
+pub async fn until_state(what: &str, secs: u64, state: impl Fn() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen = match state() {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {secs}s: {what}; last seen: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Apply the repository's CRDs and wait until they are served.
 pub fn apply_crds(cluster: &Target) {
     let crds = format!("{}/../crds", env!("CARGO_MANIFEST_DIR"));
