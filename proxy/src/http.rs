@@ -20,6 +20,7 @@ use self::telemetry::{ObservedBody, Pending, RequestOutcome, labels, record_span
 use crate::authz::{Layer, authorize, peer_namespace};
 use crate::connection::ConnContext;
 use crate::path::normalize;
+use crate::request_body::DrainOnDrop;
 use crate::routing::{HttpHeaders, RequestView, redirect_target};
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ fn full(b: Bytes) -> Body {
 pub async fn handle(
     rt: Arc<Runtime>,
     conn: Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<DrainOnDrop>,
     request: crate::downstream_waits::InRequest,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
@@ -155,7 +156,7 @@ async fn pipeline(
     snap: &Arc<Snapshot>,
     listener: &Arc<ListenerRuntime>,
     conn: &Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    mut req: Request<DrainOnDrop>,
     out: &mut RequestOutcome,
 ) -> Response<Body> {
     if let Some(v) = &conn.verdicts

@@ -6,7 +6,7 @@
 //! so the request path answers such a failure as the client's (400, 413, or
 //! nothing to a client that is gone) and never counts it against the
 //! endpoint's health: otherwise any client could get healthy endpoints ejected.
-//! [`DrainOnDrop`]: an HTTP/2 body the upstream stopped reading is read to its end.
+//! [`DrainOnDrop`]: an HTTP/2 body left unread (answered early) is read to its end.
 
 mod drain;
 

@@ -8,6 +8,7 @@
 use crate::connection::ConnContext;
 use crate::downstream_waits::HttpConnIo;
 use crate::identity::spiffe_id_of;
+use crate::request_body::DrainOnDrop;
 use crate::runtime::Runtime;
 use crate::snapshot::ListenerRuntime;
 use crate::sni::TlsServers;
@@ -430,6 +431,8 @@ async fn serve_http(
         // response body ends.
         let request = ctx.requests.begin();
         async move {
+            // Whatever answers it, a body left unread is drained, not reset (HTTP/2).
+            let req = req.map(|body| DrainOnDrop::new(body, !http1));
             let mut response = crate::http::handle(Arc::clone(&rt), Arc::clone(&ctx), req, request).await?;
             let status = response.status();
             // The framing guard follows an upgrade's connection until it really switches.

@@ -2,16 +2,17 @@
 //! hyper's own (limits, framing, Host), and where a request is going (its
 //! authority, host and port).
 
+use crate::request_body::DrainOnDrop;
 use crate::snapshot::ListenerRuntime;
 use http::header;
 use http::{Method, Request, StatusCode, Version};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::borrow::Cow;
 use trellis_contract::ListenerDirection;
 
 /// The request head checks a hardened edge proxy makes, beyond hyper's own.
 pub(super) fn check_head(
-    req: &Request<Incoming>,
+    req: &Request<DrainOnDrop>,
     listener: &ListenerRuntime,
 ) -> Result<(), (StatusCode, &'static str)> {
     let limits = &listener.spec.limits;
@@ -66,7 +67,7 @@ pub(super) fn check_head(
 }
 
 /// The authority of a request: the URI's (HTTP/2, absolute-form) or Host.
-pub(super) fn authority(req: &Request<Incoming>) -> Option<String> {
+pub(super) fn authority(req: &Request<DrainOnDrop>) -> Option<String> {
     req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
         req.headers()
             .get(header::HOST)

@@ -36,7 +36,7 @@ pub(super) const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
 /// The request body, buffered (replayable) or streamed once.
 pub(super) enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<DrainOnDrop>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -44,7 +44,7 @@ pub(super) async fn forward(
     rt: &Arc<Runtime>,
     snap: &Arc<Snapshot>,
     conn: &Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<DrainOnDrop>,
     f: &ForwardAction,
     hit: &RouteHit,
     authority: &str,
@@ -205,7 +205,7 @@ pub(super) async fn forward(
                     activity = Some(Arc::clone(&shared));
                     let read = Arc::new(BodyProgress::default());
                     progress = Some(Arc::clone(&read));
-                    let b = IdleBody::new(DrainOnDrop::new(b, downstream_h2), Some(shared), None);
+                    let b = IdleBody::new(b, Some(shared), None);
                     match limit {
                         Some(max) => ClientBody::new(Limited::new(b, max as usize), read).boxed_unsync(),
                         None => ClientBody::new(b, read).boxed_unsync(),

@@ -13,12 +13,12 @@
 
 use super::forward::weighted_choice;
 use super::{ConnContext, RequestOutcome, text};
+use crate::request_body::DrainOnDrop;
 use crate::routing::RequestView;
 use crate::runtime::Runtime;
 use crate::snapshot::{ListenerRuntime, PASSTHROUGH_CLUSTER, Snapshot};
 use crate::upstream::Body;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub(super) struct Target {
 /// Parses a `CONNECT` request target: authority-form `host:port` only (RFC 9110 §9.3.6), no
 /// user info, a port from 1 to 65535, a DNS name of letters, digits, `-` and `.` or an IP
 /// literal (IPv6 in brackets).
-pub(super) fn parse_target(req: &Request<Incoming>) -> Result<Target, &'static str> {
+pub(super) fn parse_target(req: &Request<DrainOnDrop>) -> Result<Target, &'static str> {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| !p.as_str().is_empty() && p != "/") {
         return Err("CONNECT target must be authority-form host:port, without scheme or path\n");
@@ -127,7 +127,7 @@ pub(super) async fn tunnel(
     snap: &Arc<Snapshot>,
     listener: &Arc<ListenerRuntime>,
     conn: &Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<DrainOnDrop>,
     out: &mut RequestOutcome,
 ) -> Response<Body> {
     let target = match parse_target(&req) {

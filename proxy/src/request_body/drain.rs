@@ -1,5 +1,7 @@
-//! An HTTP/2 request body the upstream stopped reading — it answered before the body ended,
-//! as a server may (RFC 9113 §8.1) — is read to its end and discarded instead of abandoned.
+//! An HTTP/2 request body left unread — the upstream answered before the body ended, as a
+//! server may (RFC 9113 §8.1), or the proxy answered itself (a redirect, a direct response, a
+//! denial) — is read to its end and discarded instead of abandoned. Every request body the
+//! proxy's HTTP server hands on is wrapped (`server.rs`), so whatever answers, it holds.
 //!
 //! why: abandoned, the body's stream is reset (`RST_STREAM(NO_ERROR)`), and the client's DATA
 //! frames still in flight then arrive on a stream the HTTP/2 library has forgotten once more
@@ -11,6 +13,7 @@
 //! as any other does. The read is bounded ([`DRAIN_BYTES`], [`DRAIN_TIME`]); past either the
 //! body is dropped and reset as before.
 
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -82,7 +85,7 @@ impl Drop for DrainOnDrop {
 async fn drain(mut body: Incoming) {
     let read = async {
         let mut bytes = 0usize;
-        while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        while let Some(Ok(frame)) = body.frame().await {
             bytes += frame.data_ref().map_or(0, |d| d.len());
             if bytes > DRAIN_BYTES {
                 break;

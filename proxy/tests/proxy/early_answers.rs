@@ -1,6 +1,6 @@
-//! An HTTP/2 upstream that answers uploads before reading them — as nginx's `return` does, and
-//! as RFC 9113 §8.1 allows — through the proxy to a client that then finishes its uploads: the
-//! client's connection keeps serving. The proxy reads the rest of each body
+//! Uploads answered before they are read — by an HTTP/2 upstream, as nginx's `return` does and
+//! RFC 9113 §8.1 allows, or by the proxy itself (a direct response) — to a client over HTTP/2
+//! that then finishes them: the client's connection keeps serving. The proxy reads the rest of each body
 //! (`request_body::DrainOnDrop`) instead of resetting its stream: reset, the client's late
 //! DATA frames land on streams the HTTP/2 library has already forgotten once more than 50
 //! resets are recent, each answered with a reset of its own that counts towards the
@@ -65,7 +65,25 @@ async fn uploads_answered_early_leave_the_clients_connection_serving() {
         vec![json!({"name": "c", "protocol": "http2", "endpoints": [{"address": "127.0.0.1", "port": up.port()}]})],
     ))
     .await;
-    let mut s = TcpStream::connect(proxy.addr("outbound").await).await.unwrap();
+    uploads_answered_before_their_bodies(proxy.addr("outbound").await).await;
+}
+
+#[tokio::test]
+async fn uploads_the_proxy_answers_itself_leave_the_clients_connection_serving() {
+    // A route answering without an upstream (as a redirect, a denial or a JWT refusal does).
+    let proxy = Proxy::start(outbound_config(
+        "1",
+        vec![json!({"action": {"directResponse": {"status": 200, "body": "here"}}, "provenance": provenance()})],
+        vec![],
+    ))
+    .await;
+    uploads_answered_before_their_bodies(proxy.addr("outbound").await).await;
+}
+
+/// Ten rounds of 60 uploads to `addr` over one HTTP/2 connection, each answered whole before
+/// its body is sent, then the bodies; then a GET. Nothing reset, no GOAWAY, the GET answered 200.
+async fn uploads_answered_before_their_bodies(addr: std::net::SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
     s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
     // HPACK: :method POST (static 3), :scheme http (6), :path / (4), :authority "svc" (literal).
